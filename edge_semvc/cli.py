@@ -1,0 +1,192 @@
+"""Command line: `edge-semvc encode INPUT OUTPUT`, `edge-semvc models ...`, `edge-semvc config`.
+
+Errors the user can fix print one line `edge-semvc: error: ...` and exit 2; an input that
+breaks part-way exits 3 after the frames before the break are written to a playable file;
+Ctrl-C exits 130 the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from fractions import Fraction
+
+EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_bitrate(text: str) -> int:
+    """'800k', '2M', '1.5M', '800000' -> bits/s."""
+    t = text.strip()
+    scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale != 1 else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid bitrate {text!r} (e.g. 800k, 2M, 1500000)")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"bitrate must be positive, got {text!r}")
+    return int(value)
+
+
+def parse_rate(text: str) -> Fraction:
+    try:
+        rate = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"invalid frame rate {text!r} (e.g. 25, 30000/1001)")
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(f"frame rate must be positive, got {text!r}")
+    return rate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edge-semvc", description="Semantic-aware video encoder.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    e = sub.add_parser("encode", help="compress a video with semantic rate allocation")
+    e.add_argument("input", help="file path or URI (file://, demo://astronaut)")
+    e.add_argument("output", help="output file; its extension picks the container "
+                                  "(.mp4, .mkv, .ts, .h264)")
+    e.add_argument("--config", help="YAML configuration file")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration key (repeatable), e.g. qp.target_mean=1")
+    e.add_argument("--bitrate", type=parse_bitrate, help="bits/s, with k/M suffixes")
+    e.add_argument("--rc", choices=["crf", "abr", "cbr"], help="rate control")
+    e.add_argument("--crf", type=float, help="CRF value (rc=crf)")
+    e.add_argument("--preset", help="x264 preset (default veryfast)")
+    e.add_argument("--tune", help="x264 tune, e.g. zerolatency")
+    e.add_argument("--input-width", type=int, default=0, help="raw video width")
+    e.add_argument("--input-height", type=int, default=0, help="raw video height")
+    e.add_argument("--input-rate", type=parse_rate, default=Fraction(0), help="raw video fps")
+    e.add_argument("--input-pix-fmt", default="yuv420p", help="raw video pixel format")
+    e.add_argument("--stats-json", help="write run statistics to this file")
+    e.add_argument("--qp-map-png", help="write the QP map over one frame as a PNG")
+    e.add_argument("--qp-map-video", help="write the QP map over every frame as a video")
+    e.add_argument("--no-map", action="store_true",
+                   help="encode without the semantic map (the plain-x264 baseline)")
+    e.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="progress line on stderr (auto: when stderr is a terminal)")
+
+    m = sub.add_parser("models", help="list, prepare or verify the labeler's models")
+    m.add_argument("action", choices=["list", "prepare", "verify"])
+    m.add_argument("names", nargs="*", help="model names (default: all default models)")
+    m.add_argument("--cache-dir", help="model cache (default $EDGE_SEMVC_CACHE or "
+                                       "~/.cache/edge_semvc)")
+
+    c = sub.add_parser("config", help="print the default configuration or its JSON schema")
+    c.add_argument("--schema", action="store_true", help="print the JSON schema")
+    return p
+
+
+def _overrides(args) -> list[str]:
+    """CLI flags become config overrides applied after --config and --set."""
+    out = list(args.set)
+    for flag, key in (("bitrate", "encoder.bitrate"), ("rc", "encoder.rc"), ("crf", "encoder.crf"),
+                      ("preset", "encoder.preset"), ("tune", "encoder.tune")):
+        value = getattr(args, flag)
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out
+
+
+def cmd_encode(args) -> int:
+    from .config import load_config
+    from .pipeline import Visuals, run_encode
+    from .sources import RawVideoOptions, open_source
+
+    cfg = load_config(args.config, _overrides(args))
+    raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
+    source = open_source(args.input, raw)
+    progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    visuals = Visuals(png=args.qp_map_png, video=args.qp_map_video)
+    status, error = 0, None
+    try:
+        stats = run_encode(source, args.output, cfg, visuals=visuals, progress=progress,
+                           use_map=not args.no_map)
+    except KeyboardInterrupt as e:
+        stats, status, error = e.stats, EXIT_INTERRUPTED, "interrupted"
+    except Exception as e:
+        if not hasattr(e, "stats"):
+            raise
+        stats, status, error = e.stats, EXIT_INCOMPLETE, str(e)
+    finally:
+        source.close()
+    if args.stats_json:
+        with open(args.stats_json, "w") as f:
+            json.dump(stats, f, indent=2)
+    _print_summary(stats, args)
+    if error:
+        print(f"edge-semvc: error: {error}; the {stats['frames']} frames before it are in "
+              f"{args.output}", file=sys.stderr)
+    return status
+
+
+def _print_summary(s: dict, args) -> None:
+    st = s["stages"]
+    cov = ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["label_coverage"].items()
+                    if k != "background")
+    print(f"{s['input']}\n-> {s['output']}: {s['frames']} frames, {s['bytes']} bytes, "
+          f"{s['bitrate_kbps']:.1f} kbit/s, {s['fps']:.1f} fps")
+    print("   stage ms (mean/p95): " + ", ".join(
+        f"{k} {v['mean_ms']:.2f}/{v['p95_ms']:.2f}" for k, v in st.items()))
+    roi, bg = s["mean_offset_roi"], s["mean_offset_background"]
+    print(f"   labelled macroblocks: {cov or 'none'}; mean QP offset ROI "
+          f"{'n/a' if roi is None else f'{roi:+.2f}'}, background "
+          f"{'n/a' if bg is None else f'{bg:+.2f}'}")
+    for what in ("qp_map_png", "qp_map_video", "stats_json"):
+        if getattr(args, what):
+            print(f"   {what.replace('_', ' ')}: {getattr(args, what)}")
+
+
+def cmd_models(args) -> int:
+    from pathlib import Path
+
+    from .config import Config
+    from .labeler.models import list_models, prepare_model, verify_model
+
+    cache = Path(args.cache_dir) if args.cache_dir else Config().cache_dir()
+    names = args.names or Config().labeler.models
+    if args.action == "list":
+        for entry in list_models():
+            print(json.dumps(entry, default=str))
+        return 0
+    for name in names:
+        if args.action == "prepare":
+            print(f"{name}: {prepare_model(name, cache, log=print)}")
+        else:
+            verify_model(name, cache)
+            print(f"{name}: ok")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import Config, dump_schema
+
+    print(dump_schema() if args.schema else Config().to_yaml(), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="edge-semvc: %(message)s")
+    from .config import ConfigError
+    from .encoders.base import EncoderError
+    from .labeler.models import ModelError
+    from .labeler.runtime import LabelerError
+    from .sources import SourceError
+
+    try:
+        return {"encode": cmd_encode, "models": cmd_models, "config": cmd_config}[args.command](args)
+    except (ConfigError, EncoderError, ModelError, LabelerError, SourceError, OSError) as e:
+        print(f"edge-semvc: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

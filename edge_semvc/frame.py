@@ -1,0 +1,138 @@
+"""The Frame value type and macroblock-grid helpers.
+
+Every stage works on a grid of 16x16 macroblocks (the unit x264 takes QP offsets for).
+The grid rounds up: a 854x480 frame has 54x30 macroblocks, the last column only partly covered.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+MB = 16
+
+
+def mb_grid(width: int, height: int) -> tuple[int, int]:
+    """(mb_w, mb_h) for a frame size, rounding partial macroblocks up."""
+    return -(-width // MB), -(-height // MB)
+
+
+@dataclass
+class Frame:
+    """One decoded picture in I420 (planar 4:2:0, 8 bit)."""
+
+    y: np.ndarray  # uint8[H, W]
+    u: np.ndarray  # uint8[ceil(H/2), ceil(W/2)]
+    v: np.ndarray  # uint8[ceil(H/2), ceil(W/2)]
+    pts: int | None
+    time_base: Fraction
+    index: int
+
+    @property
+    def width(self) -> int:
+        return self.y.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def mb_w(self) -> int:
+        return mb_grid(self.width, self.height)[0]
+
+    @property
+    def mb_h(self) -> int:
+        return mb_grid(self.width, self.height)[1]
+
+    @classmethod
+    def from_i420(cls, buf: np.ndarray, width: int, height: int, pts, time_base, index) -> "Frame":
+        """Split a packed I420 buffer (as PyAV's to_ndarray(format='yuv420p') gives) into planes."""
+        cw, ch = (width + 1) // 2, (height + 1) // 2
+        flat = buf.reshape(-1)
+        y = flat[: width * height].reshape(height, width)
+        u = flat[width * height: width * height + cw * ch].reshape(ch, cw)
+        v = flat[width * height + cw * ch: width * height + 2 * cw * ch].reshape(ch, cw)
+        return cls(y, u, v, pts, time_base, index)
+
+    @classmethod
+    def from_rgb(cls, rgb: np.ndarray, pts, time_base, index) -> "Frame":
+        """uint8[H, W, 3] RGB (even H, W) -> BT.601 limited-range I420."""
+        f = rgb.astype(np.float32)
+        r, g, b = f[..., 0], f[..., 1], f[..., 2]
+        y = 16.0 + 0.257 * r + 0.504 * g + 0.098 * b
+        u = 128.0 - 0.148 * r - 0.291 * g + 0.439 * b
+        v = 128.0 + 0.439 * r - 0.368 * g - 0.071 * b
+        h, w = y.shape
+
+        def sub(c):  # 2x2 average for the chroma planes
+            return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+        to8 = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)  # noqa: E731
+        return cls(to8(y), to8(sub(u)), to8(sub(v)), pts, time_base, index)
+
+    def rgb(self) -> np.ndarray:
+        """uint8[H, W, 3] RGB (BT.601 limited range), for the labeler."""
+        h, w = self.height, self.width
+        y = self.y.astype(np.float32) - 16.0
+        u = np.repeat(np.repeat(self.u, 2, 0), 2, 1)[:h, :w].astype(np.float32) - 128.0
+        v = np.repeat(np.repeat(self.v, 2, 0), 2, 1)[:h, :w].astype(np.float32) - 128.0
+        r = 1.164 * y + 1.596 * v
+        g = 1.164 * y - 0.392 * u - 0.813 * v
+        b = 1.164 * y + 2.017 * u
+        return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
+
+
+def pad_to_mb(plane: np.ndarray, block: int = MB, mode: str = "edge") -> np.ndarray:
+    """Pad a 2-D array on the bottom/right to a multiple of `block` (edge-replicated by default)."""
+    h, w = plane.shape[:2]
+    ph, pw = -h % block, -w % block
+    if not ph and not pw:
+        return plane
+    pad = ((0, ph), (0, pw)) + ((0, 0),) * (plane.ndim - 2)
+    return np.pad(plane, pad, mode=mode)
+
+
+def pool_to_mb(values: np.ndarray, mb_w: int, mb_h: int, how: str = "mean") -> np.ndarray:
+    """Pool a per-pixel map (float or bool, [H, W]) covering the frame to float32[mb_h, mb_w].
+
+    Partial macroblocks on the right/bottom edge pool only the pixels that exist.
+    """
+    h, w = values.shape
+    if (-(-w // MB), -(-h // MB)) != (mb_w, mb_h):
+        raise ValueError(f"map of {w}x{h} does not cover a {mb_w}x{mb_h} macroblock grid")
+    v = values.astype(np.float32, copy=False)
+    ph, pw = mb_h * MB - h, mb_w * MB - w
+    if how == "max":
+        padded = np.pad(v, ((0, ph), (0, pw)), mode="edge") if (ph or pw) else v
+        return padded.reshape(mb_h, MB, mb_w, MB).max(axis=(1, 3))
+    if how != "mean":
+        raise ValueError(f"unknown pooling {how!r}: use 'mean' or 'max'")
+    padded = np.pad(v, ((0, ph), (0, pw))) if (ph or pw) else v
+    sums = padded.reshape(mb_h, MB, mb_w, MB).sum(axis=(1, 3))
+    return (sums / _mb_pixel_counts(w, h, mb_w, mb_h)).astype(np.float32)
+
+
+def _mb_pixel_counts(w: int, h: int, mb_w: int, mb_h: int) -> np.ndarray:
+    cols = np.minimum(MB, w - MB * np.arange(mb_w))
+    rows = np.minimum(MB, h - MB * np.arange(mb_h))
+    return np.outer(rows, cols).astype(np.float32)
+
+
+def prob_to_mb(prob: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
+    """Area-average a low-resolution probability map that spans the whole frame onto the
+    frame's macroblock grid: float32[mb_h, mb_w].
+
+    The grid reaches past the frame's right/bottom edge when the size is not a multiple of 16;
+    the map is edge-extended to cover that part, as the encoder's own padding is.
+    """
+    from PIL import Image
+
+    mb_w, mb_h = mb_grid(frame_w, frame_h)
+    h, w = prob.shape
+    span_w, span_h = w * mb_w * MB / frame_w, h * mb_h * MB / frame_h  # grid extent, map cells
+    padded = np.pad(prob.astype(np.float32), ((0, int(np.ceil(span_h)) - h + 1),
+                                              (0, int(np.ceil(span_w)) - w + 1)), mode="edge")
+    img = Image.fromarray(padded, mode="F")
+    out = img.resize((mb_w, mb_h), Image.Resampling.BOX, box=(0.0, 0.0, span_w, span_h))
+    return np.asarray(out, np.float32)

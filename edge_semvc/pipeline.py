@@ -1,0 +1,261 @@
+"""The per-frame loop: Source -> Labeler -> Analyser -> QP map -> Encoder -> Sink.
+
+Decoding runs in its own thread (PyAV releases the GIL) so it overlaps with labelling and
+encoding; the other stages run in order on the main thread. Every stage is timed; the run
+returns its statistics. Whatever happens, the output file is finalised with the frames encoded
+so far.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import Analyser
+from .config import Config
+from .encoders import get_encoder
+from .encoders.base import EncoderSettings
+from .frame import Frame
+from .labeler import Labeler
+from .qp.qpmap import build_qp_map, importance_vector
+from .sinks.file import FileSink
+from .sources import DecodeError, Source
+from .values import LabelMap, QpMap
+
+log = logging.getLogger("edge_semvc")
+
+STAGES = ("decode", "labeler", "analysis", "qp_map", "encode")
+
+
+@dataclass
+class Visuals:
+    """Optional visual outputs: a PNG of one frame's overlay, a video of all overlays."""
+
+    png: str | None = None
+    png_frame: int | None = None  # None: the middle frame (or the last, if the count is unknown)
+    video: str | None = None
+
+
+@dataclass
+class RunStats:
+    timings: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    frames: int = 0
+    bytes: int = 0
+    label_counts: np.ndarray | None = None
+    offset_sum_roi: float = 0.0
+    mb_roi: int = 0
+    offset_sum_bg: float = 0.0
+    mb_bg: int = 0
+
+    def add_frame(self, labels: LabelMap, qp: QpMap) -> None:
+        counts = np.bincount(labels.labels.ravel(), minlength=len(labels.classes))
+        self.label_counts = counts if self.label_counts is None else self.label_counts + counts
+        roi = labels.labels > 0
+        self.offset_sum_roi += float(qp.offsets[roi].sum())
+        self.mb_roi += int(roi.sum())
+        self.offset_sum_bg += float(qp.offsets[~roi].sum())
+        self.mb_bg += int((~roi).sum())
+
+
+def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> EncoderSettings:
+    e = cfg.encoder
+    return EncoderSettings(
+        width=source.width, height=source.height, fps=source.fps, time_base=source.time_base,
+        rc=e.rc, bitrate=e.bitrate or None, crf=e.crf, preset=e.preset, tune=e.tune or None,
+        keyint=e.keyint or None, threads=e.threads, global_headers=global_headers,
+        params=dict(e.params))
+
+
+def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | None = None,
+               progress: bool = False, use_map: bool = True) -> dict:
+    """Encode `source` into `output`. Returns the statistics (see README, "Statistics").
+
+    Raises DecodeError after finalising the output if decoding fails part-way; the stats of
+    the frames written so far are attached to the exception as `.stats`.
+    """
+    visuals = visuals or Visuals()
+    labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info)
+    importance = importance_vector(["background", *labeler.classes], cfg.qp)
+    analyser = Analyser(cfg.analysis)
+    stats = RunStats()
+    png_index = visuals.png_frame if visuals.png_frame is not None else \
+        (source.frame_count // 2 if source.frame_count else sys.maxsize)
+    png_shot = None
+    overlay_video = None
+    frames = _Prefetch(source, stats.timings["decode"])
+    sink_cls = FileSink
+    settings = encoder_settings(cfg, source, sink_cls.wants_global_headers(output))
+    t_start = time.perf_counter()
+    reporter = _Progress(source.frame_count) if progress else None
+    error: BaseException | None = None
+    with get_encoder(cfg.encoder.backend)(settings) as enc, \
+            sink_cls(output, source.width, source.height, source.time_base, source.fps,
+                     enc.headers()) as sink:
+        try:
+            if visuals.video:
+                from .visualize import OverlayVideo
+                overlay_video = OverlayVideo(visuals.video, source.width, source.height,
+                                             source.fps)
+            for frame in frames:
+                t0 = time.perf_counter()
+                labels = labeler.label(frame)
+                t1 = time.perf_counter()
+                region = analyser.analyse(frame, labels)
+                t2 = time.perf_counter()
+                qp = build_qp_map(region, labels, importance, cfg.qp)
+                t3 = time.perf_counter()
+                packets = enc.encode(frame, qp.offsets if use_map else None)
+                sink.write(packets)
+                t4 = time.perf_counter()
+                for name, dt in zip(STAGES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    stats.timings[name].append(dt * 1e3)
+                stats.frames += 1
+                stats.bytes += sum(len(p.data) for p in packets)
+                stats.add_frame(labels, qp)
+                if visuals.png and (frame.index <= png_index or png_shot is None):
+                    png_shot = (frame, qp, labels)
+                if overlay_video:
+                    from .visualize import overlay
+                    overlay_video.write(overlay(frame, qp, labels, cfg.qp.offset_max))
+                if reporter:
+                    reporter.update(stats.frames)
+        except (DecodeError, KeyboardInterrupt) as e:
+            error = e
+        finally:
+            frames.stop()
+            # Drain the encoder even after an error: delayed frames belong in the file.
+            packets = enc.flush()
+            sink.write(packets)
+            stats.bytes += sum(len(p.data) for p in packets)
+            if overlay_video:
+                overlay_video.close()
+            if reporter:
+                reporter.done()
+        summary = enc.settings_summary()
+    wall = time.perf_counter() - t_start
+    if png_shot is not None:
+        from .visualize import overlay, save_png
+        save_png(overlay(*png_shot, limit=cfg.qp.offset_max), visuals.png)
+    result = _summarise(stats, wall, source, labeler, summary, cfg, output, use_map)
+    if error is not None:
+        result["complete"] = False
+        result["error"] = str(error) or type(error).__name__
+        error.stats = result
+        raise error
+    result["complete"] = True
+    return result
+
+
+def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler, encoder: dict,
+               cfg: Config, output: str, use_map: bool) -> dict:
+    duration = stats.frames / float(source.fps) if stats.frames else 0.0
+    classes = ["background", *labeler.classes]
+    counts = stats.label_counts if stats.label_counts is not None else np.zeros(len(classes))
+    total = max(int(counts.sum()), 1)
+    return {
+        "input": source.description,
+        "output": str(output),
+        "frames": stats.frames,
+        "bytes": Path(output).stat().st_size if Path(output).exists() else stats.bytes,
+        "payload_bytes": stats.bytes,
+        "bitrate_kbps": round(stats.bytes * 8 / duration / 1e3, 3) if duration else 0.0,
+        "fps": round(stats.frames / wall, 3) if wall else 0.0,
+        "wall_s": round(wall, 3),
+        "stages": {name: _timing(v) for name, v in stats.timings.items()},
+        "label_coverage": {c: round(float(n) / total, 5) for c, n in zip(classes, counts)},
+        "mean_offset_roi": round(stats.offset_sum_roi / stats.mb_roi, 4) if stats.mb_roi else None,
+        "mean_offset_background": (round(stats.offset_sum_bg / stats.mb_bg, 4)
+                                   if stats.mb_bg else None),
+        "qp_map_applied": use_map,
+        "models": labeler.model_names,
+        "encoder": encoder,
+        "config": cfg.to_dict(),
+    }
+
+
+def _timing(ms: list[float]) -> dict[str, float]:
+    if not ms:
+        return {"mean_ms": 0.0, "p95_ms": 0.0}
+    a = np.asarray(ms)
+    return {"mean_ms": round(float(a.mean()), 4), "p95_ms": round(float(np.percentile(a, 95)), 4)}
+
+
+class _Prefetch:
+    """Decodes ahead in a thread; iterating yields Frames and re-raises the source's errors."""
+
+    _END = object()
+
+    def __init__(self, source: Source, timings: list[float], depth: int = 4):
+        self.q: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(source, timings), daemon=True,
+                                       name="decode")
+        self.thread.start()
+
+    def _run(self, source: Source, timings: list[float]) -> None:
+        it = source.frames()
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    frame = next(it)
+                except StopIteration:
+                    break
+                timings.append((time.perf_counter() - t0) * 1e3)
+                self._put(frame)
+        except BaseException as e:  # handed to the consumer, which decides
+            self._put(e)
+        self._put(self._END)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        while True:
+            item = self.q.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+
+
+class _Progress:
+    """A one-line progress report on stderr (only used on a TTY)."""
+
+    def __init__(self, total: int):
+        self.total, self.t0, self.last = total, time.perf_counter(), 0.0
+
+    def update(self, n: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.25:
+            return
+        self.last = now
+        fps = n / max(now - self.t0, 1e-9)
+        if self.total:
+            eta = max(self.total - n, 0) / max(fps, 1e-9)
+            msg = f"\rframe {n}/{self.total} ({100 * n / self.total:.0f}%)  {fps:.1f} fps  " \
+                  f"ETA {eta:.0f}s "
+        else:
+            msg = f"\rframe {n}  {fps:.1f} fps "
+        sys.stderr.write(msg)
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()

@@ -1,0 +1,94 @@
+"""Files and streams through PyAV (FFmpeg): containers, raw Annex-B, .y4m and raw .yuv."""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from ..frame import Frame
+from . import DecodeError, RawVideoOptions, SourceError
+
+RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
+
+
+class PyAVSource:
+    def __init__(self, path: str, raw: RawVideoOptions):
+        p = Path(path)
+        if not p.is_file():
+            raise SourceError(f"input file not found: {path}")
+        fmt, options = None, {}
+        if p.suffix.lower() in RAW_EXTENSIONS or raw.width:
+            if not (raw.width and raw.height and raw.rate):
+                raise SourceError(f"{path} is raw video: give --input-width, --input-height and "
+                                  "--input-rate (and --input-pix-fmt if not yuv420p)")
+            fmt = "rawvideo"
+            options = {"video_size": f"{raw.width}x{raw.height}", "pixel_format": raw.pix_fmt,
+                       "framerate": str(raw.rate)}
+        try:
+            self.container = av.open(str(p), format=fmt, options=options)
+        except (av.error.FFmpegError, ValueError) as e:
+            raise SourceError(f"cannot open {path}: {_reason(e)}") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise SourceError(f"{path} has no video stream")
+        stream = self.container.streams.video[0]
+        stream.thread_type = "AUTO"
+        cc = stream.codec_context
+        self.width, self.height = cc.width, cc.height
+        if not self.width or not self.height:
+            self.container.close()
+            raise SourceError(f"cannot read the picture size of {path} (corrupt or not a video)")
+        if self.width % 2 or self.height % 2:
+            self.container.close()
+            raise SourceError(f"{path} is {self.width}x{self.height}: H.264 4:2:0 needs an even "
+                              "width and height")
+        self.fps = Fraction(stream.average_rate or stream.guessed_rate or raw.rate or 25)
+        # Raw Annex-B and raw video carry no timestamps: number frames in 1/fps.
+        self._synth_pts = fmt == "rawvideo" or p.suffix.lower() in (".h264", ".264", ".h265",
+                                                                      ".265", ".hevc")
+        self.time_base = 1 / self.fps if self._synth_pts else Fraction(stream.time_base)
+        if stream.frames:
+            self.frame_count = stream.frames
+        elif self.container.duration:
+            self.frame_count = int(self.container.duration / 1e6 * self.fps)
+        elif fmt == "rawvideo":
+            self.frame_count = p.stat().st_size // (self.width * self.height * 3 // 2)
+        else:
+            self.frame_count = 0
+        self.stream = stream
+        self.path = path
+        self.description = f"{path} ({self.width}x{self.height}, {float(self.fps):.3g} fps, " \
+                           f"{stream.codec_context.name})"
+
+    def frames(self) -> Iterator[Frame]:
+        index = 0
+        try:
+            for av_frame in self.container.decode(self.stream):
+                yield self._to_frame(av_frame, index)
+                index += 1
+        except av.error.FFmpegError as e:
+            raise DecodeError(f"decoding {self.path} failed after {index} frames: "
+                              f"{_reason(e)}") from None
+
+    def _to_frame(self, f: av.VideoFrame, index: int) -> Frame:
+        if (f.width, f.height) != (self.width, self.height):
+            raise DecodeError(f"{self.path}: picture size changed to {f.width}x{f.height} at frame "
+                              f"{index} (was {self.width}x{self.height}); not supported")
+        if f.format.name != "yuv420p" or f.color_range == 2:
+            # Full-range (yuvj) input is converted to the limited range the encoder signals.
+            f = f.reformat(format="yuv420p", src_color_range=2 if f.color_range == 2 else None,
+                           dst_color_range=1)
+        buf = f.to_ndarray(format="yuv420p")
+        pts = index if self._synth_pts or f.pts is None else f.pts
+        return Frame.from_i420(np.ascontiguousarray(buf), self.width, self.height, pts,
+                               self.time_base, index)
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _reason(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e).splitlines()[0]

@@ -1,0 +1,82 @@
+"""Value types that cross stage boundaries: LabelMap, RegionStats, QpMap.
+
+Stages exchange these and nothing else (DESIGN.md). All arrays are at macroblock resolution
+([mb_h, mb_w]); class axis first where there is one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BACKGROUND = "background"
+
+
+@dataclass
+class LabelMap:
+    """What is where: per-class probability per macroblock and the thresholded arg-max label.
+
+    `labels[y, x]` indexes `classes`; index 0 is always `background` (no class above threshold).
+    """
+
+    probs: np.ndarray  # float32[len(classes) - 1, mb_h, mb_w], classes[1:] in order
+    classes: list[str]  # ["background", "person", "face", ...]
+    labels: np.ndarray  # int16[mb_h, mb_w]
+    models: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_probs(cls, probs: np.ndarray, names: list[str], threshold: float, models: list[str]):
+        """Arg-max over classes whose probability exceeds `threshold` (METHOD S110); else background.
+
+        Ties and overlaps go to the higher probability; a face inside a person wins where the
+        face model is more confident, which is what the importance table expects.
+        """
+        probs = np.asarray(probs, np.float32)
+        if len(names) != probs.shape[0]:
+            raise ValueError(f"{probs.shape[0]} probability planes for {len(names)} class names")
+        if probs.shape[0] == 0:
+            labels = np.zeros(probs.shape[1:], np.int16)
+        else:
+            best = probs.argmax(axis=0)
+            above = np.take_along_axis(probs, best[None], 0)[0] > threshold
+            labels = np.where(above, best + 1, 0).astype(np.int16)
+        return cls(probs, [BACKGROUND, *names], labels, list(models))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.labels.shape
+
+    def coverage(self) -> dict[str, float]:
+        """Fraction of macroblocks carrying each label (background included)."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
+        return {name: float(c) / self.labels.size for name, c in zip(self.classes, counts)}
+
+
+@dataclass
+class RegionStats:
+    """How each macroblock looks and changes, and the per-region aggregates (METHOD S120).
+
+    `complexity` (C) and `change` (V) are normalised to [0, 1]. `region_*` hold the value of the
+    labelled region each macroblock belongs to (the mean over that region's macroblocks), which is
+    what the policy uses: the method assigns one Q per region.
+    """
+
+    complexity: np.ndarray  # float32[mb_h, mb_w]
+    change: np.ndarray  # float32[mb_h, mb_w]
+    region_complexity: np.ndarray  # float32[mb_h, mb_w]
+    region_change: np.ndarray  # float32[mb_h, mb_w]
+    regions: np.ndarray  # int32[mb_h, mb_w] region id (connected labelled component; 0 = background)
+
+
+@dataclass
+class QpMap:
+    """Signed QP offset per macroblock, already clamped (negative = more bits)."""
+
+    offsets: np.ndarray  # float32[mb_h, mb_w]
+
+    def summary(self, roi: np.ndarray | None = None) -> dict[str, float]:
+        o = self.offsets
+        out = {"mean": float(o.mean()), "min": float(o.min()), "max": float(o.max())}
+        if roi is not None:
+            out["roi_coverage"] = float(roi.mean())
+        return out

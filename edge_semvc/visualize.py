@@ -1,0 +1,56 @@
+"""Pictures of what the encoder was told: the QP map over the frame, label outlines."""
+from __future__ import annotations
+
+import numpy as np
+
+from .frame import MB, Frame
+from .values import LabelMap, QpMap
+
+
+def overlay(frame: Frame, qp: QpMap, labels: LabelMap, limit: float = 6.0) -> np.ndarray:
+    """uint8[H, W, 3]: green where the map spends more bits (negative offset), red where it
+    saves them, strength by |offset|; labelled macroblocks outlined in white."""
+    h, w = frame.height, frame.width
+    rgb = frame.rgb().astype(np.float32)
+    off = np.repeat(np.repeat(qp.offsets, MB, 0), MB, 1)[:h, :w]
+    a = np.clip(np.abs(off) / max(limit, 1e-6), 0, 1)[..., None] * 0.6
+    tint = np.where(off[..., None] < 0, np.array([0, 255, 0], np.float32),
+                    np.array([255, 0, 0], np.float32))
+    out = rgb * (1 - a) + tint * a
+    lab = np.repeat(np.repeat(labels.labels, MB, 0), MB, 1)[:h, :w]
+    edge = np.zeros((h, w), bool)
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
+    out[edge] = 255
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def save_png(rgb: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path)
+
+
+class OverlayVideo:
+    """An H.264 file of overlays, one per frame (PyAV's own libx264; visualisation only)."""
+
+    def __init__(self, path: str, width: int, height: int, fps):
+        import av
+
+        self.container = av.open(path, "w")
+        self.stream = self.container.add_stream("libx264", rate=fps)
+        self.stream.width, self.stream.height = width, height
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"preset": "ultrafast", "crf": "23"}
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()

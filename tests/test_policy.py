@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from edge_semvc.analysis.change import change_map
+from edge_semvc.analysis.complexity import complexity_map
+from edge_semvc.analysis.regions import label_regions, region_stats
+from edge_semvc.config import ConfigError, QpConfig
+from edge_semvc.qp.policy import base_q, match_weights
+from edge_semvc.qp.qpmap import build_qp_map, importance_vector, pin_mean
+from edge_semvc.values import LabelMap
+
+
+def test_weights_switch_at_v_threshold():
+    cfg = QpConfig(v_threshold=0.3, alpha_slow=0.7, beta_slow=0.2, alpha_fast=0.1, beta_fast=0.9)
+    alpha, beta = match_weights(np.array([0.1, 0.3, 0.31, 0.9]), cfg)
+    assert alpha.tolist() == pytest.approx([0.7, 0.7, 0.1, 0.1])
+    assert beta.tolist() == pytest.approx([0.2, 0.2, 0.9, 0.9])
+
+
+def test_base_q_is_alpha_c_plus_beta_v():
+    cfg = QpConfig(v_threshold=0.5, alpha_slow=0.6, beta_slow=0.4, alpha_fast=0.3, beta_fast=1.0)
+    c = np.array([0.5, 0.5])
+    v = np.array([0.2, 0.8])
+    assert base_q(c, v, cfg).tolist() == pytest.approx([0.6 * 0.5 + 0.4 * 0.2,
+                                                        0.3 * 0.5 + 1.0 * 0.8])
+
+
+def test_pin_mean_hits_target_within_clamp():
+    raw = np.array([-20.0, 0.0, 0.0, 0.0, 5.0])
+    out = pin_mean(raw, 1.0, -6.0, 6.0)
+    assert out.min() >= -6 and out.max() <= 6
+    assert out.mean() == pytest.approx(1.0, abs=1e-2)
+
+
+def test_qp_map_favours_important_regions_and_pins_mean():
+    cfg = QpConfig()
+    labels = np.zeros((6, 8), np.int16)
+    labels[1:4, 1:4] = 1  # a person
+    labels[2, 2] = 2  # a face inside it
+    probs = np.zeros((2, 6, 8), np.float32)
+    lm = LabelMap(probs, ["background", "person", "face"], labels)
+    flat = np.full((6, 8), 0.3, np.float32)
+    stats = region_stats(labels, flat, flat * 0)
+    qp = build_qp_map(stats, lm, importance_vector(lm.classes, cfg), cfg)
+    o = qp.offsets
+    assert o[2, 2] < o[1, 1] < o[0, 0]  # face < person < background
+    assert o.mean() == pytest.approx(cfg.target_mean, abs=1e-2)
+    assert o.min() >= cfg.offset_min and o.max() <= cfg.offset_max
+
+
+def test_fast_region_gets_a_larger_offset_than_a_slow_one():
+    cfg = QpConfig()
+    labels = np.zeros((4, 8), np.int16)
+    labels[:, 0:2] = 1
+    labels[:, 5:7] = 1  # two separate person regions
+    change = np.zeros((4, 8), np.float32)
+    change[:, 5:7] = 0.9  # the second one moves fast
+    lm = LabelMap(np.zeros((1, 4, 8), np.float32), ["background", "person"], labels)
+    stats = region_stats(labels, np.full((4, 8), 0.4, np.float32), change)
+    o = build_qp_map(stats, lm, importance_vector(lm.classes, cfg), cfg).offsets
+    assert o[0, 5] > o[0, 0]  # motion masking (METHOD S130)
+
+
+def test_importance_table_must_cover_every_class():
+    with pytest.raises(ConfigError, match="qp.importance has no entry for class.*dog"):
+        importance_vector(["background", "dog"], QpConfig())
+
+
+def test_regions_are_connected_components_per_class():
+    labels = np.array([[1, 1, 0, 1],
+                       [0, 0, 0, 1],
+                       [2, 2, 0, 0]], np.int16)
+    regions = label_regions(labels)
+    assert regions[0, 0] == regions[0, 1] != regions[0, 3] == regions[1, 3]
+    assert regions[2, 0] not in (0, regions[0, 0], regions[0, 3])
+    assert (regions[labels == 0] == 0).all()
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    stats = region_stats(labels, values, values)
+    assert stats.region_complexity[0, 0] == pytest.approx(0.5)  # mean of 0 and 1
+    assert stats.region_complexity[1, 3] == pytest.approx((3 + 7) / 2)
+
+
+def test_complexity_is_low_on_flat_and_high_on_texture():
+    flat = np.full((32, 48), 128, np.uint8)
+    noisy = np.random.default_rng(0).integers(0, 256, (32, 48)).astype(np.uint8)
+    assert complexity_map(flat, 3, 2, 1024.0).max() == pytest.approx(0.0, abs=1e-6)
+    assert complexity_map(noisy, 3, 2, 1024.0).min() > 0.9
+
+
+def test_change_is_zero_without_motion_and_grows_with_it():
+    y = np.random.default_rng(0).integers(0, 256, (40, 40)).astype(np.uint8)  # partial MBs
+    assert change_map(None, y, 3, 3, 24.0).max() == 0
+    assert change_map(y, y, 3, 3, 24.0).max() == 0
+    moved = np.roll(y, 4, axis=1)
+    assert change_map(y, moved, 3, 3, 24.0).min() > 0.5
