@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--qp-map-png", help="write the QP map over one frame as a PNG")
     e.add_argument("--qp-map-video", help="write the QP map over every frame as a video")
     e.add_argument("--no-map", action="store_true",
-                   help="encode without the semantic map (the plain-x264 baseline)")
+                   help="plain x264: no labeler, analysis or map (the baseline)")
     e.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress line on stderr (auto: when stderr is a terminal)")
 
@@ -97,9 +97,11 @@ def _overrides(args) -> list[str]:
 def cmd_encode(args) -> int:
     from .config import load_config
     from .pipeline import Visuals, run_encode
+    from .sinks.file import wants_global_headers
     from .sources import RawVideoOptions, open_source
 
     cfg = load_config(args.config, _overrides(args))
+    wants_global_headers(args.output)  # an unsupported output extension fails before any work
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
     source = open_source(args.input, raw)
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
@@ -107,7 +109,7 @@ def cmd_encode(args) -> int:
     status, error = 0, None
     try:
         stats = run_encode(source, args.output, cfg, visuals=visuals, progress=progress,
-                           use_map=not args.no_map)
+                           semantic=not args.no_map)
     except KeyboardInterrupt as e:
         stats, status, error = e.stats, EXIT_INTERRUPTED, "interrupted"
     except Exception as e:
@@ -179,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     from .encoders.base import EncoderError
     from .labeler.models import ModelError
     from .labeler.runtime import LabelerError
+    from .sinks.file import SinkError
     from .sources import SourceError
 
     try:
         return {"encode": cmd_encode, "models": cmd_models, "config": cmd_config}[args.command](args)
-    except (ConfigError, EncoderError, ModelError, LabelerError, SourceError, OSError) as e:
+    except (ConfigError, EncoderError, ModelError, LabelerError, SinkError, SourceError,
+            OSError) as e:
         print(f"edge-semvc: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

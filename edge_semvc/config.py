@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -129,8 +128,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def cache_dir(self) -> Path:
-        return Path(self.labeler.cache_dir or os.environ.get("EDGE_SEMVC_CACHE")
-                    or Path.home() / ".cache" / "edge_semvc")
+        from .labeler.models import cache_root
+
+        return cache_root(self.labeler.cache_dir)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

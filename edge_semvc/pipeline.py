@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -73,16 +74,22 @@ def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> Encod
 
 
 def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | None = None,
-               progress: bool = False, use_map: bool = True) -> dict:
+               progress: bool = False, semantic: bool = True,
+               on_frame: Callable[[Frame, LabelMap, QpMap], None] | None = None) -> dict:
     """Encode `source` into `output`. Returns the statistics (see README, "Statistics").
+
+    `semantic=False` is the plain-x264 baseline: same decode, encoder and settings, no labeler,
+    analysis or map (x264 gets no quant_offsets). `on_frame` sees every frame with its labels
+    and map (benchmarks use it to know the region of interest).
 
     Raises DecodeError after finalising the output if decoding fails part-way; the stats of
     the frames written so far are attached to the exception as `.stats`.
     """
     visuals = visuals or Visuals()
-    labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info)
-    importance = importance_vector(["background", *labeler.classes], cfg.qp)
+    labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info) if semantic else None
+    importance = importance_vector(["background", *labeler.classes], cfg.qp) if semantic else None
     analyser = Analyser(cfg.analysis)
+    no_labels = no_map = None
     stats = RunStats()
     png_index = visuals.png_frame if visuals.png_frame is not None else \
         (source.frame_count // 2 if source.frame_count else sys.maxsize)
@@ -104,13 +111,21 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                                              source.fps)
             for frame in frames:
                 t0 = time.perf_counter()
-                labels = labeler.label(frame)
-                t1 = time.perf_counter()
-                region = analyser.analyse(frame, labels)
-                t2 = time.perf_counter()
-                qp = build_qp_map(region, labels, importance, cfg.qp)
-                t3 = time.perf_counter()
-                packets = enc.encode(frame, qp.offsets if use_map else None)
+                if semantic:
+                    labels = labeler.label(frame)
+                    t1 = time.perf_counter()
+                    region = analyser.analyse(frame, labels)
+                    t2 = time.perf_counter()
+                    qp = build_qp_map(region, labels, importance, cfg.qp)
+                    t3 = time.perf_counter()
+                else:
+                    if no_labels is None:
+                        no_labels = LabelMap.from_probs(
+                            np.zeros((0, frame.mb_h, frame.mb_w)), [], 1.0, [])
+                        no_map = QpMap(np.zeros((frame.mb_h, frame.mb_w), np.float32))
+                    labels, qp = no_labels, no_map
+                    t1 = t2 = t3 = t0
+                packets = enc.encode(frame, qp.offsets if semantic else None)
                 sink.write(packets)
                 t4 = time.perf_counter()
                 for name, dt in zip(STAGES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -118,6 +133,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 stats.frames += 1
                 stats.bytes += sum(len(p.data) for p in packets)
                 stats.add_frame(labels, qp)
+                if on_frame:
+                    on_frame(frame, labels, qp)
                 if visuals.png and (frame.index <= png_index or png_shot is None):
                     png_shot = (frame, qp, labels)
                 if overlay_video:
@@ -142,7 +159,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     if png_shot is not None:
         from .visualize import overlay, save_png
         save_png(overlay(*png_shot, limit=cfg.qp.offset_max), visuals.png)
-    result = _summarise(stats, wall, source, labeler, summary, cfg, output, use_map)
+    result = _summarise(stats, wall, source, labeler, summary, cfg, output)
     if error is not None:
         result["complete"] = False
         result["error"] = str(error) or type(error).__name__
@@ -152,10 +169,10 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     return result
 
 
-def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler, encoder: dict,
-               cfg: Config, output: str, use_map: bool) -> dict:
+def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | None,
+               encoder: dict, cfg: Config, output: str) -> dict:
     duration = stats.frames / float(source.fps) if stats.frames else 0.0
-    classes = ["background", *labeler.classes]
+    classes = ["background", *(labeler.classes if labeler else [])]
     counts = stats.label_counts if stats.label_counts is not None else np.zeros(len(classes))
     total = max(int(counts.sum()), 1)
     return {
@@ -172,8 +189,8 @@ def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler, e
         "mean_offset_roi": round(stats.offset_sum_roi / stats.mb_roi, 4) if stats.mb_roi else None,
         "mean_offset_background": (round(stats.offset_sum_bg / stats.mb_bg, 4)
                                    if stats.mb_bg else None),
-        "qp_map_applied": use_map,
-        "models": labeler.model_names,
+        "semantic": labeler is not None,
+        "models": labeler.model_names if labeler else [],
         "encoder": encoder,
         "config": cfg.to_dict(),
     }

@@ -29,7 +29,7 @@ def decode_blazeface(regressors: np.ndarray, logits: np.ndarray, min_score: floa
                      input_size: int = 128, iou_threshold: float = 0.3) -> np.ndarray:
     """Raw BlazeFace head -> float32[n, 5] boxes (x1, y1, x2, y2, score) in input fractions."""
     reg = regressors.reshape(-1, 16)
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1), -100, 100)))
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1).astype(np.float32), -80.0, 80.0)))
     keep = scores >= min_score
     if not keep.any():
         return np.zeros((0, 5), np.float32)

@@ -36,6 +36,9 @@ class PyAVSource:
             raise SourceError(f"{path} has no video stream")
         stream = self.container.streams.video[0]
         stream.thread_type = "AUTO"
+        # Crop exactly as the stream says: by default FFmpeg keeps unaligned left-crop columns
+        # (the 300x168 conformance clip would decode 326 wide).
+        stream.codec_context.options = {"flags": "unaligned"}
         cc = stream.codec_context
         self.width, self.height = cc.width, cc.height
         if not self.width or not self.height:

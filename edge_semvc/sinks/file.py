@@ -1,0 +1,183 @@
+"""Write already-encoded H.264 packets to a file: raw Annex-B, MP4, Matroska or MPEG-TS.
+
+Nothing is re-encoded. Containers go through PyAV's muxers: the stream is created with
+``OutputContainer.add_mux_stream`` (PyAV >= 17; no codec context, so no libx264 instance is opened
+behind our back and nothing overwrites the parameter sets). Such a stream offers no extradata setter;
+for mp4/mkv PyAV instead runs FFmpeg's ``extract_extradata`` filter on the first packet and buffers
+until it has the SPS/PPS. The sink therefore makes sure the first packet carries them: it prepends
+``headers`` when the encoder kept them out of band (``EncoderSettings.global_headers``). The muxers
+then convert the Annex-B packets to length-prefixed samples (avcC) themselves.
+
+Timestamps: packets carry pts/dts in ``time_base``; the muxer rescales to its own clock
+(mp4: a multiple of the rate, mkv: always 1 ms, ts: 90 kHz), so read back as seconds they are
+the input's (mkv rounded to the millisecond). For mpegts the negative dts x264 gives the first
+frames (B-frame delay) are written as they are (TS timestamps wrap at 2^33) instead of letting FFmpeg
+shift the whole stream, so the pts stay exact there too.
+"""
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class SinkError(ValueError):
+    """An output the sink cannot write: unknown container, missing parameter sets, closed sink."""
+
+
+# extension -> FFmpeg muxer name (None: raw Annex-B written by hand)
+FORMATS: dict[str, str | None] = {".h264": None, ".264": None, ".mp4": "mp4", ".mkv": "matroska",
+                                  ".ts": "mpegts"}
+# containers that keep SPS/PPS out of band (in the sample description), not in the stream
+GLOBAL_HEADERS: dict[str, bool] = {".h264": False, ".264": False, ".mp4": True, ".mkv": True,
+                                   ".ts": False}
+
+
+def _ext(path) -> str:
+    ext = Path(path).suffix.lower()
+    if ext not in FORMATS:
+        raise SinkError(f"unsupported output extension {ext or '(none)'!r} for {str(path)!r}; "
+                        f"supported: {', '.join(FORMATS)}")
+    return ext
+
+
+def wants_global_headers(path) -> bool:
+    """True when the container for ``path`` stores SPS/PPS out of band (mp4, mkv)."""
+    return GLOBAL_HEADERS[_ext(path)]
+
+
+def _nal_types(data: bytes, limit: int = 64):
+    """NAL unit types of an Annex-B buffer, in order (stops at the first slice)."""
+    i, n = 0, len(data)
+    for _ in range(limit):
+        j = data.find(b"\x00\x00\x01", i)
+        if j < 0 or j + 3 >= n:
+            return
+        t = data[j + 3] & 0x1F
+        yield t
+        if t in (1, 5):
+            return
+        i = j + 3
+
+
+def has_parameter_sets(data: bytes) -> bool:
+    """Whether an Annex-B access unit carries an SPS before its first slice."""
+    return 7 in _nal_types(data)
+
+
+class FileSink:
+    """``with FileSink(path, w, h, time_base, fps, headers) as sink: sink.write(packets)``.
+
+    ``headers``: Annex-B SPS/PPS (``Encoder.headers()``); needed when the encoder ran with
+    ``global_headers=True``, harmless otherwise. The container follows the extension
+    (``.h264``/``.264`` raw, ``.mp4``, ``.mkv``, ``.ts``).
+    """
+
+    FORMATS = FORMATS
+    GLOBAL_HEADERS = GLOBAL_HEADERS
+    wants_global_headers = staticmethod(wants_global_headers)
+
+    def __init__(self, path, width: int, height: int, time_base: Fraction, fps: Fraction,
+                 headers: bytes = b"") -> None:
+        self.path = Path(path)
+        self.ext = _ext(self.path)
+        self.format = FORMATS[self.ext]
+        self.global_headers = GLOBAL_HEADERS[self.ext]
+        self.width, self.height = int(width), int(height)
+        self.time_base = Fraction(time_base)
+        self.fps = Fraction(fps)
+        self.headers = bytes(headers or b"")
+        self.frames = 0
+        self.bytes = 0
+        self._closed = False
+        self._file = None
+        self._container = None
+        self._stream = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.format is None:
+            self._file = open(self.path, "wb")
+        else:
+            import av
+
+            # x264 hands out negative dts for the first frames when B-frames delay output.
+            # mp4 keeps the pts through an edit list and mkv stores pts only, but for mpegts
+            # FFmpeg's default (make_non_negative) would shift every timestamp by that delay;
+            # TS timestamps are 33-bit modular, so writing the negative dts as they are keeps
+            # the pts exact and demuxers unwrap them.
+            options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else {}
+            self._container = av.open(str(self.path), mode="w", format=self.format,
+                                      options=options)
+            try:
+                self._stream = self._container.add_mux_stream(
+                    "h264", rate=self.fps, width=self.width, height=self.height)
+                self._stream.time_base = self.time_base
+            except Exception:
+                self._container.close()
+                raise
+
+    def write(self, packets) -> None:
+        """Append packets (an ``encoders.Packet`` or an iterable of them) in decode order."""
+        if self._closed:
+            raise SinkError(f"FileSink {self.path} is closed")
+        if hasattr(packets, "data"):
+            packets = [packets]
+        for p in packets:
+            self._write_one(p)
+
+    def _prepend_headers(self, data: bytes, keyframe: bool) -> bytes:
+        if not self.headers or has_parameter_sets(data):
+            return data
+        if self.format in ("mp4", "matroska"):
+            need = self.frames == 0  # extradata comes from the first packet
+        else:  # raw / ts: decoders need the parameter sets in-band at every random access point
+            need = keyframe or self.frames == 0
+        return self.headers + data if need else data
+
+    def _write_one(self, p) -> None:
+        data = self._prepend_headers(bytes(p.data), bool(p.keyframe))
+        if self.frames == 0 and not has_parameter_sets(data):
+            raise SinkError(f"{self.path}: the first packet carries no SPS/PPS and no headers were "
+                            "given; pass Encoder.headers() when the encoder uses global_headers")
+        if self._file is not None:
+            self._file.write(data)
+        else:
+            import av
+
+            pkt = av.Packet(data)
+            pkt.stream = self._stream
+            pkt.time_base = self.time_base
+            pkt.pts = int(p.pts)
+            pkt.dts = int(p.dts)
+            pkt.is_keyframe = bool(p.keyframe)
+            self._container.mux(pkt)
+        self.frames += 1
+        self.bytes += len(data)
+
+    def close(self) -> None:
+        """Finish the file (trailer, index) so that what was written plays. Idempotent; safe after
+        an error in the middle of writing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception as e:  # still release the file; report what went wrong
+                log.error("finalising %s failed: %s", self.path, e)
+                raise
+
+    def __enter__(self) -> "FileSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

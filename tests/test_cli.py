@@ -1,0 +1,167 @@
+"""End to end through the command line: real models, real x264, real clips."""
+import json
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+from edge_semvc.cli import main, parse_bitrate
+
+
+def run_cli(*args, cwd=None):
+    r = subprocess.run([sys.executable, "-m", "edge_semvc", *map(str, args)],
+                       capture_output=True, text=True, cwd=cwd, timeout=600)
+    return r.returncode, r.stdout, r.stderr
+
+
+def probe(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = list(c.decode(s))
+        return s.codec_context.width, s.codec_context.height, [f.pts for f in frames]
+
+
+def test_demo_encode_writes_video_png_and_stats(tmp_path):
+    out, png, stats = tmp_path / "demo.mp4", tmp_path / "map.png", tmp_path / "s.json"
+    code, stdout, stderr = run_cli("encode", "demo://astronaut", out, "--qp-map-png", png,
+                                   "--stats-json", stats)
+    assert code == 0, stderr
+    assert "90 frames" in stdout
+    w, h, pts = probe(out)
+    assert (w, h, len(pts)) == (640, 360, 90)
+    assert png.stat().st_size > 10_000
+    s = json.loads(stats.read_text())
+    for key in ("frames", "bytes", "bitrate_kbps", "fps", "stages", "label_coverage",
+                "mean_offset_roi", "mean_offset_background", "models", "encoder"):
+        assert key in s
+    assert set(s["stages"]) == {"decode", "labeler", "analysis", "qp_map", "encode"}
+    assert all({"mean_ms", "p95_ms"} <= set(v) for v in s["stages"].values())
+    # A person and a face are really found, and they get more bits than the background.
+    assert s["label_coverage"]["person"] > 0.15
+    assert s["label_coverage"]["face"] > 0.01
+    assert s["mean_offset_roi"] < s["mean_offset_background"]
+    assert s["frames"] == 90 and s["complete"] is True
+
+
+@pytest.mark.parametrize("name, size, ext", [
+    ("drone_karma_coast_854x480.mp4", (854, 480), ".mkv"),
+    ("mobile_calendar_text_300x168.h264", (300, 168), ".h264"),
+])
+def test_odd_sizes_round_trip_with_frame_count_and_timestamps(tmp_path, clip, name, size, ext):
+    src = clip(name)
+    _, _, src_pts = probe(src)
+    n = 40
+    trimmed = tmp_path / f"in{src.suffix}"
+    if src.suffix == ".h264":
+        trimmed = src  # 50 frames: use all of them
+        n = len(src_pts)
+    else:  # a 40-frame excerpt keeps the test short
+        with av.open(str(src)) as c, av.open(str(trimmed), "w") as o:
+            s = c.streams.video[0]
+            os_ = o.add_stream_from_template(s)
+            for i, p in enumerate(c.demux(s)):
+                if p.dts is None or i >= n:
+                    continue
+                p.stream = os_
+                o.mux(p)
+        _, _, src_pts = probe(trimmed)
+        n = len(src_pts)
+    out = tmp_path / f"out{ext}"
+    code, _, stderr = run_cli("encode", trimmed, out, "--preset", "ultrafast")
+    assert code == 0, stderr
+    assert "aq-mode" in stderr  # ultrafast's aq-mode 0 was corrected, and said so
+    w, h, pts = probe(out)
+    assert (w, h) == size
+    assert len(pts) == n
+    if ext != ".h264" and src.suffix != ".h264":
+        tb_in = av.open(str(trimmed)).streams.video[0].time_base
+        tb_out = av.open(str(out)).streams.video[0].time_base
+        # Same presentation times, within the output container's clock (mkv: 1 ms).
+        assert np.allclose([float(p * tb_out) for p in pts], [float(p * tb_in) for p in src_pts],
+                           atol=float(tb_out))
+
+
+def test_raw_yuv_input(tmp_path, clip):
+    out = tmp_path / "conf.mp4"
+    code, stdout, stderr = run_cli(
+        "encode", clip("videoconf_2people_320x192_12fps_yuv420p.yuv"), out,
+        "--input-width", 320, "--input-height", 192, "--input-rate", 12)
+    assert code == 0, stderr
+    w, h, pts = probe(out)
+    assert (w, h, len(pts)) == (320, 192, 9)
+    assert "person" in stdout
+
+
+def test_y4m_input(tmp_path, clip):
+    # A .y4m written by hand from the raw clip (header + FRAME chunks).
+    raw = clip("videoconf_2people_320x192_12fps_yuv420p.yuv").read_bytes()
+    size = 320 * 192 * 3 // 2
+    y4m = tmp_path / "in.y4m"
+    with open(y4m, "wb") as f:
+        f.write(b"YUV4MPEG2 W320 H192 F12:1 Ip A1:1 C420mpeg2\n")
+        for i in range(len(raw) // size):
+            f.write(b"FRAME\n" + raw[i * size:(i + 1) * size])
+    out = tmp_path / "out.ts"
+    code, _, stderr = run_cli("encode", y4m, out)
+    assert code == 0, stderr
+    assert len(probe(out)[2]) == 9
+
+
+def test_decode_error_mid_file_keeps_earlier_frames(tmp_path, clip):
+    src = clip("carphone_qcif_pristine.mp4")
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+    pos = packets[60].pos
+    data[pos:pos + 64] = b"\xff" * 64  # NAL length fields now point past the packet
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    code, _, stderr = run_cli("encode", bad, out, "--stats-json", stats)
+    assert code == 3, stderr
+    assert "decoding" in stderr and "Traceback" not in stderr
+    s = json.loads(stats.read_text())
+    assert s["complete"] is False and 30 < s["frames"] < 61
+    assert len(probe(out)[2]) == s["frames"]  # a valid, playable file with every frame
+
+
+@pytest.mark.parametrize("args, message", [
+    (["encode", "/nonexistent.mp4", "o.mp4"], "input file not found"),
+    (["encode", "demo://astronaut", "o.mp4", "--bogus"], "unrecognized arguments: --bogus"),
+    (["encode", "demo://astronaut", "o.mp4", "--set", "qp.bogus=1"], "unknown config key"),
+    (["encode", "demo://astronaut", "o.mp4", "--set", "qp.offset_min=-99"], "qp.offset_min"),
+    (["encode", "demo://astronaut", "o.mp4", "--bitrate", "fast"], "invalid bitrate 'fast'"),
+    (["encode", "demo://astronaut", "o.mp4", "--rc", "cbr"], "encoder.bitrate"),
+    (["encode", "demo://astronaut", "o.avi"], ".avi"),
+    (["encode", "demo://astronaut", "o.mp4", "--preset", "warp"], "warp"),
+    (["encode", "demo://nothing", "o.mp4"], "unknown demo input"),
+])
+def test_user_errors_are_one_line(tmp_path, args, message):
+    code, _, stderr = run_cli(*args, cwd=tmp_path)
+    assert code == 2
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert message in lines[0]
+
+
+def test_corrupt_input_is_refused(tmp_path):
+    bad = tmp_path / "noise.mp4"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, np.uint8).tobytes())
+    code, _, stderr = run_cli("encode", bad, tmp_path / "o.mp4", cwd=tmp_path)
+    assert code == 2 and "cannot open" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_parse_bitrate():
+    assert parse_bitrate("800k") == 800_000
+    assert parse_bitrate("1.5M") == 1_500_000
+    assert parse_bitrate("64000") == 64_000
+
+
+def test_config_and_schema_commands(capsys):
+    assert main(["config"]) == 0
+    assert "target_mean" in capsys.readouterr().out
+    assert main(["config", "--schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "edge_semvc"

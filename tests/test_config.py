@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from edge_semvc.config import Config, ConfigError, json_schema, load_config
+
+
+def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
+    cfg = Config().validate()
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path).to_dict() == cfg.to_dict()
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("encoder:\n  preset: fast\nqp:\n  importance:\n    person: 0.5\n")
+    cfg = load_config(path, ["encoder.preset=medium", "labeler.models=a,b",
+                             "encoder.params.aq-mode=2"])
+    assert cfg.encoder.preset == "medium"
+    assert cfg.qp.importance["person"] == 0.5
+    assert cfg.qp.importance["face"] == 1.0  # tables merge, not replace
+    assert cfg.labeler.models == ["a", "b"]
+    assert cfg.encoder.params == {"aq-mode": "2"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("qp.nope=1", "unknown config key 'qp.nope'"),
+    ("nope.x=1", "unknown config key 'nope'"),
+    ("encoder.rc=cqp", "encoder.rc: 'cqp'"),
+    ("labeler.interval=x", "labeler.interval: 'x'"),
+    ("labeler.interval=0", "labeler.interval: 0"),
+    ("labeler.threshold=1.5", "labeler.threshold: 1.5"),
+    ("qp.importance.person=3", "qp.importance.person: 3"),
+    ("qp.target_mean=9", "qp.target_mean: 9"),
+    ("encoder.rc=cbr", "encoder.bitrate: 0"),
+    ("encoder.crf=60", "encoder.crf: 60"),
+    ("missing-equals", "--set expects key=value"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("qp: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(bad)
+
+
+def test_schema_lists_every_section():
+    schema = json_schema()
+    assert set(schema["properties"]) == {"labeler", "analysis", "qp", "encoder"}
+    assert schema["properties"]["qp"]["properties"]["target_mean"]["default"] == 1.5
+    json.dumps(schema)
