@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input-height", type=int, default=0, help="raw video height")
     e.add_argument("--input-rate", type=parse_rate, default=Fraction(0), help="raw video fps")
     e.add_argument("--input-pix-fmt", default="yuv420p", help="raw video pixel format")
+    e.add_argument("--frames", type=int, default=0, metavar="N",
+                   help="encode only the first N frames (0: all)")
     e.add_argument("--stats-json", help="write run statistics to this file")
     e.add_argument("--qp-map-png", help="write the QP map over one frame as a PNG")
     e.add_argument("--qp-map-video", help="write the QP map over every frame as a video")
@@ -109,7 +111,7 @@ def cmd_encode(args) -> int:
     status, error = 0, None
     try:
         stats = run_encode(source, args.output, cfg, visuals=visuals, progress=progress,
-                           semantic=not args.no_map)
+                           semantic=not args.no_map, max_frames=args.frames)
     except KeyboardInterrupt as e:
         stats, status, error = e.stats, EXIT_INTERRUPTED, "interrupted"
     except Exception as e:

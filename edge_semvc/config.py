@@ -25,7 +25,7 @@ class LabelerConfig:
     models: list[str] = field(
         default_factory=lambda: ["selfie_segmentation_landscape", "face_detection_short_range"])
     threshold: float = 0.7  # METHOD S110: a macroblock takes a class above this probability
-    interval: int = 1  # run the models every k-th frame and reuse the LabelMap in between
+    interval: int = 2  # run the models every k-th frame and reuse the LabelMap in between
     threads: int = 1  # ONNX Runtime intra-op threads (x264 wants the cores)
     face_min_score: float = 0.5  # BlazeFace detections below this are dropped before rasterising
     face_box_scale: float = 1.4  # grow face boxes (BlazeFace boxes are tight; hair and chin matter)

@@ -1,7 +1,7 @@
 """The per-frame loop: Source -> Labeler -> Analyser -> QP map -> Encoder -> Sink.
 
-Decoding runs in its own thread (PyAV releases the GIL) so it overlaps with labelling and
-encoding; the other stages run in order on the main thread. Every stage is timed; the run
+Three threads overlap: decoding, understanding (labeler, analysis, QP map) and encoding
+(the caller's thread; x264 adds its own). Every stage is timed; the run
 returns its statistics. Whatever happens, the output file is finalised with the frames encoded
 so far.
 """
@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from itertools import islice
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -74,13 +75,13 @@ def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> Encod
 
 
 def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | None = None,
-               progress: bool = False, semantic: bool = True,
+               progress: bool = False, semantic: bool = True, max_frames: int = 0,
                on_frame: Callable[[Frame, LabelMap, QpMap], None] | None = None) -> dict:
     """Encode `source` into `output`. Returns the statistics (see README, "Statistics").
 
     `semantic=False` is the plain-x264 baseline: same decode, encoder and settings, no labeler,
     analysis or map (x264 gets no quant_offsets). `on_frame` sees every frame with its labels
-    and map (benchmarks use it to know the region of interest).
+    and map (benchmarks use it to know the region of interest). `max_frames` > 0 stops early.
 
     Raises DecodeError after finalising the output if decoding fails part-way; the stats of
     the frames written so far are attached to the exception as `.stats`.
@@ -91,15 +92,30 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     analyser = Analyser(cfg.analysis)
     no_labels = no_map = None
     stats = RunStats()
+    expected = min(source.frame_count, max_frames) if max_frames else source.frame_count
     png_index = visuals.png_frame if visuals.png_frame is not None else \
-        (source.frame_count // 2 if source.frame_count else sys.maxsize)
+        (expected // 2 if expected else sys.maxsize)
     png_shot = None
     overlay_video = None
-    frames = _Prefetch(source, stats.timings["decode"])
+    decoded = islice(source.frames(), max_frames or None)
+    stages = [_Stage(_timed(decoded, stats.timings["decode"]), None, "decode")]
+    if semantic:
+        def understand(frame: Frame):
+            t0 = time.perf_counter()
+            labels = labeler.label(frame)
+            t1 = time.perf_counter()
+            region = analyser.analyse(frame, labels)
+            t2 = time.perf_counter()
+            qp = build_qp_map(region, labels, importance, cfg.qp)
+            t3 = time.perf_counter()
+            for name, dt in (("labeler", t1 - t0), ("analysis", t2 - t1), ("qp_map", t3 - t2)):
+                stats.timings[name].append(dt * 1e3)
+            return frame, labels, qp
+        stages.append(_Stage(stages[-1], understand, "semantic"))
     sink_cls = FileSink
     settings = encoder_settings(cfg, source, sink_cls.wants_global_headers(output))
     t_start = time.perf_counter()
-    reporter = _Progress(source.frame_count) if progress else None
+    reporter = _Progress(expected) if progress else None
     error: BaseException | None = None
     with get_encoder(cfg.encoder.backend)(settings) as enc, \
             sink_cls(output, source.width, source.height, source.time_base, source.fps,
@@ -109,27 +125,20 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 from .visualize import OverlayVideo
                 overlay_video = OverlayVideo(visuals.video, source.width, source.height,
                                              source.fps)
-            for frame in frames:
-                t0 = time.perf_counter()
+            for item in stages[-1]:
                 if semantic:
-                    labels = labeler.label(frame)
-                    t1 = time.perf_counter()
-                    region = analyser.analyse(frame, labels)
-                    t2 = time.perf_counter()
-                    qp = build_qp_map(region, labels, importance, cfg.qp)
-                    t3 = time.perf_counter()
+                    frame, labels, qp = item
                 else:
+                    frame = item
                     if no_labels is None:
                         no_labels = LabelMap.from_probs(
                             np.zeros((0, frame.mb_h, frame.mb_w)), [], 1.0, [])
                         no_map = QpMap(np.zeros((frame.mb_h, frame.mb_w), np.float32))
                     labels, qp = no_labels, no_map
-                    t1 = t2 = t3 = t0
+                t0 = time.perf_counter()
                 packets = enc.encode(frame, qp.offsets if semantic else None)
                 sink.write(packets)
-                t4 = time.perf_counter()
-                for name, dt in zip(STAGES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                    stats.timings[name].append(dt * 1e3)
+                stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
                 stats.frames += 1
                 stats.bytes += sum(len(p.data) for p in packets)
                 stats.add_frame(labels, qp)
@@ -145,7 +154,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         except (DecodeError, KeyboardInterrupt) as e:
             error = e
         finally:
-            frames.stop()
+            for stage in stages:
+                stage.stop()
             # Drain the encoder even after an error: delayed frames belong in the file.
             packets = enc.flush()
             sink.write(packets)
@@ -203,29 +213,40 @@ def _timing(ms: list[float]) -> dict[str, float]:
     return {"mean_ms": round(float(a.mean()), 4), "p95_ms": round(float(np.percentile(a, 95)), 4)}
 
 
-class _Prefetch:
-    """Decodes ahead in a thread; iterating yields Frames and re-raises the source's errors."""
+def _timed(items: Iterator, timings: list[float]) -> Iterator:
+    """Yield from `items`, recording how long each item took to produce (ms)."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        timings.append((time.perf_counter() - t0) * 1e3)
+        yield item
+
+
+class _Stage:
+    """Runs `step` over `upstream` in its own thread, a few items ahead of the consumer.
+
+    Decoding, understanding (labeler, analysis, map) and encoding overlap this way: PyAV,
+    ONNX Runtime and x264 all release the GIL. The upstream's exceptions reach the consumer.
+    """
 
     _END = object()
 
-    def __init__(self, source: Source, timings: list[float], depth: int = 4):
+    def __init__(self, upstream: Iterable, step: Callable | None, name: str, depth: int = 4):
         self.q: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(source, timings), daemon=True,
-                                       name="decode")
+        self.thread = threading.Thread(target=self._run, args=(upstream, step), daemon=True,
+                                       name=name)
         self.thread.start()
 
-    def _run(self, source: Source, timings: list[float]) -> None:
-        it = source.frames()
+    def _run(self, upstream: Iterable, step: Callable | None) -> None:
         try:
-            while not self._stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    frame = next(it)
-                except StopIteration:
-                    break
-                timings.append((time.perf_counter() - t0) * 1e3)
-                self._put(frame)
+            for item in upstream:
+                if self._stop.is_set():
+                    return
+                self._put(step(item) if step else item)
         except BaseException as e:  # handed to the consumer, which decides
             self._put(e)
         self._put(self._END)
@@ -239,8 +260,11 @@ class _Prefetch:
                 continue
 
     def __iter__(self):
-        while True:
-            item = self.q.get()
+        while not self._stop.is_set():
+            try:
+                item = self.q.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if item is self._END:
                 return
             if isinstance(item, BaseException):

@@ -24,12 +24,13 @@ from .metrics import mb_mask_to_pixels, psnr
 
 
 def decoded_luma(path: str) -> list[np.ndarray]:
+    """Y planes as coded (format="gray" would rescale limited-range luma to full range)."""
     with av.open(path) as c:
-        return [f.to_ndarray(format="gray") for f in c.decode(video=0)]
+        return [f.to_ndarray(format="yuv420p")[: f.height] for f in c.decode(video=0)]
 
 
 def compare(clip: str, cfg: Config, workdir: str, raw: RawVideoOptions | None = None,
-            repeats: int = 1) -> dict:
+            repeats: int = 1, max_frames: int = 0) -> dict:
     """Encode `clip` both ways; returns sizes, fps, and whole/ROI/background Y-PSNR of each."""
     refs: list[np.ndarray] = []
     rois: list[np.ndarray] = []
@@ -44,7 +45,7 @@ def compare(clip: str, cfg: Config, workdir: str, raw: RawVideoOptions | None = 
             out = str(Path(workdir) / f"{Path(clip).stem}.{name}.mp4")
             src = open_source(clip, raw)
             try:
-                stats = run_encode(src, out, cfg, semantic=semantic,
+                stats = run_encode(src, out, cfg, semantic=semantic, max_frames=max_frames,
                                    on_frame=keep if (semantic and rep == 0) else None)
             finally:
                 src.close()
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="veryfast")
     p.add_argument("--tune", default="")
     p.add_argument("--repeats", type=int, default=2, help="runs of each, best fps kept")
+    p.add_argument("--frames", type=int, default=0, help="only the first N frames (0: all)")
     p.add_argument("--json", help="write all results here")
     args = p.parse_args(argv)
     from ..cli import parse_bitrate
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:
         for clip in args.clips:
-            r = compare(clip, cfg, tmp, repeats=args.repeats)
+            r = compare(clip, cfg, tmp, repeats=args.repeats, max_frames=args.frames)
             results.append(r)
             print(markdown_row(r), flush=True)
     if args.json:
