@@ -10,19 +10,20 @@ from ..config import AnalysisConfig
 from ..frame import Frame
 from ..values import LabelMap, RegionStats
 from .change import change_map
-from .complexity import complexity_map
+from .complexity import block_samples, complexity_map
 from .regions import region_stats
 
 
 class Analyser:
-    """Keeps the previous frame's luma; turns (Frame, LabelMap) into RegionStats."""
+    """Keeps the previous frame's luma samples; turns (Frame, LabelMap) into RegionStats."""
 
     def __init__(self, cfg: AnalysisConfig):
         self.cfg = cfg
-        self._prev_y: np.ndarray | None = None
+        self._prev: np.ndarray | None = None
 
     def analyse(self, frame: Frame, labels: LabelMap) -> RegionStats:
-        c = complexity_map(frame.y, frame.mb_w, frame.mb_h, self.cfg.complexity_full_var)
-        v = change_map(self._prev_y, frame.y, frame.mb_w, frame.mb_h, self.cfg.change_full_mad)
-        self._prev_y = frame.y
+        blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
+        c = complexity_map(blocks, self.cfg.complexity_full_var)
+        v = change_map(self._prev, blocks, self.cfg.change_full_mad)
+        self._prev = blocks
         return region_stats(labels.labels, c, v)

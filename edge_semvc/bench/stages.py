@@ -1,0 +1,65 @@
+"""Each stage's cost per frame, alone (no other thread competing), on real frames.
+
+    python -m edge_semvc.bench.stages [CLIP...]
+"""
+from __future__ import annotations
+
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+from ..analysis import Analyser
+from ..config import Config
+from ..labeler import Labeler
+from ..qp.qpmap import build_qp_map, importance_vector
+from ..sources import open_source
+
+DEFAULT_CLIPS = ["foreman_cif.h264", "street_pedestrians_vtest_768x576.avi",
+                 "road_traffic_signs_1080p.h264"]
+
+
+def _ms(fn, frames, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for f in frames:
+            fn(f)
+        best = min(best, (time.perf_counter() - t0) / len(frames) * 1e3)
+    return best
+
+
+def measure(clip: str, cfg: Config, n: int = 20) -> dict:
+    src = open_source(clip)
+    frames = list(islice(src.frames(), n))
+    src.close()
+    labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=lambda *_: None)
+    out = {"clip": Path(clip).name, "size": f"{frames[0].width}x{frames[0].height}"}
+    for name, model in labeler.models:
+        out[name] = _ms(model, frames)
+    labels = [labeler.label(f) for f in frames]
+    analyser = Analyser(cfg.analysis)
+    by_index = {f.index: lm for f, lm in zip(frames, labels)}
+    out["analysis"] = _ms(lambda f: analyser.analyse(f, by_index[f.index]), frames)
+    imp = importance_vector(["background", *labeler.classes], cfg.qp)
+    stats = {f.index: analyser.analyse(f, by_index[f.index]) for f in frames}
+    out["qp_map"] = _ms(lambda f: build_qp_map(stats[f.index], by_index[f.index], imp, cfg.qp),
+                        frames)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    clips = (argv if argv is not None else sys.argv[1:]) or [
+        str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "video" / c)
+        for c in DEFAULT_CLIPS]
+    rows = [measure(c, Config()) for c in clips]
+    cols = [k for k in rows[0] if k not in ("clip", "size")]
+    print("| clip | size | " + " | ".join(f"{c} ms" for c in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for r in rows:
+        print(f"| {r['clip']} | {r['size']} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
