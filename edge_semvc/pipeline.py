@@ -92,7 +92,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     analyser = Analyser(cfg.analysis)
     no_labels = no_map = None
     stats = RunStats()
-    expected = min(source.frame_count, max_frames) if max_frames else source.frame_count
+    expected = min(source.frame_count or max_frames, max_frames or source.frame_count)
     png_index = visuals.png_frame if visuals.png_frame is not None else \
         (expected // 2 if expected else sys.maxsize)
     png_shot = None

@@ -83,6 +83,15 @@ def test_odd_sizes_round_trip_with_frame_count_and_timestamps(tmp_path, clip, na
                            atol=float(tb_out))
 
 
+def test_frames_limit_progress_and_map_video(tmp_path, clip):
+    out, video = tmp_path / "f.mkv", tmp_path / "map.mp4"
+    code, _, stderr = run_cli("encode", clip("foreman_cif.h264"), out, "--frames", 20,
+                              "--qp-map-video", video, "--progress", "on")
+    assert code == 0, stderr
+    assert len(probe(out)[2]) == 20 and len(probe(video)[2]) == 20
+    assert "frame " in stderr and "/20" in stderr  # progress knows the total from --frames
+
+
 def test_raw_yuv_input(tmp_path, clip):
     out = tmp_path / "conf.mp4"
     code, stdout, stderr = run_cli(

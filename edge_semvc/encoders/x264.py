@@ -43,6 +43,25 @@ INSTALL_HINT = "install libx264-dev and gcc (Debian/Ubuntu: sudo apt-get install
 
 # --- the binding -------------------------------------------------------------------------------
 
+# The rate-control fields we read, copied out of x264_param_t.rc by the C glue (declared once
+# for both cffi and the compiler).
+_RC_STRUCT = r"""
+typedef struct {
+    int rc_method;
+    int qp_constant;
+    int qp_min;
+    int qp_max;
+    int bitrate;
+    int vbv_max_bitrate;
+    int vbv_buffer_size;
+    int aq_mode;
+    int mb_tree;
+    int lookahead;
+    float rf_constant;
+    float aq_strength;
+} semvc_rc_t;
+"""
+
 _CDEF = r"""
 typedef struct x264_t x264_t;
 
@@ -119,21 +138,7 @@ int x264_encoder_delayed_frames(x264_t *);
 void x264_encoder_close(x264_t *);
 
 /* glue (defined in _CSRC) */
-typedef struct {
-    int rc_method;
-    int qp_constant;
-    int qp_min;
-    int qp_max;
-    int bitrate;
-    int vbv_max_bitrate;
-    int vbv_buffer_size;
-    int aq_mode;
-    int mb_tree;
-    int lookahead;
-    float rf_constant;
-    float aq_strength;
-} semvc_rc_t;
-void semvc_get_rc(const x264_param_t *p, semvc_rc_t *out);
+""" + _RC_STRUCT + r"""void semvc_get_rc(const x264_param_t *p, semvc_rc_t *out);
 void semvc_set_log(x264_param_t *p, void *priv, int level);
 void semvc_param_cleanup(x264_param_t *p);
 const char *semvc_preset_name(int i);
@@ -149,21 +154,7 @@ _CSRC = r"""
 #include <stdio.h>
 #include <x264.h>
 
-typedef struct {
-    int rc_method;
-    int qp_constant;
-    int qp_min;
-    int qp_max;
-    int bitrate;
-    int vbv_max_bitrate;
-    int vbv_buffer_size;
-    int aq_mode;
-    int mb_tree;
-    int lookahead;
-    float rf_constant;
-    float aq_strength;
-} semvc_rc_t;
-
+""" + _RC_STRUCT + r"""
 static void semvc_get_rc(const x264_param_t *p, semvc_rc_t *o)
 {
     o->rc_method = p->rc.i_rc_method;
