@@ -74,3 +74,31 @@ def boxes_to_mb(boxes: np.ndarray, frame_w: int, frame_h: int, scale: float = 1.
         inside = (np.abs(cy - my)[:, None] <= hh) & (np.abs(cx - mx)[None, :] <= hw)
         np.maximum(out, np.where(inside, score, 0.0), out=out)
     return out
+
+
+def decode_yolox(raw: np.ndarray, input_hw: tuple[int, int], score_threshold: float = 0.3,
+                 iou_threshold: float = 0.45, strides=(8, 16, 32)) -> np.ndarray:
+    """A raw YOLOX head [1, n, 5 + classes] -> float32[k, 6] (x1, y1, x2, y2, score, class) in
+    input pixels, after per-class NMS. Cells are ordered stride by stride, row-major:
+    xy = (out + grid) * stride, wh = exp(out) * stride, score = objectness * class score."""
+    pred = raw.reshape(-1, raw.shape[-1]).astype(np.float32)
+    h, w = input_hw
+    grids, scale = [], []
+    for s in strides:
+        gy, gx = np.meshgrid(np.arange(h // s), np.arange(w // s), indexing="ij")
+        grids.append(np.stack([gx, gy], -1).reshape(-1, 2))
+        scale.append(np.full(len(grids[-1]), s))
+    grid, scale = np.concatenate(grids), np.concatenate(scale)[:, None]
+    if len(grid) != len(pred):
+        raise ValueError(f"YOLOX head has {len(pred)} cells, input {w}x{h} gives {len(grid)}")
+    cls = pred[:, 5:].argmax(1)
+    score = pred[:, 4] * pred[np.arange(len(pred)), 5 + cls]
+    keep = score >= score_threshold
+    xy = (pred[keep, :2] + grid[keep]) * scale[keep]
+    wh = np.exp(np.clip(pred[keep, 2:4], -10, 10)) * scale[keep]
+    boxes = np.concatenate([xy - wh / 2, xy + wh / 2, score[keep, None], cls[keep, None]], 1)
+    out = [np.zeros((0, 6), np.float32)]
+    for c in np.unique(boxes[:, 5]):
+        kept = nms(boxes[boxes[:, 5] == c, :5], iou_threshold)
+        out.append(np.column_stack([kept, np.full(len(kept), c)]))
+    return np.concatenate(out).astype(np.float32)
