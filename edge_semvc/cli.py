@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print the default configuration or its JSON schema")
     c.add_argument("--schema", action="store_true", help="print the JSON schema")
+
+    b = sub.add_parser("bench", help="rate-distortion, accuracy and speed: semantic vs x264")
+    from .bench.run import add_arguments as bench_arguments
+    bench_arguments(b)
     return p
 
 
@@ -175,6 +179,15 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench.run import run
+
+    return run(args)
+
+
+COMMANDS = {"encode": cmd_encode, "models": cmd_models, "config": cmd_config, "bench": cmd_bench}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     from .sources import SourceError
 
     try:
-        return {"encode": cmd_encode, "models": cmd_models, "config": cmd_config}[args.command](args)
+        return COMMANDS[args.command](args)
     except (ConfigError, EncoderError, ModelError, LabelerError, SinkError, SourceError,
             OSError) as e:
         print(f"edge-semvc: error: {e}", file=sys.stderr)

@@ -208,9 +208,11 @@ def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | 
 
 def _timing(ms: list[float]) -> dict[str, float]:
     if not ms:
-        return {"mean_ms": 0.0, "p95_ms": 0.0}
+        return {"mean_ms": 0.0, "p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0}
     a = np.asarray(ms)
-    return {"mean_ms": round(float(a.mean()), 4), "p95_ms": round(float(np.percentile(a, 95)), 4)}
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"mean_ms": round(float(a.mean()), 4), "p50_ms": round(float(p50), 4),
+            "p95_ms": round(float(p95), 4), "p99_ms": round(float(p99), 4)}
 
 
 def _timed(items: Iterator, timings: list[float]) -> Iterator:

@@ -20,3 +20,9 @@ def shared_file(*parts: str) -> Path:
 def clip():
     return lambda name: shared_file("data", "video", name)
 
+
+
+@pytest.fixture
+def fixture_model():
+    """A test-fixture model from ../shared/models (skips when absent)."""
+    return lambda name: shared_file("models", name)

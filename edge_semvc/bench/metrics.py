@@ -1,6 +1,8 @@
 """Quality metrics on decoded planes. Region metrics take a macroblock mask and expand it."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..frame import MB
@@ -32,3 +34,67 @@ def psnr_from_mse(m: float, peak: float = 255.0) -> float:
 def psnr(ref: np.ndarray, dist: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Y-PSNR in dB (8-bit peak), optionally restricted to a pixel mask."""
     return psnr_from_mse(mse(ref, dist, mask))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of boxes a[n, >=4] and b[m, >=4] (x1, y1, x2, y2)."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def match_counts(truth: np.ndarray, found: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives): greedy one-to-one matching of
+    `found` (highest score first, column 4) to `truth` at IoU >= `iou`."""
+    if len(truth) == 0 or len(found) == 0:
+        return 0, len(found), len(truth)
+    found = found[np.argsort(-found[:, 4])] if found.shape[1] > 4 else found
+    ious = box_iou(found, truth)
+    used = np.zeros(len(truth), bool)
+    tp = 0
+    for row in ious:
+        row = np.where(used, -1.0, row)
+        j = int(row.argmax())
+        if row[j] >= iou:
+            used[j] = True
+            tp += 1
+    return tp, len(found) - tp, len(truth) - tp
+
+
+def f1_score(tp: int, fp: int, fn: int) -> float:
+    """F1 from counts; 1.0 when there was nothing to find and nothing was found."""
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def bd_rate(rate_anchor, dist_anchor, rate_test, dist_test) -> tuple[float | None, str]:
+    """Bjontegaard delta rate (%, akima) of test against anchor; (None, reason) when the
+    curves cannot be compared (too few points, not monotonic, too little overlap)."""
+    import bjontegaard as bd
+
+    points = [np.asarray(v, float) for v in (rate_anchor, dist_anchor, rate_test, dist_test)]
+    if any(len(p) < 2 or not np.all(np.isfinite(p)) for p in points):
+        return None, "fewer than 2 finite points"
+    for rate, dist in ((points[0], points[1]), (points[2], points[3])):
+        if np.any(np.diff(dist[np.argsort(rate)]) <= 0):
+            return None, "quality does not rise strictly with rate"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value = float(bd.bd_rate(*points, method="akima", min_overlap=0))
+        except Exception as e:  # the package raises plain ValueError/AssertionError texts
+            return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    # BD-rate integrates over the quality range both curves share; where they share little,
+    # the figure rests on extrapolation: say so.
+    a, b = points[1], points[3]
+    overlap = min(a.max(), b.max()) - max(a.min(), b.min())
+    span = max(a.max() - a.min(), b.max() - b.min())
+    note = "; ".join(str(w.message).split(".")[0] for w in caught
+                     if "overlap" not in str(w.message))
+    if span > 0 and overlap / span < 0.75:
+        note = f"quality ranges overlap {100 * max(overlap, 0) / span:.0f} % only"
+    return value, note
