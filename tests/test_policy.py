@@ -95,3 +95,18 @@ def test_change_is_zero_without_motion_and_grows_with_it():
     assert change_map(b, b, 24.0).max() == 0
     moved = block_samples(np.roll(y, 4, axis=1), 3, 3)
     assert change_map(b, moved, 24.0).min() > 0.5
+
+
+def test_importance_budget_softens_the_map_when_the_roi_is_large():
+    cfg = QpConfig(importance_gain=8.0, importance_budget=2.0, q_gain=0.0)
+    flat = np.zeros((10, 10), np.float32)
+
+    def roi_offset(rows):
+        labels = np.zeros((10, 10), np.int16)
+        labels[:rows] = 1
+        lm = LabelMap(np.zeros((1, 10, 10), np.float32), ["background", "person"], labels)
+        o = build_qp_map(region_stats(labels, flat, flat), lm, np.array([0.0, 1.0]), cfg).offsets
+        return float(o[0, 0] - o[-1, -1])  # ROI minus background
+
+    assert roi_offset(1) == pytest.approx(-8.0, abs=0.01)  # 10 % ROI: the full gain
+    assert roi_offset(5) == pytest.approx(-4.0, abs=0.01)  # 50 % ROI: 2.0 / 0.5

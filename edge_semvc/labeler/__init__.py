@@ -1,8 +1,19 @@
 """The labeler (METHOD S110, the label computation module): what is where in each frame.
 
-Each model is wrapped by a small adapter that turns a Frame into per-class probability planes
-on the macroblock grid; the Labeler fuses all planes into one LabelMap (arg-max over classes
-above the probability threshold) and, with `interval` k > 1, reuses it for k-1 frames.
+Each model in `labeler.models` is described by the registry (`registry.yaml`) or by its config
+entry, and wrapped by the adapter of its `decoder`: the adapter turns a Frame into one probability
+plane per product class (person, face, text, vehicle, ...) on the macroblock grid. The Labeler
+fuses the planes of all models into one LabelMap:
+
+1. the same class from several models combines by maximum: probs[c] = max_m P_m[c];
+2. a class is a candidate in a macroblock where some model's plane for it exceeds that model's
+   threshold (its `threshold`, default `labeler.threshold`);
+3. the macroblock takes the candidate that comes first in `labeler.priority` (default face, text,
+   person, vehicle: the smaller, more specific region wins where regions overlap); candidates
+   not in the list come after the listed ones, the most probable first; no candidate: background.
+
+Each model runs every `interval` frames (its own, default `labeler.interval`) and its planes are
+reused in between; the LabelMap object itself is reused on frames where no model ran.
 """
 from __future__ import annotations
 
@@ -13,77 +24,236 @@ import numpy as np
 from ..config import LabelerConfig
 from ..frame import Frame
 from ..values import LabelMap
-from .decoders import boxes_to_mb, decode_blazeface, segmentation_to_mb
-from .preprocess import letterbox, rgb_resized
+from .decoders import (boxes_to_mb, blazeface_anchors, decode_blazeface, decode_boxes,
+                       decode_yolox, pool_max_to_mb, segmentation_to_mb, sigmoid)
+from .preprocess import Geometry, InputTransform
 from .runtime import LabelerError, open_runtime
 
 
-class SelfieSegmenter:
-    """MediaPipe selfie segmentation (landscape): person probability, 256x144 RGB in [0, 1]."""
+class Adapter:
+    """One model: its description, its input transform, its runtime. Calling it on a frame
+    gives float32[len(classes), mb_h, mb_w] (one plane per product class in `classes`)."""
 
-    classes = ["person"]
+    def __init__(self, desc: dict, runtime, cfg: LabelerConfig, key: str = "model"):
+        self.desc, self.rt, self.key = desc, runtime, key
+        self.name = desc["name"]
+        self.classes: list[str] = list(desc["products"])
+        self.targets: list[list[int]] = desc["targets"]  # model class indices per product class
+        self.threshold = desc["threshold"] if desc["threshold"] is not None else cfg.threshold
+        self.interval = desc["interval"] or cfg.interval
+        self.opts = desc["options"]
+        self.input = InputTransform(desc["input"], runtime.input_shape, f"{key}.input")
 
-    def __init__(self, runtime, cfg: LabelerConfig):
-        self.rt = runtime
-        _, self.h, self.w, _ = runtime.input_shape
-
-    def __call__(self, frame: Frame) -> np.ndarray:
-        x = rgb_resized(frame, self.w, self.h)[None] / 255.0
-        (prob,) = self.rt.run(x.astype(np.float32)).values()
-        return segmentation_to_mb(prob.reshape(self.h, self.w), frame.width, frame.height)[None]
-
-
-class BlazeFaceDetector:
-    """BlazeFace short range: face boxes on a letterboxed 128x128 RGB in [-1, 1]."""
-
-    classes = ["face"]
-
-    def __init__(self, runtime, cfg: LabelerConfig):
-        self.rt = runtime
-        self.size = runtime.input_shape[1]
-        self.min_score = cfg.face_min_score
-        self.box_scale = cfg.face_box_scale
+    def infer(self, frame: Frame) -> tuple[list[np.ndarray], Geometry]:
+        x, geometry = self.input(frame)
+        return list(self.rt.run(x).values()), geometry
 
     def __call__(self, frame: Frame) -> np.ndarray:
-        s = self.size / max(frame.width, frame.height)
-        w, h = max(1, round(frame.width * s)), max(1, round(frame.height * s))
-        img, px, py = letterbox(rgb_resized(frame, w, h) / 127.5 - 1.0, self.size)
-        outs = sorted(self.rt.run(img[None]).values(), key=lambda a: -a.shape[-1])
-        boxes = decode_blazeface(outs[0], outs[1], self.min_score, self.size)
-        # Letterbox fractions -> frame fractions.
-        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - px) * self.size / w
-        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - py) * self.size / h
+        raise NotImplementedError
+
+    def _error(self, what: str) -> LabelerError:
+        return LabelerError(f"{self.key} ({self.name}): {what}")
+
+
+class MaskAdapter(Adapter):
+    """`probability-mask` and `db-text`: per-pixel class scores [C, h, w] (after `activation`:
+    none, sigmoid or softmax over the classes), the letterbox padding cropped off, classes summed
+    (softmax: exclusive classes) or maxed (independent ones) into product classes, then pooled
+    to macroblocks by area mean (`pool: mean`) or by the maximum over quarter-macroblock cells
+    (`pool: max`, the db-text default: text strokes are thin)."""
+
+    def __call__(self, frame: Frame) -> np.ndarray:
+        outs, g = self.infer(frame)
+        out = self._output(outs)
+        layout = self.opts["output_layout"] or self.input.layout
+        if out.ndim == 4:
+            maps = out[0].transpose(2, 0, 1) if layout == "NHWC" else out[0]
+        elif out.ndim in (2, 3):
+            maps = out.reshape(-1, *out.shape[-2:])
+        else:
+            raise self._error(f"output of shape {out.shape} is not a probability map")
+        n = len(self.desc["classes"])
+        if maps.shape[0] != n:
+            raise self._error(f"the output has {maps.shape[0]} channels, `classes` names {n}")
+        oh, ow = maps.shape[1:]
+        sx, sy = ow / g.in_w, oh / g.in_h
+        maps = maps[:, round(g.y0 * sy):round((g.y0 + g.ch) * sy),
+                    round(g.x0 * sx):round((g.x0 + g.cw) * sx)].astype(np.float32)  # a copy
+        act = self.opts["activation"]
+        if act == "softmax":  # exclusive classes: a product class sums its model classes
+            maps -= maps.max(axis=0)
+            np.exp(maps, out=maps)
+            inv = 1.0 / maps.sum(axis=0)
+            probs = [maps[t].sum(axis=0) * inv for t in self.targets]
+        else:  # independent classes: the most probable one
+            if act == "sigmoid":
+                maps = sigmoid(maps)
+            probs = [np.clip(maps[t].max(axis=0), 0.0, 1.0) for t in self.targets]
+        pool = pool_max_to_mb if self.opts["pool"] == "max" else segmentation_to_mb
+        return np.stack([pool(p, frame.width, frame.height) for p in probs])
+
+    def _output(self, outs: list[np.ndarray]) -> np.ndarray:
+        which = self.opts["output"]
+        if isinstance(which, str):
+            names = self.rt.output_names
+            if which not in names:
+                raise self._error(f"no output named {which!r} (outputs: {', '.join(names)})")
+            return outs[names.index(which)]
+        if which >= len(outs):
+            raise self._error(f"output {which} does not exist (the model has {len(outs)})")
+        return outs[which]
+
+
+class SsdAnchorAdapter(Adapter):
+    """`ssd-anchors`: BlazeFace-style heads (regressors [1, n, 4+], logits [1, n, 1]) on an anchor
+    grid (`anchors: {strides, per_layer}`), sigmoid scores, NMS; boxes grown by `box_scale`
+    (default `labeler.face_box_scale`) and rasterised with their score; detections under
+    `min_score` (default `labeler.face_min_score`) are dropped."""
+
+    def __init__(self, desc, runtime, cfg, key="model"):
+        super().__init__(desc, runtime, cfg, key)
+        if len(desc["classes"]) != 1:
+            raise self._error("the ssd-anchors decoder takes one class")
+        w, h = self.input.size
+        if w != h:
+            raise self._error(f"the ssd-anchors decoder needs a square input, not {w}x{h}")
+        a = self.opts["anchors"]
+        self.anchors = blazeface_anchors(w, a["strides"], a["per_layer"])
+        self.min_score = self.opts["min_score"]
+        if self.min_score is None:
+            self.min_score = cfg.face_min_score
+        self.box_scale = self.opts["box_scale"] or cfg.face_box_scale
+
+    def __call__(self, frame: Frame) -> np.ndarray:
+        outs, g = self.infer(frame)
+        reg, logits = sorted(outs, key=lambda a: -a.shape[-1])[:2]
+        try:
+            boxes = decode_blazeface(reg, logits, self.min_score, g.in_w,
+                                     self.opts["iou_threshold"], self.anchors)
+        except ValueError as e:
+            raise self._error(str(e)) from None
+        boxes[:, :4] *= g.in_w
+        boxes = g.boxes_to_frame(boxes)
         return boxes_to_mb(boxes, frame.width, frame.height, self.box_scale)[None]
 
 
+class _BoxPlanes(Adapter):
+    def planes(self, boxes: np.ndarray, g: Geometry, frame: Frame) -> np.ndarray:
+        """[k, 6] (x1, y1, x2, y2 in input pixels, score, model class) -> product planes."""
+        boxes = g.boxes_to_frame(boxes)
+        scale = self.opts["box_scale"] or 1.0
+        return np.stack([boxes_to_mb(boxes[np.isin(boxes[:, 5], t)], frame.width, frame.height,
+                                     scale) for t in self.targets])
+
+
+class YoloxAdapter(_BoxPlanes):
+    """`yolox`: the raw YOLOX head [1, n, 5 + classes] decoded on its grid (`strides`), scored
+    objectness x class, per-class NMS (`decode_yolox`); boxes of mapped classes scoring at least
+    the model's threshold are rasterised with their score."""
+
+    def __call__(self, frame: Frame) -> np.ndarray:
+        outs, g = self.infer(frame)
+        raw = outs[0]
+        if raw.shape[-1] != 5 + len(self.desc["classes"]):
+            raise self._error(f"the head has {raw.shape[-1] - 5} classes, `classes` names "
+                              f"{len(self.desc['classes'])}")
+        try:
+            boxes = decode_yolox(raw, (g.in_h, g.in_w), self.threshold,
+                                 self.opts["iou_threshold"], tuple(self.opts["strides"]))
+        except ValueError as e:
+            raise self._error(str(e)) from None
+        return self.planes(boxes, g, frame)
+
+
+class BoxesAdapter(_BoxPlanes):
+    """`boxes`: detections already decoded by the model (scores [1, n, classes] and boxes
+    [1, n, 4] as x1, y1, x2, y2 fractions of the input), per-class NMS."""
+
+    def __call__(self, frame: Frame) -> np.ndarray:
+        outs, g = self.infer(frame)
+        n = len(self.desc["classes"])
+        box_i = [i for i, o in enumerate(outs) if o.shape[-1] == 4][:1]
+        score_i = [i for i, o in enumerate(outs) if o.shape[-1] == n and i not in box_i][:1]
+        if not box_i or not score_i:
+            raise self._error(f"expected a [1, n, 4] box output and a [1, n, {n}] score output, "
+                              f"got {[o.shape for o in outs]}")
+        ids = sorted({i for t in self.targets for i in t})
+        boxes = decode_boxes(outs[score_i[0]], outs[box_i[0]], ids, self.threshold,
+                             self.opts["iou_threshold"])
+        boxes[:, [0, 2]] *= g.in_w
+        boxes[:, [1, 3]] *= g.in_h
+        return self.planes(boxes, g, frame)
+
+
 ADAPTERS = {
-    "selfie_segmentation_landscape": SelfieSegmenter,
-    "face_detection_short_range": BlazeFaceDetector,
+    "probability-mask": MaskAdapter,
+    "db-text": MaskAdapter,
+    "ssd-anchors": SsdAnchorAdapter,
+    "yolox": YoloxAdapter,
+    "boxes": BoxesAdapter,
 }
+
+
+def fuse(contributions: list[tuple[list[str], np.ndarray, float]], priority: list[str],
+         models: list[str] = (), shape: tuple[int, int] | None = None) -> LabelMap:
+    """The fusion rule (module docstring): `contributions` are (classes, planes, threshold) per
+    model. Returns a LabelMap with classes in order of first appearance."""
+    classes: list[str] = []
+    for cls, _, _ in contributions:
+        classes += [c for c in cls if c not in classes]
+    if shape is None:
+        shape = contributions[0][1].shape[1:] if contributions else (0, 0)
+    probs = np.zeros((len(classes), *shape), np.float32)
+    above = np.zeros((len(classes), *shape), bool)
+    for cls, planes, threshold in contributions:
+        for c, plane in zip(cls, planes):
+            i = classes.index(c)
+            np.maximum(probs[i], plane, out=probs[i])
+            above[i] |= plane > threshold
+    labels = np.zeros(shape, np.int16)
+    ranked = [c for c in priority if c in classes]
+    rest = [classes.index(c) for c in classes if c not in ranked]
+    if rest:  # unlisted classes: the most probable candidate
+        p = np.where(above[rest], probs[rest], -1.0)
+        best = p.argmax(axis=0)
+        hit = p.max(axis=0) >= 0
+        labels[hit] = np.asarray(rest)[best[hit]] + 1
+    for c in reversed(ranked):  # listed classes, the first one last: it wins
+        i = classes.index(c)
+        labels[above[i]] = i + 1
+    return LabelMap(probs, ["background", *classes], labels, list(models))
 
 
 class Labeler:
     def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print):
-        from .models import prepare_model
+        from .models import describe, model_file
 
         self.cfg = cfg
-        self.models = []
-        for name in cfg.models:
-            if name not in ADAPTERS:
-                raise LabelerError(f"no labeler adapter for model {name!r} "
-                                   f"(known: {', '.join(ADAPTERS)})")
-            path = prepare_model(name, cache_dir, log=log)
-            self.models.append((name, ADAPTERS[name](open_runtime(cfg.runtime, path, cfg.threads),
-                                                     cfg)))
-        self.classes = [c for _, m in self.models for c in m.classes]
+        self.models: list[tuple[str, Adapter]] = []
+        for i, entry in enumerate(cfg.models):
+            key = f"labeler.models[{i}]"
+            desc = describe(entry, key)
+            path = model_file(desc, key, cache_dir, log=log)
+            adapter = ADAPTERS[desc["decoder"]](desc, open_runtime(cfg.runtime, path, cfg.threads),
+                                                cfg, key)
+            self.models.append((desc["name"], adapter))
+        self.classes: list[str] = []
+        for _, m in self.models:
+            self.classes += [c for c in m.classes if c not in self.classes]
         self.model_names = [name for name, _ in self.models]
+        self._planes: list[np.ndarray | None] = [None] * len(self.models)
         self._last: LabelMap | None = None
 
     def label(self, frame: Frame) -> LabelMap:
-        if self._last is not None and frame.index % self.cfg.interval:
-            return self._last
-        planes = [m(frame) for _, m in self.models]
-        probs = np.concatenate(planes) if planes else np.zeros((0, frame.mb_h, frame.mb_w),
-                                                                np.float32)
-        self._last = LabelMap.from_probs(probs, self.classes, self.cfg.threshold, self.model_names)
+        ran = False
+        for k, (_, m) in enumerate(self.models):
+            p = self._planes[k]
+            if p is None or frame.index % m.interval == 0 or p.shape[1:] != (frame.mb_h,
+                                                                                frame.mb_w):
+                self._planes[k] = m(frame)
+                ran = True
+        if ran or self._last is None:
+            self._last = fuse([(m.classes, p, m.threshold)
+                               for (_, m), p in zip(self.models, self._planes)],
+                              self.cfg.priority, self.model_names, (frame.mb_h, frame.mb_w))
         return self._last

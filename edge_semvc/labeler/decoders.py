@@ -11,11 +11,21 @@ def segmentation_to_mb(prob: np.ndarray, frame_w: int, frame_h: int) -> np.ndarr
     return prob_to_mb(prob, frame_w, frame_h)
 
 
-def blazeface_anchors() -> np.ndarray:
-    """The 896 anchor centres of BlazeFace short range (MediaPipe's SsdAnchorsCalculator with
-    input 128, strides 8/16/16/16, fixed anchor size, offset 0.5): float32[896, 2] in [0, 1]."""
+def blazeface_anchors(input_size: int = 128, strides=(8, 16, 16, 16),
+                      per_layer: int = 2) -> np.ndarray:
+    """SSD anchor centres as MediaPipe's SsdAnchorsCalculator makes them for BlazeFace (fixed
+    anchor size, offset 0.5): consecutive layers with the same stride share one grid, each
+    adding `per_layer` anchors per cell. float32[n, 2] in [0, 1]. The defaults are BlazeFace
+    short range (128, 896 anchors); full range is (192, strides (4,), 1 per layer): 2304."""
+    groups: list[list[int]] = []
+    for s in strides:
+        if groups and groups[-1][0] == s:
+            groups[-1][1] += per_layer
+        else:
+            groups.append([s, per_layer])
     centres = []
-    for grid, per_cell in ((16, 2), (8, 6)):
+    for stride, per_cell in groups:
+        grid = -(-input_size // stride)
         ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
         c = np.stack([(xs + 0.5) / grid, (ys + 0.5) / grid], -1).reshape(-1, 1, 2)
         centres.append(np.repeat(c, per_cell, axis=1).reshape(-1, 2))
@@ -26,14 +36,18 @@ _ANCHORS = blazeface_anchors()
 
 
 def decode_blazeface(regressors: np.ndarray, logits: np.ndarray, min_score: float,
-                     input_size: int = 128, iou_threshold: float = 0.3) -> np.ndarray:
+                     input_size: int = 128, iou_threshold: float = 0.3,
+                     anchors: np.ndarray | None = None) -> np.ndarray:
     """Raw BlazeFace head -> float32[n, 5] boxes (x1, y1, x2, y2, score) in input fractions."""
-    reg = regressors.reshape(-1, 16)
+    anchors = _ANCHORS if anchors is None else anchors
+    reg = regressors.reshape(-1, regressors.shape[-1])
+    if len(reg) != len(anchors):
+        raise ValueError(f"SSD head has {len(reg)} boxes, the anchor layout gives {len(anchors)}")
     scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1).astype(np.float32), -80.0, 80.0)))
     keep = scores >= min_score
     if not keep.any():
         return np.zeros((0, 5), np.float32)
-    reg, scores, anchors = reg[keep], scores[keep], _ANCHORS[keep]
+    reg, scores, anchors = reg[keep], scores[keep], anchors[keep]
     cx = anchors[:, 0] + reg[:, 0] / input_size
     cy = anchors[:, 1] + reg[:, 1] / input_size
     w, h = reg[:, 2] / input_size, reg[:, 3] / input_size
@@ -63,17 +77,61 @@ def nms(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
 def boxes_to_mb(boxes: np.ndarray, frame_w: int, frame_h: int, scale: float = 1.0) -> np.ndarray:
     """Rasterise [n, 5] boxes (frame fractions + score) to a soft mask on the macroblock grid:
     a macroblock whose centre lies inside a box (grown by `scale` about its centre) takes the
-    box's score; overlapping boxes keep the highest."""
+    box's score, and so does the macroblock holding the box's centre (a box smaller than a
+    macroblock is not lost); overlapping boxes keep the highest."""
     mb_w, mb_h = mb_grid(frame_w, frame_h)
     out = np.zeros((mb_h, mb_w), np.float32)
     cx = (np.arange(mb_w) * MB + MB / 2) / frame_w
     cy = (np.arange(mb_h) * MB + MB / 2) / frame_h
-    for x1, y1, x2, y2, score in boxes:
+    for x1, y1, x2, y2, score in np.asarray(boxes, np.float32)[:, :5]:
         mx, my = (x1 + x2) / 2, (y1 + y2) / 2
         hw, hh = (x2 - x1) * scale / 2, (y2 - y1) * scale / 2
         inside = (np.abs(cy - my)[:, None] <= hh) & (np.abs(cx - mx)[None, :] <= hw)
         np.maximum(out, np.where(inside, score, 0.0), out=out)
+        if 0.0 <= mx < 1.0 and 0.0 <= my < 1.0:
+            i, j = int(my * frame_h) // MB, int(mx * frame_w) // MB
+            out[i, j] = max(out[i, j], score)
     return out
+
+
+def pool_max_to_mb(prob: np.ndarray, frame_w: int, frame_h: int,
+                   sub: int | None = None) -> np.ndarray:
+    """Like `segmentation_to_mb` but the maximum: the map is area-averaged onto `sub` x `sub`
+    cells per macroblock (default: about one map pixel per cell, at least 4), then each
+    macroblock takes its highest cell. For thin structures (text lines) that a macroblock mean
+    would dilute."""
+    from PIL import Image
+
+    mb_w, mb_h = mb_grid(frame_w, frame_h)
+    h, w = prob.shape
+    if sub is None:
+        sub = max(4, int(np.ceil(max(w * MB / frame_w, h * MB / frame_h))))
+    span_w, span_h = w * mb_w * MB / frame_w, h * mb_h * MB / frame_h
+    padded = np.pad(prob.astype(np.float32), ((0, int(np.ceil(span_h)) - h + 1),
+                                              (0, int(np.ceil(span_w)) - w + 1)), mode="edge")
+    img = Image.fromarray(padded, mode="F").resize(
+        (mb_w * sub, mb_h * sub), Image.Resampling.BOX, box=(0.0, 0.0, span_w, span_h))
+    return np.asarray(img, np.float32).reshape(mb_h, sub, mb_w, sub).max(axis=(1, 3))
+
+
+def decode_boxes(scores: np.ndarray, boxes: np.ndarray, class_ids, min_score: float,
+                 iou_threshold: float = 0.3) -> np.ndarray:
+    """Already decoded detections (scores [1, n, classes], boxes [1, n, 4] as x1, y1, x2, y2 in
+    input fractions, e.g. Ultra-Light-Fast face) -> float32[k, 6] (x1, y1, x2, y2, score, class)
+    for the classes in `class_ids`, after per-class NMS."""
+    sc = scores.reshape(-1, scores.shape[-1]).astype(np.float32)
+    bx = boxes.reshape(-1, 4).astype(np.float32)
+    out = [np.zeros((0, 6), np.float32)]
+    for c in class_ids:
+        keep = sc[:, c] >= min_score
+        if keep.any():
+            kept = nms(np.column_stack([bx[keep], sc[keep, c]]), iou_threshold)
+            out.append(np.column_stack([kept, np.full(len(kept), c, np.float32)]))
+    return np.concatenate(out).astype(np.float32)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -80.0, 80.0)))
 
 
 def decode_yolox(raw: np.ndarray, input_hw: tuple[int, int], score_threshold: float = 0.3,

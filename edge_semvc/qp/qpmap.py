@@ -1,7 +1,8 @@
 """From per-region Q and class importance to the signed per-macroblock QP offsets x264 takes.
 
-offset = q_gain * Q - importance_gain * importance[label], then shifted so the frame mean is
-`target_mean` and clamped to [offset_min, offset_max]. Only differences between macroblocks
+offset = q_gain * Q - gain * importance[label], then shifted so the frame mean is
+`target_mean` and clamped to [offset_min, offset_max]; gain is `importance_gain`, limited by
+`importance_budget` on frames with a large labelled area (see `importance_gain`). Only differences between macroblocks
 matter to the picture; the mean decides whether the map adds or saves bits at CRF (FACTS.md),
 so it is pinned rather than left to the content.
 """
@@ -28,8 +29,21 @@ def importance_vector(classes: list[str], cfg: QpConfig) -> np.ndarray:
 def build_qp_map(stats: RegionStats, labels: LabelMap, importance: np.ndarray,
                  cfg: QpConfig) -> QpMap:
     q = base_q(stats.region_complexity, stats.region_change, cfg)
-    raw = cfg.q_gain * q - cfg.importance_gain * importance[labels.labels]
-    return QpMap(pin_mean(raw, cfg.target_mean, cfg.offset_min, cfg.offset_max))
+    weight = importance[labels.labels]
+    return QpMap(pin_mean(cfg.q_gain * q - importance_gain(weight, cfg) * weight,
+                          cfg.target_mean, cfg.offset_min, cfg.offset_max))
+
+
+def importance_gain(weight: np.ndarray, cfg: QpConfig) -> float:
+    """QP per unit of importance for this frame: `importance_gain`, scaled down when the
+    labelled area is so large that the frame-average emphasis would exceed
+    `importance_budget`. The pinned mean makes the background pay that average back, so the
+    budget bounds what the background loses: a small ROI gets the full emphasis for little,
+    a frame that is half face gets a milder map instead of a ruined background."""
+    mean_weight = float(weight.mean())
+    if mean_weight * cfg.importance_gain <= cfg.importance_budget:
+        return cfg.importance_gain
+    return cfg.importance_budget / mean_weight
 
 
 def pin_mean(raw: np.ndarray, target: float, lo: float, hi: float) -> np.ndarray:

@@ -34,6 +34,7 @@ class DemoSource:
 
     def frames(self) -> Iterator[Frame]:
         rng = np.random.default_rng(0)
+        noise = np.rint(rng.normal(0, 2.0, (4, HEIGHT, WIDTH))).astype(np.int16)
         img_w, img_h = self.image.size
         for i in range(FRAMES):
             t = i / (FRAMES - 1)
@@ -45,9 +46,11 @@ class DemoSource:
             x0, y0 = float(np.clip(x0, 0, img_w - w)), float(np.clip(y0, 0, img_h - h))
             crop = self.image.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC,
                                      box=(x0, y0, x0 + w, y0 + h))
-            noisy = np.asarray(crop, np.float32) + rng.normal(0, 2.0, (HEIGHT, WIDTH, 3))
-            rgb = np.clip(noisy, 0, 255).astype(np.uint8)
-            yield Frame.from_rgb(rgb, i, self.time_base, i)
+            frame = Frame.from_rgb(np.asarray(crop), i, self.time_base, i)
+            # Sensor noise on luma, from a small bank of noise planes (cheaper than fresh noise).
+            noisy = frame.y.astype(np.int16) + noise[i % len(noise)]
+            frame.y = np.clip(noisy, 0, 255).astype(np.uint8)
+            yield frame
 
     def close(self) -> None:
         pass
