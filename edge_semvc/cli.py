@@ -43,6 +43,24 @@ def parse_rate(text: str) -> Fraction:
     return rate
 
 
+def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """Configuration, encoder and raw-input options shared by `encode` and `field-bench`."""
+    p.add_argument("--config", help="YAML configuration file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration key (repeatable), e.g. qp.target_mean=1")
+    p.add_argument("--bitrate", type=parse_bitrate, help="bits/s, with k/M suffixes")
+    p.add_argument("--rc", choices=["crf", "abr", "cbr"], help="rate control")
+    p.add_argument("--crf", type=float, help="CRF value (rc=crf)")
+    p.add_argument("--preset", help="x264 preset (default veryfast)")
+    p.add_argument("--tune", help="x264 tune, e.g. zerolatency (no lookahead/B-frame delay)")
+    p.add_argument("--no-map", action="store_true",
+                   help="plain x264: no labeler, analysis or map (the baseline)")
+    p.add_argument("--input-width", type=int, default=0, help="raw video width")
+    p.add_argument("--input-height", type=int, default=0, help="raw video height")
+    p.add_argument("--input-rate", type=parse_rate, default=Fraction(0), help="raw video fps")
+    p.add_argument("--input-pix-fmt", default="yuv420p", help="raw video pixel format")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edge-semvc", description="Semantic-aware video encoder.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -52,25 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("input", help="file path or URI (file://, demo://astronaut)")
     e.add_argument("output", help="output file; its extension picks the container "
                                   "(.mp4, .mkv, .ts, .h264)")
-    e.add_argument("--config", help="YAML configuration file")
-    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a configuration key (repeatable), e.g. qp.target_mean=1")
-    e.add_argument("--bitrate", type=parse_bitrate, help="bits/s, with k/M suffixes")
-    e.add_argument("--rc", choices=["crf", "abr", "cbr"], help="rate control")
-    e.add_argument("--crf", type=float, help="CRF value (rc=crf)")
-    e.add_argument("--preset", help="x264 preset (default veryfast)")
-    e.add_argument("--tune", help="x264 tune, e.g. zerolatency")
-    e.add_argument("--input-width", type=int, default=0, help="raw video width")
-    e.add_argument("--input-height", type=int, default=0, help="raw video height")
-    e.add_argument("--input-rate", type=parse_rate, default=Fraction(0), help="raw video fps")
-    e.add_argument("--input-pix-fmt", default="yuv420p", help="raw video pixel format")
+    add_encoder_arguments(e)
     e.add_argument("--frames", type=int, default=0, metavar="N",
                    help="encode only the first N frames (0: all)")
     e.add_argument("--stats-json", help="write run statistics to this file")
     e.add_argument("--qp-map-png", help="write the QP map over one frame as a PNG")
     e.add_argument("--qp-map-video", help="write the QP map over every frame as a video")
-    e.add_argument("--no-map", action="store_true",
-                   help="plain x264: no labeler, analysis or map (the baseline)")
     e.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress line on stderr (auto: when stderr is a terminal)")
 
@@ -102,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(args) -> list[str]:
+def config_overrides(args) -> list[str]:
     """CLI flags become config overrides applied after --config and --set."""
     out = list(args.set)
     for flag, key in (("bitrate", "encoder.bitrate"), ("rc", "encoder.rc"), ("crf", "encoder.crf"),
@@ -119,7 +124,7 @@ def cmd_encode(args) -> int:
     from .sinks.file import wants_global_headers
     from .sources import RawVideoOptions, open_source
 
-    cfg = load_config(args.config, _overrides(args))
+    cfg = load_config(args.config, config_overrides(args))
     wants_global_headers(args.output)  # an unsupported output extension fails before any work
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
     source = open_source(args.input, raw)

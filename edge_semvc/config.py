@@ -257,7 +257,9 @@ def json_schema() -> dict[str, Any]:
             origin = get_origin(hint)
             kind = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(hint)
             if origin is list:
-                props[f.name] = {"type": "array", "items": {"type": "string"}, "default": default}
+                items = ({"type": "string"} if get_args(hint)[0] is str else
+                         {"anyOf": [{"type": "string"}, {"type": "object"}]})
+                props[f.name] = {"type": "array", "items": items, "default": default}
             elif origin is dict:
                 props[f.name] = {"type": "object", "default": default}
             else:

@@ -1,6 +1,5 @@
 """The map takes effect: same CBR bitrate, semantic map vs plain x264 (no map), real clips,
 measured on the decoded output."""
-from pathlib import Path
 
 import pytest
 

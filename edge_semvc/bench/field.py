@@ -638,7 +638,7 @@ def _non_negative(text: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The field benchmark's arguments (``edge-semvc field-bench`` and ``python -m``)."""
-    from ..cli import parse_bitrate, parse_rate
+    from ..cli import add_encoder_arguments
 
     p.add_argument("input", help="source: file path or URI (file://, demo://astronaut)")
     p.add_argument("output", nargs="?",
@@ -655,46 +655,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 1; e.g. 4 plays a 30 fps file as a 120 fps camera)")
     p.add_argument("--loop", action="store_true",
                    help="reopen the input when it ends (timestamps continue)")
-    p.add_argument("--config", help="YAML configuration file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a configuration key (repeatable)")
-    p.add_argument("--bitrate", type=parse_bitrate, help="bits/s, with k/M suffixes")
-    p.add_argument("--rc", choices=["crf", "abr", "cbr"], help="rate control")
-    p.add_argument("--crf", type=float, help="CRF value (rc=crf)")
-    p.add_argument("--preset", help="x264 preset (default veryfast)")
-    p.add_argument("--tune", help="x264 tune, e.g. zerolatency (no lookahead/B-frame delay)")
-    p.add_argument("--no-map", action="store_true",
-                   help="plain x264: no labeler, analysis or map (the baseline)")
-    p.add_argument("--input-width", type=int, default=0, help="raw video width")
-    p.add_argument("--input-height", type=int, default=0, help="raw video height")
-    p.add_argument("--input-rate", type=parse_rate, default=Fraction(0), help="raw video fps")
-    p.add_argument("--input-pix-fmt", default="yuv420p", help="raw video pixel format")
+    add_encoder_arguments(p)
     p.add_argument("--sample-interval", type=_positive, default=0.5, metavar="S",
                    help="sensor/CPU sampling period in seconds (default 0.5)")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
-
-
-def _overrides(args) -> list[str]:
-    out = list(args.set)
-    for flag, key in (("bitrate", "encoder.bitrate"), ("rc", "encoder.rc"), ("crf", "encoder.crf"),
-                      ("preset", "encoder.preset"), ("tune", "encoder.tune")):
-        value = getattr(args, flag)
-        if value is not None:
-            out.append(f"{key}={value}")
-    return out
 
 
 def run(args) -> int:
     """Run the benchmark for parsed ``args``; writes the JSON report. Returns the exit status
     (0; 3 when the input broke part-way; 130 on Ctrl-C — the report is written in both cases).
     Configuration, source, model and encoder errors propagate (the CLI reports them, exit 2)."""
+    from ..cli import config_overrides
     from ..config import load_config
     from ..pipeline import run_encode
     from ..sinks.file import wants_global_headers
     from ..sources import RawVideoOptions, open_source
 
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    cfg = load_config(args.config, _overrides(args))
+    cfg = load_config(args.config, config_overrides(args))
     tmpdir = None
     output = args.output
     if not output:

@@ -15,7 +15,6 @@ frames; the same mask for every encode of a clip, so all are judged on the same 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
