@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                                            "latency, drops, CPU, memory, bitrate, sensors")
     from .bench.field import add_arguments as field_arguments
     field_arguments(f)
+
+    cal = sub.add_parser("calibrate", help="INT8 QDQ model from representative frames")
+    from .labeler.calibrate import add_arguments as calibrate_arguments
+    calibrate_arguments(cal)
+
+    eng = sub.add_parser("engines", help="build and list TensorRT engines")
+    from .labeler.tensorrt import add_arguments as engines_arguments
+    engines_arguments(eng)
     return p
 
 
@@ -225,8 +233,20 @@ def cmd_field_bench(args) -> int:
     return run(args)
 
 
+def cmd_calibrate(args) -> int:
+    from .labeler.calibrate import run
+
+    return run(args)
+
+
+def cmd_engines(args) -> int:
+    from .labeler.tensorrt import run
+
+    return run(args)
+
+
 COMMANDS = {"encode": cmd_encode, "models": cmd_models, "config": cmd_config, "bench": cmd_bench,
-            "field-bench": cmd_field_bench}
+            "field-bench": cmd_field_bench, "calibrate": cmd_calibrate, "engines": cmd_engines}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ class LabelerConfig:
     # not listed come after, the most probable first (labeler/__init__.py, "fusion").
     priority: list[str] = field(default_factory=lambda: ["face", "text", "person", "vehicle"])
     interval: int = 2  # run each model every k-th frame (unless its entry says) and reuse it
+    reuse: str = "motion"  # between runs: "motion" (motion-compensated) or "hold" (unchanged)
     threads: int = 1  # ONNX Runtime intra-op threads (x264 wants the cores)
     face_min_score: float = 0.5  # BlazeFace detections below this are dropped before rasterising
     face_box_scale: float = 1.4  # grow face boxes (BlazeFace boxes are tight; hair and chin matter)
@@ -91,8 +92,11 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def validate(self) -> "Config":
-        _check(self.labeler.runtime == "onnxruntime", "labeler.runtime", self.labeler.runtime,
-               "onnxruntime (the TensorRT runtime is not built yet)")
+        from .labeler.runtime import RUNTIMES
+        _check(self.labeler.runtime in RUNTIMES, "labeler.runtime", self.labeler.runtime,
+               " or ".join(RUNTIMES))
+        _check(self.labeler.reuse in ("motion", "hold"), "labeler.reuse", self.labeler.reuse,
+               "motion or hold")
         _check(0.0 < self.labeler.threshold < 1.0, "labeler.threshold", self.labeler.threshold,
                "a probability between 0 and 1")
         _check(self.labeler.interval >= 1, "labeler.interval", self.labeler.interval, ">= 1")

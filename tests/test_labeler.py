@@ -57,12 +57,29 @@ def test_face_and_person_on_real_clips(labeler, clip, name):
     assert np.mean([c["person"] + c["face"] for c in covs]) > 0.15
 
 
-def test_interval_reuses_the_last_map():
+def test_interval_holds_the_last_map():
     cfg = Config()
-    lab = Labeler(LabelerConfig(interval=3), cfg.cache_dir(), log=lambda *_: None)
+    lab = Labeler(LabelerConfig(interval=3, reuse="hold"), cfg.cache_dir(), log=lambda *_: None)
     fs = frames("demo://astronaut", 4)
     maps = [lab.label(f) for f in fs]
     assert maps[1] is maps[0] and maps[2] is maps[0] and maps[3] is not maps[0]
+
+
+def test_interval_carries_labels_with_the_motion():
+    cfg = Config()
+    lab = Labeler(LabelerConfig(interval=5, reuse="motion"), cfg.cache_dir(),
+                  log=lambda *_: None)
+    fs = frames("demo://astronaut", 5)
+    every = Labeler(LabelerConfig(interval=1), cfg.cache_dir(), log=lambda *_: None)
+    carried = [lab.label(f).labels > 0 for f in fs]
+    truth = [every.label(f).labels > 0 for f in fs]
+    # Frames 1-4 reuse frame 0's labels, moved with the camera: closer to the truth than holding.
+    held = carried[0]
+    for c, t in zip(carried[1:], truth[1:]):
+        iou = (c & t).sum() / (c | t).sum()
+        iou_held = (held & t).sum() / (held | t).sum()
+        assert iou >= iou_held - 0.01 and iou > 0.8
+    assert not all((c == carried[0]).all() for c in carried[1:])
 
 
 def test_unknown_model_is_refused():

@@ -12,8 +12,10 @@ fuses the planes of all models into one LabelMap:
    person, vehicle: the smaller, more specific region wins where regions overlap); candidates
    not in the list come after the listed ones, the most probable first; no candidate: background.
 
-Each model runs every `interval` frames (its own, default `labeler.interval`) and its planes are
-reused in between; the LabelMap object itself is reused on frames where no model ran.
+Each model runs every `interval` frames (its own, default `labeler.interval`); in between, its
+last planes are carried to the current frame by per-macroblock motion compensation
+(`labeler.reuse: motion`, reuse.py) or held unchanged (`hold`). A detected scene cut makes every
+model run.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ..values import LabelMap
 from .decoders import (boxes_to_mb, blazeface_anchors, decode_blazeface, decode_boxes,
                        decode_yolox, pool_max_to_mb, segmentation_to_mb, sigmoid)
 from .preprocess import Geometry, InputTransform
+from .reuse import PlaneCarrier
 from .runtime import LabelerError, open_runtime
 
 
@@ -243,17 +246,25 @@ class Labeler:
         self.model_names = [name for name, _ in self.models]
         self._planes: list[np.ndarray | None] = [None] * len(self.models)
         self._last: LabelMap | None = None
+        self.carrier = PlaneCarrier(cfg.reuse)
 
     def label(self, frame: Frame) -> LabelMap:
-        ran = False
+        c = self.carrier
+        c.step(frame.y)
+        grid = (frame.mb_h, frame.mb_w)
+        due = [p is None or frame.index % m.interval == 0 or p.shape[1:] != grid
+               for (_, m), p in zip(self.models, self._planes)]
+        if not all(due) and c.scene_cut:  # after a hard cut, carried planes mean nothing
+            due = [True] * len(due)
         for k, (_, m) in enumerate(self.models):
-            p = self._planes[k]
-            if p is None or frame.index % m.interval == 0 or p.shape[1:] != (frame.mb_h,
-                                                                                frame.mb_w):
-                self._planes[k] = m(frame)
-                ran = True
-        if ran or self._last is None:
+            if due[k]:
+                # Box planes have hard edges: move them without blurring.
+                interp = "nearest" if isinstance(m, (SsdAnchorAdapter, _BoxPlanes)) else None
+                self._planes[k] = c.set(k, m(frame), interp)
+            else:
+                self._planes[k] = c.get(k)
+        if any(due) or c.mode == "motion" or self._last is None:
             self._last = fuse([(m.classes, p, m.threshold)
                                for (_, m), p in zip(self.models, self._planes)],
-                              self.cfg.priority, self.model_names, (frame.mb_h, frame.mb_w))
+                              self.cfg.priority, self.model_names, grid)
         return self._last

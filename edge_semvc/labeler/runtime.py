@@ -1,4 +1,10 @@
-"""Inference runtimes behind one small interface. ONNX Runtime on the CPU is the default."""
+"""Inference runtimes behind one small interface. ONNX Runtime on the CPU is the default.
+
+A runtime is built as `RUNTIMES[name](path, threads)` and has `input_name`, `input_shape`,
+`output_names` and `run(x) -> {output name: array}`. `tensorrt` (labeler/tensorrt.py) is
+imported only when chosen: TensorRT and CUDA exist on few machines. `available(name)` says
+whether a runtime can run here, and why not.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +42,31 @@ class OnnxRuntime:
         return dict(zip(self.output_names, outs))
 
 
-RUNTIMES = {OnnxRuntime.type_key: OnnxRuntime}
+def _tensorrt(path: Path, threads: int = 1):
+    """TensorRT engines (labeler/tensorrt.py), imported on first use."""
+    from .tensorrt import TensorRTRuntime
+
+    return TensorRTRuntime(path, threads)
+
+
+_tensorrt.type_key = "tensorrt"
+
+RUNTIMES = {OnnxRuntime.type_key: OnnxRuntime, "tensorrt": _tensorrt}
+
+
+def available(name: str) -> tuple[bool, str]:
+    """(True, what runs) if runtime `name` can run on this machine, else (False, why not)."""
+    if name == "onnxruntime":
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            return False, f"onnxruntime cannot be imported: {e}"
+        return True, f"ONNX Runtime {ort.__version__} (CPU)"
+    if name == "tensorrt":
+        from .tensorrt import available as trt_available
+
+        return trt_available()
+    return False, f"unknown labeler runtime {name!r} (known: {', '.join(RUNTIMES)})"
 
 
 def open_runtime(name: str, path: Path, threads: int):
