@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from edge_semvc.labeler.reuse import (LabelCarrier, MotionField, PlaneCarrier, carry_map,
+from edge_semvc.labeler.reuse import (LabelCarrier, PlaneCarrier, carry_map,
                                       downsample)
 from edge_semvc.values import LabelMap
 
@@ -181,8 +181,6 @@ def test_frame_sizes_not_multiple_of_16():
 def test_errors(scene):
     with pytest.raises(ValueError, match="unknown label carry mode"):
         LabelCarrier(0.7, "warp")
-    with pytest.raises(ValueError, match="search pattern"):
-        MotionField(2, pattern="hex")
     c = LabelCarrier(0.7)
     with pytest.raises(RuntimeError, match="before the first keyframe"):
         c.carry(crop(scene, 0, 0))

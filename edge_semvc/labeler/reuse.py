@@ -5,12 +5,11 @@ planes moved by cheap motion compensation ("motion") instead of unchanged ("hold
 
 Motion is estimated on luma at 1/8 resolution (every 4th sample, then 2x2 sums: a 16x16
 macroblock is a 2x2 block there), one vector per macroblock, by an exhaustive SAD search over
-the offsets with |dy| + |dx| <= `search` samples (8*search pixels; `pattern="square"` for the
-full square) around the previous frame's most common vector (so
-steady pans are followed beyond the search range), with the SAD pooled over the 3x3
-neighbouring macroblocks and a small penalty on the vector length (flat and noisy areas stay
-still). Vectors are whole samples (8 pixels, half a macroblock); `refine="parabola"` adds a
-sub-sample fit (no gain measured; motion slower than ~4 px/frame is then followed too).
+the offsets with |dy| + |dx| <= `search` samples (8*search pixels) around the previous frame's
+most common vector (so steady pans are followed beyond the search range), with the SAD pooled
+over the 3x3 neighbouring macroblocks and a small penalty on the vector length (flat and noisy
+areas stay still). Vectors are whole samples (8 pixels, half a macroblock): a full square search
+was 20 % dearer for 0.002 IoU, a sub-sample fit gained nothing and jittered still scenes.
 
 Vectors are estimated between consecutive frames and chained: for every macroblock of the
 current frame the carrier keeps its displacement back to the frame the planes were computed
@@ -92,31 +91,20 @@ def _sample(planes: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
 class MotionField:
     """Per-macroblock motion between two downsampled luma planes (see `downsample`).
 
-    Candidates: every offset within +-`search` samples ("square") or those with
-    |dy| + |dx| <= search ("diamond", about half as many: diagonal moves beyond one sample
-    are rare between consecutive frames, and a steady one is followed by the predictor).
+    Candidates: the offsets with |dy| + |dx| <= `search` samples (a diamond: diagonal moves
+    beyond one sample are rare between consecutive frames, and a steady one is followed by the
+    predictor).
     """
 
-    def __init__(self, search: int = 2, penalty: float = 0.25, pattern: str = "diamond",
-                 refine: str = "none"):
-        if refine not in ("none", "parabola", "line"):
-            raise ValueError(f"unknown refinement {refine!r} (none, parabola, line)")
-        self.refine = refine
-        if pattern not in ("square", "diamond"):
-            raise ValueError(f"unknown search pattern {pattern!r} (square, diamond)")
+    def __init__(self, search: int = 2, penalty: float = 0.25):
         self.search = search
         # Levels of mean absolute difference a vector must win per 1/8-resolution sample of
         # its length: keeps flat and noisy areas still.
         self.penalty = penalty
         r = search
         dy, dx = (a.ravel() for a in np.mgrid[-r:r + 1, -r:r + 1])
-        keep = (np.abs(dy) + np.abs(dx) <= r) if pattern == "diamond" else np.ones(dy.shape, bool)
+        keep = np.abs(dy) + np.abs(dx) <= r
         self.offsets = np.stack([dy[keep], dx[keep]], 1)  # [K, 2], (0, 0) included
-        index = {(int(a), int(b)): k for k, (a, b) in enumerate(self.offsets)}
-        # Each candidate's neighbours -1/+1 along y and x (itself where there is none).
-        self._nb = np.array([[index.get((a + sa, b + sb), k)
-                              for sa, sb in ((-1, 0), (1, 0), (0, -1), (0, 1))]
-                             for k, (a, b) in enumerate(self.offsets)], np.int64)
         self._bits = (len(self.offsets) - 1).bit_length()
         self._cache: dict = {}
         self.mode = (0, 0)  # the most common integer vector of the last estimate
@@ -167,28 +155,10 @@ class MotionField:
         key = ((cost << bits) | np.arange(K, dtype=np.int32)[:, None]).min(0)
         best = key & ((1 << bits) - 1)
         c = key >> bits
-        cols = np.arange(len(best))
-        # Below one sample (optional): a parabola or two lines through the costs at -1, 0, +1
-        # along each axis. Off by default: on the shared clips it gained nothing (agreement
-        # within 0.002) and an asymmetric texture biases it away from an exact integer match.
-        nb = self._nb[best]  # [mb, 4]
-        lo = cost[nb[:, [0, 2]].T, cols]  # [2, mb]: y-1, x-1
-        hi = cost[nb[:, [1, 3]].T, cols]
-        inner = (nb[:, [0, 2]].T != best) & (nb[:, [1, 3]].T != best)
-        if self.refine == "parabola":
-            den = lo + hi - 2 * c
-            ok = inner & (den > 0)
-            frac = np.where(ok, 0.5 * (lo - hi) / np.where(ok, den, 1), 0.0)
-        elif self.refine == "line":
-            den = 2 * (np.maximum(lo, hi) - c)
-            ok = inner & (den > 0)
-            frac = np.where(ok, (lo - hi) / np.where(ok, den, 1), 0.0)
-        else:
-            frac = np.zeros((2, len(best)))
         off = self.offsets[best]
         vec = np.empty((2, mb_h * mb_w), np.float32)
-        vec[0] = (off[:, 0] + py + frac[0]) * SCALE
-        vec[1] = (off[:, 1] + px + frac[1]) * SCALE
+        vec[0] = (off[:, 0] + py) * SCALE
+        vec[1] = (off[:, 1] + px) * SCALE
         # The most common vector: the next frame's search centre (follows pans).
         m = self.offsets[int(np.bincount(best, minlength=K).argmax())]
         self.mode = (int(m[0]) + py, int(m[1]) + px)
@@ -211,8 +181,7 @@ class PlaneCarrier:
     """
 
     def __init__(self, mode: str = "motion", search: int = 2, penalty: float = 0.25,
-                 cut_mad: float = 24.0, interp: str = "bilinear", chain: str = "nearest",
-                 pattern: str = "diamond", refine: str = "none"):
+                 cut_mad: float = 24.0, interp: str = "bilinear"):
         if mode not in MODES:
             raise ValueError(f"unknown label carry mode {mode!r} (known: {', '.join(MODES)})")
         if search < 1:
@@ -221,9 +190,8 @@ class PlaneCarrier:
             raise ValueError(f"unknown interpolation {interp!r} (bilinear, nearest)")
         self.mode = mode
         self.cut_mad = cut_mad
-        self.motion = MotionField(search, penalty, pattern, refine)
+        self.motion = MotionField(search, penalty)
         self._interp = _sample if interp == "bilinear" else _nearest
-        self._chain = _sample if chain == "bilinear" else _nearest
         self.reset()
 
     def reset(self) -> None:
@@ -319,7 +287,7 @@ class PlaneCarrier:
             if s[2] < self._n:
                 # Where this MB's content was in the previous frame, then where that point
                 # was on the slot's own frame (the previous displacement, sampled there).
-                s[1] = vec if s[1] is None else vec + self._chain(s[1], sy, sx)
+                s[1] = vec if s[1] is None else vec + _nearest(s[1], sy, sx)
         self._moved = self._n
 
 
