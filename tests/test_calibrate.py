@@ -6,7 +6,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from edge_semvc.labeler.calibrate import (FrameRef, calibrate, compare, load_frames, main,
-                                          match_f1, model_input, open_model, output_head_nodes,
+                                          model_input, open_model, output_head_nodes,
                                           output_paths, read_frames_list, select_frames)
 from edge_semvc.labeler.runtime import LabelerError
 from edge_semvc.sources import open_source
@@ -72,14 +72,6 @@ def test_output_heads_stay_float():
     heads = output_head_nodes(m)
     convs = [n for n in m.graph.node if n.name in heads and n.op_type == "Conv"]
     assert len(convs) == 4  # BlazeFace: box and score heads on two feature maps
-
-
-def test_match_f1():
-    a = np.array([[0, 0, 10, 10, 1], [20, 20, 30, 30, 1]], np.float32)
-    assert match_f1(a, a) == (2, 0, 0)
-    assert match_f1(a, a[:1] + 1) == (1, 0, 1)
-    assert match_f1(a, np.zeros((0, 5))) == (0, 0, 2)
-    assert match_f1(a[:1], np.array([[5, 5, 15, 15, 1]], np.float32)) == (0, 1, 1)
 
 
 @pytest.fixture(scope="module")

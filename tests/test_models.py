@@ -213,7 +213,7 @@ def test_text_model_from_its_wheel():
             pytest.skip(f"cannot download rapidocr-onnxruntime's wheel (offline?): {e}")
         raise
     assert model_paths("ppocr_v4_det") == (path, path) and path.suffix == ".onnx"
-    assert models._sha256(path) == models.REGISTRY["ppocr_v4_det"]["sha256"]
+    assert models.sha256_file(path) == models.REGISTRY["ppocr_v4_det"]["sha256"]
     verify_model("ppocr_v4_det")
     sess = _session(path)
     assert sess.get_inputs()[0].shape[1] == 3  # N, 3, H, W with dynamic N, H, W

@@ -48,7 +48,7 @@ from ..frame import Frame
 
 log = logging.getLogger("edge_semvc")
 
-EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_INCOMPLETE, EXIT_INTERRUPTED = 3, 130
 REPORT_VERSION = 1
 # URI schemes of sources that are live by nature (pace themselves): --realtime is off by default.
 LIVE_SCHEMES = {"v4l2", "csi", "rtsp", "rtp", "udp", "srt", "webrtc"}
@@ -976,26 +976,10 @@ def _print_summary(r: dict, stream) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edge_semvc.bench.field", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="field-bench: %(message)s")
-    from ..config import ConfigError
-    from ..encoders.base import EncoderError
-    from ..labeler.models import ModelError
-    from ..labeler.runtime import LabelerError
-    from ..sinks.file import SinkError
-    from ..sources import SourceError
+    """`python -m` entry: the same as `edge-semvc field-bench` (one place handles errors)."""
+    from ..cli import main as cli_main
 
-    try:
-        return run(args)
-    except (ConfigError, EncoderError, ModelError, LabelerError, SinkError, SourceError,
-            OSError) as e:
-        print(f"field-bench: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return cli_main(["field-bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 
 from ..frame import MB
+from ..labeler.decoders import box_iou  # noqa: F401 (part of this module's API)
 
 
 def mb_mask_to_pixels(mb_mask: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -34,18 +35,6 @@ def psnr_from_mse(m: float, peak: float = 255.0) -> float:
 def psnr(ref: np.ndarray, dist: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Y-PSNR in dB (8-bit peak), optionally restricted to a pixel mask."""
     return psnr_from_mse(mse(ref, dist, mask))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of boxes a[n, >=4] and b[m, >=4] (x1, y1, x2, y2)."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def match_counts(truth: np.ndarray, found: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:

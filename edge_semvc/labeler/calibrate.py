@@ -33,7 +33,6 @@ against the FP32 detections for detectors) and CPU latency of both on one thread
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -48,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from ..frame import Frame
+from ..bench.metrics import match_counts
+from .models import sha256_file
 from .runtime import LabelerError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
@@ -239,14 +240,6 @@ def model_input(adapter, frame: Frame) -> np.ndarray:
 
 # ---- calibration -------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _PASS_THROUGH = {"Reshape", "Transpose", "Concat", "Identity", "Flatten", "Squeeze", "Unsqueeze",
                  "Sigmoid", "Softmax", "Relu", "Clip", "Cast", "Split", "Slice"}
 
@@ -352,7 +345,7 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
         # Record where it came from in the model itself (metadata), then move it in place.
         m = onnx.load(str(tmp_out))
-        meta = {"edge_semvc.source_onnx_sha256": _sha256(fp32),
+        meta = {"edge_semvc.source_onnx_sha256": sha256_file(fp32),
                 "edge_semvc.float_nodes": ",".join(exclude),
                 "edge_semvc.calibration_frames": str(len(used)),
                 "edge_semvc.calibration": f"{method}, per_channel={per_channel}, "
@@ -364,7 +357,7 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
         shutil.move(str(tmp_out), str(out_model))
     header = [f"# edge-semvc calibrate {name}: {len(used)} frames, {method}, "
               f"per_channel={per_channel}, symmetric={symmetric}",
-              f"# fp32 model {fp32} (sha256 {_sha256(fp32)})",
+              f"# fp32 model {fp32} (sha256 {sha256_file(fp32)})",
               f"# written {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
               "# source<TAB>frame index (images: path only)"]
     out_list.write_text("\n".join(header + [r.line() for r in used]) + "\n")
@@ -377,31 +370,6 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
 def _counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(intersection, union) of two boolean masks."""
     return np.array([np.count_nonzero(a & b), np.count_nonzero(a | b)], np.int64)
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
-def match_f1(ref: np.ndarray, test: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
-    """Greedy one-to-one matching of boxes [n, >=4] (highest IoU first):
-    (true positives, false positives, false negatives) of `test` against `ref`."""
-    if len(ref) == 0 or len(test) == 0:
-        return 0, len(test), len(ref)
-    m = _box_iou(ref[:, :4], test[:, :4])
-    tp = 0
-    while m.size and m.max() >= iou:
-        i, j = np.unravel_index(m.argmax(), m.shape)
-        tp += 1
-        m[i, :] = -1
-        m[:, j] = -1
-    return tp, len(test) - tp, len(ref) - tp
 
 
 def _detections(adapter, outs: list[np.ndarray]) -> np.ndarray | None:
@@ -473,7 +441,7 @@ def compare(model, int8_path, sources, exclude=(), count: int = 60, raw=None,
         mb += _counts(p32 > threshold, p8 > threshold)
         d32, d8 = _detections(adapter, o32), _detections(adapter, o8)
         if d32 is not None:
-            a, b, c = match_f1(d32, d8)
+            a, b, c = match_counts(d32, d8)
             tp, fp, fn = tp + a, fp + b, fn + c
         else:
             if is_mask is None:  # one probability map in [0, 1]
@@ -546,19 +514,10 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edge-semvc calibrate",
-                                description="Write a statically quantised INT8 QDQ ONNX model.")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    from ..config import ConfigError
-    from ..sources import SourceError
-    from .models import ModelError
+    """`python -m` entry: the same as `edge-semvc calibrate` (one place handles errors)."""
+    from ..cli import main as cli_main
 
-    try:
-        return run(args)
-    except (ConfigError, LabelerError, ModelError, SourceError, OSError) as e:
-        print(f"edge-semvc: error: {e}", file=sys.stderr)
-        return 2
+    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -55,22 +55,26 @@ def decode_blazeface(regressors: np.ndarray, logits: np.ndarray, min_score: floa
     return nms(boxes, iou_threshold)
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of boxes a[n, >=4] and b[m, >=4] (x1, y1, x2, y2)."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
 def nms(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression on [n, 5] (x1, y1, x2, y2, score)."""
     order = np.argsort(-boxes[:, 4])
     kept = []
     while order.size:
-        i = order[0]
+        i, rest = order[0], order[1:]
         kept.append(i)
-        rest = order[1:]
-        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
-        order = rest[iou <= iou_threshold]
+        order = rest[box_iou(boxes[i:i + 1], boxes[rest])[0] <= iou_threshold]
     return boxes[kept].astype(np.float32)
 
 

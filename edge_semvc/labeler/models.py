@@ -328,7 +328,7 @@ def model_paths(name: str, cache_dir=None) -> tuple[Path, Path]:
     return models / f"{name}.onnx", models / f"{name}.onnx"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -452,7 +452,7 @@ def _from_url(name: str, url: str, dest: Path, expected: str, mirror: Path | Non
             raise ModelError(f"{name}: cannot download {url}: {reason}{_kept(part, name)} "
                              f"(offline? put {fname} in a folder and use --mirror DIR or "
                              f"EDGE_SEMVC_MIRROR)") from None
-    actual = _sha256(part)
+    actual = sha256_file(part)
     if actual != expected:
         part.unlink()
         raise ModelError(f"{name}: {fname} from {mirror or url}: sha256 mismatch "
@@ -493,7 +493,7 @@ def prepare_model(name: str, cache_dir=None, log=print, mirror=None,
         return onx
     expected = _expected_sha(name, spec, sha256)
     src.parent.mkdir(parents=True, exist_ok=True)
-    if src.exists() and _sha256(src) != expected:
+    if src.exists() and sha256_file(src) != expected:
         log(f"{name}: cached {src} does not match its sha256; fetching it again")
         src.unlink()
     if not src.exists():
@@ -530,7 +530,7 @@ def verify_model(name: str, cache_dir=None) -> None:
     for path in dict.fromkeys((src, onx)):
         if not path.exists():
             raise ModelError(f"{name}: {path} is missing (run `edge-semvc models prepare {name}`)")
-    actual = _sha256(src)
+    actual = sha256_file(src)
     if spec.get("sha256") and actual != spec["sha256"]:
         raise ModelError(f"{src}: sha256 mismatch (expected {spec['sha256']}, got {actual})")
     import onnx
@@ -567,13 +567,13 @@ def model_file(desc: dict, key: str, cache_dir=None, log=print) -> Path:
         raise ModelError(f"{key}.path: {path} does not exist or is not a file")
     actual = None
     if desc.get("sha256"):
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != desc["sha256"].lower():
             raise ModelError(f"{key}.path: {path}: sha256 mismatch (expected "
                              f"{desc['sha256'].lower()}, got {actual})")
     if desc["format"] == "onnx":
         return path
-    actual = actual or _sha256(path)
+    actual = actual or sha256_file(path)
     onx = (cache_root(cache_dir) / "models" / "user" /
            f"{path.stem}-{actual[:12]}.conv{_converter_version()}.onnx")
     if not onx.exists():

@@ -29,7 +29,6 @@ cuda-python 12.6). TensorRT and cuda-python are imported only when this runtime 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .models import sha256_file
 from .runtime import LabelerError
 
 MANIFEST_VERSION = 1
@@ -121,14 +121,6 @@ def available() -> tuple[bool, str]:
 
 
 # ---- manifests -------------------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def manifest_path(engine: Path) -> Path:
     engine = Path(engine)
@@ -517,17 +509,10 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edge-semvc engines",
-                                description="Build and list TensorRT engines.")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    from .models import ModelError
+    """`python -m` entry: the same as `edge-semvc engines` (one place handles errors)."""
+    from ..cli import main as cli_main
 
-    try:
-        return run(args)
-    except (LabelerError, ModelError, OSError) as e:
-        print(f"edge-semvc: error: {e}", file=sys.stderr)
-        return 2
+    return cli_main(["engines", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
