@@ -27,3 +27,11 @@ $B $V/mobile_calendar_text_300x168.h264 $V/road_traffic_signs_1080p.h264 $V/fore
 $B $V/street_pedestrians_vtest_768x576.avi $V/road_traffic_signs_1080p.h264 \
   $V/bikes_street_scene_cuts_640x272.mp4 --config examples/yolox-fixture.yaml --no-vmaf \
   --out $OUT/yolox
+
+# Analytics accuracy at low rates, where detection starts to fail (F1 saturates near 1.0 on the
+# default ladder): default and DeepLab labelers, YOLOX-nano as the independent detector.
+LOW="--bpp 0.004 0.008 0.016 0.032 --roi-model $M/yolox_nano.onnx --no-vmaf"
+ANALYTICS="$V/street_pedestrians_vtest_768x576.avi $V/road_traffic_signs_1080p.h264 \
+  $V/bikes_street_scene_cuts_640x272.mp4 $V/overhead_parking_cars_768x432.mp4"
+$B $ANALYTICS $LOW --out $OUT/low-default
+$B $ANALYTICS $LOW --config examples/deeplab-voc.yaml --out $OUT/low-deeplab

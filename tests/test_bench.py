@@ -31,6 +31,9 @@ def test_bd_rate_of_curves_shifted_by_a_known_factor():
     value, _ = bd_rate(rates, quality, rates * 1.25, quality)
     assert value == pytest.approx(25.0, abs=1e-6)
     assert bd_rate(rates, [1, 1, 1, 1], rates, quality)[0] is None  # saturated: no figure
+    flat = [0.95, 0.96, 0.97, 0.975]
+    assert bd_rate(rates, flat, rates * 0.7, flat, min_span=0.05)[1] == \
+        "varies by only 0.025 over the ladder"
 
 
 def test_f1_of_hand_made_boxes():
@@ -77,3 +80,12 @@ def test_short_bench_run_writes_a_complete_report(tmp_path, clip, fixture_model)
 def test_bench_refuses_bad_arguments(tmp_path, capsys):
     assert main(["bench", "x.mp4", "--roi-model", str(tmp_path / "none.onnx")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_ladders_in_bits_per_pixel_scale_with_the_clip():
+    from edge_semvc.bench.run import resolve_ladder
+
+    assert resolve_ladder(None, [0.1], "cbr", 640, 360, 30.0) == [691000.0]
+    assert resolve_ladder([500_000.0], None, "cbr", 640, 360, 30.0) == [500_000.0]
+    assert resolve_ladder(None, None, "crf", 640, 360, 30.0) == [36.0, 32.0, 28.0, 24.0]
+    assert main(["bench", "x.mp4", "--bpp", "0.1", "--rc", "crf"]) == 2

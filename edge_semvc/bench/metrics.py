@@ -60,14 +60,19 @@ def f1_score(tp: int, fp: int, fn: int) -> float:
     return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
-def bd_rate(rate_anchor, dist_anchor, rate_test, dist_test) -> tuple[float | None, str]:
+def bd_rate(rate_anchor, dist_anchor, rate_test, dist_test,
+            min_span: float = 0.0) -> tuple[float | None, str]:
     """Bjontegaard delta rate (%, akima) of test against anchor; (None, reason) when the
-    curves cannot be compared (too few points, not monotonic, too little overlap)."""
+    curves cannot be compared (too few points, not monotonic, or a quality that varies by less
+    than `min_span` over the ladder: then measurement noise decides the figure)."""
     import bjontegaard as bd
 
     points = [np.asarray(v, float) for v in (rate_anchor, dist_anchor, rate_test, dist_test)]
     if any(len(p) < 2 or not np.all(np.isfinite(p)) for p in points):
         return None, "fewer than 2 finite points"
+    span = min(np.ptp(points[1]), np.ptp(points[3]))
+    if span < min_span:
+        return None, f"varies by only {span:.3f} over the ladder"
     for rate, dist in ((points[0], points[1]), (points[2], points[3])):
         if np.any(np.diff(dist[np.argsort(rate)]) <= 0):
             return None, "quality does not rise strictly with rate"

@@ -51,12 +51,15 @@ def _plot(results: dict, folder: Path) -> None:
         for metric, label in PLOT_METRICS.items():
             if metric not in clip["points"][0]["semantic"]:
                 continue
+            curves = {kind: sorted((p[kind]["bitrate_kbps"], p[kind][metric])
+                                   for p in clip["points"] if p[kind][metric] is not None)
+                      for kind in kinds}
+            if not any(curves.values()):  # e.g. ROI-PSNR of a clip where nothing was labelled
+                continue
             fig, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
-            for kind in kinds:
-                pts = [(p[kind]["bitrate_kbps"], p[kind][metric]) for p in clip["points"]
-                       if p[kind][metric] is not None]
+            for kind, pts in curves.items():
                 if pts:
-                    ax.plot(*zip(*sorted(pts)), marker="o", label=kind)
+                    ax.plot(*zip(*pts), marker="o", label=kind)
             ax.set_xlabel("bitrate (kbit/s)")
             ax.set_ylabel(label)
             ax.set_title(clip["clip"], fontsize=9)
