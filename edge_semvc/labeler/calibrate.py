@@ -323,6 +323,12 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
     with tempfile.TemporaryDirectory(prefix="edge-semvc-calib-") as tmp:
         named = Path(tmp) / "named.onnx"
         m = onnx.load(str(fp32))
+        opset = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
+                    default=0)
+        if opset < 13:  # per-channel Q/DQ (the `axis` attribute) needs opset 13
+            from onnx import version_converter
+            log(f"{name}: converting the model from opset {opset} to 13 for per-channel Q/DQ")
+            m = version_converter.convert_version(m, 13)
         for i, node in enumerate(m.graph.node):
             if not node.name:  # the quantiser addresses nodes by name
                 node.name = f"{node.op_type}_{i}"

@@ -20,7 +20,7 @@ class PyAVSource:
         if not p.is_file():
             raise SourceError(f"input file not found: {path}")
         fmt, options = None, {}
-        if p.suffix.lower() in RAW_EXTENSIONS or raw.width:
+        if p.suffix.lower() in RAW_EXTENSIONS:  # raw geometry options apply to these only
             if not (raw.width and raw.height and raw.rate):
                 raise SourceError(f"{path} is raw video: give --input-width, --input-height and "
                                   "--input-rate (and --input-pix-fmt if not yuv420p)")
