@@ -97,30 +97,32 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         (expected // 2 if expected else sys.maxsize)
     png_shot = None
     overlay_video = None
-    decoded = islice(source.frames(), max_frames or None)
-    stages = [_Stage(_timed(decoded, stats.timings["decode"]), None, "decode")]
-    if semantic:
-        def understand(frame: Frame):
-            t0 = time.perf_counter()
-            labels = labeler.label(frame)
-            t1 = time.perf_counter()
-            region = analyser.analyse(frame, labels)
-            t2 = time.perf_counter()
-            qp = build_qp_map(region, labels, importance, cfg.qp)
-            t3 = time.perf_counter()
-            for name, dt in (("labeler", t1 - t0), ("analysis", t2 - t1), ("qp_map", t3 - t2)):
-                stats.timings[name].append(dt * 1e3)
-            return frame, labels, qp
-        stages.append(_Stage(stages[-1], understand, "semantic"))
-    sink_cls = FileSink
-    settings = encoder_settings(cfg, source, sink_cls.wants_global_headers(output))
+    settings = encoder_settings(cfg, source, FileSink.wants_global_headers(output))
+
+    def understand(frame: Frame):
+        t0 = time.perf_counter()
+        labels = labeler.label(frame)
+        t1 = time.perf_counter()
+        region = analyser.analyse(frame, labels)
+        t2 = time.perf_counter()
+        qp = build_qp_map(region, labels, importance, cfg.qp)
+        t3 = time.perf_counter()
+        for name, dt in (("labeler", t1 - t0), ("analysis", t2 - t1), ("qp_map", t3 - t2)):
+            stats.timings[name].append(dt * 1e3)
+        return frame, labels, qp
+
     t_start = time.perf_counter()
     reporter = _Progress(expected) if progress else None
     error: BaseException | None = None
+    stages: list[_Stage] = []
     with get_encoder(cfg.encoder.backend)(settings) as enc, \
-            sink_cls(output, source.width, source.height, source.time_base, source.fps,
+            FileSink(output, source.width, source.height, source.time_base, source.fps,
                      enc.headers()) as sink:
         try:
+            decoded = islice(source.frames(), max_frames or None)
+            stages.append(_Stage(_timed(decoded, stats.timings["decode"]), None, "decode"))
+            if semantic:
+                stages.append(_Stage(stages[-1], understand, "semantic"))
             if visuals.video:
                 from .visualize import OverlayVideo
                 overlay_video = OverlayVideo(visuals.video, source.width, source.height,
