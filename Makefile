@@ -45,5 +45,8 @@ test: deps
 test-all: deps
 	$(BIN)/pytest -q -m ''
 
+bench: deps
+	bash scripts/benchmarks.sh
+
 clean:
 	rm -rf $(OUT) .pytest_cache
