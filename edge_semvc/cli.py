@@ -12,7 +12,7 @@ import logging
 import sys
 from fractions import Fraction
 
-EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USAGE = 2  # 3 (input broke part-way) and 130 (Ctrl-C): pipeline.partial_result
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,7 +128,7 @@ def config_overrides(args) -> list[str]:
 
 def cmd_encode(args) -> int:
     from .config import load_config
-    from .pipeline import Visuals, run_encode
+    from .pipeline import Visuals, partial_result, run_encode
     from .sinks.file import wants_global_headers
     from .sources import RawVideoOptions, open_source
 
@@ -142,12 +142,8 @@ def cmd_encode(args) -> int:
     try:
         stats = run_encode(source, args.output, cfg, visuals=visuals, progress=progress,
                            semantic=not args.no_map, max_frames=args.frames)
-    except KeyboardInterrupt as e:
-        stats, status, error = e.stats, EXIT_INTERRUPTED, "interrupted"
-    except Exception as e:
-        if not hasattr(e, "stats"):
-            raise
-        stats, status, error = e.stats, EXIT_INCOMPLETE, str(e)
+    except (KeyboardInterrupt, Exception) as e:
+        stats, status, error = partial_result(e)
     finally:
         source.close()
     if args.stats_json:

@@ -181,6 +181,20 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     return result
 
 
+EXIT_INCOMPLETE, EXIT_INTERRUPTED = 3, 130
+
+
+def partial_result(e: BaseException) -> tuple[dict, int, str]:
+    """(statistics, exit status, message) of a run that stopped early: run_encode attaches
+    `.stats` to a DecodeError or KeyboardInterrupt after finalising the output. Anything else
+    (an error before the first frame, a bug) is re-raised."""
+    if not hasattr(e, "stats"):
+        raise e
+    if isinstance(e, KeyboardInterrupt):
+        return e.stats, EXIT_INTERRUPTED, "interrupted"
+    return e.stats, EXIT_INCOMPLETE, str(e)
+
+
 def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | None,
                encoder: dict, cfg: Config, output: str) -> dict:
     duration = stats.frames / float(source.fps) if stats.frames else 0.0

@@ -48,7 +48,6 @@ from ..frame import Frame
 
 log = logging.getLogger("edge_semvc")
 
-EXIT_INCOMPLETE, EXIT_INTERRUPTED = 3, 130
 REPORT_VERSION = 1
 # URI schemes of sources that are live by nature (pace themselves): --realtime is off by default.
 LIVE_SCHEMES = {"v4l2", "csi", "rtsp", "rtp", "udp", "srt", "webrtc"}
@@ -667,7 +666,7 @@ def run(args) -> int:
     Configuration, source, model and encoder errors propagate (the CLI reports them, exit 2)."""
     from ..cli import config_overrides
     from ..config import load_config
-    from ..pipeline import run_encode
+    from ..pipeline import partial_result, run_encode
     from ..sinks.file import wants_global_headers
     from ..sources import RawVideoOptions, open_source
 
@@ -715,14 +714,8 @@ def run(args) -> int:
             tegra = Tegrastats(args.sample_interval, clock).start()
         sampler.start()
         stats = run_encode(paced, output, cfg, semantic=not args.no_map, on_frame=on_frame)
-    except KeyboardInterrupt as e:
-        if not hasattr(e, "stats"):
-            raise
-        stats, status, error = e.stats, EXIT_INTERRUPTED, "interrupted"
-    except Exception as e:
-        if not hasattr(e, "stats"):
-            raise
-        stats, status, error = e.stats, EXIT_INCOMPLETE, str(e)
+    except (KeyboardInterrupt, Exception) as e:
+        stats, status, error = partial_result(e)
     finally:
         t_end = clock()
         cpu1, sys1 = os.times(), _proc_stat_cpu()
