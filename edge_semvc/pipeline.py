@@ -150,7 +150,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                     png_shot = (frame, qp, labels)
                 if overlay_video:
                     from .visualize import overlay
-                    overlay_video.write(overlay(frame, qp, labels, cfg.qp.offset_max))
+                    overlay_video.write(overlay(frame, qp, labels))
                 if reporter:
                     reporter.update(stats.frames)
         except (DecodeError, KeyboardInterrupt) as e:
@@ -170,7 +170,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     wall = time.perf_counter() - t_start
     if png_shot is not None:
         from .visualize import overlay, save_png
-        save_png(overlay(*png_shot, limit=cfg.qp.offset_max), visuals.png)
+        save_png(overlay(*png_shot), visuals.png)
     result = _summarise(stats, wall, source, labeler, summary, cfg, output)
     if error is not None:
         result["complete"] = False

@@ -7,13 +7,15 @@ from .frame import MB, Frame
 from .values import LabelMap, QpMap
 
 
-def overlay(frame: Frame, qp: QpMap, labels: LabelMap, limit: float = 6.0) -> np.ndarray:
-    """uint8[H, W, 3]: green where the map spends more bits (negative offset), red where it
-    saves them, strength by |offset|; labelled macroblocks outlined in white."""
+def overlay(frame: Frame, qp: QpMap, labels: LabelMap) -> np.ndarray:
+    """uint8[H, W, 3]: green where the map spends more bits than the frame's average (offset
+    below its mean), red where it spends fewer, strongest at the frame's largest deviation;
+    labelled macroblocks outlined in white. (The mean itself only shifts x264's rate control.)"""
     h, w = frame.height, frame.width
     rgb = frame.rgb().astype(np.float32)
-    off = np.repeat(np.repeat(qp.offsets, MB, 0), MB, 1)[:h, :w]
-    a = np.clip(np.abs(off) / max(limit, 1e-6), 0, 1)[..., None] * 0.6
+    dev = qp.offsets - qp.offsets.mean()
+    off = np.repeat(np.repeat(dev, MB, 0), MB, 1)[:h, :w]
+    a = np.clip(np.abs(off) / max(float(np.abs(dev).max()), 1.0), 0, 1)[..., None] * 0.6
     tint = np.where(off[..., None] < 0, np.array([0, 255, 0], np.float32),
                     np.array([255, 0, 0], np.float32))
     out = rgb * (1 - a) + tint * a
