@@ -93,32 +93,6 @@ def pad_to_mb(plane: np.ndarray, block: int = MB, mode: str = "edge") -> np.ndar
     return np.pad(plane, pad, mode=mode)
 
 
-def pool_to_mb(values: np.ndarray, mb_w: int, mb_h: int, how: str = "mean") -> np.ndarray:
-    """Pool a per-pixel map (float or bool, [H, W]) covering the frame to float32[mb_h, mb_w].
-
-    Partial macroblocks on the right/bottom edge pool only the pixels that exist.
-    """
-    h, w = values.shape
-    if (-(-w // MB), -(-h // MB)) != (mb_w, mb_h):
-        raise ValueError(f"map of {w}x{h} does not cover a {mb_w}x{mb_h} macroblock grid")
-    v = values.astype(np.float32, copy=False)
-    ph, pw = mb_h * MB - h, mb_w * MB - w
-    if how == "max":
-        padded = np.pad(v, ((0, ph), (0, pw)), mode="edge") if (ph or pw) else v
-        return padded.reshape(mb_h, MB, mb_w, MB).max(axis=(1, 3))
-    if how != "mean":
-        raise ValueError(f"unknown pooling {how!r}: use 'mean' or 'max'")
-    padded = np.pad(v, ((0, ph), (0, pw))) if (ph or pw) else v
-    sums = padded.reshape(mb_h, MB, mb_w, MB).sum(axis=(1, 3))
-    return (sums / _mb_pixel_counts(w, h, mb_w, mb_h)).astype(np.float32)
-
-
-def _mb_pixel_counts(w: int, h: int, mb_w: int, mb_h: int) -> np.ndarray:
-    cols = np.minimum(MB, w - MB * np.arange(mb_w))
-    rows = np.minimum(MB, h - MB * np.arange(mb_h))
-    return np.outer(rows, cols).astype(np.float32)
-
-
 def prob_to_mb(prob: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
     """Area-average a low-resolution probability map that spans the whole frame onto the
     frame's macroblock grid: float32[mb_h, mb_w].

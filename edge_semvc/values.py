@@ -73,10 +73,3 @@ class QpMap:
     """Signed QP offset per macroblock, already clamped (negative = more bits)."""
 
     offsets: np.ndarray  # float32[mb_h, mb_w]
-
-    def summary(self, roi: np.ndarray | None = None) -> dict[str, float]:
-        o = self.offsets
-        out = {"mean": float(o.mean()), "min": float(o.min()), "max": float(o.max())}
-        if roi is not None:
-            out["roi_coverage"] = float(roi.mean())
-        return out
