@@ -257,3 +257,26 @@ def test_bad_model_entries_name_the_key(tmp_path, entry, message):
 def test_priority_is_checked():
     with pytest.raises(ConfigError, match=r"labeler\.priority"):
         load_config(None, ["labeler.priority=face,face"])
+
+
+def test_selfie_person_needs_a_face_so_scenery_is_not_labelled(clip):
+    """The selfie model calls a red tree a person on the road clip; its registry entry
+    `requires: face` drops regions without a face, and keeps the people of close-ups."""
+    cfg = Config()
+    plain = Labeler(LabelerConfig(models=[{"name": "selfie_segmentation_landscape",
+                                           "requires": None}, "face_detection_short_range"],
+                                  interval=1), cfg.cache_dir(), log=lambda *_: None)
+    gated = Labeler(LabelerConfig(interval=1), cfg.cache_dir(), log=lambda *_: None)
+    road = frames(clip("road_traffic_signs_1080p.h264"), 10)[-1]
+    assert plain.label(road).coverage()["person"] > 0.05
+    assert gated.label(road).coverage()["person"] == 0.0
+    for frame in frames(clip("carphone_qcif_pristine.mp4"), 3):
+        assert gated.label(frame).coverage()["person"] == plain.label(frame).coverage()["person"]
+        assert gated.label(frame).coverage()["person"] > 0.1
+
+
+def test_requires_must_name_a_labelled_class():
+    with pytest.raises(LabelerError, match=r"labeler.models\[0\].requires: no model labels 'text'"):
+        Labeler(LabelerConfig(models=[{"name": "selfie_segmentation_landscape",
+                                       "requires": "text"}]), Config().cache_dir(),
+                log=lambda *_: None)

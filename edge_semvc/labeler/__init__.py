@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from ..config import LabelerConfig
 from ..frame import Frame
@@ -44,6 +45,7 @@ class Adapter:
         self.targets: list[list[int]] = desc["targets"]  # model class indices per product class
         self.threshold = desc["threshold"] if desc["threshold"] is not None else cfg.threshold
         self.interval = desc["interval"] or cfg.interval
+        self.requires: str | None = desc.get("requires")
         self.opts = desc["options"]
         self.input = InputTransform(desc["input"], runtime.input_shape, f"{key}.input")
 
@@ -227,6 +229,28 @@ def fuse(contributions: list[tuple[list[str], np.ndarray, float]], priority: lis
     return LabelMap(probs, ["background", *classes], labels, list(models))
 
 
+def gate(models: list[tuple[str, Adapter]], planes: list[np.ndarray], k: int) -> np.ndarray:
+    """Model k's planes, restricted to its regions that touch a region of its `requires` class
+    (from any model) when it has one: e.g. a selfie segmenter's person only where a face was
+    found, which drops the walls, trees and cliffs such a model mistakes for people."""
+    m = models[k][1]
+    if not m.requires:
+        return planes[k]
+    required = np.zeros(planes[k].shape[1:], bool)
+    for (_, other), p in zip(models, planes):
+        if m.requires in other.classes:
+            required |= p[other.classes.index(m.requires)] > other.threshold
+    near = ndimage.binary_dilation(required)  # touching counts
+    out = planes[k].copy()
+    for plane in out:
+        regions, n = ndimage.label(plane > m.threshold)
+        if n:
+            keep = np.zeros(n + 1, bool)
+            keep[np.unique(regions[near & (regions > 0)])] = True
+            plane[(regions > 0) & ~keep[regions]] = 0.0
+    return out
+
+
 class Labeler:
     def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print):
         from .models import describe, model_file
@@ -244,6 +268,10 @@ class Labeler:
         for _, m in self.models:
             self.classes += [c for c in m.classes if c not in self.classes]
         self.model_names = [name for name, _ in self.models]
+        for i, (_, m) in enumerate(self.models):
+            if m.requires and m.requires not in self.classes:
+                raise LabelerError(f"labeler.models[{i}].requires: no model labels "
+                                   f"{m.requires!r} (classes: {', '.join(self.classes)})")
         self._planes: list[np.ndarray | None] = [None] * len(self.models)
         self._last: LabelMap | None = None
         self.carrier = PlaneCarrier(cfg.reuse)
@@ -264,7 +292,7 @@ class Labeler:
             else:
                 self._planes[k] = c.get(k)
         if any(due) or c.mode == "motion" or self._last is None:
-            self._last = fuse([(m.classes, p, m.threshold)
-                               for (_, m), p in zip(self.models, self._planes)],
+            self._last = fuse([(m.classes, gate(self.models, self._planes, k), m.threshold)
+                               for k, (_, m) in enumerate(self.models)],
                               self.cfg.priority, self.model_names, grid)
         return self._last

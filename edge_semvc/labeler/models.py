@@ -63,7 +63,7 @@ INPUT_DEFAULTS: dict[str, Any] = {"shape": None, "size": None, "layout": None, "
                                   "multiple": 1}
 # Keys a `labeler.models` mapping may carry: on a registry model (overrides) and, in addition,
 # on a model given by path (its whole description).
-OVERRIDE_KEYS = ("name", "interval", "threshold", "map", "input")
+OVERRIDE_KEYS = ("name", "interval", "threshold", "map", "input", "requires")
 PATH_KEYS = ("path", "sha256", "role", "decoder", "classes")
 FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 
@@ -223,6 +223,10 @@ def _normalise(desc: dict, key: str) -> dict:
             raise _bad(f"{key}.{name}", desc[name], expected)
         desc.setdefault(name, None)
 
+    requires = desc.setdefault("requires", None)
+    if requires is not None and not (isinstance(requires, str) and requires
+                                     and requires != "background"):
+        raise _bad(f"{key}.requires", requires, "a product class name, e.g. face (or null)")
     desc["input"] = _normalise_input(desc.get("input") or {}, f"{key}.input")
     desc["options"] = _normalise_options(decoder, options, desc, key)
     if decoder == "db-text" and len(classes) != 1:
