@@ -19,6 +19,7 @@ model run.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -270,8 +271,11 @@ class Labeler:
         self.model_names = [name for name, _ in self.models]
         for i, (_, m) in enumerate(self.models):
             if m.requires and m.requires not in self.classes:
-                raise LabelerError(f"labeler.models[{i}].requires: no model labels "
-                                   f"{m.requires!r} (classes: {', '.join(self.classes)})")
+                logging.getLogger("edge_semvc").warning(
+                    "labeler.models[%d] (%s) requires %r, which no model here labels: its "
+                    "regions are used without that check (set its `requires: null` to "
+                    "silence this)", i, m.name, m.requires)
+                m.requires = None
         self._planes: list[np.ndarray | None] = [None] * len(self.models)
         self._last: LabelMap | None = None
         self.carrier = PlaneCarrier(cfg.reuse)
