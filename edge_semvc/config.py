@@ -59,13 +59,13 @@ class QpConfig:
     beta_fast: float = 1.0
     # How Q (larger = compress more) and class importance become a QP offset.
     q_gain: float = 4.0  # QP per unit of Q
-    importance_gain: float = 8.0  # QP removed from a region of importance 1.0 ...
+    importance_gain: float = 12.0  # QP removed from a region of importance 1.0 ...
     importance_budget: float = 1.75  # ... unless the frame average would exceed this (QP)
     importance: dict[str, float] = field(default_factory=lambda: {
         "background": 0.0, "person": 0.8, "face": 1.0, "car": 0.6, "text": 0.7,
         "vehicle": 0.6})
-    offset_min: float = -8.0
-    offset_max: float = 8.0
+    offset_min: float = -12.0
+    offset_max: float = 12.0
     # The map is shifted so its frame mean is this (FACTS: a positive mean stops x264's CRF from
     # spending more bits overall when it sees negative offsets).
     target_mean: float = 1.5

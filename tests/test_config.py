@@ -32,7 +32,7 @@ def test_file_then_overrides(tmp_path):
     ("labeler.interval=0", "labeler.interval: 0"),
     ("labeler.threshold=1.5", "labeler.threshold: 1.5"),
     ("qp.importance.person=3", "qp.importance.person: 3"),
-    ("qp.target_mean=9", "qp.target_mean: 9"),
+    ("qp.target_mean=13", "qp.target_mean: 13"),
     ("encoder.rc=cbr", "encoder.bitrate: 0"),
     ("encoder.crf=60", "encoder.crf: 60"),
     ("missing-equals", "--set expects key=value"),
