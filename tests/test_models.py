@@ -58,7 +58,7 @@ def _session(path: Path, threads: int = 1):
 def test_registry_entries():
     entries = {e["name"]: e for e in list_models()}
     assert set(NAMES) <= set(entries)
-    assert models.default_models() == NAMES == Config().labeler.models
+    assert models.default_models() == ["nanodet_g", *NAMES] == Config().labeler.models
     seg, face = entries["selfie_segmentation_landscape"], entries["face_detection_short_range"]
     assert (seg["role"], seg["decoder"], seg["classes"], seg["input"]["shape"]) == (
         "segmentation", "probability-mask", ["person"], [1, 144, 256, 3])
@@ -77,9 +77,10 @@ def test_registry_entries():
     assert len(entries["yolox_nano"]["classes"]) == 80
     for e in entries.values():
         assert re.fullmatch(r"[0-9a-f]{64}", e["sha256"]), e["name"]
-        assert e["format"] in ("onnx", "tflite") and e["license"]
+        assert e["format"] in ("onnx", "tflite", "tfjs") and e["license"]
         src = e["source"]
-        assert ("wheel" in src and src["path"]) or src["url"].startswith("https://"), e["name"]
+        assert (("wheel" in src and src["path"]) or ("npm" in src and src["files"])
+                or src["url"].startswith("https://")), e["name"]
         desc = describe(e["name"], "x")  # every entry passes the config checks
         assert desc["products"] and desc["registry"]
 

