@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from edge_semvc.bench.metrics import bd_rate, box_iou, f1_score, match_counts, psnr
+from edge_semvc.bench.metrics import (bd_rate, box_iou, f1_score, match_counts, psnr,
+                                      rate_at_f1, rate_saving, roi_coverage, roi_data_note)
 from edge_semvc.cli import main
 
 
@@ -68,18 +69,81 @@ def test_short_bench_run_writes_a_complete_report(tmp_path, clip, fixture_model)
             assert r["psnr_roi"] is not None and r["psnr_background"] is not None
     assert c["points"][1]["semantic"]["bitrate_kbps"] > c["points"][0]["semantic"]["bitrate_kbps"]
     bd = c["bd_rate"]["semantic_vs_baseline"]
-    assert set(bd) == {"psnr_roi", "psnr", "vmaf", "f1"}
+    assert set(bd) == {"psnr_roi", "psnr", "vmaf"}  # no F1 BD-rate: see bench/run.py
+    cov = c["roi_coverage"]  # carphone: a face close-up, labelled on every frame
+    assert cov["enough"] and cov["mbs_per_frame"] >= 16 and cov["frame_fraction"] > 0.9
     assert bd["psnr_roi"]["percent"] is not None
+    assert set(c["kbps_at_f1"]) == {"0.9", "0.95"}
+    for need in c["kbps_at_f1"].values():
+        for n in need.values():
+            assert (n["kbps"] is None) == (n["note"] in ("below ladder", "not reached"))
+    saving = c["f1_rate_saving"]["semantic_vs_baseline"]
+    assert set(saving) == {"0.9", "0.95"} and set(saving["0.9"]) == {"percent", "note", "bound"}
+    assert -1 <= c["f1_gain"]["semantic_vs_baseline"] <= 1
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert len(summary) == 1 and summary[0]["comparison"] == "semantic_vs_baseline"
+    assert {"roi_mbs_per_frame", "bd_psnr_roi", "f1_0.9_semantic_kbps", "f1_0.95_saving",
+            "f1_gain"} <= set(summary[0])
     assert 0 < c["speed_ratio"]["semantic_vs_baseline"]
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 4 and {r["encoder"] for r in rows} == {"baseline", "semantic"}
     assert (out / "plots" / "carphone_qcif_pristine.psnr_roi.png").stat().st_size > 1000
-    assert "BD-rate semantic vs baseline" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "BD-rate semantic vs baseline" in report
+    assert "| kbit/s to F1 0.9 | kbit/s to F1 0.95 | mean F1 gain |" in report
+
+
+def test_rate_at_f1_interpolates_log_rate_on_a_monotone_curve():
+    rates = [100.0, 200.0, 400.0, 800.0]
+    # 0.9 lies halfway between 0.8 (200) and 1.0 (400): halfway in log-rate is sqrt(200 * 400)
+    assert rate_at_f1(rates, [0.5, 0.8, 1.0, 1.0], 0.9) == \
+        (pytest.approx(np.sqrt(200 * 400)), "", None)
+    assert rate_at_f1(rates, [0.5, 0.8, 1.0, 1.0], 0.8) == (pytest.approx(200.0), "", None)
+    # the ladder's order does not matter, only the measured rates
+    assert rate_at_f1(rates[::-1], [1.0, 1.0, 0.8, 0.5], 0.9)[0] == pytest.approx(282.8427)
+
+
+def test_rate_at_f1_takes_the_running_maximum_of_a_non_monotone_curve():
+    rates = [100.0, 200.0, 400.0, 800.0]
+    # F1 dips at 400: the envelope stays at 0.92 there, so 0.95 is bracketed by 400 and 800
+    value, note, _ = rate_at_f1(rates, [0.6, 0.92, 0.85, 0.98], 0.95)
+    assert note == "" and value == pytest.approx(np.exp(np.log(400) + 0.5 * np.log(2)))
+    # a dip below the target after reaching it does not undo it
+    assert rate_at_f1(rates, [0.6, 0.92, 0.85, 0.98], 0.9)[0] < 200
+
+
+def test_rate_at_f1_never_extrapolates():
+    rates = [100.0, 200.0, 400.0]
+    assert rate_at_f1(rates, [0.5, 0.7, 0.89], 0.9) == (None, "not reached", 400.0)
+    assert rate_at_f1(rates, [0.91, 0.95, 0.97], 0.9) == (None, "below ladder", 100.0)
+    assert rate_at_f1([], [], 0.9) == (None, "no points", None)
+    assert rate_saving(200.0, 150.0) == pytest.approx(-25.0)
+    assert rate_saving(None, 150.0) is None
+
+
+def test_roi_bd_rate_needs_enough_macroblocks_on_enough_frames():
+    big = np.zeros((9, 11), bool)
+    big[2:7, 3:8] = True  # 25 macroblocks
+    small = np.zeros((9, 11), bool)
+    small[0, :4] = True  # 4 macroblocks
+    empty = np.zeros((9, 11), bool)
+    assert roi_coverage([big, big, empty, empty]) == (12.5, 0.5)
+    assert roi_data_note(*roi_coverage([big, big, big, empty]), 16, 0.25) == ""
+    # large enough where present, but present on too few frames
+    full = np.ones((9, 11), bool)  # 99 macroblocks: 19.8 a frame on average, but 1 frame in 5
+    assert roi_data_note(*roi_coverage([full] + [empty] * 4), 16, 0.25).startswith(
+        "too little data")
+    # on every frame, but too small
+    note = roi_data_note(*roi_coverage([small] * 10), 16, 0.25)
+    assert note == "too little data: 4.0 MB/frame (min 16), ROI in 100 % of frames (min 25 %)"
+    assert roi_coverage([]) == (0.0, 0.0)
 
 
 def test_bench_refuses_bad_arguments(tmp_path, capsys):
     assert main(["bench", "x.mp4", "--roi-model", str(tmp_path / "none.onnx")]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert main(["bench", "x.mp4", "--f1-targets", "0.9", "1.5"]) == 2
+    assert main(["bench", "x.mp4", "--roi-min-frames", "2"]) == 2
 
 
 def test_ladders_in_bits_per_pixel_scale_with_the_clip():
@@ -89,3 +153,19 @@ def test_ladders_in_bits_per_pixel_scale_with_the_clip():
     assert resolve_ladder([500_000.0], None, "cbr", 640, 360, 30.0) == [500_000.0]
     assert resolve_ladder(None, None, "crf", 640, 360, 30.0) == [36.0, 32.0, 28.0, 24.0]
     assert main(["bench", "x.mp4", "--bpp", "0.1", "--rc", "crf"]) == 2
+
+
+def test_a_saving_with_one_side_off_the_ladder_is_a_bound():
+    from edge_semvc.bench.run import saving_bound
+
+    def need(kbps=None, note="", bound=None):
+        return {"kbps": kbps, "note": note, "bound_kbps": bound}
+
+    never = need(note="not reached", bound=100.0)  # needs more than 100
+    low = need(note="below ladder", bound=50.0)  # needs at most 50
+    assert saving_bound(never, need(80.0)) == {"op": "<=", "percent": -20.0}
+    assert saving_bound(need(100.0), low) == {"op": "<=", "percent": -50.0}
+    assert saving_bound(low, need(60.0)) == {"op": ">=", "percent": 20.0}
+    assert saving_bound(need(80.0), never) == {"op": ">=", "percent": 25.0}
+    assert saving_bound(never, low) == {"op": "<=", "percent": -50.0}
+    assert saving_bound(low, low) is None and saving_bound(never, never) is None

@@ -92,3 +92,56 @@ def bd_rate(rate_anchor, dist_anchor, rate_test, dist_test,
     if span > 0 and overlap / span < 0.75:
         note = f"quality ranges overlap {100 * max(overlap, 0) / span:.0f} % only"
     return value, note
+
+
+def rate_at_f1(rates, f1s, target: float) -> tuple[float | None, str, float | None]:
+    """Rate needed to reach detection F1 `target`: (rate, "", None), or (None, why, bound).
+
+    F1 is not monotone in rate (detector noise), so the curve is first made monotone: sorted by
+    rate, F1 becomes its running maximum. The rate is then interpolated linearly in log-rate
+    between the two ladder points that bracket the target. Never extrapolated: "below ladder"
+    when even the lowest rate reaches the target (bound: that rate, the need is at most it),
+    "not reached" when the highest rate stays below it (bound: that rate, the need exceeds it)."""
+    pairs = sorted((float(r), float(f)) for r, f in zip(rates, f1s)
+                   if r is not None and f is not None and np.isfinite(r) and np.isfinite(f)
+                   and r > 0)
+    if not pairs:
+        return None, "no points", None
+    rate = np.array([r for r, _ in pairs])
+    best = np.maximum.accumulate([f for _, f in pairs])
+    above = np.flatnonzero(best >= target)
+    if above.size == 0:
+        return None, "not reached", float(rate[-1])
+    i = int(above[0])
+    if i == 0:
+        return None, "below ladder", float(rate[0])
+    t = (target - best[i - 1]) / (best[i] - best[i - 1])  # best[i - 1] < target <= best[i]
+    log_rate = np.log(rate[i - 1]) + t * (np.log(rate[i]) - np.log(rate[i - 1]))
+    return float(np.exp(log_rate)), "", None
+
+
+def rate_saving(anchor: float | None, test: float | None) -> float | None:
+    """Rate of `test` relative to `anchor` in percent (negative: fewer bits); None if either
+    is missing."""
+    if anchor is None or test is None or anchor <= 0:
+        return None
+    return 100.0 * (test / anchor - 1.0)
+
+
+def roi_coverage(masks) -> tuple[float, float]:
+    """(mean labelled macroblocks per frame, fraction of frames with any) of bool[mb_h, mb_w]
+    masks, one a frame."""
+    if not masks:
+        return 0.0, 0.0
+    return (float(np.mean([m.sum() for m in masks])),
+            float(np.mean([bool(m.any()) for m in masks])))
+
+
+def roi_data_note(mbs_per_frame: float, frame_fraction: float, min_mbs: float,
+                  min_frames: float) -> str:
+    """"" when the ROI is big enough and frequent enough for an ROI-PSNR BD-rate, else
+    "too little data: ..." with the figures."""
+    if mbs_per_frame >= min_mbs and frame_fraction >= min_frames:
+        return ""
+    return (f"too little data: {mbs_per_frame:.1f} MB/frame (min {min_mbs:g}), ROI in "
+            f"{100 * frame_fraction:.0f} % of frames (min {100 * min_frames:.0f} %)")

@@ -1,5 +1,6 @@
-"""Bench outputs: results.json, results.csv, one rate-distortion PNG per clip and metric, and a
-report.md table."""
+"""Bench outputs: results.json, results.csv (one row per clip, rate point and encoder),
+summary.csv (one row per clip and comparison), one rate-distortion PNG per clip and metric, and
+report.md: the summary tables (BENCHMARKS.md's layout), then every point."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,8 @@ PLOT_METRICS = {"psnr_roi": "ROI Y-PSNR (dB)", "psnr": "Y-PSNR (dB)",
 
 def write_outputs(results: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    _write_csv(results, out / "results.csv")
+    _write_csv(list(_rows(results)), out / "results.csv")
+    _write_csv(list(_summary_rows(results)), out / "summary.csv")
     _plot(results, out / "plots")
     (out / "report.md").write_text(report_markdown(results))
 
@@ -28,8 +30,35 @@ def _rows(results: dict):
                            **{k: v for k, v in r.items() if not isinstance(v, dict)}}
 
 
-def _write_csv(results: dict, path: Path) -> None:
-    rows = list(_rows(results))
+def _summary_rows(results: dict):
+    """One row per clip and comparison (semantic vs each anchor): ROI coverage, BD-rates, bits
+    to each F1 target, F1 gain, speed ratio."""
+    for clip in results["clips"]:
+        cov = clip.get("roi_coverage", {})
+        for pair, bds in clip["bd_rate"].items():
+            anchor = pair.removeprefix("semantic_vs_")
+            row = {"clip": clip["clip"], "comparison": pair, "frames": clip["frames"],
+                   "roi_fraction": clip["roi_fraction"],
+                   "roi_mbs_per_frame": cov.get("mbs_per_frame"),
+                   "roi_frame_fraction": cov.get("frame_fraction")}
+            for m, v in bds.items():
+                row[f"bd_{m}"], row[f"bd_{m}_note"] = v["percent"], v["note"]
+            for t, need in clip.get("kbps_at_f1", {}).items():
+                for role, kind in (("anchor", anchor), ("semantic", "semantic")):
+                    row[f"f1_{t}_{role}_kbps"] = need[kind]["kbps"]
+                    row[f"f1_{t}_{role}_note"] = need[kind]["note"]
+                    row[f"f1_{t}_{role}_bound_kbps"] = need[kind]["bound_kbps"]
+                saving = clip["f1_rate_saving"][pair][t]
+                row[f"f1_{t}_saving"] = saving["percent"]
+                bound = saving.get("bound")
+                row[f"f1_{t}_saving_bound"] = bound and f"{bound['op']} {bound['percent']}"
+            if "f1_gain" in clip:
+                row["f1_gain"] = clip["f1_gain"][pair]
+            row["speed_ratio"] = clip["speed_ratio"][pair]
+            yield row
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
     if not rows:
         return
     fields = list(dict.fromkeys(k for r in rows for k in r))
@@ -74,11 +103,98 @@ def _fmt(v, digits=2, suffix=""):
     return "n/a" if v is None else f"{v:.{digits}f}{suffix}"
 
 
+def _signed(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def _bd_cell(v: dict) -> str:
+    if v["percent"] is None:
+        return "too little data" if v["note"].startswith("too little data") else "n/a"
+    return f"{v['percent']:+.1f} %" + (" ¹" if "overlap" in v["note"] else "")
+
+
+def _need_cell(n: dict) -> str:
+    """Bits to an F1 target: the rate, or what the ladder says about it."""
+    if n["kbps"] is not None:
+        return f"{n['kbps']:.1f}"
+    if n["note"] == "below ladder":
+        return f"below ladder (≤ {n['bound_kbps']:.1f})"
+    if n["note"] == "not reached":
+        return f"not reached (> {n['bound_kbps']:.1f})"
+    return "n/a"
+
+
+def _f1_cell(clip: dict, pair: str, anchor: str, target: str) -> str:
+    if target not in clip.get("kbps_at_f1", {}):
+        return "n/a"
+    need = clip["kbps_at_f1"][target]
+    saving = clip["f1_rate_saving"][pair][target]
+    cell = f"{_need_cell(need[anchor])} → {_need_cell(need['semantic'])}"
+    if saving["percent"] is not None:
+        return cell + f" ({saving['percent']:+.1f} %)"
+    if saving.get("bound"):
+        op = {"<=": "≤", ">=": "≥"}[saving["bound"]["op"]]
+        return cell + f" ({op} {saving['bound']['percent']:+.1f} %)"
+    return cell
+
+
+def _summary_table(clips: list[dict], pair: str, targets: list[str]) -> list[str]:
+    """One comparison's table: a row per clip."""
+    anchor = pair.removeprefix("semantic_vs_")
+    metrics = list(dict.fromkeys(m for c in clips for m in c["bd_rate"][pair]))
+    head = (["clip", "ROI", "ROI MB/frame", "ROI frames"] + [f"BD-rate {m}" for m in metrics]
+            + [f"kbit/s to F1 {t}" for t in targets] + ["mean F1 gain"] * bool(targets)
+            + ["speed ratio"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+    for c in clips:
+        cov = c.get("roi_coverage", {})
+        cells = ([f"{c['clip']} ({c['width']}x{c['height']}, {c['frames']} fr)",
+                  f"{100 * c['roi_fraction']:.1f} %", _fmt(cov.get("mbs_per_frame"), 1),
+                  _fmt(None if "frame_fraction" not in cov else 100 * cov["frame_fraction"],
+                       0, " %")]
+                 + [_bd_cell(c["bd_rate"][pair][m]) for m in metrics]
+                 + [_f1_cell(c, pair, anchor, t) for t in targets]
+                 + [_signed(c.get("f1_gain", {}).get(pair))] * bool(targets)
+                 + [_fmt(c["speed_ratio"][pair], 2)])
+        lines.append("| " + " | ".join(cells) + " |")
+        notes += [f"- {c['clip']}, {m}: {v['note']}" for m, v in c["bd_rate"][pair].items()
+                  if v["note"]]
+    return lines + [""] + notes
+
+
+def summary_markdown(results: dict) -> str:
+    """The summary tables, one per comparison (semantic vs baseline, vs ffmpeg), in the layout of
+    BENCHMARKS.md's tables."""
+    clips = results["clips"]
+    if not clips:
+        return ""
+    s = results["settings"]
+    targets = [f"{t:g}" for t in s.get("f1_targets", [])] if s.get("roi_model") else []
+    lines = []
+    for pair in clips[0]["bd_rate"]:
+        lines += [f"**{pair.replace('_', ' ')}**", ""]
+        lines += _summary_table(clips, pair, targets) + [""]
+    lines.append("¹ the two curves share less than 75 % of their quality range. ROI-PSNR BD-rate "
+                 f"only where the ROI averages >= {s.get('roi_min_mbs', 0):g} macroblocks a "
+                 f"frame and is present in >= {100 * s.get('roi_min_frames', 0):.0f} % of the "
+                 "frames, else \"too little data\".")
+    if targets:
+        lines.append("kbit/s to F1 t: what the anchor → semantic need to reach detection F1 t "
+                     "(semantic's saving, negative: fewer bits; ≤/≥: a bound where one side is "
+                     "off the ladder), interpolated on the ladder's monotone F1 envelope; "
+                     "\"below ladder (≤ r)\": the lowest rate already reaches it, \"not reached "
+                     "(> r)\": the highest does not. Mean F1 gain: semantic minus anchor, averaged "
+                     "over the ladder points.")
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(results: dict) -> str:
     s = results["settings"]
     lines = [f"# edge-semvc bench: rc={s['rc']}, preset={s['preset']}"
              f"{', tune=' + s['tune'] if s['tune'] else ''}", "",
-             f"ROI mask: {s['roi_mask']}. Detector for F1: {s['roi_model'] or 'none'}.", ""]
+             f"ROI mask: {s['roi_mask']}. Detector for F1: {s['roi_model'] or 'none'}.", "",
+             "## Summary", "", summary_markdown(results)]
     for clip in results["clips"]:
         lines += [f"## {clip['clip']} ({clip['width']}x{clip['height']}, {clip['frames']} "
                   f"frames, ROI {100 * clip['roi_fraction']:.1f} %)", ""]

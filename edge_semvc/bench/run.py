@@ -7,14 +7,24 @@ Each clip is encoded at every rate point of a ladder with the same encoder setti
   otherwise run.
 Every output is decoded and compared with the decoded source: Y-PSNR over the whole frame, the
 region of interest and the background; VMAF-NEG; detection F1 of an independent detector. Then
-BD-rate (akima) of semantic against each baseline per metric.
+BD-rate (akima) of semantic against each baseline on PSNR, VMAF and, where the ROI holds enough
+data, ROI-PSNR.
 
-ROI mask: the macroblocks that the semantic run's labeler labelled (any class) on the original
-frames; the same mask for every encode of a clip, so all are judged on the same pixels.
+Detection F1 gets no BD-rate: it saturates near 1 and is not monotone in rate, and even where it
+spans 0.05 over the ladder its BD-rate moved by -7 to +13 % with an empty ROI (BENCHMARKS.md,
+"Analytics at low rates"): noise. Instead, per encoder, the bits needed to reach each F1 target
+(`rate_at_f1`: monotone envelope, log-rate interpolation, no extrapolation), semantic's saving
+there, and semantic's mean F1 gain over the ladder points (meant for a low ladder, e.g.
+--bpp 0.004 0.008 0.016 0.032, where F1 has not saturated).
+
+ROI mask: the macroblocks that the semantic configuration's models label (any class) when they run
+on every original frame (no CPU budget, no carry: what is there, not what a budgeted run happened
+to label); the same mask for every encode of a clip, so all are judged on the same pixels.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -26,14 +36,27 @@ import numpy as np
 
 from ..config import Config, ConfigError, load_config
 from ..frame import Frame
+from ..labeler import Labeler
 from ..pipeline import run_encode
 from ..sources import RawVideoOptions, open_source
 from .detector import GROUPS, YoloxDetector
-from .metrics import bd_rate, f1_score, match_counts, mb_mask_to_pixels, psnr
+from .metrics import (bd_rate, f1_score, match_counts, mb_mask_to_pixels, psnr, rate_at_f1,
+                      rate_saving, roi_coverage, roi_data_note)
 
-# BD-rate is reported on these; below the span, a metric's curve is too flat to compare
-# (F1 near saturation moves by a few hundredths, and noise would decide the figure).
-METRICS = {"psnr_roi": 0.0, "psnr": 0.0, "vmaf": 0.0, "f1": 0.05}
+# BD-rate is reported on these; below the span, a metric's curve is too flat to compare.
+# No F1: see the module docstring.
+METRICS = {"psnr_roi": 0.0, "psnr": 0.0, "vmaf": 0.0}
+F1_TARGETS = (0.9, 0.95)
+# ROI-PSNR BD-rate only where the ROI is big and frequent enough to mean something:
+# - >= 16 labelled macroblocks a frame on average (4096 luma samples, about one 64x64 object: a
+#   face at CIF, two pedestrians at 768x576). Below, the ROI is a handful of blocks: its PSNR
+#   follows their content, and the map can give them any emphasis at almost no cost to the
+#   frame, so the figure says little about the encoder (street at low rates with DeepLab: ROI
+#   0.0 % of the frame, ROI BD-rate -34 %; parking with YOLOX: ~4 MB/frame, -32 %).
+# - in >= 25 % of the frames: else the mean rests on a few frames (under 15 of a 60-frame run)
+#   and on where they fall in the GOP.
+ROI_MIN_MBS = 16.0
+ROI_MIN_FRAMES = 0.25
 DEFAULT_BPP = (0.025, 0.05, 0.1, 0.2)  # bits per pixel for the default abr/cbr ladder
 DEFAULT_CRF = (36.0, 32.0, 28.0, 24.0)
 
@@ -56,6 +79,15 @@ class ClipReference:
         return len(self.luma) / self.fps
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """How a clip's summary judges analytics and the ROI."""
+
+    f1_targets: tuple[float, ...] = F1_TARGETS
+    roi_min_mbs: float = ROI_MIN_MBS
+    roi_min_frames: float = ROI_MIN_FRAMES
+
+
 def resolve_ladder(ladder: list[float] | None, bpp: list[float] | None, rc: str, width: int,
                    height: int, fps: float) -> list[float]:
     """The rate points for one clip: explicit rates, or bits per pixel scaled to its size."""
@@ -66,9 +98,20 @@ def resolve_ladder(ladder: list[float] | None, bpp: list[float] | None, rc: str,
     return [round(b * width * height * fps, -3) for b in (bpp or DEFAULT_BPP)]
 
 
+def roi_labeler(cfg: Config) -> Labeler:
+    """The semantic run's models on every frame, in line (no budget, no carry): the region of
+    interest is what is there, not what a budgeted run happened to label."""
+    lab = dataclasses.replace(cfg.labeler, cpu_budget=0.0, interval=1, models=[
+        {**m, "interval": 1} if isinstance(m, dict) else {"name": m, "interval": 1}
+        for m in cfg.labeler.models])
+    return Labeler(lab, cfg.cache_dir(), log=lambda *_: None)
+
+
 def read_reference(clip: str, raw: RawVideoOptions | None, workdir: Path, max_frames: int,
-                   detector: YoloxDetector | None, eval_every: int, log) -> ClipReference:
-    """Decode the clip once: keep the luma, write a .y4m for VMAF, detect on the originals."""
+                   detector: YoloxDetector | None, eval_every: int, log,
+                   labeler: Labeler | None = None) -> ClipReference:
+    """Decode the clip once: keep the luma, write a .y4m for VMAF, detect on the originals and
+    label them (`labeler`: the ROI mask)."""
     src = open_source(clip, raw)
     ref = ClipReference(clip, src.width, src.height, float(src.fps))
     ref.y4m = str(workdir / f"{Path(clip).stem}.ref.y4m")
@@ -81,6 +124,8 @@ def read_reference(clip: str, raw: RawVideoOptions | None, workdir: Path, max_fr
                     break
                 y4m.write(b"FRAME\n" + frame.y.tobytes() + frame.u.tobytes() + frame.v.tobytes())
                 ref.luma.append(frame.y.copy())
+                if labeler:
+                    ref.roi.append(labeler.label(frame).labels > 0)
                 if detector and frame.index % eval_every == 0:
                     ref.truth[frame.index] = detector.detect(frame)
         finally:
@@ -144,11 +189,8 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
             from .ffmpeg_baseline import encode_with_ffmpeg
             stats = encode_with_ffmpeg(src, str(out), cfg.encoder, max_frames)
         else:
-            collect = kind == "semantic" and not ref.roi
             stats = run_encode(src, str(out), cfg, semantic=kind == "semantic",
-                               max_frames=max_frames,
-                               on_frame=(lambda f, lm, qp: ref.roi.append(lm.labels > 0))
-                               if collect else None)
+                               max_frames=max_frames)
     finally:
         src.close()
     size = out.stat().st_size
@@ -159,11 +201,12 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
 
 def bench_clip(clip: str, cfg: Config, ladder: list[float] | None, kinds: list[str],
                out_dir: Path, workdir: Path, raw, detector, eval_every: int, vmaf: bool,
-               max_frames: int, log, repeats: int = 1, bpp: list[float] | None = None) -> dict:
-    ref = read_reference(clip, raw, workdir, max_frames, detector, eval_every, log)
+               max_frames: int, log, repeats: int = 1, bpp: list[float] | None = None,
+               analysis: Analysis = Analysis()) -> dict:
+    ref = read_reference(clip, raw, workdir, max_frames, detector, eval_every, log,
+                         roi_labeler(cfg) if "semantic" in kinds else None)
     rates = resolve_ladder(ladder, bpp, cfg.encoder.rc, ref.width, ref.height, ref.fps)
     points = []
-    # Semantic first: its labels define the ROI mask every encode is measured on.
     order = ["semantic", *[k for k in kinds if k != "semantic"]]
     for rate in rates:
         e = cfg.encoder
@@ -188,21 +231,95 @@ def bench_clip(clip: str, cfg: Config, ladder: list[float] | None, kinds: list[s
                 + (f" F1 {result['f1']}" if detector else "")
                 + f"  ({time.perf_counter() - t0:.1f} s)")
         points.append(point)
-    summary = {"clip": Path(clip).name, "width": ref.width, "height": ref.height,
+    return summarise(ref, points, order, repeats, analysis)
+
+
+def summarise(ref: ClipReference, points: list[dict], kinds: list[str], repeats: int,
+              analysis: Analysis) -> dict:
+    """A clip's results: its points, ROI coverage, BD-rates, speed ratios and, with a
+    detector, the F1 analytics."""
+    mbs, frames_with = roi_coverage(ref.roi)
+    roi_note = roi_data_note(mbs, frames_with, analysis.roi_min_mbs, analysis.roi_min_frames)
+    summary = {"clip": Path(ref.clip).name, "width": ref.width, "height": ref.height,
                "fps": ref.fps, "frames": len(ref.luma), "repeats": repeats,
                "roi_fraction": round(float(np.mean([m.mean() for m in ref.roi])), 4),
+               "roi_coverage": {"mbs_per_frame": round(mbs, 2),
+                                "frame_fraction": round(frames_with, 4), "enough": not roi_note},
                "points": points, "bd_rate": {}, "speed_ratio": {}}
-    metrics = [m for m in METRICS if m in points[0]["semantic"]]
-    for anchor in (k for k in order if k != "semantic"):
-        summary["bd_rate"][f"semantic_vs_{anchor}"] = {
-            m: dict(zip(("percent", "note"), bd_rate(
-                [p[anchor]["bitrate_kbps"] for p in points], [p[anchor][m] for p in points],
-                [p["semantic"]["bitrate_kbps"] for p in points],
-                [p["semantic"][m] for p in points], METRICS[m])))
-            for m in metrics}
+    for anchor in (k for k in kinds if k != "semantic"):
+        summary["bd_rate"][f"semantic_vs_{anchor}"] = bd_rates(points, anchor, roi_note)
         summary["speed_ratio"][f"semantic_vs_{anchor}"] = round(float(np.mean(
             [p["semantic"]["fps"] / p[anchor]["fps"] for p in points])), 4)
+    if "f1" in points[0]["semantic"]:
+        summary.update(f1_analytics(points, kinds, analysis.f1_targets))
     return summary
+
+
+def _curve(points: list[dict], kind: str, metric: str) -> tuple[list, list]:
+    return [p[kind]["bitrate_kbps"] for p in points], [p[kind][metric] for p in points]
+
+
+def bd_rates(points: list[dict], anchor: str, roi_note: str) -> dict:
+    """BD-rate of semantic against `anchor` per metric; ROI-PSNR's replaced by `roi_note`
+    when that says the ROI holds too little data."""
+    out = {}
+    for m in (m for m in METRICS if m in points[0]["semantic"]):
+        if m == "psnr_roi" and roi_note:
+            out[m] = {"percent": None, "note": roi_note}
+        else:
+            value, note = bd_rate(*_curve(points, anchor, m), *_curve(points, "semantic", m),
+                                  METRICS[m])
+            out[m] = {"percent": value, "note": note}
+    return out
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+def kbps_at_f1(points: list[dict], kind: str, target: float) -> dict:
+    """The bitrate `kind` needs to reach detection F1 `target` over this ladder."""
+    kbps, note, bound = rate_at_f1(*_curve(points, kind, "f1"), target)
+    return {"kbps": _round(kbps, 2), "note": note, "bound_kbps": _round(bound, 2)}
+
+
+def _known_rate(need: dict) -> tuple[float | None, int]:
+    """(rate, side): side 0 exact, -1 at most that rate (below ladder), +1 above it (not
+    reached)."""
+    side = {"": 0, "below ladder": -1, "not reached": 1}.get(need["note"])
+    return (need["kbps"] if side == 0 else need["bound_kbps"]), side
+
+
+def saving_bound(anchor: dict, test: dict) -> dict | None:
+    """What a saving that one ladder cannot pin down is still known to be, from the bounds:
+    e.g. {"op": "<=", "percent": -18.7} when the anchor never reaches the target (needs more than
+    its top rate) and the test does. None when nothing follows (both below the ladder, ...)."""
+    (a, a_side), (t, t_side) = _known_rate(anchor), _known_rate(test)
+    if a is None or t is None or a_side is None or t_side is None:
+        return None
+    sides = {t_side, -a_side} - {0}  # the test's rate up, or the anchor's down: saving up
+    if len(sides) != 1:
+        return None
+    return {"op": ">=" if sides == {1} else "<=", "percent": round(rate_saving(a, t), 2)}
+
+
+def f1_analytics(points: list[dict], kinds: list[str], targets) -> dict:
+    """Per F1 target: each encoder's bitrate to reach it and semantic's saving against each
+    anchor there (percent, negative: fewer bits); semantic's mean F1 gain over the ladder
+    points (F1 semantic minus anchor at the same rate setting)."""
+    need = {f"{t:g}": {k: kbps_at_f1(points, k, t) for k in kinds} for t in targets}
+    saving, gain = {}, {}
+    for anchor in (k for k in kinds if k != "semantic"):
+        pair = f"semantic_vs_{anchor}"
+        saving[pair] = {}
+        for t, n in need.items():
+            percent = rate_saving(n[anchor]["kbps"], n["semantic"]["kbps"])
+            why = "; ".join(f"{k} {n[k]['note']}" for k in (anchor, "semantic") if n[k]["note"])
+            saving[pair][t] = {"percent": _round(percent, 2), "note": why, "bound": None
+                               if percent is not None else saving_bound(n[anchor], n["semantic"])}
+        gain[pair] = round(float(np.mean([p["semantic"]["f1"] - p[anchor]["f1"]
+                                          for p in points])), 4)
+    return {"kbps_at_f1": need, "f1_rate_saving": saving, "f1_gain": gain}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -219,6 +336,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-model", metavar="PATH",
                    help="independent YOLOX ONNX detector for analytics accuracy (F1 at IoU 0.5, "
                         "person and vehicle); e.g. ../shared/models/yolox_nano.onnx")
+    p.add_argument("--f1-targets", nargs="+", type=float, default=list(F1_TARGETS),
+                   metavar="F1", help="detection-F1 targets: bits each encoder needs to reach "
+                   "them, and semantic's saving there (default 0.9 0.95)")
+    p.add_argument("--roi-min-mbs", type=float, default=ROI_MIN_MBS, metavar="N",
+                   help="ROI-PSNR BD-rate only if the ROI averages >= N macroblocks a frame "
+                        f"(default {ROI_MIN_MBS:g})")
+    p.add_argument("--roi-min-frames", type=float, default=ROI_MIN_FRAMES, metavar="FRACTION",
+                   help="... and is present in >= FRACTION of the frames "
+                        f"(default {ROI_MIN_FRAMES:g})")
     p.add_argument("--baseline", choices=["ffmpeg"], action="append", default=[],
                    help="also encode with FFmpeg's libx264 through PyAV")
     p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
@@ -239,12 +365,17 @@ def run(args) -> int:
     from fractions import Fraction
 
     from ..cli import parse_bitrate
-    from .report import write_outputs
+    from .report import summary_markdown, write_outputs
 
     if args.eval_every < 1:
         raise ConfigError(f"--eval-every must be >= 1, got {args.eval_every}")
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    if not all(0 < t <= 1 for t in args.f1_targets):
+        raise ConfigError(f"--f1-targets take values in (0, 1], got {args.f1_targets}")
+    if args.roi_min_mbs < 0 or not 0 <= args.roi_min_frames <= 1:
+        raise ConfigError("--roi-min-mbs takes a value >= 0, --roi-min-frames one in [0, 1]")
+    analysis = Analysis(tuple(args.f1_targets), args.roi_min_mbs, args.roi_min_frames)
     cfg = load_config(args.config, [*args.set, f"encoder.rc={args.rc}",
                                     f"encoder.preset={args.preset}", f"encoder.tune={args.tune}",
                                     # placeholder so abr/cbr validate; each point sets its own
@@ -278,16 +409,21 @@ def run(args) -> int:
                             "ladder": args.ladder, "bpp": args.bpp,
                             "roi_model": args.roi_model,
                             "frames": args.frames, "eval_every": args.eval_every,
-                            "roi_mask": "macroblocks labelled by the semantic run's labeler"},
+                            "f1_targets": list(analysis.f1_targets),
+                            "roi_min_mbs": analysis.roi_min_mbs,
+                            "roi_min_frames": analysis.roi_min_frames,
+                            "roi_mask": "macroblocks labelled by the semantic run's models run on "
+                                        "every original frame (no budget, no carry)"},
                "config": cfg.to_dict(), "clips": []}
     with tempfile.TemporaryDirectory() as tmp:
         for n, clip in enumerate(args.clips, 1):
             log(f"[{n}/{len(args.clips)}] {clip}")
             results["clips"].append(bench_clip(
                 clip, cfg, ladder, kinds, out, Path(tmp), raw, detector, args.eval_every, vmaf,
-                args.frames, log, args.repeats, args.bpp))
+                args.frames, log, args.repeats, args.bpp, analysis))
             write_outputs(results, out)  # after every clip: a long run loses nothing
-    log(f"results in {out}/ (report.md, results.json, results.csv, plots/)")
+    print(summary_markdown(results))
+    log(f"results in {out}/ (report.md, results.json, results.csv, summary.csv, plots/)")
     return 0
 
 
