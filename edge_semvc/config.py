@@ -26,13 +26,18 @@ class LabelerConfig:
     # threshold: 0.5, map: {...}, ...}` overriding a registry model's fields, or a model file
     # `{path: FILE.onnx, decoder: yolox, classes: coco, input: {...}, ...}` described in the
     # registry's fields (README "Models", labeler/registry.yaml).
-    models: list[Any] = field(
-        default_factory=lambda: ["selfie_segmentation_landscape", "face_detection_short_range"])
+    models: list[Any] = field(default_factory=lambda: [
+        "nanodet_g", "selfie_segmentation_landscape", "face_detection_short_range"])
     threshold: float = 0.7  # METHOD S110: a macroblock takes a class above this probability
     # Where classes overlap, a macroblock takes the first of these above its threshold; classes
     # not listed come after, the most probable first (labeler/__init__.py, "fusion").
     priority: list[str] = field(default_factory=lambda: ["face", "text", "person", "vehicle"])
-    interval: int = 2  # run each model every k-th frame (unless its entry says) and reuse it
+    # The models may use this share of the CPU time the rest of the process uses (0.1: 10 %);
+    # each model's interval follows from its measured cost (labeler/schedule.py) and the models
+    # run beside the pipeline. 0: no budget, every model runs every `interval` frames, in line.
+    cpu_budget: float = 0.1
+    parallel: bool = True  # budget mode: run the models in a background thread (false: in line)
+    interval: int = 1  # run each model at most every k-th frame (unless its entry says)
     reuse: str = "motion"  # between runs: "motion" (motion-compensated) or "hold" (unchanged)
     threads: int = 1  # ONNX Runtime intra-op threads (x264 wants the cores)
     face_min_score: float = 0.5  # BlazeFace detections below this are dropped before rasterising
@@ -100,6 +105,8 @@ class Config:
         _check(0.0 < self.labeler.threshold < 1.0, "labeler.threshold", self.labeler.threshold,
                "a probability between 0 and 1")
         _check(self.labeler.interval >= 1, "labeler.interval", self.labeler.interval, ">= 1")
+        _check(0.0 <= self.labeler.cpu_budget <= 10.0, "labeler.cpu_budget",
+               self.labeler.cpu_budget, "a share of CPU time between 0 (no budget) and 10")
         _check(all(p and p != "background" for p in self.labeler.priority)
                and len(set(self.labeler.priority)) == len(self.labeler.priority),
                "labeler.priority", self.labeler.priority, "distinct product class names")

@@ -48,6 +48,7 @@ class Visuals:
 class RunStats:
     timings: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     frames: int = 0
+    frames_mapped: int = 0  # frames that had something labelled and so got a map
     bytes: int = 0
     label_counts: np.ndarray | None = None
     offset_sum_roi: float = 0.0
@@ -103,9 +104,14 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         t0 = time.perf_counter()
         labels = labeler.label(frame)
         t1 = time.perf_counter()
-        region = analyser.analyse(frame, labels)
-        t2 = time.perf_counter()
-        qp = build_qp_map(region, labels, importance, cfg.qp)
+        if labels.labels.any():
+            region = analyser.analyse(frame, labels)
+            t2 = time.perf_counter()
+            qp = build_qp_map(region, labels, importance, cfg.qp)
+        else:  # nothing labelled: x264 gets no map, so there is nothing to compute
+            analyser.reset()
+            t2 = time.perf_counter()
+            qp = QpMap(np.zeros(labels.shape, np.float32))
         t3 = time.perf_counter()
         for name, dt in (("labeler", t1 - t0), ("analysis", t2 - t1), ("qp_map", t3 - t2)):
             stats.timings[name].append(dt * 1e3)
@@ -138,7 +144,11 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                         no_map = QpMap(np.zeros((frame.mb_h, frame.mb_w), np.float32))
                     labels, qp = no_labels, no_map
                 t0 = time.perf_counter()
-                packets = enc.encode(frame, qp.offsets if semantic else None)
+                # Nothing labelled: no map at all, exactly plain x264 (a uniform shift is not
+                # neutral: it moves x264's own adaptive quantisation).
+                mapped = semantic and bool(labels.labels.any())  # see understand()
+                stats.frames_mapped += mapped
+                packets = enc.encode(frame, qp.offsets if mapped else None)
                 sink.write(packets)
                 stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
                 stats.frames += 1
@@ -166,6 +176,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 overlay_video.close()
             if reporter:
                 reporter.done()
+            if labeler:
+                labeler.close()
         summary = enc.settings_summary()
     wall = time.perf_counter() - t_start
     if png_shot is not None:
@@ -216,7 +228,9 @@ def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | 
         "mean_offset_background": (round(stats.offset_sum_bg / stats.mb_bg, 4)
                                    if stats.mb_bg else None),
         "semantic": labeler is not None,
+        "frames_with_map": stats.frames_mapped,
         "models": labeler.model_names if labeler else [],
+        "labeler": labeler.stats() if labeler else {},
         "encoder": encoder,
         "config": cfg.to_dict(),
     }

@@ -37,7 +37,7 @@ def deeplab_entry(**extra) -> dict:
 
 
 def labeler(*entries, **cfg) -> Labeler:
-    return Labeler(LabelerConfig(models=list(entries), interval=1, **cfg), Config().cache_dir(),
+    return Labeler(LabelerConfig(models=list(entries), interval=1, cpu_budget=0, **cfg), Config().cache_dir(),
                    log=lambda *_: None)
 
 

@@ -52,7 +52,8 @@ def test_fast_consumer_gets_every_frame_at_the_source_rate():
     frames, got = consume(paced)
     # (a machine busy with other work may make even this idle consumer miss one frame)
     assert paced.ended_by == "seconds" and paced.dropped <= 1
-    assert paced.offered == 10 == paced.kept + paced.dropped  # 0.4 s at 25 fps
+    # 0.4 s at 25 fps: 10 frames, 11 when the last one is due just as the time is up
+    assert paced.offered in (10, 11) and paced.offered == paced.kept + paced.dropped
     assert [f.index for f in frames] == list(range(paced.kept))
     assert all(b > a for a, b in zip([f.pts for f in frames], [f.pts for f in frames][1:]))
     caps = np.array([paced.capture_times[i] for i in range(paced.kept)])

@@ -23,3 +23,41 @@ def test_roi_gains_and_background_pays_at_equal_bitrate(tmp_path, clip, name, bi
     assert sem["bitrate_kbps"] == pytest.approx(base["bitrate_kbps"], rel=0.05)
     assert sem["psnr_roi"] > base["psnr_roi"] + 0.5
     assert sem["psnr_background"] < base["psnr_background"]
+
+
+def _write_y4m(path, frames=12, w=320, h=176):
+    """A still clip with nothing to label: a smooth gradient (a clear sky). Still, so that x264's
+    decisions cannot hinge on anything but the map (see README "Known issues": x264's output
+    varies run to run inside a process that also runs the labeler, on moving content)."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    y = (60 + 0.4 * xx + 0.3 * yy).astype(np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n" + y + np.full(w * h // 2, 128, np.uint8).tobytes())
+
+
+def test_nothing_labelled_means_exactly_plain_x264(tmp_path):
+    """Where the labeler finds nothing, x264 gets no map at all: the stream is byte-identical
+    to --no-map (a uniform +1.5 QP map, sent before, gives other bytes on this very clip)."""
+    from edge_semvc.pipeline import run_encode
+    from edge_semvc.sources import open_source
+
+    clip = tmp_path / "sky.y4m"
+    _write_y4m(clip)
+    cfg = load_config(None, ["encoder.rc=cbr", "encoder.bitrate=200000", "encoder.threads=1"])
+    outs = {}
+    for semantic in (True, False):
+        out = tmp_path / f"{semantic}.h264"
+        src = open_source(str(clip))
+        try:
+            stats = run_encode(src, str(out), cfg, semantic=semantic)
+        finally:
+            src.close()
+        outs[semantic] = out.read_bytes()
+        if semantic:
+            assert stats["frames"] == 12 and stats["frames_with_map"] == 0
+            assert stats["label_coverage"]["background"] == 1.0
+    assert outs[True] == outs[False]

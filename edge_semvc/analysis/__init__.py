@@ -21,6 +21,10 @@ class Analyser:
         self.cfg = cfg
         self._prev: np.ndarray | None = None
 
+    def reset(self) -> None:
+        """Forget the previous frame (the next one is measured like a first frame: V = 0)."""
+        self._prev = None
+
     def analyse(self, frame: Frame, labels: LabelMap) -> RegionStats:
         blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
         c = complexity_map(blocks, self.cfg.complexity_full_var)

@@ -29,10 +29,11 @@ from ..config import LabelerConfig
 from ..frame import Frame
 from ..values import LabelMap
 from .decoders import (boxes_to_mb, blazeface_anchors, decode_blazeface, decode_boxes,
-                       decode_yolox, pool_max_to_mb, segmentation_to_mb, sigmoid)
+                       decode_nanodet, decode_yolox, pool_max_to_mb, segmentation_to_mb, sigmoid)
 from .preprocess import Geometry, InputTransform
 from .reuse import PlaneCarrier
 from .runtime import LabelerError, open_runtime
+from .schedule import Budget, Worker
 
 
 class Adapter:
@@ -145,8 +146,12 @@ class SsdAnchorAdapter(Adapter):
 
 class _BoxPlanes(Adapter):
     def planes(self, boxes: np.ndarray, g: Geometry, frame: Frame) -> np.ndarray:
-        """[k, 6] (x1, y1, x2, y2 in input pixels, score, model class) -> product planes."""
+        """[k, 6] (x1, y1, x2, y2 in input pixels, score, model class) -> product planes.
+        Boxes larger than `max_box_area` (a fraction of the frame) are dropped: a detector
+        entry can leave close-ups to a segmenter, whose masks follow the person's outline."""
         boxes = g.boxes_to_frame(boxes)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        boxes = boxes[area <= self.opts["max_box_area"]]
         scale = self.opts["box_scale"] or 1.0
         return np.stack([boxes_to_mb(boxes[np.isin(boxes[:, 5], t)], frame.width, frame.height,
                                      scale) for t in self.targets])
@@ -166,6 +171,30 @@ class YoloxAdapter(_BoxPlanes):
         try:
             boxes = decode_yolox(raw, (g.in_h, g.in_w), self.threshold,
                                  self.opts["iou_threshold"], tuple(self.opts["strides"]))
+        except ValueError as e:
+            raise self._error(str(e)) from None
+        return self.planes(boxes, g, frame)
+
+
+class NanodetAdapter(_BoxPlanes):
+    """`nanodet`: a NanoDet/GFL head (per stride: sigmoid class scores and box-side
+    distributions, `decode_nanodet`); boxes of mapped classes scoring at least the model's
+    threshold are rasterised with their score."""
+
+    def __call__(self, frame: Frame) -> np.ndarray:
+        outs, g = self.infer(frame)
+        n = len(self.desc["classes"])
+        by_size = sorted(outs, key=lambda o: -o.shape[-2])  # finest stride first
+        scores = [o for o in by_size if o.shape[-1] == n]
+        dists = [o for o in by_size if o.shape[-1] != n]
+        strides = self.opts["strides"]
+        if not (len(scores) == len(dists) == len(strides)) or any(
+                d.shape[-1] % 4 for d in dists):
+            raise self._error(f"expected {len(strides)} score outputs [1, HW, {n}] and as many "
+                              f"box outputs [1, HW, 4k], got {[o.shape for o in outs]}")
+        try:
+            boxes = decode_nanodet(scores, dists, (g.in_h, g.in_w), self.threshold,
+                                   self.opts["iou_threshold"], tuple(strides))
         except ValueError as e:
             raise self._error(str(e)) from None
         return self.planes(boxes, g, frame)
@@ -196,6 +225,7 @@ ADAPTERS = {
     "db-text": MaskAdapter,
     "ssd-anchors": SsdAnchorAdapter,
     "yolox": YoloxAdapter,
+    "nanodet": NanodetAdapter,
     "boxes": BoxesAdapter,
 }
 
@@ -253,7 +283,10 @@ def gate(models: list[tuple[str, Adapter]], planes: list[np.ndarray], k: int) ->
 
 
 class Labeler:
-    def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print):
+    """All models of `labeler.models`, scheduled, carried between their runs and fused."""
+
+    def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print,
+                 clock=None, thread_clock=None):
         from .models import describe, model_file
 
         self.cfg = cfg
@@ -276,27 +309,101 @@ class Labeler:
                     "regions are used without that check (set its `requires: null` to "
                     "silence this)", i, m.name, m.requires)
                 m.requires = None
-        self._planes: list[np.ndarray | None] = [None] * len(self.models)
-        self._last: LabelMap | None = None
         self.carrier = PlaneCarrier(cfg.reuse)
+        intervals = [m.interval for _, m in self.models]
+        self.budget = (Budget(cfg.cpu_budget, intervals, **({"clock": clock} if clock else {}))
+                       if cfg.cpu_budget > 0 else None)
+        self.worker = Worker(self._run_model, inline=self.budget is None or not cfg.parallel,
+                             **({"thread_clock": thread_clock} if thread_clock else {}))
+        self._n = -1  # frames seen
+        self._live: list[int | None] = [None] * len(self.models)  # frame of each model's planes
+        self._last_run = [-(1 << 30)] * len(self.models)
+        self.runs = [0] * len(self.models)
+        self.staleness: list[list[int]] = [[] for _ in self.models]  # frames, per labelled frame
+        self._fresh: set[int] = set()  # models whose new results arrived on this frame
+        self._grid = None
+
+    def _run_model(self, k: int, frame: Frame) -> np.ndarray:
+        return self.models[k][1](frame)
+
+    def _due(self, cut: bool) -> list[int]:
+        """The models to run on the current frame."""
+        if cut or self._grid_changed:
+            return list(range(len(self.models)))
+        intervals = (self.budget.intervals() if self.budget else
+                     [m.interval for _, m in self.models])
+        if self.budget is None:  # fixed intervals: every k-th frame
+            return [k for k, iv in enumerate(intervals) if self._n % iv == 0]
+        return [k for k, iv in enumerate(intervals) if self._n - self._last_run[k] >= iv]
+
+    def _collect(self, results) -> None:
+        for n, out in results:
+            for k, planes, cost in out:
+                if self.budget:
+                    self.budget.add_run(k, cost)
+                    self._fresh.add(k)
+                if (k, n) not in self.carrier:  # computed before the picture size changed
+                    continue
+                if self._live[k] is not None and self._live[k] != n:
+                    self.carrier.drop((k, self._live[k]))
+                self.carrier.fill((k, n), planes)
+                self._live[k] = n
 
     def label(self, frame: Frame) -> LabelMap:
         c = self.carrier
+        self._n += 1
         c.step(frame.y)
+        if self.budget:
+            self.budget.frame()
         grid = (frame.mb_h, frame.mb_w)
-        due = [p is None or frame.index % m.interval == 0 or p.shape[1:] != grid
-               for (_, m), p in zip(self.models, self._planes)]
-        if not all(due) and c.scene_cut:  # after a hard cut, carried planes mean nothing
-            due = [True] * len(due)
-        for k, (_, m) in enumerate(self.models):
-            if due[k]:
+        self._grid_changed = grid != self._grid
+        if self._grid_changed:  # first frame or a new picture size: nothing to carry
+            self._live = [None] * len(self.models)
+            self._grid = grid
+        self._collect(self.worker.results())
+        cut = self._n > 0 and not self._grid_changed and c.scene_cut
+        due = self._due(cut)
+        if cut and self.worker.busy:  # what is running started before the cut
+            self._collect(self.worker.results(wait=True))
+        if due and not self.worker.busy:
+            for k in due:
                 # Box planes have hard edges: move them without blurring.
-                interp = "nearest" if isinstance(m, (SsdAnchorAdapter, _BoxPlanes)) else None
-                self._planes[k] = c.set(k, m(frame), interp)
-            else:
-                self._planes[k] = c.get(k)
-        if any(due) or c.mode == "motion" or self._last is None:
-            self._last = fuse([(m.classes, gate(self.models, self._planes, k), m.threshold)
-                               for k, (_, m) in enumerate(self.models)],
-                              self.cfg.priority, self.model_names, grid)
-        return self._last
+                interp = "nearest" if isinstance(self.models[k][1],
+                                                 (SsdAnchorAdapter, _BoxPlanes)) else None
+                c.mark((k, self._n), interp)
+                self._last_run[k] = self._n
+                self.runs[k] += 1
+            self.worker.submit(self._n, frame, due)
+            # The first frame and a cut wait for their own labels (see schedule.py).
+            self._collect(self.worker.results(wait=cut or self._grid_changed
+                                              or self.worker.inline))
+        planes = []
+        for k, (_, m) in enumerate(self.models):
+            n = self._live[k]
+            if n is None:
+                planes.append(np.zeros((len(m.classes), *grid), np.float32))
+                continue
+            planes.append(c.get((k, n)))
+            self.staleness[k].append(self._n - n)
+        gated = [gate(self.models, planes, k) for k in range(len(self.models))]
+        for k in self._fresh:  # what a new result added, after its `requires` check
+            self.budget.found(k, bool((gated[k] > self.models[k][1].threshold).any()))
+        self._fresh.clear()
+        return fuse([(m.classes, gated[k], m.threshold) for k, (_, m) in enumerate(self.models)],
+                    self.cfg.priority, self.model_names, grid)
+
+    def stats(self) -> dict:
+        """Per model: runs, how stale its labels were (frames), mean CPU per run."""
+        out = {}
+        for k, name in enumerate(self.model_names):
+            age = np.asarray(self.staleness[k] or [0])
+            cost = self.budget.costs[k] if self.budget else None
+            out[name] = {"runs": self.runs[k],
+                         "staleness_frames": {"mean": round(float(age.mean()), 2),
+                                              "p95": float(np.percentile(age, 95)),
+                                              "max": int(age.max())},
+                         "cpu_ms_per_run": round(cost * 1e3, 2) if cost else None}
+        return out
+
+    def close(self) -> None:
+        self.worker.close()

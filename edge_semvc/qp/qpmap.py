@@ -14,7 +14,8 @@ from ..config import ConfigError, QpConfig
 from ..values import LabelMap, QpMap, RegionStats
 from .policy import base_q
 
-_BISECTIONS = 24  # the shift's bracket is < 120 QP wide: 24 halvings leave < 1e-5 QP
+_BISECTIONS = 24  # at most; the shift's bracket is < 120 QP wide: 24 halvings leave < 1e-5 QP
+_TOLERANCE = 0.005  # QP: how close the clamped mean must come to the target
 
 
 def importance_vector(classes: list[str], cfg: QpConfig) -> np.ndarray:
@@ -49,13 +50,22 @@ def importance_gain(weight: np.ndarray, cfg: QpConfig) -> float:
 def pin_mean(raw: np.ndarray, target: float, lo: float, hi: float) -> np.ndarray:
     """Shift `raw` so that, after clamping to [lo, hi], its mean is `target` (to 0.01 QP).
 
-    The clamped mean grows monotonically with the shift, so bisection finds it.
-    """
+    The clamped mean grows monotonically and piecewise linearly with the shift (its slope is the
+    share of unclamped values), so Newton steps find it in a few passes over the map; a step
+    that leaves the bracket known to hold the answer is replaced by bisection, which keeps it
+    safe where the slope changes."""
     s_lo, s_hi = lo - float(raw.max()), hi - float(raw.min())
+    shift = target - float(raw.mean())  # exact when nothing clamps
     for _ in range(_BISECTIONS):
-        shift = 0.5 * (s_lo + s_hi)
-        if float(np.clip(raw + shift, lo, hi).mean()) < target:
+        moved = raw + shift
+        error = float(np.clip(moved, lo, hi).mean()) - target
+        if abs(error) < _TOLERANCE:
+            break
+        if error < 0:
             s_lo = shift
         else:
             s_hi = shift
-    return np.clip(raw + 0.5 * (s_lo + s_hi), lo, hi).astype(np.float32)
+        slope = float(((moved > lo) & (moved < hi)).mean())
+        step = shift - error / slope if slope > 0 else None
+        shift = step if step is not None and s_lo < step < s_hi else 0.5 * (s_lo + s_hi)
+    return np.clip(raw + shift, lo, hi).astype(np.float32)

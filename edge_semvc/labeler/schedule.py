@@ -1,0 +1,150 @@
+"""When each model runs: a share of CPU time (`labeler.cpu_budget`), and a worker beside the
+pipeline so that the frames never wait for a model.
+
+Budget. The models may spend `share` of the CPU time the rest of the process spends (decoding,
+encoding, analysis): with share 0.1, a frame on which x264 and the rest took 12 ms of CPU earns
+1.2 ms for the models. `intervals()` turns that into an interval per model by water-filling:
+models are served cheapest first, each taking its part of what is left, so cheap models
+(BlazeFace, ~1 ms) run often and what they leave goes to the expensive detector, which then
+runs every k-th frame (k = its cost / its part). A model's part is in proportion to its weight:
+1, halved for every run in a row that found nothing (down to 1/8), back to 1 when it finds
+something: a face detector on a road camera leaves its share to the detector that sees cars.
+Costs are measured per run (CPU time of the worker thread) and averaged; the rest of the process
+is measured per frame. Both clocks are injectable, so tests count instead of timing.
+
+Worker. In budget mode the models run in one background thread on the frames the budget
+picks; the labeler keeps using the last results (carried to the current frame by motion) until
+new ones arrive. The first frame and scene cuts wait for their results: carried labels mean
+nothing there and an I-frame is referenced by everything after it.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from typing import Callable
+
+EMA = 0.2  # weight of a new cost sample (costs drift slowly; one slow run should not dominate)
+MIN_WEIGHT = 1 / 8  # a model that keeps finding nothing still gets an eighth of a share
+
+
+class Budget:
+    """Per-model intervals from measured costs and the CPU the rest of the process uses."""
+
+    def __init__(self, share: float, min_intervals: list[int],
+                 clock: Callable[[], float] = time.process_time):
+        self.share = share
+        self.min_intervals = list(min_intervals)
+        self.costs: list[float | None] = [None] * len(min_intervals)  # CPU s per run
+        self.weights = [1.0] * len(min_intervals)
+        self.clock = clock
+        self.rest: float | None = None  # CPU s per frame outside the models (EMA)
+        self._t = None
+        self._spent = 0.0  # model CPU since the last frame
+
+    def add_run(self, model: int, seconds: float) -> None:
+        """A run of `model` took `seconds` of CPU."""
+        c = self.costs[model]
+        self.costs[model] = seconds if c is None else c + EMA * (seconds - c)
+        self._spent += seconds
+
+    def found(self, model: int, anything: bool) -> None:
+        """What the latest run of `model` contributed to the labels: something or nothing."""
+        self.weights[model] = 1.0 if anything else max(self.weights[model] / 2, MIN_WEIGHT)
+
+    def frame(self) -> None:
+        """One frame went by: measure what the rest of the process spent on it."""
+        now = self.clock()
+        if self._t is not None:
+            rest = max(now - self._t - self._spent, 0.0)
+            self.rest = rest if self.rest is None else self.rest + EMA * (rest - self.rest)
+        self._t, self._spent = now, 0.0
+
+    def per_frame(self) -> float:
+        """CPU seconds per frame the models may use."""
+        return self.share * (self.rest or 0.0)
+
+    def intervals(self) -> list[int]:
+        """Each model's interval in frames (its minimum until its cost is known)."""
+        out = list(self.min_intervals)
+        known = sorted((c, m) for m, c in enumerate(self.costs) if c is not None)
+        left = self.per_frame()
+        weight_left = sum(self.weights[m] for _, m in known)
+        for cost, m in known:
+            part = left * self.weights[m] / weight_left
+            k = math.ceil(cost / part) if part > 0 else 1 << 30
+            out[m] = max(self.min_intervals[m], k)
+            left -= cost / out[m]
+            weight_left -= self.weights[m]
+        return out
+
+
+class Worker:
+    """Runs jobs (a frame and the models to run on it) in one background thread, one at a
+    time; `results()` hands back what finished. `inline=True` runs each job at `submit`
+    (deterministic: tests and `cpu_budget: 0`)."""
+
+    def __init__(self, run: Callable, inline: bool = False,
+                 thread_clock: Callable[[], float] = time.thread_time):
+        self._run, self.inline, self.clock = run, inline, thread_clock
+        self._jobs: queue.Queue = queue.Queue(1)
+        self._done: queue.Queue = queue.Queue()
+        self.busy = False
+        self._thread = None
+        if not inline:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="labeler-models")
+            self._thread.start()
+
+    def submit(self, tag, frame, models: list[int]) -> None:
+        """Run `models` on `frame`; results come back with `tag`. Only when not busy."""
+        assert not self.busy, "one job at a time"
+        self.busy = True
+        if self.inline:
+            self._do((tag, frame, models))
+        else:
+            self._jobs.put((tag, frame, models))
+
+    def _do(self, job) -> None:
+        tag, frame, models = job
+        out = []
+        try:
+            for m in models:
+                t0 = self.clock()
+                planes = self._run(m, frame)
+                out.append((m, planes, self.clock() - t0))
+        except BaseException as e:  # handed to the caller, which raises it
+            self._done.put((tag, e))
+            return
+        self._done.put((tag, out))
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self._do(job)
+
+    def results(self, wait: bool = False) -> list:
+        """Finished jobs as (tag, [(model, planes, cpu seconds)]); `wait`: block until the
+        running job finishes. A model's exception is raised here."""
+        out = []
+        if wait and self.busy:
+            out.append(self._done.get())
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        if out:
+            self.busy = False
+        for _, r in out:
+            if isinstance(r, BaseException):
+                raise r
+        return out
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout=5)
+            self._thread = None

@@ -1,0 +1,172 @@
+"""The labeler's CPU budget and its worker: intervals from measured costs (injected clocks, no
+timing), the labeler's runs and staleness under a budget, scene cuts forcing a fresh run."""
+from __future__ import annotations
+
+from itertools import islice
+
+import numpy as np
+import pytest
+
+from edge_semvc.config import Config, LabelerConfig
+from edge_semvc.frame import Frame
+from edge_semvc.labeler import Labeler
+from edge_semvc.labeler.schedule import Budget, Worker
+from edge_semvc.sources import open_source
+
+
+class Cpu:
+    """Fake CPU clocks: the process spends `frame` s per frame outside the models; each model
+    run costs what `costs` says (the thread clock advances by it between start and end)."""
+
+    def __init__(self, frame: float, costs: dict[int, float] | float):
+        self.frame, self.costs = frame, costs
+        self.process = self.thread = 0.0
+        self._running = None
+
+    def process_clock(self) -> float:
+        self.process += self.frame
+        return self.process
+
+    def thread_clock(self) -> float:
+        return self.thread
+
+    def run(self, k: int) -> None:  # a model ran: both clocks move by its cost
+        cost = self.costs[k] if isinstance(self.costs, dict) else self.costs
+        self.thread += cost
+        self.process += cost
+
+
+def test_water_filling_serves_cheap_models_first():
+    b = Budget(0.1, [1, 1, 1], clock=iter([0.0, 0.012, 0.024]).__next__)
+    assert b.intervals() == [1, 1, 1]  # nothing measured yet: every model at its minimum
+    for k, cost in enumerate([0.040, 0.001, 0.001]):  # a detector and two small models
+        b.add_run(k, cost)
+    b.frame()
+    b._spent = 0.0
+    b.frame()
+    b.frame()  # the rest of the process: 12 ms a frame -> 1.2 ms for the models
+    assert b.per_frame() == pytest.approx(0.0012)
+    # Cheapest first, an equal part of what is left each: 1 ms every 3rd frame (twice), then
+    # 0.53 ms for the 40 ms detector: every 75th frame.
+    assert b.intervals() == [75, 3, 3]
+    b.min_intervals = [1, 4, 1]  # a model's own minimum interval still holds
+    assert b.intervals()[1] == 4
+    b.min_intervals = [1, 1, 1]
+    for _ in range(5):  # the two small models keep finding nothing: a weight of 1/8 each
+        b.found(1, False)
+        b.found(2, False)
+    assert b.weights[1:] == [0.125, 0.125]
+    # 1.2 ms * (1/8) / (1/8 + 1/8 + 1) -> 0.12 ms each: every 9th frame; the detector gets the
+    # other 0.98 ms: every 41st frame instead of every 75th.
+    b._spent = 0.0
+    assert b.intervals() == [41, 9, 9]
+    b.found(1, True)
+    assert b.weights[1] == 1.0
+
+
+def test_costs_and_rest_are_averaged():
+    clock = iter(np.arange(0, 1, 0.010)).__next__
+    b = Budget(0.5, [1], clock=clock)
+    b.add_run(0, 0.004)
+    b.add_run(0, 0.014)  # one slow run moves the estimate by a fifth of the difference
+    assert b.costs[0] == pytest.approx(0.006)
+    b.frame()
+    b.frame()
+    assert b.rest == pytest.approx(0.010)
+
+
+def test_zero_rest_gives_no_runs_beyond_the_first():
+    b = Budget(0.1, [1], clock=lambda: 0.0)
+    b.add_run(0, 0.01)
+    b.frame()
+    b.frame()
+    assert b.intervals()[0] > 10 ** 6
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_worker_runs_jobs_and_hands_back_errors(inline):
+    def run(k, frame):
+        if frame == "bad":
+            raise ValueError("model 1 failed")
+        return np.full((1, 2, 2), k, np.float32)
+
+    w = Worker(run, inline=inline, thread_clock=lambda: 0.0)
+    w.submit("f0", "frame", [0, 1])
+    assert w.busy
+    (tag, out), = w.results(wait=True)
+    assert tag == "f0" and [k for k, _, _ in out] == [0, 1] and not w.busy
+    assert out[1][1][0, 0, 0] == 1
+    w.submit("f1", "bad", [1])
+    with pytest.raises(ValueError, match="model 1 failed"):
+        w.results(wait=True)
+    w.close()
+
+
+def _frames(n):
+    src = open_source("demo://astronaut")
+    try:
+        return list(islice(src.frames(), n))
+    finally:
+        src.close()
+
+
+def _budgeted(cfg: LabelerConfig, cpu: Cpu) -> Labeler:
+    lab = Labeler(cfg, Config().cache_dir(), log=lambda *_: None, clock=cpu.process_clock,
+                  thread_clock=cpu.thread_clock)
+    run = lab.worker._run
+    lab.worker._run = lambda k, f: (cpu.run(k), run(k, f))[1]
+    return lab
+
+
+def test_labeler_under_a_budget_runs_each_model_by_its_cost():
+    """The three default models, each 'costing' 2.5 ms (fake clocks), the rest of the process
+    10 ms a frame, a budget of 20 %: 2 ms a frame for 7.5 ms of models. On the demo close-up
+    NanoDet finds nothing (its person box is over `max_box_area`: close-ups are the
+    segmenter's), so after a few empty runs its weight is 1/8 and the two models that find the
+    astronaut get most of the budget."""
+    cpu = Cpu(0.010, 0.0025)
+    cfg = Config().labeler
+    cfg.cpu_budget, cfg.parallel = 0.2, False
+    lab = _budgeted(cfg, cpu)
+    for f in _frames(41):
+        lab.label(f)
+    assert lab.budget.weights == [0.125, 1.0, 1.0]
+    # 2 ms * (1/8) / (1/8 + 2) -> every 22nd frame; then 1.89 ms / 2 each -> every 3rd frame.
+    assert lab.budget.intervals() == [22, 3, 3]
+    assert lab.runs[1] == lab.runs[2] >= 12 and lab.runs[0] < lab.runs[1]
+    stats = lab.stats()
+    assert set(stats) == {"nanodet_g", "selfie_segmentation_landscape",
+                          "face_detection_short_range"}
+    for name, s in stats.items():
+        assert s["runs"] == lab.runs[lab.model_names.index(name)]
+        assert s["cpu_ms_per_run"] == pytest.approx(2.5)
+    assert stats["face_detection_short_range"]["staleness_frames"]["max"] <= 3
+    assert stats["nanodet_g"]["staleness_frames"]["max"] > 3
+
+
+def test_a_scene_cut_makes_every_model_run():
+    cpu = Cpu(0.010, 0.0025)
+    cfg = Config().labeler
+    cfg.cpu_budget, cfg.parallel = 0.05, False  # every model rarely: ~every 13th frame
+    lab = _budgeted(cfg, cpu)
+    frames = _frames(6)
+    for f in frames[:5]:
+        lab.label(f)
+    assert lab.runs == [1, 1, 1]
+    black = Frame(np.full_like(frames[5].y, 16), frames[5].u, frames[5].v, frames[5].pts, 1, 5)
+    lab.label(black)
+    assert lab.runs == [2, 2, 2]
+    assert all(s["staleness_frames"]["max"] == 4 for s in lab.stats().values())
+
+
+def test_parallel_labeler_labels_the_demo_person():
+    """The models in their own thread: the first frame waits for its labels, later frames use
+    the latest results, whatever the timing."""
+    cfg = Config().labeler
+    lab = Labeler(cfg, Config().cache_dir(), log=lambda *_: None)
+    try:
+        maps = [lab.label(f) for f in _frames(20)]
+    finally:
+        lab.close()
+    assert all(m.coverage().get("person", 0) + m.coverage().get("face", 0) > 0.1 for m in maps)
+    assert lab.runs[0] >= 1 and sum(lab.stats()["nanodet_g"]["staleness_frames"].values()) >= 0
