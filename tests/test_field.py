@@ -98,7 +98,9 @@ def test_end_of_input_and_loop_continue_timestamps():
     src = FakeSource(5, 100)
     paced = field.PacedSource(src, seconds=0.2, reopen=reopen)
     frames, _ = consume(paced)
-    assert [f.pts for f in frames] == list(range(20)) and paced.dropped == 0
+    # 0.2 s at 100 fps: 20 frames, 21 when the last one is due just as the time is up
+    assert [f.pts for f in frames] == list(range(len(frames))) and len(frames) in (20, 21)
+    assert paced.dropped == 0
     assert paced.passes >= 4 and src.closed and opened[-1].closed
 
 
@@ -290,14 +292,14 @@ def test_shared_clip_cbr_bitrate_against_target(clip, tmp_path):
 def test_forced_slow_consumer_drops_frames(clip, tmp_path):
     path = clip("street_pedestrians_vtest_768x576.avi")  # cheap to decode: the source keeps up
     out, js = tmp_path / "fast.ts", tmp_path / "fast.json"
-    # 40x real time: the 10 fps clip offered as a 400 fps camera, far beyond this pipeline
-    assert field.main([str(path), str(out), "--seconds", "1.5", "--speed", "40", "--loop",
+    # 100x real time: the 10 fps clip offered as a 1000 fps camera, far beyond this pipeline
+    assert field.main([str(path), str(out), "--seconds", "1.5", "--speed", "100", "--loop",
                        "--json", str(js)]) == 0
     r = json.loads(js.read_text())
     pts = _check_report(r, out)
     assert r["frames"]["dropped"] > 0 and r["frames"]["drop_rate"] > 0.3
-    assert r["fps"]["achieved"] < r["fps"]["offered"] <= r["fps"]["nominal"] == 400
-    assert r["source"]["passes"] >= 2  # looped (150 frames last 0.375 s at this speed)
+    assert r["fps"]["achieved"] < r["fps"]["offered"] <= r["fps"]["nominal"] == 1000
+    assert r["source"]["passes"] >= 2  # looped (150 frames last 0.15 s at this speed)
     assert max(np.diff(pts)) > 1  # the gaps of the dropped frames are in the timestamps
 
 

@@ -367,7 +367,7 @@ class Labeler:
             self._collect(self.worker.results(wait=True))
         if due and not self.worker.busy:
             for k in due:
-                # Box planes have hard edges: move them without blurring.
+                # Box planes: each box is moved whole (reuse.py).
                 interp = "nearest" if isinstance(self.models[k][1],
                                                  (SsdAnchorAdapter, _BoxPlanes)) else None
                 c.mark((k, self._n), interp)

@@ -1,7 +1,8 @@
 """Temporal label reuse: carry labels to the frames between two labeler runs.
 
-The labeler runs its models every k-th frame; the frames between get the last probability
-planes moved by cheap motion compensation ("motion") instead of unchanged ("hold").
+The labeler runs its models every k-th frame (or as a CPU budget allows, with results that may
+arrive a few frames late); the frames between get the last probability planes moved by cheap
+motion compensation ("motion") instead of unchanged ("hold").
 
 Motion is estimated on luma at 1/8 resolution (every 4th sample, then 2x2 sums: a 16x16
 macroblock is a 2x2 block there), one vector per macroblock, by an exhaustive SAD search over
@@ -11,34 +12,48 @@ over the 3x3 neighbouring macroblocks and a small penalty on the vector length (
 areas stay still). Vectors are whole samples (8 pixels, half a macroblock): a full square search
 was 20 % dearer for 0.002 IoU, a sub-sample fit gained nothing and jittered still scenes.
 
-Vectors are estimated between consecutive frames and chained: for every macroblock of the
-current frame the carrier keeps its displacement back to the frame the planes were computed
-on, and samples those planes there once (bilinear on the macroblock grid), so they are not
-re-blurred frame after frame. Labels are then recomputed from the moved planes by the
-labeler's own fusion rule.
+Two kinds of planes, moved differently:
+- Soft masks (segmenters; "bilinear"): vectors are chained frame to frame: for every macroblock
+  of the current frame the carrier keeps its displacement back to the frame the planes were
+  computed on, and samples those planes there once (bilinear on the macroblock grid), so they
+  are not re-blurred frame after frame.
+- Rasterised boxes (detectors; "nearest"): hard-edged rectangles, each holding its box's score.
+  Through a chained per-macroblock field they drifted off small, articulated people and eroded
+  (each cell followed its own noisy vector). Instead each box is recovered from the planes
+  (`find_boxes`) and moved rigidly, frame by frame, by one match of the whole box: the search's
+  own per-macroblock SADs summed over the box per candidate give its whole-sample vector (no
+  extra search), one Lucas-Kanade step on the box's samples a fraction of a sample (a fit to
+  the SAD curve was biased by the texture: still boxes crept ~0.5 macroblock in 30 frames and
+  moving ones lagged 15-25 %; the gradient step is zero where frames match and unbiased on
+  average). The box is redrawn at its fractional position by the rasteriser's centre rule
+  (half-open, so it keeps its size). An edge on the picture's border is open (the object goes
+  on beyond it): an object coming into view stays covered. Growing boxes by their expected
+  drift (a margin rising with the distance moved) bought as much ROI-PSNR BD-rate as it cost
+  whole-frame PSNR BD-rate, so boxes keep their size.
 
-Two levels:
-- `PlaneCarrier`: probability planes in slots (one per model, each model may run on its own
-  frames); `step(y)` once per frame, `set(slot, planes)` when the model ran, `get(slot)`
-  otherwise. Motion is computed lazily, only on frames where some slot is carried.
-- `LabelCarrier`: one LabelMap (`keyframe(map, y)`, then `carry(y)` on each frame after it),
-  relabelled by a `relabel(probs, key_map)` function (default: `LabelMap.from_probs` with
-  `threshold`).
+`PlaneCarrier` holds probability planes in slots (one per model and run, each model may run on
+its own frames); `step(y)` once per frame, `set(slot, planes)` when the model ran, or
+`mark(slot)` then `fill(slot, planes)` when the planes arrive later (meanwhile each frame's
+search costs are kept, 0.01-0.6 MB at QCIF-1080p, to move the boxes from the marked frame),
+`get(slot)` on the frames after. Motion is computed lazily, only on frames where some slot is
+carried.
 
-Cost per carried frame (one thread, `python -m edge_semvc.bench.reuse_eval`): ~0.25-0.35 ms
-at QCIF-CIF (mostly fixed numpy overhead), ~0.5-0.8 ms at 480p-720p, ~1.5-1.9 ms at 1080p,
-against ~5 ms for the two default models; frames where every model runs cost only the luma
-subsampling (0.02-0.2 ms).
+Cost per carried frame (one thread, 2-core development machine): the motion search and a soft
+mask 0.16-0.23 ms at QCIF-CIF, ~0.4 ms at 576p, ~1.1 ms at 1080p; each carried box 0.04-0.05 ms
+more (matched and redrawn); finding the boxes where a detector ran 0.07-0.15 ms. Against ~20 ms
+for YOLOX-nano with BlazeFace, ~43 ms for the default models. Frames where every model runs
+cost only the luma subsampling (0.02-0.2 ms).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from ..frame import MB, mb_grid
-from ..values import LabelMap
 
 MODES = ("motion", "hold")
+INTERPS = ("bilinear", "nearest")
 SCALE = 8  # luma subsampling for the motion search; one macroblock = 2x2 samples
 _BLK = MB // SCALE
 
@@ -108,6 +123,9 @@ class MotionField:
         self._bits = (len(self.offsets) - 1).bit_length()
         self._cache: dict = {}
         self.mode = (0, 0)  # the most common integer vector of the last estimate
+        # The last estimate, for `track`: (per-macroblock SAD [K, mb_h, mb_w], search centre,
+        # current plane edge-extended by 1, previous plane edge-extended by pad, pad).
+        self.last = None
 
     def _bias(self, py: int, px: int) -> np.ndarray:
         """Cost added to each candidate for its vector length: int32[K, 1]."""
@@ -129,7 +147,7 @@ class MotionField:
         py, px = predictor
         h, w = cur.shape
         mb_h, mb_w = h // _BLK, w // _BLK
-        pad = r + max(abs(py), abs(px))
+        pad = r + 1 + max(abs(py), abs(px))  # + 1: the gradients of `track`
         ref = np.pad(prev, pad, mode="edge")
         K = len(self.offsets)
         d = np.empty((K, h, w), np.int16)
@@ -139,6 +157,7 @@ class MotionField:
         np.abs(d, out=d)
         d = d[:, 0::2] + d[:, 1::2]
         sad = (d[..., 0::2] + d[..., 1::2]).astype(np.int32)  # [K, mb_h, mb_w]
+        self.last = (sad, (py, px), np.pad(cur, 1, mode="edge"), ref, pad)
         # Pool over the 3x3 neighbourhood (zero outside the grid: the same for every
         # candidate, so the arg-min is unaffected).
         pooled = sad.copy()
@@ -167,17 +186,102 @@ class MotionField:
         mad = float((c - bias[best, 0]).mean()) / (9 * _BLK * _BLK)
         return vec.reshape(2, mb_h, mb_w), mad
 
+    def track(self, boxes: np.ndarray, last: tuple | None = None) -> np.ndarray:
+        """`boxes` (see `find_boxes`) moved by the motion of one estimate (`last`, default the
+        latest). Each box is matched whole where its last velocity puts it (on the macroblocks
+        whose centre it holds, at least the one holding its centre): the SADs of the search
+        summed per candidate, plus the length penalty, give the best whole-sample vector; one
+        gradient (Lucas-Kanade) step on the box's samples refines it (zero where the frames
+        match exactly: a still box does not creep). Boxes out of the picture are dropped."""
+        sad, centre, cur, ref, pad = last or self.last
+        _, h, w = sad.shape
+        boxes = boxes[((boxes[:, 4:6] > 0) & (boxes[:, 2:4] < (h, w))).all(1)]
+        if not len(boxes):
+            return boxes
+        pos = boxes[:, 2:6] + np.tile(boxes[:, 6:8], 2)
+        mid = np.floor((pos[:, :2] + pos[:, 2:]) / 2).astype(int)
+        lo = np.minimum(np.ceil(pos[:, :2] - 0.5).astype(int), mid).clip(0, (h - 1, w - 1))
+        hi = np.maximum(np.ceil(pos[:, 2:] - 0.5).astype(int), mid + 1).clip(lo + 1, (h, w))
+        cost = np.stack([sad[:, y0:y1, x0:x1].sum((1, 2)) for (y0, x0), (y1, x1) in zip(lo, hi)],
+                        1)  # [K, n]
+        cost += self._bias(*centre) * (hi - lo).prod(1) // 9  # the bias is for 9 macroblocks
+        vec = self.offsets[cost.argmin(0)] + centre
+        vel = np.array([_refine(cur, ref, pad, a * _BLK, b * _BLK, v)
+                        for a, b, v in zip(lo, hi, vec)])
+        vel *= -SCALE / MB  # the content came from there: the box moved the other way
+        return np.concatenate([boxes[:, :2], boxes[:, 2:6] + np.tile(vel, 2), vel], 1)
+
+
+def _refine(cur: np.ndarray, ref: np.ndarray, pad: int, lo, hi, vec) -> np.ndarray:
+    """The vector of the samples [lo, hi) of the current frame (`cur`, edge-extended by one),
+    found near `vec` (whole samples) in the previous one (`ref`, edge-extended by `pad`), to a
+    fraction of a sample: one Lucas-Kanade step (the frames' mean gradient against their
+    difference), within half a sample."""
+    (y0, x0), (y1, x1), (vy, vx) = lo, hi, vec
+    c = cur[y0:y1 + 2, x0:x1 + 2].astype(np.float32)
+    p = ref[pad + vy + y0 - 1:pad + vy + y1 + 1, pad + vx + x0 - 1:pad + vx + x1 + 1].astype(
+        np.float32)
+    gy = (p[2:, 1:-1] - p[:-2, 1:-1] + c[2:, 1:-1] - c[:-2, 1:-1]) / 4
+    gx = (p[1:-1, 2:] - p[1:-1, :-2] + c[1:-1, 2:] - c[1:-1, :-2]) / 4
+    d = c[1:-1, 1:-1] - p[1:-1, 1:-1]
+    yy, xy, xx = float((gy * gy).sum()), float((gy * gx).sum()), float((gx * gx).sum())
+    by, bx = float((gy * d).sum()), float((gx * d).sum())
+    reg = 1e-3 * (yy + xx) + 1e-6  # flat or one-directional texture: a short step
+    yy, xx = yy + reg, xx + reg
+    det = yy * xx - xy * xy
+    f = np.array([xx * by - xy * bx, yy * bx - xy * by]) / det
+    return vec + f.clip(-0.5, 0.5)
+
+
+def find_boxes(planes: np.ndarray) -> np.ndarray:
+    """The boxes rasterised into hard-edged planes float32[C, h, w]: float64[n, 8] rows of
+    (plane, score, y0, x0, y1, x1, vy, vx), edges in macroblocks (end exclusive), velocity 0.
+    Each box holds its own score and overlaps keep the highest, so the cells of one score are
+    one box, whose bounding box holds nothing lower; where it does (two boxes of the same score)
+    each connected part is taken as a box. An edge on the picture's border is open (the object
+    goes on beyond it): it is put as far beyond the border as the box is long."""
+    rows = []
+    for c, plane in enumerate(planes):
+        for v in np.unique(plane[plane > 0]):
+            same = plane == v
+            parts = ndimage.find_objects(same.view(np.uint8))
+            if (plane[parts[0]] < v).any():
+                parts = ndimage.find_objects(ndimage.label(same)[0])
+            rows += [(c, v, p[0].start, p[1].start, p[0].stop, p[1].stop, 0, 0) for p in parts]
+    boxes = np.array(rows, np.float64).reshape(-1, 8)
+    lo, hi = boxes[:, 2:4], boxes[:, 4:6]  # views
+    size = hi - lo
+    end = np.array(planes.shape[1:])
+    lo -= np.where(lo == 0, size, 0)
+    hi += np.where(hi == end, size, 0)
+    return boxes
+
+
+def draw_boxes(boxes: np.ndarray, shape: tuple) -> np.ndarray:
+    """float32[shape] planes holding each box's score on the macroblocks whose centre it holds
+    (the rule of `boxes_to_mb`, but half-open: a box keeps its size; overlaps keep the
+    highest)."""
+    out = np.zeros(shape, np.float32)
+    lo = np.ceil(boxes[:, 2:4] - 0.5).astype(int).clip(0, None)
+    hi = np.ceil(boxes[:, 4:6] - 0.5).astype(int).clip(None, shape[1:])
+    for (c, v), (y0, x0), (y1, x1) in zip(boxes[:, :2], lo, hi):
+        if y1 > y0 and x1 > x0:
+            cell = out[int(c), y0:y1, x0:x1]
+            np.maximum(cell, v, out=cell)
+    return out
+
 
 class PlaneCarrier:
     """Probability planes (float32[C, mb_h, mb_w] per slot) carried from the frame they were
     computed on to later frames.
 
     Per frame, in display order: `step(frame.y)` first; then for each slot either
-    `set(slot, planes)` (the model ran on this frame) or `get(slot)` (its last planes moved to
-    this frame). `scene_cut` says whether this frame fails to match the previous one (mean
-    absolute luma difference at the best vectors above `cut_mad` 8-bit levels): carried planes
-    are then meaningless and the models should run. In "hold" mode `get` returns the planes
-    unchanged and nothing is computed.
+    `set(slot, planes)` (the model ran on this frame), or `mark(slot)` (it runs on this frame
+    but its planes come later: `fill(slot, planes)` on the frame they arrive), or `get(slot)`
+    (its planes moved to this frame). `scene_cut` says whether this frame fails to match the
+    previous one (mean absolute luma difference at the best vectors above `cut_mad` 8-bit
+    levels): carried planes are then meaningless and the models should run. In "hold" mode
+    `get` returns the planes unchanged and nothing is computed.
     """
 
     def __init__(self, mode: str = "motion", search: int = 2, penalty: float = 0.25,
@@ -186,17 +290,18 @@ class PlaneCarrier:
             raise ValueError(f"unknown label carry mode {mode!r} (known: {', '.join(MODES)})")
         if search < 1:
             raise ValueError(f"search range must be >= 1, got {search}")
-        if interp not in ("bilinear", "nearest"):
+        if interp not in INTERPS:
             raise ValueError(f"unknown interpolation {interp!r} (bilinear, nearest)")
         self.mode = mode
         self.cut_mad = cut_mad
+        self.interp = interp
         self.motion = MotionField(search, penalty)
-        self._interp = _sample if interp == "bilinear" else _nearest
         self.reset()
 
     def reset(self) -> None:
         """Forget all slots and frames (e.g. at a seek)."""
-        # slot -> [planes, disp [2, mb_h, mb_w] | None, frame number, interpolation | None]
+        # slot -> [planes | None, displacement [2, mb_h, mb_w] | None, frame number,
+        #          interpolation, boxes | None ("nearest")]
         self._slots: dict = {}
         self._n = -1  # the current frame's number
         self._cur = self._prev = None  # downsampled luma of the current / previous frame
@@ -204,6 +309,7 @@ class PlaneCarrier:
         self._grid = None
         self._pred = (0, 0)
         self._cut = False
+        self._history: dict = {}  # frame -> its motion estimate, while box planes are awaited
         self.last_mad = 0.0  # 8-bit levels; 0 until motion has been estimated
 
     def step(self, y: np.ndarray) -> None:
@@ -218,42 +324,69 @@ class PlaneCarrier:
         cur = downsample(y)
         if self._cur is not None and cur.shape != self._cur.shape:
             self._slots.clear()  # the picture size changed: nothing can be carried
+            self._history.clear()
             self._cur = None
         if self._grid is None or self._grid.shape[1:] != (cur.shape[0] // 2, cur.shape[1] // 2):
             self._grid = np.mgrid[0:cur.shape[0] // 2, 0:cur.shape[1] // 2].astype(np.float32)
         self._prev, self._cur = self._cur, cur
 
-    def set(self, slot, planes: np.ndarray, interp: str | None = None) -> np.ndarray:
+    def set(self, slot, planes: np.ndarray | None, interp: str | None = None) -> np.ndarray:
         """`planes` were computed on the current frame; returns them. `interp` overrides the
-        carrier's interpolation for this slot: "nearest" suits rasterised boxes (a detector's
-        hard-edged planes keep their size; bilinear erodes them at a 0.7 threshold), "bilinear"
-        soft masks."""
+        carrier's for this slot: "nearest" for rasterised boxes (a detector's hard-edged planes:
+        each box is moved whole), "bilinear" for soft masks."""
         if self._n < 0:
             raise RuntimeError("PlaneCarrier.set() before the first step()")
-        if self.mode != "hold" and planes.shape[1:] != self._grid.shape[1:]:
-            raise ValueError(f"planes of {planes.shape[1:]} macroblocks for a "
-                             f"{self._grid.shape[1:]} grid")
-        if interp not in (None, "bilinear", "nearest"):
+        if interp not in (None, *INTERPS):
             raise ValueError(f"unknown interpolation {interp!r} (bilinear, nearest)")
-        self._slots[slot] = [planes, None, self._n, interp]
+        self._check(planes)
+        self._slots[slot] = [planes, None, self._n, interp or self.interp, None]
+        self._boxes(self._slots[slot])
+        self._prune()
         return planes
+
+    def mark(self, slot, interp: str | None = None) -> None:
+        """Planes for `slot` will be computed on the current frame but arrive later (a model
+        running beside the pipeline): follow the motion from here, `fill` them when they come."""
+        self.set(slot, None, interp)
+
+    def fill(self, slot, planes: np.ndarray) -> None:
+        """The planes of a `mark`ed slot arrived; `get` carries them from the marked frame."""
+        s = self._slots.get(slot)
+        if s is None or s[0] is not None:
+            raise KeyError(f"slot {slot!r} was not marked (or was filled already)")
+        self._check(planes)
+        s[0] = planes
+        if self._boxes(s) is not None:  # catch the boxes up with the frames since the mark
+            for n in range(s[2] + 1, self._moved + 1):
+                s[4] = self.motion.track(s[4], self._history[n])
+        self._prune()
+
+    def drop(self, slot) -> None:
+        self._slots.pop(slot, None)
+        self._prune()
+
+    def frame_of(self, slot) -> int:
+        """The number (in `step` calls, from 0) of the frame the slot's planes belong to."""
+        return self._slots[slot][2]
 
     def get(self, slot) -> np.ndarray:
         """The slot's planes moved to the current frame."""
         try:
-            planes, disp, _, interp = self._slots[slot]
+            planes, _, frame, interp, _ = self._slots[slot]
         except KeyError:
             raise KeyError(f"no planes in slot {slot!r}: set() them on a frame first") from None
-        if self.mode == "hold":
+        if planes is None:
+            raise KeyError(f"slot {slot!r} was marked but its planes have not arrived")
+        if self.mode == "hold" or frame == self._n or not planes.shape[0]:
             return planes
         self._advance()
-        disp = self._slots[slot][1]
-        if disp is None or not planes.shape[0]:
+        _, disp, _, _, boxes = self._slots[slot]
+        if boxes is not None:
+            return draw_boxes(boxes, planes.shape)
+        if disp is None:
             return planes
         gy, gx = self._grid
-        sample = self._interp if interp is None else (_sample if interp == "bilinear"
-                                                      else _nearest)
-        return sample(planes, gy + disp[0] * (1 / MB), gx + disp[1] * (1 / MB))
+        return _sample(planes, gy + disp[0] * (1 / MB), gx + disp[1] * (1 / MB))
 
     def __contains__(self, slot) -> bool:
         return slot in self._slots
@@ -266,12 +399,31 @@ class PlaneCarrier:
         self._advance(force=True)
         return self._cut
 
+    def _check(self, planes) -> None:
+        if self.mode != "hold" and planes is not None and \
+                planes.shape[1:] != self._grid.shape[1:]:
+            raise ValueError(f"planes of {planes.shape[1:]} macroblocks for a "
+                             f"{self._grid.shape[1:]} grid")
+
+    def _boxes(self, s: list):
+        """The boxes of a "nearest" slot whose planes are there (None for others)."""
+        if s[3] == "nearest" and s[0] is not None and self.mode != "hold":
+            s[4] = find_boxes(s[0])
+        return s[4]
+
     def _carried(self, n: int) -> bool:
         return any(s[2] < n for s in self._slots.values())
 
+    def _prune(self) -> None:
+        """Keep the motion of the frames after the oldest awaited box planes, no more."""
+        if self._history:
+            first = min((s[2] for s in self._slots.values()
+                         if s[0] is None and s[3] == "nearest"), default=self._n)
+            self._history = {n: m for n, m in self._history.items() if n > first}
+
     def _advance(self, force: bool = False) -> None:
-        """Update the displacement of every slot set before the current frame by the motion
-        from the previous frame to this one."""
+        """Move every slot set before the current frame by the motion from the previous frame
+        to this one."""
         if self._moved == self._n:
             return
         if self._prev is None or not (force or self._carried(self._n)):
@@ -284,75 +436,14 @@ class PlaneCarrier:
         gy, gx = self._grid
         sy, sx = gy + vec[0] * (1 / MB), gx + vec[1] * (1 / MB)
         for s in self._slots.values():
-            if s[2] < self._n:
+            if s[2] >= self._n:
+                continue
+            if s[3] != "nearest":
                 # Where this MB's content was in the previous frame, then where that point
                 # was on the slot's own frame (the previous displacement, sampled there).
                 s[1] = vec if s[1] is None else vec + _nearest(s[1], sy, sx)
+            elif s[4] is not None:
+                s[4] = self.motion.track(s[4])
+            elif s[0] is None:
+                self._history[self._n] = self.motion.last  # replayed when the planes arrive
         self._moved = self._n
-
-
-class LabelCarrier:
-    """One LabelMap carried from the frame it was computed on to the frames after it.
-
-    `keyframe(map, y)` on every frame where the labeler ran, `carry(y)` on every frame in
-    between, in display order. Labels of a carried map are recomputed from its moved planes by
-    `relabel(probs, key_map) -> LabelMap` (default: `LabelMap.from_probs` with `threshold`, the
-    rule of a labeler whose models share one threshold). In "hold" mode `carry` returns the key
-    map itself.
-    """
-
-    def __init__(self, threshold: float = 0.7, mode: str = "motion", relabel=None, **kw):
-        self.threshold = threshold
-        self.mode = mode
-        self.planes = PlaneCarrier(mode, **kw)
-        self.relabel = relabel or (lambda probs, key: LabelMap.from_probs(
-            probs, key.classes[1:], self.threshold, key.models))
-        self._key: LabelMap | None = None
-
-    def reset(self) -> None:
-        self.planes.reset()
-        self._key = None
-
-    def keyframe(self, label_map: LabelMap, y: np.ndarray) -> LabelMap:
-        """`label_map` was computed on the frame whose luma is `y`; returns it."""
-        if label_map.shape != tuple(reversed(mb_grid(y.shape[1], y.shape[0]))):
-            raise ValueError(f"label map of {label_map.shape} macroblocks for a "
-                             f"{y.shape[1]}x{y.shape[0]} frame")
-        self.planes.step(y)
-        return self.replace(label_map)
-
-    def replace(self, label_map: LabelMap) -> LabelMap:
-        """The labeler ran on the current frame after all (after `carry` saw a scene cut):
-        carry `label_map` from here on."""
-        self._key = label_map
-        self.planes.set(0, label_map.probs)
-        return label_map
-
-    def carry(self, y: np.ndarray) -> LabelMap:
-        """The key map moved to this frame (the next one after the last keyframe/carry)."""
-        if self._key is None:
-            raise RuntimeError("LabelCarrier.carry() before the first keyframe()")
-        self.planes.step(y)
-        if self.mode == "hold":
-            return self._key
-        if 0 not in self.planes:  # the picture size changed
-            raise ValueError("the frame size changed since the last keyframe")
-        return self.relabel(self.planes.get(0), self._key)
-
-    @property
-    def scene_cut(self) -> bool:
-        return self.planes.scene_cut
-
-    @property
-    def last_mad(self) -> float:
-        return self.planes.last_mad
-
-
-def carry_map(label_map: LabelMap, labelled_y: np.ndarray, current_y: np.ndarray,
-              threshold: float = 0.7, mode: str = "motion", relabel=None) -> LabelMap:
-    """Stateless form: `label_map` (computed on the frame whose luma is `labelled_y`) moved to
-    the frame `current_y` in one step (one motion search between the two frames: +-16 pixels;
-    the stateful carriers follow every frame and track larger motion)."""
-    c = LabelCarrier(threshold, mode, relabel)
-    c.keyframe(label_map, labelled_y)
-    return c.carry(current_y)
