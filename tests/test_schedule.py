@@ -170,3 +170,17 @@ def test_parallel_labeler_labels_the_demo_person():
         lab.close()
     assert all(m.coverage().get("person", 0) + m.coverage().get("face", 0) > 0.1 for m in maps)
     assert lab.runs[0] >= 1 and sum(lab.stats()["nanodet_g"]["staleness_frames"].values()) >= 0
+
+
+def test_labels_never_get_older_than_max_age():
+    """A budget too small to run anything again (the rest of the process 'costs' nothing): the
+    models still run every half second of video (the demo is 30 fps: every 15th frame)."""
+    cpu = Cpu(0.0, 0.0025)
+    cfg = Config().labeler
+    cfg.cpu_budget, cfg.parallel, cfg.max_age_s = 0.05, False, 0.5
+    lab = _budgeted(cfg, cpu)
+    for f in _frames(46):
+        lab.label(f)
+    assert lab.budget.intervals()[0] > 10 ** 6
+    assert lab.runs == [4, 4, 4]  # frames 0, 15, 30, 45
+    assert all(s["staleness_frames"]["max"] == 14 for s in lab.stats().values())

@@ -318,6 +318,8 @@ class Labeler:
         self._n = -1  # frames seen
         self._live: list[int | None] = [None] * len(self.models)  # frame of each model's planes
         self._last_run = [-(1 << 30)] * len(self.models)
+        self._last_run_s = [float("-inf")] * len(self.models)  # stream time of that frame
+        self._now_s = 0.0
         self.runs = [0] * len(self.models)
         self.staleness: list[list[int]] = [[] for _ in self.models]  # frames, per labelled frame
         self._fresh: set[int] = set()  # models whose new results arrived on this frame
@@ -334,7 +336,9 @@ class Labeler:
                      [m.interval for _, m in self.models])
         if self.budget is None:  # fixed intervals: every k-th frame
             return [k for k, iv in enumerate(intervals) if self._n % iv == 0]
-        return [k for k, iv in enumerate(intervals) if self._n - self._last_run[k] >= iv]
+        # The budget's interval, or sooner when the labels would get older than max_age_s.
+        return [k for k, iv in enumerate(intervals) if self._n - self._last_run[k] >= iv
+                or self._now_s - self._last_run_s[k] >= self.cfg.max_age_s]
 
     def _collect(self, results) -> None:
         for n, out in results:
@@ -352,6 +356,8 @@ class Labeler:
     def label(self, frame: Frame) -> LabelMap:
         c = self.carrier
         self._n += 1
+        if frame.pts is not None and frame.time_base:
+            self._now_s = float(frame.pts * frame.time_base)
         c.step(frame.y)
         if self.budget:
             self.budget.frame()
@@ -371,7 +377,7 @@ class Labeler:
                 interp = "nearest" if isinstance(self.models[k][1],
                                                  (SsdAnchorAdapter, _BoxPlanes)) else None
                 c.mark((k, self._n), interp)
-                self._last_run[k] = self._n
+                self._last_run[k], self._last_run_s[k] = self._n, self._now_s
                 self.runs[k] += 1
             self.worker.submit(self._n, frame, due)
             # The first frame and a cut wait for their own labels (see schedule.py).
