@@ -39,7 +39,7 @@ class LabelerConfig:
     parallel: bool = True  # budget mode: run the models in a background thread (false: in line)
     # Budget mode: a model also runs when its labels would get older than this (seconds of
     # video), whatever the budget says: slow cameras and small frames, where x264 costs little.
-    max_age_s: float = 1.0
+    max_age_s: float = 2.0
     interval: int = 1  # run each model at most every k-th frame (unless its entry says)
     reuse: str = "motion"  # between runs: "motion" (motion-compensated) or "hold" (unchanged)
     threads: int = 1  # ONNX Runtime intra-op threads (x264 wants the cores)
