@@ -20,6 +20,7 @@ model run.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -321,7 +322,8 @@ class Labeler:
         self._last_run_s = [float("-inf")] * len(self.models)  # stream time of that frame
         self._now_s = 0.0
         self.runs = [0] * len(self.models)
-        self.staleness: list[list[int]] = [[] for _ in self.models]  # frames, per labelled frame
+        # How old each model's labels were on each frame: a histogram (runs last for months).
+        self.staleness = [Counter() for _ in self.models]
         self._fresh: set[int] = set()  # models whose new results arrived on this frame
         self._grid = None
 
@@ -390,7 +392,7 @@ class Labeler:
                 planes.append(np.zeros((len(m.classes), *grid), np.float32))
                 continue
             planes.append(c.get((k, n)))
-            self.staleness[k].append(self._n - n)
+            self.staleness[k][self._n - n] += 1
         gated = [gate(self.models, planes, k) for k in range(len(self.models))]
         for k in self._fresh:  # what a new result added, after its `requires` check
             self.budget.found(k, bool((gated[k] > self.models[k][1].threshold).any()))
@@ -402,12 +404,16 @@ class Labeler:
         """Per model: runs, how stale its labels were (frames), mean CPU per run."""
         out = {}
         for k, name in enumerate(self.model_names):
-            age = np.asarray(self.staleness[k] or [0])
+            hist = self.staleness[k] or Counter({0: 1})
+            ages = np.array(sorted(hist))
+            counts = np.array([hist[a] for a in ages])
+            cum = np.cumsum(counts)
             cost = self.budget.costs[k] if self.budget else None
             out[name] = {"runs": self.runs[k],
-                         "staleness_frames": {"mean": round(float(age.mean()), 2),
-                                              "p95": float(np.percentile(age, 95)),
-                                              "max": int(age.max())},
+                         "staleness_frames": {
+                             "mean": round(float((ages * counts).sum() / cum[-1]), 2),
+                             "p95": int(ages[np.searchsorted(cum, 0.95 * cum[-1])]),
+                             "max": int(ages[-1])},
                          "cpu_ms_per_run": round(cost * 1e3, 2) if cost else None}
         return out
 
