@@ -209,12 +209,15 @@ class PacedSource:
                 if self.t0 is None:
                     self._start(now)
                     base, pts0 = now, item[0]
-                due = base + float((item[0] - pts0) * self.time_base) / self.speed
+                media = float((item[0] - pts0) * self.time_base) / self.speed
+                due = base + media
                 if now > due:  # the input could not be read in time: the camera runs late
                     self.slip_s += now - due
                     base += now - due
                     due = now
-                if self.seconds and due - self.t0 >= self.seconds:
+                # Elapsed time as (slip) + (media time): exact where nothing slipped, whereas
+                # (t0 + 0.4) - t0 can fall short of 0.4 when t0 is a large clock reading.
+                if self.seconds and (base - self.t0) + media >= self.seconds:
                     self.ended_by = "seconds"
                     return
                 if due > now and self._stop.wait(due - now):
