@@ -129,10 +129,13 @@ def config_overrides(args) -> list[str]:
 def cmd_encode(args) -> int:
     from .config import load_config
     from .pipeline import Visuals, partial_result, run_encode
-    from .sinks.file import wants_global_headers
+    from .sinks.file import check_distinct_files, wants_global_headers
     from .sources import RawVideoOptions, open_source
 
     cfg = load_config(args.config, config_overrides(args))
+    check_distinct_files({"INPUT": args.input, "OUTPUT": args.output,
+                          "--stats-json": args.stats_json, "--qp-map-png": args.qp_map_png,
+                          "--qp-map-video": args.qp_map_video})
     wants_global_headers(args.output)  # an unsupported output extension fails before any work
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
     source = open_source(args.input, raw)

@@ -1,5 +1,7 @@
 """End to end through the command line: real models, real x264, real clips."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -174,3 +176,30 @@ def test_config_and_schema_commands(capsys):
     assert "target_mean" in capsys.readouterr().out
     assert main(["config", "--schema"]) == 0
     assert json.loads(capsys.readouterr().out)["title"] == "edge_semvc"
+
+
+def test_two_arguments_naming_the_same_file_are_refused(tmp_path, clip):
+    """OUTPUT over its own INPUT (by any name: ../ detour, absolute, file://, symlink, hard
+    link), statistics over the input or the output: exit 2, nothing written, input intact."""
+    src = tmp_path / "a.mp4"
+    shutil.copyfile(clip("carphone_qcif_pristine.mp4"), src)
+    original = src.read_bytes()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link.mp4").symlink_to(src)
+    os.link(src, tmp_path / "hard.mp4")
+    out = tmp_path / "out.mp4"
+    cases = [
+        [src, src], [src, tmp_path / "x" / ".." / "a.mp4"], [f"file://{src}", src],
+        [src, tmp_path / "link.mp4"], [src, tmp_path / "hard.mp4"],
+        [src, out, "--stats-json", src], [src, out, "--stats-json", out],
+        [src, out, "--qp-map-video", out], [src, out, "--qp-map-png", tmp_path / "s.png",
+                                            "--stats-json", tmp_path / "s.png"],
+    ]
+    for args in cases:
+        code, _, stderr = run_cli("encode", *args)
+        assert code == 2 and "name the same file" in stderr and "Traceback" not in stderr, args
+        assert src.read_bytes() == original and not out.exists()
+        assert not (tmp_path / "s.png").exists()
+    code, _, stderr = run_cli("field-bench", src, out, "--json", out, "--seconds", "1")
+    assert code == 2 and "name the same file" in stderr and not out.exists()
+    assert src.read_bytes() == original

@@ -670,9 +670,10 @@ def run(args) -> int:
     from ..cli import config_overrides
     from ..config import load_config
     from ..pipeline import partial_result, run_encode
-    from ..sinks.file import wants_global_headers
+    from ..sinks.file import check_distinct_files, wants_global_headers
     from ..sources import RawVideoOptions, open_source
 
+    check_distinct_files({"INPUT": args.input, "OUTPUT": args.output, "--json": args.json})
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     cfg = load_config(args.config, config_overrides(args))
     tmpdir = None

@@ -17,6 +17,7 @@ shift the whole stream, so the pts stay exact there too.
 from __future__ import annotations
 
 import logging
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,6 +42,32 @@ def _ext(path) -> str:
         raise SinkError(f"unsupported output extension {ext or '(none)'!r} for {str(path)!r}; "
                         f"supported: {', '.join(FORMATS)}")
     return ext
+
+
+def check_distinct_files(files: dict[str, str | None]) -> None:
+    """Refuse two of `files` ({what: path or file:// URI, None: not given}) that name the same
+    file: writing one would destroy the other (an output over its own input, statistics over
+    the video). Same file = same device and inode where it exists (symlinks, hard links,
+    ../ detours), else the same absolute path. Other URI schemes (demo://, rtsp://) are skipped."""
+    seen: dict[object, str] = {}
+    for what, path in files.items():
+        if not path:
+            continue
+        if "://" in path:
+            scheme, _, rest = path.partition("://")
+            if scheme != "file":
+                continue
+            path = rest
+        p = Path(path).expanduser()
+        try:
+            st = p.stat()
+            key: object = (st.st_dev, st.st_ino)
+        except OSError:
+            key = Path(os.path.abspath(p)).resolve()
+        if key in seen:
+            raise SinkError(f"{seen[key]} and {what} name the same file ({path}): refusing, "
+                            f"writing {what} would destroy {seen[key]}")
+        seen[key] = what
 
 
 def wants_global_headers(path) -> bool:
