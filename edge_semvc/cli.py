@@ -12,7 +12,7 @@ import logging
 import sys
 from fractions import Fraction
 
-EXIT_USAGE = 2  # 3 (input broke part-way) and 130 (Ctrl-C): pipeline.partial_result
+EXIT_USAGE = 2  # 3 (input broke part-way), 128 + signal (stopped): pipeline.partial_result
 
 
 class _Parser(argparse.ArgumentParser):
@@ -249,6 +249,18 @@ COMMANDS = {"encode": cmd_encode, "models": cmd_models, "config": cmd_config, "b
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .stop import exit_status, stop_on_signals
+
+    stop_on_signals()  # first: a stop during start-up is reported like any other
+    try:
+        return _run(argv)
+    except KeyboardInterrupt as e:  # stopped before a run began: nothing to keep
+        print(f"edge-semvc: interrupted{f' ({e})' if str(e) else ''} before any frame was "
+              f"encoded", file=sys.stderr)
+        return exit_status(e)
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="edge-semvc: %(message)s")

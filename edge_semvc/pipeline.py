@@ -27,6 +27,7 @@ from .frame import Frame
 from .labeler import Labeler
 from .qp.qpmap import build_qp_map, importance_vector
 from .sinks.file import FileSink
+from .stop import exit_status
 from .sources import DecodeError, Source
 from .values import LabelMap, QpMap
 
@@ -193,7 +194,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     return result
 
 
-EXIT_INCOMPLETE, EXIT_INTERRUPTED = 3, 130
+EXIT_INCOMPLETE = 3
 
 
 def partial_result(e: BaseException) -> tuple[dict, int, str]:
@@ -203,7 +204,7 @@ def partial_result(e: BaseException) -> tuple[dict, int, str]:
     if not hasattr(e, "stats"):
         raise e
     if isinstance(e, KeyboardInterrupt):
-        return e.stats, EXIT_INTERRUPTED, "interrupted"
+        return e.stats, exit_status(e), f"interrupted ({e})" if str(e) else "interrupted"
     return e.stats, EXIT_INCOMPLETE, str(e)
 
 

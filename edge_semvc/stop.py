@@ -1,0 +1,36 @@
+"""Stopping a run on purpose: SIGINT (Ctrl-C), SIGTERM (systemctl stop, docker stop, timeout)
+and SIGHUP (a closed terminal) all end a run the same way: the pipeline finalises the output,
+writes the statistics with `"complete": false`, and the process exits with 128 + the signal's
+number (130, 143, 129)."""
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived: the run ends like on Ctrl-C, with the
+    output finalised and exit status 128 + the signal's number."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (systemctl stop, docker stop, timeout) and SIGHUP (a closed terminal) stop a run
+    as Ctrl-C does, instead of killing it with an unplayable file. Only the first stop counts:
+    later ones are ignored while the output is finalised (a second Ctrl-C must not abort that)."""
+    def handler(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only (an embedding program keeps its own)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, handler)
+
+
+def exit_status(e: KeyboardInterrupt) -> int:
+    return 128 + getattr(e, "signum", int(signal.SIGINT))
