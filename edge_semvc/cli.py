@@ -20,6 +20,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def parse_bitrate(text: str) -> int:
     """'800k', '2M', '1.5M', '800000' -> bits/s."""
     t = text.strip()
@@ -71,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("output", help="output file; its extension picks the container "
                                   "(.mp4, .mkv, .ts, .h264)")
     add_encoder_arguments(e)
-    e.add_argument("--frames", type=int, default=0, metavar="N",
+    e.add_argument("--frames", type=non_negative_int, default=0, metavar="N",
                    help="encode only the first N frames (0: all)")
     e.add_argument("--stats-json", help="write run statistics to this file")
     e.add_argument("--qp-map-png", help="write the QP map over one frame as a PNG")
@@ -129,14 +139,18 @@ def config_overrides(args) -> list[str]:
 def cmd_encode(args) -> int:
     from .config import load_config
     from .pipeline import Visuals, partial_result, run_encode
-    from .sinks.file import check_distinct_files, wants_global_headers
+    from .sinks.file import check_distinct_files, check_writable, wants_global_headers
     from .sources import RawVideoOptions, open_source
 
     cfg = load_config(args.config, config_overrides(args))
-    check_distinct_files({"INPUT": args.input, "OUTPUT": args.output,
-                          "--stats-json": args.stats_json, "--qp-map-png": args.qp_map_png,
-                          "--qp-map-video": args.qp_map_video})
-    wants_global_headers(args.output)  # an unsupported output extension fails before any work
+    outputs = {"OUTPUT": args.output, "--stats-json": args.stats_json,
+               "--qp-map-png": args.qp_map_png, "--qp-map-video": args.qp_map_video}
+    check_distinct_files({"INPUT": args.input, **outputs})
+    # Unsupported extensions and unwritable paths fail before any work.
+    wants_global_headers(args.output)
+    if args.qp_map_video:
+        wants_global_headers(args.qp_map_video)
+    check_writable(outputs, images=("--qp-map-png",))
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
     source = open_source(args.input, raw)
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())

@@ -234,9 +234,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     cfg = Config()
     if path:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: "
+                              f"{e.reason})") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:

@@ -252,3 +252,21 @@ def test_stop_during_start_up_is_one_line(tmp_path):
     p.send_signal(signal.SIGTERM)
     _, stderr = p.communicate(timeout=60)
     assert p.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--frames", "-1"], "must be >= 0"),
+    (["--qp-map-png", "{tmp}/map.xyz"], "unknown image extension '.xyz'"),
+    (["--qp-map-video", "{tmp}/map.avi"], ".avi"),
+    (["--stats-json", "{tmp}/missing/s.json"], "folder {tmp}/missing does not exist"),
+    (["--stats-json", "{tmp}"], "is a directory"),
+    (["--config", "{tmp}/latin1.yaml"], "is not UTF-8 text"),
+])
+def test_bad_options_fail_before_the_first_frame(tmp_path, extra, message):
+    """Found before any work (exit 2, one line, no output file), not after the whole run."""
+    (tmp_path / "latin1.yaml").write_bytes("qp:\n  target_mean: 1.5 # d\xe9faut\n".encode("latin-1"))
+    out = tmp_path / "out.mp4"
+    code, _, stderr = run_cli("encode", "demo://astronaut", out,
+                              *[a.format(tmp=tmp_path) for a in extra])
+    assert code == 2 and message.format(tmp=tmp_path) in stderr and "Traceback" not in stderr
+    assert not out.exists()

@@ -670,10 +670,16 @@ def run(args) -> int:
     from ..cli import config_overrides
     from ..config import load_config
     from ..pipeline import partial_result, run_encode
-    from ..sinks.file import check_distinct_files, wants_global_headers
+    from ..sinks.file import SinkError, check_distinct_files, check_writable, wants_global_headers
     from ..sources import RawVideoOptions, open_source
 
     check_distinct_files({"INPUT": args.input, "OUTPUT": args.output, "--json": args.json})
+    if args.json:
+        try:  # the report's folder is made if missing, now rather than after the run
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SinkError(f"cannot write --json {args.json}: {e.strerror}") from None
+    check_writable({"OUTPUT": args.output, "--json": args.json})
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     cfg = load_config(args.config, config_overrides(args))
     tmpdir = None

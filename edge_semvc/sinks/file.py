@@ -70,6 +70,30 @@ def check_distinct_files(files: dict[str, str | None]) -> None:
         seen[key] = what
 
 
+def check_writable(files: dict[str, str | None], images: tuple[str, ...] = ()) -> None:
+    """Before the first frame: every given output path ({what: path}) can be written (its folder
+    exists and is writable; an existing file is a writable file), and those named in `images`
+    have an extension the image writer knows. Finding out after the whole run loses the run."""
+    for what, path in files.items():
+        if not path:
+            continue
+        p = Path(path).expanduser()
+        folder = p.parent if str(p.parent) else Path(".")
+        if p.is_dir():
+            raise SinkError(f"{what} {path} is a directory, not a file")
+        if not folder.is_dir():
+            raise SinkError(f"cannot write {what} {path}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+            raise SinkError(f"cannot write {what} {path}: permission denied")
+        if what in images:
+            from PIL import Image
+
+            known = Image.registered_extensions()
+            if p.suffix.lower() not in known:
+                raise SinkError(f"{what} {path}: unknown image extension {p.suffix or '(none)'!r} "
+                                f"(e.g. .png)")
+
+
 def wants_global_headers(path) -> bool:
     """True when the container for ``path`` stores SPS/PPS out of band (mp4, mkv)."""
     return GLOBAL_HEADERS[_ext(path)]
