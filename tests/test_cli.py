@@ -4,12 +4,15 @@ import os
 import shutil
 import subprocess
 import sys
+from itertools import islice
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
 from edge_semvc.cli import main, parse_bitrate
+from edge_semvc.sources import open_source
 
 
 def run_cli(*args, cwd=None):
@@ -270,3 +273,34 @@ def test_bad_options_fail_before_the_first_frame(tmp_path, extra, message):
                               *[a.format(tmp=tmp_path) for a in extra])
     assert code == 2 and message.format(tmp=tmp_path) in stderr and "Traceback" not in stderr
     assert not out.exists()
+
+
+def _cut(src, dst, fraction):
+    data = src.read_bytes()
+    dst.write_bytes(data[:int(len(data) * fraction)])
+    return dst
+
+
+@pytest.mark.parametrize("name", ["street_pedestrians_vtest_768x576.avi",
+                                  "overhead_parking_cars_768x432.mp4", "y4m"])
+def test_truncated_inputs_are_not_reported_complete(tmp_path, clip, name):
+    """An AVI or MP4 cut at half (the container declares more frames than are left) and a y4m cut
+    mid-frame: exit 3, "complete": false, the frames that were there in a playable file."""
+    if name == "y4m":
+        whole = tmp_path / "whole.y4m"
+        src = open_source(str(clip("carphone_qcif_pristine.mp4")))
+        with open(whole, "wb") as f:
+            f.write(b"YUV4MPEG2 W176 H144 F30:1 Ip A1:1 C420jpeg\n")
+            for frame in islice(src.frames(), 10):
+                f.write(b"FRAME\n" + frame.y.tobytes() + frame.u.tobytes() + frame.v.tobytes())
+        src.close()
+        cut = _cut(whole, tmp_path / "cut.y4m", 0.95)
+    else:
+        cut = _cut(clip(name), tmp_path / f"cut{Path(name).suffix}", 0.5)
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    code, _, stderr = run_cli("encode", cut, out, "--stats-json", stats, "--no-map")
+    assert code == 3, stderr
+    assert ("ends early" in stderr or "partial frame" in stderr) and "Traceback" not in stderr
+    s = json.loads(stats.read_text())
+    assert s["complete"] is False and s["frames"] > 0
+    assert len(probe(out)[2]) == s["frames"]

@@ -63,6 +63,16 @@ class PyAVSource:
             self.frame_count = 0
         self.stream = stream
         self.path = path
+        # What the file says it holds, to tell a truncated file from a complete one at its end.
+        self._declared = stream.frames or 0
+        self._frame_bytes = self.width * self.height * 3 // 2
+        self._payload = None  # raw / y4m: bytes of picture data (y4m: + 6 per FRAME line)
+        if fmt == "rawvideo":
+            self._payload = p.stat().st_size
+        elif self.container.format.name == "yuv4mpegpipe":
+            with open(p, "rb") as f:
+                self._payload = p.stat().st_size - len(f.readline())
+            self._frame_bytes += len(b"FRAME\n")
         self.description = f"{path} ({self.width}x{self.height}, {float(self.fps):.3g} fps, " \
                            f"{stream.codec_context.name})"
 
@@ -75,6 +85,18 @@ class PyAVSource:
         except av.error.FFmpegError as e:
             raise DecodeError(f"decoding {self.path} failed after {index} frames: "
                               f"{_reason(e)}") from None
+        self._check_complete(index)
+
+    def _check_complete(self, decoded: int) -> None:
+        """The input ended: say so when it ended early (a truncated file) rather than report
+        a complete run."""
+        if self._declared and decoded < self._declared:
+            raise DecodeError(f"{self.path} ends early: {decoded} of the {self._declared} "
+                              f"frames its container declares were decoded (truncated?)")
+        if self._payload is not None and self._payload % self._frame_bytes:
+            raise DecodeError(f"{self.path} ends in a partial frame: "
+                              f"{self._payload % self._frame_bytes} bytes after the last of "
+                              f"{decoded} whole frames of {self._frame_bytes} bytes (truncated?)")
 
     def _to_frame(self, f: av.VideoFrame, index: int) -> Frame:
         if (f.width, f.height) != (self.width, self.height):
