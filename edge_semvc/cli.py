@@ -1,8 +1,8 @@
 """Command line: `edge-semvc encode INPUT OUTPUT`, `edge-semvc models ...`, `edge-semvc config`.
 
 Errors the user can fix print one line `edge-semvc: error: ...` and exit 2; an input that
-breaks part-way exits 3 after the frames before the break are written to a playable file;
-Ctrl-C exits 130 the same way.
+breaks part-way or ends early exits 3 after the frames before the break are written to a
+playable file; a stop signal (Ctrl-C, SIGTERM, SIGHUP) exits 128 + its number the same way.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from fractions import Fraction
+from pathlib import Path
 
 EXIT_USAGE = 2  # 3 (input broke part-way), 128 + signal (stopped): pipeline.partial_result
 
@@ -166,6 +167,11 @@ def cmd_encode(args) -> int:
     if args.stats_json:
         with open(args.stats_json, "w") as f:
             json.dump(stats, f, indent=2)
+    if not stats["frames"]:  # nothing to keep: a usage problem, not a broken run
+        reason = error or f"{args.input} holds no frames"
+        print(f"edge-semvc: error: {reason}; nothing was encoded", file=sys.stderr)
+        Path(args.output).unlink(missing_ok=True)  # an empty container is no video
+        return status if status >= 128 else EXIT_USAGE  # a stop signal keeps its status
     _print_summary(stats, args)
     if error:
         print(f"edge-semvc: error: {error}; the {stats['frames']} frames before it are in "

@@ -304,3 +304,18 @@ def test_truncated_inputs_are_not_reported_complete(tmp_path, clip, name):
     s = json.loads(stats.read_text())
     assert s["complete"] is False and s["frames"] > 0
     assert len(probe(out)[2]) == s["frames"]
+
+
+def test_inputs_with_nothing_to_encode_are_usage_errors(tmp_path):
+    """A header-only y4m, a raw file smaller than one frame (it breaks at its first frame):
+    exit 2, one line that says why, no output file left behind."""
+    header = tmp_path / "header.y4m"
+    header.write_bytes(b"YUV4MPEG2 W176 H144 F30:1 Ip A1:1 C420jpeg\n")
+    tiny = tmp_path / "tiny.yuv"
+    tiny.write_bytes(b"\x80" * 1000)
+    for args, message in (([header], "holds no frames"), ([tiny, "--input-width", "176", "--input-height", "144",
+                            "--input-rate", "30"], "partial frame: 1000 bytes")):
+        out = tmp_path / "out.mp4"
+        code, _, stderr = run_cli("encode", args[0], out, *args[1:], "--no-map")
+        assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)
+        assert not out.exists()

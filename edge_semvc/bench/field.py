@@ -749,7 +749,7 @@ def run(args) -> int:
         print(text)
     _print_summary(report, sys.stderr if not args.json else sys.stdout)
     if error:
-        print(f"field-bench: error: {error}; the report covers the "
+        print(f"edge-semvc: error: {error}; the report covers the "
               f"{report['frames']['encoded']} frames before it", file=sys.stderr)
     return status
 

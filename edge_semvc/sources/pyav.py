@@ -83,20 +83,24 @@ class PyAVSource:
                 yield self._to_frame(av_frame, index)
                 index += 1
         except av.error.FFmpegError as e:
-            raise DecodeError(f"decoding {self.path} failed after {index} frames: "
-                              f"{_reason(e)}") from None
-        self._check_complete(index)
-
-    def _check_complete(self, decoded: int) -> None:
-        """The input ended: say so when it ended early (a truncated file) rather than report
-        a complete run."""
-        if self._declared and decoded < self._declared:
-            raise DecodeError(f"{self.path} ends early: {decoded} of the {self._declared} "
+            # A raw/y4m file cut mid-frame: that says more than FFmpeg's error about it.
+            raise self._partial_frame(index) or DecodeError(
+                f"decoding {self.path} failed after {index} frames: {_reason(e)}") from None
+        # The input ended: say so when it ended early (a truncated file), rather than report a
+        # complete run.
+        if self._declared and index < self._declared:
+            raise DecodeError(f"{self.path} ends early: {index} of the {self._declared} "
                               f"frames its container declares were decoded (truncated?)")
-        if self._payload is not None and self._payload % self._frame_bytes:
-            raise DecodeError(f"{self.path} ends in a partial frame: "
-                              f"{self._payload % self._frame_bytes} bytes after the last of "
-                              f"{decoded} whole frames of {self._frame_bytes} bytes (truncated?)")
+        error = self._partial_frame(index)
+        if error:
+            raise error
+
+    def _partial_frame(self, decoded: int) -> DecodeError | None:
+        if self._payload is None or not self._payload % self._frame_bytes:
+            return None
+        return DecodeError(f"{self.path} ends in a partial frame: "
+                           f"{self._payload % self._frame_bytes} bytes after the last of "
+                           f"{decoded} whole frames of {self._frame_bytes} bytes (truncated?)")
 
     def _to_frame(self, f: av.VideoFrame, index: int) -> Frame:
         if (f.width, f.height) != (self.width, self.height):
