@@ -70,7 +70,7 @@ class QpConfig:
     importance_gain: float = 12.0  # QP removed from a region of importance 1.0 ...
     importance_budget: float = 1.75  # ... unless the frame average would exceed this (QP)
     importance: dict[str, float] = field(default_factory=lambda: {
-        "background": 0.0, "person": 0.8, "face": 1.0, "car": 0.6, "text": 0.7,
+        "background": 0.0, "person": 0.8, "face": 1.0, "text": 0.7,
         "vehicle": 0.6})
     offset_min: float = -12.0
     offset_max: float = 12.0
@@ -115,9 +115,15 @@ class Config:
         _check(all(p and p != "background" for p in self.labeler.priority)
                and len(set(self.labeler.priority)) == len(self.labeler.priority),
                "labeler.priority", self.labeler.priority, "distinct product class names")
-        from .labeler.models import check_models_config
+        from .labeler.models import check_models_config, product_classes
 
         check_models_config(self.labeler.models)
+        known = product_classes(self.labeler.models)
+        for key, names in (("labeler.priority", self.labeler.priority),
+                           ("qp.importance", [c for c in self.qp.importance if c != "background"])):
+            unknown = [c for c in names if c not in known]
+            _check(not unknown, key, unknown, f"product classes a model can label: "
+                                              f"{', '.join(sorted(known))}")
         _check(self.labeler.threads >= 0, "labeler.threads", self.labeler.threads, ">= 0")
         _check(0.0 <= self.labeler.face_min_score <= 1.0, "labeler.face_min_score",
                self.labeler.face_min_score, "between 0 and 1")
@@ -221,12 +227,29 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
             return float(value)
         if hint is str:
             return "" if value is None else str(value)
+    except ConfigError:  # an item's own error names the item
+        raise
     except (TypeError, ValueError):
         pass
     else:
         return value
     name = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"invalid value for {path}: {value!r} (expected {name})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML where a key given twice in one mapping is an error (plain YAML keeps the last one,
+    silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -241,7 +264,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: "
                               f"{e.reason})") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
         _merge(cfg, data, "")

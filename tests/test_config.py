@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -36,10 +37,26 @@ def test_file_then_overrides(tmp_path):
     ("encoder.rc=cbr", "encoder.bitrate: 0"),
     ("encoder.crf=60", "encoder.crf: 60"),
     ("missing-equals", "--set expects key=value"),
+    ("qp.importance.face=abc", "qp.importance.face: 'abc' (expected float)"),
+    ("labeler.priority=face,dog", "labeler.priority: ['dog']"),
+    ("qp.importance.dog=0.5", "qp.importance: ['dog']"),
 ])
 def test_bad_values_name_the_key(override, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("qp:\n  q_gain: 2\nencoder:\n  crf: 20\nqp:\n  q_gain: 3\n")
+    with pytest.raises(ConfigError, match="key 'qp' is given twice"):
+        load_config(dup)
+
+
+def test_a_class_mapped_by_a_model_entry_may_be_weighted():
+    cfg = load_config(None, ["qp.importance.car=0.9"]
+                      + ['labeler.models=[{name: yolox_nano, map: {car: car}}]'])
+    assert cfg.qp.importance["car"] == 0.9
 
 
 def test_bad_files(tmp_path):

@@ -318,6 +318,17 @@ def check_models_config(models: Any, check_path: bool = True) -> None:
         describe(entry, key, check_path=check_path)
 
 
+def product_classes(models: list) -> set[str]:
+    """Every product class a model could label: the registry's class map and entries' `map`s."""
+    known = {dst for dst in CLASS_MAP.values() if dst}
+    for spec in REGISTRY.values():
+        known |= {dst for dst in (spec.get("map") or {}).values() if dst}
+    for entry in models:
+        if isinstance(entry, dict) and isinstance(entry.get("map"), dict):
+            known |= {dst for dst in entry["map"].values() if isinstance(dst, str) and dst}
+    return known
+
+
 # --- the cache ----------------------------------------------------------------------------------
 def cache_root(cache_dir=None) -> Path:
     return Path(cache_dir or os.environ.get("EDGE_SEMVC_CACHE")
