@@ -373,3 +373,46 @@ def test_tflite_given_by_path_is_converted_once(prepared, tmp_path):
     bad = {**entry, "sha256": "f" * 64}
     with pytest.raises(ModelError, match=r"labeler\.models\[0\]\.path: .*sha256 mismatch"):
         model_file(describe(bad, "labeler.models[0]"), "labeler.models[0]", tmp_path)
+
+
+def test_a_damaged_conversion_is_converted_again(prepared, tmp_path):
+    """4 KB of random bytes in a converted model: `verify` says so, and the next prepare (or
+    labeler start) converts it again from the checked source instead of running it."""
+    name = "selfie_segmentation_landscape"
+    src, onx = model_paths(name)
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    for f in (src, onx, onx.with_name(onx.name + ".sha256")):
+        shutil.copy(f, cache / "models" / f.name)
+    copy = cache / "models" / onx.name
+    verify_model(name, cache)
+    data = bytearray(copy.read_bytes())
+    data[1000:5096] = np.random.default_rng(0).bytes(4096)
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match the sha256 recorded"):
+        verify_model(name, cache)
+    logged = []
+    assert prepare_model(name, cache, log=logged.append) == copy
+    assert any("converting again" in line for line in logged)
+    verify_model(name, cache)
+    assert copy.read_bytes() == onx.read_bytes()
+
+
+def test_a_damaged_x264_binding_is_rebuilt(tmp_path):
+    """A truncated cached binding crashed the process with SIGBUS; now it is rebuilt."""
+    import os
+    import subprocess
+    import sys
+
+    from edge_semvc.encoders.x264 import cache_dir
+
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir(), cache / "cffi")
+    for so in (cache / "cffi").glob("*.so"):
+        so.write_bytes(so.read_bytes()[:4096])
+    env = {**os.environ, "EDGE_SEMVC_CACHE": str(cache)}
+    r = subprocess.run([sys.executable, "-m", "edge_semvc", "encode", "demo://astronaut",
+                        str(tmp_path / "o.mp4"), "--no-map", "--frames", "3"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "does not match the sha256 recorded" in r.stderr and "rebuilding" in r.stderr

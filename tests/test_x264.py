@@ -301,8 +301,9 @@ def test_binding_cache_key_and_location(tmp_path, monkeypatch):
     assert x264._module_name(a, None) == x264._module_name(a, None)
     # a fresh build lands in the cache and is reused, not rebuilt
     mod = x264._build_and_load()
-    files = list((tmp_path / "cffi").glob("_semvc_x264_*"))
+    files = list((tmp_path / "cffi").glob("_semvc_x264_*.so"))
     assert len(files) == 1 and hasattr(mod.lib, "x264_encoder_encode")
+    assert files[0].with_name(files[0].name + ".sha256").is_file()  # checked on the next load
     mtime = files[0].stat().st_mtime_ns
     x264._build_and_load()
     assert files[0].stat().st_mtime_ns == mtime

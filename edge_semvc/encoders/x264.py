@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checksums import intact, record
 from ..frame import Frame
 from .base import RATE_CONTROLS, Encoder, EncoderError, EncoderSettings, Packet
 
@@ -300,10 +301,14 @@ def _build_and_load():
     folder = cache_dir()
     target = folder / (name + suffix)
     if target.is_file():
-        try:
-            return _load_module(name, target)
-        except ImportError as e:  # stale or broken file: rebuild below
-            log.warning("cached x264 binding %s failed to load (%s); rebuilding", target, e)
+        if not intact(target):  # loading a truncated .so can crash the process (SIGBUS)
+            log.warning("cached x264 binding %s does not match the sha256 recorded when it was "
+                        "built (damaged?); rebuilding", target)
+        else:
+            try:
+                return _load_module(name, target)
+            except ImportError as e:  # stale or broken file: rebuild below
+                log.warning("cached x264 binding %s failed to load (%s); rebuilding", target, e)
     if not (shutil.which(os.environ.get("CC", "gcc").split()[0]) or shutil.which("cc")):
         raise EncoderError(f"no C compiler found to build the x264 binding; {INSTALL_HINT}")
     ffi = cffi.FFI()
@@ -324,6 +329,9 @@ def _build_and_load():
         except Exception as e:  # CompileError, LinkError, VerificationError, ...
             raise EncoderError(f"building the x264 binding failed ({type(e).__name__}: {e}); "
                                f"{INSTALL_HINT}") from e
+        record(built)
+        os.replace(built.with_name(built.name + ".sha256"),
+                   target.with_name(target.name + ".sha256"))
         os.replace(built, target)  # atomic: concurrent builders race harmlessly
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

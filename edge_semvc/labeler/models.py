@@ -45,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from ..checksums import intact, record, sha256_file
 from ..config import ConfigError
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
@@ -373,14 +374,6 @@ def _source_files(name: str, spec: dict, src: Path) -> dict[Path, str]:
     return {src: spec.get("sha256")}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
@@ -556,7 +549,10 @@ def prepare_model(name: str, cache_dir=None, log=print, mirror=None,
     spec = _spec(name)
     src, onx = model_paths(name, cache_dir, size)
     if onx.exists():
-        return onx
+        if spec["format"] not in CONVERTED or intact(onx):
+            return onx
+        log(f"{name}: {onx} does not match the sha256 recorded when it was converted "
+            f"(damaged?); converting again")
     expected = _expected_sha(name, spec, sha256)
     files = _source_files(name, spec, src)
     src.parent.mkdir(parents=True, exist_ok=True)
@@ -593,6 +589,7 @@ def _convert(name: str, source: Path, onx: Path, log, fmt: str = "tflite", size=
 
             convert_tflite(source, tmp_onnx)
         os.replace(tmp_onnx, onx)
+        record(onx)
     except ValueError as e:
         raise ModelError(f"cannot convert {source}: {e}") from None
     finally:
@@ -611,6 +608,9 @@ def verify_model(name: str, cache_dir=None) -> None:
         actual = sha256_file(path)
         if sha and actual != sha:
             raise ModelError(f"{path}: sha256 mismatch (expected {sha}, got {actual})")
+    if spec["format"] in CONVERTED and not intact(onx):
+        raise ModelError(f"{onx} does not match the sha256 recorded when it was converted "
+                         f"(damaged?); `edge-semvc models prepare {name}` converts it again")
     actual = sha256_file(src)
     import onnx
     import onnxruntime as ort
@@ -659,6 +659,8 @@ def model_file(desc: dict, key: str, cache_dir=None, log=print) -> Path:
     actual = actual or sha256_file(path)
     onx = (cache_root(cache_dir) / "models" / "user" /
            f"{path.stem}-{actual[:12]}.conv{_converter_version()}.onnx")
-    if not onx.exists():
+    if not intact(onx):
+        if onx.exists():
+            log(f"{desc['name']}: {onx} does not match its recorded sha256; converting again")
         _convert(desc["name"], path, onx, log)
     return onx
