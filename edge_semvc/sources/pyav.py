@@ -17,7 +17,9 @@ RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
 class PyAVSource:
     def __init__(self, path: str, raw: RawVideoOptions):
         p = Path(path)
-        if not p.is_file():
+        if p.is_dir():
+            raise SourceError(f"{path} is a directory, not a video file")
+        if not p.exists():
             raise SourceError(f"input file not found: {path}")
         fmt, options = None, {}
         if p.suffix.lower() in RAW_EXTENSIONS:  # raw geometry options apply to these only
@@ -67,7 +69,9 @@ class PyAVSource:
         self._declared = stream.frames or 0
         self._frame_bytes = self.width * self.height * 3 // 2
         self._payload = None  # raw / y4m: bytes of picture data (y4m: + 6 per FRAME line)
-        if fmt == "rawvideo":
+        if not p.is_file():  # a pipe: its size is unknown, and reading it would consume it
+            pass
+        elif fmt == "rawvideo":
             self._payload = p.stat().st_size
         elif self.container.format.name == "yuv4mpegpipe":
             with open(p, "rb") as f:

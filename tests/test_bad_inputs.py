@@ -1,0 +1,169 @@
+"""Bad inputs, generated from the shared clips at test time: truncated, corrupted, empty,
+mislabelled and odd-sized files, and wrong options. Each run must end with an exit status in
+{0, 2, 3} and no traceback, leave the input's bytes unchanged, and leave either no output or one
+that decodes (with as many frames as the statistics say)."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import av
+import numpy as np
+import pytest
+
+from conftest import VIDEO
+from edge_semvc.cli import main
+
+CLIPS = ["street_pedestrians_vtest_768x576.avi", "road_traffic_signs_1080p.h264",
+         "carphone_qcif_pristine.mp4", "drone_karma_coast_854x480.mp4",
+         "mobile_calendar_text_300x168.h264", "bikes_street_scene_cuts_640x272.mp4",
+         "foreman_cif.h264", "overhead_parking_cars_768x432.mp4"]
+CUTS = [0.0, 0.01, 0.1, 0.5, 0.9, 0.99]
+DAMAGE = [0.1, 0.5, 0.9]
+
+
+def _cases():
+    for name in CLIPS:
+        for f in CUTS:
+            yield pytest.param(name, "cut", f, id=f"{name}-cut{f}")
+        for f in DAMAGE:
+            yield pytest.param(name, "damage", f, id=f"{name}-damage{f}")
+        yield pytest.param(name, "renamed", ".mkv" if not name.endswith(".mkv") else ".mp4",
+                           id=f"{name}-renamed")
+
+
+def _make(tmp_path, name, kind, arg):
+    src = VIDEO / name
+    if not src.exists():
+        pytest.skip(f"{src} is missing (../shared beside the project holds the clips)")
+    data = bytearray(src.read_bytes())
+    suffix = src.suffix
+    if kind == "cut":
+        data = data[:int(len(data) * arg)]
+    elif kind == "damage":  # 4 KB of noise in the middle of the stream
+        pos = int(len(data) * arg)
+        data[pos:pos + 4096] = np.random.default_rng(int(arg * 10)).bytes(len(data[pos:pos + 4096]))
+    elif kind == "renamed":
+        suffix = arg
+    path = tmp_path / f"in{suffix}"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_directory_is_not_called_missing(tmp_path, capsys):
+    code, err = _run(["encode", tmp_path, tmp_path / "o.mp4"], tmp_path, capsys)
+    assert code == 2 and "is a directory" in err
+
+
+def test_a_fifo_is_read_like_a_file(tmp_path, capsys):
+    """A named pipe (another program writing the video) is read as it comes."""
+    import os
+    import threading
+
+    fifo = tmp_path / "in.y4m"
+    os.mkfifo(fifo)
+    frame = bytes(176 * 144) + bytes([128]) * (2 * 88 * 72)
+
+    def feed():
+        with open(fifo, "wb") as f:
+            f.write(b"YUV4MPEG2 W176 H144 F25:1 Ip A1:1 C420jpeg\n")
+            for _ in range(5):
+                f.write(b"FRAME\n" + frame)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    out = tmp_path / "o.mp4"
+    code, err = _run(["encode", fifo, out, "--no-map"], tmp_path, capsys)
+    t.join()
+    assert code == 0, err
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 5
+
+
+def _run(args, tmp_path, capsys):
+    """main() in this process: an uncaught exception is the traceback a user would see."""
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code in (0, 2, 3), (code, err)
+    assert "Traceback" not in err
+    return code, err
+
+
+def _check_output(out, stats_path, code):
+    if not out.exists():
+        assert code != 0
+        return
+    with av.open(str(out)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    s = json.loads(stats_path.read_text())
+    assert n == s["frames"] and s["complete"] is (code == 0)
+
+
+@pytest.mark.parametrize("name, kind, arg", list(_cases()))
+def test_damaged_inputs(tmp_path, capsys, name, kind, arg):
+    path = _make(tmp_path, name, kind, arg)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    code, _ = _run(["encode", path, out, "--no-map", "--stats-json", stats, "--progress", "off"],
+                   tmp_path, capsys)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    _check_output(out, stats, code)
+
+
+def _odd_inputs(tmp_path):
+    yuv = tmp_path / "in.yuv"
+    yuv.write_bytes(np.full(176 * 144 * 3 // 2 * 3 + 100, 128, np.uint8).tobytes())
+    y4m_odd = tmp_path / "odd.y4m"
+    y4m_odd.write_bytes(b"YUV4MPEG2 W175 H144 F30:1 Ip A1:1 C420jpeg\nFRAME\n"
+                        + bytes(175 * 144 + 2 * 88 * 72))
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n" * 100)
+    return {"raw": yuv, "odd": y4m_odd, "empty": empty, "text": text}
+
+
+ODD = [
+    (["{raw}", "--input-width", "176", "--input-height", "144", "--input-rate", "30"], 3),
+    (["{raw}"], 2),  # raw without its geometry
+    (["{raw}", "--input-width", "175", "--input-height", "144", "--input-rate", "30"], 2),
+    (["{odd}"], 2), (["{empty}"], 2), (["{text}"], 2), (["{tmp}"], 2),
+    (["{tmp}/missing.mp4"], 2), (["rtsp://example.invalid/x"], 2),
+]
+OPTIONS = [
+    ["--bitrate", "fast"], ["--bitrate", "-5"], ["--rc", "cqp"], ["--rc", "cbr"],
+    ["--crf", "99"], ["--preset", "warp"], ["--tune", "nonsense"], ["--frames", "-1"],
+    ["--frames", "x"], ["--set", "qp.bogus=1"], ["--set", "labeler.threshold=2"],
+    ["--set", "encoder.params={{profile: nonsense}}"], ["--set", "labeler.models=[nope]"],
+    ["--qp-map-png", "{tmp}/m.xyz"], ["--qp-map-video", "{tmp}/m.avi"],
+    ["--stats-json", "{tmp}/no/such/dir/s.json"], ["--stats-json", "{out}"],
+    ["--config", "{tmp}/missing.yaml"], ["--input-rate", "abc"], ["--bogus"],
+]
+
+
+@pytest.mark.parametrize("args, expected", ODD, ids=[f"odd{i}" for i in range(len(ODD))])
+def test_odd_inputs(tmp_path, capsys, args, expected):
+    files = {k: str(v) for k, v in _odd_inputs(tmp_path).items()}
+    out = tmp_path / "out.mp4"
+    argv = ["encode", *[a.format(tmp=tmp_path, **files) for a in args[:1]], out, *args[1:],
+            "--no-map", "--stats-json", tmp_path / "s.json"]
+    code, err = _run(argv, tmp_path, capsys)
+    assert code == expected, err
+    _check_output(out, tmp_path / "s.json", code)
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=[f"opt{i}" for i in range(len(OPTIONS))])
+def test_wrong_options(tmp_path, capsys, option):
+    out = tmp_path / "out.mp4"
+    argv = ["encode", VIDEO / CLIPS[2], out,
+            *[o.format(tmp=tmp_path, out=out) for o in option], "--frames", "5"]
+    if not (VIDEO / CLIPS[2]).exists():
+        pytest.skip("shared clips missing")
+    try:
+        code, err = _run(argv, tmp_path, capsys)
+    except SystemExit as e:  # argparse's own usage errors exit 2 with a message
+        assert e.code == 2
+        assert "Traceback" not in capsys.readouterr().err
+        return
+    assert code == 2, err
+    assert not out.exists()
