@@ -156,17 +156,22 @@ def cmd_encode(args) -> int:
     source = open_source(args.input, raw)
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     visuals = Visuals(png=args.qp_map_png, video=args.qp_map_video)
-    status, error = 0, None
+    status, error, write_failed = 0, None, False
     try:
         stats = run_encode(source, args.output, cfg, visuals=visuals, progress=progress,
                            semantic=not args.no_map, max_frames=args.frames)
     except (KeyboardInterrupt, Exception) as e:
         stats, status, error = partial_result(e)
+        write_failed = isinstance(e, OSError)
     finally:
         source.close()
     if args.stats_json:
-        with open(args.stats_json, "w") as f:
-            json.dump(stats, f, indent=2)
+        try:
+            with open(args.stats_json, "w") as f:
+                json.dump(stats, f, indent=2)
+        except OSError as e:  # e.g. the same full disk: say so, keep the run's status
+            print(f"edge-semvc: error: cannot write --stats-json {args.stats_json}: "
+                  f"{e.strerror or e}", file=sys.stderr)
     if not stats["frames"]:  # nothing to keep: a usage problem, not a broken run
         reason = error or f"{args.input} holds no frames"
         print(f"edge-semvc: error: {reason}; nothing was encoded", file=sys.stderr)
@@ -174,8 +179,9 @@ def cmd_encode(args) -> int:
         return status if status >= 128 else EXIT_USAGE  # a stop signal keeps its status
     _print_summary(stats, args)
     if error:
-        print(f"edge-semvc: error: {error}; the {stats['frames']} frames before it are in "
-              f"{args.output}", file=sys.stderr)
+        kept = ("it holds what was written before" if write_failed else
+                f"the {stats['frames']} frames before it are in {args.output}")
+        print(f"edge-semvc: error: {error}; {kept}", file=sys.stderr)
     return status
 
 

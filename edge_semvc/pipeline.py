@@ -166,13 +166,18 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                     reporter.update(stats.frames)
         except (DecodeError, KeyboardInterrupt) as e:
             error = e
+        except OSError as e:  # the output cannot be written (disk full, device gone)
+            error = _write_error(output, e)
         finally:
             for stage in stages:
                 stage.stop()
             # Drain the encoder even after an error: delayed frames belong in the file.
-            packets = enc.flush()
-            sink.write(packets)
-            stats.bytes += sum(len(p.data) for p in packets)
+            try:
+                packets = enc.flush()
+                sink.write(packets)
+                stats.bytes += sum(len(p.data) for p in packets)
+            except OSError as e:
+                error = error or _write_error(output, e)
             if overlay_video:
                 overlay_video.close()
             if reporter:
@@ -180,6 +185,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
             if labeler:
                 labeler.close()
         summary = enc.settings_summary()
+    if sink.error is not None:  # closing the file failed (its last bytes did not fit)
+        error = error or _write_error(output, sink.error)
     wall = time.perf_counter() - t_start
     if png_shot is not None:
         from .visualize import overlay, save_png
@@ -195,6 +202,18 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
 
 
 EXIT_INCOMPLETE = 3
+
+
+class WriteError(OSError):
+    """The output could not be written part-way (disk full, device gone): like a decode error,
+    the run ends with what was written and its statistics."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _write_error(output: str, e: OSError) -> WriteError:
+    return WriteError(e.errno, f"writing {output} failed: {e.strerror or e}")
 
 
 def partial_result(e: BaseException) -> tuple[dict, int, str]:

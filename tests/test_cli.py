@@ -319,3 +319,19 @@ def test_inputs_with_nothing_to_encode_are_usage_errors(tmp_path):
         code, _, stderr = run_cli("encode", args[0], out, *args[1:], "--no-map")
         assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)
         assert not out.exists()
+
+
+def test_a_full_disk_ends_the_run_with_its_statistics(tmp_path):
+    """The output on a full device (/dev/full): exit 3, one line naming the output and the
+    reason, and the statistics (written elsewhere) say what happened."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    out = tmp_path / "full.h264"
+    out.symlink_to("/dev/full")
+    stats = tmp_path / "s.json"
+    code, _, stderr = run_cli("encode", "demo://astronaut", out, "--no-map",
+                              "--stats-json", stats)
+    assert code == 3 and "Traceback" not in stderr
+    assert f"writing {out} failed: No space left on device" in stderr
+    s = json.loads(stats.read_text())
+    assert s["complete"] is False and "No space left on device" in s["error"]

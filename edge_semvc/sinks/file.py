@@ -133,6 +133,7 @@ class FileSink:
     def __init__(self, path, width: int, height: int, time_base: Fraction, fps: Fraction,
                  headers: bytes = b"") -> None:
         self.path = Path(path)
+        self.error: OSError | None = None  # closing failed (disk full): set by close()
         self.ext = _ext(self.path)
         self.format = FORMATS[self.ext]
         self.global_headers = GLOBAL_HEADERS[self.ext]
@@ -213,7 +214,11 @@ class FileSink:
             return
         self._closed = True
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as e:  # the buffered tail did not fit: the caller reports it
+                log.error("finalising %s failed: %s", self.path, e.strerror or e)
+                self.error = e
         if self._container is not None:
             try:
                 self._container.close()
