@@ -335,3 +335,23 @@ def test_a_full_disk_ends_the_run_with_its_statistics(tmp_path):
     assert f"writing {out} failed: No space left on device" in stderr
     s = json.loads(stats.read_text())
     assert s["complete"] is False and "No space left on device" in s["error"]
+
+
+def test_standard_input(tmp_path, clip):
+    """`-` reads the standard input, like FFmpeg: a raw H.264 stream, and raw YUV with its
+    geometry."""
+    out = tmp_path / "o.mp4"
+    with open(clip("foreman_cif.h264"), "rb") as f:
+        r = subprocess.run([sys.executable, "-m", "edge_semvc", "encode", "-", str(out),
+                            "--no-map", "--frames", "40"], stdin=f, capture_output=True,
+                           text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    w, h, pts = probe(out)
+    assert (w, h) == (352, 288) and len(pts) == 40 and pts == sorted(set(pts))
+    with open(clip("videoconf_2people_320x192_12fps_yuv420p.yuv"), "rb") as f:
+        r = subprocess.run([sys.executable, "-m", "edge_semvc", "encode", "-", str(out),
+                            "--no-map", "--input-width", "320", "--input-height", "192",
+                            "--input-rate", "12"], stdin=f, capture_output=True, text=True,
+                           timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert probe(out)[:2] == (320, 192) and len(probe(out)[2]) == 9

@@ -17,12 +17,14 @@ RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
 class PyAVSource:
     def __init__(self, path: str, raw: RawVideoOptions):
         p = Path(path)
+        stdin = path == "-"  # like FFmpeg: read the standard input (a container that streams)
         if p.is_dir():
             raise SourceError(f"{path} is a directory, not a video file")
-        if not p.exists():
+        if not stdin and not p.exists():
             raise SourceError(f"input file not found: {path}")
         fmt, options = None, {}
-        if p.suffix.lower() in RAW_EXTENSIONS:  # raw geometry options apply to these only
+        # Raw geometry options apply to raw files, and to the standard input when given.
+        if p.suffix.lower() in RAW_EXTENSIONS or (stdin and (raw.width or raw.height)):
             if not (raw.width and raw.height and raw.rate):
                 raise SourceError(f"{path} is raw video: give --input-width, --input-height and "
                                   "--input-rate (and --input-pix-fmt if not yuv420p)")
@@ -30,7 +32,7 @@ class PyAVSource:
             options = {"video_size": f"{raw.width}x{raw.height}", "pixel_format": raw.pix_fmt,
                        "framerate": str(raw.rate)}
         try:
-            self.container = av.open(str(p), format=fmt, options=options)
+            self.container = av.open("pipe:0" if stdin else str(p), format=fmt, options=options)
         except (av.error.FFmpegError, ValueError) as e:
             raise SourceError(f"cannot open {path}: {_reason(e)}") from None
         if not self.container.streams.video:
@@ -52,14 +54,14 @@ class PyAVSource:
                               "width and height")
         self.fps = Fraction(stream.average_rate or stream.guessed_rate or raw.rate or 25)
         # Raw Annex-B and raw video carry no timestamps: number frames in 1/fps.
-        self._synth_pts = fmt == "rawvideo" or p.suffix.lower() in (".h264", ".264", ".h265",
-                                                                      ".265", ".hevc")
+        self._synth_pts = fmt == "rawvideo" or self.container.format.name in ("h264", "hevc") \
+            or p.suffix.lower() in (".h264", ".264", ".h265", ".265", ".hevc")
         self.time_base = 1 / self.fps if self._synth_pts else Fraction(stream.time_base)
         if stream.frames:
             self.frame_count = stream.frames
         elif self.container.duration:
             self.frame_count = int(self.container.duration / 1e6 * self.fps)
-        elif fmt == "rawvideo":
+        elif fmt == "rawvideo" and not stdin:
             self.frame_count = p.stat().st_size // (self.width * self.height * 3 // 2)
         else:
             self.frame_count = 0
@@ -69,7 +71,7 @@ class PyAVSource:
         self._declared = stream.frames or 0
         self._frame_bytes = self.width * self.height * 3 // 2
         self._payload = None  # raw / y4m: bytes of picture data (y4m: + 6 per FRAME line)
-        if not p.is_file():  # a pipe: its size is unknown, and reading it would consume it
+        if stdin or not p.is_file():  # a pipe: size unknown, and reading it would consume it
             pass
         elif fmt == "rawvideo":
             self._payload = p.stat().st_size
