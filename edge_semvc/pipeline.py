@@ -27,7 +27,7 @@ from .frame import Frame
 from .labeler import Labeler
 from .qp.qpmap import build_qp_map, importance_vector
 from .sinks.file import FileSink
-from .stop import exit_status
+from .stop import exit_status, finalising
 from .sources import DecodeError, Source
 from .values import LabelMap, QpMap
 
@@ -119,6 +119,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         return frame, labels, qp
 
     t_start = time.perf_counter()
+    finalising(False)
     reporter = _Progress(expected) if progress else None
     error: BaseException | None = None
     stages: list[_Stage] = []
@@ -169,6 +170,9 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         except OSError as e:  # the output cannot be written (disk full, device gone)
             error = _write_error(output, e)
         finally:
+            # From here on a stop signal is only noted: it must not cut the flush, the file's
+            # trailer or the statistics short (the run is ending anyway).
+            finalising(True)
             for stage in stages:
                 stage.stop()
             # Drain the encoder even after an error: delayed frames belong in the file.

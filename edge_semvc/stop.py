@@ -17,6 +17,19 @@ class Stopped(KeyboardInterrupt):
         self.signum = int(signum)
 
 
+_finalising = threading.Event()
+
+
+def finalising(on: bool) -> None:
+    """From the moment a run starts to finalise its output (flush, trailer, statistics) until the
+    next run starts, a stop signal must not cut that short: it is then only noted (ignored), and
+    the run ends as it was ending anyway."""
+    if on:
+        _finalising.set()
+    else:
+        _finalising.clear()
+
+
 def stop_on_signals() -> None:
     """SIGTERM (systemctl stop, docker stop, timeout) and SIGHUP (a closed terminal) stop a run
     as Ctrl-C does, instead of killing it with an unplayable file. Only the first stop counts:
@@ -24,7 +37,8 @@ def stop_on_signals() -> None:
     def handler(signum, frame):
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
-        raise Stopped(signum)
+        if not _finalising.is_set():
+            raise Stopped(signum)
 
     if threading.current_thread() is not threading.main_thread():
         return  # signals reach the main thread only (an embedding program keeps its own)
