@@ -105,18 +105,21 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         t0 = time.perf_counter()
         labels = labeler.label(frame)
         t1 = time.perf_counter()
-        if labels.labels.any():
+        # Nothing labelled: x264 gets no map at all, exactly plain x264 (a uniform shift is
+        # not neutral: it moves x264's own adaptive quantisation), so nothing to compute.
+        mapped = bool(labels.labels.any())
+        if mapped:
             region = analyser.analyse(frame, labels)
             t2 = time.perf_counter()
             qp = build_qp_map(region, labels, importance, cfg.qp)
-        else:  # nothing labelled: x264 gets no map, so there is nothing to compute
+        else:
             analyser.reset()
             t2 = time.perf_counter()
             qp = QpMap(np.zeros(labels.shape, np.float32))
         t3 = time.perf_counter()
         for name, dt in (("labeler", t1 - t0), ("analysis", t2 - t1), ("qp_map", t3 - t2)):
             stats.timings[name].append(dt * 1e3)
-        return frame, labels, qp
+        return frame, labels, qp, mapped
 
     t_start = time.perf_counter()
     finalising(False)
@@ -137,8 +140,9 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                                              source.fps)
             for item in stages[-1]:
                 if semantic:
-                    frame, labels, qp = item
+                    frame, labels, qp, mapped = item
                 else:
+                    mapped = False
                     frame = item
                     if no_labels is None:
                         no_labels = LabelMap.from_probs(
@@ -146,9 +150,6 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                         no_map = QpMap(np.zeros((frame.mb_h, frame.mb_w), np.float32))
                     labels, qp = no_labels, no_map
                 t0 = time.perf_counter()
-                # Nothing labelled: no map at all, exactly plain x264 (a uniform shift is not
-                # neutral: it moves x264's own adaptive quantisation).
-                mapped = semantic and bool(labels.labels.any())  # see understand()
                 stats.frames_mapped += mapped
                 packets = enc.encode(frame, qp.offsets if mapped else None)
                 sink.write(packets)

@@ -326,6 +326,7 @@ class Labeler:
         self.staleness = [Counter() for _ in self.models]
         self._fresh: set[int] = set()  # models whose new results arrived on this frame
         self._grid = None
+        self._grid_changed = True  # the current frame starts a new picture size (or the first)
 
     def _run_model(self, k: int, frame: Frame) -> np.ndarray:
         return self.models[k][1](frame)

@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..frame import Frame
 from ..bench.metrics import match_counts
-from .models import sha256_file
+from ..checksums import sha256_file
+from ..frame import Frame
 from .runtime import LabelerError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import sha256_file
+from ..checksums import sha256_file
 from .runtime import LabelerError
 
 MANIFEST_VERSION = 1
