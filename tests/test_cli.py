@@ -282,10 +282,12 @@ def _cut(src, dst, fraction):
 
 
 @pytest.mark.parametrize("name", ["street_pedestrians_vtest_768x576.avi",
-                                  "overhead_parking_cars_768x432.mp4", "y4m"])
+                                  "overhead_parking_cars_768x432.mp4", "foreman_cif.h264",
+                                  "y4m"])
 def test_truncated_inputs_are_not_reported_complete(tmp_path, clip, name):
-    """An AVI or MP4 cut at half (the container declares more frames than are left) and a y4m cut
-    mid-frame: exit 3, "complete": false, the frames that were there in a playable file."""
+    """An AVI or MP4 cut at half (the container declares more frames than are left), raw H.264
+    cut inside a picture (decoded with concealment) and a y4m cut mid-frame: exit 3,
+    "complete": false, the frames that were there in a playable file."""
     if name == "y4m":
         whole = tmp_path / "whole.y4m"
         src = open_source(str(clip("carphone_qcif_pristine.mp4")))
@@ -300,7 +302,8 @@ def test_truncated_inputs_are_not_reported_complete(tmp_path, clip, name):
     out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
     code, _, stderr = run_cli("encode", cut, out, "--stats-json", stats, "--no-map")
     assert code == 3, stderr
-    assert ("ends early" in stderr or "partial frame" in stderr) and "Traceback" not in stderr
+    assert any(m in stderr for m in ("ends early", "partial frame", "damaged picture"))
+    assert "Traceback" not in stderr
     s = json.loads(stats.read_text())
     assert s["complete"] is False and s["frames"] > 0
     assert len(probe(out)[2]) == s["frames"]

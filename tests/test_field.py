@@ -315,3 +315,19 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         field.main(["demo://astronaut", "--speed", "0"])
+
+
+def test_a_full_disk_still_writes_the_report(tmp_path, capsys):
+    """The output on a full device: exit 3, and the report (written elsewhere) covers the run
+    up to the error and names it."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    out, js = tmp_path / "full.h264", tmp_path / "r.json"
+    out.symlink_to("/dev/full")
+    assert field.main(["demo://astronaut", str(out), "--seconds", "0.5", "--no-map",
+                       "--json", str(js)]) == 3
+    r = json.loads(js.read_text())
+    assert "No space left on device" in r["error"]
+    err = capsys.readouterr().err
+    assert "edge-semvc: error:" in err and "No space left on device" in err
+    assert "Traceback" not in err

@@ -809,7 +809,7 @@ def _report(args, cfg, stats: dict, paced: PacedSource, realtime: bool, started:
     enc_cfg = (stats.get("config") or {}).get("encoder", {})
     # abr/cbr aim at the bitrate; with crf it is only a VBV cap, not a target
     target = enc_cfg.get("bitrate") or None if enc_cfg.get("rc") in ("abr", "cbr") else None
-    if Path(output).exists() and encoded:
+    if Path(output).is_file() and encoded:  # (not a device: /dev/full reads forever)
         try:
             bitrate = bitrate_stability(output, target, paced.fps)
         except Exception as e:  # a truncated file after an error: say so, keep the report

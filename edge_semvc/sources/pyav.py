@@ -83,9 +83,10 @@ class PyAVSource:
                            f"{stream.codec_context.name})"
 
     def frames(self) -> Iterator[Frame]:
-        index = 0
+        index, last_corrupt = 0, False
         try:
             for av_frame in self.container.decode(self.stream):
+                last_corrupt = av_frame.is_corrupt
                 yield self._to_frame(av_frame, index)
                 index += 1
         except av.error.FFmpegError as e:
@@ -100,6 +101,11 @@ class PyAVSource:
         error = self._partial_frame(index)
         if error:
             raise error
+        # A stream cut inside its last picture (raw H.264 cut mid-NAL) decodes with the missing
+        # part concealed, and FFmpeg flags that picture as corrupt.
+        if last_corrupt:
+            raise DecodeError(f"{self.path} ends in a damaged picture: frame {index - 1} could "
+                              "not be decoded whole (truncated?)")
 
     def _partial_frame(self, decoded: int) -> DecodeError | None:
         if self._payload is None or not self._payload % self._frame_bytes:
