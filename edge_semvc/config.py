@@ -13,9 +13,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from .errors import ConfigError  # noqa: F401  (re-exported)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from .frame import Frame
 from .labeler import Labeler
 from .qp.qpmap import build_qp_map, importance_vector
 from .sinks.file import FileSink
+from .errors import WriteError
 from .stop import exit_status, finalising
 from .sources import DecodeError, Source
 from .values import LabelMap, QpMap
@@ -207,14 +208,6 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
 
 
 EXIT_INCOMPLETE = 3
-
-
-class WriteError(OSError):
-    """The output could not be written part-way (disk full, device gone): like a decode error,
-    the run ends with what was written and its statistics."""
-
-    def __str__(self) -> str:
-        return self.strerror
 
 
 def _write_error(output: str, e: OSError) -> WriteError:

@@ -5,7 +5,8 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from edge_semvc.labeler.calibrate import (FrameRef, calibrate, compare, load_frames, main,
+from edge_semvc.cli import main as cli_main
+from edge_semvc.labeler.calibrate import (FrameRef, calibrate, compare, load_frames,
                                           model_input, open_model, output_head_nodes,
                                           output_paths, read_frames_list, select_frames)
 from edge_semvc.labeler.runtime import LabelerError
@@ -117,13 +118,13 @@ def test_int8_agrees_with_fp32_on_held_out_frames(calibrated):
 
 def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["selfie_segmentation_landscape"])  # --frames is required
+        cli_main(["calibrate", "selfie_segmentation_landscape"])  # --frames is required
     assert e.value.code == 2
-    assert main(["no_such_model", "--frames", "demo://astronaut", "--out", str(tmp_path)]) == 2
+    assert cli_main(["calibrate", "no_such_model", "--frames", "demo://astronaut", "--out", str(tmp_path)]) == 2
     assert "no_such_model" in capsys.readouterr().err
-    assert main(["selfie_segmentation_landscape", "--frames", str(tmp_path / "x.mp4"),
+    assert cli_main(["calibrate", "selfie_segmentation_landscape", "--frames", str(tmp_path / "x.mp4"),
                  "--out", str(tmp_path)]) == 2
     assert "frame source not found" in capsys.readouterr().err
-    assert main(["selfie_segmentation_landscape", "--frames", "demo://astronaut", "--count",
+    assert cli_main(["calibrate", "selfie_segmentation_landscape", "--frames", "demo://astronaut", "--count",
                  "0", "--out", str(tmp_path)]) == 2
     assert "--count" in capsys.readouterr().err

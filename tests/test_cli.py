@@ -11,7 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from edge_semvc.cli import main, parse_bitrate
+from edge_semvc.cli import main
+from edge_semvc.options import parse_bitrate
 from edge_semvc.sources import open_source
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edge_semvc.bench import field
+from edge_semvc.cli import main as cli_main
 from edge_semvc.frame import Frame
 from edge_semvc.sources import DecodeError
 
@@ -260,7 +261,7 @@ def _check_report(r, out):
 
 def test_demo_realtime_two_seconds(tmp_path, capsys):
     out, js = tmp_path / "demo.mp4", tmp_path / "demo.json"
-    assert field.main(["demo://astronaut", str(out), "--seconds", "2", "--json", str(js)]) == 0
+    assert cli_main(["field-bench", "demo://astronaut", str(out), "--seconds", "2", "--json", str(js)]) == 0
     r = json.loads(js.read_text())
     _check_report(r, out)
     assert r["source"]["realtime"] and r["source"]["ended_by"] == "seconds"
@@ -290,7 +291,7 @@ def test_forced_slow_consumer_drops_frames(clip, tmp_path):
     path = clip("street_pedestrians_vtest_768x576.avi")  # cheap to decode: the source keeps up
     out, js = tmp_path / "fast.ts", tmp_path / "fast.json"
     # 100x real time: the 10 fps clip offered as a 1000 fps camera, far beyond this pipeline
-    assert field.main([str(path), str(out), "--seconds", "1.5", "--speed", "100", "--loop",
+    assert cli_main(["field-bench", str(path), str(out), "--seconds", "1.5", "--speed", "100", "--loop",
                        "--json", str(js)]) == 0
     r = json.loads(js.read_text())
     pts = _check_report(r, out)
@@ -301,20 +302,20 @@ def test_forced_slow_consumer_drops_frames(clip, tmp_path):
 
 
 def test_no_output_given_uses_a_temporary_file(tmp_path, capsys):
-    assert field.main(["demo://astronaut", "--seconds", "0.5", "--no-map"]) == 0
+    assert cli_main(["field-bench", "demo://astronaut", "--seconds", "0.5", "--no-map"]) == 0
     r = json.loads(capsys.readouterr().out)  # JSON on stdout when --json is not given
     assert r["output"] == {"path": None, "kept": False, "bytes": r["output"]["bytes"]}
     assert r["pipeline"]["semantic"] is False and r["frames"]["encoded"] > 0
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
-    assert field.main(["demo://astronaut", str(tmp_path / "o.mp4"), "--set",
+    assert cli_main(["field-bench", "demo://astronaut", str(tmp_path / "o.mp4"), "--set",
                        "qp.nonsense=1"]) == 2
-    assert field.main(["demo://nothing", str(tmp_path / "o.mp4")]) == 2
-    assert field.main(["demo://astronaut", str(tmp_path / "o.avi")]) == 2
+    assert cli_main(["field-bench", "demo://nothing", str(tmp_path / "o.mp4")]) == 2
+    assert cli_main(["field-bench", "demo://astronaut", str(tmp_path / "o.avi")]) == 2
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        field.main(["demo://astronaut", "--speed", "0"])
+        cli_main(["field-bench", "demo://astronaut", "--speed", "0"])
 
 
 def test_a_full_disk_still_writes_the_report(tmp_path, capsys):
@@ -324,7 +325,7 @@ def test_a_full_disk_still_writes_the_report(tmp_path, capsys):
         pytest.skip("no /dev/full on this system")
     out, js = tmp_path / "full.h264", tmp_path / "r.json"
     out.symlink_to("/dev/full")
-    assert field.main(["demo://astronaut", str(out), "--seconds", "0.5", "--no-map",
+    assert cli_main(["field-bench", "demo://astronaut", str(out), "--seconds", "0.5", "--no-map",
                        "--json", str(js)]) == 3
     r = json.loads(js.read_text())
     assert "No space left on device" in r["error"]

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from edge_semvc.cli import main as cli_main
 from edge_semvc.labeler import tensorrt as T
 from edge_semvc.labeler.runtime import RUNTIMES, LabelerError, OnnxRuntime, available, \
     open_runtime
@@ -138,18 +139,18 @@ def test_cli_argument_errors(argv):
 
 
 def test_int8_needs_the_calibrated_model_first(tmp_path, capsys):
-    assert T.main(["build", "face_detection_short_range", "--int8",
+    assert cli_main(["engines", "build", "face_detection_short_range", "--int8",
                    "--calibration", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "face_detection_short_range.int8.qdq.onnx" in err
     assert "edge-semvc calibrate face_detection_short_range --frames" in err
-    assert T.main(["build", str(tmp_path / "m.onnx")]) == 2
+    assert cli_main(["engines", "build", str(tmp_path / "m.onnx")]) == 2
     assert "model file not found" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(TRT_OK, reason="TensorRT is available here")
 def test_build_without_tensorrt_says_why(capsys):
-    assert T.main(["build", "face_detection_short_range", "--out", "/nonexistent"]) == 2
+    assert cli_main(["engines", "build", "face_detection_short_range", "--out", "/nonexistent"]) == 2
     assert "TensorRT is not available" in capsys.readouterr().err
 
 

@@ -5,7 +5,7 @@ peak memory, the output bitrate second by second against the target, and whateve
 and power sensors the machine exposes (Linux thermal zones; on a Jetson the INA3221 power
 rails and ``tegrastats``). Writes one JSON report. The same code runs on a PC.
 
-    python -m edge_semvc.bench.field URI [OUTPUT] --seconds 10 [--realtime | --no-realtime]
+    edge-semvc field-bench URI [OUTPUT] --seconds 10 [--realtime | --no-realtime]
         [--speed X] [--loop] [--config FILE] [--set KEY=VALUE ...]
         [--bitrate 800k --rc cbr] [--json FILE]
 
@@ -640,7 +640,7 @@ def _non_negative(text: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The field benchmark's arguments (``edge-semvc field-bench`` and ``python -m``)."""
-    from ..cli import add_encoder_arguments
+    from ..options import add_encoder_arguments
 
     p.add_argument("input", help="source: file path or URI (file://, demo://astronaut)")
     p.add_argument("output", nargs="?",
@@ -667,7 +667,7 @@ def run(args) -> int:
     """Run the benchmark for parsed ``args``; writes the JSON report. Returns the exit status
     (0; 3 when the input broke part-way; 130 on Ctrl-C — the report is written in both cases).
     Configuration, source, model and encoder errors propagate (the CLI reports them, exit 2)."""
-    from ..cli import config_overrides
+    from ..options import config_overrides
     from ..config import load_config
     from ..pipeline import partial_result, run_encode
     from ..sinks.file import SinkError, check_distinct_files, check_writable, wants_global_headers
@@ -976,14 +976,3 @@ def _print_summary(r: dict, stream) -> None:
     j = r["jetson"]
     print("  jetson: " + (j.get("model") or "yes" if j["available"] else j["reason"]),
           file=stream)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m` entry: the same as `edge-semvc field-bench` (one place handles errors)."""
-    from ..cli import main as cli_main
-
-    return cli_main(["field-bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

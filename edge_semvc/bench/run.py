@@ -364,7 +364,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from fractions import Fraction
 
-    from ..cli import parse_bitrate
+    from ..options import parse_bitrate
     from .report import summary_markdown, write_outputs
 
     if args.eval_every < 1:
@@ -425,14 +425,3 @@ def run(args) -> int:
     print(summary_markdown(results))
     log(f"results in {out}/ (report.md, results.json, results.csv, summary.csv, plots/)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m` entry: the same as `edge-semvc bench` (one place handles errors)."""
-    from ..cli import main as cli_main
-
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,12 +22,9 @@ from typing import ClassVar
 import numpy as np
 
 from ..frame import Frame
+from ..errors import EncoderError  # noqa: F401  (re-exported)
 
 RATE_CONTROLS = ("crf", "abr", "cbr")
-
-
-class EncoderError(Exception):
-    """Invalid settings, a missing library/compiler, or a failure inside the encoder."""
 
 
 def _rational(x, what: str) -> Fraction:

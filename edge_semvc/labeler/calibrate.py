@@ -517,14 +517,3 @@ def run(args) -> int:
         print(json.dumps(compare(args.model, path, args.check, used, args.check_count, raw,
                                  args.cache_dir), indent=1))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m` entry: the same as `edge-semvc calibrate` (one place handles errors)."""
-    from ..cli import main as cli_main
-
-    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -47,6 +47,7 @@ import yaml
 
 from ..checksums import intact, record, sha256_file
 from ..config import ConfigError
+from ..errors import ModelError  # noqa: F401  (re-exported)
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 
@@ -75,10 +76,6 @@ OVERRIDE_KEYS = ("name", "interval", "threshold", "map", "input", "requires")
 PATH_KEYS = ("path", "sha256", "role", "decoder", "classes")
 FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 CONVERTED = ("tflite", "tfjs")  # formats the project converts to ONNX itself
-
-
-class ModelError(Exception):
-    """A model cannot be obtained, checked or converted (one-line message)."""
 
 
 # --- the registry -------------------------------------------------------------------------------

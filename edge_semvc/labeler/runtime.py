@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class LabelerError(RuntimeError):
-    pass
+from ..errors import LabelerError  # noqa: F401  (re-exported)
 
 
 class OnnxRuntime:

@@ -506,14 +506,3 @@ def run(args) -> int:
               f"{data.get('tensorrt')}, {data.get('gpu')} (compute "
               f"{data.get('compute_capability')}), built {data.get('built')}: {status}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m` entry: the same as `edge-semvc engines` (one place handles errors)."""
-    from ..cli import main as cli_main
-
-    return cli_main(["engines", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

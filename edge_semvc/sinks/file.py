@@ -21,11 +21,9 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
+from ..errors import SinkError  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
-
-
-class SinkError(ValueError):
-    """An output the sink cannot write: unknown container, missing parameter sets, closed sink."""
 
 
 # extension -> FFmpeg muxer name (None: raw Annex-B written by hand)

@@ -7,15 +7,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator, Protocol
 
+from ..errors import DecodeError, SourceError  # noqa: F401  (re-exported)
 from ..frame import Frame
-
-
-class SourceError(RuntimeError):
-    """The input cannot be opened or read."""
-
-
-class DecodeError(SourceError):
-    """Decoding failed part-way; the frames before it were delivered."""
 
 
 @dataclass

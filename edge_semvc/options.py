@@ -1,0 +1,68 @@
+"""Command-line options shared by `encode`, `field-bench`, `bench` and `serve`: argument types
+that name the bad value, the encoder/config options, and how they become config overrides."""
+from __future__ import annotations
+
+import argparse
+from fractions import Fraction
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def parse_bitrate(text: str) -> int:
+    """'800k', '2M', '1.5M', '800000' -> bits/s."""
+    t = text.strip()
+    scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale != 1 else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid bitrate {text!r} (e.g. 800k, 2M, 1500000)")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"bitrate must be positive, got {text!r}")
+    return int(value)
+
+
+def parse_rate(text: str) -> Fraction:
+    try:
+        rate = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"invalid frame rate {text!r} (e.g. 25, 30000/1001)")
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(f"frame rate must be positive, got {text!r}")
+    return rate
+
+
+def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """Configuration, encoder and raw-input options shared by `encode` and `field-bench`."""
+    p.add_argument("--config", help="YAML configuration file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration key (repeatable), e.g. qp.target_mean=1")
+    p.add_argument("--bitrate", type=parse_bitrate, help="bits/s, with k/M suffixes")
+    p.add_argument("--rc", choices=["crf", "abr", "cbr"], help="rate control")
+    p.add_argument("--crf", type=float, help="CRF value (rc=crf)")
+    p.add_argument("--preset", help="x264 preset (default veryfast)")
+    p.add_argument("--tune", help="x264 tune, e.g. zerolatency (no lookahead/B-frame delay)")
+    p.add_argument("--no-map", action="store_true",
+                   help="plain x264: no labeler, analysis or map (the baseline)")
+    p.add_argument("--input-width", type=int, default=0, help="raw video width")
+    p.add_argument("--input-height", type=int, default=0, help="raw video height")
+    p.add_argument("--input-rate", type=parse_rate, default=Fraction(0), help="raw video fps")
+    p.add_argument("--input-pix-fmt", default="yuv420p", help="raw video pixel format")
+
+
+def config_overrides(args) -> list[str]:
+    """CLI flags become config overrides applied after --config and --set."""
+    out = list(args.set)
+    for flag, key in (("bitrate", "encoder.bitrate"), ("rc", "encoder.rc"), ("crf", "encoder.crf"),
+                      ("preset", "encoder.preset"), ("tune", "encoder.tune")):
+        value = getattr(args, flag)
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out
