@@ -12,7 +12,7 @@ OUT      ?= out
 APT_PKGS := gcc libc6-dev libx264-dev
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all demo deps apt models test test-all bench clean
+.PHONY: all demo deps apt models test test-all lint bench clean
 all: demo
 
 apt:
@@ -41,8 +41,13 @@ demo: deps
 	$(BIN)/edge-semvc encode demo://astronaut $(OUT)/demo.mp4 \
 	  --qp-map-png $(OUT)/demo_qpmap.png --stats-json $(OUT)/demo_stats.json
 
-test: deps
+test: deps lint
 	$(BIN)/pytest -q
+
+# The layers (import-linter contracts in pyproject.toml) and the lint rules: CI fails on either.
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check edge_semvc tests
 
 test-all: deps
 	$(BIN)/pytest -q -m ''

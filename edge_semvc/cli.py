@@ -67,11 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     field_arguments(f)
 
     cal = sub.add_parser("calibrate", help="INT8 QDQ model from representative frames")
-    from .labeler.calibrate import add_arguments as calibrate_arguments
+    from .tools.calibrate import add_arguments as calibrate_arguments
     calibrate_arguments(cal)
 
     eng = sub.add_parser("engines", help="build and list TensorRT engines")
-    from .labeler.tensorrt import add_arguments as engines_arguments
+    from .tools.engines import add_arguments as engines_arguments
     engines_arguments(eng)
     return p
 
@@ -91,6 +91,10 @@ def cmd_encode(args) -> int:
     if args.qp_map_video:
         wants_global_headers(args.qp_map_video)
     check_writable(outputs, images=("--qp-map-png",))
+    if not args.no_map:  # models fetched and converted now, before the input is opened
+        from .tools.models import prepare_entries
+
+        prepare_entries(cfg.labeler.models, cfg.cache_dir(), log=_log_stderr)
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
     source = open_source(args.input, raw)
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
@@ -124,6 +128,10 @@ def cmd_encode(args) -> int:
     return status
 
 
+def _log_stderr(message: str) -> None:
+    print(f"edge-semvc: {message}", file=sys.stderr)
+
+
 def _print_summary(s: dict, args) -> None:
     st = s["stages"]
     cov = ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["label_coverage"].items()
@@ -145,8 +153,9 @@ def cmd_models(args) -> int:
     from pathlib import Path
 
     from .config import Config, load_config
-    from .labeler.models import (ModelError, list_models, model_paths, prepare_model,
-                                 verify_model)
+    from .errors import ModelError
+    from .labeler.registry import describe, list_models, model_paths
+    from .tools.models import model_file, prepare_model, verify_model
 
     cfg = load_config(args.config) if args.config else Config()
     cache = Path(args.cache_dir) if args.cache_dir else cfg.cache_dir()
@@ -168,6 +177,11 @@ def cmd_models(args) -> int:
                            if isinstance(e, str) or "path" not in e]
     if args.sha256 and len(names) != 1:
         raise ModelError("--sha256 goes with exactly one model name")
+    if args.action == "prepare" and not args.names:  # models given by path are converted too
+        for i, entry in enumerate(cfg.labeler.models):
+            if isinstance(entry, dict) and "path" in entry:
+                key = f"labeler.models[{i}]"
+                print(f"{key}: {model_file(describe(entry, key), key, cache, log=print)}")
     for name in names:
         if args.action == "prepare":
             path = prepare_model(name, cache, log=print, mirror=args.mirror, sha256=args.sha256)
@@ -198,13 +212,13 @@ def cmd_field_bench(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .labeler.calibrate import run
+    from .tools.calibrate import run
 
     return run(args)
 
 
 def cmd_engines(args) -> int:
-    from .labeler.tensorrt import run
+    from .tools.engines import run
 
     return run(args)
 

@@ -23,7 +23,8 @@ def parse_bitrate(text: str) -> int:
     try:
         value = float(t[:-1] if scale != 1 else t) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid bitrate {text!r} (e.g. 800k, 2M, 1500000)")
+        raise argparse.ArgumentTypeError(
+            f"invalid bitrate {text!r} (e.g. 800k, 2M, 1500000)") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"bitrate must be positive, got {text!r}")
     return int(value)
@@ -33,7 +34,8 @@ def parse_rate(text: str) -> Fraction:
     try:
         rate = Fraction(text)
     except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"invalid frame rate {text!r} (e.g. 25, 30000/1001)")
+        raise argparse.ArgumentTypeError(
+            f"invalid frame rate {text!r} (e.g. 25, 30000/1001)") from None
     if rate <= 0:
         raise argparse.ArgumentTypeError(f"frame rate must be positive, got {text!r}")
     return rate

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections import deque
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from itertools import islice
-from typing import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -23,13 +24,13 @@ from .analysis import Analyser
 from .config import Config
 from .encoders import get_encoder
 from .encoders.base import EncoderSettings
+from .errors import WriteError
 from .frame import Frame
 from .labeler import Labeler
 from .qp.qpmap import build_qp_map, importance_vector
 from .sinks.file import FileSink
-from .errors import WriteError
-from .stop import exit_status, finalising
 from .sources import DecodeError, Source
+from .stop import exit_status, finalising
 from .values import LabelMap, QpMap
 
 log = logging.getLogger("edge_semvc")
@@ -46,6 +47,28 @@ class Visuals:
     video: str | None = None
 
 
+class SinkTarget(Protocol):
+    """Where a long-running caller records instead of one file (the service's segments)."""
+
+    global_headers: bool  # the container keeps SPS/PPS out of band (mp4)
+
+    def open(self, settings: EncoderSettings, headers: bytes): ...
+
+
+@dataclass
+class Live:
+    """What a long-running caller (the service) adds to a run: a recording sink in place of a
+    file (asked before each frame whether it wants an IDR), configuration changes applied
+    between frames, and statistics it reads while the run goes on, with per-stage timings kept
+    over the last `timing_window` frames only (a run lasts months)."""
+
+    sink: SinkTarget | None = None
+    updates: Callable[[], Config | None] | None = None  # polled before each frame's map
+    stats: RunStats | None = None
+    timing_window: int = 0  # 0: every frame (a batch run)
+    queue_frames: int = 4  # between the threads: latency vs smoothing out a slow frame
+
+
 @dataclass
 class RunStats:
     timings: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
@@ -57,6 +80,7 @@ class RunStats:
     mb_roi: int = 0
     offset_sum_bg: float = 0.0
     mb_bg: int = 0
+    labeler: Labeler | None = None  # the run's labeler, for its statistics
 
     def add_frame(self, labels: LabelMap, qp: QpMap) -> None:
         counts = np.bincount(labels.labels.ravel(), minlength=len(labels.classes))
@@ -79,7 +103,8 @@ def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> Encod
 
 def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | None = None,
                progress: bool = False, semantic: bool = True, max_frames: int = 0,
-               on_frame: Callable[[Frame, LabelMap, QpMap], None] | None = None) -> dict:
+               on_frame: Callable[[Frame, LabelMap, QpMap], None] | None = None,
+               live: Live | None = None) -> dict:
     """Encode `source` into `output`. Returns the statistics (see README, "Statistics").
 
     `semantic=False` is the plain-x264 baseline: same decode, encoder and settings, no labeler,
@@ -87,22 +112,34 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     and map (benchmarks use it to know the region of interest). `max_frames` > 0 stops early.
 
     Raises DecodeError after finalising the output if decoding fails part-way; the stats of
-    the frames written so far are attached to the exception as `.stats`.
+    the frames written so far are attached to the exception as `.stats`. `live`: the
+    service's additions (`Live`); `output` then only names the run in its statistics.
     """
     visuals = visuals or Visuals()
+    live = live or Live()
     labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info) if semantic else None
     importance = importance_vector(["background", *labeler.classes], cfg.qp) if semantic else None
     analyser = Analyser(cfg.analysis)
     no_labels = no_map = None
-    stats = RunStats()
+    stats = live.stats or RunStats()
+    stats.labeler = labeler
+    if live.timing_window:
+        stats.timings = {s: deque(maxlen=live.timing_window) for s in STAGES}
     expected = min(source.frame_count or max_frames, max_frames or source.frame_count)
     png_index = visuals.png_frame if visuals.png_frame is not None else \
         (expected // 2 if expected else sys.maxsize)
     png_shot = None
     overlay_video = None
-    settings = encoder_settings(cfg, source, FileSink.wants_global_headers(output))
+    settings = encoder_settings(cfg, source, live.sink.global_headers if live.sink
+                                else FileSink.wants_global_headers(output))
+    qp_cfg = cfg.qp
 
     def understand(frame: Frame):
+        nonlocal importance, qp_cfg
+        new = live.updates() if live.updates else None
+        if new is not None:  # only keys safe to change live differ (serve/remote.py)
+            qp_cfg, analyser.cfg, labeler.cfg = new.qp, new.analysis, new.labeler
+            importance = importance_vector(["background", *labeler.classes], new.qp)
         t0 = time.perf_counter()
         labels = labeler.label(frame)
         t1 = time.perf_counter()
@@ -112,7 +149,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         if mapped:
             region = analyser.analyse(frame, labels)
             t2 = time.perf_counter()
-            qp = build_qp_map(region, labels, importance, cfg.qp)
+            qp = build_qp_map(region, labels, importance, qp_cfg)
         else:
             analyser.reset()
             t2 = time.perf_counter()
@@ -128,13 +165,16 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     error: BaseException | None = None
     stages: list[_Stage] = []
     with get_encoder(cfg.encoder.backend)(settings) as enc, \
-            FileSink(output, source.width, source.height, source.time_base, source.fps,
-                     enc.headers()) as sink:
+            (live.sink.open(settings, enc.headers()) if live.sink else
+             FileSink(output, source.width, source.height, source.time_base, source.fps,
+                      enc.headers())) as sink:
+        wants_idr = getattr(sink, "wants_idr", None)  # a segment must start with an IDR
         try:
             decoded = islice(source.frames(), max_frames or None)
-            stages.append(_Stage(_timed(decoded, stats.timings["decode"]), None, "decode"))
+            stages.append(_Stage(_timed(decoded, stats.timings["decode"]), None, "decode",
+                                 live.queue_frames))
             if semantic:
-                stages.append(_Stage(stages[-1], understand, "semantic"))
+                stages.append(_Stage(stages[-1], understand, "semantic", live.queue_frames))
             if visuals.video:
                 from .visualize import OverlayVideo
                 overlay_video = OverlayVideo(visuals.video, source.width, source.height,
@@ -152,7 +192,9 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                     labels, qp = no_labels, no_map
                 t0 = time.perf_counter()
                 stats.frames_mapped += mapped
-                packets = enc.encode(frame, qp.offsets if mapped else None)
+                offsets = qp.offsets if mapped else None
+                packets = (enc.encode(frame, offsets, force_idr=True)
+                           if wants_idr and wants_idr(frame.pts) else enc.encode(frame, offsets))
                 sink.write(packets)
                 stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
                 stats.frames += 1
@@ -191,7 +233,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
             if labeler:
                 labeler.close()
         summary = enc.settings_summary()
-    if sink.error is not None:  # closing the file failed (its last bytes did not fit)
+    if getattr(sink, "error", None) is not None:  # closing the file failed (its last bytes did not fit)
         error = error or _write_error(output, sink.error)
     wall = time.perf_counter() - t_start
     if png_shot is not None:
@@ -235,7 +277,7 @@ def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | 
         "input": source.description,
         "output": str(output),
         "frames": stats.frames,
-        "bytes": Path(output).stat().st_size if Path(output).exists() else stats.bytes,
+        "bytes": Path(output).stat().st_size if Path(output).is_file() else stats.bytes,
         "payload_bytes": stats.bytes,
         "bitrate_kbps": round(stats.bytes * 8 / duration / 1e3, 3) if duration else 0.0,
         "fps": round(stats.frames / wall, 3) if wall else 0.0,

@@ -26,7 +26,8 @@ class LabelMap:
 
     @classmethod
     def from_probs(cls, probs: np.ndarray, names: list[str], threshold: float, models: list[str]):
-        """Arg-max over classes whose probability exceeds `threshold` (METHOD S110); else background.
+        """Arg-max over classes whose probability exceeds `threshold` (METHOD S110); else
+        background.
 
         Ties and overlaps go to the higher probability; a face inside a person wins where the
         face model is more confident, which is what the importance table expects.
@@ -65,7 +66,8 @@ class RegionStats:
     change: np.ndarray  # float32[mb_h, mb_w]
     region_complexity: np.ndarray  # float32[mb_h, mb_w]
     region_change: np.ndarray  # float32[mb_h, mb_w]
-    regions: np.ndarray  # int32[mb_h, mb_w] region id (connected labelled component; 0 = background)
+    # int32[mb_h, mb_w] region id (a connected labelled component; 0 = background)
+    regions: np.ndarray
 
 
 @dataclass

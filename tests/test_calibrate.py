@@ -6,11 +6,20 @@ from onnx import numpy_helper
 from PIL import Image
 
 from edge_semvc.cli import main as cli_main
-from edge_semvc.labeler.calibrate import (FrameRef, calibrate, compare, load_frames,
-                                          model_input, open_model, output_head_nodes,
-                                          output_paths, read_frames_list, select_frames)
 from edge_semvc.labeler.runtime import LabelerError
 from edge_semvc.sources import open_source
+from edge_semvc.tools.calibrate import (
+    FrameRef,
+    calibrate,
+    compare,
+    load_frames,
+    model_input,
+    open_model,
+    output_head_nodes,
+    output_paths,
+    read_frames_list,
+    select_frames,
+)
 
 QUIET = dict(log=lambda *_: None)
 

@@ -212,7 +212,6 @@ def test_two_arguments_naming_the_same_file_are_refused(tmp_path, clip):
 def _stop_mid_run(tmp_path, sig, command=("encode",)):
     """Start an encode of a long input, send `sig` once frames are being written (the output
     file grows), then a second time (it must not abort the finalising)."""
-    import signal
     import time
 
     out, stats = tmp_path / f"out-{sig}.mp4", tmp_path / f"s-{sig}.json"

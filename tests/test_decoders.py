@@ -9,14 +9,20 @@ from itertools import islice
 
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
 from edge_semvc.config import Config, LabelerConfig
+from edge_semvc.errors import ModelError
 from edge_semvc.frame import Frame
 from edge_semvc.labeler import Labeler
-from edge_semvc.labeler.decoders import (blazeface_anchors, boxes_to_mb, decode_boxes,
-                                         decode_yolox, pool_max_to_mb, segmentation_to_mb)
-from edge_semvc.labeler.models import ModelError
+from edge_semvc.labeler.decoders import (
+    blazeface_anchors,
+    boxes_to_mb,
+    decode_boxes,
+    decode_yolox,
+    pool_max_to_mb,
+    segmentation_to_mb,
+)
 from edge_semvc.labeler.preprocess import InputTransform
 from edge_semvc.labeler.runtime import LabelerError
 from edge_semvc.sources import open_source

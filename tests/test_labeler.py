@@ -4,12 +4,13 @@ from itertools import islice
 
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
 from edge_semvc.config import Config, ConfigError, LabelerConfig, load_config
+from edge_semvc.errors import ModelError
 from edge_semvc.labeler import Labeler, fuse
 from edge_semvc.labeler.decoders import blazeface_anchors, boxes_to_mb, nms
-from edge_semvc.labeler.models import ModelError, describe
+from edge_semvc.labeler.registry import describe
 from edge_semvc.labeler.runtime import LabelerError
 from edge_semvc.qp.qpmap import importance_vector
 from edge_semvc.sources import open_source

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
 from edge_semvc.cli import main as cli_main
 from edge_semvc.config import Config
-from edge_semvc.labeler import models
-from edge_semvc.labeler.models import (ModelError, describe, list_models, model_file, model_paths,
-                                       prepare_model, verify_model)
-from edge_semvc.labeler.tflite2onnx import convert_tflite
+from edge_semvc.errors import ModelError
+from edge_semvc.labeler import registry
+from edge_semvc.labeler.registry import describe, list_models, model_paths
+from edge_semvc.tools import models
+from edge_semvc.tools.models import model_file, prepare_model, verify_model
+from edge_semvc.tools.tflite2onnx import convert_tflite
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "golden"
 NAMES = ["selfie_segmentation_landscape", "face_detection_short_range"]
@@ -58,7 +60,7 @@ def _session(path: Path, threads: int = 1):
 def test_registry_entries():
     entries = {e["name"]: e for e in list_models()}
     assert set(NAMES) <= set(entries)
-    assert models.default_models() == ["nanodet_g", *NAMES] == Config().labeler.models
+    assert registry.default_models() == ["nanodet_g", *NAMES] == Config().labeler.models
     seg, face = entries["selfie_segmentation_landscape"], entries["face_detection_short_range"]
     assert (seg["role"], seg["decoder"], seg["classes"], seg["input"]["shape"]) == (
         "segmentation", "probability-mask", ["person"], [1, 144, 256, 3])
@@ -124,7 +126,7 @@ def test_verify_and_second_prepare_is_noop(prepared, monkeypatch):
             raise AssertionError("second prepare_model must not download or convert")
 
         monkeypatch.setattr(models, "_pip_download", boom)
-        monkeypatch.setattr("edge_semvc.labeler.tflite2onnx.convert_tflite", boom)
+        monkeypatch.setattr("edge_semvc.tools.tflite2onnx.convert_tflite", boom)
         logged = []
         assert prepare_model(name, log=logged.append) == path
         assert logged == [] and path.stat().st_mtime_ns == before
@@ -214,7 +216,7 @@ def test_text_model_from_its_wheel():
             pytest.skip(f"cannot download rapidocr-onnxruntime's wheel (offline?): {e}")
         raise
     assert model_paths("ppocr_v4_det") == (path, path) and path.suffix == ".onnx"
-    assert models.sha256_file(path) == models.REGISTRY["ppocr_v4_det"]["sha256"]
+    assert models.sha256_file(path) == registry.REGISTRY["ppocr_v4_det"]["sha256"]
     verify_model("ppocr_v4_det")
     sess = _session(path)
     assert sess.get_inputs()[0].shape[1] == 3  # N, 3, H, W with dynamic N, H, W
@@ -280,7 +282,7 @@ def _url_model(monkeypatch, url, sha256=hashlib.sha256(PAYLOAD).hexdigest()):
              "source": {"url": url}, "license": "test"}
     if sha256:
         entry["sha256"] = sha256
-    monkeypatch.setitem(models.REGISTRY, "url_model", entry)
+    monkeypatch.setitem(registry.REGISTRY, "url_model", entry)
     return "url_model"
 
 

@@ -12,8 +12,11 @@ import threading
 
 import pytest
 
-from edge_semvc.labeler import models, npm
-from edge_semvc.labeler.models import ModelError, model_paths, prepare_model, verify_model
+from edge_semvc.errors import ModelError
+from edge_semvc.labeler import registry as model_registry
+from edge_semvc.labeler.registry import model_paths
+from edge_semvc.tools import models, npm
+from edge_semvc.tools.models import prepare_model, verify_model
 
 GRAPH = b'{"modelTopology": {}}'
 WEIGHTS = b"".join(hashlib.sha256(bytes([i, j])).digest() for i in range(40) for j in range(100))
@@ -68,7 +71,7 @@ def registry(monkeypatch):
     srv.state = {"requests": [], "cut": 0}
     threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
     monkeypatch.setenv("npm_config_registry", f"http://127.0.0.1:{srv.server_port}/")
-    monkeypatch.setitem(models.REGISTRY, "tiny", {
+    monkeypatch.setitem(model_registry.REGISTRY, "tiny", {
         "role": "detection", "decoder": "nanodet", "classes": "coco", "format": "tfjs",
         "source": {"npm": "@test/pkg@1.0.0", "files": SHA},
         "sha256": hashlib.sha256(TGZ).hexdigest(), "input": {"size": [64, 64]}})
@@ -107,15 +110,15 @@ def test_tarball_fetched_resumed_and_only_listed_files_kept(registry, tmp_path):
 
 
 def test_tarball_and_member_checksums(registry, monkeypatch, tmp_path):
-    monkeypatch.setitem(models.REGISTRY["tiny"], "sha256", "0" * 64)
+    monkeypatch.setitem(model_registry.REGISTRY["tiny"], "sha256", "0" * 64)
     with pytest.raises(ModelError, match=r"pkg-1\.0\.0\.tgz from .*: sha256 mismatch .*deleted"):
         prepare_model("tiny", tmp_path, log=lambda *_: None)
-    monkeypatch.setitem(models.REGISTRY["tiny"], "sha256", hashlib.sha256(TGZ).hexdigest())
-    monkeypatch.setitem(models.REGISTRY["tiny"]["source"], "files",
+    monkeypatch.setitem(model_registry.REGISTRY["tiny"], "sha256", hashlib.sha256(TGZ).hexdigest())
+    monkeypatch.setitem(model_registry.REGISTRY["tiny"]["source"], "files",
                         {**SHA, "models/tiny.bin": "1" * 64})
     with pytest.raises(ModelError, match=r"models/tiny\.bin in pkg-1\.0\.0\.tgz: sha256 mismatch"):
         prepare_model("tiny", tmp_path, log=lambda *_: None)
-    monkeypatch.setitem(models.REGISTRY["tiny"]["source"], "files",
+    monkeypatch.setitem(model_registry.REGISTRY["tiny"]["source"], "files",
                         {**SHA, "models/missing.bin": "1" * 64})
     with pytest.raises(ModelError, match=r"pkg-1\.0\.0\.tgz has no models/missing\.bin"):
         prepare_model("tiny", tmp_path, log=lambda *_: None)

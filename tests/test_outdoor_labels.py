@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
 from edge_semvc.bench.agreement import labeler_masks, reference
 from edge_semvc.bench.detector import YoloxDetector
 from edge_semvc.config import Config

@@ -10,8 +10,8 @@ import pytest
 
 from edge_semvc.bench.metrics import psnr
 from edge_semvc.encoders import EncoderSettings
-from edge_semvc.frame import Frame
 from edge_semvc.encoders.base import Packet
+from edge_semvc.frame import Frame
 from edge_semvc.sinks.file import FileSink, SinkError, has_parameter_sets, wants_global_headers
 
 VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"

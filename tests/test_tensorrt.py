@@ -8,11 +8,14 @@ import pytest
 
 from edge_semvc.cli import main as cli_main
 from edge_semvc.labeler import tensorrt as T
-from edge_semvc.labeler.runtime import RUNTIMES, LabelerError, OnnxRuntime, available, \
-    open_runtime
+from edge_semvc.labeler.runtime import RUNTIMES, LabelerError, OnnxRuntime, available, open_runtime
+from edge_semvc.tools import engines as E
 
 TRT_OK, TRT_WHY = T.available()
-needs_trt = pytest.mark.skipif(not TRT_OK, reason=f"needs TensorRT and a GPU: {TRT_WHY}")
+# gpu: not in the default run (`make test-all` runs it; it skips here with the reason)
+def needs_trt(test):
+    return pytest.mark.gpu(pytest.mark.skipif(
+        not TRT_OK, reason=f"needs TensorRT and a GPU: {TRT_WHY}")(test))
 
 MACHINE = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7",
            "cuda_runtime": "12.6"}
@@ -120,8 +123,8 @@ def test_the_runtime_is_registered_lazily_and_reports_why_it_cannot_run(tmp_path
 
 def cli(argv):
     p = argparse.ArgumentParser(prog="edge-semvc engines")
-    T.add_arguments(p)
-    return T.run(p.parse_args(argv))
+    E.add_arguments(p)
+    return E.run(p.parse_args(argv))
 
 
 @pytest.mark.parametrize("argv", [
@@ -167,9 +170,9 @@ def test_list_works_without_tensorrt(tmp_path, capsys):
 @needs_trt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_matches_onnxruntime(tmp_path, precision):
-    from edge_semvc.labeler.models import prepare_model
+    from edge_semvc.tools.models import prepare_model
 
-    engine = T.build_engine("face_detection_short_range", precision, 256, tmp_path,
+    engine = E.build_engine("face_detection_short_range", precision, 256, tmp_path,
                             log=lambda *_: None)
     m = T.read_manifest(engine)
     assert m["precision"] == precision and m["inputs"][0]["shape"] == [1, 128, 128, 3]
@@ -188,11 +191,11 @@ def test_engine_matches_onnxruntime(tmp_path, precision):
 
 @needs_trt
 def test_int8_engine_from_the_calibrated_model(tmp_path):
-    from edge_semvc.labeler.calibrate import calibrate
+    from edge_semvc.tools.calibrate import calibrate
 
     calibrate("face_detection_short_range", ["demo://astronaut"], tmp_path / "cal", 8,
               log=lambda *_: None)
-    engine = T.build_engine("face_detection_short_range", "int8", 256, tmp_path / "eng",
+    engine = E.build_engine("face_detection_short_range", "int8", 256, tmp_path / "eng",
                             tmp_path / "cal", log=lambda *_: None)
     rt = T.TensorRTRuntime(engine)
     out = rt.run(np.zeros((1, 128, 128, 3), np.float32))

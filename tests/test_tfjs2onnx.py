@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import shared_file
-from edge_semvc.labeler.tfjs2onnx import CONVERTER_VERSION, convert_tfjs
+
+from edge_semvc.tools.tfjs2onnx import CONVERTER_VERSION, convert_tfjs
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import AnalysisConfig
 from ..frame import Frame
 from ..values import LabelMap, RegionStats
 from .change import change_map
 from .complexity import block_samples, complexity_map
+from .config import AnalysisConfig
 from .regions import region_stats
 
 

@@ -30,9 +30,9 @@ import numpy as np
 
 from ..config import Config, load_config
 from ..frame import Frame
-from ..labeler import Labeler
 from ..labeler.decoders import box_iou, boxes_to_mb
 from ..sources import open_source
+from ..tools.models import ready_labeler
 from .detector import GROUPS, YoloxDetector
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -105,7 +105,7 @@ def nanodet(size: str, cfg: Config) -> tuple:
                   and m.get("name") == "nanodet_g"), {"name": "nanodet_g"})
     entry["input"] = {**entry.get("input", {}), "size": [w, h]}
     lab = replace(cfg.labeler, cpu_budget=0, models=[entry])
-    adapter = Labeler(lab, cfg.cache_dir(), log=lambda *_: None).models[0][1]
+    adapter = ready_labeler(lab, cfg.cache_dir(), log=lambda *_: None).models[0][1]
     seen, run, planes = {"ms": 0.0, "boxes": None}, adapter.rt.run, adapter.planes
 
     def timed_run(x):
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     adapters = {s: nanodet(s, cfg) for s in a.sizes}
     results, cfg.labeler.cpu_budget = [], 0
     for clip in clips:  # a fresh labeler per clip: nothing carried across clips
-        labeler = None if a.no_labeler else Labeler(cfg.labeler, cfg.cache_dir(), log=log)
+        labeler = None if a.no_labeler else ready_labeler(cfg.labeler, cfg.cache_dir(), log=log)
         results.append(evaluate(clip, a.sizes, a.every, a.frames, det, adapters, labeler, log))
         getattr(labeler, "close", lambda: None)()
     print(tables(results, a.sizes, not a.no_labeler))

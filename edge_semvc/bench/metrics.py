@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 
 from ..frame import MB
-from ..labeler.decoders import box_iou  # noqa: F401 (part of this module's API)
+from ..labeler.decoders import box_iou, match_counts  # noqa: F401 (part of this module's API)
 
 
 def mb_mask_to_pixels(mb_mask: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -35,24 +35,6 @@ def psnr_from_mse(m: float, peak: float = 255.0) -> float:
 def psnr(ref: np.ndarray, dist: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Y-PSNR in dB (8-bit peak), optionally restricted to a pixel mask."""
     return psnr_from_mse(mse(ref, dist, mask))
-
-
-def match_counts(truth: np.ndarray, found: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives): greedy one-to-one matching of
-    `found` (highest score first, column 4) to `truth` at IoU >= `iou`."""
-    if len(truth) == 0 or len(found) == 0:
-        return 0, len(found), len(truth)
-    found = found[np.argsort(-found[:, 4])] if found.shape[1] > 4 else found
-    ious = box_iou(found, truth)
-    used = np.zeros(len(truth), bool)
-    tp = 0
-    for row in ious:
-        row = np.where(used, -1.0, row)
-        j = int(row.argmax())
-        if row[j] >= iou:
-            used[j] = True
-            tp += 1
-    return tp, len(found) - tp, len(truth) - tp
 
 
 def f1_score(tp: int, fp: int, fn: int) -> float:

@@ -38,6 +38,7 @@ from ..config import Config, load_config
 from ..labeler import Labeler, SsdAnchorAdapter, _BoxPlanes, fuse, gate
 from ..labeler.reuse import PlaneCarrier
 from ..sources import RawVideoOptions, open_source
+from ..tools.models import ready_labeler
 
 VIDEO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "video"
 MODES = ("hold", "mc", "mc+cut")
@@ -167,7 +168,7 @@ class _Track:
 def make_labeler(config: str | None = None) -> Labeler:
     cfg = load_config(config, ["labeler.interval=1"]) if config else Config()
     cfg.labeler.interval = 1
-    return Labeler(cfg.labeler, cfg.cache_dir(), log=lambda *_: None)
+    return ready_labeler(cfg.labeler, cfg.cache_dir(), log=lambda *_: None)
 
 
 def evaluate(path, ks: list[int], max_frames: int = 0, labeler=None, delay: int = 0,

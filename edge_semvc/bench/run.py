@@ -39,9 +39,19 @@ from ..frame import Frame
 from ..labeler import Labeler
 from ..pipeline import run_encode
 from ..sources import RawVideoOptions, open_source
+from ..tools.models import prepare_entries, ready_labeler
 from .detector import GROUPS, YoloxDetector
-from .metrics import (bd_rate, f1_score, match_counts, mb_mask_to_pixels, psnr, rate_at_f1,
-                      rate_saving, roi_coverage, roi_data_note)
+from .metrics import (
+    bd_rate,
+    f1_score,
+    match_counts,
+    mb_mask_to_pixels,
+    psnr,
+    rate_at_f1,
+    rate_saving,
+    roi_coverage,
+    roi_data_note,
+)
 
 # BD-rate is reported on these; below the span, a metric's curve is too flat to compare.
 # No F1: see the module docstring.
@@ -104,7 +114,7 @@ def roi_labeler(cfg: Config) -> Labeler:
     lab = dataclasses.replace(cfg.labeler, cpu_budget=0.0, interval=1, models=[
         {**m, "interval": 1} if isinstance(m, dict) else {"name": m, "interval": 1}
         for m in cfg.labeler.models])
-    return Labeler(lab, cfg.cache_dir(), log=lambda *_: None)
+    return ready_labeler(lab, cfg.cache_dir(), log=lambda *_: None)
 
 
 def read_reference(clip: str, raw: RawVideoOptions | None, workdir: Path, max_frames: int,
@@ -380,6 +390,7 @@ def run(args) -> int:
                                     f"encoder.preset={args.preset}", f"encoder.tune={args.tune}",
                                     # placeholder so abr/cbr validate; each point sets its own
                                     "encoder.bitrate=1000000"])
+    prepare_entries(cfg.labeler.models, cfg.cache_dir(), log=lambda m: print(m, file=sys.stderr))
     ladder = None
     if args.bpp and (args.ladder or args.rc == "crf" or min(args.bpp) <= 0):
         raise ConfigError("--bpp takes positive values and goes with --rc abr/cbr, not --ladder")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ..analysis import Analyser
 from ..config import Config
-from ..labeler import Labeler
 from ..qp.qpmap import build_qp_map, importance_vector
 from ..sources import open_source
+from ..tools.models import ready_labeler
 
 DEFAULT_CLIPS = ["foreman_cif.h264", "street_pedestrians_vtest_768x576.avi",
                  "road_traffic_signs_1080p.h264"]
@@ -33,7 +33,7 @@ def measure(clip: str, cfg: Config, n: int = 20) -> dict:
     src = open_source(clip)
     frames = list(islice(src.frames(), n))
     src.close()
-    labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=lambda *_: None)
+    labeler = ready_labeler(cfg.labeler, cfg.cache_dir(), log=lambda *_: None)
     out = {"clip": Path(clip).name, "size": f"{frames[0].width}x{frames[0].height}"}
     for name, model in labeler.models:
         out[name] = _ms(model, frames)

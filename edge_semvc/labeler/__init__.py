@@ -26,11 +26,20 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..config import LabelerConfig
 from ..frame import Frame
 from ..values import LabelMap
-from .decoders import (boxes_to_mb, blazeface_anchors, decode_blazeface, decode_boxes,
-                       decode_nanodet, decode_yolox, pool_max_to_mb, segmentation_to_mb, sigmoid)
+from .config import LabelerConfig
+from .decoders import (
+    blazeface_anchors,
+    boxes_to_mb,
+    decode_blazeface,
+    decode_boxes,
+    decode_nanodet,
+    decode_yolox,
+    pool_max_to_mb,
+    segmentation_to_mb,
+    sigmoid,
+)
 from .preprocess import Geometry, InputTransform
 from .reuse import PlaneCarrier
 from .runtime import LabelerError, open_runtime
@@ -288,14 +297,14 @@ class Labeler:
 
     def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print,
                  clock=None, thread_clock=None):
-        from .models import describe, model_file
+        from .registry import describe, prepared_file
 
         self.cfg = cfg
         self.models: list[tuple[str, Adapter]] = []
         for i, entry in enumerate(cfg.models):
             key = f"labeler.models[{i}]"
             desc = describe(entry, key)
-            path = model_file(desc, key, cache_dir, log=log)
+            path = prepared_file(desc, key, cache_dir)
             adapter = ADAPTERS[desc["decoder"]](desc, open_runtime(cfg.runtime, path, cfg.threads),
                                                 cfg, key)
             self.models.append((desc["name"], adapter))

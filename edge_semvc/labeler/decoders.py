@@ -67,6 +67,24 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def match_counts(truth: np.ndarray, found: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives): greedy one-to-one matching of
+    `found` (highest score first, column 4) to `truth` at IoU >= `iou`."""
+    if len(truth) == 0 or len(found) == 0:
+        return 0, len(found), len(truth)
+    found = found[np.argsort(-found[:, 4])] if found.shape[1] > 4 else found
+    ious = box_iou(found, truth)
+    used = np.zeros(len(truth), bool)
+    tp = 0
+    for row in ious:
+        row = np.where(used, -1.0, row)
+        j = int(row.argmax())
+        if row[j] >= iou:
+            used[j] = True
+            tp += 1
+    return tp, len(found) - tp, len(truth) - tp
+
+
 def nms(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression on [n, 5] (x1, y1, x2, y2, score)."""
     order = np.argsort(-boxes[:, 4])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import QpConfig
+from .config import QpConfig
 
 
 def match_weights(v: np.ndarray, cfg: QpConfig) -> tuple[np.ndarray, np.ndarray]:

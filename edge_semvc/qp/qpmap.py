@@ -2,16 +2,17 @@
 
 offset = q_gain * Q - gain * importance[label], then shifted so the frame mean is
 `target_mean` and clamped to [offset_min, offset_max]; gain is `importance_gain`, limited by
-`importance_budget` on frames with a large labelled area (see `importance_gain`). Only differences between macroblocks
-matter to the picture; the mean decides whether the map adds or saves bits at CRF (FACTS.md),
-so it is pinned rather than left to the content.
+`importance_budget` on frames with a large labelled area (see `importance_gain`). Only
+differences between macroblocks matter to the picture; the mean decides whether the map adds or
+saves bits at CRF (FACTS.md), so it is pinned rather than left to the content.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..config import ConfigError, QpConfig
+from ..errors import ConfigError
 from ..values import LabelMap, QpMap, RegionStats
+from .config import QpConfig
 from .policy import base_q
 
 _BISECTIONS = 24  # at most; the shift's bracket is < 120 QP wide: 24 halvings leave < 1e-5 QP

@@ -1,18 +1,18 @@
 """Write already-encoded H.264 packets to a file: raw Annex-B, MP4, Matroska or MPEG-TS.
 
 Nothing is re-encoded. Containers go through PyAV's muxers: the stream is created with
-``OutputContainer.add_mux_stream`` (PyAV >= 17; no codec context, so no libx264 instance is opened
-behind our back and nothing overwrites the parameter sets). Such a stream offers no extradata setter;
-for mp4/mkv PyAV instead runs FFmpeg's ``extract_extradata`` filter on the first packet and buffers
-until it has the SPS/PPS. The sink therefore makes sure the first packet carries them: it prepends
-``headers`` when the encoder kept them out of band (``EncoderSettings.global_headers``). The muxers
-then convert the Annex-B packets to length-prefixed samples (avcC) themselves.
+``OutputContainer.add_mux_stream`` (PyAV >= 17; no codec context, so no libx264 instance is
+opened behind our back and nothing overwrites the parameter sets). Such a stream offers no
+extradata setter; for mp4/mkv PyAV instead runs FFmpeg's ``extract_extradata`` filter on the
+first packet and buffers until it has the SPS/PPS. The sink therefore makes sure the first
+packet carries them: it prepends ``headers`` when the encoder kept them out of band
+(``EncoderSettings.global_headers``). The muxers then convert the Annex-B packets to length-prefixed samples (avcC) themselves.
 
 Timestamps: packets carry pts/dts in ``time_base``; the muxer rescales to its own clock
 (mp4: a multiple of the rate, mkv: always 1 ms, ts: 90 kHz), so read back as seconds they are
 the input's (mkv rounded to the millisecond). For mpegts the negative dts x264 gives the first
-frames (B-frame delay) are written as they are (TS timestamps wrap at 2^33) instead of letting FFmpeg
-shift the whole stream, so the pts stay exact there too.
+frames (B-frame delay) are written as they are (TS timestamps wrap at 2^33) instead of letting
+FFmpeg shift the whole stream, so the pts stay exact there too.
 """
 from __future__ import annotations
 

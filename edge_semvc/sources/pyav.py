@@ -15,14 +15,22 @@ RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
 
 
 class PyAVSource:
-    def __init__(self, path: str, raw: RawVideoOptions):
+    """`path`: a file, `-` (the standard input), a network URL (`rtsp://...`: `live` options
+    such as the transport and a read timeout) or a capture device (`device` names FFmpeg's
+    input format, e.g. video4linux2 for /dev/videoN)."""
+
+    def __init__(self, path: str, raw: RawVideoOptions, *, live: dict | None = None,
+                 device: str | None = None):
         p = Path(path)
         stdin = path == "-"  # like FFmpeg: read the standard input (a container that streams)
-        if p.is_dir():
+        stream_like = stdin or live is not None or device is not None
+        if not stream_like and p.is_dir():
             raise SourceError(f"{path} is a directory, not a video file")
-        if not stdin and not p.exists():
+        if not stream_like and not p.exists():
             raise SourceError(f"input file not found: {path}")
-        fmt, options = None, {}
+        if device and not p.exists():
+            raise SourceError(f"capture device not found: {path}")
+        fmt, options = device, dict(live or {})
         # Raw geometry options apply to raw files, and to the standard input when given.
         if p.suffix.lower() in RAW_EXTENSIONS or (stdin and (raw.width or raw.height)):
             if not (raw.width and raw.height and raw.rate):
@@ -32,7 +40,8 @@ class PyAVSource:
             options = {"video_size": f"{raw.width}x{raw.height}", "pixel_format": raw.pix_fmt,
                        "framerate": str(raw.rate)}
         try:
-            self.container = av.open("pipe:0" if stdin else str(p), format=fmt, options=options)
+            self.container = av.open("pipe:0" if stdin else path if live is not None else str(p),
+                                     format=fmt, options=options)
         except (av.error.FFmpegError, ValueError) as e:
             raise SourceError(f"cannot open {path}: {_reason(e)}") from None
         if not self.container.streams.video:
@@ -71,7 +80,7 @@ class PyAVSource:
         self._declared = stream.frames or 0
         self._frame_bytes = self.width * self.height * 3 // 2
         self._payload = None  # raw / y4m: bytes of picture data (y4m: + 6 per FRAME line)
-        if stdin or not p.is_file():  # a pipe: size unknown, and reading it would consume it
+        if stream_like or not p.is_file():  # a pipe: size unknown, reading it would consume it
             pass
         elif fmt == "rawvideo":
             self._payload = p.stat().st_size

@@ -21,7 +21,9 @@ import onnx
 import tflite
 from onnx import TensorProto, helper, numpy_helper
 
-CONVERTER_VERSION = 1  # bump when the produced graph changes
+from ..labeler.registry import CONVERTER_VERSIONS
+
+CONVERTER_VERSION = CONVERTER_VERSIONS["tflite"]  # bump it there when the produced graph changes
 OPSET = 17  # HardSwish needs >= 14; ReduceMean still takes `axes` as an attribute up to 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: keeps older ONNX Runtimes (Jetson) happy
 

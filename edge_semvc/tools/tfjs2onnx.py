@@ -29,7 +29,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-CONVERTER_VERSION = 1  # bump when the produced graph changes
+from ..labeler.registry import CONVERTER_VERSIONS
+
+CONVERTER_VERSION = CONVERTER_VERSIONS["tfjs"]  # bump it there when the produced graph changes
 OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: keeps older ONNX Runtimes (Jetson) happy
 

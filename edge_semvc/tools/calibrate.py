@@ -36,7 +36,6 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,10 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench.metrics import match_counts
 from ..checksums import sha256_file
+from ..errors import LabelerError
 from ..frame import Frame
-from .runtime import LabelerError
+from ..labeler.decoders import match_counts
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 METHODS = ("minmax", "entropy", "percentile")
@@ -194,19 +193,15 @@ def open_model(model, cache_dir=None, log=print):
     """(name, adapter, fp32 .onnx path) for a `labeler.models` entry (a registry name or a
     mapping), built by the labeler itself, so preprocessing is the labeler's."""
     from ..config import Config, LabelerConfig
-    from . import Labeler
+    from ..labeler import Labeler
+    from ..labeler.registry import describe
+    from .models import model_file
 
     cache_dir = cache_dir or Config().cache_dir()
+    # The model's description -> its .onnx (registry models are prepared in the cache first).
+    path = model_file(describe(model), "model", cache_dir, log=log)
     lab = Labeler(LabelerConfig(models=[model], interval=1), cache_dir, log=log)
     name, adapter = lab.models[0]
-    try:  # the model's description -> its .onnx (registry models are prepared in the cache)
-        from .models import describe, model_file
-
-        path = model_file(describe(model), "model", cache_dir, log=log)
-    except ImportError:
-        from .models import prepare_model
-
-        path = prepare_model(name, cache_dir, log=log)
     return name, adapter, Path(path)
 
 
@@ -280,8 +275,13 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
     `exclude_nodes`: node names kept in float (unnamed nodes are named `<OpType>_<index>` in
     graph order before quantisation, so these names are stable for a given model);
     `float_heads`: also keep the output heads in float (`output_head_nodes`)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in METHODS:
@@ -381,7 +381,7 @@ def _counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _detections(adapter, outs: list[np.ndarray]) -> np.ndarray | None:
     """Decoded boxes (input pixels or fractions, x1 y1 x2 y2 score) of a BlazeFace-style
     adapter from its raw outputs; None for other decoders."""
-    from .decoders import decode_blazeface
+    from ..labeler.decoders import decode_blazeface
 
     if getattr(adapter, "desc", {}).get("decoder", "ssd-anchors") != "ssd-anchors" or \
             len(outs) < 2:
@@ -412,7 +412,7 @@ def _latency_ms(rt, xs: list[np.ndarray], repeats: int = 3) -> float:
 def compare(model, int8_path, sources, exclude=(), count: int = 60, raw=None,
             cache_dir=None, log=print) -> dict:
     """INT8 against FP32 on `count` frames of `sources` not in `exclude` (FrameRefs)."""
-    from .runtime import OnnxRuntime
+    from ..labeler.runtime import OnnxRuntime
 
     name, adapter, fp32 = open_model(model, cache_dir, log=log)
     rt32 = adapter.rt
@@ -431,7 +431,7 @@ def compare(model, int8_path, sources, exclude=(), count: int = 60, raw=None,
     tp = fp = fn = 0
     max_diff = 0.0
     is_mask = None
-    for ref, frame in load_frames(refs, raw):
+    for _, frame in load_frames(refs, raw):
         x = model_input(adapter, frame)
         xs.append(x)
         o32 = list(rt32.run(x).values())

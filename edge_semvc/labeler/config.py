@@ -1,0 +1,60 @@
+"""The labeler's configuration (`labeler:`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config_model import check
+
+
+@dataclass
+class LabelerConfig:
+    runtime: str = "onnxruntime"
+    # Each entry: a registry model name (`edge-semvc models list`; prepared from its PyPI wheel
+    # or publisher URL on first use), a mapping `{name: NAME, interval: 4, input: {size: [W, H]},
+    # threshold: 0.5, map: {...}, ...}` overriding a registry model's fields, or a model file
+    # `{path: FILE.onnx, decoder: yolox, classes: coco, input: {...}, ...}` described in the
+    # registry's fields (README "Models", labeler/registry.yaml).
+    models: list[Any] = field(default_factory=lambda: [
+        "nanodet_g", "selfie_segmentation_landscape", "face_detection_short_range"])
+    threshold: float = 0.7  # METHOD S110: a macroblock takes a class above this probability
+    # Where classes overlap, a macroblock takes the first of these above its threshold; classes
+    # not listed come after, the most probable first (labeler/__init__.py, "fusion").
+    priority: list[str] = field(default_factory=lambda: ["face", "text", "person", "vehicle"])
+    # The models may use this share of the CPU time the rest of the process uses (0.1: 10 %);
+    # each model's interval follows from its measured cost (labeler/schedule.py) and the models
+    # run beside the pipeline. 0: no budget, every model runs every `interval` frames, in line.
+    cpu_budget: float = 0.05
+    parallel: bool = True  # budget mode: run the models in a background thread (false: in line)
+    # Budget mode: a model also runs when its labels would get older than this (seconds of
+    # video), whatever the budget says: slow cameras and small frames, where x264 costs little.
+    max_age_s: float = 2.0
+    interval: int = 1  # run each model at most every k-th frame (unless its entry says)
+    reuse: str = "motion"  # between runs: "motion" (motion-compensated) or "hold" (unchanged)
+    threads: int = 1  # ONNX Runtime intra-op threads (x264 wants the cores)
+    face_min_score: float = 0.5  # BlazeFace detections below this are dropped before rasterising
+    face_box_scale: float = 1.4  # grow face boxes (BlazeFace boxes are tight; hair and chin matter)
+    cache_dir: str = ""  # "" = $EDGE_SEMVC_CACHE or ~/.cache/edge_semvc
+
+    def validate(self) -> None:
+        """Refuse a bad value naming its key (ConfigError). Which classes exist depends on the
+        models and on `qp.importance`: the composed configuration checks that."""
+        from .registry import check_models_config
+        from .runtime import RUNTIMES
+
+        check(self.runtime in RUNTIMES, "labeler.runtime", self.runtime, " or ".join(RUNTIMES))
+        check(self.reuse in ("motion", "hold"), "labeler.reuse", self.reuse, "motion or hold")
+        check(0.0 < self.threshold < 1.0, "labeler.threshold", self.threshold,
+              "a probability between 0 and 1")
+        check(self.interval >= 1, "labeler.interval", self.interval, ">= 1")
+        check(0.0 <= self.cpu_budget <= 10.0, "labeler.cpu_budget", self.cpu_budget,
+              "a share of CPU time between 0 (no budget) and 10")
+        check(self.max_age_s > 0, "labeler.max_age_s", self.max_age_s, "> 0 seconds")
+        check(all(p and p != "background" for p in self.priority)
+              and len(set(self.priority)) == len(self.priority),
+              "labeler.priority", self.priority, "distinct product class names")
+        check_models_config(self.models)
+        check(self.threads >= 0, "labeler.threads", self.threads, ">= 0")
+        check(0.0 <= self.face_min_score <= 1.0, "labeler.face_min_score", self.face_min_score,
+              "between 0 and 1")
+        check(self.face_box_scale > 0, "labeler.face_box_scale", self.face_box_scale, "> 0")

@@ -1,0 +1,47 @@
+"""The QP policy's configuration (`qp:`): S130's weights and how Q and importance become an
+offset."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config_model import check
+
+
+@dataclass
+class QpConfig:
+    device: str = "cpu"
+    # S130: alpha weighs complexity C, beta weighs change V; chosen by V against v_threshold.
+    v_threshold: float = 0.25
+    alpha_slow: float = 0.6
+    beta_slow: float = 0.4
+    alpha_fast: float = 0.3
+    beta_fast: float = 1.0
+    # How Q (larger = compress more) and class importance become a QP offset.
+    q_gain: float = 4.0  # QP per unit of Q
+    importance_gain: float = 12.0  # QP removed from a region of importance 1.0 ...
+    importance_budget: float = 1.75  # ... unless the frame average would exceed this (QP)
+    importance: dict[str, float] = field(default_factory=lambda: {
+        "background": 0.0, "person": 0.8, "face": 1.0, "text": 0.7,
+        "vehicle": 0.6})
+    offset_min: float = -12.0
+    offset_max: float = 12.0
+    # The map is shifted so its frame mean is this (FACTS: a positive mean stops x264's CRF from
+    # spending more bits overall when it sees negative offsets).
+    target_mean: float = 1.5
+
+    def validate(self) -> None:
+        check(self.device == "cpu", "qp.device", self.device,
+              "cpu (the CUDA kernel is not built yet)")
+        check(0.0 <= self.v_threshold <= 1.0, "qp.v_threshold", self.v_threshold,
+              "between 0 and 1")
+        for name in ("alpha_slow", "beta_slow", "alpha_fast", "beta_fast", "q_gain",
+                     "importance_gain", "importance_budget"):
+            check(getattr(self, name) >= 0, f"qp.{name}", getattr(self, name), ">= 0")
+        for name, value in self.importance.items():
+            check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0,
+                  f"qp.importance.{name}", value, "a number between 0 and 1")
+        check(-51 <= self.offset_min <= 0, "qp.offset_min", self.offset_min, "between -51 and 0")
+        check(0 <= self.offset_max <= 51, "qp.offset_max", self.offset_max, "between 0 and 51")
+        check(self.offset_min <= self.target_mean <= self.offset_max, "qp.target_mean",
+              self.target_mean,
+              f"within [qp.offset_min, qp.offset_max] = [{self.offset_min}, {self.offset_max}]")
