@@ -54,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "pins none for (one NAME)")
     m.add_argument("--json", action="store_true", help="list: one JSON object per model")
 
+    sv = sub.add_parser("serve", help="run the cameras of a configuration as a service: "
+                                      "segments, MQTT telemetry, remote configuration")
+    sv.add_argument("--config", required=True,
+                    help="YAML configuration with `cameras:`, `record:` and `mqtt:` "
+                         "(systemd/config.example.yml)")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a configuration key (repeatable)")
+    sv.add_argument("--seconds", type=float, default=0.0, metavar="S",
+                    help="stop after S seconds (default: run until stopped)")
+
     c = sub.add_parser("config", help="print the default configuration or its JSON schema")
     c.add_argument("--schema", action="store_true", help="print the JSON schema")
 
@@ -199,6 +209,18 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .config import load_config
+    from .serve.config import ServeConfig
+    from .serve.service import Service
+    from .stop import set_on_signals
+
+    cfg = load_config(args.config, args.set, cls=ServeConfig)
+    service = Service(cfg)
+    set_on_signals(service.stop_event)  # every camera's segment is closed, then exit 0
+    return service.run(max_seconds=args.seconds)
+
+
 def cmd_bench(args) -> int:
     from .bench.run import run
 
@@ -223,7 +245,8 @@ def cmd_engines(args) -> int:
     return run(args)
 
 
-COMMANDS = {"encode": cmd_encode, "models": cmd_models, "config": cmd_config, "bench": cmd_bench,
+COMMANDS = {"encode": cmd_encode, "models": cmd_models, "config": cmd_config, "serve": cmd_serve,
+            "bench": cmd_bench,
             "field-bench": cmd_field_bench, "calibrate": cmd_calibrate, "engines": cmd_engines}
 
 

@@ -62,9 +62,11 @@ class Config:
         return cache_root(self.labeler.cache_dir)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file, then `key=value` overrides (dotted keys), then validation."""
-    cfg = Config()
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                cls: type[Config] = Config) -> Config:
+    """Defaults, then the YAML file, then `key=value` overrides (dotted keys), then validation.
+    `cls`: a Config with more sections (the service's)."""
+    cfg = cls()
     if path:
         try:
             text = Path(path).read_text(encoding="utf-8")

@@ -7,6 +7,7 @@ schema from the dataclasses. Each subsystem owns its model (`labeler/config.py`,
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
@@ -66,8 +67,8 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
                 raise TypeError
             return int(value)
         if hint is float:
-            if isinstance(value, bool):
-                raise TypeError
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise TypeError  # inf and NaN would pass every range check
             return float(value)
         if hint is str:
             return "" if value is None else str(value)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections import deque
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -233,7 +233,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
             if labeler:
                 labeler.close()
         summary = enc.settings_summary()
-    if getattr(sink, "error", None) is not None:  # closing the file failed (its last bytes did not fit)
+    # closing the file failed (its last bytes did not fit)
+    if getattr(sink, "error", None) is not None:
         error = error or _write_error(output, sink.error)
     wall = time.perf_counter() - t_start
     if png_shot is not None:

@@ -48,3 +48,16 @@ def stop_on_signals() -> None:
 
 def exit_status(e: KeyboardInterrupt) -> int:
     return 128 + getattr(e, "signum", int(signal.SIGINT))
+
+
+def set_on_signals(event: threading.Event) -> None:
+    """For a long-running service whose runs end and start all the time in their own threads:
+    the first SIGINT, SIGTERM or SIGHUP sets `event` (the supervisor then stops every run in
+    order); later ones are ignored."""
+    def handler(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        event.set()
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, handler)

@@ -1,139 +1,17 @@
-"""The field benchmark: camera-like pacing, sensors, and short real runs of the pipeline."""
+"""The field benchmark: sensors, the report's summaries, and short real runs of the pipeline.
+(The camera-like pacing, sources/paced.py, is tested in test_paced.py.)"""
+import argparse
 import json
 import os
 import time
-from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 
-from edge_semvc.bench import field
+from edge_semvc.bench import field, sensors
+from edge_semvc.bench.field_report import power_summary, tegrastats_summary
 from edge_semvc.cli import main as cli_main
-from edge_semvc.frame import Frame
-from edge_semvc.sources import DecodeError
-
-
-class FakeSource:
-    """n tiny frames at `fps`, pts in 1/fps (from `pts_start`); a read takes `read_s`."""
-
-    def __init__(self, n=50, fps=100, read_s=0.0, pts_start=0, fail_at=None):
-        self.width = self.height = 16
-        self.fps, self.time_base = Fraction(fps), Fraction(1, fps)
-        self.frame_count, self.description = n, f"fake {n} frames"
-        self.n, self.read_s, self.pts_start, self.fail_at = n, read_s, pts_start, fail_at
-        self.closed = False
-
-    def frames(self):
-        plane = np.zeros((16, 16), np.uint8)
-        chroma = np.zeros((8, 8), np.uint8)
-        for i in range(self.n):
-            if self.read_s:
-                time.sleep(self.read_s)
-            if i == self.fail_at:
-                raise DecodeError(f"broken at {i}")
-            yield Frame(plane, chroma, chroma, self.pts_start + i, self.time_base, i)
-
-    def close(self):
-        self.closed = True
-
-
-def consume(paced, work_s=0.0):
-    out = []
-    for f in paced.frames():
-        out.append((f, time.perf_counter()))
-        if work_s:
-            time.sleep(work_s)
-    paced.close()
-    return [f for f, _ in out], [t for _, t in out]
-
-
-def test_fast_consumer_gets_every_frame_at_the_source_rate():
-    paced = field.PacedSource(FakeSource(100, 25), seconds=0.4)
-    frames, got = consume(paced)
-    # (a machine busy with other work may make even this idle consumer miss one frame)
-    assert paced.ended_by == "seconds" and paced.dropped <= 1
-    assert paced.offered == 10 == paced.kept + paced.dropped  # 0.4 s at 25 fps
-    assert [f.index for f in frames] == list(range(paced.kept))
-    assert all(b > a for a, b in zip([f.pts for f in frames], [f.pts for f in frames][1:]))
-    caps = np.array([paced.capture_times[i] for i in range(paced.kept)])
-    assert np.median(np.diff(caps)) == pytest.approx(0.04, abs=0.005)  # paced, not bursting
-    assert got[-1] - got[0] == pytest.approx(0.36, abs=0.06)
-
-
-def test_slow_consumer_drops_like_a_camera():
-    paced = field.PacedSource(FakeSource(500, 200), seconds=0.5)
-    frames, _ = consume(paced, work_s=0.02)  # ~50 fps of work on a 200 fps camera
-    assert paced.dropped > 0 and paced.offered == paced.kept + paced.dropped
-    assert 50 <= paced.offered <= 101 and paced.kept <= 26  # (fewer offered if it slipped)
-    assert paced.max_consecutive_dropped >= 2
-    pts = [f.pts for f in frames]
-    assert all(b > a for a, b in zip(pts, pts[1:])) and max(np.diff(pts)) >= 2  # gaps
-    assert [f.index for f in frames] == list(range(len(frames)))  # renumbered densely
-
-
-def test_speed_factor_overloads_the_pipeline():
-    paced = field.PacedSource(FakeSource(1000, 20), speed=10, seconds=0.5)  # 200 fps offered
-    consume(paced, work_s=0.03)
-    assert paced.dropped > paced.kept > 0
-
-
-def test_slow_input_slips_instead_of_counting_drops():
-    paced = field.PacedSource(FakeSource(100, 100, read_s=0.03), seconds=0.6)
-    frames, _ = consume(paced)
-    assert paced.dropped <= 1 and paced.slip_s > 0.2  # the source, not the pipeline, was late
-    assert 10 <= len(frames) <= 22  # ~33 fps: what the input could deliver
-
-
-def test_end_of_input_and_loop_continue_timestamps():
-    paced = field.PacedSource(FakeSource(5, 100))
-    assert [f.pts for f in consume(paced)[0]] == list(range(5))
-    assert paced.ended_by == "end of input"
-    opened = []
-
-    def reopen():
-        opened.append(FakeSource(5, 100, pts_start=1000))  # a pass starting elsewhere
-        return opened[-1]
-
-    src = FakeSource(5, 100)
-    paced = field.PacedSource(src, seconds=0.2, reopen=reopen)
-    frames, _ = consume(paced)
-    assert [f.pts for f in frames] == list(range(20)) and paced.dropped == 0
-    assert paced.passes >= 4 and src.closed and opened[-1].closed
-
-
-def test_not_realtime_never_waits_or_drops():
-    paced = field.PacedSource(FakeSource(40, 1), realtime=False)  # 1 fps: would take 40 s
-    t = time.perf_counter()
-    frames, _ = consume(paced)
-    assert len(frames) == 40 and paced.dropped == 0 and time.perf_counter() - t < 1
-
-
-def test_non_increasing_input_pts_are_bumped():
-    class Dup(FakeSource):
-        def frames(self):
-            for i, f in enumerate(super().frames()):
-                yield Frame(f.y, f.u, f.v, i // 2, f.time_base, i)  # 0 0 1 1 2 2 ...
-
-    paced = field.PacedSource(Dup(6, 100), realtime=False)
-    pts = [f.pts for f in consume(paced)[0]]
-    assert all(b > a for a, b in zip(pts, pts[1:])) and paced.pts_adjusted > 0
-
-
-@pytest.mark.parametrize("realtime", [True, False])
-def test_decode_error_reaches_the_consumer_after_the_frames_before_it(realtime):
-    paced = field.PacedSource(FakeSource(10, 20, fail_at=4), realtime=realtime)
-    got = []
-    with pytest.raises(DecodeError):
-        for f in paced.frames():
-            got.append(f.pts)
-    paced.close()
-    assert paced.offered == 4 == len(got) + paced.dropped and got[-1] == 3
-    if realtime:
-        assert paced.ended_by == "error"
-    else:
-        assert got == [0, 1, 2, 3]
-
 
 # ---------------------------------------------------------------------------------- sensors
 
@@ -161,20 +39,20 @@ def test_sensors_from_a_jetson_like_sysfs(tmp_path):
     _write(iio / "rail_name_0", "POM_5V_IN")
     _write(iio / "in_power0_input", "2545")
 
-    info = field.detect_jetson(str(tmp_path))
+    info = sensors.detect_jetson(str(tmp_path))
     assert info["available"] and "Orin Nano" in info["model"] and info["l4t"].startswith("R36")
-    zones = field.find_thermal_zones(str(tmp_path))
+    zones = sensors.find_thermal_zones(str(tmp_path))
     assert [z.name for z in zones] == ["cpu-thermal", "gpu-thermal", "cpu-thermal#2"]
     assert zones[0].read() == pytest.approx(47.375) and zones[1].read() is None  # -256: off
-    rails = {r.name: r.read() for r in field.find_power_rails(str(tmp_path))}
+    rails = {r.name: r.read() for r in sensors.find_power_rails(str(tmp_path))}
     assert rails == {"VDD_IN": 4500.0, "VDD_SOC": 1000.0, "POM_5V_IN": 2545.0}
 
 
 def test_not_a_jetson_says_why(tmp_path):
-    info = field.detect_jetson(str(tmp_path))
+    info = sensors.detect_jetson(str(tmp_path))
     assert info == {"available": False, "reason": info["reason"]} and "not a Jetson" in \
         info["reason"]
-    assert field.find_power_rails(str(tmp_path)) == [] == field.find_thermal_zones(str(tmp_path))
+    assert sensors.find_power_rails(str(tmp_path)) == [] == sensors.find_thermal_zones(str(tmp_path))
 
 
 def test_parse_tegrastats_lines():
@@ -182,14 +60,14 @@ def test_parse_tegrastats_lines():
             "CPU [1%@729,3%@729,0%@729,0%@729,off,off] GR3D_FREQ 12% cpu@62.843C "
             "soc2@61.968C gpu@-256C tj@62.843C VDD_IN 3913mW/3922mW VDD_CPU_GPU_CV 598mW/598 "
             "VDD_SOC 1238mW/1237mW")
-    r = field.parse_tegrastats(orin)
+    r = sensors.parse_tegrastats(orin)
     assert r["power_mw"] == {"VDD_IN": 3913, "VDD_CPU_GPU_CV": 598, "VDD_SOC": 1238}
     assert r["temp_c"] == {"cpu": 62.843, "soc2": 61.968, "tj": 62.843}
     assert r["cpu_load"] == [1, 3, 0, 0, None, None] and r["gpu_load"] == 12
     assert r["ram_used_mb"] == 3162
     nano = ("RAM 1766/3964MB (lfb 197x4MB) SWAP 0/2048MB (cached 0MB) CPU [24%@1224,15%@1224] "
             "EMC_FREQ 0% GR3D_FREQ 0% PLL@21C CPU@25C POM_5V_IN 2545/2547 POM_5V_GPU 0/0")
-    r = field.parse_tegrastats(nano)
+    r = sensors.parse_tegrastats(nano)
     assert r["power_mw"] == {"POM_5V_IN": 2545, "POM_5V_GPU": 0}
     assert r["temp_c"] == {"PLL": 21, "CPU": 25}
 
@@ -199,29 +77,34 @@ def test_power_summary_integrates_energy(tmp_path):
     _write(hw / "in1_label", "VDD_IN")
     _write(hw / "in1_input", "5000")  # mV
     _write(hw / "curr1_input", "1000")  # mA: 5 W
-    rails = field.find_power_rails(str(tmp_path))
+    rails = sensors.find_power_rails(str(tmp_path))
     now = [10.0]
-    sampler = field.Sampler(0.5, [], rails, clock=lambda: now[0])
+    sampler = sensors.Sampler(0.5, [], rails, clock=lambda: now[0])
     for _ in range(5):  # 2 s of samples
         sampler.sample()
         now[0] += 0.5
-    out = field._power_summary(sampler, rails, t0=10.0, frames=20)
+    out = power_summary(sampler, rails, t0=10.0, frames=20)
     assert out["rails"]["VDD_IN"] == {"mean_mw": 5000.0, "max_mw": 5000.0, "energy_j": 10.0,
                                       "mj_per_frame": 500.0}
 
 
 def test_tegrastats_reader_with_a_stand_in_binary(tmp_path, monkeypatch):
+    """Three lines, then the stand-in idles until stopped (as tegrastats runs until killed)."""
     script = tmp_path / "tegrastats"
-    script.write_text("#!/bin/sh\n[ \"$1\" = --interval ] || exit 2\nwhile true; do\n"
+    script.write_text("#!/bin/sh\n[ \"$1\" = --interval ] || exit 2\nfor i in 1 2 3; do\n"
                       "echo 'RAM 3162/7620MB CPU [10%@729,20%@729] GR3D_FREQ 5% cpu@50.5C "
-                      "VDD_IN 4000mW/4000mW'\nsleep 0.1\ndone\n")
+                      "VDD_IN 4000mW/4000mW'\ndone\nexec sleep 600\n")
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    t = field.Tegrastats(0.1, time.perf_counter).start()
-    time.sleep(0.45)
+    ticks = iter(range(100))
+    t = sensors.Tegrastats(0.1, lambda: float(next(ticks))).start()
+    deadline = time.monotonic() + 30  # (only against a hang; nothing below depends on time)
+    while len(t.samples) < 3 and t.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     t.stop()
-    summary = field._tegrastats_summary(t)
-    assert summary["available"] and summary["lines"] >= 2
+    assert [ts for ts, _ in t.samples] == [0.0, 1.0, 2.0]  # each line stamped on the clock
+    summary = tegrastats_summary(t)
+    assert summary["available"] and summary["lines"] == 3
     assert summary["power_mw"]["VDD_IN"]["mean"] == 4000
     assert summary["temp_c"]["cpu"]["max"] == 50.5 and summary["cpu_load_pct"]["mean"] == 15
     assert t.proc.poll() is not None  # stopped
@@ -274,7 +157,7 @@ def test_demo_realtime_two_seconds(tmp_path, capsys):
 def test_shared_clip_cbr_bitrate_against_target(clip, tmp_path):
     path = clip("street_pedestrians_vtest_768x576.avi")
     out = tmp_path / "street.mkv"
-    parser = field.argparse.ArgumentParser()
+    parser = argparse.ArgumentParser()
     field.add_arguments(parser)
     args = parser.parse_args([str(path), str(out), "--seconds", "2.2", "--bitrate", "800k",
                               "--rc", "cbr", "--json", str(tmp_path / "r.json")])

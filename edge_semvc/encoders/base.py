@@ -21,8 +21,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..frame import Frame
 from ..errors import EncoderError  # noqa: F401  (re-exported)
+from ..frame import Frame
 
 RATE_CONTROLS = ("crf", "abr", "cbr")
 
@@ -94,7 +94,8 @@ class EncoderSettings:
 
 @dataclass
 class Packet:
-    """One encoded access unit (all NAL units of one picture), timestamps in the settings' time_base."""
+    """One encoded access unit (all NAL units of one picture); timestamps in the settings'
+    time_base."""
 
     data: bytes
     pts: int
@@ -116,8 +117,15 @@ class Encoder(ABC):
         return True, ""
 
     @abstractmethod
-    def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None) -> list[Packet]:
-        """Encode one frame; returns the packets that became ready (possibly none: delay)."""
+    def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None,
+               force_idr: bool = False) -> list[Packet]:
+        """Encode one frame; returns the packets that became ready (possibly none: delay).
+
+        ``force_idr``: code this frame as an IDR picture (a random access point that nothing
+        after it references across), e.g. to start a new recording segment there. Its packet
+        comes out ``keyframe=True``, possibly some calls later (encoder delay); in-band SPS/PPS
+        come with it unless ``global_headers``. False leaves the choice to the encoder.
+        """
 
     @abstractmethod
     def flush(self) -> list[Packet]:

@@ -2,14 +2,15 @@
 
 The binding is compiled against the installed ``x264.h`` on first use and cached in
 ``$EDGE_SEMVC_CACHE/cffi`` (default ``~/.cache/edge_semvc/cffi``), under a name that hashes the
-declarations, the C glue, ``x264.h``/``x264_config.h`` and the Python ABI: it is rebuilt only when one
-of them changes (e.g. another x264 build on a Jetson). Only the struct fields used here are declared
-(partial structs, ``...;``), so the C compiler lays them out; no offset is hard-coded. The nested
-``rc`` block of ``x264_param_t`` is read through a small C accessor for the same reason.
+declarations, the C glue, ``x264.h``/``x264_config.h`` and the Python ABI: it is rebuilt only when
+one of them changes (e.g. another x264 build on a Jetson). Only the struct fields used here are
+declared (partial structs, ``...;``), so the C compiler lays them out; no offset is hard-coded.
+The nested ``rc`` block of ``x264_param_t`` is read through a small C accessor for the same
+reason.
 
-x264 applies ``x264_picture_t.prop.quant_offsets`` only with adaptive quantisation on, and never in
-constant-QP mode. This backend refuses CQP and turns AQ back on (with a warning) where a preset, tune
-or parameter switched it off, so a map is never silently ignored.
+x264 applies ``x264_picture_t.prop.quant_offsets`` only with adaptive quantisation on, and never
+in constant-QP mode. This backend refuses CQP and turns AQ back on (with a warning) where a
+preset, tune or parameter switched it off, so a map is never silently ignored.
 
 Usage::
 
@@ -117,6 +118,8 @@ typedef struct {
 #define X264_CSP_I420 ...
 #define X264_PARAM_BAD_NAME ...
 #define X264_PARAM_BAD_VALUE ...
+#define X264_TYPE_AUTO ...
+#define X264_TYPE_IDR ...
 #define X264_RC_CQP ...
 #define X264_RC_CRF ...
 #define X264_RC_ABR ...
@@ -294,7 +297,8 @@ def _build_and_load():
     dirs = _header_dirs(pc["include_dirs"])
     header = _find("x264.h", dirs)
     if header is None:
-        raise EncoderError(f"x264.h not found (looked in {', '.join(map(str, dirs))}); {INSTALL_HINT}")
+        raise EncoderError(f"x264.h not found (looked in {', '.join(map(str, dirs))}); "
+                           f"{INSTALL_HINT}")
     config_h = _find("x264_config.h", dirs)
     name = _module_name(header, config_h)
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -471,7 +475,8 @@ class X264Encoder(Encoder):
             if _norm_key(k) in _MANAGED:
                 raise EncoderError(f"x264 param {k!r} is set from EncoderSettings "
                                    "(size, fps, time_base, global_headers); remove it from params")
-            if _norm_key(k) == "profile":  # not a param_parse option: applied last, as x264 CLI does
+            if _norm_key(k) == "profile":  # not a param_parse option: applied last, as x264's
+                # command line does
                 profile = str(v)
                 continue
             err = self._parse(k, v)
@@ -558,7 +563,8 @@ class X264Encoder(Encoder):
                 raise EncoderError(
                     f"rc={s.rc!r} refused: x264 ignores quant_offsets (the QP-offset map) in "
                     "constant-QP mode; use rc='crf', 'abr' or 'cbr'")
-            raise EncoderError(f"unknown rate control {s.rc!r}; use one of {', '.join(RATE_CONTROLS)}")
+            raise EncoderError(f"unknown rate control {s.rc!r}; use one of "
+                               f"{', '.join(RATE_CONTROLS)}")
         if s.keyint is not None:
             self._set("keyint", s.keyint)
         kbps = None if s.bitrate is None else max(1, round(s.bitrate / 1000))
@@ -657,7 +663,8 @@ class X264Encoder(Encoder):
             a = np.ascontiguousarray(a)
         return a
 
-    def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None) -> list[Packet]:
+    def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None,
+               force_idr: bool = False) -> list[Packet]:
         self._require_open()
         if self._flushed:
             raise EncoderError("encode() after flush(): the stream has ended; open a new encoder")
@@ -677,8 +684,9 @@ class X264Encoder(Encoder):
         if qp_offsets is not None:
             q = np.ascontiguousarray(qp_offsets, dtype=np.float32)
             if q.shape != (s.mb_h, s.mb_w):
-                raise EncoderError(f"QP-offset map has shape {tuple(np.shape(qp_offsets))}, expected "
-                                   f"(mb_h, mb_w) = ({s.mb_h}, {s.mb_w}) for {s.width}x{s.height}")
+                raise EncoderError(f"QP-offset map has shape {tuple(np.shape(qp_offsets))}, "
+                                   f"expected (mb_h, mb_w) = ({s.mb_h}, {s.mb_w}) for "
+                                   f"{s.width}x{s.height}")
             if not np.isfinite(q).all():
                 raise EncoderError("QP-offset map contains NaN or infinite values")
             qbuf = ffi.from_buffer("float[]", q)
@@ -687,7 +695,8 @@ class X264Encoder(Encoder):
             pic.prop.quant_offsets = ffi.NULL
         pts = self._pts_for(frame)
         pic.i_pts = pts
-        pic.i_type = 0  # X264_TYPE_AUTO
+        # IDR (not X264_TYPE_KEYFRAME, an I-frame under open-GOP): a segment must decode alone.
+        pic.i_type = lib.X264_TYPE_IDR if force_idr else lib.X264_TYPE_AUTO
         try:
             ret = lib.x264_encoder_encode(self._enc, self._pp_nal, self._pi_nal, pic, self._pic_out)
         finally:  # x264 copied planes and offsets; drop the borrowed pointers
@@ -752,7 +761,8 @@ class X264Encoder(Encoder):
                 "rc_method": {lib.X264_RC_CQP: "cqp", lib.X264_RC_CRF: "crf",
                               lib.X264_RC_ABR: "abr"}.get(int(rc.rc_method), str(rc.rc_method)),
                 "aq_mode": int(rc.aq_mode), "aq_strength": round(float(rc.aq_strength), 4),
-                "vbv_maxrate_kbps": int(rc.vbv_max_bitrate), "vbv_bufsize_kbit": int(rc.vbv_buffer_size),
+                "vbv_maxrate_kbps": int(rc.vbv_max_bitrate),
+                "vbv_bufsize_kbit": int(rc.vbv_buffer_size),
                 "mb_tree": bool(rc.mb_tree), "rc_lookahead": int(rc.lookahead),
                 **self._eff,
             })

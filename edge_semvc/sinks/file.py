@@ -6,7 +6,8 @@ opened behind our back and nothing overwrites the parameter sets). Such a stream
 extradata setter; for mp4/mkv PyAV instead runs FFmpeg's ``extract_extradata`` filter on the
 first packet and buffers until it has the SPS/PPS. The sink therefore makes sure the first
 packet carries them: it prepends ``headers`` when the encoder kept them out of band
-(``EncoderSettings.global_headers``). The muxers then convert the Annex-B packets to length-prefixed samples (avcC) themselves.
+(``EncoderSettings.global_headers``). The muxers then convert the Annex-B packets to
+length-prefixed samples (avcC) themselves.
 
 Timestamps: packets carry pts/dts in ``time_base``; the muxer rescales to its own clock
 (mp4: a multiple of the rate, mkv: always 1 ms, ts: 90 kHz), so read back as seconds they are

@@ -59,9 +59,8 @@ def open_source(uri: str, raw: RawVideoOptions | None = None) -> Source:
                       "plain path)")
 
 
-# FFmpeg options per network scheme: RTSP over TCP (no lost UDP packets smearing the picture)
-# and a read timeout in microseconds, so a camera that disappears ends the read instead of
-# hanging it (the service then reconnects).
-_READ_TIMEOUT_US = "5000000"
-NETWORK_SCHEMES = {"rtsp": {"rtsp_transport": "tcp", "timeout": _READ_TIMEOUT_US},
-                   "rtsps": {"rtsp_transport": "tcp", "timeout": _READ_TIMEOUT_US}}
+# FFmpeg options per network scheme: RTSP over TCP (no lost UDP packets smearing the picture).
+# Reads time out (pyav.LIVE_TIMEOUT_S) so that a camera that disappears ends the read instead
+# of hanging it: the service then reconnects.
+NETWORK_SCHEMES = {"rtsp": {"rtsp_transport": "tcp"}, "rtsps": {"rtsp_transport": "tcp"}}
+LIVE_SCHEMES = (*NETWORK_SCHEMES, "v4l2", "csi")  # inputs that never end on their own

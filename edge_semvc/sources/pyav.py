@@ -12,6 +12,8 @@ from ..frame import Frame
 from . import DecodeError, RawVideoOptions, SourceError
 
 RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
+# Network streams and devices: (open, read) seconds before a silent input counts as lost.
+LIVE_TIMEOUT_S = (10.0, 5.0)
 
 
 class PyAVSource:
@@ -41,7 +43,8 @@ class PyAVSource:
                        "framerate": str(raw.rate)}
         try:
             self.container = av.open("pipe:0" if stdin else path if live is not None else str(p),
-                                     format=fmt, options=options)
+                                     format=fmt, options=options,
+                                     timeout=LIVE_TIMEOUT_S if stream_like and not stdin else None)
         except (av.error.FFmpegError, ValueError) as e:
             raise SourceError(f"cannot open {path}: {_reason(e)}") from None
         if not self.container.streams.video:

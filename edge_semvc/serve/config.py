@@ -1,0 +1,177 @@
+"""The service's configuration: MQTT connection settings (`mqtt:`), the cameras (`cameras:`)
+and `ServeConfig`, the pipeline's sections composed with those and `record:`.
+
+Plain dataclasses with defaults and a `validate()`, the shape of the other subsystems' models,
+so the service's configuration can compose `MqttConfig` and fill it with `config_model.merge`.
+Secrets: `password` may be given inline, but `password_env` / `username_env` name environment
+variables to read them from (a systemd `EnvironmentFile=` readable by root only). The password
+never appears in `repr()` or `public_dict()`; `credentials()` is the one place that returns it.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..config import Config
+from ..config_model import merge
+from ..errors import ConfigError
+from ..sinks.config import RecordConfig
+
+REDACTED = "***"
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:  # the wording of config_model.check
+        raise ConfigError(f"invalid value for {key}: {value!r} (expected {allowed})")
+
+
+def check_topic_level(name: str, key: str) -> None:
+    """A camera name or prefix part must be one MQTT topic level: no wildcards, no '/'."""
+    _check(isinstance(name, str) and bool(name) and not any(c in name for c in "/+#\0"),
+           key, name, "a non-empty name without '/', '+', '#'")
+
+
+@dataclass
+class MqttTlsConfig:
+    enabled: bool = False
+    ca_certs: str = ""  # "" = the system's CA certificates
+    certfile: str = ""  # client certificate, for brokers that authenticate clients by it
+    keyfile: str = ""
+
+
+@dataclass(repr=False)
+class MqttConfig:
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    username: str = ""
+    password: str = field(default="", repr=False)
+    username_env: str = ""  # name of an environment variable holding the user name
+    password_env: str = ""  # name of an environment variable holding the password
+    tls: MqttTlsConfig = field(default_factory=MqttTlsConfig)
+    topic_prefix: str = "edge_semvc"  # may have several levels: "site1/edge_semvc"
+    client_id: str = ""  # "" = edge-semvc-<hostname>-<pid> (clients sharing an id evict each other)
+    stats_interval: float = 10.0  # seconds between <prefix>/<camera>/stats messages
+    keepalive: int = 60  # seconds; the broker sends the last will after 1.5x this of silence
+    reconnect_max_delay: int = 30  # seconds; reconnection backs off 1, 2, 4 ... up to this
+    queue_size: int = 256  # messages held while the broker is unreachable (oldest stats go first)
+    home_assistant: bool = False  # publish Home Assistant MQTT discovery configs
+    discovery_prefix: str = "homeassistant"
+
+    def validate(self) -> "MqttConfig":
+        _check(isinstance(self.host, str) and bool(self.host.strip()), "mqtt.host", self.host,
+               "a host name or address")
+        _check(isinstance(self.port, int) and 0 < self.port < 65536, "mqtt.port", self.port,
+               "a TCP port, 1-65535")
+        for part in self.topic_prefix.split("/"):
+            check_topic_level(part, "mqtt.topic_prefix")
+        for part in self.discovery_prefix.split("/"):
+            check_topic_level(part, "mqtt.discovery_prefix")
+        _check(self.stats_interval > 0, "mqtt.stats_interval", self.stats_interval, "> 0 s")
+        _check(5 <= self.keepalive <= 3600, "mqtt.keepalive", self.keepalive, "5-3600 s")
+        _check(1 <= self.reconnect_max_delay <= 3600, "mqtt.reconnect_max_delay",
+               self.reconnect_max_delay, "1-3600 s")
+        _check(self.queue_size >= 1, "mqtt.queue_size", self.queue_size, ">= 1")
+        for key in ("username_env", "password_env"):
+            name = getattr(self, key)
+            _check(not name or name.replace("_", "a").isalnum(), f"mqtt.{key}", name,
+                   "an environment variable name")
+        _check(not (self.password and self.password_env), "mqtt.password", REDACTED,
+               "either password or password_env, not both")
+        tls = self.tls
+        for key in ("ca_certs", "certfile", "keyfile"):
+            path = getattr(tls, key)
+            _check(not path or tls.enabled, f"mqtt.tls.{key}", path,
+                   "mqtt.tls.enabled: true when TLS files are given")
+        _check(not tls.keyfile or tls.certfile, "mqtt.tls.keyfile", tls.keyfile,
+               "mqtt.tls.certfile as well")
+        return self
+
+    def credentials(self, environ: Mapping[str, str] | None = None
+                    ) -> tuple[str | None, str | None]:
+        """(username, password), each read from its environment variable when one is named;
+        None where not set. A named variable that is missing is an error, not anonymous login."""
+        env = os.environ if environ is None else environ
+        values = []
+        for key, inline in (("username", self.username), ("password", self.password)):
+            var = getattr(self, f"{key}_env")
+            if var:
+                if var not in env:
+                    raise ConfigError(f"mqtt.{key}_env names the environment variable {var}, "
+                                      "which is not set")
+                values.append(env[var])
+            else:
+                values.append(inline or None)
+        return values[0], values[1]
+
+    def effective_client_id(self) -> str:
+        import socket
+
+        return self.client_id or f"edge-semvc-{socket.gethostname()}-{os.getpid()}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as a dict safe to log or publish: the password replaced by '***'."""
+        data = dataclasses.asdict(self)
+        if data["password"]:
+            data["password"] = REDACTED
+        return data
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self.public_dict().items())
+        return f"MqttConfig({items})"
+
+
+@dataclass
+class CameraConfig:
+    input: str = ""  # URI: file://PATH, rtsp://..., v4l2:///dev/videoN, csi://N, demo://NAME
+    loop: bool = False  # file inputs: start again at the end (a camera never ends)
+    realtime: bool = True  # file inputs are played at their own frame rate, like a camera
+    queue_frames: int = 1  # frames queued between the pipeline's threads (latency)
+
+    def validate(self, key: str) -> None:
+        _check(isinstance(self.input, str) and bool(self.input.strip()), f"{key}.input",
+               self.input, "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N")
+        _check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
+
+
+@dataclass
+class ServeConfig(Config):
+    """`edge-semvc serve`'s file: the pipeline's sections, shared by every camera, plus
+    `cameras`, `record`, `mqtt` and `state_dir` (where remote changes are kept)."""
+
+    cameras: dict[str, Any] = field(default_factory=dict)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    state_dir: str = ""  # "" = <record.dir>/.state
+
+    def validate(self) -> "ServeConfig":
+        super().validate()
+        _check(bool(self.cameras), "cameras", self.cameras,
+               "at least one camera: {name: {input: URI}}")
+        parsed = {}
+        for name, entry in self.cameras.items():
+            check_topic_level(name, f"cameras.{name}")
+            _check(not name.startswith("."), f"cameras.{name}", name, "a name not starting "
+                   "with '.'")
+            if isinstance(entry, CameraConfig):  # validated before
+                parsed[name] = entry
+                continue
+            cam = CameraConfig()
+            merge(cam, entry if isinstance(entry, dict) else {"input": entry}, f"cameras.{name}.")
+            cam.validate(f"cameras.{name}")
+            parsed[name] = cam
+        self.cameras = parsed
+        self.record.validate()
+        self.mqtt.validate()
+        return self
+
+    def pipeline_config(self) -> Config:
+        """The pipeline's sections, as a plain Config of their own (each camera's copy)."""
+        return copy.deepcopy(Config(**{f.name: getattr(self, f.name)
+                                       for f in dataclasses.fields(Config)}))
+
+    def state_folder(self) -> str:
+        return self.state_dir or os.path.join(self.record.dir, ".state")

@@ -1,0 +1,147 @@
+"""`edge-semvc serve`: every camera of the configuration in one process, recorded into
+segments, watched over MQTT and by systemd, retuned remotely.
+
+The main thread only supervises: it starts one `Camera` thread per entry of `cameras:`, then
+once a second feeds systemd's watchdog (only while frames flow), reports READY once every
+camera delivered a frame, publishes each camera's statistics every `mqtt.stats_interval`
+seconds and, on SIGTERM/SIGINT, stops the cameras (each drains its encoder and closes its open
+segment) and says `offline`. Nothing in a camera's frame loop waits on the network: telemetry
+is queued and sent by its own thread.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from ..config import Config
+from ..errors import ConfigError
+from ..stop import finalising
+from .camera import Camera
+from .config import ServeConfig
+from .notify import Watchdog, notify_ready, notify_status, notify_stopping
+from .remote import OverrideStore, RemoteChangeRejected, apply_change, parse_change
+from .stats import CpuMeter, StatsWindow
+from .telemetry import open_telemetry
+
+log = logging.getLogger("edge_semvc")
+
+
+class Service:
+    def __init__(self, cfg: ServeConfig, clock: Callable[[], float] = time.monotonic):
+        self.cfg, self.clock = cfg, clock
+        self.stop_event = threading.Event()
+        self.store = OverrideStore(cfg.state_folder())
+        self.telemetry = open_telemetry(cfg.mqtt, on_config_set=self._config_set)
+        self.cameras: dict[str, Camera] = {}
+        self._config_lock = threading.Lock()
+        base = cfg.pipeline_config()
+        _check_models_prepared(base)  # a service never downloads: `make install-service` did
+        for name, cam in cfg.cameras.items():
+            self.telemetry.add_camera(name)
+            self.cameras[name] = Camera(name, cam.input, self._restored(name, base),
+                                        cfg.record, self._event, loop=cam.loop,
+                                        realtime=cam.realtime, queue_frames=cam.queue_frames)
+
+    # --- events and remote configuration -----------------------------------------------------
+    def _event(self, camera: str, event: str, fields: dict) -> None:
+        log.info("%s: %s %s", camera, event, fields or "")
+        self.telemetry.publish_event(camera, event, fields)
+
+    def _restored(self, camera: str, base: Config) -> Config:
+        """The camera's configuration with the remote changes kept from earlier runs."""
+        try:
+            doc = self.store.load(camera)
+            return apply_change(base, doc) if doc else base
+        except ConfigError as e:  # a stored change the new configuration file refuses
+            self._event(camera, "config_rejected", {"reason": f"stored remote change: {e}",
+                                                    "key": getattr(e, "key", None)})
+            return base
+
+    def _config_set(self, camera: str, payload: bytes) -> None:
+        """`<prefix>/<camera>/config/set` (MQTT's thread): check, apply at the next frame,
+        keep; or refuse naming the key, changing nothing."""
+        cam = self.cameras.get(camera)
+        if cam is None:
+            log.warning("config/set for unknown camera %r ignored", camera)
+            return
+        with self._config_lock:
+            try:
+                doc = parse_change(payload)
+                new = apply_change(cam.cfg, doc)
+                self.store.add(camera, doc)
+            except RemoteChangeRejected as e:
+                self._event(camera, "config_rejected", {"key": e.key, "reason": str(e)})
+                return
+            except (ConfigError, OSError) as e:  # the stored changes cannot be read/written
+                self._event(camera, "config_rejected", {"key": None, "reason": str(e)})
+                return
+            cam.reconfigure(new)
+        self._event(camera, "config_applied", {"change": doc})
+        self.telemetry.publish_config_state(camera, new.to_dict())
+
+    # --- running ---------------------------------------------------------------------------
+    def run(self, max_seconds: float = 0.0) -> int:
+        """Supervise until `stop_event` is set (the command line sets it on SIGTERM, SIGINT
+        and SIGHUP) or, with `max_seconds`, for that long (tests, benchmarks). Returns 0."""
+        watchdog = Watchdog.from_environment()
+        cpu = CpuMeter(self.clock)
+        windows = {name: StatsWindow(cam, self.clock) for name, cam in self.cameras.items()}
+        for name, cam in self.cameras.items():
+            self.telemetry.publish_config_state(name, cam.cfg.to_dict())
+            cam.start()
+        start = last_stats = self.clock()
+        last_frames, ready = -1, False
+        try:
+            while not self.stop_event.wait(0.5):
+                now = self.clock()
+                frames = sum(c.frames_total for c in self.cameras.values())
+                if frames > last_frames >= 0:
+                    watchdog.frame_delivered()  # a stalled pipeline stops the pings
+                last_frames = frames
+                watchdog.tick(now)
+                if not ready and all(c.frames_total or c.state == "ended"
+                                     for c in self.cameras.values()):
+                    ready = True
+                    notify_ready(self._status())
+                    log.info("serving %d camera(s)", len(self.cameras))
+                if now - last_stats >= self.cfg.mqtt.stats_interval:
+                    percent = cpu.percent()
+                    for name, window in windows.items():
+                        self.telemetry.publish_stats(name, window.snapshot(percent))
+                    notify_status(self._status())
+                    last_stats = now
+                if max_seconds and now - start >= max_seconds:
+                    break
+                if all(c.state == "ended" for c in self.cameras.values()):
+                    break
+        except KeyboardInterrupt as e:
+            log.info("stopping (%s)", e or "interrupted")
+        finally:
+            self.shutdown()
+        return 0
+
+    def _status(self) -> str:
+        return ", ".join(f"{n}: {c.state}, {c.frames_total} frames"
+                         for n, c in self.cameras.items())
+
+    def shutdown(self) -> None:
+        finalising(True)  # a second SIGTERM must not cut the segments' finalisation short
+        notify_stopping("finalising the open segments")
+        self.stop_event.set()
+        for cam in self.cameras.values():
+            cam.stop()
+        for cam in self.cameras.values():
+            cam.thread.join(timeout=60)
+        self.telemetry.close()
+
+
+def _check_models_prepared(cfg: Config) -> None:
+    """Refuse to start (exit 2, naming the command) when a model is not in the cache, rather
+    than have every camera fail and retry."""
+    from ..labeler.registry import describe, prepared_file
+
+    for i, entry in enumerate(cfg.labeler.models):
+        key = f"labeler.models[{i}]"
+        prepared_file(describe(entry, key), key, cfg.cache_dir())

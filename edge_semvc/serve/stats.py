@@ -1,0 +1,102 @@
+"""What `<prefix>/<camera>/stats` says: rates over the last interval, latencies over the last
+frames, drops, what was labelled and how the map treated it, CPU and temperatures."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .camera import Camera
+
+THERMAL = Path("/sys/class/thermal")
+
+
+class StatsWindow:
+    """Turns a camera's running counters into one stats message per interval."""
+
+    def __init__(self, camera: Camera, clock: Callable[[], float] = time.monotonic):
+        self.camera, self.clock = camera, clock
+        self._last = (clock(), camera.frames_total, camera.runs, camera.stats.bytes)
+
+    def snapshot(self, cpu_percent: float | None = None) -> dict:
+        cam, stats = self.camera, self.camera.stats
+        now, frames, runs, nbytes = self.clock(), cam.frames_total, cam.runs, stats.bytes
+        t0, f0, r0, b0 = self._last
+        self._last = (now, frames, runs, nbytes)
+        dt = max(now - t0, 1e-9)
+        new_bytes = nbytes - b0 if runs == r0 else nbytes  # a new run counts from zero
+        target = cam.cfg.encoder.bitrate
+        labeler = stats.labeler
+        classes = ["background", *(labeler.classes if labeler else [])]
+        counts = stats.label_counts
+        total = int(counts.sum()) if counts is not None else 0
+        return {
+            "state": cam.state,
+            "frames": frames,
+            "fps": round((frames - f0) / dt, 2),
+            "bitrate_kbps": round(new_bytes * 8 / dt / 1e3, 1),
+            "target_kbps": round(target / 1e3, 1) if target else None,
+            "dropped_frames": cam.dropped(),
+            "latency_ms": {name: _percentiles(list(v)) for name, v in stats.timings.items()},
+            "label_coverage": ({c: round(float(n) / total, 4) for c, n in zip(classes, counts)}
+                               if total else {}),
+            "mean_offset_roi": round(stats.offset_sum_roi / stats.mb_roi, 3)
+            if stats.mb_roi else None,
+            "mean_offset_background": round(stats.offset_sum_bg / stats.mb_bg, 3)
+            if stats.mb_bg else None,
+            "label_staleness_frames": _staleness(labeler),
+            "reconnects": max(runs - 1, 0),
+            "cpu_percent": cpu_percent,
+            "temperatures_c": temperatures(),
+        }
+
+
+class CpuMeter:
+    """The process's CPU use (user + system, all threads) since the last reading, in percent
+    of one core."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._last = (clock(), _cpu_seconds())
+
+    def percent(self) -> float:
+        now, cpu = self.clock(), _cpu_seconds()
+        t0, c0 = self._last
+        self._last = (now, cpu)
+        return round(100 * (cpu - c0) / max(now - t0, 1e-9), 1)
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _percentiles(ms: list[float]) -> dict:
+    if not ms:
+        return {"p50": None, "p95": None}
+    p50, p95 = np.percentile(np.asarray(ms), [50, 95])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2)}
+
+
+def _staleness(labeler) -> dict:
+    if labeler is None:
+        return {}
+    try:
+        return {name: s["staleness_frames"]["mean"] for name, s in labeler.stats().items()}
+    except RuntimeError:  # its histogram grew while being read: next time
+        return {}
+
+
+def temperatures(root: Path = THERMAL) -> dict[str, float]:
+    """Thermal zones that can be read (°C by zone type); none on most containers."""
+    out = {}
+    for zone in sorted(root.glob("thermal_zone*")):
+        try:
+            kind = (zone / "type").read_text().strip() or zone.name
+            out[kind] = round(int((zone / "temp").read_text().strip()) / 1000, 1)
+        except (OSError, ValueError):
+            continue
+    return out

@@ -1,0 +1,233 @@
+"""A Source that behaves like a live camera: frames released at their own rate into a one-frame
+buffer, overwritten (dropped) when the consumer has not taken them in time.
+
+Used by ``field-bench`` to run a file or ``demo://`` as a camera, and meant for live inputs of
+the service. Stage layer: it depends only on ``frame``, ``errors`` and the standard library.
+
+Time is injected: ``clock`` (seconds, monotonic) is read for every timestamp and deadline, and
+``sleep`` waits on it, so a test can run the camera on a clock of its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from fractions import Fraction
+from typing import Callable, Iterator
+
+from ..frame import Frame
+
+log = logging.getLogger("edge_semvc")
+
+
+class PacedSource:
+    """Wraps a Source (same protocol) and releases its frames like a live camera.
+
+    ``realtime=True``: a camera thread reads the input ahead and publishes frame *i* at
+    ``t0 + (pts_i - pts_0) * time_base / speed`` into a one-frame buffer, as a camera driver
+    does; ``frames()`` hands out what is in the buffer. A frame overwritten before the pipeline
+    took it is dropped (``dropped``): the pipeline fell a frame period or more behind. When the
+    input itself cannot be read in time (a slow decoder, a very high ``speed``) the schedule
+    slips by the delay instead of bursting (``slip_s``): the source, not the pipeline, set the
+    pace then. ``realtime=False``: frames are handed out as fast as they are asked for.
+
+    ``seconds`` > 0 stops after that much time on the clock. ``reopen`` (a callable returning a
+    fresh Source) loops the input: its timestamps continue one frame after the last.
+
+    Kept frames are renumbered 0, 1, 2, ... (``Frame.index``: the labeler's interval counts
+    processed frames) and keep their (loop-adjusted) pts, strictly increasing; where the
+    input's own pts would not increase they are bumped by one tick (``pts_adjusted``).
+    ``capture_times[index]``: when each kept frame became available (a ``clock`` reading).
+
+    ``clock``: the time in seconds, read for every timestamp (default ``time.perf_counter``).
+    ``sleep``: waits that many seconds of ``clock`` time in the camera thread; the default (None)
+    waits in real time and is cut short by ``close()``. Inject both or neither.
+    ``history`` > 0 bounds ``read_ms`` to the last that many frames; the consumer pops the
+    ``capture_times`` it has used.
+    """
+
+    def __init__(self, source, *, realtime: bool = True, speed: float = 1.0,
+                 seconds: float = 0.0, reopen: Callable[[], object] | None = None,
+                 on_start: Callable[[float], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] | None = None, history: int = 0):
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        self._src = source
+        self.width, self.height = source.width, source.height
+        self.fps, self.time_base = Fraction(source.fps), Fraction(source.time_base)
+        self.frame_count = 0  # unknown: drops, looping and the time limit decide
+        self.realtime, self.speed, self.seconds = realtime, float(speed), float(seconds)
+        self._reopen, self._on_start = reopen, on_start
+        self._clock, self._sleep = clock, sleep
+        mode = f"realtime x{self.speed:g}" if realtime else "as fast as possible"
+        self.description = f"{source.description} [paced: {mode}" + \
+            (", looped" if reopen else "") + (f", {self.seconds:g} s" if seconds else "") + "]"
+        self._ticks = max(1, round(1 / (self.fps * self.time_base)))  # one frame in time_base
+        self.capture_times: dict[int, float] = {}
+        # time spent reading the wrapped source, per frame (the last `history` frames only,
+        # when given: a service runs for months)
+        self.read_ms: deque[float] = deque(maxlen=history or None)
+        self.offered = self.kept = self.dropped = 0
+        self.max_consecutive_dropped = 0
+        self.passes = 0
+        self.pts_adjusted = 0
+        self.slip_s = 0.0
+        self.t0: float | None = None
+        self.t_last: float | None = None  # when the last frame was published / handed out
+        self.ended_by: str | None = None  # "seconds" | "end of input" | "stopped" | "error"
+        self._cond = threading.Condition()
+        self._slot = None  # ((pts, frame), published_at), waiting for the consumer
+        self._run = 0  # frames overwritten since the consumer last took one
+        self._ended = False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _raw(self) -> Iterator[tuple[int, Frame]]:
+        """(pts, frame) over every pass of the input; pts strictly increasing across loops."""
+        last: int | None = None
+        src = self._src
+        while True:
+            self.passes += 1
+            offset, n = 0, 0
+            for f in src.frames():
+                pts = int(f.pts) if f.pts is not None else round(n * self._ticks)
+                if n == 0 and last is not None:  # a new pass continues one frame after the last
+                    offset = last + self._ticks - pts
+                n += 1
+                pts += offset
+                if last is not None and pts <= last:
+                    pts = last + 1
+                    self.pts_adjusted += 1
+                last = pts
+                yield pts, f
+            if self._reopen is None or n == 0 or self._stop.is_set():
+                return
+            src.close()
+            src = self._src = self._reopen()
+
+    def _timed_read(self, it):
+        t = self._clock()
+        item = next(it, None)
+        now = self._clock()
+        if item is not None:
+            self.read_ms.append((now - t) * 1e3)
+        return item, now
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait ``seconds`` on the clock; True when ``close()`` asked the camera to stop."""
+        if self._sleep is None:
+            return self._stop.wait(seconds)  # real time, woken early by close()
+        self._sleep(seconds)
+        return self._stop.is_set()
+
+    def _start(self, now: float) -> None:
+        self.t0 = now
+        if self._on_start:
+            self._on_start(now)
+
+    def frames(self) -> Iterator[Frame]:
+        return self._paced() if self.realtime else self._unpaced()
+
+    def _unpaced(self) -> Iterator[Frame]:
+        it = self._raw()
+        index = 0
+        while True:
+            item, now = self._timed_read(it)
+            if item is None:
+                self.ended_by = "end of input"
+                return
+            if self.t0 is None:
+                self._start(now)
+            elif self.seconds and now - self.t0 >= self.seconds:
+                self.ended_by = "seconds"
+                return
+            self.offered += 1
+            self.kept += 1
+            self.capture_times[index] = self.t_last = now
+            yield dataclasses.replace(item[1], pts=item[0], index=index)
+            index += 1
+
+    def _paced(self) -> Iterator[Frame]:
+        self._thread = threading.Thread(target=self._camera, daemon=True, name="paced-camera")
+        self._thread.start()
+        index = 0
+        try:
+            while True:
+                with self._cond:
+                    while self._slot is None and not self._ended:
+                        self._cond.wait(0.1)  # woken by each publish and at the end
+                    item, self._slot = self._slot, None
+                    self._run = 0
+                    error = self._error
+                if item is None:  # ended, and the last frame was taken
+                    if error is not None:
+                        raise error
+                    return
+                (pts, f), published = item
+                self.capture_times[index] = published
+                self.kept += 1
+                yield dataclasses.replace(f, pts=pts, index=index)
+                index += 1
+        finally:
+            self._stop.set()
+
+    def _camera(self) -> None:
+        """The camera: read ahead, wait for each frame's due time, publish (overwriting)."""
+        it = self._raw()
+        base = pts0 = 0
+        try:
+            while not self._stop.is_set():
+                item, now = self._timed_read(it)
+                if item is None:
+                    self.ended_by = "end of input"
+                    return
+                if self.t0 is None:
+                    self._start(now)
+                    base, pts0 = now, item[0]
+                media = float((item[0] - pts0) * self.time_base) / self.speed
+                due = base + media
+                if now > due:  # the input could not be read in time: the camera runs late
+                    self.slip_s += now - due
+                    base += now - due
+                    due = now
+                # Elapsed time as (slip) + (media time): exact where nothing slipped, whereas
+                # (t0 + 0.4) - t0 can fall short of 0.4 when t0 is a large clock reading.
+                if self.seconds and (base - self.t0) + media >= self.seconds:
+                    self.ended_by = "seconds"
+                    return
+                if due > now and self._wait(due - now):
+                    break
+                with self._cond:
+                    if self._slot is not None:  # never taken: overwritten, as a camera does
+                        self.dropped += 1
+                        self._run += 1
+                        self.max_consecutive_dropped = max(self.max_consecutive_dropped,
+                                                           self._run)
+                    self._slot = (item, self._clock())
+                    self.t_last = self._slot[1]
+                    self.offered += 1
+                    self._cond.notify_all()
+            self.ended_by = self.ended_by or "stopped"
+        except BaseException as e:  # handed to the consumer (a DecodeError ends the run)
+            self._error = e
+            self.ended_by = "error"
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop the camera thread (after its current read) and close the input."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            if self._thread.is_alive():  # still inside a read: closing now could crash it
+                log.warning("paced source: the input is still being read; not closing it")
+                return
+        self._src.close()

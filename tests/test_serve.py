@@ -1,0 +1,311 @@
+"""`edge-semvc serve` end to end: real clips looped as cameras, a real RTSP server, the real
+encoder, segments on disk, a real mosquitto broker, and signals (SIGTERM, SIGKILL) from outside.
+
+Each test runs the service as a child process, as systemd would, and reads what it leaves:
+segments that must each decode alone, and MQTT messages. Waits poll with generous timeouts;
+nothing asserts how long something took.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+import yaml
+from conftest import VIDEO
+from test_telemetry import MOSQUITTO, Broker, Watcher, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = VIDEO / "carphone_qcif_pristine.mp4"  # 4 s at 30 fps, small: cheap to loop
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def needs_clip():
+    if not CLIP.exists():
+        pytest.skip(f"{CLIP} is missing (../shared beside the project holds the clips)")
+
+
+def write_config(tmp_path, cameras, mqtt=None, **record):
+    cfg = {"cameras": cameras,
+           "record": {"dir": str(tmp_path / "rec"), "segment_seconds": 2, **record},
+           "labeler": {"cpu_budget": 0.05}}
+    if mqtt:
+        cfg["mqtt"] = mqtt
+    path = tmp_path / "serve.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_service(config: Path, *args: str) -> subprocess.Popen:
+    log = open(config.with_suffix(".log"), "wb")
+    return subprocess.Popen([sys.executable, "-m", "edge_semvc", "serve", "--config",
+                             str(config), *args], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT)
+
+
+def service_log(config: Path) -> str:
+    return config.with_suffix(".log").read_text(errors="replace")
+
+
+def segments(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.ts"))
+
+
+def decode(path: Path) -> list[tuple[int, bool]]:
+    """(pts, keyframe) of every frame; raises if the file does not decode whole."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [(f.pts, f.key_frame) for f in c.decode(s)]
+
+
+def check_segments(folder: Path) -> tuple[int, float]:
+    """Every segment decodes alone from an IDR, timestamps continue from one to the next.
+    Returns (frames, seconds) over all segments."""
+    files = segments(folder)
+    assert files, f"no segments in {folder}"
+    frames, seconds, last_end = 0, 0.0, None
+    for path in files:
+        decoded = decode(path)
+        assert decoded and decoded[0][1], f"{path.name} does not start with a keyframe"
+        with av.open(str(path)) as c:
+            tb = c.streams.video[0].time_base
+        pts = sorted(p for p, _ in decoded)
+        step = min(b - a for a, b in zip(pts, pts[1:])) if len(pts) > 1 else 0
+        frames += len(pts)
+        seconds += float((pts[-1] - pts[0] + step) * tb)
+        if last_end is not None:  # the same run: no gap, no overlap between segments
+            assert abs(pts[0] - last_end) <= step, (path.name, pts[0], last_end)
+        last_end = pts[-1] + step
+    return frames, seconds
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
+    proc.send_signal(sig)
+    return proc.wait(120)
+
+
+def test_looped_clip_is_recorded_in_segments_that_decode_alone(tmp_path):
+    needs_clip()
+    config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}})
+    proc = start_service(config)
+    rec = tmp_path / "rec" / "front"
+    try:  # wait for frames, not for a time: four segments of 2 s
+        wait_until(lambda: len(segments(rec)) >= 4 or proc.poll() is not None, timeout=180,
+                   what="four segments")
+    finally:
+        code = stop(proc)
+    assert code == 0, service_log(config)
+    frames, seconds = check_segments(rec)
+    assert not list(rec.glob(".*.part")), "SIGTERM must close the open segment"
+    assert frames >= 4 * 2 * 30 * 0.9 and seconds == pytest.approx(frames / 30, rel=0.05)
+    assert "front: source_lost" not in service_log(config)
+
+
+def test_sigkill_loses_at_most_the_open_segment(tmp_path):
+    needs_clip()
+    config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}})
+    proc = start_service(config)
+    rec = tmp_path / "rec" / "front"
+    try:
+        wait_until(lambda: len(segments(rec)) >= 2 or proc.poll() is not None, timeout=180,
+                   what="two segments")
+    finally:
+        proc.kill()
+        proc.wait(60)
+    check_segments(rec)  # every completed one decodes whole
+    assert len(list(rec.glob(".*.part"))) <= 1
+
+
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no system Python for the "
+                                                               "RTSP server")
+def test_a_lost_rtsp_camera_does_not_stop_the_other(tmp_path):
+    needs_clip()
+    check = subprocess.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version("
+                            "'GstRtspServer', '1.0')"], capture_output=True)
+    if check.returncode:
+        pytest.skip("GStreamer's RTSP server (gir1.2-gst-rtsp-server-1.0) is not installed")
+    port = free_port()
+    server = subprocess.Popen([SYSTEM_PYTHON, str(ROOT / "tests" / "rtsp_server.py"),
+                               str(port)], stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    config = write_config(tmp_path, {
+        "front": {"input": f"file://{CLIP}", "loop": True},
+        "gate": {"input": f"rtsp://127.0.0.1:{port}/cam"}})
+    proc = start_service(config)
+    front, gate = tmp_path / "rec" / "front", tmp_path / "rec" / "gate"
+    try:
+        wait_until(lambda: len(segments(gate)) >= 2 or proc.poll() is not None, timeout=180,
+                   what="two segments from the RTSP camera")
+        server.kill()  # the camera disappears
+        server.wait(30)
+        before = len(segments(front))
+        wait_until(lambda: "gate: source_lost" in service_log(config), timeout=120,
+                   what="the lost camera to be reported")
+        wait_until(lambda: len(segments(front)) >= before + 2, timeout=180,
+                   what="the file camera to record on")
+    finally:
+        server.kill()
+        code = stop(proc)
+    assert code == 0, service_log(config)
+    check_segments(front)
+    for path in segments(gate):  # what the RTSP camera recorded before it went away
+        assert decode(path)[0][1]
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
+def test_stats_resume_after_the_broker_restarts(tmp_path):
+    needs_clip()
+    broker = Broker(_folder(tmp_path, "broker"), free_port()).start()
+    config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}},
+                          mqtt={"enabled": True, "port": broker.port, "host": "127.0.0.1",
+                                "stats_interval": 1})
+    proc = start_service(config)
+    try:
+        watcher = Watcher(broker.port, "edge_semvc/#")
+        stats = lambda: [json.loads(m[1]) for m in watcher.messages  # noqa: E731
+                         if m[0] == "edge_semvc/front/stats"]
+        wait_until(lambda: len(stats()) >= 2, timeout=120, what="stats")
+        assert any(m[0] == "edge_semvc/available" and m[1] == b"online"
+                   for m in watcher.messages)
+        seen = len(stats())
+        broker.stop(signal.SIGKILL)
+        broker.start()
+        watcher.client.reconnect()
+        wait_until(lambda: len(stats()) >= seen + 2, timeout=120, what="stats after restart")
+        frames = [s["frames"] for s in stats()]
+        assert frames == sorted(frames) and frames[-1] > frames[seen - 1], frames
+        last = stats()[-1]
+        assert last["fps"] > 0 and "encode" in last["latency_ms"]
+    finally:
+        code = stop(proc)
+        broker.stop()
+    assert code == 0, service_log(config)
+
+
+def _folder(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    return path
+
+
+def malformed_payloads() -> list[bytes]:
+    """100 remote changes the service must refuse, each for a reason a user could make."""
+    out = [b"", b"{", b"not: [closed", b"\xff\xfe", b"[]", b"42", b"null", b'"qp"', b"{}",
+           b'{"qp": {"q_gain": 1, "q_gain": 2}}', b"x" * 20000,
+           json.dumps({"qp": {"importance": {"person": 1}}, "pad": "y" * 17000}).encode()]
+    not_live = ["labeler.models", "labeler.runtime", "labeler.cache_dir", "encoder.params",
+                "encoder.backend", "encoder.preset", "record.dir", "state_dir", "mqtt.host",
+                "cameras.front.input", "qp.device", "labeler.threads", "encoder.bitrate"]
+    values = {"labeler.models": [{"path": "/tmp/evil.onnx"}], "record.dir": "/etc",
+              "state_dir": "../../etc", "cameras.front.input": "file:///etc/passwd",
+              "encoder.params": {"plugin": "/tmp/x.so"}, "labeler.cache_dir": "/"}
+    for key in not_live:
+        out.append(json.dumps(_nested(key, values.get(key, "x"))).encode())
+    bad_values = {
+        "qp.q_gain": [-1, "abc", None, [1], {"a": 1}, True, 1e400],
+        "qp.offset_min": [1, -52, "low"], "qp.offset_max": [-1, 52, "high"],
+        "qp.target_mean": [100, -100, "mid"], "qp.v_threshold": [-0.1, 1.5, "x"],
+        "qp.importance": ["abc", [1, 2], 5], "qp.importance.person": [2, -1, "hi", None],
+        "qp.importance.dog": [0.5], "qp.alpha_slow": [-2, "a"], "qp.beta_fast": [-0.5, {}],
+        "qp.importance_gain": [-3, "g"], "qp.importance_budget": [-1, []],
+        "analysis.complexity_full_var": [0, -5, "v"], "analysis.change_full_mad": [0, -1, "m"],
+        "labeler.priority": [["dog"], ["face", "face"], ["background"], 7, [""]],
+        "labeler.max_age_s": [0, -1, "old", None],
+        "qp.nonsense": [1], "analysis.nonsense": [1], "labeler.nonsense": [1], "nonsense": [1],
+    }
+    for key, vals in bad_values.items():
+        out += [json.dumps(_nested(key, v)).encode() if v != 1e400 else
+                b'{"qp": {"q_gain": 1e400}}' for v in vals]
+    out += [b"qp:\n  q_gain: [1, 2\n", b"qp: {q_gain: !!python/object:os.system x}",
+            b"--- !!binary AAAA", b'{"qp": "q_gain=1"}', b'{"qp": null}',
+            b'{"qp": {"offset_min": -2, "offset_max": 1, "target_mean": 5}}',
+            b"qp:\n\tq_gain: 1\n", b'{"1": 2}', b'{"qp": {"importance": {"": 0.5}}}',
+            b'{"labeler": {"priority": "face,dog"}}', b'{"qp": {"q_gain": "1e"}}',
+            b'{"analysis": {"change_full_mad": "NaN"}}', b'{"qp": {"q_gain": ".inf"}}',
+            b'{"qp": {"target_mean": 13}}', b'{"labeler": {"max_age_s": "2s"}}',
+            b'{"qp": {"importance": {"background": 1.5}}}', b'{"qp": {"q_gain": [1, 2]}}',
+            b'{"analysis": null}', b'{"labeler": {"priority": {"face": 1}}}',
+            b'{"qp": {"offset_max": 60}}', b'{"qp": {"offset_min": 0.5}}']
+    return out[:100]
+
+
+def _nested(dotted: str, value):
+    doc: dict = {}
+    node = doc
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return doc
+
+
+def test_malformed_remote_changes_are_refused_and_change_nothing():
+    """The checks behind `config/set`, in process: 100 payloads, each refused naming why."""
+    from edge_semvc.config import Config
+    from edge_semvc.serve.remote import RemoteChangeRejected, apply_change, parse_change
+
+    payloads = malformed_payloads()
+    assert len(payloads) == 100
+    base = Config()
+    before = base.to_dict()
+    for payload in payloads:
+        with pytest.raises(RemoteChangeRejected):
+            apply_change(base, parse_change(payload))
+    assert base.to_dict() == before
+    good = apply_change(base, parse_change(b'{"qp": {"importance": {"person": 1.0}}}'))
+    assert good.qp.importance["person"] == 1.0 and base.qp.importance["person"] == 0.8
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
+def test_remote_configuration_over_mqtt_survives_a_restart(tmp_path):
+    needs_clip()
+    broker = Broker(_folder(tmp_path, "broker"), free_port()).start()
+    config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}},
+                          mqtt={"enabled": True, "port": broker.port, "host": "127.0.0.1",
+                                "stats_interval": 1})
+    proc = start_service(config)
+    watcher = Watcher(broker.port, "edge_semvc/#")
+    events = lambda name: [e for e in (json.loads(m[1]) for m in watcher.messages  # noqa: E731
+                                       if m[0] == "edge_semvc/front/events")
+                           if e["event"] == name]
+    try:
+        wait_until(lambda: any(m[0] == "edge_semvc/front/stats" for m in watcher.messages),
+                   timeout=120, what="the service to run")
+        for payload in malformed_payloads():
+            watcher.client.publish("edge_semvc/front/config/set", payload, qos=1)
+        wait_until(lambda: len(events("config_rejected")) >= 100, timeout=120,
+                   what="100 refusals")
+        assert all(e.get("reason") for e in events("config_rejected"))
+        frames = _last_frames(watcher)
+        wait_until(lambda: _last_frames(watcher) > frames, timeout=60,
+                   what="frames still flowing after the refusals")
+        watcher.client.publish("edge_semvc/front/config/set",
+                               b'{"qp": {"importance": {"person": 1.0}}}', qos=1)
+        wait_until(lambda: events("config_applied"), timeout=60, what="the valid change")
+        assert _state(watcher)["qp"]["importance"]["person"] == 1.0
+    finally:
+        assert stop(proc) == 0, service_log(config)
+    watcher.messages.clear()
+    proc = start_service(config)  # a restart keeps the remote change
+    try:
+        wait_until(lambda: _state(watcher), timeout=120, what="config/state")
+        assert _state(watcher)["qp"]["importance"]["person"] == 1.0
+    finally:
+        assert stop(proc) == 0, service_log(config)
+        broker.stop()
+
+
+def _last_frames(watcher) -> int:
+    stats = [json.loads(m[1]) for m in watcher.messages if m[0] == "edge_semvc/front/stats"]
+    return stats[-1]["frames"] if stats else -1
+
+
+def _state(watcher) -> dict | None:
+    states = [json.loads(m[1]) for m in watcher.messages
+              if m[0] == "edge_semvc/front/config/state"]
+    return states[-1] if states else None
