@@ -9,7 +9,10 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 OUT      ?= out
-APT_PKGS := gcc libc6-dev libx264-dev
+# mosquitto and GStreamer's RTSP server (system Python's PyGObject) are for the tests: a real
+# broker and a real network camera.
+APT_PKGS := gcc libc6-dev libx264-dev mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 \
+            gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all demo deps apt models test test-all lint bench clean
@@ -57,3 +60,67 @@ bench: deps
 
 clean:
 	rm -rf $(OUT) .pytest_cache
+
+# install-service: edge_semvc as a systemd service (systemd/README.md). The service gets a venv
+# of its own in $(SERVICE_HOME), not this checkout's .venv: the unit's ProtectHome= hides /home
+# and /root, and the editable install would tie the service to this checkout. Re-running
+# updates the program and the unit, never the configuration.
+SERVICE_HOME ?= /opt/edge-semvc
+# The system's Python: a pyenv or other Python under /root or /home is out of the service's reach.
+SERVICE_PY   ?= /usr/bin/python3
+SERVICE_CACHE := /var/cache/edge-semvc
+SERVICE_STATE := /var/lib/edge-semvc
+SERVICE_ETC   := /etc/edge-semvc
+UNIT_DIR      := /etc/systemd/system
+.PHONY: install-service
+install-service:
+	@$(MAKE) --no-print-directory apt
+	@set -e; \
+	case "$$(readlink -f $(SERVICE_PY))" in /root/*|/home/*|"") \
+	  echo "SERVICE_PY=$(SERVICE_PY) is missing or under /root or /home"; exit 1;; esac; \
+	$(SERVICE_PY) -c 'import venv, ensurepip, os, sysconfig; \
+	  assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+	  2>/dev/null || { echo "installing apt packages: python3-venv python3-dev"; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-dev; }; \
+	if getent passwd edge-semvc >/dev/null; then echo "user edge-semvc: exists"; else \
+	  $(SUDO) useradd --system --user-group --home-dir $(SERVICE_STATE) --no-create-home \
+	    --shell /usr/sbin/nologin --comment "edge_semvc service" edge-semvc; \
+	  echo "user edge-semvc: created (system user and group)"; \
+	fi; \
+	$(SUDO) $(SERVICE_PY) -m venv $(SERVICE_HOME)/venv; \
+	runtime=$$(mktemp); awk '/^# /{keep = /^# Runtime/} keep && NF && !/^#/' requirements.txt > $$runtime; \
+	$(SUDO) $(SERVICE_HOME)/venv/bin/pip install -q --disable-pip-version-check -r $$runtime; \
+	rm -f $$runtime; \
+	src=$$(mktemp -d); cp -r pyproject.toml README.md edge_semvc $$src/; \
+	$(SUDO) $(SERVICE_HOME)/venv/bin/pip install -q --disable-pip-version-check --no-deps \
+	  --force-reinstall $$src; \
+	rm -rf $$src; \
+	$(SUDO) install -m 0644 README.md $(SERVICE_HOME)/README.md; \
+	echo "program: $(SERVICE_HOME)/venv/bin/edge-semvc (runtime packages of requirements.txt)"; \
+	$(SUDO) install -d -m 0750 -o edge-semvc -g edge-semvc $(SERVICE_CACHE) $(SERVICE_STATE); \
+	$(SUDO) env EDGE_SEMVC_CACHE=$(SERVICE_CACHE) $(SERVICE_HOME)/venv/bin/edge-semvc \
+	  models prepare >/dev/null; \
+	if [ ! -e $(SERVICE_STATE)/demo.mp4 ]; then \
+	  $(SUDO) env EDGE_SEMVC_CACHE=$(SERVICE_CACHE) $(SERVICE_HOME)/venv/bin/edge-semvc \
+	    encode demo://astronaut $(SERVICE_STATE)/demo.mp4 --progress off >/dev/null; \
+	  echo "demo input: $(SERVICE_STATE)/demo.mp4 (config.example.yml's camera)"; \
+	fi; \
+	$(SUDO) chown -R edge-semvc:edge-semvc $(SERVICE_CACHE) $(SERVICE_STATE); \
+	echo "models and x264 binding: $(SERVICE_CACHE) (checked by encoding the demo clip)"; \
+	$(SUDO) install -d -m 0750 -o root -g edge-semvc $(SERVICE_ETC); \
+	if [ -e $(SERVICE_ETC)/config.yml ]; then echo "config: $(SERVICE_ETC)/config.yml kept"; else \
+	  $(SUDO) install -m 0640 -o root -g edge-semvc systemd/config.example.yml $(SERVICE_ETC)/config.yml; \
+	  echo "config: $(SERVICE_ETC)/config.yml (from systemd/config.example.yml)"; \
+	fi; \
+	if [ ! -e $(SERVICE_ETC)/environment ]; then \
+	  printf '# KEY=value lines for the service (secrets named by mqtt.password_env)\n' | \
+	    $(SUDO) install -m 0600 -o root -g root /dev/stdin $(SERVICE_ETC)/environment; \
+	  echo "secrets: $(SERVICE_ETC)/environment (mode 0600, empty)"; \
+	fi; \
+	sed 's#/opt/edge-semvc#$(SERVICE_HOME)#g' systemd/edge-semvc.service | \
+	  $(SUDO) install -m 0644 /dev/stdin $(UNIT_DIR)/edge-semvc.service; \
+	echo "unit: $(UNIT_DIR)/edge-semvc.service"; \
+	if [ -d /run/systemd/system ]; then $(SUDO) systemctl daemon-reload; \
+	  echo "systemctl daemon-reload: done"; \
+	  echo "start it: $(SUDO) systemctl enable --now edge-semvc; follow it: journalctl -u edge-semvc -f"; \
+	else echo "systemd is not running here: no daemon-reload (the files are in place)"; fi

@@ -63,9 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a configuration key (repeatable)")
     sv.add_argument("--seconds", type=float, default=0.0, metavar="S",
                     help="stop after S seconds (default: run until stopped)")
+    sv.add_argument("--stats-json", metavar="FILE",
+                    help="at exit, write each camera's figures over the whole run here")
 
     c = sub.add_parser("config", help="print the default configuration or its JSON schema")
     c.add_argument("--schema", action="store_true", help="print the JSON schema")
+    c.add_argument("--serve", action="store_true",
+                   help="the service's configuration (with cameras, record, mqtt)")
+    c.add_argument("--reference", action="store_true",
+                   help="print the configuration reference (docs/configuration.md)")
 
     b = sub.add_parser("bench", help="rate-distortion, accuracy and speed: semantic vs x264")
     from .bench.run import add_arguments as bench_arguments
@@ -203,9 +209,20 @@ def cmd_models(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from .config import Config, dump_schema
+    import json
 
-    print(dump_schema() if args.schema else Config().to_yaml(), end="")
+    from .config import Config
+    from .config_model import schema_of
+    from .serve.config import ServeConfig, reference
+
+    if args.reference:
+        print(reference(), end="")
+    elif args.schema:
+        print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema",
+                          "title": "edge_semvc", **schema_of(ServeConfig if args.serve
+                                                             else Config)}, indent=2))
+    else:
+        print((ServeConfig() if args.serve else Config()).to_yaml(), end="")
     return 0
 
 
@@ -213,12 +230,17 @@ def cmd_serve(args) -> int:
     from .config import load_config
     from .serve.config import ServeConfig
     from .serve.service import Service
+    from .sinks.file import check_writable
     from .stop import set_on_signals
 
     cfg = load_config(args.config, args.set, cls=ServeConfig)
+    check_writable({"--stats-json": args.stats_json})
     service = Service(cfg)
     set_on_signals(service.stop_event)  # every camera's segment is closed, then exit 0
-    return service.run(max_seconds=args.seconds)
+    status = service.run(max_seconds=args.seconds)
+    if args.stats_json:
+        Path(args.stats_json).write_text(json.dumps(service.summary, indent=2) + "\n")
+    return status
 
 
 def cmd_bench(args) -> int:

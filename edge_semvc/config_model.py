@@ -7,7 +7,9 @@ schema from the dataclasses. Each subsystem owns its model (`labeler/config.py`,
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
@@ -118,3 +120,33 @@ def schema_of(cls: type) -> dict[str, Any]:
         else:
             props[f.name] = {"type": kind, "default": default}
     return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the dataclass's source (the lines above it and the one after it),
+    so the reference documentation is generated from the code that defines the defaults."""
+    import inspect
+
+    out, above = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        m = re.match(r"(\w+)\s*:\s*[^=#]+=[^#]*(?:#\s*(.*))?$", text)
+        if m and not text.startswith(("def ", "return ", "class ")):
+            out[m.group(1)] = " ".join([*above, m.group(2) or ""]).strip()
+        above = []
+    return out
+
+
+def reference_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every field, nested dataclasses flattened."""
+    rows, defaults, comments = [], cls(), field_comments(cls)
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += reference_rows(type(value), f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", json.dumps(value), comments.get(f.name, "")))
+    return rows

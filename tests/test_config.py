@@ -76,3 +76,15 @@ def test_schema_lists_every_section():
     assert set(schema["properties"]) == {"labeler", "analysis", "qp", "encoder"}
     assert schema["properties"]["qp"]["properties"]["target_mean"]["default"] == 1.5
     json.dumps(schema)
+
+
+def test_the_configuration_reference_is_current():
+    """docs/configuration.md is generated from the dataclasses: regenerate it with
+    `edge-semvc config --reference > docs/configuration.md` after changing a default."""
+    from pathlib import Path
+
+    from edge_semvc.serve.config import reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == reference()
+    assert "| `cameras.<name>.input` |" in reference() and "| `mqtt.host` |" in reference()

@@ -179,7 +179,8 @@ def test_names_get_a_suffix_when_taken(street, tmp_path):
     cfg = RecordConfig(dir=str(tmp_path), segment_seconds=1)
     events, _, _, _ = record(street[:25], cfg, now=lambda: T0)  # a stuck clock
     stamp = T0.strftime("%Y%m%dT%H%M%SZ")
-    assert files(tmp_path / "cam") == [f"{stamp}-1.ts", f"{stamp}-2.ts", f"{stamp}.ts"]
+    # listed by name, they come in recording order
+    assert files(tmp_path / "cam") == [f"{stamp}.ts", f"{stamp}_0001.ts", f"{stamp}_0002.ts"]
 
 
 def test_config_validation_names_the_key(tmp_path):

@@ -86,7 +86,12 @@ def check_segments(folder: Path) -> tuple[int, float]:
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
     proc.send_signal(sig)
-    return proc.wait(120)
+    try:
+        return proc.wait(120)
+    finally:  # never leave a service running behind a failed test
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def test_looped_clip_is_recorded_in_segments_that_decode_alone(tmp_path):
@@ -309,3 +314,37 @@ def _state(watcher) -> dict | None:
     states = [json.loads(m[1]) for m in watcher.messages
               if m[0] == "edge_semvc/front/config/state"]
     return states[-1] if states else None
+
+
+@pytest.mark.slow
+def test_a_minute_of_recording_keeps_within_its_retention(tmp_path):
+    """Slow (`make test-all`): a minute of 1 s segments under a byte cap of about five of
+    them: the oldest are deleted as new ones close, and what is kept decodes."""
+    needs_clip()
+    config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}},
+                          segment_seconds=1, max_bytes=5 * 20_000)
+    proc = start_service(config, "--seconds", "60")
+    assert proc.wait(300) == 0, service_log(config)
+    rec = tmp_path / "rec" / "front"
+    kept = segments(rec)
+    assert 2 <= len(kept) <= 8 and sum(p.stat().st_size for p in kept) <= 5 * 20_000 + 40_000
+    assert service_log(config).count("segment_deleted") >= 40
+    for path in kept:
+        assert decode(path)[0][1]
+
+
+def test_a_file_camera_ends_and_reports_its_scene_cuts(tmp_path):
+    """A file without `loop`, read as fast as it decodes: the camera ends after its last frame
+    (`source_ended`), the service exits 0 once every camera ended, and the cuts of the bikes
+    clip (frames 30, 76, 137, 187, 242) come out as `scene_cut` events."""
+    clip = VIDEO / "bikes_street_scene_cuts_640x272.mp4"
+    if not clip.exists():
+        pytest.skip(f"{clip} is missing (../shared beside the project holds the clips)")
+    config = write_config(tmp_path, {"bikes": {"input": f"file://{clip}", "realtime": False}})
+    proc = start_service(config)
+    assert proc.wait(300) == 0, service_log(config)
+    log = service_log(config)
+    assert "bikes: source_ended" in log
+    assert 3 <= log.count("bikes: scene_cut") <= 8, log
+    frames, _ = check_segments(tmp_path / "rec" / "bikes")
+    assert frames == 250

@@ -8,12 +8,12 @@ from ..config_model import check
 
 @dataclass
 class EncoderConfig:
-    backend: str = "x264"
-    rc: str = "crf"
-    crf: float = 23.0
+    backend: str = "x264"  # the encoder (GPL: behind the encoder interface)
+    rc: str = "crf"  # rate control: crf, abr or cbr
+    crf: float = 23.0  # quality target with rc=crf (lower = better, more bytes)
     bitrate: int = 0  # bits/s; required for abr/cbr, an optional VBV cap with crf (0 = none)
-    preset: str = "veryfast"
-    tune: str = ""
+    preset: str = "veryfast"  # x264 preset
+    tune: str = ""  # x264 tune, e.g. zerolatency (no lookahead or B-frame delay)
     keyint: int = 0  # 0 = x264's default
     threads: int = 0  # 0 = auto
     params: dict[str, str] = field(default_factory=dict)  # extra x264 options (param_parse)

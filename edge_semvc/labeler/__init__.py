@@ -326,6 +326,7 @@ class Labeler:
         self.worker = Worker(self._run_model, inline=self.budget is None or not cfg.parallel,
                              **({"thread_clock": thread_clock} if thread_clock else {}))
         self._n = -1  # frames seen
+        self.scene_cuts = 0
         self._live: list[int | None] = [None] * len(self.models)  # frame of each model's planes
         self._last_run = [-(1 << 30)] * len(self.models)
         self._last_run_s = [float("-inf")] * len(self.models)  # stream time of that frame
@@ -380,6 +381,7 @@ class Labeler:
             self._grid = grid
         self._collect(self.worker.results())
         cut = self._n > 0 and not self._grid_changed and c.scene_cut
+        self.scene_cuts += cut  # read by the service for its `scene_cut` events
         due = self._due(cut)
         if cut and self.worker.busy:  # what is running started before the cut
             self._collect(self.worker.results(wait=True))

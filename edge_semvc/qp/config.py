@@ -9,7 +9,7 @@ from ..config_model import check
 
 @dataclass
 class QpConfig:
-    device: str = "cpu"
+    device: str = "cpu"  # where the map is computed: cpu (numpy)
     # S130: alpha weighs complexity C, beta weighs change V; chosen by V against v_threshold.
     v_threshold: float = 0.25
     alpha_slow: float = 0.6
@@ -20,11 +20,12 @@ class QpConfig:
     q_gain: float = 4.0  # QP per unit of Q
     importance_gain: float = 12.0  # QP removed from a region of importance 1.0 ...
     importance_budget: float = 1.75  # ... unless the frame average would exceed this (QP)
+    # How much each product class matters, 0..1 (a table: setting one entry keeps the others).
     importance: dict[str, float] = field(default_factory=lambda: {
         "background": 0.0, "person": 0.8, "face": 1.0, "text": 0.7,
         "vehicle": 0.6})
-    offset_min: float = -12.0
-    offset_max: float = 12.0
+    offset_min: float = -12.0  # the offsets are clamped to [offset_min, offset_max] (QP)
+    offset_max: float = 12.0  # (see offset_min)
     # The map is shifted so its frame mean is this (FACTS: a positive mean stops x264's CRF from
     # spending more bits overall when it sees negative offsets).
     target_mean: float = 1.5

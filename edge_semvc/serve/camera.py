@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -71,6 +73,7 @@ class Camera:
         self.live = uri.partition("://")[0] in LIVE_SCHEMES
         self.stop_event = threading.Event()
         self.stats = RunStats()
+        self.latency_ms: deque[float] = deque(maxlen=TIMING_WINDOW)  # capture to encoded
         self.frames_total = 0  # over every run: the count a watchdog and READY look at
         self.dropped_total = 0
         self.runs = 0
@@ -149,12 +152,17 @@ class Camera:
                     timing_window=TIMING_WINDOW, queue_frames=self.queue_frames)
         self._pending = None  # this run starts from self.cfg
         start = self.frames_total
+        seen_cuts = [0]
 
         def on_frame(frame, labels, qp) -> None:
             self.frames_total = start + stats.frames + 1
-            paced.capture_times.pop(frame.index, None)
-            if self.frames_total - start == 1 and self.runs == 1:
-                log.info("%s: first frame", self.name)
+            cuts = stats.labeler.scene_cuts if stats.labeler else 0
+            if cuts > seen_cuts[0]:
+                seen_cuts[0] = cuts
+                self.emit("scene_cut", frame=self.frames_total, pts=frame.pts)
+            captured = paced.capture_times.pop(frame.index, None)
+            if captured is not None:
+                self.latency_ms.append((time.perf_counter() - captured) * 1e3)
             self.backoff.reset()
 
         try:

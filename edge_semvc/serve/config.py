@@ -16,39 +16,34 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..config import Config
-from ..config_model import merge
+from ..config_model import check, merge, reference_rows
 from ..errors import ConfigError
 from ..sinks.config import RecordConfig
 
 REDACTED = "***"
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:  # the wording of config_model.check
-        raise ConfigError(f"invalid value for {key}: {value!r} (expected {allowed})")
-
-
 def check_topic_level(name: str, key: str) -> None:
     """A camera name or prefix part must be one MQTT topic level: no wildcards, no '/'."""
-    _check(isinstance(name, str) and bool(name) and not any(c in name for c in "/+#\0"),
+    check(isinstance(name, str) and bool(name) and not any(c in name for c in "/+#\0"),
            key, name, "a non-empty name without '/', '+', '#'")
 
 
 @dataclass
 class MqttTlsConfig:
-    enabled: bool = False
+    enabled: bool = False  # connect with TLS
     ca_certs: str = ""  # "" = the system's CA certificates
     certfile: str = ""  # client certificate, for brokers that authenticate clients by it
-    keyfile: str = ""
+    keyfile: str = ""  # the client certificate's key
 
 
 @dataclass(repr=False)
 class MqttConfig:
-    enabled: bool = False
-    host: str = "localhost"
-    port: int = 1883
-    username: str = ""
-    password: str = field(default="", repr=False)
+    enabled: bool = False  # publish telemetry and take remote configuration
+    host: str = "localhost"  # the broker
+    port: int = 1883  # 8883 is usual with TLS
+    username: str = ""  # or username_env
+    password: str = field(default="", repr=False)  # prefer password_env: never published
     username_env: str = ""  # name of an environment variable holding the user name
     password_env: str = ""  # name of an environment variable holding the password
     tls: MqttTlsConfig = field(default_factory=MqttTlsConfig)
@@ -59,34 +54,34 @@ class MqttConfig:
     reconnect_max_delay: int = 30  # seconds; reconnection backs off 1, 2, 4 ... up to this
     queue_size: int = 256  # messages held while the broker is unreachable (oldest stats go first)
     home_assistant: bool = False  # publish Home Assistant MQTT discovery configs
-    discovery_prefix: str = "homeassistant"
+    discovery_prefix: str = "homeassistant"  # Home Assistant's discovery topic prefix
 
     def validate(self) -> "MqttConfig":
-        _check(isinstance(self.host, str) and bool(self.host.strip()), "mqtt.host", self.host,
+        check(isinstance(self.host, str) and bool(self.host.strip()), "mqtt.host", self.host,
                "a host name or address")
-        _check(isinstance(self.port, int) and 0 < self.port < 65536, "mqtt.port", self.port,
+        check(isinstance(self.port, int) and 0 < self.port < 65536, "mqtt.port", self.port,
                "a TCP port, 1-65535")
         for part in self.topic_prefix.split("/"):
             check_topic_level(part, "mqtt.topic_prefix")
         for part in self.discovery_prefix.split("/"):
             check_topic_level(part, "mqtt.discovery_prefix")
-        _check(self.stats_interval > 0, "mqtt.stats_interval", self.stats_interval, "> 0 s")
-        _check(5 <= self.keepalive <= 3600, "mqtt.keepalive", self.keepalive, "5-3600 s")
-        _check(1 <= self.reconnect_max_delay <= 3600, "mqtt.reconnect_max_delay",
+        check(self.stats_interval > 0, "mqtt.stats_interval", self.stats_interval, "> 0 s")
+        check(5 <= self.keepalive <= 3600, "mqtt.keepalive", self.keepalive, "5-3600 s")
+        check(1 <= self.reconnect_max_delay <= 3600, "mqtt.reconnect_max_delay",
                self.reconnect_max_delay, "1-3600 s")
-        _check(self.queue_size >= 1, "mqtt.queue_size", self.queue_size, ">= 1")
+        check(self.queue_size >= 1, "mqtt.queue_size", self.queue_size, ">= 1")
         for key in ("username_env", "password_env"):
             name = getattr(self, key)
-            _check(not name or name.replace("_", "a").isalnum(), f"mqtt.{key}", name,
+            check(not name or name.replace("_", "a").isalnum(), f"mqtt.{key}", name,
                    "an environment variable name")
-        _check(not (self.password and self.password_env), "mqtt.password", REDACTED,
+        check(not (self.password and self.password_env), "mqtt.password", REDACTED,
                "either password or password_env, not both")
         tls = self.tls
         for key in ("ca_certs", "certfile", "keyfile"):
             path = getattr(tls, key)
-            _check(not path or tls.enabled, f"mqtt.tls.{key}", path,
+            check(not path or tls.enabled, f"mqtt.tls.{key}", path,
                    "mqtt.tls.enabled: true when TLS files are given")
-        _check(not tls.keyfile or tls.certfile, "mqtt.tls.keyfile", tls.keyfile,
+        check(not tls.keyfile or tls.certfile, "mqtt.tls.keyfile", tls.keyfile,
                "mqtt.tls.certfile as well")
         return self
 
@@ -132,9 +127,9 @@ class CameraConfig:
     queue_frames: int = 1  # frames queued between the pipeline's threads (latency)
 
     def validate(self, key: str) -> None:
-        _check(isinstance(self.input, str) and bool(self.input.strip()), f"{key}.input",
+        check(isinstance(self.input, str) and bool(self.input.strip()), f"{key}.input",
                self.input, "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N")
-        _check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
+        check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
 
 
 @dataclass
@@ -142,6 +137,7 @@ class ServeConfig(Config):
     """`edge-semvc serve`'s file: the pipeline's sections, shared by every camera, plus
     `cameras`, `record`, `mqtt` and `state_dir` (where remote changes are kept)."""
 
+    # name -> {input: URI, loop, realtime, queue_frames} (cameras.<name>.* below)
     cameras: dict[str, Any] = field(default_factory=dict)
     record: RecordConfig = field(default_factory=RecordConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -149,12 +145,12 @@ class ServeConfig(Config):
 
     def validate(self) -> "ServeConfig":
         super().validate()
-        _check(bool(self.cameras), "cameras", self.cameras,
+        check(bool(self.cameras), "cameras", self.cameras,
                "at least one camera: {name: {input: URI}}")
         parsed = {}
         for name, entry in self.cameras.items():
             check_topic_level(name, f"cameras.{name}")
-            _check(not name.startswith("."), f"cameras.{name}", name, "a name not starting "
+            check(not name.startswith("."), f"cameras.{name}", name, "a name not starting "
                    "with '.'")
             if isinstance(entry, CameraConfig):  # validated before
                 parsed[name] = entry
@@ -175,3 +171,25 @@ class ServeConfig(Config):
 
     def state_folder(self) -> str:
         return self.state_dir or os.path.join(self.record.dir, ".state")
+
+
+def reference() -> str:
+    """docs/configuration.md: every key with its default and what it does, generated from the
+    dataclasses that define them (`edge-semvc config --reference`; a test keeps it current)."""
+    from .remote import LIVE_KEYS
+
+    rows = reference_rows(ServeConfig)
+    cameras = [(f"cameras.<name>.{k[len('x.'):]}", d, c)
+               for k, d, c in reference_rows(CameraConfig, "x.")]
+    i = next(n for n, r in enumerate(rows) if r[0] == "cameras")
+    rows[i + 1:i + 1] = cameras
+    lines = ["# Configuration reference", "",
+             "Generated by `edge-semvc config --reference` from the code that defines the "
+             "defaults. `encode`, `bench` and `field-bench` read the `labeler`, `analysis`, "
+             "`qp` and `encoder` sections; `serve` reads them all. Keys that `serve` takes "
+             "over MQTT while running (`<prefix>/<camera>/config/set`): "
+             + ", ".join(f"`{k}*`" if k.endswith(".") else f"`{k}`" for k in LIVE_KEYS)
+             + ".", "", "| key | default | meaning |", "|---|---|---|"]
+    for key, default, comment in rows:
+        lines.append(f"| `{key}` | `{default}` | {comment.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ from .stats import CpuMeter, StatsWindow
 from .telemetry import open_telemetry
 
 log = logging.getLogger("edge_semvc")
+STOP_TIMEOUT_S = 25.0  # every camera drains its encoder and closes its segment in this time
 
 
 class Service:
@@ -35,6 +36,8 @@ class Service:
         self.store = OverrideStore(cfg.state_folder())
         self.telemetry = open_telemetry(cfg.mqtt, on_config_set=self._config_set)
         self.cameras: dict[str, Camera] = {}
+        self._fps: dict[str, float] = {}
+        self.summary: dict = {}  # over the whole run, once it ended (`serve --stats-json`)
         self._config_lock = threading.Lock()
         base = cfg.pipeline_config()
         _check_models_prepared(base)  # a service never downloads: `make install-service` did
@@ -88,6 +91,8 @@ class Service:
         watchdog = Watchdog.from_environment()
         cpu = CpuMeter(self.clock)
         windows = {name: StatsWindow(cam, self.clock) for name, cam in self.cameras.items()}
+        whole_run = ({name: StatsWindow(cam, self.clock) for name, cam in self.cameras.items()},
+                     CpuMeter(self.clock))
         for name, cam in self.cameras.items():
             self.telemetry.publish_config_state(name, cam.cfg.to_dict())
             cam.start()
@@ -109,7 +114,9 @@ class Service:
                 if now - last_stats >= self.cfg.mqtt.stats_interval:
                     percent = cpu.percent()
                     for name, window in windows.items():
-                        self.telemetry.publish_stats(name, window.snapshot(percent))
+                        snapshot = window.snapshot(percent)
+                        self._fps[name] = snapshot["fps"]
+                        self.telemetry.publish_stats(name, snapshot)
                     notify_status(self._status())
                     last_stats = now
                 if max_seconds and now - start >= max_seconds:
@@ -119,12 +126,16 @@ class Service:
         except KeyboardInterrupt as e:
             log.info("stopping (%s)", e or "interrupted")
         finally:
+            percent = whole_run[1].percent()
+            self.summary = {"seconds": round(self.clock() - start, 2), "cpu_percent": percent,
+                            "cameras": {n: w.snapshot(percent) for n, w in whole_run[0].items()}}
             self.shutdown()
         return 0
 
     def _status(self) -> str:
-        return ", ".join(f"{n}: {c.state}, {c.frames_total} frames"
-                         for n, c in self.cameras.items())
+        """systemd's STATUS= line: each camera's frame rate over the last stats interval."""
+        return ", ".join(f"{n}: {self._fps[n]:.1f} fps" if c.state == "running" and n in self._fps
+                         else f"{n}: {c.state}" for n, c in self.cameras.items())
 
     def shutdown(self) -> None:
         finalising(True)  # a second SIGTERM must not cut the segments' finalisation short
@@ -132,8 +143,9 @@ class Service:
         self.stop_event.set()
         for cam in self.cameras.values():
             cam.stop()
+        deadline = self.clock() + STOP_TIMEOUT_S  # inside the unit's TimeoutStopSec=30
         for cam in self.cameras.values():
-            cam.thread.join(timeout=60)
+            cam.thread.join(timeout=max(0.1, deadline - self.clock()))
         self.telemetry.close()
 
 

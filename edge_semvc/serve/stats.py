@@ -40,7 +40,8 @@ class StatsWindow:
             "bitrate_kbps": round(new_bytes * 8 / dt / 1e3, 1),
             "target_kbps": round(target / 1e3, 1) if target else None,
             "dropped_frames": cam.dropped(),
-            "latency_ms": {name: _percentiles(list(v)) for name, v in stats.timings.items()},
+            "latency_ms": {"end_to_end": _percentiles(list(cam.latency_ms)),
+                           **{name: _percentiles(list(v)) for name, v in stats.timings.items()}},
             "label_coverage": ({c: round(float(n) / total, 4) for c, n in zip(classes, counts)}
                                if total else {}),
             "mean_offset_roi": round(stats.offset_sum_roi / stats.mb_roi, 3)

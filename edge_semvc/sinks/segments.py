@@ -23,7 +23,8 @@ Guarantees and choices:
   files (``segment_deleted``, reason ``stale_part``): incomplete by definition, and the
   camera's lock (``<camera>/.lock``, flock) proves no live sink still writes them.
 - **Time is the packets' pts** (settings' ``time_base``); the injectable ``now()`` only names
-  segments (UTC start time, ``-1``, ``-2``... if taken) and ages them for retention.
+  segments (UTC start time, ``_0001``, ``_0002``... if taken, so names sort in recording
+  order) and ages them for retention.
 - **A write failure never raises** from ``write``/``close`` (disk full, read-only, folder
   removed, device gone): the open segment is dropped (its ``.part`` deleted: that frees space,
   and a cut segment is not a complete one), ``write_error`` is reported, and a new segment is
@@ -65,7 +66,9 @@ log = logging.getLogger(__name__)
 _MUXERS = {"ts": ("mpegts", {"avoid_negative_ts": "disabled"}),  # as FileSink: exact pts
            "mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof"})}
 _STAMP = "%Y%m%dT%H%M%SZ"
-_NAME = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?\.(ts|mp4)$")
+# A second segment started within the same second gets `_0001`, `_0002` ...: '_' sorts after
+# '.', so names list in recording order (faster-than-real-time input starts several a second).
+_NAME = re.compile(r"^(\d{8}T\d{6}Z)(?:_(\d{4}))?\.(ts|mp4)$")
 # PyAV re-raises our file object's OSError; its own failures (a trailer after an I/O error,
 # timestamps a muxer refuses) are FFmpegError, not an OSError: both end the segment, not the run
 _WRITE_ERRORS = (OSError, av.error.FFmpegError)
@@ -378,7 +381,7 @@ class SegmentSink:
         stamp = _utc(self._now()).astimezone(timezone.utc).strftime(_STAMP)
         ext = self.cfg.extension
         for n in range(10_000):
-            name = f"{stamp}{f'-{n}' if n else ''}{ext}"
+            name = f"{stamp}{f'_{n:04d}' if n else ''}{ext}"
             if not os.path.lexists(self.path / name):
                 return self.path / name
         raise FileExistsError(errno_mod.EEXIST, "no free segment name", str(self.path / stamp))
