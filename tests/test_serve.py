@@ -164,11 +164,7 @@ def test_a_lost_rtsp_camera_does_not_stop_the_other(tmp_path):
 
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
 def test_stats_resume_after_the_broker_restarts(tmp_path):
-    needs_clip()
-    broker = Broker(_folder(tmp_path, "broker"), free_port()).start()
-    config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}},
-                          mqtt={"enabled": True, "port": broker.port, "host": "127.0.0.1",
-                                "stats_interval": 1})
+    broker, config = with_broker(tmp_path)
     proc = start_service(config)
     try:
         watcher = Watcher(broker.port, "edge_semvc/#")
@@ -192,10 +188,16 @@ def test_stats_resume_after_the_broker_restarts(tmp_path):
     assert code == 0, service_log(config)
 
 
-def _folder(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    path.mkdir()
-    return path
+def with_broker(tmp_path: Path) -> tuple[Broker, Path]:
+    """A running mosquitto and a one-camera configuration reporting to it every second."""
+    needs_clip()
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    broker = Broker(folder, free_port()).start()
+    config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}},
+                          mqtt={"enabled": True, "port": broker.port, "host": "127.0.0.1",
+                                "stats_interval": 1})
+    return broker, config
 
 
 def malformed_payloads() -> list[bytes]:
@@ -268,11 +270,7 @@ def test_malformed_remote_changes_are_refused_and_change_nothing():
 
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
 def test_remote_configuration_over_mqtt_survives_a_restart(tmp_path):
-    needs_clip()
-    broker = Broker(_folder(tmp_path, "broker"), free_port()).start()
-    config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}},
-                          mqtt={"enabled": True, "port": broker.port, "host": "127.0.0.1",
-                                "stats_interval": 1})
+    broker, config = with_broker(tmp_path)
     proc = start_service(config)
     watcher = Watcher(broker.port, "edge_semvc/#")
     events = lambda name: [e for e in (json.loads(m[1]) for m in watcher.messages  # noqa: E731

@@ -25,7 +25,10 @@ from ..errors import ConfigError, ModelError
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 
-ROLES = ("segmentation", "detection", "text")
+ROLES = ("segmentation", "detection", "text", "classifier")
+# Roles the labeler runs; a classifier reads regions other models found (the emotion
+# analyser's model) and is refused in `labeler.models`.
+LABELER_ROLES = ("segmentation", "detection", "text")
 # Decoder name -> (default role, its options with their defaults). None: taken from
 # LabelerConfig at run time (ssd-anchors: face_box_scale, face_min_score).
 DECODERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -286,8 +289,12 @@ def check_models_config(models: Any, check_path: bool = True) -> None:
         if isinstance(entry, str):
             if not entry.strip():
                 raise _bad(key, entry, "a model name")
-            continue
-        describe(entry, key, check_path=check_path)
+            role = (REGISTRY.get(entry) or {}).get("role")
+        else:
+            role = describe(entry, key, check_path=check_path)["role"]
+        if role is not None and role not in LABELER_ROLES:
+            raise _bad(key, entry, f"a labeler model ({' | '.join(LABELER_ROLES)}); this one is "
+                                   f"a {role}, run by its own analyser")
 
 
 def product_classes(models: list) -> set[str]:
@@ -347,6 +354,18 @@ def prepared_file(desc: dict, key: str, cache_dir=None) -> Path:
             return onx
         raise ModelError(f"{key}: model {desc['name']!r} is not prepared or its file is damaged "
                          f"({onx}); run `edge-semvc models prepare {desc['name']}` (or `make`)")
+    path, actual = checked_user_file(desc, key)
+    if desc["format"] == "onnx":
+        return path
+    onx = user_conversion_path(path, actual or sha256_file(path), cache_dir)
+    if intact(onx):
+        return onx
+    raise ModelError(f"{key}.path: {path} is not converted yet (or its conversion is damaged); "
+                     f"run `edge-semvc models prepare --config FILE` with this configuration")
+
+
+def checked_user_file(desc: dict, key: str) -> tuple[Path, str | None]:
+    """A model given by path: (the file, its sha256 when the entry pins one and it matched)."""
     path = Path(desc["path"])
     if not path.is_file():
         raise ModelError(f"{key}.path: {path} does not exist or is not a file")
@@ -356,13 +375,7 @@ def prepared_file(desc: dict, key: str, cache_dir=None) -> Path:
         if actual != desc["sha256"].lower():
             raise ModelError(f"{key}.path: {path}: sha256 mismatch (expected "
                              f"{desc['sha256'].lower()}, got {actual})")
-    if desc["format"] == "onnx":
-        return path
-    onx = user_conversion_path(path, actual or sha256_file(path), cache_dir)
-    if intact(onx):
-        return onx
-    raise ModelError(f"{key}.path: {path} is not converted yet (or its conversion is damaged); "
-                     f"run `edge-semvc models prepare --config FILE` with this configuration")
+    return path, actual
 
 
 def user_conversion_path(path: Path, sha256: str, cache_dir=None) -> Path:

@@ -44,6 +44,7 @@ from ..labeler.registry import (
     CONVERTED,
     _spec,
     cache_root,
+    checked_user_file,
     describe,
     model_paths,
     model_size,
@@ -329,15 +330,7 @@ def model_file(desc: dict, key: str, cache_dir=None, log=print) -> Path:
     if desc["registry"]:
         size = desc["input"]["size"] if desc.get("format") == "tfjs" else None
         return prepare_model(desc["name"], cache_dir, log=log, size=size)
-    path = Path(desc["path"])
-    if not path.is_file():
-        raise ModelError(f"{key}.path: {path} does not exist or is not a file")
-    actual = None
-    if desc.get("sha256"):
-        actual = sha256_file(path)
-        if actual != desc["sha256"].lower():
-            raise ModelError(f"{key}.path: {path}: sha256 mismatch (expected "
-                             f"{desc['sha256'].lower()}, got {actual})")
+    path, actual = checked_user_file(desc, key)
     if desc["format"] == "onnx":
         return path
     actual = actual or sha256_file(path)
