@@ -108,9 +108,9 @@ def cmd_encode(args) -> int:
         wants_global_headers(args.qp_map_video)
     check_writable(outputs, images=("--qp-map-png",))
     if not args.no_map:  # models fetched and converted now, before the input is opened
-        from .tools.models import prepare_entries
+        from .tools.models import prepare_config
 
-        prepare_entries(cfg.labeler.models, cfg.cache_dir(), log=_log_stderr)
+        prepare_config(cfg, cfg.cache_dir(), log=_log_stderr)
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
     source = open_source(args.input, raw)
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())

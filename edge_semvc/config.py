@@ -16,10 +16,13 @@ from typing import Any
 import yaml
 
 from .analysis.config import AnalysisConfig
+from .analysis.fusion import FusionConfig
+from .analysis.recurrent import AttentionConfig
 from .config_model import UniqueKeyLoader, check, merge, schema_of
 from .encoders.config import EncoderConfig
 from .errors import ConfigError
 from .labeler.config import LabelerConfig
+from .labeler.emotion import EmotionConfig
 from .qp.config import QpConfig
 
 __all__ = ["AnalysisConfig", "Config", "ConfigError", "EncoderConfig", "LabelerConfig",
@@ -32,6 +35,10 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     qp: QpConfig = field(default_factory=QpConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # The method's extensions (embodiments 2-5; extensions.py), each off by default.
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def validate(self) -> "Config":
         from .labeler.registry import product_classes
@@ -47,6 +54,9 @@ class Config:
         self.analysis.validate()
         self.qp.validate()
         self.encoder.validate()
+        self.attention.validate()
+        self.emotion.validate()
+        self.fusion.validate()
         return self
 
     # --- persistence -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .config import Config
 from .encoders import get_encoder
 from .encoders.base import EncoderSettings
 from .errors import WriteError
+from .extensions import Extensions
 from .frame import Frame
 from .labeler import Labeler
 from .qp.qpmap import build_qp_map, importance_vector
@@ -81,6 +82,7 @@ class RunStats:
     offset_sum_bg: float = 0.0
     mb_bg: int = 0
     labeler: Labeler | None = None  # the run's labeler, for its statistics
+    idr_requested: int = 0  # IDR pictures asked for (scene cuts, segment starts)
 
     def add_frame(self, labels: LabelMap, qp: QpMap) -> None:
         counts = np.bincount(labels.labels.ravel(), minlength=len(labels.classes))
@@ -120,6 +122,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info) if semantic else None
     importance = importance_vector(["background", *labeler.classes], cfg.qp) if semantic else None
     analyser = Analyser(cfg.analysis)
+    extensions = Extensions(cfg, labeler, getattr(source, "path", None)) if semantic else None
+    extensions = extensions if extensions is not None and extensions.active else None
     no_labels = no_map = None
     stats = live.stats or RunStats()
     stats.labeler = labeler
@@ -140,24 +144,32 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         if new is not None:  # only keys safe to change live differ (serve/remote.py)
             qp_cfg, analyser.cfg, labeler.cfg = new.qp, new.analysis, new.labeler
             importance = importance_vector(["background", *labeler.classes], new.qp)
+            if extensions is not None:
+                extensions.reconfigure(new)
         t0 = time.perf_counter()
         labels = labeler.label(frame)
         t1 = time.perf_counter()
         # Nothing labelled: x264 gets no map at all, exactly plain x264 (a uniform shift is
         # not neutral: it moves x264's own adaptive quantisation), so nothing to compute.
         mapped = bool(labels.labels.any())
+        mod = None
         if mapped:
             region = analyser.analyse(frame, labels)
+            if extensions is not None:
+                mod = extensions.modulation(frame, labels, region.regions)
             t2 = time.perf_counter()
-            qp = build_qp_map(region, labels, importance, qp_cfg)
+            adjust = (lambda q: extensions.adjust(q, mod)) if mod is not None else None
+            qp = build_qp_map(region, labels, importance, qp_cfg, adjust)
         else:
             analyser.reset()
+            if extensions is not None:  # their state runs over every frame; a cut still counts
+                mod = extensions.modulation(frame, labels, None)
             t2 = time.perf_counter()
             qp = QpMap(np.zeros(labels.shape, np.float32))
         t3 = time.perf_counter()
         for name, dt in (("labeler", t1 - t0), ("analysis", t2 - t1), ("qp_map", t3 - t2)):
             stats.timings[name].append(dt * 1e3)
-        return frame, labels, qp, mapped
+        return frame, labels, qp, mapped, bool(mod is not None and mod.cut)
 
     t_start = time.perf_counter()
     finalising(False)
@@ -181,9 +193,9 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                                              source.fps)
             for item in stages[-1]:
                 if semantic:
-                    frame, labels, qp, mapped = item
+                    frame, labels, qp, mapped, cut = item
                 else:
-                    mapped = False
+                    mapped = cut = False
                     frame = item
                     if no_labels is None:
                         no_labels = LabelMap.from_probs(
@@ -193,8 +205,11 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 t0 = time.perf_counter()
                 stats.frames_mapped += mapped
                 offsets = qp.offsets if mapped else None
-                packets = (enc.encode(frame, offsets, force_idr=True)
-                           if wants_idr and wants_idr(frame.pts) else enc.encode(frame, offsets))
+                # a new scene, or a new segment, starts with an IDR
+                idr = cut or bool(wants_idr and wants_idr(frame.pts))
+                packets = (enc.encode(frame, offsets, force_idr=True) if idr
+                           else enc.encode(frame, offsets))
+                stats.idr_requested += idr
                 sink.write(packets)
                 stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
                 stats.frames += 1

@@ -75,3 +75,23 @@ class QpMap:
     """Signed QP offset per macroblock, already clamped (negative = more bits)."""
 
     offsets: np.ndarray  # float32[mb_h, mb_w]
+
+
+@dataclass
+class Modulation:
+    """Per-macroblock terms of the method's extensions (METHOD embodiments 2-5), each None or
+    empty when its analyser is off. The QP policy turns them into changes of Q
+    (`extensions.py`); each is float32[mb_h, mb_w] unless said otherwise.
+
+    attention: P_t = tanh(D), the recurrent network's predicted change (embodiment 2)
+    emotion: E in [-1, 1], the emotion tendency of the faces there, 0 elsewhere (embodiment 3)
+    scene: S in {0, 1}, the region changed beyond S_th (embodiment 4)
+    data: (theta_k, D_k) per additional source: audio, subtitles, description (embodiment 5)
+    cut: the frame starts a new scene (embodiment 4): the encoder is asked for an IDR
+    """
+
+    attention: np.ndarray | None = None
+    emotion: np.ndarray | None = None
+    scene: np.ndarray | None = None
+    data: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    cut: bool = False

@@ -113,6 +113,10 @@ def run(args) -> int:
     check_writable({"OUTPUT": args.output, "--json": args.json})
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     cfg = load_config(args.config, config_overrides(args))
+    if not args.no_map:  # models fetched and converted now, before the clock starts
+        from ..tools.models import prepare_config
+
+        prepare_config(cfg, cfg.cache_dir(), log=lambda m: print(m, file=sys.stderr))
     tmpdir = None
     output = args.output
     if not output:

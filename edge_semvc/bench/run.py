@@ -24,6 +24,7 @@ to label); the same mask for every encode of a clip, so all are judged on the sa
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from ..frame import Frame
 from ..labeler import Labeler
 from ..pipeline import run_encode
 from ..sources import RawVideoOptions, open_source
-from ..tools.models import prepare_entries, ready_labeler
+from ..tools.models import prepare_config, ready_labeler
 from .detector import GROUPS, YoloxDetector
 from .metrics import (
     bd_rate,
@@ -191,6 +192,19 @@ def _mean(values: list[float]) -> float | None:
     return round(float(np.mean(finite)), 4) if finite else None
 
 
+EXTENSIONS = ("attention", "emotion", "scene", "fusion")  # the method's embodiments 2-5
+
+
+def core_method(cfg: Config) -> Config:
+    """`cfg` with every extension of the method switched off."""
+    core = copy.deepcopy(cfg)
+    for name in EXTENSIONS:
+        section = getattr(core, name, None)
+        if section is not None:
+            section.enabled = False
+    return core
+
+
 def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
                  max_frames: int) -> dict:
     src = open_source(ref.clip, raw)
@@ -198,6 +212,8 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
         if kind == "ffmpeg":
             from .ffmpeg_baseline import encode_with_ffmpeg
             stats = encode_with_ffmpeg(src, str(out), cfg.encoder, max_frames)
+        elif kind == "core":  # the core method alone: the semantic run's extensions off
+            stats = run_encode(src, str(out), core_method(cfg), max_frames=max_frames)
         else:
             stats = run_encode(src, str(out), cfg, semantic=kind == "semantic",
                                max_frames=max_frames)
@@ -355,8 +371,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-min-frames", type=float, default=ROI_MIN_FRAMES, metavar="FRACTION",
                    help="... and is present in >= FRACTION of the frames "
                         f"(default {ROI_MIN_FRAMES:g})")
-    p.add_argument("--baseline", choices=["ffmpeg"], action="append", default=[],
-                   help="also encode with FFmpeg's libx264 through PyAV")
+    p.add_argument("--baseline", choices=["ffmpeg", "core"], action="append", default=[],
+                   help="also encode with FFmpeg's libx264 through PyAV (ffmpeg), or with the "
+                        "core method alone, the configuration's extensions off (core): the "
+                        "BD-rates against it are what the extensions add")
     p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
     p.add_argument("--frames", type=int, default=0, help="only the first N frames of each clip")
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
@@ -390,7 +408,7 @@ def run(args) -> int:
                                     f"encoder.preset={args.preset}", f"encoder.tune={args.tune}",
                                     # placeholder so abr/cbr validate; each point sets its own
                                     "encoder.bitrate=1000000"])
-    prepare_entries(cfg.labeler.models, cfg.cache_dir(), log=lambda m: print(m, file=sys.stderr))
+    prepare_config(cfg, cfg.cache_dir(), log=lambda m: print(m, file=sys.stderr))
     ladder = None
     if args.bpp and (args.ladder or args.rc == "crf" or min(args.bpp) <= 0):
         raise ConfigError("--bpp takes positive values and goes with --rc abr/cbr, not --ladder")

@@ -140,6 +140,9 @@ class SsdAnchorAdapter(Adapter):
         if self.min_score is None:
             self.min_score = cfg.face_min_score
         self.box_scale = self.opts["box_scale"] or cfg.face_box_scale
+        # The detections of the latest run, float32[n, 5] (x1, y1, x2, y2 in frame pixels,
+        # score), as detected (not grown by box_scale); replaced, never changed in place.
+        self.last_boxes = np.zeros((0, 5), np.float32)
 
     def __call__(self, frame: Frame) -> np.ndarray:
         outs, g = self.infer(frame)
@@ -151,6 +154,10 @@ class SsdAnchorAdapter(Adapter):
             raise self._error(str(e)) from None
         boxes[:, :4] *= g.in_w
         boxes = g.boxes_to_frame(boxes)
+        pixels = boxes.copy()
+        pixels[:, [0, 2]] *= frame.width
+        pixels[:, [1, 3]] *= frame.height
+        self.last_boxes = pixels
         return boxes_to_mb(boxes, frame.width, frame.height, self.box_scale)[None]
 
 
@@ -411,6 +418,16 @@ class Labeler:
         self._fresh.clear()
         return fuse([(m.classes, gated[k], m.threshold) for k, (_, m) in enumerate(self.models)],
                     self.cfg.priority, self.model_names, grid)
+
+    def last_boxes(self, name: str) -> np.ndarray | None:
+        """Read-only: the face boxes of the ssd-anchors model `name` from its latest run,
+        float32[n, 5] (x1, y1, x2, y2 in frame pixels, score); None when no such model runs
+        here. Under a CPU budget that run may be a few frames old (its planes are carried with
+        the motion; these boxes are not)."""
+        for model_name, m in self.models:
+            if model_name == name and isinstance(m, SsdAnchorAdapter):
+                return m.last_boxes
+        return None
 
     def stats(self) -> dict:
         """Per model: runs, how stale its labels were (frames), mean CPU per run."""

@@ -8,6 +8,8 @@ saves bits at CRF (FACTS.md), so it is pinned rather than left to the content.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -29,8 +31,11 @@ def importance_vector(classes: list[str], cfg: QpConfig) -> np.ndarray:
 
 
 def build_qp_map(stats: RegionStats, labels: LabelMap, importance: np.ndarray,
-                 cfg: QpConfig) -> QpMap:
+                 cfg: QpConfig, adjust: Callable[[np.ndarray], np.ndarray] | None = None) -> QpMap:
+    """`adjust`: what the method's extensions do to Q (embodiments 2-5), before the offsets."""
     q = base_q(stats.region_complexity, stats.region_change, cfg)
+    if adjust is not None:
+        q = adjust(q)
     weight = importance[labels.labels]
     return QpMap(pin_mean(cfg.q_gain * q - importance_gain(weight, cfg) * weight,
                           cfg.target_mean, cfg.offset_min, cfg.offset_max))

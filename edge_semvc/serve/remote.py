@@ -24,7 +24,8 @@ from ..errors import ConfigError
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 # Dotted keys (or whole sections, ending in '.') a remote change may set.
-LIVE_KEYS = ("qp.", "analysis.", "labeler.priority", "labeler.max_age_s")
+LIVE_KEYS = ("qp.", "analysis.", "labeler.priority", "labeler.max_age_s",
+             "fusion.description")  # "watch the vehicles at the gate", from a dashboard
 NOT_LIVE = {"qp.device"}  # a backend choice: set in the configuration file, with a restart
 
 

@@ -342,6 +342,14 @@ def model_file(desc: dict, key: str, cache_dir=None, log=print) -> Path:
     return onx
 
 
+def prepare_config(cfg, cache_dir=None, log=print) -> None:
+    """Every model a configuration runs: `labeler.models`, and the emotion classifier when
+    `emotion` is on."""
+    prepare_entries(cfg.labeler.models, cache_dir, log)
+    if cfg.emotion.enabled:
+        prepare_model(cfg.emotion.model, cache_dir, log=log)
+
+
 def prepare_entries(models: list, cache_dir=None, log=print) -> list[Path]:
     """Prepare every `labeler.models` entry (registry models at their input size, user .tflite
     files converted): what a run needs before the labeler starts."""

