@@ -18,6 +18,7 @@ import yaml
 from .analysis.config import AnalysisConfig
 from .analysis.fusion import FusionConfig
 from .analysis.recurrent import AttentionConfig
+from .analysis.scene import SceneConfig
 from .config_model import UniqueKeyLoader, check, merge, schema_of
 from .encoders.config import EncoderConfig
 from .errors import ConfigError
@@ -38,6 +39,7 @@ class Config:
     # The method's extensions (embodiments 2-5; extensions.py), each off by default.
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
+    scene: SceneConfig = field(default_factory=SceneConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def validate(self) -> "Config":
@@ -56,6 +58,7 @@ class Config:
         self.encoder.validate()
         self.attention.validate()
         self.emotion.validate()
+        self.scene.validate()
         self.fusion.validate()
         return self
 

@@ -20,11 +20,13 @@ import numpy as np
 
 from .analysis.fusion import FusionAnalyser
 from .analysis.recurrent import RecurrentChange
+from .analysis.scene import SceneAnalyser
 from .config import Config
 from .frame import Frame
 from .qp.attention import attention_q
 from .qp.emotion import emotion_q
 from .qp.fusion import fuse_data_sources
+from .qp.scene import scene_q
 from .values import LabelMap, Modulation
 
 log = logging.getLogger("edge_semvc")
@@ -41,6 +43,7 @@ class Extensions:
             from .labeler.emotion import EmotionAnalyser
 
             self.emotion = EmotionAnalyser(cfg.emotion, cfg.cache_dir())
+        self.scene = SceneAnalyser(cfg.scene) if cfg.scene.enabled else None
         self.fusion = FusionAnalyser(cfg.fusion) if cfg.fusion.enabled else None
         self.side = _side_data(cfg, input_path) if self.fusion else None
 
@@ -49,13 +52,13 @@ class Extensions:
         return any(a is not None for a in self._analysers())
 
     def _analysers(self):
-        return self.attention, self.emotion, self.fusion
+        return self.attention, self.emotion, self.scene, self.fusion
 
     def reconfigure(self, cfg: Config) -> None:
         """Live changes between frames (serve): thresholds and factors, not which are on."""
         self.cfg = cfg
         for analyser, section in ((self.attention, cfg.attention), (self.emotion, cfg.emotion),
-                                  (self.fusion, cfg.fusion)):
+                                  (self.scene, cfg.scene), (self.fusion, cfg.fusion)):
             if analyser is not None:
                 analyser.cfg = section
 
@@ -70,6 +73,9 @@ class Extensions:
             from .labeler.emotion import face_boxes
 
             mod.emotion = self.emotion.analyse(frame, face_boxes(self.labeler))
+        if self.scene is not None:
+            result = self.scene.analyse(frame, regions)
+            mod.scene, mod.cut = result.scene, result.cut
         if self.fusion is not None:
             side = self.side.for_frame(frame) if self.side is not None else None
             mod.data = self.fusion.analyse(labels, voice=side.voice if side else None,
@@ -82,6 +88,8 @@ class Extensions:
             q = attention_q(q, mod.attention, self.cfg.attention)
         if mod.emotion is not None:
             q = emotion_q(q, mod.emotion, self.cfg.emotion)
+        if mod.scene is not None:
+            q = scene_q(q, mod.scene, self.cfg.scene)
         if mod.data:
             q = fuse_data_sources(q, mod.data)
         return q

@@ -63,3 +63,34 @@ def test_a_description_gives_the_classes_it_names_more_bits(tmp_path):
                           "fusion.description=watch the vehicles at the gate", frames=20)
     assert watched < core - 0.5, (core, watched)
     assert np.isfinite(watched)
+
+
+def test_a_scene_cut_gets_an_idr_and_a_lower_q(tmp_path):
+    """The bikes clip's cuts (frames 30, 76, 137, 187, 242): with `scene` on, the encoder is
+    asked for an IDR there, and the map of a cut frame is more generous than without."""
+    import av
+
+    path = VIDEO / "bikes_street_scene_cuts_640x272.mp4"
+    if not path.exists():
+        pytest.skip(f"{path} is missing (../shared beside the project holds the clips)")
+    keyframes, offsets = {}, {}
+    for on in (False, True):
+        cfg = load_config(None, ["labeler.cpu_budget=0", f"scene.enabled={str(on).lower()}",
+                                 "encoder.keyint=250"])
+        out = tmp_path / f"scene_{on}.mp4"
+        maps = offsets.setdefault(on, {})
+        src = open_source(str(path))
+        try:
+            run_encode(src, str(out), cfg, on_frame=lambda f, labels, qp: maps.__setitem__(
+                f.index, float(qp.offsets.min())))
+        finally:
+            src.close()
+        with av.open(str(out)) as c:
+            keyframes[on] = [i for i, f in enumerate(c.decode(video=0)) if f.key_frame]
+    cuts = [30, 76, 137, 187, 242]
+    found = [k for k in keyframes[True] if k]
+    assert all(any(abs(k - c) <= 1 for k in found) for c in cuts), keyframes
+    assert len(found) <= len(cuts) + 1, keyframes  # no IDR storm
+    # where a cut frame got a map, S = 1 lowered Q there: its most generous offset goes lower
+    mapped = [c for c in cuts if c in offsets[True] and offsets[False][c] < 0]
+    assert mapped and all(offsets[True][c] <= offsets[False][c] + 1e-3 for c in mapped)

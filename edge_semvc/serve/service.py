@@ -154,6 +154,8 @@ def _check_models_prepared(cfg: Config) -> None:
     than have every camera fail and retry."""
     from ..labeler.registry import describe, prepared_file
 
-    for i, entry in enumerate(cfg.labeler.models):
-        key = f"labeler.models[{i}]"
+    entries = [(f"labeler.models[{i}]", e) for i, e in enumerate(cfg.labeler.models)]
+    if cfg.emotion.enabled:
+        entries.append(("emotion.model", cfg.emotion.model))
+    for key, entry in entries:
         prepared_file(describe(entry, key), key, cfg.cache_dir())

@@ -1,0 +1,244 @@
+"""The scene-transition model of METHOD embodiment 4: per labelled region, the change value S
+between F_{t-1} and F_t (thresholded to 0/1), and whether the frame starts a new scene (a cut).
+
+S per macroblock is "how much of it the previous frame cannot explain": the mean absolute luma
+difference to the best-matching block of F_{t-1} within a motion search, relative to the
+block's own texture,
+
+    S_mb = min_v SAD(v) / (activity + change_floor), clipped to [0, 1]
+
+on luma at 1/8 resolution (every 4th sample, 2x2 means: a macroblock is 2x2 samples, one
+sample 8 pixels). The search tries the vectors with |dy| + |dx| <= `search` samples around the
+previous frame's most common vector (so a steady pan is followed beyond the range) and the zero
+vector. Plain differences would call every moving or panning block a transition; the best
+match explains motion, so what is left is content that is new: a cut, a wipe, something
+uncovered. The frame's median block-mean difference is removed first, so that an exposure
+change (a white car entering an overhead view) is not new content either. `activity` is the
+block's mean absolute deviation from its mean: unrelated textured blocks give S ~ 0.8-1, a
+matched one ~ 0.1-0.4, and `change_floor` (luma levels) keeps flat, noisy blocks near 0.
+Each labelled region takes the mean S_mb of its macroblocks (the method's S is per region; all
+background is one region) and S = 1 where that mean exceeds `s_threshold`, else 0.
+
+The cut is a frame-level decision, two independent cues that must agree:
+- the colour distribution jumps: the total-variation distance between this frame's and the
+  previous frame's normalised histograms (luma 32 bins on the 1/8-resolution grid, U and V 16
+  bins each on every 2nd chroma sample), averaged over the three planes, exceeds
+  `cut_min_distance` and `cut_ratio` times the recent baseline: the median plus the median
+  absolute deviation of the distances of the last `cut_window` frames of the current scene (a
+  pan or a busy scene raises it, so a steady stream of large differences is no cut);
+- the structure breaks: the frame's mean S_mb exceeds `cut_change` (the histogram jumps
+  without that under an exposure step or a large bright object coming into view);
+and at least `cut_min_gap` frames have passed since the last cut. The first frame is no cut.
+Defaults and the margins measured on the shared clips: README (embodiment 4).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config_model import check
+from ..frame import Frame, mb_grid
+from .regions import region_means
+
+STEP = 4  # luma subsampling before the 2x2 means: one sample of the search grid is 8 pixels
+SIDE = 2  # search-grid samples per macroblock side
+LUMA_BINS, CHROMA_BINS = 32, 16
+
+
+@dataclass
+class SceneConfig:
+    """The `scene:` section (METHOD embodiment 4)."""
+
+    enabled: bool = False  # run the scene-transition analyser and apply Q_S = Q * (1 - delta * S)
+    s_threshold: float = 0.65  # S_th: a region whose mean S_mb exceeds this gets S = 1
+    delta_high: float = 0.5  # delta where S = 1 (Q halved: the transition is not smeared)
+    delta_low: float = 0.1  # delta where S = 0 (multiplies S = 0: Q stays; the method's "small")
+    change_floor: float = 4.0  # luma levels added to a block's texture in S_mb's denominator
+    search: int = 3  # motion search: |dy| + |dx| <= this many 8-pixel samples around the predictor
+    cut_change: float = 0.65  # a cut needs the frame's mean S_mb above this ...
+    cut_ratio: float = 3.0  # ... a histogram distance above this x the recent baseline ...
+    cut_min_distance: float = 0.08  # ... and above this (total variation, 0..1) ...
+    cut_min_gap: int = 10  # ... and this many frames since the last cut
+    cut_window: int = 10  # frames of the current scene the histogram baseline is taken over
+
+    def validate(self) -> None:
+        for name in ("s_threshold", "cut_change", "cut_min_distance"):
+            value = getattr(self, name)
+            check(0.0 < value < 1.0, f"scene.{name}", value, "between 0 and 1 (exclusive)")
+        for name in ("delta_high", "delta_low"):
+            value = getattr(self, name)
+            check(0.0 <= value <= 1.0, f"scene.{name}", value, "between 0 and 1 (Q_S >= 0)")
+        check(self.delta_low <= self.delta_high, "scene.delta_low", self.delta_low,
+              f"<= scene.delta_high ({self.delta_high})")
+        check(self.change_floor > 0.0, "scene.change_floor", self.change_floor, "> 0")
+        check(1 <= self.search <= 8, "scene.search", self.search, "an integer from 1 to 8")
+        check(self.cut_ratio >= 1.0, "scene.cut_ratio", self.cut_ratio, ">= 1")
+        check(self.cut_min_gap >= 1, "scene.cut_min_gap", self.cut_min_gap, ">= 1")
+        check(self.cut_window >= 1, "scene.cut_window", self.cut_window, ">= 1")
+
+
+@dataclass
+class SceneResult:
+    """One frame's scene-transition values (`scene` and `cut` go into `Modulation`)."""
+
+    change: np.ndarray  # float32[mb_h, mb_w]: S_mb in [0, 1], before region averaging
+    scene: np.ndarray  # float32[mb_h, mb_w]: S in {0, 1}, each macroblock its region's value
+    cut: bool  # the frame starts a new scene: the encoder is asked for an IDR
+    distance: float  # histogram distance to the previous frame (0 on a first frame)
+    baseline: float  # the recent baseline it was compared with
+
+
+def downsample(y: np.ndarray) -> np.ndarray:
+    """uint8[H, W] luma -> float32[2 * mb_h, 2 * mb_w]: every 4th sample, then 2x2 means,
+    edge-extended to the macroblock grid."""
+    mb_w, mb_h = mb_grid(y.shape[1], y.shape[0])
+    rows, cols = 2 * SIDE * mb_h, 2 * SIDE * mb_w
+    s = y[STEP // 2::STEP, STEP // 2::STEP]
+    if s.shape != (rows, cols):
+        s = np.pad(s[:rows, :cols], ((0, rows - min(rows, s.shape[0])),
+                                     (0, cols - min(cols, s.shape[1]))), mode="edge")
+    s = s.astype(np.float32)
+    s = s[0::2] + s[1::2]
+    return 0.25 * (s[:, 0::2] + s[:, 1::2])
+
+
+def _block_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over each macroblock's 2x2 samples: [2h, 2w] -> [h, w]."""
+    rows = a[0::2] + a[1::2]
+    return rows[:, 0::2] + rows[:, 1::2]
+
+
+def diamond(radius: int) -> np.ndarray:
+    """int[K, 2] offsets with |dy| + |dx| <= radius, (0, 0) first."""
+    dy, dx = (a.ravel() for a in np.mgrid[-radius:radius + 1, -radius:radius + 1])
+    keep = np.abs(dy) + np.abs(dx) <= radius
+    offsets = np.stack([dy[keep], dx[keep]], 1)
+    return offsets[np.argsort(np.abs(offsets).sum(1), kind="stable")]
+
+
+def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int],
+                       search: int, floor: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """S_mb per macroblock (float32[mb_h, mb_w]) of `cur` against `prev` (both from
+    `downsample`), and the most common best vector (the next frame's search centre)."""
+    candidates = diamond(search) + np.asarray(centre)
+    if centre != (0, 0):
+        candidates = np.vstack([candidates, [[0, 0]]])
+    pad = int(np.abs(candidates).max())
+    padded = np.pad(prev, pad, mode="edge")
+    h, w = cur.shape
+    # Exposure: the frame's typical block-mean difference is no new content.
+    gain = np.float32(np.median(_block_sum(cur) - _block_sum(prev)) / (SIDE * SIDE))
+    shifted_cur = cur - gain
+    best = best_index = None
+    for k, (dy, dx) in enumerate(candidates):
+        window = padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+        sad = _block_sum(np.abs(shifted_cur - window))
+        if best is None:
+            best, best_index = sad, np.zeros(sad.shape, np.intp)
+        else:
+            better = sad < best
+            np.minimum(best, sad, out=best)
+            best_index[better] = k
+    mean = _block_sum(cur) / (SIDE * SIDE)
+    activity = _block_sum(np.abs(cur - np.repeat(np.repeat(mean, SIDE, 0), SIDE, 1)))
+    n = SIDE * SIDE
+    s = np.clip((best / n) / (activity / n + floor), 0.0, 1.0).astype(np.float32)
+    mode = int(np.bincount(best_index.ravel(), minlength=len(candidates)).argmax())
+    return s, (int(candidates[mode][0]), int(candidates[mode][1]))
+
+
+def colour_histograms(small_y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """float64[3, LUMA_BINS]: the normalised histograms of the 1/8-resolution luma grid and of
+    every 2nd U and V sample (chroma rows padded with zeros)."""
+    out = np.zeros((3, LUMA_BINS))
+    luma = np.clip(small_y, 0, 255).astype(np.int32) * LUMA_BINS >> 8
+    out[0] = np.bincount(luma.ravel(), minlength=LUMA_BINS)
+    for row, plane in ((1, u), (2, v)):
+        sub = plane[::2, ::2].astype(np.int32) * CHROMA_BINS >> 8
+        out[row, :CHROMA_BINS] = np.bincount(sub.ravel(), minlength=CHROMA_BINS)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Total-variation distance per plane (0 = same distribution, 1 = disjoint), averaged."""
+    return float(0.5 * np.abs(a - b).sum(axis=1).mean())
+
+
+class CutDetector:
+    """The frame-level cut decision (module docstring) over a stream of per-frame measures."""
+
+    def __init__(self, cfg: SceneConfig):
+        self.cfg = cfg
+        self.reset()
+
+    def reset(self) -> None:
+        self._history: deque[float] = deque(maxlen=self.cfg.cut_window)
+        self._since_cut = self.cfg.cut_min_gap  # the first frame counts as a scene start
+        self.baseline = 0.0
+
+    def update(self, distance: float, change: float) -> bool:
+        """`distance`: histogram distance to the previous frame; `change`: the frame's mean
+        S_mb. Returns whether this frame starts a new scene."""
+        cfg = self.cfg
+        if self._history.maxlen != cfg.cut_window:  # reconfigured live
+            self._history = deque(self._history, maxlen=cfg.cut_window)
+        recent = np.asarray(self._history)
+        if len(recent):
+            median = float(np.median(recent))
+            self.baseline = median + float(np.median(np.abs(recent - median)))
+        else:
+            self.baseline = 0.0
+        self._since_cut += 1
+        cut = (distance > cfg.cut_min_distance and distance > cfg.cut_ratio * self.baseline
+               and change > cfg.cut_change and self._since_cut >= cfg.cut_min_gap)
+        if cut:  # the baseline starts again with the new scene
+            self._history.clear()
+            self._since_cut = 0
+        else:
+            self._history.append(distance)
+        return cut
+
+
+class SceneAnalyser:
+    """Feed it every frame in order (also frames with nothing labelled: the cut detector's
+    state runs over all of them); each call compares with the frame given before it."""
+
+    def __init__(self, cfg: SceneConfig):
+        self.cfg = cfg
+        self.cuts = CutDetector(cfg)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the past (a new clip, a seek): the next frame is a first frame."""
+        self._prev: np.ndarray | None = None
+        self._prev_hist: np.ndarray | None = None
+        self._centre = (0, 0)
+        self.cuts.cfg = self.cfg
+        self.cuts.reset()
+
+    def analyse(self, frame: Frame, regions: np.ndarray | None = None) -> SceneResult:
+        """`regions`: int[mb_h, mb_w] region ids (`RegionStats.regions`), or None: the whole
+        frame is one region."""
+        self.cuts.cfg = self.cfg
+        small = downsample(frame.y)
+        hist = colour_histograms(small, frame.u, frame.v)
+        shape = (frame.mb_h, frame.mb_w)
+        prev, prev_hist = self._prev, self._prev_hist
+        self._prev, self._prev_hist = small, hist
+        if prev is None or prev.shape != small.shape:
+            self._centre = (0, 0)
+            self.cuts.reset()
+            zeros = np.zeros(shape, np.float32)
+            return SceneResult(zeros, zeros.copy(), False, 0.0, 0.0)
+        change, self._centre = unexplained_change(small, prev, self._centre, self.cfg.search,
+                                                  self.cfg.change_floor)
+        distance = histogram_distance(hist, prev_hist)
+        cut = self.cuts.update(distance, float(change.mean()))
+        if cut:
+            self._centre = (0, 0)  # the old scene's motion says nothing about the new one
+        per_region = (np.full(shape, change.mean(), np.float32) if regions is None
+                      else region_means(regions, change))
+        scene = (per_region > self.cfg.s_threshold).astype(np.float32)
+        return SceneResult(change, scene, cut, distance, self.cuts.baseline)
