@@ -81,8 +81,8 @@ def test_a_scene_cut_gets_an_idr_and_a_lower_q(tmp_path):
         maps = offsets.setdefault(on, {})
         src = open_source(str(path))
         try:
-            run_encode(src, str(out), cfg, on_frame=lambda f, labels, qp: maps.__setitem__(
-                f.index, float(qp.offsets.min())))
+            run_encode(src, str(out), cfg, on_frame=lambda f, labels, qp, maps=maps:
+                       maps.__setitem__(f.index, float(qp.offsets.min())))
         finally:
             src.close()
         with av.open(str(out)) as c:
