@@ -68,6 +68,8 @@ class Live:
     stats: RunStats | None = None
     timing_window: int = 0  # 0: every frame (a batch run)
     queue_frames: int = 4  # between the threads: latency vs smoothing out a slow frame
+    # what the encoder can take of each map (bench: 8 ROI rectangles, qp/rects.py)
+    map_filter: Callable[[QpMap], QpMap] | None = None
 
 
 @dataclass
@@ -160,6 +162,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
             t2 = time.perf_counter()
             adjust = (lambda q: extensions.adjust(q, mod)) if mod is not None else None
             qp = build_qp_map(region, labels, importance, qp_cfg, adjust)
+            if live.map_filter is not None:
+                qp = live.map_filter(qp)
         else:
             analyser.reset()
             if extensions is not None:  # their state runs over every frame; a cut still counts

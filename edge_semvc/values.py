@@ -1,4 +1,4 @@
-"""Value types that cross stage boundaries: LabelMap, RegionStats, QpMap.
+"""Value types that cross stage boundaries: LabelMap, RegionStats, QpMap, Rect.
 
 Stages exchange these and nothing else (DESIGN.md). All arrays are at macroblock resolution
 ([mb_h, mb_w]); class axis first where there is one.
@@ -75,6 +75,28 @@ class QpMap:
     """Signed QP offset per macroblock, already clamped (negative = more bits)."""
 
     offsets: np.ndarray  # float32[mb_h, mb_w]
+
+    @classmethod
+    def from_rects(cls, rects: list[Rect], shape: tuple[int, int]) -> QpMap:
+        """The map an encoder given ROI rectangles applies: 0 outside every one. Where they
+        overlap the largest |delta| wins (ties: the negative one, more bits), so the result does
+        not depend on their order, which encoders resolve differently (FACTS.md); the
+        approximation `qp.rects.to_rects` makes none that overlap."""
+        out = np.zeros(shape, np.float32)
+        for r in sorted(rects, key=lambda r: (abs(r.delta), -r.delta)):  # the strongest last
+            out[r.y:r.y + r.h, r.x:r.x + r.w] = r.delta
+        return cls(out)
+
+
+@dataclass(frozen=True)
+class Rect:
+    """One ROI rectangle in macroblocks (x, y: top-left column and row) with its QP delta."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    delta: float
 
 
 @dataclass

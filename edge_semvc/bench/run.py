@@ -4,7 +4,10 @@ Each clip is encoded at every rate point of a ladder with the same encoder setti
 - `baseline`: plain x264 with its own adaptive quantisation, no map (our backend, --no-map);
 - `semantic`: the full pipeline (labeler, analysis, QP map);
 - `ffmpeg` (with `--baseline ffmpeg`): FFmpeg's libx264 through PyAV, the encoder a user would
-  otherwise run.
+  otherwise run;
+- `core` (with `--baseline core`): the semantic configuration with the method's extensions off;
+- `rects8` (with `--baseline rects8`): the semantic run with each map cut down to the 8 ROI
+  rectangles Jetson's hardware encoder takes (`qp/rects.py`) and rebuilt for x264.
 Every output is decoded and compared with the decoded source: Y-PSNR over the whole frame, the
 region of interest and the background; VMAF-NEG; detection F1 of an independent detector. Then
 BD-rate (akima) of semantic against each baseline on PSNR, VMAF and, where the ROI holds enough
@@ -38,9 +41,11 @@ import numpy as np
 from ..config import Config, ConfigError, load_config
 from ..frame import Frame
 from ..labeler import Labeler
-from ..pipeline import run_encode
+from ..pipeline import Live, run_encode
+from ..qp.rects import to_rects
 from ..sources import RawVideoOptions, open_source
 from ..tools.models import prepare_config, ready_labeler
+from ..values import QpMap
 from .detector import GROUPS, YoloxDetector
 from .metrics import (
     bd_rate,
@@ -205,6 +210,13 @@ def core_method(cfg: Config) -> Config:
     return core
 
 
+def rect_map(max_rects: int):
+    """What an encoder with `max_rects` ROI rectangles applies of a full map (`qp/rects.py`)."""
+    def rebuilt(full: QpMap) -> QpMap:
+        return QpMap.from_rects(to_rects(full, max_rects), full.offsets.shape)
+    return rebuilt
+
+
 def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
                  max_frames: int) -> dict:
     src = open_source(ref.clip, raw)
@@ -214,6 +226,9 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
             stats = encode_with_ffmpeg(src, str(out), cfg.encoder, max_frames)
         elif kind == "core":  # the core method alone: the semantic run's extensions off
             stats = run_encode(src, str(out), core_method(cfg), max_frames=max_frames)
+        elif kind == "rects8":  # the semantic run's maps as 8 ROI rectangles (Jetson's limit)
+            stats = run_encode(src, str(out), cfg, max_frames=max_frames,
+                               live=Live(map_filter=rect_map(8)))
         else:
             stats = run_encode(src, str(out), cfg, semantic=kind == "semantic",
                                max_frames=max_frames)
@@ -371,10 +386,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-min-frames", type=float, default=ROI_MIN_FRAMES, metavar="FRACTION",
                    help="... and is present in >= FRACTION of the frames "
                         f"(default {ROI_MIN_FRAMES:g})")
-    p.add_argument("--baseline", choices=["ffmpeg", "core"], action="append", default=[],
-                   help="also encode with FFmpeg's libx264 through PyAV (ffmpeg), or with the "
+    p.add_argument("--baseline", choices=["ffmpeg", "core", "rects8"], action="append",
+                   default=[],
+                   help="also encode with FFmpeg's libx264 through PyAV (ffmpeg), with the "
                         "core method alone, the configuration's extensions off (core): the "
-                        "BD-rates against it are what the extensions add")
+                        "BD-rates against it are what the extensions add, or with each map "
+                        "cut down to 8 ROI rectangles, as Jetson's hardware encoder takes "
+                        "(rects8)")
     p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
     p.add_argument("--frames", type=int, default=0, help="only the first N frames of each clip")
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
