@@ -112,6 +112,10 @@ install-service:
 	  $(SUDO) install -m 0640 -o root -g edge-semvc systemd/config.example.yml $(SERVICE_ETC)/config.yml; \
 	  echo "config: $(SERVICE_ETC)/config.yml (from systemd/config.example.yml)"; \
 	fi; \
+	$(SUDO) env EDGE_SEMVC_CACHE=$(SERVICE_CACHE) $(SERVICE_HOME)/venv/bin/edge-semvc \
+	  models prepare --config $(SERVICE_ETC)/config.yml >/dev/null; \
+	$(SUDO) chown -R edge-semvc:edge-semvc $(SERVICE_CACHE); \
+	echo "models of $(SERVICE_ETC)/config.yml: prepared"; \
 	if [ ! -e $(SERVICE_ETC)/environment ]; then \
 	  printf '# KEY=value lines for the service (secrets named by mqtt.password_env)\n' | \
 	    $(SUDO) install -m 0600 -o root -g root /dev/stdin $(SERVICE_ETC)/environment; \

@@ -165,15 +165,31 @@ def _print_summary(s: dict, args) -> None:
             print(f"   {what.replace('_', ' ')}: {getattr(args, what)}")
 
 
+def _any_config(path: str):
+    """A configuration file of `encode` or of `serve` (one with `cameras:`), so that `models
+    prepare --config /etc/edge-semvc/config.yml` prepares what the service will run."""
+    import yaml
+
+    from .config import load_config
+    from .serve.config import ServeConfig
+
+    try:
+        top = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        top = None  # load_config says what is wrong with it
+    serve = isinstance(top, dict) and "cameras" in top
+    return load_config(path, cls=ServeConfig) if serve else load_config(path)
+
+
 def cmd_models(args) -> int:
     from pathlib import Path
 
-    from .config import Config, load_config
+    from .config import Config
     from .errors import ModelError
     from .labeler.registry import describe, list_models, model_paths
     from .tools.models import model_file, prepare_model, verify_model
 
-    cfg = load_config(args.config) if args.config else Config()
+    cfg = _any_config(args.config) if args.config else Config()
     cache = Path(args.cache_dir) if args.cache_dir else cfg.cache_dir()
     if args.action == "list":
         wanted = set(args.names)
@@ -191,6 +207,8 @@ def cmd_models(args) -> int:
         return 0
     names = args.names or [e if isinstance(e, str) else e.get("name") for e in cfg.labeler.models
                            if isinstance(e, str) or "path" not in e]
+    if not args.names and cfg.emotion.enabled:  # the emotion classifier runs beside them
+        names.append(cfg.emotion.model)
     if args.sha256 and len(names) != 1:
         raise ModelError("--sha256 goes with exactly one model name")
     if args.action == "prepare" and not args.names:  # models given by path are converted too

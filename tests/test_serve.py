@@ -346,3 +346,12 @@ def test_a_file_camera_ends_and_reports_its_scene_cuts(tmp_path):
     assert 3 <= log.count("bikes: scene_cut") <= 8, log
     frames, _ = check_segments(tmp_path / "rec" / "bikes")
     assert frames == 250
+
+
+def test_models_prepare_reads_a_service_configuration(capsys):
+    """`make install-service` runs `models prepare --config /etc/edge-semvc/config.yml`: a file
+    with `cameras:` is read as the service's configuration."""
+    from edge_semvc.cli import main
+
+    assert main(["models", "verify", "--config", str(ROOT / "systemd" / "config.example.yml")]) == 0
+    assert "nanodet_g: ok" in capsys.readouterr().out
