@@ -85,6 +85,7 @@ class RunStats:
     mb_bg: int = 0
     labeler: Labeler | None = None  # the run's labeler, for its statistics
     idr_requested: int = 0  # IDR pictures asked for (scene cuts, segment starts)
+    scene_cuts: int = 0  # cuts the `scene` extension found
 
     def add_frame(self, labels: LabelMap, qp: QpMap) -> None:
         counts = np.bincount(labels.labels.ravel(), minlength=len(labels.classes))
@@ -214,6 +215,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 packets = (enc.encode(frame, offsets, force_idr=True) if idr
                            else enc.encode(frame, offsets))
                 stats.idr_requested += idr
+                stats.scene_cuts += cut
                 sink.write(packets)
                 stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
                 stats.frames += 1

@@ -156,7 +156,9 @@ class Camera:
 
         def on_frame(frame, labels, qp) -> None:
             self.frames_total = start + stats.frames + 1
-            cuts = stats.labeler.scene_cuts if stats.labeler else 0
+            # the scene extension's detector when it runs, else the labeler's own
+            cuts = (stats.scene_cuts if self.cfg.scene.enabled else
+                    stats.labeler.scene_cuts if stats.labeler else 0)
             if cuts > seen_cuts[0]:
                 seen_cuts[0] = cuts
                 self.emit("scene_cut", frame=self.frames_total, pts=frame.pts)
