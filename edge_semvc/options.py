@@ -3,17 +3,26 @@ that name the bad value, the encoder/config options, and how they become config 
 from __future__ import annotations
 
 import argparse
+import math
 from fractions import Fraction
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def bounded(cast, minimum, *, strict: bool = False, what: str = "number"):
+    """An argparse type: `cast(text)`, finite and >= `minimum` (> with `strict`); the error
+    names the bad value."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+        if not math.isfinite(value) or not (value > minimum if strict else value >= minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
+non_negative_int = bounded(int, 0, what="count (a whole number)")
 
 
 def parse_bitrate(text: str) -> int:

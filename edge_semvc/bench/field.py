@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import os
 import shutil
 import sys
@@ -34,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..options import bounded
 from ..sources.paced import PacedSource
 from .field_report import FieldRun, Measurements, Sensors, build_report, print_summary
 from .sensors import (
@@ -49,24 +49,8 @@ from .sensors import (
 LIVE_SCHEMES = {"v4l2", "csi", "rtsp", "rtp", "udp", "srt", "webrtc"}
 
 
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0 or not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return v
-
-
-def _non_negative(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v >= 0 or not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return v
+_positive = bounded(float, 0, strict=True)
+_non_negative = bounded(float, 0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

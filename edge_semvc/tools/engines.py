@@ -27,6 +27,7 @@ from ..labeler.tensorrt import (
     manifest_path,
     manifest_problems,
 )
+from ..options import bounded
 
 # ---- building ------------------------------------------------------------------------------
 
@@ -153,14 +154,7 @@ def _shape(text: str) -> list[int]:
     return dims
 
 
-def _workspace(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid workspace {text!r} (MiB, e.g. 1024)") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"workspace must be at least 1 MiB, got {text}")
-    return v
+_workspace = bounded(int, 1, what="workspace (MiB, e.g. 1024)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
