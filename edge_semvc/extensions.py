@@ -62,13 +62,15 @@ class Extensions:
             if analyser is not None:
                 analyser.cfg = section
 
-    def modulation(self, frame: Frame, labels: LabelMap,
-                   regions: np.ndarray | None) -> Modulation:
+    def modulation(self, frame: Frame, labels: LabelMap, regions: np.ndarray | None,
+                   blocks: np.ndarray | None = None) -> Modulation:
         """Every enabled analyser's term for this frame (`regions`: RegionStats.regions, or
-        None on a frame with nothing labelled)."""
+        None on a frame with nothing labelled; `blocks`: the Analyser's luma samples of this
+        frame, when it ran, so they are not computed twice)."""
         mod = Modulation()
         if self.attention is not None:
-            mod.attention = self.attention.analyse(frame, regions)
+            mod.attention = (self.attention.step(blocks, regions) if blocks is not None
+                             else self.attention.analyse(frame, regions))
         if self.emotion is not None:
             from .labeler.emotion import face_boxes
 

@@ -159,7 +159,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         if mapped:
             region = analyser.analyse(frame, labels)
             if extensions is not None:
-                mod = extensions.modulation(frame, labels, region.regions)
+                mod = extensions.modulation(frame, labels, region.regions, analyser.blocks)
             t2 = time.perf_counter()
             adjust = (lambda q: extensions.adjust(q, mod)) if mod is not None else None
             qp = build_qp_map(region, labels, importance, qp_cfg, adjust)

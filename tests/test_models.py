@@ -406,7 +406,7 @@ def test_a_damaged_x264_binding_is_rebuilt(tmp_path):
     import subprocess
     import sys
 
-    from edge_semvc.encoders.x264 import cache_dir
+    from edge_semvc.encoders.x264_binding import cache_dir
 
     cache = tmp_path / "cache"
     shutil.copytree(cache_dir(), cache / "cffi")

@@ -19,6 +19,7 @@ VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
 TB = Fraction(1, 25)
 
 x264 = pytest.importorskip("edge_semvc.encoders.x264")
+binding = pytest.importorskip("edge_semvc.encoders.x264_binding")
 X264Encoder = x264.X264Encoder
 
 
@@ -293,37 +294,37 @@ def test_strided_planes(carphone):
 
 def test_binding_cache_key_and_location(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_SEMVC_CACHE", str(tmp_path))
-    assert x264.cache_dir() == tmp_path / "cffi"
+    assert binding.cache_dir() == tmp_path / "cffi"
     a, b = tmp_path / "a.h", tmp_path / "b.h"
     a.write_text("#define X264_BUILD 164\n")
     b.write_text("#define X264_BUILD 165\n")
-    assert x264._module_name(a, None) != x264._module_name(b, None)
-    assert x264._module_name(a, None) == x264._module_name(a, None)
+    assert binding._module_name(a, None) != binding._module_name(b, None)
+    assert binding._module_name(a, None) == binding._module_name(a, None)
     # a fresh build lands in the cache and is reused, not rebuilt
-    mod = x264._build_and_load()
+    mod = binding._build_and_load()
     files = list((tmp_path / "cffi").glob("_semvc_x264_*.so"))
     assert len(files) == 1 and hasattr(mod.lib, "x264_encoder_encode")
     assert files[0].with_name(files[0].name + ".sha256").is_file()  # checked on the next load
     mtime = files[0].stat().st_mtime_ns
-    x264._build_and_load()
+    binding._build_and_load()
     assert files[0].stat().st_mtime_ns == mtime
     assert not [p for p in (tmp_path / "cffi").iterdir() if p.name.startswith("build-")]
 
 
 def test_missing_header_reported(monkeypatch):
-    monkeypatch.setattr(x264, "_find", lambda name, dirs: None)
+    monkeypatch.setattr(binding, "_find", lambda name, dirs: None)
     with pytest.raises(EncoderError, match="libx264-dev"):
-        x264._build_and_load()
-    monkeypatch.setattr(x264, "_binding", None)
+        binding._build_and_load()
+    monkeypatch.setattr(binding, "_binding", None)
     ok, why = X264Encoder.available()
     assert not ok and "libx264-dev" in why and "gcc" in why
 
 
 def test_missing_compiler_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_SEMVC_CACHE", str(tmp_path))  # nothing cached there: must build
-    monkeypatch.setattr(x264.shutil, "which", lambda name: None)
+    monkeypatch.setattr(binding.shutil, "which", lambda name: None)
     with pytest.raises(EncoderError, match="compiler.*libx264-dev and gcc"):
-        x264._build_and_load()
+        binding._build_and_load()
 
 
 def test_zerolatency_has_no_frame_delay(carphone):

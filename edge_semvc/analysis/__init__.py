@@ -25,6 +25,12 @@ class Analyser:
         """Forget the previous frame (the next one is measured like a first frame: V = 0)."""
         self._prev = None
 
+    @property
+    def blocks(self) -> np.ndarray | None:
+        """The last analysed frame's luma samples per macroblock (`block_samples`), for the
+        extensions that work on the same grid (extensions.py)."""
+        return self._prev
+
     def analyse(self, frame: Frame, labels: LabelMap) -> RegionStats:
         blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
         c = complexity_map(blocks, self.cfg.complexity_full_var)
