@@ -68,7 +68,7 @@ class Live:
     stats: RunStats | None = None
     timing_window: int = 0  # 0: every frame (a batch run)
     queue_frames: int = 4  # between the threads: latency vs smoothing out a slow frame
-    # what the encoder can take of each map (bench: 8 ROI rectangles, qp/rects.py)
+    # what the encoder can take of each map (bench: 8 ROI rectangles, edge_semvc/rects.py)
     map_filter: Callable[[QpMap], QpMap] | None = None
 
 

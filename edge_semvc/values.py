@@ -81,7 +81,7 @@ class QpMap:
         """The map an encoder given ROI rectangles applies: 0 outside every one. Where they
         overlap the largest |delta| wins (ties: the negative one, more bits), so the result does
         not depend on their order, which encoders resolve differently (FACTS.md); the
-        approximation `qp.rects.to_rects` makes none that overlap."""
+        approximation `rects.to_rects` makes none that overlap."""
         out = np.zeros(shape, np.float32)
         for r in sorted(rects, key=lambda r: (abs(r.delta), -r.delta)):  # the strongest last
             out[r.y:r.y + r.h, r.x:r.x + r.w] = r.delta

@@ -1,10 +1,10 @@
-"""QP maps as a few ROI rectangles (qp/rects.py) and back (QpMap.from_rects)."""
+"""QP maps as a few ROI rectangles (edge_semvc/rects.py) and back (QpMap.from_rects)."""
 import numpy as np
 import pytest
 
 from edge_semvc.config import load_config
 from edge_semvc.pipeline import run_encode
-from edge_semvc.qp.rects import to_rects
+from edge_semvc.rects import to_rects
 from edge_semvc.sources import open_source
 from edge_semvc.values import QpMap, Rect
 

@@ -7,7 +7,7 @@ Each clip is encoded at every rate point of a ladder with the same encoder setti
   otherwise run;
 - `core` (with `--baseline core`): the semantic configuration with the method's extensions off;
 - `rects8` (with `--baseline rects8`): the semantic run with each map cut down to the 8 ROI
-  rectangles Jetson's hardware encoder takes (`qp/rects.py`) and rebuilt for x264.
+  rectangles Jetson's hardware encoder takes (`rects.py`) and rebuilt for x264.
 Every output is decoded and compared with the decoded source: Y-PSNR over the whole frame, the
 region of interest and the background; VMAF-NEG; detection F1 of an independent detector. Then
 BD-rate (akima) of semantic against each baseline on PSNR, VMAF and, where the ROI holds enough
@@ -42,7 +42,7 @@ from ..config import Config, ConfigError, load_config
 from ..frame import Frame
 from ..labeler import Labeler
 from ..pipeline import Live, run_encode
-from ..qp.rects import to_rects
+from ..rects import to_rects
 from ..sources import RawVideoOptions, open_source
 from ..tools.models import prepare_config, ready_labeler
 from ..values import QpMap
@@ -211,7 +211,7 @@ def core_method(cfg: Config) -> Config:
 
 
 def rect_map(max_rects: int):
-    """What an encoder with `max_rects` ROI rectangles applies of a full map (`qp/rects.py`)."""
+    """What an encoder with `max_rects` ROI rectangles applies of a full map (`rects.py`)."""
     def rebuilt(full: QpMap) -> QpMap:
         return QpMap.from_rects(to_rects(full, max_rects), full.offsets.shape)
     return rebuilt

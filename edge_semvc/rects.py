@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..values import QpMap, Rect
+from .values import QpMap, Rect
 
 _ZERO = 1e-3  # QP: a leaf whose mean is smaller than this needs no rectangle
 _SAME = 1e-3  # QP: leaves this close in delta are one rectangle when their union is one
