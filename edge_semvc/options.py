@@ -58,6 +58,9 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bitrate", type=parse_bitrate, help="bits/s, with k/M suffixes")
     p.add_argument("--rc", choices=["crf", "abr", "cbr"], help="rate control")
     p.add_argument("--crf", type=float, help="CRF value (rc=crf)")
+    p.add_argument("--profile", choices=["live", "storage"],
+                   help="live: every frame, fixed keyframe interval; storage: recorded video, "
+                        "CRF + dynamic GOP and frame rate (README, Storage profile)")
     p.add_argument("--preset", help="x264 preset (default veryfast)")
     p.add_argument("--tune", help="x264 tune, e.g. zerolatency (no lookahead/B-frame delay)")
     p.add_argument("--no-map", action="store_true",
@@ -72,7 +75,8 @@ def config_overrides(args) -> list[str]:
     """CLI flags become config overrides applied after --config and --set."""
     out = list(args.set)
     for flag, key in (("bitrate", "encoder.bitrate"), ("rc", "encoder.rc"), ("crf", "encoder.crf"),
-                      ("preset", "encoder.preset"), ("tune", "encoder.tune")):
+                      ("preset", "encoder.preset"), ("tune", "encoder.tune"),
+                      ("profile", "encoder.profile")):
         value = getattr(args, flag)
         if value is not None:
             out.append(f"{key}={value}")

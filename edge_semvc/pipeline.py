@@ -29,9 +29,10 @@ from .extensions import Extensions
 from .frame import Frame
 from .labeler import Labeler
 from .qp.qpmap import build_qp_map, importance_vector
-from .sinks.file import FileSink
+from .sinks.file import FORMATS, FileSink
 from .sources import DecodeError, Source
 from .stop import exit_status, finalising
+from .storage import Observer, StoragePolicy
 from .values import LabelMap, QpMap
 
 log = logging.getLogger("edge_semvc")
@@ -86,6 +87,7 @@ class RunStats:
     labeler: Labeler | None = None  # the run's labeler, for its statistics
     idr_requested: int = 0  # IDR pictures asked for (scene cuts, segment starts)
     scene_cuts: int = 0  # cuts the `scene` extension found
+    storage: StoragePolicy | None = None  # the storage profile's decisions (storage.py)
 
     def add_frame(self, labels: LabelMap, qp: QpMap) -> None:
         counts = np.bincount(labels.labels.ravel(), minlength=len(labels.classes))
@@ -99,11 +101,30 @@ class RunStats:
 
 def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> EncoderSettings:
     e = cfg.encoder
+    keyint, caller_idr, sparse = e.keyint or None, False, False
+    if e.profile == "storage":  # the pipeline places the IDRs, or a fixed gop_s
+        caller_idr, sparse = e.storage.dynamic_gop, e.storage.dynamic_fps
+        keyint = None if caller_idr else max(1, round(e.storage.gop_s * source.fps))
     return EncoderSettings(
         width=source.width, height=source.height, fps=source.fps, time_base=source.time_base,
         rc=e.rc, bitrate=e.bitrate or None, crf=e.crf, preset=e.preset, tune=e.tune or None,
-        keyint=e.keyint or None, threads=e.threads, global_headers=global_headers,
-        params=dict(e.params))
+        keyint=keyint, threads=e.threads, global_headers=global_headers,
+        caller_idr=caller_idr, sparse_frames=sparse, params=dict(e.params))
+
+
+def _storage(cfg: Config, source: Source, output: str, live: Live, scene_cuts: bool):
+    """The storage profile's observer and policy (storage.py), or (None, None)."""
+    e = cfg.encoder
+    if e.profile != "storage":
+        return None, None
+    if e.storage.dynamic_fps and live.sink is None and FORMATS.get(Path(output).suffix.lower(),
+                                                                  "") is None:
+        raise WriteError(0, f"{output}: a raw stream keeps no timestamps, so the frames the "
+                         "storage profile leaves out would shorten it; write .mp4, .mkv or .ts, "
+                         "or set encoder.storage.dynamic_fps=false")
+    cuts = e.storage.dynamic_gop and not scene_cuts
+    return (Observer(e.storage, source.fps, cfg.scene, cuts=cuts),
+            StoragePolicy(e.storage, source.fps, source.time_base))
 
 
 def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | None = None,
@@ -139,6 +160,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     overlay_video = None
     settings = encoder_settings(cfg, source, live.sink.global_headers if live.sink
                                 else FileSink.wants_global_headers(output))
+    observer, stats.storage = _storage(cfg, source, output, live,
+                                       extensions is not None and extensions.scene is not None)
     qp_cfg = cfg.qp
 
     def understand(frame: Frame):
@@ -171,10 +194,13 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 mod = extensions.modulation(frame, labels, None)
             t2 = time.perf_counter()
             qp = QpMap(np.zeros(labels.shape, np.float32))
+        cut = bool(mod is not None and mod.cut)
+        obs = observer.observe(frame, labels, analyser.blocks if mapped else None, cut) \
+            if observer is not None else None
         t3 = time.perf_counter()
         for name, dt in (("labeler", t1 - t0), ("analysis", t2 - t1), ("qp_map", t3 - t2)):
             stats.timings[name].append(dt * 1e3)
-        return frame, labels, qp, mapped, bool(mod is not None and mod.cut)
+        return frame, labels, qp, mapped, cut, obs
 
     t_start = time.perf_counter()
     finalising(False)
@@ -192,16 +218,21 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                                  live.queue_frames))
             if semantic:
                 stages.append(_Stage(stages[-1], understand, "semantic", live.queue_frames))
+            elif observer is not None:  # plain x264 with the storage profile's decisions
+                stages.append(_Stage(stages[-1], lambda f: (f, observer.observe(f, None)),
+                                     "observe", live.queue_frames))
             if visuals.video:
                 from .visualize import OverlayVideo
                 overlay_video = OverlayVideo(visuals.video, source.width, source.height,
                                              source.fps)
+            left_out = None  # the last frame the storage profile left out, and its map
             for item in stages[-1]:
+                obs = None
                 if semantic:
-                    frame, labels, qp, mapped, cut = item
+                    frame, labels, qp, mapped, cut, obs = item
                 else:
                     mapped = cut = False
-                    frame = item
+                    frame, obs = item if observer is not None else (item, None)
                     if no_labels is None:
                         no_labels = LabelMap.from_probs(
                             np.zeros((0, frame.mb_h, frame.mb_w)), [], 1.0, [])
@@ -210,16 +241,24 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 t0 = time.perf_counter()
                 stats.frames_mapped += mapped
                 offsets = qp.offsets if mapped else None
-                # a new scene, or a new segment, starts with an IDR
-                idr = cut or bool(wants_idr and wants_idr(frame.pts))
-                packets = (enc.encode(frame, offsets, force_idr=True) if idr
-                           else enc.encode(frame, offsets))
-                stats.idr_requested += idr
+                segment_start = bool(wants_idr and wants_idr(frame.pts))
+                if stats.storage is not None:
+                    decision = stats.storage.decide(frame, obs, segment_start)
+                    encode, idr = decision.encode, decision.idr is not None
+                else:  # a new scene, or a new segment, starts with an IDR
+                    encode, idr = True, cut or segment_start
                 stats.scene_cuts += cut
-                sink.write(packets)
-                stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
                 stats.frames += 1
-                stats.bytes += sum(len(p.data) for p in packets)
+                if encode:
+                    left_out = None
+                    packets = (enc.encode(frame, offsets, force_idr=True) if idr
+                               else enc.encode(frame, offsets))
+                    stats.idr_requested += idr
+                    sink.write(packets)
+                    stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
+                    stats.bytes += sum(len(p.data) for p in packets)
+                else:
+                    left_out = (frame, offsets, obs)
                 stats.add_frame(labels, qp)
                 if on_frame:
                     on_frame(frame, labels, qp)
@@ -230,6 +269,12 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                     overlay_video.write(overlay(frame, qp, labels))
                 if reporter:
                     reporter.update(stats.frames)
+            if left_out is not None:  # the recording lasts as long as the input
+                frame, offsets, obs = left_out
+                stats.storage.encode_anyway(frame, obs)
+                packets = enc.encode(frame, offsets)
+                sink.write(packets)
+                stats.bytes += sum(len(p.data) for p in packets)
         except (DecodeError, KeyboardInterrupt) as e:
             error = e
         except OSError as e:  # the output cannot be written (disk full, device gone)
@@ -262,6 +307,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         from .visualize import overlay, save_png
         save_png(overlay(*png_shot), visuals.png)
     result = _summarise(stats, wall, source, labeler, summary, cfg, output)
+    if stats.storage is not None:
+        result["storage"] = stats.storage.stats()
     if error is not None:
         result["complete"] = False
         result["error"] = str(error) or type(error).__name__

@@ -355,3 +355,32 @@ def test_models_prepare_reads_a_service_configuration(capsys):
 
     assert main(["models", "verify", "--config", str(ROOT / "systemd" / "config.example.yml")]) == 0
     assert "nanodet_g: ok" in capsys.readouterr().out
+
+
+def test_a_storage_camera_leaves_out_still_frames_and_says_why_it_placed_each_idr(tmp_path):
+    """`cameras.<name>.profile: storage` beside a live camera on the same clip: the storage
+    camera's segments hold fewer frames, each still starts with an IDR and keeps real time,
+    and the stats say what was left out and why each IDR is where it is."""
+    clip = VIDEO / "overhead_parking_cars_768x432.mp4"
+    if not clip.exists():
+        pytest.skip(f"{clip} is missing (../shared beside the project holds the clips)")
+    cams = {"lot": {"input": f"file://{clip}", "realtime": False, "profile": "storage"},
+            "live": {"input": f"file://{clip}", "realtime": False}}
+    config = write_config(tmp_path, cams, segment_seconds=10)
+    summary_file = tmp_path / "summary.json"
+    proc = start_service(config, "--stats-json", str(summary_file))
+    assert proc.wait(300) == 0, service_log(config)
+    summary = json.loads(summary_file.read_text())["cameras"]
+    assert summary["live"]["storage"] is None
+    s = summary["lot"]["storage"]
+    assert s["frames_encoded"] + s["frames_skipped"] == 377 and s["frames_skipped"] > 0
+    assert s["idr_reasons"]["start"] == 1 and s["idr_reasons"]["segment"] >= 2
+    assert s["idrs"][-1]["reason"] in ("segment", "interval", "scene_cut", "object")
+    frames = 0
+    for path in segments(tmp_path / "rec" / "lot"):
+        decoded = decode(path)
+        assert decoded[0][1], f"{path.name} does not start with a keyframe"
+        frames += len(decoded)
+    assert frames == s["frames_encoded"]
+    live_frames, seconds = check_segments(tmp_path / "rec" / "live")
+    assert live_frames == 377 and frames < live_frames

@@ -89,6 +89,7 @@ class ClipReference:
     truth: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # frame -> detections
     roi: list[np.ndarray] = field(default_factory=list)  # bool[mb_h, mb_w] per frame
     y4m: str = ""
+    rate: str = ""  # the exact frame rate, e.g. "25/2"
 
     @property
     def duration(self) -> float:
@@ -129,7 +130,7 @@ def read_reference(clip: str, raw: RawVideoOptions | None, workdir: Path, max_fr
     """Decode the clip once: keep the luma, write a .y4m for VMAF, detect on the originals and
     label them (`labeler`: the ROI mask)."""
     src = open_source(clip, raw)
-    ref = ClipReference(clip, src.width, src.height, float(src.fps))
+    ref = ClipReference(clip, src.width, src.height, float(src.fps), rate=str(src.fps))
     ref.y4m = str(workdir / f"{Path(clip).stem}.ref.y4m")
     with open(ref.y4m, "wb") as y4m:
         y4m.write(f"YUV4MPEG2 W{src.width} H{src.height} F{src.fps.numerator}:"
@@ -152,10 +153,30 @@ def read_reference(clip: str, raw: RawVideoOptions | None, workdir: Path, max_fr
     return ref
 
 
-def decoded_frames(path: str):
+def decoded_frames(path: str, fps: float):
+    """(frame, keyframe) as a player shows them at the source's frame rate: a frame the
+    encoder left out (the storage profile's dynamic frame rate) shows the one before it, so
+    each source frame is judged against what is on screen at its time."""
+    shown, start = None, None
     with av.open(path) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            yield Frame.from_i420(f.to_ndarray(format="yuv420p"), f.width, f.height, f.pts, 1, i)
+        for f in c.decode(video=0):
+            start = f.time if start is None else start
+            index = round((f.time - start) * fps)
+            frame = Frame.from_i420(f.to_ndarray(format="yuv420p"), f.width, f.height, f.pts,
+                                    1, index)
+            while shown is not None and shown[0].index + 1 < index:  # held
+                held = shown[0]
+                shown = (Frame(held.y, held.u, held.v, held.pts, 1, held.index + 1), False)
+                yield shown
+            shown = (frame, bool(f.key_frame))
+            yield shown
+
+
+def longest_seek(keyframes: list[bool], fps: float) -> float | None:
+    """Seconds from the farthest frame back to the keyframe a decoder must start at (the
+    longest GOP, counted in shown frames)."""
+    starts = [i for i, k in enumerate(keyframes) if k] + [len(keyframes)]
+    return round(max(b - a for a, b in zip(starts, starts[1:])) / fps, 3) if keyframes else None
 
 
 def evaluate(path: str, ref: ClipReference, detector: YoloxDetector | None,
@@ -164,7 +185,9 @@ def evaluate(path: str, ref: ClipReference, detector: YoloxDetector | None,
     whole, roi, background = [], [], []
     counts = {g: np.zeros(3, int) for g in GROUPS}
     n = 0
-    for frame in decoded_frames(path):
+    keyframes = []
+    for frame, keyframe in decoded_frames(path, ref.fps):
+        keyframes.append(keyframe)
         i = frame.index
         if i >= len(ref.luma):
             break
@@ -181,14 +204,15 @@ def evaluate(path: str, ref: ClipReference, detector: YoloxDetector | None,
         n += 1
     if n != len(ref.luma):
         raise RuntimeError(f"{path} decodes to {n} frames, the source has {len(ref.luma)}")
-    out = {"psnr": _mean(whole), "psnr_roi": _mean(roi), "psnr_background": _mean(background)}
+    out = {"psnr": _mean(whole), "psnr_roi": _mean(roi), "psnr_background": _mean(background),
+           "longest_seek_s": longest_seek(keyframes, ref.fps)}
     if detector:
         total = sum(counts.values())
         out["f1"] = round(f1_score(*total), 4)
         out.update({f"f1_{g}": round(f1_score(*c), 4) for g, c in counts.items()})
     if vmaf:
         from .vmaf import vmaf_neg
-        out["vmaf"] = vmaf_neg(path, ref.y4m)
+        out["vmaf"] = vmaf_neg(path, ref.y4m, ref.rate)
     return out
 
 
@@ -217,6 +241,15 @@ def rect_map(max_rects: int):
     return rebuilt
 
 
+def storage_baseline(cfg: Config, fps) -> Config:
+    """What cameras ship, against the storage profile: plain x264 at the same preset and CRF,
+    a fixed GOP of `encoder.storage.gop_s` (2 s) and every frame."""
+    plain = copy.deepcopy(cfg)
+    plain.encoder.profile = "live"
+    plain.encoder.keyint = max(1, round(cfg.encoder.storage.gop_s * fps))
+    return plain
+
+
 def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
                  max_frames: int) -> dict:
     src = open_source(ref.clip, raw)
@@ -226,6 +259,9 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
             stats = encode_with_ffmpeg(src, str(out), cfg.encoder, max_frames)
         elif kind == "core":  # the core method alone: the semantic run's extensions off
             stats = run_encode(src, str(out), core_method(cfg), max_frames=max_frames)
+        elif kind == "baseline" and cfg.encoder.profile == "storage":
+            stats = run_encode(src, str(out), storage_baseline(cfg, src.fps), semantic=False,
+                               max_frames=max_frames)
         elif kind == "rects8":  # the semantic run's maps as 8 ROI rectangles (Jetson's limit)
             stats = run_encode(src, str(out), cfg, max_frames=max_frames,
                                live=Live(map_filter=rect_map(8)))
@@ -235,9 +271,10 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
     finally:
         src.close()
     size = out.stat().st_size
+    storage = {k: v for k, v in stats.get("storage", {}).items() if k != "idrs"}
     return {"frames": stats["frames"], "bytes": size,
             "bitrate_kbps": round(size * 8 / ref.duration / 1e3, 3), "fps": stats["fps"],
-            "encoder": stats.get("encoder")}
+            "encoder": stats.get("encoder"), **({"storage": storage} if storage else {})}
 
 
 def bench_clip(clip: str, cfg: Config, ladder: list[float] | None, kinds: list[str],
@@ -373,6 +410,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "frame rate (default 0.025 0.05 0.1 0.2)")
     p.add_argument("--rc", choices=["crf", "abr", "cbr"], default="cbr")
     p.add_argument("--preset", default="veryfast")
+    p.add_argument("--profile", choices=["live", "storage"], default="live",
+                   help="storage: the semantic run records with the storage profile (needs --rc "
+                        "crf) and the baseline is what cameras ship: plain x264, a fixed "
+                        "encoder.storage.gop_s GOP (2 s), every frame")
     p.add_argument("--tune", default="")
     p.add_argument("--roi-model", metavar="PATH",
                    help="independent YOLOX ONNX detector for analytics accuracy (F1 at IoU 0.5, "
@@ -423,6 +464,7 @@ def run(args) -> int:
         raise ConfigError("--roi-min-mbs takes a value >= 0, --roi-min-frames one in [0, 1]")
     analysis = Analysis(tuple(args.f1_targets), args.roi_min_mbs, args.roi_min_frames)
     cfg = load_config(args.config, [*args.set, f"encoder.rc={args.rc}",
+                                    f"encoder.profile={args.profile}",
                                     f"encoder.preset={args.preset}", f"encoder.tune={args.tune}",
                                     # placeholder so abr/cbr validate; each point sets its own
                                     "encoder.bitrate=1000000"])
@@ -452,7 +494,8 @@ def run(args) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    results = {"settings": {"rc": args.rc, "preset": args.preset, "tune": args.tune,
+    results = {"settings": {"rc": args.rc, "profile": args.profile, "preset": args.preset,
+                            "tune": args.tune,
                             "ladder": args.ladder, "bpp": args.bpp,
                             "roi_model": args.roi_model,
                             "frames": args.frames, "eval_every": args.eval_every,

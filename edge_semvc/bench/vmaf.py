@@ -29,12 +29,15 @@ def vmaf_available() -> tuple[bool, str]:
     return True, ""
 
 
-def vmaf_neg(distorted: str, reference: str, threads: int = 2) -> float:
+def vmaf_neg(distorted: str, reference: str, rate: str = "", threads: int = 2) -> float:
     """Mean VMAF-NEG of `distorted` against `reference`, frame by frame in decode order
-    (timestamps are renumbered, so container offsets and edit lists cannot misalign them)."""
+    (timestamps are renumbered, so container offsets and edit lists cannot misalign them).
+    `rate` (e.g. "25/2"): the reference's frame rate; frames `distorted` leaves out (a dynamic
+    frame rate) are then shown as the frame before, as a player does."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "vmaf.json"
-        graph = ("[0:v]setpts=N/FRAME_RATE/TB[d];[1:v]setpts=N/FRAME_RATE/TB[r];"
+        hold = f"fps={rate}," if rate else ""
+        graph = (f"[0:v]{hold}setpts=N/FRAME_RATE/TB[d];[1:v]setpts=N/FRAME_RATE/TB[r];"
                  f"[d][r]libvmaf=model=version={MODEL}:n_threads={threads}:log_fmt=json:"
                  f"log_path={log}")
         r = subprocess.run([_ffmpeg(), "-hide_banner", "-nostats", "-loglevel", "error",

@@ -48,6 +48,7 @@ class EncoderSettings:
     bitrate: bits per second.
     global_headers: True for containers that keep SPS/PPS out of band (mp4, mkv): the stream
     then carries no parameter sets in-band and the sink takes them from ``Encoder.headers()``.
+    Frames may be left out (a dynamic frame rate): the encoder follows their timestamps.
     """
 
     width: int
@@ -62,6 +63,12 @@ class EncoderSettings:
     keyint: int | None = None
     threads: int = 0
     global_headers: bool = False
+    # the caller places every IDR (`encode(..., force_idr=True)`): the encoder inserts none of
+    # its own, periodic or at scene changes (the storage profile's dynamic GOP)
+    caller_idr: bool = False
+    # frames may be left out (the storage profile's dynamic frame rate): rate control counts
+    # the frames it gets, not the time they stand for (a held frame is not worth more bits)
+    sparse_frames: bool = False
     params: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -107,6 +114,8 @@ class Encoder(ABC):
     """A video encoder that honours a per-macroblock QP-offset map."""
 
     type_key: ClassVar[str] = ""
+    # the bitstream's codec, as FFmpeg names it ("h264", "hevc"): sinks pick muxer and NAL parsing
+    codec: ClassVar[str] = "h264"
 
     def __init__(self, settings: EncoderSettings) -> None:
         self.settings = settings

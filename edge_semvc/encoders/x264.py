@@ -196,6 +196,11 @@ class X264Encoder(Encoder):
                                f"{', '.join(RATE_CONTROLS)}")
         if s.keyint is not None:
             self._set("keyint", s.keyint)
+        if s.caller_idr:  # params may still change these: the user's word is last
+            self._set("keyint", "infinite")
+            self._set("scenecut", "0")
+        if s.sparse_frames:  # else mb-tree weighs each frame by its duration: measured +13 %
+            self._set("force-cfr", "1")  # bytes on a car park (BENCHMARKS.md, storage profile)
         kbps = None if s.bitrate is None else max(1, round(s.bitrate / 1000))
         if s.rc == "crf":
             self._set("crf", f"{float(s.crf):g}")

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from ..config import Config
 from ..config_model import check, merge, reference_rows
+from ..encoders.config import PROFILES
 from ..errors import ConfigError
 from ..sinks.config import RecordConfig
 
@@ -125,11 +126,14 @@ class CameraConfig:
     loop: bool = False  # file inputs: start again at the end (a camera never ends)
     realtime: bool = True  # file inputs are played at their own frame rate, like a camera
     queue_frames: int = 1  # frames queued between the pipeline's threads (latency)
+    profile: str = ""  # "" = encoder.profile; live or storage for this camera alone
 
     def validate(self, key: str) -> None:
         check(isinstance(self.input, str) and bool(self.input.strip()), f"{key}.input",
                self.input, "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N")
         check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
+        check(self.profile in ("", *PROFILES), f"{key}.profile", self.profile,
+              f"'' (encoder.profile) or {' or '.join(PROFILES)}")
 
 
 @dataclass
@@ -159,15 +163,26 @@ class ServeConfig(Config):
             merge(cam, entry if isinstance(entry, dict) else {"input": entry}, f"cameras.{name}.")
             cam.validate(f"cameras.{name}")
             parsed[name] = cam
+            if cam.profile:  # the shared encoder section must suit this camera's profile
+                encoder = dataclasses.replace(self.encoder, profile=cam.profile)
+                try:
+                    encoder.validate()
+                except ConfigError as e:
+                    raise ConfigError(f"cameras.{name}.profile {cam.profile}: {e}") from None
         self.cameras = parsed
         self.record.validate()
         self.mqtt.validate()
         return self
 
-    def pipeline_config(self) -> Config:
-        """The pipeline's sections, as a plain Config of their own (each camera's copy)."""
-        return copy.deepcopy(Config(**{f.name: getattr(self, f.name)
-                                       for f in dataclasses.fields(Config)}))
+    def pipeline_config(self, camera: str | None = None) -> Config:
+        """The pipeline's sections, as a plain Config of their own (each camera's copy, with
+        its own `profile` when it has one)."""
+        cfg = copy.deepcopy(Config(**{f.name: getattr(self, f.name)
+                                      for f in dataclasses.fields(Config)}))
+        cam = self.cameras.get(camera) if camera is not None else None
+        if cam is not None and cam.profile:
+            cfg.encoder.profile = cam.profile
+        return cfg
 
     def state_folder(self) -> str:
         return self.state_dir or os.path.join(self.record.dir, ".state")

@@ -39,11 +39,11 @@ class Service:
         self._fps: dict[str, float] = {}
         self.summary: dict = {}  # over the whole run, once it ended (`serve --stats-json`)
         self._config_lock = threading.Lock()
-        base = cfg.pipeline_config()
-        _check_models_prepared(base)  # a service never downloads: `make install-service` did
+        _check_models_prepared(cfg.pipeline_config())  # never downloads: `make install-service`
         for name, cam in cfg.cameras.items():
             self.telemetry.add_camera(name)
-            self.cameras[name] = Camera(name, cam.input, self._restored(name, base),
+            self.cameras[name] = Camera(name, cam.input,
+                                        self._restored(name, cfg.pipeline_config(name)),
                                         cfg.record, self._event, loop=cam.loop,
                                         realtime=cam.realtime, queue_frames=cam.queue_frames)
 

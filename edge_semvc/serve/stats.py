@@ -12,6 +12,7 @@ import numpy as np
 from .camera import Camera
 
 THERMAL = Path("/sys/class/thermal")
+STORAGE_IDRS = 10  # the most recent IDRs a stats message lists with their reasons
 
 
 class StatsWindow:
@@ -49,6 +50,7 @@ class StatsWindow:
             "mean_offset_background": round(stats.offset_sum_bg / stats.mb_bg, 3)
             if stats.mb_bg else None,
             "label_staleness_frames": _staleness(labeler),
+            "storage": _storage(stats.storage),
             "reconnects": max(runs - 1, 0),
             "cpu_percent": cpu_percent,
             "temperatures_c": temperatures(),
@@ -73,6 +75,16 @@ class CpuMeter:
 def _cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def _storage(policy) -> dict | None:
+    """The storage profile's decisions in this run (storage.py): frames left out, GOP lengths,
+    IDRs by reason and the last few with their frame and time."""
+    if policy is None:
+        return None
+    out = policy.stats()
+    out["idrs"] = out["idrs"][-STORAGE_IDRS:]
+    return out
 
 
 def _percentiles(ms: list[float]) -> dict:

@@ -1,0 +1,213 @@
+"""The storage profile (`encoder.profile: storage`): fewer bytes for recorded video, beside
+the semantic map, from two decisions taken before each frame reaches the encoder:
+
+- Dynamic GOP: the pipeline places every IDR (the encoder places none of its own). The
+  interval starts at `gop_s`; each GOP that was static (on average at most `static_area` of
+  the frame changed beyond noise per frame) doubles it, up to `gop_max_s`; a GOP with more
+  movement sets it back. Events get an IDR at once, at least `gop_s` after the last one (a
+  detector that loses and finds an object again cannot fill the recording with IDRs): a scene
+  cut (the scene analyser's detector, analysis/scene.py) and a labelled object
+  appearing where nothing was labelled for the last second. A recording segment's first
+  frame is always an IDR (the sink asks).
+- Dynamic frame rate: a frame is not encoded when nothing changed beyond sensor noise since
+  the last encoded frame: every macroblock's mean absolute luma difference to that frame
+  stays under `noise_factor` x its noise floor + `noise_margin`, and no object appeared.
+  Comparing with the last *encoded* frame, not the previous one, lets slow changes add up
+  until they count. Timestamps keep real time (players hold the last frame) and at least
+  `min_fps` frames a second are encoded. The analysis still sees every frame.
+
+The noise floor of a macroblock is its frame-to-frame difference while nothing happens there:
+it follows a lower difference at once halfway and a higher one slowly (over ~2 s), so a
+passing object barely lifts it while sensor noise, which is there every frame, sets it.
+
+`Observer` runs in the understanding thread (every frame, in order); `StoragePolicy` in the
+encoding thread, where it knows which frames were encoded.
+"""
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from scipy import ndimage
+
+from .analysis.complexity import block_mean, block_samples
+from .analysis.scene import SceneAnalyser, SceneConfig
+from .encoders.config import StorageConfig
+from .frame import Frame
+from .values import LabelMap
+
+NEW_OBJECT_MBS = 2  # a labelled component this big, apart from all of the last second's
+IDR_LOG = 1000  # the IDRs whose reasons a run keeps (a service runs for months)
+
+
+@dataclass
+class Observation:
+    """What the understanding thread learnt of one frame for the storage policy."""
+
+    blocks: np.ndarray  # luma samples per macroblock (analysis.complexity.block_samples)
+    threshold: np.ndarray  # float32[mb_h, mb_w]: a difference above this is not noise
+    changed: float  # fraction of macroblocks that changed beyond noise since the previous frame
+    cut: bool  # a new scene starts here
+    appeared: bool  # a labelled object appeared
+
+
+class Observer:
+    """Per frame, in order: noise floors, change area, cuts and objects appearing.
+
+    `cuts`: run our own cut detector (False when the scene extension runs one and passes its
+    verdict to `observe`)."""
+
+    def __init__(self, cfg: StorageConfig, fps: Fraction, scene: SceneConfig,
+                 cuts: bool = True):
+        self.cfg = cfg
+        self.scene = SceneAnalyser(scene) if cuts else None
+        self._prev: np.ndarray | None = None
+        self._floor: np.ndarray | None = None
+        self._up = 1.0 / max(2.0 * float(fps), 1.0)  # a higher difference lifts it over ~2 s
+        self._seen: deque[np.ndarray] = deque(maxlen=max(1, round(float(fps))))
+
+    def observe(self, frame: Frame, labels: LabelMap | None, blocks: np.ndarray | None = None,
+                cut: bool = False) -> Observation:
+        if blocks is None:
+            blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
+        if self.scene is not None:
+            cut = self.scene.analyse(frame).cut
+        prev, self._prev = self._prev, blocks
+        if prev is None or prev.shape != blocks.shape:
+            self._floor = None
+            self._seen.clear()
+            diff = None
+        else:
+            diff = block_mean(np.abs(blocks - prev))
+            if self._floor is None:
+                self._floor = diff
+            else:
+                rate = np.where(diff < self._floor, 0.5, self._up).astype(np.float32)
+                self._floor = self._floor + rate * (diff - self._floor)
+        cfg = self.cfg
+        floor = self._floor if self._floor is not None else np.zeros(blocks.shape[::2], np.float32)
+        threshold = (cfg.noise_factor * floor + cfg.noise_margin).astype(np.float32)
+        changed = 0.0 if diff is None else float((diff > threshold).mean())
+        return Observation(blocks, threshold, changed, cut, self._appeared(labels))
+
+    def _appeared(self, labels: LabelMap | None) -> bool:
+        if labels is None:
+            return False
+        now = labels.labels > 0
+        if self._seen and self._seen[0].shape != now.shape:
+            self._seen.clear()
+        appeared = False
+        if self._seen and now.any():
+            # an object, not a box edge: a component that touches nothing of the last second
+            parts, n = ndimage.label(now)
+            recent = np.logical_or.reduce(self._seen)
+            touched = np.unique(parts[recent & now])
+            sizes = np.bincount(parts.ravel(), minlength=n + 1)
+            fresh = np.setdiff1d(np.arange(1, n + 1), touched)
+            appeared = bool((sizes[fresh] >= NEW_OBJECT_MBS).any())
+        self._seen.append(now)
+        return appeared
+
+
+@dataclass
+class Decision:
+    encode: bool
+    idr: str | None = None  # why this frame is an IDR: start, segment, scene_cut, object, interval
+
+
+class StoragePolicy:
+    """Per frame, in the encoding thread: encode it or not, and whether as an IDR (why).
+    Also keeps what a run reports: frames left out, GOP lengths, each IDR's reason."""
+
+    def __init__(self, cfg: StorageConfig, fps: Fraction, time_base: Fraction):
+        self.cfg, self.fps, self.time_base = cfg, Fraction(fps), Fraction(time_base)
+        self.target = cfg.gop_s
+        self._ref: np.ndarray | None = None  # samples of the last encoded frame
+        self._last_encoded: float | None = None
+        self._last_idr: float | None = None
+        self._last_seen: float | None = None
+        self._gop_changed: list[float] = []
+        self.skipped = 0
+        self.encoded = 0
+        self.reasons: Counter[str] = Counter()
+        self.gops: list[float] = []  # seconds between consecutive IDRs
+        self.idr_log: deque[dict] = deque(maxlen=IDR_LOG)
+
+    def _seconds(self, frame: Frame) -> float:
+        if frame.pts is None:
+            return float(frame.index / self.fps)
+        tb = Fraction(frame.time_base) if frame.time_base is not None else self.time_base
+        return float(frame.pts * tb)
+
+    def decide(self, frame: Frame, obs: Observation, segment_start: bool) -> Decision:
+        cfg, t = self.cfg, self._seconds(frame)
+        self._last_seen = t
+        self._gop_changed.append(obs.changed)
+        idr = self._idr_reason(t, obs, segment_start)
+        encode = idr is not None or not cfg.dynamic_fps or self._something_new(t, obs)
+        if not encode:
+            self.skipped += 1
+            return Decision(False)
+        self.encoded += 1
+        self._ref, self._last_encoded = obs.blocks, t
+        if idr is not None:
+            self._start_gop(t, idr, frame.index)
+        return Decision(True, idr)
+
+    def encode_anyway(self, frame: Frame, obs: Observation) -> None:
+        """A frame `decide` left out is encoded after all (the last one of a stream: the
+        recording must last as long as the input)."""
+        self.skipped -= 1
+        self.encoded += 1
+        self._ref, self._last_encoded = obs.blocks, self._seconds(frame)
+
+    def _idr_reason(self, t: float, obs: Observation, segment_start: bool) -> str | None:
+        cfg, since = self.cfg, None if self._last_idr is None else t - self._last_idr
+        if since is None:
+            return "start"
+        if segment_start:
+            return "segment"
+        if not cfg.dynamic_gop:
+            return None  # the encoder's own fixed GOP (keyint = gop_s)
+        if since >= cfg.gop_s and obs.cut:
+            return "scene_cut"
+        if since >= cfg.gop_s and obs.appeared and cfg.object_idr:
+            return "object"
+        if since >= self.target - 0.5 / float(self.fps):  # the frame nearest the target
+            return "interval"
+        return None
+
+    def _something_new(self, t: float, obs: Observation) -> bool:
+        if self._ref is None or self._ref.shape != obs.blocks.shape or obs.appeared:
+            return True
+        if t - self._last_encoded >= 1.0 / self.cfg.min_fps - 0.5 / float(self.fps):
+            return True
+        return bool((block_mean(np.abs(obs.blocks - self._ref)) > obs.threshold).any())
+
+    def _start_gop(self, t: float, reason: str, index: int) -> None:
+        cfg = self.cfg
+        if self._last_idr is not None:
+            self.gops.append(t - self._last_idr)
+            static = float(np.mean(self._gop_changed)) <= cfg.static_area
+            self.target = min(self.target * 2, cfg.gop_max_s) if static else cfg.gop_s
+        self._last_idr, self._gop_changed = t, []
+        self.reasons[reason] += 1
+        self.idr_log.append({"frame": index, "time_s": round(t, 3), "reason": reason})
+
+    def stats(self) -> dict:
+        """What the run did so far (the open GOP counts up to the last frame seen)."""
+        gops = list(self.gops)
+        if self._last_idr is not None:
+            gops.append(self._last_seen - self._last_idr + 1.0 / float(self.fps))
+        return {
+            "frames_encoded": self.encoded,
+            "frames_skipped": self.skipped,
+            "idr_reasons": dict(self.reasons),
+            "gop_s": ({"min": round(min(gops), 3), "mean": round(float(np.mean(gops)), 3),
+                       "max": round(max(gops), 3), "count": len(gops)} if gops else None),
+            # the longest wait for a decodable picture when seeking: a whole GOP
+            "longest_seek_s": round(max(gops), 3) if gops else None,
+            "idrs": list(self.idr_log),
+        }

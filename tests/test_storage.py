@@ -1,0 +1,292 @@
+"""The storage profile (storage.py): dynamic GOP and dynamic frame rate, alone on synthetic
+noisy scenes (exact decisions), then end to end through x264 into files that FFmpeg, PyAV and
+a browser play with real-time timestamps."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from edge_semvc.analysis.scene import SceneConfig
+from edge_semvc.config import ConfigError, load_config
+from edge_semvc.encoders.config import StorageConfig
+from edge_semvc.errors import WriteError
+from edge_semvc.frame import Frame
+from edge_semvc.pipeline import run_encode
+from edge_semvc.storage import Observer, StoragePolicy
+from edge_semvc.values import LabelMap
+
+W, H = 128, 96  # 8 x 6 macroblocks
+
+
+class Scene:
+    """A grey textured scene with sensor noise (sigma 2 levels) and an optional dark square
+    (`size` pixels) moving `speed` pixels a frame from frame `move_from` on."""
+
+    def __init__(self, n: int, fps: int = 10, move_from: int | None = None, seed: int = 1,
+                 size: int = 6, speed: int = 1):
+        self.n, self.fps, self.move_from = n, Fraction(fps), move_from
+        self.size, self.speed = size, speed
+        self.width, self.height = W, H
+        self.time_base = 1 / self.fps
+        self.frame_count, self.description, self.path = n, f"scene {n}", None
+        rng = np.random.default_rng(seed)
+        self.rng = rng
+        yy, xx = np.mgrid[0:H, 0:W]
+        self.base = (120 + 40 * np.sin(xx / 7.0) * np.cos(yy / 5.0)).astype(np.float32)
+
+    def square_x(self, i: int) -> int | None:
+        if self.move_from is None or i < self.move_from:
+            return None
+        return 10 + (i - self.move_from) * self.speed % (W - 20 - self.size)
+
+    def frame(self, i: int) -> Frame:
+        y = self.base + self.rng.normal(0, 2.0, self.base.shape)
+        x = self.square_x(i)
+        if x is not None:
+            y[40:40 + self.size, x:x + self.size] = 30
+        y = np.clip(y, 0, 255).astype(np.uint8)
+        c = np.full((H // 2, W // 2), 128, np.uint8)
+        return Frame(y, c, c.copy(), i, self.time_base, i)
+
+    def frames(self):
+        for i in range(self.n):
+            yield self.frame(i)
+
+    def close(self):
+        pass
+
+
+def decide_all(scene: Scene, cfg: StorageConfig, labels=None, cuts=(), segment=()):
+    obs = Observer(cfg, scene.fps, SceneConfig(), cuts=False)
+    policy = StoragePolicy(cfg, scene.fps, scene.time_base)
+    decisions = []
+    for f in scene.frames():
+        o = obs.observe(f, labels(f.index) if labels else None, cut=f.index in cuts)
+        decisions.append(policy.decide(f, o, f.index in segment))
+    return policy, decisions
+
+
+def test_a_static_noisy_scene_is_encoded_at_the_minimum_frame_rate():
+    policy, d = decide_all(Scene(100), StorageConfig(min_fps=1.0, dynamic_gop=False))
+    encoded = [i for i, x in enumerate(d) if x.encode]
+    # the first two frames (no noise floor yet), then one a second: sensor noise is not news
+    assert encoded[:1] == [0]
+    assert all(b - a <= 10 for a, b in zip(encoded, encoded[1:]))
+    assert len(encoded) <= 14, encoded
+    assert policy.skipped == 100 - len(encoded)
+
+
+def test_a_small_moving_object_is_never_held_more_than_a_few_frames():
+    scene = Scene(120, move_from=30)
+    policy, d = decide_all(scene, StorageConfig(min_fps=0.1, dynamic_gop=False))
+    encoded = [i for i, x in enumerate(d) if x.encode]
+    moving = [i for i in encoded if i >= 30]
+    # 1 pixel a frame: the shown square is never more than 4 pixels behind
+    assert all(b - a <= 4 for a, b in zip(moving, moving[1:])), moving
+    assert len([i for i in encoded if i < 30]) <= 6  # before it moves: nearly all left out
+
+
+def test_the_gop_doubles_while_static_and_is_bounded():
+    cfg = StorageConfig(gop_s=2.0, gop_max_s=10.0)
+    policy, d = decide_all(Scene(400), cfg)
+    idrs = [(i, x.idr) for i, x in enumerate(d) if x.idr]
+    assert idrs[0] == (0, "start")
+    times = [i / 10 for i, _ in idrs]
+    assert np.allclose(np.diff(times)[:5], [2, 4, 8, 10, 10]), times
+    assert {r for _, r in idrs[1:]} == {"interval"}
+    s = policy.stats()
+    assert s["longest_seek_s"] == pytest.approx(10.0)
+    assert s["idr_reasons"]["interval"] == len(idrs) - 1
+    assert s["frames_skipped"] + s["frames_encoded"] == 400
+
+
+def test_movement_sets_the_gop_back():
+    cfg = StorageConfig(gop_s=2.0, gop_max_s=10.0, static_area=0.01)
+    scene = Scene(300, move_from=150, size=16, speed=4)  # 2-4 of the 48 macroblocks change
+    _, d = decide_all(scene, cfg)
+    times = [i / 10 for i, x in enumerate(d) if x.idr]
+    gaps = np.diff(times)
+    assert gaps.max() > 2.0  # grew while static
+    assert np.allclose(gaps[-2:], 2.0), times  # moving (from 15 s): back to gop_s
+
+
+def test_events_place_idrs_not_sooner_than_gop_s():
+    cfg = StorageConfig(gop_s=2.0, gop_max_s=60.0)
+    mb = (H // 16, W // 16)
+
+    def labels(i):  # an object appears at frame 85 and stays; its edge flickers
+        probs = np.zeros((1, *mb), np.float32)
+        if i >= 85:
+            probs[0, 2:4, 2:4] = 0.9
+            if i % 2:
+                probs[0, 2:4, 4] = 0.9  # a box edge, touching the object: no new object
+        return LabelMap.from_probs(probs, ["person"], 0.5, [])
+
+    _, d = decide_all(Scene(200), cfg, labels=labels, cuts=(5, 120), segment=(150,))
+    reasons = {i: x.idr for i, x in enumerate(d) if x.idr}
+    assert reasons[0] == "start"
+    assert 5 not in reasons  # a cut 0.5 s after the last IDR waits for gop_s
+    assert reasons[85] == "object"  # IDRs at 0, 20 and 60 (the interval grew: 2 s, 4 s)
+    assert reasons[120] == "scene_cut"
+    assert reasons[150] == "segment"
+    assert all(x.encode for i, x in enumerate(d) if i in reasons)
+    assert list(reasons.values()).count("object") == 1
+
+
+def test_without_dynamic_gop_only_the_start_and_segments_are_asked_for():
+    _, d = decide_all(Scene(100), StorageConfig(dynamic_gop=False), cuts=(50,),
+                      segment=(60,))
+    assert {i: x.idr for i, x in enumerate(d) if x.idr} == {0: "start", 60: "segment"}
+
+
+def test_without_dynamic_fps_every_frame_is_encoded():
+    policy, d = decide_all(Scene(50), StorageConfig(dynamic_fps=False))
+    assert all(x.encode for x in d) and policy.skipped == 0
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("encoder.profile", "store", "live or storage"),
+    ("encoder.storage.min_fps", "0", "> 0 frames a second"),
+    ("encoder.storage.gop_max_s", "1", ">= encoder.storage.gop_s"),
+    ("encoder.storage.static_area", "2", "between 0 and 1"),
+    ("encoder.storage.noise_factor", "0.5", ">= 1"),
+])
+def test_bad_storage_settings_are_refused_by_name(key, value, words):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
+        load_config(None, ["encoder.profile=storage", f"{key}={value}"])
+    assert words in str(e.value)
+
+
+def test_the_storage_profile_needs_crf_and_its_own_gop():
+    with pytest.raises(ConfigError, match="encoder.rc"):
+        load_config(None, ["encoder.profile=storage", "encoder.rc=abr", "encoder.bitrate=1000000"])
+    with pytest.raises(ConfigError, match="encoder.keyint"):
+        load_config(None, ["encoder.profile=storage", "encoder.keyint=50"])
+
+
+# --- end to end: x264, containers, players ------------------------------------------------
+
+def storage_config(*extra):
+    return load_config(None, ["encoder.profile=storage", "encoder.crf=30", *extra])
+
+
+def encode(tmp_path, scene, name="out.mp4", *extra):
+    out = tmp_path / name
+    stats = run_encode(scene, str(out), storage_config(*extra), semantic=False)
+    return out, stats
+
+
+def test_recording_keeps_real_time_and_the_idrs_asked_for(tmp_path):
+    scene = Scene(150, move_from=100)
+    out, stats = encode(tmp_path, scene)
+    s = stats["storage"]
+    assert s["frames_skipped"] > 50 and s["frames_encoded"] + s["frames_skipped"] == 150
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        frames = [(f.pts, f.time, f.key_frame) for f in c.decode(stream)]
+    assert len(frames) == s["frames_encoded"]
+    times = [t for _, t, _ in frames]
+    assert times == sorted(times)
+    # timestamps are the source's: every shown frame sits on the source's 10 fps grid,
+    # the last one is the last source frame (the recording lasts as long as the input)
+    assert all(abs(t * 10 - round(t * 10)) < 1e-6 for t in times)
+    assert round((times[-1] - times[0]) * 10) == 149
+    keys = {round((t - times[0]) * 10) for _, t, k in frames if k}
+    assert keys == {i["frame"] for i in s["idrs"]}
+    assert s["idrs"][0]["reason"] == "start"
+
+
+def test_ffmpeg_shows_every_source_frame_at_its_time(tmp_path):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    scene = Scene(80, move_from=60)
+    out, stats = encode(tmp_path, scene)
+    assert stats["storage"]["frames_skipped"] > 20
+    with av.open(str(out)) as c:
+        assert c.duration == 8_000_000  # microseconds: the source's 80 frames at 10 fps
+    # a player at the source's rate for the file's duration: held frames repeat (FFmpeg's
+    # fps filter would add one at the end: it ends the last frame by its packet's dts step)
+    r = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(out),
+                        "-vf", "fps=10", "-t", "8", "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+                       capture_output=True, check=True)
+    shown = np.frombuffer(r.stdout, np.uint8).reshape(-1, H, W)
+    assert len(shown) == 80
+    # the moving square is where it is in the source, within the few frames it may lag
+    for i in range(62, 80):
+        column = shown[i, 40:46].astype(int).mean(axis=0)
+        x = int(np.argmin(column[:-5]))
+        assert abs(x - scene.square_x(i)) <= 4
+
+
+def test_browser_plays_the_mp4(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium here (apt-get install chromium): the MP4 is checked by "
+                    "PyAV and FFmpeg only")
+    scene = Scene(60, move_from=40)
+    out, stats = encode(tmp_path, scene)
+    assert stats["storage"]["frames_skipped"] > 20
+    # seek to 5.55 s (source frame 55), draw the picture, find the square's left edge
+    page = tmp_path / "play.html"
+    page.write_text(
+        "<html><head><title>start</title></head><body><video id=v muted src='out.mp4'></video>"
+        "<canvas id=c></canvas><script>const v = document.getElementById('v');"
+        "v.onerror = () => { document.title = 'error ' + v.error.code + ' ' + v.error.message; };"
+        "v.onloadedmetadata = () => { v.currentTime = 5.55; };"
+        "v.onseeked = () => { const c = document.getElementById('c');"
+        "c.width = v.videoWidth; c.height = v.videoHeight; const g = c.getContext('2d');"
+        "g.drawImage(v, 0, 0); const p = g.getImageData(0, 0, c.width, c.height).data;"
+        "let x = 0; while (x < c.width && p[(43 * c.width + x) * 4] >= 80) x++;"
+        "document.title = 'seeked ' + v.duration.toFixed(3) + ' ' + x; };"
+        "</script></body></html>")
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                        "--allow-file-access-from-files", "--virtual-time-budget=10000",
+                        "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                       timeout=120)
+    title = r.stdout.split("<title>")[1].split("</title>")[0] if "<title>" in r.stdout else ""
+    assert title.startswith("seeked"), (title, r.stderr[-2000:])
+    duration, x = title.split()[1:]
+    assert float(duration) == pytest.approx(6.0)  # 60 frames at 10 fps
+    assert abs(int(x) - scene.square_x(55)) <= 4
+
+
+def test_a_raw_stream_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(WriteError, match="raw stream keeps no timestamps"):
+        encode(tmp_path, Scene(10), "out.h264")
+    assert not (tmp_path / "out.h264").exists()
+    out, _ = encode(tmp_path, Scene(10), "ok.h264", "encoder.storage.dynamic_fps=false")
+    assert out.stat().st_size > 0
+
+
+def test_the_encoder_places_no_idr_of_its_own(tmp_path):
+    # a scene cut x264 would mark as a keyframe: with the storage profile only ours count
+    scene = Scene(60)
+    frames = list(scene.frames())
+    for f in frames[30:]:
+        f.y[:] = 255 - f.y
+    scene.frames = lambda: iter(frames)
+    out, stats = encode(tmp_path, scene, "cut.mp4", "encoder.storage.dynamic_fps=false",
+                        "encoder.storage.gop_s=100", "encoder.storage.gop_max_s=100")
+    with av.open(str(out)) as c:
+        keys = [f.key_frame for f in c.decode(video=0)]
+    assert sum(keys) == 1 and stats["storage"]["idr_reasons"] == {"start": 1}
+    assert stats["encoder"]["keyint"] > 10_000  # x264's "infinite"
+
+
+def test_cli_profile_storage_reports_its_decisions(tmp_path, clip):
+    from edge_semvc.cli import main
+
+    src = clip("overhead_parking_cars_768x432.mp4")
+    stats = tmp_path / "s.json"
+    rc = main(["encode", str(src), str(tmp_path / "p.mp4"), "--profile", "storage",
+               "--frames", "60", "--stats-json", str(stats)])
+    assert rc == 0
+    s = json.loads(stats.read_text())["storage"]
+    assert s["frames_encoded"] + s["frames_skipped"] == 60
+    assert s["idrs"][0] == {"frame": 0, "time_s": 0.0, "reason": "start"}
+    assert s["longest_seek_s"] is not None
