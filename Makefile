@@ -11,7 +11,7 @@ STAMP    := $(VENV)/.installed
 OUT      ?= out
 # mosquitto and GStreamer's RTSP server (system Python's PyGObject) are for the tests: a real
 # broker and a real network camera.
-APT_PKGS := gcc libc6-dev libx264-dev mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 \
+APT_PKGS := gcc libc6-dev libx264-dev libx265-dev libffmpeg-nvenc-dev mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 \
             gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -60,6 +60,9 @@ class Config:
         self.emotion.validate()
         self.scene.validate()
         self.fusion.validate()
+        on = [n for n in ("attention", "emotion", "scene", "fusion") if getattr(self, n).enabled]
+        check(self.qp.device != "cuda" or not on, "qp.device", self.qp.device,
+              f"cpu while {', '.join(on)} is enabled (the extensions read the CPU analysis)")
         return self
 
     # --- persistence -------------------------------------------------------------------------

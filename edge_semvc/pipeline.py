@@ -54,7 +54,7 @@ class SinkTarget(Protocol):
 
     global_headers: bool  # the container keeps SPS/PPS out of band (mp4)
 
-    def open(self, settings: EncoderSettings, headers: bytes): ...
+    def open(self, settings: EncoderSettings, headers: bytes, codec: str = "h264"): ...
 
 
 @dataclass
@@ -146,6 +146,12 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info) if semantic else None
     importance = importance_vector(["background", *labeler.classes], cfg.qp) if semantic else None
     analyser = Analyser(cfg.analysis)
+    mapper = None
+    if semantic and cfg.qp.device == "cuda":  # C, V, regions, Q and offsets on the GPU
+        from .qp.cuda import CudaQpMapper
+
+        mapper = CudaQpMapper()  # CudaError (exit 2) names what is missing
+        log.info("QP map on the GPU: %s", mapper.describe())
     extensions = Extensions(cfg, labeler, getattr(source, "path", None)) if semantic else None
     extensions = extensions if extensions is not None and extensions.active else None
     no_labels = no_map = None
@@ -179,7 +185,12 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         # not neutral: it moves x264's own adaptive quantisation), so nothing to compute.
         mapped = bool(labels.labels.any())
         mod = None
-        if mapped:
+        if mapped and mapper is not None:  # analysis runs in the kernels: timed as qp_map
+            t2 = time.perf_counter()
+            qp = mapper.map(frame, labels, importance, qp_cfg, analyser.cfg)
+            if live.map_filter is not None:
+                qp = live.map_filter(qp)
+        elif mapped:
             region = analyser.analyse(frame, labels)
             if extensions is not None:
                 mod = extensions.modulation(frame, labels, region.regions, analyser.blocks)
@@ -190,12 +201,15 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 qp = live.map_filter(qp)
         else:
             analyser.reset()
+            if mapper is not None:
+                mapper.reset()
             if extensions is not None:  # their state runs over every frame; a cut still counts
                 mod = extensions.modulation(frame, labels, None)
             t2 = time.perf_counter()
             qp = QpMap(np.zeros(labels.shape, np.float32))
         cut = bool(mod is not None and mod.cut)
-        obs = observer.observe(frame, labels, analyser.blocks if mapped else None, cut) \
+        blocks = analyser.blocks if mapped and mapper is None else None  # else stale: not run
+        obs = observer.observe(frame, labels, blocks, cut) \
             if observer is not None else None
         t3 = time.perf_counter()
         for name, dt in (("labeler", t1 - t0), ("analysis", t2 - t1), ("qp_map", t3 - t2)):
@@ -208,9 +222,9 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     error: BaseException | None = None
     stages: list[_Stage] = []
     with get_encoder(cfg.encoder.backend)(settings) as enc, \
-            (live.sink.open(settings, enc.headers()) if live.sink else
+            (live.sink.open(settings, enc.headers(), codec=enc.codec) if live.sink else
              FileSink(output, source.width, source.height, source.time_base, source.fps,
-                      enc.headers())) as sink:
+                      enc.headers(), codec=enc.codec)) as sink:
         wants_idr = getattr(sink, "wants_idr", None)  # a segment must start with an IDR
         try:
             decoded = islice(source.frames(), max_frames or None)

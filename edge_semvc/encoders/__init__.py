@@ -15,6 +15,9 @@ from .base import Encoder, EncoderError, EncoderSettings, Packet
 # type_key -> "module:Class" (relative to this package)
 _BACKENDS: dict[str, str] = {
     "x264": ".x264:X264Encoder",
+    "x265": ".x265:X265Encoder",
+    "jetson-v4l2": ".jetson_v4l2:JetsonV4l2Encoder",
+    "nvenc": ".nvenc:NvencEncoder",
 }
 
 

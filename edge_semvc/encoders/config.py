@@ -40,7 +40,9 @@ class StorageConfig:
 
 @dataclass
 class EncoderConfig:
-    backend: str = "x264"  # the encoder (GPL: behind the encoder interface)
+    # the encoder: x264 (GPL, behind the encoder interface), x265 (GPL), nvenc, jetson-v4l2;
+    # what a backend takes beyond these keys goes in `params` (README, "Hardware encoders")
+    backend: str = "x264"
     # live: every frame, keyframes every `keyint`; storage: recorded video, CRF (`bitrate` =
     # VBV cap) + the map + dynamic GOP and frame rate (`storage`)
     profile: str = "live"
@@ -55,7 +57,13 @@ class EncoderConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     def validate(self) -> None:
+        from . import known_encoders
+
+        check(self.backend in known_encoders(), "encoder.backend", self.backend,
+              " or ".join(known_encoders()))
         check(self.profile in PROFILES, "encoder.profile", self.profile, " or ".join(PROFILES))
+        check(self.profile != "storage" or self.backend != "jetson-v4l2", "encoder.profile",
+              self.profile, "live with jetson-v4l2 (its hardware encoder has no CRF)")
         check(self.profile != "storage" or self.rc == "crf", "encoder.rc", self.rc,
               "crf with encoder.profile storage (quality-targeted; encoder.bitrate caps it)")
         check(self.profile != "storage" or not self.keyint, "encoder.keyint", self.keyint,

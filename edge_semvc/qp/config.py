@@ -9,7 +9,8 @@ from ..config_model import check
 
 @dataclass
 class QpConfig:
-    device: str = "cpu"  # where the map is computed: cpu (numpy)
+    # Where the map is computed: cpu (numpy, the reference) or cuda (qp/cuda: CuPy or pycuda).
+    device: str = "cpu"
     # S130: alpha weighs complexity C, beta weighs change V; chosen by V against v_threshold.
     v_threshold: float = 0.25
     alpha_slow: float = 0.6
@@ -31,8 +32,12 @@ class QpConfig:
     target_mean: float = 1.5
 
     def validate(self) -> None:
-        check(self.device == "cpu", "qp.device", self.device,
-              "cpu (the CUDA kernel is not built yet)")
+        check(self.device in ("cpu", "cuda"), "qp.device", self.device, "cpu or cuda")
+        if self.device == "cuda":
+            from .cuda import unavailable_reason
+
+            why = unavailable_reason()
+            check(why is None, "qp.device", self.device, f"cpu; cuda is not usable here: {why}")
         check(0.0 <= self.v_threshold <= 1.0, "qp.v_threshold", self.v_threshold,
               "between 0 and 1")
         for name in ("alpha_slow", "beta_slow", "alpha_fast", "beta_fast", "q_gain",

@@ -56,8 +56,9 @@ class SegmentTarget:
         self.record, self.camera, self.on_event = record, camera, on_event
         self.global_headers = SegmentSink.wants_global_headers(record)
 
-    def open(self, settings, headers: bytes) -> SegmentSink:
-        return SegmentSink(self.record, self.camera, settings, headers, on_event=self.on_event)
+    def open(self, settings, headers: bytes, codec: str = "h264") -> SegmentSink:
+        return SegmentSink(self.record, self.camera, settings, headers, on_event=self.on_event,
+                           codec=codec)
 
 
 class Camera:

@@ -1,13 +1,14 @@
-"""Write already-encoded H.264 packets to a file: raw Annex-B, MP4, Matroska or MPEG-TS.
+"""Write already-encoded H.264 or HEVC packets to a file: raw Annex-B, MP4, Matroska or MPEG-TS.
 
 Nothing is re-encoded. Containers go through PyAV's muxers: the stream is created with
 ``OutputContainer.add_mux_stream`` (PyAV >= 17; no codec context, so no libx264 instance is
 opened behind our back and nothing overwrites the parameter sets). Such a stream offers no
 extradata setter; for mp4/mkv PyAV instead runs FFmpeg's ``extract_extradata`` filter on the
-first packet and buffers until it has the SPS/PPS. The sink therefore makes sure the first
-packet carries them: it prepends ``headers`` when the encoder kept them out of band
+first packet and buffers until it has the SPS/PPS (HEVC: VPS/SPS/PPS). The sink therefore makes
+sure the first packet carries them: it prepends ``headers`` when the encoder kept them out of band
 (``EncoderSettings.global_headers``). The muxers then convert the Annex-B packets to
-length-prefixed samples (avcC) themselves.
+length-prefixed samples (avcC, hvcC) themselves. ``codec`` (``Encoder.codec``: ``"h264"`` or
+``"hevc"``) names the stream for the muxer and says how to read the NAL unit headers.
 
 Timestamps: packets carry pts/dts in ``time_base``; the muxer rescales to its own clock
 (mp4: a multiple of the rate, mkv: always 1 ms, ts: 90 kHz), so read back as seconds they are
@@ -28,11 +29,21 @@ log = logging.getLogger(__name__)
 
 
 # extension -> FFmpeg muxer name (None: raw Annex-B written by hand)
-FORMATS: dict[str, str | None] = {".h264": None, ".264": None, ".mp4": "mp4", ".mkv": "matroska",
+FORMATS: dict[str, str | None] = {".h264": None, ".264": None, ".h265": None, ".265": None,
+                                  ".hevc": None, ".mp4": "mp4", ".mkv": "matroska",
                                   ".ts": "mpegts"}
 # containers that keep SPS/PPS out of band (in the sample description), not in the stream
-GLOBAL_HEADERS: dict[str, bool] = {".h264": False, ".264": False, ".mp4": True, ".mkv": True,
-                                   ".ts": False}
+GLOBAL_HEADERS: dict[str, bool] = {".h264": False, ".264": False, ".h265": False, ".265": False,
+                                   ".hevc": False, ".mp4": True, ".mkv": True, ".ts": False}
+# the codec a raw extension holds (containers take either)
+RAW_CODEC: dict[str, str] = {".h264": "h264", ".264": "h264", ".h265": "hevc", ".265": "hevc",
+                             ".hevc": "hevc"}
+CODECS = ("h264", "hevc")
+# per codec: NAL types of the parameter set that must precede the first slice (SPS), of IDR
+# slices, and the names of the parameter sets for messages
+_SPS = {"h264": 7, "hevc": 33}
+_IDR = {"h264": (5,), "hevc": (19, 20)}
+PARAMETER_SETS = {"h264": "SPS/PPS", "hevc": "VPS/SPS/PPS"}
 
 
 def _ext(path) -> str:
@@ -98,23 +109,41 @@ def wants_global_headers(path) -> bool:
     return GLOBAL_HEADERS[_ext(path)]
 
 
-def _nal_types(data: bytes, limit: int = 64):
+def _check_codec(codec: str) -> str:
+    if codec not in CODECS:
+        raise SinkError(f"unknown codec {codec!r}; supported: {', '.join(CODECS)}")
+    return codec
+
+
+def _nal_types(data: bytes, limit: int = 64, codec: str = "h264"):
     """NAL unit types of an Annex-B buffer, in order (stops at the first slice)."""
+    hevc = _check_codec(codec) == "hevc"
     i, n = 0, len(data)
     for _ in range(limit):
         j = data.find(b"\x00\x00\x01", i)
         if j < 0 or j + 3 >= n:
             return
-        t = data[j + 3] & 0x1F
-        yield t
-        if t in (1, 5):
-            return
+        if hevc:  # two-byte header: forbidden bit, 6-bit type, layer id, temporal id
+            t = (data[j + 3] >> 1) & 0x3F
+            yield t
+            if t < 32:  # VCL (slice) NAL units are types 0-31
+                return
+        else:
+            t = data[j + 3] & 0x1F
+            yield t
+            if t in (1, 5):
+                return
         i = j + 3
 
 
-def has_parameter_sets(data: bytes) -> bool:
+def has_parameter_sets(data: bytes, codec: str = "h264") -> bool:
     """Whether an Annex-B access unit carries an SPS before its first slice."""
-    return 7 in _nal_types(data)
+    return _SPS[_check_codec(codec)] in _nal_types(data, codec=codec)
+
+
+def is_idr(data: bytes, codec: str = "h264") -> bool:
+    """Whether an Annex-B access unit's first slice is an IDR slice (not an open-GOP I/CRA)."""
+    return any(t in _IDR[_check_codec(codec)] for t in _nal_types(data, codec=codec))
 
 
 class FileSink:
@@ -122,7 +151,9 @@ class FileSink:
 
     ``headers``: Annex-B SPS/PPS (``Encoder.headers()``); needed when the encoder ran with
     ``global_headers=True``, harmless otherwise. The container follows the extension
-    (``.h264``/``.264`` raw, ``.mp4``, ``.mkv``, ``.ts``).
+    (``.h264``/``.264`` raw H.264, ``.h265``/``.265``/``.hevc`` raw HEVC, ``.mp4``, ``.mkv``,
+    ``.ts``). ``codec``: the packets' codec (``Encoder.codec``), ``"h264"`` or ``"hevc"``; a raw
+    extension of the other codec is refused.
     """
 
     FORMATS = FORMATS
@@ -130,10 +161,17 @@ class FileSink:
     wants_global_headers = staticmethod(wants_global_headers)
 
     def __init__(self, path, width: int, height: int, time_base: Fraction, fps: Fraction,
-                 headers: bytes = b"") -> None:
+                 headers: bytes = b"", *, codec: str = "h264") -> None:
         self.path = Path(path)
         self.error: OSError | None = None  # closing failed (disk full): set by close()
         self.ext = _ext(self.path)
+        self.codec = _check_codec(codec)
+        if RAW_CODEC.get(self.ext, codec) != codec:
+            raw = [e for e, c in RAW_CODEC.items() if c == codec]
+            raise SinkError(f"{str(path)!r}: a raw {self.ext} file holds "
+                            f"{RAW_CODEC[self.ext].upper()}, but the encoder writes "
+                            f"{codec.upper()}; use {' or '.join(raw)}, or a container "
+                            "(.mp4, .mkv, .ts)")
         self.format = FORMATS[self.ext]
         self.global_headers = GLOBAL_HEADERS[self.ext]
         self.width, self.height = int(width), int(height)
@@ -162,7 +200,7 @@ class FileSink:
                                       options=options)
             try:
                 self._stream = self._container.add_mux_stream(
-                    "h264", rate=self.fps, width=self.width, height=self.height)
+                    self.codec, rate=self.fps, width=self.width, height=self.height)
                 self._stream.time_base = self.time_base
             except Exception:
                 self._container.close()
@@ -178,7 +216,7 @@ class FileSink:
             self._write_one(p)
 
     def _prepend_headers(self, data: bytes, keyframe: bool) -> bytes:
-        if not self.headers or has_parameter_sets(data):
+        if not self.headers or has_parameter_sets(data, self.codec):
             return data
         if self.format in ("mp4", "matroska"):
             need = self.frames == 0  # extradata comes from the first packet
@@ -188,9 +226,10 @@ class FileSink:
 
     def _write_one(self, p) -> None:
         data = self._prepend_headers(bytes(p.data), bool(p.keyframe))
-        if self.frames == 0 and not has_parameter_sets(data):
-            raise SinkError(f"{self.path}: the first packet carries no SPS/PPS and no headers were "
-                            "given; pass Encoder.headers() when the encoder uses global_headers")
+        if self.frames == 0 and not has_parameter_sets(data, self.codec):
+            raise SinkError(f"{self.path}: the first packet carries no "
+                            f"{PARAMETER_SETS[self.codec]} and no headers were given; pass "
+                            "Encoder.headers() when the encoder uses global_headers")
         if self._file is not None:
             self._file.write(data)
         else:

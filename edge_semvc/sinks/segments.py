@@ -59,7 +59,7 @@ import av
 
 from ..errors import SinkError
 from .config import RecordConfig
-from .file import _nal_types, has_parameter_sets
+from .file import _check_codec, has_parameter_sets, is_idr
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ class _File:
 class _Segment:
     """One segment being written under its temporary name."""
 
-    def __init__(self, final: Path, fmt: str, settings, start_pts: int) -> None:
+    def __init__(self, final: Path, fmt: str, settings, start_pts: int,
+                 codec: str = "h264") -> None:
         self.time_base = settings.time_base  # the stream's own changes when the header is written
         self.final = final
         self.part = final.with_name(f".{final.name}.part")
@@ -120,7 +121,7 @@ class _Segment:
         try:
             self.container = av.open(self.file, mode="w", format=muxer, options=dict(options))
             self.stream = self.container.add_mux_stream(
-                "h264", rate=settings.fps, width=settings.width, height=settings.height)
+                codec, rate=settings.fps, width=settings.width, height=settings.height)
             self.stream.time_base = settings.time_base
         except BaseException:
             self.file.release()
@@ -215,15 +216,17 @@ class SegmentSink:
 
     ``settings``: the encoder's ``EncoderSettings`` (width, height, fps, time_base: packets and
     ``wants_idr`` pts are in its ``time_base``). ``headers``: ``Encoder.headers()`` (SPS/PPS),
-    needed when the encoder keeps them out of band. ``now``: returns the UTC time (an aware or
+    needed when the encoder keeps them out of band. ``codec``: ``Encoder.codec`` (``"h264"``,
+    ``"hevc"``). ``now``: returns the UTC time (an aware or
     naive-UTC ``datetime``). Raises ``SinkError`` only here, before the first
     frame (camera folder cannot be made, another sink records this camera) and for misuse.
     """
 
     def __init__(self, cfg: RecordConfig, camera: str, settings, headers: bytes = b"", *,
                  on_event: Callable[..., None] | None = None,
-                 now: Callable[[], datetime] | None = None) -> None:
+                 now: Callable[[], datetime] | None = None, codec: str = "h264") -> None:
         cfg.validate()
+        self.codec = _check_codec(codec)
         if not camera or camera in (".", "..") or "/" in camera or "\0" in camera:
             raise SinkError(f"invalid camera name {camera!r} (a folder name: no '/')")
         self.cfg, self.camera = cfg, camera
@@ -326,7 +329,7 @@ class SegmentSink:
         self.frames += 1
         # only an IDR starts a segment: x264 also flags open-GOP I-frames as keyframes, and
         # the B-frames after one in decode order reference the previous segment
-        pts, key = int(p.pts), bool(p.keyframe) and 5 in _nal_types(p.data)
+        pts, key = int(p.pts), bool(p.keyframe) and is_idr(p.data, self.codec)
         if self._seg is not None and key and pts - self._seg.start_pts >= self._seg_ticks:
             self._finish(pts)
         if self._seg is None:
@@ -349,7 +352,7 @@ class SegmentSink:
             self._resumed(seg)
 
     def _with_headers(self, data: bytes, keyframe: bool, first: bool) -> bytes:
-        if not has_parameter_sets(data):
+        if not has_parameter_sets(data, self.codec):
             # TS: decoders need SPS/PPS at every random access point; mp4 takes them from the
             # segment's first packet (PyAV's extract_extradata).
             if self.headers and (first or (keyframe and self.cfg.format == "ts")):
@@ -366,7 +369,8 @@ class SegmentSink:
             if not self.root.is_dir():  # an unmounted disk: wait, do not record onto / instead
                 raise FileNotFoundError(errno_mod.ENOENT, "record.dir is missing", str(self.root))
             self.path.mkdir(exist_ok=True)
-            self._seg = _Segment(self._free_name(), self.cfg.format, self.settings, pts)
+            self._seg = _Segment(self._free_name(), self.cfg.format, self.settings, pts,
+                                 self.codec)
         except _WRITE_ERRORS as e:
             self._failed(self.path, e, 0, pts)
             return False
