@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,19 @@ def skip_or_fail(reason: str):
 
 
 # ---- on every machine ----------------------------------------------------------------------
+
+def test_the_kernel_source_compiles_with_nvcc(tmp_path):
+    """Where the toolkit's compiler is (also without a GPU or libnvrtc): the same source to PTX
+    with every kernel the launchers name, so an error cannot wait for a GPU to show."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("no nvcc here (the CUDA toolkit)")
+    ptx = tmp_path / "qp_map.ptx"
+    subprocess.run([nvcc, "-ptx", "-arch=compute_75", str(nvrtc.SOURCE), "-o", str(ptx)],
+                   check=True, capture_output=True, timeout=300)
+    entries = re.findall(r"\.entry (\w+)\(", ptx.read_text())
+    assert sorted(entries) == sorted(nvrtc.KERNELS)
+
 
 @needs_nvrtc
 @pytest.mark.parametrize("arch", ["compute_75", "sm_87", "sm_90"])  # PTX, Jetson Orin, H100/200

@@ -315,14 +315,14 @@ def test_missing_header_reported(monkeypatch):
     monkeypatch.setattr(binding, "_find", lambda name, dirs: None)
     with pytest.raises(EncoderError, match="libx264-dev"):
         binding._build_and_load()
-    monkeypatch.setattr(binding, "_binding", None)
+    monkeypatch.setattr(binding._get_binding, "loaded", None)
     ok, why = X264Encoder.available()
     assert not ok and "libx264-dev" in why and "gcc" in why
 
 
 def test_missing_compiler_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_SEMVC_CACHE", str(tmp_path))  # nothing cached there: must build
-    monkeypatch.setattr(binding.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(EncoderError, match="compiler.*libx264-dev and gcc"):
         binding._build_and_load()
 

@@ -385,7 +385,7 @@ def test_binding_cache_key_and_location(tmp_path, monkeypatch):
 
 def test_unavailable_library_reported_cleanly(tmp_path, monkeypatch):
     monkeypatch.setattr(binding, "_find", lambda name, dirs: None)
-    monkeypatch.setattr(binding, "_binding", None)
+    monkeypatch.setattr(binding._get_binding, "loaded", None)
     monkeypatch.setattr(binding, "_apis", {})
     ok, why = X265Encoder.available()
     assert not ok and "x265.h not found" in why and "libx265-dev" in why
@@ -393,7 +393,7 @@ def test_unavailable_library_reported_cleanly(tmp_path, monkeypatch):
         X265Encoder(EncoderSettings(width=64, height=64, fps=Fraction(25), time_base=TB))
     monkeypatch.undo()
     monkeypatch.setenv("EDGE_SEMVC_CACHE", str(tmp_path))  # nothing cached: must build
-    monkeypatch.setattr(binding.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(EncoderError, match="compiler.*libx265-dev and gcc"):
         binding._build_and_load()
 

@@ -4,25 +4,14 @@ cached like the x264 binding. Only the struct fields used are declared (``...;``
 structs, which are full of bit-fields and unions, are filled by the C glue below, so Python never
 touches their layout. ``libnvidia-encode.so.1`` and ``libcuda.so.1`` (the driver's) are opened
 with dlopen at run time: the binding builds, and its configuration code runs, without a GPU.
-
-``compile_cached`` (the cached cffi build, like the x264 binding's) also builds the Jetson one.
+The cached build and the header search are ``cffi_build``'s.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.machinery
-import importlib.util
 import logging
-import os
-import shutil
-import sysconfig
-import tempfile
-import threading
-from pathlib import Path
 
-from ..checksums import intact, record
 from .base import EncoderError
-from .x264_binding import cache_dir
+from .cffi_build import Binding, compile_cached, find_header, header_missing
 
 log = logging.getLogger(__name__)
 
@@ -31,89 +20,6 @@ INCLUDE_ENV = "NVENC_INCLUDE"
 HEADER_DIRS = ("/usr/include/ffnvcodec", "/usr/local/include/ffnvcodec")
 INSTALL_HINT = ("install the NVENC headers (Debian/Ubuntu: sudo apt-get install "
                 "libffmpeg-nvenc-dev) or set NVENC_INCLUDE to a folder with nvEncodeAPI.h")
-
-# --- the cached build (shared with the Jetson binding) -----------------------------------------
-
-def _load_module(name: str, path: Path):
-    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
-    spec = importlib.util.spec_from_file_location(name, str(path), loader=loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
-
-
-def compile_cached(prefix: str, cdef: str, csrc: str, headers: list[Path], *, what: str,
-                   hint: str, include_dirs: list[str] = (), libraries: list[str] = (),
-                   library_dirs: list[str] = ()):
-    """The cffi module for ``cdef``/``csrc``, built once per distinct (declarations, glue,
-    headers, Python ABI, cffi) into the binding cache and reused; a damaged cached file (its
-    recorded sha256 differs) is rebuilt. Raises EncoderError naming ``what`` and ``hint``."""
-    try:
-        import cffi
-    except ImportError as e:
-        raise EncoderError(f"cffi is not installed ({e}); pip install cffi") from e
-    h = hashlib.sha256()
-    abi = (sysconfig.get_config_var("EXT_SUFFIX") or "").encode()
-    for part in (cdef.encode(), csrc.encode(), *(p.read_bytes() for p in headers), abi,
-                 cffi.__version__.encode()):
-        h.update(part)
-        h.update(b"\0")
-    name = f"{prefix}_{h.hexdigest()[:16]}"
-    folder = cache_dir()
-    target = folder / (name + importlib.machinery.EXTENSION_SUFFIXES[0])
-    if target.is_file():
-        if intact(target):
-            try:
-                return _load_module(name, target)
-            except ImportError as e:
-                log.warning("cached %s binding %s failed to load (%s); rebuilding", what, target, e)
-        else:
-            log.warning("cached %s binding %s is damaged; rebuilding", what, target)
-    if not (shutil.which(os.environ.get("CC", "gcc").split()[0]) or shutil.which("cc")):
-        raise EncoderError(f"no C compiler found to build the {what} binding; install gcc ({hint})")
-    ffi = cffi.FFI()
-    ffi.cdef(cdef)
-    ffi.set_source(name, csrc, include_dirs=list(include_dirs), libraries=list(libraries),
-                   library_dirs=list(library_dirs))
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix="build-", dir=folder))
-    except OSError as e:
-        raise EncoderError(f"cannot write the binding cache folder {folder} ({e}); point "
-                           "EDGE_SEMVC_CACHE at a writable folder") from e
-    try:
-        log.info("building the %s binding %s against %s", what, name, ", ".join(map(str, headers)))
-        try:
-            built = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
-        except Exception as e:  # CompileError, LinkError, VerificationError, ...
-            raise EncoderError(f"building the {what} binding failed ({type(e).__name__}: {e}); "
-                               f"{hint}") from e
-        record(built)
-        os.replace(built.with_name(built.name + ".sha256"),
-                   target.with_name(target.name + ".sha256"))
-        os.replace(built, target)  # atomic: concurrent builders race harmlessly
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        return _load_module(name, target)
-    except ImportError as e:
-        raise EncoderError(f"loading the {what} binding {target} failed ({e}); {hint}") from e
-
-
-def find_header(name: str, env: str, extra: tuple[str, ...]) -> tuple[Path | None, list[Path]]:
-    """(path of ``name`` or None, the folders looked in): ``$env`` first, then ``extra``, then
-    the compiler's usual places."""
-    dirs = [Path(os.environ[env])] if os.environ.get(env) else []
-    dirs += [Path(d) for d in extra]
-    for var in ("C_INCLUDE_PATH", "CPATH"):
-        dirs += [Path(d) for d in os.environ.get(var, "").split(os.pathsep) if d]
-    dirs += [Path("/usr/local/include"), Path("/usr/include")]
-    for d in dirs:
-        if (d / name).is_file():
-            return d / name, dirs
-    return None, dirs
-
-
 
 # --- the binding ------------------------------------------------------------------------------
 
@@ -438,9 +344,6 @@ static NVENCSTATUS semvc_nvenc_init(NV_ENCODE_API_FUNCTION_LIST *fl, void *enc,
 }
 """
 
-_lock = threading.Lock()
-_binding = None
-
 
 def header_path():
     return find_header(HEADER, INCLUDE_ENV, HEADER_DIRS)
@@ -450,21 +353,13 @@ def build():
     """The compiled module (``.ffi``, ``.lib``); needs the header, not the driver."""
     header, dirs = header_path()
     if header is None:
-        raise EncoderError(f"{HEADER} not found (looked in {', '.join(map(str, dirs))}); "
-                           f"{INSTALL_HINT}")
+        raise header_missing(HEADER, dirs, INSTALL_HINT)
     return compile_cached("_semvc_nvenc", _CDEF, _CSRC, [header], what="NVENC", hint=INSTALL_HINT,
-                          include_dirs=[str(header.parent)], libraries=["dl"])
+                          log=log, include_dirs=[str(header.parent)], libraries=["dl"])
 
 
-def get_binding():
-    """(ffi, lib), compiled on first use."""
-    global _binding
-    if _binding is None:
-        with _lock:
-            if _binding is None:
-                mod = build()
-                _binding = (mod.ffi, mod.lib)
-    return _binding
+# (ffi, lib), compiled on first use
+get_binding = Binding(build)
 
 
 def load_runtime() -> None:

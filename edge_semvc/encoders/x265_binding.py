@@ -1,6 +1,7 @@
 """The libx265 binding: cffi (API / out-of-line mode) compiled against the installed ``x265.h``
-on first use and cached beside the x264 binding (``$EDGE_SEMVC_CACHE/cffi``), under a name that
-hashes the declarations, the C glue, ``x265.h``/``x265_config.h`` and the Python ABI.
+on first use and cached beside the x264 binding (``$EDGE_SEMVC_CACHE/cffi``) by ``cffi_build``,
+under a name that hashes the declarations, the C glue, ``x265.h``/``x265_config.h`` and the
+Python ABI.
 
 The library is reached through ``x265_api_get(8)`` (a macro over the build number, so a header
 and a library of different builds fail at link time rather than at run time) and its function
@@ -10,20 +11,13 @@ are declared (partial structs), so the compiler lays them out; the nested ``rc``
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.machinery
 import logging
-import os
-import shutil
-import subprocess
-import sysconfig
-import tempfile
-import threading
+from functools import partial
 from pathlib import Path
 
-from ..checksums import intact, record
 from .base import EncoderError
-from .x264_binding import _find, _header_dirs, _load_module, cache_dir  # one cache, one search
+from .cffi_build import Binding, c_names, compile_library, module_name
+from .cffi_build import find_file as _find
 
 log = logging.getLogger("edge_semvc.encoders.x265")
 
@@ -177,113 +171,20 @@ static const char *semvc265_tune_name(int i) { return x265_tune_names[i]; }
 static const char *semvc265_profile_name(int i) { return x265_profile_names[i]; }
 """
 
-_lib_lock = threading.Lock()
-_binding = None  # (ffi, lib) once loaded
 _apis: dict[int, object] = {}  # bit depth -> checked x265_api pointer
-
-
-def _pkg_config() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"include_dirs": [], "library_dirs": [], "libraries": []}
-    exe = shutil.which("pkg-config")
-    if exe:
-        try:
-            res = subprocess.run([exe, "--cflags", "--libs", "x265"], capture_output=True,
-                                 text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            res = None
-        if res is not None and res.returncode == 0:
-            for tok in res.stdout.split():
-                for flag, key in (("-I", "include_dirs"), ("-L", "library_dirs"),
-                                  ("-l", "libraries")):
-                    if tok.startswith(flag):
-                        out[key].append(tok[2:])
-    if "x265" not in out["libraries"]:
-        out["libraries"].append("x265")
-    return out
+_PREFIX = "_semvc_x265"
 
 
 def _module_name(header: Path, config_h: Path | None) -> str:
-    h = hashlib.sha256()
-    for part in (_CDEF.encode(), _CSRC.encode(), header.read_bytes(),
-                 config_h.read_bytes() if config_h else b"",
-                 (sysconfig.get_config_var("EXT_SUFFIX") or "").encode()):
-        h.update(part)
-        h.update(b"\0")
-    try:
-        import cffi
-        h.update(cffi.__version__.encode())
-    except ImportError:  # pragma: no cover - reported by _build_and_load
-        pass
-    return "_semvc_x265_" + h.hexdigest()[:16]
+    return module_name(_PREFIX, _CDEF, _CSRC, [header, config_h])
 
 
 def _build_and_load():
-    try:
-        import cffi
-    except ImportError as e:
-        raise EncoderError(f"cffi is not installed ({e}); pip install cffi") from e
-    pc = _pkg_config()
-    dirs = _header_dirs(pc["include_dirs"])
-    header = _find("x265.h", dirs)
-    if header is None:
-        raise EncoderError(f"x265.h not found (looked in {', '.join(map(str, dirs))}); "
-                           f"{INSTALL_HINT}")
-    config_h = _find("x265_config.h", dirs)
-    name = _module_name(header, config_h)
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    folder = cache_dir()
-    target = folder / (name + suffix)
-    if target.is_file():
-        if not intact(target):  # loading a truncated .so can crash the process (SIGBUS)
-            log.warning("cached x265 binding %s does not match the sha256 recorded when it was "
-                        "built (damaged?); rebuilding", target)
-        else:
-            try:
-                return _load_module(name, target)
-            except ImportError as e:  # stale or broken file: rebuild below
-                log.warning("cached x265 binding %s failed to load (%s); rebuilding", target, e)
-    if not (shutil.which(os.environ.get("CC", "gcc").split()[0]) or shutil.which("cc")):
-        raise EncoderError(f"no C compiler found to build the x265 binding; {INSTALL_HINT}")
-    ffi = cffi.FFI()
-    ffi.cdef(_CDEF)
-    ffi.set_source(name, _CSRC, libraries=pc["libraries"], library_dirs=pc["library_dirs"],
-                   include_dirs=[str(header.parent)] + pc["include_dirs"])
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix="build-", dir=folder))
-    except OSError as e:
-        raise EncoderError(f"cannot write the binding cache folder {folder} ({e}); point "
-                           "EDGE_SEMVC_CACHE at a writable folder") from e
-    try:
-        log.info("building the x265 binding %s against %s (x265 header changed or first use)",
-                 name, header)
-        try:
-            built = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
-        except Exception as e:  # CompileError, LinkError, VerificationError, ...
-            raise EncoderError(f"building the x265 binding failed ({type(e).__name__}: {e}); "
-                               f"{INSTALL_HINT}") from e
-        record(built)
-        os.replace(built.with_name(built.name + ".sha256"),
-                   target.with_name(target.name + ".sha256"))
-        os.replace(built, target)  # atomic: concurrent builders race harmlessly
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        return _load_module(name, target)
-    except ImportError as e:
-        raise EncoderError(f"loading the x265 binding {target} failed ({e}); {INSTALL_HINT}") from e
+    return compile_library("x265", _PREFIX, _CDEF, _CSRC, hint=INSTALL_HINT, log=log, find=_find)
 
 
-def _get_binding():
-    """(ffi, lib), compiled on first use, cached per process and on disk."""
-    global _binding
-    if _binding is not None:
-        return _binding
-    with _lib_lock:
-        if _binding is None:
-            mod = _build_and_load()
-            _binding = (mod.ffi, mod.lib)
-    return _binding
+# (ffi, lib), compiled on first use, cached per process and on disk
+_get_binding = Binding(_build_and_load)
 
 
 def get_api(bit_depth: int = BIT_DEPTH):
@@ -309,24 +210,7 @@ def get_api(bit_depth: int = BIT_DEPTH):
     return ffi, lib, api
 
 
-def _names(fn) -> list[str]:
-    ffi, _ = _get_binding()
-    out, i = [], 0
-    while True:
-        p = fn(i)
-        if p == ffi.NULL:
-            return out
-        out.append(ffi.string(p).decode())
-        i += 1
-
-
-def preset_names() -> list[str]:
-    return _names(_get_binding()[1].semvc265_preset_name)
-
-
-def tune_names() -> list[str]:
-    return _names(_get_binding()[1].semvc265_tune_name)
-
-
-def profile_names() -> list[str]:
-    return _names(_get_binding()[1].semvc265_profile_name)
+# the names x265 accepts, read from its NULL-terminated arrays: list[str] on each call
+preset_names = partial(c_names, _get_binding, "semvc265_preset_name")
+tune_names = partial(c_names, _get_binding, "semvc265_tune_name")
+profile_names = partial(c_names, _get_binding, "semvc265_profile_name")
