@@ -4,11 +4,12 @@ the semantic map, from two decisions taken before each frame reaches the encoder
 - Dynamic GOP: the pipeline places every IDR (the encoder places none of its own). The
   interval starts at `gop_s`; each GOP that was static (on average at most `static_area` of
   the frame changed beyond noise per frame) doubles it, up to `gop_max_s`; a GOP with more
-  movement sets it back. Events get an IDR at once, at least `gop_s` after the last one (a
-  detector that loses and finds an object again cannot fill the recording with IDRs): a scene
-  cut (the scene analyser's detector, analysis/scene.py) and a labelled object
-  appearing where nothing was labelled for the last second. A recording segment's first
-  frame is always an IDR (the sink asks).
+  movement sets it back. Events get an IDR at once and start the interval again: a scene cut
+  (the scene analyser's detector, analysis/scene.py, which keeps cuts apart itself), and a
+  labelled object appearing where nothing was labelled for the last second, if the last IDR
+  is at least `gop_s` / 2 old (an object costs a whole intra picture in a still scene; the
+  second of history keeps a flickering detection from counting again and again). A
+  recording segment's first frame is always an IDR (the sink asks).
 - Dynamic frame rate: a frame is not encoded when nothing changed beyond sensor noise since
   the last encoded frame: every macroblock's mean absolute luma difference to that frame
   stays under `noise_factor` x its noise floor + `noise_margin`, and no object appeared.
@@ -171,9 +172,9 @@ class StoragePolicy:
             return "segment"
         if not cfg.dynamic_gop:
             return None  # the encoder's own fixed GOP (keyint = gop_s)
-        if since >= cfg.gop_s and obs.cut:
+        if obs.cut:  # nearly free: the first picture of a new scene is coded intra anyway
             return "scene_cut"
-        if since >= cfg.gop_s and obs.appeared and cfg.object_idr:
+        if since >= cfg.gop_s / 2 and obs.appeared and cfg.object_idr:
             return "object"
         if since >= self.target - 0.5 / float(self.fps):  # the frame nearest the target
             return "interval"

@@ -2,11 +2,12 @@
 # Reproduces the figures in BENCHMARKS.md. Run from the project root after `make`.
 # Usage: scripts/benchmarks.sh [OUT] [PART...]   (default bench-out/, every part; each part in
 # its own folder). About 90 minutes on 2 cores; every part can also be run on its own.
-# Parts (in this order): cpu budget default low agreement reuse i2 yolox labelers
+# Parts (in this order): cpu budget default low agreement reuse i2 yolox labelers storage
+# backends gpu-cpu
 set -euo pipefail
 OUT=${1:-bench-out}
 shift || true
-PARTS=${*:-cpu budget default low agreement reuse i2 yolox labelers}
+PARTS=${*:-cpu budget default low agreement reuse i2 yolox labelers storage backends gpu-cpu}
 V=../shared/data/video
 M=../shared/models
 PY=.venv/bin/python
@@ -102,4 +103,32 @@ if want labelers; then
     --out $OUT/deeplab
   $B $V/mobile_calendar_text_300x168.h264 $V/road_traffic_signs_1080p.h264 $V/foreman_cif.h264 \
     --config examples/text.yaml --no-vmaf --out $OUT/text
+fi
+
+# Issue 12: the storage profile against what cameras ship (plain x264, CRF ladder, fixed 2 s GOP,
+# every frame) on the static-camera clips and a 2-minute quiet car park made from the parking
+# clip; what each idea adds: the map alone, + dynamic GOP, + dynamic frame rate.
+if want storage; then
+  QUIET=$OUT/quiet_parking_120s.mkv
+  [ -f "$QUIET" ] || $PY -m edge_semvc.bench.static_clip $V/overhead_parking_cars_768x432.mp4 \
+    "$QUIET" --start 105 --end 170 --seconds 120
+  STATIC="$V/street_pedestrians_vtest_768x576.avi $V/overhead_parking_cars_768x432.mp4 $QUIET"
+  S="--rc crf --ladder 32 28 24 20 --profile storage --roi-model $M/yolox_nano.onnx --eval-every 2"
+  $B $STATIC $S --set encoder.storage.dynamic_gop=false --set encoder.storage.dynamic_fps=false \
+    --out $OUT/storage-map
+  $B $STATIC $S --set encoder.storage.dynamic_fps=false --out $OUT/storage-map-gop
+  $B $STATIC $S --out $OUT/storage
+fi
+
+# Issue 13: x265 against x264, plain encodes, one thread each, CRF ladder.
+if want backends; then
+  $PY -m edge_semvc.bench.backends $V/foreman_cif.h264 $V/street_pedestrians_vtest_768x576.avi \
+    $V/bikes_street_scene_cuts_640x272.mp4 $V/overhead_parking_cars_768x432.mp4 \
+    $V/drone_karma_coast_854x480.mp4 --frames 60 --json $OUT/backends.json | tee $OUT/backends.md
+fi
+
+# Issue 13: the numpy map's time per frame size (the GPU side: scripts/gpu_check.sh on a GPU).
+if want gpu-cpu; then
+  $PY -m edge_semvc.bench.gpu_qp --sizes 720p,1080p,4k --cpu-only --json $OUT/gpu-cpu.json \
+    | tee $OUT/gpu-cpu.md
 fi

@@ -116,7 +116,7 @@ def test_movement_sets_the_gop_back():
     assert np.allclose(gaps[-2:], 2.0), times  # moving (from 15 s): back to gop_s
 
 
-def test_events_place_idrs_not_sooner_than_gop_s():
+def test_cuts_always_objects_after_half_a_gop_get_an_idr():
     cfg = StorageConfig(gop_s=2.0, gop_max_s=60.0)
     mb = (H // 16, W // 16)
 
@@ -131,8 +131,8 @@ def test_events_place_idrs_not_sooner_than_gop_s():
     _, d = decide_all(Scene(200), cfg, labels=labels, cuts=(5, 120), segment=(150,))
     reasons = {i: x.idr for i, x in enumerate(d) if x.idr}
     assert reasons[0] == "start"
-    assert 5 not in reasons  # a cut 0.5 s after the last IDR waits for gop_s
-    assert reasons[85] == "object"  # IDRs at 0, 20 and 60 (the interval grew: 2 s, 4 s)
+    assert reasons[5] == "scene_cut"  # the cut detector keeps cuts apart itself
+    assert reasons[85] == "object"  # IDRs at 5, 25 and 65 (the interval grew: 2 s, 4 s)
     assert reasons[120] == "scene_cut"
     assert reasons[150] == "segment"
     assert all(x.encode for i, x in enumerate(d) if i in reasons)

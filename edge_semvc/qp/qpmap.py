@@ -61,10 +61,11 @@ def pin_mean(raw: np.ndarray, target: float, lo: float, hi: float) -> np.ndarray
     that leaves the bracket known to hold the answer is replaced by bisection, which keeps it
     safe where the slope changes."""
     s_lo, s_hi = lo - float(raw.max()), hi - float(raw.min())
-    shift = target - float(raw.mean())  # exact when nothing clamps
+    shift = target - float(raw.mean(dtype=np.float64))  # exact when nothing clamps; float64 sums
+    # like the CUDA kernel's, so both stop at the same Newton step
     for _ in range(_BISECTIONS):
         moved = raw + shift
-        error = float(np.clip(moved, lo, hi).mean()) - target
+        error = float(np.clip(moved, lo, hi).mean(dtype=np.float64)) - target
         if abs(error) < _TOLERANCE:
             break
         if error < 0:
