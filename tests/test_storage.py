@@ -290,3 +290,17 @@ def test_cli_profile_storage_reports_its_decisions(tmp_path, clip):
     assert s["frames_encoded"] + s["frames_skipped"] == 60
     assert s["idrs"][0] == {"frame": 0, "time_s": 0.0, "reason": "start"}
     assert s["longest_seek_s"] is not None
+
+
+def test_the_cuts_of_a_montage_get_their_idrs(tmp_path, clip):
+    """The bikes clip's hard cuts (frames 30 and 76 in its first 80) with the scene extension
+    off: the storage profile runs the cut detector itself."""
+    from edge_semvc.cli import main
+
+    src = clip("bikes_street_scene_cuts_640x272.mp4")
+    stats = tmp_path / "s.json"
+    assert main(["encode", str(src), str(tmp_path / "b.mp4"), "--profile", "storage",
+                 "--frames", "80", "--stats-json", str(stats)]) == 0
+    idrs = json.loads(stats.read_text())["storage"]["idrs"]
+    assert [(i["frame"], i["reason"]) for i in idrs if i["reason"] == "scene_cut"] == \
+        [(30, "scene_cut"), (76, "scene_cut")]
