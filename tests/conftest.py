@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("encoders_helpers")  # its checks report values like a test's
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 VIDEO = SHARED / "data" / "video"

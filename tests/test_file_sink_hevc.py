@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
-from pathlib import Path
 
-import av
-import numpy as np
+import encoders_helpers as helpers
 import pytest
+from encoders_helpers import read_back
 
-from edge_semvc.bench.metrics import psnr
 from edge_semvc.encoders import EncoderSettings
 from edge_semvc.encoders.base import Packet
 from edge_semvc.frame import Frame
@@ -24,8 +22,6 @@ from edge_semvc.sinks.file import (
     wants_global_headers,
 )
 from edge_semvc.sinks.segments import SegmentSink
-
-VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
 
 # Annex-B NAL headers: HEVC (type << 1, then layer/temporal id byte) and H.264
 HEVC_VPS, HEVC_SPS, HEVC_PPS = b"\0\0\0\1\x40\x01\x0c", b"\0\0\0\1\x42\x01\x01", b"\0\0\1\x44\x01"
@@ -67,57 +63,26 @@ X265Encoder = x265.X265Encoder
 
 @pytest.fixture(scope="module")
 def clip() -> tuple[list[Frame], Fraction, Fraction]:
-    ok, why = X265Encoder.available()
-    if not ok:
-        pytest.skip(f"x265 backend unavailable (x265.h/libx265 missing?): {why}")
-    path = VIDEO / "mobile_calendar_text_300x168.h264"
-    if not path.exists():
-        pytest.skip(f"test clip {path} is missing (../shared/data/video beside the project)")
+    helpers.require(X265Encoder, " (x265.h/libx265 missing?)")
     tb, fps = Fraction(1, 30000), Fraction(30000, 1001)  # NTSC timing: pts not 1 per frame
-    frames = []
-    with av.open(str(path)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            frames.append(Frame.from_i420(f.to_ndarray(format="yuv420p"), f.width, f.height,
-                                          i * 1001, tb, i))
-            if len(frames) == 12:
-                break
-    return frames, tb, fps
+    return helpers.load_frames("mobile_calendar_text_300x168.h264", 12, tb, 1001), tb, fps
 
 
 def encoder_for(frames, tb, fps, global_headers, **kw):
-    f = frames[0]
-    return X265Encoder(EncoderSettings(width=f.width, height=f.height, fps=fps, time_base=tb,
-                                       global_headers=global_headers, threads=1, **kw))
+    return X265Encoder(helpers.settings_for(frames, fps, tb, global_headers=global_headers,
+                                            threads=1, **kw))
 
 
 def size(frames) -> tuple[int, int]:
     return frames[0].width, frames[0].height
 
 
-def read_back(path):
-    with av.open(str(path)) as c:
-        st = c.streams.video[0]
-        assert st.codec_context.name == "hevc"
-        return [(fr.pts, fr.time_base, fr.to_ndarray(format="yuv420p")[: fr.height])
-                for fr in c.decode(st)]
-
-
 @pytest.mark.parametrize("ext", [".mp4", ".mkv", ".ts", ".h265", ".265", ".hevc"])
 def test_round_trip(tmp_path, clip, ext):
     frames, tb, fps = clip
     path = tmp_path / f"out{ext}"
-    with encoder_for(frames, tb, fps, wants_global_headers(path)) as enc, \
-            FileSink(path, *size(frames), tb, fps, enc.headers(), codec=enc.codec) as sink:
-        for f in frames:
-            sink.write(enc.encode(f, np.zeros((f.mb_h, f.mb_w), np.float32)))
-        sink.write(enc.flush())
-    assert sink.frames == len(frames)
-    out = read_back(path)
-    assert len(out) == len(frames)
-    assert all(psnr(f.y, o[2]) > 28 for f, o in zip(frames, out))  # right pictures, in order
-    if ext in (".mp4", ".mkv", ".ts"):
-        tol = Fraction(1, 1000) if ext == ".mkv" else Fraction(0)  # mkv keeps milliseconds
-        assert all(abs(o[0] * o[1] - f.pts * tb) <= tol for f, o in zip(frames, out))
+    with encoder_for(frames, tb, fps, wants_global_headers(path)) as enc:
+        helpers.check_file_round_trip(enc, path, frames, tb, fps, codec=enc.codec)
 
 
 def test_stream_without_parameter_sets_refused(tmp_path, clip):
@@ -143,21 +108,14 @@ def test_raw_stream_gets_out_of_band_headers_at_keyframes(tmp_path, clip):
         sink.write(enc.flush())
     data = path.read_bytes()
     assert data.startswith(hdr) and data.count(hdr) >= 3  # keyint 4, 9 frames
-    assert len(read_back(path)) == 9
+    assert len(read_back(path, "hevc")) == 9
 
 
 @pytest.mark.parametrize("fmt", ["ts", "mp4"])
 def test_segments_of_hevc_start_at_idr_and_decode_alone(tmp_path, fmt):
-    ok, why = X265Encoder.available()
-    if not ok:
-        pytest.skip(f"x265 backend unavailable: {why}")
-    path = VIDEO / "carphone_qcif_pristine.mp4"
-    if not path.exists():
-        pytest.skip(f"test clip {path} is missing (../shared/data/video beside the project)")
+    helpers.require(X265Encoder)
     tb = Fraction(1, 10)
-    with av.open(str(path)) as c:
-        frames = [Frame.from_i420(f.to_ndarray(format="yuv420p"), f.width, f.height, i, tb, i)
-                  for i, f in zip(range(35), c.decode(video=0))]
+    frames = helpers.load_frames("carphone_qcif_pristine.mp4", 35, tb)
     cfg = RecordConfig(dir=str(tmp_path), segment_seconds=1, format=fmt)
     s = EncoderSettings(width=176, height=144, fps=Fraction(10), time_base=tb, threads=1,
                         global_headers=SegmentSink.wants_global_headers(cfg))
@@ -175,5 +133,5 @@ def test_segments_of_hevc_start_at_idr_and_decode_alone(tmp_path, fmt):
     assert sink.stats()["frames_lost"] == 0
     segs = sorted((tmp_path / "cam").glob(f"*.{fmt}"))
     assert len(segs) == 4  # 0-9, 10-19, 20-29, 30-34
-    counts = [len(read_back(p)) for p in segs]  # each decodes alone
+    counts = [len(read_back(p, "hevc")) for p in segs]  # each decodes alone
     assert counts == [10, 10, 10, 5]

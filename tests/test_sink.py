@@ -2,19 +2,14 @@
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
-import av
-import numpy as np
+import encoders_helpers as helpers
 import pytest
+from encoders_helpers import read_back
 
-from edge_semvc.bench.metrics import psnr
-from edge_semvc.encoders import EncoderSettings
 from edge_semvc.encoders.base import Packet
 from edge_semvc.frame import Frame
 from edge_semvc.sinks.file import FileSink, SinkError, has_parameter_sets, wants_global_headers
-
-VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
 
 x264 = pytest.importorskip("edge_semvc.encoders.x264")
 X264Encoder = x264.X264Encoder
@@ -29,43 +24,18 @@ _cache: dict[str, list[Frame]] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_x264():
-    ok, why = X264Encoder.available()
-    if not ok:
-        pytest.skip(f"x264 backend unavailable: {why}")
+    helpers.require(X264Encoder)
 
 
 def frames_for(case: str) -> tuple[list[Frame], Fraction, Fraction]:
     name, n, tb, fps = CASES[case]
-    path = VIDEO / name
-    if not path.exists():
-        pytest.skip(f"test clip {path} is missing (../shared/data/video beside the project)")
-    if case not in _cache:
-        step = int(1 / (fps * tb))
-        frames = []
-        with av.open(str(path)) as c:
-            for i, f in enumerate(c.decode(video=0)):
-                frames.append(Frame.from_i420(f.to_ndarray(format="yuv420p"), f.width, f.height,
-                                              i * step, tb, i))  # pts start at 0: negative dts
-                if len(frames) == n:
-                    break
-        _cache[case] = frames
+    if case not in _cache:  # pts start at 0: negative dts
+        _cache[case] = helpers.load_frames(name, n, tb, int(1 / (fps * tb)))
     return _cache[case], tb, fps
 
 
 def encoder_for(frames, tb, fps, global_headers, **kw):
-    f = frames[0]
-    return X264Encoder(EncoderSettings(width=f.width, height=f.height, fps=fps, time_base=tb,
-                                       global_headers=global_headers, **kw))
-
-
-def read_back(path):
-    with av.open(str(path)) as c:
-        st = c.streams.video[0]
-        out = []
-        for fr in c.decode(st):
-            y = fr.to_ndarray(format="yuv420p")[: fr.height]
-            out.append((fr.pts, fr.time_base, fr.width, fr.height, y))
-    return out
+    return X264Encoder(helpers.settings_for(frames, fps, tb, global_headers=global_headers, **kw))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -76,23 +46,9 @@ def test_round_trip(tmp_path, case, ext, global_headers):
     w, h = frames[0].width, frames[0].height
     path = tmp_path / f"out{ext}"
     gh = wants_global_headers(path) if global_headers is None else global_headers
-    with encoder_for(frames, tb, fps, gh) as enc, \
-            FileSink(path, w, h, tb, fps, enc.headers()) as sink:
-        for f in frames:
-            sink.write(enc.encode(f, np.zeros((f.mb_h, f.mb_w), np.float32)))
-        sink.write(enc.flush())
-    assert sink.frames == len(frames)
-    out = read_back(path)
-    assert len(out) == len(frames)
+    with encoder_for(frames, tb, fps, gh) as enc:
+        out = helpers.check_file_round_trip(enc, path, frames, tb, fps)
     assert all((o[2], o[3]) == (w, h) for o in out)
-    for f, o in zip(frames, out):
-        assert psnr(f.y, o[4]) > 28  # right picture, right order
-    if ext in (".mp4", ".mkv", ".ts"):
-        got = [o[0] * o[1] for o in out]
-        want = [f.pts * tb for f in frames]
-        # mkv keeps milliseconds; mp4 and ts keep the exact time
-        tol = Fraction(1, 1000) if ext == ".mkv" else Fraction(0)
-        assert all(abs(g - x) <= tol for g, x in zip(got, want)), (got, want)
 
 
 def test_global_headers_per_container():

@@ -1,21 +1,19 @@
 """The x264 backend: real encodes of real clips, decoded back with PyAV."""
 from __future__ import annotations
 
-import io
 import logging
 from fractions import Fraction
-from pathlib import Path
 
-import av
+import encoders_helpers as helpers
 import numpy as np
 import pytest
+from encoders_helpers import joined, settings_for
 
 from edge_semvc.bench.metrics import mb_mask_to_pixels, psnr
 from edge_semvc.encoders import EncoderError, EncoderSettings, get_encoder, known_encoders
 from edge_semvc.encoders.base import Encoder
 from edge_semvc.frame import Frame
 
-VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
 TB = Fraction(1, 25)
 
 x264 = pytest.importorskip("edge_semvc.encoders.x264")
@@ -25,52 +23,25 @@ X264Encoder = x264.X264Encoder
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_x264():
-    ok, why = X264Encoder.available()
-    if not ok:
-        pytest.skip(f"x264 backend unavailable: {why}")
-
-
-def load_frames(name: str, n: int) -> list[Frame]:
-    path = VIDEO / name
-    if not path.exists():
-        pytest.skip(f"test clip {path} is missing (../shared/data/video beside the project)")
-    frames = []
-    with av.open(str(path)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            frames.append(Frame.from_i420(f.to_ndarray(format="yuv420p"), f.width, f.height,
-                                          i, TB, i))
-            if len(frames) == n:
-                break
-    return frames
+    helpers.require(X264Encoder)
 
 
 @pytest.fixture(scope="module")
 def foreman():
-    return load_frames("foreman_cif.h264", 40)
+    return helpers.load_frames("foreman_cif.h264", 40, TB)
 
 
 @pytest.fixture(scope="module")
 def carphone():
-    return load_frames("carphone_qcif_pristine.mp4", 30)
-
-
-def settings_for(frames, **kw) -> EncoderSettings:
-    f = frames[0]
-    return EncoderSettings(width=f.width, height=f.height, fps=Fraction(25), time_base=TB, **kw)
+    return helpers.load_frames("carphone_qcif_pristine.mp4", 30, TB)
 
 
 def encode(frames, settings, qmap=None):
-    packets = []
-    with X264Encoder(settings) as enc:
-        for f in frames:
-            packets += enc.encode(f, qmap)
-        packets += enc.flush()
-    return packets
+    return helpers.encode(X264Encoder, frames, settings, qmap)
 
 
 def decode_y(data: bytes, height: int) -> list[np.ndarray]:
-    with av.open(io.BytesIO(data), format="h264") as c:
-        return [f.to_ndarray(format="yuv420p")[:height] for f in c.decode(video=0)]
+    return helpers.decode(data, "h264", height)
 
 
 def region_psnr(frames, data, mask_px):
@@ -98,8 +69,7 @@ def test_map_takes_effect_at_same_cbr_rate(foreman):
 
     flat = encode(foreman, s, np.zeros_like(qmap))
     roi = encode(foreman, s, qmap)
-    flat_bytes = b"".join(p.data for p in flat)
-    roi_bytes = b"".join(p.data for p in roi)
+    flat_bytes, roi_bytes = joined(flat), joined(roi)
     in0, out0 = region_psnr(foreman, flat_bytes, px)
     in1, out1 = region_psnr(foreman, roi_bytes, px)
     assert in1 > in0 + 1.5, (in0, in1)
@@ -109,21 +79,9 @@ def test_map_takes_effect_at_same_cbr_rate(foreman):
 
 
 def test_pts_pass_through_and_headers(carphone):
-    frames = [Frame(f.y, f.u, f.v, 1000 + 2 * i, Fraction(1, 50), i) for i, f in enumerate(carphone)]
-    s = settings_for(frames)
-    s.time_base = Fraction(1, 50)
-    with X264Encoder(s) as enc:
-        hdr = enc.headers()
-        packets = []
-        for f in frames:
-            packets += enc.encode(f, None)
-        packets += enc.flush()
+    hdr, packets = helpers.check_pts_dts_and_headers(X264Encoder, carphone)
     assert hdr.startswith(b"\x00\x00\x00\x01") and hdr[4] & 0x1F == 7  # SPS first
     assert b"\x00\x00\x00\x01\x68" in hdr or b"\x00\x00\x01\x68" in hdr  # then PPS
-    assert sorted(p.pts for p in packets) == [f.pts for f in frames]
-    assert packets[0].keyframe and packets[0].pts == 1000
-    dts = [p.dts for p in packets]
-    assert dts == sorted(dts) and all(p.dts <= p.pts for p in packets)
     # in-band parameter sets by default
     assert hdr[:20] in packets[0].data
 
@@ -134,17 +92,12 @@ def test_global_headers_keep_sps_out_of_band(carphone):
     first = packets[0].data
     # no SPS NAL (type 7) anywhere in the stream
     assert not any(b"\x00\x00\x01" + bytes([0x67]) in p.data for p in packets)
-    assert len(decode_y(X264Encoder(s).headers() + b"".join(p.data for p in packets), s.height)) == 5
+    assert len(decode_y(X264Encoder(s).headers() + joined(packets), s.height)) == 5
     assert first
 
 
 def test_frame_pts_rescaled_and_none(carphone):
-    s = settings_for(carphone)  # time_base 1/25
-    frames = [Frame(f.y, f.u, f.v, None, TB, i) for i, f in enumerate(carphone[:6])]
-    frames += [Frame(f.y, f.u, f.v, (6 + i) * 40, Fraction(1, 1000), 6 + i)
-               for i, f in enumerate(carphone[6:10])]
-    packets = encode(frames, s)
-    assert sorted(p.pts for p in packets) == list(range(10))
+    helpers.check_pts_rescaled_and_none(X264Encoder, carphone[:10], settings_for(carphone), 6)
 
 
 def test_cqp_refused():
@@ -175,9 +128,9 @@ def test_ultrafast_aq_corrected_and_map_then_works(carphone, caplog):
     qmap = zero.copy()
     qmap[2:7, 3:8] = -8
     qmap[qmap == 0] = 6
-    none_bytes = b"".join(p.data for p in encode(frames, s, None))
-    zero_bytes = b"".join(p.data for p in encode(frames, s, zero))
-    map_bytes = b"".join(p.data for p in encode(frames, s, qmap))
+    none_bytes = joined(encode(frames, s, None))
+    zero_bytes = joined(encode(frames, s, zero))
+    map_bytes = joined(encode(frames, s, qmap))
     assert none_bytes == zero_bytes  # a zero map is no map
     assert map_bytes != zero_bytes  # with AQ restored the map acts
 
@@ -230,37 +183,11 @@ def test_abr_and_cbr_need_bitrate():
 
 
 def test_cbr_settings_summary():
-    s = EncoderSettings(width=64, height=48, fps=Fraction(25), time_base=TB, rc="cbr",
-                        bitrate=500_000)
-    with X264Encoder(s) as enc:
-        summ = enc.settings_summary()
-    assert summ["vbv_maxrate_kbps"] == 500 and summ["vbv_bufsize_kbit"] == 500
-    assert summ["x264_build"] >= 148 and summ["rc"] == "cbr"
+    assert helpers.check_cbr_settings_summary(X264Encoder, 64, 48)["x264_build"] >= 148
 
 
 def test_wrong_map_and_frame_rejected(carphone):
-    s = settings_for(carphone)
-    f = carphone[0]
-    with X264Encoder(s) as enc:
-        for bad in (np.zeros((s.mb_h + 1, s.mb_w), np.float32),
-                    np.zeros((s.mb_w, s.mb_h), np.float32),
-                    np.zeros(s.mb_h * s.mb_w, np.float32)):
-            with pytest.raises(EncoderError, match="shape"):
-                enc.encode(f, bad)
-        nan = np.zeros((s.mb_h, s.mb_w), np.float32)
-        nan[0, 0] = np.nan
-        with pytest.raises(EncoderError, match="NaN"):
-            enc.encode(f, nan)
-        small = Frame(f.y[:64, :64], f.u[:32, :32], f.v[:32, :32], 0, TB, 0)
-        with pytest.raises(EncoderError, match="64x64"):
-            enc.encode(small, None)
-        # an int map of the right shape is fine (converted to float32)
-        enc.encode(f, np.ones((s.mb_h, s.mb_w), np.int8))
-        enc.flush()
-        with pytest.raises(EncoderError, match="flush"):
-            enc.encode(f, None)
-    with pytest.raises(EncoderError, match="closed"):
-        enc.encode(f, None)
+    helpers.check_wrong_map_and_frame_rejected(X264Encoder, carphone, settings_for(carphone))
 
 
 def test_odd_size_refused_and_non_mod16_works():
@@ -276,39 +203,19 @@ def test_odd_size_refused_and_non_mod16_works():
             uv = rng.integers(100, 140, (h // 2, w // 2), dtype=np.uint8)
             frames.append(Frame(y, uv, uv, i, TB, i))
         q = np.zeros((s.mb_h, s.mb_w), np.float32)
-        dec = decode_y(b"".join(p.data for p in encode(frames, s, q)), h)
+        dec = decode_y(joined(encode(frames, s, q)), h)
         assert len(dec) == 3 and dec[0].shape == (h, w)
         assert psnr(frames[2].y, dec[2]) > 30
 
 
 def test_strided_planes(carphone):
-    """A cropped view (row stride larger than the width) encodes like a contiguous copy."""
-    f = carphone[0]
-    w, h = 128, 96
-    view = Frame(f.y[8:8 + h, 16:16 + w], f.u[4:4 + h // 2, 8:8 + w // 2],
-                 f.v[4:4 + h // 2, 8:8 + w // 2], 0, TB, 0)
-    copy = Frame(*(np.ascontiguousarray(a) for a in (view.y, view.u, view.v)), 0, TB, 0)
-    s = EncoderSettings(width=w, height=h, fps=Fraction(25), time_base=TB, threads=1)
-    assert encode([view], s)[0].data == encode([copy], s)[0].data
+    helpers.check_strided_planes(X264Encoder, carphone[0])
 
 
 def test_binding_cache_key_and_location(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGE_SEMVC_CACHE", str(tmp_path))
+    helpers.check_binding_cache(binding, "X264_BUILD", 164, "_semvc_x264_*.so",
+                                "x264_encoder_encode", tmp_path, monkeypatch)
     assert binding.cache_dir() == tmp_path / "cffi"
-    a, b = tmp_path / "a.h", tmp_path / "b.h"
-    a.write_text("#define X264_BUILD 164\n")
-    b.write_text("#define X264_BUILD 165\n")
-    assert binding._module_name(a, None) != binding._module_name(b, None)
-    assert binding._module_name(a, None) == binding._module_name(a, None)
-    # a fresh build lands in the cache and is reused, not rebuilt
-    mod = binding._build_and_load()
-    files = list((tmp_path / "cffi").glob("_semvc_x264_*.so"))
-    assert len(files) == 1 and hasattr(mod.lib, "x264_encoder_encode")
-    assert files[0].with_name(files[0].name + ".sha256").is_file()  # checked on the next load
-    mtime = files[0].stat().st_mtime_ns
-    binding._build_and_load()
-    assert files[0].stat().st_mtime_ns == mtime
-    assert not [p for p in (tmp_path / "cffi").iterdir() if p.name.startswith("build-")]
 
 
 def test_missing_header_reported(monkeypatch):
@@ -329,7 +236,4 @@ def test_missing_compiler_reported(tmp_path, monkeypatch):
 
 def test_zerolatency_has_no_frame_delay(carphone):
     s = settings_for(carphone, tune="zerolatency")
-    with X264Encoder(s) as enc:
-        counts = [len(enc.encode(f, None)) for f in carphone[:5]]
-        assert enc.flush() == []
-    assert counts == [1] * 5
+    helpers.check_no_frame_delay(X264Encoder, carphone[:5], s)

@@ -2,22 +2,20 @@
 guarantees as x264's (tests/test_x264.py, tests/test_force_idr.py)."""
 from __future__ import annotations
 
-import io
 import logging
 import os
 from fractions import Fraction
-from pathlib import Path
 
-import av
+import encoders_helpers as helpers
 import numpy as np
 import pytest
+from encoders_helpers import joined
 
 from edge_semvc.bench.metrics import mb_mask_to_pixels, psnr
 from edge_semvc.encoders import EncoderError, EncoderSettings, get_encoder, known_encoders
 from edge_semvc.encoders.base import Encoder
 from edge_semvc.frame import Frame
 
-VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
 TB = Fraction(1, 25)
 
 x265 = pytest.importorskip("edge_semvc.encoders.x265")
@@ -27,56 +25,28 @@ X265Encoder = x265.X265Encoder
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_x265():
-    ok, why = X265Encoder.available()
-    if not ok:
-        pytest.skip(f"x265 backend unavailable (x265.h/libx265 missing?): {why}")
-
-
-def load_frames(name: str, n: int) -> list[Frame]:
-    path = VIDEO / name
-    if not path.exists():
-        pytest.skip(f"test clip {path} is missing (../shared/data/video beside the project)")
-    frames = []
-    with av.open(str(path)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            frames.append(Frame.from_i420(f.to_ndarray(format="yuv420p"), f.width, f.height,
-                                          i, TB, i))
-            if len(frames) == n:
-                break
-    return frames
+    helpers.require(X265Encoder, " (x265.h/libx265 missing?)")
 
 
 @pytest.fixture(scope="module")
 def carphone():
-    return load_frames("carphone_qcif_pristine.mp4", 30)
+    return helpers.load_frames("carphone_qcif_pristine.mp4", 30, TB)
 
 
 def settings_for(frames, **kw) -> EncoderSettings:
-    f = frames[0]
-    kw.setdefault("threads", 1)  # deterministic bytes
-    return EncoderSettings(width=f.width, height=f.height, fps=Fraction(25), time_base=TB, **kw)
+    return helpers.settings_for(frames, **{"threads": 1, **kw})  # 1 thread: deterministic bytes
 
 
 def encode(frames, settings, qmap=None, force=()):
-    packets = []
-    with X265Encoder(settings) as enc:
-        for f in frames:
-            packets += enc.encode(f, qmap, force_idr=f.index in force)
-        packets += enc.flush()
-    return packets
-
-
-def joined(packets) -> bytes:
-    return b"".join(p.data for p in packets)
+    return helpers.encode(X265Encoder, frames, settings, qmap, force)
 
 
 def decode(data: bytes, height: int | None = None) -> list[np.ndarray]:
-    with av.open(io.BytesIO(data), format="hevc") as c:
-        return [f.to_ndarray(format="yuv420p")[:height] for f in c.decode(video=0)]
+    return helpers.decode(data, "hevc", height)
 
 
 def nal_types(data: bytes) -> list[int]:
-    return [(data[i + 3] >> 1) & 0x3F for i in range(len(data) - 3) if data[i:i + 3] == b"\0\0\1"]
+    return helpers.nal_types(data, "hevc")
 
 
 def synthetic(w: int, h: int, n: int, cut: int | None = None) -> list[Frame]:
@@ -149,32 +119,16 @@ def test_zero_map_is_no_map(carphone):
 
 
 def test_pts_dts_headers_and_decode(carphone):
-    frames = [Frame(f.y, f.u, f.v, 1000 + 2 * i, Fraction(1, 50), i)
-              for i, f in enumerate(carphone[:12])]
-    s = settings_for(frames)
-    s.time_base = Fraction(1, 50)
-    with X265Encoder(s) as enc:
-        hdr = enc.headers()
-        packets = []
-        for f in frames:
-            packets += enc.encode(f, None)
-        packets += enc.flush()
+    frames = carphone[:12]
+    hdr, packets = helpers.check_pts_dts_and_headers(X265Encoder, frames, threads=1)
     assert nal_types(hdr) == [32, 33, 34]  # VPS, SPS, PPS; x265's info SEI left out
-    assert sorted(p.pts for p in packets) == [f.pts for f in frames]
-    assert packets[0].keyframe and packets[0].pts == 1000
-    dts = [p.dts for p in packets]
-    assert dts == sorted(dts) and all(p.dts <= p.pts for p in packets)
     assert packets[0].data.startswith(hdr[:4]) and hdr in packets[0].data  # in-band by default
-    dec = decode(joined(packets), s.height)
+    dec = decode(joined(packets), frames[0].height)
     assert len(dec) == len(frames) and psnr(frames[0].y, dec[0]) > 30
 
 
 def test_frame_pts_rescaled_and_none(carphone):
-    s = settings_for(carphone)
-    frames = [Frame(f.y, f.u, f.v, None, TB, i) for i, f in enumerate(carphone[:4])]
-    frames += [Frame(f.y, f.u, f.v, (4 + i) * 40, Fraction(1, 1000), 4 + i)
-               for i, f in enumerate(carphone[4:8])]
-    assert sorted(p.pts for p in encode(frames, s)) == list(range(8))
+    helpers.check_pts_rescaled_and_none(X265Encoder, carphone[:8], settings_for(carphone), 4)
 
 
 def test_global_headers_keep_parameter_sets_out_of_band(carphone):
@@ -197,22 +151,12 @@ def test_forced_idr_exactly_there_and_each_decodes_alone(carphone, params):
     for p in packets:
         types = set(nal_types(p.data))
         assert bool(types & ({19, 20} if p.pts == 0 else forced_type)) == p.keyframe
-    full = decode(joined(packets))
-    assert len(full) == len(carphone)
-    for k in sorted(force):  # from each forced keyframe on the stream decodes alone, identically
-        start = next(i for i, p in enumerate(packets) if p.pts == k)
-        assert all(p.pts >= k for p in packets[start:])  # closed: nothing before it follows
-        alone = decode(joined(packets[start:]))
-        assert len(alone) == len(carphone) - k
-        assert all(np.array_equal(a, b) for a, b in zip(alone, full[k:]))
+    helpers.check_each_decodes_alone(packets, len(carphone), force, "hevc")
 
 
 def test_force_idr_false_is_byte_identical(carphone):
-    s = settings_for(carphone)
-    frames = carphone[:10]
-    plain = joined(encode(frames, s))
-    assert joined(encode(frames, s, force=())) == plain
-    assert joined(encode(frames, s, force={5})) != plain
+    helpers.check_force_idr_false_changes_nothing(X265Encoder, carphone[:10],
+                                                  settings_for(carphone))
 
 
 @pytest.mark.skipif(not hasattr(EncoderSettings(64, 64, 25, TB), "caller_idr"),
@@ -301,11 +245,7 @@ def test_aq_off_corrected_from_tune_or_params(kw, source):
 
 
 def test_cbr_settings_summary():
-    s = EncoderSettings(width=64, height=64, fps=Fraction(25), time_base=TB, rc="cbr",
-                        bitrate=500_000)
-    with X265Encoder(s) as enc:
-        summ = enc.settings_summary()
-    assert summ["vbv_maxrate_kbps"] == 500 and summ["vbv_bufsize_kbit"] == 500
+    summ = helpers.check_cbr_settings_summary(X265Encoder, 64, 64)
     assert summ["rc_method"] == "abr" and summ["x265_build"] >= 199 and summ["codec"] == "hevc"
     assert summ["corrections"] == []
 
@@ -326,39 +266,11 @@ def test_odd_size_refused_and_padded_grid_works():
 
 
 def test_wrong_map_and_frame_rejected(carphone):
-    s = settings_for(carphone)
-    f = carphone[0]
-    with X265Encoder(s) as enc:
-        for bad in (np.zeros((s.mb_h + 1, s.mb_w), np.float32),
-                    np.zeros((s.mb_w, s.mb_h), np.float32),
-                    np.zeros(s.mb_h * s.mb_w, np.float32)):
-            with pytest.raises(EncoderError, match="shape"):
-                enc.encode(f, bad)
-        nan = np.zeros((s.mb_h, s.mb_w), np.float32)
-        nan[0, 0] = np.nan
-        with pytest.raises(EncoderError, match="NaN"):
-            enc.encode(f, nan)
-        small = Frame(f.y[:64, :64], f.u[:32, :32], f.v[:32, :32], 0, TB, 0)
-        with pytest.raises(EncoderError, match="64x64"):
-            enc.encode(small, None)
-        enc.encode(f, np.ones((s.mb_h, s.mb_w), np.int8))  # converted to float32
-        enc.flush()
-        with pytest.raises(EncoderError, match="flush"):
-            enc.encode(f, None)
-    with pytest.raises(EncoderError, match="closed"):
-        enc.encode(f, None)
-    enc.close()  # idempotent
+    helpers.check_wrong_map_and_frame_rejected(X265Encoder, carphone, settings_for(carphone))
 
 
 def test_strided_planes(carphone):
-    """A cropped view (row stride larger than the width) encodes like a contiguous copy."""
-    f = carphone[0]
-    w, h = 128, 96
-    view = Frame(f.y[8:8 + h, 16:16 + w], f.u[4:4 + h // 2, 8:8 + w // 2],
-                 f.v[4:4 + h // 2, 8:8 + w // 2], 0, TB, 0)
-    copy = Frame(*(np.ascontiguousarray(a) for a in (view.y, view.u, view.v)), 0, TB, 0)
-    s = EncoderSettings(width=w, height=h, fps=Fraction(25), time_base=TB, threads=1)
-    assert joined(encode([view], s)) == joined(encode([copy], s))
+    helpers.check_strided_planes(X265Encoder, carphone[0])
 
 
 def test_no_8bit_build_reported():
@@ -367,20 +279,8 @@ def test_no_8bit_build_reported():
 
 
 def test_binding_cache_key_and_location(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGE_SEMVC_CACHE", str(tmp_path))
-    a, b = tmp_path / "a.h", tmp_path / "b.h"
-    a.write_text("#define X265_BUILD 199\n")
-    b.write_text("#define X265_BUILD 200\n")
-    assert binding._module_name(a, None) != binding._module_name(b, None)
-    assert binding._module_name(a, None) == binding._module_name(a, None)
-    mod = binding._build_and_load()  # a fresh build lands in the cache and is reused
-    files = list((tmp_path / "cffi").glob("_semvc_x265_*.so"))
-    assert len(files) == 1 and hasattr(mod.lib, "semvc265_api")
-    assert files[0].with_name(files[0].name + ".sha256").is_file()
-    mtime = files[0].stat().st_mtime_ns
-    binding._build_and_load()
-    assert files[0].stat().st_mtime_ns == mtime
-    assert not [p for p in (tmp_path / "cffi").iterdir() if p.name.startswith("build-")]
+    helpers.check_binding_cache(binding, "X265_BUILD", 199, "_semvc_x265_*.so", "semvc265_api",
+                                tmp_path, monkeypatch)
 
 
 def test_unavailable_library_reported_cleanly(tmp_path, monkeypatch):
@@ -400,7 +300,4 @@ def test_unavailable_library_reported_cleanly(tmp_path, monkeypatch):
 
 def test_zerolatency_has_no_frame_delay(carphone):
     s = settings_for(carphone, tune="zerolatency")
-    with X265Encoder(s) as enc:
-        counts = [len(enc.encode(f, None)) for f in carphone[:5]]
-        assert enc.flush() == []
-    assert counts == [1] * 5
+    helpers.check_no_frame_delay(X265Encoder, carphone[:5], s)

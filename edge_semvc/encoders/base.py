@@ -14,7 +14,9 @@ Usage::
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import ClassVar
@@ -25,6 +27,7 @@ from ..errors import EncoderError  # noqa: F401  (re-exported)
 from ..frame import Frame
 
 RATE_CONTROLS = ("crf", "abr", "cbr")
+CQP_NAMES = ("cqp", "qp", "constqp", "const_qp")  # constant QP, refused by every backend
 
 
 def _rational(x, what: str) -> Fraction:
@@ -117,8 +120,13 @@ class Encoder(ABC):
     # the bitstream's codec, as FFmpeg names it ("h264", "hevc"): sinks pick muxer and NAL parsing
     codec: ClassVar[str] = "h264"
 
+    _enc = None  # the backend's open encoder; None once closed (close() sets it so)
+    _flushed = False  # flush() ran: the stream has ended
+
     def __init__(self, settings: EncoderSettings) -> None:
         self.settings = settings
+        # what the backend changed in the settings so that the map takes effect (with a warning)
+        self._corrections: list[str] = []
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -152,6 +160,61 @@ class Encoder(ABC):
     def settings_summary(self) -> dict:
         """The effective settings (after presets and corrections), for stats."""
 
+    # -- for the backends
+
+    def _require_open(self) -> None:
+        if self._enc is None:
+            raise EncoderError("encoder is closed")
+
+    def _check_frame(self, frame: Frame) -> None:
+        """Before encoding ``frame``: the encoder is open, the stream not ended, the frame the
+        size the encoder was opened for."""
+        self._require_open()
+        if self._flushed:
+            raise EncoderError("encode() after flush(): the stream has ended; open a new encoder")
+        s = self.settings
+        if frame.width != s.width or frame.height != s.height:
+            raise EncoderError(f"frame is {frame.width}x{frame.height}, encoder was opened for "
+                               f"{s.width}x{s.height}")
+
+    def _i420_planes(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Y, U and V of ``frame`` checked against the settings' size, each with unit column
+        stride (a copy where they had none)."""
+        s = self.settings
+        cw, ch = s.width // 2, s.height // 2
+        return (_plane(frame.y, s.height, s.width, "Y"), _plane(frame.u, ch, cw, "U"),
+                _plane(frame.v, ch, cw, "V"))
+
+    def _qp_map(self, qp_offsets) -> np.ndarray:
+        """The QP-offset map as contiguous float32[mb_h, mb_w] of finite values."""
+        s = self.settings
+        q = np.asarray(qp_offsets, np.float32)
+        if q.shape != (s.mb_h, s.mb_w):
+            raise EncoderError(f"QP-offset map has shape {tuple(q.shape)}, expected (mb_h, mb_w) "
+                               f"= ({s.mb_h}, {s.mb_w}) for {s.width}x{s.height}")
+        if not np.isfinite(q).all():
+            raise EncoderError("QP-offset map contains NaN or infinite values")
+        return np.ascontiguousarray(q)
+
+    def _summary(self, **head) -> dict:
+        """The settings as ``settings_summary()`` reports them (x264, x265), after the backend's
+        name and ``head``, ending with the corrections."""
+        s = self.settings
+        return {"backend": self.type_key, **head,
+                "width": s.width, "height": s.height,
+                "fps": str(s.fps), "time_base": str(s.time_base),
+                "preset": s.preset, "tune": s.tune, "rc": s.rc,
+                "crf": float(s.crf) if s.rc == "crf" else None,
+                "bitrate": s.bitrate,
+                "global_headers": s.global_headers,
+                "params": dict(s.params),
+                "corrections": list(self._corrections)}
+
+    def _correct(self, msg: str) -> None:
+        """Record a change to the settings (``settings_summary()["corrections"]``) and warn."""
+        self._corrections.append(msg)
+        logging.getLogger(type(self).__module__).warning("%s: %s", self.type_key, msg)
+
     def __enter__(self):
         return self
 
@@ -163,3 +226,145 @@ class Encoder(ABC):
             self.close()
         except Exception:
             pass
+
+
+# --- helpers for the backends ---------------------------------------------------------------------
+
+def availability(*checks: Callable[[], object]) -> tuple[bool, str]:
+    """``Encoder.available()`` from checks that raise EncoderError saying why not: (True, "")
+    when all pass, else (False, the first one's message)."""
+    try:
+        for check in checks:
+            check()
+    except EncoderError as e:
+        return False, str(e)
+    return True, ""
+
+
+def refuse_cqp(s: EncoderSettings, why: str) -> str:
+    """``s.rc`` in lower case; constant QP (any of CQP_NAMES) refused, ``why`` saying what it
+    would do to the map and what to use instead."""
+    rc = str(s.rc).lower()
+    if rc in CQP_NAMES:
+        raise EncoderError(f"rc={s.rc!r} refused: {why}")
+    return rc
+
+
+def check_even_size(s: EncoderSettings, why: str) -> None:
+    """4:2:0 chroma needs even frame sizes; ``why`` says so for the backend, with the fix."""
+    if s.width % 2 or s.height % 2:
+        raise EncoderError(f"frame size {s.width}x{s.height} has an odd dimension: {why}")
+
+
+def pts_of(frame: Frame, s: EncoderSettings) -> int:
+    """The frame's timestamp in the settings' time base (numbered at the frame rate if none)."""
+    if frame.pts is None:
+        return round(frame.index / (s.fps * s.time_base))
+    if frame.time_base is not None and Fraction(frame.time_base) != s.time_base:
+        return round(frame.pts * Fraction(frame.time_base) / s.time_base)
+    return int(frame.pts)
+
+
+def _plane(a: np.ndarray, h: int, w: int, name: str) -> np.ndarray:
+    if a.dtype != np.uint8 or a.ndim != 2:
+        raise EncoderError(f"{name} plane must be 2-D uint8, got {a.dtype} {a.shape}")
+    if a.shape[0] < h or a.shape[1] < w:
+        raise EncoderError(f"{name} plane is {a.shape[1]}x{a.shape[0]}, expected {w}x{h}")
+    if a.strides[1] != 1 or a.strides[0] < w:
+        a = np.ascontiguousarray(a)
+    return a
+
+
+# --- for the backends set up like x264's command line (x264, x265) ------------------------------
+# ``backend`` names the library in messages; ``field`` is its name for the QP-offset map.
+
+def norm_key(k: str) -> str:
+    """An option name as the libraries' parsers compare it ("aq_mode" is "aq-mode")."""
+    return k.strip().lower().replace("_", "-")
+
+
+def check_preset(preset: str, presets: list[str], backend: str) -> None:
+    """A preset by name or by its index in ``presets``."""
+    if preset not in presets and not (preset.isdigit() and int(preset) < len(presets)):
+        raise EncoderError(f"unknown {backend} preset {preset!r}; known: {', '.join(presets)}")
+
+
+def check_profile(profile: str, profiles: list[str], backend: str) -> None:
+    if profile not in profiles:
+        raise EncoderError(f"unknown {backend} profile {profile!r}; known: {', '.join(profiles)}")
+
+
+def option_error(ret: int, name: str, value: str | None, bad_name: int,
+                 bad_value: int) -> str | None:
+    """What a param_parse return code says about ``name=value`` (None: taken)."""
+    if ret == bad_name:
+        return f"unknown option {name!r}"
+    if ret == bad_value:
+        return f"bad value {value!r} for {name!r}"
+    if ret < 0:
+        return f"{name!r}={value!r} failed (error {ret})"
+    return None
+
+
+def check_rate_control(s: EncoderSettings, backend: str, field: str) -> None:
+    """``s.rc`` one of RATE_CONTROLS; constant QP refused (the library ignores the map there)."""
+    refuse_cqp(s, f"{backend} ignores {field} (the QP-offset map) in constant-QP mode; use "
+                  "rc='crf', 'abr' or 'cbr'")
+    if s.rc not in RATE_CONTROLS:
+        raise EncoderError(f"unknown rate control {s.rc!r}; use one of "
+                           f"{', '.join(RATE_CONTROLS)}")
+
+
+def rate_options(s: EncoderSettings) -> list[tuple[str, object]]:
+    """``keyint`` and ``rc`` as the libraries' options: crf (``bitrate`` a VBV cap), abr
+    (average bitrate), cbr (bitrate with a 1 s VBV buffer at that rate); bit rates in kbit/s."""
+    out: list[tuple[str, object]] = [] if s.keyint is None else [("keyint", s.keyint)]
+    kbps = None if s.bitrate is None else max(1, round(s.bitrate / 1000))
+    vbv = [] if kbps is None else [("vbv-maxrate", kbps), ("vbv-bufsize", kbps)]
+    if s.rc == "crf":
+        return [*out, ("crf", f"{float(s.crf):g}"), *vbv]
+    return [*out, ("bitrate", kbps), *(vbv if s.rc == "cbr" else [])]
+
+
+def apply_params(params: dict[str, str], managed: set[str], why_managed: str,
+                 parse: Callable[[str, str], str | None], backend: str) -> str | None:
+    """Pass ``params`` to ``parse`` (name, value -> what is wrong, or None), every bad one named
+    in one EncoderError; the keys in ``managed`` are refused (``why_managed``: the settings they
+    come from). Returns the profile, left for the caller to apply last, as the command lines do
+    (not a param_parse option)."""
+    bad, profile = [], None
+    for k, v in params.items():
+        if norm_key(k) in managed:
+            raise EncoderError(f"{backend} param {k!r} is set from EncoderSettings "
+                               f"({why_managed}); remove it from params")
+        if norm_key(k) == "profile":
+            profile = str(v)
+            continue
+        err = parse(k, v)
+        if err:
+            bad.append(err)
+    if bad:
+        raise EncoderError(f"invalid {backend} params: " + "; ".join(bad))
+    return profile
+
+
+def rc_summary(rc, methods: dict[int, str], **aq) -> dict:
+    """The rate control read back from the library (``rc_method``: a name from ``methods``, AQ
+    and the backend's ``aq`` extras, VBV) as ``settings_summary()`` reports it."""
+    return {"rc_method": methods.get(int(rc.rc_method), str(rc.rc_method)),
+            "aq_mode": int(rc.aq_mode), "aq_strength": round(float(rc.aq_strength), 4), **aq,
+            "vbv_maxrate_kbps": int(rc.vbv_max_bitrate),
+            "vbv_bufsize_kbit": int(rc.vbv_buffer_size)}
+
+
+def check_quantiser(rc, cqp_method: int, backend: str, field: str) -> None:
+    """The rate control read back from the library's param struct (``rc_method``, ``qp_min``,
+    ``qp_max``) leaves the map room to act: not constant QP, not one pinned quantiser."""
+    if rc.rc_method == cqp_method:
+        raise EncoderError(
+            f"constant-QP rate control requested (a 'qp' param): {backend} ignores {field} "
+            "(the QP-offset map) in CQP; use rc='crf', 'abr' or 'cbr' and drop 'qp'")
+    if rc.qp_min >= rc.qp_max:
+        raise EncoderError(
+            f"qpmin={rc.qp_min} >= qpmax={rc.qp_max} pins the quantiser, so {backend} could not "
+            "apply the QP-offset map; widen the qpmin/qpmax range")

@@ -28,17 +28,9 @@ import numpy as np
 from ..frame import Frame
 from ..rects import to_rects
 from ..values import QpMap, Rect
-from .base import Encoder, EncoderError, EncoderSettings, Packet
-from .nvenc import (
-    CQP_NAMES,
-    QP_MAX,
-    check_param_keys,
-    codec_param,
-    delta_limit,
-    int_param,
-    pts_of,
-    qp_range_param,
-)
+from . import base
+from .base import Encoder, EncoderError, EncoderSettings, Packet, pts_of
+from .nvenc import QP_MAX, check_param_keys, codec_param, delta_limit, int_param, qp_range_param
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +175,8 @@ def build_params(s: EncoderSettings) -> JetsonParams:
     what to use instead."""
     p = s.params
     check_param_keys(p, PARAM_KEYS, "jetson-v4l2")
-    rc = str(s.rc).lower()
-    if rc in CQP_NAMES:
-        raise EncoderError(f"rc={s.rc!r} refused: in constant-QP mode the Jetson encoder applies "
-                           "no ROI deltas; use rc='abr' (VBR) or rc='cbr' with a bitrate")
+    rc = base.refuse_cqp(s, "in constant-QP mode the Jetson encoder applies no ROI deltas; use "
+                            "rc='abr' (VBR) or rc='cbr' with a bitrate")
     if rc == "crf":
         raise EncoderError("rc='crf' is not available on Jetson's hardware encoder (V4L2 offers "
                            "VBR and CBR only); use rc='abr' (VBR) or rc='cbr' and set a bitrate")
@@ -194,9 +184,7 @@ def build_params(s: EncoderSettings) -> JetsonParams:
         raise EncoderError(f"unknown rate control {s.rc!r}; use 'abr' (VBR) or 'cbr'")
     if not s.bitrate:
         raise EncoderError(f"rc={rc!r} needs a bitrate (bits/s) on the Jetson encoder")
-    if s.width % 2 or s.height % 2:
-        raise EncoderError(f"frame size {s.width}x{s.height} has an odd dimension: the Jetson "
-                           "encoder takes even sizes only; crop or pad by one pixel")
+    base.check_even_size(s, "the Jetson encoder takes even sizes only; crop or pad by one pixel")
     if s.tune and s.tune != "zerolatency":  # the hardware has no tunes; zerolatency is its way
         raise EncoderError(f"tune {s.tune!r} is not available on the Jetson encoder; leave it "
                            "empty or use zerolatency (no B-frames, which is what it does)")
@@ -306,22 +294,16 @@ class JetsonV4l2Encoder(Encoder):
         self._s = _Session(self._ffi, self._lib, self.params, self._device)
         self._seq, self._pts, self._held = 0, {}, b""
         self._headers: bytes | None = None
-        self._flushed, self._eos = False, False
+        self._eos = False
         self._stats = {"frames": 0, "frames_with_map": 0, "frames_with_rois": 0, "rects": 0,
                        "mse_total": 0.0, "max_rounding": 0.0}
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
         from .jetson_v4l2_binding import get_binding, load_runtime
-        try:
-            get_binding()
-            load_runtime()
-            find_device(None)
-        except EncoderError as e:
-            return False, str(e)
-        return True, ""
+        return base.availability(get_binding, load_runtime, lambda: find_device(None))
 
-    def _require_open(self) -> None:
+    def _require_open(self) -> None:  # the open encoder is the session
         if self._s is None:
             raise EncoderError("encoder is closed")
 
@@ -361,22 +343,11 @@ class JetsonV4l2Encoder(Encoder):
 
     def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None,
                force_idr: bool = False) -> list[Packet]:
-        self._require_open()
-        if self._flushed:
-            raise EncoderError("encode() after flush(): the stream has ended; open a new encoder")
+        self._check_frame(frame)
         s = self.settings
-        if frame.width != s.width or frame.height != s.height:
-            raise EncoderError(f"frame is {frame.width}x{frame.height}, encoder was opened for "
-                               f"{s.width}x{s.height}")
         n = 0
         if qp_offsets is not None:
-            q = np.asarray(qp_offsets, np.float32)
-            if q.shape != (s.mb_h, s.mb_w):
-                raise EncoderError(f"QP-offset map has shape {q.shape}, expected (mb_h, mb_w) = "
-                                   f"({s.mb_h}, {s.mb_w}) for {s.width}x{s.height}")
-            if not np.isfinite(q).all():
-                raise EncoderError("QP-offset map contains NaN or infinite values")
-            plan = plan_rois(q, MAX_ROI, self._limit)
+            plan = plan_rois(self._qp_map(qp_offsets), MAX_ROI, self._limit)
             for i, (left, top, w, h, d) in enumerate(roi_pixels(plan.rects, s.width, s.height)):
                 r = self._s.rois[i]
                 r.left, r.top, r.width, r.height, r.delta = left, top, w, h, d

@@ -21,12 +21,12 @@ import ctypes
 import logging
 from collections import deque
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
 from ..frame import Frame
-from .base import Encoder, EncoderError, EncoderSettings, Packet
+from . import base
+from .base import Encoder, EncoderError, EncoderSettings, Packet, pts_of
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ QP_MAX = 51  # 8-bit H.264/H.265: a delta beyond this changes nothing
 HEVC_CTB = 32  # nvEncodeAPI.h: "only supports maxCUSize equal to NV_ENC_HEVC_CUSIZE_32x32"
 INFINITE = 0xFFFFFFFF  # NVENC_INFINITE_GOPLENGTH: no automatic keyframes
 CODECS = {"h264": "h264", "avc": "h264", "hevc": "hevc", "h265": "hevc"}
-CQP_NAMES = ("cqp", "qp", "constqp", "const_qp")
+CQP_NAMES = base.CQP_NAMES  # refused by base.refuse_cqp; still importable from here
 PARAM_KEYS = ("codec", "min_qp", "max_qp", "idr_interval", "peak_bitrate", "gpu")
 PRESETS = {**{f"p{i}": i for i in range(1, 8)},
            "ultrafast": 1, "superfast": 2, "veryfast": 3, "faster": 4, "fast": 4, "medium": 5,
@@ -179,10 +179,8 @@ def build_params(s: EncoderSettings) -> NvencParams:
     """Validate the settings for NVENC and map them; EncoderError naming the value and the fix."""
     p = s.params
     check_param_keys(p, PARAM_KEYS, "nvenc")
-    rc = str(s.rc).lower()
-    if rc in CQP_NAMES:
-        raise EncoderError(f"rc={s.rc!r} refused: NVENC's constant-QP mode would leave the map's "
-                           "deltas as the only rate control; use rc='crf', 'abr' or 'cbr'")
+    rc = base.refuse_cqp(s, "NVENC's constant-QP mode would leave the map's deltas as the only "
+                            "rate control; use rc='crf', 'abr' or 'cbr'")
     if rc not in ("crf", "abr", "cbr"):
         raise EncoderError(f"unknown rate control {s.rc!r}; use crf, abr or cbr")
     if rc == "crf" and not 1 <= s.crf <= QP_MAX:
@@ -190,9 +188,7 @@ def build_params(s: EncoderSettings) -> NvencParams:
                            "means 'automatic' there); use 1 to 51")
     if rc != "crf" and not s.bitrate:
         raise EncoderError(f"rc={rc!r} needs a bitrate (bits/s)")
-    if s.width % 2 or s.height % 2:
-        raise EncoderError(f"frame size {s.width}x{s.height} has an odd dimension: NVENC 4:2:0 "
-                           "takes even sizes only; crop or pad by one pixel")
+    base.check_even_size(s, "NVENC 4:2:0 takes even sizes only; crop or pad by one pixel")
     preset = str(s.preset).lower()
     if preset not in PRESETS:
         raise EncoderError(f"unknown NVENC preset {s.preset!r}; use p1..p7 (fastest..best) or "
@@ -227,7 +223,7 @@ class NvencEncoder(Encoder):
 
     def __init__(self, settings: EncoderSettings) -> None:
         super().__init__(settings)
-        self._enc = self._ctx = None
+        self._ctx = None
         self._slots: list = []
         self.params = build_params(settings)  # settings errors first, on any machine
         self.codec = self.params.codec
@@ -248,12 +244,7 @@ class NvencEncoder(Encoder):
         except OSError as e:
             return False, f"libnvidia-encode.so.1 not found: {e}"
         from .nvenc_binding import get_binding, load_runtime
-        try:
-            get_binding()
-            load_runtime()
-        except EncoderError as e:
-            return False, str(e)
-        return True, ""
+        return base.availability(get_binding, load_runtime)
 
     def _check(self, st: int, what: str) -> None:
         if st != self._lib.NV_ENC_SUCCESS:
@@ -306,12 +297,7 @@ class NvencEncoder(Encoder):
         self._pending: deque = deque()  # (slot, pts, delta map kept alive), in submission order
         self._zero = np.zeros(map_grid(s.width, s.height, p.codec), np.int8)
         self._headers: bytes | None = None
-        self._flushed = False
         self._stats = {"frames": 0, "frames_with_map": 0, "mse": 0.0}
-
-    def _require_open(self) -> None:
-        if self._enc is None:
-            raise EncoderError("encoder is closed")
 
     def _collect(self) -> list[Packet]:
         """Lock every submitted picture's bitstream, in submission order."""
@@ -330,21 +316,11 @@ class NvencEncoder(Encoder):
 
     def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None,
                force_idr: bool = False) -> list[Packet]:
-        self._require_open()
-        if self._flushed:
-            raise EncoderError("encode() after flush(): the stream has ended; open a new encoder")
+        self._check_frame(frame)
         ffi, lib, s = self._ffi, self._lib, self.settings
-        if frame.width != s.width or frame.height != s.height:
-            raise EncoderError(f"frame is {frame.width}x{frame.height}, encoder was opened for "
-                               f"{s.width}x{s.height}")
         dm = self._zero  # explicit zeros: a picture without a map would reuse the last one
         if qp_offsets is not None:
-            q = np.asarray(qp_offsets, np.float32)
-            if q.shape != (s.mb_h, s.mb_w):
-                raise EncoderError(f"QP-offset map has shape {q.shape}, expected (mb_h, mb_w) = "
-                                   f"({s.mb_h}, {s.mb_w}) for {s.width}x{s.height}")
-            if not np.isfinite(q).all():
-                raise EncoderError("QP-offset map contains NaN or infinite values")
+            q = self._qp_map(qp_offsets)
             dm = np.ascontiguousarray(delta_map(q, self.codec, self._limit))
             self._stats["frames_with_map"] += 1
             self._stats["mse"] += map_error(q, dm, self.codec)
@@ -436,12 +412,3 @@ class NvencEncoder(Encoder):
                 "rc_mode", "bitrate", "max_bitrate", "vbv_size", "min_qp", "max_qp", "gop",
                 "idr_period", "qp_map_mode", "aq", "lookahead", "frame_interval_p", "ctb")}
         return out
-
-
-def pts_of(frame: Frame, s: EncoderSettings) -> int:
-    """The frame's timestamp in the settings' time base (numbered at the frame rate if none)."""
-    if frame.pts is None:
-        return round(frame.index / (s.fps * s.time_base))
-    if frame.time_base is not None and Fraction(frame.time_base) != s.time_base:
-        return round(frame.pts * Fraction(frame.time_base) / s.time_base)
-    return int(frame.pts)

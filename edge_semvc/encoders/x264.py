@@ -15,12 +15,12 @@ Usage::
 from __future__ import annotations
 
 import logging
-from fractions import Fraction
 
 import numpy as np
 
 from ..frame import Frame
-from .base import RATE_CONTROLS, Encoder, EncoderError, EncoderSettings, Packet
+from . import base
+from .base import Encoder, EncoderError, EncoderSettings, Packet
 from .x264_binding import _get_binding, preset_names, profile_names, tune_names
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,6 @@ _MANAGED = {"annexb", "repeat-headers", "fps", "timebase", "input-csp", "input-r
             "csp", "output-csp", "bitdepth", "input-fmt"}
 
 
-def _norm_key(k: str) -> str:
-    return k.strip().lower().replace("_", "-")
-
-
 class X264Encoder(Encoder):
     """H.264 through libx264. Output: Annex-B access units with x264's pts/dts."""
 
@@ -61,15 +57,9 @@ class X264Encoder(Encoder):
 
     def __init__(self, settings: EncoderSettings) -> None:
         super().__init__(settings)
-        self._enc = None
         self._param = None
-        self._flushed = False
-        self._corrections: list[str] = []
-        s = settings
-        if s.width % 2 or s.height % 2:
-            raise EncoderError(
-                f"frame size {s.width}x{s.height} has an odd dimension: H.264 4:2:0 can only crop "
-                "to even sizes; crop or pad the source by one pixel")
+        base.check_even_size(settings, "H.264 4:2:0 can only crop to even sizes; crop or pad the "
+                             "source by one pixel")
         self._ffi, self._lib = _get_binding()
         try:
             self._open()
@@ -99,24 +89,10 @@ class X264Encoder(Encoder):
         p.i_threads = s.threads
 
         self._apply_rc()
-        bad, profile = [], None
-        for k, v in s.params.items():
-            if _norm_key(k) in _MANAGED:
-                raise EncoderError(f"x264 param {k!r} is set from EncoderSettings "
-                                   "(size, fps, time_base, global_headers); remove it from params")
-            if _norm_key(k) == "profile":  # not a param_parse option: applied last, as x264's
-                # command line does
-                profile = str(v)
-                continue
-            err = self._parse(k, v)
-            if err:
-                bad.append(err)
-        if bad:
-            raise EncoderError("invalid x264 params: " + "; ".join(bad))
+        profile = base.apply_params(s.params, _MANAGED, "size, fps, time_base, global_headers",
+                                     self._parse, "x264")
         if profile is not None:
-            known = profile_names()
-            if profile not in known:
-                raise EncoderError(f"unknown x264 profile {profile!r}; known: {', '.join(known)}")
+            base.check_profile(profile, profile_names(), "x264")
             if lib.x264_param_apply_profile(p, profile.encode()) < 0:
                 raise EncoderError(f"x264 profile {profile!r} cannot be applied to these settings "
                                    "(e.g. lossless or 4:4:4 with a lower profile)")
@@ -146,15 +122,12 @@ class X264Encoder(Encoder):
         self._pic_out = ffi.new("x264_picture_t *")
         self._pp_nal = ffi.new("x264_nal_t **")
         self._pi_nal = ffi.new("int *")
-        self._ticks_per_frame = 1 / (s.fps * s.time_base)
 
     # -- setup helpers
 
     def _check_preset_tune(self) -> None:
         s = self.settings
-        presets = preset_names()
-        if s.preset not in presets and not (s.preset.isdigit() and int(s.preset) < len(presets)):
-            raise EncoderError(f"unknown x264 preset {s.preset!r}; known: {', '.join(presets)}")
+        base.check_preset(s.preset, preset_names(), "x264")
         if s.tune:
             tunes = tune_names()
             parts = [t for t in s.tune.replace(".", ",").replace("/", ",").replace("-", ",")
@@ -172,13 +145,7 @@ class X264Encoder(Encoder):
         v = None if value is None else str(value)
         ret = lib.x264_param_parse(self._param, str(name).encode(),
                                    ffi.NULL if v is None else v.encode())
-        if ret == lib.X264_PARAM_BAD_NAME:
-            return f"unknown option {name!r}"
-        if ret == lib.X264_PARAM_BAD_VALUE:
-            return f"bad value {v!r} for {name!r}"
-        if ret < 0:
-            return f"{name!r}={v!r} failed (error {ret})"
-        return None
+        return base.option_error(ret, name, v, lib.X264_PARAM_BAD_NAME, lib.X264_PARAM_BAD_VALUE)
 
     def _set(self, name: str, value) -> None:
         err = self._parse(name, value)
@@ -187,32 +154,14 @@ class X264Encoder(Encoder):
 
     def _apply_rc(self) -> None:
         s = self.settings
-        if s.rc not in RATE_CONTROLS:
-            if str(s.rc).lower() in ("cqp", "qp", "constqp", "const_qp"):
-                raise EncoderError(
-                    f"rc={s.rc!r} refused: x264 ignores quant_offsets (the QP-offset map) in "
-                    "constant-QP mode; use rc='crf', 'abr' or 'cbr'")
-            raise EncoderError(f"unknown rate control {s.rc!r}; use one of "
-                               f"{', '.join(RATE_CONTROLS)}")
-        if s.keyint is not None:
-            self._set("keyint", s.keyint)
+        base.check_rate_control(s, "x264", "quant_offsets")
+        for name, value in base.rate_options(s):
+            self._set(name, value)
         if s.caller_idr:  # params may still change these: the user's word is last
             self._set("keyint", "infinite")
             self._set("scenecut", "0")
         if s.sparse_frames:  # else mb-tree weighs each frame by its duration: measured +13 %
             self._set("force-cfr", "1")  # bytes on a car park (BENCHMARKS.md, storage profile)
-        kbps = None if s.bitrate is None else max(1, round(s.bitrate / 1000))
-        if s.rc == "crf":
-            self._set("crf", f"{float(s.crf):g}")
-            if kbps is not None:
-                self._set("vbv-maxrate", kbps)
-                self._set("vbv-bufsize", kbps)
-        elif s.rc == "abr":
-            self._set("bitrate", kbps)
-        else:  # cbr: 1 s VBV buffer at the target rate
-            self._set("bitrate", kbps)
-            self._set("vbv-maxrate", kbps)
-            self._set("vbv-bufsize", kbps)
 
     def _rc(self):
         out = self._ffi.new("semvc_rc_t *")
@@ -222,15 +171,8 @@ class X264Encoder(Encoder):
     def _check_rc_and_aq(self) -> None:
         s, lib = self.settings, self._lib
         rc = self._rc()
-        if rc.rc_method == lib.X264_RC_CQP:
-            raise EncoderError(
-                "constant-QP rate control requested (a 'qp' param): x264 ignores quant_offsets "
-                "(the QP-offset map) in CQP; use rc='crf', 'abr' or 'cbr' and drop 'qp'")
-        if rc.qp_min >= rc.qp_max:
-            raise EncoderError(
-                f"qpmin={rc.qp_min} >= qpmax={rc.qp_max} pins the quantiser, so x264 could not "
-                "apply the QP-offset map; widen the qpmin/qpmax range")
-        keys = {_norm_key(k) for k in s.params}
+        base.check_quantiser(rc, lib.X264_RC_CQP, "x264", "quant_offsets")
+        keys = {base.norm_key(k) for k in s.params}
         if rc.aq_mode == 0:
             if "aq-mode" in keys:
                 src = "params aq-mode=0"
@@ -241,31 +183,19 @@ class X264Encoder(Encoder):
             else:
                 src = "the preset/tune"
             self._set("aq-mode", "1")
-            msg = (f"aq-mode 0 (from {src}) changed to aq-mode 1: x264 ignores the QP-offset map "
-                   "with adaptive quantisation off")
-            self._corrections.append(msg)
-            log.warning("x264: %s", msg)
+            self._correct(f"aq-mode 0 (from {src}) changed to aq-mode 1: x264 ignores the "
+                          "QP-offset map with adaptive quantisation off")
         rc = self._rc()
         if not rc.aq_strength > 0:
             self._set("aq-strength", "1.0")
-            msg = (f"aq-strength {rc.aq_strength:g} changed to 1.0: x264 turns adaptive "
-                   "quantisation, and with it the QP-offset map, off at strength 0")
-            self._corrections.append(msg)
-            log.warning("x264: %s", msg)
+            self._correct(f"aq-strength {rc.aq_strength:g} changed to 1.0: x264 turns adaptive "
+                          "quantisation, and with it the QP-offset map, off at strength 0")
 
     # -- Encoder API
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
-        try:
-            _get_binding()
-        except EncoderError as e:
-            return False, str(e)
-        return True, ""
-
-    def _require_open(self) -> None:
-        if self._enc is None:
-            raise EncoderError("encoder is closed")
+        return base.availability(_get_binding)
 
     def _packets(self, ret: int) -> list[Packet]:
         if ret < 0:
@@ -278,57 +208,22 @@ class X264Encoder(Encoder):
         o = self._pic_out
         return [Packet(data, int(o.i_pts), int(o.i_dts), bool(o.b_keyframe))]
 
-    def _pts_for(self, frame: Frame) -> int:
-        s = self.settings
-        if frame.pts is None:
-            pts = round(frame.index * self._ticks_per_frame)
-        elif frame.time_base is not None and Fraction(frame.time_base) != s.time_base:
-            pts = round(frame.pts * Fraction(frame.time_base) / s.time_base)
-        else:
-            pts = int(frame.pts)
-        return pts
-
-    def _plane(self, a: np.ndarray, h: int, w: int, name: str) -> np.ndarray:
-        if a.dtype != np.uint8 or a.ndim != 2:
-            raise EncoderError(f"{name} plane must be 2-D uint8, got {a.dtype} {a.shape}")
-        if a.shape[0] < h or a.shape[1] < w:
-            raise EncoderError(f"{name} plane is {a.shape[1]}x{a.shape[0]}, expected {w}x{h}")
-        if a.strides[1] != 1 or a.strides[0] < w:
-            a = np.ascontiguousarray(a)
-        return a
-
     def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None,
                force_idr: bool = False) -> list[Packet]:
-        self._require_open()
-        if self._flushed:
-            raise EncoderError("encode() after flush(): the stream has ended; open a new encoder")
-        s, ffi, lib = self.settings, self._ffi, self._lib
-        if frame.width != s.width or frame.height != s.height:
-            raise EncoderError(f"frame is {frame.width}x{frame.height}, encoder was opened for "
-                               f"{s.width}x{s.height}")
-        cw, ch = s.width // 2, s.height // 2
-        planes = (self._plane(frame.y, s.height, s.width, "Y"),
-                  self._plane(frame.u, ch, cw, "U"),
-                  self._plane(frame.v, ch, cw, "V"))
+        self._check_frame(frame)
+        ffi, lib = self._ffi, self._lib
+        planes = self._i420_planes(frame)
         pic = self._pic_in
         for i, a in enumerate(planes):
             pic.img.plane[i] = ffi.cast("uint8_t *", a.ctypes.data)
             pic.img.i_stride[i] = a.strides[0]
         qbuf = None
         if qp_offsets is not None:
-            q = np.ascontiguousarray(qp_offsets, dtype=np.float32)
-            if q.shape != (s.mb_h, s.mb_w):
-                raise EncoderError(f"QP-offset map has shape {tuple(np.shape(qp_offsets))}, "
-                                   f"expected (mb_h, mb_w) = ({s.mb_h}, {s.mb_w}) for "
-                                   f"{s.width}x{s.height}")
-            if not np.isfinite(q).all():
-                raise EncoderError("QP-offset map contains NaN or infinite values")
-            qbuf = ffi.from_buffer("float[]", q)
+            qbuf = ffi.from_buffer("float[]", self._qp_map(qp_offsets))
             pic.prop.quant_offsets = qbuf
         else:
             pic.prop.quant_offsets = ffi.NULL
-        pts = self._pts_for(frame)
-        pic.i_pts = pts
+        pic.i_pts = base.pts_of(frame, self.settings)
         # IDR (not X264_TYPE_KEYFRAME, an I-frame under open-GOP): a segment must decode alone.
         pic.i_type = lib.X264_TYPE_IDR if force_idr else lib.X264_TYPE_AUTO
         try:
@@ -374,29 +269,14 @@ class X264Encoder(Encoder):
             self._lib.semvc_param_cleanup(param)
 
     def settings_summary(self) -> dict:
-        s = self.settings
         rc = getattr(self, "_eff_rc", None)
         ffi, lib = self._ffi, self._lib
-        out = {
-            "backend": self.type_key,
-            "x264_build": int(lib.X264_BUILD),
-            "x264_version": ffi.string(lib.semvc_version()).decode(),
-            "width": s.width, "height": s.height,
-            "fps": str(s.fps), "time_base": str(s.time_base),
-            "preset": s.preset, "tune": s.tune, "rc": s.rc,
-            "crf": float(s.crf) if s.rc == "crf" else None,
-            "bitrate": s.bitrate,
-            "global_headers": s.global_headers,
-            "params": dict(s.params),
-            "corrections": list(self._corrections),
-        }
+        out = self._summary(x264_build=int(lib.X264_BUILD),
+                            x264_version=ffi.string(lib.semvc_version()).decode())
         if rc is not None:
             out.update({
-                "rc_method": {lib.X264_RC_CQP: "cqp", lib.X264_RC_CRF: "crf",
-                              lib.X264_RC_ABR: "abr"}.get(int(rc.rc_method), str(rc.rc_method)),
-                "aq_mode": int(rc.aq_mode), "aq_strength": round(float(rc.aq_strength), 4),
-                "vbv_maxrate_kbps": int(rc.vbv_max_bitrate),
-                "vbv_bufsize_kbit": int(rc.vbv_buffer_size),
+                **base.rc_summary(rc, {lib.X264_RC_CQP: "cqp", lib.X264_RC_CRF: "crf",
+                                       lib.X264_RC_ABR: "abr"}),
                 "mb_tree": bool(rc.mb_tree), "rc_lookahead": int(rc.lookahead),
                 **self._eff,
             })

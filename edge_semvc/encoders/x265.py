@@ -31,12 +31,12 @@ import re
 import sys
 import tempfile
 import threading
-from fractions import Fraction
 
 import numpy as np
 
 from ..frame import Frame
-from .base import RATE_CONTROLS, Encoder, EncoderError, EncoderSettings, Packet
+from . import base
+from .base import Encoder, EncoderError, EncoderSettings, Packet
 from .x265_binding import get_api, preset_names, profile_names, tune_names
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,6 @@ _LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.I
            "debug": logging.DEBUG, "full": logging.DEBUG}
 _LINE = re.compile(rb"^x265 \[(\w+)\]: ?(.*)$")
 _stderr_lock = threading.Lock()
-
-
-def _norm_key(k: str) -> str:
-    return k.strip().lower().replace("_", "-")
 
 
 @contextlib.contextmanager
@@ -114,14 +110,9 @@ class X265Encoder(Encoder):
 
     def __init__(self, settings: EncoderSettings) -> None:
         super().__init__(settings)
-        self._enc = self._param = self._eff_param = self._pic_in = self._pic_out = None
-        self._flushed = False
-        self._corrections: list[str] = []
-        s = settings
-        if s.width % 2 or s.height % 2:
-            raise EncoderError(
-                f"frame size {s.width}x{s.height} has an odd dimension: HEVC 4:2:0 needs even "
-                "sizes; crop or pad the source by one pixel")
+        self._param = self._eff_param = self._pic_in = self._pic_out = None
+        base.check_even_size(settings, "HEVC 4:2:0 needs even sizes; crop or pad the source by one "
+                             "pixel")
         self._ffi, self._lib, self._api = get_api()
         try:
             self._open()
@@ -131,7 +122,7 @@ class X265Encoder(Encoder):
 
     def _open(self) -> None:
         s, ffi, lib, api = self.settings, self._ffi, self._lib, self._api
-        keys = {_norm_key(k) for k in s.params}
+        keys = {base.norm_key(k) for k in s.params}
         self._check_preset_tune()
         p = self._param = api.param_alloc()
         if p == ffi.NULL:
@@ -155,28 +146,14 @@ class X265Encoder(Encoder):
             # what x265 does below 720p anyway, without its warning on every open
             self._set("lookahead-slices", 0)
         self._apply_rc()
-        bad, profile = [], None
-        for k, v in s.params.items():
-            if _norm_key(k) in _MANAGED:
-                raise EncoderError(f"x265 param {k!r} is set from EncoderSettings "
-                                   "(size, fps, global_headers, 8-bit 4:2:0); remove it from "
-                                   "params")
-            if _norm_key(k) == "profile":  # applied last, as x265's command line does
-                profile = str(v)
-                continue
-            err = self._parse(k, v)
-            if err:
-                bad.append(err)
-        if bad:
-            raise EncoderError("invalid x265 params: " + "; ".join(bad))
+        profile = base.apply_params(s.params, _MANAGED, "size, fps, global_headers, 8-bit 4:2:0",
+                                     self._parse, "x265")
         if "qg-size" not in keys and p.minCUSize <= 16:
             # the map's resolution: at x265's default qg-size 32 the 16x16 offsets are averaged
             # over 32x32 quantisation groups (a map of single blocks then does nothing)
             self._set("qg-size", 16)
         if profile is not None:
-            known = profile_names()
-            if profile not in known:
-                raise EncoderError(f"unknown x265 profile {profile!r}; known: {', '.join(known)}")
+            base.check_profile(profile, profile_names(), "x265")
             if api.param_apply_profile(p, profile.encode()) < 0:
                 raise EncoderError(f"x265 profile {profile!r} cannot be applied to these settings "
                                    "(e.g. an intra or 4:4:4 profile)")
@@ -218,15 +195,12 @@ class X265Encoder(Encoder):
         api.picture_init(eff, self._pic_out)
         self._pic_in.bitDepth = 8
         self._pic_in.colorSpace = lib.X265_CSP_I420
-        self._ticks_per_frame = 1 / (s.fps * s.time_base)
 
     # -- setup helpers
 
     def _check_preset_tune(self) -> None:
         s = self.settings
-        presets = preset_names()
-        if s.preset not in presets and not (s.preset.isdigit() and int(s.preset) < len(presets)):
-            raise EncoderError(f"unknown x265 preset {s.preset!r}; known: {', '.join(presets)}")
+        base.check_preset(s.preset, preset_names(), "x265")
         if s.tune:
             tunes = tune_names()
             if s.tune not in tunes:  # x265 takes one tune, not x264's combinations
@@ -237,13 +211,7 @@ class X265Encoder(Encoder):
         v = None if value is None else str(value)
         ret = self._api.param_parse(self._param, str(name).encode(),
                                     ffi.NULL if v is None else v.encode())
-        if ret == lib.X265_PARAM_BAD_NAME:
-            return f"unknown option {name!r}"
-        if ret == lib.X265_PARAM_BAD_VALUE:
-            return f"bad value {v!r} for {name!r}"
-        if ret < 0:
-            return f"{name!r}={v!r} failed (error {ret})"
-        return None
+        return base.option_error(ret, name, v, lib.X265_PARAM_BAD_NAME, lib.X265_PARAM_BAD_VALUE)
 
     def _set(self, name: str, value) -> None:
         err = self._parse(name, value)
@@ -252,28 +220,11 @@ class X265Encoder(Encoder):
 
     def _apply_rc(self) -> None:
         s = self.settings
-        if s.rc not in RATE_CONTROLS:
-            if str(s.rc).lower() in ("cqp", "qp", "constqp", "const_qp"):
-                raise EncoderError(
-                    f"rc={s.rc!r} refused: x265 ignores quantOffsets (the QP-offset map) in "
-                    "constant-QP mode; use rc='crf', 'abr' or 'cbr'")
-            raise EncoderError(f"unknown rate control {s.rc!r}; use one of "
-                               f"{', '.join(RATE_CONTROLS)}")
-        if s.keyint is not None:
-            self._set("keyint", s.keyint)
+        base.check_rate_control(s, "x265", "quantOffsets")
+        for name, value in base.rate_options(s):
+            self._set(name, value)
         if getattr(s, "caller_idr", False):  # x265: keyint -1 = one GOP, no scene-cut IDRs;
             self._set("keyint", -1)  # params may still change it: the user's word is last
-        kbps = None if s.bitrate is None else max(1, round(s.bitrate / 1000))
-        if s.rc == "crf":
-            self._set("crf", f"{float(s.crf):g}")
-            if kbps is not None:
-                self._set("vbv-maxrate", kbps)
-                self._set("vbv-bufsize", kbps)
-        else:  # abr; cbr adds a 1 s VBV buffer at the target rate
-            self._set("bitrate", kbps)
-            if s.rc == "cbr":
-                self._set("vbv-maxrate", kbps)
-                self._set("vbv-bufsize", kbps)
 
     def _rc(self, param=None):
         out = self._ffi.new("semvc265_rc_t *")
@@ -290,24 +241,13 @@ class X265Encoder(Encoder):
         finally:
             self._api.param_free(scratch)
 
-    def _correct(self, msg: str) -> None:
-        self._corrections.append(msg)
-        log.warning("x265: %s", msg)
-
     def _check_rc_and_aq(self) -> None:
         s = self.settings
         rc = self._rc()
         if self._param.bLossless:
             raise EncoderError("lossless refused: x265 codes lossless as constant QP and ignores "
                                "quantOffsets (the QP-offset map) there; drop 'lossless'")
-        if rc.rc_method == self._lib.X265_RC_CQP:
-            raise EncoderError(
-                "constant-QP rate control requested (a 'qp' param): x265 ignores quantOffsets "
-                "(the QP-offset map) in CQP; use rc='crf', 'abr' or 'cbr' and drop 'qp'")
-        if rc.qp_min >= rc.qp_max:
-            raise EncoderError(
-                f"qpmin={rc.qp_min} >= qpmax={rc.qp_max} pins the quantiser, so x265 could not "
-                "apply the QP-offset map; widen the qpmin/qpmax range")
+        base.check_quantiser(rc, self._lib.X265_RC_CQP, "x265", "quantOffsets")
         if rc.hevc_aq:
             raise EncoderError("hevc-aq refused: x265's hevc-aq replaces the adaptive "
                                "quantisation that reads quantOffsets, so the QP-offset map would "
@@ -319,7 +259,7 @@ class X265Encoder(Encoder):
         if rc.qg_size == 8:
             raise EncoderError("qg-size=8 refused: x265 then reads one offset per 8x8 block, and "
                                "the map has one per 16x16 block; use qg-size 16, 32 or 64")
-        keys = {_norm_key(k) for k in s.params}
+        keys = {base.norm_key(k) for k in s.params}
         preset = f"preset {s.preset!r}"
         default_mode, default_strength = self._defaults()
         if rc.aq_mode == 0:
@@ -350,15 +290,7 @@ class X265Encoder(Encoder):
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
-        try:
-            get_api()
-        except EncoderError as e:
-            return False, str(e)
-        return True, ""
-
-    def _require_open(self) -> None:
-        if self._enc is None:
-            raise EncoderError("encoder is closed")
+        return base.availability(get_api)
 
     def _packets(self, ret: int) -> list[Packet]:
         if ret < 0:
@@ -374,51 +306,18 @@ class X265Encoder(Encoder):
         o = self._pic_out
         return [Packet(data, int(o.pts), int(o.dts), first_vcl in _IRAP)]
 
-    def _pts_for(self, frame: Frame) -> int:
-        s = self.settings
-        if frame.pts is None:
-            return round(frame.index * self._ticks_per_frame)
-        if frame.time_base is not None and Fraction(frame.time_base) != s.time_base:
-            return round(frame.pts * Fraction(frame.time_base) / s.time_base)
-        return int(frame.pts)
-
-    @staticmethod
-    def _plane(a: np.ndarray, h: int, w: int, name: str) -> np.ndarray:
-        if a.dtype != np.uint8 or a.ndim != 2:
-            raise EncoderError(f"{name} plane must be 2-D uint8, got {a.dtype} {a.shape}")
-        if a.shape[0] < h or a.shape[1] < w:
-            raise EncoderError(f"{name} plane is {a.shape[1]}x{a.shape[0]}, expected {w}x{h}")
-        if a.strides[1] != 1 or a.strides[0] < w:
-            a = np.ascontiguousarray(a)
-        return a
-
     def _offsets(self, qp_offsets) -> np.ndarray:
-        s = self.settings
-        q = np.asarray(qp_offsets)
-        if q.shape != (s.mb_h, s.mb_w):
-            raise EncoderError(f"QP-offset map has shape {tuple(q.shape)}, expected (mb_h, mb_w) "
-                               f"= ({s.mb_h}, {s.mb_w}) for {s.width}x{s.height}")
-        q = q.astype(np.float32)
-        if not np.isfinite(q).all():
-            raise EncoderError("QP-offset map contains NaN or infinite values")
+        q = self._qp_map(qp_offsets)
         gh, gw = self._grid
         if (gh, gw) != q.shape:  # x265 reads gh*gw floats: extend the edge blocks
             q = np.pad(q, ((0, gh - q.shape[0]), (0, gw - q.shape[1])), mode="edge")
-        return np.ascontiguousarray(q)
+        return q
 
     def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None,
                force_idr: bool = False) -> list[Packet]:
-        self._require_open()
-        if self._flushed:
-            raise EncoderError("encode() after flush(): the stream has ended; open a new encoder")
-        s, ffi, lib = self.settings, self._ffi, self._lib
-        if frame.width != s.width or frame.height != s.height:
-            raise EncoderError(f"frame is {frame.width}x{frame.height}, encoder was opened for "
-                               f"{s.width}x{s.height}")
-        cw, ch = s.width // 2, s.height // 2
-        planes = (self._plane(frame.y, s.height, s.width, "Y"),
-                  self._plane(frame.u, ch, cw, "U"),
-                  self._plane(frame.v, ch, cw, "V"))
+        self._check_frame(frame)
+        ffi, lib = self._ffi, self._lib
+        planes = self._i420_planes(frame)
         pic = self._pic_in
         for i, a in enumerate(planes):
             pic.planes[i] = ffi.cast("void *", a.ctypes.data)
@@ -426,7 +325,7 @@ class X265Encoder(Encoder):
         q = None if qp_offsets is None else self._offsets(qp_offsets)
         qbuf = ffi.NULL if q is None else ffi.from_buffer("float[]", q)
         pic.quantOffsets = qbuf
-        pic.pts = self._pts_for(frame)
+        pic.pts = base.pts_of(frame, self.settings)
         # IDR: closed, even under x265's default open GOP, so a segment decodes alone
         pic.sliceType = lib.X265_TYPE_IDR if force_idr else lib.X265_TYPE_AUTO
         try:
@@ -472,31 +371,14 @@ class X265Encoder(Encoder):
                     free(ptr)
 
     def settings_summary(self) -> dict:
-        s = self.settings
         api, ffi, lib = self._api, self._ffi, self._lib
         rc = getattr(self, "_eff_rc", None)
-        out = {
-            "backend": self.type_key,
-            "codec": self.codec,
-            "x265_build": int(api.api_build_number),
-            "x265_version": ffi.string(api.version_str).decode(),
-            "width": s.width, "height": s.height,
-            "fps": str(s.fps), "time_base": str(s.time_base),
-            "preset": s.preset, "tune": s.tune, "rc": s.rc,
-            "crf": float(s.crf) if s.rc == "crf" else None,
-            "bitrate": s.bitrate,
-            "global_headers": s.global_headers,
-            "params": dict(s.params),
-            "corrections": list(self._corrections),
-        }
+        out = self._summary(codec=self.codec, x265_build=int(api.api_build_number),
+                            x265_version=ffi.string(api.version_str).decode())
         if rc is not None:
             out.update({
-                "rc_method": {lib.X265_RC_CQP: "cqp", lib.X265_RC_CRF: "crf",
-                              lib.X265_RC_ABR: "abr"}.get(int(rc.rc_method), str(rc.rc_method)),
-                "aq_mode": int(rc.aq_mode), "aq_strength": round(float(rc.aq_strength), 4),
-                "qg_size": int(rc.qg_size),
-                "vbv_maxrate_kbps": int(rc.vbv_max_bitrate),
-                "vbv_bufsize_kbit": int(rc.vbv_buffer_size),
+                **base.rc_summary(rc, {lib.X265_RC_CQP: "cqp", lib.X265_RC_CRF: "crf",
+                                       lib.X265_RC_ABR: "abr"}, qg_size=int(rc.qg_size)),
                 "cu_tree": bool(rc.cu_tree),
                 **self._eff,
             })
