@@ -116,7 +116,7 @@ def test_movement_sets_the_gop_back():
     assert np.allclose(gaps[-2:], 2.0), times  # moving (from 15 s): back to gop_s
 
 
-def test_cuts_always_objects_after_half_a_gop_get_an_idr():
+def test_cuts_always_objects_after_a_gop_get_an_idr():
     cfg = StorageConfig(gop_s=2.0, gop_max_s=60.0)
     mb = (H // 16, W // 16)
 
