@@ -24,7 +24,7 @@ from .analysis import Analyser
 from .config import Config
 from .encoders import get_encoder
 from .encoders.base import EncoderSettings
-from .errors import WriteError
+from .errors import SinkError, WriteError
 from .extensions import Extensions
 from .frame import Frame
 from .labeler import Labeler
@@ -119,9 +119,9 @@ def _storage(cfg: Config, source: Source, output: str, live: Live, scene_cuts: b
         return None, None
     if e.storage.dynamic_fps and live.sink is None and FORMATS.get(Path(output).suffix.lower(),
                                                                   "") is None:
-        raise WriteError(0, f"{output}: a raw stream keeps no timestamps, so the frames the "
-                         "storage profile leaves out would shorten it; write .mp4, .mkv or .ts, "
-                         "or set encoder.storage.dynamic_fps=false")
+        raise SinkError(f"{output}: a raw stream keeps no timestamps, so the frames the "
+                        "storage profile leaves out would shorten it; write .mp4, .mkv or .ts, "
+                        "or set encoder.storage.dynamic_fps=false")
     cuts = e.storage.dynamic_gop and not scene_cuts
     return (Observer(e.storage, source.fps, cfg.scene, cuts=cuts),
             StoragePolicy(e.storage, source.fps, source.time_base))

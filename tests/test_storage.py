@@ -15,7 +15,7 @@ import pytest
 from edge_semvc.analysis.scene import SceneConfig
 from edge_semvc.config import ConfigError, load_config
 from edge_semvc.encoders.config import StorageConfig
-from edge_semvc.errors import WriteError
+from edge_semvc.errors import SinkError
 from edge_semvc.frame import Frame
 from edge_semvc.pipeline import run_encode
 from edge_semvc.storage import Observer, StoragePolicy
@@ -256,7 +256,7 @@ def test_browser_plays_the_mp4(tmp_path):
 
 
 def test_a_raw_stream_is_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(WriteError, match="raw stream keeps no timestamps"):
+    with pytest.raises(SinkError, match="raw stream keeps no timestamps"):
         encode(tmp_path, Scene(10), "out.h264")
     assert not (tmp_path / "out.h264").exists()
     out, _ = encode(tmp_path, Scene(10), "ok.h264", "encoder.storage.dynamic_fps=false")
