@@ -7,7 +7,8 @@ Each clip is encoded at every rate point of a ladder with the same encoder setti
   otherwise run;
 - `core` (with `--baseline core`): the semantic configuration with the method's extensions off;
 - `rects8` (with `--baseline rects8`): the semantic run with each map cut down to the 8 ROI
-  rectangles Jetson's hardware encoder takes (`rects.py`) and rebuilt for x264.
+  rectangles with whole-QP deltas Jetson's hardware encoder takes (`rects.py`, rounded as the
+  jetson-v4l2 backend does) and rebuilt for x264.
 Every output is decoded and compared with the decoded source: Y-PSNR over the whole frame, the
 region of interest and the background; VMAF-NEG; detection F1 of an independent detector. Then
 BD-rate (akima) of semantic against each baseline on PSNR, VMAF and, where the ROI holds enough
@@ -42,7 +43,6 @@ from ..config import Config, ConfigError, load_config
 from ..frame import Frame
 from ..labeler import Labeler
 from ..pipeline import Live, run_encode
-from ..rects import to_rects
 from ..sources import RawVideoOptions, open_source
 from ..tools.models import prepare_config, ready_labeler
 from ..values import QpMap
@@ -235,9 +235,12 @@ def core_method(cfg: Config) -> Config:
 
 
 def rect_map(max_rects: int):
-    """What an encoder with `max_rects` ROI rectangles applies of a full map (`rects.py`)."""
+    """What Jetson's encoder applies of a full map: `max_rects` ROI rectangles (`rects.py`)
+    with whole-QP deltas, exactly as the jetson-v4l2 backend plans them (`plan_rois`)."""
+    from ..encoders.jetson_v4l2 import plan_rois
+
     def rebuilt(full: QpMap) -> QpMap:
-        return QpMap.from_rects(to_rects(full, max_rects), full.offsets.shape)
+        return QpMap.from_rects(plan_rois(full.offsets, max_rects).rects, full.offsets.shape)
     return rebuilt
 
 
