@@ -225,7 +225,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
             (live.sink.open(settings, enc.headers(), codec=enc.codec) if live.sink else
              FileSink(output, source.width, source.height, source.time_base, source.fps,
                       enc.headers(), codec=enc.codec)) as sink:
-        wants_idr = getattr(sink, "wants_idr", None)  # a segment must start with an IDR
+        recorder = _Recorder(enc, sink, stats)
         try:
             decoded = islice(source.frames(), max_frames or None)
             stages.append(_Stage(_timed(decoded, stats.timings["decode"]), None, "decode",
@@ -239,7 +239,6 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 from .visualize import OverlayVideo
                 overlay_video = OverlayVideo(visuals.video, source.width, source.height,
                                              source.fps)
-            left_out = None  # the last frame the storage profile left out, and its map
             for item in stages[-1]:
                 obs = None
                 if semantic:
@@ -252,27 +251,8 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                             np.zeros((0, frame.mb_h, frame.mb_w)), [], 1.0, [])
                         no_map = QpMap(np.zeros((frame.mb_h, frame.mb_w), np.float32))
                     labels, qp = no_labels, no_map
-                t0 = time.perf_counter()
                 stats.frames_mapped += mapped
-                offsets = qp.offsets if mapped else None
-                segment_start = bool(wants_idr and wants_idr(frame.pts))
-                if stats.storage is not None:
-                    decision = stats.storage.decide(frame, obs, segment_start)
-                    encode, idr = decision.encode, decision.idr is not None
-                else:  # a new scene, or a new segment, starts with an IDR
-                    encode, idr = True, cut or segment_start
-                stats.scene_cuts += cut
-                stats.frames += 1
-                if encode:
-                    left_out = None
-                    packets = (enc.encode(frame, offsets, force_idr=True) if idr
-                               else enc.encode(frame, offsets))
-                    stats.idr_requested += idr
-                    sink.write(packets)
-                    stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
-                    stats.bytes += sum(len(p.data) for p in packets)
-                else:
-                    left_out = (frame, offsets, obs)
+                recorder.record(frame, qp.offsets if mapped else None, cut, obs)
                 stats.add_frame(labels, qp)
                 if on_frame:
                     on_frame(frame, labels, qp)
@@ -283,12 +263,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                     overlay_video.write(overlay(frame, qp, labels))
                 if reporter:
                     reporter.update(stats.frames)
-            if left_out is not None:  # the recording lasts as long as the input
-                frame, offsets, obs = left_out
-                stats.storage.encode_anyway(frame, obs)
-                packets = enc.encode(frame, offsets)
-                sink.write(packets)
-                stats.bytes += sum(len(p.data) for p in packets)
+            recorder.finish()
         except (DecodeError, KeyboardInterrupt) as e:
             error = e
         except OSError as e:  # the output cannot be written (disk full, device gone)
@@ -301,9 +276,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 stage.stop()
             # Drain the encoder even after an error: delayed frames belong in the file.
             try:
-                packets = enc.flush()
-                sink.write(packets)
-                stats.bytes += sum(len(p.data) for p in packets)
+                recorder.write(enc.flush())
             except OSError as e:
                 error = error or _write_error(output, e)
             if overlay_video:
@@ -330,6 +303,48 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         raise error
     result["complete"] = True
     return result
+
+
+class _Recorder:
+    """Each frame to the encoder, its packets to the sink. Before each frame it asks the sink
+    whether a segment starts there and, with the storage profile, the policy whether to encode
+    the frame at all and whether as an IDR (else: a cut or a segment start is one)."""
+
+    def __init__(self, enc, sink, stats: RunStats):
+        self.enc, self.sink, self.stats = enc, sink, stats
+        self.wants_idr = getattr(sink, "wants_idr", None)  # a segment must start with an IDR
+        self.left_out = None  # the last frame the storage profile left out, and its map
+
+    def record(self, frame: Frame, offsets: np.ndarray | None, cut: bool, obs) -> None:
+        t0, stats = time.perf_counter(), self.stats
+        segment_start = bool(self.wants_idr and self.wants_idr(frame.pts))
+        if stats.storage is not None:
+            decision = stats.storage.decide(frame, obs, segment_start)
+            encode, idr = decision.encode, decision.idr is not None
+        else:
+            encode, idr = True, cut or segment_start
+        stats.scene_cuts += cut
+        if not encode:
+            self.left_out = (frame, offsets, obs)
+            stats.frames += 1
+            return
+        self.left_out = None
+        self.write(self.enc.encode(frame, offsets, force_idr=True) if idr
+                   else self.enc.encode(frame, offsets))
+        stats.frames += 1  # only now: a stop signal inside encode() leaves it uncounted
+        stats.idr_requested += idr
+        stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
+
+    def finish(self) -> None:
+        """The input ended: a frame left out last is encoded, so the recording lasts as long."""
+        if self.left_out is not None:
+            frame, offsets, obs = self.left_out
+            self.stats.storage.encode_anyway(frame, obs)
+            self.write(self.enc.encode(frame, offsets))
+
+    def write(self, packets) -> None:
+        self.sink.write(packets)
+        self.stats.bytes += sum(len(p.data) for p in packets)
 
 
 EXIT_INCOMPLETE = 3
