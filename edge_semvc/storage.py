@@ -130,11 +130,12 @@ class StoragePolicy:
         self._last_encoded: float | None = None
         self._last_idr: float | None = None
         self._last_seen: float | None = None
-        self._gop_changed: list[float] = []
+        self._gop_changed = [0.0, 0]  # the open GOP's summed change area and its frames
         self.skipped = 0
         self.encoded = 0
         self.reasons: Counter[str] = Counter()
-        self.gops: list[float] = []  # seconds between consecutive IDRs
+        # seconds between consecutive IDRs: count, sum, min, max (a service runs for months)
+        self.gops = [0, 0.0, float("inf"), 0.0]
         self.idr_log: deque[dict] = deque(maxlen=IDR_LOG)
 
     def _seconds(self, frame: Frame) -> float:
@@ -146,7 +147,8 @@ class StoragePolicy:
     def decide(self, frame: Frame, obs: Observation, segment_start: bool) -> Decision:
         cfg, t = self.cfg, self._seconds(frame)
         self._last_seen = t
-        self._gop_changed.append(obs.changed)
+        self._gop_changed[0] += obs.changed
+        self._gop_changed[1] += 1
         idr = self._idr_reason(t, obs, segment_start)
         encode = idr is not None or not cfg.dynamic_fps or self._something_new(t, obs)
         if not encode:
@@ -191,25 +193,33 @@ class StoragePolicy:
     def _start_gop(self, t: float, reason: str, index: int) -> None:
         cfg = self.cfg
         if self._last_idr is not None:
-            self.gops.append(t - self._last_idr)
-            static = float(np.mean(self._gop_changed)) <= cfg.static_area
+            self.gops = _with_gop(self.gops, t - self._last_idr)
+            changed, frames = self._gop_changed
+            static = changed / max(frames, 1) <= cfg.static_area
             self.target = min(self.target * 2, cfg.gop_max_s) if static else cfg.gop_s
-        self._last_idr, self._gop_changed = t, []
+        self._last_idr, self._gop_changed = t, [0.0, 0]
         self.reasons[reason] += 1
         self.idr_log.append({"frame": index, "time_s": round(t, 3), "reason": reason})
 
     def stats(self) -> dict:
         """What the run did so far (the open GOP counts up to the last frame seen)."""
-        gops = list(self.gops)
+        gops = self.gops
         if self._last_idr is not None:
-            gops.append(self._last_seen - self._last_idr + 1.0 / float(self.fps))
+            gops = _with_gop(gops, self._last_seen - self._last_idr + 1.0 / float(self.fps))
+        count, total, shortest, longest = gops
         return {
             "frames_encoded": self.encoded,
             "frames_skipped": self.skipped,
             "idr_reasons": dict(self.reasons),
-            "gop_s": ({"min": round(min(gops), 3), "mean": round(float(np.mean(gops)), 3),
-                       "max": round(max(gops), 3), "count": len(gops)} if gops else None),
+            "gop_s": ({"min": round(shortest, 3), "mean": round(total / count, 3),
+                       "max": round(longest, 3), "count": count} if count else None),
             # the longest wait for a decodable picture when seeking: a whole GOP
-            "longest_seek_s": round(max(gops), 3) if gops else None,
+            "longest_seek_s": round(longest, 3) if count else None,
             "idrs": list(self.idr_log),
         }
+
+
+def _with_gop(gops: list, seconds: float) -> list:
+    """[count, sum, min, max] of GOP lengths with one more."""
+    count, total, shortest, longest = gops
+    return [count + 1, total + seconds, min(shortest, seconds), max(longest, seconds)]
