@@ -23,7 +23,7 @@ from ..encoders import get_encoder
 from ..pipeline import run_encode
 from ..sources import open_source
 from .metrics import bd_rate
-from .run import evaluate, read_reference
+from .reference import evaluate, read_reference
 
 
 def bench_backends(clip: str, backends: list[str], ladder: list[float], preset: str,
