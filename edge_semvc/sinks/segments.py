@@ -60,11 +60,10 @@ import av
 from ..errors import SinkError
 from .config import RecordConfig
 from .file import _check_codec, has_parameter_sets, is_idr
+from .segment_file import Segment, unlink_part
 
 log = logging.getLogger(__name__)
 
-_MUXERS = {"ts": ("mpegts", {"avoid_negative_ts": "disabled"}),  # as FileSink: exact pts
-           "mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof"})}
 _STAMP = "%Y%m%dT%H%M%SZ"
 # A second segment started within the same second gets `_0001`, `_0002` ...: '_' sorts after
 # '.', so names list in recording order (faster-than-real-time input starts several a second).
@@ -72,112 +71,6 @@ _NAME = re.compile(r"^(\d{8}T\d{6}Z)(?:_(\d{4}))?\.(ts|mp4)$")
 # PyAV re-raises our file object's OSError; its own failures (a trailer after an I/O error,
 # timestamps a muxer refuses) are FFmpegError, not an OSError: both end the segment, not the run
 _WRITE_ERRORS = (OSError, av.error.FFmpegError)
-
-
-class _File:
-    """The file PyAV muxes into, opened by us rather than by FFmpeg's file protocol: a write
-    error reaches us as the OSError (with errno) of the failing write, we fsync the very
-    descriptor, and we know whether the disk accepted any bytes. No ``close`` attribute on
-    purpose: PyAV would call it when the container closes, before our fsync."""
-
-    def __init__(self, path: Path) -> None:
-        # O_NOFOLLOW: a link planted under the temporary name must not make us truncate and
-        # write another file (the service may run as root)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-                          | os.O_NOFOLLOW, 0o644)
-        self.written = 0
-
-    def write(self, data) -> int:
-        view = memoryview(data)
-        while view:  # os.write may write less than asked near a full disk
-            view = view[os.write(self.fd, view):]
-        self.written += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return os.lseek(self.fd, offset, whence)
-
-    def tell(self) -> int:
-        return os.lseek(self.fd, 0, os.SEEK_CUR)
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-
-class _Segment:
-    """One segment being written under its temporary name."""
-
-    def __init__(self, final: Path, fmt: str, settings, start_pts: int,
-                 codec: str = "h264") -> None:
-        self.time_base = settings.time_base  # the stream's own changes when the header is written
-        self.final = final
-        self.part = final.with_name(f".{final.name}.part")
-        self.start_pts = self.max_pts = start_pts
-        self.frames = 0
-        self.file = _File(self.part)
-        muxer, options = _MUXERS[fmt]
-        try:
-            self.container = av.open(self.file, mode="w", format=muxer, options=dict(options))
-            self.stream = self.container.add_mux_stream(
-                codec, rate=settings.fps, width=settings.width, height=settings.height)
-            self.stream.time_base = settings.time_base
-        except BaseException:
-            self.file.release()
-            raise
-
-    def write(self, packet, data: bytes) -> None:
-        pkt = av.Packet(data)
-        pkt.stream = self.stream
-        pkt.time_base = self.time_base
-        pkt.pts, pkt.dts = int(packet.pts), int(packet.dts)
-        pkt.is_keyframe = bool(packet.keyframe)
-        self.container.mux(pkt)
-        self.frames += 1
-        self.max_pts = max(self.max_pts, int(packet.pts))
-
-    def finish(self) -> int:
-        """Trailer, fsync, rename, fsync of the folder; returns the size. Raises on failure."""
-        self.container.close()
-        os.fsync(self.file.fd)
-        size = os.fstat(self.file.fd).st_size
-        self.file.release()
-        os.replace(self.part, self.final)
-        _fsync_dir(self.final.parent)
-        return size
-
-    def abort(self) -> bool:
-        """Give the segment up after an error: close what can be closed, delete the .part.
-        False when the .part could not be deleted (its folder is unreachable just now)."""
-        with contextlib.suppress(Exception):  # the trailer fails after an I/O error: expected
-            self.container.close()
-        with contextlib.suppress(OSError):
-            self.file.release()
-        return _unlink_part(self.part)
-
-
-def _unlink_part(part: Path) -> bool:
-    """Delete a .part; False if it may still exist (its folder is away: a disk unmounted)."""
-    try:
-        os.unlink(part)
-    except FileNotFoundError:
-        return part.parent.is_dir()
-    except OSError:
-        return False
-    return True
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (a power cut right after it must not bring the .part back)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:  # the segment is written; only its name's durability is at stake
-        log.warning("fsync of folder %s failed: %s", folder, e)
 
 
 def _lock_folder(path: Path, camera: str) -> int:
@@ -241,7 +134,7 @@ class SegmentSink:
         self._seg_ticks = Fraction(cfg.segment_seconds) / self.time_base
         self._frame_ticks = 1 / (Fraction(settings.fps) * self.time_base)
         self._max_backoff = max(cfg.retry_frames, math.ceil(self._seg_ticks / self._frame_ticks))
-        self._seg: _Segment | None = None
+        self._seg: Segment | None = None
         # pts from which wants_idr() asks for the next IDR (None: the next frame). Kept on the
         # input side: packets come out frames later (lookahead, B-frames), so the open segment's
         # start cannot say when to ask.
@@ -369,13 +262,13 @@ class SegmentSink:
             if not self.root.is_dir():  # an unmounted disk: wait, do not record onto / instead
                 raise FileNotFoundError(errno_mod.ENOENT, "record.dir is missing", str(self.root))
             self.path.mkdir(exist_ok=True)
-            self._seg = _Segment(self._free_name(), self.cfg.format, self.settings, pts,
+            self._seg = Segment(self._free_name(), self.cfg.format, self.settings, pts,
                                  self.codec)
         except _WRITE_ERRORS as e:
             self._failed(self.path, e, 0, pts)
             return False
         # the folder is back: delete what could not be deleted while it was away
-        self._litter = [part for part in self._litter if not _unlink_part(part)]
+        self._litter = [part for part in self._litter if not unlink_part(part)]
         self._retry_pts = None
         # an ignored request (the caller did not force it): count from the actual start
         self._due = max(self._due if self._due is not None else pts, pts + self._seg_ticks)
@@ -412,7 +305,7 @@ class SegmentSink:
                    seconds=round(seconds, 6), bytes=size, start_pts=seg.start_pts)
         self._retain(seg.final.name)
 
-    def _give_up(self, seg: _Segment) -> None:
+    def _give_up(self, seg: Segment) -> None:
         if not seg.abort():
             self._litter.append(seg.part)
 
@@ -434,7 +327,7 @@ class SegmentSink:
         self._emit("write_error", path=str(path), reason=reason, errno=getattr(e, "errno", None),
                    frames_lost=frames, retry_in_frames=wait if pts is not None else 0)
 
-    def _resumed(self, seg: _Segment) -> None:
+    def _resumed(self, seg: Segment) -> None:
         self._emit("write_resumed", path=str(seg.final), frames_lost=self._lost_since_error,
                    errors=self._failures)
         self._failures = self._backoffs = 0
