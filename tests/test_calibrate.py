@@ -9,14 +9,16 @@ from edge_semvc.cli import main as cli_main
 from edge_semvc.labeler.runtime import LabelerError
 from edge_semvc.sources import open_source
 from edge_semvc.tools.calibrate import (
-    FrameRef,
     calibrate,
     compare,
-    load_frames,
     model_input,
     open_model,
     output_head_nodes,
     output_paths,
+)
+from edge_semvc.tools.calibration_frames import (
+    FrameRef,
+    load_frames,
     read_frames_list,
     select_frames,
 )
