@@ -131,6 +131,18 @@ class PacedSource:
         if self._on_start:
             self._on_start(now)
 
+    def _read(self, it):
+        """(item, read time, first) for the next (pts, frame) of the input, or None at its end
+        (`ended_by` says so); the first item starts the clock."""
+        item, now = self._timed_read(it)
+        if item is None:
+            self.ended_by = "end of input"
+            return None
+        first = self.t0 is None
+        if first:
+            self._start(now)
+        return item, now, first
+
     def frames(self) -> Iterator[Frame]:
         return self._paced() if self.realtime else self._unpaced()
 
@@ -138,13 +150,11 @@ class PacedSource:
         it = self._raw()
         index = 0
         while True:
-            item, now = self._timed_read(it)
-            if item is None:
-                self.ended_by = "end of input"
+            read = self._read(it)
+            if read is None:
                 return
-            if self.t0 is None:
-                self._start(now)
-            elif self.seconds and now - self.t0 >= self.seconds:
+            item, now, first = read
+            if not first and self.seconds and now - self.t0 >= self.seconds:
                 self.ended_by = "seconds"
                 return
             self.offered += 1
@@ -183,12 +193,11 @@ class PacedSource:
         base = pts0 = 0
         try:
             while not self._stop.is_set():
-                item, now = self._timed_read(it)
-                if item is None:
-                    self.ended_by = "end of input"
+                read = self._read(it)
+                if read is None:
                     return
-                if self.t0 is None:
-                    self._start(now)
+                item, now, first = read
+                if first:
                     base, pts0 = now, item[0]
                 media = float((item[0] - pts0) * self.time_base) / self.speed
                 due = base + media
