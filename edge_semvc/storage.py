@@ -34,7 +34,8 @@ from fractions import Fraction
 import numpy as np
 from scipy import ndimage
 
-from .analysis.complexity import block_mean, block_samples
+from .analysis.change import block_mad
+from .analysis.complexity import block_samples
 from .analysis.scene import SceneAnalyser, SceneConfig
 from .encoders.config import StorageConfig
 from .frame import Frame
@@ -82,7 +83,7 @@ class Observer:
             self._seen.clear()
             diff = None
         else:
-            diff = block_mean(np.abs(blocks - prev))
+            diff = block_mad(prev, blocks)
             if self._floor is None:
                 self._floor = diff
             else:
@@ -188,7 +189,7 @@ class StoragePolicy:
             return True
         if t - self._last_encoded >= 1.0 / self.cfg.min_fps - 0.5 / float(self.fps):
             return True
-        return bool((block_mean(np.abs(obs.blocks - self._ref)) > obs.threshold).any())
+        return bool((block_mad(self._ref, obs.blocks) > obs.threshold).any())
 
     def _start_gop(self, t: float, reason: str, index: int) -> None:
         cfg = self.cfg

@@ -13,9 +13,13 @@ import numpy as np
 from .complexity import block_mean
 
 
+def block_mad(prev_blocks: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Mean absolute luma difference per macroblock between two frames' samples."""
+    return block_mean(np.abs(blocks - prev_blocks))
+
+
 def change_map(prev_blocks: np.ndarray | None, blocks: np.ndarray,
                full_mad: float) -> np.ndarray:
     if prev_blocks is None or prev_blocks.shape != blocks.shape:
         return np.zeros((blocks.shape[0], blocks.shape[2]), np.float32)
-    mad = block_mean(np.abs(blocks - prev_blocks))
-    return np.clip(mad / full_mad, 0.0, 1.0).astype(np.float32)
+    return np.clip(block_mad(prev_blocks, blocks) / full_mad, 0.0, 1.0).astype(np.float32)

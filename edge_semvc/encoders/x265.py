@@ -223,7 +223,7 @@ class X265Encoder(Encoder):
         base.check_rate_control(s, "x265", "quantOffsets")
         for name, value in base.rate_options(s):
             self._set(name, value)
-        if getattr(s, "caller_idr", False):  # x265: keyint -1 = one GOP, no scene-cut IDRs;
+        if s.caller_idr:  # x265: keyint -1 = one GOP, no scene-cut IDRs;
             self._set("keyint", -1)  # params may still change it: the user's word is last
 
     def _rc(self, param=None):
