@@ -52,6 +52,9 @@ class EncoderConfig:
     preset: str = "veryfast"  # x264 preset
     tune: str = ""  # x264 tune, e.g. zerolatency (no lookahead or B-frame delay)
     keyint: int = 0  # 0 = x264's default
+    # periodic intra refresh instead of IDR pictures (x264/x265 intra-refresh): a steady rate
+    # without I-frame bursts for a narrow link; keyint is then the refresh period
+    intra_refresh: bool = False
     threads: int = 0  # 0 = auto
     params: dict[str, str] = field(default_factory=dict)  # extra x264 options (param_parse)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -76,4 +79,25 @@ class EncoderConfig:
         check(self.rc == "crf" or self.bitrate > 0, "encoder.bitrate", self.bitrate,
               f"a positive bitrate (rate control {self.rc!r} needs one)")
         check(self.keyint >= 0, "encoder.keyint", self.keyint, ">= 0")
+        check(not (self.intra_refresh and self.profile == "storage"), "encoder.intra_refresh",
+              self.intra_refresh, "false with encoder.profile storage (recordings seek to IDRs)")
+        check(not self.intra_refresh or self.backend in ("x264", "x265"),
+              "encoder.intra_refresh", self.intra_refresh,
+              f"false with encoder.backend {self.backend} (x264 and x265 have it)")
         check(self.threads >= 0, "encoder.threads", self.threads, ">= 0")
+
+
+def check_live_rate(old: EncoderConfig, new: EncoderConfig) -> None:
+    """A rate change while frames flow (`encoder.bitrate`, `encoder.crf` over MQTT) is one the
+    encoder can take without restarting: the bit rate changes only where it was a target or a
+    cap from the start (cbr, crf with a bitrate); x264 and x265 keep abr's rate and cannot
+    add or remove a cap."""
+    if new.bitrate == old.bitrate:
+        return
+    check(old.rc != "abr", "encoder.bitrate", new.bitrate,
+          "no live change with encoder.rc abr (start with rc cbr to follow a link)")
+    check(old.bitrate > 0 and new.bitrate > 0, "encoder.bitrate", new.bitrate,
+          "a live change between positive rates (a cap set at the start cannot be added or "
+          "removed live)")
+    check(old.backend in ("x264", "x265", "nvenc", "jetson-v4l2"), "encoder.bitrate",
+          new.bitrate, f"no live change with encoder.backend {old.backend}")

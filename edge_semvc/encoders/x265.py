@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -225,6 +226,8 @@ class X265Encoder(Encoder):
             self._set(name, value)
         if s.caller_idr:  # x265: keyint -1 = one GOP, no scene-cut IDRs;
             self._set("keyint", -1)  # params may still change it: the user's word is last
+        if s.intra_refresh:  # keyint is then the refresh period
+            self._set("intra-refresh", "1")
 
     def _rc(self, param=None):
         out = self._ffi.new("semvc265_rc_t *")
@@ -348,6 +351,27 @@ class X265Encoder(Encoder):
             if ret == 0:
                 return out
             out += self._packets(ret)
+
+    def reconfigure(self, bitrate: int | None, crf: float) -> None:
+        self._require_open()
+        s = self.settings
+        kbps, vbv, rf = base.rate_change(s, bitrate, crf, "x265")
+        scratch = self._api.param_alloc()
+        now = self._ffi.new("semvc265_rc_t *")
+        try:
+            errors: list[str] = []
+            with _x265_messages(errors):
+                ret = self._lib.semvc265_reconfig_rate(self._api, self._enc, scratch, kbps, vbv,
+                                                       vbv, rf, now)
+        finally:
+            self._api.param_free(scratch)
+        took = ((not kbps or now.bitrate == kbps) and (not vbv or now.vbv_max_bitrate == vbv)
+                and (rf < 0 or abs(now.rf_constant - rf) < 1e-3))
+        if ret < 0 or not took:
+            why = "; ".join(errors) or "the new values did not take"
+            raise EncoderError(f"x265_encoder_reconfig failed: {why}")
+        self.settings = dataclasses.replace(s, bitrate=bitrate, crf=crf)
+        self._eff_rc = now
 
     def headers(self) -> bytes:
         """VPS, SPS and PPS (Annex-B, with start codes), read when the encoder opened."""

@@ -5,7 +5,7 @@ capture -> process -> record, as `encode` does, in the camera's own thread:
 
     source = open_source(uri)              # retried with backoff while it fails
     paced = PacedSource(source, ...)       # a one-frame buffer: a late pipeline drops frames
-    run_encode(paced, ..., live=Live(sink=segments, updates=pending_config, stats=stats))
+    run_encode(paced, [segments, *streams], ..., live=Live(updates=pending_config, stats=stats))
 
 A run ends when the input ends (a file without `loop`), is lost (a decode error, a stream
 that stops) or the service stops; a lost input is opened again, the other cameras never notice.
@@ -22,8 +22,10 @@ from typing import Callable
 from ..config import Config
 from ..errors import DecodeError, EdgeSemvcError
 from ..pipeline import Live, RunStats, run_encode
+from ..sinks import open_output
+from ..sinks.base import Outputs
 from ..sinks.config import RecordConfig
-from ..sinks.segments import SegmentSink
+from ..sinks.segments import SegmentOutput
 from ..sources import LIVE_SCHEMES, open_source
 from ..sources.paced import PacedSource
 
@@ -49,25 +51,16 @@ class Backoff:
         self.current = 0.0
 
 
-class SegmentTarget:
-    """Opens the camera's SegmentSink once the encoder's headers are known (pipeline.SinkTarget)."""
-
-    def __init__(self, record: RecordConfig, camera: str, on_event: Callable[..., None]):
-        self.record, self.camera, self.on_event = record, camera, on_event
-        self.global_headers = SegmentSink.wants_global_headers(record)
-
-    def open(self, settings, headers: bytes, codec: str = "h264") -> SegmentSink:
-        return SegmentSink(self.record, self.camera, settings, headers, on_event=self.on_event,
-                           codec=codec)
-
-
 class Camera:
     """Runs one camera until `stop` is set. `emit(camera, event, fields)` reports events."""
 
-    def __init__(self, name: str, uri: str, cfg: Config, record: RecordConfig,
-                 emit: Callable[[str, str, dict], None], *, loop: bool = False,
-                 realtime: bool = True, queue_frames: int = 1, backoff: Backoff | None = None):
+    def __init__(self, name: str, uri: str, cfg: Config, record: RecordConfig | None,
+                 emit: Callable[[str, str, dict], None], *, outputs: tuple[str, ...] = (),
+                 loop: bool = False, realtime: bool = True, queue_frames: int = 1,
+                 backoff: Backoff | None = None):
         self.name, self.uri, self.cfg, self.record = name, uri, cfg, record
+        self.output_uris = tuple(outputs)  # stream outputs beside the recording (None: none)
+        self.outputs: Outputs | None = None  # the current run's
         self.emit = lambda event, **fields: emit(name, event, fields)
         self.loop, self.realtime, self.queue_frames = loop, realtime, queue_frames
         self.backoff = backoff or Backoff()
@@ -99,6 +92,10 @@ class Camera:
         """Use `cfg` from the next frame on (only live-safe keys may differ: serve/remote.py)."""
         with self._lock:
             self._pending = self.cfg = cfg
+
+    def output_stats(self) -> list[dict]:
+        outputs = self.outputs
+        return outputs.stats() if outputs is not None else []
 
     def dropped(self) -> int:
         paced = self._paced
@@ -148,8 +145,10 @@ class Camera:
         """One run of the pipeline on `paced`; the reason it broke, or None at its end."""
         self.runs += 1
         stats = self.stats = RunStats()
-        target = SegmentTarget(self.record, self.name, self.emit)
-        live = Live(sink=target, updates=self._take_update, stats=stats,
+        outputs = self.outputs = Outputs(
+            ([SegmentOutput(self.record, self.name, self.emit)] if self.record else [])
+            + [open_output(uri, on_event=self.emit) for uri in self.output_uris])
+        live = Live(updates=self._take_update, stats=stats,
                     timing_window=TIMING_WINDOW, queue_frames=self.queue_frames)
         self._pending = None  # this run starts from self.cfg
         start = self.frames_total
@@ -169,8 +168,7 @@ class Camera:
             self.backoff.reset()
 
         try:
-            run_encode(paced, f"{self.record.dir}/{self.name}", self.cfg, on_frame=on_frame,
-                       live=live)
+            run_encode(paced, outputs.outputs, self.cfg, on_frame=on_frame, live=live)
         except DecodeError as e:
             return str(e)
         except EdgeSemvcError as e:  # an encoder or model problem: report it, try again

@@ -127,6 +127,10 @@ class CameraConfig:
     realtime: bool = True  # file inputs are played at their own frame rate, like a camera
     queue_frames: int = 1  # frames queued between the pipeline's threads (latency)
     profile: str = ""  # "" = encoder.profile; live or storage for this camera alone
+    record: bool = True  # record into record.dir (false: stream only, e.g. a drone's downlink)
+    # stream outputs fed by the same encoder: rtp://HOST:PORT, udp://HOST:PORT, srt://...,
+    # rtsp://@:PORT/PATH (README, Outputs)
+    outputs: list[str] = field(default_factory=list)
 
     def validate(self, key: str) -> None:
         check(isinstance(self.input, str) and bool(self.input.strip()), f"{key}.input",
@@ -134,6 +138,12 @@ class CameraConfig:
         check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
         check(self.profile in ("", *PROFILES), f"{key}.profile", self.profile,
               f"'' (encoder.profile) or {' or '.join(PROFILES)}")
+        check(self.record or bool(self.outputs), f"{key}.record", self.record,
+              "true, or stream outputs in outputs: (a camera must go somewhere)")
+        for i, uri in enumerate(self.outputs):
+            check("://" in uri and not uri.startswith("file://"), f"{key}.outputs[{i}]", uri,
+                  "a stream URI: rtp://, udp://, srt:// or rtsp://@:PORT/PATH (recordings "
+                  "go to record.dir)")
 
 
 @dataclass
@@ -170,7 +180,10 @@ class ServeConfig(Config):
                 except ConfigError as e:
                     raise ConfigError(f"cameras.{name}.profile {cam.profile}: {e}") from None
         self.cameras = parsed
-        self.record.validate()
+        if any(cam.record for cam in parsed.values()) or self.record.dir:
+            self.record.validate()
+        check(bool(self.record.dir or self.state_dir), "state_dir", self.state_dir,
+              "a folder for the remote changes when no camera records (record.dir unset)")
         self.mqtt.validate()
         return self
 

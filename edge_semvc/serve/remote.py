@@ -20,12 +20,14 @@ import yaml
 
 from ..config import Config
 from ..config_model import UniqueKeyLoader, merge
+from ..encoders.config import check_live_rate
 from ..errors import ConfigError
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 # Dotted keys (or whole sections, ending in '.') a remote change may set.
 LIVE_KEYS = ("qp.", "analysis.", "labeler.priority", "labeler.max_age_s",
-             "fusion.description")  # "watch the vehicles at the gate", from a dashboard
+             "fusion.description",  # "watch the vehicles at the gate", from a dashboard
+             "encoder.bitrate", "encoder.crf")  # following the link: at the next frame
 NOT_LIVE = {"qp.device"}  # a backend choice: set in the configuration file, with a restart
 
 
@@ -67,6 +69,7 @@ def apply_change(current: Config, doc: dict[str, Any]) -> Config:
     try:
         merge(candidate, doc, "")
         candidate.validate()
+        check_live_rate(current.encoder, candidate.encoder)
     except ConfigError as e:
         raise RemoteChangeRejected(str(e), _key_of(str(e))) from None
     return candidate

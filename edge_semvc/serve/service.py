@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..config import Config
 from ..errors import ConfigError
+from ..sinks import open_output
 from ..stop import finalising
 from .camera import Camera
 from .config import ServeConfig
@@ -41,10 +42,13 @@ class Service:
         self._config_lock = threading.Lock()
         _check_models_prepared(cfg.pipeline_config())  # never downloads: `make install-service`
         for name, cam in cfg.cameras.items():
+            for uri in cam.outputs:  # pre-flight: a bad output URI or missing GStreamer: exit 2
+                open_output(uri)
             self.telemetry.add_camera(name)
             self.cameras[name] = Camera(name, cam.input,
                                         self._restored(name, cfg.pipeline_config(name)),
-                                        cfg.record, self._event, loop=cam.loop,
+                                        cfg.record if cam.record else None, self._event,
+                                        outputs=tuple(cam.outputs), loop=cam.loop,
                                         realtime=cam.realtime, queue_frames=cam.queue_frames)
 
     # --- events and remote configuration -----------------------------------------------------

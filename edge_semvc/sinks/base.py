@@ -51,6 +51,9 @@ class Output(ABC):
     global_headers: bool = False
     # a write failure ends the run (a file the user asked for); else it is reported and retried
     fatal: bool = False
+    # the packets' timestamps reach the receiver (a raw .h264 file keeps none: frames left out
+    # by the storage profile would shorten it)
+    keeps_timestamps: bool = True
 
     @abstractmethod
     def open(self, info: StreamInfo) -> None:
@@ -83,6 +86,7 @@ class Outputs:
 
     def __init__(self, outputs: Iterable[Output]):
         self.outputs = list(outputs)
+        self._closed = False
         if not self.outputs:
             raise ValueError("a run needs at least one output")
 
@@ -123,6 +127,11 @@ class Outputs:
         return [o.stats() for o in self.outputs]
 
     def close(self) -> None:
+        """Close every output (once: later calls do nothing); the first failure is raised
+        after all are closed."""
+        if self._closed:
+            return
+        self._closed = True
         errors = []
         for o in self.outputs:
             try:

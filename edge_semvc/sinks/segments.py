@@ -58,6 +58,7 @@ from typing import Callable
 import av
 
 from ..errors import SinkError
+from .base import Output, StreamInfo
 from .config import RecordConfig
 from .file import _check_codec, has_parameter_sets, is_idr
 from .segment_file import Segment, unlink_part
@@ -397,3 +398,33 @@ class SegmentSink:
             self._on_event(name, **fields)
         except Exception:  # a reporting bug must not stop the recording
             log.exception("on_event(%r) failed", name)
+
+
+class SegmentOutput(Output):
+    """A camera's recorded segments as one output of its run (`SegmentSink` once open): never
+    fatal, its write failures are events (see the module's docstring)."""
+
+    def __init__(self, cfg: RecordConfig, camera: str, on_event: Callable[..., None] | None = None,
+                 now: Callable[[], datetime] | None = None):
+        self.cfg, self.camera, self.on_event, self.now = cfg, camera, on_event, now
+        self.uri = f"{cfg.dir}/{camera}"
+        self.global_headers = SegmentSink.wants_global_headers(cfg)
+        self.sink: SegmentSink | None = None
+
+    def open(self, info: StreamInfo) -> None:
+        self.sink = SegmentSink(self.cfg, self.camera, info, info.headers,
+                                on_event=self.on_event, now=self.now, codec=info.codec)
+
+    def wants_idr(self, pts: int | None) -> bool:
+        return self.sink.wants_idr(pts)
+
+    def write(self, packet) -> None:
+        self.sink.write(packet)
+
+    def stats(self) -> dict:
+        return {"uri": self.uri, "state": "recording" if self.sink and not self.sink._closed
+                else "closed", **(self.sink.stats() if self.sink else {})}
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
