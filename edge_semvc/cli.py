@@ -33,10 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("output", nargs="+",
                    help="one or more outputs, all fed by one encoder: a file (its extension "
                         "picks the container: .mp4, .mkv, .ts, .h264, .hevc), - (standard "
-                        "output, MPEG-TS; -?format=h264 for raw), rtp://HOST:PORT, "
+                        "output: see --stdout-format), rtp://HOST:PORT, "
                         "udp://HOST:PORT (MPEG-TS), srt://HOST:PORT, rtsp://@:PORT/PATH (a "
                         "built-in server); README, Outputs")
     add_encoder_arguments(e)
+    e.add_argument("--stdout-format", choices=["ts", "h264", "hevc"], default="ts",
+                   help="what the output - writes: MPEG-TS (default) or raw Annex-B")
     e.add_argument("--frames", type=non_negative_int, default=0, metavar="N",
                    help="encode only the first N frames (0: all)")
     e.add_argument("--stats-json", help="write run statistics to this file")
@@ -107,6 +109,8 @@ def cmd_encode(args) -> int:
 
     cfg = load_config(args.config, config_overrides(args))
     # Unsupported outputs and extensions, unwritable paths fail before any work.
+    if args.stdout_format != "ts":
+        args.output = [f"-?format={args.stdout_format}" if u == "-" else u for u in args.output]
     streams = [open_output(uri, on_event=_log_event) for uri in args.output]
     files = {f"OUTPUT {uri}": uri for uri in args.output if not is_stream(uri)}
     outputs = {**files, "--stats-json": args.stats_json,
