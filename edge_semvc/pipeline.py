@@ -317,16 +317,16 @@ class _Recorder:
 
     def __init__(self, enc, sink: Outputs, stats: RunStats, rate: EncoderConfig):
         self.enc, self.sink, self.stats = enc, sink, stats
-        self.rate = rate  # the rate control the encoder runs with (encoder.bitrate, crf)
+        self.rate = (rate.bitrate, rate.crf)  # what the encoder runs with (a copy: values)
         self.left_out = None  # the last frame the storage profile left out, and its map
 
     def retune(self, new: EncoderConfig) -> None:
         """A live change of the target rate (following a link): from the next frame encoded,
         no IDR, no break in any output."""
-        if (new.bitrate, new.crf) != (self.rate.bitrate, self.rate.crf):
+        if (new.bitrate, new.crf) != self.rate:
             self.enc.reconfigure(bitrate=new.bitrate or None, crf=new.crf)
             self.stats.rate_changes += 1
-        self.rate = new
+            self.rate = (new.bitrate, new.crf)
 
     def record(self, frame: Frame, offsets: np.ndarray | None, cut: bool, obs) -> None:
         t0, stats = time.perf_counter(), self.stats
