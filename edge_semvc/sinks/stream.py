@@ -19,6 +19,7 @@ import errno as errno_mod
 import ipaddress
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class _MuxerOutput(Output):
         self._container = self._stream = None
         self.info: StreamInfo | None = None
         self.state = "new"
-        self.packets = self.bytes_sent = self.dropped = self.errors = 0
+        self.packets = self.bytes_sent = self.dropped = self.errors = self.reconnects = 0
         self._lost = False
         self._waiting_for_idr = False
 
@@ -62,19 +63,23 @@ class _MuxerOutput(Output):
     # -- Output
 
     def open(self, info: StreamInfo) -> None:
-        import av
-
         self.info = info
-        target, options = self._target()
         try:
-            self._container = av.open(target, mode="w", format=self.format, options=options)
-            self._stream = self._container.add_mux_stream(info.codec, rate=info.fps,
-                                                          width=info.width, height=info.height)
-            self._stream.time_base = info.time_base
-        except (av.error.FFmpegError, OSError) as e:
+            self._start()
+        except (OSError, Exception) as e:  # noqa: BLE001 - PyAV's errors name the cause
             self.close()
             raise SinkError(f"cannot open {self.role} {self.uri}: {e}") from None
         self.state = "streaming"
+
+    def _start(self) -> None:
+        import av
+
+        target, options = self._target()
+        self._container = av.open(target, mode="w", format=self.format, options=options)
+        info = self.info
+        self._stream = self._container.add_mux_stream(info.codec, rate=info.fps,
+                                                      width=info.width, height=info.height)
+        self._stream.time_base = info.time_base
 
     def write(self, packet) -> None:
         import av
@@ -87,11 +92,13 @@ class _MuxerOutput(Output):
         if key and not has_parameter_sets(data, self.info.codec):
             data = self.info.headers + data  # receivers may start at any IDR
         pkt = av.Packet(data)
-        pkt.stream = self._stream
         pkt.time_base = self.info.time_base
         pkt.pts, pkt.dts = int(packet.pts), int(packet.dts)
         pkt.is_keyframe = key
         try:
+            if self._container is None:  # after a failure: FFmpeg's I/O error is sticky
+                self._start()
+            pkt.stream = self._stream
             self._container.mux(pkt)
         except (av.error.FFmpegError, OSError) as e:
             self._failed(e)
@@ -102,12 +109,14 @@ class _MuxerOutput(Output):
         if self._lost:
             self._lost = False
             self.state = "streaming"
+            self.reconnects += 1
             self._emit("output_back", errors=self.errors, dropped=self.dropped)
 
     def _failed(self, e: BaseException) -> None:
         self.errors += 1
         self.dropped += 1
         self._waiting_for_idr = True  # a receiver cannot decode past the gap until an IDR
+        self._drop_container()  # opened again at the next IDR
         if not self._lost:
             self._lost = True
             self.state = "lost"
@@ -115,9 +124,18 @@ class _MuxerOutput(Output):
             log.warning("%s: sending failed (%s); retrying at each keyframe", self.uri, reason)
             self._emit("output_lost", reason=reason)
 
+    def _drop_container(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001 - it failed already; the socket goes anyway
+                pass
+
     def stats(self) -> dict:
         return {"uri": self.uri, "state": self.state, "packets": self.packets,
-                "bytes_sent": self.bytes_sent, "dropped": self.dropped, "errors": self.errors}
+                "bytes_sent": self.bytes_sent, "dropped": self.dropped, "errors": self.errors,
+                "reconnects": self.reconnects}
 
     def close(self) -> None:
         container, self._container = self._container, None
@@ -159,13 +177,15 @@ class RtpOutput(_MuxerOutput):
             if not folder.is_dir():
                 raise SinkError(f"cannot write the SDP of {uri}: folder {folder} does not exist")
         self.sdp = ""
+        self.ssrc = secrets.randbits(31)
 
     def _target(self):
         query = [f"pkt_size={self.options.get('pkt_size', 1200)}"]
         if "ttl" in self.options:
             query.append(f"ttl={self.options['ttl']}")
         url = f"rtp://{_url_host(self.host)}:{self.port}?{'&'.join(query)}"
-        return url, {"payload_type": str(RTP_PAYLOAD_TYPE)}
+        # one SSRC for the output's life: a receiver keeps the stream when it is reopened
+        return url, {"payload_type": str(RTP_PAYLOAD_TYPE), "ssrc": str(self.ssrc)}
 
     def open(self, info: StreamInfo) -> None:
         super().open(info)
