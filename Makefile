@@ -97,7 +97,8 @@ install-service:
 	rm -rf $$src; \
 	$(SUDO) install -m 0644 README.md $(SERVICE_HOME)/README.md; \
 	echo "program: $(SERVICE_HOME)/venv/bin/edge-semvc (runtime packages of requirements.txt)"; \
-	$(SUDO) install -d -m 0750 -o edge-semvc -g edge-semvc $(SERVICE_CACHE) $(SERVICE_STATE); \
+	$(SUDO) install -d -m 0750 -o edge-semvc -g edge-semvc $(SERVICE_CACHE) $(SERVICE_STATE) \
+	  $(SERVICE_STATE)/recordings; \
 	$(SUDO) env EDGE_SEMVC_CACHE=$(SERVICE_CACHE) $(SERVICE_HOME)/venv/bin/edge-semvc \
 	  models prepare >/dev/null; \
 	if [ ! -e $(SERVICE_STATE)/demo.mp4 ]; then \

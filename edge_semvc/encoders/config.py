@@ -75,7 +75,8 @@ class EncoderConfig:
         check(self.rc in ("crf", "abr", "cbr"), "encoder.rc", self.rc,
               "crf, abr or cbr (x264 ignores the QP map in constant-QP mode)")
         check(0 <= self.crf <= 51, "encoder.crf", self.crf, "between 0 and 51")
-        check(self.bitrate >= 0, "encoder.bitrate", self.bitrate, ">= 0 bits/s")
+        check(0 <= self.bitrate <= 10**9, "encoder.bitrate", self.bitrate,
+              "0-1000000000 bits/s (0: none with crf)")
         check(self.rc == "crf" or self.bitrate > 0, "encoder.bitrate", self.bitrate,
               f"a positive bitrate (rate control {self.rc!r} needs one)")
         check(self.keyint >= 0, "encoder.keyint", self.keyint, ">= 0")
