@@ -27,11 +27,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import SinkError
-from . import host_port, uri_options
-from .base import EventCallback, Output, StreamInfo
+from . import host_port, int_in, uri_options
+from .base import EventCallback, Output, StreamInfo, emit_event
 from .file import has_parameter_sets, is_idr
 from .gst_child import HEADER, KEYFRAME
-from .stream import _int_in
 
 log = logging.getLogger(__name__)
 
@@ -331,11 +330,7 @@ class _GstOutput(Output):
             self._emit("output_lost", reason=reason)
 
     def _emit(self, name: str, **fields) -> None:
-        if self._on_event is not None:
-            try:
-                self._on_event(name, output=self.uri, **fields)
-            except Exception:  # a reporting bug must not stop the stream
-                log.exception("on_event(%r) failed", name)
+        emit_event(self._on_event, name, self.uri, **fields)
 
 
 _NO_STATS = {"bytes_sent": 0, "packets": 0, "dropped": 0}
@@ -388,7 +383,7 @@ class SrtOutput(_GstOutput):
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
-        parts, options = uri_options(uri, {"mode": str, "latency": _int_in(0, 60000)})
+        parts, options = uri_options(uri, {"mode": str, "latency": int_in(0, 60000)})
         self.mode = options.get("mode", "caller")
         if self.mode not in ("caller", "listener"):
             raise SinkError(f"output {uri!r}: mode must be caller or listener, "
