@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 from ..errors import SinkError, WriteError
-from . import host_port, uri_options
-from .base import EventCallback, Output, StreamInfo
+from . import host_port, int_in, uri_options
+from .base import EventCallback, Output, StreamInfo, emit_event
 from .file import has_parameter_sets, is_idr
 
 log = logging.getLogger(__name__)
@@ -150,11 +150,7 @@ class _MuxerOutput(Output):
             log.warning("closing %s: %s", self.uri, e)
 
     def _emit(self, name: str, **fields) -> None:
-        if self._on_event is not None:
-            try:
-                self._on_event(name, output=self.uri, **fields)
-            except Exception:  # a reporting bug must not stop the stream
-                log.exception("on_event(%r) failed", name)
+        emit_event(self._on_event, name, self.uri, **fields)
 
 
 class RtpOutput(_MuxerOutput):
@@ -168,8 +164,8 @@ class RtpOutput(_MuxerOutput):
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
-        parts, self.options = uri_options(uri, {"ttl": _int_in(0, 255), "sdp": str,
-                                                "pkt_size": _int_in(300, 65000)})
+        parts, self.options = uri_options(uri, {"ttl": int_in(0, 255), "sdp": str,
+                                                "pkt_size": int_in(300, 65000)})
         self.host, self.port = host_port(uri, parts)
         self.sdp_path = self.options.get("sdp")
         if self.sdp_path:
@@ -205,8 +201,8 @@ class UdpOutput(_MuxerOutput):
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
-        parts, self.options = uri_options(uri, {"ttl": _int_in(0, 255),
-                                                "pkt_size": _int_in(188, 65424)})
+        parts, self.options = uri_options(uri, {"ttl": int_in(0, 255),
+                                                "pkt_size": int_in(188, 65424)})
         self.host, self.port = host_port(uri, parts)
 
     def _target(self):
@@ -301,15 +297,6 @@ def _write_all(fd: int, data) -> None:
 def _broken_pipe(e: BaseException) -> bool:
     return isinstance(e, BrokenPipeError) or getattr(e, "errno", None) == errno_mod.EPIPE or \
         "Broken pipe" in str(e)
-
-
-def _int_in(lo: int, hi: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if not lo <= value <= hi:
-            raise ValueError(text)
-        return value
-    return parse
 
 
 def _url_host(host: str) -> str:
