@@ -13,7 +13,8 @@ OUT      ?= out
 # camera. GStreamer through the system Python's PyGObject runs the rtsp:// and srt:// outputs
 # (RTSP server, payloaders in -good, parsers, mpegtsmux and srtsink in -bad).
 APT_PKGS := gcc libc6-dev libx264-dev libx265-dev libffmpeg-nvenc-dev mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 \
-            gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+            gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
+            gstreamer1.0-libav
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all demo deps apt models test test-all lint bench clean
