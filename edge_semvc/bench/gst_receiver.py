@@ -18,7 +18,8 @@ Gst.init(None)
 uri, protocols = sys.argv[1], sys.argv[2]
 pipeline = Gst.parse_launch(
     f"rtspsrc location={uri} protocols={protocols} latency=0 ! rtph264depay ! h264parse ! "
-    "avdec_h264 max-threads=1 ! appsink name=sink emit-signals=true sync=false max-buffers=1 drop=false")
+    "avdec_h264 max-threads=1 ! appsink name=sink emit-signals=true sync=false max-buffers=1 "
+    "drop=false")
 loop = GLib.MainLoop()
 
 
