@@ -35,8 +35,9 @@ WINDOW_S = 0.1
 MIN_INTERVALS = 5  # steady-state intervals below which a row says "too little data"
 
 
-def clip_frames(clip: str, seconds: float) -> tuple[list[Frame], Fraction]:
-    """The clip's frames, played forwards and backwards to last ``seconds`` when shorter."""
+def clip_frames(clip: str, seconds: float) -> tuple[list[Frame], Fraction, int]:
+    """The clip's frames, played forwards and backwards to last ``seconds`` when shorter; its
+    frame rate and how many frames it has."""
     src = open_source(clip)
     try:
         frames, fps = list(src.frames()), src.fps
@@ -46,7 +47,7 @@ def clip_frames(clip: str, seconds: float) -> tuple[list[Frame], Fraction]:
     order = ping_pong(len(frames), total) if total > len(frames) else range(total)
     tb = 1 / fps
     return [Frame(frames[k].y, frames[k].u, frames[k].v, n, tb, n)
-            for n, k in enumerate(order)], fps
+            for n, k in enumerate(order)], fps, len(frames)
 
 
 def encode(frames: list[Frame], fps: Fraction, kbps: int, keyint: int, refresh: bool,
@@ -80,12 +81,13 @@ def mean_psnr(packets: list[bytes], frames: list[Frame]) -> float:
 
 def bench_clip(clip: str, rates: list[int], gop_s: float, seconds: float, preset: str,
                log) -> dict:
-    frames, fps = clip_frames(clip, seconds)
+    frames, fps, source_frames = clip_frames(clip, seconds)
     keyint = max(2, round(gop_s * float(fps)))
     n = max(1, round(WINDOW_S * float(fps)))
     steady = (len(frames) - keyint) / keyint
     result = {"clip": Path(clip).name, "size": f"{frames[0].width}x{frames[0].height}",
-              "fps": round(float(fps), 3), "frames": len(frames), "keyint": keyint,
+              "fps": round(float(fps), 3), "source_frames": source_frames,
+              "frames": len(frames), "keyint": keyint,
               "window_ms": round(1000 * n / float(fps)), "steady_intervals": round(steady, 1),
               "too_little_data": steady < MIN_INTERVALS, "rows": []}
     for kbps in rates:
@@ -109,8 +111,10 @@ def markdown(results: list[dict]) -> str:
              "refresh | mean / target: IDRs / refresh | Y-PSNR dB: IDRs / refresh |",
              "|---|---|---|---|---|---|"]
     for r in results:
-        name = (f"{r['clip']} {r['size']} @ {r['fps']:g} fps, {r['frames']} fr, keyint "
-                f"{r['keyint']} ({r['window_ms']} ms)")
+        played = (f"{r['frames']} fr" if r["frames"] == r["source_frames"] else
+                  f"{r['source_frames']} fr played to {r['frames']}")
+        name = (f"{r['clip']} {r['size']} @ {r['fps']:g} fps, {played}, keyint {r['keyint']} "
+                f"({r['window_ms']} ms)")
         if r["too_little_data"]:
             name += f" — too little data ({r['steady_intervals']} intervals)"
         for row in r["rows"]:
