@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge_semvc.config import Config
-from edge_semvc.encoders import EncoderError, get_encoder
+from edge_semvc.encoders import EncoderError, EncoderSettings, get_encoder
 from edge_semvc.encoders.config import EncoderConfig, check_live_rate
 from edge_semvc.encoders.jetson_v4l2 import nal_type, split_nals
 from edge_semvc.errors import ConfigError
@@ -76,6 +76,14 @@ def test_x264_cbr_follows_a_step_down_within_two_seconds_without_an_idr(street):
     assert [i for i, p in enumerate(packets) if p.keyframe] == idr_pictures(packets) == [0]
     assert len(helpers.decode(helpers.joined(packets), "h264")) == 150  # one stream throughout
 
+
+def test_the_hardware_backends_check_passes_on_x264():
+    """check_live_rate_drop, which the NVENC and Jetson tests run on their hardware, on x264."""
+    enc_cls = get_encoder("x264")
+    helpers.require(enc_cls)
+    s = EncoderSettings(width=320, height=240, fps=Fraction(25), time_base=Fraction(1, 25),
+                        rc="cbr", bitrate=1_000_000, keyint=1000, tune="zerolatency")
+    assert helpers.check_live_rate_drop(enc_cls, s)["vbv_maxrate_kbps"] == 200
 
 @pytest.mark.parametrize("new_crf, smaller", [(35.0, True), (15.0, False)])
 def test_x264_crf_changed_live_moves_the_size_the_right_way(street, new_crf, smaller):
