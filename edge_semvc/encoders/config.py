@@ -84,8 +84,8 @@ class EncoderConfig:
         check(self.threads >= 0, "encoder.threads", self.threads, ">= 0")
 
 
-# The rate controls whose bit rate each backend changes while frames flow (README, "Following
-# the link"): x264 keeps abr's rate; libx265 takes a change but its rate control ignores it.
+# The rate controls whose bit rate each backend changes while frames flow (its reconfigure):
+# x264 keeps abr's rate; libx265 takes a change but its rate control ignores it.
 LIVE_RATE = {"x264": ("cbr", "crf"), "nvenc": ("cbr", "crf", "abr"),
              "jetson-v4l2": ("cbr", "abr")}
 

@@ -51,9 +51,9 @@ MAX_ROI = 8  # V4L2_MAX_ROI_REGIONS in every JetPack header read; the binding ch
 DEVICES = ("/dev/v4l2-nvenc", "/dev/nvhost-msenc")  # JetPack 6+ / earlier (read, not run)
 NO_KEYFRAMES = 2**31 - 1  # interval "never": the caller places every IDR (caller_idr)
 PARAM_KEYS = ("codec", "min_qp", "max_qp", "idr_interval", "peak_bitrate", "device")
-# x264 preset names (the configuration's vocabulary) -> Jetson's four hardware presets
 # the controls the Multimedia API lets change while streaming ("runtime configurable")
 LIVE_CONTROLS = ("V4L2_CID_MPEG_VIDEO_BITRATE", "V4L2_CID_MPEG_VIDEO_BITRATE_PEAK")
+# x264 preset names (the configuration's vocabulary) -> Jetson's four hardware presets
 HW_PRESETS = {"ultrafast": "ULTRAFAST", "superfast": "ULTRAFAST", "veryfast": "FAST",
               "faster": "FAST", "fast": "FAST", "medium": "MEDIUM", "slow": "SLOW",
               "slower": "SLOW", "veryslow": "SLOW", "placebo": "SLOW"}
