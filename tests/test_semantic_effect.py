@@ -26,9 +26,7 @@ def test_roi_gains_and_background_pays_at_equal_bitrate(tmp_path, clip, name, bi
 
 
 def _write_y4m(path, frames=12, w=320, h=176):
-    """A still clip with nothing to label: a smooth gradient (a clear sky). Still, so that x264's
-    decisions cannot hinge on anything but the map (see README "Known issues": x264's output
-    varies run to run inside a process that also runs the labeler, on moving content)."""
+    """A still clip with nothing to label: a smooth gradient (a clear sky)."""
     import numpy as np
 
     yy, xx = np.mgrid[0:h, 0:w]

@@ -98,6 +98,7 @@ class X264Encoder(Encoder):
                 raise EncoderError(f"x264 profile {profile!r} cannot be applied to these settings "
                                    "(e.g. lossless or 4:4:4 with a lower profile)")
         self._check_rc_and_aq()
+        self._avoid_avx512_mbtree()
 
         self._enc = lib.x264_encoder_open(p)
         if self._enc == ffi.NULL:
@@ -194,6 +195,17 @@ class X264Encoder(Encoder):
             self._set("aq-strength", "1.0")
             self._correct(f"aq-strength {rc.aq_strength:g} changed to 1.0: x264 turns adaptive "
                           "quantisation, and with it the QP-offset map, off at strength 0")
+
+    def _avoid_avx512_mbtree(self) -> None:
+        """libx264's AVX-512 mb-tree kernel (``mbtree_propagate_list_internal_avx512``, build 164
+        and upstream) walks a macroblock row 8 macroblocks at a time and never masks the lanes
+        past the row's end: when the width in macroblocks is not a multiple of 8 it adds costs
+        made of past-the-row data (the next row's; after the last row, memory x264 allocated
+        but never wrote) into the reference frames' propagation costs, so the QPs and the bytes
+        followed what the heap held. x264's AVX2 kernel stops at the row's end (and gives the
+        AVX-512 one's bytes where that one is right)."""
+        if self._rc().mb_tree and self.settings.mb_w % 8:
+            self._param.cpu &= ~self._lib.X264_CPU_AVX512
 
     # -- Encoder API
 
