@@ -40,9 +40,11 @@ class StorageConfig:
 
 @dataclass
 class EncoderConfig:
-    # the encoder: x264 (GPL, behind the encoder interface), x265 (GPL), nvenc, jetson-v4l2;
-    # what a backend takes beyond these keys goes in `params` (README, "Hardware encoders")
-    backend: str = "x264"
+    # the encoder: auto, x264 (GPL, behind the encoder interface), x265 (GPL), nvenc,
+    # jetson-v4l2; auto: the Jetson hardware encoder where it runs with these settings, else x264
+    # (README, "Platforms"); what a backend takes beyond these keys goes in `params` (README,
+    # "Hardware encoders")
+    backend: str = "auto"
     # live: every frame, keyframes every `keyint`; storage: recorded video, CRF (`bitrate` =
     # VBV cap) + the map + dynamic GOP and frame rate (`storage`)
     profile: str = "live"
@@ -57,10 +59,10 @@ class EncoderConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     def validate(self) -> None:
-        from . import known_encoders
+        from . import AUTO, known_encoders
 
-        check(self.backend in known_encoders(), "encoder.backend", self.backend,
-              " or ".join(known_encoders()))
+        names = [AUTO, *known_encoders()]
+        check(self.backend in names, "encoder.backend", self.backend, " or ".join(names))
         check(self.profile in PROFILES, "encoder.profile", self.profile, " or ".join(PROFILES))
         check(self.profile != "storage" or self.backend != "jetson-v4l2", "encoder.profile",
               self.profile, "live with jetson-v4l2 (its hardware encoder has no CRF)")
