@@ -29,7 +29,7 @@ log = logging.getLogger("edge_semvc")
 @dataclasses.dataclass
 class Choices:
     platform: Platform
-    report: list[str]  # one line per decision, for the log and the statistics
+    report: list[str]  # one line per decision, as logged
 
 
 def resolve(cfg: Config, platform: Platform | None = None) -> Choices:
