@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .options import add_encoder_arguments, config_overrides, non_negative_int
+from .sinks import is_stream, scheme_of
 
 EXIT_USAGE = 2  # 3 (input broke part-way), 128 + signal (stopped): pipeline.partial_result
 
@@ -29,9 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("encode", help="compress a video with semantic rate allocation")
     e.add_argument("input", help="file path or URI (file://, demo://astronaut)")
-    e.add_argument("output", help="output file; its extension picks the container "
-                                  "(.mp4, .mkv, .ts, .h264)")
+    e.add_argument("output", nargs="+",
+                   help="one or more outputs, all fed by one encoder: a file (its extension "
+                        "picks the container: .mp4, .mkv, .ts, .h264, .hevc), - (standard "
+                        "output: see --stdout-format), rtp://HOST:PORT, "
+                        "udp://HOST:PORT (MPEG-TS), srt://HOST:PORT, rtsp://@:PORT/PATH (a "
+                        "built-in server); README, Outputs")
     add_encoder_arguments(e)
+    e.add_argument("--stdout-format", choices=["ts", "h264", "hevc"], default="ts",
+                   help="what the output - writes: MPEG-TS (default) or raw Annex-B")
     e.add_argument("--frames", type=non_negative_int, default=0, metavar="N",
                    help="encode only the first N frames (0: all)")
     e.add_argument("--stats-json", help="write run statistics to this file")
@@ -95,16 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_encode(args) -> int:
     from . import preflight
     from .config import load_config
+    from .errors import SinkError
     from .pipeline import Visuals, partial_result, run_encode
+    from .sinks import open_output
     from .sinks.file import check_distinct_files, check_writable, wants_global_headers
     from .sources import RawVideoOptions, open_source
 
     cfg = load_config(args.config, config_overrides(args))
-    outputs = {"OUTPUT": args.output, "--stats-json": args.stats_json,
+    # Unsupported outputs and extensions, unwritable paths fail before any work.
+    if args.stdout_format != "ts":
+        args.output = [f"-?format={args.stdout_format}" if u == "-" else u for u in args.output]
+    streams = [open_output(uri, on_event=_log_event) for uri in args.output]
+    files = {f"OUTPUT {uri}": uri for uri in args.output if not is_stream(uri)}
+    outputs = {**files, "--stats-json": args.stats_json,
                "--qp-map-png": args.qp_map_png, "--qp-map-video": args.qp_map_video}
     check_distinct_files({"INPUT": args.input, **outputs})
-    # Unsupported extensions and unwritable paths fail before any work.
-    wants_global_headers(args.output)
+    if sum(scheme_of(uri) == "-" for uri in args.output) > 1:
+        raise SinkError("standard output (-) can be given once")
     if args.qp_map_video:
         wants_global_headers(args.qp_map_video)
     check_writable(outputs, images=("--qp-map-png",))
@@ -119,7 +133,7 @@ def cmd_encode(args) -> int:
     visuals = Visuals(png=args.qp_map_png, video=args.qp_map_video)
     status, error, write_failed = 0, None, False
     try:
-        stats = run_encode(source, args.output, cfg, visuals=visuals, progress=progress,
+        stats = run_encode(source, streams, cfg, visuals=visuals, progress=progress,
                            semantic=not args.no_map, max_frames=args.frames)
     except (KeyboardInterrupt, Exception) as e:
         stats, status, error = partial_result(e)
@@ -136,12 +150,14 @@ def cmd_encode(args) -> int:
     if not stats["frames"]:  # nothing to keep: a usage problem, not a broken run
         reason = error or f"{args.input} holds no frames"
         print(f"edge-semvc: error: {reason}; nothing was encoded", file=sys.stderr)
-        Path(args.output).unlink(missing_ok=True)  # an empty container is no video
+        for path in files.values():  # an empty container is no video
+            Path(path.removeprefix("file://")).unlink(missing_ok=True)
         return status if status >= 128 else EXIT_USAGE  # a stop signal keeps its status
-    _print_summary(stats, args)
+    # standard output may carry the video: the summary goes to stderr then
+    _print_summary(stats, args, sys.stderr if "-" in map(scheme_of, args.output) else sys.stdout)
     if error:
-        kept = ("it holds what was written before" if write_failed else
-                f"the {stats['frames']} frames before it are in {args.output}")
+        kept = ("every output holds what was written before" if write_failed else
+                f"the {stats['frames']} frames before it were written")
         print(f"edge-semvc: error: {error}; {kept}", file=sys.stderr)
     return status
 
@@ -150,21 +166,34 @@ def _log_stderr(message: str) -> None:
     print(f"edge-semvc: {message}", file=sys.stderr)
 
 
-def _print_summary(s: dict, args) -> None:
+def _log_event(name: str, **fields) -> None:
+    """An output's event (a receiver joined, a peer lost): one line on stderr."""
+    details = " ".join(f"{k}={v}" for k, v in fields.items())
+    print(f"edge-semvc: {name} {details}", file=sys.stderr, flush=True)
+
+
+def _print_summary(s: dict, args, out=sys.stdout) -> None:
+    def say(line: str) -> None:
+        print(line, file=out)
+
     st = s["stages"]
     cov = ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["label_coverage"].items()
                     if k != "background")
-    print(f"{s['input']}\n-> {s['output']}: {s['frames']} frames, {s['bytes']} bytes, "
-          f"{s['bitrate_kbps']:.1f} kbit/s, {s['fps']:.1f} fps")
-    print("   stage ms (mean/p95): " + ", ".join(
+    say(f"{s['input']}\n-> {', '.join(o['uri'] for o in s['outputs'])}: {s['frames']} frames, "
+        f"{s['bytes']} bytes, {s['bitrate_kbps']:.1f} kbit/s, {s['fps']:.1f} fps")
+    say("   stage ms (mean/p95): " + ", ".join(
         f"{k} {v['mean_ms']:.2f}/{v['p95_ms']:.2f}" for k, v in st.items()))
     roi, bg = s["mean_offset_roi"], s["mean_offset_background"]
-    print(f"   labelled macroblocks: {cov or 'none'}; mean QP offset ROI "
-          f"{'n/a' if roi is None else f'{roi:+.2f}'}, background "
-          f"{'n/a' if bg is None else f'{bg:+.2f}'}")
+    say(f"   labelled macroblocks: {cov or 'none'}; mean QP offset ROI "
+        f"{'n/a' if roi is None else f'{roi:+.2f}'}, background "
+        f"{'n/a' if bg is None else f'{bg:+.2f}'}")
+    for o in s["outputs"]:
+        if is_stream(o["uri"]):
+            say(f"   {o['uri']}: {o['state']}, " + ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in o.items() if k not in ("uri", "state")))
     for what in ("qp_map_png", "qp_map_video", "stats_json"):
         if getattr(args, what):
-            print(f"   {what.replace('_', ' ')}: {getattr(args, what)}")
+            say(f"   {what.replace('_', ' ')}: {getattr(args, what)}")
 
 
 def _any_config(path: str):

@@ -15,8 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,12 +23,14 @@ from .analysis import Analyser
 from .config import Config
 from .encoders import get_encoder
 from .encoders.base import EncoderSettings
+from .encoders.config import EncoderConfig
 from .errors import SinkError, WriteError
 from .extensions import Extensions
 from .frame import Frame
 from .labeler import Labeler
 from .qp.qpmap import build_qp_map, importance_vector
-from .sinks.file import FORMATS, FileSink
+from .sinks import open_output
+from .sinks.base import Output, Outputs, StreamInfo
 from .sources import DecodeError, Source
 from .stop import exit_status, finalising
 from .storage import Observer, StoragePolicy
@@ -49,23 +50,15 @@ class Visuals:
     video: str | None = None
 
 
-class SinkTarget(Protocol):
-    """Where a long-running caller records instead of one file (the service's segments)."""
-
-    global_headers: bool  # the container keeps SPS/PPS out of band (mp4)
-
-    def open(self, settings: EncoderSettings, headers: bytes, codec: str = "h264"): ...
-
-
 @dataclass
 class Live:
-    """What a long-running caller (the service) adds to a run: a recording sink in place of a
-    file (asked before each frame whether it wants an IDR), configuration changes applied
-    between frames, and statistics it reads while the run goes on, with per-stage timings kept
-    over the last `timing_window` frames only (a run lasts months)."""
+    """What a long-running caller (the service, a link benchmark) adds to a run:
+    configuration changes applied between frames (the encoder's rate at the next frame encoded,
+    the map's keys at the next frame understood), and statistics it reads while the run goes
+    on, with per-stage timings kept over the last `timing_window` frames only (a run lasts
+    months)."""
 
-    sink: SinkTarget | None = None
-    updates: Callable[[], Config | None] | None = None  # polled before each frame's map
+    updates: Callable[[], Config | None] | None = None  # polled before each frame
     stats: RunStats | None = None
     timing_window: int = 0  # 0: every frame (a batch run)
     queue_frames: int = 4  # between the threads: latency vs smoothing out a slow frame
@@ -86,6 +79,7 @@ class RunStats:
     mb_bg: int = 0
     labeler: Labeler | None = None  # the run's labeler, for its statistics
     idr_requested: int = 0  # IDR pictures asked for (scene cuts, segment starts)
+    rate_changes: int = 0  # live changes of the encoder's target rate
     scene_cuts: int = 0  # cuts the `scene` extension found
     storage: StoragePolicy | None = None  # the storage profile's decisions (storage.py)
 
@@ -109,17 +103,18 @@ def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> Encod
         width=source.width, height=source.height, fps=source.fps, time_base=source.time_base,
         rc=e.rc, bitrate=e.bitrate or None, crf=e.crf, preset=e.preset, tune=e.tune or None,
         keyint=keyint, threads=e.threads, global_headers=global_headers,
-        caller_idr=caller_idr, sparse_frames=sparse, params=dict(e.params))
+        caller_idr=caller_idr, sparse_frames=sparse, intra_refresh=e.intra_refresh,
+        params=dict(e.params))
 
 
-def _storage(cfg: Config, source: Source, output: str, live: Live, scene_cuts: bool):
+def _storage(cfg: Config, source: Source, outputs: Outputs, scene_cuts: bool):
     """The storage profile's observer and policy (storage.py), or (None, None)."""
     e = cfg.encoder
     if e.profile != "storage":
         return None, None
-    if e.storage.dynamic_fps and live.sink is None and FORMATS.get(Path(output).suffix.lower(),
-                                                                  "") is None:
-        raise SinkError(f"{output}: a raw stream keeps no timestamps, so the frames the "
+    raw = [o.uri for o in outputs.outputs if not o.keeps_timestamps]
+    if e.storage.dynamic_fps and raw:
+        raise SinkError(f"{raw[0]}: a raw stream keeps no timestamps, so the frames the "
                         "storage profile leaves out would shorten it; write .mp4, .mkv or .ts, "
                         "or set encoder.storage.dynamic_fps=false")
     cuts = e.storage.dynamic_gop and not scene_cuts
@@ -127,11 +122,13 @@ def _storage(cfg: Config, source: Source, output: str, live: Live, scene_cuts: b
             StoragePolicy(e.storage, source.fps, source.time_base))
 
 
-def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | None = None,
+def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config, *,
+               visuals: Visuals | None = None,
                progress: bool = False, semantic: bool = True, max_frames: int = 0,
                on_frame: Callable[[Frame, LabelMap, QpMap], None] | None = None,
                live: Live | None = None) -> dict:
-    """Encode `source` into `output`. Returns the statistics (see README, "Statistics").
+    """Encode `source` into `output`: a file path or output URI, or several (`sinks/`: one
+    encoder feeds them all). Returns the statistics (see README, "Statistics").
 
     `semantic=False` is the plain-x264 baseline: same decode, encoder and settings, no labeler,
     analysis or map (x264 gets no quant_offsets). `on_frame` sees every frame with its labels
@@ -139,10 +136,12 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
 
     Raises DecodeError after finalising the output if decoding fails part-way; the stats of
     the frames written so far are attached to the exception as `.stats`. `live`: the
-    service's additions (`Live`); `output` then only names the run in its statistics.
+    service's additions (`Live`).
     """
     visuals = visuals or Visuals()
     live = live or Live()
+    outputs = Outputs(open_output(o) if isinstance(o, str) else o
+                      for o in ([output] if isinstance(output, str) else output))
     labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info) if semantic else None
     importance = importance_vector(["background", *labeler.classes], cfg.qp) if semantic else None
     analyser = Analyser(cfg.analysis)
@@ -164,15 +163,17 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
         (expected // 2 if expected else sys.maxsize)
     png_shot = None
     overlay_video = None
-    settings = encoder_settings(cfg, source, live.sink.global_headers if live.sink
-                                else FileSink.wants_global_headers(output))
-    observer, stats.storage = _storage(cfg, source, output, live,
+    settings = encoder_settings(cfg, source, outputs.global_headers)
+    observer, stats.storage = _storage(cfg, source, outputs,
                                        extensions is not None and extensions.scene is not None)
     qp_cfg = cfg.qp
+    retuned: queue.SimpleQueue[Config] = queue.SimpleQueue()  # live changes for the map
 
     def understand(frame: Frame):
         nonlocal importance, qp_cfg
-        new = live.updates() if live.updates else None
+        new = None
+        while not retuned.empty():  # the latest change wins
+            new = retuned.get()
         if new is not None:  # only keys safe to change live differ (serve/remote.py)
             qp_cfg, analyser.cfg, labeler.cfg = new.qp, new.analysis, new.labeler
             importance = importance_vector(["background", *labeler.classes], new.qp)
@@ -221,11 +222,10 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
     reporter = _Progress(expected) if progress else None
     error: BaseException | None = None
     stages: list[_Stage] = []
-    with get_encoder(cfg.encoder.backend)(settings) as enc, \
-            (live.sink.open(settings, enc.headers(), codec=enc.codec) if live.sink else
-             FileSink(output, source.width, source.height, source.time_base, source.fps,
-                      enc.headers(), codec=enc.codec)) as sink:
-        recorder = _Recorder(enc, sink, stats)
+    with get_encoder(cfg.encoder.backend)(settings) as enc, outputs.open(StreamInfo(
+            source.width, source.height, settings.fps, settings.time_base, enc.codec,
+            enc.headers(), settings.global_headers)) as sink:
+        recorder = _Recorder(enc, sink, stats, cfg.encoder)
         try:
             decoded = islice(source.frames(), max_frames or None)
             stages.append(_Stage(_timed(decoded, stats.timings["decode"]), None, "decode",
@@ -240,6 +240,10 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 overlay_video = OverlayVideo(visuals.video, source.width, source.height,
                                              source.fps)
             for item in stages[-1]:
+                new = live.updates() if live.updates else None
+                if new is not None:  # the rate now, the map from the next frame understood
+                    recorder.retune(new.encoder)
+                    retuned.put(new)
                 obs = None
                 if semantic:
                     frame, labels, qp, mapped, cut, obs = item
@@ -266,7 +270,7 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
             recorder.finish()
         except (DecodeError, KeyboardInterrupt) as e:
             error = e
-        except OSError as e:  # the output cannot be written (disk full, device gone)
+        except OSError as e:  # an output cannot be written (disk full, reader gone)
             error = _write_error(output, e)
         finally:
             # From here on a stop signal is only noted: it must not cut the flush, the file's
@@ -279,6 +283,10 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
                 recorder.write(enc.flush())
             except OSError as e:
                 error = error or _write_error(output, e)
+            try:  # trailers now, so that the statistics see the files' final sizes
+                sink.close()
+            except OSError as e:  # closing a file failed (its last bytes did not fit)
+                error = error or _write_error(output, e)
             if overlay_video:
                 overlay_video.close()
             if reporter:
@@ -286,14 +294,11 @@ def run_encode(source: Source, output: str, cfg: Config, *, visuals: Visuals | N
             if labeler:
                 labeler.close()
         summary = enc.settings_summary()
-    # closing the file failed (its last bytes did not fit)
-    if getattr(sink, "error", None) is not None:
-        error = error or _write_error(output, sink.error)
     wall = time.perf_counter() - t_start
     if png_shot is not None:
         from .visualize import overlay, save_png
         save_png(overlay(*png_shot), visuals.png)
-    result = _summarise(stats, wall, source, labeler, summary, cfg, output)
+    result = _summarise(stats, wall, source, labeler, summary, cfg, outputs)
     if stats.storage is not None:
         result["storage"] = stats.storage.stats()
     if error is not None:
@@ -310,14 +315,22 @@ class _Recorder:
     whether a segment starts there and, with the storage profile, the policy whether to encode
     the frame at all and whether as an IDR (else: a cut or a segment start is one)."""
 
-    def __init__(self, enc, sink, stats: RunStats):
+    def __init__(self, enc, sink: Outputs, stats: RunStats, rate: EncoderConfig):
         self.enc, self.sink, self.stats = enc, sink, stats
-        self.wants_idr = getattr(sink, "wants_idr", None)  # a segment must start with an IDR
+        self.rate = (rate.bitrate, rate.crf)  # what the encoder runs with (a copy: values)
         self.left_out = None  # the last frame the storage profile left out, and its map
+
+    def retune(self, new: EncoderConfig) -> None:
+        """A live change of the target rate (following a link): from the next frame encoded,
+        no IDR, no break in any output."""
+        if (new.bitrate, new.crf) != self.rate:
+            self.enc.reconfigure(bitrate=new.bitrate or None, crf=new.crf)
+            self.stats.rate_changes += 1
+            self.rate = (new.bitrate, new.crf)
 
     def record(self, frame: Frame, offsets: np.ndarray | None, cut: bool, obs) -> None:
         t0, stats = time.perf_counter(), self.stats
-        segment_start = bool(self.wants_idr and self.wants_idr(frame.pts))
+        segment_start = self.sink.wants_idr(frame.pts)  # a segment starts, a receiver joined
         if stats.storage is not None:
             decision = stats.storage.decide(frame, obs, segment_start)
             encode, idr = decision.encode, decision.idr is not None
@@ -350,7 +363,9 @@ class _Recorder:
 EXIT_INCOMPLETE = 3
 
 
-def _write_error(output: str, e: OSError) -> WriteError:
+def _write_error(output, e: OSError) -> WriteError:
+    if isinstance(e, WriteError):  # an output's own, naming it
+        return e
     return WriteError(e.errno, f"writing {output} failed: {e.strerror or e}")
 
 
@@ -366,16 +381,19 @@ def partial_result(e: BaseException) -> tuple[dict, int, str]:
 
 
 def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | None,
-               encoder: dict, cfg: Config, output: str) -> dict:
+               encoder: dict, cfg: Config, outputs: Outputs) -> dict:
     duration = stats.frames / float(source.fps) if stats.frames else 0.0
     classes = ["background", *(labeler.classes if labeler else [])]
     counts = stats.label_counts if stats.label_counts is not None else np.zeros(len(classes))
     total = max(int(counts.sum()), 1)
     return {
         "input": source.description,
-        "output": str(output),
+        "output": outputs.outputs[0].uri,
+        "outputs": outputs.stats(),
         "frames": stats.frames,
-        "bytes": Path(output).stat().st_size if Path(output).is_file() else stats.bytes,
+        # the first output's size where it is a file (its container's bytes), else the payload
+        "bytes": next((o.stats()["bytes"] for o in outputs.outputs if "bytes" in o.stats()),
+                      stats.bytes),
         "payload_bytes": stats.bytes,
         "bitrate_kbps": round(stats.bytes * 8 / duration / 1e3, 3) if duration else 0.0,
         "fps": round(stats.frames / wall, 3) if wall else 0.0,

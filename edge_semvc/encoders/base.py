@@ -72,6 +72,9 @@ class EncoderSettings:
     # frames may be left out (the storage profile's dynamic frame rate): rate control counts
     # the frames it gets, not the time they stand for (a held frame is not worth more bits)
     sparse_frames: bool = False
+    # periodic intra refresh instead of IDR pictures: a column of intra macroblocks sweeps the
+    # picture every keyint frames, so the rate has no I-frame bursts (a radio link)
+    intra_refresh: bool = False
     params: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -147,6 +150,13 @@ class Encoder(ABC):
     @abstractmethod
     def flush(self) -> list[Packet]:
         """Drain all delayed frames (end of stream)."""
+
+    def reconfigure(self, bitrate: int | None, crf: float) -> None:
+        """A new rate target while frames flow (a link whose capacity changed): the bitrate
+        (bits/s; cbr, or the VBV cap of crf) and the CRF, from the next frame encoded on, no
+        IDR. The rate-control method cannot change. Raises EncoderError where the backend
+        cannot, naming why."""
+        raise EncoderError(f"the {self.type_key} backend cannot change its rate while encoding")
 
     @abstractmethod
     def headers(self) -> bytes:
@@ -346,6 +356,35 @@ def apply_params(params: dict[str, str], managed: set[str], why_managed: str,
     if bad:
         raise EncoderError(f"invalid {backend} params: " + "; ".join(bad))
     return profile
+
+
+def check_rate_change(s: EncoderSettings, bitrate: int | None, crf: float, backend: str,
+                      average: bool = False) -> None:
+    """A live rate change (``Encoder.reconfigure``) the backend can take: positive bit rates, a
+    CRF in 0-51; the bit rate changes only where it was a target or a cap from the start (cbr,
+    crf with a bitrate; abr too where the backend changes an ``average`` live), and a cap can
+    be neither added nor removed. EncoderError names the setting to start with."""
+    if bitrate is not None and bitrate <= 0:
+        raise EncoderError(f"invalid bitrate {bitrate} (bits/s, must be > 0)")
+    if not 0 <= crf <= 51:
+        raise EncoderError(f"invalid crf {crf} (0-51)")
+    if bitrate is not None and bitrate != s.bitrate and (s.rc == "abr" and not average
+                                                         or s.bitrate is None):
+        start = ("rc cbr" if s.rc == "abr" else "a bitrate (the VBV cap) set at the start")
+        raise EncoderError(f"{backend} can change the bitrate while encoding only with VBV on "
+                           f"from the start: use {start}")
+    if bitrate is None and s.bitrate is not None:
+        raise EncoderError(f"{backend} cannot turn its VBV cap off while encoding")
+
+
+def rate_change(s: EncoderSettings, bitrate: int | None, crf: float,
+                backend: str) -> tuple[int, int, float]:
+    """What a live rate change asks of an x264-style library: (bitrate kbit/s or 0, the VBV
+    max rate and buffer in kbit/s or 0, crf or -1); checked by ``check_rate_change`` (such a
+    library changes the bit rate and VBV only where VBV was on from the start)."""
+    check_rate_change(s, bitrate, crf, backend)
+    kbps = max(1, round(bitrate / 1000)) if bitrate else 0
+    return (kbps if s.rc != "crf" else 0), kbps, (float(crf) if s.rc == "crf" else -1.0)
 
 
 def rc_summary(rc, methods: dict[int, str], **aq) -> dict:

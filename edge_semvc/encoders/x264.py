@@ -14,6 +14,7 @@ Usage::
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -113,6 +114,7 @@ class X264Encoder(Encoder):
             raise EncoderError("x264 turned adaptive quantisation off after validation; it would "
                                "ignore the QP-offset map")
         self._headers: bytes | None = None
+        self._retune = None  # a rate change x264 takes with the next frame (reconfigure)
 
         # per-frame state, allocated once
         self._pic_in = ffi.new("x264_picture_t *")
@@ -162,6 +164,8 @@ class X264Encoder(Encoder):
             self._set("scenecut", "0")
         if s.sparse_frames:  # else mb-tree weighs each frame by its duration: measured +13 %
             self._set("force-cfr", "1")  # bytes on a car park (BENCHMARKS.md, storage profile)
+        if s.intra_refresh:  # keyint is then the refresh period; IDRs only when asked for
+            self._set("intra-refresh", "1")
 
     def _rc(self):
         out = self._ffi.new("semvc_rc_t *")
@@ -233,6 +237,8 @@ class X264Encoder(Encoder):
             for i in range(3):
                 pic.img.plane[i] = ffi.NULL
         del planes, qbuf
+        if self._retune is not None:
+            self._check_retune()
         return self._packets(ret)
 
     def flush(self) -> list[Packet]:
@@ -245,6 +251,33 @@ class X264Encoder(Encoder):
                                           self._pic_out)
             out += self._packets(ret)
         return out
+
+    def reconfigure(self, bitrate: int | None, crf: float) -> None:
+        self._require_open()
+        s = self.settings
+        kbps, vbv, rf = base.rate_change(s, bitrate, crf, "x264")
+        now = self._ffi.new("semvc_rc_t *")
+        if self._lib.semvc_reconfig_rate(self._enc, kbps, vbv, vbv, rf, now) < 0:
+            why = "; ".join(self._log.errors[-3:]) or "no reason given"
+            raise EncoderError(f"x264_encoder_reconfig failed: {why}")
+        # x264 applies it with the next frame it encodes: checked then (_check_retune)
+        self._retune = (kbps, vbv, rf)
+        self.settings = dataclasses.replace(s, bitrate=bitrate, crf=crf)
+
+    def _check_retune(self) -> None:
+        """After the first frame encoded since reconfigure(): x264 runs with the new rate."""
+        kbps, vbv, rf = self._retune
+        self._retune = None
+        p = self._ffi.new("x264_param_t *")
+        self._lib.x264_encoder_parameters(self._enc, p)
+        now = self._ffi.new("semvc_rc_t *")
+        self._lib.semvc_get_rc(p, now)
+        if ((kbps and now.bitrate != kbps) or (vbv and now.vbv_max_bitrate != vbv)
+                or (rf >= 0 and abs(now.rf_constant - rf) > 1e-3)):
+            raise EncoderError(f"x264 did not take the new rate (bitrate {kbps} kbit/s, VBV "
+                               f"{vbv} kbit/s, crf {rf:g}): it runs at {now.bitrate} kbit/s, "
+                               f"VBV {now.vbv_max_bitrate} kbit/s, crf {now.rf_constant:g}")
+        self._eff_rc = now
 
     def headers(self) -> bytes:
         """SPS and PPS (Annex-B, with start codes); x264's version SEI is left out."""

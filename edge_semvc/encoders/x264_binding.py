@@ -121,11 +121,14 @@ int x264_encoder_headers(x264_t *, x264_nal_t **pp_nal, int *pi_nal);
 int x264_encoder_encode(x264_t *, x264_nal_t **pp_nal, int *pi_nal,
                         x264_picture_t *pic_in, x264_picture_t *pic_out);
 int x264_encoder_delayed_frames(x264_t *);
+void x264_encoder_intra_refresh(x264_t *);
 void x264_encoder_close(x264_t *);
 
 /* glue (defined in _CSRC) */
 """ + _RC_STRUCT + r"""void semvc_get_rc(const x264_param_t *p, semvc_rc_t *out);
 void semvc_set_log(x264_param_t *p, void *priv, int level);
+int semvc_reconfig_rate(x264_t *h, int bitrate, int vbv_max, int vbv_buf, float crf,
+                        semvc_rc_t *now);
 void semvc_param_cleanup(x264_param_t *p);
 const char *semvc_preset_name(int i);
 const char *semvc_tune_name(int i);
@@ -155,6 +158,27 @@ static void semvc_get_rc(const x264_param_t *p, semvc_rc_t *o)
     o->lookahead = p->rc.i_lookahead;
     o->rf_constant = p->rc.f_rf_constant;
     o->aq_strength = p->rc.f_aq_strength;
+}
+
+/* A new rate target while encoding: x264_encoder_reconfig copies the bit rate and the VBV
+   only when VBV was on from the start, the CRF always; `now` gets what it runs with after. */
+static int semvc_reconfig_rate(x264_t *h, int bitrate, int vbv_max, int vbv_buf, float crf,
+                               semvc_rc_t *now)
+{
+    x264_param_t p;
+    x264_encoder_parameters(h, &p);
+    if (bitrate > 0)
+        p.rc.i_bitrate = bitrate;
+    if (vbv_max > 0) {
+        p.rc.i_vbv_max_bitrate = vbv_max;
+        p.rc.i_vbv_buffer_size = vbv_buf;
+    }
+    if (crf >= 0)
+        p.rc.f_rf_constant = crf;
+    int ret = x264_encoder_reconfig(h, &p);
+    x264_encoder_parameters(h, &p);
+    semvc_get_rc(&p, now);
+    return ret;
 }
 
 /* x264 logs through a printf-style callback taking a va_list; format here, hand a string on. */

@@ -225,6 +225,8 @@ class X265Encoder(Encoder):
             self._set(name, value)
         if s.caller_idr:  # x265: keyint -1 = one GOP, no scene-cut IDRs;
             self._set("keyint", -1)  # params may still change it: the user's word is last
+        if s.intra_refresh:  # keyint is then the refresh period
+            self._set("intra-refresh", "1")
 
     def _rc(self, param=None):
         out = self._ffi.new("semvc265_rc_t *")
@@ -348,6 +350,20 @@ class X265Encoder(Encoder):
             if ret == 0:
                 return out
             out += self._packets(ret)
+
+    def reconfigure(self, bitrate: int | None, crf: float) -> None:
+        """Refused: libx265 does not follow a rate change while encoding (3.5 measured, the same
+        code read in upstream's 4.0-4.2). ``x265_encoder_reconfig`` stores the new bit rate, VBV
+        and CRF and reads them back, but it re-points the encoder at its copy of the parameters
+        while the rate control keeps the struct it was opened with, so the stream stays at the
+        old rate (tests/test_live_rate.py counts the bytes: identical with and without)."""
+        self._require_open()
+        version = self._ffi.string(self._api.version_str).decode()
+        raise EncoderError(
+            f"x265 {version} cannot change its rate while encoding (asked: bitrate {bitrate}, "
+            f"crf {crf:g}): x265_encoder_reconfig accepts the new values but its rate control "
+            "keeps the ones the encoder was opened with, so the stream would stay at the old "
+            "rate; restart with the new rate, or use encoder.backend x264 to follow a link")
 
     def headers(self) -> bytes:
         """VPS, SPS and PPS (Annex-B, with start codes), read when the encoder opened."""

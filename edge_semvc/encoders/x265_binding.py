@@ -107,6 +107,7 @@ typedef struct {
     void (*picture_init)(x265_param *, x265_picture *);
     x265_encoder *(*encoder_open)(x265_param *);
     void (*encoder_parameters)(x265_encoder *, x265_param *);
+    int (*encoder_reconfig)(x265_encoder *, x265_param *);
     int (*encoder_headers)(x265_encoder *, x265_nal **, uint32_t *);
     int (*encoder_encode)(x265_encoder *, x265_nal **, uint32_t *, x265_picture *,
                           x265_picture *);
@@ -132,6 +133,9 @@ typedef enum { X265_RC_ABR, X265_RC_CQP, X265_RC_CRF } X265_RC_METHODS;
 int semvc265_sizeof_param(void);
 int semvc265_sizeof_picture(void);
 void semvc265_get_rc(const x265_param *p, semvc265_rc_t *out);
+int semvc265_reconfig_rate(const x265_api *api, x265_encoder *enc, x265_param *scratch,
+                           int bitrate, int vbv_max, int vbv_buf, double crf,
+                           semvc265_rc_t *now);
 const char *semvc265_preset_name(int i);
 const char *semvc265_tune_name(int i);
 const char *semvc265_profile_name(int i);
@@ -164,6 +168,30 @@ static void semvc265_get_rc(const x265_param *p, semvc265_rc_t *o)
     o->qg_size = (int)p->rc.qgSize;
     o->rf_constant = p->rc.rfConstant;
     o->aq_strength = p->rc.aqStrength;
+}
+
+/* A new rate target while encoding (as x264's: the bit rate and VBV only where VBV was on from
+   the start); `scratch` holds a copy of the encoder's parameters, `now` what it reports after.
+   Not called by the encoder: libx265 3.5 reports the new values but its rate control keeps the
+   old ones (X265Encoder.reconfigure refuses); tests/test_live_rate.py calls it to notice a
+   libx265 that follows. */
+static int semvc265_reconfig_rate(const x265_api *api, x265_encoder *enc, x265_param *scratch,
+                                  int bitrate, int vbv_max, int vbv_buf, double crf,
+                                  semvc265_rc_t *now)
+{
+    api->encoder_parameters(enc, scratch);
+    if (bitrate > 0)
+        scratch->rc.bitrate = bitrate;
+    if (vbv_max > 0) {
+        scratch->rc.vbvMaxBitrate = vbv_max;
+        scratch->rc.vbvBufferSize = vbv_buf;
+    }
+    if (crf >= 0)
+        scratch->rc.rfConstant = crf;
+    int ret = api->encoder_reconfig(enc, scratch);
+    api->encoder_parameters(enc, scratch);
+    semvc265_get_rc(scratch, now);
+    return ret;
 }
 
 static const char *semvc265_preset_name(int i) { return x265_preset_names[i]; }

@@ -52,6 +52,7 @@ class StatsWindow:
             "label_staleness_frames": _staleness(labeler),
             "storage": _storage(stats.storage),
             "reconnects": max(runs - 1, 0),
+            "outputs": cam.output_stats(),
             "cpu_percent": cpu_percent,
             "temperatures_c": temperatures(),
         }

@@ -24,7 +24,8 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-from ..errors import SinkError  # noqa: F401  (re-exported)
+from ..errors import SinkError, WriteError
+from .base import Output, StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -284,3 +285,45 @@ class FileSink:
             self.close()
         except Exception:
             pass
+
+
+class FileOutput(Output):
+    """A file the user named (a path or `file://PATH`): the extension picks the container. A
+    write failure (disk full) ends the run: exit 3 with what was written."""
+
+    fatal = True
+
+    def __init__(self, uri: str, on_event=None) -> None:
+        self.uri = uri
+        self.path = uri[len("file://"):] if uri.startswith("file://") else uri
+        self.global_headers = wants_global_headers(self.path)  # unknown extensions fail here
+        self.keeps_timestamps = FORMATS[_ext(self.path)] is not None
+        self.sink: FileSink | None = None
+
+    def open(self, info: StreamInfo) -> None:
+        self.sink = FileSink(self.path, info.width, info.height, info.time_base, info.fps,
+                             info.headers, codec=info.codec)
+
+    def write(self, packet) -> None:
+        try:
+            self.sink.write(packet)
+        except OSError as e:  # the output cannot be written (disk full, device gone)
+            raise WriteError(e.errno, f"writing {self.path} failed: {e.strerror or e}") from e
+
+    def stats(self) -> dict:
+        sink = self.sink
+        closed = sink is None or sink._closed
+        try:  # the container's size once finalised, else what went in so far
+            size = Path(self.path).stat().st_size if closed else sink.bytes
+        except OSError:
+            size = 0
+        return {"uri": self.uri, "state": "closed" if closed else "open", "bytes": size,
+                "packets": sink.frames if sink else 0}
+
+    def close(self) -> None:
+        if self.sink is None or self.sink._closed:
+            return
+        self.sink.close()
+        if self.sink.error is not None:  # its last bytes did not fit
+            e = self.sink.error
+            raise WriteError(e.errno, f"writing {self.path} failed: {e.strerror or e}")

@@ -1,0 +1,396 @@
+"""Live transmission measured end to end on loopback: what a receiver gets over RTP (or the
+built-in RTSP server), while the encoder follows a link whose rate changes.
+
+    python -m edge_semvc.bench.link latency CLIP [--output rtp|rtsp] [--seconds 20]
+    python -m edge_semvc.bench.link story CLIP... [--profile 2M:10,300k:10,1M:10]
+
+`latency`: glass to glass, from the moment the camera (a clip paced at its frame rate) makes a
+frame available to the moment a real receiver (FFmpeg through PyAV, low-delay flags) has
+decoded it, per frame, p50/p95 (the first second, the receiver's start-up, left out).
+
+`story`: the bitrate profile applied live (`encoder.bitrate` changed between frames as the
+service does on an MQTT message), the semantic encode against plain x264 under the same profile
+(CBR, zerolatency), each received by a real RTP receiver into a file, then judged per phase on
+the *received* video: ROI-PSNR (ROI = persons and vehicles an independent detector, YOLOX, finds
+on the original frames), whole-frame PSNR and person/vehicle detection F1 (YOLOX on the received
+frames against YOLOX on the originals). The clip loops until the profile ends.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..config import Config, load_config
+from ..frame import Frame
+from ..options import parse_bitrate
+from ..pipeline import Live, run_encode
+from ..sinks import open_output
+from ..sinks.base import StreamInfo
+from ..sinks.stream import sdp_text
+from ..sources import open_source
+from ..sources.paced import PacedSource
+from .detector import GROUPS, YoloxDetector
+from .metrics import f1_score, match_counts, psnr, roi_data_note
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+WARM_UP_S = 1.0  # the receiver's start-up (probing, first IDR) is not the link's latency
+MIN_ROI_PIXELS = 28 * 256  # ROI-PSNR over less than 28 macroblocks a frame: too little data
+
+
+def parse_profile(text: str) -> list[tuple[int, float]]:
+    """'2M:10,300k:10,1M:10' -> [(bits/s, seconds), ...]."""
+    phases = []
+    for part in text.split(","):
+        rate, _, seconds = part.partition(":")
+        phases.append((parse_bitrate(rate), float(seconds)))
+        if phases[-1][1] <= 0:
+            raise argparse.ArgumentTypeError(f"phase {part!r}: seconds must be > 0")
+    return phases
+
+
+class RtpReceiver(threading.Thread):
+    """A real receiver: FFmpeg reading the SDP, frames decoded as they arrive (`latency`) or
+    packets copied into a file (`story`). Ends when nothing arrived for `idle_s`."""
+
+    OPTIONS = {"protocol_whitelist": "file,udp,rtp,tcp,rtsp",
+               "flags": "low_delay", "reorder_queue_size": "0", "max_delay": "0",
+               "buffer_size": str(64 << 20), "fifo_size": str(1 << 20),
+               "overrun_nonfatal": "1", "probesize": "32"}
+
+    def __init__(self, url: str, fmt: str | None, record: Path | None = None,
+                 idle_s: float = 10.0):
+        super().__init__(daemon=True)
+        self.url, self.fmt, self.record, self.idle_s = url, fmt, record, idle_s
+        self.decoded: list[tuple[int, float]] = []  # (pts in 90 kHz, perf_counter at decode)
+        self.packets = 0
+        self.error: Exception | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        options = dict(self.OPTIONS)
+        if self.fmt is None:  # RTSP: interleaved over TCP, no probing delay beyond need
+            options.update(rtsp_transport="tcp")
+        try:
+            with av.open(self.url, format=self.fmt, options=options,
+                         timeout=(60, self.idle_s)) as c:
+                self.ready.set()
+                stream = c.streams.video[0]
+                if self.record is not None:
+                    self._copy(c, stream)
+                    return
+                # a decoder of our own: frame threads (the default) hold frames back
+                codec = av.CodecContext.create(stream.codec_context.name, "r")
+                codec.thread_type, codec.thread_count = "SLICE", 2
+                for packet in c.demux(stream):
+                    for f in codec.decode(packet):  # zerolatency: no reordering
+                        pts = f.pts if f.pts is not None else packet.pts
+                        self.decoded.append((pts, time.perf_counter()))
+        except (av.error.ExitError, av.error.FFmpegError, OSError) as e:
+            self.error = e  # the read timeout ends it: the sender stopped
+        finally:
+            self.ready.set()
+
+    def _copy(self, c, stream) -> None:
+        with av.open(str(self.record), "w", format="mpegts") as out:
+            dst = out.add_mux_stream(stream.codec_context.name, rate=stream.average_rate)
+            dst.time_base = stream.time_base
+            for packet in c.demux(stream):
+                if packet.size:
+                    packet.stream = dst
+                    out.mux(packet)
+                    self.packets += 1
+
+
+class GstReceiver(threading.Thread):
+    """GStreamer's RTSP client decoding (`bench/gst_receiver.py` in the system Python):
+    rtspsrc with no jitter buffer latency, avdec_h264, a time per decoded frame."""
+
+    def __init__(self, url: str, protocols: str = "tcp"):
+        super().__init__(daemon=True)
+        self.url, self.protocols = url, protocols
+        self.decoded: list[tuple[int, float]] = []  # (pts in 90 kHz, monotonic at decode)
+        self.error: str | None = None
+
+    def run(self) -> None:
+        import os
+        import subprocess
+
+        python = os.environ.get("EDGE_SEMVC_GST_PYTHON", "/usr/bin/python3")
+        proc = subprocess.Popen([python, str(Path(__file__).with_name("gst_receiver.py")),
+                                 self.url, self.protocols], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.proc = proc
+        for line in proc.stdout:
+            pts_ns, t = line.split()
+            self.decoded.append((int(pts_ns) * 9 // 100000, float(t)))
+        self.error = proc.stderr.read().strip() or None
+
+    def join(self, timeout: float | None = None) -> None:
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
+            self.proc.terminate()  # the server went away with the run; end the client
+        super().join(timeout)
+
+
+def _paced(clip: str, seconds: float, realtime: bool = True) -> PacedSource:
+    """The clip as a live camera, looped for `seconds`."""
+    return PacedSource(open_source(clip), realtime=realtime, seconds=seconds,
+                       reopen=lambda: open_source(clip), history=1)
+
+
+def _stream_info(src) -> StreamInfo:
+    return StreamInfo(src.width, src.height, Fraction(src.fps), Fraction(src.time_base), "h264",
+                      b"", False)
+
+
+# --- glass to glass ---------------------------------------------------------------------------
+
+def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
+            workdir: Path, receiver: str = "ffmpeg") -> dict:
+    src = _paced(clip, seconds)
+    port = _free_port()
+    if output == "rtp":
+        sdp = workdir / "latency.sdp"
+        sdp.write_text(sdp_text(_stream_info(src), "127.0.0.1", port))
+        uri, rx = f"rtp://127.0.0.1:{port}", RtpReceiver(str(sdp), "sdp")
+        rx.start()
+        _wait_bound(port)
+    else:
+        uri = f"rtsp://@:{port}/live"
+        rx = (GstReceiver(f"rtsp://127.0.0.1:{port}/live") if receiver == "gstreamer" else
+              RtpReceiver(f"rtsp://127.0.0.1:{port}/live", None))
+    captured: dict[int, float] = {}  # source pts -> when the camera made it available
+
+    def on_frame(frame: Frame, labels, qp) -> None:
+        t = src.capture_times.pop(frame.index, None)
+        if t is not None:
+            captured[frame.pts] = t
+
+    if output == "rtsp":  # the server listens once the run opened it: the client then joins
+        threading.Thread(target=_join_when_listening, args=(port, rx), daemon=True).start()
+    stats = run_encode(src, [open_output(uri)], cfg, semantic=semantic, on_frame=on_frame)
+    rx.join(30)
+    if not rx.decoded:
+        raise RuntimeError(f"the receiver decoded nothing: {rx.error}")
+    tick = round(1 / (float(src.fps) * float(src.time_base)))  # one frame in source pts
+    per_frame = 90000 / float(src.fps)  # one frame in RTP's 90 kHz clock
+    timed = [(pts, t) for pts, t in rx.decoded if pts is not None]  # RTP's first has none
+    rel = [(round((pts - timed[0][0]) / per_frame), t) for pts, t in timed]
+    start = _align(rel, captured, tick)
+    lat = [(t - captured[start + i * tick]) * 1e3 for i, t in rel
+           if start + i * tick in captured and t >= captured[start + i * tick]]
+    lat = lat[int(WARM_UP_S * float(src.fps)):]
+    return {"clip": Path(clip).name, "output": output, "receiver": receiver,
+            "semantic": semantic, "size": f"{src.width}x{src.height}", "fps": float(src.fps),
+            "frames_sent": stats["frames"], "frames_decoded": len(rx.decoded),
+            "frames_timed": len(lat), "dropped_at_camera": src.dropped,
+            "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "max": _pct(lat, 100)}}
+
+
+def _align(rel: list[tuple[int, float]], captured: dict[int, float], tick: int) -> int:
+    """The source pts of the receiver's first decoded frame. A receiver may join after the
+    first frames (RTSP starts at an IDR), and RTP timestamps start anywhere: the offset is the
+    one under which the most decoded frames come within a second after their capture, and of
+    those the latest (a later one would have frames decoded before they existed)."""
+    def fits(start: int) -> tuple[int, int]:
+        return sum(1 for i, t in rel[:100] if start + i * tick in captured
+                   and 0 <= t - captured[start + i * tick] < 1.0), start
+    return max(sorted(captured)[:300], key=fits)
+
+
+def _join_when_listening(port: int, rx: RtpReceiver) -> None:
+    import socket
+
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    rx.start()
+
+
+# --- the link story ---------------------------------------------------------------------------
+
+def story(clip: str, phases: list[tuple[int, float]], cfg: Config, semantic: bool,
+          detector: YoloxDetector, eval_every: int, workdir: Path, log) -> dict:
+    seconds = sum(s for _, s in phases)
+    src = _paced(clip, seconds)
+    fps = float(src.fps)
+    bounds = np.cumsum([round(s * fps) for _, s in phases])
+    port = _free_port()
+    sdp, received = workdir / "story.sdp", workdir / f"{Path(clip).stem}-{semantic}.ts"
+    sdp.write_text(sdp_text(_stream_info(src), "127.0.0.1", port))
+    rx = RtpReceiver(str(sdp), "sdp", record=received)
+    rx.start()
+    _wait_bound(port)
+    run_cfg = copy.deepcopy(cfg)
+    run_cfg.encoder.rc, run_cfg.encoder.bitrate = "cbr", phases[0][0]
+    frames_seen = [0]
+
+    def updates() -> Config | None:  # polled before each frame: the phase's rate at its start
+        n = frames_seen[0]
+        frames_seen[0] += 1
+        hit = [i for i, b in enumerate(bounds[:-1]) if b == n]
+        if not hit:
+            return None
+        run_cfg.encoder.bitrate = phases[hit[0] + 1][0]
+        return copy.deepcopy(run_cfg)
+
+    sent = run_encode(src, [open_output(f"rtp://127.0.0.1:{port}")], run_cfg, semantic=semantic,
+                      live=Live(updates=updates))
+    rx.join(60)
+    log(f"{Path(clip).name} {'semantic' if semantic else 'x264'}: {sent['frames']} frames "
+        f"sent, {rx.packets} received")
+    return _judge(received, clip, bounds, phases, detector, eval_every, fps) | {
+        "frames_sent": sent["frames"], "frames_received": rx.packets,
+        "dropped_at_camera": src.dropped}
+
+
+def _judge(received: Path, clip: str, bounds, phases, detector: YoloxDetector,
+           eval_every: int, fps: float) -> dict:
+    """Per phase: bit rate on the wire, PSNR, ROI-PSNR, F1 of the received video."""
+    originals = [f for f in open_source(clip).frames()]
+    truth: dict[int, dict] = {}
+    per = [{"kbps_target": r / 1e3, "bytes": 0, "psnr": [], "roi": [], "roi_px": [],
+            "counts": {g: np.zeros(3, int) for g in GROUPS}} for r, _ in phases]
+    with av.open(str(received)) as c:
+        stream = c.streams.video[0]
+        start = None
+        for packet in c.demux(stream):
+            if packet.pts is None:
+                continue
+            start = packet.pts if start is None else start
+            i = round(float((packet.pts - start) * stream.time_base) * fps)
+            phase = per[min(int(np.searchsorted(bounds, i, side="right")), len(per) - 1)]
+            phase["bytes"] += packet.size
+            for f in packet.decode():
+                j = round(float((f.pts - start) * stream.time_base) * fps)
+                k = min(int(np.searchsorted(bounds, j, side="right")), len(per) - 1)
+                orig = originals[j % len(originals)]
+                got = Frame.from_i420(f.to_ndarray(format="yuv420p"), f.width, f.height, f.pts,
+                                      1, j)
+                per[k]["psnr"].append(psnr(orig.y, got.y))
+                if j % eval_every:
+                    continue
+                key = j % len(originals)
+                if key not in truth:
+                    truth[key] = detector.detect(orig)
+                mask = _box_mask(truth[key], orig.width, orig.height)
+                per[k]["roi_px"].append(int(mask.sum()))
+                if mask.any():
+                    per[k]["roi"].append(psnr(orig.y, got.y, mask))
+                found = detector.detect(got)
+                for g in GROUPS:
+                    per[k]["counts"][g] += match_counts(truth[key][g], found[g])
+    out = []
+    for (rate, seconds), p in zip(phases, per):
+        roi_px = float(np.mean(p["roi_px"])) if p["roi_px"] else 0.0
+        note = roi_data_note(roi_px / 256, float(np.mean([x > 0 for x in p["roi_px"]]) if
+                                                  p["roi_px"] else 0.0), 28, 0.5)
+        total = sum(p["counts"].values())
+        out.append({"target_kbps": rate / 1e3, "seconds": seconds,
+                    "kbps": round(p["bytes"] * 8 / seconds / 1e3, 1),
+                    "psnr": _mean(p["psnr"]), "psnr_roi": None if note else _mean(p["roi"]),
+                    "roi_note": note, "f1": round(f1_score(*total), 4),
+                    **{f"f1_{g}": round(f1_score(*c), 4) for g, c in p["counts"].items()}})
+    return {"phases": out}
+
+
+def _box_mask(dets: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
+    mask = np.zeros((height, width), bool)
+    for boxes in dets.values():
+        for x1, y1, x2, y2, _ in boxes:
+            mask[max(0, int(y1)):min(height, int(np.ceil(y2))),
+                 max(0, int(x1)):min(width, int(np.ceil(x2)))] = True
+    return mask
+
+
+# --- plumbing ---------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_bound(port: int, timeout: float = 30.0) -> None:
+    """Until a socket is bound to UDP `port` here (the receiver listens)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            if any(int(x.split()[1].rsplit(":", 1)[1], 16) == port for x in lines):
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"no receiver bound UDP port {port}")
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if np.isfinite(v)]
+    return round(float(np.mean(finite)), 3) if finite else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edge_semvc.bench.link", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    lat = sub.add_parser("latency", help="glass to glass over RTP or the RTSP server")
+    lat.add_argument("clip")
+    lat.add_argument("--output", choices=["rtp", "rtsp"], default="rtp")
+    lat.add_argument("--seconds", type=float, default=20.0)
+    lat.add_argument("--receiver", choices=["ffmpeg", "gstreamer"], default="ffmpeg",
+                     help="the RTSP client: FFmpeg through PyAV, or GStreamer's rtspsrc")
+    lat.add_argument("--no-map", action="store_true", help="plain x264")
+    st = sub.add_parser("story", help="a bitrate profile applied live, semantic vs x264")
+    st.add_argument("clips", nargs="+")
+    st.add_argument("--profile", type=parse_profile, default=parse_profile("2M:10,300k:10,1M:10"))
+    st.add_argument("--roi-model", default=str(SHARED / "models" / "yolox_nano.onnx"))
+    st.add_argument("--eval-every", type=int, default=3, help="detect on every Nth frame")
+    for s in (lat, st):
+        s.add_argument("--config", help="YAML configuration")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        s.add_argument("--out", default="bench-out/link", help="folder for files and JSON")
+    args = p.parse_args(argv)
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(args.config, ["encoder.tune=zerolatency", *args.set])
+    from ..tools.models import prepare_config
+    prepare_config(cfg, cfg.cache_dir(), log=lambda *_: None)
+    if args.what == "latency":
+        if cfg.encoder.rc == "crf" and not cfg.encoder.bitrate:
+            cfg.encoder.rc, cfg.encoder.bitrate = "cbr", 2_000_000
+        result = latency(args.clip, args.output, args.seconds, cfg, not args.no_map, work,
+                         args.receiver)
+    else:
+        detector = YoloxDetector(args.roi_model)
+        result = {"profile": [[r, s] for r, s in args.profile], "clips": {}}
+        for clip in args.clips:
+            result["clips"][Path(clip).name] = {
+                kind: story(clip, args.profile, cfg, kind == "semantic", detector,
+                            args.eval_every, work, print)
+                for kind in ("x264", "semantic")}
+    text = json.dumps(result, indent=2)
+    (work / f"{args.what}.json").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,361 @@
+"""Stream outputs through PyAV's muxers: RTP (`rtp://HOST:PORT`), MPEG-TS over UDP
+(`udp://HOST:PORT`) and standard output (`-`: MPEG-TS, or `-?format=h264` for raw Annex-B).
+
+Nothing is re-encoded: the encoder's Annex-B access units go to FFmpeg's `rtp` or `mpegts`
+muxer. Parameter sets travel in-band before every IDR (the encoder writes them when any stream
+output is in the run; `StreamInfo.headers` is prepended where it did not). Datagrams leave as
+each packet is muxed (`flush_packets`), so a frame is on the wire when the encoder hands it out.
+
+Nobody listening is normal for RTP and UDP (datagrams to a port nobody reads are simply lost).
+A send that fails (no route, the interface down) is counted; the output reports
+`output_lost` once, keeps trying with each keyframe, and reports `output_back` when a packet
+goes out again. Standard output closed by its reader ends the run (exit 3, statistics written,
+every other output finalised).
+"""
+from __future__ import annotations
+
+import base64
+import errno as errno_mod
+import ipaddress
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from ..errors import SinkError, WriteError
+from . import host_port, int_in, uri_options
+from .base import EventCallback, Output, StreamInfo, emit_event
+from .file import has_parameter_sets, is_idr
+
+log = logging.getLogger(__name__)
+
+RTP_PAYLOAD_TYPE = 96  # the first dynamic payload type: what ground stations expect
+# MPEG-TS packets per UDP datagram: 7 x 188 = 1316 bytes, under any Ethernet MTU
+TS_DATAGRAM = 1316
+# TS muxer settings for live use: no added muxing delay, each packet out as it is muxed,
+# timestamps as the encoder gave them (as FileSink's .ts)
+_TS_LIVE = {"max_delay": "0", "flush_packets": "1", "avoid_negative_ts": "disabled"}
+
+
+class _MuxerOutput(Output):
+    """One PyAV output container fed with the encoder's packets."""
+
+    format = ""
+    role = "stream"  # names the output in messages
+
+    def __init__(self, uri: str, on_event: EventCallback | None = None):
+        self.uri = uri
+        self._on_event = on_event
+        self._container = self._stream = None
+        self.info: StreamInfo | None = None
+        self.state = "new"
+        self.packets = self.bytes_sent = self.dropped = self.errors = self.reconnects = 0
+        self._lost = False
+        self._waiting_for_idr = False
+
+    # -- to be provided
+
+    def _target(self):
+        """What av.open writes to (a URL or a file object), and its options."""
+        raise NotImplementedError
+
+    # -- Output
+
+    def open(self, info: StreamInfo) -> None:
+        self.info = info
+        try:
+            self._start()
+        except (OSError, Exception) as e:  # noqa: BLE001 - PyAV's errors name the cause
+            self.close()
+            raise SinkError(f"cannot open {self.role} {self.uri}: {e}") from None
+        self.state = "streaming"
+
+    def _start(self) -> None:
+        import av
+
+        target, options = self._target()
+        self._container = av.open(target, mode="w", format=self.format, options=options)
+        info = self.info
+        self._stream = self._container.add_mux_stream(info.codec, rate=info.fps,
+                                                      width=info.width, height=info.height)
+        self._stream.time_base = info.time_base
+
+    def write(self, packet) -> None:
+        import av
+
+        key = bool(packet.keyframe) and is_idr(packet.data, self.info.codec)
+        if self._waiting_for_idr and not key:
+            self.dropped += 1
+            return
+        data = bytes(packet.data)
+        if key and not has_parameter_sets(data, self.info.codec):
+            data = self.info.headers + data  # receivers may start at any IDR
+        pkt = av.Packet(data)
+        pkt.time_base = self.info.time_base
+        pkt.pts, pkt.dts = int(packet.pts), int(packet.dts)
+        pkt.is_keyframe = key
+        try:
+            if self._container is None:  # after a failure: FFmpeg's I/O error is sticky
+                self._start()
+            pkt.stream = self._stream
+            self._container.mux(pkt)
+        except (av.error.FFmpegError, OSError) as e:
+            self._failed(e)
+            return
+        self.packets += 1
+        self.bytes_sent += len(data)
+        self._waiting_for_idr = False
+        if self._lost:
+            self._lost = False
+            self.state = "streaming"
+            self.reconnects += 1
+            self._emit("output_back", errors=self.errors, dropped=self.dropped)
+
+    def _failed(self, e: BaseException) -> None:
+        self.errors += 1
+        self.dropped += 1
+        self._waiting_for_idr = True  # a receiver cannot decode past the gap until an IDR
+        self._drop_container()  # opened again at the next IDR
+        if not self._lost:
+            self._lost = True
+            self.state = "lost"
+            reason = getattr(e, "strerror", None) or str(e)
+            log.warning("%s: sending failed (%s); retrying at each keyframe", self.uri, reason)
+            self._emit("output_lost", reason=reason)
+
+    def _drop_container(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001 - it failed already; the socket goes anyway
+                pass
+
+    def stats(self) -> dict:
+        return {"uri": self.uri, "state": self.state, "packets": self.packets,
+                "bytes_sent": self.bytes_sent, "dropped": self.dropped, "errors": self.errors,
+                "reconnects": self.reconnects}
+
+    def close(self) -> None:
+        container, self._container = self._container, None
+        if container is None:
+            return
+        self.state = "closed"
+        try:
+            container.close()
+        except Exception as e:  # noqa: BLE001 - a receiver's trouble must not fail the run
+            if self.fatal:
+                raise
+            log.warning("closing %s: %s", self.uri, e)
+
+    def _emit(self, name: str, **fields) -> None:
+        emit_event(self._on_event, name, self.uri, **fields)
+
+
+class RtpOutput(_MuxerOutput):
+    """`rtp://HOST:PORT[?ttl=N&sdp=FILE&pkt_size=BYTES]`: H.264 or HEVC over RTP, payload type
+    96 (what QGroundControl, GStreamer's `rtph264depay`, FFmpeg and VLC take). The SDP a
+    receiver needs is written to `sdp=FILE` when given and printed either way. A multicast
+    address (224.0.0.0/4, ff00::/8) takes `ttl` (default 1: this network only)."""
+
+    format = "rtp"
+    role = "RTP output"
+
+    def __init__(self, uri: str, on_event: EventCallback | None = None):
+        super().__init__(uri, on_event)
+        parts, self.options = uri_options(uri, {"ttl": int_in(0, 255), "sdp": str,
+                                                "pkt_size": int_in(300, 65000)})
+        self.host, self.port = host_port(uri, parts)
+        self.sdp_path = self.options.get("sdp")
+        if self.sdp_path:
+            folder = Path(self.sdp_path).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise SinkError(f"cannot write the SDP of {uri}: folder {folder} does not exist")
+        self.sdp = ""
+        self.ssrc = secrets.randbits(31)
+
+    def _target(self):
+        query = [f"pkt_size={self.options.get('pkt_size', 1200)}"]
+        if "ttl" in self.options:
+            query.append(f"ttl={self.options['ttl']}")
+        url = f"rtp://{_url_host(self.host)}:{self.port}?{'&'.join(query)}"
+        # one SSRC for the output's life: a receiver keeps the stream when it is reopened
+        return url, {"payload_type": str(RTP_PAYLOAD_TYPE), "ssrc": str(self.ssrc)}
+
+    def open(self, info: StreamInfo) -> None:
+        super().open(info)
+        self.sdp = sdp_text(info, self.host, self.port, ttl=self.options.get("ttl"))
+        if self.sdp_path:
+            Path(self.sdp_path).expanduser().write_text(self.sdp)
+        # where a receiver reads it: stderr when standard output carries video
+        print(f"SDP for {self.uri}{f' (also in {self.sdp_path})' if self.sdp_path else ''}:\n"
+              f"{self.sdp}", file=sys.stderr, flush=True)
+
+
+class UdpOutput(_MuxerOutput):
+    """`udp://HOST:PORT[?ttl=N&pkt_size=BYTES]`: MPEG-TS over UDP, 7 TS packets a datagram."""
+
+    format = "mpegts"
+    role = "UDP output"
+
+    def __init__(self, uri: str, on_event: EventCallback | None = None):
+        super().__init__(uri, on_event)
+        parts, self.options = uri_options(uri, {"ttl": int_in(0, 255),
+                                                "pkt_size": int_in(188, 65424)})
+        self.host, self.port = host_port(uri, parts)
+
+    def _target(self):
+        size = self.options.get("pkt_size", TS_DATAGRAM)
+        query = [f"pkt_size={size - size % 188}"]
+        if "ttl" in self.options:
+            query.append(f"ttl={self.options['ttl']}")
+        return f"udp://{_url_host(self.host)}:{self.port}?{'&'.join(query)}", dict(_TS_LIVE)
+
+
+class StdoutOutput(_MuxerOutput):
+    """`-`: MPEG-TS on standard output; `-?format=h264` (or `hevc`): raw Annex-B. Its reader
+    closing the pipe ends the run (exit 3) once every other output is finalised."""
+
+    role = "standard output"
+    fatal = True
+
+    def __init__(self, uri: str, on_event: EventCallback | None = None):
+        super().__init__(uri, on_event)
+        _, options = uri_options(uri.replace("-?", "stdout://-?", 1) if uri != "-" else
+                                 "stdout://-", {"format": str})
+        fmt = options.get("format", "ts")
+        if fmt not in ("ts", "h264", "hevc"):
+            raise SinkError(f"output {uri!r}: format must be ts, h264 or hevc, got {fmt!r}")
+        self.raw = fmt != "ts"
+        self.raw_codec = fmt if self.raw else None
+        self.format = "mpegts"
+        self._fd = sys.stdout.fileno()
+
+    def _target(self):
+        return _Pipe(self._fd), dict(_TS_LIVE)
+
+    def open(self, info: StreamInfo) -> None:
+        if self.raw and self.raw_codec != info.codec:
+            raise SinkError(f"output {self.uri!r} asks for raw {self.raw_codec.upper()}, but "
+                            f"the encoder writes {info.codec.upper()}")
+        sys.stdout.flush()  # nothing of ours may follow the video into the pipe
+        if self.raw:
+            self.info, self.state = info, "streaming"
+            return
+        super().open(info)
+
+    def write(self, packet) -> None:
+        if not self.raw:
+            return super().write(packet)
+        data = bytes(packet.data)
+        if packet.keyframe and not has_parameter_sets(data, self.info.codec):
+            data = self.info.headers + data
+        try:
+            _write_all(self._fd, data)
+        except OSError as e:
+            self._failed(e)
+        self.packets += 1
+        self.bytes_sent += len(data)
+
+    def _failed(self, e: BaseException) -> None:
+        self.state = "closed by its reader" if _broken_pipe(e) else "failed"
+        reason = ("standard output was closed by its reader" if _broken_pipe(e) else
+                  f"writing standard output failed: {getattr(e, 'strerror', None) or e}")
+        raise WriteError(getattr(e, "errno", None) or errno_mod.EPIPE, reason) from None
+
+    def close(self) -> None:
+        failed = self.state.startswith(("closed by", "failed"))
+        if not self.raw:
+            try:
+                super().close()
+            except (OSError, Exception) as e:  # noqa: BLE001 - the muxer's last bytes
+                if not failed:  # a failure already reported ended the run: not twice
+                    self._failed(e)
+        if not failed:
+            self.state = "closed"
+
+
+class _Pipe:
+    """Standard output as a file object for PyAV: our writes, so a closed pipe is an OSError
+    (EPIPE) we see, not a Python-level SIGPIPE death."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, data) -> int:
+        _write_all(self.fd, data)
+        return len(data)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _broken_pipe(e: BaseException) -> bool:
+    return isinstance(e, BrokenPipeError) or getattr(e, "errno", None) == errno_mod.EPIPE or \
+        "Broken pipe" in str(e)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# --- SDP (RFC 4566) for the RTP output: what receivers need to decode the stream ------------
+
+def sdp_text(info: StreamInfo, host: str, port: int, ttl: int | None = None) -> str:
+    """The session description of an RTP output: the address, payload type 96 and the
+    parameter sets (RFC 6184 for H.264, RFC 7798 for HEVC), so a receiver can decode from the
+    first IDR it gets."""
+    address = ipaddress.ip_address(host) if _is_ip(host) else None
+    family = "IP6" if address is not None and address.version == 6 else "IP4"
+    connection = host
+    if address is not None and address.is_multicast and family == "IP4":
+        connection = f"{host}/{ttl if ttl is not None else 1}"
+    nals = _nal_units(info.headers)
+    if info.codec == "hevc":
+        by_type = {t: b64 for t, b64 in ((((n[0] >> 1) & 0x3F), _b64(n)) for n in nals)}
+        fmtp = ";".join(f"sprop-{name}={by_type[t]}" for name, t in
+                        (("vps", 32), ("sps", 33), ("pps", 34)) if t in by_type)
+        rtpmap = "H265/90000"
+    else:
+        sps = next((n for n in nals if n[0] & 0x1F == 7), b"")
+        sets = ",".join(_b64(n) for n in nals if n[0] & 0x1F in (7, 8))
+        fmtp = "packetization-mode=1"
+        if len(sps) >= 4:
+            fmtp += f";profile-level-id={sps[1:4].hex().upper()}"
+        if sets:
+            fmtp += f";sprop-parameter-sets={sets}"
+        rtpmap = "H264/90000"
+    lines = ["v=0", f"o=- 0 0 IN {family} {host}", "s=edge_semvc", f"c=IN {family} {connection}",
+             "t=0 0", f"m=video {port} RTP/AVP {RTP_PAYLOAD_TYPE}",
+             f"a=rtpmap:{RTP_PAYLOAD_TYPE} {rtpmap}", f"a=fmtp:{RTP_PAYLOAD_TYPE} {fmtp}",
+             f"a=framerate:{float(info.fps):g}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _nal_units(annexb: bytes) -> list[bytes]:
+    """The NAL units of an Annex-B buffer, start codes removed."""
+    out, starts, i = [], [], 0
+    while (j := annexb.find(b"\x00\x00\x01", i)) >= 0:
+        starts.append(j + 3)
+        i = j + 3
+    for k, s in enumerate(starts):
+        end = starts[k + 1] - 3 if k + 1 < len(starts) else len(annexb)
+        nal = annexb[s:end]
+        out.append(nal.rstrip(b"\x00") if k + 1 < len(starts) else nal)
+    return [n for n in out if n]
+
+
+def _b64(nal: bytes) -> str:
+    return base64.b64encode(nal).decode("ascii")

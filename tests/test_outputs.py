@@ -1,0 +1,303 @@
+"""Stream outputs with real receivers on 127.0.0.1: FFmpeg (PyAV) reading the RTP output's SDP
+and the UDP output's MPEG-TS, a reader closing standard output early, several outputs fed by one
+encoder. Counts frames and bytes; waits only as hang guards (a receiver's read timeout).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+from test_telemetry import free_port, wait_until
+
+from edge_semvc.encoders import get_encoder
+from edge_semvc.encoders.base import EncoderSettings
+from edge_semvc.errors import SinkError
+from edge_semvc.sinks import open_output
+from edge_semvc.sinks.base import Outputs, StreamInfo
+from edge_semvc.sinks.stream import sdp_text
+from edge_semvc.sources import open_source
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def udp_bound(port: int) -> bool:
+    """Whether a UDP socket is bound to `port` here (the receiver listens: send now)."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(int(line.split()[1].rsplit(":", 1)[1], 16) == port for line in lines):
+            return True
+    return False
+
+
+class Receiver(threading.Thread):
+    """Decodes what arrives at `url` until nothing came for `idle_s` (its read timeout)."""
+
+    def __init__(self, url: str, fmt: str | None = None, options: dict | None = None,
+                 idle_s: float = 4.0):
+        super().__init__(daemon=True)
+        self.url, self.fmt, self.options, self.idle_s = url, fmt, options or {}, idle_s
+        self.frames: list[tuple[int, bool, bool]] = []  # (pts, key frame, corrupt)
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            with av.open(self.url, format=self.fmt, options=self.options,
+                         timeout=(60, self.idle_s)) as c:
+                for f in c.decode(video=0):
+                    self.frames.append((f.pts, f.key_frame, bool(getattr(f, "is_corrupt", 0))))
+        except (av.error.ExitError, av.error.FFmpegError, OSError) as e:  # the read timeout
+            self.error = e
+
+
+def encoded(frames: int, keyint: int = 10, global_headers: bool = False):
+    """(StreamInfo, packets) of `frames` demo frames through the real x264 encoder."""
+    src = open_source("demo://astronaut")
+    s = EncoderSettings(width=src.width, height=src.height, fps=src.fps,
+                        time_base=src.time_base, tune="zerolatency", keyint=keyint,
+                        global_headers=global_headers)
+    packets = []
+    with get_encoder("x264")(s) as enc:
+        for i, f in enumerate(src.frames()):
+            if i == frames:
+                break
+            packets += enc.encode(f)
+        packets += enc.flush()
+        info = StreamInfo(s.width, s.height, s.fps, s.time_base, enc.codec, enc.headers(),
+                          global_headers)
+    src.close()
+    return info, packets
+
+
+def test_rtp_receiver_reads_the_written_sdp_and_decodes_every_frame(tmp_path):
+    info, packets = encoded(40, global_headers=True)  # headers out of band: the output adds them
+    port, sdp = free_port(), tmp_path / "out.sdp"
+    out = open_output(f"rtp://127.0.0.1:{port}?sdp={sdp}")
+    out.open(info)
+    try:
+        assert "m=video %d RTP/AVP 96" % port in sdp.read_text()
+        rx = Receiver(str(sdp), "sdp", {"protocol_whitelist": "file,udp,rtp",
+                                        "reorder_queue_size": "0"})
+        rx.start()
+        wait_until(lambda: udp_bound(port), what="the RTP receiver's socket")
+        for p in packets:
+            out.write(p)
+    finally:
+        out.close()
+    rx.join(60)
+    assert len(rx.frames) == len(packets) == 40
+    assert not any(corrupt for _, _, corrupt in rx.frames)
+    assert out.stats()["packets"] == 40 and out.stats()["dropped"] == 0
+
+
+def test_a_late_rtp_receiver_decodes_from_its_first_idr(tmp_path):
+    info, packets = encoded(60, keyint=10)
+    port, sdp = free_port(), tmp_path / "late.sdp"
+    out = open_output(f"rtp://127.0.0.1:{port}?sdp={sdp}")
+    out.open(info)
+    rx = Receiver(str(sdp), "sdp", {"protocol_whitelist": "file,udp,rtp"})
+    try:
+        for p in packets[:25]:  # nobody listens yet: normal for RTP
+            out.write(p)
+        rx.start()
+        wait_until(lambda: udp_bound(port), what="the late receiver's socket")
+        for p in packets[25:]:
+            out.write(p)
+    finally:
+        out.close()
+    rx.join(60)
+    assert rx.frames, rx.error
+    assert rx.frames[0][1], "the first frame decoded must be an IDR"
+    assert not any(corrupt for _, _, corrupt in rx.frames)
+    assert 30 <= len(rx.frames) <= 35  # from the IDR at frame 30 on
+
+
+def test_sdp_carries_the_parameter_sets_and_the_multicast_ttl():
+    info, _ = encoded(1)
+    text = sdp_text(info, "239.1.2.3", 5600, ttl=4)
+    assert "c=IN IP4 239.1.2.3/4" in text and "a=rtpmap:96 H264/90000" in text
+    assert "sprop-parameter-sets=Z" in text  # base64 of an SPS (0x67...)
+
+
+def test_udp_mpegts_is_received_and_decoded():
+    info, packets = encoded(40)
+    port = free_port()
+    out = open_output(f"udp://127.0.0.1:{port}")
+    out.open(info)
+    rx = Receiver(f"udp://127.0.0.1:{port}?overrun_nonfatal=1&fifo_size=500000", "mpegts")
+    try:
+        rx.start()
+        wait_until(lambda: udp_bound(port), what="the UDP receiver's socket")
+        for p in packets:
+            out.write(p)
+    finally:
+        out.close()
+    rx.join(60)
+    assert len(rx.frames) >= 38, rx.error  # the probe may swallow the very first
+    assert not any(corrupt for _, _, corrupt in rx.frames)
+
+
+def test_nobody_listening_is_normal():
+    info, packets = encoded(20)
+    outs = Outputs([open_output(f"rtp://127.0.0.1:{free_port()}"),
+                    open_output(f"udp://127.0.0.1:{free_port()}")])
+    with outs.open(info):
+        outs.write(packets)
+    assert [s["packets"] for s in outs.stats()] == [20, 20]
+    assert all(s["errors"] == 0 for s in outs.stats())
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("rtp://127.0.0.1", "needs a port"),
+    ("rtp://:5600", "needs a host"),
+    ("rtp://127.0.0.1:5600?tll=3", "unknown option 'tll'"),
+    ("udp://127.0.0.1:5600?ttl=300", "invalid value '300'"),
+    ("rtmp://example.com/live", "unsupported output URI scheme"),
+    ("-?format=vp9", "format must be ts, h264 or hevc"),
+    ("out.avi", "unsupported output extension"),
+])
+def test_bad_output_uris_are_refused_naming_what_is_wrong(uri, message):
+    with pytest.raises(SinkError, match=message):
+        open_output(uri)
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "edge_semvc", *map(str, args)], cwd=ROOT,
+                          capture_output=True, **kw)
+
+
+def test_one_encode_feeds_a_file_and_streams(tmp_path):
+    out, stats = tmp_path / "a.mp4", tmp_path / "s.json"
+    r = run_cli("encode", "demo://astronaut", out, f"udp://127.0.0.1:{free_port()}",
+                f"rtp://127.0.0.1:{free_port()}", "--frames", 30, "--stats-json", stats)
+    assert r.returncode == 0, r.stderr.decode()
+    s = json.loads(stats.read_text())
+    assert [o["packets"] for o in s["outputs"]] == [30, 30, 30]
+    assert s["bytes"] == out.stat().st_size
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 30
+    assert b"SDP for rtp://" in r.stderr
+
+
+def test_standard_output_closed_by_its_reader_is_exit_3_with_statistics(tmp_path):
+    """`encode ... - | reader` where the reader leaves after 20 kB: exit 3, the statistics
+    written, the other output (a file) finalised and decodable."""
+    out, stats = tmp_path / "b.ts", tmp_path / "s.json"
+    reader = "import sys; sys.stdin.buffer.read(20000)"
+    enc = subprocess.Popen([sys.executable, "-m", "edge_semvc", "encode", "demo://astronaut",
+                            "-", str(out), "--stats-json", str(stats), "--no-map"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.run([sys.executable, "-c", reader], stdin=enc.stdout)
+    enc.stdout.close()
+    _, err = enc.communicate(timeout=120)
+    assert head.returncode == 0
+    assert enc.returncode == 3, err.decode()
+    assert b"standard output was closed by its reader" in err and b"Traceback" not in err
+    s = json.loads(stats.read_text())
+    assert s["complete"] is False and s["frames"] > 0
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == s["outputs"][1]["packets"] > 0
+
+
+def test_standard_output_raw_annexb_decodes():
+    r = run_cli("encode", "demo://astronaut", "-", "--stdout-format", "h264", "--frames", 20,
+                "--no-map")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.startswith(b"\x00\x00\x00\x01") or r.stdout.startswith(b"\x00\x00\x01")
+    codec = av.CodecContext.create("h264", "r")
+    packets = codec.parse(r.stdout) + codec.parse(None)  # None: the parser's last unit
+    frames = sum(len(codec.decode(p)) for p in packets) + len(codec.decode(None))
+    assert frames == 20
+
+
+def test_standard_output_given_twice_is_refused():
+    r = run_cli("encode", "demo://astronaut", "-", "-")
+    assert r.returncode == 2 and b"standard output (-) can be given once" in r.stderr
+
+
+def test_outputs_want_in_band_headers_when_any_stream_is_there():
+    assert Outputs([open_output("x.mp4")]).global_headers
+    assert not Outputs([open_output("x.mp4"), open_output("udp://127.0.0.1:9")]).global_headers
+
+
+def test_fps_is_kept_in_stream_info():
+    info, _ = encoded(1)
+    assert info.fps == Fraction(30) and info.codec == "h264"
+
+
+SENDER = """
+import dataclasses, sys, time
+sys.path.insert(0, {tests!r})
+from test_outputs import encoded
+from edge_semvc.sinks import open_output
+events = []
+out = open_output("rtp://127.0.0.1:5004", on_event=lambda name, **f: print(name, flush=True))
+info, packets = encoded(30)
+out.open(info)
+for n in range(100000):
+    p = packets[n % len(packets)]
+    shift = n // len(packets) * len(packets)  # timestamps go on increasing
+    out.write(dataclasses.replace(p, pts=p.pts + shift, dts=p.dts + shift))
+    if n == 30:
+        print("ready", flush=True)
+    if sys.stdin.closed:
+        break
+    time.sleep(0.005)
+    if out.stats()["state"] == "streaming" and n > 60 and out.stats()["errors"]:
+        break
+print("stats", out.stats(), flush=True)
+out.close()
+"""
+
+
+def test_a_stream_output_reports_a_lost_route_and_its_return(tmp_path):
+    """A real network fault in a network namespace of the test's own: a routing rule
+    prohibits the receiver's address (sendto: EACCES), then is removed. The output reports
+    output_lost once, keeps going, and output_back when packets leave again."""
+    import os
+    import shutil
+
+    ns = f"semvc{os.getpid()}"
+    if shutil.which("ip") is None or os.geteuid() != 0 or subprocess.run(
+            ["ip", "netns", "add", ns], capture_output=True).returncode:
+        pytest.skip("needs root and `ip netns` (iproute2) for a network namespace")
+    try:
+        for cmd in (["link", "set", "lo", "up"], ["rule", "add", "pref", "100", "table", "local"],
+                    ["rule", "del", "pref", "0"]):  # local routes after our rule from now on
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        route = ["ip", "-n", ns, "rule", "{}", "to", "127.0.0.1", "prohibit", "pref", "10"]
+        code = SENDER.format(tests=str(Path(__file__).parent))
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code],
+                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        guard = threading.Timer(180, proc.kill)  # a hang guard, not a time being measured
+        guard.start()
+        lines = []
+
+        def expect(word):
+            for line in proc.stdout:
+                lines.append(line.strip())
+                if line.startswith(word):
+                    return
+            raise AssertionError(f"no {word!r}: {lines}")
+
+        expect("ready")
+        subprocess.run([a.replace("{}", "add") for a in route], check=True)  # route gone
+        expect("output_lost")
+        subprocess.run([a.replace("{}", "del") for a in route], check=True)  # route back
+        expect("output_back")
+        expect("stats")
+        assert proc.wait(60) == 0
+        guard.cancel()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    assert lines.count("output_lost") == 1 and lines.count("output_back") == 1, lines
+    stats = lines[-1]
+    assert "'state': 'streaming'" in stats and "'errors': 0" not in stats
