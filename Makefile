@@ -17,8 +17,17 @@ APT_PKGS := gcc libc6-dev libx264-dev libx265-dev libffmpeg-nvenc-dev mosquitto 
             gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
             gstreamer1.0-libav
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Platforms (README, "Platforms"): the pins for a Python are requirements/pyXY.txt where the
+# newest pins have no wheels for it, else requirements.txt; installed from wheels only. On a Jetson
+# (edge_semvc/platform.py; PLATFORM_ROOT fakes one for tests) a venv also sees JetPack's own
+# TensorRT, pycuda and jetson-utils, which are never installed from PyPI.
+PLATFORM_ROOT ?= /
+lock_for  = $(or $(wildcard requirements/py$(shell $(1) -c 'import sys; print("%d%d" % sys.version_info[:2])').txt),requirements.txt)
+venv_args = $(shell $(1) -m edge_semvc.platform --root $(PLATFORM_ROOT) --venv-args)
+REQS     := $(call lock_for,$(PY))
+PIP_WHEELS := --disable-pip-version-check --only-binary=:all:
 
-.PHONY: all demo deps apt models test test-all lint bench clean
+.PHONY: all demo deps apt models test test-all lint wheels bench clean
 all: demo
 
 apt:
@@ -30,10 +39,10 @@ apt:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): $(REQS) pyproject.toml
 	@$(MAKE) --no-print-directory apt
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m venv $(call venv_args,$(PY)) $(VENV)
+	$(BIN)/pip install -q $(PIP_WHEELS) -r $(REQS)
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
@@ -47,13 +56,20 @@ demo: deps
 	$(BIN)/edge-semvc encode demo://astronaut $(OUT)/demo.mp4 \
 	  --qp-map-png $(OUT)/demo_qpmap.png --stats-json $(OUT)/demo_stats.json
 
-test: deps lint
+test: deps lint wheels
 	$(BIN)/pytest -q
 
-# The layers (import-linter contracts in pyproject.toml) and the lint rules: CI fails on either.
+# The layers (import-linter contracts in pyproject.toml), the lint rules and the oldest Python
+# supported (3.10; vermin reads `str.decode` where the code decodes bytes): CI fails on any.
 lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/ruff check edge_semvc tests
+	$(BIN)/ruff check edge_semvc tests scripts
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.10- --exclude str.decode \
+	  edge_semvc tests scripts
+
+# Every supported target installs its pins from wheels only (results kept in .cache/wheels).
+wheels: $(STAMP)
+	$(BIN)/python scripts/check_wheels.py
 
 test-all: deps
 	$(BIN)/pytest -q -m ''
@@ -90,16 +106,16 @@ install-service:
 	    --shell /usr/sbin/nologin --comment "edge_semvc service" edge-semvc; \
 	  echo "user edge-semvc: created (system user and group)"; \
 	fi; \
-	$(SUDO) $(SERVICE_PY) -m venv $(SERVICE_HOME)/venv; \
-	runtime=$$(mktemp); awk '/^# /{keep = /^# Runtime/} keep && NF && !/^#/' requirements.txt > $$runtime; \
-	$(SUDO) $(SERVICE_HOME)/venv/bin/pip install -q --disable-pip-version-check -r $$runtime; \
+	$(SUDO) $(SERVICE_PY) -m venv $(call venv_args,$(SERVICE_PY)) $(SERVICE_HOME)/venv; \
+	runtime=$$(mktemp); awk '/^# /{keep = /^# Runtime/} keep && NF && !/^#/' $(call lock_for,$(SERVICE_PY)) > $$runtime; \
+	$(SUDO) $(SERVICE_HOME)/venv/bin/pip install -q $(PIP_WHEELS) -r $$runtime; \
 	rm -f $$runtime; \
 	src=$$(mktemp -d); cp -r pyproject.toml README.md edge_semvc $$src/; \
 	$(SUDO) $(SERVICE_HOME)/venv/bin/pip install -q --disable-pip-version-check --no-deps \
 	  --force-reinstall $$src; \
 	rm -rf $$src; \
 	$(SUDO) install -m 0644 README.md $(SERVICE_HOME)/README.md; \
-	echo "program: $(SERVICE_HOME)/venv/bin/edge-semvc (runtime packages of requirements.txt)"; \
+	echo "program: $(SERVICE_HOME)/venv/bin/edge-semvc (runtime packages of $(call lock_for,$(SERVICE_PY)))"; \
 	$(SUDO) install -d -m 0750 -o edge-semvc -g edge-semvc $(SERVICE_CACHE) $(SERVICE_STATE) \
 	  $(SERVICE_STATE)/recordings; \
 	$(SUDO) env EDGE_SEMVC_CACHE=$(SERVICE_CACHE) $(SERVICE_HOME)/venv/bin/edge-semvc \
@@ -113,8 +129,11 @@ install-service:
 	echo "models and x264 binding: $(SERVICE_CACHE) (checked by encoding the demo clip)"; \
 	$(SUDO) install -d -m 0750 -o root -g edge-semvc $(SERVICE_ETC); \
 	if [ -e $(SERVICE_ETC)/config.yml ]; then echo "config: $(SERVICE_ETC)/config.yml kept"; else \
-	  $(SUDO) install -m 0640 -o root -g edge-semvc systemd/config.example.yml $(SERVICE_ETC)/config.yml; \
-	  echo "config: $(SERVICE_ETC)/config.yml (from systemd/config.example.yml)"; \
+	  cam=$$($(SERVICE_PY) -m edge_semvc.platform --root $(PLATFORM_ROOT) --camera); \
+	  sed -e "$${cam:+s#file:///var/lib/edge-semvc/demo.mp4#$$cam#;/loop: true/d}" \
+	    systemd/config.example.yml | $(SUDO) install -m 0640 -o root -g edge-semvc /dev/stdin \
+	    $(SERVICE_ETC)/config.yml; \
+	  echo "config: $(SERVICE_ETC)/config.yml (from systemd/config.example.yml$${cam:+, camera $$cam})"; \
 	fi; \
 	$(SUDO) env EDGE_SEMVC_CACHE=$(SERVICE_CACHE) $(SERVICE_HOME)/venv/bin/edge-semvc \
 	  models prepare --config $(SERVICE_ETC)/config.yml >/dev/null; \

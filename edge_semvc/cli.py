@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_encode(args) -> int:
+    from . import preflight
     from .config import load_config
     from .errors import SinkError
     from .pipeline import Visuals, partial_result, run_encode
@@ -125,6 +126,7 @@ def cmd_encode(args) -> int:
         from .tools.models import prepare_config
 
         prepare_config(cfg, cfg.cache_dir(), log=_log_stderr)
+    preflight.resolve(cfg)  # which runtime and encoder this machine runs (`auto`)
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
     source = open_source(args.input, raw)
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
@@ -274,6 +276,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from . import preflight
     from .config import load_config
     from .serve.config import ServeConfig
     from .serve.service import Service
@@ -282,6 +285,7 @@ def cmd_serve(args) -> int:
 
     cfg = load_config(args.config, args.set, cls=ServeConfig)
     check_writable({"--stats-json": args.stats_json})
+    preflight.resolve(cfg)  # every camera's runtime and encoder (`auto`)
     service = Service(cfg)
     set_on_signals(service.stop_event)  # every camera's segment is closed, then exit 0
     status = service.run(max_seconds=args.seconds)

@@ -51,6 +51,19 @@ def test_round_trip(tmp_path, case, ext, global_headers):
     assert all((o[2], o[3]) == (w, h) for o in out)
 
 
+@pytest.mark.parametrize("global_headers", [False, True], ids=["inband", "global"])
+def test_round_trip_with_the_stream_made_at_the_first_packet(tmp_path, monkeypatch,
+                                                             global_headers):
+    """PyAV 17's way (sinks/mux.py), the one Python 3.10 gets, run on this PyAV too."""
+    from edge_semvc.sinks import mux
+
+    monkeypatch.setattr(mux, "WAITS_FOR_FIRST_PACKET", True)
+    frames, tb, fps = frames_for("300x168")
+    with encoder_for(frames, tb, fps, global_headers) as enc:
+        out = helpers.check_file_round_trip(enc, tmp_path / "out.mkv", frames, tb, fps)
+    assert all((o[2], o[3]) == (frames[0].width, frames[0].height) for o in out)
+
+
 def test_global_headers_per_container():
     assert FileSink.wants_global_headers("a.mp4") and FileSink.wants_global_headers("b.MKV")
     assert not wants_global_headers("c.ts") and not wants_global_headers("d.h264")

@@ -82,6 +82,7 @@ def run(args) -> int:
     """Run the benchmark for parsed ``args``; writes the JSON report. Returns the exit status
     (0; 3 when the input broke part-way; 130 on Ctrl-C — the report is written in both cases).
     Configuration, source, model and encoder errors propagate (the CLI reports them, exit 2)."""
+    from .. import preflight
     from ..config import load_config
     from ..options import config_overrides
     from ..pipeline import partial_result, run_encode
@@ -101,6 +102,7 @@ def run(args) -> int:
         from ..tools.models import prepare_config
 
         prepare_config(cfg, cfg.cache_dir(), log=lambda m: print(m, file=sys.stderr))
+    preflight.resolve(cfg)  # which runtime and encoder this machine runs (`auto`)
     tmpdir = None
     output = args.output
     if not output:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import preflight
 from ..config import Config, ConfigError, load_config
 from ..pipeline import Live, run_encode
 from ..sources import RawVideoOptions, open_source
@@ -334,6 +335,7 @@ def run(args) -> int:
                                     # placeholder so abr/cbr validate; each point sets its own
                                     "encoder.bitrate=1000000"])
     prepare_config(cfg, cfg.cache_dir(), log=lambda m: print(m, file=sys.stderr))
+    preflight.resolve(cfg)  # which runtime and encoder this machine runs (`auto`)
     ladder = None
     if args.bpp and (args.ladder or args.rc == "crf" or min(args.bpp) <= 0):
         raise ConfigError("--bpp takes positive values and goes with --rc abr/cbr, not --ladder")

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..platform import detect as detect_platform
+
 PACKAGES = ("edge_semvc", "numpy", "av", "onnxruntime", "cffi", "PyYAML", "pillow",
             "scikit-image")
 
@@ -114,20 +116,12 @@ def find_power_rails(root: str = "/") -> list[PowerRail]:
 
 
 def detect_jetson(root: str = "/") -> dict:
-    """{"available": bool, ...}: model, L4T release and power mode, or the reason it is not."""
-    model = None
-    for p in ("proc/device-tree/model", "sys/firmware/devicetree/base/model"):
-        model = _read(os.path.join(root, p))
-        if model:
-            break
-    release = _read(os.path.join(root, "etc/nv_tegra_release"))
-    if release:
-        release = release.splitlines()[0].lstrip("# ").strip()
-    if not (release or (model and "jetson" in model.lower())):
-        return {"available": False,
-                "reason": "not a Jetson: no /etc/nv_tegra_release and the device-tree model is "
-                          + (repr(model) if model else "absent")}
-    out = {"available": True, "model": model, "l4t": release, "nvpmodel": None}
+    """{"available": bool, ...}: model, L4T release and power mode, or the reason it is not
+    (`platform.detect`)."""
+    plat = detect_platform(root)
+    if not plat.jetson:
+        return {"available": False, "reason": f"not a Jetson: {plat.reason}"}
+    out = {"available": True, "model": plat.model, "l4t": plat.release, "nvpmodel": None}
     if root == "/" and shutil.which("nvpmodel"):
         try:
             q = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5)

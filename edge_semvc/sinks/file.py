@@ -1,13 +1,14 @@
 """Write already-encoded H.264 or HEVC packets to a file: raw Annex-B, MP4, Matroska or MPEG-TS.
 
-Nothing is re-encoded. Containers go through PyAV's muxers: the stream is created with
-``OutputContainer.add_mux_stream`` (PyAV >= 17; no codec context, so no libx264 instance is
-opened behind our back and nothing overwrites the parameter sets). Such a stream offers no
-extradata setter; for mp4/mkv PyAV instead runs FFmpeg's ``extract_extradata`` filter on the
-first packet and buffers until it has the SPS/PPS (HEVC: VPS/SPS/PPS). The sink therefore makes
-sure the first packet carries them: it prepends ``headers`` when the encoder kept them out of band
-(``EncoderSettings.global_headers``). The muxers then convert the Annex-B packets to
-length-prefixed samples (avcC, hvcC) themselves. ``codec`` (``Encoder.codec``: ``"h264"`` or
+Nothing is re-encoded. Containers go through PyAV's muxers: the stream has no codec context
+(`mux.py`, ``OutputContainer.add_mux_stream``: no libx264 instance is opened behind our back and
+nothing overwrites the parameter sets). Such a stream offers no extradata setter; for mp4/mkv the
+SPS/PPS (HEVC: VPS/SPS/PPS) come from the first packet instead (PyAV 18 runs FFmpeg's
+``extract_extradata`` filter on it; on PyAV 17 the mp4 muxer reads them itself and `mux.py`
+copies the mkv stream from it). The sink therefore makes sure the first packet carries them: it
+prepends ``headers`` when the encoder kept them out of band (``EncoderSettings.global_headers``).
+The muxers then convert the Annex-B packets to length-prefixed samples (avcC, hvcC) themselves.
+``codec`` (``Encoder.codec``: ``"h264"`` or
 ``"hevc"``) names the stream for the muxer and says how to read the NAL unit headers.
 
 Timestamps: packets carry pts/dts in ``time_base``; the muxer rescales to its own clock
@@ -191,6 +192,8 @@ class FileSink:
         else:
             import av
 
+            from . import mux
+
             # x264 hands out negative dts for the first frames when B-frames delay output.
             # mp4 keeps the pts through an edit list and mkv stores pts only, but for mpegts
             # FFmpeg's default (make_non_negative) would shift every timestamp by that delay;
@@ -200,9 +203,9 @@ class FileSink:
             self._container = av.open(str(self.path), mode="w", format=self.format,
                                       options=options)
             try:
-                self._stream = self._container.add_mux_stream(
-                    self.codec, rate=self.fps, width=self.width, height=self.height)
-                self._stream.time_base = self.time_base
+                self._stream = mux.add_stream(self._container, self.codec, self.fps,
+                                              self.width, self.height, self.time_base,
+                                              self.format == "matroska")
             except Exception:
                 self._container.close()
                 raise
@@ -236,6 +239,12 @@ class FileSink:
         else:
             import av
 
+            from . import mux
+
+            if self._stream is None:  # PyAV 17 with mkv (mux.py)
+                self._stream = mux.stream_from_first_packet(self._container, self.codec, data,
+                                                            self.width, self.height,
+                                                            self.time_base)
             pkt = av.Packet(data)
             pkt.stream = self._stream
             pkt.time_base = self.time_base

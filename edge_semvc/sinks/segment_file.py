@@ -12,6 +12,8 @@ from pathlib import Path
 
 import av
 
+from . import mux
+
 log = logging.getLogger(__name__)
 
 # Each packet goes to the file as it is muxed (flush_packets), and fMP4 closes a fragment at
@@ -63,19 +65,23 @@ class Segment:
         self.final = final
         self.part = final.with_name(f".{final.name}.part")
         self.start_pts = self.max_pts = start_pts
+        self.codec, self.size = codec, (settings.width, settings.height)
         self.frames = 0
         self.file = _File(self.part)
         muxer, options = MUXERS[fmt]
         try:
             self.container = av.open(self.file, mode="w", format=muxer, options=dict(options))
-            self.stream = self.container.add_mux_stream(
-                codec, rate=settings.fps, width=settings.width, height=settings.height)
-            self.stream.time_base = settings.time_base
+            self.stream = mux.add_stream(self.container, codec, settings.fps, settings.width,
+                                         settings.height, settings.time_base,
+                                         fmt == "mp4")  # fragmented: the moov comes first
         except BaseException:
             self.file.release()
             raise
 
     def write(self, packet, data: bytes) -> None:
+        if self.stream is None:  # PyAV 17 with fragmented mp4 (mux.py)
+            self.stream = mux.stream_from_first_packet(self.container, self.codec, data,
+                                                       *self.size, self.time_base)
         pkt = av.Packet(data)
         pkt.stream = self.stream
         pkt.time_base = self.time_base
