@@ -168,7 +168,7 @@ class Camera:
             self.backoff.reset()
 
         try:
-            run_encode(paced, outputs.outputs, self.cfg, on_frame=on_frame, live=live)
+            run_encode(paced, outputs, self.cfg, on_frame=on_frame, live=live)
         except DecodeError as e:
             return str(e)
         except EdgeSemvcError as e:  # an encoder or model problem: report it, try again

@@ -11,10 +11,15 @@ from pathlib import Path
 
 import av
 
+from .tracks import TrackMuxer
+
 log = logging.getLogger(__name__)
 
+# delay_moov: the moov (with each track's edit list) waits for the first fragment, when every
+# track's first timestamp is known; with empty_moov alone each track would start at 0 on its
+# own, putting audio and video of a segment out of sync by their first packets' distance
 MUXERS = {"ts": ("mpegts", {"avoid_negative_ts": "disabled"}),  # as FileSink: exact pts
-           "mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof"})}
+           "mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov"})}
 
 
 class _File:
@@ -53,11 +58,14 @@ class Segment:
     """One segment being written under its temporary name."""
 
     def __init__(self, final: Path, fmt: str, settings, start_pts: int,
-                 codec: str = "h264") -> None:
+                 codec: str = "h264", tracks=()) -> None:
         self.time_base = settings.time_base  # the stream's own changes when the header is written
         self.final = final
         self.part = final.with_name(f".{final.name}.part")
         self.start_pts = self.max_pts = start_pts
+        # fMP4 segments start at 0 (a player would show an empty edit of the camera's time
+        # first); every track moves by the same amount, so they stay in sync
+        self.origin = start_pts if fmt == "mp4" else 0
         self.frames = 0
         self.file = _File(self.part)
         muxer, options = MUXERS[fmt]
@@ -66,6 +74,7 @@ class Segment:
             self.stream = self.container.add_mux_stream(
                 codec, rate=settings.fps, width=settings.width, height=settings.height)
             self.stream.time_base = settings.time_base
+            self.tracks = TrackMuxer(self.container, tracks)  # passed-through audio, data
         except BaseException:
             self.file.release()
             raise
@@ -74,11 +83,15 @@ class Segment:
         pkt = av.Packet(data)
         pkt.stream = self.stream
         pkt.time_base = self.time_base
-        pkt.pts, pkt.dts = int(packet.pts), int(packet.dts)
+        pkt.pts, pkt.dts = int(packet.pts) - self.origin, int(packet.dts) - self.origin
         pkt.is_keyframe = bool(packet.keyframe)
         self.container.mux(pkt)
         self.frames += 1
         self.max_pts = max(self.max_pts, int(packet.pts))
+
+    def write_track(self, packet) -> None:
+        """One packet of a passed-through track (`tracks.TrackPacket`)."""
+        self.tracks.mux(packet.shifted(-self.origin * self.time_base) if self.origin else packet)
 
     def finish(self) -> int:
         """Trailer, fsync, rename, fsync of the folder; returns the size. Raises on failure."""
