@@ -38,8 +38,9 @@ RTP_PAYLOAD_TYPE = 96  # the first dynamic payload type: what ground stations ex
 # MPEG-TS packets per UDP datagram: 7 x 188 = 1316 bytes, under any Ethernet MTU
 TS_DATAGRAM = 1316
 # TS muxer settings for live use: no added muxing delay, each packet out as it is muxed,
-# timestamps as the encoder gave them (as FileSink's .ts); with audio beside the video, FFmpeg's
-# interleaving holds nothing back longer than 1 us beyond what `Outputs` already put in order
+# timestamps as the encoder gave them (as FileSink's .ts); `Outputs` already puts the streams in
+# order, and FFmpeg's own interleaving would hold the video back until a sparse stream's next
+# packet (GPMF: one a second), up to max_interleave_delta (default 10 s): 1 us here
 _TS_LIVE = {"max_delay": "0", "flush_packets": "1", "avoid_negative_ts": "disabled",
             "max_interleave_delta": "1"}
 
