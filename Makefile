@@ -9,10 +9,13 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 OUT      ?= out
-# mosquitto and GStreamer's RTSP server (system Python's PyGObject) are for the tests: a real
-# broker and a real network camera.
+# mosquitto and x264enc (plugins-ugly) are for the tests: a real broker and a real network
+# camera. GStreamer through the system Python's PyGObject runs the rtsp:// and srt:// outputs
+# (RTSP server, payloaders in -good, parsers, mpegtsmux and srtsink in -bad); -libav's
+# decoders are the GStreamer receiver of the latency benchmark and the README's recipes.
 APT_PKGS := gcc libc6-dev libx264-dev libx265-dev libffmpeg-nvenc-dev mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 \
-            gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+            gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
+            gstreamer1.0-libav
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all demo deps apt models test test-all lint bench clean
@@ -97,7 +100,8 @@ install-service:
 	rm -rf $$src; \
 	$(SUDO) install -m 0644 README.md $(SERVICE_HOME)/README.md; \
 	echo "program: $(SERVICE_HOME)/venv/bin/edge-semvc (runtime packages of requirements.txt)"; \
-	$(SUDO) install -d -m 0750 -o edge-semvc -g edge-semvc $(SERVICE_CACHE) $(SERVICE_STATE); \
+	$(SUDO) install -d -m 0750 -o edge-semvc -g edge-semvc $(SERVICE_CACHE) $(SERVICE_STATE) \
+	  $(SERVICE_STATE)/recordings; \
 	$(SUDO) env EDGE_SEMVC_CACHE=$(SERVICE_CACHE) $(SERVICE_HOME)/venv/bin/edge-semvc \
 	  models prepare >/dev/null; \
 	if [ ! -e $(SERVICE_STATE)/demo.mp4 ]; then \

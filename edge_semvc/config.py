@@ -19,7 +19,7 @@ from .analysis.config import AnalysisConfig
 from .analysis.fusion import FusionConfig
 from .analysis.recurrent import AttentionConfig
 from .analysis.scene import SceneConfig
-from .config_model import UniqueKeyLoader, check, merge, schema_of
+from .config_model import ConfigDumper, ConfigLoader, check, merge, schema_of
 from .encoders.config import EncoderConfig
 from .errors import ConfigError
 from .labeler.config import LabelerConfig
@@ -74,7 +74,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=ConfigDumper, sort_keys=False)
 
     def cache_dir(self) -> Path:
         from .labeler.registry import cache_root
@@ -96,11 +96,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
             raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: "
                               f"{e.reason})") from None
         try:
-            data = yaml.load(text, Loader=UniqueKeyLoader) or {}
+            data = yaml.load(text, Loader=ConfigLoader)
         except yaml.YAMLError as e:
             raise ConfigError(
                 f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
-        merge(cfg, data, "")
+        merge(cfg, {} if data is None else data, "")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -110,11 +110,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            node[parts[-1]] = raw
-        merge(cfg, nested, "")
+        node[parts[-1]] = raw  # read for the key's type: text for a string, else YAML
+        merge(cfg, nested, "", text=True)
     return cfg.validate()
 
 

@@ -16,7 +16,12 @@ class EdgeSemvcError(Exception):
 
 
 class ConfigError(EdgeSemvcError, ValueError):
-    """A configuration key or value is wrong (names the key, the value and what is allowed)."""
+    """A configuration key or value is wrong (names the key, the value and what is allowed).
+    ``key``: the dotted key at fault, where there is one (the service's events carry it)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class SourceError(EdgeSemvcError, RuntimeError):

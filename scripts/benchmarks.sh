@@ -3,11 +3,12 @@
 # Usage: scripts/benchmarks.sh [OUT] [PART...]   (default bench-out/, every part; each part in
 # its own folder). About 90 minutes on 2 cores; every part can also be run on its own.
 # Parts (in this order): cpu budget default low agreement reuse i2 yolox labelers storage
-# backends gpu-cpu
+# backends gpu-cpu intra-refresh
 set -euo pipefail
 OUT=${1:-bench-out}
 shift || true
-PARTS=${*:-cpu budget default low agreement reuse i2 yolox labelers storage backends gpu-cpu}
+PARTS=${*:-cpu budget default low agreement reuse i2 yolox labelers storage backends gpu-cpu \
+  intra-refresh}
 V=../shared/data/video
 M=../shared/models
 PY=.venv/bin/python
@@ -131,4 +132,11 @@ fi
 if want gpu-cpu; then
   $PY -m edge_semvc.bench.gpu_qp --sizes 720p,1080p,4k --cpu-only --json $OUT/gpu-cpu.json \
     | tee $OUT/gpu-cpu.md
+fi
+
+# Issue 18: intra refresh against periodic IDRs, peak-to-target over 100 ms windows.
+if want intra-refresh; then
+  $PY -m edge_semvc.bench.intra_refresh $V/street_pedestrians_vtest_768x576.avi \
+    $V/drone_karma_coast_854x480.mp4 $V/road_traffic_signs_1080p.h264 --rates 500 1000 2000 \
+    --json $OUT/intra-refresh.json | tee $OUT/intra-refresh.md
 fi

@@ -213,6 +213,27 @@ def check_no_frame_delay(encoder, frames, settings) -> None:
     assert counts == [1] * len(frames)
 
 
+def check_live_rate_drop(encoder, settings) -> dict:
+    """100 frames of a panning texture with fresh grain (every one costs, none is a scene
+    cut) through a new ``encoder`` (a class) at ``settings`` (a bitrate, no IDR of its own
+    within 100 frames), the rate cut to a fifth before frame 50: the bytes come down by more
+    than half, no IDR comes with the change. Returns settings_summary() after the change."""
+    rng = np.random.default_rng(2)
+    packets, w, h = [], settings.width, settings.height
+    texture = rng.integers(0, 200, (h, w, 3), np.uint8)
+    with encoder(settings) as enc:
+        for i in range(100):
+            if i == 50:
+                enc.reconfigure(settings.bitrate // 5, settings.crf)
+            rgb = np.roll(texture, 2 * i, axis=1) + rng.integers(0, 40, (h, w, 3), np.uint8)
+            packets += enc.encode(Frame.from_rgb(rgb, i, settings.time_base, i))
+        packets += enc.flush()
+        summary = enc.settings_summary()
+    sizes = [len(p.data) for p in packets]
+    assert len(sizes) == 100 and [i for i, p in enumerate(packets) if p.keyframe] == [0]
+    assert sum(sizes[75:]) < 0.5 * sum(sizes[25:50])
+    return summary
+
 def check_binding_cache(binding, build: str, version: int, so_glob: str, symbol: str,
                         tmp_path, monkeypatch) -> None:
     """The cffi binding's cache: keyed by the header's ``build`` macro, a fresh build lands in

@@ -37,7 +37,7 @@ def test_file_then_overrides(tmp_path):
     ("encoder.rc=cbr", "encoder.bitrate: 0"),
     ("encoder.crf=60", "encoder.crf: 60"),
     ("missing-equals", "--set expects key=value"),
-    ("qp.importance.face=abc", "qp.importance.face: 'abc' (expected float)"),
+    ("qp.importance.face=abc", "qp.importance.face: 'abc' (expected a number)"),
     ("labeler.priority=face,dog", "labeler.priority: ['dog']"),
     ("qp.importance.dog=0.5", "qp.importance: ['dog']"),
 ])

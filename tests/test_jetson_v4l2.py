@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from fractions import Fraction
 
+import encoders_helpers as helpers
 import numpy as np
 import pytest
 
@@ -148,6 +149,33 @@ def test_default_intervals_are_the_encoders_and_caller_idr_turns_them_off():
         jv.NO_KEYFRAMES
 
 
+def test_intra_refresh_replaces_idrs():
+    p = jv.build_params(settings(keyint=30, intra_refresh=True))
+    c = dict(p.controls())
+    assert p.intra_refresh == 30
+    assert c["V4L2_CID_MPEG_VIDEO_GOP_SIZE"] == c["V4L2_CID_MPEG_VIDEO_IDR_INTERVAL"] == \
+        jv.NO_KEYFRAMES  # one IDR at the start
+    assert jv.build_params(settings(intra_refresh=True)).intra_refresh == jv.REFRESH_PERIOD
+    with pytest.raises(EncoderError, match="idr_interval with intra_refresh"):
+        jv.build_params(settings(intra_refresh=True, params={"idr_interval": 60}))
+
+
+@pytest.mark.parametrize("kw, change, want", [
+    (dict(), 300_000, [("V4L2_CID_MPEG_VIDEO_BITRATE", 300_000)]),
+    (dict(rc="abr", bitrate=2_000_000, params={"peak_bitrate": "3000000"}), 1_000_000,
+     [("V4L2_CID_MPEG_VIDEO_BITRATE", 1_000_000),
+      ("V4L2_CID_MPEG_VIDEO_BITRATE_PEAK", 1_500_000)]),  # the peak keeps its ratio
+])
+def test_a_live_change_sets_the_runtime_controls_only(kw, change, want):
+    s = jv.retuned(settings(**kw), change, 23.0, "jetson-v4l2")
+    assert jv.build_params(s).live_controls() == want
+    assert {n for n, _ in want} <= set(jv.LIVE_CONTROLS)
+
+
+def test_a_live_change_cannot_drop_the_bitrate():
+    with pytest.raises(EncoderError, match="cannot turn its VBV cap off"):
+        jv.retuned(settings(), None, 23.0, "jetson-v4l2")
+
 @pytest.mark.parametrize("kw, message", [
     (dict(preset="turbo"), "unknown preset 'turbo'"),
     (dict(tune="film"), "tune 'film' is not available"),
@@ -241,6 +269,7 @@ def test_binding_compiles_against_the_jetpack_header(tmp_path, monkeypatch):
             if isinstance(value, str):
                 assert getattr(mod.lib, value) >= 0
     assert mod.ffi.sizeof("semvc_roi_t") == 20
+    assert mod.lib.semvc_jenc_set_intra_refresh  # the slice intra refresh control compiled
 
 
 def test_encode_on_a_jetson():
@@ -264,3 +293,11 @@ def test_encode_on_a_jetson():
     assert summary["roi"]["frames_with_rois"] == 20
     with av.open(io.BytesIO(b"".join(p.data for p in packets)), format="h264") as c:
         assert sum(1 for _ in c.decode(video=0)) == 20
+
+
+def test_reconfigure_on_a_jetson():
+    ok, why = jv.JetsonV4l2Encoder.available()
+    if not ok:
+        pytest.skip(f"no Jetson hardware encoder here: {why}")
+    s = settings(width=320, height=240, bitrate=1_000_000, keyint=1000)  # no IDR of its own
+    assert helpers.check_live_rate_drop(jv.JetsonV4l2Encoder, s)["bitrate"] == 200_000

@@ -7,6 +7,7 @@ import ctypes
 import io
 from fractions import Fraction
 
+import encoders_helpers as helpers
 import numpy as np
 import pytest
 
@@ -135,6 +136,39 @@ def test_presets_tunes_intervals_and_headers():
     assert p.gop == p.idr_period == nv.INFINITE
 
 
+def test_intra_refresh_replaces_idrs():
+    p = nv.build_params(settings(keyint=30, intra_refresh=True))
+    assert (p.intra_refresh, p.gop, p.idr_period) == (30, nv.INFINITE, nv.INFINITE)
+    assert nv.build_params(settings(intra_refresh=True)).intra_refresh == nv.REFRESH_PERIOD
+    assert nv.build_params(settings(keyint=30)).intra_refresh == 0
+    with pytest.raises(EncoderError, match="idr_interval with intra_refresh"):
+        nv.build_params(settings(intra_refresh=True, params={"idr_interval": 60}))
+
+
+@pytest.mark.parametrize("kw, change, want", [
+    (dict(rc="cbr", bitrate=2_000_000), (300_000, 23.0), (300_000, 300_000, 300_000, 23.0)),
+    (dict(rc="crf", crf=23.0, bitrate=2_000_000), (300_000, 30.0), (0, 300_000, 300_000, 30.0)),
+    (dict(rc="crf", crf=23.0), (None, 35.5), (0, 0, 0, 35.5)),
+    # a VBR peak keeps its ratio to the average
+    (dict(rc="abr", bitrate=2_000_000, params={"peak_bitrate": 3_000_000}), (1_000_000, 23.0),
+     (1_000_000, 1_500_000, 0, 23.0)),
+])
+def test_a_live_change_maps_like_the_settings(kw, change, want):
+    s = nv.retuned(settings(**kw), *change, "nvenc")
+    p = nv.build_params(s)
+    assert (p.bitrate, p.max_bitrate, p.vbv_size, p.cq) == want
+
+
+@pytest.mark.parametrize("kw, change, message", [
+    (dict(rc="crf", crf=23.0), (500_000, 23.0), "set at the start"),
+    (dict(rc="cbr", bitrate=10**6), (None, 23.0), "cannot turn its VBV cap off"),
+    (dict(rc="cbr", bitrate=10**6), (-5, 23.0), "invalid bitrate -5"),
+])
+def test_live_changes_nvenc_cannot_take(kw, change, message):
+    with pytest.raises(EncoderError, match=message):
+        nv.retuned(settings(**kw), *change, "nvenc")
+
+
 # --- the binding (compiled here against /usr/include/ffnvcodec) ---------------------------------
 
 @pytest.fixture(scope="module")
@@ -188,6 +222,64 @@ def test_configuration_code_sets_delta_map_mode_and_our_settings(binding, kw, co
         assert eff.cq_q8 == round(p.cq * 256)
 
 
+def test_intra_refresh_configuration(binding):
+    ffi, lib = binding
+    for codec in ("h264", "hevc"):
+        p = nv.build_params(settings(keyint=30, intra_refresh=True, params={"codec": codec}))
+        opts, eff = ffi.new("semvc_nvenc_opts_t *"), ffi.new("semvc_nvenc_opts_t *")
+        p.fill(opts)
+        cfg = ffi.new("NV_ENC_CONFIG *")
+        lib.semvc_nvenc_apply(cfg, opts)
+        lib.semvc_nvenc_read(cfg, codec == "hevc", eff)
+        assert (eff.intra_refresh, eff.gop, eff.idr_period) == (30, nv.INFINITE, nv.INFINITE)
+
+
+def _applied(binding, s):
+    """A configuration as the session is initialised with for ``s``, and its init params."""
+    ffi, lib = binding
+    opts = ffi.new("semvc_nvenc_opts_t *")
+    nv.build_params(s).fill(opts)
+    cfg, ip = ffi.new("NV_ENC_CONFIG *"), ffi.new("NV_ENC_INITIALIZE_PARAMS *")
+    lib.semvc_nvenc_apply(cfg, opts)
+    ip.encodeConfig = cfg
+    return cfg, ip
+
+
+@pytest.mark.parametrize("status", ["taken", "refused"])
+def test_reconfigure_hands_the_driver_the_new_rate_without_idr_or_reset(binding, status):
+    """NVENC does not run here: the driver's NvEncReconfigureEncoder is replaced by a recorder,
+    which reads what the glue hands it as the driver would."""
+    ffi, lib = binding
+    s = settings(rc="cbr", bitrate=2_000_000, params={"min_qp": 10, "max_qp": 45})
+    cfg, ip = _applied(binding, s)
+    seen = {}
+
+    @ffi.callback("NVENCSTATUS(void *, NV_ENC_RECONFIGURE_PARAMS *)")
+    def reconfigure(enc, rp):
+        raw = bytes(ffi.buffer(rp, ffi.sizeof("NV_ENC_RECONFIGURE_PARAMS")))
+        at = ffi.offsetof("NV_ENC_RECONFIGURE_PARAMS", "reInitEncodeParams") + ffi.sizeof(
+            "NV_ENC_INITIALIZE_PARAMS")
+        eff = ffi.new("semvc_nvenc_opts_t *")
+        lib.semvc_nvenc_read(rp.reInitEncodeParams.encodeConfig, 0, eff)
+        seen.update(version=rp.version, flags=raw[at] & 3, bitrate=eff.bitrate,
+                    max_bitrate=eff.max_bitrate, vbv=eff.vbv_size, max_qp=eff.max_qp,
+                    rc_mode=eff.rc_mode, config_is_a_copy=rp.reInitEncodeParams.encodeConfig != cfg)
+        return lib.NV_ENC_SUCCESS if status == "taken" else lib.NV_ENC_ERR_NEED_MORE_INPUT
+
+    fl = ffi.new("NV_ENCODE_API_FUNCTION_LIST *")
+    fl.nvEncReconfigureEncoder = reconfigure
+    opts = ffi.new("semvc_nvenc_opts_t *")
+    nv.build_params(nv.retuned(s, 300_000, 23.0, "nvenc")).fill(opts)
+    st = lib.semvc_nvenc_reconfig(fl, ffi.NULL, ip, opts)
+    assert seen == {"version": lib.NV_ENC_RECONFIGURE_PARAMS_VER, "flags": 0,  # no reset, no IDR
+                    "bitrate": 300_000, "max_bitrate": 300_000, "vbv": 300_000, "max_qp": 45,
+                    "rc_mode": nv.RC_MODES["cbr"], "config_is_a_copy": True}
+    eff = ffi.new("semvc_nvenc_opts_t *")
+    lib.semvc_nvenc_read(cfg, 0, eff)  # the session's configuration: new only once taken
+    assert (st == lib.NV_ENC_SUCCESS) == (status == "taken")
+    assert eff.bitrate == (300_000 if status == "taken" else 2_000_000)
+
+
 def test_missing_driver_is_reported_by_the_c_loader(binding):
     if _driver_present():
         pytest.skip("libnvidia-encode.so.1 is present here")
@@ -238,3 +330,11 @@ def test_encode_on_nvenc(codec):
     with av.open(io.BytesIO(b"".join(p.data for p in packets)),
                  format="h264" if codec == "h264" else "hevc") as c:
         assert sum(1 for _ in c.decode(video=0)) == 20
+
+
+def test_reconfigure_on_nvenc():
+    ok, why = nv.NvencEncoder.available()
+    if not ok:
+        pytest.skip(f"no NVENC here: {why}")
+    s = settings(width=320, height=240, rc="cbr", bitrate=1_000_000, keyint=1000)
+    assert helpers.check_live_rate_drop(nv.NvencEncoder, s)["effective"]["bitrate"] == 200_000

@@ -231,3 +231,73 @@ def test_outputs_want_in_band_headers_when_any_stream_is_there():
 def test_fps_is_kept_in_stream_info():
     info, _ = encoded(1)
     assert info.fps == Fraction(30) and info.codec == "h264"
+
+
+SENDER = """
+import dataclasses, sys, time
+sys.path.insert(0, {tests!r})
+from test_outputs import encoded
+from edge_semvc.sinks import open_output
+events = []
+out = open_output("rtp://127.0.0.1:5004", on_event=lambda name, **f: print(name, flush=True))
+info, packets = encoded(30)
+out.open(info)
+for n in range(100000):
+    p = packets[n % len(packets)]
+    shift = n // len(packets) * len(packets)  # timestamps go on increasing
+    out.write(dataclasses.replace(p, pts=p.pts + shift, dts=p.dts + shift))
+    if n == 30:
+        print("ready", flush=True)
+    if sys.stdin.closed:
+        break
+    time.sleep(0.005)
+    if out.stats()["state"] == "streaming" and n > 60 and out.stats()["errors"]:
+        break
+print("stats", out.stats(), flush=True)
+out.close()
+"""
+
+
+def test_a_stream_output_reports_a_lost_route_and_its_return(tmp_path):
+    """A real network fault in a network namespace of the test's own: a routing rule
+    prohibits the receiver's address (sendto: EACCES), then is removed. The output reports
+    output_lost once, keeps going, and output_back when packets leave again."""
+    import os
+    import shutil
+
+    ns = f"semvc{os.getpid()}"
+    if shutil.which("ip") is None or os.geteuid() != 0 or subprocess.run(
+            ["ip", "netns", "add", ns], capture_output=True).returncode:
+        pytest.skip("needs root and `ip netns` (iproute2) for a network namespace")
+    try:
+        for cmd in (["link", "set", "lo", "up"], ["rule", "add", "pref", "100", "table", "local"],
+                    ["rule", "del", "pref", "0"]):  # local routes after our rule from now on
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        route = ["ip", "-n", ns, "rule", "{}", "to", "127.0.0.1", "prohibit", "pref", "10"]
+        code = SENDER.format(tests=str(Path(__file__).parent))
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code],
+                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        guard = threading.Timer(180, proc.kill)  # a hang guard, not a time being measured
+        guard.start()
+        lines = []
+
+        def expect(word):
+            for line in proc.stdout:
+                lines.append(line.strip())
+                if line.startswith(word):
+                    return
+            raise AssertionError(f"no {word!r}: {lines}")
+
+        expect("ready")
+        subprocess.run([a.replace("{}", "add") for a in route], check=True)  # route gone
+        expect("output_lost")
+        subprocess.run([a.replace("{}", "del") for a in route], check=True)  # route back
+        expect("output_back")
+        expect("stats")
+        assert proc.wait(60) == 0
+        guard.cancel()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    assert lines.count("output_lost") == 1 and lines.count("output_back") == 1, lines
+    stats = lines[-1]
+    assert "'state': 'streaming'" in stats and "'errors': 0" not in stats

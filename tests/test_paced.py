@@ -294,3 +294,57 @@ def test_close_wakes_a_camera_waiting_in_real_time():
     assert next(it).pts == 0
     paced.close()
     assert paced.ended_by == "stopped" and src.closed and paced.offered == 1
+
+
+class FreezingSource(FakeSource):
+    """`before` frames, then a read that hangs (a camera that froze without closing its
+    stream) until `thaw` is set."""
+
+    def __init__(self, before, **kw):
+        super().__init__(n=before, **kw)
+        self.frozen, self.thaw = threading.Event(), threading.Event()
+
+    def frames(self):
+        yield from super().frames()
+        self.frozen.set()
+        self.thaw.wait(60)
+
+
+@pytest.mark.parametrize("before, limit", [(3, 5.0), (0, 20.0)], ids=["running", "first-frame"])
+def test_an_input_that_froze_ends_the_frames_after_stall_s_on_the_clock(before, limit):
+    """A read that has not returned after `stall_s` of clock time (20 s for the first frame: a
+    stream joined mid-GOP decodes from its next IDR) ends the frames with a DecodeError; the
+    hung read is left alone and the input closed when it returns."""
+    clock = VirtualClock()
+    src = FreezingSource(before, fps=10)
+    paced = paced_source(src, clock, stall_s=5.0)
+    it = paced.frames()
+    assert [clock.next_frame(it).pts for _ in range(before)] == list(range(before))
+    outcome = []
+
+    def consumer():
+        try:
+            clock.next_frame(it)
+        except DecodeError as e:
+            outcome.append(str(e))
+
+    waiting = threading.Thread(target=consumer)
+    waiting.start()
+    assert src.frozen.wait(30)
+    with clock._cv:  # nobody sleeps while a read hangs: the test moves the time
+        clock.now += limit - 0.1
+    waiting.join(0.5)  # it polls every 0.1 s: still waiting for its frame
+    assert waiting.is_alive() and not outcome
+    with clock._cv:
+        clock.now += 0.1
+    waiting.join(30)
+    assert outcome == [f"fake {before} frames: no frame for {limit:g} s (the input froze)"]
+    paced.close()  # returns at once: the read still hangs, so the input stays open ...
+    assert not src.closed
+    src.thaw.set()  # ... until the read returns
+    wait = threading.Event()
+    for _ in range(300):
+        if src.closed:
+            break
+        wait.wait(0.1)
+    assert src.closed

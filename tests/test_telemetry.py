@@ -213,31 +213,32 @@ def test_online_stats_events_and_offline(broker, watchers, telemetries):
 
 
 def test_config_set_reaches_the_callback(broker, watchers, telemetries):
+    """Every config/set message reaches the callback, with whether it was retained: refusing
+    one (a retained command, an oversized payload) is the callback's, with its event."""
     received = []
 
-    def on_set(camera, payload):
-        received.append((camera, payload))
+    def on_set(camera, payload, retained):
+        received.append((camera, payload, retained))
         if payload == b"boom":
             raise ValueError("the handler's own bug")  # must not end paho's thread
 
     pub = watchers(broker.port, topic="edge_semvc/#")
-    # A retained command left on the broker is replayed to every new subscription: ignored.
+    # A retained command left on the broker is replayed to every new subscription.
     pub.client.publish("edge_semvc/front/config/set", b"stale", qos=1, retain=True)
     pub.wait_for("edge_semvc/front/config/set", what="the retained command stored")
     tel = telemetries(config(broker.port), on_config_set=on_set)
-    # online comes after the SUBSCRIBE on the telemetry's connection: subscribed once seen
-    pub.wait_for("edge_semvc/available", lambda p: p == b"online")
-    wait_until(lambda: tel.counters()["config_set_refused"] == 1, what="the replay refused")
+    wait_until(lambda: received == [("front", b"stale", True)], what="the replay, marked")
 
     pub.client.publish("edge_semvc/back/config/set", b"boom", qos=1)
     pub.client.publish("edge_semvc/front/config/set", b'{"qp": {"gain": 8}}', qos=1)
     pub.client.publish("edge_semvc/front/config/set", b"x" * 100_000, qos=1)  # too large
     pub.client.publish("edge_semvc/front/config/state", b"not a command", qos=1)
-    wait_until(lambda: tel.counters()["config_set_refused"] == 2, what="the large one refused")
-    assert received == [("back", b"boom"), ("front", b'{"qp": {"gain": 8}}')]
+    wait_until(lambda: len(received) == 4, what="three more")
+    assert received[1:] == [("back", b"boom", False), ("front", b'{"qp": {"gain": 8}}', False),
+                            ("front", b"x" * 100_000, False)]
     assert tel.connected  # the raising handler did not stop the connection
     pub.client.publish("edge_semvc/front/config/set", b"again", qos=1)
-    wait_until(lambda: len(received) == 3, what="a config/set after the handler raised")
+    wait_until(lambda: len(received) == 5, what="a config/set after the handler raised")
     pub.client.publish("edge_semvc/front/config/set", b"", qos=1, retain=True)  # clear it
 
 
@@ -349,7 +350,7 @@ def test_broker_that_never_answers(telemetries):
 def test_broker_killed_and_restarted(broker, watchers, telemetries):
     received = []
     tel = telemetries(config(broker.port), cameras=["front"],
-                      on_config_set=lambda cam, payload: received.append((cam, payload)))
+                      on_config_set=lambda cam, payload, _: received.append((cam, payload)))
     tel.publish_config_state("front", {"record": {"dir": "/var/lib/edge-semvc"}})
     watch = watchers(broker.port)
     watch.wait_for("edge_semvc/front/config/state")

@@ -35,6 +35,7 @@ from ..config_model import check
 from ..values import LabelMap
 
 SOURCES = ("audio", "subtitles", "description")
+MAX_DESCRIPTION = 500  # characters of fusion.description (it is matched word by word)
 
 # Word -> product class (the labeler's classes: registry.yaml `class_map`). Singular forms;
 # regular plurals (cars, buses, lorries) are found by rule, irregular ones are listed.
@@ -57,7 +58,8 @@ class FusionConfig:
     audio: bool = True  # use the input's own audio track, when it has one
     subtitles: bool = True  # use subtitles: `subtitle_file`, else the input's embedded stream
     subtitle_file: str = ""  # a sidecar .srt or .vtt file ("" = embedded stream, if any)
-    description: str = ""  # what to watch, in words ("watch the vehicles at the gate")
+    # what to watch, in words ("watch the vehicles at the gate"; at most 500 characters)
+    description: str = ""
     # Relative weight of each source; renormalised over the sources present each frame.
     weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
     strength: float = 1.0  # how far (in units of Q) a source at full relevance lowers Q
@@ -69,6 +71,8 @@ class FusionConfig:
     words: dict[str, str] = field(default_factory=dict)  # more word -> class entries
 
     def validate(self) -> None:
+        check(len(self.description) <= MAX_DESCRIPTION, "fusion.description", self.description,
+              f"at most {MAX_DESCRIPTION} characters")
         check(self.subtitle_file == "" or self.subtitle_file.lower().endswith((".srt", ".vtt")),
               "fusion.subtitle_file", self.subtitle_file, "a .srt or .vtt file, or empty")
         for name, value in self.weights.items():

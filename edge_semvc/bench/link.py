@@ -63,7 +63,7 @@ class RtpReceiver(threading.Thread):
     OPTIONS = {"protocol_whitelist": "file,udp,rtp,tcp,rtsp",
                "flags": "low_delay", "reorder_queue_size": "0", "max_delay": "0",
                "buffer_size": str(64 << 20), "fifo_size": str(1 << 20),
-               "overrun_nonfatal": "1", "analyzeduration": "1000000"}
+               "overrun_nonfatal": "1", "probesize": "32"}
 
     def __init__(self, url: str, fmt: str | None, record: Path | None = None,
                  idle_s: float = 10.0):
@@ -83,14 +83,16 @@ class RtpReceiver(threading.Thread):
                          timeout=(60, self.idle_s)) as c:
                 self.ready.set()
                 stream = c.streams.video[0]
-                stream.thread_type = "SLICE"  # frame threads would add frames of delay
                 if self.record is not None:
                     self._copy(c, stream)
-                else:
-                    for packet in c.demux(stream):
-                        for f in packet.decode():  # zerolatency: no reordering
-                            pts = f.pts if f.pts is not None else packet.pts
-                            self.decoded.append((pts, time.perf_counter()))
+                    return
+                # a decoder of our own: frame threads (the default) hold frames back
+                codec = av.CodecContext.create(stream.codec_context.name, "r")
+                codec.thread_type, codec.thread_count = "SLICE", 2
+                for packet in c.demux(stream):
+                    for f in codec.decode(packet):  # zerolatency: no reordering
+                        pts = f.pts if f.pts is not None else packet.pts
+                        self.decoded.append((pts, time.perf_counter()))
         except (av.error.ExitError, av.error.FFmpegError, OSError) as e:
             self.error = e  # the read timeout ends it: the sender stopped
         finally:
@@ -107,6 +109,36 @@ class RtpReceiver(threading.Thread):
                     self.packets += 1
 
 
+class GstReceiver(threading.Thread):
+    """GStreamer's RTSP client decoding (`bench/gst_receiver.py` in the system Python):
+    rtspsrc with no jitter buffer latency, avdec_h264, a time per decoded frame."""
+
+    def __init__(self, url: str, protocols: str = "tcp"):
+        super().__init__(daemon=True)
+        self.url, self.protocols = url, protocols
+        self.decoded: list[tuple[int, float]] = []  # (pts in 90 kHz, monotonic at decode)
+        self.error: str | None = None
+
+    def run(self) -> None:
+        import os
+        import subprocess
+
+        python = os.environ.get("EDGE_SEMVC_GST_PYTHON", "/usr/bin/python3")
+        proc = subprocess.Popen([python, str(Path(__file__).with_name("gst_receiver.py")),
+                                 self.url, self.protocols], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.proc = proc
+        for line in proc.stdout:
+            pts_ns, t = line.split()
+            self.decoded.append((int(pts_ns) * 9 // 100000, float(t)))
+        self.error = proc.stderr.read().strip() or None
+
+    def join(self, timeout: float | None = None) -> None:
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
+            self.proc.terminate()  # the server went away with the run; end the client
+        super().join(timeout)
+
+
 def _paced(clip: str, seconds: float, realtime: bool = True) -> PacedSource:
     """The clip as a live camera, looped for `seconds`."""
     return PacedSource(open_source(clip), realtime=realtime, seconds=seconds,
@@ -121,7 +153,7 @@ def _stream_info(src) -> StreamInfo:
 # --- glass to glass ---------------------------------------------------------------------------
 
 def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
-            workdir: Path) -> dict:
+            workdir: Path, receiver: str = "ffmpeg") -> dict:
     src = _paced(clip, seconds)
     port = _free_port()
     if output == "rtp":
@@ -132,7 +164,8 @@ def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
         _wait_bound(port)
     else:
         uri = f"rtsp://@:{port}/live"
-        rx = RtpReceiver(f"rtsp://127.0.0.1:{port}/live", None)
+        rx = (GstReceiver(f"rtsp://127.0.0.1:{port}/live") if receiver == "gstreamer" else
+              RtpReceiver(f"rtsp://127.0.0.1:{port}/live", None))
     captured: dict[int, float] = {}  # source pts -> when the camera made it available
 
     def on_frame(frame: Frame, labels, qp) -> None:
@@ -154,7 +187,8 @@ def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
     lat = [(t - captured[start + i * tick]) * 1e3 for i, t in rel
            if start + i * tick in captured and t >= captured[start + i * tick]]
     lat = lat[int(WARM_UP_S * float(src.fps)):]
-    return {"clip": Path(clip).name, "output": output, "semantic": semantic,
+    return {"clip": Path(clip).name, "output": output, "receiver": receiver,
+            "semantic": semantic, "size": f"{src.width}x{src.height}", "fps": float(src.fps),
             "frames_sent": stats["frames"], "frames_decoded": len(rx.decoded),
             "frames_timed": len(lat), "dropped_at_camera": src.dropped,
             "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "max": _pct(lat, 100)}}
@@ -163,10 +197,11 @@ def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
 def _align(rel: list[tuple[int, float]], captured: dict[int, float], tick: int) -> int:
     """The source pts of the receiver's first decoded frame. A receiver may join after the
     first frames (RTSP starts at an IDR), and RTP timestamps start anywhere: the offset is the
-    one under which the most decoded frames come within a second after their capture."""
-    def fits(start: int) -> int:
+    one under which the most decoded frames come within a second after their capture, and of
+    those the latest (a later one would have frames decoded before they existed)."""
+    def fits(start: int) -> tuple[int, int]:
         return sum(1 for i, t in rel[:100] if start + i * tick in captured
-                   and 0 <= t - captured[start + i * tick] < 1.0)
+                   and 0 <= t - captured[start + i * tick] < 1.0), start
     return max(sorted(captured)[:300], key=fits)
 
 
@@ -320,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     lat.add_argument("clip")
     lat.add_argument("--output", choices=["rtp", "rtsp"], default="rtp")
     lat.add_argument("--seconds", type=float, default=20.0)
+    lat.add_argument("--receiver", choices=["ffmpeg", "gstreamer"], default="ffmpeg",
+                     help="the RTSP client: FFmpeg through PyAV, or GStreamer's rtspsrc")
     lat.add_argument("--no-map", action="store_true", help="plain x264")
     st = sub.add_parser("story", help="a bitrate profile applied live, semantic vs x264")
     st.add_argument("clips", nargs="+")
@@ -339,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "latency":
         if cfg.encoder.rc == "crf" and not cfg.encoder.bitrate:
             cfg.encoder.rc, cfg.encoder.bitrate = "cbr", 2_000_000
-        result = latency(args.clip, args.output, args.seconds, cfg, not args.no_map, work)
+        result = latency(args.clip, args.output, args.seconds, cfg, not args.no_map, work,
+                         args.receiver)
     else:
         detector = YoloxDetector(args.roi_model)
         result = {"profile": [[r, s] for r, s in args.profile], "clips": {}}

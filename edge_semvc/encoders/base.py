@@ -358,22 +358,31 @@ def apply_params(params: dict[str, str], managed: set[str], why_managed: str,
     return profile
 
 
-def rate_change(s: EncoderSettings, bitrate: int | None, crf: float,
-                backend: str) -> tuple[int, int, float]:
-    """What a live rate change asks of an x264-style library: (bitrate kbit/s or 0, the VBV
-    max rate and buffer in kbit/s or 0, crf or -1). The libraries change the bit rate and VBV
-    only when VBV was on from the start (cbr, crf with a bitrate cap): anything else is refused
-    here, naming the setting to start with."""
+def check_rate_change(s: EncoderSettings, bitrate: int | None, crf: float, backend: str,
+                      average: bool = False) -> None:
+    """A live rate change (``Encoder.reconfigure``) the backend can take: positive bit rates, a
+    CRF in 0-51; the bit rate changes only where it was a target or a cap from the start (cbr,
+    crf with a bitrate; abr too where the backend changes an ``average`` live), and a cap can
+    be neither added nor removed. EncoderError names the setting to start with."""
     if bitrate is not None and bitrate <= 0:
         raise EncoderError(f"invalid bitrate {bitrate} (bits/s, must be > 0)")
     if not 0 <= crf <= 51:
         raise EncoderError(f"invalid crf {crf} (0-51)")
-    if bitrate is not None and bitrate != s.bitrate and (s.rc == "abr" or s.bitrate is None):
+    if bitrate is not None and bitrate != s.bitrate and (s.rc == "abr" and not average
+                                                         or s.bitrate is None):
         start = ("rc cbr" if s.rc == "abr" else "a bitrate (the VBV cap) set at the start")
         raise EncoderError(f"{backend} can change the bitrate while encoding only with VBV on "
                            f"from the start: use {start}")
     if bitrate is None and s.bitrate is not None:
         raise EncoderError(f"{backend} cannot turn its VBV cap off while encoding")
+
+
+def rate_change(s: EncoderSettings, bitrate: int | None, crf: float,
+                backend: str) -> tuple[int, int, float]:
+    """What a live rate change asks of an x264-style library: (bitrate kbit/s or 0, the VBV
+    max rate and buffer in kbit/s or 0, crf or -1); checked by ``check_rate_change`` (such a
+    library changes the bit rate and VBV only where VBV was on from the start)."""
+    check_rate_change(s, bitrate, crf, backend)
     kbps = max(1, round(bitrate / 1000)) if bitrate else 0
     return (kbps if s.rc != "crf" else 0), kbps, (float(crf) if s.rc == "crf" else -1.0)
 

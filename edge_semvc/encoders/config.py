@@ -52,8 +52,8 @@ class EncoderConfig:
     preset: str = "veryfast"  # x264 preset
     tune: str = ""  # x264 tune, e.g. zerolatency (no lookahead or B-frame delay)
     keyint: int = 0  # 0 = x264's default
-    # periodic intra refresh instead of IDR pictures (x264/x265 intra-refresh): a steady rate
-    # without I-frame bursts for a narrow link; keyint is then the refresh period
+    # periodic intra refresh instead of IDR pictures (every backend has one): a steady rate
+    # without I-frame bursts for a narrow link; keyint (0: 250) is then the refresh period
     intra_refresh: bool = False
     threads: int = 0  # 0 = auto
     params: dict[str, str] = field(default_factory=dict)  # extra x264 options (param_parse)
@@ -75,29 +75,39 @@ class EncoderConfig:
         check(self.rc in ("crf", "abr", "cbr"), "encoder.rc", self.rc,
               "crf, abr or cbr (x264 ignores the QP map in constant-QP mode)")
         check(0 <= self.crf <= 51, "encoder.crf", self.crf, "between 0 and 51")
-        check(self.bitrate >= 0, "encoder.bitrate", self.bitrate, ">= 0 bits/s")
+        check(0 <= self.bitrate <= 10**9, "encoder.bitrate", self.bitrate,
+              "0-1000000000 bits/s (0: none with crf)")
         check(self.rc == "crf" or self.bitrate > 0, "encoder.bitrate", self.bitrate,
               f"a positive bitrate (rate control {self.rc!r} needs one)")
         check(self.keyint >= 0, "encoder.keyint", self.keyint, ">= 0")
         check(not (self.intra_refresh and self.profile == "storage"), "encoder.intra_refresh",
               self.intra_refresh, "false with encoder.profile storage (recordings seek to IDRs)")
-        check(not self.intra_refresh or self.backend in ("x264", "x265"),
-              "encoder.intra_refresh", self.intra_refresh,
-              f"false with encoder.backend {self.backend} (x264 and x265 have it)")
         check(self.threads >= 0, "encoder.threads", self.threads, ">= 0")
+
+
+# The rate controls whose bit rate each backend changes while frames flow (its reconfigure):
+# x264 keeps abr's rate; libx265 takes a change but its rate control ignores it.
+LIVE_RATE = {"x264": ("cbr", "crf"), "nvenc": ("cbr", "crf", "abr"),
+             "jetson-v4l2": ("cbr", "abr")}
 
 
 def check_live_rate(old: EncoderConfig, new: EncoderConfig) -> None:
     """A rate change while frames flow (`encoder.bitrate`, `encoder.crf` over MQTT) is one the
-    encoder can take without restarting: the bit rate changes only where it was a target or a
-    cap from the start (cbr, crf with a bitrate); x264 and x265 keep abr's rate and cannot
-    add or remove a cap."""
+    encoder can take without restarting: not on x265, the bit rate only where the backend
+    changes it for the rate control in use (LIVE_RATE), and a crf cap neither added nor
+    removed."""
+    if (new.bitrate, new.crf) == (old.bitrate, old.crf):
+        return
+    key, value = (("encoder.bitrate", new.bitrate) if new.bitrate != old.bitrate
+                  else ("encoder.crf", new.crf))
+    check(old.backend in LIVE_RATE, key, value,
+          f"no live change with encoder.backend {old.backend} (libx265 takes the change but "
+          "its rate control keeps the old rate; restart, or use x264)")
     if new.bitrate == old.bitrate:
         return
-    check(old.rc != "abr", "encoder.bitrate", new.bitrate,
-          "no live change with encoder.rc abr (start with rc cbr to follow a link)")
+    check(old.rc in LIVE_RATE[old.backend], "encoder.bitrate", new.bitrate,
+          f"no live change with encoder.rc {old.rc} on {old.backend} (start with rc cbr to "
+          "follow a link)")
     check(old.bitrate > 0 and new.bitrate > 0, "encoder.bitrate", new.bitrate,
           "a live change between positive rates (a cap set at the start cannot be added or "
           "removed live)")
-    check(old.backend in ("x264", "x265", "nvenc", "jetson-v4l2"), "encoder.bitrate",
-          new.bitrate, f"no live change with encoder.backend {old.backend}")

@@ -11,6 +11,10 @@ rate-control QP and then clamped into [min QP, max QP]. So the QP map becomes 8 
 clamped away, is refused. Rate control is VBR or CBR at a bitrate: rc=crf and constant QP are
 refused. H.264 and H.265 (``params["codec"]``: ``h264`` or ``hevc``).
 
+A live rate change (``reconfigure``) sets the bit rate (and a VBR peak) with VIDIOC_S_EXT_CTRLS
+while streaming, as ``NvVideoEncoder::setBitrate``/``setPeakBitrate`` do. ``intra_refresh``: the
+encoder's slice intra refresh every ``keyint`` frames, one IDR at the start.
+
 ``params`` keys: ``codec``, ``min_qp``, ``max_qp`` (0-51; unset: the encoder's), ``idr_interval``
 (frames; default ``keyint``), ``peak_bitrate`` (VBR, bits/s), ``device`` (default: the first of
 /dev/v4l2-nvenc, /dev/nvhost-msenc that exists).
@@ -30,7 +34,16 @@ from ..rects import to_rects
 from ..values import QpMap, Rect
 from . import base
 from .base import Encoder, EncoderError, EncoderSettings, Packet, pts_of
-from .nvenc import QP_MAX, check_param_keys, codec_param, delta_limit, int_param, qp_range_param
+from .nvenc import (
+    QP_MAX,
+    REFRESH_PERIOD,
+    check_param_keys,
+    codec_param,
+    delta_limit,
+    int_param,
+    qp_range_param,
+    retuned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +51,8 @@ MAX_ROI = 8  # V4L2_MAX_ROI_REGIONS in every JetPack header read; the binding ch
 DEVICES = ("/dev/v4l2-nvenc", "/dev/nvhost-msenc")  # JetPack 6+ / earlier (read, not run)
 NO_KEYFRAMES = 2**31 - 1  # interval "never": the caller places every IDR (caller_idr)
 PARAM_KEYS = ("codec", "min_qp", "max_qp", "idr_interval", "peak_bitrate", "device")
+# the controls the Multimedia API lets change while streaming ("runtime configurable")
+LIVE_CONTROLS = ("V4L2_CID_MPEG_VIDEO_BITRATE", "V4L2_CID_MPEG_VIDEO_BITRATE_PEAK")
 # x264 preset names (the configuration's vocabulary) -> Jetson's four hardware presets
 HW_PRESETS = {"ultrafast": "ULTRAFAST", "superfast": "ULTRAFAST", "veryfast": "FAST",
               "faster": "FAST", "fast": "FAST", "medium": "MEDIUM", "slow": "SLOW",
@@ -144,6 +159,7 @@ class JetsonParams:
     max_qp: int | None
     hw_preset: str  # ULTRAFAST, FAST, MEDIUM, SLOW
     device: str | None  # None: the first of DEVICES that exists
+    intra_refresh: int = 0  # frames between intra refreshes (instead of IDRs); 0: off
 
     def controls(self) -> list[tuple[str, int | str]]:
         """The integer controls in the order the Multimedia API sample sets them, as
@@ -168,6 +184,10 @@ class JetsonParams:
                 ("V4L2_CID_MPEG_VIDEOENC_NUM_BFRAMES", 0),  # output order = input order
                 ("V4L2_CID_MPEG_VIDEOENC_INSERT_SPS_PPS_AT_IDR", 1)]  # every IDR decodes alone
         return out
+
+    def live_controls(self) -> list[tuple[str, int | str]]:
+        """The controls a live rate change sets again (LIVE_CONTROLS), in the same order."""
+        return [(name, value) for name, value in self.controls() if name in LIVE_CONTROLS]
 
 
 def build_params(s: EncoderSettings) -> JetsonParams:
@@ -198,7 +218,11 @@ def build_params(s: EncoderSettings) -> JetsonParams:
         raise EncoderError(f"peak_bitrate {peak} is below the bitrate {s.bitrate}; raise it")
     idr = int_param(p, "idr_interval", 1, NO_KEYFRAMES)
     iframe = s.keyint
-    if s.caller_idr:  # IDRs come from force_idr only
+    refresh = (s.keyint or REFRESH_PERIOD) if s.intra_refresh else 0
+    if refresh and idr is not None:
+        raise EncoderError("idr_interval with intra_refresh: the refresh replaces IDRs; drop "
+                           "idr_interval")
+    if s.caller_idr or refresh:  # IDRs come from force_idr only
         iframe = idr = NO_KEYFRAMES
     elif idr is None:
         idr = s.keyint  # each I-frame an IDR: a closed GOP, as with x264's keyint
@@ -206,7 +230,7 @@ def build_params(s: EncoderSettings) -> JetsonParams:
                         rate_control="vbr" if rc == "abr" else "cbr", bitrate=int(s.bitrate),
                         peak_bitrate=peak, iframe_interval=iframe, idr_interval=idr,
                         min_qp=lo, max_qp=hi, hw_preset=HW_PRESETS[preset],
-                        device=p.get("device") or None)
+                        device=p.get("device") or None, intra_refresh=refresh)
 
 
 def find_device(device: str | None) -> str:
@@ -237,10 +261,11 @@ class _Session:
             raise EncoderError("Jetson encoder: " + ffi.string(err).decode(errors="replace"))
         self.e = e
         try:
-            for name, value in p.controls():
-                v = getattr(lib, value) if isinstance(value, str) else value
-                self._check(lib.semvc_jenc_set_ctrl(e, getattr(lib, name), v), f"{name}={value}")
+            self.set_controls(p.controls())
             self._check(lib.semvc_jenc_set_fps(e, p.fps.numerator, p.fps.denominator), "fps")
+            if p.intra_refresh:
+                self._check(lib.semvc_jenc_set_intra_refresh(e, p.intra_refresh),
+                            f"intra refresh every {p.intra_refresh} frames")
             if p.min_qp is not None or p.max_qp is not None:
                 self._check(lib.semvc_jenc_set_qp_range(
                     e, -1 if p.min_qp is None else p.min_qp,
@@ -253,6 +278,13 @@ class _Session:
         self.buf = ffi.new("uint8_t[]", self.cap_size)
         self.len, self.seq = ffi.new("uint32_t *"), ffi.new("uint64_t *")
         self.rois = ffi.new("semvc_roi_t[]", MAX_ROI)
+
+    def set_controls(self, controls) -> None:
+        """(control name, value or enum name) pairs, each looked up in the compiled header."""
+        for name, value in controls:
+            v = getattr(self.lib, value) if isinstance(value, str) else value
+            self._check(self.lib.semvc_jenc_set_ctrl(self.e, getattr(self.lib, name), v),
+                        f"{name}={value}")
 
     def _check(self, ret: int, what: str) -> None:
         if ret < 0:
@@ -392,6 +424,15 @@ class JetsonV4l2Encoder(Encoder):
             time.sleep(0.001)
         return out + (self._drain(until_eos=True) if not self._eos else [])
 
+    def reconfigure(self, bitrate: int | None, crf: float) -> None:
+        """The new bit rate (and a VBR peak in proportion) from the next frames, set while
+        streaming; no IDR. Jetson has no CRF (refused when the encoder is opened)."""
+        self._require_open()
+        s = retuned(self.settings, bitrate, crf, "jetson-v4l2")
+        p = build_params(s)
+        self._s.set_controls(p.live_controls())
+        self.settings, self.params = s, p
+
     def headers(self) -> bytes:
         """SPS/PPS (+VPS). The V4L2 encoder writes them only with the first picture, so they
         come from a second, identically configured session that encodes one grey frame."""
@@ -433,6 +474,7 @@ class JetsonV4l2Encoder(Encoder):
                 "height": p.height, "fps": str(p.fps), "rc": p.rate_control,
                 "bitrate": p.bitrate, "peak_bitrate": p.peak_bitrate,
                 "iframe_interval": p.iframe_interval, "idr_interval": p.idr_interval,
+                "intra_refresh": p.intra_refresh,
                 "min_qp": p.min_qp, "max_qp": p.max_qp, "hw_preset": p.hw_preset,
                 "device": getattr(self, "_device", p.device),
                 "global_headers": self.settings.global_headers,

@@ -46,6 +46,7 @@ semvc_jenc_t *semvc_jenc_open(const char *dev, int hevc, uint32_t width, uint32_
 int semvc_jenc_set_ctrl(semvc_jenc_t *e, uint32_t id, int32_t value);
 int semvc_jenc_set_fps(semvc_jenc_t *e, uint32_t num, uint32_t den);
 int semvc_jenc_set_qp_range(semvc_jenc_t *e, int32_t min_qp, int32_t max_qp);
+int semvc_jenc_set_intra_refresh(semvc_jenc_t *e, uint32_t interval);
 int semvc_jenc_enable_roi(semvc_jenc_t *e);
 int semvc_jenc_start(semvc_jenc_t *e, int n_out, int n_cap);
 int semvc_jenc_put(semvc_jenc_t *e, const uint8_t *y, int ys, const uint8_t *u, int us,
@@ -207,6 +208,16 @@ static int semvc_jenc_set_qp_range(semvc_jenc_t *e, int32_t min_qp, int32_t max_
     r.MinQpI = r.MinQpP = r.MinQpB = (uint32_t)(min_qp < 0 ? QP_RETAIN_VAL : min_qp);
     r.MaxQpI = r.MaxQpP = r.MaxQpB = (uint32_t)(max_qp < 0 ? QP_RETAIN_VAL : max_qp);
     return semvc_ext_ctrl(e, V4L2_CID_MPEG_VIDEOENC_QP_RANGE, 0, &r);
+}
+
+/* NvVideoEncoder::setSliceIntrarefresh: before buffers are requested. The header counts the
+   interval "in number of slices"; with one slice a picture that is frames (not run here). */
+static int semvc_jenc_set_intra_refresh(semvc_jenc_t *e, uint32_t interval)
+{
+    v4l2_enc_slice_intrarefresh_param p;
+    memset(&p, 0, sizeof p);
+    p.interval = interval;
+    return semvc_ext_ctrl(e, V4L2_CID_MPEG_VIDEOENC_SLICE_INTRAREFRESH_PARAM, 0, &p);
 }
 
 static int semvc_jenc_enable_roi(semvc_jenc_t *e)

@@ -11,13 +11,18 @@ order, added to the rate-control QP. It does not combine with NVENC's own spatia
 without a map get an explicit zero map. No B-frames and no lookahead: one packet per frame.
 
 Rate control: ``crf`` becomes NVENC's constant-quality VBR (target quality = crf, ``bitrate`` a
-cap), ``abr`` VBR, ``cbr`` CBR with a 1 s VBV buffer. ``params`` keys: ``codec`` (h264, hevc),
+cap), ``abr`` VBR, ``cbr`` CBR with a 1 s VBV buffer. A live change (``reconfigure``) goes through
+``NvEncReconfigureEncoder`` with the session's initialisation parameters and the new rate, no IDR
+and no reset of the rate control. ``intra_refresh``: NVENC's intra refresh over ``keyint``
+frames, an infinite GOP (one IDR at the start; recovery point SEIs in H.264).
+``params`` keys: ``codec`` (h264, hevc),
 ``min_qp``/``max_qp``, ``idr_interval``, ``peak_bitrate`` (VBR), ``gpu`` (CUDA ordinal).
 Presets: ``p1``..``p7`` or x264's names (mapped); tunes: ``hq``, ``ll``, ``ull`` or zerolatency.
 """
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -44,6 +49,7 @@ PRESETS = {**{f"p{i}": i for i in range(1, 8)},
 TUNINGS = {"hq": "HIGH_QUALITY", "ll": "LOW_LATENCY", "ull": "ULTRA_LOW_LATENCY",
            "zerolatency": "ULTRA_LOW_LATENCY"}
 RC_MODES = {"cq": 0, "vbr": 1, "cbr": 2}
+REFRESH_PERIOD = 250  # frames an intra refresh takes without keyint: x264's default keyint
 _SLOTS = 4  # input/output buffer pairs; one is in flight at a time without B-frames/lookahead
 
 
@@ -89,6 +95,18 @@ def qp_range_param(params: dict) -> tuple[int | None, int | None]:
         if lo > hi:
             raise EncoderError(f"min_qp {lo} > max_qp {hi}; swap them")
     return lo, hi
+
+
+def retuned(s: EncoderSettings, bitrate: int | None, crf: float, backend: str) -> EncoderSettings:
+    """The settings after a live rate change (``Encoder.reconfigure``), checked as every backend
+    checks one (``base.check_rate_change``; a VBR average may change here); a VBR peak
+    (``params["peak_bitrate"]``) keeps its ratio to the average."""
+    base.check_rate_change(s, bitrate, crf, backend, average=True)
+    params = dict(s.params)
+    peak = int_param(params, "peak_bitrate", 1, 2**32 - 1)
+    if peak is not None and bitrate and s.bitrate:
+        params["peak_bitrate"] = str(max(bitrate, round(peak * bitrate / s.bitrate)))
+    return dataclasses.replace(s, bitrate=bitrate, crf=crf, params=params)
 
 
 def delta_limit(min_qp: int | None, max_qp: int | None) -> int:
@@ -161,6 +179,7 @@ class NvencParams:
     idr_period: int  # 0 = gop
     global_headers: bool
     gpu: int
+    intra_refresh: int = 0  # frames a refresh sweeps the picture in (instead of IDRs); 0: off
 
     def fill(self, o) -> None:
         """Set the binding's ``semvc_nvenc_opts_t``."""
@@ -173,6 +192,7 @@ class NvencParams:
         o.gop, o.idr_period = self.gop, self.idr_period
         o.repeat_headers = not self.global_headers  # every IDR decodes alone, as with x264
         o.no_headers = self.global_headers
+        o.intra_refresh = self.intra_refresh
 
 
 def build_params(s: EncoderSettings) -> NvencParams:
@@ -203,7 +223,11 @@ def build_params(s: EncoderSettings) -> NvencParams:
         raise EncoderError(f"peak_bitrate {peak} is below the bitrate {bitrate}; raise it")
     gop = s.keyint or 0
     idr = int_param(p, "idr_interval", 1, 2**32 - 2) or 0
-    if s.caller_idr:  # IDRs come from force_idr only
+    refresh = (s.keyint or REFRESH_PERIOD) if s.intra_refresh else 0
+    if refresh and idr:
+        raise EncoderError("idr_interval with intra_refresh: the refresh replaces IDRs (NVENC "
+                           "runs it only with an infinite GOP); drop idr_interval")
+    if s.caller_idr or refresh:  # IDRs come from force_idr only (NVENC's refresh needs this)
         gop = idr = INFINITE
     return NvencParams(
         codec=codec_param(p), preset=PRESETS[preset], tuning=TUNINGS[tune],
@@ -211,7 +235,8 @@ def build_params(s: EncoderSettings) -> NvencParams:
         max_bitrate=(bitrate if rc == "crf" else peak or (bitrate if rc == "cbr" else 0)),
         vbv_size=bitrate if rc in ("crf", "cbr") else 0,  # crf: a cap, cbr: a 1 s buffer
         cq=float(s.crf), min_qp=lo, max_qp=hi, gop=gop, idr_period=idr,
-        global_headers=bool(s.global_headers), gpu=int_param(p, "gpu", 0, 63) or 0)
+        global_headers=bool(s.global_headers), gpu=int_param(p, "gpu", 0, 63) or 0,
+        intra_refresh=refresh)
 
 
 # --- the encoder --------------------------------------------------------------------------------
@@ -267,16 +292,24 @@ class NvencEncoder(Encoder):
         self._enc = enc[0]
         opts = ffi.new("semvc_nvenc_opts_t *")
         p.fill(opts)
+        if p.intra_refresh and not self._cap(lib.NV_ENC_CAPS_SUPPORT_INTRA_REFRESH):
+            raise EncoderError(f"this GPU's NVENC has no intra refresh for {p.codec}; drop "
+                               "intra_refresh")
+        # both kept for the session's life: a live rate change re-initialises with them
         self._cfg = ffi.new("NV_ENC_CONFIG *")
+        self._init = ffi.new("NV_ENC_INITIALIZE_PARAMS *")
         self._check(lib.semvc_nvenc_init(self._fl, self._enc, opts, p.preset,
                                          getattr(lib, f"NV_ENC_TUNING_INFO_{p.tuning}"),
                                          s.width, s.height, s.fps.numerator, s.fps.denominator,
-                                         self._cfg), f"initialising ({s.width}x{s.height}, "
-                                                     f"{p.codec}, preset P{p.preset})")
+                                         self._cfg, self._init),
+                    f"initialising ({s.width}x{s.height}, {p.codec}, preset P{p.preset})")
         self._eff = ffi.new("semvc_nvenc_opts_t *")
         lib.semvc_nvenc_read(self._cfg, p.codec == "hevc", self._eff)
         if self._eff.qp_map_mode != lib.NV_ENC_QP_MAP_DELTA or self._eff.aq:
             raise EncoderError("NVENC configuration lost the delta QP map mode or turned AQ on")
+        if self._eff.intra_refresh != p.intra_refresh:
+            raise EncoderError(f"NVENC intra refresh is {self._eff.intra_refresh} frames, asked "
+                               f"{p.intra_refresh}")
         if p.codec == "hevc" and self._eff.ctb != HEVC_CTB:
             raise EncoderError(f"NVENC HEVC CTB is {self._eff.ctb}, the map assumes {HEVC_CTB}")
         for _ in range(_SLOTS):
@@ -298,6 +331,9 @@ class NvencEncoder(Encoder):
         self._zero = np.zeros(map_grid(s.width, s.height, p.codec), np.int8)
         self._headers: bytes | None = None
         self._stats = {"frames": 0, "frames_with_map": 0, "mse": 0.0}
+
+    def _cap(self, cap: int) -> int:
+        return self._lib.semvc_nvenc_cap(self._fl, self._enc, self.params.codec == "hevc", cap)
 
     def _collect(self) -> list[Packet]:
         """Lock every submitted picture's bitstream, in submission order."""
@@ -366,6 +402,24 @@ class NvencEncoder(Encoder):
         self._check(self._fl.nvEncEncodePicture(self._enc, pic), "ending the stream")
         return self._collect()
 
+    def reconfigure(self, bitrate: int | None, crf: float) -> None:
+        """The new rate from the next picture: the settings mapped again (``build_params``)
+        and handed to ``NvEncReconfigureEncoder`` (resetEncoder 0, forceIDR 0)."""
+        self._require_open()
+        s = retuned(self.settings, bitrate, crf, "nvenc")
+        p = build_params(s)
+        ffi, lib = self._ffi, self._lib
+        if not self._cap(lib.NV_ENC_CAPS_SUPPORT_DYN_BITRATE_CHANGE):
+            raise EncoderError("this GPU's NVENC cannot change its bit rate while encoding "
+                               "(NV_ENC_CAPS_SUPPORT_DYN_BITRATE_CHANGE is 0)")
+        opts = ffi.new("semvc_nvenc_opts_t *")
+        p.fill(opts)
+        self._check(lib.semvc_nvenc_reconfig(self._fl, self._enc, self._init, opts),
+                    f"NvEncReconfigureEncoder (bitrate {p.bitrate}, peak {p.max_bitrate}, "
+                    f"quality {p.cq:g})")
+        lib.semvc_nvenc_read(self._cfg, p.codec == "hevc", self._eff)
+        self.settings, self.params = s, p
+
     def headers(self) -> bytes:
         """SPS/PPS (+VPS for HEVC), Annex-B, from nvEncGetSequenceParams."""
         self._require_open()
@@ -403,12 +457,13 @@ class NvencEncoder(Encoder):
                "preset": f"p{p.preset}", "tuning": p.tuning, "rc": p.rc, "cq": p.cq,
                "bitrate": p.bitrate, "max_bitrate": p.max_bitrate, "min_qp": p.min_qp,
                "max_qp": p.max_qp, "gop": p.gop, "idr_period": p.idr_period,
-               "global_headers": p.global_headers,
+               "intra_refresh": p.intra_refresh, "global_headers": p.global_headers,
                "map": {"block": HEVC_CTB if p.codec == "hevc" else 16,
                        "delta_limit": self._limit, "frames_with_map": st["frames_with_map"],
                        "mean_mse_qp2": st["mse"] / max(1, st["frames_with_map"])}}
         if eff is not None:  # what the driver's preset plus our settings came to
             out["effective"] = {k: int(getattr(eff, k)) for k in (
                 "rc_mode", "bitrate", "max_bitrate", "vbv_size", "min_qp", "max_qp", "gop",
-                "idr_period", "qp_map_mode", "aq", "lookahead", "frame_interval_p", "ctb")}
+                "idr_period", "qp_map_mode", "aq", "lookahead", "frame_interval_p", "ctb",
+                "intra_refresh")}
         return out

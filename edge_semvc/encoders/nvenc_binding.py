@@ -38,6 +38,7 @@ typedef struct {
     uint32_t idr_period;   /* frames between IDRs; 0 = gop */
     int repeat_headers;    /* parameter sets at every IDR */
     int no_headers;        /* no in-band parameter sets (the container keeps them) */
+    uint32_t intra_refresh;  /* frames a refresh sweeps the picture in, instead of IDRs; 0: off */
     int qp_map_mode, aq, lookahead, frame_interval_p, ctb;  /* read back */
 } semvc_nvenc_opts_t;
 """
@@ -69,11 +70,18 @@ typedef int... NV_ENC_PIC_TYPE;
 #define NV_ENC_PIC_PARAMS_VER ...
 #define NV_ENC_SEQUENCE_PARAM_PAYLOAD_VER ...
 #define NV_ENC_CONFIG_VER ...
+#define NV_ENC_RECONFIGURE_PARAMS_VER ...
+#define NV_ENC_CAPS_SUPPORT_DYN_BITRATE_CHANGE ...
+#define NV_ENC_CAPS_SUPPORT_INTRA_REFRESH ...
 #define NV_ENC_TUNING_INFO_HIGH_QUALITY ...
 #define NV_ENC_TUNING_INFO_LOW_LATENCY ...
 #define NV_ENC_TUNING_INFO_ULTRA_LOW_LATENCY ...
 
 typedef struct { uint32_t version; ...; } NV_ENC_CONFIG;
+typedef struct { uint32_t version; NV_ENC_CONFIG *encodeConfig; ...; } NV_ENC_INITIALIZE_PARAMS;
+typedef struct {  /* then the bit-fields resetEncoder, forceIDR: set by the C glue */
+    uint32_t version; NV_ENC_INITIALIZE_PARAMS reInitEncodeParams; ...;
+} NV_ENC_RECONFIGURE_PARAMS;
 typedef struct {
     uint32_t version; uint32_t width; uint32_t height; NV_ENC_BUFFER_FORMAT bufferFmt;
     void *inputBuffer; ...;
@@ -111,6 +119,7 @@ typedef struct {
     NVENCSTATUS (*nvEncGetSequenceParams)(void *, NV_ENC_SEQUENCE_PARAM_PAYLOAD *);
     NVENCSTATUS (*nvEncDestroyEncoder)(void *);
     const char *(*nvEncGetLastErrorString)(void *);
+    NVENCSTATUS (*nvEncReconfigureEncoder)(void *, NV_ENC_RECONFIGURE_PARAMS *);
     ...;
 } NV_ENCODE_API_FUNCTION_LIST;
 
@@ -123,8 +132,12 @@ NVENCSTATUS semvc_nvenc_open(NV_ENCODE_API_FUNCTION_LIST *fl, void *cuda_ctx, vo
 NVENCSTATUS semvc_nvenc_init(NV_ENCODE_API_FUNCTION_LIST *fl, void *enc,
                              const semvc_nvenc_opts_t *o, int preset, int tuning,
                              uint32_t width, uint32_t height, uint32_t fps_num, uint32_t fps_den,
-                             NV_ENC_CONFIG *cfg);
+                             NV_ENC_CONFIG *cfg, NV_ENC_INITIALIZE_PARAMS *ip);
+int semvc_nvenc_cap(NV_ENCODE_API_FUNCTION_LIST *fl, void *enc, int hevc, int cap);
+NVENCSTATUS semvc_nvenc_reconfig(NV_ENCODE_API_FUNCTION_LIST *fl, void *enc,
+                                 NV_ENC_INITIALIZE_PARAMS *ip, const semvc_nvenc_opts_t *o);
 void semvc_nvenc_apply(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o);
+void semvc_nvenc_rate(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o);
 void semvc_nvenc_read(const NV_ENC_CONFIG *c, int hevc, semvc_nvenc_opts_t *o);
 """
 
@@ -224,14 +237,10 @@ static void semvc_set_qp(NV_ENC_QP *q, int qp)
     q->qpInterP = q->qpInterB = q->qpIntra = (uint32_t)qp;
 }
 
-/* Our settings over a preset's configuration. */
-static void semvc_nvenc_apply(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o)
+/* The rate control's targets: at initialisation and in a live change (semvc_nvenc_reconfig). */
+static void semvc_nvenc_rate(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o)
 {
     NV_ENC_RC_PARAMS *rc = &c->rcParams;
-    uint32_t idr;
-    c->frameIntervalP = 1;  /* no B-frames: output in input order, pts = dts */
-    if (o->gop) c->gopLength = o->gop;
-    idr = o->idr_period ? o->idr_period : c->gopLength;
     rc->averageBitRate = rc->maxBitRate = 0;
     rc->targetQuality = rc->targetQualityLSB = 0;
     if (o->rc_mode == 2) {
@@ -247,6 +256,17 @@ static void semvc_nvenc_apply(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o)
         }
     }
     if (o->vbv_size) rc->vbvBufferSize = rc->vbvInitialDelay = o->vbv_size;
+}
+
+/* Our settings over a preset's configuration. */
+static void semvc_nvenc_apply(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o)
+{
+    NV_ENC_RC_PARAMS *rc = &c->rcParams;
+    uint32_t idr, refresh = o->intra_refresh;
+    c->frameIntervalP = 1;  /* no B-frames: output in input order, pts = dts */
+    if (o->gop) c->gopLength = o->gop;
+    idr = o->idr_period ? o->idr_period : c->gopLength;
+    semvc_nvenc_rate(c, o);
     rc->enableMinQP = o->min_qp >= 0;
     if (o->min_qp >= 0) semvc_set_qp(&rc->minQP, o->min_qp);
     rc->enableMaxQP = o->max_qp >= 0;
@@ -263,11 +283,19 @@ static void semvc_nvenc_apply(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o)
         h->repeatSPSPPS = o->repeat_headers ? 1 : 0;
         h->disableSPSPPS = o->no_headers ? 1 : 0;
         h->maxCUSize = NV_ENC_HEVC_CUSIZE_32x32;  /* the delta map is per CTB: fix its size */
+        /* a refresh over `refresh` frames every `refresh` frames; needs an infinite GOP */
+        h->enableIntraRefresh = refresh ? 1 : 0;
+        h->intraRefreshPeriod = refresh;
+        h->intraRefreshCnt = refresh ? refresh - 1 : 0;  /* "smaller than the period" */
     } else {
         NV_ENC_CONFIG_H264 *h = &c->encodeCodecConfig.h264Config;
         h->idrPeriod = idr;
         h->repeatSPSPPS = o->repeat_headers ? 1 : 0;
         h->disableSPSPPS = o->no_headers ? 1 : 0;
+        h->enableIntraRefresh = refresh ? 1 : 0;
+        h->intraRefreshPeriod = refresh;
+        h->intraRefreshCnt = refresh ? refresh - 1 : 0;
+        h->outputRecoveryPointSEI = refresh ? 1 : 0;  /* where a decoder joining may start */
     }
 }
 
@@ -297,26 +325,28 @@ static void semvc_nvenc_read(const NV_ENC_CONFIG *c, int hevc, semvc_nvenc_opts_
         o->repeat_headers = h->repeatSPSPPS;
         o->no_headers = h->disableSPSPPS;
         o->ctb = (unsigned)h->maxCUSize < 5 ? cu[h->maxCUSize] : 0;
+        o->intra_refresh = h->enableIntraRefresh ? h->intraRefreshPeriod : 0;
     } else {
         const NV_ENC_CONFIG_H264 *h = &c->encodeCodecConfig.h264Config;
         o->idr_period = h->idrPeriod;
         o->repeat_headers = h->repeatSPSPPS;
         o->no_headers = h->disableSPSPPS;
         o->ctb = 16;
+        o->intra_refresh = h->enableIntraRefresh ? h->intraRefreshPeriod : 0;
     }
 }
 
 static NVENCSTATUS semvc_nvenc_init(NV_ENCODE_API_FUNCTION_LIST *fl, void *enc,
                                     const semvc_nvenc_opts_t *o, int preset, int tuning,
                                     uint32_t width, uint32_t height, uint32_t fps_num,
-                                    uint32_t fps_den, NV_ENC_CONFIG *cfg)
+                                    uint32_t fps_den, NV_ENC_CONFIG *cfg,
+                                    NV_ENC_INITIALIZE_PARAMS *ip)
 {
     static const GUID *const presets[7] = {&NV_ENC_PRESET_P1_GUID, &NV_ENC_PRESET_P2_GUID,
         &NV_ENC_PRESET_P3_GUID, &NV_ENC_PRESET_P4_GUID, &NV_ENC_PRESET_P5_GUID,
         &NV_ENC_PRESET_P6_GUID, &NV_ENC_PRESET_P7_GUID};
     GUID codec = o->hevc ? NV_ENC_CODEC_HEVC_GUID : NV_ENC_CODEC_H264_GUID;
     NV_ENC_PRESET_CONFIG pc;
-    NV_ENC_INITIALIZE_PARAMS ip;
     NVENCSTATUS st;
     if (preset < 1 || preset > 7) return NV_ENC_ERR_INVALID_PARAM;
     memset(&pc, 0, sizeof pc);
@@ -328,19 +358,54 @@ static NVENCSTATUS semvc_nvenc_init(NV_ENCODE_API_FUNCTION_LIST *fl, void *enc,
     *cfg = pc.presetCfg;
     cfg->version = NV_ENC_CONFIG_VER;
     semvc_nvenc_apply(cfg, o);
-    memset(&ip, 0, sizeof ip);
-    ip.version = NV_ENC_INITIALIZE_PARAMS_VER;
-    ip.encodeGUID = codec;
-    ip.presetGUID = *presets[preset - 1];
-    ip.tuningInfo = (NV_ENC_TUNING_INFO)tuning;
-    ip.encodeWidth = ip.darWidth = ip.maxEncodeWidth = width;
-    ip.encodeHeight = ip.darHeight = ip.maxEncodeHeight = height;
-    ip.frameRateNum = fps_num;
-    ip.frameRateDen = fps_den;
-    ip.enablePTD = 1;          /* NVENC picks picture types; FORCEIDR still works per picture */
-    ip.enableEncodeAsync = 0;  /* Linux has no asynchronous mode */
-    ip.encodeConfig = cfg;
-    return fl->nvEncInitializeEncoder(enc, &ip);
+    /* kept by the caller (with cfg): a live change re-initialises with the same parameters */
+    memset(ip, 0, sizeof *ip);
+    ip->version = NV_ENC_INITIALIZE_PARAMS_VER;
+    ip->encodeGUID = codec;
+    ip->presetGUID = *presets[preset - 1];
+    ip->tuningInfo = (NV_ENC_TUNING_INFO)tuning;
+    ip->encodeWidth = ip->darWidth = ip->maxEncodeWidth = width;
+    ip->encodeHeight = ip->darHeight = ip->maxEncodeHeight = height;
+    ip->frameRateNum = fps_num;
+    ip->frameRateDen = fps_den;
+    ip->enablePTD = 1;          /* NVENC picks picture types; FORCEIDR still works per picture */
+    ip->enableEncodeAsync = 0;  /* Linux has no asynchronous mode */
+    ip->encodeConfig = cfg;
+    return fl->nvEncInitializeEncoder(enc, ip);
+}
+
+/* A capability of this GPU's encoder for the session's codec (NV_ENC_CAPS_*); 0 when unknown. */
+static int semvc_nvenc_cap(NV_ENCODE_API_FUNCTION_LIST *fl, void *enc, int hevc, int cap)
+{
+    NV_ENC_CAPS_PARAM p;
+    int v = 0;
+    memset(&p, 0, sizeof p);
+    p.version = NV_ENC_CAPS_PARAM_VER;
+    p.capsToQuery = (NV_ENC_CAPS)cap;
+    if (fl->nvEncGetEncodeCaps(enc, hevc ? NV_ENC_CODEC_HEVC_GUID : NV_ENC_CODEC_H264_GUID, &p,
+                               &v) != NV_ENC_SUCCESS) return 0;
+    return v;
+}
+
+/* A new rate target while encoding: the session's initialisation parameters again, with the
+   new rate in a copy of its configuration; no IDR and no reset of the rate control's state
+   (NvEncReconfigureEncoder). The copy becomes the session's configuration once taken. */
+static NVENCSTATUS semvc_nvenc_reconfig(NV_ENCODE_API_FUNCTION_LIST *fl, void *enc,
+                                        NV_ENC_INITIALIZE_PARAMS *ip, const semvc_nvenc_opts_t *o)
+{
+    NV_ENC_RECONFIGURE_PARAMS rp;
+    NV_ENC_CONFIG c = *ip->encodeConfig;
+    NVENCSTATUS st;
+    semvc_nvenc_rate(&c, o);
+    memset(&rp, 0, sizeof rp);
+    rp.version = NV_ENC_RECONFIGURE_PARAMS_VER;
+    rp.reInitEncodeParams = *ip;
+    rp.reInitEncodeParams.encodeConfig = &c;
+    rp.resetEncoder = 0;
+    rp.forceIDR = 0;
+    st = fl->nvEncReconfigureEncoder(enc, &rp);
+    if (st == NV_ENC_SUCCESS) *ip->encodeConfig = c;
+    return st;
 }
 """
 

@@ -171,7 +171,10 @@ static void semvc265_get_rc(const x265_param *p, semvc265_rc_t *o)
 }
 
 /* A new rate target while encoding (as x264's: the bit rate and VBV only where VBV was on from
-   the start); `scratch` holds a copy of the encoder's parameters, `now` what it runs with after. */
+   the start); `scratch` holds a copy of the encoder's parameters, `now` what it reports after.
+   Not called by the encoder: libx265 3.5 reports the new values but its rate control keeps the
+   old ones (X265Encoder.reconfigure refuses); tests/test_live_rate.py calls it to notice a
+   libx265 that follows. */
 static int semvc265_reconfig_rate(const x265_api *api, x265_encoder *enc, x265_param *scratch,
                                   int bitrate, int vbv_max, int vbv_buf, double crf,
                                   semvc265_rc_t *now)

@@ -28,7 +28,8 @@ class LabelerConfig:
     cpu_budget: float = 0.05
     parallel: bool = True  # budget mode: run the models in a background thread (false: in line)
     # Budget mode: a model also runs when its labels would get older than this (seconds of
-    # video), whatever the budget says: slow cameras and small frames, where x264 costs little.
+    # video, 0.01-3600), whatever the budget says: slow cameras and small frames, where x264
+    # costs little.
     max_age_s: float = 2.0
     interval: int = 1  # run each model at most every k-th frame (unless its entry says)
     reuse: str = "motion"  # between runs: "motion" (motion-compensated) or "hold" (unchanged)
@@ -50,7 +51,8 @@ class LabelerConfig:
         check(self.interval >= 1, "labeler.interval", self.interval, ">= 1")
         check(0.0 <= self.cpu_budget <= 10.0, "labeler.cpu_budget", self.cpu_budget,
               "a share of CPU time between 0 (no budget) and 10")
-        check(self.max_age_s > 0, "labeler.max_age_s", self.max_age_s, "> 0 seconds")
+        check(0.01 <= self.max_age_s <= 3600, "labeler.max_age_s", self.max_age_s,
+              "between 0.01 and 3600 seconds")
         check(all(p and p != "background" for p in self.priority)
               and len(set(self.priority)) == len(self.priority),
               "labeler.priority", self.priority, "distinct product class names")

@@ -11,24 +11,25 @@ from ..config_model import check
 class QpConfig:
     # Where the map is computed: cpu (numpy, the reference) or cuda (qp/cuda: CuPy or pycuda).
     device: str = "cpu"
-    # S130: alpha weighs complexity C, beta weighs change V; chosen by V against v_threshold.
+    # S130: alpha weighs complexity C, beta weighs change V; chosen by V against v_threshold
+    # (0-1).
     v_threshold: float = 0.25
-    alpha_slow: float = 0.6
-    beta_slow: float = 0.4
-    alpha_fast: float = 0.3
-    beta_fast: float = 1.0
+    alpha_slow: float = 0.6  # weight of C in a slow region (0-10)
+    beta_slow: float = 0.4  # weight of V in a slow region (0-10)
+    alpha_fast: float = 0.3  # weight of C in a fast region (0-10)
+    beta_fast: float = 1.0  # weight of V in a fast region (0-10)
     # How Q (larger = compress more) and class importance become a QP offset.
-    q_gain: float = 4.0  # QP per unit of Q
-    importance_gain: float = 12.0  # QP removed from a region of importance 1.0 ...
-    importance_budget: float = 1.75  # ... unless the frame average would exceed this (QP)
+    q_gain: float = 4.0  # QP per unit of Q (0-51)
+    importance_gain: float = 12.0  # QP removed from a region of importance 1.0 (0-51) ...
+    importance_budget: float = 1.75  # ... unless the frame average would exceed this (0-51 QP)
     # How much each product class matters, 0..1 (a table: setting one entry keeps the others).
     importance: dict[str, float] = field(default_factory=lambda: {
         "background": 0.0, "person": 0.8, "face": 1.0, "text": 0.7,
         "vehicle": 0.6})
-    offset_min: float = -12.0  # the offsets are clamped to [offset_min, offset_max] (QP)
-    offset_max: float = 12.0  # (see offset_min)
+    offset_min: float = -12.0  # the offsets are clamped to [offset_min, offset_max] (-51-0 QP)
+    offset_max: float = 12.0  # (see offset_min; 0-51 QP)
     # The map is shifted so its frame mean is this (FACTS: a positive mean stops x264's CRF from
-    # spending more bits overall when it sees negative offsets).
+    # spending more bits overall when it sees negative offsets); within [offset_min, offset_max].
     target_mean: float = 1.5
 
     def validate(self) -> None:
@@ -40,9 +41,12 @@ class QpConfig:
             check(why is None, "qp.device", self.device, f"cpu; cuda is not usable here: {why}")
         check(0.0 <= self.v_threshold <= 1.0, "qp.v_threshold", self.v_threshold,
               "between 0 and 1")
-        for name in ("alpha_slow", "beta_slow", "alpha_fast", "beta_fast", "q_gain",
-                     "importance_gain", "importance_budget"):
-            check(getattr(self, name) >= 0, f"qp.{name}", getattr(self, name), ">= 0")
+        # Finite ranges: a weight or gain of 1e308 passes ">= 0" and makes every map NaN.
+        for name, top in (("alpha_slow", 10), ("beta_slow", 10), ("alpha_fast", 10),
+                          ("beta_fast", 10), ("q_gain", 51), ("importance_gain", 51),
+                          ("importance_budget", 51)):
+            check(0 <= getattr(self, name) <= top, f"qp.{name}", getattr(self, name),
+                  f"between 0 and {top}")
         for name, value in self.importance.items():
             check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0,
                   f"qp.importance.{name}", value, "a number between 0 and 1")

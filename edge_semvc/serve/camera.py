@@ -1,5 +1,6 @@
 """One camera of the service: its input (reopened with capped exponential backoff when it is
-lost), its pipeline run into recorded segments, its live statistics and its events.
+lost), its pipeline run into recorded segments, its live statistics, its remote changes on
+trial and its events.
 
 capture -> process -> record, as `encode` does, in the camera's own thread:
 
@@ -7,8 +8,16 @@ capture -> process -> record, as `encode` does, in the camera's own thread:
     paced = PacedSource(source, ...)       # a one-frame buffer: a late pipeline drops frames
     run_encode(paced, [segments, *streams], ..., live=Live(updates=pending_config, stats=stats))
 
-A run ends when the input ends (a file without `loop`), is lost (a decode error, a stream
-that stops) or the service stops; a lost input is opened again, the other cameras never notice.
+A run ends when the input ends (a file without `loop`), fails or the service stops. What
+failed is reported as what it is: the input (`source_lost`: cannot be opened, broke, ended or
+froze for `STALL_S`), the recording (`sink_error`: record.dir missing, a folder that cannot be
+written, another process recording this camera) or the pipeline (`error`: the encoder, a
+model, a bug); then the run starts again after a backoff, the other cameras never notice.
+
+A remote change is on trial until `TRIAL_FRAMES` frames were encoded with it: a pipeline that
+fails meanwhile (not the input, not the recording: a live key touches neither) rolls it back
+to the last good configuration, with a `config_rejected` naming its keys, and starts again at
+once; one that passes is kept (`take_passed`: the service then stores it).
 """
 from __future__ import annotations
 
@@ -17,10 +26,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import Config
-from ..errors import DecodeError, EdgeSemvcError
+from ..errors import EdgeSemvcError, SinkError, SourceError, WriteError
 from ..pipeline import Live, RunStats, run_encode
 from ..sinks import open_output
 from ..sinks.base import Outputs
@@ -28,11 +37,16 @@ from ..sinks.config import RecordConfig
 from ..sinks.segments import SegmentOutput
 from ..sources import LIVE_SCHEMES, open_source
 from ..sources.paced import PacedSource
+from .remote import dotted_keys, one_line
 
 log = logging.getLogger("edge_semvc")
-
 TIMING_WINDOW = 1000  # frames over which stage latencies are reported
 PACED_HISTORY = 1000  # per-frame timing entries the paced source keeps
+STALL_S = 5.0  # an input that delivers no frame for this long is lost (README: 5 s)
+TRIAL_FRAMES = 25  # a remote change is kept once this many frames were encoded with it
+# what failed -> (event, state)
+FAILURES = {"source": ("source_lost", "lost"), "sink": ("sink_error", "failed"),
+            "pipeline": ("error", "failed")}
 
 
 @dataclass
@@ -52,28 +66,38 @@ class Backoff:
 
 
 class Camera:
-    """Runs one camera until `stop` is set. `emit(camera, event, fields)` reports events."""
+    """Runs one camera until `stop` is set. `emit(camera, event, fields)` reports events.
+    `open_input(uri)` opens the input (sources.open_source); `clock` and `sleep` are the
+    paced source's (seconds; a frozen input is lost after STALL_S of `clock` time)."""
 
     def __init__(self, name: str, uri: str, cfg: Config, record: RecordConfig | None,
                  emit: Callable[[str, str, dict], None], *, outputs: tuple[str, ...] = (),
                  loop: bool = False, realtime: bool = True, queue_frames: int = 1,
-                 backoff: Backoff | None = None):
-        self.name, self.uri, self.cfg, self.record = name, uri, cfg, record
-        self.output_uris = tuple(outputs)  # stream outputs beside the recording (None: none)
+                 backoff: Backoff | None = None, open_input: Callable[[str], Any] = open_source,
+                 clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] | None = None):
+        self.name, self.uri, self.record = name, uri, record  # record None: stream only
+        self.cfg = self.good = cfg  # in use / last kept (cfg differs while a change is on trial)
+        self.output_uris = tuple(outputs)  # stream outputs beside the recording
         self.outputs: Outputs | None = None  # the current run's
         self.emit = lambda event, **fields: emit(name, event, fields)
-        self.loop, self.realtime, self.queue_frames = loop, realtime, queue_frames
-        self.backoff = backoff or Backoff()
         self.live = uri.partition("://")[0] in LIVE_SCHEMES
+        self.loop, self.queue_frames = loop, queue_frames
+        self.realtime = realtime or self.live  # a live input is watched for freezing
+        self.backoff = backoff or Backoff()
+        self.open_input, self.clock, self.sleep = open_input, clock, sleep
         self.stop_event = threading.Event()
         self.stats = RunStats()
         self.latency_ms: deque[float] = deque(maxlen=TIMING_WINDOW)  # capture to encoded
         self.frames_total = 0  # over every run: the count a watchdog and READY look at
         self.dropped_total = 0
         self.runs = 0
-        self.state = "starting"  # starting | running | lost | ended | stopped
+        self.state = "starting"  # starting | running | lost | failed | ended | stopped
+        self._failing: str | None = None  # the failure event reported since frames last flowed
         self._paced: PacedSource | None = None
         self._pending: Config | None = None
+        self._trial: list[dict] = []  # remote changes in self.cfg not yet kept
+        self._trial_frames: int | None = None  # frames encoded with them (None: not yet used)
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
 
@@ -88,10 +112,32 @@ class Camera:
         if paced is not None:
             paced.close()  # ends the run: the encoder is drained and the segment finalised
 
-    def reconfigure(self, cfg: Config) -> None:
-        """Use `cfg` from the next frame on (only live-safe keys may differ: serve/remote.py)."""
+    def propose(self, cfg: Config, change: dict, base: Config) -> bool:
+        """Use `cfg` (`base` with the remote `change`; only live-safe keys differ:
+        serve/remote.py) from the next frame on, on trial. False when the configuration is no
+        longer `base` (a rollback came in between): compute it again."""
         with self._lock:
+            if self.cfg is not base:
+                return False
             self._pending = self.cfg = cfg
+            self._trial.append(change)
+            self._trial_frames = None
+        return True
+
+    def take_passed(self) -> tuple[list[dict], Config, Config] | None:
+        """(changes, kept configuration, previous one) once the changes on trial passed it:
+        they are kept from now on. None while none did."""
+        with self._lock:
+            if not self._trial or (self._trial_frames or 0) < TRIAL_FRAMES:
+                return None
+            changes, self._trial = self._trial, []
+            previous, self.good = self.good, self.cfg
+            return changes, self.good, previous
+
+    def restore(self, cfg: Config) -> None:
+        """Go back to `cfg` (kept changes that could not be stored), from the next frame on."""
+        with self._lock:
+            self.cfg = self.good = self._pending = cfg
 
     def output_stats(self) -> list[dict]:
         outputs = self.outputs
@@ -102,47 +148,49 @@ class Camera:
         return self.dropped_total + (paced.dropped if paced else 0)
 
     # --- the camera thread ---------------------------------------------------------------------
-    def _take_update(self) -> Config | None:
+    def _take_update(self) -> Config | None:  # polled by the pipeline before each frame
         with self._lock:
             cfg, self._pending = self._pending, None
+            if cfg is not None and self._trial:
+                self._trial_frames = 0
         return cfg
 
     def _run(self) -> None:
-        lost = False
         while not self.stop_event.is_set():
             try:
-                source = open_source(self.uri)
+                source = self.open_input(self.uri)
             except EdgeSemvcError as e:
-                lost = self._lost(str(e), lost)
+                self._failed("source", str(e))
                 continue
-            reopen = (lambda: open_source(self.uri)) if self.loop else None
+            reopen = (lambda: self.open_input(self.uri)) if self.loop else None
             paced = PacedSource(source, realtime=self.realtime, reopen=reopen,
-                                history=PACED_HISTORY)
+                                history=PACED_HISTORY, stall_s=STALL_S, clock=self.clock,
+                                sleep=self.sleep)
             self._paced = paced
             if self.stop_event.is_set():  # stop() came while the input was being opened
                 paced.close()
                 break
-            if lost:
-                self.emit("source_back", input=self.uri)
-                lost = False
-            self.state = "running"
-            error = self._record(paced)
+            self.state = "starting"
+            failure = self._record(paced)
             self.dropped_total += paced.dropped
             self._paced = None
             paced.close()
             if self.stop_event.is_set():
                 break
-            if error is None and self.live:  # a camera does not end: it was lost
-                error = "the stream ended"
-            if error is None:  # the input ended: a file without `loop`
+            if failure is None and self.live:  # a camera does not end: it was lost
+                failure = ("source", "the stream ended")
+            if failure is None:  # the input ended: a file without `loop`
                 self.state = "ended"
                 self.emit("source_ended", input=self.uri)
                 return
-            lost = self._lost(error, lost)
+            kind, reason = failure
+            if kind == "pipeline" and self._roll_back(reason):
+                continue  # at once, with the last good configuration
+            self._failed(kind, reason)
         self.state = "stopped"
 
-    def _record(self, paced: PacedSource) -> str | None:
-        """One run of the pipeline on `paced`; the reason it broke, or None at its end."""
+    def _record(self, paced: PacedSource) -> tuple[str, str] | None:
+        """One run of the pipeline on `paced`; (what failed, why), or None at its end."""
         self.runs += 1
         stats = self.stats = RunStats()
         outputs = self.outputs = Outputs(
@@ -150,12 +198,20 @@ class Camera:
             + [open_output(uri, on_event=self.emit) for uri in self.output_uris])
         live = Live(updates=self._take_update, stats=stats,
                     timing_window=TIMING_WINDOW, queue_frames=self.queue_frames)
-        self._pending = None  # this run starts from self.cfg
+        with self._lock:
+            self._pending = None  # this run starts from self.cfg, changes on trial included
+            self._trial_frames = 0 if self._trial else None
+            cfg = self.cfg
         start = self.frames_total
         seen_cuts = [0]
 
         def on_frame(frame, labels, qp) -> None:
-            self.frames_total = start + stats.frames + 1
+            self.frames_total = start + stats.frames
+            if self.state != "running":
+                self._flowing()
+            with self._lock:
+                if self._trial_frames is not None:
+                    self._trial_frames += 1
             # the scene extension's detector when it runs, else the labeler's own
             cuts = (stats.scene_cuts if self.cfg.scene.enabled else
                     stats.labeler.scene_cuts if stats.labeler else 0)
@@ -164,28 +220,49 @@ class Camera:
                 self.emit("scene_cut", frame=self.frames_total, pts=frame.pts)
             captured = paced.capture_times.pop(frame.index, None)
             if captured is not None:
-                self.latency_ms.append((time.perf_counter() - captured) * 1e3)
-            self.backoff.reset()
+                self.latency_ms.append((self.clock() - captured) * 1e3)
 
         try:
-            run_encode(paced, outputs, self.cfg, on_frame=on_frame, live=live)
-        except DecodeError as e:
-            return str(e)
+            run_encode(paced, outputs, cfg, on_frame=on_frame, live=live)
+        except SourceError as e:  # DecodeError included: the input broke, ended early, froze
+            return "source", str(e)
+        except (SinkError, WriteError) as e:
+            return "sink", str(e)
         except EdgeSemvcError as e:  # an encoder or model problem: report it, try again
-            self.emit("error", reason=str(e))
-            return str(e)
+            return "pipeline", str(e)
         except Exception as e:  # noqa: BLE001 - a bug must not take the other cameras down
             log.exception("%s: the pipeline failed", self.name)
-            self.emit("error", reason=f"{type(e).__name__}: {e}")
-            return f"{type(e).__name__}: {e}"
+            return "pipeline", f"{type(e).__name__}: {e}"
         return None
 
-    def _lost(self, reason: str, already: bool) -> bool:
-        self.state = "lost"
-        delay = self.backoff.next()
-        self.emit("source_lost", input=self.uri, reason=reason, retry_in_s=delay,
-                  repeated=already)
-        log.warning("%s: %s; retrying in %.0f s", self.name, reason, delay)
-        self.stop_event.wait(delay)
-        return True
+    def _flowing(self) -> None:
+        """The run's first frame: the camera runs again, and says so after a failure."""
+        self.state = "running"
+        self.backoff.reset()
+        failing, self._failing = self._failing, None
+        if failing == "source_lost":
+            self.emit("source_back", input=self.uri)
+        elif failing is not None:
+            self.emit("recovered", after=failing)
 
+    def _roll_back(self, reason: str) -> bool:
+        """The run failed with remote changes on trial: back to the last good configuration,
+        each change refused by its keys. False when none was on trial."""
+        with self._lock:
+            changes, self._trial = self._trial, []
+            if changes:
+                self.cfg, self._pending, self._trial_frames = self.good, None, None
+        for change in changes:
+            self.emit("config_rejected", key=", ".join(dotted_keys(change)),
+                      reason=one_line(f"rolled back: the pipeline failed within {TRIAL_FRAMES} "
+                                      f"frames of this change ({reason})"))
+        return bool(changes)
+
+    def _failed(self, kind: str, reason: str) -> None:
+        event, self.state = FAILURES[kind]
+        delay = self.backoff.next()
+        fields = {"input": self.uri} if kind == "source" else {}
+        self.emit(event, **fields, reason=one_line(reason), retry_in_s=delay,
+                  repeated=self._failing == event)
+        self._failing = event
+        self.stop_event.wait(delay)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -20,8 +21,12 @@ from ..config_model import check, merge, reference_rows
 from ..encoders.config import PROFILES
 from ..errors import ConfigError
 from ..sinks.config import RecordConfig
+from ..sources import SCHEMES
 
 REDACTED = "***"
+# A camera name is a folder (record.dir/<name>), a file (<state_dir>/<name>.yml), an MQTT topic
+# level and a log prefix: one safe path component, bounded.
+CAMERA_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 def check_topic_level(name: str, key: str) -> None:
@@ -133,8 +138,10 @@ class CameraConfig:
     outputs: list[str] = field(default_factory=list)
 
     def validate(self, key: str) -> None:
-        check(isinstance(self.input, str) and bool(self.input.strip()), f"{key}.input",
-               self.input, "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N")
+        scheme, sep, _ = self.input.partition("://")
+        check(bool(self.input.strip()) and self.input.isprintable() and (
+            not sep or scheme in SCHEMES), f"{key}.input", self.input,
+            "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N, demo://NAME")
         check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
         check(self.profile in ("", *PROFILES), f"{key}.profile", self.profile,
               f"'' (encoder.profile) or {' or '.join(PROFILES)}")
@@ -163,12 +170,14 @@ class ServeConfig(Config):
                "at least one camera: {name: {input: URI}}")
         parsed = {}
         for name, entry in self.cameras.items():
-            check_topic_level(name, f"cameras.{name}")
-            check(not name.startswith("."), f"cameras.{name}", name, "a name not starting "
-                   "with '.'")
+            check(CAMERA_NAME.fullmatch(name) is not None, "cameras", name,
+                  "a camera name: 1-64 letters, digits, '_', '-' or '.', not starting with '.' "
+                  "or '-' (it names a folder and an MQTT topic level)")
             if isinstance(entry, CameraConfig):  # validated before
                 parsed[name] = entry
                 continue
+            check(isinstance(entry, (dict, str)), f"cameras.{name}", entry,
+                  "{input: URI, ...} or a URI")
             cam = CameraConfig()
             merge(cam, entry if isinstance(entry, dict) else {"input": entry}, f"cameras.{name}.")
             cam.validate(f"cameras.{name}")

@@ -5,9 +5,12 @@ Only keys that are safe to change while frames flow are accepted (`LIVE_KEYS`): 
 the analysis scaling and the labeler's class priority and label age. Nothing remote can name a
 file, a model, an encoder, a source or anything that executes; such keys are refused by name,
 like unknown keys, wrong types, out-of-range values, malformed JSON/YAML and oversized payloads.
-A refusal changes nothing. Accepted changes are merged into the camera's persisted overrides
-(`<state_dir>/<camera>.yml`, written to a temporary file, fsynced and renamed), so a restart
-applies them again after the configuration file.
+Every payload is hostile: it is read without YAML anchors or aliases (a 671-byte alias bomb
+expands to gigabytes), at most `MAX_PAYLOAD_BYTES` long, `MAX_DEPTH` levels deep, with numbers
+of at most `config_model.MAX_NUMBER_CHARS` characters, and whatever goes wrong reading it
+becomes one `RemoteChangeRejected`. A refusal changes nothing. Accepted changes are merged
+into the camera's persisted overrides (`<state_dir>/<camera>.yml`, written to a temporary file,
+fsynced and renamed), so a restart applies them again after the configuration file.
 """
 from __future__ import annotations
 
@@ -19,12 +22,16 @@ from typing import Any
 import yaml
 
 from ..config import Config
-from ..config_model import UniqueKeyLoader, merge
+from ..config_model import ConfigDumper, ConfigLoader, merge, shown
 from ..encoders.config import check_live_rate
 from ..errors import ConfigError
 
 MAX_PAYLOAD_BYTES = 16 * 1024
-# Dotted keys (or whole sections, ending in '.') a remote change may set.
+MAX_DEPTH = 8  # nesting levels of a payload (the deepest live key, qp.importance.x, is 3)
+MAX_REASON_CHARS = 300  # of a refusal's reason (an event and a log line, not a payload echo)
+# Dotted keys (or whole sections, ending in '.') a remote change may set. Each has a finite
+# range, checked by its subsystem's validate() (README, "Service"); a test sets every one to
+# extreme values. Adding a live key: one line here and its range there.
 LIVE_KEYS = ("qp.", "analysis.", "labeler.priority", "labeler.max_age_s",
              "fusion.description",  # "watch the vehicles at the gate", from a dashboard
              "encoder.bitrate", "encoder.crf")  # following the link: at the next frame
@@ -34,13 +41,34 @@ NOT_LIVE = {"qp.device"}  # a backend choice: set in the configuration file, wit
 class RemoteChangeRejected(ConfigError):
     """A remote change that was refused; `key` names the offending key where there is one."""
 
-    def __init__(self, message: str, key: str | None = None):
-        super().__init__(message)
-        self.key = key
+
+class RemoteLoader(ConfigLoader):
+    """ConfigLoader without anchors or aliases and at most MAX_DEPTH levels deep: checked as
+    the document is composed, before anything is expanded or recursed into."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&, *) are not "
+                                              "accepted", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} "
+                                                  "levels", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def parse_change(payload: bytes) -> dict[str, Any]:
-    """The nested mapping of a `config/set` payload (JSON or YAML), or RemoteChangeRejected."""
+    """The nested mapping of a `config/set` payload (JSON or YAML), or RemoteChangeRejected
+    (whatever the reason: an error of the YAML library or of Python's number parsing is one
+    too)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise RemoteChangeRejected(f"payload of {len(payload)} bytes is over the "
                                    f"{MAX_PAYLOAD_BYTES}-byte limit")
@@ -49,17 +77,19 @@ def parse_change(payload: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise RemoteChangeRejected(f"payload is not UTF-8 text (byte {e.start})") from None
     try:  # JSON is YAML; a key given twice is refused rather than silently taking the last
-        doc = yaml.load(text, Loader=UniqueKeyLoader)
+        doc = yaml.load(text, Loader=RemoteLoader)
     except yaml.YAMLError as e:
         raise RemoteChangeRejected(f"payload is not valid JSON or YAML: "
                                    f"{str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - e.g. RecursionError, ValueError: refused all the same
+        raise RemoteChangeRejected(f"payload cannot be read: {type(e).__name__}") from None
     if not isinstance(doc, dict) or not doc:
         raise RemoteChangeRejected("payload must be a non-empty mapping, e.g. "
                                    '{"qp": {"importance": {"person": 1.0}}}')
-    for key in _dotted_keys(doc):
+    for key in dotted_keys(doc):
         if key in NOT_LIVE or not any(key == k or key.startswith(k) for k in LIVE_KEYS):
-            raise RemoteChangeRejected(
-                f"{key} cannot be changed remotely (live keys: {', '.join(LIVE_KEYS)}...)", key)
+            raise RemoteChangeRejected(f"{shown(key)} cannot be changed remotely (live keys: "
+                                       f"{', '.join(LIVE_KEYS)}...)", key)
     return doc
 
 
@@ -71,29 +101,30 @@ def apply_change(current: Config, doc: dict[str, Any]) -> Config:
         candidate.validate()
         check_live_rate(current.encoder, candidate.encoder)
     except ConfigError as e:
-        raise RemoteChangeRejected(str(e), _key_of(str(e))) from None
+        raise RemoteChangeRejected(str(e), e.key) from None
     return candidate
 
 
-def _dotted_keys(doc: dict, prefix: str = "") -> list[str]:
+def dotted_keys(doc: dict, prefix: str = "") -> list[str]:
+    """The dotted keys a change sets (a table such as qp.importance counts as one key)."""
     keys = []
     for k, v in doc.items():
-        if not isinstance(k, str):
-            raise RemoteChangeRejected(f"key {k!r} under {prefix or 'the top'} is not a name")
+        if not isinstance(k, str) or not k:
+            raise RemoteChangeRejected(f"key {shown(k)} under {prefix.rstrip('.') or 'the top'} "
+                                       "is not a name")
         path = f"{prefix}{k}"
         # qp.importance is a table: its entries are values, not keys to check one by one
         if isinstance(v, dict) and v and path != "qp.importance":
-            keys += _dotted_keys(v, path + ".")
+            keys += dotted_keys(v, path + ".")
         else:
             keys.append(path)
     return keys
 
 
-def _key_of(message: str) -> str | None:
-    for marker in ("invalid value for ", "unknown config key '"):
-        if marker in message:
-            return message.split(marker, 1)[1].split(":")[0].split("'")[0].strip()
-    return None
+def one_line(reason: str) -> str:
+    """A refusal's reason as an event and a log line carry it: one line, bounded."""
+    text = " ".join(str(reason).split())
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS] + "..."
 
 
 class OverrideStore:
@@ -110,22 +141,25 @@ class OverrideStore:
         if not path.exists():
             return {}
         try:
-            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise ConfigError(f"cannot read the remote changes in {path}: {e}") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{path} does not hold a mapping of remote changes")
         return doc
 
-    def add(self, camera: str, doc: dict[str, Any]) -> None:
-        """Merge `doc` into the camera's stored changes, atomically (a crash leaves the old
-        file or the new one, never half of one)."""
-        merged = _deep_merge(self.load(camera), doc)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def add(self, camera: str, *docs: dict[str, Any]) -> None:
+        """Merge `docs` (in order) into the camera's stored changes, atomically (a crash leaves
+        the old file or the new one, never half of one)."""
+        merged = self.load(camera)
+        for doc in docs:
+            merged = _deep_merge(merged, doc)
+        # only the last level: an unmounted record.dir must not be re-created on the root disk
+        self.folder.mkdir(exist_ok=True)
         path = self.path(camera)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            yaml.safe_dump(merged, f, sort_keys=True)
+            yaml.dump(merged, f, Dumper=ConfigDumper, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

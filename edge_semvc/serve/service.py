@@ -6,23 +6,27 @@ once a second feeds systemd's watchdog (only while frames flow), reports READY o
 camera delivered a frame, publishes each camera's statistics every `mqtt.stats_interval`
 seconds and, on SIGTERM/SIGINT, stops the cameras (each drains its encoder and closes its open
 segment) and says `offline`. Nothing in a camera's frame loop waits on the network: telemetry
-is queued and sent by its own thread.
+is queued and sent by its own thread, remote changes are handled by their own
+(serve/changes.py). A missing record.dir (an unmounted disk) refuses the start.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import ConfigError, SinkError
 from ..sinks import open_output
+from ..sinks.config import RecordConfig
 from ..stop import finalising
 from .camera import Camera
+from .changes import RemoteChanges
 from .config import ServeConfig
 from .notify import Watchdog, notify_ready, notify_status, notify_stopping
-from .remote import OverrideStore, RemoteChangeRejected, apply_change, parse_change
+from .remote import OverrideStore, apply_change, one_line
 from .stats import CpuMeter, StatsWindow
 from .telemetry import open_telemetry
 
@@ -34,13 +38,16 @@ class Service:
     def __init__(self, cfg: ServeConfig, clock: Callable[[], float] = time.monotonic):
         self.cfg, self.clock = cfg, clock
         self.stop_event = threading.Event()
+        _check_record_dir(cfg.record)
+        _check_models_prepared(cfg.pipeline_config())  # never downloads: `make install-service`
         self.store = OverrideStore(cfg.state_folder())
-        self.telemetry = open_telemetry(cfg.mqtt, on_config_set=self._config_set)
         self.cameras: dict[str, Camera] = {}
+        self.changes = RemoteChanges(self.cameras, self.store, self._event,
+                                     lambda camera, state: self.telemetry.publish_config_state(
+                                         camera, state))
+        self.telemetry = open_telemetry(cfg.mqtt, on_config_set=self.changes.submit)
         self._fps: dict[str, float] = {}
         self.summary: dict = {}  # over the whole run, once it ended (`serve --stats-json`)
-        self._config_lock = threading.Lock()
-        _check_models_prepared(cfg.pipeline_config())  # never downloads: `make install-service`
         for name, cam in cfg.cameras.items():
             for uri in cam.outputs:  # pre-flight: a bad output URI or missing GStreamer: exit 2
                 open_output(uri)
@@ -62,31 +69,9 @@ class Service:
             doc = self.store.load(camera)
             return apply_change(base, doc) if doc else base
         except ConfigError as e:  # a stored change the new configuration file refuses
-            self._event(camera, "config_rejected", {"reason": f"stored remote change: {e}",
-                                                    "key": getattr(e, "key", None)})
+            self._event(camera, "config_rejected", {"key": e.key, "reason": one_line(
+                f"stored remote change: {e}")})
             return base
-
-    def _config_set(self, camera: str, payload: bytes) -> None:
-        """`<prefix>/<camera>/config/set` (MQTT's thread): check, apply at the next frame,
-        keep; or refuse naming the key, changing nothing."""
-        cam = self.cameras.get(camera)
-        if cam is None:
-            log.warning("config/set for unknown camera %r ignored", camera)
-            return
-        with self._config_lock:
-            try:
-                doc = parse_change(payload)
-                new = apply_change(cam.cfg, doc)
-                self.store.add(camera, doc)
-            except RemoteChangeRejected as e:
-                self._event(camera, "config_rejected", {"key": e.key, "reason": str(e)})
-                return
-            except (ConfigError, OSError) as e:  # the stored changes cannot be read/written
-                self._event(camera, "config_rejected", {"key": None, "reason": str(e)})
-                return
-            cam.reconfigure(new)
-        self._event(camera, "config_applied", {"change": doc})
-        self.telemetry.publish_config_state(camera, new.to_dict())
 
     # --- running ---------------------------------------------------------------------------
     def run(self, max_seconds: float = 0.0) -> int:
@@ -100,6 +85,7 @@ class Service:
         for name, cam in self.cameras.items():
             self.telemetry.publish_config_state(name, cam.cfg.to_dict())
             cam.start()
+        self.changes.start()
         start = last_stats = self.clock()
         last_frames, ready = -1, False
         try:
@@ -145,12 +131,23 @@ class Service:
         finalising(True)  # a second SIGTERM must not cut the segments' finalisation short
         notify_stopping("finalising the open segments")
         self.stop_event.set()
+        self.changes.close()
         for cam in self.cameras.values():
             cam.stop()
         deadline = self.clock() + STOP_TIMEOUT_S  # inside the unit's TimeoutStopSec=30
         for cam in self.cameras.values():
             cam.thread.join(timeout=max(0.1, deadline - self.clock()))
         self.telemetry.close()
+
+
+def _check_record_dir(record: RecordConfig) -> None:
+    """Refuse to start (exit 2) when record.dir is missing: an unmounted disk, whose recordings
+    must not go to the root disk instead (systemd's Restart= tries again; a disk that goes
+    away while running is waited for: sinks/segments.py)."""
+    root = Path(record.dir).expanduser()
+    if not root.is_dir():
+        raise SinkError(f"record.dir {root} does not exist or is not a folder (an unmounted "
+                        "disk?): mount or create it; the service does not create it")
 
 
 def _check_models_prepared(cfg: Config) -> None:

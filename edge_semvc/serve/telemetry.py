@@ -7,8 +7,9 @@ Topics, under ``mqtt.topic_prefix`` (Frigate's layout):
 - ``<prefix>/<camera>/stats``: JSON, every ``mqtt.stats_interval`` s (the caller's timing).
 - ``<prefix>/<camera>/events``: JSON ``{"event": name, "time": ISO-8601, ...}``.
 - ``<prefix>/<camera>/config/state``: the camera's effective configuration, retained JSON.
-- ``<prefix>/+/config/set``: subscribed; each message goes to ``on_config_set(camera, payload)``,
-  which validates it (this module only hands bytes over).
+- ``<prefix>/+/config/set``: subscribed; each message goes to ``on_config_set(camera, payload,
+  retained)``, which checks it (this module only hands bytes over: the size, a retained
+  message, the content are the callback's to refuse, with its event).
 - with ``mqtt.home_assistant``: retained discovery configs under ``<discovery_prefix>/sensor/``.
 
 Nothing the frame loop calls touches the network: ``publish_*`` serialise the payload, append
@@ -40,11 +41,7 @@ from .config import REDACTED, MqttConfig, check_topic_level
 
 log = logging.getLogger(__name__)
 
-ConfigSetCallback = Callable[[str, bytes], None]
-
-# A remote config is a small YAML/JSON document; anything larger is refused before the caller
-# sees it (a broker accepts up to 256 MB).
-MAX_CONFIG_SET_BYTES = 64 * 1024
+ConfigSetCallback = Callable[[str, bytes, bool], None]  # (camera, payload, retained)
 
 # Keys whose values are never published, whatever the caller passes in a state or event.
 SECRET_KEYS = ("password", "passwd", "secret", "token", "api_key", "apikey")
@@ -68,8 +65,8 @@ class _Outgoing:
 class Telemetry:
     """One MQTT connection for the whole service (all cameras share it and its last will).
 
-    ``on_config_set`` runs on paho's network thread: it must return quickly (hand the payload
-    to the frame loop, do not apply it there). Its exceptions are logged, never raised.
+    ``on_config_set`` runs on paho's network thread: it must return at once (queue the payload
+    for a thread of its own: serve/changes.py). Its exceptions are logged, never raised.
     """
 
     def __init__(self, config: MqttConfig, on_config_set: ConfigSetCallback | None = None,
@@ -153,8 +150,7 @@ class Telemetry:
             return {"connected": self._connected, "queued": len(self._queue),
                     "sent": self._counts["sent"], "connects": self._counts["connects"],
                     "dropped_stats": self._counts["dropped_stats"],
-                    "dropped_events": self._counts["dropped_events"],
-                    "config_set_refused": self._counts["config_set_refused"]}
+                    "dropped_events": self._counts["dropped_events"]}
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued and ``offline`` (retained), then disconnect; returns within
@@ -337,29 +333,13 @@ class Telemetry:
         self.last_error = message
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        camera = message.topic[len(self._prefix) + 1:].split("/", 1)[0]
-        if message.retain:
-            # A retained command would be replayed on every reconnect and restart, overriding
-            # later changes: config/set is a command topic, not a state.
-            log.warning("MQTT: ignored a retained message on %s (publish config/set without "
-                        "retain)", message.topic)
-            self._count("config_set_refused")
-            return
-        if len(message.payload) > MAX_CONFIG_SET_BYTES:
-            log.warning("MQTT: ignored %d bytes on %s (more than %d)", len(message.payload),
-                        message.topic, MAX_CONFIG_SET_BYTES)
-            self._count("config_set_refused")
-            return
         if self._on_config_set is None:
             return
+        camera = message.topic[len(self._prefix) + 1:].split("/", 1)[0]
         try:
-            self._on_config_set(camera, bytes(message.payload))
+            self._on_config_set(camera, message.payload, bool(message.retain))
         except Exception:  # an exception here would end paho's thread, and telemetry with it
             log.exception("MQTT: the config/set handler failed for camera %r", camera)
-
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] += 1
 
 
 class NullTelemetry:

@@ -66,6 +66,16 @@ def uri_options(uri: str, known: dict[str, type]) -> tuple[object, dict[str, obj
     return parts, options
 
 
+def int_in(lo: int, hi: int):
+    """A converter for `uri_options`: an integer in [lo, hi] (else ValueError: refused)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise ValueError(text)
+        return value
+    return parse
+
+
 def host_port(uri: str, parts, *, listen: bool = False) -> tuple[str, int]:
     """HOST and PORT of a network output URI. `listen`: `@` or no host means every address."""
     try:

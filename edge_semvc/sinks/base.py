@@ -37,6 +37,16 @@ log = logging.getLogger(__name__)
 EventCallback = Callable[..., None]
 
 
+def emit_event(on_event: EventCallback | None, name: str, output: str, **fields) -> None:
+    """on_event(name, output=URI, **fields); a callback that raises is logged, never
+    propagated: a reporting bug must not stop the stream."""
+    if on_event is not None:
+        try:
+            on_event(name, output=output, **fields)
+        except Exception:  # noqa: BLE001
+            log.exception("on_event(%r) failed", name)
+
+
 @dataclass(frozen=True)
 class StreamInfo:
     """What an output needs to know of the encoded stream once the encoder is open."""

@@ -1,6 +1,7 @@
 """One recording segment on disk: written under a temporary ``.<name>.part`` name, given its
 trailer, fsynced, renamed to its final name and its folder fsynced, or given up and deleted
-after an error (``sinks/segments.py`` decides when).
+after an error (``sinks/segments.py`` decides when); and the recovery of a ``.part`` a crash
+left behind.
 """
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from .tracks import TrackMuxer
 
 log = logging.getLogger(__name__)
 
-# delay_moov: the moov (with each track's edit list) waits for the first fragment, when every
-# track's first timestamp is known; with empty_moov alone each track would start at 0 on its
-# own, putting audio and video of a segment out of sync by their first packets' distance
-MUXERS = {"ts": ("mpegts", {"avoid_negative_ts": "disabled"}),  # as FileSink: exact pts
-           "mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov"})}
+# Each packet goes to the file as it is muxed (flush_packets), and fMP4 closes a fragment at
+# least every second: what a crash leaves in a .part is all but the last frame (TS) or all but
+# the last second (fMP4), and `recover` keeps it. As FileSink, TS keeps the exact pts.
+# delay_moov: the fMP4 moov (with each track's edit list) waits for the first fragment, when
+# every track's first timestamp is known; with empty_moov alone each track would start at 0 on
+# its own, putting a segment's audio and video out of sync by their first packets' distance.
+MUXERS = {"ts": ("mpegts", {"avoid_negative_ts": "disabled", "flush_packets": "1"}),
+          "mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov",
+                          "frag_duration": "1000000", "flush_packets": "1"})}
 
 
 class _File:
@@ -111,6 +116,57 @@ class Segment:
         with contextlib.suppress(OSError):
             self.file.release()
         return unlink_part(self.part)
+
+
+def recover(part: Path, fmt: str) -> tuple[int, int] | None:
+    """Finalise the ``.part`` of a run that died (SIGKILL, power cut) as the segment it was
+    going to be: its packets from the first keyframe up to the last whole one, remuxed under
+    the final name (written as another ``.part``, fsynced and renamed, like a segment).
+    (frames, bytes), or None when nothing whole is in it or the final name is taken; the
+    caller deletes the ``.part`` either way. Raises OSError / FFmpegError when it cannot be
+    read or written."""
+    final = part.with_name(part.name[1:-len(".part")])
+    if os.path.lexists(final):
+        return None
+    with av.open(str(part)) as src:
+        if not src.streams.video:
+            return None
+        stream = src.streams.video[0]
+        # the passed-through streams too (audio, data), from the video's first IDR on
+        streams = [stream, *(s for s in src.streams if s.type in ("audio", "subtitle", "data"))]
+        packets = []
+        try:
+            for packet in src.demux(streams):
+                if packet.size == 0 or packet.is_corrupt:  # the end, or cut short
+                    break
+                if packets or (packet.stream is stream and packet.is_keyframe):
+                    packets.append(packet)  # a segment starts with its IDR
+        except av.error.FFmpegError:  # the file ends inside a packet or a fragment
+            pass
+        # the killed writer's last buffer ended anywhere: its last packet may be cut short
+        packets = packets[:-1]
+        frames = sum(p.stream is stream for p in packets)
+        if not frames:
+            return None
+        tmp = part.with_name(f".{final.name}.recovering.part")
+        file = _File(tmp)
+        try:
+            muxer, options = MUXERS[fmt]
+            with av.open(file, mode="w", format=muxer, options=dict(options)) as dst:
+                out = {s.index: dst.add_stream_from_template(s) for s in streams}
+                for packet in packets:
+                    packet.stream = out[packet.stream.index]
+                    dst.mux(packet)
+            os.fsync(file.fd)
+            size = os.fstat(file.fd).st_size
+        except BaseException:
+            file.release()
+            unlink_part(tmp)
+            raise
+        file.release()
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    return frames, size
 
 
 def unlink_part(part: Path) -> bool:

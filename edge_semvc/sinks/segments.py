@@ -21,18 +21,22 @@ Guarantees and choices:
   `segment_file.py`).
 - **Completed means complete**: a segment is written as ``.<name>.part`` and renamed only
   after its trailer and an fsync (then the folder is fsynced), so a crash leaves every named
-  segment whole and at most the open one as a ``.part``. A new sink deletes stale ``.part``
-  files (``segment_deleted``, reason ``stale_part``): incomplete by definition, and the
-  camera's lock (``<camera>/.lock``, flock) proves no live sink still writes them.
+  segment whole and at most the open one as a ``.part``. A new sink finalises a stale
+  ``.part`` as the segment it was going to be, with its whole packets from its first keyframe
+  (``segment_recovered``: a crash loses the last few frames, not the segment); one with
+  nothing whole is deleted (``segment_deleted``, reason ``stale_part``). The camera's lock
+  (``<camera>/.lock``, flock) proves no live sink still writes them.
 - **Time is the packets' pts** (settings' ``time_base``); the injectable ``now()`` only names
   segments (UTC start time, ``_0001``, ``_0002``... if taken, so names sort in recording
   order) and ages them for retention.
 - **A write failure never raises** from ``write``/``close`` (disk full, read-only, folder
   removed, device gone): the open segment is dropped (its ``.part`` deleted: that frees space,
   and a cut segment is not a complete one), ``write_error`` is reported, and a new segment is
-  tried at a keyframe ``retry_frames`` later, doubling up to one segment's length;
-  ``write_resumed`` once the disk takes bytes again. Only the camera folder is re-created: a
-  missing ``record.dir`` (an unmounted disk) is waited for, not re-created on the root disk.
+  tried at a keyframe ``retry_frames`` later, doubling up to one segment's length while the
+  failures go on; ``write_resumed`` once a segment was completed again (a disk that takes a
+  header and fails on the next packet has not recovered). Only the camera folder is
+  re-created: a missing ``record.dir`` (an unmounted disk) is waited for, not re-created on
+  the root disk.
 - **Retention**, after each completed segment: the oldest completed segments (by the start
   time in their names) are deleted while the camera's total exceeds ``max_bytes`` or while
   older than ``max_age_hours``; never the newest one, nor files the sink did not name.
@@ -44,8 +48,9 @@ Guarantees and choices:
 
 Events (``on_event(name, **fields)``; a callback that raises is logged, never propagated):
 ``segment_closed`` {path, frames, seconds, bytes, start_pts}, ``segment_deleted`` {path, bytes,
-reason: max_bytes | max_age | stale_part}, ``write_error`` {path, reason, errno, frames_lost,
-retry_in_frames}, ``write_resumed`` {path, frames_lost, errors}.
+reason: max_bytes | max_age | stale_part}, ``segment_recovered`` {path, frames, bytes},
+``write_error`` {path, reason, errno, frames_lost, retry_in_frames}, ``write_resumed`` {path,
+frames_lost, errors}.
 """
 from __future__ import annotations
 
@@ -68,7 +73,7 @@ from ..errors import SinkError
 from .base import Output, StreamInfo
 from .config import RecordConfig
 from .file import _check_codec, has_parameter_sets, is_idr
-from .segment_file import MUXERS, Segment, unlink_part
+from .segment_file import MUXERS, Segment, recover, unlink_part
 from .tracks import unsupported
 
 log = logging.getLogger(__name__)
@@ -83,10 +88,14 @@ _WRITE_ERRORS = (OSError, av.error.FFmpegError)
 
 
 def _lock_folder(path: Path, camera: str) -> int:
-    """Create the camera folder and hold its lock (released with the descriptor, by close()
-    or by the kernel when the process dies): one writer per camera."""
+    """Create the camera folder (not record.dir: a missing one is an unmounted disk, not to be
+    replaced by a folder on the root disk) and hold its lock (released with the descriptor, by
+    close() or by the kernel when the process dies): one writer per camera."""
+    if not path.parent.is_dir():
+        raise SinkError(f"cannot record camera {camera!r}: record.dir {path.parent} is missing "
+                        "(an unmounted disk?); waiting for it")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(exist_ok=True)
         fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
         raise SinkError(f"cannot record camera {camera!r} into {path}: {e.strerror or e}") \
@@ -269,9 +278,6 @@ class SegmentSink:
             self._seg = None
             self._give_up(seg)
             self._failed(seg.part, e, seg.frames + 1, pts)
-            return
-        if self._failures and seg.file.written:
-            self._resumed(seg)
 
     def _with_headers(self, data: bytes, keyframe: bool, first: bool) -> bytes:
         if not has_parameter_sets(data, self.codec):
@@ -365,20 +371,40 @@ class SegmentSink:
     # -- retention and start-up
 
     def _scan(self) -> None:
-        for entry in os.scandir(self.path):
+        for entry in list(os.scandir(self.path)):  # a snapshot: recovery adds files
             if entry.name.startswith(".") and entry.name.endswith(".part"):
-                try:
-                    size = entry.stat(follow_symlinks=False).st_size
-                    os.unlink(entry.path)
-                except OSError as e:
-                    log.warning("cannot delete stale %s: %s", entry.path, e)
-                    continue
-                self._emit("segment_deleted", path=entry.path, bytes=size, reason="stale_part")
-            elif (self.cfg.max_bytes or self.cfg.max_age_s) and _segment_key(entry.name) \
-                    and entry.is_file(follow_symlinks=False):
-                self._index.append((_segment_key(entry.name), entry.name,
-                                    entry.stat(follow_symlinks=False).st_size))
+                self._stale_part(Path(entry.path))
+            elif _segment_key(entry.name) and entry.is_file(follow_symlinks=False):
+                self._remember(entry.name, entry.stat(follow_symlinks=False).st_size)
         self._index.sort()
+
+    def _stale_part(self, part: Path) -> None:
+        """A crashed run's open segment: its whole packets become the named segment it was
+        going to be (`segment_recovered`), else it is deleted (`segment_deleted`)."""
+        name = part.name[1:-len(".part")]
+        recovered = None
+        if _segment_key(name) and part.is_file() and not part.is_symlink():
+            try:
+                recovered = recover(part, self.cfg.format)
+            except _WRITE_ERRORS as e:
+                log.warning("cannot recover %s: %s", part, e)
+        if recovered is not None:
+            frames, size = recovered
+            self._emit("segment_recovered", path=str(part.with_name(name)), frames=frames,
+                       bytes=size)
+            self._remember(name, size)
+        try:
+            size = part.lstat().st_size
+            os.unlink(part)
+        except OSError as e:
+            log.warning("cannot delete stale %s: %s", part, e)
+            return
+        if recovered is None:
+            self._emit("segment_deleted", path=str(part), bytes=size, reason="stale_part")
+
+    def _remember(self, name: str, size: int) -> None:
+        if self.cfg.max_bytes or self.cfg.max_age_s:  # else no need to list them (months)
+            self._index.append((_segment_key(name), name, size))
 
     def _retain(self, newest: str) -> None:
         """Delete the oldest completed segments over max_bytes or max_age (never `newest`)."""

@@ -23,12 +23,13 @@ import errno as errno_mod
 import ipaddress
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 
 from ..errors import SinkError, WriteError
-from . import host_port, uri_options
-from .base import EventCallback, Output, StreamInfo
+from . import host_port, int_in, uri_options
+from .base import EventCallback, Output, StreamInfo, emit_event
 from .file import has_parameter_sets, is_idr
 from .tracks import TrackMuxer, unsupported
 
@@ -58,7 +59,7 @@ class _MuxerOutput(Output):
         self._tracks: TrackMuxer | None = None
         self.info: StreamInfo | None = None
         self.state = "new"
-        self.packets = self.bytes_sent = self.dropped = self.errors = 0
+        self.packets = self.bytes_sent = self.dropped = self.errors = self.reconnects = 0
         self._lost = False
         self._waiting_for_idr = False
 
@@ -71,21 +72,25 @@ class _MuxerOutput(Output):
     # -- Output
 
     def open(self, info: StreamInfo) -> None:
-        import av
-
         self.info = info
-        target, options = self._target()
         try:
-            self._container = av.open(target, mode="w", format=self.format, options=options)
-            self._stream = self._container.add_mux_stream(info.codec, rate=info.fps,
-                                                          width=info.width, height=info.height)
-            self._stream.time_base = info.time_base
-            self._tracks = TrackMuxer(self._container, [t for t in info.tracks
-                                                        if self.cannot_carry(t) is None])
-        except (av.error.FFmpegError, OSError) as e:
+            self._start()
+        except (OSError, Exception) as e:  # noqa: BLE001 - PyAV's errors name the cause
             self.close()
             raise SinkError(f"cannot open {self.role} {self.uri}: {e}") from None
         self.state = "streaming"
+
+    def _start(self) -> None:
+        import av
+
+        target, options = self._target()
+        self._container = av.open(target, mode="w", format=self.format, options=options)
+        info = self.info
+        self._stream = self._container.add_mux_stream(info.codec, rate=info.fps,
+                                                      width=info.width, height=info.height)
+        self._stream.time_base = info.time_base
+        self._tracks = TrackMuxer(self._container, [t for t in info.tracks
+                                                    if self.cannot_carry(t) is None])
 
     def cannot_carry(self, track) -> str | None:
         return unsupported(self.format, track)
@@ -93,7 +98,7 @@ class _MuxerOutput(Output):
     def write_track(self, packet) -> None:
         import av
 
-        if self._waiting_for_idr or self._tracks is None:
+        if self._waiting_for_idr or self._container is None:
             return  # nothing goes out until the video can be decoded again
         try:
             self._tracks.mux(packet)
@@ -111,11 +116,13 @@ class _MuxerOutput(Output):
         if key and not has_parameter_sets(data, self.info.codec):
             data = self.info.headers + data  # receivers may start at any IDR
         pkt = av.Packet(data)
-        pkt.stream = self._stream
         pkt.time_base = self.info.time_base
         pkt.pts, pkt.dts = int(packet.pts), int(packet.dts)
         pkt.is_keyframe = key
         try:
+            if self._container is None:  # after a failure: FFmpeg's I/O error is sticky
+                self._start()
+            pkt.stream = self._stream
             self._container.mux(pkt)
         except (av.error.FFmpegError, OSError) as e:
             self._failed(e)
@@ -126,12 +133,14 @@ class _MuxerOutput(Output):
         if self._lost:
             self._lost = False
             self.state = "streaming"
+            self.reconnects += 1
             self._emit("output_back", errors=self.errors, dropped=self.dropped)
 
     def _failed(self, e: BaseException) -> None:
         self.errors += 1
         self.dropped += 1
         self._waiting_for_idr = True  # a receiver cannot decode past the gap until an IDR
+        self._drop_container()  # opened again at the next IDR
         if not self._lost:
             self._lost = True
             self.state = "lost"
@@ -139,9 +148,18 @@ class _MuxerOutput(Output):
             log.warning("%s: sending failed (%s); retrying at each keyframe", self.uri, reason)
             self._emit("output_lost", reason=reason)
 
+    def _drop_container(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001 - it failed already; the socket goes anyway
+                pass
+
     def stats(self) -> dict:
         return {"uri": self.uri, "state": self.state, "packets": self.packets,
-                "bytes_sent": self.bytes_sent, "dropped": self.dropped, "errors": self.errors}
+                "bytes_sent": self.bytes_sent, "dropped": self.dropped, "errors": self.errors,
+                "reconnects": self.reconnects}
 
     def close(self) -> None:
         container, self._container = self._container, None
@@ -156,11 +174,7 @@ class _MuxerOutput(Output):
             log.warning("closing %s: %s", self.uri, e)
 
     def _emit(self, name: str, **fields) -> None:
-        if self._on_event is not None:
-            try:
-                self._on_event(name, output=self.uri, **fields)
-            except Exception:  # a reporting bug must not stop the stream
-                log.exception("on_event(%r) failed", name)
+        emit_event(self._on_event, name, self.uri, **fields)
 
 
 class RtpOutput(_MuxerOutput):
@@ -174,8 +188,8 @@ class RtpOutput(_MuxerOutput):
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
-        parts, self.options = uri_options(uri, {"ttl": _int_in(0, 255), "sdp": str,
-                                                "pkt_size": _int_in(300, 65000)})
+        parts, self.options = uri_options(uri, {"ttl": int_in(0, 255), "sdp": str,
+                                                "pkt_size": int_in(300, 65000)})
         self.host, self.port = host_port(uri, parts)
         self.sdp_path = self.options.get("sdp")
         if self.sdp_path:
@@ -183,6 +197,7 @@ class RtpOutput(_MuxerOutput):
             if not folder.is_dir():
                 raise SinkError(f"cannot write the SDP of {uri}: folder {folder} does not exist")
         self.sdp = ""
+        self.ssrc = secrets.randbits(31)
 
     def cannot_carry(self, track) -> str | None:
         return f"RTP sends one stream per port; this output sends the video to port {self.port}"
@@ -192,7 +207,8 @@ class RtpOutput(_MuxerOutput):
         if "ttl" in self.options:
             query.append(f"ttl={self.options['ttl']}")
         url = f"rtp://{_url_host(self.host)}:{self.port}?{'&'.join(query)}"
-        return url, {"payload_type": str(RTP_PAYLOAD_TYPE)}
+        # one SSRC for the output's life: a receiver keeps the stream when it is reopened
+        return url, {"payload_type": str(RTP_PAYLOAD_TYPE), "ssrc": str(self.ssrc)}
 
     def open(self, info: StreamInfo) -> None:
         super().open(info)
@@ -212,8 +228,8 @@ class UdpOutput(_MuxerOutput):
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
-        parts, self.options = uri_options(uri, {"ttl": _int_in(0, 255),
-                                                "pkt_size": _int_in(188, 65424)})
+        parts, self.options = uri_options(uri, {"ttl": int_in(0, 255),
+                                                "pkt_size": int_in(188, 65424)})
         self.host, self.port = host_port(uri, parts)
 
     def _target(self):
@@ -313,15 +329,6 @@ def _write_all(fd: int, data) -> None:
 def _broken_pipe(e: BaseException) -> bool:
     return isinstance(e, BrokenPipeError) or getattr(e, "errno", None) == errno_mod.EPIPE or \
         "Broken pipe" in str(e)
-
-
-def _int_in(lo: int, hi: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if not lo <= value <= hi:
-            raise ValueError(text)
-        return value
-    return parse
 
 
 def _url_host(host: str) -> str:

@@ -64,3 +64,4 @@ def open_source(uri: str, raw: RawVideoOptions | None = None) -> Source:
 # of hanging it: the service then reconnects.
 NETWORK_SCHEMES = {"rtsp": {"rtsp_transport": "tcp"}, "rtsps": {"rtsp_transport": "tcp"}}
 LIVE_SCHEMES = (*NETWORK_SCHEMES, "v4l2", "csi")  # inputs that never end on their own
+SCHEMES = ("file", "demo", *LIVE_SCHEMES)  # what open_source takes (or a plain path)

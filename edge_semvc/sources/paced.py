@@ -1,9 +1,9 @@
 """A Source that behaves like a live camera: frames released at their own rate into a one-frame
 buffer, overwritten (dropped) when the consumer has not taken them in time.
 
-Used by ``field-bench`` to run a file or ``demo://`` as a camera, and meant for live inputs of
-the service. Stage layer: it depends only on ``frame``, ``tracks``, ``errors`` and the standard
-library.
+Used by ``field-bench`` to run a file or ``demo://`` as a camera, and by every camera of the
+service (which also has it watch for an input that froze: ``stall_s``). Stage layer: it depends
+only on ``frame``, ``tracks``, ``errors`` and the standard library.
 
 Time is injected: ``clock`` (seconds, monotonic) is read for every timestamp and deadline, and
 ``sleep`` waits on it, so a test can run the camera on a clock of its own.
@@ -18,10 +18,12 @@ from collections import deque
 from fractions import Fraction
 from typing import Callable, Iterator
 
+from ..errors import DecodeError
 from ..frame import Frame
 from ..tracks import PacketQueue
 
 log = logging.getLogger("edge_semvc")
+FIRST_FRAME_STALL_S = 20.0  # with stall_s: how long the first frame may take
 
 
 class PacedSource:
@@ -48,6 +50,10 @@ class PacedSource:
     waits in real time and is cut short by ``close()``. Inject both or neither.
     ``history`` > 0 bounds ``read_ms`` to the last that many frames; the consumer pops the
     ``capture_times`` it has used.
+    ``stall_s`` > 0 (realtime only): a read of the input that has not returned after that many
+    seconds of ``clock`` time (``FIRST_FRAME_STALL_S`` for the first frame) ends the frames
+    with a DecodeError (a camera that froze without closing its stream); the read is left to
+    finish on its own and the input is closed then.
 
     The input's passed-through streams (``tracks``, ``take_packets``) go on whatever happens to
     the frames (a dropped frame drops no audio); a looped pass's packets are shifted as its
@@ -58,7 +64,8 @@ class PacedSource:
                  seconds: float = 0.0, reopen: Callable[[], object] | None = None,
                  on_start: Callable[[float], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 sleep: Callable[[float], None] | None = None, history: int = 0):
+                 sleep: Callable[[float], None] | None = None, history: int = 0,
+                 stall_s: float = 0.0):
         if speed <= 0:
             raise ValueError(f"speed must be > 0, got {speed}")
         if seconds < 0:
@@ -72,6 +79,7 @@ class PacedSource:
         self.fps, self.time_base = Fraction(source.fps), Fraction(source.time_base)
         self.frame_count = 0  # unknown: drops, looping and the time limit decide
         self.realtime, self.speed, self.seconds = realtime, float(speed), float(seconds)
+        self.stall_s = float(stall_s)
         self._reopen, self._on_start = reopen, on_start
         self._clock, self._sleep = clock, sleep
         mode = f"realtime x{self.speed:g}" if realtime else "as fast as possible"
@@ -97,6 +105,9 @@ class PacedSource:
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reading_since: float | None = None  # clock time the camera's current read began
+        self._stalled = False
+        self._orphaned = False  # closed while a read hung: the camera thread closes the input
 
     def _pass_packets(self, src, offset: int) -> None:
         """Move what `src` demuxed to take_packets(), `offset` (time_base ticks) later."""
@@ -131,8 +142,11 @@ class PacedSource:
             src = self._src = self._reopen()
 
     def _timed_read(self, it):
-        t = self._clock()
-        item = next(it, None)
+        t = self._reading_since = self._clock()
+        try:
+            item = next(it, None)
+        finally:
+            self._reading_since = None
         now = self._clock()
         if item is not None:
             self.read_ms.append((now - t) * 1e3)
@@ -191,6 +205,7 @@ class PacedSource:
                 with self._cond:
                     while self._slot is None and not self._ended:
                         self._cond.wait(0.1)  # woken by each publish and at the end
+                        self._check_stall()
                     item, self._slot = self._slot, None
                     self._run = 0
                     error = self._error
@@ -205,6 +220,15 @@ class PacedSource:
                 index += 1
         finally:
             self._stop.set()
+
+    def _check_stall(self) -> None:
+        since = self._reading_since
+        # the first frame may take longer: a stream joined mid-GOP decodes from its next IDR
+        limit = self.stall_s if self.offered else max(self.stall_s, FIRST_FRAME_STALL_S)
+        if self.stall_s and since is not None and self._clock() - since >= limit:
+            self._stalled = True
+            raise DecodeError(f"{self._src.description}: no frame for {limit:g} s (the input "
+                              "froze)")
 
     def _camera(self) -> None:
         """The camera: read ahead, wait for each frame's due time, publish (overwriting)."""
@@ -249,13 +273,20 @@ class PacedSource:
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+                orphaned = self._orphaned
+            if orphaned:  # closed while this read hung: nobody else may close the input now
+                self._src.close()
 
     def close(self) -> None:
-        """Stop the camera thread (after its current read) and close the input."""
+        """Stop the camera thread (after its current read) and close the input; an input whose
+        read hangs is closed by the camera thread once the read returns."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
-            if self._thread.is_alive():  # still inside a read: closing now could crash it
-                log.warning("paced source: the input is still being read; not closing it")
-                return
+            self._thread.join(timeout=0 if self._stalled else 10)
+            with self._cond:
+                if not self._ended:  # still inside a read: closing now could crash it
+                    self._orphaned = True
+                    log.warning("paced source: the input is still being read; it is closed "
+                                "when the read returns")
+                    return
         self._src.close()

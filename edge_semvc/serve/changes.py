@@ -1,0 +1,120 @@
+"""Remote changes, off the network thread: paho's thread only queues a `config/set` payload
+(`submit`: a bounded queue; what it refuses at once — a retained message, an oversized
+payload, a full queue — is refused there), and one worker thread reads and checks each
+(serve/remote.py), puts it on trial in its camera (serve/camera.py) and, once it passed the
+trial, stores it and announces it (`config_applied`, config/state).
+
+Every change ends in exactly one event: `config_applied` or `config_rejected` (key, reason),
+and the service logs each event on one line.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable, Mapping
+
+from ..config_model import shown
+from ..errors import ConfigError
+from .camera import Camera
+from .remote import (
+    MAX_PAYLOAD_BYTES,
+    OverrideStore,
+    RemoteChangeRejected,
+    apply_change,
+    dotted_keys,
+    one_line,
+    parse_change,
+)
+
+log = logging.getLogger("edge_semvc")
+
+MAX_PENDING = 32  # payloads waiting for the worker; more are refused (a flood is not a queue)
+POLL_S = 0.2  # how often the worker looks for changes that passed their trial
+
+
+class RemoteChanges:
+    """`emit(camera, event, fields)` reports; `publish_state(camera, dict)` sets the camera's
+    retained config/state. `cameras` may be filled after construction (by name)."""
+
+    def __init__(self, cameras: Mapping[str, Camera], store: OverrideStore,
+                 emit: Callable[[str, str, dict], None],
+                 publish_state: Callable[[str, dict], None], max_pending: int = MAX_PENDING):
+        self.cameras, self.store = cameras, store
+        self.emit, self.publish_state = emit, publish_state
+        self.max_pending = max_pending
+        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(max_pending)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="remote-changes", daemon=True)
+
+    def start(self) -> "RemoteChanges":
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    # --- paho's thread: nothing slow ------------------------------------------------------
+    def submit(self, camera: str, payload: bytes, retained: bool = False) -> None:
+        if camera not in self.cameras:
+            log.warning("config/set for unknown camera %s ignored", shown(camera))
+        elif retained:
+            self._refuse(camera, None, "a retained message on config/set (a command, published "
+                         "without retain: a retained one would be replayed at every reconnect)")
+        elif len(payload) > MAX_PAYLOAD_BYTES:
+            self._refuse(camera, None, f"payload of {len(payload)} bytes is over the "
+                         f"{MAX_PAYLOAD_BYTES}-byte limit")
+        else:
+            try:
+                self._queue.put_nowait((camera, bytes(payload)))
+            except queue.Full:
+                self._refuse(camera, None, f"{self.max_pending} changes are already waiting; "
+                             "send it again later")
+
+    # --- the worker -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                camera, payload = self._queue.get(timeout=POLL_S)
+            except queue.Empty:
+                pass
+            else:
+                self._handle(camera, payload)
+            for name, cam in list(self.cameras.items()):
+                self._keep_passed(name, cam)
+
+    def _handle(self, camera: str, payload: bytes) -> None:
+        cam = self.cameras[camera]
+        try:
+            doc = parse_change(payload)
+            for _ in range(3):  # a rollback may come between reading cam.cfg and proposing
+                base = cam.cfg
+                if cam.propose(apply_change(base, doc), doc, base):
+                    return
+            raise RemoteChangeRejected("the camera's configuration kept changing; send it again")
+        except RemoteChangeRejected as e:
+            self._refuse(camera, e.key, str(e))
+        except Exception as e:  # noqa: BLE001 - whatever it is, a refusal with its event
+            self._refuse(camera, None, f"{type(e).__name__}: {e}")
+
+    def _keep_passed(self, camera: str, cam: Camera) -> None:
+        passed = cam.take_passed()
+        if passed is None:
+            return
+        changes, kept, previous = passed
+        try:
+            self.store.add(camera, *changes)
+        except (ConfigError, OSError) as e:  # not kept across a restart: not kept at all
+            cam.restore(previous)
+            for change in changes:
+                self._refuse(camera, ", ".join(dotted_keys(change)), f"cannot be kept: {e}")
+            return
+        for change in changes:
+            self.emit(camera, "config_applied", {"change": change})
+        self.publish_state(camera, kept.to_dict())
+
+    def _refuse(self, camera: str, key: str | None, reason: Any) -> None:
+        self.emit(camera, "config_rejected",
+                  {"key": None if key is None else one_line(key), "reason": one_line(reason)})

@@ -1,0 +1,442 @@
+"""The outputs that need GStreamer: MPEG-TS over SRT (`srt://`) and the built-in RTSP server
+(`rtsp://@:PORT/PATH`).
+
+PyAV's bundled FFmpeg has no libsrt and no RTSP server for many clients; Debian's GStreamer
+has both (srtsink in gstreamer1.0-plugins-bad, GstRtspServer in gir1.2-gst-rtsp-server-1.0),
+reached through PyGObject, which only the system Python has. So each output runs
+`gst_child.py` in a child process of that Python (`/usr/bin/python3`, or `$EDGE_SEMVC_GST_PYTHON`)
+and feeds it the encoded access units over a pipe; the child reports receivers as JSON lines.
+
+Receivers never stop the encoder: `write` only puts the packet on a bounded queue (a thread
+writes it to the child); a full queue drops it (counted), skips to the next key frame and
+asks the encoder for one. A child that dies is restarted with back-off (`output_lost`, then
+`output_back`). Events (`on_event(name, output=URI, **fields)`) arrive on the output's own
+thread.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import queue
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..errors import SinkError
+from . import host_port, int_in, uri_options
+from .base import EventCallback, Output, StreamInfo, emit_event
+from .file import has_parameter_sets, is_idr
+from .gst_child import HEADER, KEYFRAME
+
+log = logging.getLogger(__name__)
+
+PYTHON_ENV = "EDGE_SEMVC_GST_PYTHON"
+DEFAULT_PYTHON = "/usr/bin/python3"
+CHILD = Path(__file__).with_name("gst_child.py")
+QUEUE_PACKETS = 30  # about a second of video between the encoder and the child
+READY_TIMEOUT_S = 15.0  # the child's start: importing GStreamer, binding the port
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def gst_python() -> str:
+    """The Python that runs the child: one with PyGObject and GStreamer's typelibs."""
+    return os.environ.get(PYTHON_ENV) or DEFAULT_PYTHON
+
+
+@functools.lru_cache(maxsize=None)
+def _missing(python: str, kind: str) -> str | None:
+    if not os.access(python, os.X_OK):
+        return (f"the system Python {python} (Debian package python3; or set {PYTHON_ENV} to "
+                f"a Python with PyGObject)")
+    try:
+        done = subprocess.run([python, str(CHILD), "check", kind], capture_output=True,
+                              text=True, timeout=60, check=False)
+        return json.loads(done.stdout.strip().splitlines()[-1])["missing"]
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError, KeyError) as e:
+        return f"a working {python} ({e})"
+
+
+def check_gstreamer(kind: str, uri: str) -> None:
+    """SinkError naming what output `uri` needs (Python, gi, typelib, element) and which Debian
+    package brings it, when the system Python lacks it."""
+    what = _missing(gst_python(), kind)
+    if what is not None:
+        raise SinkError(f"output {uri} needs {what}: it is missing")
+
+
+def check_port_free(uri: str, host: str, port: int, kind: int) -> None:
+    """SinkError when HOST:PORT cannot be bound (in use, or not this machine's address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SinkError(f"output {uri}: cannot listen on {host}:{port}: "
+                            f"{e.strerror or e}") from None
+
+
+class _GstOutput(Output):
+    """One child process of the system Python running `gst_child.py`, supervised."""
+
+    kind = ""
+    role = ""
+    credentials_hint = ""
+
+    def __init__(self, uri: str, on_event: EventCallback | None = None):
+        self.uri = uri
+        self._on_event = on_event
+        self.info: StreamInfo | None = None
+        self.state = "new"
+        self.clients: dict[str, str] = {}  # address -> transport
+        self.reconnects = 0
+        self._dropped = 0  # here, on the way to the child (the child counts its own)
+        self._count_lock = threading.Lock()
+        self._gone = dict(_NO_STATS)  # what children that ended sent
+        self._child_stats = dict(_NO_STATS)  # what the running child sent so far
+        self._queue: queue.Queue = queue.Queue(QUEUE_PACKETS)
+        self._child: subprocess.Popen | None = None  # started
+        self._proc: subprocess.Popen | None = None  # ready for packets
+        self._lost = False
+        self._want_idr = False
+        self._resync = True  # drop packets until a key frame
+        self._closing = threading.Event()
+        self._ready = threading.Event()
+        self._start_error: str | None = None
+        self._threads: list[threading.Thread] = []
+        if _credentials_in(uri):
+            raise SinkError(f"output {uri!r}: credentials do not belong in the URI (URIs are "
+                            f"logged){self.credentials_hint}")
+
+    # -- to be provided
+
+    def _config(self) -> dict:
+        """What the child needs (JSON; never a secret)."""
+        raise NotImplementedError
+
+    def _up_when_ready(self) -> bool:
+        """Whether the child being ready means the output is up (else it says `peer_back`)."""
+        return True
+
+    def _receivers(self) -> int:
+        return len(self.clients)
+
+    # -- Output
+
+    def open(self, info: StreamInfo) -> None:
+        self.info = info
+        self.state = "starting"
+        self._threads = [threading.Thread(target=target, name=f"{self.kind} {what}", daemon=True)
+                         for target, what in ((self._supervise, "child"),
+                                              (self._send, "sender"))]
+        for t in self._threads:
+            t.start()
+        if not self._ready.wait(READY_TIMEOUT_S):
+            self._start_error = f"its GStreamer child did not start within {READY_TIMEOUT_S:g} s"
+        if self._start_error is not None:
+            error = self._start_error
+            self.close()
+            raise SinkError(f"cannot open {self.role} {self.uri}: {error}")
+
+    def write(self, packet) -> None:
+        if self.info is None or self._closing.is_set():
+            return
+        key = bool(packet.keyframe) and is_idr(packet.data, self.info.codec)
+        if self._resync:
+            if not key:
+                self._count_drop()
+                return
+            self._resync = False
+        data = bytes(packet.data)
+        if key and not has_parameter_sets(data, self.info.codec):
+            data = self.info.headers + data  # a receiver may start at any IDR
+        reorder_ns = int((packet.pts - packet.dts) * self.info.time_base * 1_000_000_000)
+        item = HEADER.pack(len(data), KEYFRAME if key else 0, max(0, reorder_ns)) + data
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._drop()
+
+    def wants_idr(self, pts: int | None) -> bool:
+        # asked once the queue has room again: an IDR into a full queue would only be dropped
+        # (and while the child stalls, every frame would become one)
+        if self._want_idr and self._queue.qsize() <= QUEUE_PACKETS // 2:
+            self._want_idr = False
+            return True
+        return False
+
+    def stats(self) -> dict:
+        child = self._child_stats
+        total = {k: self._gone[k] + child[k] for k in _NO_STATS}
+        return {"uri": self.uri, "state": self.state, "clients": self._receivers(),
+                "bytes_sent": total["bytes_sent"], "packets": total["packets"],
+                "dropped": self._dropped + total["dropped"], "reconnects": self.reconnects}
+
+    def close(self) -> None:
+        if self._closing.is_set():
+            return
+        self._closing.set()  # from now on: no packet taken, no child restarted
+        self.state = "closed"
+        if not self._threads:
+            return
+        supervisor, sender = self._threads
+        _put_end(self._queue)
+        sender.join(timeout=2)  # what is queued reaches the child, unless it stalls
+        child = self._child
+        if child is not None:
+            _stop(child, graceful=not sender.is_alive())
+        _put_end(self._queue)  # in case the queue was full: the sender drained it meanwhile
+        for t in (sender, supervisor):
+            t.join(timeout=5)
+
+    # -- the sender thread: queue -> the child's standard input
+
+    def _send(self) -> None:
+        while (item := self._queue.get()) is not None:
+            proc = self._proc
+            if proc is None:  # no child now: the next one asks for an IDR when it is ready
+                self._drop(ask_idr=False)
+                continue
+            try:
+                proc.stdin.write(item)
+                proc.stdin.flush()
+            except (OSError, ValueError):  # the child died: the supervisor restarts it
+                self._drop(ask_idr=False)
+
+    def _drop(self, ask_idr: bool = True) -> None:
+        """A packet lost on the way to the child: receivers wait for the next IDR."""
+        self._count_drop()
+        self._resync = True
+        if ask_idr:
+            self._want_idr = True
+
+    def _count_drop(self) -> None:
+        with self._count_lock:  # the encoding and the sending thread both drop
+            self._dropped += 1
+
+    # -- the supervisor thread: start, read events, restart with back-off
+
+    def _supervise(self) -> None:
+        attempt = 0
+        while not self._closing.is_set():
+            reason, was_ready = self._run_child()
+            if self._closing.is_set():
+                return
+            if not self._ready.is_set():  # the first start failed: open() raises
+                self._start_error = reason
+                self._ready.set()
+                return
+            if was_ready:
+                attempt = 0
+            self._set_lost(f"its GStreamer child ended: {reason}")
+            delay = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
+            attempt += 1
+            if self._closing.wait(delay):
+                return
+
+    def _run_child(self) -> tuple[str, bool]:
+        """Runs one child until it ends: (why it ended, whether it got ready)."""
+        config = dict(self._config(), codec=self.info.codec)
+        try:
+            proc = subprocess.Popen([gst_python(), str(CHILD), "run", json.dumps(config)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)
+        except OSError as e:
+            return f"cannot start {gst_python()}: {e.strerror or e}", False
+        self._child = proc
+        if self._closing.is_set():  # close() ran meanwhile and did not see this child
+            _stop(proc, graceful=False)
+        ready, last = False, "it exited"
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+                name = event.pop("event")
+            except (ValueError, KeyError, AttributeError, TypeError):
+                text = line.decode(errors="replace").strip()
+                if text:
+                    log.debug("%s: %s", self.uri, text)
+                    last = text
+                continue
+            if name == "ready":
+                ready = True
+                self._started(proc)
+            elif name == "error":
+                last = str(event.get("message"))
+            else:
+                self._child_event(name, event)
+        self._proc = None
+        _stop(proc, graceful=False)  # it closed its output: it is ending anyway
+        self._stopped()
+        code = proc.returncode
+        return (last if code in (0, 1) else f"{last} (exit status {code})"), ready
+
+    def _started(self, proc: subprocess.Popen) -> None:
+        self._child_stats = dict(_NO_STATS)
+        self._resync = True
+        self._want_idr = True
+        self._proc = proc
+        self._ready.set()
+        if self._up_when_ready():
+            self._set_up("restarted")
+        elif not self._lost:
+            self.state = "connecting"
+
+    def _stopped(self) -> None:
+        for k in _NO_STATS:
+            self._gone[k] += self._child_stats[k]
+        self._child_stats = dict(_NO_STATS)
+        for address, transport in list(self.clients.items()):
+            self._client("client_left", address, transport)
+
+    def _child_event(self, name: str, event: dict) -> None:
+        if name == "stats":
+            self._child_stats = {k: _count(event.get(k)) for k in _NO_STATS}
+        elif name == "idr":
+            self._want_idr = True
+        elif name in ("client_joined", "client_left"):
+            self._client(name, str(event.get("address")), str(event.get("transport")))
+        elif name == "peer_lost":
+            self._set_lost(str(event.get("reason")))
+        elif name == "peer_back":
+            self._set_up("reconnected")
+
+    def _client(self, name: str, address: str, transport: str) -> None:
+        if name == "client_joined":
+            self.clients[address] = transport
+        elif self.clients.pop(address, None) is None:
+            return
+        self._emit(name, address=address, transport=transport)
+
+    def _set_up(self, how: str) -> None:
+        self.state = "open"
+        if self._lost:
+            self._lost = False
+            self.reconnects += 1
+            log.info("%s: back (%s)", self.uri, how)
+            self._emit("output_back", reason=how)
+
+    def _set_lost(self, reason: str) -> None:
+        if self._closing.is_set():
+            return
+        self.state = "lost"
+        if not self._lost:
+            self._lost = True
+            log.warning("%s: %s", self.uri, reason)
+            self._emit("output_lost", reason=reason)
+
+    def _emit(self, name: str, **fields) -> None:
+        emit_event(self._on_event, name, self.uri, **fields)
+
+
+_NO_STATS = {"bytes_sent": 0, "packets": 0, "dropped": 0}
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _credentials_in(uri: str) -> bool:
+    parts = urlsplit(uri)
+    return bool(parts.username) or parts.password is not None
+
+
+def _put_end(q: queue.Queue) -> None:
+    try:
+        q.put(None, timeout=2)
+    except queue.Full:
+        pass
+
+
+def _stop(proc: subprocess.Popen, graceful: bool) -> None:
+    """Ends a child: asked first when `graceful` (its input closed, it stops by itself; not
+    while a write to it may hang), then terminated, then killed."""
+    steps = ([proc.stdin.close] if graceful else []) + [proc.terminate, proc.kill]
+    for step in steps:
+        try:
+            step()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=2)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+
+
+class SrtOutput(_GstOutput):
+    """`srt://HOST:PORT[?mode=caller|listener&latency=MS]`: MPEG-TS over SRT (GStreamer's
+    srtsink). A caller (the default) connects to HOST:PORT and, when its peer goes, reconnects
+    with back-off; a listener (`srt://@:PORT?mode=listener`, or a HOST to bind) waits for
+    callers, any number at once. `latency` is SRT's receive latency (default 120 ms, as SRT's)."""
+
+    kind = "srt"
+    role = "SRT output"
+
+    def __init__(self, uri: str, on_event: EventCallback | None = None):
+        super().__init__(uri, on_event)
+        parts, options = uri_options(uri, {"mode": str, "latency": int_in(0, 60000)})
+        self.mode = options.get("mode", "caller")
+        if self.mode not in ("caller", "listener"):
+            raise SinkError(f"output {uri!r}: mode must be caller or listener, "
+                            f"got {self.mode!r}")
+        self.latency = options.get("latency", 120)
+        self.host, self.port = host_port(uri, parts, listen=self.mode == "listener")
+        check_gstreamer(self.kind, uri)
+        if self.mode == "listener":
+            check_port_free(uri, self.host, self.port, socket.SOCK_DGRAM)
+
+    def _config(self) -> dict:
+        return {"kind": "srt", "host": self.host, "port": self.port, "mode": self.mode,
+                "latency": self.latency}
+
+    def _up_when_ready(self) -> bool:
+        return self.mode == "listener"
+
+    def _receivers(self) -> int:
+        if self.mode == "caller":  # its one peer
+            return int(self.state == "open")
+        return len(self.clients)
+
+
+class RtspServerOutput(_GstOutput):
+    """`rtsp://@:PORT/PATH` (every address) or `rtsp://HOST:PORT/PATH` (that address): a
+    built-in RTSP server (GStreamer's GstRtspServer) for any number of clients over TCP or UDP,
+    each fed the same packets from an IDR asked for when it starts playing.
+    `?user_env=NAME&password_env=NAME`: clients must give that user and password (digest
+    authentication), read from those environment variables (refused when unset)."""
+
+    kind = "rtsp"
+    role = "RTSP server"
+    credentials_hint = ": name the variables that hold them, ?user_env=NAME&password_env=NAME"
+
+    def __init__(self, uri: str, on_event: EventCallback | None = None):
+        super().__init__(uri, on_event)
+        parts, options = uri_options(uri, {"user_env": str, "password_env": str})
+        self.host, self.port = host_port(uri, parts, listen=True)
+        self.path = parts.path.rstrip("/") or "/"
+        if self.path == "/":
+            raise SinkError(f"output {uri!r} needs a path, e.g. rtsp://@:{self.port}/cam")
+        self.user_env = options.get("user_env")
+        self.password_env = options.get("password_env")
+        if (self.user_env is None) != (self.password_env is None):
+            raise SinkError(f"output {uri!r}: give both user_env and password_env, or neither")
+        for what, name in (("user", self.user_env), ("password", self.password_env)):
+            if name is not None and not os.environ.get(name):
+                raise SinkError(f"output {uri!r}: environment variable {name} (the RTSP "
+                                f"{what}) is not set")
+        check_gstreamer(self.kind, uri)
+        check_port_free(uri, self.host, self.port, socket.SOCK_STREAM)
+
+    def _config(self) -> dict:
+        return {"kind": "rtsp", "host": self.host, "port": self.port, "path": self.path,
+                "user_env": self.user_env, "password_env": self.password_env}
+
