@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .labeler.config import LabelerConfig
 from .labeler.emotion import EmotionConfig
 from .qp.config import QpConfig
+from .sinks.config import StreamsConfig
 
 __all__ = ["AnalysisConfig", "Config", "ConfigError", "EncoderConfig", "LabelerConfig",
            "QpConfig", "dump_schema", "json_schema", "load_config"]
@@ -41,6 +42,8 @@ class Config:
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
     scene: SceneConfig = field(default_factory=SceneConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    # what the outputs keep of the input's audio, subtitle and data streams
+    streams: StreamsConfig = field(default_factory=StreamsConfig)
 
     def validate(self) -> "Config":
         from .labeler.registry import product_classes
@@ -60,6 +63,7 @@ class Config:
         self.emotion.validate()
         self.scene.validate()
         self.fusion.validate()
+        self.streams.validate()
         on = [n for n in ("attention", "emotion", "scene", "fusion") if getattr(self, n).enabled]
         check(self.qp.device != "cuda" or not on, "qp.device", self.qp.device,
               f"cpu while {', '.join(on)} is enabled (the extensions read the CPU analysis)")

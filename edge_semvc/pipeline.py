@@ -4,6 +4,10 @@ Three threads overlap: decoding, understanding (labeler, analysis, QP map) and e
 (the caller's thread; x264 adds its own). Every stage is timed; the run
 returns its statistics. Whatever happens, the output file is finalised with the frames encoded
 so far.
+
+The input's other streams (audio, subtitles, data) bypass the understanding stage: the encoding
+thread takes their packets from the source as they are read and hands them to the outputs,
+which write them in time order with the encoded video (`sinks/interleave.py`).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from .sinks.base import Output, Outputs, StreamInfo
 from .sources import DecodeError, Source
 from .stop import exit_status, finalising
 from .storage import Observer, StoragePolicy
+from .tracks import Track, TrackPacket
 from .values import LabelMap, QpMap
 
 log = logging.getLogger("edge_semvc")
@@ -122,13 +127,29 @@ def _storage(cfg: Config, source: Source, outputs: Outputs, scene_cuts: bool):
             StoragePolicy(e.storage, source.fps, source.time_base))
 
 
-def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config, *,
+def passthrough(source: Source, cfg: Config) -> tuple[tuple[Track, ...], list[dict],
+                                                       Callable[[], list[TrackPacket]]]:
+    """(the source's tracks the outputs get, those left out with the reason, the call that takes
+    their packets as read). A source without tracks (demo://) passes nothing."""
+    tracks = tuple(getattr(source, "tracks", ()))
+    kept = tuple(t for t in tracks if t.kind in cfg.streams.passthrough)
+    skipped = list(getattr(source, "skipped", [])) + [
+        {**t.summary(), "reason": f"streams.passthrough leaves out {t.kind}"}
+        for t in tracks if t not in kept]
+    for s in skipped:
+        log.warning("the input's %s stream #%d (%s) is not passed through: %s", s["kind"],
+                    s["stream"], s["codec"], s["reason"])
+    return kept, skipped, getattr(source, "take_packets", list)
+
+
+def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, cfg: Config, *,
                visuals: Visuals | None = None,
                progress: bool = False, semantic: bool = True, max_frames: int = 0,
                on_frame: Callable[[Frame, LabelMap, QpMap], None] | None = None,
                live: Live | None = None) -> dict:
-    """Encode `source` into `output`: a file path or output URI, or several (`sinks/`: one
-    encoder feeds them all). Returns the statistics (see README, "Statistics").
+    """Encode `source` into `output`: a file path or output URI, or several, or an `Outputs`
+    not yet open (`sinks/`: one encoder feeds them all). Returns the statistics (see README,
+    "Statistics").
 
     `semantic=False` is the plain-x264 baseline: same decode, encoder and settings, no labeler,
     analysis or map (x264 gets no quant_offsets). `on_frame` sees every frame with its labels
@@ -140,8 +161,9 @@ def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config
     """
     visuals = visuals or Visuals()
     live = live or Live()
-    outputs = Outputs(open_output(o) if isinstance(o, str) else o
-                      for o in ([output] if isinstance(output, str) else output))
+    outputs = output if isinstance(output, Outputs) else \
+        Outputs(open_output(o) if isinstance(o, str) else o
+                for o in ([output] if isinstance(output, str) else output))
     labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info) if semantic else None
     importance = importance_vector(["background", *labeler.classes], cfg.qp) if semantic else None
     analyser = Analyser(cfg.analysis)
@@ -164,6 +186,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config
     png_shot = None
     overlay_video = None
     settings = encoder_settings(cfg, source, outputs.global_headers)
+    tracks, skipped, take_packets = passthrough(source, cfg)
     observer, stats.storage = _storage(cfg, source, outputs,
                                        extensions is not None and extensions.scene is not None)
     qp_cfg = cfg.qp
@@ -224,7 +247,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config
     stages: list[_Stage] = []
     with get_encoder(cfg.encoder.backend)(settings) as enc, outputs.open(StreamInfo(
             source.width, source.height, settings.fps, settings.time_base, enc.codec,
-            enc.headers(), settings.global_headers)) as sink:
+            enc.headers(), settings.global_headers, tracks)) as sink:
         recorder = _Recorder(enc, sink, stats, cfg.encoder)
         try:
             decoded = islice(source.frames(), max_frames or None)
@@ -240,6 +263,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config
                 overlay_video = OverlayVideo(visuals.video, source.width, source.height,
                                              source.fps)
             for item in stages[-1]:
+                sink.add_track_packets(take_packets())
                 new = live.updates() if live.updates else None
                 if new is not None:  # the rate now, the map from the next frame understood
                     recorder.retune(new.encoder)
@@ -281,6 +305,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config
             # Drain the encoder even after an error: delayed frames belong in the file.
             try:
                 recorder.write(enc.flush())
+                sink.add_track_packets(take_packets())  # what was read, up to the video's end
             except OSError as e:
                 error = error or _write_error(output, e)
             try:  # trailers now, so that the statistics see the files' final sizes
@@ -299,6 +324,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config
         from .visualize import overlay, save_png
         save_png(overlay(*png_shot), visuals.png)
     result = _summarise(stats, wall, source, labeler, summary, cfg, outputs)
+    result["passthrough"] = {"streams": outputs.track_stats(), "skipped": skipped}
     if stats.storage is not None:
         result["storage"] = stats.storage.stats()
     if error is not None:

@@ -74,7 +74,7 @@ def test_bad_files(tmp_path):
 def test_schema_lists_every_section():
     schema = json_schema()
     assert set(schema["properties"]) == {"labeler", "analysis", "qp", "encoder", "attention",
-                                         "emotion", "scene", "fusion"}
+                                         "emotion", "scene", "fusion", "streams"}
     assert schema["properties"]["qp"]["properties"]["target_mean"]["default"] == 1.5
     json.dumps(schema)
 

@@ -154,7 +154,8 @@ def test_segments_lengths_names_and_each_decodes_alone(street, tmp_path, fmt):
             assert float(pics[-1].time - pics[0].time) + 0.1 == pytest.approx(e["seconds"])
     assert sink.stats() == {"frames": 65, "frames_lost": 0, "segments": 4,
                             "bytes": sum(e["bytes"] for e in closed), "deleted": 0,
-                            "deleted_bytes": 0, "write_errors": 0}
+                            "deleted_bytes": 0, "write_errors": 0,
+                            "track_packets_lost": 0}
     assert not named(events, "write_error")
     with pytest.raises(SinkError, match="closed"):
         sink.write([])

@@ -440,10 +440,27 @@ def test_models_prepare_reads_a_service_configuration(capsys):
     assert "nanodet_g: ok" in capsys.readouterr().out
 
 
+def audio_beside_video(path: Path) -> tuple[float, float, float, float]:
+    """(video start, video end, audio start, audio end) of a segment, in seconds; its audio must
+    start with its first picture (within one frame of the car park's 12.5 fps)."""
+    spans = {}
+    with av.open(str(path)) as c:
+        for s in (c.streams.video[0], c.streams.audio[0]):
+            frames = list(c.decode(s))
+            first, last = frames[0], frames[-1]
+            step = last.samples / last.sample_rate if s.type == "audio" else 0.08
+            spans[s.type] = (float(first.time), float(last.time) + step)
+            c.seek(0)
+    (v0, v1), (a0, a1) = spans["video"], spans["audio"]
+    assert abs(a0 - v0) <= 0.08, (path.name, spans)
+    return v0, v1, a0, a1
+
+
 def test_a_storage_camera_leaves_out_still_frames_and_says_why_it_placed_each_idr(tmp_path):
     """`cameras.<name>.profile: storage` beside a live camera on the same clip: the storage
     camera's segments hold fewer frames, each still starts with an IDR and keeps real time,
-    and the stats say what was left out and why each IDR is where it is."""
+    and the stats say what was left out and why each IDR is where it is. The clip's AAC
+    audio is in every segment of both, in sync, whole: left-out frames leave no gap in it."""
     clip = VIDEO / "overhead_parking_cars_768x432.mp4"
     if not clip.exists():
         pytest.skip(f"{clip} is missing (../shared beside the project holds the clips)")
@@ -467,3 +484,9 @@ def test_a_storage_camera_leaves_out_still_frames_and_says_why_it_placed_each_id
     assert frames == s["frames_encoded"]
     live_frames, seconds = check_segments(tmp_path / "rec" / "live")
     assert live_frames == 377 and frames < live_frames
+    for camera in ("lot", "live"):
+        spans = [audio_beside_video(p) for p in segments(tmp_path / "rec" / camera)]
+        assert spans[-1][1] - spans[0][0] == pytest.approx(30.16, abs=0.01), spans
+        for (*_, end), (*_, start, _) in zip(spans, spans[1:]):  # no gap, nothing twice
+            assert abs(start - end) < 0.022, spans  # one AAC frame
+        assert abs(spans[-1][3] - spans[-1][1]) <= 0.08, spans

@@ -34,7 +34,8 @@ def bench_backends(clip: str, backends: list[str], ladder: list[float], preset: 
         points = []
         for crf in ladder:
             cfg = load_config(None, [f"encoder.backend={backend}", f"encoder.crf={crf:g}",
-                                     f"encoder.preset={preset}", f"encoder.threads={threads}"])
+                                     f"encoder.preset={preset}", f"encoder.threads={threads}",
+                                     "streams.passthrough=[]"])  # sizes of the video alone
             out = workdir / f"{Path(clip).stem}.{backend}.{crf:g}.mkv"
             stats = run_encode(open_source(clip), str(out), cfg, semantic=False,
                                max_frames=frames)

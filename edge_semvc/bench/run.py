@@ -329,7 +329,8 @@ def run(args) -> int:
     if args.roi_min_mbs < 0 or not 0 <= args.roi_min_frames <= 1:
         raise ConfigError("--roi-min-mbs takes a value >= 0, --roi-min-frames one in [0, 1]")
     analysis = Analysis(tuple(args.f1_targets), args.roi_min_mbs, args.roi_min_frames)
-    cfg = load_config(args.config, [*args.set, f"encoder.rc={args.rc}",
+    # the video alone: its file size over the clip's duration is the bitrate compared
+    cfg = load_config(args.config, ["streams.passthrough=[]", *args.set, f"encoder.rc={args.rc}",
                                     f"encoder.profile={args.profile}",
                                     f"encoder.preset={args.preset}", f"encoder.tune={args.tune}",
                                     # placeholder so abr/cbr validate; each point sets its own

@@ -223,7 +223,7 @@ class Camera:
                 self.latency_ms.append((self.clock() - captured) * 1e3)
 
         try:
-            run_encode(paced, outputs.outputs, cfg, on_frame=on_frame, live=live)
+            run_encode(paced, outputs, cfg, on_frame=on_frame, live=live)
         except SourceError as e:  # DecodeError included: the input broke, ended early, froze
             return "source", str(e)
         except (SinkError, WriteError) as e:

@@ -7,6 +7,13 @@ file fails before any work, and `global_headers` can shape the encoder's setting
 once the encoder's parameter sets are known, then `write` per access unit, `wants_idr` before
 each frame, `stats` whenever asked, `close` at the end (idempotent).
 
+The input's other streams (audio, subtitles, data: `StreamInfo.tracks`) are passed through
+untouched: once open, an output says per track whether it carries it (`cannot_carry`: None, or
+why not; an output that knows nothing of tracks carries none), and gets the packets of those it
+carries through `write_track`, interleaved in time with the video by `Outputs`
+(`interleave.py`). A track an output cannot carry is reported (one warning line, and in the
+statistics), never dropped silently.
+
 Receivers never stop the encoder: a stream output reports its receivers coming and going as
 events (`output_lost`, `output_back`, `client_joined`, `client_left`) and counts what it could
 not send; only an output whose failure ends the run (`fatal`: a file, standard output closed by
@@ -21,6 +28,8 @@ from fractions import Fraction
 from typing import Callable, Iterable
 
 from ..errors import WriteError
+from ..tracks import Track, TrackPacket
+from .interleave import Interleaver
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,7 @@ class StreamInfo:
     headers: bytes  # Annex-B parameter sets (Encoder.headers())
     global_headers: bool  # the encoder keeps them out of band: outputs that need them in-band
     #                       prepend `headers` to each IDR
+    tracks: tuple[Track, ...] = ()  # the input's streams passed through beside the video
 
 
 class Output(ABC):
@@ -79,6 +89,16 @@ class Output(ABC):
         segment starts, a receiver joined). Must be cheap: it runs per frame."""
         return False
 
+    def cannot_carry(self, track: Track) -> str | None:
+        """Asked once open, per passed-through track: why this output cannot carry it, or None
+        when it does (then `write_track` gets its packets)."""
+        return "this output carries the video only"
+
+    def write_track(self, packet: TrackPacket) -> None:
+        """One packet of a track this output carries, in time order with the video packets.
+        Raises only when `fatal` (a WriteError)."""
+        raise NotImplementedError(f"{type(self).__name__} carries tracks but cannot write them")
+
     def stats(self) -> dict:
         """{uri, state, ...}: at least `state`; stream outputs add clients, bytes_sent,
         reconnects, dropped."""
@@ -97,6 +117,10 @@ class Outputs:
     def __init__(self, outputs: Iterable[Output]):
         self.outputs = list(outputs)
         self._closed = False
+        self._interleaver: Interleaver | None = None
+        self._carriers: dict[int, list[Output]] = {}  # track -> the outputs that carry it
+        self.tracks: tuple[Track, ...] = ()
+        self.dropped: list[dict] = []  # {output, stream, kind, codec, reason}
         if not self.outputs:
             raise ValueError("a run needs at least one output")
 
@@ -114,6 +138,19 @@ class Outputs:
             for o in opened:
                 _close_quietly(o)
             raise
+        self.tracks = info.tracks
+        for track in info.tracks:
+            self._carriers[track.index] = []
+            for o in self.outputs:
+                reason = o.cannot_carry(track)
+                if reason is None:
+                    self._carriers[track.index].append(o)
+                    continue
+                log.warning("%s: the input's %s is not passed through: %s", o.uri,
+                            track.describe(), reason)
+                self.dropped.append({"output": o.uri, **track.summary(), "reason": reason})
+        self._interleaver = Interleaver(info.time_base, info.fps,
+                                        tuple(t for t in info.tracks if self._carriers[t.index]))
         return self
 
     def wants_idr(self, pts: int | None) -> bool:
@@ -121,20 +158,48 @@ class Outputs:
         return any([o.wants_idr(pts) for o in self.outputs])
 
     def write(self, packets) -> None:
+        """Encoded video packets, in decode order (the tracks' packets due before each first)."""
         if hasattr(packets, "data"):
             packets = [packets]
         failed: WriteError | None = None
         for p in packets:
-            for o in self.outputs:
-                try:
-                    o.write(p)
-                except WriteError as e:  # only a fatal output raises: the others still get it
-                    failed = failed or e
+            if self._interleaver is not None:
+                failed = self._write_tracks(self._interleaver.video(p)) or failed
+            failed = _each(self.outputs, lambda o: o.write(p)) or failed  # noqa: B023
         if failed is not None:
             raise failed
 
+    def add_track_packets(self, packets: list[TrackPacket]) -> None:
+        """The source's packets of the passed-through tracks, as read: written once due."""
+        if self._interleaver is not None and packets:
+            failed = self._write_tracks(self._interleaver.add(packets))
+            if failed is not None:
+                raise failed
+
+    def _write_tracks(self, packets: list[TrackPacket]) -> WriteError | None:
+        failed = None
+        for p in packets:
+            failed = _each(self._carriers.get(p.track, ()),
+                           lambda o: o.write_track(p)) or failed  # noqa: B023
+        return failed
+
     def stats(self) -> list[dict]:
-        return [o.stats() for o in self.outputs]
+        """Each output's statistics, with the passed-through streams it could not carry."""
+        out = []
+        for o in self.outputs:
+            dropped = [{k: v for k, v in d.items() if k != "output"} for d in self.dropped
+                       if d["output"] == o.uri]
+            out.append({**o.stats(), **({"streams_not_carried": dropped} if dropped else {})})
+        return out
+
+    def track_stats(self) -> list[dict]:
+        """Per passed-through track: packets written, cut after the video's end, left out as
+        out of order, and the outputs that could not carry it."""
+        counts = self._interleaver.counts if self._interleaver is not None else {}
+        none = {"packets": 0, "cut": 0, "out_of_order": 0}
+        return [{**t.summary(), **counts.get(t.index, none),
+                 "not_carried_by": {d["output"]: d["reason"] for d in self.dropped
+                                    if d["stream"] == t.index}} for t in self.tracks]
 
     def close(self) -> None:
         """Close every output (once: later calls do nothing); the first failure is raised
@@ -143,6 +208,10 @@ class Outputs:
             return
         self._closed = True
         errors = []
+        if self._interleaver is not None:  # what is left of the tracks, up to the video's end
+            failed = self._write_tracks(self._interleaver.finish())
+            if failed is not None:
+                errors.append(failed)
         for o in self.outputs:
             try:
                 o.close()
@@ -157,6 +226,18 @@ class Outputs:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _each(outputs, call) -> WriteError | None:
+    """`call(o)` for every output; the first WriteError (only a fatal output raises one), after
+    all were given the packet."""
+    failed = None
+    for o in outputs:
+        try:
+            call(o)
+        except WriteError as e:
+            failed = failed or e
+    return failed
 
 
 def _close_quietly(o: Output) -> None:

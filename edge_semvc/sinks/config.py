@@ -1,9 +1,24 @@
-"""The recording's configuration (`record:`), used by `sinks/segments.py`."""
+"""The outputs' configuration: what they keep of the input's other streams (`streams:`, every
+output) and the recording (`record:`, the service's `sinks/segments.py`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config_model import check
+from ..tracks import KINDS
+
+
+@dataclass
+class StreamsConfig:
+    # the kinds of the input's other streams copied untouched into every output that can carry
+    # them (audio, subtitle, data); [] writes the video alone
+    passthrough: list[str] = field(default_factory=lambda: list(KINDS))
+
+    def validate(self) -> "StreamsConfig":
+        wrong = [k for k in self.passthrough if k not in KINDS]
+        check(not wrong, "streams.passthrough", self.passthrough,
+              f"a list of {', '.join(KINDS)} (or [] for the video alone)")
+        return self
 
 FORMATS = {"ts": ".ts", "mp4": ".mp4"}  # record.format -> file extension
 

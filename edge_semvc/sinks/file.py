@@ -16,6 +16,9 @@ Timestamps: packets carry pts/dts in ``time_base``; the muxer rescales to its ow
 the input's (mkv rounded to the millisecond). For mpegts the negative dts x264 gives the first
 frames (B-frame delay) are written as they are (TS timestamps wrap at 2^33) instead of letting
 FFmpeg shift the whole stream, so the pts stay exact there too.
+
+The input's passed-through streams (audio, subtitles, data) go into the containers beside the
+video where the muxer takes them (`tracks.py`); a raw file holds the video alone.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..errors import SinkError, WriteError
+from ..tracks import Track, TrackPacket
 from .base import Output, StreamInfo
+from .tracks import TrackMuxer, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +191,7 @@ class FileSink:
         self._file = None
         self._container = None
         self._stream = None
+        self._tracks: TrackMuxer | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.format is None:
             self._file = open(self.path, "wb")
@@ -209,6 +215,26 @@ class FileSink:
             except Exception:
                 self._container.close()
                 raise
+
+    def cannot_carry(self, track: Track) -> str | None:
+        """Why this file cannot hold `track` beside the video (None: it can)."""
+        if self.format is None:
+            return f"a raw {self.ext} file holds the video stream alone (use .mp4, .mkv or .ts)"
+        return unsupported(self.format, track)
+
+    def add_tracks(self, tracks: list[Track]) -> None:
+        """Streams for passed-through tracks (each one `cannot_carry` allows), before the first
+        packet."""
+        if self.frames:
+            raise SinkError(f"{self.path}: tracks are added before the first packet")
+        self._tracks = TrackMuxer(self._container, tracks)
+
+    def write_track(self, packet: TrackPacket) -> None:
+        """One packet of an added track, in time order with the video."""
+        if self._closed:
+            raise SinkError(f"FileSink {self.path} is closed")
+        if self._tracks is not None and self._tracks.mux(packet):
+            self.bytes += len(packet.data)
 
     def write(self, packets) -> None:
         """Append packets (an ``encoders.Packet`` or an iterable of them) in decode order."""
@@ -303,10 +329,21 @@ class FileOutput(Output):
     def open(self, info: StreamInfo) -> None:
         self.sink = FileSink(self.path, info.width, info.height, info.time_base, info.fps,
                              info.headers, codec=info.codec)
+        if info.tracks and self.sink.format is not None:
+            self.sink.add_tracks([t for t in info.tracks if self.sink.cannot_carry(t) is None])
+
+    def cannot_carry(self, track: Track) -> str | None:
+        return self.sink.cannot_carry(track)
 
     def write(self, packet) -> None:
+        self._written(self.sink.write, packet)
+
+    def write_track(self, packet: TrackPacket) -> None:
+        self._written(self.sink.write_track, packet)
+
+    def _written(self, write, packet) -> None:
         try:
-            self.sink.write(packet)
+            write(packet)
         except OSError as e:  # the output cannot be written (disk full, device gone)
             raise WriteError(e.errno, f"writing {self.path} failed: {e.strerror or e}") from e
 

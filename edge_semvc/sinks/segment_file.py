@@ -13,14 +13,18 @@ from pathlib import Path
 import av
 
 from . import mux
+from .tracks import TrackMuxer
 
 log = logging.getLogger(__name__)
 
 # Each packet goes to the file as it is muxed (flush_packets), and fMP4 closes a fragment at
 # least every second: what a crash leaves in a .part is all but the last frame (TS) or all but
 # the last second (fMP4), and `recover` keeps it. As FileSink, TS keeps the exact pts.
+# delay_moov: the fMP4 moov (with each track's edit list) waits for the first fragment, when
+# every track's first timestamp is known; with empty_moov alone each track would start at 0 on
+# its own, putting a segment's audio and video out of sync by their first packets' distance.
 MUXERS = {"ts": ("mpegts", {"avoid_negative_ts": "disabled", "flush_packets": "1"}),
-          "mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof",
+          "mp4": ("mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov",
                           "frag_duration": "1000000", "flush_packets": "1"})}
 
 
@@ -60,12 +64,15 @@ class Segment:
     """One segment being written under its temporary name."""
 
     def __init__(self, final: Path, fmt: str, settings, start_pts: int,
-                 codec: str = "h264") -> None:
+                 codec: str = "h264", tracks=()) -> None:
         self.time_base = settings.time_base  # the stream's own changes when the header is written
         self.final = final
         self.part = final.with_name(f".{final.name}.part")
         self.start_pts = self.max_pts = start_pts
         self.codec, self.size = codec, (settings.width, settings.height)
+        # fMP4 segments start at 0 (a player would show an empty edit of the camera's time
+        # first); every track moves by the same amount, so they stay in sync
+        self.origin = start_pts if fmt == "mp4" else 0
         self.frames = 0
         self.file = _File(self.part)
         muxer, options = MUXERS[fmt]
@@ -74,6 +81,7 @@ class Segment:
             self.stream = mux.add_stream(self.container, codec, settings.fps, settings.width,
                                          settings.height, settings.time_base,
                                          fmt == "mp4")  # fragmented: the moov comes first
+            self.tracks = TrackMuxer(self.container, tracks)  # passed-through audio, data
         except BaseException:
             self.file.release()
             raise
@@ -85,11 +93,15 @@ class Segment:
         pkt = av.Packet(data)
         pkt.stream = self.stream
         pkt.time_base = self.time_base
-        pkt.pts, pkt.dts = int(packet.pts), int(packet.dts)
+        pkt.pts, pkt.dts = int(packet.pts) - self.origin, int(packet.dts) - self.origin
         pkt.is_keyframe = bool(packet.keyframe)
         self.container.mux(pkt)
         self.frames += 1
         self.max_pts = max(self.max_pts, int(packet.pts))
+
+    def write_track(self, packet) -> None:
+        """One packet of a passed-through track (`tracks.TrackPacket`)."""
+        self.tracks.mux(packet.shifted(-self.origin * self.time_base) if self.origin else packet)
 
     def finish(self) -> int:
         """Trailer, fsync, rename, fsync of the folder; returns the size. Raises on failure."""
@@ -125,27 +137,30 @@ def recover(part: Path, fmt: str) -> tuple[int, int] | None:
         if not src.streams.video:
             return None
         stream = src.streams.video[0]
+        # the passed-through streams too (audio, data), from the video's first IDR on
+        streams = [stream, *(s for s in src.streams if s.type in ("audio", "subtitle", "data"))]
         packets = []
         try:
-            for packet in src.demux(stream):
+            for packet in src.demux(streams):
                 if packet.size == 0 or packet.is_corrupt:  # the end, or cut short
                     break
-                if packets or packet.is_keyframe:  # a segment starts with its IDR
-                    packets.append(packet)
+                if packets or (packet.stream is stream and packet.is_keyframe):
+                    packets.append(packet)  # a segment starts with its IDR
         except av.error.FFmpegError:  # the file ends inside a packet or a fragment
             pass
         # the killed writer's last buffer ended anywhere: its last packet may be cut short
         packets = packets[:-1]
-        if not packets:
+        frames = sum(p.stream is stream for p in packets)
+        if not frames:
             return None
         tmp = part.with_name(f".{final.name}.recovering.part")
         file = _File(tmp)
         try:
             muxer, options = MUXERS[fmt]
             with av.open(file, mode="w", format=muxer, options=dict(options)) as dst:
-                out = dst.add_stream_from_template(stream)
+                out = {s.index: dst.add_stream_from_template(s) for s in streams}
                 for packet in packets:
-                    packet.stream = out
+                    packet.stream = out[packet.stream.index]
                     dst.mux(packet)
             os.fsync(file.fd)
             size = os.fstat(file.fd).st_size
@@ -156,7 +171,7 @@ def recover(part: Path, fmt: str) -> tuple[int, int] | None:
         file.release()
     os.replace(tmp, final)
     fsync_dir(final.parent)
-    return len(packets), size
+    return frames, size
 
 
 def unlink_part(part: Path) -> bool:

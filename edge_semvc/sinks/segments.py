@@ -16,7 +16,9 @@ Guarantees and choices:
 - **Every segment starts with an IDR and decodes alone**: it is cut only at an IDR packet once
   ``segment_seconds`` long; ``wants_idr(pts)`` says when the next frame should be that IDR.
   TS carries SPS/PPS before every keyframe, fMP4 in each segment's header. TS segments keep
-  the camera's timestamps; FFmpeg starts each fMP4 segment near 0.
+  the camera's timestamps; fMP4 segments start at 0 (every track moved by the segment's start,
+  the moov written with the first fragment so that its edit lists keep the tracks in sync:
+  `segment_file.py`).
 - **Completed means complete**: a segment is written as ``.<name>.part`` and renamed only
   after its trailer and an fsync (then the folder is fsynced), so a crash leaves every named
   segment whole and at most the open one as a ``.part``. A new sink finalises a stale
@@ -38,6 +40,11 @@ Guarantees and choices:
 - **Retention**, after each completed segment: the oldest completed segments (by the start
   time in their names) are deleted while the camera's total exceeds ``max_bytes`` or while
   older than ``max_age_hours``; never the newest one, nor files the sink did not name.
+
+- **Passed-through streams** (audio, data: ``StreamInfo.tracks``) go into each segment beside
+  the video where the format takes them, each packet into the segment of its time (`Outputs`
+  interleaves them); a packet while no segment is open (waiting for an IDR after an error) is
+  counted in ``track_packets_lost``.
 
 Events (``on_event(name, **fields)``; a callback that raises is logged, never propagated):
 ``segment_closed`` {path, frames, seconds, bytes, start_pts}, ``segment_deleted`` {path, bytes,
@@ -66,7 +73,8 @@ from ..errors import SinkError
 from .base import Output, StreamInfo
 from .config import RecordConfig
 from .file import _check_codec, has_parameter_sets, is_idr
-from .segment_file import Segment, recover, unlink_part
+from .segment_file import MUXERS, Segment, recover, unlink_part
+from .tracks import unsupported
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +144,9 @@ class SegmentSink:
         self.root = Path(cfg.dir).expanduser()
         self.path = self.root / camera
         self.settings = settings
+        # StreamInfo names the passed-through tracks (EncoderSettings none): those the format takes
+        self.tracks = [t for t in getattr(settings, "tracks", ())
+                       if unsupported(MUXERS[cfg.format][0], t) is None]
         self.time_base = Fraction(settings.time_base)
         self.headers = bytes(headers or b"")
         self.error = None  # FileSink's attribute; failures here are events, never errors
@@ -162,6 +173,7 @@ class SegmentSink:
         # waiting for an IDR), segments and bytes completed, segments deleted, write errors
         self.frames = self.frames_lost = self.segments = self.bytes = 0
         self.deleted = self.deleted_bytes = self.write_errors = 0
+        self.track_packets_lost = 0
         self._index: list[tuple[tuple, str, int]] = []  # (key, name, bytes), oldest first
         try:
             self._scan()
@@ -212,9 +224,25 @@ class SegmentSink:
             fd, self._lock_fd = self._lock_fd, -1
             os.close(fd)  # releases the flock
 
+    def write_track(self, packet) -> None:
+        """One packet of a passed-through track (`tracks.TrackPacket`), into the open segment."""
+        if self._closed:
+            raise SinkError(f"SegmentSink {self.path} is closed")
+        seg = self._seg
+        if seg is None:
+            self.track_packets_lost += 1
+            return
+        try:
+            seg.write_track(packet)
+        except _WRITE_ERRORS as e:
+            self._seg = None
+            self._give_up(seg)
+            self._failed(seg.part, e, seg.frames, seg.max_pts)
+
     def stats(self) -> dict:
         return {k: getattr(self, k) for k in ("frames", "frames_lost", "segments", "bytes",
-                                              "deleted", "deleted_bytes", "write_errors")}
+                                              "deleted", "deleted_bytes", "write_errors",
+                                              "track_packets_lost")}
 
     def __enter__(self) -> "SegmentSink":
         return self
@@ -270,7 +298,7 @@ class SegmentSink:
                 raise FileNotFoundError(errno_mod.ENOENT, "record.dir is missing", str(self.root))
             self.path.mkdir(exist_ok=True)
             self._seg = Segment(self._free_name(), self.cfg.format, self.settings, pts,
-                                 self.codec)
+                                 self.codec, self.tracks)
         except _WRITE_ERRORS as e:
             self._failed(self.path, e, 0, pts)
             return False
@@ -444,8 +472,14 @@ class SegmentOutput(Output):
     def wants_idr(self, pts: int | None) -> bool:
         return self.sink.wants_idr(pts)
 
+    def cannot_carry(self, track) -> str | None:
+        return unsupported(MUXERS[self.cfg.format][0], track)
+
     def write(self, packet) -> None:
         self.sink.write(packet)
+
+    def write_track(self, packet) -> None:
+        self.sink.write_track(packet)
 
     def stats(self) -> dict:
         return {"uri": self.uri, "state": "recording" if self.sink and not self.sink._closed

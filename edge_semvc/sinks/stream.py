@@ -11,6 +11,10 @@ A send that fails (no route, the interface down) is counted; the output reports
 `output_lost` once, keeps trying with each keyframe, and reports `output_back` when a packet
 goes out again. Standard output closed by its reader ends the run (exit 3, statistics written,
 every other output finalised).
+
+The input's passed-through streams (audio, data) travel in the MPEG-TS outputs (UDP, standard
+output) beside the video; RTP sends one stream per port, so the RTP output carries the video
+alone and says so (as does raw Annex-B on standard output).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ..errors import SinkError, WriteError
 from . import host_port, int_in, uri_options
 from .base import EventCallback, Output, StreamInfo, emit_event
 from .file import has_parameter_sets, is_idr
+from .tracks import TrackMuxer, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +39,11 @@ RTP_PAYLOAD_TYPE = 96  # the first dynamic payload type: what ground stations ex
 # MPEG-TS packets per UDP datagram: 7 x 188 = 1316 bytes, under any Ethernet MTU
 TS_DATAGRAM = 1316
 # TS muxer settings for live use: no added muxing delay, each packet out as it is muxed,
-# timestamps as the encoder gave them (as FileSink's .ts)
-_TS_LIVE = {"max_delay": "0", "flush_packets": "1", "avoid_negative_ts": "disabled"}
+# timestamps as the encoder gave them (as FileSink's .ts); `Outputs` already puts the streams in
+# order, and FFmpeg's own interleaving would hold the video back until a sparse stream's next
+# packet (GPMF: one a second), up to max_interleave_delta (default 10 s): 1 us here
+_TS_LIVE = {"max_delay": "0", "flush_packets": "1", "avoid_negative_ts": "disabled",
+            "max_interleave_delta": "1"}
 
 
 class _MuxerOutput(Output):
@@ -48,6 +56,7 @@ class _MuxerOutput(Output):
         self.uri = uri
         self._on_event = on_event
         self._container = self._stream = None
+        self._tracks: TrackMuxer | None = None
         self.info: StreamInfo | None = None
         self.state = "new"
         self.packets = self.bytes_sent = self.dropped = self.errors = self.reconnects = 0
@@ -80,6 +89,21 @@ class _MuxerOutput(Output):
         self._stream = self._container.add_mux_stream(info.codec, rate=info.fps,
                                                       width=info.width, height=info.height)
         self._stream.time_base = info.time_base
+        self._tracks = TrackMuxer(self._container, [t for t in info.tracks
+                                                    if self.cannot_carry(t) is None])
+
+    def cannot_carry(self, track) -> str | None:
+        return unsupported(self.format, track)
+
+    def write_track(self, packet) -> None:
+        import av
+
+        if self._waiting_for_idr or self._container is None:
+            return  # nothing goes out until the video can be decoded again
+        try:
+            self._tracks.mux(packet)
+        except (av.error.FFmpegError, OSError) as e:
+            self._failed(e)
 
     def write(self, packet) -> None:
         import av
@@ -175,6 +199,9 @@ class RtpOutput(_MuxerOutput):
         self.sdp = ""
         self.ssrc = secrets.randbits(31)
 
+    def cannot_carry(self, track) -> str | None:
+        return f"RTP sends one stream per port; this output sends the video to port {self.port}"
+
     def _target(self):
         query = [f"pkt_size={self.options.get('pkt_size', 1200)}"]
         if "ttl" in self.options:
@@ -234,6 +261,11 @@ class StdoutOutput(_MuxerOutput):
 
     def _target(self):
         return _Pipe(self._fd), dict(_TS_LIVE)
+
+    def cannot_carry(self, track) -> str | None:
+        if self.raw:
+            return f"raw {self.raw_codec.upper()} on standard output is the video stream alone"
+        return super().cannot_carry(track)
 
     def open(self, info: StreamInfo) -> None:
         if self.raw and self.raw_codec != info.codec:

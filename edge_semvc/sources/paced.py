@@ -3,7 +3,7 @@ buffer, overwritten (dropped) when the consumer has not taken them in time.
 
 Used by ``field-bench`` to run a file or ``demo://`` as a camera, and by every camera of the
 service (which also has it watch for an input that froze: ``stall_s``). Stage layer: it depends
-only on ``frame``, ``errors`` and the standard library.
+only on ``frame``, ``tracks``, ``errors`` and the standard library.
 
 Time is injected: ``clock`` (seconds, monotonic) is read for every timestamp and deadline, and
 ``sleep`` waits on it, so a test can run the camera on a clock of its own.
@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 from ..errors import DecodeError
 from ..frame import Frame
+from ..tracks import PacketQueue
 
 log = logging.getLogger("edge_semvc")
 FIRST_FRAME_STALL_S = 20.0  # with stall_s: how long the first frame may take
@@ -53,6 +54,10 @@ class PacedSource:
     seconds of ``clock`` time (``FIRST_FRAME_STALL_S`` for the first frame) ends the frames
     with a DecodeError (a camera that froze without closing its stream); the read is left to
     finish on its own and the input is closed then.
+
+    The input's passed-through streams (``tracks``, ``take_packets``) go on whatever happens to
+    the frames (a dropped frame drops no audio); a looped pass's packets are shifted as its
+    frames are.
     """
 
     def __init__(self, source, *, realtime: bool = True, speed: float = 1.0,
@@ -66,6 +71,10 @@ class PacedSource:
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
         self._src = source
+        self.tracks = tuple(getattr(source, "tracks", ()))
+        self.skipped = list(getattr(source, "skipped", []))
+        self._packets = PacketQueue()  # the passed-through streams', shifted, not yet taken
+        self.take_packets = self._packets.take  # (any thread) in the run's time
         self.width, self.height = source.width, source.height
         self.fps, self.time_base = Fraction(source.fps), Fraction(source.time_base)
         self.frame_count = 0  # unknown: drops, looping and the time limit decide
@@ -100,6 +109,13 @@ class PacedSource:
         self._stalled = False
         self._orphaned = False  # closed while a read hung: the camera thread closes the input
 
+    def _pass_packets(self, src, offset: int) -> None:
+        """Move what `src` demuxed to take_packets(), `offset` (time_base ticks) later."""
+        take = getattr(src, "take_packets", None)
+        shift = offset * self.time_base
+        for p in take() if take else ():
+            self._packets.put(p.shifted(shift) if shift else p)
+
     def _raw(self) -> Iterator[tuple[int, Frame]]:
         """(pts, frame) over every pass of the input; pts strictly increasing across loops."""
         last: int | None = None
@@ -117,7 +133,9 @@ class PacedSource:
                     pts = last + 1
                     self.pts_adjusted += 1
                 last = pts
+                self._pass_packets(src, offset)
                 yield pts, f
+            self._pass_packets(src, offset)
             if self._reopen is None or n == 0 or self._stop.is_set():
                 return
             src.close()

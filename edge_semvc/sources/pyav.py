@@ -1,4 +1,10 @@
-"""Files and streams through PyAV (FFmpeg): containers, raw Annex-B, .y4m and raw .yuv."""
+"""Files and streams through PyAV (FFmpeg): containers, raw Annex-B, .y4m and raw .yuv.
+
+The video stream is decoded into upright `Frame`s (`orientation.py`: its display matrix applied);
+the packets of the streams passed through (`tracks.py`: audio, subtitles, data) are read in the
+same pass and wait in `take_packets()` for the pipeline's encoding thread, which interleaves
+them with the encoded video.
+"""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -9,7 +15,10 @@ import av
 import numpy as np
 
 from ..frame import Frame
+from ..tracks import PacketQueue
 from . import DecodeError, RawVideoOptions, SourceError
+from .orientation import Orientation
+from .tracks import passthrough_tracks, track_packet
 
 RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
 # Network streams and devices: (open, read) seconds before a silent input counts as lost.
@@ -79,6 +88,19 @@ class PyAVSource:
             self.frame_count = 0
         self.stream = stream
         self.path = path
+        self.tracks, self.skipped = passthrough_tracks(self.container, stream)
+        self._packets = PacketQueue()  # demuxed, not yet taken
+        self.take_packets = self._packets.take  # (any thread) those read since the last call
+        self._coded = (self.width, self.height)
+        # The first picture is decoded now: its display matrix decides the frames' size.
+        self._av_frames = self._demux()
+        self._first = self._first_error = None
+        try:
+            self._first = next(self._av_frames, None)
+        except av.error.FFmpegError as e:  # reported by frames(), as a failure at frame 0
+            self._first_error = e
+        self.orientation = Orientation.of(self._first)
+        self.width, self.height = self.orientation.size(self.width, self.height)
         # What the file says it holds, to tell a truncated file from a complete one at its end.
         self._declared = stream.frames or 0
         self._frame_bytes = self.width * self.height * 3 // 2
@@ -92,12 +114,32 @@ class PyAVSource:
                 self._payload = p.stat().st_size - len(f.readline())
             self._frame_bytes += len(b"FRAME\n")
         self.description = f"{path} ({self.width}x{self.height}, {float(self.fps):.3g} fps, " \
-                           f"{stream.codec_context.name})"
+                           f"{stream.codec_context.name}" + \
+                           (f"; {self.orientation.describe()}" if self.orientation else "") + ")"
+
+    def _demux(self) -> Iterator[av.VideoFrame]:
+        """The video stream's decoded pictures; the other streams' packets go to take_packets."""
+        passed = [self.container.streams[t.index] for t in self.tracks]
+        for packet in self.container.demux([self.stream, *passed]):
+            if packet.stream.index == self.stream.index:
+                yield from packet.decode()
+            else:
+                value = track_packet(packet)
+                if value is not None:
+                    self._packets.put(value)
+
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        if self._first_error is not None:
+            raise self._first_error
+        if self._first is not None:
+            yield self._first
+            self._first = None
+            yield from self._av_frames
 
     def frames(self) -> Iterator[Frame]:
         index, last_corrupt = 0, False
         try:
-            for av_frame in self.container.decode(self.stream):
+            for av_frame in self._decoded():
                 last_corrupt = av_frame.is_corrupt
                 yield self._to_frame(av_frame, index)
                 index += 1
@@ -127,17 +169,22 @@ class PyAVSource:
                            f"{decoded} whole frames of {self._frame_bytes} bytes (truncated?)")
 
     def _to_frame(self, f: av.VideoFrame, index: int) -> Frame:
-        if (f.width, f.height) != (self.width, self.height):
+        width, height = self._coded
+        if (f.width, f.height) != (width, height):
             raise DecodeError(f"{self.path}: picture size changed to {f.width}x{f.height} at frame "
-                              f"{index} (was {self.width}x{self.height}); not supported")
+                              f"{index} (was {width}x{height}); not supported")
         if f.format.name != "yuv420p" or f.color_range == 2:
             # Full-range (yuvj) input is converted to the limited range the encoder signals.
             f = f.reformat(format="yuv420p", src_color_range=2 if f.color_range == 2 else None,
                            dst_color_range=1)
         buf = f.to_ndarray(format="yuv420p")
         pts = index if self._synth_pts or f.pts is None else f.pts
-        return Frame.from_i420(np.ascontiguousarray(buf), self.width, self.height, pts,
-                               self.time_base, index)
+        frame = Frame.from_i420(np.ascontiguousarray(buf), width, height, pts, self.time_base,
+                                index)
+        if self.orientation:
+            turn = self.orientation.plane
+            frame.y, frame.u, frame.v = turn(frame.y), turn(frame.u), turn(frame.v)
+        return frame
 
     def close(self) -> None:
         self.container.close()

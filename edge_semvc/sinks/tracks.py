@@ -1,0 +1,69 @@
+"""The passed-through streams (audio, subtitles, data; `edge_semvc/tracks.py`) in PyAV output
+containers: whether a muxer takes a stream, its output stream, and its packets copied as they
+are (nothing is decoded or re-encoded).
+
+Whether a muxer takes a stream is tried once per muxer and stream on a container in memory
+(its header written, then closed): some refusals only come when the header is written, and
+there they would cost the real output its video.
+"""
+from __future__ import annotations
+
+import io
+import logging
+
+import av
+
+from ..tracks import Track, TrackPacket
+
+log = logging.getLogger(__name__)
+
+_TRIED: dict[tuple[str, Track], str | None] = {}
+
+
+def unsupported(muxer: str, track: Track) -> str | None:
+    """Why FFmpeg's `muxer` cannot carry `track` (None: it can)."""
+    key = (muxer, track)
+    if key not in _TRIED:
+        _TRIED[key] = _try(muxer, track)
+    return _TRIED[key]
+
+
+def _try(muxer: str, track: Track) -> str | None:
+    if track.params is None:
+        return "its codec parameters are unknown"
+    container = av.open(io.BytesIO(), "w", format=muxer)
+    try:
+        container.add_stream_from_template(track.params)
+        container.start_encoding()
+    except (ValueError, av.error.FFmpegError) as e:
+        log.debug("%s with %s: %s", muxer, track.describe(), e)
+        return f"FFmpeg's {muxer} muxer does not take a {track.kind} stream of {track.codec}"
+    finally:
+        try:
+            container.close()
+        except (ValueError, av.error.FFmpegError):  # a header that failed: nothing to finish
+            pass
+    return None
+
+
+class TrackMuxer:
+    """The output streams of the passed-through `tracks` in one PyAV output container (added
+    before its first packet), and their packets muxed with the right stream and time base."""
+
+    def __init__(self, container, tracks: list[Track] | tuple[Track, ...]):
+        self.container = container
+        self.streams = {t.index: container.add_stream_from_template(t.params) for t in tracks}
+
+    def mux(self, packet: TrackPacket) -> bool:
+        """Mux one packet; False when its track is not in this container."""
+        stream = self.streams.get(packet.track)
+        if stream is None:
+            return False
+        pkt = av.Packet(packet.data)
+        pkt.stream = stream
+        pkt.time_base = packet.time_base
+        pkt.pts, pkt.dts = packet.pts, packet.dts
+        pkt.duration = packet.duration
+        pkt.is_keyframe = packet.keyframe
+        self.container.mux(pkt)
+        return True
