@@ -3,7 +3,7 @@
 # Usage: scripts/benchmarks.sh [OUT] [PART...]   (default bench-out/, every part; each part in
 # its own folder). About 90 minutes on 2 cores; every part can also be run on its own.
 # Parts (in this order): cpu budget default low agreement reuse i2 yolox labelers storage
-# backends gpu-cpu intra-refresh
+# backends gpu-cpu intra-refresh link
 set -euo pipefail
 OUT=${1:-bench-out}
 shift || true
@@ -139,4 +139,22 @@ if want intra-refresh; then
   $PY -m edge_semvc.bench.intra_refresh $V/street_pedestrians_vtest_768x576.avi \
     $V/drone_karma_coast_854x480.mp4 $V/road_traffic_signs_1080p.h264 --rates 500 1000 2000 \
     --json $OUT/intra-refresh.json | tee $OUT/intra-refresh.md
+fi
+
+# Issue 18: glass to glass on loopback at 720p30 (RTP; the RTSP server with two receivers) and
+# the link story (a bitrate profile applied live, semantic vs x264, the received video judged).
+if want link; then
+  FF=$($PY -c "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())")
+  [ -f "$OUT/road_720p30.mp4" ] || $FF -v error -y -i $V/road_traffic_signs_1080p.h264 \
+    -filter_complex "[0]split[a][b];[b]reverse[r];[a][r]concat=n=2:v=1,loop=loop=4:size=108:start=0,scale=1280:720,setpts=N/30/TB" \
+    -r 30 -c:v libx264 -crf 14 -preset fast "$OUT/road_720p30.mp4"
+  for m in "" --no-map; do
+    $PY -m edge_semvc.bench.link latency "$OUT/road_720p30.mp4" --seconds 17 $m --out "$OUT/link-rtp$m"
+  done
+  for r in gstreamer ffmpeg; do
+    $PY -m edge_semvc.bench.link latency "$OUT/road_720p30.mp4" --seconds 17 --output rtsp \
+      --receiver $r --out "$OUT/link-rtsp-$r"
+  done
+  $PY -m edge_semvc.bench.link story $V/street_pedestrians_vtest_768x576.avi \
+    $V/road_traffic_signs_1080p.h264 $V/drone_karma_coast_854x480.mp4 --out "$OUT/link-story"
 fi

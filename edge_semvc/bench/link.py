@@ -304,6 +304,24 @@ def _judge(received: Path, clip: str, bounds, phases, detector: YoloxDetector,
     return {"phases": out}
 
 
+def story_table(result: dict) -> str:
+    """The link story as BENCHMARKS.md shows it: per clip and phase, x264 then semantic."""
+    rows = ["| clip | phase (target) | kbit/s on the wire x264 / semantic | PSNR dB | ROI-PSNR dB "
+            "| F1 person | F1 vehicle |", "|---|---|---|---|---|---|---|"]
+    for clip, runs in result["clips"].items():
+        plain, sem = runs["x264"]["phases"], runs["semantic"]["phases"]
+        for i, (a, b) in enumerate(zip(plain, sem)):
+            ra, rb = a["psnr_roi"], b["psnr_roi"]
+            roi = b["roi_note"] or a["roi_note"] or f"{ra:.2f} / {rb:.2f} ({rb - ra:+.2f})"
+            phase = f"{i + 1} ({a['target_kbps']:g}k, {a['seconds']:g} s)"
+            rows.append(
+                f"| {clip if i == 0 else '″'} | {phase} "
+                f"| {a['kbps']:.0f} / {b['kbps']:.0f} | {a['psnr']:.2f} / {b['psnr']:.2f} "
+                f"({b['psnr'] - a['psnr']:+.2f}) | {roi} | {a['f1_person']:.3f} / "
+                f"{b['f1_person']:.3f} | {a['f1_vehicle']:.3f} / {b['f1_vehicle']:.3f} |")
+    return "\n".join(rows)
+
+
 def _box_mask(dets: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
     mask = np.zeros((height, width), bool)
     for boxes in dets.values():
@@ -359,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="the RTSP client: FFmpeg through PyAV, or GStreamer's rtspsrc")
     lat.add_argument("--no-map", action="store_true", help="plain x264")
     st = sub.add_parser("story", help="a bitrate profile applied live, semantic vs x264")
-    st.add_argument("clips", nargs="+")
+    st.add_argument("clips", nargs="*", help="clips (or --table to print a finished run's)")
+    st.add_argument("--table", action="store_true",
+                    help="print the table of OUT/story.json (a finished run) and exit")
     st.add_argument("--profile", type=parse_profile, default=parse_profile("2M:10,300k:10,1M:10"))
     st.add_argument("--roi-model", default=str(SHARED / "models" / "yolox_nano.onnx"))
     st.add_argument("--eval-every", type=int, default=3, help="detect on every Nth frame")
@@ -370,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
+    if args.what == "story" and args.table:
+        print(story_table(json.loads((work / "story.json").read_text())))
+        return 0
     cfg = load_config(args.config, ["encoder.tune=zerolatency", *args.set])
     from ..tools.models import prepare_config
     prepare_config(cfg, cfg.cache_dir(), log=lambda *_: None)
@@ -388,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in ("x264", "semantic")}
     text = json.dumps(result, indent=2)
     (work / f"{args.what}.json").write_text(text + "\n")
-    print(text)
+    print(text if args.what == "latency" else story_table(result))
     return 0
 
 
