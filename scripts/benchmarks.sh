@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=${1:-bench-out}
 shift || true
 PARTS=${*:-cpu budget default low agreement reuse i2 yolox labelers storage backends gpu-cpu \
-  intra-refresh}
+  intra-refresh link}
 V=../shared/data/video
 M=../shared/models
 PY=.venv/bin/python
