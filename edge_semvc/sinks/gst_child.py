@@ -360,6 +360,8 @@ class SrtSender:
     def on_ts(self, appsink):
         """One access unit's TS packets (a buffer list) into srtsink's appsrc as one buffer."""
         sample = appsink.emit("pull-sample")
+        if sample is None:  # stopping
+            return self.Gst.FlowReturn.FLUSHING
         packets = sample.get_buffer_list()
         if packets is None:
             whole = sample.get_buffer()
