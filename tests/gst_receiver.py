@@ -3,7 +3,10 @@ GStreamer's rtspsrc (the depayloaded elementary stream) or srtsrc (the MPEG-TS) 
 standard output, for PyAV to decode.
 
     /usr/bin/python3 tests/gst_receiver.py rtsp://127.0.0.1:PORT/PATH h264|hevc tcp|udp [USER PW]
-    /usr/bin/python3 tests/gst_receiver.py 'srt://127.0.0.1:PORT?mode=listener'
+    /usr/bin/python3 tests/gst_receiver.py 'srt://127.0.0.1:PORT?mode=listener' [es]
+
+`es`: the elementary stream out of the MPEG-TS (tsdemux: each access unit as soon as its PES
+is whole), instead of the MPEG-TS itself.
 
 Runs until killed or its reader goes.
 """
@@ -24,7 +27,8 @@ if uri.startswith("rtsp://"):
     desc = (f"rtspsrc location={uri} protocols={protocols} latency=0 {auth} ! {depay} ! "
             f"{caps},stream-format=byte-stream,alignment=au ! fdsink fd=1 sync=false")
 else:
-    desc = f'srtsrc uri="{uri}" latency=50 ! fdsink fd=1 sync=false'
+    demux = "tsdemux ! " if sys.argv[2:] == ["es"] else ""
+    desc = f'srtsrc uri="{uri}" latency=50 ! {demux}fdsink fd=1 sync=false'
 pipeline = Gst.parse_launch(desc)
 loop = GLib.MainLoop()
 

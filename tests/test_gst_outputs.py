@@ -80,7 +80,8 @@ class LiveEncoder:
     pipeline does). IDRs come only when asked: keyint is unbounded and nothing else inserts
     one, so a receiver that decodes got an IDR someone asked for."""
 
-    def __init__(self, frames, outputs: Outputs, backend="x264", global_headers=False):
+    def __init__(self, frames, outputs: Outputs, backend="x264", global_headers=False,
+                 paced=True):
         f0 = frames[0]
         settings = EncoderSettings(width=f0.width, height=f0.height, fps=Fraction(30),
                                    time_base=Fraction(1, 30), preset="ultrafast",
@@ -89,7 +90,7 @@ class LiveEncoder:
         self.encoder = get_encoder(backend)(settings)
         self.info = StreamInfo(f0.width, f0.height, settings.fps, settings.time_base,
                                self.encoder.codec, self.encoder.headers(), global_headers)
-        self.frames, self.outputs = frames, outputs
+        self.frames, self.outputs, self.paced = frames, outputs, paced
         self.count = 0  # frames encoded
         self.idrs: list[int] = []  # their indexes
         self._stop = threading.Event()
@@ -97,26 +98,34 @@ class LiveEncoder:
 
     def __enter__(self):
         self.outputs.open(self.info)
-        self._thread.start()
+        if self.paced:  # else the test calls `step`
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join(timeout=GUARD_S)
+        if self.paced:
+            self._thread.join(timeout=GUARD_S)
         self.outputs.write(self.encoder.flush())
         self.outputs.close()
         self.encoder.close()
 
+    def step(self, force_idr: bool = False) -> bytes:
+        """Encodes the next frame into the outputs; its bytes."""
+        n = self.count
+        frame = self.frames[n % len(self.frames)]
+        frame.pts = frame.index = n
+        idr = self.outputs.wants_idr(n) or n == 0 or force_idr
+        if idr:
+            self.idrs.append(n)
+        packets = self.encoder.encode(frame, None, force_idr=idr)
+        self.outputs.write(packets)
+        self.count = n + 1
+        return b"".join(bytes(p.data) for p in packets)
+
     def _run(self):
         while not self._stop.is_set():
-            n = self.count
-            frame = self.frames[n % len(self.frames)]
-            frame.pts = frame.index = n
-            idr = self.outputs.wants_idr(n) or n == 0
-            if idr:
-                self.idrs.append(n)
-            self.outputs.write(self.encoder.encode(frame, None, force_idr=idr))
-            self.count = n + 1
+            self.step()
             time.sleep(1 / 30)
 
     def wait_frames(self, n: int) -> None:
@@ -136,6 +145,7 @@ class Decoded:
 
     def __init__(self, open_container):
         self.frames = 0
+        self.pts: list[int | None] = []  # of each decoded frame
         self.first = None
         self.broken: list[int] = []  # frame counts at which a picture was corrupt or failed
         self.error: Exception | None = None
@@ -160,6 +170,7 @@ class Decoded:
                             if f is not None:
                                 self.first = self.first or f
                                 self.frames += 1
+                                self.pts.append(f.pts)
                             self._cond.notify_all()
         except (av.error.FFmpegError, OSError, ValueError) as e:
             self.error = e
@@ -201,6 +212,73 @@ def good_start(decoded: Decoded) -> None:
     is whole (a receiver killed mid-picture may break the ones after)."""
     assert decoded.first is not None and decoded.first.key_frame
     assert [i for i in decoded.broken if i < decoded.checked] == []
+
+
+class RawReceiver:
+    """tests/gst_receiver.py's output kept as bytes as they come (the elementary stream):
+    `wait_for(data)` until they hold `data`, the last bytes of an access unit, its own."""
+
+    KEEP = 1 << 20
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([gst.gst_python(), str(RECEIVER), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.data = bytearray()
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        while chunk := os.read(self.proc.stdout.fileno(), 1 << 16):
+            with self._cond:
+                self.data = self.data[-self.KEEP:] + chunk
+                self._cond.notify_all()
+
+    def started(self) -> bool:
+        with self._cond:
+            return bool(self.data)
+
+    def wait_for(self, data: bytes) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: data in self.data, timeout=GUARD_S), \
+                "the receiver never got the frame written last"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+FRAME_S, LATE_S = 1 / 30, 0.015
+LOCKSTEP_FRAMES = 20
+TICKS = 3000  # one frame in the 90 kHz clock of RTP and MPEG-TS
+
+
+def each_frame_at_once(live: LiveEncoder, joined, raw: RawReceiver, decoded: Decoded) -> None:
+    """Frame n is written at n x FRAME_S, every other one LATE_S later (never sooner: a frame
+    ahead of its time is stamped when it comes). Once a receiver joined (`joined()`) and `raw`
+    has bytes, each frame, from an IDR on, is written only once `raw` holds the whole frame
+    before: a frame held back until the next one comes would stall this until the hang guard.
+    Ends after LOCKSTEP_FRAMES such frames and 40 decoded by `decoded`."""
+    t0, locked = time.monotonic(), 0
+    while locked < LOCKSTEP_FRAMES or decoded.frames < 40:
+        assert live.count < GUARD_S * 30, f"{decoded.frames} decoded, {locked} in lockstep"
+        n = live.count
+        time.sleep(max(0.0, t0 + n * FRAME_S + LATE_S * (n % 2) - time.monotonic()))
+        first = not locked and joined() and raw.started()
+        data = live.step(force_idr=first)
+        if locked or first:
+            raw.wait_for(data[-32:])
+            locked += 1
+
+
+def encoder_cadence(decoded: Decoded) -> None:
+    """The receiver's timestamps step by one frame at the encoder's rate, not in the rhythm
+    the frames were written in (a few may not, where a frame came sooner than all before).
+    The first frames are left out: the RTSP server sends what it held for its SDP when a
+    client plays."""
+    pts = decoded.pts[6:]
+    steps = [b - a for a, b in zip(pts, pts[1:])]
+    off = [d for d in steps if abs(d - TICKS) > TICKS // 30]  # over 1 ms
+    assert len(steps) >= 30 and len(off) <= len(steps) // 10, steps
 
 
 # --- RTSP -------------------------------------------------------------------------------------
@@ -305,6 +383,22 @@ def test_rtsp_hevc(frames):
     good_start(client.decoded)
 
 
+def test_rtsp_sends_each_frame_before_the_next_with_the_encoders_timestamps(frames):
+    require("rtsp")
+    port, events = free_port(), Events()
+    url = f"rtsp://127.0.0.1:{port}/cam"
+    server = open_output(f"rtsp://@:{port}/cam", events)
+    with LiveEncoder(frames, Outputs([server]), paced=False) as live:
+        raw = RawReceiver(url, "h264", "tcp")
+        decoded = ffmpeg_rtsp(url, "tcp")
+        try:
+            each_frame_at_once(live, lambda: events.names().count("client_joined") == 2,
+                               raw, decoded)
+        finally:
+            raw.stop()
+    encoder_cadence(decoded)
+
+
 def test_a_dead_child_is_restarted_and_a_stalled_one_never_blocks_the_encoder(frames):
     require("rtsp")
     port, events = free_port(), Events()
@@ -372,6 +466,23 @@ def test_srt_listener_serves_callers(frames):
         second.stop()
     good_start(first.decoded)
     good_start(second.decoded)
+
+
+def test_srt_sends_each_frame_before_the_next_with_the_encoders_timestamps(frames):
+    require("srt")
+    port, events = free_port(socket.SOCK_DGRAM), Events()
+    out = open_output(f"srt://@:{port}?mode=listener&latency=50", events)
+    caller = f"srt://127.0.0.1:{port}?mode=caller"
+    with LiveEncoder(frames, Outputs([out]), paced=False) as live:
+        raw = RawReceiver(caller, "es")
+        decoded = GstReceiver(caller, fmt="mpegts")
+        try:
+            each_frame_at_once(live, lambda: events.names().count("client_joined") == 2,
+                               raw, decoded.decoded)
+        finally:
+            raw.stop()
+            decoded.stop()
+    encoder_cadence(decoded.decoded)
 
 
 # --- errors before the first frame ------------------------------------------------------------

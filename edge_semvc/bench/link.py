@@ -41,7 +41,10 @@ from .detector import GROUPS, YoloxDetector
 from .metrics import f1_score, match_counts, psnr, roi_data_note
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
-WARM_UP_S = 1.0  # the receiver's start-up (probing, first IDR) is not the link's latency
+# the receiver's start-up (probing, first IDR) is not the link's latency, and the RTP
+# timestamps of the encoder's first frames may be bunched (the RTSP server stamps none ahead
+# of its clock, and the first frames come late)
+WARM_UP_S = 1.0
 MIN_ROI_PIXELS = 28 * 256  # ROI-PSNR over less than 28 macroblocks a frame: too little data
 
 
@@ -183,10 +186,10 @@ def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
     per_frame = 90000 / float(src.fps)  # one frame in RTP's 90 kHz clock
     timed = [(pts, t) for pts, t in rx.decoded if pts is not None]  # RTP's first has none
     rel = [(round((pts - timed[0][0]) / per_frame), t) for pts, t in timed]
+    rel = rel[int(WARM_UP_S * float(src.fps)):]
     start = _align(rel, captured, tick)
     lat = [(t - captured[start + i * tick]) * 1e3 for i, t in rel
            if start + i * tick in captured and t >= captured[start + i * tick]]
-    lat = lat[int(WARM_UP_S * float(src.fps)):]
     return {"clip": Path(clip).name, "output": output, "receiver": receiver,
             "semantic": semantic, "size": f"{src.width}x{src.height}", "fps": float(src.fps),
             "frames_sent": stats["frames"], "frames_decoded": len(rx.decoded),
@@ -195,14 +198,21 @@ def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
 
 
 def _align(rel: list[tuple[int, float]], captured: dict[int, float], tick: int) -> int:
-    """The source pts of the receiver's first decoded frame. A receiver may join after the
-    first frames (RTSP starts at an IDR), and RTP timestamps start anywhere: the offset is the
-    one under which the most decoded frames come within a second after their capture, and of
-    those the latest (a later one would have frames decoded before they existed)."""
-    def fits(start: int) -> tuple[int, int]:
-        return sum(1 for i, t in rel[:100] if start + i * tick in captured
-                   and 0 <= t - captured[start + i * tick] < 1.0), start
-    return max(sorted(captured)[:300], key=fits)
+    """The source pts of the frame the receiver's RTP timestamps count from. A receiver may
+    join after the first frames (RTSP starts at an IDR), and RTP timestamps start anywhere:
+    the offset is the latest under which no frame is decoded before its capture, among those
+    that place most decoded frames on captured ones. A later offset would have frames decoded
+    before they existed; an earlier one adds whole frame periods to every latency (so this
+    needs a frame decoded within a frame period of its capture, and RTP timestamps in the
+    camera's cadence). The offset that fits the most frames is no answer: one frame more or
+    less inside the clip at its ends tips it."""
+    head = rel[:100]
+
+    def causal(start: int) -> bool:
+        mapped = [(t, captured[start + i * tick]) for i, t in head
+                  if start + i * tick in captured]
+        return 2 * len(mapped) >= len(head) and all(t >= c for t, c in mapped)
+    return max((s for s in sorted(captured)[:300] if causal(s)), default=min(captured))
 
 
 def _join_when_listening(port: int, rx: RtpReceiver) -> None:

@@ -7,18 +7,22 @@ edge_semvc, so it runs outside the project's virtual environment:
     python3 gst_child.py run CONFIG_JSON   serve until standard input ends
 
 Standard input carries the encoded access units, each as a header (`HEADER`: length, flags,
-pts - dts in nanoseconds) and the Annex-B bytes. Standard output carries JSON lines, one event
-each: `ready`, `error` (then exit 1), `client_joined`/`client_left` (address, transport),
-`peer_lost` (reason)/`peer_back` (SRT caller), `idr` (a receiver needs a key frame now) and
-`stats` (bytes_sent, packets, dropped), once a second and at the end. No secret is ever
-written: the RTSP credentials are read from the environment variables the config names.
+pts and dts in nanoseconds of the encoder's clock) and the Annex-B bytes. Standard output
+carries JSON lines, one event each: `ready`, `error` (then exit 1), `client_joined`/
+`client_left` (address, transport), `peer_lost` (reason)/`peer_back` (SRT caller), `idr` (a
+receiver needs a key frame now) and `stats` (bytes_sent, packets, dropped), once a second and
+at the end. No secret is ever written: the RTSP credentials are read from the environment
+variables the config names.
 
-Latency: the appsrc is live and each buffer is stamped with the pipeline's running time when
-it arrives (`Feed.push_to`), so nothing waits on the clock (about 1 ms from this process's
-input to an RTSP client's socket on loopback; receivers see the encoder's own cadence), and
-at most `MAX_QUEUED` bytes wait in an appsrc: more means the network does not keep up, so
-packets are dropped and that stream resumes at the next key frame (one is asked for, once
-per gap).
+Latency and timestamps: each packet goes out as soon as it arrives. Its timestamps are the
+encoder's, moved onto the pipeline's running time (`Target.running_times`) so that RTP and
+MPEG-TS timestamps keep the camera's cadence whatever the jitter between the encoder and this
+process, yet are never ahead of the clock, which the RTSP server's sinks sync to. Nothing
+holds a packet for the next one either: h264parse takes whole access units, and the MPEG-TS
+of each access unit reaches srtsink at once (`SrtSender.on_ts`; mpegtsmux's own alignment
+would keep a frame's last TS packets until the next frame). At most `MAX_QUEUED` bytes wait
+in a stream's queues: more means the network does not keep up, so packets are dropped and
+that stream resumes at the next key frame (one is asked for, once per gap).
 """
 import json
 import os
@@ -28,9 +32,10 @@ import sys
 import threading
 import time
 
-HEADER = struct.Struct("<IBQ")  # payload length, flags, pts - dts (ns)
+HEADER = struct.Struct("<IBqq")  # payload length, flags, pts and dts (ns, the encoder's clock)
 KEYFRAME = 1
-MAX_QUEUED = 1 << 20  # bytes waiting in the appsrc before packets are dropped
+MAX_QUEUED = 1 << 20  # bytes waiting in a stream's queues before packets are dropped
+MAX_LAG_NS = 1_000_000_000  # a packet stamped this far behind the clock re-anchors the stamps
 STATS_INTERVAL_MS = 1000
 BACKOFF_S = (0.5, 1, 2, 4, 8)  # between SRT connection attempts (caller)
 EOS_WAIT_S = 2  # at the end: for the SRT pipeline to send what it holds
@@ -86,26 +91,44 @@ def missing(kind):
 
 
 def read_packets(stream, on_packet):
-    """Calls on_packet(data, keyframe, reorder_ns) for each packet until standard input ends."""
+    """Calls on_packet(data, keyframe, pts_ns, dts_ns) for each packet until standard input
+    ends."""
     while True:
         head = stream.read(HEADER.size)
         if len(head) < HEADER.size:
             return
-        length, flags, reorder_ns = HEADER.unpack(head)
+        length, flags, pts_ns, dts_ns = HEADER.unpack(head)
         data = stream.read(length)
         if len(data) < length:
             return
-        on_packet(data, bool(flags & KEYFRAME), reorder_ns)
+        on_packet(data, bool(flags & KEYFRAME), pts_ns, dts_ns)
 
 
 class Target:
     """One appsrc the packets go to, and where its stream stands."""
 
-    def __init__(self, src, receivers):
+    def __init__(self, src, receivers, queues):
         self.src = src
         self.receivers = receivers  # how many receivers its packets reach now
+        self.queues = queues  # the appsrcs where its bytes wait for the network
         self.need_key = True  # drop packets until a key frame
         self.asked = False  # an IDR was asked for and has not come yet
+        self.offset = None  # running time - the encoder's time (ns)
+        self.last_dts = -1  # the last running time given
+
+    def running_times(self, now, pts_ns, dts_ns):
+        """(pts, dts) on the running time: the encoder's timestamps plus the smallest delay
+        seen so far from a packet's time to its arrival here, so the camera's cadence survives
+        the jitter on the way, and no time is ever ahead of the clock (the RTSP server's sinks
+        would hold a packet until its time). Re-anchored at `now` when a packet comes sooner
+        than any before, or more than MAX_LAG_NS late (a stall, a camera clock slower than
+        this one); never going back."""
+        dts = None if self.offset is None else dts_ns + self.offset
+        if dts is None or dts > now or dts < now - MAX_LAG_NS:
+            dts = now
+        dts = max(dts, self.last_dts + 1)
+        self.offset, self.last_dts = dts - dts_ns, dts
+        return pts_ns + self.offset, dts
 
 
 class Feed:
@@ -119,9 +142,9 @@ class Feed:
         self.bytes_sent = self.packets = self.dropped = 0
         self.lock = threading.Lock()
 
-    def attach(self, src, receivers=1):
+    def attach(self, src, receivers=1, queues=None):
         with self.lock:
-            self.targets[src] = Target(src, receivers)
+            self.targets[src] = Target(src, receivers, queues or [src])
         self.resync(src)
 
     def detach(self, src):
@@ -141,12 +164,12 @@ class Feed:
             if src in self.targets:
                 self.targets[src].receivers = receivers
 
-    def push(self, data, keyframe, reorder_ns):
+    def push(self, data, keyframe, pts_ns, dts_ns):
         with self.lock:
             targets = [t for t in self.targets.values() if self.admit(t, keyframe)]
         sent = 0
         for target in targets:
-            if self.push_to(target.src, data, keyframe, reorder_ns):
+            if self.push_to(target, data, keyframe, pts_ns, dts_ns):
                 sent += target.receivers
         if sent:
             with self.lock:
@@ -155,7 +178,7 @@ class Feed:
 
     def admit(self, target, keyframe):
         """Whether the packet goes to `target` (under the lock)."""
-        if target.src.get_property("current-level-bytes") > MAX_QUEUED:
+        if sum(q.get_property("current-level-bytes") for q in target.queues) > MAX_QUEUED:
             self.dropped += 1  # the network does not keep up
             target.need_key = True
             target.asked = target.asked and not keyframe  # the one asked for is lost
@@ -168,16 +191,14 @@ class Feed:
         target.need_key = target.asked = False
         return True
 
-    def push_to(self, src, data, keyframe, reorder_ns):
-        """Into `src`, stamped with the running time now (the presentation time adds the
-        reorder delay): the RTSP server's sinks wait for a buffer's time, so a time from the
-        stream's own clock would hold packets back (and for a late start, for good)."""
-        Gst = self.Gst
+    def push_to(self, target, data, keyframe, pts_ns, dts_ns):
+        """Into the target's appsrc, with the encoder's timestamps on the running time."""
+        Gst, src = self.Gst, target.src
         buf = Gst.Buffer.new_wrapped(data)
         clock = src.get_clock()
         if clock is not None:  # else (not yet playing) the appsrc stamps it (do-timestamp)
-            buf.dts = clock.get_time() - src.get_base_time()
-            buf.pts = buf.dts + reorder_ns
+            now = clock.get_time() - src.get_base_time()
+            buf.pts, buf.dts = target.running_times(now, pts_ns, dts_ns)
         if not keyframe:
             buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
         return src.emit("push-buffer", buf) == Gst.FlowReturn.OK
@@ -282,14 +303,18 @@ class RtspServer:
 
 
 class SrtSender:
-    """appsrc ! parse ! mpegtsmux ! srtsink. A caller reconnects with back-off when its peer
+    """appsrc ! parse ! mpegtsmux ! appsink, then appsrc ! srtsink: each access unit's MPEG-TS
+    goes to srtsink whole, as one buffer (`on_ts`), which srtsink sends in payloads of 7 TS
+    packets. mpegtsmux's alignment=7 would keep a frame's last TS packets until the next frame
+    comes (a frame's worth of delay), and no alignment would give each TS packet an SRT packet
+    of its own (44 bytes of headers for 188). A caller reconnects with back-off when its peer
     goes (srtsink's own reconnect covers a short break; a failed attempt ends the pipeline,
     which is then rebuilt); a listener counts its callers."""
 
     def __init__(self, Gst, GLib, config, feed):
         self.Gst, self.GLib, self.config, self.feed = Gst, GLib, config, feed
         self.listener = config["mode"] == "listener"
-        self.pipeline = self.src = None
+        self.pipeline = self.src = self.out = None
         self.connected = False
         self.attempt = 0
         self.callers = 0
@@ -301,10 +326,19 @@ class SrtSender:
 
     def start(self):
         Gst = self.Gst
-        desc = ("%s ! mpegtsmux alignment=7 ! srtsink name=sink uri=\"%s\" latency=%d "
-                "sync=false wait-for-connection=false"
+        # two chains: neither sink may wait for a preroll (async=false), or each would wait
+        # for the other's first buffer
+        desc = ("%s ! mpegtsmux alignment=0 ! appsink name=ts sync=false async=false "
+                "emit-signals=true buffer-list=true  appsrc name=out is-live=true format=time "
+                "max-bytes=0 caps=video/mpegts,systemstream=true,packetsize=188 ! srtsink "
+                "name=sink uri=\"%s\" latency=%d sync=false async=false "
+                "wait-for-connection=false"
                 % (appsrc_desc(self.config["codec"]), self.uri(), self.config["latency"]))
         self.pipeline = Gst.parse_launch(desc)
+        self.out = self.pipeline.get_by_name("out")
+        ts = self.pipeline.get_by_name("ts")
+        ts.connect("new-sample", self.on_ts)
+        ts.connect("eos", lambda _: self.out.emit("end-of-stream"))
         sink = self.pipeline.get_by_name("sink")
         if self.listener:
             sink.connect("caller-added", self.on_caller, "client_joined")
@@ -317,10 +351,25 @@ class SrtSender:
             self.stop()
             return error
         self.src = self.pipeline.get_by_name("src")
-        self.feed.attach(self.src, receivers=self.callers if self.listener else 0)
+        self.feed.attach(self.src, receivers=self.callers if self.listener else 0,
+                         queues=[self.src, self.out])
         if not self.listener:
             self.GLib.timeout_add(200, self.poll_connection, self.pipeline)
         return None
+
+    def on_ts(self, appsink):
+        """One access unit's TS packets (a buffer list) into srtsink's appsrc as one buffer."""
+        sample = appsink.emit("pull-sample")
+        if sample is None:  # stopping
+            return self.Gst.FlowReturn.FLUSHING
+        packets = sample.get_buffer_list()
+        if packets is None:
+            whole = sample.get_buffer()
+        else:
+            parts = (packets.get(i) for i in range(packets.length()))
+            whole = self.Gst.Buffer.new_wrapped(b"".join(p.extract_dup(0, p.get_size())
+                                                         for p in parts))
+        return self.out.emit("push-buffer", whole)
 
     def pop_error(self):
         msg = self.pipeline.get_bus().pop_filtered(self.Gst.MessageType.ERROR)

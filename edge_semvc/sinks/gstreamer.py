@@ -155,12 +155,17 @@ class _GstOutput(Output):
         data = bytes(packet.data)
         if key and not has_parameter_sets(data, self.info.codec):
             data = self.info.headers + data  # a receiver may start at any IDR
-        reorder_ns = int((packet.pts - packet.dts) * self.info.time_base * 1_000_000_000)
-        item = HEADER.pack(len(data), KEYFRAME if key else 0, max(0, reorder_ns)) + data
+        item = HEADER.pack(len(data), KEYFRAME if key else 0, self._ns(packet.pts),
+                           self._ns(packet.dts)) + data
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             self._drop()
+
+    def _ns(self, t: int) -> int:
+        """A time in the stream's time base, in nanoseconds (the child's unit)."""
+        tb = self.info.time_base
+        return t * tb.numerator * 1_000_000_000 // tb.denominator
 
     def wants_idr(self, pts: int | None) -> bool:
         # asked once the queue has room again: an IDR into a full queue would only be dropped
