@@ -15,6 +15,7 @@ import av
 import pytest
 from test_telemetry import free_port, wait_until
 
+from edge_semvc.bench.link import udp_bound
 from edge_semvc.encoders import get_encoder
 from edge_semvc.encoders.base import EncoderSettings
 from edge_semvc.errors import SinkError
@@ -24,18 +25,6 @@ from edge_semvc.sinks.stream import sdp_text
 from edge_semvc.sources import open_source
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def udp_bound(port: int) -> bool:
-    """Whether a UDP socket is bound to `port` here (the receiver listens: send now)."""
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        if any(int(line.split()[1].rsplit(":", 1)[1], 16) == port for line in lines):
-            return True
-    return False
 
 
 class Receiver(threading.Thread):

@@ -351,19 +351,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def udp_bound(port: int) -> bool:
+    """Whether a UDP socket is bound to `port` on this machine (a receiver listens there)."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(int(x.split()[1].rsplit(":", 1)[1], 16) == port for x in lines):
+            return True
+    return False
+
+
 def _wait_bound(port: int, timeout: float = 30.0) -> None:
-    """Until a socket is bound to UDP `port` here (the receiver listens)."""
+    """Until a receiver has bound UDP `port`."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for table in ("/proc/net/udp", "/proc/net/udp6"):
-            try:
-                lines = Path(table).read_text().splitlines()[1:]
-            except OSError:
-                continue
-            if any(int(x.split()[1].rsplit(":", 1)[1], 16) == port for x in lines):
-                return
+    while not udp_bound(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no receiver bound UDP port {port}")
         time.sleep(0.02)
-    raise RuntimeError(f"no receiver bound UDP port {port}")
 
 
 def _pct(values: list[float], q: float) -> float | None:
