@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checksums import sha256_file
-from .runtime import LabelerError
+from ..errors import LabelerError
 
 MANIFEST_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
