@@ -136,6 +136,12 @@ class Encoder(ABC):
         """(True, "") when this backend can run here, else (False, why not and how to fix)."""
         return True, ""
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """The registry's answer (registry.py): None when this backend runs here, else why."""
+        ok, why = cls.available()
+        return None if ok else why
+
     @abstractmethod
     def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None,
                force_idr: bool = False) -> list[Packet]:

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import LabelerError
 from ..frame import Frame
+from ..registry import Registry
 from .config import LabelerConfig
 from .decoders import (
     blazeface_anchors,
@@ -213,12 +214,12 @@ class BoxesAdapter(_BoxPlanes):
         return self.planes(boxes, g, frame)
 
 
-ADAPTERS = {
-    "probability-mask": MaskAdapter,
-    "db-text": MaskAdapter,
-    "ssd-anchors": SsdAnchorAdapter,
-    "yolox": YoloxAdapter,
-    "nanodet": NanodetAdapter,
-    "boxes": BoxesAdapter,
-}
-
+# decoder name (registry.py's DECODERS) -> its adapter
+ADAPTERS = Registry("model decoder", {
+    "probability-mask": "edge_semvc.labeler.adapters:MaskAdapter",
+    "db-text": "edge_semvc.labeler.adapters:MaskAdapter",
+    "ssd-anchors": "edge_semvc.labeler.adapters:SsdAnchorAdapter",
+    "yolox": "edge_semvc.labeler.adapters:YoloxAdapter",
+    "nanodet": "edge_semvc.labeler.adapters:NanodetAdapter",
+    "boxes": "edge_semvc.labeler.adapters:BoxesAdapter",
+}, LabelerError)

@@ -46,7 +46,7 @@ class LabelerConfig:
         from .registry import check_models_config
         from .runtime import AUTO, RUNTIMES
 
-        names = [AUTO, *RUNTIMES]
+        names = [AUTO, *RUNTIMES.names()]
         check(self.runtime in names, "labeler.runtime", self.runtime, " or ".join(names))
         check(self.reuse in ("motion", "hold"), "labeler.reuse", self.reuse, "motion or hold")
         check(0.0 < self.threshold < 1.0, "labeler.threshold", self.threshold,

@@ -31,8 +31,8 @@ class Labeler:
             key = f"labeler.models[{i}]"
             desc = describe(entry, key)
             path = prepared_file(desc, key, cache_dir)
-            adapter = ADAPTERS[desc["decoder"]](desc, open_runtime(cfg.runtime, path, cfg.threads),
-                                                cfg, key)
+            runtime = open_runtime(cfg.runtime, path, cfg.threads)
+            adapter = ADAPTERS.get(desc["decoder"])(desc, runtime, cfg, key)
             self.models.append((desc["name"], adapter))
         self.classes: list[str] = []
         for _, m in self.models:

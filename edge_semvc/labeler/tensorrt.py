@@ -217,6 +217,11 @@ class TensorRTRuntime:
 
     type_key = "tensorrt"
 
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        ok, why = available()
+        return None if ok else why
+
     def __init__(self, path: Path, threads: int = 1, precision: str | None = None,
                  directory: Path | None = None):
         path = Path(path)

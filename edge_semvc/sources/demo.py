@@ -13,10 +13,14 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from ..errors import SourceError
 from ..frame import Frame
-from . import SourceError
 
 WIDTH, HEIGHT, FPS, FRAMES = 640, 360, Fraction(30), 90
+
+
+def open_demo(uri: str, raw=None) -> DemoSource:
+    return DemoSource(uri.partition("://")[2] or "astronaut")
 
 
 class DemoSource:
