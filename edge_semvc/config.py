@@ -15,15 +15,11 @@ from typing import Any
 
 import yaml
 
-from .analysis.config import AnalysisConfig
-from .analysis.fusion import FusionConfig
-from .analysis.recurrent import AttentionConfig
-from .analysis.scene import SceneConfig
+from .analysis.config import AnalysisConfig, AttentionConfig, FusionConfig, SceneConfig
 from .config_model import ConfigDumper, ConfigLoader, check, merge, schema_of
 from .encoders.config import EncoderConfig
 from .errors import ConfigError
-from .labeler.config import LabelerConfig
-from .labeler.emotion import EmotionConfig
+from .labeler.config import EmotionConfig, LabelerConfig
 from .qp.config import QpConfig
 from .sinks.config import StreamsConfig
 
