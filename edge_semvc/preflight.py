@@ -60,16 +60,15 @@ def resolve(cfg: Config, platform: Platform | None = None) -> Choices:
 def _runtime(cfg: Config, plat: Platform) -> tuple[str, str]:
     if not plat.jetson:
         return CPU_RUNTIME, "not a Jetson: the CPU path"
-    from .labeler.registry import describe, prepared_file
+    from .labeler.registry import model_specs, prepared_file
     from .labeler.tensorrt import find_engine
 
     why = RUNTIMES.why_unavailable("tensorrt")
     if why is not None:
         return CPU_RUNTIME, f"fallback to the CPU: {why}"
     try:
-        for i, entry in enumerate(cfg.labeler.models):
-            key = f"labeler.models[{i}]"
-            find_engine(prepared_file(describe(entry, key), key, cfg.cache_dir()))
+        for spec in model_specs(cfg.labeler.models):
+            find_engine(prepared_file(spec.description, spec.key, cfg.cache_dir()))
     except EdgeSemvcError as e:
         return CPU_RUNTIME, f"fallback to the CPU: {e}"
     return "tensorrt", "TensorRT with an engine for every model"

@@ -45,3 +45,16 @@ def test_sources_are_picked_by_scheme():
     assert open_source("demo://").description
     with pytest.raises(SourceError, match="unsupported input URI scheme 'ftp://'"):
         open_source("ftp://x")
+
+
+def test_model_entries_resolve_once_into_typed_specs():
+    from edge_semvc.errors import ConfigError
+    from edge_semvc.labeler.registry import model_specs
+
+    specs = model_specs(["face_detection_short_range", {"name": "nanodet_g", "threshold": 0.4}])
+    assert [(s.key, s.name, s.decoder) for s in specs] == [
+        ("labeler.models[0]", "face_detection_short_range", "ssd-anchors"),
+        ("labeler.models[1]", "nanodet_g", "nanodet")]
+    assert "face" in specs[0].products and specs[1].description["threshold"] == 0.4
+    with pytest.raises(ConfigError, match=r"labeler.models\[0\]: unknown model 'nope'"):
+        model_specs(["nope"])

@@ -13,6 +13,7 @@ from ..values import LabelMap
 from .adapters import ADAPTERS, Adapter, SsdAnchorAdapter, _BoxPlanes
 from .config import LabelerConfig
 from .fuse import fuse, gate
+from .registry import model_specs, prepared_file
 from .reuse import PlaneCarrier
 from .runtime import open_runtime
 from .schedule import Budget, Worker
@@ -23,17 +24,13 @@ class Labeler:
 
     def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print,
                  clock=None, thread_clock=None):
-        from .registry import describe, prepared_file
-
         self.cfg = cfg
         self.models: list[tuple[str, Adapter]] = []
-        for i, entry in enumerate(cfg.models):
-            key = f"labeler.models[{i}]"
-            desc = describe(entry, key)
-            path = prepared_file(desc, key, cache_dir)
+        for spec in model_specs(cfg.models):
+            path = prepared_file(spec.description, spec.key, cache_dir)
             runtime = open_runtime(cfg.runtime, path, cfg.threads)
-            adapter = ADAPTERS.get(desc["decoder"])(desc, runtime, cfg, key)
-            self.models.append((desc["name"], adapter))
+            adapter = ADAPTERS.get(spec.decoder)(spec.description, runtime, cfg, spec.key)
+            self.models.append((spec.name, adapter))
         self.classes: list[str] = []
         for _, m in self.models:
             self.classes += [c for c in m.classes if c not in self.classes]
