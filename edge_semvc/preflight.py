@@ -23,8 +23,12 @@ from fractions import Fraction
 
 from .config import Config
 from .encoders import AUTO, CPU_ENCODER, ENCODERS
+from .encoders.base import EncoderSettings
+from .encoders.jetson_v4l2 import build_params
 from .errors import ConfigError, EdgeSemvcError
+from .labeler.registry import model_specs, prepared_file
 from .labeler.runtime import CPU_RUNTIME, RUNTIMES
+from .labeler.tensorrt import find_engine  # TensorRT itself loads only when an engine runs
 from .platform import Platform, detect
 from .qp import QP_DEVICES
 
@@ -60,9 +64,6 @@ def resolve(cfg: Config, platform: Platform | None = None) -> Choices:
 def _runtime(cfg: Config, plat: Platform) -> tuple[str, str]:
     if not plat.jetson:
         return CPU_RUNTIME, "not a Jetson: the CPU path"
-    from .labeler.registry import model_specs, prepared_file
-    from .labeler.tensorrt import find_engine
-
     why = RUNTIMES.why_unavailable("tensorrt")
     if why is not None:
         return CPU_RUNTIME, f"fallback to the CPU: {why}"
@@ -77,9 +78,6 @@ def _runtime(cfg: Config, plat: Platform) -> tuple[str, str]:
 def _encoder(cfg: Config, plat: Platform) -> tuple[str, str]:
     if not plat.jetson:
         return CPU_ENCODER, "not a Jetson: the CPU path"
-    from .encoders.base import EncoderSettings
-    from .encoders.jetson_v4l2 import build_params
-
     e = cfg.encoder
     try:  # the backend's own rules on these settings (the frame size is not known yet); a
         # serve camera with the storage profile needs rc crf, which the first refuses

@@ -27,7 +27,7 @@ class DemoSource:
     def __init__(self, name: str):
         if name != "astronaut":
             raise SourceError(f"unknown demo input {name!r} (available: demo://astronaut)")
-        from skimage import data
+        from skimage import data  # scikit-image's sample pictures: heavy, only for demo://
 
         self.image = Image.fromarray(data.astronaut())
         self.width, self.height, self.fps = WIDTH, HEIGHT, FPS
