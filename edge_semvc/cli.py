@@ -299,11 +299,16 @@ def cmd_serve(args) -> int:
     from .sinks.file import check_writable
     from .stop import set_on_signals
 
-    cfg = load_config(args.config, args.set, cls=ServeConfig)
+    def load() -> ServeConfig:  # at the start, and again on SIGHUP
+        cfg = load_config(args.config, args.set, cls=ServeConfig)
+        preflight.resolve(cfg)  # every camera's runtime and encoder (`auto`)
+        return cfg
+
+    cfg = load()
     check_writable({"--stats-json": args.stats_json})
-    preflight.resolve(cfg)  # every camera's runtime and encoder (`auto`)
-    service = Service(cfg)
-    set_on_signals(service.stop_event)  # every camera's segment is closed, then exit 0
+    service = Service(cfg, load=load)
+    # SIGTERM/SIGINT: every camera's segment is closed, then exit 0; SIGHUP: reload
+    set_on_signals(service.stop_event, reload=service.reload_event)
     status = service.run(max_seconds=args.seconds)
     if args.stats_json:
         Path(args.stats_json).write_text(json.dumps(service.summary, indent=2) + "\n")
