@@ -25,10 +25,10 @@ def test_sighup_applies_live_keys_restarts_changed_cameras_alone_and_refuses_a_b
            "record": {"dir": str(tmp_path / "rec"), "segment_seconds": 2},
            "labeler": {"cpu_budget": 0.05},
            "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port,
-                    "stats_interval": 1}}
+                    "stats_interval": 1, "home_assistant": True}}
     path = tmp_path / "serve.yml"
     path.write_text(yaml.safe_dump(cfg))
-    watcher = Watcher(broker.port, "edge_semvc/#")
+    watcher = Watcher(broker.port, "#")
 
     def on(topic):
         return [json.loads(m[1]) for m in list(watcher.messages) if m[0] == topic]
@@ -81,6 +81,10 @@ def test_sighup_applies_live_keys_restarts_changed_cameras_alone_and_refuses_a_b
         path.write_text(yaml.safe_dump(cfg))
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: events("c", "camera_removed"), what="c removed")
+        # its entities leave Home Assistant: the retained discovery configs are cleared
+        gone = "homeassistant/sensor/edge_semvc/c_fps/config"
+        wait_until(lambda: [m for m in list(watcher.messages) if m[0] == gone and not m[1]],
+                   what="c's discovery config cleared")
         more_frames("a", frames("a")[-1])
         assert proc.poll() is None, service_log(path)
         # camera a ran through all three reloads without a gap: one run, frames always rising

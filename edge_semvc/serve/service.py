@@ -188,6 +188,8 @@ class Service:
         for name in [n for n in self.cameras if n not in new.cameras]:
             self._event(name, "camera_removed", {})
             self._stop(name)
+            self._presence.pop(name, None)
+            self.telemetry.remove_camera(name)
         for name in new.cameras:
             base = self._restored(name, new.pipeline_config(name))
             cam = self.cameras.get(name)

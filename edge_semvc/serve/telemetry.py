@@ -117,6 +117,18 @@ class Telemetry:
                         self._prefix, self._config.discovery_prefix, camera):
                     self._set_retained(topic, payload)
 
+    def remove_camera(self, camera: str) -> None:
+        """A camera gone (a reload): its retained messages, discovery configs included, are
+        cleared (an empty retained payload), so Home Assistant drops its entities."""
+        with self._lock:
+            self._cameras.discard(camera)
+            topics = [t for t in self._retained if t.startswith(f"{self._prefix}/{camera}/")]
+            if self._config.home_assistant:
+                topics += [t for t, _ in homeassistant.discovery_configs(
+                    self._prefix, self._config.discovery_prefix, camera)]
+            for topic in topics:
+                self._set_retained(topic, b"")
+
     def publish_stats(self, camera: str, stats: Mapping[str, Any]) -> None:
         """Queue one stats message (a JSON object; ``time`` added when absent)."""
         body = dict(stats)
@@ -345,6 +357,9 @@ class NullTelemetry:
 
     def add_camera(self, camera: str) -> None:
         check_topic_level(camera, "camera name")
+
+    def remove_camera(self, camera: str) -> None:
+        pass
 
     def publish_stats(self, camera: str, stats: Mapping[str, Any]) -> None:
         pass
