@@ -189,7 +189,12 @@ def test_the_switch_turns_the_map_off_and_the_number_sets_the_gain(tmp_path):
         watcher.client.publish("edge_semvc/front/semantic_map/set", b"OFF", qos=1)
         wait_until(lambda: events("config_applied"), timeout=60, what="the switch's change")
         assert _state(watcher)["qp"]["enabled"] is False  # the state Home Assistant reads
-        after = stats()[-1]
+        # stats queued after the event (one sender, in order): the frames understood before
+        # the switch (up to the queues between the pipeline's threads) are all encoded by then
+        seen = len(list(watcher.messages))
+        after = wait_until(lambda: [json.loads(m[1]) for m in list(watcher.messages)[seen:]
+                                    if m[0] == "edge_semvc/front/stats"],
+                           what="stats after the switch")[0]
         later = wait_until(lambda: [s for s in stats() if s["frames"] > after["frames"] + 30
                                     and s["reconnects"] == after["reconnects"]],
                            timeout=60, what="frames after the switch")[-1]
