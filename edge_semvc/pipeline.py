@@ -107,7 +107,8 @@ def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> Encod
         keyint = None if caller_idr else max(1, round(e.storage.gop_s * source.fps))
     return EncoderSettings(
         width=source.width, height=source.height, fps=source.fps, time_base=source.time_base,
-        rc=e.rc, bitrate=e.bitrate or None, crf=e.crf, preset=e.preset, tune=e.tune or None,
+        rc=e.rate_control(), bitrate=e.bitrate or None, crf=e.crf, preset=e.preset,
+        tune=e.tune or None,
         keyint=keyint, threads=e.threads, global_headers=global_headers,
         caller_idr=caller_idr, sparse_frames=sparse, intra_refresh=e.intra_refresh,
         params=dict(e.params))
@@ -206,7 +207,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
         t1 = time.perf_counter()
         # Nothing labelled: x264 gets no map at all, exactly plain x264 (a uniform shift is
         # not neutral: it moves x264's own adaptive quantisation), so nothing to compute.
-        mapped = bool(labels.labels.any())
+        mapped = qp_cfg.enabled and bool(labels.labels.any())  # off: plain encoding
         mod = None
         if mapped and mapper is not None:  # analysis runs in the kernels: timed as qp_map
             t2 = time.perf_counter()

@@ -168,12 +168,13 @@ class BenchOptions:
 def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
     ref = read_reference(clip, o.raw, o.workdir, o.max_frames, o.detector, o.eval_every, o.log,
                          roi_labeler(cfg) if "semantic" in o.kinds else None)
-    rates = resolve_ladder(o.ladder, o.bpp, cfg.encoder.rc, ref.width, ref.height, ref.fps)
+    rates = resolve_ladder(o.ladder, o.bpp, cfg.encoder.rate_control(), ref.width, ref.height,
+                           ref.fps)
     points = []
     order = ["semantic", *[k for k in o.kinds if k != "semantic"]]
     for rate in rates:
         e = cfg.encoder
-        if e.rc == "crf":
+        if e.rate_control() == "crf":
             e.crf = float(rate)
         else:
             e.bitrate = int(rate)

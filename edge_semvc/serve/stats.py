@@ -34,6 +34,7 @@ class StatsWindow:
         classes = ["background", *(labeler.classes if labeler else [])]
         counts = stats.label_counts
         total = int(counts.sum()) if counts is not None else 0
+        staleness = _staleness(labeler)
         return {
             "state": cam.state,
             "frames": frames,
@@ -49,7 +50,11 @@ class StatsWindow:
             if stats.mb_roi else None,
             "mean_offset_background": round(stats.offset_sum_bg / stats.mb_bg, 3)
             if stats.mb_bg else None,
-            "label_staleness_frames": _staleness(labeler),
+            "label_staleness_frames": staleness,
+            # the stalest model's (a Home Assistant sensor)
+            "label_age_frames": max((v for v in staleness.values() if v is not None),
+                                    default=None),
+            "frames_with_map": stats.frames_mapped,  # in this run (qp.enabled false: none)
             "storage": _storage(stats.storage),
             "reconnects": max(runs - 1, 0),
             "outputs": cam.output_stats(),
