@@ -29,6 +29,7 @@ from .notify import Watchdog, notify_ready, notify_status, notify_stopping
 from .remote import OverrideStore, apply_change, one_line
 from .stats import CpuMeter, StatsWindow
 from .telemetry import open_telemetry
+from .web import CameraView, WebView
 
 log = logging.getLogger("edge_semvc")
 STOP_TIMEOUT_S = 25.0  # every camera drains its encoder and closes its segment in this time
@@ -48,6 +49,8 @@ class Service:
         self.telemetry = open_telemetry(cfg.mqtt, on_config_set=self.changes.submit)
         self._fps: dict[str, float] = {}
         self.summary: dict = {}  # over the whole run, once it ended (`serve --stats-json`)
+        self.views = {name: CameraView(cfg.http.live) for name in cfg.cameras} \
+            if cfg.http.enabled else {}
         for name, cam in cfg.cameras.items():
             for uri in cam.outputs:  # pre-flight: a bad output URI or missing GStreamer: exit 2
                 open_output(uri)
@@ -56,7 +59,9 @@ class Service:
                                         self._restored(name, cfg.pipeline_config(name)),
                                         cfg.record if cam.record else None, self._event,
                                         outputs=tuple(cam.outputs), loop=cam.loop,
-                                        realtime=cam.realtime, queue_frames=cam.queue_frames)
+                                        realtime=cam.realtime, queue_frames=cam.queue_frames,
+                                        view=self.views.get(name))
+        self.web = WebView(cfg, self.cameras, self.views, clock) if cfg.http.enabled else None
 
     # --- events and remote configuration -----------------------------------------------------
     def _event(self, camera: str, event: str, fields: dict) -> None:
@@ -82,11 +87,13 @@ class Service:
         windows = {name: StatsWindow(cam, self.clock) for name, cam in self.cameras.items()}
         whole_run = ({name: StatsWindow(cam, self.clock) for name, cam in self.cameras.items()},
                      CpuMeter(self.clock))
+        if self.web is not None:  # a port in use refuses the start before any camera runs
+            self.web.start()
         for name, cam in self.cameras.items():
             self.telemetry.publish_config_state(name, cam.cfg.to_dict())
             cam.start()
         self.changes.start()
-        start = last_stats = self.clock()
+        start = last_stats = last_web = self.clock()
         last_frames, ready = -1, False
         try:
             while not self.stop_event.wait(0.5):
@@ -109,6 +116,9 @@ class Service:
                         self.telemetry.publish_stats(name, snapshot)
                     notify_status(self._status())
                     last_stats = now
+                if self.web is not None and now - last_web >= self.cfg.http.stats_interval:
+                    self.web.refresh()
+                    last_web = now
                 if max_seconds and now - start >= max_seconds:
                     break
                 if all(c.state == "ended" for c in self.cameras.values()):
@@ -138,6 +148,8 @@ class Service:
         for cam in self.cameras.values():
             cam.thread.join(timeout=max(0.1, deadline - self.clock()))
         self.telemetry.close()
+        if self.web is not None:
+            self.web.close()
 
 
 def _check_record_dir(record: RecordConfig) -> None:
