@@ -10,6 +10,7 @@ const canvas = document.getElementById("overlay");
 const showQp = document.getElementById("show-qp");
 const showLabels = document.getElementById("show-labels");
 const LIVE_EDGE_S = 0.5;  // further behind the newest frame than this: jump to it
+const CATCH_UP_S = 0.15;  // further behind than this: play 10 % faster until back
 const PALETTE = ["#ffd400", "#ff00c8", "#00ff6a", "#ff8c00", "#a070ff", "#00e0e0"];
 document.getElementById("name").textContent = name;
 document.title = "edge-semvc " + name;
@@ -21,6 +22,8 @@ window.edgeSemvc = {
   lags: () => state.lags.slice(),
   overlay: () => state.drawn,
   streams: () => state.streams,
+  // the Media Source buffer ahead of the picture shown, seconds
+  buffered: () => (video.buffered.length ? video.buffered.end(video.buffered.length - 1) - video.currentTime : null),
 };
 
 // --- the live picture ------------------------------------------------------------------------
@@ -50,7 +53,9 @@ async function play() {
     const ranges = buffer.buffered;
     if (ranges.length) {
       const end = ranges.end(ranges.length - 1);
-      if (end - video.currentTime > LIVE_EDGE_S) video.currentTime = end - 0.05;
+      const ahead = end - video.currentTime;
+      if (ahead > LIVE_EDGE_S) video.currentTime = end - 0.05;
+      video.playbackRate = ahead > CATCH_UP_S ? 1.1 : 1.0;  // drift back to the newest frame
       if (video.currentTime - ranges.start(0) > 10 && !buffer.updating) {
         buffer.remove(ranges.start(0), video.currentTime - 5);  // keep memory bounded
         return;
@@ -138,7 +143,7 @@ function draw() {
     for (let y = 0; y < o.h; y++) for (let x = 0; x < o.w; x++) {
       const q = o.qp[y * o.w + x];
       if (!q) continue;
-      const a = Math.min(1, Math.abs(q) / 8) * 0.55;
+      const a = 0.25 + Math.min(1, Math.abs(q) / 6) * 0.4;
       g.fillStyle = q < 0 ? `rgba(0,200,255,${a})` : `rgba(255,80,48,${a})`;
       g.fillRect(x * cw, y * ch, cw, ch);
     }
