@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -24,6 +25,13 @@ import threading
 import time
 
 import numpy as np
+
+
+def _high(fd: int) -> int:
+    """The same pipe end at a descriptor >= 10 (the original closed)."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return high
 
 
 def find_chromium() -> str | None:
@@ -40,13 +48,15 @@ class Browser:
         self._profile = tempfile.TemporaryDirectory(prefix="edge-semvc-chromium-")
         to_browser, self._send_fd = os.pipe()
         self._recv_fd, from_browser = os.pipe()
+        # above 9, so that bash's 3<& and 4>& below never overwrite one with the other
+        to_browser, from_browser = (_high(to_browser), _high(from_browser))
         args = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
                 "--autoplay-policy=no-user-gesture-required", "--mute-audio",
                 "--no-first-run", f"--user-data-dir={self._profile.name}",
                 f"--window-size={width},{height}", "about:blank"]
         # the protocol's descriptors must be 3 (to the browser) and 4 (from it)
         self.proc = subprocess.Popen(
-            ["sh", "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}', binary, *args],
+            ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}', binary, *args],
             pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
         os.close(to_browser)

@@ -166,7 +166,7 @@ function draw() {
       g.stroke();
     }
   }
-  state.drawn = { t: o.t, qp: showQp.checked, labels: showLabels.checked };
+  state.drawn = { t: o.t, qp: showQp.checked, labels: showLabels.checked, map: o };
 }
 
 play();
