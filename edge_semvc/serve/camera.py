@@ -74,7 +74,8 @@ class Camera:
     def __init__(self, name: str, uri: str, cfg: Config, record: RecordConfig | None,
                  emit: Callable[[str, str, dict], None], *, outputs: tuple[str, ...] = (),
                  loop: bool = False, realtime: bool = True, queue_frames: int = 1,
-                 view=None, backoff: Backoff | None = None, open_input: Callable[[str], Any] = open_source,
+                 view=None, backoff: Backoff | None = None,
+                 open_input: Callable[[str], Any] = open_source,
                  clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] | None = None):
         self.name, self.uri, self.record = name, uri, record  # record None: stream only

@@ -8,8 +8,11 @@ started); the latency histograms are gauge histograms over the last frames (the 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeHistogramMetricFamily,
-                                    GaugeMetricFamily)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+)
 
 # upper bounds (seconds) of the latency buckets: a frame interval at 60 fps to a few seconds
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
