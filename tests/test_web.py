@@ -151,8 +151,9 @@ def check_overlay_toggles(browser) -> None:
     drawn = browser.wait_for("window.edgeSemvc.overlay()")
     assert drawn["qp"] and drawn["labels"]
     qp = np.asarray(drawn["map"]["qp"]).reshape(drawn["map"]["h"], drawn["map"]["w"])
-    box = browser.evaluate("(() => { const r = document.getElementById('video')"
-                           ".getBoundingClientRect(); return [r.left, r.top, r.width]; })()")
+    box = browser.evaluate("(() => { const v = document.getElementById('video'); "
+                           "const r = v.getBoundingClientRect(); "
+                           "return [r.left, r.top, r.width / v.videoWidth]; })()")
     on = screenshot(browser)
     browser.evaluate("document.getElementById('show-qp').click()")
     time.sleep(0.3)
@@ -161,8 +162,7 @@ def check_overlay_toggles(browser) -> None:
     time.sleep(0.3)
     bare = screenshot(browser)
     assert browser.evaluate("window.edgeSemvc.overlay()")["qp"] is False
-    left, top, width = box
-    scale = width / (qp.shape[1] * 16)
+    left, top, scale = box  # CSS pixels per picture pixel
     ys, xs = np.mgrid[0:qp.shape[0], 0:qp.shape[1]]
     px = (left + (xs * 16 + 8) * scale).astype(int)
     py = (top + (ys * 16 + 8) * scale).astype(int)

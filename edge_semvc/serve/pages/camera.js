@@ -98,7 +98,7 @@ function showFigures(s) {
     ["label age (frames)", Object.entries(s.label_staleness_frames || {})
       .map(([m, v]) => m + " " + v).join(", ") || "-"],
     ["mean QP offset, regions / background", (s.mean_offset_roi ?? "-") + " / " + (s.mean_offset_background ?? "-")],
-    ["stream clients", (s.outputs || []).map((o) => o.uri + ": " + (o.clients ?? "-")).join(", ") || "-"],
+    ["stream clients", (s.outputs || []).filter((o) => o.clients !== undefined).map((o) => o.uri + ": " + (o.clients ?? "-")).join(", ") || "-"],
   ];
   document.getElementById("figures").replaceChildren(...rows.map(([k, v]) => {
     const tr = document.createElement("tr");
