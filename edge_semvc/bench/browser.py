@@ -6,10 +6,12 @@ JavaScript in it and takes screenshots; the tests drive `serve`'s pages with it.
 
     python -m edge_semvc.bench.browser http://127.0.0.1:8480/cameras/front [--seconds 20]
 
-prints, for the camera page at that address, how far the picture shown trails the encoder's
-newest frame (`window.edgeSemvc.lags()`: the newest overlay's presentation time minus the
-video's currentTime, sampled at every drawn frame; it includes the fragment the muxer holds
-back, the network and the Media Source buffer) and the frames the video decoded meanwhile.
+prints, for the camera page at that address, the time from the pipeline handing a frame to the
+encoder to the browser displaying it (`window.edgeSemvc.lags()`: per frame shown, its
+`requestVideoFrameCallback` display time minus the wall-clock time the overlay messages give
+that frame; it includes the encoder, the fragment the muxer holds back, the network and the
+Media Source buffer) and the frames the video decoded meanwhile. Capture to the encoder is
+the stats' `latency_ms.end_to_end`; the two add up to glass to glass but for the display.
 """
 from __future__ import annotations
 
@@ -159,7 +161,7 @@ class Browser:
 
 
 def page_lag(browser: Browser, seconds: float) -> dict:
-    """The camera page's lag behind the encoder over `seconds` (the page is open and playing)."""
+    """The camera page's encoder-to-screen latency over `seconds` (the page is open, playing)."""
     frames0 = browser.evaluate("window.edgeSemvc.frames()")
     lags: list[float] = []
     end = time.monotonic() + seconds

@@ -50,6 +50,7 @@ class Overlay:
     """The newest frame's maps, as the pipeline handed them (values, never changed after)."""
 
     t: float  # the frame's presentation time, seconds (the video's currentTime)
+    wall: float  # when the pipeline handed it over (time.time(): the page's latency figure)
     offsets: np.ndarray  # QpMap.offsets, float32[mb_h, mb_w]
     labels: np.ndarray | None  # LabelMap.labels, int16[mb_h, mb_w]
     classes: tuple[str, ...]
@@ -57,7 +58,7 @@ class Overlay:
     def message(self) -> dict:
         h, w = self.offsets.shape
         labels = self.labels if self.labels is not None and self.labels.shape == (h, w) else None
-        return {"t": round(self.t, 4), "w": w, "h": h,
+        return {"t": round(self.t, 4), "wall": round(self.wall, 4), "w": w, "h": h,
                 "qp": np.rint(self.offsets).astype(int).ravel().tolist(),
                 "labels": labels.astype(int).ravel().tolist() if labels is not None else [],
                 "classes": list(self.classes)}
@@ -73,7 +74,7 @@ class CameraView:
     def frame(self, frame, labels, qp) -> None:
         """Called in the camera's thread per frame: one reference kept, nothing computed."""
         t = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
-        self.overlay = Overlay(t, qp.offsets, getattr(labels, "labels", None),
+        self.overlay = Overlay(t, time.time(), qp.offsets, getattr(labels, "labels", None),
                                tuple(getattr(labels, "classes", ())))
 
 

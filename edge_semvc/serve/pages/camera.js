@@ -18,7 +18,8 @@ document.title = "edge-semvc " + name;
 const state = { overlays: [], lags: [], streams: 0, drawn: null };
 window.edgeSemvc = {
   frames: () => (video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality().totalVideoFrames : 0),
-  // how far the picture shown trails the encoder's newest frame, seconds (the last 300 draws)
+  // seconds from the pipeline handing a frame to the encoder to the browser showing it (the
+  // last 300 frames shown; both clocks are the wall clock: same machine, or NTP-synchronised)
   lags: () => state.lags.slice(),
   overlay: () => state.drawn,
   streams: () => state.streams,
@@ -92,7 +93,7 @@ function showFigures(s) {
     ["bitrate / target (kbit/s)", s.bitrate_kbps + " / " + (s.target_kbps ?? "-")],
     ["dropped frames", s.dropped_frames],
     ["capture to encoded p50 / p95 (ms)", (lat.p50 ?? "-") + " / " + (lat.p95 ?? "-")],
-    ["page behind the encoder (ms)", lag === null ? "-" : Math.round(lag * 1000)],
+    ["encoder to screen (ms)", lag === null ? "-" : Math.round(lag * 1000)],
     ["label coverage", Object.entries(s.label_coverage || {}).filter(([c]) => c !== "background")
       .map(([c, v]) => c + " " + (100 * v).toFixed(1) + " %").join(", ") || "-"],
     ["label age (frames)", Object.entries(s.label_staleness_frames || {})
@@ -128,11 +129,6 @@ function current() {
 function draw() {
   requestAnimationFrame(draw);
   const o = current();
-  const newest = state.overlays[state.overlays.length - 1];
-  if (newest && !video.paused && video.readyState >= 2) {
-    state.lags.push(newest.t - video.currentTime);
-    if (state.lags.length > 300) state.lags.shift();
-  }
   const g = canvas.getContext("2d");
   if (!o || !video.videoWidth) { g.clearRect(0, 0, canvas.width, canvas.height); return; }
   if (canvas.width !== video.videoWidth) canvas.width = video.videoWidth;
@@ -168,6 +164,22 @@ function draw() {
   }
   state.drawn = { t: o.t, qp: showQp.checked, labels: showLabels.checked, map: o };
 }
+
+// per frame shown: its wall-clock time from the overlay of the nearest frame (media time and
+// wall time advance together), compared with when it is displayed
+function shown(now, frame) {
+  let near = null;
+  for (const o of state.overlays) {
+    if (!near || Math.abs(o.t - frame.mediaTime) < Math.abs(near.t - frame.mediaTime)) near = o;
+  }
+  if (near && Math.abs(near.t - frame.mediaTime) < 0.5) {
+    const handed = near.wall + (frame.mediaTime - near.t);
+    state.lags.push((performance.timeOrigin + frame.expectedDisplayTime) / 1000 - handed);
+    if (state.lags.length > 300) state.lags.shift();
+  }
+  video.requestVideoFrameCallback(shown);
+}
+if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(shown);
 
 play();
 requestAnimationFrame(draw);
