@@ -40,6 +40,7 @@ from .stats import CpuMeter, StatsWindow
 log = logging.getLogger("edge_semvc")
 OVERLAY_HZ = 10.0  # overlay messages per second and reader at most
 KEEPALIVE_S = 10.0  # a comment line on quiet event streams (proxies close idle ones)
+IDLE_S = 30.0  # socket timeout of each connection (a request that never comes, a reader gone)
 MAX_STREAMS = 32  # concurrent live.mp4 and events readers; more get 503
 PAGES = {"/": "index.html", "/camera.js": "camera.js"}
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
@@ -59,7 +60,7 @@ class Overlay:
         h, w = self.offsets.shape
         labels = self.labels if self.labels is not None and self.labels.shape == (h, w) else None
         return {"t": round(self.t, 4), "wall": round(self.wall, 4), "w": w, "h": h,
-                "qp": np.rint(self.offsets).astype(int).ravel().tolist(),
+                "qp": np.round(self.offsets.astype(float), 1).ravel().tolist(),
                 "labels": labels.astype(int).ravel().tolist() if labels is not None else [],
                 "classes": list(self.classes)}
 
@@ -176,6 +177,7 @@ def _handler(web: WebView):
     class Handler(BaseHTTPRequestHandler):
         server_version = "edge-semvc"
         protocol_version = "HTTP/1.1"
+        timeout = IDLE_S  # a client that sends nothing, or reads nothing, is dropped
 
         def log_message(self, fmt, *args) -> None:  # the service's log, at debug level
             log.debug("http: %s %s", self.address_string(), fmt % args)
