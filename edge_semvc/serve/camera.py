@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import Config
 from ..errors import EdgeSemvcError, SinkError, SourceError, WriteError
@@ -39,6 +39,9 @@ from ..sinks.segments import SegmentOutput
 from ..sources import LIVE_SCHEMES, open_source
 from ..sources.paced import PacedSource
 from .remote import dotted_keys, one_line
+
+if TYPE_CHECKING:
+    from .web import CameraView
 
 log = logging.getLogger("edge_semvc")
 TIMING_WINDOW = 1000  # frames over which stage latencies are reported
@@ -74,14 +77,14 @@ class Camera:
     def __init__(self, name: str, uri: str, cfg: Config, record: RecordConfig | None,
                  emit: Callable[[str, str, dict], None], *, outputs: tuple[str, ...] = (),
                  loop: bool = False, realtime: bool = True, queue_frames: int = 1,
-                 view=None, backoff: Backoff | None = None,
+                 view: CameraView | None = None, backoff: Backoff | None = None,
                  open_input: Callable[[str], Any] = open_source,
                  clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] | None = None):
         self.name, self.uri, self.record = name, uri, record  # record None: stream only
         self.cfg = self.good = cfg  # in use / last kept (cfg differs while a change is on trial)
         self.output_uris = tuple(outputs)  # stream outputs beside the recording
-        self.view = view  # the web page's (serve/web.py CameraView): live feed and overlay
+        self.view = view  # the web page's: live feed and overlay (http.enabled)
         self.outputs: Outputs | None = None  # the current run's
         self.emit = lambda event, **fields: emit(name, event, fields)
         self.live = uri.partition("://")[0] in LIVE_SCHEMES

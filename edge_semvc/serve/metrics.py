@@ -29,9 +29,9 @@ class _Figures:
         g = _Families()
         for cam, f in self.figures.items():
             s = f.stats
-            g.counter("frames", "Frames encoded", [cam], f.frames_total)
+            g.counter("frames", "Frames encoded", [cam], s["frames"])
             g.counter("dropped_frames", "Frames dropped before the pipeline (late or lost)",
-                      [cam], f.dropped_total)
+                      [cam], s["dropped_frames"])
             g.gauge("fps", "Frames per second over the last interval", [cam], s["fps"])
             g.gauge("bitrate_bits_per_second", "Encoded bitrate over the last interval", [cam],
                     s["bitrate_kbps"] * 1e3)

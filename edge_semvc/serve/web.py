@@ -85,8 +85,6 @@ class Figures:
 
     stats: dict
     latency_ms: dict[str, tuple[float, ...]]  # "end_to_end" and each pipeline stage
-    frames_total: int
-    dropped_total: int
 
 
 class WebView:
@@ -136,8 +134,7 @@ class WebView:
             latency = {"end_to_end": tuple(cam.latency_ms)}
             for stage, values in cam.stats.timings.items():
                 latency[stage] = tuple(values)
-            figures[name] = Figures(window.snapshot(percent), latency, cam.frames_total,
-                                    cam.dropped())
+            figures[name] = Figures(window.snapshot(percent), latency)
         self.figures = figures
 
     def close(self) -> None:
