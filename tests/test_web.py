@@ -144,10 +144,11 @@ def test_web_endpoint_and_camera_page_in_chromium(tmp_path, monkeypatch, chromiu
 
 
 def check_overlay_toggles(browser) -> None:
-    """Pause the picture, screenshot with the QP map on and off: where the map is negative the
+    """Freeze the picture, screenshot with the QP map on and off: where the map is negative the
     overlay adds blue, where positive red; the label outlines toggle too."""
-    browser.evaluate("document.getElementById('video').pause()")
+    browser.evaluate("document.getElementById('freeze').click()")
     time.sleep(0.5)
+    assert browser.evaluate("document.getElementById('video').paused")
     drawn = browser.wait_for("window.edgeSemvc.overlay()")
     assert drawn["qp"] and drawn["labels"]
     qp = np.asarray(drawn["map"]["qp"]).reshape(drawn["map"]["h"], drawn["map"]["w"])

@@ -9,6 +9,8 @@ const video = document.getElementById("video");
 const canvas = document.getElementById("overlay");
 const showQp = document.getElementById("show-qp");
 const showLabels = document.getElementById("show-labels");
+const freeze = document.getElementById("freeze");  // hold the picture (and its overlay)
+freeze.addEventListener("change", () => (freeze.checked ? video.pause() : video.play()));
 const LIVE_EDGE_S = 0.5;  // further behind the newest frame than this: jump to it
 const CATCH_UP_S = 0.15;  // further behind than this: play 10 % faster until back
 const PALETTE = ["#ffd400", "#ff00c8", "#00ff6a", "#ff8c00", "#a070ff", "#00e0e0"];
@@ -52,7 +54,7 @@ async function play() {
   };
   buffer.addEventListener("updateend", () => {
     const ranges = buffer.buffered;
-    if (ranges.length) {
+    if (ranges.length && !freeze.checked) {
       const end = ranges.end(ranges.length - 1);
       const ahead = end - video.currentTime;
       if (ahead > LIVE_EDGE_S) video.currentTime = end - 0.05;
@@ -62,7 +64,7 @@ async function play() {
         return;
       }
     }
-    if (video.paused) video.play().catch(() => {});
+    if (video.paused && !freeze.checked) video.play().catch(() => {});
     feed();
   });
   const reader = response.body.getReader();
