@@ -4,7 +4,6 @@ a browser play with real-time timestamps."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from fractions import Fraction
 
@@ -223,11 +222,7 @@ def test_ffmpeg_shows_every_source_frame_at_its_time(tmp_path):
         assert abs(x - scene.square_x(i)) <= 4
 
 
-def test_browser_plays_the_mp4(tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no Chromium here (apt-get install chromium): the MP4 is checked by "
-                    "PyAV and FFmpeg only")
+def test_browser_plays_the_mp4(tmp_path, chromium):
     scene = Scene(60, move_from=40)
     out, stats = encode(tmp_path, scene)
     assert stats["storage"]["frames_skipped"] > 20
