@@ -38,7 +38,7 @@ from .analysis.change import block_mad
 from .analysis.complexity import block_samples
 from .analysis.scene import SceneAnalyser, SceneConfig
 from .encoders.config import StorageConfig
-from .frame import Frame
+from .frame import MB, Frame, pad_to_mb
 from .values import LabelMap
 
 NEW_OBJECT_MBS = 2  # a labelled component this big, apart from all of the last second's
@@ -54,6 +54,7 @@ class Observation:
     changed: float  # fraction of macroblocks that changed beyond noise since the previous frame
     cut: bool  # a new scene starts here
     appeared: bool  # a labelled object appeared
+    picture: Frame | None = None  # what the encoder gets instead of the frame (denoised)
 
 
 class Observer:
@@ -70,6 +71,7 @@ class Observer:
         self._floor: np.ndarray | None = None
         self._up = 1.0 / max(2.0 * float(fps), 1.0)  # a higher difference lifts it over ~2 s
         self._seen: deque[np.ndarray] = deque(maxlen=max(1, round(float(fps))))
+        self.filter = BackgroundFilter(cfg.denoise_frames) if cfg.denoise else None
 
     def observe(self, frame: Frame, labels: LabelMap | None, blocks: np.ndarray | None = None,
                 cut: bool = False) -> Observation:
@@ -93,7 +95,11 @@ class Observer:
         floor = self._floor if self._floor is not None else np.zeros(blocks.shape[::2], np.float32)
         threshold = (cfg.noise_factor * floor + cfg.noise_margin).astype(np.float32)
         changed = 0.0 if diff is None else float((diff > threshold).mean())
-        return Observation(blocks, threshold, changed, cut, self._appeared(labels))
+        picture = None
+        if self.filter is not None:
+            protect = None if labels is None else labels.labels > 0
+            picture = self.filter.apply(frame, threshold, protect, cut)
+        return Observation(blocks, threshold, changed, cut, self._appeared(labels), picture)
 
     def _appeared(self, labels: LabelMap | None) -> bool:
         if labels is None:
@@ -112,6 +118,43 @@ class Observer:
             appeared = bool((sizes[fresh] >= NEW_OBJECT_MBS).any())
         self._seen.append(now)
         return appeared
+
+
+class BackgroundFilter:
+    """A temporal average of every macroblock in which nothing changed beyond noise, so the
+    encoder codes the scene and not its sensor noise."""
+
+    def __init__(self, frames: int):
+        self.frames = frames
+        self._mean: list[np.ndarray] | None = None  # float32 planes, padded to the grid
+        self._count: np.ndarray | None = None  # frames averaged per macroblock
+
+    def apply(self, frame: Frame, threshold: np.ndarray, protect: np.ndarray | None,
+              cut: bool) -> Frame:
+        planes = [pad_to_mb(p, b).astype(np.float32)
+                  for p, b in ((frame.y, MB), (frame.u, MB // 2), (frame.v, MB // 2))]
+        mb_h, mb_w = threshold.shape
+        if (cut or self._mean is None or self._mean[0].shape != planes[0].shape):
+            self._mean, self._count = planes, np.ones((mb_h, mb_w), np.float32)
+            return frame
+        y = planes[0]
+        # the largest 4x4 mean difference in each macroblock: a small object's edge counts
+        d = np.abs(y - self._mean[0]).reshape(mb_h * 4, 4, mb_w * 4, 4).mean(axis=(1, 3))
+        d = d.reshape(mb_h, 4, mb_w, 4).max(axis=(1, 3))
+        changed = d > threshold
+        if protect is not None:
+            changed |= ndimage.binary_dilation(protect)
+        self._count = np.where(changed, 1.0, np.minimum(self._count + 1, self.frames))
+        weight = (1.0 / self._count).astype(np.float32)
+        out = []
+        for i, (plane, size) in enumerate(zip(planes, (MB, MB // 2, MB // 2))):
+            w = np.repeat(np.repeat(weight, size, 0), size, 1)
+            self._mean[i] += (plane - self._mean[i]) * w
+            out.append(np.rint(self._mean[i]).astype(np.uint8))
+        h, wd = frame.y.shape
+        ch, cw = frame.u.shape
+        return Frame(out[0][:h, :wd], out[1][:ch, :cw], out[2][:ch, :cw], frame.pts,
+                     frame.time_base, frame.index)
 
 
 @dataclass

@@ -23,6 +23,8 @@ class StorageConfig:
     noise_factor: float = 2.5  # a block changed when its difference exceeds this x its noise
     noise_margin: float = 1.5  # ... plus this many luma levels (8-bit quantisation, dark scenes)
     object_idr: bool = True  # with dynamic_gop: an IDR where a labelled object appears
+    denoise: bool = False  # a temporal average where nothing changed beyond noise
+    denoise_frames: int = 8  # ... over at most this many frames
 
     def validate(self) -> None:
         check(self.gop_s > 0, "encoder.storage.gop_s", self.gop_s, "> 0 seconds")
