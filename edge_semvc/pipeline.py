@@ -330,8 +330,6 @@ class _Recorder:
 
     def record(self, frame: Frame, offsets: np.ndarray | None, cut: bool, obs) -> None:
         t0, stats = time.perf_counter(), self.stats
-        if obs is not None and obs.picture is not None:  # the storage profile's denoised frame
-            frame = obs.picture
         segment_start = self.sink.wants_idr(frame.pts)  # a segment starts, a receiver joined
         if stats.storage is not None:
             decision = stats.storage.decide(frame, obs, segment_start)

@@ -1,16 +1,15 @@
 """The storage profile (`encoder.profile: storage`): fewer bytes for recorded video, beside
 the semantic map, from two decisions taken before each frame reaches the encoder:
 
-- Dynamic GOP: the pipeline places every IDR (the encoder places none of its own). The
-  interval starts at `gop_s`; each GOP that was static (on average at most `static_area` of
-  the frame changed beyond noise per frame) doubles it, up to `gop_max_s`; a GOP with more
-  movement sets it back. Events get an IDR at once and start the interval again: a scene cut
-  (the scene analyser's detector, analysis/scene.py, which keeps cuts apart itself), and a
-  labelled object appearing where nothing was labelled for the last second, if the last IDR
-  is at least `gop_s` old (an IDR costs a whole intra picture: on a busy street, where people
-  come and go every second, half a GOP cost 10-20 % more bytes than the fixed 2 s GOP; the
-  second of history keeps a flickering detection from counting again and again). A
-  recording segment's first frame is always an IDR (the sink asks).
+- Long GOP: the pipeline places every IDR (the encoder places none of its own), one every
+  `gop_s` (10 s) of real time, and at once where a scene cut starts a new scene (the scene
+  analyser's detector, analysis/scene.py, which keeps cuts apart itself; nearly free, as a new
+  scene's first picture is coded intra anyway). A recording segment's first frame is always
+  an IDR (the sink asks). From a fixed camera an intra picture is most of what a 2-second GOP
+  costs (street, CRF 28: 66 % of plain x264's bytes), and a P-frame codes moving people as
+  well as an I-frame would: so the GOP is long whether the scene moves or not, and bounded
+  only by seeking and by how long a lost packet shows (BENCHMARKS.md, "Storage profile").
+  Counted in time, not frames: with the dynamic frame rate x264's keyint would stretch.
 - Dynamic frame rate: a frame is not encoded when nothing changed beyond sensor noise since
   the last encoded frame: every macroblock's mean absolute luma difference to that frame
   stays under `noise_factor` x its noise floor + `noise_margin`, and no object appeared.
@@ -38,7 +37,7 @@ from .analysis.change import block_mad
 from .analysis.complexity import block_samples
 from .analysis.scene import SceneAnalyser, SceneConfig
 from .encoders.config import StorageConfig
-from .frame import MB, Frame, pad_to_mb
+from .frame import Frame
 from .values import LabelMap
 
 NEW_OBJECT_MBS = 2  # a labelled component this big, apart from all of the last second's
@@ -51,14 +50,12 @@ class Observation:
 
     blocks: np.ndarray  # luma samples per macroblock (analysis.complexity.block_samples)
     threshold: np.ndarray  # float32[mb_h, mb_w]: a difference above this is not noise
-    changed: float  # fraction of macroblocks that changed beyond noise since the previous frame
     cut: bool  # a new scene starts here
     appeared: bool  # a labelled object appeared
-    picture: Frame | None = None  # what the encoder gets instead of the frame (denoised)
 
 
 class Observer:
-    """Per frame, in order: noise floors, change area, cuts and objects appearing.
+    """Per frame, in order: noise floors, cuts and objects appearing.
 
     `cuts`: run our own cut detector (False when the scene extension runs one and passes its
     verdict to `observe`)."""
@@ -71,7 +68,6 @@ class Observer:
         self._floor: np.ndarray | None = None
         self._up = 1.0 / max(2.0 * float(fps), 1.0)  # a higher difference lifts it over ~2 s
         self._seen: deque[np.ndarray] = deque(maxlen=max(1, round(float(fps))))
-        self.filter = BackgroundFilter(cfg.denoise_frames) if cfg.denoise else None
 
     def observe(self, frame: Frame, labels: LabelMap | None, blocks: np.ndarray | None = None,
                 cut: bool = False) -> Observation:
@@ -80,10 +76,12 @@ class Observer:
         if self.scene is not None:
             cut = self.scene.analyse(frame).cut
         prev, self._prev = self._prev, blocks
+        # the floor known before this frame: its own difference must not excuse itself (the
+        # second frame of a run would always pass for noise)
+        floor = self._floor
         if prev is None or prev.shape != blocks.shape:
-            self._floor = None
+            self._floor = floor = None
             self._seen.clear()
-            diff = None
         else:
             diff = block_mad(prev, blocks)
             if self._floor is None:
@@ -92,14 +90,10 @@ class Observer:
                 rate = np.where(diff < self._floor, 0.5, self._up).astype(np.float32)
                 self._floor = self._floor + rate * (diff - self._floor)
         cfg = self.cfg
-        floor = self._floor if self._floor is not None else np.zeros(blocks.shape[::2], np.float32)
+        if floor is None:
+            floor = np.zeros(blocks.shape[::2], np.float32)
         threshold = (cfg.noise_factor * floor + cfg.noise_margin).astype(np.float32)
-        changed = 0.0 if diff is None else float((diff > threshold).mean())
-        picture = None
-        if self.filter is not None:
-            protect = None if labels is None else labels.labels > 0
-            picture = self.filter.apply(frame, threshold, protect, cut)
-        return Observation(blocks, threshold, changed, cut, self._appeared(labels), picture)
+        return Observation(blocks, threshold, cut, self._appeared(labels))
 
     def _appeared(self, labels: LabelMap | None) -> bool:
         if labels is None:
@@ -120,47 +114,10 @@ class Observer:
         return appeared
 
 
-class BackgroundFilter:
-    """A temporal average of every macroblock in which nothing changed beyond noise, so the
-    encoder codes the scene and not its sensor noise."""
-
-    def __init__(self, frames: int):
-        self.frames = frames
-        self._mean: list[np.ndarray] | None = None  # float32 planes, padded to the grid
-        self._count: np.ndarray | None = None  # frames averaged per macroblock
-
-    def apply(self, frame: Frame, threshold: np.ndarray, protect: np.ndarray | None,
-              cut: bool) -> Frame:
-        planes = [pad_to_mb(p, b).astype(np.float32)
-                  for p, b in ((frame.y, MB), (frame.u, MB // 2), (frame.v, MB // 2))]
-        mb_h, mb_w = threshold.shape
-        if (cut or self._mean is None or self._mean[0].shape != planes[0].shape):
-            self._mean, self._count = planes, np.ones((mb_h, mb_w), np.float32)
-            return frame
-        y = planes[0]
-        # the largest 4x4 mean difference in each macroblock: a small object's edge counts
-        d = np.abs(y - self._mean[0]).reshape(mb_h * 4, 4, mb_w * 4, 4).mean(axis=(1, 3))
-        d = d.reshape(mb_h, 4, mb_w, 4).max(axis=(1, 3))
-        changed = d > threshold
-        if protect is not None:
-            changed |= ndimage.binary_dilation(protect)
-        self._count = np.where(changed, 1.0, np.minimum(self._count + 1, self.frames))
-        weight = (1.0 / self._count).astype(np.float32)
-        out = []
-        for i, (plane, size) in enumerate(zip(planes, (MB, MB // 2, MB // 2))):
-            w = np.repeat(np.repeat(weight, size, 0), size, 1)
-            self._mean[i] += (plane - self._mean[i]) * w
-            out.append(np.rint(self._mean[i]).astype(np.uint8))
-        h, wd = frame.y.shape
-        ch, cw = frame.u.shape
-        return Frame(out[0][:h, :wd], out[1][:ch, :cw], out[2][:ch, :cw], frame.pts,
-                     frame.time_base, frame.index)
-
-
 @dataclass
 class Decision:
     encode: bool
-    idr: str | None = None  # why this frame is an IDR: start, segment, scene_cut, object, interval
+    idr: str | None = None  # why this frame is an IDR: start, segment, scene_cut, interval
 
 
 class StoragePolicy:
@@ -169,12 +126,10 @@ class StoragePolicy:
 
     def __init__(self, cfg: StorageConfig, fps: Fraction, time_base: Fraction):
         self.cfg, self.fps, self.time_base = cfg, Fraction(fps), Fraction(time_base)
-        self.target = cfg.gop_s
         self._ref: np.ndarray | None = None  # samples of the last encoded frame
         self._last_encoded: float | None = None
         self._last_idr: float | None = None
         self._last_seen: float | None = None
-        self._gop_changed = [0.0, 0]  # the open GOP's summed change area and its frames
         self.skipped = 0
         self.encoded = 0
         self.reasons: Counter[str] = Counter()
@@ -191,8 +146,6 @@ class StoragePolicy:
     def decide(self, frame: Frame, obs: Observation, segment_start: bool) -> Decision:
         cfg, t = self.cfg, self._seconds(frame)
         self._last_seen = t
-        self._gop_changed[0] += obs.changed
-        self._gop_changed[1] += 1
         idr = self._idr_reason(t, obs, segment_start)
         encode = idr is not None or not cfg.dynamic_fps or self._something_new(t, obs)
         if not encode:
@@ -221,9 +174,7 @@ class StoragePolicy:
             return None  # the encoder's own fixed GOP (keyint = gop_s)
         if obs.cut:  # nearly free: the first picture of a new scene is coded intra anyway
             return "scene_cut"
-        if since >= cfg.gop_s and obs.appeared and cfg.object_idr:
-            return "object"
-        if since >= self.target - 0.5 / float(self.fps):  # the frame nearest the target
+        if since >= cfg.gop_s - 0.5 / float(self.fps):  # the frame nearest the interval
             return "interval"
         return None
 
@@ -235,13 +186,9 @@ class StoragePolicy:
         return bool((block_mad(self._ref, obs.blocks) > obs.threshold).any())
 
     def _start_gop(self, t: float, reason: str, index: int) -> None:
-        cfg = self.cfg
         if self._last_idr is not None:
             self.gops = _with_gop(self.gops, t - self._last_idr)
-            changed, frames = self._gop_changed
-            static = changed / max(frames, 1) <= cfg.static_area
-            self.target = min(self.target * 2, cfg.gop_max_s) if static else cfg.gop_s
-        self._last_idr, self._gop_changed = t, [0.0, 0]
+        self._last_idr = t
         self.reasons[reason] += 1
         self.idr_log.append({"frame": index, "time_s": round(t, 3), "reason": reason})
 
