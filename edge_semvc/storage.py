@@ -5,8 +5,8 @@ the semantic map, from two decisions taken before each frame reaches the encoder
   `gop_s` (10 s) of real time, and at once where a scene cut starts a new scene (the scene
   analyser's detector, analysis/scene.py, which keeps cuts apart itself; nearly free, as a new
   scene's first picture is coded intra anyway). A recording segment's first frame is always
-  an IDR (the sink asks). From a fixed camera an intra picture is most of what a 2-second GOP
-  costs (street, CRF 28: 66 % of plain x264's bytes), and a P-frame codes moving people as
+  an IDR (the sink asks). From a fixed camera the intra pictures are most of what a 2-second
+  GOP costs (street, CRF 28: 67 % of plain x264's bytes), and a P-frame codes moving people as
   well as an I-frame would: so the GOP is long whether the scene moves or not, and bounded
   only by seeking and by how long a lost packet shows (BENCHMARKS.md, "Storage profile").
   Counted in time, not frames: with the dynamic frame rate x264's keyint would stretch.
