@@ -335,7 +335,8 @@ def run(args) -> int:
                                     f"encoder.profile={args.profile}",
                                     f"encoder.preset={args.preset}", f"encoder.tune={args.tune}",
                                     # placeholder so abr/cbr validate; each point sets its own
-                                    "encoder.bitrate=1000000"])
+                                    # (with crf a bitrate is a VBV cap: only the user's --set)
+                                    *([] if args.rc == "crf" else ["encoder.bitrate=1000000"])])
     prepare_config(cfg, cfg.cache_dir(), log=lambda m: print(m, file=sys.stderr))
     ladder = None
     if args.bpp and (args.ladder or args.rc == "crf" or min(args.bpp) <= 0):
