@@ -43,7 +43,8 @@ def find_chromium() -> str | None:
 class Browser:
     """A headless Chromium with one page (`open(url)`); a context manager."""
 
-    def __init__(self, binary: str | None = None, width: int = 800, height: int = 600):
+    def __init__(self, binary: str | None = None, width: int = 800, height: int = 600,
+                 flags: tuple[str, ...] = ()):
         binary = binary or find_chromium()
         if binary is None:
             raise FileNotFoundError("no Chromium (apt-get install chromium)")
@@ -55,7 +56,7 @@ class Browser:
         args = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
                 "--autoplay-policy=no-user-gesture-required", "--mute-audio",
                 "--no-first-run", f"--user-data-dir={self._profile.name}",
-                f"--window-size={width},{height}", "about:blank"]
+                f"--window-size={width},{height}", *flags, "about:blank"]
         # the protocol's descriptors must be 3 (to the browser) and 4 (from it)
         self.proc = subprocess.Popen(
             ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}', binary, *args],
