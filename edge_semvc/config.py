@@ -15,15 +15,12 @@ from typing import Any
 
 import yaml
 
-from .analysis.config import AnalysisConfig
-from .analysis.fusion import FusionConfig
-from .analysis.recurrent import AttentionConfig
-from .analysis.scene import SceneConfig
+from .analysis.config import AnalysisConfig, AttentionConfig, FusionConfig, SceneConfig
 from .config_model import ConfigDumper, ConfigLoader, check, merge, schema_of
 from .encoders.config import EncoderConfig
 from .errors import ConfigError
-from .labeler.config import LabelerConfig
-from .labeler.emotion import EmotionConfig
+from .labeler.config import EmotionConfig, LabelerConfig
+from .labeler.registry import cache_root, product_classes
 from .qp.config import QpConfig
 from .sinks.config import StreamsConfig
 
@@ -46,8 +43,6 @@ class Config:
     streams: StreamsConfig = field(default_factory=StreamsConfig)
 
     def validate(self) -> "Config":
-        from .labeler.registry import product_classes
-
         self.labeler.validate()
         # Class names must be ones a model can label (a typo would silently weigh nothing).
         known = product_classes(self.labeler.models)
@@ -77,8 +72,6 @@ class Config:
         return yaml.dump(self.to_dict(), Dumper=ConfigDumper, sort_keys=False)
 
     def cache_dir(self) -> Path:
-        from .labeler.registry import cache_root
-
         return cache_root(self.labeler.cache_dir)
 
 

@@ -32,6 +32,7 @@ from .errors import SinkError, WriteError
 from .extensions import Extensions
 from .frame import Frame
 from .labeler import Labeler
+from .qp import QP_DEVICES
 from .qp.qpmap import build_qp_map, importance_vector
 from .sinks import open_output
 from .sinks.base import Output, Outputs, StreamInfo
@@ -170,9 +171,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     analyser = Analyser(cfg.analysis)
     mapper = None
     if semantic and cfg.qp.device == "cuda":  # C, V, regions, Q and offsets on the GPU
-        from .qp.cuda import CudaQpMapper
-
-        mapper = CudaQpMapper()  # CudaError (exit 2) names what is missing
+        mapper = QP_DEVICES.get("cuda")()  # CudaError (exit 2) names what is missing
         log.info("QP map on the GPU: %s", mapper.describe())
     extensions = Extensions(cfg, labeler, getattr(source, "path", None)) if semantic else None
     extensions = extensions if extensions is not None and extensions.active else None

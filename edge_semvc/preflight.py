@@ -8,8 +8,12 @@ no hardware encoder at all). Anything missing gives the CPU path (ONNX Runtime, 
 reason in the report. Elsewhere `auto` is the CPU path. A name other than `auto` is kept as it
 is: the backend then says itself whether it can run.
 
-The commands call `resolve` after loading the configuration and preparing the models; the
-configuration's own validation never probes hardware.
+Hardware named outright is checked here too: `qp.device: cuda` where no CUDA launcher or
+NVRTC is usable is refused (ConfigError naming `qp.device` and why) before anything opens.
+
+The commands (`encode`, `serve`, `bench`, `field-bench`) call `resolve` after loading the
+configuration and preparing the models; the configuration's own validation never probes
+hardware.
 """
 from __future__ import annotations
 
@@ -18,10 +22,15 @@ import logging
 from fractions import Fraction
 
 from .config import Config
-from .encoders import AUTO, CPU_ENCODER
-from .errors import EdgeSemvcError
-from .labeler.runtime import CPU_RUNTIME
+from .encoders import AUTO, CPU_ENCODER, ENCODERS
+from .encoders.base import EncoderSettings
+from .encoders.jetson_v4l2 import build_params
+from .errors import ConfigError, EdgeSemvcError
+from .labeler.registry import model_specs, prepared_file
+from .labeler.runtime import CPU_RUNTIME, RUNTIMES
+from .labeler.tensorrt import find_engine  # TensorRT itself loads only when an engine runs
 from .platform import Platform, detect
+from .qp import QP_DEVICES
 
 log = logging.getLogger("edge_semvc")
 
@@ -35,6 +44,10 @@ class Choices:
 def resolve(cfg: Config, platform: Platform | None = None) -> Choices:
     """Replace `auto` in `cfg.labeler.runtime` and `cfg.encoder.backend` (in place) by the
     backend this machine runs, and say why (logged: at INFO on a Jetson, DEBUG elsewhere)."""
+    why = QP_DEVICES.why_unavailable(cfg.qp.device)
+    if why is not None:
+        raise ConfigError(f"invalid value for qp.device: {cfg.qp.device!r} (expected cpu; "
+                          f"{cfg.qp.device} is not usable here: {why})", "qp.device")
     plat = platform or detect()
     report = [f"platform: {plat.describe()}"]
     if cfg.labeler.runtime == AUTO:
@@ -51,29 +64,20 @@ def resolve(cfg: Config, platform: Platform | None = None) -> Choices:
 def _runtime(cfg: Config, plat: Platform) -> tuple[str, str]:
     if not plat.jetson:
         return CPU_RUNTIME, "not a Jetson: the CPU path"
-    from .labeler.registry import describe, prepared_file
-    from .labeler.runtime import available
-    from .labeler.tensorrt import find_engine
-
-    ok, why = available("tensorrt")
-    if not ok:
+    why = RUNTIMES.why_unavailable("tensorrt")
+    if why is not None:
         return CPU_RUNTIME, f"fallback to the CPU: {why}"
     try:
-        for i, entry in enumerate(cfg.labeler.models):
-            key = f"labeler.models[{i}]"
-            find_engine(prepared_file(describe(entry, key), key, cfg.cache_dir()))
+        for spec in model_specs(cfg.labeler.models):
+            find_engine(prepared_file(spec.description, spec.key, cfg.cache_dir()))
     except EdgeSemvcError as e:
         return CPU_RUNTIME, f"fallback to the CPU: {e}"
-    return "tensorrt", why
+    return "tensorrt", "TensorRT with an engine for every model"
 
 
 def _encoder(cfg: Config, plat: Platform) -> tuple[str, str]:
     if not plat.jetson:
         return CPU_ENCODER, "not a Jetson: the CPU path"
-    from .encoders import get_encoder
-    from .encoders.base import EncoderSettings
-    from .encoders.jetson_v4l2 import build_params
-
     e = cfg.encoder
     try:  # the backend's own rules on these settings (the frame size is not known yet); a
         # serve camera with the storage profile needs rc crf, which the first refuses
@@ -85,7 +89,7 @@ def _encoder(cfg: Config, plat: Platform) -> tuple[str, str]:
             keyint=e.keyint or None, params=dict(e.params)))
     except (EdgeSemvcError, ValueError) as err:
         return CPU_ENCODER, f"not the Jetson hardware encoder with these settings: {err}"
-    ok, why = get_encoder("jetson-v4l2").available()
-    if not ok:
+    why = ENCODERS.why_unavailable("jetson-v4l2")
+    if why is not None:
         return CPU_ENCODER, f"fallback to the CPU: {why}"
     return "jetson-v4l2", "the Jetson hardware encoder (at most 8 ROI rectangles a frame)"

@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_semvc import preflight
 from edge_semvc.analysis import Analyser
 from edge_semvc.analysis.config import AnalysisConfig
 from edge_semvc.bench import gpu_qp
+from edge_semvc.config import load_config
 from edge_semvc.errors import ConfigError
 from edge_semvc.frame import mb_grid
-from edge_semvc.qp import cuda
+from edge_semvc.qp import QP_DEVICES, cuda
 from edge_semvc.qp.config import QpConfig
 from edge_semvc.qp.cuda import backends, mapper, nvrtc
 from edge_semvc.qp.policy import base_q
@@ -96,16 +98,19 @@ def test_the_target_is_the_gpu_s_own_cubin_else_ptx_below_it(monkeypatch):
         nvrtc.arch_for(7, 2)
 
 
-def test_qp_device_cuda_is_refused_saying_why(monkeypatch):
-    monkeypatch.setattr(cuda, "installed", lambda: [])
+def test_qp_device_cuda_is_refused_by_the_preflight_saying_why(monkeypatch):
+    """Validation checks the name only; whether CUDA runs here is the pre-flight's answer."""
+    cfg = load_config(None, ["qp.device=cuda"])  # no hardware probed at load
+    monkeypatch.setattr(mapper, "installed", lambda: [])
     with pytest.raises(ConfigError, match="qp.device.*neither CuPy nor pycuda is installed"):
-        QpConfig(device="cuda").validate()
-    monkeypatch.setattr(cuda, "installed", lambda: ["cupy"])
-    monkeypatch.setattr(cuda, "nvrtc_unavailable_reason", lambda: "libnvrtc not found (...)")
+        preflight.resolve(cfg)
+    monkeypatch.setattr(mapper, "installed", lambda: ["cupy"])
+    monkeypatch.setattr(nvrtc, "unavailable_reason", lambda: "libnvrtc not found (...)")
     with pytest.raises(ConfigError, match="cuda is not usable here: libnvrtc not found"):
-        QpConfig(device="cuda").validate()
-    monkeypatch.setattr(cuda, "nvrtc_unavailable_reason", lambda: None)
-    QpConfig(device="cuda").validate()
+        preflight.resolve(cfg)
+    monkeypatch.setattr(nvrtc, "unavailable_reason", lambda: None)
+    preflight.resolve(cfg)
+    assert QP_DEVICES.why_unavailable("cuda") is None
     with pytest.raises(ConfigError, match="expected cpu or cuda"):
         QpConfig(device="gpu").validate()
 

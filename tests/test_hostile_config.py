@@ -25,8 +25,9 @@ from test_serve import (
 )
 from test_telemetry import MOSQUITTO, Watcher, wait_until
 
-from edge_semvc.config import Config
+from edge_semvc.config import Config, load_config
 from edge_semvc.config_model import reference_rows
+from edge_semvc.errors import ConfigError
 from edge_semvc.serve.changes import RemoteChanges
 from edge_semvc.serve.remote import (
     LIVE_KEYS,
@@ -256,3 +257,18 @@ def test_stored_changes_read_back_as_they_were_given(tmp_path):
     store.add("front", change, {"labeler": {"max_age_s": 3}})
     assert store.load("front") == {**change, "labeler": {"max_age_s": 3}}
     apply_change(Config().validate(), store.load("front"))
+
+
+@pytest.mark.parametrize("sets,key", [
+    (["encoder.backend=nvenc", "encoder.params.bogus=1"], "encoder.params.bogus"),
+    (["encoder.backend=nvenc", "encoder.params.gpu=x"], "encoder.params.gpu"),
+    (["encoder.backend=jetson-v4l2", "encoder.params.codec=vp9"], "encoder.params.codec"),
+    (["encoder.backend=jetson-v4l2", "encoder.params.min_qp=30", "encoder.params.max_qp=30"],
+     "encoder.params.min_qp"),
+])
+def test_a_backends_params_are_refused_at_load_naming_the_key(sets, key):
+    """Not when the encoder opens (an EncoderError mid-run): at load, as any other key."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, sets)
+    assert e.value.key == key and key in str(e.value)
+    load_config(None, ["encoder.backend=x264", "encoder.params.aq-mode=2"])  # x264's own options

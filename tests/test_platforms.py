@@ -15,8 +15,8 @@ from edge_semvc import preflight
 from edge_semvc.checksums import sha256_file
 from edge_semvc.config import load_config
 from edge_semvc.encoders.jetson_v4l2 import JetsonV4l2Encoder
-from edge_semvc.labeler import runtime
 from edge_semvc.labeler.registry import describe, prepared_file
+from edge_semvc.labeler.tensorrt import TensorRTRuntime
 from edge_semvc.platform import detect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +149,7 @@ def test_on_a_jetson_with_engines_and_the_encoder_its_backends_are_chosen(tmp_pa
                                                                          monkeypatch):
     """TensorRT and the V4L2 encoder cannot run here: their availability is granted, the rest
     (engine lookup by the model's sha256, the settings check) is the real code."""
-    monkeypatch.setattr(runtime, "available", lambda name: (True, "TensorRT 10.3 on Orin"))
+    monkeypatch.setattr(TensorRTRuntime, "unavailable_reason", staticmethod(lambda: None))
     monkeypatch.setattr(JetsonV4l2Encoder, "available", classmethod(lambda cls: (True, "")))
     monkeypatch.setenv("EDGE_SEMVC_ENGINES", str(tmp_path / "engines"))
     plat = detect(fake_jetson(tmp_path / "jet"))

@@ -3,7 +3,7 @@ measured on the decoded output."""
 
 import pytest
 
-from edge_semvc.bench.run import bench_clip
+from edge_semvc.bench.run import BenchOptions, bench_clip
 from edge_semvc.config import load_config
 
 
@@ -14,8 +14,9 @@ from edge_semvc.config import load_config
 def test_roi_gains_and_background_pays_at_equal_bitrate(tmp_path, clip, name, bitrate, frames):
     cfg = load_config(None, ["encoder.rc=cbr", f"encoder.bitrate={bitrate}"])
     (tmp_path / "encodes").mkdir()
-    r = bench_clip(str(clip(name)), cfg, [bitrate], ["baseline", "semantic"], tmp_path,
-                   tmp_path, None, None, 1, False, frames, lambda *_: None)
+    r = bench_clip(str(clip(name)), cfg, BenchOptions(
+        ["baseline", "semantic"], tmp_path, tmp_path, ladder=[bitrate], max_frames=frames,
+        log=lambda *_: None))
     point = r["points"][0]
     base, sem = point["baseline"], point["semantic"]
     assert r["frames"] == frames and r["roi_fraction"] > 0.1

@@ -8,7 +8,7 @@ import pytest
 
 from edge_semvc.cli import main as cli_main
 from edge_semvc.labeler import tensorrt as T
-from edge_semvc.labeler.runtime import RUNTIMES, LabelerError, OnnxRuntime, available, open_runtime
+from edge_semvc.labeler.runtime import RUNTIMES, LabelerError, OnnxRuntime, open_runtime
 from edge_semvc.tools import engines as E
 
 TRT_OK, TRT_WHY = T.available()
@@ -108,11 +108,11 @@ def test_the_runtime_refuses_a_mismatched_engine_before_touching_the_gpu(tmp_pat
 
 
 def test_the_runtime_is_registered_lazily_and_reports_why_it_cannot_run(tmp_path):
-    assert set(RUNTIMES) == {"onnxruntime", "tensorrt"}
-    assert available("onnxruntime")[0]
-    ok, why = available("tensorrt")
-    assert (ok, why) == (TRT_OK, TRT_WHY) and why
-    assert not available("cuda-magic")[0]
+    assert RUNTIMES.names() == ["onnxruntime", "tensorrt"]
+    assert RUNTIMES.why_unavailable("onnxruntime") is None
+    why = RUNTIMES.why_unavailable("tensorrt")
+    assert why == (None if TRT_OK else TRT_WHY)
+    assert "unknown labeler runtime 'cuda-magic'" in RUNTIMES.why_unavailable("cuda-magic")
     if not TRT_OK:
         assert "TensorRT is not" in why
         onnx = tmp_path / "m.onnx"

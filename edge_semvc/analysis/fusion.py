@@ -27,15 +27,11 @@ sources marks moves by strength / n.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config_model import check
 from ..values import LabelMap
-
-SOURCES = ("audio", "subtitles", "description")
-MAX_DESCRIPTION = 500  # characters of fusion.description (it is matched word by word)
+from .config import FusionConfig  # noqa: F401  (its section, defined with the others)
 
 # Word -> product class (the labeler's classes: registry.yaml `class_map`). Singular forms;
 # regular plurals (cars, buses, lorries) are found by rule, irregular ones are listed.
@@ -50,51 +46,6 @@ WORD_CLASSES: dict[str, str] = {
     **dict.fromkeys(["text", "sign", "signage", "signboard", "plate", "numberplate", "caption",
                      "writing", "logo", "billboard", "banner"], "text"),
 }
-
-
-@dataclass
-class FusionConfig:
-    enabled: bool = False  # fuse the additional sources into Q (embodiment 5)
-    audio: bool = True  # use the input's own audio track, when it has one
-    subtitles: bool = True  # use subtitles: `subtitle_file`, else the input's embedded stream
-    subtitle_file: str = ""  # a sidecar .srt or .vtt file ("" = embedded stream, if any)
-    # what to watch, in words ("watch the vehicles at the gate"; at most 500 characters)
-    description: str = ""
-    # Relative weight of each source; renormalised over the sources present each frame.
-    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
-    strength: float = 1.0  # how far (in units of Q) a source at full relevance lowers Q
-    voice_classes: list[str] = field(default_factory=lambda: ["person", "face"])  # voices here
-    voice_window_s: float = 0.4  # a frame's voice activity: mean over +-window/2 of its time
-    noise_percentile: float = 10.0  # the track's noise floor: this percentile of hop levels
-    activity_span_db: float = 20.0  # speech-band level this far above the floor = activity 1
-    silence_db: float = -70.0  # the floor never goes below this (digital silence), dBFS
-    words: dict[str, str] = field(default_factory=dict)  # more word -> class entries
-
-    def validate(self) -> None:
-        check(len(self.description) <= MAX_DESCRIPTION, "fusion.description", self.description,
-              f"at most {MAX_DESCRIPTION} characters")
-        check(self.subtitle_file == "" or self.subtitle_file.lower().endswith((".srt", ".vtt")),
-              "fusion.subtitle_file", self.subtitle_file, "a .srt or .vtt file, or empty")
-        for name, value in self.weights.items():
-            check(name in SOURCES, f"fusion.weights.{name}", value,
-                  f"a weight for one of {', '.join(SOURCES)}")
-            check(0.0 <= value <= 1e6, f"fusion.weights.{name}", value, ">= 0")
-        check(0.0 <= self.strength <= 4.0, "fusion.strength", self.strength, "between 0 and 4")
-        check(bool(self.voice_classes) and all(self.voice_classes), "fusion.voice_classes",
-              self.voice_classes, "a non-empty list of class names")
-        check(0.02 <= self.voice_window_s <= 10.0, "fusion.voice_window_s", self.voice_window_s,
-              "between 0.02 and 10 seconds")
-        check(0.0 <= self.noise_percentile < 100.0, "fusion.noise_percentile",
-              self.noise_percentile, "in [0, 100)")
-        check(self.activity_span_db > 0, "fusion.activity_span_db", self.activity_span_db,
-              "> 0 dB")
-        check(-150.0 <= self.silence_db <= 0.0, "fusion.silence_db", self.silence_db,
-              "between -150 and 0 dBFS")
-        for word, cls in self.words.items():
-            check(re.fullmatch(r"[a-z]+", word) is not None, f"fusion.words.{word}", cls,
-                  "keys of lowercase letters only")
-            check(isinstance(cls, str) and cls != "", f"fusion.words.{word}", cls,
-                  "a class name")
 
 
 def words_to_classes(text: str, extra: dict[str, str] | None = None) -> set[str]:

@@ -37,53 +37,12 @@ P = 0.76 at an excess of `scale` levels. `qp/attention.py` turns P into a change
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..config_model import check
 from ..frame import Frame
 from .complexity import block_mean, block_samples
+from .config import AttentionConfig  # noqa: F401  (its section, defined with the others)
 from .regions import region_means
-
-POLICIES = ("masking", "attention")
-
-
-@dataclass
-class AttentionConfig:
-    """The `attention:` section (METHOD embodiment 2)."""
-
-    enabled: bool = False  # run the recurrent change analyser and apply its policy
-    # masking: the core method unchanged (a changing region is compressed more, S130);
-    # attention: a region whose |P_t| leaves [p_low, p_high] gets a lower Q, others a higher one.
-    policy: str = "attention"
-    p_low: float = 0.0  # |P_t| below this leaves the range (0: never)
-    p_high: float = 0.5  # |P_t| above this leaves the range (D > 0.55: 4.4 levels of excess)
-    attention_cut: float = 0.5  # Q is multiplied by (1 - attention_cut) outside the range
-    quiet_raise: float = 0.1  # Q is multiplied by (1 + quiet_raise) inside it
-    fast_rate: float = 0.5  # a_fast: weight of the new frame in the fast change estimate
-    floor_rise: float = 0.02  # a_rise: noise-floor learning rate upwards, gate closed
-    floor_fall: float = 0.1  # a_fall: the same downwards (a quieter picture is believed sooner)
-    floor_busy: float = 0.005  # a_busy: the rate while the gate is open (the change is real)
-    floor_factor: float = 2.0  # k: change must exceed k x the noise floor ...
-    floor_margin: float = 2.0  # m: ... plus this many luma levels (clean video has a 0 floor)
-    gate_width: float = 1.0  # w: luma levels over which the gate opens (sigmoid slope)
-    scale: float = 8.0  # luma levels of excess that make D = 1 (P = 0.76)
-
-    def validate(self) -> None:
-        check(self.policy in POLICIES, "attention.policy", self.policy, " | ".join(POLICIES))
-        check(0.0 <= self.p_low < self.p_high < 1.0, "attention.p_low", (self.p_low, self.p_high),
-              "0 <= attention.p_low < attention.p_high < 1 (|tanh| < 1)")
-        check(0.0 <= self.attention_cut <= 1.0, "attention.attention_cut", self.attention_cut,
-              "between 0 and 1")
-        check(self.quiet_raise >= 0.0, "attention.quiet_raise", self.quiet_raise, ">= 0")
-        for name in ("fast_rate", "floor_rise", "floor_fall", "floor_busy"):
-            value = getattr(self, name)
-            check(0.0 < value <= 1.0, f"attention.{name}", value, "in (0, 1]")
-        check(self.floor_factor >= 1.0, "attention.floor_factor", self.floor_factor, ">= 1")
-        check(self.floor_margin >= 0.0, "attention.floor_margin", self.floor_margin, ">= 0")
-        for name in ("gate_width", "scale"):
-            check(getattr(self, name) > 0.0, f"attention.{name}", getattr(self, name), "> 0")
 
 
 class RecurrentChange:

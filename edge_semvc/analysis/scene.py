@@ -38,45 +38,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config_model import check
 from ..frame import Frame, mb_grid
+from .config import SceneConfig  # noqa: F401  (its section, defined with the others)
 from .regions import region_means
 
 STEP = 4  # luma subsampling before the 2x2 means: one sample of the search grid is 8 pixels
 SIDE = 2  # search-grid samples per macroblock side
 LUMA_BINS, CHROMA_BINS = 32, 16
-
-
-@dataclass
-class SceneConfig:
-    """The `scene:` section (METHOD embodiment 4)."""
-
-    enabled: bool = False  # run the scene-transition analyser and apply Q_S = Q * (1 - delta * S)
-    s_threshold: float = 0.65  # S_th: a region whose mean S_mb exceeds this gets S = 1
-    delta_high: float = 0.5  # delta where S = 1 (Q halved: the transition is not smeared)
-    delta_low: float = 0.1  # delta where S = 0 (multiplies S = 0: Q stays; the method's "small")
-    change_floor: float = 4.0  # luma levels added to a block's texture in S_mb's denominator
-    search: int = 3  # motion search: |dy| + |dx| <= this many 8-pixel samples around the predictor
-    cut_change: float = 0.65  # a cut needs the frame's mean S_mb above this ...
-    cut_ratio: float = 3.0  # ... a histogram distance above this x the recent baseline ...
-    cut_min_distance: float = 0.08  # ... and above this (total variation, 0..1) ...
-    cut_min_gap: int = 10  # ... and this many frames since the last cut
-    cut_window: int = 10  # frames of the current scene the histogram baseline is taken over
-
-    def validate(self) -> None:
-        for name in ("s_threshold", "cut_change", "cut_min_distance"):
-            value = getattr(self, name)
-            check(0.0 < value < 1.0, f"scene.{name}", value, "between 0 and 1 (exclusive)")
-        for name in ("delta_high", "delta_low"):
-            value = getattr(self, name)
-            check(0.0 <= value <= 1.0, f"scene.{name}", value, "between 0 and 1 (Q_S >= 0)")
-        check(self.delta_low <= self.delta_high, "scene.delta_low", self.delta_low,
-              f"<= scene.delta_high ({self.delta_high})")
-        check(self.change_floor > 0.0, "scene.change_floor", self.change_floor, "> 0")
-        check(1 <= self.search <= 8, "scene.search", self.search, "an integer from 1 to 8")
-        check(self.cut_ratio >= 1.0, "scene.cut_ratio", self.cut_ratio, ">= 1")
-        check(self.cut_min_gap >= 1, "scene.cut_min_gap", self.cut_min_gap, ">= 1")
-        check(self.cut_window >= 1, "scene.cut_window", self.cut_window, ">= 1")
 
 
 @dataclass

@@ -32,8 +32,9 @@ import copy
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -146,15 +147,34 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
             "encoder": stats.get("encoder"), **({"storage": storage} if storage else {})}
 
 
-def bench_clip(clip: str, cfg: Config, ladder: list[float] | None, kinds: list[str],
-               out_dir: Path, workdir: Path, raw, detector, eval_every: int, vmaf: bool,
-               max_frames: int, log, repeats: int = 1, bpp: list[float] | None = None,
-               analysis: Analysis = Analysis()) -> dict:
-    ref = read_reference(clip, raw, workdir, max_frames, detector, eval_every, log,
-                         roi_labeler(cfg) if "semantic" in kinds else None)
-    rates = resolve_ladder(ladder, bpp, cfg.encoder.rate_control(), ref.width, ref.height, ref.fps)
+@dataclass
+class BenchOptions:
+    """What `bench_clip` does with each clip (the command line's choices): the encodes
+    (`kinds` at each rate of `ladder`, or of `bpp` bits per pixel), where they go, how they
+    are judged."""
+
+    kinds: list[str]
+    out_dir: Path
+    workdir: Path
+    ladder: list[float] | None = None
+    bpp: list[float] | None = None
+    raw: RawVideoOptions | None = None
+    detector: YoloxDetector | None = None  # with a detector: the F1 analytics
+    eval_every: int = 1
+    vmaf: bool = False
+    max_frames: int = 0
+    repeats: int = 1  # speed: the best of this many runs
+    analysis: Analysis = field(default_factory=Analysis)
+    log: Callable[[str], None] = print
+
+
+def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
+    ref = read_reference(clip, o.raw, o.workdir, o.max_frames, o.detector, o.eval_every, o.log,
+                         roi_labeler(cfg) if "semantic" in o.kinds else None)
+    rates = resolve_ladder(o.ladder, o.bpp, cfg.encoder.rate_control(), ref.width, ref.height,
+                           ref.fps)
     points = []
-    order = ["semantic", *[k for k in kinds if k != "semantic"]]
+    order = ["semantic", *[k for k in o.kinds if k != "semantic"]]
     for rate in rates:
         e = cfg.encoder
         if e.rate_control() == "crf":
@@ -163,22 +183,22 @@ def bench_clip(clip: str, cfg: Config, ladder: list[float] | None, kinds: list[s
             e.bitrate = int(rate)
         point = {"rate_setting": rate}
         for kind in order:
-            path = out_dir / "encodes" / f"{Path(clip).stem}.{kind}.{rate:g}.mp4"
+            path = o.out_dir / "encodes" / f"{Path(clip).stem}.{kind}.{rate:g}.mp4"
             t0 = time.perf_counter()
-            result = encode_point(kind, ref, cfg, raw, path, max_frames)
-            for _ in range(repeats - 1):  # speed only: keep the best of several runs
-                again = encode_point(kind, ref, cfg, raw, path, max_frames)
+            result = encode_point(kind, ref, cfg, o.raw, path, o.max_frames)
+            for _ in range(o.repeats - 1):  # speed only: keep the best of several runs
+                again = encode_point(kind, ref, cfg, o.raw, path, o.max_frames)
                 result["fps"] = max(result["fps"], again["fps"])
-            result.update(evaluate(str(path), ref, detector, vmaf))
+            result.update(evaluate(str(path), ref, o.detector, o.vmaf))
             point[kind] = result
-            log(f"  {rate:g} {kind:9s} {result['bitrate_kbps']:9.1f} kbit/s "
-                f"{result['fps']:7.1f} fps  PSNR {result['psnr']} ROI {result['psnr_roi']} "
-                f"bg {result['psnr_background']}"
-                + (f" VMAF {result['vmaf']}" if vmaf else "")
-                + (f" F1 {result['f1']}" if detector else "")
-                + f"  ({time.perf_counter() - t0:.1f} s)")
+            o.log(f"  {rate:g} {kind:9s} {result['bitrate_kbps']:9.1f} kbit/s "
+                  f"{result['fps']:7.1f} fps  PSNR {result['psnr']} ROI {result['psnr_roi']} "
+                  f"bg {result['psnr_background']}"
+                  + (f" VMAF {result['vmaf']}" if o.vmaf else "")
+                  + (f" F1 {result['f1']}" if o.detector else "")
+                  + f"  ({time.perf_counter() - t0:.1f} s)")
         points.append(point)
-    return summarise(ref, points, order, repeats, analysis)
+    return summarise(ref, points, order, o.repeats, o.analysis)
 
 
 def summarise(ref: ClipReference, points: list[dict], kinds: list[str], repeats: int,
@@ -380,9 +400,9 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n, clip in enumerate(args.clips, 1):
             log(f"[{n}/{len(args.clips)}] {clip}")
-            results["clips"].append(bench_clip(
-                clip, cfg, ladder, kinds, out, Path(tmp), raw, detector, args.eval_every, vmaf,
-                args.frames, log, args.repeats, args.bpp, analysis))
+            results["clips"].append(bench_clip(clip, cfg, BenchOptions(
+                kinds, out, Path(tmp), ladder, args.bpp, raw, detector, args.eval_every, vmaf,
+                args.frames, args.repeats, analysis, log)))
             write_outputs(results, out)  # after every clip: a long run loses nothing
     print(summary_markdown(results))
     log(f"results in {out}/ (report.md, results.json, results.csv, summary.csv, plots/)")

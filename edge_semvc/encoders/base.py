@@ -136,6 +136,20 @@ class Encoder(ABC):
         """(True, "") when this backend can run here, else (False, why not and how to fix)."""
         return True, ""
 
+    @classmethod
+    def check_params(cls, params: dict[str, str]) -> None:
+        """Refuse at load (EncoderConfig.validate) an `encoder.params` entry this backend does
+        not take, as a ConfigError naming `encoder.params.KEY`. By default every key passes:
+        x264 and x265 take the library's own options, which only the library checks (when it
+        opens)."""
+        return None
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """The registry's answer (registry.py): None when this backend runs here, else why."""
+        ok, why = cls.available()
+        return None if ok else why
+
     @abstractmethod
     def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None,
                force_idr: bool = False) -> list[Packet]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config_model import check
+from . import AUTO, CPU_ENCODER, ENCODERS, known_encoders
 
 PROFILES = ("live", "storage")
 
@@ -51,7 +52,9 @@ class EncoderConfig:
     # without I-frame bursts for a narrow link; keyint (0: 250) is then the refresh period
     intra_refresh: bool = False
     threads: int = 0  # 0 = auto
-    params: dict[str, str] = field(default_factory=dict)  # extra x264 options (param_parse)
+    # what a backend takes beyond these keys, checked at load by its `check_params`: x264's
+    # and x265's own options (param_parse), nvenc's and jetson-v4l2's keys (README)
+    params: dict[str, str] = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     def rate_control(self) -> str:
@@ -64,10 +67,10 @@ class EncoderConfig:
         return "cbr" if self.bitrate > 0 and self.profile != "storage" else "crf"
 
     def validate(self) -> None:
-        from . import AUTO, known_encoders
-
         names = [AUTO, *known_encoders()]
         check(self.backend in names, "encoder.backend", self.backend, " or ".join(names))
+        if self.backend != AUTO:  # auto: the pre-flight checks them for the backend it picks
+            ENCODERS.get(self.backend).check_params(self.params)
         check(self.profile in PROFILES, "encoder.profile", self.profile, " or ".join(PROFILES))
         check(self.profile != "storage" or self.backend != "jetson-v4l2", "encoder.profile",
               self.profile, "live with jetson-v4l2 (its hardware encoder has no CRF)")
@@ -103,8 +106,6 @@ def check_live_rate(old: EncoderConfig, new: EncoderConfig) -> None:
     removed."""
     if (new.bitrate, new.crf) == (old.bitrate, old.crf):
         return
-    from . import AUTO, CPU_ENCODER
-
     key, value = (("encoder.bitrate", new.bitrate) if new.bitrate != old.bitrate
                   else ("encoder.crf", new.crf))
     backend = CPU_ENCODER if old.backend == AUTO else old.backend  # no pre-flight ran

@@ -38,6 +38,7 @@ from .nvenc import (
     QP_MAX,
     REFRESH_PERIOD,
     check_param_keys,
+    check_params,
     codec_param,
     delta_limit,
     int_param,
@@ -51,6 +52,7 @@ MAX_ROI = 8  # V4L2_MAX_ROI_REGIONS in every JetPack header read; the binding ch
 DEVICES = ("/dev/v4l2-nvenc", "/dev/nvhost-msenc")  # JetPack 6+ / earlier (read, not run)
 NO_KEYFRAMES = 2**31 - 1  # interval "never": the caller places every IDR (caller_idr)
 PARAM_KEYS = ("codec", "min_qp", "max_qp", "idr_interval", "peak_bitrate", "device")
+PARAM_INTS = {"peak_bitrate": (1, 2**31 - 1), "idr_interval": (1, 2**31 - 1)}
 # the controls the Multimedia API lets change while streaming ("runtime configurable")
 LIVE_CONTROLS = ("V4L2_CID_MPEG_VIDEO_BITRATE", "V4L2_CID_MPEG_VIDEO_BITRATE_PEAK")
 # x264 preset names (the configuration's vocabulary) -> Jetson's four hardware presets
@@ -329,6 +331,10 @@ class JetsonV4l2Encoder(Encoder):
         self._eos = False
         self._stats = {"frames": 0, "frames_with_map": 0, "frames_with_rois": 0, "rects": 0,
                        "mse_total": 0.0, "max_rounding": 0.0}
+
+    @classmethod
+    def check_params(cls, params: dict[str, str]) -> None:
+        check_params(params, PARAM_KEYS, "jetson-v4l2", PARAM_INTS)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config_model import check
+from ..errors import ConfigError
 from ..frame import Frame
 from . import base
 from .base import Encoder, EncoderError, EncoderSettings, Packet, pts_of
@@ -43,6 +45,7 @@ INFINITE = 0xFFFFFFFF  # NVENC_INFINITE_GOPLENGTH: no automatic keyframes
 CODECS = {"h264": "h264", "avc": "h264", "hevc": "hevc", "h265": "hevc"}
 CQP_NAMES = base.CQP_NAMES  # refused by base.refuse_cqp; still importable from here
 PARAM_KEYS = ("codec", "min_qp", "max_qp", "idr_interval", "peak_bitrate", "gpu")
+PARAM_INTS = {"peak_bitrate": (1, 2**32 - 1), "idr_interval": (1, 2**32 - 2), "gpu": (0, 63)}
 PRESETS = {**{f"p{i}": i for i in range(1, 8)},
            "ultrafast": 1, "superfast": 2, "veryfast": 3, "faster": 4, "fast": 4, "medium": 5,
            "slow": 6, "slower": 7, "veryslow": 7, "placebo": 7}
@@ -60,6 +63,24 @@ def check_param_keys(params: dict, known: tuple[str, ...], backend: str) -> None
     if unknown:
         raise EncoderError(f"unknown {backend} param(s) {', '.join(map(repr, unknown))}; "
                            f"known: {', '.join(known)}")
+
+
+def check_params(params: dict, keys: tuple[str, ...], backend: str,
+                 ints: dict[str, tuple[int, int]]) -> None:
+    """`encoder.params` of an NVIDIA backend checked alone, at load (its `check_params`): the
+    known keys, the codec, the QP range and the integer keys in `ints` (key: (lo, hi)); a
+    refusal is a ConfigError naming `encoder.params.KEY`."""
+    for key, value in params.items():
+        check(key in keys, f"encoder.params.{key}", value,
+              f"a {backend} param ({', '.join(keys)})")
+    checks = {"codec": lambda: codec_param(params), "min_qp": lambda: qp_range_param(params),
+              **{k: (lambda k=k: int_param(params, k, *ints[k])) for k in ints}}
+    for key, run in checks.items():
+        try:
+            run()
+        except EncoderError as e:
+            raise ConfigError(f"invalid value for encoder.params.{key}: {e} ({backend})",
+                              f"encoder.params.{key}") from None
 
 
 def codec_param(params: dict) -> str:
@@ -261,6 +282,10 @@ class NvencEncoder(Encoder):
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def check_params(cls, params: dict[str, str]) -> None:
+        check_params(params, PARAM_KEYS, "nvenc", PARAM_INTS)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -1,10 +1,13 @@
-"""The labeler's configuration (`labeler:`)."""
+"""The labeler's configuration (`labeler:`) and the emotion extension's (`emotion:`, METHOD
+embodiment 3: its classifier reads the labeler's face boxes; labeler/emotion.py runs it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config_model import check
+from .registry import REGISTRY, check_models_config
+from .runtime import AUTO, RUNTIMES
 
 
 @dataclass
@@ -43,10 +46,7 @@ class LabelerConfig:
     def validate(self) -> None:
         """Refuse a bad value naming its key (ConfigError). Which classes exist depends on the
         models and on `qp.importance`: the composed configuration checks that."""
-        from .registry import check_models_config
-        from .runtime import AUTO, RUNTIMES
-
-        names = [AUTO, *RUNTIMES]
+        names = [AUTO, *RUNTIMES.names()]
         check(self.runtime in names, "labeler.runtime", self.runtime, " or ".join(names))
         check(self.reuse in ("motion", "hold"), "labeler.reuse", self.reuse, "motion or hold")
         check(0.0 < self.threshold < 1.0, "labeler.threshold", self.threshold,
@@ -64,3 +64,40 @@ class LabelerConfig:
         check(0.0 <= self.face_min_score <= 1.0, "labeler.face_min_score", self.face_min_score,
               "between 0 and 1")
         check(self.face_box_scale > 0, "labeler.face_box_scale", self.face_box_scale, "> 0")
+
+
+@dataclass
+class EmotionConfig:
+    """The `emotion:` section (METHOD embodiment 3)."""
+
+    enabled: bool = False  # run the emotion analyser and apply Q_E = Q * (1 - gamma * |E|)
+    model: str = "emotion_mini_xception"  # a registry classifier (`edge-semvc models list`)
+    e_threshold: float = 0.5  # |E| above this is a strong expression: gamma_high, else gamma_low
+    gamma_high: float = 0.5  # a strong expression keeps half its Q's compression off (|E| = 1)
+    gamma_low: float = 0.2  # a mild one a little (every non-neutral face is worth some detail)
+    crop_scale: float = 1.2  # the square face crop is the detector's box grown by this
+    region_scale: float = 1.4  # E covers the box grown by this (as labeler.face_box_scale)
+    smoothing: float = 0.5  # weight of the new reading in a tracked face's probabilities
+    track_iou: float = 0.3  # a face continues a previous frame's face overlapping it this much
+    min_face: int = 20  # pixels: smaller faces are not read (too few pixels for an expression)
+    max_faces: int = 8  # at most this many faces per frame, the largest: bounds the cost
+    threads: int = 1  # ONNX Runtime intra-op threads
+
+    def validate(self) -> None:
+        role = (REGISTRY.get(self.model) or {}).get("role")
+        check(role == "classifier", "emotion.model", self.model,
+              "a classifier of the model registry (`edge-semvc models list`)")
+        check(0.0 <= self.e_threshold < 1.0, "emotion.e_threshold", self.e_threshold,
+              "in [0, 1) (|E| <= 1)")
+        check(0.0 <= self.gamma_high <= 1.0, "emotion.gamma_high", self.gamma_high,
+              "between 0 and 1 (Q_E stays >= 0)")
+        check(0.0 <= self.gamma_low <= self.gamma_high, "emotion.gamma_low", self.gamma_low,
+              f"between 0 and emotion.gamma_high ({self.gamma_high})")
+        for name in ("crop_scale", "region_scale"):
+            check(getattr(self, name) > 0.0, f"emotion.{name}", getattr(self, name), "> 0")
+        check(0.0 < self.smoothing <= 1.0, "emotion.smoothing", self.smoothing,
+              "in (0, 1] (1: no smoothing)")
+        check(0.0 < self.track_iou <= 1.0, "emotion.track_iou", self.track_iou, "in (0, 1]")
+        check(self.min_face >= 1, "emotion.min_face", self.min_face, ">= 1 pixel")
+        check(self.max_faces >= 1, "emotion.max_faces", self.max_faces, ">= 1")
+        check(self.threads >= 0, "emotion.threads", self.threads, ">= 0")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from ..frame import MB, mb_grid, prob_to_mb
 
@@ -122,8 +123,6 @@ def pool_max_to_mb(prob: np.ndarray, frame_w: int, frame_h: int,
     cells per macroblock (default: about one map pixel per cell, at least 4), then each
     macroblock takes its highest cell. For thin structures (text lines) that a macroblock mean
     would dilute."""
-    from PIL import Image
-
     mb_w, mb_h = mb_grid(frame_w, frame_h)
     h, w = prob.shape
     if sub is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..errors import LabelerError
 from ..frame import Frame
 
 
@@ -73,8 +74,6 @@ class InputTransform:
     each side rounded to a multiple of `multiple`)."""
 
     def __init__(self, inp: dict, model_shape, key: str = "input"):
-        from .runtime import LabelerError
-
         shape = list(model_shape)
         if len(shape) != 4:
             raise LabelerError(f"{key}: the model's input has shape {shape}; a 4-D image "

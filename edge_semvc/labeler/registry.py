@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,31 @@ def _bad(key: str, value: Any, expected: str) -> ConfigError:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One `labeler.models` entry resolved by `describe`: the key its messages name and the
+    typed fields every user reads; `description` is the whole (checked, defaulted)
+    description that the adapter and the model preparation read."""
+
+    key: str  # labeler.models[i]
+    name: str
+    role: str
+    decoder: str
+    products: tuple[str, ...]  # the product classes it labels
+    description: dict
+
+
+def model_specs(models: list, check_path: bool = True) -> list[ModelSpec]:
+    """`labeler.models` resolved into specs (ConfigError naming the entry's key): what the
+    labeler, the pre-flight, the service and the tools build from."""
+    specs = []
+    for i, entry in enumerate(models):
+        key = f"labeler.models[{i}]"
+        d = describe(entry, key, check_path)
+        specs.append(ModelSpec(key, d["name"], d["role"], d["decoder"], tuple(d["products"]), d))
+    return specs
 
 
 def describe(entry: Any, key: str = "labeler.models[0]", check_path: bool = True) -> dict:

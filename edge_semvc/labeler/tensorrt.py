@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checksums import sha256_file
-from .runtime import LabelerError
+from ..errors import LabelerError
 
 MANIFEST_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -216,6 +216,11 @@ class TensorRTRuntime:
     """
 
     type_key = "tensorrt"
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        ok, why = available()
+        return None if ok else why
 
     def __init__(self, path: Path, threads: int = 1, precision: str | None = None,
                  directory: Path | None = None):

@@ -36,12 +36,8 @@ class QpConfig:
     target_mean: float = 1.5
 
     def validate(self) -> None:
+        # whether cuda runs here is the pre-flight's question (preflight.py), not validation's
         check(self.device in ("cpu", "cuda"), "qp.device", self.device, "cpu or cuda")
-        if self.device == "cuda":
-            from .cuda import unavailable_reason
-
-            why = unavailable_reason()
-            check(why is None, "qp.device", self.device, f"cpu; cuda is not usable here: {why}")
         check(0.0 <= self.v_threshold <= 1.0, "qp.v_threshold", self.v_threshold,
               "between 0 and 1")
         # Finite ranges: a weight or gain of 1e308 passes ">= 0" and makes every map NaN.

@@ -276,7 +276,20 @@ def reference() -> str:
              "`qp`, `encoder` and `streams` sections; `serve` reads them all. Keys that "
              "`serve` takes over MQTT while running (`<prefix>/<camera>/config/set`): "
              + ", ".join(f"`{k}*`" if k.endswith(".") else f"`{k}`" for k in LIVE_KEYS)
-             + ".", "", "| key | default | meaning |", "|---|---|---|"]
+             + ".", "",
+             "Checked at load, before anything opens (a refusal is an error naming the key, "
+             "the value and what is allowed): unknown keys, types (a string is not a number), "
+             "ranges, names picked from a registry (`encoder.backend`, `labeler.runtime`, "
+             "`qp.device`, model decoders, input schemes), each `labeler.models` entry "
+             "(resolved once into a typed spec), class names against the models, and "
+             "`encoder.params` against the named backend's own check (nvenc and jetson-v4l2: "
+             "their keys and values; x264 and x265 take the library's options, which the "
+             "library checks when it opens). Whether hardware runs here (CUDA for `qp.device: "
+             "cuda`, TensorRT, NVENC, the Jetson encoder) is not validation's question: the "
+             "pre-flight (`preflight.py`) that `encode`, `bench`, `field-bench` and `serve` "
+             "run answers it, picks what `auto` means and refuses `qp.device: cuda` where CUDA "
+             "is not usable.", "",
+             "| key | default | meaning |", "|---|---|---|"]
     for key, default, comment in rows:
         lines.append(f"| `{key}` | `{default}` | {comment.replace('|', '/')} |")
     return "\n".join(lines) + "\n"

@@ -280,10 +280,10 @@ def _check_record_dir(record: RecordConfig) -> None:
 def _check_models_prepared(cfg: Config) -> None:
     """Refuse to start (exit 2, naming the command) when a model is not in the cache, rather
     than have every camera fail and retry."""
-    from ..labeler.registry import describe, prepared_file
+    from ..labeler.registry import describe, model_specs, prepared_file
 
-    entries = [(f"labeler.models[{i}]", e) for i, e in enumerate(cfg.labeler.models)]
+    entries = [(spec.key, spec.description) for spec in model_specs(cfg.labeler.models)]
     if cfg.emotion.enabled:
-        entries.append(("emotion.model", cfg.emotion.model))
-    for key, entry in entries:
-        prepared_file(describe(entry, key), key, cfg.cache_dir())
+        entries.append(("emotion.model", describe(cfg.emotion.model, "emotion.model")))
+    for key, description in entries:
+        prepared_file(description, key, cfg.cache_dir())

@@ -4,64 +4,27 @@
 `v4l2:///dev/videoN` capture devices (through PyAV), `csi://N` (jetson-utils, on a Jetson)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from fractions import Fraction
-from typing import Iterator, Protocol
-
 from ..errors import DecodeError, SourceError  # noqa: F401  (re-exported)
-from ..frame import Frame
+from ..registry import Registry
+from .base import LIVE_SCHEMES, NETWORK_SCHEMES, RawVideoOptions, Source  # noqa: F401
 
-
-@dataclass
-class RawVideoOptions:
-    """Geometry for headerless raw video (.yuv): PyAV cannot guess it."""
-
-    width: int = 0
-    height: int = 0
-    rate: Fraction = Fraction(0)
-    pix_fmt: str = "yuv420p"
-
-
-class Source(Protocol):
-    width: int
-    height: int
-    fps: Fraction
-    time_base: Fraction
-    frame_count: int  # 0 when unknown
-    description: str
-
-    def frames(self) -> Iterator[Frame]: ...
-
-    def close(self) -> None: ...
+# scheme -> its opener, `open(uri, raw) -> Source` (a plain path is a file)
+SOURCES = Registry("input URI scheme", {
+    "file": "edge_semvc.sources.pyav:open_file",
+    "demo": "edge_semvc.sources.demo:open_demo",
+    "rtsp": "edge_semvc.sources.pyav:open_network",
+    "rtsps": "edge_semvc.sources.pyav:open_network",
+    "v4l2": "edge_semvc.sources.pyav:open_v4l2",  # v4l2:///dev/video0
+    "csi": "edge_semvc.sources.jetson:open_csi",  # a MIPI CSI camera (Jetson only)
+}, SourceError)
+SCHEMES = tuple(SOURCES.names())  # what open_source takes (or a plain path)
 
 
 def open_source(uri: str, raw: RawVideoOptions | None = None) -> Source:
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        scheme, rest = "file", uri
-    if scheme == "file":
-        from .pyav import PyAVSource
-        return PyAVSource(rest, raw or RawVideoOptions())
-    if scheme == "demo":
-        from .demo import DemoSource
-        return DemoSource(rest or "astronaut")
-    if scheme in NETWORK_SCHEMES:
-        from .pyav import PyAVSource
-        return PyAVSource(uri, raw or RawVideoOptions(), live=NETWORK_SCHEMES[scheme])
-    if scheme == "v4l2":  # v4l2:///dev/video0
-        from .pyav import PyAVSource
-        return PyAVSource(rest, raw or RawVideoOptions(), device="video4linux2")
-    if scheme == "csi":  # csi://0: a MIPI CSI camera through jetson-utils (Jetson only)
-        from .jetson import JetsonSource
-        return JetsonSource(uri)
-    raise SourceError(f"unsupported input URI scheme {scheme + '://'!r} in {uri!r} "
-                      "(supported: file://, demo://, rtsp://, rtsps://, v4l2://, csi://, or a "
-                      "plain path)")
-
-
-# FFmpeg options per network scheme: RTSP over TCP (no lost UDP packets smearing the picture).
-# Reads time out (pyav.LIVE_TIMEOUT_S) so that a camera that disappears ends the read instead
-# of hanging it: the service then reconnects.
-NETWORK_SCHEMES = {"rtsp": {"rtsp_transport": "tcp"}, "rtsps": {"rtsp_transport": "tcp"}}
-LIVE_SCHEMES = (*NETWORK_SCHEMES, "v4l2", "csi")  # inputs that never end on their own
-SCHEMES = ("file", "demo", *LIVE_SCHEMES)  # what open_source takes (or a plain path)
+    scheme, sep, _ = uri.partition("://")
+    scheme = scheme if sep else "file"
+    if scheme not in SOURCES:
+        raise SourceError(f"unsupported input URI scheme {scheme + '://'!r} in {uri!r} "
+                          "(supported: file://, demo://, rtsp://, rtsps://, v4l2://, csi://, or a "
+                          "plain path)")
+    return SOURCES.get(scheme)(uri, raw or RawVideoOptions())

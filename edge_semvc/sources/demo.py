@@ -13,17 +13,21 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from ..errors import SourceError
 from ..frame import Frame
-from . import SourceError
 
 WIDTH, HEIGHT, FPS, FRAMES = 640, 360, Fraction(30), 90
+
+
+def open_demo(uri: str, raw=None) -> DemoSource:
+    return DemoSource(uri.partition("://")[2] or "astronaut")
 
 
 class DemoSource:
     def __init__(self, name: str):
         if name != "astronaut":
             raise SourceError(f"unknown demo input {name!r} (available: demo://astronaut)")
-        from skimage import data
+        from skimage import data  # scikit-image's sample pictures: heavy, only for demo://
 
         self.image = Image.fromarray(data.astronaut())
         self.width, self.height, self.fps = WIDTH, HEIGHT, FPS

@@ -18,6 +18,10 @@ from ..frame import Frame
 CAPTURE_TIMEOUT_MS = 2000  # a camera that delivers nothing this long is treated as lost
 
 
+def open_csi(uri: str, raw=None) -> JetsonSource:
+    return JetsonSource(uri)
+
+
 class JetsonSource:
     def __init__(self, uri: str):
         try:

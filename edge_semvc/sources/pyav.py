@@ -14,15 +14,33 @@ from typing import Iterator
 import av
 import numpy as np
 
+from ..errors import DecodeError, SourceError
 from ..frame import Frame
 from ..tracks import PacketQueue
-from . import DecodeError, RawVideoOptions, SourceError
+from .base import NETWORK_SCHEMES, RawVideoOptions
 from .orientation import Orientation
 from .tracks import passthrough_tracks, track_packet
 
 RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
 # Network streams and devices: (open, read) seconds before a silent input counts as lost.
 LIVE_TIMEOUT_S = (10.0, 5.0)
+
+
+def _rest(uri: str) -> str:
+    scheme, sep, rest = uri.partition("://")
+    return rest if sep else uri
+
+
+def open_file(uri: str, raw: RawVideoOptions) -> PyAVSource:
+    return PyAVSource(_rest(uri), raw)
+
+
+def open_network(uri: str, raw: RawVideoOptions) -> PyAVSource:
+    return PyAVSource(uri, raw, live=NETWORK_SCHEMES[uri.partition("://")[0]])
+
+
+def open_v4l2(uri: str, raw: RawVideoOptions) -> PyAVSource:
+    return PyAVSource(_rest(uri), raw, device="video4linux2")
 
 
 class PyAVSource:

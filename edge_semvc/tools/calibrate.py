@@ -37,6 +37,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -127,19 +128,27 @@ def output_paths(name: str, out_dir) -> tuple[Path, Path]:
     return out / f"{name}.int8.qdq.onnx", out / f"{name}.int8.frames.txt"
 
 
+@dataclass
+class Quantisation:
+    """How `calibrate` quantises. `op_types`: only these operator types get Q/DQ (default: all
+    ONNX Runtime quantises); `exclude_nodes`: node names kept in float (unnamed nodes are named
+    `<OpType>_<index>` in graph order before quantisation, so these names are stable for a given
+    model); `float_heads`: also keep the output heads in float (`output_head_nodes`)."""
+
+    per_channel: bool = True
+    method: str = "minmax"
+    symmetric: bool = True
+    op_types: list[str] | None = None
+    exclude_nodes: list[str] | None = None
+    float_heads: bool = True
+
+
 def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAULT_COUNT,
-              per_channel: bool = True, method: str = "minmax", symmetric: bool = True,
-              raw=None, cache_dir=None, log=print, op_types: list[str] | None = None,
-              exclude_nodes: list[str] | None = None, float_heads: bool = True) -> Path:
+              q: Quantisation | None = None, raw=None, cache_dir=None, log=print) -> Path:
     """Quantise `model` (a registry name or `labeler.models` entry) to a QDQ INT8 ONNX model
     calibrated on `n_frames` frames of `frames_source` (a folder of images, a clip/URI, or a
-    list of them). Returns the path of `<out>/<model>.int8.qdq.onnx`.
-
-    `op_types`: only these operator types get Q/DQ (default: all ONNX Runtime quantises);
-    `exclude_nodes`: node names kept in float (unnamed nodes are named `<OpType>_<index>` in
-    graph order before quantisation, so these names are stable for a given model);
-    `float_heads`: also keep the output heads in float (`output_head_nodes`)."""
-    from onnxruntime.quantization import (
+    list of them), as `q` says. Returns the path of `<out>/<model>.int8.qdq.onnx`."""
+    from onnxruntime.quantization import (  # the quantiser: offline only, and heavy
         CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
@@ -148,8 +157,9 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in METHODS:
-        raise LabelerError(f"unknown calibration method {method!r} ({', '.join(METHODS)})")
+    q = q or Quantisation()
+    if q.method not in METHODS:
+        raise LabelerError(f"unknown calibration method {q.method!r} ({', '.join(METHODS)})")
     if n_frames < 1:
         raise LabelerError(f"--count must be at least 1, got {n_frames}")
     sources = [str(s) for s in ([frames_source] if isinstance(frames_source, (str, Path))
@@ -162,9 +172,9 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
         used.append(ref)
     if not inputs:
         raise LabelerError(f"no frames could be read from {', '.join(sources)}")
-    log(f"{name}: calibrating on {len(inputs)} frames ({method}, "
-        f"{'per-channel' if per_channel else 'per-tensor'} weights, "
-        f"{'symmetric' if symmetric else 'asymmetric'} activations)")
+    log(f"{name}: calibrating on {len(inputs)} frames ({q.method}, "
+        f"{'per-channel' if q.per_channel else 'per-tensor'} weights, "
+        f"{'symmetric' if q.symmetric else 'asymmetric'} activations)")
     input_name = adapter.rt.input_name
 
     class Reader(CalibrationDataReader):
@@ -181,7 +191,7 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
     out_model, out_list = output_paths(name, out_dir)
     out_model.parent.mkdir(parents=True, exist_ok=True)
     calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-             "percentile": CalibrationMethod.Percentile}[method]
+             "percentile": CalibrationMethod.Percentile}[q.method]
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="edge-semvc-calib-") as tmp:
@@ -197,7 +207,7 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
             if not node.name:  # the quantiser addresses nodes by name
                 node.name = f"{node.op_type}_{i}"
         onnx.save(m, str(named))
-        exclude = list(exclude_nodes or []) + (output_head_nodes(m) if float_heads else [])
+        exclude = list(q.exclude_nodes or []) + (output_head_nodes(m) if q.float_heads else [])
         pre = Path(tmp) / "pre.onnx"
         try:
             # Static shapes: ONNX's own shape inference suffices (symbolic needs sympy).
@@ -209,24 +219,24 @@ def calibrate(model, frames_source, out_dir="calibration", n_frames: int = DEFAU
         tmp_out = Path(tmp) / "model.int8.qdq.onnx"
         quantize_static(
             str(pre), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-            weight_type=QuantType.QInt8, per_channel=per_channel, calibrate_method=calib,
-            op_types_to_quantize=op_types, nodes_to_exclude=exclude,
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+            activation_type=QuantType.QInt8 if q.symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=q.per_channel, calibrate_method=calib,
+            op_types_to_quantize=q.op_types, nodes_to_exclude=exclude,
+            extra_options={"ActivationSymmetric": q.symmetric, "WeightSymmetric": True})
         # Record where it came from in the model itself (metadata), then move it in place.
         m = onnx.load(str(tmp_out))
         meta = {"edge_semvc.source_onnx_sha256": sha256_file(fp32),
                 "edge_semvc.float_nodes": ",".join(exclude),
                 "edge_semvc.calibration_frames": str(len(used)),
-                "edge_semvc.calibration": f"{method}, per_channel={per_channel}, "
-                                          f"symmetric={symmetric}"}
+                "edge_semvc.calibration": f"{q.method}, per_channel={q.per_channel}, "
+                                          f"symmetric={q.symmetric}"}
         for k, v in meta.items():
             e = m.metadata_props.add()
             e.key, e.value = k, v
         onnx.save(m, str(tmp_out))
         shutil.move(str(tmp_out), str(out_model))
-    header = [f"# edge-semvc calibrate {name}: {len(used)} frames, {method}, "
-              f"per_channel={per_channel}, symmetric={symmetric}",
+    header = [f"# edge-semvc calibrate {name}: {len(used)} frames, {q.method}, "
+              f"per_channel={q.per_channel}, symmetric={q.symmetric}",
               f"# fp32 model {fp32} (sha256 {sha256_file(fp32)})",
               f"# written {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
               "# source<TAB>frame index (images: path only)"]
@@ -373,9 +383,9 @@ def _raw(args):
 
 def run(args) -> int:
     raw = _raw(args)
-    path = calibrate(args.model, args.frames, args.out, args.count, not args.per_tensor,
-                     args.method, not args.asymmetric, raw, args.cache_dir,
-                     float_heads=not args.quantize_heads)
+    q = Quantisation(per_channel=not args.per_tensor, method=args.method,
+                     symmetric=not args.asymmetric, float_heads=not args.quantize_heads)
+    path = calibrate(args.model, args.frames, args.out, args.count, q, raw, args.cache_dir)
     if args.check:
         used = read_frames_list(output_paths(path.name.split(".int8.")[0], args.out)[1])
         print(json.dumps(compare(args.model, path, args.check, used, args.check_count, raw,

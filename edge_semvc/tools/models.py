@@ -45,9 +45,9 @@ from ..labeler.registry import (
     _spec,
     cache_root,
     checked_user_file,
-    describe,
     model_paths,
     model_size,
+    model_specs,
     user_conversion_path,
 )
 
@@ -353,8 +353,8 @@ def prepare_config(cfg, cache_dir=None, log=print) -> None:
 def prepare_entries(models: list, cache_dir=None, log=print) -> list[Path]:
     """Prepare every `labeler.models` entry (registry models at their input size, user .tflite
     files converted): what a run needs before the labeler starts."""
-    return [model_file(describe(entry, f"labeler.models[{i}]"), f"labeler.models[{i}]",
-                       cache_dir, log=log) for i, entry in enumerate(models)]
+    return [model_file(spec.description, spec.key, cache_dir, log=log)
+            for spec in model_specs(models)]
 
 
 def ready_labeler(cfg, cache_dir, log=print):

@@ -6,21 +6,10 @@ when a mapper is made.
 """
 from __future__ import annotations
 
-from .backends import installed
-from .mapper import CudaQpMapper, traffic
+from .mapper import CudaQpMapper, traffic, unavailable_reason
 from .nvrtc import CudaError
-from .nvrtc import unavailable_reason as nvrtc_unavailable_reason
 
 __all__ = ["CudaError", "CudaQpMapper", "traffic", "unavailable_reason", "gpu_unavailable_reason"]
-
-
-def unavailable_reason() -> str | None:
-    """Why `qp.device: cuda` cannot work here, checked without touching a GPU (config
-    validation): a launcher installed and libnvrtc loadable. None when both are there."""
-    if not installed():
-        return ("neither CuPy nor pycuda is installed (pip install cupy-cuda12x or "
-                "cupy-cuda13x; on a Jetson, JetPack's python3-pycuda)")
-    return nvrtc_unavailable_reason()
 
 
 def gpu_unavailable_reason(backend: str | None = None) -> str | None:

@@ -43,7 +43,7 @@ class CupyGpu:
 
     def __init__(self, device: int = 0):
         import cupy
-        from cupy.cuda import runtime
+        from cupy.cuda import runtime  # CuPy: optional, a GPU machine's
 
         self._cupy, self._rt = cupy, runtime
         if runtime.getDeviceCount() <= device:
@@ -90,7 +90,7 @@ class CupyGpu:
         return host
 
     def load(self, image: bytes, names: tuple[str, ...]) -> dict[str, Callable]:
-        from cupy.cuda import function
+        from cupy.cuda import function  # CuPy: optional, a GPU machine's
 
         module = function.Module()
         module.load(image)

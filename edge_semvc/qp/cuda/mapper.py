@@ -31,7 +31,7 @@ from ...values import LabelMap, QpMap
 from .. import qpmap
 from ..config import QpConfig
 from . import nvrtc
-from .backends import Buffer, bandwidth, open_gpu
+from .backends import Buffer, bandwidth, installed, open_gpu
 from .nvrtc import CudaError
 
 SUB = 4  # the luma sampling step (analysis/complexity.py SUB; qp may not import analysis)
@@ -47,11 +47,24 @@ class AnalysisScales(Protocol):
     change_full_mad: float
 
 
+def unavailable_reason() -> str | None:
+    """Why `qp.device: cuda` cannot work here, checked without touching a GPU (the pre-flight):
+    a launcher installed and libnvrtc loadable. None when both are there."""
+    if not installed():
+        return ("neither CuPy nor pycuda is installed (pip install cupy-cuda12x or "
+                "cupy-cuda13x; on a Jetson, JetPack's python3-pycuda)")
+    return nvrtc.unavailable_reason()
+
+
 class CudaQpMapper:
     """Keeps the previous frame's luma samples on the device, like `Analyser` keeps them.
 
     `backend`: "pycuda" or "cupy" (default: pycuda where installed, else CuPy). Raises
     CudaError saying why when no launcher, GPU or NVRTC is usable."""
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        return unavailable_reason()
 
     def __init__(self, backend: str | None = None, device: int = 0):
         self.gpu = open_gpu(backend, device)

@@ -1,0 +1,66 @@
+"""The fusion rule (labeler/__init__.py) and the `requires` gate: how the planes of several
+models become one LabelMap."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from ..values import LabelMap
+
+if TYPE_CHECKING:
+    from .adapters import Adapter
+
+
+def fuse(contributions: list[tuple[list[str], np.ndarray, float]], priority: list[str],
+         models: list[str] = (), shape: tuple[int, int] | None = None) -> LabelMap:
+    """The fusion rule (module docstring): `contributions` are (classes, planes, threshold) per
+    model. Returns a LabelMap with classes in order of first appearance."""
+    classes: list[str] = []
+    for cls, _, _ in contributions:
+        classes += [c for c in cls if c not in classes]
+    if shape is None:
+        shape = contributions[0][1].shape[1:] if contributions else (0, 0)
+    probs = np.zeros((len(classes), *shape), np.float32)
+    above = np.zeros((len(classes), *shape), bool)
+    for cls, planes, threshold in contributions:
+        for c, plane in zip(cls, planes):
+            i = classes.index(c)
+            np.maximum(probs[i], plane, out=probs[i])
+            above[i] |= plane > threshold
+    labels = np.zeros(shape, np.int16)
+    ranked = [c for c in priority if c in classes]
+    rest = [classes.index(c) for c in classes if c not in ranked]
+    if rest:  # unlisted classes: the most probable candidate
+        p = np.where(above[rest], probs[rest], -1.0)
+        best = p.argmax(axis=0)
+        hit = p.max(axis=0) >= 0
+        labels[hit] = np.asarray(rest)[best[hit]] + 1
+    for c in reversed(ranked):  # listed classes, the first one last: it wins
+        i = classes.index(c)
+        labels[above[i]] = i + 1
+    return LabelMap(probs, ["background", *classes], labels, list(models))
+
+
+def gate(models: list[tuple[str, Adapter]], planes: list[np.ndarray], k: int) -> np.ndarray:
+    """Model k's planes, restricted to its regions that touch a region of its `requires` class
+    (from any model) when it has one: e.g. a selfie segmenter's person only where a face was
+    found, which drops the walls, trees and cliffs such a model mistakes for people."""
+    m = models[k][1]
+    if not m.requires:
+        return planes[k]
+    required = np.zeros(planes[k].shape[1:], bool)
+    for (_, other), p in zip(models, planes):
+        if m.requires in other.classes:
+            required |= p[other.classes.index(m.requires)] > other.threshold
+    near = ndimage.binary_dilation(required)  # touching counts
+    out = planes[k].copy()
+    for plane in out:
+        regions, n = ndimage.label(plane > m.threshold)
+        if n:
+            keep = np.zeros(n + 1, bool)
+            keep[np.unique(regions[near & (regions > 0)])] = True
+            plane[(regions > 0) & ~keep[regions]] = 0.0
+    return out
+

@@ -1,0 +1,187 @@
+"""The Labeler: all models of `labeler.models`, scheduled (schedule.py), carried between their
+runs (reuse.py), gated and fused (fuse.py)."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..frame import Frame
+from ..values import LabelMap
+from .adapters import ADAPTERS, Adapter, SsdAnchorAdapter, _BoxPlanes
+from .config import LabelerConfig
+from .fuse import fuse, gate
+from .registry import model_specs, prepared_file
+from .reuse import PlaneCarrier
+from .runtime import open_runtime
+from .schedule import Budget, Worker
+
+
+class Labeler:
+    """All models of `labeler.models`, scheduled, carried between their runs and fused."""
+
+    def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print,
+                 clock=None, thread_clock=None):
+        self.cfg = cfg
+        self.models: list[tuple[str, Adapter]] = []
+        for spec in model_specs(cfg.models):
+            path = prepared_file(spec.description, spec.key, cache_dir)
+            runtime = open_runtime(cfg.runtime, path, cfg.threads)
+            adapter = ADAPTERS.get(spec.decoder)(spec.description, runtime, cfg, spec.key)
+            self.models.append((spec.name, adapter))
+        self.classes: list[str] = []
+        for _, m in self.models:
+            self.classes += [c for c in m.classes if c not in self.classes]
+        self.model_names = [name for name, _ in self.models]
+        for i, (_, m) in enumerate(self.models):
+            if m.requires and m.requires not in self.classes:
+                logging.getLogger("edge_semvc").warning(
+                    "labeler.models[%d] (%s) requires %r, which no model here labels: its "
+                    "regions are used without that check (set its `requires: null` to "
+                    "silence this)", i, m.name, m.requires)
+                m.requires = None
+        self.carrier = PlaneCarrier(cfg.reuse)
+        intervals = [m.interval for _, m in self.models]
+        self.budget = (Budget(cfg.cpu_budget, intervals, **({"clock": clock} if clock else {}))
+                       if cfg.cpu_budget > 0 else None)
+        self.worker = Worker(self._run_model, inline=self.budget is None or not cfg.parallel,
+                             **({"thread_clock": thread_clock} if thread_clock else {}))
+        self._n = -1  # frames seen
+        self.scene_cuts = 0
+        self._live: list[int | None] = [None] * len(self.models)  # frame of each model's planes
+        self._last_run = [-(1 << 30)] * len(self.models)
+        self._last_run_s = [float("-inf")] * len(self.models)  # stream time of that frame
+        self._now_s = 0.0
+        self.runs = [0] * len(self.models)
+        # How old each model's labels were on each frame: a histogram (runs last for months).
+        self.staleness = [Counter() for _ in self.models]
+        self._fresh: set[int] = set()  # models whose new results arrived on this frame
+        self._grid = None
+        self._grid_changed = True  # the current frame starts a new picture size (or the first)
+
+    def _run_model(self, k: int, frame: Frame) -> np.ndarray:
+        return self.models[k][1](frame)
+
+    def _due(self, cut: bool) -> list[int]:
+        """The models to run on the current frame."""
+        if cut or self._grid_changed:
+            return list(range(len(self.models)))
+        intervals = (self.budget.intervals() if self.budget else
+                     [m.interval for _, m in self.models])
+        if self.budget is None:  # fixed intervals: every k-th frame
+            return [k for k, iv in enumerate(intervals) if self._n % iv == 0]
+        # The budget's interval, or sooner when the labels would get older than max_age_s.
+        return [k for k, iv in enumerate(intervals) if self._n - self._last_run[k] >= iv
+                or self._now_s - self._last_run_s[k] >= self.cfg.max_age_s]
+
+    def _collect(self, results) -> None:
+        for n, out in results:
+            for k, planes, cost in out:
+                if self.budget:
+                    self.budget.add_run(k, cost)
+                    self._fresh.add(k)
+                if (k, n) not in self.carrier:  # computed before the picture size changed
+                    continue
+                if self._live[k] is not None and self._live[k] != n:
+                    self.carrier.drop((k, self._live[k]))
+                self.carrier.fill((k, n), planes)
+                self._live[k] = n
+
+    def label(self, frame: Frame) -> LabelMap:
+        """This frame's labels: advance the clocks and the carrier, run the models that are
+        due, carry every model's latest planes here, gate them, then fuse."""
+        grid = self._start_frame(frame)
+        cut = self._n > 0 and not self._grid_changed and self.carrier.scene_cut
+        self.scene_cuts += cut  # read by the service for its `scene_cut` events
+        self._schedule(frame, cut)
+        gated = self._gate(self._carried_planes(grid))
+        return fuse([(m.classes, gated[k], m.threshold) for k, (_, m) in enumerate(self.models)],
+                    self.cfg.priority, self.model_names, grid)
+
+    def _start_frame(self, frame: Frame) -> tuple[int, int]:
+        """Count the frame, step the stream clock, the carrier and the budget; forget what
+        cannot be carried to a new picture size; collect finished runs. Returns the grid."""
+        self._n += 1
+        if frame.pts is not None and frame.time_base:
+            self._now_s = float(frame.pts * frame.time_base)
+        self.carrier.step(frame.y)
+        if self.budget:
+            self.budget.frame()
+        grid = (frame.mb_h, frame.mb_w)
+        self._grid_changed = grid != self._grid
+        if self._grid_changed:  # first frame or a new picture size: nothing to carry
+            self._live = [None] * len(self.models)
+            self._grid = grid
+        self._collect(self.worker.results())
+        return grid
+
+    def _schedule(self, frame: Frame, cut: bool) -> None:
+        """Submit the models that are due on this frame (all of them on a cut)."""
+        due = self._due(cut)
+        if cut and self.worker.busy:  # what is running started before the cut
+            self._collect(self.worker.results(wait=True))
+        if due and not self.worker.busy:
+            for k in due:
+                # Box planes: each box is moved whole (reuse.py).
+                interp = "nearest" if isinstance(self.models[k][1],
+                                                 (SsdAnchorAdapter, _BoxPlanes)) else None
+                self.carrier.mark((k, self._n), interp)
+                self._last_run[k], self._last_run_s[k] = self._n, self._now_s
+                self.runs[k] += 1
+            self.worker.submit(self._n, frame, due)
+            # The first frame and a cut wait for their own labels (see schedule.py).
+            self._collect(self.worker.results(wait=cut or self._grid_changed
+                                              or self.worker.inline))
+
+    def _carried_planes(self, grid: tuple[int, int]) -> list[np.ndarray]:
+        """Each model's latest planes carried to this frame (zeros before its first run)."""
+        planes = []
+        for k, (_, m) in enumerate(self.models):
+            n = self._live[k]
+            if n is None:
+                planes.append(np.zeros((len(m.classes), *grid), np.float32))
+                continue
+            planes.append(self.carrier.get((k, n)))
+            self.staleness[k][self._n - n] += 1
+        return planes
+
+    def _gate(self, planes: list[np.ndarray]) -> list[np.ndarray]:
+        """The `requires` gate on every model's planes; tells the budget what new results
+        found."""
+        gated = [gate(self.models, planes, k) for k in range(len(self.models))]
+        for k in self._fresh:  # what a new result added, after its `requires` check
+            self.budget.found(k, bool((gated[k] > self.models[k][1].threshold).any()))
+        self._fresh.clear()
+        return gated
+
+    def last_boxes(self, name: str) -> np.ndarray | None:
+        """Read-only: the face boxes of the ssd-anchors model `name` from its latest run,
+        float32[n, 5] (x1, y1, x2, y2 in frame pixels, score); None when no such model runs
+        here. Under a CPU budget that run may be a few frames old (its planes are carried with
+        the motion; these boxes are not)."""
+        for model_name, m in self.models:
+            if model_name == name and isinstance(m, SsdAnchorAdapter):
+                return m.last_boxes
+        return None
+
+    def stats(self) -> dict:
+        """Per model: runs, how stale its labels were (frames), mean CPU per run."""
+        out = {}
+        for k, name in enumerate(self.model_names):
+            hist = self.staleness[k] or Counter({0: 1})
+            ages = np.array(sorted(hist))
+            counts = np.array([hist[a] for a in ages])
+            cum = np.cumsum(counts)
+            cost = self.budget.costs[k] if self.budget else None
+            out[name] = {"runs": self.runs[k],
+                         "staleness_frames": {
+                             "mean": round(float((ages * counts).sum() / cum[-1]), 2),
+                             "p95": int(ages[np.searchsorted(cum, 0.95 * cum[-1])]),
+                             "max": int(ages[-1])},
+                         "cpu_ms_per_run": round(cost * 1e3, 2) if cost else None}
+        return out
+
+    def close(self) -> None:
+        self.worker.close()

@@ -1,0 +1,39 @@
+"""What every source is (`Source`), the options of headerless raw video and the schemes'
+properties, apart from the implementations (sources/__init__.py picks one by scheme)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator, Protocol
+
+from ..frame import Frame
+
+
+@dataclass
+class RawVideoOptions:
+    """Geometry for headerless raw video (.yuv): PyAV cannot guess it."""
+
+    width: int = 0
+    height: int = 0
+    rate: Fraction = Fraction(0)
+    pix_fmt: str = "yuv420p"
+
+
+class Source(Protocol):
+    width: int
+    height: int
+    fps: Fraction
+    time_base: Fraction
+    frame_count: int  # 0 when unknown
+    description: str
+
+    def frames(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+# FFmpeg options per network scheme: RTSP over TCP (no lost UDP packets smearing the picture).
+# Reads time out (pyav.LIVE_TIMEOUT_S) so that a camera that disappears ends the read instead
+# of hanging it: the service then reconnects.
+NETWORK_SCHEMES = {"rtsp": {"rtsp_transport": "tcp"}, "rtsps": {"rtsp_transport": "tcp"}}
+LIVE_SCHEMES = (*NETWORK_SCHEMES, "v4l2", "csi")  # inputs that never end on their own
