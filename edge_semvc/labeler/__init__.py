@@ -16,6 +16,9 @@ Each model runs every `interval` frames (its own, default `labeler.interval`); i
 last planes are carried to the current frame by per-macroblock motion compensation
 (`labeler.reuse: motion`, reuse.py) or held unchanged (`hold`). A detected scene cut makes every
 model run.
+
+A box detector on a frame much larger than its input also runs on overlapping tiles
+(`labeler.tiles`, tiles.py), each tile scheduled as one more model within the budget.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from .preprocess import Geometry, InputTransform
 from .reuse import PlaneCarrier
 from .runtime import LabelerError, open_runtime
 from .schedule import Budget, Worker
+from .tiles import Tile, tile_rects
 
 
 class Adapter:
@@ -303,7 +307,9 @@ class Labeler:
     """All models of `labeler.models`, scheduled, carried between their runs and fused."""
 
     def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print,
-                 clock=None, thread_clock=None):
+                 clock=None, thread_clock=None, live_share: float | None = None):
+        """`live_share`: a live run, whose models may use this share of each frame period
+        (schedule.camera_share); None: a file encode, on `cfg.cpu_budget`."""
         from .registry import describe, prepared_file
 
         self.cfg = cfg
@@ -328,8 +334,10 @@ class Labeler:
                 m.requires = None
         self.carrier = PlaneCarrier(cfg.reuse)
         intervals = [m.interval for _, m in self.models]
-        self.budget = (Budget(cfg.cpu_budget, intervals, **({"clock": clock} if clock else {}))
-                       if cfg.cpu_budget > 0 else None)
+        share = cfg.cpu_budget if live_share is None else live_share
+        self.budget = (Budget(share, intervals, live=live_share is not None,
+                              **({"clock": clock} if clock else {})) if share > 0 else None)
+        self.whole = len(self.models)  # the models' own views; tiles come after (first frame)
         self.worker = Worker(self._run_model, inline=self.budget is None or not cfg.parallel,
                              **({"thread_clock": thread_clock} if thread_clock else {}))
         self._n = -1  # frames seen
@@ -348,10 +356,30 @@ class Labeler:
     def _run_model(self, k: int, frame: Frame) -> np.ndarray:
         return self.models[k][1](frame)
 
+    def _add_tiles(self, frame: Frame) -> None:
+        """The box detectors' tiles for this frame size, scheduled within the budget (none
+        without one: fixed intervals would run them all at once)."""
+        if self.budget is None or self.cfg.tiles <= 0:
+            return
+        for _, m in self.models[:self.whole]:
+            if not isinstance(m, _BoxPlanes):
+                continue
+            rects = tile_rects(frame.width, frame.height, *m.input.size, self.cfg.tiles)
+            for i, rect in enumerate(rects):
+                tile = Tile(m, rect, i + 1, len(rects))
+                self.models.append((tile.name, tile))
+                self.budget.add_model(tile.interval)
+                self._live.append(None)
+                self._last_run.append(-(1 << 30))
+                self._last_run_s.append(float("-inf"))
+                self.runs.append(0)
+                self.staleness.append(Counter())
+
     def _due(self, cut: bool) -> list[int]:
-        """The models to run on the current frame."""
+        """The models to run on the current frame: all whole views on the first frame and
+        at a cut (their results are waited for; tiles come as the budget allows)."""
         if cut or self._grid_changed:
-            return list(range(len(self.models)))
+            return list(range(self.whole))
         intervals = (self.budget.intervals() if self.budget else
                      [m.interval for _, m in self.models])
         if self.budget is None:  # fixed intervals: every k-th frame
@@ -380,9 +408,12 @@ class Labeler:
             self._now_s = float(frame.pts * frame.time_base)
         c.step(frame.y)
         if self.budget:
-            self.budget.frame()
+            self.budget.frame(self._now_s if frame.pts is not None and frame.time_base
+                              else None)
         grid = (frame.mb_h, frame.mb_w)
         self._grid_changed = grid != self._grid
+        if self._grid is None:
+            self._add_tiles(frame)
         if self._grid_changed:  # first frame or a new picture size: nothing to carry
             self._live = [None] * len(self.models)
             self._grid = grid
@@ -392,11 +423,16 @@ class Labeler:
         due = self._due(cut)
         if cut and self.worker.busy:  # what is running started before the cut
             self._collect(self.worker.results(wait=True))
+        if cut:  # the tiles' planes from before the cut mean nothing after it
+            for k in range(self.whole, len(self.models)):
+                if self._live[k] is not None:
+                    c.drop((k, self._live[k]))
+                    self._live[k] = None
         if due and not self.worker.busy:
             for k in due:
                 # Box planes: each box is moved whole (reuse.py).
                 interp = "nearest" if isinstance(self.models[k][1],
-                                                 (SsdAnchorAdapter, _BoxPlanes)) else None
+                                                 (SsdAnchorAdapter, _BoxPlanes, Tile)) else None
                 c.mark((k, self._n), interp)
                 self._last_run[k], self._last_run_s[k] = self._n, self._now_s
                 self.runs[k] += 1
@@ -430,9 +466,10 @@ class Labeler:
         return None
 
     def stats(self) -> dict:
-        """Per model: runs, how stale its labels were (frames), mean CPU per run."""
+        """Per model (and tile): runs, how stale its labels were (frames), mean CPU per
+        run."""
         out = {}
-        for k, name in enumerate(self.model_names):
+        for k, (name, _) in enumerate(self.models):
             hist = self.staleness[k] or Counter({0: 1})
             ages = np.array(sorted(hist))
             counts = np.array([hist[a] for a in ages])

@@ -56,7 +56,8 @@ class Service:
                                         self._restored(name, cfg.pipeline_config(name)),
                                         cfg.record if cam.record else None, self._event,
                                         outputs=tuple(cam.outputs), loop=cam.loop,
-                                        realtime=cam.realtime, queue_frames=cam.queue_frames)
+                                        realtime=cam.realtime, queue_frames=cam.queue_frames,
+                                        cameras=len(cfg.cameras))
 
     # --- events and remote configuration -----------------------------------------------------
     def _event(self, camera: str, event: str, fields: dict) -> None:
