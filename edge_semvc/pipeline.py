@@ -439,6 +439,7 @@ def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | 
         "frames_with_map": stats.frames_mapped,
         "models": labeler.model_names if labeler else [],
         "labeler": labeler.stats() if labeler else {},
+        "labeler_budget": labeler.budget_stats() if labeler else None,
         "encoder": encoder,
         "config": cfg.to_dict(),
     }

@@ -483,5 +483,14 @@ class Labeler:
                          "cpu_ms_per_run": round(cost * 1e3, 2) if cost else None}
         return out
 
+    def budget_stats(self) -> dict | None:
+        """The budget: `live` (a share of each frame period) or `cpu` (of the rest of the
+        process's CPU), its share and what it gives the models per frame; None without one."""
+        b = self.budget
+        if b is None:
+            return None
+        return {"kind": "live" if b.live else "cpu", "share": round(b.share, 4),
+                "ms_per_frame": round(b.per_frame() * 1e3, 3)}
+
     def close(self) -> None:
         self.worker.close()

@@ -50,6 +50,7 @@ class StatsWindow:
             "mean_offset_background": round(stats.offset_sum_bg / stats.mb_bg, 3)
             if stats.mb_bg else None,
             "label_staleness_frames": _staleness(labeler),
+            "label_budget": labeler.budget_stats() if labeler else None,
             "storage": _storage(stats.storage),
             "reconnects": max(runs - 1, 0),
             "outputs": cam.output_stats(),
