@@ -24,17 +24,12 @@ from ..config import load_config
 from ..frame import MB, Frame
 from ..labeler import Labeler
 from ..labeler.decoders import nms
+from ..labeler.tiles import crop_frame
 from ..sources import open_source
 from .detector import GROUPS, YoloxDetector
 
 FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "yolox_nano.onnx"
 OVERLAP = 0.25  # reference tiles: an object on a seam is whole in one of them
-
-
-def crop(frame: Frame, x0: int, y0: int, x1: int, y1: int) -> Frame:
-    c = (slice(y0 // 2, (y1 + 1) // 2), slice(x0 // 2, (x1 + 1) // 2))
-    return Frame(np.ascontiguousarray(frame.y[y0:y1, x0:x1]), np.ascontiguousarray(frame.u[c]),
-                 np.ascontiguousarray(frame.v[c]), frame.pts, frame.time_base, frame.index)
 
 
 def reference(det: YoloxDetector, frame: Frame) -> dict[str, np.ndarray]:
@@ -52,13 +47,15 @@ def reference(det: YoloxDetector, frame: Frame) -> dict[str, np.ndarray]:
         for x0 in starts(frame.width, tw):
             x0e, y0e = x0 - x0 % 2, y0 - y0 % 2
             x1, y1 = min(frame.width, x0e + tw), min(frame.height, y0e + th)
-            for g, boxes in det.detect(crop(frame, x0e, y0e, x1, y1)).items():
+            for g, boxes in det.detect(crop_frame(frame, x0e, y0e, x1, y1)).items():
                 b = boxes.copy()
                 b[:, [0, 2]] += x0e
                 b[:, [1, 3]] += y0e
                 # a box cut by an inner seam is whole in the overlapping tile
-                cut = (((b[:, 0] <= x0e + 1) & (x0e > 0)) | ((b[:, 2] >= x1 - 1) & (x1 < frame.width))
-                       | ((b[:, 1] <= y0e + 1) & (y0e > 0)) | ((b[:, 3] >= y1 - 1) & (y1 < frame.height)))
+                cut = (((b[:, 0] <= x0e + 1) & (x0e > 0))
+                       | ((b[:, 2] >= x1 - 1) & (x1 < frame.width))
+                       | ((b[:, 1] <= y0e + 1) & (y0e > 0))
+                       | ((b[:, 3] >= y1 - 1) & (y1 < frame.height)))
                 out[g].append(b[~cut])
     merged = {}
     for g, parts in out.items():

@@ -41,6 +41,13 @@ def tile_rects(width: int, height: int, in_w: int, in_h: int,
     return [(x0, y0, x1, y1) for y0, y1 in spans(rows) for x0, x1 in spans(cols)]
 
 
+def crop_frame(frame: Frame, x0: int, y0: int, x1: int, y1: int) -> Frame:
+    """The part [y0:y1, x0:x1] of `frame` (x0, y0 even: the chroma planes are half size)."""
+    c = (slice(y0 // 2, (y1 + 1) // 2), slice(x0 // 2, (x1 + 1) // 2))
+    return Frame(np.ascontiguousarray(frame.y[y0:y1, x0:x1]), np.ascontiguousarray(frame.u[c]),
+                 np.ascontiguousarray(frame.v[c]), frame.pts, frame.time_base, frame.index)
+
+
 class Tile:
     """One tile of a box detector: calling it runs the detector on the crop and gives its
     planes on the whole frame's macroblock grid (zero outside the crop). The crop is widened
@@ -62,11 +69,7 @@ class Tile:
 
     def __call__(self, frame: Frame) -> np.ndarray:
         x0, y0, x1, y1 = self.crop(frame.width, frame.height)
-        c = (slice(y0 // 2, (y1 + 1) // 2), slice(x0 // 2, (x1 + 1) // 2))
-        part = Frame(np.ascontiguousarray(frame.y[y0:y1, x0:x1]),
-                     np.ascontiguousarray(frame.u[c]), np.ascontiguousarray(frame.v[c]),
-                     frame.pts, frame.time_base, frame.index)
-        planes = self.detector(part)
+        planes = self.detector(crop_frame(frame, x0, y0, x1, y1))
         out = np.zeros((len(self.classes), frame.mb_h, frame.mb_w), np.float32)
         out[:, y0 // MB:y0 // MB + planes.shape[1], x0 // MB:x0 // MB + planes.shape[2]] = planes
         return out
