@@ -75,3 +75,14 @@ def test_no_tiles_without_a_budget_and_none_on_a_frame_near_the_input_size():
     for f in frames:  # 854x480 shrinks 1.67x into 512x288: under 2
         lab.label(f)
     assert list(lab.stats()) == ["nanodet_g"]
+
+
+@pytest.mark.parametrize("key, value", [("labeler.tiles", "0.5"), ("labeler.tiles", "nan"),
+                                        ("labeler.live_share", "1.5"),
+                                        ("labeler.live_share", "-0.1")])
+def test_bad_budget_and_tile_keys_are_refused_by_name(key, value):
+    from edge_semvc.config import load_config
+    from edge_semvc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [f"{key}={value}"])
