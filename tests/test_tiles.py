@@ -40,7 +40,8 @@ def _drone_frames(first: int, last: int):
 def test_tiles_find_the_drone_clip_s_small_cars_that_the_whole_view_misses():
     """Cars ~20-30 px wide at the end of the drone clip: NanoDet-g on the whole frame labels
     none, its four tiles label some. A live budget of a whole period with runs that 'cost'
-    nothing (an injected thread clock) runs every tile on every frame."""
+    nothing (an injected thread clock) runs the whole view on every frame and the tiles in
+    turn, one a frame."""
     frames = _drone_frames(352, 362)
     vehicles = {}
     for tiles in (1.5, 0.0):
@@ -52,7 +53,8 @@ def test_tiles_find_the_drone_clip_s_small_cars_that_the_whole_view_misses():
         names = list(lab.stats())
         if tiles:
             assert names == ["nanodet_g"] + [f"nanodet_g tile {i}/4" for i in range(1, 5)]
-            assert lab.runs[1:] == [len(frames) - 1] * 4  # from the second frame on
+            # one tile a frame from the second frame on, in turn
+            assert sum(lab.runs[1:]) == len(frames) - 1 and min(lab.runs[1:]) >= 2
             for _, tile in lab.models[1:]:
                 x0, y0, x1, y1 = tile.crop(854, 480)
                 assert x0 % 16 == y0 % 16 == 0 and (x1 % 16 == 0 or x1 == 854)

@@ -385,8 +385,12 @@ class Labeler:
         if self.budget is None:  # fixed intervals: every k-th frame
             return [k for k, iv in enumerate(intervals) if self._n % iv == 0]
         # The budget's interval, or sooner when the labels would get older than max_age_s.
-        return [k for k, iv in enumerate(intervals) if self._n - self._last_run[k] >= iv
-                or self._now_s - self._last_run_s[k] >= self.cfg.max_age_s]
+        due = [k for k, iv in enumerate(intervals) if self._n - self._last_run[k] >= iv
+               or self._now_s - self._last_run_s[k] >= self.cfg.max_age_s]
+        tiles = [k for k in due if k >= self.whole]
+        if len(tiles) > 1:  # one tile a job, the longest waiting: no job holds a whole grid
+            due = [k for k in due if k < self.whole] + [min(tiles, key=self._last_run.__getitem__)]
+        return due
 
     def _collect(self, results) -> None:
         for n, out in results:

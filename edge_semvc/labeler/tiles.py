@@ -3,8 +3,9 @@
 Seen whole, a 854x480 drone frame shrinks to NanoDet's 512x288 and a car 20 px wide becomes a
 few input pixels, below what the detector finds. Cut into overlapping tiles about the input's
 size, each crop reaches the detector near its own scale. Each tile is one more model for the
-scheduler (schedule.py): it runs within the same budget (the budget decides how often; the
-tiles of a frame are spread over several frames when it cannot pay for all), its planes are
+scheduler (schedule.py): it runs within the same budget (the budget decides how often; a job
+of the worker holds one tile at most, the one waiting longest, so the tiles take turns and no
+job holds the whole view up for a whole grid of runs), its planes are
 carried by motion between its runs, a tile that keeps finding nothing runs less often, and its
 planes fuse with the whole view's by maximum (labeler/__init__.py). The whole view keeps its
 place: large and close objects, the first frame and scene cuts.
