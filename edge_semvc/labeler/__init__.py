@@ -384,9 +384,10 @@ class Labeler:
                      [m.interval for _, m in self.models])
         if self.budget is None:  # fixed intervals: every k-th frame
             return [k for k, iv in enumerate(intervals) if self._n % iv == 0]
-        # The budget's interval, or sooner when the labels would get older than max_age_s.
+        # The budget's interval, or sooner when the labels would get older than max_age_s
+        # (whole views only: that floor is paid outside the budget, tiles are within it).
         due = [k for k, iv in enumerate(intervals) if self._n - self._last_run[k] >= iv
-               or self._now_s - self._last_run_s[k] >= self.cfg.max_age_s]
+               or (k < self.whole and self._now_s - self._last_run_s[k] >= self.cfg.max_age_s)]
         tiles = [k for k in due if k >= self.whole]
         if len(tiles) > 1:  # one tile a job, the longest waiting: no job holds a whole grid
             due = [k for k in due if k < self.whole] + [min(tiles, key=self._last_run.__getitem__)]
