@@ -30,7 +30,7 @@ PY
     { echo "cameras:"
       for i in $(seq 1 "$n"); do echo "  cam$i: {input: \"file://${CLIP[$res]}\", loop: true}"; done
       echo "record: {dir: $OUT/rec_${res}_${n}, segment_seconds: 10}"; } > "$cfg"
-    rm -rf "$OUT/rec_${res}_${n}"
+    rm -rf "$OUT/rec_${res}_${n}"; mkdir -p "$OUT/rec_${res}_${n}"  # serve never makes it
     echo "== $res x $n" >&2
     $PY -m edge_semvc serve --config "$cfg" --seconds "$SECONDS_PER_RUN" \
       --stats-json "$OUT/serve_${res}_${n}.json" 2> "$OUT/serve_${res}_${n}.log"
