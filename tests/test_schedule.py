@@ -235,3 +235,14 @@ def test_on_an_idle_10_fps_camera_the_detector_runs_every_frame_or_two():
         assert lab.budget_stats()["kind"] == ("live" if live else "cpu")
     assert ages[True] <= 1
     assert ages[False] >= 10
+
+
+def test_a_detector_s_tiles_together_weigh_as_much_as_its_whole_view():
+    b = Budget(0.5, [1], live=True)
+    for _ in range(4):
+        b.add_model(1, 0.25)
+    for _ in range(4):
+        b.found(1, False)
+    assert b.weights == [1.0, 0.25 / 8, 0.25, 0.25, 0.25]
+    b.found(1, True)
+    assert b.weights[1] == 0.25

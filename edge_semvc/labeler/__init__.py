@@ -368,7 +368,7 @@ class Labeler:
             for i, rect in enumerate(rects):
                 tile = Tile(m, rect, i + 1, len(rects))
                 self.models.append((tile.name, tile))
-                self.budget.add_model(tile.interval)
+                self.budget.add_model(tile.interval, 1 / len(rects))  # all: one whole view
                 self._live.append(None)
                 self._last_run.append(-(1 << 30))
                 self._last_run_s.append(float("-inf"))

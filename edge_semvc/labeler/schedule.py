@@ -11,8 +11,9 @@ never from a clock. `intervals()` turns that into an interval per model by water
 models are served cheapest first, each taking its part of what is left, so cheap models
 (BlazeFace, ~1 ms) run often and what they leave goes to the expensive detector, which then
 runs every k-th frame (k = its cost / its part). A model's part is in proportion to its weight:
-1, halved for every run in a row that found nothing (down to 1/8), back to 1 when it finds
-something: a face detector on a road camera leaves its share to the detector that sees cars.
+1 (a detector's tile: 1/number of tiles, so that its tiles together weigh as much as its
+whole view), halved for every run in a row that found nothing (down to 1/8 of that), back to
+it when it finds something: a face detector on a road camera leaves its share to the detector that sees cars.
 Costs are measured per run (CPU time of the worker thread) and averaged; the rest of the process
 is measured per frame. Both clocks are injectable, so tests count instead of timing.
 
@@ -53,6 +54,7 @@ class Budget:
         self.min_intervals: list[int] = []
         self.costs: list[float | None] = []  # CPU s per run
         self.weights: list[float] = []
+        self.base: list[float] = []  # each model's full weight (a tile: a share of its detector's)
         for interval in min_intervals:
             self.add_model(interval)
         self.clock = clock
@@ -62,11 +64,13 @@ class Budget:
         self._t_video: float | None = None
         self._spent = 0.0  # model CPU since the last frame
 
-    def add_model(self, min_interval: int) -> None:
-        """One more model (a detector's tile) to schedule, cost not yet known."""
+    def add_model(self, min_interval: int, weight: float = 1.0) -> None:
+        """One more model (a detector's tile) to schedule, cost not yet known, at full
+        `weight`."""
         self.min_intervals.append(min_interval)
         self.costs.append(None)
-        self.weights.append(1.0)
+        self.weights.append(weight)
+        self.base.append(weight)
 
     def add_run(self, model: int, seconds: float) -> None:
         """A run of `model` took `seconds` of CPU."""
@@ -76,7 +80,9 @@ class Budget:
 
     def found(self, model: int, anything: bool) -> None:
         """What the latest run of `model` contributed to the labels: something or nothing."""
-        self.weights[model] = 1.0 if anything else max(self.weights[model] / 2, MIN_WEIGHT)
+        base = self.base[model]
+        self.weights[model] = base if anything else max(self.weights[model] / 2,
+                                                        base * MIN_WEIGHT)
 
     def frame(self, video_s: float | None = None) -> None:
         """One frame went by (at `video_s` seconds of video, when it has a timestamp): measure
