@@ -246,3 +246,12 @@ def test_a_detector_s_tiles_together_weigh_as_much_as_its_whole_view():
     assert b.weights == [1.0, 0.25 / 8, 0.25, 0.25, 0.25]
     b.found(1, True)
     assert b.weights[1] == 0.25
+
+
+def test_dropped_frames_do_not_lengthen_the_live_period():
+    """A camera at 10 fps whose pipeline dropped every other frame for a while: the period
+    stays 100 ms (not 200 ms, which would give the models more time and drop more)."""
+    b = Budget(0.5, [1], live=True)
+    for t in [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]:
+        b.frame(t)
+    assert b.per_frame() == pytest.approx(0.05)

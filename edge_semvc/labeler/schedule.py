@@ -29,8 +29,10 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from typing import Callable
 
+PERIOD_WINDOW = 50  # frame steps over which the live period is the shortest one seen
 EMA = 0.2  # weight of a new cost sample (costs drift slowly; one slow run should not dominate)
 MIN_WEIGHT = 1 / 8  # a model that keeps finding nothing still gets an eighth of a share
 
@@ -59,7 +61,10 @@ class Budget:
             self.add_model(interval)
         self.clock = clock
         self.rest: float | None = None  # CPU s per frame outside the models (EMA)
-        self.period: float | None = None  # s of video per frame, from the timestamps (EMA)
+        # s of video per frame: the shortest recent step between timestamps, so that frames a
+        # late pipeline dropped do not lengthen it (more time for the models, more drops)
+        self.period: float | None = None
+        self._steps: deque[float] = deque(maxlen=PERIOD_WINDOW)
         self._t = None
         self._t_video: float | None = None
         self._spent = 0.0  # model CPU since the last frame
@@ -89,8 +94,8 @@ class Budget:
         its period (live) or what the rest of the process spent on it."""
         if self.live:
             if video_s is not None and self._t_video is not None and video_s > self._t_video:
-                dt = video_s - self._t_video
-                self.period = dt if self.period is None else self.period + EMA * (dt - self.period)
+                self._steps.append(video_s - self._t_video)
+                self.period = min(self._steps)
             self._t_video = video_s
             return
         now = self.clock()
