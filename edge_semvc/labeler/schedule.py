@@ -13,7 +13,8 @@ models are served cheapest first, each taking its part of what is left, so cheap
 runs every k-th frame (k = its cost / its part). A model's part is in proportion to its weight:
 1 (a detector's tile: 1/number of tiles, so that its tiles together weigh as much as its
 whole view), halved for every run in a row that found nothing (down to 1/8 of that), back to
-it when it finds something: a face detector on a road camera leaves its share to the detector that sees cars.
+it when it finds something: a face detector on a road camera leaves its share to the detector
+that sees cars.
 Costs are measured per run (CPU time of the worker thread) and averaged; the rest of the process
 is measured per frame. Both clocks are injectable, so tests count instead of timing.
 
