@@ -65,13 +65,14 @@ def test_tiles_find_the_drone_clip_s_small_cars_that_the_whole_view_misses():
     assert vehicles[1.5] >= 10
 
 
-def test_no_tiles_without_a_budget_and_none_on_a_frame_near_the_input_size():
+def test_no_tiles_in_a_file_encode_nor_on_a_frame_near_the_input_size():
     frames = _drone_frames(0, 2)
-    lab = Labeler(LabelerConfig(models=["nanodet_g"], cpu_budget=0), Config().cache_dir(),
-                  log=lambda *_: None)
-    for f in frames:
-        lab.label(f)
-    assert list(lab.stats()) == ["nanodet_g"]
+    for cpu_budget in (0.0, 0.5):  # none without a budget, none on a file's CPU budget
+        lab = Labeler(LabelerConfig(models=["nanodet_g"], cpu_budget=cpu_budget,
+                                    parallel=False), Config().cache_dir(), log=lambda *_: None)
+        for f in frames:
+            lab.label(f)
+        assert list(lab.stats()) == ["nanodet_g"]
     lab = Labeler(LabelerConfig(models=["nanodet_g"], parallel=False, tiles=2.0),
                   Config().cache_dir(), log=lambda *_: None, live_share=0.5)
     for f in frames:  # 854x480 shrinks 1.67x into 512x288: under 2

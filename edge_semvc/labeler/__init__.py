@@ -357,9 +357,11 @@ class Labeler:
         return self.models[k][1](frame)
 
     def _add_tiles(self, frame: Frame) -> None:
-        """The box detectors' tiles for this frame size, scheduled within the budget (none
-        without one: fixed intervals would run them all at once)."""
-        if self.budget is None or self.cfg.tiles <= 0:
+        """The box detectors' tiles for this frame size, scheduled within a live budget. None
+        in a file encode: its CPU budget pays for a tile run every few hundred frames, while
+        carrying and fusing the tiles' planes costs on every frame (the speed goal); none
+        without a budget: fixed intervals would run them all at once."""
+        if self.budget is None or not self.budget.live or self.cfg.tiles <= 0:
             return
         for _, m in self.models[:self.whole]:
             if not isinstance(m, _BoxPlanes):

@@ -34,8 +34,8 @@ class LabelerConfig:
     # (labeler/schedule.py, camera_share). 0: no budget, as `cpu_budget: 0`.
     live_share: float = 0.5
     # Box detectors also run on overlapping tiles where the whole frame must shrink this many
-    # times or more to fit their input (labeler/tiles.py); tiles run within the budget, none
-    # without one. 0: never.
+    # times or more to fit their input (labeler/tiles.py), in a live run, within its budget
+    # (not in a file encode, nor without a budget). 0: never.
     tiles: float = 1.5
     parallel: bool = True  # budget mode: run the models in a background thread (false: in line)
     # Budget mode: a model also runs when its labels would get older than this (seconds of
