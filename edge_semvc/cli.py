@@ -103,10 +103,10 @@ def cmd_encode(args) -> int:
     from . import preflight
     from .config import load_config
     from .errors import SinkError
-    from .pipeline import Visuals, partial_result, run_encode
+    from .pipeline import Live, Visuals, partial_result, run_encode
     from .sinks import open_output
     from .sinks.file import check_distinct_files, check_writable, wants_global_headers
-    from .sources import RawVideoOptions, open_source
+    from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
 
     cfg = load_config(args.config, config_overrides(args))
     # Unsupported outputs and extensions, unwritable paths fail before any work.
@@ -133,8 +133,9 @@ def cmd_encode(args) -> int:
     visuals = Visuals(png=args.qp_map_png, video=args.qp_map_video)
     status, error, write_failed = 0, None, False
     try:
+        live = Live(cameras=1) if scheme_of(args.input) in LIVE_SCHEMES else None
         stats = run_encode(source, streams, cfg, visuals=visuals, progress=progress,
-                           semantic=not args.no_map, max_frames=args.frames)
+                           semantic=not args.no_map, max_frames=args.frames, live=live)
     except (KeyboardInterrupt, Exception) as e:
         stats, status, error = partial_result(e)
         write_failed = isinstance(e, OSError)

@@ -32,6 +32,7 @@ from .errors import SinkError, WriteError
 from .extensions import Extensions
 from .frame import Frame
 from .labeler import Labeler
+from .labeler.schedule import camera_share
 from .qp import QP_DEVICES
 from .qp.qpmap import build_qp_map, importance_vector
 from .sinks import open_output
@@ -70,6 +71,9 @@ class Live:
     queue_frames: int = 4  # between the threads: latency vs smoothing out a slow frame
     # what the encoder can take of each map (bench: 8 ROI rectangles, edge_semvc/rects.py)
     map_filter: Callable[[QpMap], QpMap] | None = None
+    # > 0: a live input, one of this many cameras sharing the cores: the labeler's budget is
+    # a share of each frame period (labeler.live_share, labeler/schedule.py); 0: a file
+    cameras: int = 0
 
 
 @dataclass
@@ -166,7 +170,9 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     outputs = output if isinstance(output, Outputs) else \
         Outputs(open_output(o) if isinstance(o, str) else o
                 for o in ([output] if isinstance(output, str) else output))
-    labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info) if semantic else None
+    share = camera_share(cfg.labeler.live_share, live.cameras) if live.cameras else None
+    labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info,
+                      live_share=share) if semantic else None
     importance = importance_vector(["background", *labeler.classes], cfg.qp) if semantic else None
     analyser = Analyser(cfg.analysis)
     mapper = None
@@ -433,6 +439,7 @@ def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | 
         "frames_with_map": stats.frames_mapped,
         "models": labeler.model_names if labeler else [],
         "labeler": labeler.stats() if labeler else {},
+        "labeler_budget": labeler.budget_stats() if labeler else None,
         "encoder": encoder,
         "config": cfg.to_dict(),
     }

@@ -2,6 +2,7 @@
 timing), the labeler's runs and staleness under a budget, scene cuts forcing a fresh run."""
 from __future__ import annotations
 
+from fractions import Fraction
 from itertools import islice
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from edge_semvc.config import Config, LabelerConfig
 from edge_semvc.frame import Frame
 from edge_semvc.labeler import Labeler
-from edge_semvc.labeler.schedule import Budget, Worker
+from edge_semvc.labeler.schedule import Budget, Worker, camera_share
 from edge_semvc.sources import open_source
 
 
@@ -184,3 +185,73 @@ def test_labels_never_get_older_than_max_age():
     assert lab.budget.intervals()[0] > 10 ** 6
     assert lab.runs == [4, 4, 4]  # frames 0, 15, 30, 45
     assert all(s["staleness_frames"]["max"] == 14 for s in lab.stats().values())
+
+
+def test_a_live_budget_is_a_share_of_the_frame_period_from_the_timestamps():
+    """Live: 0.5 of a 100 ms frame period (timestamps 0.1 s apart; no clock is read) gives the
+    models 50 ms a frame, whatever the encoder spends; a 40 ms detector runs every frame."""
+    b = Budget(0.5, [1], clock=lambda: pytest.fail("a live budget reads no clock"), live=True)
+    for i in range(5):
+        b.frame(i / 10)
+    assert b.per_frame() == pytest.approx(0.05)
+    b.add_run(0, 0.040)
+    assert b.intervals() == [1]
+    slow = Budget(0.5, [1], live=True)
+    for i in range(5):
+        slow.frame(i / 10)
+    slow.add_run(0, 0.090)  # a 90 ms detector: every 2nd frame
+    assert slow.intervals() == [2]
+
+
+def test_each_camera_s_share_shrinks_once_the_cameras_outnumber_the_cores():
+    assert camera_share(0.5, 1, cores=2) == 0.5
+    assert camera_share(0.5, 2, cores=2) == 0.5
+    assert camera_share(0.5, 4, cores=2) == 0.25  # 4 x 0.25 = half of the 2 cores
+    assert camera_share(0.5, 8, cores=2) == 0.125
+    assert camera_share(1.0, 1, cores=8) == 1.0  # one thread per camera: one core at most
+
+
+def _at_10_fps(frames):
+    return [Frame(f.y, f.u, f.v, i, Fraction(1, 10), i) for i, f in enumerate(frames)]
+
+
+def test_on_an_idle_10_fps_camera_the_detector_runs_every_frame_or_two():
+    """The issue's case: x264 needs ~6 ms of a 10 fps camera's 100 ms. A file budget (5 % of
+    that CPU) runs a 40 ms detector only when its labels reach `max_age_s` (every 20th frame);
+    the live budget (half of each period) runs it on every frame or every other one."""
+    frames = _at_10_fps(_frames(30))
+    ages = {}
+    for live in (False, True):
+        cpu = Cpu(0.006, {0: 0.040, 1: 0.003, 2: 0.003})
+        cfg = Config().labeler
+        cfg.parallel = False
+        lab = Labeler(cfg, Config().cache_dir(), log=lambda *_: None, clock=cpu.process_clock,
+                      thread_clock=cpu.thread_clock, live_share=0.5 if live else None)
+        run = lab.worker._run
+        lab.worker._run = lambda k, f, run=run, cpu=cpu: (cpu.run(k), run(k, f))[1]
+        for f in frames:
+            lab.label(f)
+        ages[live] = lab.stats()["nanodet_g"]["staleness_frames"]["max"]
+        assert lab.budget_stats()["kind"] == ("live" if live else "cpu")
+    assert ages[True] <= 1
+    assert ages[False] >= 10
+
+
+def test_a_detector_s_tiles_together_weigh_as_much_as_its_whole_view():
+    b = Budget(0.5, [1], live=True)
+    for _ in range(4):
+        b.add_model(1, 0.25)
+    for _ in range(4):
+        b.found(1, False)
+    assert b.weights == [1.0, 0.25 / 8, 0.25, 0.25, 0.25]
+    b.found(1, True)
+    assert b.weights[1] == 0.25
+
+
+def test_dropped_frames_do_not_lengthen_the_live_period():
+    """A camera at 10 fps whose pipeline dropped every other frame for a while: the period
+    stays 100 ms (not 200 ms, which would give the models more time and drop more)."""
+    b = Budget(0.5, [1], live=True)
+    for t in [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]:
+        b.frame(t)
+    assert b.per_frame() == pytest.approx(0.05)

@@ -490,3 +490,29 @@ def test_a_storage_camera_leaves_out_still_frames_and_says_why_it_placed_each_id
         for (*_, end), (*_, start, _) in zip(spans, spans[1:]):  # no gap, nothing twice
             assert abs(start - end) < 0.022, spans  # one AAC frame
         assert abs(spans[-1][3] - spans[-1][1]) <= 0.08, spans
+
+
+def test_cameras_beyond_the_cores_share_them_and_record_every_frame(tmp_path):
+    """More cameras than cores: each camera's models get the live share of its frame period
+    split so that all of them together keep to `live_share` of the cores (camera_share), the
+    period read from the clip's timestamps; every camera records every frame of its clip."""
+    needs_clip()
+    from edge_semvc.labeler.schedule import camera_share
+
+    n = max(3, len(os.sched_getaffinity(0)) + 1)
+    cams = {f"cam{i}": {"input": f"file://{CLIP}", "realtime": False} for i in range(n)}
+    config = write_config(tmp_path, cams)
+    summary_file = tmp_path / "summary.json"
+    proc = start_service(config, "--stats-json", str(summary_file))
+    assert proc.wait(300) == 0, service_log(config)
+    summary = json.loads(summary_file.read_text())["cameras"]
+    share = camera_share(0.5, n)
+    assert share < 0.5
+    for i in range(n):
+        s = summary[f"cam{i}"]
+        assert s["label_budget"]["kind"] == "live"
+        assert s["label_budget"]["share"] == pytest.approx(share, abs=1e-4)
+        assert s["label_budget"]["ms_per_frame"] == pytest.approx(share * 1000 / 30, rel=0.01)
+        assert s["dropped_frames"] == 0
+        frames, _ = check_segments(tmp_path / "rec" / f"cam{i}")
+        assert frames == s["frames"] > 0

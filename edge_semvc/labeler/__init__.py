@@ -16,6 +16,9 @@ Each model runs every `interval` frames (its own, default `labeler.interval`); i
 last planes are carried to the current frame by per-macroblock motion compensation
 (`labeler.reuse: motion`, reuse.py) or held unchanged (`hold`). A detected scene cut makes every
 model run.
+
+A box detector on a frame much larger than its input also runs on overlapping tiles
+(`labeler.tiles`, tiles.py), each tile scheduled as one more model within the budget.
 """
 from __future__ import annotations
 

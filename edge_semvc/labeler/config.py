@@ -31,6 +31,15 @@ class LabelerConfig:
     # each model's interval follows from its measured cost (labeler/schedule.py) and the models
     # run beside the pipeline. 0: no budget, every model runs every `interval` frames, in line.
     cpu_budget: float = 0.05
+    # A live run (a camera input, `serve`): the models may use this share of each frame
+    # period, of one core, per camera; as `serve` adds cameras beyond the cores' worth, each
+    # camera's share shrinks so that all the models together keep to this share of the cores
+    # (labeler/schedule.py, camera_share). 0: no budget, as `cpu_budget: 0`.
+    live_share: float = 0.5
+    # Box detectors also run on overlapping tiles where the whole frame must shrink this many
+    # times or more to fit their input (labeler/tiles.py), in a live run, within its budget
+    # (not in a file encode, nor without a budget). 0: never.
+    tiles: float = 1.5
     parallel: bool = True  # budget mode: run the models in a background thread (false: in line)
     # Budget mode: a model also runs when its labels would get older than this (seconds of
     # video, 0.01-3600), whatever the budget says: slow cameras and small frames, where x264
@@ -54,6 +63,10 @@ class LabelerConfig:
         check(self.interval >= 1, "labeler.interval", self.interval, ">= 1")
         check(0.0 <= self.cpu_budget <= 10.0, "labeler.cpu_budget", self.cpu_budget,
               "a share of CPU time between 0 (no budget) and 10")
+        check(0.0 <= self.live_share <= 1.0, "labeler.live_share", self.live_share,
+              "a share of each frame period between 0 (no budget) and 1")
+        check(self.tiles == 0 or 1.0 <= self.tiles <= 100, "labeler.tiles", self.tiles,
+              "0 (never) or a shrink factor between 1 and 100")
         check(0.01 <= self.max_age_s <= 3600, "labeler.max_age_s", self.max_age_s,
               "between 0.01 and 3600 seconds")
         check(all(p and p != "background" for p in self.priority)

@@ -17,13 +17,16 @@ from .registry import model_specs, prepared_file
 from .reuse import PlaneCarrier
 from .runtime import open_runtime
 from .schedule import Budget, Worker
+from .tiles import Tile, tile_rects
 
 
 class Labeler:
     """All models of `labeler.models`, scheduled, carried between their runs and fused."""
 
     def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print,
-                 clock=None, thread_clock=None):
+                 clock=None, thread_clock=None, live_share: float | None = None):
+        """`live_share`: a live run, whose models may use this share of each frame period
+        (schedule.camera_share); None: a file encode, on `cfg.cpu_budget`."""
         self.cfg = cfg
         self.models: list[tuple[str, Adapter]] = []
         for spec in model_specs(cfg.models):
@@ -44,8 +47,10 @@ class Labeler:
                 m.requires = None
         self.carrier = PlaneCarrier(cfg.reuse)
         intervals = [m.interval for _, m in self.models]
-        self.budget = (Budget(cfg.cpu_budget, intervals, **({"clock": clock} if clock else {}))
-                       if cfg.cpu_budget > 0 else None)
+        share = cfg.cpu_budget if live_share is None else live_share
+        self.budget = (Budget(share, intervals, live=live_share is not None,
+                              **({"clock": clock} if clock else {})) if share > 0 else None)
+        self.whole = len(self.models)  # the models' own views; tiles come after (first frame)
         self.worker = Worker(self._run_model, inline=self.budget is None or not cfg.parallel,
                              **({"thread_clock": thread_clock} if thread_clock else {}))
         self._n = -1  # frames seen
@@ -64,17 +69,44 @@ class Labeler:
     def _run_model(self, k: int, frame: Frame) -> np.ndarray:
         return self.models[k][1](frame)
 
+    def _add_tiles(self, frame: Frame) -> None:
+        """The box detectors' tiles for this frame size, scheduled within a live budget. None
+        in a file encode: its CPU budget pays for a tile run every few hundred frames, while
+        carrying and fusing the tiles' planes costs on every frame (the speed goal); none
+        without a budget: fixed intervals would run them all at once."""
+        if self.budget is None or not self.budget.live or self.cfg.tiles <= 0:
+            return
+        for _, m in self.models[:self.whole]:
+            if not isinstance(m, _BoxPlanes):
+                continue
+            rects = tile_rects(frame.width, frame.height, *m.input.size, self.cfg.tiles)
+            for i, rect in enumerate(rects):
+                tile = Tile(m, rect, i + 1, len(rects))
+                self.models.append((tile.name, tile))
+                self.budget.add_model(tile.interval, 1 / len(rects))  # all: one whole view
+                self._live.append(None)
+                self._last_run.append(-(1 << 30))
+                self._last_run_s.append(float("-inf"))
+                self.runs.append(0)
+                self.staleness.append(Counter())
+
     def _due(self, cut: bool) -> list[int]:
-        """The models to run on the current frame."""
+        """The models to run on the current frame: all whole views on the first frame and
+        at a cut (their results are waited for; tiles come as the budget allows)."""
         if cut or self._grid_changed:
-            return list(range(len(self.models)))
+            return list(range(self.whole))
         intervals = (self.budget.intervals() if self.budget else
                      [m.interval for _, m in self.models])
         if self.budget is None:  # fixed intervals: every k-th frame
             return [k for k, iv in enumerate(intervals) if self._n % iv == 0]
-        # The budget's interval, or sooner when the labels would get older than max_age_s.
-        return [k for k, iv in enumerate(intervals) if self._n - self._last_run[k] >= iv
-                or self._now_s - self._last_run_s[k] >= self.cfg.max_age_s]
+        # The budget's interval, or sooner when the labels would get older than max_age_s
+        # (whole views only: that floor is paid outside the budget, tiles are within it).
+        due = [k for k, iv in enumerate(intervals) if self._n - self._last_run[k] >= iv
+               or (k < self.whole and self._now_s - self._last_run_s[k] >= self.cfg.max_age_s)]
+        tiles = [k for k in due if k >= self.whole]
+        if len(tiles) > 1:  # one tile a job, the longest waiting: no job holds a whole grid
+            due = [k for k in due if k < self.whole] + [min(tiles, key=self._last_run.__getitem__)]
+        return due
 
     def _collect(self, results) -> None:
         for n, out in results:
@@ -108,9 +140,12 @@ class Labeler:
             self._now_s = float(frame.pts * frame.time_base)
         self.carrier.step(frame.y)
         if self.budget:
-            self.budget.frame()
+            self.budget.frame(self._now_s if frame.pts is not None and frame.time_base
+                              else None)
         grid = (frame.mb_h, frame.mb_w)
         self._grid_changed = grid != self._grid
+        if self._grid is None:
+            self._add_tiles(frame)
         if self._grid_changed:  # first frame or a new picture size: nothing to carry
             self._live = [None] * len(self.models)
             self._grid = grid
@@ -122,11 +157,16 @@ class Labeler:
         due = self._due(cut)
         if cut and self.worker.busy:  # what is running started before the cut
             self._collect(self.worker.results(wait=True))
+        if cut:  # the tiles' planes from before the cut mean nothing after it
+            for k in range(self.whole, len(self.models)):
+                if self._live[k] is not None:
+                    self.carrier.drop((k, self._live[k]))
+                    self._live[k] = None
         if due and not self.worker.busy:
             for k in due:
                 # Box planes: each box is moved whole (reuse.py).
                 interp = "nearest" if isinstance(self.models[k][1],
-                                                 (SsdAnchorAdapter, _BoxPlanes)) else None
+                                                 (SsdAnchorAdapter, _BoxPlanes, Tile)) else None
                 self.carrier.mark((k, self._n), interp)
                 self._last_run[k], self._last_run_s[k] = self._n, self._now_s
                 self.runs[k] += 1
@@ -167,9 +207,10 @@ class Labeler:
         return None
 
     def stats(self) -> dict:
-        """Per model: runs, how stale its labels were (frames), mean CPU per run."""
+        """Per model (and tile): runs, how stale its labels were (frames), mean CPU per
+        run."""
         out = {}
-        for k, name in enumerate(self.model_names):
+        for k, (name, _) in enumerate(self.models):
             hist = self.staleness[k] or Counter({0: 1})
             ages = np.array(sorted(hist))
             counts = np.array([hist[a] for a in ages])
@@ -182,6 +223,15 @@ class Labeler:
                              "max": int(ages[-1])},
                          "cpu_ms_per_run": round(cost * 1e3, 2) if cost else None}
         return out
+
+    def budget_stats(self) -> dict | None:
+        """The budget: `live` (a share of each frame period) or `cpu` (of the rest of the
+        process's CPU), its share and what it gives the models per frame; None without one."""
+        b = self.budget
+        if b is None:
+            return None
+        return {"kind": "live" if b.live else "cpu", "share": round(b.share, 4),
+                "ms_per_frame": round(b.per_frame() * 1e3, 3)}
 
     def close(self) -> None:
         self.worker.close()

@@ -1,14 +1,20 @@
-"""When each model runs: a share of CPU time (`labeler.cpu_budget`), and a worker beside the
-pipeline so that the frames never wait for a model.
+"""When each model runs: a budget per frame, and a worker beside the pipeline so that the
+frames never wait for a model.
 
-Budget. The models may spend `share` of the CPU time the rest of the process spends (decoding,
-encoding, analysis): with share 0.1, a frame on which x264 and the rest took 12 ms of CPU earns
-1.2 ms for the models. `intervals()` turns that into an interval per model by water-filling:
+Budget, in the resource's own terms. A file encode: the models may spend `share` of the CPU
+time the rest of the process spends (decoding, encoding, analysis; `labeler.cpu_budget`): with
+share 0.1, a frame on which x264 and the rest took 12 ms of CPU earns 1.2 ms for the models.
+A live run (a camera, `serve`): the frames come at their own rate whatever the encoder costs,
+so the models may spend `share` of each frame period of one core (`labeler.live_share`, split
+between the cameras by `camera_share`); the period is measured from the frames' timestamps,
+never from a clock. `intervals()` turns that into an interval per model by water-filling:
 models are served cheapest first, each taking its part of what is left, so cheap models
 (BlazeFace, ~1 ms) run often and what they leave goes to the expensive detector, which then
 runs every k-th frame (k = its cost / its part). A model's part is in proportion to its weight:
-1, halved for every run in a row that found nothing (down to 1/8), back to 1 when it finds
-something: a face detector on a road camera leaves its share to the detector that sees cars.
+1 (a detector's tile: 1/number of tiles, so that its tiles together weigh as much as its
+whole view), halved for every run in a row that found nothing (down to 1/8 of that), back to
+it when it finds something: a face detector on a road camera leaves its share to the detector
+that sees cars.
 Costs are measured per run (CPU time of the worker thread) and averaged; the rest of the process
 is measured per frame. Both clocks are injectable, so tests count instead of timing.
 
@@ -20,28 +26,57 @@ nothing there and an I-frame is referenced by everything after it.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 import time
+from collections import deque
 from typing import Callable
 
+PERIOD_WINDOW = 50  # frame steps over which the live period is the shortest one seen
 EMA = 0.2  # weight of a new cost sample (costs drift slowly; one slow run should not dominate)
 MIN_WEIGHT = 1 / 8  # a model that keeps finding nothing still gets an eighth of a share
 
 
+def camera_share(share: float, cameras: int, cores: int | None = None) -> float:
+    """One camera's share of its frame period: `share` of one core each, as long as the
+    cameras' models together take no more than `share` of the cores; beyond that the share
+    shrinks with each camera added, so that the encoders keep their time and drop nothing.
+    At most one core: the models of a camera run in one thread."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return min(share * min(1.0, cores / max(cameras, 1)), 1.0)
+
+
 class Budget:
-    """Per-model intervals from measured costs and the CPU the rest of the process uses."""
+    """Per-model intervals from measured costs and the budget per frame: a share of the CPU
+    the rest of the process uses, or (`live`) of the frame period."""
 
     def __init__(self, share: float, min_intervals: list[int],
-                 clock: Callable[[], float] = time.process_time):
-        self.share = share
-        self.min_intervals = list(min_intervals)
-        self.costs: list[float | None] = [None] * len(min_intervals)  # CPU s per run
-        self.weights = [1.0] * len(min_intervals)
+                 clock: Callable[[], float] = time.process_time, live: bool = False):
+        self.share, self.live = share, live
+        self.min_intervals: list[int] = []
+        self.costs: list[float | None] = []  # CPU s per run
+        self.weights: list[float] = []
+        self.base: list[float] = []  # each model's full weight (a tile: a share of its detector's)
+        for interval in min_intervals:
+            self.add_model(interval)
         self.clock = clock
         self.rest: float | None = None  # CPU s per frame outside the models (EMA)
+        # s of video per frame: the shortest recent step between timestamps, so that frames a
+        # late pipeline dropped do not lengthen it (more time for the models, more drops)
+        self.period: float | None = None
+        self._steps: deque[float] = deque(maxlen=PERIOD_WINDOW)
         self._t = None
+        self._t_video: float | None = None
         self._spent = 0.0  # model CPU since the last frame
+
+    def add_model(self, min_interval: int, weight: float = 1.0) -> None:
+        """One more model (a detector's tile) to schedule, cost not yet known, at full
+        `weight`."""
+        self.min_intervals.append(min_interval)
+        self.costs.append(None)
+        self.weights.append(weight)
+        self.base.append(weight)
 
     def add_run(self, model: int, seconds: float) -> None:
         """A run of `model` took `seconds` of CPU."""
@@ -51,10 +86,19 @@ class Budget:
 
     def found(self, model: int, anything: bool) -> None:
         """What the latest run of `model` contributed to the labels: something or nothing."""
-        self.weights[model] = 1.0 if anything else max(self.weights[model] / 2, MIN_WEIGHT)
+        base = self.base[model]
+        self.weights[model] = base if anything else max(self.weights[model] / 2,
+                                                        base * MIN_WEIGHT)
 
-    def frame(self) -> None:
-        """One frame went by: measure what the rest of the process spent on it."""
+    def frame(self, video_s: float | None = None) -> None:
+        """One frame went by (at `video_s` seconds of video, when it has a timestamp): measure
+        its period (live) or what the rest of the process spent on it."""
+        if self.live:
+            if video_s is not None and self._t_video is not None and video_s > self._t_video:
+                self._steps.append(video_s - self._t_video)
+                self.period = min(self._steps)
+            self._t_video = video_s
+            return
         now = self.clock()
         if self._t is not None:
             rest = max(now - self._t - self._spent, 0.0)
@@ -63,7 +107,7 @@ class Budget:
 
     def per_frame(self) -> float:
         """CPU seconds per frame the models may use."""
-        return self.share * (self.rest or 0.0)
+        return self.share * ((self.period if self.live else self.rest) or 0.0)
 
     def intervals(self) -> list[int]:
         """Each model's interval in frames (its minimum until its cost is known)."""

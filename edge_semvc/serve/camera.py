@@ -77,8 +77,8 @@ class Camera:
     def __init__(self, name: str, uri: str, cfg: Config, record: RecordConfig | None,
                  emit: Callable[[str, str, dict], None], *, outputs: tuple[str, ...] = (),
                  loop: bool = False, realtime: bool = True, queue_frames: int = 1,
-                 view: CameraView | None = None, backoff: Backoff | None = None,
-                 open_input: Callable[[str], Any] = open_source,
+                 view: CameraView | None = None, cameras: int = 1,
+                 backoff: Backoff | None = None, open_input: Callable[[str], Any] = open_source,
                  clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] | None = None):
         self.name, self.uri, self.record = name, uri, record  # record None: stream only
@@ -89,6 +89,7 @@ class Camera:
         self.emit = lambda event, **fields: emit(name, event, fields)
         self.live = uri.partition("://")[0] in LIVE_SCHEMES
         self.loop, self.queue_frames = loop, queue_frames
+        self.cameras = cameras  # the service's: they share the cores (labeler.live_share)
         self.realtime = realtime or self.live  # a live input is watched for freezing
         self.backoff = backoff or Backoff()
         self.open_input, self.clock, self.sleep = open_input, clock, sleep
@@ -205,7 +206,8 @@ class Camera:
             + [open_output(uri, on_event=self.emit) for uri in self.output_uris]
             + ([MseOutput(self.view.feed)] if self.view and self.view.feed else []))
         live = Live(updates=self._take_update, stats=stats,
-                    timing_window=TIMING_WINDOW, queue_frames=self.queue_frames)
+                    timing_window=TIMING_WINDOW, queue_frames=self.queue_frames,
+                    cameras=self.cameras)
         with self._lock:
             self._pending = None  # this run starts from self.cfg, changes on trial included
             self._trial_frames = 0 if self._trial else None

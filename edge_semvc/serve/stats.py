@@ -55,6 +55,7 @@ class StatsWindow:
             "label_age_frames": max((v for v in staleness.values() if v is not None),
                                     default=None),
             "frames_with_map": stats.frames_mapped,  # in this run (qp.enabled false: none)
+            "label_budget": labeler.budget_stats() if labeler else None,
             "storage": _storage(stats.storage),
             "reconnects": max(runs - 1, 0),
             "outputs": cam.output_stats(),
