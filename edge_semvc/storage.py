@@ -5,7 +5,7 @@ the semantic map, from two decisions taken before each frame reaches the encoder
   interval starts at `gop_s`; each GOP that was static (on average at most `static_area` of
   the frame changed beyond noise per frame) doubles it, up to `gop_max_s`; a GOP with more
   movement sets it back. Events get an IDR at once and start the interval again: a scene cut
-  (the scene analyser's detector, analysis/scene.py, which keeps cuts apart itself), and a
+  (the run's one cut decision, analysis/scene.py, which keeps cuts apart itself), and a
   labelled object appearing where nothing was labelled for the last second, if the last IDR
   is at least `gop_s` old (an IDR costs a whole intra picture: on a busy street, where people
   come and go every second, half a GOP cost 10-20 % more bytes than the fixed 2 s GOP; the
@@ -36,7 +36,6 @@ from scipy import ndimage
 
 from .analysis.change import block_mad
 from .analysis.complexity import block_samples
-from .analysis.scene import SceneAnalyser, SceneConfig
 from .encoders.config import StorageConfig
 from .frame import Frame
 from .values import LabelMap
@@ -57,26 +56,20 @@ class Observation:
 
 
 class Observer:
-    """Per frame, in order: noise floors, change area, cuts and objects appearing.
+    """Per frame, in order: noise floors, change area and objects appearing; the scene cut is
+    the run's (understanding.py), passed to `observe`."""
 
-    `cuts`: run our own cut detector (False when the scene extension runs one and passes its
-    verdict to `observe`)."""
-
-    def __init__(self, cfg: StorageConfig, fps: Fraction, scene: SceneConfig,
-                 cuts: bool = True):
+    def __init__(self, cfg: StorageConfig, fps: Fraction):
         self.cfg = cfg
-        self.scene = SceneAnalyser(scene) if cuts else None
         self._prev: np.ndarray | None = None
         self._floor: np.ndarray | None = None
         self._up = 1.0 / max(2.0 * float(fps), 1.0)  # a higher difference lifts it over ~2 s
         self._seen: deque[np.ndarray] = deque(maxlen=max(1, round(float(fps))))
 
-    def observe(self, frame: Frame, labels: LabelMap | None, blocks: np.ndarray | None = None,
-                cut: bool = False) -> Observation:
+    def observe(self, frame: Frame, labels: LabelMap | None, blocks: np.ndarray | None,
+                cut: bool) -> Observation:
         if blocks is None:
             blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
-        if self.scene is not None:
-            cut = self.scene.analyse(frame).cut
         prev, self._prev = self._prev, blocks
         if prev is None or prev.shape != blocks.shape:
             self._floor = None

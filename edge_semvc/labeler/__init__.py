@@ -333,7 +333,6 @@ class Labeler:
         self.worker = Worker(self._run_model, inline=self.budget is None or not cfg.parallel,
                              **({"thread_clock": thread_clock} if thread_clock else {}))
         self._n = -1  # frames seen
-        self.scene_cuts = 0
         self._live: list[int | None] = [None] * len(self.models)  # frame of each model's planes
         self._last_run = [-(1 << 30)] * len(self.models)
         self._last_run_s = [float("-inf")] * len(self.models)  # stream time of that frame
@@ -373,7 +372,9 @@ class Labeler:
                 self.carrier.fill((k, n), planes)
                 self._live[k] = n
 
-    def label(self, frame: Frame) -> LabelMap:
+    def label(self, frame: Frame, cut: bool = False) -> LabelMap:
+        """`cut`: the frame starts a new scene (the run's one decision, analysis/scene.py):
+        every model runs on it and it waits for their labels."""
         c = self.carrier
         self._n += 1
         if frame.pts is not None and frame.time_base:
@@ -387,8 +388,10 @@ class Labeler:
             self._live = [None] * len(self.models)
             self._grid = grid
         self._collect(self.worker.results())
-        cut = self._n > 0 and not self._grid_changed and c.scene_cut
-        self.scene_cuts += cut  # read by the service for its `scene_cut` events
+        continues = self._n > 0 and not self._grid_changed
+        if continues:
+            c.follow()
+        cut = cut and continues
         due = self._due(cut)
         if cut and self.worker.busy:  # what is running started before the cut
             self._collect(self.worker.results(wait=True))
