@@ -4,35 +4,8 @@
 `v4l2:///dev/videoN` capture devices (through PyAV), `csi://N` (jetson-utils, on a Jetson)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from fractions import Fraction
-from typing import Iterator, Protocol
-
 from ..errors import DecodeError, SourceError  # noqa: F401  (re-exported)
-from ..frame import Frame
-
-
-@dataclass
-class RawVideoOptions:
-    """Geometry for headerless raw video (.yuv): PyAV cannot guess it."""
-
-    width: int = 0
-    height: int = 0
-    rate: Fraction = Fraction(0)
-    pix_fmt: str = "yuv420p"
-
-
-class Source(Protocol):
-    width: int
-    height: int
-    fps: Fraction
-    time_base: Fraction
-    frame_count: int  # 0 when unknown
-    description: str
-
-    def frames(self) -> Iterator[Frame]: ...
-
-    def close(self) -> None: ...
+from .base import RawVideoOptions, Source  # noqa: F401  (re-exported)
 
 
 def open_source(uri: str, raw: RawVideoOptions | None = None) -> Source:

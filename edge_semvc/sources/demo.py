@@ -13,8 +13,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from ..errors import SourceError
 from ..frame import Frame
-from . import SourceError
 
 WIDTH, HEIGHT, FPS, FRAMES = 640, 360, Fraction(30), 90
 

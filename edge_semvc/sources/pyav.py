@@ -14,9 +14,10 @@ from typing import Iterator
 import av
 import numpy as np
 
+from ..errors import DecodeError, SourceError
 from ..frame import Frame
 from ..tracks import PacketQueue
-from . import DecodeError, RawVideoOptions, SourceError
+from .base import RawVideoOptions
 from .orientation import Orientation
 from .tracks import passthrough_tracks, track_packet
 
