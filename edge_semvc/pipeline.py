@@ -38,6 +38,7 @@ from .storage import Observer, StoragePolicy
 from .tracks import Track, TrackPacket
 from .understanding import FrameResult, MapFilter, NullLabeler, build_understanding
 from .values import LabelMap, QpMap
+from .visualize import OverlayVideo, overlay, save_png
 
 log = logging.getLogger("edge_semvc")
 
@@ -303,8 +304,6 @@ class _Shown:
         self.png_shot = None
         self.video = None
         if extras.video:
-            from .visualize import OverlayVideo  # Pillow drawing: only when asked for
-
             self.video = OverlayVideo(extras.video, source.width, source.height, source.fps)
         self.reporter = _Progress(expected) if extras.progress else None
 
@@ -312,8 +311,6 @@ class _Shown:
         if self.extras.png and (r.frame.index <= self.png_index or self.png_shot is None):
             self.png_shot = (r.frame, r.qp, r.labels)
         if self.video:
-            from .visualize import overlay
-
             self.video.write(overlay(r.frame, r.qp, r.labels))
         if self.reporter:
             self.reporter.update(frames)
@@ -326,8 +323,6 @@ class _Shown:
 
     def save_png(self) -> None:
         if self.png_shot is not None:
-            from .visualize import overlay, save_png
-
             save_png(overlay(*self.png_shot), self.extras.png)
 
 
