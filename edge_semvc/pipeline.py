@@ -258,7 +258,8 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
             finalising(True)
             for stage in stages:
                 stage.stop()
-            error = _drain(recorder, sink, take_packets, output) or error
+            drained = _drain(recorder, sink, take_packets, output)
+            error = error or drained  # the first error is the one reported
             shown.close()
             understanding.labeler.close()
         summary = enc.settings_summary()
