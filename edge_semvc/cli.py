@@ -181,6 +181,7 @@ def _print_summary(s: dict, args, out=sys.stdout) -> None:
                     if k != "background")
     say(f"{s['input']}\n-> {', '.join(o['uri'] for o in s['outputs'])}: {s['frames']} frames, "
         f"{s['bytes']} bytes, {s['bitrate_kbps']:.1f} kbit/s, {s['fps']:.1f} fps")
+    say("   " + rate_control_line(s["config"]["encoder"]))
     say("   stage ms (mean/p95): " + ", ".join(
         f"{k} {v['mean_ms']:.2f}/{v['p95_ms']:.2f}" for k, v in st.items()))
     roi, bg = s["mean_offset_roi"], s["mean_offset_background"]
@@ -194,6 +195,21 @@ def _print_summary(s: dict, args, out=sys.stdout) -> None:
     for what in ("qp_map_png", "qp_map_video", "stats_json"):
         if getattr(args, what):
             say(f"   {what.replace('_', ' ')}: {getattr(args, what)}")
+
+
+def rate_control_line(encoder: dict) -> str:
+    """What rate control ran, and why (encoder.rc auto follows what was given)."""
+    from .encoders.config import EncoderConfig
+
+    e = EncoderConfig(**{k: v for k, v in encoder.items() if k != "storage"})
+    rc, kbps = e.rate_control(), e.bitrate / 1e3
+    why = ("" if e.rc != "auto" else " (chosen: a bitrate alone is the target)" if rc == "cbr"
+           else " (chosen: the storage profile is quality-targeted)" if e.bitrate
+           else " (chosen: no bitrate given)")
+    if rc == "crf":
+        cap = f", capped at {kbps:g} kbit/s (VBV)" if e.bitrate else ""
+        return f"rate control: crf {e.crf:g}{cap}{why}"
+    return f"rate control: {rc}, target {kbps:g} kbit/s{why}"
 
 
 def _any_config(path: str):
@@ -283,11 +299,16 @@ def cmd_serve(args) -> int:
     from .sinks.file import check_writable
     from .stop import set_on_signals
 
-    cfg = load_config(args.config, args.set, cls=ServeConfig)
+    def load() -> ServeConfig:  # at the start, and again on SIGHUP
+        cfg = load_config(args.config, args.set, cls=ServeConfig)
+        preflight.resolve(cfg)  # every camera's runtime and encoder (`auto`)
+        return cfg
+
+    cfg = load()
     check_writable({"--stats-json": args.stats_json})
-    preflight.resolve(cfg)  # every camera's runtime and encoder (`auto`)
-    service = Service(cfg)
-    set_on_signals(service.stop_event)  # every camera's segment is closed, then exit 0
+    service = Service(cfg, load=load)
+    # SIGTERM/SIGINT: every camera's segment is closed, then exit 0; SIGHUP: reload
+    set_on_signals(service.stop_event, reload=service.reload_event)
     status = service.run(max_seconds=args.seconds)
     if args.stats_json:
         Path(args.stats_json).write_text(json.dumps(service.summary, indent=2) + "\n")

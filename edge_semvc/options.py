@@ -55,9 +55,12 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML configuration file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration key (repeatable), e.g. qp.target_mean=1")
-    p.add_argument("--bitrate", type=parse_bitrate, help="bits/s, with k/M suffixes")
-    p.add_argument("--rc", choices=["crf", "abr", "cbr"], help="rate control")
-    p.add_argument("--crf", type=float, help="CRF value (rc=crf)")
+    p.add_argument("--bitrate", type=parse_bitrate,
+                   help="bits/s, with k/M suffixes: alone, the target rate (rc cbr); with "
+                        "--crf, the VBV cap of the CRF encode")
+    p.add_argument("--rc", choices=["crf", "abr", "cbr"],
+                   help="rate control (default: from --bitrate/--crf; README, Rate control)")
+    p.add_argument("--crf", type=float, help="CRF value (implies rc crf)")
     p.add_argument("--profile", choices=["live", "storage"],
                    help="live: every frame, fixed keyframe interval; storage: recorded video, "
                         "CRF + dynamic GOP and frame rate (README, Storage profile)")
@@ -72,8 +75,18 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_overrides(args) -> list[str]:
-    """CLI flags become config overrides applied after --config and --set."""
+    """CLI flags become config overrides applied after --config and --set. The rate control
+    follows from what was given (jetson-utils' convention): --crf means crf (a --bitrate beside
+    it caps it), a --bitrate alone is the target (encoder.rc auto: cbr); --crf with --rc abr or
+    cbr contradicts itself."""
+    from .errors import ConfigError
+
     out = list(args.set)
+    if args.crf is not None and args.rc in ("abr", "cbr"):
+        raise ConfigError(f"--crf {args.crf:g} goes with --rc crf, not --rc {args.rc} (a "
+                          "bitrate target); give one of them")
+    if args.crf is not None and args.rc is None:
+        out.append("encoder.rc=crf")
     for flag, key in (("bitrate", "encoder.bitrate"), ("rc", "encoder.rc"), ("crf", "encoder.crf"),
                       ("preset", "encoder.preset"), ("tune", "encoder.tune"),
                       ("profile", "encoder.profile")):

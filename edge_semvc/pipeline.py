@@ -152,7 +152,8 @@ def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> Encod
         keyint = None if caller_idr else max(1, round(e.storage.gop_s * source.fps))
     return EncoderSettings(
         width=source.width, height=source.height, fps=source.fps, time_base=source.time_base,
-        rc=e.rc, bitrate=e.bitrate or None, crf=e.crf, preset=e.preset, tune=e.tune or None,
+        rc=e.rate_control(), bitrate=e.bitrate or None, crf=e.crf, preset=e.preset,
+        tune=e.tune or None,
         keyint=keyint, threads=e.threads, global_headers=global_headers,
         caller_idr=caller_idr, sparse_frames=sparse, intra_refresh=e.intra_refresh,
         params=dict(e.params))

@@ -79,8 +79,9 @@ def _encoder(cfg: Config, plat: Platform) -> tuple[str, str]:
         # serve camera with the storage profile needs rc crf, which the first refuses
         dataclasses.replace(e, backend="jetson-v4l2").validate()
         build_params(EncoderSettings(
-            width=1280, height=720, fps=Fraction(30), time_base=Fraction(1, 30), rc=e.rc,
-            bitrate=e.bitrate or None, crf=e.crf, preset=e.preset, tune=e.tune or None,
+            width=1280, height=720, fps=Fraction(30), time_base=Fraction(1, 30),
+            rc=e.rate_control(), bitrate=e.bitrate or None, crf=e.crf, preset=e.preset,
+            tune=e.tune or None,
             keyint=e.keyint or None, params=dict(e.params)))
     except (EdgeSemvcError, ValueError) as err:
         return CPU_ENCODER, f"not the Jetson hardware encoder with these settings: {err}"

@@ -50,14 +50,20 @@ def exit_status(e: KeyboardInterrupt) -> int:
     return 128 + getattr(e, "signum", int(signal.SIGINT))
 
 
-def set_on_signals(event: threading.Event) -> None:
+def set_on_signals(event: threading.Event, reload: threading.Event | None = None) -> None:
     """For a long-running service whose runs end and start all the time in their own threads:
     the first SIGINT, SIGTERM or SIGHUP sets `event` (the supervisor then stops every run in
-    order); later ones are ignored."""
+    order); later ones are ignored. With `reload`, SIGHUP sets that instead, every time
+    (systemd's `ExecReload=/bin/kill -HUP $MAINPID`)."""
+    stops = (signal.SIGINT, signal.SIGTERM) if reload is not None else (
+        signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
     def handler(signum, frame):
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for s in stops:
             signal.signal(s, signal.SIG_IGN)
         event.set()
 
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for s in stops:
         signal.signal(s, handler)
+    if reload is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())

@@ -209,9 +209,10 @@ class Understanding:
         t1 = time.perf_counter()
         labels = self.labeler.label(frame, scene.cut)
         t2 = time.perf_counter()
-        # Nothing labelled: x264 gets no map at all, exactly plain x264 (a uniform shift is
-        # not neutral: it moves x264's own adaptive quantisation), so nothing to compute.
-        mapped = bool(labels.labels.any())
+        # Nothing labelled (or qp.enabled false, a live switch): x264 gets no map at all, exactly
+        # plain x264 (a uniform shift is not neutral: it moves x264's own adaptive
+        # quantisation), so nothing to compute.
+        mapped = self.cfg.qp.enabled and bool(labels.labels.any())  # off: plain encoding
         if mapped:
             measures = self.mapper.analyse(frame, labels, scene)
             t3 = time.perf_counter()

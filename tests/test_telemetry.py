@@ -255,10 +255,12 @@ def test_config_state_is_retained(broker, watchers, telemetries):
 
 
 def test_home_assistant_discovery(broker, watchers, telemetries):
+    """The ids name the box once (schema checks: tests/test_homeassistant.py)."""
     watch = watchers(broker.port, topic="homeassistant/#")
     telemetries(config(broker.port, home_assistant=True), cameras=["front"])
-    topic = "homeassistant/sensor/edge_semvc_edge_semvc_front/fps/config"
+    topic = "homeassistant/sensor/edge_semvc/front_fps/config"
     doc = json.loads(watch.wait_for(topic)[0])
+    assert doc["unique_id"] == "edge_semvc_front_fps"
     assert doc["state_topic"] == "edge_semvc/front/stats"
     assert doc["availability_topic"] == "edge_semvc/available"
     assert doc["value_template"] == "{{ value_json.fps }}"

@@ -21,13 +21,14 @@ def ffmpeg_options(e: EncoderConfig) -> tuple[dict[str, str], int | None]:
     if e.keyint:
         opts["g"] = str(e.keyint)
     bit_rate = None
-    if e.rc == "crf":
+    rc = e.rate_control()
+    if rc == "crf":
         opts["crf"] = f"{e.crf:g}"
         if e.bitrate:
             opts.update(maxrate=str(e.bitrate), bufsize=str(e.bitrate))
     else:
         bit_rate = e.bitrate
-        if e.rc == "cbr":
+        if rc == "cbr":
             opts.update(maxrate=str(e.bitrate), bufsize=str(e.bitrate))
     if e.params:
         opts["x264-params"] = ":".join(f"{k}={v}" for k, v in e.params.items())

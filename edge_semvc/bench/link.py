@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..tools.models import prepare_config
     prepare_config(cfg, cfg.cache_dir(), log=lambda *_: None)
     if args.what == "latency":
-        if cfg.encoder.rc == "crf" and not cfg.encoder.bitrate:
+        if cfg.encoder.rate_control() == "crf" and not cfg.encoder.bitrate:
             cfg.encoder.rc, cfg.encoder.bitrate = "cbr", 2_000_000
         result = latency(args.clip, args.output, args.seconds, cfg, not args.no_map, work,
                          args.receiver)

@@ -149,12 +149,12 @@ def bench_clip(clip: str, cfg: Config, ladder: list[float] | None, kinds: list[s
                analysis: Analysis = Analysis()) -> dict:
     ref = read_reference(clip, raw, workdir, max_frames, detector, eval_every, log,
                          roi_labeler(cfg) if "semantic" in kinds else None)
-    rates = resolve_ladder(ladder, bpp, cfg.encoder.rc, ref.width, ref.height, ref.fps)
+    rates = resolve_ladder(ladder, bpp, cfg.encoder.rate_control(), ref.width, ref.height, ref.fps)
     points = []
     order = ["semantic", *[k for k in kinds if k != "semantic"]]
     for rate in rates:
         e = cfg.encoder
-        if e.rc == "crf":
+        if e.rate_control() == "crf":
             e.crf = float(rate)
         else:
             e.bitrate = int(rate)

@@ -48,9 +48,11 @@ class EncoderConfig:
     # live: every frame, keyframes every `keyint`; storage: recorded video, CRF (`bitrate` =
     # VBV cap) + the map + dynamic GOP and frame rate (`storage`)
     profile: str = "live"
-    rc: str = "crf"  # rate control: crf, abr or cbr
+    # rate control: auto, crf, abr or cbr. auto follows what was given (`rate_control()`): a
+    # bitrate alone is the target (cbr; the storage profile: crf capped by it), none is crf
+    rc: str = "auto"
     crf: float = 23.0  # quality target with rc=crf (lower = better, more bytes)
-    bitrate: int = 0  # bits/s; required for abr/cbr, an optional VBV cap with crf (0 = none)
+    bitrate: int = 0  # bits/s; the target of abr/cbr (and of auto), the VBV cap of crf (0 = none)
     preset: str = "veryfast"  # x264 preset
     tune: str = ""  # x264 tune, e.g. zerolatency (no lookahead or B-frame delay)
     keyint: int = 0  # 0 = x264's default
@@ -61,6 +63,15 @@ class EncoderConfig:
     params: dict[str, str] = field(default_factory=dict)  # extra x264 options (param_parse)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
+    def rate_control(self) -> str:
+        """The rate control in use: `rc`, or with `auto` cbr when a bitrate is given (a live
+        stream's target: the rate bounded over a 1 s buffer, which a link of that capacity
+        carries without bursts, and which x264 retunes live), else crf. The storage profile is
+        quality-targeted: crf, the bitrate its cap."""
+        if self.rc != "auto":
+            return self.rc
+        return "cbr" if self.bitrate > 0 and self.profile != "storage" else "crf"
+
     def validate(self) -> None:
         from . import AUTO, known_encoders
 
@@ -69,18 +80,19 @@ class EncoderConfig:
         check(self.profile in PROFILES, "encoder.profile", self.profile, " or ".join(PROFILES))
         check(self.profile != "storage" or self.backend != "jetson-v4l2", "encoder.profile",
               self.profile, "live with jetson-v4l2 (its hardware encoder has no CRF)")
-        check(self.profile != "storage" or self.rc == "crf", "encoder.rc", self.rc,
+        check(self.rc in ("auto", "crf", "abr", "cbr"), "encoder.rc", self.rc,
+              "auto, crf, abr or cbr (x264 ignores the QP map in constant-QP mode)")
+        rc = self.rate_control()
+        check(self.profile != "storage" or rc == "crf", "encoder.rc", self.rc,
               "crf with encoder.profile storage (quality-targeted; encoder.bitrate caps it)")
         check(self.profile != "storage" or not self.keyint, "encoder.keyint", self.keyint,
               "0 with encoder.profile storage (its GOP is encoder.storage.gop_s/gop_max_s)")
         self.storage.validate()
-        check(self.rc in ("crf", "abr", "cbr"), "encoder.rc", self.rc,
-              "crf, abr or cbr (x264 ignores the QP map in constant-QP mode)")
         check(0 <= self.crf <= 51, "encoder.crf", self.crf, "between 0 and 51")
         check(0 <= self.bitrate <= 10**9, "encoder.bitrate", self.bitrate,
               "0-1000000000 bits/s (0: none with crf)")
-        check(self.rc == "crf" or self.bitrate > 0, "encoder.bitrate", self.bitrate,
-              f"a positive bitrate (rate control {self.rc!r} needs one)")
+        check(rc == "crf" or self.bitrate > 0, "encoder.bitrate", self.bitrate,
+              f"a positive bitrate (rate control {rc!r} needs one)")
         check(self.keyint >= 0, "encoder.keyint", self.keyint, ">= 0")
         check(not (self.intra_refresh and self.profile == "storage"), "encoder.intra_refresh",
               self.intra_refresh, "false with encoder.profile storage (recordings seek to IDRs)")
@@ -110,8 +122,8 @@ def check_live_rate(old: EncoderConfig, new: EncoderConfig) -> None:
           "its rate control keeps the old rate; restart, or use x264)")
     if new.bitrate == old.bitrate:
         return
-    check(old.rc in LIVE_RATE[backend], "encoder.bitrate", new.bitrate,
-          f"no live change with encoder.rc {old.rc} on {backend} (start with rc cbr to "
+    check(old.rate_control() in LIVE_RATE[backend], "encoder.bitrate", new.bitrate,
+          f"no live change with encoder.rc {old.rate_control()} on {backend} (start with rc cbr to "
           "follow a link)")
     check(old.bitrate > 0 and new.bitrate > 0, "encoder.bitrate", new.bitrate,
           "a live change between positive rates (a cap set at the start cannot be added or "

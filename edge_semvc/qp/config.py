@@ -9,6 +9,9 @@ from ..config_model import check
 
 @dataclass
 class QpConfig:
+    # The semantic map: false = plain encoding (x264 gets no map; the labeler still runs, so
+    # what is seen is still reported). A live key: a dashboard switch (README, Home Assistant).
+    enabled: bool = True
     # Where the map is computed: cpu (numpy, the reference) or cuda (qp/cuda: CuPy or pycuda).
     device: str = "cpu"
     # S130: alpha weighs complexity C, beta weighs change V; chosen by V against v_threshold

@@ -91,6 +91,7 @@ class Camera:
         self.latency_ms: deque[float] = deque(maxlen=TIMING_WINDOW)  # capture to encoded
         self.frames_total = 0  # over every run: the count a watchdog and READY look at
         self.dropped_total = 0
+        self.last_seen: tuple[Any, Any] | None = None  # the last (Frame, LabelMap) encoded
         self.runs = 0
         self.state = "starting"  # starting | running | lost | failed | ended | stopped
         self._failing: str | None = None  # the failure event reported since frames last flowed
@@ -207,6 +208,7 @@ class Camera:
 
         def on_frame(frame, labels, qp) -> None:
             self.frames_total = start + stats.frames
+            self.last_seen = frame, labels  # read by the supervisor: snapshot, presence
             if self.state != "running":
                 self._flowing()
             with self._lock:

@@ -5,7 +5,8 @@ payload, a full queue — is refused there), and one worker thread reads and che
 trial, stores it and announces it (`config_applied`, config/state).
 
 Every change ends in exactly one event: `config_applied` or `config_rejected` (key, reason),
-and the service logs each event on one line.
+and the service logs each event on one line. The live keys a reloaded configuration file
+changed (`submit_reload`, SIGHUP) take the same path but are not stored: the file holds them.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ MAX_PENDING = 32  # payloads waiting for the worker; more are refused (a flood i
 POLL_S = 0.2  # how often the worker looks for changes that passed their trial
 
 
+class FromFile(dict):
+    """A change that came from the reloaded configuration file, not from MQTT: not stored."""
+
+
 class RemoteChanges:
     """`emit(camera, event, fields)` reports; `publish_state(camera, dict)` sets the camera's
     retained config/state. `cameras` may be filled after construction (by name)."""
@@ -43,7 +48,7 @@ class RemoteChanges:
         self.cameras, self.store = cameras, store
         self.emit, self.publish_state = emit, publish_state
         self.max_pending = max_pending
-        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(max_pending)
+        self._queue: queue.Queue[tuple[str, bytes | FromFile]] = queue.Queue(max_pending)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="remote-changes", daemon=True)
 
@@ -73,6 +78,14 @@ class RemoteChanges:
                 self._refuse(camera, None, f"{self.max_pending} changes are already waiting; "
                              "send it again later")
 
+    def submit_reload(self, camera: str, doc: dict) -> None:
+        """The live keys a reloaded file changed (serve/service.py), waiting for no one."""
+        try:
+            self._queue.put_nowait((camera, FromFile(doc)))
+        except queue.Full:
+            self._refuse(camera, None, f"reload: {self.max_pending} changes are already "
+                         "waiting; reload again later")
+
     # --- the worker -------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -85,10 +98,12 @@ class RemoteChanges:
             for name, cam in list(self.cameras.items()):
                 self._keep_passed(name, cam)
 
-    def _handle(self, camera: str, payload: bytes) -> None:
-        cam = self.cameras[camera]
+    def _handle(self, camera: str, payload: bytes | FromFile) -> None:
+        cam = self.cameras.get(camera)
+        if cam is None:  # removed by a reload meanwhile
+            return
         try:
-            doc = parse_change(payload)
+            doc = payload if isinstance(payload, FromFile) else parse_change(payload)
             for _ in range(3):  # a rollback may come between reading cam.cfg and proposing
                 base = cam.cfg
                 if cam.propose(apply_change(base, doc), doc, base):
@@ -105,14 +120,17 @@ class RemoteChanges:
             return
         changes, kept, previous = passed
         try:
-            self.store.add(camera, *changes)
+            remote = [c for c in changes if not isinstance(c, FromFile)]
+            if remote:
+                self.store.add(camera, *remote)
         except (ConfigError, OSError) as e:  # not kept across a restart: not kept at all
             cam.restore(previous)
             for change in changes:
                 self._refuse(camera, ", ".join(dotted_keys(change)), f"cannot be kept: {e}")
             return
         for change in changes:
-            self.emit(camera, "config_applied", {"change": change})
+            self.emit(camera, "config_applied", {"change": change, "source": "reload"}
+                      if isinstance(change, FromFile) else {"change": change})
         self.publish_state(camera, kept.to_dict())
 
     def _refuse(self, camera: str, key: str | None, reason: Any) -> None:

@@ -87,10 +87,43 @@ def parse_change(payload: bytes) -> dict[str, Any]:
         raise RemoteChangeRejected("payload must be a non-empty mapping, e.g. "
                                    '{"qp": {"importance": {"person": 1.0}}}')
     for key in dotted_keys(doc):
-        if key in NOT_LIVE or not any(key == k or key.startswith(k) for k in LIVE_KEYS):
+        if not is_live(key):
             raise RemoteChangeRejected(f"{shown(key)} cannot be changed remotely (live keys: "
                                        f"{', '.join(LIVE_KEYS)}...)", key)
     return doc
+
+
+def is_live(key: str) -> bool:
+    return key not in NOT_LIVE and any(key == k or key.startswith(k) for k in LIVE_KEYS)
+
+
+def live_difference(old: Config, new: Config, strict: bool = False) -> dict[str, Any]:
+    """The change document of the live keys whose values differ from `old` to `new` (a
+    reloaded file). `strict`: ConfigError naming the first other key that differs, or a rate
+    change the encoder cannot take live."""
+    doc: dict[str, Any] = {}
+    for key, value in _differences(old.to_dict(), new.to_dict()):
+        if not is_live(key):
+            if strict:
+                raise ConfigError(f"{key} changed", key)
+            continue
+        *path, leaf = key.split(".")
+        node = doc
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    if strict:
+        check_live_rate(old.encoder, new.encoder)
+    return doc
+
+
+def _differences(old: dict, new: dict, prefix: str = ""):
+    for k in {**old, **new}:
+        path, a, b = f"{prefix}{k}", old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict) and path != "qp.importance":
+            yield from _differences(a, b, path + ".")
+        elif a != b:
+            yield path, b
 
 
 def apply_change(current: Config, doc: dict[str, Any]) -> Config:

@@ -8,6 +8,12 @@ seconds and, on SIGTERM/SIGINT, stops the cameras (each drains its encoder and c
 segment) and says `offline`. Nothing in a camera's frame loop waits on the network: telemetry
 is queued and sent by its own thread, remote changes are handled by their own
 (serve/changes.py). A missing record.dir (an unmounted disk) refuses the start.
+
+On SIGHUP (`systemctl reload`) it reads the configuration file again (`reload`): a file that
+does not load or check is refused whole (`reload_rejected`, the running configuration kept);
+else a camera that was added starts, one that was removed stops, one whose entry or non-live
+keys changed restarts alone, and the live keys that changed reach the others as a remote
+change would (on trial, then kept or rolled back: serve/changes.py), not stored as one.
 """
 from __future__ import annotations
 
@@ -18,15 +24,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Config
-from ..errors import ConfigError, SinkError
+from ..errors import ConfigError, EdgeSemvcError, SinkError
 from ..sinks import open_output
 from ..sinks.config import RecordConfig
 from ..stop import finalising
+from . import homeassistant
 from .camera import Camera
 from .changes import RemoteChanges
 from .config import ServeConfig
 from .notify import Watchdog, notify_ready, notify_status, notify_stopping
-from .remote import OverrideStore, apply_change, one_line
+from .remote import OverrideStore, apply_change, live_difference, one_line
 from .stats import CpuMeter, StatsWindow
 from .telemetry import open_telemetry
 
@@ -35,11 +42,14 @@ STOP_TIMEOUT_S = 25.0  # every camera drains its encoder and closes its segment 
 
 
 class Service:
-    def __init__(self, cfg: ServeConfig, clock: Callable[[], float] = time.monotonic):
-        self.cfg, self.clock = cfg, clock
+    """`load()` reads the configuration file again (SIGHUP: `reload_event`); None: no reload."""
+
+    def __init__(self, cfg: ServeConfig, clock: Callable[[], float] = time.monotonic,
+                 load: Callable[[], ServeConfig] | None = None):
+        self.cfg, self.clock, self.load = cfg, clock, load
         self.stop_event = threading.Event()
-        _check_record_dir(cfg.record)
-        _check_models_prepared(cfg.pipeline_config())  # never downloads: `make install-service`
+        self.reload_event = threading.Event()
+        _check_service_config(cfg)
         self.store = OverrideStore(cfg.state_folder())
         self.cameras: dict[str, Camera] = {}
         self.changes = RemoteChanges(self.cameras, self.store, self._event,
@@ -47,16 +57,20 @@ class Service:
                                          camera, state))
         self.telemetry = open_telemetry(cfg.mqtt, on_config_set=self.changes.submit)
         self._fps: dict[str, float] = {}
+        self._presence: dict[str, dict] = {}
+        self.windows: dict[str, StatsWindow] = {}  # per stats interval
+        self.whole_run: dict[str, StatsWindow] = {}  # over the whole run (the summary)
         self.summary: dict = {}  # over the whole run, once it ended (`serve --stats-json`)
-        for name, cam in cfg.cameras.items():
-            for uri in cam.outputs:  # pre-flight: a bad output URI or missing GStreamer: exit 2
-                open_output(uri)
-            self.telemetry.add_camera(name)
-            self.cameras[name] = Camera(name, cam.input,
-                                        self._restored(name, cfg.pipeline_config(name)),
-                                        cfg.record if cam.record else None, self._event,
-                                        outputs=tuple(cam.outputs), loop=cam.loop,
-                                        realtime=cam.realtime, queue_frames=cam.queue_frames)
+        for name in cfg.cameras:
+            self.cameras[name] = self._camera(name, cfg)
+
+    def _camera(self, name: str, cfg: ServeConfig) -> Camera:
+        cam = cfg.cameras[name]
+        self.telemetry.add_camera(name)
+        return Camera(name, cam.input, self._restored(name, cfg.pipeline_config(name)),
+                      cfg.record if cam.record else None, self._event,
+                      outputs=tuple(cam.outputs), loop=cam.loop, realtime=cam.realtime,
+                      queue_frames=cam.queue_frames)
 
     # --- events and remote configuration -----------------------------------------------------
     def _event(self, camera: str, event: str, fields: dict) -> None:
@@ -75,21 +89,22 @@ class Service:
 
     # --- running ---------------------------------------------------------------------------
     def run(self, max_seconds: float = 0.0) -> int:
-        """Supervise until `stop_event` is set (the command line sets it on SIGTERM, SIGINT
-        and SIGHUP) or, with `max_seconds`, for that long (tests, benchmarks). Returns 0."""
+        """Supervise until `stop_event` is set (the command line sets it on SIGTERM and SIGINT;
+        SIGHUP sets `reload_event`) or, with `max_seconds`, for that long (tests, benchmarks).
+        Returns 0."""
         watchdog = Watchdog.from_environment()
         cpu = CpuMeter(self.clock)
-        windows = {name: StatsWindow(cam, self.clock) for name, cam in self.cameras.items()}
-        whole_run = ({name: StatsWindow(cam, self.clock) for name, cam in self.cameras.items()},
-                     CpuMeter(self.clock))
-        for name, cam in self.cameras.items():
-            self.telemetry.publish_config_state(name, cam.cfg.to_dict())
-            cam.start()
+        whole_cpu = CpuMeter(self.clock)
+        for name in self.cameras:
+            self._start(name)
         self.changes.start()
         start = last_stats = self.clock()
         last_frames, ready = -1, False
         try:
             while not self.stop_event.wait(0.5):
+                if self.reload_event.is_set():
+                    self.reload_event.clear()
+                    self.reload()
                 now = self.clock()
                 frames = sum(c.frames_total for c in self.cameras.values())
                 if frames > last_frames >= 0:
@@ -101,9 +116,12 @@ class Service:
                     ready = True
                     notify_ready(self._status())
                     log.info("serving %d camera(s)", len(self.cameras))
-                if now - last_stats >= self.cfg.mqtt.stats_interval:
+                stats_due = now - last_stats >= self.cfg.mqtt.stats_interval
+                if self.cfg.mqtt.home_assistant:
+                    self._home_assistant(snapshots=stats_due)
+                if stats_due:
                     percent = cpu.percent()
-                    for name, window in windows.items():
+                    for name, window in self.windows.items():
                         snapshot = window.snapshot(percent)
                         self._fps[name] = snapshot["fps"]
                         self.telemetry.publish_stats(name, snapshot)
@@ -116,11 +134,78 @@ class Service:
         except KeyboardInterrupt as e:
             log.info("stopping (%s)", e or "interrupted")
         finally:
-            percent = whole_run[1].percent()
+            percent = whole_cpu.percent()
             self.summary = {"seconds": round(self.clock() - start, 2), "cpu_percent": percent,
-                            "cameras": {n: w.snapshot(percent) for n, w in whole_run[0].items()}}
+                            "cameras": {n: w.snapshot(percent) for n, w in self.whole_run.items()}}
             self.shutdown()
         return 0
+
+    def _start(self, name: str) -> None:
+        cam = self.cameras[name]
+        self.windows[name] = StatsWindow(cam, self.clock)
+        self.whole_run[name] = StatsWindow(cam, self.clock)
+        self.telemetry.publish_config_state(name, cam.cfg.to_dict())
+        cam.start()
+
+    def _stop(self, name: str) -> None:
+        cam = self.cameras.pop(name)
+        self.windows.pop(name, None)
+        cam.stop()
+        cam.thread.join(timeout=STOP_TIMEOUT_S)
+
+    def _home_assistant(self, snapshots: bool) -> None:
+        """Presence when it changed; a snapshot of each camera's current frame when due."""
+        for name, cam in self.cameras.items():
+            seen = cam.last_seen
+            state = homeassistant.presence(seen[1] if seen else None)
+            if state != self._presence.get(name):
+                self._presence[name] = state
+                self.telemetry.publish_presence(name, state)
+            if snapshots and seen is not None:
+                self.telemetry.publish_snapshot(name, homeassistant.snapshot_jpeg(seen[0]))
+
+    # --- reloading the configuration file (SIGHUP) ------------------------------------------
+    def reload(self) -> None:
+        """Apply the configuration file as it is now, or refuse it whole (module docstring)."""
+        try:
+            if self.load is None:
+                raise ConfigError("this service was started without a configuration file")
+            new = self.load()
+            _check_service_config(new)
+        except (EdgeSemvcError, OSError) as e:
+            log.error("reload refused, the running configuration is kept: %s", e)
+            for name in self.cameras:
+                self._event(name, "reload_rejected", {"reason": one_line(str(e))})
+            return
+        old, kept = self.cfg, []
+        if new.mqtt != old.mqtt:  # one connection, its last will and client id: not swapped
+            kept.append("mqtt kept: it changes with a restart")
+            new.mqtt = old.mqtt
+        if new.state_folder() != old.state_folder():
+            kept.append("state_dir kept: it changes with a restart")
+            new.state_dir = old.state_folder()
+        self.cfg = new
+        for name in [n for n in self.cameras if n not in new.cameras]:
+            self._event(name, "camera_removed", {})
+            self._stop(name)
+            self._presence.pop(name, None)
+            self.telemetry.remove_camera(name)
+        for name in new.cameras:
+            base = self._restored(name, new.pipeline_config(name))
+            cam = self.cameras.get(name)
+            reason = _restart_reason(name, old, new, cam.good, base) if cam else "added"
+            if reason is None:
+                doc = live_difference(cam.good, base)
+                if doc:
+                    self.changes.submit_reload(name, doc)
+                continue
+            if cam is not None:
+                self._stop(name)
+            self.cameras[name] = self._camera(name, new)
+            self._start(name)
+            self._event(name, "camera_restarted" if cam else "camera_added",
+                        {"reason": reason} if cam else {})
+        log.info("configuration reloaded%s", f" ({'; '.join(kept)})" if kept else "")
 
     def _status(self) -> str:
         """systemd's STATUS= line: each camera's frame rate over the last stats interval."""
@@ -138,6 +223,30 @@ class Service:
         for cam in self.cameras.values():
             cam.thread.join(timeout=max(0.1, deadline - self.clock()))
         self.telemetry.close()
+
+
+def _check_service_config(cfg: ServeConfig) -> None:
+    """What the start refuses (exit 2) and a reload refuses (the old configuration kept)."""
+    _check_record_dir(cfg.record)
+    _check_models_prepared(cfg.pipeline_config())  # never downloads: `make install-service`
+    for cam in cfg.cameras.values():
+        for uri in cam.outputs:  # pre-flight: a bad output URI or missing GStreamer
+            open_output(uri)
+
+
+def _restart_reason(name: str, old: ServeConfig, new: ServeConfig, good: Config,
+                    base: Config) -> str | None:
+    """Why camera `name` must restart to take the new file, or None when the live keys
+    (or nothing) changed."""
+    if old.cameras[name] != new.cameras[name]:
+        return f"cameras.{name} changed"
+    if new.cameras[name].record and old.record != new.record:
+        return "record changed"
+    try:
+        live_difference(good, base, strict=True)
+    except ConfigError as e:
+        return f"{e.key} changed (it needs a restart)" if e.key else str(e)
+    return None
 
 
 def _check_record_dir(record: RecordConfig) -> None:

@@ -33,6 +33,7 @@ class StatsWindow:
         target = cam.cfg.encoder.bitrate
         counts = stats.label_counts
         total = sum(counts)
+        staleness = {name: m["staleness_frames"]["mean"] for name, m in stats.labeler.items()}
         return {
             "state": cam.state,
             "frames": frames,
@@ -46,8 +47,11 @@ class StatsWindow:
                                if total else {}),
             "mean_offset_roi": _round(stats.mean_offset_roi, 3),
             "mean_offset_background": _round(stats.mean_offset_background, 3),
-            "label_staleness_frames": {name: s["staleness_frames"]["mean"]
-                                       for name, s in stats.labeler.items()},
+            "label_staleness_frames": staleness,
+            # the stalest model's (a Home Assistant sensor)
+            "label_age_frames": max((v for v in staleness.values() if v is not None),
+                                    default=None),
+            "frames_with_map": stats.frames_mapped,  # in this run (qp.enabled false: none)
             "storage": _storage(stats.storage),
             "reconnects": max(runs - 1, 0),
             "outputs": cam.output_stats(),

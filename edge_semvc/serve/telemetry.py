@@ -10,7 +10,10 @@ Topics, under ``mqtt.topic_prefix`` (Frigate's layout):
 - ``<prefix>/+/config/set``: subscribed; each message goes to ``on_config_set(camera, payload,
   retained)``, which checks it (this module only hands bytes over: the size, a retained
   message, the content are the callback's to refuse, with its event).
-- with ``mqtt.home_assistant``: retained discovery configs under ``<discovery_prefix>/sensor/``.
+- with ``mqtt.home_assistant``: retained discovery configs under ``<discovery_prefix>/``, the
+  ``<prefix>/<camera>/snapshot`` JPEG and ``<prefix>/<camera>/presence`` state, and the
+  subscribed commands ``<prefix>/+/semantic_map/set``, ``<prefix>/+/importance_gain/set``,
+  handed to ``on_config_set`` as the config/set payload they stand for (serve/homeassistant.py).
 
 Nothing the frame loop calls touches the network: ``publish_*`` serialise the payload, append
 it to a bounded queue and return. A sender thread moves queued messages to paho while
@@ -37,6 +40,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from ..errors import ConfigError
+from . import homeassistant
 from .config import REDACTED, MqttConfig, check_topic_level
 
 log = logging.getLogger(__name__)
@@ -46,12 +50,6 @@ ConfigSetCallback = Callable[[str, bytes, bool], None]  # (camera, payload, reta
 # Keys whose values are never published, whatever the caller passes in a state or event.
 SECRET_KEYS = ("password", "passwd", "secret", "token", "api_key", "apikey")
 
-# Home Assistant sensors per camera: (stats key, name, unit, device_class).
-HA_SENSORS = (
-    ("fps", "Frame rate", "fps", None),
-    ("bitrate_kbps", "Bitrate", "kbit/s", "data_rate"),
-    ("frames", "Frames encoded", None, None),
-)
 
 
 @dataclass
@@ -115,8 +113,21 @@ class Telemetry:
                 return
             self._cameras.add(camera)
             if self._config.home_assistant:
-                for topic, payload in self._discovery_configs(camera):
+                for topic, payload in homeassistant.discovery_configs(
+                        self._prefix, self._config.discovery_prefix, camera):
                     self._set_retained(topic, payload)
+
+    def remove_camera(self, camera: str) -> None:
+        """A camera gone (a reload): its retained messages, discovery configs included, are
+        cleared (an empty retained payload), so Home Assistant drops its entities."""
+        with self._lock:
+            self._cameras.discard(camera)
+            topics = [t for t in self._retained if t.startswith(f"{self._prefix}/{camera}/")]
+            if self._config.home_assistant:
+                topics += [t for t, _ in homeassistant.discovery_configs(
+                    self._prefix, self._config.discovery_prefix, camera)]
+            for topic in topics:
+                self._set_retained(topic, b"")
 
     def publish_stats(self, camera: str, stats: Mapping[str, Any]) -> None:
         """Queue one stats message (a JSON object; ``time`` added when absent)."""
@@ -131,6 +142,16 @@ class Telemetry:
         body: dict[str, Any] = {"event": event, "time": self._now_iso()}
         body.update((k, v) for k, v in (details or {}).items() if k not in body)
         self._enqueue(_Outgoing(self._topic(camera, "events"), self._encode(body), 1, "events"))
+
+    def publish_snapshot(self, camera: str, jpeg: bytes) -> None:
+        """Queue a JPEG of the camera's current frame (QoS 0, dropped first like stats)."""
+        self._enqueue(_Outgoing(self._topic(camera, "snapshot"), jpeg, 0, "stats"))
+
+    def publish_presence(self, camera: str, state: Mapping[str, str]) -> None:
+        """Set the camera's retained presence state (`{"person": "ON", ...}`)."""
+        topic, payload = self._topic(camera, "presence"), self._encode(state)
+        with self._lock:
+            self._set_retained(topic, payload)
 
     def publish_config_state(self, camera: str, state: Mapping[str, Any]) -> None:
         """Set the camera's retained config/state (kept, and re-sent after every reconnect)."""
@@ -215,26 +236,6 @@ class Telemetry:
             return REDACTED
         return obj
 
-    def _discovery_configs(self, camera: str):
-        node = f"edge_semvc_{self._prefix.replace('/', '_')}_{camera}"
-        device = {"identifiers": [node], "name": f"edge_semvc {camera}",
-                  "manufacturer": "edge_semvc"}
-        for key, name, unit, device_class in HA_SENSORS:
-            config = {"name": name, "unique_id": f"{node}_{key}",
-                      "state_topic": f"{self._prefix}/{camera}/stats",
-                      "value_template": "{{ value_json.%s }}" % key,
-                      "availability_topic": self.availability_topic,
-                      "payload_available": "online", "payload_not_available": "offline",
-                      "device": device}
-            if unit:
-                config["unit_of_measurement"] = unit
-            if device_class:
-                config["device_class"] = device_class
-            if key != "frames":
-                config["state_class"] = "measurement"
-            yield (f"{self._config.discovery_prefix}/sensor/{node}/{key}/config",
-                   json.dumps(config).encode())
-
     # --- the queue (caller's side) -----------------------------------------------------------
     def _enqueue(self, item: _Outgoing) -> None:
         with self._lock:
@@ -310,6 +311,9 @@ class Telemetry:
             self._note_error(f"broker refused the connection: {reason_code}")
             return
         client.subscribe(f"{self._prefix}/+/config/set", qos=1)  # clean session: every time
+        if self._config.home_assistant:
+            for topic in homeassistant.command_topics(self._prefix):
+                client.subscribe(topic, qos=1)
         with self._lock:
             self._connected = True
             self._counts["connects"] += 1
@@ -335,9 +339,12 @@ class Telemetry:
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         if self._on_config_set is None:
             return
-        camera = message.topic[len(self._prefix) + 1:].split("/", 1)[0]
+        camera, _, leaf = message.topic[len(self._prefix) + 1:].partition("/")
+        payload = message.payload
+        if leaf != "config/set":  # a Home Assistant command: the change it stands for
+            payload = homeassistant.command_change(leaf.removesuffix("/set"), payload)
         try:
-            self._on_config_set(camera, message.payload, bool(message.retain))
+            self._on_config_set(camera, payload, bool(message.retain))
         except Exception:  # an exception here would end paho's thread, and telemetry with it
             log.exception("MQTT: the config/set handler failed for camera %r", camera)
 
@@ -351,6 +358,9 @@ class NullTelemetry:
     def add_camera(self, camera: str) -> None:
         check_topic_level(camera, "camera name")
 
+    def remove_camera(self, camera: str) -> None:
+        pass
+
     def publish_stats(self, camera: str, stats: Mapping[str, Any]) -> None:
         pass
 
@@ -359,6 +369,12 @@ class NullTelemetry:
         pass
 
     def publish_config_state(self, camera: str, state: Mapping[str, Any]) -> None:
+        pass
+
+    def publish_snapshot(self, camera: str, jpeg: bytes) -> None:
+        pass
+
+    def publish_presence(self, camera: str, state: Mapping[str, str]) -> None:
         pass
 
     def counters(self) -> dict[str, Any]:

@@ -1,0 +1,101 @@
+"""SIGHUP reloads the configuration file of a running `serve` (systemd's ExecReload=): a real
+service process, a real signal, a real broker; what changed is read from its MQTT messages and
+counted in frames, never in seconds."""
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import yaml
+from test_serve import CLIP, needs_clip, service_log, start_service, stop
+from test_telemetry import MOSQUITTO, Broker, Watcher, free_port, wait_until
+
+pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
+
+
+def test_sighup_applies_live_keys_restarts_changed_cameras_alone_and_refuses_a_bad_file(
+        tmp_path):
+    needs_clip()
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker", free_port()).start()
+    camera = {"input": f"file://{CLIP}", "loop": True}
+    cfg = {"cameras": {"a": dict(camera), "b": dict(camera)},
+           "record": {"dir": str(tmp_path / "rec"), "segment_seconds": 2},
+           "labeler": {"cpu_budget": 0.05},
+           "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port,
+                    "stats_interval": 1, "home_assistant": True}}
+    path = tmp_path / "serve.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    watcher = Watcher(broker.port, "#")
+
+    def on(topic):
+        return [json.loads(m[1]) for m in list(watcher.messages) if m[0] == topic]
+
+    def events(cam, name):
+        return [e for e in on(f"edge_semvc/{cam}/events") if e["event"] == name]
+
+    def frames(cam):
+        return [s["frames"] for s in on(f"edge_semvc/{cam}/stats")]
+
+    def more_frames(cam, than):
+        wait_until(lambda: frames(cam) and frames(cam)[-1] > than + 20, timeout=120,
+                   what=f"camera {cam} to encode more frames")
+
+    proc = start_service(path)
+    try:
+        more_frames("a", 0)
+        more_frames("b", 0)
+        # 1. a live key for every camera, camera b's entry changed, camera c added
+        cfg["qp"] = {"importance_gain": 8.0}
+        cfg["cameras"]["b"]["queue_frames"] = 2
+        cfg["cameras"]["c"] = dict(camera)
+        path.write_text(yaml.safe_dump(cfg))
+        before_a = frames("a")[-1]
+        proc.send_signal(signal.SIGHUP)
+        applied = wait_until(lambda: events("a", "config_applied"), timeout=120,
+                             what="the live key on camera a")
+        assert applied[0]["change"] == {"qp": {"importance_gain": 8.0}}
+        assert applied[0]["source"] == "reload"
+        restarted = wait_until(lambda: events("b", "camera_restarted"), what="b restarted")
+        assert restarted[0]["reason"] == "cameras.b changed"
+        wait_until(lambda: events("c", "camera_added"), what="c added")
+        more_frames("c", 0)
+        more_frames("a", before_a)
+        assert on("edge_semvc/a/config/state")[-1]["qp"]["importance_gain"] == 8.0
+        assert on("edge_semvc/c/config/state")[-1]["qp"]["importance_gain"] == 8.0
+        # the restart did not store the reload's change as a remote one (the file holds it)
+        assert not (tmp_path / "rec" / ".state" / "a.yml").exists()
+
+        # 2. a bad file: refused whole, the running configuration kept
+        path.write_text(yaml.safe_dump({**cfg, "qp": {"importance_gain": 99}}))
+        proc.send_signal(signal.SIGHUP)
+        rejected = wait_until(lambda: events("a", "reload_rejected"), what="the refusal")
+        assert "qp.importance_gain" in rejected[0]["reason"] and "99" in rejected[0]["reason"]
+        more_frames("a", frames("a")[-1])
+        more_frames("c", frames("c")[-1])
+
+        # 3. camera c removed
+        del cfg["cameras"]["c"]
+        path.write_text(yaml.safe_dump(cfg))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: events("c", "camera_removed"), what="c removed")
+        # its entities leave Home Assistant: the retained discovery configs are cleared
+        gone = "homeassistant/sensor/edge_semvc/c_fps/config"
+        wait_until(lambda: [m for m in list(watcher.messages) if m[0] == gone and not m[1]],
+                   what="c's discovery config cleared")
+        more_frames("a", frames("a")[-1])
+        assert proc.poll() is None, service_log(path)
+        # camera a ran through all three reloads without a gap: one run, frames always rising
+        counts = frames("a")
+        assert counts == sorted(counts) and len(counts) > 3
+        assert all(s["reconnects"] == 0 for s in on("edge_semvc/a/stats"))
+        assert not events("a", "camera_restarted") and not events("a", "config_rejected")
+        assert len(events("a", "config_applied")) == 1
+    finally:
+        code = stop(proc)
+        watcher.client.loop_stop()
+        broker.stop()
+    assert code == 0, service_log(path)
+    assert "reload refused, the running configuration is kept" in service_log(path)
