@@ -16,6 +16,8 @@ OUT      ?= out
 APT_PKGS := gcc libc6-dev libx264-dev libx265-dev libffmpeg-nvenc-dev mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 \
             gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
             gstreamer1.0-libav
+# the web pages' tests drive a real browser: `make test` installs it, `make` does not need it
+TEST_APT_PKGS := chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Platforms (README, "Platforms"): the pins for a Python are requirements/pyXY.txt where the
 # newest pins have no wheels for it, else requirements.txt; installed from wheels only. On a Jetson
@@ -27,7 +29,7 @@ venv_args = $(shell $(1) -m edge_semvc.platform --root $(PLATFORM_ROOT) --venv-a
 REQS     := $(call lock_for,$(PY))
 PIP_WHEELS := --disable-pip-version-check --only-binary=:all:
 
-.PHONY: all demo deps apt models test test-all lint wheels bench clean
+.PHONY: all demo deps apt apt-test models test test-all lint wheels bench clean
 all: demo
 
 apt:
@@ -56,7 +58,14 @@ demo: deps
 	$(BIN)/edge-semvc encode demo://astronaut $(OUT)/demo.mp4 \
 	  --qp-map-png $(OUT)/demo_qpmap.png --stats-json $(OUT)/demo_stats.json
 
-test: deps lint wheels
+apt-test:
+	@missing=$$(for p in $(TEST_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages for the tests:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+test: deps apt-test lint wheels
 	$(BIN)/pytest -q
 
 # The layers (import-linter contracts in pyproject.toml), the lint rules and the oldest Python

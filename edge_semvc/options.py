@@ -63,7 +63,7 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", type=float, help="CRF value (implies rc crf)")
     p.add_argument("--profile", choices=["live", "storage"],
                    help="live: every frame, fixed keyframe interval; storage: recorded video, "
-                        "CRF + dynamic GOP and frame rate (README, Storage profile)")
+                        "CRF + long GOP and dynamic frame rate (README, Storage profile)")
     p.add_argument("--preset", help="x264 preset (default veryfast)")
     p.add_argument("--tune", help="x264 tune, e.g. zerolatency (no lookahead/B-frame delay)")
     p.add_argument("--no-map", action="store_true",

@@ -1,16 +1,15 @@
 """The storage profile (`encoder.profile: storage`): fewer bytes for recorded video, beside
 the semantic map, from two decisions taken before each frame reaches the encoder:
 
-- Dynamic GOP: the pipeline places every IDR (the encoder places none of its own). The
-  interval starts at `gop_s`; each GOP that was static (on average at most `static_area` of
-  the frame changed beyond noise per frame) doubles it, up to `gop_max_s`; a GOP with more
-  movement sets it back. Events get an IDR at once and start the interval again: a scene cut
-  (the run's one cut decision, analysis/scene.py, which keeps cuts apart itself), and a
-  labelled object appearing where nothing was labelled for the last second, if the last IDR
-  is at least `gop_s` old (an IDR costs a whole intra picture: on a busy street, where people
-  come and go every second, half a GOP cost 10-20 % more bytes than the fixed 2 s GOP; the
-  second of history keeps a flickering detection from counting again and again). A
-  recording segment's first frame is always an IDR (the sink asks).
+- Long GOP: the pipeline places every IDR (the encoder places none of its own), one every
+  `gop_s` (10 s) of real time, and at once where a scene cut starts a new scene (the run's
+  one cut decision, analysis/scene.py, which keeps cuts apart itself; nearly free, as a new
+  scene's first picture is coded intra anyway). A recording segment's first frame is always
+  an IDR (the sink asks). From a fixed camera the intra pictures are most of what a 2-second
+  GOP costs (street, CRF 28: 67 % of plain x264's bytes), and a P-frame codes moving people as
+  well as an I-frame would: so the GOP is long whether the scene moves or not, and bounded
+  only by seeking and by how long a lost packet shows (BENCHMARKS.md, "Storage profile").
+  Counted in time, not frames: with the dynamic frame rate x264's keyint would stretch.
 - Dynamic frame rate: a frame is not encoded when nothing changed beyond sensor noise since
   the last encoded frame: every macroblock's mean absolute luma difference to that frame
   stays under `noise_factor` x its noise floor + `noise_margin`, and no object appeared.
@@ -50,14 +49,13 @@ class Observation:
 
     blocks: np.ndarray  # luma samples per macroblock (analysis.complexity.block_samples)
     threshold: np.ndarray  # float32[mb_h, mb_w]: a difference above this is not noise
-    changed: float  # fraction of macroblocks that changed beyond noise since the previous frame
     cut: bool  # a new scene starts here
     appeared: bool  # a labelled object appeared
 
 
 class Observer:
-    """Per frame, in order: noise floors, change area and objects appearing; the scene cut is
-    the run's (understanding.py), passed to `observe`."""
+    """Per frame, in order: noise floors and objects appearing; the scene cut is the run's
+    (understanding.py), passed to `observe`."""
 
     def __init__(self, cfg: StorageConfig, fps: Fraction):
         self.cfg = cfg
@@ -71,10 +69,12 @@ class Observer:
         if blocks is None:
             blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
         prev, self._prev = self._prev, blocks
+        # the floor known before this frame: its own difference must not excuse itself (the
+        # second frame of a run would always pass for noise)
+        floor = self._floor
         if prev is None or prev.shape != blocks.shape:
-            self._floor = None
+            self._floor = floor = None
             self._seen.clear()
-            diff = None
         else:
             diff = block_mad(prev, blocks)
             if self._floor is None:
@@ -83,10 +83,10 @@ class Observer:
                 rate = np.where(diff < self._floor, 0.5, self._up).astype(np.float32)
                 self._floor = self._floor + rate * (diff - self._floor)
         cfg = self.cfg
-        floor = self._floor if self._floor is not None else np.zeros(blocks.shape[::2], np.float32)
+        if floor is None:
+            floor = np.zeros(blocks.shape[::2], np.float32)
         threshold = (cfg.noise_factor * floor + cfg.noise_margin).astype(np.float32)
-        changed = 0.0 if diff is None else float((diff > threshold).mean())
-        return Observation(blocks, threshold, changed, cut, self._appeared(labels))
+        return Observation(blocks, threshold, cut, self._appeared(labels))
 
     def _appeared(self, labels: LabelMap | None) -> bool:
         if labels is None:
@@ -110,7 +110,7 @@ class Observer:
 @dataclass
 class Decision:
     encode: bool
-    idr: str | None = None  # why this frame is an IDR: start, segment, scene_cut, object, interval
+    idr: str | None = None  # why this frame is an IDR: start, segment, scene_cut, interval
 
 
 class StoragePolicy:
@@ -119,12 +119,10 @@ class StoragePolicy:
 
     def __init__(self, cfg: StorageConfig, fps: Fraction, time_base: Fraction):
         self.cfg, self.fps, self.time_base = cfg, Fraction(fps), Fraction(time_base)
-        self.target = cfg.gop_s
         self._ref: np.ndarray | None = None  # samples of the last encoded frame
         self._last_encoded: float | None = None
         self._last_idr: float | None = None
         self._last_seen: float | None = None
-        self._gop_changed = [0.0, 0]  # the open GOP's summed change area and its frames
         self.skipped = 0
         self.encoded = 0
         self.reasons: Counter[str] = Counter()
@@ -141,8 +139,6 @@ class StoragePolicy:
     def decide(self, frame: Frame, obs: Observation, segment_start: bool) -> Decision:
         cfg, t = self.cfg, self._seconds(frame)
         self._last_seen = t
-        self._gop_changed[0] += obs.changed
-        self._gop_changed[1] += 1
         idr = self._idr_reason(t, obs, segment_start)
         encode = idr is not None or not cfg.dynamic_fps or self._something_new(t, obs)
         if not encode:
@@ -171,9 +167,7 @@ class StoragePolicy:
             return None  # the encoder's own fixed GOP (keyint = gop_s)
         if obs.cut:  # nearly free: the first picture of a new scene is coded intra anyway
             return "scene_cut"
-        if since >= cfg.gop_s and obs.appeared and cfg.object_idr:
-            return "object"
-        if since >= self.target - 0.5 / float(self.fps):  # the frame nearest the target
+        if since >= cfg.gop_s - 0.5 / float(self.fps):  # the frame nearest the interval
             return "interval"
         return None
 
@@ -185,13 +179,9 @@ class StoragePolicy:
         return bool((block_mad(self._ref, obs.blocks) > obs.threshold).any())
 
     def _start_gop(self, t: float, reason: str, index: int) -> None:
-        cfg = self.cfg
         if self._last_idr is not None:
             self.gops = _with_gop(self.gops, t - self._last_idr)
-            changed, frames = self._gop_changed
-            static = changed / max(frames, 1) <= cfg.static_area
-            self.target = min(self.target * 2, cfg.gop_max_s) if static else cfg.gop_s
-        self._last_idr, self._gop_changed = t, [0.0, 0]
+        self._last_idr = t
         self.reasons[reason] += 1
         self.idr_log.append({"frame": index, "time_s": round(t, 3), "reason": reason})
 

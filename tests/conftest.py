@@ -19,6 +19,21 @@ def shared_file(*parts: str) -> Path:
 
 
 @pytest.fixture
+def chromium():
+    """Chromium's path. `make test` installs it (CI): missing under make or CI is a failure;
+    elsewhere (pytest run by hand on a machine without it) a skip saying so."""
+    import os
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if "MAKELEVEL" in os.environ or os.environ.get("CI"):
+            pytest.fail("Chromium is missing: `make test` installs Debian's chromium package")
+        pytest.skip("no Chromium here (apt-get install chromium, or run `make test`)")
+    return path
+
+
+@pytest.fixture
 def clip():
     return lambda name: shared_file("data", "video", name)
 

@@ -74,11 +74,17 @@ def test_init_modules_stay_small():
 
 def imports(name: str, tree: ast.Module) -> set[str]:
     """The package's modules `name` imports, at module level or in a function (as
-    import-linter counts them; a function-level one is a circle all the same)."""
+    import-linter counts them; a function-level one is a circle all the same), not those
+    under `if TYPE_CHECKING:` (annotations only: never run)."""
     package = name if (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists() \
         else name.rpartition(".")[0]
     found = set()
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:

@@ -178,3 +178,16 @@ def test_a_saving_with_one_side_off_the_ladder_is_a_bound():
     assert saving_bound(need(80.0), never) == {"op": ">=", "percent": 25.0}
     assert saving_bound(never, low) == {"op": "<=", "percent": -50.0}
     assert saving_bound(low, low) is None and saving_bound(never, never) is None
+
+
+def test_a_crf_ladder_runs_without_a_vbv_cap_unless_one_is_asked_for(tmp_path, clip):
+    """The placeholder bitrate that lets abr/cbr validate must not become a CRF run's VBV cap
+    (it capped the anchor's IDRs at the bottom of the ladder); a user's cap stays."""
+    for extra, cap in (([], 0), (["--set", "encoder.bitrate=300000"], 300)):
+        out = tmp_path / f"cap{cap}"
+        assert main(["bench", str(clip("carphone_qcif_pristine.mp4")), "--rc", "crf",
+                     "--ladder", "30", "--frames", "6", "--no-vmaf", "--out", str(out),
+                     *extra]) == 0
+        (point,) = json.loads((out / "results.json").read_text())["clips"][0]["points"]
+        for kind in ("baseline", "semantic"):
+            assert point[kind]["encoder"]["vbv_maxrate_kbps"] == cap

@@ -475,7 +475,7 @@ def test_a_storage_camera_leaves_out_still_frames_and_says_why_it_placed_each_id
     s = summary["lot"]["storage"]
     assert s["frames_encoded"] + s["frames_skipped"] == 377 and s["frames_skipped"] > 0
     assert s["idr_reasons"]["start"] == 1 and s["idr_reasons"]["segment"] >= 2
-    assert s["idrs"][-1]["reason"] in ("segment", "interval", "scene_cut", "object")
+    assert s["idrs"][-1]["reason"] in ("segment", "interval", "scene_cut")
     frames = 0
     for path in segments(tmp_path / "rec" / "lot"):
         decoded = decode(path)

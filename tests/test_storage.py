@@ -1,10 +1,9 @@
-"""The storage profile (storage.py): dynamic GOP and dynamic frame rate, alone on synthetic
+"""The storage profile (storage.py): long GOP and dynamic frame rate, alone on synthetic
 noisy scenes (exact decisions), then end to end through x264 into files that FFmpeg, PyAV and
 a browser play with real-time timestamps."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from fractions import Fraction
 
@@ -12,6 +11,7 @@ import av
 import numpy as np
 import pytest
 
+from edge_semvc.bench.browser import Browser
 from edge_semvc.config import ConfigError, load_config
 from edge_semvc.encoders.config import StorageConfig
 from edge_semvc.errors import SinkError
@@ -81,6 +81,11 @@ def test_a_static_noisy_scene_is_encoded_at_the_minimum_frame_rate():
     assert policy.skipped == 100 - len(encoded)
 
 
+def test_the_second_frame_is_not_taken_for_noise_before_the_noise_is_known():
+    _, d = decide_all(Scene(2, move_from=0, speed=4), StorageConfig(dynamic_gop=False))
+    assert [x.encode for x in d] == [True, True]
+
+
 def test_a_small_moving_object_is_never_held_more_than_a_few_frames():
     scene = Scene(120, move_from=30)
     policy, d = decide_all(scene, StorageConfig(min_fps=0.1, dynamic_gop=False))
@@ -91,51 +96,36 @@ def test_a_small_moving_object_is_never_held_more_than_a_few_frames():
     assert len([i for i in encoded if i < 30]) <= 6  # before it moves: nearly all left out
 
 
-def test_the_gop_doubles_while_static_and_is_bounded():
-    cfg = StorageConfig(gop_s=2.0, gop_max_s=10.0)
-    policy, d = decide_all(Scene(400), cfg)
+@pytest.mark.parametrize("scene", [Scene(400), Scene(400, move_from=50, size=16, speed=4)],
+                         ids=["static", "moving"])
+def test_an_idr_every_gop_s_of_time_whether_the_scene_moves_or_not(scene):
+    policy, d = decide_all(scene, StorageConfig(gop_s=10.0))
     idrs = [(i, x.idr) for i, x in enumerate(d) if x.idr]
-    assert idrs[0] == (0, "start")
-    times = [i / 10 for i, _ in idrs]
-    assert np.allclose(np.diff(times)[:5], [2, 4, 8, 10, 10]), times
-    assert {r for _, r in idrs[1:]} == {"interval"}
+    assert idrs == [(0, "start"), (100, "interval"), (200, "interval"), (300, "interval")]
     s = policy.stats()
     assert s["longest_seek_s"] == pytest.approx(10.0)
-    assert s["idr_reasons"]["interval"] == len(idrs) - 1
+    assert s["gop_s"]["count"] == 4 and s["idr_reasons"] == {"start": 1, "interval": 3}
     assert s["frames_skipped"] + s["frames_encoded"] == 400
+    if scene.move_from is None:  # and the frames in between: mostly left out while static
+        assert s["frames_skipped"] > 300
 
 
-def test_movement_sets_the_gop_back():
-    cfg = StorageConfig(gop_s=2.0, gop_max_s=10.0, static_area=0.01)
-    scene = Scene(300, move_from=150, size=16, speed=4)  # 2-4 of the 48 macroblocks change
-    _, d = decide_all(scene, cfg)
-    times = [i / 10 for i, x in enumerate(d) if x.idr]
-    gaps = np.diff(times)
-    assert gaps.max() > 2.0  # grew while static
-    assert np.allclose(gaps[-2:], 2.0), times  # moving (from 15 s): back to gop_s
-
-
-def test_cuts_always_objects_after_a_gop_get_an_idr():
-    cfg = StorageConfig(gop_s=2.0, gop_max_s=60.0)
+def test_cuts_and_segments_get_an_idr_and_restart_the_interval_objects_do_not():
+    cfg = StorageConfig(gop_s=4.0)
     mb = (H // 16, W // 16)
 
-    def labels(i):  # an object appears at frame 85 and stays; its edge flickers
+    def labels(i):  # an object appears at frame 70 and stays
         probs = np.zeros((1, *mb), np.float32)
-        if i >= 85:
+        if i >= 70:
             probs[0, 2:4, 2:4] = 0.9
-            if i % 2:
-                probs[0, 2:4, 4] = 0.9  # a box edge, touching the object: no new object
         return LabelMap.from_probs(probs, ["person"], 0.5, [])
 
     _, d = decide_all(Scene(200), cfg, labels=labels, cuts=(5, 120), segment=(150,))
     reasons = {i: x.idr for i, x in enumerate(d) if x.idr}
-    assert reasons[0] == "start"
-    assert reasons[5] == "scene_cut"  # the cut detector keeps cuts apart itself
-    assert reasons[85] == "object"  # IDRs at 5, 25 and 65 (the interval grew: 2 s, 4 s)
-    assert reasons[120] == "scene_cut"
-    assert reasons[150] == "segment"
+    assert reasons == {0: "start", 5: "scene_cut", 45: "interval", 85: "interval",
+                       120: "scene_cut", 150: "segment", 190: "interval"}
     assert all(x.encode for i, x in enumerate(d) if i in reasons)
-    assert list(reasons.values()).count("object") == 1
+    assert d[70].encode and d[70].idr is None  # the object is news, not a reason for an IDR
 
 
 def test_without_dynamic_gop_only_the_start_and_segments_are_asked_for():
@@ -152,8 +142,7 @@ def test_without_dynamic_fps_every_frame_is_encoded():
 @pytest.mark.parametrize("key,value,words", [
     ("encoder.profile", "store", "live or storage"),
     ("encoder.storage.min_fps", "0", "> 0 frames a second"),
-    ("encoder.storage.gop_max_s", "1", ">= encoder.storage.gop_s"),
-    ("encoder.storage.static_area", "2", "between 0 and 1"),
+    ("encoder.storage.gop_s", "0", "> 0 seconds"),
     ("encoder.storage.noise_factor", "0.5", ">= 1"),
 ])
 def test_bad_storage_settings_are_refused_by_name(key, value, words):
@@ -218,15 +207,11 @@ def test_ffmpeg_shows_every_source_frame_at_its_time(tmp_path):
     # the moving square is where it is in the source, within the few frames it may lag
     for i in range(62, 80):
         column = shown[i, 40:46].astype(int).mean(axis=0)
-        x = int(np.argmin(column[:-5]))
+        x = int(np.argmax(column < 80))  # its left edge (the darkest column is any of 6)
         assert abs(x - scene.square_x(i)) <= 4
 
 
-def test_browser_plays_the_mp4(tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no Chromium here (apt-get install chromium): the MP4 is checked by "
-                    "PyAV and FFmpeg only")
+def test_browser_plays_the_mp4(tmp_path, chromium):
     scene = Scene(60, move_from=40)
     out, stats = encode(tmp_path, scene)
     assert stats["storage"]["frames_skipped"] > 20
@@ -243,12 +228,14 @@ def test_browser_plays_the_mp4(tmp_path):
         "let x = 0; while (x < c.width && p[(43 * c.width + x) * 4] >= 80) x++;"
         "document.title = 'seeked ' + v.duration.toFixed(3) + ' ' + x; };"
         "</script></body></html>")
-    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
-                        "--allow-file-access-from-files", "--virtual-time-budget=10000",
-                        "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                       timeout=120)
-    title = r.stdout.split("<title>")[1].split("</title>")[0] if "<title>" in r.stdout else ""
-    assert title.startswith("seeked"), (title, r.stderr[-2000:])
+    # driven over the DevTools protocol and polled: no virtual-time budget that a loaded
+    # machine can run out of before the seek completes
+    with Browser(chromium, flags=("--allow-file-access-from-files",)) as browser:
+        browser.open(page.as_uri())
+        title = browser.wait_for("document.title.startsWith('seeked') || "
+                                 "document.title.startsWith('error') ? document.title : ''",
+                                 timeout=120)
+    assert title.startswith("seeked"), title
     duration, x = title.split()[1:]
     assert float(duration) == pytest.approx(6.0)  # 60 frames at 10 fps
     assert abs(int(x) - scene.square_x(55)) <= 4
@@ -270,7 +257,7 @@ def test_the_encoder_places_no_idr_of_its_own(tmp_path):
         f.y[:] = 255 - f.y
     scene.frames = lambda: iter(frames)
     out, stats = encode(tmp_path, scene, "cut.mp4", "encoder.storage.dynamic_fps=false",
-                        "encoder.storage.gop_s=100", "encoder.storage.gop_max_s=100")
+                        "encoder.storage.gop_s=100")
     with av.open(str(out)) as c:
         keys = [f.key_frame for f in c.decode(video=0)]
     assert sum(keys) == 1 and stats["storage"]["idr_reasons"] == {"start": 1}
@@ -303,3 +290,25 @@ def test_the_cuts_of_a_montage_get_their_idrs(tmp_path, clip):
     idrs = json.loads(stats.read_text())["storage"]["idrs"]
     assert [(i["frame"], i["reason"]) for i in idrs if i["reason"] == "scene_cut"] == \
         [(30, "scene_cut"), (76, "scene_cut")]
+
+
+@pytest.mark.parametrize("crf", [20, 32])
+def test_a_recording_is_never_larger_than_the_cameras_plain_x264(tmp_path, clip, crf):
+    """The street clip's first 4 s at the benchmark ladder's ends, against the anchor the
+    benchmark uses (plain x264, same preset and CRF, 2 s GOP, every frame): the profile's file
+    is smaller (BENCHMARKS.md, "Storage profile": 0.55-0.75 of it on the whole clip)."""
+    from edge_semvc.bench.run import storage_baseline
+    from edge_semvc.sources import open_source
+
+    cfg = load_config(None, ["encoder.profile=storage", f"encoder.crf={crf}"])
+    sizes = {}
+    for name, run_cfg, semantic in (("storage", cfg, True), ("plain", None, False)):
+        src = open_source(str(clip("street_pedestrians_vtest_768x576.avi")))
+        out = tmp_path / f"{name}.mp4"
+        try:
+            run_encode(src, str(out), run_cfg or storage_baseline(cfg, src.fps),
+                       semantic=semantic, max_frames=40)
+        finally:
+            src.close()
+        sizes[name] = out.stat().st_size
+    assert sizes["storage"] < sizes["plain"], sizes  # here 0.72 (CRF 20) and 0.61 (CRF 32)

@@ -63,6 +63,7 @@ ROI_MIN_MBS = 16.0
 ROI_MIN_FRAMES = 0.25
 DEFAULT_BPP = (0.025, 0.05, 0.1, 0.2)  # bits per pixel for the default abr/cbr ladder
 DEFAULT_CRF = (36.0, 32.0, 28.0, 24.0)
+CAMERA_GOP_S = 2.0  # the keyframe interval cameras ship with (the storage profile's anchor)
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,12 @@ def rect_map(max_rects: int):
 
 def storage_baseline(cfg: Config, fps) -> Config:
     """What cameras ship, against the storage profile: plain x264 at the same preset and CRF,
-    a fixed GOP of `encoder.storage.gop_s` (2 s) and every frame."""
+    a fixed GOP of CAMERA_GOP_S and every frame; `encoder.params` are the profile's own (what
+    an x264 option adds is measured against the camera's default)."""
     plain = copy.deepcopy(cfg)
     plain.encoder.profile = "live"
-    plain.encoder.keyint = max(1, round(cfg.encoder.storage.gop_s * fps))
+    plain.encoder.params = {}
+    plain.encoder.keyint = max(1, round(CAMERA_GOP_S * fps))
     return plain
 
 
@@ -279,7 +282,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=["live", "storage"], default="live",
                    help="storage: the semantic run records with the storage profile (needs --rc "
                         "crf) and the baseline is what cameras ship: plain x264, a fixed "
-                        "encoder.storage.gop_s GOP (2 s), every frame")
+                        f"{CAMERA_GOP_S:g} s GOP, every frame")
     p.add_argument("--tune", default="")
     p.add_argument("--roi-model", metavar="PATH",
                    help="independent YOLOX ONNX detector for analytics accuracy (F1 at IoU 0.5, "
@@ -334,7 +337,8 @@ def run(args) -> int:
                                     f"encoder.profile={args.profile}",
                                     f"encoder.preset={args.preset}", f"encoder.tune={args.tune}",
                                     # placeholder so abr/cbr validate; each point sets its own
-                                    "encoder.bitrate=1000000"])
+                                    # (with crf a bitrate is a VBV cap: only the user's --set)
+                                    *([] if args.rc == "crf" else ["encoder.bitrate=1000000"])])
     prepare_config(cfg, cfg.cache_dir(), log=lambda m: print(m, file=sys.stderr))
     preflight.resolve(cfg)  # which runtime and encoder this machine runs (`auto`)
     ladder = None

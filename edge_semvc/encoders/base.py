@@ -67,7 +67,7 @@ class EncoderSettings:
     threads: int = 0
     global_headers: bool = False
     # the caller places every IDR (`encode(..., force_idr=True)`): the encoder inserts none of
-    # its own, periodic or at scene changes (the storage profile's dynamic GOP)
+    # its own, periodic or at scene changes (the storage profile's long GOP)
     caller_idr: bool = False
     # frames may be left out (the storage profile's dynamic frame rate): rate control counts
     # the frames it gets, not the time they stand for (a held frame is not worth more bits)

@@ -12,24 +12,15 @@ PROFILES = ("live", "storage")
 class StorageConfig:
     """`encoder.storage`: what the storage profile adds to the map (README, "Storage profile")."""
 
-    dynamic_gop: bool = True  # IDRs placed by the pipeline: interval grows while static, + events
-    gop_s: float = 2.0  # keyframe interval while the scene moves (and the fixed one without
-    #                     dynamic_gop); also the least time between two event IDRs
-    gop_max_s: float = 10.0  # the longest interval while static: bounds seeking and recovery
-    static_area: float = 0.05  # a GOP is static when on average at most this fraction of the
-    #                            frame changed beyond noise per frame
+    dynamic_gop: bool = True  # IDRs placed by the pipeline: every gop_s of time and at cuts
+    gop_s: float = 10.0  # keyframe interval: bounds seeking and how long a lost packet shows
     dynamic_fps: bool = True  # frames with nothing new beyond sensor noise are not encoded
     min_fps: float = 1.0  # ... but at least this many frames a second are
     noise_factor: float = 2.5  # a block changed when its difference exceeds this x its noise
     noise_margin: float = 1.5  # ... plus this many luma levels (8-bit quantisation, dark scenes)
-    object_idr: bool = True  # with dynamic_gop: an IDR where a labelled object appears
 
     def validate(self) -> None:
         check(self.gop_s > 0, "encoder.storage.gop_s", self.gop_s, "> 0 seconds")
-        check(self.gop_max_s >= self.gop_s, "encoder.storage.gop_max_s", self.gop_max_s,
-              f">= encoder.storage.gop_s ({self.gop_s})")
-        check(0.0 <= self.static_area <= 1.0, "encoder.storage.static_area", self.static_area,
-              "between 0 and 1")
         check(self.min_fps > 0, "encoder.storage.min_fps", self.min_fps,
               "> 0 frames a second (a gap must end: players and muxers need frames)")
         check(self.noise_factor >= 1.0, "encoder.storage.noise_factor", self.noise_factor,
@@ -46,7 +37,7 @@ class EncoderConfig:
     # "Hardware encoders")
     backend: str = "auto"
     # live: every frame, keyframes every `keyint`; storage: recorded video, CRF (`bitrate` =
-    # VBV cap) + the map + dynamic GOP and frame rate (`storage`)
+    # VBV cap) + the map + long GOP and dynamic frame rate (`storage`)
     profile: str = "live"
     # rate control: auto, crf, abr or cbr. auto follows what was given (`rate_control()`): a
     # bitrate alone is the target (cbr; the storage profile: crf capped by it), none is crf
@@ -86,7 +77,7 @@ class EncoderConfig:
         check(self.profile != "storage" or rc == "crf", "encoder.rc", self.rc,
               "crf with encoder.profile storage (quality-targeted; encoder.bitrate caps it)")
         check(self.profile != "storage" or not self.keyint, "encoder.keyint", self.keyint,
-              "0 with encoder.profile storage (its GOP is encoder.storage.gop_s/gop_max_s)")
+              "0 with encoder.profile storage (its GOP is encoder.storage.gop_s)")
         self.storage.validate()
         check(0 <= self.crf <= 51, "encoder.crf", self.crf, "between 0 and 51")
         check(0 <= self.bitrate <= 10**9, "encoder.bitrate", self.bitrate,

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import Config
 from ..errors import EdgeSemvcError, SinkError, SourceError, WriteError
@@ -34,10 +34,14 @@ from ..pipeline import Live, RunStats, run_encode
 from ..sinks import open_output
 from ..sinks.base import Outputs
 from ..sinks.config import RecordConfig
+from ..sinks.mse import MseOutput
 from ..sinks.segments import SegmentOutput
 from ..sources import LIVE_SCHEMES, open_source
 from ..sources.paced import PacedSource
 from .remote import dotted_keys, one_line
+
+if TYPE_CHECKING:
+    from .web import CameraView
 
 log = logging.getLogger("edge_semvc")
 TIMING_WINDOW = 1000  # frames over which stage latencies are reported
@@ -73,12 +77,14 @@ class Camera:
     def __init__(self, name: str, uri: str, cfg: Config, record: RecordConfig | None,
                  emit: Callable[[str, str, dict], None], *, outputs: tuple[str, ...] = (),
                  loop: bool = False, realtime: bool = True, queue_frames: int = 1,
-                 backoff: Backoff | None = None, open_input: Callable[[str], Any] = open_source,
+                 view: CameraView | None = None, backoff: Backoff | None = None,
+                 open_input: Callable[[str], Any] = open_source,
                  clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] | None = None):
         self.name, self.uri, self.record = name, uri, record  # record None: stream only
         self.cfg = self.good = cfg  # in use / last kept (cfg differs while a change is on trial)
         self.output_uris = tuple(outputs)  # stream outputs beside the recording
+        self.view = view  # the web page's: live feed and overlay (http.enabled)
         self.outputs: Outputs | None = None  # the current run's
         self.emit = lambda event, **fields: emit(name, event, fields)
         self.live = uri.partition("://")[0] in LIVE_SCHEMES
@@ -196,7 +202,8 @@ class Camera:
         stats = self.stats = RunStats()
         outputs = self.outputs = Outputs(
             ([SegmentOutput(self.record, self.name, self.emit)] if self.record else [])
-            + [open_output(uri, on_event=self.emit) for uri in self.output_uris])
+            + [open_output(uri, on_event=self.emit) for uri in self.output_uris]
+            + ([MseOutput(self.view.feed)] if self.view and self.view.feed else []))
         live = Live(updates=self._take_update, stats=stats,
                     timing_window=TIMING_WINDOW, queue_frames=self.queue_frames)
         with self._lock:
@@ -217,6 +224,8 @@ class Camera:
             if stats.scene_cuts > seen_cuts[0]:  # the run's one decision (analysis/scene.py)
                 seen_cuts[0] = stats.scene_cuts
                 self.emit("scene_cut", frame=self.frames_total, pts=frame.pts)
+            if self.view is not None:
+                self.view.frame(frame, labels, qp)
             captured = paced.capture_times.pop(frame.index, None)
             if captured is not None:
                 self.latency_ms.append((self.clock() - captured) * 1e3)

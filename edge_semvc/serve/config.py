@@ -1,5 +1,6 @@
 """The service's configuration: MQTT connection settings (`mqtt:`), the cameras (`cameras:`)
-and `ServeConfig`, the pipeline's sections composed with those and `record:`.
+and `ServeConfig`, the pipeline's sections composed with those, `record:` and `http:` (the web
+endpoint, serve/web.py).
 
 Plain dataclasses with defaults and a `validate()`, the shape of the other subsystems' models,
 so the service's configuration can compose `MqttConfig` and fill it with `config_model.merge`.
@@ -126,6 +127,46 @@ class MqttConfig:
 
 
 @dataclass
+class HttpConfig:
+    enabled: bool = False  # serve /api/stats, /metrics, /api/config and the cameras' pages
+    host: str = "127.0.0.1"  # the address to listen on: 0.0.0.0 opens it to the network
+    port: int = 8480  # TCP port; 0 = any free one (tests)
+    username_env: str = ""  # with password_env: HTTP basic auth, user from this variable
+    password_env: str = ""  # the password's environment variable (never in the file)
+    stats_interval: float = 2.0  # seconds between the figures the page and /api/stats show
+    live: bool = True  # the pages' live picture (the encoder's packets as fragmented MP4)
+
+    def validate(self) -> "HttpConfig":
+        check(isinstance(self.host, str) and bool(self.host.strip()), "http.host", self.host,
+              "an address to listen on, e.g. 127.0.0.1")
+        check(isinstance(self.port, int) and 0 <= self.port < 65536, "http.port", self.port,
+              "a TCP port, 0-65535 (0: any free one)")
+        check(self.stats_interval > 0, "http.stats_interval", self.stats_interval, "> 0 s")
+        for key in ("username_env", "password_env"):
+            name = getattr(self, key)
+            check(not name or name.replace("_", "a").isalnum(), f"http.{key}", name,
+                  "an environment variable name")
+        check(bool(self.username_env) == bool(self.password_env), "http.password_env",
+              self.password_env, "set together with http.username_env (or neither)")
+        return self
+
+    def credentials(self, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+        """(user, password) from the named environment variables; None without them. A named
+        variable that is missing or empty is an error, never an open page."""
+        if not self.username_env:
+            return None
+        env = os.environ if environ is None else environ
+        values = []
+        for key in ("username_env", "password_env"):
+            var = getattr(self, key)
+            if not env.get(var):
+                raise ConfigError(f"http.{key} names the environment variable {var}, which is "
+                                  "not set")
+            values.append(env[var])
+        return values[0], values[1]
+
+
+@dataclass
 class CameraConfig:
     input: str = ""  # URI: file://PATH, rtsp://..., v4l2:///dev/videoN, csi://N, demo://NAME
     loop: bool = False  # file inputs: start again at the end (a camera never ends)
@@ -162,6 +203,7 @@ class ServeConfig(Config):
     cameras: dict[str, Any] = field(default_factory=dict)
     record: RecordConfig = field(default_factory=RecordConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     state_dir: str = ""  # "" = <record.dir>/.state
 
     def validate(self) -> "ServeConfig":
@@ -194,6 +236,7 @@ class ServeConfig(Config):
         check(bool(self.record.dir or self.state_dir), "state_dir", self.state_dir,
               "a folder for the remote changes when no camera records (record.dir unset)")
         self.mqtt.validate()
+        self.http.validate()
         return self
 
     def pipeline_config(self, camera: str | None = None) -> Config:
@@ -205,6 +248,13 @@ class ServeConfig(Config):
         if cam is not None and cam.profile:
             cfg.encoder.profile = cam.profile
         return cfg
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective configuration, safe to show: the MQTT password replaced by '***' (the
+        HTTP credentials and stream outputs' are only named by their variables)."""
+        data = self.to_dict()
+        data["mqtt"] = self.mqtt.public_dict()
+        return data
 
     def state_folder(self) -> str:
         return self.state_dir or os.path.join(self.record.dir, ".state")

@@ -36,6 +36,7 @@ from .notify import Watchdog, notify_ready, notify_status, notify_stopping
 from .remote import OverrideStore, apply_change, live_difference, one_line
 from .stats import CpuMeter, StatsWindow
 from .telemetry import open_telemetry
+from .web import CameraView, WebView
 
 log = logging.getLogger("edge_semvc")
 STOP_TIMEOUT_S = 25.0  # every camera drains its encoder and closes its segment in this time
@@ -61,16 +62,20 @@ class Service:
         self.windows: dict[str, StatsWindow] = {}  # per stats interval
         self.whole_run: dict[str, StatsWindow] = {}  # over the whole run (the summary)
         self.summary: dict = {}  # over the whole run, once it ended (`serve --stats-json`)
+        self.views: dict[str, CameraView] = {}  # the web page's, per camera (http.enabled)
         for name in cfg.cameras:
             self.cameras[name] = self._camera(name, cfg)
+        self.web = WebView(cfg, self.cameras, self.views, clock) if cfg.http.enabled else None
 
     def _camera(self, name: str, cfg: ServeConfig) -> Camera:
         cam = cfg.cameras[name]
         self.telemetry.add_camera(name)
+        if cfg.http.enabled and name not in self.views:
+            self.views[name] = CameraView(cfg.http.live)
         return Camera(name, cam.input, self._restored(name, cfg.pipeline_config(name)),
                       cfg.record if cam.record else None, self._event,
                       outputs=tuple(cam.outputs), loop=cam.loop, realtime=cam.realtime,
-                      queue_frames=cam.queue_frames)
+                      queue_frames=cam.queue_frames, view=self.views.get(name))
 
     # --- events and remote configuration -----------------------------------------------------
     def _event(self, camera: str, event: str, fields: dict) -> None:
@@ -95,10 +100,12 @@ class Service:
         watchdog = Watchdog.from_environment()
         cpu = CpuMeter(self.clock)
         whole_cpu = CpuMeter(self.clock)
+        if self.web is not None:  # a port in use refuses the start before any camera runs
+            self.web.start()
         for name in self.cameras:
             self._start(name)
         self.changes.start()
-        start = last_stats = self.clock()
+        start = last_stats = last_web = self.clock()
         last_frames, ready = -1, False
         try:
             while not self.stop_event.wait(0.5):
@@ -127,6 +134,9 @@ class Service:
                         self.telemetry.publish_stats(name, snapshot)
                     notify_status(self._status())
                     last_stats = now
+                if self.web is not None and now - last_web >= self.cfg.http.stats_interval:
+                    self.web.refresh()
+                    last_web = now
                 if max_seconds and now - start >= max_seconds:
                     break
                 if all(c.state == "ended" for c in self.cameras.values()):
@@ -181,14 +191,20 @@ class Service:
         if new.mqtt != old.mqtt:  # one connection, its last will and client id: not swapped
             kept.append("mqtt kept: it changes with a restart")
             new.mqtt = old.mqtt
+        if new.http != old.http:  # the listening socket and the credentials: not swapped
+            kept.append("http kept: it changes with a restart")
+            new.http = old.http
         if new.state_folder() != old.state_folder():
             kept.append("state_dir kept: it changes with a restart")
             new.state_dir = old.state_folder()
         self.cfg = new
+        if self.web is not None:
+            self.web.cfg = new
         for name in [n for n in self.cameras if n not in new.cameras]:
             self._event(name, "camera_removed", {})
             self._stop(name)
             self._presence.pop(name, None)
+            self.views.pop(name, None)
             self.telemetry.remove_camera(name)
         for name in new.cameras:
             base = self._restored(name, new.pipeline_config(name))
@@ -223,6 +239,8 @@ class Service:
         for cam in self.cameras.values():
             cam.thread.join(timeout=max(0.1, deadline - self.clock()))
         self.telemetry.close()
+        if self.web is not None:
+            self.web.close()
 
 
 def _check_service_config(cfg: ServeConfig) -> None:

@@ -1,0 +1,292 @@
+"""`serve`'s HTTP endpoint (`http:`): `/api/stats`, `/metrics`, `/api/config`, a page listing
+the cameras and a page per camera with its live picture, QP-map and label overlay and figures.
+
+The standard library's threading HTTP server, in threads of its own: nothing here runs in a
+camera's frame loop but `CameraView.frame` (keeps a reference to the frame's maps) and the
+`MseOutput` muxing the encoder's packets (sinks/mse.py). The figures are values: the supervisor
+calls `WebView.refresh` every `http.stats_interval` s, which makes each camera's stats snapshot
+(the MQTT stats message's shape, serve/stats.py) and a copy of its latency windows; requests
+only read the latest of those. Streams per camera:
+
+    /api/cameras/NAME/live.mp4   fragmented MP4 (init segment, then one fragment per frame) for
+                                 the page's Media Source Extensions; Content-Type carries the codec
+    /api/cameras/NAME/events     server-sent events: `overlay` (the newest frame's QP offsets and
+                                 labels per macroblock, at most OVERLAY_HZ a second) and `stats`
+
+Credentials: `http.username_env`/`password_env` name environment variables; then every request
+needs HTTP basic auth with them (checked in constant time).
+"""
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Callable
+
+import numpy as np
+
+from ..sinks.mse import END, LiveFeed
+from .camera import Camera
+from .config import ServeConfig
+from .stats import CpuMeter, StatsWindow
+
+log = logging.getLogger("edge_semvc")
+OVERLAY_HZ = 10.0  # overlay messages per second and reader at most
+KEEPALIVE_S = 10.0  # a comment line on quiet event streams (proxies close idle ones)
+IDLE_S = 30.0  # socket timeout of each connection (a request that never comes, a reader gone)
+MAX_STREAMS = 32  # concurrent live.mp4 and events readers; more get 503
+PAGES = {"/": "index.html", "/camera.js": "camera.js"}
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The newest frame's maps, as the pipeline handed them (values, never changed after)."""
+
+    t: float  # the frame's presentation time, seconds (the video's currentTime)
+    wall: float  # when the pipeline handed it over (time.time(): the page's latency figure)
+    offsets: np.ndarray  # QpMap.offsets, float32[mb_h, mb_w]
+    labels: np.ndarray | None  # LabelMap.labels, int16[mb_h, mb_w]
+    classes: tuple[str, ...]
+
+    def message(self) -> dict:
+        h, w = self.offsets.shape
+        labels = self.labels if self.labels is not None and self.labels.shape == (h, w) else None
+        return {"t": round(self.t, 4), "wall": round(self.wall, 4), "w": w, "h": h,
+                "qp": np.round(self.offsets.astype(float), 1).ravel().tolist(),
+                "labels": labels.astype(int).ravel().tolist() if labels is not None else [],
+                "classes": list(self.classes)}
+
+
+class CameraView:
+    """What the web shows of one camera: its live feed and its newest overlay."""
+
+    def __init__(self, live: bool):
+        self.feed = LiveFeed() if live else None
+        self.overlay: Overlay | None = None
+
+    def frame(self, frame, labels, qp) -> None:
+        """Called in the camera's thread per frame: one reference kept, nothing computed."""
+        t = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
+        self.overlay = Overlay(t, time.time(), qp.offsets, getattr(labels, "labels", None),
+                               tuple(getattr(labels, "classes", ())))
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One camera's figures at one refresh: the stats snapshot and its latency windows (ms)."""
+
+    stats: dict
+    latency_ms: dict[str, tuple[float, ...]]  # "end_to_end" and each pipeline stage
+
+
+class WebView:
+    """The endpoint: `start()` listens, `refresh()` (supervisor thread) updates the figures,
+    `close()` stops it."""
+
+    def __init__(self, cfg: ServeConfig, cameras: dict[str, Camera], views: dict[str, CameraView],
+                 clock: Callable[[], float] = time.monotonic):
+        self.cfg, self.cameras, self.views, self.clock = cfg, cameras, views, clock
+        self.credentials = cfg.http.credentials()  # a missing variable refuses the start
+        self.figures: dict[str, Figures] = {}
+        self._windows: dict[str, StatsWindow] = {}
+        self._cpu = CpuMeter(clock)
+        self._streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self.stopping = threading.Event()
+        self.server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1] if self.server else 0
+
+    def start(self) -> "WebView":
+        from ..errors import ConfigError
+
+        http = self.cfg.http
+        try:
+            self.server = ThreadingHTTPServer((http.host, http.port), _handler(self))
+        except OSError as e:
+            raise ConfigError(f"http.port {http.port}: cannot listen on {http.host}:{http.port} "
+                              f"({e.strerror or e})") from None
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, name="http",
+                                        daemon=True)
+        self._thread.start()
+        log.info("http: listening on http://%s:%d/", http.host, self.port)
+        return self
+
+    def refresh(self) -> None:
+        """New figures for every camera (the supervisor's thread: the only reader of the live
+        counters for the web)."""
+        percent = self._cpu.percent()
+        figures = {}
+        self._windows = {n: w for n, w in self._windows.items() if n in self.cameras}
+        for name, cam in self.cameras.items():
+            window = self._windows.get(name)
+            if window is None or window.camera is not cam:  # added or restarted by a reload
+                window = self._windows[name] = StatsWindow(cam, self.clock)
+            # the run's stage timings as values (RunStats.snapshot): the run goes on meanwhile
+            latency = {"end_to_end": tuple(cam.latency_ms), **cam.stats.snapshot().timings}
+            figures[name] = Figures(window.snapshot(percent), latency)
+        self.figures = figures
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    # --- what the routes answer ----------------------------------------------------------------
+    def stats(self) -> dict:
+        return {name: f.stats for name, f in self.figures.items()}
+
+    def config(self) -> dict:
+        return self.cfg.public_dict()
+
+    def metrics(self) -> bytes:
+        from .metrics import exposition
+
+        return exposition(self.figures)
+
+    def authorised(self, header: str | None) -> bool:
+        if self.credentials is None:
+            return True
+        scheme, _, value = (header or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        want_user, want_password = self.credentials
+        return (hmac.compare_digest(user.encode(), want_user.encode())
+                & hmac.compare_digest(password.encode(), want_password.encode()))
+
+
+def _handler(web: WebView):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "edge-semvc"
+        protocol_version = "HTTP/1.1"
+        timeout = IDLE_S  # a client that sends nothing, or reads nothing, is dropped
+
+        def log_message(self, fmt, *args) -> None:  # the service's log, at debug level
+            log.debug("http: %s %s", self.address_string(), fmt % args)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if not web.authorised(self.headers.get("Authorization")):
+                self._send(401, b"credentials needed\n", "text/plain",
+                           {"WWW-Authenticate": 'Basic realm="edge-semvc"'})
+                return
+            path = self.path.split("?", 1)[0]
+            parts = path.strip("/").split("/")
+            if path in PAGES or (len(parts) == 2 and parts[0] == "cameras"):
+                self._page(PAGES.get(path, "camera.html"), parts)
+            elif path == "/api/stats":
+                self._json(web.stats())
+            elif path == "/api/config":
+                self._json(web.config())
+            elif path == "/metrics":
+                from prometheus_client import CONTENT_TYPE_LATEST
+
+                self._send(200, web.metrics(), CONTENT_TYPE_LATEST)
+            elif len(parts) == 4 and parts[:2] == ["api", "cameras"] and parts[2] in web.views:
+                if parts[3] == "live.mp4":
+                    self._stream(self._live, web.views[parts[2]])
+                elif parts[3] == "events":
+                    self._stream(self._events, parts[2])
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _page(self, name: str, parts: list[str]) -> None:
+            if name == "camera.html" and parts[1] not in web.views:
+                self._send(404, b"no such camera\n", "text/plain")
+                return
+            body = resources.files(__package__).joinpath("pages", name).read_bytes()
+            self._send(200, body, TYPES[name[name.rindex("."):]])
+
+        def _json(self, doc) -> None:
+            self._send(200, json.dumps(doc, default=str).encode(),
+                       "application/json")
+
+        def _send(self, status: int, body: bytes, kind: str, headers: dict | None = None):
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _stream(self, serve, what) -> None:
+            if not web._streams.acquire(blocking=False):
+                self._send(503, b"too many live readers\n", "text/plain")
+                return
+            self.close_connection = True
+            try:
+                serve(what)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                pass  # the browser went away
+            finally:
+                web._streams.release()
+
+        def _start_stream(self, kind: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+
+        def _live(self, view: CameraView) -> None:
+            reader = view.feed.subscribe() if view.feed else None
+            if reader is None:
+                self._send(503, b"no live picture now (the camera is not running, or "
+                                b"http.live is off)\n", "text/plain")
+                return
+            try:
+                self._start_stream(view.feed.mime)
+                while not web.stopping.is_set():
+                    try:
+                        chunk = reader.get(timeout=1.0)
+                    except queue.Empty:
+                        continue
+                    if chunk is END:
+                        return
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            finally:
+                view.feed.unsubscribe(reader)
+
+        def _events(self, name: str) -> None:
+            view = web.views[name]
+            self._start_stream("text/event-stream")
+            sent_overlay, sent_stats, quiet_since = None, None, web.clock()
+            while not web.stopping.wait(1.0 / OVERLAY_HZ):
+                out = []
+                overlay, figures = view.overlay, web.figures.get(name)
+                if overlay is not None and overlay is not sent_overlay:
+                    out.append(("overlay", overlay.message()))
+                    sent_overlay = overlay
+                if figures is not None and figures is not sent_stats:
+                    out.append(("stats", figures.stats))
+                    sent_stats = figures
+                chunk = "".join(f"event: {kind}\ndata: {json.dumps(doc, default=str)}\n\n"
+                                for kind, doc in out)
+                if not chunk and web.clock() - quiet_since >= KEEPALIVE_S:
+                    chunk = ": keep-alive\n\n"
+                if chunk:
+                    self.wfile.write(chunk.encode())
+                    self.wfile.flush()
+                    quiet_since = web.clock()
+
+    return Handler

@@ -1,0 +1,210 @@
+"""`serve`'s HTTP endpoint and pages: a real service on a looped clip, read over HTTP (basic auth
+from the environment), `/metrics` parsed by prometheus_client, the live fMP4 decoded by PyAV, the
+camera page played in a real headless Chromium (frames advance, the overlay toggles and changes
+the pixels where the QP map is negative or positive). A slow reader of the live feed loses its
+own fragments, never the encoder's."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from test_serve import CLIP, needs_clip, service_log, start_service, stop, write_config
+from test_telemetry import free_port, wait_until
+
+from edge_semvc.errors import ConfigError
+from edge_semvc.serve.config import HttpConfig
+from edge_semvc.sinks.mse import END, QUEUE_FRAGMENTS, LiveFeed
+
+USER, PASSWORD = "viewer", "pa:ss w0rd"
+AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+def get(url: str, auth: str | None = AUTH, timeout: float = 10.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except urllib.error.URLError:  # not listening (yet)
+        return 0, b""
+
+
+def read_for(url: str, seconds: float) -> bytes:
+    """What a streaming response sends in `seconds`."""
+    request = urllib.request.Request(url, headers={"Authorization": AUTH})
+    out = b""
+    with urllib.request.urlopen(request, timeout=10) as r:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            out += r.read1(1 << 16)
+    return out
+
+
+def test_http_config_is_checked_and_credentials_come_from_the_environment():
+    with pytest.raises(ConfigError, match="http.port"):
+        HttpConfig(port=70000).validate()
+    with pytest.raises(ConfigError, match="http.password_env"):
+        HttpConfig(username_env="U").validate()
+    cfg = HttpConfig(username_env="WEB_U", password_env="WEB_P").validate()
+    assert cfg.credentials({"WEB_U": "a", "WEB_P": "b"}) == ("a", "b")
+    with pytest.raises(ConfigError, match="WEB_P"):
+        cfg.credentials({"WEB_U": "a"})  # a missing variable is never an open page
+    assert HttpConfig().credentials({}) is None
+
+
+def test_a_slow_reader_loses_its_own_fragments_never_blocks_the_feed():
+    feed = LiveFeed()
+    assert feed.subscribe() is None  # no stream yet
+    feed.start(b"init", 'video/mp4; codecs="avc1.42E01E"')
+    slow, fast = feed.subscribe(), feed.subscribe()
+    assert feed.take_joined() and not feed.take_joined()  # one IDR asked for the joiners
+    got = []
+    for i in range(5 * QUEUE_FRAGMENTS):  # never blocks: the slow reader reads nothing
+        feed.publish(b"f%d" % i, key=i % 30 == 0)
+        got.append(fast.get(timeout=1))
+    assert got[0] == b"init" and got[1] == b"f0"
+    assert slow.dropped > 0 and slow.queue.qsize() == QUEUE_FRAGMENTS
+    while not slow.queue.empty():
+        slow.get(timeout=1)
+    feed.publish(b"late", key=False)  # it resumes at a keyframe, not mid-GOP
+    feed.publish(b"key", key=True)
+    assert slow.get(timeout=1) == b"key"
+    feed.end()
+    assert slow.get(timeout=1) is END and feed.subscribe() is None
+
+
+def test_web_endpoint_and_camera_page_in_chromium(tmp_path, monkeypatch, chromium):
+    needs_clip()
+    from edge_semvc.bench.browser import Browser
+
+    monkeypatch.setenv("WEB_USER", USER)
+    monkeypatch.setenv("WEB_PASSWORD", PASSWORD)
+    port = free_port()
+    config = write_config(
+        tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}},
+        mqtt={"password": "mqtt-s3cret"})
+    config.write_text(config.read_text() + (
+        "http: {enabled: true, port: %d, stats_interval: 0.5, username_env: WEB_USER, "
+        "password_env: WEB_PASSWORD}\nencoder: {tune: zerolatency}\n" % port))
+    base = f"http://127.0.0.1:{port}"
+    proc = start_service(config)
+    try:
+        wait_until(lambda: proc.poll() is not None or get(base + "/api/stats")[0] == 200,
+                   timeout=120, what="the HTTP endpoint")
+        # credentials: none or wrong ones are refused
+        assert get(base + "/api/stats", auth=None)[0] == 401
+        assert get(base + "/api/stats", auth="Basic " + base64.b64encode(b"viewer:x").decode()
+                   )[0] == 401
+        assert get(base + "/api/cameras/nope/live.mp4")[0] == 404
+        stats = wait_until(lambda: (lambda s: s if s.get("front", {}).get("frames") else None)(
+            json.loads(get(base + "/api/stats")[1])), timeout=120, what="frames in /api/stats")
+        assert stats["front"]["state"] == "running" and "latency_ms" in stats["front"]
+        status, body = get(base + "/api/config")
+        assert status == 200 and b"mqtt-s3cret" not in body
+        effective = json.loads(body)
+        assert effective["http"]["port"] == port and effective["mqtt"]["password"] == "***"
+        assert effective["cameras"]["front"]["input"] == f"file://{CLIP}"
+        # the live picture: the encoder's packets as fMP4, decodable from its first bytes
+        live = read_for(base + "/api/cameras/front/live.mp4", 3.0)
+        with av.open(io.BytesIO(live)) as c:
+            frames = [f for f in c.decode(video=0)]
+        assert len(frames) >= 20 and frames[0].key_frame
+        assert (frames[0].width, frames[0].height) == (176, 144)
+        # the page, in a real browser
+        with Browser(chromium, 700, 700) as browser:
+            browser.open(base + "/", headers={"Authorization": AUTH})
+            assert browser.wait_for("document.querySelectorAll('#cameras a').length") == 1
+            browser.open(base + "/cameras/front", headers={"Authorization": AUTH})
+            first = browser.wait_for("window.edgeSemvc && window.edgeSemvc.frames() > 10 && "
+                                     "window.edgeSemvc.frames()", timeout=90)
+            later = browser.wait_for(f"window.edgeSemvc.frames() > {first + 15} && "
+                                     "window.edgeSemvc.frames()", timeout=60)
+            assert later > first  # frames advance
+            browser.wait_for("document.querySelector('#figures').textContent"
+                             ".includes('frames per second')")
+            check_overlay_toggles(browser)
+        metrics = metric_values(get(base + "/metrics")[1].decode())
+    finally:
+        code = stop(proc)
+    assert code == 0, service_log(config)
+    assert metrics[("edge_semvc_frames_total", "front")] > 0
+    assert ("edge_semvc_latency_seconds_bucket", "front") in metrics
+    assert ("edge_semvc_label_coverage_ratio", "front") in metrics
+    assert metrics[("edge_semvc_camera_state", "front")] == 1  # the running one
+
+
+def check_overlay_toggles(browser) -> None:
+    """Freeze the picture, screenshot with the QP map on and off: where the map is negative the
+    overlay adds blue, where positive red; the label outlines toggle too."""
+    browser.evaluate("document.getElementById('freeze').click()")
+    time.sleep(0.5)
+    assert browser.evaluate("document.getElementById('video').paused")
+    drawn = browser.wait_for("window.edgeSemvc.overlay()")
+    assert drawn["qp"] and drawn["labels"]
+    qp = np.asarray(drawn["map"]["qp"]).reshape(drawn["map"]["h"], drawn["map"]["w"])
+    box = browser.evaluate("(() => { const v = document.getElementById('video'); "
+                           "const r = v.getBoundingClientRect(); "
+                           "return [r.left, r.top, r.width / v.videoWidth]; })()")
+    on = screenshot(browser)
+    browser.evaluate("document.getElementById('show-qp').click()")
+    time.sleep(0.3)
+    off = screenshot(browser)
+    browser.evaluate("document.getElementById('show-labels').click()")
+    time.sleep(0.3)
+    bare = screenshot(browser)
+    assert browser.evaluate("window.edgeSemvc.overlay()")["qp"] is False
+    left, top, scale = box  # CSS pixels per picture pixel
+    ys, xs = np.mgrid[0:qp.shape[0], 0:qp.shape[1]]
+    px = (left + (xs * 16 + 8) * scale).astype(int)
+    py = (top + (ys * 16 + 8) * scale).astype(int)
+    diff = on[py, px].astype(int) - off[py, px].astype(int)  # [mb_h, mb_w, rgb]
+    assert (qp < 0).any() and (qp > 0).any(), qp
+    assert diff[qp < 0][:, 2].mean() > 20  # more bits: tinted blue
+    assert diff[qp > 0][:, 0].mean() > 20  # fewer bits: tinted red
+    if (qp == 0).any():  # untouched where the map is 0
+        assert np.abs(diff[qp == 0]).mean() < np.abs(diff[qp != 0]).mean()
+    assert np.abs(off.astype(int) - bare.astype(int)).sum() > 0  # the label outlines went
+
+
+def screenshot(browser) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(browser.screenshot())).convert("RGB"))
+
+
+def metric_values(text: str) -> dict:
+    """{(sample name, camera): value}, the largest value where several samples share them."""
+    out: dict = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, s.labels.get("camera"))
+            out[key] = max(out.get(key, float("-inf")), s.value)
+    return out
+
+
+
+def test_a_port_in_use_refuses_the_start(tmp_path):
+    needs_clip()
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}})
+        config.write_text(config.read_text() + "http: {enabled: true, port: %d}\n"
+                          % busy.getsockname()[1])
+        r = subprocess.run([sys.executable, "-m", "edge_semvc", "serve", "--config",
+                            str(config)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "http.port" in r.stderr and "in use" in r.stderr
+    assert not list((tmp_path / "rec").glob("front/*.ts"))  # no camera ran
