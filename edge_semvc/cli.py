@@ -103,7 +103,7 @@ def cmd_encode(args) -> int:
     from . import preflight
     from .config import load_config
     from .errors import SinkError
-    from .pipeline import Live, Visuals, partial_result, run_encode
+    from .pipeline import Extras, Live, partial_result, run_encode
     from .sinks import open_output
     from .sinks.file import check_distinct_files, check_writable, wants_global_headers
     from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
@@ -130,12 +130,12 @@ def cmd_encode(args) -> int:
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
     source = open_source(args.input, raw)
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
-    visuals = Visuals(png=args.qp_map_png, video=args.qp_map_video)
+    extras = Extras(png=args.qp_map_png, video=args.qp_map_video, progress=progress)
     status, error, write_failed = 0, None, False
     try:
         live = Live(cameras=1) if scheme_of(args.input) in LIVE_SCHEMES else None
-        stats = run_encode(source, streams, cfg, visuals=visuals, progress=progress,
-                           semantic=not args.no_map, max_frames=args.frames, live=live)
+        stats = run_encode(source, streams, cfg, semantic=not args.no_map,
+                           max_frames=args.frames, extras=extras, live=live)
     except (KeyboardInterrupt, Exception) as e:
         stats, status, error = partial_result(e)
         write_failed = isinstance(e, OSError)

@@ -9,7 +9,8 @@ applied in the method's order:
     Q_D = Q_S + sum theta_k * D_k    embodiment 5, audio, subtitles, a description
 
 Every analyser sees every frame (their state runs over time), including frames with nothing
-labelled, which get no map but may still start a new scene.
+labelled, which get no map. The scene cut is not theirs: the run computes it once per frame
+(analysis/scene.py, understanding.py) and embodiment 4 reads its S_mb per region from it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from .analysis.fusion import FusionAnalyser
 from .analysis.recurrent import RecurrentChange
-from .analysis.scene import SceneAnalyser
+from .analysis.scene import SceneResult, scene_values
 from .config import Config
 from .frame import Frame
 from .qp.attention import attention_q
@@ -43,30 +44,31 @@ class Extensions:
             from .labeler.emotion import EmotionAnalyser
 
             self.emotion = EmotionAnalyser(cfg.emotion, cfg.cache_dir())
-        self.scene = SceneAnalyser(cfg.scene) if cfg.scene.enabled else None
+        self.scene = cfg.scene.enabled  # S from the run's scene analysis (understanding.py)
         self.fusion = FusionAnalyser(cfg.fusion) if cfg.fusion.enabled else None
         self.side = _side_data(cfg, input_path) if self.fusion else None
 
     @property
     def active(self) -> bool:
-        return any(a is not None for a in self._analysers())
+        return self.scene or any(a is not None for a in self._analysers())
 
     def _analysers(self):
-        return self.attention, self.emotion, self.scene, self.fusion
+        return self.attention, self.emotion, self.fusion
 
     def reconfigure(self, cfg: Config) -> None:
         """Live changes between frames (serve): thresholds and factors, not which are on."""
         self.cfg = cfg
         for analyser, section in ((self.attention, cfg.attention), (self.emotion, cfg.emotion),
-                                  (self.scene, cfg.scene), (self.fusion, cfg.fusion)):
+                                  (self.fusion, cfg.fusion)):
             if analyser is not None:
                 analyser.cfg = section
 
     def modulation(self, frame: Frame, labels: LabelMap, regions: np.ndarray | None,
-                   blocks: np.ndarray | None = None) -> Modulation:
+                   scene: SceneResult, blocks: np.ndarray | None = None) -> Modulation:
         """Every enabled analyser's term for this frame (`regions`: RegionStats.regions, or
-        None on a frame with nothing labelled; `blocks`: the Analyser's luma samples of this
-        frame, when it ran, so they are not computed twice)."""
+        None on a frame with nothing labelled; `scene`: the frame's scene analysis; `blocks`:
+        the Analyser's luma samples of this frame, when it ran, so they are not computed
+        twice)."""
         mod = Modulation()
         if self.attention is not None:
             mod.attention = (self.attention.step(blocks, regions) if blocks is not None
@@ -75,9 +77,8 @@ class Extensions:
             from .labeler.emotion import face_boxes
 
             mod.emotion = self.emotion.analyse(frame, face_boxes(self.labeler))
-        if self.scene is not None:
-            result = self.scene.analyse(frame, regions)
-            mod.scene, mod.cut = result.scene, result.cut
+        if self.scene:
+            mod.scene = scene_values(scene.change, regions, self.cfg.scene.s_threshold)
         if self.fusion is not None:
             side = self.side.for_frame(frame) if self.side is not None else None
             mod.data = self.fusion.analyse(labels, voice=side.voice if side else None,

@@ -1,9 +1,10 @@
-"""The per-frame loop: Source -> Labeler -> Analyser -> QP map -> Encoder -> Sink.
+"""The per-frame loop: capture (Source) -> understand (understanding.py: scene cut, labeler,
+analysis, QP map) -> encode (Encoder) -> write (Outputs: one encoder, many outputs).
 
-Three threads overlap: decoding, understanding (labeler, analysis, QP map) and encoding
-(the caller's thread; x264 adds its own). Every stage is timed; the run
-returns its statistics. Whatever happens, the output file is finalised with the frames encoded
-so far.
+`run_encode` builds the parts, then runs the loop. Three threads overlap (stages.py):
+decoding, understanding and encoding (the caller's thread; x264 adds its own). Every stage is
+timed; the run returns its statistics. Whatever happens, the output file is finalised with
+the frames encoded so far.
 
 The input's other streams (audio, subtitles, data) bypass the understanding stage: the encoding
 thread takes their packets from the source as they are read and hands them to the outputs,
@@ -12,36 +13,33 @@ which write them in time order with the encoded video (`sinks/interleave.py`).
 from __future__ import annotations
 
 import logging
-import queue
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .analysis import Analyser
 from .config import Config
 from .encoders import get_encoder
 from .encoders.base import EncoderSettings
 from .encoders.config import EncoderConfig
 from .errors import SinkError, WriteError
-from .extensions import Extensions
 from .frame import Frame
 from .labeler import Labeler
 from .labeler.schedule import camera_share
-from .qp import QP_DEVICES
-from .qp.qpmap import build_qp_map, importance_vector
 from .sinks import open_output
 from .sinks.base import Output, Outputs, StreamInfo
 from .sources import DecodeError, Source
+from .stages import Stage, timed
 from .stop import exit_status, finalising
 from .storage import Observer, StoragePolicy
 from .tracks import Track, TrackPacket
+from .understanding import FrameResult, MapFilter, NullLabeler, build_understanding
 from .values import LabelMap, QpMap
+from .visualize import OverlayVideo, overlay, save_png
 
 log = logging.getLogger("edge_semvc")
 
@@ -49,12 +47,16 @@ STAGES = ("decode", "labeler", "analysis", "qp_map", "encode")
 
 
 @dataclass
-class Visuals:
-    """Optional visual outputs: a PNG of one frame's overlay, a video of all overlays."""
+class Extras:
+    """What a caller may add to a run besides its outputs: pictures of the map (a PNG of one
+    frame's overlay, a video of all overlays), a progress line, and a filter on each map (what
+    the encoder can take of it; bench: 8 ROI rectangles, edge_semvc/rects.py)."""
 
     png: str | None = None
     png_frame: int | None = None  # None: the middle frame (or the last, if the count is unknown)
     video: str | None = None
+    progress: bool = False
+    map_filter: MapFilter | None = None
 
 
 @dataclass
@@ -62,22 +64,42 @@ class Live:
     """What a long-running caller (the service, a link benchmark) adds to a run:
     configuration changes applied between frames (the encoder's rate at the next frame encoded,
     the map's keys at the next frame understood), and statistics it reads while the run goes
-    on, with per-stage timings kept over the last `timing_window` frames only (a run lasts
-    months)."""
+    on (`RunStats.snapshot`), with per-stage timings kept over the last `timing_window` frames
+    only (a run lasts months)."""
 
     updates: Callable[[], Config | None] | None = None  # polled before each frame
     stats: RunStats | None = None
     timing_window: int = 0  # 0: every frame (a batch run)
     queue_frames: int = 4  # between the threads: latency vs smoothing out a slow frame
-    # what the encoder can take of each map (bench: 8 ROI rectangles, edge_semvc/rects.py)
-    map_filter: Callable[[QpMap], QpMap] | None = None
     # > 0: a live input, one of this many cameras sharing the cores: the labeler's budget is
     # a share of each frame period (labeler.live_share, labeler/schedule.py); 0: a file
     cameras: int = 0
 
 
+@dataclass(frozen=True)
+class RunSnapshot:
+    """A run's statistics so far, as values (what the service reads while the run goes on)."""
+
+    frames: int
+    frames_mapped: int
+    bytes: int
+    timings: dict[str, tuple[float, ...]]
+    classes: tuple[str, ...]  # "background" first
+    label_counts: tuple[int, ...]  # macroblocks per class, over the run
+    mean_offset_roi: float | None
+    mean_offset_background: float | None
+    idr_requested: int
+    rate_changes: int
+    scene_cuts: int
+    labeler: dict  # per model: runs, staleness, CPU per run (Labeler.stats)
+    label_budget: dict | None  # what the budget gives the models (Labeler.budget_stats)
+    storage: dict | None  # the storage profile's decisions (StoragePolicy.stats), or None
+
+
 @dataclass
 class RunStats:
+    """The run's counters, written by the run's threads; others read `snapshot()`."""
+
     timings: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     frames: int = 0
     frames_mapped: int = 0  # frames that had something labelled and so got a map
@@ -87,13 +109,15 @@ class RunStats:
     mb_roi: int = 0
     offset_sum_bg: float = 0.0
     mb_bg: int = 0
-    labeler: Labeler | None = None  # the run's labeler, for its statistics
     idr_requested: int = 0  # IDR pictures asked for (scene cuts, segment starts)
     rate_changes: int = 0  # live changes of the encoder's target rate
-    scene_cuts: int = 0  # cuts the `scene` extension found
+    scene_cuts: int = 0  # frames that started a new scene (analysis/scene.py)
+    labeler: Labeler | NullLabeler = field(default_factory=NullLabeler, repr=False)
     storage: StoragePolicy | None = None  # the storage profile's decisions (storage.py)
 
-    def add_frame(self, labels: LabelMap, qp: QpMap) -> None:
+    def add(self, result: FrameResult) -> None:
+        labels, qp = result.labels, result.qp
+        self.frames_mapped += result.mapped
         counts = np.bincount(labels.labels.ravel(), minlength=len(labels.classes))
         self.label_counts = counts if self.label_counts is None else self.label_counts + counts
         roi = labels.labels > 0
@@ -101,6 +125,29 @@ class RunStats:
         self.mb_roi += int(roi.sum())
         self.offset_sum_bg += float(qp.offsets[~roi].sum())
         self.mb_bg += int((~roi).sum())
+
+    def snapshot(self) -> RunSnapshot:
+        """The counters now, copied (any thread: a list that grew while read is read again)."""
+        for _ in range(3):
+            try:
+                return self._snapshot()
+            except RuntimeError:  # a histogram or deque changed size while being copied
+                continue
+        return self._snapshot()
+
+    def _snapshot(self) -> RunSnapshot:
+        counts = self.label_counts
+        return RunSnapshot(
+            frames=self.frames, frames_mapped=self.frames_mapped, bytes=self.bytes,
+            timings={name: tuple(v) for name, v in self.timings.items()},
+            classes=("background", *self.labeler.classes),
+            label_counts=tuple(int(n) for n in counts) if counts is not None else (),
+            mean_offset_roi=self.offset_sum_roi / self.mb_roi if self.mb_roi else None,
+            mean_offset_background=self.offset_sum_bg / self.mb_bg if self.mb_bg else None,
+            idr_requested=self.idr_requested, rate_changes=self.rate_changes,
+            scene_cuts=self.scene_cuts, labeler=self.labeler.stats(),
+            label_budget=self.labeler.budget_stats(),
+            storage=self.storage.stats() if self.storage is not None else None)
 
 
 def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> EncoderSettings:
@@ -118,7 +165,7 @@ def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> Encod
         params=dict(e.params))
 
 
-def _storage(cfg: Config, source: Source, outputs: Outputs, scene_cuts: bool):
+def _storage(cfg: Config, source: Source, outputs: Outputs):
     """The storage profile's observer and policy (storage.py), or (None, None)."""
     e = cfg.encoder
     if e.profile != "storage":
@@ -128,8 +175,7 @@ def _storage(cfg: Config, source: Source, outputs: Outputs, scene_cuts: bool):
         raise SinkError(f"{raw[0]}: a raw stream keeps no timestamps, so the frames the "
                         "storage profile leaves out would shorten it; write .mp4, .mkv or .ts, "
                         "or set encoder.storage.dynamic_fps=false")
-    cuts = e.storage.dynamic_gop and not scene_cuts
-    return (Observer(e.storage, source.fps, cfg.scene, cuts=cuts),
+    return (Observer(e.storage, source.fps),
             StoragePolicy(e.storage, source.fps, source.time_base))
 
 
@@ -148,155 +194,67 @@ def passthrough(source: Source, cfg: Config) -> tuple[tuple[Track, ...], list[di
     return kept, skipped, getattr(source, "take_packets", list)
 
 
+def open_outputs(output: str | Sequence[str | Output] | Outputs) -> Outputs:
+    if isinstance(output, Outputs):
+        return output
+    return Outputs(open_output(o) if isinstance(o, str) else o
+                   for o in ([output] if isinstance(output, str) else output))
+
+
 def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, cfg: Config, *,
-               visuals: Visuals | None = None,
-               progress: bool = False, semantic: bool = True, max_frames: int = 0,
+               semantic: bool = True, max_frames: int = 0,
                on_frame: Callable[[Frame, LabelMap, QpMap], None] | None = None,
-               live: Live | None = None) -> dict:
+               extras: Extras | None = None, live: Live | None = None) -> dict:
     """Encode `source` into `output`: a file path or output URI, or several, or an `Outputs`
     not yet open (`sinks/`: one encoder feeds them all). Returns the statistics (see README,
     "Statistics").
 
-    `semantic=False` is the plain-x264 baseline: same decode, encoder and settings, no labeler,
-    analysis or map (x264 gets no quant_offsets). `on_frame` sees every frame with its labels
-    and map (benchmarks use it to know the region of interest). `max_frames` > 0 stops early.
+    `semantic=False` is the plain-x264 baseline: same decode, encoder and settings, a labeler
+    that labels nothing, so no map (x264 gets no quant_offsets). `on_frame` sees every frame
+    with its labels and map (benchmarks use it to know the region of interest). `max_frames`
+    > 0 stops early. `extras`: pictures, progress, a map filter (`Extras`); `live`: the
+    service's additions (`Live`).
 
     Raises DecodeError after finalising the output if decoding fails part-way; the stats of
-    the frames written so far are attached to the exception as `.stats`. `live`: the
-    service's additions (`Live`).
+    the frames written so far are attached to the exception as `.stats`.
     """
-    visuals = visuals or Visuals()
-    live = live or Live()
-    outputs = output if isinstance(output, Outputs) else \
-        Outputs(open_output(o) if isinstance(o, str) else o
-                for o in ([output] if isinstance(output, str) else output))
-    share = camera_share(cfg.labeler.live_share, live.cameras) if live.cameras else None
-    labeler = Labeler(cfg.labeler, cfg.cache_dir(), log=log.info,
-                      live_share=share) if semantic else None
-    importance = importance_vector(["background", *labeler.classes], cfg.qp) if semantic else None
-    analyser = Analyser(cfg.analysis)
-    mapper = None
-    if semantic and cfg.qp.device == "cuda":  # C, V, regions, Q and offsets on the GPU
-        mapper = QP_DEVICES.get("cuda")()  # CudaError (exit 2) names what is missing
-        log.info("QP map on the GPU: %s", mapper.describe())
-    extensions = Extensions(cfg, labeler, getattr(source, "path", None)) if semantic else None
-    extensions = extensions if extensions is not None and extensions.active else None
-    no_labels = no_map = None
+    extras, live = extras or Extras(), live or Live()
+    outputs = open_outputs(output)
     stats = live.stats or RunStats()
-    stats.labeler = labeler
     if live.timing_window:
         stats.timings = {s: deque(maxlen=live.timing_window) for s in STAGES}
-    expected = min(source.frame_count or max_frames, max_frames or source.frame_count)
-    png_index = visuals.png_frame if visuals.png_frame is not None else \
-        (expected // 2 if expected else sys.maxsize)
-    png_shot = None
-    overlay_video = None
+    observer, stats.storage = _storage(cfg, source, outputs)
+    share = camera_share(cfg.labeler.live_share, live.cameras) if live.cameras else None
+    understanding = build_understanding(cfg, semantic, getattr(source, "path", None), observer,
+                                        stats.timings, extras.map_filter, share)
+    stats.labeler = understanding.labeler
     settings = encoder_settings(cfg, source, outputs.global_headers)
     tracks, skipped, take_packets = passthrough(source, cfg)
-    observer, stats.storage = _storage(cfg, source, outputs,
-                                       extensions is not None and extensions.scene is not None)
-    qp_cfg = cfg.qp
-    retuned: queue.SimpleQueue[Config] = queue.SimpleQueue()  # live changes for the map
-
-    def understand(frame: Frame):
-        nonlocal importance, qp_cfg
-        new = None
-        while not retuned.empty():  # the latest change wins
-            new = retuned.get()
-        if new is not None:  # only keys safe to change live differ (serve/remote.py)
-            qp_cfg, analyser.cfg, labeler.cfg = new.qp, new.analysis, new.labeler
-            importance = importance_vector(["background", *labeler.classes], new.qp)
-            if extensions is not None:
-                extensions.reconfigure(new)
-        t0 = time.perf_counter()
-        labels = labeler.label(frame)
-        t1 = time.perf_counter()
-        # Nothing labelled: x264 gets no map at all, exactly plain x264 (a uniform shift is
-        # not neutral: it moves x264's own adaptive quantisation), so nothing to compute.
-        mapped = qp_cfg.enabled and bool(labels.labels.any())  # off: plain encoding
-        mod = None
-        if mapped and mapper is not None:  # analysis runs in the kernels: timed as qp_map
-            t2 = time.perf_counter()
-            qp = mapper.map(frame, labels, importance, qp_cfg, analyser.cfg)
-            if live.map_filter is not None:
-                qp = live.map_filter(qp)
-        elif mapped:
-            region = analyser.analyse(frame, labels)
-            if extensions is not None:
-                mod = extensions.modulation(frame, labels, region.regions, analyser.blocks)
-            t2 = time.perf_counter()
-            adjust = (lambda q: extensions.adjust(q, mod)) if mod is not None else None
-            qp = build_qp_map(region, labels, importance, qp_cfg, adjust)
-            if live.map_filter is not None:
-                qp = live.map_filter(qp)
-        else:
-            analyser.reset()
-            if mapper is not None:
-                mapper.reset()
-            if extensions is not None:  # their state runs over every frame; a cut still counts
-                mod = extensions.modulation(frame, labels, None)
-            t2 = time.perf_counter()
-            qp = QpMap(np.zeros(labels.shape, np.float32))
-        cut = bool(mod is not None and mod.cut)
-        blocks = analyser.blocks if mapped and mapper is None else None  # else stale: not run
-        obs = observer.observe(frame, labels, blocks, cut) \
-            if observer is not None else None
-        t3 = time.perf_counter()
-        for name, dt in (("labeler", t1 - t0), ("analysis", t2 - t1), ("qp_map", t3 - t2)):
-            stats.timings[name].append(dt * 1e3)
-        return frame, labels, qp, mapped, cut, obs
-
+    shown = _Shown(extras, source, max_frames)
     t_start = time.perf_counter()
     finalising(False)
-    reporter = _Progress(expected) if progress else None
     error: BaseException | None = None
-    stages: list[_Stage] = []
+    stages: list[Stage] = []
     with get_encoder(cfg.encoder.backend)(settings) as enc, outputs.open(StreamInfo(
             source.width, source.height, settings.fps, settings.time_base, enc.codec,
             enc.headers(), settings.global_headers, tracks)) as sink:
-        recorder = _Recorder(enc, sink, stats, cfg.encoder)
+        # a cut asks for an IDR with the scene extension (embodiment 4)
+        recorder = _Recorder(enc, sink, stats, cfg.encoder, semantic and cfg.scene.enabled)
         try:
-            decoded = islice(source.frames(), max_frames or None)
-            stages.append(_Stage(_timed(decoded, stats.timings["decode"]), None, "decode",
-                                 live.queue_frames))
-            if semantic:
-                stages.append(_Stage(stages[-1], understand, "semantic", live.queue_frames))
-            elif observer is not None:  # plain x264 with the storage profile's decisions
-                stages.append(_Stage(stages[-1], lambda f: (f, observer.observe(f, None)),
-                                     "observe", live.queue_frames))
-            if visuals.video:
-                from .visualize import OverlayVideo
-                overlay_video = OverlayVideo(visuals.video, source.width, source.height,
-                                             source.fps)
-            for item in stages[-1]:
+            decoded = timed(islice(source.frames(), max_frames or None), stats.timings["decode"])
+            stages.append(Stage(decoded, None, "decode", live.queue_frames))
+            stages.append(Stage(stages[-1], understanding, "understand", live.queue_frames))
+            for result in stages[-1]:  # capture -> understand (threads) -> encode -> write
                 sink.add_track_packets(take_packets())
                 new = live.updates() if live.updates else None
                 if new is not None:  # the rate now, the map from the next frame understood
                     recorder.retune(new.encoder)
-                    retuned.put(new)
-                obs = None
-                if semantic:
-                    frame, labels, qp, mapped, cut, obs = item
-                else:
-                    mapped = cut = False
-                    frame, obs = item if observer is not None else (item, None)
-                    if no_labels is None:
-                        no_labels = LabelMap.from_probs(
-                            np.zeros((0, frame.mb_h, frame.mb_w)), [], 1.0, [])
-                        no_map = QpMap(np.zeros((frame.mb_h, frame.mb_w), np.float32))
-                    labels, qp = no_labels, no_map
-                stats.frames_mapped += mapped
-                recorder.record(frame, qp.offsets if mapped else None, cut, obs)
-                stats.add_frame(labels, qp)
+                    understanding.reconfigure(new)
+                recorder.record(result)
+                stats.add(result)
                 if on_frame:
-                    on_frame(frame, labels, qp)
-                if visuals.png and (frame.index <= png_index or png_shot is None):
-                    png_shot = (frame, qp, labels)
-                if overlay_video:
-                    from .visualize import overlay
-                    overlay_video.write(overlay(frame, qp, labels))
-                if reporter:
-                    reporter.update(stats.frames)
+                    on_frame(result.frame, result.labels, result.qp)
+                shown.add(result, stats.frames)
             recorder.finish()
         except (DecodeError, KeyboardInterrupt) as e:
             error = e
@@ -308,28 +266,14 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
             finalising(True)
             for stage in stages:
                 stage.stop()
-            # Drain the encoder even after an error: delayed frames belong in the file.
-            try:
-                recorder.write(enc.flush())
-                sink.add_track_packets(take_packets())  # what was read, up to the video's end
-            except OSError as e:
-                error = error or _write_error(output, e)
-            try:  # trailers now, so that the statistics see the files' final sizes
-                sink.close()
-            except OSError as e:  # closing a file failed (its last bytes did not fit)
-                error = error or _write_error(output, e)
-            if overlay_video:
-                overlay_video.close()
-            if reporter:
-                reporter.done()
-            if labeler:
-                labeler.close()
+            drained = _drain(recorder, sink, take_packets, output)
+            error = error or drained  # the first error is the one reported
+            shown.close()
+            understanding.labeler.close()
         summary = enc.settings_summary()
     wall = time.perf_counter() - t_start
-    if png_shot is not None:
-        from .visualize import overlay, save_png
-        save_png(overlay(*png_shot), visuals.png)
-    result = _summarise(stats, wall, source, labeler, summary, cfg, outputs)
+    shown.save_png()
+    result = _summarise(stats, wall, source, summary, cfg, outputs)
     result["passthrough"] = {"streams": outputs.track_stats(), "skipped": skipped}
     if stats.storage is not None:
         result["storage"] = stats.storage.stats()
@@ -342,13 +286,64 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     return result
 
 
+def _drain(recorder: _Recorder, sink: Outputs, take_packets, output) -> WriteError | None:
+    """Drain the encoder even after an error (delayed frames belong in the file), then the
+    outputs' trailers, so that the statistics see the files' final sizes."""
+    error = None
+    try:
+        recorder.write(recorder.enc.flush())
+        sink.add_track_packets(take_packets())  # what was read, up to the video's end
+    except OSError as e:
+        error = _write_error(output, e)
+    try:
+        sink.close()
+    except OSError as e:  # closing a file failed (its last bytes did not fit)
+        error = error or _write_error(output, e)
+    return error
+
+
+class _Shown:
+    """The run's pictures of the map (`Extras`: PNG, overlay video) and its progress line."""
+
+    def __init__(self, extras: Extras, source: Source, max_frames: int):
+        self.extras = extras
+        expected = min(source.frame_count or max_frames, max_frames or source.frame_count)
+        self.png_index = extras.png_frame if extras.png_frame is not None else \
+            (expected // 2 if expected else sys.maxsize)
+        self.png_shot = None
+        self.video = None
+        if extras.video:
+            self.video = OverlayVideo(extras.video, source.width, source.height, source.fps)
+        self.reporter = _Progress(expected) if extras.progress else None
+
+    def add(self, r: FrameResult, frames: int) -> None:
+        if self.extras.png and (r.frame.index <= self.png_index or self.png_shot is None):
+            self.png_shot = (r.frame, r.qp, r.labels)
+        if self.video:
+            self.video.write(overlay(r.frame, r.qp, r.labels))
+        if self.reporter:
+            self.reporter.update(frames)
+
+    def close(self) -> None:
+        if self.video:
+            self.video.close()
+        if self.reporter:
+            self.reporter.done()
+
+    def save_png(self) -> None:
+        if self.png_shot is not None:
+            save_png(overlay(*self.png_shot), self.extras.png)
+
+
 class _Recorder:
     """Each frame to the encoder, its packets to the sink. Before each frame it asks the sink
     whether a segment starts there and, with the storage profile, the policy whether to encode
-    the frame at all and whether as an IDR (else: a cut or a segment start is one)."""
+    the frame at all and whether as an IDR (else: a segment start is one, and a cut where
+    `idr_on_cut`)."""
 
-    def __init__(self, enc, sink: Outputs, stats: RunStats, rate: EncoderConfig):
-        self.enc, self.sink, self.stats = enc, sink, stats
+    def __init__(self, enc, sink: Outputs, stats: RunStats, rate: EncoderConfig,
+                 idr_on_cut: bool):
+        self.enc, self.sink, self.stats, self.idr_on_cut = enc, sink, stats, idr_on_cut
         self.rate = (rate.bitrate, rate.crf)  # what the encoder runs with (a copy: values)
         self.left_out = None  # the last frame the storage profile left out, and its map
 
@@ -360,17 +355,18 @@ class _Recorder:
             self.stats.rate_changes += 1
             self.rate = (new.bitrate, new.crf)
 
-    def record(self, frame: Frame, offsets: np.ndarray | None, cut: bool, obs) -> None:
-        t0, stats = time.perf_counter(), self.stats
+    def record(self, r: FrameResult) -> None:
+        t0, stats, frame = time.perf_counter(), self.stats, r.frame
+        offsets = r.qp.offsets if r.mapped else None
         segment_start = self.sink.wants_idr(frame.pts)  # a segment starts, a receiver joined
         if stats.storage is not None:
-            decision = stats.storage.decide(frame, obs, segment_start)
+            decision = stats.storage.decide(frame, r.observation, segment_start)
             encode, idr = decision.encode, decision.idr is not None
         else:
-            encode, idr = True, cut or segment_start
-        stats.scene_cuts += cut
+            encode, idr = True, (r.cut and self.idr_on_cut) or segment_start
+        stats.scene_cuts += r.cut
         if not encode:
-            self.left_out = (frame, offsets, obs)
+            self.left_out = (frame, offsets, r.observation)
             stats.frames += 1
             return
         self.left_out = None
@@ -412,10 +408,11 @@ def partial_result(e: BaseException) -> tuple[dict, int, str]:
     return e.stats, EXIT_INCOMPLETE, str(e)
 
 
-def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | None,
-               encoder: dict, cfg: Config, outputs: Outputs) -> dict:
+def _summarise(stats: RunStats, wall: float, source: Source, encoder: dict, cfg: Config,
+               outputs: Outputs) -> dict:
     duration = stats.frames / float(source.fps) if stats.frames else 0.0
-    classes = ["background", *(labeler.classes if labeler else [])]
+    labeler = stats.labeler
+    classes = ["background", *labeler.classes]
     counts = stats.label_counts if stats.label_counts is not None else np.zeros(len(classes))
     total = max(int(counts.sum()), 1)
     return {
@@ -435,11 +432,12 @@ def _summarise(stats: RunStats, wall: float, source: Source, labeler: Labeler | 
         "mean_offset_roi": round(stats.offset_sum_roi / stats.mb_roi, 4) if stats.mb_roi else None,
         "mean_offset_background": (round(stats.offset_sum_bg / stats.mb_bg, 4)
                                    if stats.mb_bg else None),
-        "semantic": labeler is not None,
+        "semantic": not isinstance(labeler, NullLabeler),
         "frames_with_map": stats.frames_mapped,
-        "models": labeler.model_names if labeler else [],
-        "labeler": labeler.stats() if labeler else {},
-        "labeler_budget": labeler.budget_stats() if labeler else None,
+        "scene_cuts": stats.scene_cuts,
+        "models": labeler.model_names,
+        "labeler": labeler.stats(),
+        "labeler_budget": labeler.budget_stats(),
         "encoder": encoder,
         "config": cfg.to_dict(),
     }
@@ -452,69 +450,6 @@ def _timing(ms: list[float]) -> dict[str, float]:
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
     return {"mean_ms": round(float(a.mean()), 4), "p50_ms": round(float(p50), 4),
             "p95_ms": round(float(p95), 4), "p99_ms": round(float(p99), 4)}
-
-
-def _timed(items: Iterator, timings: list[float]) -> Iterator:
-    """Yield from `items`, recording how long each item took to produce (ms)."""
-    while True:
-        t0 = time.perf_counter()
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        timings.append((time.perf_counter() - t0) * 1e3)
-        yield item
-
-
-class _Stage:
-    """Runs `step` over `upstream` in its own thread, a few items ahead of the consumer.
-
-    Decoding, understanding (labeler, analysis, map) and encoding overlap this way: PyAV,
-    ONNX Runtime and x264 all release the GIL. The upstream's exceptions reach the consumer.
-    """
-
-    _END = object()
-
-    def __init__(self, upstream: Iterable, step: Callable | None, name: str, depth: int = 4):
-        self.q: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(upstream, step), daemon=True,
-                                       name=name)
-        self.thread.start()
-
-    def _run(self, upstream: Iterable, step: Callable | None) -> None:
-        try:
-            for item in upstream:
-                if self._stop.is_set():
-                    return
-                self._put(step(item) if step else item)
-        except BaseException as e:  # handed to the consumer, which decides
-            self._put(e)
-        self._put(self._END)
-
-    def _put(self, item) -> None:
-        while not self._stop.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def __iter__(self):
-        while not self._stop.is_set():
-            try:
-                item = self.q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=5)
 
 
 class _Progress:

@@ -2,8 +2,8 @@
 the semantic map, from two decisions taken before each frame reaches the encoder:
 
 - Long GOP: the pipeline places every IDR (the encoder places none of its own), one every
-  `gop_s` (10 s) of real time, and at once where a scene cut starts a new scene (the scene
-  analyser's detector, analysis/scene.py, which keeps cuts apart itself; nearly free, as a new
+  `gop_s` (10 s) of real time, and at once where a scene cut starts a new scene (the run's
+  one cut decision, analysis/scene.py, which keeps cuts apart itself; nearly free, as a new
   scene's first picture is coded intra anyway). A recording segment's first frame is always
   an IDR (the sink asks). From a fixed camera the intra pictures are most of what a 2-second
   GOP costs (street, CRF 28: 67 % of plain x264's bytes), and a P-frame codes moving people as
@@ -35,7 +35,6 @@ from scipy import ndimage
 
 from .analysis.change import block_mad
 from .analysis.complexity import block_samples
-from .analysis.scene import SceneAnalyser, SceneConfig
 from .encoders.config import StorageConfig
 from .frame import Frame
 from .values import LabelMap
@@ -55,26 +54,20 @@ class Observation:
 
 
 class Observer:
-    """Per frame, in order: noise floors, cuts and objects appearing.
+    """Per frame, in order: noise floors and objects appearing; the scene cut is the run's
+    (understanding.py), passed to `observe`."""
 
-    `cuts`: run our own cut detector (False when the scene extension runs one and passes its
-    verdict to `observe`)."""
-
-    def __init__(self, cfg: StorageConfig, fps: Fraction, scene: SceneConfig,
-                 cuts: bool = True):
+    def __init__(self, cfg: StorageConfig, fps: Fraction):
         self.cfg = cfg
-        self.scene = SceneAnalyser(scene) if cuts else None
         self._prev: np.ndarray | None = None
         self._floor: np.ndarray | None = None
         self._up = 1.0 / max(2.0 * float(fps), 1.0)  # a higher difference lifts it over ~2 s
         self._seen: deque[np.ndarray] = deque(maxlen=max(1, round(float(fps))))
 
-    def observe(self, frame: Frame, labels: LabelMap | None, blocks: np.ndarray | None = None,
-                cut: bool = False) -> Observation:
+    def observe(self, frame: Frame, labels: LabelMap | None, blocks: np.ndarray | None,
+                cut: bool) -> Observation:
         if blocks is None:
             blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
-        if self.scene is not None:
-            cut = self.scene.analyse(frame).cut
         prev, self._prev = self._prev, blocks
         # the floor known before this frame: its own difference must not excuse itself (the
         # second frame of a run would always pass for noise)

@@ -109,11 +109,9 @@ class Modulation:
     emotion: E in [-1, 1], the emotion tendency of the faces there, 0 elsewhere (embodiment 3)
     scene: S in {0, 1}, the region changed beyond S_th (embodiment 4)
     data: (theta_k, D_k) per additional source: audio, subtitles, description (embodiment 5)
-    cut: the frame starts a new scene (embodiment 4): the encoder is asked for an IDR
     """
 
     attention: np.ndarray | None = None
     emotion: np.ndarray | None = None
     scene: np.ndarray | None = None
     data: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    cut: bool = False

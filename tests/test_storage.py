@@ -11,7 +11,6 @@ import av
 import numpy as np
 import pytest
 
-from edge_semvc.analysis.scene import SceneConfig
 from edge_semvc.bench.browser import Browser
 from edge_semvc.config import ConfigError, load_config
 from edge_semvc.encoders.config import StorageConfig
@@ -63,11 +62,11 @@ class Scene:
 
 
 def decide_all(scene: Scene, cfg: StorageConfig, labels=None, cuts=(), segment=()):
-    obs = Observer(cfg, scene.fps, SceneConfig(), cuts=False)
+    obs = Observer(cfg, scene.fps)
     policy = StoragePolicy(cfg, scene.fps, scene.time_base)
     decisions = []
     for f in scene.frames():
-        o = obs.observe(f, labels(f.index) if labels else None, cut=f.index in cuts)
+        o = obs.observe(f, labels(f.index) if labels else None, None, f.index in cuts)
         decisions.append(policy.decide(f, o, f.index in segment))
     return policy, decisions
 

@@ -171,7 +171,11 @@ class CutDetector:
 
 class SceneAnalyser:
     """Feed it every frame in order (also frames with nothing labelled: the cut detector's
-    state runs over all of them); each call compares with the frame given before it."""
+    state runs over all of them); each call compares with the frame given before it.
+
+    The run has one (understanding.py): its `cut` is the frame's one scene-cut decision, read
+    by the labeler (all models run), the storage profile (an IDR), the scene extension (an IDR
+    and S per region, `scene_values`), the statistics and the service's `scene_cut` events."""
 
     def __init__(self, cfg: SceneConfig):
         self.cfg = cfg
@@ -206,7 +210,14 @@ class SceneAnalyser:
         cut = self.cuts.update(distance, float(change.mean()))
         if cut:
             self._centre = (0, 0)  # the old scene's motion says nothing about the new one
-        per_region = (np.full(shape, change.mean(), np.float32) if regions is None
-                      else region_means(regions, change))
-        scene = (per_region > self.cfg.s_threshold).astype(np.float32)
-        return SceneResult(change, scene, cut, distance, self.cuts.baseline)
+        return SceneResult(change, scene_values(change, regions, self.cfg.s_threshold), cut,
+                           distance, self.cuts.baseline)
+
+
+def scene_values(change: np.ndarray, regions: np.ndarray | None,
+                 threshold: float) -> np.ndarray:
+    """S per macroblock (float32[mb_h, mb_w] in {0, 1}): 1 where its region's mean S_mb
+    exceeds `threshold`. `regions`: int[mb_h, mb_w] region ids, or None: one region."""
+    per_region = (np.full(change.shape, change.mean(), np.float32) if regions is None
+                  else region_means(regions, change))
+    return (per_region > threshold).astype(np.float32)

@@ -8,7 +8,7 @@ labeler (`--config`'s, else the default one) runs every model on every frame: th
 reference. For each k, each model's planes of every k-th frame are carried to the frames after
 it by `labeler/reuse.py`'s PlaneCarrier exactly as the Labeler does (box planes as objects,
 masks by the motion field), either unchanged ("hold") or by motion ("mc"), then gated and fused;
-"mc+cut" is mc that also runs the models when the carrier reports a scene cut (those runs are
+"mc+cut" is mc that also runs the models on a scene cut (analysis/scene.py; those runs are
 counted). With `--delay D` a run's planes arrive D frames after the frame they were computed
 on (`mark`, then `fill`: a model running beside the pipeline); until then the previous ones are
 carried, and every frame from the first arrival on is scored.
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.scene import SceneAnalyser, SceneConfig
 from ..config import Config, load_config
 from ..labeler import Labeler, SsdAnchorAdapter, _BoxPlanes, fuse, gate
 from ..labeler.reuse import PlaneCarrier
@@ -110,12 +111,13 @@ class _Track:
                     c.drop((m, self.live[m]))
                 self.live[m] = n
 
-    def step(self, index: int, y: np.ndarray, planes: list[np.ndarray], ref) -> None:
+    def step(self, index: int, y: np.ndarray, planes: list[np.ndarray], ref,
+             cut: bool) -> None:
         c = self.carrier
         t0 = time.perf_counter()
         c.step(y)
         run = index % self.k == 0
-        if not run and self.mode == "mc+cut" and c.scene_cut:
+        if not run and self.mode == "mc+cut" and cut:
             run = True
             self.extra_runs += 1
         if run:
@@ -178,6 +180,7 @@ def evaluate(path, ks: list[int], max_frames: int = 0, labeler=None, delay: int 
     tracks = [_Track(k, m, labeler, delay) for k in ks for m in MODES
               if not (delay and m == "mc+cut")]
     src = _open(path)
+    scene = SceneAnalyser(SceneConfig())
     lab_s, coverage, n = [], [], 0
     size = f"{src.width}x{src.height}"
     try:
@@ -189,8 +192,9 @@ def evaluate(path, ks: list[int], max_frames: int = 0, labeler=None, delay: int 
             ref = fused(labeler, planes, (frame.mb_h, frame.mb_w))
             lab_s.append(time.perf_counter() - t0)
             coverage.append(1.0 - ref.coverage()["background"])
+            cut = scene.analyse(frame).cut  # the run's decision (analysis/scene.py)
             for t in tracks:
-                t.step(n, frame.y, planes, ref)
+                t.step(n, frame.y, planes, ref, cut)
             n += 1
     finally:
         src.close()

@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import preflight
 from ..config import Config, ConfigError, load_config
-from ..pipeline import Live, run_encode
+from ..pipeline import Extras, run_encode
 from ..sources import RawVideoOptions, open_source
 from ..tools.models import prepare_config
 from ..values import QpMap
@@ -134,7 +134,7 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
                                max_frames=max_frames)
         elif kind == "rects8":  # the semantic run's maps as 8 ROI rectangles (Jetson's limit)
             stats = run_encode(src, str(out), cfg, max_frames=max_frames,
-                               live=Live(map_filter=rect_map(8)))
+                               extras=Extras(map_filter=rect_map(8)))
         else:
             stats = run_encode(src, str(out), cfg, semantic=kind == "semantic",
                                max_frames=max_frames)

@@ -54,7 +54,6 @@ class Labeler:
         self.worker = Worker(self._run_model, inline=self.budget is None or not cfg.parallel,
                              **({"thread_clock": thread_clock} if thread_clock else {}))
         self._n = -1  # frames seen
-        self.scene_cuts = 0
         self._live: list[int | None] = [None] * len(self.models)  # frame of each model's planes
         self._last_run = [-(1 << 30)] * len(self.models)
         self._last_run_s = [float("-inf")] * len(self.models)  # stream time of that frame
@@ -121,13 +120,16 @@ class Labeler:
                 self.carrier.fill((k, n), planes)
                 self._live[k] = n
 
-    def label(self, frame: Frame) -> LabelMap:
+    def label(self, frame: Frame, cut: bool = False) -> LabelMap:
         """This frame's labels: advance the clocks and the carrier, run the models that are
-        due, carry every model's latest planes here, gate them, then fuse."""
+        due, carry every model's latest planes here, gate them, then fuse. `cut`: the frame
+        starts a new scene (the run's one decision, analysis/scene.py): every model runs on it
+        and it waits for their labels."""
         grid = self._start_frame(frame)
-        cut = self._n > 0 and not self._grid_changed and self.carrier.scene_cut
-        self.scene_cuts += cut  # read by the service for its `scene_cut` events
-        self._schedule(frame, cut)
+        continues = self._n > 0 and not self._grid_changed
+        if continues:
+            self.carrier.follow()
+        self._schedule(frame, cut and continues)
         gated = self._gate(self._carried_planes(grid))
         return fuse([(m.classes, gated[k], m.threshold) for k, (_, m) in enumerate(self.models)],
                     self.cfg.priority, self.model_names, grid)

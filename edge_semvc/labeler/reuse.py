@@ -278,14 +278,13 @@ class PlaneCarrier:
     Per frame, in display order: `step(frame.y)` first; then for each slot either
     `set(slot, planes)` (the model ran on this frame), or `mark(slot)` (it runs on this frame
     but its planes come later: `fill(slot, planes)` on the frame they arrive), or `get(slot)`
-    (its planes moved to this frame). `scene_cut` says whether this frame fails to match the
-    previous one (mean absolute luma difference at the best vectors above `cut_mad` 8-bit
-    levels): carried planes are then meaningless and the models should run. In "hold" mode
-    `get` returns the planes unchanged and nothing is computed.
+    (its planes moved to this frame). `follow()` estimates the motion on a frame where
+    nothing is carried, so that the search's predictor keeps following the scene. In "hold"
+    mode `get` returns the planes unchanged and nothing is computed.
     """
 
     def __init__(self, mode: str = "motion", search: int = 2, penalty: float = 0.25,
-                 cut_mad: float = 24.0, interp: str = "bilinear"):
+                 interp: str = "bilinear"):
         if mode not in MODES:
             raise ValueError(f"unknown label carry mode {mode!r} (known: {', '.join(MODES)})")
         if search < 1:
@@ -293,7 +292,6 @@ class PlaneCarrier:
         if interp not in INTERPS:
             raise ValueError(f"unknown interpolation {interp!r} (bilinear, nearest)")
         self.mode = mode
-        self.cut_mad = cut_mad
         self.interp = interp
         self.motion = MotionField(search, penalty)
         self.reset()
@@ -308,7 +306,6 @@ class PlaneCarrier:
         self._moved = -1  # frame number up to which the slots' displacements are updated
         self._grid = None
         self._pred = (0, 0)
-        self._cut = False
         self._history: dict = {}  # frame -> its motion estimate, while box planes are awaited
         self.last_mad = 0.0  # 8-bit levels; 0 until motion has been estimated
 
@@ -320,7 +317,6 @@ class PlaneCarrier:
         if self._n >= 0 and self._moved < self._n and self._carried(self._n):
             self._advance()  # nobody asked for the last frame's motion, but the chain needs it
         self._n += 1
-        self._cut = False
         cur = downsample(y)
         if self._cur is not None and cur.shape != self._cur.shape:
             self._slots.clear()  # the picture size changed: nothing can be carried
@@ -391,13 +387,10 @@ class PlaneCarrier:
     def __contains__(self, slot) -> bool:
         return slot in self._slots
 
-    @property
-    def scene_cut(self) -> bool:
-        """This frame does not continue the previous one (computes the motion if needed)."""
-        if self.mode == "hold" or self._prev is None:
-            return False
-        self._advance(force=True)
-        return self._cut
+    def follow(self) -> None:
+        """Estimate this frame's motion even when nothing is carried (the predictor follows)."""
+        if self.mode != "hold" and self._prev is not None:
+            self._advance(force=True)
 
     def _check(self, planes) -> None:
         if self.mode != "hold" and planes is not None and \
@@ -432,7 +425,6 @@ class PlaneCarrier:
         vec, mad = self.motion.estimate(self._cur, self._prev, self._pred)
         self._pred = self.motion.mode
         self.last_mad = mad / 4.0  # 2x2 sums -> 8-bit levels
-        self._cut = self.last_mad > self.cut_mad
         gy, gx = self._grid
         sy, sx = gy + vec[0] * (1 / MB), gx + vec[1] * (1 / MB)
         for s in self._slots.values():

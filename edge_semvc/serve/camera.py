@@ -223,11 +223,8 @@ class Camera:
             with self._lock:
                 if self._trial_frames is not None:
                     self._trial_frames += 1
-            # the scene extension's detector when it runs, else the labeler's own
-            cuts = (stats.scene_cuts if self.cfg.scene.enabled else
-                    stats.labeler.scene_cuts if stats.labeler else 0)
-            if cuts > seen_cuts[0]:
-                seen_cuts[0] = cuts
+            if stats.scene_cuts > seen_cuts[0]:  # the run's one decision (analysis/scene.py)
+                seen_cuts[0] = stats.scene_cuts
                 self.emit("scene_cut", frame=self.frames_total, pts=frame.pts)
             if self.view is not None:
                 self.view.frame(frame, labels, qp)

@@ -23,18 +23,17 @@ class StatsWindow:
         self._last = (clock(), camera.frames_total, camera.runs, camera.stats.bytes)
 
     def snapshot(self, cpu_percent: float | None = None) -> dict:
-        cam, stats = self.camera, self.camera.stats
+        cam = self.camera
+        stats = cam.stats.snapshot()  # values: the run goes on meanwhile
         now, frames, runs, nbytes = self.clock(), cam.frames_total, cam.runs, stats.bytes
         t0, f0, r0, b0 = self._last
         self._last = (now, frames, runs, nbytes)
         dt = max(now - t0, 1e-9)
         new_bytes = nbytes - b0 if runs == r0 else nbytes  # a new run counts from zero
         target = cam.cfg.encoder.bitrate
-        labeler = stats.labeler
-        classes = ["background", *(labeler.classes if labeler else [])]
         counts = stats.label_counts
-        total = int(counts.sum()) if counts is not None else 0
-        staleness = _staleness(labeler)
+        total = sum(counts)
+        staleness = {name: m["staleness_frames"]["mean"] for name, m in stats.labeler.items()}
         return {
             "state": cam.state,
             "frames": frames,
@@ -44,18 +43,16 @@ class StatsWindow:
             "dropped_frames": cam.dropped(),
             "latency_ms": {"end_to_end": _percentiles(list(cam.latency_ms)),
                            **{name: _percentiles(list(v)) for name, v in stats.timings.items()}},
-            "label_coverage": ({c: round(float(n) / total, 4) for c, n in zip(classes, counts)}
+            "label_coverage": ({c: round(n / total, 4) for c, n in zip(stats.classes, counts)}
                                if total else {}),
-            "mean_offset_roi": round(stats.offset_sum_roi / stats.mb_roi, 3)
-            if stats.mb_roi else None,
-            "mean_offset_background": round(stats.offset_sum_bg / stats.mb_bg, 3)
-            if stats.mb_bg else None,
+            "mean_offset_roi": _round(stats.mean_offset_roi, 3),
+            "mean_offset_background": _round(stats.mean_offset_background, 3),
             "label_staleness_frames": staleness,
             # the stalest model's (a Home Assistant sensor)
             "label_age_frames": max((v for v in staleness.values() if v is not None),
                                     default=None),
             "frames_with_map": stats.frames_mapped,  # in this run (qp.enabled false: none)
-            "label_budget": labeler.budget_stats() if labeler else None,
+            "label_budget": stats.label_budget,
             "storage": _storage(stats.storage),
             "reconnects": max(runs - 1, 0),
             "outputs": cam.output_stats(),
@@ -84,14 +81,16 @@ def _cpu_seconds() -> float:
     return t.user + t.system
 
 
-def _storage(policy) -> dict | None:
+def _storage(decisions: dict | None) -> dict | None:
     """The storage profile's decisions in this run (storage.py): frames left out, GOP lengths,
     IDRs by reason and the last few with their frame and time."""
-    if policy is None:
+    if decisions is None:
         return None
-    out = policy.stats()
-    out["idrs"] = out["idrs"][-STORAGE_IDRS:]
-    return out
+    return {**decisions, "idrs": decisions["idrs"][-STORAGE_IDRS:]}
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _percentiles(ms: list[float]) -> dict:
@@ -99,15 +98,6 @@ def _percentiles(ms: list[float]) -> dict:
         return {"p50": None, "p95": None}
     p50, p95 = np.percentile(np.asarray(ms), [50, 95])
     return {"p50": round(float(p50), 2), "p95": round(float(p95), 2)}
-
-
-def _staleness(labeler) -> dict:
-    if labeler is None:
-        return {}
-    try:
-        return {name: s["staleness_frames"]["mean"] for name, s in labeler.stats().items()}
-    except RuntimeError:  # its histogram grew while being read: next time
-        return {}
 
 
 def temperatures(root: Path = THERMAL) -> dict[str, float]:

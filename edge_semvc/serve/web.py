@@ -133,9 +133,8 @@ class WebView:
             window = self._windows.get(name)
             if window is None or window.camera is not cam:  # added or restarted by a reload
                 window = self._windows[name] = StatsWindow(cam, self.clock)
-            latency = {"end_to_end": tuple(cam.latency_ms)}
-            for stage, values in cam.stats.timings.items():
-                latency[stage] = tuple(values)
+            # the run's stage timings as values (RunStats.snapshot): the run goes on meanwhile
+            latency = {"end_to_end": tuple(cam.latency_ms), **cam.stats.snapshot().timings}
             figures[name] = Figures(window.snapshot(percent), latency)
         self.figures = figures
 

@@ -27,10 +27,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import SinkError
-from . import host_port, int_in, uri_options
 from .base import EventCallback, Output, StreamInfo, emit_event
 from .file import has_parameter_sets, is_idr
 from .gst_child import HEADER, KEYFRAME
+from .uri import host_port, int_in, uri_options
 
 log = logging.getLogger(__name__)
 

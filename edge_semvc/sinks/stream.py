@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 
 from ..errors import SinkError, WriteError
-from . import host_port, int_in, uri_options
 from .base import EventCallback, Output, StreamInfo, emit_event
 from .file import has_parameter_sets, is_idr
 from .tracks import TrackMuxer, unsupported
+from .uri import host_port, int_in, uri_options
 
 log = logging.getLogger(__name__)
 

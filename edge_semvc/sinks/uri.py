@@ -1,0 +1,51 @@
+"""Reading a network output's URI: its query options (each typed, an unknown one refused by
+name) and its host and port."""
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+from ..errors import SinkError
+
+
+def uri_options(uri: str, known: dict[str, type]) -> tuple[object, dict[str, object]]:
+    """(urlsplit result, {option: value}) of an output URI; each query option converted to its
+    type in `known`, an unknown or malformed one refused naming it."""
+    parts = urlsplit(uri)
+    options: dict[str, object] = {}
+    for name, text in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+        if name not in known:
+            raise SinkError(f"unknown option {name!r} in output {uri!r} (known: "
+                            f"{', '.join(known) or 'none'})")
+        if name in options:
+            raise SinkError(f"option {name!r} given twice in output {uri!r}")
+        try:
+            options[name] = known[name](text)
+        except ValueError:
+            raise SinkError(f"invalid value {text!r} for option {name!r} in output "
+                            f"{uri!r}") from None
+    return parts, options
+
+
+def int_in(lo: int, hi: int):
+    """A converter for `uri_options`: an integer in [lo, hi] (else ValueError: refused)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise ValueError(text)
+        return value
+    return parse
+
+
+def host_port(uri: str, parts, *, listen: bool = False) -> tuple[str, int]:
+    """HOST and PORT of a network output URI. `listen`: `@` or no host means every address."""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not port:
+        raise SinkError(f"output {uri!r} needs a port, e.g. "
+                        f"{parts.scheme}://{'@' if listen else '127.0.0.1'}:5600")
+    host = parts.hostname or ""
+    if not host and not listen:
+        raise SinkError(f"output {uri!r} needs a host, e.g. {parts.scheme}://127.0.0.1:{port}")
+    return host or "0.0.0.0", port
