@@ -37,10 +37,9 @@ from ..sinks.base import StreamInfo
 from ..sinks.stream import sdp_text
 from ..sources import open_source
 from ..sources.paced import PacedSource
-from .detector import GROUPS, YoloxDetector
+from .detector import FIXTURE, GROUPS, YoloxDetector, box_mask
 from .metrics import f1_score, match_counts, psnr, roi_data_note
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 WARM_UP_S = 1.0  # the receiver's start-up (probing, first IDR) is not the link's latency
 MIN_ROI_PIXELS = 28 * 256  # ROI-PSNR over less than 28 macroblocks a frame: too little data
 
@@ -248,7 +247,7 @@ def _judge(received: Path, clip: str, bounds, phases, detector: YoloxDetector,
                 key = j % len(originals)
                 if key not in truth:
                     truth[key] = detector.detect(orig)
-                mask = _box_mask(truth[key], orig.width, orig.height)
+                mask = box_mask(truth[key], orig.width, orig.height)
                 per[k]["roi_px"].append(int(mask.sum()))
                 if mask.any():
                     per[k]["roi"].append(psnr(orig.y, got.y, mask))
@@ -267,15 +266,6 @@ def _judge(received: Path, clip: str, bounds, phases, detector: YoloxDetector,
                     "roi_note": note, "f1": round(f1_score(*total), 4),
                     **{f"f1_{g}": round(f1_score(*c), 4) for g, c in p["counts"].items()}})
     return {"phases": out}
-
-
-def _box_mask(dets: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
-    mask = np.zeros((height, width), bool)
-    for boxes in dets.values():
-        for x1, y1, x2, y2, _ in boxes:
-            mask[max(0, int(y1)):min(height, int(np.ceil(y2))),
-                 max(0, int(x1)):min(width, int(np.ceil(x2)))] = True
-    return mask
 
 
 # --- plumbing ---------------------------------------------------------------------------------
@@ -324,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("story", help="a bitrate profile applied live, semantic vs x264")
     st.add_argument("clips", nargs="+")
     st.add_argument("--profile", type=parse_profile, default=parse_profile("2M:10,300k:10,1M:10"))
-    st.add_argument("--roi-model", default=str(SHARED / "models" / "yolox_nano.onnx"))
+    st.add_argument("--roi-model", default=str(FIXTURE))
     st.add_argument("--eval-every", type=int, default=3, help="detect on every Nth frame")
     for s in (lat, st):
         s.add_argument("--config", help="YAML configuration")
