@@ -188,7 +188,8 @@ def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config
         mod = None
         if mapped and mapper is not None:  # analysis runs in the kernels: timed as qp_map
             t2 = time.perf_counter()
-            qp = mapper.map(frame, labels, importance, qp_cfg, analyser.cfg)
+            qp = mapper.map(frame, labels, importance, qp_cfg, analyser.cfg,
+                            encoder_weighs_reuse=weighs_reuse)
             if live.map_filter is not None:
                 qp = live.map_filter(qp)
         elif mapped:
@@ -197,7 +198,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config
                 mod = extensions.modulation(frame, labels, region.regions, analyser.blocks)
             t2 = time.perf_counter()
             adjust = (lambda q: extensions.adjust(q, mod)) if mod is not None else None
-            qp = build_qp_map(region, labels, importance, qp_cfg, adjust)
+            qp = build_qp_map(region, labels, importance, qp_cfg, adjust, weighs_reuse)
             if live.map_filter is not None:
                 qp = live.map_filter(qp)
         else:
@@ -225,6 +226,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output], cfg: Config
     with get_encoder(cfg.encoder.backend)(settings) as enc, outputs.open(StreamInfo(
             source.width, source.height, settings.fps, settings.time_base, enc.codec,
             enc.headers(), settings.global_headers)) as sink:
+        weighs_reuse = enc.weighs_reuse  # read by `understand`: the map's reuse term or not
         recorder = _Recorder(enc, sink, stats, cfg.encoder)
         try:
             decoded = islice(source.frames(), max_frames or None)
