@@ -240,6 +240,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
             enc.headers(), settings.global_headers, tracks)) as sink:
         # a cut asks for an IDR with the scene extension (embodiment 4)
         recorder = _Recorder(enc, sink, stats, cfg.encoder, semantic and cfg.scene.enabled)
+        understanding.encoder_opened(enc.weighs_reuse)
         try:
             decoded = timed(islice(source.frames(), max_frames or None), stats.timings["decode"])
             stages.append(Stage(decoded, None, "decode", live.queue_frames))

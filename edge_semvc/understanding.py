@@ -75,6 +75,8 @@ class QpMapper(Protocol):
     """Makes a frame's QP map from its labels, in two timed steps."""
 
     blocks: np.ndarray | None  # the last analysed frame's luma samples (storage reuses them)
+    # the encoder gives reused blocks more bits itself (x264's mb-tree): no reuse term in the map
+    encoder_weighs_reuse: bool
 
     def analyse(self, frame: Frame, labels: LabelMap, scene: SceneResult) -> object:
         """The measures of a frame with something labelled (analysis stage)."""
@@ -96,6 +98,7 @@ class CpuQpMapper:
     def __init__(self, cfg: Config, extensions: Extensions | None):
         self.analyser, self.extensions = Analyser(cfg.analysis), extensions
         self.blocks: np.ndarray | None = None
+        self.encoder_weighs_reuse = False
 
     def analyse(self, frame: Frame, labels: LabelMap, scene: SceneResult):
         region = self.analyser.analyse(frame, labels)
@@ -107,7 +110,8 @@ class CpuQpMapper:
     def qp_map(self, measures, labels: LabelMap, importance: np.ndarray, cfg: Config) -> QpMap:
         region, mod = measures
         adjust = (lambda q: self.extensions.adjust(q, mod)) if mod is not None else None
-        return build_qp_map(region, labels, importance, cfg.qp, adjust)
+        return build_qp_map(region, labels, importance, cfg.qp, adjust,
+                            self.encoder_weighs_reuse)
 
     def skip(self, frame: Frame, labels: LabelMap, scene: SceneResult) -> None:
         self.analyser.reset()
@@ -125,6 +129,7 @@ class CudaQpMapper:
     """The GPU (qp/cuda/): analysis and map in the kernels, timed as the map."""
 
     blocks = None  # the samples stay on the device
+    encoder_weighs_reuse = False
 
     def __init__(self):
         # optional: CuPy or PyCUDA, and a GPU; CudaError (exit 2) names what is missing
@@ -138,7 +143,8 @@ class CudaQpMapper:
 
     def qp_map(self, frame: Frame, labels: LabelMap, importance: np.ndarray,
                cfg: Config) -> QpMap:
-        return self.gpu.map(frame, labels, importance, cfg.qp, cfg.analysis)
+        return self.gpu.map(frame, labels, importance, cfg.qp, cfg.analysis,
+                            encoder_weighs_reuse=self.encoder_weighs_reuse)
 
     def skip(self, frame: Frame, labels: LabelMap, scene: SceneResult) -> None:
         self.gpu.reset()
@@ -196,6 +202,11 @@ class Understanding:
 
     def reconfigure(self, cfg: Config) -> None:
         self._changes.put(cfg)
+
+    def encoder_opened(self, weighs_reuse: bool) -> None:
+        """Before the first frame: whether the encoder weighs reuse itself (the map's reuse
+        term then stays out, `qp.reuse: auto`)."""
+        self.mapper.encoder_weighs_reuse = weighs_reuse
 
     def _apply_changes(self) -> None:
         new = None

@@ -68,6 +68,7 @@ class RegionStats:
     region_change: np.ndarray  # float32[mb_h, mb_w]
     # int32[mb_h, mb_w] region id (a connected labelled component; 0 = background)
     regions: np.ndarray
+    reuse: np.ndarray | None = None
 
 
 @dataclass

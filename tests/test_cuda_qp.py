@@ -25,7 +25,7 @@ from edge_semvc.qp import QP_DEVICES, cuda
 from edge_semvc.qp.config import QpConfig
 from edge_semvc.qp.cuda import backends, mapper, nvrtc
 from edge_semvc.qp.policy import base_q
-from edge_semvc.qp.qpmap import build_qp_map, importance_vector
+from edge_semvc.qp.qpmap import build_qp_map, importance_vector, macroblock_weight
 from edge_semvc.values import LabelMap
 
 CLASSES = gpu_qp.CLASSES
@@ -227,7 +227,7 @@ def test_labels_outside_the_importance_table_are_refused(fake_mapper):
 def test_traffic_counts_the_sampled_rows_and_each_macroblock():
     t = cuda.traffic(1920, 1080)
     n = 120 * 68
-    assert t["compulsory"] == 270 * 1920 + (16 + 16 + 2 + 4) * n
+    assert t["compulsory"] == 270 * 1920 + (16 + 16 + 8 + 2 + 4) * n
     assert t["upload"] == 270 * 1920 + 2 * n and t["download"] == 4 * n
     assert t["kernels"] == sum(t[k] for k in nvrtc.KERNELS) > t["compulsory"]
 
@@ -280,8 +280,10 @@ def luma_pair(rng, w: int, h: int) -> list[np.ndarray]:
     return [f.y for f in frames]
 
 
-def compare(m, ys, label_arrays, cfg=None, analysis=None, adjust=None, resets=()):
-    """Both paths over one sequence of frames; asserts C, V, the regions and the map."""
+def compare(m, ys, label_arrays, cfg=None, analysis=None, adjust=None, resets=(),
+            weighs_reuse=False):
+    """Both paths over one sequence of frames; asserts C, V, the regions and the map (reuse
+    accumulates over the sequence; `weighs_reuse`: the encoder's own, so no reuse term)."""
     cfg, analysis = cfg or QpConfig(), analysis or AnalysisConfig()
     importance = importance_vector(CLASSES, cfg)
     ref = Analyser(analysis)
@@ -293,8 +295,8 @@ def compare(m, ys, label_arrays, cfg=None, analysis=None, adjust=None, resets=()
             m.reset()
         lm, frame = label_map(labels), gpu_qp.frame_of(y, i)
         stats = ref.analyse(frame, lm)
-        want = build_qp_map(stats, lm, importance, cfg, adjust).offsets
-        got = m.map(frame, lm, importance, cfg, analysis, adjust).offsets
+        want = build_qp_map(stats, lm, importance, cfg, adjust, weighs_reuse).offsets
+        got = m.map(frame, lm, importance, cfg, analysis, adjust, weighs_reuse).offsets
         mid = m.intermediates()
         np.testing.assert_allclose(mid["c"], stats.complexity, atol=1e-6, rtol=0)
         np.testing.assert_allclose(mid["v"], stats.change, atol=1e-6, rtol=0)
@@ -330,13 +332,48 @@ def test_the_gpu_map_equals_numpy_s_on_random_frames(gpu_mapper, w, h, kind):
     QpConfig(offset_min=-3.0, offset_max=3.0, q_gain=20.0, target_mean=2.5),  # heavy clamping
     QpConfig(v_threshold=0.02, importance_budget=0.3),
     QpConfig(q_gain=0.0, importance_gain=0.0, target_mean=0.0),
-], ids=["clamped", "fast-budget", "flat"])
+    QpConfig(moving_background=0.0, reuse="never"),  # the map before the background terms
+    QpConfig(moving_background=1.0, motion_low=0.02, motion_high=0.05, reuse="always",
+             reuse_gain=3.0),
+], ids=["clamped", "fast-budget", "flat", "no-background-terms", "strong-background"])
 def test_the_gpu_map_follows_the_configuration(gpu_mapper, cfg):
     rng = np.random.default_rng(5)
-    ys = luma_pair(rng, 1280, 720)
+    ys = luma_pair(rng, 1280, 720) + still_camera(rng, 1280, 720, 3)
     labels = [random_labels(rng, 80, 45, "boxes") for _ in ys]
-    compare(gpu_mapper, ys, labels, cfg=cfg,
-            analysis=AnalysisConfig(complexity_full_var=300.0, change_full_mad=5.0))
+    compare(gpu_mapper, ys, labels, cfg=cfg, resets=(2,),
+            analysis=AnalysisConfig(complexity_full_var=300.0, change_full_mad=5.0,
+                                    intra_floor=1.0, reuse_horizon=5.0))
+
+
+def still_camera(rng, w: int, h: int, frames: int) -> list[np.ndarray]:
+    """A fixed textured picture with sensor noise and a bright walker crossing it: most of the
+    background is still, so the moving-background term and the reuse build up."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    picture = 100 + 40 * np.sin(xx / 29) * np.cos(yy / 17) + 30 * xx / w
+    out = []
+    for i in range(frames):
+        y = picture + rng.normal(0, 0.8, (h, w))
+        x0 = int((0.1 + 0.12 * i) * w)
+        y[h // 3:h // 3 + h // 4, x0:x0 + w // 12] = 220
+        out.append(np.clip(y, 0, 255).astype(np.uint8))
+    return out
+
+
+@needs_gpu
+@pytest.mark.parametrize("weighs_reuse", [False, True])
+@pytest.mark.parametrize("w, h", [(300, 168), (1280, 720)])
+def test_the_gpu_map_equals_numpy_s_on_a_still_camera(gpu_mapper, w, h, weighs_reuse):
+    rng = np.random.default_rng(w + weighs_reuse)
+    ys = still_camera(rng, w, h, 6)
+    mb_w, mb_h = mb_grid(w, h)
+    labels = [random_labels(rng, mb_w, mb_h, "boxes") for _ in ys]
+    ref = Analyser(AnalysisConfig())
+    for i, (y, lab) in enumerate(zip(ys, labels)):  # the case is what it claims to be
+        stats = ref.analyse(gpu_qp.frame_of(y, i), label_map(lab))
+    moving = macroblock_weight(lab, stats.change, np.zeros(len(CLASSES), np.float32),
+                               QpConfig())
+    assert moving.max() > 0.3 and stats.reuse.max() > 3
+    compare(gpu_mapper, ys, labels, resets=(4,), weighs_reuse=weighs_reuse)
 
 
 @needs_gpu

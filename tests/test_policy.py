@@ -110,3 +110,79 @@ def test_importance_budget_softens_the_map_when_the_roi_is_large():
 
     assert roi_offset(1) == pytest.approx(-8.0, abs=0.01)  # 10 % ROI: the full gain
     assert roi_offset(5) == pytest.approx(-4.0, abs=0.01)  # 50 % ROI: 2.0 / 0.5
+
+
+def test_reuse_builds_up_where_a_block_stays_and_falls_where_it_changes():
+    from edge_semvc.analysis.temporal import ReuseTracker
+
+    var = np.full((1, 3), 400.0, np.float32)  # texture of std 20
+    mad = np.array([[0.0, 1.0, 30.0]], np.float32)  # still, sensor noise, a walker
+    tracker = ReuseTracker()
+    assert tracker.update(None, var, 4.0, 30.0).tolist() == [[0.0, 0.0, 0.0]]  # first frame
+    for _ in range(200):
+        reuse = tracker.update(mad, var, 4.0, 30.0)
+    kept = 1 - 1.0 / 24  # the noisy block keeps all but mad / (std + floor) of itself
+    assert reuse[0, 0] == 30.0  # capped at the horizon
+    assert reuse[0, 1] == pytest.approx(kept / (1 - kept), rel=1e-3)  # kept + kept^2 + ...
+    assert reuse[0, 2] == 0.0  # changes more than it holds: nothing carried
+    moved = tracker.update(np.array([[30.0, 1.0, 30.0]], np.float32), var, 4.0, 30.0)
+    assert moved[0, 0] == 0.0  # a still block that changes starts over
+
+
+def _background_map(change, labels, cfg, reuse=None, weighs_reuse=False):
+    lm = LabelMap(np.zeros((1, *labels.shape), np.float32), ["background", "person"], labels)
+    stats = region_stats(labels, np.full(labels.shape, 0.3, np.float32), change)
+    stats.reuse = reuse
+    return build_qp_map(stats, lm, np.array([0.0, 0.8], np.float32), cfg, None,
+                        weighs_reuse).offsets
+
+
+def test_moving_background_counts_on_a_still_camera_only():
+    from edge_semvc.qp.qpmap import macroblock_weight
+
+    cfg = QpConfig(q_gain=0.0)
+    labels = np.zeros((10, 10), np.int16)
+    labels[0, 0] = 1
+    still = np.zeros((10, 10), np.float32)
+    still[5, 5] = 0.5  # something the labels missed walks there
+    importance = np.array([0.0, 0.8], np.float32)
+    weight = macroblock_weight(labels, still, importance, cfg)
+    assert weight[5, 5] == pytest.approx(0.4) and weight[0, 0] == pytest.approx(0.8)
+    assert weight[weight < 0.4].max() == 0
+    half = np.full((10, 10), 0.16, np.float32)  # half-way up the ramp
+    half[:8] = 0  # 79 of the 99 background blocks still: about half the camera counts
+    assert macroblock_weight(labels, half, importance, cfg)[9, 9] == pytest.approx(
+        0.4 * (79 / 99 - 0.7) / 0.2 * (0.16 - 0.08) / (0.25 - 0.08), rel=1e-4)
+    panning = np.full((10, 10), 0.5, np.float32)  # everything moves: says nothing
+    assert macroblock_weight(labels, panning, importance, cfg)[5, 5] == 0
+    offsets = _background_map(still, labels, cfg)
+    assert offsets[0, 0] < offsets[5, 5] < offsets[9, 9]  # person, walker, still background
+    off = _background_map(still, labels, QpConfig(q_gain=0.0, moving_background=0.0))
+    assert off[5, 5] == off[9, 9]
+
+
+def test_the_reuse_term_favours_what_stays_unless_the_encoder_weighs_reuse():
+    labels = np.zeros((4, 8), np.int16)
+    labels[0, 0] = 1
+    change = np.zeros((4, 8), np.float32)
+    reuse = np.full((4, 8), 15.0, np.float32)
+    reuse[:, 4:] = 0.5  # the right half keeps changing
+    cfg = QpConfig(q_gain=0.0, reuse_gain=1.0)
+    o = _background_map(change, labels, cfg, reuse)
+    assert o[2, 6] - o[2, 1] == pytest.approx(np.log2(16) - np.log2(1.5), abs=1e-4)
+    same = _background_map(change, labels, cfg, reuse, weighs_reuse=True)  # x264's mb-tree
+    assert same[2, 6] == same[2, 1]
+    assert (_background_map(change, labels, QpConfig(q_gain=0.0, reuse="always"), reuse,
+                            weighs_reuse=True) == o).all()
+    never = _background_map(change, labels, QpConfig(q_gain=0.0, reuse="never"), reuse)
+    assert never[2, 6] == never[2, 1]
+
+
+@pytest.mark.parametrize("key, value", [("qp.reuse", "off"), ("qp.moving_background", 1.5),
+                                        ("qp.motion_low", 0.3), ("qp.motion_high", 0.0),
+                                        ("qp.reuse_gain", -1), ("analysis.intra_floor", 0)])
+def test_the_background_terms_refuse_bad_values_naming_the_key(key, value):
+    from edge_semvc.config import load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [f"{key}={value}"])

@@ -237,3 +237,12 @@ def test_missing_compiler_reported(tmp_path, monkeypatch):
 def test_zerolatency_has_no_frame_delay(carphone):
     s = settings_for(carphone, tune="zerolatency")
     helpers.check_no_frame_delay(X264Encoder, carphone[:5], s)
+
+
+def test_mb_tree_is_reported_so_the_map_adds_reuse_only_without_it(carphone):
+    """With a lookahead x264's mb-tree weighs each block's reuse; zerolatency turns it off and
+    the QP map's reuse term (qp.reuse: auto) takes over."""
+    with X264Encoder(settings_for(carphone)) as enc:
+        assert enc.weighs_reuse and enc.settings_summary()["mb_tree"]
+    with X264Encoder(settings_for(carphone, tune="zerolatency")) as enc:
+        assert not enc.weighs_reuse

@@ -301,3 +301,10 @@ def test_unavailable_library_reported_cleanly(tmp_path, monkeypatch):
 def test_zerolatency_has_no_frame_delay(carphone):
     s = settings_for(carphone, tune="zerolatency")
     helpers.check_no_frame_delay(X265Encoder, carphone[:5], s)
+
+
+def test_cutree_is_reported_so_the_map_adds_reuse_only_without_it(carphone):
+    with X265Encoder(settings_for(carphone)) as enc:
+        assert enc.weighs_reuse and enc.settings_summary()["cu_tree"]
+    with X265Encoder(settings_for(carphone, tune="zerolatency")) as enc:
+        assert not enc.weighs_reuse

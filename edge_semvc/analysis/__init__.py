@@ -8,10 +8,11 @@ import numpy as np
 
 from ..frame import Frame
 from ..values import LabelMap, RegionStats
-from .change import change_map
-from .complexity import block_samples, complexity_map
+from .change import block_mad, change_from_mad, comparable
+from .complexity import block_samples, block_variance, complexity_from_variance
 from .config import AnalysisConfig
 from .regions import region_stats
+from .temporal import ReuseTracker
 
 
 class Analyser:
@@ -20,10 +21,12 @@ class Analyser:
     def __init__(self, cfg: AnalysisConfig):
         self.cfg = cfg
         self._prev: np.ndarray | None = None
+        self.reuse = ReuseTracker()
 
     def reset(self) -> None:
         """Forget the previous frame (the next one is measured like a first frame: V = 0)."""
         self._prev = None
+        self.reuse.reset()
 
     @property
     def blocks(self) -> np.ndarray | None:
@@ -33,7 +36,12 @@ class Analyser:
 
     def analyse(self, frame: Frame, labels: LabelMap) -> RegionStats:
         blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
-        c = complexity_map(blocks, self.cfg.complexity_full_var)
-        v = change_map(self._prev, blocks, self.cfg.change_full_mad)
+        var = block_variance(blocks)
+        c = complexity_from_variance(var, self.cfg.complexity_full_var)
+        mad = block_mad(self._prev, blocks) if comparable(self._prev, blocks) else None
+        v = change_from_mad(mad, self.cfg.change_full_mad, c.shape)
+        reuse = self.reuse.update(mad, var, self.cfg.intra_floor, self.cfg.reuse_horizon)
         self._prev = blocks
-        return region_stats(labels.labels, c, v)
+        stats = region_stats(labels.labels, c, v)
+        stats.reuse = reuse
+        return stats

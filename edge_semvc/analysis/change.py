@@ -18,8 +18,18 @@ def block_mad(prev_blocks: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     return block_mean(np.abs(blocks - prev_blocks))
 
 
+def comparable(prev_blocks: np.ndarray | None, blocks: np.ndarray) -> bool:
+    """A previous frame of the same grid exists (else V = 0: a first frame)."""
+    return prev_blocks is not None and prev_blocks.shape == blocks.shape
+
+
+def change_from_mad(mad: np.ndarray | None, full_mad: float, shape) -> np.ndarray:
+    if mad is None:
+        return np.zeros(shape, np.float32)
+    return np.clip(mad / full_mad, 0.0, 1.0).astype(np.float32)
+
+
 def change_map(prev_blocks: np.ndarray | None, blocks: np.ndarray,
                full_mad: float) -> np.ndarray:
-    if prev_blocks is None or prev_blocks.shape != blocks.shape:
-        return np.zeros((blocks.shape[0], blocks.shape[2]), np.float32)
-    return np.clip(block_mad(prev_blocks, blocks) / full_mad, 0.0, 1.0).astype(np.float32)
+    mad = block_mad(prev_blocks, blocks) if comparable(prev_blocks, blocks) else None
+    return change_from_mad(mad, full_mad, (blocks.shape[0], blocks.shape[2]))

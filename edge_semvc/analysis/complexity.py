@@ -28,8 +28,15 @@ def block_mean(blocks: np.ndarray) -> np.ndarray:
     return sum(rows[:, i] for i in range(BLOCK)) / (BLOCK * BLOCK)
 
 
-def complexity_map(blocks: np.ndarray, full_var: float) -> np.ndarray:
+def block_variance(blocks: np.ndarray) -> np.ndarray:
     mean = block_mean(blocks)
-    var = block_mean(blocks * blocks) - mean * mean
+    return block_mean(blocks * blocks) - mean * mean
+
+
+def complexity_from_variance(var: np.ndarray, full_var: float) -> np.ndarray:
     c = np.log1p(np.maximum(var, 0.0)) / np.log1p(full_var)
     return np.clip(c, 0.0, 1.0).astype(np.float32)
+
+
+def complexity_map(blocks: np.ndarray, full_var: float) -> np.ndarray:
+    return complexity_from_variance(block_variance(blocks), full_var)

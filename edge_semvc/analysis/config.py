@@ -16,6 +16,11 @@ class AnalysisConfig:
     complexity_full_var: float = 1024.0
     # V: mean absolute luma difference to the previous frame, 1.0 at `change_full_mad` (0.5-255).
     change_full_mad: float = 24.0
+    # Expected reuse (temporal.py): what coding a block afresh costs beyond its texture (luma
+    # levels; a flat block is cheap to code either way, so its noise does not count as kept).
+    intra_floor: float = 4.0
+    # Expected reuse: the most frames counted.
+    reuse_horizon: float = 30.0
 
     def validate(self) -> None:
         # Finite ranges within what 8-bit luma can measure: a scale of 1e-300 makes C or V
@@ -25,6 +30,10 @@ class AnalysisConfig:
         check(0.5 <= self.change_full_mad <= 255.0, "analysis.change_full_mad",
               self.change_full_mad, "between 0.5 and 255 luma levels")
 
+        check(0.0 < self.intra_floor <= 255.0, "analysis.intra_floor", self.intra_floor,
+              "between 0 and 255 luma levels")
+        check(0.0 <= self.reuse_horizon <= 10000.0, "analysis.reuse_horizon",
+              self.reuse_horizon, "between 0 and 10000 frames")
 
 POLICIES = ("masking", "attention")
 

@@ -21,14 +21,13 @@ import numpy as np
 from ..config import load_config
 from ..encoders import get_encoder
 from ..pipeline import run_encode
-from ..sources import open_source
 from .metrics import bd_rate
-from .reference import evaluate, read_reference
+from .reference import FrameSpan, evaluate, read_reference
 
 
 def bench_backends(clip: str, backends: list[str], ladder: list[float], preset: str,
                    threads: int, frames: int, workdir: Path, log) -> dict:
-    ref = read_reference(clip, None, workdir, frames, None, 1, log)
+    ref = read_reference(clip, None, workdir, FrameSpan(count=str(frames or "")), None, log)
     curves = {}
     for backend in backends:
         points = []
@@ -37,8 +36,11 @@ def bench_backends(clip: str, backends: list[str], ladder: list[float], preset: 
                                      f"encoder.preset={preset}", f"encoder.threads={threads}",
                                      "streams.passthrough=[]"])  # sizes of the video alone
             out = workdir / f"{Path(clip).stem}.{backend}.{crf:g}.mkv"
-            stats = run_encode(open_source(clip), str(out), cfg, semantic=False,
-                               max_frames=frames)
+            src = ref.source(None)
+            try:
+                stats = run_encode(src, str(out), cfg, semantic=False)
+            finally:
+                src.close()
             quality = evaluate(str(out), ref, None, vmaf=False)
             kbps = out.stat().st_size * 8 / ref.duration / 1e3
             points.append({"crf": crf, "kbps": round(kbps, 2), "psnr": quality["psnr"],

@@ -1,8 +1,11 @@
-"""An independent detector for analytics accuracy: YOLOX (COCO) on full frames.
+"""An independent detector for analytics accuracy and the region of interest: YOLOX (COCO) on
+full frames.
 
-It must not be the model the encoder labelled with, or the accuracy figure would be circular.
-Pseudo ground truth = its detections on the original frames; the same detector then runs on
-the decoded frames of each encode, and F1 at IoU 0.5 says how much of what it saw survives.
+It must not be the model the encoder labelled with, or the figures would be circular: the map
+would be graded with its own eyes. Pseudo ground truth = its detections on the original frames;
+their boxes are the ROI the benchmarks measure PSNR over (`box_mask`); the same detector then
+runs on the decoded frames of each encode, and F1 at IoU 0.5 says how much of what it saw
+survives.
 """
 from __future__ import annotations
 
@@ -16,6 +19,23 @@ from ..labeler.preprocess import rgb_resized
 
 # COCO class ids -> the groups the accuracy is reported for.
 GROUPS = {"person": (0,), "vehicle": (1, 2, 3, 5, 7)}  # bicycle, car, motorcycle, bus, truck
+# The test fixture beside the project (../shared/models), the benchmarks' default when present.
+FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "models" / "yolox_nano.onnx"
+
+
+def default_model() -> Path | None:
+    """The fixture YOLOX-nano where it is, else None."""
+    return FIXTURE if FIXTURE.is_file() else None
+
+
+def box_mask(dets: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
+    """bool[height, width]: the pixels inside any box of `dets` (as `detect` returns them)."""
+    mask = np.zeros((height, width), bool)
+    for boxes in dets.values():
+        for x1, y1, x2, y2, _ in boxes:
+            mask[max(0, int(y1)):min(height, int(np.ceil(y2))),
+                 max(0, int(x1)):min(width, int(np.ceil(x2)))] = True
+    return mask
 
 
 class YoloxDetector:

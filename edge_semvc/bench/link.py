@@ -37,10 +37,9 @@ from ..sinks.base import StreamInfo
 from ..sinks.stream import sdp_text
 from ..sources import open_source
 from ..sources.paced import PacedSource
-from .detector import GROUPS, YoloxDetector
+from .detector import FIXTURE, GROUPS, YoloxDetector, box_mask
 from .metrics import f1_score, match_counts, psnr, roi_data_note
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 # the receiver's start-up (probing, first IDR) is not the link's latency, and the RTP
 # timestamps of the encoder's first frames may be bunched (the RTSP server stamps none ahead
 # of its clock, and the first frames come late)
@@ -293,7 +292,7 @@ def _judge(received: Path, clip: str, bounds, phases, detector: YoloxDetector,
                 key = j % len(originals)
                 if key not in truth:
                     truth[key] = detector.detect(orig)
-                mask = _box_mask(truth[key], orig.width, orig.height)
+                mask = box_mask(truth[key], orig.width, orig.height)
                 per[k]["roi_px"].append(int(mask.sum()))
                 if mask.any():
                     per[k]["roi"].append(psnr(orig.y, got.y, mask))
@@ -330,15 +329,6 @@ def story_table(result: dict) -> str:
                 f"({b['psnr'] - a['psnr']:+.2f}) | {roi} | {a['f1_person']:.3f} / "
                 f"{b['f1_person']:.3f} | {a['f1_vehicle']:.3f} / {b['f1_vehicle']:.3f} |")
     return "\n".join(rows)
-
-
-def _box_mask(dets: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
-    mask = np.zeros((height, width), bool)
-    for boxes in dets.values():
-        for x1, y1, x2, y2, _ in boxes:
-            mask[max(0, int(y1)):min(height, int(np.ceil(y2))),
-                 max(0, int(x1)):min(width, int(np.ceil(x2)))] = True
-    return mask
 
 
 # --- plumbing ---------------------------------------------------------------------------------
@@ -397,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--table", action="store_true",
                     help="print the table of OUT/story.json (a finished run) and exit")
     st.add_argument("--profile", type=parse_profile, default=parse_profile("2M:10,300k:10,1M:10"))
-    st.add_argument("--roi-model", default=str(SHARED / "models" / "yolox_nano.onnx"))
+    st.add_argument("--roi-model", default=str(FIXTURE))
     st.add_argument("--eval-every", type=int, default=3, help="detect on every Nth frame")
     for s in (lat, st):
         s.add_argument("--config", help="YAML configuration")

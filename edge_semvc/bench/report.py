@@ -7,7 +7,8 @@ import csv
 import json
 from pathlib import Path
 
-PLOT_METRICS = {"psnr_roi": "ROI Y-PSNR (dB)", "psnr": "Y-PSNR (dB)",
+PLOT_METRICS = {"psnr_roi": "ROI Y-PSNR (dB)", "psnr_roi_own": "own-models ROI Y-PSNR (dB)",
+                "psnr": "Y-PSNR (dB)",
                 "psnr_background": "background Y-PSNR (dB)", "vmaf": "VMAF-NEG",
                 "f1": "detection F1 (IoU 0.5)"}
 
@@ -34,13 +35,15 @@ def _summary_rows(results: dict):
     """One row per clip and comparison (semantic vs each anchor): ROI coverage, BD-rates, bits
     to each F1 target, F1 gain, speed ratio."""
     for clip in results["clips"]:
-        cov = clip.get("roi_coverage", {})
         for pair, bds in clip["bd_rate"].items():
             anchor = pair.removeprefix("semantic_vs_")
-            row = {"clip": clip["clip"], "comparison": pair, "frames": clip["frames"],
-                   "roi_fraction": clip["roi_fraction"],
-                   "roi_mbs_per_frame": cov.get("mbs_per_frame"),
-                   "roi_frame_fraction": cov.get("frame_fraction")}
+            row = {"clip": clip["clip"], "comparison": pair,
+                   "first_frame": clip.get("first_frame", 0), "frames": clip["frames"]}
+            for key in ("", "_own"):
+                cov = clip.get(f"roi_coverage{key}", {})
+                row.update({f"roi{key}_fraction": clip.get(f"roi_fraction{key}"),
+                            f"roi{key}_mbs_per_frame": cov.get("mbs_per_frame"),
+                            f"roi{key}_frame_fraction": cov.get("frame_fraction")})
             for m, v in bds.items():
                 row[f"bd_{m}"], row[f"bd_{m}_note"] = v["percent"], v["note"]
             for t, need in clip.get("kbps_at_f1", {}).items():
@@ -138,21 +141,37 @@ def _f1_cell(clip: dict, pair: str, anchor: str, target: str) -> str:
     return cell
 
 
+def _roi_cells(c: dict, key: str) -> list[str]:
+    """An ROI's share of the frame, macroblocks a frame, share of frames with any."""
+    cov = c.get(f"roi_coverage{key}", {})
+    share = c.get(f"roi_fraction{key}")
+    return [_fmt(None if share is None else 100 * share, 1, " %"),
+            _fmt(cov.get("mbs_per_frame"), 1),
+            _fmt(None if "frame_fraction" not in cov else 100 * cov["frame_fraction"], 0, " %")]
+
+
+def _clip_cell(c: dict) -> str:
+    first = c.get("first_frame", 0)
+    frames = f"frames {first}-{first + c['frames'] - 1}" if first else f"{c['frames']} fr"
+    return f"{c['clip']} ({c['width']}x{c['height']}, {frames})"
+
+
 def _summary_table(clips: list[dict], pair: str, targets: list[str]) -> list[str]:
-    """One comparison's table: a row per clip."""
+    """One comparison's table: a row per clip. ROI: the independent detector's; own ROI: the
+    semantic configuration's models'."""
     anchor = pair.removeprefix("semantic_vs_")
     metrics = list(dict.fromkeys(m for c in clips for m in c["bd_rate"][pair]))
-    head = (["clip", "ROI", "ROI MB/frame", "ROI frames"] + [f"BD-rate {m}" for m in metrics]
+    rois = [key for key in ("", "_own") if any(f"roi_coverage{key}" in c for c in clips)]
+    head = (["clip"]
+            + [f"{name} {what}" for key in rois for name in ["ROI" if not key else "own ROI"]
+               for what in ("share", "MB/frame", "frames")]
+            + [f"BD-rate {m}" for m in metrics]
             + [f"kbit/s to F1 {t}" for t in targets] + ["mean F1 gain"] * bool(targets)
             + ["speed ratio"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
     for c in clips:
-        cov = c.get("roi_coverage", {})
-        cells = ([f"{c['clip']} ({c['width']}x{c['height']}, {c['frames']} fr)",
-                  f"{100 * c['roi_fraction']:.1f} %", _fmt(cov.get("mbs_per_frame"), 1),
-                  _fmt(None if "frame_fraction" not in cov else 100 * cov["frame_fraction"],
-                       0, " %")]
+        cells = ([_clip_cell(c)] + [cell for key in rois for cell in _roi_cells(c, key)]
                  + [_bd_cell(c["bd_rate"][pair][m]) for m in metrics]
                  + [_f1_cell(c, pair, anchor, t) for t in targets]
                  + [_signed(c.get("f1_gain", {}).get(pair))] * bool(targets)
@@ -193,11 +212,13 @@ def report_markdown(results: dict) -> str:
     s = results["settings"]
     lines = [f"# edge-semvc bench: rc={s['rc']}, preset={s['preset']}"
              f"{', tune=' + s['tune'] if s['tune'] else ''}", "",
-             f"ROI mask: {s['roi_mask']}. Detector for F1: {s['roi_model'] or 'none'}.", "",
+             f"ROI masks: {s['roi_mask']}. Independent detector: {s['roi_model'] or 'none'}.",
+             "",
              "## Summary", "", summary_markdown(results)]
     for clip in results["clips"]:
-        lines += [f"## {clip['clip']} ({clip['width']}x{clip['height']}, {clip['frames']} "
-                  f"frames, ROI {100 * clip['roi_fraction']:.1f} %)", ""]
+        share = clip.get("roi_fraction", clip.get("roi_fraction_own"))
+        lines += [f"## {_clip_cell(clip)}, ROI {_fmt(None if share is None else 100 * share, 1)}"
+                  " %", ""]
         kinds = [k for k, v in clip["points"][0].items() if isinstance(v, dict)]
         metrics = [m for m in PLOT_METRICS if m in clip["points"][0]["semantic"]]
         lines.append("| rate | encoder | kbit/s | fps | " + " | ".join(metrics) + " |")

@@ -21,9 +21,13 @@ spans 0.05 over the ladder its BD-rate moved by -7 to +13 % with an empty ROI (B
 there, and semantic's mean F1 gain over the ladder points (meant for a low ladder, e.g.
 --bpp 0.004 0.008 0.016 0.032, where F1 has not saturated).
 
-ROI mask: the macroblocks that the semantic configuration's models label (any class) when they run
-on every original frame (no CPU budget, no carry: what is there, not what a budgeted run happened
-to label); the same mask for every encode of a clip, so all are judged on the same pixels.
+ROI: the boxes of persons and vehicles an independent detector (`--roi-model`, by default the
+YOLOX-nano fixture in ../shared/models when it is there) finds on every original frame: the map
+is not graded with its own eyes. A second column, `psnr_roi_own`, takes the macroblocks the
+semantic configuration's models label (any class) when they run on every original frame (no CPU
+budget, no carry). The same masks for every encode of a clip, so all are judged on the same
+pixels. `--start` and `--frames` pick a range of each clip (e.g. tune on its first half,
+`--frames 50%`, and report on the second, `--start 50%`).
 """
 from __future__ import annotations
 
@@ -41,16 +45,17 @@ import numpy as np
 from .. import preflight
 from ..config import Config, ConfigError, load_config
 from ..pipeline import Extras, run_encode
-from ..sources import RawVideoOptions, open_source
+from ..sources import RawVideoOptions
 from ..tools.models import prepare_config
 from ..values import QpMap
-from .detector import YoloxDetector
+from .detector import YoloxDetector, default_model
 from .metrics import bd_rate, rate_at_f1, rate_saving, roi_coverage, roi_data_note
-from .reference import ClipReference, evaluate, read_reference, roi_labeler
+from .reference import ClipReference, FrameSpan, evaluate, read_reference, roi_labeler
 
 # BD-rate is reported on these; below the span, a metric's curve is too flat to compare.
 # No F1: see the module docstring.
-METRICS = {"psnr_roi": 0.0, "psnr": 0.0, "vmaf": 0.0}
+METRICS = {"psnr_roi": 0.0, "psnr_roi_own": 0.0, "psnr": 0.0, "vmaf": 0.0}
+ROI_METRICS = ("psnr_roi", "psnr_roi_own")  # each judged on its own ROI's coverage
 F1_TARGETS = (0.9, 0.95)
 # ROI-PSNR BD-rate only where the ROI is big and frequent enough to mean something:
 # - >= 16 labelled macroblocks a frame on average (4096 luma samples, about one 64x64 object: a
@@ -120,24 +125,20 @@ def storage_baseline(cfg: Config, fps) -> Config:
     return plain
 
 
-def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path,
-                 max_frames: int) -> dict:
-    src = open_source(ref.clip, raw)
+def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path) -> dict:
+    src = ref.source(raw)  # the reference's frames
     try:
         if kind == "ffmpeg":
             from .ffmpeg_baseline import encode_with_ffmpeg
-            stats = encode_with_ffmpeg(src, str(out), cfg.encoder, max_frames)
+            stats = encode_with_ffmpeg(src, str(out), cfg.encoder)
         elif kind == "core":  # the core method alone: the semantic run's extensions off
-            stats = run_encode(src, str(out), core_method(cfg), max_frames=max_frames)
+            stats = run_encode(src, str(out), core_method(cfg))
         elif kind == "baseline" and cfg.encoder.profile == "storage":
-            stats = run_encode(src, str(out), storage_baseline(cfg, src.fps), semantic=False,
-                               max_frames=max_frames)
+            stats = run_encode(src, str(out), storage_baseline(cfg, src.fps), semantic=False)
         elif kind == "rects8":  # the semantic run's maps as 8 ROI rectangles (Jetson's limit)
-            stats = run_encode(src, str(out), cfg, max_frames=max_frames,
-                               extras=Extras(map_filter=rect_map(8)))
+            stats = run_encode(src, str(out), cfg, extras=Extras(map_filter=rect_map(8)))
         else:
-            stats = run_encode(src, str(out), cfg, semantic=kind == "semantic",
-                               max_frames=max_frames)
+            stats = run_encode(src, str(out), cfg, semantic=kind == "semantic")
     finally:
         src.close()
     size = out.stat().st_size
@@ -162,14 +163,14 @@ class BenchOptions:
     detector: YoloxDetector | None = None  # with a detector: the F1 analytics
     eval_every: int = 1
     vmaf: bool = False
-    max_frames: int = 0
+    span: FrameSpan = field(default_factory=FrameSpan)  # which frames of each clip
     repeats: int = 1  # speed: the best of this many runs
     analysis: Analysis = field(default_factory=Analysis)
     log: Callable[[str], None] = print
 
 
 def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
-    ref = read_reference(clip, o.raw, o.workdir, o.max_frames, o.detector, o.eval_every, o.log,
+    ref = read_reference(clip, o.raw, o.workdir, o.span, o.detector, o.log,
                          roi_labeler(cfg) if "semantic" in o.kinds else None)
     rates = resolve_ladder(o.ladder, o.bpp, cfg.encoder.rate_control(), ref.width, ref.height,
                            ref.fps)
@@ -185,15 +186,15 @@ def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
         for kind in order:
             path = o.out_dir / "encodes" / f"{Path(clip).stem}.{kind}.{rate:g}.mp4"
             t0 = time.perf_counter()
-            result = encode_point(kind, ref, cfg, o.raw, path, o.max_frames)
+            result = encode_point(kind, ref, cfg, o.raw, path)
             for _ in range(o.repeats - 1):  # speed only: keep the best of several runs
-                again = encode_point(kind, ref, cfg, o.raw, path, o.max_frames)
+                again = encode_point(kind, ref, cfg, o.raw, path)
                 result["fps"] = max(result["fps"], again["fps"])
-            result.update(evaluate(str(path), ref, o.detector, o.vmaf))
+            result.update(evaluate(str(path), ref, o.detector, o.vmaf, o.eval_every))
             point[kind] = result
             o.log(f"  {rate:g} {kind:9s} {result['bitrate_kbps']:9.1f} kbit/s "
-                  f"{result['fps']:7.1f} fps  PSNR {result['psnr']} ROI {result['psnr_roi']} "
-                  f"bg {result['psnr_background']}"
+                  f"{result['fps']:7.1f} fps  PSNR {result['psnr']} ROI {result.get('psnr_roi')} "
+                  f"own-ROI {result.get('psnr_roi_own')} bg {result.get('psnr_background')}"
                   + (f" VMAF {result['vmaf']}" if o.vmaf else "")
                   + (f" F1 {result['f1']}" if o.detector else "")
                   + f"  ({time.perf_counter() - t0:.1f} s)")
@@ -203,18 +204,25 @@ def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
 
 def summarise(ref: ClipReference, points: list[dict], kinds: list[str], repeats: int,
               analysis: Analysis) -> dict:
-    """A clip's results: its points, ROI coverage, BD-rates, speed ratios and, with a
+    """A clip's results: its points, each ROI's coverage, BD-rates, speed ratios and, with a
     detector, the F1 analytics."""
-    mbs, frames_with = roi_coverage(ref.roi)
-    roi_note = roi_data_note(mbs, frames_with, analysis.roi_min_mbs, analysis.roi_min_frames)
     summary = {"clip": Path(ref.clip).name, "width": ref.width, "height": ref.height,
-               "fps": ref.fps, "frames": len(ref.luma), "repeats": repeats,
-               "roi_fraction": round(float(np.mean([m.mean() for m in ref.roi])), 4),
-               "roi_coverage": {"mbs_per_frame": round(mbs, 2),
-                                "frame_fraction": round(frames_with, 4), "enough": not roi_note},
-               "points": points, "bd_rate": {}, "speed_ratio": {}}
+               "fps": ref.fps, "first_frame": ref.start, "frames": len(ref.luma),
+               "repeats": repeats, "points": points, "bd_rate": {}, "speed_ratio": {}}
+    notes = {}
+    for metric, key, masks in (("psnr_roi", "", ref.roi_macroblocks()),
+                               ("psnr_roi_own", "_own", ref.roi_own)):
+        if not masks:
+            continue
+        mbs, frames_with = roi_coverage(masks)
+        notes[metric] = roi_data_note(mbs, frames_with, analysis.roi_min_mbs,
+                                      analysis.roi_min_frames)
+        summary[f"roi_fraction{key}"] = round(float(np.mean([m.mean() for m in masks])), 4)
+        summary[f"roi_coverage{key}"] = {"mbs_per_frame": round(mbs, 2),
+                                         "frame_fraction": round(frames_with, 4),
+                                         "enough": not notes[metric]}
     for anchor in (k for k in kinds if k != "semantic"):
-        summary["bd_rate"][f"semantic_vs_{anchor}"] = bd_rates(points, anchor, roi_note)
+        summary["bd_rate"][f"semantic_vs_{anchor}"] = bd_rates(points, anchor, notes)
         summary["speed_ratio"][f"semantic_vs_{anchor}"] = round(float(np.mean(
             [p["semantic"]["fps"] / p[anchor]["fps"] for p in points])), 4)
     if "f1" in points[0]["semantic"]:
@@ -226,13 +234,13 @@ def _curve(points: list[dict], kind: str, metric: str) -> tuple[list, list]:
     return [p[kind]["bitrate_kbps"] for p in points], [p[kind][metric] for p in points]
 
 
-def bd_rates(points: list[dict], anchor: str, roi_note: str) -> dict:
-    """BD-rate of semantic against `anchor` per metric; ROI-PSNR's replaced by `roi_note`
-    when that says the ROI holds too little data."""
+def bd_rates(points: list[dict], anchor: str, roi_notes: dict[str, str]) -> dict:
+    """BD-rate of semantic against `anchor` per metric; an ROI-PSNR's replaced by its ROI's
+    note (`roi_notes`) when that says the ROI holds too little data."""
     out = {}
     for m in (m for m in METRICS if m in points[0]["semantic"]):
-        if m == "psnr_roi" and roi_note:
-            out[m] = {"percent": None, "note": roi_note}
+        if roi_notes.get(m):
+            out[m] = {"percent": None, "note": roi_notes[m]}
         else:
             value, note = bd_rate(*_curve(points, anchor, m), *_curve(points, "semantic", m),
                                   METRICS[m])
@@ -305,8 +313,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{CAMERA_GOP_S:g} s GOP, every frame")
     p.add_argument("--tune", default="")
     p.add_argument("--roi-model", metavar="PATH",
-                   help="independent YOLOX ONNX detector for analytics accuracy (F1 at IoU 0.5, "
-                        "person and vehicle); e.g. ../shared/models/yolox_nano.onnx")
+                   help="independent YOLOX ONNX detector: its person and vehicle boxes on the "
+                        "original frames are the ROI of ROI-PSNR and the truth of detection F1 "
+                        "(IoU 0.5); default: the fixture ../shared/models/yolox_nano.onnx where "
+                        "it is; 'none': no detector (only the own-models ROI, no F1)")
     p.add_argument("--f1-targets", nargs="+", type=float, default=list(F1_TARGETS),
                    metavar="F1", help="detection-F1 targets: bits each encoder needs to reach "
                    "them, and semantic's saving there (default 0.9 0.95)")
@@ -324,7 +334,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cut down to 8 ROI rectangles, as Jetson's hardware encoder takes "
                         "(rects8)")
     p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
-    p.add_argument("--frames", type=int, default=0, help="only the first N frames of each clip")
+    p.add_argument("--start", default="0", metavar="N|P%",
+                   help="judge each clip from this frame, or this share of it (50%%: the second "
+                        "half); default 0")
+    p.add_argument("--frames", default="", metavar="N|P%",
+                   help="judge only N frames of each clip (or a share: 50%%); default: to the "
+                        "end")
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="run the detector on every N-th frame (default 1)")
     p.add_argument("--no-vmaf", action="store_true", help="skip VMAF")
@@ -375,9 +390,16 @@ def run(args) -> int:
         ok, why = vmaf_available()
         if not ok:
             raise ConfigError(f"VMAF unavailable ({why}); install the eval extra or use --no-vmaf")
-    if args.roi_model and not Path(args.roi_model).is_file():
+    roi_model = default_model() if args.roi_model is None else \
+        (None if args.roi_model == "none" else Path(args.roi_model))
+    if roi_model is not None and not roi_model.is_file():
         raise ConfigError(f"--roi-model {args.roi_model}: no such file")
-    detector = YoloxDetector(args.roi_model) if args.roi_model else None
+    if roi_model is None:
+        print("edge-semvc bench: no independent detector (--roi-model): ROI-PSNR only on the "
+              "own models' ROI, no detection F1", file=sys.stderr)
+    detector = YoloxDetector(roi_model) if roi_model else None
+    span = FrameSpan(args.start, args.frames)
+    span.resolve(1000)  # the syntax, before any work
     raw = RawVideoOptions(args.input_width, args.input_height, Fraction(args.input_rate))
     out = Path(args.out)
     (out / "encodes").mkdir(parents=True, exist_ok=True)
@@ -389,20 +411,23 @@ def run(args) -> int:
     results = {"settings": {"rc": args.rc, "profile": args.profile, "preset": args.preset,
                             "tune": args.tune,
                             "ladder": args.ladder, "bpp": args.bpp,
-                            "roi_model": args.roi_model,
-                            "frames": args.frames, "eval_every": args.eval_every,
+                            "roi_model": str(roi_model) if roi_model else None,
+                            "start": args.start, "frames": args.frames,
+                            "eval_every": args.eval_every,
                             "f1_targets": list(analysis.f1_targets),
                             "roi_min_mbs": analysis.roi_min_mbs,
                             "roi_min_frames": analysis.roi_min_frames,
-                            "roi_mask": "macroblocks labelled by the semantic run's models run on "
-                                        "every original frame (no budget, no carry)"},
+                            "roi_mask": "psnr_roi: person and vehicle boxes of the independent "
+                                        "detector on the original frames; psnr_roi_own: "
+                                        "macroblocks labelled by the semantic run's models run "
+                                        "on every original frame (no budget, no carry)"},
                "config": cfg.to_dict(), "clips": []}
     with tempfile.TemporaryDirectory() as tmp:
         for n, clip in enumerate(args.clips, 1):
             log(f"[{n}/{len(args.clips)}] {clip}")
             results["clips"].append(bench_clip(clip, cfg, BenchOptions(
                 kinds, out, Path(tmp), ladder, args.bpp, raw, detector, args.eval_every, vmaf,
-                args.frames, args.repeats, analysis, log)))
+                span, args.repeats, analysis, log)))
             write_outputs(results, out)  # after every clip: a long run loses nothing
     print(summary_markdown(results))
     log(f"results in {out}/ (report.md, results.json, results.csv, summary.csv, plots/)")

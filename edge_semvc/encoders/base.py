@@ -184,6 +184,12 @@ class Encoder(ABC):
     def settings_summary(self) -> dict:
         """The effective settings (after presets and corrections), for stats."""
 
+    @property
+    def weighs_reuse(self) -> bool:
+        """The encoder itself gives blocks that later frames reuse more bits (x264's mb-tree,
+        x265's cutree: both need a lookahead). Where it does not, the QP map adds that term."""
+        return False
+
     # -- for the backends
 
     def _require_open(self) -> None:

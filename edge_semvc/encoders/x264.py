@@ -313,6 +313,10 @@ class X264Encoder(Encoder):
             self._param = None
             self._lib.semvc_param_cleanup(param)
 
+    @property
+    def weighs_reuse(self) -> bool:
+        return bool(self._eff_rc.mb_tree)
+
     def settings_summary(self) -> dict:
         rc = getattr(self, "_eff_rc", None)
         ffi, lib = self._ffi, self._lib

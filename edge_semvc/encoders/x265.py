@@ -386,6 +386,10 @@ class X265Encoder(Encoder):
                 if ptr != self._ffi.NULL:
                     free(ptr)
 
+    @property
+    def weighs_reuse(self) -> bool:
+        return bool(self._eff_rc.cu_tree) and self._eff["rc_lookahead"] > 0
+
     def settings_summary(self) -> dict:
         api, ffi, lib = self._api, self._ffi, self._lib
         rc = getattr(self, "_eff_rc", None)

@@ -34,6 +34,17 @@ class QpConfig:
     # The map is shifted so its frame mean is this (FACTS: a positive mean stops x264's CRF from
     # spending more bits overall when it sees negative offsets); within [offset_min, offset_max].
     target_mean: float = 1.5
+    # Importance of a background macroblock that moves while the camera is still (what the
+    # labels missed or lag behind), at V >= motion_high; 0 turns the term off.
+    moving_background: float = 0.4
+    motion_low: float = 0.08  # V up to which a background macroblock counts as still
+    motion_high: float = 0.25  # V from which it takes all of moving_background
+    # QP removed per doubling of a macroblock's expected reuse (analysis/temporal.py): what
+    # x264's mb-tree does with a lookahead, for encoders without one.
+    reuse_gain: float = 1.0
+    # When the reuse term applies: auto (where the encoder does not weigh reuse itself: x264
+    # and x265 with zerolatency), always, never.
+    reuse: str = "auto"
 
     def validate(self) -> None:
         # whether cuda runs here is the pre-flight's question (preflight.py), not validation's
@@ -43,9 +54,17 @@ class QpConfig:
         # Finite ranges: a weight or gain of 1e308 passes ">= 0" and makes every map NaN.
         for name, top in (("alpha_slow", 10), ("beta_slow", 10), ("alpha_fast", 10),
                           ("beta_fast", 10), ("q_gain", 51), ("importance_gain", 51),
-                          ("importance_budget", 51)):
+                          ("importance_budget", 51), ("reuse_gain", 51)):
             check(0 <= getattr(self, name) <= top, f"qp.{name}", getattr(self, name),
                   f"between 0 and {top}")
+        check(0.0 <= self.moving_background <= 1.0, "qp.moving_background",
+              self.moving_background, "between 0 and 1")
+        check(0.0 < self.motion_high <= 1.0, "qp.motion_high", self.motion_high,
+              "in (0, 1]")
+        check(0.0 <= self.motion_low < self.motion_high, "qp.motion_low", self.motion_low,
+              f"in [0, qp.motion_high) = [0, {self.motion_high})")
+        check(self.reuse in ("auto", "always", "never"), "qp.reuse", self.reuse,
+              "auto, always or never")
         for name, value in self.importance.items():
             check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0,
                   f"qp.importance.{name}", value, "a number between 0 and 1")

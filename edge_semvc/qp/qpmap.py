@@ -19,6 +19,9 @@ from .policy import base_q
 
 _BISECTIONS = 24  # at most; the shift's bracket is < 120 QP wide: 24 halvings leave < 1e-5 QP
 _TOLERANCE = 0.005  # QP: how close the clamped mean must come to the target
+# A camera is still when this share of its background macroblocks changes less than
+# motion_low: from STILL_FROM (moving background counts for nothing) to STILL_FULL (fully).
+STILL_FROM, STILL_FULL = 0.7, 0.9
 
 
 def importance_vector(classes: list[str], cfg: QpConfig) -> np.ndarray:
@@ -31,14 +34,50 @@ def importance_vector(classes: list[str], cfg: QpConfig) -> np.ndarray:
 
 
 def build_qp_map(stats: RegionStats, labels: LabelMap, importance: np.ndarray,
-                 cfg: QpConfig, adjust: Callable[[np.ndarray], np.ndarray] | None = None) -> QpMap:
-    """`adjust`: what the method's extensions do to Q (embodiments 2-5), before the offsets."""
+                 cfg: QpConfig, adjust: Callable[[np.ndarray], np.ndarray] | None = None,
+                 encoder_weighs_reuse: bool = False) -> QpMap:
+    """`adjust`: what the method's extensions do to Q (embodiments 2-5), before the offsets.
+    `encoder_weighs_reuse`: the encoder weighs blocks by their reuse itself (x264's mb-tree),
+    so the map's reuse term stays out (`reuse_gain`)."""
     q = base_q(stats.region_complexity, stats.region_change, cfg)
     if adjust is not None:
         q = adjust(q)
-    weight = importance[labels.labels]
-    return QpMap(pin_mean(cfg.q_gain * q - importance_gain(weight, cfg) * weight,
-                          cfg.target_mean, cfg.offset_min, cfg.offset_max))
+    weight = macroblock_weight(labels.labels, stats.change, importance, cfg)
+    raw = cfg.q_gain * q - importance_gain(weight, cfg) * weight
+    gain = reuse_gain(cfg, encoder_weighs_reuse)
+    if gain and stats.reuse is not None:
+        raw = raw - gain * np.log2(1.0 + stats.reuse)
+    return QpMap(pin_mean(raw, cfg.target_mean, cfg.offset_min, cfg.offset_max))
+
+
+def macroblock_weight(labels: np.ndarray, change: np.ndarray, importance: np.ndarray,
+                      cfg: QpConfig) -> np.ndarray:
+    """Importance per macroblock: its class's, plus, for a background macroblock that moves on
+    a still camera, up to `moving_background` (ramped over V from motion_low to motion_high):
+    there a detector's labels miss or lag behind what moves (a person it did not find, a
+    walker its carried box fell behind). On a moving camera every block moves and says
+    nothing: the term fades out as the share of still background falls from STILL_FULL to
+    STILL_FROM."""
+    weight = importance[labels]
+    background = labels == 0
+    if cfg.moving_background <= 0 or not background.any():
+        return weight
+    still = float((change[background] < cfg.motion_low).mean())
+    scale = cfg.moving_background * min(max((still - STILL_FROM) / (STILL_FULL - STILL_FROM),
+                                            0.0), 1.0)
+    if scale == 0:
+        return weight
+    moving = np.clip((change - cfg.motion_low) / np.float32(cfg.motion_high - cfg.motion_low),
+                     0.0, 1.0)
+    return np.where(background, weight + np.float32(scale) * moving, weight).astype(np.float32)
+
+
+def reuse_gain(cfg: QpConfig, encoder_weighs_reuse: bool) -> float:
+    """QP per doubling of a macroblock's expected reuse: `qp.reuse_gain` where the encoder has
+    no lookahead to weigh it itself (auto), always or never."""
+    if cfg.reuse == "never" or (cfg.reuse == "auto" and encoder_weighs_reuse):
+        return 0.0
+    return cfg.reuse_gain
 
 
 def importance_gain(weight: np.ndarray, cfg: QpConfig) -> float:

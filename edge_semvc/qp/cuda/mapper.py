@@ -4,14 +4,17 @@
 What runs where, per frame (the kernels are in qp_map.cu, compiled by nvrtc.py):
 
 - Fused, one pass over the luma: `mb_measure` reads the 16 luma samples of each macroblock
-  (every 4th pixel of every 4th row) and the previous frame's, and computes C and V. The
-  samples stay on the device for the next frame; the luma is read once.
+  (every 4th pixel of every 4th row) and the previous frame's, and computes C, V and the
+  expected reuse (`analysis/temporal.py`). The samples and the reuse stay on the device for
+  the next frame; the luma is read once.
 - Not per macroblock in the reference, so not in that pass, but on the GPU as well: the regions
   (4-connected components of equal labels: `ccl_merge`, union-find), their mean C and V and the
   count of macroblocks per class (`region_sum`, atomics), then in one block (`offsets`) Q per
-  macroblock from its region's means, the importance gain (a frame mean), the raw offsets, the
-  mean pinning (the reference's Newton/bisection search, each step a block reduction) and the
-  clamp. Four launches; the host waits once, for the map.
+  macroblock from its region's means, the importance per macroblock (the moving background's
+  share needs the frame's share of still background: a block reduction), the importance gain
+  (a frame mean), the raw offsets with the reuse term, the mean pinning (the reference's
+  Newton/bisection search, each step a block reduction) and the clamp. Four launches; the
+  host waits once, for the map.
 - Read: the labels (`LabelMap.labels`, 2 bytes a macroblock), not the probabilities: the
   reference's map depends on the probabilities only through those labels (labeler fusion
   thresholds them per model and applies `labeler.priority` before either path sees them).
@@ -45,6 +48,8 @@ class AnalysisScales(Protocol):
 
     complexity_full_var: float
     change_full_mad: float
+    intra_floor: float
+    reuse_horizon: float
 
 
 def unavailable_reason() -> str | None:
@@ -98,13 +103,14 @@ class CudaQpMapper:
 
     def map(self, frame, labels: LabelMap, importance: np.ndarray, cfg: QpConfig,
             analysis: AnalysisScales,
-            adjust: Callable[[np.ndarray], np.ndarray] | None = None) -> QpMap:
+            adjust: Callable[[np.ndarray], np.ndarray] | None = None,
+            encoder_weighs_reuse: bool = False) -> QpMap:
         """The QpMap of `frame` (a Frame: its luma is read): the numpy path's
         `build_qp_map(Analyser(analysis).analyse(frame, labels), labels, importance, cfg,
-        adjust)` with this mapper's previous frame as the Analyser's."""
+        adjust, encoder_weighs_reuse)` with this mapper's previous frame as the Analyser's."""
         with self.gpu.activate():
             self.upload(frame.y, labels.labels, importance)
-            self.launch(cfg, analysis, adjust)
+            self.launch(cfg, analysis, adjust, encoder_weighs_reuse)
             return QpMap(self.result())
 
     # The three steps of `map`, apart for the benchmark (kernel time without the copies).
@@ -131,7 +137,8 @@ class CudaQpMapper:
         self._classes = len(imp)
 
     def launch(self, cfg: QpConfig, analysis: AnalysisScales,
-               adjust: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+               adjust: Callable[[np.ndarray], np.ndarray] | None = None,
+               encoder_weighs_reuse: bool = False) -> None:
         """Queue the kernels on the uploaded frame (no wait, unless `adjust` needs Q)."""
         (w, h), (mb_w, mb_h) = self._size, self._grid
         n, b, k, launch = mb_w * mb_h, self._b, self._k, self.gpu.launch
@@ -142,6 +149,7 @@ class CudaQpMapper:
                [b["rows"].arg, np.int64(w), i32(-(-h // SUB)), i32(-(-w // SUB)), i32(mb_w),
                 i32(mb_h), prev.arg, i32(self._has_prev), cur.arg,
                 f64(np.log1p(analysis.complexity_full_var)), f32(analysis.change_full_mad),
+                f32(analysis.intra_floor), f32(analysis.reuse_horizon), b["reuse"].arg,
                 b["c"].arg, b["v"].arg, b["parent"].arg, b["sum_c"].arg, b["sum_v"].arg,
                 b["count"].arg, b["class_count"].arg, i32(self._classes)])
         self._flip ^= 1
@@ -155,10 +163,14 @@ class CudaQpMapper:
         # float32 where numpy meets a Python float with a float32 array (NEP 50), else float64
         head = [b["labels"].arg, b["parent"].arg, b["sum_c"].arg, b["sum_v"].arg,
                 b["count"].arg, b["class_count"].arg, b["importance"].arg, i32(self._classes),
-                i32(n)]
+                i32(n), b["v"].arg, b["reuse"].arg]
         tail = [f32(cfg.v_threshold), f32(cfg.alpha_slow), f32(cfg.beta_slow),
                 f32(cfg.alpha_fast), f32(cfg.beta_fast), f32(cfg.q_gain),
-                f64(cfg.importance_gain), f64(cfg.importance_budget), f64(cfg.target_mean),
+                f64(cfg.importance_gain), f64(cfg.importance_budget),
+                f64(cfg.moving_background), f32(cfg.motion_low),
+                f32(cfg.motion_high - cfg.motion_low), f64(qpmap.STILL_FROM),
+                f64(qpmap.STILL_FULL), f32(qpmap.reuse_gain(cfg, encoder_weighs_reuse)),
+                f64(cfg.target_mean),
                 f64(cfg.offset_min), f64(cfg.offset_max), f64(qpmap._TOLERANCE),
                 i32(qpmap._BISECTIONS), b["out"].arg]
         null = np.uint64(0)
@@ -199,7 +211,7 @@ class CudaQpMapper:
         if self._grid != (mb_w, mb_h):
             sizes = {"samples0": 16 * n, "samples1": 16 * n, "labels": 2 * n, "c": 4 * n,
                      "v": 4 * n, "parent": 4 * n, "sum_c": 8 * (n + 1), "sum_v": 8 * (n + 1),
-                     "count": 4 * (n + 1), "q": 4 * n, "out": 4 * n}
+                     "count": 4 * (n + 1), "q": 4 * n, "out": 4 * n, "reuse": 4 * n}
             self._b.update({name: self.gpu.alloc(size) for name, size in sizes.items()})
             self._grid, self._has_prev = (mb_w, mb_h), False
         if rows > self._caps["rows"]:
@@ -216,7 +228,8 @@ def traffic(width: int, height: int) -> dict[str, int]:
 
     `compulsory`: each input read once and each output written once: the sampled luma rows
     (every 4th row: each 32-byte sector holds 8 of the samples, so whole rows move), the
-    previous samples (16 per macroblock), this frame's samples, the labels, the offsets. No
+    previous samples (16 per macroblock), this frame's samples, the reuse kept from frame to
+    frame (read and written, 4 bytes a macroblock each way), the labels, the offsets. No
     implementation of the method moves less; its time at the card's bandwidth is the floor.
     `kernels`: the four kernels' own reads and writes with nothing kept in cache between them
     (C, V, the union-find forest and the region sums go through memory; `offsets` counted
@@ -224,13 +237,13 @@ def traffic(width: int, height: int) -> dict[str, int]:
     mb_w, mb_h = mb_grid(width, height)
     n = mb_w * mb_h
     luma = -(-height // SUB) * width
-    compulsory = luma + 16 * n + 16 * n + 2 * n + 4 * n
+    compulsory = luma + 16 * n + 16 * n + 8 * n + 2 * n + 4 * n
     sums = 20 * (n + 1)  # two doubles and a count per region slot
     kernels = {
-        "mb_measure": luma + 32 * n + 8 * n + 4 * n + sums,
+        "mb_measure": luma + 32 * n + 8 * n + 4 * n + 8 * n + sums,
         "ccl_merge": 2 * n + 4 * n,
         "region_sum": 2 * n + 4 * n + 8 * n + 4 * n + 2 * sums,
-        "offsets": 2 * n + 4 * n + sums + 4 * n + 3 * 4 * n + 2 * 4 * n,
+        "offsets": 2 * n + 4 * n + sums + 4 * n + 3 * 4 * n + 2 * 4 * n + 2 * 4 * n,
     }
     return {"compulsory": compulsory, "kernels": sum(kernels.values()), **kernels,
             "upload": luma + 2 * n, "download": 4 * n}

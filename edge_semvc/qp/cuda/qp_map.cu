@@ -4,15 +4,18 @@
 // The numpy code is the reference and each kernel names the function it mirrors. Four launches
 // per frame, in stream order:
 //   mb_measure  one pass over the sampled luma: C and V per macroblock (analysis/complexity.py,
-//               analysis/change.py), this frame's samples kept for the next one; also resets
-//               the union-find forest and the sums the next two kernels fill
+//               analysis/change.py) and the expected reuse (analysis/temporal.py, kept on the
+//               device from frame to frame), this frame's samples kept for the next one; also
+//               resets the union-find forest and the sums the next two kernels fill
 //   ccl_merge   4-connected components of equal non-background labels (regions.label_regions)
 //               by union-find with atomicMin (Playne & Hawick 2018)
 //   region_sum  each macroblock's root; sums of C and V per region and macroblocks per class,
 //               by warp-aggregated atomics (regions.region_means, the count for importance_gain)
-//   offsets     one block: Q from the region means (policy.base_q), the importance gain
-//               (qpmap.importance_gain), the raw offsets, and the mean pinned by the reference's
-//               own Newton/bisection on block reductions (qpmap.pin_mean), then the clamp.
+//   offsets     one block: Q from the region means (policy.base_q), the importance per
+//               macroblock with the moving background's share (qpmap.macroblock_weight), the
+//               importance gain (qpmap.importance_gain), the raw offsets with the reuse term,
+//               and the mean pinned by the reference's own Newton/bisection on block
+//               reductions (qpmap.pin_mean), then the clamp.
 // Compiled with --fmad=false: every float32 product and sum is rounded on its own, as numpy's.
 
 #define SUB 4     // luma subsampling step (analysis/complexity.py SUB)
@@ -120,7 +123,9 @@ __global__ void mb_measure(const unsigned char* __restrict__ luma, long long row
                            int n_rows, int n_cols, int mb_w, int mb_h,
                            const unsigned char* __restrict__ prev, int has_prev,
                            unsigned char* __restrict__ samples, double log_full_var,
-                           float full_mad, float* __restrict__ c_out, float* __restrict__ v_out,
+                           float full_mad, float intra_floor, float horizon,
+                           float* __restrict__ reuse, float* __restrict__ c_out,
+                           float* __restrict__ v_out,
                            int* __restrict__ parent, double* __restrict__ sum_c,
                            double* __restrict__ sum_v, unsigned* __restrict__ count,
                            unsigned* __restrict__ class_count, int n_classes)
@@ -147,7 +152,12 @@ __global__ void mb_measure(const unsigned char* __restrict__ luma, long long row
     float var = (float)(16 * ss - s * s) / 256.0f;
     double c = (double)log1pf(fmaxf(var, 0.0f)) / log_full_var;
     c_out[i] = (float)fmin(fmax(c, 0.0), 1.0);
-    v_out[i] = has_prev ? clampf(((float)sad / 16.0f) / full_mad, 0.0f, 1.0f) : 0.0f;
+    float mad = (float)sad / 16.0f;
+    v_out[i] = has_prev ? clampf(mad / full_mad, 0.0f, 1.0f) : 0.0f;
+    // temporal.ReuseTracker.update: the share the next frame can take from this one, and the
+    // reuse accumulated over the past (0 on a first frame)
+    float kept = clampf(1.0f - mad / (sqrtf(fmaxf(var, 0.0f)) + intra_floor), 0.0f, 1.0f);
+    reuse[i] = has_prev ? fminf(kept * (1.0f + reuse[i]), horizon) : 0.0f;
     parent[i] = i;
     sum_c[i] = 0.0;
     sum_v[i] = 0.0;
@@ -200,25 +210,54 @@ __global__ void region_sum(const short* __restrict__ labels, int* parent,
     }
 }
 
+// A background macroblock's share of `moving_background` (qpmap.macroblock_weight's `moving`).
+__device__ __forceinline__ float moving(float v, float low, float span)
+{
+    return clampf((v - low) / span, 0.0f, 1.0f);
+}
+
 // One block of 1024 threads (PIN_THREADS in mapper.py). `q_out` set: store Q and stop (the
 // caller adjusts it on the host: the method's extensions); `q_in` set: use that Q instead of
 // the regions'. `out` holds the raw offsets while the shift is searched, then the map.
+// `moving_bg` 0: no moving-background term; `reuse_gain` 0: no reuse term (the encoder weighs
+// reuse itself: qpmap.reuse_gain decides on the host).
 __global__ void __launch_bounds__(1024)
 offsets(const short* __restrict__ labels, const int* __restrict__ region,
         const double* __restrict__ sum_c, const double* __restrict__ sum_v,
         const unsigned* __restrict__ count, const unsigned* __restrict__ class_count,
         const float* __restrict__ importance, int n_classes, int n,
+        const float* __restrict__ v, const float* __restrict__ reuse,
         const float* __restrict__ q_in, float* __restrict__ q_out, float v_th, float a_slow,
         float b_slow, float a_fast, float b_fast, float q_gain, double imp_gain,
-        double imp_budget, double target, double lo, double hi, double tolerance,
-        int max_steps, float* __restrict__ out)
+        double imp_budget, double moving_bg, float motion_low, float motion_span,
+        double still_from, double still_full, float reuse_gain, double target, double lo,
+        double hi, double tolerance, int max_steps, float* __restrict__ out)
 {
     __shared__ double sh_d[32];
     __shared__ float sh_f[32];
-    // importance_gain: the frame's mean importance from exact per-class counts
+    // macroblock_weight: the share of still background macroblocks sets the moving
+    // background's scale (0 on a moving camera)
+    unsigned n_bg = class_count[0];
+    float scale = 0.0f;
+    if (moving_bg > 0.0 && n_bg > 0u) {
+        double still = 0.0;
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            still += (labels[i] == 0 && v[i] < motion_low) ? 1.0 : 0.0;
+        still = block_sum(still, sh_d) / (double)n_bg;
+        scale = (float)(moving_bg * fmin(fmax((still - still_from) / (still_full - still_from),
+                                              0.0), 1.0));
+    }
+    // importance_gain: the frame's mean importance, from exact per-class counts plus the
+    // moving background's part
     double weight_sum = 0.0;
     for (int k = 0; k < n_classes; ++k)
         weight_sum += (double)class_count[k] * (double)importance[k];
+    if (scale > 0.0f) {
+        double extra = 0.0;
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            if (labels[i] == 0) extra += (double)(scale * moving(v[i], motion_low, motion_span));
+        weight_sum += block_sum(extra, sh_d);
+    }
     double mean_weight = weight_sum / n;
     float gain = (float)(mean_weight * imp_gain <= imp_budget ? imp_gain
                                                               : imp_budget / mean_weight);
@@ -231,7 +270,12 @@ offsets(const short* __restrict__ labels, const int* __restrict__ region,
             q_out[i] = q;
             continue;
         }
-        float raw = q_gain * q - gain * importance[labels[i]];
+        int lab = labels[i];
+        float weight = importance[lab];
+        if (lab == 0 && scale > 0.0f)
+            weight = weight + scale * moving(v[i], motion_low, motion_span);
+        float raw = q_gain * q - gain * weight;
+        if (reuse_gain != 0.0f) raw = raw - reuse_gain * log2f(1.0f + reuse[i]);
         out[i] = raw;
         raw_sum += raw;
         raw_max = fmaxf(raw_max, raw);
