@@ -12,8 +12,7 @@ MAX_PARAMETERS = 8
 MAX_INIT_CODE_LINES = 60
 
 KNOWN_PARAMETERS = {  # options and injected clocks, to group next
-                    "edge_semvc.serve.camera.Camera.__init__",
-                    "edge_semvc.sources.paced.PacedSource.__init__"}
+                    "edge_semvc.serve.camera.Camera.__init__"}
 KNOWN_INITS: set[str] = set()
 
 

@@ -37,7 +37,7 @@ from ..sinks.config import RecordConfig
 from ..sinks.mse import MseOutput
 from ..sinks.segments import SegmentOutput
 from ..sources import LIVE_SCHEMES, open_source
-from ..sources.paced import PacedSource
+from ..sources.paced import PacedSource, Pacing
 from .remote import dotted_keys, one_line
 
 if TYPE_CHECKING:
@@ -171,8 +171,8 @@ class Camera:
                 self._failed("source", str(e))
                 continue
             reopen = (lambda: self.open_input(self.uri)) if self.loop else None
-            paced = PacedSource(source, realtime=self.realtime, reopen=reopen,
-                                history=PACED_HISTORY, stall_s=STALL_S, clock=self.clock,
+            pacing = Pacing(realtime=self.realtime, history=PACED_HISTORY, stall_s=STALL_S)
+            paced = PacedSource(source, pacing, reopen=reopen, clock=self.clock,
                                 sleep=self.sleep)
             self._paced = paced
             if self.stop_event.is_set():  # stop() came while the input was being opened
