@@ -11,10 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edge_semvc"
 MAX_PARAMETERS = 8
 MAX_INIT_CODE_LINES = 60
 
-KNOWN_PARAMETERS = {  # options and injected clocks, to group next
-                    "edge_semvc.serve.camera.Camera.__init__",
-                    "edge_semvc.sources.paced.PacedSource.__init__",
-                    "edge_semvc.encoders.cffi_build.compile_cached"}
+KNOWN_PARAMETERS: set[str] = set()
 KNOWN_INITS: set[str] = set()
 
 

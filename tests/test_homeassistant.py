@@ -28,7 +28,7 @@ from test_telemetry import (  # noqa: F401 - fixtures
 
 from edge_semvc.config import Config
 from edge_semvc.serve.camera import Camera
-from edge_semvc.serve.config import MqttConfig
+from edge_semvc.serve.config import CameraConfig, MqttConfig
 from edge_semvc.serve.homeassistant import COMMANDS, discovery_configs
 from edge_semvc.serve.stats import StatsWindow
 
@@ -112,7 +112,8 @@ def test_every_discovery_payload_follows_home_assistants_schema():
         "camera": 2, "sensor": 10, "binary_sensor": 4, "switch": 2, "number": 2}
     # the sensors read keys a real stats message has
     keys = {d["value_template"].split(".")[1].split()[0] for d in found["sensor"]}
-    camera = Camera("front", "demo://astronaut", Config(), None, lambda *_: None)
+    camera = Camera("front", CameraConfig(input="demo://astronaut"), Config(), None,
+                    lambda *_: None)
     assert keys == {"fps", "bitrate_kbps", "dropped_frames", "label_age_frames", "frames"}
     assert keys <= set(StatsWindow(camera).snapshot())
 

@@ -14,7 +14,7 @@ import pytest
 
 from edge_semvc.frame import Frame
 from edge_semvc.sources import DecodeError
-from edge_semvc.sources.paced import PacedSource
+from edge_semvc.sources.paced import PacedSource, Pacing
 
 _END = object()  # what next_frame returns when the source has ended
 
@@ -65,7 +65,7 @@ class VirtualClock:
         p = self.paced
         buffer_empty = p.offered - p.dropped == self._received
         consumer = self._consumer in self._wake or self._done or (self._waiting and buffer_empty)
-        camera = (not p.realtime or p.ended_by is not None
+        camera = (not p.pacing.realtime or p.ended_by is not None
                   or any(t != self._consumer for t in self._wake))
         return consumer and camera
 
@@ -116,8 +116,9 @@ class FakeSource:
         self.closed = True
 
 
-def paced_source(source, clock, **kw):
-    paced = PacedSource(source, clock=clock, sleep=clock.sleep, **kw)
+def paced_source(source, clock, reopen=None, on_start=None, **pacing):
+    paced = PacedSource(source, Pacing(**pacing), reopen=reopen, on_start=on_start, clock=clock,
+                        sleep=clock.sleep)
     clock.paced = paced
     return paced
 

@@ -25,7 +25,7 @@ from edge_semvc.sinks import open_output
 from edge_semvc.sinks.base import Output, StreamInfo
 from edge_semvc.sinks.segment_file import Segment, recover
 from edge_semvc.sources import open_source
-from edge_semvc.sources.paced import PacedSource
+from edge_semvc.sources.paced import PacedSource, Pacing
 from edge_semvc.tracks import TrackPacket
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +149,7 @@ def test_a_looped_input_continues_its_audio_across_passes(tmp_path):
     are, in order, with nothing doubled."""
     src = excerpt(tmp_path, PARK, 2)  # 25 frames, 94 AAC packets
     one = len(packets(src, "audio"))
-    looped = PacedSource(open_source(str(src)), realtime=False,
+    looped = PacedSource(open_source(str(src)), Pacing(realtime=False),
                          reopen=lambda: open_source(str(src)))
     out = tmp_path / "loop.ts"
     try:

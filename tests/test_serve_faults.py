@@ -21,8 +21,9 @@ from test_telemetry import wait_until
 
 from edge_semvc.config import Config
 from edge_semvc.frame import Frame
-from edge_semvc.serve.camera import STALL_S, TRIAL_FRAMES, Backoff, Camera
+from edge_semvc.serve.camera import STALL_S, TRIAL_FRAMES, Backoff, Camera, CameraSeams
 from edge_semvc.serve.changes import RemoteChanges
+from edge_semvc.serve.config import CameraConfig
 from edge_semvc.serve.remote import OverrideStore
 from edge_semvc.sinks.config import RecordConfig
 
@@ -55,11 +56,14 @@ class Events(list):
         return [e for _, e, _ in self]
 
 
-def camera(tmp_path, uri=None, events=None, **kw) -> tuple[Camera, Events]:
+def camera(tmp_path, uri=None, events=None, cfg=None, loop=False, realtime=True,
+           **seams) -> tuple[Camera, Events]:
     events = events if events is not None else Events()
     record = RecordConfig(dir=str(tmp_path / "rec"), segment_seconds=1)
-    cam = Camera("front", uri or f"file://{CLIP}", kw.pop("cfg", None) or pipeline_config(),
-                 record, events, backoff=kw.pop("backoff", Backoff(0.05, 0.05)), **kw)
+    entry = CameraConfig(input=uri or f"file://{CLIP}", loop=loop, realtime=realtime)
+    seams.setdefault("backoff", Backoff(0.05, 0.05))
+    cam = Camera("front", entry, cfg or pipeline_config(), record, events,
+                 seams=CameraSeams(**seams))
     return cam, events
 
 

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from ..options import bounded
-from ..sources.paced import PacedSource
+from ..sources.paced import PacedSource, Pacing
 from .field_report import FieldRun, Measurements, Sensors, build_report, print_summary
 from .sensors import (
     Sampler,
@@ -129,7 +129,7 @@ def run(args) -> int:
 
     measured.rss_before = rss_bytes()
     source = open_source(args.input, raw)
-    paced = PacedSource(source, realtime=realtime, speed=args.speed, seconds=args.seconds,
+    paced = PacedSource(source, Pacing(realtime=realtime, speed=args.speed, seconds=args.seconds),
                         reopen=(lambda: open_source(args.input, raw)) if args.loop else None,
                         on_start=measured.open_window, clock=clock)
     status, error, stats = 0, None, None

@@ -95,7 +95,7 @@ def build_report(run: FieldRun) -> dict:
     enc = stats.get("encoder", {})
     fps = float(paced.fps)
     encoded = stats.get("frames", 0)
-    realtime = paced.realtime
+    realtime = paced.pacing.realtime
 
     stages = {}
     for name, v in stats.get("stages", {}).items():
@@ -111,7 +111,7 @@ def build_report(run: FieldRun) -> dict:
         "source": {
             "uri": args.input, "description": paced.description, "width": paced.width,
             "height": paced.height, "fps": round(fps, 4), "time_base": str(paced.time_base),
-            "realtime": realtime, "speed": paced.speed, "loop": bool(args.loop),
+            "realtime": realtime, "speed": paced.pacing.speed, "loop": bool(args.loop),
             "passes": paced.passes, "ended_by": paced.ended_by,
             "pts_adjusted": paced.pts_adjusted, "slip_s": round(paced.slip_s, 3),
         },
@@ -127,7 +127,7 @@ def build_report(run: FieldRun) -> dict:
         },
         "fps": {
             "source": round(fps, 4),
-            "nominal": round(fps * paced.speed, 4) if realtime else None,
+            "nominal": round(fps * paced.pacing.speed, 4) if realtime else None,
             "offered": round(paced.offered / wall, 3),
             "achieved": round(encoded / wall, 3),
             "pipeline_wall": stats.get("fps"),
@@ -174,7 +174,7 @@ def _notes(run: FieldRun, enc: dict, wall: float) -> list[str]:
         "frame thread) before their packet comes out; see encoder_delay. --tune zerolatency "
         "removes that delay (no lookahead, no B-frames, sliced threads).",
     ]
-    if paced.realtime:
+    if paced.pacing.realtime:
         notes.append("stages.decode is the pipeline's wait for the camera's next frame and so "
                      "includes the pacing; source_read is the time the camera thread actually "
                      "spent reading/decoding the input (in parallel, as a capture thread would).")
@@ -182,7 +182,7 @@ def _notes(run: FieldRun, enc: dict, wall: float) -> list[str]:
         notes.append("x264 runs with vfr_input off (e.g. tune zerolatency): its rate control "
                      "assumes every frame lasts 1/fps, so with dropped frames the bitrate per "
                      "second falls below the target.")
-    if paced.realtime and paced.slip_s > 0.05 * wall:
+    if paced.pacing.realtime and paced.slip_s > 0.05 * wall:
         notes.append(f"the camera thread could not publish every frame on time (reading the "
                      f"input took too long, see source_read, or the CPU was too busy to wake it): "
                      f"the schedule slipped by {paced.slip_s:.2f} s in total, so fps.offered is "

@@ -36,7 +36,7 @@ from ..sinks import open_output
 from ..sinks.base import StreamInfo
 from ..sinks.stream import sdp_text
 from ..sources import open_source
-from ..sources.paced import PacedSource
+from ..sources.paced import PacedSource, Pacing
 from .detector import FIXTURE, GROUPS, YoloxDetector, box_mask
 from .metrics import f1_score, match_counts, psnr, roi_data_note
 
@@ -143,8 +143,8 @@ class GstReceiver(threading.Thread):
 
 def _paced(clip: str, seconds: float, realtime: bool = True) -> PacedSource:
     """The clip as a live camera, looped for `seconds`."""
-    return PacedSource(open_source(clip), realtime=realtime, seconds=seconds,
-                       reopen=lambda: open_source(clip), history=1)
+    return PacedSource(open_source(clip), Pacing(realtime=realtime, seconds=seconds, history=1),
+                       reopen=lambda: open_source(clip))
 
 
 def _stream_info(src) -> StreamInfo:

@@ -20,6 +20,7 @@ import sysconfig
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..checksums import intact, record
@@ -120,16 +121,33 @@ def load_module(name: str, path: Path):
     return mod
 
 
+@dataclass(frozen=True)
+class LinkSpec:
+    """Where the binding's C glue finds its headers and libraries (cffi's ``set_source``)."""
+
+    include_dirs: Sequence[str] = ()
+    libraries: Sequence[str] = ()
+    library_dirs: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class BuildMessages:
+    """How a binding's build errors read: they name the ``what`` binding and end in ``hint``
+    (``compiler_hint`` when no C compiler is found; default ``install gcc (hint)``)."""
+
+    what: str
+    hint: str
+    compiler_hint: str | None = None
+
+
 def compile_cached(prefix: str, cdef: str, csrc: str, headers: Sequence[Path | None], *,
-                   what: str, hint: str, log: logging.Logger, compiler_hint: str | None = None,
-                   include_dirs: Sequence[str] = (), libraries: Sequence[str] = (),
-                   library_dirs: Sequence[str] = ()):
+                   link: LinkSpec, messages: BuildMessages, log: logging.Logger):
     """The cffi module for ``cdef``/``csrc``, named by :func:`module_name`, built once into the
     cache folder and reused; a cached file that fails its recorded sha256 or does not load is
     rebuilt. Builds go to a temporary folder beside the cache and are moved in with an atomic
-    rename, so concurrent builders race harmlessly. Raises EncoderError naming the ``what``
-    binding and ending in ``hint`` (``compiler_hint`` when no C compiler is found; default
-    ``install gcc (hint)``)."""
+    rename, so concurrent builders race harmlessly. Raises EncoderError worded by
+    ``messages``."""
+    what, hint = messages.what, messages.hint
     try:
         import cffi
     except ImportError as e:
@@ -148,11 +166,11 @@ def compile_cached(prefix: str, cdef: str, csrc: str, headers: Sequence[Path | N
                 log.warning("cached %s binding %s failed to load (%s); rebuilding", what, target, e)
     if not (shutil.which(os.environ.get("CC", "gcc").split()[0]) or shutil.which("cc")):
         raise EncoderError(f"no C compiler found to build the {what} binding; "
-                           f"{compiler_hint or f'install gcc ({hint})'}")
+                           f"{messages.compiler_hint or f'install gcc ({hint})'}")
     ffi = cffi.FFI()
     ffi.cdef(cdef)
-    ffi.set_source(name, csrc, include_dirs=list(include_dirs), libraries=list(libraries),
-                   library_dirs=list(library_dirs))
+    ffi.set_source(name, csrc, include_dirs=list(link.include_dirs),
+                   libraries=list(link.libraries), library_dirs=list(link.library_dirs))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="build-", dir=folder))
@@ -190,10 +208,10 @@ def compile_library(package: str, prefix: str, cdef: str, csrc: str, *, hint: st
     if header is None:
         raise header_missing(f"{package}.h", dirs, hint)
     config_h = find(f"{package}_config.h", dirs)
-    return compile_cached(prefix, cdef, csrc, [header, config_h], what=package, hint=hint,
-                          compiler_hint=hint, log=log,
-                          include_dirs=[str(header.parent), *pc["include_dirs"]],
-                          libraries=pc["libraries"], library_dirs=pc["library_dirs"])
+    link = LinkSpec(include_dirs=[str(header.parent), *pc["include_dirs"]],
+                    libraries=pc["libraries"], library_dirs=pc["library_dirs"])
+    return compile_cached(prefix, cdef, csrc, [header, config_h], link=link,
+                          messages=BuildMessages(package, hint, compiler_hint=hint), log=log)
 
 
 # --- using it ----------------------------------------------------------------------------------

@@ -16,7 +16,14 @@ from __future__ import annotations
 import logging
 
 from .base import EncoderError
-from .cffi_build import Binding, compile_cached, find_header, header_missing
+from .cffi_build import (
+    Binding,
+    BuildMessages,
+    LinkSpec,
+    compile_cached,
+    find_header,
+    header_missing,
+)
 from .jetson_v4l2_csrc import CDEF, CSRC
 
 log = logging.getLogger("edge_semvc.encoders.jetson_v4l2")
@@ -41,9 +48,9 @@ def build():
     header, dirs = header_path()
     if header is None:
         raise header_missing(HEADER, dirs, INSTALL_HINT)
-    return compile_cached("_semvc_jetson_v4l2", CDEF, CSRC, [header], what="Jetson V4L2",
-                          hint=INSTALL_HINT, log=log, include_dirs=[str(header.parent)],
-                          libraries=["dl"])
+    return compile_cached("_semvc_jetson_v4l2", CDEF, CSRC, [header],
+                          link=LinkSpec(include_dirs=[str(header.parent)], libraries=["dl"]),
+                          messages=BuildMessages("Jetson V4L2", INSTALL_HINT), log=log)
 
 
 # (ffi, lib), compiled on first use; the run-time libraries are not needed for this

@@ -11,7 +11,14 @@ from __future__ import annotations
 import logging
 
 from .base import EncoderError
-from .cffi_build import Binding, compile_cached, find_header, header_missing
+from .cffi_build import (
+    Binding,
+    BuildMessages,
+    LinkSpec,
+    compile_cached,
+    find_header,
+    header_missing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -419,8 +426,9 @@ def build():
     header, dirs = header_path()
     if header is None:
         raise header_missing(HEADER, dirs, INSTALL_HINT)
-    return compile_cached("_semvc_nvenc", _CDEF, _CSRC, [header], what="NVENC", hint=INSTALL_HINT,
-                          log=log, include_dirs=[str(header.parent)], libraries=["dl"])
+    return compile_cached("_semvc_nvenc", _CDEF, _CSRC, [header],
+                          link=LinkSpec(include_dirs=[str(header.parent)], libraries=["dl"]),
+                          messages=BuildMessages("NVENC", INSTALL_HINT), log=log)
 
 
 # (ffi, lib), compiled on first use

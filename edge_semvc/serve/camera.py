@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import Config
@@ -37,7 +37,8 @@ from ..sinks.config import RecordConfig
 from ..sinks.mse import MseOutput
 from ..sinks.segments import SegmentOutput
 from ..sources import LIVE_SCHEMES, open_source
-from ..sources.paced import PacedSource
+from ..sources.paced import PacedSource, Pacing
+from .config import CameraConfig
 from .remote import dotted_keys, one_line
 
 if TYPE_CHECKING:
@@ -69,30 +70,39 @@ class Backoff:
         self.current = 0.0
 
 
-class Camera:
-    """Runs one camera until `stop` is set. `emit(camera, event, fields)` reports events.
-    `open_input(uri)` opens the input (sources.open_source); `clock` and `sleep` are the
-    paced source's (seconds; a frozen input is lost after STALL_S of `clock` time)."""
+@dataclass(frozen=True)
+class CameraSeams:
+    """What a camera is given rather than picks itself, so a test can drive it: the backoff
+    between runs, `open_input(uri)` (sources.open_source), and the paced source's `clock` and
+    `sleep` (seconds; a frozen input is lost after STALL_S of `clock` time)."""
 
-    def __init__(self, name: str, uri: str, cfg: Config, record: RecordConfig | None,
-                 emit: Callable[[str, str, dict], None], *, outputs: tuple[str, ...] = (),
-                 loop: bool = False, realtime: bool = True, queue_frames: int = 1,
-                 view: CameraView | None = None, cameras: int = 1,
-                 backoff: Backoff | None = None, open_input: Callable[[str], Any] = open_source,
-                 clock: Callable[[], float] = time.perf_counter,
-                 sleep: Callable[[float], None] | None = None):
-        self.name, self.uri, self.record = name, uri, record  # record None: stream only
+    backoff: Backoff = field(default_factory=Backoff)
+    open_input: Callable[[str], Any] = open_source
+    clock: Callable[[], float] = time.perf_counter
+    sleep: Callable[[float], None] | None = None
+
+
+class Camera:
+    """Runs one camera, its `entry` in the service's `cameras:` (input, outputs, loop,
+    realtime, queue_frames), until `stop` is set. `emit(camera, event, fields)` reports events.
+    `cameras`: how many cameras share the cores."""
+
+    def __init__(self, name: str, entry: CameraConfig, cfg: Config, record: RecordConfig | None,
+                 emit: Callable[[str, str, dict], None], *, view: CameraView | None = None,
+                 cameras: int = 1, seams: CameraSeams | None = None):
+        seams = seams or CameraSeams()  # a Backoff of its own
+        self.name, self.uri, self.record = name, entry.input, record  # record None: stream only
         self.cfg = self.good = cfg  # in use / last kept (cfg differs while a change is on trial)
-        self.output_uris = tuple(outputs)  # stream outputs beside the recording
+        self.output_uris = tuple(entry.outputs)  # stream outputs beside the recording
         self.view = view  # the web page's: live feed and overlay (http.enabled)
         self.outputs: Outputs | None = None  # the current run's
         self.emit = lambda event, **fields: emit(name, event, fields)
-        self.live = uri.partition("://")[0] in LIVE_SCHEMES
-        self.loop, self.queue_frames = loop, queue_frames
+        self.live = self.uri.partition("://")[0] in LIVE_SCHEMES
+        self.loop, self.queue_frames = entry.loop, entry.queue_frames
         self.cameras = cameras  # the service's: they share the cores (labeler.live_share)
-        self.realtime = realtime or self.live  # a live input is watched for freezing
-        self.backoff = backoff or Backoff()
-        self.open_input, self.clock, self.sleep = open_input, clock, sleep
+        self.realtime = entry.realtime or self.live  # a live input is watched for freezing
+        self.backoff = seams.backoff
+        self.open_input, self.clock, self.sleep = seams.open_input, seams.clock, seams.sleep
         self.stop_event = threading.Event()
         self.stats = RunStats()
         self.latency_ms: deque[float] = deque(maxlen=TIMING_WINDOW)  # capture to encoded
@@ -171,8 +181,8 @@ class Camera:
                 self._failed("source", str(e))
                 continue
             reopen = (lambda: self.open_input(self.uri)) if self.loop else None
-            paced = PacedSource(source, realtime=self.realtime, reopen=reopen,
-                                history=PACED_HISTORY, stall_s=STALL_S, clock=self.clock,
+            pacing = Pacing(realtime=self.realtime, history=PACED_HISTORY, stall_s=STALL_S)
+            paced = PacedSource(source, pacing, reopen=reopen, clock=self.clock,
                                 sleep=self.sleep)
             self._paced = paced
             if self.stop_event.is_set():  # stop() came while the input was being opened

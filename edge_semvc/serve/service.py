@@ -72,11 +72,9 @@ class Service:
         self.telemetry.add_camera(name)
         if cfg.http.enabled and name not in self.views:
             self.views[name] = CameraView(cfg.http.live)
-        return Camera(name, cam.input, self._restored(name, cfg.pipeline_config(name)),
+        return Camera(name, cam, self._restored(name, cfg.pipeline_config(name)),
                       cfg.record if cam.record else None, self._event,
-                      outputs=tuple(cam.outputs), loop=cam.loop, realtime=cam.realtime,
-                      queue_frames=cam.queue_frames, view=self.views.get(name),
-                      cameras=len(cfg.cameras))
+                      view=self.views.get(name), cameras=len(cfg.cameras))
 
     # --- events and remote configuration -----------------------------------------------------
     def _event(self, camera: str, event: str, fields: dict) -> None:

@@ -26,8 +26,27 @@ log = logging.getLogger("edge_semvc")
 FIRST_FRAME_STALL_S = 20.0  # with stall_s: how long the first frame may take
 
 
+@dataclasses.dataclass(frozen=True)
+class Pacing:
+    """How a PacedSource releases frames: its ``realtime``, ``speed``, ``seconds``,
+    ``history`` and ``stall_s``, as PacedSource describes them."""
+
+    realtime: bool = True
+    speed: float = 1.0
+    seconds: float = 0.0
+    history: int = 0
+    stall_s: float = 0.0
+
+    def __post_init__(self):
+        if self.speed <= 0:
+            raise ValueError(f"speed must be > 0, got {self.speed}")
+        if self.seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {self.seconds}")
+
+
 class PacedSource:
-    """Wraps a Source (same protocol) and releases its frames like a live camera.
+    """Wraps a Source (same protocol) and releases its frames like a live camera, as ``pacing``
+    (a Pacing) says.
 
     ``realtime=True``: a camera thread reads the input ahead and publishes frame *i* at
     ``t0 + (pts_i - pts_0) * time_base / speed`` into a one-frame buffer, as a camera driver
@@ -60,16 +79,11 @@ class PacedSource:
     frames are.
     """
 
-    def __init__(self, source, *, realtime: bool = True, speed: float = 1.0,
-                 seconds: float = 0.0, reopen: Callable[[], object] | None = None,
+    def __init__(self, source, pacing: Pacing = Pacing(), *,
+                 reopen: Callable[[], object] | None = None,
                  on_start: Callable[[float], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 sleep: Callable[[float], None] | None = None, history: int = 0,
-                 stall_s: float = 0.0):
-        if speed <= 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
-        if seconds < 0:
-            raise ValueError(f"seconds must be >= 0, got {seconds}")
+                 sleep: Callable[[float], None] | None = None):
         self._src = source
         self.tracks = tuple(getattr(source, "tracks", ()))
         self.skipped = list(getattr(source, "skipped", []))
@@ -78,18 +92,18 @@ class PacedSource:
         self.width, self.height = source.width, source.height
         self.fps, self.time_base = Fraction(source.fps), Fraction(source.time_base)
         self.frame_count = 0  # unknown: drops, looping and the time limit decide
-        self.realtime, self.speed, self.seconds = realtime, float(speed), float(seconds)
-        self.stall_s = float(stall_s)
+        self.pacing = pacing
+        realtime, speed, seconds = pacing.realtime, float(pacing.speed), float(pacing.seconds)
         self._reopen, self._on_start = reopen, on_start
         self._clock, self._sleep = clock, sleep
-        mode = f"realtime x{self.speed:g}" if realtime else "as fast as possible"
+        mode = f"realtime x{speed:g}" if realtime else "as fast as possible"
         self.description = f"{source.description} [paced: {mode}" + \
-            (", looped" if reopen else "") + (f", {self.seconds:g} s" if seconds else "") + "]"
+            (", looped" if reopen else "") + (f", {seconds:g} s" if seconds else "") + "]"
         self._ticks = max(1, round(1 / (self.fps * self.time_base)))  # one frame in time_base
         self.capture_times: dict[int, float] = {}
         # time spent reading the wrapped source, per frame (the last `history` frames only,
         # when given: a service runs for months)
-        self.read_ms: deque[float] = deque(maxlen=history or None)
+        self.read_ms: deque[float] = deque(maxlen=pacing.history or None)
         self.offered = self.kept = self.dropped = 0
         self.max_consecutive_dropped = 0
         self.passes = 0
@@ -177,7 +191,7 @@ class PacedSource:
         return item, now, first
 
     def frames(self) -> Iterator[Frame]:
-        return self._paced() if self.realtime else self._unpaced()
+        return self._paced() if self.pacing.realtime else self._unpaced()
 
     def _unpaced(self) -> Iterator[Frame]:
         it = self._raw()
@@ -187,7 +201,7 @@ class PacedSource:
             if read is None:
                 return
             item, now, first = read
-            if not first and self.seconds and now - self.t0 >= self.seconds:
+            if not first and self.pacing.seconds and now - self.t0 >= self.pacing.seconds:
                 self.ended_by = "seconds"
                 return
             self.offered += 1
@@ -224,8 +238,9 @@ class PacedSource:
     def _check_stall(self) -> None:
         since = self._reading_since
         # the first frame may take longer: a stream joined mid-GOP decodes from its next IDR
-        limit = self.stall_s if self.offered else max(self.stall_s, FIRST_FRAME_STALL_S)
-        if self.stall_s and since is not None and self._clock() - since >= limit:
+        stall_s = self.pacing.stall_s
+        limit = stall_s if self.offered else max(stall_s, FIRST_FRAME_STALL_S)
+        if stall_s and since is not None and self._clock() - since >= limit:
             self._stalled = True
             raise DecodeError(f"{self._src.description}: no frame for {limit:g} s (the input "
                               "froze)")
@@ -242,7 +257,7 @@ class PacedSource:
                 item, now, first = read
                 if first:
                     base, pts0 = now, item[0]
-                media = float((item[0] - pts0) * self.time_base) / self.speed
+                media = float((item[0] - pts0) * self.time_base) / self.pacing.speed
                 due = base + media
                 if now > due:  # the input could not be read in time: the camera runs late
                     self.slip_s += now - due
@@ -250,7 +265,7 @@ class PacedSource:
                     due = now
                 # Elapsed time as (slip) + (media time): exact where nothing slipped, whereas
                 # (t0 + 0.4) - t0 can fall short of 0.4 when t0 is a large clock reading.
-                if self.seconds and (base - self.t0) + media >= self.seconds:
+                if self.pacing.seconds and (base - self.t0) + media >= self.pacing.seconds:
                     self.ended_by = "seconds"
                     return
                 if due > now and self._wait(due - now):
