@@ -5,6 +5,7 @@ process (tests/gst_receiver.py) whose stream PyAV decodes. Nothing waits on the 
 but hang guards: frames, packets and events are counted."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -145,6 +146,7 @@ class Decoded:
 
     def __init__(self, open_container):
         self.frames = 0
+        self.packets = 0  # demuxed
         self.pts: list[int | None] = []  # of each decoded frame
         self.first = None
         self.broken: list[int] = []  # frame counts at which a picture was corrupt or failed
@@ -159,6 +161,7 @@ class Decoded:
             with self._open() as c:
                 c.streams.video[0].thread_type = "NONE"
                 for packet in c.demux(video=0):
+                    self.packets += 1
                     try:
                         pictures = packet.decode()
                     except av.error.InvalidDataError:
@@ -180,7 +183,8 @@ class Decoded:
     def wait(self, n: int) -> None:
         with self._cond:
             assert self._cond.wait_for(lambda: self.frames >= n or not self._thread.is_alive(),
-                                       timeout=GUARD_S), f"decoded {self.frames} < {n} frames"
+                                       timeout=GUARD_S), \
+                f"decoded {self.frames} < {n} frames ({self.error}; {self.packets} packets)"
         assert self.frames >= n, f"the receiver ended after {self.frames} frames: {self.error}"
         self.checked = n
 
@@ -260,7 +264,9 @@ def each_frame_at_once(live: LiveEncoder, joined, raw: RawReceiver, decoded: Dec
     Ends after LOCKSTEP_FRAMES such frames and 40 decoded by `decoded`."""
     t0, locked = time.monotonic(), 0
     while locked < LOCKSTEP_FRAMES or decoded.frames < 40:
-        assert live.count < GUARD_S * 30, f"{decoded.frames} decoded, {locked} in lockstep"
+        assert live.count < GUARD_S * 30, \
+            f"{decoded.frames} decoded ({decoded.error}; {decoded.packets} packets), {locked} in " \
+            f"lockstep, IDRs {live.idrs}"
         n = live.count
         time.sleep(max(0.0, t0 + n * FRAME_S + LATE_S * (n % 2) - time.monotonic()))
         first = not locked and joined() and raw.started()
@@ -537,3 +543,47 @@ def test_gst_child_names_what_is_missing():
     out = subprocess.run([gst.gst_python(), "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert "nosuchelement" in out and "gstreamer1.0-nosuch" in out
+
+
+
+FEED_SCRIPT = """
+import json, sys
+sys.path.insert(0, %r)
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+import gst_child as c
+Gst.init(None)
+pipeline = Gst.parse_launch("appsrc name=src is-live=true format=time do-timestamp=true "
+                            "! fakesink name=sink sync=false")
+src, sink = pipeline.get_by_name("src"), pipeline.get_by_name("sink")
+stamps = []
+sink.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER,
+                                      lambda pad, info: stamps.append(info.get_buffer().pts)
+                                      or Gst.PadProbeReturn.OK)
+feed = c.Feed(Gst)
+feed.attach(src)
+pipeline.set_state(Gst.State.PAUSED)
+clock = Gst.SystemClock.obtain()
+src.set_clock(clock)            # the moment an RTSP media goes to PLAYING: a clock, no base time
+feed.push(b"IDR", True, 0, 0)
+pipeline.set_state(Gst.State.PLAYING)
+pipeline.get_state(Gst.CLOCK_TIME_NONE)
+feed.push(b"P", False, 1, 1)
+while len(stamps) < 2:
+    pass
+running = clock.get_time() - src.get_base_time()
+print(json.dumps({"stamps": stamps, "running": running}))
+pipeline.set_state(Gst.State.NULL)
+"""
+
+
+def test_no_packet_is_stamped_ahead_of_the_running_time():
+    """An RTSP client's media starts playing while packets come: a packet pushed when its
+    appsrc has a clock but not yet a base time must not carry the clock's absolute time (hours
+    ahead of the running time: the server's sink would hold that client's stream for hours)."""
+    require("rtsp")
+    out = subprocess.run([gst.gst_python(), "-c", FEED_SCRIPT % str(Path(gst.CHILD).parent)],
+                         capture_output=True, text=True, check=True, timeout=GUARD_S).stdout
+    r = json.loads(out.splitlines()[-1])
+    assert len(r["stamps"]) == 2 and all(0 <= t <= r["running"] for t in r["stamps"]), r

@@ -195,10 +195,13 @@ class Feed:
         """Into the target's appsrc, with the encoder's timestamps on the running time."""
         Gst, src = self.Gst, target.src
         buf = Gst.Buffer.new_wrapped(data)
-        clock = src.get_clock()
-        if clock is not None:  # else (not yet playing) the appsrc stamps it (do-timestamp)
-            now = clock.get_time() - src.get_base_time()
-            buf.pts, buf.dts = target.running_times(now, pts_ns, dts_ns)
+        # The running time once PLAYING. Before, 0 (the stamps then stay at the start, behind
+        # any running time): while a pipeline goes to PLAYING an element may have its clock but
+        # not yet its base time, and a stamp from that clock would be hours ahead, which the
+        # RTSP server's sink would wait for (a client's stream held for hours).
+        clock = src.get_clock() if src.current_state == Gst.State.PLAYING else None
+        now = clock.get_time() - src.get_base_time() if clock is not None else 0
+        buf.pts, buf.dts = target.running_times(now, pts_ns, dts_ns)
         if not keyframe:
             buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
         return src.emit("push-buffer", buf) == Gst.FlowReturn.OK
@@ -211,7 +214,7 @@ class Feed:
 
 
 def appsrc_desc(codec):
-    return ("appsrc name=src is-live=true format=time do-timestamp=true max-bytes=0 "
+    return ("appsrc name=src is-live=true format=time max-bytes=0 "
             "caps=%s ! %s" % (CAPS[codec], PARSE[codec]))
 
 
