@@ -5,8 +5,9 @@ and answers "can it run here?" in one form, `why_unavailable(name)`: None, or th
 An implementation says why it cannot run by an `unavailable_reason()` (a function or class
 method returning None or the reason); one without it runs wherever it imports. The registries
 are the encoders (encoders/__init__.py), the labeler's runtimes (labeler/runtime.py) and
-adapters (labeler/adapters.py), the input sources (sources/__init__.py) and the QP map's
-devices (qp/__init__.py). Targets are strings, so the import graph has no edge to them.
+adapters (labeler/adapters.py), the input sources (sources/__init__.py), the outputs
+(sinks/__init__.py) and the QP map's devices (qp/__init__.py). Targets are strings, so the
+import graph has no edge to them.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import load_config
-from ..encoders import get_encoder
+from ..encoders import ENCODERS
 from ..pipeline import run_encode
 from .metrics import bd_rate
 from .reference import FrameSpan, evaluate, read_reference
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     for backend in args.backends:
-        ok, why = get_encoder(backend).available()
-        if not ok:
+        why = ENCODERS.why_unavailable(backend)
+        if why is not None:
             p.error(f"backend {backend} is not available here: {why}")
 
     def log(msg):

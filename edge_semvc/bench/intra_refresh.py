@@ -24,7 +24,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..encoders import get_encoder
+from ..encoders import ENCODERS, get_encoder
 from ..encoders.base import EncoderSettings
 from ..frame import Frame
 from ..sources import open_source
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="veryfast")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    ok, why = get_encoder("x264").available()
-    if not ok:
+    why = ENCODERS.why_unavailable("x264")
+    if why is not None:
         p.error(f"x264 is not available here: {why}")
 
     def log(msg):

@@ -6,20 +6,19 @@ The interface is `base.Output`; `base.Outputs` feeds one encoder's packets to al
 """
 from __future__ import annotations
 
-from importlib import import_module
-
 from ..errors import SinkError
+from ..registry import Registry
 from .base import EventCallback, Output
 
-# scheme -> "module:class", imported when used (GStreamer's outputs need no import here)
-SCHEMES = {
-    "file": "file:FileOutput",
-    "-": "stream:StdoutOutput",
-    "rtp": "stream:RtpOutput",
-    "udp": "stream:UdpOutput",
-    "srt": "gstreamer:SrtOutput",
-    "rtsp": "gstreamer:RtspServerOutput",
-}
+# imported when used (GStreamer's outputs need no import here)
+OUTPUTS = Registry("output URI scheme", {
+    "file": f"{__name__}.file:FileOutput",
+    "-": f"{__name__}.stream:StdoutOutput",
+    "rtp": f"{__name__}.stream:RtpOutput",
+    "udp": f"{__name__}.stream:UdpOutput",
+    "srt": f"{__name__}.gstreamer:SrtOutput",
+    "rtsp": f"{__name__}.gstreamer:RtspServerOutput",
+}, SinkError)
 
 
 def scheme_of(uri: str) -> str:
@@ -38,9 +37,8 @@ def is_stream(uri: str) -> bool:
 def open_output(uri: str, on_event: EventCallback | None = None) -> Output:
     """The output `uri` names, checked (SinkError naming what is wrong) but not yet open."""
     scheme = scheme_of(uri)
-    if scheme not in SCHEMES:
+    if scheme not in OUTPUTS:
         raise SinkError(f"unsupported output URI scheme {scheme + '://'!r} in {uri!r} "
                         f"(supported: a file path, -, "
-                        f"{', '.join(s + '://' for s in SCHEMES if s != '-')})")
-    module, cls = SCHEMES[scheme].split(":")
-    return getattr(import_module(f"{__name__}.{module}"), cls)(uri, on_event)
+                        f"{', '.join(s + '://' for s in OUTPUTS.names() if s != '-')})")
+    return OUTPUTS.get(scheme)(uri, on_event)
