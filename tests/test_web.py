@@ -208,3 +208,33 @@ def test_a_port_in_use_refuses_the_start(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "http.port" in r.stderr and "in use" in r.stderr
     assert not list((tmp_path / "rec").glob("front/*.ts"))  # no camera ran
+
+
+def test_connections_beyond_the_cap_are_answered_busy_and_the_slots_come_back(monkeypatch,
+                                                                               tmp_path):
+    """Each connection holds a thread (up to IDLE_S when it sends nothing): past
+    MAX_CONNECTIONS the endpoint answers 503 and closes, and a slot is free again once its
+    connection ends."""
+    import socket
+
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import RecordConfig, ServeConfig
+
+    monkeypatch.setattr(web, "MAX_CONNECTIONS", 3)
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    view = web.WebView(cfg, {}, {}).start()
+    url = f"http://127.0.0.1:{view.port}/api/stats"
+    try:
+        idle = [socket.create_connection(("127.0.0.1", view.port)) for _ in range(3)]
+        for s in idle:  # each holds its slot once the server has accepted it
+            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n")  # headers never end
+        wait_until(lambda: get(url, auth=None)[0] == 503, timeout=30,
+                   what="a connection past the cap answered busy")
+        assert get(url, auth=None) == (503, b"too many clients\r\n")
+        for s in idle:
+            s.close()
+        wait_until(lambda: get(url, auth=None)[0] == 200, timeout=30,
+                   what="the slots free again")
+    finally:
+        view.close()

@@ -42,6 +42,9 @@ OVERLAY_HZ = 10.0  # overlay messages per second and reader at most
 KEEPALIVE_S = 10.0  # a comment line on quiet event streams (proxies close idle ones)
 IDLE_S = 30.0  # socket timeout of each connection (a request that never comes, a reader gone)
 MAX_STREAMS = 32  # concurrent live.mp4 and events readers; more get 503
+MAX_CONNECTIONS = 64  # open connections (a thread each); more are answered 503 and closed
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 18\r\nConnection: close\r\n\r\ntoo many clients\r\n")
 PAGES = {"/": "index.html", "/camera.js": "camera.js"}
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
@@ -112,11 +115,10 @@ class WebView:
 
         http = self.cfg.http
         try:
-            self.server = ThreadingHTTPServer((http.host, http.port), _handler(self))
+            self.server = _BoundedServer((http.host, http.port), _handler(self))
         except OSError as e:
             raise ConfigError(f"http.port {http.port}: cannot listen on {http.host}:{http.port} "
                               f"({e.strerror or e})") from None
-        self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, name="http",
                                         daemon=True)
         self._thread.start()
@@ -169,6 +171,37 @@ class WebView:
         want_user, want_password = self.credentials
         return (hmac.compare_digest(user.encode(), want_user.encode())
                 & hmac.compare_digest(password.encode(), want_password.encode()))
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them: connections that send nothing
+    (each held up to IDLE_S) would otherwise grow threads without bound."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def _handler(web: WebView):
