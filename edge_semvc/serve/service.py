@@ -50,6 +50,8 @@ class Service:
         self.cfg, self.clock, self.load = cfg, clock, load
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
+        self._watchdog = Watchdog(None)  # run() reads systemd's
+        self._frames_seen = -1  # frames over all cameras at the last feed
         _check_service_config(cfg)
         self.store = OverrideStore(cfg.state_folder())
         self.cameras: dict[str, Camera] = {}
@@ -96,7 +98,7 @@ class Service:
         """Supervise until `stop_event` is set (the command line sets it on SIGTERM and SIGINT;
         SIGHUP sets `reload_event`) or, with `max_seconds`, for that long (tests, benchmarks).
         Returns 0."""
-        watchdog = Watchdog.from_environment()
+        self._watchdog = Watchdog.from_environment()
         cpu = CpuMeter(self.clock)
         whole_cpu = CpuMeter(self.clock)
         if self.web is not None:  # a port in use refuses the start before any camera runs
@@ -105,18 +107,14 @@ class Service:
             self._start(name)
         self.changes.start()
         start = last_stats = last_web = self.clock()
-        last_frames, ready = -1, False
+        ready = False
         try:
             while not self.stop_event.wait(0.5):
                 if self.reload_event.is_set():
                     self.reload_event.clear()
                     self.reload()
                 now = self.clock()
-                frames = sum(c.frames_total for c in self.cameras.values())
-                if frames > last_frames >= 0:
-                    watchdog.frame_delivered()  # a stalled pipeline stops the pings
-                last_frames = frames
-                watchdog.tick(now)
+                self._feed_watchdog()
                 if not ready and all(c.frames_total or c.state == "ended"
                                      for c in self.cameras.values()):
                     ready = True
@@ -149,6 +147,15 @@ class Service:
             self.shutdown()
         return 0
 
+    def _feed_watchdog(self) -> None:
+        """Pings systemd's watchdog when frames came since the last call (a stalled pipeline
+        stops the pings): from the loop, and while a reload waits for a camera to stop."""
+        frames = sum(c.frames_total for c in self.cameras.values())
+        if frames > self._frames_seen >= 0:
+            self._watchdog.frame_delivered()
+        self._frames_seen = frames
+        self._watchdog.tick(self.clock())
+
     def _start(self, name: str) -> None:
         cam = self.cameras[name]
         self.windows[name] = StatsWindow(cam, self.clock)
@@ -160,7 +167,11 @@ class Service:
         cam = self.cameras.pop(name)
         self.windows.pop(name, None)
         cam.stop()
-        cam.thread.join(timeout=STOP_TIMEOUT_S)
+        for _ in range(int(STOP_TIMEOUT_S / 0.5)):  # a reload stops cameras one by one: the
+            cam.thread.join(timeout=0.5)           # others' frames keep the watchdog fed
+            if not cam.thread.is_alive():
+                break
+            self._feed_watchdog()
 
     def _home_assistant(self, snapshots: bool) -> None:
         """Presence when it changed; a snapshot of each camera's current frame when due."""
