@@ -171,6 +171,31 @@ def test_a_lost_rtsp_camera_does_not_stop_the_other(tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no system Python for the "
                                                                "RTSP server")
+def test_a_network_read_that_times_out_is_the_input_freezing():
+    """FFmpeg's own read timeout (5 s without data) and the service's stall (5 s without a
+    frame) see the same loss: whichever comes first, the input froze, in the same words."""
+    from edge_semvc.errors import DecodeError
+    from edge_semvc.sources import open_source
+
+    server, port = rtsp_server()
+    source = open_source(f"rtsp://127.0.0.1:{port}/cam")
+    try:
+        frames = source.frames()
+        for _ in range(5):
+            next(frames)
+        server.send_signal(signal.SIGSTOP)  # connected, silent
+        with pytest.raises(DecodeError, match=r"no frame for 5 s \(the input froze\)"):
+            for _ in frames:
+                pass
+    finally:
+        source.close()
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.wait(30)
+
+
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no system Python for the "
+                                                               "RTSP server")
 def test_a_frozen_rtsp_camera_is_lost_not_running(tmp_path):
     """The RTSP server is stopped (SIGSTOP), not killed: the connection stays open and no frame
     comes. The camera is lost (the input froze: 5 s on its clock, not asserted here: see

@@ -68,10 +68,12 @@ class PyAVSource:
             fmt = "rawvideo"
             options = {"video_size": f"{raw.width}x{raw.height}", "pixel_format": raw.pix_fmt,
                        "framerate": str(raw.rate)}
+        timed = stream_like and not stdin  # a silent network stream or device times out
+        self._read_timeout = LIVE_TIMEOUT_S[1] if timed else None
         try:
             self.container = av.open("pipe:0" if stdin else path if live is not None else str(p),
                                      format=fmt, options=options,
-                                     timeout=LIVE_TIMEOUT_S if stream_like and not stdin else None)
+                                     timeout=LIVE_TIMEOUT_S if timed else None)
         except (av.error.FFmpegError, ValueError) as e:
             raise SourceError(f"cannot open {path}: {_reason(e)}") from None
         if not self.container.streams.video:
@@ -161,6 +163,12 @@ class PyAVSource:
                 last_corrupt = av_frame.is_corrupt
                 yield self._to_frame(av_frame, index)
                 index += 1
+        except av.error.ExitError as e:  # the read timed out: the same loss as a stall seen
+            if self._read_timeout is None:  # by PacedSource, which this timeout may beat to it
+                raise DecodeError(f"decoding {self.path} failed after {index} frames: "
+                                  f"{_reason(e)}") from None
+            raise DecodeError(f"{self.path}: no frame for {self._read_timeout:g} s (the input "
+                              "froze)") from None
         except av.error.FFmpegError as e:
             # A raw/y4m file cut mid-frame: that says more than FFmpeg's error about it.
             raise self._partial_frame(index) or DecodeError(
