@@ -79,8 +79,9 @@ def check_segments(folder: Path) -> tuple[int, float]:
         step = min(b - a for a, b in zip(pts, pts[1:])) if len(pts) > 1 else 0
         frames += len(pts)
         seconds += float((pts[-1] - pts[0] + step) * tb)
-        if last_end is not None:  # the same run: no gap, no overlap between segments
-            assert abs(pts[0] - last_end) <= step, (path.name, pts[0], last_end)
+        if last_end is not None:  # the same run: no overlap, no gap between segments but the
+            # few frames a loaded box's camera may drop (one-frame buffer) at the boundary
+            assert -step <= pts[0] - last_end <= 3 * step, (path.name, pts[0], last_end)
         last_end = pts[-1] + step
     return frames, seconds
 
