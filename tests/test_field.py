@@ -174,13 +174,14 @@ def test_forced_slow_consumer_drops_frames(clip, tmp_path):
     path = clip("street_pedestrians_vtest_768x576.avi")  # cheap to decode: the source keeps up
     out, js = tmp_path / "fast.ts", tmp_path / "fast.json"
     # 100x real time: the 10 fps clip offered as a 1000 fps camera, far beyond this pipeline
-    assert cli_main(["field-bench", str(path), str(out), "--seconds", "1.5", "--speed", "100", "--loop",
+    assert cli_main(["field-bench", str(path), str(out), "--seconds", "3", "--speed", "100", "--loop",
                        "--json", str(js)]) == 0
     r = json.loads(js.read_text())
     pts = _check_report(r, out)
     assert r["frames"]["dropped"] > 0 and r["frames"]["drop_rate"] > 0.3
     assert r["fps"]["achieved"] < r["fps"]["offered"] <= r["fps"]["nominal"] == 1000
-    assert r["source"]["passes"] >= 2  # looped (150 frames last 0.15 s at this speed)
+    assert r["source"]["passes"] >= 2  # looped (150 frames last 0.15 s at this speed; 3 s
+    # leave a loaded box's decoder time for two passes)
     assert max(np.diff(pts)) > 1  # the gaps of the dropped frames are in the timestamps
 
 
