@@ -248,10 +248,21 @@ def test_a_detector_s_tiles_together_weigh_as_much_as_its_whole_view():
     assert b.weights[1] == 0.25
 
 
-def test_dropped_frames_do_not_lengthen_the_live_period():
+def test_dropped_frames_do_not_lengthen_the_live_period_and_the_models_give_way():
     """A camera at 10 fps whose pipeline dropped every other frame for a while: the period
-    stays 100 ms (not 200 ms, which would give the models more time and drop more)."""
+    stays 100 ms (not 200 ms, which would give the models more time and drop more), and the
+    models' share falls with each gap (the box is short of CPU), then comes back once frames
+    flow without gaps again."""
     b = Budget(0.5, [1], live=True)
     for t in [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]:
         b.frame(t)
-    assert b.per_frame() == pytest.approx(0.05)
+    assert b.period == pytest.approx(0.1)
+    assert b.backoffs == 6 and b.share == pytest.approx(0.5 * 0.7 ** 6)
+    assert b.per_frame() == pytest.approx(0.1 * 0.5 * 0.7 ** 6)
+    for _ in range(40):  # long gaps: never below 1/16 of the configured share
+        b.frame(b._t_video + 0.3)
+    assert b.share == pytest.approx(0.5 / 16)
+    t = b._t_video
+    for i in range(1, 251):  # 25 s without a gap: back to the configured share
+        b.frame(t + i / 10)
+    assert b.share == pytest.approx(0.5) and b.configured == 0.5

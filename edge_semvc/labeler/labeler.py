@@ -232,8 +232,11 @@ class Labeler:
         b = self.budget
         if b is None:
             return None
-        return {"kind": "live" if b.live else "cpu", "share": round(b.share, 4),
-                "ms_per_frame": round(b.per_frame() * 1e3, 3)}
+        out = {"kind": "live" if b.live else "cpu", "share": round(b.share, 4),
+               "ms_per_frame": round(b.per_frame() * 1e3, 3)}
+        if b.live:  # the share now, after backing off for dropped frames (schedule.py)
+            out.update(configured_share=round(b.configured, 4), backoffs=b.backoffs)
+        return out
 
     def close(self) -> None:
         self.worker.close()

@@ -34,6 +34,10 @@ from collections import deque
 from typing import Callable
 
 PERIOD_WINDOW = 50  # frame steps over which the live period is the shortest one seen
+# Live back-off: a step between timestamps of more than DROP_STEP periods means frames were
+# dropped before the pipeline (the box is short of CPU): the models' share falls by BACK_OFF, to
+# no less than MIN_SHARE of the configured one, and comes back by RECOVER of it a frame.
+DROP_STEP, BACK_OFF, MIN_SHARE, RECOVER = 1.5, 0.7, 1 / 16, 1 / 250
 EMA = 0.2  # weight of a new cost sample (costs drift slowly; one slow run should not dominate)
 MIN_WEIGHT = 1 / 8  # a model that keeps finding nothing still gets an eighth of a share
 
@@ -54,6 +58,8 @@ class Budget:
     def __init__(self, share: float, min_intervals: list[int],
                  clock: Callable[[], float] = time.process_time, live: bool = False):
         self.share, self.live = share, live
+        self.configured = share  # `share` falls below it while frames are dropped (live)
+        self.backoffs = 0  # steps with dropped frames that lowered it
         self.min_intervals: list[int] = []
         self.costs: list[float | None] = []  # CPU s per run
         self.weights: list[float] = []
@@ -95,8 +101,10 @@ class Budget:
         its period (live) or what the rest of the process spent on it."""
         if self.live:
             if video_s is not None and self._t_video is not None and video_s > self._t_video:
-                self._steps.append(video_s - self._t_video)
+                step = video_s - self._t_video
+                self._steps.append(step)
                 self.period = min(self._steps)
+                self._follow_drops(step > DROP_STEP * self.period)
             self._t_video = video_s
             return
         now = self.clock()
@@ -104,6 +112,15 @@ class Budget:
             rest = max(now - self._t - self._spent, 0.0)
             self.rest = rest if self.rest is None else self.rest + EMA * (rest - self.rest)
         self._t, self._spent = now, 0.0
+
+    def _follow_drops(self, dropped: bool) -> None:
+        """Live: give way while frames are dropped upstream, take the share back slowly when
+        none are (the models run beside the encoder, which must not lose frames to them)."""
+        if dropped:
+            self.share = max(self.share * BACK_OFF, self.configured * MIN_SHARE)
+            self.backoffs += 1
+        else:
+            self.share = min(self.share + self.configured * RECOVER, self.configured)
 
     def per_frame(self) -> float:
         """CPU seconds per frame the models may use."""
