@@ -7,7 +7,8 @@ share 0.1, a frame on which x264 and the rest took 12 ms of CPU earns 1.2 ms for
 A live run (a camera, `serve`): the frames come at their own rate whatever the encoder costs,
 so the models may spend `share` of each frame period of one core (`labeler.live_share`, split
 between the cameras by `camera_share`); the period is measured from the frames' timestamps,
-never from a clock. `intervals()` turns that into an interval per model by water-filling:
+never from a clock, and a gap in them (frames dropped before the pipeline) lowers the share
+until frames flow again (`Budget._follow_drops`). `intervals()` turns that into an interval per model by water-filling:
 models are served cheapest first, each taking its part of what is left, so cheap models
 (BlazeFace, ~1 ms) run often and what they leave goes to the expensive detector, which then
 runs every k-th frame (k = its cost / its part). A model's part is in proportion to its weight:
