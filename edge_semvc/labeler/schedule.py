@@ -8,14 +8,14 @@ A live run (a camera, `serve`): the frames come at their own rate whatever the e
 so the models may spend `share` of each frame period of one core (`labeler.live_share`, split
 between the cameras by `camera_share`); the period is measured from the frames' timestamps,
 never from a clock, and a gap in them (frames dropped before the pipeline) lowers the share
-until frames flow again (`Budget._follow_drops`). `intervals()` turns that into an interval per model by water-filling:
-models are served cheapest first, each taking its part of what is left, so cheap models
-(BlazeFace, ~1 ms) run often and what they leave goes to the expensive detector, which then
-runs every k-th frame (k = its cost / its part). A model's part is in proportion to its weight:
-1 (a detector's tile: 1/number of tiles, so that its tiles together weigh as much as its
-whole view), halved for every run in a row that found nothing (down to 1/8 of that), back to
-it when it finds something: a face detector on a road camera leaves its share to the detector
-that sees cars.
+until frames flow again (`Budget._follow_drops`). `intervals()` turns that into an interval per
+model by water-filling: models are served cheapest first, each taking its part of what is left,
+so cheap models (BlazeFace, ~1 ms) run often and what they leave goes to the expensive
+detector, which then runs every k-th frame (k = its cost / its part). A model's part is in
+proportion to its weight: 1 (a detector's tile: 1/number of tiles, so that its tiles together
+weigh as much as its whole view), halved for every run in a row that found nothing (down to 1/8
+of that), back to it when it finds something: a face detector on a road camera leaves its share
+to the detector that sees cars.
 Costs are measured per run (CPU time of the worker thread) and averaged; the rest of the process
 is measured per frame. Both clocks are injectable, so tests count instead of timing.
 
