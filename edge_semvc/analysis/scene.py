@@ -33,10 +33,12 @@ Defaults and the margins measured on the shared clips: README (embodiment 4).
 """
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..frame import Frame, mb_grid
 from .config import SceneConfig  # noqa: F401  (its section, defined with the others)
@@ -73,17 +75,20 @@ def downsample(y: np.ndarray) -> np.ndarray:
 
 
 def _block_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over each macroblock's 2x2 samples: [2h, 2w] -> [h, w]."""
-    rows = a[0::2] + a[1::2]
-    return rows[:, 0::2] + rows[:, 1::2]
+    """Sum over each macroblock's 2x2 samples: [..., 2h, 2w] -> [..., h, w]."""
+    rows = a[..., 0::2, :] + a[..., 1::2, :]
+    return rows[..., 0::2] + rows[..., 1::2]
 
 
+@functools.lru_cache(maxsize=None)
 def diamond(radius: int) -> np.ndarray:
-    """int[K, 2] offsets with |dy| + |dx| <= radius, (0, 0) first."""
+    """int[K, 2] offsets with |dy| + |dx| <= radius, (0, 0) first (read-only: shared)."""
     dy, dx = (a.ravel() for a in np.mgrid[-radius:radius + 1, -radius:radius + 1])
     keep = np.abs(dy) + np.abs(dx) <= radius
     offsets = np.stack([dy[keep], dx[keep]], 1)
-    return offsets[np.argsort(np.abs(offsets).sum(1), kind="stable")]
+    offsets = offsets[np.argsort(np.abs(offsets).sum(1), kind="stable")]
+    offsets.setflags(write=False)
+    return offsets
 
 
 def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int],
@@ -94,22 +99,28 @@ def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int
     if centre != (0, 0):
         candidates = np.vstack([candidates, [[0, 0]]])
     pad = int(np.abs(candidates).max())
-    padded = np.pad(prev, pad, mode="edge")
     h, w = cur.shape
     # Exposure: the frame's typical block-mean difference is no new content.
-    gain = np.float32(np.median(_block_sum(cur) - _block_sum(prev)) / (SIDE * SIDE))
-    shifted_cur = cur - gain
-    best = best_index = None
-    for k, (dy, dx) in enumerate(candidates):
-        window = padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-        sad = _block_sum(np.abs(shifted_cur - window))
-        if best is None:
-            best, best_index = sad, np.zeros(sad.shape, np.intp)
-        else:
-            better = sad < best
-            np.minimum(best, sad, out=best)
-            best_index[better] = k
-    mean = _block_sum(cur) / (SIDE * SIDE)
+    cur_sum = _block_sum(cur)
+    gain = np.median(cur_sum - _block_sum(prev)) / (SIDE * SIDE)
+    # The search in integers of 1/32 level, every candidate at once ([K, h, w]): the samples
+    # are quarter levels and the gain a quarter of a median of their sums, so every value is
+    # exact; |differences| < 2^15 (int16), their 2x2 sums < 2^16 (uint16).
+    padded = np.pad((prev * 32).astype(np.int16), pad, mode="edge")
+    windows = sliding_window_view(padded, (h, w))[pad + candidates[:, 0], pad + candidates[:, 1]]
+    np.subtract(windows, (cur * 32).astype(np.int16) - np.int16(np.rint(gain * 32)),
+                out=windows)
+    rows = np.abs(windows, out=windows)
+    rows = (rows[:, 0::2] + rows[:, 1::2]).view(np.uint16)
+    sad = rows[..., 0::2] + rows[..., 1::2]
+    # Arg-min across candidates as one element-wise min, the index in the low bits: the
+    # first of equal minima wins ((0, 0) comes first).
+    bits = (len(candidates) - 1).bit_length()
+    key = (sad.astype(np.int32) << bits | np.arange(len(candidates), dtype=np.int32)[:, None, None]
+           ).min(0)
+    best_index = key & ((1 << bits) - 1)
+    best = (key >> bits).astype(np.float32) / 32
+    mean = cur_sum / (SIDE * SIDE)
     activity = _block_sum(np.abs(cur - np.repeat(np.repeat(mean, SIDE, 0), SIDE, 1)))
     n = SIDE * SIDE
     s = np.clip((best / n) / (activity / n + floor), 0.0, 1.0).astype(np.float32)
