@@ -134,9 +134,11 @@ def colour_histograms(small_y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.n
     out = np.zeros((3, LUMA_BINS))
     luma = np.clip(small_y, 0, 255).astype(np.int32) * LUMA_BINS >> 8
     out[0] = np.bincount(luma.ravel(), minlength=LUMA_BINS)
-    for row, plane in ((1, u), (2, v)):
-        sub = plane[::2, ::2].astype(np.int32) * CHROMA_BINS >> 8
-        out[row, :CHROMA_BINS] = np.bincount(sub.ravel(), minlength=CHROMA_BINS)
+    # U's bin in the high 4 bits, V's in the low 4: one count of the joint bins, then each
+    # plane's marginal (CHROMA_BINS = 16).
+    joint = (u[::2, ::2] & 0xF0) | (v[::2, ::2] >> 4)
+    counts = np.bincount(joint.ravel(), minlength=256).reshape(CHROMA_BINS, CHROMA_BINS)
+    out[1, :CHROMA_BINS], out[2, :CHROMA_BINS] = counts.sum(1), counts.sum(0)
     return out / out.sum(axis=1, keepdims=True)
 
 
