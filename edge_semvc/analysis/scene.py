@@ -29,6 +29,10 @@ The cut is a frame-level decision, two independent cues that must agree:
 - the structure breaks: the frame's mean S_mb exceeds `cut_change` (the histogram jumps
   without that under an exposure step or a large bright object coming into view);
 and at least `cut_min_gap` frames have passed since the last cut. The first frame is no cut.
+S_mb costs the motion search, so unless the scene extension reads it (`scene.enabled`) it is
+measured only on the frames the colours and the gap allow to be cuts (a few in a clip; its mean
+decides), and the search's centre follows those frames only; the shared clips get the same cuts
+as with S_mb on every frame (tests/test_scene.py).
 Defaults and the margins measured on the shared clips: README (embodiment 4).
 """
 from __future__ import annotations
@@ -53,8 +57,10 @@ LUMA_BINS, CHROMA_BINS = 32, 16
 class SceneResult:
     """One frame's scene-transition values (`scene` and `cut` go into `Modulation`)."""
 
-    change: np.ndarray  # float32[mb_h, mb_w]: S_mb in [0, 1], before region averaging
-    scene: np.ndarray  # float32[mb_h, mb_w]: S in {0, 1}, each macroblock its region's value
+    change: np.ndarray | None  # float32[mb_h, mb_w]: S_mb in [0, 1], before region averaging
+    scene: np.ndarray | None  # float32[mb_h, mb_w]: S in {0, 1}, a macroblock its region's S
+    # (change and scene are None where not measured: the scene extension is off and the
+    # colours rule out a cut)
     cut: bool  # the frame starts a new scene: the encoder is asked for an IDR
     distance: float  # histogram distance to the previous frame (0 on a first frame)
     baseline: float  # the recent baseline it was compared with
@@ -159,9 +165,9 @@ class CutDetector:
         self._since_cut = self.cfg.cut_min_gap  # the first frame counts as a scene start
         self.baseline = 0.0
 
-    def update(self, distance: float, change: float) -> bool:
-        """`distance`: histogram distance to the previous frame; `change`: the frame's mean
-        S_mb. Returns whether this frame starts a new scene."""
+    def colours_allow(self, distance: float) -> bool:
+        """Whether this frame is a cut if its structure breaks too: the colours jump (against
+        the recent baseline, which this sets) and the gap since the last cut is long enough."""
         cfg = self.cfg
         if self._history.maxlen != cfg.cut_window:  # reconfigured live
             self._history = deque(self._history, maxlen=cfg.cut_window)
@@ -171,9 +177,15 @@ class CutDetector:
             self.baseline = median + float(np.median(np.abs(recent - median)))
         else:
             self.baseline = 0.0
+        return (distance > cfg.cut_min_distance and distance > cfg.cut_ratio * self.baseline
+                and self._since_cut + 1 >= cfg.cut_min_gap)
+
+    def update(self, distance: float, change: float | None) -> bool:
+        """`distance`: histogram distance to the previous frame; `change`: the frame's mean
+        S_mb (None: not measured, as `colours_allow` said no). Returns whether this frame
+        starts a new scene."""
+        cut = self.colours_allow(distance) and change is not None and change > self.cfg.cut_change
         self._since_cut += 1
-        cut = (distance > cfg.cut_min_distance and distance > cfg.cut_ratio * self.baseline
-               and change > cfg.cut_change and self._since_cut >= cfg.cut_min_gap)
         if cut:  # the baseline starts again with the new scene
             self._history.clear()
             self._since_cut = 0
@@ -217,9 +229,14 @@ class SceneAnalyser:
             self.cuts.reset()
             zeros = np.zeros(shape, np.float32)
             return SceneResult(zeros, zeros.copy(), False, 0.0, 0.0)
+        distance = histogram_distance(hist, prev_hist)
+        # S_mb costs a motion search: measured where the scene extension reads it (`enabled`),
+        # else only where the colours could make a cut.
+        if not (self.cfg.enabled or self.cuts.colours_allow(distance)):
+            self.cuts.update(distance, None)
+            return SceneResult(None, None, False, distance, self.cuts.baseline)
         change, self._centre = unexplained_change(small, prev, self._centre, self.cfg.search,
                                                   self.cfg.change_floor)
-        distance = histogram_distance(hist, prev_hist)
         cut = self.cuts.update(distance, float(change.mean()))
         if cut:
             self._centre = (0, 0)  # the old scene's motion says nothing about the new one
