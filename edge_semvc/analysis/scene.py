@@ -122,8 +122,8 @@ def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int
     # Arg-min across candidates as one element-wise min, the index in the low bits: the
     # first of equal minima wins ((0, 0) comes first).
     bits = (len(candidates) - 1).bit_length()
-    key = (sad.astype(np.int32) << bits | np.arange(len(candidates), dtype=np.int32)[:, None, None]
-           ).min(0)
+    index = np.arange(len(candidates), dtype=np.int32)[:, None, None]
+    key = ((sad.astype(np.int32) << bits) | index).min(0)
     best_index = key & ((1 << bits) - 1)
     best = (key >> bits).astype(np.float32) / 32
     mean = cur_sum / (SIDE * SIDE)
