@@ -83,16 +83,6 @@ class Frame:
         return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
 
 
-def pad_to_mb(plane: np.ndarray, block: int = MB, mode: str = "edge") -> np.ndarray:
-    """Pad a 2-D array on the bottom/right to a multiple of `block` (edge-replicated by default)."""
-    h, w = plane.shape[:2]
-    ph, pw = -h % block, -w % block
-    if not ph and not pw:
-        return plane
-    pad = ((0, ph), (0, pw)) + ((0, 0),) * (plane.ndim - 2)
-    return np.pad(plane, pad, mode=mode)
-
-
 def prob_to_mb(prob: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
     """Area-average a low-resolution probability map that spans the whole frame onto the
     frame's macroblock grid: float32[mb_h, mb_w].

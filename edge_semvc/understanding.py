@@ -169,8 +169,8 @@ def build_understanding(cfg: Config, semantic: bool, input_path: str | None,
         extensions = Extensions(cfg, labeler, input_path) if semantic else None
         mapper = CpuQpMapper(cfg, extensions if extensions and extensions.active else None)
     # The plain baseline pays for no analysis it does not use: the cut only with the storage
-    # profile (~13 ms a frame at 360p, ~40 ms at 1080p on a loaded 2-core machine; benchmarks
-    # compare against the plain run).
+    # profile (~0.4 ms a frame at 720p, ~0.8 ms at 1080p; benchmarks compare against the plain
+    # run).
     scene = SceneAnalyser(cfg.scene) if semantic or observer is not None else None
     return Understanding(cfg, labeler, mapper, observer, timings, scene, map_filter)
 

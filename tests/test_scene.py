@@ -89,7 +89,7 @@ def test_config_refuses_bad_values_naming_the_key():
 
 def test_first_frame_and_a_repeated_frame_are_calm():
     frame = bikes()[50]
-    analyser = SceneAnalyser(SceneConfig())
+    analyser = SceneAnalyser(SceneConfig(enabled=True))  # S on every frame
     first = analyser.analyse(frame)
     assert first.change.shape == first.scene.shape == (frame.mb_h, frame.mb_w)
     assert not first.cut and not first.scene.any() and first.distance == 0.0
@@ -108,7 +108,7 @@ def test_motion_is_not_a_transition():
     for shift in (8, 16, 24):
         width = frame.width - 24
         before, after = crop(frame, 0, width), crop(frame, shift, width)
-        analyser = SceneAnalyser(SceneConfig())
+        analyser = SceneAnalyser(SceneConfig(enabled=True))
         analyser.analyse(before)
         result = analyser.analyse(after)
         v = change_map(block_samples(before.y, before.mb_w, before.mb_h),
@@ -158,6 +158,21 @@ def test_reset_forgets_the_previous_frame():
     analyser.reset()
     result = analyser.analyse(frames[76])  # a first frame again
     assert not result.cut and float(result.change.max()) == 0.0
+
+
+def test_without_the_extension_s_is_measured_only_where_the_colours_allow_a_cut():
+    """Nobody reads S but the cut: the motion search runs on the few frames whose colours
+    jump, and the montage's cuts are those of measuring every frame."""
+    every, lazy = SceneAnalyser(SceneConfig(enabled=True)), SceneAnalyser(SceneConfig())
+    full, measured, cuts = [], [], []
+    for frame in bikes():
+        full += [frame.index] if every.analyse(frame).cut else []
+        result = lazy.analyse(frame)
+        measured += [frame.index] if result.change is not None else []
+        cuts += [frame.index] if result.cut else []
+        assert (result.change is None) == (result.scene is None)
+    assert cuts == full and len(full) >= 5
+    assert set(cuts) < set(measured) and len(measured) < len(bikes()) // 10
 
 
 def test_cut_detector_baseline_and_gap():

@@ -6,9 +6,11 @@ flat sky is ~0 and dense texture ~1: C = log(1 + var) / log(1 + full_var), clipp
 """
 from __future__ import annotations
 
+from functools import reduce
+
 import numpy as np
 
-from ..frame import MB, pad_to_mb
+from ..frame import MB
 
 SUB = 4  # luma subsampling step
 BLOCK = MB // SUB
@@ -17,15 +19,20 @@ BLOCK = MB // SUB
 def block_samples(y: np.ndarray, mb_w: int, mb_h: int) -> np.ndarray:
     """float32[mb_h, BLOCK, mb_w, BLOCK]: the subsampled luma, edge-padded to the grid.
     Complexity and change both read it, so the Analyser computes it once per frame."""
-    sub = pad_to_mb(y[::SUB, ::SUB], BLOCK)[: mb_h * BLOCK, : mb_w * BLOCK]
-    return sub.astype(np.float32).reshape(mb_h, BLOCK, mb_w, BLOCK)
+    sub = y[::SUB, ::SUB]
+    h, w = sub.shape
+    out = np.empty((mb_h * BLOCK, mb_w * BLOCK), np.float32)  # filled in place: np.pad is slow
+    out[:h, :w] = sub
+    out[h:, :w] = sub[-1]  # the grid's last rows and columns repeat the picture's edge
+    out[:, w:] = out[:, w - 1:w]
+    return out.reshape(mb_h, BLOCK, mb_w, BLOCK)
 
 
 def block_mean(blocks: np.ndarray) -> np.ndarray:
     """Mean over each block's BLOCK x BLOCK samples: float32[mb_h, mb_w]."""
     # Adding strided slices is ~8x faster than numpy's reduction over such short axes.
-    rows = sum(blocks[..., i] for i in range(BLOCK))
-    return sum(rows[:, i] for i in range(BLOCK)) / (BLOCK * BLOCK)
+    rows = reduce(np.add, (blocks[..., i] for i in range(BLOCK)))
+    return reduce(np.add, (rows[:, i] for i in range(BLOCK))) / (BLOCK * BLOCK)
 
 
 def block_variance(blocks: np.ndarray) -> np.ndarray:

@@ -29,14 +29,20 @@ The cut is a frame-level decision, two independent cues that must agree:
 - the structure breaks: the frame's mean S_mb exceeds `cut_change` (the histogram jumps
   without that under an exposure step or a large bright object coming into view);
 and at least `cut_min_gap` frames have passed since the last cut. The first frame is no cut.
+S_mb costs the motion search, so unless the scene extension reads it (`scene.enabled`) it is
+measured only on the frames the colours and the gap allow to be cuts (a few in a clip; its mean
+decides), and the search's centre follows those frames only; the shared clips get the same cuts
+as with S_mb on every frame (tests/test_scene.py).
 Defaults and the margins measured on the shared clips: README (embodiment 4).
 """
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..frame import Frame, mb_grid
 from .config import SceneConfig  # noqa: F401  (its section, defined with the others)
@@ -51,8 +57,10 @@ LUMA_BINS, CHROMA_BINS = 32, 16
 class SceneResult:
     """One frame's scene-transition values (`scene` and `cut` go into `Modulation`)."""
 
-    change: np.ndarray  # float32[mb_h, mb_w]: S_mb in [0, 1], before region averaging
-    scene: np.ndarray  # float32[mb_h, mb_w]: S in {0, 1}, each macroblock its region's value
+    change: np.ndarray | None  # float32[mb_h, mb_w]: S_mb in [0, 1], before region averaging
+    scene: np.ndarray | None  # float32[mb_h, mb_w]: S in {0, 1}, a macroblock its region's S
+    # (change and scene are None where not measured: the scene extension is off and the
+    # colours rule out a cut)
     cut: bool  # the frame starts a new scene: the encoder is asked for an IDR
     distance: float  # histogram distance to the previous frame (0 on a first frame)
     baseline: float  # the recent baseline it was compared with
@@ -73,17 +81,20 @@ def downsample(y: np.ndarray) -> np.ndarray:
 
 
 def _block_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over each macroblock's 2x2 samples: [2h, 2w] -> [h, w]."""
-    rows = a[0::2] + a[1::2]
-    return rows[:, 0::2] + rows[:, 1::2]
+    """Sum over each macroblock's 2x2 samples: [..., 2h, 2w] -> [..., h, w]."""
+    rows = a[..., 0::2, :] + a[..., 1::2, :]
+    return rows[..., 0::2] + rows[..., 1::2]
 
 
+@functools.lru_cache(maxsize=None)
 def diamond(radius: int) -> np.ndarray:
-    """int[K, 2] offsets with |dy| + |dx| <= radius, (0, 0) first."""
+    """int[K, 2] offsets with |dy| + |dx| <= radius, (0, 0) first (read-only: shared)."""
     dy, dx = (a.ravel() for a in np.mgrid[-radius:radius + 1, -radius:radius + 1])
     keep = np.abs(dy) + np.abs(dx) <= radius
     offsets = np.stack([dy[keep], dx[keep]], 1)
-    return offsets[np.argsort(np.abs(offsets).sum(1), kind="stable")]
+    offsets = offsets[np.argsort(np.abs(offsets).sum(1), kind="stable")]
+    offsets.setflags(write=False)
+    return offsets
 
 
 def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int],
@@ -94,22 +105,28 @@ def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int
     if centre != (0, 0):
         candidates = np.vstack([candidates, [[0, 0]]])
     pad = int(np.abs(candidates).max())
-    padded = np.pad(prev, pad, mode="edge")
     h, w = cur.shape
     # Exposure: the frame's typical block-mean difference is no new content.
-    gain = np.float32(np.median(_block_sum(cur) - _block_sum(prev)) / (SIDE * SIDE))
-    shifted_cur = cur - gain
-    best = best_index = None
-    for k, (dy, dx) in enumerate(candidates):
-        window = padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-        sad = _block_sum(np.abs(shifted_cur - window))
-        if best is None:
-            best, best_index = sad, np.zeros(sad.shape, np.intp)
-        else:
-            better = sad < best
-            np.minimum(best, sad, out=best)
-            best_index[better] = k
-    mean = _block_sum(cur) / (SIDE * SIDE)
+    cur_sum = _block_sum(cur)
+    gain = np.median(cur_sum - _block_sum(prev)) / (SIDE * SIDE)
+    # The search in integers of 1/32 level, every candidate at once ([K, h, w]): the samples
+    # are quarter levels and the gain a quarter of a median of their sums, so every value is
+    # exact; |differences| < 2^15 (int16), their 2x2 sums < 2^16 (uint16).
+    padded = np.pad((prev * 32).astype(np.int16), pad, mode="edge")
+    windows = sliding_window_view(padded, (h, w))[pad + candidates[:, 0], pad + candidates[:, 1]]
+    np.subtract(windows, (cur * 32).astype(np.int16) - np.int16(np.rint(gain * 32)),
+                out=windows)
+    rows = np.abs(windows, out=windows)
+    rows = (rows[:, 0::2] + rows[:, 1::2]).view(np.uint16)
+    sad = rows[..., 0::2] + rows[..., 1::2]
+    # Arg-min across candidates as one element-wise min, the index in the low bits: the
+    # first of equal minima wins ((0, 0) comes first).
+    bits = (len(candidates) - 1).bit_length()
+    index = np.arange(len(candidates), dtype=np.int32)[:, None, None]
+    key = ((sad.astype(np.int32) << bits) | index).min(0)
+    best_index = key & ((1 << bits) - 1)
+    best = (key >> bits).astype(np.float32) / 32
+    mean = cur_sum / (SIDE * SIDE)
     activity = _block_sum(np.abs(cur - np.repeat(np.repeat(mean, SIDE, 0), SIDE, 1)))
     n = SIDE * SIDE
     s = np.clip((best / n) / (activity / n + floor), 0.0, 1.0).astype(np.float32)
@@ -123,9 +140,11 @@ def colour_histograms(small_y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.n
     out = np.zeros((3, LUMA_BINS))
     luma = np.clip(small_y, 0, 255).astype(np.int32) * LUMA_BINS >> 8
     out[0] = np.bincount(luma.ravel(), minlength=LUMA_BINS)
-    for row, plane in ((1, u), (2, v)):
-        sub = plane[::2, ::2].astype(np.int32) * CHROMA_BINS >> 8
-        out[row, :CHROMA_BINS] = np.bincount(sub.ravel(), minlength=CHROMA_BINS)
+    # U's bin in the high 4 bits, V's in the low 4: one count of the joint bins, then each
+    # plane's marginal (CHROMA_BINS = 16).
+    joint = (u[::2, ::2] & 0xF0) | (v[::2, ::2] >> 4)
+    counts = np.bincount(joint.ravel(), minlength=256).reshape(CHROMA_BINS, CHROMA_BINS)
+    out[1, :CHROMA_BINS], out[2, :CHROMA_BINS] = counts.sum(1), counts.sum(0)
     return out / out.sum(axis=1, keepdims=True)
 
 
@@ -146,9 +165,9 @@ class CutDetector:
         self._since_cut = self.cfg.cut_min_gap  # the first frame counts as a scene start
         self.baseline = 0.0
 
-    def update(self, distance: float, change: float) -> bool:
-        """`distance`: histogram distance to the previous frame; `change`: the frame's mean
-        S_mb. Returns whether this frame starts a new scene."""
+    def colours_allow(self, distance: float) -> bool:
+        """Whether this frame is a cut if its structure breaks too: the colours jump (against
+        the recent baseline, which this sets) and the gap since the last cut is long enough."""
         cfg = self.cfg
         if self._history.maxlen != cfg.cut_window:  # reconfigured live
             self._history = deque(self._history, maxlen=cfg.cut_window)
@@ -158,9 +177,15 @@ class CutDetector:
             self.baseline = median + float(np.median(np.abs(recent - median)))
         else:
             self.baseline = 0.0
+        return (distance > cfg.cut_min_distance and distance > cfg.cut_ratio * self.baseline
+                and self._since_cut + 1 >= cfg.cut_min_gap)
+
+    def update(self, distance: float, change: float | None) -> bool:
+        """`distance`: histogram distance to the previous frame; `change`: the frame's mean
+        S_mb (None: not measured, as `colours_allow` said no). Returns whether this frame
+        starts a new scene."""
+        cut = self.colours_allow(distance) and change is not None and change > self.cfg.cut_change
         self._since_cut += 1
-        cut = (distance > cfg.cut_min_distance and distance > cfg.cut_ratio * self.baseline
-               and change > cfg.cut_change and self._since_cut >= cfg.cut_min_gap)
         if cut:  # the baseline starts again with the new scene
             self._history.clear()
             self._since_cut = 0
@@ -204,9 +229,14 @@ class SceneAnalyser:
             self.cuts.reset()
             zeros = np.zeros(shape, np.float32)
             return SceneResult(zeros, zeros.copy(), False, 0.0, 0.0)
+        distance = histogram_distance(hist, prev_hist)
+        # S_mb costs a motion search: measured where the scene extension reads it (`enabled`),
+        # else only where the colours could make a cut.
+        if not (self.cfg.enabled or self.cuts.colours_allow(distance)):
+            self.cuts.update(distance, None)
+            return SceneResult(None, None, False, distance, self.cuts.baseline)
         change, self._centre = unexplained_change(small, prev, self._centre, self.cfg.search,
                                                   self.cfg.change_floor)
-        distance = histogram_distance(hist, prev_hist)
         cut = self.cuts.update(distance, float(change.mean()))
         if cut:
             self._centre = (0, 0)  # the old scene's motion says nothing about the new one

@@ -10,6 +10,7 @@ from itertools import islice
 from pathlib import Path
 
 from ..analysis import Analyser
+from ..analysis.scene import SceneAnalyser
 from ..config import Config
 from ..qp.qpmap import build_qp_map, importance_vector
 from ..sources import open_source
@@ -37,6 +38,8 @@ def measure(clip: str, cfg: Config, n: int = 20) -> dict:
     out = {"clip": Path(clip).name, "size": f"{frames[0].width}x{frames[0].height}"}
     for name, model in labeler.models:
         out[name] = _ms(model, frames)
+    scene = SceneAnalyser(cfg.scene)  # the run's cut (every frame; S where a cut may be)
+    out["scene"] = _ms(scene.analyse, frames)
     labels = [labeler.label(f) for f in frames]
     analyser = Analyser(cfg.analysis)
     by_index = {f.index: lm for f, lm in zip(frames, labels)}

@@ -54,8 +54,12 @@ def gate(models: list[tuple[str, Adapter]], planes: list[np.ndarray], k: int) ->
     for (_, other), p in zip(models, planes):
         if m.requires in other.classes:
             required |= p[other.classes.index(m.requires)] > other.threshold
-    near = ndimage.binary_dilation(required)  # touching counts
     out = planes[k].copy()
+    if not required.any():  # nothing to touch: every region goes
+        for plane in out:
+            plane[plane > m.threshold] = 0.0
+        return out
+    near = ndimage.binary_dilation(required)  # touching counts
     for plane in out:
         regions, n = ndimage.label(plane > m.threshold)
         if n:

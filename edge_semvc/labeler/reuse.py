@@ -160,12 +160,12 @@ class MotionField:
         self.last = (sad, (py, px), np.pad(cur, 1, mode="edge"), ref, pad)
         # Pool over the 3x3 neighbourhood (zero outside the grid: the same for every
         # candidate, so the arg-min is unaffected).
-        pooled = sad.copy()
-        pooled[:, 1:] += sad[:, :-1]
-        pooled[:, :-1] += sad[:, 1:]
-        tmp = pooled.copy()
-        pooled[..., 1:] += tmp[..., :-1]
-        pooled[..., :-1] += tmp[..., 1:]
+        framed = np.zeros((K, mb_h + 2, mb_w + 2), np.int32)
+        framed[:, 1:-1, 1:-1] = sad
+        rows = framed[:, :-2] + framed[:, 1:-1]
+        rows += framed[:, 2:]
+        pooled = rows[..., :-2] + rows[..., 1:-1]
+        pooled += rows[..., 2:]
         bias = self._bias(py, px)
         cost = pooled.reshape(K, -1)
         cost += bias  # [K, mb]
