@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("encoders_helpers")  # its checks report values like a test's
+# the helper modules' checks report values like a test's
+pytest.register_assert_rewrite("encoders_helpers", "gst_helpers")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -37,6 +38,13 @@ def chromium():
 def clip():
     return lambda name: shared_file("data", "video", name)
 
+
+@pytest.fixture(scope="module")
+def frames():
+    """The demo clip's frames, for the GStreamer outputs' tests (tests/gst_helpers.py)."""
+    from edge_semvc.sources import open_source
+
+    return list(open_source("demo://astronaut").frames())  # 640x360, 90 frames
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from test_gst_outputs import GUARD_S, require
+from gst_helpers import GUARD_S, require
 
 from edge_semvc.sinks import gstreamer as gst
 

@@ -1,0 +1,166 @@
+"""The SRT sender of the GStreamer child (`gst_child.py`, which imports this module when it
+runs one): MPEG-TS over srtsink, as a caller that reconnects or a listener for any number of
+callers, fed the child's packets through its `Feed`. Like the child, it runs under the system
+Python and imports nothing of edge_semvc (`gst_child` is found beside it: the child runs by
+path, its folder first on sys.path)."""
+import os
+import re
+import time
+
+from gst_child import address_of, appsrc_desc, emit
+
+BACKOFF_S = (0.5, 1, 2, 4, 8)  # between SRT connection attempts (caller)
+EOS_WAIT_S = 2  # at the end: for the SRT pipeline to send what it holds
+
+
+class SrtSender:
+    """appsrc ! parse ! mpegtsmux ! appsink, then appsrc ! srtsink: each access unit's MPEG-TS
+    goes to srtsink whole, as one buffer (`on_ts`), which srtsink sends in payloads of 7 TS
+    packets. mpegtsmux's alignment=7 would keep a frame's last TS packets until the next frame
+    comes (a frame's worth of delay), and no alignment would give each TS packet an SRT packet
+    of its own (44 bytes of headers for 188). A caller reconnects with back-off when its peer
+    goes (srtsink's own reconnect covers a short break; a failed attempt ends the pipeline,
+    which is then rebuilt); a listener counts its callers."""
+
+    def __init__(self, Gst, GLib, config, feed):
+        self.Gst, self.GLib, self.config, self.feed = Gst, GLib, config, feed
+        self.listener = config["mode"] == "listener"
+        self.pipeline = self.src = self.out = None
+        self.connected = False
+        self.attempt = 0
+        self.callers = 0
+
+    def uri(self):
+        c = self.config
+        host = c["host"] if not self.listener or c["host"] != "0.0.0.0" else ""
+        return "srt://%s:%d?mode=%s" % (host, c["port"], c["mode"])
+
+    def start(self):
+        Gst = self.Gst
+        # two chains: neither sink may wait for a preroll (async=false), or each would wait
+        # for the other's first buffer
+        desc = ("%s ! mpegtsmux alignment=0 ! appsink name=ts sync=false async=false "
+                "emit-signals=true buffer-list=true  appsrc name=out is-live=true format=time "
+                "max-bytes=0 caps=video/mpegts,systemstream=true,packetsize=188 ! srtsink "
+                "name=sink uri=\"%s\" latency=%d sync=false async=false "
+                "wait-for-connection=false"
+                % (appsrc_desc(self.config["codec"]), self.uri(), self.config["latency"]))
+        self.pipeline = Gst.parse_launch(desc)
+        self.out = self.pipeline.get_by_name("out")
+        ts = self.pipeline.get_by_name("ts")
+        ts.connect("new-sample", self.on_ts)
+        ts.connect("eos", lambda _: self.out.emit("end-of-stream"))
+        sink = self.pipeline.get_by_name("sink")
+        if self.listener:
+            sink.connect("caller-added", self.on_caller, "client_joined")
+            sink.connect("caller-removed", self.on_caller, "client_left")
+        bus = self.pipeline.get_bus()
+        bus.add_signal_watch()
+        bus.connect("message", self.on_message)
+        if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            error = self.pop_error() or "cannot start %s" % self.uri()
+            self.stop()
+            return error
+        self.src = self.pipeline.get_by_name("src")
+        self.feed.attach(self.src, receivers=self.callers if self.listener else 0,
+                         queues=[self.src, self.out])
+        if not self.listener:
+            self.GLib.timeout_add(200, self.poll_connection, self.pipeline)
+        return None
+
+    def on_ts(self, appsink):
+        """One access unit's TS packets (a buffer list) into srtsink's appsrc as one buffer."""
+        sample = appsink.emit("pull-sample")
+        if sample is None:  # stopping
+            return self.Gst.FlowReturn.FLUSHING
+        packets = sample.get_buffer_list()
+        if packets is None:
+            whole = sample.get_buffer()
+        else:
+            parts = (packets.get(i) for i in range(packets.length()))
+            whole = self.Gst.Buffer.new_wrapped(b"".join(p.extract_dup(0, p.get_size())
+                                                         for p in parts))
+        return self.out.emit("push-buffer", whole)
+
+    def pop_error(self):
+        msg = self.pipeline.get_bus().pop_filtered(self.Gst.MessageType.ERROR)
+        return msg.parse_error()[0].message if msg else None
+
+    def stop(self, drain=False):
+        """Ends the pipeline; `drain`: what it holds goes out first (at most about
+        2 x EOS_WAIT_S): through the pipeline, then out of SRT's send buffer, which closing
+        the socket would discard (SRT paces a burst out over time)."""
+        if self.pipeline is not None:
+            self.feed.detach(self.src)
+            bus = self.pipeline.get_bus()
+            bus.remove_signal_watch()
+            if drain and self.src.emit("end-of-stream") == self.Gst.FlowReturn.OK:
+                bus.timed_pop_filtered(int(EOS_WAIT_S * self.Gst.SECOND),
+                                       self.Gst.MessageType.EOS | self.Gst.MessageType.ERROR)
+                sent, deadline = -1, time.monotonic() + EOS_WAIT_S
+                while time.monotonic() < deadline and sent != (sent := self.bytes_sent()):
+                    time.sleep(0.1)
+            self.pipeline.set_state(self.Gst.State.NULL)
+            self.pipeline = None
+
+    def bytes_sent(self):
+        """What SRT sent so far, to every peer (a caller's statistics, or each of a
+        listener's callers')."""
+        stats = self.pipeline.get_by_name("sink").get_property("stats")
+        text = stats.to_string() if stats is not None else ""
+        return sum(int(n) for n in re.findall(r"\bbytes-sent=\(guint64\)(\d+)", text))
+
+    def on_caller(self, sink, socket_id, address, event):
+        self.callers = max(0, self.callers + (1 if event == "client_joined" else -1))
+        self.feed.set_receivers(self.src, self.callers)
+        emit(event, address=address_of(address), transport="srt")
+        if event == "client_joined":  # it decodes from the next IDR (the parameter sets
+            emit("idr")                # come with it), without a gap for the others
+
+    def poll_connection(self, pipeline):
+        """Caller: connected once srtsink's statistics describe a socket (every 200 ms)."""
+        if pipeline is not self.pipeline:
+            return False
+        stats = pipeline.get_by_name("sink").get_property("stats")
+        connected = stats is not None and stats.has_field("packets-sent")
+        if connected and not self.connected:
+            self.set_connected(True, None)
+        return True
+
+    def set_connected(self, connected, reason):
+        self.connected = connected
+        self.feed.set_receivers(self.src, int(connected))
+        if connected:
+            self.attempt = 0
+            emit("peer_back")
+            emit("idr")  # a new peer decodes from it (after a reconnect, it came mid-stream)
+        else:
+            emit("peer_lost", reason=reason)
+
+    def on_message(self, bus, msg):
+        Gst = self.Gst
+        if msg.type == Gst.MessageType.WARNING and not self.listener:
+            # srtsink reconnects by itself after a broken connection: the peer is gone meanwhile
+            if self.connected:
+                self.set_connected(False, "SRT peer gone: " + msg.parse_warning()[0].message)
+        elif msg.type == Gst.MessageType.ERROR:
+            reason = msg.parse_error()[0].message
+            if self.listener:
+                emit("error", message="%s: %s" % (self.uri(), reason))
+                os._exit(1)
+            if self.connected or self.attempt == 0:
+                self.set_connected(False, reason if self.connected else "no SRT listener at "
+                                   "%s:%d answered (%s)" % (self.config["host"],
+                                                            self.config["port"], reason))
+            self.stop()
+            delay = BACKOFF_S[min(self.attempt, len(BACKOFF_S) - 1)]
+            self.attempt += 1
+            self.GLib.timeout_add(int(delay * 1000), self.retry)
+
+    def retry(self):
+        error = self.start()
+        if error:  # cannot even build the pipeline: the parent restarts the child
+            emit("error", message=error)
+            os._exit(1)
+        return False
+

@@ -1,0 +1,273 @@
+"""What the GStreamer outputs' tests (test_gst_rtsp.py, test_gst_outputs.py, test_gst_child.py)
+share: the skip when the system Python lacks a part, a free port, the outputs' events kept, the
+real encoder fed live into the outputs, and the real receivers: FFmpeg through PyAV, and
+GStreamer's rtspsrc/srtsrc in a system-Python process (tests/gst_receiver.py) whose stream PyAV
+decodes, with the checks on what they got. Nothing waits on the wall clock but hang guards.
+Assertions here are rewritten by pytest (conftest.py registers this module), so a failing check
+reports its values."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from edge_semvc.encoders import EncoderSettings, get_encoder
+from edge_semvc.sinks import gstreamer as gst
+from edge_semvc.sinks.base import Outputs, StreamInfo
+
+RECEIVER = Path(__file__).with_name("gst_receiver.py")
+GUARD_S = 60  # a hang guard only: every wait below ends on a count or an event
+
+
+def require(kind: str) -> None:
+    what = gst._missing(gst.gst_python(), kind)
+    if what is not None:
+        pytest.skip(f"the {kind} output cannot run here: {what} is missing (make apt)")
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Events:
+    """on_event's calls, kept; `wait` blocks until one matches (hang guard only)."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, dict]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, name, **fields):
+        with self._cond:
+            self.seen.append((name, fields))
+            self._cond.notify_all()
+
+    def names(self) -> list[str]:
+        with self._cond:
+            return [n for n, _ in self.seen]
+
+    def wait(self, name: str, count: int = 1, **match) -> dict:
+        def found():
+            hits = [f for n, f in self.seen if n == name and
+                    all(f.get(k) == v for k, v in match.items())]
+            return hits[count - 1] if len(hits) >= count else None
+
+        with self._cond:
+            assert self._cond.wait_for(found, timeout=GUARD_S), \
+                f"no {name} {match} (#{count}) among {self.seen}"
+            return found()
+
+
+class LiveEncoder:
+    """The real encoder fed with the demo frames, looped, at about 30 frames a second in a
+    thread, into `outputs` (an Outputs), an IDR forced whenever an output asks (as the
+    pipeline does). IDRs come only when asked: keyint is unbounded and nothing else inserts
+    one, so a receiver that decodes got an IDR someone asked for."""
+
+    def __init__(self, frames, outputs: Outputs, backend="x264", global_headers=False,
+                 paced=True):
+        f0 = frames[0]
+        settings = EncoderSettings(width=f0.width, height=f0.height, fps=Fraction(30),
+                                   time_base=Fraction(1, 30), preset="ultrafast",
+                                   tune="zerolatency", keyint=1_000_000, caller_idr=True,
+                                   global_headers=global_headers)
+        self.encoder = get_encoder(backend)(settings)
+        self.info = StreamInfo(f0.width, f0.height, settings.fps, settings.time_base,
+                               self.encoder.codec, self.encoder.headers(), global_headers)
+        self.frames, self.outputs, self.paced = frames, outputs, paced
+        self.count = 0  # frames encoded
+        self.idrs: list[int] = []  # their indexes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.outputs.open(self.info)
+        if self.paced:  # else the test calls `step`
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.paced:
+            self._thread.join(timeout=GUARD_S)
+        self.outputs.write(self.encoder.flush())
+        self.outputs.close()
+        self.encoder.close()
+
+    def step(self, force_idr: bool = False) -> bytes:
+        """Encodes the next frame into the outputs; its bytes."""
+        n = self.count
+        frame = self.frames[n % len(self.frames)]
+        frame.pts = frame.index = n
+        idr = self.outputs.wants_idr(n) or n == 0 or force_idr
+        if idr:
+            self.idrs.append(n)
+        packets = self.encoder.encode(frame, None, force_idr=idr)
+        self.outputs.write(packets)
+        self.count = n + 1
+        return b"".join(bytes(p.data) for p in packets)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.step()
+            time.sleep(1 / 30)
+
+    def wait_frames(self, n: int) -> None:
+        """Until `n` more frames are encoded."""
+        target = self.count + n
+        for _ in range(GUARD_S * 100):
+            if self.count >= target:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"the encoder stalled at frame {self.count}")
+
+
+class Decoded:
+    """A receiver's stream decoded by PyAV in a thread: frames counted, the first kept, and
+    the frames that were corrupt or would not decode once the first had (before it, data
+    from the middle of the stream is expected not to decode)."""
+
+    def __init__(self, open_container):
+        self.frames = 0
+        self.packets = 0  # demuxed
+        self.pts: list[int | None] = []  # of each decoded frame
+        self.first = None
+        self.broken: list[int] = []  # frame counts at which a picture was corrupt or failed
+        self.error: Exception | None = None
+        self._open = open_container
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            with self._open() as c:
+                c.streams.video[0].thread_type = "NONE"
+                for packet in c.demux(video=0):
+                    self.packets += 1
+                    try:
+                        pictures = packet.decode()
+                    except av.error.InvalidDataError:
+                        pictures = [None] if self.first is not None else []
+                    for f in pictures:
+                        with self._cond:
+                            if f is None or f.is_corrupt:
+                                self.broken.append(self.frames)
+                            if f is not None:
+                                self.first = self.first or f
+                                self.frames += 1
+                                self.pts.append(f.pts)
+                            self._cond.notify_all()
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            self.error = e
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait(self, n: int) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.frames >= n or not self._thread.is_alive(),
+                                       timeout=GUARD_S), \
+                f"decoded {self.frames} < {n} frames ({self.error}; {self.packets} packets)"
+        assert self.frames >= n, f"the receiver ended after {self.frames} frames: {self.error}"
+        self.checked = n
+
+    def join(self):
+        self._thread.join(timeout=GUARD_S)
+
+
+class GstReceiver:
+    """tests/gst_receiver.py in the system Python; its output decoded by PyAV."""
+
+    def __init__(self, *args: str, fmt: str):
+        self.proc = subprocess.Popen([gst.gst_python(), str(RECEIVER), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.decoded = Decoded(lambda: av.open(self.proc.stdout, format=fmt))
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.decoded.join()
+
+
+def good_start(decoded: Decoded) -> None:
+    """The receiver's first picture is a key frame, and all it decoded until the last `wait`
+    is whole (a receiver killed mid-picture may break the ones after)."""
+    assert decoded.first is not None and decoded.first.key_frame
+    assert [i for i in decoded.broken if i < decoded.checked] == []
+
+
+class RawReceiver:
+    """tests/gst_receiver.py's output kept as bytes as they come (the elementary stream):
+    `wait_for(data)` until they hold `data`, the last bytes of an access unit, its own."""
+
+    KEEP = 1 << 20
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([gst.gst_python(), str(RECEIVER), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.data = bytearray()
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        while chunk := os.read(self.proc.stdout.fileno(), 1 << 16):
+            with self._cond:
+                self.data = self.data[-self.KEEP:] + chunk
+                self._cond.notify_all()
+
+    def started(self) -> bool:
+        with self._cond:
+            return bool(self.data)
+
+    def wait_for(self, data: bytes) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: data in self.data, timeout=GUARD_S), \
+                "the receiver never got the frame written last"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+FRAME_S, LATE_S = 1 / 30, 0.015
+LOCKSTEP_FRAMES = 20
+TICKS = 3000  # one frame in the 90 kHz clock of RTP and MPEG-TS
+
+
+def each_frame_at_once(live: LiveEncoder, joined, raw: RawReceiver, decoded: Decoded) -> None:
+    """Frame n is written at n x FRAME_S, every other one LATE_S later (never sooner: a frame
+    ahead of its time is stamped when it comes). Once a receiver joined (`joined()`) and `raw`
+    has bytes, each frame, from an IDR on, is written only once `raw` holds the whole frame
+    before: a frame held back until the next one comes would stall this until the hang guard.
+    Ends after LOCKSTEP_FRAMES such frames and 40 decoded by `decoded`."""
+    t0, locked = time.monotonic(), 0
+    while locked < LOCKSTEP_FRAMES or decoded.frames < 40:
+        assert live.count < GUARD_S * 30, \
+            f"{decoded.frames} decoded ({decoded.error}; {decoded.packets} packets), {locked} in " \
+            f"lockstep, IDRs {live.idrs}"
+        n = live.count
+        time.sleep(max(0.0, t0 + n * FRAME_S + LATE_S * (n % 2) - time.monotonic()))
+        first = not locked and joined() and raw.started()
+        data = live.step(force_idr=first)
+        if locked or first:
+            raw.wait_for(data[-32:])
+            locked += 1
+
+
+def encoder_cadence(decoded: Decoded) -> None:
+    """The receiver's timestamps step by one frame at the encoder's rate, not in the rhythm
+    the frames were written in (a few may not, where a frame came sooner than all before).
+    The first frames are left out: the RTSP server sends what it held for its SDP when a
+    client plays."""
+    pts = decoded.pts[6:]
+    steps = [b - a for a, b in zip(pts, pts[1:])]
+    off = [d for d in steps if abs(d - TICKS) > TICKS // 30]  # over 1 ms
+    assert len(steps) >= 30 and len(off) <= len(steps) // 10, steps

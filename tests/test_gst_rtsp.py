@@ -1,0 +1,176 @@
+"""The built-in RTSP server output (sinks/gstreamer.py, sinks/gst_rtsp.py in the child), driven
+with packets from the real x264 (and x265) encoder and pulled by real receivers on 127.0.0.1:
+FFmpeg through PyAV, and GStreamer's rtspsrc in a system-Python process (tests/gst_receiver.py)
+whose stream PyAV decodes; and its GStreamer child killed and stalled. Nothing waits on the wall
+clock but hang guards: frames, packets and events are counted."""
+from __future__ import annotations
+
+import os
+import signal
+
+import av
+import pytest
+from gst_helpers import (
+    GUARD_S,
+    Decoded,
+    Events,
+    GstReceiver,
+    LiveEncoder,
+    RawReceiver,
+    each_frame_at_once,
+    encoder_cadence,
+    free_port,
+    good_start,
+    require,
+)
+
+from edge_semvc.encoders import get_encoder
+from edge_semvc.errors import SinkError
+from edge_semvc.sinks import open_output
+from edge_semvc.sinks.base import Outputs
+
+
+def ffmpeg_rtsp(url: str, transport: str) -> Decoded:
+    return Decoded(lambda: av.open(url, options={"rtsp_transport": transport},
+                                   timeout=(GUARD_S, GUARD_S)))
+
+
+def test_rtsp_two_clients_one_leaves_the_other_and_the_recording_go_on(frames, tmp_path):
+    require("rtsp")
+    port, events = free_port(), Events()
+    url = f"rtsp://127.0.0.1:{port}/cam"
+    server = open_output(f"rtsp://@:{port}/cam", events)
+    recording = open_output(str(tmp_path / "rec.ts"))
+    with LiveEncoder(frames, Outputs([recording, server])) as live:
+        tcp = ffmpeg_rtsp(url, "tcp")
+        udp = GstReceiver(url, "h264", "udp", fmt="h264")
+        tcp.wait(30)
+        udp.decoded.wait(30)
+        assert sorted(f["transport"] for f in (events.wait("client_joined", 1),
+                                               events.wait("client_joined", 2))) == ["tcp", "udp"]
+        assert server.stats()["clients"] == 2
+        udp.stop()  # one leaves mid-stream
+        left = events.wait("client_left")
+        assert left["transport"] == "udp" and left["address"].startswith("127.0.0.1:")
+        before = tcp.frames
+        live.wait_frames(45)
+        tcp.wait(before + 30)  # the other goes on
+        stats = server.stats()
+        assert stats["clients"] == 1 and stats["state"] == "open"
+        assert stats["bytes_sent"] > 0 and stats["packets"] > 0 and stats["dropped"] == 0
+    good_start(tcp)
+    good_start(udp.decoded)
+    with av.open(str(tmp_path / "rec.ts")) as c:  # the recording has every frame
+        assert sum(1 for _ in c.decode(video=0)) == live.count
+    assert events.names().count("output_lost") == 0
+
+
+def test_rtsp_late_joiner_gets_an_idr_at_once_even_with_global_headers(frames):
+    """Parameter sets out of band (an mp4 beside it): the server prepends them to each IDR, and
+    a client joining long after the only IDR so far gets a new one at once."""
+    require("rtsp")
+    port, events = free_port(), Events()
+    server = open_output(f"rtsp://127.0.0.1:{port}/live", events)
+    with LiveEncoder(frames, Outputs([server]), global_headers=True) as live:
+        live.wait_frames(60)
+        assert live.idrs == [0]
+        joiner = ffmpeg_rtsp(f"rtsp://127.0.0.1:{port}/live", "tcp")
+        events.wait("client_joined")
+        joined_at = live.count
+        joiner.wait(20)
+        forced = [i for i in live.idrs if i >= joined_at - 1]
+        assert forced and forced[0] - joined_at <= 15  # frames, not seconds: at once
+    good_start(joiner)
+
+
+def test_rtsp_credentials_from_the_environment(frames, monkeypatch, caplog):
+    require("rtsp")
+    monkeypatch.setenv("TEST_RTSP_USER", "viewer")
+    monkeypatch.setenv("TEST_RTSP_PASS", "s3cret-pw")
+    port, events = free_port(), Events()
+    uri = f"rtsp://@:{port}/cam?user_env=TEST_RTSP_USER&password_env=TEST_RTSP_PASS"
+    server = open_output(uri, events)
+    with LiveEncoder(frames, Outputs([server])):
+        for url in (f"rtsp://127.0.0.1:{port}/cam",
+                    f"rtsp://viewer:wrong@127.0.0.1:{port}/cam"):
+            refused = ffmpeg_rtsp(url, "tcp")
+            refused.join()
+            assert refused.frames == 0 and "401" in str(refused.error)
+        accepted = ffmpeg_rtsp(f"rtsp://viewer:s3cret-pw@127.0.0.1:{port}/cam", "tcp")
+        accepted.wait(10)
+        gst_client = GstReceiver(f"rtsp://127.0.0.1:{port}/cam", "h264", "tcp", "viewer",
+                                 "s3cret-pw", fmt="h264")
+        gst_client.decoded.wait(10)
+        gst_client.stop()
+    good_start(accepted)
+    assert events.names().count("client_joined") == 2
+    assert "s3cret-pw" not in caplog.text + repr(events.seen) + repr(server.stats())
+
+
+def test_rtsp_credentials_refused_when_a_variable_is_unset(monkeypatch):
+    require("rtsp")
+    monkeypatch.setenv("TEST_RTSP_USER", "viewer")
+    monkeypatch.delenv("TEST_RTSP_NOPE", raising=False)
+    with pytest.raises(SinkError, match="TEST_RTSP_NOPE .*not set"):
+        open_output(f"rtsp://@:{free_port()}/cam?user_env=TEST_RTSP_USER"
+                    f"&password_env=TEST_RTSP_NOPE")
+    with pytest.raises(SinkError, match="both user_env and password_env"):
+        open_output(f"rtsp://@:{free_port()}/cam?user_env=TEST_RTSP_USER")
+    with pytest.raises(SinkError, match="credentials do not belong in the URI.*user_env=NAME"):
+        open_output(f"rtsp://viewer:pw@127.0.0.1:{free_port()}/cam")
+
+
+def test_rtsp_hevc(frames):
+    require("rtsp")
+    encoder = get_encoder("x265")
+    ok, why = encoder.available()
+    if not ok:
+        pytest.skip(f"x265 unavailable: {why}")
+    port = free_port()
+    server = open_output(f"rtsp://@:{port}/cam")
+    with LiveEncoder(frames, Outputs([server]), backend="x265"):
+        client = GstReceiver(f"rtsp://127.0.0.1:{port}/cam", "hevc", "tcp", fmt="hevc")
+        client.decoded.wait(15)
+        client.stop()
+    good_start(client.decoded)
+
+
+def test_rtsp_sends_each_frame_before_the_next_with_the_encoders_timestamps(frames):
+    require("rtsp")
+    port, events = free_port(), Events()
+    url = f"rtsp://127.0.0.1:{port}/cam"
+    server = open_output(f"rtsp://@:{port}/cam", events)
+    with LiveEncoder(frames, Outputs([server]), paced=False) as live:
+        raw = RawReceiver(url, "h264", "tcp")
+        decoded = ffmpeg_rtsp(url, "tcp")
+        try:
+            each_frame_at_once(live, lambda: events.names().count("client_joined") == 2,
+                               raw, decoded)
+        finally:
+            raw.stop()
+    encoder_cadence(decoded)
+
+
+def test_a_dead_child_is_restarted_and_a_stalled_one_never_blocks_the_encoder(frames):
+    require("rtsp")
+    port, events = free_port(), Events()
+    server = open_output(f"rtsp://@:{port}/cam", events)
+    with LiveEncoder(frames, Outputs([server])) as live:
+        server._child.kill()  # the GStreamer side dies
+        assert "GStreamer child ended" in events.wait("output_lost")["reason"]
+        events.wait("output_back")
+        assert server.stats()["reconnects"] == 1 and server.stats()["state"] == "open"
+        client = ffmpeg_rtsp(f"rtsp://127.0.0.1:{port}/cam", "tcp")
+        client.wait(15)
+        os.kill(server._child.pid, signal.SIGSTOP)  # alive but reading nothing
+        try:
+            stalled_at = live.count
+            live.wait_frames(120)  # the encoder goes on: its writes drop, never block
+            assert server.stats()["dropped"] > 0
+            assert len([i for i in live.idrs if i >= stalled_at]) <= 1  # no IDR per frame
+        finally:
+            os.kill(server._child.pid, signal.SIGCONT)
+        resumed_at = live.count
+        client.wait(client.frames + 60)  # past what was queued before the stall
+        assert [i for i in live.idrs if i >= resumed_at]  # asked for once the queue drained
+    good_start(client)
