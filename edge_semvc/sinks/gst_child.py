@@ -273,7 +273,11 @@ def main(argv):
 
 if __name__ == "__main__":
     # through the module gst_child, the one gst_rtsp and gst_srt import: one emit() and one
-    # lock on standard output for all (this script as __main__ would be a second copy)
+    # lock on standard output for all (this script as __main__ would be a second copy); its
+    # folder put first by hand, as Python leaves it out under PYTHONSAFEPATH
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import gst_child
 
     sys.exit(gst_child.main(sys.argv))
