@@ -29,7 +29,6 @@ from .encoders.config import EncoderConfig
 from .errors import SinkError, WriteError
 from .frame import Frame
 from .labeler import Labeler
-from .labeler.schedule import camera_share
 from .sinks import open_output
 from .sinks.base import Output, Outputs, StreamInfo
 from .sources import DecodeError, Source
@@ -224,9 +223,8 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     if live.timing_window:
         stats.timings = {s: deque(maxlen=live.timing_window) for s in STAGES}
     observer, stats.storage = _storage(cfg, source, outputs)
-    share = camera_share(cfg.labeler.live_share, live.cameras) if live.cameras else None
     understanding = build_understanding(cfg, semantic, getattr(source, "path", None), observer,
-                                        stats.timings, extras.map_filter, share)
+                                        stats.timings, extras.map_filter, live.cameras)
     stats.labeler = understanding.labeler
     settings = encoder_settings(cfg, source, outputs.global_headers)
     tracks, skipped, take_packets = passthrough(source, cfg)

@@ -28,6 +28,7 @@ from .config import Config
 from .extensions import Extensions
 from .frame import Frame
 from .labeler import Labeler
+from .labeler.schedule import camera_share
 from .qp import QP_DEVICES
 from .qp.qpmap import build_qp_map, importance_vector
 from .storage import Observation, Observer
@@ -66,6 +67,9 @@ class NullLabeler:
 
     def budget_stats(self) -> None:
         return None
+
+    def reconfigure(self, cfg, live_share: float | None) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -156,11 +160,13 @@ class CudaQpMapper:
 def build_understanding(cfg: Config, semantic: bool, input_path: str | None,
                         observer: Observer | None, timings: dict,
                         map_filter: MapFilter | None = None,
-                        live_share: float | None = None) -> Understanding:
+                        cameras: int = 0) -> Understanding:
     """The run's understanding step: its labeler (a NullLabeler when not `semantic`; a live
-    input's budget is `live_share` of each frame period, else labeler.cpu_budget), the map on
-    the CPU or the GPU (`qp.device`), the enabled extensions."""
-    labeler = (Labeler(cfg.labeler, cfg.cache_dir(), log=log.info, live_share=live_share)
+    input, one of `cameras` (0: a file encode), has its camera's share of labeler.live_share
+    of each frame period, else labeler.cpu_budget), the map on the CPU or the GPU
+    (`qp.device`), the enabled extensions."""
+    labeler = (Labeler(cfg.labeler, cfg.cache_dir(), log=log.info,
+                       live_share=_live_share(cfg, cameras))
                if semantic else NullLabeler())
     if semantic and cfg.qp.device == "cuda":  # C, V, regions, Q and offsets on the GPU
         mapper = CudaQpMapper()
@@ -172,7 +178,12 @@ def build_understanding(cfg: Config, semantic: bool, input_path: str | None,
     # profile (~0.4 ms a frame at 720p, ~0.8 ms at 1080p; benchmarks compare against the plain
     # run).
     scene = SceneAnalyser(cfg.scene) if semantic or observer is not None else None
-    return Understanding(cfg, labeler, mapper, observer, timings, scene, map_filter)
+    return Understanding(cfg, labeler, mapper, observer, timings, scene, map_filter, cameras)
+
+
+def _live_share(cfg: Config, cameras: int) -> float | None:
+    """One camera's labeler budget, at the start and after each live change."""
+    return camera_share(cfg.labeler.live_share, cameras) if cameras else None
 
 
 class _NoCuts:
@@ -193,8 +204,10 @@ class Understanding:
     rectangles, rects.py)."""
 
     def __init__(self, cfg: Config, labeler, mapper: QpMapper, observer: Observer | None,
-                 timings: dict, scene: SceneAnalyser | None, map_filter: MapFilter | None = None):
+                 timings: dict, scene: SceneAnalyser | None, map_filter: MapFilter | None = None,
+                 cameras: int = 0):
         self.cfg, self.labeler, self.mapper, self.observer = cfg, labeler, mapper, observer
+        self.cameras = cameras
         self.timings, self.map_filter = timings, map_filter
         self.scene = scene or _NoCuts()
         self.importance = importance_vector(["background", *labeler.classes], cfg.qp)
@@ -215,7 +228,8 @@ class Understanding:
         if new is None:
             return
         self.cfg = new
-        self.labeler.cfg, self.scene.cfg = new.labeler, new.scene
+        self.labeler.reconfigure(new.labeler, _live_share(new, self.cameras))
+        self.scene.cfg = new.scene
         self.mapper.reconfigure(new)
         self.importance = importance_vector(["background", *self.labeler.classes], new.qp)
 

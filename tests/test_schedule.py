@@ -266,3 +266,22 @@ def test_dropped_frames_do_not_lengthen_the_live_period_and_the_models_give_way(
     for i in range(1, 251):  # 25 s without a gap: back to the configured share
         b.frame(t + i / 10)
     assert b.share == pytest.approx(0.5) and b.configured == 0.5
+
+
+def test_a_live_share_change_moves_the_back_off_reference_and_keeps_its_place():
+    """labeler.live_share changed live (serve): with no back-off under way the models get the
+    new share at once; during one, the same fraction of the new share, recovering towards
+    it (not the old one)."""
+    b = Budget(0.5, [1], live=True)
+    for t in [0.0, 0.1, 0.2]:
+        b.frame(t)
+    b.set_share(0.2)
+    assert b.share == b.configured == 0.2
+    assert b.per_frame() == pytest.approx(0.1 * 0.2)
+    b.frame(0.4)  # a gap: backs off
+    assert b.share == pytest.approx(0.2 * 0.7)
+    b.set_share(0.8)
+    assert b.configured == 0.8 and b.share == pytest.approx(0.8 * 0.7)
+    for i in range(1, 100):
+        b.frame(0.4 + i / 10)
+    assert b.share == pytest.approx(0.8)

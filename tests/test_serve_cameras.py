@@ -1,5 +1,5 @@
 """`serve` cameras side by side: a storage-profile camera beside a live one on the same clip,
-and more cameras than cores sharing them (the labeler's live share). Same harness as
+more cameras than cores sharing them (the labeler's live share), and that share changed live. Same harness as
 test_serve.py: the service as a child process, its segments and `--stats-json` read back."""
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from test_serve import (
     segments,
     service_log,
     start_service,
+    stop,
+    with_broker,
     write_config,
 )
+from test_telemetry import MOSQUITTO, Watcher, wait_until
 
 
 def audio_beside_video(path: Path) -> tuple[float, float, float, float]:
@@ -98,3 +101,60 @@ def test_cameras_beyond_the_cores_share_them_and_record_every_frame(tmp_path):
         assert s["dropped_frames"] == 0
         frames, _ = check_segments(tmp_path / "rec" / f"cam{i}")
         assert frames == s["frames"] > 0
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
+def test_live_share_changed_over_mqtt_reaches_the_running_labeler(tmp_path):
+    """`labeler.live_share` over `config/set`: the camera's budget (its camera_share) follows
+    from the frames after the change, as the stats report it; hostile values and a switch to
+    no budget (0) are refused naming the key and change nothing."""
+    from edge_semvc.labeler.schedule import camera_share
+
+    broker, config = with_broker(tmp_path)
+    proc = start_service(config)
+    watcher = Watcher(broker.port, "edge_semvc/#")
+
+    def on(topic):
+        return [json.loads(m[1]) for m in list(watcher.messages) if m[0] == topic]
+
+    def decisions():
+        return [e for e in on("edge_semvc/front/events")
+                if e["event"] in ("config_applied", "config_rejected")]
+
+    def budget_after(frames):  # the budget of a stats report on frames after `frames`
+        later = [s for s in on("edge_semvc/front/stats") if s["frames"] > frames]
+        return later[-1]["label_budget"] if later else None
+
+    try:
+        wait_until(lambda: budget_after(0), timeout=120, what="the service to run")
+        assert budget_after(0)["configured_share"] == pytest.approx(camera_share(0.5, 1))
+        watcher.client.publish("edge_semvc/front/config/set",
+                               b'{"labeler": {"live_share": 0.2}}', qos=1)
+        wait_until(decisions, timeout=60, what="the answer to the change")
+        assert decisions()[-1]["event"] == "config_applied", decisions()
+        applied_at = on("edge_semvc/front/stats")[-1]["frames"]
+        wait_until(lambda: budget_after(applied_at), timeout=60, what="stats after the change")
+        budget = budget_after(applied_at)
+        assert budget["configured_share"] == pytest.approx(camera_share(0.2, 1), abs=1e-4)
+        assert 0 < budget["share"] <= budget["configured_share"]
+        for n, payload in enumerate([b'{"labeler": {"live_share": NaN}}',
+                                     b'{"labeler": {"live_share": .nan}}',
+                                     b'{"labeler": {"live_share": -1}}',
+                                     b'{"labeler": {"live_share": "x"}}',
+                                     b'{"labeler": {"live_share": 1e309}}',
+                                     b'{"labeler": {"live_share": 0}}'], start=2):
+            watcher.client.publish("edge_semvc/front/config/set", payload, qos=1)
+            wait_until(lambda n=n: len(decisions()) >= n, timeout=60, what=f"{payload!r}")
+            last = decisions()[-1]
+            assert last["event"] == "config_rejected", (payload, last)
+            assert last["key"] == "labeler.live_share" and last["reason"], (payload, last)
+        frames = on("edge_semvc/front/stats")[-1]["frames"]
+        wait_until(lambda: budget_after(frames), timeout=60, what="stats after the refusals")
+        assert budget_after(frames)["configured_share"] == pytest.approx(camera_share(0.2, 1),
+                                                                         abs=1e-4)
+        assert on("edge_semvc/front/config/state")[-1]["labeler"]["live_share"] == 0.2
+    finally:
+        code = stop(proc)
+        watcher.close()
+        broker.stop()
+    assert code == 0, service_log(config)

@@ -114,3 +114,13 @@ class EmotionConfig:
         check(self.min_face >= 1, "emotion.min_face", self.min_face, ">= 1 pixel")
         check(self.max_faces >= 1, "emotion.max_faces", self.max_faces, ">= 1")
         check(self.threads >= 0, "emotion.threads", self.threads, ">= 0")
+
+
+def check_live_share(old: LabelerConfig, new: LabelerConfig) -> None:
+    """A live `labeler.live_share` change (over MQTT) between positive shares: 0 is no budget,
+    the models in line at fixed intervals, another scheduler the running labeler cannot
+    switch to or from while frames flow (restart for that)."""
+    if new.live_share != old.live_share:
+        check(old.live_share > 0 and new.live_share > 0, "labeler.live_share", new.live_share,
+              "a live change between positive shares (0, no budget, is set in the "
+              "configuration file, with a restart)")

@@ -226,6 +226,14 @@ class Labeler:
                          "cpu_ms_per_run": round(cost * 1e3, 2) if cost else None}
         return out
 
+    def reconfigure(self, cfg: LabelerConfig, live_share: float | None) -> None:
+        """A live change (serve/remote.py LIVE_KEYS), from the next frame: `cfg`, and the
+        live budget's new share (camera_share; None: not a live run). A live share is never
+        switched to or from 0 here (labeler/config.py check_live_share)."""
+        self.cfg = cfg
+        if live_share is not None and self.budget is not None and self.budget.live:
+            self.budget.set_share(live_share)
+
     def budget_stats(self) -> dict | None:
         """The budget: `live` (a share of each frame period) or `cpu` (of the rest of the
         process's CPU), its share and what it gives the models per frame; None without one."""

@@ -123,6 +123,15 @@ class Budget:
         else:
             self.share = min(self.share + self.configured * RECOVER, self.configured)
 
+    def set_share(self, share: float) -> None:
+        """A new configured share (a live change, from the next frame). The reference the
+        back-off returns to becomes `share`, and the share now keeps its place below it: a
+        back-off under way goes on from the same fraction of the new share (raising it on a
+        box that drops frames must not undo the back-off at once), none under way gives
+        `share` now."""
+        self.share *= share / self.configured
+        self.configured = share
+
     def per_frame(self) -> float:
         """CPU seconds per frame the models may use."""
         return self.share * ((self.period if self.live else self.rest) or 0.0)

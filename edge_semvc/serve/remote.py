@@ -2,8 +2,9 @@
 and turned into the camera's next configuration, and the changes kept across restarts.
 
 Only keys that are safe to change while frames flow are accepted (`LIVE_KEYS`): the QP policy,
-the analysis scaling and the labeler's class priority and label age. Nothing remote can name a
-file, a model, an encoder, a source or anything that executes; such keys are refused by name,
+the analysis scaling, the labeler's class priority, label age and live share, the scene
+description and the encoder's rate. Nothing remote can name a file, a model, an encoder, a
+source or anything that executes; such keys are refused by name,
 like unknown keys, wrong types, out-of-range values, malformed JSON/YAML and oversized payloads.
 Every payload is hostile: it is read without YAML anchors or aliases (a 671-byte alias bomb
 expands to gigabytes), at most `MAX_PAYLOAD_BYTES` long, `MAX_DEPTH` levels deep, with numbers
@@ -25,6 +26,7 @@ from ..config import Config
 from ..config_model import ConfigDumper, ConfigLoader, merge, shown
 from ..encoders.config import check_live_rate
 from ..errors import ConfigError
+from ..labeler.config import check_live_share
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_DEPTH = 8  # nesting levels of a payload (the deepest live key, qp.importance.x, is 3)
@@ -33,6 +35,7 @@ MAX_REASON_CHARS = 300  # of a refusal's reason (an event and a log line, not a 
 # range, checked by its subsystem's validate() (README, "Service"); a test sets every one to
 # extreme values. Adding a live key: one line here and its range there.
 LIVE_KEYS = ("qp.", "analysis.", "labeler.priority", "labeler.max_age_s",
+             "labeler.live_share",  # a busy box's models given less, an idle one's more
              "fusion.description",  # "watch the vehicles at the gate", from a dashboard
              "encoder.bitrate", "encoder.crf")  # following the link: at the next frame
 NOT_LIVE = {"qp.device"}  # a backend choice: set in the configuration file, with a restart
@@ -114,6 +117,7 @@ def live_difference(old: Config, new: Config, strict: bool = False) -> dict[str,
         node[leaf] = value
     if strict:
         check_live_rate(old.encoder, new.encoder)
+        check_live_share(old.labeler, new.labeler)
     return doc
 
 
@@ -133,6 +137,7 @@ def apply_change(current: Config, doc: dict[str, Any]) -> Config:
         merge(candidate, doc, "")
         candidate.validate()
         check_live_rate(current.encoder, candidate.encoder)
+        check_live_share(current.labeler, candidate.labeler)
     except ConfigError as e:
         raise RemoteChangeRejected(str(e), e.key) from None
     return candidate
