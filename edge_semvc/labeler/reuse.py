@@ -56,6 +56,7 @@ MODES = ("motion", "hold")
 INTERPS = ("bilinear", "nearest")
 SCALE = 8  # luma subsampling for the motion search; one macroblock = 2x2 samples
 _BLK = MB // SCALE
+_VEL2 = [6, 7, 6, 7]  # a box row's velocity, once for each corner
 
 
 def downsample(y: np.ndarray) -> np.ndarray:
@@ -217,26 +218,26 @@ class MotionField:
         boxes = boxes[((boxes[:, 4:6] > 0) & (boxes[:, 2:4] < (h, w))).all(1)]
         if not len(boxes):
             return boxes
-        pos = boxes[:, 2:6] + np.tile(boxes[:, 6:8], 2)
+        pos = boxes[:, 2:6] + boxes[:, _VEL2]
         mid = np.floor((pos[:, :2] + pos[:, 2:]) / 2).astype(int)
         lo = np.minimum(np.ceil(pos[:, :2] - 0.5).astype(int), mid).clip(0, (h - 1, w - 1))
         hi = np.maximum(np.ceil(pos[:, 2:] - 0.5).astype(int), mid + 1).clip(lo + 1, (h, w))
-        cost = np.stack([sad[:, y0:y1, x0:x1].sum((1, 2)) for (y0, x0), (y1, x1) in zip(lo, hi)],
-                        1)  # [K, n]
+        cost = np.stack([sad[:, y0:y1, x0:x1].sum((1, 2))
+                         for (y0, x0), (y1, x1) in zip(lo.tolist(), hi.tolist())], 1)  # [K, n]
         cost += self._bias(*centre)[0] * (hi - lo).prod(1) // 9  # the bias is for 9 macroblocks
         vec = self.offsets[cost.argmin(0)] + centre
-        vel = np.array([_refine(cur, ref, pad, a * _BLK, b * _BLK, v)
-                        for a, b, v in zip(lo, hi, vec)])
+        vel = np.array([_refine(cur, ref, pad, a, b, v) for a, b, v in
+                        zip((lo * _BLK).tolist(), (hi * _BLK).tolist(), vec.tolist())])
         vel *= -SCALE / MB  # the content came from there: the box moved the other way
-        return np.concatenate([boxes[:, :2], boxes[:, 2:6] + np.tile(vel, 2), vel], 1)
+        return np.concatenate([boxes[:, :2], boxes[:, 2:6] + vel[:, [0, 1, 0, 1]], vel], 1)
 
 
-def _refine(cur: np.ndarray, ref: np.ndarray, pad: int, lo, hi, vec) -> np.ndarray:
+def _refine(cur: np.ndarray, ref: np.ndarray, pad: int, lo, hi, vec) -> tuple[float, float]:
     """The vector of the samples [lo, hi) of the current frame (`cur`, edge-extended by one),
     found near `vec` (whole samples) in the previous one (`ref`, edge-extended by `pad`), to a
     fraction of a sample: one Lucas-Kanade step (the frames' mean gradient against their
     difference), within half a sample."""
-    (y0, x0), (y1, x1), (vy, vx) = lo, hi, vec
+    (y0, x0), (y1, x1), (vy, vx) = lo, hi, vec  # Python ints
     c = cur[y0:y1 + 2, x0:x1 + 2].astype(np.float32)
     p = ref[pad + vy + y0 - 1:pad + vy + y1 + 1, pad + vx + x0 - 1:pad + vx + x1 + 1].astype(
         np.float32)
@@ -248,8 +249,8 @@ def _refine(cur: np.ndarray, ref: np.ndarray, pad: int, lo, hi, vec) -> np.ndarr
     reg = 1e-3 * (yy + xx) + 1e-6  # flat or one-directional texture: a short step
     yy, xx = yy + reg, xx + reg
     det = yy * xx - xy * xy
-    f = np.array([xx * by - xy * bx, yy * bx - xy * by]) / det
-    return vec + f.clip(-0.5, 0.5)
+    fy, fx = (xx * by - xy * bx) / det, (yy * bx - xy * by) / det
+    return vy + min(max(fy, -0.5), 0.5), vx + min(max(fx, -0.5), 0.5)
 
 
 def find_boxes(planes: np.ndarray) -> np.ndarray:
