@@ -56,7 +56,6 @@ MODES = ("motion", "hold")
 INTERPS = ("bilinear", "nearest")
 SCALE = 8  # luma subsampling for the motion search; one macroblock = 2x2 samples
 _BLK = MB // SCALE
-_VEL2 = [6, 7, 6, 7]  # a box row's velocity, once for each corner
 
 
 def downsample(y: np.ndarray) -> np.ndarray:
@@ -144,9 +143,9 @@ class MotionField:
         # current plane edge-extended by 1, previous plane edge-extended by pad, pad).
         self.last = None
 
-    def _bias(self, py: int, px: int) -> tuple[np.ndarray, np.ndarray]:
-        """For a search centre: the cost added to each candidate for its vector length,
-        int32[K, 1], and each candidate's vector in pixels, float32[2, K]."""
+    def _candidates(self, py: int, px: int) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates around a search centre: the cost added to each for its vector
+        length, int32[K, 1], and each one's vector in pixels, float32[2, K]."""
         k = (py, px)
         if k not in self._cache:
             vec = self.offsets + (py, px)
@@ -185,7 +184,7 @@ class MotionField:
         rows += framed[:, 2:]
         cost = rows[..., :-2] + rows[..., 1:-1]
         cost += rows[..., 2:]
-        bias, vectors = self._bias(py, px)
+        bias, vectors = self._candidates(py, px)
         cost = cost.reshape(K, -1)
         cost += bias  # [K, mb]
         # Arg-min across candidates as one element-wise min: the index rides in the low bits.
@@ -219,13 +218,14 @@ class MotionField:
         boxes = boxes[((boxes[:, 4:6] > 0) & (boxes[:, 2:4] < (h, w))).all(1)]
         if not len(boxes):
             return boxes
-        pos = boxes[:, 2:6] + boxes[:, _VEL2]
+        pos = boxes[:, 2:6] + boxes[:, [6, 7, 6, 7]]  # each corner moved by the velocity
         mid = np.floor((pos[:, :2] + pos[:, 2:]) / 2).astype(int)
         lo = np.minimum(np.ceil(pos[:, :2] - 0.5).astype(int), mid).clip(0, (h - 1, w - 1))
         hi = np.maximum(np.ceil(pos[:, 2:] - 0.5).astype(int), mid + 1).clip(lo + 1, (h, w))
         cost = np.stack([sad[:, y0:y1, x0:x1].sum((1, 2))
                          for (y0, x0), (y1, x1) in zip(lo.tolist(), hi.tolist())], 1)  # [K, n]
-        cost += self._bias(*centre)[0] * (hi - lo).prod(1) // 9  # the bias is for 9 macroblocks
+        bias = self._candidates(*centre)[0]
+        cost += bias * (hi - lo).prod(1) // 9  # the bias is for 9 macroblocks
         vec = self.offsets[cost.argmin(0)] + centre
         vel = np.array([_refine(cur, ref, pad, a, b, v) for a, b, v in
                         zip((lo * _BLK).tolist(), (hi * _BLK).tolist(), vec.tolist())])
