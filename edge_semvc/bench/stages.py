@@ -1,4 +1,8 @@
-"""Each stage's cost per frame, alone (no other thread competing), on real frames.
+"""Each stage's cost per frame, alone (no other thread competing), on real frames; and the
+semantic run's whole work in the pipeline's thread ("pipeline_thread": scene, the labeler's
+carry, gate and fusion, analysis, map; its models run in their worker), CPU ms a frame over
+the first 150 frames: the fixed work a semantic encode pays beyond `--no-map`, less noisy than
+a whole encode's CPU.
 
     python -m edge_semvc.bench.stages [CLIP...]
 """
@@ -6,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import defaultdict
 from itertools import islice
 from pathlib import Path
 
@@ -15,6 +20,7 @@ from ..config import Config
 from ..qp.qpmap import build_qp_map, importance_vector
 from ..sources import open_source
 from ..tools.models import ready_labeler
+from ..understanding import build_understanding
 
 DEFAULT_CLIPS = ["foreman_cif.h264", "street_pedestrians_vtest_768x576.avi",
                  "road_traffic_signs_1080p.h264"]
@@ -28,6 +34,24 @@ def _ms(fn, frames, repeats: int = 3) -> float:
             fn(f)
         best = min(best, (time.perf_counter() - t0) / len(frames) * 1e3)
     return best
+
+
+def pipeline_thread_ms(clip: str, cfg: Config, n: int = 150) -> float:
+    """CPU ms a frame of the semantic run's understanding step, in order over `n` frames."""
+    understanding = build_understanding(cfg, True, clip, None, defaultdict(list))
+    understanding.encoder_opened(False)
+    src = open_source(clip)
+    spent, count = 0.0, 0
+    try:
+        for frame in islice(src.frames(), n):
+            t0 = time.thread_time()
+            understanding(frame)
+            spent += time.thread_time() - t0
+            count += 1
+    finally:
+        src.close()
+        understanding.labeler.close()
+    return spent / count * 1e3
 
 
 def measure(clip: str, cfg: Config, n: int = 20) -> dict:
@@ -48,6 +72,7 @@ def measure(clip: str, cfg: Config, n: int = 20) -> dict:
     stats = {f.index: analyser.analyse(f, by_index[f.index]) for f in frames}
     out["qp_map"] = _ms(lambda f: build_qp_map(stats[f.index], by_index[f.index], imp, cfg.qp),
                         frames)
+    out["pipeline_thread"] = pipeline_thread_ms(clip, cfg)
     return out
 
 

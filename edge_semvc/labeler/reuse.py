@@ -63,14 +63,28 @@ def downsample(y: np.ndarray) -> np.ndarray:
     The grid covers the macroblock grid exactly (edge-extended where H, W are not multiples
     of 16)."""
     mb_w, mb_h = mb_grid(y.shape[1], y.shape[0])
-    s = y[1::4, 1::4]
     th, tw = 4 * mb_h, 4 * mb_w
-    if s.shape != (th, tw):
-        s = np.pad(s[:th, :tw], ((0, max(0, th - s.shape[0])), (0, max(0, tw - s.shape[1]))),
-                   mode="edge")
-    s = s.astype(np.int16)
+    sub = y[1::4, 1::4][:th, :tw]
+    h, w = sub.shape
+    s = np.empty((th, tw), np.int16)  # filled in place: np.pad is slow
+    s[:h, :w] = sub
+    s[h:, :w] = sub[-1]
+    s[:, w:] = s[:, w - 1:w]
     s = s[0::2] + s[1::2]
     return s[:, 0::2] + s[:, 1::2]
+
+
+def _edge_pad(a: np.ndarray, p: int) -> np.ndarray:
+    """`a` [H, W] extended by `p` samples on each side with its edge values (np.pad's "edge",
+    without its overhead)."""
+    h, w = a.shape
+    out = np.empty((h + 2 * p, w + 2 * p), a.dtype)
+    out[p:p + h, p:p + w] = a
+    out[p:p + h, :p] = a[:, :1]
+    out[p:p + h, p + w:] = a[:, -1:]
+    out[:p] = out[p]
+    out[p + h:] = out[p + h - 1]
+    return out
 
 
 def _nearest(planes: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
@@ -120,22 +134,26 @@ class MotionField:
         dy, dx = (a.ravel() for a in np.mgrid[-r:r + 1, -r:r + 1])
         keep = np.abs(dy) + np.abs(dx) <= r
         self.offsets = np.stack([dy[keep], dx[keep]], 1)  # [K, 2], (0, 0) included
+        self._shifts = [(int(a), int(b)) for a, b in self.offsets]
         self._bits = (len(self.offsets) - 1).bit_length()
+        self._index = np.arange(len(self.offsets), dtype=np.int32)[:, None]
         self._cache: dict = {}
         self.mode = (0, 0)  # the most common integer vector of the last estimate
         # The last estimate, for `track`: (per-macroblock SAD [K, mb_h, mb_w], search centre,
         # current plane edge-extended by 1, previous plane edge-extended by pad, pad).
         self.last = None
 
-    def _bias(self, py: int, px: int) -> np.ndarray:
-        """Cost added to each candidate for its vector length: int32[K, 1]."""
+    def _candidates(self, py: int, px: int) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates around a search centre: the cost added to each for its vector
+        length, int32[K, 1], and each one's vector in pixels, float32[2, K]."""
         k = (py, px)
         if k not in self._cache:
-            length = np.hypot(self.offsets[:, 0] + py, self.offsets[:, 1] + px)
+            vec = self.offsets + (py, px)
+            length = np.hypot(vec[:, 0], vec[:, 1])
             bias = np.rint(self.penalty * 4 * 9 * _BLK * _BLK * length).astype(np.int32)
             if len(self._cache) > 64:
                 self._cache.clear()
-            self._cache[k] = bias[:, None]
+            self._cache[k] = bias[:, None], (vec * SCALE).T.astype(np.float32)
         return self._cache[k]
 
     def estimate(self, cur: np.ndarray, prev: np.ndarray,
@@ -148,42 +166,44 @@ class MotionField:
         h, w = cur.shape
         mb_h, mb_w = h // _BLK, w // _BLK
         pad = r + 1 + max(abs(py), abs(px))  # + 1: the gradients of `track`
-        ref = np.pad(prev, pad, mode="edge")
+        ref = _edge_pad(prev, pad)
         K = len(self.offsets)
         d = np.empty((K, h, w), np.int16)
-        for k, (dy, dx) in enumerate(self.offsets):
+        for k, (dy, dx) in enumerate(self._shifts):
             y0, x0 = pad + py + dy, pad + px + dx
             np.subtract(ref[y0:y0 + h, x0:x0 + w], cur, out=d[k])
         np.abs(d, out=d)
         d = d[:, 0::2] + d[:, 1::2]
-        sad = (d[..., 0::2] + d[..., 1::2]).astype(np.int32)  # [K, mb_h, mb_w]
-        self.last = (sad, (py, px), np.pad(cur, 1, mode="edge"), ref, pad)
-        # Pool over the 3x3 neighbourhood (zero outside the grid: the same for every
-        # candidate, so the arg-min is unaffected).
+        # The SADs inside a zero frame, for the 3x3 pooling (zero outside the grid: the same
+        # for every candidate, so the arg-min is unaffected).
         framed = np.zeros((K, mb_h + 2, mb_w + 2), np.int32)
-        framed[:, 1:-1, 1:-1] = sad
+        sad = framed[:, 1:-1, 1:-1]  # [K, mb_h, mb_w]
+        np.add(d[..., 0::2], d[..., 1::2], out=sad)
+        self.last = (sad, (py, px), _edge_pad(cur, 1), ref, pad)
         rows = framed[:, :-2] + framed[:, 1:-1]
         rows += framed[:, 2:]
-        pooled = rows[..., :-2] + rows[..., 1:-1]
-        pooled += rows[..., 2:]
-        bias = self._bias(py, px)
-        cost = pooled.reshape(K, -1)
+        cost = rows[..., :-2] + rows[..., 1:-1]
+        cost += rows[..., 2:]
+        bias, vectors = self._candidates(py, px)
+        cost = cost.reshape(K, -1)
         cost += bias  # [K, mb]
         # Arg-min across candidates as one element-wise min: the index rides in the low bits.
         bits = self._bits
-        key = ((cost << bits) | np.arange(K, dtype=np.int32)[:, None]).min(0)
+        cost <<= bits
+        cost |= self._index
+        key = cost.min(0)
         best = key & ((1 << bits) - 1)
-        c = key >> bits
-        off = self.offsets[best]
-        vec = np.empty((2, mb_h * mb_w), np.float32)
-        vec[0] = (off[:, 0] + py) * SCALE
-        vec[1] = (off[:, 1] + px) * SCALE
+        key >>= bits  # the pooled cost at the chosen vector
+        vec = vectors.take(best, axis=1)
         # The most common vector: the next frame's search centre (follows pans).
-        m = self.offsets[int(np.bincount(best, minlength=K).argmax())]
-        self.mode = (int(m[0]) + py, int(m[1]) + px)
+        counts = np.bincount(best, minlength=K)
+        m = self._shifts[int(counts.argmax())]
+        self.mode = (m[0] + py, m[1] + px)
         # Mean absolute difference per sample at the chosen vectors (2x2-sum units); the
-        # pooled cost spans 9 macroblocks of 4 samples (a little fewer at the border).
-        mad = float((c - bias[best, 0]).mean()) / (9 * _BLK * _BLK)
+        # pooled cost spans 9 macroblocks of 4 samples (a little fewer at the border). The
+        # sums are exact integers: the same as the mean of the differences.
+        total = int(key.sum(dtype=np.int64)) - int(counts @ bias[:, 0].astype(np.int64))
+        mad = total / key.size / (9 * _BLK * _BLK)
         return vec.reshape(2, mb_h, mb_w), mad
 
     def track(self, boxes: np.ndarray, last: tuple | None = None) -> np.ndarray:
@@ -198,26 +218,27 @@ class MotionField:
         boxes = boxes[((boxes[:, 4:6] > 0) & (boxes[:, 2:4] < (h, w))).all(1)]
         if not len(boxes):
             return boxes
-        pos = boxes[:, 2:6] + np.tile(boxes[:, 6:8], 2)
+        pos = boxes[:, 2:6] + boxes[:, [6, 7, 6, 7]]  # each corner moved by the velocity
         mid = np.floor((pos[:, :2] + pos[:, 2:]) / 2).astype(int)
         lo = np.minimum(np.ceil(pos[:, :2] - 0.5).astype(int), mid).clip(0, (h - 1, w - 1))
         hi = np.maximum(np.ceil(pos[:, 2:] - 0.5).astype(int), mid + 1).clip(lo + 1, (h, w))
-        cost = np.stack([sad[:, y0:y1, x0:x1].sum((1, 2)) for (y0, x0), (y1, x1) in zip(lo, hi)],
-                        1)  # [K, n]
-        cost += self._bias(*centre) * (hi - lo).prod(1) // 9  # the bias is for 9 macroblocks
+        cost = np.stack([sad[:, y0:y1, x0:x1].sum((1, 2))
+                         for (y0, x0), (y1, x1) in zip(lo.tolist(), hi.tolist())], 1)  # [K, n]
+        bias = self._candidates(*centre)[0]
+        cost += bias * (hi - lo).prod(1) // 9  # the bias is for 9 macroblocks
         vec = self.offsets[cost.argmin(0)] + centre
-        vel = np.array([_refine(cur, ref, pad, a * _BLK, b * _BLK, v)
-                        for a, b, v in zip(lo, hi, vec)])
+        vel = np.array([_refine(cur, ref, pad, a, b, v) for a, b, v in
+                        zip((lo * _BLK).tolist(), (hi * _BLK).tolist(), vec.tolist())])
         vel *= -SCALE / MB  # the content came from there: the box moved the other way
-        return np.concatenate([boxes[:, :2], boxes[:, 2:6] + np.tile(vel, 2), vel], 1)
+        return np.concatenate([boxes[:, :2], boxes[:, 2:6] + vel[:, [0, 1, 0, 1]], vel], 1)
 
 
-def _refine(cur: np.ndarray, ref: np.ndarray, pad: int, lo, hi, vec) -> np.ndarray:
+def _refine(cur: np.ndarray, ref: np.ndarray, pad: int, lo, hi, vec) -> tuple[float, float]:
     """The vector of the samples [lo, hi) of the current frame (`cur`, edge-extended by one),
     found near `vec` (whole samples) in the previous one (`ref`, edge-extended by `pad`), to a
     fraction of a sample: one Lucas-Kanade step (the frames' mean gradient against their
     difference), within half a sample."""
-    (y0, x0), (y1, x1), (vy, vx) = lo, hi, vec
+    (y0, x0), (y1, x1), (vy, vx) = lo, hi, vec  # Python ints
     c = cur[y0:y1 + 2, x0:x1 + 2].astype(np.float32)
     p = ref[pad + vy + y0 - 1:pad + vy + y1 + 1, pad + vx + x0 - 1:pad + vx + x1 + 1].astype(
         np.float32)
@@ -229,8 +250,8 @@ def _refine(cur: np.ndarray, ref: np.ndarray, pad: int, lo, hi, vec) -> np.ndarr
     reg = 1e-3 * (yy + xx) + 1e-6  # flat or one-directional texture: a short step
     yy, xx = yy + reg, xx + reg
     det = yy * xx - xy * xy
-    f = np.array([xx * by - xy * bx, yy * bx - xy * by]) / det
-    return vec + f.clip(-0.5, 0.5)
+    fy, fx = (xx * by - xy * bx) / det, (yy * bx - xy * by) / det
+    return vy + min(max(fy, -0.5), 0.5), vx + min(max(fx, -0.5), 0.5)
 
 
 def find_boxes(planes: np.ndarray) -> np.ndarray:
