@@ -107,9 +107,9 @@ def test_every_discovery_payload_follows_home_assistants_schema():
             assert doc["unique_id"].startswith(f"site1_edge_semvc_{camera}_")
             assert doc["unique_id"].count("edge_semvc") == 1
     ids = [d["unique_id"] for docs in found.values() for d in docs]
-    assert len(ids) == len(set(ids)) == 2 * 10
+    assert len(ids) == len(set(ids)) == 2 * 11
     assert {k: len(v) for k, v in found.items()} == {
-        "camera": 2, "sensor": 10, "binary_sensor": 4, "switch": 2, "number": 2}
+        "camera": 2, "sensor": 10, "binary_sensor": 4, "switch": 2, "number": 4}
     # the sensors read keys a real stats message has
     keys = {d["value_template"].split(".")[1].split()[0] for d in found["sensor"]}
     camera = Camera("front", CameraConfig(input="demo://astronaut"), Config(), None,
@@ -144,14 +144,16 @@ def test_commands_reach_the_remote_change_path(broker, watchers, telemetries):  
     for topic, payload in ((switch["command_topic"], b"OFF"),
                            (number["command_topic"], b"6.5"),
                            (number["command_topic"], b"nan"),
-                           (switch["command_topic"], b"maybe")):
+                           (switch["command_topic"], b"maybe"),
+                           ("edge_semvc/front/labeler_share/set", b"0.25")):
         watch.client.publish(topic, payload, qos=1)
-    wait_until(lambda: len(received) == 4, what="four commands")
+    wait_until(lambda: len(received) == 5, what="five commands")
     assert [(c, json.loads(p)) for c, p in received] == [
         ("front", {"qp": {"enabled": False}}), ("front", {"qp": {"importance_gain": 6.5}}),
         # not values: handed on as text, for the change's checks to refuse with their event
-        ("front", {"qp": {"importance_gain": "nan"}}), ("front", {"qp": {"enabled": "maybe"}})]
-    assert set(COMMANDS) == {"semantic_map", "importance_gain"}
+        ("front", {"qp": {"importance_gain": "nan"}}), ("front", {"qp": {"enabled": "maybe"}}),
+        ("front", {"labeler": {"live_share": 0.25}})]
+    assert set(COMMANDS) == {"semantic_map", "importance_gain", "labeler_share"}
     assert MqttConfig().discovery_prefix == "homeassistant"
 
 
@@ -174,7 +176,7 @@ def test_the_switch_turns_the_map_off_and_the_number_sets_the_gain(tmp_path):
     try:
         # the discovery configs, all valid, and what they point at
         wait_until(lambda: len([m for m in watcher.messages
-                                if m[0].startswith("homeassistant/")]) == 10, timeout=120,
+                                if m[0].startswith("homeassistant/")]) == 11, timeout=120,
                    what="the discovery configs")
         for topic, payload, _ in list(watcher.messages):
             if topic.startswith("homeassistant/"):
@@ -208,6 +210,13 @@ def test_the_switch_turns_the_map_off_and_the_number_sets_the_gain(tmp_path):
         rejected = wait_until(lambda: events("config_rejected"), timeout=60, what="a refusal")
         assert "qp.importance_gain" in rejected[0]["reason"]
         assert _state(watcher)["qp"]["importance_gain"] == 6.0
+
+        watcher.client.publish("edge_semvc/front/labeler_share/set", b"0.25", qos=1)
+        wait_until(lambda: len(events("config_applied")) == 3, timeout=60, what="the share")
+        assert _state(watcher)["labeler"]["live_share"] == 0.25
+        wait_until(lambda: [s for s in stats()
+                            if (s.get("label_budget") or {}).get("configured_share") == 0.25],
+                   timeout=60, what="the labeler running on the new share")
     finally:
         code = stop(proc)
         watcher.client.loop_stop()

@@ -44,7 +44,8 @@ SENSORS = (
 # binary sensor -> the product classes whose presence turns it on
 PRESENCE = {"person": ("person", "face"), "vehicle": ("vehicle",)}
 # command topic leaf -> the live key it sets (serve/remote.py LIVE_KEYS)
-COMMANDS = {"semantic_map": ("qp", "enabled"), "importance_gain": ("qp", "importance_gain")}
+COMMANDS = {"semantic_map": ("qp", "enabled"), "importance_gain": ("qp", "importance_gain"),
+            "labeler_share": ("labeler", "live_share")}
 
 
 def node_id(prefix: str) -> str:
@@ -84,6 +85,11 @@ def discovery_configs(prefix: str, discovery_prefix: str, camera: str
                  command_topic=f"{prefix}/{camera}/importance_gain/set",
                  value_template="{{ value_json.qp.importance_gain }}", min=0, max=51,
                  step=0.5, unit_of_measurement="QP", mode="box")
+    # the models' share of each frame period of one core (0, no budget, is not a live value)
+    yield entity("number", "labeler_share", "labeler share", state_topic=state,
+                 command_topic=f"{prefix}/{camera}/labeler_share/set",
+                 value_template="{{ value_json.labeler.live_share }}", min=0.05, max=1,
+                 step=0.05, mode="box", icon="mdi:cpu-64-bit")
 
 
 def command_topics(prefix: str) -> list[str]:
