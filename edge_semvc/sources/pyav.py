@@ -163,13 +163,12 @@ class PyAVSource:
                 last_corrupt = av_frame.is_corrupt
                 yield self._to_frame(av_frame, index)
                 index += 1
-        except av.error.ExitError as e:  # the read timed out: the same loss as a stall seen
-            if self._read_timeout is None:  # by PacedSource, which this timeout may beat to it
-                raise DecodeError(f"decoding {self.path} failed after {index} frames: "
-                                  f"{_reason(e)}") from None
-            raise DecodeError(f"{self.path}: no frame for {self._read_timeout:g} s (the input "
-                              "froze)") from None
         except av.error.FFmpegError as e:
+            if isinstance(e, av.error.ExitError) and self._read_timeout is not None:
+                # the read timed out: the same loss as a stall seen by PacedSource, which this
+                # timeout may beat to it
+                raise DecodeError(f"{self.path}: no frame for {self._read_timeout:g} s (the "
+                                  "input froze)") from None
             # A raw/y4m file cut mid-frame: that says more than FFmpeg's error about it.
             raise self._partial_frame(index) or DecodeError(
                 f"decoding {self.path} failed after {index} frames: {_reason(e)}") from None
