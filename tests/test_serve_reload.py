@@ -99,3 +99,26 @@ def test_sighup_applies_live_keys_restarts_changed_cameras_alone_and_refuses_a_b
         broker.stop()
     assert code == 0, service_log(path)
     assert "reload refused, the running configuration is kept" in service_log(path)
+
+
+@pytest.mark.parametrize("before, after, reason", [
+    (0.5, 0.25, None),  # between positive shares: live, the camera keeps running
+    (0.5, 0.0, "labeler.live_share changed (it needs a restart)"),  # no budget from now on
+    (0.0, 0.5, "labeler.live_share changed (it needs a restart)"),  # a budget where none was
+])
+def test_a_reloaded_live_share_is_live_between_shares_and_restarts_to_or_from_none(
+        tmp_path, before, after, reason):
+    from edge_semvc.serve.config import RecordConfig, ServeConfig
+    from edge_semvc.serve.remote import live_difference
+    from edge_semvc.serve.service import _restart_reason
+
+    def file(share):
+        cfg = ServeConfig(cameras={"a": "demo://astronaut"}, record=RecordConfig(str(tmp_path)))
+        cfg.labeler.live_share = share
+        return cfg.validate()
+
+    old, new = file(before), file(after)
+    good, base = old.pipeline_config("a"), new.pipeline_config("a")
+    assert _restart_reason("a", old, new, good, base) == reason
+    if reason is None:  # what reaches the running camera as a live change
+        assert live_difference(good, base) == {"labeler": {"live_share": after}}
