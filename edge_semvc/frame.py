@@ -18,6 +18,20 @@ def mb_grid(width: int, height: int) -> tuple[int, int]:
     return -(-width // MB), -(-height // MB)
 
 
+def luma_samples(y: np.ndarray, step: int, offset: int, rows: int, cols: int,
+                 dtype) -> np.ndarray:
+    """Every `step`th luma sample from `offset`, as `dtype`[rows, cols], the last row and column
+    repeated where the picture is smaller (np.pad's "edge" on two sides, filled in place: np.pad
+    is slow). The analysers' grids start here."""
+    sub = y[offset::step, offset::step][:rows, :cols]
+    h, w = sub.shape
+    out = np.empty((rows, cols), dtype)
+    out[:h, :w] = sub
+    out[h:, :w] = sub[-1]
+    out[:, w:] = out[:, w - 1:w]
+    return out
+
+
 @dataclass
 class Frame:
     """One decoded picture in I420 (planar 4:2:0, 8 bit)."""

@@ -10,7 +10,7 @@ from functools import reduce
 
 import numpy as np
 
-from ..frame import MB
+from ..frame import MB, luma_samples
 
 SUB = 4  # luma subsampling step
 BLOCK = MB // SUB
@@ -19,12 +19,7 @@ BLOCK = MB // SUB
 def block_samples(y: np.ndarray, mb_w: int, mb_h: int) -> np.ndarray:
     """float32[mb_h, BLOCK, mb_w, BLOCK]: the subsampled luma, edge-padded to the grid.
     Complexity and change both read it, so the Analyser computes it once per frame."""
-    sub = y[::SUB, ::SUB]
-    h, w = sub.shape
-    out = np.empty((mb_h * BLOCK, mb_w * BLOCK), np.float32)  # filled in place: np.pad is slow
-    out[:h, :w] = sub
-    out[h:, :w] = sub[-1]  # the grid's last rows and columns repeat the picture's edge
-    out[:, w:] = out[:, w - 1:w]
+    out = luma_samples(y, SUB, 0, mb_h * BLOCK, mb_w * BLOCK, np.float32)
     return out.reshape(mb_h, BLOCK, mb_w, BLOCK)
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..frame import Frame, mb_grid
+from ..frame import Frame, luma_samples, mb_grid
 from .config import SceneConfig  # noqa: F401  (its section, defined with the others)
 from .regions import region_means
 
@@ -70,12 +70,7 @@ def downsample(y: np.ndarray) -> np.ndarray:
     """uint8[H, W] luma -> float32[2 * mb_h, 2 * mb_w]: every 4th sample, then 2x2 means,
     edge-extended to the macroblock grid."""
     mb_w, mb_h = mb_grid(y.shape[1], y.shape[0])
-    rows, cols = 2 * SIDE * mb_h, 2 * SIDE * mb_w
-    s = y[STEP // 2::STEP, STEP // 2::STEP]
-    if s.shape != (rows, cols):
-        s = np.pad(s[:rows, :cols], ((0, rows - min(rows, s.shape[0])),
-                                     (0, cols - min(cols, s.shape[1]))), mode="edge")
-    s = s.astype(np.float32)
+    s = luma_samples(y, STEP, STEP // 2, 2 * SIDE * mb_h, 2 * SIDE * mb_w, np.float32)
     s = s[0::2] + s[1::2]
     return 0.25 * (s[:, 0::2] + s[:, 1::2])
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..frame import MB, mb_grid
+from ..frame import MB, luma_samples, mb_grid
 
 MODES = ("motion", "hold")
 INTERPS = ("bilinear", "nearest")
@@ -63,13 +63,7 @@ def downsample(y: np.ndarray) -> np.ndarray:
     The grid covers the macroblock grid exactly (edge-extended where H, W are not multiples
     of 16)."""
     mb_w, mb_h = mb_grid(y.shape[1], y.shape[0])
-    th, tw = 4 * mb_h, 4 * mb_w
-    sub = y[1::4, 1::4][:th, :tw]
-    h, w = sub.shape
-    s = np.empty((th, tw), np.int16)  # filled in place: np.pad is slow
-    s[:h, :w] = sub
-    s[h:, :w] = sub[-1]
-    s[:, w:] = s[:, w - 1:w]
+    s = luma_samples(y, 4, 1, 4 * mb_h, 4 * mb_w, np.int16)
     s = s[0::2] + s[1::2]
     return s[:, 0::2] + s[:, 1::2]
 
