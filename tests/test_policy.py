@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from edge_semvc.analysis.change import change_map
 from edge_semvc.analysis.complexity import block_samples, complexity_map
@@ -78,6 +79,21 @@ def test_regions_are_connected_components_per_class():
     stats = region_stats(labels, values, values)
     assert stats.region_complexity[0, 0] == pytest.approx(0.5)  # mean of 0 and 1
     assert stats.region_complexity[1, 3] == pytest.approx((3 + 7) / 2)
+
+
+def test_regions_split_where_two_classes_touch():
+    # touching classes take the pass per class, apart ones the single pass: the same rule
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        labels = (rng.integers(0, 3, (6, 7)) * (rng.random((6, 7)) < 0.6)).astype(np.int16)
+        regions = label_regions(labels)
+        assert ((regions == 0) == (labels == 0)).all()
+        ids = np.unique(regions[regions > 0])
+        assert all(len(np.unique(labels[regions == i])) == 1 for i in ids)  # one class each
+        components = sum(ndimage.label(labels == c)[1] for c in (1, 2))
+        assert len(ids) == components
+    side_by_side = np.array([[1, 2], [1, 2]], np.int16)
+    assert len(np.unique(label_regions(side_by_side))) == 2
 
 
 def test_complexity_is_low_on_flat_and_high_on_texture():
