@@ -67,7 +67,7 @@ class Observer:
     def observe(self, frame: Frame, labels: LabelMap | None, blocks: np.ndarray | None,
                 cut: bool) -> Observation:
         if blocks is None:
-            blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
+            blocks = block_samples(frame.luma_grid)
         prev, self._prev = self._prev, blocks
         # the floor known before this frame: its own difference must not excuse itself (the
         # second frame of a run would always pass for noise)

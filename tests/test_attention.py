@@ -13,6 +13,7 @@ from edge_semvc.analysis.complexity import block_samples
 from edge_semvc.analysis.recurrent import AttentionConfig, RecurrentChange
 from edge_semvc.config import Config, ConfigError
 from edge_semvc.errors import ModelError
+from edge_semvc.frame import luma_grid
 from edge_semvc.qp.attention import attention_q
 from edge_semvc.qp.policy import base_q
 from edge_semvc.sources import open_source
@@ -40,7 +41,7 @@ def noisy(y: np.ndarray, sigma: float, rng) -> np.ndarray:
 
 
 def blocks_of(y: np.ndarray) -> np.ndarray:
-    return block_samples(y, -(-y.shape[1] // 16), -(-y.shape[0] // 16))
+    return block_samples(luma_grid(y))
 
 
 # -- the policy formula ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ from edge_semvc.analysis.change import change_map
 from edge_semvc.analysis.complexity import block_samples, complexity_map
 from edge_semvc.analysis.regions import label_regions, region_stats
 from edge_semvc.config import ConfigError, QpConfig
+from edge_semvc.frame import luma_grid
 from edge_semvc.qp.policy import base_q, match_weights
 from edge_semvc.qp.qpmap import build_qp_map, importance_vector, pin_mean
 from edge_semvc.values import LabelMap
@@ -99,17 +100,18 @@ def test_regions_split_where_two_classes_touch():
 def test_complexity_is_low_on_flat_and_high_on_texture():
     flat = np.full((32, 48), 128, np.uint8)
     noisy = np.random.default_rng(0).integers(0, 256, (32, 48)).astype(np.uint8)
-    assert complexity_map(block_samples(flat, 3, 2), 1024.0).max() == pytest.approx(0, abs=1e-6)
-    assert complexity_map(block_samples(noisy, 3, 2), 1024.0).min() > 0.9
+    flat_c = complexity_map(block_samples(luma_grid(flat)), 1024.0)
+    assert flat_c.max() == pytest.approx(0, abs=1e-6)
+    assert complexity_map(block_samples(luma_grid(noisy)), 1024.0).min() > 0.9
 
 
 def test_change_is_zero_without_motion_and_grows_with_it():
     y = np.random.default_rng(0).integers(0, 256, (40, 40)).astype(np.uint8)  # partial MBs
-    b = block_samples(y, 3, 3)
+    b = block_samples(luma_grid(y))
     assert change_map(None, b, 24.0).shape == (3, 3)
     assert change_map(None, b, 24.0).max() == 0
     assert change_map(b, b, 24.0).max() == 0
-    moved = block_samples(np.roll(y, 4, axis=1), 3, 3)
+    moved = block_samples(luma_grid(np.roll(y, 4, axis=1)))
     assert change_map(b, moved, 24.0).min() > 0.5
 
 

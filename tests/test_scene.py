@@ -111,8 +111,7 @@ def test_motion_is_not_a_transition():
         analyser = SceneAnalyser(SceneConfig(enabled=True))
         analyser.analyse(before)
         result = analyser.analyse(after)
-        v = change_map(block_samples(before.y, before.mb_w, before.mb_h),
-                       block_samples(after.y, after.mb_w, after.mb_h), 24.0)
+        v = change_map(block_samples(before.luma_grid), block_samples(after.luma_grid), 24.0)
         assert float(v.mean()) > 0.4, shift
         assert float(result.change.mean()) < 0.2, shift
         assert not result.cut and not result.scene.any()

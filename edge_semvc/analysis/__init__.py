@@ -35,7 +35,7 @@ class Analyser:
         return self._prev
 
     def analyse(self, frame: Frame, labels: LabelMap) -> RegionStats:
-        blocks = block_samples(frame.y, frame.mb_w, frame.mb_h)
+        blocks = block_samples(frame.luma_grid)
         var = block_variance(blocks)
         c = complexity_from_variance(var, self.cfg.complexity_full_var)
         mad = block_mad(self._prev, blocks) if comparable(self._prev, blocks) else None

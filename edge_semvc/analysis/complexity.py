@@ -10,17 +10,16 @@ from functools import reduce
 
 import numpy as np
 
-from ..frame import MB, luma_samples
+from ..frame import GRID, MB
 
-SUB = 4  # luma subsampling step
-BLOCK = MB // SUB
+BLOCK = MB // GRID  # luma-grid samples per macroblock side
 
 
-def block_samples(y: np.ndarray, mb_w: int, mb_h: int) -> np.ndarray:
-    """float32[mb_h, BLOCK, mb_w, BLOCK]: the subsampled luma, edge-padded to the grid.
-    Complexity and change both read it, so the Analyser computes it once per frame."""
-    out = luma_samples(y, SUB, 0, mb_h * BLOCK, mb_w * BLOCK, np.float32)
-    return out.reshape(mb_h, BLOCK, mb_w, BLOCK)
+def block_samples(grid: np.ndarray) -> np.ndarray:
+    """float32[mb_h, BLOCK, mb_w, BLOCK]: a luma grid (`Frame.luma_grid`) by macroblock (a
+    view). Complexity and change both read it."""
+    h, w = grid.shape
+    return grid.reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK)
 
 
 def block_mean(blocks: np.ndarray) -> np.ndarray:

@@ -64,7 +64,7 @@ class RecurrentChange:
 
     def analyse(self, frame: Frame, regions: np.ndarray | None = None) -> np.ndarray:
         """`step` on the frame's luma samples (use `step` where they are already computed)."""
-        return self.step(block_samples(frame.y, frame.mb_w, frame.mb_h), regions)
+        return self.step(block_samples(frame.luma_grid), regions)
 
     def step(self, blocks: np.ndarray, regions: np.ndarray | None = None) -> np.ndarray:
         """One time step. `blocks`: float32[mb_h, 4, mb_w, 4] luma samples

@@ -22,8 +22,8 @@ background is one region) and S = 1 where that mean exceeds `s_threshold`, else 
 The cut is a frame-level decision, two independent cues that must agree:
 - the colour distribution jumps: the total-variation distance between this frame's and the
   previous frame's normalised histograms (luma 32 bins on the 1/8-resolution grid, U and V 16
-  bins each on every 2nd chroma sample), averaged over the three planes, exceeds
-  `cut_min_distance` and `cut_ratio` times the recent baseline: the median plus the median
+  bins each on every 4th chroma sample, the same density), averaged over the three planes,
+  exceeds `cut_min_distance` and `cut_ratio` times the recent baseline: the median plus the median
   absolute deviation of the distances of the last `cut_window` frames of the current scene (a
   pan or a busy scene raises it, so a steady stream of large differences is no cut);
 - the structure breaks: the frame's mean S_mb exceeds `cut_change` (the histogram jumps
@@ -44,11 +44,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..frame import Frame, luma_samples, mb_grid
+from ..frame import Frame
 from .config import SceneConfig  # noqa: F401  (its section, defined with the others)
 from .regions import region_means
 
-STEP = 4  # luma subsampling before the 2x2 means: one sample of the search grid is 8 pixels
 SIDE = 2  # search-grid samples per macroblock side
 LUMA_BINS, CHROMA_BINS = 32, 16
 
@@ -66,12 +65,10 @@ class SceneResult:
     baseline: float  # the recent baseline it was compared with
 
 
-def downsample(y: np.ndarray) -> np.ndarray:
-    """uint8[H, W] luma -> float32[2 * mb_h, 2 * mb_w]: every 4th sample, then 2x2 means,
-    edge-extended to the macroblock grid."""
-    mb_w, mb_h = mb_grid(y.shape[1], y.shape[0])
-    s = luma_samples(y, STEP, STEP // 2, 2 * SIDE * mb_h, 2 * SIDE * mb_w, np.float32)
-    s = s[0::2] + s[1::2]
+def downsample(grid: np.ndarray) -> np.ndarray:
+    """The frame's luma grid (`Frame.luma_grid`, every 4th sample) -> float32[2 * mb_h,
+    2 * mb_w]: its 2x2 means."""
+    s = grid[0::2] + grid[1::2]
     return 0.25 * (s[:, 0::2] + s[:, 1::2])
 
 
@@ -131,13 +128,13 @@ def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int
 
 def colour_histograms(small_y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """float64[3, LUMA_BINS]: the normalised histograms of the 1/8-resolution luma grid and of
-    every 2nd U and V sample (chroma rows padded with zeros)."""
+    every 4th U and V sample (chroma rows padded with zeros)."""
     out = np.zeros((3, LUMA_BINS))
     luma = np.clip(small_y, 0, 255).astype(np.int32) * LUMA_BINS >> 8
     out[0] = np.bincount(luma.ravel(), minlength=LUMA_BINS)
     # U's bin in the high 4 bits, V's in the low 4: one count of the joint bins, then each
     # plane's marginal (CHROMA_BINS = 16).
-    joint = (u[::2, ::2] & 0xF0) | (v[::2, ::2] >> 4)
+    joint = (u[::4, ::4] & 0xF0) | (v[::4, ::4] >> 4)
     counts = np.bincount(joint.ravel(), minlength=256).reshape(CHROMA_BINS, CHROMA_BINS)
     out[1, :CHROMA_BINS], out[2, :CHROMA_BINS] = counts.sum(1), counts.sum(0)
     return out / out.sum(axis=1, keepdims=True)
@@ -221,7 +218,7 @@ class SceneAnalyser:
         """`regions`: int[mb_h, mb_w] region ids (`RegionStats.regions`), or None: the whole
         frame is one region."""
         self.cuts.cfg = self.cfg
-        small = downsample(frame.y)
+        small = downsample(frame.luma_grid)
         hist = colour_histograms(small, frame.u, frame.v)
         shape = (frame.mb_h, frame.mb_w)
         prev, prev_hist = self._prev, self._prev_hist

@@ -32,7 +32,7 @@ Two kinds of planes, moved differently:
   whole-frame PSNR BD-rate, so boxes keep their size.
 
 `PlaneCarrier` holds probability planes in slots (one per model and run, each model may run on
-its own frames); `step(y)` once per frame, `set(slot, planes)` when the model ran, or
+its own frames); `step(frame.luma_grid)` once per frame, `set(slot, planes)` when the model ran, or
 `mark(slot)` then `fill(slot, planes)` when the planes arrive later (meanwhile each frame's
 search costs are kept, 0.01-0.6 MB at QCIF-1080p, to move the boxes from the marked frame),
 `get(slot)` on the frames after. Motion is computed lazily, only on frames where some slot is
@@ -42,7 +42,7 @@ Cost per carried frame (one thread, 2-core development machine): the motion sear
 mask 0.16-0.23 ms at QCIF-CIF, ~0.4 ms at 576p, ~1.1 ms at 1080p; each carried box 0.04-0.05 ms
 more (matched and redrawn); finding the boxes where a detector ran 0.07-0.15 ms. Against ~20 ms
 for YOLOX-nano with BlazeFace, ~43 ms for the default models. Frames where every model runs
-cost only the luma subsampling (0.02-0.2 ms).
+cost only the 2x2 sums of the frame's luma grid (`Frame.luma_grid`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..frame import MB, luma_samples, mb_grid
+from ..frame import MB
 
 MODES = ("motion", "hold")
 INTERPS = ("bilinear", "nearest")
@@ -58,14 +58,11 @@ SCALE = 8  # luma subsampling for the motion search; one macroblock = 2x2 sample
 _BLK = MB // SCALE
 
 
-def downsample(y: np.ndarray) -> np.ndarray:
-    """uint8[H, W] luma -> int16[2*mb_h, 2*mb_w]: every 4th sample, then 2x2 sums (0..1020).
-    The grid covers the macroblock grid exactly (edge-extended where H, W are not multiples
-    of 16)."""
-    mb_w, mb_h = mb_grid(y.shape[1], y.shape[0])
-    s = luma_samples(y, 4, 1, 4 * mb_h, 4 * mb_w, np.int16)
-    s = s[0::2] + s[1::2]
-    return s[:, 0::2] + s[:, 1::2]
+def downsample(grid: np.ndarray) -> np.ndarray:
+    """The frame's luma grid (`Frame.luma_grid`: every 4th sample, covering the macroblock
+    grid) -> int16[2*mb_h, 2*mb_w]: its 2x2 sums (0..1020)."""
+    s = grid[0::2] + grid[1::2]
+    return (s[:, 0::2] + s[:, 1::2]).astype(np.int16)
 
 
 def _edge_pad(a: np.ndarray, p: int) -> np.ndarray:
@@ -290,7 +287,7 @@ class PlaneCarrier:
     """Probability planes (float32[C, mb_h, mb_w] per slot) carried from the frame they were
     computed on to later frames.
 
-    Per frame, in display order: `step(frame.y)` first; then for each slot either
+    Per frame, in display order: `step(frame.luma_grid)` first; then for each slot either
     `set(slot, planes)` (the model ran on this frame), or `mark(slot)` (it runs on this frame
     but its planes come later: `fill(slot, planes)` on the frame they arrive), or `get(slot)`
     (its planes moved to this frame). `follow()` estimates the motion on a frame where
@@ -324,15 +321,16 @@ class PlaneCarrier:
         self._history: dict = {}  # frame -> its motion estimate, while box planes are awaited
         self.last_mad = 0.0  # 8-bit levels; 0 until motion has been estimated
 
-    def step(self, y: np.ndarray) -> None:
-        """A new frame (uint8 luma [H, W]) arrives; call before `set`/`get` for that frame."""
+    def step(self, grid: np.ndarray) -> None:
+        """A new frame arrives (its `Frame.luma_grid`); call before `set`/`get` for that
+        frame."""
         if self.mode == "hold":
             self._n += 1
             return
         if self._n >= 0 and self._moved < self._n and self._carried(self._n):
             self._advance()  # nobody asked for the last frame's motion, but the chain needs it
         self._n += 1
-        cur = downsample(y)
+        cur = downsample(grid)
         if self._cur is not None and cur.shape != self._cur.shape:
             self._slots.clear()  # the picture size changed: nothing can be carried
             self._history.clear()

@@ -37,7 +37,7 @@ from . import nvrtc
 from .backends import Buffer, bandwidth, installed, open_gpu
 from .nvrtc import CudaError
 
-SUB = 4  # the luma sampling step (analysis/complexity.py SUB; qp may not import analysis)
+SUB = 4  # the luma sampling step (frame.GRID, the CPU analysers' luma grid)
 MEASURE_BLOCK = (32, 8, 1)  # macroblocks per mb_measure block
 LINEAR = 256  # threads per block of ccl_merge and region_sum
 PIN_THREADS = 1024  # the one block of `offsets` (its __launch_bounds__)

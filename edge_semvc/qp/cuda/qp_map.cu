@@ -118,7 +118,8 @@ extern "C" {
 
 // One thread per macroblock. `luma` points at the first sampled row; `row_pitch` bytes lead to
 // the next sampled row (4 * width for a whole luma plane, width for one uploaded row-sampled).
-// Samples past the frame repeat the last sampled row and column (complexity.block_samples).
+// Samples past the frame repeat the last sampled row and column (frame.luma_grid, the grid
+// complexity.block_samples reads).
 __global__ void mb_measure(const unsigned char* __restrict__ luma, long long row_pitch,
                            int n_rows, int n_cols, int mb_w, int mb_h,
                            const unsigned char* __restrict__ prev, int has_prev,
