@@ -73,7 +73,8 @@ def measure(clip: str, sets: list[str], frames: int, repeats: int) -> dict:
                              "no_map": round(base / frames_done * 1e3, 2)},
             "ratio": round(sem / base, 3), "start_s": {k: round(float(np.median(v)), 3)
                                                         for k, v in start.items()},
-            "ratio_per_frame": round(sem_on / base_on, 3), "labeler": last["semantic"].get("labeler", {})}
+            "ratio_per_frame": round(sem_on / base_on, 3),
+            "labeler": last["semantic"].get("labeler", {})}
 
 
 def main(argv: list[str] | None = None) -> int:
