@@ -33,7 +33,7 @@ from .sinks import open_output
 from .sinks.base import Output, Outputs, StreamInfo
 from .sources import DecodeError, Source
 from .stages import Stage, timed
-from .stop import exit_status, finalising
+from .stop import deferred, exit_status, finalising
 from .storage import Observer, StoragePolicy
 from .tracks import Track, TrackPacket
 from .understanding import FrameResult, MapFilter, NullLabeler, build_understanding
@@ -369,9 +369,10 @@ class _Recorder:
             stats.frames += 1
             return
         self.left_out = None
-        self.write(self.enc.encode(frame, offsets, force_idr=True) if idr
-                   else self.enc.encode(frame, offsets))
-        stats.frames += 1  # only now: a stop signal inside encode() leaves it uncounted
+        with deferred():  # a stop signal waits until the frame is encoded, written and counted
+            self.write(self.enc.encode(frame, offsets, force_idr=True) if idr
+                       else self.enc.encode(frame, offsets))
+            stats.frames += 1
         stats.idr_requested += idr
         stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
 

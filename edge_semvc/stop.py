@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import contextmanager
 
 
 class Stopped(KeyboardInterrupt):
@@ -18,16 +19,37 @@ class Stopped(KeyboardInterrupt):
 
 
 _finalising = threading.Event()
+_deferring = False  # inside `deferred()`: a stop waits for its end
+_pending: int | None = None  # the signal that is waiting
 
 
 def finalising(on: bool) -> None:
     """From the moment a run starts to finalise its output (flush, trailer, statistics) until the
     next run starts, a stop signal must not cut that short: it is then only noted (ignored), and
     the run ends as it was ending anyway."""
+    global _pending
     if on:
         _finalising.set()
     else:
         _finalising.clear()
+        _pending = None
+
+
+@contextmanager
+def deferred():
+    """A stop signal that arrives inside is raised when the block ends: a frame handed to the
+    encoder has its packets written and is counted, or none of it happened (the signal's
+    exception lands between two Python steps, so without this a frame could be in the encoder
+    and the file but not in the statistics, or its packets half written)."""
+    global _deferring, _pending
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+    if _pending is not None:
+        signum, _pending = _pending, None
+        raise Stopped(signum)
 
 
 def stop_on_signals() -> None:
@@ -35,10 +57,15 @@ def stop_on_signals() -> None:
     as Ctrl-C does, instead of killing it with an unplayable file. Only the first stop counts:
     later ones are ignored while the output is finalised (a second Ctrl-C must not abort that)."""
     def handler(signum, frame):
+        global _pending
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
-        if not _finalising.is_set():
-            raise Stopped(signum)
+        if _finalising.is_set():
+            return
+        if _deferring:
+            _pending = signum
+            return
+        raise Stopped(signum)
 
     if threading.current_thread() is not threading.main_thread():
         return  # signals reach the main thread only (an embedding program keeps its own)

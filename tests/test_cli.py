@@ -267,6 +267,33 @@ def test_stop_signals_finalise_the_output(tmp_path, signame):
     assert 0 < s["frames"] == len(probe(out)[2])
 
 
+def test_a_stop_signal_inside_a_frames_encode_and_write_waits_for_their_end():
+    """The signal's exception lands between two Python steps: inside `deferred` (a frame
+    encoded, its packets written, the frame counted) it is raised at the block's end, so the
+    statistics count every frame the file holds (a SIGHUP between the write and the count once
+    left a file of 25 frames with statistics of 24)."""
+    import os
+    import signal
+
+    from edge_semvc.stop import Stopped, deferred, finalising, stop_on_signals
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {s: signal.getsignal(s) for s in signals}
+    done = []
+    try:
+        finalising(False)
+        stop_on_signals()
+        with pytest.raises(Stopped) as stopped:
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("written")
+                done.append("counted")
+        assert done == ["written", "counted"] and stopped.value.signum == signal.SIGTERM
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
 def test_stop_during_start_up_is_one_line(tmp_path):
     import signal
     import time
