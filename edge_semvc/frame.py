@@ -38,6 +38,19 @@ def luma_grid(y: np.ndarray) -> np.ndarray:
     return out
 
 
+def edge_pad(a: np.ndarray, p: int) -> np.ndarray:
+    """`a` [H, W] extended by `p` samples on each side with its edge values (np.pad's "edge",
+    without its overhead): the motion searches' reference planes."""
+    h, w = a.shape
+    out = np.empty((h + 2 * p, w + 2 * p), a.dtype)
+    out[p:p + h, p:p + w] = a
+    out[p:p + h, :p] = a[:, :1]
+    out[p:p + h, p + w:] = a[:, -1:]
+    out[:p] = out[p]
+    out[p + h:] = out[p + h - 1]
+    return out
+
+
 @dataclass
 class Frame:
     """One decoded picture in I420 (planar 4:2:0, 8 bit)."""

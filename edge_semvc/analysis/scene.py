@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..frame import Frame
+from ..frame import Frame, edge_pad
 from .config import SceneConfig  # noqa: F401  (its section, defined with the others)
 from .regions import region_means
 
@@ -104,7 +104,7 @@ def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int
     # The search in integers of 1/32 level, every candidate at once ([K, h, w]): the samples
     # are quarter levels and the gain a quarter of a median of their sums, so every value is
     # exact; |differences| < 2^15 (int16), their 2x2 sums < 2^16 (uint16).
-    padded = np.pad((prev * 32).astype(np.int16), pad, mode="edge")
+    padded = edge_pad((prev * 32).astype(np.int16), pad)
     windows = sliding_window_view(padded, (h, w))[pad + candidates[:, 0], pad + candidates[:, 1]]
     np.subtract(windows, (cur * 32).astype(np.int16) - np.int16(np.rint(gain * 32)),
                 out=windows)

@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..frame import MB
+from ..frame import MB, edge_pad
 
 MODES = ("motion", "hold")
 INTERPS = ("bilinear", "nearest")
@@ -63,19 +63,6 @@ def downsample(grid: np.ndarray) -> np.ndarray:
     grid) -> int16[2*mb_h, 2*mb_w]: its 2x2 sums (0..1020)."""
     s = grid[0::2] + grid[1::2]
     return (s[:, 0::2] + s[:, 1::2]).astype(np.int16)
-
-
-def _edge_pad(a: np.ndarray, p: int) -> np.ndarray:
-    """`a` [H, W] extended by `p` samples on each side with its edge values (np.pad's "edge",
-    without its overhead)."""
-    h, w = a.shape
-    out = np.empty((h + 2 * p, w + 2 * p), a.dtype)
-    out[p:p + h, p:p + w] = a
-    out[p:p + h, :p] = a[:, :1]
-    out[p:p + h, p + w:] = a[:, -1:]
-    out[:p] = out[p]
-    out[p + h:] = out[p + h - 1]
-    return out
 
 
 def _nearest(planes: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
@@ -157,7 +144,7 @@ class MotionField:
         h, w = cur.shape
         mb_h, mb_w = h // _BLK, w // _BLK
         pad = r + 1 + max(abs(py), abs(px))  # + 1: the gradients of `track`
-        ref = _edge_pad(prev, pad)
+        ref = edge_pad(prev, pad)
         K = len(self.offsets)
         d = np.empty((K, h, w), np.int16)
         for k, (dy, dx) in enumerate(self._shifts):
@@ -170,7 +157,7 @@ class MotionField:
         framed = np.zeros((K, mb_h + 2, mb_w + 2), np.int32)
         sad = framed[:, 1:-1, 1:-1]  # [K, mb_h, mb_w]
         np.add(d[..., 0::2], d[..., 1::2], out=sad)
-        self.last = (sad, (py, px), _edge_pad(cur, 1), ref, pad)
+        self.last = (sad, (py, px), edge_pad(cur, 1), ref, pad)
         rows = framed[:, :-2] + framed[:, 1:-1]
         rows += framed[:, 2:]
         cost = rows[..., :-2] + rows[..., 1:-1]
