@@ -64,15 +64,12 @@ class Extensions:
                 analyser.cfg = section
 
     def modulation(self, frame: Frame, labels: LabelMap, regions: np.ndarray | None,
-                   scene: SceneResult, blocks: np.ndarray | None = None) -> Modulation:
+                   scene: SceneResult) -> Modulation:
         """Every enabled analyser's term for this frame (`regions`: RegionStats.regions, or
-        None on a frame with nothing labelled; `scene`: the frame's scene analysis; `blocks`:
-        the Analyser's luma samples of this frame, when it ran, so they are not computed
-        twice)."""
+        None on a frame with nothing labelled; `scene`: the frame's scene analysis)."""
         mod = Modulation()
         if self.attention is not None:
-            mod.attention = (self.attention.step(blocks, regions) if blocks is not None
-                             else self.attention.analyse(frame, regions))
+            mod.attention = self.attention.analyse(frame, regions)
         if self.emotion is not None:
             from .labeler.emotion import face_boxes
 

@@ -64,10 +64,8 @@ class Observer:
         self._up = 1.0 / max(2.0 * float(fps), 1.0)  # a higher difference lifts it over ~2 s
         self._seen: deque[np.ndarray] = deque(maxlen=max(1, round(float(fps))))
 
-    def observe(self, frame: Frame, labels: LabelMap | None, blocks: np.ndarray | None,
-                cut: bool) -> Observation:
-        if blocks is None:
-            blocks = block_samples(frame.luma_grid)
+    def observe(self, frame: Frame, labels: LabelMap | None, cut: bool) -> Observation:
+        blocks = block_samples(frame.luma_grid)  # the analysis's samples (Frame caches them)
         prev, self._prev = self._prev, blocks
         # the floor known before this frame: its own difference must not excuse itself (the
         # second frame of a run would always pass for noise)

@@ -78,7 +78,6 @@ class NullLabeler:
 class QpMapper(Protocol):
     """Makes a frame's QP map from its labels, in two timed steps."""
 
-    blocks: np.ndarray | None  # the last analysed frame's luma samples (storage reuses them)
     # the encoder gives reused blocks more bits itself (x264's mb-tree): no reuse term in the map
     encoder_weighs_reuse: bool
 
@@ -101,13 +100,11 @@ class CpuQpMapper:
 
     def __init__(self, cfg: Config, extensions: Extensions | None):
         self.analyser, self.extensions = Analyser(cfg.analysis), extensions
-        self.blocks: np.ndarray | None = None
         self.encoder_weighs_reuse = False
 
     def analyse(self, frame: Frame, labels: LabelMap, scene: SceneResult):
         region = self.analyser.analyse(frame, labels)
-        self.blocks = self.analyser.blocks
-        mod = (self.extensions.modulation(frame, labels, region.regions, scene, self.blocks)
+        mod = (self.extensions.modulation(frame, labels, region.regions, scene)
                if self.extensions is not None else None)
         return region, mod
 
@@ -119,7 +116,6 @@ class CpuQpMapper:
 
     def skip(self, frame: Frame, labels: LabelMap, scene: SceneResult) -> None:
         self.analyser.reset()
-        self.blocks = None
         if self.extensions is not None:  # their state runs over every frame
             self.extensions.modulation(frame, labels, None, scene)
 
@@ -132,7 +128,6 @@ class CpuQpMapper:
 class CudaQpMapper:
     """The GPU (qp/cuda/): analysis and map in the kernels, timed as the map."""
 
-    blocks = None  # the samples stay on the device
     encoder_weighs_reuse = False
 
     def __init__(self):
@@ -254,8 +249,8 @@ class Understanding:
             self.mapper.skip(frame, labels, scene)
             t3 = time.perf_counter()
             qp = QpMap(np.zeros(labels.shape, np.float32))
-        obs = (self.observer.observe(frame, labels, self.mapper.blocks if mapped else None,
-                                     scene.cut) if self.observer is not None else None)
+        obs = (self.observer.observe(frame, labels, scene.cut)
+               if self.observer is not None else None)
         t4 = time.perf_counter()
         for name, ms in (("labeler", t2 - t1), ("analysis", t1 - t0 + t3 - t2),
                          ("qp_map", t4 - t3)):

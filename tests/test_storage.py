@@ -66,7 +66,7 @@ def decide_all(scene: Scene, cfg: StorageConfig, labels=None, cuts=(), segment=(
     policy = StoragePolicy(cfg, scene.fps, scene.time_base)
     decisions = []
     for f in scene.frames():
-        o = obs.observe(f, labels(f.index) if labels else None, None, f.index in cuts)
+        o = obs.observe(f, labels(f.index) if labels else None, f.index in cuts)
         decisions.append(policy.decide(f, o, f.index in segment))
     return policy, decisions
 

@@ -28,12 +28,6 @@ class Analyser:
         self._prev = None
         self.reuse.reset()
 
-    @property
-    def blocks(self) -> np.ndarray | None:
-        """The last analysed frame's luma samples per macroblock (`block_samples`), for the
-        extensions that work on the same grid (extensions.py)."""
-        return self._prev
-
     def analyse(self, frame: Frame, labels: LabelMap) -> RegionStats:
         blocks = block_samples(frame.luma_grid)
         var = block_variance(blocks)

@@ -63,7 +63,7 @@ class RecurrentChange:
         self.excess = np.zeros((0, 0), np.float32)  # D per macroblock, before region averaging
 
     def analyse(self, frame: Frame, regions: np.ndarray | None = None) -> np.ndarray:
-        """`step` on the frame's luma samples (use `step` where they are already computed)."""
+        """`step` on the frame's luma samples (`Frame.luma_grid`)."""
         return self.step(block_samples(frame.luma_grid), regions)
 
     def step(self, blocks: np.ndarray, regions: np.ndarray | None = None) -> np.ndarray:

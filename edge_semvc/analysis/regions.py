@@ -14,12 +14,11 @@ from ..values import RegionStats
 
 def label_regions(labels: np.ndarray) -> np.ndarray:
     """int32[mb_h, mb_w] region ids: 0 for background, 1.. for connected same-class components."""
-    labelled = labels > 0
-    if not (_classes_touch(labels[:, 1:], labels[:, :-1], labelled[:, 1:], labelled[:, :-1])
-            or _classes_touch(labels[1:], labels[:-1], labelled[1:], labelled[:-1])):
+    if not (_classes_touch(labels[:, 1:], labels[:, :-1])
+            or _classes_touch(labels[1:], labels[:-1])):
         # the usual frame: the labelled components are each of one class, so one pass finds
         # them all (the same regions as the pass per class below, numbered in raster order)
-        return ndimage.label(labelled)[0].astype(np.int32, copy=False)
+        return ndimage.label(labels > 0)[0].astype(np.int32, copy=False)
     regions = np.zeros(labels.shape, np.int32)
     next_id = 1
     for cls in np.unique(labels):
@@ -31,10 +30,9 @@ def label_regions(labels: np.ndarray) -> np.ndarray:
     return regions
 
 
-def _classes_touch(a: np.ndarray, b: np.ndarray, a_labelled: np.ndarray,
-                   b_labelled: np.ndarray) -> bool:
+def _classes_touch(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two neighbouring labelled macroblocks (a and b, shifted views) differ in class."""
-    return bool((a_labelled & b_labelled & (a != b)).any())
+    return bool(((a != b) & (a > 0) & (b > 0)).any())
 
 
 def region_means(regions: np.ndarray, values: np.ndarray) -> np.ndarray:

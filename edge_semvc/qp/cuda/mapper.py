@@ -29,7 +29,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ...frame import mb_grid
+from ...frame import GRID, mb_grid
 from ...values import LabelMap, QpMap
 from .. import qpmap
 from ..config import QpConfig
@@ -37,7 +37,7 @@ from . import nvrtc
 from .backends import Buffer, bandwidth, installed, open_gpu
 from .nvrtc import CudaError
 
-SUB = 4  # the luma sampling step (frame.GRID, the CPU analysers' luma grid)
+SUB = GRID  # the luma sampling step: the CPU analysers' grid (Frame.luma_grid)
 MEASURE_BLOCK = (32, 8, 1)  # macroblocks per mb_measure block
 LINEAR = 256  # threads per block of ccl_merge and region_sum
 PIN_THREADS = 1024  # the one block of `offsets` (its __launch_bounds__)
