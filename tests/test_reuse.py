@@ -278,6 +278,27 @@ def test_motion_is_computed_only_when_something_is_carried(scene, monkeypatch):
     assert len(calls) == 3
 
 
+def test_a_soft_mask_read_seldom_is_where_one_read_every_frame_is(scene):
+    """A soft mask's displacement is chained through the frames' vectors when it is read (a
+    gated mask often is not): read on frames 3 and 70 only (past the bound on unchained
+    frames: chained anyway, its vectors let go), it is exactly the mask read on every frame."""
+    key = square(18, 22, 6, 8)
+    every, seldom = PlaneCarrier(), PlaneCarrier()
+    for pc in every, seldom:
+        pc.step(luma_grid(crop(scene, 0, 0)))
+        pc.set(0, key)
+    for i in range(1, 71):  # a pan: 8 px right every 2nd frame, 8 px down every 10th
+        frame = luma_grid(crop(scene, 8 * (i // 10), 8 * (i // 2)))
+        for pc in every, seldom:
+            pc.step(frame)
+            pc.follow()
+        want = every.get(0)
+        if i in (3, 70):
+            assert np.array_equal(seldom.get(0), want), i
+        assert len(seldom._vectors) <= 51  # kept for at most the bound's frames
+    assert not np.array_equal(want[0] > 0.7, key[0] > 0.7)  # it moved
+
+
 @pytest.mark.parametrize("interp", ["bilinear", "nearest"])
 def test_frame_sizes_not_multiple_of_16(interp):
     y = texture(168, 300)

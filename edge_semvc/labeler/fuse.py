@@ -50,11 +50,10 @@ def gate(models: list[tuple[str, Adapter]], planes: list[np.ndarray], k: int) ->
     m = models[k][1]
     if not m.requires:
         return planes[k]
-    required = np.zeros(planes[k].shape[1:], bool)
-    for (_, other), p in zip(models, planes):
-        if m.requires in other.classes:
-            required |= p[other.classes.index(m.requires)] > other.threshold
+    required = requirement(models, planes, k)
     out = planes[k].copy()
+    if required is None:  # no model labels that class (the Labeler warns and drops `requires`)
+        required = np.zeros(out.shape[1:], bool)
     if not required.any():  # nothing to touch: every region goes
         for plane in out:
             plane[plane > m.threshold] = 0.0
@@ -68,3 +67,19 @@ def gate(models: list[tuple[str, Adapter]], planes: list[np.ndarray], k: int) ->
             plane[(regions > 0) & ~keep[regions]] = 0.0
     return out
 
+
+def requirement(models: list[tuple[str, Adapter]], planes: list[np.ndarray | None],
+                k: int) -> np.ndarray | None:
+    """Where model k's `requires` class is found, by any model: bool[mb_h, mb_w]; None when k
+    requires nothing, or when a model that labels that class has no planes here yet."""
+    cls = models[k][1].requires
+    if not cls:
+        return None
+    found = None
+    for (_, other), p in zip(models, planes):
+        if cls in other.classes:
+            if p is None:
+                return None
+            hit = p[other.classes.index(cls)] > other.threshold
+            found = hit if found is None else found | hit
+    return found

@@ -12,7 +12,7 @@ from ..frame import Frame
 from ..values import LabelMap
 from .adapters import ADAPTERS, Adapter, SsdAnchorAdapter, _BoxPlanes
 from .config import LabelerConfig
-from .fuse import fuse, gate
+from .fuse import fuse, gate, requirement
 from .registry import model_specs, prepared_file
 from .reuse import PlaneCarrier
 from .runtime import open_runtime
@@ -178,15 +178,19 @@ class Labeler:
                                               or self.worker.inline))
 
     def _carried_planes(self, grid: tuple[int, int]) -> list[np.ndarray]:
-        """Each model's latest planes carried to this frame (zeros before its first run)."""
-        planes = []
-        for k, (_, m) in enumerate(self.models):
-            n = self._live[k]
-            if n is None:
-                planes.append(np.zeros((len(m.classes), *grid), np.float32))
-                continue
-            planes.append(self.carrier.get((k, n)))
-            self.staleness[k][self._n - n] += 1
+        """Each model's latest planes carried to this frame (zeros before its first run). A
+        model with a `requires` class found nowhere here gets zeros too: the gate would drop
+        all it labels (carrying its planes cost ~0.1 ms a frame at 720p for nothing)."""
+        planes: list[np.ndarray | None] = [None] * len(self.models)
+        for k in sorted(range(len(self.models)), key=lambda k: bool(self.models[k][1].requires)):
+            m, n = self.models[k][1], self._live[k]
+            if n is not None:
+                self.staleness[k][self._n - n] += 1
+                found = requirement(self.models, planes, k)
+                if found is None or found.any():
+                    planes[k] = self.carrier.get((k, n))
+            if planes[k] is None:
+                planes[k] = np.zeros((len(m.classes), *grid), np.float32)
         return planes
 
     def _gate(self, planes: list[np.ndarray]) -> list[np.ndarray]:

@@ -47,6 +47,8 @@ cost only the 2x2 sums of the frame's luma grid (`Frame.luma_grid`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -56,6 +58,9 @@ MODES = ("motion", "hold")
 INTERPS = ("bilinear", "nearest")
 SCALE = 8  # luma subsampling for the motion search; one macroblock = 2x2 samples
 _BLK = MB // SCALE
+# A soft mask's displacement is chained when it is read; one not read for this many frames is
+# chained anyway (the vectors kept for it cost 0.01-0.1 MB a frame at CIF-1080p).
+_UNCHAINED = 50
 
 
 def downsample(grid: np.ndarray) -> np.ndarray:
@@ -270,6 +275,20 @@ def draw_boxes(boxes: np.ndarray, shape: tuple) -> np.ndarray:
     return out
 
 
+@dataclass(slots=True)
+class _Slot:
+    """One model run's planes, as carried."""
+
+    planes: np.ndarray | None  # None: marked, the planes have not arrived
+    frame: int  # the frame they were computed on
+    interp: str
+    boxes: np.ndarray | None = None  # "nearest": the boxes, moved to the last moved frame
+    # soft masks: where each macroblock's content was on `frame`, [2, mb_h, mb_w] pixels
+    # (None: not moved), chained up to frame `chained`
+    disp: np.ndarray | None = None
+    chained: int = 0
+
+
 class PlaneCarrier:
     """Probability planes (float32[C, mb_h, mb_w] per slot) carried from the frame they were
     computed on to later frames.
@@ -297,9 +316,10 @@ class PlaneCarrier:
 
     def reset(self) -> None:
         """Forget all slots and frames (e.g. at a seek)."""
-        # slot -> [planes | None, displacement [2, mb_h, mb_w] | None, frame number,
-        #          interpolation, boxes | None ("nearest")]
-        self._slots: dict = {}
+        self._slots: dict[object, _Slot] = {}
+        # frame -> its motion vectors, while a soft mask's displacement has not been chained
+        # through them (chained when the mask is read: a gated mask is often not read at all)
+        self._vectors: dict = {}
         self._n = -1  # the current frame's number
         self._cur = self._prev = None  # downsampled luma of the current / previous frame
         self._moved = -1  # frame number up to which the slots' displacements are updated
@@ -321,6 +341,7 @@ class PlaneCarrier:
         if self._cur is not None and cur.shape != self._cur.shape:
             self._slots.clear()  # the picture size changed: nothing can be carried
             self._history.clear()
+            self._vectors.clear()
             self._cur = None
         if self._grid is None or self._grid.shape[1:] != (cur.shape[0] // 2, cur.shape[1] // 2):
             self._grid = np.mgrid[0:cur.shape[0] // 2, 0:cur.shape[1] // 2].astype(np.float32)
@@ -335,7 +356,7 @@ class PlaneCarrier:
         if interp not in (None, *INTERPS):
             raise ValueError(f"unknown interpolation {interp!r} (bilinear, nearest)")
         self._check(planes)
-        self._slots[slot] = [planes, None, self._n, interp or self.interp, None]
+        self._slots[slot] = _Slot(planes, self._n, interp or self.interp, chained=self._n)
         self._boxes(self._slots[slot])
         self._prune()
         return planes
@@ -348,13 +369,13 @@ class PlaneCarrier:
     def fill(self, slot, planes: np.ndarray) -> None:
         """The planes of a `mark`ed slot arrived; `get` carries them from the marked frame."""
         s = self._slots.get(slot)
-        if s is None or s[0] is not None:
+        if s is None or s.planes is not None:
             raise KeyError(f"slot {slot!r} was not marked (or was filled already)")
         self._check(planes)
-        s[0] = planes
+        s.planes = planes
         if self._boxes(s) is not None:  # catch the boxes up with the frames since the mark
-            for n in range(s[2] + 1, self._moved + 1):
-                s[4] = self.motion.track(s[4], self._history[n])
+            for n in range(s.frame + 1, self._moved + 1):
+                s.boxes = self.motion.track(s.boxes, self._history[n])
         self._prune()
 
     def drop(self, slot) -> None:
@@ -363,26 +384,27 @@ class PlaneCarrier:
 
     def frame_of(self, slot) -> int:
         """The number (in `step` calls, from 0) of the frame the slot's planes belong to."""
-        return self._slots[slot][2]
+        return self._slots[slot].frame
 
     def get(self, slot) -> np.ndarray:
         """The slot's planes moved to the current frame."""
         try:
-            planes, _, frame, interp, _ = self._slots[slot]
+            s = self._slots[slot]
         except KeyError:
             raise KeyError(f"no planes in slot {slot!r}: set() them on a frame first") from None
-        if planes is None:
+        if s.planes is None:
             raise KeyError(f"slot {slot!r} was marked but its planes have not arrived")
-        if self.mode == "hold" or frame == self._n or not planes.shape[0]:
-            return planes
+        if self.mode == "hold" or s.frame == self._n or not s.planes.shape[0]:
+            return s.planes
         self._advance()
-        _, disp, _, _, boxes = self._slots[slot]
-        if boxes is not None:
-            return draw_boxes(boxes, planes.shape)
-        if disp is None:
-            return planes
+        if s.boxes is not None:
+            return draw_boxes(s.boxes, s.planes.shape)
+        self._chain(s)
+        self._prune()
+        if s.disp is None:
+            return s.planes
         gy, gx = self._grid
-        return _sample(planes, gy + disp[0] * (1 / MB), gx + disp[1] * (1 / MB))
+        return _sample(s.planes, gy + s.disp[0] * (1 / MB), gx + s.disp[1] * (1 / MB))
 
     def __contains__(self, slot) -> bool:
         return slot in self._slots
@@ -398,21 +420,38 @@ class PlaneCarrier:
             raise ValueError(f"planes of {planes.shape[1:]} macroblocks for a "
                              f"{self._grid.shape[1:]} grid")
 
-    def _boxes(self, s: list):
+    def _boxes(self, s: _Slot):
         """The boxes of a "nearest" slot whose planes are there (None for others)."""
-        if s[3] == "nearest" and s[0] is not None and self.mode != "hold":
-            s[4] = find_boxes(s[0])
-        return s[4]
+        if s.interp == "nearest" and s.planes is not None and self.mode != "hold":
+            s.boxes = find_boxes(s.planes)
+        return s.boxes
+
+    def _chain(self, s: _Slot) -> None:
+        """Bring a soft mask's displacement up to the last moved frame, through the vectors of
+        each frame since it was last brought up."""
+        gy, gx = self._grid
+        for n in range(s.chained + 1, self._moved + 1):
+            vec = self._vectors[n]
+            # where this MB's content was in the previous frame, then where that point was on
+            # the slot's own frame (the previous displacement, sampled there)
+            s.disp = vec if s.disp is None else \
+                vec + _nearest(s.disp, gy + vec[0] * (1 / MB), gx + vec[1] * (1 / MB))
+        s.chained = max(s.chained, self._moved)
 
     def _carried(self, n: int) -> bool:
-        return any(s[2] < n for s in self._slots.values())
+        return any(s.frame < n for s in self._slots.values())
 
     def _prune(self) -> None:
-        """Keep the motion of the frames after the oldest awaited box planes, no more."""
+        """Keep the motion of the frames after the oldest awaited box planes, and the vectors
+        of the frames after the least chained soft mask, no more."""
         if self._history:
-            first = min((s[2] for s in self._slots.values()
-                         if s[0] is None and s[3] == "nearest"), default=self._n)
+            first = min((s.frame for s in self._slots.values()
+                         if s.planes is None and s.interp == "nearest"), default=self._n)
             self._history = {n: m for n, m in self._history.items() if n > first}
+        if self._vectors:
+            first = min((s.chained for s in self._slots.values() if s.interp != "nearest"),
+                        default=self._n)
+            self._vectors = {n: v for n, v in self._vectors.items() if n > first}
 
     def _advance(self, force: bool = False) -> None:
         """Move every slot set before the current frame by the motion from the previous frame
@@ -425,17 +464,16 @@ class PlaneCarrier:
         vec, mad = self.motion.estimate(self._cur, self._prev, self._pred)
         self._pred = self.motion.mode
         self.last_mad = mad / 4.0  # 2x2 sums -> 8-bit levels
-        gy, gx = self._grid
-        sy, sx = gy + vec[0] * (1 / MB), gx + vec[1] * (1 / MB)
-        for s in self._slots.values():
-            if s[2] >= self._n:
-                continue
-            if s[3] != "nearest":
-                # Where this MB's content was in the previous frame, then where that point
-                # was on the slot's own frame (the previous displacement, sampled there).
-                s[1] = vec if s[1] is None else vec + _nearest(s[1], sy, sx)
-            elif s[4] is not None:
-                s[4] = self.motion.track(s[4])
-            elif s[0] is None:
-                self._history[self._n] = self.motion.last  # replayed when the planes arrive
         self._moved = self._n
+        for s in self._slots.values():
+            if s.frame >= self._n:
+                continue
+            if s.interp != "nearest":
+                self._vectors[self._n] = vec  # chained when the planes are read (`get`)
+                if self._n - s.chained > _UNCHAINED:
+                    self._chain(s)
+                    self._prune()
+            elif s.boxes is not None:
+                s.boxes = self.motion.track(s.boxes)
+            elif s.planes is None:
+                self._history[self._n] = self.motion.last  # replayed when the planes arrive
