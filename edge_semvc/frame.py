@@ -38,6 +38,13 @@ def luma_grid(y: np.ndarray) -> np.ndarray:
     return out
 
 
+def luma_sums(grid: np.ndarray) -> np.ndarray:
+    """A luma grid (`luma_grid`) -> float32[2 * mb_h, 2 * mb_w]: its 2x2 sums (0..1020, exact):
+    the 1/8-resolution picture of the motion searches (a macroblock is 2x2 of it)."""
+    s = grid[0::2] + grid[1::2]
+    return s[:, 0::2] + s[:, 1::2]
+
+
 def edge_pad(a: np.ndarray, p: int) -> np.ndarray:
     """`a` [H, W] extended by `p` samples on each side with its edge values (np.pad's "edge",
     without its overhead): the motion searches' reference planes."""
@@ -84,6 +91,12 @@ class Frame:
         analyser (a strided read touches a quarter of the frame's memory: ~0.1 ms at 720p).
         Read-only; sources turn or fill `y` before they hand the frame on, never after."""
         return luma_grid(self.y)
+
+    @cached_property
+    def luma_sums(self) -> np.ndarray:
+        """`luma_sums(self.luma_grid)`, computed once: the labeler's carrier and the scene
+        analyser search motion on it. Read-only."""
+        return luma_sums(self.luma_grid)
 
     @classmethod
     def from_i420(cls, buf: np.ndarray, width: int, height: int, pts, time_base, index) -> "Frame":

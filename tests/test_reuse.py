@@ -3,9 +3,14 @@ objects, carries late planes from their own frame, reports cuts."""
 import numpy as np
 import pytest
 
-from edge_semvc.frame import luma_grid
+from edge_semvc.frame import luma_grid, luma_sums
 from edge_semvc.labeler.decoders import boxes_to_mb
-from edge_semvc.labeler.reuse import PlaneCarrier, downsample, draw_boxes, find_boxes
+from edge_semvc.labeler.reuse import PlaneCarrier, draw_boxes, find_boxes
+
+
+def luma(y: np.ndarray) -> np.ndarray:
+    """What the carrier steps on: the picture's `Frame.luma_sums`."""
+    return luma_sums(luma_grid(y))
 
 
 def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -31,11 +36,11 @@ def square(mb_h, mb_w, y0, x0, size=6, p=0.95) -> np.ndarray:
 def carry(frames, planes, interp=None, mode="motion") -> list[np.ndarray]:
     """`planes` computed on frames[0], carried through the others: the planes on each."""
     pc = PlaneCarrier(mode)
-    pc.step(luma_grid(frames[0]))
+    pc.step(luma(frames[0]))
     pc.set(0, planes, interp)
     out = []
     for f in frames[1:]:
-        pc.step(luma_grid(f))
+        pc.step(luma(f))
         out.append(pc.get(0))
     return out
 
@@ -176,18 +181,18 @@ def test_late_planes_are_carried_from_their_own_frame(scene, interp):
     frames = [crop(scene, 0, 16 * i) for i in range(6)]
     key = square(18, 22, 6, 12)
     pc = PlaneCarrier()
-    pc.step(luma_grid(frames[0]))
+    pc.step(luma(frames[0]))
     pc.mark("late", interp)
     assert "late" in pc and pc.frame_of("late") == 0
     with pytest.raises(KeyError, match="have not arrived"):
         pc.get("late")
     for f in frames[1:3]:  # nobody asks for the slot meanwhile: the motion is followed anyway
-        pc.step(luma_grid(f))
-    pc.step(luma_grid(frames[3]))
+        pc.step(luma(f))
+    pc.step(luma(frames[3]))
     pc.fill("late", key)
     assert pc.frame_of("late") == 0
     assert np.array_equal(pc.get("late")[0] > 0.7, np.roll(key[0], -3, 1) > 0.7)
-    pc.step(luma_grid(frames[4]))
+    pc.step(luma(frames[4]))
     assert np.array_equal(pc.get("late")[0] > 0.7, np.roll(key[0], -4, 1) > 0.7)
     assert not pc._history  # nothing waits: the stored motion is let go
     with pytest.raises(KeyError, match="filled already"):
@@ -206,7 +211,7 @@ def test_two_runs_in_flight(scene):
     key0, key2 = square(18, 22, 6, 12), square(18, 22, 2, 14, size=4)
     pc = PlaneCarrier()
     for i, f in enumerate(frames):
-        pc.step(luma_grid(f))
+        pc.step(luma(f))
         if i in (0, 2):
             pc.mark(i, "nearest")
         if i == 2:
@@ -224,16 +229,16 @@ def test_follow_keeps_the_motion_predictor_on_frames_nothing_is_carried(scene):
     """The Labeler calls `follow()` on every frame (the scene cut is no longer the carrier's:
     analysis/scene.py decides it): the motion is estimated even with nothing to carry."""
     pc = PlaneCarrier()
-    pc.step(luma_grid(crop(scene, 0, 0)))
-    pc.step(luma_grid(crop(scene, 0, 8)))
+    pc.step(luma(crop(scene, 0, 0)))
+    pc.step(luma(crop(scene, 0, 8)))
     pc.follow()
     assert 0.0 < pc.last_mad < 8 and pc.motion.mode == (0, 1)  # matched: 8 pixels = 1 sample
-    pc.step(luma_grid(255 - texture(288, 352, seed=7)))  # another scene: nothing matches
+    pc.step(luma(255 - texture(288, 352, seed=7)))  # another scene: nothing matches
     pc.follow()
     assert pc.last_mad > 24
     hold = PlaneCarrier("hold")
-    hold.step(luma_grid(crop(scene, 0, 0)))
-    hold.step(luma_grid(crop(scene, 0, 8)))
+    hold.step(luma(crop(scene, 0, 0)))
+    hold.step(luma(crop(scene, 0, 8)))
     hold.follow()
     assert hold.last_mad == 0.0
 
@@ -244,14 +249,14 @@ def test_plane_slots_keep_their_own_key_frames(scene):
     a = np.zeros((1, 18, 22), np.float32)
     a[0, 4:8, 12:16] = 1.0
     frames = [crop(scene, 0, 16 * i) for i in range(4)]
-    pc.step(luma_grid(frames[0]))
+    pc.step(luma(frames[0]))
     pc.set("a", a)
-    pc.step(luma_grid(frames[1]))
+    pc.step(luma(frames[1]))
     pc.get("a")
-    pc.step(luma_grid(frames[2]))
+    pc.step(luma(frames[2]))
     pc.set("b", a.copy(), interp="nearest")
     got_a = pc.get("a")
-    pc.step(luma_grid(frames[3]))
+    pc.step(luma(frames[3]))
     got_a, got_b = pc.get("a"), pc.get("b")
     assert np.array_equal(got_a[0] > 0.5, np.roll(a[0], -3, 1) > 0.5)
     assert np.array_equal(got_b[0] > 0.5, np.roll(a[0], -1, 1) > 0.5)
@@ -264,15 +269,15 @@ def test_motion_is_computed_only_when_something_is_carried(scene, monkeypatch):
     monkeypatch.setattr(pc.motion, "estimate", lambda *a: calls.append(1) or real(*a))
     planes = np.zeros((1, 18, 22), np.float32)
     for i in range(3):  # every model runs on every frame: no motion search at all
-        pc.step(luma_grid(crop(scene, 0, 8 * i)))
+        pc.step(luma(crop(scene, 0, 8 * i)))
         pc.set(0, planes)
     assert calls == []
-    pc.step(luma_grid(crop(scene, 0, 24)))  # a frame in between: one search
+    pc.step(luma(crop(scene, 0, 24)))  # a frame in between: one search
     pc.get(0)
     pc.get(0)
     assert len(calls) == 1
-    pc.step(luma_grid(crop(scene, 0, 32)))  # nobody asks on this frame...
-    pc.step(luma_grid(crop(scene, 0, 40)))  # ...but the chain catches up before the next one
+    pc.step(luma(crop(scene, 0, 32)))  # nobody asks on this frame...
+    pc.step(luma(crop(scene, 0, 40)))  # ...but the chain catches up before the next one
     assert len(calls) == 2
     pc.get(0)
     assert len(calls) == 3
@@ -285,10 +290,10 @@ def test_a_soft_mask_read_seldom_is_where_one_read_every_frame_is(scene):
     key = square(18, 22, 6, 8)
     every, seldom = PlaneCarrier(), PlaneCarrier()
     for pc in every, seldom:
-        pc.step(luma_grid(crop(scene, 0, 0)))
+        pc.step(luma(crop(scene, 0, 0)))
         pc.set(0, key)
     for i in range(1, 71):  # a pan: 8 px right every 2nd frame, 8 px down every 10th
-        frame = luma_grid(crop(scene, 8 * (i // 10), 8 * (i // 2)))
+        frame = luma(crop(scene, 8 * (i // 10), 8 * (i // 2)))
         for pc in every, seldom:
             pc.step(frame)
             pc.follow()
@@ -302,7 +307,7 @@ def test_a_soft_mask_read_seldom_is_where_one_read_every_frame_is(scene):
 @pytest.mark.parametrize("interp", ["bilinear", "nearest"])
 def test_frame_sizes_not_multiple_of_16(interp):
     y = texture(168, 300)
-    assert downsample(luma_grid(y)).shape == (2 * 11, 2 * 19)
+    assert luma(y).shape == (2 * 11, 2 * 19)
     key = square(11, 19, 2, 3, size=4)
     out = carry([y, np.roll(y, 16, 1)], key, interp)[0]
     assert out.shape == (1, 11, 19)
@@ -317,7 +322,7 @@ def test_errors(scene):
     pc = PlaneCarrier()
     with pytest.raises(RuntimeError, match="before the first step"):
         pc.set(0, square(18, 22, 0, 0))
-    pc.step(luma_grid(crop(scene, 0, 0)))
+    pc.step(luma(crop(scene, 0, 0)))
     with pytest.raises(ValueError, match="macroblocks for a"):
         pc.set(0, square(10, 10, 0, 0))
     with pytest.raises(ValueError, match="unknown interpolation"):
@@ -325,7 +330,7 @@ def test_errors(scene):
     with pytest.raises(KeyError, match="no planes in slot"):
         pc.get("x")
     pc.set(0, square(18, 22, 0, 0))
-    pc.step(luma_grid(crop(scene, 0, 0, h=144, w=176)))  # a new picture size: nothing to carry
+    pc.step(luma(crop(scene, 0, 0, h=144, w=176)))  # a new picture size: nothing to carry
     assert 0 not in pc
 
 

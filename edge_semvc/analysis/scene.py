@@ -65,13 +65,6 @@ class SceneResult:
     baseline: float  # the recent baseline it was compared with
 
 
-def downsample(grid: np.ndarray) -> np.ndarray:
-    """The frame's luma grid (`Frame.luma_grid`, every 4th sample) -> float32[2 * mb_h,
-    2 * mb_w]: its 2x2 means."""
-    s = grid[0::2] + grid[1::2]
-    return 0.25 * (s[:, 0::2] + s[:, 1::2])
-
-
 def _block_sum(a: np.ndarray) -> np.ndarray:
     """Sum over each macroblock's 2x2 samples: [..., 2h, 2w] -> [..., h, w]."""
     rows = a[..., 0::2, :] + a[..., 1::2, :]
@@ -91,8 +84,9 @@ def diamond(radius: int) -> np.ndarray:
 
 def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int],
                        search: int, floor: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """S_mb per macroblock (float32[mb_h, mb_w]) of `cur` against `prev` (both from
-    `downsample`), and the most common best vector (the next frame's search centre)."""
+    """S_mb per macroblock (float32[mb_h, mb_w]) of `cur` against `prev` (both 1/8-resolution
+    luma: `Frame.luma_sums` / 4), and the most common best vector (the next frame's search
+    centre)."""
     candidates = diamond(search) + np.asarray(centre)
     if centre != (0, 0):
         candidates = np.vstack([candidates, [[0, 0]]])
@@ -218,7 +212,7 @@ class SceneAnalyser:
         """`regions`: int[mb_h, mb_w] region ids (`RegionStats.regions`), or None: the whole
         frame is one region."""
         self.cuts.cfg = self.cfg
-        small = downsample(frame.luma_grid)
+        small = 0.25 * frame.luma_sums  # means: the search's integers are 1/32 levels
         hist = colour_histograms(small, frame.u, frame.v)
         shape = (frame.mb_h, frame.mb_w)
         prev, prev_hist = self._prev, self._prev_hist

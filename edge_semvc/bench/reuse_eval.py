@@ -111,11 +111,11 @@ class _Track:
                     c.drop((m, self.live[m]))
                 self.live[m] = n
 
-    def step(self, index: int, grid: np.ndarray, planes: list[np.ndarray], ref,
+    def step(self, index: int, sums: np.ndarray, planes: list[np.ndarray], ref,
              cut: bool) -> None:
         c = self.carrier
         t0 = time.perf_counter()
-        c.step(grid)
+        c.step(sums)
         run = index % self.k == 0
         if not run and self.mode == "mc+cut" and cut:
             run = True
@@ -194,7 +194,7 @@ def evaluate(path, ks: list[int], max_frames: int = 0, labeler=None, delay: int 
             coverage.append(1.0 - ref.coverage()["background"])
             cut = scene.analyse(frame).cut  # the run's decision (analysis/scene.py)
             for t in tracks:
-                t.step(n, frame.luma_grid, planes, ref, cut)
+                t.step(n, frame.luma_sums, planes, ref, cut)
             n += 1
     finally:
         src.close()

@@ -140,7 +140,7 @@ class Labeler:
         self._n += 1
         if frame.pts is not None and frame.time_base:
             self._now_s = float(frame.pts * frame.time_base)
-        self.carrier.step(frame.luma_grid)
+        self.carrier.step(frame.luma_sums)
         if self.budget:
             self.budget.frame(self._now_s if frame.pts is not None and frame.time_base
                               else None)

@@ -32,7 +32,7 @@ Two kinds of planes, moved differently:
   whole-frame PSNR BD-rate, so boxes keep their size.
 
 `PlaneCarrier` holds probability planes in slots (one per model and run, each model may run on
-its own frames); `step(frame.luma_grid)` once per frame, `set(slot, planes)` when the model ran, or
+its own frames); `step(frame.luma_sums)` once per frame, `set(slot, planes)` when the model ran, or
 `mark(slot)` then `fill(slot, planes)` when the planes arrive later (meanwhile each frame's
 search costs are kept, 0.01-0.6 MB at QCIF-1080p, to move the boxes from the marked frame),
 `get(slot)` on the frames after. Motion is computed lazily, only on frames where some slot is
@@ -42,7 +42,7 @@ Cost per carried frame (one thread, 2-core development machine): the motion sear
 mask 0.16-0.23 ms at QCIF-CIF, ~0.4 ms at 576p, ~1.1 ms at 1080p; each carried box 0.04-0.05 ms
 more (matched and redrawn); finding the boxes where a detector ran 0.07-0.15 ms. Against ~20 ms
 for YOLOX-nano with BlazeFace, ~43 ms for the default models. Frames where every model runs
-cost only the 2x2 sums of the frame's luma grid (`Frame.luma_grid`).
+cost only a copy of the frame's 1/8-resolution luma (`Frame.luma_sums`) as int16.
 """
 
 from __future__ import annotations
@@ -61,13 +61,6 @@ _BLK = MB // SCALE
 # A soft mask's displacement is chained when it is read; one not read for this many frames is
 # chained anyway (the vectors kept for it cost 0.01-0.1 MB a frame at CIF-1080p).
 _UNCHAINED = 50
-
-
-def downsample(grid: np.ndarray) -> np.ndarray:
-    """The frame's luma grid (`Frame.luma_grid`: every 4th sample, covering the macroblock
-    grid) -> int16[2*mb_h, 2*mb_w]: its 2x2 sums (0..1020)."""
-    s = grid[0::2] + grid[1::2]
-    return (s[:, 0::2] + s[:, 1::2]).astype(np.int16)
 
 
 def _nearest(planes: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
@@ -101,7 +94,8 @@ def _sample(planes: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
 
 
 class MotionField:
-    """Per-macroblock motion between two downsampled luma planes (see `downsample`).
+    """Per-macroblock motion between two 1/8-resolution luma planes (`Frame.luma_sums`, as
+    int16).
 
     Candidates: the offsets with |dy| + |dx| <= `search` samples (a diamond: diagonal moves
     beyond one sample are rare between consecutive frames, and a steady one is followed by the
@@ -293,7 +287,7 @@ class PlaneCarrier:
     """Probability planes (float32[C, mb_h, mb_w] per slot) carried from the frame they were
     computed on to later frames.
 
-    Per frame, in display order: `step(frame.luma_grid)` first; then for each slot either
+    Per frame, in display order: `step(frame.luma_sums)` first; then for each slot either
     `set(slot, planes)` (the model ran on this frame), or `mark(slot)` (it runs on this frame
     but its planes come later: `fill(slot, planes)` on the frame they arrive), or `get(slot)`
     (its planes moved to this frame). `follow()` estimates the motion on a frame where
@@ -328,8 +322,8 @@ class PlaneCarrier:
         self._history: dict = {}  # frame -> its motion estimate, while box planes are awaited
         self.last_mad = 0.0  # 8-bit levels; 0 until motion has been estimated
 
-    def step(self, grid: np.ndarray) -> None:
-        """A new frame arrives (its `Frame.luma_grid`); call before `set`/`get` for that
+    def step(self, sums: np.ndarray) -> None:
+        """A new frame arrives (its `Frame.luma_sums`); call before `set`/`get` for that
         frame."""
         if self.mode == "hold":
             self._n += 1
@@ -337,7 +331,7 @@ class PlaneCarrier:
         if self._n >= 0 and self._moved < self._n and self._carried(self._n):
             self._advance()  # nobody asked for the last frame's motion, but the chain needs it
         self._n += 1
-        cur = downsample(grid)
+        cur = sums.astype(np.int16)
         if self._cur is not None and cur.shape != self._cur.shape:
             self._slots.clear()  # the picture size changed: nothing can be carried
             self._history.clear()
