@@ -119,11 +119,11 @@ class RunStats:
         self.frames_mapped += result.mapped
         counts = np.bincount(labels.labels.ravel(), minlength=len(labels.classes))
         self.label_counts = counts if self.label_counts is None else self.label_counts + counts
-        roi = labels.labels > 0
-        self.offset_sum_roi += float(qp.offsets[roi].sum())
-        self.mb_roi += int(roi.sum())
-        self.offset_sum_bg += float(qp.offsets[~roi].sum())
-        self.mb_bg += int((~roi).sum())
+        roi_sum = float(qp.offsets[labels.labels > 0].sum(dtype=np.float64))
+        self.offset_sum_roi += roi_sum
+        self.offset_sum_bg += float(qp.offsets.sum(dtype=np.float64)) - roi_sum
+        self.mb_bg += int(counts[0])
+        self.mb_roi += labels.labels.size - int(counts[0])
 
     def snapshot(self) -> RunSnapshot:
         """The counters now, copied (any thread: a list that grew while read is read again)."""

@@ -124,7 +124,7 @@ def colour_histograms(small_y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.n
     """float64[3, LUMA_BINS]: the normalised histograms of the 1/8-resolution luma grid and of
     every 4th U and V sample (chroma rows padded with zeros)."""
     out = np.zeros((3, LUMA_BINS))
-    luma = np.clip(small_y, 0, 255).astype(np.int32) * LUMA_BINS >> 8
+    luma = small_y.astype(np.uint8) >> 3  # 0..255.75 -> its bin of 8 levels (LUMA_BINS = 32)
     out[0] = np.bincount(luma.ravel(), minlength=LUMA_BINS)
     # U's bin in the high 4 bits, V's in the low 4: one count of the joint bins, then each
     # plane's marginal (CHROMA_BINS = 16).
