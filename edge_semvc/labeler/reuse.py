@@ -134,10 +134,9 @@ class MotionField:
         return self._cache[k]
 
     def estimate(self, cur: np.ndarray, prev: np.ndarray,
-                 predictor: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, float]:
+                 predictor: tuple[int, int] = (0, 0)) -> np.ndarray:
         """For each macroblock of `cur`, the offset (dy, dx) in full-resolution pixels to where
-        its content was in `prev`: float32[2, mb_h, mb_w]; and the mean absolute difference per
-        sample at the chosen vectors (in 2x2-sum units, 0..1020) as a match-quality figure."""
+        its content was in `prev`: float32[2, mb_h, mb_w]."""
         r = self.search
         py, px = predictor
         h, w = cur.shape
@@ -152,17 +151,18 @@ class MotionField:
         np.abs(d, out=d)
         d = d[:, 0::2] + d[:, 1::2]
         # The SADs inside a zero frame, for the 3x3 pooling (zero outside the grid: the same
-        # for every candidate, so the arg-min is unaffected).
-        framed = np.zeros((K, mb_h + 2, mb_w + 2), np.int32)
+        # for every candidate, so the arg-min is unaffected). uint16: a pooled SAD is at most
+        # 9 macroblocks x 4 samples x 1020.
+        framed = np.zeros((K, mb_h + 2, mb_w + 2), np.uint16)
         sad = framed[:, 1:-1, 1:-1]  # [K, mb_h, mb_w]
-        np.add(d[..., 0::2], d[..., 1::2], out=sad)
+        np.add(d[..., 0::2], d[..., 1::2], out=sad, casting="unsafe")  # >= 0: exact
         self.last = (sad, (py, px), edge_pad(cur, 1), ref, pad)
         rows = framed[:, :-2] + framed[:, 1:-1]
         rows += framed[:, 2:]
         cost = rows[..., :-2] + rows[..., 1:-1]
         cost += rows[..., 2:]
         bias, vectors = self._candidates(py, px)
-        cost = cost.reshape(K, -1)
+        cost = cost.reshape(K, -1).astype(np.int32)
         cost += bias  # [K, mb]
         # Arg-min across candidates as one element-wise min: the index rides in the low bits.
         bits = self._bits
@@ -170,18 +170,11 @@ class MotionField:
         cost |= self._index
         key = cost.min(0)
         best = key & ((1 << bits) - 1)
-        key >>= bits  # the pooled cost at the chosen vector
         vec = vectors.take(best, axis=1)
         # The most common vector: the next frame's search centre (follows pans).
-        counts = np.bincount(best, minlength=K)
-        m = self._shifts[int(counts.argmax())]
+        m = self._shifts[int(np.bincount(best, minlength=K).argmax())]
         self.mode = (m[0] + py, m[1] + px)
-        # Mean absolute difference per sample at the chosen vectors (2x2-sum units); the
-        # pooled cost spans 9 macroblocks of 4 samples (a little fewer at the border). The
-        # sums are exact integers: the same as the mean of the differences.
-        total = int(key.sum(dtype=np.int64)) - int(counts @ bias[:, 0].astype(np.int64))
-        mad = total / key.size / (9 * _BLK * _BLK)
-        return vec.reshape(2, mb_h, mb_w), mad
+        return vec.reshape(2, mb_h, mb_w)
 
     def track(self, boxes: np.ndarray, last: tuple | None = None) -> np.ndarray:
         """`boxes` (see `find_boxes`) moved by the motion of one estimate (`last`, default the
@@ -199,7 +192,7 @@ class MotionField:
         mid = np.floor((pos[:, :2] + pos[:, 2:]) / 2).astype(int)
         lo = np.minimum(np.ceil(pos[:, :2] - 0.5).astype(int), mid).clip(0, (h - 1, w - 1))
         hi = np.maximum(np.ceil(pos[:, 2:] - 0.5).astype(int), mid + 1).clip(lo + 1, (h, w))
-        cost = np.stack([sad[:, y0:y1, x0:x1].sum((1, 2))
+        cost = np.stack([sad[:, y0:y1, x0:x1].sum((1, 2), dtype=np.int64)
                          for (y0, x0), (y1, x1) in zip(lo.tolist(), hi.tolist())], 1)  # [K, n]
         bias = self._candidates(*centre)[0]
         cost += bias * (hi - lo).prod(1) // 9  # the bias is for 9 macroblocks
@@ -320,7 +313,6 @@ class PlaneCarrier:
         self._grid = None
         self._pred = (0, 0)
         self._history: dict = {}  # frame -> its motion estimate, while box planes are awaited
-        self.last_mad = 0.0  # 8-bit levels; 0 until motion has been estimated
 
     def step(self, sums: np.ndarray) -> None:
         """A new frame arrives (its `Frame.luma_sums`); call before `set`/`get` for that
@@ -455,9 +447,8 @@ class PlaneCarrier:
         if self._prev is None or not (force or self._carried(self._n)):
             self._moved = self._n
             return
-        vec, mad = self.motion.estimate(self._cur, self._prev, self._pred)
+        vec = self.motion.estimate(self._cur, self._prev, self._pred)
         self._pred = self.motion.mode
-        self.last_mad = mad / 4.0  # 2x2 sums -> 8-bit levels
         self._moved = self._n
         for s in self._slots.values():
             if s.frame >= self._n:
