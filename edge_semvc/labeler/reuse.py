@@ -47,6 +47,7 @@ cost only a copy of the frame's 1/8-resolution luma (`Frame.luma_sums`) as int16
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,19 +189,24 @@ class MotionField:
         boxes = boxes[((boxes[:, 4:6] > 0) & (boxes[:, 2:4] < (h, w))).all(1)]
         if not len(boxes):
             return boxes
-        pos = boxes[:, 2:6] + boxes[:, [6, 7, 6, 7]]  # each corner moved by the velocity
-        mid = np.floor((pos[:, :2] + pos[:, 2:]) / 2).astype(int)
-        lo = np.minimum(np.ceil(pos[:, :2] - 0.5).astype(int), mid).clip(0, (h - 1, w - 1))
-        hi = np.maximum(np.ceil(pos[:, 2:] - 0.5).astype(int), mid + 1).clip(lo + 1, (h, w))
-        cost = np.stack([sad[:, y0:y1, x0:x1].sum((1, 2), dtype=np.int64)
-                         for (y0, x0), (y1, x1) in zip(lo.tolist(), hi.tolist())], 1)  # [K, n]
-        bias = self._candidates(*centre)[0]
-        cost += bias * (hi - lo).prod(1) // 9  # the bias is for 9 macroblocks
-        vec = self.offsets[cost.argmin(0)] + centre
-        vel = np.array([_refine(cur, ref, pad, a, b, v) for a, b, v in
-                        zip((lo * _BLK).tolist(), (hi * _BLK).tolist(), vec.tolist())])
-        vel *= -SCALE / MB  # the content came from there: the box moved the other way
-        return np.concatenate([boxes[:, :2], boxes[:, 2:6] + vel[:, [0, 1, 0, 1]], vel], 1)
+        bias = self._candidates(*centre)[0][:, 0].astype(np.int64)
+        out = boxes.copy()
+        for row in out:  # a few boxes: in Python numbers (numpy's cost per call was most of it)
+            _, _, y0, x0, y1, x1, vy, vx = row.tolist()
+            top, left, bottom, right = y0 + vy, x0 + vx, y1 + vy, x1 + vx  # moved by its velocity
+            mid_y, mid_x = math.floor((top + bottom) / 2), math.floor((left + right) / 2)
+            ly = min(max(min(math.ceil(top - 0.5), mid_y), 0), h - 1)
+            lx = min(max(min(math.ceil(left - 0.5), mid_x), 0), w - 1)
+            hy = min(max(math.ceil(bottom - 0.5), mid_y + 1, ly + 1), h)
+            hx = min(max(math.ceil(right - 0.5), mid_x + 1, lx + 1), w)
+            cost = sad[:, ly:hy, lx:hx].sum((1, 2), dtype=np.int64)
+            cost += bias * ((hy - ly) * (hx - lx)) // 9  # the bias is for 9 macroblocks
+            dy, dx = self._shifts[int(cost.argmin())]
+            fy, fx = _refine(cur, ref, pad, (ly * _BLK, lx * _BLK), (hy * _BLK, hx * _BLK),
+                             (dy + centre[0], dx + centre[1]))
+            fy, fx = fy * (-SCALE / MB), fx * (-SCALE / MB)  # the box moved the other way
+            row[2:] = y0 + fy, x0 + fx, y1 + fy, x1 + fx, fy, fx
+        return out
 
 
 def _refine(cur: np.ndarray, ref: np.ndarray, pad: int, lo, hi, vec) -> tuple[float, float]:
