@@ -34,14 +34,14 @@ Two kinds of planes, moved differently:
 `PlaneCarrier` holds probability planes in slots (one per model and run, each model may run on
 its own frames); `step(frame.luma_sums)` once per frame, `set(slot, planes)` when the model ran, or
 `mark(slot)` then `fill(slot, planes)` when the planes arrive later (meanwhile each frame's
-search costs are kept, 0.01-0.6 MB at QCIF-1080p, to move the boxes from the marked frame),
+search costs are kept, 0.01-0.35 MB at QCIF-1080p, to move the boxes from the marked frame),
 `get(slot)` on the frames after. Motion is computed lazily, only on frames where some slot is
 carried.
 
 Cost per carried frame (one thread, 2-core development machine): the motion search and a soft
-mask 0.16-0.23 ms at QCIF-CIF, ~0.4 ms at 576p, ~1.1 ms at 1080p; each carried box 0.04-0.05 ms
-more (matched and redrawn); finding the boxes where a detector ran 0.07-0.15 ms. Against ~20 ms
-for YOLOX-nano with BlazeFace, ~43 ms for the default models. Frames where every model runs
+mask 0.16-0.23 ms at QCIF-CIF, ~0.4 ms at 576p, ~1.1 ms at 1080p; each carried box ~0.03 ms
+more (matched and redrawn); finding the boxes where a detector ran 0.07-0.15 ms. Against
+~20 ms for YOLOX-nano with BlazeFace, ~43 ms for the default models. Frames where every model runs
 cost only a copy of the frame's 1/8-resolution luma (`Frame.luma_sums`) as int16.
 """
 
@@ -60,7 +60,7 @@ INTERPS = ("bilinear", "nearest")
 SCALE = 8  # luma subsampling for the motion search; one macroblock = 2x2 samples
 _BLK = MB // SCALE
 # A soft mask's displacement is chained when it is read; one not read for this many frames is
-# chained anyway (the vectors kept for it cost 0.01-0.1 MB a frame at CIF-1080p).
+# chained anyway (the vectors kept for it cost 3-65 KB a frame at CIF-1080p).
 _UNCHAINED = 50
 
 
