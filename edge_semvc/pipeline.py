@@ -438,6 +438,8 @@ def _summarise(stats: RunStats, wall: float, source: Source, encoder: dict, cfg:
         "models": labeler.model_names,
         "labeler": labeler.stats(),
         "labeler_budget": labeler.budget_stats(),
+        # a file encode's model runs: `--set labeler.replay=` a file of them runs them again
+        "label_runs": labeler.schedule(),
         "encoder": encoder,
         "config": cfg.to_dict(),
     }

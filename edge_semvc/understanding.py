@@ -68,6 +68,9 @@ class NullLabeler:
     def budget_stats(self) -> None:
         return None
 
+    def schedule(self) -> None:
+        return None
+
     def reconfigure(self, cfg, live_share: float | None) -> None:
         pass
 

@@ -234,3 +234,25 @@ def test_a_crf_ladder_runs_without_a_vbv_cap_unless_one_is_asked_for(tmp_path, c
         (point,) = json.loads((out / "results.json").read_text())["clips"][0]["points"]
         for kind in ("baseline", "semantic"):
             assert point[kind]["encoder"]["vbv_maxrate_kbps"] == cap
+
+
+def test_a_label_schedule_gives_every_run_the_same_labels(tmp_path, clip, capsys):
+    """`--label-schedule`: the first labelled encode records its model runs, every other
+    encode (the other rates, the next bench run) replays them; with x264 on one thread the
+    figures of two runs are the same to the last digit."""
+    schedules = tmp_path / "schedules"
+    figures = []
+    for run in ("recorded", "replayed"):
+        out = tmp_path / run
+        assert main(["bench", str(clip("carphone_qcif_pristine.mp4")), "--ladder", "60k", "150k",
+                     "--frames", "24", "--no-vmaf", "--roi-model", "none", "--label-schedule",
+                     str(schedules), "--set", "encoder.threads=1", "--out", str(out)]) == 0
+        (c,) = json.loads((out / "results.json").read_text())["clips"]
+        figures.append((c["bd_rate"], [p["semantic"]["bytes"] for p in c["points"]]))
+    (path,) = schedules.iterdir()
+    assert path.name == "carphone_qcif_pristine.0+24.json"
+    assert json.loads(path.read_text())["frames"] == 24
+    log = capsys.readouterr()
+    assert "label timing recorded in" in log.err + log.out
+    assert "label timing replayed from" in log.err + log.out
+    assert figures[0] == figures[1]

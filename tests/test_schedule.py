@@ -2,17 +2,22 @@
 timing), the labeler's runs and staleness under a budget, scene cuts forcing a fresh run."""
 from __future__ import annotations
 
+import json
+import threading
 from fractions import Fraction
 from itertools import islice
 
 import numpy as np
 import pytest
 
-from edge_semvc.config import Config, LabelerConfig
+from edge_semvc.config import Config, ConfigError, LabelerConfig
+from edge_semvc.errors import LabelerError
 from edge_semvc.frame import Frame
 from edge_semvc.labeler import Labeler
-from edge_semvc.labeler.schedule import Budget, Worker, camera_share
+from edge_semvc.labeler.schedule import Budget, Replay, Worker, camera_share
 from edge_semvc.sources import open_source
+
+MODELS = ["nanodet_g", "selfie_segmentation_landscape", "face_detection_short_range"]
 
 
 class Cpu:
@@ -285,3 +290,67 @@ def test_a_live_share_change_moves_the_back_off_reference_and_keeps_its_place():
     for i in range(1, 100):
         b.frame(0.4 + i / 10)
     assert b.share == pytest.approx(0.8)
+
+
+def test_a_recorded_schedule_replays_the_same_labels(tmp_path):
+    """The models in their own thread, on the frames the CPU clock picks, their results used
+    when they arrive: recorded (`Labeler.schedule`), then replayed (`labeler.replay`): the same
+    runs and, frame by frame, the same labels. Without the thread, on the replay's frames."""
+    cfg = Config().labeler
+    cfg.max_age_s = 0.3  # the demo is 30 fps: a run at least every 9th frame
+    live = Labeler(cfg, Config().cache_dir(), log=lambda *_: None)
+    # Each job's results come 4 frames after it started (the test waits for the worker there:
+    # whatever the machine, the same schedule).
+    done, do = threading.Semaphore(0), live.worker._do
+    live.worker._do = lambda job: (do(job), done.release())
+    frames, recorded = _frames(40), []
+    try:
+        for i, f in enumerate(frames):
+            recorded.append(live.label(f))
+            if i == 0 or live.worker.busy and i - live.run_log[-1]["frame"] == 3:
+                done.acquire()
+    finally:
+        live.close()
+    schedule = live.schedule()
+    assert schedule == {"models": MODELS, "frames": 40, "runs": [
+        {"frame": 0, "models": [0, 1, 2], "arrived": 0},
+        *({"frame": n, "models": [0, 1, 2], "arrived": n + 4} for n in (9, 18, 27))]}
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps({"frames": 40, "label_runs": schedule}))  # as --stats-json
+    cfg.replay = str(path)
+    again = Labeler(cfg, Config().cache_dir(), log=lambda *_: None)
+    assert again.budget is None and again.worker.inline
+    for f, want in zip(frames, recorded):
+        got = again.label(f)
+        assert np.array_equal(got.labels, want.labels) and np.array_equal(got.probs, want.probs)
+    assert again.schedule() == schedule and again.runs == [4, 4, 4]  # not the one in flight
+    with pytest.raises(LabelerError, match="covers 40 frames"):
+        again.label(frames[0])
+
+
+@pytest.mark.parametrize("doc, message", [
+    ([], "not a recorded schedule"),
+    ({"models": ["nanodet_g"], "frames": 9, "runs": []}, "recorded with the models"),
+    ({"models": MODELS, "frames": -1, "runs": []}, "not a frame count"),
+    ({"models": MODELS, "frames": 9, "runs": [{"frame": 5, "models": [0], "arrived": 4}]},
+     "frame <= arrived"),
+    ({"models": MODELS, "frames": 9, "runs": [{"frame": 1, "models": [3], "arrived": 1}]},
+     "models among 0..2"),
+    ({"models": MODELS, "frames": 9, "runs": [{"frame": 1, "models": [0], "arrived": 1.0}]},
+     "frame <= arrived"),
+    ({"models": MODELS, "frames": 9, "runs": [{"frame": 1, "models": [0], "arrived": 2}] * 2},
+     "each frame once"),
+])
+def test_a_bad_schedule_is_refused_naming_the_key_and_the_file(tmp_path, doc, message):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=rf"labeler\.replay: {path}: .*{message}"):
+        Replay.load(str(path), MODELS)
+
+
+def test_a_schedule_replays_a_file_encode_only(tmp_path):
+    with pytest.raises(ConfigError, match="labeler.replay: cannot read"):
+        Replay.load(str(tmp_path / "missing.json"), MODELS)
+    cfg = LabelerConfig(replay=str(tmp_path / "s.json"))
+    with pytest.raises(ConfigError, match="not a live input"):
+        Labeler(cfg, Config().cache_dir(), log=lambda *_: None, live_share=0.5)

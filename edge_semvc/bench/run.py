@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import tempfile
 import time
@@ -145,7 +146,8 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path) -> 
     storage = {k: v for k, v in stats.get("storage", {}).items() if k != "idrs"}
     return {"frames": stats["frames"], "bytes": size,
             "bitrate_kbps": round(size * 8 / ref.duration / 1e3, 3), "fps": stats["fps"],
-            "encoder": stats.get("encoder"), **({"storage": storage} if storage else {})}
+            "encoder": stats.get("encoder"), **({"storage": storage} if storage else {}),
+            "label_runs": stats.get("label_runs")}
 
 
 @dataclass
@@ -167,6 +169,7 @@ class BenchOptions:
     repeats: int = 1  # speed: the best of this many runs
     analysis: Analysis = field(default_factory=Analysis)
     log: Callable[[str], None] = print
+    label_schedules: Path | None = None  # recorded label timing per clip and range (replayed)
 
 
 def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
@@ -174,6 +177,12 @@ def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
                          roi_labeler(cfg) if "semantic" in o.kinds else None)
     rates = resolve_ladder(o.ladder, o.bpp, cfg.encoder.rate_control(), ref.width, ref.height,
                            ref.fps)
+    cfg, schedule = copy.deepcopy(cfg), None  # this clip's labeler.replay
+    if o.label_schedules:
+        schedule = o.label_schedules / f"{Path(clip).stem}.{ref.start}+{len(ref.luma)}.json"
+        if schedule.exists():
+            cfg.labeler.replay = str(schedule)
+            o.log(f"  label timing replayed from {schedule}")
     points = []
     order = ["semantic", *[k for k in o.kinds if k != "semantic"]]
     for rate in rates:
@@ -187,6 +196,12 @@ def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
             path = o.out_dir / "encodes" / f"{Path(clip).stem}.{kind}.{rate:g}.mp4"
             t0 = time.perf_counter()
             result = encode_point(kind, ref, cfg, o.raw, path)
+            runs = result.pop("label_runs")
+            if schedule and not cfg.labeler.replay and runs:  # the first labelled encode's
+                schedule.parent.mkdir(parents=True, exist_ok=True)
+                schedule.write_text(json.dumps(runs) + "\n")
+                cfg.labeler.replay = str(schedule)
+                o.log(f"  label timing recorded in {schedule}: the other encodes replay it")
             for _ in range(o.repeats - 1):  # speed only: keep the best of several runs
                 again = encode_point(kind, ref, cfg, o.raw, path)
                 result["fps"] = max(result["fps"], again["fps"])
@@ -343,6 +358,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="run the detector on every N-th frame (default 1)")
     p.add_argument("--no-vmaf", action="store_true", help="skip VMAF")
+    p.add_argument("--label-schedule", metavar="DIR",
+                   help="the same label timing for every encode: each clip's (and range's) "
+                        "model runs are replayed from DIR/CLIP.FIRST+FRAMES.json, recorded there "
+                        "by its first labelled encode when missing (labeler.replay: which "
+                        "frames the models run on and from which frame their results are used "
+                        "follow the CPU clock, 1-4 BD-rate points from run to run)")
     p.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="encode each point N times and keep the best fps (speed figures)")
     p.add_argument("--config", help="YAML configuration for the semantic encoder")
@@ -427,7 +448,8 @@ def run(args) -> int:
             log(f"[{n}/{len(args.clips)}] {clip}")
             results["clips"].append(bench_clip(clip, cfg, BenchOptions(
                 kinds, out, Path(tmp), ladder, args.bpp, raw, detector, args.eval_every, vmaf,
-                span, args.repeats, analysis, log)))
+                span, args.repeats, analysis, log,
+                Path(args.label_schedule) if args.label_schedule else None)))
             write_outputs(results, out)  # after every clip: a long run loses nothing
     print(summary_markdown(results))
     log(f"results in {out}/ (report.md, results.json, results.csv, summary.csv, plots/)")

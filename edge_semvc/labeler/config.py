@@ -48,6 +48,11 @@ class LabelerConfig:
     interval: int = 1  # run each model at most every k-th frame (unless its entry says)
     reuse: str = "motion"  # between runs: "motion" (motion-compensated) or "hold" (unchanged)
     threads: int = 1  # ONNX Runtime intra-op threads (x264 wants the cores)
+    # A file encode: run the models on the frames a recorded schedule says, each result used
+    # from the frame it was then (`label_runs` of an encode's statistics, a JSON file; bench
+    # --label-schedule): the label timing of one real run, not of this run's CPU clock
+    # (schedule.py, "Replay"). "": none.
+    replay: str = ""
     face_min_score: float = 0.5  # BlazeFace detections below this are dropped before rasterising
     face_box_scale: float = 1.4  # grow face boxes (BlazeFace boxes are tight; hair and chin matter)
     cache_dir: str = ""  # "" = $EDGE_SEMVC_CACHE or ~/.cache/edge_semvc
@@ -74,6 +79,8 @@ class LabelerConfig:
               "labeler.priority", self.priority, "distinct product class names")
         check_models_config(self.models)
         check(self.threads >= 0, "labeler.threads", self.threads, ">= 0")
+        check(isinstance(self.replay, str), "labeler.replay", self.replay,
+              "the path of a recorded schedule (a JSON file) or \"\"")
         check(0.0 <= self.face_min_score <= 1.0, "labeler.face_min_score", self.face_min_score,
               "between 0 and 1")
         check(self.face_box_scale > 0, "labeler.face_box_scale", self.face_box_scale, "> 0")

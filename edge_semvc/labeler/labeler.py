@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..frame import Frame
 from ..values import LabelMap
 from .adapters import ADAPTERS, Adapter, SsdAnchorAdapter, _BoxPlanes
@@ -16,7 +17,7 @@ from .fuse import fuse, gate, requirement
 from .registry import model_specs, prepared_file
 from .reuse import PlaneCarrier
 from .runtime import open_runtime
-from .schedule import Budget, Worker
+from .schedule import Budget, Replay, Worker
 from .tiles import Tile, tile_rects
 
 
@@ -47,7 +48,11 @@ class Labeler:
                 m.requires = None
         self.carrier = PlaneCarrier(cfg.reuse)
         intervals = [m.interval for _, m in self.models]
-        share = cfg.cpu_budget if live_share is None else live_share
+        if cfg.replay and live_share is not None:
+            raise ConfigError("labeler.replay: a recorded schedule replays a file encode, "
+                              "not a live input")
+        self.replay = Replay.load(cfg.replay, self.model_names) if cfg.replay else None
+        share = 0 if self.replay else cfg.cpu_budget if live_share is None else live_share
         self.budget = (Budget(share, intervals, live=live_share is not None,
                               **({"clock": clock} if clock else {})) if share > 0 else None)
         self.whole = len(self.models)  # the models' own views; tiles come after (first frame)
@@ -64,6 +69,10 @@ class Labeler:
         self._fresh: set[int] = set()  # models whose new results arrived on this frame
         self._grid = None
         self._grid_changed = True  # the current frame starts a new picture size (or the first)
+        # A file encode's model runs, for `labeler.replay` (schedule.py); None: a live run
+        self.run_log: list[dict] | None = [] if live_share is None else None
+        self._in_flight: dict[int, dict] = {}  # submitted frame -> its run_log entry
+        self._held: dict[int, list] = {}  # replay: frame -> results to be used from it
 
     def _run_model(self, k: int, frame: Frame) -> np.ndarray:
         return self.models[k][1](frame)
@@ -92,6 +101,8 @@ class Labeler:
     def _due(self, cut: bool) -> list[int]:
         """The models to run on the current frame: all whole views on the first frame and
         at a cut (their results are waited for; tiles come as the budget allows)."""
+        if self.replay:
+            return self.replay.due(self._n)
         if cut or self._grid_changed:
             return list(range(self.whole))
         intervals = (self.budget.intervals() if self.budget else
@@ -109,6 +120,11 @@ class Labeler:
 
     def _collect(self, results) -> None:
         for n, out in results:
+            if self.replay and self.replay.arrival(n) > self._n:  # computed now, used then
+                self._held.setdefault(self.replay.arrival(n), []).append((n, out))
+                continue
+            if n in self._in_flight:
+                self._in_flight.pop(n)["arrived"] = self._n
             for k, planes, cost in out:
                 if self.budget:
                     self.budget.add_run(k, cost)
@@ -151,7 +167,7 @@ class Labeler:
         if self._grid_changed:  # first frame or a new picture size: nothing to carry
             self._live = [None] * len(self.models)
             self._grid = grid
-        self._collect(self.worker.results())
+        self._collect(self._held.pop(self._n, []) + self.worker.results())
         return grid
 
     def _schedule(self, frame: Frame, cut: bool) -> None:
@@ -173,6 +189,9 @@ class Labeler:
                 self._last_run[k], self._last_run_s[k] = self._n, self._now_s
                 self.runs[k] += 1
             self.worker.submit(self._n, frame, due)
+            if self.run_log is not None:
+                self._in_flight[self._n] = {"frame": self._n, "models": due}
+                self.run_log.append(self._in_flight[self._n])
             # The first frame and a cut wait for their own labels (see schedule.py).
             self._collect(self.worker.results(wait=cut or self._grid_changed
                                               or self.worker.inline))
@@ -229,6 +248,15 @@ class Labeler:
                              "max": int(ages[-1])},
                          "cpu_ms_per_run": round(cost * 1e3, 2) if cost else None}
         return out
+
+    def schedule(self) -> dict | None:
+        """The runs of a file encode so far, for `labeler.replay` (schedule.Replay): the
+        models, the frames seen, each finished run's frame, models and the frame its results
+        were used from; None for a live run."""
+        if self.run_log is None:
+            return None
+        return {"models": self.model_names, "frames": self._n + 1,
+                "runs": [dict(r) for r in self.run_log if "arrived" in r]}
 
     def reconfigure(self, cfg: LabelerConfig, live_share: float | None) -> None:
         """A live change (serve/remote.py LIVE_KEYS), from the next frame: `cfg`, and the

@@ -23,9 +23,17 @@ Worker. In budget mode the models run in one background thread on the frames the
 picks; the labeler keeps using the last results (carried to the current frame by motion) until
 new ones arrive. The first frame and scene cuts wait for their results: carried labels mean
 nothing there and an I-frame is referenced by everything after it.
+
+Replay. Which frames the models ran on, and from which frame their results were used, depend
+on the CPU clock: two encodes of the same clip differ (by 1-4 BD-rate points in `bench`). A
+file encode records its runs (`Labeler.run_log`, `label_runs` in its statistics); `Replay`
+runs them again, the same models on the same frames, each result used from the same frame
+(`labeler.replay`; `bench --label-schedule`): every rate point and configuration then sees
+the label timing of one real run.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import queue
@@ -33,6 +41,8 @@ import threading
 import time
 from collections import deque
 from typing import Callable
+
+from ..errors import ConfigError, LabelerError
 
 PERIOD_WINDOW = 50  # frame steps over which the live period is the shortest one seen
 # Live back-off: a step between timestamps of more than DROP_STEP periods means frames were
@@ -219,3 +229,59 @@ class Worker:
             self._jobs.put(None)
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class Replay:
+    """A recorded schedule (`Labeler.run_log`): {"models": [names], "frames": n, "runs":
+    [{"frame": f, "models": [k...], "arrived": a}, ...]}, checked against the models that
+    replay it; `where` names it in errors."""
+
+    def __init__(self, doc, models: list[str], where: str):
+        def bad(what: str):
+            return ConfigError(f"labeler.replay: {where}: {what}")
+        if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
+            raise bad("not a recorded schedule (a mapping with `models`, `frames` and `runs`, "
+                      "as `label_runs` in an encode's statistics)")
+        if doc.get("models") != models:
+            raise bad(f"recorded with the models {doc.get('models')!r}, not {models!r}")
+        frames = doc.get("frames")
+        if not _count(frames):
+            raise bad(f"frames {frames!r} is not a frame count")
+        self.frames, self.where = frames, where
+        self._due: dict[int, list[int]] = {}
+        self._arrival: dict[int, int] = {}
+        for run in doc["runs"]:
+            f, a, ks = (run.get(key) if isinstance(run, dict) else None
+                        for key in ("frame", "arrived", "models"))
+            if not (_count(f) and _count(a) and f <= a < frames and f not in self._due
+                    and isinstance(ks, list) and ks and all(_count(k) and k < len(models)
+                                                            for k in ks)):
+                raise bad(f"run {run!r}: needs frame <= arrived < frames ({frames}), each frame "
+                          f"once, and models among 0..{len(models) - 1}")
+            self._due[f], self._arrival[f] = ks, a
+
+    @classmethod
+    def load(cls, path: str, models: list[str]) -> "Replay":
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"labeler.replay: cannot read {path}: {e}") from None
+        if isinstance(doc, dict) and "label_runs" in doc:  # an encode's --stats-json
+            doc = doc["label_runs"]
+        return cls(doc, models, path)
+
+    def due(self, n: int) -> list[int]:
+        """The models that ran on frame n (numbered from 0)."""
+        if n >= self.frames:
+            raise LabelerError(f"labeler.replay: {self.where} covers {self.frames} frames; this "
+                               "encode has more (record the schedule on the same frames)")
+        return self._due.get(n, [])
+
+    def arrival(self, n: int) -> int:
+        """The frame from which the results of the run started on frame n were used."""
+        return self._arrival[n]
+
+
+def _count(v) -> bool:
+    return type(v) is int and v >= 0
