@@ -256,3 +256,19 @@ def test_a_label_schedule_gives_every_run_the_same_labels(tmp_path, clip, capsys
     assert "label timing recorded in" in log.err + log.out
     assert "label timing replayed from" in log.err + log.out
     assert figures[0] == figures[1]
+
+
+def test_a_live_camera_s_label_timing_is_recorded_for_the_bench(tmp_path, clip):
+    """bench.live_labels plays the range at the clip's frame rate with the live budget and
+    writes a schedule `bench --label-schedule` replays (whole views only: no tiles)."""
+    from edge_semvc.bench import live_labels
+    from edge_semvc.labeler.schedule import Replay
+
+    assert live_labels.main([str(clip("carphone_qcif_pristine.mp4")), "--frames", "12",
+                             "--schedules", str(tmp_path)]) == 0
+    (path,) = tmp_path.iterdir()
+    assert path.name == "carphone_qcif_pristine.0+12.json"
+    doc = json.loads(path.read_text())
+    assert doc["frames"] == 12 and doc["runs"][0] == {"frame": 0, "models": [0, 1, 2],
+                                                      "arrived": 0}
+    Replay.load(str(path), doc["models"])  # a schedule a file encode can replay

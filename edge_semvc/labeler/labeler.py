@@ -25,9 +25,11 @@ class Labeler:
     """All models of `labeler.models`, scheduled, carried between their runs and fused."""
 
     def __init__(self, cfg: LabelerConfig, cache_dir: Path, log=print,
-                 clock=None, thread_clock=None, live_share: float | None = None):
+                 clock=None, thread_clock=None, live_share: float | None = None,
+                 record: bool | None = None):
         """`live_share`: a live run, whose models may use this share of each frame period
-        (schedule.camera_share); None: a file encode, on `cfg.cpu_budget`."""
+        (schedule.camera_share); None: a file encode, on `cfg.cpu_budget`. `record`: keep the
+        runs for `schedule()` (None: in a file encode; a live run lasts months)."""
         self.cfg = cfg
         self.models: list[tuple[str, Adapter]] = []
         for spec in model_specs(cfg.models):
@@ -70,7 +72,8 @@ class Labeler:
         self._grid = None
         self._grid_changed = True  # the current frame starts a new picture size (or the first)
         # A file encode's model runs, for `labeler.replay` (schedule.py); None: a live run
-        self.run_log: list[dict] | None = [] if live_share is None else None
+        self.run_log: list[dict] | None = [] if (live_share is None if record is None
+                                                 else record) else None
         self._in_flight: dict[int, dict] = {}  # submitted frame -> its run_log entry
         self._held: dict[int, list] = {}  # replay: frame -> results to be used from it
 
