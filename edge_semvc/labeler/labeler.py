@@ -71,7 +71,7 @@ class Labeler:
         self._fresh: set[int] = set()  # models whose new results arrived on this frame
         self._grid = None
         self._grid_changed = True  # the current frame starts a new picture size (or the first)
-        # A file encode's model runs, for `labeler.replay` (schedule.py); None: a live run
+        # The model runs, for `labeler.replay` (schedule.py); None: not kept (a live run)
         self.run_log: list[dict] | None = [] if (live_share is None if record is None
                                                  else record) else None
         self._in_flight: dict[int, dict] = {}  # submitted frame -> its run_log entry
