@@ -363,7 +363,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "model runs are replayed from DIR/CLIP.FIRST+FRAMES.json, recorded there "
                         "by its first labelled encode when missing (labeler.replay: which "
                         "frames the models run on and from which frame their results are used "
-                        "follow the CPU clock, 1-4 BD-rate points from run to run)")
+                        "follow the CPU clock: 1-4 BD-rate points from run to run on a busy "
+                        "machine; add --set encoder.threads=1 for figures that repeat exactly)")
     p.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="encode each point N times and keep the best fps (speed figures)")
     p.add_argument("--config", help="YAML configuration for the semantic encoder")

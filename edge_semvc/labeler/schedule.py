@@ -25,7 +25,8 @@ new ones arrive. The first frame and scene cuts wait for their results: carried 
 nothing there and an I-frame is referenced by everything after it.
 
 Replay. Which frames the models ran on, and from which frame their results were used, depend
-on the CPU clock: two encodes of the same clip differ (by 1-4 BD-rate points in `bench`). A
+on the CPU clock: two encodes of the same clip differ (by 1-4 BD-rate points in `bench` on a
+busy machine). A
 file encode records its runs (`Labeler.run_log`, `label_runs` in its statistics); `Replay`
 runs them again, the same models on the same frames, each result used from the same frame
 (`labeler.replay`; `bench --label-schedule`): every rate point and configuration then sees
