@@ -38,11 +38,11 @@ def luma_grid(y: np.ndarray) -> np.ndarray:
     return out
 
 
-def luma_sums(grid: np.ndarray) -> np.ndarray:
-    """A luma grid (`luma_grid`) -> float32[2 * mb_h, 2 * mb_w]: its 2x2 sums (0..1020, exact):
-    the 1/8-resolution picture of the motion searches (a macroblock is 2x2 of it)."""
-    s = grid[0::2] + grid[1::2]
-    return s[:, 0::2] + s[:, 1::2]
+def pair_sums(a: np.ndarray) -> np.ndarray:
+    """[..., 2h, 2w] -> [..., h, w]: the sums of 2x2 neighbours over the last two axes (of a
+    luma grid: `Frame.luma_sums`; of the motion searches' samples: a macroblock's)."""
+    rows = a[..., 0::2, :] + a[..., 1::2, :]
+    return rows[..., 0::2] + rows[..., 1::2]
 
 
 def edge_pad(a: np.ndarray, p: int) -> np.ndarray:
@@ -94,9 +94,10 @@ class Frame:
 
     @cached_property
     def luma_sums(self) -> np.ndarray:
-        """`luma_sums(self.luma_grid)`, computed once: the labeler's carrier and the scene
-        analyser search motion on it. Read-only."""
-        return luma_sums(self.luma_grid)
+        """float32[2 * mb_h, 2 * mb_w]: the luma grid's 2x2 sums (0..1020, exact), computed
+        once: the 1/8-resolution picture the labeler's carrier and the scene analyser search
+        motion on (a macroblock is 2x2 of it). Read-only."""
+        return pair_sums(self.luma_grid)
 
     @classmethod
     def from_i420(cls, buf: np.ndarray, width: int, height: int, pts, time_base, index) -> "Frame":

@@ -3,14 +3,14 @@ objects, carries late planes from their own frame, reports cuts."""
 import numpy as np
 import pytest
 
-from edge_semvc.frame import luma_grid, luma_sums
+from edge_semvc.frame import luma_grid, pair_sums
 from edge_semvc.labeler.decoders import boxes_to_mb
 from edge_semvc.labeler.reuse import PlaneCarrier, draw_boxes, find_boxes
 
 
 def luma(y: np.ndarray) -> np.ndarray:
     """What the carrier steps on: the picture's `Frame.luma_sums`."""
-    return luma_sums(luma_grid(y))
+    return pair_sums(luma_grid(y))
 
 
 def texture(h: int, w: int, seed: int = 0) -> np.ndarray:

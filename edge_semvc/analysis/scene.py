@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..frame import Frame, edge_pad
+from ..frame import Frame, edge_pad, pair_sums
 from .config import SceneConfig  # noqa: F401  (its section, defined with the others)
 from .regions import region_means
 
@@ -63,12 +63,6 @@ class SceneResult:
     cut: bool  # the frame starts a new scene: the encoder is asked for an IDR
     distance: float  # histogram distance to the previous frame (0 on a first frame)
     baseline: float  # the recent baseline it was compared with
-
-
-def _block_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over each macroblock's 2x2 samples: [..., 2h, 2w] -> [..., h, w]."""
-    rows = a[..., 0::2, :] + a[..., 1::2, :]
-    return rows[..., 0::2] + rows[..., 1::2]
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,8 +87,8 @@ def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int
     pad = int(np.abs(candidates).max())
     h, w = cur.shape
     # Exposure: the frame's typical block-mean difference is no new content.
-    cur_sum = _block_sum(cur)
-    gain = np.median(cur_sum - _block_sum(prev)) / (SIDE * SIDE)
+    cur_sum = pair_sums(cur)
+    gain = np.median(cur_sum - pair_sums(prev)) / (SIDE * SIDE)
     # The search in integers of 1/32 level, every candidate at once ([K, h, w]): the samples
     # are quarter levels and the gain a quarter of a median of their sums, so every value is
     # exact; |differences| < 2^15 (int16), their 2x2 sums < 2^16 (uint16).
@@ -113,7 +107,7 @@ def unexplained_change(cur: np.ndarray, prev: np.ndarray, centre: tuple[int, int
     best_index = key & ((1 << bits) - 1)
     best = (key >> bits).astype(np.float32) / 32
     mean = cur_sum / (SIDE * SIDE)
-    activity = _block_sum(np.abs(cur - np.repeat(np.repeat(mean, SIDE, 0), SIDE, 1)))
+    activity = pair_sums(np.abs(cur - np.repeat(np.repeat(mean, SIDE, 0), SIDE, 1)))
     n = SIDE * SIDE
     s = np.clip((best / n) / (activity / n + floor), 0.0, 1.0).astype(np.float32)
     mode = int(np.bincount(best_index.ravel(), minlength=len(candidates)).argmax())

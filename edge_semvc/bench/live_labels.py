@@ -17,6 +17,7 @@ has no models for.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -31,9 +32,9 @@ from .reference import FrameSpan, open_range
 
 def record(clip: str, cfg, span: FrameSpan, schedules: Path, log=print) -> Path:
     src = open_range(clip, None, span)
-    cfg.labeler.tiles = 0.0  # a file encode replays whole views only
-    lab = Labeler(cfg.labeler, cfg.cache_dir(), log=lambda *_: None,
-                  live_share=camera_share(cfg.labeler.live_share, 1), record=True)
+    labeler_cfg = dataclasses.replace(cfg.labeler, tiles=0.0)  # a file encode has no tiles
+    lab = Labeler(labeler_cfg, cfg.cache_dir(), log=lambda *_: None,
+                  live_share=camera_share(labeler_cfg.live_share, 1), record=True)
     period = 1.0 / float(src.fps)
     try:
         t0 = time.monotonic()

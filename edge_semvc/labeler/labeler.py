@@ -123,8 +123,9 @@ class Labeler:
 
     def _collect(self, results) -> None:
         for n, out in results:
-            if self.replay and self.replay.arrival(n) > self._n:  # computed now, used then
-                self._held.setdefault(self.replay.arrival(n), []).append((n, out))
+            used = self.replay.arrival(n) if self.replay else self._n
+            if used > self._n:  # replayed: computed now, used from its recorded frame
+                self._held.setdefault(used, []).append((n, out))
                 continue
             if n in self._in_flight:
                 self._in_flight.pop(n)["arrived"] = self._n
