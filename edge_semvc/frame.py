@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cached_property
+from functools import cached_property, reduce
 
 import numpy as np
 
@@ -36,6 +36,28 @@ def luma_grid(y: np.ndarray) -> np.ndarray:
     out[h:, :w] = sub[-1]
     out[:, w:] = out[:, w - 1:w]
     return out
+
+
+BLOCK = MB // GRID  # luma-grid samples per macroblock side
+
+
+def block_samples(grid: np.ndarray) -> np.ndarray:
+    """float32[mb_h, BLOCK, mb_w, BLOCK]: a luma grid (`Frame.luma_grid`) by macroblock (a
+    view). Complexity and change both read it."""
+    h, w = grid.shape
+    return grid.reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK)
+
+
+def block_mean(blocks: np.ndarray) -> np.ndarray:
+    """Mean over each block's BLOCK x BLOCK samples: float32[mb_h, mb_w]."""
+    # Adding strided slices is ~8x faster than numpy's reduction over such short axes.
+    rows = reduce(np.add, (blocks[..., i] for i in range(BLOCK)))
+    return reduce(np.add, (rows[:, i] for i in range(BLOCK))) / (BLOCK * BLOCK)
+
+
+def block_variance(blocks: np.ndarray) -> np.ndarray:
+    mean = block_mean(blocks)
+    return block_mean(blocks * blocks) - mean * mean
 
 
 def pair_sums(a: np.ndarray) -> np.ndarray:
@@ -98,6 +120,14 @@ class Frame:
         once: the 1/8-resolution picture the labeler's carrier and the scene analyser search
         motion on (a macroblock is 2x2 of it). Read-only."""
         return pair_sums(self.luma_grid)
+
+    @cached_property
+    def luma_variance(self) -> np.ndarray:
+        """float32[mb_h, mb_w]: each macroblock's luma variance over its 4x4 samples of the luma
+        grid (point samples: an unbiased estimate of the variance of all 256), computed once:
+        the analysis's complexity and the encoder's own AQ (encoders/x264.py) read it.
+        Read-only."""
+        return block_variance(block_samples(self.luma_grid))
 
     @classmethod
     def from_i420(cls, buf: np.ndarray, width: int, height: int, pts, time_base, index) -> "Frame":

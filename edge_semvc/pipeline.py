@@ -161,6 +161,7 @@ def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> Encod
         tune=e.tune or None,
         keyint=keyint, threads=e.threads, global_headers=global_headers,
         caller_idr=caller_idr, sparse_frames=sparse, intra_refresh=e.intra_refresh,
+        aq_with_map=e.aq_with_map,
         params=dict(e.params))
 
 

@@ -36,6 +36,8 @@ def test_file_then_overrides(tmp_path):
     ("qp.target_mean=13", "qp.target_mean: 13"),
     ("encoder.rc=cbr", "encoder.bitrate: 0"),
     ("encoder.crf=60", "encoder.crf: 60"),
+    ("encoder.aq_with_map=1.5", "encoder.aq_with_map: 1.5"),
+    ("encoder.aq_with_map=nan", "encoder.aq_with_map: 'nan'"),
     ("missing-equals", "--set expects key=value"),
     ("qp.importance.face=abc", "qp.importance.face: 'abc' (expected a number)"),
     ("labeler.priority=face,dog", "labeler.priority: ['dog']"),

@@ -1,6 +1,7 @@
 """The x264 backend: real encodes of real clips, decoded back with PyAV."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from fractions import Fraction
 
@@ -246,3 +247,32 @@ def test_mb_tree_is_reported_so_the_map_adds_reuse_only_without_it(carphone):
         assert enc.weighs_reuse and enc.settings_summary()["mb_tree"]
     with X264Encoder(settings_for(carphone, tune="zerolatency")) as enc:
         assert not enc.weighs_reuse
+
+
+def test_aq_with_map_gives_x264s_own_aq_back_on_frames_with_a_map(foreman):
+    """x264's variance AQ lowers the QP of flat macroblocks and raises that of textured ones;
+    `aq_with_map` < 1 takes that share of it off every frame that carries a map, none off a
+    frame without one."""
+    frames = foreman[:20]
+    s = settings_for(frames, rc="cbr", bitrate=300_000, tune="zerolatency")
+    zero = np.zeros((s.mb_h, s.mb_w), np.float32)
+    energy = np.mean([x264._relative_log_energy(f) for f in frames], axis=0)
+    assert abs(float(x264._relative_log_energy(frames[0]).mean())) < 1e-4
+    flat = energy <= np.quantile(energy, 0.3)
+    textured = energy >= np.quantile(energy, 0.7)
+    kept = dataclasses.replace(s, aq_with_map=1.0)
+    back = dataclasses.replace(s, aq_with_map=0.0)
+    whole, given_back = joined(encode(frames, kept, zero)), joined(encode(frames, back, zero))
+    flat_px, textured_px = (mb_mask_to_pixels(m, s.width, s.height) for m in (flat, textured))
+    flat_whole, textured_whole = region_psnr(frames, whole, flat_px)[0], \
+        region_psnr(frames, whole, textured_px)[0]
+    flat_back, textured_back = region_psnr(frames, given_back, flat_px)[0], \
+        region_psnr(frames, given_back, textured_px)[0]
+    assert flat_back < flat_whole - 1.0, (flat_whole, flat_back)
+    assert textured_back > textured_whole + 1.0, (textured_whole, textured_back)
+    # a frame without a map keeps x264's AQ whole: the same bytes at any share
+    assert joined(encode(frames, back)) == joined(encode(frames, kept))
+    with X264Encoder(back) as enc:
+        assert enc.settings_summary()["aq_with_map"] == 0.0
+    with pytest.raises(EncoderError, match="aq_with_map"):
+        dataclasses.replace(s, aq_with_map=float("nan"))

@@ -9,7 +9,7 @@ import numpy as np
 from ..frame import Frame
 from ..values import LabelMap, RegionStats
 from .change import block_mad, change_from_mad, comparable
-from .complexity import block_samples, block_variance, complexity_from_variance
+from .complexity import block_samples, complexity_from_variance
 from .config import AnalysisConfig
 from .regions import region_stats
 from .temporal import ReuseTracker
@@ -30,7 +30,7 @@ class Analyser:
 
     def analyse(self, frame: Frame, labels: LabelMap) -> RegionStats:
         blocks = block_samples(frame.luma_grid)
-        var = block_variance(blocks)
+        var = frame.luma_variance
         c = complexity_from_variance(var, self.cfg.complexity_full_var)
         mad = block_mad(self._prev, blocks) if comparable(self._prev, blocks) else None
         v = change_from_mad(mad, self.cfg.change_full_mad, c.shape)

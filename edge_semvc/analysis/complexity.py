@@ -6,32 +6,11 @@ flat sky is ~0 and dense texture ~1: C = log(1 + var) / log(1 + full_var), clipp
 """
 from __future__ import annotations
 
-from functools import reduce
-
 import numpy as np
 
-from ..frame import GRID, MB
-
-BLOCK = MB // GRID  # luma-grid samples per macroblock side
-
-
-def block_samples(grid: np.ndarray) -> np.ndarray:
-    """float32[mb_h, BLOCK, mb_w, BLOCK]: a luma grid (`Frame.luma_grid`) by macroblock (a
-    view). Complexity and change both read it."""
-    h, w = grid.shape
-    return grid.reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK)
-
-
-def block_mean(blocks: np.ndarray) -> np.ndarray:
-    """Mean over each block's BLOCK x BLOCK samples: float32[mb_h, mb_w]."""
-    # Adding strided slices is ~8x faster than numpy's reduction over such short axes.
-    rows = reduce(np.add, (blocks[..., i] for i in range(BLOCK)))
-    return reduce(np.add, (rows[:, i] for i in range(BLOCK))) / (BLOCK * BLOCK)
-
-
-def block_variance(blocks: np.ndarray) -> np.ndarray:
-    mean = block_mean(blocks)
-    return block_mean(blocks * blocks) - mean * mean
+# The macroblocks' luma samples live with the Frame, which caches their variance for every
+# reader (the analysis's C, the encoder's own AQ given back: encoders/x264.py).
+from ..frame import BLOCK, block_mean, block_samples, block_variance  # noqa: F401
 
 
 def complexity_from_variance(var: np.ndarray, full_var: float) -> np.ndarray:

@@ -75,6 +75,9 @@ class EncoderSettings:
     # periodic intra refresh instead of IDR pictures: a column of intra macroblocks sweeps the
     # picture every keyint frames, so the rate has no I-frame bursts (a radio link)
     intra_refresh: bool = False
+    # the share of the encoder's own adaptive quantisation kept on frames that carry a QP map
+    # (1: all of it; x264 only, encoders/x264.py)
+    aq_with_map: float = 1.0
     params: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +97,8 @@ class EncoderSettings:
             raise EncoderError(f"invalid keyint {self.keyint}")
         if self.threads < 0:
             raise EncoderError(f"invalid threads {self.threads} (0 = auto)")
+        if not 0.0 <= self.aq_with_map <= 1.0:
+            raise EncoderError(f"invalid aq_with_map {self.aq_with_map} (a share, 0-1)")
         self.params = {str(k): str(v) for k, v in (self.params or {}).items()}
 
     @property

@@ -52,6 +52,9 @@ class EncoderConfig:
     # without I-frame bursts for a narrow link; keyint (0: 250) is then the refresh period
     intra_refresh: bool = False
     threads: int = 0  # 0 = auto
+    # how much of x264's own adaptive quantisation stays on frames that carry a map (1: all;
+    # 0: the map's complexity term alone masks texture); frames without a map keep all of it
+    aq_with_map: float = 0.5
     # what a backend takes beyond these keys, checked at load by its `check_params`: x264's
     # and x265's own options (param_parse), nvenc's and jetson-v4l2's keys (README)
     params: dict[str, str] = field(default_factory=dict)
@@ -91,6 +94,8 @@ class EncoderConfig:
         check(not (self.intra_refresh and self.profile == "storage"), "encoder.intra_refresh",
               self.intra_refresh, "false with encoder.profile storage (recordings seek to IDRs)")
         check(self.threads >= 0, "encoder.threads", self.threads, ">= 0")
+        check(0.0 <= self.aq_with_map <= 1.0, "encoder.aq_with_map", self.aq_with_map,
+              "between 0 and 1 (a share of x264's own adaptive quantisation)")
 
 
 # The rate controls whose bit rate each backend changes while frames flow (its reconfigure):

@@ -26,6 +26,10 @@ from .x264_binding import _get_binding, preset_names, profile_names, tune_names
 
 log = logging.getLogger(__name__)
 
+# x264's variance AQ (aq-mode 1) adds 1.0397 x aq-strength x (log2(energy) - 14.427) QP to each
+# macroblock, energy its luma AC energy (256 x the variance) plus its chroma's.
+_AQ_SLOPE = 1.0397
+
 
 class _LogSink:
     """Receives x264's log lines (from any thread); keeps errors for exception messages."""
@@ -114,6 +118,7 @@ class X264Encoder(Encoder):
         if self._eff_rc.aq_mode == 0 or self._eff_rc.aq_strength <= 0:
             raise EncoderError("x264 turned adaptive quantisation off after validation; it would "
                                "ignore the QP-offset map")
+        self._aq_back = self._aq_given_back()
         self._headers: bytes | None = None
         self._retune = None  # a rate change x264 takes with the next frame (reconfigure)
 
@@ -196,6 +201,19 @@ class X264Encoder(Encoder):
             self._correct(f"aq-strength {rc.aq_strength:g} changed to 1.0: x264 turns adaptive "
                           "quantisation, and with it the QP-offset map, off at strength 0")
 
+    def _aq_given_back(self) -> float:
+        """QP per doubling of a macroblock's energy taken off x264's own AQ on frames with a
+        map: (1 - `aq_with_map`) of its slope. The map's complexity term masks texture too;
+        the two stacked mask it twice (BENCHMARKS, "x264's own AQ under the map")."""
+        share, rc = self.settings.aq_with_map, self._eff_rc
+        if share >= 1.0:
+            return 0.0
+        if rc.aq_mode != 1:
+            log.warning("x264 aq-mode %d is kept whole under the map: aq_with_map %g applies "
+                        "to aq-mode 1 (variance) only", rc.aq_mode, share)
+            return 0.0
+        return (1.0 - share) * _AQ_SLOPE * float(rc.aq_strength)
+
     def _avoid_avx512_mbtree(self) -> None:
         """libx264's AVX-512 mb-tree kernel (``mbtree_propagate_list_internal_avx512``, build 164
         and upstream) walks a macroblock row 8 macroblocks at a time and never masks the lanes
@@ -235,6 +253,8 @@ class X264Encoder(Encoder):
             pic.img.i_stride[i] = a.strides[0]
         qbuf = None
         if qp_offsets is not None:
+            if self._aq_back:
+                qp_offsets = qp_offsets - self._aq_back * _relative_log_energy(frame)
             qbuf = ffi.from_buffer("float[]", self._qp_map(qp_offsets))
             pic.prop.quant_offsets = qbuf
         else:
@@ -327,6 +347,16 @@ class X264Encoder(Encoder):
                 **base.rc_summary(rc, {lib.X264_RC_CQP: "cqp", lib.X264_RC_CRF: "crf",
                                        lib.X264_RC_ABR: "abr"}),
                 "mb_tree": bool(rc.mb_tree), "rc_lookahead": int(rc.lookahead),
+                "aq_with_map": round(1.0 - self._aq_back / (_AQ_SLOPE * rc.aq_strength), 4),
                 **self._eff,
             })
         return out
+
+
+def _relative_log_energy(frame: Frame) -> np.ndarray:
+    """float32[mb_h, mb_w]: log2 of each macroblock's luma energy as x264's AQ weighs it (256 x
+    its variance, at least 1; from the luma grid, the chroma left out), less the frame's mean:
+    taking a multiple of it off the map changes x264's AQ between macroblocks, not the frame's
+    mean QP (what CRF spends)."""
+    e = np.log2(np.maximum(frame.luma_variance * 256.0, 1.0))
+    return e - e.mean()
