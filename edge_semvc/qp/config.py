@@ -23,7 +23,7 @@ class QpConfig:
     beta_fast: float = 1.0  # weight of V in a fast region (0-10)
     # How Q (larger = compress more) and class importance become a QP offset.
     q_gain: float = 4.0  # QP per unit of Q (0-51)
-    importance_gain: float = 12.0  # QP removed from a region of importance 1.0 (0-51) ...
+    importance_gain: float = 10.0  # QP removed from a region of importance 1.0 (0-51) ...
     importance_budget: float = 1.75  # ... unless the frame average would exceed this (0-51 QP)
     # How much each product class matters, 0..1 (a table: setting one entry keeps the others).
     importance: dict[str, float] = field(default_factory=lambda: {
