@@ -34,9 +34,8 @@ import numpy as np
 from scipy import ndimage
 
 from .analysis.change import block_mad
-from .analysis.complexity import block_samples
 from .encoders.config import StorageConfig
-from .frame import Frame
+from .frame import Frame, block_samples
 from .values import LabelMap
 
 NEW_OBJECT_MBS = 2  # a labelled component this big, apart from all of the last second's
@@ -47,7 +46,7 @@ IDR_LOG = 1000  # the IDRs whose reasons a run keeps (a service runs for months)
 class Observation:
     """What the understanding thread learnt of one frame for the storage policy."""
 
-    blocks: np.ndarray  # luma samples per macroblock (analysis.complexity.block_samples)
+    blocks: np.ndarray  # luma samples per macroblock (frame.block_samples)
     threshold: np.ndarray  # float32[mb_h, mb_w]: a difference above this is not noise
     cut: bool  # a new scene starts here
     appeared: bool  # a labelled object appeared

@@ -3,12 +3,12 @@
 # Usage: scripts/benchmarks.sh [OUT] [PART...]   (default bench-out/, every part; each part in
 # its own folder). About 90 minutes on 2 cores; every part can also be run on its own.
 # Parts (in this order): cpu budget default low agreement reuse i2 yolox labelers storage
-# backends gpu-cpu intra-refresh link
+# backends gpu-cpu intra-refresh link i22
 set -euo pipefail
 OUT=${1:-bench-out}
 shift || true
 PARTS=${*:-cpu budget default low agreement reuse i2 yolox labelers storage backends gpu-cpu \
-  intra-refresh link}
+  intra-refresh link i22}
 V=../shared/data/video
 M=../shared/models
 PY=.venv/bin/python
@@ -157,4 +157,22 @@ if want link; then
   done
   $PY -m edge_semvc.bench.link story $V/street_pedestrians_vtest_768x576.avi \
     $V/road_traffic_signs_1080p.h264 $V/drone_karma_coast_854x480.mp4 --out "$OUT/link-story"
+fi
+
+# Issue 22: the defaults on the second halves of street, road and bikes (CBR, zerolatency and
+# plain, two ladders, the independent ROI), with the file encode's labels and with a camera's
+# label timing (recorded by bench.live_labels, replayed in every encode by --label-schedule).
+if want i22; then
+  I22="$V/street_pedestrians_vtest_768x576.avi $V/road_traffic_signs_1080p.h264 \
+    $V/bikes_street_scene_cuts_640x272.mp4"
+  $PY -m edge_semvc.bench.live_labels $I22 --start 50% --schedules $OUT/i22-schedules
+  for tune in zerolatency plain; do
+    T=$([ $tune = zerolatency ] && echo "--tune zerolatency" || true)
+    for ladder in hi lo; do
+      L=$([ $ladder = hi ] && echo "150k 300k 600k 1200k" || echo "40k 80k 160k 320k")
+      $B $I22 --rc cbr $T --ladder $L --start 50% --eval-every 2 --out $OUT/i22-file-$tune-$ladder
+      $B $I22 --rc cbr $T --ladder $L --start 50% --eval-every 2 \
+        --label-schedule $OUT/i22-schedules --out $OUT/i22-live-$tune-$ladder
+    done
+  done
 fi

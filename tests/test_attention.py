@@ -9,11 +9,10 @@ import pytest
 from conftest import shared_file
 
 from edge_semvc.analysis import Analyser
-from edge_semvc.analysis.complexity import block_samples
 from edge_semvc.analysis.recurrent import AttentionConfig, RecurrentChange
 from edge_semvc.config import Config, ConfigError
 from edge_semvc.errors import ModelError
-from edge_semvc.frame import luma_grid
+from edge_semvc.frame import block_samples, luma_grid
 from edge_semvc.qp.attention import attention_q
 from edge_semvc.qp.policy import base_q
 from edge_semvc.sources import open_source

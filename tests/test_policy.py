@@ -3,10 +3,10 @@ import pytest
 from scipy import ndimage
 
 from edge_semvc.analysis.change import change_map
-from edge_semvc.analysis.complexity import block_samples, complexity_map
+from edge_semvc.analysis.complexity import complexity_map
 from edge_semvc.analysis.regions import label_regions, region_stats
 from edge_semvc.config import ConfigError, QpConfig
-from edge_semvc.frame import luma_grid
+from edge_semvc.frame import block_samples, luma_grid
 from edge_semvc.qp.policy import base_q, match_weights
 from edge_semvc.qp.qpmap import build_qp_map, importance_vector, pin_mean
 from edge_semvc.values import LabelMap

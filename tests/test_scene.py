@@ -102,7 +102,7 @@ def test_motion_is_not_a_transition():
     """A real frame moved sideways by 8-24 pixels: the plain difference (the core method's V)
     calls most of it changed, S explains it as motion."""
     from edge_semvc.analysis.change import change_map
-    from edge_semvc.analysis.complexity import block_samples
+    from edge_semvc.frame import block_samples
 
     frame = bikes()[50]
     for shift in (8, 16, 24):

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..frame import Frame
+from ..frame import Frame, block_samples
 from ..values import LabelMap, RegionStats
 from .change import block_mad, change_from_mad, comparable
-from .complexity import block_samples, complexity_from_variance
+from .complexity import complexity_from_variance
 from .config import AnalysisConfig
 from .regions import region_stats
 from .temporal import ReuseTracker

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .complexity import block_mean
+from ..frame import block_mean
 
 
 def block_mad(prev_blocks: np.ndarray, blocks: np.ndarray) -> np.ndarray:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# The macroblocks' luma samples live with the Frame, which caches their variance for every
-# reader (the analysis's C, the encoder's own AQ given back: encoders/x264.py).
-from ..frame import BLOCK, block_mean, block_samples, block_variance  # noqa: F401
+# The variance per macroblock is the Frame's (`Frame.luma_variance`, cached): the encoder's
+# own AQ given back under the map reads it too (encoders/x264.py).
+from ..frame import block_variance
 
 
 def complexity_from_variance(var: np.ndarray, full_var: float) -> np.ndarray:

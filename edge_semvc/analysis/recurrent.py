@@ -6,7 +6,7 @@ their difference D. Ours is a small gated recurrent cell per macroblock whose we
 analytically (nothing is trained), so that D is large for real change and 0 for sensor noise.
 Its state is two numbers per macroblock: a noise floor `n` that adapts slowly and a fast change
 estimate `f`. Each frame, with x_t the mean absolute luma difference of the macroblock's 4x4
-samples (the grid `complexity.block_samples` gives, in luma levels):
+samples (the grid `frame.block_samples` gives, in luma levels):
 
     f_t = f_{t-1} + a_fast * (x_t - f_{t-1})             fast change estimate
     th_t = k * n_{t-1} + m                               noise threshold
@@ -39,8 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..frame import Frame
-from .complexity import block_mean, block_samples
+from ..frame import Frame, block_mean, block_samples
 from .config import AttentionConfig  # noqa: F401  (its section, defined with the others)
 from .regions import region_means
 
@@ -68,7 +67,7 @@ class RecurrentChange:
 
     def step(self, blocks: np.ndarray, regions: np.ndarray | None = None) -> np.ndarray:
         """One time step. `blocks`: float32[mb_h, 4, mb_w, 4] luma samples
-        (`complexity.block_samples`); `regions`: int[mb_h, mb_w] region ids
+        (`frame.block_samples`); `regions`: int[mb_h, mb_w] region ids
         (`RegionStats.regions`), or None for per-macroblock values.
         Returns P_t, float32[mb_h, mb_w]; 0 on a first frame."""
         blocks = np.asarray(blocks, np.float32)  # uint8 differences would wrap
