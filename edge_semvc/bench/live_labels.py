@@ -39,7 +39,9 @@ def record(clip: str, cfg, span: FrameSpan, schedules: Path, log=print) -> Path:
     try:
         t0 = time.monotonic()
         for i, frame in enumerate(src.frames()):
-            time.sleep(max(0.0, t0 + i * period - time.monotonic()))  # the camera's pace
+            # the camera's pace; never a dropped frame (not sources.PacedSource, which drops
+            # what the pipeline missed): the schedule must number the bench's frames
+            time.sleep(max(0.0, t0 + i * period - time.monotonic()))
             lab.label(frame)
     finally:
         lab.close()

@@ -118,7 +118,9 @@ class X264Encoder(Encoder):
         if self._eff_rc.aq_mode == 0 or self._eff_rc.aq_strength <= 0:
             raise EncoderError("x264 turned adaptive quantisation off after validation; it would "
                                "ignore the QP-offset map")
-        self._aq_back = self._aq_given_back()
+        self._aq_kept = self._aq_share_kept()
+        # QP per doubling of a macroblock's energy taken off x264's AQ on frames with a map
+        self._aq_back = (1.0 - self._aq_kept) * _AQ_SLOPE * float(self._eff_rc.aq_strength)
         self._headers: bytes | None = None
         self._retune = None  # a rate change x264 takes with the next frame (reconfigure)
 
@@ -201,18 +203,17 @@ class X264Encoder(Encoder):
             self._correct(f"aq-strength {rc.aq_strength:g} changed to 1.0: x264 turns adaptive "
                           "quantisation, and with it the QP-offset map, off at strength 0")
 
-    def _aq_given_back(self) -> float:
-        """QP per doubling of a macroblock's energy taken off x264's own AQ on frames with a
-        map: (1 - `aq_with_map`) of its slope. The map's complexity term masks texture too;
-        the two stacked mask it twice (BENCHMARKS, "x264's own AQ under the map")."""
-        share, rc = self.settings.aq_with_map, self._eff_rc
-        if share >= 1.0:
-            return 0.0
-        if rc.aq_mode != 1:
+    def _aq_share_kept(self) -> float:
+        """The share of x264's own AQ kept on frames with a map: `aq_with_map` where x264's AQ
+        is the variance one (aq-mode 1), else all of it. The map's complexity term masks
+        texture too; the two stacked mask it twice (BENCHMARKS, "x264's own AQ under the
+        map")."""
+        share, mode = self.settings.aq_with_map, self._eff_rc.aq_mode
+        if share < 1.0 and mode != 1:
             log.warning("x264 aq-mode %d is kept whole under the map: aq_with_map %g applies "
-                        "to aq-mode 1 (variance) only", rc.aq_mode, share)
-            return 0.0
-        return (1.0 - share) * _AQ_SLOPE * float(rc.aq_strength)
+                        "to aq-mode 1 (variance) only", mode, share)
+            return 1.0
+        return share
 
     def _avoid_avx512_mbtree(self) -> None:
         """libx264's AVX-512 mb-tree kernel (``mbtree_propagate_list_internal_avx512``, build 164
@@ -347,7 +348,7 @@ class X264Encoder(Encoder):
                 **base.rc_summary(rc, {lib.X264_RC_CQP: "cqp", lib.X264_RC_CRF: "crf",
                                        lib.X264_RC_ABR: "abr"}),
                 "mb_tree": bool(rc.mb_tree), "rc_lookahead": int(rc.lookahead),
-                "aq_with_map": round(1.0 - self._aq_back / (_AQ_SLOPE * rc.aq_strength), 4),
+                "aq_with_map": self._aq_kept,
                 **self._eff,
             })
         return out

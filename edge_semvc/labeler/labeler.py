@@ -72,8 +72,8 @@ class Labeler:
         self._grid = None
         self._grid_changed = True  # the current frame starts a new picture size (or the first)
         # The model runs, for `labeler.replay` (schedule.py); None: not kept (a live run)
-        self.run_log: list[dict] | None = [] if (live_share is None if record is None
-                                                 else record) else None
+        keep_runs = live_share is None if record is None else record
+        self.run_log: list[dict] | None = [] if keep_runs else None
         self._in_flight: dict[int, dict] = {}  # submitted frame -> its run_log entry
         self._held: dict[int, list] = {}  # replay: frame -> results to be used from it
 
