@@ -115,19 +115,34 @@ def test_change_is_zero_without_motion_and_grows_with_it():
     assert change_map(b, moved, 24.0).min() > 0.5
 
 
+def _roi_offset(cells, cfg):
+    """ROI minus background offset with the first `cells` of a 20x20 grid labelled."""
+    flat = np.zeros((20, 20), np.float32)
+    labels = np.zeros(400, np.int16)
+    labels[:cells] = 1
+    labels = labels.reshape(20, 20)
+    lm = LabelMap(np.zeros((1, 20, 20), np.float32), ["background", "person"], labels)
+    o = build_qp_map(region_stats(labels, flat, flat), lm, np.array([0.0, 1.0]), cfg).offsets
+    return float(o[0, 0] - o[-1, -1])
+
+
 def test_importance_budget_softens_the_map_when_the_roi_is_large():
-    cfg = QpConfig(importance_gain=8.0, importance_budget=2.0, q_gain=0.0)
-    flat = np.zeros((10, 10), np.float32)
+    cfg = QpConfig(importance_gain=8.0, importance_budget=2.0, q_gain=0.0,
+                   importance_exponent=0.0)  # one gain for every frame
+    assert _roi_offset(40, cfg) == pytest.approx(-8.0, abs=0.01)  # 10 % ROI: the full gain
+    assert _roi_offset(200, cfg) == pytest.approx(-4.0, abs=0.01)  # 50 % ROI: 2.0 / 0.5
 
-    def roi_offset(rows):
-        labels = np.zeros((10, 10), np.int16)
-        labels[:rows] = 1
-        lm = LabelMap(np.zeros((1, 10, 10), np.float32), ["background", "person"], labels)
-        o = build_qp_map(region_stats(labels, flat, flat), lm, np.array([0.0, 1.0]), cfg).offsets
-        return float(o[0, 0] - o[-1, -1])  # ROI minus background
 
-    assert roi_offset(1) == pytest.approx(-8.0, abs=0.01)  # 10 % ROI: the full gain
-    assert roi_offset(5) == pytest.approx(-4.0, abs=0.01)  # 50 % ROI: 2.0 / 0.5
+def test_the_gain_is_firmer_on_a_small_labelled_area_and_milder_on_a_large_one():
+    cfg = QpConfig(importance_gain=10.0, importance_reference=0.04, importance_exponent=0.5,
+                   importance_boost_max=1.5, importance_budget=51.0, q_gain=0.0,
+                   offset_min=-30.0)
+    assert _roi_offset(16, cfg) == pytest.approx(-10.0, abs=0.01)  # 4 %: the reference
+    assert _roi_offset(64, cfg) == pytest.approx(-5.0, abs=0.01)  # 16 %: (0.25) ** 0.5
+    assert _roi_offset(8, cfg) == pytest.approx(-10.0 * 2 ** 0.5, abs=0.01)  # 2 %
+    assert _roi_offset(1, cfg) == pytest.approx(-15.0, abs=0.01)  # 0.25 %: at most 1.5x
+    budget = QpConfig(**{**cfg.__dict__, "importance_budget": 0.5})
+    assert _roi_offset(64, budget) == pytest.approx(-0.5 / 0.16, abs=0.01)  # the cap holds
 
 
 def test_reuse_builds_up_where_a_block_stays_and_falls_where_it_changes():

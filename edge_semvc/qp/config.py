@@ -23,8 +23,15 @@ class QpConfig:
     beta_fast: float = 1.0  # weight of V in a fast region (0-10)
     # How Q (larger = compress more) and class importance become a QP offset.
     q_gain: float = 4.0  # QP per unit of Q (0-51)
-    importance_gain: float = 10.0  # QP removed from a region of importance 1.0 (0-51) ...
-    importance_budget: float = 1.75  # ... unless the frame average would exceed this (0-51 QP)
+    # The background pays the frame-average emphasis (gain x mean importance) back, so the
+    # gain follows the labelled area: importance_gain at a mean importance of
+    # importance_reference, times (reference / mean) ** importance_exponent, at most
+    # importance_boost_max times (a lone distant car), capped by importance_budget.
+    importance_gain: float = 10.0  # QP removed from a region of importance 1.0 (0-51)
+    importance_reference: float = 0.035  # mean importance at that gain (0-1; street: 0.035)
+    importance_exponent: float = 0.4  # 0-2; 0: one gain for every frame
+    importance_boost_max: float = 1.6  # most a small labelled area multiplies the gain by (1-4)
+    importance_budget: float = 1.75  # the frame-average emphasis never exceeds this (0-51 QP)
     # How much each product class matters, 0..1 (a table: setting one entry keeps the others).
     importance: dict[str, float] = field(default_factory=lambda: {
         "background": 0.0, "person": 0.8, "face": 1.0, "text": 0.7,
@@ -57,6 +64,12 @@ class QpConfig:
                           ("importance_budget", 51), ("reuse_gain", 51)):
             check(0 <= getattr(self, name) <= top, f"qp.{name}", getattr(self, name),
                   f"between 0 and {top}")
+        check(0.0 < self.importance_reference <= 1.0, "qp.importance_reference",
+              self.importance_reference, "in (0, 1]")
+        check(0.0 <= self.importance_exponent <= 2.0, "qp.importance_exponent",
+              self.importance_exponent, "between 0 and 2")
+        check(1.0 <= self.importance_boost_max <= 4.0, "qp.importance_boost_max",
+              self.importance_boost_max, "between 1 and 4")
         check(0.0 <= self.moving_background <= 1.0, "qp.moving_background",
               self.moving_background, "between 0 and 1")
         check(0.0 < self.motion_high <= 1.0, "qp.motion_high", self.motion_high,

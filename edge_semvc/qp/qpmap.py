@@ -1,8 +1,9 @@
 """From per-region Q and class importance to the signed per-macroblock QP offsets x264 takes.
 
 offset = q_gain * Q - gain * importance[label], then shifted so the frame mean is
-`target_mean` and clamped to [offset_min, offset_max]; gain is `importance_gain`, limited by
-`importance_budget` on frames with a large labelled area (see `importance_gain`). Only
+`target_mean` and clamped to [offset_min, offset_max]; gain is `importance_gain`, firmer on
+frames with a small labelled area, milder on those with a large one and limited by
+`importance_budget` (see `importance_gain`). Only
 differences between macroblocks matter to the picture; the mean decides whether the map adds or
 saves bits at CRF (FACTS.md), so it is pinned rather than left to the content.
 """
@@ -81,14 +82,21 @@ def reuse_gain(cfg: QpConfig, encoder_weighs_reuse: bool) -> float:
 
 
 def importance_gain(weight: np.ndarray, cfg: QpConfig) -> float:
-    """QP per unit of importance for this frame: `importance_gain`, scaled down when the
-    labelled area is so large that the frame-average emphasis would exceed
-    `importance_budget`. The pinned mean makes the background pay that average back, so the
-    budget bounds what the background loses: a small ROI gets the full emphasis for little,
-    a frame that is half face gets a milder map instead of a ruined background."""
+    """QP per unit of importance for this frame. The pinned mean makes the background pay the
+    frame-average emphasis `gain * mean(weight)` back, so the gain follows the labelled area:
+    `importance_gain` at a mean importance of `importance_reference`, times (reference /
+    mean) ** `importance_exponent`, at most `importance_boost_max` times: a few distant cars
+    get a firmer emphasis for little, riders filling a third of the frame a milder one (the
+    background pays the mean to the power 1 - exponent). `importance_budget` caps the average
+    outright: a frame that is half face gets a milder map instead of a ruined background."""
     mean_weight = float(weight.mean())
-    if mean_weight * cfg.importance_gain <= cfg.importance_budget:
-        return cfg.importance_gain
+    if mean_weight <= 0:
+        return cfg.importance_gain  # nothing weighs: the gain multiplies zeros
+    gain = cfg.importance_gain * min(
+        cfg.importance_boost_max,
+        (cfg.importance_reference / mean_weight) ** cfg.importance_exponent)
+    if mean_weight * gain <= cfg.importance_budget:
+        return gain
     return cfg.importance_budget / mean_weight
 
 
