@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -141,7 +143,7 @@ def test_the_gain_is_firmer_on_a_small_labelled_area_and_milder_on_a_large_one()
     assert _roi_offset(64, cfg) == pytest.approx(-5.0, abs=0.01)  # 16 %: (0.25) ** 0.5
     assert _roi_offset(8, cfg) == pytest.approx(-10.0 * 2 ** 0.5, abs=0.01)  # 2 %
     assert _roi_offset(1, cfg) == pytest.approx(-15.0, abs=0.01)  # 0.25 %: at most 1.5x
-    budget = QpConfig(**{**cfg.__dict__, "importance_budget": 0.5})
+    budget = dataclasses.replace(cfg, importance_budget=0.5)
     assert _roi_offset(64, budget) == pytest.approx(-0.5 / 0.16, abs=0.01)  # the cap holds
 
 

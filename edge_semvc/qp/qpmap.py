@@ -2,10 +2,10 @@
 
 offset = q_gain * Q - gain * importance[label], then shifted so the frame mean is
 `target_mean` and clamped to [offset_min, offset_max]; gain is `importance_gain`, firmer on
-frames with a small labelled area, milder on those with a large one and limited by
-`importance_budget` (see `importance_gain`). Only
-differences between macroblocks matter to the picture; the mean decides whether the map adds or
-saves bits at CRF (FACTS.md), so it is pinned rather than left to the content.
+frames with a small labelled area, milder on those with a large one, limited by
+`importance_budget` (see `importance_gain`). Only differences between macroblocks matter to
+the picture; the mean decides whether the map adds or saves bits at CRF (FACTS.md), so it is
+pinned rather than left to the content.
 """
 from __future__ import annotations
 
