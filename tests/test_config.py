@@ -40,6 +40,7 @@ def test_file_then_overrides(tmp_path):
     ("encoder.aq_with_map=nan", "encoder.aq_with_map: 'nan'"),
     ("qp.importance_reference=0", "qp.importance_reference: 0"),
     ("qp.importance_exponent=-1", "qp.importance_exponent: -1"),
+    ("qp.importance_boost_exponent=2.5", "qp.importance_boost_exponent: 2.5"),
     ("qp.importance_boost_max=0.5", "qp.importance_boost_max: 0.5"),
     ("missing-equals", "--set expects key=value"),
     ("qp.importance.face=abc", "qp.importance.face: 'abc' (expected a number)"),

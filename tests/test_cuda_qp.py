@@ -331,12 +331,15 @@ def test_the_gpu_map_equals_numpy_s_on_random_frames(gpu_mapper, w, h, kind):
 @pytest.mark.parametrize("cfg", [
     QpConfig(offset_min=-3.0, offset_max=3.0, q_gain=20.0, target_mean=2.5),  # heavy clamping
     QpConfig(v_threshold=0.02, importance_budget=0.3),
-    QpConfig(importance_reference=0.2, importance_exponent=1.5, importance_boost_max=4.0),
+    QpConfig(importance_reference=0.02, importance_exponent=1.5, importance_boost_exponent=0.3,
+             importance_boost_max=4.0),  # every frame above the reference: milder
+    QpConfig(importance_reference=0.9, importance_exponent=1.5, importance_boost_exponent=0.3,
+             importance_boost_max=4.0),  # every frame below it: firmer
     QpConfig(q_gain=0.0, importance_gain=0.0, target_mean=0.0),
     QpConfig(moving_background=0.0, reuse="never"),  # the map before the background terms
     QpConfig(moving_background=1.0, motion_low=0.02, motion_high=0.05, reuse="always",
              reuse_gain=3.0),
-], ids=["clamped", "fast-budget", "area-gain", "flat", "no-background-terms", "strong-background"])
+], ids=["clamped", "fast-budget", "area-gain-large", "area-gain-small", "flat", "no-background-terms", "strong-background"])
 def test_the_gpu_map_follows_the_configuration(gpu_mapper, cfg):
     rng = np.random.default_rng(5)
     ys = luma_pair(rng, 1280, 720) + still_camera(rng, 1280, 720, 3)

@@ -137,12 +137,12 @@ def test_importance_budget_softens_the_map_when_the_roi_is_large():
 
 def test_the_gain_is_firmer_on_a_small_labelled_area_and_milder_on_a_large_one():
     cfg = QpConfig(importance_gain=10.0, importance_reference=0.04, importance_exponent=0.5,
-                   importance_boost_max=1.5, importance_budget=51.0, q_gain=0.0,
-                   offset_min=-30.0)
+                   importance_boost_exponent=1.0, importance_boost_max=2.5,
+                   importance_budget=51.0, q_gain=0.0, offset_min=-30.0)
     assert _roi_offset(16, cfg) == pytest.approx(-10.0, abs=0.01)  # 4 %: the reference
     assert _roi_offset(64, cfg) == pytest.approx(-5.0, abs=0.01)  # 16 %: (0.25) ** 0.5
-    assert _roi_offset(8, cfg) == pytest.approx(-10.0 * 2 ** 0.5, abs=0.01)  # 2 %
-    assert _roi_offset(1, cfg) == pytest.approx(-15.0, abs=0.01)  # 0.25 %: at most 1.5x
+    assert _roi_offset(8, cfg) == pytest.approx(-20.0, abs=0.01)  # 2 %: (2) ** 1.0
+    assert _roi_offset(1, cfg) == pytest.approx(-25.0, abs=0.01)  # 0.25 %: at most 2.5x
     budget = dataclasses.replace(cfg, importance_budget=0.5)
     assert _roi_offset(64, budget) == pytest.approx(-0.5 / 0.16, abs=0.01)  # the cap holds
 

@@ -25,12 +25,15 @@ class QpConfig:
     q_gain: float = 4.0  # QP per unit of Q (0-51)
     # The background pays the frame-average emphasis (gain x mean importance) back, so the
     # gain follows the labelled area: importance_gain at a mean importance of
-    # importance_reference, times (reference / mean) ** importance_exponent, at most
-    # importance_boost_max times (a lone distant car), capped by importance_budget.
+    # importance_reference, times (reference / mean) ** exponent, where the exponent is
+    # importance_exponent above the reference (a large area: milder) and
+    # importance_boost_exponent below it (a small one: firmer), at most importance_boost_max
+    # times (a lone distant car), capped by importance_budget.
     importance_gain: float = 10.0  # QP removed from a region of importance 1.0 (0-51)
     importance_reference: float = 0.035  # mean importance at that gain (0-1; street: 0.035)
-    importance_exponent: float = 0.4  # 0-2; 0: one gain for every frame
-    importance_boost_max: float = 1.6  # most a small labelled area multiplies the gain by (1-4)
+    importance_exponent: float = 0.4  # above the reference (0-2); 0: the gain never falls
+    importance_boost_exponent: float = 0.8  # below the reference (0-2); 0: it never rises
+    importance_boost_max: float = 3.0  # most a small labelled area multiplies the gain by (1-4)
     importance_budget: float = 1.75  # the frame-average emphasis never exceeds this (0-51 QP)
     # How much each product class matters, 0..1 (a table: setting one entry keeps the others).
     importance: dict[str, float] = field(default_factory=lambda: {
@@ -66,8 +69,9 @@ class QpConfig:
                   f"between 0 and {top}")
         check(0.0 < self.importance_reference <= 1.0, "qp.importance_reference",
               self.importance_reference, "in (0, 1]")
-        check(0.0 <= self.importance_exponent <= 2.0, "qp.importance_exponent",
-              self.importance_exponent, "between 0 and 2")
+        for name in ("importance_exponent", "importance_boost_exponent"):
+            check(0.0 <= getattr(self, name) <= 2.0, f"qp.{name}", getattr(self, name),
+                  "between 0 and 2")
         check(1.0 <= self.importance_boost_max <= 4.0, "qp.importance_boost_max",
               self.importance_boost_max, "between 1 and 4")
         check(0.0 <= self.moving_background <= 1.0, "qp.moving_background",

@@ -85,16 +85,19 @@ def importance_gain(weight: np.ndarray, cfg: QpConfig) -> float:
     """QP per unit of importance for this frame. The pinned mean makes the background pay the
     frame-average emphasis `gain * mean(weight)` back, so the gain follows the labelled area:
     `importance_gain` at a mean importance of `importance_reference`, times (reference /
-    mean) ** `importance_exponent`, at most `importance_boost_max` times: a few distant cars
-    get a firmer emphasis for little, riders filling a third of the frame a milder one (the
-    background pays the mean to the power 1 - exponent). `importance_budget` caps the average
-    outright: a frame that is half face gets a milder map instead of a ruined background."""
+    mean) ** exponent (the background pays the mean to the power 1 - exponent). Below the
+    reference the exponent is `importance_boost_exponent`, at most `importance_boost_max`
+    times: a few distant cars get a firmer emphasis for little; above it
+    `importance_exponent`: riders filling a third of the frame get a milder one.
+    `importance_budget` caps the average outright: a frame that is half face gets a milder map
+    instead of a ruined background."""
     mean_weight = float(weight.mean())
     if mean_weight <= 0:
         return cfg.importance_gain  # nothing weighs: the gain multiplies zeros
+    exponent = (cfg.importance_boost_exponent if mean_weight < cfg.importance_reference
+                else cfg.importance_exponent)
     gain = cfg.importance_gain * min(
-        cfg.importance_boost_max,
-        (cfg.importance_reference / mean_weight) ** cfg.importance_exponent)
+        cfg.importance_boost_max, (cfg.importance_reference / mean_weight) ** exponent)
     if mean_weight * gain <= cfg.importance_budget:
         return gain
     return cfg.importance_budget / mean_weight

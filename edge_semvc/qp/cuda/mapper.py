@@ -168,7 +168,7 @@ class CudaQpMapper:
                 f32(cfg.alpha_fast), f32(cfg.beta_fast), f32(cfg.q_gain),
                 f64(cfg.importance_gain), f64(cfg.importance_budget),
                 f64(cfg.importance_reference), f64(cfg.importance_exponent),
-                f64(cfg.importance_boost_max),
+                f64(cfg.importance_boost_exponent), f64(cfg.importance_boost_max),
                 f64(cfg.moving_background), f32(cfg.motion_low),
                 f32(cfg.motion_high - cfg.motion_low), f64(qpmap.STILL_FROM),
                 f64(qpmap.STILL_FULL), f32(qpmap.reuse_gain(cfg, encoder_weighs_reuse)),

@@ -230,7 +230,8 @@ offsets(const short* __restrict__ labels, const int* __restrict__ region,
         const float* __restrict__ v, const float* __restrict__ reuse,
         const float* __restrict__ q_in, float* __restrict__ q_out, float v_th, float a_slow,
         float b_slow, float a_fast, float b_fast, float q_gain, double imp_gain,
-        double imp_budget, double imp_ref, double imp_exponent, double imp_boost_max,
+        double imp_budget, double imp_ref, double imp_exponent, double imp_boost_exponent,
+        double imp_boost_max,
         double moving_bg, float motion_low, float motion_span,
         double still_from, double still_full, float reuse_gain, double target, double lo,
         double hi, double tolerance, int max_steps, float* __restrict__ out)
@@ -261,8 +262,9 @@ offsets(const short* __restrict__ labels, const int* __restrict__ region,
         weight_sum += block_sum(extra, sh_d);
     }
     double mean_weight = weight_sum / n;
+    double exponent = mean_weight < imp_ref ? imp_boost_exponent : imp_exponent;
     double scaled = mean_weight > 0.0
-        ? imp_gain * fmin(imp_boost_max, pow(imp_ref / mean_weight, imp_exponent)) : imp_gain;
+        ? imp_gain * fmin(imp_boost_max, pow(imp_ref / mean_weight, exponent)) : imp_gain;
     float gain = (float)(mean_weight * scaled <= imp_budget ? scaled
                                                             : imp_budget / mean_weight);
     double raw_sum = 0.0;
