@@ -5,10 +5,10 @@ import pytest
 from scipy import ndimage
 
 from edge_semvc.analysis.change import change_map
-from edge_semvc.analysis.complexity import complexity_map
+from edge_semvc.analysis.complexity import complexity_from_variance
 from edge_semvc.analysis.regions import label_regions, region_stats
 from edge_semvc.config import ConfigError, QpConfig
-from edge_semvc.frame import block_samples, luma_grid
+from edge_semvc.frame import block_samples, block_variance, luma_grid
 from edge_semvc.qp.policy import base_q, match_weights
 from edge_semvc.qp.qpmap import build_qp_map, importance_vector, pin_mean
 from edge_semvc.values import LabelMap
@@ -102,9 +102,11 @@ def test_regions_split_where_two_classes_touch():
 def test_complexity_is_low_on_flat_and_high_on_texture():
     flat = np.full((32, 48), 128, np.uint8)
     noisy = np.random.default_rng(0).integers(0, 256, (32, 48)).astype(np.uint8)
-    flat_c = complexity_map(block_samples(luma_grid(flat)), 1024.0)
-    assert flat_c.max() == pytest.approx(0, abs=1e-6)
-    assert complexity_map(block_samples(luma_grid(noisy)), 1024.0).min() > 0.9
+    def complexity(y):
+        return complexity_from_variance(block_variance(block_samples(luma_grid(y))), 1024.0)
+
+    assert complexity(flat).max() == pytest.approx(0, abs=1e-6)
+    assert complexity(noisy).min() > 0.9
 
 
 def test_change_is_zero_without_motion_and_grows_with_it():

@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# The variance per macroblock is the Frame's (`Frame.luma_variance`, cached): the encoder's
-# own AQ given back under the map reads it too (encoders/x264.py).
-from ..frame import block_variance
-
 
 def complexity_from_variance(var: np.ndarray, full_var: float) -> np.ndarray:
+    """C from the variance per macroblock, the Frame's (`Frame.luma_variance`, cached: the
+    encoder's own AQ given back under the map reads it too, encoders/x264.py)."""
     c = np.log1p(np.maximum(var, 0.0)) / np.log1p(full_var)
     return np.clip(c, 0.0, 1.0).astype(np.float32)
-
-
-def complexity_map(blocks: np.ndarray, full_var: float) -> np.ndarray:
-    return complexity_from_variance(block_variance(blocks), full_var)
