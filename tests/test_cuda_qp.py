@@ -339,7 +339,8 @@ def test_the_gpu_map_equals_numpy_s_on_random_frames(gpu_mapper, w, h, kind):
     QpConfig(moving_background=0.0, reuse="never"),  # the map before the background terms
     QpConfig(moving_background=1.0, motion_low=0.02, motion_high=0.05, reuse="always",
              reuse_gain=3.0),
-], ids=["clamped", "fast-budget", "area-gain-large", "area-gain-small", "flat", "no-background-terms", "strong-background"])
+], ids=["clamped", "fast-budget", "area-gain-large", "area-gain-small", "flat",
+        "no-background-terms", "strong-background"])
 def test_the_gpu_map_follows_the_configuration(gpu_mapper, cfg):
     rng = np.random.default_rng(5)
     ys = luma_pair(rng, 1280, 720) + still_camera(rng, 1280, 720, 3)

@@ -20,7 +20,8 @@ FRAMES = 45  # half the demo clip: labels, carried labels, maps and the storage 
 # first, no longer from the third; the three with a map again when x264's own AQ under the map
 # went to half, encoder.aq_with_map 0.5: with aq_with_map=1 they are the earlier hashes; and
 # again when the importance gain came to follow the labelled area: with
-# qp.importance_exponent=0 they are the hashes before)
+# qp.importance_exponent=0 they are the hashes before; the demo's labelled area is above
+# importance_reference, so importance_boost_exponent leaves them)
 EXPECTED = {
     "semantic": ((), True, "8713990d047e0d3ddbcf402c0fd6e6a84ad902e6acd154d7ce8e55223bfa3a75"),
     "plain": ((), False, "378e86f3bbbe88b2da3c82bb56dca82a8ae34bb1262c23217592aa1cdd9785a7"),

@@ -22,7 +22,7 @@ from edge_semvc.analysis.fusion import (
     class_mask,
     words_to_classes,
 )
-from edge_semvc.config import Config
+from edge_semvc.config import Config, QpConfig
 from edge_semvc.errors import ConfigError, ModelError, SourceError
 from edge_semvc.frame import Frame
 from edge_semvc.labeler import Labeler
@@ -390,8 +390,7 @@ def q_and_offsets(frame, labels, cfg, data):
 def test_description_lowers_q_on_vehicles_in_real_frames(clip, nanodet_tfjs):
     # Room below the clamp: with the default gain road's few distant cars already reach
     # offset_min (-12), where nothing can lower their offsets further.
-    cfg = Config()
-    cfg = replace(cfg, qp=replace(cfg.qp, offset_min=-30.0))
+    cfg = Config(qp=QpConfig(offset_min=-30.0))
     labeler = default_labeler()
     fusion = FusionAnalyser(enabled(description="watch the vehicles"))
     try:

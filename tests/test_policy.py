@@ -102,6 +102,7 @@ def test_regions_split_where_two_classes_touch():
 def test_complexity_is_low_on_flat_and_high_on_texture():
     flat = np.full((32, 48), 128, np.uint8)
     noisy = np.random.default_rng(0).integers(0, 256, (32, 48)).astype(np.uint8)
+
     def complexity(y):
         return complexity_from_variance(block_variance(block_samples(luma_grid(y))), 1024.0)
 
@@ -132,7 +133,7 @@ def _roi_offset(cells, cfg):
 
 def test_importance_budget_softens_the_map_when_the_roi_is_large():
     cfg = QpConfig(importance_gain=8.0, importance_budget=2.0, q_gain=0.0,
-                   importance_exponent=0.0)  # one gain for every frame
+                   importance_exponent=0.0, importance_boost_exponent=0.0)  # one gain
     assert _roi_offset(40, cfg) == pytest.approx(-8.0, abs=0.01)  # 10 % ROI: the full gain
     assert _roi_offset(200, cfg) == pytest.approx(-4.0, abs=0.01)  # 50 % ROI: 2.0 / 0.5
 

@@ -231,8 +231,7 @@ offsets(const short* __restrict__ labels, const int* __restrict__ region,
         const float* __restrict__ q_in, float* __restrict__ q_out, float v_th, float a_slow,
         float b_slow, float a_fast, float b_fast, float q_gain, double imp_gain,
         double imp_budget, double imp_ref, double imp_exponent, double imp_boost_exponent,
-        double imp_boost_max,
-        double moving_bg, float motion_low, float motion_span,
+        double imp_boost_max, double moving_bg, float motion_low, float motion_span,
         double still_from, double still_full, float reuse_gain, double target, double lo,
         double hi, double tolerance, int max_steps, float* __restrict__ out)
 {
