@@ -11,8 +11,9 @@ STAMP    := $(VENV)/.installed
 OUT      ?= out
 # mosquitto and x264enc (plugins-ugly) are for the tests: a real broker and a real network
 # camera. GStreamer through the system Python's PyGObject runs the rtsp:// and srt:// outputs
-# (RTSP server, payloaders in -good, parsers, mpegtsmux and srtsink in -bad); -libav's
-# decoders are the GStreamer receiver of the latency benchmark and the README's recipes.
+# (RTSP server, payloaders in -good, parsers and srtsink in -bad; tsdemux there receives SRT in
+# the tests); -libav's decoders are the GStreamer receiver of the latency benchmark and the
+# README's recipes.
 APT_PKGS := gcc libc6-dev libx264-dev libx265-dev libffmpeg-nvenc-dev mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 \
             gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
             gstreamer1.0-libav

@@ -7,6 +7,7 @@ is said on one line and in the statistics.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +17,9 @@ from pathlib import Path
 import av
 import pytest
 from conftest import shared_file
+from gst_helpers import RECEIVER as GST_RECEIVER
+from gst_helpers import free_port as free_socket_port
+from gst_helpers import require
 from test_outputs import udp_bound
 from test_telemetry import free_port, wait_until
 
@@ -23,6 +27,7 @@ from edge_semvc.config import load_config
 from edge_semvc.pipeline import run_encode
 from edge_semvc.sinks import open_output
 from edge_semvc.sinks.base import Output, StreamInfo
+from edge_semvc.sinks.gstreamer import gst_python
 from edge_semvc.sinks.segment_file import Segment, recover
 from edge_semvc.sources import open_source
 from edge_semvc.sources.paced import PacedSource, Pacing
@@ -167,20 +172,25 @@ def test_a_looped_input_continues_its_audio_across_passes(tmp_path):
 
 
 class TsAudioReceiver(threading.Thread):
-    """Reads MPEG-TS from a UDP port: counts video frames and audio packets until idle."""
+    """Reads MPEG-TS from a UDP port (or a pipe: `source`, a file object): counts video frames
+    and audio packets (their payloads kept) until idle or the end."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int = 0, source=None):
         super().__init__(daemon=True)
         self.url = f"udp://127.0.0.1:{port}?overrun_nonfatal=1&fifo_size=500000"
+        self.source = source
         self.video = self.audio = 0
+        self.audio_data: list[bytes] = []
         self.error: Exception | None = None
 
     def run(self) -> None:
         try:
-            with av.open(self.url, format="mpegts", timeout=(60, 4)) as c:
+            with (av.open(self.source, format="mpegts") if self.source is not None else
+                  av.open(self.url, format="mpegts", timeout=(60, 4))) as c:
                 for p in c.demux():
                     if p.size and p.stream.type == "audio":
                         self.audio += 1
+                        self.audio_data.append(_raw_aac(bytes(p)))
                     elif p.stream.type == "video":
                         self.video += len(p.decode())
         except (av.error.ExitError, av.error.FFmpegError, OSError) as e:  # the read timeout
@@ -208,6 +218,37 @@ def test_udp_carries_the_audio_and_rtp_says_it_cannot(tmp_path, caplog):
     assert dropped["stream"] == 1 and "one stream per port" in dropped["reason"]
     assert f"rtp://127.0.0.1:{rtp}: the input's audio stream #1 (aac) is not passed " \
            "through" in caplog.text
+
+
+def test_srt_carries_the_audio(tmp_path):
+    """srt:// sends the MPEG-TS the UDP output makes: GStreamer's srtsrc (a listener, the
+    output calls it) receives the video and the car park's AAC packets, byte for byte."""
+    require("srt")
+    src = excerpt(tmp_path, PARK, 4)  # 50 frames, 188 AAC packets
+    port = free_socket_port(socket.SOCK_DGRAM)
+    receiver = subprocess.Popen([gst_python(), str(GST_RECEIVER),
+                                 f"srt://127.0.0.1:{port}?mode=listener"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    rx = TsAudioReceiver(source=receiver.stdout)
+    rx.start()
+    output = open_output(f"srt://127.0.0.1:{port}?latency=50")
+    # as a camera: the caller connects while the first frames go out
+    source = PacedSource(open_source(str(src)), Pacing(realtime=True))
+    try:
+        stats = run_encode(source, [output], load_config(None, ["encoder.tune=zerolatency"]),
+                           semantic=False)
+        wait_until(lambda: rx.video >= 40 or not rx.is_alive(), what="the SRT receiver's frames")
+    finally:
+        source.close()
+        receiver.kill()
+        receiver.wait()
+    rx.join(10)
+    (out,) = stats["outputs"]
+    assert "streams_not_carried" not in out and out["dropped"] == 0
+    sent = [d for _, d in packets(src, "audio")]
+    assert rx.video >= 40 and rx.audio >= 150, rx.error  # those before the connection are lost
+    first = sent.index(rx.audio_data[0])
+    assert rx.audio_data == sent[first:first + len(rx.audio_data)]
 
 
 def test_passthrough_can_be_turned_off(tmp_path):

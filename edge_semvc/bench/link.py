@@ -1,7 +1,8 @@
 """Live transmission measured end to end on loopback: what a receiver gets over RTP (or the
-built-in RTSP server), while the encoder follows a link whose rate changes.
+built-in RTSP server, MPEG-TS over UDP or SRT), while the encoder follows a link whose rate
+changes.
 
-    python -m edge_semvc.bench.link latency CLIP [--output rtp|rtsp] [--seconds 20]
+    python -m edge_semvc.bench.link latency CLIP [--output rtp|rtsp|udp|srt] [--seconds 20]
     python -m edge_semvc.bench.link story CLIP... [--profile 2M:10,300k:10,1M:10]
 
 `latency`: glass to glass, from the moment the camera (a clip paced at its frame rate) makes a
@@ -162,6 +163,15 @@ def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
         sdp = workdir / "latency.sdp"
         sdp.write_text(sdp_text(_stream_info(src), "127.0.0.1", port))
         uri, rx = f"rtp://127.0.0.1:{port}", RtpReceiver(str(sdp), "sdp")
+        rx.start()
+        _wait_bound(port)
+    elif output == "udp":
+        uri, rx = f"udp://127.0.0.1:{port}", RtpReceiver(f"udp://127.0.0.1:{port}", "mpegts")
+        rx.start()
+        _wait_bound(port)
+    elif output == "srt":  # the output calls GStreamer's srtsrc; no SRT receive latency
+        uri = f"srt://127.0.0.1:{port}?latency=0"
+        rx = GstReceiver(f"srt://127.0.0.1:{port}?mode=listener&latency=0")
         rx.start()
         _wait_bound(port)
     else:
@@ -375,12 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edge_semvc.bench.link", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
-    lat = sub.add_parser("latency", help="glass to glass over RTP or the RTSP server")
+    lat = sub.add_parser("latency", help="glass to glass over RTP, the RTSP server, UDP or SRT")
     lat.add_argument("clip")
-    lat.add_argument("--output", choices=["rtp", "rtsp"], default="rtp")
+    lat.add_argument("--output", choices=["rtp", "rtsp", "udp", "srt"], default="rtp")
     lat.add_argument("--seconds", type=float, default=20.0)
     lat.add_argument("--receiver", choices=["ffmpeg", "gstreamer"], default="ffmpeg",
-                     help="the RTSP client: FFmpeg through PyAV, or GStreamer's rtspsrc")
+                     help="the RTSP client: FFmpeg through PyAV, or GStreamer's rtspsrc "
+                     "(SRT: always GStreamer's srtsrc; UDP: always FFmpeg)")
     lat.add_argument("--no-map", action="store_true", help="plain x264")
     st = sub.add_parser("story", help="a bitrate profile applied live, semantic vs x264")
     st.add_argument("clips", nargs="*", help="clips (or --table to print a finished run's)")

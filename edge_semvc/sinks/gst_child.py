@@ -9,23 +9,24 @@ output modules beside it (the script's folder comes first on sys.path):
     python3 gst_child.py check srt|rtsp    one JSON line: {"missing": null} or what is missing
     python3 gst_child.py run CONFIG_JSON   serve until standard input ends
 
-Standard input carries the encoded access units, each as a header (`HEADER`: length, flags,
-pts and dts in nanoseconds of the encoder's clock) and the Annex-B bytes. Standard output
-carries JSON lines, one event each: `ready`, `error` (then exit 1), `client_joined`/
-`client_left` (address, transport), `peer_lost` (reason)/`peer_back` (SRT caller), `idr` (a
-receiver needs a key frame now) and `stats` (bytes_sent, packets, dropped), once a second and
-at the end. No secret is ever written: the RTSP credentials are read from the environment
-variables the config names.
+Standard input carries packets, each as a header (`HEADER`: length, flags, pts and dts in
+nanoseconds of the encoder's clock) and its bytes: for RTSP the encoded access units (Annex-B),
+for SRT the MPEG-TS the parent muxed of each access unit or passed-through packet (with the
+input's audio and data streams, as the UDP output's). Standard output carries JSON lines, one
+event each: `ready`, `error` (then exit 1), `client_joined`/`client_left` (address,
+transport), `peer_lost` (reason)/`peer_back` (SRT caller), `idr` (a receiver needs a key frame
+now) and `stats` (bytes_sent, packets, dropped), once a second and at the end. No secret is
+ever written: the RTSP credentials are read from the environment variables the config names.
 
 Latency and timestamps: each packet goes out as soon as it arrives. Its timestamps are the
-encoder's, moved onto the pipeline's running time (`Target.running_times`) so that RTP and
-MPEG-TS timestamps keep the camera's cadence whatever the jitter between the encoder and this
-process, yet are never ahead of the clock, which the RTSP server's sinks sync to. Nothing
-holds a packet for the next one either: h264parse takes whole access units, and the MPEG-TS
-of each access unit reaches srtsink at once (`gst_srt.SrtSender.on_ts`; mpegtsmux's own alignment
-would keep a frame's last TS packets until the next frame). At most `MAX_QUEUED` bytes wait
-in a stream's queues: more means the network does not keep up, so packets are dropped and
-that stream resumes at the next key frame (one is asked for, once per gap).
+encoder's, moved onto the pipeline's running time (`Target.running_times`) so that RTP
+timestamps keep the camera's cadence whatever the jitter between the encoder and this
+process, yet are never ahead of the clock, which the RTSP server's sinks sync to (MPEG-TS
+carries the encoder's own). Nothing holds a packet for the next one either: h264parse takes
+whole access units, and each packet's MPEG-TS reaches srtsink as one buffer. At most
+`MAX_QUEUED` bytes wait in a stream's queues: more means the network does not keep up, so
+packets are dropped and that stream resumes at the next key frame (one is asked for, once per
+gap).
 """
 import json
 import struct
@@ -45,8 +46,7 @@ PARSE = {"h264": "h264parse", "hevc": "h265parse"}
 # per output kind: (GObject-introspection namespace or element, Debian package that brings it)
 NEEDS = {
     "srt": [("Gst", "gir1.2-gstreamer-1.0"), ("appsrc", "gstreamer1.0-plugins-base"),
-            ("h264parse", "gstreamer1.0-plugins-bad"), ("h265parse", "gstreamer1.0-plugins-bad"),
-            ("mpegtsmux", "gstreamer1.0-plugins-bad"), ("srtsink", "gstreamer1.0-plugins-bad")],
+            ("srtsink", "gstreamer1.0-plugins-bad")],
     "rtsp": [("Gst", "gir1.2-gstreamer-1.0"), ("GstRtspServer", "gir1.2-gst-rtsp-server-1.0"),
              ("appsrc", "gstreamer1.0-plugins-base"),
              ("h264parse", "gstreamer1.0-plugins-bad"), ("h265parse", "gstreamer1.0-plugins-bad"),

@@ -1,31 +1,29 @@
 """The SRT sender of the GStreamer child (`gst_child.py`, which imports this module when it
-runs one): MPEG-TS over srtsink, as a caller that reconnects or a listener for any number of
-callers, fed the child's packets through its `Feed`. Like the child, it runs under the system
-Python and imports nothing of edge_semvc (`gst_child` is found beside it: the child runs by
-path, its folder first on sys.path)."""
+runs one): the parent's MPEG-TS over srtsink, as a caller that reconnects or a listener for any
+number of callers, fed the child's packets through its `Feed`. Like the child, it runs under
+the system Python and imports nothing of edge_semvc (`gst_child` is found beside it: the child
+runs by path, its folder first on sys.path)."""
 import os
 import re
 import time
 
-from gst_child import address_of, appsrc_desc, emit
+from gst_child import address_of, emit
 
 BACKOFF_S = (0.5, 1, 2, 4, 8)  # between SRT connection attempts (caller)
 EOS_WAIT_S = 2  # at the end: for the SRT pipeline to send what it holds
 
 
 class SrtSender:
-    """appsrc ! parse ! mpegtsmux ! appsink, then appsrc ! srtsink: each access unit's MPEG-TS
-    goes to srtsink whole, as one buffer (`on_ts`), which srtsink sends in payloads of 7 TS
-    packets. mpegtsmux's alignment=7 would keep a frame's last TS packets until the next frame
-    comes (a frame's worth of delay), and no alignment would give each TS packet an SRT packet
-    of its own (44 bytes of headers for 188). A caller reconnects with back-off when its peer
-    goes (srtsink's own reconnect covers a short break; a failed attempt ends the pipeline,
-    which is then rebuilt); a listener counts its callers."""
+    """appsrc ! srtsink: the parent's MPEG-TS (muxed there with the input's audio and data
+    streams, as for udp://), each access unit's or track packet's TS packets as one buffer,
+    which srtsink sends in payloads of 7 TS packets. A caller reconnects with back-off when its
+    peer goes (srtsink's own reconnect covers a short break; a failed attempt ends the
+    pipeline, which is then rebuilt); a listener counts its callers."""
 
     def __init__(self, Gst, GLib, config, feed):
         self.Gst, self.GLib, self.config, self.feed = Gst, GLib, config, feed
         self.listener = config["mode"] == "listener"
-        self.pipeline = self.src = self.out = None
+        self.pipeline = self.src = None
         self.connected = False
         self.attempt = 0
         self.callers = 0
@@ -37,19 +35,12 @@ class SrtSender:
 
     def start(self):
         Gst = self.Gst
-        # two chains: neither sink may wait for a preroll (async=false), or each would wait
-        # for the other's first buffer
-        desc = ("%s ! mpegtsmux alignment=0 ! appsink name=ts sync=false async=false "
-                "emit-signals=true buffer-list=true  appsrc name=out is-live=true format=time "
-                "max-bytes=0 caps=video/mpegts,systemstream=true,packetsize=188 ! srtsink "
-                "name=sink uri=\"%s\" latency=%d sync=false async=false "
-                "wait-for-connection=false"
-                % (appsrc_desc(self.config["codec"]), self.uri(), self.config["latency"]))
+        # async=false: a live source; srtsink must not wait for a preroll
+        desc = ("appsrc name=src is-live=true format=time max-bytes=0 "
+                "caps=video/mpegts,systemstream=true,packetsize=188 ! srtsink name=sink "
+                "uri=\"%s\" latency=%d sync=false async=false wait-for-connection=false"
+                % (self.uri(), self.config["latency"]))
         self.pipeline = Gst.parse_launch(desc)
-        self.out = self.pipeline.get_by_name("out")
-        ts = self.pipeline.get_by_name("ts")
-        ts.connect("new-sample", self.on_ts)
-        ts.connect("eos", lambda _: self.out.emit("end-of-stream"))
         sink = self.pipeline.get_by_name("sink")
         if self.listener:
             sink.connect("caller-added", self.on_caller, "client_joined")
@@ -62,25 +53,10 @@ class SrtSender:
             self.stop()
             return error
         self.src = self.pipeline.get_by_name("src")
-        self.feed.attach(self.src, receivers=self.callers if self.listener else 0,
-                         queues=[self.src, self.out])
+        self.feed.attach(self.src, receivers=self.callers if self.listener else 0)
         if not self.listener:
             self.GLib.timeout_add(200, self.poll_connection, self.pipeline)
         return None
-
-    def on_ts(self, appsink):
-        """One access unit's TS packets (a buffer list) into srtsink's appsrc as one buffer."""
-        sample = appsink.emit("pull-sample")
-        if sample is None:  # stopping
-            return self.Gst.FlowReturn.FLUSHING
-        packets = sample.get_buffer_list()
-        if packets is None:
-            whole = sample.get_buffer()
-        else:
-            parts = (packets.get(i) for i in range(packets.length()))
-            whole = self.Gst.Buffer.new_wrapped(b"".join(p.extract_dup(0, p.get_size())
-                                                         for p in parts))
-        return self.out.emit("push-buffer", whole)
 
     def pop_error(self):
         msg = self.pipeline.get_bus().pop_filtered(self.Gst.MessageType.ERROR)

@@ -30,6 +30,8 @@ from ..errors import SinkError
 from .base import EventCallback, Output, StreamInfo, emit_event
 from .file import has_parameter_sets, is_idr
 from .gst_child import HEADER, KEYFRAME
+from .stream import TsBytes
+from .tracks import unsupported
 from .uri import host_port, int_in, uri_options
 
 log = logging.getLogger(__name__)
@@ -155,17 +157,22 @@ class _GstOutput(Output):
         data = bytes(packet.data)
         if key and not has_parameter_sets(data, self.info.codec):
             data = self.info.headers + data  # a receiver may start at any IDR
-        item = HEADER.pack(len(data), KEYFRAME if key else 0, self._ns(packet.pts),
-                           self._ns(packet.dts)) + data
+        self._put(self._payload(data, packet, key), key, _ns(packet.pts, self.info.time_base),
+                  _ns(packet.dts, self.info.time_base))
+
+    def _payload(self, data: bytes, packet, key: bool) -> bytes:
+        """What the child gets of an access unit: its Annex-B bytes (`data`)."""
+        return data
+
+    def _put(self, data: bytes, key: bool, pts_ns: int, dts_ns: int) -> None:
+        """Onto the queue to the child, or dropped (counted; receivers wait for an IDR)."""
+        if not data:
+            return
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait(HEADER.pack(len(data), KEYFRAME if key else 0, pts_ns,
+                                               dts_ns) + data)
         except queue.Full:
             self._drop()
-
-    def _ns(self, t: int) -> int:
-        """A time in the stream's time base, in nanoseconds (the child's unit)."""
-        tb = self.info.time_base
-        return t * tb.numerator * 1_000_000_000 // tb.denominator
 
     def wants_idr(self, pts: int | None) -> bool:
         # asked once the queue has room again: an IDR into a full queue would only be dropped
@@ -341,6 +348,11 @@ class _GstOutput(Output):
 _NO_STATS = {"bytes_sent": 0, "packets": 0, "dropped": 0}
 
 
+def _ns(t: int, time_base) -> int:
+    """A time in `time_base`, in nanoseconds (the child's unit)."""
+    return t * time_base.numerator * 1_000_000_000 // time_base.denominator
+
+
 def _count(value) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
@@ -398,6 +410,43 @@ class SrtOutput(_GstOutput):
         check_gstreamer(self.kind, uri)
         if self.mode == "listener":
             check_port_free(uri, self.host, self.port, socket.SOCK_DGRAM)
+
+    def open(self, info: StreamInfo) -> None:
+        carried = [t for t in info.tracks if self.cannot_carry(t) is None]
+        self._ts = TsBytes(info, carried)
+        # an AAC track adds about one and a half packets a video frame: the queue holds
+        # about as much time as with the video alone
+        self._queue = queue.Queue(QUEUE_PACKETS * (1 + 2 * len(carried)))
+        super().open(info)
+
+    def cannot_carry(self, track) -> str | None:
+        return unsupported("mpegts", track)
+
+    def _payload(self, data: bytes, packet, key: bool) -> bytes:
+        return self._mux(self._ts.video, data, packet, key)
+
+    def write_track(self, packet) -> None:
+        if self.info is None or self._closing.is_set() or self._resync:
+            return  # nothing goes out until the video can be decoded again
+        ns = _ns(packet.dts if packet.dts is not None else packet.pts or 0, packet.time_base)
+        ts = self._mux(self._ts.track, packet)
+        if ts:
+            self._put(ts, False, ns, ns)
+
+    def _mux(self, mux, *args) -> bytes:
+        import av
+
+        try:
+            return mux(*args)
+        except av.error.FFmpegError as e:  # this packet only: the muxer goes on
+            log.warning("%s: a packet could not be muxed (%s); dropped", self.uri, e)
+            self._count_drop()
+            return b""
+
+    def close(self) -> None:
+        if self.info is not None and not self._closing.is_set():
+            self._put(self._mux(self._ts.close), False, 0, 0)
+        super().close()
 
     def _config(self) -> dict:
         return {"kind": "srt", "host": self.host, "port": self.port, "mode": self.mode,

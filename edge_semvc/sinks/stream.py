@@ -41,9 +41,73 @@ TS_DATAGRAM = 1316
 # TS muxer settings for live use: no added muxing delay, each packet out as it is muxed,
 # timestamps as the encoder gave them (as FileSink's .ts); `Outputs` already puts the streams in
 # order, and FFmpeg's own interleaving would hold the video back until a sparse stream's next
-# packet (GPMF: one a second), up to max_interleave_delta (default 10 s): 1 us here
+# packet (GPMF: one a second), up to max_interleave_delta (default 10 s): 1 us here. Each
+# video PES states its length (FFmpeg leaves it out by default): a demuxer then hands a frame
+# on when its last TS packet comes, not when the next frame's first does
 _TS_LIVE = {"max_delay": "0", "flush_packets": "1", "avoid_negative_ts": "disabled",
-            "max_interleave_delta": "1"}
+            "max_interleave_delta": "1", "omit_video_pes_length": "0"}
+
+
+def open_muxer(target, fmt: str, options: dict, info: StreamInfo, tracks: list):
+    """A PyAV output container writing to `target` (a URL or a file object), its video stream
+    and the streams of the passed-through `tracks`: (container, video stream, TrackMuxer)."""
+    import av
+
+    container = av.open(target, mode="w", format=fmt, options=options)
+    stream = container.add_mux_stream(info.codec, rate=info.fps, width=info.width,
+                                      height=info.height)
+    stream.time_base = info.time_base
+    return container, stream, TrackMuxer(container, tracks)
+
+
+def video_packet(stream, info: StreamInfo, data: bytes, packet, key: bool):
+    """An encoded access unit (`data`: its Annex-B bytes) as a PyAV packet of `stream`."""
+    import av
+
+    pkt = av.Packet(data)
+    pkt.stream = stream
+    pkt.time_base = info.time_base
+    pkt.pts, pkt.dts = int(packet.pts), int(packet.dts)
+    pkt.is_keyframe = key
+    return pkt
+
+
+class TsBytes:
+    """MPEG-TS made in memory, as the UDP output makes it: each packet muxed comes back as its
+    TS packets (`flush_packets`), for an output that sends the bytes itself (SRT)."""
+
+    def __init__(self, info: StreamInfo, tracks: list):
+        self.info = info
+        self._out = _Collect()
+        self._container, self._stream, self._tracks = open_muxer(
+            self._out, "mpegts", dict(_TS_LIVE), info, tracks)
+
+    def video(self, data: bytes, packet, key: bool) -> bytes:
+        self._container.mux(video_packet(self._stream, self.info, data, packet, key))
+        return self._out.take()
+
+    def track(self, packet) -> bytes:
+        self._tracks.mux(packet)
+        return self._out.take()
+
+    def close(self) -> bytes:
+        self._container.close()
+        return self._out.take()
+
+
+class _Collect:
+    """A file object for PyAV that keeps what is written until taken."""
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+
+    def write(self, data) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self._parts = b"".join(self._parts), []
+        return data
 
 
 class _MuxerOutput(Output):
@@ -81,16 +145,10 @@ class _MuxerOutput(Output):
         self.state = "streaming"
 
     def _start(self) -> None:
-        import av
-
         target, options = self._target()
-        self._container = av.open(target, mode="w", format=self.format, options=options)
-        info = self.info
-        self._stream = self._container.add_mux_stream(info.codec, rate=info.fps,
-                                                      width=info.width, height=info.height)
-        self._stream.time_base = info.time_base
-        self._tracks = TrackMuxer(self._container, [t for t in info.tracks
-                                                    if self.cannot_carry(t) is None])
+        self._container, self._stream, self._tracks = open_muxer(
+            target, self.format, options, self.info,
+            [t for t in self.info.tracks if self.cannot_carry(t) is None])
 
     def cannot_carry(self, track) -> str | None:
         return unsupported(self.format, track)
@@ -115,15 +173,10 @@ class _MuxerOutput(Output):
         data = bytes(packet.data)
         if key and not has_parameter_sets(data, self.info.codec):
             data = self.info.headers + data  # receivers may start at any IDR
-        pkt = av.Packet(data)
-        pkt.time_base = self.info.time_base
-        pkt.pts, pkt.dts = int(packet.pts), int(packet.dts)
-        pkt.is_keyframe = key
         try:
             if self._container is None:  # after a failure: FFmpeg's I/O error is sticky
                 self._start()
-            pkt.stream = self._stream
-            self._container.mux(pkt)
+            self._container.mux(video_packet(self._stream, self.info, data, packet, key))
         except (av.error.FFmpegError, OSError) as e:
             self._failed(e)
             return
