@@ -35,6 +35,7 @@ import threading
 
 HEADER = struct.Struct("<IBqq")  # payload length, flags, pts and dts (ns, the encoder's clock)
 KEYFRAME = 1
+STREAM_SHIFT = 1  # flags >> this: the packet's stream (0 the video, 1... the carried tracks)
 MAX_QUEUED = 1 << 20  # bytes waiting in a stream's queues before packets are dropped
 MAX_LAG_NS = 1_000_000_000  # a packet stamped this far behind the clock re-anchors the stamps
 STATS_INTERVAL_MS = 1000
@@ -42,6 +43,10 @@ STATS_INTERVAL_MS = 1000
 CAPS = {"h264": "video/x-h264,stream-format=byte-stream,alignment=au",
         "hevc": "video/x-h265,stream-format=byte-stream,alignment=au"}
 PARSE = {"h264": "h264parse", "hevc": "h265parse"}
+# The RTSP server's audio: FFmpeg's codec name -> (appsrc caps without rate, channels and the
+# stream format; its payloader). AAC as RFC 3640 (mpeg4-generic), what FFmpeg, VLC and
+# GStreamer's rtspsrc take.
+RTSP_AUDIO = {"aac": ("audio/mpeg,mpegversion=4", "rtpmp4gpay")}
 
 # per output kind: (GObject-introspection namespace or element, Debian package that brings it)
 NEEDS = {
@@ -51,7 +56,9 @@ NEEDS = {
              ("appsrc", "gstreamer1.0-plugins-base"),
              ("h264parse", "gstreamer1.0-plugins-bad"), ("h265parse", "gstreamer1.0-plugins-bad"),
              ("rtph264pay", "gstreamer1.0-plugins-good"),
-             ("rtph265pay", "gstreamer1.0-plugins-good")],
+             ("rtph265pay", "gstreamer1.0-plugins-good"),
+             ("rtpmp4gpay", "gstreamer1.0-plugins-good"),
+             ("aacparse", "gstreamer1.0-plugins-good")],
 }
 
 _out_lock = threading.Lock()
@@ -88,8 +95,8 @@ def missing(kind):
 
 
 def read_packets(stream, on_packet):
-    """Calls on_packet(data, keyframe, pts_ns, dts_ns) for each packet until standard input
-    ends."""
+    """Calls on_packet(data, keyframe, pts_ns, dts_ns, stream) for each packet until standard
+    input ends."""
     while True:
         head = stream.read(HEADER.size)
         if len(head) < HEADER.size:
@@ -98,14 +105,17 @@ def read_packets(stream, on_packet):
         data = stream.read(length)
         if len(data) < length:
             return
-        on_packet(data, bool(flags & KEYFRAME), pts_ns, dts_ns)
+        on_packet(data, bool(flags & KEYFRAME), pts_ns, dts_ns, flags >> STREAM_SHIFT)
 
 
 class Target:
-    """One appsrc the packets go to, and where its stream stands."""
+    """One appsrc the packets go to (and one per carried track), and where its stream
+    stands."""
 
-    def __init__(self, src, receivers, queues):
+    def __init__(self, src, receivers, queues, tracks):
         self.src = src
+        self.tracks = tracks  # the appsrcs of streams 1... (the carried tracks)
+        self.track_pts = [-1] * len(tracks)  # the last running time given to each
         self.receivers = receivers  # how many receivers its packets reach now
         self.queues = queues  # the appsrcs where its bytes wait for the network
         self.need_key = True  # drop packets until a key frame
@@ -127,6 +137,13 @@ class Target:
         self.offset, self.last_dts = dts - dts_ns, dts
         return pts_ns + self.offset, dts
 
+    def track_time(self, track, pts_ns):
+        """A carried track's packet on the video's running time (the same offset: the streams
+        stay in sync), never going back."""
+        pts = max(pts_ns + self.offset, self.track_pts[track] + 1)
+        self.track_pts[track] = pts
+        return pts
+
 
 class Feed:
     """The packets into each appsrc (an RTSP client's media, the SRT pipeline): timestamps, the
@@ -139,9 +156,9 @@ class Feed:
         self.bytes_sent = self.packets = self.dropped = 0
         self.lock = threading.Lock()
 
-    def attach(self, src, receivers=1, queues=None):
+    def attach(self, src, receivers=1, queues=None, tracks=()):
         with self.lock:
-            self.targets[src] = Target(src, receivers, queues or [src])
+            self.targets[src] = Target(src, receivers, queues or [src, *tracks], list(tracks))
         self.resync(src)
 
     def detach(self, src):
@@ -161,20 +178,23 @@ class Feed:
             if src in self.targets:
                 self.targets[src].receivers = receivers
 
-    def push(self, data, keyframe, pts_ns, dts_ns):
+    def push(self, data, keyframe, pts_ns, dts_ns, stream=0):
         with self.lock:
-            targets = [t for t in self.targets.values() if self.admit(t, keyframe)]
+            targets = [t for t in self.targets.values() if self.admit(t, keyframe, stream)]
         sent = 0
         for target in targets:
-            if self.push_to(target, data, keyframe, pts_ns, dts_ns):
+            if self.push_to(target, data, keyframe, pts_ns, dts_ns, stream):
                 sent += target.receivers
         if sent:
             with self.lock:
                 self.packets += 1
                 self.bytes_sent += len(data) * sent
 
-    def admit(self, target, keyframe):
-        """Whether the packet goes to `target` (under the lock)."""
+    def admit(self, target, keyframe, stream):
+        """Whether the packet goes to `target` (under the lock). A carried track's packets go
+        where the video does (from its key frame on), when the target has that track."""
+        if stream:
+            return stream <= len(target.tracks) and not target.need_key
         if sum(q.get_property("current-level-bytes") for q in target.queues) > MAX_QUEUED:
             self.dropped += 1  # the network does not keep up
             target.need_key = True
@@ -188,10 +208,16 @@ class Feed:
         target.need_key = target.asked = False
         return True
 
-    def push_to(self, target, data, keyframe, pts_ns, dts_ns):
-        """Into the target's appsrc, with the encoder's timestamps on the running time."""
-        Gst, src = self.Gst, target.src
+    def push_to(self, target, data, keyframe, pts_ns, dts_ns, stream=0):
+        """Into the target's appsrc (or its track's), with the encoder's timestamps on the
+        running time."""
+        Gst = self.Gst
         buf = Gst.Buffer.new_wrapped(data)
+        if stream:
+            src = target.tracks[stream - 1]
+            buf.pts = buf.dts = target.track_time(stream - 1, pts_ns)
+            return src.emit("push-buffer", buf) == Gst.FlowReturn.OK
+        src = target.src
         # The running time once PLAYING. Before, 0 (the stamps then stay at the start, behind
         # any running time): while a pipeline goes to PLAYING an element may have its clock but
         # not yet its base time, and a stamp from that clock would be hours ahead, which the

@@ -4,15 +4,16 @@ when it runs one): a GstRtspServer whose clients' media take the child's packets
 (`gst_child` is found beside it: the child runs by path, its folder first on sys.path)."""
 import os
 
-from gst_child import address_of, appsrc_desc, emit
+from gst_child import RTSP_AUDIO, address_of, appsrc_desc, emit
 
 PAY = {"h264": "rtph264pay", "hevc": "rtph265pay"}
 
 
 class RtspServer:
-    """A GstRtspServer; each client gets its own media (appsrc ! parse ! pay), fed with the
-    same packets, so that each starts at an IDR of its own: joining a shared media starts a
-    client mid-frame, and its first pictures are broken."""
+    """A GstRtspServer; each client gets its own media (appsrc ! parse ! pay, and appsrc ! pay
+    for each carried audio track), fed with the same packets, so that each starts at an IDR of
+    its own: joining a shared media starts a client mid-frame, and its first pictures are
+    broken."""
 
     def __init__(self, Gst, config, feed):
         from gi.repository import GstRtsp, GstRtspServer
@@ -23,8 +24,11 @@ class RtspServer:
         self.server.set_address(config["host"])
         self.server.set_service(str(config["port"]))
         factory = GstRtspServer.RTSPMediaFactory()
-        factory.set_launch("( %s ! %s name=pay0 pt=96 )"
-                           % (appsrc_desc(config["codec"]), PAY[config["codec"]]))
+        self.tracks = len(config.get("tracks", []))
+        factory.set_launch("( %s ! %s name=pay0 pt=96 %s)"
+                           % (appsrc_desc(config["codec"]), PAY[config["codec"]],
+                              "".join(track_desc(i + 1, t)
+                                      for i, t in enumerate(config.get("tracks", [])))))
         factory.set_shared(False)
         factory.set_latency(0)
         factory.connect("media-configure", self.on_media_configure)
@@ -53,8 +57,10 @@ class RtspServer:
         return None
 
     def on_media_configure(self, factory, media):
-        src = media.get_element().get_by_name_recurse_up("src")
-        self.feed.attach(src)
+        bin_ = media.get_element()
+        src = bin_.get_by_name_recurse_up("src")
+        self.feed.attach(src, tracks=[bin_.get_by_name_recurse_up("src%d" % (i + 1))
+                                      for i in range(self.tracks)])
         media.connect("unprepared", lambda m: self.feed.detach(src))
 
     def on_client_connected(self, server, client):
@@ -90,3 +96,17 @@ class RtspServer:
         if info and info["playing"]:
             emit("client_left", address=info["address"], transport=info["transport"])
 
+
+
+def track_desc(n, track):
+    """Stream n's branch of the media: an appsrc with the track's caps, its payloader (pay<n>,
+    dynamic payload type 96 + n)."""
+    caps, pay = RTSP_AUDIO[track["codec"]]
+    caps += ",rate=%d,channels=%d" % (track["rate"], track["channels"])
+    if track["extradata"]:
+        caps += ",stream-format=raw,codec_data=(buffer)%s" % track["extradata"]
+    else:  # ADTS (an MPEG-TS input): aacparse takes the configuration from its headers
+        caps += ",stream-format=adts"
+        pay = "aacparse ! " + pay
+    return ("appsrc name=src%d is-live=true format=time max-bytes=0 caps=\"%s\" ! %s name=pay%d "
+            "pt=%d " % (n, caps, pay, n, 96 + n))

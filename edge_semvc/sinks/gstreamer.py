@@ -5,7 +5,9 @@ PyAV's bundled FFmpeg has no libsrt and no RTSP server for many clients; Debian'
 has both (srtsink in gstreamer1.0-plugins-bad, GstRtspServer in gir1.2-gst-rtsp-server-1.0),
 reached through PyGObject, which only the system Python has. So each output runs
 `gst_child.py` in a child process of that Python (`/usr/bin/python3`, or `$EDGE_SEMVC_GST_PYTHON`)
-and feeds it the encoded access units over a pipe; the child reports receivers as JSON lines.
+and feeds it over a pipe the encoded access units and the carried AAC packets (RTSP) or the
+MPEG-TS muxed here (SRT: `stream.TsBytes`, as `udp://`, with every stream MPEG-TS takes); the
+child reports receivers as JSON lines.
 
 Receivers never stop the encoder: `write` only puts the packet on a bounded queue (a thread
 writes it to the child); a full queue drops it (counted), skips to the next key frame and
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit
 from ..errors import SinkError
 from .base import EventCallback, Output, StreamInfo, emit_event
 from .file import has_parameter_sets, is_idr
-from .gst_child import HEADER, KEYFRAME
+from .gst_child import HEADER, KEYFRAME, RTSP_AUDIO, STREAM_SHIFT
 from .stream import TsBytes
 from .tracks import unsupported
 from .uri import host_port, int_in, uri_options
@@ -164,13 +166,14 @@ class _GstOutput(Output):
         """What the child gets of an access unit: its Annex-B bytes (`data`)."""
         return data
 
-    def _put(self, data: bytes, key: bool, pts_ns: int, dts_ns: int) -> None:
-        """Onto the queue to the child, or dropped (counted; receivers wait for an IDR)."""
+    def _put(self, data: bytes, key: bool, pts_ns: int, dts_ns: int, stream: int = 0) -> None:
+        """Onto the queue to the child (`stream`: 0 the video, 1... a carried track), or
+        dropped (counted; receivers wait for an IDR)."""
         if not data:
             return
+        flags = (KEYFRAME if key else 0) | stream << STREAM_SHIFT
         try:
-            self._queue.put_nowait(HEADER.pack(len(data), KEYFRAME if key else 0, pts_ns,
-                                               dts_ns) + data)
+            self._queue.put_nowait(HEADER.pack(len(data), flags, pts_ns, dts_ns) + data)
         except queue.Full:
             self._drop()
 
@@ -490,7 +493,34 @@ class RtspServerOutput(_GstOutput):
         check_gstreamer(self.kind, uri)
         check_port_free(uri, self.host, self.port, socket.SOCK_STREAM)
 
+    def open(self, info: StreamInfo) -> None:
+        self._streams = {t.index: n + 1 for n, t in
+                         enumerate(t for t in info.tracks if self.cannot_carry(t) is None)}
+        self._queue = queue.Queue(QUEUE_PACKETS * (1 + 2 * len(self._streams)))  # as SRT's
+        super().open(info)
+
+    def cannot_carry(self, track) -> str | None:
+        if track.kind != "audio" or track.codec not in RTSP_AUDIO:
+            return (f"the RTSP server sends {', '.join(sorted(RTSP_AUDIO)).upper()} audio "
+                    f"beside the video")
+        if not (track.sample_rate and track.channels):
+            return "its sample rate or channels are unknown"
+        return None
+
+    def write_track(self, packet) -> None:
+        if self.info is None or self._closing.is_set() or self._resync:
+            return  # nothing goes out until the video can be decoded again
+        ticks = packet.pts if packet.pts is not None else packet.dts
+        if ticks is not None:  # RTP needs a time for each packet
+            self._put(packet.data, False, _ns(ticks, packet.time_base), 0,
+                      self._streams[packet.track])
+
     def _config(self) -> dict:
+        tracks = sorted(self._streams, key=self._streams.get)
+        by_index = {t.index: t for t in self.info.tracks}
         return {"kind": "rtsp", "host": self.host, "port": self.port, "path": self.path,
-                "user_env": self.user_env, "password_env": self.password_env}
+                "user_env": self.user_env, "password_env": self.password_env,
+                "tracks": [{"codec": by_index[i].codec, "rate": by_index[i].sample_rate,
+                            "channels": by_index[i].channels,
+                            "extradata": by_index[i].extradata.hex()} for i in tracks]}
 

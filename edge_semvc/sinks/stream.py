@@ -13,8 +13,9 @@ goes out again. Standard output closed by its reader ends the run (exit 3, stati
 every other output finalised).
 
 The input's passed-through streams (audio, data) travel in the MPEG-TS outputs (UDP, standard
-output) beside the video; RTP sends one stream per port, so the RTP output carries the video
-alone and says so (as does raw Annex-B on standard output).
+output, and SRT, whose MPEG-TS `TsBytes` makes here) beside the video; RTP sends one stream per
+port, so the RTP output carries the video alone and says so (as does raw Annex-B on standard
+output).
 """
 from __future__ import annotations
 
