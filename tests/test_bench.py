@@ -1,6 +1,7 @@
 """Metric code against known values, and a short real bench run."""
 import csv
 import json
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -272,3 +273,34 @@ def test_a_live_camera_s_label_timing_is_recorded_for_the_bench(tmp_path, clip):
     assert doc["frames"] == 12 and doc["runs"][0] == {"frame": 0, "models": [0, 1, 2],
                                                       "arrived": 0}
     Replay.load(str(path), doc["models"])  # a schedule a file encode can replay
+
+
+def test_glass_to_glass_reads_each_frame_s_number_from_the_decoded_picture(clip):
+    """bench.link burns the frame number into the picture: it comes back from a real x264
+    encode at a low rate (CBR 100 kbit/s, decoded by FFmpeg), and a picture without it reads
+    as none."""
+    import av
+
+    from edge_semvc.bench.link import burn_stamp, read_stamp
+    from edge_semvc.encoders import EncoderSettings, get_encoder
+    from edge_semvc.sources import open_source
+
+    src = open_source(str(clip("street_pedestrians_vtest_768x576.avi")))
+    frames = [f for _, f in zip(range(6), src.frames())]
+    src.close()
+    numbers = [0, 1, 2, 40000, 65535, 12345]
+    for f, n in zip(frames, numbers):
+        f.index = n
+        burn_stamp(f)
+    f0 = frames[0]
+    enc = get_encoder("x264")(EncoderSettings(
+        width=f0.width, height=f0.height, fps=Fraction(25), time_base=Fraction(1, 25),
+        tune="zerolatency", rc="cbr", bitrate=100_000))
+    data = b"".join(bytes(p.data) for f in frames for p in enc.encode(f, None))
+    data += b"".join(bytes(p.data) for p in enc.flush())
+    enc.close()
+    codec = av.CodecContext.create("h264", "r")
+    packets = codec.parse(data) + codec.parse(None)  # the parser keeps the last until told
+    pictures = [f for p in packets for f in codec.decode(p)] + codec.decode(None)
+    assert [read_stamp(p.to_ndarray(format="gray")) for p in pictures] == numbers
+    assert read_stamp(np.full((64, 320), 128, np.uint8)) is None

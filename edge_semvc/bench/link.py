@@ -6,8 +6,11 @@ changes.
     python -m edge_semvc.bench.link story CLIP... [--profile 2M:10,300k:10,1M:10]
 
 `latency`: glass to glass, from the moment the camera (a clip paced at its frame rate) makes a
-frame available to the moment a real receiver (FFmpeg through PyAV, low-delay flags) has
-decoded it, per frame, p50/p95 (the first second, the receiver's start-up, left out).
+frame available to the moment a real receiver (FFmpeg through PyAV, low-delay flags, or
+GStreamer) has decoded it, per frame, p50/p95 (the first second, the receiver's start-up, left
+out). Which frame a decoded picture is, the picture itself says: its number is burnt into its
+top-left corner (`burn_stamp`, 18 flat blocks), so a receiver that holds each picture until the
+next one arrives shows that whole frame period, whatever its timestamps count from.
 
 `story`: the bitrate profile applied live (`encoder.bitrate` changed between frames as the
 service does on an MQTT message), the semantic encode against plain x264 under the same profile
@@ -72,7 +75,7 @@ class RtpReceiver(threading.Thread):
                  idle_s: float = 10.0):
         super().__init__(daemon=True)
         self.url, self.fmt, self.record, self.idle_s = url, fmt, record, idle_s
-        self.decoded: list[tuple[int, float]] = []  # (pts in 90 kHz, perf_counter at decode)
+        self.decoded: list[tuple[int | None, float]] = []  # (stamp, perf_counter at decode)
         self.packets = 0
         self.error: Exception | None = None
         self.ready = threading.Event()
@@ -94,8 +97,10 @@ class RtpReceiver(threading.Thread):
                 codec.thread_type, codec.thread_count = "SLICE", 2
                 for packet in c.demux(stream):
                     for f in codec.decode(packet):  # zerolatency: no reordering
-                        pts = f.pts if f.pts is not None else packet.pts
-                        self.decoded.append((pts, time.perf_counter()))
+                        t = time.perf_counter()
+                        y = np.frombuffer(f.planes[0], np.uint8).reshape(
+                            -1, f.planes[0].line_size)
+                        self.decoded.append((read_stamp(y), t))
         except (av.error.ExitError, av.error.FFmpegError, OSError) as e:
             self.error = e  # the read timeout ends it: the sender stopped
         finally:
@@ -119,7 +124,7 @@ class GstReceiver(threading.Thread):
     def __init__(self, url: str, protocols: str = "tcp"):
         super().__init__(daemon=True)
         self.url, self.protocols = url, protocols
-        self.decoded: list[tuple[int, float]] = []  # (pts in 90 kHz, monotonic at decode)
+        self.decoded: list[tuple[int | None, float]] = []  # (stamp, monotonic at decode)
         self.error: str | None = None
 
     def run(self) -> None:
@@ -132,8 +137,8 @@ class GstReceiver(threading.Thread):
                                 stderr=subprocess.PIPE, text=True)
         self.proc = proc
         for line in proc.stdout:
-            pts_ns, t = line.split()
-            self.decoded.append((int(pts_ns) * 9 // 100000, float(t)))
+            stamp, t = line.split()
+            self.decoded.append((None if stamp == "-" else int(stamp), float(t)))
         self.error = proc.stderr.read().strip() or None
 
     def join(self, timeout: float | None = None) -> None:
@@ -142,10 +147,46 @@ class GstReceiver(threading.Thread):
         super().join(timeout)
 
 
-def _paced(clip: str, seconds: float, realtime: bool = True) -> PacedSource:
+def _paced(clip: str, seconds: float, realtime: bool = True, cls=PacedSource) -> PacedSource:
     """The clip as a live camera, looped for `seconds`."""
-    return PacedSource(open_source(clip), Pacing(realtime=realtime, seconds=seconds, history=1),
-                       reopen=lambda: open_source(clip))
+    return cls(open_source(clip), Pacing(realtime=realtime, seconds=seconds, history=1),
+               reopen=lambda: open_source(clip))
+
+
+# --- which frame a decoded picture is: its number burnt into the picture ----------------------
+# 2 marker blocks (white, black) then 16 bits, each a 16x16 luma block on the top row, white 1,
+# black 0: flat blocks keep their level through any QP, and a receiver that only shows
+# pictures (whatever its timestamps count from, holding frames or not) reads them back.
+STAMP_BITS, STAMP_BLOCK = 16, 16
+STAMP_WIDTH = (STAMP_BITS + 2) * STAMP_BLOCK
+
+
+def burn_stamp(frame: Frame) -> None:
+    """Writes frame.index (mod 2^16) into the frame's top-left corner, in place."""
+    bits = [1, 0] + [(frame.index >> b) & 1 for b in range(STAMP_BITS)]
+    for i, bit in enumerate(bits):
+        x = i * STAMP_BLOCK
+        frame.y[:STAMP_BLOCK, x:x + STAMP_BLOCK] = 235 if bit else 16
+        h = STAMP_BLOCK // 2
+        frame.u[:h, x // 2:x // 2 + h] = frame.v[:h, x // 2:x // 2 + h] = 128
+
+
+def read_stamp(y: np.ndarray) -> int | None:
+    """The number `burn_stamp` wrote, from a decoded luma plane; None where the markers are
+    not there."""
+    q = STAMP_BLOCK // 4  # the inner half of each block
+    level = [int(y[q:3 * q, i * STAMP_BLOCK + q:i * STAMP_BLOCK + 3 * q].mean() > 128)
+             for i in range(STAMP_BITS + 2)]
+    if level[:2] != [1, 0]:
+        return None
+    return sum(bit << b for b, bit in enumerate(level[2:]))
+
+
+class _StampedSource(PacedSource):
+    def frames(self):
+        for frame in super().frames():
+            burn_stamp(frame)
+            yield frame
 
 
 def _stream_info(src) -> StreamInfo:
@@ -157,7 +198,10 @@ def _stream_info(src) -> StreamInfo:
 
 def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
             workdir: Path, receiver: str = "ffmpeg") -> dict:
-    src = _paced(clip, seconds)
+    src = _paced(clip, seconds, cls=_StampedSource)
+    if src.width < STAMP_WIDTH:
+        raise ValueError(f"{clip}: {src.width} pixels wide; the frame number needs "
+                         f"{STAMP_WIDTH}")
     port = _free_port()
     if output == "rtp":
         sdp = workdir / "latency.sdp"
@@ -178,50 +222,30 @@ def latency(clip: str, output: str, seconds: float, cfg: Config, semantic: bool,
         uri = f"rtsp://@:{port}/live"
         rx = (GstReceiver(f"rtsp://127.0.0.1:{port}/live") if receiver == "gstreamer" else
               RtpReceiver(f"rtsp://127.0.0.1:{port}/live", None))
-    captured: dict[int, float] = {}  # source pts -> when the camera made it available
+    captured: dict[int, float] = {}  # frame number (mod 2^16) -> when the camera made it
 
     def on_frame(frame: Frame, labels, qp) -> None:
         t = src.capture_times.pop(frame.index, None)
         if t is not None:
-            captured[frame.pts] = t
+            captured[frame.index % (1 << STAMP_BITS)] = t
 
     if output == "rtsp":  # the server listens once the run opened it: the client then joins
         threading.Thread(target=_join_when_listening, args=(port, rx), daemon=True).start()
     stats = run_encode(src, [open_output(uri)], cfg, semantic=semantic, on_frame=on_frame)
+    ended = time.perf_counter()
     rx.join(30)
     if not rx.decoded:
         raise RuntimeError(f"the receiver decoded nothing: {rx.error}")
-    tick = round(1 / (float(src.fps) * float(src.time_base)))  # one frame in source pts
-    per_frame = 90000 / float(src.fps)  # one frame in RTP's 90 kHz clock
-    timed = [(pts, t) for pts, t in rx.decoded if pts is not None]  # RTP's first has none
-    rel = [(round((pts - timed[0][0]) / per_frame), t) for pts, t in timed]
-    rel = rel[int(WARM_UP_S * float(src.fps)):]
-    start = _align(rel, captured, tick)
-    lat = [(t - captured[start + i * tick]) * 1e3 for i, t in rel
-           if start + i * tick in captured and t >= captured[start + i * tick]]
+    # a receiver that holds a picture lets its last one out only when its input ends: not timed
+    read = [(n, t) for n, t in rx.decoded[int(WARM_UP_S * float(src.fps)):]
+            if n is not None and t < ended]
+    lat = [(t - captured[n]) * 1e3 for n, t in read if n in captured]
     return {"clip": Path(clip).name, "output": output, "receiver": receiver,
             "semantic": semantic, "size": f"{src.width}x{src.height}", "fps": float(src.fps),
             "frames_sent": stats["frames"], "frames_decoded": len(rx.decoded),
+            "frames_unread": len(rx.decoded) - sum(n is not None for n, _ in rx.decoded),
             "frames_timed": len(lat), "dropped_at_camera": src.dropped,
             "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "max": _pct(lat, 100)}}
-
-
-def _align(rel: list[tuple[int, float]], captured: dict[int, float], tick: int) -> int:
-    """The source pts of the frame the receiver's RTP timestamps count from. A receiver may
-    join after the first frames (RTSP starts at an IDR), and RTP timestamps start anywhere:
-    the offset is the latest under which no frame is decoded before its capture, among those
-    that place most decoded frames on captured ones. A later offset would have frames decoded
-    before they existed; an earlier one adds whole frame periods to every latency (so this
-    needs a frame decoded within a frame period of its capture, and RTP timestamps in the
-    camera's cadence). The offset that fits the most frames is no answer: one frame more or
-    less inside the clip at its ends tips it."""
-    head = rel[:100]
-
-    def causal(start: int) -> bool:
-        mapped = [(t, captured[start + i * tick]) for i, t in head
-                  if start + i * tick in captured]
-        return 2 * len(mapped) >= len(head) and all(t >= c for t, c in mapped)
-    return max((s for s in sorted(captured)[:300] if causal(s)), default=min(captured))
 
 
 def _join_when_listening(port: int, rx: RtpReceiver) -> None:

@@ -96,6 +96,7 @@ class _GstOutput(Output):
         self.uri = uri
         self._on_event = on_event
         self.info: StreamInfo | None = None
+        self.carried: list = []  # the passed-through tracks it carries, in stream order
         self.state = "new"
         self.clients: dict[str, str] = {}  # address -> transport
         self.reconnects = 0
@@ -130,10 +131,18 @@ class _GstOutput(Output):
     def _receivers(self) -> int:
         return len(self.clients)
 
+    def _prepare(self) -> None:
+        """Once open gave `info` and `carried`, before the child starts."""
+
     # -- Output
 
     def open(self, info: StreamInfo) -> None:
         self.info = info
+        self.carried = [t for t in info.tracks if self.cannot_carry(t) is None]
+        # an AAC track adds about one and a half packets a video frame: the queue holds about
+        # as much time as with the video alone
+        self._queue = queue.Queue(QUEUE_PACKETS * (1 + 2 * len(self.carried)))
+        self._prepare()
         self.state = "starting"
         self._threads = [threading.Thread(target=target, name=f"{self.kind} {what}", daemon=True)
                          for target, what in ((self._supervise, "child"),
@@ -414,13 +423,8 @@ class SrtOutput(_GstOutput):
         if self.mode == "listener":
             check_port_free(uri, self.host, self.port, socket.SOCK_DGRAM)
 
-    def open(self, info: StreamInfo) -> None:
-        carried = [t for t in info.tracks if self.cannot_carry(t) is None]
-        self._ts = TsBytes(info, carried)
-        # an AAC track adds about one and a half packets a video frame: the queue holds
-        # about as much time as with the video alone
-        self._queue = queue.Queue(QUEUE_PACKETS * (1 + 2 * len(carried)))
-        super().open(info)
+    def _prepare(self) -> None:
+        self._ts = TsBytes(self.info, self.carried)
 
     def cannot_carry(self, track) -> str | None:
         return unsupported("mpegts", track)
@@ -493,11 +497,8 @@ class RtspServerOutput(_GstOutput):
         check_gstreamer(self.kind, uri)
         check_port_free(uri, self.host, self.port, socket.SOCK_STREAM)
 
-    def open(self, info: StreamInfo) -> None:
-        self._streams = {t.index: n + 1 for n, t in
-                         enumerate(t for t in info.tracks if self.cannot_carry(t) is None)}
-        self._queue = queue.Queue(QUEUE_PACKETS * (1 + 2 * len(self._streams)))  # as SRT's
-        super().open(info)
+    def _prepare(self) -> None:
+        self._streams = {t.index: n + 1 for n, t in enumerate(self.carried)}  # 0: the video
 
     def cannot_carry(self, track) -> str | None:
         if track.kind != "audio" or track.codec not in RTSP_AUDIO:
@@ -516,11 +517,8 @@ class RtspServerOutput(_GstOutput):
                       self._streams[packet.track])
 
     def _config(self) -> dict:
-        tracks = sorted(self._streams, key=self._streams.get)
-        by_index = {t.index: t for t in self.info.tracks}
         return {"kind": "rtsp", "host": self.host, "port": self.port, "path": self.path,
                 "user_env": self.user_env, "password_env": self.password_env,
-                "tracks": [{"codec": by_index[i].codec, "rate": by_index[i].sample_rate,
-                            "channels": by_index[i].channels,
-                            "extradata": by_index[i].extradata.hex()} for i in tracks]}
+                "tracks": [{"codec": t.codec, "rate": t.sample_rate, "channels": t.channels,
+                            "extradata": t.extradata.hex()} for t in self.carried]}
 
