@@ -141,8 +141,9 @@ if want intra-refresh; then
     --json $OUT/intra-refresh.json | tee $OUT/intra-refresh.md
 fi
 
-# Issue 18: glass to glass on loopback at 720p30 (RTP; the RTSP server with two receivers) and
-# the link story (a bitrate profile applied live, semantic vs x264, the received video judged).
+# Issue 18: glass to glass on loopback at 720p30 (RTP, UDP and SRT; the RTSP server with two
+# receivers) and the link story (a bitrate profile applied live, semantic vs x264, the received
+# video judged).
 if want link; then
   FF=$($PY -c "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())")
   [ -f "$OUT/road_720p30.mp4" ] || $FF -v error -y -i $V/road_traffic_signs_1080p.h264 \
@@ -154,6 +155,10 @@ if want link; then
   for r in gstreamer ffmpeg; do
     $PY -m edge_semvc.bench.link latency "$OUT/road_720p30.mp4" --seconds 17 --output rtsp \
       --receiver $r --out "$OUT/link-rtsp-$r"
+  done
+  for o in udp srt; do
+    $PY -m edge_semvc.bench.link latency "$OUT/road_720p30.mp4" --seconds 17 --output $o \
+      --out "$OUT/link-$o"
   done
   $PY -m edge_semvc.bench.link story $V/street_pedestrians_vtest_768x576.avi \
     $V/road_traffic_signs_1080p.h264 $V/drone_karma_coast_854x480.mp4 --out "$OUT/link-story"
