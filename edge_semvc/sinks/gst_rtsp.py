@@ -97,7 +97,6 @@ class RtspServer:
             emit("client_left", address=info["address"], transport=info["transport"])
 
 
-
 def track_desc(n, track):
     """Stream n's branch of the media: an appsrc with the track's caps, its payloader (pay<n>,
     dynamic payload type 96 + n)."""
