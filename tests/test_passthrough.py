@@ -199,7 +199,8 @@ class AudioReceiver(threading.Thread):
                 for p in c.demux():
                     if p.size and p.stream.type == "audio":
                         self.audio += 1
-                        self.audio_data.append(_raw_aac(bytes(p)))
+                        aac = p.stream.codec_context.name == "aac"
+                        self.audio_data.append(_raw_aac(bytes(p)) if aac else bytes(p))
                     elif p.stream.type == "video":
                         self.video += len(p.decode())
         except (av.error.ExitError, av.error.FFmpegError, OSError) as e:  # the read timeout
@@ -303,6 +304,40 @@ def assert_runs_of(got: list[bytes], sent: list[bytes], runs: int) -> None:
     blocks = [b for b in SequenceMatcher(a=sent, b=got, autojunk=False).get_matching_blocks()
               if b.size]
     assert sum(b.size for b in blocks) == len(got) and len(blocks) <= runs, blocks
+
+
+@pytest.mark.parametrize("codec", ["pcm_mulaw", "pcm_alaw"])
+def test_the_rtsp_server_sends_an_ip_camera_s_g711_audio(tmp_path, codec):
+    """G.711 as IP cameras send it (8 kHz mono) reaches the RTSP client as PCMU / PCMA, its
+    samples as they were (RTP packs them into packets of its own size). Noise, not the car
+    park's silence: every second of it is its own."""
+    require("rtsp")
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    src = tmp_path / f"park_{codec}.mkv"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip(PARK)), "-f", "lavfi", "-i",
+                    "anoisesrc=r=8000:a=0.3:seed=7", "-t", "4", "-map", "0:v", "-map", "1:a",
+                    "-c:v", "copy", "-c:a", codec, "-ac", "1", str(src)], check=True)
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/cam"
+    rx = AudioReceiver(rtsp=url)
+
+    def join():
+        wait_until(lambda: _listening(port), what="the RTSP server")
+        rx.start()
+
+    threading.Thread(target=join, daemon=True).start()
+    source = PacedSource(open_source(str(src)), Pacing(realtime=True))
+    try:
+        stats = run_encode(source, [open_output(f"rtsp://@:{port}/cam")],
+                           load_config(None, ["encoder.tune=zerolatency"]), semantic=False)
+    finally:
+        source.close()
+    rx.join(30)
+    assert "streams_not_carried" not in stats["outputs"][0]
+    sent = b"".join(d for _, d in packets(src, "audio"))  # 32000 samples, a byte each
+    got = b"".join(rx.audio_data)
+    assert rx.video >= 35 and len(got) >= len(sent) // 2, rx.error
+    assert got[-8000:] in sent  # the last second received, sample for sample
 
 
 def _listening(port: int) -> bool:

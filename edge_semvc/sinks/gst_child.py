@@ -43,10 +43,12 @@ STATS_INTERVAL_MS = 1000
 CAPS = {"h264": "video/x-h264,stream-format=byte-stream,alignment=au",
         "hevc": "video/x-h265,stream-format=byte-stream,alignment=au"}
 PARSE = {"h264": "h264parse", "hevc": "h265parse"}
-# The RTSP server's audio: FFmpeg's codec name -> (appsrc caps without rate, channels and the
-# stream format; its payloader). AAC as RFC 3640 (mpeg4-generic), what FFmpeg, VLC and
-# GStreamer's rtspsrc take.
-RTSP_AUDIO = {"aac": ("audio/mpeg,mpegversion=4", "rtpmp4gpay")}
+# The RTSP server's audio: FFmpeg's codec name -> (appsrc caps without rate and channels; its
+# payloader). AAC as RFC 3640 (mpeg4-generic), what FFmpeg, VLC and GStreamer's rtspsrc take;
+# G.711 (what IP cameras send) as PCMU / PCMA.
+RTSP_AUDIO = {"aac": ("audio/mpeg,mpegversion=4", "rtpmp4gpay"),
+              "pcm_mulaw": ("audio/x-mulaw", "rtppcmupay"),
+              "pcm_alaw": ("audio/x-alaw", "rtppcmapay")}
 
 # per output kind: (GObject-introspection namespace or element, Debian package that brings it)
 NEEDS = {
@@ -58,7 +60,9 @@ NEEDS = {
              ("rtph264pay", "gstreamer1.0-plugins-good"),
              ("rtph265pay", "gstreamer1.0-plugins-good"),
              ("rtpmp4gpay", "gstreamer1.0-plugins-good"),
-             ("aacparse", "gstreamer1.0-plugins-good")],
+             ("aacparse", "gstreamer1.0-plugins-good"),
+             ("rtppcmupay", "gstreamer1.0-plugins-good"),
+             ("rtppcmapay", "gstreamer1.0-plugins-good")],
 }
 
 _out_lock = threading.Lock()

@@ -102,9 +102,9 @@ def track_desc(n, track):
     dynamic payload type 96 + n)."""
     caps, pay = RTSP_AUDIO[track["codec"]]
     caps += ",rate=%d,channels=%d" % (track["rate"], track["channels"])
-    if track["extradata"]:
+    if track["codec"] == "aac" and track["extradata"]:
         caps += ",stream-format=raw,codec_data=(buffer)%s" % track["extradata"]
-    else:  # ADTS (an MPEG-TS input): aacparse takes the configuration from its headers
+    elif track["codec"] == "aac":  # ADTS (an MPEG-TS input): aacparse reads its headers
         caps += ",stream-format=adts"
         pay = "aacparse ! " + pay
     return ("appsrc name=src%d is-live=true format=time max-bytes=0 caps=\"%s\" ! %s name=pay%d "

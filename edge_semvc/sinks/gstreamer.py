@@ -5,7 +5,7 @@ PyAV's bundled FFmpeg has no libsrt and no RTSP server for many clients; Debian'
 has both (srtsink in gstreamer1.0-plugins-bad, GstRtspServer in gir1.2-gst-rtsp-server-1.0),
 reached through PyGObject, which only the system Python has. So each output runs
 `gst_child.py` in a child process of that Python (`/usr/bin/python3`, or `$EDGE_SEMVC_GST_PYTHON`)
-and feeds it over a pipe the encoded access units and the carried AAC packets (RTSP) or the
+and feeds it over a pipe the encoded access units and the carried audio packets (RTSP) or the
 MPEG-TS muxed here (SRT: `stream.TsBytes`, as `udp://`, with every stream MPEG-TS takes); the
 child reports receivers as JSON lines.
 
@@ -502,8 +502,8 @@ class RtspServerOutput(_GstOutput):
 
     def cannot_carry(self, track) -> str | None:
         if track.kind != "audio" or track.codec not in RTSP_AUDIO:
-            return (f"the RTSP server sends {', '.join(sorted(RTSP_AUDIO)).upper()} audio "
-                    f"beside the video")
+            return (f"the RTSP server sends {', '.join(sorted(RTSP_AUDIO))} audio beside the "
+                    f"video")
         if not (track.sample_rate and track.channels):
             return "its sample rate or channels are unknown"
         return None
