@@ -275,24 +275,7 @@ def test_the_rtsp_server_sends_the_audio(tmp_path, container):
     src = excerpt(tmp_path, PARK, 4)  # 50 frames, 188 AAC packets
     if container == "ts":
         src = remux(src, tmp_path / "park.ts")
-    port = free_port()
-    url = f"rtsp://127.0.0.1:{port}/cam"
-    rx = AudioReceiver(rtsp=url)
-
-    def join():  # once the server listens, as a viewer does
-        wait_until(lambda: _listening(port), what="the RTSP server")
-        rx.start()
-
-    threading.Thread(target=join, daemon=True).start()
-    source = PacedSource(open_source(str(src)), Pacing(realtime=True))
-    try:
-        stats = run_encode(source, [open_output(f"rtsp://@:{port}/cam")],
-                           load_config(None, ["encoder.tune=zerolatency"]), semantic=False)
-    finally:
-        source.close()
-    rx.join(30)
-    (out,) = stats["outputs"]
-    assert "streams_not_carried" not in out
+    rx = rtsp_viewer(src)
     sent = [d for _, d in packets(src, "audio")]
     assert rx.video >= 35 and rx.audio >= 120, rx.error  # the client's start-up is lost
     # what the media sent between DESCRIBE and PLAY, then all from the IDR asked for at PLAY
@@ -317,9 +300,18 @@ def test_the_rtsp_server_sends_an_ip_camera_s_g711_audio(tmp_path, codec):
     subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip(PARK)), "-f", "lavfi", "-i",
                     "anoisesrc=r=8000:a=0.3:seed=7", "-t", "4", "-map", "0:v", "-map", "1:a",
                     "-c:v", "copy", "-c:a", codec, "-ac", "1", str(src)], check=True)
+    rx = rtsp_viewer(src)
+    sent = b"".join(d for _, d in packets(src, "audio"))  # 32000 samples, a byte each
+    got = b"".join(rx.audio_data)
+    assert rx.video >= 35 and len(got) >= len(sent) // 2, rx.error
+    assert got[-8000:] in sent  # the last second received, sample for sample
+
+
+def rtsp_viewer(src: Path) -> AudioReceiver:
+    """`src` encoded live (paced) to the RTSP server, watched by FFmpeg from when the server
+    listens, as a viewer does; what it received, once the server passed every stream."""
     port = free_port()
-    url = f"rtsp://127.0.0.1:{port}/cam"
-    rx = AudioReceiver(rtsp=url)
+    rx = AudioReceiver(rtsp=f"rtsp://127.0.0.1:{port}/cam")
 
     def join():
         wait_until(lambda: _listening(port), what="the RTSP server")
@@ -334,10 +326,7 @@ def test_the_rtsp_server_sends_an_ip_camera_s_g711_audio(tmp_path, codec):
         source.close()
     rx.join(30)
     assert "streams_not_carried" not in stats["outputs"][0]
-    sent = b"".join(d for _, d in packets(src, "audio"))  # 32000 samples, a byte each
-    got = b"".join(rx.audio_data)
-    assert rx.video >= 35 and len(got) >= len(sent) // 2, rx.error
-    assert got[-8000:] in sent  # the last second received, sample for sample
+    return rx
 
 
 def _listening(port: int) -> bool:
