@@ -16,8 +16,8 @@ OUTPUTS = Registry("output URI scheme", {
     "-": f"{__name__}.stream:StdoutOutput",
     "rtp": f"{__name__}.stream:RtpOutput",
     "udp": f"{__name__}.stream:UdpOutput",
-    "srt": f"{__name__}.gstreamer:SrtOutput",
-    "rtsp": f"{__name__}.gstreamer:RtspServerOutput",
+    "srt": f"{__name__}.gst_outputs:SrtOutput",
+    "rtsp": f"{__name__}.gst_outputs:RtspServerOutput",
 }, SinkError)
 
 

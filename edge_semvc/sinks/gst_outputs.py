@@ -1,0 +1,136 @@
+"""The two outputs on the GStreamer child (`gstreamer.py`, `GstChildOutput`, supervises it):
+MPEG-TS over SRT (`srt://`), muxed here with PyAV as `udp://` muxes it, with every stream
+MPEG-TS takes, and the built-in RTSP server (`rtsp://@:PORT/PATH`), with the input's AAC or
+G.711 audio beside the video."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from ..errors import SinkError
+from .base import EventCallback
+from .gst_child import RTSP_AUDIO
+from .gstreamer import GstChildOutput, check_gstreamer, check_port_free, ns
+from .stream import TsBytes
+from .tracks import unsupported
+from .uri import host_port, int_in, uri_options
+
+log = logging.getLogger(__name__)
+
+
+class SrtOutput(GstChildOutput):
+    """`srt://HOST:PORT[?mode=caller|listener&latency=MS]`: MPEG-TS over SRT (GStreamer's
+    srtsink). A caller (the default) connects to HOST:PORT and, when its peer goes, reconnects
+    with back-off; a listener (`srt://@:PORT?mode=listener`, or a HOST to bind) waits for
+    callers, any number at once. `latency` is SRT's receive latency (default 120 ms, as SRT's)."""
+
+    kind = "srt"
+    role = "SRT output"
+
+    def __init__(self, uri: str, on_event: EventCallback | None = None):
+        super().__init__(uri, on_event)
+        parts, options = uri_options(uri, {"mode": str, "latency": int_in(0, 60000)})
+        self.mode = options.get("mode", "caller")
+        if self.mode not in ("caller", "listener"):
+            raise SinkError(f"output {uri!r}: mode must be caller or listener, "
+                            f"got {self.mode!r}")
+        self.latency = options.get("latency", 120)
+        self.host, self.port = host_port(uri, parts, listen=self.mode == "listener")
+        check_gstreamer(self.kind, uri)
+        if self.mode == "listener":
+            check_port_free(uri, self.host, self.port, socket.SOCK_DGRAM)
+
+    def _prepare(self) -> None:
+        self._ts = TsBytes(self.info, self.carried)
+
+    def cannot_carry(self, track) -> str | None:
+        return unsupported("mpegts", track)
+
+    def _payload(self, data: bytes, packet, key: bool) -> bytes:
+        return self._mux(self._ts.video, data, packet, key)
+
+    def _put_track(self, packet) -> None:
+        t = ns(packet.dts if packet.dts is not None else packet.pts or 0, packet.time_base)
+        self._put(self._mux(self._ts.track, packet), False, t, t)
+
+    def _mux(self, mux, *args) -> bytes:
+        import av
+
+        try:
+            return mux(*args)
+        except av.error.FFmpegError as e:  # this packet only: the muxer goes on
+            log.warning("%s: a packet could not be muxed (%s); dropped", self.uri, e)
+            self._count_drop()
+            return b""
+
+    def close(self) -> None:
+        if self.info is not None and not self._closing.is_set():
+            self._put(self._mux(self._ts.close), False, 0, 0)
+        super().close()
+
+    def _config(self) -> dict:
+        return {"kind": "srt", "host": self.host, "port": self.port, "mode": self.mode,
+                "latency": self.latency}
+
+    def _up_when_ready(self) -> bool:
+        return self.mode == "listener"
+
+    def _receivers(self) -> int:
+        if self.mode == "caller":  # its one peer
+            return int(self.state == "open")
+        return len(self.clients)
+
+
+class RtspServerOutput(GstChildOutput):
+    """`rtsp://@:PORT/PATH` (every address) or `rtsp://HOST:PORT/PATH` (that address): a
+    built-in RTSP server (GStreamer's GstRtspServer) for any number of clients over TCP or UDP,
+    each fed the same packets from an IDR asked for when it starts playing.
+    `?user_env=NAME&password_env=NAME`: clients must give that user and password (digest
+    authentication), read from those environment variables (refused when unset)."""
+
+    kind = "rtsp"
+    role = "RTSP server"
+    credentials_hint = ": name the variables that hold them, ?user_env=NAME&password_env=NAME"
+
+    def __init__(self, uri: str, on_event: EventCallback | None = None):
+        super().__init__(uri, on_event)
+        parts, options = uri_options(uri, {"user_env": str, "password_env": str})
+        self.host, self.port = host_port(uri, parts, listen=True)
+        self.path = parts.path.rstrip("/") or "/"
+        if self.path == "/":
+            raise SinkError(f"output {uri!r} needs a path, e.g. rtsp://@:{self.port}/cam")
+        self.user_env = options.get("user_env")
+        self.password_env = options.get("password_env")
+        if (self.user_env is None) != (self.password_env is None):
+            raise SinkError(f"output {uri!r}: give both user_env and password_env, or neither")
+        for what, name in (("user", self.user_env), ("password", self.password_env)):
+            if name is not None and not os.environ.get(name):
+                raise SinkError(f"output {uri!r}: environment variable {name} (the RTSP "
+                                f"{what}) is not set")
+        check_gstreamer(self.kind, uri)
+        check_port_free(uri, self.host, self.port, socket.SOCK_STREAM)
+
+    def _prepare(self) -> None:
+        self._streams = {t.index: n + 1 for n, t in enumerate(self.carried)}  # 0: the video
+
+    def cannot_carry(self, track) -> str | None:
+        if track.kind != "audio" or track.codec not in RTSP_AUDIO:
+            return (f"the RTSP server sends {', '.join(sorted(RTSP_AUDIO))} audio beside the "
+                    f"video")
+        if not (track.sample_rate and track.channels):
+            return "its sample rate or channels are unknown"
+        return None
+
+    def _put_track(self, packet) -> None:
+        ticks = packet.pts if packet.pts is not None else packet.dts
+        if ticks is not None:  # RTP needs a time for each packet
+            self._put(packet.data, False, ns(ticks, packet.time_base), 0,
+                      self._streams[packet.track])
+
+    def _config(self) -> dict:
+        return {"kind": "rtsp", "host": self.host, "port": self.port, "path": self.path,
+                "user_env": self.user_env, "password_env": self.password_env,
+                "tracks": [{"codec": t.codec, "rate": t.sample_rate, "channels": t.channels,
+                            "extradata": t.extradata.hex()} for t in self.carried]}
+
