@@ -1,8 +1,9 @@
 """`serve`'s HTTP endpoint and pages: a real service on a looped clip, read over HTTP (basic auth
 from the environment), `/metrics` parsed by prometheus_client, the live fMP4 decoded by PyAV, the
 camera page played in a real headless Chromium (frames advance, the overlay toggles and changes
-the pixels where the QP map is negative or positive). A slow reader of the live feed loses its
-own fragments, never the encoder's."""
+the pixels where the QP map is negative or positive; past a long GOP's first seconds the picture
+still moves). A slow reader of the live feed loses its own fragments, never the encoder's; each
+frame's fragment leaves with it, end to end with the others."""
 from __future__ import annotations
 
 import base64
@@ -20,9 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_serve import CLIP, needs_clip, service_log, start_service, stop, write_config
 from test_telemetry import free_port, wait_until
 
+from edge_semvc.encoders import get_encoder
+from edge_semvc.encoders.base import EncoderSettings
 from edge_semvc.errors import ConfigError
 from edge_semvc.serve.config import HttpConfig
-from edge_semvc.sinks.mse import END, QUEUE_FRAGMENTS, LiveFeed
+from edge_semvc.sinks.base import StreamInfo
+from edge_semvc.sinks.mse import END, QUEUE_FRAGMENTS, LiveFeed, MseOutput
+from edge_semvc.sources import open_source
 
 USER, PASSWORD = "viewer", "pa:ss w0rd"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -83,6 +88,56 @@ def test_a_slow_reader_loses_its_own_fragments_never_blocks_the_feed():
     assert slow.get(timeout=1) is END and feed.subscribe() is None
 
 
+def test_each_frame_s_fragment_leaves_with_it_and_the_fragments_lie_end_to_end():
+    """The live picture's fragment of a frame is out when the encoder hands the frame over
+    (FFmpeg's muxer held it until the next), and a frame the pipeline dropped leaves no hole in
+    the media timeline (MSE would drop all up to the next keyframe): the sample after the gap
+    lasts the gap, and the overlay's times follow (`media_offset`)."""
+    src = open_source("demo://astronaut")
+    s = EncoderSettings(width=src.width, height=src.height, fps=src.fps,
+                        time_base=src.time_base, tune="zerolatency", keyint=250,
+                        global_headers=True)
+    feed, dropped = LiveFeed(), range(10, 13)
+    out, reader = MseOutput(feed), None
+    chunks, offsets = [], []
+    with get_encoder("x264")(s) as enc:
+        out.open(StreamInfo(s.width, s.height, s.fps, s.time_base, enc.codec, enc.headers(), True))
+        for i, frame in enumerate(src.frames()):
+            if i == 30:
+                break
+            if i in dropped:
+                continue
+            for packet in enc.encode(frame, force_idr=out.wants_idr(frame.pts)):
+                out.write(packet)
+                offsets.append(feed.media_offset)
+            reader = reader or feed.subscribe()  # joins after frame 0: frame 1 is its IDR
+            got = []
+            while not reader.queue.empty():
+                got.append(reader.get(timeout=1))
+            assert len(got) == 1  # the init segment, then each frame's fragment at once
+            chunks += got
+    src.close()
+    out.close()
+    interval = float(1 / s.fps)
+    times, durations = zip(*(fragment_time(c) for c in chunks[1:]))
+    assert len(times) == 26  # frames 1-29 but the 3 dropped
+    assert all(times[i] + durations[i] == times[i + 1] for i in range(25))  # no hole
+    scale = durations[0] / interval  # ticks per second
+    assert durations[9] == round(4 * interval * scale)  # frame 13, after the 3 dropped
+    assert offsets[9] == 0.0 and abs(offsets[10] + 3 * interval) < 1e-6
+    with av.open(io.BytesIO(b"".join(chunks))) as c:
+        pictures = list(c.decode(video=0))
+    assert len(pictures) == 26 and pictures[0].key_frame
+
+
+def fragment_time(fragment: bytes) -> tuple[int, int]:
+    """(tfdt, the one sample's duration) of a moof+mdat written by fmp4.fragment."""
+    at = fragment.find(b"tfdt")
+    decode_time = int.from_bytes(fragment[at + 8:at + 16], "big")
+    at = fragment.find(b"trun")
+    return decode_time, int.from_bytes(fragment[at + 16:at + 20], "big")
+
+
 def test_web_endpoint_and_camera_page_in_chromium(tmp_path, monkeypatch, chromium):
     needs_clip()
     from edge_semvc.bench.browser import Browser
@@ -95,7 +150,9 @@ def test_web_endpoint_and_camera_page_in_chromium(tmp_path, monkeypatch, chromiu
         mqtt={"password": "mqtt-s3cret"})
     config.write_text(config.read_text() + (
         "http: {enabled: true, port: %d, stats_interval: 0.5, username_env: WEB_USER, "
-        "password_env: WEB_PASSWORD}\nencoder: {tune: zerolatency}\n" % port))
+        "password_env: WEB_PASSWORD}\n"
+        # one IDR when the page joins, then none while the test runs
+        "encoder: {tune: zerolatency, keyint: 1000, params: {scenecut: 0}}\n" % port))
     base = f"http://127.0.0.1:{port}"
     proc = start_service(config)
     try:
@@ -130,6 +187,13 @@ def test_web_endpoint_and_camera_page_in_chromium(tmp_path, monkeypatch, chromiu
             later = browser.wait_for(f"window.edgeSemvc.frames() > {first + 15} && "
                                      "window.edgeSemvc.frames()", timeout=60)
             assert later > first  # frames advance
+            # what was played stays buffered until the browser evicts it: removing a range
+            # also removes the frames after it up to the next keyframe (the picture froze)
+            browser.wait_for("(v => v.buffered.length && v.currentTime - v.buffered.start(0)"
+                             " > 12)(document.getElementById('video'))", timeout=60)
+            shown = browser.evaluate("window.edgeSemvc.shown()")
+            time.sleep(2)
+            assert browser.evaluate("window.edgeSemvc.shown()") > shown + 20
             browser.wait_for("document.querySelector('#figures').textContent"
                              ".includes('frames per second')")
             check_overlay_toggles(browser)

@@ -3,10 +3,10 @@ the cameras and a page per camera with its live picture, QP-map and label overla
 
 The standard library's threading HTTP server, in threads of its own: nothing here runs in a
 camera's frame loop but `CameraView.frame` (keeps a reference to the frame's maps) and the
-`MseOutput` muxing the encoder's packets (sinks/mse.py). The figures are values: the supervisor
-calls `WebView.refresh` every `http.stats_interval` s, which makes each camera's stats snapshot
-(the MQTT stats message's shape, serve/stats.py) and a copy of its latency windows; requests
-only read the latest of those. Streams per camera:
+`MseOutput` writing the encoder's packets as fragments (sinks/mse.py). The figures are values:
+the supervisor calls `WebView.refresh` every `http.stats_interval` s, which makes each camera's
+stats snapshot (the MQTT stats message's shape, serve/stats.py) and a copy of its latency
+windows; requests only read the latest of those. Streams per camera:
 
     /api/cameras/NAME/live.mp4   fragmented MP4 (init segment, then one fragment per frame) for
                                  the page's Media Source Extensions; Content-Type carries the codec
@@ -53,16 +53,18 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
 class Overlay:
     """The newest frame's maps, as the pipeline handed them (values, never changed after)."""
 
-    t: float  # the frame's presentation time, seconds (the video's currentTime)
+    t: float  # the frame's presentation time in the stream, seconds (message(): the page's)
     wall: float  # when the pipeline handed it over (time.time(): the page's latency figure)
     offsets: np.ndarray  # QpMap.offsets, float32[mb_h, mb_w]
     labels: np.ndarray | None  # LabelMap.labels, int16[mb_h, mb_w]
     classes: tuple[str, ...]
 
-    def message(self) -> dict:
+    def message(self, media_offset: float = 0.0) -> dict:
+        """`media_offset`: the live picture's media time minus stream time (LiveFeed), so the
+        page finds the frame by its currentTime."""
         h, w = self.offsets.shape
         labels = self.labels if self.labels is not None and self.labels.shape == (h, w) else None
-        return {"t": round(self.t, 4), "wall": round(self.wall, 4), "w": w, "h": h,
+        return {"t": round(self.t + media_offset, 4), "wall": round(self.wall, 4), "w": w, "h": h,
                 "qp": np.round(self.offsets.astype(float), 1).ravel().tolist(),
                 "labels": labels.astype(int).ravel().tolist() if labels is not None else [],
                 "classes": list(self.classes)}
@@ -308,7 +310,8 @@ def _handler(web: WebView):
                 out = []
                 overlay, figures = view.overlay, web.figures.get(name)
                 if overlay is not None and overlay is not sent_overlay:
-                    out.append(("overlay", overlay.message()))
+                    shift = view.feed.media_offset if view.feed else 0.0
+                    out.append(("overlay", overlay.message(shift)))
                     sent_overlay = overlay
                 if figures is not None and figures is not sent_stats:
                     out.append(("stats", figures.stats))

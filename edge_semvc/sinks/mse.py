@@ -1,11 +1,10 @@
 """The browser's live picture: the encoder's own H.264 packets muxed to fragmented MP4 (one
 fragment per frame) for Media Source Extensions, fanned out to the page's readers.
 
-Nothing is re-encoded: `MseOutput` is one more `Output` of the camera's encoder, muxing each
-access unit with PyAV (`mux.py`: a stream without a codec context) into an in-memory buffer that
-is cut into the init segment (ftyp+moov) and one moof+mdat per frame. FFmpeg's mov muxer writes
-a frame's fragment when the next frame comes (`frag_every_frame`), so the page sees a frame one
-frame interval after it was encoded.
+Nothing is re-encoded: `MseOutput` is one more `Output` of the camera's encoder. FFmpeg's mov
+muxer (PyAV, `mux.py`) writes the init segment (ftyp+moov) from the first packet; each access
+unit then becomes one moof+mdat the moment the encoder hands it over (`fmp4.py`: FFmpeg's muxer
+would hold each frame until the next came, one frame interval on the page).
 
 `LiveFeed` lives as long as the camera (outputs are made anew for every run): each reader gets
 the latest init segment, then fragments from the next keyframe on, through its own bounded
@@ -18,12 +17,14 @@ from __future__ import annotations
 import io
 import queue
 import threading
+from fractions import Fraction
 
 from ..errors import SinkError
+from . import fmp4
 from .base import Output, StreamInfo
 
 QUEUE_FRAGMENTS = 60  # per reader; a reader further behind skips to the next keyframe
-MOVFLAGS = "empty_moov+default_base_moof+frag_every_frame+omit_tfhd_offset"
+MOVFLAGS = "empty_moov+default_base_moof"  # the init segment only (MseOutput._start)
 END = None  # queued to a reader: the stream ended (a new run starts with a new init segment)
 
 
@@ -76,6 +77,7 @@ class LiveFeed:
         self._init: bytes | None = None
         self.mime = ""  # 'video/mp4; codecs="avc1.PPCCLL"' once a run started
         self._joined = False  # a reader came since the last frame: ask for an IDR
+        self.media_offset = 0.0  # the picture's media time minus stream time, seconds (fmp4.py)
 
     def subscribe(self) -> Reader | None:
         """A new reader, or None while no stream runs."""
@@ -105,7 +107,8 @@ class LiveFeed:
         with self._lock:
             self._init = init
 
-    def publish(self, fragment: bytes, key: bool) -> None:
+    def publish(self, fragment: bytes, key: bool, media_offset: float = 0.0) -> None:
+        self.media_offset = media_offset
         with self._lock:
             readers = list(self._readers)
         for reader in readers:
@@ -120,111 +123,85 @@ class LiveFeed:
 
 
 class MseOutput(Output):
-    """Muxes one run's packets to fMP4 fragments into `feed` (see the module's docstring)."""
+    """Each run's packets as fMP4 fragments into `feed` (see the module's docstring)."""
 
     global_headers = True  # the parameter sets go into the init segment (avcC)
 
     def __init__(self, feed: LiveFeed, uri: str = "web page"):
         self.feed, self.uri = feed, uri
-        self._buffer = _Sink()
-        self._container = None
-        self._stream = None
-        self._keys: list[bool] = []  # keyframe flag of each packet muxed, not yet cut out
-        self._started = False
         self._info: StreamInfo | None = None
+        self._track: tuple[int, int] | None = None  # (track_ID, timescale) of the init segment
+        self._timeline: fmp4.Timeline | None = None
         self.frames = 0
 
     def open(self, info: StreamInfo) -> None:
-        import av
-
-        from . import mux
-
         if info.codec != "h264":
             raise SinkError(f"the web page's live picture needs H.264 (browsers' MSE), the "
                             f"encoder writes {info.codec.upper()}: set encoder.codec: h264 or "
                             "turn http.live off")
         self._info = info
-        self._container = av.open(self._buffer, mode="w", format="mp4",
-                                  options={"movflags": MOVFLAGS, "flush_packets": "1"})
-        self._stream = mux.add_stream(self._container, "h264", info.fps, info.width, info.height,
-                                      info.time_base, True)
 
     def wants_idr(self, pts: int | None) -> bool:
         return self.feed.take_joined()
 
     def write(self, packet) -> None:
-        import av
-
-        from . import mux
         from .file import has_parameter_sets
 
-        info = self._info
-        data = bytes(packet.data)
+        info, data = self._info, bytes(packet.data)
         if self.frames == 0:
             if not packet.keyframe:
                 return  # a fragment stream starts at a keyframe
             if not has_parameter_sets(data):
                 data = info.headers + data
-            if self._stream is None:  # PyAV 17 (mux.py)
-                self._stream = mux.stream_from_first_packet(self._container, "h264", data,
-                                                            info.width, info.height,
-                                                            info.time_base)
-        pkt = av.Packet(data)
-        pkt.stream, pkt.time_base = self._stream, info.time_base
-        pkt.pts, pkt.dts, pkt.is_keyframe = int(packet.pts), int(packet.dts), bool(packet.keyframe)
-        self._keys.append(bool(packet.keyframe))
-        self._container.mux(pkt)
+            self._start(data)
+        track_id, timescale = self._track
+        dts = fmp4.ticks(int(packet.dts), info.time_base, timescale)
+        start, duration = self._timeline.place(dts)
+        offset = fmp4.ticks(int(packet.pts), info.time_base, timescale) - dts
         self.frames += 1
-        self._cut()
+        self.feed.publish(fmp4.fragment(self.frames, track_id, start, duration, offset,
+                                        bool(packet.keyframe), fmp4.length_prefixed(data)),
+                          bool(packet.keyframe), self._timeline.offset / timescale)
 
-    def _cut(self) -> None:
-        """Hand the complete boxes written so far to the feed: ftyp+moov as the init segment,
-        each moof+mdat as one fragment."""
-        data = self._buffer.data.getvalue()
-        done = 0
-        boxes = list(_boxes(data))
-        if not self._started:
-            types = [b[0] for b in boxes]
-            if "moov" not in types:
-                return
-            end = boxes[types.index("moov")][2]
-            self.feed.start(data[:end], _mime(data[:end]))
-            self._started, done = True, end
-            boxes = [b for b in boxes if b[1] >= end]
-        i = 0
-        while i + 1 < len(boxes):
-            if boxes[i][0] == "moof" and boxes[i + 1][0] == "mdat":
-                key = self._keys.pop(0) if self._keys else False
-                self.feed.publish(data[boxes[i][1]:boxes[i + 1][2]], key)
-                done = boxes[i + 1][2]
-                i += 2
-            else:
-                done = boxes[i][2]
-                i += 1
-        if done:
-            rest = data[done:]
-            self._buffer.data = io.BytesIO()
-            self._buffer.data.write(rest)
+    def _start(self, first: bytes) -> None:
+        """The init segment (ftyp+moov, the parameter sets in its avcC) from FFmpeg's mov muxer
+        given the first packet; the fragments are written here (fmp4.py)."""
+        import av
+
+        from . import mux
+
+        info, sink = self._info, _Sink()
+        container = av.open(sink, mode="w", format="mp4", options={"movflags": MOVFLAGS})
+        stream = mux.add_stream(container, "h264", info.fps, info.width, info.height,
+                                info.time_base, True)
+        if stream is None:  # PyAV 17 (mux.py)
+            stream = mux.stream_from_first_packet(container, "h264", first, info.width,
+                                                  info.height, info.time_base)
+        pkt = av.Packet(first)
+        pkt.stream, pkt.time_base, pkt.pts, pkt.dts = stream, info.time_base, 0, 0
+        pkt.is_keyframe = True
+        container.mux(pkt)
+        container.close()
+        data = sink.data.getvalue()
+        moov = next((end for kind, _, end in _boxes(data) if kind == "moov"), None)
+        if moov is None:
+            raise SinkError("the web page's live picture: FFmpeg's mov muxer wrote no moov box")
+        init = data[:moov]
+        self._track = fmp4.track_of(init)
+        interval = 1 / info.fps if info.fps else Fraction(1, 30)  # the first frame's duration only
+        self._timeline = fmp4.Timeline(fmp4.ticks(1, interval, self._track[1]))
+        self.feed.start(init, _mime(init))
 
     def stats(self) -> dict:
-        return {"uri": self.uri, "state": "open" if self._started else "starting",
+        return {"uri": self.uri, "state": "open" if self.frames else "starting",
                 "clients": self.feed.clients()}
 
     def close(self) -> None:
-        container, self._container = self._container, None
-        if container is not None:
-            try:
-                if self.frames:
-                    container.close()  # writes the last frame's fragment
-                    self._cut()
-            except Exception:  # noqa: BLE001 - a reader's page must never fail a run
-                pass
         self.feed.end()
 
 
 class _Sink:
-    """Where the muxer writes: append only (no seek, so FFmpeg never goes back over what was
-    already handed out)."""
+    """Where the muxer writes: append only (no seek: the init segment is never rewritten)."""
 
     def __init__(self) -> None:
         self.data = io.BytesIO()

@@ -400,7 +400,7 @@ def sdp_text(info: StreamInfo, host: str, port: int, ttl: int | None = None) -> 
     connection = host
     if address is not None and address.is_multicast and family == "IP4":
         connection = f"{host}/{ttl if ttl is not None else 1}"
-    nals = _nal_units(info.headers)
+    nals = nal_units(info.headers)
     if info.codec == "hevc":
         by_type = {t: b64 for t, b64 in ((((n[0] >> 1) & 0x3F), _b64(n)) for n in nals)}
         fmtp = ";".join(f"sprop-{name}={by_type[t]}" for name, t in
@@ -430,7 +430,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _nal_units(annexb: bytes) -> list[bytes]:
+def nal_units(annexb: bytes) -> list[bytes]:
     """The NAL units of an Annex-B buffer, start codes removed."""
     out, starts, i = [], [], 0
     while (j := annexb.find(b"\x00\x00\x01", i)) >= 0:

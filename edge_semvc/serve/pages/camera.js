@@ -12,14 +12,16 @@ const showLabels = document.getElementById("show-labels");
 const freeze = document.getElementById("freeze");  // hold the picture (and its overlay)
 freeze.addEventListener("change", () => (freeze.checked ? video.pause() : video.play()));
 const LIVE_EDGE_S = 0.5;  // further behind the newest frame than this: jump to it
-const CATCH_UP_S = 0.15;  // further behind than this: play 10 % faster until back
+const CATCH_UP_S = 0.05;  // further behind than this: play 10 % faster until back (each frame
+//                           comes the moment it is encoded: BENCHMARKS, "The web page's live picture")
 const PALETTE = ["#ffd400", "#ff00c8", "#00ff6a", "#ff8c00", "#a070ff", "#00e0e0"];
 document.getElementById("name").textContent = name;
 document.title = "edge-semvc " + name;
 
-const state = { overlays: [], lags: [], streams: 0, drawn: null };
+const state = { overlays: [], lags: [], streams: 0, drawn: null, shown: 0, frameS: 0, lastShown: null };
 window.edgeSemvc = {
   frames: () => (video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality().totalVideoFrames : 0),
+  shown: () => state.shown,  // frames presented (requestVideoFrameCallback)
   // seconds from the pipeline handing a frame to the encoder to the browser showing it (the
   // last 300 frames shown; both clocks are the wall clock: same machine, or NTP-synchronised)
   lags: () => state.lags.slice(),
@@ -52,17 +54,16 @@ async function play() {
     if (buffer.updating || !pending.length) return;
     try { buffer.appendBuffer(pending.shift()); } catch (e) { pending.length = 0; }
   };
+  // What was played stays buffered until the browser evicts it (MSE's own garbage collection,
+  // from the front, a whole GOP at a time): removing a time range would also remove every frame
+  // after it up to the next keyframe, which with a long GOP froze the picture until one came.
   buffer.addEventListener("updateend", () => {
     const ranges = buffer.buffered;
     if (ranges.length && !freeze.checked) {
-      const end = ranges.end(ranges.length - 1);
-      const ahead = end - video.currentTime;
-      if (ahead > LIVE_EDGE_S) video.currentTime = end - 0.05;
+      // the newest frame starts one frame interval before the buffer's end
+      const ahead = ranges.end(ranges.length - 1) - state.frameS - video.currentTime;
+      if (ahead > LIVE_EDGE_S) video.currentTime += ahead - 0.05;
       video.playbackRate = ahead > CATCH_UP_S ? 1.1 : 1.0;  // drift back to the newest frame
-      if (video.currentTime - ranges.start(0) > 10 && !buffer.updating) {
-        buffer.remove(ranges.start(0), video.currentTime - 5);  // keep memory bounded
-        return;
-      }
     }
     if (video.paused && !freeze.checked) video.play().catch(() => {});
     feed();
@@ -170,6 +171,10 @@ function draw() {
 // per frame shown: its wall-clock time from the overlay of the nearest frame (media time and
 // wall time advance together), compared with when it is displayed
 function shown(now, frame) {
+  state.shown += 1;
+  const step = state.lastShown === null ? 0 : frame.mediaTime - state.lastShown;
+  if (step > 0 && step < 1) state.frameS = step;  // the frame interval (a jump is no interval)
+  state.lastShown = frame.mediaTime;
   let near = null;
   for (const o of state.overlays) {
     if (!near || Math.abs(o.t - frame.mediaTime) < Math.abs(near.t - frame.mediaTime)) near = o;
