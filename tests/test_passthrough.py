@@ -32,7 +32,7 @@ from edge_semvc.sinks.gstreamer import gst_python
 from edge_semvc.sinks.segment_file import Segment, recover
 from edge_semvc.sources import open_source
 from edge_semvc.sources.paced import PacedSource, Pacing
-from edge_semvc.tracks import TrackPacket
+from edge_semvc.tracks import Track, TrackPacket
 
 ROOT = Path(__file__).resolve().parents[1]
 DRONE = "drone_karma_coast_854x480.mp4"  # AAC + GoPro timecode, GPMF ("GoPro MET"), SOS
@@ -305,6 +305,23 @@ def test_the_rtsp_server_sends_an_ip_camera_s_g711_audio(tmp_path, codec):
     got = b"".join(rx.audio_data)
     assert rx.video >= 35 and len(got) >= len(sent) // 2, rx.error
     assert got[-8000:] in sent  # the last second received, sample for sample
+
+
+def test_the_rtsp_server_sends_opus(tmp_path):
+    """Opus (what WebRTC-era cameras and phones record) reaches the RTSP client as RFC 7587,
+    each packet as it was; more than two channels are named as not carried."""
+    require("rtsp")
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    src = tmp_path / "park_opus.mkv"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip(PARK)), "-f", "lavfi", "-i",
+                    "anoisesrc=r=48000:a=0.3:seed=7", "-t", "4", "-map", "0:v", "-map", "1:a",
+                    "-c:v", "copy", "-c:a", "libopus", "-ac", "2", str(src)], check=True)
+    rx = rtsp_viewer(src)
+    sent = [d for _, d in packets(src, "audio")]  # 20 ms each
+    assert rx.video >= 35 and rx.audio >= len(sent) // 2, rx.error
+    assert_runs_of(rx.audio_data, sent, runs=2)
+    surround = Track(1, "audio", "opus", Fraction(1, 48000), sample_rate=48000, channels=6)
+    assert "6 channels" in open_output(f"rtsp://@:{free_port()}/cam").cannot_carry(surround)
 
 
 def rtsp_viewer(src: Path) -> AudioReceiver:

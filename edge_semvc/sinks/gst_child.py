@@ -48,7 +48,8 @@ PARSE = {"h264": "h264parse", "hevc": "h265parse"}
 # G.711 (what IP cameras send) as PCMU / PCMA.
 RTSP_AUDIO = {"aac": ("audio/mpeg,mpegversion=4", "rtpmp4gpay"),
               "pcm_mulaw": ("audio/x-mulaw", "rtppcmupay"),
-              "pcm_alaw": ("audio/x-alaw", "rtppcmapay")}
+              "pcm_alaw": ("audio/x-alaw", "rtppcmapay"),
+              "opus": ("audio/x-opus,channel-mapping-family=0", "rtpopuspay")}  # RFC 7587
 
 # per output kind: (GObject-introspection namespace or element, Debian package that brings it)
 NEEDS = {
@@ -62,7 +63,8 @@ NEEDS = {
              ("rtpmp4gpay", "gstreamer1.0-plugins-good"),
              ("aacparse", "gstreamer1.0-plugins-good"),
              ("rtppcmupay", "gstreamer1.0-plugins-good"),
-             ("rtppcmapay", "gstreamer1.0-plugins-good")],
+             ("rtppcmapay", "gstreamer1.0-plugins-good"),
+             ("rtpopuspay", "gstreamer1.0-plugins-good")],
 }
 
 _out_lock = threading.Lock()

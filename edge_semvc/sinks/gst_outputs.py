@@ -120,6 +120,8 @@ class RtspServerOutput(GstChildOutput):
                     f"video")
         if not (track.sample_rate and track.channels):
             return "its sample rate or channels are unknown"
+        if track.codec == "opus" and track.channels > 2:  # RFC 7587 is mono or stereo
+            return f"Opus with {track.channels} channels (RTP carries mono or stereo Opus)"
         return None
 
     def _put_track(self, packet) -> None:
