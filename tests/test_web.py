@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -44,9 +45,9 @@ def get(url: str, auth: str | None = AUTH, timeout: float = 10.0) -> tuple[int, 
         return 0, b""
 
 
-def read_for(url: str, seconds: float) -> bytes:
+def read_for(url: str, seconds: float, auth: str | None = AUTH) -> bytes:
     """What a streaming response sends in `seconds`."""
-    request = urllib.request.Request(url, headers={"Authorization": AUTH})
+    request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
     out = b""
     with urllib.request.urlopen(request, timeout=10) as r:
         end = time.monotonic() + seconds
@@ -128,6 +129,39 @@ def test_each_frame_s_fragment_leaves_with_it_and_the_fragments_lie_end_to_end()
     with av.open(io.BytesIO(b"".join(chunks))) as c:
         pictures = list(c.decode(video=0))
     assert len(pictures) == 26 and pictures[0].key_frame
+
+
+def test_an_hevc_camera_records_and_its_page_names_what_the_browser_cannot_play(
+        tmp_path, chromium):
+    """An HEVC encoder (x265 here; Jetson's and NVENC's too) feeds the page as 'hvc1' with its
+    RFC 6381 codecs string: a browser with an HEVC decoder plays it, one without (this
+    Chromium) says so on the page, and the camera records either way (the page once stopped it:
+    the output refused HEVC and the run retried forever)."""
+    needs_clip()
+    from edge_semvc.bench.browser import Browser
+
+    port = free_port()
+    config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}})
+    config.write_text(config.read_text() + "http: {enabled: true, port: %d}\n"
+                      "encoder: {tune: zerolatency, backend: x265}\n" % port)
+    base = f"http://127.0.0.1:{port}"
+    proc = start_service(config)
+    try:
+        wait_until(lambda: proc.poll() is not None or json.loads(
+            get(base + "/api/stats", auth=None)[1] or b"{}").get("front", {}).get("frames"),
+            timeout=120, what="frames recorded")
+        live = read_for(base + "/api/cameras/front/live.mp4", 2.0, auth=None)
+        with av.open(io.BytesIO(live)) as c:
+            assert c.streams.video[0].codec_context.name == "hevc"
+            assert len(list(c.decode(video=0))) >= 10
+        with Browser(chromium) as browser:
+            browser.open(base + "/cameras/front")
+            shown = browser.wait_for("(e => e && e.textContent.includes('cannot play') && "
+                                     "e.textContent)(document.getElementById('name'))")
+        assert re.search(r'codecs="hvc1\.1\.6\.L\d+\.[0-9A-F.]+"', shown), shown
+    finally:
+        code = stop(proc)
+    assert code == 0 and "sink_error" not in service_log(config), service_log(config)
 
 
 def fragment_time(fragment: bytes) -> tuple[int, int]:

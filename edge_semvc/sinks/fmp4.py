@@ -48,6 +48,54 @@ def track_of(init: bytes) -> tuple[int, int]:
     return track_id, timescale
 
 
+def boxes(data: bytes):
+    """(type, start, end) of each complete top-level box in `data`."""
+    pos = 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8].decode("latin-1")
+        if size == 1 and pos + 16 <= len(data):
+            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+        if size < 8 or pos + size > len(data):
+            return
+        yield kind, pos, pos + size
+        pos += size
+
+
+def as_hvc1(init: bytes) -> bytes:
+    """An HEVC init segment from FFmpeg's mov muxer ('hev1': parameter sets may also come
+    in-band) as 'hvc1', the sample entry Safari requires: the same hvcC with each parameter-set
+    array marked complete. (PyAV's muxer streams take no codec tag to ask for it.)"""
+    out = bytearray(init.replace(b"hev1", b"hvc1", 1))
+    at = out.find(b"hvcC") + 4  # the HEVCDecoderConfigurationRecord
+    if at < 4 or at + 23 > len(out):
+        raise ValueError("the init segment has no hvcC box")
+    pos = at + 23  # after the 22-byte header and numOfArrays
+    for _ in range(out[at + 22]):
+        out[pos] |= 0x80  # array_completeness
+        count, pos = int.from_bytes(out[pos + 1:pos + 3], "big"), pos + 3
+        for _ in range(count):
+            pos += 2 + int.from_bytes(out[pos:pos + 2], "big")
+    return bytes(out)
+
+
+def codecs(init: bytes) -> str:
+    """The RFC 6381 codecs parameter of an init segment: avc1.PPCCLL from its avcC, or
+    hvc1/hev1.<profile>.<compatibility>.<tier><level>.<constraints> from its hvcC."""
+    at = init.find(b"avcC") + 4
+    if at >= 4:
+        return "avc1." + init[at + 1:at + 4].hex().upper()
+    at = init.find(b"hvcC") + 4
+    if at < 4 or at + 13 > len(init):
+        raise ValueError("the init segment has neither an avcC nor an hvcC box")
+    entry = "hvc1" if b"hvc1" in init[:at] else "hev1"
+    space, tier, profile = init[at + 1] >> 6, init[at + 1] >> 5 & 1, init[at + 1] & 0x1F
+    compatible = int("{:032b}".format(int.from_bytes(init[at + 2:at + 6], "big"))[::-1], 2)
+    constraints = init[at + 6:at + 12].rstrip(b"\0")
+    return ".".join([entry, ("", "A", "B", "C")[space] + str(profile), f"{compatible:X}",
+                     "LH"[tier] + str(init[at + 12])] + [f"{b:02X}" for b in constraints])
+
+
 def fragment(sequence: int, track_id: int, decode_time: int, duration: int, offset: int,
              key: bool, data: bytes) -> bytes:
     """One moof+mdat holding one sample: `decode_time` (tfdt), `duration` and composition

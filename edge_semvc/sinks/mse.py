@@ -1,4 +1,4 @@
-"""The browser's live picture: the encoder's own H.264 packets muxed to fragmented MP4 (one
+"""The browser's live picture: the encoder's own H.264 or HEVC packets as fragmented MP4 (one
 fragment per frame) for Media Source Extensions, fanned out to the page's readers.
 
 Nothing is re-encoded: `MseOutput` is one more `Output` of the camera's encoder. FFmpeg's mov
@@ -125,7 +125,7 @@ class LiveFeed:
 class MseOutput(Output):
     """Each run's packets as fMP4 fragments into `feed` (see the module's docstring)."""
 
-    global_headers = True  # the parameter sets go into the init segment (avcC)
+    global_headers = True  # the parameter sets go into the init segment (avcC, hvcC)
 
     def __init__(self, feed: LiveFeed, uri: str = "web page"):
         self.feed, self.uri = feed, uri
@@ -135,10 +135,9 @@ class MseOutput(Output):
         self.frames = 0
 
     def open(self, info: StreamInfo) -> None:
-        if info.codec != "h264":
-            raise SinkError(f"the web page's live picture needs H.264 (browsers' MSE), the "
-                            f"encoder writes {info.codec.upper()}: set encoder.codec: h264 or "
-                            "turn http.live off")
+        if info.codec not in ("h264", "hevc"):
+            raise SinkError(f"the web page's live picture takes H.264 or HEVC, the encoder "
+                            f"writes {info.codec!r}: turn http.live off")
         self._info = info
 
     def wants_idr(self, pts: int | None) -> bool:
@@ -164,18 +163,18 @@ class MseOutput(Output):
                           bool(packet.keyframe), self._timeline.offset / timescale)
 
     def _start(self, first: bytes) -> None:
-        """The init segment (ftyp+moov, the parameter sets in its avcC) from FFmpeg's mov muxer
-        given the first packet; the fragments are written here (fmp4.py)."""
+        """The init segment (ftyp+moov, the parameter sets in its avcC or hvcC) from FFmpeg's
+        mov muxer given the first packet; the fragments are written here (fmp4.py)."""
         import av
 
         from . import mux
 
         info, sink = self._info, _Sink()
         container = av.open(sink, mode="w", format="mp4", options={"movflags": MOVFLAGS})
-        stream = mux.add_stream(container, "h264", info.fps, info.width, info.height,
+        stream = mux.add_stream(container, info.codec, info.fps, info.width, info.height,
                                 info.time_base, True)
         if stream is None:  # PyAV 17 (mux.py)
-            stream = mux.stream_from_first_packet(container, "h264", first, info.width,
+            stream = mux.stream_from_first_packet(container, info.codec, first, info.width,
                                                   info.height, info.time_base)
         pkt = av.Packet(first)
         pkt.stream, pkt.time_base, pkt.pts, pkt.dts = stream, info.time_base, 0, 0
@@ -183,14 +182,14 @@ class MseOutput(Output):
         container.mux(pkt)
         container.close()
         data = sink.data.getvalue()
-        moov = next((end for kind, _, end in _boxes(data) if kind == "moov"), None)
+        moov = next((end for kind, _, end in fmp4.boxes(data) if kind == "moov"), None)
         if moov is None:
             raise SinkError("the web page's live picture: FFmpeg's mov muxer wrote no moov box")
-        init = data[:moov]
+        init = data[:moov] if info.codec == "h264" else fmp4.as_hvc1(data[:moov])
         self._track = fmp4.track_of(init)
         interval = 1 / info.fps if info.fps else Fraction(1, 30)  # the first frame's duration only
         self._timeline = fmp4.Timeline(fmp4.ticks(1, interval, self._track[1]))
-        self.feed.start(init, _mime(init))
+        self.feed.start(init, f'video/mp4; codecs="{fmp4.codecs(init)}"')
 
     def stats(self) -> dict:
         return {"uri": self.uri, "state": "open" if self.frames else "starting",
@@ -208,27 +207,3 @@ class _Sink:
 
     def write(self, chunk) -> int:
         return self.data.write(chunk)
-
-
-def _boxes(data: bytes):
-    """(type, start, end) of each complete top-level MP4 box in `data`."""
-    pos = 0
-    while pos + 8 <= len(data):
-        size = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8].decode("latin-1")
-        if size == 1 and pos + 16 <= len(data):
-            size = int.from_bytes(data[pos + 8:pos + 16], "big")
-        if size < 8 or pos + size > len(data):
-            return
-        yield kind, pos, pos + size
-        pos += size
-
-
-def _mime(init: bytes) -> str:
-    """The MSE type of an H.264 init segment: avc1.PPCCLL from its avcC box."""
-    at = init.find(b"avcC")
-    if at < 0 or at + 8 > len(init):
-        return 'video/mp4; codecs="avc1.42E01E"'
-    profile, compat, level = init[at + 5], init[at + 6], init[at + 7]
-    return f'video/mp4; codecs="avc1.{profile:02X}{compat:02X}{level:02X}"'
-
