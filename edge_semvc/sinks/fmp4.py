@@ -1,16 +1,17 @@
-"""Movie fragments written by hand: one moof+mdat per H.264 access unit, ready the moment the
+"""Movie fragments written by hand: one moof+mdat per H.264 or HEVC access unit, ready the moment the
 encoder hands it over (ISO/IEC 14496-12, 8.8).
 
 FFmpeg's mov muxer writes a frame's fragment only when the next frame comes (it needs the next
 timestamp for the sample's duration, and PyAV cannot ask it to flush), which holds the web page's
-picture back one frame interval. Here each sample's duration is the interval *before* it and the
-fragments lie end to end on a `Timeline`: a sample never waits for its successor, and a frame
-the pipeline dropped leaves no hole, which Media Source Extensions would take for a
-discontinuity (a gap over twice the last frame's duration) and answer by dropping every frame up
-to the next keyframe.
+picture back one frame interval. Here each sample lasts the interval before it (at most the
+stream's usual one) and the fragments lie end to end on a `Timeline`: a sample never waits for
+its successor, and a frame the pipeline dropped leaves no hole, which Media Source Extensions
+would take for a discontinuity (a gap over twice the last frame's duration) and answer by
+dropping every frame up to the next keyframe.
 """
 from __future__ import annotations
 
+import collections
 import struct
 from fractions import Fraction
 
@@ -112,22 +113,29 @@ def fragment(sequence: int, track_id: int, decode_time: int, duration: int, offs
 
 
 class Timeline:
-    """Media times end to end: each sample lasts the interval since the previous one (the first
-    `first_duration`), so sample n starts where sample n-1 ends: at sample n-1's stream time
-    plus `first_duration`. At the nominal frame rate media time is stream time (the first sample
-    starts at its own decode time, never before 0); the sample after a dropped frame starts one
-    interval early. `offset`: media time minus stream time of the last sample placed."""
+    """Media times end to end: sample n starts where sample n-1 ends and lasts the interval
+    since sample n-1, at most the frame interval the stream keeps (the median of the last
+    `RECENT` intervals, at first `interval`). So at a steady rate media time follows stream
+    time, and after a pause or dropped frames the next sample still lasts one interval: the
+    timeline falls behind stream time by the pause (`offset`, media minus stream time, of the
+    last sample placed) and the page shows the sample when it comes, never a frame stretched
+    over the pause nor a hole in its buffer."""
 
-    def __init__(self, first_duration: int):
-        self.first_duration = max(1, first_duration)
+    RECENT = 9
+
+    def __init__(self, interval: int):
+        self._intervals = collections.deque([max(1, interval)], maxlen=self.RECENT)
         self._end: int | None = None  # where the next sample starts
         self._last: int | None = None  # the last sample's stream decode time
         self.offset = 0
 
     def place(self, dts: int) -> tuple[int, int]:
         """(media decode time, duration) of the sample at stream decode time `dts`."""
-        gap = self.first_duration if self._last is None else dts - self._last
-        duration = max(1, gap)  # a repeated timestamp still gets a tick
+        if self._last is not None and dts > self._last:
+            self._intervals.append(dts - self._last)
+        usual = sorted(self._intervals)[len(self._intervals) // 2]
+        gap = usual if self._last is None else dts - self._last
+        duration = max(1, min(gap, usual))  # a repeated timestamp still gets a tick
         start = max(0, dts) if self._end is None else self._end
         self._end, self._last = start + duration, dts
         self.offset = start - dts
