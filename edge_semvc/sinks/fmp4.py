@@ -1,5 +1,5 @@
-"""Movie fragments written by hand: one moof+mdat per H.264 or HEVC access unit, ready the moment the
-encoder hands it over (ISO/IEC 14496-12, 8.8).
+"""Movie fragments written by hand: one moof+mdat per H.264 or HEVC access unit, ready the
+moment the encoder hands it over (ISO/IEC 14496-12, 8.8).
 
 FFmpeg's mov muxer writes a frame's fragment only when the next frame comes (it needs the next
 timestamp for the sample's duration, and PyAV cannot ask it to flush), which holds the web page's
