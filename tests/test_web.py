@@ -17,6 +17,7 @@ import urllib.request
 import av
 import numpy as np
 import pytest
+from conftest import shared_file
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_serve import CLIP, needs_clip, service_log, start_service, stop, write_config
@@ -163,6 +164,36 @@ def test_an_hevc_camera_records_and_its_page_names_what_the_browser_cannot_play(
     finally:
         code = stop(proc)
     assert code == 0 and "sink_error" not in service_log(config), service_log(config)
+
+
+def test_a_gop_longer_than_the_browser_s_buffer_restarts_the_stream_not_the_picture(
+        tmp_path, chromium):
+    """A browser evicts played video a whole GOP at a time; with none ending (keyint 1000,
+    intra refresh) its buffer fills (1 MB here, about 150 MB in a desktop Chrome) and appending
+    fails. The page then starts the stream again, which the server begins at an IDR, and the
+    picture goes on."""
+    from edge_semvc.bench.browser import Browser
+
+    street = shared_file("data", "video", "street_pedestrians_vtest_768x576.avi")
+    port = free_port()
+    config = write_config(tmp_path, {"front": {"input": f"file://{street}", "loop": True}},
+                          segment_seconds=600)  # a segment starts at an IDR
+    config.write_text(config.read_text() + "http: {enabled: true, port: %d}\n"
+                      "encoder: {tune: zerolatency, keyint: 1000, bitrate: 2000000, "
+                      "params: {scenecut: 0}}\n" % port)
+    proc = start_service(config)
+    try:
+        wait_until(lambda: proc.poll() is not None or get(
+            f"http://127.0.0.1:{port}/api/stats", auth=None)[0] == 200, timeout=120,
+            what="the HTTP endpoint")
+        with Browser(chromium, flags=("--mse-video-buffer-size-limit-mb=1",)) as browser:
+            browser.open(f"http://127.0.0.1:{port}/cameras/front")
+            browser.wait_for("window.edgeSemvc && window.edgeSemvc.streams() >= 2", timeout=90)
+            shown = browser.wait_for("window.edgeSemvc.shown()")
+            time.sleep(3)
+            assert browser.evaluate("window.edgeSemvc.shown()") > shown + 15  # of 30
+    finally:
+        assert stop(proc) == 0, service_log(config)
 
 
 def fragment_time(fragment: bytes) -> tuple[int, int]:

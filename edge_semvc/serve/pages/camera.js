@@ -50,9 +50,15 @@ async function play() {
   buffer.mode = "segments";
   state.streams += 1;
   const pending = [];
+  let reader = null;
   const feed = () => {
     if (buffer.updating || !pending.length) return;
-    try { buffer.appendBuffer(pending.shift()); } catch (e) { pending.length = 0; }
+    try {
+      buffer.appendBuffer(pending.shift());
+    } catch (e) {  // full (a GOP longer than the browser's buffer: nothing it may evict) or
+      pending.length = 0;  // broken: start again, the server begins it at a fresh IDR
+      reader.cancel().catch(() => {});
+    }
   };
   // What was played stays buffered until the browser evicts it (MSE's own garbage collection,
   // from the front, a whole GOP at a time): removing a time range would also remove every frame
@@ -68,7 +74,7 @@ async function play() {
     if (video.paused && !freeze.checked) video.play().catch(() => {});
     feed();
   });
-  const reader = response.body.getReader();
+  reader = response.body.getReader();
   for (;;) {
     let chunk;
     try { chunk = await reader.read(); } catch (e) { break; }
