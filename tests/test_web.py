@@ -140,6 +140,9 @@ def test_an_hevc_camera_records_and_its_page_names_what_the_browser_cannot_play(
     Chromium) says so on the page, and the camera records either way (the page once stopped it:
     the output refused HEVC and the run retried forever)."""
     needs_clip()
+    ok, why = get_encoder("x265").available()
+    if not ok:
+        pytest.skip(f"x265 unavailable: {why}")
     from edge_semvc.bench.browser import Browser
 
     port = free_port()
