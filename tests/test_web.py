@@ -199,6 +199,37 @@ def test_a_gop_longer_than_the_browser_s_buffer_restarts_the_stream_not_the_pict
         assert stop(proc) == 0, service_log(config)
 
 
+def test_receivers_get_a_burst_of_idrs_then_one_a_second_a_recording_segment_always(tmp_path):
+    """A page reconnecting on every frame (a broken or hostile client) asks for an IDR each
+    time: the run grants a burst of three, then one a second of stream time (every keyframe
+    counts), never every frame of every output; a recording segment's IDR is never held back."""
+    from edge_semvc.sinks.base import Outputs
+    from edge_semvc.sinks.config import RecordConfig
+    from edge_semvc.sinks.segments import SegmentOutput
+
+    src = open_source("demo://astronaut")  # 30 fps
+    s = EncoderSettings(width=src.width, height=src.height, fps=src.fps,
+                        time_base=src.time_base, tune="zerolatency", keyint=10_000)
+    feed = LiveFeed()
+    record = RecordConfig(dir=str(tmp_path), segment_seconds=2.0)
+    outputs = Outputs([MseOutput(feed), SegmentOutput(record, "cam")])
+    idrs = []
+    with get_encoder("x264")(s) as enc:
+        outputs.open(StreamInfo(s.width, s.height, s.fps, s.time_base, enc.codec,
+                                enc.headers(), outputs.global_headers))
+        for i, frame in enumerate(src.frames()):
+            if i == 90:
+                break
+            idr = outputs.wants_idr(frame.pts)
+            idrs += [i] if idr else []
+            outputs.write(enc.encode(frame, force_idr=idr))
+            assert feed.subscribe() is not None  # a page joins, and joins again
+        outputs.write(enc.flush())
+    outputs.close()
+    src.close()
+    assert idrs == [0, 1, 2, 30, 60]  # 60: the recording's second segment
+
+
 def fragment_time(fragment: bytes) -> tuple[int, int]:
     """(tfdt, the one sample's duration) of a moof+mdat written by fmp4.fragment."""
     at = fragment.find(b"tfdt")

@@ -31,6 +31,10 @@ from ..errors import WriteError
 from ..tracks import Track, TrackPacket
 from .interleave import Interleaver
 
+# what receivers may ask for: IDRs while fewer than this burst came lately, one more a second
+# of stream time (a client's DESCRIBE and PLAY pass at once; a reconnect loop gets one a second)
+RECEIVER_IDR_BURST, RECEIVER_IDRS_PER_S = 3, 1
+
 log = logging.getLogger(__name__)
 
 # on_event(name, **fields): the service publishes them over MQTT, `encode` logs them
@@ -74,6 +78,9 @@ class Output(ABC):
     # the packets' timestamps reach the receiver (a raw .h264 file keeps none: frames left out
     # by the storage profile would shorten it)
     keeps_timestamps: bool = True
+    # its IDRs are asked for by receivers (a client joined): granted within RECEIVER_IDR_BURST
+    # and RECEIVER_IDRS_PER_S (`Outputs.wants_idr`), where a segment's always are
+    asks_for_receivers: bool = False
 
     @abstractmethod
     def open(self, info: StreamInfo) -> None:
@@ -112,11 +119,16 @@ class Output(ABC):
 
 class Outputs:
     """The run's outputs behind one sink: each packet to every output, an IDR when any output
-    asks for one, every output closed whatever happened to the others."""
+    needs one or receivers ask within their budget (RECEIVER_IDR_BURST, RECEIVER_IDRS_PER_S),
+    every output closed whatever happened to the others."""
 
     def __init__(self, outputs: Iterable[Output]):
         self.outputs = list(outputs)
         self._closed = False
+        self._refill = Fraction(0)  # IDRs receivers may ask for per pts unit, once open
+        self._budget = Fraction(RECEIVER_IDR_BURST)  # of those, now (each keyframe takes one)
+        self._last_pts: int | None = None  # of the last frame asked about
+        self._receivers_wait = False  # a receiver's request not granted yet
         self._interleaver: Interleaver | None = None
         self._carriers: dict[int, list[Output]] = {}  # track -> the outputs that carry it
         self.tracks: tuple[Track, ...] = ()
@@ -149,13 +161,23 @@ class Outputs:
                 log.warning("%s: the input's %s is not passed through: %s", o.uri,
                             track.describe(), reason)
                 self.dropped.append({"output": o.uri, **track.summary(), "reason": reason})
+        self._refill = RECEIVER_IDRS_PER_S * Fraction(info.time_base)
         self._interleaver = Interleaver(info.time_base, info.fps,
                                         tuple(t for t in info.tracks if self._carriers[t.index]))
         return self
 
     def wants_idr(self, pts: int | None) -> bool:
         # every output is asked (no short cut): segments count their frames in wants_idr
-        return any([o.wants_idr(pts) for o in self.outputs])
+        asks = [(o.asks_for_receivers, o.wants_idr(pts)) for o in self.outputs]
+        self._receivers_wait |= any(a for receivers, a in asks if receivers)
+        if pts is not None and self._last_pts is not None and pts > self._last_pts:
+            self._budget = min(Fraction(RECEIVER_IDR_BURST),
+                               self._budget + (pts - self._last_pts) * self._refill)
+        self._last_pts = pts if pts is not None else self._last_pts
+        if any(a for receivers, a in asks if not receivers):
+            return True
+        # a client reconnecting in a loop must not make every frame of every output an IDR
+        return self._receivers_wait and self._budget >= 1
 
     def write(self, packets) -> None:
         """Encoded video packets, in decode order (the tracks' packets due before each first)."""
@@ -163,6 +185,8 @@ class Outputs:
             packets = [packets]
         failed: WriteError | None = None
         for p in packets:
+            if p.keyframe:  # whatever made it one, it is what a waiting receiver needs
+                self._receivers_wait, self._budget = False, max(Fraction(0), self._budget - 1)
             if self._interleaver is not None:
                 failed = self._write_tracks(self._interleaver.video(p)) or failed
             failed = _each(self.outputs, lambda o: o.write(p)) or failed  # noqa: B023

@@ -88,6 +88,7 @@ class GstChildOutput(Output):
     kind = ""
     role = ""
     credentials_hint = ""
+    asks_for_receivers = True  # an RTSP client pressed play, an SRT caller came
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         self.uri = uri

@@ -10,7 +10,8 @@ would hold each frame until the next came, one frame interval on the page).
 the latest init segment, then fragments from the next keyframe on, through its own bounded
 queue. The encoder's thread only appends to queues: a reader that falls behind (a slow browser,
 a slow network) loses its own fragments up to the next keyframe and never holds the encoder. A
-reader that joins asks for an IDR (`wants_idr`), so it does not wait a whole GOP.
+reader that joins asks for an IDR (`wants_idr`), so it does not wait a whole GOP (receivers'
+requests are granted within a budget: `Outputs.wants_idr`).
 """
 from __future__ import annotations
 
@@ -126,6 +127,7 @@ class MseOutput(Output):
     """Each run's packets as fMP4 fragments into `feed` (see the module's docstring)."""
 
     global_headers = True  # the parameter sets go into the init segment (avcC, hvcC)
+    asks_for_receivers = True  # a page joined
 
     def __init__(self, feed: LiveFeed, uri: str = "web page"):
         self.feed, self.uri = feed, uri
