@@ -31,8 +31,9 @@ from ..errors import WriteError
 from ..tracks import Track, TrackPacket
 from .interleave import Interleaver
 
-# what receivers may ask for: IDRs while fewer than this burst came lately, one more a second
-# of stream time (a client's DESCRIBE and PLAY pass at once; a reconnect loop gets one a second)
+# what receivers may ask for: a burst of IDRs, then one a second of stream time, each IDR the
+# run asks of the encoder taking one (a client's DESCRIBE and PLAY pass at once; a reconnect
+# loop gets one a second)
 RECEIVER_IDR_BURST, RECEIVER_IDRS_PER_S = 3, 1
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Outputs:
         self.outputs = list(outputs)
         self._closed = False
         self._refill = Fraction(0)  # IDRs receivers may ask for per pts unit, once open
-        self._budget = Fraction(RECEIVER_IDR_BURST)  # of those, now (each keyframe takes one)
+        self._budget = Fraction(RECEIVER_IDR_BURST)  # of those, now (each IDR asked takes one)
         self._last_pts: int | None = None  # of the last frame asked about
         self._receivers_wait = False  # a receiver's request not granted yet
         self._interleaver: Interleaver | None = None
@@ -174,10 +175,13 @@ class Outputs:
             self._budget = min(Fraction(RECEIVER_IDR_BURST),
                                self._budget + (pts - self._last_pts) * self._refill)
         self._last_pts = pts if pts is not None else self._last_pts
-        if any(a for receivers, a in asks if not receivers):
-            return True
         # a client reconnecting in a loop must not make every frame of every output an IDR
-        return self._receivers_wait and self._budget >= 1
+        if not (any(a for receivers, a in asks if not receivers)
+                or (self._receivers_wait and self._budget >= 1)):
+            return False
+        # counted when asked (an encoder with a delay writes it frames later)
+        self._receivers_wait, self._budget = False, max(Fraction(0), self._budget - 1)
+        return True
 
     def write(self, packets) -> None:
         """Encoded video packets, in decode order (the tracks' packets due before each first)."""
@@ -186,7 +190,7 @@ class Outputs:
         failed: WriteError | None = None
         for p in packets:
             if p.keyframe:  # whatever made it one, it is what a waiting receiver needs
-                self._receivers_wait, self._budget = False, max(Fraction(0), self._budget - 1)
+                self._receivers_wait = False
             if self._interleaver is not None:
                 failed = self._write_tracks(self._interleaver.video(p)) or failed
             failed = _each(self.outputs, lambda o: o.write(p)) or failed  # noqa: B023
