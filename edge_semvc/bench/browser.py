@@ -162,11 +162,10 @@ class Browser:
         self.close()
 
 
-# frames the video decoded, those the page saw presented (requestVideoFrameCallback; null
-# before 2026-12-06) and those Chrome counts as dropped: at the live edge, frames that came
-# after their display time (shown late, not lost: see BENCHMARKS)
-PLAYBACK_QUALITY = ("(q => [q.totalVideoFrames, window.edgeSemvc.shown ? window.edgeSemvc.shown()"
-                    " : null, q.droppedVideoFrames])("
+# frames the video decoded, those the page saw presented (requestVideoFrameCallback) and those
+# Chrome counts as dropped: at the live edge, frames that came after their display time (shown
+# late, not lost: see BENCHMARKS)
+PLAYBACK_QUALITY = ("(q => [q.totalVideoFrames, window.edgeSemvc.shown(), q.droppedVideoFrames])("
                     "document.getElementById('video').getVideoPlaybackQuality())")
 
 
@@ -178,8 +177,7 @@ def page_lag(browser: Browser, seconds: float) -> dict:
     while time.monotonic() < end:
         time.sleep(min(5.0, seconds))  # the page keeps the last 300 samples
         lags += browser.evaluate("window.edgeSemvc.lags()")
-    frames, shown, late = (None if b is None else a - b
-                           for a, b in zip(browser.evaluate(PLAYBACK_QUALITY), before))
+    frames, shown, late = (a - b for a, b in zip(browser.evaluate(PLAYBACK_QUALITY), before))
     ms = np.asarray(lags) * 1e3
     out = {"samples": int(len(ms)), "frames": frames, "shown": shown, "late": late}
     if len(ms) < 30:

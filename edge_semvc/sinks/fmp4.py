@@ -101,15 +101,17 @@ def fragment(sequence: int, track_id: int, decode_time: int, duration: int, offs
              key: bool, data: bytes) -> bytes:
     """One moof+mdat holding one sample: `decode_time` (tfdt), `duration` and composition
     `offset` in the track's timescale, `data` length-prefixed NAL units."""
-    def moof(data_offset: int) -> bytes:
-        trun = full_box(b"trun", 1, TRUN_FLAGS, struct.pack(
-            ">IiIIIi", 1, data_offset, duration, len(data),
-            KEY_SAMPLE if key else DELTA_SAMPLE, offset))
-        traf = box(b"traf", full_box(b"tfhd", 0, DEFAULT_BASE_IS_MOOF, struct.pack(">I", track_id))
-                   + full_box(b"tfdt", 1, 0, struct.pack(">Q", decode_time)) + trun)
-        return box(b"moof", full_box(b"mfhd", 0, 0, struct.pack(">I", sequence)) + traf)
-    head = moof(0)
-    return moof(len(head) + 8) + box(b"mdat", data)
+    trun = full_box(b"trun", 1, TRUN_FLAGS, struct.pack(
+        ">IiIIIi", 1, MOOF_SIZE + 8, duration, len(data),  # the sample starts after mdat's header
+        KEY_SAMPLE if key else DELTA_SAMPLE, offset))
+    traf = box(b"traf", full_box(b"tfhd", 0, DEFAULT_BASE_IS_MOOF, struct.pack(">I", track_id))
+               + full_box(b"tfdt", 1, 0, struct.pack(">Q", decode_time)) + trun)
+    moof = box(b"moof", full_box(b"mfhd", 0, 0, struct.pack(">I", sequence)) + traf)
+    return moof + box(b"mdat", data)
+
+
+# mfhd 16 + traf (8 + tfhd 16 + tfdt 20 + trun 36) + its own 8: the same for every fragment
+MOOF_SIZE = 8 + 16 + 8 + 16 + 20 + 36
 
 
 class Timeline:

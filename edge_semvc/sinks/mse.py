@@ -15,7 +15,6 @@ requests are granted within a budget: `Outputs.wants_idr`).
 """
 from __future__ import annotations
 
-import io
 import queue
 import threading
 from fractions import Fraction
@@ -148,42 +147,43 @@ class MseOutput(Output):
     def write(self, packet) -> None:
         from .file import has_parameter_sets
 
-        info, data = self._info, bytes(packet.data)
+        info, data, key = self._info, bytes(packet.data), bool(packet.keyframe)
         if self.frames == 0:
-            if not packet.keyframe:
+            if not key:
                 return  # a fragment stream starts at a keyframe
             if not has_parameter_sets(data):
                 data = info.headers + data
-            self._start(data)
+            self._start(data, packet)
         track_id, timescale = self._track
         dts = fmp4.ticks(int(packet.dts), info.time_base, timescale)
-        start, duration = self._timeline.place(dts)
-        offset = fmp4.ticks(int(packet.pts), info.time_base, timescale) - dts
+        start, duration = self._timeline.place(dts)  # placed whether or not anyone watches
         self.frames += 1
-        self.feed.publish(fmp4.fragment(self.frames, track_id, start, duration, offset,
-                                        bool(packet.keyframe), fmp4.length_prefixed(data)),
-                          bool(packet.keyframe), self._timeline.offset / timescale)
+        if not self.feed.clients():
+            return  # a reader that joins waits for a keyframe: nothing to write for nobody
+        offset = fmp4.ticks(int(packet.pts), info.time_base, timescale) - dts
+        self.feed.publish(fmp4.fragment(self.frames, track_id, start, duration, offset, key,
+                                        fmp4.length_prefixed(data)),
+                          key, self._timeline.offset / timescale)
 
-    def _start(self, first: bytes) -> None:
+    def _start(self, first: bytes, packet) -> None:
         """The init segment (ftyp+moov, the parameter sets in its avcC or hvcC) from FFmpeg's
-        mov muxer given the first packet; the fragments are written here (fmp4.py)."""
+        mov muxer given the first packet (`first`: its bytes with the parameter sets); the
+        fragments are written here (fmp4.py)."""
         import av
 
         from . import mux
+        from .stream import Collect, video_packet
 
-        info, sink = self._info, _Sink()
+        info, sink = self._info, Collect()
         container = av.open(sink, mode="w", format="mp4", options={"movflags": MOVFLAGS})
         stream = mux.add_stream(container, info.codec, info.fps, info.width, info.height,
                                 info.time_base, True)
         if stream is None:  # PyAV 17 (mux.py)
             stream = mux.stream_from_first_packet(container, info.codec, first, info.width,
                                                   info.height, info.time_base)
-        pkt = av.Packet(first)
-        pkt.stream, pkt.time_base, pkt.pts, pkt.dts = stream, info.time_base, 0, 0
-        pkt.is_keyframe = True
-        container.mux(pkt)
+        container.mux(video_packet(stream, info, first, packet, True))
         container.close()
-        data = sink.data.getvalue()
+        data = sink.take()
         moov = next((end for kind, _, end in fmp4.boxes(data) if kind == "moov"), None)
         if moov is None:
             raise SinkError("the web page's live picture: FFmpeg's mov muxer wrote no moov box")
@@ -199,13 +199,3 @@ class MseOutput(Output):
 
     def close(self) -> None:
         self.feed.end()
-
-
-class _Sink:
-    """Where the muxer writes: append only (no seek: the init segment is never rewritten)."""
-
-    def __init__(self) -> None:
-        self.data = io.BytesIO()
-
-    def write(self, chunk) -> int:
-        return self.data.write(chunk)

@@ -79,7 +79,7 @@ class TsBytes:
 
     def __init__(self, info: StreamInfo, tracks: list):
         self.info = info
-        self._out = _Collect()
+        self._out = Collect()
         self._container, self._stream, self._tracks = open_muxer(
             self._out, "mpegts", dict(_TS_LIVE), info, tracks)
 
@@ -96,7 +96,7 @@ class TsBytes:
         return self._out.take()
 
 
-class _Collect:
+class Collect:
     """A file object for PyAV that keeps what is written until taken."""
 
     def __init__(self):
