@@ -21,7 +21,7 @@ from edge_semvc.bench import gpu_qp
 from edge_semvc.config import load_config
 from edge_semvc.errors import ConfigError
 from edge_semvc.frame import mb_grid
-from edge_semvc.qp import QP_DEVICES, cuda
+from edge_semvc.qp import QP_DEVICES, cuda, qpmap
 from edge_semvc.qp.config import QpConfig
 from edge_semvc.qp.cuda import backends, mapper, nvrtc
 from edge_semvc.qp.policy import base_q
@@ -339,8 +339,10 @@ def test_the_gpu_map_equals_numpy_s_on_random_frames(gpu_mapper, w, h, kind):
     QpConfig(moving_background=0.0, reuse="never"),  # the map before the background terms
     QpConfig(moving_background=1.0, motion_low=0.02, motion_high=0.05, reuse="always",
              reuse_gain=3.0),
+    QpConfig(refresh_period=3, refresh_gain=6.0, refresh_hold=0.5, reuse_gain=0.0),
+    QpConfig(refresh_period=0),
 ], ids=["clamped", "fast-budget", "area-gain-large", "area-gain-small", "flat",
-        "no-background-terms", "strong-background"])
+        "no-background-terms", "strong-background", "refresh-only", "no-refresh"])
 def test_the_gpu_map_follows_the_configuration(gpu_mapper, cfg):
     rng = np.random.default_rng(5)
     ys = luma_pair(rng, 1280, 720) + still_camera(rng, 1280, 720, 3)
@@ -375,9 +377,10 @@ def test_the_gpu_map_equals_numpy_s_on_a_still_camera(gpu_mapper, w, h, weighs_r
     ref = Analyser(AnalysisConfig())
     for i, (y, lab) in enumerate(zip(ys, labels)):  # the case is what it claims to be
         stats = ref.analyse(gpu_qp.frame_of(y, i), label_map(lab))
+    still = qpmap.still_camera(lab, stats.change, QpConfig())
     moving = macroblock_weight(lab, stats.change, np.zeros(len(CLASSES), np.float32),
-                               QpConfig())
-    assert moving.max() > 0.3 and stats.reuse.max() > 3
+                               QpConfig(), still)
+    assert still == 1.0 and moving.max() > 0.3 and stats.reuse.max() > 3
     compare(gpu_mapper, ys, labels, resets=(4,), weighs_reuse=weighs_reuse)
 
 

@@ -167,16 +167,20 @@ def test_reuse_builds_up_where_a_block_stays_and_falls_where_it_changes():
     assert moved[0, 0] == 0.0  # a still block that changes starts over
 
 
-def _background_map(change, labels, cfg, reuse=None, weighs_reuse=False):
+def _background_map(change, labels, cfg, reuse=None, weighs_reuse=False, index=0):
     lm = LabelMap(np.zeros((1, *labels.shape), np.float32), ["background", "person"], labels)
     stats = region_stats(labels, np.full(labels.shape, 0.3, np.float32), change)
-    stats.reuse = reuse
+    stats.reuse, stats.index = reuse, index
     return build_qp_map(stats, lm, np.array([0.0, 0.8], np.float32), cfg, None,
                         weighs_reuse).offsets
 
 
 def test_moving_background_counts_on_a_still_camera_only():
-    from edge_semvc.qp.qpmap import macroblock_weight
+    from edge_semvc.qp.qpmap import macroblock_weight, still_camera
+
+    def weights(change):
+        return macroblock_weight(labels, change, importance, cfg,
+                                 still_camera(labels, change, cfg))
 
     cfg = QpConfig(q_gain=0.0)
     labels = np.zeros((10, 10), np.int16)
@@ -184,15 +188,15 @@ def test_moving_background_counts_on_a_still_camera_only():
     still = np.zeros((10, 10), np.float32)
     still[5, 5] = 0.5  # something the labels missed walks there
     importance = np.array([0.0, 0.8], np.float32)
-    weight = macroblock_weight(labels, still, importance, cfg)
+    weight = weights(still)
     assert weight[5, 5] == pytest.approx(0.4) and weight[0, 0] == pytest.approx(0.8)
     assert weight[weight < 0.4].max() == 0
     half = np.full((10, 10), 0.16, np.float32)  # half-way up the ramp
     half[:8] = 0  # 79 of the 99 background blocks still: about half the camera counts
-    assert macroblock_weight(labels, half, importance, cfg)[9, 9] == pytest.approx(
+    assert weights(half)[9, 9] == pytest.approx(
         0.4 * (79 / 99 - 0.7) / 0.2 * (0.16 - 0.08) / (0.25 - 0.08), rel=1e-4)
     panning = np.full((10, 10), 0.5, np.float32)  # everything moves: says nothing
-    assert macroblock_weight(labels, panning, importance, cfg)[5, 5] == 0
+    assert weights(panning)[5, 5] == 0
     offsets = _background_map(still, labels, cfg)
     assert offsets[0, 0] < offsets[5, 5] < offsets[9, 9]  # person, walker, still background
     off = _background_map(still, labels, QpConfig(q_gain=0.0, moving_background=0.0))
@@ -205,20 +209,57 @@ def test_the_reuse_term_favours_what_stays_unless_the_encoder_weighs_reuse():
     change = np.zeros((4, 8), np.float32)
     reuse = np.full((4, 8), 15.0, np.float32)
     reuse[:, 4:] = 0.5  # the right half keeps changing
-    cfg = QpConfig(q_gain=0.0, reuse_gain=1.0)
+    cfg = QpConfig(q_gain=0.0, reuse_gain=1.0, refresh_period=0)
     o = _background_map(change, labels, cfg, reuse)
     assert o[2, 6] - o[2, 1] == pytest.approx(np.log2(16) - np.log2(1.5), abs=1e-4)
     same = _background_map(change, labels, cfg, reuse, weighs_reuse=True)  # x264's mb-tree
     assert same[2, 6] == same[2, 1]
-    assert (_background_map(change, labels, QpConfig(q_gain=0.0, reuse="always"), reuse,
+    assert (_background_map(change, labels, QpConfig(q_gain=0.0, reuse="always",
+                                                     refresh_period=0), reuse,
                             weighs_reuse=True) == o).all()
     never = _background_map(change, labels, QpConfig(q_gain=0.0, reuse="never"), reuse)
     assert never[2, 6] == never[2, 1]
 
 
+def test_the_still_background_is_refined_once_a_period_and_held_between():
+    labels = np.zeros((4, 8), np.int16)
+    labels[0, 0] = 1
+    change = np.zeros((4, 8), np.float32)
+    reuse = np.full((4, 8), 15.0, np.float32)
+    reuse[:, 7] = 1.0  # the right column is still for a frame only: a quarter of the term
+    cfg = QpConfig(q_gain=0.0, reuse_gain=0.0, refresh_period=4, refresh_gain=2.0,
+                   refresh_hold=3.0)
+    refreshed = np.zeros((4, 8), int)
+    for index in range(100, 104):
+        o = _background_map(change, labels, cfg, reuse, index=index)
+        still = o[:, :7][labels[:, :7] == 0]
+        held = still.max()
+        due = np.isclose(o, held - 5.0, atol=1e-4)
+        refreshed += due
+        assert np.isclose(still, held).sum() + due.sum() == still.size  # nothing in between
+        assert 6 <= due.sum() <= 8  # one in four, spread over the rows
+        assert set(np.nonzero(due)[0]) == {0, 1, 2, 3}
+        col = o[:, 7] - held  # a quarter of -2 or of +3 where a still block gets +3
+        assert (np.isclose(col, -0.5 - 3.0, atol=1e-4) | np.isclose(col, 0.75 - 3.0,
+                                                                   atol=1e-4)).all()
+        assert o[0, 0] < held - 5.0  # the person keeps its map
+    assert (refreshed[:, :7][labels[:, :7] == 0] == 1).all()  # each still block once a period
+    for off in (QpConfig(q_gain=0.0, reuse_gain=0.0, refresh_period=0),
+                QpConfig(q_gain=0.0, reuse_gain=0.0, reuse="never")):
+        o = _background_map(change, labels, off, reuse, index=3)
+        assert np.ptp(o[labels == 0]) == 0
+    mb_tree = _background_map(change, labels, cfg, reuse, weighs_reuse=True, index=3)
+    assert np.ptp(mb_tree[labels == 0]) == 0  # x264 with a lookahead weighs it itself
+    panning = _background_map(np.full((4, 8), 0.5, np.float32), labels,
+                              dataclasses.replace(cfg, moving_background=0.0), reuse, index=3)
+    assert np.ptp(panning[labels == 0]) == 0  # a moving camera: the blocks that hold are flat
+
+
 @pytest.mark.parametrize("key, value", [("qp.reuse", "off"), ("qp.moving_background", 1.5),
                                         ("qp.motion_low", 0.3), ("qp.motion_high", 0.0),
-                                        ("qp.reuse_gain", -1), ("analysis.intra_floor", 0)])
+                                        ("qp.reuse_gain", -1), ("analysis.intra_floor", 0),
+                                        ("qp.refresh_period", 1), ("qp.refresh_period", 2.5),
+                                        ("qp.refresh_hold", 60)])
 def test_the_background_terms_refuse_bad_values_naming_the_key(key, value):
     from edge_semvc.config import load_config
 

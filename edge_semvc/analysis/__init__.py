@@ -37,5 +37,5 @@ class Analyser:
         reuse = self.reuse.update(mad, var, self.cfg.intra_floor, self.cfg.reuse_horizon)
         self._prev = blocks
         stats = region_stats(labels.labels, c, v)
-        stats.reuse = reuse
+        stats.reuse, stats.index = reuse, frame.index
         return stats

@@ -55,6 +55,12 @@ class QpConfig:
     # When the reuse term applies: auto (where the encoder does not weigh reuse itself: x264
     # and x265 with zerolatency), always, never.
     reuse: str = "auto"
+    # The background refresh (where the reuse term applies): a still background macroblock gets
+    # refresh_gain QP less once every refresh_period frames (staggered) and refresh_hold QP
+    # more in the frames between, where the encoder then skips it. 0 frames: off.
+    refresh_period: int = 8  # frames (0 or 2-250)
+    refresh_gain: float = 2.0  # QP removed in a block's refresh frame (0-51)
+    refresh_hold: float = 3.0  # QP added in the frames between (0-51)
 
     def validate(self) -> None:
         # whether cuda runs here is the pre-flight's question (preflight.py), not validation's
@@ -64,7 +70,8 @@ class QpConfig:
         # Finite ranges: a weight or gain of 1e308 passes ">= 0" and makes every map NaN.
         for name, top in (("alpha_slow", 10), ("beta_slow", 10), ("alpha_fast", 10),
                           ("beta_fast", 10), ("q_gain", 51), ("importance_gain", 51),
-                          ("importance_budget", 51), ("reuse_gain", 51)):
+                          ("importance_budget", 51), ("reuse_gain", 51),
+                          ("refresh_gain", 51), ("refresh_hold", 51)):
             check(0 <= getattr(self, name) <= top, f"qp.{name}", getattr(self, name),
                   f"between 0 and {top}")
         check(0.0 < self.importance_reference <= 1.0, "qp.importance_reference",
@@ -82,6 +89,8 @@ class QpConfig:
               f"in [0, qp.motion_high) = [0, {self.motion_high})")
         check(self.reuse in ("auto", "always", "never"), "qp.reuse", self.reuse,
               "auto, always or never")
+        check(self.refresh_period == 0 or 2 <= self.refresh_period <= 250, "qp.refresh_period",
+              self.refresh_period, "0 (off) or 2 to 250 frames")
         for name, value in self.importance.items():
             check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0,
                   f"qp.importance.{name}", value, "a number between 0 and 1")

@@ -11,10 +11,10 @@ What runs where, per frame (the kernels are in qp_map.cu, compiled by nvrtc.py):
   (4-connected components of equal labels: `ccl_merge`, union-find), their mean C and V and the
   count of macroblocks per class (`region_sum`, atomics), then in one block (`offsets`) Q per
   macroblock from its region's means, the importance per macroblock (the moving background's
-  share needs the frame's share of still background: a block reduction), the importance gain
-  (a frame mean), the raw offsets with the reuse term, the mean pinning (the reference's
-  Newton/bisection search, each step a block reduction) and the clamp. Four launches; the
-  host waits once, for the map.
+  share and the refresh's need the frame's share of still background: a block reduction), the
+  importance gain (a frame mean), the raw offsets with the reuse term and the background
+  refresh, the mean pinning (the reference's Newton/bisection search, each step a block
+  reduction) and the clamp. Four launches; the host waits once, for the map.
 - Read: the labels (`LabelMap.labels`, 2 bytes a macroblock), not the probabilities: the
   reference's map depends on the probabilities only through those labels (labeler fusion
   thresholds them per model and applies `labeler.priority` before either path sees them).
@@ -110,7 +110,7 @@ class CudaQpMapper:
         adjust, encoder_weighs_reuse)` with this mapper's previous frame as the Analyser's."""
         with self.gpu.activate():
             self.upload(frame.y, labels.labels, importance)
-            self.launch(cfg, analysis, adjust, encoder_weighs_reuse)
+            self.launch(cfg, analysis, adjust, encoder_weighs_reuse, frame.index)
             return QpMap(self.result())
 
     # The three steps of `map`, apart for the benchmark (kernel time without the copies).
@@ -138,12 +138,14 @@ class CudaQpMapper:
 
     def launch(self, cfg: QpConfig, analysis: AnalysisScales,
                adjust: Callable[[np.ndarray], np.ndarray] | None = None,
-               encoder_weighs_reuse: bool = False) -> None:
-        """Queue the kernels on the uploaded frame (no wait, unless `adjust` needs Q)."""
+               encoder_weighs_reuse: bool = False, index: int = 0) -> None:
+        """Queue the kernels on the uploaded frame (number `index`: the background refresh's
+        phase; no wait, unless `adjust` needs Q)."""
         (w, h), (mb_w, mb_h) = self._size, self._grid
         n, b, k, launch = mb_w * mb_h, self._b, self._k, self.gpu.launch
         cur, prev = b[f"samples{self._flip}"], b[f"samples{1 - self._flip}"]
         i32, f32, f64 = np.int32, np.float32, np.float64
+        period = qpmap.refresh_period(cfg, encoder_weighs_reuse)
         launch(k["mb_measure"], (-(-mb_w // MEASURE_BLOCK[0]), -(-mb_h // MEASURE_BLOCK[1]), 1),
                MEASURE_BLOCK,
                [b["rows"].arg, np.int64(w), i32(-(-h // SUB)), i32(-(-w // SUB)), i32(mb_w),
@@ -172,6 +174,8 @@ class CudaQpMapper:
                 f64(cfg.moving_background), f32(cfg.motion_low),
                 f32(cfg.motion_high - cfg.motion_low), f64(qpmap.STILL_FROM),
                 f64(qpmap.STILL_FULL), f32(qpmap.reuse_gain(cfg, encoder_weighs_reuse)),
+                i32(mb_w), i32(period), i32(index % period if period else 0),
+                f32(cfg.refresh_gain), f32(cfg.refresh_hold), f32(qpmap.REFRESH_FULL_REUSE),
                 f64(cfg.target_mean),
                 f64(cfg.offset_min), f64(cfg.offset_max), f64(qpmap._TOLERANCE),
                 i32(qpmap._BISECTIONS), b["out"].arg]

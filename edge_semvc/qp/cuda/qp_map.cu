@@ -220,8 +220,9 @@ __device__ __forceinline__ float moving(float v, float low, float span)
 // One block of 1024 threads (PIN_THREADS in mapper.py). `q_out` set: store Q and stop (the
 // caller adjusts it on the host: the method's extensions); `q_in` set: use that Q instead of
 // the regions'. `out` holds the raw offsets while the shift is searched, then the map.
-// `moving_bg` 0: no moving-background term; `reuse_gain` 0: no reuse term (the encoder weighs
-// reuse itself: qpmap.reuse_gain decides on the host).
+// `moving_bg` 0: no moving-background term; `reuse_gain` 0: no reuse term and
+// `refresh_period` 0: no background refresh (the encoder weighs reuse itself: qpmap decides on
+// the host); `refresh_phase` is the frame's number modulo the period.
 __global__ void __launch_bounds__(1024)
 offsets(const short* __restrict__ labels, const int* __restrict__ region,
         const double* __restrict__ sum_c, const double* __restrict__ sum_v,
@@ -232,23 +233,26 @@ offsets(const short* __restrict__ labels, const int* __restrict__ region,
         float b_slow, float a_fast, float b_fast, float q_gain, double imp_gain,
         double imp_budget, double imp_ref, double imp_exponent, double imp_boost_exponent,
         double imp_boost_max, double moving_bg, float motion_low, float motion_span,
-        double still_from, double still_full, float reuse_gain, double target, double lo,
-        double hi, double tolerance, int max_steps, float* __restrict__ out)
+        double still_from, double still_full, float reuse_gain, int mb_w, int refresh_period,
+        int refresh_phase, float refresh_gain, float refresh_hold, float refresh_full_reuse,
+        double target, double lo, double hi, double tolerance, int max_steps,
+        float* __restrict__ out)
 {
     __shared__ double sh_d[32];
     __shared__ float sh_f[32];
-    // macroblock_weight: the share of still background macroblocks sets the moving
-    // background's scale (0 on a moving camera)
+    // still_camera: the share of still background macroblocks sets the moving background's
+    // scale and the refresh's (0 on a moving camera)
     unsigned n_bg = class_count[0];
-    float scale = 0.0f;
-    if (moving_bg > 0.0 && n_bg > 0u) {
-        double still = 0.0;
+    double still = 0.0;
+    if ((moving_bg > 0.0 || refresh_period > 0) && n_bg > 0u) {
+        double share = 0.0;
         for (int i = threadIdx.x; i < n; i += blockDim.x)
-            still += (labels[i] == 0 && v[i] < motion_low) ? 1.0 : 0.0;
-        still = block_sum(still, sh_d) / (double)n_bg;
-        scale = (float)(moving_bg * fmin(fmax((still - still_from) / (still_full - still_from),
-                                              0.0), 1.0));
+            share += (labels[i] == 0 && v[i] < motion_low) ? 1.0 : 0.0;
+        share = block_sum(share, sh_d) / (double)n_bg;
+        still = fmin(fmax((share - still_from) / (still_full - still_from), 0.0), 1.0);
     }
+    float scale = (float)(moving_bg * still);
+    float refresh_scale = (float)still;
     // importance_gain: the frame's mean importance, from exact per-class counts plus the
     // moving background's part
     double weight_sum = 0.0;
@@ -281,6 +285,11 @@ offsets(const short* __restrict__ labels, const int* __restrict__ region,
             weight = weight + scale * moving(v[i], motion_low, motion_span);
         float raw = q_gain * q - gain * weight;
         if (reuse_gain != 0.0f) raw = raw - reuse_gain * log2f(1.0f + reuse[i]);
+        if (refresh_period > 0 && refresh_scale > 0.0f && lab == 0) {  // background_refresh
+            bool due = (i % mb_w + 2 * (i / mb_w) + refresh_phase) % refresh_period == 0;
+            raw = raw + (due ? -refresh_gain : refresh_hold)
+                      * fminf(reuse[i] / refresh_full_reuse, 1.0f) * refresh_scale;
+        }
         out[i] = raw;
         raw_sum += raw;
         raw_max = fmaxf(raw_max, raw);
