@@ -117,7 +117,7 @@ def background_refresh(reuse: np.ndarray, labels: np.ndarray, index: int, cfg: Q
     where the refresh bought nothing in the benchmarks: the term fades out with the camera's
     stillness."""
     y, x = np.indices(reuse.shape)
-    due = (x + 2 * y + index % cfg.refresh_period) % cfg.refresh_period == 0
+    due = (x + 2 * y + index) % cfg.refresh_period == 0
     step = np.where(due, np.float32(-cfg.refresh_gain), np.float32(cfg.refresh_hold))
     kept = np.minimum(reuse / np.float32(REFRESH_FULL_REUSE), np.float32(1.0))
     return np.where(labels == 0, step * kept * np.float32(still), np.float32(0.0))
