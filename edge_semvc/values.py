@@ -69,7 +69,7 @@ class RegionStats:
     # int32[mb_h, mb_w] region id (a connected labelled component; 0 = background)
     regions: np.ndarray
     reuse: np.ndarray | None = None
-    index: int = 0  # the frame's number (Frame.index): the background refresh's phase
+    index: int = 0  # the frame's number (Frame.index): the still refresh's phase
 
 
 @dataclass

@@ -55,9 +55,9 @@ class QpConfig:
     # When the reuse term applies: auto (where the encoder does not weigh reuse itself: x264
     # and x265 with zerolatency), always, never.
     reuse: str = "auto"
-    # The background refresh (where the reuse term applies): a still background macroblock gets
-    # refresh_gain QP less once every refresh_period frames (staggered) and refresh_hold QP
-    # more in the frames between, where the encoder then skips it.
+    # The still refresh (where the reuse term applies): a still macroblock, labelled or not,
+    # gets refresh_gain QP less once every refresh_period frames (staggered) and refresh_hold
+    # QP more in the frames between, where the encoder then skips it.
     refresh_period: int = 8  # Frames from one refresh to the next (2-250; 0: off)
     refresh_gain: float = 2.0  # QP removed in a block's refresh frame (0-51)
     refresh_hold: float = 3.0  # QP added in the frames between (0-51)

@@ -1,7 +1,7 @@
 """From per-region Q and class importance to the signed per-macroblock QP offsets x264 takes.
 
 offset = q_gain * Q - gain * importance[label] (and, where the encoder has no lookahead, the
-temporal terms: reuse, background refresh), then shifted so the frame mean is
+temporal terms: reuse, the still refresh), then shifted so the frame mean is
 `target_mean` and clamped to [offset_min, offset_max]; gain is `importance_gain`, firmer on
 frames with a small labelled area, milder on those with a large one, limited by
 `importance_budget` (see `importance_gain`). Only differences between macroblocks matter to
@@ -24,8 +24,8 @@ _TOLERANCE = 0.005  # QP: how close the clamped mean must come to the target
 # A camera is still when this share of its background macroblocks changes less than
 # motion_low: from STILL_FROM (moving background counts for nothing) to STILL_FULL (fully).
 STILL_FROM, STILL_FULL = 0.7, 0.9
-# A still background macroblock takes the whole background refresh from this many frames of
-# expected reuse (analysis/temporal.py) on.
+# A still macroblock takes the whole still refresh from this many frames of expected reuse
+# (analysis/temporal.py) on.
 REFRESH_FULL_REUSE = 4.0
 
 
@@ -53,15 +53,14 @@ def build_qp_map(stats: RegionStats, labels: LabelMap, importance: np.ndarray,
     if map_weighs_reuse(cfg, encoder_weighs_reuse) and stats.reuse is not None:
         raw = raw - cfg.reuse_gain * np.log2(1.0 + stats.reuse)
         if cfg.refresh_period and still > 0:
-            raw = raw + background_refresh(stats.reuse, labels.labels, stats.index, cfg,
-                                           still)
+            raw = raw + still_refresh(stats.reuse, stats.index, cfg, still)
     return QpMap(pin_mean(raw, cfg.target_mean, cfg.offset_min, cfg.offset_max))
 
 
 def still_camera(labels: np.ndarray, change: np.ndarray, cfg: QpConfig) -> float:
     """How far the camera is still, 0-1: 0 while under STILL_FROM of the background
     macroblocks change less than motion_low, 1 from STILL_FULL. On a moving camera every block
-    moves and the background terms (moving background, refresh) say nothing."""
+    moves and the background terms (moving background, still refresh) say nothing."""
     background = labels == 0
     if not background.any():
         return 0.0
@@ -86,7 +85,7 @@ def macroblock_weight(labels: np.ndarray, change: np.ndarray, importance: np.nda
 
 
 def map_weighs_reuse(cfg: QpConfig, encoder_weighs_reuse: bool) -> bool:
-    """Whether the map's temporal terms (reuse, background refresh) apply: where the encoder
+    """Whether the map's temporal terms (reuse, still refresh) apply: where the encoder
     has no lookahead to weigh reuse itself (`qp.reuse: auto`), always or never."""
     return cfg.reuse == "always" or (cfg.reuse == "auto" and not encoder_weighs_reuse)
 
@@ -97,30 +96,30 @@ def reuse_gain(cfg: QpConfig, encoder_weighs_reuse: bool) -> float:
 
 
 def refresh_period(cfg: QpConfig, encoder_weighs_reuse: bool) -> int:
-    """Frames between a still background macroblock's refreshes, 0 where the term is off."""
+    """Frames between a still macroblock's refreshes, 0 where the term is off."""
     return cfg.refresh_period if map_weighs_reuse(cfg, encoder_weighs_reuse) else 0
 
 
-def background_refresh(reuse: np.ndarray, labels: np.ndarray, index: int, cfg: QpConfig,
-                       still: float) -> np.ndarray:
-    """The still background refined once every `refresh_period` frames and held between.
+def still_refresh(reuse: np.ndarray, index: int, cfg: QpConfig, still: float) -> np.ndarray:
+    """Still macroblocks refined once every `refresh_period` frames and held between.
 
     Coded at a steady QP, a still block's camera noise is coded again in every frame; x264's
     mb-tree (a lookahead, B-frames) codes the frames others reference finer and the rest
-    coarser, which zerolatency turns off. Here each still background macroblock gets
-    `refresh_gain` QP less in its refresh frame and `refresh_hold` more in the others, where
-    x264 mostly skips it: a copy of the refined block costs nothing. The refresh frames are
-    staggered (x + 2y + frame), so every frame refreshes one in `refresh_period` of the still
-    blocks, spread over its rows, and costs about the same. A block's share grows with its
-    expected reuse, whole from REFRESH_FULL_REUSE frames; labelled blocks keep their map. On
-    a moving camera (`still`: `still_camera`) the blocks that hold are flat ones (sky, road),
-    where the refresh bought nothing in the benchmarks: the term fades out with the camera's
-    stillness."""
+    coarser, which zerolatency turns off. Here each still macroblock gets `refresh_gain` QP
+    less in its refresh frame and `refresh_hold` more in the others, where x264 mostly skips
+    it: a copy of the refined block costs nothing. The refresh frames are staggered (x + 2y +
+    frame), so every frame refreshes one in `refresh_period` of the still blocks, spread over
+    its rows, and costs about the same. A block's share grows with its expected reuse, whole
+    from REFRESH_FULL_REUSE frames, labelled or not: the still part of a person's box (the
+    ground around a walker, a standing person) is refined and then copied like any other,
+    while a walker, changing every frame, takes little of it. On a moving camera (`still`:
+    `still_camera`) the blocks that hold are flat ones (sky, road), where the refresh bought
+    nothing in the benchmarks: the term fades out with the camera's stillness."""
     y, x = np.indices(reuse.shape)
     due = (x + 2 * y + index) % cfg.refresh_period == 0
     step = np.where(due, np.float32(-cfg.refresh_gain), np.float32(cfg.refresh_hold))
     kept = np.minimum(reuse / np.float32(REFRESH_FULL_REUSE), np.float32(1.0))
-    return np.where(labels == 0, step * kept * np.float32(still), np.float32(0.0))
+    return step * kept * np.float32(still)
 
 
 def importance_gain(weight: np.ndarray, cfg: QpConfig) -> float:

@@ -12,7 +12,7 @@ What runs where, per frame (the kernels are in qp_map.cu, compiled by nvrtc.py):
   count of macroblocks per class (`region_sum`, atomics), then in one block (`offsets`) Q per
   macroblock from its region's means, the importance per macroblock (the moving background's
   share and the refresh's need the frame's share of still background: a block reduction), the
-  importance gain (a frame mean), the raw offsets with the reuse term and the background
+  importance gain (a frame mean), the raw offsets with the reuse term and the still
   refresh, the mean pinning (the reference's Newton/bisection search, each step a block
   reduction) and the clamp. Four launches; the host waits once, for the map.
 - Read: the labels (`LabelMap.labels`, 2 bytes a macroblock), not the probabilities: the
@@ -139,7 +139,7 @@ class CudaQpMapper:
     def launch(self, cfg: QpConfig, analysis: AnalysisScales,
                adjust: Callable[[np.ndarray], np.ndarray] | None = None,
                encoder_weighs_reuse: bool = False, index: int = 0) -> None:
-        """Queue the kernels on the uploaded frame (number `index`: the background refresh's
+        """Queue the kernels on the uploaded frame (number `index`: the still refresh's
         phase; no wait, unless `adjust` needs Q)."""
         (w, h), (mb_w, mb_h) = self._size, self._grid
         n, b, k, launch = mb_w * mb_h, self._b, self._k, self.gpu.launch

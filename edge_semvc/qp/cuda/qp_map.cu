@@ -221,7 +221,7 @@ __device__ __forceinline__ float moving(float v, float low, float span)
 // caller adjusts it on the host: the method's extensions); `q_in` set: use that Q instead of
 // the regions'. `out` holds the raw offsets while the shift is searched, then the map.
 // `moving_bg` 0: no moving-background term; `reuse_gain` 0: no reuse term and
-// `refresh_period` 0: no background refresh (the encoder weighs reuse itself: qpmap decides on
+// `refresh_period` 0: no still refresh (the encoder weighs reuse itself: qpmap decides on
 // the host); `refresh_phase` is the frame's number modulo the period.
 __global__ void __launch_bounds__(1024)
 offsets(const short* __restrict__ labels, const int* __restrict__ region,
@@ -285,7 +285,7 @@ offsets(const short* __restrict__ labels, const int* __restrict__ region,
             weight = weight + scale * moving(v[i], motion_low, motion_span);
         float raw = q_gain * q - gain * weight;
         if (reuse_gain != 0.0f) raw = raw - reuse_gain * log2f(1.0f + reuse[i]);
-        if (refresh_period > 0 && refresh_scale > 0.0f && lab == 0) {  // background_refresh
+        if (refresh_period > 0 && refresh_scale > 0.0f) {  // still_refresh
             bool due = (i % mb_w + 2 * (i / mb_w) + refresh_phase) % refresh_period == 0;
             raw = raw + (due ? -refresh_gain : refresh_hold)
                       * fminf(reuse[i] / refresh_full_reuse, 1.0f) * refresh_scale;
