@@ -252,7 +252,6 @@ offsets(const short* __restrict__ labels, const int* __restrict__ region,
         still = fmin(fmax((share - still_from) / (still_full - still_from), 0.0), 1.0);
     }
     float scale = (float)(moving_bg * still);
-    float refresh_scale = (float)still;
     // importance_gain: the frame's mean importance, from exact per-class counts plus the
     // moving background's part
     double weight_sum = 0.0;
@@ -285,10 +284,10 @@ offsets(const short* __restrict__ labels, const int* __restrict__ region,
             weight = weight + scale * moving(v[i], motion_low, motion_span);
         float raw = q_gain * q - gain * weight;
         if (reuse_gain != 0.0f) raw = raw - reuse_gain * log2f(1.0f + reuse[i]);
-        if (refresh_period > 0 && refresh_scale > 0.0f) {  // still_refresh
+        if (refresh_period > 0 && still > 0.0) {  // still_refresh
             bool due = (i % mb_w + 2 * (i / mb_w) + refresh_phase) % refresh_period == 0;
             raw = raw + (due ? -refresh_gain : refresh_hold)
-                      * fminf(reuse[i] / refresh_full_reuse, 1.0f) * refresh_scale;
+                      * fminf(reuse[i] / refresh_full_reuse, 1.0f) * (float)still;
         }
         out[i] = raw;
         raw_sum += raw;
