@@ -67,7 +67,7 @@ def test_short_bench_run_writes_a_complete_report(tmp_path, clip, fixture_model)
     out = tmp_path / "bench"
     code = main(["bench", str(clip("carphone_qcif_pristine.mp4")), "--ladder", "60k", "150k",
                  "--start", "50%", "--frames", "24", "--roi-model", str(model),
-                 "--eval-every", "4", "--out", str(out)])
+                 "--eval-every", "4", "--f1-min-objects", "1", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     (c,) = results["clips"]
@@ -87,6 +87,7 @@ def test_short_bench_run_writes_a_complete_report(tmp_path, clip, fixture_model)
         cov = c[key]
         assert cov["enough"] and cov["mbs_per_frame"] >= 16 and cov["frame_fraction"] > 0.9
     assert bd["psnr_roi"]["percent"] is not None and bd["psnr_roi_own"]["percent"] is not None
+    assert 1 <= c["f1_objects"] <= 12  # the man on 6 judged frames (one every 4th)
     assert set(c["kbps_at_f1"]) == {"0.9", "0.95"}
     for need in c["kbps_at_f1"].values():
         for n in need.values():
@@ -97,7 +98,7 @@ def test_short_bench_run_writes_a_complete_report(tmp_path, clip, fixture_model)
     summary = list(csv.DictReader(open(out / "summary.csv")))
     assert len(summary) == 1 and summary[0]["comparison"] == "semantic_vs_baseline"
     assert {"roi_mbs_per_frame", "roi_own_mbs_per_frame", "bd_psnr_roi", "bd_psnr_roi_own",
-            "f1_0.9_semantic_kbps", "f1_0.95_saving", "f1_gain"} <= set(summary[0])
+            "f1_0.9_semantic_kbps", "f1_0.95_saving", "f1_gain", "f1_objects"} <= set(summary[0])
     assert 0 < c["speed_ratio"]["semantic_vs_baseline"]
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 4 and {r["encoder"] for r in rows} == {"baseline", "semantic"}
@@ -154,10 +155,43 @@ def test_roi_bd_rate_needs_enough_macroblocks_on_enough_frames():
     assert roi_coverage([]) == (0.0, 0.0)
 
 
+def test_f1_figures_need_enough_reference_objects():
+    """A car park with 11 cars in the judged frames: one detection moves F1 by about 0.05, so bits to
+    an F1 target and the F1 gain are "too little data", in results and in the report."""
+    from edge_semvc.bench.report import summary_markdown
+    from edge_semvc.bench.run import Analysis, f1_analytics
+
+    def point(kbps, f1_base, f1_sem, objects):
+        return {"rate_setting": kbps * 1000,
+                "baseline": {"bitrate_kbps": kbps, "f1": f1_base, "f1_objects": objects},
+                "semantic": {"bitrate_kbps": kbps, "f1": f1_sem, "f1_objects": objects}}
+
+    few = [point(80, 0.74, 0.80, 11), point(180, 0.95, 0.80, 11)]
+    assert f1_analytics(few, ["baseline", "semantic"], Analysis()) == {
+        "f1_objects": 11,
+        "f1_note": "too little data: 11 reference objects on the judged frames (min 50)"}
+    enough = f1_analytics(few, ["baseline", "semantic"], Analysis(f1_min_objects=10))
+    assert enough["f1_gain"] == {"semantic_vs_baseline": -0.045}
+    assert enough["kbps_at_f1"]["0.9"]["baseline"]["kbps"] is not None
+
+    clip = {"clip": "parking.mp4", "width": 768, "height": 432, "frames": 2, "points": few,
+            "bd_rate": {"semantic_vs_baseline": {"psnr": {"percent": -0.4, "note": ""}}},
+            "speed_ratio": {"semantic_vs_baseline": 0.7},
+            **f1_analytics(few, ["baseline", "semantic"], Analysis())}
+    report = summary_markdown({"settings": {"roi_model": "yolox.onnx", "f1_targets": [0.9, 0.95],
+                                            "f1_min_objects": 50}, "clips": [clip]})
+    row = next(line for line in report.splitlines() if line.startswith("| parking.mp4"))
+    assert row.count("too little data") == 3  # bits to F1 0.9 and 0.95, the mean F1 gain
+    assert "- parking.mp4, detection F1: too little data: 11 reference objects" in report
+    assert "finds >= 50 objects on the judged original frames" in report
+
+
 def test_bench_refuses_bad_arguments(tmp_path, capsys):
     assert main(["bench", "x.mp4", "--roi-model", str(tmp_path / "none.onnx")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["bench", "x.mp4", "--f1-targets", "0.9", "1.5"]) == 2
+    assert main(["bench", "x.mp4", "--f1-min-objects", "-1"]) == 2
+    assert "--f1-min-objects takes a value >= 0, got -1" in capsys.readouterr().err
     assert main(["bench", "x.mp4", "--roi-min-frames", "2"]) == 2
     assert main(["bench", "x.mp4", "--start", "half"]) == 2
     assert "--start 'half'" in capsys.readouterr().err

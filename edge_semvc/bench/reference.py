@@ -250,6 +250,7 @@ def evaluate(path: str, ref: ClipReference, detector: YoloxDetector | None,
     if detector:
         total = sum(counts.values())
         out["f1"] = round(f1_score(*total), 4)
+        out["f1_objects"] = int(total[0] + total[2])  # the reference's boxes judged (tp + fn)
         out.update({f"f1_{g}": round(f1_score(*c), 4) for g, c in counts.items()})
     if vmaf:
         from .vmaf import vmaf_neg

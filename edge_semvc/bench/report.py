@@ -57,6 +57,8 @@ def _summary_rows(results: dict):
                 row[f"f1_{t}_saving_bound"] = bound and f"{bound['op']} {bound['percent']}"
             if "f1_gain" in clip:
                 row["f1_gain"] = clip["f1_gain"][pair]
+            if "f1_objects" in clip:
+                row["f1_objects"], row["f1_note"] = clip["f1_objects"], clip.get("f1_note", "")
             row["speed_ratio"] = clip["speed_ratio"][pair]
             yield row
 
@@ -128,6 +130,8 @@ def _need_cell(n: dict) -> str:
 
 
 def _f1_cell(clip: dict, pair: str, anchor: str, target: str) -> str:
+    if "f1_note" in clip:
+        return "too little data"
     if target not in clip.get("kbps_at_f1", {}):
         return "n/a"
     need = clip["kbps_at_f1"][target]
@@ -139,6 +143,10 @@ def _f1_cell(clip: dict, pair: str, anchor: str, target: str) -> str:
         op = {"<=": "≤", ">=": "≥"}[saving["bound"]["op"]]
         return cell + f" ({op} {saving['bound']['percent']:+.1f} %)"
     return cell
+
+
+def _f1_gain_cell(clip: dict, pair: str) -> str:
+    return "too little data" if "f1_note" in clip else _signed(clip.get("f1_gain", {}).get(pair))
 
 
 def _roi_cells(c: dict, key: str) -> list[str]:
@@ -174,11 +182,13 @@ def _summary_table(clips: list[dict], pair: str, targets: list[str]) -> list[str
         cells = ([_clip_cell(c)] + [cell for key in rois for cell in _roi_cells(c, key)]
                  + [_bd_cell(c["bd_rate"][pair][m]) for m in metrics]
                  + [_f1_cell(c, pair, anchor, t) for t in targets]
-                 + [_signed(c.get("f1_gain", {}).get(pair))] * bool(targets)
+                 + [_f1_gain_cell(c, pair)] * bool(targets)
                  + [_fmt(c["speed_ratio"][pair], 2)])
         lines.append("| " + " | ".join(cells) + " |")
         notes += [f"- {c['clip']}, {m}: {v['note']}" for m, v in c["bd_rate"][pair].items()
                   if v["note"]]
+        if targets and "f1_note" in c:
+            notes.append(f"- {c['clip']}, detection F1: {c['f1_note']}")
     return lines + [""] + notes
 
 
@@ -204,7 +214,9 @@ def summary_markdown(results: dict) -> str:
                      "off the ladder), interpolated on the ladder's monotone F1 envelope; "
                      "\"below ladder (≤ r)\": the lowest rate already reaches it, \"not reached "
                      "(> r)\": the highest does not. Mean F1 gain: semantic minus anchor, averaged "
-                     "over the ladder points.")
+                     "over the ladder points. F1 figures only where the independent detector "
+                     f"finds >= {s.get('f1_min_objects', 0)} objects on the judged original "
+                     "frames, else \"too little data\".")
     return "\n".join(lines) + "\n"
 
 
