@@ -9,6 +9,7 @@ import pytest
 from edge_semvc.bench.metrics import (
     bd_rate,
     box_iou,
+    f1_data_note,
     f1_score,
     match_counts,
     psnr,
@@ -184,6 +185,19 @@ def test_f1_figures_need_enough_reference_objects():
     assert row.count("too little data") == 3  # bits to F1 0.9 and 0.95, the mean F1 gain
     assert "- parking.mp4, detection F1: too little data: 11 reference objects" in report
     assert "finds >= 50 objects on the judged original frames" in report
+
+
+def test_the_link_story_s_f1_per_phase_follows_the_same_rule():
+    from edge_semvc.bench.link import _f1_figures, _f1_pair
+
+    assert f1_data_note(50) == "" and f1_data_note(49, 50).startswith("too little data: 49")
+    few, many = _f1_figures("person", (9, 1, 2)), _f1_figures("vehicle", (55, 5, 5))
+    assert few == {"f1_person": None,
+                   "f1_person_note": "too little data: 11 reference objects on the judged "
+                                     "frames (min 50)"}
+    assert many == {"f1_vehicle": round(f1_score(55, 5, 5), 4), "f1_vehicle_note": ""}
+    assert _f1_pair(few, few, "f1_person") == "too little data"
+    assert _f1_pair(many, many, "f1_vehicle") == "0.917 / 0.917"
 
 
 def test_bench_refuses_bad_arguments(tmp_path, capsys):

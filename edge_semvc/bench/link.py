@@ -42,7 +42,7 @@ from ..sinks.stream import sdp_text
 from ..sources import open_source
 from ..sources.paced import PacedSource, Pacing
 from .detector import FIXTURE, GROUPS, YoloxDetector, box_mask
-from .metrics import f1_score, match_counts, psnr, roi_data_note
+from .metrics import f1_data_note, f1_score, match_counts, psnr, roi_data_note
 
 # the receiver's start-up (probing, first IDR) is not the link's latency, and the RTP
 # timestamps of the encoder's first frames may be bunched (the RTSP server stamps none ahead
@@ -342,9 +342,22 @@ def _judge(received: Path, clip: str, bounds, phases, detector: YoloxDetector,
         out.append({"target_kbps": rate / 1e3, "seconds": seconds,
                     "kbps": round(p["bytes"] * 8 / seconds / 1e3, 1),
                     "psnr": _mean(p["psnr"]), "psnr_roi": None if note else _mean(p["roi"]),
-                    "roi_note": note, "f1": round(f1_score(*total), 4),
-                    **{f"f1_{g}": round(f1_score(*c), 4) for g, c in p["counts"].items()}})
+                    "roi_note": note, **_f1_figures("", total),
+                    **{k: v for g, c in p["counts"].items() for k, v in _f1_figures(g, c).items()}})
     return {"phases": out}
+
+
+def _f1_figures(group: str, counts) -> dict:
+    """`f1[_group]`, None with `f1[_group]_note` where the reference holds too few objects."""
+    key = f"f1_{group}" if group else "f1"
+    note = f1_data_note(int(counts[0] + counts[2]))
+    return {key: None if note else round(f1_score(*counts), 4), f"{key}_note": note}
+
+
+def _f1_pair(a: dict, b: dict, key: str) -> str:
+    if a[key] is None or b[key] is None:
+        return "too little data"
+    return f"{a[key]:.3f} / {b[key]:.3f}"
 
 
 def story_table(result: dict) -> str:
@@ -360,8 +373,8 @@ def story_table(result: dict) -> str:
             rows.append(
                 f"| {clip if i == 0 else '″'} | {phase} "
                 f"| {a['kbps']:.0f} / {b['kbps']:.0f} | {a['psnr']:.2f} / {b['psnr']:.2f} "
-                f"({b['psnr'] - a['psnr']:+.2f}) | {roi} | {a['f1_person']:.3f} / "
-                f"{b['f1_person']:.3f} | {a['f1_vehicle']:.3f} / {b['f1_vehicle']:.3f} |")
+                f"({b['psnr'] - a['psnr']:+.2f}) | {roi} | {_f1_pair(a, b, 'f1_person')} "
+                f"| {_f1_pair(a, b, 'f1_vehicle')} |")
     return "\n".join(rows)
 
 

@@ -50,7 +50,15 @@ from ..sources import RawVideoOptions
 from ..tools.models import prepare_config
 from ..values import QpMap
 from .detector import YoloxDetector, default_model
-from .metrics import bd_rate, rate_at_f1, rate_saving, roi_coverage, roi_data_note
+from .metrics import (
+    F1_MIN_OBJECTS,
+    bd_rate,
+    f1_data_note,
+    rate_at_f1,
+    rate_saving,
+    roi_coverage,
+    roi_data_note,
+)
 from .reference import ClipReference, FrameSpan, evaluate, read_reference, roi_labeler
 
 # BD-rate is reported on these; below the span, a metric's curve is too flat to compare.
@@ -68,12 +76,6 @@ F1_TARGETS = (0.9, 0.95)
 #   and on where they fall in the GOP.
 ROI_MIN_MBS = 16.0
 ROI_MIN_FRAMES = 0.25
-# Detection F1 figures only where the independent detector finds >= 50 objects on the judged
-# frames of the originals: one detection then moves F1 by at most about 0.01 (1 / 2N), a fifth
-# of the step between the targets 0.9 and 0.95. Below, a figure is a handful of boxes (the car
-# park: 11 cars on its 189 judged frames, where two detections made "+154 % bits to F1 0.9";
-# the drone clip: 2 people).
-F1_MIN_OBJECTS = 50
 DEFAULT_BPP = (0.025, 0.05, 0.1, 0.2)  # bits per pixel for the default abr/cbr ladder
 DEFAULT_CRF = (36.0, 32.0, 28.0, 24.0)
 CAMERA_GOP_S = 2.0  # the keyframe interval cameras ship with (the storage profile's anchor)
@@ -306,9 +308,9 @@ def f1_analytics(points: list[dict], kinds: list[str], analysis: Analysis) -> di
     points (F1 semantic minus anchor at the same rate setting). None of it, but a note, where
     the reference holds fewer than `analysis.f1_min_objects` objects."""
     objects = points[0]["semantic"].get("f1_objects")
-    if objects is not None and objects < analysis.f1_min_objects:
-        return {"f1_objects": objects, "f1_note": f"too little data: {objects} reference "
-                f"objects on the judged frames (min {analysis.f1_min_objects})"}
+    note = "" if objects is None else f1_data_note(objects, analysis.f1_min_objects)
+    if note:
+        return {"f1_objects": objects, "f1_note": note}
     need = {f"{t:g}": {k: kbps_at_f1(points, k, t) for k in kinds} for t in analysis.f1_targets}
     saving, gain = {}, {}
     for anchor in (k for k in kinds if k != "semantic"):
