@@ -106,7 +106,7 @@ def markdown(runs: dict[str, list[dict]]) -> str:
                 if v["percent"] is None:
                     notes[(r["clip"], m)] = v["note"]
     if notes:
-        lines += ["", *(f"— {clip}, {m}: {note}" for (clip, m), note in notes.items())]
+        lines += ["", *(f"- {clip}, {m}: {note}" for (clip, m), note in notes.items())]
     return "\n".join(lines) + "\n"
 
 
