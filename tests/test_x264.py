@@ -249,6 +249,21 @@ def test_mb_tree_is_reported_so_the_map_adds_reuse_only_without_it(carphone):
         assert not enc.weighs_reuse
 
 
+def test_lookaheadless_mb_tree_keeps_zerolatency_s_delay_and_takes_the_reuse_term(carphone,
+                                                                                 caplog):
+    """x264's mb-tree without a lookahead (README, step 4; measured and not kept): it needs an
+    infinite keyint (or intra refresh), adds no frame of delay, and the map then leaves reuse
+    to x264. With a periodic keyint x264 turns it off again, says so, and the map weighs reuse."""
+    s = settings_for(carphone, tune="zerolatency", params={"mbtree": "1", "keyint": "infinite"})
+    with X264Encoder(s) as enc:
+        assert enc.weighs_reuse and enc.settings_summary()["rc_lookahead"] == 0
+    helpers.check_no_frame_delay(X264Encoder, carphone[:5], s)
+    with caplog.at_level(logging.WARNING), X264Encoder(
+            settings_for(carphone, tune="zerolatency", params={"mbtree": "1"})) as enc:
+        assert not enc.weighs_reuse
+    assert "lookaheadless mb-tree requires intra refresh or infinite keyint" in caplog.text
+
+
 def test_aq_with_map_gives_x264s_own_aq_back_on_frames_with_a_map(foreman):
     """x264's variance AQ lowers the QP of flat macroblocks and raises that of textured ones;
     `aq_with_map` < 1 takes that share of it off every frame that carries a map, none off a
