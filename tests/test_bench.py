@@ -191,7 +191,7 @@ def test_the_link_story_s_f1_per_phase_follows_the_same_rule():
     from edge_semvc.bench.link import _f1_figures, _f1_pair
 
     assert f1_data_note(50) == "" and f1_data_note(49, 50).startswith("too little data: 49")
-    few, many = _f1_figures("person", (9, 1, 2)), _f1_figures("vehicle", (55, 5, 5))
+    few, many = _f1_figures("f1_person", (9, 1, 2)), _f1_figures("f1_vehicle", (55, 5, 5))
     assert few == {"f1_person": None,
                    "f1_person_note": "too little data: 11 reference objects on the judged "
                                      "frames (min 50)"}

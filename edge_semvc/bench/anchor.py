@@ -97,16 +97,16 @@ def markdown(runs: dict[str, list[dict]]) -> str:
     metrics = list(METRICS)
     lines = ["| run | clip | encoder | " + " | ".join(f"{m} BD %" for m in metrics) + " |",
              "|---" * (3 + len(metrics)) + "|"]
-    notes = {}
+    notes = []
     for name, rows in runs.items():
         for r in rows:
             lines.append(f"| {name} | {r['clip']} | {r['encoder']} | "
                          + " | ".join(_cell(r["bd"].get(m)) for m in metrics) + " |")
             for m, v in r["bd"].items():
                 if v["percent"] is None:
-                    notes[(r["clip"], m)] = v["note"]
+                    notes.append(f"- {name}, {r['clip']}, {r['encoder']}, {m}: {v['note']}")
     if notes:
-        lines += ["", *(f"- {clip}, {m}: {note}" for (clip, m), note in notes.items())]
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 

@@ -338,18 +338,19 @@ def _judge(received: Path, clip: str, bounds, phases, detector: YoloxDetector,
         roi_px = float(np.mean(p["roi_px"])) if p["roi_px"] else 0.0
         note = roi_data_note(roi_px / 256, float(np.mean([x > 0 for x in p["roi_px"]]) if
                                                   p["roi_px"] else 0.0), 28, 0.5)
-        total = sum(p["counts"].values())
-        out.append({"target_kbps": rate / 1e3, "seconds": seconds,
-                    "kbps": round(p["bytes"] * 8 / seconds / 1e3, 1),
-                    "psnr": _mean(p["psnr"]), "psnr_roi": None if note else _mean(p["roi"]),
-                    "roi_note": note, **_f1_figures("", total),
-                    **{k: v for g, c in p["counts"].items() for k, v in _f1_figures(g, c).items()}})
+        phase = {"target_kbps": rate / 1e3, "seconds": seconds,
+                 "kbps": round(p["bytes"] * 8 / seconds / 1e3, 1),
+                 "psnr": _mean(p["psnr"]), "psnr_roi": None if note else _mean(p["roi"]),
+                 "roi_note": note, **_f1_figures("f1", sum(p["counts"].values()))}
+        for g, c in p["counts"].items():
+            phase.update(_f1_figures(f"f1_{g}", c))
+        out.append(phase)
     return {"phases": out}
 
 
-def _f1_figures(group: str, counts) -> dict:
-    """`f1[_group]`, None with `f1[_group]_note` where the reference holds too few objects."""
-    key = f"f1_{group}" if group else "f1"
+def _f1_figures(key: str, counts) -> dict:
+    """`key`: the F1 of (tp, fp, fn) `counts`, None with `key`_note where the reference holds
+    too few objects."""
     note = f1_data_note(int(counts[0] + counts[2]))
     return {key: None if note else round(f1_score(*counts), 4), f"{key}_note": note}
 
