@@ -27,8 +27,9 @@ from edge_semvc.encoders import get_encoder
 from edge_semvc.encoders.base import EncoderSettings
 from edge_semvc.errors import ConfigError
 from edge_semvc.serve.config import HttpConfig
+from edge_semvc.sinks import fmp4
 from edge_semvc.sinks.base import StreamInfo
-from edge_semvc.sinks.mse import END, QUEUE_FRAGMENTS, LiveFeed, MseOutput
+from edge_semvc.sinks.mse import END, QUEUE_FRAGMENTS, RESUME_ROOM, LiveFeed, MseOutput
 from edge_semvc.sources import open_source
 
 USER, PASSWORD = "viewer", "pa:ss w0rd"
@@ -74,20 +75,78 @@ def test_a_slow_reader_loses_its_own_fragments_never_blocks_the_feed():
     assert feed.subscribe() is None  # no stream yet
     feed.start(b"init", 'video/mp4; codecs="avc1.42E01E"')
     slow, fast = feed.subscribe(), feed.subscribe()
-    assert feed.take_joined() and not feed.take_joined()  # one IDR asked for the joiners
+    assert feed.take_idr_request() and not feed.take_idr_request()  # one IDR for the joiners
     got = []
     for i in range(5 * QUEUE_FRAGMENTS):  # never blocks: the slow reader reads nothing
         feed.publish(b"f%d" % i, key=i % 30 == 0)
         got.append(fast.get(timeout=1))
     assert got[0] == b"init" and got[1] == b"f0"
     assert slow.dropped > 0 and slow.queue.qsize() == QUEUE_FRAGMENTS
+    assert not feed.take_idr_request()  # a reader that reads nothing asks for nothing
+    while slow.queue.qsize() > RESUME_ROOM + 1:
+        slow.get(timeout=1)
+    feed.publish(b"late", key=False)
+    assert not feed.take_idr_request()  # not yet caught up
+    slow.get(timeout=1)
+    feed.publish(b"later", key=False)  # it resumes at a keyframe, not mid-GOP ...
+    assert feed.take_idr_request()  # ... and, caught up, asks for one (once)
+    feed.publish(b"still later", key=False)
+    assert not feed.take_idr_request()
     while not slow.queue.empty():
         slow.get(timeout=1)
-    feed.publish(b"late", key=False)  # it resumes at a keyframe, not mid-GOP
     feed.publish(b"key", key=True)
     assert slow.get(timeout=1) == b"key"
     feed.end()
     assert slow.get(timeout=1) is END and feed.subscribe() is None
+
+
+def test_a_page_that_fell_behind_resumes_at_an_idr_it_asks_for_not_at_the_next_gop():
+    """A browser that stopped reading for two seconds (a stalled network) and then reads
+    again: with a GOP of 10 000 frames it would wait minutes for the next keyframe; it asks
+    for an IDR once it has read half its queue, the run grants it (within the receivers'
+    budget) on the next frame, and what it gets from there decodes."""
+    from edge_semvc.sinks.base import Outputs
+
+    src = open_source("demo://astronaut")  # 30 fps
+    s = EncoderSettings(width=src.width, height=src.height, fps=src.fps,
+                        time_base=src.time_base, tune="zerolatency", keyint=10_000,
+                        global_headers=True)
+    feed = LiveFeed()
+    outputs = Outputs([MseOutput(feed)])
+    idrs, reader, chunks, stall = [], None, [], range(5, 69)  # 64 frames unread: 4 lost
+    with get_encoder("x264")(s) as enc:
+        outputs.open(StreamInfo(s.width, s.height, s.fps, s.time_base, enc.codec,
+                                enc.headers(), outputs.global_headers))
+        for i, frame in enumerate(src.frames()):  # 90
+            idr = outputs.wants_idr(frame.pts)
+            idrs += [i] if idr else []
+            outputs.write(enc.encode(frame, force_idr=idr))
+            reader = reader or feed.subscribe()
+            # it reads one fragment a frame, four once the network is back
+            for _ in range(0 if i in stall else 1 if i < stall.stop else 4):
+                if not reader.queue.empty():
+                    chunks.append(reader.get(timeout=1))
+    outputs.close()
+    src.close()
+    init, fragments = chunks[0], [c for c in chunks[1:] if c is not END]
+    frames = [fragment_time(c)[0] // fragment_time(c)[1] for c in fragments]  # one frame each
+    assert reader.dropped > 0 and frames[0] == 1  # its first IDR: the join
+    gap = next(k for k in range(1, len(frames)) if frames[k] != frames[k - 1] + 1)
+    resumed = frames[gap]
+    # it read down to RESUME_ROOM, four fragments a frame from the end of the stall
+    caught_up = stall.stop + (QUEUE_FRAGMENTS - RESUME_ROOM) // 4
+    assert idrs == [1, resumed]  # the join, the catch-up: nothing else
+    assert caught_up <= resumed <= caught_up + 2 and fragment_key(fragments[gap])
+    with av.open(io.BytesIO(init + b"".join(fragments[gap:]))) as c:
+        pictures = list(c.decode(video=0))
+    assert len(pictures) == len(fragments) - gap >= 10 and pictures[0].key_frame
+
+
+def fragment_key(fragment: bytes) -> bool:
+    """Whether a moof+mdat written by fmp4.fragment holds a sync sample (a keyframe)."""
+    at = fragment.find(b"trun")
+    return fragment.startswith(b"moof", 4) and fragment[at + 24:at + 28] == \
+        fmp4.KEY_SAMPLE.to_bytes(4, "big")
 
 
 def test_each_frame_s_fragment_leaves_with_it_and_the_fragments_lie_end_to_end():

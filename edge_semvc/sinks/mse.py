@@ -10,8 +10,9 @@ would hold each frame until the next came, one frame interval on the page).
 the latest init segment, then fragments from the next keyframe on, through its own bounded
 queue. The encoder's thread only appends to queues: a reader that falls behind (a slow browser,
 a slow network) loses its own fragments up to the next keyframe and never holds the encoder. A
-reader that joins asks for an IDR (`wants_idr`), so it does not wait a whole GOP (receivers'
-requests are granted within a budget: `Outputs.wants_idr`).
+reader that joins asks for an IDR (`wants_idr`), so it does not wait a whole GOP, and so does
+one that fell behind once it has read its queue down to half (one that reads nothing asks for
+nothing; receivers' requests are granted within a budget: `Outputs.wants_idr`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from . import fmp4
 from .base import Output, StreamInfo
 
 QUEUE_FRAGMENTS = 60  # per reader; a reader further behind skips to the next keyframe
+RESUME_ROOM = QUEUE_FRAGMENTS // 2  # a reader behind asks for an IDR with this many still queued
 MOVFLAGS = "empty_moov+default_base_moof"  # the init segment only (MseOutput._start)
 END = None  # queued to a reader: the stream ended (a new run starts with a new init segment)
 
@@ -36,21 +38,28 @@ class Reader:
         self.queue: queue.Queue = queue.Queue(QUEUE_FRAGMENTS)
         self.queue.put(init)
         self.waiting_for_key = True
+        self.behind = False  # it fell behind and has not asked for a keyframe since
         self.dropped = 0  # fragments this reader lost by falling behind
 
-    def offer(self, fragment: bytes | None, key: bool) -> None:
+    def offer(self, fragment: bytes | None, key: bool) -> bool:
+        """Queue a fragment; True when this reader, behind, has caught up to RESUME_ROOM and
+        asks for an IDR (once each time it falls behind) rather than wait for the next
+        keyframe, up to a whole GOP away."""
         if fragment is END:
             self._put_end()
-            return
+            return False
         if self.waiting_for_key and not key:
             self.dropped += 1
-            return
+            asks = self.behind and self.queue.qsize() <= RESUME_ROOM
+            self.behind = self.behind and not asks
+            return asks
         try:
             self.queue.put_nowait(fragment)
-            self.waiting_for_key = False
+            self.waiting_for_key = self.behind = False
         except queue.Full:  # behind: what it has plays, then it resumes at a keyframe
-            self.waiting_for_key = True
+            self.waiting_for_key = self.behind = True
             self.dropped += 1
+        return False
 
     def _put_end(self) -> None:
         while True:
@@ -76,7 +85,7 @@ class LiveFeed:
         self._readers: set[Reader] = set()
         self._init: bytes | None = None
         self.mime = ""  # 'video/mp4; codecs="avc1.PPCCLL"' once a run started
-        self._joined = False  # a reader came since the last frame: ask for an IDR
+        self._idr_wanted = False  # a reader came or caught up since the last frame
         self.media_offset = 0.0  # the picture's media time minus stream time, seconds (fmp4.py)
 
     def subscribe(self) -> Reader | None:
@@ -86,7 +95,7 @@ class LiveFeed:
                 return None
             reader = Reader(self._init)
             self._readers.add(reader)
-            self._joined = True
+            self._idr_wanted = True
             return reader
 
     def unsubscribe(self, reader: Reader) -> None:
@@ -97,10 +106,12 @@ class LiveFeed:
         with self._lock:
             return len(self._readers)
 
-    def take_joined(self) -> bool:
+    def take_idr_request(self) -> bool:
+        """Whether a reader asked for an IDR since the last call (a new one, or one that
+        caught up after falling behind)."""
         with self._lock:
-            joined, self._joined = self._joined, False
-            return joined
+            wanted, self._idr_wanted = self._idr_wanted, False
+            return wanted
 
     def start(self, init: bytes, mime: str) -> None:
         self.mime = mime
@@ -111,8 +122,10 @@ class LiveFeed:
         self.media_offset = media_offset
         with self._lock:
             readers = list(self._readers)
-        for reader in readers:
-            reader.offer(fragment, key)
+        asks = [reader.offer(fragment, key) for reader in readers]
+        if any(asks):
+            with self._lock:
+                self._idr_wanted = True
 
     def end(self) -> None:
         """The run ended: readers get END (the page reconnects for the next run's stream)."""
@@ -142,7 +155,7 @@ class MseOutput(Output):
         self._info = info
 
     def wants_idr(self, pts: int | None) -> bool:
-        return self.feed.take_joined()
+        return self.feed.take_idr_request()
 
     def write(self, packet) -> None:
         from .file import has_parameter_sets
