@@ -5,6 +5,7 @@ import pytest
 from conftest import shared_file
 
 from edge_semvc.bench import anchor
+from edge_semvc.bench.metrics import roi_data_note
 from edge_semvc.cli import main
 
 
@@ -78,4 +79,18 @@ def test_an_roi_that_is_not_the_anchor_s_is_left_out_with_a_note(runs, tmp_path)
         assert row["bd"]["psnr_roi_own"] == {
             "percent": None, "note": f"the ROI covers 0.5 of the frame here, "
             f"{clips['carphone_qcif_pristine.mp4']['roi_fraction_own']} in the anchor"}
+        assert row["bd"]["psnr"]["percent"] is not None
+
+
+def test_too_little_roi_in_the_anchor_is_bench_s_own_verdict_with_its_thresholds(runs, tmp_path):
+    """The anchor's ROI is judged by bench's rule (`metrics.roi_data_note`) with the anchor
+    run's thresholds, so a run can ask for more than bench's default."""
+    results = json.loads((runs["zl"] / "results.json").read_text())
+    results["settings"]["roi_min_mbs"] = 10_000  # more macroblocks than the clip has
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    cov = results["clips"][0]["roi_coverage_own"]  # the runs have the own models' ROI only
+    for row in anchor.against(anchor.anchor_clips([tmp_path]), anchor.load(runs["plain"])):
+        assert row["bd"]["psnr_roi_own"] == {"percent": None, "note": roi_data_note(
+            cov["mbs_per_frame"], cov["frame_fraction"], 10_000,
+            results["settings"]["roi_min_frames"])}
         assert row["bd"]["psnr"]["percent"] is not None

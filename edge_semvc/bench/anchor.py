@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EdgeSemvcError
+from .metrics import roi_data_note
 from .run import METRICS, bd_rates
 
 ENCODERS = ("baseline", "semantic")
@@ -39,18 +40,19 @@ def load(folder: str | Path) -> dict:
 
 
 def _roi_notes(ref: dict, clip: dict) -> dict[str, str]:
-    """Why an ROI's BD-rate is left out, as `bd_rates` takes it: bench's too-little-data verdict
-    on the anchor's clip, or an ROI that is not the anchor's (the own models' ROI of a run with
-    other models)."""
+    """Why an ROI's BD-rate is left out, as `bd_rates` takes it: bench's too-little-data rule
+    on the anchor's clip (with the anchor run's thresholds), or an ROI that is not the
+    anchor's (the own models' ROI of a run with other models)."""
     notes = {}
     for metric, key in (("psnr_roi", ""), ("psnr_roi_own", "_own")):
         cov, ours, theirs = (ref.get(f"roi_coverage{key}"), clip.get(f"roi_fraction{key}"),
                              ref.get(f"roi_fraction{key}"))
         if ours != theirs:
             notes[metric] = f"the ROI covers {ours} of the frame here, {theirs} in the anchor"
-        elif cov and not cov["enough"]:
-            notes[metric] = (f"too little data ({cov['mbs_per_frame']} macroblocks a frame, "
-                             f"in {100 * cov['frame_fraction']:.0f} % of the frames)")
+        elif cov:
+            note = roi_data_note(cov["mbs_per_frame"], cov["frame_fraction"], *ref["roi_min"])
+            if note:
+                notes[metric] = note
     return notes
 
 
@@ -58,10 +60,15 @@ def anchor_clips(folders) -> dict[str, dict]:
     """The anchor's clips by name, from one or more bench folders."""
     clips = {}
     for folder in folders:
-        for clip in load(folder)["clips"]:
+        results = load(folder)
+        settings = results.get("settings", {})
+        roi_min = (settings.get("roi_min_mbs"), settings.get("roi_min_frames"))
+        if None in roi_min:
+            raise Mismatch(f"{folder}: not a bench result (no ROI thresholds in its settings)")
+        for clip in results["clips"]:
             if clip["clip"] in clips:
                 raise Mismatch(f"{clip['clip']}: in more than one anchor run ({folder})")
-            clips[clip["clip"]] = clip
+            clips[clip["clip"]] = {**clip, "roi_min": roi_min}
     return clips
 
 

@@ -50,9 +50,10 @@ class Reader:
             return False
         if self.waiting_for_key and not key:
             self.dropped += 1
-            asks = self.behind and self.queue.qsize() <= RESUME_ROOM
-            self.behind = self.behind and not asks
-            return asks
+            if self.behind and self.queue.qsize() <= RESUME_ROOM:
+                self.behind = False  # asked once
+                return True
+            return False
         try:
             self.queue.put_nowait(fragment)
             self.waiting_for_key = self.behind = False
