@@ -1,0 +1,377 @@
+"""A link that loses packets, measured end to end on loopback: what a viewer sees after a
+lost packet, and for how long, with each way of putting the picture right again.
+
+    python -m edge_semvc.bench.loss CLIP... [--loss 1%] [--burst 2] [--seed 1] [--seconds 60]
+        [--bitrate 1M] [--settings gop idr1s refresh1s refresh1s-slices] [--no-map] [--realtime]
+
+The camera (the clip looped for `--seconds` of video, CBR, zerolatency) sends RTP to a relay,
+which hands every packet to one real receiver (FFmpeg from an SDP, copying what it gets into
+a file) and the packets a seeded loss model keeps to a second one. Both files are decoded as
+a player would (a frame that never arrived leaves the one before it on screen), so the
+damage a loss does is exact: a frame is damaged where the lossy picture differs from the
+clean one, and a damage event lasts until they agree again. Nothing is lost in the first
+second (the receivers' start-up: both begin from the same IDR), and the relay checks the RTP
+sequence numbers so that a loss it did not make fails the run rather than skew it.
+
+The loss model is a Gilbert-Elliott chain (a radio's fades come in bursts): `--loss` the
+long-run share of packets lost, `--burst` the mean run of packets lost together (1:
+independent losses). It draws per packet, so the same seed loses the same packets of the
+same stream, whatever the machine's speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import socket
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..config import Config, load_config
+from ..errors import EdgeSemvcError
+from ..options import parse_bitrate
+from ..pipeline import run_encode
+from ..sinks import open_output
+from ..sinks.stream import sdp_text
+from ..sources import open_source
+from .detector import FIXTURE, YoloxDetector, box_mask
+from .link import MIN_ROI_PIXELS, WARM_UP_S, RtpReceiver, _mean, _paced, _stream_info, _wait_bound
+from .metrics import psnr, roi_data_note
+
+# How the picture is put right after a loss: `encoder.*` keys, `FPS` = the clip's rate
+# (keyint one second). x264's own GOP is 250 frames (the default, `encoder.keyint: 0`).
+SETTINGS = {
+    "gop": {},
+    "idr1s": {"encoder.keyint": "FPS"},
+    "refresh1s": {"encoder.intra_refresh": "true", "encoder.keyint": "FPS"},
+    # every slice in one RTP packet (the output's payload is 1188 bytes): a lost packet
+    # takes its own macroblocks, not the rest of a frame's slice
+    "refresh1s-slices": {"encoder.intra_refresh": "true", "encoder.keyint": "FPS",
+                         "encoder.params.slice-max-size": "1100"},
+}
+
+
+class LossError(EdgeSemvcError, ValueError):
+    """A loss model or a measurement that cannot stand: the value and why."""
+
+
+class BurstLoss:
+    """Gilbert-Elliott loss: every packet in the bad state is lost. `rate`: the long-run share
+    lost; `burst`: the mean number lost in a row (the bad state's mean stay). Seeded: one
+    draw per packet, so the same packets go on every run."""
+
+    def __init__(self, rate: float, burst: float = 1.0, seed: int = 1):
+        if not 0.0 <= rate < 0.5:
+            raise LossError(f"loss rate {rate!r}: a share in [0, 0.5)")
+        if not burst >= 1.0:
+            raise LossError(f"loss burst {burst!r}: a mean run of packets, >= 1")
+        self.rate, self.burst = rate, burst
+        self.leave = 1.0 / burst  # bad -> good
+        self.enter = rate * self.leave / (1.0 - rate)  # good -> bad: P(bad) = rate in the long run
+        self._rng = np.random.default_rng(seed)
+        self._bad = False
+
+    def lost(self) -> bool:
+        u = self._rng.random()
+        self._bad = u >= self.leave if self._bad else u < self.enter
+        return self._bad
+
+
+def port_pair() -> int:
+    """An even UDP port whose successor is free too (RTP and its RTCP)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1] & ~1
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise LossError("no free pair of UDP ports on 127.0.0.1")
+
+
+class LossyRelay(threading.Thread):
+    """Between an RTP sender and two receivers: every packet to `clean_port`, those `loss`
+    keeps to `lossy_port`; RTCP (each port + 1) to both, whole. The first `spare_frames`
+    frames (RTP marker bits) pass whole. `hit`: the frames (counted as sent, from 0) that
+    lost a packet; `gaps`: packets missing on the way in (RTP sequence numbers), a loss the
+    relay did not make."""
+
+    def __init__(self, loss: BurstLoss, clean_port: int, lossy_port: int, spare_frames: int):
+        super().__init__(daemon=True)
+        self.loss, self.spare_frames = loss, spare_frames
+        self.targets = (clean_port, lossy_port)
+        self.port = port_pair()
+        self._rtp, self._rtcp = (self._bind(self.port + i) for i in (0, 1))
+        self.packets = self.lost = self.bytes = self.frames = self.gaps = 0
+        self.hit: list[int] = []
+        self._seq: int | None = None
+        self._done = threading.Event()
+
+    @staticmethod
+    def _bind(port: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        s.bind(("127.0.0.1", port))
+        return s
+
+    def run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            while not self._done.is_set():
+                ready, _, _ = select.select([self._rtp, self._rtcp], [], [], 0.05)
+                for s in ready:
+                    data = s.recv(65536)
+                    if s is self._rtcp:
+                        for port in self.targets:
+                            out.sendto(data, ("127.0.0.1", port + 1))
+                    else:
+                        self._forward(out, data)
+        self._rtp.close()
+        self._rtcp.close()
+
+    def _forward(self, out: socket.socket, data: bytes) -> None:
+        if len(data) < 12:
+            return
+        seq = int.from_bytes(data[2:4], "big")
+        if self._seq is not None:
+            self.gaps += (seq - self._seq - 1) % 65536
+        self._seq = seq
+        self.packets += 1
+        self.bytes += len(data)
+        out.sendto(data, ("127.0.0.1", self.targets[0]))
+        if self.frames >= self.spare_frames and self.loss.lost():
+            self.lost += 1
+            if not self.hit or self.hit[-1] != self.frames:
+                self.hit.append(self.frames)
+        else:
+            out.sendto(data, ("127.0.0.1", self.targets[1]))
+        self.frames += bool(data[1] & 0x80)  # the marker bit ends a frame
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
+
+
+def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float,
+         workdir: Path, realtime: bool = True, idle_s: float = 10.0) -> dict:
+    """The clip over the relay into a clean and a lossy recording; what went where."""
+    src = _paced(clip, seconds if realtime else 0.0, realtime)  # else counted in frames below
+    info = _stream_info(src)
+    kinds = ("clean", "lossy")
+    ports = {kind: port_pair() for kind in kinds}
+    files = {kind: workdir / f"{kind}.ts" for kind in kinds}
+    receivers = []
+    for kind in kinds:
+        sdp = workdir / f"{kind}.sdp"
+        sdp.write_text(sdp_text(info, "127.0.0.1", ports[kind]))
+        receivers.append(RtpReceiver(str(sdp), "sdp", record=files[kind], idle_s=idle_s))
+        receivers[-1].start()
+    for port in ports.values():
+        _wait_bound(port)  # FFmpeg binds as it opens the SDP
+    relay = LossyRelay(loss, ports["clean"], ports["lossy"],
+                       spare_frames=max(1, round(WARM_UP_S * float(src.fps))))
+    relay.start()
+    try:
+        stats = run_encode(src, [open_output(f"rtp://127.0.0.1:{relay.port}")], cfg,
+                           semantic=semantic, max_frames=round(seconds * float(src.fps)))
+    finally:
+        for rx in receivers:
+            rx.join(idle_s + 30)
+        relay.stop()
+    if relay.gaps:
+        raise LossError(f"{relay.gaps} packets were lost on the way to the relay (loopback "
+                        "overflow?): the run measures more loss than its model made")
+    return {"files": files, "fps": float(src.fps), "frames_sent": stats["frames"],
+            "packets": relay.packets, "lost": relay.lost, "frames_hit": relay.hit,
+            "bytes": relay.bytes, "dropped_at_camera": src.dropped}
+
+
+def _decoded(path: Path, fps: float):
+    """(frame number, luma plane) of each picture a recording decodes to, numbered by its
+    timestamp from the first one (the relay keeps the first second whole, so both recordings
+    start with the same frame)."""
+    start = None
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        for packet in c.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                continue  # what a player does: skip it and show what it has
+            for f in frames:
+                start = f.pts if start is None else start
+                yield (round(float((f.pts - start) * stream.time_base) * fps),
+                       f.to_ndarray(format="yuv420p")[:f.height])  # its luma as coded
+
+
+def frames_shown(path: Path, fps: float, count: int):
+    """For each sent frame 0..count-1, the luma plane a player shows: the last picture decoded
+    at or before it (None before the first)."""
+    i, last = 0, None
+    for j, y in _decoded(path, fps):
+        if j < i:
+            continue  # a timestamp already passed: the player has moved on
+        while i < min(j, count):
+            yield last
+            i += 1
+        if i < count:
+            yield y
+            i += 1
+        last = y
+    while i < count:
+        yield last
+        i += 1
+
+
+def judge(sent: dict, clip: str, detector: YoloxDetector | None, eval_every: int) -> dict:
+    """What the viewer behind the lossy link saw against the one behind the clean link."""
+    fps, count = sent["fps"], sent["frames_sent"]
+    originals = list(open_source(clip).frames())
+    damaged, area, psnr_clean, psnr_lossy, roi_clean, roi_lossy, roi_px = ([] for _ in range(7))
+    truth: dict[int, np.ndarray] = {}
+    shown = zip(frames_shown(sent["files"]["clean"], fps, count),
+                frames_shown(sent["files"]["lossy"], fps, count))
+    for i, (a, b) in enumerate(shown):
+        if a is None:
+            raise LossError(f"the clean receiver lacks frame {i} of {count}: the loopback lost "
+                            "what the relay passed, so the lossy figures cannot be trusted")
+        key = i % len(originals)
+        orig = originals[key].y
+        b = np.zeros_like(a) if b is None else b
+        area.append(_blocks_differing(a, b))
+        damaged.append(area[-1] > 0)
+        psnr_clean.append(psnr(orig, a))
+        psnr_lossy.append(psnr(orig, b))
+        if detector is None or i % eval_every:
+            continue
+        if key not in truth:
+            f = originals[key]
+            truth[key] = box_mask(detector.detect(f), f.width, f.height)
+        mask = truth[key]
+        roi_px.append(int(mask.sum()))
+        if mask.any():
+            roi_clean.append(psnr(orig, a, mask))
+            roi_lossy.append(psnr(orig, b, mask))
+    events = _runs(damaged)
+    note = ("no ROI detector" if detector is None else roi_data_note(
+        float(np.mean(roi_px)) / 256 if roi_px else 0.0,
+        float(np.mean([p > 0 for p in roi_px])) if roi_px else 0.0, MIN_ROI_PIXELS / 256, 0.5))
+    seconds = count / fps
+    return {"frames": count, "kbps": round(sent["bytes"] * 8 / seconds / 1e3, 1),
+            "packets": sent["packets"], "lost": sent["lost"], "frames_hit": len(sent["frames_hit"]),
+            "loss_pct": round(100.0 * sent["lost"] / max(sent["packets"], 1), 2),
+            "damaged_pct": round(100.0 * sum(damaged) / count, 1), "events": len(events),
+            "damaged_area_pct": round(100.0 * float(np.mean([x for x in area if x])), 1)
+            if any(damaged) else 0.0,
+            "longest_s": round(max(events, default=0) / fps, 2),
+            "mean_event_s": round(float(np.mean(events)) / fps, 2) if events else 0.0,
+            "psnr_clean": _mean(psnr_clean), "psnr_lossy": _mean(psnr_lossy),
+            "roi_clean": None if note else _mean(roi_clean),
+            "roi_lossy": None if note else _mean(roi_lossy), "roi_note": note,
+            "dropped_at_camera": sent["dropped_at_camera"]}
+
+
+def _blocks_differing(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of 16x16 luma blocks (the last row and column partial) in which two
+    pictures differ."""
+    h, w = a.shape
+    diff = np.zeros((-(-h // 16) * 16, -(-w // 16) * 16), bool)
+    diff[:h, :w] = a != b
+    return float(diff.reshape(diff.shape[0] // 16, 16, -1, 16).any(axis=(1, 3)).mean())
+
+
+def _runs(flags: list[bool]) -> list[int]:
+    """The lengths of the runs of True."""
+    runs, n = [], 0
+    for flag in [*flags, False]:
+        if flag:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs
+
+
+def setting_config(path: str | None, sets: list[str], name: str, fps: float) -> Config:
+    """The configuration at `path` with `sets`, then the keys of SETTINGS[name] (keyint in
+    frames: one second of `fps`), its models prepared."""
+    from ..tools.models import prepare_config
+    keys = [f"{k}={round(fps) if v == 'FPS' else v}" for k, v in SETTINGS[name].items()]
+    cfg = load_config(path, [*sets, *keys])
+    prepare_config(cfg, cfg.cache_dir(), log=lambda *_: None)
+    return cfg
+
+
+def table(result: dict) -> str:
+    rows = ["| clip | setting | kbit/s | packets lost | frames hit | frames damaged (area) | "
+            "events: longest / mean, s | PSNR dB: clean / lossy | ROI-PSNR dB: clean / lossy |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for clip, by_setting in result["clips"].items():
+        for name, r in by_setting.items():
+            roi = r["roi_note"] or f"{r['roi_clean']} / {r['roi_lossy']}"
+            rows.append(f"| {clip} | {name} | {r['kbps']} | {r['lost']} of {r['packets']} "
+                        f"({r['loss_pct']} %) | {r['frames_hit']} | {r['damaged_pct']} % "
+                        f"({r['damaged_area_pct']} %) | {r['events']}: {r['longest_s']} / "
+                        f"{r['mean_event_s']} | {r['psnr_clean']} / {r['psnr_lossy']} | {roi} |")
+    return "\n".join(rows)
+
+
+def _share(text: str) -> float:
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edge_semvc.bench.loss", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("clips", nargs="*", help="clips (or --table to print a finished run's)")
+    p.add_argument("--table", action="store_true", help="print OUT/loss.json's table and exit")
+    p.add_argument("--loss", type=_share, default=0.01, help="share of packets lost (1%%)")
+    p.add_argument("--burst", type=float, default=2.0, help="mean packets lost in a row")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=60.0, help="seconds of video sent")
+    p.add_argument("--realtime", action="store_true",
+                   help="pace the clip as a camera (default: as fast as it encodes; the labels "
+                   "then follow a file encode's budget)")
+    p.add_argument("--bitrate", default="1M", help="CBR target")
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--no-map", action="store_true", help="plain x264")
+    p.add_argument("--roi-model", default=str(FIXTURE))
+    p.add_argument("--eval-every", type=int, default=3, help="ROI on every Nth frame")
+    p.add_argument("--config", help="YAML configuration")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default="bench-out/loss", help="folder for files and JSON")
+    args = p.parse_args(argv)
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        print(table(json.loads((work / "loss.json").read_text())))
+        return 0
+    sets = ["encoder.tune=zerolatency", "encoder.rc=cbr",
+            f"encoder.bitrate={parse_bitrate(args.bitrate)}", *args.set]
+    detector = YoloxDetector(args.roi_model)
+    result = {"loss": args.loss, "burst": args.burst, "seed": args.seed, "bitrate": sets[2],
+              "seconds": args.seconds, "realtime": args.realtime, "map": not args.no_map,
+              "clips": {}}
+    for clip in args.clips:
+        fps = float(open_source(clip).fps)
+        result["clips"][Path(clip).name] = by_setting = {}
+        for name in args.settings:
+            cfg = setting_config(args.config, sets, name, fps)
+            sent = send(clip, cfg, not args.no_map, BurstLoss(args.loss, args.burst, args.seed),
+                        args.seconds, work, realtime=args.realtime, idle_s=3.0)
+            by_setting[name] = judge(sent, clip, detector, args.eval_every)
+            print(f"{Path(clip).name} {name}: {by_setting[name]}", flush=True)
+    (work / "loss.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

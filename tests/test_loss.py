@@ -1,0 +1,161 @@
+"""The lossy-link benchmark's parts: the loss model, the relay (real UDP sockets), the player's
+rule (a frame that never came leaves the one before it), and x264 over the relay into two real
+FFmpeg receivers, where a lost packet must stay on screen until the next IDR and no longer."""
+from __future__ import annotations
+
+import math
+import socket
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from edge_semvc.bench import loss
+from edge_semvc.bench.loss import BurstLoss, LossError, LossyRelay
+
+
+def _draws(model: BurstLoss, n: int) -> np.ndarray:
+    return np.array([model.lost() for _ in range(n)])
+
+
+def test_the_loss_model_loses_its_share_in_bursts_of_its_length():
+    lost = _draws(BurstLoss(0.05, burst=3.0, seed=7), 200_000)
+    assert lost.mean() == pytest.approx(0.05, abs=0.004)
+    starts = np.flatnonzero(np.diff(lost.astype(int)) == 1)
+    assert lost.sum() / len(starts) == pytest.approx(3.0, abs=0.2)
+    # seeded: the same packets on every run, others with another seed
+    assert np.array_equal(_draws(BurstLoss(0.05, 3.0, seed=7), 1000), lost[:1000])
+    assert not np.array_equal(_draws(BurstLoss(0.05, 3.0, seed=8), 1000), lost[:1000])
+    assert not _draws(BurstLoss(0.0), 10_000).any()
+    independent = _draws(BurstLoss(0.02, burst=1.0, seed=1), 100_000)
+    assert independent.mean() == pytest.approx(0.02, abs=0.003)
+    assert not (independent[1:] & independent[:-1]).any()  # bursts of exactly one
+
+
+@pytest.mark.parametrize("rate, burst, named", [(0.5, 1, "0.5"), (-0.01, 1, "-0.01"),
+                                                 (math.nan, 1, "nan"), (0.01, 0.5, "0.5"),
+                                                 (0.01, -2, "-2")])
+def test_a_loss_model_that_cannot_be_is_refused_naming_the_value(rate, burst, named):
+    with pytest.raises(LossError, match=named):
+        BurstLoss(rate, burst)
+
+
+def _rtp(seq: int, marker: bool, payload: bytes = b"x" * 20) -> bytes:
+    return bytes([0x80, 0x60 | (0x80 if marker else 0)]) + seq.to_bytes(2, "big") + \
+        bytes(8) + payload
+
+
+def _listen(port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", port))
+    s.settimeout(5)
+    return s
+
+
+def _received(s: socket.socket) -> list[bytes]:
+    s.settimeout(0.3)
+    got = []
+    try:
+        while True:
+            got.append(s.recv(2048))
+    except TimeoutError:
+        return got
+
+
+def test_the_relay_passes_everything_to_one_receiver_and_what_the_model_keeps_to_the_other():
+    clean_port, lossy_port = loss.port_pair(), loss.port_pair()
+    socks = {p: _listen(p) for p in (clean_port, clean_port + 1, lossy_port, lossy_port + 1)}
+    relay = LossyRelay(BurstLoss(0.2, 2.0, seed=3), clean_port, lossy_port, spare_frames=3)
+    relay.start()
+    packets = [_rtp(seq, marker=seq % 2 == 1) for seq in range(200)]  # frames of 2 packets
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for p in packets:
+                tx.sendto(p, ("127.0.0.1", relay.port))
+            tx.sendto(b"\x80\xc8rtcp-sender-report", ("127.0.0.1", relay.port + 1))
+            clean, lossy = _received(socks[clean_port]), _received(socks[lossy_port])
+            rtcp = [_received(socks[p + 1]) for p in (clean_port, lossy_port)]
+    finally:
+        relay.stop()
+        for s in socks.values():
+            s.close()
+    model = BurstLoss(0.2, 2.0, seed=3)
+    kept = packets[:6] + [p for p in packets[6:] if not model.lost()]  # 3 frames spared
+    assert clean == packets
+    assert lossy == kept
+    assert relay.lost == 200 - len(kept) > 20
+    assert relay.packets == 200 and relay.frames == 100 and relay.gaps == 0
+    assert rtcp == [[b"\x80\xc8rtcp-sender-report"]] * 2  # RTCP whole, to both
+
+
+def test_the_relay_counts_packets_lost_before_it():
+    relay = LossyRelay(BurstLoss(0.0), loss.port_pair(), loss.port_pair(), spare_frames=0)
+    relay.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for seq in (65534, 65535, 0, 3, 4):  # wraps, then 1 and 2 missing
+                tx.sendto(_rtp(seq, False), ("127.0.0.1", relay.port))
+        for _ in range(100):
+            if relay.packets == 5:
+                break
+            relay.join(0.02)
+    finally:
+        relay.stop()
+    assert relay.gaps == 2
+
+
+def test_a_frame_that_never_came_leaves_the_one_before_it_on_screen(tmp_path):
+    """The player's rule, on a recording with frame 3 missing (each frame an IDR)."""
+    path = tmp_path / "gap.ts"
+    levels = [20, 60, 100, 140, 180, 220]
+    with av.open(str(path), "w", format="mpegts") as out:
+        s = out.add_stream("libx264", rate=10, options={"g": "1", "tune": "zerolatency"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 10)
+        for i, level in enumerate(levels):
+            frame = av.VideoFrame.from_ndarray(np.full((72, 64), level, np.uint8), "yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, 10)
+            for packet in s.encode(frame):
+                if packet.pts != 3:
+                    out.mux(packet)
+        for packet in s.encode():
+            out.mux(packet)
+    shown = list(loss.frames_shown(path, 10.0, 8))
+    means = [None if y is None else round(float(y.mean())) for y in shown]
+    assert means == [20, 60, 100, 100, 180, 220, 220, 220]
+
+
+@pytest.mark.parametrize("setting", ["idr1s", "refresh1s", "gop"])
+def test_a_lost_packet_shows_until_the_picture_is_put_right_and_no_longer(tmp_path, setting):
+    """x264 (threads 1, no map: the same packets every run) over the relay into two real
+    FFmpeg receivers, 3 % of packets lost after the first second. Damage starts only where a
+    packet was lost and lasts: with an IDR every second (30 frames), until the next IDR that
+    arrived whole; with intra refresh (period 30), less than two periods after the frame hit;
+    with x264's own GOP (250 frames, longer than the clip), to the end."""
+    cfg = loss.setting_config(None, ["encoder.tune=zerolatency", "encoder.rc=cbr",
+                                     "encoder.bitrate=1500000", "encoder.threads=1"],
+                              setting, 30.0)
+    sent = loss.send("demo://astronaut", cfg, False, BurstLoss(0.03, 2.0, seed=5), 3.0,
+                     tmp_path, realtime=False, idle_s=2.0)
+    r = loss.judge(sent, "demo://astronaut", None, 3)
+    hit = sent["frames_hit"]
+    assert r["frames"] == 90 and r["lost"] > 0 and hit[0] >= 30  # the first second whole
+    damaged = {i for i, d in enumerate(_damaged(sent)) if d}
+    if setting == "idr1s":
+        whole_idrs = [k for k in (30, 60, 90) if k not in hit]
+        expected = {i for h in hit for i in range(h, next(k for k in whole_idrs if k > h))}
+        assert damaged == expected
+    elif setting == "refresh1s":
+        assert set(hit) <= damaged <= {i for h in hit for i in range(h, min(h + 60, 90))}
+        assert r["longest_s"] < 3.0 - hit[0] / 30  # it did recover: not to the end
+    else:
+        assert damaged == set(range(hit[0], 90)) and r["events"] == 1
+    assert 0 < r["damaged_area_pct"] <= 100 and r["psnr_lossy"] < r["psnr_clean"]
+    assert r["frames_hit"] == len(hit)
+
+
+def _damaged(sent: dict) -> list[bool]:
+    pairs = zip(*(loss.frames_shown(sent["files"][k], sent["fps"], sent["frames_sent"])
+                  for k in ("clean", "lossy")))
+    return [b is None or not np.array_equal(a, b) for a, b in pairs]
