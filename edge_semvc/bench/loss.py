@@ -2,7 +2,7 @@
 lost packet, and for how long, with each way of putting the picture right again.
 
     python -m edge_semvc.bench.loss CLIP... [--loss 1%] [--burst 2] [--seed 1] [--seconds 60]
-        [--bitrate 1M] [--settings gop idr1s refresh1s refresh1s-slices] [--no-map] [--realtime]
+        [--bitrate 1M] [--settings gop idr1s refresh1s ...] [--no-map] [--realtime]
 
 The camera (the clip looped for `--seconds` of video, CBR, zerolatency) sends RTP to a relay,
 which hands every packet to one real receiver (FFmpeg from an SDP, copying what it gets into
@@ -41,16 +41,18 @@ from .detector import FIXTURE, YoloxDetector, box_mask
 from .link import MIN_ROI_PIXELS, WARM_UP_S, RtpReceiver, _mean, _paced, _stream_info, _wait_bound
 from .metrics import psnr, roi_data_note
 
-# How the picture is put right after a loss: `encoder.*` keys, `FPS` = the clip's rate
-# (keyint one second). x264's own GOP is 250 frames (the default, `encoder.keyint: 0`).
+# How the picture is put right after a loss: `encoder.*` keys; a keyint in seconds (`1s`,
+# frames of the clip's rate). x264's own GOP is 250 frames (the default, `encoder.keyint: 0`).
 SETTINGS = {
     "gop": {},
-    "idr1s": {"encoder.keyint": "FPS"},
-    "refresh1s": {"encoder.intra_refresh": "true", "encoder.keyint": "FPS"},
+    "idr1s": {"encoder.keyint": "1s"},
+    "refresh1s": {"encoder.intra_refresh": "true", "encoder.keyint": "1s"},
     # every slice in one RTP packet (the output's payload is 1188 bytes): a lost packet
     # takes its own macroblocks, not the rest of a frame's slice
-    "refresh1s-slices": {"encoder.intra_refresh": "true", "encoder.keyint": "FPS",
+    "refresh1s-slices": {"encoder.intra_refresh": "true", "encoder.keyint": "1s",
                          "encoder.params.slice-max-size": "1100"},
+    "refresh0.5s-slices": {"encoder.intra_refresh": "true", "encoder.keyint": "0.5s",
+                           "encoder.params.slice-max-size": "1100"},
 }
 
 
@@ -300,10 +302,11 @@ def _runs(flags: list[bool]) -> list[int]:
 
 
 def setting_config(path: str | None, sets: list[str], name: str, fps: float) -> Config:
-    """The configuration at `path` with `sets`, then the keys of SETTINGS[name] (keyint in
-    frames: one second of `fps`), its models prepared."""
+    """The configuration at `path` with `sets`, then the keys of SETTINGS[name] (a keyint in
+    seconds as frames of `fps`), its models prepared."""
     from ..tools.models import prepare_config
-    keys = [f"{k}={round(fps) if v == 'FPS' else v}" for k, v in SETTINGS[name].items()]
+    keys = [f"{k}={round(float(v[:-1]) * fps) if k == 'encoder.keyint' else v}"
+            for k, v in SETTINGS[name].items()]
     cfg = load_config(path, [*sets, *keys])
     prepare_config(cfg, cfg.cache_dir(), log=lambda *_: None)
     return cfg
