@@ -3,12 +3,12 @@
 # Usage: scripts/benchmarks.sh [OUT] [PART...]   (default bench-out/, every part; each part in
 # its own folder). About 90 minutes on 2 cores; every part can also be run on its own.
 # Parts (in this order): cpu budget default low agreement reuse i2 yolox labelers storage
-# backends gpu-cpu intra-refresh link i22
+# backends gpu-cpu intra-refresh link loss i22
 set -euo pipefail
 OUT=${1:-bench-out}
 shift || true
 PARTS=${*:-cpu budget default low agreement reuse i2 yolox labelers storage backends gpu-cpu \
-  intra-refresh link i22}
+  intra-refresh link loss i22}
 V=../shared/data/video
 M=../shared/models
 PY=.venv/bin/python
@@ -162,6 +162,17 @@ if want link; then
   done
   $PY -m edge_semvc.bench.link story $V/street_pedestrians_vtest_768x576.avi \
     $V/road_traffic_signs_1080p.h264 $V/drone_karma_coast_854x480.mp4 --out "$OUT/link-story"
+fi
+
+# A link that loses packets: a seeded burst-loss relay between the RTP output and two real
+# receivers, each way of putting the picture right (x264's GOP, IDRs, intra refresh, slices).
+if want loss; then
+  for l in 1 0.1; do
+    $PY -m edge_semvc.bench.loss $V/street_pedestrians_vtest_768x576.avi \
+      $V/drone_karma_coast_854x480.mp4 --loss $l% --burst 2 --out "$OUT/loss-$l"
+  done
+  $PY -m edge_semvc.bench.loss $V/street_pedestrians_vtest_768x576.avi --loss 1% --burst 2 \
+    --no-map --out "$OUT/loss-1-nomap"
 fi
 
 # Issue 22: the defaults on the second halves of street, road and bikes (CBR, zerolatency and
