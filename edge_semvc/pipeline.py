@@ -30,7 +30,7 @@ from .errors import SinkError, WriteError
 from .frame import Frame
 from .labeler import Labeler
 from .sinks import open_output
-from .sinks.base import Output, Outputs, StreamInfo
+from .sinks.base import Output, Outputs, StreamInfo, loss_note
 from .sources import DecodeError, Source
 from .stages import Stage, timed
 from .stop import deferred, exit_status, finalising
@@ -239,6 +239,11 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
             enc.headers(), settings.global_headers, tracks)) as sink:
         # a cut asks for an IDR with the scene extension (embodiment 4)
         recorder = _Recorder(enc, sink, stats, cfg.encoder, semantic and cfg.scene.enabled)
+        if cfg.encoder.profile == "live":  # the storage profile places its IDRs itself
+            note = loss_note(outputs.outputs, enc.settings_summary().get("keyint"),
+                             settings.intra_refresh, float(settings.fps))
+            if note:
+                log.warning("%s", note)
         understanding.encoder_opened(enc.weighs_reuse)
         try:
             decoded = timed(islice(source.frames(), max_frames or None), stats.timings["decode"])

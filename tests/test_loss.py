@@ -159,3 +159,36 @@ def _damaged(sent: dict) -> list[bool]:
     pairs = zip(*(loss.frames_shown(sent["files"][k], sent["fps"], sent["frames_sent"])
                   for k in ("clean", "lossy")))
     return [b is None or not np.array_equal(a, b) for a, b in pairs]
+
+
+def test_an_output_that_loses_packets_is_told_how_long_a_loss_shows(tmp_path):
+    from edge_semvc.sinks import open_output
+    from edge_semvc.sinks.base import loss_note
+
+    rtp, udp = open_output("rtp://127.0.0.1:5004"), open_output("udp://127.0.0.1:5006")
+    file = open_output(str(tmp_path / "never-written.mp4"))
+    note = loss_note([file, rtp, udp], 250, False, 10.0)
+    assert "rtp://127.0.0.1:5004, udp://127.0.0.1:5006" in note and "never-written" not in note
+    assert "the next IDR, up to 25 s here (keyint 250 at 10 fps)" in note
+    assert "two refresh periods, up to 6 s" in loss_note([rtp], 90, True, 30.0)
+    assert "never comes" in loss_note([rtp], 1 << 30, False, 30.0)
+    assert loss_note([rtp], 30, False, 30.0) is None  # a second: nothing to say
+    assert loss_note([rtp], 75, True, 30.0) is None  # two periods of 2.5 s
+    assert loss_note([file], 250, False, 10.0) is None  # a file loses nothing
+
+
+def test_a_live_run_to_rtp_warns_once_where_x264s_gop_would_hold_a_loss(caplog):
+    from edge_semvc.config import load_config
+    from edge_semvc.pipeline import run_encode
+    from edge_semvc.sources import open_source
+
+    for keyint, warned in ((0, 1), (30, 0)):
+        caplog.clear()
+        cfg = load_config(None, ["encoder.tune=zerolatency", f"encoder.keyint={keyint}"])
+        with caplog.at_level("WARNING", logger="edge_semvc"):
+            run_encode(open_source("demo://astronaut"), f"rtp://127.0.0.1:{loss.port_pair()}",
+                       cfg, semantic=False, max_frames=3)
+        notes = [r.getMessage() for r in caplog.records if "resends nothing" in r.getMessage()]
+        assert len(notes) == warned
+        if warned:
+            assert "up to 8 s here (keyint 250 at 30 fps)" in notes[0]

@@ -82,6 +82,9 @@ class Output(ABC):
     # its IDRs are asked for by receivers (a client joined): granted within RECEIVER_IDR_BURST
     # and RECEIVER_IDRS_PER_S (`Outputs.wants_idr`), where a segment's always are
     asks_for_receivers: bool = False
+    # it sends UDP datagrams and resends none (RTP, MPEG-TS over UDP, RTSP clients on UDP):
+    # a lost packet shows until an IDR or a refresh puts the picture right
+    loses_packets: bool = False
 
     @abstractmethod
     def open(self, info: StreamInfo) -> None:
@@ -116,6 +119,29 @@ class Output(ABC):
     def close(self) -> None:
         """Finish (trailer, sockets, child processes). Idempotent; never raises for a
         receiver's sake."""
+
+
+# Longer than this a lost packet may show on an output that loses packets: worth a warning
+LONG_LOSS_S = 5.0
+
+
+def loss_note(outputs: Iterable[Output], keyint: int | None, refresh: bool,
+              fps: float) -> str | None:
+    """What to tell the user when an output that loses packets (`Output.loses_packets`) gets
+    a stream that takes longer than LONG_LOSS_S to recover: until the next IDR every `keyint`
+    frames, or two periods of intra refresh (README, "A link that loses packets")."""
+    lossy = [o.uri for o in outputs if o.loses_packets]
+    if not lossy or not keyint or fps <= 0:
+        return None
+    seconds = keyint * (2 if refresh else 1) / fps
+    if seconds <= LONG_LOSS_S:
+        return None
+    what = "two refresh periods" if refresh else "the next IDR"
+    here = (f"up to {seconds:.0f} s here (keyint {keyint} at {fps:g} fps)"
+            if keyint < 1 << 30 else "which never comes here (keyint infinite)")
+    return (f"{', '.join(lossy)}: UDP resends nothing, so a lost packet shows until {what}, "
+            f"{here}; for a link that loses packets set encoder.keyint to about a second of "
+            "frames (README, \"A link that loses packets\")")
 
 
 class Outputs:

@@ -91,6 +91,7 @@ class RtspServerOutput(GstChildOutput):
 
     kind = "rtsp"
     role = "RTSP server"
+    loses_packets = True  # clients may take RTP over UDP (FFmpeg's and VLC's default)
     credentials_hint = ": name the variables that hold them, ?user_env=NAME&password_env=NAME"
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):

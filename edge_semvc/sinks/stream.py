@@ -239,6 +239,7 @@ class RtpOutput(_MuxerOutput):
 
     format = "rtp"
     role = "RTP output"
+    loses_packets = True
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
@@ -279,6 +280,7 @@ class UdpOutput(_MuxerOutput):
 
     format = "mpegts"
     role = "UDP output"
+    loses_packets = True
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
