@@ -3,15 +3,19 @@ lost packet, and for how long, with each way of putting the picture right again.
 
     python -m edge_semvc.bench.loss CLIP... [--loss 1%] [--burst 2] [--seed 1] [--seconds 60]
         [--bitrate 1M] [--settings gop idr1s refresh1s ...] [--no-map] [--realtime]
+    python -m edge_semvc.bench.loss CLIP... --transport srt [--srt-latency 120] [--rtt 80]
 
-The camera (the clip looped for `--seconds` of video, CBR, zerolatency) sends RTP to a relay,
-which hands every packet to one real receiver (FFmpeg from an SDP, copying what it gets into
-a file) and the packets a seeded loss model keeps to a second one. Both files are decoded as
-a player would (a frame that never arrived leaves the one before it on screen), so the
-damage a loss does is exact: a frame is damaged where the lossy picture differs from the
-clean one, and a damage event lasts until they agree again. Nothing is lost in the first
-second (the receivers' start-up: both begin from the same IDR), and the relay checks the RTP
-sequence numbers so that a loss it did not make fails the run rather than skew it.
+RTP (the default): the camera (the clip looped, CBR, zerolatency) sends RTP to a relay, which
+hands every packet to one real receiver (FFmpeg from an SDP, copying what it gets into a
+file) and the packets a seeded loss model keeps to a second one; the relay checks the RTP
+sequence numbers, so a loss it did not make fails the run rather than skew it. SRT: the
+camera (paced in real time) sends MPEG-TS over SRT through a proxy that loses packets going
+forward and holds every packet half `--rtt` each way, to GStreamer's srtsrc recording it; the
+clean reference is the run's own MPEG-TS file. Both recordings are decoded as a player would
+(a frame that never arrived leaves the one before it on screen), so the damage a loss does is
+exact: a frame is damaged where the lossy picture differs from the clean one, and a damage
+event lasts until they agree again. `--seconds` are judged after a first second of start-up
+in which nothing is lost, and a second more is sent and not judged (closing the link).
 
 The loss model is a Gilbert-Elliott chain (a radio's fades come in bursts): `--loss` the
 long-run share of packets lost, `--burst` the mean run of packets lost together (1:
@@ -22,16 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import select
-import socket
-import threading
 from pathlib import Path
 
 import av
 import numpy as np
 
 from ..config import Config, load_config
-from ..errors import EdgeSemvcError
 from ..options import parse_bitrate
 from ..pipeline import run_encode
 from ..sinks import open_output
@@ -39,6 +39,7 @@ from ..sinks.stream import sdp_text
 from ..sources import open_source
 from .detector import FIXTURE, YoloxDetector, box_mask
 from .link import MIN_ROI_PIXELS, WARM_UP_S, RtpReceiver, _mean, _paced, _stream_info, _wait_bound
+from .lossy_link import BurstLoss, LossError, LossyRelay, SrtProxy, port_pair
 from .metrics import psnr, roi_data_note
 
 # How the picture is put right after a loss: `encoder.*` keys; a keyint in seconds (`1s`,
@@ -56,115 +57,19 @@ SETTINGS = {
 }
 
 
-class LossError(EdgeSemvcError, ValueError):
-    """A loss model or a measurement that cannot stand: the value and why."""
-
-
-class BurstLoss:
-    """Gilbert-Elliott loss: every packet in the bad state is lost. `rate`: the long-run share
-    lost; `burst`: the mean number lost in a row (the bad state's mean stay). Seeded: one
-    draw per packet, so the same packets go on every run."""
-
-    def __init__(self, rate: float, burst: float = 1.0, seed: int = 1):
-        if not 0.0 <= rate < 0.5:
-            raise LossError(f"loss rate {rate!r}: a share in [0, 0.5)")
-        if not burst >= 1.0:
-            raise LossError(f"loss burst {burst!r}: a mean run of packets, >= 1")
-        self.rate, self.burst = rate, burst
-        self.leave = 1.0 / burst  # bad -> good
-        self.enter = rate * self.leave / (1.0 - rate)  # good -> bad: P(bad) = rate in the long run
-        self._rng = np.random.default_rng(seed)
-        self._bad = False
-
-    def lost(self) -> bool:
-        u = self._rng.random()
-        self._bad = u >= self.leave if self._bad else u < self.enter
-        return self._bad
-
-
-def port_pair() -> int:
-    """An even UDP port whose successor is free too (RTP and its RTCP)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1] & ~1
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
-                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise LossError("no free pair of UDP ports on 127.0.0.1")
-
-
-class LossyRelay(threading.Thread):
-    """Between an RTP sender and two receivers: every packet to `clean_port`, those `loss`
-    keeps to `lossy_port`; RTCP (each port + 1) to both, whole. The first `spare_frames`
-    frames (RTP marker bits) pass whole. `hit`: the frames (counted as sent, from 0) that
-    lost a packet; `gaps`: packets missing on the way in (RTP sequence numbers), a loss the
-    relay did not make."""
-
-    def __init__(self, loss: BurstLoss, clean_port: int, lossy_port: int, spare_frames: int):
-        super().__init__(daemon=True)
-        self.loss, self.spare_frames = loss, spare_frames
-        self.targets = (clean_port, lossy_port)
-        self.port = port_pair()
-        self._rtp, self._rtcp = (self._bind(self.port + i) for i in (0, 1))
-        self.packets = self.lost = self.bytes = self.frames = self.gaps = 0
-        self.hit: list[int] = []
-        self._seq: int | None = None
-        self._done = threading.Event()
-
-    @staticmethod
-    def _bind(port: int) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        s.bind(("127.0.0.1", port))
-        return s
-
-    def run(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
-            while not self._done.is_set():
-                ready, _, _ = select.select([self._rtp, self._rtcp], [], [], 0.05)
-                for s in ready:
-                    data = s.recv(65536)
-                    if s is self._rtcp:
-                        for port in self.targets:
-                            out.sendto(data, ("127.0.0.1", port + 1))
-                    else:
-                        self._forward(out, data)
-        self._rtp.close()
-        self._rtcp.close()
-
-    def _forward(self, out: socket.socket, data: bytes) -> None:
-        if len(data) < 12:
-            return
-        seq = int.from_bytes(data[2:4], "big")
-        if self._seq is not None:
-            self.gaps += (seq - self._seq - 1) % 65536
-        self._seq = seq
-        self.packets += 1
-        self.bytes += len(data)
-        out.sendto(data, ("127.0.0.1", self.targets[0]))
-        if self.frames >= self.spare_frames and self.loss.lost():
-            self.lost += 1
-            if not self.hit or self.hit[-1] != self.frames:
-                self.hit.append(self.frames)
-        else:
-            out.sendto(data, ("127.0.0.1", self.targets[1]))
-        self.frames += bool(data[1] & 0x80)  # the marker bit ends a frame
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join(5)
+def _span(seconds: float, fps: float) -> tuple[int, int, int]:
+    """(frames sent, first frame judged, frames judged): `seconds` judged after a first
+    second of start-up (nothing lost, the receivers settle), and a second more sent and not
+    judged, so that closing the link loses nothing judged."""
+    first, count = round(WARM_UP_S * fps), round(seconds * fps)
+    return count + 2 * first, first, count
 
 
 def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float,
          workdir: Path, realtime: bool = True, idle_s: float = 10.0) -> dict:
     """The clip over the relay into a clean and a lossy recording; what went where."""
-    src = _paced(clip, seconds if realtime else 0.0, realtime)  # else counted in frames below
+    src = _paced(clip, 0.0, realtime)  # as many frames as _span says
+    total, first, count = _span(seconds, float(src.fps))
     info = _stream_info(src)
     kinds = ("clean", "lossy")
     ports = {kind: port_pair() for kind in kinds}
@@ -177,12 +82,11 @@ def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float
         receivers[-1].start()
     for port in ports.values():
         _wait_bound(port)  # FFmpeg binds as it opens the SDP
-    relay = LossyRelay(loss, ports["clean"], ports["lossy"],
-                       spare_frames=max(1, round(WARM_UP_S * float(src.fps))))
+    relay = LossyRelay(loss, ports["clean"], ports["lossy"], spare_frames=max(1, first))
     relay.start()
     try:
         stats = run_encode(src, [open_output(f"rtp://127.0.0.1:{relay.port}")], cfg,
-                           semantic=semantic, max_frames=round(seconds * float(src.fps)))
+                           semantic=semantic, max_frames=total)
     finally:
         for rx in receivers:
             rx.join(idle_s + 30)
@@ -191,15 +95,66 @@ def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float
         raise LossError(f"{relay.gaps} packets were lost on the way to the relay (loopback "
                         "overflow?): the run measures more loss than its model made")
     return {"files": files, "fps": float(src.fps), "frames_sent": stats["frames"],
-            "packets": relay.packets, "lost": relay.lost, "frames_hit": relay.hit,
+            "judged": (first, count), "packets": relay.packets, "lost": relay.lost,
+            "frames_hit": relay.hit,
             "bytes": relay.bytes, "dropped_at_camera": src.dropped}
 
 
-def _decoded(path: Path, fps: float):
+def send_srt(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float,
+             workdir: Path, latency_ms: int, rtt_ms: float = 0.0) -> dict:
+    """The clip as a camera (real time: SRT paces by its clock) over SRT through the proxy to
+    GStreamer's srtsrc recording it; the clean reference is the same run's own MPEG-TS file."""
+    import subprocess
+
+    from ..sinks.gstreamer import gst_python
+
+    src = _paced(clip, 0.0, True)
+    total, first, count = _span(seconds, float(src.fps))
+    files = {"clean": workdir / "clean.ts", "lossy": workdir / "lossy.ts"}
+    files["lossy"].unlink(missing_ok=True)
+    rx_port = port_pair()
+    rx = subprocess.Popen([gst_python(), str(Path(__file__).with_name("gst_record.py")),
+                           f"srt://127.0.0.1:{rx_port}?mode=listener&latency={latency_ms}",
+                           str(files["lossy"])], stderr=subprocess.PIPE, text=True)
+    _wait_bound(rx_port)
+    spare = round(WARM_UP_S * cfg.encoder.bitrate / 8 / 1316)  # SRT's payload: 7 TS packets
+    proxy = SrtProxy(loss, rx_port, spare, rtt_ms / 2e3)
+    proxy.start()
+    try:
+        stats = run_encode(src, [open_output(f"srt://127.0.0.1:{proxy.port}?latency={latency_ms}"),
+                                 open_output(str(files["clean"]))], cfg, semantic=semantic,
+                           max_frames=total)
+    finally:
+        try:
+            rx.wait(10)  # the caller went: end of stream
+        except subprocess.TimeoutExpired:
+            rx.terminate()
+            rx.wait(10)
+        proxy.stop()
+    srt = next(o for o in stats["outputs"] if o["uri"].startswith("srt://"))
+    if srt.get("dropped"):
+        raise LossError(f"the SRT output dropped {srt['dropped']} packets before the link: "
+                        "the run would measure the sender, not the loss")
+    return {"files": files, "fps": float(src.fps), "frames_sent": stats["frames"],
+            "judged": (first, count), "packets": proxy.packets, "lost": proxy.lost,
+            "frames_hit": [],
+            "bytes": proxy.bytes, "dropped_at_camera": src.dropped}
+
+
+def first_pts(path: Path) -> int | None:
+    """The timestamp of a recording's first picture."""
+    with av.open(str(path)) as c:
+        for packet in c.demux(c.streams.video[0]):
+            for f in packet.decode():
+                if f.pts is not None:
+                    return f.pts
+    return None
+
+
+def _decoded(path: Path, fps: float, start: int | None):
     """(frame number, luma plane) of each picture a recording decodes to, numbered by its
-    timestamp from the first one (the relay keeps the first second whole, so both recordings
-    start with the same frame)."""
-    start = None
+    timestamp from `start` (the clean recording's first: both receivers see the same
+    timestamps), else from its own first."""
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
         for packet in c.demux(stream):
@@ -208,16 +163,18 @@ def _decoded(path: Path, fps: float):
             except av.error.FFmpegError:
                 continue  # what a player does: skip it and show what it has
             for f in frames:
+                if f.pts is None:
+                    continue  # nowhere to show it
                 start = f.pts if start is None else start
                 yield (round(float((f.pts - start) * stream.time_base) * fps),
                        f.to_ndarray(format="yuv420p")[:f.height])  # its luma as coded
 
 
-def frames_shown(path: Path, fps: float, count: int):
+def frames_shown(path: Path, fps: float, count: int, start: int | None = None):
     """For each sent frame 0..count-1, the luma plane a player shows: the last picture decoded
-    at or before it (None before the first)."""
+    at or before it (None before the first); frames numbered from `start` (see `_decoded`)."""
     i, last = 0, None
-    for j, y in _decoded(path, fps):
+    for j, y in _decoded(path, fps, start):
         if j < i:
             continue  # a timestamp already passed: the player has moved on
         while i < min(j, count):
@@ -234,15 +191,18 @@ def frames_shown(path: Path, fps: float, count: int):
 
 def judge(sent: dict, clip: str, detector: YoloxDetector | None, eval_every: int) -> dict:
     """What the viewer behind the lossy link saw against the one behind the clean link."""
-    fps, count = sent["fps"], sent["frames_sent"]
+    fps, total = sent["fps"], sent["frames_sent"]
+    first, count = sent["judged"]
     originals = list(open_source(clip).frames())
     damaged, area, psnr_clean, psnr_lossy, roi_clean, roi_lossy, roi_px = ([] for _ in range(7))
     truth: dict[int, np.ndarray] = {}
-    shown = zip(frames_shown(sent["files"]["clean"], fps, count),
-                frames_shown(sent["files"]["lossy"], fps, count))
+    start = first_pts(sent["files"]["clean"])
+    shown = zip(*(frames_shown(sent["files"][k], fps, total, start) for k in ("clean", "lossy")))
     for i, (a, b) in enumerate(shown):
+        if not first <= i < first + count:
+            continue
         if a is None:
-            raise LossError(f"the clean receiver lacks frame {i} of {count}: the loopback lost "
+            raise LossError(f"the clean receiver lacks frame {i} of {total}: the loopback lost "
                             "what the relay passed, so the lossy figures cannot be trusted")
         key = i % len(originals)
         orig = originals[key].y
@@ -265,8 +225,7 @@ def judge(sent: dict, clip: str, detector: YoloxDetector | None, eval_every: int
     note = ("no ROI detector" if detector is None else roi_data_note(
         float(np.mean(roi_px)) / 256 if roi_px else 0.0,
         float(np.mean([p > 0 for p in roi_px])) if roi_px else 0.0, MIN_ROI_PIXELS / 256, 0.5))
-    seconds = count / fps
-    return {"frames": count, "kbps": round(sent["bytes"] * 8 / seconds / 1e3, 1),
+    return {"frames": count, "kbps": round(sent["bytes"] * 8 * fps / total / 1e3, 1),
             "packets": sent["packets"], "lost": sent["lost"], "frames_hit": len(sent["frames_hit"]),
             "loss_pct": round(100.0 * sent["lost"] / max(sent["packets"], 1), 2),
             "damaged_pct": round(100.0 * sum(damaged) / count, 1), "events": len(events),
@@ -345,12 +304,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bitrate", default="1M", help="CBR target")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--no-map", action="store_true", help="plain x264")
+    p.add_argument("--transport", choices=["rtp", "srt"], default="rtp",
+                   help="RTP to two FFmpeg receivers, or SRT (MPEG-TS) to GStreamer's srtsrc")
+    p.add_argument("--srt-latency", type=int, default=120, help="SRT's latency, ms")
+    p.add_argument("--rtt", type=float, default=0.0,
+                   help="the link's round trip, ms (SRT only: RTP resends nothing)")
     p.add_argument("--roi-model", default=str(FIXTURE))
     p.add_argument("--eval-every", type=int, default=3, help="ROI on every Nth frame")
     p.add_argument("--config", help="YAML configuration")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="bench-out/loss", help="folder for files and JSON")
     args = p.parse_args(argv)
+    if args.rtt and args.transport != "srt":
+        p.error(f"--rtt {args.rtt:g}: a round trip matters to SRT only (--transport srt); "
+                "RTP resends nothing, so a delay changes nothing it loses")
+    if args.rtt < 0 or args.srt_latency < 0:
+        p.error(f"--rtt {args.rtt:g} / --srt-latency {args.srt_latency}: not negative")
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     if args.table:
@@ -360,15 +329,22 @@ def main(argv: list[str] | None = None) -> int:
             f"encoder.bitrate={parse_bitrate(args.bitrate)}", *args.set]
     detector = YoloxDetector(args.roi_model)
     result = {"loss": args.loss, "burst": args.burst, "seed": args.seed, "bitrate": sets[2],
-              "seconds": args.seconds, "realtime": args.realtime, "map": not args.no_map,
-              "clips": {}}
+              "seconds": args.seconds, "realtime": args.realtime or args.transport == "srt",
+              "map": not args.no_map, "transport": args.transport, "clips": {}}
+    if args.transport == "srt":
+        result.update(srt_latency_ms=args.srt_latency, rtt_ms=args.rtt)
     for clip in args.clips:
         fps = float(open_source(clip).fps)
         result["clips"][Path(clip).name] = by_setting = {}
         for name in args.settings:
             cfg = setting_config(args.config, sets, name, fps)
-            sent = send(clip, cfg, not args.no_map, BurstLoss(args.loss, args.burst, args.seed),
-                        args.seconds, work, realtime=args.realtime, idle_s=3.0)
+            model = BurstLoss(args.loss, args.burst, args.seed)
+            if args.transport == "srt":
+                sent = send_srt(clip, cfg, not args.no_map, model, args.seconds, work,
+                                args.srt_latency, args.rtt)
+            else:
+                sent = send(clip, cfg, not args.no_map, model, args.seconds, work,
+                            realtime=args.realtime, idle_s=3.0)
             by_setting[name] = judge(sent, clip, detector, args.eval_every)
             print(f"{Path(clip).name} {name}: {by_setting[name]}", flush=True)
     (work / "loss.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,173 @@
+"""The lossy link of the loss benchmark (bench/loss.py): a seeded burst-loss model, and the
+relays that put it between a sender and its receivers on loopback: `LossyRelay` for RTP (one
+way, a clean copy to a second receiver), `SrtProxy` for SRT (both ways, with a round trip).
+"""
+from __future__ import annotations
+
+import heapq
+import select
+import socket
+import threading
+import time
+
+import numpy as np
+
+from ..errors import EdgeSemvcError
+
+
+class LossError(EdgeSemvcError, ValueError):
+    """A loss model or a measurement that cannot stand: the value and why."""
+
+
+class BurstLoss:
+    """Gilbert-Elliott loss: every packet in the bad state is lost. `rate`: the long-run share
+    lost; `burst`: the mean number lost in a row (the bad state's mean stay). Seeded: one
+    draw per packet, so the same packets go on every run."""
+
+    def __init__(self, rate: float, burst: float = 1.0, seed: int = 1):
+        if not 0.0 <= rate < 0.5:
+            raise LossError(f"loss rate {rate!r}: a share in [0, 0.5)")
+        if not burst >= 1.0:
+            raise LossError(f"loss burst {burst!r}: a mean run of packets, >= 1")
+        self.rate, self.burst = rate, burst
+        self.leave = 1.0 / burst  # bad -> good
+        self.enter = rate * self.leave / (1.0 - rate)  # good -> bad: P(bad) = rate in the long run
+        self._rng = np.random.default_rng(seed)
+        self._bad = False
+
+    def lost(self) -> bool:
+        u = self._rng.random()
+        self._bad = u >= self.leave if self._bad else u < self.enter
+        return self._bad
+
+
+def port_pair() -> int:
+    """An even UDP port whose successor is free too (RTP and its RTCP)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1] & ~1
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise LossError("no free pair of UDP ports on 127.0.0.1")
+
+
+class LossyRelay(threading.Thread):
+    """Between an RTP sender and two receivers: every packet to `clean_port`, those `loss`
+    keeps to `lossy_port`; RTCP (each port + 1) to both, whole. The first `spare_frames`
+    frames (RTP marker bits) pass whole. `hit`: the frames (counted as sent, from 0) that
+    lost a packet; `gaps`: packets missing on the way in (RTP sequence numbers), a loss the
+    relay did not make."""
+
+    def __init__(self, loss: BurstLoss, clean_port: int, lossy_port: int, spare_frames: int):
+        super().__init__(daemon=True)
+        self.loss, self.spare_frames = loss, spare_frames
+        self.targets = (clean_port, lossy_port)
+        self.port = port_pair()
+        self._rtp, self._rtcp = (self._bind(self.port + i) for i in (0, 1))
+        self.packets = self.lost = self.bytes = self.frames = self.gaps = 0
+        self.hit: list[int] = []
+        self._seq: int | None = None
+        self._done = threading.Event()
+
+    @staticmethod
+    def _bind(port: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        s.bind(("127.0.0.1", port))
+        return s
+
+    def run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            while not self._done.is_set():
+                ready, _, _ = select.select([self._rtp, self._rtcp], [], [], 0.05)
+                for s in ready:
+                    data = s.recv(65536)
+                    if s is self._rtcp:
+                        for port in self.targets:
+                            out.sendto(data, ("127.0.0.1", port + 1))
+                    else:
+                        self._forward(out, data)
+        self._rtp.close()
+        self._rtcp.close()
+
+    def _forward(self, out: socket.socket, data: bytes) -> None:
+        if len(data) < 12:
+            return
+        seq = int.from_bytes(data[2:4], "big")
+        if self._seq is not None:
+            self.gaps += (seq - self._seq - 1) % 65536
+        self._seq = seq
+        self.packets += 1
+        self.bytes += len(data)
+        out.sendto(data, ("127.0.0.1", self.targets[0]))
+        if self.frames >= self.spare_frames and self.loss.lost():
+            self.lost += 1
+            if not self.hit or self.hit[-1] != self.frames:
+                self.hit.append(self.frames)
+        else:
+            out.sendto(data, ("127.0.0.1", self.targets[1]))
+        self.frames += bool(data[1] & 0x80)  # the marker bit ends a frame
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
+
+
+class SrtProxy(threading.Thread):
+    """Between an SRT caller and its listener (SRT needs both ways): the data packets going
+    forward through `loss`, the first `spare` of them whole; control packets and everything
+    coming back whole; each packet held `delay_s` each way (a link's round trip is twice
+    that). SRT resends what is lost, and its resent packets can be lost again."""
+
+    def __init__(self, loss: BurstLoss, target_port: int, spare: int, delay_s: float = 0.0):
+        super().__init__(daemon=True)
+        self.loss, self.target, self.spare = loss, ("127.0.0.1", target_port), spare
+        self.delay_s = delay_s
+        self._front = LossyRelay._bind(0)
+        self._back = LossyRelay._bind(0)
+        self.port = self._front.getsockname()[1]
+        self.packets = self.lost = self.bytes = 0
+        self._peer = None
+        self._queue: list[tuple[float, int, socket.socket, bytes, tuple]] = []  # a heap
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self._done.is_set():
+            now = time.monotonic()
+            while self._queue and self._queue[0][0] <= now:
+                _, _, sock, data, to = heapq.heappop(self._queue)
+                sock.sendto(data, to)
+            wait = min(0.05, self._queue[0][0] - now) if self._queue else 0.05
+            ready, _, _ = select.select([self._front, self._back], [], [], max(wait, 0.0))
+            for s in ready:
+                data, addr = s.recvfrom(65536)
+                out = self._route(s, data, addr)
+                if out is not None:
+                    n += 1
+                    heapq.heappush(self._queue, (time.monotonic() + self.delay_s, n, *out))
+        self._front.close()
+        self._back.close()
+
+    def _route(self, s: socket.socket, data: bytes, addr) -> tuple | None:
+        if s is self._back:
+            return None if self._peer is None else (self._front, data, self._peer)
+        self._peer = addr
+        if data and not data[0] & 0x80:  # a data packet (the F bit clear)
+            self.packets += 1
+            self.bytes += len(data)
+            if self.packets > self.spare and self.loss.lost():
+                self.lost += 1
+                return None
+        return self._back, data, self.target
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
