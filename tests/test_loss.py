@@ -214,3 +214,10 @@ def test_a_live_run_to_rtp_warns_once_where_x264s_gop_would_hold_a_loss(caplog):
         assert len(notes) == warned
         if warned:
             assert "up to 8 s here (keyint 250 at 30 fps)" in notes[0]
+
+
+def test_a_round_trip_for_rtp_is_refused_naming_it(capsys):
+    with pytest.raises(SystemExit) as e:
+        loss.main(["clip.mp4", "--rtt", "80"])
+    assert e.value.code == 2 and "--rtt 80: a round trip matters to SRT only" in \
+        capsys.readouterr().err

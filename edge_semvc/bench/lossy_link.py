@@ -58,6 +58,14 @@ def port_pair() -> int:
     raise LossError("no free pair of UDP ports on 127.0.0.1")
 
 
+def bind_udp(port: int) -> socket.socket:
+    """A UDP socket on 127.0.0.1:`port` (0: any) with room for a burst."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind(("127.0.0.1", port))
+    return s
+
+
 class LossyRelay(threading.Thread):
     """Between an RTP sender and two receivers: every packet to `clean_port`, those `loss`
     keeps to `lossy_port`; RTCP (each port + 1) to both, whole. The first `spare_frames`
@@ -70,18 +78,11 @@ class LossyRelay(threading.Thread):
         self.loss, self.spare_frames = loss, spare_frames
         self.targets = (clean_port, lossy_port)
         self.port = port_pair()
-        self._rtp, self._rtcp = (self._bind(self.port + i) for i in (0, 1))
+        self._rtp, self._rtcp = (bind_udp(self.port + i) for i in (0, 1))
         self.packets = self.lost = self.bytes = self.frames = self.gaps = 0
         self.hit: list[int] = []
         self._seq: int | None = None
         self._done = threading.Event()
-
-    @staticmethod
-    def _bind(port: int) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        s.bind(("127.0.0.1", port))
-        return s
 
     def run(self) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
@@ -130,8 +131,7 @@ class SrtProxy(threading.Thread):
         super().__init__(daemon=True)
         self.loss, self.target, self.spare = loss, ("127.0.0.1", target_port), spare
         self.delay_s = delay_s
-        self._front = LossyRelay._bind(0)
-        self._back = LossyRelay._bind(0)
+        self._front, self._back = bind_udp(0), bind_udp(0)
         self.port = self._front.getsockname()[1]
         self.packets = self.lost = self.bytes = 0
         self._peer = None
