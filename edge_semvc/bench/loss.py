@@ -96,8 +96,7 @@ def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float
                         "overflow?): the run measures more loss than its model made")
     return {"files": files, "fps": float(src.fps), "frames_sent": stats["frames"],
             "judged": (first, count), "packets": relay.packets, "lost": relay.lost,
-            "frames_hit": relay.hit,
-            "bytes": relay.bytes, "dropped_at_camera": src.dropped}
+            "frames_hit": relay.hit, "bytes": relay.bytes, "dropped_at_camera": src.dropped}
 
 
 def send_srt(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float,
@@ -131,14 +130,17 @@ def send_srt(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: f
             rx.terminate()
             rx.wait(10)
         proxy.stop()
+    why = rx.stderr.read().strip()
+    if not files["lossy"].exists() or rx.returncode not in (0, -15):
+        raise LossError(f"the SRT receiver ended with {rx.returncode} and "
+                        f"{'a' if files['lossy'].exists() else 'no'} recording: {why}")
     srt = next(o for o in stats["outputs"] if o["uri"].startswith("srt://"))
     if srt.get("dropped"):
         raise LossError(f"the SRT output dropped {srt['dropped']} packets before the link: "
                         "the run would measure the sender, not the loss")
     return {"files": files, "fps": float(src.fps), "frames_sent": stats["frames"],
             "judged": (first, count), "packets": proxy.packets, "lost": proxy.lost,
-            "frames_hit": [],
-            "bytes": proxy.bytes, "dropped_at_camera": src.dropped}
+            "frames_hit": [], "bytes": proxy.bytes, "dropped_at_camera": src.dropped}
 
 
 def first_pts(path: Path) -> int | None:
