@@ -1,6 +1,8 @@
-"""The lossy-link benchmark's parts: the loss model, the relay (real UDP sockets), the player's
-rule (a frame that never came leaves the one before it), and x264 over the relay into two real
-FFmpeg receivers, where a lost packet must stay on screen until the next IDR and no longer."""
+"""A link that loses packets. The benchmark's parts: the loss model, the relay (real UDP
+sockets), the player's rule (a frame that never came leaves the one before it); x264 over the
+relay into two real FFmpeg receivers, where a lost packet must stay on screen until the next
+IDR and no longer; SRT through the lossy proxy; and the warning a live run gives when its GOP
+would hold a loss for long."""
 from __future__ import annotations
 
 import math
