@@ -337,7 +337,8 @@ def _judge(received: Path, clip: str, bounds, phases, detector: YoloxDetector,
     for (rate, seconds), p in zip(phases, per):
         roi_px = float(np.mean(p["roi_px"])) if p["roi_px"] else 0.0
         note = roi_data_note(roi_px / 256, float(np.mean([x > 0 for x in p["roi_px"]]) if
-                                                  p["roi_px"] else 0.0), 28, 0.5)
+                                                  p["roi_px"] else 0.0),
+                             MIN_ROI_PIXELS / 256, 0.5)
         phase = {"target_kbps": rate / 1e3, "seconds": seconds,
                  "kbps": round(p["bytes"] * 8 / seconds / 1e3, 1),
                  "psnr": _mean(p["psnr"]), "psnr_roi": None if note else _mean(p["roi"]),

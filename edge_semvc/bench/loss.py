@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from itertools import islice
 from pathlib import Path
 
 import av
@@ -196,13 +197,11 @@ def judge(sent: dict, clip: str, detector: YoloxDetector | None, eval_every: int
     fps, total = sent["fps"], sent["frames_sent"]
     first, count = sent["judged"]
     originals = list(open_source(clip).frames())
-    damaged, area, psnr_clean, psnr_lossy, roi_clean, roi_lossy, roi_px = ([] for _ in range(7))
+    area, psnr_clean, psnr_lossy, roi_clean, roi_lossy, roi_px = ([] for _ in range(6))
     truth: dict[int, np.ndarray] = {}
     start = first_pts(sent["files"]["clean"])
     shown = zip(*(frames_shown(sent["files"][k], fps, total, start) for k in ("clean", "lossy")))
-    for i, (a, b) in enumerate(shown):
-        if not first <= i < first + count:
-            continue
+    for i, (a, b) in enumerate(islice(shown, first, first + count), start=first):
         if a is None:
             raise LossError(f"the clean receiver lacks frame {i} of {total}: the loopback lost "
                             "what the relay passed, so the lossy figures cannot be trusted")
@@ -210,7 +209,6 @@ def judge(sent: dict, clip: str, detector: YoloxDetector | None, eval_every: int
         orig = originals[key].y
         b = np.zeros_like(a) if b is None else b
         area.append(_blocks_differing(a, b))
-        damaged.append(area[-1] > 0)
         psnr_clean.append(psnr(orig, a))
         psnr_lossy.append(psnr(orig, b))
         if detector is None or i % eval_every:
@@ -223,6 +221,7 @@ def judge(sent: dict, clip: str, detector: YoloxDetector | None, eval_every: int
         if mask.any():
             roi_clean.append(psnr(orig, a, mask))
             roi_lossy.append(psnr(orig, b, mask))
+    damaged = [x > 0 for x in area]
     events = _runs(damaged)
     note = ("no ROI detector" if detector is None else roi_data_note(
         float(np.mean(roi_px)) / 256 if roi_px else 0.0,
