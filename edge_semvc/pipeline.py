@@ -149,20 +149,36 @@ class RunStats:
             storage=self.storage.stats() if self.storage is not None else None)
 
 
-def encoder_settings(cfg: Config, source: Source, global_headers: bool) -> EncoderSettings:
+def encoder_settings(cfg: Config, source: Source, outputs: Outputs) -> EncoderSettings:
     e = cfg.encoder
     keyint, caller_idr, sparse = e.keyint or None, False, False
     if e.profile == "storage":  # the pipeline places the IDRs, or a fixed gop_s
         caller_idr, sparse = e.storage.dynamic_gop, e.storage.dynamic_fps
         keyint = None if caller_idr else max(1, round(e.storage.gop_s * source.fps))
+    elif keyint is None and e.lossy_keyint_s and outputs.loses_packets:
+        keyint = max(1, round(e.lossy_keyint_s * source.fps))
     return EncoderSettings(
         width=source.width, height=source.height, fps=source.fps, time_base=source.time_base,
         rc=e.rate_control(), bitrate=e.bitrate or None, crf=e.crf, preset=e.preset,
         tune=e.tune or None,
-        keyint=keyint, threads=e.threads, global_headers=global_headers,
+        keyint=keyint, threads=e.threads, global_headers=outputs.global_headers,
         caller_idr=caller_idr, sparse_frames=sparse, intra_refresh=e.intra_refresh,
         aq_with_map=e.aq_with_map,
         params=dict(e.params))
+
+
+def _tell_loss(e: EncoderConfig, outputs: Outputs, enc, settings: EncoderSettings) -> None:
+    """Once at a live run's start: the keyint chosen for outputs that can lose packets, or a
+    warning where the encoder's own would show a lost packet for long (`loss_note`)."""
+    if settings.keyint and not e.keyint:
+        what = "a refresh period" if settings.intra_refresh else "an IDR"
+        log.info("%s can lose packets: %s every %d frames (encoder.lossy_keyint_s: %g s)",
+                 ", ".join(o.uri for o in outputs.outputs if o.loses_packets), what,
+                 settings.keyint, e.lossy_keyint_s)
+    note = loss_note(outputs.outputs, enc.settings_summary().get("keyint"),
+                     settings.intra_refresh, float(settings.fps))
+    if note:
+        log.warning("%s", note)
 
 
 def _storage(cfg: Config, source: Source, outputs: Outputs):
@@ -227,7 +243,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     understanding = build_understanding(cfg, semantic, getattr(source, "path", None), observer,
                                         stats.timings, extras.map_filter, live.cameras)
     stats.labeler = understanding.labeler
-    settings = encoder_settings(cfg, source, outputs.global_headers)
+    settings = encoder_settings(cfg, source, outputs)
     tracks, skipped, take_packets = passthrough(source, cfg)
     shown = _Shown(extras, source, max_frames)
     t_start = time.perf_counter()
@@ -240,10 +256,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
         # a cut asks for an IDR with the scene extension (embodiment 4)
         recorder = _Recorder(enc, sink, stats, cfg.encoder, semantic and cfg.scene.enabled)
         if cfg.encoder.profile == "live":  # the storage profile places its IDRs itself
-            note = loss_note(outputs.outputs, enc.settings_summary().get("keyint"),
-                             settings.intra_refresh, float(settings.fps))
-            if note:
-                log.warning("%s", note)
+            _tell_loss(cfg.encoder, outputs, enc, settings)
         understanding.encoder_opened(enc.weighs_reuse)
         try:
             decoded = timed(islice(source.frames(), max_frames or None), stats.timings["decode"])

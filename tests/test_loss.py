@@ -201,21 +201,63 @@ def test_an_output_that_loses_packets_is_told_how_long_a_loss_shows(tmp_path):
     assert loss_note([file], 250, False, 10.0) is None  # a file loses nothing
 
 
-def test_a_live_run_to_rtp_warns_once_where_x264s_gop_would_hold_a_loss(caplog):
+def test_a_live_run_to_rtp_warns_once_where_its_keyint_would_hold_a_loss(caplog):
     from edge_semvc.config import load_config
     from edge_semvc.pipeline import run_encode
     from edge_semvc.sources import open_source
 
-    for keyint, warned in ((0, 1), (30, 0)):
+    # 0: the product's own keyint for such outputs (2 s); 250: x264's GOP, asked for
+    for keyint, warned in ((0, 0), (250, 1), (30, 0)):
         caplog.clear()
         cfg = load_config(None, ["encoder.tune=zerolatency", f"encoder.keyint={keyint}"])
-        with caplog.at_level("WARNING", logger="edge_semvc"):
+        with caplog.at_level("INFO", logger="edge_semvc"):
             run_encode(open_source("demo://astronaut"), f"rtp://127.0.0.1:{port_pair()}",
                        cfg, semantic=False, max_frames=3)
-        notes = [r.getMessage() for r in caplog.records if "resends nothing" in r.getMessage()]
+        notes = [r.getMessage() for r in caplog.records if "shows until" in r.getMessage()]
         assert len(notes) == warned
         if warned:
             assert "up to 8 s here (keyint 250 at 30 fps)" in notes[0]
+        chosen = [r.getMessage() for r in caplog.records if "lossy_keyint_s" in r.getMessage()
+                  and r.levelname == "INFO"]
+        assert len(chosen) == (keyint == 0)
+        if chosen:
+            assert chosen[0].endswith(" can lose packets: an IDR every 60 frames "
+                                      "(encoder.lossy_keyint_s: 2 s)")
+
+
+@pytest.mark.parametrize("outputs, sets, keyint", [
+    (["rtp://127.0.0.1:5004"], [], 20),  # 2 s at 10 fps
+    (["udp://127.0.0.1:5006", "{file}"], [], 20),  # one output that loses packets is enough
+    (["srt://127.0.0.1:5008"], [], 20),
+    (["rtp://127.0.0.1:5004"], ["encoder.lossy_keyint_s=0.5"], 5),
+    (["rtp://127.0.0.1:5004"], ["encoder.lossy_keyint_s=0.01"], 1),  # at least every frame
+    (["rtp://127.0.0.1:5004"], ["encoder.intra_refresh=true"], 20),  # the refresh period
+    (["rtp://127.0.0.1:5004"], ["encoder.keyint=250"], 250),  # asked for: kept
+    (["rtp://127.0.0.1:5004"], ["encoder.lossy_keyint_s=0"], None),  # x264's default
+    (["{file}"], [], None),  # a file loses nothing
+])
+def test_outputs_that_lose_packets_get_an_idr_every_lossy_keyint_s(tmp_path, outputs, sets,
+                                                                  keyint):
+    from fractions import Fraction
+
+    from edge_semvc.config import load_config
+    from edge_semvc.pipeline import encoder_settings, open_outputs
+
+    class TenFps:
+        width, height, fps, time_base = 64, 64, Fraction(10), Fraction(1, 10)
+
+    cfg = load_config(None, ["encoder.bitrate=500000", *sets])
+    uris = [u.format(file=tmp_path / "out.mp4") for u in outputs]
+    assert encoder_settings(cfg, TenFps(), open_outputs(uris)).keyint == keyint
+
+
+@pytest.mark.parametrize("value", ["-1", "61", "nan", "inf"])
+def test_a_bad_lossy_keyint_is_refused_naming_it(value):
+    from edge_semvc.config import load_config
+    from edge_semvc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"encoder\.lossy_keyint_s: '?(-1|61|nan|inf)"):
+        load_config(None, [f"encoder.lossy_keyint_s={value}"])
 
 
 def test_a_round_trip_for_rtp_is_refused_naming_it(capsys):

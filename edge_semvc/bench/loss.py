@@ -44,9 +44,11 @@ from .lossy_link import BurstLoss, LossError, LossyRelay, SrtProxy, port_pair
 from .metrics import psnr, roi_data_note
 
 # How the picture is put right after a loss: `encoder.*` keys; a keyint in seconds (`1s`,
-# frames of the clip's rate). x264's own GOP is 250 frames (the default, `encoder.keyint: 0`).
+# frames of the clip's rate). *default*: the product's (an IDR every `encoder.lossy_keyint_s`
+# on these outputs); *gop*: x264's own GOP of 250 frames, the default before 2026-12-07.
 SETTINGS = {
-    "gop": {},
+    "default": {},
+    "gop": {"encoder.keyint": "250"},
     "idr1s": {"encoder.keyint": "1s"},
     "refresh1s": {"encoder.intra_refresh": "true", "encoder.keyint": "1s"},
     # every slice in one RTP packet (the output's payload is 1188 bytes): a lost packet

@@ -47,9 +47,17 @@ class EncoderConfig:
     bitrate: int = 0  # bits/s; the target of abr/cbr (and of auto), the VBV cap of crf (0 = none)
     preset: str = "veryfast"  # x264 preset
     tune: str = ""  # x264 tune, e.g. zerolatency (no lookahead or B-frame delay)
-    keyint: int = 0  # 0 = x264's default
+    # frames between IDRs; 0: x264's default (250), or `lossy_keyint_s` where an output can
+    # lose packets
+    keyint: int = 0
+    # with keyint 0 where an output can lose a packet for good (RTP, MPEG-TS over UDP, the
+    # RTSP server's UDP clients, SRT past its latency): an IDR, or with intra refresh a refresh
+    # period, every this many seconds of frames, so a lost packet shows at most about that long
+    # and a receiver that joins waits no longer (README, "A link that loses packets"); 0:
+    # x264's default there too
+    lossy_keyint_s: float = 2.0
     # periodic intra refresh instead of IDR pictures (every backend has one): a steady rate
-    # without I-frame bursts for a narrow link; keyint (0: 250) is then the refresh period
+    # without I-frame bursts for a narrow link; keyint (0: as above) is then the refresh period
     intra_refresh: bool = False
     threads: int = 0  # 0 = auto
     # how much of x264's own adaptive quantisation stays on frames that carry a map (1: all;
@@ -91,6 +99,8 @@ class EncoderConfig:
         check(rc == "crf" or self.bitrate > 0, "encoder.bitrate", self.bitrate,
               f"a positive bitrate (rate control {rc!r} needs one)")
         check(self.keyint >= 0, "encoder.keyint", self.keyint, ">= 0")
+        check(0 <= self.lossy_keyint_s <= 60, "encoder.lossy_keyint_s", self.lossy_keyint_s,
+              "0-60 seconds (0: x264's default)")
         check(not (self.intra_refresh and self.profile == "storage"), "encoder.intra_refresh",
               self.intra_refresh, "false with encoder.profile storage (recordings seek to IDRs)")
         check(self.threads >= 0, "encoder.threads", self.threads, ">= 0")

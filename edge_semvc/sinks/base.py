@@ -82,8 +82,9 @@ class Output(ABC):
     # its IDRs are asked for by receivers (a client joined): granted within RECEIVER_IDR_BURST
     # and RECEIVER_IDRS_PER_S (`Outputs.wants_idr`), where a segment's always are
     asks_for_receivers: bool = False
-    # it sends UDP datagrams and resends none (RTP, MPEG-TS over UDP, RTSP clients on UDP):
-    # a lost packet shows until an IDR or a refresh puts the picture right
+    # a packet it sends can be lost for good (UDP resends nothing: RTP, MPEG-TS over UDP, RTSP
+    # clients on UDP; SRT gives up on one that cannot arrive within its latency): a lost packet
+    # shows until an IDR or a refresh puts the picture right (`encoder.lossy_keyint_s`)
     loses_packets: bool = False
 
     @abstractmethod
@@ -139,9 +140,10 @@ def loss_note(outputs: Iterable[Output], keyint: int | None, refresh: bool,
     what = "two refresh periods" if refresh else "the next IDR"
     here = (f"up to {seconds:.0f} s here (keyint {keyint} at {fps:g} fps)"
             if keyint < 1 << 30 else "which never comes here (keyint infinite)")
-    return (f"{', '.join(lossy)}: UDP resends nothing, so a lost packet shows until {what}, "
-            f"{here}; for a link that loses packets set encoder.keyint to about a second of "
-            "frames (README, \"A link that loses packets\")")
+    return (f"{', '.join(lossy)}: a packet lost on the way shows until {what}, {here}; for a "
+            "link that loses packets leave encoder.keyint at 0 (an IDR every "
+            "encoder.lossy_keyint_s) or set it to a second or two of frames (README, \"A link "
+            "that loses packets\")")
 
 
 class Outputs:
@@ -166,6 +168,10 @@ class Outputs:
     @property
     def global_headers(self) -> bool:
         return all(o.global_headers for o in self.outputs)
+
+    @property
+    def loses_packets(self) -> bool:
+        return any(o.loses_packets for o in self.outputs)
 
     def open(self, info: StreamInfo) -> "Outputs":
         opened = []

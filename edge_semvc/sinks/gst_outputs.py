@@ -27,6 +27,7 @@ class SrtOutput(GstChildOutput):
 
     kind = "srt"
     role = "SRT output"
+    loses_packets = True  # SRT gives up on a packet its resend cannot bring within `latency`
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
