@@ -45,7 +45,7 @@ from .metrics import psnr, roi_data_note
 
 # How the picture is put right after a loss: `encoder.*` keys; a keyint in seconds (`1s`,
 # frames of the clip's rate). *default*: the product's (an IDR every `encoder.lossy_keyint_s`
-# on these outputs); *gop*: x264's own GOP of 250 frames, the default before 2026-12-07.
+# on these outputs); *gop*: x264's own GOP of 250 frames, the default before c6f59e9.
 SETTINGS = {
     "default": {},
     "gop": {"encoder.keyint": "250"},

@@ -5,6 +5,7 @@ way, a clean copy to a second receiver), `SrtProxy` for SRT (both ways, with a r
 from __future__ import annotations
 
 import heapq
+import multiprocessing
 import select
 import socket
 import threading
@@ -13,6 +14,10 @@ import time
 import numpy as np
 
 from ..errors import EdgeSemvcError
+
+
+# the SRT proxy's process starts as a copy of this one: its sockets and loss model as they are
+_FORK = multiprocessing.get_context("fork")
 
 
 class LossError(EdgeSemvcError, ValueError):
@@ -121,11 +126,13 @@ class LossyRelay(threading.Thread):
         self.join(5)
 
 
-class SrtProxy(threading.Thread):
+class SrtProxy(_FORK.Process):
     """Between an SRT caller and its listener (SRT needs both ways): the data packets going
     forward through `loss`, the first `spare` of them whole; control packets and everything
     coming back whole; each packet held `delay_s` each way (a link's round trip is twice
-    that). SRT resends what is lost, and its resent packets can be lost again."""
+    that). SRT resends what is lost, and its resent packets can be lost again. A process of
+    its own, so that the encoder beside it (its GIL) cannot hold back a packet or a resend;
+    `packets`, `lost` and `bytes` are read back from shared memory."""
 
     def __init__(self, loss: BurstLoss, target_port: int, spare: int, delay_s: float = 0.0):
         super().__init__(daemon=True)
@@ -133,10 +140,19 @@ class SrtProxy(threading.Thread):
         self.delay_s = delay_s
         self._front, self._back = bind_udp(0), bind_udp(0)
         self.port = self._front.getsockname()[1]
-        self.packets = self.lost = self.bytes = 0
+        self._counts = _FORK.RawArray("q", 3)  # packets, lost, bytes
         self._peer = None
         self._queue: list[tuple[float, int, socket.socket, bytes, tuple]] = []  # a heap
-        self._done = threading.Event()
+        self._done = _FORK.Event()
+
+    packets = property(lambda self: self._counts[0])
+    lost = property(lambda self: self._counts[1])
+    bytes = property(lambda self: self._counts[2])
+
+    def start(self) -> None:
+        super().start()
+        self._front.close()  # the child has them
+        self._back.close()
 
     def run(self) -> None:
         n = 0
@@ -161,13 +177,17 @@ class SrtProxy(threading.Thread):
             return None if self._peer is None else (self._front, data, self._peer)
         self._peer = addr
         if data and not data[0] & 0x80:  # a data packet (the F bit clear)
-            self.packets += 1
-            self.bytes += len(data)
-            if self.packets > self.spare and self.loss.lost():
-                self.lost += 1
+            counts = self._counts
+            counts[0] += 1
+            counts[2] += len(data)
+            if counts[0] > self.spare and self.loss.lost():
+                counts[1] += 1
                 return None
         return self._back, data, self.target
 
     def stop(self) -> None:
         self._done.set()
         self.join(5)
+        if self.is_alive():
+            self.terminate()
+            self.join(5)
