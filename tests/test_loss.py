@@ -171,11 +171,28 @@ def test_srt_resends_what_is_lost_while_its_latency_allows(tmp_path, latency_ms,
     sent = loss.send_srt("demo://astronaut", cfg, False, BurstLoss(0.03, 2.0, seed=2), 2.0,
                          tmp_path, latency_ms, rtt_ms)
     r = loss.judge(sent, "demo://astronaut", None, 3)
-    assert r["frames"] == 60 and r["lost"] > 0
+    assert r["frames"] == 60 and r["lost"] > 0 and r["srt_latency_ms"] == latency_ms
     if rtt_ms == 0:
         assert r["damaged_pct"] == 0 and r["psnr_lossy"] == r["psnr_clean"]
     else:
         assert r["damaged_pct"] > 0 and r["psnr_lossy"] < r["psnr_clean"]
+
+
+def test_srt_waits_for_a_resend_a_frame_interval_longer_than_srts_own_default():
+    """A frame's last packet, lost, is noticed only when the next frame's first arrives: the
+    SRT output's default latency is SRT's 120 ms after that; a latency in the URI is kept."""
+    from fractions import Fraction
+
+    from edge_semvc.sinks import open_output
+    from edge_semvc.sinks.base import StreamInfo
+    from edge_semvc.sinks.gst_outputs import srt_latency_ms
+
+    require("srt")
+    assert [srt_latency_ms(f) for f in (10, 25, 30, 60, 0)] == [220, 160, 154, 137, 120]
+    for uri, latency in (("srt://127.0.0.1:9", 220), ("srt://127.0.0.1:9?latency=50", 50)):
+        out = open_output(uri)
+        out.info = StreamInfo(64, 64, Fraction(10), Fraction(1, 10), "h264", b"", False)
+        assert out._config()["latency"] == latency == out.stats()["latency_ms"]
 
 
 def _damaged(sent: dict) -> list[bool]:

@@ -3,7 +3,7 @@ lost packet, and for how long, with each way of putting the picture right again.
 
     python -m edge_semvc.bench.loss CLIP... [--loss 1%] [--burst 2] [--seed 1] [--seconds 60]
         [--bitrate 1M] [--settings gop idr1s refresh1s ...] [--no-map] [--realtime]
-    python -m edge_semvc.bench.loss CLIP... --transport srt [--srt-latency 120] [--rtt 80]
+    python -m edge_semvc.bench.loss CLIP... --transport srt [--srt-latency MS] [--rtt 80]
 
 RTP (the default): the camera (the clip looped, CBR, zerolatency) sends RTP to a relay, which
 hands every packet to one real receiver (FFmpeg from an SDP, copying what it gets into a
@@ -36,6 +36,7 @@ from ..config import Config, load_config
 from ..options import parse_bitrate
 from ..pipeline import run_encode
 from ..sinks import open_output
+from ..sinks.gst_outputs import SRT_LATENCY_MS
 from ..sinks.stream import sdp_text
 from ..sources import open_source
 from .detector import FIXTURE, YoloxDetector, box_mask
@@ -103,9 +104,11 @@ def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float
 
 
 def send_srt(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float,
-             workdir: Path, latency_ms: int, rtt_ms: float = 0.0) -> dict:
+             workdir: Path, latency_ms: int | None, rtt_ms: float = 0.0) -> dict:
     """The clip as a camera (real time: SRT paces by its clock) over SRT through the proxy to
-    GStreamer's srtsrc recording it; the clean reference is the same run's own MPEG-TS file."""
+    GStreamer's srtsrc recording it; the clean reference is the same run's own MPEG-TS file.
+    `latency_ms` None: the SRT output's own (the receiver asks for SRT's 120 ms; the larger
+    wins)."""
     import subprocess
 
     from ..sinks.gstreamer import gst_python
@@ -116,14 +119,16 @@ def send_srt(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: f
     files["lossy"].unlink(missing_ok=True)
     rx_port = port_pair()
     rx = subprocess.Popen([gst_python(), str(Path(__file__).with_name("gst_record.py")),
-                           f"srt://127.0.0.1:{rx_port}?mode=listener&latency={latency_ms}",
+                           f"srt://127.0.0.1:{rx_port}?mode=listener&latency="
+                           f"{SRT_LATENCY_MS if latency_ms is None else latency_ms}",
                            str(files["lossy"])], stderr=subprocess.PIPE, text=True)
     _wait_bound(rx_port)
     spare = round(WARM_UP_S * cfg.encoder.bitrate / 8 / 1316)  # SRT's payload: 7 TS packets
     proxy = SrtProxy(loss, rx_port, spare, rtt_ms / 2e3)
     proxy.start()
     try:
-        stats = run_encode(src, [open_output(f"srt://127.0.0.1:{proxy.port}?latency={latency_ms}"),
+        asked = "" if latency_ms is None else f"?latency={latency_ms}"
+        stats = run_encode(src, [open_output(f"srt://127.0.0.1:{proxy.port}{asked}"),
                                  open_output(str(files["clean"]))], cfg, semantic=semantic,
                            max_frames=total)
     finally:
@@ -143,7 +148,8 @@ def send_srt(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: f
                         "the run would measure the sender, not the loss")
     return {"files": files, "fps": float(src.fps), "frames_sent": stats["frames"],
             "judged": (first, count), "packets": proxy.packets, "lost": proxy.lost,
-            "frames_hit": [], "bytes": proxy.bytes, "dropped_at_camera": src.dropped}
+            "frames_hit": [], "bytes": proxy.bytes, "dropped_at_camera": src.dropped,
+            "srt_latency_ms": srt["latency_ms"]}
 
 
 def first_pts(path: Path) -> int | None:
@@ -239,7 +245,8 @@ def judge(sent: dict, clip: str, detector: YoloxDetector | None, eval_every: int
             "psnr_clean": _mean(psnr_clean), "psnr_lossy": _mean(psnr_lossy),
             "roi_clean": None if note else _mean(roi_clean),
             "roi_lossy": None if note else _mean(roi_lossy), "roi_note": note,
-            "dropped_at_camera": sent["dropped_at_camera"]}
+            "dropped_at_camera": sent["dropped_at_camera"],
+            **({"srt_latency_ms": sent["srt_latency_ms"]} if "srt_latency_ms" in sent else {})}
 
 
 def _blocks_differing(a: np.ndarray, b: np.ndarray) -> float:
@@ -309,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-map", action="store_true", help="plain x264")
     p.add_argument("--transport", choices=["rtp", "srt"], default="rtp",
                    help="RTP to two FFmpeg receivers, or SRT (MPEG-TS) to GStreamer's srtsrc")
-    p.add_argument("--srt-latency", type=int, default=120, help="SRT's latency, ms")
+    p.add_argument("--srt-latency", type=int,
+                   help="SRT's latency, ms (default: the SRT output's, 120 plus a frame interval)")
     p.add_argument("--rtt", type=float, default=0.0,
                    help="the link's round trip, ms (SRT only: RTP resends nothing)")
     p.add_argument("--roi-model", default=str(FIXTURE))
@@ -321,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rtt and args.transport != "srt":
         p.error(f"--rtt {args.rtt:g}: a round trip matters to SRT only (--transport srt); "
                 "RTP resends nothing, so a delay changes nothing it loses")
-    if args.rtt < 0 or args.srt_latency < 0:
+    if args.rtt < 0 or (args.srt_latency or 0) < 0:
         p.error(f"--rtt {args.rtt:g} / --srt-latency {args.srt_latency}: not negative")
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import numpy as np
 
 from ..errors import EdgeSemvcError
 
-
 # the SRT proxy's process starts as a copy of this one: its sockets and loss model as they are
 _FORK = multiprocessing.get_context("fork")
 

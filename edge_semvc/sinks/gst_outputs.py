@@ -5,6 +5,7 @@ G.711 audio beside the video."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 
@@ -19,11 +20,25 @@ from .uri import host_port, int_in, uri_options
 log = logging.getLogger(__name__)
 
 
+# SRT's own default latency, which assumes a loss is seen at once; a camera's packets come in
+# bursts, one frame apart, so a frame's last packet lost is seen only when the next frame's
+# first arrives: its resend gets this much once that frame interval has gone (BENCHMARKS.md,
+# "SRT under the same loss")
+SRT_LATENCY_MS = 120
+
+
+def srt_latency_ms(fps: float) -> int:
+    """SRT's latency for a stream of `fps` frames a second: SRT_LATENCY_MS after a frame
+    interval."""
+    return SRT_LATENCY_MS + (math.ceil(1000 / fps) if fps > 0 else 0)
+
+
 class SrtOutput(GstChildOutput):
     """`srt://HOST:PORT[?mode=caller|listener&latency=MS]`: MPEG-TS over SRT (GStreamer's
     srtsink). A caller (the default) connects to HOST:PORT and, when its peer goes, reconnects
     with back-off; a listener (`srt://@:PORT?mode=listener`, or a HOST to bind) waits for
-    callers, any number at once. `latency` is SRT's receive latency (default 120 ms, as SRT's)."""
+    callers, any number at once. `latency` is SRT's receive latency (the larger of both ends'
+    wins); by default SRT's own 120 ms plus one frame interval (`srt_latency_ms`)."""
 
     kind = "srt"
     role = "SRT output"
@@ -36,7 +51,7 @@ class SrtOutput(GstChildOutput):
         if self.mode not in ("caller", "listener"):
             raise SinkError(f"output {uri!r}: mode must be caller or listener, "
                             f"got {self.mode!r}")
-        self.latency = options.get("latency", 120)
+        self.latency: int | None = options.get("latency")  # None: srt_latency_ms at open
         self.host, self.port = host_port(uri, parts, listen=self.mode == "listener")
         check_gstreamer(self.kind, uri)
         if self.mode == "listener":
@@ -71,8 +86,13 @@ class SrtOutput(GstChildOutput):
         super().close()
 
     def _config(self) -> dict:
+        if self.latency is None:
+            self.latency = srt_latency_ms(float(self.info.fps))
         return {"kind": "srt", "host": self.host, "port": self.port, "mode": self.mode,
                 "latency": self.latency}
+
+    def stats(self) -> dict:
+        return {**super().stats(), "latency_ms": self.latency}
 
     def _up_when_ready(self) -> bool:
         return self.mode == "listener"
