@@ -268,6 +268,25 @@ def test_outputs_that_lose_packets_get_an_idr_every_lossy_keyint_s(tmp_path, out
     assert encoder_settings(cfg, TenFps(), open_outputs(uris)).keyint == keyint
 
 
+def test_a_run_with_an_rtp_output_has_an_idr_every_two_seconds(tmp_path):
+    """The real encoder, an RTP output and a file beside it (one encoder feeds both): IDRs
+    at 0 and 2 s of the 30 fps demo (90 frames), where a run to the file alone has x264's
+    one."""
+    import av
+
+    from edge_semvc.config import load_config
+    from edge_semvc.pipeline import run_encode
+    from edge_semvc.sources import open_source
+
+    cfg = load_config(None, ["encoder.tune=zerolatency", "encoder.bitrate=500000"])
+    for outputs, keyframes in (([f"rtp://127.0.0.1:{port_pair()}"], [0, 60]), ([], [0])):
+        path = tmp_path / f"{len(outputs)}.mp4"
+        run_encode(open_source("demo://astronaut"), [*outputs, str(path)], cfg, semantic=False)
+        with av.open(str(path)) as c:
+            assert [i for i, p in enumerate(c.demux(c.streams.video[0]))
+                    if p.is_keyframe] == keyframes
+
+
 @pytest.mark.parametrize("value", ["-1", "61", "nan", "inf"])
 def test_a_bad_lossy_keyint_is_refused_naming_it(value):
     from edge_semvc.config import load_config
