@@ -21,7 +21,7 @@ from edge_semvc.encoders.base import EncoderSettings
 from edge_semvc.errors import SinkError
 from edge_semvc.sinks import open_output
 from edge_semvc.sinks.base import Outputs, StreamInfo
-from edge_semvc.sinks.stream import sdp_text
+from edge_semvc.sinks.rtp import sdp_text
 from edge_semvc.sources import open_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +107,28 @@ def test_a_late_rtp_receiver_decodes_from_its_first_idr(tmp_path):
     assert rx.frames[0][1], "the first frame decoded must be an IDR"
     assert not any(corrupt for _, _, corrupt in rx.frames)
     assert 30 <= len(rx.frames) <= 35  # from the IDR at frame 30 on
+
+
+def test_sdp_describes_the_audio_as_ffmpegs_rtp_muxer_packs_it():
+    from edge_semvc.tracks import Track
+
+    info = StreamInfo(64, 64, Fraction(25), Fraction(1, 25), "h264", b"", False)
+
+    def audio(codec, rate, channels, extradata=b""):
+        track = Track(1, "audio", codec, Fraction(1, rate), rate, channels, extradata)
+        text = sdp_text(info, "10.0.0.5", 5600, audio=track, audio_port=5602)
+        return text.split("m=audio ")[1].splitlines()
+
+    assert audio("aac", 48000, 2, b"\x11\x90") == [
+        "5602 RTP/AVP 97", "a=rtpmap:97 MPEG4-GENERIC/48000/2",
+        "a=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;"
+        "indexdeltalength=3;config=1190"]
+    assert audio("opus", 48000, 2) == ["5602 RTP/AVP 97", "a=rtpmap:97 opus/48000/2",
+                                       "a=fmtp:97 sprop-stereo=1"]
+    assert audio("opus", 48000, 1) == ["5602 RTP/AVP 97", "a=rtpmap:97 opus/48000/2"]
+    assert audio("pcm_mulaw", 8000, 1) == ["5602 RTP/AVP 97", "a=rtpmap:97 PCMU/8000"]
+    assert audio("pcm_alaw", 16000, 2) == ["5602 RTP/AVP 97", "a=rtpmap:97 PCMA/16000/2"]
+    assert "m=audio" not in sdp_text(info, "10.0.0.5", 5600)
 
 
 def test_sdp_carries_the_parameter_sets_and_the_multicast_ttl():

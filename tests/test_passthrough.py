@@ -6,6 +6,7 @@ is said on one line and in the statistics.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from edge_semvc.pipeline import run_encode
 from edge_semvc.sinks import open_output
 from edge_semvc.sinks.base import Output, StreamInfo
 from edge_semvc.sinks.gstreamer import gst_python
+from edge_semvc.sinks.rtp import sdp_text
 from edge_semvc.sinks.segment_file import Segment, recover
 from edge_semvc.sources import open_source
 from edge_semvc.sources.paced import PacedSource, Pacing
@@ -185,10 +187,10 @@ class AudioReceiver(threading.Thread):
     RTSP server: `rtsp`, its URL): counts video frames and audio packets (their payloads kept)
     until idle or the end."""
 
-    def __init__(self, port: int = 0, source=None, rtsp: str = ""):
+    def __init__(self, port: int = 0, source=None, rtsp: str = "", sdp: str = ""):
         super().__init__(daemon=True)
         self.url = f"udp://127.0.0.1:{port}?overrun_nonfatal=1&fifo_size=500000"
-        self.source, self.rtsp = source, rtsp
+        self.source, self.rtsp, self.sdp = source, rtsp, sdp
         self.video = self.audio = 0
         self.audio_data: list[bytes] = []
         self.error: Exception | None = None
@@ -211,30 +213,70 @@ class AudioReceiver(threading.Thread):
             return av.open(self.source, format="mpegts")
         if self.rtsp:
             return av.open(self.rtsp, options={"rtsp_transport": "tcp"}, timeout=(60, 4))
+        if self.sdp:
+            return av.open(self.sdp, format="sdp", timeout=(60, 4),
+                           options={"protocol_whitelist": "file,udp,rtp"})
         return av.open(self.url, format="mpegts", timeout=(60, 4))
 
 
-def test_udp_carries_the_audio_and_rtp_says_it_cannot(tmp_path, caplog):
+def test_udp_and_rtp_carry_the_audio(tmp_path):
+    """MPEG-TS over UDP carries the car park's AAC beside the video; RTP sends it to the next
+    port pair, described in the same SDP: FFmpeg opening that SDP gets both, the AAC packets
+    byte for byte (RFC 3640)."""
     src = excerpt(tmp_path, PARK, 4)  # 50 frames, 188 AAC packets
-    udp, rtp = free_port(), free_port()
-    rx = AudioReceiver(udp)
-    rx.start()
-    wait_until(lambda: udp_bound(udp), what="the UDP receiver's socket")
+    udp, rtp, rtp_audio = free_port(), free_port(), free_port()
     source = open_source(str(src))
+    (aac,) = source.tracks
+    # the receiver listens before the run: its SDP as the output writes it, less the
+    # parameter sets (they come in-band before each IDR)
+    expected = tmp_path / "expected.sdp"
+    expected.write_text(sdp_text(StreamInfo(source.width, source.height, source.fps,
+                                            source.time_base, "h264", b"", False, (aac,)),
+                                 "127.0.0.1", rtp, audio=aac, audio_port=rtp_audio))
+    receivers = [AudioReceiver(udp), AudioReceiver(sdp=str(expected))]
+    for rx in receivers:
+        rx.start()
+    for port in (udp, rtp, rtp_audio):
+        wait_until(lambda p=port: udp_bound(p), what=f"a receiver's socket {port}")
+    written = tmp_path / "out.sdp"
     try:
-        stats = run_encode(source, [open_output(f"udp://127.0.0.1:{udp}"),
-                                    open_output(f"rtp://127.0.0.1:{rtp}")],
-                           load_config(None, ["encoder.tune=zerolatency"]), semantic=False)
+        stats = run_encode(source, [open_output(f"udp://127.0.0.1:{udp}"), open_output(
+            f"rtp://127.0.0.1:{rtp}?audio_port={rtp_audio}&sdp={written}")],
+            load_config(None, ["encoder.tune=zerolatency"]), semantic=False)
     finally:
         source.close()
-    rx.join(60)
-    assert rx.video >= 48 and rx.audio >= 180, rx.error  # the probe may swallow the first
-    ts_out, rtp_out = stats["outputs"]
-    assert "streams_not_carried" not in ts_out
-    (dropped,) = rtp_out["streams_not_carried"]
-    assert dropped["stream"] == 1 and "one stream per port" in dropped["reason"]
-    assert f"rtp://127.0.0.1:{rtp}: the input's audio stream #1 (aac) is not passed " \
-           "through" in caplog.text
+    sent = [d for _, d in packets(src, "audio")]
+    for rx in receivers:
+        rx.join(60)
+        assert rx.video >= 48 and rx.audio >= 180, rx.error  # the probe may swallow the first
+        assert_runs_of(rx.audio_data, sent, runs=1)
+    assert all("streams_not_carried" not in out for out in stats["outputs"])
+    lines = written.read_text().splitlines()
+    assert lines[[line.startswith("m=audio") for line in lines].index(True):] == [f"m=audio {rtp_audio} RTP/AVP 97", "a=rtpmap:97 MPEG4-GENERIC/48000/2",
+                           "a=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;"
+                           f"indexlength=3;indexdeltalength=3;config={aac.extradata.hex()}"]
+
+
+def test_rtp_names_what_it_does_not_carry(tmp_path):
+    """One audio stream, of a codec its SDP describes; the rest is named, not dropped
+    silently."""
+    source = open_source(str(excerpt(tmp_path, PARK, 1)))
+    (aac,) = source.tracks
+    source.close()
+    second = dataclasses.replace(aac, index=5)
+    data = Track(3, "data", "bin_data", Fraction(1, 1000))
+    mp3 = Track(2, "audio", "mp3", Fraction(1, 44100), sample_rate=44100, channels=2)
+    out = open_output(f"rtp://127.0.0.1:{free_port()}")
+    out.info = StreamInfo(64, 64, Fraction(10), Fraction(1, 10), "h264", b"", False,
+                          (aac, second, data))
+    assert out.cannot_carry(aac) is None
+    assert "one audio stream (#1, to port" in out.cannot_carry(second)
+    assert "not a data stream" in out.cannot_carry(data)
+    out.info = dataclasses.replace(out.info, tracks=(mp3,))
+    assert "describes AAC, Opus and G.711 audio in its SDP, not mp3" in out.cannot_carry(mp3)
+    top = open_output("rtp://127.0.0.1:65534")
+    top.info = dataclasses.replace(out.info, tracks=(aac,))
+    assert "its port would be 65536; set audio_port" in top.cannot_carry(aac)
 
 
 def test_srt_carries_the_audio(tmp_path):

@@ -38,7 +38,7 @@ from ..options import parse_bitrate
 from ..pipeline import Live, run_encode
 from ..sinks import open_output
 from ..sinks.base import StreamInfo
-from ..sinks.stream import sdp_text
+from ..sinks.rtp import sdp_text
 from ..sources import open_source
 from ..sources.paced import PacedSource, Pacing
 from .detector import FIXTURE, GROUPS, YoloxDetector, box_mask

@@ -37,7 +37,7 @@ from ..options import parse_bitrate
 from ..pipeline import run_encode
 from ..sinks import open_output
 from ..sinks.gst_outputs import SRT_LATENCY_MS
-from ..sinks.stream import sdp_text
+from ..sinks.rtp import sdp_text
 from ..sources import open_source
 from .detector import FIXTURE, YoloxDetector, box_mask
 from .link import MIN_ROI_PIXELS, WARM_UP_S, RtpReceiver, _mean, _paced, _stream_info, _wait_bound

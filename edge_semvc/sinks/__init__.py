@@ -14,7 +14,7 @@ from .base import EventCallback, Output
 OUTPUTS = Registry("output URI scheme", {
     "file": f"{__name__}.file:FileOutput",
     "-": f"{__name__}.stream:StdoutOutput",
-    "rtp": f"{__name__}.stream:RtpOutput",
+    "rtp": f"{__name__}.rtp:RtpOutput",
     "udp": f"{__name__}.stream:UdpOutput",
     "srt": f"{__name__}.gst_outputs:SrtOutput",
     "rtsp": f"{__name__}.gst_outputs:RtspServerOutput",

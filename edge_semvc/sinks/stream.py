@@ -1,5 +1,5 @@
-"""Stream outputs through PyAV's muxers: RTP (`rtp://HOST:PORT`), MPEG-TS over UDP
-(`udp://HOST:PORT`) and standard output (`-`: MPEG-TS, or `-?format=h264` for raw Annex-B).
+"""Stream outputs through PyAV's muxers: MPEG-TS over UDP (`udp://HOST:PORT`) and standard
+output (`-`: MPEG-TS, or `-?format=h264` for raw Annex-B); the base of the RTP output (rtp.py).
 
 Nothing is re-encoded: the encoder's Annex-B access units go to FFmpeg's `rtp` or `mpegts`
 muxer. Parameter sets travel in-band before every IDR (the encoder writes them when any stream
@@ -13,20 +13,15 @@ goes out again. Standard output closed by its reader ends the run (exit 3, stati
 every other output finalised).
 
 The input's passed-through streams (audio, data) travel in the MPEG-TS outputs (UDP, standard
-output, and SRT, whose MPEG-TS `TsBytes` makes here) beside the video; RTP sends one stream per
-port, so the RTP output carries the video alone and says so (as does raw Annex-B on standard
-output).
+output, and SRT, whose MPEG-TS `TsBytes` makes here) beside the video; raw Annex-B on standard
+output carries the video alone and says so.
 """
 from __future__ import annotations
 
-import base64
 import errno as errno_mod
-import ipaddress
 import logging
 import os
-import secrets
 import sys
-from pathlib import Path
 
 from ..errors import SinkError, WriteError
 from .base import EventCallback, Output, StreamInfo, emit_event
@@ -36,7 +31,6 @@ from .uri import host_port, int_in, uri_options
 
 log = logging.getLogger(__name__)
 
-RTP_PAYLOAD_TYPE = 96  # the first dynamic payload type: what ground stations expect
 # MPEG-TS packets per UDP datagram: 7 x 188 = 1316 bytes, under any Ethernet MTU
 TS_DATAGRAM = 1316
 # TS muxer settings for live use: no added muxing delay, each packet out as it is muxed,
@@ -231,50 +225,6 @@ class _MuxerOutput(Output):
         emit_event(self._on_event, name, self.uri, **fields)
 
 
-class RtpOutput(_MuxerOutput):
-    """`rtp://HOST:PORT[?ttl=N&sdp=FILE&pkt_size=BYTES]`: H.264 or HEVC over RTP, payload type
-    96 (what QGroundControl, GStreamer's `rtph264depay`, FFmpeg and VLC take). The SDP a
-    receiver needs is written to `sdp=FILE` when given and printed either way. A multicast
-    address (224.0.0.0/4, ff00::/8) takes `ttl` (default 1: this network only)."""
-
-    format = "rtp"
-    role = "RTP output"
-    loses_packets = True
-
-    def __init__(self, uri: str, on_event: EventCallback | None = None):
-        super().__init__(uri, on_event)
-        parts, self.options = uri_options(uri, {"ttl": int_in(0, 255), "sdp": str,
-                                                "pkt_size": int_in(300, 65000)})
-        self.host, self.port = host_port(uri, parts)
-        self.sdp_path = self.options.get("sdp")
-        if self.sdp_path:
-            folder = Path(self.sdp_path).expanduser().resolve().parent
-            if not folder.is_dir():
-                raise SinkError(f"cannot write the SDP of {uri}: folder {folder} does not exist")
-        self.sdp = ""
-        self.ssrc = secrets.randbits(31)
-
-    def cannot_carry(self, track) -> str | None:
-        return f"RTP sends one stream per port; this output sends the video to port {self.port}"
-
-    def _target(self):
-        query = [f"pkt_size={self.options.get('pkt_size', 1200)}"]
-        if "ttl" in self.options:
-            query.append(f"ttl={self.options['ttl']}")
-        url = f"rtp://{_url_host(self.host)}:{self.port}?{'&'.join(query)}"
-        # one SSRC for the output's life: a receiver keeps the stream when it is reopened
-        return url, {"payload_type": str(RTP_PAYLOAD_TYPE), "ssrc": str(self.ssrc)}
-
-    def open(self, info: StreamInfo) -> None:
-        super().open(info)
-        self.sdp = sdp_text(info, self.host, self.port, ttl=self.options.get("ttl"))
-        if self.sdp_path:
-            Path(self.sdp_path).expanduser().write_text(self.sdp)
-        # where a receiver reads it: stderr when standard output carries video
-        print(f"SDP for {self.uri}{f' (also in {self.sdp_path})' if self.sdp_path else ''}:\n"
-              f"{self.sdp}", file=sys.stderr, flush=True)
-
-
 class UdpOutput(_MuxerOutput):
     """`udp://HOST:PORT[?ttl=N&pkt_size=BYTES]`: MPEG-TS over UDP, 7 TS packets a datagram."""
 
@@ -391,47 +341,6 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-# --- SDP (RFC 4566) for the RTP output: what receivers need to decode the stream ------------
-
-def sdp_text(info: StreamInfo, host: str, port: int, ttl: int | None = None) -> str:
-    """The session description of an RTP output: the address, payload type 96 and the
-    parameter sets (RFC 6184 for H.264, RFC 7798 for HEVC), so a receiver can decode from the
-    first IDR it gets."""
-    address = ipaddress.ip_address(host) if _is_ip(host) else None
-    family = "IP6" if address is not None and address.version == 6 else "IP4"
-    connection = host
-    if address is not None and address.is_multicast and family == "IP4":
-        connection = f"{host}/{ttl if ttl is not None else 1}"
-    nals = nal_units(info.headers)
-    if info.codec == "hevc":
-        by_type = {t: b64 for t, b64 in ((((n[0] >> 1) & 0x3F), _b64(n)) for n in nals)}
-        fmtp = ";".join(f"sprop-{name}={by_type[t]}" for name, t in
-                        (("vps", 32), ("sps", 33), ("pps", 34)) if t in by_type)
-        rtpmap = "H265/90000"
-    else:
-        sps = next((n for n in nals if n[0] & 0x1F == 7), b"")
-        sets = ",".join(_b64(n) for n in nals if n[0] & 0x1F in (7, 8))
-        fmtp = "packetization-mode=1"
-        if len(sps) >= 4:
-            fmtp += f";profile-level-id={sps[1:4].hex().upper()}"
-        if sets:
-            fmtp += f";sprop-parameter-sets={sets}"
-        rtpmap = "H264/90000"
-    lines = ["v=0", f"o=- 0 0 IN {family} {host}", "s=edge_semvc", f"c=IN {family} {connection}",
-             "t=0 0", f"m=video {port} RTP/AVP {RTP_PAYLOAD_TYPE}",
-             f"a=rtpmap:{RTP_PAYLOAD_TYPE} {rtpmap}", f"a=fmtp:{RTP_PAYLOAD_TYPE} {fmtp}",
-             f"a=framerate:{float(info.fps):g}"]
-    return "\r\n".join(lines) + "\r\n"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def nal_units(annexb: bytes) -> list[bytes]:
     """The NAL units of an Annex-B buffer, start codes removed."""
     out, starts, i = [], [], 0
@@ -444,6 +353,3 @@ def nal_units(annexb: bytes) -> list[bytes]:
         out.append(nal.rstrip(b"\x00") if k + 1 < len(starts) else nal)
     return [n for n in out if n]
 
-
-def _b64(nal: bytes) -> str:
-    return base64.b64encode(nal).decode("ascii")
