@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import SinkError
 from .base import EventCallback, StreamInfo
-from .stream import _MuxerOutput, _url_host, nal_units, open_muxer
+from .stream import _MuxerOutput, _url_host, close_quietly, nal_units, open_muxer
 from .tracks import TrackMuxer, unsupported
 from .uri import host_port, int_in, uri_options
 
@@ -113,11 +113,7 @@ class RtpOutput(_MuxerOutput):
     def _drop_container(self) -> None:
         super()._drop_container()
         audio, self._audio_container = self._audio_container, None
-        if audio is not None:
-            try:
-                audio.close()
-            except Exception:  # noqa: BLE001 - it failed already; the socket goes anyway
-                pass
+        close_quietly(audio)
 
     def open(self, info: StreamInfo) -> None:
         super().open(info)

@@ -198,11 +198,7 @@ class _MuxerOutput(Output):
 
     def _drop_container(self) -> None:
         container, self._container = self._container, None
-        if container is not None:
-            try:
-                container.close()
-            except Exception:  # noqa: BLE001 - it failed already; the socket goes anyway
-                pass
+        close_quietly(container)
 
     def stats(self) -> dict:
         return {"uri": self.uri, "state": self.state, "packets": self.packets,
@@ -335,6 +331,15 @@ def _write_all(fd: int, data) -> None:
 def _broken_pipe(e: BaseException) -> bool:
     return isinstance(e, BrokenPipeError) or getattr(e, "errno", None) == errno_mod.EPIPE or \
         "Broken pipe" in str(e)
+
+
+def close_quietly(container) -> None:
+    """Close a muxer that failed already: its socket goes, whatever it says."""
+    if container is not None:
+        try:
+            container.close()
+        except Exception:  # noqa: BLE001 - it failed already
+            pass
 
 
 def _url_host(host: str) -> str:
