@@ -159,6 +159,26 @@ def test_a_lost_packet_shows_until_the_picture_is_put_right_and_no_longer(tmp_pa
     assert r["frames_hit"] == len(hit)
 
 
+def test_mpegts_over_udp_loses_what_the_model_drops_until_the_next_idr(tmp_path):
+    """The UDP output's MPEG-TS through the relay (continuity counters checked) into two real
+    FFmpeg receivers, an IDR every second: damage only from a frame hit, and none left once
+    an IDR after the last hit arrived whole."""
+    cfg = loss.setting_config(None, ["encoder.tune=zerolatency", "encoder.rc=cbr",
+                                     "encoder.bitrate=1500000", "encoder.threads=1"],
+                              "idr1s", 30.0)
+    sent = loss.send("demo://astronaut", cfg, False, BurstLoss(0.03, 2.0, seed=5), 3.0,
+                     tmp_path, realtime=False, idle_s=2.0, transport="udp")
+    r = loss.judge(sent, "demo://astronaut", None, 3)
+    hit, total = sent["frames_hit"], sent["frames_sent"]
+    assert (total, r["frames"]) == (150, 90) and r["lost"] > 0 and hit[0] >= 30
+    damaged = {i for i, d in enumerate(_damaged(sent)) if d}
+    whole_idrs = [k for k in range(30, total + 1, 30) if k not in hit]
+    expected = {i for h in hit for i in range(h, next(k for k in whole_idrs if k > h))}
+    # a datagram that starts a frame may end the one before: that one may be damaged too
+    assert damaged and damaged - expected <= {h - 1 for h in hit}
+    assert 0 < r["damaged_pct"] < 100 and r["psnr_lossy"] < r["psnr_clean"]
+
+
 @pytest.mark.parametrize("latency_ms, rtt_ms", [(500, 0), (40, 80)])
 def test_srt_resends_what_is_lost_while_its_latency_allows(tmp_path, latency_ms, rtt_ms):
     """x264 over SRT (GStreamer's srtsink and srtsrc, real time) through a proxy that loses 3 %

@@ -3,12 +3,15 @@ lost packet, and for how long, with each way of putting the picture right again.
 
     python -m edge_semvc.bench.loss CLIP... [--loss 1%] [--burst 2] [--seed 1] [--seconds 60]
         [--bitrate 1M] [--settings gop idr1s refresh1s ...] [--no-map] [--realtime]
+    python -m edge_semvc.bench.loss CLIP... --transport udp
     python -m edge_semvc.bench.loss CLIP... --transport srt [--srt-latency MS] [--rtt 80]
 
 RTP (the default): the camera (the clip looped, CBR, zerolatency) sends RTP to a relay, which
 hands every packet to one real receiver (FFmpeg from an SDP, copying what it gets into a
 file) and the packets a seeded loss model keeps to a second one; the relay checks the RTP
-sequence numbers, so a loss it did not make fails the run rather than skew it. SRT: the
+sequence numbers, so a loss it did not make fails the run rather than skew it. UDP
+(`--transport udp`): the same with MPEG-TS datagrams (7 TS packets each), FFmpeg receiving on
+the ports, the relay checking each stream's continuity counter. SRT: the
 camera (paced in real time) sends MPEG-TS over SRT through a proxy that loses packets going
 forward and holds every packet half `--rtt` each way, to GStreamer's srtsrc recording it; the
 clean reference is the run's own MPEG-TS file. Both recordings are decoded as a player would
@@ -70,8 +73,10 @@ def _span(seconds: float, fps: float) -> tuple[int, int, int]:
 
 
 def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float,
-         workdir: Path, realtime: bool = True, idle_s: float = 10.0) -> dict:
-    """The clip over the relay into a clean and a lossy recording; what went where."""
+         workdir: Path, realtime: bool = True, idle_s: float = 10.0,
+         transport: str = "rtp") -> dict:
+    """The clip over the relay into a clean and a lossy recording; what went where.
+    `transport`: rtp (FFmpeg receivers from an SDP) or udp (MPEG-TS, FFmpeg on the port)."""
     src = _paced(clip, 0.0, realtime)  # as many frames as _span says
     total, first, count = _span(seconds, float(src.fps))
     info = _stream_info(src)
@@ -80,16 +85,19 @@ def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float
     files = {kind: workdir / f"{kind}.ts" for kind in kinds}
     receivers = []
     for kind in kinds:
-        sdp = workdir / f"{kind}.sdp"
-        sdp.write_text(sdp_text(info, "127.0.0.1", ports[kind]))
-        receivers.append(RtpReceiver(str(sdp), "sdp", record=files[kind], idle_s=idle_s))
+        url, fmt = f"udp://127.0.0.1:{ports[kind]}", "mpegts"
+        if transport == "rtp":
+            url, fmt = str(workdir / f"{kind}.sdp"), "sdp"
+            Path(url).write_text(sdp_text(info, "127.0.0.1", ports[kind]))
+        receivers.append(RtpReceiver(url, fmt, record=files[kind], idle_s=idle_s))
         receivers[-1].start()
     for port in ports.values():
-        _wait_bound(port)  # FFmpeg binds as it opens the SDP
-    relay = LossyRelay(loss, ports["clean"], ports["lossy"], spare_frames=max(1, first))
+        _wait_bound(port)  # FFmpeg binds as it opens its input
+    relay = LossyRelay(loss, ports["clean"], ports["lossy"], spare_frames=max(1, first),
+                       payload="rtp" if transport == "rtp" else "mpegts")
     relay.start()
     try:
-        stats = run_encode(src, [open_output(f"rtp://127.0.0.1:{relay.port}")], cfg,
+        stats = run_encode(src, [open_output(f"{transport}://127.0.0.1:{relay.port}")], cfg,
                            semantic=semantic, max_frames=total)
     finally:
         for rx in receivers:
@@ -314,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bitrate", default="1M", help="CBR target")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--no-map", action="store_true", help="plain x264")
-    p.add_argument("--transport", choices=["rtp", "srt"], default="rtp",
-                   help="RTP to two FFmpeg receivers, or SRT (MPEG-TS) to GStreamer's srtsrc")
+    p.add_argument("--transport", choices=["rtp", "udp", "srt"], default="rtp",
+                   help="RTP or MPEG-TS over UDP to two FFmpeg receivers, or SRT (MPEG-TS) to "
+                        "GStreamer's srtsrc")
     p.add_argument("--srt-latency", type=int,
                    help="SRT's latency, ms (default: the SRT output's, 120 plus a frame interval)")
     p.add_argument("--rtt", type=float, default=0.0,
@@ -328,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rtt and args.transport != "srt":
         p.error(f"--rtt {args.rtt:g}: a round trip matters to SRT only (--transport srt); "
-                "RTP resends nothing, so a delay changes nothing it loses")
+                f"{args.transport.upper()} resends nothing, so a delay changes nothing it loses")
     if args.rtt < 0 or (args.srt_latency or 0) < 0:
         p.error(f"--rtt {args.rtt:g} / --srt-latency {args.srt_latency}: not negative")
     work = Path(args.out)
@@ -355,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.srt_latency, args.rtt)
             else:
                 sent = send(clip, cfg, not args.no_map, model, args.seconds, work,
-                            realtime=args.realtime, idle_s=3.0)
+                            realtime=args.realtime, idle_s=3.0, transport=args.transport)
             by_setting[name] = judge(sent, clip, detector, args.eval_every)
             print(f"{Path(clip).name} {name}: {by_setting[name]}", flush=True)
     (work / "loss.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """The lossy link of the loss benchmark (bench/loss.py): a seeded burst-loss model, and the
-relays that put it between a sender and its receivers on loopback: `LossyRelay` for RTP (one
-way, a clean copy to a second receiver), `SrtProxy` for SRT (both ways, with a round trip).
+relays that put it between a sender and its receivers on loopback: `LossyRelay` for RTP and
+MPEG-TS over UDP (one way, a clean copy to a second receiver), `SrtProxy` for SRT (both ways,
+with a round trip).
 """
 from __future__ import annotations
 
@@ -70,23 +71,74 @@ def bind_udp(port: int) -> socket.socket:
     return s
 
 
-class LossyRelay(threading.Thread):
-    """Between an RTP sender and two receivers: every packet to `clean_port`, those `loss`
-    keeps to `lossy_port`; RTCP (each port + 1) to both, whole. The first `spare_frames`
-    frames (RTP marker bits) pass whole. `hit`: the frames (counted as sent, from 0) that
-    lost a packet; `gaps`: packets missing on the way in (RTP sequence numbers), a loss the
-    relay did not make."""
+class RtpPackets:
+    """What the relay reads of an RTP packet: its sequence number (a gap: lost before the
+    relay) and the marker bit that ends a frame."""
 
-    def __init__(self, loss: BurstLoss, clean_port: int, lossy_port: int, spare_frames: int):
+    def __init__(self):
+        self.frames = 0  # the frame the next packet belongs to
+        self._seq: int | None = None
+
+    def read(self, data: bytes) -> tuple[int, int]:
+        """(packets missing before this one, the frame it belongs to)."""
+        seq = int.from_bytes(data[2:4], "big")
+        gaps = 0 if self._seq is None else (seq - self._seq - 1) % 65536
+        self._seq, frame = seq, self.frames
+        self.frames += bool(data[1] & 0x80)
+        return gaps, frame
+
+
+class TsPackets:
+    """What the relay reads of a UDP datagram of MPEG-TS: each stream's continuity counter (a
+    gap: lost before the relay, counted modulo 16) and where a video PES starts a frame; a
+    datagram belongs to the last frame it starts, else to the one it continues."""
+
+    def __init__(self):
+        self.frames = 0
+        self._started = False
+        self._counters: dict[int, int] = {}
+
+    def read(self, data: bytes) -> tuple[int, int]:
+        gaps = 0
+        for i in range(0, len(data) - 187, 188):
+            ts = data[i:i + 188]
+            pid, payload = ((ts[1] & 0x1F) << 8) | ts[2], ts[3] & 0x10
+            if ts[0] != 0x47 or pid == 0x1FFF or not payload:
+                continue
+            counter, last = ts[3] & 0x0F, self._counters.get(pid)
+            if last is not None and counter != last:
+                gaps += (counter - last - 1) % 16
+            self._counters[pid] = counter
+            start = 5 + ts[4] if ts[3] & 0x20 else 4  # after the adaptation field
+            if ts[1] & 0x40 and ts[start:start + 3] == b"\0\0\1" and \
+                    0xE0 <= ts[start + 3] <= 0xEF:  # a video PES begins: a frame
+                self.frames += self._started
+                self._started = True
+        return gaps, self.frames
+
+
+class LossyRelay(threading.Thread):
+    """Between a sender and two receivers: every datagram to `clean_port`, those `loss` keeps
+    to `lossy_port`; RTCP (each port + 1) to both, whole. `payload` "rtp" (RtpPackets) or
+    "mpegts" (TsPackets, 7 TS packets a datagram) says how frames and gaps are read. The first
+    `spare_frames` frames pass whole. `hit`: the frames (counted as sent, from 0) that lost a
+    datagram; `gaps`: datagrams missing on the way in, a loss the relay did not make."""
+
+    def __init__(self, loss: BurstLoss, clean_port: int, lossy_port: int, spare_frames: int,
+                 payload: str = "rtp"):
         super().__init__(daemon=True)
         self.loss, self.spare_frames = loss, spare_frames
         self.targets = (clean_port, lossy_port)
         self.port = port_pair()
         self._rtp, self._rtcp = (bind_udp(self.port + i) for i in (0, 1))
-        self.packets = self.lost = self.bytes = self.frames = self.gaps = 0
+        self._reader = {"rtp": RtpPackets, "mpegts": TsPackets}[payload]()
+        self.packets = self.lost = self.bytes = self.gaps = 0
         self.hit: list[int] = []
-        self._seq: int | None = None
         self._done = threading.Event()
+
+    @property
+    def frames(self) -> int:
+        return self._reader.frames
 
     def run(self) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
@@ -105,20 +157,17 @@ class LossyRelay(threading.Thread):
     def _forward(self, out: socket.socket, data: bytes) -> None:
         if len(data) < 12:
             return
-        seq = int.from_bytes(data[2:4], "big")
-        if self._seq is not None:
-            self.gaps += (seq - self._seq - 1) % 65536
-        self._seq = seq
+        gaps, frame = self._reader.read(data)
+        self.gaps += gaps
         self.packets += 1
         self.bytes += len(data)
         out.sendto(data, ("127.0.0.1", self.targets[0]))
-        if self.frames >= self.spare_frames and self.loss.lost():
+        if frame >= self.spare_frames and self.loss.lost():
             self.lost += 1
-            if not self.hit or self.hit[-1] != self.frames:
-                self.hit.append(self.frames)
+            if not self.hit or self.hit[-1] != frame:
+                self.hit.append(frame)
         else:
             out.sendto(data, ("127.0.0.1", self.targets[1]))
-        self.frames += bool(data[1] & 0x80)  # the marker bit ends a frame
 
     def stop(self) -> None:
         self._done.set()
