@@ -165,7 +165,8 @@ if want link; then
 fi
 
 # A link that loses packets: a seeded burst-loss relay between the RTP output and two real
-# receivers, each way of putting the picture right (x264's GOP, IDRs, intra refresh, slices).
+# receivers, each way of putting the picture right (x264's GOP, IDRs, intra refresh, slices);
+# the same over MPEG-TS/UDP.
 if want loss; then
   for l in 1 0.1; do
     $PY -m edge_semvc.bench.loss $V/street_pedestrians_vtest_768x576.avi \
@@ -173,6 +174,11 @@ if want loss; then
   done
   $PY -m edge_semvc.bench.loss $V/street_pedestrians_vtest_768x576.avi --loss 1% --burst 2 \
     --no-map --out "$OUT/loss-1-nomap"
+  for l in 1 0.1; do  # MPEG-TS over UDP
+    $PY -m edge_semvc.bench.loss $V/street_pedestrians_vtest_768x576.avi \
+      $V/drone_karma_coast_854x480.mp4 --transport udp --loss $l% --burst 2 \
+      --settings default gop --out "$OUT/udp-$l"
+  done
 fi
 
 # Issue 22: the defaults on the second halves of street, road and bikes (CBR, zerolatency and
