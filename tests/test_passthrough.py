@@ -26,6 +26,7 @@ from test_outputs import udp_bound
 from test_telemetry import free_port, wait_until
 
 from edge_semvc.config import load_config
+from edge_semvc.errors import SinkError
 from edge_semvc.pipeline import run_encode
 from edge_semvc.sinks import open_output
 from edge_semvc.sinks.base import Output, StreamInfo
@@ -274,6 +275,9 @@ def test_rtp_names_what_it_does_not_carry(tmp_path):
     assert "not a data stream" in out.cannot_carry(data)
     out.info = dataclasses.replace(out.info, tracks=(mp3,))
     assert "describes AAC, Opus and G.711 audio in its SDP, not mp3" in out.cannot_carry(mp3)
+    for port in (5600, 5601):
+        with pytest.raises(SinkError, match=f"audio_port {port} is the video's RTC?P port"):
+            open_output(f"rtp://127.0.0.1:5600?audio_port={port}")
     top = open_output("rtp://127.0.0.1:65534")
     top.info = dataclasses.replace(out.info, tracks=(aac,))
     assert "its port would be 65536; set audio_port" in top.cannot_carry(aac)

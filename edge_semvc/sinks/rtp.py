@@ -51,6 +51,9 @@ class RtpOutput(_MuxerOutput):
                                                 "audio_port": int_in(1, 65535)})
         self.host, self.port = host_port(uri, parts)
         self.audio_port = self.options.get("audio_port", self.port + 2)
+        if self.audio_port in (self.port, self.port + 1):
+            raise SinkError(f"output {uri!r}: audio_port {self.audio_port} is the video's "
+                            f"{'RTP' if self.audio_port == self.port else 'RTCP'} port")
         self.sdp_path = self.options.get("sdp")
         if self.sdp_path:
             folder = Path(self.sdp_path).expanduser().resolve().parent
