@@ -141,7 +141,7 @@ def test_a_lost_packet_shows_until_the_picture_is_put_right_and_no_longer(tmp_pa
                                      "encoder.bitrate=1500000", "encoder.threads=1"],
                               setting, 30.0)
     sent = loss.send("demo://astronaut", cfg, False, BurstLoss(0.03, 2.0, seed=5), 3.0,
-                     tmp_path, realtime=False, idle_s=2.0)
+                     tmp_path, realtime=False)
     r = loss.judge(sent, "demo://astronaut", None, 3)
     hit, total = sent["frames_hit"], sent["frames_sent"]
     assert (total, sent["judged"], r["frames"]) == (150, (30, 90), 90)
@@ -167,7 +167,7 @@ def test_mpegts_over_udp_loses_what_the_model_drops_until_the_next_idr(tmp_path)
                                      "encoder.bitrate=1500000", "encoder.threads=1"],
                               "idr1s", 30.0)
     sent = loss.send("demo://astronaut", cfg, False, BurstLoss(0.03, 2.0, seed=5), 3.0,
-                     tmp_path, realtime=False, idle_s=2.0, transport="udp")
+                     tmp_path, realtime=False, transport="udp")
     r = loss.judge(sent, "demo://astronaut", None, 3)
     hit, total = sent["frames_hit"], sent["frames_sent"]
     assert (total, r["frames"]) == (150, 90) and r["lost"] > 0 and hit[0] >= 30

@@ -64,6 +64,10 @@ SETTINGS = {
 }
 
 
+# a receiver's recording ends once nothing came for this long (the sender closed the link)
+RECEIVER_IDLE_S = 3.0
+
+
 def _span(seconds: float, fps: float) -> tuple[int, int, int]:
     """(frames sent, first frame judged, frames judged): `seconds` judged after a first
     second of start-up (nothing lost, the receivers settle), and a second more sent and not
@@ -73,8 +77,7 @@ def _span(seconds: float, fps: float) -> tuple[int, int, int]:
 
 
 def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float,
-         workdir: Path, realtime: bool = True, idle_s: float = 10.0,
-         transport: str = "rtp") -> dict:
+         workdir: Path, realtime: bool = True, transport: str = "rtp") -> dict:
     """The clip over the relay into a clean and a lossy recording; what went where.
     `transport`: rtp (FFmpeg receivers from an SDP) or udp (MPEG-TS, FFmpeg on the port)."""
     src = _paced(clip, 0.0, realtime)  # as many frames as _span says
@@ -89,7 +92,7 @@ def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float
         if transport == "rtp":
             url, fmt = str(workdir / f"{kind}.sdp"), "sdp"
             Path(url).write_text(sdp_text(info, "127.0.0.1", ports[kind]))
-        receivers.append(RtpReceiver(url, fmt, record=files[kind], idle_s=idle_s))
+        receivers.append(RtpReceiver(url, fmt, record=files[kind], idle_s=RECEIVER_IDLE_S))
         receivers[-1].start()
     for port in ports.values():
         _wait_bound(port)  # FFmpeg binds as it opens its input
@@ -101,7 +104,7 @@ def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float
                            semantic=semantic, max_frames=total)
     finally:
         for rx in receivers:
-            rx.join(idle_s + 30)
+            rx.join(RECEIVER_IDLE_S + 30)
         relay.stop()
     if relay.gaps:
         raise LossError(f"{relay.gaps} packets were lost on the way to the relay (loopback "
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.srt_latency, args.rtt)
             else:
                 sent = send(clip, cfg, not args.no_map, model, args.seconds, work,
-                            realtime=args.realtime, idle_s=3.0, transport=args.transport)
+                            realtime=args.realtime, transport=args.transport)
             by_setting[name] = judge(sent, clip, detector, args.eval_every)
             print(f"{Path(clip).name} {name}: {by_setting[name]}", flush=True)
     (work / "loss.json").write_text(json.dumps(result, indent=2) + "\n")
