@@ -4,6 +4,10 @@ standard output, for PyAV to decode.
 
     /usr/bin/python3 tests/gst_receiver.py rtsp://127.0.0.1:PORT/PATH h264|hevc tcp|udp [USER PW]
     /usr/bin/python3 tests/gst_receiver.py 'srt://127.0.0.1:PORT?mode=listener' [es]
+    /usr/bin/python3 tests/gst_receiver.py FILE.sdp
+
+An SDP (the RTP output's: H.264 and AAC): sdpdemux, the video depayloaded and dropped, the
+AAC depayloaded (RFC 3640) and written as ADTS.
 
 `es`: the elementary stream out of the MPEG-TS (tsdemux: each access unit as soon as its PES
 is whole), instead of the MPEG-TS itself.
@@ -26,6 +30,11 @@ if uri.startswith("rtsp://"):
                    "hevc": ("rtph265depay", "video/x-h265")}[codec]
     desc = (f"rtspsrc location={uri} protocols={protocols} latency=0 {auth} ! {depay} ! "
             f"{caps},stream-format=byte-stream,alignment=au ! fdsink fd=1 sync=false")
+elif uri.endswith(".sdp"):
+    desc = (f"filesrc location={uri} ! sdpdemux name=d latency=0 "
+            "d. ! queue ! rtph264depay ! fakesink sync=false "
+            "d. ! queue ! rtpmp4gdepay ! aacparse ! audio/mpeg,stream-format=adts ! "
+            "fdsink fd=1 sync=false")
 else:
     demux = "tsdemux ! " if sys.argv[2:] == ["es"] else ""
     desc = f'srtsrc uri="{uri}" latency=50 ! {demux}fdsink fd=1 sync=false'

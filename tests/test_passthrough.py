@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from difflib import SequenceMatcher
 from fractions import Fraction
 from pathlib import Path
@@ -256,6 +257,41 @@ def test_udp_and_rtp_carry_the_audio(tmp_path):
     assert lines[[line.startswith("m=audio") for line in lines].index(True):] == [f"m=audio {rtp_audio} RTP/AVP 97", "a=rtpmap:97 MPEG4-GENERIC/48000/2",
                            "a=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;"
                            f"indexlength=3;indexdeltalength=3;config={aac.extradata.hex()}"]
+
+
+def test_gstreamer_plays_the_rtp_outputs_audio_from_its_sdp(tmp_path):
+    """GStreamer's sdpdemux reads the SDP the RTP output writes and depayloads its AAC: the
+    car park's packets, byte for byte (the ADTS headers aacparse adds taken off)."""
+    require("rtsp")  # GStreamer's RTP (de)payloaders, from plugins-good
+    require("srt")  # plugins-bad, where sdpdemux is
+    src = excerpt(tmp_path, PARK, 4)  # 50 frames, 188 AAC packets
+    port, audio_port, sdp = free_port(), free_port(), tmp_path / "in.sdp"
+    source = open_source(str(src))
+    (aac,) = source.tracks
+    sdp.write_text(sdp_text(StreamInfo(source.width, source.height, source.fps,
+                                       source.time_base, "h264", b"", False, (aac,)),
+                            "127.0.0.1", port, audio=aac, audio_port=audio_port))
+    receiver = subprocess.Popen([gst_python(), str(GST_RECEIVER), str(sdp)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        for p in (port, audio_port):
+            wait_until(lambda p=p: udp_bound(p), what=f"GStreamer's socket {p}")
+        run_encode(PacedSource(source, Pacing(realtime=True)),
+                   [f"rtp://127.0.0.1:{port}?audio_port={audio_port}"],
+                   load_config(None, ["encoder.tune=zerolatency"]), semantic=False)
+        time.sleep(1)
+    finally:
+        source.close()
+        receiver.kill()
+        got = receiver.communicate()[0]
+    frames = []
+    while len(got) >= 7:  # ADTS: the frame's length is in its header
+        size = ((got[3] & 3) << 11) | (got[4] << 3) | (got[5] >> 5)
+        frames.append(_raw_aac(got[:size]))
+        got = got[size:]
+    sent = [d for _, d in packets(src, "audio")]
+    assert len(frames) >= 150
+    assert_runs_of(frames, sent, runs=1)
 
 
 def test_rtp_names_what_it_does_not_carry(tmp_path):

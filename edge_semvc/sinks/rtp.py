@@ -3,8 +3,9 @@ input's audio beside it on a port of its own, with the SDP (RFC 4566) a receiver
 
 RTP carries one stream per port, so the audio gets a second muxer and the next RTP port pair
 (`PORT + 2`; the video's RTCP uses `PORT + 1`), both described in one SDP: a receiver that
-opens it (FFmpeg, VLC, GStreamer's sdpdemux) plays both, on the clock of their RTCP sender
-reports; one that listens on the video port alone (QGroundControl's 5600) is not disturbed.
+opens it plays both (FFmpeg and GStreamer's sdpdemux are tested), on the clock of their RTCP
+sender reports; one that listens on the video port alone (QGroundControl's 5600) is not
+disturbed.
 The audio codecs with an SDP description here (AAC as RFC 3640 `mpeg4-generic`, Opus as RFC
 7587, G.711 as PCMU / PCMA) travel; others are named as not carried, as is a second audio
 stream, a subtitle or a data stream.
