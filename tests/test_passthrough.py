@@ -6,13 +6,11 @@ is said on one line and in the statistics.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 import subprocess
 import sys
 import threading
-import time
 from difflib import SequenceMatcher
 from fractions import Fraction
 from pathlib import Path
@@ -23,16 +21,13 @@ from conftest import shared_file
 from gst_helpers import RECEIVER as GST_RECEIVER
 from gst_helpers import free_port as free_socket_port
 from gst_helpers import require
-from test_outputs import udp_bound
 from test_telemetry import free_port, wait_until
 
 from edge_semvc.config import load_config
-from edge_semvc.errors import SinkError
 from edge_semvc.pipeline import run_encode
 from edge_semvc.sinks import open_output
 from edge_semvc.sinks.base import Output, StreamInfo
 from edge_semvc.sinks.gstreamer import gst_python
-from edge_semvc.sinks.rtp import sdp_text
 from edge_semvc.sinks.segment_file import Segment, recover
 from edge_semvc.sources import open_source
 from edge_semvc.sources.paced import PacedSource, Pacing
@@ -219,104 +214,6 @@ class AudioReceiver(threading.Thread):
             return av.open(self.sdp, format="sdp", timeout=(60, 4),
                            options={"protocol_whitelist": "file,udp,rtp"})
         return av.open(self.url, format="mpegts", timeout=(60, 4))
-
-
-def test_udp_and_rtp_carry_the_audio(tmp_path):
-    """MPEG-TS over UDP carries the car park's AAC beside the video; RTP sends it to the next
-    port pair, described in the same SDP: FFmpeg opening that SDP gets both, the AAC packets
-    byte for byte (RFC 3640)."""
-    src = excerpt(tmp_path, PARK, 4)  # 50 frames, 188 AAC packets
-    udp, rtp, rtp_audio = free_port(), free_port(), free_port()
-    source = open_source(str(src))
-    (aac,) = source.tracks
-    # the receiver listens before the run: its SDP as the output writes it, less the
-    # parameter sets (they come in-band before each IDR)
-    expected = tmp_path / "expected.sdp"
-    expected.write_text(sdp_text(StreamInfo(source.width, source.height, source.fps,
-                                            source.time_base, "h264", b"", False, (aac,)),
-                                 "127.0.0.1", rtp, audio=aac, audio_port=rtp_audio))
-    receivers = [AudioReceiver(udp), AudioReceiver(sdp=str(expected))]
-    for rx in receivers:
-        rx.start()
-    for port in (udp, rtp, rtp_audio):
-        wait_until(lambda p=port: udp_bound(p), what=f"a receiver's socket {port}")
-    written = tmp_path / "out.sdp"
-    try:
-        stats = run_encode(source, [open_output(f"udp://127.0.0.1:{udp}"), open_output(
-            f"rtp://127.0.0.1:{rtp}?audio_port={rtp_audio}&sdp={written}")],
-            load_config(None, ["encoder.tune=zerolatency"]), semantic=False)
-    finally:
-        source.close()
-    sent = [d for _, d in packets(src, "audio")]
-    for rx in receivers:
-        rx.join(60)
-        assert rx.video >= 48 and rx.audio >= 180, rx.error  # the probe may swallow the first
-        assert_runs_of(rx.audio_data, sent, runs=1)
-    assert all("streams_not_carried" not in out for out in stats["outputs"])
-    lines = written.read_text().splitlines()
-    assert lines[[line.startswith("m=audio") for line in lines].index(True):] == [f"m=audio {rtp_audio} RTP/AVP 97", "a=rtpmap:97 MPEG4-GENERIC/48000/2",
-                           "a=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;"
-                           f"indexlength=3;indexdeltalength=3;config={aac.extradata.hex()}"]
-
-
-def test_gstreamer_plays_the_rtp_outputs_audio_from_its_sdp(tmp_path):
-    """GStreamer's sdpdemux reads the SDP the RTP output writes and depayloads its AAC: the
-    car park's packets, byte for byte (the ADTS headers aacparse adds taken off)."""
-    require("rtsp")  # GStreamer's RTP (de)payloaders, from plugins-good
-    require("srt")  # plugins-bad, where sdpdemux is
-    src = excerpt(tmp_path, PARK, 4)  # 50 frames, 188 AAC packets
-    port, audio_port, sdp = free_port(), free_port(), tmp_path / "in.sdp"
-    source = open_source(str(src))
-    (aac,) = source.tracks
-    sdp.write_text(sdp_text(StreamInfo(source.width, source.height, source.fps,
-                                       source.time_base, "h264", b"", False, (aac,)),
-                            "127.0.0.1", port, audio=aac, audio_port=audio_port))
-    receiver = subprocess.Popen([gst_python(), str(GST_RECEIVER), str(sdp)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        for p in (port, audio_port):
-            wait_until(lambda p=p: udp_bound(p), what=f"GStreamer's socket {p}")
-        run_encode(PacedSource(source, Pacing(realtime=True)),
-                   [f"rtp://127.0.0.1:{port}?audio_port={audio_port}"],
-                   load_config(None, ["encoder.tune=zerolatency"]), semantic=False)
-        time.sleep(1)
-    finally:
-        source.close()
-        receiver.kill()
-        got = receiver.communicate()[0]
-    frames = []
-    while len(got) >= 7:  # ADTS: the frame's length is in its header
-        size = ((got[3] & 3) << 11) | (got[4] << 3) | (got[5] >> 5)
-        frames.append(_raw_aac(got[:size]))
-        got = got[size:]
-    sent = [d for _, d in packets(src, "audio")]
-    assert len(frames) >= 150
-    assert_runs_of(frames, sent, runs=1)
-
-
-def test_rtp_names_what_it_does_not_carry(tmp_path):
-    """One audio stream, of a codec its SDP describes; the rest is named, not dropped
-    silently."""
-    source = open_source(str(excerpt(tmp_path, PARK, 1)))
-    (aac,) = source.tracks
-    source.close()
-    second = dataclasses.replace(aac, index=5)
-    data = Track(3, "data", "bin_data", Fraction(1, 1000))
-    mp3 = Track(2, "audio", "mp3", Fraction(1, 44100), sample_rate=44100, channels=2)
-    out = open_output(f"rtp://127.0.0.1:{free_port()}")
-    out.info = StreamInfo(64, 64, Fraction(10), Fraction(1, 10), "h264", b"", False,
-                          (aac, second, data))
-    assert out.cannot_carry(aac) is None
-    assert "one audio stream (#1, to port" in out.cannot_carry(second)
-    assert "not a data stream" in out.cannot_carry(data)
-    out.info = dataclasses.replace(out.info, tracks=(mp3,))
-    assert "describes AAC, Opus and G.711 audio in its SDP, not mp3" in out.cannot_carry(mp3)
-    for port in (5600, 5601):
-        with pytest.raises(SinkError, match=f"audio_port {port} is the video's RTC?P port"):
-            open_output(f"rtp://127.0.0.1:5600?audio_port={port}")
-    top = open_output("rtp://127.0.0.1:65534")
-    top.info = dataclasses.replace(out.info, tracks=(aac,))
-    assert "its port would be 65536; set audio_port" in top.cannot_carry(aac)
 
 
 def test_srt_carries_the_audio(tmp_path):
