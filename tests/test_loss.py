@@ -108,6 +108,12 @@ def test_the_relay_counts_packets_lost_before_it():
     assert relay.gaps == 2
 
 
+def test_a_settings_keyint_is_in_seconds_with_an_s_and_in_frames_without():
+    keyints = {name: loss.setting_config(None, ["encoder.bitrate=1000000"], name, 29.97)
+               .encoder.keyint for name in ("default", "gop", "idr1s", "refresh0.5s-slices")}
+    assert keyints == {"default": 0, "gop": 250, "idr1s": 30, "refresh0.5s-slices": 15}
+
+
 def test_a_frame_that_never_came_leaves_the_one_before_it_on_screen(tmp_path):
     """The player's rule, on a recording with frame 3 missing (each frame an IDR)."""
     path = tmp_path / "gap.ts"

@@ -283,9 +283,9 @@ def _runs(flags: list[bool]) -> list[int]:
 
 def setting_config(path: str | None, sets: list[str], name: str, fps: float) -> Config:
     """The configuration at `path` with `sets`, then the keys of SETTINGS[name] (a keyint in
-    seconds as frames of `fps`), its models prepared."""
+    seconds, `1s`, as frames of `fps`; one without the `s` in frames), its models prepared."""
     from ..tools.models import prepare_config
-    keys = [f"{k}={round(float(v[:-1]) * fps) if k == 'encoder.keyint' else v}"
+    keys = [f"{k}={round(float(v[:-1]) * fps) if k == 'encoder.keyint' and v.endswith('s') else v}"
             for k, v in SETTINGS[name].items()]
     cfg = load_config(path, [*sets, *keys])
     prepare_config(cfg, cfg.cache_dir(), log=lambda *_: None)
