@@ -154,9 +154,7 @@ def test_a_lost_packet_shows_until_the_picture_is_put_right_and_no_longer(tmp_pa
     assert r["lost"] > 0 and hit[0] >= 30  # the first second whole
     damaged = {i for i, d in enumerate(_damaged(sent)) if d}
     if setting == "idr1s":
-        whole_idrs = [k for k in range(30, total + 1, 30) if k not in hit]
-        expected = {i for h in hit for i in range(h, next(k for k in whole_idrs if k > h))}
-        assert damaged == expected
+        assert damaged == _until_a_whole_idr(hit, total, 30)
     elif setting == "refresh1s":
         assert set(hit) <= damaged <= {i for h in hit for i in range(h, min(h + 60, total))}
     else:
@@ -178,8 +176,7 @@ def test_mpegts_over_udp_loses_what_the_model_drops_until_the_next_idr(tmp_path)
     hit, total = sent["frames_hit"], sent["frames_sent"]
     assert (total, r["frames"]) == (150, 90) and r["lost"] > 0 and hit[0] >= 30
     damaged = {i for i, d in enumerate(_damaged(sent)) if d}
-    whole_idrs = [k for k in range(30, total + 1, 30) if k not in hit]
-    expected = {i for h in hit for i in range(h, next(k for k in whole_idrs if k > h))}
+    expected = _until_a_whole_idr(hit, total, 30)
     # a datagram that starts a frame may end the one before: that one may be damaged too
     assert damaged and damaged - expected <= {h - 1 for h in hit}
     assert 0 < r["damaged_pct"] < 100 and r["psnr_lossy"] < r["psnr_clean"]
@@ -219,6 +216,12 @@ def test_srt_waits_for_a_resend_a_frame_interval_longer_than_srts_own_default():
         out = open_output(uri)
         out.info = StreamInfo(64, 64, Fraction(10), Fraction(1, 10), "h264", b"", False)
         assert out._config()["latency"] == latency == out.stats()["latency_ms"]
+
+
+def _until_a_whole_idr(hit: list[int], total: int, keyint: int) -> set[int]:
+    """The frames from each frame hit to the next IDR (every `keyint`) that was not hit."""
+    whole_idrs = [k for k in range(keyint, total + 1, keyint) if k not in hit]
+    return {i for h in hit for i in range(h, next(k for k in whole_idrs if k > h))}
 
 
 def _damaged(sent: dict) -> list[bool]:
