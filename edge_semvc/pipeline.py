@@ -23,18 +23,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .config import Config
+from .encoder_setup import encoder_settings, link_follower, storage_policy, tell_loss
 from .encoders import get_encoder
-from .encoders.base import EncoderSettings
 from .encoders.config import EncoderConfig
-from .errors import SinkError, WriteError
+from .errors import WriteError
+from .follow import LinkFollower
 from .frame import Frame
 from .labeler import Labeler
 from .sinks import open_output
-from .sinks.base import Output, Outputs, StreamInfo, loss_note
+from .sinks.base import Output, Outputs, StreamInfo
 from .sources import DecodeError, Source
 from .stages import Stage, timed
 from .stop import deferred, exit_status, finalising
-from .storage import Observer, StoragePolicy
+from .storage import StoragePolicy
 from .tracks import Track, TrackPacket
 from .understanding import FrameResult, MapFilter, NullLabeler, build_understanding
 from .values import LabelMap, QpMap
@@ -93,6 +94,7 @@ class RunSnapshot:
     labeler: dict  # per model: runs, staleness, CPU per run (Labeler.stats)
     label_budget: dict | None  # what the budget gives the models (Labeler.budget_stats)
     storage: dict | None  # the storage profile's decisions (StoragePolicy.stats), or None
+    follow_link: dict | None  # the rate follower's (LinkFollower.stats), or None
 
 
 @dataclass
@@ -113,6 +115,7 @@ class RunStats:
     scene_cuts: int = 0  # frames that started a new scene (analysis/scene.py)
     labeler: Labeler | NullLabeler = field(default_factory=NullLabeler, repr=False)
     storage: StoragePolicy | None = None  # the storage profile's decisions (storage.py)
+    follower: LinkFollower | None = None  # encoder.follow_link (follow.py)
 
     def add(self, result: FrameResult) -> None:
         labels, qp = result.labels, result.qp
@@ -146,53 +149,8 @@ class RunStats:
             idr_requested=self.idr_requested, rate_changes=self.rate_changes,
             scene_cuts=self.scene_cuts, labeler=self.labeler.stats(),
             label_budget=self.labeler.budget_stats(),
-            storage=self.storage.stats() if self.storage is not None else None)
-
-
-def encoder_settings(cfg: Config, source: Source, outputs: Outputs) -> EncoderSettings:
-    e = cfg.encoder
-    keyint, caller_idr, sparse = e.keyint or None, False, False
-    if e.profile == "storage":  # the pipeline places the IDRs, or a fixed gop_s
-        caller_idr, sparse = e.storage.dynamic_gop, e.storage.dynamic_fps
-        keyint = None if caller_idr else max(1, round(e.storage.gop_s * source.fps))
-    elif keyint is None and e.lossy_keyint_s and outputs.loses_packets:
-        keyint = max(1, round(e.lossy_keyint_s * source.fps))
-    return EncoderSettings(
-        width=source.width, height=source.height, fps=source.fps, time_base=source.time_base,
-        rc=e.rate_control(), bitrate=e.bitrate or None, crf=e.crf, preset=e.preset,
-        tune=e.tune or None,
-        keyint=keyint, threads=e.threads, global_headers=outputs.global_headers,
-        caller_idr=caller_idr, sparse_frames=sparse, intra_refresh=e.intra_refresh,
-        aq_with_map=e.aq_with_map,
-        params=dict(e.params))
-
-
-def _tell_loss(e: EncoderConfig, outputs: Outputs, enc, settings: EncoderSettings) -> None:
-    """Once at a live run's start: the keyint chosen for outputs that can lose packets, or a
-    warning where the encoder's own would show a lost packet for long (`loss_note`)."""
-    if settings.keyint and not e.keyint:
-        what = "a refresh period" if settings.intra_refresh else "an IDR"
-        log.info("%s can lose packets: %s every %d frames (encoder.lossy_keyint_s: %g s)",
-                 ", ".join(o.uri for o in outputs.outputs if o.loses_packets), what,
-                 settings.keyint, e.lossy_keyint_s)
-    note = loss_note(outputs.outputs, enc.settings_summary().get("keyint"),
-                     settings.intra_refresh, float(settings.fps))
-    if note:
-        log.warning("%s", note)
-
-
-def _storage(cfg: Config, source: Source, outputs: Outputs):
-    """The storage profile's observer and policy (storage.py), or (None, None)."""
-    e = cfg.encoder
-    if e.profile != "storage":
-        return None, None
-    raw = [o.uri for o in outputs.outputs if not o.keeps_timestamps]
-    if e.storage.dynamic_fps and raw:
-        raise SinkError(f"{raw[0]}: a raw stream keeps no timestamps, so the frames the "
-                        "storage profile leaves out would shorten it; write .mp4, .mkv or .ts, "
-                        "or set encoder.storage.dynamic_fps=false")
-    return (Observer(e.storage, source.fps),
-            StoragePolicy(e.storage, source.fps, source.time_base))
+            storage=self.storage.stats() if self.storage is not None else None,
+            follow_link=self.follower.stats() if self.follower is not None else None)
 
 
 def passthrough(source: Source, cfg: Config) -> tuple[tuple[Track, ...], list[dict],
@@ -239,7 +197,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     stats = live.stats or RunStats()
     if live.timing_window:
         stats.timings = {s: deque(maxlen=live.timing_window) for s in STAGES}
-    observer, stats.storage = _storage(cfg, source, outputs)
+    observer, stats.storage = storage_policy(cfg, source, outputs)
     understanding = build_understanding(cfg, semantic, getattr(source, "path", None), observer,
                                         stats.timings, extras.map_filter, live.cameras)
     stats.labeler = understanding.labeler
@@ -255,8 +213,9 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
             enc.headers(), settings.global_headers, tracks)) as sink:
         # a cut asks for an IDR with the scene extension (embodiment 4)
         recorder = _Recorder(enc, sink, stats, cfg.encoder, semantic and cfg.scene.enabled)
+        recorder.follower = stats.follower = link_follower(cfg, outputs)
         if cfg.encoder.profile == "live":  # the storage profile places its IDRs itself
-            _tell_loss(cfg.encoder, outputs, enc, settings)
+            tell_loss(cfg.encoder, outputs, enc, settings)
         understanding.encoder_opened(enc.weighs_reuse)
         try:
             decoded = timed(islice(source.frames(), max_frames or None), stats.timings["decode"])
@@ -295,6 +254,8 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     result["passthrough"] = {"streams": outputs.track_stats(), "skipped": skipped}
     if stats.storage is not None:
         result["storage"] = stats.storage.stats()
+    if stats.follower is not None:
+        result["follow_link"] = stats.follower.stats()
     if error is not None:
         result["complete"] = False
         result["error"] = str(error) or type(error).__name__
@@ -364,17 +325,28 @@ class _Recorder:
         self.enc, self.sink, self.stats, self.idr_on_cut = enc, sink, stats, idr_on_cut
         self.rate = (rate.bitrate, rate.crf)  # what the encoder runs with (a copy: values)
         self.left_out = None  # the last frame the storage profile left out, and its map
+        self.follower: LinkFollower | None = None  # encoder.follow_link
 
     def retune(self, new: EncoderConfig) -> None:
-        """A live change of the target rate (following a link): from the next frame encoded,
-        no IDR, no break in any output."""
-        if (new.bitrate, new.crf) != self.rate:
-            self.enc.reconfigure(bitrate=new.bitrate or None, crf=new.crf)
+        """A live change of the target rate (over MQTT; with the follower, its ceiling): from
+        the next frame encoded, no IDR, no break in any output."""
+        bitrate = new.bitrate
+        if self.follower is not None:
+            self.follower.retarget(new.bitrate)
+            bitrate = self.follower.bitrate
+        self._set_rate(bitrate, new.crf)
+
+    def _set_rate(self, bitrate: int, crf: float) -> None:
+        if (bitrate, crf) != self.rate:
+            self.enc.reconfigure(bitrate=bitrate or None, crf=crf)
             self.stats.rate_changes += 1
-            self.rate = (new.bitrate, new.crf)
+            self.rate = (bitrate, crf)
 
     def record(self, r: FrameResult) -> None:
         t0, stats, frame = time.perf_counter(), self.stats, r.frame
+        if self.follower is not None and (rate := self.follower.update(
+                self.sink.link_reports())) is not None:  # the link narrowed or widened
+            self._set_rate(rate, self.rate[1])
         offsets = r.qp.offsets if r.mapped else None
         segment_start = self.sink.wants_idr(frame.pts)  # a segment starts, a receiver joined
         if stats.storage is not None:

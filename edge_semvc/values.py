@@ -1,4 +1,4 @@
-"""Value types that cross stage boundaries: LabelMap, RegionStats, QpMap, Rect.
+"""Value types that cross stage boundaries: LabelMap, RegionStats, QpMap, Rect, LinkReport.
 
 Stages exchange these and nothing else (DESIGN.md). All arrays are at macroblock resolution
 ([mb_h, mb_w]); class axis first where there is one.
@@ -117,3 +117,17 @@ class Modulation:
     emotion: np.ndarray | None = None
     scene: np.ndarray | None = None
     data: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LinkReport:
+    """What an output knows of its link (SRT's acknowledgements), for the rate follower
+    (`follow.py`): counts since the output's sender started (a restarted one starts
+    them again), `seq` numbering the reports, so that a report is read once."""
+
+    seq: int
+    peers: int  # receivers it reports on (0: nobody connected, nothing to follow)
+    rtt_ms: float  # the worst peer's smoothed round trip
+    sent: int  # data packets sent, resends included
+    resent: int  # packets sent again (the receiver missed them)
+    dropped: int  # packets given up as too late to arrive within the latency

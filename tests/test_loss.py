@@ -15,7 +15,7 @@ import pytest
 from gst_helpers import require
 
 from edge_semvc.bench import loss
-from edge_semvc.bench.lossy_link import BurstLoss, LossError, LossyRelay, port_pair
+from edge_semvc.bench.lossy_link import BurstLoss, Link, LossError, LossyRelay, port_pair
 
 
 def _draws(model: BurstLoss, n: int) -> np.ndarray:
@@ -192,7 +192,7 @@ def test_srt_resends_what_is_lost_while_its_latency_allows(tmp_path, latency_ms,
     cfg = loss.setting_config(None, ["encoder.tune=zerolatency", "encoder.rc=cbr",
                                      "encoder.bitrate=1000000"], "gop", 30.0)
     sent = loss.send_srt("demo://astronaut", cfg, False, BurstLoss(0.03, 2.0, seed=2), 2.0,
-                         tmp_path, latency_ms, rtt_ms)
+                         tmp_path, latency_ms, Link(rtt_ms))
     r = loss.judge(sent, "demo://astronaut", None, 3)
     assert r["frames"] == 60 and r["lost"] > 0 and r["srt_latency_ms"] == latency_ms
     if rtt_ms == 0:
@@ -287,7 +287,8 @@ def test_outputs_that_lose_packets_get_an_idr_every_lossy_keyint_s(tmp_path, out
     from fractions import Fraction
 
     from edge_semvc.config import load_config
-    from edge_semvc.pipeline import encoder_settings, open_outputs
+    from edge_semvc.encoder_setup import encoder_settings
+    from edge_semvc.pipeline import open_outputs
 
     class TenFps:
         width, height, fps, time_base = 64, 64, Fraction(10), Fraction(1, 10)

@@ -5,6 +5,8 @@ lost packet, and for how long, with each way of putting the picture right again.
         [--bitrate 1M] [--settings gop idr1s refresh1s ...] [--no-map] [--realtime]
     python -m edge_semvc.bench.loss CLIP... --transport udp
     python -m edge_semvc.bench.loss CLIP... --transport srt [--srt-latency MS] [--rtt 80]
+    python -m edge_semvc.bench.loss CLIP... --transport srt --loss 0 \
+        --capacity 2.5M@0,800k@15,1.5M@30 [--queue-ms 250] --settings default follow
 
 RTP (the default): the camera (the clip looped, CBR, zerolatency) sends RTP to a relay, which
 hands every packet to one real receiver (FFmpeg from an SDP, copying what it gets into a
@@ -14,10 +16,12 @@ sequence numbers, so a loss it did not make fails the run rather than skew it. U
 the ports, the relay checking each stream's continuity counter. SRT: the
 camera (paced in real time) sends MPEG-TS over SRT through a proxy that loses packets going
 forward and holds every packet half `--rtt` each way, to GStreamer's srtsrc recording it; the
-clean reference is the run's own MPEG-TS file. Both recordings are decoded as a player would
-(a frame that never arrived leaves the one before it on screen), so the damage a loss does is
-exact: a frame is damaged where the lossy picture differs from the clean one, and a damage
-event lasts until they agree again. `--seconds` are judged after a first second of start-up
+clean reference is the run's own MPEG-TS file; `--capacity` narrows the proxy's link (rates
+from times in seconds) with a buffer of `--queue-ms`, and what overflows it is lost too (the
+bit rate following the link: `--settings default follow`). Both recordings are decoded as a
+player would (a frame that never arrived leaves the one before it on screen), so the damage a
+loss does is exact: a frame is damaged where the lossy picture differs from the clean one, and
+a damage event lasts until they agree again. `--seconds` are judged after a first second of start-up
 in which nothing is lost, and a second more is sent and not judged (closing the link).
 
 The loss model is a Gilbert-Elliott chain (a radio's fades come in bursts): `--loss` the
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import time
 from itertools import islice
 from pathlib import Path
 
@@ -44,7 +50,7 @@ from ..sinks.rtp import sdp_text
 from ..sources import open_source
 from .detector import FIXTURE, YoloxDetector, box_mask
 from .link import MIN_ROI_PIXELS, WARM_UP_S, RtpReceiver, _mean, _paced, _stream_info, _wait_bound
-from .lossy_link import BurstLoss, LossError, LossyRelay, SrtProxy, port_pair
+from .lossy_link import BurstLoss, Link, LossError, LossyRelay, SrtProxy, parse_capacity, port_pair
 from .metrics import psnr, roi_data_note
 
 # How the picture is put right after a loss: `encoder.*` keys; a keyint in seconds (`1s`,
@@ -61,8 +67,15 @@ SETTINGS = {
                          "encoder.params.slice-max-size": "1100"},
     "refresh0.5s-slices": {"encoder.intra_refresh": "true", "encoder.keyint": "0.5s",
                            "encoder.params.slice-max-size": "1100"},
+    # not ways to put the picture right: the rate follows an SRT link (`--capacity`), with
+    # IDRs or with intra refresh (no IDR bursts), every encoder.lossy_keyint_s
+    "follow": {"encoder.follow_link.enabled": "true"},
+    "refresh": {"encoder.intra_refresh": "true"},
+    "refresh-follow": {"encoder.intra_refresh": "true", "encoder.follow_link.enabled": "true"},
 }
 
+
+NO_LINK = Link()  # a link with nothing in the way but the loss
 
 # a receiver's recording ends once nothing came for this long (the sender closed the link)
 RECEIVER_IDLE_S = 3.0
@@ -115,7 +128,7 @@ def send(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float
 
 
 def send_srt(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: float,
-             workdir: Path, latency_ms: int | None, rtt_ms: float = 0.0) -> dict:
+             workdir: Path, latency_ms: int | None, link: Link = NO_LINK) -> dict:
     """The clip as a camera (real time: SRT paces by its clock) over SRT through the proxy to
     GStreamer's srtsrc recording it; the clean reference is the same run's own MPEG-TS file.
     `latency_ms` None: the SRT output's own (the receiver asks for SRT's 120 ms; the larger
@@ -135,14 +148,17 @@ def send_srt(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: f
                            str(files["lossy"])], stderr=subprocess.PIPE, text=True)
     _wait_bound(rx_port)
     spare = round(WARM_UP_S * cfg.encoder.bitrate / 8 / 1316)  # SRT's payload: 7 TS packets
-    proxy = SrtProxy(loss, rx_port, spare, rtt_ms / 2e3)
+    proxy = SrtProxy(loss, rx_port, spare, link.rtt_ms / 2e3, link.capacity,
+                     link.queue_ms / 1e3)
     proxy.start()
+    rates = _RateLog()  # the follower's changes, seconds from the start
     try:
         asked = "" if latency_ms is None else f"?latency={latency_ms}"
         stats = run_encode(src, [open_output(f"srt://127.0.0.1:{proxy.port}{asked}"),
                                  open_output(str(files["clean"]))], cfg, semantic=semantic,
                            max_frames=total)
     finally:
+        rates.close()
         try:
             rx.wait(10)  # the caller went: end of stream
         except subprocess.TimeoutExpired:
@@ -160,7 +176,27 @@ def send_srt(clip: str, cfg: Config, semantic: bool, loss: BurstLoss, seconds: f
     return {"files": files, "fps": float(src.fps), "frames_sent": stats["frames"],
             "judged": (first, count), "packets": proxy.packets, "lost": proxy.lost,
             "frames_hit": [], "bytes": proxy.bytes, "dropped_at_camera": src.dropped,
-            "srt_latency_ms": srt["latency_ms"]}
+            "srt_latency_ms": srt["latency_ms"], "overflowed": proxy.overflowed,
+            "encoded_kbps": stats["bitrate_kbps"], "follow": stats.get("follow_link"),
+            "phases": [at for at, _ in link.capacity], "rates": rates.changes}
+
+
+class _RateLog(logging.Handler):
+    """The follower's rate changes (its log lines: `follow.py`) as [seconds from now, kbit/s]."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.start, self.changes = time.time(), []
+        self.logger = logging.getLogger("edge_semvc.follow")
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.changes.append([round(record.created - self.start, 1), record.args[-1]])
+
+    def close(self) -> None:
+        self.logger.removeHandler(self)
+        super().close()
 
 
 def first_pts(path: Path) -> int | None:
@@ -242,6 +278,9 @@ def judge(sent: dict, clip: str, detector: YoloxDetector | None, eval_every: int
             roi_lossy.append(psnr(orig, b, mask))
     damaged = [x > 0 for x in area]
     events = _runs(damaged)
+    phases = [{"from_s": at, "damaged_pct": round(100.0 * float(np.mean(damaged[a:b])), 1),
+               "psnr_clean": _mean(psnr_clean[a:b]), "psnr_lossy": _mean(psnr_lossy[a:b])}
+              for at, a, b in _phase_spans(sent.get("phases", ()), fps, first, count)]
     note = ("no ROI detector" if detector is None else roi_data_note(
         float(np.mean(roi_px)) / 256 if roi_px else 0.0,
         float(np.mean([p > 0 for p in roi_px])) if roi_px else 0.0, MIN_ROI_PIXELS / 256, 0.5))
@@ -257,7 +296,18 @@ def judge(sent: dict, clip: str, detector: YoloxDetector | None, eval_every: int
             "roi_clean": None if note else _mean(roi_clean),
             "roi_lossy": None if note else _mean(roi_lossy), "roi_note": note,
             "dropped_at_camera": sent["dropped_at_camera"],
-            **({"srt_latency_ms": sent["srt_latency_ms"]} if "srt_latency_ms" in sent else {})}
+            **{k: sent[k] for k in ("srt_latency_ms", "overflowed", "encoded_kbps", "follow",
+                                    "rates") if k in sent},
+            **({"phases": phases} if phases else {})}
+
+
+def _phase_spans(starts, fps: float, first: int, count: int):
+    """(from_s, a, b) per phase of the link: the judged frames [a, b) (indices into the judged
+    ones) sent from `from_s` seconds after the first frame until the next phase."""
+    edges = [round(at * fps) - first for at in starts] + [count]
+    for at, a, b in zip(starts, edges, edges[1:]):
+        if min(b, count) > max(a, 0):
+            yield at, max(a, 0), min(b, count)
 
 
 def _blocks_differing(a: np.ndarray, b: np.ndarray) -> float:
@@ -332,12 +382,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="SRT's latency, ms (default: the SRT output's, 120 plus a frame interval)")
     p.add_argument("--rtt", type=float, default=0.0,
                    help="the link's round trip, ms (SRT only: RTP resends nothing)")
+    p.add_argument("--capacity", type=parse_capacity, default=(),
+                   help="SRT only: the link's capacity, RATE@SECONDS,... (2.5M@0,800k@15)")
+    p.add_argument("--queue-ms", type=float, default=250.0,
+                   help="SRT only: the narrow link's buffer, ms of waiting")
     p.add_argument("--roi-model", default=str(FIXTURE))
     p.add_argument("--eval-every", type=int, default=3, help="ROI on every Nth frame")
     p.add_argument("--config", help="YAML configuration")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="bench-out/loss", help="folder for files and JSON")
     args = p.parse_args(argv)
+    if args.capacity and args.transport != "srt":
+        p.error("--capacity: SRT only (--transport srt): nothing else tells the sender")
     if args.rtt and args.transport != "srt":
         p.error(f"--rtt {args.rtt:g}: a round trip matters to SRT only (--transport srt); "
                 f"{args.transport.upper()} resends nothing, so a delay changes nothing it loses")
@@ -355,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": args.seconds, "realtime": args.realtime or args.transport == "srt",
               "map": not args.no_map, "transport": args.transport, "clips": {}}
     if args.transport == "srt":
-        result.update(srt_latency_ms=args.srt_latency, rtt_ms=args.rtt)
+        result.update(srt_latency_ms=args.srt_latency, rtt_ms=args.rtt,
+                      capacity=args.capacity, queue_ms=args.queue_ms)
     for clip in args.clips:
         fps = float(open_source(clip).fps)
         result["clips"][Path(clip).name] = by_setting = {}
@@ -364,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             model = BurstLoss(args.loss, args.burst, args.seed)
             if args.transport == "srt":
                 sent = send_srt(clip, cfg, not args.no_map, model, args.seconds, work,
-                                args.srt_latency, args.rtt)
+                                args.srt_latency, Link(args.rtt, args.capacity, args.queue_ms))
             else:
                 sent = send(clip, cfg, not args.no_map, model, args.seconds, work,
                             realtime=args.realtime, transport=args.transport)

@@ -11,6 +11,7 @@ import select
 import socket
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,36 @@ _FORK = multiprocessing.get_context("fork")
 
 class LossError(EdgeSemvcError, ValueError):
     """A loss model or a measurement that cannot stand: the value and why."""
+
+
+class Link(NamedTuple):
+    """The SRT proxy's link beside its loss: a round trip, and a capacity that changes
+    (`SrtProxy`'s `capacity`, ((from_s, bits_per_s), ...); empty: none) with a buffer of
+    `queue_ms`."""
+
+    rtt_ms: float = 0.0
+    capacity: tuple[tuple[float, float], ...] = ()
+    queue_ms: float = 250.0
+
+
+def parse_capacity(text: str) -> tuple[tuple[float, float], ...]:
+    """'2.5M@0,800k@10,1.5M' -> ((0, 2.5e6), (10, 8e5), (20, 1.5e6)): each rate from a time in
+    seconds (without @: when the one before has lasted as long as the one before it)."""
+    steps: list[tuple[float, float]] = []
+    for part in filter(None, text.split(",")):
+        rate, _, at = part.partition("@")
+        scale = {"k": 1e3, "M": 1e6}.get(rate[-1:], 1.0)
+        try:
+            bps = float(rate[:-1] if scale != 1.0 else rate) * scale
+            start = float(at) if at else (2 * steps[-1][0] - steps[-2][0] if len(steps) > 1
+                                          else 0.0 if not steps else None)
+        except (ValueError, IndexError):
+            start = bps = None
+        if start is None or bps is None or bps <= 0 or (steps and start <= steps[-1][0]):
+            raise LossError(f"capacity {part!r} of {text!r}: RATE[@SECONDS], rates positive, "
+                            "times rising from 0")
+        steps.append((start, bps))
+    return tuple(steps)
 
 
 class BurstLoss:
@@ -180,22 +211,30 @@ class SrtProxy(_FORK.Process):
     coming back whole; each packet held `delay_s` each way (a link's round trip is twice
     that). SRT resends what is lost, and its resent packets can be lost again. A process of
     its own, so that the encoder beside it (its GIL) cannot hold back a packet or a resend;
-    `packets`, `lost` and `bytes` are read back from shared memory."""
+    `packets`, `lost`, `bytes` and `overflowed` are read back from shared memory.
 
-    def __init__(self, loss: BurstLoss, target_port: int, spare: int, delay_s: float = 0.0):
+    `capacity`: a narrow link, ((from_s, bits_per_s), ...) from the first packet on: what goes
+    forward leaves no faster than that, queued (a radio's buffer) up to `queue_s` of waiting,
+    and what would wait longer is lost (`overflowed`, beside `lost`). Empty: no limit."""
+
+    def __init__(self, loss: BurstLoss, target_port: int, spare: int, delay_s: float = 0.0,
+                 capacity: tuple[tuple[float, float], ...] = (), queue_s: float = 0.25):
         super().__init__(daemon=True)
         self.loss, self.target, self.spare = loss, ("127.0.0.1", target_port), spare
-        self.delay_s = delay_s
+        self.delay_s, self.capacity, self.queue_s = delay_s, tuple(capacity), queue_s
         self._front, self._back = bind_udp(0), bind_udp(0)
         self.port = self._front.getsockname()[1]
-        self._counts = _FORK.RawArray("q", 3)  # packets, lost, bytes
+        self._counts = _FORK.RawArray("q", 4)  # packets, lost, bytes, overflowed
         self._peer = None
         self._queue: list[tuple[float, int, socket.socket, bytes, tuple]] = []  # a heap
+        self._start: float | None = None  # the first packet's time
+        self._free_at = 0.0  # when the narrow link has sent what it holds
         self._done = _FORK.Event()
 
     packets = property(lambda self: self._counts[0])
     lost = property(lambda self: self._counts[1])
     bytes = property(lambda self: self._counts[2])
+    overflowed = property(lambda self: self._counts[3])
 
     def start(self) -> None:
         super().start()
@@ -214,9 +253,11 @@ class SrtProxy(_FORK.Process):
             for s in ready:
                 data, addr = s.recvfrom(65536)
                 out = self._route(s, data, addr)
-                if out is not None:
+                leaves = None if out is None else \
+                    self._leaves(len(data)) if s is self._front else time.monotonic()
+                if leaves is not None:
                     n += 1
-                    heapq.heappush(self._queue, (time.monotonic() + self.delay_s, n, *out))
+                    heapq.heappush(self._queue, (leaves + self.delay_s, n, *out))
         self._front.close()
         self._back.close()
 
@@ -232,6 +273,21 @@ class SrtProxy(_FORK.Process):
                 counts[1] += 1
                 return None
         return self._back, data, self.target
+
+    def _leaves(self, size: int) -> float | None:
+        """When a packet going forward leaves the narrow link, or None: its queue is full."""
+        now = time.monotonic()
+        if not self.capacity:
+            return now
+        self._start = now if self._start is None else self._start
+        rate = [bps for at, bps in self.capacity if now - self._start >= at][-1:] or \
+            [self.capacity[0][1]]
+        start = max(now, self._free_at)
+        if start - now > self.queue_s:
+            self._counts[3] += 1
+            return None
+        self._free_at = start + size * 8 / rate[0]
+        return self._free_at
 
     def stop(self) -> None:
         self._done.set()

@@ -31,6 +31,29 @@ class StorageConfig:
 
 
 @dataclass
+class FollowLinkConfig:
+    """`encoder.follow_link`: the bit rate follows what an SRT output learns of its link
+    (`follow.py`; README, "Following the link")."""
+
+    enabled: bool = False  # lower the CBR target while an SRT output's link cannot carry it
+    min_bitrate: int = 100_000  # bits/s: it never goes below this
+
+    def validate(self, e: "EncoderConfig") -> None:
+        if not self.enabled:
+            return
+        check(e.profile == "live", "encoder.follow_link.enabled", self.enabled,
+              "false with encoder.profile storage (a recording's rate is its CRF)")
+        check(e.rate_control() == "cbr", "encoder.follow_link.enabled", self.enabled,
+              f"false with encoder.rc {e.rate_control()} (it changes a CBR target: set "
+              "encoder.bitrate)")
+        check(e.backend == AUTO or "cbr" in LIVE_RATE.get(e.backend, ()),
+              "encoder.follow_link.enabled", self.enabled,
+              f"false with encoder.backend {e.backend} (its CBR target cannot change live)")
+        check(0 < self.min_bitrate <= e.bitrate, "encoder.follow_link.min_bitrate",
+              self.min_bitrate, f"1-{e.bitrate} bits/s (at most encoder.bitrate)")
+
+
+@dataclass
 class EncoderConfig:
     # the encoder: auto, x264 (GPL, behind the encoder interface), x265 (GPL), nvenc,
     # jetson-v4l2; auto: the Jetson hardware encoder where it runs with these settings, else x264
@@ -67,6 +90,7 @@ class EncoderConfig:
     # and x265's own options (param_parse), nvenc's and jetson-v4l2's keys (README)
     params: dict[str, str] = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    follow_link: FollowLinkConfig = field(default_factory=FollowLinkConfig)
 
     def rate_control(self) -> str:
         """The rate control in use: `rc`, or with `auto` cbr when a bitrate is given (a live
@@ -106,6 +130,7 @@ class EncoderConfig:
         check(self.threads >= 0, "encoder.threads", self.threads, ">= 0")
         check(0.0 <= self.aq_with_map <= 1.0, "encoder.aq_with_map", self.aq_with_map,
               "between 0 and 1 (a share of x264's own adaptive quantisation)")
+        self.follow_link.validate(self)
 
 
 # The rate controls whose bit rate each backend changes while frames flow (its reconfigure):

@@ -54,6 +54,7 @@ class StatsWindow:
             "frames_with_map": stats.frames_mapped,  # in this run (qp.enabled false: none)
             "label_budget": stats.label_budget,
             "storage": _storage(stats.storage),
+            "follow_link": stats.follow_link,
             "reconnects": max(runs - 1, 0),
             "outputs": cam.output_stats(),
             "cpu_percent": cpu_percent,

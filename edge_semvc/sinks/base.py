@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 
 from ..errors import WriteError
 from ..tracks import Track, TrackPacket
+from ..values import LinkReport
 from .interleave import Interleaver
 
 # what receivers may ask for: a burst of IDRs, then one a second of stream time, each IDR the
@@ -86,6 +87,8 @@ class Output(ABC):
     # clients on UDP; SRT gives up on one that cannot arrive within its latency): a lost packet
     # shows until an IDR or a refresh puts the picture right (`encoder.lossy_keyint_s`)
     loses_packets: bool = False
+    # its protocol tells the sender how its link fares (`link_report`: SRT's acknowledgements)
+    reports_link: bool = False
 
     @abstractmethod
     def open(self, info: StreamInfo) -> None:
@@ -115,6 +118,11 @@ class Output(ABC):
         """{uri, state, ...}: at least `state`; stream outputs add clients, bytes_sent,
         reconnects, dropped."""
         return {"uri": self.uri, "state": "open"}
+
+    def link_report(self) -> LinkReport | None:
+        """The latest report on the link, for outputs whose protocol tells (SRT); else None.
+        Must be cheap: it runs per frame."""
+        return None
 
     @abstractmethod
     def close(self) -> None:
@@ -242,6 +250,10 @@ class Outputs:
             failed = _each(self._carriers.get(p.track, ()),
                            lambda o: o.write_track(p)) or failed  # noqa: B023
         return failed
+
+    def link_reports(self) -> list[LinkReport]:
+        """The latest link report of each output that has one (the follower takes the worst)."""
+        return [r for o in self.outputs if (r := o.link_report()) is not None]
 
     def stats(self) -> list[dict]:
         """Each output's statistics, with the passed-through streams it could not carry."""

@@ -43,6 +43,7 @@ class SrtOutput(GstChildOutput):
     kind = "srt"
     role = "SRT output"
     loses_packets = True  # SRT gives up on a packet its resend cannot bring within `latency`
+    reports_link = True  # resends and round trip, from its acknowledgements (`link_report`)
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)

@@ -11,6 +11,7 @@ from gst_child import address_of, emit
 
 BACKOFF_S = (0.5, 1, 2, 4, 8)  # between SRT connection attempts (caller)
 EOS_WAIT_S = 2  # at the end: for the SRT pipeline to send what it holds
+LINK_REPORT_MS = 1000  # how often the link's state goes to the parent (`link` events)
 
 
 class SrtSender:
@@ -56,6 +57,7 @@ class SrtSender:
         self.feed.attach(self.src, receivers=self.callers if self.listener else 0)
         if not self.listener:
             self.GLib.timeout_add(200, self.poll_connection, self.pipeline)
+        self.GLib.timeout_add(LINK_REPORT_MS, self.report_link, self.pipeline)
         return None
 
     def pop_error(self):
@@ -80,11 +82,29 @@ class SrtSender:
             self.pipeline = None
 
     def bytes_sent(self):
-        """What SRT sent so far, to every peer (a caller's statistics, or each of a
-        listener's callers')."""
-        stats = self.pipeline.get_by_name("sink").get_property("stats")
-        text = stats.to_string() if stats is not None else ""
-        return sum(int(n) for n in re.findall(r"\bbytes-sent=\(guint64\)(\d+)", text))
+        """What SRT sent so far, to every peer."""
+        return sum(int(n) for n in self.stat(self.pipeline, "bytes-sent", "guint64"))
+
+    def stat(self, pipeline, name, kind):
+        """One field of srtsink's statistics, per peer (a caller's own, or each of a
+        listener's callers', which it nests escaped)."""
+        stats = pipeline.get_by_name("sink").get_property("stats")
+        text = stats.to_string().replace("\\", "") if stats is not None else ""
+        return re.findall(r"\b%s=\(%s\)([-+.\deE]+)" % (name, kind), text)
+
+    def report_link(self, pipeline):
+        """The link's state for the parent's rate follower, every LINK_REPORT_MS: the worst
+        peer's smoothed round trip, and packets sent, resent and dropped as too late, summed
+        over peers since the pipeline started."""
+        if pipeline is not self.pipeline:
+            return False
+        rtts = [float(v) for v in self.stat(pipeline, "rtt-ms", "double")]
+        counts = {key: sum(int(v) for v in self.stat(pipeline, name, kind))
+                  for key, name, kind in (("sent", "packets-sent", "gint64"),
+                                          ("resent", "packets-retransmitted", "int"),
+                                          ("dropped", "packets-sent-dropped", "int"))}
+        emit("link", peers=len(rtts), rtt_ms=max(rtts, default=0.0), **counts)
+        return True
 
     def on_caller(self, sink, socket_id, address, event):
         self.callers = max(0, self.callers + (1 if event == "client_joined" else -1))

@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import SinkError
+from ..values import LinkReport
 from .base import EventCallback, Output, StreamInfo, emit_event
 from .file import has_parameter_sets, is_idr
 from .gst_child import HEADER, KEYFRAME, STREAM_SHIFT
@@ -107,6 +108,8 @@ class GstChildOutput(Output):
         self._proc: subprocess.Popen | None = None  # ready for packets
         self._lost = False
         self._want_idr = False
+        self._link: LinkReport | None = None  # the running child's latest
+        self._link_reports = 0  # every child's (LinkReport.seq)
         self._resync = True  # drop packets until a key frame
         self._closing = threading.Event()
         self._ready = threading.Event()
@@ -207,6 +210,9 @@ class GstChildOutput(Output):
         return {"uri": self.uri, "state": self.state, "clients": self._receivers(),
                 "bytes_sent": total["bytes_sent"], "packets": total["packets"],
                 "dropped": self._dropped + total["dropped"], "reconnects": self.reconnects}
+
+    def link_report(self) -> LinkReport | None:
+        return self._link
 
     def close(self) -> None:
         if self._closing.is_set():
@@ -318,6 +324,7 @@ class GstChildOutput(Output):
             self.state = "connecting"
 
     def _stopped(self) -> None:
+        self._link = None
         for k in _NO_STATS:
             self._gone[k] += self._child_stats[k]
         self._child_stats = dict(_NO_STATS)
@@ -327,6 +334,13 @@ class GstChildOutput(Output):
     def _child_event(self, name: str, event: dict) -> None:
         if name == "stats":
             self._child_stats = {k: _count(event.get(k)) for k in _NO_STATS}
+        elif name == "link":
+            rtt = event.get("rtt_ms")
+            self._link_reports += 1
+            self._link = LinkReport(
+                self._link_reports, _count(event.get("peers")),
+                float(rtt) if isinstance(rtt, (int, float)) and 0 <= rtt < 1e6 else 0.0,
+                *(_count(event.get(k)) for k in ("sent", "resent", "dropped")))
         elif name == "idr":
             self._want_idr = True
         elif name in ("client_joined", "client_left"):

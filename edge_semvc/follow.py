@@ -1,0 +1,125 @@
+"""The bit rate follows the link by itself (`encoder.follow_link`): from what an output learns
+of its link (SRT's acknowledgements: `sinks.base.LinkReport`, about once a second), the rate
+the encoder is given, never above `encoder.bitrate`.
+
+A link narrower than the stream shows at the sender as packets sent again while the round trip
+is long: the link's buffer filled (the round trip grew) and dropped what it could not hold
+(the receiver asked for those again). A burst the buffer cannot hold (an IDR) does the same,
+and its resends, queued behind it, often come too late for SRT's latency: the picture breaks
+until the next IDR. A radio's own loss is sent again without a queue, and lowering the rate
+would not help it. So the follower judges a window of WINDOW reports: a report that shows
+resends with a queue, a queue in every report, more than CONGESTED of the window's packets
+sent again, or packets given up as too late lower the rate to about what got through (at
+most DECREASE of it, at least MAX_DECREASE); a window with next to nothing sent again and no queue raises it by INCREASE,
+back up to `encoder.bitrate`. After each change the window starts again, so that the next
+change is judged on reports of the new rate. The reports are counted, not timed:
+the same reports give the same rates.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from .encoders.config import FollowLinkConfig
+from .values import LinkReport
+
+log = logging.getLogger(__name__)
+
+WINDOW = 3  # reports judged together (about 3 s): an IDR every 2 s falls in at least one
+CONGESTED = 0.15  # share of the window's packets sent again: resends crowd the link
+CLEAN = 0.03  # at most this share sent again (a radio's own loss), without a queue, is clean
+QUEUE_MS = 50.0  # a round trip this much above the least seen: the link's buffer fills
+BASE_REPORTS = 30  # the least round trip is the least of this many reports
+DECREASE = 0.85  # a congested window lowers the rate to at most this share
+MAX_DECREASE = 0.5  # ... and at least this share
+INCREASE = 1.15  # a clean window raises it by this factor
+
+
+@dataclass(frozen=True)
+class _Delta:
+    sent: int
+    resent: int
+    dropped: int
+    rtt_ms: float
+
+
+class LinkFollower:
+    """`update(reports)` before each frame: the rate to give the encoder when it changes, else
+    None. `retarget(bitrate)`: `encoder.bitrate` changed (a ceiling; a lower one holds at
+    once)."""
+
+    def __init__(self, cfg: FollowLinkConfig, target: int):
+        self.cfg, self.target, self.bitrate = cfg, target, target
+        self.lowest = target
+        self.decreases = self.increases = 0
+        self._last: dict[int, LinkReport] = {}  # per output (its place in the run)
+        self._window: deque[_Delta] = deque(maxlen=WINDOW)
+        self._rtts: deque[float] = deque(maxlen=BASE_REPORTS)
+
+    def retarget(self, target: int) -> None:
+        self.target = target
+        self.bitrate = min(self.bitrate, target)
+
+    def update(self, reports: list[LinkReport]) -> int | None:
+        delta = self._delta(reports)
+        if delta is None:
+            return None
+        self._window.append(delta)
+        self._rtts.append(delta.rtt_ms)
+        if len(self._window) < WINDOW:
+            return None
+        queued = [d.rtt_ms > min(self._rtts) + QUEUE_MS for d in self._window]
+        # sent again while the link's buffer was full: the link dropped what it could not hold
+        overflowed = [q and d.resent > CLEAN * d.sent for q, d in zip(queued, self._window)]
+        sent = sum(d.sent for d in self._window)
+        resent = sum(d.resent for d in self._window) / sent if sent else 0.0
+        if any(overflowed) or all(queued) or resent > CONGESTED or \
+                any(d.dropped for d in self._window):
+            self._window.clear()  # the next change is judged on reports of the new rate
+            # what got through, about: each packet sent again stands for one the link lost
+            # and one more it carried again
+            return self._set(max(self.cfg.min_bitrate, round(
+                self.bitrate * max(MAX_DECREASE, min(DECREASE, 1 - 2 * resent)))),
+                             f"the link is narrower (sent again {resent:.0%}, round trip "
+                             f"{delta.rtt_ms:.0f} ms)")
+        if resent <= CLEAN and not any(queued) and self.bitrate < self.target:
+            self._window.clear()
+            return self._set(min(self.target, round(self.bitrate * INCREASE)),
+                             "the link carries more")
+        return None
+
+    def _delta(self, reports: list[LinkReport]) -> _Delta | None:
+        """The reports new since the last call, added up (the worst round trip); None when
+        none is new or nobody is connected."""
+        news = [(i, r) for i, r in enumerate(reports)
+                if i not in self._last or self._last[i].seq != r.seq]
+        if not news:
+            return None
+        sent = resent = dropped = 0
+        for i, r in news:
+            last = self._last.get(i)
+            self._last[i] = r
+            if last is None or r.sent < last.sent:  # its first, or a new sender's: from 0
+                last = LinkReport(0, 0, 0.0, 0, 0, 0)
+            if r.peers:
+                sent, resent = sent + r.sent - last.sent, resent + max(0, r.resent - last.resent)
+                dropped += max(0, r.dropped - last.dropped)
+        rtts = [r.rtt_ms for r in reports if r.peers]
+        if not rtts or not sent:
+            return None
+        return _Delta(sent, resent, dropped, max(rtts))
+
+    def _set(self, bitrate: int, why: str) -> int | None:
+        if bitrate == self.bitrate:
+            return None
+        lower = bitrate < self.bitrate
+        log.info("%s: bit rate %d -> %d kbit/s", why, self.bitrate // 1000, bitrate // 1000)
+        self.bitrate, self.lowest = bitrate, min(self.lowest, bitrate)
+        self.decreases += lower
+        self.increases += not lower
+        return bitrate
+
+    def stats(self) -> dict:
+        return {"bitrate": self.bitrate, "target": self.target, "lowest": self.lowest,
+                "decreases": self.decreases, "increases": self.increases}

@@ -1,0 +1,163 @@
+"""The bit rate follows the link (`encoder.follow_link`, follow.py): the follower's rule on
+reports made here (the reports are counted, never timed), its configuration, and a real run:
+x264 over SRT (GStreamer's srtsink and srtsrc, real time) through a proxy whose link is much
+narrower than the stream."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from gst_helpers import require
+
+from edge_semvc.config import load_config
+from edge_semvc.encoders.config import FollowLinkConfig
+from edge_semvc.errors import ConfigError
+from edge_semvc.follow import DECREASE, INCREASE, MAX_DECREASE, WINDOW, LinkFollower
+from edge_semvc.values import LinkReport
+
+TARGET = 2_000_000
+
+
+class Reports:
+    """One output's reports: each `next` adds a second's packets to the running counts."""
+
+    def __init__(self):
+        self.seq = self.sent = self.resent = self.dropped = 0
+
+    def next(self, sent=150, resent=0, rtt_ms=20.0, dropped=0, peers=1) -> list[LinkReport]:
+        self.seq += 1
+        self.sent, self.resent = self.sent + sent, self.resent + resent
+        self.dropped += dropped
+        return [LinkReport(self.seq, peers, rtt_ms, self.sent, self.resent, self.dropped)]
+
+
+def _follower(min_bitrate=100_000) -> tuple[LinkFollower, Reports]:
+    return LinkFollower(FollowLinkConfig(True, min_bitrate), TARGET), Reports()
+
+
+def test_a_link_that_carries_the_stream_leaves_its_rate_alone():
+    f, r = _follower()
+    assert [f.update(r.next()) for _ in range(20)] == [None] * 20
+    assert f.stats() == {"bitrate": TARGET, "target": TARGET, "lowest": TARGET,
+                         "decreases": 0, "increases": 0}
+
+
+def test_a_radios_own_loss_sent_again_without_a_queue_leaves_the_rate_alone():
+    """Lowering the rate would not bring those packets back: SRT's resends do."""
+    f, r = _follower()
+    assert all(f.update(r.next(resent=15)) is None for _ in range(20))  # 10 %
+
+
+def test_a_burst_the_links_buffer_cannot_hold_lowers_the_rate():
+    """An IDR sent again in part behind a queue: its resends come late, the picture breaks."""
+    f, r = _follower()
+    for _ in range(WINDOW):
+        f.update(r.next())
+    assert f.update(r.next(resent=10, rtt_ms=200.0)) == round(TARGET * DECREASE)
+
+
+def test_a_stream_the_link_cannot_carry_is_lowered_after_a_window_and_each_window_after():
+    f, r = _follower()
+    rates = [f.update(r.next(resent=30, rtt_ms=230.0)) for _ in range(3 * WINDOW)]
+    assert rates[:WINDOW - 1] == [None] * (WINDOW - 1)
+    changed = [x for x in rates if x is not None]
+    assert len(changed) == 3 and rates[WINDOW - 1] == changed[0]
+    assert changed[0] == round(TARGET * (1 - 2 * 30 / 150))  # about what got through
+    assert all(b <= a * DECREASE for a, b in zip(changed, changed[1:]))
+    f.update(r.next(resent=150))  # all sent again: at most MAX_DECREASE a window
+    assert [f.update(r.next(resent=150)) for _ in range(WINDOW - 1)][-1] == round(changed[-1] * MAX_DECREASE)
+
+
+def test_it_never_goes_below_min_bitrate():
+    f, r = _follower(min_bitrate=500_000)
+    for _ in range(20 * WINDOW):
+        f.update(r.next(resent=100, rtt_ms=300.0))
+    assert f.bitrate == f.lowest == 500_000
+
+
+@pytest.mark.parametrize("congestion", [{"rtt_ms": 200.0}, {"dropped": 1}],
+                         ids=["a queue in every report", "a packet given up"])
+def test_a_queue_that_stays_or_a_packet_given_up_lowers_the_rate(congestion):
+    f, r = _follower()
+    for _ in range(5):
+        f.update(r.next())  # the least round trip: 20 ms
+    rates = [f.update(r.next(**congestion)) for _ in range(WINDOW)]
+    assert round(TARGET * DECREASE) in rates and f.bitrate < TARGET
+
+
+def test_a_clean_link_raises_the_rate_again_up_to_encoder_bitrate_and_no_further():
+    f, r = _follower()
+    for _ in range(WINDOW):
+        f.update(r.next(resent=75))
+    low = f.bitrate
+    rates = [f.update(r.next()) for _ in range(40)]
+    assert rates[:WINDOW] == [None] * (WINDOW - 1) + [round(low * INCREASE)]
+    assert max(x for x in rates if x) == TARGET == f.bitrate
+    assert f.stats()["decreases"] == 1 and f.stats()["increases"] >= 5
+
+
+def test_a_new_target_is_a_ceiling_held_at_once():
+    f, r = _follower()
+    f.retarget(1_000_000)
+    assert f.bitrate == 1_000_000
+    f.retarget(3_000_000)
+    assert f.bitrate == 1_000_000  # climbs there on clean reports
+    assert [f.update(r.next()) for _ in range(WINDOW)] == [None] * (WINDOW - 1) + [round(1e6 * INCREASE)]
+
+
+def test_nobody_connected_a_report_seen_twice_or_a_new_sender_change_nothing():
+    f, r = _follower()
+    for _ in range(WINDOW + 1):
+        reports = r.next(resent=100, rtt_ms=300.0, peers=0)
+        assert f.update(reports) is None and f.update(reports) is None
+    restarted = [LinkReport(r.seq + 1, 1, 300.0, 10, 9, 0)]  # counts start again
+    assert f.update(restarted) is None and f.bitrate == TARGET
+
+
+def test_two_outputs_are_judged_together():
+    """Their packets add up; the worst round trip counts."""
+    f, a, b = LinkFollower(FollowLinkConfig(True), TARGET), Reports(), Reports()
+    rates = [f.update(a.next(resent=0) + b.next(resent=60)) for _ in range(WINDOW)]
+    assert rates[-1] == round(TARGET * (1 - 2 * 60 / 300))
+
+
+@pytest.mark.parametrize("sets, named", [
+    (["encoder.follow_link.enabled=true"], "encoder.follow_link.enabled"),  # crf: no target
+    (["encoder.bitrate=1000000", "encoder.follow_link.enabled=true",
+      "encoder.follow_link.min_bitrate=2000000"], "encoder.follow_link.min_bitrate"),
+    (["encoder.bitrate=1000000", "encoder.profile=storage",
+      "encoder.follow_link.enabled=true"], "encoder.follow_link.enabled"),
+    (["encoder.bitrate=1000000", "encoder.backend=x265",
+      "encoder.follow_link.enabled=true"], "encoder.follow_link.enabled"),
+])
+def test_a_follower_that_cannot_work_is_refused_naming_the_key(sets, named):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, sets)
+    assert named in str(e.value)
+
+
+def test_a_follower_with_no_output_that_reports_says_so(tmp_path, caplog):
+    from edge_semvc.encoder_setup import link_follower
+    from edge_semvc.pipeline import open_outputs
+
+    cfg = load_config(None, ["encoder.bitrate=1000000", "encoder.follow_link.enabled=true"])
+    with caplog.at_level(logging.WARNING, logger="edge_semvc"):
+        assert link_follower(cfg, open_outputs([str(tmp_path / "a.mp4")])) is None
+    assert "no output reports on its link" in caplog.text
+
+
+def test_over_a_narrow_srt_link_the_rate_comes_down(tmp_path):
+    """1.5 Mbit/s into a link of 300 kbit/s: SRT's reports reach the follower, which lowers
+    the rate; the same stream without it keeps its rate."""
+    from edge_semvc.bench import loss
+    from edge_semvc.bench.lossy_link import BurstLoss, Link
+
+    require("srt")
+    sets = ["encoder.tune=zerolatency", "encoder.rc=cbr", "encoder.bitrate=1500000",
+            "encoder.follow_link.min_bitrate=200000"]
+    cfg = loss.setting_config(None, sets, "follow", 30.0)
+    sent = loss.send_srt("demo://astronaut", cfg, False, BurstLoss(0.0), 6.0, tmp_path, 500,
+                         Link(capacity=((0.0, 300_000.0),)))
+    follow = sent["follow"]
+    assert sent["overflowed"] > 0 and follow["decreases"] >= 1
+    assert follow["lowest"] < 1_500_000 * DECREASE and follow["target"] == 1_500_000
