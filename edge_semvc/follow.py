@@ -1,5 +1,5 @@
 """The bit rate follows the link by itself (`encoder.follow_link`): from what an output learns
-of its link (SRT's acknowledgements: `sinks.base.LinkReport`, about once a second), the rate
+of its link (SRT's acknowledgements: `values.LinkReport`, about once a second), the rate
 the encoder is given, never above `encoder.bitrate`.
 
 A link narrower than the stream shows at the sender as packets sent again while the round trip
@@ -10,10 +10,12 @@ until the next IDR. A radio's own loss is sent again without a queue, and loweri
 would not help it. So the follower judges a window of WINDOW reports: a report that shows
 resends with a queue, a queue in every report, more than CONGESTED of the window's packets
 sent again, or packets given up as too late lower the rate to about what got through (at
-most DECREASE of it, at least MAX_DECREASE); a window with next to nothing sent again and no queue raises it by INCREASE,
-back up to `encoder.bitrate`. After each change the window starts again, so that the next
-change is judged on reports of the new rate. The reports are counted, not timed:
-the same reports give the same rates.
+most DECREASE of it, at least MAX_DECREASE); a window with next to nothing sent again and no
+queue raises it, by INCREASE_FAST while well under the rate the link last refused, else by
+INCREASE, back up to `encoder.bitrate`. After each change the window starts again, and after
+a decrease the next SETTLE reports are left out: the link's buffer drains and the encoder's
+own (a second) empties at the old rate. The
+reports are counted, not timed: the same reports give the same rates.
 """
 from __future__ import annotations
 
@@ -26,14 +28,17 @@ from .values import LinkReport
 
 log = logging.getLogger(__name__)
 
-WINDOW = 3  # reports judged together (about 3 s): an IDR every 2 s falls in at least one
+WINDOW = 2  # reports judged together (about 2 s): an IDR every 2 s falls in one
+SETTLE = 2  # reports left out after a decrease: the link drains, the encoder conforms
 CONGESTED = 0.15  # share of the window's packets sent again: resends crowd the link
 CLEAN = 0.03  # at most this share sent again (a radio's own loss), without a queue, is clean
 QUEUE_MS = 50.0  # a round trip this much above the least seen: the link's buffer fills
 BASE_REPORTS = 30  # the least round trip is the least of this many reports
 DECREASE = 0.85  # a congested window lowers the rate to at most this share
 MAX_DECREASE = 0.5  # ... and at least this share
-INCREASE = 1.15  # a clean window raises it by this factor
+INCREASE = 1.1  # a clean window raises it by this factor
+INCREASE_FAST = 1.3  # ... or this one, while under SAFE of the rate the link last refused
+SAFE = 0.85
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class LinkFollower:
         self._last: dict[int, LinkReport] = {}  # per output (its place in the run)
         self._window: deque[_Delta] = deque(maxlen=WINDOW)
         self._rtts: deque[float] = deque(maxlen=BASE_REPORTS)
+        self._settle = 0  # reports still to leave out after a change
+        self._refused = target  # the rate at which the link last was too narrow
 
     def retarget(self, target: int) -> None:
         self.target = target
@@ -65,8 +72,11 @@ class LinkFollower:
         delta = self._delta(reports)
         if delta is None:
             return None
-        self._window.append(delta)
         self._rtts.append(delta.rtt_ms)
+        if self._settle:
+            self._settle -= 1
+            return None
+        self._window.append(delta)
         if len(self._window) < WINDOW:
             return None
         queued = [d.rtt_ms > min(self._rtts) + QUEUE_MS for d in self._window]
@@ -76,7 +86,7 @@ class LinkFollower:
         resent = sum(d.resent for d in self._window) / sent if sent else 0.0
         if any(overflowed) or all(queued) or resent > CONGESTED or \
                 any(d.dropped for d in self._window):
-            self._window.clear()  # the next change is judged on reports of the new rate
+            self._refused = self.bitrate
             # what got through, about: each packet sent again stands for one the link lost
             # and one more it carried again
             return self._set(max(self.cfg.min_bitrate, round(
@@ -84,9 +94,9 @@ class LinkFollower:
                              f"the link is narrower (sent again {resent:.0%}, round trip "
                              f"{delta.rtt_ms:.0f} ms)")
         if resent <= CLEAN and not any(queued) and self.bitrate < self.target:
-            self._window.clear()
-            return self._set(min(self.target, round(self.bitrate * INCREASE)),
-                             "the link carries more")
+            fast = self.bitrate * INCREASE_FAST <= SAFE * self._refused
+            return self._set(min(self.target, round(
+                self.bitrate * (INCREASE_FAST if fast else INCREASE))), "the link carries more")
         return None
 
     def _delta(self, reports: list[LinkReport]) -> _Delta | None:
@@ -114,6 +124,8 @@ class LinkFollower:
         if bitrate == self.bitrate:
             return None
         lower = bitrate < self.bitrate
+        self._window.clear()  # the next change is judged on reports of the new rate
+        self._settle = SETTLE if lower else 0
         log.info("%s: bit rate %d -> %d kbit/s", why, self.bitrate // 1000, bitrate // 1000)
         self.bitrate, self.lowest = bitrate, min(self.lowest, bitrate)
         self.decreases += lower

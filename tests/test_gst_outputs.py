@@ -9,10 +9,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from gst_helpers import (
+    GUARD_S,
     Events,
     GstReceiver,
     LiveEncoder,
@@ -67,10 +69,23 @@ def test_srt_listener_serves_callers(frames):
         second = GstReceiver(f"srt://127.0.0.1:{port}?mode=caller", fmt="mpegts")
         second.decoded.wait(15)  # a second caller at once, from an IDR
         assert out.stats()["clients"] == 2
+        report = _link_report(out, peers=2)  # both callers' acknowledgements, for the follower
+        assert report.sent > 0 and report.resent == report.dropped == 0
         first.stop()
         second.stop()
     good_start(first.decoded)
     good_start(second.decoded)
+
+
+def _link_report(out, peers: int):
+    """The output's first link report on `peers` receivers (the child sends one a second)."""
+    deadline = time.monotonic() + GUARD_S  # a hang guard only
+    while time.monotonic() < deadline:
+        report = out.link_report()
+        if report is not None and report.peers == peers:
+            return report
+        time.sleep(0.05)
+    raise AssertionError(f"no link report on {peers} peers: {out.link_report()}")
 
 
 def test_srt_sends_each_frame_before_the_next_with_the_encoders_timestamps(frames):
