@@ -11,11 +11,10 @@ would not help it. So the follower judges a window of WINDOW reports: a report t
 resends with a queue, a queue in every report, more than CONGESTED of the window's packets
 sent again, or packets given up as too late lower the rate to about what got through (at
 most DECREASE of it, at least MAX_DECREASE); a window with next to nothing sent again and no
-queue raises it, by INCREASE_FAST while well under the rate the link last refused, else by
-INCREASE, back up to `encoder.bitrate`. After each change the window starts again, and after
-a decrease the next SETTLE reports are left out: the link's buffer drains and the encoder's
-own (a second) empties at the old rate. The
-reports are counted, not timed: the same reports give the same rates.
+queue raises it by INCREASE, back up to `encoder.bitrate`. After each change the window
+starts again, and after a decrease the next SETTLE reports are left out: the link's buffer
+drains and the encoder's own (a second) empties at the old rate. The reports are counted,
+not timed: the same reports give the same rates.
 """
 from __future__ import annotations
 
@@ -35,10 +34,8 @@ CLEAN = 0.03  # at most this share sent again (a radio's own loss), without a qu
 QUEUE_MS = 50.0  # a round trip this much above the least seen: the link's buffer fills
 BASE_REPORTS = 30  # the least round trip is the least of this many reports
 DECREASE = 0.85  # a congested window lowers the rate to at most this share
-MAX_DECREASE = 0.5  # ... and at least this share
-INCREASE = 1.1  # a clean window raises it by this factor
-INCREASE_FAST = 1.3  # ... or this one, while under SAFE of the rate the link last refused
-SAFE = 0.85
+MAX_DECREASE = 0.3  # ... and at least this share (an overshoot down costs less than up)
+INCREASE = 1.15  # a clean window raises it by this factor
 
 
 @dataclass(frozen=True)
@@ -61,8 +58,7 @@ class LinkFollower:
         self._last: dict[int, LinkReport] = {}  # per output (its place in the run)
         self._window: deque[_Delta] = deque(maxlen=WINDOW)
         self._rtts: deque[float] = deque(maxlen=BASE_REPORTS)
-        self._settle = 0  # reports still to leave out after a change
-        self._refused = target  # the rate at which the link last was too narrow
+        self._settle = 0  # reports still to leave out after a decrease
 
     def retarget(self, target: int) -> None:
         self.target = target
@@ -86,7 +82,6 @@ class LinkFollower:
         resent = sum(d.resent for d in self._window) / sent if sent else 0.0
         if any(overflowed) or all(queued) or resent > CONGESTED or \
                 any(d.dropped for d in self._window):
-            self._refused = self.bitrate
             # what got through, about: each packet sent again stands for one the link lost
             # and one more it carried again
             return self._set(max(self.cfg.min_bitrate, round(
@@ -94,9 +89,8 @@ class LinkFollower:
                              f"the link is narrower (sent again {resent:.0%}, round trip "
                              f"{delta.rtt_ms:.0f} ms)")
         if resent <= CLEAN and not any(queued) and self.bitrate < self.target:
-            fast = self.bitrate * INCREASE_FAST <= SAFE * self._refused
-            return self._set(min(self.target, round(
-                self.bitrate * (INCREASE_FAST if fast else INCREASE))), "the link carries more")
+            return self._set(min(self.target, round(self.bitrate * INCREASE)),
+                             "the link carries more")
         return None
 
     def _delta(self, reports: list[LinkReport]) -> _Delta | None:
