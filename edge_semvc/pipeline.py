@@ -213,7 +213,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
             enc.headers(), settings.global_headers, tracks)) as sink:
         # a cut asks for an IDR with the scene extension (embodiment 4)
         recorder = _Recorder(enc, sink, stats, cfg.encoder, semantic and cfg.scene.enabled)
-        recorder.follower = stats.follower = link_follower(cfg, outputs)
+        stats.follower = link_follower(cfg, outputs)
         if cfg.encoder.profile == "live":  # the storage profile places its IDRs itself
             tell_loss(cfg.encoder, outputs, enc, settings)
         understanding.encoder_opened(enc.weighs_reuse)
@@ -325,15 +325,14 @@ class _Recorder:
         self.enc, self.sink, self.stats, self.idr_on_cut = enc, sink, stats, idr_on_cut
         self.rate = (rate.bitrate, rate.crf)  # what the encoder runs with (a copy: values)
         self.left_out = None  # the last frame the storage profile left out, and its map
-        self.follower: LinkFollower | None = None  # encoder.follow_link
 
     def retune(self, new: EncoderConfig) -> None:
         """A live change of the target rate (over MQTT; with the follower, its ceiling): from
         the next frame encoded, no IDR, no break in any output."""
-        bitrate = new.bitrate
-        if self.follower is not None:
-            self.follower.retarget(new.bitrate)
-            bitrate = self.follower.bitrate
+        bitrate, follower = new.bitrate, self.stats.follower
+        if follower is not None:
+            follower.retarget(new.bitrate)
+            bitrate = follower.bitrate
         self._set_rate(bitrate, new.crf)
 
     def _set_rate(self, bitrate: int, crf: float) -> None:
@@ -344,7 +343,7 @@ class _Recorder:
 
     def record(self, r: FrameResult) -> None:
         t0, stats, frame = time.perf_counter(), self.stats, r.frame
-        if self.follower is not None and (rate := self.follower.update(
+        if stats.follower is not None and (rate := stats.follower.update(
                 self.sink.link_reports())) is not None:  # the link narrowed or widened
             self._set_rate(rate, self.rate[1])
         offsets = r.qp.offsets if r.mapped else None

@@ -166,7 +166,7 @@ fi
 
 # A link that loses packets: a seeded burst-loss relay between the RTP output and two real
 # receivers, each way of putting the picture right (x264's GOP, IDRs, intra refresh, slices);
-# the same over MPEG-TS/UDP.
+# the same over MPEG-TS/UDP; SRT through a link whose capacity changes.
 if want loss; then
   for l in 1 0.1; do
     $PY -m edge_semvc.bench.loss $V/street_pedestrians_vtest_768x576.avi \
@@ -179,6 +179,11 @@ if want loss; then
       $V/drone_karma_coast_854x480.mp4 --transport udp --loss $l% --burst 2 \
       --settings default gop --out "$OUT/udp-$l"
   done
+  # SRT over a link that narrows and widens again: the rate following it, or not
+  $PY -m edge_semvc.bench.loss $V/street_pedestrians_vtest_768x576.avi \
+    $V/drone_karma_coast_854x480.mp4 --transport srt --loss 0 --bitrate 2M --seconds 45 \
+    --capacity 2.5M@0,800k@15,1.5M@30 --settings default follow refresh refresh-follow \
+    --out "$OUT/srt-capacity"
 fi
 
 # Issue 22: the defaults on the second halves of street, road and bikes (CBR, zerolatency and

@@ -331,3 +331,16 @@ def test_a_round_trip_for_rtp_is_refused_naming_it(capsys):
         loss.main(["clip.mp4", "--rtt", "80"])
     assert e.value.code == 2 and "--rtt 80: a round trip matters to SRT only" in \
         capsys.readouterr().err
+
+
+def test_a_capacity_is_read_as_rates_from_times_and_refused_naming_the_part(capsys):
+    from edge_semvc.bench.lossy_link import parse_capacity
+
+    assert parse_capacity("2.5M@0,800k@15,1.5M") == ((0, 2.5e6), (15, 8e5), (30, 1.5e6))
+    assert parse_capacity("300000") == ((0, 3e5),)
+    for bad in ("fast", "1M@5,2M@3", "0@0", "1M@x"):
+        with pytest.raises(LossError, match=f"capacity '{bad.split(',')[-1]}'"):
+            parse_capacity(bad)
+    with pytest.raises(SystemExit) as e:
+        loss.main(["clip.mp4", "--capacity", "1M"])
+    assert e.value.code == 2 and "--capacity: SRT only" in capsys.readouterr().err

@@ -67,8 +67,11 @@ SETTINGS = {
                          "encoder.params.slice-max-size": "1100"},
     "refresh0.5s-slices": {"encoder.intra_refresh": "true", "encoder.keyint": "0.5s",
                            "encoder.params.slice-max-size": "1100"},
-    # not ways to put the picture right: the rate follows an SRT link (`--capacity`), with
-    # IDRs or with intra refresh (no IDR bursts), every encoder.lossy_keyint_s
+}
+REPAIRS = tuple(SETTINGS)  # the default --settings: each way of putting the picture right
+# against a link that narrows (`--capacity`): the rate following an SRT link, with IDRs or
+# with intra refresh (no IDR bursts), every encoder.lossy_keyint_s
+SETTINGS |= {
     "follow": {"encoder.follow_link.enabled": "true"},
     "refresh": {"encoder.intra_refresh": "true"},
     "refresh-follow": {"encoder.intra_refresh": "true", "encoder.follow_link.enabled": "true"},
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="pace the clip as a camera (default: as fast as it encodes; the labels "
                    "then follow a file encode's budget)")
     p.add_argument("--bitrate", default="1M", help="CBR target")
-    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(REPAIRS))
     p.add_argument("--no-map", action="store_true", help="plain x264")
     p.add_argument("--transport", choices=["rtp", "udp", "srt"], default="rtp",
                    help="RTP or MPEG-TS over UDP to two FFmpeg receivers, or SRT (MPEG-TS) to "

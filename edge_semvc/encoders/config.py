@@ -33,7 +33,7 @@ class StorageConfig:
 @dataclass
 class FollowLinkConfig:
     """`encoder.follow_link`: the bit rate follows what an SRT output learns of its link
-    (`follow.py`; README, "Following the link")."""
+    (`follow.py`; README, "The rate follows an SRT link by itself")."""
 
     enabled: bool = False  # lower the CBR target while an SRT output's link cannot carry it
     min_bitrate: int = 100_000  # bits/s: it never goes below this
