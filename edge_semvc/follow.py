@@ -9,8 +9,8 @@ and its resends, queued behind it, often come too late for SRT's latency: the pi
 until the next IDR. A radio's own loss is sent again without a queue, and lowering the rate
 would not help it. So the follower judges a window of WINDOW reports: a report that shows
 resends with a queue, a queue in every report, more than CONGESTED of the window's packets
-sent again, or packets given up as too late lower the rate to about what got through (at
-most DECREASE of it, at least MAX_DECREASE); a window with next to nothing sent again and no
+sent again, or packets given up as too late lower the rate to DECREASE of about what got
+through (at least MAX_DECREASE of the rate); a window with next to nothing sent again and no
 queue raises it by INCREASE, back up to `encoder.bitrate`. After each change the window
 starts again, and after a decrease the next SETTLE reports are left out: the link's buffer
 drains and the encoder's own (a second) empties at the old rate. The reports are counted,
@@ -33,8 +33,8 @@ CONGESTED = 0.15  # share of the window's packets sent again: resends crowd the 
 CLEAN = 0.03  # at most this share sent again (a radio's own loss), without a queue, is clean
 QUEUE_MS = 50.0  # a round trip this much above the least seen: the link's buffer fills
 BASE_REPORTS = 30  # the least round trip is the least of this many reports
-DECREASE = 0.85  # a congested window lowers the rate to at most this share
-MAX_DECREASE = 0.3  # ... and at least this share (an overshoot down costs less than up)
+DECREASE = 0.85  # a congested window lowers the rate to this share of what got through
+MAX_DECREASE = 0.3  # ... and to at least this share (an overshoot down costs less than up)
 INCREASE = 1.15  # a clean window raises it by this factor
 
 
@@ -82,10 +82,11 @@ class LinkFollower:
         resent = sum(d.resent for d in self._window) / sent if sent else 0.0
         if any(overflowed) or all(queued) or resent > CONGESTED or \
                 any(d.dropped for d in self._window):
-            # what got through, about: each packet sent again stands for one the link lost
-            # and one more it carried again
+            # what got through, about (each packet sent again stands for one the link lost
+            # and one more it carried again), less a margin: the link carries MPEG-TS and
+            # SRT's headers too, some 10 % over the encoder's rate
             return self._set(max(self.cfg.min_bitrate, round(
-                self.bitrate * max(MAX_DECREASE, min(DECREASE, 1 - 2 * resent)))),
+                self.bitrate * max(MAX_DECREASE, DECREASE * (1 - 2 * resent)))),
                              f"the link is narrower (sent again {resent:.0%}, round trip "
                              f"{delta.rtt_ms:.0f} ms)")
         if resent <= CLEAN and not any(queued) and self.bitrate < self.target:

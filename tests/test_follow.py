@@ -61,16 +61,16 @@ def test_a_burst_the_links_buffer_cannot_hold_lowers_the_rate():
     f, r = _follower()
     for _ in range(WINDOW):
         f.update(r.next())
-    assert f.update(r.next(resent=10, rtt_ms=200.0)) == round(TARGET * DECREASE)
+    assert f.update(r.next(resent=10, rtt_ms=200.0)) == round(TARGET * DECREASE * (1 - 20 / 300))
 
 
 def test_a_stream_the_link_cannot_carry_is_lowered_after_a_window_and_each_window_after():
-    f, r = _follower()
+    f, r = _follower(min_bitrate=10_000)
     rates = [f.update(r.next(resent=30, rtt_ms=230.0)) for _ in range(WINDOW + 2 * STEP)]
     assert rates[:WINDOW - 1] == [None] * (WINDOW - 1)
     changed = [x for x in rates if x is not None]
     assert len(changed) == 3 and rates[WINDOW - 1] == changed[0]
-    assert changed[0] == round(TARGET * (1 - 2 * 30 / 150))  # about what got through
+    assert changed[0] == round(TARGET * DECREASE * (1 - 2 * 30 / 150))  # of what got through
     assert all(b <= a * DECREASE for a, b in zip(changed, changed[1:]))
     rates = [f.update(r.next(resent=150)) for _ in range(STEP)]  # all sent again
     assert rates[-1] == round(changed[-1] * MAX_DECREASE)  # at most MAX_DECREASE a window
@@ -127,7 +127,7 @@ def test_two_outputs_are_judged_together():
     """Their packets add up; the worst round trip counts."""
     f, a, b = LinkFollower(FollowLinkConfig(True), TARGET), Reports(), Reports()
     rates = [f.update(a.next(resent=0) + b.next(resent=60)) for _ in range(WINDOW)]
-    assert rates[-1] == round(TARGET * (1 - 2 * 60 / 300))
+    assert rates[-1] == round(TARGET * DECREASE * (1 - 2 * 60 / 300))
 
 
 @pytest.mark.parametrize("sets, named", [
