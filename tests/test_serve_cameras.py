@@ -56,7 +56,7 @@ def test_a_storage_camera_leaves_out_still_frames_and_says_why_it_placed_each_id
     proc = start_service(config, "--stats-json", str(summary_file))
     assert proc.wait(300) == 0, service_log(config)
     summary = json.loads(summary_file.read_text())["cameras"]
-    assert summary["live"]["storage"] is None
+    assert summary["live"]["storage"] is None and summary["live"]["follow_link"] is None
     s = summary["lot"]["storage"]
     assert s["frames_encoded"] + s["frames_skipped"] == 377 and s["frames_skipped"] > 0
     assert s["idr_reasons"]["start"] == 1 and s["idr_reasons"]["segment"] >= 2
