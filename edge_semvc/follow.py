@@ -75,7 +75,8 @@ class LinkFollower:
         self._window.append(delta)
         if len(self._window) < WINDOW:
             return None
-        queued = [d.rtt_ms > min(self._rtts) + QUEUE_MS for d in self._window]
+        queue_at = min(self._rtts) + QUEUE_MS
+        queued = [d.rtt_ms > queue_at for d in self._window]
         # sent again while the link's buffer was full: the link dropped what it could not hold
         overflowed = [q and d.resent > CLEAN * d.sent for q, d in zip(queued, self._window)]
         sent = sum(d.sent for d in self._window)

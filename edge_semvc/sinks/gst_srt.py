@@ -83,14 +83,7 @@ class SrtSender:
 
     def bytes_sent(self):
         """What SRT sent so far, to every peer."""
-        return sum(int(n) for n in self.stat(self.pipeline, "bytes-sent", "guint64"))
-
-    def stat(self, pipeline, name, kind):
-        """One field of srtsink's statistics, per peer (a caller's own, or each of a
-        listener's callers', which it nests escaped)."""
-        stats = pipeline.get_by_name("sink").get_property("stats")
-        text = stats.to_string().replace("\\", "") if stats is not None else ""
-        return re.findall(r"\b%s=\(%s\)([-+.\deE]+)" % (name, kind), text)
+        return sum(int(n) for n in stat(stats_text(self.pipeline), "bytes-sent", "guint64"))
 
     def report_link(self, pipeline):
         """The link's state for the parent's rate follower, every LINK_REPORT_MS: the worst
@@ -98,8 +91,9 @@ class SrtSender:
         over peers since the pipeline started."""
         if pipeline is not self.pipeline:
             return False
-        rtts = [float(v) for v in self.stat(pipeline, "rtt-ms", "double")]
-        counts = {key: sum(int(v) for v in self.stat(pipeline, name, kind))
+        text = stats_text(pipeline)
+        rtts = [float(v) for v in stat(text, "rtt-ms", "double")]
+        counts = {key: sum(int(v) for v in stat(text, name, kind))
                   for key, name, kind in (("sent", "packets-sent", "gint64"),
                                           ("resent", "packets-retransmitted", "int"),
                                           ("dropped", "packets-sent-dropped", "int"))}
@@ -160,3 +154,14 @@ class SrtSender:
             os._exit(1)
         return False
 
+
+def stats_text(pipeline):
+    """srtsink's statistics as text, a listener's per-caller ones (nested, escaped) unescaped."""
+    stats = pipeline.get_by_name("sink").get_property("stats")
+    return stats.to_string().replace("\\", "") if stats is not None else ""
+
+
+def stat(text, name, kind):
+    """One field of those statistics, per peer (a caller's own, or each of a listener's
+    callers')."""
+    return re.findall(r"\b%s=\(%s\)([-+.\deE]+)" % (name, kind), text)
