@@ -102,10 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_encode(args) -> int:
     from . import preflight
     from .config import load_config
-    from .errors import SinkError
+    from .errors import SinkError, SourceError
     from .pipeline import Extras, Live, partial_result, run_encode
     from .sinks import open_output
     from .sinks.file import check_distinct_files, check_writable, wants_global_headers
+    from .sinks.uri import check_resolves
     from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
 
     cfg = load_config(args.config, config_overrides(args))
@@ -113,10 +114,14 @@ def cmd_encode(args) -> int:
     if args.stdout_format != "ts":
         args.output = [f"-?format={args.stdout_format}" if u == "-" else u for u in args.output]
     streams = [open_output(uri, on_event=_log_event) for uri in args.output]
-    files = {f"OUTPUT {uri}": uri for uri in args.output if not is_stream(uri)}
+    files = {_numbered(what, n, len(streams)): path
+             for n, out in enumerate(streams, 1) for what, path in out.files.items()}
     outputs = {**files, "--stats-json": args.stats_json,
                "--qp-map-png": args.qp_map_png, "--qp-map-video": args.qp_map_video}
     check_distinct_files({"INPUT": args.input, **outputs})
+    for out in streams:
+        if out.sends_to:
+            check_resolves(out.uri, out.sends_to)
     if sum(scheme_of(uri) == "-" for uri in args.output) > 1:
         raise SinkError("standard output (-) can be given once")
     if args.qp_map_video:
@@ -129,6 +134,10 @@ def cmd_encode(args) -> int:
     preflight.resolve(cfg)  # which runtime and encoder this machine runs (`auto`)
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
     source = open_source(args.input, raw)
+    if (raw.width or raw.height or raw.rate) and not getattr(source, "raw", False):
+        source.close()
+        raise SourceError(f"--input-width, --input-height and --input-rate describe raw video "
+                          f"(.yuv, or the standard input), not {args.input}: leave them out")
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     extras = Extras(png=args.qp_map_png, video=args.qp_map_video, progress=progress)
     status, error, write_failed = 0, None, False
@@ -141,6 +150,9 @@ def cmd_encode(args) -> int:
         write_failed = isinstance(e, OSError)
     finally:
         source.close()
+    if not stats["frames"]:  # the statistics say so too: a run that encoded nothing failed
+        error = error or f"{args.input} holds no frames"
+        stats.update(complete=False, error=error)
     if args.stats_json:
         try:
             with open(args.stats_json, "w") as f:
@@ -149,10 +161,10 @@ def cmd_encode(args) -> int:
             print(f"edge-semvc: error: cannot write --stats-json {args.stats_json}: "
                   f"{e.strerror or e}", file=sys.stderr)
     if not stats["frames"]:  # nothing to keep: a usage problem, not a broken run
-        reason = error or f"{args.input} holds no frames"
-        print(f"edge-semvc: error: {reason}; nothing was encoded", file=sys.stderr)
-        for path in files.values():  # an empty container is no video
-            Path(path.removeprefix("file://")).unlink(missing_ok=True)
+        print(f"edge-semvc: error: {error}; nothing was encoded", file=sys.stderr)
+        for out in streams:  # an empty container is no video
+            if "OUTPUT" in out.files:
+                Path(out.files["OUTPUT"]).unlink(missing_ok=True)
         return status if status >= 128 else EXIT_USAGE  # a stop signal keeps its status
     # standard output may carry the video: the summary goes to stderr then
     _print_summary(stats, args, sys.stderr if "-" in map(scheme_of, args.output) else sys.stdout)
@@ -161,6 +173,11 @@ def cmd_encode(args) -> int:
                 f"the {stats['frames']} frames before it were written")
         print(f"edge-semvc: error: {error}; {kept}", file=sys.stderr)
     return status
+
+
+def _numbered(what: str, n: int, outputs: int) -> str:
+    """OUTPUT, or OUTPUT 2 of several."""
+    return f"{what} {n}" if outputs > 1 and what == "OUTPUT" else what
 
 
 def _log_stderr(message: str) -> None:

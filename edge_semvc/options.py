@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from fractions import Fraction
 
 
-def bounded(cast, minimum, *, strict: bool = False, what: str = "number"):
-    """An argparse type: `cast(text)`, finite and >= `minimum` (> with `strict`); the error
-    names the bad value."""
+def bounded(cast, minimum, *, strict: bool = False, what: str = "number",
+            maximum: float = math.inf):
+    """An argparse type: `cast(text)`, finite, >= `minimum` (> with `strict`) and <= `maximum`;
+    the error names the bad value."""
     def parse(text: str):
         try:
             value = cast(text)
@@ -18,25 +20,32 @@ def bounded(cast, minimum, *, strict: bool = False, what: str = "number"):
         if not math.isfinite(value) or not (value > minimum if strict else value >= minimum):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, "
                                              f"got {text!r}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text!r}")
         return value
     return parse
 
 
-non_negative_int = bounded(int, 0, what="count (a whole number)")
+non_negative_int = bounded(int, 0, what="count (a whole number)", maximum=sys.maxsize)
+pixels = bounded(int, 1, what="size in pixels (a whole number)")
+MAX_BITRATE = 10**9  # bits/s: encoder.bitrate's bound (encoders/config.py)
 
 
 def parse_bitrate(text: str) -> int:
-    """'800k', '2M', '1.5M', '800000' -> bits/s."""
+    """'800k', '2M', '1.5M', '800000' -> bits/s (at least 1 bit/s, at most MAX_BITRATE)."""
     t = text.strip()
     scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}.get(t[-1:], 1)
     try:
         value = float(t[:-1] if scale != 1 else t) * scale
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(
-            f"invalid bitrate {text!r} (e.g. 800k, 2M, 1500000)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"bitrate must be positive, got {text!r}")
-    return int(value)
+            f"invalid bitrate {text!r} (e.g. 800k, 2M, 1500000)")
+    if not 1 <= round(value) <= MAX_BITRATE:
+        raise argparse.ArgumentTypeError(
+            f"bitrate {text!r} is out of range: 1 to {MAX_BITRATE // 10**6}M bits/s")
+    return round(value)
 
 
 def parse_rate(text: str) -> Fraction:
@@ -68,8 +77,8 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune", help="x264 tune, e.g. zerolatency (no lookahead/B-frame delay)")
     p.add_argument("--no-map", action="store_true",
                    help="plain x264: no labeler, analysis or map (the baseline)")
-    p.add_argument("--input-width", type=int, default=0, help="raw video width")
-    p.add_argument("--input-height", type=int, default=0, help="raw video height")
+    p.add_argument("--input-width", type=pixels, default=0, help="raw video width")
+    p.add_argument("--input-height", type=pixels, default=0, help="raw video height")
     p.add_argument("--input-rate", type=parse_rate, default=Fraction(0), help="raw video fps")
     p.add_argument("--input-pix-fmt", default="yuv420p", help="raw video pixel format")
 

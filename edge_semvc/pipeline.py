@@ -243,6 +243,8 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
             finalising(True)
             for stage in stages:
                 stage.stop()
+            if max_frames and stats.frames >= max_frames:  # the tracks to the video's end
+                getattr(source, "read_tracks_on", lambda: None)()
             drained = _drain(recorder, sink, take_packets, output)
             error = error or drained  # the first error is the one reported
             shown.close()

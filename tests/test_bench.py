@@ -47,6 +47,9 @@ def test_bd_rate_of_curves_shifted_by_a_known_factor():
     flat = [0.95, 0.96, 0.97, 0.975]
     assert bd_rate(rates, flat, rates * 0.7, flat, min_span=0.05)[1] == \
         "varies by only 0.025 over the ladder"
+    # curves that share no quality at all: no figure (never NaN), and why
+    assert bd_rate(rates, quality, rates, quality + 10) == \
+        (None, "the quality ranges do not overlap (30.00-38.50 against 40.00-48.50)")
 
 
 def test_f1_of_hand_made_boxes():
@@ -70,7 +73,8 @@ def test_short_bench_run_writes_a_complete_report(tmp_path, clip, fixture_model)
                  "--start", "50%", "--frames", "24", "--roi-model", str(model),
                  "--eval-every", "4", "--f1-min-objects", "1", "--out", str(out)])
     assert code == 0
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(),  # strict JSON: no NaN
+                         parse_constant=lambda name: pytest.fail(f"results.json holds {name}"))
     (c,) = results["clips"]
     assert c["first_frame"] == 60 and c["frames"] == 24 and len(c["points"]) == 2
     for p in c["points"]:
@@ -210,6 +214,19 @@ def test_bench_refuses_bad_arguments(tmp_path, capsys):
     assert main(["bench", "x.mp4", "--start", "half"]) == 2
     assert "--start 'half'" in capsys.readouterr().err
     assert main(["bench", "x.mp4", "--frames", "-3"]) == 2
+    text = tmp_path / "text.onnx"
+    text.write_text("not a model")
+    assert main(["bench", "x.mp4", "--roi-model", str(text)]) == 2
+    assert f"cannot load model {text}" in capsys.readouterr().err
+    for rc, ladder, message in (("crf", "99", "CRF '99' is out of range: 1 to 51"),
+                                ("crf", "0.5", "CRF '0.5' is out of range"),
+                                ("cbr", "inf", "invalid bitrate 'inf'"),
+                                ("cbr", "0.4", "bitrate '0.4' is out of range")):
+        assert main(["bench", "x.mp4", "--rc", rc, "--ladder", ladder, "30"]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["bench", "x.mp4", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_a_frame_range_is_a_clip_of_its_own(clip):

@@ -174,6 +174,14 @@ def test_decode_error_mid_file_keeps_earlier_frames(tmp_path, clip):
     (["encode", "demo://astronaut", "o.avi"], ".avi"),
     (["encode", "demo://astronaut", "o.mp4", "--preset", "warp"], "warp"),
     (["encode", "demo://nothing", "o.mp4"], "unknown demo input"),
+    (["encode", "demo://astronaut", "o.mp4", "--bitrate", "inf"], "invalid bitrate 'inf'"),
+    (["encode", "demo://astronaut", "o.mp4", "--bitrate", "0.5"], "'0.5' is out of range"),
+    (["encode", "demo://astronaut", "o.mp4", "--frames", str(2**63)], "must be <="),
+    (["encode", "demo://astronaut", "o.mp4", "--input-width", "0"], "must be >= 1"),
+    (["encode", "demo://astronaut", "o.mp4", "--input-width", "320"], "describe raw video"),
+    (["encode", "", "o.mp4"], "the input is an empty name"),
+    (["encode", "demo://astronaut", "rtp://no.such.host.invalid:5800"], "has no address"),
+    (["encode", "demo://astronaut", "o.mp4", "--crf", "0.5"], "encoder.crf 0.5 is lossless"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, message):
     code, _, stderr = run_cli(*args, cwd=tmp_path)
@@ -216,6 +224,7 @@ def test_two_arguments_naming_the_same_file_are_refused(tmp_path, clip):
     out = tmp_path / "out.mp4"
     cases = [
         [src, src], [src, tmp_path / "x" / ".." / "a.mp4"], [f"file://{src}", src],
+        [src, f"rtp://127.0.0.1:5000?sdp={src}"], [src, out, f"rtp://127.0.0.1:5000?sdp={out}"],
         [src, tmp_path / "link.mp4"], [src, tmp_path / "hard.mp4"],
         [src, out, "--stats-json", src], [src, out, "--stats-json", out],
         [src, out, "--qp-map-video", out], [src, out, "--qp-map-png", tmp_path / "s.png",
@@ -226,6 +235,9 @@ def test_two_arguments_naming_the_same_file_are_refused(tmp_path, clip):
         assert code == 2 and "name the same file" in stderr and "Traceback" not in stderr, args
         assert src.read_bytes() == original and not out.exists()
         assert not (tmp_path / "s.png").exists()
+    code, _, stderr = run_cli("encode", src, f"file://{out}", "--frames", "3", "--no-map")
+    assert code == 0 and len(probe(out)[2]) == 3, stderr  # file:// names an output too
+    out.unlink()
     code, _, stderr = run_cli("field-bench", src, out, "--json", out, "--seconds", "1")
     assert code == 2 and "name the same file" in stderr and not out.exists()
     assert src.read_bytes() == original
@@ -365,12 +377,18 @@ def test_inputs_with_nothing_to_encode_are_usage_errors(tmp_path):
     header.write_bytes(b"YUV4MPEG2 W176 H144 F30:1 Ip A1:1 C420jpeg\n")
     tiny = tmp_path / "tiny.yuv"
     tiny.write_bytes(b"\x80" * 1000)
-    for args, message in (([header], "holds no frames"), ([tiny, "--input-width", "176", "--input-height", "144",
-                            "--input-rate", "30"], "partial frame: 1000 bytes")):
-        out = tmp_path / "out.mp4"
-        code, _, stderr = run_cli("encode", args[0], out, *args[1:], "--no-map")
+    raw = ["--input-width", "176", "--input-height", "144", "--input-rate", "30"]
+    for args, message in (([header], "holds no frames"), ([tiny, *raw], "partial frame: 1000 bytes"),
+                          ([tiny, *raw, "--input-pix-fmt", "bogus"], "'bogus' is no pixel format"),
+                          ([tiny, *raw, "--input-height", "99999"], "176x99999 is out of range")):
+        out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+        code, _, stderr = run_cli("encode", args[0], out, *args[1:], "--no-map",
+                                  "--stats-json", stats)
         assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)
         assert not out.exists()
+        if stats.exists():  # the statistics say it failed, too
+            assert json.loads(stats.read_text())["complete"] is False, args
+            stats.unlink()
 
 
 def test_a_full_disk_ends_the_run_with_its_statistics(tmp_path):
@@ -407,3 +425,10 @@ def test_standard_input(tmp_path, clip):
                            timeout=300)
     assert r.returncode == 0, r.stderr
     assert probe(out)[:2] == (320, 192) and len(probe(out)[2]) == 9
+    # a y4m cut inside a picture on its way in is told from a whole one, as a file's is
+    y4m = b"YUV4MPEG2 W16 H16 F12:1 Ip A1:1 C420jpeg\n" + b"FRAME\n" + b"\x80" * 384
+    for data, code in ((y4m, 0), (y4m + b"FRAME\n" + b"\x80" * 100, 3)):
+        r = subprocess.run([sys.executable, "-m", "edge_semvc", "encode", "-", str(out),
+                            "--no-map"], input=data, capture_output=True,
+                           timeout=300)
+        assert r.returncode == code and (code == 0 or b"partial frame" in r.stderr), r.stderr

@@ -136,6 +136,15 @@ def test_audio_and_telemetry_pass_through_untouched_and_cut_with_the_video(tmp_p
         assert not streams[3]["not_carried_by"]
 
 
+def test_a_track_stored_after_its_video_is_read_on_to_the_frames_cut(tmp_path):
+    """The drone's GPMF packet for 0-1 s is stored after that second's 30 pictures: with
+    --frames 20 the file is read on to it, so it reaches the output (and nothing later)."""
+    stats, _ = encode(clip(DRONE), tmp_path / "d.mp4", "--frames", "20")
+    streams = {s["stream"]: s for s in stats["passthrough"]["streams"]}
+    assert streams[3]["packets"] == 1 and len(packets(tmp_path / "d.mp4", "data")) == 1
+    assert_in_sync(clip(DRONE), tmp_path / "d.mp4", 30000 / 1001)
+
+
 def test_a_raw_h264_output_keeps_the_video_alone_and_says_so(tmp_path):
     src = excerpt(tmp_path, PARK, 2)
     out = tmp_path / "park.h264"

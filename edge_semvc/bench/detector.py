@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelError
 from ..frame import Frame
 from ..labeler.decoders import decode_yolox
 from ..labeler.preprocess import rgb_resized
@@ -44,8 +45,15 @@ class YoloxDetector:
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
         inp = self.session.get_inputs()[0]
+        if len(inp.shape) != 4 or not all(isinstance(n, int) for n in inp.shape[2:]):
+            raise ModelError(f"{path}: not a YOLOX detector (its input is {inp.shape}, not a "
+                             "fixed-size N x 3 x H x W image)")
         self.input_name = inp.name
         _, _, self.h, self.w = inp.shape
         self.score_threshold = score_threshold

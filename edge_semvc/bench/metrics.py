@@ -69,11 +69,17 @@ def bd_rate(rate_anchor, dist_anchor, rate_test, dist_test,
     a, b = points[1], points[3]
     overlap = min(a.max(), b.max()) - max(a.min(), b.min())
     span = max(a.max() - a.min(), b.max() - b.min())
+    if not np.isfinite(value):  # nothing shared to integrate over
+        return None, f"the quality ranges do not overlap ({_range(a)} against {_range(b)})"
     note = "; ".join(str(w.message).split(".")[0] for w in caught
                      if "overlap" not in str(w.message))
     if span > 0 and overlap / span < 0.75:
         note = f"quality ranges overlap {100 * max(overlap, 0) / span:.0f} % only"
     return value, note
+
+
+def _range(v: np.ndarray) -> str:
+    return f"{v.min():.2f}-{v.max():.2f}"
 
 
 def rate_at_f1(rates, f1s, target: float) -> tuple[float | None, str, float | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 PLOT_METRICS = {"psnr_roi": "ROI Y-PSNR (dB)", "psnr_roi_own": "own-models ROI Y-PSNR (dB)",
@@ -13,8 +14,19 @@ PLOT_METRICS = {"psnr_roi": "ROI Y-PSNR (dB)", "psnr_roi_own": "own-models ROI Y
                 "f1": "detection F1 (IoU 0.5)"}
 
 
+def _finite(v):
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def write_outputs(results: dict, out: Path) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    # strict JSON: a figure that could not be computed (an empty ROI's PSNR) is null
+    (out / "results.json").write_text(json.dumps(_finite(results), indent=2, allow_nan=False))
     _write_csv(list(_rows(results)), out / "results.csv")
     _write_csv(list(_summary_rows(results)), out / "summary.csv")
     _plot(results, out / "plots")

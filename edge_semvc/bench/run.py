@@ -392,6 +392,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-rate", default="0")
 
 
+def _crf(text: str) -> float:
+    """A CRF point of the ladder: x264's range, 1-51 (below 1 x264 turns to lossless, which
+    takes no QP map)."""
+    try:
+        crf = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid CRF {text!r}") from None
+    if not 1 <= crf <= 51:
+        raise argparse.ArgumentTypeError(f"CRF {text!r} is out of range: 1 to 51")
+    return crf
+
+
 def run(args) -> int:
     from fractions import Fraction
 
@@ -424,8 +436,8 @@ def run(args) -> int:
         raise ConfigError("--bpp takes positive values and goes with --rc abr/cbr, not --ladder")
     if args.ladder:
         try:
-            ladder = [float(r) if args.rc == "crf" else parse_bitrate(r) for r in args.ladder]
-        except (ValueError, argparse.ArgumentTypeError) as e:
+            ladder = [_crf(r) if args.rc == "crf" else parse_bitrate(r) for r in args.ladder]
+        except argparse.ArgumentTypeError as e:
             raise ConfigError(f"bad --ladder value: {e}") from None
     vmaf = not args.no_vmaf
     if vmaf:
@@ -445,6 +457,8 @@ def run(args) -> int:
     span.resolve(1000)  # the syntax, before any work
     raw = RawVideoOptions(args.input_width, args.input_height, Fraction(args.input_rate))
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a folder")
     (out / "encodes").mkdir(parents=True, exist_ok=True)
     kinds = ["baseline", "semantic", *args.baseline]
 

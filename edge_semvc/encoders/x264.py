@@ -116,8 +116,12 @@ class X264Encoder(Encoder):
         self._eff = {"threads": eff.i_threads, "bframes": eff.i_bframe, "keyint": eff.i_keyint_max,
                      "vfr_input": bool(eff.b_vfr_input)}
         if self._eff_rc.aq_mode == 0 or self._eff_rc.aq_strength <= 0:
-            raise EncoderError("x264 turned adaptive quantisation off after validation; it would "
-                               "ignore the QP-offset map")
+            lossless = s.rc == "crf" and s.crf < 1
+            raise EncoderError(
+                f"encoder.crf {s.crf:g} is lossless in x264, which turns adaptive quantisation "
+                "and with it the QP-offset map off: give a CRF of 1 or more" if lossless else
+                "x264 turned adaptive quantisation off after validation; it would ignore the "
+                "QP-offset map")
         self._aq_kept = self._aq_share_kept()
         # QP per doubling of a macroblock's energy taken off x264's AQ on frames with a map
         self._aq_back = (1.0 - self._aq_kept) * _AQ_SLOPE * float(self._eff_rc.aq_strength)

@@ -89,6 +89,12 @@ class Output(ABC):
     loses_packets: bool = False
     # its protocol tells the sender how its link fares (`link_report`: SRT's acknowledgements)
     reports_link: bool = False
+    # the files it writes, by role ({"OUTPUT": path}; an RTP output's SDP): checked before the
+    # run against each other and the input (`sinks.file.check_distinct_files`)
+    files: dict[str, str] = {}
+    # the host name it sends to, if any: `encode` checks that it resolves before the run (a
+    # typo would run to the end with nothing sent); the service keeps retrying instead
+    sends_to: str = ""
 
     @abstractmethod
     def open(self, info: StreamInfo) -> None:

@@ -322,6 +322,7 @@ class FileOutput(Output):
     def __init__(self, uri: str, on_event=None) -> None:
         self.uri = uri
         self.path = uri[len("file://"):] if uri.startswith("file://") else uri
+        self.files = {"OUTPUT": self.path}
         self.global_headers = wants_global_headers(self.path)  # unknown extensions fail here
         self.keeps_timestamps = FORMATS[_ext(self.path)] is not None
         self.sink: FileSink | None = None

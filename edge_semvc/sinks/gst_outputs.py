@@ -54,6 +54,7 @@ class SrtOutput(GstChildOutput):
                             f"got {self.mode!r}")
         self.latency: int | None = options.get("latency")  # None: srt_latency_ms at open
         self.host, self.port = host_port(uri, parts, listen=self.mode == "listener")
+        self.sends_to = self.host if self.mode == "caller" else ""
         check_gstreamer(self.kind, uri)
         if self.mode == "listener":
             check_port_free(uri, self.host, self.port, socket.SOCK_DGRAM)

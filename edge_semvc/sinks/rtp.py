@@ -51,12 +51,14 @@ class RtpOutput(_MuxerOutput):
                                                 "pkt_size": int_in(300, 65000),
                                                 "audio_port": int_in(1, 65535)})
         self.host, self.port = host_port(uri, parts)
+        self.sends_to = self.host
         self.audio_port = self.options.get("audio_port", self.port + 2)
         if self.audio_port in (self.port, self.port + 1):
             raise SinkError(f"output {uri!r}: audio_port {self.audio_port} is the video's "
                             f"{'RTP' if self.audio_port == self.port else 'RTCP'} port")
         self.sdp_path = self.options.get("sdp")
         if self.sdp_path:
+            self.files = {f"the SDP of {self.host}:{self.port} (sdp=)": self.sdp_path}
             folder = Path(self.sdp_path).expanduser().resolve().parent
             if not folder.is_dir():
                 raise SinkError(f"cannot write the SDP of {uri}: folder {folder} does not exist")

@@ -233,6 +233,7 @@ class UdpOutput(_MuxerOutput):
         parts, self.options = uri_options(uri, {"ttl": int_in(0, 255),
                                                 "pkt_size": int_in(188, 65424)})
         self.host, self.port = host_port(uri, parts)
+        self.sends_to = self.host
 
     def _target(self):
         size = self.options.get("pkt_size", TS_DATAGRAM)

@@ -2,6 +2,7 @@
 name) and its host and port."""
 from __future__ import annotations
 
+import socket
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import SinkError
@@ -49,3 +50,12 @@ def host_port(uri: str, parts, *, listen: bool = False) -> tuple[str, int]:
     if not host and not listen:
         raise SinkError(f"output {uri!r} needs a host, e.g. {parts.scheme}://127.0.0.1:{port}")
     return host or "0.0.0.0", port
+
+
+def check_resolves(uri: str, host: str) -> None:
+    """The host an output sends to has an address (SinkError naming it, else)."""
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise SinkError(f"output {uri!r}: host {host!r} has no address "
+                        f"({getattr(e, 'strerror', None) or e})") from None

@@ -7,6 +7,8 @@ them with the encoded video.
 """
 from __future__ import annotations
 
+import os
+import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +26,8 @@ from .tracks import passthrough_tracks, track_packet
 RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
 # Network streams and devices: (open, read) seconds before a silent input counts as lost.
 LIVE_TIMEOUT_S = (10.0, 5.0)
+MAX_SIDE = 16384  # pixels: raw geometry beyond this is a typo (x264 takes at most 16384)
+READ_ON_S = 10  # read_tracks_on: how far past the video's end a track may lag in the file
 
 
 def _rest(uri: str) -> str:
@@ -50,6 +54,8 @@ class PyAVSource:
 
     def __init__(self, path: str, raw: RawVideoOptions, *, live: dict | None = None,
                  device: str | None = None):
+        if not path:
+            raise SourceError("the input is an empty name: give a file path or URI")
         p = Path(path)
         stdin = path == "-"  # like FFmpeg: read the standard input (a container that streams)
         stream_like = stdin or live is not None or device is not None
@@ -65,13 +71,16 @@ class PyAVSource:
             if not (raw.width and raw.height and raw.rate):
                 raise SourceError(f"{path} is raw video: give --input-width, --input-height and "
                                   "--input-rate (and --input-pix-fmt if not yuv420p)")
+            _check_raw(raw)
             fmt = "rawvideo"
             options = {"video_size": f"{raw.width}x{raw.height}", "pixel_format": raw.pix_fmt,
                        "framerate": str(raw.rate)}
+        self.raw = fmt == "rawvideo"
         timed = stream_like and not stdin  # a silent network stream or device times out
         self._read_timeout = LIVE_TIMEOUT_S[1] if timed else None
         try:
-            self.container = av.open("pipe:0" if stdin else path if live is not None else str(p),
+            self._stdin = _CountedInput() if stdin else None
+            self.container = av.open(self._stdin if stdin else path if live is not None else str(p),
                                      format=fmt, options=options,
                                      timeout=LIVE_TIMEOUT_S if timed else None)
         except (av.error.FFmpegError, ValueError) as e:
@@ -109,12 +118,14 @@ class PyAVSource:
         self.stream = stream
         self.path = path
         self.tracks, self.skipped = passthrough_tracks(self.container, stream)
+        self._picture_bytes = 0  # the first video packet's size (raw: one picture)
         self._packets = PacketQueue()  # demuxed, not yet taken
         self.take_packets = self._packets.take  # (any thread) those read since the last call
         self._coded = (self.width, self.height)
         # The first picture is decoded now: its display matrix decides the frames' size.
         self._av_frames = self._demux()
         self._first = self._first_error = None
+        self._video_end: Fraction | None = None  # the latest frame's time plus one frame (s)
         try:
             self._first = next(self._av_frames, None)
         except av.error.FFmpegError as e:  # reported by frames(), as a failure at frame 0
@@ -123,16 +134,24 @@ class PyAVSource:
         self.width, self.height = self.orientation.size(self.width, self.height)
         # What the file says it holds, to tell a truncated file from a complete one at its end.
         self._declared = stream.frames or 0
-        self._frame_bytes = self.width * self.height * 3 // 2
-        self._payload = None  # raw / y4m: bytes of picture data (y4m: + 6 per FRAME line)
-        if stream_like or not p.is_file():  # a pipe: size unknown, reading it would consume it
+        # raw / y4m: bytes of a picture (its first packet's when whole, i.e. it decoded: every
+        # pixel format) and of the picture data (y4m: 6 more per FRAME line), from the file or
+        # as read from a pipe
+        y4m = self.container.format.name == "yuv4mpegpipe"
+        whole = self._picture_bytes if self._first is not None else 0
+        self._frame_bytes = (whole or self.width * self.height * 3 // 2) + \
+            (len(b"FRAME\n") if y4m else 0)
+        self._payload = None
+        if stdin and (fmt == "rawvideo" or y4m):
+            self._payload = lambda: self._stdin.count - (self._stdin.first_line if y4m else 0)
+        elif stream_like or not p.is_file():  # a device or stream: no end to measure
             pass
         elif fmt == "rawvideo":
-            self._payload = p.stat().st_size
-        elif self.container.format.name == "yuv4mpegpipe":
+            self._payload = lambda: p.stat().st_size
+        elif y4m:
             with open(p, "rb") as f:
-                self._payload = p.stat().st_size - len(f.readline())
-            self._frame_bytes += len(b"FRAME\n")
+                header = len(f.readline())
+            self._payload = lambda: p.stat().st_size - header
         self.description = f"{path} ({self.width}x{self.height}, {float(self.fps):.3g} fps, " \
                            f"{stream.codec_context.name}" + \
                            (f"; {self.orientation.describe()}" if self.orientation else "") + ")"
@@ -142,11 +161,37 @@ class PyAVSource:
         passed = [self.container.streams[t.index] for t in self.tracks]
         for packet in self.container.demux([self.stream, *passed]):
             if packet.stream.index == self.stream.index:
+                self._picture_bytes = self._picture_bytes or packet.size
                 yield from packet.decode()
             else:
                 value = track_packet(packet)
                 if value is not None:
                     self._packets.put(value)
+
+    def read_tracks_on(self) -> None:
+        """After a run cut short by a frame count: the file read on, without decoding, until
+        every passed-through track has reached the video's end (at most READ_ON_S past it), so
+        that a packet that starts before that end reaches the outputs: a GoPro's telemetry,
+        one packet a second, is stored after the second of video it describes. Files only (a
+        stream or device would block); a broken tail ends it quietly."""
+        if not self.tracks or self._video_end is None or self._read_timeout is not None or \
+                self.path == "-":
+            return
+        behind = {t.index for t in self.tracks}
+        passed = [self.container.streams[t.index] for t in self.tracks]
+        try:
+            for packet in self.container.demux([self.stream, *passed]):
+                value = track_packet(packet) if packet.stream.index in behind else None
+                if value is not None:
+                    self._packets.put(value)
+                    if value.time is not None and value.time >= self._video_end:
+                        behind.discard(value.track)
+                at = packet.pts if packet.pts is not None else packet.dts
+                if not behind or (at is not None and
+                                  at * packet.time_base > self._video_end + READ_ON_S):
+                    return
+        except av.error.FFmpegError:
+            return
 
     def _decoded(self) -> Iterator[av.VideoFrame]:
         if self._first_error is not None:
@@ -187,10 +232,11 @@ class PyAVSource:
                               "not be decoded whole (truncated?)")
 
     def _partial_frame(self, decoded: int) -> DecodeError | None:
-        if self._payload is None or not self._payload % self._frame_bytes:
+        left = self._payload() % self._frame_bytes if self._payload is not None else 0
+        if not left:
             return None
         return DecodeError(f"{self.path} ends in a partial frame: "
-                           f"{self._payload % self._frame_bytes} bytes after the last of "
+                           f"{left} bytes after the last of "
                            f"{decoded} whole frames of {self._frame_bytes} bytes (truncated?)")
 
     def _to_frame(self, f: av.VideoFrame, index: int) -> Frame:
@@ -204,6 +250,7 @@ class PyAVSource:
                            dst_color_range=1)
         buf = f.to_ndarray(format="yuv420p")
         pts = index if self._synth_pts or f.pts is None else f.pts
+        self._video_end = pts * self.time_base + 1 / self.fps
         frame = Frame.from_i420(np.ascontiguousarray(buf), width, height, pts, self.time_base,
                                 index)
         if self.orientation:
@@ -213,6 +260,39 @@ class PyAVSource:
 
     def close(self) -> None:
         self.container.close()
+
+
+class _CountedInput:
+    """The standard input as FFmpeg reads it, counted: a raw or y4m stream cut inside a
+    picture is then told by its size, as a file's is. Reads return what the pipe holds (a live
+    pipe is not held back to fill FFmpeg's buffer)."""
+
+    def __init__(self):
+        self.fd = sys.stdin.fileno()
+        self.count = 0
+        self.first_line = 0  # bytes up to the first newline (a y4m header), once found
+        self._header = b""
+
+    def read(self, size: int) -> bytes:
+        data = os.read(self.fd, size)
+        if not self.first_line and len(self._header) < 4096:
+            self._header += data[:4096]
+            if b"\n" in self._header:
+                self.first_line = self._header.index(b"\n") + 1
+        self.count += len(data)
+        return data
+
+
+def _check_raw(raw: RawVideoOptions) -> None:
+    """Raw geometry FFmpeg would refuse with no more than "Invalid argument"."""
+    if not (0 < raw.width <= MAX_SIDE and 0 < raw.height <= MAX_SIDE):
+        raise SourceError(f"--input-width x --input-height {raw.width}x{raw.height} is out of "
+                          f"range: 1 to {MAX_SIDE} pixels a side")
+    try:
+        av.VideoFormat(raw.pix_fmt)
+    except (ValueError, av.error.FFmpegError):
+        raise SourceError(f"--input-pix-fmt {raw.pix_fmt!r} is no pixel format FFmpeg knows "
+                          "(e.g. yuv420p, nv12, yuyv422)") from None
 
 
 def _reason(e: Exception) -> str:
