@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .options import add_encoder_arguments, config_overrides, non_negative_int
@@ -317,6 +319,10 @@ def cmd_serve(args) -> int:
     from .sinks.file import check_writable
     from .stop import set_on_signals
 
+    # SIGHUP asks for a reload, during the start-up too: done once the service runs
+    early_reload = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: early_reload.set())
+
     def load() -> ServeConfig:  # at the start, and again on SIGHUP
         cfg = load_config(args.config, args.set, cls=ServeConfig)
         preflight.resolve(cfg)  # every camera's runtime and encoder (`auto`)
@@ -327,6 +333,8 @@ def cmd_serve(args) -> int:
     service = Service(cfg, load=load)
     # SIGTERM/SIGINT: every camera's segment is closed, then exit 0; SIGHUP: reload
     set_on_signals(service.stop_event, reload=service.reload_event)
+    if early_reload.is_set():
+        service.reload_event.set()
     status = service.run(max_seconds=args.seconds)
     if args.stats_json:
         Path(args.stats_json).write_text(json.dumps(service.summary, indent=2) + "\n")

@@ -29,7 +29,8 @@ def check(ok: bool, key: str, value: Any, allowed: str) -> None:
 def shown(value: Any) -> str:
     """A value as an error message quotes it: repr (one line), at most about 80 characters."""
     text = repr(value)
-    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
+    size = len(value) if isinstance(value, str) else len(text)  # a text's own, not its quotes'
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({size} characters)"
 
 
 def merge(obj: Any, data: dict[str, Any], prefix: str, text: bool = False) -> None:
@@ -106,6 +107,8 @@ def coerce(value: Any, hint: Any, path: str, text: bool = False) -> Any:
     if hint is str and isinstance(value, str):
         return value
     kind = {list: "a list", dict: "a mapping"}.get(origin) or _KINDS.get(hint, str(hint))
+    if hint is int and isinstance(value, str) and value[-1:] in ("k", "M"):
+        kind += "; only --bitrate takes k and M: 2M is 2000000 here"
     raise ConfigError(f"invalid value for {path}: {shown(value)} (expected {kind})", path)
 
 

@@ -46,6 +46,9 @@ def test_file_then_overrides(tmp_path):
     ("qp.importance.face=abc", "qp.importance.face: 'abc' (expected a number)"),
     ("labeler.priority=face,dog", "labeler.priority: ['dog']"),
     ("qp.importance.dog=0.5", "qp.importance: ['dog']"),
+    ("encoder.bitrate=2M", "only --bitrate takes k and M: 2M is 2000000 here"),
+    ("fusion.description=" + "x" * 501, "(501 characters)"),
+    ("analysis.intra_floor=0", "expected above 0, at most 255"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -133,6 +133,8 @@ def test_the_payloads_say_what_the_checks_do():
             apply_change(base, parse_change(payload))
         if expect is not SOME_KEY:
             assert refused.value.key == expect, (payload[:80], str(refused.value))
+    with pytest.raises(RemoteChangeRejected, match="'qp' is a section: give a mapping"):
+        parse_change(b'{"qp": null}')  # not "cannot be changed remotely": its keys can
         assert "\n" not in str(refused.value)[:2000]
 
 

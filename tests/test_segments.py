@@ -360,6 +360,43 @@ def test_folder_gone_then_recording_resumes(street, tmp_path, how):
     check_segments_alone(kept, decode_stream(packets, headers))
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"),
+                    reason="mounting a tmpfs needs root and mount(8)")
+def test_a_disk_unmounted_from_record_dir_is_waited_for(street, tmp_path):
+    """record.dir is the disk's mount point: unmounted, it is an empty folder on the root disk,
+    which must stay empty; mounted again (empty), the camera folder is made and locked again."""
+    root = tmp_path / "rec"
+    root.mkdir()
+    seen, state = [], []
+
+    def mount(*args):
+        subprocess.run(["mount", *args, str(root)], check=True, capture_output=True)
+
+    def hook(i, events):
+        if not state and named(events, "segment_closed"):
+            state.append("gone")
+            subprocess.run(["umount", "-l", str(root)], check=True)
+        if state == ["gone"] and len(named(events, "write_error")) == 3:
+            seen.extend(root.iterdir())  # what was recorded onto the root disk meanwhile
+            state.append("back")
+            mount("-t", "tmpfs", "-o", "size=64m", "tmpfs")
+        if state == ["gone", "back"] and named(events, "write_resumed"):
+            state.append("locked")  # the new camera folder is the sink's alone
+            with pytest.raises(SinkError, match="already being recorded"):
+                SegmentSink(cfg, "cam", EncoderSettings(width=64, height=48, fps=10,
+                                                        time_base=TB))
+
+    mount("-t", "tmpfs", "-o", "size=64m", "tmpfs")
+    try:
+        cfg = RecordConfig(dir=str(root), segment_seconds=2, retry_frames=5)
+        events, *_ = record(street, cfg, hook=hook)
+        assert state == ["gone", "back", "locked"] and seen == []
+        closed = named(events, "segment_closed")  # the first went with the first disk
+        assert files(root / "cam") == [Path(e["path"]).name for e in closed[1:]]
+    finally:
+        subprocess.run(["umount", str(root)], capture_output=True)
+
+
 def test_a_failing_event_callback_does_not_stop_recording(street, tmp_path):
     def boom(name, **fields):
         raise RuntimeError("reporting broke")

@@ -334,27 +334,39 @@ def test_malformed_remote_changes_are_refused_and_change_nothing():
 
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
 def test_remote_configuration_over_mqtt_survives_a_restart(tmp_path):
+    """A change kept over a restart; a retained command waiting at the broker at the start is
+    refused as one (not as a camera the service does not know yet); a stored change the
+    edited file refuses is dropped alone, the others apply."""
     broker, config = with_broker(tmp_path)
-    proc = start_service(config)
     watcher = Watcher(broker.port, "edge_semvc/#")
     events = lambda name: [e for e in (json.loads(m[1]) for m in watcher.messages  # noqa: E731
                                        if m[0] == "edge_semvc/front/events")
                            if e["event"] == name]
+    watcher.client.publish("edge_semvc/front/config/set", b'{"qp": {"q_gain": 5}}', qos=1,
+                           retain=True).wait_for_publish(10)
+    proc = start_service(config)
     try:
-        wait_until(lambda: any(m[0] == "edge_semvc/front/stats" for m in watcher.messages),
-                   timeout=120, what="the service to run")
+        wait_until(lambda: events("config_rejected"), timeout=120, what="the retained command")
+        assert "a retained message on config/set" in json.dumps(events("config_rejected"))
+        watcher.client.publish("edge_semvc/front/config/set", b"", qos=1, retain=True)
         # (refusals: tests/test_hostile_config.py)
         watcher.client.publish("edge_semvc/front/config/set",
-                               b'{"qp": {"importance": {"person": 1.0}}}', qos=1)
+                               b'{"qp": {"importance": {"person": 1.0}, "target_mean": 3}}',
+                               qos=1)
         wait_until(lambda: events("config_applied"), timeout=60, what="the valid change")
         assert _state(watcher)["qp"]["importance"]["person"] == 1.0
     finally:
         assert stop(proc) == 0, service_log(config)
     watcher.messages.clear()
+    edited = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**edited, "qp": {"offset_max": 2}}))  # refuses mean 3
     proc = start_service(config)  # a restart keeps the remote change
     try:
         wait_until(lambda: _state(watcher), timeout=120, what="config/state")
         assert _state(watcher)["qp"]["importance"]["person"] == 1.0
+        assert _state(watcher)["qp"]["target_mean"] == 1.5
+        (refused,) = events("config_rejected")
+        assert refused["key"] == "qp.target_mean" and "the other stored" in refused["reason"]
     finally:
         assert stop(proc) == 0, service_log(config)
         broker.stop()
@@ -443,6 +455,37 @@ def test_a_service_file_that_cannot_work_exits_2_with_one_line(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("edge-semvc: error: "), err
     assert named in err, err
+
+
+@pytest.mark.parametrize("http", [{"username_env": "EDGE_SEMVC_UNSET_USER",
+                                   "password_env": "EDGE_SEMVC_UNSET_PASSWORD"}, "port in use"])
+def test_a_refused_start_tells_mqtt_nothing(tmp_path, http):
+    """A web page that cannot start (a credential's variable unset, its port taken) refuses
+    the start before the service connects: no availability, no retained discovery entities
+    for Home Assistant of a service that never ran."""
+    import socket
+
+    broker, config = with_broker(tmp_path)
+    watcher = Watcher(broker.port, "#")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1] if http == "port in use" else free_port()
+    doc = yaml.safe_load(config.read_text())
+    doc["mqtt"]["home_assistant"] = True
+    doc["http"] = {"enabled": True, "host": "127.0.0.1", "port": port,
+                   **(http if isinstance(http, dict) else {})}
+    config.write_text(yaml.safe_dump(doc))
+    try:
+        proc = start_service(config, "--seconds", "1")  # what it published is in before it ends
+        assert proc.wait(timeout=120) == 2 and "http." in service_log(config)
+        watcher.client.publish("probe", b"1", qos=1).wait_for_publish(10)
+        wait_until(lambda: any(m[0] == "probe" for m in watcher.messages), timeout=10,
+                   what="the probe")
+        assert [m[0] for m in watcher.messages] == ["probe"]
+    finally:
+        taken.close()
+        broker.stop()
 
 
 def test_a_missing_record_dir_refuses_the_start(tmp_path, capsys):

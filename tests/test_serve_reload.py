@@ -122,3 +122,29 @@ def test_a_reloaded_live_share_is_live_between_shares_and_restarts_to_or_from_no
     assert _restart_reason("a", old, new, good, base) == reason
     if reason is None:  # what reaches the running camera as a live change
         assert live_difference(good, base) == {"labeler": {"live_share": after}}
+
+
+def test_a_sighup_during_the_start_up_reloads_once_it_runs(tmp_path, caplog, monkeypatch):
+    """Sent while the configuration is read (before the service could take it): not the end
+    of the service, a reload once it runs."""
+    import os
+
+    import edge_semvc.preflight as preflight
+    from edge_semvc.cli import main
+
+    needs_clip()
+    (tmp_path / "rec").mkdir()
+    path = tmp_path / "serve.yml"
+    path.write_text(yaml.safe_dump({"cameras": {"a": {"input": f"file://{CLIP}"}},
+                                    "record": {"dir": str(tmp_path / "rec")}}))
+    resolve = preflight.resolve
+
+    def resolve_with_a_hangup(cfg):  # the first reading of the file only
+        if not caplog.text:
+            os.kill(os.getpid(), signal.SIGHUP)
+        return resolve(cfg)
+
+    monkeypatch.setattr(preflight, "resolve", resolve_with_a_hangup)
+    caplog.set_level("INFO", logger="edge_semvc")
+    assert main(["serve", "--config", str(path), "--seconds", "2"]) == 0
+    assert "configuration reloaded" in caplog.text

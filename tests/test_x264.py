@@ -291,3 +291,26 @@ def test_aq_with_map_gives_x264s_own_aq_back_on_frames_with_a_map(foreman):
         assert enc.settings_summary()["aq_with_map"] == 0.0
     with pytest.raises(EncoderError, match="aq_with_map"):
         dataclasses.replace(s, aq_with_map=float("nan"))
+
+
+@pytest.mark.parametrize("pts", [[3600 * i for i in range(12)],  # an RTP camera's 90 kHz
+                                 [0, 3000, 7300, 10800, 11000, 14400, 21600, 25300, 28800,
+                                  29000, 32400, 36000]])  # a variable rate, frames < 1/25 apart
+def test_the_stream_says_its_frame_rate_and_keeps_the_inputs_timestamps(carphone, pts):
+    """x264 writes 1/timebase into the SPS as the frame rate, which a player of a raw stream
+    or of RTP reads: 25 fps, not 90000, and every packet with its frame's own timestamp."""
+    import io
+
+    import av
+
+    tb = Fraction(1, 90000)
+    frames = [dataclasses.replace(f, pts=p, time_base=tb) for f, p in zip(carphone, pts)]
+    s = settings_for(carphone, time_base=tb, bitrate=300_000, rc="cbr")
+    with X264Encoder(s) as enc:
+        assert enc.settings_summary().get("vfr_input", True)  # x264 follows the timestamps
+        packets = [p for f in frames for p in enc.encode(f)] + enc.flush()
+    assert sorted(p.pts for p in packets) == pts
+    dts = [p.dts for p in packets]
+    assert dts == sorted(set(dts)) and all(p.dts <= p.pts for p in packets)
+    with av.open(io.BytesIO(joined(packets)), format="h264") as c:
+        assert c.streams.video[0].codec_context.framerate == 25

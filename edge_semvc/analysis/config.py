@@ -31,7 +31,7 @@ class AnalysisConfig:
               self.change_full_mad, "between 0.5 and 255 luma levels")
 
         check(0.0 < self.intra_floor <= 255.0, "analysis.intra_floor", self.intra_floor,
-              "between 0 and 255 luma levels")
+              "above 0, at most 255 luma levels")
         check(0.0 <= self.reuse_horizon <= 10000.0, "analysis.reuse_horizon",
               self.reuse_horizon, "between 0 and 10000 frames")
 

@@ -300,6 +300,38 @@ def pts_of(frame: Frame, s: EncoderSettings) -> int:
     return int(frame.pts)
 
 
+class FrameGrid:
+    """Timestamps on the frame rate's grid and back, for an encoder that writes 1/time base
+    into its bitstream as the frame rate (x264's SPS, which a player of a raw stream or of RTP
+    reads: a 1/90000 time base would say 90000 fps): it is given frame ticks, and each packet
+    gets the input's own timestamps back. Frames closer than the grid (a variable rate) are
+    kept one tick apart."""
+
+    def __init__(self, time_base: Fraction, fps: Fraction):
+        self.ticks_per_unit = Fraction(time_base) * Fraction(fps)
+        self._pts: dict[int, int] = {}  # tick -> the input's pts, while a dts may name it
+        self._last_tick: int | None = None
+
+    def tick(self, pts: int) -> int:
+        t = round(pts * self.ticks_per_unit)
+        if self._last_tick is not None and t <= self._last_tick:
+            t = self._last_tick + 1
+        self._last_tick, self._pts[t] = t, pts
+        return t
+
+    def packet(self, pts_tick: int, dts_tick: int) -> tuple[int, int]:
+        """(pts, dts) in the input's time base. An encoder's dts are its frames' ticks in
+        input order, shifted back by its delay: the frame the tick names gives its pts (so the
+        dts rise and never pass the pts as the ticks do); a tick before the first frame is
+        counted back from the grid."""
+        dts = self._pts.get(dts_tick)
+        if dts is None:
+            dts = round(dts_tick / self.ticks_per_unit)
+        for t in [t for t in self._pts if t < dts_tick]:  # no later dts names them
+            del self._pts[t]
+        return self._pts[pts_tick], dts
+
+
 def _plane(a: np.ndarray, h: int, w: int, name: str) -> np.ndarray:
     if a.dtype != np.uint8 or a.ndim != 2:
         raise EncoderError(f"{name} plane must be 2-D uint8, got {a.dtype} {a.shape}")

@@ -103,6 +103,11 @@ class X264Encoder(Encoder):
                                    "(e.g. lossless or 4:4:4 with a lower profile)")
         self._check_rc_and_aq()
         self._avoid_avx512_mbtree()
+        # x264 writes 1/timebase into the SPS as the frame rate: with the timestamps followed
+        # (vfr_input; force-cfr sets the timebase to 1/fps itself) it counts in frames
+        self._grid = base.FrameGrid(s.time_base, s.fps) if p.b_vfr_input else None
+        if self._grid is not None:
+            p.i_timebase_num, p.i_timebase_den = s.fps.denominator, s.fps.numerator
 
         self._enc = lib.x264_encoder_open(p)
         if self._enc == ffi.NULL:
@@ -245,7 +250,10 @@ class X264Encoder(Encoder):
         nal = self._pp_nal[0]
         data = bytes(self._ffi.buffer(nal[0].p_payload, ret))  # copy: invalid after next call
         o = self._pic_out
-        return [Packet(data, int(o.i_pts), int(o.i_dts), bool(o.b_keyframe))]
+        pts, dts = int(o.i_pts), int(o.i_dts)
+        if self._grid is not None:
+            pts, dts = self._grid.packet(pts, dts)
+        return [Packet(data, pts, dts, bool(o.b_keyframe))]
 
     def encode(self, frame: Frame, qp_offsets: np.ndarray | None = None,
                force_idr: bool = False) -> list[Packet]:
@@ -265,6 +273,8 @@ class X264Encoder(Encoder):
         else:
             pic.prop.quant_offsets = ffi.NULL
         pic.i_pts = base.pts_of(frame, self.settings)
+        if self._grid is not None:
+            pic.i_pts = self._grid.tick(pic.i_pts)
         # IDR (not X264_TYPE_KEYFRAME, an I-frame under open-GOP): a segment must decode alone.
         pic.i_type = lib.X264_TYPE_IDR if force_idr else lib.X264_TYPE_AUTO
         try:

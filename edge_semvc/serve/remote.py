@@ -90,6 +90,9 @@ def parse_change(payload: bytes) -> dict[str, Any]:
         raise RemoteChangeRejected("payload must be a non-empty mapping, e.g. "
                                    '{"qp": {"importance": {"person": 1.0}}}')
     for key in dotted_keys(doc):
+        if any(k.startswith(f"{key}.") for k in LIVE_KEYS):  # {"qp": null}
+            raise RemoteChangeRejected(f"{shown(key)} is a section: give a mapping of its keys "
+                                       "to change, e.g. {\"qp\": {\"q_gain\": 4}}", key)
         if not is_live(key):
             raise RemoteChangeRejected(f"{shown(key)} cannot be changed remotely (live keys: "
                                        f"{', '.join(LIVE_KEYS)}...)", key)
@@ -157,6 +160,19 @@ def dotted_keys(doc: dict, prefix: str = "") -> list[str]:
         else:
             keys.append(path)
     return keys
+
+
+def each_key(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(dotted key, the change that sets it alone) for every key `dotted_keys` names."""
+    changes = []
+    for key in dotted_keys(doc):
+        value: Any = doc
+        for part in key.split("."):
+            value = value[part]
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        changes.append((key, value))
+    return changes
 
 
 def one_line(reason: str) -> str:

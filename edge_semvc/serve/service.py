@@ -33,7 +33,7 @@ from .camera import Camera
 from .changes import RemoteChanges
 from .config import ServeConfig
 from .notify import Watchdog, notify_ready, notify_status, notify_stopping
-from .remote import OverrideStore, apply_change, live_difference, one_line
+from .remote import OverrideStore, apply_change, each_key, live_difference, one_line
 from .stats import CpuMeter, StatsWindow
 from .telemetry import open_telemetry
 from .web import CameraView, WebView
@@ -55,19 +55,22 @@ class Service:
         _check_service_config(cfg)
         self.store = OverrideStore(cfg.state_folder())
         self.cameras: dict[str, Camera] = {}
+        self.views: dict[str, CameraView] = {}  # the web page's, per camera (http.enabled)
+        # a missing credential or a port in use refuses the start before MQTT hears of it
+        self.web = WebView(cfg, self.cameras, self.views, clock).listen() \
+            if cfg.http.enabled else None
         self.changes = RemoteChanges(self.cameras, self.store, self._event,
                                      lambda camera, state: self.telemetry.publish_config_state(
                                          camera, state))
-        self.telemetry = open_telemetry(cfg.mqtt, on_config_set=self.changes.submit)
+        self.telemetry = open_telemetry(cfg.mqtt)
         self._fps: dict[str, float] = {}
         self._presence: dict[str, dict] = {}
         self.windows: dict[str, StatsWindow] = {}  # per stats interval
         self.whole_run: dict[str, StatsWindow] = {}  # over the whole run (the summary)
         self.summary: dict = {}  # over the whole run, once it ended (`serve --stats-json`)
-        self.views: dict[str, CameraView] = {}  # the web page's, per camera (http.enabled)
         for name in cfg.cameras:
             self.cameras[name] = self._camera(name, cfg)
-        self.web = WebView(cfg, self.cameras, self.views, clock) if cfg.http.enabled else None
+        self.telemetry.listen(self.changes.submit)  # commands meet the cameras they name
 
     def _camera(self, name: str, cfg: ServeConfig) -> Camera:
         cam = cfg.cameras[name]
@@ -84,14 +87,29 @@ class Service:
         self.telemetry.publish_event(camera, event, fields)
 
     def _restored(self, camera: str, base: Config) -> Config:
-        """The camera's configuration with the remote changes kept from earlier runs."""
+        """The camera's configuration with the remote changes kept from earlier runs; where
+        the configuration file now refuses them together, each key that it accepts alone (the
+        store keeps them all: a file put right takes them back at the next start)."""
         try:
             doc = self.store.load(camera)
-            return apply_change(base, doc) if doc else base
-        except ConfigError as e:  # a stored change the new configuration file refuses
+            if not doc:
+                return base
+            try:
+                return apply_change(base, doc)
+            except ConfigError:
+                changes = each_key(doc)
+        except ConfigError as e:  # an unreadable store, a key that is no name
             self._event(camera, "config_rejected", {"key": e.key, "reason": one_line(
-                f"stored remote change: {e}")})
+                f"stored remote changes not applied: {e}")})
             return base
+        cfg = base
+        for key, change in changes:
+            try:
+                cfg = apply_change(cfg, change)
+            except ConfigError as e:  # a stored change the new configuration file refuses
+                self._event(camera, "config_rejected", {"key": e.key or key, "reason": one_line(
+                    f"stored remote change: {e} (the other stored changes apply)")})
+        return cfg
 
     # --- running ---------------------------------------------------------------------------
     def run(self, max_seconds: float = 0.0) -> int:
@@ -101,7 +119,7 @@ class Service:
         self._watchdog = Watchdog.from_environment()
         cpu = CpuMeter(self.clock)
         whole_cpu = CpuMeter(self.clock)
-        if self.web is not None:  # a port in use refuses the start before any camera runs
+        if self.web is not None:
             self.web.start()
         for name in self.cameras:
             self._start(name)

@@ -104,6 +104,14 @@ class Telemetry:
         self._client.loop_start()
 
     # --- what the service calls --------------------------------------------------------------
+    def listen(self, on_config_set: ConfigSetCallback) -> None:
+        """Take commands from now on (`on_config_set`): the service calls it once its cameras
+        exist, so that one sent earlier, a retained one above all, meets them."""
+        with self._lock:
+            self._on_config_set = on_config_set
+            if self._connected:
+                self._subscribe()
+
     def add_camera(self, camera: str) -> None:
         """Declare a camera (checked as a topic level); publishes its discovery configs when
         Home Assistant discovery is on. publish_* add cameras they have not seen."""
@@ -310,17 +318,21 @@ class Telemetry:
         if reason_code.is_failure:
             self._note_error(f"broker refused the connection: {reason_code}")
             return
-        client.subscribe(f"{self._prefix}/+/config/set", qos=1)  # clean session: every time
-        if self._config.home_assistant:
-            for topic in homeassistant.command_topics(self._prefix):
-                client.subscribe(topic, qos=1)
         with self._lock:
+            if self._on_config_set is not None:  # clean session: every time
+                self._subscribe()
             self._connected = True
             self._counts["connects"] += 1
             self._pending_retained = dict.fromkeys(self._retained)  # availability first
             self._lock.notify_all()
         self.last_error = None
         log.info("MQTT: connected to %s:%d", self._config.host, self._config.port)
+
+    def _subscribe(self) -> None:
+        self._client.subscribe(f"{self._prefix}/+/config/set", qos=1)
+        if self._config.home_assistant:
+            for topic in homeassistant.command_topics(self._prefix):
+                self._client.subscribe(topic, qos=1)
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._note_error(f"cannot connect to {self._config.host}:{self._config.port}")
@@ -354,6 +366,9 @@ class NullTelemetry:
 
     connected = False
     last_error = None
+
+    def listen(self, on_config_set: ConfigSetCallback) -> None:
+        pass
 
     def add_camera(self, camera: str) -> None:
         check_topic_level(camera, "camera name")

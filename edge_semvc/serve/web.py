@@ -93,8 +93,8 @@ class Figures:
 
 
 class WebView:
-    """The endpoint: `start()` listens, `refresh()` (supervisor thread) updates the figures,
-    `close()` stops it."""
+    """The endpoint: `listen()` binds, `start()` serves, `refresh()` (supervisor thread)
+    updates the figures, `close()` stops it."""
 
     def __init__(self, cfg: ServeConfig, cameras: dict[str, Camera], views: dict[str, CameraView],
                  clock: Callable[[], float] = time.monotonic):
@@ -112,7 +112,8 @@ class WebView:
     def port(self) -> int:
         return self.server.server_address[1] if self.server else 0
 
-    def start(self) -> "WebView":
+    def listen(self) -> "WebView":
+        """Bind the port (ConfigError when it cannot: the start is refused); `start` serves."""
         from ..errors import ConfigError
 
         http = self.cfg.http
@@ -121,6 +122,12 @@ class WebView:
         except OSError as e:
             raise ConfigError(f"http.port {http.port}: cannot listen on {http.host}:{http.port} "
                               f"({e.strerror or e})") from None
+        return self
+
+    def start(self) -> "WebView":
+        http = self.cfg.http
+        if self.server is None:
+            self.listen()
         self._thread = threading.Thread(target=self.server.serve_forever, name="http",
                                         daemon=True)
         self._thread.start()
@@ -145,7 +152,8 @@ class WebView:
     def close(self) -> None:
         self.stopping.set()
         if self.server is not None:
-            self.server.shutdown()
+            if self._thread is not None:  # shutdown() waits for serve_forever to end
+                self.server.shutdown()
             self.server.server_close()
 
     # --- what the routes answer ----------------------------------------------------------------

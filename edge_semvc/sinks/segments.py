@@ -35,8 +35,8 @@ Guarantees and choices:
   tried at a keyframe ``retry_frames`` later, doubling up to one segment's length while the
   failures go on; ``write_resumed`` once a segment was completed again (a disk that takes a
   header and fails on the next packet has not recovered). Only the camera folder is
-  re-created: a missing ``record.dir`` (an unmounted disk) is waited for, not re-created on
-  the root disk.
+  re-created: a missing ``record.dir``, or one that is no longer the mount point it was (an
+  unmounted disk), is waited for, not recorded onto the root disk (``camera_folder.py``).
 - **Retention**, after each completed segment: the oldest completed segments (by the start
   time in their names) are deleted while the camera's total exceeds ``max_bytes`` or while
   older than ``max_age_hours``; never the newest one, nor files the sink did not name.
@@ -57,7 +57,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno as errno_mod
-import fcntl
 import logging
 import math
 import os
@@ -71,6 +70,7 @@ import av
 
 from ..errors import SinkError
 from .base import Output, StreamInfo
+from .camera_folder import CameraFolder
 from .config import RecordConfig
 from .file import _check_codec, has_parameter_sets, is_idr
 from .segment_file import MUXERS, Segment, recover, unlink_part
@@ -85,28 +85,6 @@ _NAME = re.compile(r"^(\d{8}T\d{6}Z)(?:_(\d{4}))?\.(ts|mp4)$")
 # PyAV re-raises our file object's OSError; its own failures (a trailer after an I/O error,
 # timestamps a muxer refuses) are FFmpegError, not an OSError: both end the segment, not the run
 _WRITE_ERRORS = (OSError, av.error.FFmpegError)
-
-
-def _lock_folder(path: Path, camera: str) -> int:
-    """Create the camera folder (not record.dir: a missing one is an unmounted disk, not to be
-    replaced by a folder on the root disk) and hold its lock (released with the descriptor, by
-    close() or by the kernel when the process dies): one writer per camera."""
-    if not path.parent.is_dir():
-        raise SinkError(f"cannot record camera {camera!r}: record.dir {path.parent} is missing "
-                        "(an unmounted disk?); waiting for it")
-    try:
-        path.mkdir(exist_ok=True)
-        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise SinkError(f"cannot record camera {camera!r} into {path}: {e.strerror or e}") \
-            from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise SinkError(f"camera {camera!r} is already being recorded into {path} (another "
-                        "process or sink holds its lock)") from None
-    return fd
 
 
 def _utc(value: datetime) -> datetime:
@@ -167,7 +145,7 @@ class SegmentSink:
         self._lost_since_error = 0
         self._calls = 0  # wants_idr() calls
         self._closed = True  # until the folder is locked: close() then has nothing to undo
-        self._lock_fd = _lock_folder(self.path, camera)
+        self._folder = CameraFolder(self.root, camera)
         self._closed = False
         # stats(): packets given to write(), those in no completed segment (write errors,
         # waiting for an IDR), segments and bytes completed, segments deleted, write errors
@@ -221,8 +199,7 @@ class SegmentSink:
             if self._seg is not None:
                 self._finish(None)
         finally:
-            fd, self._lock_fd = self._lock_fd, -1
-            os.close(fd)  # releases the flock
+            self._folder.close()
 
     def write_track(self, packet) -> None:
         """One packet of a passed-through track (`tracks.TrackPacket`), into the open segment."""
@@ -294,9 +271,7 @@ class SegmentSink:
 
     def _open(self, pts: int) -> bool:
         try:
-            if not self.root.is_dir():  # an unmounted disk: wait, do not record onto / instead
-                raise FileNotFoundError(errno_mod.ENOENT, "record.dir is missing", str(self.root))
-            self.path.mkdir(exist_ok=True)
+            self._folder.ready()  # an unmounted disk: wait, do not record onto / instead
             self._seg = Segment(self._free_name(), self.cfg.format, self.settings, pts,
                                  self.codec, self.tracks)
         except _WRITE_ERRORS as e:

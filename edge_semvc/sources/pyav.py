@@ -7,6 +7,7 @@ them with the encoded video.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from fractions import Fraction
@@ -23,9 +24,12 @@ from .base import NETWORK_SCHEMES, RawVideoOptions
 from .orientation import Orientation
 from .tracks import passthrough_tracks, track_packet
 
+log = logging.getLogger(__name__)
+
 RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
 # Network streams and devices: (open, read) seconds before a silent input counts as lost.
 LIVE_TIMEOUT_S = (10.0, 5.0)
+MAX_FPS = 1000  # frames per second: a rate above this is a time base misread (_frame_rate)
 MAX_SIDE = 16384  # pixels: raw geometry beyond this is a typo (x264 takes at most 16384)
 READ_ON_S = 10  # read_tracks_on: how far past the video's end a track may lag in the file
 
@@ -102,7 +106,7 @@ class PyAVSource:
             self.container.close()
             raise SourceError(f"{path} is {self.width}x{self.height}: H.264 4:2:0 needs an even "
                               "width and height")
-        self.fps = Fraction(stream.average_rate or stream.guessed_rate or raw.rate or 25)
+        self.fps = _frame_rate(stream, raw, path)
         # Raw Annex-B and raw video carry no timestamps: number frames in 1/fps.
         self._synth_pts = fmt == "rawvideo" or self.container.format.name in ("h264", "hevc") \
             or p.suffix.lower() in (".h264", ".264", ".h265", ".265", ".hevc")
@@ -281,6 +285,19 @@ class _CountedInput:
                 self.first_line = self._header.index(b"\n") + 1
         self.count += len(data)
         return data
+
+
+def _frame_rate(stream, raw: RawVideoOptions, path: str) -> Fraction:
+    """The stream's frame rate: the container's average, else FFmpeg's guess; one above
+    MAX_FPS is a time base read as a rate (an H.264 stream's timing says 1/time base, e.g.
+    90000 from an RTP camera), not believed."""
+    rates = [Fraction(r) for r in (stream.average_rate, stream.guessed_rate, raw.rate) if r]
+    fps = next((r for r in rates if 0 < r <= MAX_FPS), None)
+    if fps is None:
+        log.warning("%s: no believable frame rate (%s); taking 25 fps", path,
+                    ", ".join(f"{float(r):g}" for r in rates) or "none given")
+        return Fraction(25)
+    return fps
 
 
 def _check_raw(raw: RawVideoOptions) -> None:
