@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -107,9 +108,10 @@ def cmd_encode(args) -> int:
     from .errors import SinkError, SourceError
     from .pipeline import Extras, Live, partial_result, run_encode
     from .sinks import open_output
-    from .sinks.file import check_distinct_files, check_writable, wants_global_headers
+    from .sinks.file import check_distinct_files, check_writable
     from .sinks.uri import check_resolves
     from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
+    from .visualize import check_map_video
 
     cfg = load_config(args.config, config_overrides(args))
     # Unsupported outputs and extensions, unwritable paths fail before any work.
@@ -127,7 +129,7 @@ def cmd_encode(args) -> int:
     if sum(scheme_of(uri) == "-" for uri in args.output) > 1:
         raise SinkError("standard output (-) can be given once")
     if args.qp_map_video:
-        wants_global_headers(args.qp_map_video)
+        check_map_video(args.qp_map_video)
     check_writable(outputs, images=("--qp-map-png",))
     if not args.no_map:  # models fetched and converted now, before the input is opened
         from .tools.models import prepare_config
@@ -260,6 +262,10 @@ def cmd_models(args) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else cfg.cache_dir()
     if args.action == "list":
         wanted = set(args.names)
+        known = {entry["name"] for entry in list_models()}
+        if wanted - known:
+            raise ModelError(f"unknown model {sorted(wanted - known)[0]!r} (known: "
+                             f"{', '.join(sorted(known))})")
         for entry in list_models():
             if wanted and entry["name"] not in wanted:
                 continue
@@ -270,7 +276,7 @@ def cmd_models(args) -> int:
             ready = model_paths(entry["name"], cache)[1].exists()
             print(f"{entry['name']:30s} {entry['role']:12s} {entry['decoder']:16s} "
                   f"{'ready' if ready else '-':6s} {'default' if entry.get('default') else '':8s}"
-                  f"{src.get('wheel') or src.get('url')}")
+                  f"{src.get('wheel') or src.get('npm') or src.get('url')}")
         return 0
     names = args.names or [e if isinstance(e, str) else e.get("name") for e in cfg.labeler.models
                            if isinstance(e, str) or "path" not in e]
@@ -283,14 +289,20 @@ def cmd_models(args) -> int:
             if isinstance(entry, dict) and "path" in entry:
                 key = f"labeler.models[{i}]"
                 print(f"{key}: {model_file(describe(entry, key), key, cache, log=print)}")
-    for name in names:
-        if args.action == "prepare":
-            path = prepare_model(name, cache, log=print, mirror=args.mirror, sha256=args.sha256)
-            print(f"{name}: {path}")
-        else:
-            verify_model(name, cache)
-            print(f"{name}: ok")
-    return 0
+    failed = 0
+    for name in names:  # each one, whatever the one before did
+        try:
+            if args.action == "prepare":
+                path = prepare_model(name, cache, log=print, mirror=args.mirror,
+                                     sha256=args.sha256)
+                print(f"{name}: {path}")
+            else:
+                verify_model(name, cache)
+                print(f"{name}: ok")
+        except ModelError as e:
+            _error(e)
+            failed += 1
+    return EXIT_USAGE if failed else 0
 
 
 def cmd_config(args) -> int:
@@ -390,9 +402,16 @@ def _run(argv: list[str] | None) -> int:
 
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 128 + signal.SIGPIPE
     except (EdgeSemvcError, OSError) as e:  # before the first frame: nothing was written
-        print(f"edge-semvc: error: {e}", file=sys.stderr)
+        _error(e)
         return EXIT_USAGE
+
+
+def _error(e: Exception) -> None:
+    print(f"edge-semvc: error: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

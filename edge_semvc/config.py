@@ -44,13 +44,8 @@ class Config:
 
     def validate(self) -> "Config":
         self.labeler.validate()
-        # Class names must be ones a model can label (a typo would silently weigh nothing).
-        known = product_classes(self.labeler.models)
-        for key, names in (("labeler.priority", self.labeler.priority),
-                           ("qp.importance", [c for c in self.qp.importance if c != "background"])):
-            unknown = [c for c in names if c not in known]
-            check(not unknown, key, unknown,
-                  f"product classes a model can label: {', '.join(sorted(known))}")
+        self._check_classes(("labeler.priority", self.labeler.priority), ("qp.importance", [
+            c for c in self.qp.importance if c != "background"]))
         self.analysis.validate()
         self.qp.validate()
         self.encoder.validate()
@@ -58,11 +53,21 @@ class Config:
         self.emotion.validate()
         self.scene.validate()
         self.fusion.validate()
+        self._check_classes(("fusion.voice_classes", self.fusion.voice_classes),
+                            ("fusion.words", list(self.fusion.words.values())))
         self.streams.validate()
         on = [n for n in ("attention", "emotion", "scene", "fusion") if getattr(self, n).enabled]
         check(self.qp.device != "cuda" or not on, "qp.device", self.qp.device,
               f"cpu while {', '.join(on)} is enabled (the extensions read the CPU analysis)")
         return self
+
+    def _check_classes(self, *named: tuple[str, list[str]]) -> None:
+        """Class names must be ones a model can label (a typo would silently weigh nothing)."""
+        known = product_classes(self.labeler.models)
+        for key, names in named:
+            unknown = [c for c in names if c not in known]
+            check(not unknown, key, unknown,
+                  f"product classes a model can label: {', '.join(sorted(known))}")
 
     # --- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

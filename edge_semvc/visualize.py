@@ -1,8 +1,11 @@
 """Pictures of what the encoder was told: the QP map over the frame, label outlines."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from .errors import SinkError
 from .frame import MB, Frame
 from .values import LabelMap, QpMap
 
@@ -31,6 +34,18 @@ def save_png(rgb: np.ndarray, path: str) -> None:
     from PIL import Image
 
     Image.fromarray(rgb).save(path)
+
+
+MAP_VIDEO_EXTENSIONS = (".mp4", ".mkv", ".ts", ".h264", ".264")  # H.264 (libx264) in them
+
+
+def check_map_video(path: str) -> None:
+    """Before the run: a name the map video (H.264) can be written under."""
+    ext = Path(path).suffix.lower()
+    if ext not in MAP_VIDEO_EXTENSIONS:
+        raise SinkError(f"--qp-map-video {path}: the map video is H.264, which "
+                        f"{ext or 'no extension'!r} does not name; use one of "
+                        f"{', '.join(MAP_VIDEO_EXTENSIONS)}")
 
 
 class OverlayVideo:

