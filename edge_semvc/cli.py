@@ -109,7 +109,7 @@ def cmd_encode(args) -> int:
     from .pipeline import Extras, Live, partial_result, run_encode
     from .sinks import open_output
     from .sinks.file import check_distinct_files, check_writable
-    from .sinks.uri import check_resolves
+    from .sinks.uri import check_ports, check_resolves
     from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
     from .visualize import check_map_video
 
@@ -123,6 +123,7 @@ def cmd_encode(args) -> int:
     outputs = {**files, "--stats-json": args.stats_json,
                "--qp-map-png": args.qp_map_png, "--qp-map-video": args.qp_map_video}
     check_distinct_files({"INPUT": args.input, **outputs})
+    check_ports(streams)
     for out in streams:
         if out.sends_to:
             check_resolves(out.uri, out.sends_to)

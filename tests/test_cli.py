@@ -182,6 +182,10 @@ def test_decode_error_mid_file_keeps_earlier_frames(tmp_path, clip):
     (["encode", "", "o.mp4"], "the input is an empty name"),
     (["encode", "demo://astronaut", "rtp://no.such.host.invalid:5800"], "has no address"),
     (["encode", "demo://astronaut", "o.mp4", "--crf", "0.5"], "encoder.crf 0.5 is lossless"),
+    (["encode", "demo://astronaut", "udp://127.0.0.1:5601", "rtp://127.0.0.1:5600"],
+     "both use 127.0.0.1:5601"),  # the RTP output's RTCP port
+    (["encode", "demo://astronaut", "udp://127.0.0.1:70000"], "its port '70000' is not one"),
+    (["encode", "demo://astronaut", "rtp://127.0.0.1:5600?sdp="], "invalid value '' for option"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, message):
     code, _, stderr = run_cli(*args, cwd=tmp_path)

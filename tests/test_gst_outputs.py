@@ -57,6 +57,22 @@ def test_srt_caller_peer_gone_then_back(frames):
     assert names.index("output_lost") < names.index("output_back")
 
 
+def test_srt_caller_with_no_listener_says_so_then_connects_when_one_comes(frames):
+    """A listener that is not there: `output_lost` naming it (SRT's connect timeout), never a
+    silent run; when one comes, `output_back` and frames."""
+    require("srt")
+    port, events = free_port(socket.SOCK_DGRAM), Events()
+    out = open_output(f"srt://127.0.0.1:{port}?mode=caller&latency=50", events)
+    with LiveEncoder(frames, Outputs([out])):
+        lost = events.wait("output_lost")
+        assert f"no SRT listener at 127.0.0.1:{port} answered" in lost["reason"]
+        receiver = GstReceiver(f"srt://127.0.0.1:{port}?mode=listener", fmt="mpegts")
+        events.wait("output_back")
+        receiver.decoded.wait(20)
+        receiver.stop()
+    good_start(receiver.decoded)
+
+
 def test_srt_listener_serves_callers(frames):
     require("srt")
     port, events = free_port(socket.SOCK_DGRAM), Events()
@@ -103,6 +119,31 @@ def test_srt_sends_each_frame_before_the_next_with_the_encoders_timestamps(frame
             raw.stop()
             decoded.stop()
     encoder_cadence(decoded.decoded)
+
+
+def test_srt_delivers_the_last_frames_before_it_closes(frames):
+    """The last frames reach the receiver: SRT's receiver holds each packet for the latency
+    and drops what it holds when the sender closes, so the sender waits that long."""
+    require("srt")
+    port = free_port(socket.SOCK_DGRAM)
+    receiver = GstReceiver(f"srt://127.0.0.1:{port}?mode=listener", fmt="mpegts")
+    out = open_output(f"srt://127.0.0.1:{port}?mode=caller&latency=300", Events())
+    try:
+        with LiveEncoder(frames, Outputs([out]), paced=False) as live:
+            for _ in range(GUARD_S * 100):  # until the caller is connected and its IDR out
+                live.step()
+                if out.stats()["clients"] and live.idrs[-1] > 0:
+                    break
+                time.sleep(0.01)
+            first = live.idrs[-1]
+            for _ in range(30):
+                live.step()
+        receiver.decoded.wait(live.count - first)
+        pts = receiver.decoded.pts  # 90 kHz, 3000 a frame: from an IDR to the last frame
+        assert any((pts[-1] - pts[0]) // 3000 == live.count - 1 - i for i in live.idrs), \
+            (pts[0], pts[-1], live.count, live.idrs)
+    finally:
+        receiver.stop()
 
 
 # --- errors before the first frame ------------------------------------------------------------

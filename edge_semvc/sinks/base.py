@@ -95,6 +95,10 @@ class Output(ABC):
     # the host name it sends to, if any: `encode` checks that it resolves before the run (a
     # typo would run to the end with nothing sent); the service keeps retrying instead
     sends_to: str = ""
+    # the network ports it takes: ("to", host, port) for each it sends to (UDP), ("on udp" or
+    # "on tcp", port) for one it listens on; `encode` refuses two outputs sharing one
+    # (`sinks.uri.check_ports`)
+    ports: tuple[tuple, ...] = ()
 
     @abstractmethod
     def open(self, info: StreamInfo) -> None:

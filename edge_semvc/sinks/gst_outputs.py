@@ -55,6 +55,7 @@ class SrtOutput(GstChildOutput):
         self.latency: int | None = options.get("latency")  # None: srt_latency_ms at open
         self.host, self.port = host_port(uri, parts, listen=self.mode == "listener")
         self.sends_to = self.host if self.mode == "caller" else ""
+        self.ports = (("to", self.host, self.port) if self.sends_to else ("on udp", self.port),)
         check_gstreamer(self.kind, uri)
         if self.mode == "listener":
             check_port_free(uri, self.host, self.port, socket.SOCK_DGRAM)
@@ -121,6 +122,7 @@ class RtspServerOutput(GstChildOutput):
         super().__init__(uri, on_event)
         parts, options = uri_options(uri, {"user_env": str, "password_env": str})
         self.host, self.port = host_port(uri, parts, listen=True)
+        self.ports = (("on tcp", self.port),)
         self.path = parts.path.rstrip("/") or "/"
         if self.path == "/":
             raise SinkError(f"output {uri!r} needs a path, e.g. rtsp://@:{self.port}/cam")

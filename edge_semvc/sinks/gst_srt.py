@@ -12,6 +12,7 @@ from gst_child import address_of, emit
 BACKOFF_S = (0.5, 1, 2, 4, 8)  # between SRT connection attempts (caller)
 EOS_WAIT_S = 2  # at the end: for the SRT pipeline to send what it holds
 LINK_REPORT_MS = 1000  # how often the link's state goes to the parent (`link` events)
+NO_PEER_S = 3  # a caller not connected this long after it started says so (SRT's own timeout)
 
 
 class SrtSender:
@@ -28,6 +29,7 @@ class SrtSender:
         self.connected = False
         self.attempt = 0
         self.callers = 0
+        self.started = None  # a caller's start, until it connected or said it could not
 
     def uri(self):
         c = self.config
@@ -56,6 +58,7 @@ class SrtSender:
         self.src = self.pipeline.get_by_name("src")
         self.feed.attach(self.src, receivers=self.callers if self.listener else 0)
         if not self.listener:
+            self.started = time.monotonic()
             self.GLib.timeout_add(200, self.poll_connection, self.pipeline)
         self.GLib.timeout_add(LINK_REPORT_MS, self.report_link, self.pipeline)
         return None
@@ -67,7 +70,9 @@ class SrtSender:
     def stop(self, drain=False):
         """Ends the pipeline; `drain`: what it holds goes out first (at most about
         2 x EOS_WAIT_S): through the pipeline, then out of SRT's send buffer, which closing
-        the socket would discard (SRT paces a burst out over time)."""
+        the socket would discard (SRT paces a burst out over time), then for the receivers
+        to play it out: a receiver holds each packet for the latency, and drops what it holds
+        when the sender closes (the last 0.2-0.6 s of every stream, before)."""
         if self.pipeline is not None:
             self.feed.detach(self.src)
             bus = self.pipeline.get_bus()
@@ -78,8 +83,18 @@ class SrtSender:
                 sent, deadline = -1, time.monotonic() + EOS_WAIT_S
                 while time.monotonic() < deadline and sent != (sent := self.bytes_sent()):
                     time.sleep(0.1)
+                time.sleep(self.delivery_s())
             self.pipeline.set_state(self.Gst.State.NULL)
             self.pipeline = None
+
+    def delivery_s(self):
+        """How long the last packet sent takes to be played out by the slowest receiver: its
+        latency and a round trip (a resend), at most EOS_WAIT_S."""
+        text = stats_text(self.pipeline)
+        latency = max((float(v) for v in stat(text, "negotiated-latency-ms", "int")),
+                      default=self.config["latency"])
+        rtt = max((float(v) for v in stat(text, "rtt-ms", "double")), default=0.0)
+        return min(EOS_WAIT_S, (latency + 2 * rtt + 100) / 1000)
 
     def bytes_sent(self):
         """What SRT sent so far, to every peer."""
@@ -115,13 +130,18 @@ class SrtSender:
         connected = stats is not None and stats.has_field("packets-sent")
         if connected and not self.connected:
             self.set_connected(True, None)
+        elif not connected and not self.connected and self.started is not None and \
+                time.monotonic() - self.started >= NO_PEER_S:
+            self.started = None  # said once a start: the parent keeps it lost until back
+            emit("peer_lost", reason="no SRT listener at %s:%d answered within %d s; still "
+                 "calling" % (self.config["host"], self.config["port"], NO_PEER_S))
         return True
 
     def set_connected(self, connected, reason):
         self.connected = connected
         self.feed.set_receivers(self.src, int(connected))
         if connected:
-            self.attempt = 0
+            self.attempt, self.started = 0, None
             emit("peer_back")
             emit("idr")  # a new peer decodes from it (after a reconnect, it came mid-stream)
         else:

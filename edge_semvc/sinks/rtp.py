@@ -23,7 +23,7 @@ from ..errors import SinkError
 from .base import EventCallback, StreamInfo
 from .stream import _MuxerOutput, _url_host, close_quietly, nal_units, open_muxer
 from .tracks import TrackMuxer, unsupported
-from .uri import host_port, int_in, uri_options
+from .uri import host_port, int_in, non_empty, uri_options
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,12 @@ class RtpOutput(_MuxerOutput):
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
-        parts, self.options = uri_options(uri, {"ttl": int_in(0, 255), "sdp": str,
+        parts, self.options = uri_options(uri, {"ttl": int_in(0, 255), "sdp": non_empty,
                                                 "pkt_size": int_in(300, 65000),
                                                 "audio_port": int_in(1, 65535)})
         self.host, self.port = host_port(uri, parts)
         self.sends_to = self.host
+        self.ports = (("to", self.host, self.port), ("to", self.host, self.port + 1))  # RTCP
         self.audio_port = self.options.get("audio_port", self.port + 2)
         if self.audio_port in (self.port, self.port + 1):
             raise SinkError(f"output {uri!r}: audio_port {self.audio_port} is the video's "

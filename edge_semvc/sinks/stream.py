@@ -234,6 +234,7 @@ class UdpOutput(_MuxerOutput):
                                                 "pkt_size": int_in(188, 65424)})
         self.host, self.port = host_port(uri, parts)
         self.sends_to = self.host
+        self.ports = (("to", self.host, self.port),)
 
     def _target(self):
         size = self.options.get("pkt_size", TS_DATAGRAM)
@@ -272,8 +273,10 @@ class StdoutOutput(_MuxerOutput):
 
     def open(self, info: StreamInfo) -> None:
         if self.raw and self.raw_codec != info.codec:
-            raise SinkError(f"output {self.uri!r} asks for raw {self.raw_codec.upper()}, but "
-                            f"the encoder writes {info.codec.upper()}")
+            backend = "x265" if self.raw_codec == "hevc" else "x264"
+            raise SinkError(f"--stdout-format {self.raw_codec} asks for raw "
+                            f"{self.raw_codec.upper()}, but the encoder writes "
+                            f"{info.codec.upper()}: add --set encoder.backend={backend}")
         sys.stdout.flush()  # nothing of ours may follow the video into the pipe
         if self.raw:
             self.info, self.state = info, "streaming"
