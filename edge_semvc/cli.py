@@ -77,11 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="at exit, write each camera's figures over the whole run here")
 
     c = sub.add_parser("config", help="print the default configuration or its JSON schema")
-    c.add_argument("--schema", action="store_true", help="print the JSON schema")
+    what = c.add_mutually_exclusive_group()
+    what.add_argument("--schema", action="store_true", help="print the JSON schema")
     c.add_argument("--serve", action="store_true",
                    help="the service's configuration (with cameras, record, mqtt)")
-    c.add_argument("--reference", action="store_true",
-                   help="print the configuration reference (docs/configuration.md)")
+    what.add_argument("--reference", action="store_true",
+                      help="print the configuration reference (docs/configuration.md)")
 
     b = sub.add_parser("bench", help="rate-distortion, accuracy and speed: semantic vs x264")
     from .bench.run import add_arguments as bench_arguments
@@ -132,6 +133,8 @@ def cmd_encode(args) -> int:
     if args.qp_map_video:
         check_map_video(args.qp_map_video)
     check_writable(outputs, images=("--qp-map-png",))
+    if args.no_map and (args.qp_map_png or args.qp_map_video):
+        _log_stderr("--no-map: the map pictures show the frames with no map (plain x264)")
     if not args.no_map:  # models fetched and converted now, before the input is opened
         from .tools.models import prepare_config
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
@@ -82,13 +85,19 @@ class PyAVSource:
         self.raw = fmt == "rawvideo"
         timed = stream_like and not stdin  # a silent network stream or device times out
         self._read_timeout = LIVE_TIMEOUT_S[1] if timed else None
+        if live is not None:
+            _check_host(path)
+        started = time.monotonic()
         try:
             self._stdin = _CountedInput() if stdin else None
             self.container = av.open(self._stdin if stdin else path if live is not None else str(p),
                                      format=fmt, options=options,
                                      timeout=LIVE_TIMEOUT_S if timed else None)
         except (av.error.FFmpegError, ValueError) as e:
-            raise SourceError(f"cannot open {path}: {_reason(e)}") from None
+            silent = timed and time.monotonic() - started >= LIVE_TIMEOUT_S[0] - 0.5
+            raise SourceError(f"cannot open {path}: " + (
+                f"no answer within {LIVE_TIMEOUT_S[0]:g} s (off, or not at this address?)"
+                if silent else _reason(e))) from None
         if not self.container.streams.video:
             self.container.close()
             raise SourceError(f"{path} has no video stream")
@@ -298,6 +307,16 @@ def _frame_rate(stream, raw: RawVideoOptions, path: str) -> Fraction:
                     ", ".join(f"{float(r):g}" for r in rates) or "none given")
         return Fraction(25)
     return fps
+
+
+def _check_host(url: str) -> None:
+    """A network input's host has an address (FFmpeg would say "Input/output error")."""
+    host = urlsplit(url).hostname
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise SourceError(f"cannot open {url}: its host {host!r} has no address "
+                          f"({getattr(e, 'strerror', None) or e})") from None
 
 
 def _check_raw(raw: RawVideoOptions) -> None:

@@ -192,6 +192,8 @@ def run(args) -> int:
     ok, why = available()
     machine = machine_info() if ok else None
     print(f"this machine: {why}")
+    if not directory.is_dir():
+        raise LabelerError(f"--dir {directory}: no such folder")
     manifests = sorted(directory.glob("*.engine.json"))
     if not manifests:
         print(f"no engines in {directory}/")

@@ -266,7 +266,8 @@ def prepare_model(name: str, cache_dir=None, log=print, mirror=None,
 
 
 def _convert(name: str, source: Path, onx: Path, log, fmt: str = "tflite", size=None) -> None:
-    log(f"{name}: converting {source.name} to ONNX" + (f" at {size[0]}x{size[1]}" if size else ""))
+    shown = f" at {size[0]}x{size[1]}" if size and all(size) else ""  # a fixed shape: none
+    log(f"{name}: converting {source.name} to ONNX{shown}")
     onx.parent.mkdir(parents=True, exist_ok=True)
     tmp_onnx = onx.with_name(f".{onx.name}.{os.getpid()}.tmp")
     try:
