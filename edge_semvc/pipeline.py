@@ -351,7 +351,8 @@ class _Recorder:
         offsets = r.qp.offsets if r.mapped else None
         segment_start = self.sink.wants_idr(frame.pts)  # a segment starts, a receiver joined
         if stats.storage is not None:
-            decision = stats.storage.decide(frame, r.observation, segment_start)
+            decision = stats.storage.decide(frame, r.observation, self.sink.idr_asked_by
+                                            if segment_start else None)
             encode, idr = decision.encode, decision.idr is not None
         else:
             encode, idr = True, (r.cut and self.idr_on_cut) or segment_start

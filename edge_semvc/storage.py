@@ -133,10 +133,12 @@ class StoragePolicy:
         tb = Fraction(frame.time_base) if frame.time_base is not None else self.time_base
         return float(frame.pts * tb)
 
-    def decide(self, frame: Frame, obs: Observation, segment_start: bool) -> Decision:
+    def decide(self, frame: Frame, obs: Observation, asked: str | None) -> Decision:
+        """`asked`: the reason an output asks this frame to be an IDR ("segment": a recording
+        segment starts; "receiver": a viewer or client joined), or None."""
         cfg, t = self.cfg, self._seconds(frame)
         self._last_seen = t
-        idr = self._idr_reason(t, obs, segment_start)
+        idr = self._idr_reason(t, obs, asked)
         encode = idr is not None or not cfg.dynamic_fps or self._something_new(t, obs)
         if not encode:
             self.skipped += 1
@@ -154,12 +156,12 @@ class StoragePolicy:
         self.encoded += 1
         self._ref, self._last_encoded = obs.blocks, self._seconds(frame)
 
-    def _idr_reason(self, t: float, obs: Observation, segment_start: bool) -> str | None:
+    def _idr_reason(self, t: float, obs: Observation, asked: str | None) -> str | None:
         cfg, since = self.cfg, None if self._last_idr is None else t - self._last_idr
         if since is None:
             return "start"
-        if segment_start:
-            return "segment"
+        if asked:
+            return asked
         if not cfg.dynamic_gop:
             return None  # the encoder's own fixed GOP (keyint = gop_s)
         if obs.cut:  # nearly free: the first picture of a new scene is coded intra anyway

@@ -182,6 +182,8 @@ def test_decode_error_mid_file_keeps_earlier_frames(tmp_path, clip):
     (["encode", "", "o.mp4"], "the input is an empty name"),
     (["encode", "demo://astronaut", "rtp://no.such.host.invalid:5800"], "has no address"),
     (["encode", "rtsp://no.such.host.invalid/cam", "o.mp4"], "its host 'no.such.host.invalid'"),
+    (["encode", "demo://astronaut", "-", "--profile", "storage", "--stdout-format", "h264"],
+     "a raw stream keeps no timestamps"),
     (["encode", "demo://astronaut", "o.mp4", "--crf", "0.5"], "encoder.crf 0.5 is lossless"),
     (["encode", "demo://astronaut", "udp://127.0.0.1:5601", "rtp://127.0.0.1:5600"],
      "both use 127.0.0.1:5601"),  # the RTP output's RTCP port

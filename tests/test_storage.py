@@ -61,13 +61,14 @@ class Scene:
         pass
 
 
-def decide_all(scene: Scene, cfg: StorageConfig, labels=None, cuts=(), segment=()):
+def decide_all(scene: Scene, cfg: StorageConfig, labels=None, cuts=(), segment=(), receiver=()):
     obs = Observer(cfg, scene.fps)
     policy = StoragePolicy(cfg, scene.fps, scene.time_base)
     decisions = []
     for f in scene.frames():
         o = obs.observe(f, labels(f.index) if labels else None, f.index in cuts)
-        decisions.append(policy.decide(f, o, f.index in segment))
+        asked = "segment" if f.index in segment else "receiver" if f.index in receiver else None
+        decisions.append(policy.decide(f, o, asked))
     return policy, decisions
 
 
@@ -130,8 +131,9 @@ def test_cuts_and_segments_get_an_idr_and_restart_the_interval_objects_do_not():
 
 def test_without_dynamic_gop_only_the_start_and_segments_are_asked_for():
     _, d = decide_all(Scene(100), StorageConfig(dynamic_gop=False), cuts=(50,),
-                      segment=(60,))
-    assert {i: x.idr for i, x in enumerate(d) if x.idr} == {0: "start", 60: "segment"}
+                      segment=(60,), receiver=(80,))  # a viewer joined: its own reason
+    assert {i: x.idr for i, x in enumerate(d) if x.idr} == {0: "start", 60: "segment",
+                                                            80: "receiver"}
 
 
 def test_without_dynamic_fps_every_frame_is_encoded():

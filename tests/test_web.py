@@ -333,6 +333,10 @@ def test_web_endpoint_and_camera_page_in_chromium(tmp_path, monkeypatch, chromiu
         assert get(base + "/api/stats", auth="Basic " + base64.b64encode(b"viewer:x").decode()
                    )[0] == 401
         assert get(base + "/api/cameras/nope/live.mp4")[0] == 404
+        assert get(base + "/cameras/front/")[0] == 404  # its page would read no camera name
+        head = urllib.request.Request(base + "/", method="HEAD", headers={"Authorization": AUTH})
+        with urllib.request.urlopen(head, timeout=10) as r:  # uptime checks ask HEAD
+            assert r.status == 200 and int(r.headers["Content-Length"]) > 0 and r.read() == b""
         stats = wait_until(lambda: (lambda s: s if s.get("front", {}).get("frames") else None)(
             json.loads(get(base + "/api/stats")[1])), timeout=120, what="frames in /api/stats")
         assert stats["front"]["state"] == "running" and "latency_ms" in stats["front"]

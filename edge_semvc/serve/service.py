@@ -160,9 +160,10 @@ class Service:
             log.info("stopping (%s)", e or "interrupted")
         finally:
             percent = whole_cpu.percent()
-            self.summary = {"seconds": round(self.clock() - start, 2), "cpu_percent": percent,
+            seconds = round(self.clock() - start, 2)
+            self.shutdown()  # the figures after it: the drained frames, the last segment
+            self.summary = {"seconds": seconds, "cpu_percent": percent,
                             "cameras": {n: w.snapshot(percent) for n, w in self.whole_run.items()}}
-            self.shutdown()
         return 0
 
     def _feed_watchdog(self) -> None:

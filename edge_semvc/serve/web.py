@@ -224,12 +224,19 @@ def _handler(web: WebView):
             log.debug("http: %s %s", self.address_string(), fmt % args)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self._get(head=False)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - uptime checks and proxies ask it
+            self._get(head=True)
+
+        def _get(self, head: bool) -> None:
+            self._head = head  # the headers alone
             if not web.authorised(self.headers.get("Authorization")):
                 self._send(401, b"credentials needed\n", "text/plain",
                            {"WWW-Authenticate": 'Basic realm="edge-semvc"'})
                 return
             path = self.path.split("?", 1)[0]
-            parts = path.strip("/").split("/")
+            parts = path[1:].split("/")  # a trailing slash is one more part: not found
             if path in PAGES or (len(parts) == 2 and parts[0] == "cameras"):
                 self._page(PAGES.get(path, "camera.html"), parts)
             elif path == "/api/stats":
@@ -269,9 +276,13 @@ def _handler(web: WebView):
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(body)
+            if not self._head:
+                self.wfile.write(body)
 
         def _stream(self, serve, what) -> None:
+            if self._head:
+                self._send(200, b"", "application/octet-stream")
+                return
             if not web._streams.acquire(blocking=False):
                 self._send(503, b"too many live readers\n", "text/plain")
                 return

@@ -176,6 +176,7 @@ class Outputs:
         self._budget = Fraction(RECEIVER_IDR_BURST)  # of those, now (each IDR asked takes one)
         self._last_pts: int | None = None  # of the last frame asked about
         self._receivers_wait = False  # a receiver's request not granted yet
+        self.idr_asked_by = ""  # the last IDR wants_idr granted: "segment" or "receiver"
         self._interleaver: Interleaver | None = None
         self._carriers: dict[int, list[Output]] = {}  # track -> the outputs that carry it
         self.tracks: tuple[Track, ...] = ()
@@ -231,6 +232,8 @@ class Outputs:
             return False
         # counted when asked (an encoder with a delay writes it frames later)
         self._receivers_wait, self._budget = False, max(Fraction(0), self._budget - 1)
+        self.idr_asked_by = "segment" if any(a for receivers, a in asks if not receivers) \
+            else "receiver"
         return True
 
     def write(self, packets) -> None:

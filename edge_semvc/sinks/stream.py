@@ -259,6 +259,7 @@ class StdoutOutput(_MuxerOutput):
         if fmt not in ("ts", "h264", "hevc"):
             raise SinkError(f"output {uri!r}: format must be ts, h264 or hevc, got {fmt!r}")
         self.raw = fmt != "ts"
+        self.keeps_timestamps = not self.raw  # a raw stream numbers its frames
         self.raw_codec = fmt if self.raw else None
         self.format = "mpegts"
         self._fd = sys.stdout.fileno()
