@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the output - writes: MPEG-TS (default) or raw Annex-B")
     e.add_argument("--frames", type=non_negative_int, default=0, metavar="N",
                    help="encode only the first N frames (0: all)")
+    e.add_argument("--realtime", action="store_true",
+                   help="release a file's (or demo://'s) frames at their own rate, as a camera "
+                        "would (FFmpeg's -re): to stream a file to receivers; a frame the run "
+                        "could not take in time is dropped and counted (input_dropped)")
     e.add_argument("--stats-json", help="write run statistics to this file")
     e.add_argument("--qp-map-png", help="write the QP map over one frame as a PNG")
     e.add_argument("--qp-map-video", help="write the QP map over every frame as a video")
@@ -112,6 +116,7 @@ def cmd_encode(args) -> int:
     from .sinks.file import check_distinct_files, check_writable
     from .sinks.uri import check_ports, check_resolves
     from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
+    from .sources.paced import PacedSource, Pacing
     from .visualize import check_map_video
 
     cfg = load_config(args.config, config_overrides(args))
@@ -141,16 +146,21 @@ def cmd_encode(args) -> int:
         prepare_config(cfg, cfg.cache_dir(), log=_log_stderr)
     preflight.resolve(cfg)  # which runtime and encoder this machine runs (`auto`)
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
+    live_input = scheme_of(args.input) in LIVE_SCHEMES
+    if args.realtime and live_input:
+        raise SourceError(f"--realtime paces a file or demo://; {args.input} paces itself")
     source = open_source(args.input, raw)
     if (raw.width or raw.height or raw.rate) and not getattr(source, "raw", False):
         source.close()
         raise SourceError(f"--input-width, --input-height and --input-rate describe raw video "
                           f"(.yuv, or the standard input), not {args.input}: leave them out")
+    if args.realtime:  # a camera's timing: the labeler's budget is a share of each frame period
+        source = PacedSource(source, Pacing(realtime=True))
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     extras = Extras(png=args.qp_map_png, video=args.qp_map_video, progress=progress)
     status, error, write_failed = 0, None, False
     try:
-        live = Live(cameras=1) if scheme_of(args.input) in LIVE_SCHEMES else None
+        live = Live(cameras=1) if live_input or args.realtime else None
         stats = run_encode(source, streams, cfg, semantic=not args.no_map,
                            max_frames=args.frames, extras=extras, live=live)
     except (KeyboardInterrupt, Exception) as e:
@@ -158,6 +168,8 @@ def cmd_encode(args) -> int:
         write_failed = isinstance(e, OSError)
     finally:
         source.close()
+    if args.realtime:
+        stats["input_dropped"] = source.dropped
     if not stats["frames"]:  # the statistics say so too: a run that encoded nothing failed
         error = error or f"{args.input} holds no frames"
         stats.update(complete=False, error=error)
@@ -206,7 +218,9 @@ def _print_summary(s: dict, args, out=sys.stdout) -> None:
     cov = ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["label_coverage"].items()
                     if k != "background")
     say(f"{s['input']}\n-> {', '.join(o['uri'] for o in s['outputs'])}: {s['frames']} frames, "
-        f"{s['bytes']} bytes, {s['bitrate_kbps']:.1f} kbit/s, {s['fps']:.1f} fps")
+        f"{s['bytes']} bytes, {s['bitrate_kbps']:.1f} kbit/s, {s['fps']:.1f} fps"
+        + (f", {s['input_dropped']} input frames dropped (--realtime: not taken in time)"
+           if s.get("input_dropped") else ""))
     say("   " + rate_control_line(s["config"]["encoder"]))
     say("   stage ms (mean/p95): " + ", ".join(
         f"{k} {v['mean_ms']:.2f}/{v['p95_ms']:.2f}" for k, v in st.items()))

@@ -184,6 +184,7 @@ def test_decode_error_mid_file_keeps_earlier_frames(tmp_path, clip):
     (["encode", "rtsp://no.such.host.invalid/cam", "o.mp4"], "its host 'no.such.host.invalid'"),
     (["encode", "demo://astronaut", "-", "--profile", "storage", "--stdout-format", "h264"],
      "a raw stream keeps no timestamps"),
+    (["encode", "rtsp://127.0.0.1:1/cam", "o.mp4", "--realtime"], "paces itself"),
     (["encode", "demo://astronaut", "o.mp4", "--crf", "0.5"], "encoder.crf 0.5 is lossless"),
     (["encode", "demo://astronaut", "udp://127.0.0.1:5601", "rtp://127.0.0.1:5600"],
      "both use 127.0.0.1:5601"),  # the RTP output's RTCP port
@@ -196,6 +197,18 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr
     assert message in lines[0]
+
+
+def test_realtime_runs_a_file_as_a_camera(tmp_path):
+    """--realtime: the file's frames released at their rate, the labeler on a camera's budget
+    (a share of each frame period), the frames dropped counted (none on an idle machine is not
+    asserted: the wall clock decides it)."""
+    stats = tmp_path / "s.json"
+    code, _, stderr = run_cli("encode", "demo://astronaut", tmp_path / "o.mp4", "--realtime",
+                              "--frames", "15", "--stats-json", stats)
+    assert code == 0, stderr
+    s = json.loads(stats.read_text())
+    assert s["labeler_budget"]["kind"] == "live" and s["frames"] + s["input_dropped"] >= 15
 
 
 def test_corrupt_input_is_refused(tmp_path):

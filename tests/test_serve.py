@@ -99,7 +99,8 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
 def test_looped_clip_is_recorded_in_segments_that_decode_alone(tmp_path):
     needs_clip()
     config = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True}})
-    proc = start_service(config)
+    summary = tmp_path / "summary.json"
+    proc = start_service(config, "--stats-json", str(summary))
     rec = tmp_path / "rec" / "front"
     try:  # wait for frames, not for a time: four segments of 2 s
         wait_until(lambda: len(segments(rec)) >= 4 or proc.poll() is not None, timeout=180,
@@ -108,6 +109,10 @@ def test_looped_clip_is_recorded_in_segments_that_decode_alone(tmp_path):
         code = stop(proc)
     assert code == 0, service_log(config)
     frames, seconds = check_segments(rec)
+    # the summary counts the recording after the drain: the last segment's frames too
+    (recording,) = [o for o in json.loads(summary.read_text())["cameras"]["front"]["outputs"]
+                    if "segments" in o]
+    assert (recording["frames"], recording["segments"]) == (frames, len(segments(rec)))
     assert not list(rec.glob(".*.part")), "SIGTERM must close the open segment"
     assert frames >= 4 * 2 * 30 * 0.9 and seconds == pytest.approx(frames / 30, rel=0.05)
     assert "front: source_lost" not in service_log(config)

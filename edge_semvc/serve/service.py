@@ -161,9 +161,11 @@ class Service:
         finally:
             percent = whole_cpu.percent()
             seconds = round(self.clock() - start, 2)
+            states = {n: c.state for n, c in self.cameras.items()}  # how the run ended
             self.shutdown()  # the figures after it: the drained frames, the last segment
-            self.summary = {"seconds": seconds, "cpu_percent": percent,
-                            "cameras": {n: w.snapshot(percent) for n, w in self.whole_run.items()}}
+            self.summary = {"seconds": seconds, "cpu_percent": percent, "cameras": {
+                n: {**w.snapshot(percent), **({"state": states[n]} if n in states else {})}
+                for n, w in self.whole_run.items()}}
         return 0
 
     def _feed_watchdog(self) -> None:
