@@ -110,34 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_encode(args) -> int:
     from . import preflight
     from .config import load_config
-    from .errors import SinkError, SourceError
+    from .errors import SourceError
     from .pipeline import Extras, Live, partial_result, run_encode
-    from .sinks import open_output
-    from .sinks.file import check_distinct_files, check_writable
-    from .sinks.uri import check_ports, check_resolves
     from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
     from .sources.paced import PacedSource, Pacing
-    from .visualize import check_map_video
 
     cfg = load_config(args.config, config_overrides(args))
-    # Unsupported outputs and extensions, unwritable paths fail before any work.
-    if args.stdout_format != "ts":
-        args.output = [f"-?format={args.stdout_format}" if u == "-" else u for u in args.output]
-    streams = [open_output(uri, on_event=_log_event) for uri in args.output]
-    files = {_numbered(what, n, len(streams)): path
-             for n, out in enumerate(streams, 1) for what, path in out.files.items()}
-    outputs = {**files, "--stats-json": args.stats_json,
-               "--qp-map-png": args.qp_map_png, "--qp-map-video": args.qp_map_video}
-    check_distinct_files({"INPUT": args.input, **outputs})
-    check_ports(streams)
-    for out in streams:
-        if out.sends_to:
-            check_resolves(out.uri, out.sends_to)
-    if sum(scheme_of(uri) == "-" for uri in args.output) > 1:
-        raise SinkError("standard output (-) can be given once")
-    if args.qp_map_video:
-        check_map_video(args.qp_map_video)
-    check_writable(outputs, images=("--qp-map-png",))
+    streams = _checked_outputs(args)
     if args.no_map and (args.qp_map_png or args.qp_map_video):
         _log_stderr("--no-map: the map pictures show the frames with no map (plain x264)")
     if not args.no_map:  # models fetched and converted now, before the input is opened
@@ -193,6 +172,36 @@ def cmd_encode(args) -> int:
                 f"the {stats['frames']} frames before it were written")
         print(f"edge-semvc: error: {error}; {kept}", file=sys.stderr)
     return status
+
+
+def _checked_outputs(args) -> list:
+    """`encode`'s outputs made from their URIs, and what fails before any work: unsupported
+    outputs and extensions, two arguments naming one file or one port, a host with no address,
+    unwritable paths."""
+    from .errors import SinkError
+    from .sinks import open_output
+    from .sinks.file import check_distinct_files, check_writable
+    from .sinks.uri import check_ports, check_resolves
+    from .visualize import check_map_video
+
+    if args.stdout_format != "ts":
+        args.output = [f"-?format={args.stdout_format}" if u == "-" else u for u in args.output]
+    streams = [open_output(uri, on_event=_log_event) for uri in args.output]
+    files = {_numbered(what, n, len(streams)): path
+             for n, out in enumerate(streams, 1) for what, path in out.files.items()}
+    outputs = {**files, "--stats-json": args.stats_json,
+               "--qp-map-png": args.qp_map_png, "--qp-map-video": args.qp_map_video}
+    check_distinct_files({"INPUT": args.input, **outputs})
+    check_ports(streams)
+    for out in streams:
+        if out.sends_to:
+            check_resolves(out.uri, out.sends_to)
+    if sum(scheme_of(uri) == "-" for uri in args.output) > 1:
+        raise SinkError("standard output (-) can be given once")
+    if args.qp_map_video:
+        check_map_video(args.qp_map_video)
+    check_writable(outputs, images=("--qp-map-png",))
+    return streams
 
 
 def _numbered(what: str, n: int, outputs: int) -> str:
