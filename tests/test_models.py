@@ -377,15 +377,21 @@ def test_tflite_given_by_path_is_converted_once(prepared, tmp_path):
         model_file(describe(bad, "labeler.models[0]"), "labeler.models[0]", tmp_path)
 
 
-def test_a_damaged_conversion_is_converted_again(prepared, tmp_path):
-    """4 KB of random bytes in a converted model: `verify` says so, and the next prepare (or
-    labeler start) converts it again from the checked source instead of running it."""
-    name = "selfie_segmentation_landscape"
+def _cache_copy(name: str, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(source, .onnx, a cache of their copies with the conversion's record) of a model."""
     src, onx = model_paths(name)
     cache = tmp_path / "cache"
     (cache / "models").mkdir(parents=True)
     for f in (src, onx, onx.with_name(onx.name + ".sha256")):
         shutil.copy(f, cache / "models" / f.name)
+    return src, onx, cache
+
+
+def test_a_damaged_conversion_is_converted_again(prepared, tmp_path):
+    """4 KB of random bytes in a converted model: `verify` says so, and the next prepare (or
+    labeler start) converts it again from the checked source instead of running it."""
+    name = "selfie_segmentation_landscape"
+    src, onx, cache = _cache_copy(name, tmp_path)
     copy = cache / "models" / onx.name
     verify_model(name, cache)
     data = bytearray(copy.read_bytes())
@@ -425,11 +431,7 @@ def test_a_damaged_source_is_fetched_again_even_with_its_conversion_intact(prepa
     """`prepare` (and every encode's start) checks each cached file, not only the converted
     one: a damaged source is fetched again (here: the fetch is refused, offline)."""
     name = "face_detection_short_range"
-    src, onx = model_paths(name)
-    cache = tmp_path / "cache"
-    (cache / "models").mkdir(parents=True)
-    for f in (src, onx, onx.with_name(onx.name + ".sha256")):
-        shutil.copy(f, cache / "models" / f.name)
+    src, onx, cache = _cache_copy(name, tmp_path)
     data = bytearray(src.read_bytes())
     data[len(data) // 2] ^= 0xFF
     (cache / "models" / src.name).write_bytes(bytes(data))
