@@ -7,6 +7,7 @@ import numpy as np
 
 from .errors import SinkError
 from .frame import MB, Frame
+from .sinks.file import FORMATS, RAW_CODEC
 from .values import LabelMap, QpMap
 
 
@@ -36,7 +37,8 @@ def save_png(rgb: np.ndarray, path: str) -> None:
     Image.fromarray(rgb).save(path)
 
 
-MAP_VIDEO_EXTENSIONS = (".mp4", ".mkv", ".ts", ".h264", ".264")  # H.264 (libx264) in them
+# the output extensions that hold H.264 (the map video's libx264): containers and raw .h264
+MAP_VIDEO_EXTENSIONS = tuple(e for e in FORMATS if RAW_CODEC.get(e, "h264") == "h264")
 
 
 def check_map_video(path: str) -> None:
