@@ -128,10 +128,12 @@ class RemoteChanges:
             for change in changes:
                 self._refuse(camera, ", ".join(dotted_keys(change)), f"cannot be kept: {e}")
             return
+        # the state first: the sender sends retained topics before queued events, so a client
+        # that sees config_applied reads a config/state that already holds the change
+        self.publish_state(camera, kept.to_dict())
         for change in changes:
             self.emit(camera, "config_applied", {"change": change, "source": "reload"}
                       if isinstance(change, FromFile) else {"change": change})
-        self.publish_state(camera, kept.to_dict())
 
     def _refuse(self, camera: str, key: str | None, reason: Any) -> None:
         self.emit(camera, "config_rejected",
