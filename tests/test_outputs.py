@@ -5,6 +5,7 @@ encoder. Counts frames and bytes; waits only as hang guards (a receiver's read t
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -312,3 +313,24 @@ def test_a_stream_output_reports_a_lost_route_and_its_return(tmp_path):
     assert lines.count("output_lost") == 1 and lines.count("output_back") == 1, lines
     stats = lines[-1]
     assert "'state': 'streaming'" in stats and "'errors': 0" not in stats
+
+
+def test_udp_to_a_broadcast_address_needs_broadcast_1():
+    """The kernel refuses a broadcast destination unless asked (EACCES): said with its fix;
+    with `?broadcast=1` a socket listening on every address gets the stream."""
+    info, packets = encoded(10)
+    port, events = free_port(), []
+    refused = open_output(f"udp://255.255.255.255:{port}",
+                          lambda name, **fields: events.append((name, fields)))
+    with Outputs([refused]).open(info) as outs:
+        outs.write(packets)
+    assert refused.state == "lost" and refused.packets == 0
+    assert events[0][0] == "output_lost" and "?broadcast=1" in events[0][1]["reason"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("0.0.0.0", port))
+        rx.settimeout(10)
+        out = open_output(f"udp://255.255.255.255:{port}?broadcast=1")
+        with Outputs([out]).open(info) as outs:
+            outs.write(packets)
+        assert out.packets == 10 and out.errors == 0
+        assert rx.recv(65536)[0] == 0x47  # an MPEG-TS sync byte

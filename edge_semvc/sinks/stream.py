@@ -192,9 +192,13 @@ class _MuxerOutput(Output):
         if not self._lost:
             self._lost = True
             self.state = "lost"
-            reason = getattr(e, "strerror", None) or str(e)
+            reason = (getattr(e, "strerror", None) or str(e)) + self._hint(e)
             log.warning("%s: sending failed (%s); retrying at each keyframe", self.uri, reason)
             self._emit("output_lost", reason=reason)
+
+    def _hint(self, e: BaseException) -> str:
+        """What the user can do about a failed send, where the error says it (else "")."""
+        return ""
 
     def _drop_container(self) -> None:
         container, self._container = self._container, None
@@ -222,7 +226,9 @@ class _MuxerOutput(Output):
 
 
 class UdpOutput(_MuxerOutput):
-    """`udp://HOST:PORT[?ttl=N&pkt_size=BYTES]`: MPEG-TS over UDP, 7 TS packets a datagram."""
+    """`udp://HOST:PORT[?ttl=N&pkt_size=BYTES&broadcast=1]`: MPEG-TS over UDP, 7 TS packets a
+    datagram. `broadcast=1` lets it send to a broadcast address (the kernel refuses one
+    otherwise: EACCES, "Permission denied")."""
 
     format = "mpegts"
     role = "UDP output"
@@ -231,7 +237,8 @@ class UdpOutput(_MuxerOutput):
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
         parts, self.options = uri_options(uri, {"ttl": int_in(0, 255),
-                                                "pkt_size": int_in(188, 65424)})
+                                                "pkt_size": int_in(188, 65424),
+                                                "broadcast": int_in(0, 1)})
         self.host, self.port = host_port(uri, parts)
         self.sends_to = self.host
         self.ports = (("to", self.host, self.port),)
@@ -239,9 +246,14 @@ class UdpOutput(_MuxerOutput):
     def _target(self):
         size = self.options.get("pkt_size", TS_DATAGRAM)
         query = [f"pkt_size={size - size % 188}"]
-        if "ttl" in self.options:
-            query.append(f"ttl={self.options['ttl']}")
+        query += [f"{name}={self.options[name]}" for name in ("ttl", "broadcast")
+                  if name in self.options]
         return f"udp://{_url_host(self.host)}:{self.port}?{'&'.join(query)}", dict(_TS_LIVE)
+
+    def _hint(self, e: BaseException) -> str:
+        if getattr(e, "errno", None) == errno_mod.EACCES and not self.options.get("broadcast"):
+            return " (a broadcast address needs ?broadcast=1)"
+        return ""
 
 
 class StdoutOutput(_MuxerOutput):
