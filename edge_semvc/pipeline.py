@@ -254,6 +254,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     shown.save_png()
     result = _summarise(stats, wall, source, summary, cfg, outputs)
     result["passthrough"] = {"streams": outputs.track_stats(), "skipped": skipped}
+    result["repaired_pts"] = getattr(source, "repaired_pts", 0)
     if stats.storage is not None:
         result["storage"] = stats.storage.stats()
     if stats.follower is not None:

@@ -22,6 +22,7 @@ video where the muxer takes them (`tracks.py`); a raw file holds the video alone
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from fractions import Fraction
@@ -347,6 +348,13 @@ class FileOutput(Output):
             write(packet)
         except OSError as e:  # the output cannot be written (disk full, device gone)
             raise WriteError(e.errno, f"writing {self.path} failed: {e.strerror or e}") from e
+        except ValueError as e:  # FFmpeg's muxer refused the packet (av.error.ArgumentError)
+            import av
+
+            if not isinstance(e, av.error.FFmpegError):
+                raise
+            raise WriteError(errno.EINVAL, f"writing {self.path} failed: the muxer refused "
+                             f"a packet ({e.strerror or e})") from e
 
     def stats(self) -> dict:
         sink = self.sink

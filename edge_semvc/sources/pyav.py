@@ -139,6 +139,8 @@ class PyAVSource:
         self._av_frames = self._demux()
         self._first = self._first_error = None
         self._video_end: Fraction | None = None  # the latest frame's time plus one frame (s)
+        self._last_pts: int | None = None
+        self.repaired_pts = 0  # frames whose timestamp was missing or did not rise
         try:
             self._first = next(self._av_frames, None)
         except av.error.FFmpegError as e:  # reported by frames(), as a failure at frame 0
@@ -262,7 +264,7 @@ class PyAVSource:
             f = f.reformat(format="yuv420p", src_color_range=2 if f.color_range == 2 else None,
                            dst_color_range=1)
         buf = f.to_ndarray(format="yuv420p")
-        pts = index if self._synth_pts or f.pts is None else f.pts
+        pts = self._rising_pts(index if self._synth_pts else f.pts, index)
         self._video_end = pts * self.time_base + 1 / self.fps
         frame = Frame.from_i420(np.ascontiguousarray(buf), width, height, pts, self.time_base,
                                 index)
@@ -270,6 +272,25 @@ class PyAVSource:
             turn = self.orientation.plane
             frame.y, frame.u, frame.v = turn(frame.y), turn(frame.u), turn(frame.v)
         return frame
+
+    def _rising_pts(self, pts: int | None, index: int) -> int:
+        """`pts`, or where it is missing, repeats or goes back (files joined end to end, a
+        33-bit MPEG-TS clock that wrapped, timestamps rounded to the same tick) the previous
+        one plus a frame period: a muxer refuses a timestamp that does not rise."""
+        last = self._last_pts
+        if last is not None and (pts is None or pts <= last):
+            tick = max(1, round(1 / (self.fps * self.time_base)))
+            if not self.repaired_pts:
+                log.warning("%s: frame %d %s; it and any like it get the timestamp before "
+                            "plus a frame period (counted: repaired_pts)", self.path, index,
+                            "has no timestamp" if pts is None else
+                            f"has timestamp {pts}, not above {last}")
+            self.repaired_pts += 1
+            pts = last + tick
+        elif pts is None:  # the first frames have none
+            pts = index
+        self._last_pts = pts
+        return pts
 
     def close(self) -> None:
         self.container.close()
