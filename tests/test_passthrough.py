@@ -154,6 +154,22 @@ def test_a_raw_h264_output_keeps_the_video_alone_and_says_so(tmp_path):
     assert audio["packets"] == 0 and "raw .h264" in audio["not_carried_by"][str(out)]
 
 
+def test_audio_mpeg_ts_has_no_stream_type_for_is_named_not_sent_as_private_data(tmp_path):
+    """PCM in MPEG-TS: FFmpeg's muxer takes it as private data no player decodes; refused by
+    name instead, and Matroska carries it."""
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    src = tmp_path / "pcm.mkv"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip(PARK)), "-t", "1", "-c:v",
+                    "copy", "-c:a", "pcm_s16le", str(src)], check=True)
+    stats, err = encode(src, tmp_path / "o.ts", "--no-map")
+    assert "MPEG-TS has no stream type for pcm_s16le" in err
+    with av.open(str(tmp_path / "o.ts")) as c:
+        assert [s.type for s in c.streams] == ["video"]
+    encode(src, tmp_path / "o.mkv", "--no-map")
+    with av.open(str(tmp_path / "o.mkv")) as c:
+        assert [s.codec_context.name for s in c.streams.audio] == ["pcm_s16le"]
+
+
 def test_frames_the_storage_profile_leaves_out_do_not_break_the_audio(tmp_path):
     src = clip(PARK)
     out = tmp_path / "lot.mp4"

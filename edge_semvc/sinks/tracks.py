@@ -28,9 +28,21 @@ def unsupported(muxer: str, track: Track) -> str | None:
     return _TRIED[key]
 
 
+# The audio and subtitle codecs MPEG-TS has a stream type for (FFmpeg's mpegtsenc): it
+# writes any other (PCM, FLAC, text subtitles) as private data that no reader decodes.
+# Data streams (GoPro GPMF) go as private data on purpose: our own reader passes them on.
+_TS_STREAM_TYPES = {
+    "audio": {"aac", "aac_latm", "mp2", "mp3", "ac3", "eac3", "dts", "truehd", "opus", "s302m"},
+    "subtitle": {"dvb_subtitle", "dvb_teletext", "arib_caption"},
+}
+
+
 def _try(muxer: str, track: Track) -> str | None:
     if track.params is None:
         return "its codec parameters are unknown"
+    if muxer == "mpegts" and track.codec not in _TS_STREAM_TYPES.get(track.kind, {track.codec}):
+        return (f"MPEG-TS has no stream type for {track.codec} (FFmpeg would write it as "
+                "private data that players do not decode)")
     container = av.open(io.BytesIO(), "w", format=muxer)
     try:
         container.add_stream_from_template(track.params)
