@@ -158,6 +158,8 @@ def test_libx265_ignores_a_live_rate_change_so_x265_refuses_it(street):
     (dict(rc="abr", bitrate=2_000_000), dict(bitrate=300_000), "encoder.bitrate"),
     (dict(rc="crf"), dict(bitrate=300_000), "encoder.bitrate"),  # adding a cap
     (dict(rc="crf", bitrate=2_000_000), dict(bitrate=0), "encoder.bitrate"),  # removing it
+    (dict(bitrate=800_000), dict(crf=20.0), "encoder.crf"),  # auto: cbr, where crf does nothing
+    (dict(rc="abr", bitrate=800_000), dict(crf=20.0), "encoder.crf"),
     (dict(backend="jetson-v4l2", rc="cbr", bitrate=10**6, crf=23.0), dict(bitrate=0),
      "encoder.bitrate"),
 ])

@@ -152,6 +152,9 @@ def check_live_rate(old: EncoderConfig, new: EncoderConfig) -> None:
     check(backend in LIVE_RATE, key, value,
           f"no live change with encoder.backend {backend} (libx265 takes the change but "
           "its rate control keeps the old rate; restart, or use x264)")
+    check(new.crf == old.crf or old.rate_control() == "crf", "encoder.crf", new.crf,
+          f"no live change with encoder.rc {old.rate_control()} (crf steers only a crf encode: "
+          "change encoder.bitrate)")
     if new.bitrate == old.bitrate:
         return
     check(old.rate_control() in LIVE_RATE[backend], "encoder.bitrate", new.bitrate,
