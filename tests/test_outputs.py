@@ -334,3 +334,12 @@ def test_udp_to_a_broadcast_address_needs_broadcast_1():
             outs.write(packets)
         assert out.packets == 10 and out.errors == 0
         assert rx.recv(65536)[0] == 0x47  # an MPEG-TS sync byte
+
+
+@pytest.mark.parametrize("uri, ttl", [("rtp://239.1.2.3:5600", 1), ("udp://239.1.2.3:5600", 1),
+                                      ("udp://239.1.2.3:5600?ttl=8", 8)])
+def test_multicast_stays_on_this_network_unless_a_ttl_is_given(uri, ttl):
+    """FFmpeg's own default TTL is 16: the URL it is given always names one (the SDP says 1)."""
+    out = open_output(uri)
+    url = out._url(5600) if uri.startswith("rtp") else out._target()[0]
+    assert f"ttl={ttl}" in url.split("?")[1].split("&")

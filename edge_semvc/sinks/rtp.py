@@ -94,9 +94,9 @@ class RtpOutput(_MuxerOutput):
         return unsupported(self.format, track)
 
     def _url(self, port: int) -> str:
-        query = [f"pkt_size={self.options.get('pkt_size', 1200)}"]
-        if "ttl" in self.options:
-            query.append(f"ttl={self.options['ttl']}")
+        # ttl always: FFmpeg's own default (16) would take multicast past this network's routers
+        query = [f"pkt_size={self.options.get('pkt_size', 1200)}",
+                 f"ttl={self.options.get('ttl', 1)}"]
         return f"rtp://{_url_host(self.host)}:{port}?{'&'.join(query)}"
 
     def _target(self):

@@ -227,7 +227,7 @@ class _MuxerOutput(Output):
 
 class UdpOutput(_MuxerOutput):
     """`udp://HOST:PORT[?ttl=N&pkt_size=BYTES&broadcast=1]`: MPEG-TS over UDP, 7 TS packets a
-    datagram. `broadcast=1` lets it send to a broadcast address (the kernel refuses one
+    datagram; a multicast address takes `ttl` (default 1: this network only). `broadcast=1` lets it send to a broadcast address (the kernel refuses one
     otherwise: EACCES, "Permission denied")."""
 
     format = "mpegts"
@@ -245,9 +245,10 @@ class UdpOutput(_MuxerOutput):
 
     def _target(self):
         size = self.options.get("pkt_size", TS_DATAGRAM)
-        query = [f"pkt_size={size - size % 188}"]
-        query += [f"{name}={self.options[name]}" for name in ("ttl", "broadcast")
-                  if name in self.options]
+        # ttl always: FFmpeg's own default (16) would take multicast past this network's routers
+        query = [f"pkt_size={size - size % 188}", f"ttl={self.options.get('ttl', 1)}"]
+        if "broadcast" in self.options:
+            query.append(f"broadcast={self.options['broadcast']}")
         return f"udp://{_url_host(self.host)}:{self.port}?{'&'.join(query)}", dict(_TS_LIVE)
 
     def _hint(self, e: BaseException) -> str:
