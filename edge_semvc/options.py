@@ -80,7 +80,8 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-width", type=pixels, default=0, help="raw video width")
     p.add_argument("--input-height", type=pixels, default=0, help="raw video height")
     p.add_argument("--input-rate", type=parse_rate, default=Fraction(0), help="raw video fps")
-    p.add_argument("--input-pix-fmt", default="yuv420p", help="raw video pixel format")
+    p.add_argument("--input-pix-fmt", default="", help="raw video pixel format (default: "
+                   "nv12 for .nv12, rgb24 for .rgb, else yuv420p)")
 
 
 def config_overrides(args) -> list[str]:

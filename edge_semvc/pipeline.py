@@ -364,9 +364,10 @@ class _Recorder:
             return
         self.left_out = None
         with deferred():  # a stop signal waits until the frame is encoded, written and counted
-            self.write(self.enc.encode(frame, offsets, force_idr=True) if idr
-                       else self.enc.encode(frame, offsets))
-            stats.frames += 1
+            packets = self.enc.encode(frame, offsets, force_idr=True) if idr \
+                else self.enc.encode(frame, offsets)
+            stats.frames += 1  # encoded: the outputs still writing get it if another fails
+            self.write(packets)
         stats.idr_requested += idr
         stats.timings["encode"].append((time.perf_counter() - t0) * 1e3)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
+from urllib.parse import unquote
 
 from .errors import EdgeSemvcError
 
@@ -54,3 +55,10 @@ class Registry:
             return str(e)
         reason = getattr(impl, "unavailable_reason", None)
         return reason() if reason is not None else None
+
+
+def file_path(uri: str) -> str:
+    """The path a file input or output names: a plain path as it is, a `file://` URI's
+    percent-decoded (RFC 8089: `file:///tmp/a%20b.mp4` is `/tmp/a b.mp4`)."""
+    scheme, sep, rest = uri.partition("://")
+    return unquote(rest) if sep and scheme.lower() == "file" else uri

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 from itertools import islice
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from edge_semvc.cli import main
 from edge_semvc.options import parse_bitrate
-from edge_semvc.sources import open_source
+from edge_semvc.sources import RawVideoOptions, open_source
 
 
 def run_cli(*args, cwd=None):
@@ -131,6 +132,24 @@ def test_raw_yuv_input(tmp_path, clip):
     assert "person" in stdout
 
 
+@pytest.mark.parametrize("suffix, pix_fmt", [(".nv12", "nv12"), (".rgb", "rgb24")])
+def test_a_raw_file_s_name_gives_its_pixel_format(tmp_path, clip, suffix, pix_fmt):
+    """`.nv12` and `.rgb` are read as what they are named, not as yuv420p (twice the frames
+    of garbage for rgb24)."""
+    raw = clip("videoconf_2people_320x192_12fps_yuv420p.yuv").read_bytes()[:320 * 192 * 3 // 2]
+    frame = av.VideoFrame.from_ndarray(np.frombuffer(raw, np.uint8).reshape(288, 320), "yuv420p")
+    path = tmp_path / f"in{suffix}"
+    path.write_bytes(frame.reformat(format=pix_fmt).to_ndarray().tobytes() * 3)
+    src = open_source(str(path), RawVideoOptions(320, 192, Fraction(12)))
+    frames = list(src.frames())
+    src.close()
+    assert src.frame_count == 3 and len(frames) == 3
+    y, u = (np.frombuffer(raw, np.uint8, n, at).reshape(h, w).astype(float)
+            for n, at, h, w in ((320 * 192, 0, 192, 320), (160 * 96, 320 * 192, 96, 160)))
+    assert np.abs(frames[0].y.astype(float) - y).mean() < 2  # the picture, not noise
+    assert np.abs(frames[0].u.astype(float) - u).mean() < 2  # nv12's chroma interleaved
+
+
 def test_y4m_input(tmp_path, clip):
     # A .y4m written by hand from the raw clip (header + FRAME chunks).
     raw = clip("videoconf_2people_320x192_12fps_yuv420p.yuv").read_bytes()
@@ -244,6 +263,7 @@ def test_two_arguments_naming_the_same_file_are_refused(tmp_path, clip):
     out = tmp_path / "out.mp4"
     cases = [
         [src, src], [src, tmp_path / "x" / ".." / "a.mp4"], [f"file://{src}", src],
+        [src, f"file://{tmp_path}/%61.mp4"],  # percent-encoded (RFC 8089): a.mp4
         [src, f"rtp://127.0.0.1:5000?sdp={src}"], [src, out, f"rtp://127.0.0.1:5000?sdp={out}"],
         [src, tmp_path / "link.mp4"], [src, tmp_path / "hard.mp4"],
         [src, out, "--stats-json", src], [src, out, "--stats-json", out],
@@ -257,6 +277,10 @@ def test_two_arguments_naming_the_same_file_are_refused(tmp_path, clip):
         assert not (tmp_path / "s.png").exists()
     code, _, stderr = run_cli("encode", src, f"file://{out}", "--frames", "3", "--no-map")
     assert code == 0 and len(probe(out)[2]) == 3, stderr  # file:// names an output too
+    spaced = tmp_path / "a b #1.mp4"
+    code, _, stderr = run_cli("encode", f"file://{tmp_path}/a.mp4", f"file://{tmp_path}/a%20b"
+                              "%20%231.mp4", "--frames", "3", "--no-map")
+    assert code == 0 and len(probe(spaced)[2]) == 3, stderr
     out.unlink()
     code, _, stderr = run_cli("field-bench", src, out, "--json", out, "--seconds", "1")
     assert code == 2 and "name the same file" in stderr and not out.exists()

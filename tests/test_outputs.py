@@ -217,6 +217,7 @@ def test_standard_output_closed_by_its_reader_is_exit_3_with_statistics(tmp_path
     assert s["complete"] is False and s["frames"] > 0
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == s["outputs"][1]["packets"] > 0
+    assert s["frames"] == s["outputs"][1]["packets"]  # the frame whose write failed counted
 
 
 def test_standard_output_raw_annexb_decodes():

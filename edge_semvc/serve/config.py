@@ -263,7 +263,7 @@ class ServeConfig(Config):
 def reference() -> str:
     """docs/configuration.md: every key with its default and what it does, generated from the
     dataclasses that define them (`edge-semvc config --reference`; a test keeps it current)."""
-    from .remote import LIVE_KEYS
+    from .remote import LIVE_KEYS, NOT_LIVE
 
     rows = reference_rows(ServeConfig)
     cameras = [(f"cameras.<name>.{k[len('x.'):]}", d, c)
@@ -278,7 +278,7 @@ def reference() -> str:
              "them all. Keys that "
              "`serve` takes over MQTT while running (`<prefix>/<camera>/config/set`): "
              + ", ".join(f"`{k}*`" if k.endswith(".") else f"`{k}`" for k in LIVE_KEYS)
-             + ".", "",
+             + " (not " + ", ".join(f"`{k}`" for k in sorted(NOT_LIVE)) + ").", "",
              "Checked at load, before anything opens (a refusal is an error naming the key, "
              "the value and what is allowed): unknown keys, types (a string is not a number), "
              "ranges, names picked from a registry (`encoder.backend`, `labeler.runtime`, "

@@ -29,6 +29,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..errors import SinkError, WriteError
+from ..registry import file_path
 from ..tracks import Track, TrackPacket
 from .base import Output, StreamInfo
 from .tracks import TrackMuxer, unsupported
@@ -71,11 +72,9 @@ def check_distinct_files(files: dict[str, str | None]) -> None:
     for what, path in files.items():
         if not path:
             continue
-        if "://" in path:
-            scheme, _, rest = path.partition("://")
-            if scheme != "file":
-                continue
-            path = rest
+        if "://" in path and not path.lower().startswith("file://"):
+            continue
+        path = file_path(path)
         p = Path(path).expanduser()
         try:
             st = p.stat()
@@ -322,7 +321,7 @@ class FileOutput(Output):
 
     def __init__(self, uri: str, on_event=None) -> None:
         self.uri = uri
-        self.path = uri[len("file://"):] if uri.startswith("file://") else uri
+        self.path = file_path(uri)
         self.files = {"OUTPUT": self.path}
         self.global_headers = wants_global_headers(self.path)  # unknown extensions fail here
         self.keeps_timestamps = FORMATS[_ext(self.path)] is not None

@@ -16,7 +16,7 @@ class RawVideoOptions:
     width: int = 0
     height: int = 0
     rate: Fraction = Fraction(0)
-    pix_fmt: str = "yuv420p"
+    pix_fmt: str = ""  # "": the file name's (.nv12, .rgb), else yuv420p
 
 
 class Source(Protocol):

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DecodeError, SourceError
 from ..frame import Frame
+from ..registry import file_path
 from ..tracks import PacketQueue
 from .base import NETWORK_SCHEMES, RawVideoOptions
 from .orientation import Orientation
@@ -29,7 +30,8 @@ from .tracks import passthrough_tracks, track_packet
 
 log = logging.getLogger(__name__)
 
-RAW_EXTENSIONS = {".yuv", ".raw", ".nv12", ".rgb"}
+# headerless raw video, with the pixel format each name implies (--input-pix-fmt overrides)
+RAW_EXTENSIONS = {".yuv": "yuv420p", ".raw": "yuv420p", ".nv12": "nv12", ".rgb": "rgb24"}
 # Network streams and devices: (open, read) seconds before a silent input counts as lost.
 LIVE_TIMEOUT_S = (10.0, 5.0)
 MAX_FPS = 1000  # frames per second: a rate above this is a time base misread (_frame_rate)
@@ -43,7 +45,7 @@ def _rest(uri: str) -> str:
 
 
 def open_file(uri: str, raw: RawVideoOptions) -> PyAVSource:
-    return PyAVSource(_rest(uri), raw)
+    return PyAVSource(file_path(uri), raw)
 
 
 def open_network(uri: str, raw: RawVideoOptions) -> PyAVSource:
@@ -78,9 +80,10 @@ class PyAVSource:
             if not (raw.width and raw.height and raw.rate):
                 raise SourceError(f"{path} is raw video: give --input-width, --input-height and "
                                   "--input-rate (and --input-pix-fmt if not yuv420p)")
-            _check_raw(raw)
+            pix_fmt = raw.pix_fmt or RAW_EXTENSIONS.get(p.suffix.lower(), "yuv420p")
+            _check_raw(raw, pix_fmt)
             fmt = "rawvideo"
-            options = {"video_size": f"{raw.width}x{raw.height}", "pixel_format": raw.pix_fmt,
+            options = {"video_size": f"{raw.width}x{raw.height}", "pixel_format": pix_fmt,
                        "framerate": str(raw.rate)}
         self.raw = fmt == "rawvideo"
         timed = stream_like and not stdin  # a silent network stream or device times out
@@ -124,9 +127,7 @@ class PyAVSource:
             self.frame_count = stream.frames
         elif self.container.duration:
             self.frame_count = int(self.container.duration / 1e6 * self.fps)
-        elif fmt == "rawvideo" and not stdin:
-            self.frame_count = p.stat().st_size // (self.width * self.height * 3 // 2)
-        else:
+        else:  # raw: counted below, once a picture's size is known
             self.frame_count = 0
         self.stream = stream
         self.path = path
@@ -156,6 +157,8 @@ class PyAVSource:
         whole = self._picture_bytes if self._first is not None else 0
         self._frame_bytes = (whole or self.width * self.height * 3 // 2) + \
             (len(b"FRAME\n") if y4m else 0)
+        if fmt == "rawvideo" and not stdin:
+            self.frame_count = p.stat().st_size // self._frame_bytes
         self._payload = None
         if stdin and (fmt == "rawvideo" or y4m):
             self._payload = lambda: self._stdin.count - (self._stdin.first_line if y4m else 0)
@@ -340,15 +343,15 @@ def _check_host(url: str) -> None:
                           f"({getattr(e, 'strerror', None) or e})") from None
 
 
-def _check_raw(raw: RawVideoOptions) -> None:
+def _check_raw(raw: RawVideoOptions, pix_fmt: str) -> None:
     """Raw geometry FFmpeg would refuse with no more than "Invalid argument"."""
     if not (0 < raw.width <= MAX_SIDE and 0 < raw.height <= MAX_SIDE):
         raise SourceError(f"--input-width x --input-height {raw.width}x{raw.height} is out of "
                           f"range: 1 to {MAX_SIDE} pixels a side")
     try:
-        av.VideoFormat(raw.pix_fmt)
+        av.VideoFormat(pix_fmt)
     except (ValueError, av.error.FFmpegError):
-        raise SourceError(f"--input-pix-fmt {raw.pix_fmt!r} is no pixel format FFmpeg knows "
+        raise SourceError(f"--input-pix-fmt {pix_fmt!r} is no pixel format FFmpeg knows "
                           "(e.g. yuv420p, nv12, yuyv422)") from None
 
 
