@@ -227,8 +227,8 @@ class _MuxerOutput(Output):
 
 class UdpOutput(_MuxerOutput):
     """`udp://HOST:PORT[?ttl=N&pkt_size=BYTES&broadcast=1]`: MPEG-TS over UDP, 7 TS packets a
-    datagram; a multicast address takes `ttl` (default 1: this network only). `broadcast=1` lets it send to a broadcast address (the kernel refuses one
-    otherwise: EACCES, "Permission denied")."""
+    datagram; a multicast address takes `ttl` (default 1: this network only). `broadcast=1`
+    lets it send to a broadcast address (the kernel refuses one otherwise: EACCES)."""
 
     format = "mpegts"
     role = "UDP output"
