@@ -32,7 +32,7 @@ def encoder_settings(cfg: Config, source: Source, outputs: Outputs) -> EncoderSe
         tune=e.tune or None,
         keyint=keyint, threads=e.threads, global_headers=outputs.global_headers,
         caller_idr=caller_idr, sparse_frames=sparse, intra_refresh=e.intra_refresh,
-        aq_with_map=e.aq_with_map,
+        aq_with_map=e.aq_with_map, colour=getattr(source, "colour", (2, 2, 2)),
         params=dict(e.params))
 
 

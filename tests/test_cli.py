@@ -150,6 +150,26 @@ def test_a_raw_file_s_name_gives_its_pixel_format(tmp_path, clip, suffix, pix_fm
     assert np.abs(frames[0].u.astype(float) - u).mean() < 2  # nv12's chroma interleaved
 
 
+@pytest.mark.parametrize("backend", ["x264", "x265"])
+def test_the_input_s_colour_description_reaches_the_stream(tmp_path, clip, backend):
+    """BT.709 (HD) and HDR10 (PQ, BT.2020, 10 bits encoded at 8) inputs keep their tags: a
+    player would read them as BT.601 or SDR."""
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    for tags in (["bt709"] * 3, ["bt2020", "smpte2084", "bt2020nc"]):
+        src, out = tmp_path / "in.mkv", tmp_path / "out.mkv"
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip("carphone_qcif_pristine.mp4")),
+                        "-frames:v", "3", "-vf", f"setparams=color_primaries={tags[0]}:"
+                        f"color_trc={tags[1]}:colorspace={tags[2]},format=yuv420p10le",
+                        "-c:v", "ffv1", str(src)], check=True)
+        code, _, stderr = run_cli("encode", src, out, "--no-map", "--set",
+                                  f"encoder.backend={backend}")
+        assert code == 0, stderr
+        with av.open(str(out)) as c:
+            f = next(c.decode(video=0))
+            got = (f.color_primaries, f.color_trc, f.colorspace)  # H.273 codes
+        assert got == ((1, 1, 1) if tags[0] == "bt709" else (9, 16, 9)), got
+
+
 def test_y4m_input(tmp_path, clip):
     # A .y4m written by hand from the raw clip (header + FRAME chunks).
     raw = clip("videoconf_2people_320x192_12fps_yuv420p.yuv").read_bytes()

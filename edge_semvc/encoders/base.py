@@ -78,6 +78,9 @@ class EncoderSettings:
     # the share of the encoder's own adaptive quantisation kept on frames that carry a QP map
     # (1: all of it; x264 only, encoders/x264.py)
     aq_with_map: float = 1.0
+    # the input's colour description, H.273 codes (primaries, transfer, matrix; 2: unspecified):
+    # written into the stream's VUI, so a player reads BT.709 or HDR material as it was made
+    colour: tuple[int, int, int] = (2, 2, 2)
     params: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -391,6 +394,26 @@ def rate_options(s: EncoderSettings) -> list[tuple[str, object]]:
     if s.rc == "crf":
         return [*out, ("crf", f"{float(s.crf):g}"), *vbv]
     return [*out, ("bitrate", kbps), *(vbv if s.rc == "cbr" else [])]
+
+
+# x264's and x265's names of the H.273 codes (the same in both; "" where H.273 reserves one)
+_COLOUR_NAMES = {
+    "colorprim": ("", "bt709", "", "", "bt470m", "bt470bg", "smpte170m", "smpte240m", "film",
+                  "bt2020", "smpte428", "smpte431", "smpte432"),
+    "transfer": ("", "bt709", "", "", "bt470m", "bt470bg", "smpte170m", "smpte240m", "linear",
+                 "log100", "log316", "iec61966-2-4", "bt1361e", "iec61966-2-1", "bt2020-10",
+                 "bt2020-12", "smpte2084", "smpte428", "arib-std-b67"),
+    "colormatrix": ("gbr", "bt709", "", "", "fcc", "bt470bg", "smpte170m", "smpte240m", "ycgco",
+                    "bt2020nc", "bt2020c", "smpte2085", "chroma-derived-nc", "chroma-derived-c",
+                    "ictcp"),
+}
+
+
+def colour_params(colour: tuple[int, int, int]) -> dict[str, str]:
+    """The x264/x265 options (`colorprim`, `transfer`, `colormatrix`) that write `colour` into
+    the VUI; an unspecified or unknown code is left out."""
+    return {name: names[code] for (name, names), code in zip(_COLOUR_NAMES.items(), colour)
+            if 0 <= code < len(names) and names[code]}
 
 
 def apply_params(params: dict[str, str], managed: set[str], why_managed: str,

@@ -94,7 +94,8 @@ class X264Encoder(Encoder):
         p.i_threads = s.threads
 
         self._apply_rc()
-        profile = base.apply_params(s.params, _MANAGED, "size, fps, time_base, global_headers",
+        profile = base.apply_params({**base.colour_params(s.colour), **s.params}, _MANAGED,
+                                     "size, fps, time_base, global_headers",
                                      self._parse, "x264")
         if profile is not None:
             base.check_profile(profile, profile_names(), "x264")

@@ -146,7 +146,8 @@ class X265Encoder(Encoder):
             # what x265 does below 720p anyway, without its warning on every open
             self._set("lookahead-slices", 0)
         self._apply_rc()
-        profile = base.apply_params(s.params, _MANAGED, "size, fps, global_headers, 8-bit 4:2:0",
+        profile = base.apply_params({**base.colour_params(s.colour), **s.params}, _MANAGED,
+                                     "size, fps, global_headers, 8-bit 4:2:0",
                                      self._parse, "x265")
         if "qg-size" not in keys and p.minCUSize <= 16:
             # the map's resolution: at x265's default qg-size 32 the 16x16 offsets are averaged

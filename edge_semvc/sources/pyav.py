@@ -148,6 +148,7 @@ class PyAVSource:
             self._first_error = e
         self.orientation = Orientation.of(self._first)
         self.width, self.height = self.orientation.size(self.width, self.height)
+        self.colour = _colour(self._first, path)
         # What the file says it holds, to tell a truncated file from a complete one at its end.
         self._declared = stream.frames or 0
         # raw / y4m: bytes of a picture (its first packet's when whole, i.e. it decoded: every
@@ -341,6 +342,19 @@ def _check_host(url: str) -> None:
     except (socket.gaierror, UnicodeError) as e:
         raise SourceError(f"cannot open {url}: its host {host!r} has no address "
                           f"({getattr(e, 'strerror', None) or e})") from None
+
+
+def _colour(first: av.VideoFrame | None, path: str) -> tuple[int, int, int]:
+    """The input's colour description as the encoder should write it (H.273 codes: primaries,
+    transfer, matrix; 2 unspecified). RGB is turned into YUV by FFmpeg's default matrix, BT.601
+    (6); deeper input is encoded at 8 bits, said once."""
+    if first is None:
+        return (2, 2, 2)
+    fmt = first.format
+    if max(c.bits for c in fmt.components) > 8:
+        log.warning("%s is %s: encoded at 8 bits (its colour description is kept)", path,
+                    fmt.name)
+    return (first.color_primaries, first.color_trc, 6 if fmt.is_rgb else first.colorspace)
 
 
 def _check_raw(raw: RawVideoOptions, pix_fmt: str) -> None:
