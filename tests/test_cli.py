@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-from fractions import Fraction
 from itertools import islice
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from edge_semvc.cli import main
 from edge_semvc.options import parse_bitrate
-from edge_semvc.sources import RawVideoOptions, open_source
+from edge_semvc.sources import open_source
 
 
 def run_cli(*args, cwd=None):
@@ -130,44 +129,6 @@ def test_raw_yuv_input(tmp_path, clip):
     w, h, pts = probe(out)
     assert (w, h, len(pts)) == (320, 192, 9)
     assert "person" in stdout
-
-
-@pytest.mark.parametrize("suffix, pix_fmt", [(".nv12", "nv12"), (".rgb", "rgb24")])
-def test_a_raw_file_s_name_gives_its_pixel_format(tmp_path, clip, suffix, pix_fmt):
-    """`.nv12` and `.rgb` are read as what they are named, not as yuv420p (twice the frames
-    of garbage for rgb24)."""
-    raw = clip("videoconf_2people_320x192_12fps_yuv420p.yuv").read_bytes()[:320 * 192 * 3 // 2]
-    frame = av.VideoFrame.from_ndarray(np.frombuffer(raw, np.uint8).reshape(288, 320), "yuv420p")
-    path = tmp_path / f"in{suffix}"
-    path.write_bytes(frame.reformat(format=pix_fmt).to_ndarray().tobytes() * 3)
-    src = open_source(str(path), RawVideoOptions(320, 192, Fraction(12)))
-    frames = list(src.frames())
-    src.close()
-    assert src.frame_count == 3 and len(frames) == 3
-    y, u = (np.frombuffer(raw, np.uint8, n, at).reshape(h, w).astype(float)
-            for n, at, h, w in ((320 * 192, 0, 192, 320), (160 * 96, 320 * 192, 96, 160)))
-    assert np.abs(frames[0].y.astype(float) - y).mean() < 2  # the picture, not noise
-    assert np.abs(frames[0].u.astype(float) - u).mean() < 2  # nv12's chroma interleaved
-
-
-@pytest.mark.parametrize("backend", ["x264", "x265"])
-def test_the_input_s_colour_description_reaches_the_stream(tmp_path, clip, backend):
-    """BT.709 (HD) and HDR10 (PQ, BT.2020, 10 bits encoded at 8) inputs keep their tags: a
-    player would read them as BT.601 or SDR."""
-    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
-    for tags in (["bt709"] * 3, ["bt2020", "smpte2084", "bt2020nc"]):
-        src, out = tmp_path / "in.mkv", tmp_path / "out.mkv"
-        subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip("carphone_qcif_pristine.mp4")),
-                        "-frames:v", "3", "-vf", f"setparams=color_primaries={tags[0]}:"
-                        f"color_trc={tags[1]}:colorspace={tags[2]},format=yuv420p10le",
-                        "-c:v", "ffv1", str(src)], check=True)
-        code, _, stderr = run_cli("encode", src, out, "--no-map", "--set",
-                                  f"encoder.backend={backend}")
-        assert code == 0, stderr
-        with av.open(str(out)) as c:
-            f = next(c.decode(video=0))
-            got = (f.color_primaries, f.color_trc, f.colorspace)  # H.273 codes
-        assert got == ((1, 1, 1) if tags[0] == "bt709" else (9, 16, 9)), got
 
 
 def test_y4m_input(tmp_path, clip):

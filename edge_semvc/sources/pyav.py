@@ -30,6 +30,7 @@ from .tracks import passthrough_tracks, track_packet
 
 log = logging.getLogger(__name__)
 
+DEEP_PROBE = {"analyzeduration": str(60_000_000), "probesize": str(200_000_000)}  # 60 s, 200 MB
 # headerless raw video, with the pixel format each name implies (--input-pix-fmt overrides)
 RAW_EXTENSIONS = {".yuv": "yuv420p", ".raw": "yuv420p", ".nv12": "nv12", ".rgb": "rgb24"}
 # Network streams and devices: (open, read) seconds before a silent input counts as lost.
@@ -101,6 +102,12 @@ class PyAVSource:
             raise SourceError(f"cannot open {path}: " + (
                 f"no answer within {LIVE_TIMEOUT_S[0]:g} s (off, or not at this address?)"
                 if silent else _reason(e))) from None
+        if self.container.streams.video and not self.container.streams.video[0].codec_context.width \
+                and not (stdin or stream_like):
+            # FFmpeg probes the first 5 s: a video that starts later (its audio first) has no
+            # picture size yet; a file can be read further
+            self.container.close()
+            self.container = av.open(str(p), format=fmt, options={**options, **DEEP_PROBE})
         if not self.container.streams.video:
             self.container.close()
             raise SourceError(f"{path} has no video stream")

@@ -1,0 +1,68 @@
+"""Inputs in the forms cameras and editors make them: raw pixel formats named by the file's
+extension, colour descriptions (BT.709, HDR10) carried into the stream, a video that starts
+long after its audio. Inputs made at test time from the shared clips."""
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from test_cli import probe, run_cli
+
+from edge_semvc.sources import RawVideoOptions, open_source
+
+
+def ffmpeg() -> str:
+    return pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+
+
+@pytest.mark.parametrize("suffix, pix_fmt", [(".nv12", "nv12"), (".rgb", "rgb24")])
+def test_a_raw_file_s_name_gives_its_pixel_format(tmp_path, clip, suffix, pix_fmt):
+    """`.nv12` and `.rgb` are read as what they are named, not as yuv420p (twice the frames
+    of garbage for rgb24)."""
+    raw = clip("videoconf_2people_320x192_12fps_yuv420p.yuv").read_bytes()[:320 * 192 * 3 // 2]
+    frame = av.VideoFrame.from_ndarray(np.frombuffer(raw, np.uint8).reshape(288, 320), "yuv420p")
+    path = tmp_path / f"in{suffix}"
+    path.write_bytes(frame.reformat(format=pix_fmt).to_ndarray().tobytes() * 3)
+    src = open_source(str(path), RawVideoOptions(320, 192, Fraction(12)))
+    frames = list(src.frames())
+    src.close()
+    assert src.frame_count == 3 and len(frames) == 3
+    y, u = (np.frombuffer(raw, np.uint8, n, at).reshape(h, w).astype(float)
+            for n, at, h, w in ((320 * 192, 0, 192, 320), (160 * 96, 320 * 192, 96, 160)))
+    assert np.abs(frames[0].y.astype(float) - y).mean() < 2  # the picture, not noise
+    assert np.abs(frames[0].u.astype(float) - u).mean() < 2  # nv12's chroma interleaved
+
+
+@pytest.mark.parametrize("backend", ["x264", "x265"])
+def test_the_input_s_colour_description_reaches_the_stream(tmp_path, clip, backend):
+    """BT.709 (HD) and HDR10 (PQ, BT.2020, 10 bits encoded at 8) inputs keep their tags: a
+    player would read them as BT.601 or SDR."""
+    for tags in (["bt709"] * 3, ["bt2020", "smpte2084", "bt2020nc"]):
+        src, out = tmp_path / "in.mkv", tmp_path / "out.mkv"
+        subprocess.run([ffmpeg(), "-v", "error", "-y", "-i", str(clip("carphone_qcif_pristine.mp4")),
+                        "-frames:v", "3", "-vf", f"setparams=color_primaries={tags[0]}:"
+                        f"color_trc={tags[1]}:colorspace={tags[2]},format=yuv420p10le",
+                        "-c:v", "ffv1", str(src)], check=True)
+        code, _, stderr = run_cli("encode", src, out, "--no-map", "--set",
+                                  f"encoder.backend={backend}")
+        assert code == 0, stderr
+        with av.open(str(out)) as c:
+            f = next(c.decode(video=0))
+            got = (f.color_primaries, f.color_trc, f.colorspace)  # H.273 codes
+        assert got == ((1, 1, 1) if tags[0] == "bt709" else (9, 16, 9)), got
+
+
+def test_a_video_that_starts_long_after_its_audio_is_read(tmp_path, clip):
+    """FFmpeg's probe (5 s) ends before the first picture: the file is probed further instead
+    of refused as 'corrupt or not a video'."""
+    src, out = tmp_path / "late.ts", tmp_path / "out.mp4"
+    subprocess.run([ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=d=12",
+                    "-itsoffset", "10", "-i", str(clip("carphone_qcif_pristine.mp4")),
+                    "-map", "1:v", "-map", "0:a", "-frames:v", "10", "-c:v", "copy", "-c:a",
+                    "aac", str(src)], check=True)
+    code, _, stderr = run_cli("encode", src, out, "--no-map")
+    assert code == 0, stderr
+    assert len(probe(out)[2]) == 10
