@@ -102,8 +102,8 @@ class PyAVSource:
             raise SourceError(f"cannot open {path}: " + (
                 f"no answer within {LIVE_TIMEOUT_S[0]:g} s (off, or not at this address?)"
                 if silent else _reason(e))) from None
-        if self.container.streams.video and not self.container.streams.video[0].codec_context.width \
-                and not (stdin or stream_like):
+        video = self.container.streams.video
+        if video and not video[0].codec_context.width and not stream_like:
             # FFmpeg probes the first 5 s: a video that starts later (its audio first) has no
             # picture size yet; a file can be read further
             self.container.close()
