@@ -212,6 +212,27 @@ def test_online_stats_events_and_offline(broker, watchers, telemetries):
     tel.publish_stats("front", {"fps": 1})  # after close: ignored, not an error
 
 
+def test_a_burst_of_events_waits_for_the_broker_instead_of_being_dropped(broker, watchers,
+                                                                         telemetries):
+    """A broker that does not acknowledge for a while (stopped) fills paho's own queue: the
+    events behind it wait in ours (they were dropped) and all arrive once it answers."""
+    watch = watchers(broker.port, "edge_semvc/front/events")
+    tel = telemetries(config(broker.port, queue_size=16), cameras=["front"])
+    wait_until(lambda: tel.connected, what="telemetry connected")
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(16):  # paho's queue: 16
+            tel.publish_event("front", "burst", {"i": i})
+        wait_until(lambda: tel.counters()["queued"] == 0, what="paho to take 16")
+        for i in range(16, 28):  # ours: these wait
+            tel.publish_event("front", "burst", {"i": i})
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: len(watch.on("edge_semvc/front/events")) == 28, what="28 events")
+    assert [e["i"] for e in watch.json_on("edge_semvc/front/events")] == list(range(28))
+    assert tel.counters()["dropped_events"] == 0
+
+
 def test_config_set_reaches_the_callback(broker, watchers, telemetries):
     """Every config/set message reaches the callback, with whether it was retained: refusing
     one (a retained command, an oversized payload) is the callback's, with its event."""

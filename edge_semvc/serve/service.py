@@ -64,6 +64,7 @@ class Service:
                                          camera, state))
         self.telemetry = open_telemetry(cfg.mqtt)
         self._fps: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}  # MQTT messages dropped, as last said
         self._presence: dict[str, dict] = {}
         self.windows: dict[str, StatsWindow] = {}  # per stats interval
         self.whole_run: dict[str, StatsWindow] = {}  # over the whole run (the summary)
@@ -147,6 +148,7 @@ class Service:
                         snapshot = window.snapshot(percent)
                         self._fps[name] = snapshot["fps"]
                         self.telemetry.publish_stats(name, snapshot)
+                    self._say_dropped()
                     notify_status(self._status())
                     last_stats = now
                 if self.web is not None and now - last_web >= self.cfg.http.stats_interval:
@@ -167,6 +169,18 @@ class Service:
                 n: {**w.snapshot(percent), **({"state": states[n]} if n in states else {})}
                 for n, w in self.whole_run.items()}}
         return 0
+
+    def _say_dropped(self) -> None:
+        """A warning when MQTT messages were dropped since the last stats (the queue of
+        mqtt.queue_size was full: a broker away, or slower than the messages came)."""
+        counts = self.telemetry.counters()
+        dropped = {k: counts.get(k, 0) for k in ("dropped_events", "dropped_stats")}
+        new = {k: n - self._dropped.get(k, 0) for k, n in dropped.items()}
+        if any(new.values()):
+            log.warning("MQTT: %d events and %d stats messages dropped (mqtt.queue_size %d "
+                        "full)", new["dropped_events"], new["dropped_stats"],
+                        self.cfg.mqtt.queue_size)
+        self._dropped = dropped
 
     def _feed_watchdog(self) -> None:
         """Pings systemd's watchdog when frames came since the last call (a stalled pipeline

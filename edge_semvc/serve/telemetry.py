@@ -18,8 +18,9 @@ Topics, under ``mqtt.topic_prefix`` (Frigate's layout):
 Nothing the frame loop calls touches the network: ``publish_*`` serialise the payload, append
 it to a bounded queue and return. A sender thread moves queued messages to paho while
 connected; paho's own thread connects, reconnects with back-off, and resubscribes. While the
-broker is unreachable the queue holds ``mqtt.queue_size`` messages; past that the oldest stats
-(then the oldest event) are dropped and counted. Retained messages (availability, config
+broker is unreachable, or while paho's own queue (``mqtt.queue_size`` too) waits for the
+broker's acknowledgements, the queue holds ``mqtt.queue_size`` messages; past that the oldest
+stats (then the oldest event) are dropped and counted (the service warns). Retained messages (availability, config
 states, discovery) are kept as a table and re-published after every (re)connect, because a
 broker that restarted without persistence has forgotten them and the last will has replaced
 ``online``.
@@ -289,8 +290,12 @@ class Telemetry:
                     elif item.qos == 0:
                         self._queue.appendleft(item)
                     self._lock.wait(0.05)
-                elif item.kind != "retained":  # paho's own queue is full
-                    self._counts[f"dropped_{item.kind}"] += 1
+                else:  # paho's own queue is full: wait for the broker's acknowledgements
+                    if item.kind == "retained":
+                        self._pending_retained.setdefault(item.topic, None)
+                    else:  # ours stays bounded: _enqueue drops the oldest stats first
+                        self._queue.appendleft(item)
+                    self._lock.wait(0.05)
 
     # --- paho's thread -----------------------------------------------------------------------
     def _make_client(self, username: str | None, password: str | None) -> mqtt.Client:
