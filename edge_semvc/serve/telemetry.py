@@ -20,10 +20,10 @@ it to a bounded queue and return. A sender thread moves queued messages to paho 
 connected; paho's own thread connects, reconnects with back-off, and resubscribes. While the
 broker is unreachable, or while paho's own queue (``mqtt.queue_size`` too) waits for the
 broker's acknowledgements, the queue holds ``mqtt.queue_size`` messages; past that the oldest
-stats (then the oldest event) are dropped and counted (the service warns). Retained messages (availability, config
-states, discovery) are kept as a table and re-published after every (re)connect, because a
-broker that restarted without persistence has forgotten them and the last will has replaced
-``online``.
+stats (then the oldest event) are dropped and counted (the service warns). Retained messages
+(availability, config states, discovery) are kept as a table and re-published after every
+(re)connect, because a broker that restarted without persistence has forgotten them and the
+last will has replaced ``online``.
 """
 from __future__ import annotations
 
