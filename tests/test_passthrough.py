@@ -428,7 +428,7 @@ def test_a_crashed_segment_is_recovered_with_its_audio(tmp_path, fmt):
         else:
             seg.write(item, (rec.info.headers if item.keyframe else b"") + item.data)
     # killed here: no trailer; what the muxer flushed is on disk
-    frames, _ = recover(seg.part, fmt)
+    frames, _ = recover(seg.part)
     assert frames >= 25  # all but the last second at most (fMP4 fragments)
     audio = packets(final, "audio")
     assert [d for _, d in audio] == [d for _, d in packets(src, "audio")][:len(audio)]

@@ -357,15 +357,18 @@ def test_sigkill_leaves_completed_segments_whole(tmp_path, fmt):
         pics = decode_file(cam / name)
         assert pics[0].key_frame and len(pics) == 20, name
     # the next start finalises the killed run's open segment from its whole packets (the
-    # killed child's lock went with it): a crash loses a few frames, not the segment
+    # killed child's lock went with it), in its own container though record.format changed:
+    # a crash loses a few frames, not the segment
     events = []
     s = EncoderSettings(width=768, height=576, fps=10, time_base=TB)
-    SegmentSink(RecordConfig(dir=str(folder), format=fmt), "cam", s,
+    SegmentSink(RecordConfig(dir=str(folder), format="mp4" if fmt == "ts" else "ts"), "cam", s,
                 on_event=lambda n, **f: events.append((n, f))).close()
     recovered = named(events, "segment_recovered")
     assert len(recovered) == len(parts) == 1, (events, parts)
     final = cam / parts[0][1:-len(".part")]
     assert recovered[0]["path"] == str(final) and recovered[0]["bytes"] == final.stat().st_size
+    with av.open(str(final)) as c:
+        assert ("mpegts" if fmt == "ts" else "mp4") in c.format.name.split(",")
     pics = decode_file(final)
     # TS: every packet but the last; fMP4: the fragment of the first second, less one frame
     assert pics[0].key_frame and len(pics) == recovered[0]["frames"] >= 9

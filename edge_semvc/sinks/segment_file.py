@@ -123,15 +123,17 @@ class Segment:
         return unlink_part(self.part)
 
 
-def recover(part: Path, fmt: str) -> tuple[int, int] | None:
+def recover(part: Path) -> tuple[int, int] | None:
     """Finalise the ``.part`` of a run that died (SIGKILL, power cut) as the segment it was
     going to be: its packets from the first keyframe up to the last whole one, remuxed under
-    the final name (written as another ``.part``, fsynced and renamed, like a segment).
+    the final name in the container the name says (written as another ``.part``, fsynced and
+    renamed, like a segment; `record.format` may have changed since).
     (frames, bytes), or None when nothing whole is in it or the final name is taken; the
     caller deletes the ``.part`` either way. Raises OSError / FFmpegError when it cannot be
     read or written."""
     final = part.with_name(part.name[1:-len(".part")])
-    if os.path.lexists(final):
+    fmt = final.suffix.lstrip(".")
+    if os.path.lexists(final) or fmt not in MUXERS:
         return None
     with av.open(str(part)) as src:
         if not src.streams.video:

@@ -360,7 +360,7 @@ class SegmentSink:
         recovered = None
         if _segment_key(name) and part.is_file() and not part.is_symlink():
             try:
-                recovered = recover(part, self.cfg.format)
+                recovered = recover(part)
             except _WRITE_ERRORS as e:
                 log.warning("cannot recover %s: %s", part, e)
         if recovered is not None:
