@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .analysis.config import AnalysisConfig, AttentionConfig, FusionConfig, SceneConfig
-from .config_model import ConfigDumper, ConfigLoader, check, merge, schema_of
+from .config_model import ConfigDumper, ConfigLoader, check, merge, schema_of, yaml_problem
 from .encoders.config import EncoderConfig
 from .errors import ConfigError
 from .labeler.config import EmotionConfig, LabelerConfig
@@ -96,8 +96,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         try:
             data = yaml.load(text, Loader=ConfigLoader)
         except yaml.YAMLError as e:
-            raise ConfigError(
-                f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
+            raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}") \
+                from None
         merge(cfg, {} if data is None else data, "")
     for item in overrides:
         key, sep, raw = item.partition("=")

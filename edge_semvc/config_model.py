@@ -127,6 +127,20 @@ def parse_text(raw: str) -> Any:
         return raw
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line, with where it is: "expected ',' or '}', but got '<stream
+    end>' at line 3, column 1 (while parsing a flow mapping from line 2, column 10)"."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if not problem:
+        return str(e).splitlines()[0]
+    text = problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark else "")
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context:
+        text += f" ({context}" + (f" from line {start.line + 1}, column {start.column + 1}"
+                                  if start else "") + ")"
+    return text
+
+
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 
 
@@ -135,7 +149,18 @@ class ConfigLoader(yaml.SafeLoader):
     key given twice is an error (YAML keeps the last one, silently); a key is a name, not a
     list or a mapping; numbers are those of JSON and YAML 1.2 (`1e5` is a number, not the
     string YAML 1.1 makes of it; YAML 1.1's sexagesimal `1:30` (90) and octal `010` (8) are
-    strings) and at most MAX_NUMBER_CHARS characters long."""
+    strings) and at most MAX_NUMBER_CHARS characters long; an explicit tag (`!!float "5"`) is
+    refused: it would convert a value whose type is checked."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!"):
+            tag = tag.replace("tag:yaml.org,2002:", "!!")
+            raise yaml.composer.ComposerError(None, None, f"an explicit tag ({tag}) is not "
+                                              "accepted: write the value itself",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = set()

@@ -78,6 +78,11 @@ def test_bad_files(tmp_path):
     bad.write_text("qp: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    bad.write_text("cameras:\n  front: {input: x, loop: true\n")  # where and what, one line
+    with pytest.raises(ConfigError, match=r"not valid YAML: expected ',' or '}', but got "
+                       r"'<stream end>' at line 3, column 1 \(while parsing a flow mapping "
+                       r"from line 2, column 10\)$"):
+        load_config(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(bad)

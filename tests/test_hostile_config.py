@@ -106,6 +106,8 @@ def hostile_payloads() -> list[tuple[bytes, object]]:
     out += [(b'!!python/object/apply:os.system ["true"]', SOME_KEY),  # tags, encodings
             (b"qp: !!binary aGVsbG8=", SOME_KEY), (b"qp: !!set {q_gain}", SOME_KEY),
             (b"!!omap [qp: 1]", SOME_KEY), (b"\xef\xbb\xbf\xff\xfe", SOME_KEY),
+            (b'qp: {q_gain: !!float "5"}', SOME_KEY), (b'qp: {refresh_period: !!int "010"}',
+                                                       SOME_KEY),  # a conversion, not a type
             ("qp: {q_gain: 5}".encode("utf-16"), SOME_KEY), (b'{"qp": {"q_gain\x00": 1}}',
                                                              SOME_KEY)]
     good = [{"qp": {"q_gain": 6}}, {"qp": {"importance": {"person": 0.9}}},

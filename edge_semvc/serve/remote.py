@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..config import Config
-from ..config_model import ConfigDumper, ConfigLoader, merge, shown
+from ..config_model import ConfigDumper, ConfigLoader, merge, shown, yaml_problem
 from ..encoders.config import check_live_rate
 from ..errors import ConfigError
 from ..labeler.config import check_live_share
@@ -83,7 +83,7 @@ def parse_change(payload: bytes) -> dict[str, Any]:
         doc = yaml.load(text, Loader=RemoteLoader)
     except yaml.YAMLError as e:
         raise RemoteChangeRejected(f"payload is not valid JSON or YAML: "
-                                   f"{str(e).splitlines()[0]}") from None
+                                   f"{yaml_problem(e)}") from None
     except Exception as e:  # noqa: BLE001 - e.g. RecursionError, ValueError: refused all the same
         raise RemoteChangeRejected(f"payload cannot be read: {type(e).__name__}") from None
     if not isinstance(doc, dict) or not doc:
@@ -197,7 +197,8 @@ class OverrideStore:
         try:
             doc = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read the remote changes in {path}: {e}") from None
+            reason = yaml_problem(e) if isinstance(e, yaml.YAMLError) else e
+            raise ConfigError(f"cannot read the remote changes in {path}: {reason}") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{path} does not hold a mapping of remote changes")
         return doc
