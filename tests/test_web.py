@@ -452,7 +452,7 @@ def test_connections_beyond_the_cap_are_answered_busy_and_the_slots_come_back(mo
                                                                                tmp_path):
     """Each connection holds a thread (up to IDLE_S when it sends nothing): past
     MAX_CONNECTIONS the endpoint answers 503 and closes, and a slot is free again once its
-    connection ends."""
+    connection ends, or when its headers are not whole within REQUEST_S (a slow client)."""
     import socket
 
     from edge_semvc.serve import web
@@ -474,5 +474,12 @@ def test_connections_beyond_the_cap_are_answered_busy_and_the_slots_come_back(mo
             s.close()
         wait_until(lambda: get(url, auth=None)[0] == 200, timeout=30,
                    what="the slots free again")
+        monkeypatch.setattr(web, "REQUEST_S", 0.5)
+        slow = [socket.create_connection(("127.0.0.1", view.port)) for _ in range(3)]
+        for s in slow:
+            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n")
+            s.settimeout(30)
+            assert s.recv(100) == b""  # shut by the server, the headers still unfinished
+        assert get(url, auth=None)[0] == 200
     finally:
         view.close()

@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ log = logging.getLogger("edge_semvc")
 OVERLAY_HZ = 10.0  # overlay messages per second and reader at most
 KEEPALIVE_S = 10.0  # a comment line on quiet event streams (proxies close idle ones)
 IDLE_S = 30.0  # socket timeout of each connection (a request that never comes, a reader gone)
+REQUEST_S = 10.0  # a request's line and headers, whole (trickled ones would hold a slot)
 MAX_STREAMS = 32  # concurrent live.mp4 and events readers; more get 503
 MAX_CONNECTIONS = 64  # open connections (a thread each); more are answered 503 and closed
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
@@ -219,6 +221,28 @@ def _handler(web: WebView):
         server_version = "edge-semvc"
         protocol_version = "HTTP/1.1"
         timeout = IDLE_S  # a client that sends nothing, or reads nothing, is dropped
+
+        def handle_one_request(self) -> None:
+            # the deadline of the request's line and headers, from the wait for it on: the
+            # socket is shut when it passes (parse_request stops the clock once they are in)
+            self._deadline = threading.Timer(REQUEST_S, self._too_slow)
+            self._deadline.daemon = True
+            self._deadline.start()
+            try:
+                super().handle_one_request()
+            finally:
+                self._deadline.cancel()
+
+        def parse_request(self) -> bool:
+            whole = super().parse_request()  # reads the headers
+            self._deadline.cancel()
+            return whole
+
+        def _too_slow(self) -> None:
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
         def log_message(self, fmt, *args) -> None:  # the service's log, at debug level
             log.debug("http: %s %s", self.address_string(), fmt % args)
