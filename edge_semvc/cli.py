@@ -358,10 +358,6 @@ def cmd_serve(args) -> int:
     from .sinks.file import check_writable
     from .stop import set_on_signals
 
-    # SIGHUP asks for a reload, during the start-up too: done once the service runs
-    early_reload = threading.Event()
-    signal.signal(signal.SIGHUP, lambda signum, frame: early_reload.set())
-
     def load() -> ServeConfig:  # at the start, and again on SIGHUP
         cfg = load_config(args.config, args.set, cls=ServeConfig)
         preflight.resolve(cfg)  # every camera's runtime and encoder (`auto`)
@@ -372,7 +368,7 @@ def cmd_serve(args) -> int:
     service = Service(cfg, load=load)
     # SIGTERM/SIGINT: every camera's segment is closed, then exit 0; SIGHUP: reload
     set_on_signals(service.stop_event, reload=service.reload_event)
-    if early_reload.is_set():
+    if EARLY_RELOAD.is_set():
         service.reload_event.set()
     status = service.run(max_seconds=args.seconds)
     if args.stats_json:
@@ -404,6 +400,7 @@ def cmd_engines(args) -> int:
     return run(args)
 
 
+EARLY_RELOAD = threading.Event()  # a SIGHUP before serve's service runs
 COMMANDS = {"encode": cmd_encode, "models": cmd_models, "config": cmd_config, "serve": cmd_serve,
             "bench": cmd_bench,
             "field-bench": cmd_field_bench, "calibrate": cmd_calibrate, "engines": cmd_engines}
@@ -413,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     from .stop import exit_status, stop_on_signals
 
     stop_on_signals()  # first: a stop during start-up is reported like any other
+    if "serve" in (sys.argv[1:] if argv is None else argv)[:1]:
+        # SIGHUP asks serve for a reload, during the start-up too: done once it runs
+        EARLY_RELOAD.clear()
+        signal.signal(signal.SIGHUP, lambda signum, frame: EARLY_RELOAD.set())
     try:
         return _run(argv)
     except KeyboardInterrupt as e:  # stopped before a run began: nothing to keep

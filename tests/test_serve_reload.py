@@ -124,11 +124,14 @@ def test_a_reloaded_live_share_is_live_between_shares_and_restarts_to_or_from_no
         assert live_difference(good, base) == {"labeler": {"live_share": after}}
 
 
-def test_a_sighup_during_the_start_up_reloads_once_it_runs(tmp_path, caplog, monkeypatch):
-    """Sent while the configuration is read (before the service could take it): not the end
-    of the service, a reload once it runs."""
+@pytest.mark.parametrize("when", ["parsing the arguments", "reading the configuration"])
+def test_a_sighup_during_the_start_up_reloads_once_it_runs(tmp_path, caplog, monkeypatch,
+                                                           when):
+    """Sent while the command line or the configuration is read (before the service could
+    take it): not the end of the service, a reload once it runs."""
     import os
 
+    import edge_semvc.cli as cli
     import edge_semvc.preflight as preflight
     from edge_semvc.cli import main
 
@@ -139,12 +142,17 @@ def test_a_sighup_during_the_start_up_reloads_once_it_runs(tmp_path, caplog, mon
                                     "record": {"dir": str(tmp_path / "rec")}}))
     resolve = preflight.resolve
 
-    def resolve_with_a_hangup(cfg):  # the first reading of the file only
+    build_parser = cli.build_parser
+
+    def hang_up(then, *args):  # the first time only
         if not caplog.text:
             os.kill(os.getpid(), signal.SIGHUP)
-        return resolve(cfg)
+        return then(*args)
 
-    monkeypatch.setattr(preflight, "resolve", resolve_with_a_hangup)
+    if when == "parsing the arguments":
+        monkeypatch.setattr(cli, "build_parser", lambda: hang_up(build_parser))
+    else:
+        monkeypatch.setattr(preflight, "resolve", lambda cfg: hang_up(resolve, cfg))
     caplog.set_level("INFO", logger="edge_semvc")
     assert main(["serve", "--config", str(path), "--seconds", "2"]) == 0
     assert "configuration reloaded" in caplog.text
