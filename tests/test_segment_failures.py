@@ -158,3 +158,21 @@ def test_a_failing_event_callback_does_not_stop_recording(street, tmp_path):  # 
     assert sink.segments == 2 and files(tmp_path / "cam") == [name_at(1), name_at(2)]
 
 
+
+
+def test_a_recording_whose_writes_fail_says_so_in_its_state(tmp_path, monkeypatch):
+    """While segments fail (a full disk) the output's state is `failing`, not `recording`."""
+    from test_outputs import encoded
+
+    from edge_semvc.sinks import segments
+
+    info, packets = encoded(12, keyint=5)
+    real_open = os.open
+    monkeypatch.setattr(segments.os, "open", lambda path, flags, *a, **k: real_open(
+        "/dev/full", os.O_WRONLY | os.O_CLOEXEC))
+    out = segments.SegmentOutput(RecordConfig(dir=str(tmp_path), retry_frames=1), "cam")
+    out.open(info)
+    out.write(packets[:6])
+    assert out.stats()["state"] == "failing" and out.stats()["write_errors"] > 0
+    out.close()
+    assert out.stats()["state"] == "closed"

@@ -457,8 +457,10 @@ class SegmentOutput(Output):
         self.sink.write_track(packet)
 
     def stats(self) -> dict:
-        return {"uri": self.uri, "state": "recording" if self.sink and not self.sink._closed
-                else "closed", **(self.sink.stats() if self.sink else {})}
+        sink = self.sink
+        state = "closed" if sink is None or sink._closed else \
+            "failing" if sink._failures else "recording"  # failing: until a segment completes
+        return {"uri": self.uri, "state": state, **(sink.stats() if sink else {})}
 
     def close(self) -> None:
         if self.sink is not None:
