@@ -168,7 +168,8 @@ def cmd_encode(args) -> int:
     # standard output may carry the video: the summary goes to stderr then
     _print_summary(stats, args, sys.stderr if "-" in map(scheme_of, args.output) else sys.stdout)
     if error:
-        kept = ("every output holds what was written before" if write_failed else
+        kept = ("each output holds what reached it before, but one whose finalising failed "
+                "(said above)" if write_failed else
                 f"the {stats['frames']} frames before it were written")
         print(f"edge-semvc: error: {error}; {kept}", file=sys.stderr)
     return status

@@ -1,3 +1,4 @@
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,19 @@ def nanodet_tfjs() -> Path:
     except ModelError as e:
         pytest.skip(f"NanoDet-g cannot be prepared (offline? `models prepare --mirror DIR`): {e}")
     return model_paths("nanodet_g")[0]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real 3 MB file system (tmpfs), so that the disk really fills; skips where mounting is
+    not allowed (not root, no CAP_SYS_ADMIN)."""
+    point = tmp_path / "disk"
+    point.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(point)],
+                           capture_output=True, text=True)
+    if mount.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)

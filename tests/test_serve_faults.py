@@ -251,22 +251,6 @@ def test_frames_are_counted_once(tmp_path):
     assert cam.frames_total == frames == 120  # carphone: 4 s at 30 fps
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A real 3 MB file system (tmpfs), so that the disk really fills; skips where mounting is
-    not allowed (not root, no CAP_SYS_ADMIN)."""
-    point = tmp_path / "disk"
-    point.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(point)],
-                           capture_output=True, text=True)
-    if mount.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-
-
 def test_a_full_disk_backs_off_and_resumes_only_once_a_segment_completes(street,  # noqa: F811
                                                                            tmpfs):
     """A full disk that still takes a segment's first bytes: each try fails part-way, the wait

@@ -301,7 +301,8 @@ class Outputs:
             try:
                 o.close()
             except Exception as e:  # noqa: BLE001 - the other outputs are still finalised
-                log.error("closing %s failed: %s", o.uri, e)
+                # a WriteError names its output already
+                log.error("%s", e if isinstance(e, WriteError) else f"closing {o.uri} failed: {e}")
                 errors.append(e)
         if errors:
             raise errors[0]

@@ -296,9 +296,12 @@ class FileSink:
         if self._container is not None:
             try:
                 self._container.close()
-            except Exception as e:  # still release the file; report what went wrong
-                log.error("finalising %s failed: %s", self.path, e)
-                raise
+            except (OSError, ValueError) as e:  # OSError, or FFmpeg's: the file is released
+                hint = "; its index is not written, so it does not play (a .mkv or .ts keeps " \
+                    "what reached the disk)" if self.format == "mp4" else ""
+                raise WriteError(getattr(e, "errno", None) or errno.EIO, f"finalising "
+                                 f"{self.path} failed: {getattr(e, 'strerror', None) or e}"
+                                 f"{hint}") from e
 
     def __enter__(self) -> "FileSink":
         return self
