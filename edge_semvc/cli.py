@@ -170,7 +170,7 @@ def cmd_encode(args) -> int:
     if error:
         kept = ("each output holds what reached it before, but one whose finalising failed "
                 "(said above)" if write_failed else
-                f"the {stats['frames']} frames before it were written")
+                f"{stats['frames']} frames were written")
         print(f"edge-semvc: error: {error}; {kept}", file=sys.stderr)
     return status
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 
 import av
 import numpy as np
@@ -53,6 +54,14 @@ def _make(tmp_path, name, kind, arg):
 def test_a_directory_is_not_called_missing(tmp_path, capsys):
     code, err = _run(["encode", tmp_path, tmp_path / "o.mp4"], tmp_path, capsys)
     assert code == 2 and "is a directory" in err
+
+
+def test_an_output_that_is_a_directory_or_read_only_is_named_so(tmp_path, capsys, tmpfs):
+    code, err = _run(["encode", "demo://astronaut", tmp_path], tmp_path, capsys)
+    assert code == 2 and "is a directory: name a file in it" in err
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    code, err = _run(["encode", "demo://astronaut", tmpfs / "o.mp4"], tmp_path, capsys)
+    assert code == 2 and "is on a read-only file system" in err
 
 
 def test_a_fifo_is_read_like_a_file(tmp_path, capsys):
@@ -127,6 +136,7 @@ ODD = [
     (["{raw}", "--input-width", "176", "--input-height", "144", "--input-rate", "30"], 3),
     (["{raw}"], 2),  # raw without its geometry
     (["{raw}", "--input-width", "175", "--input-height", "144", "--input-rate", "30"], 2),
+    (["{raw}", "--input-width", "176", "--input-height", "144", "--input-rate", "1e9"], 2),
     (["{odd}"], 2), (["{empty}"], 2), (["{text}"], 2), (["{tmp}"], 2),
     (["{tmp}/missing.mp4"], 2), (["rtsp://example.invalid/x"], 2),
 ]

@@ -57,6 +57,9 @@ PARAMETER_SETS = {"h264": "SPS/PPS", "hevc": "VPS/SPS/PPS"}
 
 def _ext(path) -> str:
     ext = Path(path).suffix.lower()
+    if Path(path).expanduser().is_dir():
+        raise SinkError(f"output {str(path)!r} is a directory: name a file in it (e.g. "
+                        f"{str(Path(path) / 'out.mp4')!r})")
     if ext not in FORMATS:
         raise SinkError(f"unsupported output extension {ext or '(none)'!r} for {str(path)!r}; "
                         f"supported: {', '.join(FORMATS)}")
@@ -101,7 +104,9 @@ def check_writable(files: dict[str, str | None], images: tuple[str, ...] = ()) -
         if not folder.is_dir():
             raise SinkError(f"cannot write {what} {path}: folder {folder} does not exist")
         if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-            raise SinkError(f"cannot write {what} {path}: permission denied")
+            read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
+            raise SinkError(f"cannot write {what} {path}: " + (
+                f"{folder} is on a read-only file system" if read_only else "permission denied"))
         if what in images:
             from PIL import Image
 

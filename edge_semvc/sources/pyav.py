@@ -254,8 +254,9 @@ class PyAVSource:
         # A stream cut inside its last picture (raw H.264 cut mid-NAL) decodes with the missing
         # part concealed, and FFmpeg flags that picture as corrupt.
         if last_corrupt:
-            raise DecodeError(f"{self.path} ends in a damaged picture: frame {index - 1} could "
-                              "not be decoded whole (truncated?)")
+            raise DecodeError(f"{self.path} ends in a damaged picture: frame {index - 1}, the "
+                              "last, could not be decoded whole and is written as concealed "
+                              "(truncated?)")
 
     def _partial_frame(self, decoded: int) -> DecodeError | None:
         left = self._payload() % self._frame_bytes if self._payload is not None else 0
@@ -354,10 +355,13 @@ def _check_host(url: str) -> None:
 def _colour(first: av.VideoFrame | None, path: str) -> tuple[int, int, int]:
     """The input's colour description as the encoder should write it (H.273 codes: primaries,
     transfer, matrix; 2 unspecified). RGB is turned into YUV by FFmpeg's default matrix, BT.601
-    (6); deeper input is encoded at 8 bits, said once."""
+    (6). Said once: deeper input is encoded at 8 bits, interlaced input as progressive."""
     if first is None:
         return (2, 2, 2)
     fmt = first.format
+    if first.interlaced_frame:
+        log.warning("%s is interlaced: its fields are encoded together as progressive frames "
+                    "(deinterlace it first, e.g. ffmpeg -vf bwdif)", path)
     if max(c.bits for c in fmt.components) > 8:
         log.warning("%s is %s: encoded at 8 bits (its colour description is kept)", path,
                     fmt.name)
@@ -366,6 +370,9 @@ def _colour(first: av.VideoFrame | None, path: str) -> tuple[int, int, int]:
 
 def _check_raw(raw: RawVideoOptions, pix_fmt: str) -> None:
     """Raw geometry FFmpeg would refuse with no more than "Invalid argument"."""
+    if not 0 < raw.rate <= MAX_FPS:
+        raise SourceError(f"--input-rate {float(raw.rate):g} is out of range: more than 0, at "
+                          f"most {MAX_FPS} frames a second")
     if not (0 < raw.width <= MAX_SIDE and 0 < raw.height <= MAX_SIDE):
         raise SourceError(f"--input-width x --input-height {raw.width}x{raw.height} is out of "
                           f"range: 1 to {MAX_SIDE} pixels a side")
