@@ -224,3 +224,25 @@ def test_a_disk_that_fills_is_said_with_what_it_leaves(tmp_path, capsys, caplog,
     if suffix == ".mkv":
         with av.open(str(out)) as c:
             assert sum(1 for _ in c.decode(video=0)) > 0
+
+
+def test_a_matroska_file_cut_short_is_not_called_complete(tmp_path, capsys):
+    """Matroska declares no frame count: the video's end its header declares tells a cut file
+    (exit 3, as for MP4) from a whole one (exit 0)."""
+    src = VIDEO / "bikes_street_scene_cuts_640x272.mp4"
+    if not src.exists():
+        pytest.skip(f"{src} is missing (../shared beside the project holds the clips)")
+    whole = tmp_path / "whole.mkv"
+    with av.open(str(src)) as i, av.open(str(whole), "w") as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for n, p in enumerate(i.demux(video=0)):
+            if p.dts is None or n == 100:
+                break
+            p.stream = s
+            o.mux(p)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 3 // 10])
+    code, _ = _run(["encode", whole, tmp_path / "a.mp4", "--no-map"], tmp_path, capsys)
+    assert code == 0
+    code, err = _run(["encode", cut, tmp_path / "b.mp4", "--no-map"], tmp_path, capsys)
+    assert code == 3 and "ends early: its video ended at" in err

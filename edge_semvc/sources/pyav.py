@@ -248,6 +248,9 @@ class PyAVSource:
         if self._declared and index < self._declared:
             raise DecodeError(f"{self.path} ends early: {index} of the {self._declared} "
                               f"frames its container declares were decoded (truncated?)")
+        error = self._shorter_than_declared()
+        if error:
+            raise error
         error = self._partial_frame(index)
         if error:
             raise error
@@ -257,6 +260,18 @@ class PyAVSource:
             raise DecodeError(f"{self.path} ends in a damaged picture: frame {index - 1}, the "
                               "last, could not be decoded whole and is written as concealed "
                               "(truncated?)")
+
+    def _shorter_than_declared(self) -> DecodeError | None:
+        """Matroska declares no frame count but where the video ends (its DURATION tag, in the
+        header): a file cut short, or damaged, ends before it."""
+        declared = _seconds(self.stream.metadata.get("DURATION", ""))
+        if not declared or self._video_end is None:
+            return None
+        ended = float(self._video_end)
+        if ended >= declared - max(0.5, 2 / float(self.fps)):
+            return None
+        return DecodeError(f"{self.path} ends early: its video ended at {ended:.2f} s, where its "
+                           f"container says {declared:.2f} s (truncated or damaged?)")
 
     def _partial_frame(self, decoded: int) -> DecodeError | None:
         left = self._payload() % self._frame_bytes if self._payload is not None else 0
@@ -350,6 +365,16 @@ def _check_host(url: str) -> None:
     except (socket.gaierror, UnicodeError) as e:
         raise SourceError(f"cannot open {url}: its host {host!r} has no address "
                           f"({getattr(e, 'strerror', None) or e})") from None
+
+
+def _seconds(hms: str) -> float:
+    """`HH:MM:SS.fraction` (Matroska's DURATION tag) in seconds; 0.0 when it is not one."""
+    parts = hms.split(":")
+    try:
+        return float(int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2])) \
+            if len(parts) == 3 else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _colour(first: av.VideoFrame | None, path: str) -> tuple[int, int, int]:
