@@ -24,6 +24,7 @@ import json
 import logging
 import queue
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -209,6 +210,15 @@ class _BoundedServer(ThreadingHTTPServer):
             self._slots.release()
             raise
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that left mid-answer is no error of ours (socketserver prints a traceback
+        for it on stderr)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("http: %s left: %s", client_address[0], error)
+        else:
+            log.exception("http: answering %s failed", client_address[0])
+
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -225,6 +235,7 @@ def _handler(web: WebView):
         def handle_one_request(self) -> None:
             # the deadline of the request's line and headers, from the wait for it on: the
             # socket is shut when it passes (parse_request stops the clock once they are in)
+            self._cut = False
             self._deadline = threading.Timer(REQUEST_S, self._too_slow)
             self._deadline.daemon = True
             self._deadline.start()
@@ -236,9 +247,13 @@ def _handler(web: WebView):
         def parse_request(self) -> bool:
             whole = super().parse_request()  # reads the headers
             self._deadline.cancel()
+            if self._cut:  # the shut socket's end ended the headers: no answer
+                self.close_connection = True
+                return False
             return whole
 
         def _too_slow(self) -> None:
+            self._cut = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
