@@ -33,10 +33,27 @@ def _cases():
                            id=f"{name}-renamed")
 
 
-def _make(tmp_path, name, kind, arg):
+def _clip(name):
     src = VIDEO / name
     if not src.exists():
         pytest.skip(f"{src} is missing (../shared beside the project holds the clips)")
+    return src
+
+
+def _first_packets(name, count, out):
+    """The first `count` video packets of a shared clip, copied into `out` (its container)."""
+    with av.open(str(_clip(name))) as i, av.open(str(out), "w") as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for n, p in enumerate(i.demux(video=0)):
+            if p.dts is None or n == count:
+                break
+            p.stream = s
+            o.mux(p)
+    return out
+
+
+def _make(tmp_path, name, kind, arg):
+    src = _clip(name)
     data = bytearray(src.read_bytes())
     suffix = src.suffix
     if kind == "cut":
@@ -183,17 +200,7 @@ def test_wrong_options(tmp_path, capsys, option):
 def test_timestamps_that_go_back_are_repaired(tmp_path, capsys, caplog, suffix):
     """Two MPEG-TS files joined end to end (the second's clock starts again): every frame is
     encoded with rising timestamps (a muxer refuses others), the repairs counted."""
-    src = VIDEO / "carphone_qcif_pristine.mp4"
-    if not src.exists():
-        pytest.skip(f"{src} is missing (../shared beside the project holds the clips)")
-    part = tmp_path / "part.ts"
-    with av.open(str(src)) as i, av.open(str(part), "w") as o:
-        s = o.add_stream_from_template(i.streams.video[0])
-        for n, p in enumerate(i.demux(video=0)):
-            if p.dts is None or n == 30:
-                break
-            p.stream = s
-            o.mux(p)
+    part = _first_packets("carphone_qcif_pristine.mp4", 30, tmp_path / "part.ts")
     joined = tmp_path / "joined.ts"
     joined.write_bytes(part.read_bytes() * 2)
     out, stats = tmp_path / f"out{suffix}", tmp_path / "s.json"
@@ -212,9 +219,7 @@ def test_a_disk_that_fills_is_said_with_what_it_leaves(tmp_path, capsys, caplog,
                                                        suffix):
     """A real 3 MB disk fills: exit 3, the statistics elsewhere; an MP4 whose index did not fit
     is said not to play, a Matroska file keeps what reached the disk."""
-    src = VIDEO / "drone_karma_coast_854x480.mp4"
-    if not src.exists():
-        pytest.skip(f"{src} is missing (../shared beside the project holds the clips)")
+    src = _clip("drone_karma_coast_854x480.mp4")
     out, stats = tmpfs / f"out{suffix}", tmp_path / "s.json"
     code, err = _run(["encode", src, out, "--no-map", "--crf", "10", "--frames", "300",
                       "--stats-json", stats, "--progress", "off"], tmp_path, capsys)
@@ -229,17 +234,7 @@ def test_a_disk_that_fills_is_said_with_what_it_leaves(tmp_path, capsys, caplog,
 def test_a_matroska_file_cut_short_is_not_called_complete(tmp_path, capsys):
     """Matroska declares no frame count: the video's end its header declares tells a cut file
     (exit 3, as for MP4) from a whole one (exit 0)."""
-    src = VIDEO / "bikes_street_scene_cuts_640x272.mp4"
-    if not src.exists():
-        pytest.skip(f"{src} is missing (../shared beside the project holds the clips)")
-    whole = tmp_path / "whole.mkv"
-    with av.open(str(src)) as i, av.open(str(whole), "w") as o:
-        s = o.add_stream_from_template(i.streams.video[0])
-        for n, p in enumerate(i.demux(video=0)):
-            if p.dts is None or n == 100:
-                break
-            p.stream = s
-            o.mux(p)
+    whole = _first_packets("bikes_street_scene_cuts_640x272.mp4", 100, tmp_path / "whole.mkv")
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 3 // 10])
     code, _ = _run(["encode", whole, tmp_path / "a.mp4", "--no-map"], tmp_path, capsys)
