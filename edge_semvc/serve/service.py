@@ -175,7 +175,8 @@ class Service:
         mqtt.queue_size was full: a broker away, or slower than the messages came)."""
         counts = self.telemetry.counters()
         dropped = {k: counts.get(k, 0) for k in ("dropped_events", "dropped_stats")}
-        new = {k: n - self._dropped.get(k, 0) for k, n in dropped.items()}
+        # (a reload that changes `mqtt` starts the counts again)
+        new = {k: max(0, n - self._dropped.get(k, 0)) for k, n in dropped.items()}
         if any(new.values()):
             log.warning("MQTT: %d events and %d stats messages dropped (mqtt.queue_size %d "
                         "full)", new["dropped_events"], new["dropped_stats"],

@@ -292,7 +292,8 @@ class PyAVSource:
                            dst_color_range=1)
         buf = f.to_ndarray(format="yuv420p")
         pts = self._rising_pts(index if self._synth_pts else f.pts, index)
-        self._video_end = pts * self.time_base + 1 / self.fps
+        shown = (f.duration or 0) * self.time_base if not self._synth_pts else 0  # held long?
+        self._video_end = pts * self.time_base + max(1 / self.fps, shown)
         frame = Frame.from_i420(np.ascontiguousarray(buf), width, height, pts, self.time_base,
                                 index)
         if self.orientation:
