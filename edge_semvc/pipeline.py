@@ -255,6 +255,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     result = _summarise(stats, wall, source, summary, cfg, outputs)
     result["passthrough"] = {"streams": outputs.track_stats(), "skipped": skipped}
     result["repaired_pts"] = getattr(source, "repaired_pts", 0)
+    result["damaged_packets"] = getattr(source, "damaged_packets", 0)
     if stats.storage is not None:
         result["storage"] = stats.storage.stats()
     if stats.follower is not None:

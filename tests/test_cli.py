@@ -146,7 +146,7 @@ def test_y4m_input(tmp_path, clip):
     assert len(probe(out)[2]) == 9
 
 
-def test_decode_error_mid_file_keeps_earlier_frames(tmp_path, clip):
+def test_a_damaged_packet_mid_file_is_skipped_and_said(tmp_path, clip):
     src = clip("carphone_qcif_pristine.mp4")
     data = bytearray(src.read_bytes())
     with av.open(str(src)) as c:
@@ -158,9 +158,11 @@ def test_decode_error_mid_file_keeps_earlier_frames(tmp_path, clip):
     out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
     code, _, stderr = run_cli("encode", bad, out, "--stats-json", stats)
     assert code == 3, stderr
-    assert "decoding" in stderr and "Traceback" not in stderr
+    assert "is damaged: 1 of its video packets could not be decoded" in stderr, stderr
+    assert "Traceback" not in stderr
     s = json.loads(stats.read_text())
-    assert s["complete"] is False and 30 < s["frames"] < 61
+    assert s["complete"] is False and s["frames"] == 119  # all but the damaged one
+    assert s["damaged_packets"] == 1
     assert len(probe(out)[2]) == s["frames"]  # a valid, playable file with every frame
 
 

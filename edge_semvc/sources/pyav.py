@@ -148,6 +148,7 @@ class PyAVSource:
         self._first = self._first_error = None
         self._video_end: Fraction | None = None  # the latest frame's time plus one frame (s)
         self._last_pts: int | None = None
+        self.damaged_packets, self._damaged = 0, ""  # video packets the decoder refused
         self.repaired_pts = 0  # frames whose timestamp was missing or did not rise
         try:
             self._first = next(self._av_frames, None)
@@ -188,7 +189,16 @@ class PyAVSource:
         for packet in self.container.demux([self.stream, *passed]):
             if packet.stream.index == self.stream.index:
                 self._picture_bytes = self._picture_bytes or packet.size
-                yield from packet.decode()
+                try:
+                    pictures = packet.decode()
+                except av.error.InvalidDataError as e:  # one damaged packet: go on past it
+                    if not self.damaged_packets:
+                        self._damaged = _reason(e)
+                        log.warning("%s: a damaged video packet is skipped (%s); decoding goes "
+                                    "on (counted: damaged_packets)", self.path, self._damaged)
+                    self.damaged_packets += 1
+                    continue
+                yield from pictures
             else:
                 value = track_packet(packet)
                 if value is not None:
@@ -243,8 +253,12 @@ class PyAVSource:
             # A raw/y4m file cut mid-frame: that says more than FFmpeg's error about it.
             raise self._partial_frame(index) or DecodeError(
                 f"decoding {self.path} failed after {index} frames: {_reason(e)}") from None
-        # The input ended: say so when it ended early (a truncated file), rather than report a
-        # complete run.
+        # The input ended: say so when it was damaged or ended early (a truncated file),
+        # rather than report a complete run.
+        if self.damaged_packets:
+            raise DecodeError(f"{self.path} is damaged: {self.damaged_packets} of its video "
+                              f"packets could not be decoded ({self._damaged}) and were "
+                              "skipped; the pictures around them were encoded")
         if self._declared and index < self._declared:
             raise DecodeError(f"{self.path} ends early: {index} of the {self._declared} "
                               f"frames its container declares were decoded (truncated?)")
