@@ -156,16 +156,18 @@ def test_a_raw_h264_output_keeps_the_video_alone_and_says_so(tmp_path):
 
 def test_audio_mpeg_ts_has_no_stream_type_for_is_named_not_sent_as_private_data(tmp_path):
     """PCM in MPEG-TS: FFmpeg's muxer takes it as private data no player decodes; refused by
-    name instead, and Matroska carries it."""
+    name instead, and Matroska carries it. MP3 (decoded by `mp3float`) has one: carried."""
     ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
-    src = tmp_path / "pcm.mkv"
-    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip(PARK)), "-t", "1", "-c:v",
-                    "copy", "-c:a", "pcm_s16le", str(src)], check=True)
-    stats, err = encode(src, tmp_path / "o.ts", "--no-map")
-    assert "MPEG-TS has no stream type for pcm_s16le" in err
-    with av.open(str(tmp_path / "o.ts")) as c:
-        assert [s.type for s in c.streams] == ["video"]
-    encode(src, tmp_path / "o.mkv", "--no-map")
+    for audio in ("pcm_s16le", "libmp3lame"):
+        src = tmp_path / f"{audio}.mkv"
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip(PARK)), "-t", "1", "-c:v",
+                        "copy", "-c:a", audio, str(src)], check=True)
+        stats, err = encode(src, tmp_path / "o.ts", "--no-map")
+        assert ("MPEG-TS has no stream type for pcm_s16le" in err) == (audio == "pcm_s16le")
+        with av.open(str(tmp_path / "o.ts")) as c:
+            assert [s.type for s in c.streams] == (["video"] if audio == "pcm_s16le" else
+                                                   ["video", "audio"])
+    encode(tmp_path / "pcm_s16le.mkv", tmp_path / "o.mkv", "--no-map")
     with av.open(str(tmp_path / "o.mkv")) as c:
         assert [s.codec_context.name for s in c.streams.audio] == ["pcm_s16le"]
 

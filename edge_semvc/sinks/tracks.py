@@ -37,11 +37,20 @@ _TS_STREAM_TYPES = {
 }
 
 
+def _codec_id_name(decoder: str) -> str:
+    """The codec a decoder decodes (`mp3float` -> mp3, `dca` -> dts), else the name itself."""
+    try:
+        return av.codec.Codec(decoder, "r").canonical_name
+    except (ValueError, av.error.FFmpegError):
+        return decoder
+
+
 def _try(muxer: str, track: Track) -> str | None:
     if track.params is None:
         return "its codec parameters are unknown"
-    if muxer == "mpegts" and track.codec not in _TS_STREAM_TYPES.get(track.kind, {track.codec}):
-        return (f"MPEG-TS has no stream type for {track.codec} (FFmpeg would write it as "
+    codec = _codec_id_name(track.codec)  # the decoder's name is not the codec's: mp3float
+    if muxer == "mpegts" and codec not in _TS_STREAM_TYPES.get(track.kind, {codec}):
+        return (f"MPEG-TS has no stream type for {codec} (FFmpeg would write it as "
                 "private data that players do not decode)")
     container = av.open(io.BytesIO(), "w", format=muxer)
     try:
