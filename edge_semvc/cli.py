@@ -168,8 +168,8 @@ def cmd_encode(args) -> int:
     # standard output may carry the video: the summary goes to stderr then
     _print_summary(stats, args, sys.stderr if "-" in map(scheme_of, args.output) else sys.stdout)
     if error:
-        kept = ("each output holds what reached it before, but one whose finalising failed "
-                "(said above)" if write_failed else
+        kept = ("each output keeps what reached it (where finalising failed, said above, "
+                "an MP4 does not play; .mkv and .ts do)" if write_failed else
                 f"{stats['frames']} frames were written")
         print(f"edge-semvc: error: {error}; {kept}", file=sys.stderr)
     return status

@@ -59,6 +59,9 @@ class Registry:
 
 def file_path(uri: str) -> str:
     """The path a file input or output names: a plain path as it is, a `file://` URI's
-    percent-decoded (RFC 8089: `file:///tmp/a%20b.mp4` is `/tmp/a b.mp4`)."""
+    percent-decoded (RFC 8089: `file:///tmp/a%20b.mp4` and `file://localhost/tmp/a%20b.mp4`
+    are `/tmp/a b.mp4`)."""
     scheme, sep, rest = uri.partition("://")
-    return unquote(rest) if sep and scheme.lower() == "file" else uri
+    if not sep or scheme.lower() != "file":
+        return uri
+    return unquote(rest[len("localhost"):] if rest.lower().startswith("localhost/") else rest)

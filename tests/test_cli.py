@@ -247,6 +247,7 @@ def test_two_arguments_naming_the_same_file_are_refused(tmp_path, clip):
     cases = [
         [src, src], [src, tmp_path / "x" / ".." / "a.mp4"], [f"file://{src}", src],
         [src, f"file://{tmp_path}/%61.mp4"],  # percent-encoded (RFC 8089): a.mp4
+        [src, f"file://localhost{src}"],
         [src, f"rtp://127.0.0.1:5000?sdp={src}"], [src, out, f"rtp://127.0.0.1:5000?sdp={out}"],
         [src, tmp_path / "link.mp4"], [src, tmp_path / "hard.mp4"],
         [src, out, "--stats-json", src], [src, out, "--stats-json", out],

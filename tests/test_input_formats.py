@@ -4,6 +4,7 @@ long after its audio. Inputs made at test time from the shared clips."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from fractions import Fraction
 
 import av
@@ -65,4 +66,9 @@ def test_a_video_that_starts_long_after_its_audio_is_read(tmp_path, clip):
                     "aac", str(src)], check=True)
     code, _, stderr = run_cli("encode", src, out, "--no-map")
     assert code == 0, stderr
+    assert len(probe(out)[2]) == 10
+    with open(src, "rb") as pipe:  # a pipe cannot be probed again: probed deeper at once
+        r = subprocess.run([sys.executable, "-m", "edge_semvc", "encode", "-", str(out),
+                            "--no-map"], stdin=pipe, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     assert len(probe(out)[2]) == 10

@@ -18,10 +18,13 @@ overlapping the last) is left out and counted.
 from __future__ import annotations
 
 import heapq
+import logging
 from fractions import Fraction
 from itertools import count
 
 from ..tracks import Track, TrackPacket
+
+log = logging.getLogger("edge_semvc")
 
 MAX_HELD_S = 10  # a track running further ahead than this (its clock is off) is released anyway
 
@@ -92,6 +95,10 @@ class Interleaver:
         ticks = p.dts if p.dts is not None else p.pts
         last = self._last.get(p.track)
         if ticks is not None and last is not None and ticks <= last:
+            if not self.counts[p.track]["out_of_order"]:
+                log.warning("stream #%d goes back in time (%d after %d: files joined, a pass of "
+                            "a loop overlapping the last?): its packets are left out until it "
+                            "passes its last time (counted: out_of_order)", p.track, ticks, last)
             self.counts[p.track]["out_of_order"] += 1
             return []
         if ticks is not None:

@@ -94,8 +94,10 @@ class PyAVSource:
         started = time.monotonic()
         try:
             self._stdin = _CountedInput() if stdin else None
+            # a pipe cannot be read again (a file is, below, when the probe found no picture)
+            probe = DEEP_PROBE if stdin and fmt is None else {}
             self.container = av.open(self._stdin if stdin else path if live is not None else str(p),
-                                     format=fmt, options=options,
+                                     format=fmt, options={**options, **probe},
                                      timeout=LIVE_TIMEOUT_S if timed else None)
         except (av.error.FFmpegError, ValueError) as e:
             silent = timed and time.monotonic() - started >= LIVE_TIMEOUT_S[0] - 0.5
@@ -279,6 +281,9 @@ class PyAVSource:
         """Matroska declares no frame count but where the video ends (its DURATION tag, in the
         header): a file cut short, or damaged, ends before it."""
         declared = _seconds(self.stream.metadata.get("DURATION", ""))
+        c = self.container
+        if not declared and "matroska" in c.format.name and len(c.streams) == 1 and c.duration:
+            declared = ((c.start_time or 0) + c.duration) / 1e6  # the segment's, video alone
         if not declared or self._video_end is None:
             return None
         ended = float(self._video_end)
@@ -320,17 +325,14 @@ class PyAVSource:
         33-bit MPEG-TS clock that wrapped, timestamps rounded to the same tick) the previous
         one plus a frame period: a muxer refuses a timestamp that does not rise."""
         last = self._last_pts
-        if last is not None and (pts is None or pts <= last):
-            tick = max(1, round(1 / (self.fps * self.time_base)))
+        if pts is None or (last is not None and pts <= last):
             if not self.repaired_pts:
                 log.warning("%s: frame %d %s; it and any like it get the timestamp before "
                             "plus a frame period (counted: repaired_pts)", self.path, index,
                             "has no timestamp" if pts is None else
                             f"has timestamp {pts}, not above {last}")
             self.repaired_pts += 1
-            pts = last + tick
-        elif pts is None:  # the first frames have none
-            pts = index
+            pts = 0 if last is None else last + max(1, round(1 / (self.fps * self.time_base)))
         self._last_pts = pts
         return pts
 
