@@ -80,8 +80,10 @@ class SrtSender:
             if drain and self.src.emit("end-of-stream") == self.Gst.FlowReturn.OK:
                 bus.timed_pop_filtered(int(EOS_WAIT_S * self.Gst.SECOND),
                                        self.Gst.MessageType.EOS | self.Gst.MessageType.ERROR)
-                sent, deadline = -1, time.monotonic() + EOS_WAIT_S
-                while time.monotonic() < deadline and sent != (sent := self.bytes_sent()):
+                # sent: when the count stood still for 0.3 s (SRT paces; a busy CPU pauses it)
+                sent, still, deadline = -1, 0, time.monotonic() + EOS_WAIT_S
+                while time.monotonic() < deadline and still < 3:
+                    still = still + 1 if sent == (sent := self.bytes_sent()) else 0
                     time.sleep(0.1)
                 time.sleep(self.delivery_s())
             self.pipeline.set_state(self.Gst.State.NULL)
@@ -94,7 +96,7 @@ class SrtSender:
         latency = max((float(v) for v in stat(text, "negotiated-latency-ms", "int")),
                       default=self.config["latency"])
         rtt = max((float(v) for v in stat(text, "rtt-ms", "double")), default=0.0)
-        return min(EOS_WAIT_S, (latency + 2 * rtt + 100) / 1000)
+        return min(EOS_WAIT_S, (latency + 2 * rtt + 250) / 1000)  # 250: a receiver's own lag
 
     def bytes_sent(self):
         """What SRT sent so far, to every peer."""
