@@ -289,12 +289,12 @@ def cmd_models(args) -> int:
     cfg = _any_config(args.config) if args.config else Config()
     cache = Path(args.cache_dir) if args.cache_dir else cfg.cache_dir()
     if args.action == "list":
-        wanted = set(args.names)
-        known = {entry["name"] for entry in list_models()}
+        wanted, entries = set(args.names), list_models()
+        known = {entry["name"] for entry in entries}
         if wanted - known:
             raise ModelError(f"unknown model {sorted(wanted - known)[0]!r} (known: "
                              f"{', '.join(sorted(known))})")
-        for entry in list_models():
+        for entry in entries:
             if wanted and entry["name"] not in wanted:
                 continue
             if args.json:

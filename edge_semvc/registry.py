@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-from urllib.parse import unquote
 
 from .errors import EdgeSemvcError
 
@@ -55,13 +54,3 @@ class Registry:
             return str(e)
         reason = getattr(impl, "unavailable_reason", None)
         return reason() if reason is not None else None
-
-
-def file_path(uri: str) -> str:
-    """The path a file input or output names: a plain path as it is, a `file://` URI's
-    percent-decoded (RFC 8089: `file:///tmp/a%20b.mp4` and `file://localhost/tmp/a%20b.mp4`
-    are `/tmp/a b.mp4`)."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme.lower() != "file":
-        return uri
-    return unquote(rest[len("localhost"):] if rest.lower().startswith("localhost/") else rest)

@@ -29,8 +29,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..errors import SinkError, WriteError
-from ..registry import file_path
 from ..tracks import Track, TrackPacket
+from ..uris import file_path
 from .base import Output, StreamInfo
 from .tracks import TrackMuxer, unsupported
 

@@ -3,10 +3,10 @@ name) and its host and port; and what `encode` checks of its network outputs bef
 host that resolves, no port taken twice)."""
 from __future__ import annotations
 
-import socket
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import SinkError
+from ..uris import address_problem
 
 # a URI each scheme takes, for messages ({host}: scheme and host)
 EXAMPLES = {"rtsp": "{host}:8554/cam", "srt": "{host}:9000"}
@@ -83,8 +83,6 @@ def check_ports(outputs) -> None:
 
 def check_resolves(uri: str, host: str) -> None:
     """The host an output sends to has an address (SinkError naming it, else)."""
-    try:
-        socket.getaddrinfo(host, None)
-    except (socket.gaierror, UnicodeError) as e:
-        raise SinkError(f"output {uri!r}: host {host!r} has no address "
-                        f"({getattr(e, 'strerror', None) or e})") from None
+    problem = address_problem(host)
+    if problem:
+        raise SinkError(f"output {uri!r}: host {host!r} has no address ({problem})")

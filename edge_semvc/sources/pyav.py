@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import time
 from fractions import Fraction
@@ -22,8 +21,8 @@ import numpy as np
 
 from ..errors import DecodeError, SourceError
 from ..frame import Frame
-from ..registry import file_path
 from ..tracks import PacketQueue
+from ..uris import address_problem, file_path
 from .base import NETWORK_SCHEMES, RawVideoOptions
 from .orientation import Orientation
 from .tracks import passthrough_tracks, track_packet
@@ -158,7 +157,8 @@ class PyAVSource:
             self._first_error = e
         self.orientation = Orientation.of(self._first)
         self.width, self.height = self.orientation.size(self.width, self.height)
-        self.colour = _colour(self._first, path)
+        self.colour = _colour(self._first)
+        _say_what_is_lost(self._first, path)
         # What the file says it holds, to tell a truncated file from a complete one at its end.
         self._declared = stream.frames or 0
         # raw / y4m: bytes of a picture (its first packet's when whole, i.e. it decoded: every
@@ -377,11 +377,9 @@ def _frame_rate(stream, raw: RawVideoOptions, path: str) -> Fraction:
 def _check_host(url: str) -> None:
     """A network input's host has an address (FFmpeg would say "Input/output error")."""
     host = urlsplit(url).hostname
-    try:
-        socket.getaddrinfo(host, None)
-    except (socket.gaierror, UnicodeError) as e:
-        raise SourceError(f"cannot open {url}: its host {host!r} has no address "
-                          f"({getattr(e, 'strerror', None) or e})") from None
+    problem = address_problem(host)
+    if problem:
+        raise SourceError(f"cannot open {url}: its host {host!r} has no address ({problem})")
 
 
 def _seconds(hms: str) -> float:
@@ -394,20 +392,26 @@ def _seconds(hms: str) -> float:
         return 0.0
 
 
-def _colour(first: av.VideoFrame | None, path: str) -> tuple[int, int, int]:
+def _colour(first: av.VideoFrame | None) -> tuple[int, int, int]:
     """The input's colour description as the encoder should write it (H.273 codes: primaries,
     transfer, matrix; 2 unspecified). RGB is turned into YUV by FFmpeg's default matrix, BT.601
-    (6). Said once: deeper input is encoded at 8 bits, interlaced input as progressive."""
+    (6)."""
     if first is None:
         return (2, 2, 2)
-    fmt = first.format
+    matrix = 6 if first.format.is_rgb else first.colorspace
+    return (first.color_primaries, first.color_trc, matrix)
+
+
+def _say_what_is_lost(first: av.VideoFrame | None, path: str) -> None:
+    """Once, at the start: deeper input is encoded at 8 bits, interlaced input as progressive."""
+    if first is None:
+        return
     if first.interlaced_frame:
         log.warning("%s is interlaced: its fields are encoded together as progressive frames "
                     "(deinterlace it first, e.g. ffmpeg -vf bwdif)", path)
-    if max(c.bits for c in fmt.components) > 8:
+    if max(c.bits for c in first.format.components) > 8:
         log.warning("%s is %s: encoded at 8 bits (its colour description is kept)", path,
-                    fmt.name)
-    return (first.color_primaries, first.color_trc, 6 if fmt.is_rgb else first.colorspace)
+                    first.format.name)
 
 
 def _check_raw(raw: RawVideoOptions, pix_fmt: str) -> None:
