@@ -231,6 +231,24 @@ def test_a_disk_that_fills_is_said_with_what_it_leaves(tmp_path, capsys, caplog,
             assert sum(1 for _ in c.decode(video=0)) > 0
 
 
+def test_a_full_disk_under_one_file_leaves_the_other_outputs_going(tmp_path, capsys, caplog,
+                                                                   tmpfs):
+    """The recording beside a live stream fills its disk: the file on the other disk gets
+    every frame, the run still exits 3 with the failed output named in its statistics."""
+    src = _clip("drone_karma_coast_854x480.mp4")
+    full, whole, stats = tmpfs / "full.mp4", tmp_path / "whole.mkv", tmp_path / "s.json"
+    code, err = _run(["encode", src, full, whole, "--no-map", "--crf", "10", "--frames", "300",
+                      "--stats-json", stats, "--progress", "off"], tmp_path, capsys)
+    assert code == 3 and "No space left on device" in err
+    assert f"the run goes on for {whole}" in caplog.text and "does not play" in caplog.text
+    s = json.loads(stats.read_text())
+    assert s["complete"] is False and s["frames"] == 300
+    assert [o["state"] for o in s["outputs"]] == ["failed", "closed"]
+    assert s["outputs"][1]["packets"] == 300
+    with av.open(str(whole)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 300
+
+
 def test_a_matroska_file_cut_short_is_not_called_complete(tmp_path, capsys):
     """Matroska declares no frame count: the video's end its header declares tells a cut file
     (exit 3, as for MP4) from a whole one (exit 0)."""

@@ -201,7 +201,7 @@ def test_one_encode_feeds_a_file_and_streams(tmp_path):
 
 def test_standard_output_closed_by_its_reader_is_exit_3_with_statistics(tmp_path):
     """`encode ... - | reader` where the reader leaves after 20 kB: exit 3, the statistics
-    written, the other output (a file) finalised and decodable."""
+    written, the other output (a file) written to the end of the input and decodable."""
     out, stats = tmp_path / "b.ts", tmp_path / "s.json"
     reader = "import sys; sys.stdin.buffer.read(20000)"
     enc = subprocess.Popen([sys.executable, "-m", "edge_semvc", "encode", "demo://astronaut",
@@ -217,7 +217,10 @@ def test_standard_output_closed_by_its_reader_is_exit_3_with_statistics(tmp_path
     assert s["complete"] is False and s["frames"] > 0
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == s["outputs"][1]["packets"] > 0
-    assert s["frames"] == s["outputs"][1]["packets"]  # the frame whose write failed counted
+    assert s["frames"] == s["outputs"][1]["packets"] == 90  # the whole demo clip
+    assert s["outputs"][0]["state"] == "failed" and "closed by its reader" in \
+        s["outputs"][0]["error"]
+    assert b"the run goes on for " + str(out).encode() in err
 
 
 def test_standard_output_raw_annexb_decodes():

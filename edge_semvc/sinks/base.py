@@ -16,8 +16,10 @@ statistics), never dropped silently.
 
 Receivers never stop the encoder: a stream output reports its receivers coming and going as
 events (`output_lost`, `output_back`, `client_joined`, `client_left`) and counts what it could
-not send; only an output whose failure ends the run (`fatal`: a file, standard output closed by
-its reader) raises, a `WriteError` (exit 3 after every other output is finalised).
+not send; only an output whose failure is final (`fatal`: a file, standard output closed by its
+reader) raises, a `WriteError`. That output is closed and gets nothing more, the others go on
+(a full disk must not end the live stream beside the recording); the run ends when no output
+is left, and its exit is 3 either way (the first failure, after every output is finalised).
 """
 from __future__ import annotations
 
@@ -75,7 +77,8 @@ class Output(ABC):
     # the container keeps parameter sets out of band (mp4, mkv): the encoder then writes none
     # in-band, but only if every output of the run agrees
     global_headers: bool = False
-    # a write failure ends the run (a file the user asked for); else it is reported and retried
+    # a write failure is final (a file the user asked for): it gets nothing more and the run's
+    # exit is 3, though the other outputs go on; else it is reported and retried
     fatal: bool = False
     # the packets' timestamps reach the receiver (a raw .h264 file keeps none: frames left out
     # by the storage profile would shorten it)
@@ -181,6 +184,7 @@ class Outputs:
         self._carriers: dict[int, list[Output]] = {}  # track -> the outputs that carry it
         self.tracks: tuple[Track, ...] = ()
         self.dropped: list[dict] = []  # {output, stream, kind, codec, reason}
+        self.failed: dict[int, WriteError] = {}  # id(output) -> why it gets nothing more
         if not self.outputs:
             raise ValueError("a run needs at least one output")
 
@@ -240,29 +244,45 @@ class Outputs:
         """Encoded video packets, in decode order (the tracks' packets due before each first)."""
         if hasattr(packets, "data"):
             packets = [packets]
-        failed: WriteError | None = None
         for p in packets:
             if p.keyframe:  # whatever made it one, it is what a waiting receiver needs
                 self._receivers_wait = False
             if self._interleaver is not None:
-                failed = self._write_tracks(self._interleaver.video(p)) or failed
-            failed = _each(self.outputs, lambda o: o.write(p)) or failed  # noqa: B023
-        if failed is not None:
-            raise failed
+                self._write_tracks(self._interleaver.video(p))
+            self._each(self.outputs, lambda o: o.write(p))  # noqa: B023
+        self._raise_when_none_left()
 
     def add_track_packets(self, packets: list[TrackPacket]) -> None:
         """The source's packets of the passed-through tracks, as read: written once due."""
         if self._interleaver is not None and packets:
-            failed = self._write_tracks(self._interleaver.add(packets))
-            if failed is not None:
-                raise failed
+            self._write_tracks(self._interleaver.add(packets))
+            self._raise_when_none_left()
 
-    def _write_tracks(self, packets: list[TrackPacket]) -> WriteError | None:
-        failed = None
+    def _write_tracks(self, packets: list[TrackPacket]) -> None:
         for p in packets:
-            failed = _each(self._carriers.get(p.track, ()),
-                           lambda o: o.write_track(p)) or failed  # noqa: B023
-        return failed
+            self._each(self._carriers.get(p.track, ()), lambda o: o.write_track(p))  # noqa: B023
+
+    def _each(self, outputs, call) -> None:
+        """`call(o)` for every output still taking the stream. One that fails (only a fatal
+        output raises) is closed, said once and given nothing more."""
+        for o in outputs:
+            if id(o) in self.failed:
+                continue
+            try:
+                call(o)
+            except WriteError as e:
+                self.failed[id(o)] = e
+                _close_quietly(o, told=str(e))
+                going = [x.uri for x in self.outputs if id(x) not in self.failed]
+                if going:
+                    log.error("%s; the run goes on for %s", e, ", ".join(going))
+
+    def _raise_when_none_left(self) -> None:
+        if self.failed and len(self.failed) == len(self.outputs):
+            raise self._first_failure()
+
+    def _first_failure(self) -> WriteError:
+        return next(iter(self.failed.values()))
 
     def link_reports(self) -> list[LinkReport]:
         """The latest link report of each output that has one (the follower takes the worst)."""
@@ -274,7 +294,10 @@ class Outputs:
         for o in self.outputs:
             dropped = [{k: v for k, v in d.items() if k != "output"} for d in self.dropped
                        if d["output"] == o.uri]
-            out.append({**o.stats(), **({"streams_not_carried": dropped} if dropped else {})})
+            failed = self.failed.get(id(o))
+            out.append({**o.stats(), **({"state": "failed", "error": str(failed)} if failed
+                                        else {}),
+                        **({"streams_not_carried": dropped} if dropped else {})})
         return out
 
     def track_stats(self) -> list[dict]:
@@ -292,18 +315,22 @@ class Outputs:
         if self._closed:
             return
         self._closed = True
-        errors = []
         if self._interleaver is not None:  # what is left of the tracks, up to the video's end
-            failed = self._write_tracks(self._interleaver.finish())
-            if failed is not None:
-                errors.append(failed)
+            self._write_tracks(self._interleaver.finish())
+        errors = []
         for o in self.outputs:
+            if id(o) in self.failed:  # closed when it failed
+                continue
             try:
                 o.close()
+            except WriteError as e:  # its last bytes did not fit; it names its output
+                log.error("%s", e)
+                self.failed[id(o)] = e
             except Exception as e:  # noqa: BLE001 - the other outputs are still finalised
-                # a WriteError names its output already
-                log.error("%s", e if isinstance(e, WriteError) else f"closing {o.uri} failed: {e}")
+                log.error("closing %s failed: %s", o.uri, e)
                 errors.append(e)
+        if self.failed:  # the first failure is the run's
+            raise self._first_failure()
         if errors:
             raise errors[0]
 
@@ -314,20 +341,11 @@ class Outputs:
         self.close()
 
 
-def _each(outputs, call) -> WriteError | None:
-    """`call(o)` for every output; the first WriteError (only a fatal output raises one), after
-    all were given the packet."""
-    failed = None
-    for o in outputs:
-        try:
-            call(o)
-        except WriteError as e:
-            failed = failed or e
-    return failed
-
-
-def _close_quietly(o: Output) -> None:
+def _close_quietly(o: Output, told: str = "") -> None:
+    """Close an output that failed or was never used: its own failure to close is said (an MP4
+    whose index did not fit) unless it repeats the failure `told` already."""
     try:
         o.close()
     except Exception as e:  # noqa: BLE001
-        log.error("closing %s failed: %s", o.uri, e)
+        if str(e) != told:
+            log.error("%s", e if isinstance(e, WriteError) else f"closing {o.uri} failed: {e}")

@@ -323,7 +323,7 @@ class FileSink:
 
 class FileOutput(Output):
     """A file the user named (a path or `file://PATH`): the extension picks the container. A
-    write failure (disk full) ends the run: exit 3 with what was written."""
+    write failure (disk full) is final: exit 3 with what was written, the other outputs going on."""
 
     fatal = True
 
