@@ -57,8 +57,9 @@ def storage_policy(cfg: Config, source: Source, outputs: Outputs):
         return None, None
     raw = [o.uri for o in outputs.outputs if not o.keeps_timestamps]
     if e.storage.dynamic_fps and raw:
+        instead = "--stdout-format ts" if raw[0] == "-" else ".mp4, .mkv or .ts"
         raise SinkError(f"{raw[0]}: a raw stream keeps no timestamps, so the frames the "
-                        "storage profile leaves out would shorten it; write .mp4, .mkv or .ts, "
+                        f"storage profile leaves out would shorten it; write {instead}, "
                         "or set encoder.storage.dynamic_fps=false")
     return (Observer(e.storage, source.fps),
             StoragePolicy(e.storage, source.fps, source.time_base))

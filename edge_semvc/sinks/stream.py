@@ -265,7 +265,7 @@ class StdoutOutput(_MuxerOutput):
     fatal = True
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
-        super().__init__(uri, on_event)
+        super().__init__("-", on_event)  # as the user wrote it (the format from --stdout-format)
         _, options = uri_options(uri.replace("-?", "stdout://-?", 1) if uri != "-" else
                                  "stdout://-", {"format": str})
         fmt = options.get("format", "ts")
