@@ -16,7 +16,6 @@ import threading
 from pathlib import Path
 
 from .options import add_encoder_arguments, config_overrides, non_negative_int
-from .sinks import is_stream, scheme_of
 
 EXIT_USAGE = 2  # 3 (input broke part-way), 128 + signal (stopped): pipeline.partial_result
 
@@ -112,6 +111,7 @@ def cmd_encode(args) -> int:
     from .config import load_config
     from .errors import SourceError
     from .pipeline import Extras, Live, partial_result, run_encode
+    from .sinks import scheme_of
     from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
     from .sources.paced import PacedSource, Pacing
 
@@ -180,7 +180,7 @@ def _checked_outputs(args) -> list:
     outputs and extensions, two arguments naming one file or one port, a host with no address,
     unwritable paths."""
     from .errors import SinkError
-    from .sinks import open_output
+    from .sinks import open_output, scheme_of
     from .sinks.file import check_distinct_files, check_writable
     from .sinks.uri import check_ports, check_resolves
     from .visualize import check_map_video
@@ -221,6 +221,8 @@ def _log_event(name: str, **fields) -> None:
 
 
 def _print_summary(s: dict, args, out=sys.stdout) -> None:
+    from .sinks import is_stream
+
     def say(line: str) -> None:
         print(line, file=out)
 

@@ -156,3 +156,16 @@ def test_a_sighup_during_the_start_up_reloads_once_it_runs(tmp_path, caplog, mon
     caplog.set_level("INFO", logger="edge_semvc")
     assert main(["serve", "--config", str(path), "--seconds", "2"]) == 0
     assert "configuration reloaded" in caplog.text
+
+
+def test_the_command_lines_module_loads_light_so_sighup_is_taken_early():
+    """`serve` takes SIGHUP from the moment edge_semvc.cli is loaded (before that SIGHUP's
+    default ends the process): that module must not pull numpy and the pipeline in."""
+    import subprocess
+    import sys
+
+    probe = "import sys, edge_semvc.cli; print(sorted({'numpy', 'av', 'edge_semvc.sinks'} " \
+        "& set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
