@@ -276,6 +276,8 @@ class Outputs:
                 going = [x.uri for x in self.outputs if id(x) not in self.failed]
                 if going:
                     log.error("%s; the run goes on for %s", e, ", ".join(going))
+                elif e is not self._first_failure():  # the first is the run's error
+                    log.error("%s", e)
 
     def _raise_when_none_left(self) -> None:
         if self.failed and len(self.failed) == len(self.outputs):
@@ -317,20 +319,24 @@ class Outputs:
         self._closed = True
         if self._interleaver is not None:  # what is left of the tracks, up to the video's end
             self._write_tracks(self._interleaver.finish())
-        errors = []
+        errors, failed_now = [], []
         for o in self.outputs:
             if id(o) in self.failed:  # closed when it failed
                 continue
             try:
                 o.close()
             except WriteError as e:  # its last bytes did not fit; it names its output
-                log.error("%s", e)
                 self.failed[id(o)] = e
+                failed_now.append(e)
             except Exception as e:  # noqa: BLE001 - the other outputs are still finalised
                 log.error("closing %s failed: %s", o.uri, e)
                 errors.append(e)
-        if self.failed:  # the first failure is the run's
-            raise self._first_failure()
+        if self.failed:  # the first failure is the run's error (its caller says it)
+            first = self._first_failure()
+            for e in failed_now:
+                if e is not first:
+                    log.error("%s", e)
+            raise first
         if errors:
             raise errors[0]
 

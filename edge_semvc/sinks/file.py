@@ -334,6 +334,7 @@ class FileOutput(Output):
         self.global_headers = wants_global_headers(self.path)  # unknown extensions fail here
         self.keeps_timestamps = FORMATS[_ext(self.path)] is not None
         self.sink: FileSink | None = None
+        self._write_failed = False
 
     def open(self, info: StreamInfo) -> None:
         self.sink = FileSink(self.path, info.width, info.height, info.time_base, info.fps,
@@ -354,12 +355,14 @@ class FileOutput(Output):
         try:
             write(packet)
         except OSError as e:  # the output cannot be written (disk full, device gone)
+            self._write_failed = True
             raise WriteError(e.errno, f"writing {self.path} failed: {e.strerror or e}") from e
         except ValueError as e:  # FFmpeg's muxer refused the packet (av.error.ArgumentError)
             import av
 
             if not isinstance(e, av.error.FFmpegError):
                 raise
+            self._write_failed = True
             raise WriteError(errno.EINVAL, f"writing {self.path} failed: the muxer refused "
                              f"a packet ({e.strerror or e})") from e
 
@@ -376,7 +379,13 @@ class FileOutput(Output):
     def close(self) -> None:
         if self.sink is None or self.sink._closed:
             return
-        self.sink.close()
-        if self.sink.error is not None:  # its last bytes did not fit
+        try:
+            self.sink.close()
+        except WriteError:
+            # after a failed write only an MP4's failing index is news (it does not play)
+            if not self._write_failed or self.sink.format == "mp4":
+                raise
+            log.debug("%s: not finalised after the failed write", self.path)
+        if self.sink.error is not None and not self._write_failed:  # its last bytes did not fit
             e = self.sink.error
             raise WriteError(e.errno, f"writing {self.path} failed: {e.strerror or e}")
