@@ -220,6 +220,21 @@ def test_configuration_code_sets_delta_map_mode_and_our_settings(binding, kw, co
     assert (eff.repeat_headers, eff.no_headers) == (not p.global_headers, p.global_headers)
     if p.rc == "cq":
         assert eff.cq_q8 == round(p.cq * 256)
+    assert tuple(eff.colour) == (2, 2, 2)  # nothing said of the input's colour: no VUI colour
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_the_inputs_colour_description_reaches_the_vui(binding, codec):
+    """BT.709 / PQ / BT.2020 (an HDR10 input) is written as x264 writes it."""
+    ffi, lib = binding
+    p = nv.build_params(settings(rc="cbr", bitrate=800_000, colour=(9, 16, 9),
+                                 params={"codec": codec}))
+    opts, eff = ffi.new("semvc_nvenc_opts_t *"), ffi.new("semvc_nvenc_opts_t *")
+    p.fill(opts)
+    cfg = ffi.new("NV_ENC_CONFIG *")
+    lib.semvc_nvenc_apply(cfg, opts)
+    lib.semvc_nvenc_read(cfg, codec == "hevc", eff)
+    assert tuple(eff.colour) == (9, 16, 9)
 
 
 def test_intra_refresh_configuration(binding):

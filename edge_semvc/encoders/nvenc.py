@@ -201,6 +201,7 @@ class NvencParams:
     global_headers: bool
     gpu: int
     intra_refresh: int = 0  # frames a refresh sweeps the picture in (instead of IDRs); 0: off
+    colour: tuple[int, int, int] = (2, 2, 2)  # H.273 codes into the VUI (EncoderSettings.colour)
 
     def fill(self, o) -> None:
         """Set the binding's ``semvc_nvenc_opts_t``."""
@@ -214,6 +215,7 @@ class NvencParams:
         o.repeat_headers = not self.global_headers  # every IDR decodes alone, as with x264
         o.no_headers = self.global_headers
         o.intra_refresh = self.intra_refresh
+        o.colour = list(self.colour)
 
 
 def build_params(s: EncoderSettings) -> NvencParams:
@@ -257,7 +259,7 @@ def build_params(s: EncoderSettings) -> NvencParams:
         vbv_size=bitrate if rc in ("crf", "cbr") else 0,  # crf: a cap, cbr: a 1 s buffer
         cq=float(s.crf), min_qp=lo, max_qp=hi, gop=gop, idr_period=idr,
         global_headers=bool(s.global_headers), gpu=int_param(p, "gpu", 0, 63) or 0,
-        intra_refresh=refresh)
+        intra_refresh=refresh, colour=s.colour)
 
 
 # --- the encoder --------------------------------------------------------------------------------

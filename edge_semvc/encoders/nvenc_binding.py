@@ -46,6 +46,7 @@ typedef struct {
     int repeat_headers;    /* parameter sets at every IDR */
     int no_headers;        /* no in-band parameter sets (the container keeps them) */
     uint32_t intra_refresh;  /* frames a refresh sweeps the picture in, instead of IDRs; 0: off */
+    uint32_t colour[3];    /* H.273 primaries, transfer, matrix; 2 each: unspecified (no VUI) */
     int qp_map_mode, aq, lookahead, frame_interval_p, ctb;  /* read back */
 } semvc_nvenc_opts_t;
 """
@@ -265,6 +266,18 @@ static void semvc_nvenc_rate(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o)
     if (o->vbv_size) rc->vbvBufferSize = rc->vbvInitialDelay = o->vbv_size;
 }
 
+/* The input's colour description into the VUI (as x264's colorprim/transfer/colormatrix). */
+static void semvc_nvenc_colour(NV_ENC_CONFIG_H264_VUI_PARAMETERS *v, const semvc_nvenc_opts_t *o)
+{
+    if (o->colour[0] == 2 && o->colour[1] == 2 && o->colour[2] == 2) return;
+    v->videoSignalTypePresentFlag = 1;
+    v->videoFormat = 5;  /* unspecified */
+    v->colourDescriptionPresentFlag = 1;
+    v->colourPrimaries = o->colour[0];
+    v->transferCharacteristics = o->colour[1];
+    v->colourMatrix = o->colour[2];
+}
+
 /* Our settings over a preset's configuration. */
 static void semvc_nvenc_apply(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o)
 {
@@ -294,6 +307,7 @@ static void semvc_nvenc_apply(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o)
         h->enableIntraRefresh = refresh ? 1 : 0;
         h->intraRefreshPeriod = refresh;
         h->intraRefreshCnt = refresh ? refresh - 1 : 0;  /* "smaller than the period" */
+        semvc_nvenc_colour(&h->hevcVUIParameters, o);
     } else {
         NV_ENC_CONFIG_H264 *h = &c->encodeCodecConfig.h264Config;
         h->idrPeriod = idr;
@@ -303,7 +317,17 @@ static void semvc_nvenc_apply(NV_ENC_CONFIG *c, const semvc_nvenc_opts_t *o)
         h->intraRefreshPeriod = refresh;
         h->intraRefreshCnt = refresh ? refresh - 1 : 0;
         h->outputRecoveryPointSEI = refresh ? 1 : 0;  /* where a decoder joining may start */
+        semvc_nvenc_colour(&h->h264VUIParameters, o);
     }
+}
+
+static void semvc_nvenc_read_colour(const NV_ENC_CONFIG_H264_VUI_PARAMETERS *v,
+                                    semvc_nvenc_opts_t *o)
+{
+    int described = v->videoSignalTypePresentFlag && v->colourDescriptionPresentFlag;
+    o->colour[0] = described ? v->colourPrimaries : 2;
+    o->colour[1] = described ? v->transferCharacteristics : 2;
+    o->colour[2] = described ? v->colourMatrix : 2;
 }
 
 static void semvc_nvenc_read(const NV_ENC_CONFIG *c, int hevc, semvc_nvenc_opts_t *o)
@@ -333,6 +357,7 @@ static void semvc_nvenc_read(const NV_ENC_CONFIG *c, int hevc, semvc_nvenc_opts_
         o->no_headers = h->disableSPSPPS;
         o->ctb = (unsigned)h->maxCUSize < 5 ? cu[h->maxCUSize] : 0;
         o->intra_refresh = h->enableIntraRefresh ? h->intraRefreshPeriod : 0;
+        semvc_nvenc_read_colour(&h->hevcVUIParameters, o);
     } else {
         const NV_ENC_CONFIG_H264 *h = &c->encodeCodecConfig.h264Config;
         o->idr_period = h->idrPeriod;
@@ -340,6 +365,7 @@ static void semvc_nvenc_read(const NV_ENC_CONFIG *c, int hevc, semvc_nvenc_opts_
         o->no_headers = h->disableSPSPPS;
         o->ctb = 16;
         o->intra_refresh = h->enableIntraRefresh ? h->intraRefreshPeriod : 0;
+        semvc_nvenc_read_colour(&h->h264VUIParameters, o);
     }
 }
 
