@@ -438,3 +438,22 @@ def test_a_crashed_segment_is_recovered_with_its_audio(tmp_path, fmt):
     # the muxers hold some audio back (a TS PES gathers ~0.17 s of AAC, an fMP4 fragment cuts
     # at the video): what was not on disk yet is lost with the writer, up to half a second
     assert abs(a0 - v0) <= 0.08 and a1 >= v1 - 0.5, (v0, v1, a0, a1)
+
+
+def test_files_joined_end_to_end_keep_the_second_files_audio(tmp_path):
+    """Two MPEG-TS recordings joined (`cat a.ts b.ts`): the second's clocks start again; its
+    frames and its audio both follow on, in step, nothing left out."""
+    one = remux(excerpt(tmp_path, PARK, 2), tmp_path / "one.ts")
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(one.read_bytes() * 2)
+    out = tmp_path / "out.mkv"
+    stats, err = encode(joined, out, "--no-map")
+    (track,) = stats["passthrough"]["streams"]
+    sent = len(packets(one, "audio"))
+    assert track["out_of_order"] == 0 and track["packets"] == 2 * sent - track["cut"]
+    assert track["cut"] <= 2 and stats["passthrough"]["retimed"] >= sent - 2
+    assert "goes back in time at" in err
+    times = [t for t, _ in packets(out, "audio")]
+    assert times == sorted(times)
+    (v0, v1), (a0, a1) = span(out, "video"), span(out, "audio")
+    assert abs(v1 - v0 - 4.0) <= 0.08 and abs(a1 - v1) <= 0.08 and abs(a0 - v0) <= 0.08

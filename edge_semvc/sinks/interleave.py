@@ -96,9 +96,9 @@ class Interleaver:
         last = self._last.get(p.track)
         if ticks is not None and last is not None and ticks <= last:
             if not self.counts[p.track]["out_of_order"]:
-                log.warning("stream #%d goes back in time (%d after %d: files joined, a pass of "
-                            "a loop overlapping the last?): its packets are left out until it "
-                            "passes its last time (counted: out_of_order)", p.track, ticks, last)
+                log.warning("stream #%d goes back in time (%d after %d: a pass of a loop "
+                            "overlapping the last?): its packets are left out until it passes "
+                            "its last time (counted: out_of_order)", p.track, ticks, last)
             self.counts[p.track]["out_of_order"] += 1
             return []
         if ticks is not None:

@@ -25,7 +25,7 @@ from ..tracks import PacketQueue
 from ..uris import address_problem, file_path
 from .base import NETWORK_SCHEMES, RawVideoOptions
 from .orientation import Orientation
-from .tracks import passthrough_tracks, track_packet
+from .tracks import FollowOn, passthrough_tracks, track_packet
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ class PyAVSource:
         self.tracks, self.skipped = passthrough_tracks(self.container, stream)
         self._picture_bytes = 0  # the first video packet's size (raw: one picture)
         self._packets = PacketQueue()  # demuxed, not yet taken
+        self._follow_on = FollowOn(path)  # files joined: their tracks' clocks continue
         self.take_packets = self._packets.take  # (any thread) those read since the last call
         self._coded = (self.width, self.height)
         # The first picture is decoded now: its display matrix decides the frames' size.
@@ -185,6 +186,11 @@ class PyAVSource:
                            f"{stream.codec_context.name}" + \
                            (f"; {self.orientation.describe()}" if self.orientation else "") + ")"
 
+    @property
+    def retimed_packets(self) -> int:
+        """Packets of the passed-through tracks shifted to follow on (`FollowOn`)."""
+        return self._follow_on.retimed
+
     def _demux(self) -> Iterator[av.VideoFrame]:
         """The video stream's decoded pictures; the other streams' packets go to take_packets."""
         passed = [self.container.streams[t.index] for t in self.tracks]
@@ -202,7 +208,7 @@ class PyAVSource:
                     continue
                 yield from pictures
             else:
-                value = track_packet(packet)
+                value = self._follow_on(track_packet(packet))
                 if value is not None:
                     self._packets.put(value)
 
@@ -219,7 +225,8 @@ class PyAVSource:
         passed = [self.container.streams[t.index] for t in self.tracks]
         try:
             for packet in self.container.demux([self.stream, *passed]):
-                value = track_packet(packet) if packet.stream.index in behind else None
+                value = self._follow_on(track_packet(packet)) \
+                    if packet.stream.index in behind else None
                 if value is not None:
                     self._packets.put(value)
                     if value.time is not None and value.time >= self._video_end:

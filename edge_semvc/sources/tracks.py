@@ -11,11 +11,18 @@ was looped and reopened) add their stream from that copy, not from an input that
 from __future__ import annotations
 
 import io
+import logging
 from fractions import Fraction
 
 import av
 
 from ..tracks import KINDS, Track, TrackPacket
+
+log = logging.getLogger(__name__)
+
+# a track whose time goes back further than this was joined on (a step back this small is
+# reordering: the interleaver leaves such a packet out and counts it)
+JOINED_S = Fraction(1, 2)
 
 # containers tried, in order, to hold a copy of a stream's codec parameters (each refuses some
 # codecs when a stream is added; none is ever written)
@@ -61,6 +68,36 @@ def track_packet(packet) -> TrackPacket | None:
     return TrackPacket(track=packet.stream.index, data=bytes(packet), pts=packet.pts,
                        dts=packet.dts, duration=packet.duration or 0,
                        time_base=Fraction(packet.time_base), keyframe=packet.is_keyframe)
+
+
+class FollowOn:
+    """Per track, the packets after a step back in time of more than JOINED_S (files joined end
+    to end: the second's clock starts again) shifted to follow on from the track's last packet,
+    as the video's frames are (`PyAvSource._rising_pts`): the second file's audio is kept, in
+    step with its pictures within a frame or so. Counts the packets it shifted."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.retimed = 0
+        self._shift: dict[int, Fraction] = {}  # track -> seconds added
+        self._end: dict[int, Fraction] = {}  # track -> its last packet's end, as shifted
+
+    def __call__(self, p: TrackPacket | None) -> TrackPacket | None:
+        if p is None or p.time is None:
+            return p
+        shift = self._shift.get(p.track, Fraction(0))
+        end = self._end.get(p.track)
+        if end is not None and p.time + shift < end - JOINED_S:
+            if not self.retimed:
+                log.warning("%s: stream #%d goes back in time at %.2f s (files joined end to "
+                            "end?): its packets from there follow on from the ones before "
+                            "(counted: passthrough.retimed)", self.path, p.track, float(end))
+            shift = self._shift[p.track] = end - p.time
+        if shift:
+            p = p.shifted(shift)
+            self.retimed += 1
+        self._end[p.track] = p.time + p.duration * p.time_base
+        return p
 
 
 def _codec_name(stream) -> str:
