@@ -94,3 +94,16 @@ def test_a_scene_cut_gets_an_idr_and_a_lower_q(tmp_path):
     # where a cut frame got a map, S = 1 lowered Q there: its most generous offset goes lower
     mapped = [c for c in cuts if c in offsets[True] and offsets[False][c] < 0]
     assert mapped and all(offsets[True][c] <= offsets[False][c] + 1e-3 for c in mapped)
+
+
+@pytest.mark.parametrize("case", ["attention.enabled=true", "scene.enabled=true"])
+def test_the_cost_bench_runs_each_extension(case):
+    """`python -m edge_semvc.bench.extensions` (BENCHMARKS' cost column) drives the extensions
+    as the pipeline does: a change to their interface must reach it."""
+    from conftest import shared_file
+
+    from edge_semvc.bench.extensions import measure
+
+    clip = shared_file("data", "video", "bikes_street_scene_cuts_640x272.mp4")
+    result = measure(clip, [case], frames=3)
+    assert result["frames"] == 3 and result["mean_ms"] > 0

@@ -1,5 +1,6 @@
 """What each of the method's extensions costs per frame, alone, on the clips it applies to:
-its analyser and formula (`extensions.py`), after the labeler (run on every frame, in line).
+its analyser and formula (`extensions.py`), after the labeler (run on every frame, in line);
+for the scene extension, the scene analysis it makes search motion on every frame.
 
     python -m edge_semvc.bench.extensions [--frames 100]
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import Analyser
+from ..analysis.scene import SceneAnalyser
 from ..config import load_config
 from ..extensions import Extensions
 from ..sources import open_source
@@ -34,6 +36,7 @@ def measure(clip: Path, overrides: list[str], frames: int) -> dict:
     prepare_config(cfg, cfg.cache_dir(), log=lambda *_: None)
     labeler = ready_labeler(cfg.labeler, cfg.cache_dir(), log=lambda *_: None)
     analyser, ext = Analyser(cfg.analysis), Extensions(cfg, labeler, str(clip))
+    scene = SceneAnalyser(cfg.scene)
     src = open_source(str(clip))
     ms = []
     try:
@@ -41,8 +44,12 @@ def measure(clip: Path, overrides: list[str], frames: int) -> dict:
             labels = labeler.label(frame)
             region = analyser.analyse(frame, labels)
             q = np.ones(labels.shape, np.float32)
-            t0 = time.perf_counter()
-            ext.adjust(q, ext.modulation(frame, labels, region.regions))
+            # every semantic run analyses the scene (its cuts); the scene extension makes that
+            # a motion search on every frame: its cost, so timed only where it is on
+            t_scene = time.perf_counter()
+            seen = scene.analyse(frame)
+            t0 = t_scene if cfg.scene.enabled else time.perf_counter()
+            ext.adjust(q, ext.modulation(frame, labels, region.regions, seen))
             ms.append((time.perf_counter() - t0) * 1e3)
     finally:
         src.close()
