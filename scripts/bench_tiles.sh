@@ -1,5 +1,5 @@
 #!/bin/sh
-# The tiles' recall and cost (BENCHMARKS.md, "Tiles for small objects"): each clip with the
+# The tiles' recall and cost (BENCHMARKS.md, "The tiles' recall and cost"): each clip with the
 # live budget of an idle camera (labeler.live_share 0.5), tiles on (default) and off.
 set -e
 OUT=${1:-bench-out/tiles}

@@ -8,6 +8,7 @@ a whole encode's CPU.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections import defaultdict
@@ -77,7 +78,10 @@ def measure(clip: str, cfg: Config, n: int = 20) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    clips = (argv if argv is not None else sys.argv[1:]) or [
+    p = argparse.ArgumentParser(prog="python -m edge_semvc.bench.stages",
+                                description="Each stage's cost per frame, on real frames.")
+    p.add_argument("clips", nargs="*", help=f"default: ../shared's {', '.join(DEFAULT_CLIPS)}")
+    clips = p.parse_args(argv).clips or [
         str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "video" / c)
         for c in DEFAULT_CLIPS]
     rows = [measure(c, Config()) for c in clips]
