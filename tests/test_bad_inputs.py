@@ -250,6 +250,20 @@ def test_a_full_disk_under_one_file_leaves_the_other_outputs_going(tmp_path, cap
         assert sum(1 for _ in c.decode(video=0)) == 300
 
 
+def test_an_mpeg_ts_file_cut_inside_a_packet_is_not_called_complete(tmp_path, capsys):
+    """An MPEG-TS declares no end, but a whole file is whole 188-byte packets: one cut at any
+    other byte (a recorder that died) is told (exit 3); the frames before the cut are kept."""
+    whole = _first_packets("bikes_street_scene_cuts_640x272.mp4", 100, tmp_path / "whole.ts")
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 3 // 10 // 188 * 188 + 100])
+    code, _ = _run(["encode", whole, tmp_path / "a.mp4", "--no-map"], tmp_path, capsys)
+    assert code == 0
+    code, err = _run(["encode", cut, tmp_path / "b.mp4", "--no-map"], tmp_path, capsys)
+    assert code == 3 and "ends in a partial transport packet" in err
+    with av.open(str(tmp_path / "b.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) > 10
+
+
 def test_a_matroska_file_cut_short_is_not_called_complete(tmp_path, capsys):
     """Matroska declares no frame count: the video's end its header declares tells a cut file
     (exit 3, as for MP4) from a whole one (exit 0)."""

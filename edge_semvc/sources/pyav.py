@@ -37,6 +37,7 @@ LIVE_TIMEOUT_S = (10.0, 5.0)
 MAX_FPS = 1000  # frames per second: a rate above this is a time base misread (_frame_rate)
 MAX_SIDE = 16384  # pixels: raw geometry beyond this is a typo (x264 takes at most 16384)
 READ_ON_S = 10  # read_tracks_on: how far past the video's end a track may lag in the file
+TS_PACKET_BYTES = (188, 192, 204)  # MPEG-TS, M2TS (a timestamp before each), with RS parity
 
 
 def _rest(uri: str) -> str:
@@ -182,6 +183,9 @@ class PyAVSource:
             with open(p, "rb") as f:
                 header = len(f.readline())
             self._payload = lambda: p.stat().st_size - header
+        # an MPEG-TS declares no end, but a whole file is whole transport packets
+        self._ts_file = p if self.container.format.name == "mpegts" and not stdin and \
+            not stream_like and p.is_file() else None
         self.description = f"{path} ({self.width}x{self.height}, {float(self.fps):.3g} fps, " \
                            f"{stream.codec_context.name}" + \
                            (f"; {self.orientation.describe()}" if self.orientation else "") + ")"
@@ -274,7 +278,7 @@ class PyAVSource:
         error = self._shorter_than_declared()
         if error:
             raise error
-        error = self._partial_frame(index)
+        error = self._partial_frame(index) or self._partial_ts_packet()
         if error:
             raise error
         # A stream cut inside its last picture (raw H.264 cut mid-NAL) decodes with the missing
@@ -306,6 +310,14 @@ class PyAVSource:
         return DecodeError(f"{self.path} ends in a partial frame: "
                            f"{left} bytes after the last of "
                            f"{decoded} whole frames of {self._frame_bytes} bytes (truncated?)")
+
+    def _partial_ts_packet(self) -> DecodeError | None:
+        size = self._ts_file.stat().st_size if self._ts_file is not None else 0
+        if not size or any(size % n == 0 for n in TS_PACKET_BYTES):
+            return None
+        return DecodeError(f"{self.path} ends in a partial transport packet: {size} bytes are "
+                           f"not whole packets of {' or '.join(map(str, TS_PACKET_BYTES))} bytes "
+                           "(truncated?)")
 
     def _to_frame(self, f: av.VideoFrame, index: int) -> Frame:
         width, height = self._coded
