@@ -94,8 +94,10 @@ class FakeSource:
     """n tiny frames at `fps`, pts in 1/fps (from `pts_start`); a read takes `read_s` on
     `sleep` (the virtual clock's)."""
 
-    def __init__(self, n=50, fps=100, read_s=0.0, pts_start=0, fail_at=None, sleep=None):
+    def __init__(self, n=50, fps=100, read_s=0.0, pts_start=0, fail_at=None, sleep=None,
+                 jump=(0, 0)):
         self.width = self.height = 16
+        self.jump = jump  # (from frame, ticks): the pts jump ahead there
         self.fps, self.time_base = Fraction(fps), 1 / Fraction(fps)
         self.frame_count, self.description = n, f"fake {n} frames"
         self.n, self.read_s, self.pts_start, self.fail_at = n, read_s, pts_start, fail_at
@@ -110,7 +112,8 @@ class FakeSource:
                 self.sleep(self.read_s)
             if i == self.fail_at:
                 raise DecodeError(f"broken at {i}")
-            yield Frame(plane, chroma, chroma, self.pts_start + i, self.time_base, i)
+            ahead = self.jump[1] if self.jump[1] and i >= self.jump[0] else 0
+            yield Frame(plane, chroma, chroma, self.pts_start + i + ahead, self.time_base, i)
 
     def close(self):
         self.closed = True
@@ -228,6 +231,19 @@ def test_end_of_input_and_loop_continue_timestamps():
     # the 5th pass's first frame (pts 20, at 0.2 s) ended the run
     assert paced.passes == 5 and len(opened) == 4 and paced.ended_by == "seconds"
     assert src.closed and all(s.closed for s in opened)
+
+
+def test_a_jump_ahead_in_the_timestamps_is_taken_out_not_waited_for():
+    """A camera whose clock jumps 20 s while its frames keep coming: they go on at once, with
+    continuous timestamps, over a loop's passes too (a stall of 20 s would look like a frozen
+    camera that still says it runs)."""
+    clock = VirtualClock()
+    paced = paced_source(FakeSource(10, 100, jump=(5, 2000)), clock, seconds=0.3,
+                         reopen=lambda: FakeSource(10, 100, jump=(5, 2000)))
+    frames, got = consume(paced, clock)
+    assert [f.pts for f in frames] == list(range(30)) and paced.dropped == 0
+    assert np.diff(got) == pytest.approx([0.01] * 29, abs=1e-9)
+    assert paced.pts_jumps == 3  # once a pass
 
 
 def test_not_realtime_never_waits_or_drops():

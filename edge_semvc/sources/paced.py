@@ -24,6 +24,7 @@ from ..tracks import PacketQueue
 
 log = logging.getLogger("edge_semvc")
 FIRST_FRAME_STALL_S = 20.0  # with stall_s: how long the first frame may take
+JUMP_S = 2.0  # realtime: a frame due further ahead (and two frame periods) jumped: taken out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,9 @@ class PacedSource:
     processed frames) and keep their (loop-adjusted) pts, strictly increasing; where the
     input's own pts would not increase they are bumped by one tick (``pts_adjusted``).
     ``capture_times[index]``: when each kept frame became available (a ``clock`` reading).
+    A frame due more than JUMP_S (and two frame periods) after the one before was read is a
+    jump in the input's clock, not a wait: it is published at once and the jump taken out of
+    its pts and every later one's (``pts_jumps``), as a camera goes on showing what comes.
 
     ``clock``: the time in seconds, read for every timestamp (default ``time.perf_counter``).
     ``sleep``: waits that many seconds of ``clock`` time in the camera thread; the default (None)
@@ -108,6 +112,10 @@ class PacedSource:
         self.max_consecutive_dropped = 0
         self.passes = 0
         self.pts_adjusted = 0
+        self.pts_jumps = 0  # jumps ahead in the input's timestamps taken out (realtime)
+        self._taken_out = 0  # ticks of a jump not yet applied by _raw to later frames
+        # a frame due further ahead than this was not read early: its timestamps jumped
+        self._jump_s = max(JUMP_S, 2 / (float(self.fps) * pacing.speed))
         self.slip_s = 0.0
         self.t0: float | None = None
         self.t_last: float | None = None  # when the last frame was published / handed out
@@ -131,13 +139,15 @@ class PacedSource:
             self._packets.put(p.shifted(shift) if shift else p)
 
     def _raw(self) -> Iterator[tuple[int, Frame]]:
-        """(pts, frame) over every pass of the input; pts strictly increasing across loops."""
+        """(pts, frame) over every pass of the input; pts strictly increasing across loops, and
+        without the jumps ahead the camera thread took out (`_taken_out`)."""
         last: int | None = None
         src = self._src
         while True:
             self.passes += 1
             offset, n = 0, 0
             for f in src.frames():
+                offset, last = self._after_jump(offset, last)
                 pts = int(f.pts) if f.pts is not None else round(n * self._ticks)
                 if n == 0 and last is not None:  # a new pass continues one frame after the last
                     offset = last + self._ticks - pts
@@ -149,11 +159,17 @@ class PacedSource:
                 last = pts
                 self._pass_packets(src, offset)
                 yield pts, f
+            offset, last = self._after_jump(offset, last)
             self._pass_packets(src, offset)
             if self._reopen is None or n == 0 or self._stop.is_set():
                 return
             src.close()
             src = self._src = self._reopen()
+
+    def _after_jump(self, offset: int, last: int | None) -> tuple[int, int | None]:
+        """The pass's offset and last pts once the jump the camera took out is applied."""
+        gap, self._taken_out = self._taken_out, 0
+        return offset - gap, (None if last is None else last - gap)
 
     def _timed_read(self, it):
         t = self._reading_since = self._clock()
@@ -248,7 +264,7 @@ class PacedSource:
     def _camera(self) -> None:
         """The camera: read ahead, wait for each frame's due time, publish (overwriting)."""
         it = self._raw()
-        base = pts0 = 0
+        base = pts0 = last = 0
         try:
             while not self._stop.is_set():
                 read = self._read(it)
@@ -259,6 +275,11 @@ class PacedSource:
                     base, pts0 = now, item[0]
                 media = float((item[0] - pts0) * self.time_base) / self.pacing.speed
                 due = base + media
+                if due - now > self._jump_s:  # frames kept coming: the timestamps jumped
+                    item = self._take_out_jump(item, last)
+                    media = float((item[0] - pts0) * self.time_base) / self.pacing.speed
+                    due = base + media
+                last = item[0]
                 if now > due:  # the input could not be read in time: the camera runs late
                     self.slip_s += now - due
                     base += now - due
@@ -291,6 +312,20 @@ class PacedSource:
                 orphaned = self._orphaned
             if orphaned:  # closed while this read hung: nobody else may close the input now
                 self._src.close()
+
+    def _take_out_jump(self, item, last: int):
+        """A frame due far ahead, read right after the one before (pts `last`): the input's
+        clock jumped (a camera's clock reset, a file with a gap). A camera shows what comes:
+        the jump is taken out of this frame's timestamp, now one frame after `last`, and every
+        later one's (and their tracks')."""
+        gap = item[0] - last - self._ticks
+        if not self.pts_jumps:
+            log.warning("%s: the timestamps jump %.1f s ahead at frame %d while its frames keep "
+                        "coming: taken out, the frames go on",
+                        self._src.description, float(gap * self.time_base), self.offered)
+        self.pts_jumps += 1
+        self._taken_out += gap
+        return item[0] - gap, item[1]
 
     def close(self) -> None:
         """Stop the camera thread (after its current read) and close the input; an input whose
