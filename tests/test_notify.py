@@ -161,3 +161,18 @@ def test_watchdog_over_the_real_socket(receiver):
         dog.tick(clock.advance(0.04))
     assert dog.pings == 4
     assert pending(receiver) == ["WATCHDOG=1"] * 4
+
+
+def test_only_a_running_camera_without_new_frames_stops_the_watchdog():
+    """A camera whose input is away (lost, failing: it retries on its own) must not get the
+    whole service restarted; one that says it runs but delivers nothing (a hung pipeline)
+    does."""
+    from types import SimpleNamespace as Cam
+
+    from edge_semvc.serve.service import stuck_cameras
+
+    cams = {"a": Cam(state="running", frames_total=120), "b": Cam(state="lost", frames_total=7),
+            "c": Cam(state="failed", frames_total=0), "d": Cam(state="starting", frames_total=0)}
+    assert stuck_cameras(cams, {}) == []  # no ping yet: nothing to compare with
+    assert stuck_cameras(cams, {"a": 100, "b": 7, "c": 0}) == []
+    assert stuck_cameras(cams, {"a": 120, "b": 7}) == ["a"]

@@ -176,6 +176,8 @@ def test_a_camera_that_keeps_failing_to_open_says_so_once_per_retry_and_back_onc
                          clock=clock, sleep=clock.sleep)
     cam.start()
     try:
+        wait_until(lambda: events.named("source_lost"), timeout=WAIT, what="the first failure")
+        assert cam.settled and cam.frames_total == 0  # READY need not wait for this camera
         wait_until(lambda: events.named("source_back"), timeout=WAIT, what="the camera back")
     finally:
         stopped(cam)

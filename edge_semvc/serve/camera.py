@@ -107,6 +107,7 @@ class Camera:
         self.stats = RunStats()
         self.latency_ms: deque[float] = deque(maxlen=TIMING_WINDOW)  # capture to encoded
         self.frames_total = 0  # over every run: the count a watchdog and READY look at
+        self.settled = False  # a first frame came, or a first attempt failed (READY waits)
         self.dropped_total = 0
         self.last_seen: tuple[Any, Any] | None = None  # the last (Frame, LabelMap) encoded
         self.runs = 0
@@ -257,7 +258,7 @@ class Camera:
 
     def _flowing(self) -> None:
         """The run's first frame: the camera runs again, and says so after a failure."""
-        self.state = "running"
+        self.state, self.settled = "running", True
         self.backoff.reset()
         failing, self._failing = self._failing, None
         if failing == "source_lost":
@@ -280,6 +281,7 @@ class Camera:
 
     def _failed(self, kind: str, reason: str) -> None:
         event, self.state = FAILURES[kind]
+        self.settled = True
         delay = self.backoff.next()
         fields = {"input": self.uri} if kind == "source" else {}
         self.emit(event, **fields, reason=one_line(reason), retry_in_s=delay,

@@ -2,12 +2,14 @@
 segments, watched over MQTT and by systemd, retuned remotely.
 
 The main thread only supervises: it starts one `Camera` thread per entry of `cameras:`, then
-once a second feeds systemd's watchdog (only while frames flow), reports READY once every
-camera delivered a frame, publishes each camera's statistics every `mqtt.stats_interval`
-seconds and, on SIGTERM/SIGINT, stops the cameras (each drains its encoder and closes its open
-segment) and says `offline`. Nothing in a camera's frame loop waits on the network: telemetry
-is queued and sent by its own thread, remote changes are handled by their own
-(serve/changes.py). A missing record.dir (an unmounted disk) refuses the start.
+once a second feeds systemd's watchdog (only while every camera that runs delivers frames: a
+camera lost or failing retries on its own and stops no one), reports READY once every camera
+delivered a frame or failed its first attempt, publishes each camera's statistics every
+`mqtt.stats_interval` seconds and, on SIGTERM/SIGINT, stops the cameras (each drains its
+encoder and closes its open segment) and says `offline`. Nothing in a camera's frame loop
+waits on the network: telemetry is queued and sent by its own thread, remote changes are
+handled by their own (serve/changes.py). A missing record.dir (an unmounted disk) refuses
+the start.
 
 On SIGHUP (`systemctl reload`) it reads the configuration file again (`reload`): a file that
 does not load or check is refused whole (`reload_rejected`, the running configuration kept);
@@ -51,7 +53,7 @@ class Service:
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self._watchdog = Watchdog(None)  # run() reads systemd's
-        self._frames_seen = -1  # frames over all cameras at the last feed
+        self._frames_at_ping: dict[str, int] = {}  # each camera's frames at the last ping
         _check_service_config(cfg)
         self.store = OverrideStore(cfg.state_folder())
         self.cameras: dict[str, Camera] = {}
@@ -134,7 +136,7 @@ class Service:
                     self.reload()
                 now = self.clock()
                 self._feed_watchdog()
-                if not ready and all(c.frames_total or c.state == "ended"
+                if not ready and all(c.settled or c.state == "ended"
                                      for c in self.cameras.values()):
                     ready = True
                     notify_ready(self._status())
@@ -184,13 +186,13 @@ class Service:
         self._dropped = dropped
 
     def _feed_watchdog(self) -> None:
-        """Pings systemd's watchdog when frames came since the last call (a stalled pipeline
-        stops the pings): from the loop, and while a reload waits for a camera to stop."""
-        frames = sum(c.frames_total for c in self.cameras.values())
-        if frames > self._frames_seen >= 0:
+        """Pings systemd's watchdog while no camera is stuck (`stuck_cameras`: a hung pipeline
+        stops the pings, a camera whose input is away does not): from the loop, and while a
+        reload waits for a camera to stop."""
+        if not stuck_cameras(self.cameras, self._frames_at_ping):
             self._watchdog.frame_delivered()
-        self._frames_seen = frames
-        self._watchdog.tick(self.clock())
+        if self._watchdog.tick(self.clock()):
+            self._frames_at_ping = {n: c.frames_total for n, c in self.cameras.items()}
 
     def _start(self, name: str) -> None:
         cam = self.cameras[name]
@@ -333,3 +335,11 @@ def _check_models_prepared(cfg: Config) -> None:
         entries.append(("emotion.model", describe(cfg.emotion.model, "emotion.model")))
     for key, description in entries:
         prepared_file(description, key, cfg.cache_dir())
+
+
+def stuck_cameras(cameras: dict, frames_at_ping: dict[str, int]) -> list[str]:
+    """The cameras that say they run but delivered no frame since the watchdog's last ping (a
+    pipeline that hangs). A camera lost or failing is not stuck: it retries on its own clock,
+    and restarting the service would not bring its input back."""
+    return [n for n, c in cameras.items()
+            if c.state == "running" and c.frames_total <= frames_at_ping.get(n, -1)]
