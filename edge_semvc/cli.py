@@ -375,7 +375,10 @@ def cmd_serve(args) -> int:
         service.reload_event.set()
     status = service.run(max_seconds=args.seconds)
     if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(service.summary, indent=2) + "\n")
+        from .uris import hide_passwords
+
+        Path(args.stats_json).write_text(json.dumps(hide_passwords(service.summary), indent=2)
+                                         + "\n")
     return status
 
 
@@ -429,6 +432,8 @@ def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="edge-semvc: %(message)s")
+    for handler in logging.getLogger().handlers:  # a camera's URI may carry its password
+        handler.addFilter(_hide_passwords)
     from .errors import EdgeSemvcError
 
     try:
@@ -441,8 +446,20 @@ def _run(argv: list[str] | None) -> int:
         return EXIT_USAGE
 
 
+def _hide_passwords(record: logging.LogRecord) -> bool:
+    """A log record's text with every URI's password shown as '***' (uris.hide_passwords)."""
+    from .uris import hide_passwords
+
+    text = record.getMessage()
+    if "://" in text:
+        record.msg, record.args = hide_passwords(text), ()
+    return True
+
+
 def _error(e: Exception) -> None:
-    print(f"edge-semvc: error: {e}", file=sys.stderr)
+    from .uris import hide_passwords
+
+    print(f"edge-semvc: error: {hide_passwords(str(e))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

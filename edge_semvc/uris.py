@@ -1,9 +1,15 @@
-"""What inputs and outputs share of their URIs, below both: the path a file URI names, and
-whether a network host has an address (each side raises its own error with its own words)."""
+"""What inputs and outputs share of their URIs, below both: the path a file URI names,
+whether a network host has an address (each side raises its own error with its own words), and
+a URI's password kept out of what is shown."""
 from __future__ import annotations
 
+import re
 import socket
+from typing import Any
 from urllib.parse import unquote
+
+# scheme://user:password@ (RFC 3986 userinfo: no '/', '@' or whitespace in it)
+_USERINFO_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+@")
 
 
 def file_path(uri: str) -> str:
@@ -23,3 +29,15 @@ def address_problem(host: str | None) -> str | None:
     except (socket.gaierror, UnicodeError) as e:
         return str(getattr(e, "strerror", None) or e)
     return None
+
+
+def hide_passwords(value: Any) -> Any:
+    """`value` (a string, or lists and dicts of them) with every URI's password shown as '***'
+    (`rtsp://admin:***@10.0.0.5/stream`): a camera's URI reaches logs, events and pages."""
+    if isinstance(value, str):
+        return _USERINFO_PASSWORD.sub(r"\1***@", value) if "://" in value else value
+    if isinstance(value, dict):
+        return {k: hide_passwords(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [hide_passwords(v) for v in value]
+    return value

@@ -1,6 +1,7 @@
 """What `edge-semvc serve` refuses at its start (exit 2, one line, before anything runs):
 a service file that cannot work, a missing record.dir (an unmounted disk), a web page that
-cannot start (before MQTT hears of the service); and `models prepare` reading a service file."""
+cannot start (before MQTT hears of the service); `models prepare` reading a service file; and a
+camera's password, which nothing the service says may show."""
 from __future__ import annotations
 
 import socket
@@ -20,6 +21,7 @@ BAD_SERVICE_FILES = [  # (YAML, what the one line names): none may start and loo
     ('cameras: {"../up": {input: demo://astronaut}}', "cameras: '../up'"),
     ('cameras: {".hidden": {input: demo://astronaut}}', "cameras: '.hidden'"),
     ("cameras: {cam: {input: 'gopher://host/x'}}", "cameras.cam.input: 'gopher://host/x'"),
+    ("cameras: {cam: {input: '-'}}", "a service has no standard input"),
     ('cameras: {cam: {input: "file:///x\\n"}}', "cameras.cam.input"),
     ("cameras: {cam: {input: demo://astronaut, loop: 'yes'}}", "cameras.cam.loop: 'yes'"),
     ("cameras: {cam: {input: demo://astronaut, queue_frames: '2'}}",
@@ -104,3 +106,34 @@ def test_models_prepare_reads_a_service_configuration(capsys):
 
     assert main(["models", "verify", "--config", str(ROOT / "systemd" / "config.example.yml")]) == 0
     assert "nanodet_g: ok" in capsys.readouterr().out
+
+
+def test_a_cameras_password_is_shown_nowhere(tmp_path):
+    """A camera URI with its password (there is no other place for an RTSP camera's): the
+    events, the retained configuration, the web page's JSON and the log show '***'."""
+    import json
+    import urllib.request
+
+    from test_serve import stop
+
+    broker, config = with_broker(tmp_path)
+    secret, camera_port, web_port = "S3cret-Pass", free_port(), free_port()
+    doc = yaml.safe_load(config.read_text())
+    doc["cameras"] = {"door": {"input": f"rtsp://bob:{secret}@127.0.0.1:{camera_port}/cam"}}
+    doc["http"] = {"enabled": True, "host": "127.0.0.1", "port": web_port}
+    config.write_text(yaml.safe_dump(doc))
+    watcher = Watcher(broker.port, "edge_semvc/#")
+    proc = start_service(config)
+    try:
+        lost = watcher.wait_for("edge_semvc/door/events",
+                                lambda p: json.loads(p)["event"] == "source_lost",
+                                what="source_lost")
+        pages = [urllib.request.urlopen(f"http://127.0.0.1:{web_port}{path}", timeout=30).read()
+                 for path in ("/api/config", "/api/stats")]
+    finally:
+        stop(proc)
+        watcher.close()
+        broker.stop()
+    assert "rtsp://bob:***@127.0.0.1" in json.loads(lost[0])["input"]
+    said = [p for _, p, _ in watcher.messages] + pages + [service_log(config).encode()]
+    assert not [s for s in said if secret.encode() in s]

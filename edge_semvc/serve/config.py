@@ -181,8 +181,9 @@ class CameraConfig:
     def validate(self, key: str) -> None:
         scheme, sep, _ = self.input.partition("://")
         check(bool(self.input.strip()) and self.input.isprintable() and (
-            not sep or scheme in SCHEMES), f"{key}.input", self.input,
-            "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N, demo://NAME")
+            not sep or scheme in SCHEMES) and self.input != "-", f"{key}.input", self.input,
+            "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N, demo://NAME "
+            "(a service has no standard input)")
         check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
         check(self.profile in ("", *PROFILES), f"{key}.profile", self.profile,
               f"'' (encoder.profile) or {' or '.join(PROFILES)}")

@@ -41,6 +41,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from ..errors import ConfigError
+from ..uris import hide_passwords
 from . import homeassistant
 from .config import REDACTED, MqttConfig, check_topic_level
 
@@ -230,8 +231,8 @@ class Telemetry:
                           allow_nan=False).encode()
 
     def _scrub(self, obj: Any) -> Any:
-        """Secrets out (by key name, and any string holding the broker password), NaN and
-        infinities to null (not JSON), tuples to lists."""
+        """Secrets out (by key name, any string holding the broker password, a URI's password:
+        a camera's input), NaN and infinities to null (not JSON), tuples to lists."""
         if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
             obj = obj.tolist()  # numpy scalars and arrays, without importing numpy
         if isinstance(obj, Mapping):
@@ -243,7 +244,7 @@ class Telemetry:
             return None
         if isinstance(obj, str) and any(_leaks(obj, s) for s in self._secrets):
             return REDACTED
-        return obj
+        return hide_passwords(obj) if isinstance(obj, str) else obj
 
     # --- the queue (caller's side) -----------------------------------------------------------
     def _enqueue(self, item: _Outgoing) -> None:

@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from ..sinks.mse import END, LiveFeed
+from ..uris import hide_passwords
 from .camera import Camera
 from .config import ServeConfig
 from .stats import CpuMeter, StatsWindow
@@ -304,7 +305,7 @@ def _handler(web: WebView):
             self._send(200, body, TYPES[name[name.rindex("."):]])
 
         def _json(self, doc) -> None:
-            self._send(200, json.dumps(doc, default=str).encode(),
+            self._send(200, json.dumps(hide_passwords(doc), default=str).encode(),
                        "application/json")
 
         def _send(self, status: int, body: bytes, kind: str, headers: dict | None = None):
@@ -374,7 +375,8 @@ def _handler(web: WebView):
                 if figures is not None and figures is not sent_stats:
                     out.append(("stats", figures.stats))
                     sent_stats = figures
-                chunk = "".join(f"event: {kind}\ndata: {json.dumps(doc, default=str)}\n\n"
+                chunk = "".join(f"event: {kind}\ndata: "
+                                f"{json.dumps(hide_passwords(doc), default=str)}\n\n"
                                 for kind, doc in out)
                 if not chunk and web.clock() - quiet_since >= KEEPALIVE_S:
                     chunk = ": keep-alive\n\n"
