@@ -110,7 +110,7 @@ def cmd_encode(args) -> int:
     from . import preflight
     from .config import load_config
     from .errors import SourceError
-    from .pipeline import Extras, Live, partial_result, run_encode
+    from .pipeline import EXIT_INCOMPLETE, Extras, Live, partial_result, run_encode
     from .sinks import scheme_of
     from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
     from .sources.paced import PacedSource, Pacing
@@ -149,6 +149,12 @@ def cmd_encode(args) -> int:
         source.close()
     if args.realtime:
         stats["input_dropped"] = source.dropped
+    if live_input and error is None and stats["frames"] and \
+            not (args.frames and stats["frames"] >= args.frames):
+        error = (f"{args.input}: the stream ended after {stats['frames']} frames (a camera "
+                 "does not end on its own: did it go away?)")
+        stats.update(complete=False, error=error)
+        status = EXIT_INCOMPLETE
     if not stats["frames"]:  # the statistics say so too: a run that encoded nothing failed
         error = error or f"{args.input} holds no frames"
         stats.update(complete=False, error=error)

@@ -177,6 +177,30 @@ def test_a_lost_rtsp_camera_does_not_stop_the_other(tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no system Python for the "
                                                                "RTSP server")
+def test_encode_from_a_camera_that_goes_away_is_incomplete(tmp_path):
+    """`encode rtsp://...`: a camera's stream does not end on its own, so its end is exit 3
+    (what came before is kept, playable), as `serve` calls it `source_lost`."""
+    server, port = rtsp_server()
+    out, stats = tmp_path / "cam.mkv", tmp_path / "s.json"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_semvc", "encode",
+                             f"rtsp://127.0.0.1:{port}/cam", "-", str(out), "--no-map",
+                             "--stats-json", str(stats), "--progress", "off"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert len(proc.stdout.read(20 * 188)) == 20 * 188  # the stream flows (MPEG-TS)
+    finally:
+        server.kill()  # the camera disappears
+        server.wait(30)
+    proc.stdout.read()
+    assert proc.wait(120) == 3
+    s = json.loads(stats.read_text())
+    assert s["complete"] is False and s["frames"] > 0
+    assert "the stream ended after" in s["error"] or "the input froze" in s["error"], s["error"]
+    assert len(decode(out)) == s["frames"]
+
+
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no system Python for the "
+                                                               "RTSP server")
 def test_a_network_read_that_times_out_is_the_input_freezing():
     """FFmpeg's own read timeout (5 s without data) and the service's stall (5 s without a
     frame) see the same loss: whichever comes first, the input froze, in the same words."""
