@@ -250,6 +250,14 @@ class PyAVSource:
             self._first = None
             yield from self._av_frames
 
+    def _held_pictures(self) -> list[av.VideoFrame]:
+        """What the decoder still holds (frame threads keep a picture each), told the input
+        ended."""
+        try:
+            return list(self.stream.codec_context.decode(None))
+        except (av.error.FFmpegError, ValueError):
+            return []
+
     def frames(self) -> Iterator[Frame]:
         index, last_corrupt = 0, False
         try:
@@ -260,7 +268,10 @@ class PyAVSource:
         except av.error.FFmpegError as e:
             if isinstance(e, av.error.ExitError) and self._read_timeout is not None:
                 # the read timed out: the same loss as a stall seen by PacedSource, which this
-                # timeout may beat to it
+                # timeout may beat to it; the pictures the decoder's threads still hold first
+                for av_frame in self._held_pictures():
+                    yield self._to_frame(av_frame, index)
+                    index += 1
                 raise DecodeError(f"{self.path}: no frame for {self._read_timeout:g} s (the "
                                   "input froze)") from None
             # A raw/y4m file cut mid-frame: that says more than FFmpeg's error about it.
@@ -344,7 +355,9 @@ class PyAVSource:
         33-bit MPEG-TS clock that wrapped, timestamps rounded to the same tick) the previous
         one plus a frame period: a muxer refuses a timestamp that does not rise."""
         last = self._last_pts
-        if pts is None or (last is not None and pts <= last):
+        if pts is None and last is None:  # an RTSP stream's first picture, before its clock
+            pts = 0
+        elif pts is None or (last is not None and pts <= last):
             if not self.repaired_pts:
                 log.warning("%s: frame %d %s; it and any like it get the timestamp before "
                             "plus a frame period (counted: repaired_pts)", self.path, index,
