@@ -169,3 +169,46 @@ def test_the_command_lines_module_loads_light_so_sighup_is_taken_early():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_a_reload_does_not_refuse_the_ports_its_own_outputs_hold(tmp_path):
+    """An RTSP server and an SRT listener that run hold their ports: a reload of the same file
+    must not call them taken (every SIGHUP was refused so); a new output on a port in use is."""
+    import socket
+
+    from edge_semvc.config import load_config
+    from edge_semvc.errors import SinkError
+    from edge_semvc.serve.config import ServeConfig
+    from edge_semvc.serve.service import _check_service_config
+    from edge_semvc.sinks.gstreamer import check_gstreamer
+
+    needs_clip()
+    try:
+        check_gstreamer("rtsp", "rtsp://@:1/x")
+    except SinkError as e:
+        pytest.skip(str(e))
+    tcp, udp = socket.socket(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp.bind(("0.0.0.0", 0))
+    tcp.listen()
+    udp.bind(("0.0.0.0", 0))
+    outputs = [f"rtsp://@:{tcp.getsockname()[1]}/a", f"srt://@:{udp.getsockname()[1]}"
+               "?mode=listener"]
+    def loaded(cameras):
+        path = tmp_path / "serve.yml"
+        path.write_text(yaml.safe_dump({"cameras": cameras, "record": {"dir": str(tmp_path)},
+                                        "labeler": {"cpu_budget": 0.05}}))
+        return load_config(path, cls=ServeConfig)
+
+    a = {"input": f"file://{CLIP}", "loop": True, "outputs": outputs}
+    running = loaded({"a": a})  # as the service runs it: its outputs open
+    try:
+        _check_service_config(running, running=running)  # the same file again
+        with pytest.raises(SinkError, match="Address already in use"):
+            _check_service_config(running)  # a start: they are taken
+        added = loaded({"a": a, "b": {"input": f"file://{CLIP}", "outputs": [
+            outputs[0].replace("/a", "/b")]}})
+        with pytest.raises(SinkError, match="Address already in use"):
+            _check_service_config(added, running=running)
+    finally:
+        tcp.close()
+        udp.close()

@@ -229,7 +229,7 @@ class Service:
             if self.load is None:
                 raise ConfigError("this service was started without a configuration file")
             new = self.load()
-            _check_service_config(new)
+            _check_service_config(new, running=self.cfg)
         except (EdgeSemvcError, OSError) as e:
             log.error("reload refused, the running configuration is kept: %s", e)
             for name in self.cameras:
@@ -291,13 +291,17 @@ class Service:
             self.web.close()
 
 
-def _check_service_config(cfg: ServeConfig) -> None:
-    """What the start refuses (exit 2) and a reload refuses (the old configuration kept)."""
+def _check_service_config(cfg: ServeConfig, running: ServeConfig | None = None) -> None:
+    """What the start refuses (exit 2) and a reload refuses (the old configuration kept). On a
+    reload the outputs `running` has open are not checked again: their ports are theirs."""
     _check_record_dir(cfg.record)
     _check_models_prepared(cfg.pipeline_config())  # never downloads: `make install-service`
+    open_now = {uri for cam in running.cameras.values() for uri in cam.outputs} if running \
+        else set()
     for cam in cfg.cameras.values():
-        for uri in cam.outputs:  # pre-flight: a bad output URI or missing GStreamer
-            open_output(uri)
+        for uri in cam.outputs:  # pre-flight: a bad output URI, missing GStreamer, a port
+            if uri not in open_now:
+                open_output(uri)
 
 
 def _restart_reason(name: str, old: ServeConfig, new: ServeConfig, good: Config,
