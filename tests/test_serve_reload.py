@@ -212,3 +212,46 @@ def test_a_reload_does_not_refuse_the_ports_its_own_outputs_hold(tmp_path):
     finally:
         tcp.close()
         udp.close()
+
+
+def test_a_camera_a_reload_removes_is_let_go(tmp_path):
+    """Nothing keeps a removed camera (with its last frame, models, encoder): a service reloaded
+    again and again must not grow by a camera each time. Its figures stay for the summary."""
+    import gc
+    import threading
+    import weakref
+
+    from edge_semvc import preflight
+    from edge_semvc.config import load_config
+    from edge_semvc.serve.config import ServeConfig
+    from edge_semvc.serve.service import Service
+
+    needs_clip()
+    path = tmp_path / "serve.yml"
+
+    def write(names):
+        path.write_text(yaml.safe_dump({
+            "cameras": {n: {"input": f"file://{CLIP}", "loop": True} for n in names},
+            "record": {"dir": str(tmp_path)}, "labeler": {"cpu_budget": 0.05}}))
+
+    def load():
+        cfg = load_config(path, cls=ServeConfig)
+        preflight.resolve(cfg)
+        return cfg
+
+    write(["a", "c"])
+    service = Service(load(), load=load)
+    run = threading.Thread(target=service.run, daemon=True)
+    run.start()
+    try:
+        wait_until(lambda: service.cameras["c"].frames_total > 10, what="frames from c")
+        removed = weakref.ref(service.cameras["c"])
+        write(["a"])
+        service.reload_event.set()
+        wait_until(lambda: "c" not in service.cameras, what="c removed")
+    finally:
+        service.stop_event.set()
+        run.join(60)
+    gc.collect()
+    assert removed() is None
+    assert service.summary["cameras"]["c"]["frames"] > 10

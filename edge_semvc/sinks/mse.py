@@ -148,6 +148,7 @@ class MseOutput(Output):
         self._track: tuple[int, int] | None = None  # (track_ID, timescale) of the init segment
         self._timeline: fmp4.Timeline | None = None
         self.frames = 0
+        self._closed = False
 
     def open(self, info: StreamInfo) -> None:
         if info.codec not in ("h264", "hevc"):
@@ -208,8 +209,9 @@ class MseOutput(Output):
         self.feed.start(init, f'video/mp4; codecs="{fmp4.codecs(init)}"')
 
     def stats(self) -> dict:
-        return {"uri": self.uri, "state": "open" if self.frames else "starting",
-                "clients": self.feed.clients()}
+        state = "closed" if self._closed else "open" if self.frames else "starting"
+        return {"uri": self.uri, "state": state, "clients": self.feed.clients()}
 
     def close(self) -> None:
+        self._closed = True
         self.feed.end()
