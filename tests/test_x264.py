@@ -314,3 +314,20 @@ def test_the_stream_says_its_frame_rate_and_keeps_the_inputs_timestamps(carphone
     assert dts == sorted(set(dts)) and all(p.dts <= p.pts for p in packets)
     with av.open(io.BytesIO(joined(packets)), format="h264") as c:
         assert c.streams.video[0].codec_context.framerate == 25
+
+
+def test_an_idr_x264_turned_into_an_i_frame_is_not_a_warning(caplog):
+    """A receiver's IDR within keyint_min of the last keyframe becomes an I-frame (x264's own
+    rule, said at every join); other warnings stay warnings."""
+    import logging
+    from types import SimpleNamespace
+
+    from edge_semvc.encoders.x264 import _LogSink
+
+    levels = SimpleNamespace(X264_LOG_ERROR=0, X264_LOG_WARNING=1, X264_LOG_INFO=2,
+                             X264_LOG_DEBUG=3)
+    sink = _LogSink(levels)
+    with caplog.at_level(logging.DEBUG, logger="edge_semvc"):
+        sink.emit(1, "forced frame type (1) at 1787 was changed to frame type (2)")
+        sink.emit(1, "VBV underflow (frame 7, -1200 bits)")
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG, logging.WARNING]
