@@ -362,6 +362,7 @@ class _Recorder:
         stats.scene_cuts += r.cut
         if not encode:
             self.left_out = (frame, offsets, r.observation)
+            self.sink.left_out(frame.pts)
             stats.frames += 1
             return
         self.left_out = None

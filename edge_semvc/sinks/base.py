@@ -117,6 +117,11 @@ class Output(ABC):
         segment starts, a receiver joined). Must be cheap: it runs per frame."""
         return False
 
+    def left_out(self, pts: int | None) -> None:
+        """The frame `wants_idr` was asked about last is not encoded (the storage profile
+        left it out)."""
+        return None  # only a timeline of its own (the web page's) needs to know
+
     def cannot_carry(self, track: Track) -> str | None:
         """Asked once open, per passed-through track: why this output cannot carry it, or None
         when it does (then `write_track` gets its packets)."""
@@ -239,6 +244,10 @@ class Outputs:
         self.idr_asked_by = "segment" if any(a for receivers, a in asks if not receivers) \
             else "receiver"
         return True
+
+    def left_out(self, pts: int | None) -> None:
+        for o in self.outputs:
+            o.left_out(pts)
 
     def write(self, packets) -> None:
         """Encoded video packets, in decode order (the tracks' packets due before each first)."""

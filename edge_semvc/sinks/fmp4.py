@@ -3,11 +3,12 @@ moment the encoder hands it over (ISO/IEC 14496-12, 8.8).
 
 FFmpeg's mov muxer writes a frame's fragment only when the next frame comes (it needs the next
 timestamp for the sample's duration, and PyAV cannot ask it to flush), which holds the web page's
-picture back one frame interval. Here each sample lasts the interval before it (at most the
-stream's usual one) and the fragments lie end to end on a `Timeline`: a sample never waits for
-its successor, and a frame the pipeline dropped leaves no hole, which Media Source Extensions
-would take for a discontinuity (a gap over twice the last frame's duration) and answer by
-dropping every frame up to the next keyframe.
+picture back one frame interval. Here each sample lasts the stream's usual interval and the
+fragments lie end to end on a `Timeline`: a sample never waits for its successor, and a frame
+the pipeline dropped leaves no hole, which Media Source Extensions would take for a
+discontinuity (a gap over twice the last frame's duration) and answer by dropping every frame
+up to the next keyframe, nor two frames at one time (MSE drops the one buffered first, and
+what depends on it).
 """
 from __future__ import annotations
 
@@ -115,33 +116,76 @@ MOOF_SIZE = 8 + 16 + 8 + 16 + 20 + 36
 
 
 class Timeline:
-    """Media times end to end: sample n starts where sample n-1 ends and lasts the interval
-    since sample n-1, at most the frame interval the stream keeps (the median of the last
-    `RECENT` intervals, at first `interval`). So at a steady rate media time follows stream
-    time, and after a pause or dropped frames the next sample still lasts one interval: the
-    timeline falls behind stream time by the pause (`offset`, media minus stream time, of the
-    last sample placed) and the page shows the sample when it comes, never a frame stretched
-    over the pause nor a hole in its buffer."""
+    """Media times in stream ticks: stream time with the pauses taken out. The frames'
+    presentation times come in input order (`frame`, before each is encoded; `left_out` takes
+    back one the storage profile did not encode): where one comes more than 1.5 usual intervals
+    after the one before (dropped frames, a pause), the time between is taken out but for one
+    interval, so the page shows the next frame when it comes, never a frame stretched over the
+    pause nor a hole in its buffer, and the timeline falls behind stream time by what was taken
+    out (`offset`). Samples come in decode order (`place`): decode and presentation times go
+    through the same mapping, so reordered frames (B-frames) keep their order and never share
+    a presentation time; a decode time is kept rising by a tick where a gap folded two
+    together."""
 
     RECENT = 9
 
     def __init__(self, interval: int):
         self._intervals = collections.deque([max(1, interval)], maxlen=self.RECENT)
-        self._end: int | None = None  # where the next sample starts
-        self._last: int | None = None  # the last sample's stream decode time
+        self._last_pts: int | None = None  # the last frame's, input order
+        self._undo: tuple[int | None, bool] = (None, False)  # what `left_out` takes back
+        self._gaps: collections.deque[tuple[int, int]] = collections.deque()  # (start, length)
+        self._folded = 0  # the gaps' length behind every time still to come
+        self._base: int | None = None  # added to every time: the first decode time is >= 0
+        self._last_dts: int | None = None  # the last sample's media decode time
         self.offset = 0
 
-    def place(self, dts: int) -> tuple[int, int]:
-        """(media decode time, duration) of the sample at stream decode time `dts`."""
-        if self._last is not None and dts > self._last:
-            self._intervals.append(dts - self._last)
-        usual = sorted(self._intervals)[len(self._intervals) // 2]
-        gap = usual if self._last is None else dts - self._last
-        duration = max(1, min(gap, usual))  # a repeated timestamp still gets a tick
-        start = max(0, dts) if self._end is None else self._end
-        self._end, self._last = start + duration, dts
-        self.offset = start - dts
-        return start, duration
+    @property
+    def usual(self) -> int:
+        return sorted(self._intervals)[len(self._intervals) // 2]
+
+    def frame(self, pts: int) -> None:
+        """A frame's presentation time, in input order, before it is encoded."""
+        gap = False
+        if self._last_pts is not None and pts > self._last_pts:
+            step, usual = pts - self._last_pts, self.usual
+            gap = 2 * step > 3 * usual
+            if gap:
+                self._gaps.append((self._last_pts + usual, step - usual))
+            else:
+                self._intervals.append(step)
+        self._undo = (self._last_pts, gap)
+        self._last_pts = pts if self._last_pts is None else max(pts, self._last_pts)
+
+    def left_out(self) -> None:
+        """The frame given last is not encoded: the next one's step is measured from the one
+        before it."""
+        self._last_pts, gap = self._undo
+        if gap:
+            self._gaps.pop()
+        self._undo = (self._last_pts, False)
+
+    def _media(self, t: int) -> int:
+        removed = self._folded
+        for start, length in self._gaps:
+            if t <= start:
+                break
+            removed += min(length, t - start)
+        return t - removed + self._base
+
+    def place(self, dts: int, pts: int) -> tuple[int, int, int]:
+        """(media decode time, duration, composition offset) of the sample at stream decode
+        time `dts` showing at `pts`."""
+        if self._base is None:
+            self._base = max(0, -dts)
+        while self._gaps and sum(self._gaps[0]) <= dts:  # behind every time to come
+            self._folded += self._gaps.popleft()[1]
+        start = self._media(dts)
+        if self._last_dts is not None:
+            start = max(start, self._last_dts + 1)
+        self._last_dts = start
+        shown = self._media(pts)
+        self.offset = shown - pts
+        return start, self.usual, shown - start
 
 
 def ticks(value: int, time_base: Fraction, timescale: int) -> int:

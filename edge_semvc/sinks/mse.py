@@ -155,9 +155,17 @@ class MseOutput(Output):
             raise SinkError(f"the web page's live picture takes H.264 or HEVC, the encoder "
                             f"writes {info.codec!r}: turn http.live off")
         self._info = info
+        interval = 1 / info.fps if info.fps else Fraction(1, 30)
+        self._timeline = fmp4.Timeline(max(1, round(interval / info.time_base)))
 
     def wants_idr(self, pts: int | None) -> bool:
+        if pts is not None:  # every frame, in input order: where the pauses are
+            self._timeline.frame(int(pts))
         return self.feed.take_idr_request()
+
+    def left_out(self, pts: int | None) -> None:
+        if pts is not None:
+            self._timeline.left_out()
 
     def write(self, packet) -> None:
         from .file import has_parameter_sets
@@ -170,15 +178,19 @@ class MseOutput(Output):
                 data = info.headers + data
             self._start(data, packet)
         track_id, timescale = self._track
-        dts = fmp4.ticks(int(packet.dts), info.time_base, timescale)
-        start, duration = self._timeline.place(dts)  # placed whether or not anyone watches
+        # placed whether or not anyone watches
+        start, duration, shown = self._timeline.place(int(packet.dts), int(packet.pts))
         self.frames += 1
         if not self.feed.clients():
             return  # a reader that joins waits for a keyframe: nothing to write for nobody
-        offset = fmp4.ticks(int(packet.pts), info.time_base, timescale) - dts
-        self.feed.publish(fmp4.fragment(self.frames, track_id, start, duration, offset, key,
+
+        def media(ticks: int) -> int:
+            return fmp4.ticks(ticks, info.time_base, timescale)
+
+        self.feed.publish(fmp4.fragment(self.frames, track_id, media(start), media(duration),
+                                        media(start + shown) - media(start), key,
                                         fmp4.length_prefixed(data)),
-                          key, self._timeline.offset / timescale)
+                          key, float(self._timeline.offset * info.time_base))
 
     def _start(self, first: bytes, packet) -> None:
         """The init segment (ftyp+moov, the parameter sets in its avcC or hvcC) from FFmpeg's
@@ -204,8 +216,6 @@ class MseOutput(Output):
             raise SinkError("the web page's live picture: FFmpeg's mov muxer wrote no moov box")
         init = data[:moov] if info.codec == "h264" else fmp4.as_hvc1(data[:moov])
         self._track = fmp4.track_of(init)
-        interval = 1 / info.fps if info.fps else Fraction(1, 30)  # the first frame's duration only
-        self._timeline = fmp4.Timeline(fmp4.ticks(1, interval, self._track[1]))
         self.feed.start(init, f'video/mp4; codecs="{fmp4.codecs(init)}"')
 
     def stats(self) -> dict:
