@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -441,5 +442,7 @@ def test_a_file_camera_ends_and_reports_its_scene_cuts(tmp_path):
     log = service_log(config)
     assert "bikes: source_ended" in log
     assert 3 <= log.count("bikes: scene_cut") <= 8, log
+    cuts = [int(n) for n in re.findall(r"bikes: scene_cut .*?'frame': (\d+)", log)]
+    assert set(cuts) <= {30, 76, 137, 187, 242}, cuts  # each the first frame of its shot
     frames, _ = check_segments(tmp_path / "rec" / "bikes")
     assert frames == 250

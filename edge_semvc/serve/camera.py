@@ -236,7 +236,8 @@ class Camera:
                     self._trial_frames += 1
             if stats.scene_cuts > seen_cuts[0]:  # the run's one decision (analysis/scene.py)
                 seen_cuts[0] = stats.scene_cuts
-                self.emit("scene_cut", frame=self.frames_total, pts=frame.pts)
+                # the frame's index over the camera's run, from 0 (as the storage stats)
+                self.emit("scene_cut", frame=self.frames_total - 1, pts=frame.pts)
             if self.view is not None:
                 self.view.frame(frame, labels, qp)
             captured = paced.capture_times.pop(frame.index, None)
