@@ -174,9 +174,10 @@ def cmd_encode(args) -> int:
     # standard output may carry the video: the summary goes to stderr then
     _print_summary(stats, args, sys.stderr if "-" in map(scheme_of, args.output) else sys.stdout)
     if error:
-        kept = ("each output keeps what reached it (where finalising failed, said above, "
-                "an MP4 does not play; .mkv and .ts do)" if write_failed else
-                f"{stats['frames']} frames were written")
+        mp4 = any(o["uri"].lower().endswith(".mp4") for o in stats["outputs"])
+        kept = ("each output keeps what reached it" + (
+                " (where finalising failed, said above, an MP4 does not play; .mkv and .ts do)"
+                if mp4 else "") if write_failed else f"{stats['frames']} frames were written")
         print(f"edge-semvc: error: {error}; {kept}", file=sys.stderr)
     return status
 
