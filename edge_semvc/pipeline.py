@@ -253,9 +253,9 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     wall = time.perf_counter() - t_start
     shown.save_png()
     result = _summarise(stats, wall, source, summary, cfg, outputs)
-    result["passthrough"] = {"streams": outputs.track_stats(), "skipped": skipped,
-                             "retimed": getattr(source, "retimed_packets", 0)}
+    result["passthrough"] = {"streams": outputs.track_stats(), "skipped": skipped}
     result["repaired_pts"] = getattr(source, "repaired_pts", 0)
+    result["retimed_packets"] = getattr(source, "retimed_packets", 0)
     result["damaged_packets"] = getattr(source, "damaged_packets", 0)
     if stats.storage is not None:
         result["storage"] = stats.storage.stats()

@@ -143,7 +143,7 @@ class PyAVSource:
         self.tracks, self.skipped = passthrough_tracks(self.container, stream)
         self._picture_bytes = 0  # the first video packet's size (raw: one picture)
         self._packets = PacketQueue()  # demuxed, not yet taken
-        self._follow_on = FollowOn(path)  # files joined: their tracks' clocks continue
+        self._follow_on = FollowOn(path)  # files joined: their clocks continue
         self.take_packets = self._packets.take  # (any thread) those read since the last call
         self._coded = (self.width, self.height)
         # The first picture is decoded now: its display matrix decides the frames' size.
@@ -192,13 +192,15 @@ class PyAVSource:
 
     @property
     def retimed_packets(self) -> int:
-        """Packets of the passed-through tracks shifted to follow on (`FollowOn`)."""
+        """Packets shifted to follow on where files were joined (`FollowOn`)."""
         return self._follow_on.retimed
 
     def _demux(self) -> Iterator[av.VideoFrame]:
         """The video stream's decoded pictures; the other streams' packets go to take_packets."""
         passed = [self.container.streams[t.index] for t in self.tracks]
         for packet in self.container.demux([self.stream, *passed]):
+            if packet.size:
+                self._follow_on(packet)
             if packet.stream.index == self.stream.index:
                 self._picture_bytes = self._picture_bytes or packet.size
                 try:
@@ -212,7 +214,7 @@ class PyAVSource:
                     continue
                 yield from pictures
             else:
-                value = self._follow_on(track_packet(packet))
+                value = track_packet(packet)
                 if value is not None:
                     self._packets.put(value)
 
@@ -229,8 +231,9 @@ class PyAVSource:
         passed = [self.container.streams[t.index] for t in self.tracks]
         try:
             for packet in self.container.demux([self.stream, *passed]):
-                value = self._follow_on(track_packet(packet)) \
-                    if packet.stream.index in behind else None
+                if packet.size:
+                    self._follow_on(packet)
+                value = track_packet(packet) if packet.stream.index in behind else None
                 if value is not None:
                     self._packets.put(value)
                     if value.time is not None and value.time >= self._video_end:

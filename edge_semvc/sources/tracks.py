@@ -71,33 +71,52 @@ def track_packet(packet) -> TrackPacket | None:
 
 
 class FollowOn:
-    """Per track, the packets after a step back in time of more than JOINED_S (files joined end
-    to end: the second's clock starts again) shifted to follow on from the track's last packet,
-    as the video's frames are (`PyAvSource._rising_pts`): the second file's audio is kept, in
-    step with its pictures within a frame or so. Counts the packets it shifted."""
+    """Files joined end to end (`cat a.ts b.ts`: the second's clocks start again). Where a
+    stream's time steps back by more than JOINED_S, its packets from there on belong to the
+    next joined part, and every part has one shift for all its streams: set by the stream that
+    steps back first, to follow on from its own last packet. So the second file's streams keep
+    their offsets to one another (its sound stays with its pictures) and a stream that starts
+    later in it leaves that gap. Applied to PyAV's packets as they are demuxed, the video's
+    before they are decoded (by its decode time: presentation times step back between
+    B-frames). Counts the packets it shifted."""
 
     def __init__(self, path: str):
         self.path = path
         self.retimed = 0
-        self._shift: dict[int, Fraction] = {}  # track -> seconds added
-        self._end: dict[int, Fraction] = {}  # track -> its last packet's end, as shifted
+        self._shifts = [Fraction(0)]  # seconds added to each joined part's packets
+        self._part: dict[int, int] = {}  # stream index -> the part its packets are in
+        # stream index -> its last packet's decode end and its latest presentation end, shifted
+        self._end: dict[int, tuple[Fraction, Fraction]] = {}
 
-    def __call__(self, p: TrackPacket | None) -> TrackPacket | None:
-        if p is None or p.time is None:
-            return p
-        shift = self._shift.get(p.track, Fraction(0))
-        end = self._end.get(p.track)
-        if end is not None and p.time + shift < end - JOINED_S:
-            if not self.retimed:
-                log.warning("%s: stream #%d goes back in time at %.2f s (files joined end to "
-                            "end?): its packets from there follow on from the ones before "
-                            "(counted: passthrough.retimed)", self.path, p.track, float(end))
-            shift = self._shift[p.track] = end - p.time
+    def __call__(self, packet) -> None:
+        stream, base = packet.stream.index, Fraction(packet.time_base)
+        ticks = packet.dts if packet.dts is not None or packet.stream.type == "video" \
+            else packet.pts
+        shown = packet.pts if packet.pts is not None else ticks
+        part = self._part.get(stream, 0)
+        if ticks is not None:
+            decoded, presented = self._end.get(stream, (None, None))
+            if decoded is not None and ticks * base + self._shifts[part] < decoded - JOINED_S:
+                part = self._part[stream] = part + 1
+                if part == len(self._shifts):  # the first of its streams to step back: after
+                    # its last packet in decode order, and its last picture on screen
+                    self._shifts.append(max(decoded - ticks * base, presented - shown * base))
+                    log.warning("%s: stream #%d goes back in time at %.2f s (files joined end "
+                                "to end?): the part from there follows on, every stream "
+                                "shifted alike (counted: retimed_packets)", self.path, stream,
+                                float(decoded))
+        shift = self._shifts[part]
         if shift:
-            p = p.shifted(shift)
+            moved = round(shift / base)
+            packet.pts = None if packet.pts is None else packet.pts + moved
+            packet.dts = None if packet.dts is None else packet.dts + moved
             self.retimed += 1
-        self._end[p.track] = p.time + p.duration * p.time_base
-        return p
+        if ticks is not None:
+            length = (packet.duration or 0) * base
+            decoded, presented = self._end.get(stream, (None, None))
+            end = shown * base + shift + length
+            self._end[stream] = (ticks * base + shift + length,
+                                 end if presented is None else max(presented, end))
 
 
 def _codec_name(stream) -> str:
