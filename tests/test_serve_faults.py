@@ -6,6 +6,7 @@ source, sink or configuration — and nothing asserts how long anything took.
 """
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -20,12 +21,14 @@ from test_segments import TB, named, record, street  # noqa: F401  (street: a fi
 from test_telemetry import wait_until
 
 from edge_semvc.config import Config
+from edge_semvc.errors import SinkError
 from edge_semvc.frame import Frame
 from edge_semvc.serve.camera import STALL_S, TRIAL_FRAMES, Backoff, Camera, CameraSeams
 from edge_semvc.serve.changes import RemoteChanges
 from edge_semvc.serve.config import CameraConfig
 from edge_semvc.serve.remote import OverrideStore
 from edge_semvc.sinks.config import RecordConfig
+from edge_semvc.sinks.gstreamer import check_gstreamer
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = VIDEO / "carphone_qcif_pristine.mp4"  # 4 s at 30 fps, a person: maps from the start
@@ -56,11 +59,12 @@ class Events(list):
         return [e for _, e, _ in self]
 
 
-def camera(tmp_path, uri=None, events=None, cfg=None, loop=False, realtime=True,
+def camera(tmp_path, uri=None, events=None, cfg=None, loop=False, realtime=True, outputs=(),
            **seams) -> tuple[Camera, Events]:
     events = events if events is not None else Events()
     record = RecordConfig(dir=str(tmp_path / "rec"), segment_seconds=1)
-    entry = CameraConfig(input=uri or f"file://{CLIP}", loop=loop, realtime=realtime)
+    entry = CameraConfig(input=uri or f"file://{CLIP}", loop=loop, realtime=realtime,
+                         outputs=list(outputs))
     seams.setdefault("backoff", Backoff(0.05, 0.05))
     cam = Camera("front", entry, cfg or pipeline_config(), record, events,
                  seams=CameraSeams(**seams))
@@ -190,7 +194,7 @@ def test_a_camera_that_keeps_failing_to_open_says_so_once_per_retry_and_back_onc
 # --- the recording ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fault", ["record_dir_missing", "camera_folder_is_a_file",
-                                   "second_recorder"])
+                                   "second_recorder", "output_port_taken"])
 def test_recording_faults_are_sink_errors_not_a_lost_source(tmp_path, fault):
     """The recording cannot start: record.dir missing (an unmounted disk: never created),
     the camera folder blocked, another process holding the camera's lock. Each is a
@@ -211,7 +215,17 @@ def test_recording_faults_are_sink_errors_not_a_lost_source(tmp_path, fault):
             str(rec / "front" / ".lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True)
         assert lock.stdout.readline().strip() == "locked"
-    cam, events = camera(tmp_path, loop=True)
+    taken, outputs = None, ()
+    if fault == "output_port_taken":  # another camera's SRT listener, say
+        rec.mkdir(exist_ok=True)
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        taken.bind(("0.0.0.0", 0))
+        outputs = [f"srt://@:{taken.getsockname()[1]}?mode=listener"]
+        try:
+            check_gstreamer("srt", outputs[0])
+        except SinkError as e:
+            pytest.skip(str(e))
+    cam, events = camera(tmp_path, loop=True, outputs=outputs)
     cam.start()
     try:
         wait_until(lambda: len(events.named("sink_error")) >= 2, timeout=WAIT,
@@ -221,11 +235,14 @@ def test_recording_faults_are_sink_errors_not_a_lost_source(tmp_path, fault):
         reason = events.named("sink_error")[0]["reason"]
         assert {"record_dir_missing": "is missing (an unmounted disk?)",
                 "camera_folder_is_a_file": "cannot record camera 'front'",
-                "second_recorder": "already being recorded"}[fault] in reason, reason
+                "second_recorder": "already being recorded",
+                "output_port_taken": "Address already in use"}[fault] in reason, reason
         if fault == "record_dir_missing":
             rec.mkdir()
         elif fault == "camera_folder_is_a_file":
             (rec / "front").unlink()
+        elif fault == "output_port_taken":
+            taken.close()
         else:
             lock.stdin.close()
             lock.wait(30)

@@ -209,6 +209,13 @@ def test_a_reload_does_not_refuse_the_ports_its_own_outputs_hold(tmp_path):
             outputs[0].replace("/a", "/b")]}})
         with pytest.raises(SinkError, match="Address already in use"):
             _check_service_config(added, running=running)
+        copied = loaded({"a": a, "b": {"input": f"file://{CLIP}", "outputs": [outputs[1]]}})
+        with pytest.raises(SinkError, match="Address already in use"):  # a's SRT listener
+            _check_service_config(copied, running=running)
+        into_one = loaded({n: {"input": f"file://{CLIP}", "outputs": ["udp://127.0.0.1:9"]}
+                           for n in ("a", "b")})
+        with pytest.raises(SinkError, match="both use 127.0.0.1:9"):  # one receiver, two streams
+            _check_service_config(into_one, running=running)
     finally:
         tcp.close()
         udp.close()

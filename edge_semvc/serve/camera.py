@@ -212,10 +212,13 @@ class Camera:
         """One run of the pipeline on `paced`; (what failed, why), or None at its end."""
         self.runs += 1
         stats = self.stats = RunStats()
-        outputs = self.outputs = Outputs(
-            ([SegmentOutput(self.record, self.name, self.emit)] if self.record else [])
-            + [open_output(uri, on_event=self.emit) for uri in self.output_uris]
-            + ([MseOutput(self.view.feed)] if self.view and self.view.feed else []))
+        try:  # a port another camera holds: a sink error, retried like any other
+            outputs = self.outputs = Outputs(
+                ([SegmentOutput(self.record, self.name, self.emit)] if self.record else [])
+                + [open_output(uri, on_event=self.emit) for uri in self.output_uris]
+                + ([MseOutput(self.view.feed)] if self.view and self.view.feed else []))
+        except (SinkError, OSError) as e:
+            return "sink", str(e)
         live = Live(updates=self._take_update, stats=stats,
                     timing_window=TIMING_WINDOW, queue_frames=self.queue_frames,
                     cameras=self.cameras)

@@ -31,6 +31,7 @@ from ..config import Config
 from ..errors import ConfigError, EdgeSemvcError, SinkError
 from ..sinks import open_output
 from ..sinks.config import RecordConfig
+from ..sinks.uri import check_ports
 from ..stop import finalising
 from . import homeassistant
 from .camera import Camera
@@ -304,12 +305,17 @@ def _check_service_config(cfg: ServeConfig, running: ServeConfig | None = None) 
     reload the outputs `running` has open are not checked again: their ports are theirs."""
     _check_record_dir(cfg.record)
     _check_models_prepared(cfg.pipeline_config())  # never downloads: `make install-service`
-    open_now = {uri for cam in running.cameras.values() for uri in cam.outputs} if running \
-        else set()
-    for cam in cfg.cameras.values():
+    open_now = {(name, uri) for name, cam in running.cameras.items() for uri in cam.outputs} \
+        if running else set()
+    outputs = []
+    for name, cam in cfg.cameras.items():
         for uri in cam.outputs:  # pre-flight: a bad output URI, missing GStreamer, a port
-            if uri not in open_now:
-                open_output(uri)
+            try:
+                outputs.append(open_output(uri))
+            except SinkError:
+                if (name, uri) not in open_now:  # else: the camera holds that port itself
+                    raise
+    check_ports(outputs)  # two outputs sending into one receiver, two servers on one port
 
 
 def _restart_reason(name: str, old: ServeConfig, new: ServeConfig, good: Config,
