@@ -45,16 +45,14 @@ class _LogSink:
         self._map = {levels.X264_LOG_ERROR: logging.ERROR, levels.X264_LOG_WARNING: logging.WARNING,
                      levels.X264_LOG_INFO: logging.INFO, levels.X264_LOG_DEBUG: logging.DEBUG}
         self._error_level = levels.X264_LOG_ERROR
-        self._levels_debug = levels.X264_LOG_DEBUG
 
     def emit(self, level: int, text: str) -> None:
         if level <= self._error_level:
             self.errors.append(text)
             if len(self.errors) > 20:
                 del self.errors[0]
-        if text.startswith(_IDR_TOO_SOON):  # x264's rule, no fault: see _IDR_TOO_SOON
-            level = self._levels_debug
-        log.log(self._map.get(level, logging.DEBUG), "x264: %s", text)
+        quiet = text.startswith(_IDR_TOO_SOON)  # x264's own rule, no fault
+        log.log(logging.DEBUG if quiet else self._map.get(level, logging.DEBUG), "x264: %s", text)
 
 
 # --- the encoder --------------------------------------------------------------------------------

@@ -281,7 +281,7 @@ class Outputs:
                 call(o)
             except WriteError as e:
                 self.failed[id(o)] = e
-                _close_quietly(o, told=str(e))
+                _close_quietly(o)  # an output does not repeat its own failure at its close
                 going = [x.uri for x in self.outputs if id(x) not in self.failed]
                 if going:
                     log.error("%s; the run goes on for %s", e, ", ".join(going))
@@ -356,11 +356,10 @@ class Outputs:
         self.close()
 
 
-def _close_quietly(o: Output, told: str = "") -> None:
+def _close_quietly(o: Output) -> None:
     """Close an output that failed or was never used: its own failure to close is said (an MP4
-    whose index did not fit) unless it repeats the failure `told` already."""
+    whose index did not fit)."""
     try:
         o.close()
     except Exception as e:  # noqa: BLE001
-        if str(e) != told:
-            log.error("%s", e if isinstance(e, WriteError) else f"closing {o.uri} failed: {e}")
+        log.error("%s", e if isinstance(e, WriteError) else f"closing {o.uri} failed: {e}")

@@ -20,8 +20,8 @@ from ..tracks import KINDS, Track, TrackPacket
 
 log = logging.getLogger(__name__)
 
-# a track whose time goes back further than this was joined on (a step back this small is
-# reordering: the interleaver leaves such a packet out and counts it)
+# a stream whose time goes back further than this was joined on (a smaller step back is
+# reordering: the interleaver leaves such a track packet out and counts it)
 JOINED_S = Fraction(1, 2)
 
 # containers tried, in order, to hold a copy of a stream's codec parameters (each refuses some
@@ -92,31 +92,35 @@ class FollowOn:
         stream, base = packet.stream.index, Fraction(packet.time_base)
         ticks = packet.dts if packet.dts is not None or packet.stream.type == "video" \
             else packet.pts
-        shown = packet.pts if packet.pts is not None else ticks
         part = self._part.get(stream, 0)
-        if ticks is not None:
-            decoded, presented = self._end.get(stream, (None, None))
-            if decoded is not None and ticks * base + self._shifts[part] < decoded - JOINED_S:
-                part = self._part[stream] = part + 1
-                if part == len(self._shifts):  # the first of its streams to step back: after
-                    # its last packet in decode order, and its last picture on screen
-                    self._shifts.append(max(decoded - ticks * base, presented - shown * base))
-                    log.warning("%s: stream #%d goes back in time at %.2f s (files joined end "
-                                "to end?): the part from there follows on, every stream "
-                                "shifted alike (counted: retimed_packets)", self.path, stream,
-                                float(decoded))
+        if ticks is None:  # no time to judge by: shifted as its stream's part is
+            self._shift(packet, self._shifts[part], base)
+            return
+        decoded_at = ticks * base
+        shown_at = decoded_at if packet.pts is None else packet.pts * base
+        decoded, presented = self._end.get(stream, (None, None))
+        if decoded is not None and decoded_at + self._shifts[part] < decoded - JOINED_S:
+            part = self._part[stream] = part + 1
+            if part == len(self._shifts):  # the first of its streams to step back: after
+                # its last packet in decode order, and its last picture on screen
+                self._shifts.append(max(decoded - decoded_at, presented - shown_at))
+                log.warning("%s: stream #%d goes back in time at %.2f s (files joined end to "
+                            "end?): the part from there follows on, every stream shifted "
+                            "alike (counted: retimed_packets)", self.path, stream,
+                            float(decoded))
         shift = self._shifts[part]
-        if shift:
-            moved = round(shift / base)
+        self._shift(packet, shift, base)
+        length = (packet.duration or 0) * base
+        end = shown_at + shift + length
+        self._end[stream] = (decoded_at + shift + length,
+                             end if presented is None else max(presented, end))
+
+    def _shift(self, packet, seconds: Fraction, base: Fraction) -> None:
+        if seconds:
+            moved = round(seconds / base)
             packet.pts = None if packet.pts is None else packet.pts + moved
             packet.dts = None if packet.dts is None else packet.dts + moved
             self.retimed += 1
-        if ticks is not None:
-            length = (packet.duration or 0) * base
-            decoded, presented = self._end.get(stream, (None, None))
-            end = shown * base + shift + length
-            self._end[stream] = (ticks * base + shift + length,
-                                 end if presented is None else max(presented, end))
 
 
 def _codec_name(stream) -> str:
