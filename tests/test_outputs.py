@@ -4,6 +4,7 @@ encoder. Counts frames and bytes; waits only as hang guards (a receiver's read t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -347,3 +348,36 @@ def test_multicast_stays_on_this_network_unless_a_ttl_is_given(uri, ttl):
     out = open_output(uri)
     url = out._url(5600) if uri.startswith("rtp") else out._target()[0]
     assert f"ttl={ttl}" in url.split("?")[1].split("&")
+
+
+def test_a_kept_output_follows_on_across_runs_and_opens_anew_for_a_new_stream():
+    """serve keeps a camera's stream outputs across its runs (sinks/kept.py): each run's
+    encoder starts its timestamps again, the receiver sees one stream whose times go on, after
+    the pause that passed (2 s here, on the injected clock). A run whose stream differs (its
+    size) opens the output anew."""
+    from edge_semvc.sinks.kept import KeptOutput
+
+    info, packets = encoded(30)
+    port, now = free_port(), [100.0]
+    kept = KeptOutput(lambda: open_output(f"udp://127.0.0.1:{port}"), lambda: now[0])
+    first = kept.inner
+    rx = Receiver(f"udp://127.0.0.1:{port}?overrun_nonfatal=1&fifo_size=500000", "mpegts")
+    rx.start()
+    wait_until(lambda: udp_bound(port), what="the UDP receiver's socket")
+    for _run in range(2):
+        with Outputs([kept]).open(info) as outputs:  # its close ends the run only
+            for p in packets:
+                outputs.write(p)
+                now[0] += 1 / 30
+        now[0] += 2.0  # the camera was away
+    assert kept.inner is first and kept.stats()["packets"] == 60
+    kept.open(dataclasses.replace(info, width=info.width // 2))
+    assert kept.inner is not first and kept.stats()["reopened"] == 1
+    kept.close_for_good()
+    first.close()
+    rx.join(60)
+    pts = [p for p, _, _ in rx.frames]
+    assert len(pts) >= 58, rx.error
+    steps = [b - a for a, b in zip(pts, pts[1:])]
+    assert all(s > 0 for s in steps), steps  # never back in time
+    assert max(steps) == 3000 + 2 * 90000, steps  # a frame, then the pause, in 90 kHz

@@ -191,6 +191,52 @@ def test_a_camera_that_keeps_failing_to_open_says_so_once_per_retry_and_back_onc
     assert events.names().index("source_back") > events.names().index("source_lost")
 
 
+class CutFeed(Feed):
+    """A live feed whose stream ends when the test says (`cut`): the camera is lost."""
+
+    def __init__(self, start=0):
+        super().__init__(start)
+        self.cut = threading.Event()
+
+    def frames(self):
+        for frame in super().frames():
+            if self.cut.is_set():
+                return
+            yield frame
+
+
+def test_a_viewer_of_the_rtsp_server_stays_connected_while_the_camera_comes_back(tmp_path):
+    """The camera's stream outputs are kept open across its runs (sinks/kept.py): an RTSP
+    client watching when the input is lost goes on receiving, without reconnecting, once the
+    camera is back (before, the server closed with the run and the client was dropped)."""
+    from gst_helpers import free_port, require
+    from test_gst_rtsp import ffmpeg_rtsp
+
+    require("rtsp")
+    (tmp_path / "rec").mkdir()
+    clock, port = Clock(), free_port()
+    feeds = [CutFeed(), CutFeed(start=1000)]
+    cam, events = camera(tmp_path, "rtsp://camera.invalid/stream",
+                         open_input=lambda uri: feeds[min(cam.runs, 1)], clock=clock,
+                         sleep=clock.sleep, outputs=[f"rtsp://@:{port}/cam"])
+    cam.start()
+    try:
+        wait_until(lambda: cam.state == "running", timeout=WAIT, what="the camera running")
+        viewer = ffmpeg_rtsp(f"rtsp://127.0.0.1:{port}/cam", "tcp")
+        viewer.wait(10)
+        feeds[0].cut.set()
+        wait_until(lambda: events.named("source_back"), timeout=WAIT, what="the camera back")
+        viewer.wait(viewer.frames + 20)  # the same connection, the second run's frames
+    finally:
+        stopped(cam)
+    viewer.join()
+    assert [n for n in events.names() if n.startswith("client_")] == ["client_joined",
+                                                                     "client_left"]
+    assert events.names().index("client_left") > events.names().index("source_back")
+    assert viewer.first.key_frame and viewer.broken == []  # the second run decodes whole
+    assert cam.streams == [] and cam.runs == 2
+
+
 # --- the recording ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fault", ["record_dir_missing", "camera_folder_is_a_file",

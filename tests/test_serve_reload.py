@@ -262,3 +262,51 @@ def test_a_camera_a_reload_removes_is_let_go(tmp_path):
     gc.collect()
     assert removed() is None
     assert service.summary["cameras"]["c"]["frames"] > 10
+
+
+def test_a_reloaded_key_that_a_stored_remote_change_overrides_is_said(tmp_path, caplog):
+    """A remote change kept in .state/<camera>.yml applies on top of the file (said at the
+    start); a reload that changes the same key in the file changes nothing for that camera,
+    and the log says so, naming the key and the file that overrides it."""
+    import logging
+    import threading
+
+    from edge_semvc import preflight
+    from edge_semvc.config import load_config
+    from edge_semvc.serve.config import ServeConfig
+    from edge_semvc.serve.service import Service
+
+    needs_clip()
+    path = tmp_path / "serve.yml"
+    (tmp_path / ".state").mkdir()
+    (tmp_path / ".state" / "a.yml").write_text("qp: {importance_gain: 9.0}\n")
+
+    def write(gain, offset_max):
+        path.write_text(yaml.safe_dump({
+            "cameras": {"a": {"input": f"file://{CLIP}", "loop": True}},
+            "record": {"dir": str(tmp_path)}, "labeler": {"cpu_budget": 0.05},
+            "qp": {"importance_gain": gain, "offset_max": offset_max}}))
+
+    def load():
+        cfg = load_config(path, cls=ServeConfig)
+        preflight.resolve(cfg)
+        return cfg
+
+    caplog.set_level(logging.INFO, logger="edge_semvc")
+    write(8.0, 10)
+    service = Service(load(), load=load)
+    run = threading.Thread(target=service.run, daemon=True)
+    run.start()
+    try:
+        wait_until(lambda: service.cameras["a"].frames_total > 10, what="frames from a")
+        write(7.0, 11)  # the second is not overridden: not named
+        service.reload_event.set()
+        wait_until(lambda: "configuration reloaded" in caplog.text, what="the reload")
+    finally:
+        service.stop_event.set()
+        run.join(60)
+    assert service.cameras["a"].cfg.qp.importance_gain == 9.0
+    assert "a: the remote changes kept in " in caplog.text and "(qp.importance_gain)" in caplog.text
+    said = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
+    assert len(said) == 1 and "qp.importance_gain" in said[0], said
+    assert "offset_max" not in said[0] and str(tmp_path / ".state" / "a.yml") in said[0]

@@ -34,6 +34,7 @@ from ..pipeline import Live, RunStats, run_encode
 from ..sinks import open_output
 from ..sinks.base import Outputs
 from ..sinks.config import RecordConfig
+from ..sinks.kept import KeptOutput
 from ..sinks.mse import MseOutput
 from ..sinks.segments import SegmentOutput
 from ..sources import LIVE_SCHEMES, open_source
@@ -94,6 +95,7 @@ class Camera:
         self.name, self.uri, self.record = name, entry.input, record  # record None: stream only
         self.cfg = self.good = cfg  # in use / last kept (cfg differs while a change is on trial)
         self.output_uris = tuple(entry.outputs)  # stream outputs beside the recording
+        self.streams: list[KeptOutput] = []  # theirs, open across runs once all could be made
         self.view = view  # the web page's: live feed and overlay (http.enabled)
         self.outputs: Outputs | None = None  # the current run's
         self.emit = lambda event, **fields: emit(name, event, fields)
@@ -175,6 +177,14 @@ class Camera:
         return cfg
 
     def _run(self) -> None:
+        try:
+            self._runs()
+        finally:  # the camera is done: its viewers are let go
+            for stream in self.streams:
+                stream.close_for_good()
+            self.streams = []
+
+    def _runs(self) -> None:
         while not self.stop_event.is_set():
             try:
                 source = self.open_input(self.uri)
@@ -213,9 +223,10 @@ class Camera:
         self.runs += 1
         stats = self.stats = RunStats()
         try:  # a port another camera holds: a sink error, retried like any other
+            self._keep_streams()
             outputs = self.outputs = Outputs(
                 ([SegmentOutput(self.record, self.name, self.emit)] if self.record else [])
-                + [open_output(uri, on_event=self.emit) for uri in self.output_uris]
+                + self.streams
                 + ([MseOutput(self.view.feed)] if self.view and self.view.feed else []))
         except (SinkError, OSError) as e:
             return "sink", str(e)
@@ -259,6 +270,22 @@ class Camera:
             log.exception("%s: the pipeline failed", self.name)
             return "pipeline", f"{type(e).__name__}: {e}"
         return None
+
+    def _keep_streams(self) -> None:
+        """The stream outputs, made at the first run that can make them all, then kept open
+        across runs (`sinks/kept.py`): a camera's hiccup does not disconnect their viewers."""
+        if self.streams or not self.output_uris:
+            return
+        made: list[KeptOutput] = []
+        try:
+            for uri in self.output_uris:
+                made.append(KeptOutput(lambda uri=uri: open_output(uri, on_event=self.emit),
+                                       self.clock))
+        except BaseException:
+            for stream in made:
+                stream.close_for_good()
+            raise
+        self.streams = made
 
     def _flowing(self) -> None:
         """The run's first frame: the camera runs again, and says so after a failure."""

@@ -124,6 +124,11 @@ def live_difference(old: Config, new: Config, strict: bool = False) -> dict[str,
     return doc
 
 
+def changed_keys(old: Config, new: Config) -> set[str]:
+    """The dotted keys whose values differ from `old` to `new` (qp.importance as one key)."""
+    return {key for key, _ in _differences(old.to_dict(), new.to_dict())}
+
+
 def _differences(old: dict, new: dict, prefix: str = ""):
     for k in {**old, **new}:
         path, a, b = f"{prefix}{k}", old.get(k), new.get(k)

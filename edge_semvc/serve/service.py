@@ -38,7 +38,15 @@ from .camera import Camera
 from .changes import RemoteChanges
 from .config import ServeConfig
 from .notify import Watchdog, notify_ready, notify_status, notify_stopping
-from .remote import OverrideStore, apply_change, each_key, live_difference, one_line
+from .remote import (
+    OverrideStore,
+    apply_change,
+    changed_keys,
+    dotted_keys,
+    each_key,
+    live_difference,
+    one_line,
+)
 from .stats import CpuMeter, StatsWindow
 from .telemetry import open_telemetry
 from .web import CameraView, WebView
@@ -101,6 +109,8 @@ class Service:
             doc = self.store.load(camera)
             if not doc:
                 return base
+            log.info("%s: the remote changes kept in %s apply on top of the configuration "
+                     "file (%s)", camera, self.store.path(camera), ", ".join(dotted_keys(doc)))
             try:
                 return apply_change(base, doc)
             except ConfigError:
@@ -264,6 +274,7 @@ class Service:
             self.views.pop(name, None)
             self.telemetry.remove_camera(name)
         for name in new.cameras:
+            self._say_overridden(name, old, new)
             base = self._restored(name, new.pipeline_config(name))
             cam = self.cameras.get(name)
             reason = _restart_reason(name, old, new, cam.good, base) if cam else "added"
@@ -279,6 +290,21 @@ class Service:
             self._event(name, "camera_restarted" if cam else "camera_added",
                         {"reason": reason} if cam else {})
         log.info("configuration reloaded%s", f" ({'; '.join(kept)})" if kept else "")
+
+    def _say_overridden(self, name: str, old: ServeConfig, new: ServeConfig) -> None:
+        """A warning for each key the file changed for camera `name` that a stored remote
+        change overrides: the file's new value does not apply."""
+        if name not in old.cameras:
+            return
+        try:
+            stored = set(dotted_keys(self.store.load(name)))
+        except ConfigError:  # _restored says why
+            return
+        masked = changed_keys(old.pipeline_config(name), new.pipeline_config(name)) & stored
+        if masked:
+            log.warning("%s: the file's change to %s does not apply: the remote change kept in "
+                        "%s overrides it (remove it there, or send the value over MQTT)", name,
+                        ", ".join(sorted(masked)), self.store.path(name))
 
     def _status(self) -> str:
         """systemd's STATUS= line: each camera's frame rate over the last stats interval."""

@@ -1,0 +1,114 @@
+"""A stream output kept open across the runs of one camera (`serve`).
+
+A camera's run ends whenever its input is lost, its pipeline fails or a remote change is rolled
+back; the next run opens a new encoder, whose timestamps start again. Built per run, the
+camera's RTSP server and SRT listener closed at each such hiccup, and their viewers had to
+connect again. `KeptOutput` keeps one output for the camera's whole life: a run's `close` only
+ends the run, and the next run's packets, of every stream, are shifted by one amount so that
+they follow on from the last ones sent after the time that passed in between (a receiver's
+clock sees the pause as it was; nothing it gets goes back in time). Only a next run whose
+stream differs (size, rate, codec, the tracks passed through) closes the output and opens it
+anew: its receivers then join again, as they must for a new stream.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from fractions import Fraction
+from typing import Callable
+
+from ..tracks import TrackPacket
+from .base import Output, StreamInfo
+
+log = logging.getLogger(__name__)
+
+# what the output takes from the one it keeps (base.Output's traits)
+TRAITS = ("uri", "global_headers", "fatal", "keeps_timestamps", "asks_for_receivers",
+          "loses_packets", "reports_link", "files", "sends_to", "ports")
+
+
+class KeptOutput(Output):
+    """`make()` (the output, checked, not open) kept open across runs; `clock()` in seconds
+    measures the pause between two runs. `close_for_good` closes it."""
+
+    def __init__(self, make: Callable[[], Output], clock: Callable[[], float]):
+        self._make, self._clock = make, clock
+        self.inner = make()
+        for name in TRAITS:
+            setattr(self, name, getattr(self.inner, name))
+        self.reopened = 0  # times a run's new stream made it open anew
+        self._tried = False  # inner.open was called
+        self._period = Fraction(0)  # a frame interval, s
+        self._stream: StreamInfo | None = None  # what it carries (parameter sets aside)
+        self._shift: Fraction | None = Fraction(0)  # s added to this run's times (None: not yet)
+        self._last_s: Fraction | None = None  # the latest time sent, any stream, shifted
+        self._sent_at = 0.0  # clock() when it was sent
+
+    def open(self, info: StreamInfo) -> None:
+        stream = dataclasses.replace(info, headers=b"")  # in-band before each IDR anyway
+        if stream == self._stream:  # the next run of the same stream: it follows on
+            self._shift = None if self._last_s is not None else Fraction(0)
+            return
+        if self._stream is not None:
+            log.info("%s: the stream changed (%dx%d at %s fps, %s, %d tracks): opened anew, "
+                     "its receivers join again", self.uri, info.width, info.height, info.fps,
+                     info.codec, len(info.tracks))
+            self.reopened += 1
+        if self._tried:  # open before, or failed to: an output opens once
+            self.inner.close()
+            self.inner = self._make()
+        self._tried, self._stream, self._last_s = True, None, None
+        self.inner.open(info)
+        self._stream, self._shift = stream, Fraction(0)
+        self._period = 1 / Fraction(info.fps) if info.fps else Fraction(0)
+
+    def _shifted(self, first_s: Fraction) -> Fraction:
+        """This run's shift, set by its first packet (`first_s`, its decode time): after the
+        last time sent by the pause since, and at least a frame interval."""
+        if self._shift is None:
+            pause = max(self._period, Fraction(self._clock() - self._sent_at))
+            tb = self._stream.time_base  # a whole number of the video's ticks
+            self._shift = round((self._last_s + pause - first_s) / tb) * tb
+        return self._shift
+
+    def _sent(self, latest_s: Fraction) -> None:
+        self._last_s = latest_s if self._last_s is None else max(self._last_s, latest_s)
+        self._sent_at = self._clock()
+
+    def write(self, packet) -> None:
+        tb = self._stream.time_base
+        ticks = int(self._shifted(packet.dts * tb) / tb)
+        if ticks:
+            packet = dataclasses.replace(packet, pts=packet.pts + ticks, dts=packet.dts + ticks)
+        self.inner.write(packet)
+        self._sent(packet.pts * tb)
+
+    def write_track(self, packet: TrackPacket) -> None:
+        if packet.time is None:  # no time to shift: as it came
+            self.inner.write_track(packet)
+            return
+        shift = self._shifted(packet.time)
+        packet = packet.shifted(shift) if shift else packet
+        self.inner.write_track(packet)
+        self._sent(packet.time)
+
+    def wants_idr(self, pts: int | None) -> bool:
+        return self.inner.wants_idr(pts)
+
+    def left_out(self, pts: int | None) -> None:
+        self.inner.left_out(pts)
+
+    def cannot_carry(self, track) -> str | None:
+        return self.inner.cannot_carry(track)
+
+    def link_report(self):
+        return self.inner.link_report()
+
+    def stats(self) -> dict:
+        return {**self.inner.stats(), **({"reopened": self.reopened} if self.reopened else {})}
+
+    def close(self) -> None:
+        """The run ended: the output stays open for the next."""
+
+    def close_for_good(self) -> None:
+        self.inner.close()
