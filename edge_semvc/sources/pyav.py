@@ -155,7 +155,7 @@ class PyAVSource:
         self.repaired_pts = 0  # frames whose timestamp was missing or did not rise
         try:
             self._first = next(self._av_frames, None)
-        except av.error.FFmpegError as e:  # reported by frames(), as a failure at frame 0
+        except (av.error.FFmpegError, _ReadTimedOut) as e:  # frames() says it, at frame 0
             self._first_error = e
         self.orientation = Orientation.of(self._first)
         self.width, self.height = self.orientation.size(self.width, self.height)
@@ -196,9 +196,15 @@ class PyAVSource:
         return self._follow_on.retimed
 
     def _demux(self) -> Iterator[av.VideoFrame]:
-        """The video stream's decoded pictures; the other streams' packets go to take_packets."""
+        """The video stream's decoded pictures; the other streams' packets go to take_packets.
+        A live input's packet that took the read timeout to come is FFmpeg's parser handing
+        out the frame it held for the next one to start (RTSP): the input froze then, and
+        its picture is the last (`_ReadTimedOut`), not one after a pause."""
         passed = [self.container.streams[t.index] for t in self.tracks]
+        asked = time.monotonic()
         for packet in self.container.demux([self.stream, *passed]):
+            timed_out = self._read_timeout is not None and \
+                time.monotonic() - asked >= self._read_timeout
             if packet.size:
                 self._follow_on(packet)
             if packet.stream.index == self.stream.index:
@@ -217,6 +223,9 @@ class PyAVSource:
                 value = track_packet(packet)
                 if value is not None:
                     self._packets.put(value)
+            if timed_out:
+                raise _ReadTimedOut
+            asked = time.monotonic()  # after the pictures were taken: the read starts now
 
     def read_tracks_on(self) -> None:
         """After a run cut short by a frame count: the file read on, without decoding, until
@@ -268,8 +277,9 @@ class PyAVSource:
                 last_corrupt = av_frame.is_corrupt
                 yield self._to_frame(av_frame, index)
                 index += 1
-        except av.error.FFmpegError as e:
-            if isinstance(e, av.error.ExitError) and self._read_timeout is not None:
+        except (av.error.FFmpegError, _ReadTimedOut) as e:
+            if isinstance(e, (av.error.ExitError, _ReadTimedOut)) and \
+                    self._read_timeout is not None:
                 # the read timed out: the same loss as a stall seen by PacedSource, which this
                 # timeout may beat to it; the pictures the decoder's threads still hold first
                 for av_frame in self._held_pictures():
@@ -373,6 +383,10 @@ class PyAVSource:
 
     def close(self) -> None:
         self.container.close()
+
+
+class _ReadTimedOut(Exception):
+    """A live input's read took the read timeout (`PyAVSource._demux`)."""
 
 
 class _CountedInput:
