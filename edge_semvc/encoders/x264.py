@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 _AQ_SLOPE = 1.0397
 
 
-# An IDR asked for within keyint_min frames of the last keyframe (a receiver joined) is made an
-# I-frame by x264, which says so as a warning (a serve soak: 109 of 749 log lines); the outputs
-# go on waiting for a keyframe and ask again (sinks/base.Outputs), so it is only debug here.
+# x264 warns "forced frame type (1) at N was changed to frame type (2)" for some IDRs asked for
+# (a serve soak with receivers joining: 109 of 749 log lines); probes forcing IDRs at random
+# frames, within keyint_min of each other, at the live and zerolatency profiles got an IDR
+# every time, and an output still waiting for one asks again (sinks/base.Outputs): debug here.
 _IDR_TOO_SOON = "forced frame type (1) at "
 
 
