@@ -275,3 +275,32 @@ def test_a_matroska_file_cut_short_is_not_called_complete(tmp_path, capsys):
     assert code == 0
     code, err = _run(["encode", cut, tmp_path / "b.mp4", "--no-map"], tmp_path, capsys)
     assert code == 3 and "ends early: its video ended at" in err
+
+
+def _cut_without_reencoding(tmp_path, start):
+    """The car park from `start` s, as `ffmpeg -ss START -c copy` cuts it: from the keyframe
+    before, with an edit list that hides the pictures (and sound) before `start`."""
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    out = tmp_path / "cut.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-ss", str(start), "-i",
+                    str(_clip("overhead_parking_cars_768x432.mp4")), "-t", "3", "-c", "copy",
+                    str(out)], check=True)
+    return out
+
+
+def test_a_cut_made_without_re_encoding_is_whole(tmp_path, capsys):
+    """The pictures an MP4's edit list hides count in its frame count but are never shown: a
+    file cut that way is complete (exit 0, every shown picture), not 'truncated' (exit 3)."""
+    src = _cut_without_reencoding(tmp_path, 3)
+    with av.open(str(src)) as c:
+        declared = c.streams.video[0].frames
+        shown = sum(1 for _ in c.decode(video=0))
+    assert shown < declared  # the edit list hides some
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    code, err = _run(["encode", src, out, "--no-map", "--stats-json", stats, "--progress",
+                      "off"], tmp_path, capsys)
+    assert code == 0, err
+    s = json.loads(stats.read_text())
+    assert s["frames"] == shown and s["complete"] is True
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == shown

@@ -152,6 +152,10 @@ class PyAVSource:
         self._video_end: Fraction | None = None  # the latest frame's time plus one frame (s)
         self._last_pts: int | None = None
         self.damaged_packets, self._damaged = 0, ""  # video packets the decoder refused
+        # video packets an edit list hides (a cut made without re-encoding starts at the
+        # keyframe before it): decoded for the pictures after them, never shown, yet counted
+        # in the container's frame count
+        self._hidden = 0
         self.repaired_pts = 0  # frames whose timestamp was missing or did not rise
         try:
             self._first = next(self._av_frames, None)
@@ -209,6 +213,7 @@ class PyAVSource:
                 self._follow_on(packet)
             if packet.stream.index == self.stream.index:
                 self._picture_bytes = self._picture_bytes or packet.size
+                self._hidden += bool(packet.size and packet.is_discard)
                 try:
                     pictures = packet.decode()
                 except av.error.InvalidDataError as e:  # one damaged packet: go on past it
@@ -296,8 +301,9 @@ class PyAVSource:
             raise DecodeError(f"{self.path} is damaged: {self.damaged_packets} of its video "
                               f"packets could not be decoded ({self._damaged}) and were "
                               "skipped; the pictures around them were encoded")
-        if self._declared and index < self._declared:
-            raise DecodeError(f"{self.path} ends early: {index} of the {self._declared} "
+        shown = self._declared - self._hidden  # what a player shows of what it declares
+        if self._declared and index < shown:
+            raise DecodeError(f"{self.path} ends early: {index} of the {shown} "
                               f"frames its container declares were decoded (truncated?)")
         error = self._shorter_than_declared()
         if error:
