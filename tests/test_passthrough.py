@@ -136,6 +136,34 @@ def test_audio_and_telemetry_pass_through_untouched_and_cut_with_the_video(tmp_p
         assert not streams[3]["not_carried_by"]
 
 
+@pytest.mark.parametrize("ext", [".ts", ".mkv"])
+def test_the_sound_an_edit_list_hides_is_left_out(tmp_path, ext):
+    """A cut made without re-encoding (`ffmpeg -ss 3 -c copy`) keeps the sound from the
+    keyframe before the cut, hidden by its edit list: left out, it does not play a second
+    before the first picture (MPEG-TS) nor push the picture a second late (Matroska)."""
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    src = tmp_path / "cut.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-ss", "3", "-i", str(clip(PARK)), "-t", "3",
+                    "-c", "copy", str(src)], check=True)
+    with av.open(str(src)) as c:
+        assert any(p.is_discard for p in c.demux(c.streams.audio[0]))  # the edit list hides
+    out = tmp_path / f"park{ext}"
+    stats, _ = encode(src, out)
+    assert_in_sync(src, out, 12.5)
+    assert span(out, "video")[0] < 1 / 12.5
+    # FFmpeg's AAC priming packet, hidden by the edit list of an MP4 it encodes, is kept: the
+    # decoder needs it for the first sound shown
+    aac = tmp_path / "aac.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(clip(PARK)), "-t", "2", "-c:v", "copy",
+                    "-c:a", "aac", str(aac)], check=True)
+    with av.open(str(aac)) as c:
+        first = next(p for p in c.demux(c.streams.audio[0]) if p.size)
+        assert first.is_discard
+        first = _raw_aac(bytes(first))
+    encode(aac, tmp_path / f"aac{ext}")
+    assert packets(tmp_path / f"aac{ext}", "audio")[0][1] == first
+
+
 def test_a_track_stored_after_its_video_is_read_on_to_the_frames_cut(tmp_path):
     """The drone's GPMF packet for 0-1 s is stored after that second's 30 pictures: with
     --frames 20 the file is read on to it, so it reaches the output (and nothing later)."""

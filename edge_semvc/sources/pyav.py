@@ -25,7 +25,7 @@ from ..tracks import PacketQueue
 from ..uris import address_problem, file_path
 from .base import NETWORK_SCHEMES, RawVideoOptions
 from .orientation import Orientation
-from .tracks import FollowOn, passthrough_tracks, track_packet
+from .tracks import FollowOn, HiddenLead, passthrough_tracks, track_packet
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,7 @@ class PyAVSource:
         self._picture_bytes = 0  # the first video packet's size (raw: one picture)
         self._packets = PacketQueue()  # demuxed, not yet taken
         self._follow_on = FollowOn(path)  # files joined: their clocks continue
+        self._hidden_lead = HiddenLead()  # what an edit list hides before the sound starts
         self.take_packets = self._packets.take  # (any thread) those read since the last call
         self._coded = (self.width, self.height)
         # The first picture is decoded now: its display matrix decides the frames' size.
@@ -226,8 +227,8 @@ class PyAVSource:
                 yield from pictures
             else:
                 value = track_packet(packet)
-                if value is not None:
-                    self._packets.put(value)
+                for shown in self._hidden_lead(packet, value) if value is not None else ():
+                    self._packets.put(shown)
             if timed_out:
                 raise _ReadTimedOut
             asked = time.monotonic()  # after the pictures were taken: the read starts now
@@ -248,10 +249,10 @@ class PyAVSource:
                 if packet.size:
                     self._follow_on(packet)
                 value = track_packet(packet) if packet.stream.index in behind else None
-                if value is not None:
-                    self._packets.put(value)
-                    if value.time is not None and value.time >= self._video_end:
-                        behind.discard(value.track)
+                for shown in self._hidden_lead(packet, value) if value is not None else ():
+                    self._packets.put(shown)
+                    if shown.time is not None and shown.time >= self._video_end:
+                        behind.discard(shown.track)
                 at = packet.pts if packet.pts is not None else packet.dts
                 if not behind or (at is not None and
                                   at * packet.time_base > self._video_end + READ_ON_S):

@@ -70,6 +70,31 @@ def track_packet(packet) -> TrackPacket | None:
                        time_base=Fraction(packet.time_base), keyframe=packet.is_keyframe)
 
 
+class HiddenLead:
+    """The packets an MP4's edit list hides before a track's first shown one (a cut made without
+    re-encoding keeps the sound from the keyframe before the cut: a player never plays it, and
+    passed on it would play before the first picture in MPEG-TS and push it late in Matroska).
+    Held until the track's first shown packet, then left out but for the last of them, the
+    decoder's pre-roll (AAC's priming packet, which an MP4 with AAC has from its start: without
+    it the first shown packet decodes wrong)."""
+
+    def __init__(self):
+        self._held: dict[int, TrackPacket] = {}
+        self._started: set[int] = set()
+
+    def __call__(self, packet, value: TrackPacket) -> list[TrackPacket]:
+        """What to pass on of `value` (of the demuxed `packet`) and of what was held."""
+        track = value.track
+        if track in self._started:
+            return [value]
+        if packet.is_discard:
+            self._held[track] = value
+            return []
+        self._started.add(track)
+        held = self._held.pop(track, None)
+        return [value] if held is None else [held, value]
+
+
 class FollowOn:
     """Files joined end to end (`cat a.ts b.ts`: the second's clocks start again). Where a
     stream's time steps back by more than JOINED_S, its packets from there on belong to the
