@@ -304,3 +304,22 @@ def test_a_cut_made_without_re_encoding_is_whole(tmp_path, capsys):
     assert s["frames"] == shown and s["complete"] is True
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == shown
+
+
+def test_a_fragmented_mp4_cut_short_is_not_called_complete(tmp_path, capsys):
+    """A fragmented MP4 (a recorder's, a camera's) declares no frame count, but its track's
+    duration: one cut inside its fragments (the recorder died) is told (exit 3), a whole one
+    is not."""
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    whole = tmp_path / "whole.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i",
+                    str(_clip("overhead_parking_cars_768x432.mp4")), "-t", "6", "-c", "copy",
+                    "-movflags", "+frag_keyframe+empty_moov", str(whole)], check=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 6 // 10])
+    code, err = _run(["encode", whole, tmp_path / "a.mkv", "--no-map"], tmp_path, capsys)
+    assert code == 0, err
+    code, err = _run(["encode", cut, tmp_path / "b.mkv", "--no-map"], tmp_path, capsys)
+    assert code == 3 and "ends early: its video ended at" in err
+    with av.open(str(tmp_path / "b.mkv")) as c:
+        assert sum(1 for _ in c.decode(video=0)) > 10

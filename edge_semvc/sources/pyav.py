@@ -321,11 +321,15 @@ class PyAVSource:
 
     def _shorter_than_declared(self) -> DecodeError | None:
         """Matroska declares no frame count but where the video ends (its DURATION tag, in the
-        header): a file cut short, or damaged, ends before it."""
+        header), a fragmented MP4 neither but its track's duration (its fragments' samples, as
+        far as they were read when the file was opened): a file cut short, or damaged, ends
+        before it."""
         declared = _seconds(self.stream.metadata.get("DURATION", ""))
-        c = self.container
+        c, s = self.container, self.stream
         if not declared and "matroska" in c.format.name and len(c.streams) == 1 and c.duration:
             declared = ((c.start_time or 0) + c.duration) / 1e6  # the segment's, video alone
+        if not declared and c.format.name.startswith("mov") and not s.frames and s.duration:
+            declared = float(((s.start_time or 0) + s.duration) * s.time_base)
         if not declared or self._video_end is None:
             return None
         ended = float(self._video_end)
