@@ -72,3 +72,30 @@ def test_a_video_that_starts_long_after_its_audio_is_read(tmp_path, clip):
                             "--no-map"], stdin=pipe, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert len(probe(out)[2]) == 10
+
+
+@pytest.mark.parametrize("offset", ["36000", "0"])
+def test_an_mp4_or_mkv_made_from_a_ts_with_a_far_clock_starts_at_zero(tmp_path, clip, offset):
+    """A recorder's MPEG-TS whose clock reads ten hours (or FFmpeg's own, 1.4 s): an .mp4 or
+    .mkv starts at 0, every stream moved back alike (before, ten hours of nothing came
+    first); a .ts keeps the clock."""
+    src = tmp_path / "far.ts"
+    subprocess.run([ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=d=2",
+                    "-i", str(clip("carphone_qcif_pristine.mp4")), "-map", "1:v", "-map", "0:a",
+                    "-frames:v", "30", "-c:v", "copy", "-c:a", "aac", "-output_ts_offset",
+                    offset, str(src)], check=True)
+    with av.open(str(src)) as c:
+        clock = min(float(f.pts * f.time_base) for f in c.decode(video=0))
+    for ext in (".mp4", ".mkv", ".ts"):
+        out = tmp_path / f"out{ext}"
+        code, _, stderr = run_cli("encode", src, out, "--no-map")
+        assert code == 0, stderr
+        with av.open(str(out)) as c:
+            audio = [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.pts is not None]
+        with av.open(str(out)) as c:
+            pts = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+        first_audio = min(audio)
+        assert len(pts) == 30, (ext, len(pts))
+        start = clock if ext == ".ts" else 0.0
+        assert abs(min(pts) - start) < 0.05 and max(pts) - min(pts) < 1.5, (ext, pts[:3])
+        assert abs(first_audio - min(pts)) < 0.1, (ext, first_audio, min(pts))

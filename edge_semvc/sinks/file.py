@@ -15,7 +15,11 @@ Timestamps: packets carry pts/dts in ``time_base``; the muxer rescales to its ow
 (mp4: a multiple of the rate, mkv: always 1 ms, ts: 90 kHz), so read back as seconds they are
 the input's (mkv rounded to the millisecond). For mpegts the negative dts x264 gives the first
 frames (B-frame delay) are written as they are (TS timestamps wrap at 2^33) instead of letting
-FFmpeg shift the whole stream, so the pts stay exact there too.
+FFmpeg shift the whole stream, so the pts stay exact there too. An mp4 or mkv file starts at 0,
+as FFmpeg makes them: every stream moves back by the first packet's time (a broadcast or
+recorder's MPEG-TS whose clock reads ten hours would otherwise open on ten hours of nothing,
+and one whose clock wrapped below zero would hide its first frames behind the mp4's edit list);
+a .ts keeps the input's clock.
 
 The input's passed-through streams (audio, subtitles, data) go into the containers beside the
 video where the muxer takes them (`tracks.py`); a raw file holds the video alone.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -197,6 +202,9 @@ class FileSink:
         self._container = None
         self._stream = None
         self._tracks: TrackMuxer | None = None
+        # s taken off every time (mp4, mkv: the first packet's; None until it came)
+        self._origin: Fraction | None = None if self.format in ("mp4", "matroska") else \
+            Fraction(0)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.format is None:
             self._file = open(self.path, "wb")
@@ -238,8 +246,18 @@ class FileSink:
         """One packet of an added track, in time order with the video."""
         if self._closed:
             raise SinkError(f"FileSink {self.path} is closed")
-        if self._tracks is not None and self._tracks.mux(packet):
+        if self._tracks is None:
+            return
+        origin = self._start(packet.time)
+        if self._tracks.mux(packet.shifted(-origin) if origin else packet):
             self.bytes += len(packet.data)
+
+    def _start(self, time: Fraction | None) -> Fraction:
+        """The time taken off every packet: the first packet's (`time`, s), in whole ticks of
+        the video, for a container that starts at 0."""
+        if self._origin is None and time is not None:
+            self._origin = math.floor(time / self.time_base) * self.time_base
+        return self._origin or Fraction(0)
 
     def write(self, packets) -> None:
         """Append packets (an ``encoders.Packet`` or an iterable of them) in decode order."""
@@ -279,8 +297,9 @@ class FileSink:
             pkt = av.Packet(data)
             pkt.stream = self._stream
             pkt.time_base = self.time_base
-            pkt.pts = int(p.pts)
-            pkt.dts = int(p.dts)
+            shift = int(self._start(p.pts * self.time_base) / self.time_base)
+            pkt.pts = int(p.pts) - shift
+            pkt.dts = int(p.dts) - shift
             pkt.is_keyframe = bool(p.keyframe)
             self._container.mux(pkt)
         self.frames += 1
