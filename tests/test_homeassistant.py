@@ -118,6 +118,27 @@ def test_every_discovery_payload_follows_home_assistants_schema():
     assert keys <= set(StatsWindow(camera).snapshot())
 
 
+def test_names_home_assistant_would_ignore_get_ids_it_takes():
+    """A camera name may hold '.', a topic prefix almost anything: Home Assistant ignores a
+    discovery topic whose node or object id holds a character outside [a-zA-Z0-9_-] ("illegal
+    discovery topic"), so such a camera had no entity at all. Its ids are made of the allowed
+    characters, distinct for names that differ only there; plain names keep theirs."""
+    seen = {}
+    for prefix, camera in (("site 1/edge.semvc", "gate.north"), ("site 1/edge.semvc",
+                                                                 "gate_north"),
+                           ("edge_semvc", "gate.north"), ("edge_semvc", "gate_north")):
+        for topic, payload in discovery_configs(prefix, "homeassistant", camera):
+            doc = json.loads(payload)
+            check_discovery(topic, doc)
+            assert doc["name"].startswith(f"{camera} ")  # the name shown is the camera's
+            assert doc["state_topic" if "state_topic" in doc else "topic"].startswith(
+                f"{prefix}/{camera}/")
+            seen.setdefault((topic, doc["unique_id"]), []).append((prefix, camera))
+    assert all(len(v) == 1 for v in seen.values()), "two cameras, one entity"
+    topics = {t for t, _ in seen}
+    assert "homeassistant/sensor/edge_semvc/gate_north_fps/config" in topics  # unchanged
+
+
 def test_a_wrong_payload_fails_the_check():
     """The check itself can fail: an unknown key, a missing command topic."""
     topic, payload = next(t for t in discovery_configs("edge_semvc", "homeassistant", "front")

@@ -19,13 +19,16 @@ One device per box (the topic prefix names it), available while `<prefix>/availa
 
 Ids: `unique_id` `<node>_<camera>_<key>`, node the topic prefix with '/' as '_' (e.g.
 `edge_semvc_front_fps`), discovery topics `<discovery_prefix>/<platform>/<node>/<camera>_<key>/
-config`. Full key names, no abbreviations.
+config`; a node or camera with a character Home Assistant does not take in an id (`.`) has it
+as '_' and its CRC-32 appended (`topic_id`). Full key names, no abbreviations.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
+import re
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -48,23 +51,35 @@ COMMANDS = {"semantic_map": ("qp", "enabled"), "importance_gain": ("qp", "import
             "labeler_share": ("labeler", "live_share")}
 
 
+NOT_ID = re.compile(r"[^A-Za-z0-9_-]")  # Home Assistant ignores a discovery topic whose ids
+# (node_id, object_id) hold any other character ("illegal discovery topic")
+
+
+def topic_id(name: str) -> str:
+    """`name` as a discovery topic's node or object id: itself when it is one, else its other
+    characters as '_' and the name's CRC-32, so that cameras `gate.north` and `gate_north`
+    keep two ids."""
+    clean = NOT_ID.sub("_", name)
+    return name if clean == name else f"{clean}_{zlib.crc32(name.encode()):08x}"
+
+
 def node_id(prefix: str) -> str:
-    return prefix.replace("/", "_")
+    return topic_id(prefix.replace("/", "_"))
 
 
 def discovery_configs(prefix: str, discovery_prefix: str, camera: str
                       ) -> Iterator[tuple[str, bytes]]:
     """(topic, retained payload) of every entity of `camera`."""
-    node = node_id(prefix)
+    node, obj = node_id(prefix), topic_id(camera)
     common = {"availability_topic": f"{prefix}/available", "payload_available": "online",
               "payload_not_available": "offline",
               "device": {"identifiers": [node], "name": prefix, "manufacturer": "edge_semvc",
                          "model": "edge-semvc serve"}}
 
     def entity(platform: str, key: str, name: str, **fields) -> tuple[str, bytes]:
-        config = {"name": f"{camera} {name}", "unique_id": f"{node}_{camera}_{key}",
+        config = {"name": f"{camera} {name}", "unique_id": f"{node}_{obj}_{key}",
                   **common, **{k: v for k, v in fields.items() if v is not None}}
-        return (f"{discovery_prefix}/{platform}/{node}/{camera}_{key}/config",
+        return (f"{discovery_prefix}/{platform}/{node}/{obj}_{key}/config",
                 json.dumps(config).encode())
 
     yield entity("camera", "snapshot", "snapshot", topic=f"{prefix}/{camera}/snapshot")
