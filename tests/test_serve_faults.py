@@ -392,3 +392,56 @@ def test_a_change_that_makes_the_pipeline_fail_is_rolled_back_and_not_kept(tmp_p
     assert events.named("config_applied") == [{"change": {"qp": {"q_gain": 5}}}]
     assert not events.named("source_lost") and not events.named("error")
     assert TRIAL_FRAMES <= 30
+
+
+# --- a remote change with no frames to try it on -----------------------------------------------
+
+def test_a_change_with_no_frames_to_try_it_on_still_ends_in_one_event(tmp_path):
+    """A change for a camera whose input is away or ended waited, unsaid, for frames that
+    might never come (no event, no log line, the config/state unchanged): it is refused at
+    once, naming the camera's state. One on trial when the camera stops (a frozen feed: no
+    frame after it) is refused too, not stored; nothing is kept from either."""
+    needs_clip()
+    from edge_semvc.errors import SourceError
+
+    for name in ("lost", "ended", "frozen"):  # each camera records into a folder of its own
+        (tmp_path / name / "rec").mkdir(parents=True)
+
+    def unreachable(uri):
+        raise SourceError("connection refused")
+
+    clock, feed = Clock(), Feed(freeze_after=10)
+    lost, _ = camera(tmp_path / "lost", "rtsp://camera.invalid/a", open_input=unreachable)
+    ended, _ = camera(tmp_path / "ended", realtime=False)
+    frozen, _ = camera(tmp_path / "frozen", "rtsp://camera.invalid/b", clock=clock,
+                       sleep=clock.sleep, open_input=lambda uri: feed)
+    cams = {"lost": lost, "ended": ended, "frozen": frozen}
+    events = Events()
+    store = OverrideStore(tmp_path / "frozen" / "rec" / ".state")
+    changes = RemoteChanges(cams, store, events, lambda name, state: None).start()
+    for cam in cams.values():
+        cam.start()
+    try:
+        wait_until(lambda: lost.state == "lost" and ended.state == "ended" and feed.frozen
+                   .is_set() and frozen.state == "running", timeout=WAIT, what="the states")
+        for name in cams:
+            changes.submit(name, b'{"qp": {"q_gain": 6}}')
+        wait_until(lambda: len(events) == 2 and frozen._trial, timeout=WAIT,
+                   what="two refusals, one change on trial")
+        assert frozen.state == "running" and not events.named("config_applied")
+        frozen.stop()
+        feed.thaw.set()  # the hanging read returns: the camera stops
+        stopped(frozen)
+        changes.settle("frozen", frozen)
+    finally:
+        feed.thaw.set()
+        changes.close()
+        for cam in cams.values():
+            stopped(cam)
+    rejected = {camera: fields for camera, _, fields in events}
+    assert events.names() == ["config_rejected"] * 3, events
+    assert rejected["lost"]["key"] == "qp.q_gain" and "camera is lost" in rejected["lost"][
+        "reason"]
+    assert "camera is ended" in rejected["ended"]["reason"]
+    assert "not kept: the camera stopped" in rejected["frozen"]["reason"]
+    assert store.load("frozen") == {} and frozen.good.qp.q_gain == 4.0

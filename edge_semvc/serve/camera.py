@@ -155,6 +155,12 @@ class Camera:
             previous, self.good = self.good, self.cfg
             return changes, self.good, previous
 
+    def take_unkept(self) -> list[dict]:
+        """The changes still on trial, taken once the camera stopped: they are never kept."""
+        with self._lock:
+            changes, self._trial = self._trial, []
+        return changes
+
     def restore(self, cfg: Config) -> None:
         """Go back to `cfg` (kept changes that could not be stored), from the next frame on."""
         with self._lock:

@@ -30,6 +30,11 @@ from .remote import (
 
 log = logging.getLogger("edge_semvc")
 
+# a camera's states in which no frame is encoded (serve/camera.py), with what they mean
+AGAIN = "no frames to try the change on; send it again once it runs"
+IDLE = {"lost": f"its input is away: {AGAIN}",
+        "failed": f"its recording or pipeline fails and is retried: {AGAIN}",
+        "ended": "its file ended: no frames to try the change on", "stopped": "it stops"}
 MAX_PENDING = 32  # payloads waiting for the worker; more are refused (a flood is not a queue)
 POLL_S = 0.2  # how often the worker looks for changes that passed their trial
 
@@ -104,6 +109,11 @@ class RemoteChanges:
             return
         try:
             doc = payload if isinstance(payload, FromFile) else parse_change(payload)
+            # no frames to try it on: it would wait, unsaid, maybe for ever (a reloaded file's
+            # keys wait: the file holds them, and a camera back runs with them)
+            if cam.state in IDLE and not isinstance(payload, FromFile):
+                raise RemoteChangeRejected(f"the camera is {cam.state} ({IDLE[cam.state]})",
+                                           ", ".join(dotted_keys(doc)))
             for _ in range(3):  # a rollback may come between reading cam.cfg and proposing
                 base = cam.cfg
                 if cam.propose(apply_change(base, doc), doc, base):
@@ -113,6 +123,14 @@ class RemoteChanges:
             self._refuse(camera, e.key, str(e))
         except Exception as e:  # noqa: BLE001 - whatever it is, a refusal with its event
             self._refuse(camera, None, f"{type(e).__name__}: {e}")
+
+    def settle(self, camera: str, cam: Camera) -> None:
+        """`cam` stopped (the service stops, a reload restarts or removes it): a change that
+        passed its trial is kept as any other; one still on trial is refused (not stored)."""
+        self._keep_passed(camera, cam)
+        for change in cam.take_unkept():
+            self._refuse(camera, ", ".join(dotted_keys(change)), "not kept: the camera stopped "
+                         "before the change's trial ended (it was not stored)")
 
     def _keep_passed(self, camera: str, cam: Camera) -> None:
         passed = cam.take_passed()

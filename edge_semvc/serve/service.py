@@ -225,6 +225,7 @@ class Service:
             if not cam.thread.is_alive():
                 break
             self._feed_watchdog()
+        self.changes.settle(name, cam)
         self._ended[name] = self.whole_run.pop(name).snapshot()  # not the camera itself
         del cam
         gc.collect()
@@ -321,6 +322,8 @@ class Service:
         deadline = self.clock() + STOP_TIMEOUT_S  # inside the unit's TimeoutStopSec=30
         for cam in self.cameras.values():
             cam.thread.join(timeout=max(0.1, deadline - self.clock()))
+        for name, cam in self.cameras.items():
+            self.changes.settle(name, cam)
         self.telemetry.close()
         if self.web is not None:
             self.web.close()
