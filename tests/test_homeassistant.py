@@ -166,14 +166,19 @@ def test_commands_reach_the_remote_change_path(broker, watchers, telemetries):  
                            (number["command_topic"], b"6.5"),
                            (number["command_topic"], b"nan"),
                            (switch["command_topic"], b"maybe"),
-                           ("edge_semvc/front/labeler_share/set", b"0.25")):
+                           ("edge_semvc/front/labeler_share/set", b"0.25"),
+                           # over 64 bytes: not a value (they were cut to "OFF" and 5.0)
+                           (switch["command_topic"], b"OFF" + b"\n" * 100_000),
+                           (number["command_topic"], b"5" + b" " * 20_000)):
         watch.client.publish(topic, payload, qos=1)
-    wait_until(lambda: len(received) == 5, what="five commands")
+    wait_until(lambda: len(received) == 7, what="seven commands")
     assert [(c, json.loads(p)) for c, p in received] == [
         ("front", {"qp": {"enabled": False}}), ("front", {"qp": {"importance_gain": 6.5}}),
         # not values: handed on as text, for the change's checks to refuse with their event
         ("front", {"qp": {"importance_gain": "nan"}}), ("front", {"qp": {"enabled": "maybe"}}),
-        ("front", {"labeler": {"live_share": 0.25}})]
+        ("front", {"labeler": {"live_share": 0.25}}),
+        ("front", {"qp": {"enabled": "a payload of 100003 bytes (at most 64)"}}),
+        ("front", {"qp": {"importance_gain": "a payload of 20001 bytes (at most 64)"}})]
     assert set(COMMANDS) == {"semantic_map", "importance_gain", "labeler_share"}
     assert MqttConfig().discovery_prefix == "homeassistant"
 

@@ -35,7 +35,7 @@ import numpy as np
 
 SNAPSHOT_WIDTH = 640  # the snapshot's width at most (aspect kept)
 SNAPSHOT_QUALITY = 75
-COMMAND_CHARS = 64  # of a command payload kept (a value, not a document)
+COMMAND_CHARS = 64  # a command payload's most bytes (a value, not a document)
 # (stats key, name, unit, device_class, state_class)
 SENSORS = (
     ("fps", "fps", "fps", None, "measurement"),
@@ -113,12 +113,14 @@ def command_topics(prefix: str) -> list[str]:
 
 def command_change(leaf: str, payload: bytes) -> bytes:
     """A command's payload as the `config/set` document it stands for. A value that is not
-    one (not ON/OFF, not a finite number) goes into the document as text, so that the change's
-    own checks refuse it, with their event, naming the key."""
+    one (not ON/OFF, not a finite number, longer than COMMAND_CHARS) goes into the document as
+    text, so that the change's own checks refuse it, with their event, naming the key."""
     section, key = COMMANDS[leaf]
     text = payload[:COMMAND_CHARS].decode("utf-8", "replace").strip()
     value: object = text
-    if leaf == "semantic_map" and text.upper() in ("ON", "OFF"):
+    if len(payload) > COMMAND_CHARS:  # not cut to a value: "ON" and 10 MB after it is none
+        value = f"a payload of {len(payload)} bytes (at most {COMMAND_CHARS})"
+    elif leaf == "semantic_map" and text.upper() in ("ON", "OFF"):
         value = text.upper() == "ON"
     elif leaf != "semantic_map":
         try:
