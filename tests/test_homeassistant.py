@@ -14,7 +14,7 @@ import re
 import pytest
 import yaml
 from PIL import Image
-from test_serve import _state, service_log, start_service, stop, with_broker
+from test_serve import CLIP, _state, service_log, start_service, stop, with_broker, write_config
 from test_telemetry import (  # noqa: F401 - fixtures
     MOSQUITTO,
     Watcher,
@@ -248,3 +248,36 @@ def test_the_switch_turns_the_map_off_and_the_number_sets_the_gain(tmp_path):
         watcher.client.loop_stop()
         mosquitto.stop()
     assert code == 0, service_log(path)
+
+
+def test_a_camera_that_ended_sends_no_stale_snapshot_and_an_unknown_presence(tmp_path):
+    """A camera whose input ended (or is lost) kept sending its last frame as the snapshot
+    every interval and its last presence (a person ON, on a dead camera). It sends no
+    snapshot once it stops encoding, and its presence becomes unknown (`None`)."""
+    mosquitto, path = with_broker(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    path = write_config(tmp_path, {"front": {"input": f"file://{CLIP}", "loop": True},
+                                   "once": {"input": f"file://{CLIP}"}},
+                        mqtt={**cfg["mqtt"], "home_assistant": True})
+    watcher = Watcher(mosquitto.port, "edge_semvc/once/#")
+    proc = start_service(path)
+
+    def ended_stats():
+        return [i for i, (topic, payload, _) in enumerate(list(watcher.messages))
+                if topic == "edge_semvc/once/stats" and json.loads(payload)["state"] == "ended"]
+    try:
+        wait_until(lambda: len(ended_stats()) >= 3, timeout=120, what="three stats, ended")
+    finally:
+        code = stop(proc)
+        watcher.client.loop_stop()
+        mosquitto.stop()
+    assert code == 0, service_log(path)
+    messages = list(watcher.messages)
+    first_ended = ended_stats()[0]
+    before = [json.loads(p) for t, p, _ in messages[:first_ended]
+              if t == "edge_semvc/once/presence"]
+    assert {"person": "ON", "vehicle": "OFF"} in before  # a face talks while the clip plays
+    after = messages[first_ended + 1:]
+    assert not [t for t, _, _ in after if t == "edge_semvc/once/snapshot"]
+    presence = [json.loads(p) for t, p, _ in messages if t == "edge_semvc/once/presence"]
+    assert presence[-1] == {"person": "None", "vehicle": "None"}

@@ -46,6 +46,8 @@ SENSORS = (
 )
 # binary sensor -> the product classes whose presence turns it on
 PRESENCE = {"person": ("person", "face"), "vehicle": ("vehicle",)}
+# while a camera encodes no frame: Home Assistant's payload for "unknown" (not OFF: unseen)
+PRESENCE_UNKNOWN = {name: "None" for name in PRESENCE}
 # command topic leaf -> the live key it sets (serve/remote.py LIVE_KEYS)
 COMMANDS = {"semantic_map": ("qp", "enabled"), "importance_gain": ("qp", "importance_gain"),
             "labeler_share": ("labeler", "live_share")}

@@ -232,10 +232,12 @@ class Service:
         release_freed_memory()
 
     def _home_assistant(self, snapshots: bool) -> None:
-        """Presence when it changed; a snapshot of each camera's current frame when due."""
+        """Presence when it changed; a snapshot of each camera's current frame when due. A
+        camera that encodes no frame (lost, failed, ended) has neither: its last frame is not
+        current, its presence unknown."""
         for name, cam in self.cameras.items():
-            seen = cam.last_seen
-            state = homeassistant.presence(seen[1] if seen else None)
+            seen = cam.last_seen if cam.state == "running" else None
+            state = homeassistant.presence(seen[1]) if seen else homeassistant.PRESENCE_UNKNOWN
             if state != self._presence.get(name):
                 self._presence[name] = state
                 self.telemetry.publish_presence(name, state)
