@@ -171,8 +171,9 @@ class Camera:
         return outputs.stats() if outputs is not None else []
 
     def dropped(self) -> int:
-        paced = self._paced
-        return self.dropped_total + (paced.dropped if paced else 0)
+        with self._lock:  # the run's drops counted once, as the run ends too
+            paced = self._paced
+            return self.dropped_total + (paced.dropped if paced else 0)
 
     # --- the camera thread ---------------------------------------------------------------------
     def _take_update(self) -> Config | None:  # polled by the pipeline before each frame
@@ -207,8 +208,9 @@ class Camera:
                 break
             self.state = "starting"
             failure = self._record(paced)
-            self.dropped_total += paced.dropped
-            self._paced = None
+            with self._lock:
+                self.dropped_total += paced.dropped
+                self._paced = None
             paced.close()
             if self.stop_event.is_set():
                 break
