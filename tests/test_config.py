@@ -47,6 +47,7 @@ def test_file_then_overrides(tmp_path):
     ("labeler.priority=face,dog", "labeler.priority: ['dog']"),
     ("qp.importance.dog=0.5", "qp.importance: ['dog']"),
     ("encoder.bitrate=2M", "only --bitrate takes k and M: 2M is 2000000 here"),
+    ("encoder.bitrate=999", "encoder.bitrate: 999 (expected 1000-1000000000 bits/s"),
     ("labeler.models=[nanodet_g, nanodet_g]", "labeler.models[0] is 'nanodet_g'"),
     ("fusion.words.zebra=notaclass", "fusion.words: ['notaclass']"),
     ("fusion.voice_classes=[unicorn]", "fusion.voice_classes: ['unicorn']"),

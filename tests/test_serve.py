@@ -379,7 +379,7 @@ def test_remote_configuration_over_mqtt_survives_a_restart(tmp_path):
     proc = start_service(config)
     try:
         wait_until(lambda: events("config_rejected"), timeout=120, what="the retained command")
-        assert "a retained message on config/set" in json.dumps(events("config_rejected"))
+        assert "a retained message (a command" in json.dumps(events("config_rejected"))
         watcher.client.publish("edge_semvc/front/config/set", b"", qos=1, retain=True)
         # (refusals: tests/test_hostile_config.py)
         watcher.client.publish("edge_semvc/front/config/set",

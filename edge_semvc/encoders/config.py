@@ -118,8 +118,9 @@ class EncoderConfig:
               "0 with encoder.profile storage (its GOP is encoder.storage.gop_s)")
         self.storage.validate()
         check(0 <= self.crf <= 51, "encoder.crf", self.crf, "between 0 and 51")
-        check(0 <= self.bitrate <= 10**9, "encoder.bitrate", self.bitrate,
-              "0-1000000000 bits/s (0: none with crf)")
+        check(self.bitrate == 0 or 1000 <= self.bitrate <= 10**9, "encoder.bitrate",
+              self.bitrate, "1000-1000000000 bits/s, or 0: none with crf (x264 counts whole "
+              "kbit/s: below 1000 it would run at another rate than it says)")
         check(rc == "crf" or self.bitrate > 0, "encoder.bitrate", self.bitrate,
               f"a positive bitrate (rate control {rc!r} needs one)")
         check(self.keyint >= 0, "encoder.keyint", self.keyint, ">= 0")

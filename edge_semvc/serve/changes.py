@@ -69,10 +69,10 @@ class RemoteChanges:
     # --- paho's thread: nothing slow ------------------------------------------------------
     def submit(self, camera: str, payload: bytes, retained: bool = False) -> None:
         if camera not in self.cameras:
-            log.warning("config/set for unknown camera %s ignored", shown(camera))
-        elif retained:
-            self._refuse(camera, None, "a retained message on config/set (a command, published "
-                         "without retain: a retained one would be replayed at every reconnect)")
+            log.warning("a command for unknown camera %s ignored", shown(camera))
+        elif retained:  # config/set, or a Home Assistant command topic
+            self._refuse(camera, None, "a retained message (a command, published without "
+                         "retain: a retained one would be replayed at every reconnect)")
         elif len(payload) > MAX_PAYLOAD_BYTES:
             self._refuse(camera, None, f"payload of {len(payload)} bytes is over the "
                          f"{MAX_PAYLOAD_BYTES}-byte limit")
