@@ -485,3 +485,41 @@ def test_connections_beyond_the_cap_are_answered_busy_and_the_slots_come_back(mo
     finally:
         view.close()
     assert "Traceback" not in capfd.readouterr().err  # clients that left are not our errors
+
+
+def test_a_burst_of_connections_waits_to_be_accepted_then_each_is_answered(tmp_path):
+    """200 page loads at once: the kernel holds the connections the server has not accepted
+    yet (socketserver's backlog of 5 dropped the others' SYNs: they waited 30-60 s to
+    connect); once served, each is answered, 200 or 503 past MAX_CONNECTIONS, none hangs."""
+    import select
+    import socket
+
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import RecordConfig, ServeConfig
+
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    view = web.WebView(cfg, {}, {}).listen()  # bound, not accepting yet
+    burst = []
+    try:
+        for _ in range(web.MAX_CONNECTIONS + 36):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", view.port))
+            burst.append(s)
+        pending, deadline = set(burst), time.monotonic() + 10
+        while pending and time.monotonic() < deadline:  # handshakes the kernel completed
+            pending -= set(select.select([], list(pending), [], 0.5)[1])
+        assert not pending, f"{len(pending)} of {len(burst)} connections not established"
+        view.start()
+        statuses = []
+        for s in burst:
+            s.setblocking(True)
+            s.settimeout(30)
+            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            statuses.append(s.recv(12))
+        assert set(statuses) <= {b"HTTP/1.1 200", b"HTTP/1.1 503"} and b"HTTP/1.1 200" in statuses
+    finally:
+        for s in burst:
+            s.close()
+        view.close()

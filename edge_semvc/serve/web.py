@@ -192,6 +192,9 @@ class _BoundedServer(ThreadingHTTPServer):
     (each held up to IDLE_S) would otherwise grow threads without bound."""
 
     daemon_threads = True
+    # connections waiting to be accepted (socketserver's 5 dropped a burst's SYNs: 200 page
+    # loads at once left half of them waiting 30-60 s to connect, never answered 503)
+    request_queue_size = 128
 
     def __init__(self, address, handler):
         super().__init__(address, handler)
