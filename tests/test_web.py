@@ -523,3 +523,31 @@ def test_a_burst_of_connections_waits_to_be_accepted_then_each_is_answered(tmp_p
         for s in burst:
             s.close()
         view.close()
+
+
+@pytest.mark.parametrize("body", [b"Content-Length: %d\r\n\r\n", b"Transfer-Encoding: chunked\r\n\r\n"])
+def test_a_get_with_a_body_is_answered_once_and_its_body_is_never_a_request(tmp_path, body):
+    """A GET may carry a body; unread, it was taken for the next request on the connection
+    (smuggled past a reverse proxy, whose next client got its answer)."""
+    import socket
+
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import RecordConfig, ServeConfig
+
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    view = web.WebView(cfg, {}, {}).start()
+    inner = b"GET /api/config HTTP/1.1\r\nHost: x\r\n\r\n"
+    if b"chunked" in body:
+        inner = b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
+    try:
+        with socket.create_connection(("127.0.0.1", view.port), timeout=30) as s:
+            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n"
+                      + (body % len(inner) if b"%d" in body else body) + inner)
+            answer = b""
+            while chunk := s.recv(1 << 16):  # the server closes the connection
+                answer += chunk
+    finally:
+        view.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1 and answer.endswith(b"{}"), answer

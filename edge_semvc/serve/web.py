@@ -274,6 +274,11 @@ def _handler(web: WebView):
 
         def _get(self, head: bool) -> None:
             self._head = head  # the headers alone
+            if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length",
+                                                                         "0").strip() != "0":
+                # a body nobody reads would be taken for the next request (a proxy reusing the
+                # connection would hand its answer to someone else's): answered, then closed
+                self.close_connection = True
             if not web.authorised(self.headers.get("Authorization")):
                 self._send(401, b"credentials needed\n", "text/plain",
                            {"WWW-Authenticate": 'Basic realm="edge-semvc"'})
@@ -316,6 +321,8 @@ def _handler(web: WebView):
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            if self.close_connection:
+                self.send_header("Connection", "close")
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
