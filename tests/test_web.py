@@ -551,3 +551,41 @@ def test_a_get_with_a_body_is_answered_once_and_its_body_is_never_a_request(tmp_
         view.close()
     assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer
     assert answer.count(b"HTTP/1.1 ") == 1 and answer.endswith(b"{}"), answer
+
+
+def test_the_events_follow_a_camera_that_a_reload_removed_and_added_again(tmp_path, monkeypatch):
+    """A reload that removes a camera and adds it back makes a new view: an open event stream
+    (the page's) sends the new view's overlays, not the old one's last, drawn for good over
+    the new picture."""
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import RecordConfig, ServeConfig
+
+    def overlay(t: float) -> web.Overlay:
+        return web.Overlay(t, time.time(), np.full((2, 3), -2.0, np.float32), None, ())
+
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    monkeypatch.setattr(web, "KEEPALIVE_S", 0.0)  # a comment at each quiet tick: counted
+    views = {"front": web.CameraView(live=False)}
+    views["front"].overlay = overlay(5.0)
+    view = web.WebView(cfg, {}, views).start()
+    request = urllib.request.Request(f"http://127.0.0.1:{view.port}/api/cameras/front/events")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            def next_overlay() -> float | None:  # None: 50 quiet ticks, no overlay
+                quiet = 0
+                for line in r:
+                    if line.startswith(b"data: ") and b'"qp"' in line:
+                        return json.loads(line[6:])["t"]
+                    quiet += line.startswith(b": keep-alive")
+                    if quiet == 50:
+                        return None
+                raise AssertionError("the event stream ended")
+
+            assert next_overlay() == 5.0
+            del views["front"]  # removed by one reload, added by the next
+            views["front"] = web.CameraView(live=False)
+            views["front"].overlay = overlay(0.5)
+            assert next_overlay() == 0.5
+    finally:
+        view.close()

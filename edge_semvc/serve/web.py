@@ -372,12 +372,15 @@ def _handler(web: WebView):
                 view.feed.unsubscribe(reader)
 
         def _events(self, name: str) -> None:
-            view = web.views[name]
             self._start_stream("text/event-stream")
             sent_overlay, sent_stats, quiet_since = None, None, web.clock()
             while not web.stopping.wait(1.0 / OVERLAY_HZ):
                 out = []
-                overlay, figures = view.overlay, web.figures.get(name)
+                # the camera's view as it is now: a reload that removed the camera and added it
+                # again made a new one (the old one's overlay stood still over the new picture)
+                view = web.views.get(name)
+                overlay = view.overlay if view is not None else None
+                figures = web.figures.get(name)
                 if overlay is not None and overlay is not sent_overlay:
                     shift = view.feed.media_offset if view.feed else 0.0
                     out.append(("overlay", overlay.message(shift)))
