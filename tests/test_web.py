@@ -589,3 +589,32 @@ def test_the_events_follow_a_camera_that_a_reload_removed_and_added_again(tmp_pa
             assert next_overlay() == 0.5
     finally:
         view.close()
+
+
+def test_the_page_s_figures_come_once_a_live_reader_s_slot_frees(tmp_path, chromium):
+    """A page opened while the live readers are at their cap gets 503 for its event stream:
+    EventSource gives up on an answer that is not 200, so the page tries again itself (its
+    figures and overlay never came until it was reloaded by hand)."""
+    from edge_semvc.bench.browser import Browser
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import RecordConfig, ServeConfig
+
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    view = web.WebView(cfg, {}, {"front": web.CameraView(live=False)}).start()
+    view.figures = {"front": web.Figures({"state": "running", "fps": 30.0}, {})}
+    base = f"http://127.0.0.1:{view.port}"
+    try:
+        for _ in range(web.MAX_STREAMS):  # every live reader's slot taken
+            view._streams.acquire()
+        with Browser(chromium) as browser:
+            browser.open(base + "/cameras/front")
+            # a resource entry once the answer is whole: the refusal (a stream is never whole)
+            browser.wait_for("performance.getEntriesByType('resource').some(e => "
+                             "e.name.endsWith('/events'))", timeout=30)
+            for _ in range(web.MAX_STREAMS):
+                view._streams.release()
+            browser.wait_for("document.querySelector('#figures').textContent"
+                             ".includes('frames per second')", timeout=30)
+    finally:
+        view.close()

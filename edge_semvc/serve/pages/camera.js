@@ -87,12 +87,20 @@ async function play() {
 function retry() { setTimeout(play, 1000); }
 
 // --- overlay and figures ---------------------------------------------------------------------
-const events = new EventSource(api + "/events");
-events.addEventListener("overlay", (e) => {
-  state.overlays.push(JSON.parse(e.data));
-  if (state.overlays.length > 100) state.overlays.shift();
-});
-events.addEventListener("stats", (e) => showFigures(JSON.parse(e.data)));
+function listen() {
+  const events = new EventSource(api + "/events");
+  events.addEventListener("overlay", (e) => {
+    state.overlays.push(JSON.parse(e.data));
+    if (state.overlays.length > 100) state.overlays.shift();
+  });
+  events.addEventListener("stats", (e) => showFigures(JSON.parse(e.data)));
+  // EventSource retries a broken connection by itself but gives up for good on an answer that
+  // is not 200 (503: the live readers at their cap; 404: a camera a reload removed for now)
+  events.addEventListener("error", () => {
+    if (events.readyState === EventSource.CLOSED) setTimeout(listen, 1000);
+  });
+}
+listen();
 
 function showFigures(s) {
   const lat = s.latency_ms && s.latency_ms.end_to_end ? s.latency_ms.end_to_end : {};
