@@ -68,6 +68,9 @@ def test_http_config_is_checked_and_credentials_come_from_the_environment():
     with pytest.raises(ConfigError, match="WEB_P"):
         cfg.credentials({"WEB_U": "a"})  # a missing variable is never an open page
     assert HttpConfig().credentials({}) is None
+    with pytest.raises(ConfigError, match="WEB_U.*':'"):  # no browser could log in as a:b
+        cfg.credentials({"WEB_U": "a:b", "WEB_P": "c"})
+    assert cfg.credentials({"WEB_U": "a", "WEB_P": "b:c"}) == ("a", "b:c")
 
 
 def test_a_slow_reader_loses_its_own_fragments_never_blocks_the_feed():

@@ -163,6 +163,9 @@ class HttpConfig:
                 raise ConfigError(f"http.{key} names the environment variable {var}, which is "
                                   "not set")
             values.append(env[var])
+        if ":" in values[0]:  # basic auth's user ends at the first ':': nobody could log in
+            raise ConfigError(f"http.username_env: the user name in {self.username_env} has a "
+                              "':', which HTTP basic auth cannot carry in a user name")
         return values[0], values[1]
 
 
