@@ -621,3 +621,36 @@ def test_the_page_s_figures_come_once_a_live_reader_s_slot_frees(tmp_path, chrom
                              ".includes('frames per second')", timeout=30)
     finally:
         view.close()
+
+
+def test_head_of_a_live_picture_says_what_a_get_would(tmp_path):
+    """An uptime check that asks HEAD of the live picture: 503 while no stream runs (it was 200
+    with an empty octet-stream whatever the camera did), the stream's type once one does."""
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import RecordConfig, ServeConfig
+
+    def head(path: str) -> tuple[int, str]:
+        request = urllib.request.Request(base + path, method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status, r.headers["Content-Type"]
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers["Content-Type"]
+
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    views = {"front": web.CameraView(live=True), "off": web.CameraView(live=False)}
+    view = web.WebView(cfg, {}, views).start()
+    base = f"http://127.0.0.1:{view.port}"
+    try:
+        assert head("/api/cameras/front/live.mp4")[0] == 503  # no run yet
+        assert head("/api/cameras/off/live.mp4")[0] == 503  # http.live off
+        assert get(base + "/api/cameras/front/live.mp4")[0] == 503  # as GET says
+        mime = 'video/mp4; codecs="avc1.42E01E"'
+        views["front"].feed.start(b"init", mime)
+        assert head("/api/cameras/front/live.mp4") == (200, mime)
+        assert head("/api/cameras/front/events") == (200, "text/event-stream")
+        views["front"].feed.end()  # the run ended
+        assert head("/api/cameras/front/live.mp4")[0] == 503
+    finally:
+        view.close()

@@ -49,6 +49,7 @@ MAX_STREAMS = 32  # concurrent live.mp4 and events readers; more get 503
 MAX_CONNECTIONS = 64  # open connections (a thread each); more are answered 503 and closed
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
         b"Content-Length: 18\r\nConnection: close\r\n\r\ntoo many clients\r\n")
+NO_LIVE = b"no live picture now (the camera is not running, or http.live is off)\n"
 PAGES = {"/": "index.html", "/camera.js": "camera.js"}
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
@@ -330,8 +331,13 @@ def _handler(web: WebView):
                 self.wfile.write(body)
 
         def _stream(self, serve, what) -> None:
-            if self._head:
-                self._send(200, b"", "application/octet-stream")
+            if self._head:  # what a GET would start with (an uptime check of the picture)
+                if serve == self._live and not (what.feed and what.feed.running()):
+                    self._send(503, NO_LIVE, "text/plain")
+                else:
+                    self.close_connection = True
+                    self._start_stream(what.feed.mime if serve == self._live
+                                       else "text/event-stream")
                 return
             if not web._streams.acquire(blocking=False):
                 self._send(503, b"too many live readers\n", "text/plain")
@@ -354,8 +360,7 @@ def _handler(web: WebView):
         def _live(self, view: CameraView) -> None:
             reader = view.feed.subscribe() if view.feed else None
             if reader is None:
-                self._send(503, b"no live picture now (the camera is not running, or "
-                                b"http.live is off)\n", "text/plain")
+                self._send(503, NO_LIVE, "text/plain")
                 return
             try:
                 self._start_stream(view.feed.mime)

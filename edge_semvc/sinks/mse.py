@@ -99,6 +99,11 @@ class LiveFeed:
             self._idr_wanted = True
             return reader
 
+    def running(self) -> bool:
+        """Whether a stream runs (a reader that subscribes now gets one)."""
+        with self._lock:
+            return self._init is not None
+
     def unsubscribe(self, reader: Reader) -> None:
         with self._lock:
             self._readers.discard(reader)
