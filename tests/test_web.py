@@ -654,3 +654,31 @@ def test_head_of_a_live_picture_says_what_a_get_would(tmp_path):
         assert head("/api/cameras/front/live.mp4")[0] == 503
     finally:
         view.close()
+
+
+def test_the_page_names_the_class_of_each_outline_colour(tmp_path, chromium):
+    """The labelled regions are outlined in a colour per class: the page says which is which
+    (label l is classes[l], outlined in camera.js's PALETTE[l - 1])."""
+    from edge_semvc.bench.browser import Browser
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import RecordConfig, ServeConfig
+
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    views = {"front": web.CameraView(live=False)}
+    views["front"].overlay = web.Overlay(0.0, time.time(), np.zeros((2, 3), np.float32),
+                                         np.array([[0, 1, 2], [2, 1, 0]], np.int16),
+                                         ("background", "person", "face"))
+    view = web.WebView(cfg, {}, views).start()
+    try:
+        with Browser(chromium) as browser:
+            browser.open(f"http://127.0.0.1:{view.port}/cameras/front")
+            legend = browser.wait_for(
+                "(l => l && l.textContent.includes('face') && [l.textContent, "
+                "[...l.children].map(s => getComputedStyle(s).backgroundColor)])"
+                "(document.getElementById('classes'))", timeout=30)
+    finally:
+        view.close()
+    text, colours = legend
+    assert text.split() == ["person", "face"]  # not the background, which has no outline
+    assert colours == ["rgb(255, 212, 0)", "rgb(255, 0, 200)"]  # PALETTE[0], PALETTE[1]

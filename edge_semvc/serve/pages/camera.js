@@ -90,8 +90,10 @@ function retry() { setTimeout(play, 1000); }
 function listen() {
   const events = new EventSource(api + "/events");
   events.addEventListener("overlay", (e) => {
-    state.overlays.push(JSON.parse(e.data));
+    const o = JSON.parse(e.data);
+    state.overlays.push(o);
     if (state.overlays.length > 100) state.overlays.shift();
+    showClasses(o.classes);
   });
   events.addEventListener("stats", (e) => showFigures(JSON.parse(e.data)));
   // EventSource retries a broken connection by itself but gives up for good on an answer that
@@ -101,6 +103,18 @@ function listen() {
   });
 }
 listen();
+
+// which outline colour is which class (label l is classes[l]; 0 is the background)
+function showClasses(classes) {
+  const legend = document.getElementById("classes");
+  if (legend.dataset.classes === classes.join()) return;
+  legend.dataset.classes = classes.join();
+  legend.replaceChildren(...classes.slice(1).flatMap((c, i) => {
+    const swatch = document.createElement("span");
+    swatch.style.background = PALETTE[i % PALETTE.length];
+    return [swatch, " " + c + " "];
+  }));
+}
 
 function showFigures(s) {
   const lat = s.latency_ms && s.latency_ms.end_to_end ? s.latency_ms.end_to_end : {};
