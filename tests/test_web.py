@@ -469,7 +469,7 @@ def test_connections_beyond_the_cap_are_answered_busy_and_the_slots_come_back(mo
     try:
         idle = [socket.create_connection(("127.0.0.1", view.port)) for _ in range(3)]
         for s in idle:  # each holds its slot once the server has accepted it
-            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n")  # headers never end
+            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never end
         wait_until(lambda: get(url, auth=None)[0] == 503, timeout=30,
                    what="a connection past the cap answered busy")
         assert get(url, auth=None) == (503, b"too many clients\r\n")
@@ -480,7 +480,7 @@ def test_connections_beyond_the_cap_are_answered_busy_and_the_slots_come_back(mo
         monkeypatch.setattr(web, "REQUEST_S", 0.5)
         slow = [socket.create_connection(("127.0.0.1", view.port)) for _ in range(3)]
         for s in slow:
-            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n")
+            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             s.settimeout(30)
             assert s.recv(100) == b""  # shut by the server, the headers still unfinished
         wait_until(lambda: get(url, auth=None)[0] == 200, timeout=30,

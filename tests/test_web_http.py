@@ -47,7 +47,7 @@ def test_a_burst_of_connections_waits_to_be_accepted_then_each_is_answered(tmp_p
         for s in burst:
             s.setblocking(True)
             s.settimeout(30)
-            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             statuses.append(s.recv(12))
         assert set(statuses) <= {b"HTTP/1.1 200", b"HTTP/1.1 503"} and b"HTTP/1.1 200" in statuses
     finally:
@@ -61,12 +61,12 @@ def test_a_get_with_a_body_is_answered_once_and_its_body_is_never_a_request(tmp_
     """A GET may carry a body; unread, it was taken for the next request on the connection
     (smuggled past a reverse proxy, whose next client got its answer)."""
     view = web_view(tmp_path).start()
-    inner = b"GET /api/config HTTP/1.1\r\nHost: x\r\n\r\n"
+    inner = b"GET /api/config HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     if b"chunked" in body:
         inner = b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
     try:
         with socket.create_connection(("127.0.0.1", view.port), timeout=30) as s:
-            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n"
+            s.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       + (body % len(inner) if b"%d" in body else body) + inner)
             answer = b""
             while chunk := s.recv(1 << 16):  # the server closes the connection
@@ -183,3 +183,36 @@ def test_the_page_names_the_class_of_each_outline_colour(tmp_path, chromium):
     text, colours = legend
     assert text.split() == ["person", "face"]  # not the background, which has no outline
     assert colours == ["rgb(255, 212, 0)", "rgb(255, 0, 200)"]  # PALETTE[0], PALETTE[1]
+
+
+def test_a_host_name_a_web_site_could_point_at_127_0_0_1_is_refused(tmp_path, monkeypatch):
+    """DNS rebinding: a web site whose name the user's browser resolves to 127.0.0.1 sends its
+    own name as Host. Without credentials only an address, localhost, this machine's name and
+    http.allowed_hosts are served; with credentials the browser has none to send anyway."""
+    def status(view, host: str) -> int:
+        with socket.create_connection(("127.0.0.1", view.port), timeout=30) as s:
+            s.sendall(f"GET /api/config HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                      .encode())
+            return int(s.recv(12).split()[1])
+
+    view = web_view(tmp_path).start()
+    view.cfg.http.allowed_hosts = ["cam.lan"]
+    try:
+        got = {h: status(view, h) for h in ("attacker.example", f"attacker.example:{view.port}",
+                                            f"127.0.0.1:{view.port}", f"[::1]:{view.port}",
+                                            "localhost", "CAM.lan:80", socket.gethostname())}
+    finally:
+        view.close()
+    assert got == {"attacker.example": 403, f"attacker.example:{view.port}": 403,
+                   f"127.0.0.1:{view.port}": 200, f"[::1]:{view.port}": 200, "localhost": 200,
+                   "CAM.lan:80": 200, socket.gethostname(): 200}, got
+    monkeypatch.setenv("WEB_U", "u")
+    monkeypatch.setenv("WEB_P", "p")
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0, username_env="WEB_U",
+                                      password_env="WEB_P")).validate()
+    view = web.WebView(cfg, {}, {}).start()
+    try:
+        assert status(view, "attacker.example") == 401  # asked for credentials, as anyone
+    finally:
+        view.close()

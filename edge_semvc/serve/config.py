@@ -135,6 +135,10 @@ class HttpConfig:
     password_env: str = ""  # the password's environment variable (never in the file)
     stats_interval: float = 2.0  # seconds between the figures the page and /api/stats show
     live: bool = True  # the pages' live picture (the encoder's packets as fragmented MP4)
+    # without credentials, the host names a browser may reach it by besides an address,
+    # localhost and this machine's name (a proxy's, `cam.lan`): others are refused, so that a
+    # web site cannot point its own name at 127.0.0.1 and read the page (DNS rebinding)
+    allowed_hosts: list[str] = field(default_factory=list)
 
     def validate(self) -> "HttpConfig":
         check(isinstance(self.host, str) and bool(self.host.strip()), "http.host", self.host,
@@ -148,6 +152,9 @@ class HttpConfig:
                   "an environment variable name")
         check(bool(self.username_env) == bool(self.password_env), "http.password_env",
               self.password_env, "set together with http.username_env (or neither)")
+        check(isinstance(self.allowed_hosts, list) and all(
+            isinstance(h, str) and h and not set(h) & set("/:@ ") for h in self.allowed_hosts),
+            "http.allowed_hosts", self.allowed_hosts, "a list of host names (no port)")
         return self
 
     def credentials(self, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:

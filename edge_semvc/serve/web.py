@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import json
 import logging
 import queue
@@ -173,6 +174,24 @@ class WebView:
 
         return exposition(self.figures)
 
+    def host_allowed(self, header: str | None) -> bool:
+        """Whether a request may name this host (its Host header): always with credentials;
+        without, an address, localhost, this machine's name or `http.allowed_hosts`: a web
+        site that resolves its own name to 127.0.0.1 (DNS rebinding) would otherwise read
+        every page through the user's browser."""
+        if self.credentials is not None or not header:
+            return True
+        name = header.strip().lower()
+        name = name[1:name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0]
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            pass
+        machine = socket.gethostname().lower()
+        return name in ("localhost", machine, f"{machine}.local") or \
+            name.endswith(".localhost") or name in {h.lower() for h in self.cfg.http.allowed_hosts}
+
     def authorised(self, header: str | None) -> bool:
         if self.credentials is None:
             return True
@@ -280,6 +299,10 @@ def _handler(web: WebView):
                 # a body nobody reads would be taken for the next request (a proxy reusing the
                 # connection would hand its answer to someone else's): answered, then closed
                 self.close_connection = True
+            if not web.host_allowed(self.headers.get("Host")):
+                self._send(403, b"this host name is not allowed: add it to http.allowed_hosts\n",
+                           "text/plain")
+                return
             if not web.authorised(self.headers.get("Authorization")):
                 self._send(401, b"credentials needed\n", "text/plain",
                            {"WWW-Authenticate": 'Basic realm="edge-semvc"'})
