@@ -323,3 +323,29 @@ def test_a_fragmented_mp4_cut_short_is_not_called_complete(tmp_path, capsys):
     assert code == 3 and "ends early: its video ended at" in err
     with av.open(str(tmp_path / "b.mkv")) as c:
         assert sum(1 for _ in c.decode(video=0)) > 10
+
+
+def test_a_picture_damaged_in_the_middle_is_counted_and_said(tmp_path, capsys, caplog):
+    """A packet whose bytes are garbled decodes with its missing parts concealed (FFmpeg flags
+    the picture corrupt): it is encoded as it came, but said and counted (`concealed_frames`),
+    where before the run said nothing of it."""
+    src, damaged = _clip("carphone_qcif_pristine.mp4"), tmp_path / "damaged.mp4"
+    with av.open(str(src)) as i, av.open(str(damaged), "w") as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for n, p in enumerate(i.demux(video=0)):
+            if p.dts is None or n == 40:
+                break
+            if n == 15:  # its slice data garbled, its NAL headers kept
+                data = bytearray(bytes(p))
+                data[40:] = bytes(b ^ 0x5A for b in data[40:])
+                q = av.Packet(bytes(data))
+                q.pts, q.dts, q.time_base, q.is_keyframe = p.pts, p.dts, p.time_base, p.is_keyframe
+                p = q
+            p.stream = s
+            o.mux(p)
+    stats = tmp_path / "s.json"
+    code, err = _run(["encode", damaged, tmp_path / "o.mp4", "--no-map", "--stats-json", stats],
+                     tmp_path, capsys)
+    s = json.loads(stats.read_text())
+    assert code == 0 and s["frames"] == 40 and s["concealed_frames"] >= 1, (code, err)
+    assert "is damaged: decoded with its missing parts concealed" in caplog.text

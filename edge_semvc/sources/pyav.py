@@ -153,6 +153,7 @@ class PyAVSource:
         self._video_end: Fraction | None = None  # the latest frame's time plus one frame (s)
         self._last_pts: int | None = None
         self.damaged_packets, self._damaged = 0, ""  # video packets the decoder refused
+        self.concealed_frames = 0  # pictures decoded with parts the decoder made up
         # video packets an edit list hides (a cut made without re-encoding starts at the
         # keyframe before it): decoded for the pictures after them, never shown, yet counted
         # in the container's frame count
@@ -281,6 +282,8 @@ class PyAVSource:
         try:
             for av_frame in self._decoded():
                 last_corrupt = av_frame.is_corrupt
+                if last_corrupt:
+                    self._concealed(index)
                 yield self._to_frame(av_frame, index)
                 index += 1
         except (av.error.FFmpegError, _ReadTimedOut) as e:
@@ -318,6 +321,14 @@ class PyAVSource:
             raise DecodeError(f"{self.path} ends in a damaged picture: frame {index - 1}, the "
                               "last, could not be decoded whole and is written as concealed "
                               "(truncated?)")
+
+    def _concealed(self, index: int) -> None:
+        """Frame `index` decoded with damaged parts concealed (FFmpeg flags it corrupt): it is
+        encoded as it came, counted, and said once."""
+        if not self.concealed_frames:
+            log.warning("%s: frame %d is damaged: decoded with its missing parts concealed and "
+                        "encoded so (counted: concealed_frames)", self.path, index)
+        self.concealed_frames += 1
 
     def _shorter_than_declared(self) -> DecodeError | None:
         """Matroska declares no frame count but where the video ends (its DURATION tag, in the
