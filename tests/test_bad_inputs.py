@@ -349,3 +349,14 @@ def test_a_picture_damaged_in_the_middle_is_counted_and_said(tmp_path, capsys, c
     s = json.loads(stats.read_text())
     assert code == 0 and s["frames"] == 40 and s["concealed_frames"] >= 1, (code, err)
     assert "is damaged: decoded with its missing parts concealed" in caplog.text
+
+
+@pytest.mark.parametrize("name, said", [
+    ("empty.mp4", "empty.mp4 is empty (0 bytes)"),
+    ("img%03d.png", "image sequences are not read: make a video of them first"),
+])
+def test_an_empty_file_and_an_image_sequence_are_named_so(tmp_path, capsys, name, said):
+    if name == "empty.mp4":
+        (tmp_path / name).write_bytes(b"")
+    code, err = _run(["encode", tmp_path / name, tmp_path / "o.mp4"], tmp_path, capsys)
+    assert code == 2 and said in err, err

@@ -72,7 +72,12 @@ class PyAVSource:
         if not stream_like and p.is_dir():
             raise SourceError(f"{path} is a directory, not a video file")
         if not stream_like and not p.exists():
-            raise SourceError(f"input file not found: {path}")
+            sequence = "%" in p.name  # FFmpeg's image sequence pattern, img%03d.png
+            raise SourceError(f"input file not found: {path}" + (
+                " (image sequences are not read: make a video of them first, e.g. ffmpeg "
+                "-framerate 25 -i img%03d.png -c:v ffv1 seq.mkv)" if sequence else ""))
+        if not stream_like and p.is_file() and p.stat().st_size == 0:
+            raise SourceError(f"{path} is empty (0 bytes)")
         if device and not p.exists():
             raise SourceError(f"capture device not found: {path}")
         fmt, options = device, dict(live or {})
