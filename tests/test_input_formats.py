@@ -99,3 +99,22 @@ def test_an_mp4_or_mkv_made_from_a_ts_with_a_far_clock_starts_at_zero(tmp_path, 
         start = clock if ext == ".ts" else 0.0
         assert abs(min(pts) - start) < 0.05 and max(pts) - min(pts) < 1.5, (ext, pts[:3])
         assert abs(first_audio - min(pts)) < 0.1, (ext, first_audio, min(pts))
+
+
+def test_an_input_that_starts_below_zero_keeps_every_frame_in_an_mp4(tmp_path, clip):
+    """An MPEG-TS whose clock starts below zero (wrapped near its start): the mp4's edit list
+    hid the frames before zero (15 of 30 shown); the file now starts at 0 with all of them."""
+    src, out = tmp_path / "neg.ts", tmp_path / "out.mp4"
+    with av.open(str(clip("carphone_qcif_pristine.mp4"))) as i, \
+            av.open(str(src), "w", options={"avoid_negative_ts": "disabled"}) as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for n, p in enumerate(i.demux(video=0)):
+            if p.dts is None or n == 30:
+                break
+            back = int(Fraction(1, 2) / p.time_base)  # half a second below zero
+            p.pts, p.dts, p.stream = p.pts - back, p.dts - back, s
+            o.mux(p)
+    code, _, stderr = run_cli("encode", src, out, "--no-map")
+    assert code == 0, stderr
+    pts = probe(out)[2]
+    assert len(pts) == 30 and min(pts) == 0, pts[:3]
