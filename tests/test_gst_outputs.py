@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 from gst_helpers import (
     GUARD_S,
     Events,
@@ -26,10 +28,12 @@ from gst_helpers import (
     require,
 )
 
+from edge_semvc.encoders import EncoderSettings, get_encoder
 from edge_semvc.errors import SinkError
 from edge_semvc.sinks import gstreamer as gst
 from edge_semvc.sinks import open_output
-from edge_semvc.sinks.base import Outputs
+from edge_semvc.sinks.base import Outputs, StreamInfo
+from edge_semvc.sources import open_source
 
 # --- SRT ----------------------------------------------------------------------------------------
 
@@ -70,6 +74,41 @@ def test_srt_caller_with_no_listener_says_so_then_connects_when_one_comes(frames
         events.wait("output_back")
         receiver.decoded.wait(20)
         receiver.stop()
+    good_start(receiver.decoded)
+
+
+def test_srt_caller_connected_before_the_first_frame_gets_it_with_the_inputs_audio():
+    """A listener that was there before the run (a ground station) with an input that has
+    audio: the first IDR, muxed before any audio, leaves the MPEG-TS muxer only with the next
+    audio packet; the child must still start the receiver there. With intra refresh that IDR
+    is the stream's only one (it was: nothing was ever sent, the run said nothing)."""
+    require("srt")
+    source = open_source(str(shared_file("data", "video", "drone_karma_coast_854x480.mp4")))
+    settings = EncoderSettings(width=source.width, height=source.height, fps=source.fps,
+                               time_base=source.time_base, preset="ultrafast",
+                               tune="zerolatency", rc="cbr", bitrate=1_000_000, keyint=30,
+                               intra_refresh=True)
+    tracks = tuple(t for t in source.tracks if t.kind == "audio")
+    port, events = free_port(socket.SOCK_DGRAM), Events()
+    receiver = GstReceiver(f"srt://127.0.0.1:{port}?mode=listener", fmt="mpegts")
+    out = open_output(f"srt://127.0.0.1:{port}?mode=caller&latency=50", events)
+    try:
+        with get_encoder("x264")(settings) as enc, Outputs([out]) as sink:
+            sink.open(StreamInfo(source.width, source.height, settings.fps, settings.time_base,
+                                 enc.codec, enc.headers(), False, tracks))
+            for _ in range(GUARD_S * 100):  # connected: its IDR is the first frame's
+                if out.stats()["clients"]:
+                    break
+                time.sleep(0.01)
+            for frame in islice(source.frames(), 60):
+                time.sleep(1 / 30)  # as a camera (a flood would overflow the child's queue)
+                sink.add_track_packets(source.take_packets())
+                sink.write(enc.encode(frame, None, force_idr=sink.wants_idr(frame.pts)))
+            receiver.decoded.wait(30)
+        assert out.stats()["bytes_sent"] > 0
+    finally:
+        receiver.stop()
+        source.close()
     good_start(receiver.decoded)
 
 

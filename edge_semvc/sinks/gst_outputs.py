@@ -13,7 +13,7 @@ from ..errors import SinkError
 from .base import EventCallback
 from .gst_child import RTSP_AUDIO
 from .gstreamer import GstChildOutput, check_gstreamer, check_port_free, ns
-from .stream import TsBytes
+from .stream import TsBytes, starts_key_frame
 from .tracks import unsupported
 from .uri import host_port, int_in, uri_options
 
@@ -72,6 +72,11 @@ class SrtOutput(GstChildOutput):
     def _put_track(self, packet) -> None:
         t = ns(packet.dts if packet.dts is not None else packet.pts or 0, packet.time_base)
         self._put(self._mux(self._ts.track, packet), False, t, t)
+
+    def _put(self, data: bytes, key: bool, pts_ns: int, dts_ns: int, stream: int = 0) -> None:
+        # the child starts a receiver at a key frame: the bytes that hold an IDR's start, which
+        # the muxer may release with a later packet (an audio one: `starts_key_frame`)
+        super()._put(data, starts_key_frame(data), pts_ns, dts_ns, stream)
 
     def _mux(self, mux, *args) -> bytes:
         import av

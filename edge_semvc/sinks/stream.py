@@ -90,6 +90,22 @@ class TsBytes:
         return self._out.take()
 
 
+def starts_key_frame(ts: bytes) -> bool:
+    """Whether MPEG-TS bytes hold the start of a video key frame's PES: a TS packet that starts
+    a video PES (stream id 0xE0-0xEF) with the random access indicator, which FFmpeg's muxer
+    sets on key frames. The muxer may hold an access unit back until another stream's packet
+    comes (it interleaves by time): an IDR muxed before any audio comes out with the next
+    audio packet, so the bytes, not the packet muxed, say where a receiver can start."""
+    for i in range(0, len(ts) - 187, 188):
+        p = ts[i:i + 188]
+        if p[0] != 0x47 or not p[1] & 0x40 or not p[3] & 0x20 or p[4] == 0:
+            continue  # not a PES start with an adaptation field
+        start = 5 + p[4]
+        if p[5] & 0x40 and p[start:start + 3] == b"\0\0\1" and 0xE0 <= p[start + 3] <= 0xEF:
+            return True
+    return False
+
+
 class Collect:
     """A file object for PyAV that keeps what is written until taken."""
 
