@@ -67,6 +67,8 @@ class LinkFollower:
     def update(self, reports: list[LinkReport]) -> int | None:
         delta = self._delta(reports)
         if delta is None:
+            if reports and not any(r.peers for r in reports):  # nobody connected: a window
+                self._window.clear()  # from before would be judged with the next peer's
             return None
         self._rtts.append(delta.rtt_ms)
         if self._settle:

@@ -123,6 +123,24 @@ def test_nobody_connected_a_report_seen_twice_or_a_new_sender_change_nothing():
     assert f.update(restarted) is None and f.bitrate == TARGET
 
 
+def test_a_window_cut_by_the_peer_going_is_not_judged_with_the_next_peers_reports():
+    """A link cut: packets given up, then nobody connected for a while; the peer that comes
+    back is judged on its own reports (a 2000 -> 1700 cut, then 1700 -> 1445 on the first
+    clean report after the reconnect, before)."""
+    f, r = _follower()
+    for _ in range(5):
+        f.update(r.next())
+    assert f.update(r.next(dropped=3)) == round(TARGET * DECREASE)  # the link is cut
+    for _ in range(SETTLE + 1):  # left out, then half a window
+        assert f.update(r.next(dropped=3)) is None
+    for _ in range(5):  # SRT's peer gone
+        assert f.update(r.next(sent=0, peers=0)) is None
+    back = Reports()  # a new connection's counts
+    rates = [f.update(back.next()) for _ in range(2 * WINDOW)]  # clean: up, then up again
+    assert rates == [None, round(TARGET * DECREASE * INCREASE), None, TARGET]
+    assert f.stats()["decreases"] == 1
+
+
 def test_two_outputs_are_judged_together():
     """Their packets add up; the worst round trip counts."""
     f, a, b = LinkFollower(FollowLinkConfig(True), TARGET), Reports(), Reports()
