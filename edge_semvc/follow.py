@@ -88,10 +88,11 @@ class LinkFollower:
             # what got through, about (each packet sent again stands for one the link lost
             # and one more it carried again), less a margin: the link carries MPEG-TS and
             # SRT's headers too, some 10 % over the encoder's rate
+            dropped = sum(d.dropped for d in self._window)
             return self._set(max(self.cfg.min_bitrate, round(
                 self.bitrate * max(MAX_DECREASE, DECREASE * (1 - 2 * resent)))),
-                             f"the link is narrower (sent again {resent:.0%}, round trip "
-                             f"{delta.rtt_ms:.0f} ms)")
+                             f"the link is narrower (sent again {resent:.0%}, given up "
+                             f"{dropped}, round trip {delta.rtt_ms:.0f} ms)")
         if resent <= CLEAN and not any(queued) and self.bitrate < self.target:
             return self._set(min(self.target, round(self.bitrate * INCREASE)),
                              "the link carries more")

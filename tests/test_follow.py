@@ -85,12 +85,16 @@ def test_it_never_goes_below_min_bitrate():
 
 @pytest.mark.parametrize("congestion", [{"rtt_ms": 200.0}, {"dropped": 1}],
                          ids=["a queue in every report", "a packet given up"])
-def test_a_queue_that_stays_or_a_packet_given_up_lowers_the_rate(congestion):
+def test_a_queue_that_stays_or_a_packet_given_up_lowers_the_rate(congestion, caplog):
     f, r = _follower()
     for _ in range(5):
         f.update(r.next())  # the least round trip: 20 ms
-    rates = [f.update(r.next(**congestion)) for _ in range(WINDOW)]
+    with caplog.at_level(logging.INFO, logger="edge_semvc.follow"):
+        rates = [f.update(r.next(**congestion)) for _ in range(WINDOW)]
     assert round(TARGET * DECREASE) in rates and f.bitrate < TARGET
+    # the line says why (a cut link's said "sent again 0%, round trip 1 ms" and nothing more)
+    given_up = congestion.get("dropped", 0)
+    assert f"sent again 0%, given up {given_up}, round trip" in caplog.text
 
 
 def test_a_clean_link_raises_the_rate_again_up_to_encoder_bitrate_and_no_further():
