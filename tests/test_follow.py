@@ -177,6 +177,25 @@ def test_a_follower_with_no_output_that_reports_says_so(tmp_path, caplog):
     assert "no output reports on its link" in caplog.text
 
 
+def test_serves_stats_give_the_followers_rate_as_the_target():
+    """`serve`'s stats (MQTT, the page, Prometheus' target gauge) say the target the encoder
+    has now: with the follower, its rate, not encoder.bitrate (its ceiling, in follow_link)."""
+    from edge_semvc.serve.camera import Camera
+    from edge_semvc.serve.config import CameraConfig
+    from edge_semvc.serve.stats import StatsWindow
+
+    cfg = load_config(None, ["encoder.bitrate=2000000", "encoder.follow_link.enabled=true"])
+    camera = Camera("drone", CameraConfig(input="demo://astronaut"), cfg, None,
+                    lambda *_: None)
+    f, r = _follower()
+    camera.stats.follower = f
+    for _ in range(WINDOW):
+        f.update(r.next(resent=30, rtt_ms=230.0))  # the link narrowed
+    snap = StatsWindow(camera).snapshot()
+    assert snap["target_kbps"] == round(f.bitrate / 1e3, 1) < 2000
+    assert snap["follow_link"]["target"] == 2_000_000
+
+
 def test_over_a_narrow_srt_link_the_rate_comes_down(tmp_path):
     """1.5 Mbit/s into a link of 300 kbit/s: SRT's reports reach the follower, which lowers
     the rate; the same stream without it keeps its rate."""

@@ -30,7 +30,8 @@ class StatsWindow:
         self._last = (now, frames, runs, nbytes)
         dt = max(now - t0, 1e-9)
         new_bytes = nbytes - b0 if runs == r0 else nbytes  # a new run counts from zero
-        target = cam.cfg.encoder.bitrate
+        # the encoder's target now: the rate follower's, under encoder.bitrate (its ceiling)
+        target = stats.follow_link["bitrate"] if stats.follow_link else cam.cfg.encoder.bitrate
         counts = stats.label_counts
         total = sum(counts)
         staleness = {name: m["staleness_frames"]["mean"] for name, m in stats.labeler.items()}
