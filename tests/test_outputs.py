@@ -49,12 +49,13 @@ class Receiver(threading.Thread):
             self.error = e
 
 
-def encoded(frames: int, keyint: int = 10, global_headers: bool = False):
+def encoded(frames: int, keyint: int = 10, global_headers: bool = False,
+            intra_refresh: bool = False):
     """(StreamInfo, packets) of `frames` demo frames through the real x264 encoder."""
     src = open_source("demo://astronaut")
     s = EncoderSettings(width=src.width, height=src.height, fps=src.fps,
                         time_base=src.time_base, tune="zerolatency", keyint=keyint,
-                        global_headers=global_headers)
+                        global_headers=global_headers, intra_refresh=intra_refresh)
     packets = []
     with get_encoder("x264")(s) as enc:
         for i, f in enumerate(src.frames()):
@@ -257,12 +258,12 @@ from test_outputs import encoded
 from edge_semvc.sinks import open_output
 events = []
 out = open_output("rtp://127.0.0.1:5004", on_event=lambda name, **f: print(name, flush=True))
-info, packets = encoded(30)
+info, packets = encoded(30, intra_refresh={refresh!r})
+step = packets[1].pts - packets[0].pts
 out.open(info)
 for n in range(100000):
-    p = packets[n % len(packets)]
-    shift = n // len(packets) * len(packets)  # timestamps go on increasing
-    out.write(dataclasses.replace(p, pts=p.pts + shift, dts=p.dts + shift))
+    p = packets[n if n < len(packets) else 1 + (n - 1) % (len(packets) - 1)]  # one first IDR
+    out.write(dataclasses.replace(p, pts=n * step, dts=n * step))
     if n == 30:
         print("ready", flush=True)
     if sys.stdin.closed:
@@ -275,10 +276,13 @@ out.close()
 """
 
 
-def test_a_stream_output_reports_a_lost_route_and_its_return(tmp_path):
+@pytest.mark.parametrize("refresh", [False, True], ids=["idrs", "intra-refresh"])
+def test_a_stream_output_reports_a_lost_route_and_its_return(tmp_path, refresh):
     """A real network fault in a network namespace of the test's own: a routing rule
     prohibits the receiver's address (sendto: EACCES), then is removed. The output reports
-    output_lost once, keeps going, and output_back when packets leave again."""
+    output_lost once, keeps going, and output_back when packets leave again: at the next IDR,
+    or with intra refresh, which makes none, at the next recovery point (it never came back,
+    before)."""
     import os
     import shutil
 
@@ -291,7 +295,7 @@ def test_a_stream_output_reports_a_lost_route_and_its_return(tmp_path):
                     ["rule", "del", "pref", "0"]):  # local routes after our rule from now on
             subprocess.run(["ip", "-n", ns, *cmd], check=True)
         route = ["ip", "-n", ns, "rule", "{}", "to", "127.0.0.1", "prohibit", "pref", "10"]
-        code = SENDER.format(tests=str(Path(__file__).parent))
+        code = SENDER.format(tests=str(Path(__file__).parent), refresh=refresh)
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code],
                                 cwd=ROOT, stdout=subprocess.PIPE, text=True)
         guard = threading.Timer(180, proc.kill)  # a hang guard, not a time being measured

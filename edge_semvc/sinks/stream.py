@@ -178,11 +178,14 @@ class _MuxerOutput(Output):
         import av
 
         key = bool(packet.keyframe) and is_idr(packet.data, self.info.codec)
-        if self._waiting_for_idr and not key:
+        # after a failure it goes on where a receiver can start: an IDR, or with intra refresh
+        # (no IDR comes) a recovery point, which the encoder marks a keyframe too
+        resuming = self._waiting_for_idr
+        if resuming and not packet.keyframe:
             self.dropped += 1
             return
         data = bytes(packet.data)
-        if key and not has_parameter_sets(data, self.info.codec):
+        if (key or resuming) and not has_parameter_sets(data, self.info.codec):
             data = self.info.headers + data  # receivers may start at any IDR
         try:
             if self._container is None:  # after a failure: FFmpeg's I/O error is sticky
