@@ -324,6 +324,24 @@ def test_a_stream_output_reports_a_lost_route_and_its_return(tmp_path, refresh):
     assert "'state': 'streaming'" in stats and "'errors': 0" not in stats
 
 
+def test_a_send_that_keeps_failing_is_never_said_to_be_back(tmp_path):
+    """An input with audio: the MPEG-TS muxer holds the IDR it resumes at until the audio
+    packet after it, and the send fails only then. Nothing ever leaves (a broadcast address
+    without ?broadcast=1): output_lost once, never output_back (it said back at every IDR, 25
+    ms before lost again, and counted each as a reconnect)."""
+    from conftest import shared_file
+
+    clip = shared_file("data", "video", "drone_karma_coast_854x480.mp4")
+    stats = tmp_path / "s.json"
+    r = run_cli("encode", clip, f"udp://255.255.255.255:{free_port()}", "--frames", 130,
+                "--no-map", "--stats-json", stats)  # IDRs at 0, 60 and 120
+    assert r.returncode == 0, r.stderr.decode()
+    out = json.loads(stats.read_text())["outputs"][0]
+    log = r.stderr.decode()
+    assert log.count("output_lost") == 1 and "output_back" not in log, log
+    assert out["state"] == "lost" and out["reconnects"] == 0 and out["errors"] == 3
+
+
 def test_udp_to_a_broadcast_address_needs_broadcast_1():
     """The kernel refuses a broadcast destination unless asked (EACCES): said with its fix;
     with `?broadcast=1` a socket listening on every address gets the stream."""

@@ -137,6 +137,7 @@ class _MuxerOutput(Output):
         self.packets = self.bytes_sent = self.dropped = self.errors = self.reconnects = 0
         self._lost = False
         self._waiting_for_idr = False
+        self._held = 0  # bytes of the packet it resumed at, not yet known to have gone out
 
     # -- to be provided
 
@@ -194,9 +195,15 @@ class _MuxerOutput(Output):
         except (av.error.FFmpegError, OSError) as e:
             self._failed(e)
             return
-        self.packets += 1
-        self.bytes_sent += len(data)
         self._waiting_for_idr = False
+        if resuming:  # the muxer may hold it until the next packet (it interleaves the input's
+            # audio by time), and a send that fails says so only then: it went out once the
+            # next video packet goes without error
+            self._held = len(data)
+            return
+        self.packets += 1 + bool(self._held)
+        self.bytes_sent += len(data) + self._held
+        self._held = 0
         if self._lost:
             self._lost = False
             self.state = "streaming"
@@ -205,7 +212,8 @@ class _MuxerOutput(Output):
 
     def _failed(self, e: BaseException) -> None:
         self.errors += 1
-        self.dropped += 1
+        self.dropped += 1 + bool(self._held)
+        self._held = 0
         self._waiting_for_idr = True  # a receiver cannot decode past the gap until an IDR
         self._drop_container()  # opened again at the next IDR
         if not self._lost:
