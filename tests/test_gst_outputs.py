@@ -61,6 +61,21 @@ def test_srt_caller_peer_gone_then_back(frames):
     assert names.index("output_lost") < names.index("output_back")
 
 
+def test_srt_caller_to_localhost_reaches_an_ipv4_listener(frames):
+    """`srt://localhost:PORT`: srtsink called the first address its resolver gave, ::1, where
+    the README's listener (IPv4) never answered; the name is resolved IPv4 first."""
+    require("srt")
+    port = free_port(socket.SOCK_DGRAM)
+    receiver = GstReceiver(f"srt://127.0.0.1:{port}?mode=listener", fmt="mpegts")
+    out = open_output(f"srt://localhost:{port}?mode=caller&latency=50")
+    try:
+        with LiveEncoder(frames, Outputs([out])):
+            receiver.decoded.wait(20)
+    finally:
+        receiver.stop()
+    good_start(receiver.decoded)
+
+
 def test_srt_caller_with_no_listener_says_so_then_connects_when_one_comes(frames):
     """A listener that is not there: `output_lost` naming it (SRT's connect timeout), never a
     silent run; when one comes, `output_back` and frames."""

@@ -97,7 +97,7 @@ class SrtOutput(GstChildOutput):
         if self.latency is None:
             self.latency = srt_latency_ms(float(self.info.fps))
         return {"kind": "srt", "host": self.host, "port": self.port, "mode": self.mode,
-                "latency": self.latency}
+                "latency": self.latency, "address": _address(self.host, self.port)}
 
     def stats(self) -> dict:
         return {**super().stats(), "latency_ms": self.latency}
@@ -109,6 +109,19 @@ class SrtOutput(GstChildOutput):
         if self.mode == "caller":  # its one peer
             return int(self.state == "open")
         return len(self.clients)
+
+
+def _address(host: str, port: int) -> str:
+    """The address of HOST that the child binds or calls, resolved here with IPv4 first:
+    GStreamer's srtsink takes the first address its resolver gives, `localhost`'s ::1, where
+    a listener on 0.0.0.0 or 127.0.0.1 never answers. HOST itself when it does not resolve
+    (the child then says so)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError):
+        return host
+    ipv4 = [f for f in found if f[0] == socket.AF_INET]
+    return str((ipv4 or found)[0][4][0])
 
 
 class RtspServerOutput(GstChildOutput):

@@ -33,7 +33,9 @@ class SrtSender:
 
     def uri(self):
         c = self.config
-        host = c["host"] if not self.listener or c["host"] != "0.0.0.0" else ""
+        host = c.get("address", c["host"]) if not self.listener or c["host"] != "0.0.0.0" \
+            else ""
+        host = "[%s]" % host if ":" in host else host  # an IPv6 address
         return "srt://%s:%d?mode=%s" % (host, c["port"], c["mode"])
 
     def start(self):
