@@ -403,3 +403,46 @@ def test_a_kept_output_follows_on_across_runs_and_opens_anew_for_a_new_stream():
     steps = [b - a for a, b in zip(pts, pts[1:])]
     assert all(s > 0 for s in steps), steps  # never back in time
     assert max(steps) == 3000 + 2 * 90000, steps  # a frame, then the pause, in 90 kHz
+
+
+def test_a_receivers_request_waits_for_an_idr_not_an_intra_refresh_recovery_point():
+    """With intra refresh every refresh period ends in a recovery point, which x264 flags as a
+    keyframe; the RTSP and SRT children start a receiver at an IDR only, and ask once. A
+    request past the receivers' budget was dropped by the next recovery point: that client
+    waited until someone else joined. It now waits for the IDR its budget grants."""
+    from edge_semvc.sinks.base import Output
+    from edge_semvc.sinks.file import is_idr
+
+    class Asking(Output):  # a receiver asking at these frames, as a client pressing play
+        asks_for_receivers, uri = True, "asking"
+
+        def open(self, info):
+            pass
+
+        def write(self, packet):
+            pass
+
+        def wants_idr(self, pts):
+            return pts in (0, 1, 2, 3)  # the fourth is past the burst of three
+
+        def close(self):
+            pass
+
+    src = open_source("demo://astronaut")
+    s = EncoderSettings(width=src.width, height=src.height, fps=Fraction(30),
+                        time_base=Fraction(1, 30), tune="zerolatency", keyint=10,
+                        intra_refresh=True)
+    granted, recovery = [], []
+    with get_encoder("x264")(s) as enc, Outputs([Asking()]) as outputs:
+        outputs.open(StreamInfo(s.width, s.height, s.fps, s.time_base, enc.codec, enc.headers(),
+                                False))
+        for n, frame in zip(range(60), src.frames()):
+            frame.pts = n
+            if outputs.wants_idr(n):
+                granted.append(n)
+            packets = enc.encode(frame, None, force_idr=bool(granted) and granted[-1] == n)
+            recovery += [p.pts for p in packets if p.keyframe and not is_idr(p.data)]
+            outputs.write(packets)
+    src.close()
+    assert granted[:3] == [0, 1, 2] and recovery and recovery[0] < 30, (granted, recovery)
+    assert len(granted) == 4 and 30 <= granted[3] <= 34, granted  # once the budget refilled

@@ -184,6 +184,7 @@ class Outputs:
         self._budget = Fraction(RECEIVER_IDR_BURST)  # of those, now (each IDR asked takes one)
         self._last_pts: int | None = None  # of the last frame asked about
         self._receivers_wait = False  # a receiver's request not granted yet
+        self._is_idr: Callable[[bytes], bool] = lambda data: True  # set by open
         self.idr_asked_by = ""  # the last IDR wants_idr granted: "segment" or "receiver"
         self._interleaver: Interleaver | None = None
         self._carriers: dict[int, list[Output]] = {}  # track -> the outputs that carry it
@@ -211,6 +212,9 @@ class Outputs:
             for o in opened:
                 _close_quietly(o)
             raise
+        from .file import is_idr  # file.py builds on this module
+
+        self._is_idr = lambda data: is_idr(data, info.codec)
         self.tracks = info.tracks
         for track in info.tracks:
             self._carriers[track.index] = []
@@ -254,7 +258,9 @@ class Outputs:
         if hasattr(packets, "data"):
             packets = [packets]
         for p in packets:
-            if p.keyframe:  # whatever made it one, it is what a waiting receiver needs
+            # a receiver starts at an IDR (the RTSP and SRT children wait for one): an intra
+            # refresh's recovery point, a keyframe too, leaves its request waiting
+            if p.keyframe and self._is_idr(p.data):
                 self._receivers_wait = False
             if self._interleaver is not None:
                 self._write_tracks(self._interleaver.video(p))
