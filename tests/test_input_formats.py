@@ -118,3 +118,14 @@ def test_an_input_that_starts_below_zero_keeps_every_frame_in_an_mp4(tmp_path, c
     assert code == 0, stderr
     pts = probe(out)[2]
     assert len(pts) == 30 and min(pts) == 0, pts[:3]
+
+
+def test_a_file_is_decoded_with_frame_threads_a_camera_without(clip):
+    """Frame threads hold a frame each but one (measured on the drone clip: 3 threads on 2
+    cores, 2 frames more behind the packets than slice threads); a file is read for
+    throughput, a camera (tests/test_serve.py: RTSP) frame by frame."""
+    src = open_source(str(clip("drone_karma_coast_854x480.mp4")))
+    try:
+        assert src.stream.thread_type.name == "AUTO" and not src.live_decode
+    finally:
+        src.close()
