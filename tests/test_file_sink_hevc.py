@@ -13,14 +13,8 @@ from edge_semvc.encoders import EncoderSettings
 from edge_semvc.encoders.base import Packet
 from edge_semvc.frame import Frame
 from edge_semvc.sinks.config import RecordConfig
-from edge_semvc.sinks.file import (
-    FileSink,
-    SinkError,
-    _nal_types,
-    has_parameter_sets,
-    is_idr,
-    wants_global_headers,
-)
+from edge_semvc.sinks.file import FileSink, SinkError, wants_global_headers
+from edge_semvc.sinks.nal import has_parameter_sets, is_idr, nal_types
 from edge_semvc.sinks.segments import SegmentSink
 
 # Annex-B NAL headers: HEVC (type << 1, then layer/temporal id byte) and H.264
@@ -31,7 +25,7 @@ H264_SPS, H264_PPS, H264_IDR = b"\0\0\0\1\x67\x64", b"\0\0\1\x68\xee", b"\0\0\1\
 
 def test_nal_parsing_per_codec():
     au = HEVC_VPS + HEVC_SPS + HEVC_PPS + HEVC_IDR
-    assert list(_nal_types(au, codec="hevc")) == [32, 33, 34, 19]
+    assert list(nal_types(au, codec="hevc")) == [32, 33, 34, 19]
     assert has_parameter_sets(au, "hevc") and is_idr(au, "hevc")
     assert not has_parameter_sets(HEVC_IDR, "hevc") and is_idr(HEVC_IDR, "hevc")
     assert not is_idr(HEVC_CRA, "hevc") and not is_idr(HEVC_TRAIL, "hevc")
@@ -39,7 +33,7 @@ def test_nal_parsing_per_codec():
     assert not has_parameter_sets(HEVC_TRAIL + HEVC_SPS, "hevc")
     # H.264 unchanged, and the default
     h264 = H264_SPS + H264_PPS + H264_IDR
-    assert list(_nal_types(h264)) == [7, 8, 5] and has_parameter_sets(h264) and is_idr(h264)
+    assert list(nal_types(h264)) == [7, 8, 5] and has_parameter_sets(h264) and is_idr(h264)
     assert not has_parameter_sets(au) and not has_parameter_sets(h264, "hevc")
     with pytest.raises(SinkError, match="vp9"):
         has_parameter_sets(au, "vp9")

@@ -411,7 +411,7 @@ def test_a_receivers_request_waits_for_an_idr_not_an_intra_refresh_recovery_poin
     request past the receivers' budget was dropped by the next recovery point: that client
     waited until someone else joined. It now waits for the IDR its budget grants."""
     from edge_semvc.sinks.base import Output
-    from edge_semvc.sinks.file import is_idr
+    from edge_semvc.sinks.nal import is_idr
 
     class Asking(Output):  # a receiver asking at these frames, as a client pressing play
         asks_for_receivers, uri = True, "asking"

@@ -9,7 +9,8 @@ from encoders_helpers import read_back
 
 from edge_semvc.encoders.base import Packet
 from edge_semvc.frame import Frame
-from edge_semvc.sinks.file import FileSink, SinkError, has_parameter_sets, wants_global_headers
+from edge_semvc.sinks.file import FileSink, SinkError, wants_global_headers
+from edge_semvc.sinks.nal import has_parameter_sets
 
 x264 = pytest.importorskip("edge_semvc.encoders.x264")
 X264Encoder = x264.X264Encoder

@@ -33,6 +33,7 @@ from ..errors import WriteError
 from ..tracks import Track, TrackPacket
 from ..values import LinkReport
 from .interleave import Interleaver
+from .nal import is_idr
 
 # what receivers may ask for: a burst of IDRs, then one a second of stream time, each IDR the
 # run asks of the encoder taking one (a client's DESCRIBE and PLAY pass at once; a reconnect
@@ -212,8 +213,6 @@ class Outputs:
             for o in opened:
                 _close_quietly(o)
             raise
-        from .file import is_idr  # file.py builds on this module
-
         self._is_idr = lambda data: is_idr(data, info.codec)
         self.tracks = info.tracks
         for track in info.tracks:

@@ -37,6 +37,7 @@ from ..errors import SinkError, WriteError
 from ..tracks import Track, TrackPacket
 from ..uris import file_path
 from .base import Output, StreamInfo
+from .nal import PARAMETER_SETS, check_codec, has_parameter_sets
 from .tracks import TrackMuxer, unsupported
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,6 @@ GLOBAL_HEADERS: dict[str, bool] = {".h264": False, ".264": False, ".h265": False
 # the codec a raw extension holds (containers take either)
 RAW_CODEC: dict[str, str] = {".h264": "h264", ".264": "h264", ".h265": "hevc", ".265": "hevc",
                              ".hevc": "hevc"}
-CODECS = ("h264", "hevc")
-# per codec: NAL types of the parameter set that must precede the first slice (SPS), of IDR
-# slices, and the names of the parameter sets for messages
-_SPS = {"h264": 7, "hevc": 33}
-_IDR = {"h264": (5,), "hevc": (19, 20)}
-PARAMETER_SETS = {"h264": "SPS/PPS", "hevc": "VPS/SPS/PPS"}
 
 
 def _ext(path) -> str:
@@ -126,43 +121,6 @@ def wants_global_headers(path) -> bool:
     return GLOBAL_HEADERS[_ext(path)]
 
 
-def _check_codec(codec: str) -> str:
-    if codec not in CODECS:
-        raise SinkError(f"unknown codec {codec!r}; supported: {', '.join(CODECS)}")
-    return codec
-
-
-def _nal_types(data: bytes, limit: int = 64, codec: str = "h264"):
-    """NAL unit types of an Annex-B buffer, in order (stops at the first slice)."""
-    hevc = _check_codec(codec) == "hevc"
-    i, n = 0, len(data)
-    for _ in range(limit):
-        j = data.find(b"\x00\x00\x01", i)
-        if j < 0 or j + 3 >= n:
-            return
-        if hevc:  # two-byte header: forbidden bit, 6-bit type, layer id, temporal id
-            t = (data[j + 3] >> 1) & 0x3F
-            yield t
-            if t < 32:  # VCL (slice) NAL units are types 0-31
-                return
-        else:
-            t = data[j + 3] & 0x1F
-            yield t
-            if t in (1, 5):
-                return
-        i = j + 3
-
-
-def has_parameter_sets(data: bytes, codec: str = "h264") -> bool:
-    """Whether an Annex-B access unit carries an SPS before its first slice."""
-    return _SPS[_check_codec(codec)] in _nal_types(data, codec=codec)
-
-
-def is_idr(data: bytes, codec: str = "h264") -> bool:
-    """Whether an Annex-B access unit's first slice is an IDR slice (not an open-GOP I/CRA)."""
-    return any(t in _IDR[_check_codec(codec)] for t in _nal_types(data, codec=codec))
-
-
 class FileSink:
     """``with FileSink(path, w, h, time_base, fps, headers) as sink: sink.write(packets)``.
 
@@ -182,7 +140,7 @@ class FileSink:
         self.path = Path(path)
         self.error: OSError | None = None  # closing failed (disk full): set by close()
         self.ext = _ext(self.path)
-        self.codec = _check_codec(codec)
+        self.codec = check_codec(codec)
         if RAW_CODEC.get(self.ext, codec) != codec:
             raw = [e for e, c in RAW_CODEC.items() if c == codec]
             raise SinkError(f"{str(path)!r}: a raw {self.ext} file holds "

@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 from ..errors import SinkError
 from ..values import LinkReport
 from .base import EventCallback, Output, StreamInfo, emit_event
-from .file import has_parameter_sets, is_idr
 from .gst_child import HEADER, KEYFRAME, STREAM_SHIFT
+from .nal import has_parameter_sets, is_idr
 
 log = logging.getLogger(__name__)
 

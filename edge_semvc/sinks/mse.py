@@ -173,7 +173,7 @@ class MseOutput(Output):
             self._timeline.left_out()
 
     def write(self, packet) -> None:
-        from .file import has_parameter_sets
+        from .nal import has_parameter_sets
 
         info, data, key = self._info, bytes(packet.data), bool(packet.keyframe)
         if self.frames == 0:

@@ -72,7 +72,7 @@ from ..errors import SinkError
 from .base import Output, StreamInfo
 from .camera_folder import CameraFolder
 from .config import RecordConfig
-from .file import _check_codec, has_parameter_sets, is_idr
+from .nal import check_codec, has_parameter_sets, is_idr
 from .segment_file import MUXERS, Segment, recover, unlink_part
 from .tracks import unsupported
 
@@ -115,7 +115,7 @@ class SegmentSink:
                  on_event: Callable[..., None] | None = None,
                  now: Callable[[], datetime] | None = None, codec: str = "h264") -> None:
         cfg.validate()
-        self.codec = _check_codec(codec)
+        self.codec = check_codec(codec)
         if not camera or camera in (".", "..") or "/" in camera or "\0" in camera:
             raise SinkError(f"invalid camera name {camera!r} (a folder name: no '/')")
         self.cfg, self.camera = cfg, camera

@@ -25,7 +25,7 @@ import sys
 
 from ..errors import SinkError, WriteError
 from .base import EventCallback, Output, StreamInfo, emit_event
-from .file import has_parameter_sets, is_idr
+from .nal import has_parameter_sets, is_idr
 from .tracks import TrackMuxer, unsupported
 from .uri import host_port, int_in, uri_options
 
