@@ -258,6 +258,7 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     result["retimed_packets"] = getattr(source, "retimed_packets", 0)
     result["damaged_packets"] = getattr(source, "damaged_packets", 0)
     result["concealed_frames"] = getattr(source, "concealed_frames", 0)
+    result["corrupt_packets"] = getattr(source, "corrupt_packets", 0)
     if stats.storage is not None:
         result["storage"] = stats.storage.stats()
     if stats.follower is not None:

@@ -360,3 +360,27 @@ def test_an_empty_file_and_an_image_sequence_are_named_so(tmp_path, capsys, name
         (tmp_path / name).write_bytes(b"")
     code, err = _run(["encode", tmp_path / name, tmp_path / "o.mp4"], tmp_path, capsys)
     assert code == 2 and said in err, err
+
+
+def test_an_mpeg_ts_that_lost_transport_packets_is_counted_and_said(tmp_path, capsys, caplog):
+    """An MPEG-TS recorded from a network that lost 20 of its 188-byte packets in the middle:
+    FFmpeg's demuxer flags the video packet they belonged to corrupt and pictures come out
+    merged or lost (60 in, 58 out); the run said nothing of it (no warning,
+    concealed_frames 0, damaged_packets 0). It is counted (`corrupt_packets`) and said."""
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    for name, frames in (("whole.ts", 60), ("ok.ts", 10)):
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(_clip("foreman_cif.h264")),
+                        "-frames:v", str(frames), "-c", "copy", str(tmp_path / name)], check=True)
+    ts = (tmp_path / "whole.ts").read_bytes()
+    half = len(ts) // 188 // 2 * 188
+    lossy = tmp_path / "lossy.ts"
+    lossy.write_bytes(ts[:half] + ts[half + 20 * 188:])
+    stats = tmp_path / "s.json"
+    code, err = _run(["encode", lossy, tmp_path / "o.mkv", "--no-map", "--stats-json", stats],
+                     tmp_path, capsys)
+    s = json.loads(stats.read_text())
+    assert code == 0 and s["corrupt_packets"] >= 1, (code, err, s["frames"])
+    assert "came with parts missing (lost in transport?)" in caplog.text
+    code, err = _run(["encode", tmp_path / "ok.ts",
+                      tmp_path / "p.mkv", "--no-map", "--stats-json", stats], tmp_path, capsys)
+    assert code == 0 and json.loads(stats.read_text())["corrupt_packets"] == 0

@@ -163,6 +163,8 @@ class PyAVSource:
         self._last_pts: int | None = None
         self.damaged_packets, self._damaged = 0, ""  # video packets the decoder refused
         self.concealed_frames = 0  # pictures decoded with parts the decoder made up
+        # video packets the demuxer found parts of missing (an MPEG-TS lost TS packets)
+        self.corrupt_packets = 0
         # video packets an edit list hides (a cut made without re-encoding starts at the
         # keyframe before it): decoded for the pictures after them, never shown, yet counted
         # in the container's frame count
@@ -225,6 +227,8 @@ class PyAVSource:
             if packet.stream.index == self.stream.index:
                 self._picture_bytes = self._picture_bytes or packet.size
                 self._hidden += bool(packet.size and packet.is_discard)
+                if packet.is_corrupt:
+                    self._corrupt(packet)
                 try:
                     pictures = packet.decode()
                 except av.error.InvalidDataError as e:  # one damaged packet: go on past it
@@ -330,6 +334,17 @@ class PyAVSource:
             raise DecodeError(f"{self.path} ends in a damaged picture: frame {index - 1}, the "
                               "last, could not be decoded whole and is written as concealed "
                               "(truncated?)")
+
+    def _corrupt(self, packet: av.Packet) -> None:
+        """A video packet the demuxer flagged corrupt (parts of it lost in transport: an
+        MPEG-TS's continuity broken): decoded as it came, counted, and said once."""
+        if not self.corrupt_packets:
+            at = packet.pts if packet.pts is not None else packet.dts
+            when = f" at {float(at * packet.time_base):.3f} s" if at is not None else ""
+            log.warning("%s: a video packet%s came with parts missing (lost in transport?): "
+                        "the pictures around it may be concealed or lost (counted: "
+                        "corrupt_packets)", self.path, when)
+        self.corrupt_packets += 1
 
     def _concealed(self, index: int) -> None:
         """Frame `index` decoded with damaged parts concealed (FFmpeg flags it corrupt): it is
