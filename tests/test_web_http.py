@@ -216,3 +216,24 @@ def test_a_host_name_a_web_site_could_point_at_127_0_0_1_is_refused(tmp_path, mo
         assert status(view, "attacker.example") == 401  # asked for credentials, as anyone
     finally:
         view.close()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 in this Python")
+def test_an_ipv6_address_to_listen_on_is_listened_on(tmp_path):
+    """`http.host: "::1"` (or `::`, every interface) was refused at the start: 'cannot listen
+    on ::1:PORT (Address family for hostname not supported)', the server being IPv4 only."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, host="::1", port=0)).validate()
+    view = web.WebView(cfg, {}, {}).start()
+    try:
+        with socket.create_connection(("::1", view.port), timeout=30) as s:
+            s.sendall(f"GET /api/config HTTP/1.1\r\nHost: [::1]:{view.port}\r\n"
+                      "Connection: close\r\n\r\n".encode())
+            assert s.recv(12) == b"HTTP/1.1 200"
+    finally:
+        view.close()

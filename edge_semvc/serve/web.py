@@ -137,7 +137,8 @@ class WebView:
         self._thread = threading.Thread(target=self.server.serve_forever, name="http",
                                         daemon=True)
         self._thread.start()
-        log.info("http: listening on http://%s:%d/", http.host, self.port)
+        log.info("http: listening on http://%s:%d/",
+                 f"[{http.host}]" if ":" in http.host else http.host, self.port)
         return self
 
     def refresh(self) -> None:
@@ -217,6 +218,8 @@ class _BoundedServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address, handler):
+        if ":" in address[0]:  # an IPv6 address: "::" (every interface, IPv4 too), "::1"
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
