@@ -442,9 +442,13 @@ class Recorded(Output):
 
 
 @pytest.mark.parametrize("fmt", ["ts", "mp4"])
-def test_a_crashed_segment_is_recovered_with_its_audio(tmp_path, fmt):
-    """A segment whose writer died (its .part never finished) comes back with its audio."""
+@pytest.mark.parametrize("camera", ["mp4", "ts"])
+def test_a_crashed_segment_is_recovered_with_its_audio(tmp_path, fmt, camera):
+    """A segment whose writer died (its .part never finished) comes back with its audio. From
+    an MPEG-TS camera (AAC in ADTS) an fMP4 segment failed at its first audio packet
+    ('Malformed AAC bitstream': write_error 'Operation not permitted', every segment lost)."""
     src = excerpt(tmp_path, PARK, 3)
+    src = remux(src, tmp_path / "camera.ts") if camera == "ts" else src
     source, rec = open_source(str(src)), Recorded()
     try:
         run_encode(source, [rec], load_config(), semantic=False)

@@ -12,6 +12,7 @@ import io
 import logging
 
 import av
+from av.bitstream import BitStreamFilterContext
 
 from ..tracks import Track, TrackPacket
 
@@ -74,6 +75,13 @@ class TrackMuxer:
     def __init__(self, container, tracks: list[Track] | tuple[Track, ...]):
         self.container = container
         self.streams = {t.index: container.add_stream_from_template(t.params) for t in tracks}
+        # AAC in ADTS (an MPEG-TS input's) into MP4: FFmpeg's muxer converts it itself, but not
+        # where it writes the moov before the first packet (fragmented: the recording's
+        # segments), where it refused the first packet ('Malformed AAC bitstream') and so every
+        # segment: converted here as FFmpeg would (aac_adtstoasc), once a packet shows ADTS
+        self._adts = {t.index: t.params for t in tracks if t.codec == "aac"} \
+            if container.format.name == "mp4" else {}
+        self._filters: dict[int, BitStreamFilterContext] = {}
 
     def mux(self, packet: TrackPacket) -> bool:
         """Mux one packet; False when its track is not in this container."""
@@ -86,5 +94,11 @@ class TrackMuxer:
         pkt.pts, pkt.dts = packet.pts, packet.dts
         pkt.duration = packet.duration
         pkt.is_keyframe = packet.keyframe
-        self.container.mux(pkt)
+        bsf = self._filters.get(packet.track)
+        if bsf is None and packet.track in self._adts and packet.data[:2] >= b"\xff\xf0":
+            bsf = self._filters[packet.track] = BitStreamFilterContext(
+                "aac_adtstoasc", self._adts[packet.track])
+        for out in bsf.filter(pkt) if bsf is not None else (pkt,):
+            out.stream = stream
+            self.container.mux(out)
         return True
