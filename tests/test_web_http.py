@@ -189,9 +189,9 @@ def test_a_host_name_a_web_site_could_point_at_127_0_0_1_is_refused(tmp_path, mo
     """DNS rebinding: a web site whose name the user's browser resolves to 127.0.0.1 sends its
     own name as Host. Without credentials only an address, localhost, this machine's name and
     http.allowed_hosts are served; with credentials the browser has none to send anyway."""
-    def status(view, host: str) -> int:
+    def status(view, host: str, path: str = "/api/config") -> int:
         with socket.create_connection(("127.0.0.1", view.port), timeout=30) as s:
-            s.sendall(f"GET /api/config HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
                       .encode())
             return int(s.recv(12).split()[1])
 
@@ -200,12 +200,14 @@ def test_a_host_name_a_web_site_could_point_at_127_0_0_1_is_refused(tmp_path, mo
     try:
         got = {h: status(view, h) for h in ("attacker.example", f"attacker.example:{view.port}",
                                             f"127.0.0.1:{view.port}", f"[::1]:{view.port}",
-                                            "localhost", "CAM.lan:80", socket.gethostname())}
+                                            "localhost.", "CAM.lan:80", socket.gethostname())}
+        scraped = status(view, "prometheus.example", "/metrics")  # figures only: by any name
     finally:
         view.close()
     assert got == {"attacker.example": 403, f"attacker.example:{view.port}": 403,
-                   f"127.0.0.1:{view.port}": 200, f"[::1]:{view.port}": 200, "localhost": 200,
+                   f"127.0.0.1:{view.port}": 200, f"[::1]:{view.port}": 200, "localhost.": 200,
                    "CAM.lan:80": 200, socket.gethostname(): 200}, got
+    assert scraped == 200
     monkeypatch.setenv("WEB_U", "u")
     monkeypatch.setenv("WEB_P", "p")
     cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),

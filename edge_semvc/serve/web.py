@@ -184,14 +184,16 @@ class WebView:
             return True
         name = header.strip().lower()
         name = name[1:name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0]
+        name = name.rstrip(".")  # a fully qualified name: localhost.
         try:
             ipaddress.ip_address(name)
             return True
         except ValueError:
             pass
         machine = socket.gethostname().lower()
+        allowed = {h.lower() for h in (*self.cfg.http.allowed_hosts, self.cfg.http.host)}
         return name in ("localhost", machine, f"{machine}.local") or \
-            name.endswith(".localhost") or name in {h.lower() for h in self.cfg.http.allowed_hosts}
+            name.endswith(".localhost") or name in allowed
 
     def authorised(self, header: str | None) -> bool:
         if self.credentials is None:
@@ -302,7 +304,10 @@ def _handler(web: WebView):
                 # a body nobody reads would be taken for the next request (a proxy reusing the
                 # connection would hand its answer to someone else's): answered, then closed
                 self.close_connection = True
-            if not web.host_allowed(self.headers.get("Host")):
+            path = self.path.split("?", 1)[0]
+            # /metrics holds figures only (no picture, no configuration), and a Prometheus
+            # server scrapes it by the box's name: open to any Host
+            if path != "/metrics" and not web.host_allowed(self.headers.get("Host")):
                 self._send(403, b"this host name is not allowed: add it to http.allowed_hosts\n",
                            "text/plain")
                 return
@@ -310,7 +315,6 @@ def _handler(web: WebView):
                 self._send(401, b"credentials needed\n", "text/plain",
                            {"WWW-Authenticate": 'Basic realm="edge-semvc"'})
                 return
-            path = self.path.split("?", 1)[0]
             parts = path[1:].split("/")  # a trailing slash is one more part: not found
             if path in PAGES or (len(parts) == 2 and parts[0] == "cameras"):
                 self._page(PAGES.get(path, "camera.html"), parts)
