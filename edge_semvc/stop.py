@@ -21,18 +21,31 @@ class Stopped(KeyboardInterrupt):
 _finalising = threading.Event()
 _deferring = False  # inside `deferred()`: a stop waits for its end
 _pending: int | None = None  # the signal that is waiting
+_noted: int | None = None  # a stop that came while a run finalised (for `between_runs`)
 
 
 def finalising(on: bool) -> None:
     """From the moment a run starts to finalise its output (flush, trailer, statistics) until the
     next run starts, a stop signal must not cut that short: it is then only noted (ignored), and
     the run ends as it was ending anyway."""
-    global _pending
+    global _pending, _noted
     if on:
         _finalising.set()
     else:
         _finalising.clear()
-        _pending = None
+        _pending = _noted = None
+
+
+def between_runs() -> None:
+    """For a program with work of its own between two runs (the bench judges each encode): the
+    last run is over, so a stop that came while it finalised ends the program now (Stopped),
+    and one that comes from here on stops it where it is, instead of being ignored until the
+    next run starts."""
+    global _noted
+    signum = _noted
+    finalising(False)
+    if signum is not None:
+        raise Stopped(signum)
 
 
 @contextmanager
@@ -57,10 +70,11 @@ def stop_on_signals() -> None:
     as Ctrl-C does, instead of killing it with an unplayable file. Only the first stop counts:
     later ones are ignored while the output is finalised (a second Ctrl-C must not abort that)."""
     def handler(signum, frame):
-        global _pending
+        global _pending, _noted
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
         if _finalising.is_set():
+            _noted = signum  # the run ends as it was ending; `between_runs` may act on it
             return
         if _deferring:
             _pending = signum

@@ -369,3 +369,47 @@ def test_glass_to_glass_reads_each_frame_s_number_from_the_decoded_picture(clip)
     pictures = [f for p in packets for f in codec.decode(p)] + codec.decode(None)
     assert [read_stamp(p.to_ndarray(format="gray")) for p in pictures] == numbers
     assert read_stamp(np.full((64, 320), 128, np.uint8)) is None
+
+
+def test_a_stop_between_two_encodes_ends_the_bench_with_what_it_has(tmp_path, clip,
+                                                                     monkeypatch):
+    """Ctrl-C while an encode is judged (most of a bench's time) was ignored, and every later
+    one with it: the bench ran to its end. A stop now ends it with exit 130, the finished rate
+    points written and marked incomplete (one inside an encode lost the clip's points and said
+    "before any frame was encoded"). The signal is sent as the third judging starts: the first
+    rate point is done, the second is not."""
+    import os
+    import signal
+
+    from edge_semvc.bench import run as bench_run
+
+    judged, evaluate = [], bench_run.evaluate
+
+    def judge(*args, **kwargs):
+        judged.append(args[0])
+        if len(judged) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(bench_run, "evaluate", judge)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    out = tmp_path / "bench"
+    (out / "results.csv").parent.mkdir()
+    (out / "results.csv").write_text("an earlier run's rows\n")
+    try:
+        code = main(["bench", str(clip("carphone_qcif_pristine.mp4")), "--ladder", "60k",
+                     "150k", "300k", "--frames", "6", "--no-vmaf", "--roi-model", "none",
+                     "--out", str(out)])
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert code == 130 and len(judged) == 3
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is False
+    assert results["interrupted"] == ("interrupted (SIGINT): 0 of 1 clips complete, 1 of 3 "
+                                      "rate points of carphone_qcif_pristine.mp4")
+    (c,) = results["clips"]
+    assert [p["rate_setting"] for p in c["points"]] == [60000] and c["ladder_points"] == 3
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == 2
+    report = (out / "report.md").read_text()
+    assert "**Incomplete**: interrupted (SIGINT)" in report and "1 of 3 rates" in report

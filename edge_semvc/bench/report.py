@@ -24,6 +24,38 @@ def _finite(v):
     return v
 
 
+def settings(args, analysis, roi_model) -> dict:
+    """The run's settings as results.json and report.md give them."""
+    return {"clips": args.clips, "rc": args.rc, "profile": args.profile, "preset": args.preset,
+            "tune": args.tune, "ladder": args.ladder, "bpp": args.bpp,
+            "roi_model": str(roi_model) if roi_model else None,
+            "start": args.start, "frames": args.frames, "eval_every": args.eval_every,
+            "f1_targets": list(analysis.f1_targets), "roi_min_mbs": analysis.roi_min_mbs,
+            "roi_min_frames": analysis.roi_min_frames,
+            "f1_min_objects": analysis.f1_min_objects,
+            "roi_mask": "psnr_roi: person and vehicle boxes of the independent detector on the "
+                        "original frames; psnr_roi_own: macroblocks labelled by the semantic "
+                        "run's models run on every original frame (no budget, no carry)"}
+
+
+def write_interrupted(results: dict, stop: BaseException, out: Path) -> str:
+    """After a stop signal: the clips done and the clip in progress with its finished rate
+    points (`stop.partial`: its summary from those alone) are written with "complete": false;
+    returns the line that says so."""
+    done, partial = len(results["clips"]), getattr(stop, "partial", None)
+    if partial:
+        results["clips"].append(partial)
+    results["complete"] = False
+    results["interrupted"] = (
+        f"interrupted{f' ({stop})' if str(stop) else ''}: {done} of "
+        f"{len(results['settings']['clips'])} clips complete"
+        + (f", {len(partial['points'])} of {partial['ladder_points']} rate points of "
+           f"{partial['clip']}" if partial else ""))
+    write_outputs(results, out)
+    return (f"edge-semvc bench: {results['interrupted']}; the partial results are in {out}/ "
+            "(results.json: \"complete\": false)")
+
+
 def write_outputs(results: dict, out: Path) -> None:
     # strict JSON: a figure that could not be computed (an empty ROI's PSNR) is null
     (out / "results.json").write_text(json.dumps(_finite(results), indent=2, allow_nan=False))
@@ -76,7 +108,8 @@ def _summary_rows(results: dict):
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
-    if not rows:
+    if not rows:  # an earlier run's rows must not pass for this one's
+        path.unlink(missing_ok=True)
         return
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
@@ -173,7 +206,8 @@ def _roi_cells(c: dict, key: str) -> list[str]:
 def _clip_cell(c: dict) -> str:
     first = c.get("first_frame", 0)
     frames = f"frames {first}-{first + c['frames'] - 1}" if first else f"{c['frames']} fr"
-    return f"{c['clip']} ({c['width']}x{c['height']}, {frames})"
+    cut = f", {len(c['points'])} of {c['ladder_points']} rates" if "ladder_points" in c else ""
+    return f"{c['clip']} ({c['width']}x{c['height']}, {frames}{cut})"
 
 
 def _summary_table(clips: list[dict], pair: str, targets: list[str]) -> list[str]:
@@ -235,10 +269,12 @@ def summary_markdown(results: dict) -> str:
 def report_markdown(results: dict) -> str:
     s = results["settings"]
     lines = [f"# edge-semvc bench: rc={s['rc']}, preset={s['preset']}"
-             f"{', tune=' + s['tune'] if s['tune'] else ''}", "",
-             f"ROI masks: {s['roi_mask']}. Independent detector: {s['roi_model'] or 'none'}.",
-             "",
-             "## Summary", "", summary_markdown(results)]
+             f"{', tune=' + s['tune'] if s['tune'] else ''}", ""]
+    if not results.get("complete", True):  # stopped, or still running (or killed)
+        lines += ["**Incomplete**: " + (results.get("interrupted") or f"written after "
+                  f"{len(results['clips'])} of {len(s['clips'])} clips") + ".", ""]
+    lines += [f"ROI masks: {s['roi_mask']}. Independent detector: {s['roi_model'] or 'none'}.",
+              "", "## Summary", "", summary_markdown(results)]
     for clip in results["clips"]:
         share = clip.get("roi_fraction", clip.get("roi_fraction_own"))
         lines += [f"## {_clip_cell(clip)}, ROI {_fmt(None if share is None else 100 * share, 1)}"

@@ -47,6 +47,7 @@ from .. import preflight
 from ..config import Config, ConfigError, load_config
 from ..pipeline import Extras, run_encode
 from ..sources import RawVideoOptions
+from ..stop import between_runs
 from ..tools.models import prepare_config
 from ..values import QpMap
 from .detector import YoloxDetector, default_model
@@ -151,6 +152,7 @@ def encode_point(kind: str, ref: ClipReference, cfg: Config, raw, out: Path) -> 
             stats = run_encode(src, str(out), cfg, semantic=kind == "semantic")
     finally:
         src.close()
+    between_runs()  # the encode is over: a stop from here on ends the bench where it is
     size = out.stat().st_size
     storage = {k: v for k, v in stats.get("storage", {}).items() if k != "idrs"}
     return {"frames": stats["frames"], "bytes": size,
@@ -194,35 +196,41 @@ def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
             o.log(f"  label timing replayed from {schedule}")
     points = []
     order = ["semantic", *[k for k in o.kinds if k != "semantic"]]
-    for rate in rates:
-        e = cfg.encoder
-        if e.rate_control() == "crf":
-            e.crf = float(rate)
-        else:
-            e.bitrate = int(rate)
-        point = {"rate_setting": rate}
-        for kind in order:
-            path = o.out_dir / "encodes" / f"{Path(clip).stem}.{kind}.{rate:g}.mp4"
-            t0 = time.perf_counter()
-            result = encode_point(kind, ref, cfg, o.raw, path)
-            runs = result.pop("label_runs")
-            if schedule and not cfg.labeler.replay and runs:  # the first labelled encode's
-                schedule.parent.mkdir(parents=True, exist_ok=True)
-                schedule.write_text(json.dumps(runs) + "\n")
-                cfg.labeler.replay = str(schedule)
-                o.log(f"  label timing recorded in {schedule}: the other encodes replay it")
-            for _ in range(o.repeats - 1):  # speed only: keep the best of several runs
-                again = encode_point(kind, ref, cfg, o.raw, path)
-                result["fps"] = max(result["fps"], again["fps"])
-            result.update(evaluate(str(path), ref, o.detector, o.vmaf, o.eval_every))
-            point[kind] = result
-            o.log(f"  {rate:g} {kind:9s} {result['bitrate_kbps']:9.1f} kbit/s "
-                  f"{result['fps']:7.1f} fps  PSNR {result['psnr']} ROI {result.get('psnr_roi')} "
-                  f"own-ROI {result.get('psnr_roi_own')} bg {result.get('psnr_background')}"
-                  + (f" VMAF {result['vmaf']}" if o.vmaf else "")
-                  + (f" F1 {result['f1']}" if o.detector else "")
-                  + f"  ({time.perf_counter() - t0:.1f} s)")
-        points.append(point)
+    try:
+        for rate in rates:
+            e = cfg.encoder
+            if e.rate_control() == "crf":
+                e.crf = float(rate)
+            else:
+                e.bitrate = int(rate)
+            point = {"rate_setting": rate}
+            for kind in order:
+                path = o.out_dir / "encodes" / f"{Path(clip).stem}.{kind}.{rate:g}.mp4"
+                t0 = time.perf_counter()
+                result = encode_point(kind, ref, cfg, o.raw, path)
+                runs = result.pop("label_runs")
+                if schedule and not cfg.labeler.replay and runs:  # the first labelled encode's
+                    schedule.parent.mkdir(parents=True, exist_ok=True)
+                    schedule.write_text(json.dumps(runs) + "\n")
+                    cfg.labeler.replay = str(schedule)
+                    o.log(f"  label timing recorded in {schedule}: the other encodes replay it")
+                for _ in range(o.repeats - 1):  # speed only: keep the best of several runs
+                    again = encode_point(kind, ref, cfg, o.raw, path)
+                    result["fps"] = max(result["fps"], again["fps"])
+                result.update(evaluate(str(path), ref, o.detector, o.vmaf, o.eval_every))
+                point[kind] = result
+                o.log(f"  {rate:g} {kind:9s} {result['bitrate_kbps']:9.1f} kbit/s "
+                      f"{result['fps']:7.1f} fps  PSNR {result['psnr']} "
+                      f"ROI {result.get('psnr_roi')} own-ROI {result.get('psnr_roi_own')} "
+                      f"bg {result.get('psnr_background')}"
+                      + (f" VMAF {result['vmaf']}" if o.vmaf else "")
+                      + (f" F1 {result['f1']}" if o.detector else "")
+                      + f"  ({time.perf_counter() - t0:.1f} s)")
+            points.append(point)
+    except KeyboardInterrupt as e:  # stopped: the rate points done are kept (`run`)
+        e.partial = {**summarise(ref, points, order, o.repeats, o.analysis),
+                     "ladder_points": len(rates)} if points else None
+        raise
     return summarise(ref, points, order, o.repeats, o.analysis)
 
 
@@ -408,7 +416,8 @@ def run(args) -> int:
     from fractions import Fraction
 
     from ..options import parse_bitrate
-    from .report import summary_markdown, write_outputs
+    from ..stop import exit_status
+    from .report import settings, summary_markdown, write_interrupted, write_outputs
 
     if args.eval_every < 1:
         raise ConfigError(f"--eval-every must be >= 1, got {args.eval_every}")
@@ -465,29 +474,21 @@ def run(args) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    results = {"settings": {"rc": args.rc, "profile": args.profile, "preset": args.preset,
-                            "tune": args.tune,
-                            "ladder": args.ladder, "bpp": args.bpp,
-                            "roi_model": str(roi_model) if roi_model else None,
-                            "start": args.start, "frames": args.frames,
-                            "eval_every": args.eval_every,
-                            "f1_targets": list(analysis.f1_targets),
-                            "roi_min_mbs": analysis.roi_min_mbs,
-                            "roi_min_frames": analysis.roi_min_frames,
-                            "f1_min_objects": analysis.f1_min_objects,
-                            "roi_mask": "psnr_roi: person and vehicle boxes of the independent "
-                                        "detector on the original frames; psnr_roi_own: "
-                                        "macroblocks labelled by the semantic run's models run "
-                                        "on every original frame (no budget, no carry)"},
-               "config": cfg.to_dict(), "clips": []}
+    results = {"settings": settings(args, analysis, roi_model), "config": cfg.to_dict(),
+               "clips": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for n, clip in enumerate(args.clips, 1):
-            log(f"[{n}/{len(args.clips)}] {clip}")
-            results["clips"].append(bench_clip(clip, cfg, BenchOptions(
-                kinds, out, Path(tmp), ladder, args.bpp, raw, detector, args.eval_every, vmaf,
-                span, args.repeats, analysis, log,
-                Path(args.label_schedule) if args.label_schedule else None)))
-            write_outputs(results, out)  # after every clip: a long run loses nothing
+        try:
+            for n, clip in enumerate(args.clips, 1):
+                log(f"[{n}/{len(args.clips)}] {clip}")
+                results["clips"].append(bench_clip(clip, cfg, BenchOptions(
+                    kinds, out, Path(tmp), ladder, args.bpp, raw, detector, args.eval_every,
+                    vmaf, span, args.repeats, analysis, log,
+                    Path(args.label_schedule) if args.label_schedule else None)))
+                results["complete"] = n == len(args.clips)
+                write_outputs(results, out)  # after every clip: a long run loses nothing
+        except KeyboardInterrupt as e:  # a stop signal: what is done is written, said so
+            log(write_interrupted(results, e, out))
+            return exit_status(e)
     print(summary_markdown(results))
     log(f"results in {out}/ (report.md, results.json, results.csv, summary.csv, plots/)")
     return 0
