@@ -413,3 +413,15 @@ def test_a_stop_between_two_encodes_ends_the_bench_with_what_it_has(tmp_path, cl
     assert len(list(csv.DictReader(open(out / "results.csv")))) == 2
     report = (out / "report.md").read_text()
     assert "**Incomplete**: interrupted (SIGINT)" in report and "1 of 3 rates" in report
+
+
+def test_a_clip_that_cannot_be_opened_is_refused_before_any_work(tmp_path, clip, capsys):
+    """A missing second clip was found when its turn came, after the first clip's whole
+    bench (an hour on the full clips); every clip is opened before the first encode now."""
+    out = tmp_path / "bench"
+    missing = tmp_path / "missing.mp4"
+    assert main(["bench", str(clip("carphone_qcif_pristine.mp4")), str(missing), "--ladder",
+                 "60k", "150k", "--frames", "2", "--no-vmaf", "--roi-model", "none", "--out",
+                 str(out)]) == 2
+    assert f"input file not found: {missing}" in capsys.readouterr().err
+    assert not out.exists()  # nothing was encoded

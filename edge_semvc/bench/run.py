@@ -46,7 +46,7 @@ import numpy as np
 from .. import preflight
 from ..config import Config, ConfigError, load_config
 from ..pipeline import Extras, run_encode
-from ..sources import RawVideoOptions
+from ..sources import RawVideoOptions, open_source
 from ..stop import between_runs
 from ..tools.models import prepare_config
 from ..values import QpMap
@@ -468,6 +468,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder")
+    for clip in args.clips:  # each clip opens before any work, not when its turn comes
+        open_source(clip, raw).close()
     (out / "encodes").mkdir(parents=True, exist_ok=True)
     kinds = ["baseline", "semantic", *args.baseline]
 
