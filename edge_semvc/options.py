@@ -48,6 +48,18 @@ def parse_bitrate(text: str) -> int:
     return round(value)
 
 
+def parse_crf(text: str) -> float:
+    """A CRF value: x264's range, 1-51 (below 1 x264 turns to lossless, which takes no QP
+    map)."""
+    try:
+        crf = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid CRF {text!r}") from None
+    if not 1 <= crf <= 51:
+        raise argparse.ArgumentTypeError(f"CRF {text!r} is out of range: 1 to 51")
+    return crf
+
+
 def parse_rate(text: str) -> Fraction:
     try:
         rate = Fraction(text)

@@ -425,3 +425,21 @@ def test_a_clip_that_cannot_be_opened_is_refused_before_any_work(tmp_path, clip,
                  str(out)]) == 2
     assert f"input file not found: {missing}" in capsys.readouterr().err
     assert not out.exists()  # nothing was encoded
+
+
+@pytest.mark.parametrize("ladder, message", [
+    (["--ladder", "150k", "150000"], "--ladder 150000 150000: each rate point must be distinct"),
+    (["--rc", "crf", "--ladder", "30", "30"], "--ladder 30 30: each rate point must be"),
+    (["--bpp", "0.01", "0.011"], "--bpp 0.01 0.011 gives 8000, 8000 bit/s at 176x144, 29.97 fps"
+                                 " (rounded to 1 kbit/s): each rate point must be distinct"),
+    (["--bpp", "0.0001", "0.001"], "gives 0, 1000 bit/s at 176x144"),
+])
+def test_a_ladder_whose_points_coincide_is_refused(tmp_path, clip, capsys, ladder, message):
+    """Two equal rate points encoded twice into one file and read as "quality does not rise
+    strictly with rate"; a bit-per-pixel point that rounded to 0 stopped the run after the
+    reference with "rc='cbr' needs a bitrate"."""
+    out = tmp_path / "bench"
+    assert main(["bench", str(clip("carphone_qcif_pristine.mp4")), *ladder, "--frames", "4",
+                 "--no-vmaf", "--roi-model", "none", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

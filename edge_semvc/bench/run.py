@@ -94,12 +94,16 @@ class Analysis:
 
 def resolve_ladder(ladder: list[float] | None, bpp: list[float] | None, rc: str, width: int,
                    height: int, fps: float) -> list[float]:
-    """The rate points for one clip: explicit rates, or bits per pixel scaled to its size."""
-    if ladder:
-        return ladder
-    if rc == "crf":
-        return list(DEFAULT_CRF)
-    return [round(b * width * height * fps, -3) for b in (bpp or DEFAULT_BPP)]
+    """The rate points for one clip: explicit rates, or bits per pixel scaled to its size (to
+    1 kbit/s); each must be distinct (a point's encodes are named by its rate) and above 0."""
+    rates = ladder or (list(DEFAULT_CRF) if rc == "crf" else
+                       [round(b * width * height * fps, -3) for b in (bpp or DEFAULT_BPP)])
+    if len(set(rates)) < len(rates) or min(rates) <= 0:
+        given = f"--ladder {' '.join(f'{r:g}' for r in rates)}" if ladder else \
+            f"--bpp {' '.join(f'{b:g}' for b in bpp)} gives {', '.join(f'{r:g}' for r in rates)}" \
+            f" bit/s at {width}x{height}, {fps:g} fps (rounded to 1 kbit/s)"
+        raise ConfigError(f"{given}: each rate point must be distinct and above 0")
+    return rates
 
 
 EXTENSIONS = ("attention", "emotion", "scene", "fusion")  # the method's embodiments 2-5
@@ -400,22 +404,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-rate", default="0")
 
 
-def _crf(text: str) -> float:
-    """A CRF point of the ladder: x264's range, 1-51 (below 1 x264 turns to lossless, which
-    takes no QP map)."""
-    try:
-        crf = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid CRF {text!r}") from None
-    if not 1 <= crf <= 51:
-        raise argparse.ArgumentTypeError(f"CRF {text!r} is out of range: 1 to 51")
-    return crf
-
-
 def run(args) -> int:
     from fractions import Fraction
 
-    from ..options import parse_bitrate
+    from ..options import parse_bitrate, parse_crf
     from ..stop import exit_status
     from .report import settings, summary_markdown, write_interrupted, write_outputs
 
@@ -445,7 +437,7 @@ def run(args) -> int:
         raise ConfigError("--bpp takes positive values and goes with --rc abr/cbr, not --ladder")
     if args.ladder:
         try:
-            ladder = [_crf(r) if args.rc == "crf" else parse_bitrate(r) for r in args.ladder]
+            ladder = [parse_crf(r) if args.rc == "crf" else parse_bitrate(r) for r in args.ladder]
         except argparse.ArgumentTypeError as e:
             raise ConfigError(f"bad --ladder value: {e}") from None
     vmaf = not args.no_vmaf
@@ -469,7 +461,12 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder")
     for clip in args.clips:  # each clip opens before any work, not when its turn comes
-        open_source(clip, raw).close()
+        src = open_source(clip, raw)
+        src.close()
+        try:
+            resolve_ladder(ladder, args.bpp, args.rc, src.width, src.height, float(src.fps))
+        except ConfigError as e:
+            raise ConfigError(f"{clip}: {e}") from None
     (out / "encodes").mkdir(parents=True, exist_ok=True)
     kinds = ["baseline", "semantic", *args.baseline]
 
