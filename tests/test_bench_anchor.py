@@ -94,3 +94,14 @@ def test_too_little_roi_in_the_anchor_is_bench_s_own_verdict_with_its_thresholds
             cov["mbs_per_frame"], cov["frame_fraction"], 10_000,
             results["settings"]["roi_min_frames"])}
         assert row["bd"]["psnr"]["percent"] is not None
+
+
+def test_a_run_stopped_before_its_first_point_is_refused(runs, tmp_path):
+    """A bench stopped before any rate point was judged writes a results.json without clips;
+    set against an anchor it printed an empty table and exit 0."""
+    stopped = json.loads((runs["zl"] / "results.json").read_text())
+    stopped.update(clips=[], complete=False, interrupted="interrupted (SIGINT): 0 of 1 clips "
+                   "complete")
+    (tmp_path / "results.json").write_text(json.dumps(stopped))
+    with pytest.raises(anchor.Mismatch, match=r"no clip was judged \(interrupted \(SIGINT\)"):
+        anchor.load(tmp_path)

@@ -36,6 +36,8 @@ def load(folder: str | Path) -> dict:
         raise Mismatch(f"{path}: not a bench result ({e})") from e
     if not isinstance(results, dict) or not isinstance(results.get("clips"), list):
         raise Mismatch(f"{path}: not a bench result (no list of clips)")
+    if not results["clips"]:  # a bench stopped before its first rate point was judged
+        raise Mismatch(f"{path}: no clip was judged ({results.get('interrupted', 'empty')})")
     return results
 
 
