@@ -224,6 +224,10 @@ def test_bench_refuses_bad_arguments(tmp_path, capsys):
                                 ("cbr", "0.4", "bitrate '0.4' is out of range")):
         assert main(["bench", "x.mp4", "--rc", rc, "--ladder", ladder, "30"]) == 2
         assert message in capsys.readouterr().err
+    # --rc's default, cbr: the error named encoder.rc 'cbr', a key the user never set
+    assert main(["bench", "x.mp4", "--profile", "storage"]) == 2
+    assert "--profile storage records at a quality: it needs --rc crf, not cbr" in \
+        capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert main(["bench", "x.mp4", "--out", str(tmp_path / "file")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err

@@ -421,6 +421,9 @@ def run(args) -> int:
         raise ConfigError("--roi-min-mbs takes a value >= 0, --roi-min-frames one in [0, 1]")
     if args.f1_min_objects < 0:
         raise ConfigError(f"--f1-min-objects takes a value >= 0, got {args.f1_min_objects}")
+    if args.profile == "storage" and args.rc != "crf":  # --rc's default is cbr
+        raise ConfigError(f"--profile storage records at a quality: it needs --rc crf, not "
+                          f"{args.rc}")
     analysis = Analysis(tuple(args.f1_targets), args.roi_min_mbs, args.roi_min_frames,
                         args.f1_min_objects)
     # the video alone: its file size over the clip's duration is the bitrate compared
