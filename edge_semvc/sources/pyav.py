@@ -14,7 +14,6 @@ import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit
 
 import av
 import numpy as np
@@ -22,8 +21,9 @@ import numpy as np
 from ..errors import DecodeError, SourceError
 from ..frame import Frame
 from ..tracks import PacketQueue
-from ..uris import address_problem, file_path
+from ..uris import file_path
 from .base import NETWORK_SCHEMES, RawVideoOptions
+from .opening import check_host, check_raw, colour_of, frame_rate, say_what_is_lost
 from .orientation import Orientation
 from .tracks import FollowOn, HiddenLead, passthrough_tracks, track_packet
 
@@ -34,8 +34,6 @@ DEEP_PROBE = {"analyzeduration": str(60_000_000), "probesize": str(200_000_000)}
 RAW_EXTENSIONS = {".yuv": "yuv420p", ".raw": "yuv420p", ".nv12": "nv12", ".rgb": "rgb24"}
 # Network streams and devices: (open, read) seconds before a silent input counts as lost.
 LIVE_TIMEOUT_S = (10.0, 5.0)
-MAX_FPS = 1000  # frames per second: a rate above this is a time base misread (_frame_rate)
-MAX_SIDE = 16384  # pixels: raw geometry beyond this is a typo (x264 takes at most 16384)
 READ_ON_S = 10  # read_tracks_on: how far past the video's end a track may lag in the file
 TS_PACKET_BYTES = (188, 192, 204)  # MPEG-TS, M2TS (a timestamp before each), with RS parity
 
@@ -87,7 +85,7 @@ class PyAVSource:
                 raise SourceError(f"{path} is raw video: give --input-width, --input-height and "
                                   "--input-rate (and --input-pix-fmt if not yuv420p)")
             pix_fmt = raw.pix_fmt or RAW_EXTENSIONS.get(p.suffix.lower(), "yuv420p")
-            _check_raw(raw, pix_fmt)
+            check_raw(raw, pix_fmt)
             fmt = "rawvideo"
             options = {"video_size": f"{raw.width}x{raw.height}", "pixel_format": pix_fmt,
                        "framerate": str(raw.rate)}
@@ -95,7 +93,7 @@ class PyAVSource:
         timed = stream_like and not stdin  # a silent network stream or device times out
         self._read_timeout = LIVE_TIMEOUT_S[1] if timed else None
         if live is not None:
-            _check_host(path)
+            check_host(path)
         started = time.monotonic()
         try:
             self._stdin = _CountedInput() if stdin else None
@@ -136,7 +134,7 @@ class PyAVSource:
             self.container.close()
             raise SourceError(f"{path} is {self.width}x{self.height}: H.264 4:2:0 needs an even "
                               "width and height")
-        self.fps = _frame_rate(stream, raw, path)
+        self.fps = frame_rate(stream, raw, path)
         # Raw Annex-B and raw video carry no timestamps: number frames in 1/fps.
         self._synth_pts = fmt == "rawvideo" or self.container.format.name in ("h264", "hevc") \
             or p.suffix.lower() in (".h264", ".264", ".h265", ".265", ".hevc")
@@ -176,8 +174,8 @@ class PyAVSource:
             self._first_error = e
         self.orientation = Orientation.of(self._first)
         self.width, self.height = self.orientation.size(self.width, self.height)
-        self.colour = _colour(self._first)
-        _say_what_is_lost(self._first, path)
+        self.colour = colour_of(self._first)
+        say_what_is_lost(self._first, path)
         # What the file says it holds, to tell a truncated file from a complete one at its end.
         self._declared = stream.frames or 0
         # raw / y4m: bytes of a picture (its first packet's when whole, i.e. it decoded: every
@@ -456,25 +454,10 @@ class _CountedInput:
         return data
 
 
-def _frame_rate(stream, raw: RawVideoOptions, path: str) -> Fraction:
-    """The stream's frame rate: the container's average, else FFmpeg's guess; one above
-    MAX_FPS is a time base read as a rate (an H.264 stream's timing says 1/time base, e.g.
-    90000 from an RTP camera), not believed."""
-    rates = [Fraction(r) for r in (stream.average_rate, stream.guessed_rate, raw.rate) if r]
-    fps = next((r for r in rates if 0 < r <= MAX_FPS), None)
-    if fps is None:
-        log.warning("%s: no believable frame rate (%s); taking 25 fps", path,
-                    ", ".join(f"{float(r):g}" for r in rates) or "none given")
-        return Fraction(25)
-    return fps
 
 
-def _check_host(url: str) -> None:
-    """A network input's host has an address (FFmpeg would say "Input/output error")."""
-    host = urlsplit(url).hostname
-    problem = address_problem(host)
-    if problem:
-        raise SourceError(f"cannot open {url}: its host {host!r} has no address ({problem})")
+
+
 
 
 def _seconds(hms: str) -> float:
@@ -487,41 +470,13 @@ def _seconds(hms: str) -> float:
         return 0.0
 
 
-def _colour(first: av.VideoFrame | None) -> tuple[int, int, int]:
-    """The input's colour description as the encoder should write it (H.273 codes: primaries,
-    transfer, matrix; 2 unspecified). RGB is turned into YUV by FFmpeg's default matrix, BT.601
-    (6)."""
-    if first is None:
-        return (2, 2, 2)
-    matrix = 6 if first.format.is_rgb else first.colorspace
-    return (first.color_primaries, first.color_trc, matrix)
 
 
-def _say_what_is_lost(first: av.VideoFrame | None, path: str) -> None:
-    """Once, at the start: deeper input is encoded at 8 bits, interlaced input as progressive."""
-    if first is None:
-        return
-    if first.interlaced_frame:
-        log.warning("%s is interlaced: its fields are encoded together as progressive frames "
-                    "(deinterlace it first, e.g. ffmpeg -vf bwdif)", path)
-    if max(c.bits for c in first.format.components) > 8:
-        log.warning("%s is %s: encoded at 8 bits (its colour description is kept)", path,
-                    first.format.name)
 
 
-def _check_raw(raw: RawVideoOptions, pix_fmt: str) -> None:
-    """Raw geometry FFmpeg would refuse with no more than "Invalid argument"."""
-    if not 0 < raw.rate <= MAX_FPS:
-        raise SourceError(f"--input-rate {float(raw.rate):g} is out of range: more than 0, at "
-                          f"most {MAX_FPS} frames a second")
-    if not (0 < raw.width <= MAX_SIDE and 0 < raw.height <= MAX_SIDE):
-        raise SourceError(f"--input-width x --input-height {raw.width}x{raw.height} is out of "
-                          f"range: 1 to {MAX_SIDE} pixels a side")
-    try:
-        av.VideoFormat(pix_fmt)
-    except (ValueError, av.error.FFmpegError):
-        raise SourceError(f"--input-pix-fmt {pix_fmt!r} is no pixel format FFmpeg knows "
-                          "(e.g. yuv420p, nv12, yuyv422)") from None
+
+
+
 
 
 def _reason(e: Exception) -> str:

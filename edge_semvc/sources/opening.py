@@ -1,0 +1,77 @@
+"""What an input says of itself as it opens, checked before any frame is read: a raw file's
+geometry, a believable frame rate, a network host with an address, the colour description the
+encoder writes, and what the encoding loses of it (bit depth, interlacing)."""
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from urllib.parse import urlsplit
+
+import av
+
+from ..errors import SourceError
+from ..uris import address_problem
+from .base import RawVideoOptions
+
+log = logging.getLogger(__name__)
+
+MAX_FPS = 1000  # frames per second: a rate above this is a time base misread (frame_rate)
+MAX_SIDE = 16384  # pixels: raw geometry beyond this is a typo (x264 takes at most 16384)
+
+
+def frame_rate(stream, raw: RawVideoOptions, path: str) -> Fraction:
+    """The stream's frame rate: the container's average, else FFmpeg's guess; one above
+    MAX_FPS is a time base read as a rate (an H.264 stream's timing says 1/time base, e.g.
+    90000 from an RTP camera), not believed."""
+    rates = [Fraction(r) for r in (stream.average_rate, stream.guessed_rate, raw.rate) if r]
+    fps = next((r for r in rates if 0 < r <= MAX_FPS), None)
+    if fps is None:
+        log.warning("%s: no believable frame rate (%s); taking 25 fps", path,
+                    ", ".join(f"{float(r):g}" for r in rates) or "none given")
+        return Fraction(25)
+    return fps
+
+
+def check_host(url: str) -> None:
+    """A network input's host has an address (FFmpeg would say "Input/output error")."""
+    host = urlsplit(url).hostname
+    problem = address_problem(host)
+    if problem:
+        raise SourceError(f"cannot open {url}: its host {host!r} has no address ({problem})")
+
+
+def colour_of(first: av.VideoFrame | None) -> tuple[int, int, int]:
+    """The input's colour description as the encoder should write it (H.273 codes: primaries,
+    transfer, matrix; 2 unspecified). RGB is turned into YUV by FFmpeg's default matrix, BT.601
+    (6)."""
+    if first is None:
+        return (2, 2, 2)
+    matrix = 6 if first.format.is_rgb else first.colorspace
+    return (first.color_primaries, first.color_trc, matrix)
+
+
+def say_what_is_lost(first: av.VideoFrame | None, path: str) -> None:
+    """Once, at the start: deeper input is encoded at 8 bits, interlaced input as progressive."""
+    if first is None:
+        return
+    if first.interlaced_frame:
+        log.warning("%s is interlaced: its fields are encoded together as progressive frames "
+                    "(deinterlace it first, e.g. ffmpeg -vf bwdif)", path)
+    if max(c.bits for c in first.format.components) > 8:
+        log.warning("%s is %s: encoded at 8 bits (its colour description is kept)", path,
+                    first.format.name)
+
+
+def check_raw(raw: RawVideoOptions, pix_fmt: str) -> None:
+    """Raw geometry FFmpeg would refuse with no more than "Invalid argument"."""
+    if not 0 < raw.rate <= MAX_FPS:
+        raise SourceError(f"--input-rate {float(raw.rate):g} is out of range: more than 0, at "
+                          f"most {MAX_FPS} frames a second")
+    if not (0 < raw.width <= MAX_SIDE and 0 < raw.height <= MAX_SIDE):
+        raise SourceError(f"--input-width x --input-height {raw.width}x{raw.height} is out of "
+                          f"range: 1 to {MAX_SIDE} pixels a side")
+    try:
+        av.VideoFormat(pix_fmt)
+    except (ValueError, av.error.FFmpegError):
+        raise SourceError(f"--input-pix-fmt {pix_fmt!r} is no pixel format FFmpeg knows "
+                          "(e.g. yuv420p, nv12, yuyv422)") from None
