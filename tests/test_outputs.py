@@ -446,3 +446,33 @@ def test_a_receivers_request_waits_for_an_idr_not_an_intra_refresh_recovery_poin
     src.close()
     assert granted[:3] == [0, 1, 2] and recovery and recovery[0] < 30, (granted, recovery)
     assert len(granted) == 4 and 30 <= granted[3] <= 34, granted  # once the budget refilled
+
+
+def test_a_kept_output_times_the_pause_by_the_frames_not_by_a_lookahead_drain(tmp_path):
+    """An encoder with a lookahead (x264's default tune) hands the frames it holds on when the
+    run ends, 5 s after the input froze: timed by their sending, the pause came out 5 s short
+    (a 10 s freeze seen as 6.3 s by an SRT receiver) and the next run's frames arrived seconds
+    behind their times. The pause is the one between the frames' times (injected clock)."""
+    from edge_semvc.sinks.kept import KeptOutput
+
+    info, packets = encoded(30)
+    held, lookahead_s, stall_s, away_s = 10, 10 / 30, 5.0, 8.0
+    tb, now = info.time_base, [0.0]
+    path = tmp_path / "kept.ts"
+    kept = KeptOutput(lambda: open_output(str(path)), lambda: now[0])
+    for run in range(2):
+        start = now[0]  # the run's first frame taken then: each frame leaves lookahead_s after
+        with Outputs([kept]).open(info) as outputs:
+            for i, p in enumerate(packets):
+                if run == 0 and i == len(packets) - held:  # the input froze: lost, drained
+                    now[0] = start + float(packets[-1].pts * tb) + stall_s
+                elif run == 1 or i < len(packets) - held:
+                    now[0] = start + float(p.pts * tb) + lookahead_s
+                outputs.write(p)
+        now[0] = start + float(packets[-1].pts * tb) + away_s  # the next run's first frame
+    kept.close_for_good()
+    with av.open(str(path)) as c:
+        times = [float(p.pts * p.time_base) for p in c.demux(video=0) if p.pts is not None]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) == 60 and min(gaps) > 0
+    assert max(gaps) == pytest.approx(away_s, abs=0.02)  # 2.99 s before

@@ -6,7 +6,12 @@ camera's RTSP server and SRT listener closed at each such hiccup, and their view
 connect again. `KeptOutput` keeps one output for the camera's whole life: a run's `close` only
 ends the run, and the next run's packets, of every stream, are shifted by one amount so that
 they follow on from the last ones sent after the time that passed in between (a receiver's
-clock sees the pause as it was; nothing it gets goes back in time). Only a next run whose
+clock sees the pause as it was; nothing it gets goes back in time). That time is measured on
+each packet's delay from its timestamp to its sending, the smallest (allowed to rise by DRIFT
+of the stream's time since, a camera's clock being slower than this one): the frames an
+encoder's lookahead held (1-2 s with x264's defaults) leave when the run ends, the input lost
+5 s before, and timed by their sending the pause came out that much shorter, the next run's
+frames arriving seconds behind their times. Only a next run whose
 stream differs (size, rate, codec, the tracks passed through) closes the output and opens it
 anew: its receivers then join again, as they must for a new stream.
 """
@@ -21,6 +26,7 @@ from ..tracks import TrackPacket
 from .base import Output, StreamInfo
 
 log = logging.getLogger(__name__)
+DRIFT = 0.01  # how fast the smallest delay may rise, s per s of stream: a camera 1 % slow
 
 # what the output takes from the one it keeps (base.Output's traits)
 TRAITS = ("uri", "global_headers", "fatal", "keeps_timestamps", "asks_for_receivers",
@@ -42,7 +48,8 @@ class KeptOutput(Output):
         self._stream: StreamInfo | None = None  # what it carries (parameter sets aside)
         self._shift: Fraction | None = Fraction(0)  # s added to this run's times (None: not yet)
         self._last_s: Fraction | None = None  # the latest time sent, any stream, shifted
-        self._sent_at = 0.0  # clock() when it was sent
+        self._lag: float | None = None  # s from a packet's time to its sending: the smallest
+        self._order = 0.0  # the last packet's time, s (a video packet's dts)
 
     def open(self, info: StreamInfo) -> None:
         stream = dataclasses.replace(info, headers=b"")  # in-band before each IDR anyway
@@ -57,23 +64,31 @@ class KeptOutput(Output):
         if self._tried:  # open before, or failed to: an output opens once
             self.inner.close()
             self.inner = self._make()
-        self._tried, self._stream, self._last_s = True, None, None
+        self._tried, self._stream, self._last_s, self._lag = True, None, None, None
         self.inner.open(info)
         self._stream, self._shift = stream, Fraction(0)
         self._period = 1 / Fraction(info.fps) if info.fps else Fraction(0)
 
     def _shifted(self, first_s: Fraction) -> Fraction:
-        """This run's shift, set by its first packet (`first_s`, its decode time): after the
-        last time sent by the pause since, and at least a frame interval."""
+        """This run's shift, set by its first packet (`first_s`, its decode time): its time is
+        when it is sent less the smallest delay seen (so it follows the last frame before the
+        pause by the pause), and at least a frame interval after the last time sent."""
         if self._shift is None:
-            pause = max(self._period, Fraction(self._clock() - self._sent_at))
+            start = self._last_s + self._period
+            if self._lag is not None:
+                start = max(start, Fraction(self._clock() - self._lag))
             tb = self._stream.time_base  # a whole number of the video's ticks
-            self._shift = round((self._last_s + pause - first_s) / tb) * tb
+            self._shift = round((start - first_s) / tb) * tb
         return self._shift
 
-    def _sent(self, latest_s: Fraction) -> None:
+    def _sent(self, latest_s: Fraction, order_s: Fraction) -> None:
+        """A packet went out: `latest_s` its latest time (pts), `order_s` the time it is sent
+        in order of (a video packet's dts)."""
         self._last_s = latest_s if self._last_s is None else max(self._last_s, latest_s)
-        self._sent_at = self._clock()
+        lag = self._clock() - float(order_s)
+        if self._lag is not None:
+            lag = min(lag, self._lag + DRIFT * max(0.0, float(order_s) - self._order))
+        self._lag, self._order = lag, float(order_s)
 
     def write(self, packet) -> None:
         tb = self._stream.time_base
@@ -81,7 +96,7 @@ class KeptOutput(Output):
         if ticks:
             packet = dataclasses.replace(packet, pts=packet.pts + ticks, dts=packet.dts + ticks)
         self.inner.write(packet)
-        self._sent(packet.pts * tb)
+        self._sent(packet.pts * tb, packet.dts * tb)
 
     def write_track(self, packet: TrackPacket) -> None:
         if packet.time is None:  # no time to shift: as it came
@@ -90,7 +105,7 @@ class KeptOutput(Output):
         shift = self._shifted(packet.time)
         packet = packet.shifted(shift) if shift else packet
         self.inner.write_track(packet)
-        self._sent(packet.time)
+        self._sent(packet.time, packet.time)
 
     def wants_idr(self, pts: int | None) -> bool:
         return self.inner.wants_idr(pts)
