@@ -476,3 +476,29 @@ def test_a_kept_output_times_the_pause_by_the_frames_not_by_a_lookahead_drain(tm
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert len(times) == 60 and min(gaps) > 0
     assert max(gaps) == pytest.approx(away_s, abs=0.02)  # 2.99 s before
+
+
+def test_a_kept_output_opened_anew_for_a_new_stream_keeps_its_times_going_on():
+    """A camera that came back with another stream (its frame rate here) opened its outputs
+    anew with the new encoder's times, from 0: a UDP receiver, which stays, saw the stream's
+    time go back (a recorder's file with it). They go on after the pause, as across a hiccup."""
+    from edge_semvc.sinks.kept import KeptOutput
+
+    info, packets = encoded(20)
+    port, now = free_port(), [100.0]
+    kept = KeptOutput(lambda: open_output(f"udp://127.0.0.1:{port}"), lambda: now[0])
+    rx = Receiver(f"udp://127.0.0.1:{port}?overrun_nonfatal=1&fifo_size=500000", "mpegts")
+    rx.start()
+    wait_until(lambda: udp_bound(port), what="the UDP receiver's socket")
+    for stream in (info, dataclasses.replace(info, fps=Fraction(15))):
+        with Outputs([kept]).open(stream) as outputs:
+            for p in packets:
+                outputs.write(p)
+                now[0] += 1 / 30
+        now[0] += 2.0  # the camera was away
+    kept.close_for_good()
+    rx.join(60)
+    assert kept.stats()["reopened"] == 1
+    times = [pts for pts, _key, _corrupt in rx.frames]
+    assert len(times) == 40 and times == sorted(times)  # 39 s went back to 0
+    assert times[20] - times[19] == pytest.approx(2 * 90000, abs=3000 + 1)

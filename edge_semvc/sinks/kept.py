@@ -13,7 +13,8 @@ encoder's lookahead held (1-2 s with x264's defaults) leave when the run ends, t
 5 s before, and timed by their sending the pause came out that much shorter, the next run's
 frames arriving seconds behind their times. Only a next run whose
 stream differs (size, rate, codec, the tracks passed through) closes the output and opens it
-anew: its receivers then join again, as they must for a new stream.
+anew: its receivers then join again, as they must for a new stream, and its times go on
+after the pause all the same.
 """
 from __future__ import annotations
 
@@ -64,9 +65,11 @@ class KeptOutput(Output):
         if self._tried:  # open before, or failed to: an output opens once
             self.inner.close()
             self.inner = self._make()
-        self._tried, self._stream, self._last_s, self._lag = True, None, None, None
+        self._tried, self._stream = True, None
         self.inner.open(info)
-        self._stream, self._shift = stream, Fraction(0)
+        # its times go on as across a hiccup: a receiver that stays (UDP, RTP) or records never
+        # sees them go back
+        self._stream, self._shift = stream, None if self._last_s is not None else Fraction(0)
         self._period = 1 / Fraction(info.fps) if info.fps else Fraction(0)
 
     def _shifted(self, first_s: Fraction) -> Fraction:
