@@ -80,7 +80,7 @@ class TrackMuxer:
         # segments), where it refused the first packet ('Malformed AAC bitstream') and so every
         # segment: converted here as FFmpeg would (aac_adtstoasc), once a packet shows ADTS
         self._adts = {t.index: t.params for t in tracks if t.codec == "aac"} \
-            if container.format.name == "mp4" else {}
+            if tracks and container.format.name == "mp4" else {}  # (RTP: no container then)
         self._filters: dict[int, BitStreamFilterContext] = {}
 
     def mux(self, packet: TrackPacket) -> bool:
