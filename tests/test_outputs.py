@@ -391,6 +391,8 @@ def test_a_kept_output_follows_on_across_runs_and_opens_anew_for_a_new_stream():
             for p in packets:
                 outputs.write(p)
                 now[0] += 1 / 30
+            assert kept.stats()["paused"] is False
+        assert kept.stats()["paused"] is True  # between runs: nothing is sent
         now[0] += 2.0  # the camera was away
     assert kept.inner is first and kept.stats()["packets"] == 60
     kept.open(dataclasses.replace(info, width=info.width // 2))

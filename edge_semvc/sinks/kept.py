@@ -51,8 +51,10 @@ class KeptOutput(Output):
         self._last_s: Fraction | None = None  # the latest time sent, any stream, shifted
         self._lag: float | None = None  # s from a packet's time to its sending: the smallest
         self._order = 0.0  # the last packet's time, s (a video packet's dts)
+        self._between_runs = False  # a run ended and the next has not opened: nothing is sent
 
     def open(self, info: StreamInfo) -> None:
+        self._between_runs = False
         stream = dataclasses.replace(info, headers=b"")  # in-band before each IDR anyway
         if stream == self._stream:  # the next run of the same stream: it follows on
             self._shift = None if self._last_s is not None else Fraction(0)
@@ -123,10 +125,14 @@ class KeptOutput(Output):
         return self.inner.link_report()
 
     def stats(self) -> dict:
-        return {**self.inner.stats(), **({"reopened": self.reopened} if self.reopened else {})}
+        """The output's, with `paused` (the camera between runs: nothing is sent, whatever its
+        state says) and `reopened` (times a new stream opened it anew)."""
+        return {**self.inner.stats(), "paused": self._between_runs,
+                **({"reopened": self.reopened} if self.reopened else {})}
 
     def close(self) -> None:
         """The run ended: the output stays open for the next."""
+        self._between_runs = True
 
     def close_for_good(self) -> None:
         self.inner.close()
