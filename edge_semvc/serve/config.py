@@ -129,7 +129,9 @@ class MqttConfig:
 @dataclass
 class HttpConfig:
     enabled: bool = False  # serve /api/stats, /metrics, /api/config and the cameras' pages
-    host: str = "127.0.0.1"  # the address to listen on: 0.0.0.0 opens it to the network
+    # the address to listen on: 0.0.0.0 opens it to the network; IPv6 too (`::1`, `::`: every
+    # interface, IPv4 as well)
+    host: str = "127.0.0.1"
     port: int = 8480  # TCP port; 0 = any free one (tests)
     username_env: str = ""  # with password_env: HTTP basic auth, user from this variable
     password_env: str = ""  # the password's environment variable (never in the file)
