@@ -1,0 +1,103 @@
+"""serve keeps a camera's stream outputs open across its runs (sinks/kept.py): each run's
+encoder starts its timestamps again, and what a receiver gets goes on after the pause that
+passed; a new stream opens the output anew. Real x264 packets, real outputs and receivers,
+an injected clock."""
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+
+import av
+import pytest
+from test_outputs import Receiver, encoded
+from test_telemetry import free_port, wait_until
+
+from edge_semvc.bench.link import udp_bound
+from edge_semvc.sinks import open_output
+from edge_semvc.sinks.base import Outputs
+from edge_semvc.sinks.kept import KeptOutput
+
+
+def test_a_kept_output_follows_on_across_runs_and_opens_anew_for_a_new_stream():
+    """serve keeps a camera's stream outputs across its runs (sinks/kept.py): each run's
+    encoder starts its timestamps again, the receiver sees one stream whose times go on, after
+    the pause that passed (2 s here, on the injected clock). A run whose stream differs (its
+    size) opens the output anew."""
+    info, packets = encoded(30)
+    port, now = free_port(), [100.0]
+    kept = KeptOutput(lambda: open_output(f"udp://127.0.0.1:{port}"), lambda: now[0])
+    first = kept.inner
+    rx = Receiver(f"udp://127.0.0.1:{port}?overrun_nonfatal=1&fifo_size=500000", "mpegts")
+    rx.start()
+    wait_until(lambda: udp_bound(port), what="the UDP receiver's socket")
+    for _run in range(2):
+        with Outputs([kept]).open(info) as outputs:  # its close ends the run only
+            for p in packets:
+                outputs.write(p)
+                now[0] += 1 / 30
+            assert kept.stats()["paused"] is False
+        assert kept.stats()["paused"] is True  # between runs: nothing is sent
+        now[0] += 2.0  # the camera was away
+    assert kept.inner is first and kept.stats()["packets"] == 60
+    kept.open(dataclasses.replace(info, width=info.width // 2))
+    assert kept.inner is not first and kept.stats()["reopened"] == 1
+    kept.close_for_good()
+    first.close()
+    rx.join(60)
+    pts = [p for p, _, _ in rx.frames]
+    assert len(pts) >= 58, rx.error
+    steps = [b - a for a, b in zip(pts, pts[1:])]
+    assert all(s > 0 for s in steps), steps  # never back in time
+    assert max(steps) == 3000 + 2 * 90000, steps  # a frame, then the pause, in 90 kHz
+
+
+def test_a_kept_output_times_the_pause_by_the_frames_not_by_a_lookahead_drain(tmp_path):
+    """An encoder with a lookahead (x264's default tune) hands the frames it holds on when the
+    run ends, 5 s after the input froze: timed by their sending, the pause came out 5 s short
+    (a 10 s freeze seen as 6.3 s by an SRT receiver) and the next run's frames arrived seconds
+    behind their times. The pause is the one between the frames' times (injected clock)."""
+    info, packets = encoded(30)
+    held, lookahead_s, stall_s, away_s = 10, 10 / 30, 5.0, 8.0
+    tb, now = info.time_base, [0.0]
+    path = tmp_path / "kept.ts"
+    kept = KeptOutput(lambda: open_output(str(path)), lambda: now[0])
+    for run in range(2):
+        start = now[0]  # the run's first frame taken then: each frame leaves lookahead_s after
+        with Outputs([kept]).open(info) as outputs:
+            for i, p in enumerate(packets):
+                if run == 0 and i == len(packets) - held:  # the input froze: lost, drained
+                    now[0] = start + float(packets[-1].pts * tb) + stall_s
+                elif run == 1 or i < len(packets) - held:
+                    now[0] = start + float(p.pts * tb) + lookahead_s
+                outputs.write(p)
+        now[0] = start + float(packets[-1].pts * tb) + away_s  # the next run's first frame
+    kept.close_for_good()
+    with av.open(str(path)) as c:
+        times = [float(p.pts * p.time_base) for p in c.demux(video=0) if p.pts is not None]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) == 60 and min(gaps) > 0
+    assert max(gaps) == pytest.approx(away_s, abs=0.02)  # 2.99 s before
+
+
+def test_a_kept_output_opened_anew_for_a_new_stream_keeps_its_times_going_on():
+    """A camera that came back with another stream (its frame rate here) opened its outputs
+    anew with the new encoder's times, from 0: a UDP receiver, which stays, saw the stream's
+    time go back (a recorder's file with it). They go on after the pause, as across a hiccup."""
+    info, packets = encoded(20)
+    port, now = free_port(), [100.0]
+    kept = KeptOutput(lambda: open_output(f"udp://127.0.0.1:{port}"), lambda: now[0])
+    rx = Receiver(f"udp://127.0.0.1:{port}?overrun_nonfatal=1&fifo_size=500000", "mpegts")
+    rx.start()
+    wait_until(lambda: udp_bound(port), what="the UDP receiver's socket")
+    for stream in (info, dataclasses.replace(info, fps=Fraction(15))):
+        with Outputs([kept]).open(stream) as outputs:
+            for p in packets:
+                outputs.write(p)
+                now[0] += 1 / 30
+        now[0] += 2.0  # the camera was away
+    kept.close_for_good()
+    rx.join(60)
+    assert kept.stats()["reopened"] == 1
+    times = [pts for pts, _key, _corrupt in rx.frames]
+    assert len(times) == 40 and times == sorted(times)  # 39 s went back to 0
+    assert times[20] - times[19] == pytest.approx(2 * 90000, abs=3000 + 1)
