@@ -56,23 +56,22 @@ class KeptOutput(Output):
     def open(self, info: StreamInfo) -> None:
         self._between_runs = False
         stream = dataclasses.replace(info, headers=b"")  # in-band before each IDR anyway
-        if stream == self._stream:  # the next run of the same stream: it follows on
-            self._shift = None if self._last_s is not None else Fraction(0)
-            return
-        if self._stream is not None:
-            log.info("%s: the stream changed (%dx%d at %s fps, %s, %d tracks): opened anew, "
-                     "its receivers join again", self.uri, info.width, info.height, info.fps,
-                     info.codec, len(info.tracks))
-            self.reopened += 1
-        if self._tried:  # open before, or failed to: an output opens once
-            self.inner.close()
-            self.inner = self._make()
-        self._tried, self._stream = True, None
-        self.inner.open(info)
-        # its times go on as across a hiccup: a receiver that stays (UDP, RTP) or records never
-        # sees them go back
-        self._stream, self._shift = stream, None if self._last_s is not None else Fraction(0)
-        self._period = 1 / Fraction(info.fps) if info.fps else Fraction(0)
+        if stream != self._stream:  # the first run, or a new stream: opened (anew)
+            if self._stream is not None:
+                log.info("%s: the stream changed (%dx%d at %s fps, %s, %d tracks): opened anew, "
+                         "its receivers join again", self.uri, info.width, info.height,
+                         info.fps, info.codec, len(info.tracks))
+                self.reopened += 1
+            if self._tried:  # open before, or failed to: an output opens once
+                self.inner.close()
+                self.inner = self._make()
+            self._tried, self._stream = True, None
+            self.inner.open(info)
+            self._stream = stream
+            self._period = 1 / Fraction(info.fps) if info.fps else Fraction(0)
+        # the times go on after the pause, across a hiccup and a new stream alike: a receiver
+        # that stays (UDP, RTP) or records never sees them go back
+        self._shift = None if self._last_s is not None else Fraction(0)
 
     def _shifted(self, first_s: Fraction) -> Fraction:
         """This run's shift, set by its first packet (`first_s`, its decode time): its time is
