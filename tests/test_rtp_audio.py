@@ -14,7 +14,8 @@ import pytest
 from gst_helpers import RECEIVER as GST_RECEIVER
 from gst_helpers import require
 from test_outputs import udp_bound
-from test_passthrough import PARK, AudioReceiver, _raw_aac, assert_runs_of, excerpt, packets
+from test_passthrough import PARK, _raw_aac, excerpt, packets
+from test_passthrough_streams import AudioReceiver, assert_runs_of
 from test_telemetry import free_port, wait_until
 
 from edge_semvc.config import load_config
