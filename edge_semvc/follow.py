@@ -11,9 +11,10 @@ would not help it. So the follower judges a window of WINDOW reports: a report t
 resends with a queue, a queue in every report, more than CONGESTED of the window's packets
 sent again, or packets given up as too late lower the rate to DECREASE of about what got
 through (at least MAX_DECREASE of the rate); a window with next to nothing sent again and no
-queue raises it by INCREASE, back up to `encoder.bitrate`. After each change the window
-starts again, and after a decrease the next SETTLE reports are left out: the link's buffer
-drains and the encoder's own (a second) empties at the old rate. The reports are counted,
+queue raises it by INCREASE, back up to `encoder.bitrate`. A peer that acknowledges nothing
+is not judged (gone or cut off: a lower rate would not reach it either). After each change
+the window starts again, and after a decrease the next SETTLE reports are left out: the link's
+buffer drains and the encoder's own (a second) empties at the old rate. The reports are counted,
 not timed: the same reports give the same rates.
 """
 from __future__ import annotations
@@ -67,8 +68,6 @@ class LinkFollower:
     def update(self, reports: list[LinkReport]) -> int | None:
         delta = self._delta(reports)
         if delta is None:
-            if reports and not any(r.peers for r in reports):  # nobody connected: a window
-                self._window.clear()  # from before would be judged with the next peer's
             return None
         self._rtts.append(delta.rtt_ms)
         if self._settle:
@@ -100,21 +99,30 @@ class LinkFollower:
 
     def _delta(self, reports: list[LinkReport]) -> _Delta | None:
         """The reports new since the last call, added up (the worst round trip); None when
-        none is new or nobody is connected."""
+        none is new or nobody is heard. A peer that sent no acknowledgement while packets went
+        to it is not heard: it is gone (SRT waits 5 s before it says so) or its link is cut,
+        and what the sender gives up meanwhile says nothing of how wide the link is; the
+        window before it is not judged with the reports after it, like one before a peer
+        that left."""
         news = [(i, r) for i, r in enumerate(reports)
                 if i not in self._last or self._last[i].seq != r.seq]
         if not news:
             return None
         sent = resent = dropped = 0
+        unheard = set()
         for i, r in news:
             last = self._last.get(i)
             self._last[i] = r
             if last is None or r.sent < last.sent:  # its first, or a new sender's: from 0
-                last = LinkReport(0, 0, 0.0, 0, 0, 0)
-            if r.peers:
+                last = LinkReport(0, 0, 0.0, 0, 0, 0, 0 if r.acked is not None else None)
+            if r.peers and r.acked is not None and r.sent > last.sent and r.acked == last.acked:
+                unheard.add(i)
+            elif r.peers:
                 sent, resent = sent + r.sent - last.sent, resent + max(0, r.resent - last.resent)
                 dropped += max(0, r.dropped - last.dropped)
-        rtts = [r.rtt_ms for r in reports if r.peers]
+        if unheard or (reports and not any(r.peers for r in reports)):
+            self._window.clear()
+        rtts = [r.rtt_ms for i, r in enumerate(reports) if r.peers and i not in unheard]
         if not rtts or not sent:
             return None
         return _Delta(sent, resent, dropped, max(rtts))

@@ -30,13 +30,16 @@ class Reports:
     """One output's reports: each `next` adds a second's packets to the running counts."""
 
     def __init__(self):
-        self.seq = self.sent = self.resent = self.dropped = 0
+        self.seq = self.sent = self.resent = self.dropped = self.acked = 0
 
-    def next(self, sent=150, resent=0, rtt_ms=20.0, dropped=0, peers=1) -> list[LinkReport]:
+    def next(self, sent=150, resent=0, rtt_ms=20.0, dropped=0, peers=1,
+             heard=True) -> list[LinkReport]:
+        """`heard`: the peer acknowledged what it got (SRT: about 35 a second)."""
         self.seq += 1
         self.sent, self.resent = self.sent + sent, self.resent + resent
-        self.dropped += dropped
-        return [LinkReport(self.seq, peers, rtt_ms, self.sent, self.resent, self.dropped)]
+        self.dropped, self.acked = self.dropped + dropped, self.acked + 35 * heard
+        return [LinkReport(self.seq, peers, rtt_ms, self.sent, self.resent, self.dropped,
+                           self.acked)]
 
 
 def _follower(min_bitrate=100_000) -> tuple[LinkFollower, Reports]:
@@ -145,6 +148,22 @@ def test_a_window_cut_by_the_peer_going_is_not_judged_with_the_next_peers_report
     assert f.stats()["decreases"] == 1
 
 
+def test_a_peer_that_stops_acknowledging_leaves_the_rate_alone():
+    """A receiver gone without a word (SRT says so after 5 s) or a link cut outright: the
+    sender gives up packets nobody acknowledges, which says nothing of the link's width (before:
+    1500 -> 1083 kbit/s for a vanished viewer); the window before it is not judged with the
+    reports after it, and an output that does not count acknowledgements is judged as before."""
+    f, r = _follower()
+    f.update(r.next(dropped=3))  # half a window given up, then the peer goes silent
+    assert [f.update(r.next(dropped=40, resent=20, rtt_ms=900.0, heard=False))
+            for _ in range(5)] == [None] * 5
+    assert f.update(r.next()) is None and f.update(r.next()) is None
+    assert f.stats()["decreases"] == 0
+    uncounted = LinkFollower(FollowLinkConfig(True), TARGET)
+    reports = [[LinkReport(i, 1, 20.0, 150 * i, 0, 3 * i)] for i in (1, 2)]
+    assert [uncounted.update(x) for x in reports] == [None, round(TARGET * DECREASE)]
+
+
 def test_two_outputs_are_judged_together():
     """Their packets add up; the worst round trip counts."""
     f, a, b = LinkFollower(FollowLinkConfig(True), TARGET), Reports(), Reports()
@@ -211,3 +230,46 @@ def test_over_a_narrow_srt_link_the_rate_comes_down(tmp_path):
     follow = sent["follow"]
     assert sent["overflowed"] > 0 and follow["decreases"] >= 1
     assert follow["lowest"] < 1_500_000 * DECREASE and follow["target"] == 1_500_000
+
+
+def test_a_receiver_that_vanishes_does_not_lower_the_rate(tmp_path):
+    """The SRT receiver frozen mid-stream (SIGSTOP: no word, no acknowledgement; SRT gives the
+    peer up after 5 s): the packets the sender gives up meanwhile lowered the rate before."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    from edge_semvc.bench.link import _paced, _wait_bound
+    from edge_semvc.bench.lossy_link import port_pair
+    from edge_semvc.pipeline import run_encode
+    from edge_semvc.sinks import open_output
+    from edge_semvc.sinks.gstreamer import gst_python
+
+    require("srt")
+    cfg = load_config(None, ["encoder.tune=zerolatency", "encoder.rc=cbr",
+                             "encoder.bitrate=1500000", "encoder.follow_link.enabled=true"])
+    port, got = port_pair(), tmp_path / "got.ts"
+    script = os.path.join(os.path.dirname(__file__), "..", "edge_semvc", "bench", "gst_record.py")
+    rx = subprocess.Popen([gst_python(), script, f"srt://127.0.0.1:{port}?mode=listener",
+                           str(got)])
+    frozen, stopped = threading.Event(), []
+
+    def freeze_once_it_records():
+        while not frozen.is_set():
+            if got.exists() and got.stat().st_size > 100_000:
+                os.kill(rx.pid, signal.SIGSTOP)
+                stopped.append(got.stat().st_size)
+                frozen.set()
+            frozen.wait(0.05)
+
+    try:
+        _wait_bound(port)
+        threading.Thread(target=freeze_once_it_records, daemon=True).start()
+        stats = run_encode(_paced("demo://astronaut", 0.0), [open_output(
+            f"srt://127.0.0.1:{port}")], cfg, semantic=False, max_frames=30 * 9)
+    finally:
+        frozen.set()
+        rx.kill()
+        rx.wait()
+    assert stopped and stats["follow_link"]["decreases"] == 0, stats["follow_link"]

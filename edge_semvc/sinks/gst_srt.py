@@ -106,8 +106,8 @@ class SrtSender:
 
     def report_link(self, pipeline):
         """The link's state for the parent's rate follower, every LINK_REPORT_MS: the worst
-        peer's smoothed round trip, and packets sent, resent and dropped as too late, summed
-        over peers since the pipeline started."""
+        peer's smoothed round trip, and packets sent, resent and dropped as too late and
+        acknowledgements received, summed over peers since the pipeline started."""
         if pipeline is not self.pipeline:
             return False
         text = stats_text(pipeline)
@@ -115,7 +115,8 @@ class SrtSender:
         counts = {key: sum(int(v) for v in stat(text, name, kind))
                   for key, name, kind in (("sent", "packets-sent", "gint64"),
                                           ("resent", "packets-retransmitted", "int"),
-                                          ("dropped", "packets-sent-dropped", "int"))}
+                                          ("dropped", "packets-sent-dropped", "int"),
+                                          ("acked", "packet-ack-received", "int"))}
         emit("link", peers=len(rtts), rtt_ms=max(rtts, default=0.0), **counts)
         return True
 
