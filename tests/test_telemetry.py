@@ -263,6 +263,30 @@ def test_config_set_reaches_the_callback(broker, watchers, telemetries):
     pub.client.publish("edge_semvc/front/config/set", b"", qos=1, retain=True)  # clear it
 
 
+def test_another_box_on_the_prefix_is_told(broker, watchers, telemetries, caplog):
+    """Two boxes on one topic_prefix are one device to Home Assistant: each says so once it
+    sees the other's `<prefix>/box` (sent now, or retained by another host); this box's own,
+    retained from before a restart, is not another box."""
+    watch = watchers(broker.port)
+    first = telemetries(config(broker.port), clock=lambda: 1000.0)
+    watch.wait_for("edge_semvc/box")
+    restarted = telemetries(config(broker.port), clock=lambda: 2000.0)  # same host, later
+    wait_until(lambda: first.other_box, what="the first box told of the second")
+    assert "started 1970-01-01T00:33:20" in first.other_box
+    assert restarted.connected and restarted.other_box is None
+    stranger = mqtt.Client(CallbackAPIVersion.VERSION2)
+    stranger.connect("127.0.0.1", broker.port)
+    stranger.loop_start()
+    stranger.publish("edge_semvc/box", b'{"host": "gate-cam", "pid": 7}', qos=1,
+                     retain=True).wait_for_publish(WAIT)
+    stranger.disconnect()
+    stranger.loop_stop()
+    third = telemetries(config(broker.port))
+    wait_until(lambda: third.other_box, what="the retained box of another host told")
+    assert "'gate-cam'" in third.other_box and third.counters()["other_box"] == third.other_box
+    assert "give each box its own topic_prefix" in caplog.text
+
+
 def test_config_state_is_retained(broker, watchers, telemetries):
     tel = telemetries(config(broker.port))
     tel.publish_config_state("front", {"record": {"segment_seconds": 60}})

@@ -4,6 +4,9 @@ Topics, under ``mqtt.topic_prefix`` (Frigate's layout):
 
 - ``<prefix>/available``: ``online`` / ``offline``, retained; ``offline`` is also the last will,
   so the broker announces a crashed or unplugged device by itself.
+- ``<prefix>/box``: which box publishes under the prefix (host, process, start), retained and
+  subscribed: another box's, or one sent by another process now, is told (two boxes on one
+  prefix are one device to Home Assistant and mark each other offline).
 - ``<prefix>/<camera>/stats``: JSON, every ``mqtt.stats_interval`` s (the caller's timing).
 - ``<prefix>/<camera>/events``: JSON ``{"event": name, "time": ISO-8601, ...}``.
 - ``<prefix>/<camera>/config/state``: the camera's effective configuration, retained JSON.
@@ -30,6 +33,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -93,6 +98,10 @@ class Telemetry:
         self.last_error: str | None = None  # why the last connection attempt failed or ended
 
         self._retained[self.availability_topic] = b"online"
+        self.box_topic = f"{self._prefix}/box"
+        self._box = {"host": socket.gethostname(), "pid": os.getpid(), "started": self._now_iso()}
+        self._retained[self.box_topic] = self._encode(self._box)
+        self.other_box: str | None = None  # another box seen under the prefix, as told
         for camera in cameras:
             self.add_camera(camera)
 
@@ -181,7 +190,8 @@ class Telemetry:
             return {"connected": self._connected, "queued": len(self._queue),
                     "sent": self._counts["sent"], "connects": self._counts["connects"],
                     "dropped_stats": self._counts["dropped_stats"],
-                    "dropped_events": self._counts["dropped_events"]}
+                    "dropped_events": self._counts["dropped_events"],
+                    "other_box": self.other_box}
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued and ``offline`` (retained), then disconnect; returns within
@@ -325,6 +335,7 @@ class Telemetry:
             self._note_error(f"broker refused the connection: {reason_code}")
             return
         with self._lock:
+            client.subscribe(self.box_topic, qos=1)
             if self._on_config_set is not None:  # clean session: every time
                 self._subscribe()
             self._connected = True
@@ -355,6 +366,9 @@ class Telemetry:
         self.last_error = message
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.box_topic:
+            self._box_seen(message.payload, bool(message.retain))
+            return
         if self._on_config_set is None:
             return
         camera, _, leaf = message.topic[len(self._prefix) + 1:].partition("/")
@@ -365,6 +379,31 @@ class Telemetry:
             self._on_config_set(camera, payload, bool(message.retain))
         except Exception:  # an exception here would end paho's thread, and telemetry with it
             log.exception("MQTT: the config/set handler failed for camera %r", camera)
+
+
+    def _box_seen(self, payload: bytes, retained: bool) -> None:
+        """Another box's `<prefix>/box`, told once per box: one sent now (not retained) is
+        another process's, a retained one from another host another box's (a retained one from
+        this host is this box's before a restart)."""
+        if payload == self._retained[self.box_topic]:
+            return
+        try:
+            box = json.loads(payload[:1024]) if len(payload) <= 1024 else None
+        except ValueError:
+            box = None
+        if not isinstance(box, dict):
+            box = {}
+        host = box.get("host") if isinstance(box.get("host"), str) else "?"
+        if retained and host == self._box["host"]:
+            return
+        told = (f"host {host[:64]!r}, process {str(box.get('pid'))[:16]}, started "
+                f"{str(box.get('started'))[:40]}")
+        if told != self.other_box:
+            self.other_box = told
+            log.warning("MQTT: another box publishes under topic_prefix %r (%s): Home "
+                        "Assistant sees the two as one device, and each one's offline marks "
+                        "the other's cameras unavailable; give each box its own topic_prefix",
+                        self._prefix, told)
 
 
 class NullTelemetry:
