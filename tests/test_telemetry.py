@@ -287,6 +287,27 @@ def test_another_box_on_the_prefix_is_told(broker, watchers, telemetries, caplog
     assert "give each box its own topic_prefix" in caplog.text
 
 
+def test_cameras_this_box_had_before_a_restart_are_cleared(broker, watchers, telemetries):
+    """A camera taken out of the file while the service was stopped: its retained state and
+    Home Assistant entities are cleared at the next start, once the cameras are declared;
+    another box's cameras are not this box's to clear."""
+    before = telemetries(config(broker.port, home_assistant=True), cameras=["front", "back"])
+    before.publish_config_state("back", {"qp": {"enabled": True}})
+    watch = watchers(broker.port)
+    watch.wait_for("edge_semvc/box", lambda p: b'"back"' in p)
+    watch.wait_for("edge_semvc/back/config/state")
+    before.close()
+    discovery = "homeassistant/sensor/edge_semvc/back_fps/config"
+    assert watch.on(discovery)[-1][1] != b""
+    after = telemetries(config(broker.port, home_assistant=True), cameras=["front"])
+    wait_until(lambda: after.connected, what="connected")
+    after.listen(lambda *_: None)
+    for topic in (discovery, "edge_semvc/back/config/state", "edge_semvc/back/presence"):
+        watch.wait_for(topic, lambda p: p == b"", what=f"{topic} cleared")
+    assert all(p != b"" for _, p, _ in watch.on("homeassistant/sensor/edge_semvc/front_fps/config"))
+    assert after.other_box is None
+
+
 def test_config_state_is_retained(broker, watchers, telemetries):
     tel = telemetries(config(broker.port))
     tel.publish_config_state("front", {"record": {"segment_seconds": 60}})

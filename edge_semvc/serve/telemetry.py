@@ -4,9 +4,9 @@ Topics, under ``mqtt.topic_prefix`` (Frigate's layout):
 
 - ``<prefix>/available``: ``online`` / ``offline``, retained; ``offline`` is also the last will,
   so the broker announces a crashed or unplugged device by itself.
-- ``<prefix>/box``: which box publishes under the prefix (host, process, start), retained and
-  subscribed: another box's, or one sent by another process now, is told (two boxes on one
-  prefix are one device to Home Assistant and mark each other offline).
+- ``<prefix>/box``: which box publishes under the prefix, retained and subscribed (serve/box.py):
+  another box's is told, this box's from before a restart has its cameras' retained messages
+  cleared where this one has not those cameras.
 - ``<prefix>/<camera>/stats``: JSON, every ``mqtt.stats_interval`` s (the caller's timing).
 - ``<prefix>/<camera>/events``: JSON ``{"event": name, "time": ISO-8601, ...}``.
 - ``<prefix>/<camera>/config/state``: the camera's effective configuration, retained JSON.
@@ -33,8 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
 import threading
 import time
 from collections import Counter, deque
@@ -47,7 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from ..errors import ConfigError
 from ..uris import hide_passwords
-from . import homeassistant
+from . import box, homeassistant
 from .config import REDACTED, MqttConfig, check_topic_level
 
 log = logging.getLogger(__name__)
@@ -99,8 +97,9 @@ class Telemetry:
 
         self._retained[self.availability_topic] = b"online"
         self.box_topic = f"{self._prefix}/box"
-        self._box = {"host": socket.gethostname(), "pid": os.getpid(), "started": self._now_iso()}
-        self._retained[self.box_topic] = self._encode(self._box)
+        self._box = box.this_box(self._now_iso())
+        self._retained[self.box_topic] = self._encode({**self._box, "cameras": []})
+        self._before: dict | None = None  # this box's message from before a restart
         self.other_box: str | None = None  # another box seen under the prefix, as told
         for camera in cameras:
             self.add_camera(camera)
@@ -122,6 +121,7 @@ class Telemetry:
             self._on_config_set = on_config_set
             if self._connected:
                 self._subscribe()
+            self._clear_cameras_left()
 
     def add_camera(self, camera: str) -> None:
         """Declare a camera (checked as a topic level); publishes its discovery configs when
@@ -131,6 +131,7 @@ class Telemetry:
             if camera in self._cameras:
                 return
             self._cameras.add(camera)
+            self._set_box()
             if self._config.home_assistant:
                 for topic, payload in homeassistant.discovery_configs(
                         self._prefix, self._config.discovery_prefix, camera):
@@ -141,12 +142,8 @@ class Telemetry:
         cleared (an empty retained payload), so Home Assistant drops its entities."""
         with self._lock:
             self._cameras.discard(camera)
-            topics = [t for t in self._retained if t.startswith(f"{self._prefix}/{camera}/")]
-            if self._config.home_assistant:
-                topics += [t for t, _ in homeassistant.discovery_configs(
-                    self._prefix, self._config.discovery_prefix, camera)]
-            for topic in topics:
-                self._set_retained(topic, b"")
+            self._set_box()
+            self._clear_camera(camera)
 
     def publish_stats(self, camera: str, stats: Mapping[str, Any]) -> None:
         """Queue one stats message (a JSON object; ``time`` added when absent)."""
@@ -268,6 +265,31 @@ class Telemetry:
             self._queue.append(item)
             self._lock.notify_all()
 
+    def _clear_camera(self, camera: str) -> None:  # under self._lock
+        topics = [t for t in self._retained if t.startswith(f"{self._prefix}/{camera}/")]
+        topics += [f"{self._prefix}/{camera}/{leaf}" for leaf in ("config/state", "presence")]
+        if self._config.home_assistant:
+            topics += [t for t, _ in homeassistant.discovery_configs(
+                self._prefix, self._config.discovery_prefix, camera)]
+        for topic in dict.fromkeys(topics):
+            self._set_retained(topic, b"")
+
+    def _set_box(self) -> None:  # under self._lock
+        self._set_retained(self.box_topic,
+                           self._encode({**self._box, "cameras": sorted(self._cameras)}))
+
+    def _clear_cameras_left(self) -> None:  # under self._lock
+        """The cameras this box had before a restart and has not now: their retained
+        messages cleared, once the service has declared its cameras (`listen`)."""
+        if self._before is None or self._on_config_set is None:
+            return
+        left, self._before = box.cameras_left(self._before, self._cameras), None
+        for camera in left:
+            self._clear_camera(camera)
+        if left:
+            log.info("MQTT: cleared the retained messages of cameras this box had before "
+                     "it restarted: %s", ", ".join(left))
+
     def _set_retained(self, topic: str, payload: bytes) -> None:  # under self._lock
         self._retained[topic] = payload
         self._pending_retained[topic] = None
@@ -382,28 +404,18 @@ class Telemetry:
 
 
     def _box_seen(self, payload: bytes, retained: bool) -> None:
-        """Another box's `<prefix>/box`, told once per box: one sent now (not retained) is
-        another process's, a retained one from another host another box's (a retained one from
-        this host is this box's before a restart)."""
-        if payload == self._retained[self.box_topic]:
-            return
-        try:
-            box = json.loads(payload[:1024]) if len(payload) <= 1024 else None
-        except ValueError:
-            box = None
-        if not isinstance(box, dict):
-            box = {}
-        host = box.get("host") if isinstance(box.get("host"), str) else "?"
-        if retained and host == self._box["host"]:
-            return
-        told = (f"host {host[:64]!r}, process {str(box.get('pid'))[:16]}, started "
-                f"{str(box.get('started'))[:40]}")
-        if told != self.other_box:
-            self.other_box = told
+        seen = box.read_box(payload)
+        verdict = box.judge(self._box, seen, retained)
+        if verdict == "before":
+            with self._lock:
+                self._before = seen
+                self._clear_cameras_left()
+        elif verdict == "other" and box.describe(seen) != self.other_box:
+            self.other_box = box.describe(seen)
             log.warning("MQTT: another box publishes under topic_prefix %r (%s): Home "
                         "Assistant sees the two as one device, and each one's offline marks "
                         "the other's cameras unavailable; give each box its own topic_prefix",
-                        self._prefix, told)
+                        self._prefix, self.other_box)
 
 
 class NullTelemetry:
