@@ -511,3 +511,16 @@ def test_unreadable_tls_files_are_a_config_error(tmp_path):
     cfg = config(1883, tls=MqttTlsConfig(enabled=True, ca_certs=str(tmp_path / "missing.pem")))
     with pytest.raises(ConfigError, match="mqtt.tls"):
         Telemetry(cfg)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xff\xfe", b"[1]", b"null", b"[" * 100_000,
+                                     b'{"cameras": "front"}', b'{"cameras": [1, "a/b", "#", ""]}',
+                                     b'{"host": {"x": 1}, "pid": true, "cameras": null}',
+                                     b'{"cameras": ["x"]}' + b" " * 70_000])
+def test_a_hostile_box_message_clears_nothing_and_says_what_it_can(payload):
+    from edge_semvc.serve import box
+
+    me = box.this_box("2026-12-07T00:00:00.000+00:00")
+    seen = box.read_box(payload)
+    assert box.cameras_left(seen, set()) == [] and len(box.describe(seen)) < 300
+    assert box.judge(me, seen, retained=True) == "other"  # no host of this box's
