@@ -432,7 +432,7 @@ def test_a_clip_that_cannot_be_opened_is_refused_before_any_work(tmp_path, clip,
 
 
 @pytest.mark.parametrize("ladder, message", [
-    (["--ladder", "150k", "150000"], "--ladder 150000 150000: each rate point must be distinct"),
+    (["--ladder", "150k", "150000"], "--ladder 150k 150k: each rate point must be distinct"),
     (["--rc", "crf", "--ladder", "30", "30"], "--ladder 30 30: each rate point must be"),
     (["--bpp", "0.01", "0.011"], "--bpp 0.01 0.011 gives 8000, 8000 bit/s at 176x144, 29.97 fps"
                                  " (rounded to 1 kbit/s): each rate point must be distinct"),
@@ -447,3 +447,30 @@ def test_a_ladder_whose_points_coincide_is_refused(tmp_path, clip, capsys, ladde
                  "--no-vmaf", "--roi-model", "none", "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_rate_points_read_as_typed_in_file_names_csv_and_report(tmp_path, clip, capsys):
+    """`{rate:g}` named the encodes `...semantic.1.2e+06.mp4` and wrote `1.2e+06` in report.md
+    and the progress lines; results.csv keeps whole bits/s a spreadsheet reads exactly."""
+    out = tmp_path / "bench"
+    assert main(["bench", str(clip("carphone_qcif_pristine.mp4")), "--ladder", "1200k",
+                 "2500500", "--frames", "3", "--no-vmaf", "--roi-model", "none",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "encodes").iterdir()) == [
+        f"carphone_qcif_pristine.{kind}.{rate}.mp4" for kind in ("baseline", "semantic")
+        for rate in ("1200k", "2500500")]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["rate_setting"] for r in rows] == ["1200000"] * 2 + ["2500500"] * 2
+    report = (out / "report.md").read_text()
+    assert "| 1200k | semantic |" in report and "| 2500500 | baseline |" in report
+    assert "e+0" not in report and "  1200k semantic " in capsys.readouterr().err
+
+
+def test_a_bit_per_pixel_ladder_is_whole_bits_per_second(tmp_path, clip):
+    from edge_semvc.bench.report import rate_label
+    from edge_semvc.bench.run import resolve_ladder
+
+    rates = resolve_ladder(None, [0.1, 1.0], "cbr", 1920, 1080, 30.0)
+    assert rates == [6221000, 62208000] and all(isinstance(r, int) for r in rates)
+    assert [rate_label(r, "cbr") for r in rates] == ["6221k", "62208k"]
+    assert rate_label(22.5, "crf") == "22.5" and rate_label(30.0, "crf") == "30"

@@ -14,6 +14,15 @@ PLOT_METRICS = {"psnr_roi": "ROI Y-PSNR (dB)", "psnr_roi_own": "own-models ROI Y
                 "f1": "detection F1 (IoU 0.5)"}
 
 
+def rate_label(rate: float, rc: str) -> str:
+    """A rate point as the user types it, in file names, logs and report.md: a CRF as it is
+    (28, 22.5), a bitrate in bits/s as 1200k where it is whole kbit/s, else the whole number."""
+    if rc == "crf":
+        return f"{float(rate):g}"
+    bits = round(rate)
+    return f"{bits // 1000}k" if bits % 1000 == 0 else str(bits)
+
+
 def _finite(v):
     if isinstance(v, float):
         return v if math.isfinite(v) else None
@@ -284,9 +293,10 @@ def report_markdown(results: dict) -> str:
         lines.append("| rate | encoder | kbit/s | fps | " + " | ".join(metrics) + " |")
         lines.append("|---|---|---|---|" + "---|" * len(metrics))
         for p in clip["points"]:
+            rate = rate_label(p["rate_setting"], s["rc"])
             for k in kinds:
                 r = p[k]
-                lines.append(f"| {p['rate_setting']:g} | {k} | {r['bitrate_kbps']:.1f} | "
+                lines.append(f"| {rate} | {k} | {r['bitrate_kbps']:.1f} | "
                              f"{r['fps']:.1f} | " + " | ".join(_fmt(r[m], 3) for m in metrics)
                              + " |")
         lines.append("")

@@ -61,6 +61,7 @@ from .metrics import (
     roi_data_note,
 )
 from .reference import ClipReference, FrameSpan, evaluate, read_reference, roi_labeler
+from .report import rate_label
 
 # BD-rate is reported on these; below the span, a metric's curve is too flat to compare.
 # No F1: see the module docstring.
@@ -95,12 +96,13 @@ class Analysis:
 def resolve_ladder(ladder: list[float] | None, bpp: list[float] | None, rc: str, width: int,
                    height: int, fps: float) -> list[float]:
     """The rate points for one clip: explicit rates, or bits per pixel scaled to its size (to
-    1 kbit/s); each must be distinct (a point's encodes are named by its rate) and above 0."""
+    1 kbit/s, whole bits/s); each must be distinct (a point's encodes are named by its rate) and
+    above 0."""
     rates = ladder or (list(DEFAULT_CRF) if rc == "crf" else
-                       [round(b * width * height * fps, -3) for b in (bpp or DEFAULT_BPP)])
+                       [round(b * width * height * fps / 1e3) * 1000 for b in (bpp or DEFAULT_BPP)])
     if len(set(rates)) < len(rates) or min(rates) <= 0:
-        given = f"--ladder {' '.join(f'{r:g}' for r in rates)}" if ladder else \
-            f"--bpp {' '.join(f'{b:g}' for b in bpp)} gives {', '.join(f'{r:g}' for r in rates)}" \
+        given = f"--ladder {' '.join(rate_label(r, rc) for r in rates)}" if ladder else \
+            f"--bpp {' '.join(f'{b:g}' for b in bpp)} gives {', '.join(str(r) for r in rates)}" \
             f" bit/s at {width}x{height}, {fps:g} fps (rounded to 1 kbit/s)"
         raise ConfigError(f"{given}: each rate point must be distinct and above 0")
     return rates
@@ -207,9 +209,9 @@ def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
                 e.crf = float(rate)
             else:
                 e.bitrate = int(rate)
-            point = {"rate_setting": rate}
+            point, label = {"rate_setting": rate}, rate_label(rate, e.rate_control())
             for kind in order:
-                path = o.out_dir / "encodes" / f"{Path(clip).stem}.{kind}.{rate:g}.mp4"
+                path = o.out_dir / "encodes" / f"{Path(clip).stem}.{kind}.{label}.mp4"
                 t0 = time.perf_counter()
                 result = encode_point(kind, ref, cfg, o.raw, path)
                 runs = result.pop("label_runs")
@@ -223,7 +225,7 @@ def bench_clip(clip: str, cfg: Config, o: BenchOptions) -> dict:
                     result["fps"] = max(result["fps"], again["fps"])
                 result.update(evaluate(str(path), ref, o.detector, o.vmaf, o.eval_every))
                 point[kind] = result
-                o.log(f"  {rate:g} {kind:9s} {result['bitrate_kbps']:9.1f} kbit/s "
+                o.log(f"  {label} {kind:9s} {result['bitrate_kbps']:9.1f} kbit/s "
                       f"{result['fps']:7.1f} fps  PSNR {result['psnr']} "
                       f"ROI {result.get('psnr_roi')} own-ROI {result.get('psnr_roi_own')} "
                       f"bg {result.get('psnr_background')}"
