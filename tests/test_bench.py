@@ -304,6 +304,18 @@ def test_a_crf_ladder_runs_without_a_vbv_cap_unless_one_is_asked_for(tmp_path, c
         (point,) = json.loads((out / "results.json").read_text())["clips"][0]["points"]
         for kind in ("baseline", "semantic"):
             assert point[kind]["encoder"]["vbv_maxrate_kbps"] == cap
+        assert (out / "report.md").read_text().startswith(
+            "# edge-semvc bench: encoder x264, rc=crf, preset=veryfast")
+
+
+def test_the_report_names_the_encoder_backend_it_measured(tmp_path, clip):
+    """report.md's heading said "rc=crf, preset=veryfast" whatever `encoder.backend` ran."""
+    out = tmp_path / "bench"
+    assert main(["bench", str(clip("carphone_qcif_pristine.mp4")), "--rc", "crf", "--ladder",
+                 "30", "24", "--frames", "3", "--no-vmaf", "--roi-model", "none",
+                 "--set", "encoder.backend=x265", "--out", str(out)]) == 0
+    assert (out / "report.md").read_text().startswith(
+        "# edge-semvc bench: encoder x265, rc=crf, preset=veryfast\n")
 
 
 def test_a_label_schedule_gives_every_run_the_same_labels(tmp_path, clip, capsys):

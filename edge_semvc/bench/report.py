@@ -275,9 +275,19 @@ def summary_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _backends(results: dict) -> str:
+    """The encoder backends the encodes ran on (x264, x265, ...; `encoder.backend` as
+    configured before any encode is done, which may read "auto")."""
+    ran = {r["encoder"]["backend"] for c in results["clips"] for p in c["points"]
+           for r in p.values() if isinstance(r, dict) and "backend" in (r.get("encoder") or {})}
+    return " + ".join(sorted(ran)) or results.get("config", {}).get("encoder", {}).get(
+        "backend", "?")
+
+
 def report_markdown(results: dict) -> str:
     s = results["settings"]
-    lines = [f"# edge-semvc bench: rc={s['rc']}, preset={s['preset']}"
+    lines = [f"# edge-semvc bench: encoder {_backends(results)}, rc={s['rc']}, "
+             f"preset={s['preset']}"
              f"{', tune=' + s['tune'] if s['tune'] else ''}", ""]
     if not results.get("complete", True):  # stopped, or still running (or killed)
         lines += ["**Incomplete**: " + (results.get("interrupted") or f"written after "
