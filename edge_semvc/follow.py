@@ -133,7 +133,7 @@ class LinkFollower:
         lower = bitrate < self.bitrate
         self._window.clear()  # the next change is judged on reports of the new rate
         self._settle = SETTLE if lower else 0
-        log.info("%s: bit rate %d -> %d kbit/s", why, self.bitrate // 1000, bitrate // 1000)
+        log.info("%s: bit rate %.1f -> %.1f kbit/s", why, self.bitrate / 1e3, bitrate / 1e3)
         self.bitrate, self.lowest = bitrate, min(self.lowest, bitrate)
         self.decreases += lower
         self.increases += not lower

@@ -85,6 +85,33 @@ def test_the_hardware_backends_check_passes_on_x264():
                         rc="cbr", bitrate=1_000_000, keyint=1000, tune="zerolatency")
     assert helpers.check_live_rate_drop(enc_cls, s)["vbv_maxrate_kbps"] == 200
 
+@pytest.mark.parametrize("backend", ["x264", "x265"])
+def test_a_bitrate_runs_at_the_nearest_whole_kbit_per_s_a_half_up(street, backend):
+    """x264 and x265 count whole kbit/s: round() took a half to the even (2500 bits/s ran at
+    2 kbit/s, 3500 at 4); now the nearest, a half up, from the start and (x264) changed live."""
+    enc_cls = get_encoder(backend)
+    helpers.require(enc_cls)
+    for bits, kbit in ((1499, 1), (1500, 2), (2500, 3), (2999, 3), (3500, 4)):
+        with enc_cls(settings(street[:1], rc="cbr", bitrate=bits)) as enc:
+            enc.encode(street[0])
+            assert enc.settings_summary()["vbv_maxrate_kbps"] == kbit, bits
+    if backend == "x264":  # x265 refuses a live change (below)
+        with enc_cls(settings(street[:2], rc="cbr", bitrate=300_000)) as enc:
+            enc.encode(street[0])
+            enc.reconfigure(2500, 23.0)  # x264.py checks x264 took 3 kbit/s after a frame
+            enc.encode(street[1])
+            assert enc.settings_summary()["vbv_maxrate_kbps"] == 3
+
+
+def test_follow_link_never_asks_for_less_than_encoder_bitrate_s_lowest():
+    """min_bitrate 500 let the follower ask x264 for 500 bits/s, which ran at 1 kbit/s."""
+    cfg = Config()
+    cfg.encoder.bitrate, cfg.encoder.rc = 800_000, "cbr"
+    cfg.encoder.follow_link.enabled, cfg.encoder.follow_link.min_bitrate = True, 500
+    with pytest.raises(ConfigError, match="encoder.follow_link.min_bitrate.*1000-800000"):
+        cfg.validate()
+
+
 @pytest.mark.parametrize("new_crf, smaller", [(35.0, True), (15.0, False)])
 def test_x264_crf_changed_live_moves_the_size_the_right_way(street, new_crf, smaller):
     frames = street[:60]

@@ -385,11 +385,18 @@ def check_rate_control(s: EncoderSettings, backend: str, field: str) -> None:
                            f"{', '.join(RATE_CONTROLS)}")
 
 
+def kbit_per_s(bitrate: int) -> int:
+    """bits/s as the whole kbit/s x264 and x265 take: the nearest, a half up (1499 -> 1,
+    1500 and 2499 -> 2, 2500 -> 3), at least 1 (Python's round() took a half to the even:
+    2500 ran at 2, 3500 at 4)."""
+    return max(1, (int(bitrate) + 500) // 1000)
+
+
 def rate_options(s: EncoderSettings) -> list[tuple[str, object]]:
     """``keyint`` and ``rc`` as the libraries' options: crf (``bitrate`` a VBV cap), abr
     (average bitrate), cbr (bitrate with a 1 s VBV buffer at that rate); bit rates in kbit/s."""
     out: list[tuple[str, object]] = [] if s.keyint is None else [("keyint", s.keyint)]
-    kbps = None if s.bitrate is None else max(1, round(s.bitrate / 1000))
+    kbps = None if s.bitrate is None else kbit_per_s(s.bitrate)
     vbv = [] if kbps is None else [("vbv-maxrate", kbps), ("vbv-bufsize", kbps)]
     if s.rc == "crf":
         return [*out, ("crf", f"{float(s.crf):g}"), *vbv]
@@ -463,7 +470,7 @@ def rate_change(s: EncoderSettings, bitrate: int | None, crf: float,
     max rate and buffer in kbit/s or 0, crf or -1); checked by ``check_rate_change`` (such a
     library changes the bit rate and VBV only where VBV was on from the start)."""
     check_rate_change(s, bitrate, crf, backend)
-    kbps = max(1, round(bitrate / 1000)) if bitrate else 0
+    kbps = kbit_per_s(bitrate) if bitrate else 0
     return (kbps if s.rc != "crf" else 0), kbps, (float(crf) if s.rc == "crf" else -1.0)
 
 

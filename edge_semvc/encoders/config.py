@@ -49,8 +49,9 @@ class FollowLinkConfig:
         check(e.backend == AUTO or "cbr" in LIVE_RATE.get(e.backend, ()),
               "encoder.follow_link.enabled", self.enabled,
               f"false with encoder.backend {e.backend} (its CBR target cannot change live)")
-        check(0 < self.min_bitrate <= e.bitrate, "encoder.follow_link.min_bitrate",
-              self.min_bitrate, f"1-{e.bitrate} bits/s (at most encoder.bitrate)")
+        check(1000 <= self.min_bitrate <= e.bitrate, "encoder.follow_link.min_bitrate",
+              self.min_bitrate, f"1000-{e.bitrate} bits/s (at least encoder.bitrate's lowest, "
+              "at most encoder.bitrate)")
 
 
 @dataclass
@@ -67,7 +68,10 @@ class EncoderConfig:
     # bitrate alone is the target (cbr; the storage profile: crf capped by it), none is crf
     rc: str = "auto"
     crf: float = 23.0  # quality target with rc=crf (lower = better, more bytes)
-    bitrate: int = 0  # bits/s; the target of abr/cbr (and of auto), the VBV cap of crf (0 = none)
+    # bits/s; the target of abr/cbr (and of auto), the VBV cap of crf (0 = none). x264 and x265
+    # take whole kbit/s: the nearest, a half up (1499 runs at 1 kbit/s, 2500 at 3), the same for
+    # a remote change and follow_link's rates; NVENC and Jetson take bits/s as given
+    bitrate: int = 0
     preset: str = "veryfast"  # x264 preset
     tune: str = ""  # x264 tune, e.g. zerolatency (no lookahead or B-frame delay)
     # frames between IDRs; 0: x264's default (250), or `lossy_keyint_s` where an output can
