@@ -163,9 +163,10 @@ def test_a_frozen_input_is_lost_after_stall_s_on_the_clock_and_comes_back(tmp_pa
 
 def test_a_camera_that_keeps_failing_to_open_says_so_once_per_retry_and_back_once(tmp_path):
     """Each failed attempt is one `source_lost` (later ones `repeated`); opening again is not
-    `source_back`: the first frame is."""
+    `source_back`: the first frame is. The stats carry the error while it is lost."""
     (tmp_path / "rec").mkdir()
     from edge_semvc.errors import SourceError
+    from edge_semvc.serve.stats import StatsWindow
 
     attempts = []
 
@@ -182,7 +183,11 @@ def test_a_camera_that_keeps_failing_to_open_says_so_once_per_retry_and_back_onc
     try:
         wait_until(lambda: events.named("source_lost"), timeout=WAIT, what="the first failure")
         assert cam.settled and cam.frames_total == 0  # READY need not wait for this camera
+        # its stats say why (the web page shows it over the empty picture)
+        stats = StatsWindow(cam).snapshot()
+        assert (stats["state"], stats["error"]) == ("lost", "connection refused")
         wait_until(lambda: events.named("source_back"), timeout=WAIT, what="the camera back")
+        assert StatsWindow(cam).snapshot()["error"] is None
     finally:
         stopped(cam)
     lost = events.named("source_lost")

@@ -239,3 +239,27 @@ def test_an_ipv6_address_to_listen_on_is_listened_on(tmp_path):
             assert s.recv(12) == b"HTTP/1.1 200"
     finally:
         view.close()
+
+
+def test_the_page_says_why_there_is_no_picture(tmp_path, chromium):
+    """With `http.live: false`, or a camera that is not running, the page showed a black box
+    and nothing else: it now says why (the live picture's refusal, the camera's state and
+    error from its stats), and nothing once the picture plays."""
+    from edge_semvc.bench.browser import Browser
+    views = {"off": web.CameraView(live=False), "down": web.CameraView(live=True)}
+    view = web_view(tmp_path, views).start()
+    view.figures = {"off": web.Figures({"state": "running", "error": None}, {}),
+                    "down": web.Figures({"state": "lost", "error": "input file not found: "
+                                         "/cam.mp4"}, {})}
+    said = "(e => e && e.offsetHeight && e.textContent)(document.getElementById('why'))"
+    try:
+        with Browser(chromium) as browser:
+            browser.open(f"http://127.0.0.1:{view.port}/cameras/off")
+            off = browser.wait_for(f"(t => t && t.includes('http.live') && t)({said})", 30)
+            browser.open(f"http://127.0.0.1:{view.port}/cameras/down")
+            down = browser.wait_for(f"(t => t && t.includes('camera lost') && t)({said})", 30)
+    finally:
+        view.close()
+    assert off == "no live picture: http.live is off"
+    assert down == ("no live picture now: the camera is not running. camera lost: input file "
+                    "not found: /cam.mp4")

@@ -114,6 +114,7 @@ class Camera:
         self.last_seen: tuple[Any, Any] | None = None  # the last (Frame, LabelMap) encoded
         self.runs = 0
         self.state = "starting"  # starting | running | lost | failed | ended | stopped
+        self.error: str | None = None  # why it is lost or failed (None once frames flow)
         self._failing: str | None = None  # the failure event reported since frames last flowed
         self._paced: PacedSource | None = None
         self._pending: Config | None = None
@@ -297,7 +298,7 @@ class Camera:
 
     def _flowing(self) -> None:
         """The run's first frame: the camera runs again, and says so after a failure."""
-        self.state, self.settled = "running", True
+        self.state, self.settled, self.error = "running", True, None
         self.backoff.reset()
         failing, self._failing = self._failing, None
         if failing == "source_lost":
@@ -320,6 +321,7 @@ class Camera:
 
     def _failed(self, kind: str, reason: str) -> None:
         event, self.state = FAILURES[kind]
+        self.error = one_line(reason)
         self.settled = True
         delay = self.backoff.next()
         fields = {"input": self.uri} if kind == "source" else {}

@@ -37,6 +37,7 @@ class StatsWindow:
         staleness = {name: m["staleness_frames"]["mean"] for name, m in stats.labeler.items()}
         return {
             "state": cam.state,
+            "error": cam.error,  # why it is lost or failed, else null
             "frames": frames,
             "fps": round((frames - f0) / dt, 2),
             "bitrate_kbps": round(new_bytes * 8 / dt / 1e3, 1),

@@ -50,7 +50,8 @@ MAX_STREAMS = 32  # concurrent live.mp4 and events readers; more get 503
 MAX_CONNECTIONS = 64  # open connections (a thread each); more are answered 503 and closed
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
         b"Content-Length: 18\r\nConnection: close\r\n\r\ntoo many clients\r\n")
-NO_LIVE = b"no live picture now (the camera is not running, or http.live is off)\n"
+NO_LIVE = b"no live picture now: the camera is not running\n"
+LIVE_OFF = b"no live picture: http.live is off\n"  # the page shows these (camera.js)
 PAGES = {"/": "index.html", "/camera.js": "camera.js"}
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
@@ -363,7 +364,7 @@ def _handler(web: WebView):
         def _stream(self, serve, what) -> None:
             if self._head:  # what a GET would start with (an uptime check of the picture)
                 if serve == self._live and not (what.feed and what.feed.running()):
-                    self._send(503, NO_LIVE, "text/plain")
+                    self._send(503, NO_LIVE if what.feed else LIVE_OFF, "text/plain")
                 else:
                     self.close_connection = True
                     self._start_stream(what.feed.mime if serve == self._live
@@ -390,7 +391,7 @@ def _handler(web: WebView):
         def _live(self, view: CameraView) -> None:
             reader = view.feed.subscribe() if view.feed else None
             if reader is None:
-                self._send(503, NO_LIVE, "text/plain")
+                self._send(503, NO_LIVE if view.feed else LIVE_OFF, "text/plain")
                 return
             try:
                 self._start_stream(view.feed.mime)

@@ -31,13 +31,26 @@ window.edgeSemvc = {
   buffered: () => (video.buffered.length ? video.buffered.end(video.buffered.length - 1) - video.currentTime : null),
 };
 
+// why the picture box is empty: the live picture's refusal ("http.live is off", "the camera is
+// not running") and the camera's state with its error (from the stats); empty while it plays
+const why = { live: "", camera: "" };
+function showWhy() {
+  document.getElementById("why").textContent = [why.live, why.camera].filter(Boolean).join(". ");
+}
+
 // --- the live picture ------------------------------------------------------------------------
 async function play() {
   let response;
   try {
     response = await fetch(api + "/live.mp4", { cache: "no-store" });
-  } catch (e) { return retry(); }
-  if (!response.ok) return retry();
+  } catch (e) { why.live = "the service does not answer"; showWhy(); return retry(); }
+  if (!response.ok) {
+    why.live = (await response.text().catch(() => "")).trim() || "no live picture (" + response.status + ")";
+    showWhy();
+    return retry();
+  }
+  why.live = "";
+  showWhy();
   const mime = response.headers.get("Content-Type");
   if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) {
     document.getElementById("name").textContent = name + " (this browser cannot play " + mime + ")";
@@ -117,6 +130,8 @@ function showClasses(classes) {
 }
 
 function showFigures(s) {
+  why.camera = s.state === "running" ? "" : "camera " + s.state + (s.error ? ": " + s.error : "");
+  showWhy();
   const lat = s.latency_ms && s.latency_ms.end_to_end ? s.latency_ms.end_to_end : {};
   const lag = median(state.lags);
   const rows = [
