@@ -6,15 +6,17 @@ not carry is named (the passed-through streams' other outputs: test_passthrough.
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import time
+import types
 from fractions import Fraction
 
 import pytest
 from gst_helpers import RECEIVER as GST_RECEIVER
 from gst_helpers import require
 from test_outputs import udp_bound
-from test_passthrough import PARK, _raw_aac, excerpt, packets
+from test_passthrough import PARK, _raw_aac, excerpt, packets, remux
 from test_passthrough_streams import AudioReceiver, assert_runs_of
 from test_telemetry import free_port, wait_until
 
@@ -24,7 +26,7 @@ from edge_semvc.pipeline import run_encode
 from edge_semvc.sinks import open_output
 from edge_semvc.sinks.base import StreamInfo
 from edge_semvc.sinks.gstreamer import gst_python
-from edge_semvc.sinks.rtp import sdp_text
+from edge_semvc.sinks.rtp import _adts_config, sdp_text
 from edge_semvc.sources import open_source
 from edge_semvc.sources.paced import PacedSource, Pacing
 from edge_semvc.tracks import Track
@@ -68,12 +70,17 @@ def test_udp_and_rtp_carry_the_audio(tmp_path):
                            f"indexlength=3;indexdeltalength=3;config={aac.extradata.hex()}"]
 
 
-def test_gstreamer_plays_the_rtp_outputs_audio_from_its_sdp(tmp_path):
+@pytest.mark.parametrize("container", ["mp4", "ts"])
+def test_gstreamer_plays_the_rtp_outputs_audio_from_its_sdp(tmp_path, container):
     """GStreamer's sdpdemux reads the SDP the RTP output writes and depayloads its AAC: the
-    car park's packets, byte for byte (the ADTS headers aacparse adds taken off)."""
+    car park's packets, byte for byte (the ADTS headers aacparse adds taken off); from MPEG-TS
+    too, whose AAC (ADTS) has no AudioSpecificConfig: the SDP said `config=` and GStreamer
+    got no sound at all."""
     require("rtsp")  # GStreamer's RTP (de)payloaders, from plugins-good
     require("srt")  # plugins-bad, where sdpdemux is
     src = excerpt(tmp_path, PARK, 4)  # 50 frames, 188 AAC packets
+    if container == "ts":
+        src = remux(src, tmp_path / "park.ts")
     port, audio_port, sdp = free_port(), free_port(), tmp_path / "in.sdp"
     source = open_source(str(src))
     (aac,) = source.tracks
@@ -101,6 +108,27 @@ def test_gstreamer_plays_the_rtp_outputs_audio_from_its_sdp(tmp_path):
     sent = [d for _, d in packets(src, "audio")]
     assert len(frames) >= 150
     assert_runs_of(frames, sent, runs=1)
+
+
+def test_the_sdp_gives_an_mpeg_ts_input_s_aac_its_configuration(tmp_path):
+    """AAC in ADTS has no AudioSpecificConfig: the SDP's `config=` is made as its headers say
+    it, the same as the MP4's of the same packets."""
+    mp4 = excerpt(tmp_path, PARK, 1)
+    configs = {}
+    for path in (mp4, remux(mp4, tmp_path / "park.ts")):
+        source = open_source(str(path))
+        (aac,) = source.tracks
+        source.close()
+        info = StreamInfo(64, 64, Fraction(10), Fraction(1, 10), "h264", b"", False, (aac,))
+        sdp = sdp_text(info, "127.0.0.1", 5600, audio=aac, audio_port=5602)
+        configs[path.suffix] = (aac.extradata, re.search(r"config=(\w*)", sdp).group(1))
+    assert configs[".ts"][0] == b"" and configs[".mp4"][0]  # ADTS: none of its own
+    assert configs[".ts"][1] == configs[".mp4"][1] == configs[".mp4"][0].hex()
+    he = dataclasses.replace(aac, sample_rate=44100, channels=2,  # HE-AAC v2 in ADTS: LC mono
+                             params=types.SimpleNamespace(profile="HE-AACv2"))  # at 22050
+    assert _adts_config(he).hex() == "1388"
+    odd = dataclasses.replace(aac, sample_rate=20000, channels=1, params=None)  # no index
+    assert _adts_config(odd).hex() == "1780271008"  # escape 0xF, the rate in 24 bits
 
 
 def test_rtp_names_what_it_does_not_carry(tmp_path):
