@@ -269,7 +269,8 @@ def test_aq_with_map_gives_x264s_own_aq_back_on_frames_with_a_map(foreman):
     `aq_with_map` < 1 takes that share of it off every frame that carries a map, none off a
     frame without one."""
     frames = foreman[:20]
-    s = settings_for(frames, rc="cbr", bitrate=300_000, tune="zerolatency")
+    # one thread: VBV with more plans from the other threads' running estimates (Known issues)
+    s = settings_for(frames, rc="cbr", bitrate=300_000, tune="zerolatency", threads=1)
     zero = np.zeros((s.mb_h, s.mb_w), np.float32)
     energy = np.mean([x264._relative_log_energy(f) for f in frames], axis=0)
     assert abs(float(x264._relative_log_energy(frames[0]).mean())) < 1e-4
