@@ -73,11 +73,14 @@ class LiveEncoder:
     one, so a receiver that decodes got an IDR someone asked for."""
 
     def __init__(self, frames, outputs: Outputs, backend="x264", global_headers=False,
-                 paced=True):
+                 paced=True, tune="zerolatency"):
         f0 = frames[0]
+        # tune None: x264's B-frames (veryfast, the encoder's default preset, as ultrafast has
+        # none)
         settings = EncoderSettings(width=f0.width, height=f0.height, fps=Fraction(30),
-                                   time_base=Fraction(1, 30), preset="ultrafast",
-                                   tune="zerolatency", keyint=1_000_000, caller_idr=True,
+                                   time_base=Fraction(1, 30),
+                                   preset="ultrafast" if tune else "veryfast",
+                                   tune=tune, keyint=1_000_000, caller_idr=True,
                                    global_headers=global_headers)
         self.encoder = get_encoder(backend)(settings)
         self.info = StreamInfo(f0.width, f0.height, settings.fps, settings.time_base,
