@@ -126,6 +126,7 @@ class Target:
         self.queues = queues  # the appsrcs where its bytes wait for the network
         self.need_key = True  # drop packets until a key frame
         self.asked = False  # an IDR was asked for and has not come yet
+        self.start_ns = None  # the encoder's time of the key frame it (re)started at
         self.offset = None  # running time - the encoder's time (ns)
         self.last_dts = -1  # the last running time given
 
@@ -145,7 +146,11 @@ class Target:
 
     def track_time(self, track, pts_ns):
         """A carried track's packet on the video's running time (the same offset: the streams
-        stay in sync), never going back."""
+        stay in sync), never going back; None for one from before the key frame the stream
+        (re)started at (the audio of the frames before it: it arrives after it, and would all
+        be stamped at the start)."""
+        if pts_ns < self.start_ns:
+            return None
         pts = max(pts_ns + self.offset, self.track_pts[track] + 1)
         self.track_pts[track] = pts
         return pts
@@ -186,7 +191,8 @@ class Feed:
 
     def push(self, data, keyframe, pts_ns, dts_ns, stream=0):
         with self.lock:
-            targets = [t for t in self.targets.values() if self.admit(t, keyframe, stream)]
+            targets = [t for t in self.targets.values()
+                       if self.admit(t, keyframe, stream, pts_ns)]
         sent = 0
         for target in targets:
             if self.push_to(target, data, keyframe, pts_ns, dts_ns, stream):
@@ -196,7 +202,7 @@ class Feed:
                 self.packets += 1
                 self.bytes_sent += len(data) * sent
 
-    def admit(self, target, keyframe, stream):
+    def admit(self, target, keyframe, stream, pts_ns):
         """Whether the packet goes to `target` (under the lock). A carried track's packets go
         where the video does (from its key frame on), when the target has that track."""
         if stream:
@@ -211,6 +217,8 @@ class Feed:
                 target.asked = True
                 emit("idr")
             return False
+        if target.need_key:
+            target.start_ns = pts_ns
         target.need_key = target.asked = False
         return True
 
@@ -221,7 +229,10 @@ class Feed:
         buf = Gst.Buffer.new_wrapped(data)
         if stream:
             src = target.tracks[stream - 1]
-            buf.pts = buf.dts = target.track_time(stream - 1, pts_ns)
+            pts = target.track_time(stream - 1, pts_ns)
+            if pts is None:
+                return False
+            buf.pts = buf.dts = pts
             return src.emit("push-buffer", buf) == Gst.FlowReturn.OK
         src = target.src
         # The running time once PLAYING. Before, 0 (the stamps then stay at the start, behind
