@@ -21,8 +21,8 @@ from edge_semvc.sinks.kept import KeptOutput
 def test_a_kept_output_follows_on_across_runs_and_opens_anew_for_a_new_stream():
     """serve keeps a camera's stream outputs across its runs (sinks/kept.py): each run's
     encoder starts its timestamps again, the receiver sees one stream whose times go on, after
-    the pause that passed (2 s here, on the injected clock). A run whose stream differs (its
-    size) opens the output anew."""
+    the pause that passed (2 s here, on the injected clock). A run of another size goes on in
+    the same muxer; one of another codec opens the output anew."""
     info, packets = encoded(30)
     port, now = free_port(), [100.0]
     kept = KeptOutput(lambda: open_output(f"udp://127.0.0.1:{port}"), lambda: now[0])
@@ -40,6 +40,8 @@ def test_a_kept_output_follows_on_across_runs_and_opens_anew_for_a_new_stream():
         now[0] += 2.0  # the camera was away
     assert kept.inner is first and kept.stats()["packets"] == 60
     kept.open(dataclasses.replace(info, width=info.width // 2))
+    assert kept.inner is first and "reopened" not in kept.stats()
+    kept.open(dataclasses.replace(info, codec="hevc"))
     assert kept.inner is not first and kept.stats()["reopened"] == 1
     kept.close_for_good()
     first.close()
@@ -79,10 +81,11 @@ def test_a_kept_output_times_the_pause_by_the_frames_not_by_a_lookahead_drain(tm
     assert max(gaps) == pytest.approx(away_s, abs=0.02)  # 2.99 s before
 
 
-def test_a_kept_output_opened_anew_for_a_new_stream_keeps_its_times_going_on():
+def test_a_kept_output_given_a_new_stream_keeps_its_times_going_on():
     """A camera that came back with another stream (its frame rate here) opened its outputs
     anew with the new encoder's times, from 0: a UDP receiver, which stays, saw the stream's
-    time go back (a recorder's file with it). They go on after the pause, as across a hiccup."""
+    time go back (a recorder's file with it). They go on after the pause, as across a hiccup
+    (and in the same MPEG-TS muxer: its continuity counters go on)."""
     info, packets = encoded(20)
     port, now = free_port(), [100.0]
     kept = KeptOutput(lambda: open_output(f"udp://127.0.0.1:{port}"), lambda: now[0])
@@ -97,7 +100,41 @@ def test_a_kept_output_opened_anew_for_a_new_stream_keeps_its_times_going_on():
         now[0] += 2.0  # the camera was away
     kept.close_for_good()
     rx.join(60)
-    assert kept.stats()["reopened"] == 1
+    assert "reopened" not in kept.stats()
     times = [pts for pts, _key, _corrupt in rx.frames]
     assert len(times) == 40 and times == sorted(times)  # 39 s went back to 0
     assert times[20] - times[19] == pytest.approx(2 * 90000, abs=3000 + 1)
+
+
+def test_an_rtp_receiver_that_stays_gets_the_stream_of_another_size_going_on(tmp_path):
+    """A camera that came back at another size opened its RTP output anew: FFmpeg's muxer
+    started a new SSRC, new sequence numbers and a random RTP timestamp base, and a receiver
+    that stayed on the SDP saw the time jump by a random amount (back half the time; hours).
+    The same RTP session goes on: the frames' times follow on by the pause, the new parameter
+    sets come in-band before the IDR, the SDP is written anew with them."""
+    big, big_packets = encoded(20)
+    small, small_packets = encoded(20, size=(320, 176))
+    port, sdp, now = free_port(), tmp_path / "cam.sdp", [100.0]
+    kept = KeptOutput(lambda: open_output(f"rtp://127.0.0.1:{port}?sdp={sdp}"),
+                      lambda: now[0])
+    rx = Receiver(str(sdp), "sdp", {"protocol_whitelist": "file,udp,rtp",
+                                    "reorder_queue_size": "0"}, sizes=True)
+    sdps = []
+    for stream, packets in ((big, big_packets), (small, small_packets)):
+        with Outputs([kept]).open(stream) as outputs:
+            sdps.append(sdp.read_text())
+            if stream is big:
+                rx.start()
+                wait_until(lambda: udp_bound(port), what="the RTP receiver's socket")
+            for p in packets:
+                outputs.write(p)
+                now[0] += 1 / 30
+        now[0] += 2.0  # the camera was away
+    kept.close_for_good()
+    rx.join(60)
+    times = [pts for pts, _key, _corrupt in rx.frames]
+    assert len(times) == 40, rx.error
+    assert times[20] - times[19] == 3000 + 2 * 90000, times  # a frame, then the pause
+    assert rx.sizes[19] == (640, 360) and rx.sizes[20] == (320, 176)
+    assert not any(corrupt for _, _, corrupt in rx.frames)
+    assert "reopened" not in kept.stats() and sdps[0] != sdps[1]  # the parameter sets

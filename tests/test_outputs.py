@@ -4,6 +4,7 @@ encoder. Counts frames and bytes; waits only as hang guards (a receiver's read t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -32,10 +33,11 @@ class Receiver(threading.Thread):
     """Decodes what arrives at `url` until nothing came for `idle_s` (its read timeout)."""
 
     def __init__(self, url: str, fmt: str | None = None, options: dict | None = None,
-                 idle_s: float = 4.0):
+                 idle_s: float = 4.0, sizes: bool = False):
         super().__init__(daemon=True)
         self.url, self.fmt, self.options, self.idle_s = url, fmt, options or {}, idle_s
         self.frames: list[tuple[int, bool, bool]] = []  # (pts, key frame, corrupt)
+        self.sizes: list[tuple[int, int]] | None = [] if sizes else None  # (width, height)
         self.error: Exception | None = None
 
     def run(self) -> None:
@@ -44,15 +46,19 @@ class Receiver(threading.Thread):
                          timeout=(60, self.idle_s)) as c:
                 for f in c.decode(video=0):
                     self.frames.append((f.pts, f.key_frame, bool(getattr(f, "is_corrupt", 0))))
+                    if self.sizes is not None:
+                        self.sizes.append((f.width, f.height))
         except (av.error.ExitError, av.error.FFmpegError, OSError) as e:  # the read timeout
             self.error = e
 
 
 def encoded(frames: int, keyint: int = 10, global_headers: bool = False,
-            intra_refresh: bool = False):
-    """(StreamInfo, packets) of `frames` demo frames through the real x264 encoder."""
+            intra_refresh: bool = False, size: tuple[int, int] | None = None):
+    """(StreamInfo, packets) of `frames` demo frames through the real x264 encoder; `size`
+    (even width, height): the frames' top left corner of that size."""
     src = open_source("demo://astronaut")
-    s = EncoderSettings(width=src.width, height=src.height, fps=src.fps,
+    width, height = size or (src.width, src.height)
+    s = EncoderSettings(width=width, height=height, fps=src.fps,
                         time_base=src.time_base, tune="zerolatency", keyint=keyint,
                         global_headers=global_headers, intra_refresh=intra_refresh)
     packets = []
@@ -60,6 +66,10 @@ def encoded(frames: int, keyint: int = 10, global_headers: bool = False,
         for i, f in enumerate(src.frames()):
             if i == frames:
                 break
+            if size:
+                f = dataclasses.replace(f, y=f.y[:height, :width].copy(),
+                                        u=f.u[:height // 2, :width // 2].copy(),
+                                        v=f.v[:height // 2, :width // 2].copy())
             packets += enc.encode(f)
         packets += enc.flush()
         info = StreamInfo(s.width, s.height, s.fps, s.time_base, enc.codec, enc.headers(),

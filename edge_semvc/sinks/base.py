@@ -113,6 +113,12 @@ class Output(ABC):
         """One encoded access unit (`encoders.Packet`), in decode order. Raises only when
         `fatal` (a WriteError)."""
 
+    def restream(self, info: StreamInfo) -> bool:
+        """Asked of an open output (a kept one, `sinks.kept`) when the camera's next run brings
+        another stream (`info`): True when it takes it where it is, its receivers getting it
+        from its first IDR as they stay; False (the default) when it must be opened anew."""
+        return False
+
     def wants_idr(self, pts: int | None) -> bool:
         """Asked before each frame, in input order: whether that frame should be an IDR (a
         segment starts, a receiver joined). Must be cheap: it runs per frame."""

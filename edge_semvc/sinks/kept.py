@@ -11,10 +11,12 @@ each packet's delay from its timestamp to its sending, the smallest (allowed to 
 of the stream's time since, a camera's clock being slower than this one): the frames an
 encoder's lookahead held (1-2 s with x264's defaults) leave when the run ends, the input lost
 5 s before, and timed by their sending the pause came out that much shorter, the next run's
-frames arriving seconds behind their times. Only a next run whose
-stream differs (size, rate, codec, the tracks passed through) closes the output and opens it
-anew: its receivers then join again, as they must for a new stream, and its times go on
-after the pause all the same.
+frames arriving seconds behind their times. A next run whose
+stream differs (size, rate, codec, the tracks passed through) is first offered to the open
+output (`Output.restream`: the RTP and MPEG-TS muxers take another size or rate where they
+are, a receiver that stays keeps its RTP session or TS stream); else it closes the output and
+opens it anew: its receivers then join again, as they must for a new stream, and its times go
+on after the pause all the same.
 """
 from __future__ import annotations
 
@@ -56,7 +58,12 @@ class KeptOutput(Output):
     def open(self, info: StreamInfo) -> None:
         self._between_runs = False
         stream = dataclasses.replace(info, headers=b"")  # in-band before each IDR anyway
-        if stream != self._stream:  # the first run, or a new stream: opened (anew)
+        if stream != self._stream and self._stream is not None and self.inner.restream(info):
+            log.info("%s: the stream changed (%dx%d at %s fps): goes on where it was, its "
+                     "receivers stay", self.uri, info.width, info.height, info.fps)
+            self._stream = stream
+            self._period = 1 / Fraction(info.fps) if info.fps else Fraction(0)
+        elif stream != self._stream:  # the first run, or a new stream: opened (anew)
             if self._stream is not None:
                 log.info("%s: the stream changed (%dx%d at %s fps, %s, %d tracks): opened anew, "
                          "its receivers join again", self.uri, info.width, info.height,

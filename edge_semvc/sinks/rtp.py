@@ -124,7 +124,16 @@ class RtpOutput(_MuxerOutput):
 
     def open(self, info: StreamInfo) -> None:
         super().open(info)
-        audio = self._audio()
+        self._publish_sdp()
+
+    def restream(self, info: StreamInfo) -> bool:
+        if not super().restream(info):
+            return False
+        self._publish_sdp()  # its parameter sets and frame rate changed
+        return True
+
+    def _publish_sdp(self) -> None:
+        info, audio = self.info, self._audio()
         self.sdp = sdp_text(info, self.host, self.port, ttl=self.options.get("ttl"),
                             audio=audio, audio_port=self.audio_port)
         if self.sdp_path:

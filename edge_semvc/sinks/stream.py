@@ -165,6 +165,16 @@ class _MuxerOutput(Output):
     def cannot_carry(self, track) -> str | None:
         return unsupported(self.format, track)
 
+    def restream(self, info: StreamInfo) -> bool:
+        """Another size or frame rate goes on in the same muxer: neither the MPEG-TS nor the
+        RTP packing depends on them, the parameter sets travel before each IDR, and a receiver
+        that stays keeps the stream it locked on (the TS continuity counters, the RTP SSRC,
+        sequence numbers and timestamps). Another codec or other tracks take a new muxer."""
+        if self.info is None or (info.codec, info.tracks) != (self.info.codec, self.info.tracks):
+            return False
+        self.info = info
+        return True
+
     def write_track(self, packet) -> None:
         import av
 
