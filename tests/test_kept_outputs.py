@@ -5,6 +5,8 @@ an injected clock."""
 from __future__ import annotations
 
 import dataclasses
+import socket
+import threading
 from fractions import Fraction
 
 import av
@@ -138,3 +140,61 @@ def test_an_rtp_receiver_that_stays_gets_the_stream_of_another_size_going_on(tmp
     assert rx.sizes[19] == (640, 360) and rx.sizes[20] == (320, 176)
     assert not any(corrupt for _, _, corrupt in rx.frames)
     assert "reopened" not in kept.stats() and sdps[0] != sdps[1]  # the parameter sets
+
+
+def test_a_udp_output_opened_anew_says_so_to_a_receiver_that_stays():
+    """A camera back with another codec opened its UDP output anew: the new MPEG-TS muxer's
+    PAT and PMT had version 0 again, like the old ones (a receiver that goes by the version
+    kept the old stream's PMT), and each PID's continuity counter started again unannounced
+    (counted as lost packets). The tables' version goes up; the first packet of each PID
+    carries the discontinuity indicator. A UDP socket gets the datagrams as sent."""
+    h264, h264_packets = encoded(10)
+    hevc, hevc_packets = encoded(10, backend="x265")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(0.2)
+        got, done = [], threading.Event()
+
+        def receive():
+            while not done.is_set():
+                try:
+                    got.append(rx.recv(65536))
+                except socket.timeout:
+                    pass
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        port, now = rx.getsockname()[1], [100.0]
+        kept = KeptOutput(lambda: open_output(f"udp://127.0.0.1:{port}"), lambda: now[0])
+        sent = []
+        for stream, packets in ((h264, h264_packets), (hevc, hevc_packets)):
+            with Outputs([kept]).open(stream) as outputs:
+                for p in packets:
+                    outputs.write(p)
+                    now[0] += 1 / 30
+            sent.append(kept.stats()["bytes_sent"])
+        kept.close_for_good()
+        wait_until(lambda: sum(map(len, got)) >= sum(sent), what="the datagrams")
+        done.set()
+        receiver.join()
+    assert kept.stats()["reopened"] == 1
+    ts = [d[i:i + 188] for d in got for i in range(0, len(d), 188)]
+    pmts = [version(p) for p in ts if pid(p) == 0x1000 and p[1] & 0x40]
+    assert pmts[0] == 0 and pmts[-1] == 1 and pmts == sorted(pmts), pmts
+    anew = next(i for i, p in enumerate(ts) if pid(p) == 0 and version(p))
+    first = {}
+    for p in ts[anew:]:
+        first.setdefault(pid(p), p)
+    assert {0, 0x1000, 0x100} <= set(first)
+    for p in first.values():  # adaptation field with the discontinuity indicator
+        assert p[3] & 0x20 and p[4] and p[5] & 0x80, p[:8].hex()
+
+
+def pid(ts_packet: bytes) -> int:
+    return ((ts_packet[1] & 0x1F) << 8) | ts_packet[2]
+
+
+def version(ts_packet: bytes) -> int:
+    """The version of the table (PAT, PMT) whose section starts in this TS packet."""
+    section = 5 + (1 + ts_packet[4] if ts_packet[3] & 0x20 else 0)  # after the pointer field
+    return (ts_packet[section + 5] >> 1) & 0x1F

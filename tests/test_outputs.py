@@ -53,16 +53,17 @@ class Receiver(threading.Thread):
 
 
 def encoded(frames: int, keyint: int = 10, global_headers: bool = False,
-            intra_refresh: bool = False, size: tuple[int, int] | None = None):
-    """(StreamInfo, packets) of `frames` demo frames through the real x264 encoder; `size`
-    (even width, height): the frames' top left corner of that size."""
+            intra_refresh: bool = False, size: tuple[int, int] | None = None,
+            backend: str = "x264"):
+    """(StreamInfo, packets) of `frames` demo frames through the real x264 (or `backend`)
+    encoder; `size` (even width, height): the frames' top left corner of that size."""
     src = open_source("demo://astronaut")
     width, height = size or (src.width, src.height)
     s = EncoderSettings(width=width, height=height, fps=src.fps,
                         time_base=src.time_base, tune="zerolatency", keyint=keyint,
                         global_headers=global_headers, intra_refresh=intra_refresh)
     packets = []
-    with get_encoder("x264")(s) as enc:
+    with get_encoder(backend)(s) as enc:
         for i, f in enumerate(src.frames()):
             if i == frames:
                 break

@@ -119,6 +119,11 @@ class Output(ABC):
         from its first IDR as they stay; False (the default) when it must be opened anew."""
         return False
 
+    def follows(self, previous: "Output") -> None:
+        """Made (not open yet) in place of `previous`, a kept output opened anew for another
+        stream: takes from it what a receiver that stays needs to see the change."""
+        return None
+
     def wants_idr(self, pts: int | None) -> bool:
         """Asked before each frame, in input order: whether that frame should be an IDR (a
         segment starts, a receiver joined). Must be cheap: it runs per frame."""

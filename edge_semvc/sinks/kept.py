@@ -71,7 +71,8 @@ class KeptOutput(Output):
                 self.reopened += 1
             if self._tried:  # open before, or failed to: an output opens once
                 self.inner.close()
-                self.inner = self._make()
+                previous, self.inner = self.inner, self._make()
+                self.inner.follows(previous)
             self._tried, self._stream = True, None
             self.inner.open(info)
             self._stream = stream

@@ -279,6 +279,14 @@ class UdpOutput(_MuxerOutput):
         self.host, self.port = host_port(uri, parts)
         self.sends_to = self.host
         self.ports = (("to", self.host, self.port),)
+        self.tables_version = 0  # of its PAT and PMT: one more each time it follows another
+
+    def follows(self, previous) -> None:
+        """Another codec or other tracks: the new muxer's PAT and PMT say they changed (their
+        version, 0-31), and the first packet of each PID that its continuity counter starts
+        again (a receiver that stays would take the new tables for the old ones, and the
+        counters' jump for lost packets)."""
+        self.tables_version = (getattr(previous, "tables_version", 0) + 1) % 32
 
     def _target(self):
         size = self.options.get("pkt_size", TS_DATAGRAM)
@@ -286,7 +294,11 @@ class UdpOutput(_MuxerOutput):
         query = [f"pkt_size={size - size % 188}", f"ttl={self.options.get('ttl', 1)}"]
         if "broadcast" in self.options:
             query.append(f"broadcast={self.options['broadcast']}")
-        return f"udp://{_url_host(self.host)}:{self.port}?{'&'.join(query)}", dict(_TS_LIVE)
+        options = dict(_TS_LIVE)
+        if self.tables_version:
+            options.update(tables_version=str(self.tables_version),
+                           mpegts_flags="+initial_discontinuity")
+        return f"udp://{_url_host(self.host)}:{self.port}?{'&'.join(query)}", options
 
     def _hint(self, e: BaseException) -> str:
         if getattr(e, "errno", None) == errno_mod.EACCES and not self.options.get("broadcast"):
