@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
 import subprocess
+import threading
 import time
 import types
 from fractions import Fraction
 
+import av
 import pytest
 from gst_helpers import RECEIVER as GST_RECEIVER
 from gst_helpers import require
-from test_outputs import udp_bound
+from test_outputs import Receiver, encoded, udp_bound
 from test_passthrough import PARK, _raw_aac, excerpt, packets, remux
 from test_passthrough_streams import AudioReceiver, assert_runs_of
 from test_telemetry import free_port, wait_until
@@ -24,12 +27,13 @@ from edge_semvc.config import load_config
 from edge_semvc.errors import SinkError
 from edge_semvc.pipeline import run_encode
 from edge_semvc.sinks import open_output
-from edge_semvc.sinks.base import StreamInfo
+from edge_semvc.sinks.base import Outputs, StreamInfo
 from edge_semvc.sinks.gstreamer import gst_python
+from edge_semvc.sinks.kept import KeptOutput
 from edge_semvc.sinks.rtp import _adts_config, sdp_text
 from edge_semvc.sources import open_source
 from edge_semvc.sources.paced import PacedSource, Pacing
-from edge_semvc.tracks import Track
+from edge_semvc.tracks import Track, TrackPacket
 
 
 def test_udp_and_rtp_carry_the_audio(tmp_path):
@@ -154,3 +158,60 @@ def test_rtp_names_what_it_does_not_carry(tmp_path):
     top = open_output("rtp://127.0.0.1:65534")
     top.info = dataclasses.replace(out.info, tracks=(aac,))
     assert "its port would be 65536; set audio_port" in top.cannot_carry(aac)
+
+
+def test_a_camera_back_with_audio_keeps_the_rtp_video_session_going(tmp_path):
+    """A serve camera that came back with audio opened its kept RTP output anew: the video
+    got a new SSRC, new sequence numbers and a random RTP timestamp base, and a receiver that
+    stayed on the video port (a ground station on 5600, or FFmpeg on the first SDP) saw its
+    time jump hours. The video goes on in its session; the audio starts on its own port, in
+    the SDP written anew."""
+    src = excerpt(tmp_path, PARK, 2)
+    with av.open(str(src)) as c:
+        stream = c.streams.audio[0]
+        audio = [TrackPacket(stream.index, bytes(p), p.pts, p.dts, p.duration, p.time_base)
+                 for p in c.demux(stream) if p.size]
+    source = open_source(str(src))
+    (aac,) = source.tracks
+    source.close()
+    info, video = encoded(20)
+    port, audio_port, sdp, now = free_port(), free_port(), tmp_path / "cam.sdp", [100.0]
+    kept = KeptOutput(lambda: open_output(
+        f"rtp://127.0.0.1:{port}?audio_port={audio_port}&sdp={sdp}"), lambda: now[0])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as audio_rx:
+        audio_rx.bind(("127.0.0.1", audio_port))
+        audio_rx.settimeout(0.2)
+        got, done = [], threading.Event()
+
+        def receive():
+            while not done.is_set():
+                try:
+                    got.append(audio_rx.recv(65536))
+                except socket.timeout:
+                    pass
+
+        audio_thread = threading.Thread(target=receive, daemon=True)
+        audio_thread.start()
+        rx = Receiver(str(sdp), "sdp", {"protocol_whitelist": "file,udp,rtp",
+                                        "reorder_queue_size": "0"})
+        for run in (info, dataclasses.replace(info, tracks=(aac,))):
+            with Outputs([kept]).open(run) as outputs:
+                if not run.tracks:  # the receiver reads the first SDP: the video alone
+                    rx.start()
+                    wait_until(lambda: udp_bound(port), what="the RTP receiver's socket")
+                else:
+                    outputs.add_track_packets(audio)
+                for p in video:
+                    outputs.write(p)
+                    now[0] += 1 / 30
+            now[0] += 2.0  # the camera was away
+        kept.close_for_good()
+        rx.join(60)
+        done.set()
+        audio_thread.join()
+    times = [pts for pts, _key, _corrupt in rx.frames]
+    assert len(times) == 40, rx.error
+    assert times[20] - times[19] == 3000 + 2 * 90000, times  # a frame, then the pause
+    assert "reopened" not in kept.stats() and f"m=audio {audio_port} RTP/AVP 97" in \
+        sdp.read_text()
+    assert got and all(d[1] & 0x7F == 97 for d in got)  # the AAC, in RTP

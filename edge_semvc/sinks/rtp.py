@@ -104,11 +104,16 @@ class RtpOutput(_MuxerOutput):
                                       "ssrc": str(self.ssrc)}
 
     def _start(self) -> None:
-        import av
-
         target, options = self._target()
         self._container, self._stream, _ = open_muxer(target, self.format, options, self.info,
                                                       [])
+        self._start_audio()
+
+    def _start_audio(self) -> None:
+        import av
+
+        close_quietly(self._audio_container)
+        self._audio_container = None
         audio = self._audio()
         if audio is not None:
             self._audio_container = av.open(
@@ -127,9 +132,20 @@ class RtpOutput(_MuxerOutput):
         self._publish_sdp()
 
     def restream(self, info: StreamInfo) -> bool:
-        if not super().restream(info):
+        """Another size, frame rate or audio: the video goes on in its RTP session (a receiver
+        on the video port alone never notices), the audio's muxer opened anew where it
+        changed, and the SDP written anew (its parameter sets, its audio). Another codec: a
+        new payload, opened anew."""
+        if self.info is None or info.codec != self.info.codec:
             return False
-        self._publish_sdp()  # its parameter sets and frame rate changed
+        audio, self.info = self._audio(), info
+        if self._audio() != audio and self._container is not None:  # else at the next IDR
+            try:
+                self._start_audio()
+            except (OSError, Exception) as e:  # noqa: BLE001 - PyAV's errors name the cause
+                log.warning("%s: opening the audio's muxer anew: %s", self.uri, e)
+                return False  # then the whole output is opened anew
+        self._publish_sdp()
         return True
 
     def _publish_sdp(self) -> None:
