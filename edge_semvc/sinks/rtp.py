@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -152,8 +153,11 @@ class RtpOutput(_MuxerOutput):
         info, audio = self.info, self._audio()
         self.sdp = sdp_text(info, self.host, self.port, ttl=self.options.get("ttl"),
                             audio=audio, audio_port=self.audio_port)
-        if self.sdp_path:
-            Path(self.sdp_path).expanduser().write_text(self.sdp)
+        if self.sdp_path:  # whole or not at all: a receiver may read it as it changes
+            path = Path(self.sdp_path).expanduser()
+            part = path.with_name(path.name + ".part")
+            part.write_text(self.sdp)
+            os.replace(part, path)
         # where a receiver reads it: stderr when standard output carries video
         print(f"SDP for {self.uri}{f' (also in {self.sdp_path})' if self.sdp_path else ''}:\n"
               f"{self.sdp}", file=sys.stderr, flush=True)
