@@ -210,3 +210,26 @@ def test_a_dead_child_is_restarted_and_a_stalled_one_never_blocks_the_encoder(fr
         client.wait(client.frames + 60)  # past what was queued before the stall
         assert [i for i in live.idrs if i >= resumed_at]  # asked for once the queue drained
     good_start(client)
+
+
+@pytest.mark.parametrize("tune", ["zerolatency", None])
+def test_an_rtsp_join_costs_one_idr_and_starts_at_it(frames, tune):
+    """A client's media is prepared (DESCRIBE) on the last key frame's parameter sets, not on
+    a key frame of its own: the encoder makes one IDR per join (asked for at PLAY), and the
+    client's first picture is that IDR, not one from DESCRIBE held until PLAY (it was: two
+    IDRs per join, a stale first picture, 0.6 s before the second at the default tune)."""
+    require("rtsp")
+    port = free_port()
+    server = open_output(f"rtsp://@:{port}/live")
+    with LiveEncoder(frames, Outputs([server]), tune=tune) as live:
+        live.wait_frames(20)
+        joined_at = live.count
+        keys = []
+        with av.open(f"rtsp://127.0.0.1:{port}/live", options={"rtsp_transport": "tcp"},
+                     timeout=(GUARD_S, GUARD_S)) as c:
+            for f in c.decode(video=0):
+                keys.append(f.key_frame)
+                if len(keys) == 30:
+                    break
+        assert len([i for i in live.idrs if i >= joined_at]) == 1, live.idrs
+    assert keys[0] and not any(keys[1:]), keys

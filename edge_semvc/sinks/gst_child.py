@@ -43,6 +43,10 @@ STATS_INTERVAL_MS = 1000
 CAPS = {"h264": "video/x-h264,stream-format=byte-stream,alignment=au",
         "hevc": "video/x-h265,stream-format=byte-stream,alignment=au"}
 PARSE = {"h264": "h264parse", "hevc": "h265parse"}
+# per codec: the NAL types of the parameter sets (H.264: SPS, PPS; HEVC: VPS, SPS, PPS) and of
+# the slices
+PARAMETER_SETS = {"h264": (7, 8), "hevc": (32, 33, 34)}
+SLICES = {"h264": range(1, 6), "hevc": range(0, 32)}
 # The RTSP server's audio: FFmpeg's codec name -> (appsrc caps without rate and channels; its
 # payloader). AAC as RFC 3640 (mpeg4-generic), what FFmpeg, VLC and GStreamer's rtspsrc take;
 # G.711 (what IP cameras send) as PCMU / PCMA.
@@ -125,6 +129,8 @@ class Target:
         self.receivers = receivers  # how many receivers its packets reach now
         self.queues = queues  # the appsrcs where its bytes wait for the network
         self.need_key = True  # drop packets until a key frame
+        self.waiting = False  # prepared on parameter sets: nothing goes until resync (PLAY)
+        self.primed = False  # a waiting media got its parameter sets
         self.asked = False  # an IDR was asked for and has not come yet
         self.start_ns = None  # the encoder's time of the key frame it (re)started at
         self.offset = None  # running time - the encoder's time (ns)
@@ -156,13 +162,33 @@ class Target:
         return pts
 
 
+def parameter_sets(data, codec):
+    """The parameter sets (Annex-B, start codes kept) before the first slice of an access
+    unit; b"" when it has none."""
+    kept, i = [], data.find(b"\x00\x00\x01")
+    while 0 <= i < len(data) - 3:
+        header = data[i + 3]
+        kind = (header >> 1) & 0x3F if codec == "hevc" else header & 0x1F
+        if kind in SLICES[codec]:
+            break  # the parameter sets come before it
+        end = data.find(b"\x00\x00\x01", i + 3)
+        end = len(data) if end < 0 else end - (data[end - 1] == 0)  # a 4-byte start code
+        if kind in PARAMETER_SETS[codec]:
+            kept.append(b"\x00" + data[i:end])
+        i = data.find(b"\x00\x00\x01", end)
+    return b"".join(kept)
+
+
 class Feed:
     """The packets into each appsrc (an RTSP client's media, the SRT pipeline): timestamps, the
     queue bound, each starting or resuming at a key frame, and the counters of what reached
-    receivers."""
+    receivers. With `codec` (the RTSP server: Annex-B access units in), the last key frame's
+    parameter sets are kept, for a new client's media to prepare its SDP on."""
 
-    def __init__(self, Gst):
+    def __init__(self, Gst, codec=None):
         self.Gst = Gst
+        self.codec = codec
+        self.headers = b""  # the parameter sets of the last key frame (with `codec`)
         self.targets = {}  # appsrc -> Target
         self.bytes_sent = self.packets = self.dropped = 0
         self.lock = threading.Lock()
@@ -171,6 +197,32 @@ class Feed:
         with self.lock:
             self.targets[src] = Target(src, receivers, queues or [src, *tracks], list(tracks))
         self.resync(src)
+
+    def prepare(self, src, tracks=()):
+        """A new RTSP client's media (DESCRIBE): it is given what its SDP needs without asking
+        the encoder for a key frame, the last key frame's parameter sets (or, before the first,
+        the first's) into the video's appsrc and a gap event into each track's (the server
+        prepares a media once each stream has a buffer or gap), at running time 0, no picture
+        nor sound: they reach the client first when it plays, and its RTP-Info is theirs.
+        Nothing else goes until `resync` (PLAY), which asks for its one key frame."""
+        target = Target(src, 1, [src, *tracks], list(tracks))
+        target.waiting = True
+        with self.lock:
+            self.targets[src] = target
+            headers = self.headers
+            target.primed = bool(headers)
+        if headers:
+            self.prime(target, headers)
+
+    def prime(self, target, headers):
+        self.push_at_start(target.src, headers)
+        for track in target.tracks:
+            track.send_event(self.Gst.Event.new_gap(0, self.Gst.CLOCK_TIME_NONE))
+
+    def push_at_start(self, src, data):
+        buf = self.Gst.Buffer.new_wrapped(data)
+        buf.pts = buf.dts = 0
+        src.emit("push-buffer", buf)
 
     def detach(self, src):
         with self.lock:
@@ -182,6 +234,7 @@ class Feed:
             target = self.targets.get(src)
             if target is not None:
                 target.need_key = target.asked = True
+                target.waiting = False
         emit("idr")
 
     def set_receivers(self, src, receivers):
@@ -190,9 +243,18 @@ class Feed:
                 self.targets[src].receivers = receivers
 
     def push(self, data, keyframe, pts_ns, dts_ns, stream=0):
+        headers = keyframe and not stream and self.codec and parameter_sets(data, self.codec)
         with self.lock:
+            unprimed = []
+            if headers:
+                self.headers = headers
+                unprimed = [t for t in self.targets.values() if t.waiting and not t.primed]
+                for target in unprimed:  # prepared before the first key frame
+                    target.primed = True
             targets = [t for t in self.targets.values()
                        if self.admit(t, keyframe, stream, pts_ns)]
+        for target in unprimed:
+            self.prime(target, headers)
         sent = 0
         for target in targets:
             if self.push_to(target, data, keyframe, pts_ns, dts_ns, stream):
@@ -204,7 +266,10 @@ class Feed:
 
     def admit(self, target, keyframe, stream, pts_ns):
         """Whether the packet goes to `target` (under the lock). A carried track's packets go
-        where the video does (from its key frame on), when the target has that track."""
+        where the video does (from its key frame on), when the target has that track. None goes
+        to a media waiting for its client to play."""
+        if target.waiting:
+            return False
         if stream:
             return stream <= len(target.tracks) and not target.need_key
         if sum(q.get_property("current-level-bytes") for q in target.queues) > MAX_QUEUED:
@@ -271,10 +336,10 @@ def run(config):
 
     Gst.init(None)
     loop = GLib.MainLoop()
-    feed = Feed(Gst)
+    rtsp = config["kind"] == "rtsp"
+    feed = Feed(Gst, config["codec"] if rtsp else None)
     # the outputs are imported here, in the child: the parent imports this module (HEADER)
     # from its package, where they are not found by these names
-    rtsp = config["kind"] == "rtsp"
     if rtsp:
         gi.require_version("GstRtspServer", "1.0")
         gi.require_version("GstRtsp", "1.0")

@@ -25,6 +25,9 @@ class RtspServer:
         self.server.set_service(str(config["port"]))
         factory = GstRtspServer.RTSPMediaFactory()
         self.tracks = len(config.get("tracks", []))
+        # ADTS (track_desc): its caps come from aacparse, which refuses a gap event before them
+        self.adts = any(t["codec"] == "aac" and not t["extradata"]
+                        for t in config.get("tracks", []))
         factory.set_launch("( %s ! %s name=pay0 pt=96 %s)"
                            % (appsrc_desc(config["codec"]), PAY[config["codec"]],
                               "".join(track_desc(i + 1, t)
@@ -59,8 +62,11 @@ class RtspServer:
     def on_media_configure(self, factory, media):
         bin_ = media.get_element()
         src = bin_.get_by_name_recurse_up("src")
-        self.feed.attach(src, tracks=[bin_.get_by_name_recurse_up("src%d" % (i + 1))
-                                      for i in range(self.tracks)])
+        tracks = [bin_.get_by_name_recurse_up("src%d" % (i + 1)) for i in range(self.tracks)]
+        if self.adts:  # prepared on a key frame asked for now, asked for again at PLAY
+            self.feed.attach(src, tracks=tracks)
+        else:  # prepared on the last key frame's parameter sets: one key frame, at PLAY
+            self.feed.prepare(src, tracks=tracks)
         media.connect("unprepared", lambda m: self.feed.detach(src))
 
     def on_client_connected(self, server, client):
@@ -79,8 +85,8 @@ class RtspServer:
             "tcp" if "/tcp" in value else "udp-multicast" if "multicast" in value else "udp")
 
     def on_pre_play(self, client, ctx):
-        """Before the client's transports start: its media restarts at the next IDR, which
-        comes at once (the media ran since DESCRIBE: the client would start mid-stream)."""
+        """Before the client's transports start: its media starts (or restarts) at the next
+        IDR, asked for now (it was prepared on the last key frame's parameter sets)."""
         if ctx.media is not None:
             self.feed.resync(ctx.media.get_element().get_by_name_recurse_up("src"))
         return self.GstRtsp.RTSPStatusCode.OK
