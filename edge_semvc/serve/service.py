@@ -19,8 +19,6 @@ change would (on trial, then kept or rolled back: serve/changes.py), not stored 
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import threading
 import time
@@ -34,7 +32,7 @@ from ..sinks.config import RecordConfig
 from ..sinks.uri import check_ports
 from ..stop import finalising
 from . import homeassistant
-from .camera import Camera
+from .camera import Camera, release_freed_memory
 from .changes import RemoteChanges
 from .config import ServeConfig
 from .notify import Watchdog, notify_ready, notify_status, notify_stopping
@@ -228,7 +226,6 @@ class Service:
         self.changes.settle(name, cam)
         self._ended[name] = self.whole_run.pop(name).snapshot()  # not the camera itself
         del cam
-        gc.collect()
         release_freed_memory()
 
     def _home_assistant(self, snapshots: bool) -> None:
@@ -392,13 +389,3 @@ def stuck_cameras(cameras: dict, frames_at_ping: dict[str, int]) -> list[str]:
     and restarting the service would not bring its input back."""
     return [n for n, c in cameras.items()
             if c.state == "running" and c.frames_total <= frames_at_ping.get(n, -1)]
-
-
-def release_freed_memory() -> None:
-    """Hand the heap's free pages back to the system: glibc keeps what a stopped camera's
-    threads freed (its models, frames, encoder) in their arenas, 50-90 MB a camera, so a
-    service reloaded again and again grew by that much each time. Not glibc: nothing to do."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
