@@ -115,6 +115,7 @@ class Camera:
         self.dropped_total = 0
         self.last_seen: tuple[Any, Any] | None = None  # the last (Frame, LabelMap) encoded
         self.runs = 0
+        self._bytes_before = 0  # what the runs before this one encoded (encoded_bytes)
         self.state = "starting"  # starting | running | lost | failed | ended | stopped
         self.error: str | None = None  # why it is lost or failed (None once frames flow)
         self._failing: str | None = None  # the failure event reported since frames last flowed
@@ -172,6 +173,12 @@ class Camera:
     def output_stats(self) -> list[dict]:
         outputs = self.outputs
         return outputs.stats() if outputs is not None else []
+
+    def encoded_bytes(self) -> int:
+        """The bytes encoded over every run: the statistics' bit rate over a window that
+        spans runs (a camera lost and back, the whole run's summary)."""
+        with self._lock:
+            return self._bytes_before + self.stats.bytes
 
     def dropped(self) -> int:
         with self._lock:  # the run's drops counted once, as the run ends too
@@ -234,7 +241,9 @@ class Camera:
     def _record(self, paced: PacedSource) -> tuple[str, str] | None:
         """One run of the pipeline on `paced`; (what failed, why), or None at its end."""
         self.runs += 1
-        stats = self.stats = RunStats()
+        with self._lock:  # each run's bytes counted once, whenever they are read
+            self._bytes_before += self.stats.bytes
+            stats = self.stats = RunStats()
         try:  # a port another camera holds: a sink error, retried like any other
             self._keep_streams()
             outputs = self.outputs = Outputs(

@@ -20,16 +20,16 @@ class StatsWindow:
 
     def __init__(self, camera: Camera, clock: Callable[[], float] = time.monotonic):
         self.camera, self.clock = camera, clock
-        self._last = (clock(), camera.frames_total, camera.runs, camera.stats.bytes)
+        self._last = (clock(), camera.frames_total, camera.encoded_bytes())
 
     def snapshot(self, cpu_percent: float | None = None) -> dict:
         cam = self.camera
         stats = cam.stats.snapshot()  # values: the run goes on meanwhile
-        now, frames, runs, nbytes = self.clock(), cam.frames_total, cam.runs, stats.bytes
-        t0, f0, r0, b0 = self._last
-        self._last = (now, frames, runs, nbytes)
+        now, frames, nbytes = self.clock(), cam.frames_total, cam.encoded_bytes()
+        t0, f0, b0 = self._last
+        self._last = (now, frames, nbytes)
         dt = max(now - t0, 1e-9)
-        new_bytes = nbytes - b0 if runs == r0 else nbytes  # a new run counts from zero
+        new_bytes = nbytes - b0  # the runs that ended in the window included
         # the encoder's target now: the rate follower's, under encoder.bitrate (its ceiling)
         target = stats.follow_link["bitrate"] if stats.follow_link else cam.cfg.encoder.bitrate
         counts = stats.label_counts
@@ -57,7 +57,7 @@ class StatsWindow:
             "label_budget": stats.label_budget,
             "storage": _storage(stats.storage),
             "follow_link": stats.follow_link,
-            "reconnects": max(runs - 1, 0),
+            "reconnects": max(cam.runs - 1, 0),
             "outputs": cam.output_stats(),
             "cpu_percent": cpu_percent,
             "temperatures_c": temperatures(),
