@@ -308,6 +308,7 @@ class GstChildOutput(Output):
                 self._child_event(name, event)
         self._proc = None
         _stop(proc, graceful=False)  # it closed its output: it is ending anyway
+        proc.stdout.close()  # now, not when the garbage collector finds the Popen
         self._stopped()
         code = proc.returncode
         return (last if code in (0, 1) else f"{last} (exit status {code})"), ready
