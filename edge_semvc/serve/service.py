@@ -19,6 +19,7 @@ change would (on trial, then kept or rolled back: serve/changes.py), not stored 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -45,7 +46,7 @@ from .remote import (
     live_difference,
     one_line,
 )
-from .stats import CpuMeter, StatsWindow
+from .stats import Carried, CpuMeter, StatsWindow
 from .telemetry import open_telemetry
 from .web import CameraView, WebView
 
@@ -80,6 +81,7 @@ class Service:
         self.windows: dict[str, StatsWindow] = {}  # per stats interval
         self.whole_run: dict[str, StatsWindow] = {}  # over the whole run (the summary)
         self._ended: dict[str, dict] = {}  # the last figures of cameras a reload stopped
+        self._carried: dict[str, Carried] = {}  # their counts, for a camera started in place
         self.summary: dict = {}  # over the whole run, once it ended (`serve --stats-json`)
         for name in cfg.cameras:
             self.cameras[name] = self._camera(name, cfg)
@@ -209,8 +211,9 @@ class Service:
 
     def _start(self, name: str) -> None:
         cam = self.cameras[name]
-        self.windows[name] = StatsWindow(cam, self.clock)
-        self.whole_run[name] = StatsWindow(cam, self.clock)
+        carried = self._carried.pop(name, Carried())  # a reload restarted it: counts go on
+        self.windows[name] = StatsWindow(cam, self.clock, dataclasses.replace(carried, since=None))
+        self.whole_run[name] = StatsWindow(cam, self.clock, carried)
         self.telemetry.publish_config_state(name, cam.cfg.to_dict())
         cam.start()
 
@@ -224,7 +227,9 @@ class Service:
                 break
             self._feed_watchdog()
         self.changes.settle(name, cam)
-        self._ended[name] = self.whole_run.pop(name).snapshot()  # not the camera itself
+        whole = self.whole_run.pop(name)
+        self._carried[name] = whole.totals()
+        self._ended[name] = whole.snapshot()  # not the camera itself
         del cam
         release_freed_memory()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,17 +16,46 @@ THERMAL = Path("/sys/class/thermal")
 STORAGE_IDRS = 10  # the most recent IDRs a stats message lists with their reasons
 
 
-class StatsWindow:
-    """Turns a camera's running counters into one stats message per interval."""
+@dataclass(frozen=True)
+class Carried:
+    """What a camera counted before a reload restarted it (its earlier `Camera` objects): the
+    counts go on from these, and the whole run's rates are over the time `since` it began."""
 
-    def __init__(self, camera: Camera, clock: Callable[[], float] = time.monotonic):
-        self.camera, self.clock = camera, clock
-        self._last = (clock(), camera.frames_total, camera.encoded_bytes())
+    frames: int = 0
+    encoded_bytes: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    since: float | None = None  # the whole run's start (None: a window that starts now)
+
+
+class StatsWindow:
+    """Turns a camera's running counters into one stats message per interval (or, read once at
+    the end, over the whole run), its counts going on from `carried`."""
+
+    def __init__(self, camera: Camera, clock: Callable[[], float] = time.monotonic,
+                 carried: Carried = Carried()):
+        self.camera, self.clock, self.carried = camera, clock, carried
+        start = clock() if carried.since is None else carried.since
+        self._since = start
+        self._last = ((start, 0, 0) if carried.since is not None else
+                      (start, self._frames(), self._bytes()))
+
+    def _frames(self) -> int:
+        return self.carried.frames + self.camera.frames_total
+
+    def _bytes(self) -> int:
+        return self.carried.encoded_bytes + self.camera.encoded_bytes()
+
+    def totals(self) -> Carried:
+        """The counts so far, for the window of the camera that a reload starts in its place."""
+        cam = self.camera
+        return Carried(self._frames(), self._bytes(), self.carried.dropped + cam.dropped(),
+                       self.carried.reconnects + max(cam.runs - 1, 0), self._since)
 
     def snapshot(self, cpu_percent: float | None = None) -> dict:
         cam = self.camera
         stats = cam.stats.snapshot()  # values: the run goes on meanwhile
-        now, frames, nbytes = self.clock(), cam.frames_total, cam.encoded_bytes()
+        now, frames, nbytes = self.clock(), self._frames(), self._bytes()
         t0, f0, b0 = self._last
         self._last = (now, frames, nbytes)
         dt = max(now - t0, 1e-9)
@@ -42,7 +72,7 @@ class StatsWindow:
             "fps": round((frames - f0) / dt, 2),
             "bitrate_kbps": round(new_bytes * 8 / dt / 1e3, 1),
             "target_kbps": round(target / 1e3, 1) if target else None,
-            "dropped_frames": cam.dropped(),
+            "dropped_frames": self.carried.dropped + cam.dropped(),
             "latency_ms": {"end_to_end": _percentiles(list(cam.latency_ms)),
                            **{name: _percentiles(list(v)) for name, v in stats.timings.items()}},
             "label_coverage": ({c: round(n / total, 4) for c, n in zip(stats.classes, counts)}
@@ -57,7 +87,7 @@ class StatsWindow:
             "label_budget": stats.label_budget,
             "storage": _storage(stats.storage),
             "follow_link": stats.follow_link,
-            "reconnects": max(cam.runs - 1, 0),
+            "reconnects": self.carried.reconnects + max(cam.runs - 1, 0),
             "outputs": cam.output_stats(),
             "cpu_percent": cpu_percent,
             "temperatures_c": temperatures(),
