@@ -103,6 +103,10 @@ def test_the_events_follow_a_camera_that_a_reload_removed_and_added_again(tmp_pa
 
             assert next_overlay() == 5.0
             del views["front"]  # removed by one reload, added by the next
+            for line in r:  # the page is told
+                if line.startswith(b"event: "):
+                    assert line == b"event: removed\n"
+                    break
             views["front"] = web.CameraView(live=False)
             views["front"].overlay = overlay(0.5)
             assert next_overlay() == 0.5

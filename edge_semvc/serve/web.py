@@ -11,7 +11,9 @@ windows; requests only read the latest of those. Streams per camera:
     /api/cameras/NAME/live.mp4   fragmented MP4 (init segment, then one fragment per frame) for
                                  the page's Media Source Extensions; Content-Type carries the codec
     /api/cameras/NAME/events     server-sent events: `overlay` (the newest frame's QP offsets and
-                                 labels per macroblock, at most OVERLAY_HZ a second) and `stats`
+                                 labels per macroblock, at most OVERLAY_HZ a second), `stats`
+                                 and `removed` (a reload took the camera out; the stream goes
+                                 on when it is added back)
 
 Credentials: `http.username_env`/`password_env` name environment variables; then every request
 needs HTTP basic auth with them (checked in constant time).
@@ -410,11 +412,16 @@ def _handler(web: WebView):
         def _events(self, name: str) -> None:
             self._start_stream("text/event-stream")
             sent_overlay, sent_stats, quiet_since = None, None, web.clock()
+            removed = False
             while not web.stopping.wait(1.0 / OVERLAY_HZ):
                 out = []
                 # the camera's view as it is now: a reload that removed the camera and added it
                 # again made a new one (the old one's overlay stood still over the new picture)
                 view = web.views.get(name)
+                if (view is None) != removed:  # said once; the stream waits for its return
+                    removed = view is None
+                    if removed:
+                        out.append(("removed", {"camera": name}))
                 overlay = view.overlay if view is not None else None
                 figures = web.figures.get(name)
                 if overlay is not None and overlay is not sent_overlay:

@@ -109,6 +109,7 @@ function listen() {
     showClasses(o.classes);
   });
   events.addEventListener("stats", (e) => showFigures(JSON.parse(e.data)));
+  events.addEventListener("removed", () => { why.camera = "camera removed from the configuration"; showWhy(); });
   // EventSource retries a broken connection by itself but gives up for good on an answer that
   // is not 200 (503: the live readers at their cap; 404: a camera a reload removed for now)
   events.addEventListener("error", () => {
