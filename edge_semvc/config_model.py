@@ -19,11 +19,21 @@ from .errors import ConfigError
 
 MAX_NUMBER_CHARS = 40  # a double needs 24 characters; Python takes seconds over 100,000 digits
 _SHOWN = 80  # characters of a refused value an error message quotes
+# a key so named (`mqtt.password`) holds a secret: its refused value is never quoted
+SECRET_NAMES = ("password", "passphrase")
 
 
 def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"invalid value for {key}: {shown(value)} (expected {allowed})", key)
+        raise ConfigError(f"invalid value for {key}: {shown_at(key, value)} (expected "
+                          f"{allowed})", key)
+
+
+def shown_at(key: str, value: Any) -> str:
+    """`value` as a refusal of `key` quotes it: '***' for a secret's (a password given as a
+    number is still a password, and the error goes to the log)."""
+    secret = key.rpartition(".")[2].lower().endswith(SECRET_NAMES)
+    return "'***'" if secret else shown(value)
 
 
 def shown(value: Any) -> str:
@@ -109,7 +119,8 @@ def coerce(value: Any, hint: Any, path: str, text: bool = False) -> Any:
     kind = {list: "a list", dict: "a mapping"}.get(origin) or _KINDS.get(hint, str(hint))
     if hint is int and isinstance(value, str) and value[-1:] in ("k", "M"):
         kind += "; only --bitrate takes k and M: 2M is 2000000 here"
-    raise ConfigError(f"invalid value for {path}: {shown(value)} (expected {kind})", path)
+    raise ConfigError(f"invalid value for {path}: {shown_at(path, value)} (expected {kind})",
+                      path)
 
 
 def _is_number(value: Any) -> bool:

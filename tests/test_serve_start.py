@@ -57,6 +57,23 @@ def test_a_service_file_that_cannot_work_exits_2_with_one_line(tmp_path, capsys,
     assert named in err, err
 
 
+@pytest.mark.parametrize("password", ["20261207", "[S3cretA, S3cretB]", "{pin: 4711}"])
+def test_a_password_of_the_wrong_type_is_refused_without_quoting_it(tmp_path, capsys, password):
+    """`mqtt.password: 20261207` (YAML reads a number) is refused, and the one line that goes
+    to the journal names the key, not the password."""
+    from edge_semvc.cli import main
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    path = tmp_path / "serve.yml"
+    path.write_text(f"cameras: {{cam: {{input: 'demo://astronaut'}}}}\nrecord: {{dir: '{rec}'}}\n"
+                    f"mqtt: {{host: 127.0.0.1, password: {password}}}\n")
+    assert main(["serve", "--config", str(path), "--seconds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "mqtt.password: '***'" in err, err
+    assert not [s for s in ("20261207", "S3cret", "4711") if s in err], err
+
+
 @pytest.mark.parametrize("http", [{"username_env": "EDGE_SEMVC_UNSET_USER",
                                    "password_env": "EDGE_SEMVC_UNSET_PASSWORD"}, "port in use"])
 def test_a_refused_start_tells_mqtt_nothing(tmp_path, http):
