@@ -22,6 +22,9 @@ BAD_SERVICE_FILES = [  # (YAML, what the one line names): none may start and loo
     ('cameras: {".hidden": {input: demo://astronaut}}', "cameras: '.hidden'"),
     ("cameras: {cam: {input: 'gopher://host/x'}}", "cameras.cam.input: 'gopher://host/x'"),
     ("cameras: {cam: {input: '-'}}", "a service has no standard input"),
+    # a long password: the URI's password hidden before it is cut short (the '@' cut away)
+    (f"cameras: {{cam: {{input: 'rstp://admin:{'k8Jd92nF' * 8}@cam.lan/h264'}}}}",
+     "cameras.cam.input: 'rstp://admin:***@cam.lan/h264'"),
     ('cameras: {cam: {input: "file:///x\\n"}}', "cameras.cam.input"),
     ("cameras: {cam: {input: demo://astronaut, loop: 'yes'}}", "cameras.cam.loop: 'yes'"),
     ("cameras: {cam: {input: demo://astronaut, queue_frames: '2'}}",

@@ -23,6 +23,7 @@ from ..encoders.config import PROFILES
 from ..errors import ConfigError
 from ..sinks.config import RecordConfig
 from ..sources import SCHEMES
+from ..uris import hide_passwords
 
 REDACTED = "***"
 # A camera name is a folder (record.dir/<name>), a file (<state_dir>/<name>.yml), an MQTT topic
@@ -193,7 +194,8 @@ class CameraConfig:
     def validate(self, key: str) -> None:
         scheme, sep, _ = self.input.partition("://")
         check(bool(self.input.strip()) and self.input.isprintable() and (
-            not sep or scheme in SCHEMES) and self.input != "-", f"{key}.input", self.input,
+            not sep or scheme in SCHEMES) and self.input != "-", f"{key}.input",
+            hide_passwords(self.input),  # before a long URI is cut short, '@' and all
             "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N, demo://NAME "
             "(a service has no standard input)")
         check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
@@ -202,7 +204,8 @@ class CameraConfig:
         check(self.record or bool(self.outputs), f"{key}.record", self.record,
               "true, or stream outputs in outputs: (a camera must go somewhere)")
         for i, uri in enumerate(self.outputs):
-            check("://" in uri and not uri.startswith("file://"), f"{key}.outputs[{i}]", uri,
+            check("://" in uri and not uri.startswith("file://"), f"{key}.outputs[{i}]",
+                  hide_passwords(uri),
                   "a stream URI: rtp://, udp://, srt:// or rtsp://@:PORT/PATH (recordings "
                   "go to record.dir)")
 
