@@ -460,6 +460,10 @@ def _hide_passwords(record: logging.LogRecord) -> bool:
     text = record.getMessage()
     if "://" in text:
         record.msg, record.args = hide_passwords(text), ()
+    if record.exc_info and not record.exc_text:  # log.exception: the exception's text too
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text and "://" in record.exc_text:
+        record.exc_text = hide_passwords(record.exc_text)
     return True
 
 

@@ -462,3 +462,26 @@ def test_standard_input(tmp_path, clip):
                             "--no-map"], input=data, capture_output=True,
                            timeout=300)
         assert r.returncode == code and (code == 0 or b"partial frame" in r.stderr), r.stderr
+
+
+def test_a_logged_traceback_hides_a_uris_password():
+    """log.exception (a camera's pipeline that failed on a bug) writes the exception's text,
+    which PyAV makes of the URI it opened: its password is '***' there too, as in the line."""
+    import io
+    import logging
+
+    from edge_semvc.cli import _hide_passwords
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(_hide_passwords)
+    log = logging.getLogger("edge_semvc.test_traceback")
+    log.addHandler(handler)
+    try:
+        raise OSError("Invalid data found when processing input: 'rtsp://bob:S3cret@cam/x'")
+    except OSError:
+        log.exception("gate: the pipeline failed")
+    finally:
+        log.removeHandler(handler)
+    assert "rtsp://bob:***@cam/x" in out.getvalue() and "Traceback" in out.getvalue()
+    assert "S3cret" not in out.getvalue()
