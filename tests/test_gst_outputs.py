@@ -147,6 +147,46 @@ def test_srt_listener_serves_callers(frames):
     good_start(second.decoded)
 
 
+def test_srt_with_a_passphrase_serves_only_callers_that_have_it(frames, monkeypatch):
+    """`passphrase_env=NAME`: the stream is encrypted with the passphrase that variable holds
+    (given to the child through its environment); a caller without it, or with another, is
+    refused and gets nothing. A caller output with it reaches a listener that has it."""
+    require("srt")
+    secret = "S3cret-passphrase"
+    monkeypatch.setenv("EDGE_SEMVC_TEST_SRT_PASSPHRASE", secret)
+    port, events = free_port(socket.SOCK_DGRAM), Events()
+    out = open_output(f"srt://@:{port}?mode=listener&latency=50"
+                      "&passphrase_env=EDGE_SEMVC_TEST_SRT_PASSPHRASE", events)
+    assert secret not in " ".join(map(str, out._config().values()))
+    strangers, friend = [], None
+    try:
+        with LiveEncoder(frames, Outputs([out])):
+            strangers = [GstReceiver(f"srt://127.0.0.1:{port}?mode=caller{extra}",
+                                     fmt="mpegts")
+                         for extra in ("", "&passphrase=Wrong-passphrase")]
+            friend = GstReceiver(f"srt://127.0.0.1:{port}?mode=caller&passphrase={secret}",
+                                 fmt="mpegts")
+            friend.decoded.wait(15)  # meanwhile the strangers, refused, keep calling
+    finally:
+        for receiver in (friend, *strangers):
+            if receiver is not None:
+                receiver.stop()
+    assert [s.decoded.packets for s in strangers] == [0, 0]
+    good_start(friend.decoded)
+    assert events.names().count("client_joined") == 1
+    port = free_port(socket.SOCK_DGRAM)
+    listener = GstReceiver(f"srt://127.0.0.1:{port}?mode=listener&passphrase={secret}",
+                           fmt="mpegts")
+    out = open_output(f"srt://127.0.0.1:{port}?latency=50"
+                      "&passphrase_env=EDGE_SEMVC_TEST_SRT_PASSPHRASE", Events())
+    try:
+        with LiveEncoder(frames, Outputs([out])):
+            listener.decoded.wait(15)
+    finally:
+        listener.stop()
+    good_start(listener.decoded)
+
+
 def _link_report(out, peers: int):
     """The output's first link report on `peers` receivers (the child sends one a second)."""
     deadline = time.monotonic() + GUARD_S  # a hang guard only
@@ -233,11 +273,16 @@ def test_ports_in_use_are_refused_before_any_frame():
     ("srt://127.0.0.1:9?mode=rendezvous", "mode must be caller or listener"),
     ("srt://127.0.0.1:9?latency=fast", "invalid value 'fast' for option 'latency'"),
     ("srt://:9", "needs a host"),
-    ("srt://127.0.0.1:9?passphrase=x", "unknown option 'passphrase'"),
+    ("srt://127.0.0.1:9?passphrase=MySrtSecret1", r"'srt://127.0.0.1:9': the passphrase does "
+     r"not belong in the URI \(URIs are logged\): name .*\?passphrase_env=NAME$"),
+    ("srt://127.0.0.1:9?passphrase_env=EDGE_SEMVC_UNSET_PW", "EDGE_SEMVC_UNSET_PW .* not set"),
+    ("srt://127.0.0.1:9?passphrase_env=EDGE_SEMVC_TEST_SHORT_PW",
+     "EDGE_SEMVC_TEST_SHORT_PW has 5 characters; SRT takes 10-79"),
     ("rtsp://@:8554", "needs a path"),
     ("rtsp://@/cam", "needs a port"),
 ])
-def test_bad_uris_are_refused_by_name(uri, message):
+def test_bad_uris_are_refused_by_name(uri, message, monkeypatch):
+    monkeypatch.setenv("EDGE_SEMVC_TEST_SHORT_PW", "short")
     with pytest.raises(SinkError, match=message):
         open_output(uri)
 

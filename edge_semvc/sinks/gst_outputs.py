@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import socket
+from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import SinkError
 from .base import EventCallback
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 # first arrives: its resend gets this much once that frame interval has gone (BENCHMARKS.md,
 # "SRT under the same loss")
 SRT_LATENCY_MS = 120
+PASSPHRASE_CHARS = (10, 79)  # what SRT takes (SRTO_PASSPHRASE)
 
 
 def srt_latency_ms(fps: float) -> int:
@@ -38,7 +40,9 @@ class SrtOutput(GstChildOutput):
     srtsink). A caller (the default) connects to HOST:PORT and, when its peer goes, reconnects
     with back-off; a listener (`srt://@:PORT?mode=listener`, or a HOST to bind) waits for
     callers, any number at once. `latency` is SRT's receive latency (the larger of both ends'
-    wins); by default SRT's own 120 ms plus one frame interval (`srt_latency_ms`)."""
+    wins); by default SRT's own 120 ms plus one frame interval (`srt_latency_ms`).
+    `passphrase_env=NAME`: the stream is encrypted (AES) with the passphrase that variable
+    holds, and a peer without it gets nothing; never in the URI, which is logged."""
 
     kind = "srt"
     role = "SRT output"
@@ -47,7 +51,22 @@ class SrtOutput(GstChildOutput):
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
-        parts, options = uri_options(uri, {"mode": str, "latency": int_in(0, 60000)})
+        query = urlsplit(uri).query
+        if {name for name, _ in parse_qsl(query)} & {"passphrase", "pbkeylen"}:
+            raise SinkError(f"output {uri.replace('?' + query, '')!r}: the passphrase does not "
+                            "belong in the URI (URIs are logged): name the environment "
+                            "variable that holds it, ?passphrase_env=NAME")
+        parts, options = uri_options(uri, {"mode": str, "latency": int_in(0, 60000),
+                                           "passphrase_env": str})
+        self.passphrase_env = options.get("passphrase_env")
+        if self.passphrase_env is not None:
+            size = len(os.environ.get(self.passphrase_env, ""))
+            if not size:
+                raise SinkError(f"output {uri!r}: environment variable {self.passphrase_env} "
+                                "(the SRT passphrase) is not set")
+            if not PASSPHRASE_CHARS[0] <= size <= PASSPHRASE_CHARS[1]:
+                raise SinkError(f"output {uri!r}: the SRT passphrase in {self.passphrase_env} "
+                                f"has {size} characters; SRT takes %d-%d" % PASSPHRASE_CHARS)
         self.mode = options.get("mode", "caller")
         if self.mode not in ("caller", "listener"):
             raise SinkError(f"output {uri!r}: mode must be caller or listener, "
@@ -97,7 +116,8 @@ class SrtOutput(GstChildOutput):
         if self.latency is None:
             self.latency = srt_latency_ms(float(self.info.fps))
         return {"kind": "srt", "host": self.host, "port": self.port, "mode": self.mode,
-                "latency": self.latency, "address": _address(self.host, self.port)}
+                "latency": self.latency, "address": _address(self.host, self.port),
+                "passphrase_env": self.passphrase_env}
 
     def stats(self) -> dict:
         return {**super().stats(), "latency_ms": self.latency}

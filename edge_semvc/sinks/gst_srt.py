@@ -47,6 +47,8 @@ class SrtSender:
                 % (self.uri(), self.config["latency"]))
         self.pipeline = Gst.parse_launch(desc)
         sink = self.pipeline.get_by_name("sink")
+        if self.config.get("passphrase_env"):  # from the environment: never in an argument
+            sink.set_property("passphrase", os.environ[self.config["passphrase_env"]])
         if self.listener:
             sink.connect("caller-added", self.on_caller, "client_joined")
             sink.connect("caller-removed", self.on_caller, "client_left")
