@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -423,3 +424,23 @@ def test_a_receivers_request_waits_for_an_idr_not_an_intra_refresh_recovery_poin
     src.close()
     assert granted[:3] == [0, 1, 2] and recovery and recovery[0] < 30, (granted, recovery)
     assert len(granted) == 4 and 30 <= granted[3] <= 34, granted  # once the budget refilled
+
+
+def test_the_sdp_is_never_written_through_a_link_someone_left_beside_it(tmp_path):
+    """In a shared folder (/tmp) another user may leave `<sdp>.part` as a link to a file of
+    the user who streams: the SDP goes to its own file, the other file stays as it was, and the
+    SDP is readable as a file made by open() is (the umask's mode)."""
+    info, _ = encoded(2)
+    victim, sdp = tmp_path / "config.yml", tmp_path / "drone.sdp"
+    victim.write_text("precious\n")
+    (tmp_path / "drone.sdp.part").symlink_to(victim)
+    out = open_output(f"rtp://127.0.0.1:{free_port()}?sdp={sdp}")
+    out.open(info)
+    out.close()
+    assert victim.read_text() == "precious\n"
+    assert sdp.read_text().startswith("v=0") and not sdp.is_symlink()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert sdp.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yml", "drone.sdp",
+                                                          "drone.sdp.part"]

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import sys
+import tempfile
 from pathlib import Path
 
 from ..errors import SinkError
@@ -154,10 +155,7 @@ class RtpOutput(_MuxerOutput):
         self.sdp = sdp_text(info, self.host, self.port, ttl=self.options.get("ttl"),
                             audio=audio, audio_port=self.audio_port)
         if self.sdp_path:  # whole or not at all: a receiver may read it as it changes
-            path = Path(self.sdp_path).expanduser()
-            part = path.with_name(path.name + ".part")
-            part.write_text(self.sdp)
-            os.replace(part, path)
+            _write_whole(Path(self.sdp_path).expanduser(), self.sdp)
         # where a receiver reads it: stderr when standard output carries video
         print(f"SDP for {self.uri}{f' (also in {self.sdp_path})' if self.sdp_path else ''}:\n"
               f"{self.sdp}", file=sys.stderr, flush=True)
@@ -173,6 +171,30 @@ class RtpOutput(_MuxerOutput):
 
 
 # --- SDP (RFC 4566) for the RTP output: what receivers need to decode the streams ------------
+
+def _write_whole(path: Path, text: str) -> None:
+    """`text` into `path`, replaced whole: written to a new file of a name nobody could guess
+    beside it, then renamed. Never through a name someone else made: in a shared folder such
+    as /tmp a fixed `.part` name could be a link that has the SDP overwrite another file."""
+    fd, part = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() makes a file: the receiver reads it
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(part, path)
+    except BaseException:
+        Path(part).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0o022
+
 
 def sdp_text(info: StreamInfo, host: str, port: int, ttl: int | None = None, audio=None,
              audio_port: int = 0) -> str:
