@@ -224,6 +224,20 @@ def test_a_host_name_a_web_site_could_point_at_127_0_0_1_is_refused(tmp_path, mo
         view.close()
 
 
+def test_no_other_site_frames_the_page_and_no_browser_guesses_a_type(tmp_path):
+    view = web_view(tmp_path, {"front": web.CameraView(live=False)}).start()
+    try:
+        for path in ("/", "/cameras/front", "/api/config", "/nothing"):
+            with socket.create_connection(("127.0.0.1", view.port), timeout=30) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close"
+                          "\r\n\r\n".encode())
+                head = s.makefile("rb").read().split(b"\r\n\r\n")[0].lower()
+            assert b"x-frame-options: deny" in head and \
+                b"x-content-type-options: nosniff" in head, (path, head)
+    finally:
+        view.close()
+
+
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 in this Python")
 def test_an_ipv6_address_to_listen_on_is_listened_on(tmp_path):
     """`http.host: "::1"` (or `::`, every interface) was refused at the start: 'cannot listen

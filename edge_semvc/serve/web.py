@@ -264,6 +264,13 @@ def _handler(web: WebView):
         protocol_version = "HTTP/1.1"
         timeout = IDLE_S  # a client that sends nothing, or reads nothing, is dropped
 
+        def end_headers(self) -> None:
+            # every answer, refusals included: no other site frames the page (a click-jack),
+            # no browser guesses another type than the one sent
+            self.send_header("X-Frame-Options", "DENY")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            super().end_headers()
+
         def handle_one_request(self) -> None:
             # the deadline of the request's line and headers, from the wait for it on: the
             # socket is shut when it passes (parse_request stops the clock once they are in)
