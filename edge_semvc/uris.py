@@ -3,6 +3,7 @@ whether a network host has an address (each side raises its own error with its o
 a URI's password kept out of what is shown."""
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from typing import Any
@@ -29,6 +30,15 @@ def address_problem(host: str | None) -> str | None:
     except (socket.gaierror, UnicodeError) as e:
         return str(getattr(e, "strerror", None) or e)
     return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or a name) is this machine alone: nothing it is sent or
+    serves crosses a network."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower().rstrip(".") == "localhost"
 
 
 def hide_passwords(value: Any) -> Any:

@@ -5,6 +5,7 @@ elapsed time. The broker runs on a free port of 127.0.0.1, started and stopped b
 (also killed and restarted, and started late).
 """
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -524,3 +525,16 @@ def test_a_hostile_box_message_clears_nothing_and_says_what_it_can(payload):
     seen = box.read_box(payload)
     assert box.cameras_left(seen, set()) == [] and len(box.describe(seen)) < 300
     assert box.judge(me, seen, retained=True) == "other"  # no host of this box's
+
+
+@pytest.mark.parametrize("host, tls, warned", [("192.0.2.1", False, True),
+                                               ("192.0.2.1", True, False),
+                                               ("127.0.0.1", False, False)])
+def test_a_password_sent_in_clear_over_a_network_is_said(caplog, telemetries, host, tls,
+                                                         warned):
+    cfg = MqttConfig(enabled=True, host=host, port=1, password="s3cret", username="u",
+                     tls=MqttTlsConfig(enabled=tls))
+    with caplog.at_level(logging.WARNING, logger="edge_semvc"):
+        telemetries(cfg).close(timeout=0.1)
+    assert ("goes to 192.0.2.1 in clear" in caplog.text) == warned
+    assert "s3cret" not in caplog.text

@@ -5,6 +5,7 @@ camera, and in Chromium a page whose event stream was refused and the legend of 
 from __future__ import annotations
 
 import json
+import logging
 import select
 import socket
 import time
@@ -281,3 +282,15 @@ def test_the_page_says_why_there_is_no_picture(tmp_path, chromium):
     assert off == "no live picture: http.live is off"
     assert down == ("no live picture now: the camera is not running. camera lost: input file "
                     "not found: /cam.mp4")
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False),
+                                          ("localhost", False)])
+def test_a_page_open_to_the_network_without_credentials_is_said(tmp_path, caplog, host,
+                                                                  warned):
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, host=host, port=0)).validate()
+    with caplog.at_level(logging.WARNING, logger="edge_semvc"):
+        view = web.WebView(cfg, {}, {}).start()
+        view.close()
+    assert ("sees every camera's live picture" in caplog.text) == warned

@@ -44,7 +44,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from ..errors import ConfigError
-from ..uris import hide_passwords
+from ..uris import hide_passwords, is_loopback
 from . import box, homeassistant
 from .config import REDACTED, MqttConfig, check_topic_level
 
@@ -82,6 +82,9 @@ class Telemetry:
         self._on_config_set = on_config_set
         self._clock = clock
         username, password = config.credentials(environ)
+        if password and not config.tls.enabled and not is_loopback(config.host):
+            log.warning("MQTT: the password goes to %s in clear (mqtt.tls.enabled is false): "
+                        "anyone on the way can read it", config.host)
         self._secrets = tuple(s for s in (password,) if s)
         self.availability_topic = f"{self._prefix}/available"
 

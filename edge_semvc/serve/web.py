@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from ..sinks.mse import END, LiveFeed
-from ..uris import hide_passwords
+from ..uris import hide_passwords, is_loopback
 from .camera import Camera
 from .config import ServeConfig
 from .stats import CpuMeter, StatsWindow
@@ -142,6 +142,9 @@ class WebView:
         self._thread.start()
         log.info("http: listening on http://%s:%d/",
                  f"[{http.host}]" if ":" in http.host else http.host, self.port)
+        if not http.username_env and not is_loopback(http.host):
+            log.warning("http: no credentials (http.username_env/password_env): anyone who "
+                        "reaches %s:%d sees every camera's live picture", http.host, self.port)
         return self
 
     def refresh(self) -> None:
