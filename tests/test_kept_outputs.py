@@ -5,13 +5,11 @@ an injected clock."""
 from __future__ import annotations
 
 import dataclasses
-import socket
-import threading
 from fractions import Fraction
 
 import av
 import pytest
-from test_outputs import Receiver, encoded
+from test_outputs import Datagrams, Receiver, encoded
 from test_telemetry import free_port, wait_until
 
 from edge_semvc.bench.link import udp_bound
@@ -150,21 +148,9 @@ def test_a_udp_output_opened_anew_says_so_to_a_receiver_that_stays():
     carries the discontinuity indicator. A UDP socket gets the datagrams as sent."""
     h264, h264_packets = encoded(10)
     hevc, hevc_packets = encoded(10, backend="x265")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
-        rx.bind(("127.0.0.1", 0))
-        rx.settimeout(0.2)
-        got, done = [], threading.Event()
-
-        def receive():
-            while not done.is_set():
-                try:
-                    got.append(rx.recv(65536))
-                except socket.timeout:
-                    pass
-
-        receiver = threading.Thread(target=receive, daemon=True)
-        receiver.start()
-        port, now = rx.getsockname()[1], [100.0]
+    with Datagrams() as rx:
+        got = rx.got
+        port, now = rx.port, [100.0]
         kept = KeptOutput(lambda: open_output(f"udp://127.0.0.1:{port}"), lambda: now[0])
         sent = []
         for stream, packets in ((h264, h264_packets), (hevc, hevc_packets)):
@@ -175,8 +161,6 @@ def test_a_udp_output_opened_anew_says_so_to_a_receiver_that_stays():
             sent.append(kept.stats()["bytes_sent"])
         kept.close_for_good()
         wait_until(lambda: sum(map(len, got)) >= sum(sent), what="the datagrams")
-        done.set()
-        receiver.join()
     assert kept.stats()["reopened"] == 1
     ts = [d[i:i + 188] for d in got for i in range(0, len(d), 188)]
     pmts = [version(p) for p in ts if pid(p) == 0x1000 and p[1] & 0x40]

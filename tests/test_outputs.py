@@ -30,6 +30,35 @@ from edge_semvc.sources import open_source
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class Datagrams:
+    """Every datagram sent to a UDP port of 127.0.0.1 (0: a free one, then `port`), as sent,
+    collected in `got` by a thread until the block ends."""
+
+    def __init__(self, port: int = 0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.settimeout(0.2)
+        self.port, self.got = self.sock.getsockname()[1], []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+
+    def _receive(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.got.append(self.sock.recv(65536))
+            except socket.timeout:
+                pass
+
+    def __enter__(self) -> "Datagrams":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.sock.close()
+
+
 class Receiver(threading.Thread):
     """Decodes what arrives at `url` until nothing came for `idle_s` (its read timeout)."""
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import socket
 import subprocess
-import threading
 import time
 import types
 from fractions import Fraction
@@ -18,7 +16,7 @@ import av
 import pytest
 from gst_helpers import RECEIVER as GST_RECEIVER
 from gst_helpers import require
-from test_outputs import Receiver, encoded, udp_bound
+from test_outputs import Datagrams, Receiver, encoded, udp_bound
 from test_passthrough import PARK, _raw_aac, excerpt, packets, remux
 from test_passthrough_streams import AudioReceiver, assert_runs_of
 from test_telemetry import free_port, wait_until
@@ -178,20 +176,7 @@ def test_a_camera_back_with_audio_keeps_the_rtp_video_session_going(tmp_path):
     port, audio_port, sdp, now = free_port(), free_port(), tmp_path / "cam.sdp", [100.0]
     kept = KeptOutput(lambda: open_output(
         f"rtp://127.0.0.1:{port}?audio_port={audio_port}&sdp={sdp}"), lambda: now[0])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as audio_rx:
-        audio_rx.bind(("127.0.0.1", audio_port))
-        audio_rx.settimeout(0.2)
-        got, done = [], threading.Event()
-
-        def receive():
-            while not done.is_set():
-                try:
-                    got.append(audio_rx.recv(65536))
-                except socket.timeout:
-                    pass
-
-        audio_thread = threading.Thread(target=receive, daemon=True)
-        audio_thread.start()
+    with Datagrams(audio_port) as audio_rx:
         rx = Receiver(str(sdp), "sdp", {"protocol_whitelist": "file,udp,rtp",
                                         "reorder_queue_size": "0"})
         for run in (info, dataclasses.replace(info, tracks=(aac,))):
@@ -207,11 +192,9 @@ def test_a_camera_back_with_audio_keeps_the_rtp_video_session_going(tmp_path):
             now[0] += 2.0  # the camera was away
         kept.close_for_good()
         rx.join(60)
-        done.set()
-        audio_thread.join()
     times = [pts for pts, _key, _corrupt in rx.frames]
     assert len(times) == 40, rx.error
     assert times[20] - times[19] == 3000 + 2 * 90000, times  # a frame, then the pause
     assert "reopened" not in kept.stats() and f"m=audio {audio_port} RTP/AVP 97" in \
         sdp.read_text()
-    assert got and all(d[1] & 0x7F == 97 for d in got)  # the AAC, in RTP
+    assert audio_rx.got and all(d[1] & 0x7F == 97 for d in audio_rx.got)  # the AAC, in RTP
