@@ -132,3 +132,4 @@ class LinkReport:
     resent: int  # packets sent again (the receiver missed them)
     dropped: int  # packets given up as too late to arrive within the latency
     acked: int | None = None  # acknowledgements received (None: the output does not count them)
+    silent: int = 0  # peers sent to since the last report that acknowledged nothing

@@ -273,3 +273,50 @@ def test_a_receiver_that_vanishes_does_not_lower_the_rate(tmp_path):
         rx.kill()
         rx.wait()
     assert stopped and stats["follow_link"]["decreases"] == 0, stats["follow_link"]
+
+
+def test_one_of_two_viewers_that_vanishes_does_not_lower_the_rate(tmp_path):
+    """An SRT listener with two callers, one frozen mid-stream (SIGSTOP): the other still
+    acknowledges, so the sum of acknowledgements moved and the frozen one's packets given up
+    lowered the rate of both (1500 -> 1083 kbit/s); the sender reports the silent peer, and
+    counts on over the caller SRT gives up."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    from edge_semvc.bench.link import _paced, _wait_bound
+    from edge_semvc.bench.lossy_link import port_pair
+    from edge_semvc.pipeline import run_encode
+    from edge_semvc.sinks import open_output
+    from edge_semvc.sinks.gstreamer import gst_python
+
+    require("srt")
+    cfg = load_config(None, ["encoder.tune=zerolatency", "encoder.rc=cbr",
+                             "encoder.bitrate=1500000", "encoder.follow_link.enabled=true"])
+    port, got = port_pair(), [tmp_path / "frozen.ts", tmp_path / "watching.ts"]
+    script = os.path.join(os.path.dirname(__file__), "..", "edge_semvc", "bench", "gst_record.py")
+    viewers, done, stopped = [], threading.Event(), []
+
+    def view_then_freeze_one():
+        _wait_bound(port)
+        viewers.extend(subprocess.Popen([gst_python(), script,
+                                         f"srt://127.0.0.1:{port}?mode=caller", str(path)])
+                       for path in got)
+        while not done.is_set():
+            if not stopped and got[0].exists() and got[0].stat().st_size > 100_000:
+                os.kill(viewers[0].pid, signal.SIGSTOP)
+                stopped.append(got[0].stat().st_size)
+            done.wait(0.05)
+
+    threading.Thread(target=view_then_freeze_one, daemon=True).start()
+    try:
+        stats = run_encode(_paced("demo://astronaut", 0.0), [open_output(
+            f"srt://127.0.0.1:{port}?mode=listener")], cfg, semantic=False, max_frames=30 * 10)
+    finally:
+        done.set()
+        for viewer in viewers:
+            viewer.kill()
+            viewer.wait()
+    assert stopped and got[1].stat().st_size > 4 * stopped[0]
+    assert stats["follow_link"]["decreases"] == 0, stats["follow_link"]

@@ -12,6 +12,8 @@ from gst_child import address_of, emit
 BACKOFF_S = (0.5, 1, 2, 4, 8)  # between SRT connection attempts (caller)
 EOS_WAIT_S = 2  # at the end: for the SRT pipeline to send what it holds
 LINK_REPORT_MS = 1000  # how often the link's state goes to the parent (`link` events)
+LINK_COUNTS = (("packets-sent", "gint64"), ("packets-retransmitted", "int"),
+               ("packets-sent-dropped", "int"), ("packet-ack-received", "int"))
 NO_PEER_S = 3  # a caller not connected this long after it started says so (SRT's own timeout)
 
 
@@ -30,6 +32,8 @@ class SrtSender:
         self.attempt = 0
         self.callers = 0
         self.started = None  # a caller's start, until it connected or said it could not
+        self.peer_counts = []  # each peer's LINK_COUNTS at the last link report
+        self.link_totals = [0, 0, 0, 0]  # what the link reports say: sent, resent, dropped, acked
 
     def uri(self):
         c = self.config
@@ -109,17 +113,26 @@ class SrtSender:
     def report_link(self, pipeline):
         """The link's state for the parent's rate follower, every LINK_REPORT_MS: the worst
         peer's smoothed round trip, and packets sent, resent and dropped as too late and
-        acknowledgements received, summed over peers since the pipeline started."""
+        acknowledgements received, added up over peers since the sender started (running
+        totals: a listener's caller that goes takes its counts out of srtsink's, these stay),
+        and `silent`: the peers sent to that acknowledged nothing since the last report (one
+        viewer of several frozen or cut off: its packets given up say nothing of the others'
+        link)."""
         if pipeline is not self.pipeline:
             return False
         text = stats_text(pipeline)
         rtts = [float(v) for v in stat(text, "rtt-ms", "double")]
-        counts = {key: sum(int(v) for v in stat(text, name, kind))
-                  for key, name, kind in (("sent", "packets-sent", "gint64"),
-                                          ("resent", "packets-retransmitted", "int"),
-                                          ("dropped", "packets-sent-dropped", "int"),
-                                          ("acked", "packet-ack-received", "int"))}
-        emit("link", peers=len(rtts), rtt_ms=max(rtts, default=0.0), **counts)
+        now = list(zip(*(map(int, stat(text, name, kind)) for name, kind in LINK_COUNTS)))
+        before, self.peer_counts = self.peer_counts, now
+        silent = 0
+        if len(before) == len(now):  # the same peers in the same order; else a report left out
+            for b, n in zip(before, now):
+                if n[0] < b[0]:  # another peer in its place (or a new pipeline's)
+                    continue
+                self.link_totals = [t + x - y for t, x, y in zip(self.link_totals, n, b)]
+                silent += n[0] > b[0] and n[3] == b[3]
+        emit("link", peers=len(rtts), rtt_ms=max(rtts, default=0.0), silent=silent,
+             **dict(zip(("sent", "resent", "dropped", "acked"), self.link_totals)))
         return True
 
     def on_caller(self, sink, socket_id, address, event):
