@@ -517,13 +517,17 @@ def test_unreadable_tls_files_are_a_config_error(tmp_path):
 @pytest.mark.parametrize("payload", [b"", b"\xff\xfe", b"[1]", b"null", b"[" * 100_000,
                                      b'{"cameras": "front"}', b'{"cameras": [1, "a/b", "#", ""]}',
                                      b'{"host": {"x": 1}, "pid": true, "cameras": null}',
-                                     b'{"cameras": ["x"]}' + b" " * 70_000])
+                                     b'{"cameras": ["x"]}' + b" " * 70_000,
+                                     b'{"pid": "1\\n2026-12-07 ERROR forged", "started": '
+                                     b'"\\u001b[2J", "host": "a\\u2028b"}'])
 def test_a_hostile_box_message_clears_nothing_and_says_what_it_can(payload):
+    """... and what it says is one line of printable characters (no forged log line)."""
     from edge_semvc.serve import box
 
     me = box.this_box("2026-12-07T00:00:00.000+00:00")
     seen = box.read_box(payload)
-    assert box.cameras_left(seen, set()) == [] and len(box.describe(seen)) < 300
+    told = box.describe(seen)
+    assert box.cameras_left(seen, set()) == [] and len(told) < 300 and told.isprintable()
     assert box.judge(me, seen, retained=True) == "other"  # no host of this box's
 
 

@@ -84,4 +84,6 @@ def _running(me: dict, box: dict) -> bool:
 
 
 def _text(value) -> str:
-    return str(value)[:64]
+    """At most 64 characters, each printable (a newline or an escape sequence in another's
+    message would forge a line of this box's log, or drive the terminal reading it)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:64])
