@@ -11,6 +11,8 @@ from urllib.parse import unquote
 
 # scheme://user:password@ (RFC 3986 userinfo: no '/', '@' or whitespace in it)
 _USERINFO_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+@")
+# ?passphrase=… / &password=… in a query (an SRT passphrase, a camera's password), any case
+_QUERY_SECRET = re.compile(r"([?&](?:passphrase|password|passwd|pwd)=)[^&#\s'\"]+", re.I)
 
 
 def file_path(uri: str) -> str:
@@ -43,9 +45,12 @@ def is_loopback(host: str) -> bool:
 
 def hide_passwords(value: Any) -> Any:
     """`value` (a string, or lists and dicts of them) with every URI's password shown as '***'
-    (`rtsp://admin:***@10.0.0.5/stream`): a camera's URI reaches logs, events and pages."""
+    (`rtsp://admin:***@10.0.0.5/stream`, `srt://host:9000?passphrase=***`): a camera's URI
+    reaches logs, events and pages."""
     if isinstance(value, str):
-        return _USERINFO_PASSWORD.sub(r"\1***@", value) if "://" in value else value
+        if "://" not in value:
+            return value
+        return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", value))
     if isinstance(value, dict):
         return {k: hide_passwords(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -485,3 +485,17 @@ def test_a_logged_traceback_hides_a_uris_password():
         log.removeHandler(handler)
     assert "rtsp://bob:***@cam/x" in out.getvalue() and "Traceback" in out.getvalue()
     assert "S3cret" not in out.getvalue()
+
+
+@pytest.mark.parametrize("uri, said", [
+    ("srt://127.0.0.1:9?PassPhrase=S3cret-S3cret", "does not belong in the URI"),
+    ("udp://127.0.0.1:9?Password=S3cret-S3cret&pkt_size=1316", "?Password=***&pkt_size"),
+])
+def test_a_secret_in_an_outputs_query_is_refused_without_quoting_it(uri, said):
+    """A passphrase or password in a URI's query, in any case, is '***' in the error (it was
+    quoted whole: `unknown option 'PassPhrase' in output 'srt://…?PassPhrase=S3cret…'`)."""
+    r = subprocess.run([sys.executable, "-m", "edge_semvc", "encode", "demo://astronaut", uri,
+                        "--frames", "1", "--no-map"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and said in r.stderr, r.stderr
+    assert "S3cret" not in r.stderr

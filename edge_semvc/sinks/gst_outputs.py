@@ -52,7 +52,7 @@ class SrtOutput(GstChildOutput):
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
         query = urlsplit(uri).query
-        if {name for name, _ in parse_qsl(query)} & {"passphrase", "pbkeylen"}:
+        if {name.lower() for name, _ in parse_qsl(query)} & {"passphrase", "pbkeylen"}:
             raise SinkError(f"output {uri.replace('?' + query, '')!r}: the passphrase does not "
                             "belong in the URI (URIs are logged): name the environment "
                             "variable that holds it, ?passphrase_env=NAME")
