@@ -114,9 +114,8 @@ class LinkFollower:
             last = self._last.get(i)
             self._last[i] = r
             if last is None or r.sent < last.sent:  # its first, or a new sender's: from 0
-                last = LinkReport(0, 0, 0.0, 0, 0, 0, 0 if r.acked is not None else None)
-            if r.peers and r.acked is not None and (r.silent or (r.sent > last.sent and
-                                                            r.acked == last.acked)):
+                last = LinkReport(0, 0, 0.0, 0, 0, 0)
+            if r.peers and r.silent:
                 unheard.add(i)
             elif r.peers:
                 sent, resent = sent + r.sent - last.sent, resent + max(0, r.resent - last.resent)

@@ -131,5 +131,4 @@ class LinkReport:
     sent: int  # data packets sent, resends included
     resent: int  # packets sent again (the receiver missed them)
     dropped: int  # packets given up as too late to arrive within the latency
-    acked: int | None = None  # acknowledgements received (None: the output does not count them)
     silent: int = 0  # peers sent to since the last report that acknowledged nothing

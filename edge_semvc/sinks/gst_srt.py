@@ -33,7 +33,7 @@ class SrtSender:
         self.callers = 0
         self.started = None  # a caller's start, until it connected or said it could not
         self.peer_counts = []  # each peer's LINK_COUNTS at the last link report
-        self.link_totals = [0, 0, 0, 0]  # what the link reports say: sent, resent, dropped, acked
+        self.link_totals = [0, 0, 0]  # what the link reports say: sent, resent, dropped
 
     def uri(self):
         c = self.config
@@ -112,8 +112,8 @@ class SrtSender:
 
     def report_link(self, pipeline):
         """The link's state for the parent's rate follower, every LINK_REPORT_MS: the worst
-        peer's smoothed round trip, and packets sent, resent and dropped as too late and
-        acknowledgements received, added up over peers since the sender started (running
+        peer's smoothed round trip, and packets sent, resent and dropped as too late, added
+        up over peers since the sender started (running
         totals: a listener's caller that goes takes its counts out of srtsink's, these stay),
         and `silent`: the peers sent to that acknowledged nothing since the last report (one
         viewer of several frozen or cut off: its packets given up say nothing of the others'
@@ -129,10 +129,10 @@ class SrtSender:
             for b, n in zip(before, now):
                 if n[0] < b[0]:  # another peer in its place (or a new pipeline's)
                     continue
-                self.link_totals = [t + x - y for t, x, y in zip(self.link_totals, n, b)]
+                self.link_totals = [t + x - y for t, x, y in zip(self.link_totals, n[:3], b)]
                 silent += n[0] > b[0] and n[3] == b[3]
         emit("link", peers=len(rtts), rtt_ms=max(rtts, default=0.0), silent=silent,
-             **dict(zip(("sent", "resent", "dropped", "acked"), self.link_totals)))
+             **dict(zip(("sent", "resent", "dropped"), self.link_totals)))
         return True
 
     def on_caller(self, sink, socket_id, address, event):

@@ -342,7 +342,7 @@ class GstChildOutput(Output):
                 self._link_reports, _count(event.get("peers")),
                 float(rtt) if isinstance(rtt, (int, float)) and 0 <= rtt < 1e6 else 0.0,
                 *(_count(event.get(k)) for k in ("sent", "resent", "dropped")),
-                _count(event["acked"]) if "acked" in event else None, _count(event.get("silent")))
+                _count(event.get("silent")))
         elif name == "idr":
             self._want_idr = True
         elif name in ("client_joined", "client_left"):
