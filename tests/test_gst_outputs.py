@@ -277,12 +277,15 @@ def test_ports_in_use_are_refused_before_any_frame():
      r"not belong in the URI \(URIs are logged\): name .*\?passphrase_env=NAME$"),
     ("srt://127.0.0.1:9?passphrase_env=EDGE_SEMVC_UNSET_PW", "EDGE_SEMVC_UNSET_PW .* not set"),
     ("srt://127.0.0.1:9?passphrase_env=EDGE_SEMVC_TEST_SHORT_PW",
-     "EDGE_SEMVC_TEST_SHORT_PW has 5 characters; SRT takes 10-79"),
+     "EDGE_SEMVC_TEST_SHORT_PW has 5 bytes; SRT takes 10-79"),
+    ("srt://127.0.0.1:9?passphrase_env=EDGE_SEMVC_TEST_WIDE_PW",  # 40 characters, 80 bytes
+     "EDGE_SEMVC_TEST_WIDE_PW has 80 bytes; SRT takes 10-79"),
     ("rtsp://@:8554", "needs a path"),
     ("rtsp://@/cam", "needs a port"),
 ])
 def test_bad_uris_are_refused_by_name(uri, message, monkeypatch):
     monkeypatch.setenv("EDGE_SEMVC_TEST_SHORT_PW", "short")
+    monkeypatch.setenv("EDGE_SEMVC_TEST_WIDE_PW", "é" * 40)
     with pytest.raises(SinkError, match=message):
         open_output(uri)
 

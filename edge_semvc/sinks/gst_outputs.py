@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # first arrives: its resend gets this much once that frame interval has gone (BENCHMARKS.md,
 # "SRT under the same loss")
 SRT_LATENCY_MS = 120
-PASSPHRASE_CHARS = (10, 79)  # what SRT takes (SRTO_PASSPHRASE)
+PASSPHRASE_BYTES = (10, 79)  # what SRT takes (SRTO_PASSPHRASE), in UTF-8 bytes
 
 
 def srt_latency_ms(fps: float) -> int:
@@ -60,13 +60,13 @@ class SrtOutput(GstChildOutput):
                                            "passphrase_env": str})
         self.passphrase_env = options.get("passphrase_env")
         if self.passphrase_env is not None:
-            size = len(os.environ.get(self.passphrase_env, ""))
+            size = len(os.environ.get(self.passphrase_env, "").encode(errors="surrogateescape"))
             if not size:
                 raise SinkError(f"output {uri!r}: environment variable {self.passphrase_env} "
                                 "(the SRT passphrase) is not set")
-            if not PASSPHRASE_CHARS[0] <= size <= PASSPHRASE_CHARS[1]:
+            if not PASSPHRASE_BYTES[0] <= size <= PASSPHRASE_BYTES[1]:
                 raise SinkError(f"output {uri!r}: the SRT passphrase in {self.passphrase_env} "
-                                f"has {size} characters; SRT takes %d-%d" % PASSPHRASE_CHARS)
+                                f"has {size} bytes; SRT takes %d-%d" % PASSPHRASE_BYTES)
         self.mode = options.get("mode", "caller")
         if self.mode not in ("caller", "listener"):
             raise SinkError(f"output {uri!r}: mode must be caller or listener, "
