@@ -473,3 +473,8 @@ def test_the_sdp_is_never_written_through_a_link_someone_left_beside_it(tmp_path
     assert sdp.stat().st_mode & 0o777 == 0o666 & ~umask
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yml", "drone.sdp",
                                                           "drone.sdp.part"]
+    sdp.chmod(0o640)  # made for a receiver's group: its mode stays when it is written anew
+    out = open_output(f"rtp://127.0.0.1:{free_port()}?sdp={sdp}")
+    out.open(info)
+    out.close()
+    assert sdp.stat().st_mode & 0o777 == 0o640

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -176,9 +177,13 @@ def _write_whole(path: Path, text: str) -> None:
     """`text` into `path`, replaced whole: written to a new file of a name nobody could guess
     beside it, then renamed. Never through a name someone else made: in a shared folder such
     as /tmp a fixed `.part` name could be a link that has the SDP overwrite another file."""
+    try:  # an SDP made beforehand keeps its mode (a receiver's group may read it)
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()  # as open() makes a file: the receiver reads it
     fd, part = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as open() makes a file: the receiver reads it
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(part, path)
