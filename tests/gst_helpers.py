@@ -70,10 +70,11 @@ class LiveEncoder:
     """The real encoder fed with the demo frames, looped, at about 30 frames a second in a
     thread, into `outputs` (an Outputs), an IDR forced whenever an output asks (as the
     pipeline does). IDRs come only when asked: keyint is unbounded and nothing else inserts
-    one, so a receiver that decodes got an IDR someone asked for."""
+    one, so a receiver that decodes got an IDR someone asked for. `audio`: a track and its
+    packets (from a real file), looped beside the video, each written once due."""
 
     def __init__(self, frames, outputs: Outputs, backend="x264", global_headers=False,
-                 paced=True, tune="zerolatency"):
+                 paced=True, tune="zerolatency", audio=None):
         f0 = frames[0]
         # tune None: x264's B-frames (veryfast, the encoder's default preset, as ultrafast has
         # none)
@@ -84,7 +85,10 @@ class LiveEncoder:
                                    global_headers=global_headers)
         self.encoder = get_encoder(backend)(settings)
         self.info = StreamInfo(f0.width, f0.height, settings.fps, settings.time_base,
-                               self.encoder.codec, self.encoder.headers(), global_headers)
+                               self.encoder.codec, self.encoder.headers(), global_headers,
+                               (audio[0],) if audio else ())
+        self.audio = audio[1] if audio else []
+        self._audio_sent = 0  # packets of `audio` written, its loops counted
         self.frames, self.outputs, self.paced = frames, outputs, paced
         self.count = 0  # frames encoded
         self.idrs: list[int] = []  # their indexes
@@ -110,6 +114,7 @@ class LiveEncoder:
         n = self.count
         frame = self.frames[n % len(self.frames)]
         frame.pts = frame.index = n
+        self._add_audio(Fraction(n + 1) * self.info.time_base)
         idr = self.outputs.wants_idr(n) or n == 0 or force_idr
         if idr:
             self.idrs.append(n)
@@ -117,6 +122,23 @@ class LiveEncoder:
         self.outputs.write(packets)
         self.count = n + 1
         return b"".join(bytes(p.data) for p in packets)
+
+    def _add_audio(self, until: Fraction) -> None:
+        """The audio packets (looped, the first at the video's start) due before `until`
+        (seconds)."""
+        if not self.audio:
+            return
+        first, last = self.audio[0], self.audio[-1]
+        span = (last.pts + last.duration - first.pts) * last.time_base
+        due = []
+        while True:
+            loop, i = divmod(self._audio_sent, len(self.audio))
+            p = self.audio[i].shifted(loop * span - first.time)
+            if p.time >= until:
+                break
+            due.append(p)
+            self._audio_sent += 1
+        self.outputs.add_track_packets(due)
 
     def _run(self):
         while not self._stop.is_set():

@@ -26,11 +26,14 @@ from gst_helpers import (
     good_start,
     require,
 )
+from test_passthrough import PARK, excerpt, remux
 
 from edge_semvc.encoders import get_encoder
 from edge_semvc.errors import SinkError
 from edge_semvc.sinks import open_output
 from edge_semvc.sinks.base import Outputs
+from edge_semvc.sources import open_source
+from edge_semvc.sources.tracks import track_packet
 
 
 def ffmpeg_rtsp(url: str, transport: str) -> Decoded:
@@ -212,16 +215,21 @@ def test_a_dead_child_is_restarted_and_a_stalled_one_never_blocks_the_encoder(fr
     good_start(client)
 
 
-@pytest.mark.parametrize("tune", ["zerolatency", None])
-def test_an_rtsp_join_costs_one_idr_and_starts_at_it(frames, tune):
+@pytest.mark.parametrize("tune, audio", [("zerolatency", None), (None, None),
+                                         ("zerolatency", "adts")])
+def test_an_rtsp_join_costs_one_idr_and_starts_at_it(frames, tmp_path, tune, audio):
     """A client's media is prepared (DESCRIBE) on the last key frame's parameter sets, not on
     a key frame of its own: the encoder makes one IDR per join (asked for at PLAY), and the
     client's first picture is that IDR, not one from DESCRIBE held until PLAY (it was: two
-    IDRs per join, a stale first picture, 0.6 s before the second at the default tune)."""
+    IDRs per join, a stale first picture, 0.6 s before the second at the default tune). With
+    an MPEG-TS input's AAC (ADTS) too: it goes to the media raw with its configuration in the
+    caps (it went as ADTS, whose caps waited for a packet, so its media was prepared on an IDR
+    asked for at DESCRIBE)."""
     require("rtsp")
     port = free_port()
     server = open_output(f"rtsp://@:{port}/live")
-    with LiveEncoder(frames, Outputs([server]), tune=tune) as live:
+    track = adts_audio(tmp_path) if audio else None
+    with LiveEncoder(frames, Outputs([server]), tune=tune, audio=track) as live:
         live.wait_frames(20)
         joined_at = live.count
         keys = []
@@ -233,3 +241,17 @@ def test_an_rtsp_join_costs_one_idr_and_starts_at_it(frames, tune):
                     break
         assert len([i for i in live.idrs if i >= joined_at]) == 1, live.idrs
     assert keys[0] and not any(keys[1:]), keys
+
+
+def adts_audio(tmp_path):
+    """The car park's AAC as an MPEG-TS input gives it (ADTS, no configuration): its Track and
+    packets."""
+    src = remux(excerpt(tmp_path, PARK, 2), tmp_path / "park.ts")
+    source = open_source(str(src))
+    try:
+        (track,) = source.tracks
+    finally:
+        source.close()
+    assert track.codec == "aac" and not track.extradata
+    with av.open(str(src)) as c:
+        return track, [p for p in map(track_packet, c.demux(audio=0)) if p is not None]

@@ -105,9 +105,9 @@ def test_the_rtsp_server_sends_the_audio(tmp_path, container):
     rx = rtsp_viewer(src)
     sent = [d for _, d in packets(src, "audio")]
     assert rx.video >= 35 and rx.audio >= 120, rx.error  # the client's start-up is lost
-    # all from the IDR asked for at PLAY: nothing from before (the media prepared on a gap);
-    # ADTS (aacparse's caps need a packet): what went between DESCRIBE and PLAY, then those
-    assert_runs_of(rx.audio_data, sent, runs=1 if container == "mp4" else 2)
+    # all from the IDR asked for at PLAY: nothing from before (the media prepared on a gap),
+    # ADTS too (raw, its configuration in the caps; it went between DESCRIBE and PLAY)
+    assert_runs_of(rx.audio_data, sent, runs=1)
 
 
 def assert_runs_of(got: list[bytes], sent: list[bytes], runs: int) -> None:

@@ -28,7 +28,8 @@ from edge_semvc.sinks import open_output
 from edge_semvc.sinks.base import Outputs, StreamInfo
 from edge_semvc.sinks.gstreamer import gst_python
 from edge_semvc.sinks.kept import KeptOutput
-from edge_semvc.sinks.rtp import _adts_config, sdp_text
+from edge_semvc.sinks.rtp import sdp_text
+from edge_semvc.sinks.tracks import aac_config
 from edge_semvc.sources import open_source
 from edge_semvc.sources.paced import PacedSource, Pacing
 from edge_semvc.tracks import Track, TrackPacket
@@ -128,9 +129,9 @@ def test_the_sdp_gives_an_mpeg_ts_input_s_aac_its_configuration(tmp_path):
     assert configs[".ts"][1] == configs[".mp4"][1] == configs[".mp4"][0].hex()
     he = dataclasses.replace(aac, sample_rate=44100, channels=2,  # HE-AAC v2 in ADTS: LC mono
                              params=types.SimpleNamespace(profile="HE-AACv2"))  # at 22050
-    assert _adts_config(he).hex() == "1388"
+    assert aac_config(he).hex() == "1388"
     odd = dataclasses.replace(aac, sample_rate=20000, channels=1, params=None)  # no index
-    assert _adts_config(odd).hex() == "1780271008"  # escape 0xF, the rate in 24 bits
+    assert aac_config(odd).hex() == "1780271008"  # escape 0xF, the rate in 24 bits
 
 
 def test_rtp_names_what_it_does_not_carry(tmp_path):

@@ -65,7 +65,6 @@ NEEDS = {
              ("rtph264pay", "gstreamer1.0-plugins-good"),
              ("rtph265pay", "gstreamer1.0-plugins-good"),
              ("rtpmp4gpay", "gstreamer1.0-plugins-good"),
-             ("aacparse", "gstreamer1.0-plugins-good"),
              ("rtppcmupay", "gstreamer1.0-plugins-good"),
              ("rtppcmapay", "gstreamer1.0-plugins-good"),
              ("rtpopuspay", "gstreamer1.0-plugins-good")],

@@ -15,7 +15,7 @@ from .base import EventCallback
 from .gst_child import RTSP_AUDIO
 from .gstreamer import GstChildOutput, check_gstreamer, check_port_free, ns
 from .stream import TsBytes, starts_key_frame
-from .tracks import unsupported
+from .tracks import RawAac, aac_config, unsupported
 from .uri import host_port, int_in, uri_options
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,10 @@ class RtspServerOutput(GstChildOutput):
 
     def _prepare(self) -> None:
         self._streams = {t.index: n + 1 for n, t in enumerate(self.carried)}  # 0: the video
+        # AAC in ADTS (an MPEG-TS input's) goes to the child raw, its configuration in the
+        # caps: as it comes, its caps would wait for a packet (aacparse), so a client's media
+        # could not be prepared before PLAY, and each join cost a second IDR
+        self._raw = RawAac(self.carried)
 
     def cannot_carry(self, track) -> str | None:
         if track.kind != "audio" or track.codec not in RTSP_AUDIO:
@@ -189,14 +193,25 @@ class RtspServerOutput(GstChildOutput):
         return None
 
     def _put_track(self, packet) -> None:
+        import av
+
         ticks = packet.pts if packet.pts is not None else packet.dts
-        if ticks is not None:  # RTP needs a time for each packet
-            self._put(packet.data, False, ns(ticks, packet.time_base), 0,
+        if ticks is None:  # RTP needs a time for each packet
+            return
+        try:
+            raw = self._raw.filter(packet.track, av.Packet(packet.data))
+        except av.error.FFmpegError as e:  # this packet only
+            log.warning("%s: an AAC packet could not be read (%s); dropped", self.uri, e)
+            self._count_drop()
+            return
+        for pkt in raw:
+            self._put(bytes(pkt), False, ns(ticks, packet.time_base), 0,
                       self._streams[packet.track])
 
     def _config(self) -> dict:
         return {"kind": "rtsp", "host": self.host, "port": self.port, "path": self.path,
                 "user_env": self.user_env, "password_env": self.password_env,
                 "tracks": [{"codec": t.codec, "rate": t.sample_rate, "channels": t.channels,
-                            "extradata": t.extradata.hex()} for t in self.carried]}
+                            "extradata": (aac_config(t) if t.codec == "aac" else t.extradata
+                                          ).hex()} for t in self.carried]}
 

@@ -25,9 +25,6 @@ class RtspServer:
         self.server.set_service(str(config["port"]))
         factory = GstRtspServer.RTSPMediaFactory()
         self.tracks = len(config.get("tracks", []))
-        # ADTS (track_desc): its caps come from aacparse, which refuses a gap event before them
-        self.adts = any(t["codec"] == "aac" and not t["extradata"]
-                        for t in config.get("tracks", []))
         factory.set_launch("( %s ! %s name=pay0 pt=96 %s)"
                            % (appsrc_desc(config["codec"]), PAY[config["codec"]],
                               "".join(track_desc(i + 1, t)
@@ -63,10 +60,8 @@ class RtspServer:
         bin_ = media.get_element()
         src = bin_.get_by_name_recurse_up("src")
         tracks = [bin_.get_by_name_recurse_up("src%d" % (i + 1)) for i in range(self.tracks)]
-        if self.adts:  # prepared on a key frame asked for now, asked for again at PLAY
-            self.feed.attach(src, tracks=tracks)
-        else:  # prepared on the last key frame's parameter sets: one key frame, at PLAY
-            self.feed.prepare(src, tracks=tracks)
+        # prepared on the last key frame's parameter sets: one key frame, at PLAY
+        self.feed.prepare(src, tracks=tracks)
         media.connect("unprepared", lambda m: self.feed.detach(src))
 
     def on_client_connected(self, server, client):
@@ -108,10 +103,7 @@ def track_desc(n, track):
     dynamic payload type 96 + n)."""
     caps, pay = RTSP_AUDIO[track["codec"]]
     caps += ",rate=%d,channels=%d" % (track["rate"], track["channels"])
-    if track["codec"] == "aac" and track["extradata"]:
+    if track["codec"] == "aac":  # raw, with its configuration (the parent turns ADTS raw)
         caps += ",stream-format=raw,codec_data=(buffer)%s" % track["extradata"]
-    elif track["codec"] == "aac":  # ADTS (an MPEG-TS input): aacparse reads its headers
-        caps += ",stream-format=adts"
-        pay = "aacparse ! " + pay
     return ("appsrc name=src%d is-live=true format=time max-bytes=0 caps=\"%s\" ! %s name=pay%d "
             "pt=%d " % (n, caps, pay, n, 96 + n))

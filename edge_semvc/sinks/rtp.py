@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import SinkError
 from .base import EventCallback, StreamInfo
 from .stream import _MuxerOutput, _url_host, close_quietly, nal_units, open_muxer
-from .tracks import TrackMuxer, unsupported
+from .tracks import TrackMuxer, aac_config, unsupported
 from .uri import host_port, int_in, non_empty, uri_options
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def _audio_lines(track, port: int) -> list[str]:
     if track.codec == "aac":  # RFC 3640 AAC-hbr, the AU headers FFmpeg writes
         rtpmap = f"{name}/{track.sample_rate}/{track.channels}"
         fmtp = ("profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;"
-                f"indexdeltalength=3;config={(track.extradata or _adts_config(track)).hex()}")
+                f"indexdeltalength=3;config={aac_config(track).hex()}")
     elif track.codec == "opus":  # RFC 7587: always 48000/2 in the rtpmap
         rtpmap = f"{name}/48000/2"
         fmtp = "sprop-stereo=1" if track.channels == 2 else ""
@@ -251,34 +251,6 @@ def _audio_lines(track, port: int) -> list[str]:
                                                   if track.channels > 1 else "")
     return [f"m=audio {port} RTP/AVP {pt}", f"a=rtpmap:{pt} {rtpmap}",
             *([f"a=fmtp:{pt} {fmtp}"] if fmtp else [])]
-
-
-# MPEG-4 audio object types of FFmpeg's AAC profile names, and the sampling frequency indexes
-_AAC_OBJECT_TYPES = {"Main": 1, "LC": 2, "SSR": 3, "LTP": 4}
-_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000,
-              7350)
-
-
-def _adts_config(track) -> bytes:
-    """The AudioSpecificConfig (ISO 14496-3 1.6.2.1) of AAC that has none: an MPEG-TS input's,
-    in ADTS, whose headers say it per frame. RFC 3640 requires it in the SDP (`config=`);
-    empty, GStreamer's receiver played nothing. Made as the ADTS header says it: the object
-    type of the profile (HE-AAC in ADTS is LC at the core rate, half the output's, mono under
-    v2's parametric stereo, its SBR found by the decoder), the rate's index (or the rate
-    itself) and the channel configuration. FFmpeg's RTP muxer takes the ADTS headers off."""
-    profile = str(getattr(track.params, "profile", None) or "LC")
-    rate, channels = track.sample_rate, track.channels
-    if profile.startswith("HE-AAC"):
-        rate, channels = rate // 2, (1 if profile == "HE-AACv2" else channels)
-    bits, size = _AAC_OBJECT_TYPES.get(profile, 2), 5
-    if rate in _AAC_RATES:
-        bits, size = bits << 4 | _AAC_RATES.index(rate), size + 4
-    else:
-        bits, size = (bits << 4 | 0xF) << 24 | rate, size + 28
-    layout = {8: 7}.get(channels, channels if 0 < channels <= 6 else 0)
-    bits, size = (bits << 4 | layout) << 3, size + 7  # GASpecificConfig: three 0 flags
-    pad = -size % 8
-    return (bits << pad).to_bytes((size + pad) // 8, "big")
 
 
 def _is_ip(host: str) -> bool:

@@ -78,10 +78,8 @@ class TrackMuxer:
         # AAC in ADTS (an MPEG-TS input's) into MP4: FFmpeg's muxer converts it itself, but not
         # where it writes the moov before the first packet (fragmented: the recording's
         # segments), where it refused the first packet ('Malformed AAC bitstream') and so every
-        # segment: converted here as FFmpeg would (aac_adtstoasc), once a packet shows ADTS
-        self._adts = {t.index: t.params for t in tracks if t.codec == "aac"} \
-            if tracks and container.format.name == "mp4" else {}  # (RTP: no container then)
-        self._filters: dict[int, BitStreamFilterContext] = {}
+        # segment: converted here as FFmpeg would (RawAac)
+        self._raw = RawAac(tracks if tracks and container.format.name == "mp4" else ())
 
     def mux(self, packet: TrackPacket) -> bool:
         """Mux one packet; False when its track is not in this container."""
@@ -94,11 +92,56 @@ class TrackMuxer:
         pkt.pts, pkt.dts = packet.pts, packet.dts
         pkt.duration = packet.duration
         pkt.is_keyframe = packet.keyframe
-        bsf = self._filters.get(packet.track)
-        if bsf is None and packet.track in self._adts and packet.data[:2] >= b"\xff\xf0":
-            bsf = self._filters[packet.track] = BitStreamFilterContext(
-                "aac_adtstoasc", self._adts[packet.track])
-        for out in bsf.filter(pkt) if bsf is not None else (pkt,):
+        for out in self._raw.filter(packet.track, pkt):
             out.stream = stream
             self.container.mux(out)
         return True
+
+
+class RawAac:
+    """AAC in ADTS (an MPEG-TS input's: a header before each frame, no configuration of its
+    own) as raw AAC, for the outputs that give its configuration (`aac_config`) apart: an MP4's
+    moov, the RTSP server's caps. FFmpeg's aac_adtstoasc, per track, once a packet shows ADTS:
+    it takes the header off, 7 bytes, or 9 with a CRC. Other packets pass as they are."""
+
+    def __init__(self, tracks: list[Track] | tuple[Track, ...]):
+        self._params = {t.index: t.params for t in tracks if t.codec == "aac"}
+        self._filters: dict[int, BitStreamFilterContext] = {}
+
+    def filter(self, track: int, pkt: av.Packet) -> list[av.Packet]:
+        """What goes out of `pkt` of the input's stream `track`."""
+        bsf = self._filters.get(track)
+        if bsf is None and track in self._params and bytes(memoryview(pkt)[:2]) >= b"\xff\xf0":
+            bsf = self._filters[track] = BitStreamFilterContext(
+                "aac_adtstoasc", self._params[track])
+        return bsf.filter(pkt) if bsf is not None else [pkt]
+
+
+# MPEG-4 audio object types of FFmpeg's AAC profile names, and the sampling frequency indexes
+_AAC_OBJECT_TYPES = {"Main": 1, "LC": 2, "SSR": 3, "LTP": 4}
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000,
+              7350)
+
+
+def aac_config(track: Track) -> bytes:
+    """The AudioSpecificConfig (ISO 14496-3 1.6.2.1) of an AAC track: its own, else (an MPEG-TS
+    input's, in ADTS, whose headers say it per frame) made as the ADTS header says it: the
+    object type of the profile (HE-AAC in ADTS is LC at the core rate, half the output's, mono
+    under v2's parametric stereo, its SBR found by the decoder), the rate's index (or the rate
+    itself) and the channel configuration. RFC 3640 requires it in the SDP (`config=`; empty,
+    GStreamer's receiver played nothing), GStreamer's payloader in its caps."""
+    if track.extradata:
+        return track.extradata
+    profile = str(getattr(track.params, "profile", None) or "LC")
+    rate, channels = track.sample_rate, track.channels
+    if profile.startswith("HE-AAC"):
+        rate, channels = rate // 2, (1 if profile == "HE-AACv2" else channels)
+    bits, size = _AAC_OBJECT_TYPES.get(profile, 2), 5
+    if rate in _AAC_RATES:
+        bits, size = bits << 4 | _AAC_RATES.index(rate), size + 4
+    else:
+        bits, size = (bits << 4 | 0xF) << 24 | rate, size + 28
+    layout = {8: 7}.get(channels, channels if 0 < channels <= 6 else 0)
+    bits, size = (bits << 4 | layout) << 3, size + 7  # GASpecificConfig: three 0 flags
+    pad = -size % 8
+    return (bits << pad).to_bytes((size + pad) // 8, "big")
