@@ -11,6 +11,7 @@ import subprocess
 import time
 import types
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import pytest
@@ -35,11 +36,15 @@ from edge_semvc.sources.paced import PacedSource, Pacing
 from edge_semvc.tracks import Track, TrackPacket
 
 
-def test_udp_and_rtp_carry_the_audio(tmp_path):
+@pytest.mark.parametrize("container", ["mp4", "ts_crc"])
+def test_udp_and_rtp_carry_the_audio(tmp_path, container):
     """MPEG-TS over UDP carries the car park's AAC beside the video; RTP sends it to the next
     port pair, described in the same SDP: FFmpeg opening that SDP gets both, the AAC packets
-    byte for byte (RFC 3640)."""
+    byte for byte (RFC 3640). From MPEG-TS whose ADTS headers have a CRC too: FFmpeg's RTP
+    packetiser took 7 header bytes off each, the CRC's 2 stayed, and no frame decoded."""
     src = excerpt(tmp_path, PARK, 4)  # 50 frames, 188 AAC packets
+    if container == "ts_crc":
+        src = with_adts_crc(remux(src, tmp_path / "park.ts"), tmp_path / "park_crc.ts")
     udp, rtp, rtp_audio = free_port(), free_port(), free_port()
     source = open_source(str(src))
     (aac,) = source.tracks
@@ -70,20 +75,23 @@ def test_udp_and_rtp_carry_the_audio(tmp_path):
     lines = written.read_text().splitlines()
     assert lines[[line.startswith("m=audio") for line in lines].index(True):] == [f"m=audio {rtp_audio} RTP/AVP 97", "a=rtpmap:97 MPEG4-GENERIC/48000/2",
                            "a=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;"
-                           f"indexlength=3;indexdeltalength=3;config={aac.extradata.hex()}"]
+                           f"indexlength=3;indexdeltalength=3;config={aac_config(aac).hex()}"]
+    assert container == "mp4" or not aac.extradata  # ADTS: the configuration made here
 
 
-@pytest.mark.parametrize("container", ["mp4", "ts"])
+@pytest.mark.parametrize("container", ["mp4", "ts", "ts_crc"])
 def test_gstreamer_plays_the_rtp_outputs_audio_from_its_sdp(tmp_path, container):
     """GStreamer's sdpdemux reads the SDP the RTP output writes and depayloads its AAC: the
     car park's packets, byte for byte (the ADTS headers aacparse adds taken off); from MPEG-TS
     too, whose AAC (ADTS) has no AudioSpecificConfig: the SDP said `config=` and GStreamer
-    got no sound at all."""
+    got no sound at all; and with a CRC in each ADTS header, which stayed in each frame."""
     require("rtsp")  # GStreamer's RTP (de)payloaders, from plugins-good
     require("srt")  # plugins-bad, where sdpdemux is
     src = excerpt(tmp_path, PARK, 4)  # 50 frames, 188 AAC packets
-    if container == "ts":
+    if container != "mp4":
         src = remux(src, tmp_path / "park.ts")
+    if container == "ts_crc":
+        src = with_adts_crc(src, tmp_path / "park_crc.ts")
     port, audio_port, sdp = free_port(), free_port(), tmp_path / "in.sdp"
     source = open_source(str(src))
     (aac,) = source.tracks
@@ -111,6 +119,42 @@ def test_gstreamer_plays_the_rtp_outputs_audio_from_its_sdp(tmp_path, container)
     sent = [d for _, d in packets(src, "audio")]
     assert len(frames) >= 150
     assert_runs_of(frames, sent, runs=1)
+
+
+def with_adts_crc(src: Path, out: Path) -> Path:
+    """MPEG-TS `src` (FFmpeg's, its ADTS headers 7 bytes) with a CRC in each ADTS header
+    (protection_absent 0: 9 bytes), as some cameras and broadcast encoders write it; the CRC
+    is the header's CRC-16 (no decoder here checks it). Every other packet as it was."""
+    with av.open(str(src)) as i, av.open(str(out), "w", format="mpegts") as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for p in i.demux():
+            if not p.size:
+                continue
+            stream = streams[p.stream_index]
+            if p.stream.type == "audio":
+                data = bytes(p)
+                assert data[1] & 1, "its ADTS header has a CRC already"
+                size = len(data) + 2
+                head = bytearray(data[:7])
+                head[1] &= 0xFE
+                head[3:6] = (head[3] & 0xFC | size >> 11, size >> 3 & 0xFF,
+                             head[5] & 0x1F | (size & 7) << 5)
+                q = av.Packet(bytes(head) + _crc16(head).to_bytes(2, "big") + data[7:])
+                q.pts, q.dts, q.time_base, q.duration = p.pts, p.dts, p.time_base, p.duration
+                p = q
+            p.stream = stream
+            o.mux(p)
+    return out
+
+
+def _crc16(data: bytes) -> int:
+    """CRC-16 of ISO 14496-3's ADTS (polynomial 0x8005, start 0xFFFF)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = (crc << 1 ^ 0x8005 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
 
 
 def test_the_sdp_gives_an_mpeg_ts_input_s_aac_its_configuration(tmp_path):

@@ -78,8 +78,15 @@ class TrackMuxer:
         # AAC in ADTS (an MPEG-TS input's) into MP4: FFmpeg's muxer converts it itself, but not
         # where it writes the moov before the first packet (fragmented: the recording's
         # segments), where it refused the first packet ('Malformed AAC bitstream') and so every
-        # segment: converted here as FFmpeg would (RawAac)
-        self._raw = RawAac(tracks if tracks and container.format.name == "mp4" else ())
+        # segment. Into RTP: FFmpeg's packetiser takes 7 bytes off each packet of a stream
+        # without a configuration, where an ADTS header with a CRC has 9 (2 bytes of CRC stayed
+        # in each access unit, which no receiver decoded). Both: raw AAC, its configuration
+        # apart (RawAac; RTP: the stream's, which the SDP also says)
+        self._raw = RawAac(tracks if tracks and container.format.name in ("mp4", "rtp") else ())
+        if tracks and container.format.name == "rtp":
+            for t in tracks:
+                if t.codec == "aac" and not t.extradata:
+                    self.streams[t.index].codec_context.extradata = aac_config(t)
 
     def mux(self, packet: TrackPacket) -> bool:
         """Mux one packet; False when its track is not in this container."""
@@ -101,8 +108,9 @@ class TrackMuxer:
 class RawAac:
     """AAC in ADTS (an MPEG-TS input's: a header before each frame, no configuration of its
     own) as raw AAC, for the outputs that give its configuration (`aac_config`) apart: an MP4's
-    moov, the RTSP server's caps. FFmpeg's aac_adtstoasc, per track, once a packet shows ADTS:
-    it takes the header off, 7 bytes, or 9 with a CRC. Other packets pass as they are."""
+    moov, the RTP output's SDP, the RTSP server's caps. FFmpeg's aac_adtstoasc, per track, once
+    a packet shows ADTS: it takes the header off, 7 bytes, or 9 with a CRC. Other packets pass
+    as they are."""
 
     def __init__(self, tracks: list[Track] | tuple[Track, ...]):
         self._params = {t.index: t.params for t in tracks if t.codec == "aac"}
