@@ -101,9 +101,10 @@ class LinkFollower:
         """The reports new since the last call, added up (the worst round trip); None when
         none is new or nobody is heard. A peer that sent no acknowledgement while packets went
         to it is not heard: it is gone (SRT waits 5 s before it says so) or its link is cut,
-        and what the sender gives up meanwhile says nothing of how wide the link is; the
-        window before it is not judged with the reports after it, like one before a peer
-        that left."""
+        and what the sender gives up meanwhile says nothing of how wide the link is. The sender
+        leaves such a peer out of its counts (`silent`), the others are judged; when no peer of
+        an output is heard, the window before is not judged with the reports after it, like
+        one before a peer that left."""
         news = [(i, r) for i, r in enumerate(reports)
                 if i not in self._last or self._last[i].seq != r.seq]
         if not news:
@@ -115,7 +116,7 @@ class LinkFollower:
             self._last[i] = r
             if last is None or r.sent < last.sent:  # its first, or a new sender's: from 0
                 last = LinkReport(0, 0, 0.0, 0, 0, 0)
-            if r.peers and r.silent:
+            if r.peers and r.silent >= r.peers:
                 unheard.add(i)
             elif r.peers:
                 sent, resent = sent + r.sent - last.sent, resent + max(0, r.resent - last.resent)

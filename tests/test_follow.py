@@ -33,13 +33,13 @@ class Reports:
         self.seq = self.sent = self.resent = self.dropped = 0
 
     def next(self, sent=150, resent=0, rtt_ms=20.0, dropped=0, peers=1,
-             heard=True) -> list[LinkReport]:
-        """`heard`: the peer acknowledged what it got (else the sender reports it silent)."""
+             silent=0) -> list[LinkReport]:
+        """`silent`: peers that acknowledged nothing (the counts are the others')."""
         self.seq += 1
         self.sent, self.resent = self.sent + sent, self.resent + resent
         self.dropped += dropped
         return [LinkReport(self.seq, peers, rtt_ms, self.sent, self.resent, self.dropped,
-                           0 if heard else peers)]
+                           silent)]
 
 
 def _follower(min_bitrate=100_000) -> tuple[LinkFollower, Reports]:
@@ -155,10 +155,20 @@ def test_a_peer_that_stops_acknowledging_leaves_the_rate_alone():
     reports after it."""
     f, r = _follower()
     f.update(r.next(dropped=3))  # half a window given up, then the peer goes silent
-    assert [f.update(r.next(dropped=40, resent=20, rtt_ms=900.0, heard=False))
+    assert [f.update(r.next(dropped=40, resent=20, rtt_ms=900.0, silent=1))
             for _ in range(5)] == [None] * 5
     assert f.update(r.next()) is None and f.update(r.next()) is None
     assert f.stats()["decreases"] == 0
+
+
+def test_the_peers_heard_are_judged_while_another_is_silent():
+    """An SRT listener's two viewers, one frozen (the sender leaves its counts out and says it
+    is silent): the other's congestion still lowers the rate, its clean link leaves it."""
+    f, r = _follower()
+    rates = [f.update(r.next(resent=30, rtt_ms=400.0, peers=2, silent=1)) for _ in range(WINDOW)]
+    assert rates == [None, round(TARGET * DECREASE * (1 - 2 * 30 / 150))]
+    f, r = _follower()
+    assert all(f.update(r.next(peers=2, silent=1)) is None for _ in range(5))
 
 
 def test_two_outputs_are_judged_together():

@@ -111,27 +111,30 @@ class SrtSender:
         return sum(int(n) for n in stat(stats_text(self.pipeline), "bytes-sent", "guint64"))
 
     def report_link(self, pipeline):
-        """The link's state for the parent's rate follower, every LINK_REPORT_MS: the worst
-        peer's smoothed round trip, and packets sent, resent and dropped as too late, added
-        up over peers since the sender started (running
-        totals: a listener's caller that goes takes its counts out of srtsink's, these stay),
-        and `silent`: the peers sent to that acknowledged nothing since the last report (one
-        viewer of several frozen or cut off: its packets given up say nothing of the others'
-        link)."""
+        """The link's state for the parent's rate follower, every LINK_REPORT_MS: packets
+        sent, resent and dropped as too late, added up over the peers since the sender started
+        (running totals: a listener's caller that goes takes its counts out of srtsink's, these
+        stay), and the worst round trip, of the peers heard since the last report; `silent`:
+        the peers sent to that acknowledged nothing (one viewer of several frozen or cut off:
+        left out, its packets given up say nothing of the others' link)."""
         if pipeline is not self.pipeline:
             return False
         text = stats_text(pipeline)
         rtts = [float(v) for v in stat(text, "rtt-ms", "double")]
         now = list(zip(*(map(int, stat(text, name, kind)) for name, kind in LINK_COUNTS)))
         before, self.peer_counts = self.peer_counts, now
-        silent = 0
-        if len(before) == len(now):  # the same peers in the same order; else a report left out
-            for b, n in zip(before, now):
+        silent, heard = 0, rtts
+        if len(before) == len(now) == len(rtts):  # the same peers; else a report left out
+            heard = []
+            for b, n, rtt in zip(before, now, rtts):
                 if n[0] < b[0]:  # another peer in its place (or a new pipeline's)
                     continue
+                if n[0] > b[0] and n[3] == b[3]:
+                    silent += 1
+                    continue
                 self.link_totals = [t + x - y for t, x, y in zip(self.link_totals, n[:3], b)]
-                silent += n[0] > b[0] and n[3] == b[3]
-        emit("link", peers=len(rtts), rtt_ms=max(rtts, default=0.0), silent=silent,
+                heard.append(rtt)
+        emit("link", peers=len(rtts), rtt_ms=max(heard, default=0.0), silent=silent,
              **dict(zip(("sent", "resent", "dropped"), self.link_totals)))
         return True
 
