@@ -449,10 +449,13 @@ def test_a_clip_that_cannot_be_opened_is_refused_before_any_work(tmp_path, clip,
     (["--bpp", "0.01", "0.011"], "--bpp 0.01 0.011 gives 8000, 8000 bit/s at 176x144, 29.97 fps"
                                  " (rounded to 1 kbit/s): each rate point must be distinct"),
     (["--bpp", "0.0001", "0.001"], "gives 0, 1000 bit/s at 176x144"),
+    (["--ladder", "120k", "200.2k", "200400"], "--ladder 120k 200200 200400: 200200 and 200400"
+                                               " all run at 200 kbit/s (x264 and x265 take"),
 ])
 def test_a_ladder_whose_points_coincide_is_refused(tmp_path, clip, capsys, ladder, message):
     """Two equal rate points encoded twice into one file and read as "quality does not rise
-    strictly with rate"; a bit-per-pixel point that rounded to 0 stopped the run after the
+    strictly with rate" (so did two that x264 and x265 run at one whole kbit/s, 200.2k and
+    200.4k: two names, one encode); a bit-per-pixel point that rounded to 0 stopped the run after the
     reference with "rc='cbr' needs a bitrate"."""
     out = tmp_path / "bench"
     assert main(["bench", str(clip("carphone_qcif_pristine.mp4")), *ladder, "--frames", "4",

@@ -45,6 +45,7 @@ import numpy as np
 
 from .. import preflight
 from ..config import Config, ConfigError, load_config
+from ..encoders.base import kbit_per_s
 from ..pipeline import Extras, run_encode
 from ..sources import RawVideoOptions, open_source
 from ..stop import between_runs
@@ -105,6 +106,15 @@ def resolve_ladder(ladder: list[float] | None, bpp: list[float] | None, rc: str,
             f"--bpp {' '.join(f'{b:g}' for b in bpp)} gives {', '.join(str(r) for r in rates)}" \
             f" bit/s at {width}x{height}, {fps:g} fps (rounded to 1 kbit/s)"
         raise ConfigError(f"{given}: each rate point must be distinct and above 0")
+    if rc != "crf":  # x264 and x265 run at whole kbit/s: two points there are one encode twice
+        ran = [kbit_per_s(r) for r in rates]
+        same = [r for r, k in zip(rates, ran) if ran.count(k) > 1]
+        if same:
+            raise ConfigError(
+                f"--ladder {' '.join(rate_label(r, rc) for r in rates)}: "
+                f"{' and '.join(rate_label(r, rc) for r in same)} all run at "
+                f"{kbit_per_s(same[0])} kbit/s (x264 and x265 take whole kbit/s, the nearest): "
+                "each rate point must be distinct")
     return rates
 
 
