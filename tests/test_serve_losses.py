@@ -109,3 +109,34 @@ def test_a_camera_a_reload_restarts_counts_on_from_the_one_before(tmp_path):
     assert summary["reconnects"] == first.runs - 1 + second.runs - 1 >= 2
     assert summary["bitrate_kbps"] == round(
         (first.encoded_bytes() + second.encoded_bytes()) * 8 / 4.0 / 1e3, 1)
+
+
+def test_the_web_figures_of_a_camera_a_reload_restarts_count_on(tmp_path):
+    """The web page's figures, `/api/stats` and `/metrics` had a window of their own that
+    started from 0 with each new `Camera`: after a reload restarted one, the Prometheus
+    counter `edge_semvc_frames_total` went back (196 -> 86; --stats-json counted on), which
+    rate() reads as a reset and a wrong increase. They go on from the service's counts."""
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import HttpConfig, RecordConfig, ServeConfig
+    from edge_semvc.serve.stats import StatsWindow
+
+    (tmp_path / "rec").mkdir()
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    cameras: dict = {}
+    whole_run: dict = {}
+    view = web.WebView(cfg, cameras, {}, lambda: 0.0, whole_run)
+    first, old = _two_runs(tmp_path, 10_000, lambda cam: StatsWindow(cam, lambda: 0.0))
+    cameras["front"], whole_run["front"] = first, old
+    view.refresh()
+    assert view.figures["front"].stats["frames"] == first.frames_total
+    second, whole = _two_runs(tmp_path, 20_000,  # the reload's camera, in the first's place
+                              lambda cam: StatsWindow(cam, lambda: 0.0, old.totals()))
+    cameras["front"], whole_run["front"] = second, whole
+    view.refresh()
+    stats = view.figures["front"].stats
+    assert stats["frames"] == first.frames_total + second.frames_total
+    assert stats["reconnects"] == first.runs - 1 + second.runs - 1
+    metrics = view.metrics().decode()
+    assert (f'edge_semvc_frames_total{{camera="front"}} '
+            f'{float(first.frames_total + second.frames_total)}') in metrics

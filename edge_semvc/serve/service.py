@@ -69,7 +69,9 @@ class Service:
         self.cameras: dict[str, Camera] = {}
         self.views: dict[str, CameraView] = {}  # the web page's, per camera (http.enabled)
         # a missing credential or a port in use refuses the start before MQTT hears of it
-        self.web = WebView(cfg, self.cameras, self.views, clock).listen() \
+        self.windows: dict[str, StatsWindow] = {}  # per stats interval
+        self.whole_run: dict[str, StatsWindow] = {}  # over the whole run (the summary)
+        self.web = WebView(cfg, self.cameras, self.views, clock, self.whole_run).listen() \
             if cfg.http.enabled else None
         self.changes = RemoteChanges(self.cameras, self.store, self._event,
                                      lambda camera, state: self.telemetry.publish_config_state(
@@ -78,8 +80,6 @@ class Service:
         self._fps: dict[str, float] = {}
         self._dropped: dict[str, int] = {}  # MQTT messages dropped, as last said
         self._presence: dict[str, dict] = {}
-        self.windows: dict[str, StatsWindow] = {}  # per stats interval
-        self.whole_run: dict[str, StatsWindow] = {}  # over the whole run (the summary)
         self._ended: dict[str, dict] = {}  # the last figures of cameras a reload stopped
         self._carried: dict[str, Carried] = {}  # their counts, for a camera started in place
         self.summary: dict = {}  # over the whole run, once it ended (`serve --stats-json`)

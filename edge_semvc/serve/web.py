@@ -21,6 +21,7 @@ needs HTTP basic auth with them (checked in constant time).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -41,7 +42,7 @@ from ..sinks.mse import END, LiveFeed
 from ..uris import hide_passwords, is_loopback
 from .camera import Camera
 from .config import ServeConfig
-from .stats import CpuMeter, StatsWindow
+from .stats import Carried, CpuMeter, StatsWindow
 
 log = logging.getLogger("edge_semvc")
 OVERLAY_HZ = 10.0  # overlay messages per second and reader at most
@@ -106,8 +107,11 @@ class WebView:
     updates the figures, `close()` stops it."""
 
     def __init__(self, cfg: ServeConfig, cameras: dict[str, Camera], views: dict[str, CameraView],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 whole_run: dict[str, StatsWindow] | None = None):
         self.cfg, self.cameras, self.views, self.clock = cfg, cameras, views, clock
+        # the service's whole-run windows: what a camera a reload restarted counted before
+        self.whole_run = whole_run if whole_run is not None else {}
         self.credentials = cfg.http.credentials()  # a missing variable refuses the start
         self.figures: dict[str, Figures] = {}
         self._windows: dict[str, StatsWindow] = {}
@@ -155,8 +159,12 @@ class WebView:
         self._windows = {n: w for n, w in self._windows.items() if n in self.cameras}
         for name, cam in self.cameras.items():
             window = self._windows.get(name)
-            if window is None or window.camera is not cam:  # added or restarted by a reload
-                window = self._windows[name] = StatsWindow(cam, self.clock)
+            if window is None or window.camera is not cam:  # added or restarted by a reload:
+                whole = self.whole_run.get(name)  # its counts go on (the /metrics counters)
+                carried = whole.carried if whole is not None and whole.camera is cam \
+                    else Carried()
+                window = self._windows[name] = StatsWindow(
+                    cam, self.clock, dataclasses.replace(carried, since=None))
             # the run's stage timings as values (RunStats.snapshot): the run goes on meanwhile
             latency = {"end_to_end": tuple(cam.latency_ms), **cam.stats.snapshot().timings}
             figures[name] = Figures(window.snapshot(percent), latency)
