@@ -312,3 +312,43 @@ def test_a_reloaded_key_that_a_stored_remote_change_overrides_is_said(tmp_path, 
     said = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
     assert len(said) == 1 and "qp.importance_gain" in said[0], said
     assert "offset_max" not in said[0] and str(tmp_path / ".state" / "a.yml") in said[0]
+
+
+def test_a_camera_a_reload_restarts_keeps_its_stream_outputs_viewers(tmp_path):
+    """A reload that restarts a camera (here: its queue_frames) started its stream outputs
+    anew: RTSP and SRT viewers were dropped, a UDP or RTP receiver that stayed got a new
+    MPEG-TS muxer (continuity counters from 0, the tables' version 0 again) or a new RTP
+    session. The camera started in its place takes them over as its own run after a hiccup:
+    here a UDP receiver's MPEG-TS goes on, every TS packet's continuity counter following on."""
+    from test_outputs import Datagrams
+
+    needs_clip()
+    with Datagrams() as rx:
+        camera = {"input": f"file://{CLIP}", "loop": True,
+                  "outputs": [f"udp://127.0.0.1:{rx.port}"]}
+        cfg = {"cameras": {"a": camera}, "record": {"dir": str(tmp_path)},
+               "labeler": {"cpu_budget": 0.05}}
+        path = tmp_path / "serve.yml"
+        path.write_text(yaml.safe_dump(cfg))
+        proc = start_service(path)
+        try:
+            wait_until(lambda: len(rx.got) > 100, timeout=120, what="the stream")
+            camera["queue_frames"] = 2  # restarts the camera
+            path.write_text(yaml.safe_dump(cfg))
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: "configuration reloaded" in service_log(path), what="the reload")
+            after = len(rx.got)
+            wait_until(lambda: len(rx.got) > after + 100, timeout=120, what="the stream after")
+        finally:
+            code = stop(proc)
+    assert code == 0, service_log(path)
+    assert "camera_restarted" in service_log(path)
+    ts = [d[i:i + 188] for d in rx.got for i in range(0, len(d), 188)]
+    counters: dict[int, int] = {}
+    for packet in ts:
+        pid, cc = ((packet[1] & 0x1F) << 8) | packet[2], packet[3] & 0x0F
+        if packet[3] & 0x10:  # carries a payload: the counter moves
+            if pid in counters:
+                assert cc == (counters[pid] + 1) % 16, (pid, counters[pid], cc)
+            counters[pid] = cc
+    assert {0, 0x100} <= set(counters)

@@ -98,6 +98,7 @@ class Camera:
         self.cfg = self.good = cfg  # in use / last kept (cfg differs while a change is on trial)
         self.output_uris = tuple(entry.outputs)  # stream outputs beside the recording
         self.streams: list[KeptOutput] = []  # theirs, open across runs once all could be made
+        self.hand_over = False  # at the end: the streams go to the camera a reload starts
         self.view = view  # the web page's: live feed and overlay (http.enabled)
         self.outputs: Outputs | None = None  # the current run's
         self.emit = lambda event, **fields: emit(name, event, fields)
@@ -196,10 +197,25 @@ class Camera:
     def _run(self) -> None:
         try:
             self._runs()
-        finally:  # the camera is done: its viewers are let go
-            for stream in self.streams:
-                stream.close_for_good()
-            self.streams = []
+        finally:  # the camera is done: its viewers are let go, or handed over (`take_streams`)
+            if not self.hand_over:
+                for stream in self.streams:
+                    stream.close_for_good()
+                self.streams = []
+
+    def take_streams(self, before: "Camera") -> None:
+        """The stream outputs of the camera this one replaces (a reload restarted it; `before`
+        has ended and was to hand them over): kept open, their viewers stay, when the outputs
+        are the same; else closed."""
+        if before.thread.is_alive():  # stuck past the reload's wait: it closes its own
+            before.hand_over = False
+            return
+        streams, before.streams = before.streams, []
+        if before.output_uris == self.output_uris and streams:
+            self.streams = streams
+            return
+        for stream in streams:
+            stream.close_for_good()
 
     def _runs(self) -> None:
         while not self.stop_event.is_set():

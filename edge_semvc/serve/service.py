@@ -289,8 +289,11 @@ class Service:
                     self.changes.submit_reload(name, doc)
                 continue
             if cam is not None:
+                cam.hand_over = True  # its viewers stay with the camera started in its place
                 self._stop(name)
             self.cameras[name] = self._camera(name, new)
+            if cam is not None:
+                self.cameras[name].take_streams(cam)
             self._start(name)
             self._event(name, "camera_restarted" if cam else "camera_added",
                         {"reason": reason} if cam else {})
