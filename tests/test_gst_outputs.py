@@ -188,11 +188,12 @@ def test_srt_with_a_passphrase_serves_only_callers_that_have_it(frames, monkeypa
 
 
 def _link_report(out, peers: int):
-    """The output's first link report on `peers` receivers (the child sends one a second)."""
+    """The output's first link report on `peers` receivers that counts packets (the child
+    sends one a second; one in which the receivers changed counts nothing)."""
     deadline = time.monotonic() + GUARD_S  # a hang guard only
     while time.monotonic() < deadline:
         report = out.link_report()
-        if report is not None and report.peers == peers:
+        if report is not None and report.peers == peers and report.sent:
             return report
         time.sleep(0.05)
     raise AssertionError(f"no link report on {peers} peers: {out.link_report()}")
