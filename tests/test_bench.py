@@ -164,7 +164,7 @@ def test_f1_figures_need_enough_reference_objects():
     """A car park with 11 cars in the judged frames: one detection moves F1 by about 0.05, so bits to
     an F1 target and the F1 gain are "too little data", in results and in the report."""
     from edge_semvc.bench.report import summary_markdown
-    from edge_semvc.bench.run import Analysis, f1_analytics
+    from edge_semvc.bench.summary import Analysis, f1_analytics
 
     def point(kbps, f1_base, f1_sem, objects):
         return {"rate_setting": kbps * 1000,
@@ -278,7 +278,7 @@ def test_ladders_in_bits_per_pixel_scale_with_the_clip():
 
 
 def test_a_saving_with_one_side_off_the_ladder_is_a_bound():
-    from edge_semvc.bench.run import saving_bound
+    from edge_semvc.bench.summary import saving_bound
 
     def need(kbps=None, note="", bound=None):
         return {"kbps": kbps, "note": note, "bound_kbps": bound}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import EdgeSemvcError
 from .metrics import roi_data_note
-from .run import METRICS, bd_rates
+from .summary import METRICS, bd_rates
 
 ENCODERS = ("baseline", "semantic")
 
