@@ -181,6 +181,7 @@ class RtspServerOutput(GstChildOutput):
         # caps: as it comes, its caps would wait for a packet (aacparse), so a client's media
         # could not be prepared before PLAY, and each join cost a second IDR
         self._raw = RawAac(self.carried)
+        self._told_unreadable = False
 
     def cannot_carry(self, track) -> str | None:
         if track.kind != "audio" or track.codec not in RTSP_AUDIO:
@@ -200,8 +201,11 @@ class RtspServerOutput(GstChildOutput):
             return
         try:
             raw = self._raw.filter(packet.track, av.Packet(packet.data))
-        except av.error.FFmpegError as e:  # this packet only
-            log.warning("%s: an AAC packet could not be read (%s); dropped", self.uri, e)
+        except av.error.FFmpegError as e:  # this packet only; said once, counted each time
+            if not self._told_unreadable:
+                self._told_unreadable = True
+                log.warning("%s: an AAC packet could not be read (%s); dropped (and any "
+                            "more such, counted in 'dropped')", self.uri, e)
             self._count_drop()
             return
         for pkt in raw:
