@@ -240,7 +240,7 @@ def _print_summary(s: dict, args, out=sys.stdout) -> None:
         f"{s['bytes']} bytes, {s['bitrate_kbps']:.1f} kbit/s, {s['fps']:.1f} fps"
         + (f", {s['input_dropped']} input frames dropped (--realtime: not taken in time)"
            if s.get("input_dropped") else ""))
-    say("   " + rate_control_line(s["config"]["encoder"]))
+    say("   " + rate_control_line(s["config"]["encoder"], s["encoder"].get("vbv_maxrate_kbps")))
     say("   stage ms (mean/p95): " + ", ".join(
         f"{k} {v['mean_ms']:.2f}/{v['p95_ms']:.2f}" for k, v in st.items()))
     roi, bg = s["mean_offset_roi"], s["mean_offset_background"]
@@ -256,8 +256,9 @@ def _print_summary(s: dict, args, out=sys.stdout) -> None:
             say(f"   {what.replace('_', ' ')}: {getattr(args, what)}")
 
 
-def rate_control_line(encoder: dict) -> str:
-    """What rate control ran, and why (encoder.rc auto follows what was given)."""
+def rate_control_line(encoder: dict, ran_kbps: int | None = None) -> str:
+    """What rate control ran, and why (encoder.rc auto follows what was given); `ran_kbps`: the
+    VBV rate the encoder read back (x264 and x265 take whole kbit/s), said where it differs."""
     from .encoders.config import EncoderConfig
 
     e = EncoderConfig(**{k: v for k, v in encoder.items() if k != "storage"})
@@ -268,7 +269,9 @@ def rate_control_line(encoder: dict) -> str:
     if rc == "crf":
         cap = f", capped at {kbps:g} kbit/s (VBV)" if e.bitrate else ""
         return f"rate control: crf {e.crf:g}{cap}{why}"
-    return f"rate control: {rc}, target {kbps:g} kbit/s{why}"
+    ran = (f" (the encoder runs {ran_kbps} kbit/s: whole kbit/s)"
+           if ran_kbps and rc == "cbr" and ran_kbps != kbps else "")
+    return f"rate control: {rc}, target {kbps:g} kbit/s{ran}{why}"
 
 
 def _any_config(path: str):

@@ -32,6 +32,13 @@ def test_a_bitrate_alone_is_the_target(tmp_path, clip):
         in summary
 
 
+def test_a_bitrate_x264_cannot_take_is_said_as_it_runs(tmp_path, clip):
+    """x264 takes whole kbit/s: 1499 bits/s runs at 1 kbit/s, and the summary says so."""
+    _, summary = encode(tmp_path, clip, "--bitrate", "1499", "--rc", "cbr")
+    assert "rate control: cbr, target 1.499 kbit/s (the encoder runs 1 kbit/s: whole kbit/s)" \
+        in summary
+
+
 def test_crf_alone_and_crf_capped_by_a_bitrate(tmp_path, clip):
     free, summary = encode(tmp_path, clip, "--crf", "20")
     assert free["encoder"]["rc"] == "crf" and "rate control: crf 20\n" in summary
