@@ -18,6 +18,19 @@ from edge_semvc.sinks.base import Outputs
 from edge_semvc.sinks.kept import KeptOutput
 
 
+def camera_runs(kept, now: list[float], runs, on_open=lambda stream, outputs: None):
+    """A camera's runs into `kept` on the injected clock `now`: each run's (stream, packets) a
+    frame (1/30 s) apart, `on_open(stream, outputs)` once its outputs are open, then the camera
+    away for 2 s."""
+    for stream, packets in runs:
+        with Outputs([kept]).open(stream) as outputs:
+            on_open(stream, outputs)
+            for p in packets:
+                outputs.write(p)
+                now[0] += 1 / 30
+        now[0] += 2.0
+
+
 def test_a_kept_output_follows_on_across_runs_and_opens_anew_for_a_new_stream():
     """serve keeps a camera's stream outputs across its runs (sinks/kept.py): each run's
     encoder starts its timestamps again, the receiver sees one stream whose times go on, after
@@ -92,12 +105,8 @@ def test_a_kept_output_given_a_new_stream_keeps_its_times_going_on():
     rx = Receiver(f"udp://127.0.0.1:{port}?overrun_nonfatal=1&fifo_size=500000", "mpegts")
     rx.start()
     wait_until(lambda: udp_bound(port), what="the UDP receiver's socket")
-    for stream in (info, dataclasses.replace(info, fps=Fraction(15))):
-        with Outputs([kept]).open(stream) as outputs:
-            for p in packets:
-                outputs.write(p)
-                now[0] += 1 / 30
-        now[0] += 2.0  # the camera was away
+    camera_runs(kept, now, [(info, packets), (dataclasses.replace(info, fps=Fraction(15)),
+                                               packets)])
     kept.close_for_good()
     rx.join(60)
     assert "reopened" not in kept.stats()
@@ -120,16 +129,14 @@ def test_an_rtp_receiver_that_stays_gets_the_stream_of_another_size_going_on(tmp
     rx = Receiver(str(sdp), "sdp", {"protocol_whitelist": "file,udp,rtp",
                                     "reorder_queue_size": "0"}, sizes=True)
     sdps = []
-    for stream, packets in ((big, big_packets), (small, small_packets)):
-        with Outputs([kept]).open(stream) as outputs:
-            sdps.append(sdp.read_text())
-            if stream is big:
-                rx.start()
-                wait_until(lambda: udp_bound(port), what="the RTP receiver's socket")
-            for p in packets:
-                outputs.write(p)
-                now[0] += 1 / 30
-        now[0] += 2.0  # the camera was away
+
+    def opened(stream, outputs):
+        sdps.append(sdp.read_text())
+        if stream is big:
+            rx.start()
+            wait_until(lambda: udp_bound(port), what="the RTP receiver's socket")
+
+    camera_runs(kept, now, [(big, big_packets), (small, small_packets)], opened)
     kept.close_for_good()
     rx.join(60)
     times = [pts for pts, _key, _corrupt in rx.frames]

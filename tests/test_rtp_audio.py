@@ -17,6 +17,7 @@ import av
 import pytest
 from gst_helpers import RECEIVER as GST_RECEIVER
 from gst_helpers import require
+from test_kept_outputs import camera_runs
 from test_outputs import Datagrams, Receiver, encoded, udp_bound
 from test_passthrough import PARK, _raw_aac, excerpt, packets, remux
 from test_passthrough_streams import AudioReceiver, assert_runs_of
@@ -26,7 +27,7 @@ from edge_semvc.config import load_config
 from edge_semvc.errors import SinkError
 from edge_semvc.pipeline import run_encode
 from edge_semvc.sinks import open_output
-from edge_semvc.sinks.base import Outputs, StreamInfo
+from edge_semvc.sinks.base import StreamInfo
 from edge_semvc.sinks.gstreamer import gst_python
 from edge_semvc.sinks.kept import KeptOutput
 from edge_semvc.sinks.rtp import sdp_text
@@ -224,17 +225,15 @@ def test_a_camera_back_with_audio_keeps_the_rtp_video_session_going(tmp_path):
     with Datagrams(audio_port) as audio_rx:
         rx = Receiver(str(sdp), "sdp", {"protocol_whitelist": "file,udp,rtp",
                                         "reorder_queue_size": "0"})
-        for run in (info, dataclasses.replace(info, tracks=(aac,))):
-            with Outputs([kept]).open(run) as outputs:
-                if not run.tracks:  # the receiver reads the first SDP: the video alone
-                    rx.start()
-                    wait_until(lambda: udp_bound(port), what="the RTP receiver's socket")
-                else:
-                    outputs.add_track_packets(audio)
-                for p in video:
-                    outputs.write(p)
-                    now[0] += 1 / 30
-            now[0] += 2.0  # the camera was away
+        def opened(run, outputs):
+            if not run.tracks:  # the receiver reads the first SDP: the video alone
+                rx.start()
+                wait_until(lambda: udp_bound(port), what="the RTP receiver's socket")
+            else:
+                outputs.add_track_packets(audio)
+
+        camera_runs(kept, now, [(info, video), (dataclasses.replace(info, tracks=(aac,)),
+                                                video)], opened)
         kept.close_for_good()
         rx.join(60)
     times = [pts for pts, _key, _corrupt in rx.frames]
