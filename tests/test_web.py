@@ -47,6 +47,16 @@ def get(url: str, auth: str | None = AUTH, timeout: float = 10.0) -> tuple[int, 
         return 0, b""
 
 
+def slots_free(server) -> int:
+    """How many of the web server's connection slots are free now."""
+    taken = 0
+    while server._slots.acquire(blocking=False):
+        taken += 1
+    for _ in range(taken):
+        server._slots.release()
+    return taken
+
+
 def read_for(url: str, seconds: float, auth: str | None = AUTH) -> bytes:
     """What a streaming response sends in `seconds`."""
     request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
@@ -477,6 +487,8 @@ def test_connections_beyond_the_cap_are_answered_busy_and_the_slots_come_back(mo
             s.close()
         wait_until(lambda: get(url, auth=None)[0] == 200, timeout=30,
                    what="the slots free again")
+        # the answered request's thread gives its slot back just after the answer is read
+        wait_until(lambda: slots_free(view.server) == 3, timeout=30, what="every slot free")
         monkeypatch.setattr(web, "REQUEST_S", 0.5)
         slow = [socket.create_connection(("127.0.0.1", view.port)) for _ in range(3)]
         for s in slow:
