@@ -348,18 +348,15 @@ def cmd_models(args) -> int:
 def cmd_config(args) -> int:
     import json
 
-    from .config import Config
-    from .config_model import schema_of
-    from .serve.config import ServeConfig, reference
+    from .config import Config, json_schema
+    from .serve import config as serve_config
 
     if args.reference:
-        print(reference(), end="")
+        print(serve_config.reference(), end="")
     elif args.schema:
-        print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema",
-                          "title": "edge_semvc", **schema_of(ServeConfig if args.serve
-                                                             else Config)}, indent=2))
+        print(json.dumps(serve_config.json_schema() if args.serve else json_schema(), indent=2))
     else:
-        print((ServeConfig() if args.serve else Config()).to_yaml(), end="")
+        print((serve_config.ServeConfig() if args.serve else Config()).to_yaml(), end="")
     return 0
 
 

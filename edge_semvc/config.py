@@ -8,7 +8,6 @@ keys and bad values raise ConfigError naming the key, the value and what is allo
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from .qp.config import QpConfig
 from .sinks.config import StreamsConfig
 
 __all__ = ["AnalysisConfig", "Config", "ConfigError", "EncoderConfig", "LabelerConfig",
-           "QpConfig", "dump_schema", "json_schema", "load_config"]
+           "QpConfig", "json_schema", "load_config"]
 
 
 @dataclass
@@ -113,11 +112,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     return cfg.validate()
 
 
-def json_schema() -> dict[str, Any]:
-    """A JSON schema of the configuration, for editors (`edge-semvc config --schema`)."""
+def json_schema(cls: type = Config) -> dict[str, Any]:
+    """A JSON schema of the configuration (or of another file built on it: `serve`'s), for
+    editors (`edge-semvc config --schema`)."""
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "edge_semvc",
-            **schema_of(Config)}
-
-
-def dump_schema() -> str:
-    return json.dumps(json_schema(), indent=2)
+            **schema_of(cls)}

@@ -222,9 +222,10 @@ ConfigDumper.yaml_implicit_resolvers = ConfigLoader.yaml_implicit_resolvers
 
 
 def schema_of(cls: type) -> dict[str, Any]:
-    """JSON schema of a config dataclass (nested dataclasses become nested objects)."""
+    """JSON schema of a config dataclass (nested dataclasses become nested objects), each key
+    described by its comment in the source (as in the reference, `reference_rows`)."""
     props: dict[str, Any] = {}
-    defaults = cls()
+    defaults, comments = cls(), field_comments(cls)
     for f in dataclasses.fields(cls):
         hint = get_type_hints(cls)[f.name]
         default = getattr(defaults, f.name)
@@ -241,6 +242,8 @@ def schema_of(cls: type) -> dict[str, Any]:
             props[f.name] = {"type": "object", "default": default}
         else:
             props[f.name] = {"type": kind, "default": default}
+        if comments.get(f.name):
+            props[f.name]["description"] = comments[f.name]
     return {"type": "object", "properties": props, "additionalProperties": False}
 
 

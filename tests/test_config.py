@@ -97,6 +97,37 @@ def test_schema_lists_every_section():
     json.dumps(schema)
 
 
+def test_the_serve_schema_describes_every_key_and_each_camera():
+    """An editor shows each key's meaning (the reference's words) and checks a camera entry:
+    a URI, or a mapping of the camera's own keys, under a name a camera may have."""
+    from edge_semvc.serve.config import json_schema as serve_schema
+    from edge_semvc.serve.config import reference
+
+    schema = serve_schema()
+    described = {}
+
+    def walk(node, prefix):
+        for key, sub in node["properties"].items():
+            if "properties" in sub:
+                walk(sub, f"{prefix}{key}.")
+            elif sub.get("description"):
+                described[prefix + key] = sub["description"]
+
+    walk(schema, "")
+    rows = [line.split(" | ") for line in reference().splitlines() if line.startswith("| `")]
+    keys = {row[0].strip("| `"): row[2].rstrip(" |") for row in rows}
+    assert described["encoder.bitrate"] and described["mqtt.password_env"]
+    missing = [k for k in keys if "<name>" not in k and keys[k] and k not in described]
+    assert not missing
+    cameras = schema["properties"]["cameras"]
+    entry = cameras["additionalProperties"]["anyOf"]
+    assert entry[0] == {"type": "string"}
+    assert {"input", "outputs", "profile", "record"} <= set(entry[1]["properties"])
+    assert entry[1]["properties"]["outputs"]["description"].startswith("stream outputs")
+    assert re.fullmatch(cameras["propertyNames"]["pattern"], "front_door")
+    assert not re.fullmatch(cameras["propertyNames"]["pattern"], "a/b")
+
+
 def test_the_configuration_reference_is_current():
     """docs/configuration.md is generated from the dataclasses: regenerate it with
     `edge-semvc config --reference > docs/configuration.md` after changing a default."""

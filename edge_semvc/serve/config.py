@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..config import Config
-from ..config_model import check, merge, reference_rows
+from ..config_model import check, merge, reference_rows, schema_of
 from ..encoders.config import PROFILES
 from ..errors import ConfigError
 from ..sinks.config import RecordConfig
@@ -274,6 +274,19 @@ class ServeConfig(Config):
 
     def state_folder(self) -> str:
         return self.state_dir or os.path.join(self.record.dir, ".state")
+
+
+def json_schema() -> dict[str, Any]:
+    """`serve`'s file as a JSON schema: the pipeline's sections and the service's, each camera
+    a URI or a mapping of `CameraConfig`'s keys."""
+    from ..config import json_schema as schema
+
+    out = schema(ServeConfig)
+    cameras = out["properties"]["cameras"]
+    cameras["additionalProperties"] = {"anyOf": [{"type": "string"}, schema_of(CameraConfig)]}
+    cameras["propertyNames"] = {"pattern": f"^{CAMERA_NAME.pattern}$"}
+    cameras["minProperties"] = 1
+    return out
 
 
 def reference() -> str:
