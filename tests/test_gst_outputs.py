@@ -187,6 +187,34 @@ def test_srt_with_a_passphrase_serves_only_callers_that_have_it(frames, monkeypa
     good_start(listener.decoded)
 
 
+def test_a_server_open_to_the_network_without_credentials_is_warned_of_at_open(
+        frames, monkeypatch, caplog):
+    """An RTSP server or SRT listener on a network address that asks nothing of its clients
+    is said once at open (as serve says of its web page); on loopback, or with credentials or
+    a passphrase, nothing is said."""
+    require("rtsp")
+    require("srt")
+    monkeypatch.setenv("EDGE_SEMVC_TEST_USER", "viewer")
+    monkeypatch.setenv("EDGE_SEMVC_TEST_PW", "S3cret-passphrase")
+    tcp = [free_port() for _ in range(3)]
+    udp = [free_port(socket.SOCK_DGRAM) for _ in range(3)]
+    open_to_anyone = [f"rtsp://@:{tcp[0]}/cam", f"srt://@:{udp[0]}?mode=listener"]
+    guarded = [f"rtsp://127.0.0.1:{tcp[1]}/cam",
+               f"rtsp://@:{tcp[2]}/cam?user_env=EDGE_SEMVC_TEST_USER"
+               "&password_env=EDGE_SEMVC_TEST_PW",
+               f"srt://127.0.0.1:{udp[1]}?mode=listener",
+               f"srt://@:{udp[2]}?mode=listener&passphrase_env=EDGE_SEMVC_TEST_PW"]
+    outputs = [open_output(uri) for uri in open_to_anyone + guarded]
+    with caplog.at_level("WARNING"), LiveEncoder(frames, Outputs(outputs)) as live:
+        live.wait_frames(2)
+    warned = [r.getMessage() for r in caplog.records if "anyone who reaches" in r.getMessage()]
+    assert sorted(warned) == sorted([
+        f"rtsp://@:{tcp[0]}/cam: no credentials (?user_env=NAME&password_env=NAME): anyone "
+        f"who reaches port {tcp[0]} watches the stream",
+        f"srt://@:{udp[0]}?mode=listener: no passphrase (?passphrase_env=NAME): anyone who "
+        f"reaches port {udp[0]} takes the stream, unencrypted"])
+
+
 def _link_report(out, peers: int):
     """The output's first link report on `peers` receivers that counts packets (the child
     sends one a second; one in which the receivers changed counts nothing)."""

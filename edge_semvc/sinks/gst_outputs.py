@@ -11,6 +11,7 @@ import socket
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import SinkError
+from ..uris import is_loopback
 from .base import EventCallback
 from .gst_child import RTSP_AUDIO
 from .gstreamer import GstChildOutput, check_gstreamer, check_port_free, ns
@@ -125,6 +126,12 @@ class SrtOutput(GstChildOutput):
     def _up_when_ready(self) -> bool:
         return self.mode == "listener"
 
+    def _open_to_anyone(self) -> str | None:
+        if self.mode == "listener" and not self.passphrase_env and not is_loopback(self.host):
+            return (f"no passphrase (?passphrase_env=NAME): anyone who reaches port "
+                    f"{self.port} takes the stream, unencrypted")
+        return None
+
     def _receivers(self) -> int:
         if self.mode == "caller":  # its one peer
             return int(self.state == "open")
@@ -182,6 +189,12 @@ class RtspServerOutput(GstChildOutput):
         # could not be prepared before PLAY, and each join cost a second IDR
         self._raw = RawAac(self.carried)
         self._told_unreadable = False
+
+    def _open_to_anyone(self) -> str | None:
+        if not self.user_env and not is_loopback(self.host):
+            return (f"no credentials (?user_env=NAME&password_env=NAME): anyone who reaches "
+                    f"port {self.port} watches the stream")
+        return None
 
     def cannot_carry(self, track) -> str | None:
         if track.kind != "audio" or track.codec not in RTSP_AUDIO:

@@ -135,6 +135,11 @@ class GstChildOutput(Output):
     def _prepare(self) -> None:
         """Once open gave `info` and `carried`, before the child starts."""
 
+    def _open_to_anyone(self) -> str | None:
+        """Why anyone on the network may take the stream (a server or listener on a network
+        address without credentials), said once at open; None when not."""
+        return None
+
     # -- Output
 
     def open(self, info: StreamInfo) -> None:
@@ -144,6 +149,9 @@ class GstChildOutput(Output):
         # as much time as with the video alone
         self._queue = queue.Queue(QUEUE_PACKETS * (1 + 2 * len(self.carried)))
         self._prepare()
+        exposed = self._open_to_anyone()
+        if exposed:
+            log.warning("%s: %s", self.uri, exposed)
         self.state = "starting"
         self._threads = [threading.Thread(target=target, name=f"{self.kind} {what}", daemon=True)
                          for target, what in ((self._supervise, "child"),
