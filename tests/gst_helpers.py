@@ -296,3 +296,72 @@ def encoder_cadence(decoded: Decoded) -> None:
     steps = [b - a for a, b in zip(pts, pts[1:])]
     off = [d for d in steps if abs(d - TICKS) > TICKS // 30]  # over 1 ms
     assert len(steps) >= 30 and len(off) <= len(steps) // 10, steps
+
+
+class ScriptedRtspClient:
+    """An RTSP client over TCP as a VMS scripts one: OPTIONS, DESCRIBE and SETUP of every
+    stream (interleaved), then PLAY when the test says (`play`); `read` the RTP packets that
+    follow as (stream, seq, rtptime, marker, payload), streams numbered as the SDP has them."""
+
+    def __init__(self, url: str):
+        import re
+
+        host, port = re.match(r"rtsp://([^:/]+):(\d+)", url).groups()
+        self.url, self.sock = url, socket.create_connection((host, int(port)), timeout=GUARD_S)
+        self.buf, self.cseq, self.session = b"", 0, None
+        self.request("OPTIONS")
+        _, self.sdp = self.request("DESCRIBE", "Accept: application/sdp\r\n")
+        controls = [c for c in re.findall(r"a=control:(\S+)", self.sdp) if "stream=" in c]
+        for n, control in enumerate(controls):
+            session = f"Session: {self.session}\r\n" if self.session else ""
+            head, _ = self.request("SETUP", f"Transport: RTP/AVP/TCP;unicast;interleaved="
+                                   f"{2 * n}-{2 * n + 1}\r\n{session}",
+                                   control if "://" in control else f"{url}/{control}")
+            self.session = self.session or re.search(r"Session: ([^;\r\n]+)", head).group(1)
+        self.rtp_info: list[dict] = []  # per stream: seq and rtptime, from PLAY's RTP-Info
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(1 << 16)
+            assert chunk, "the server closed the connection"
+            self.buf += chunk
+
+    def request(self, method: str, headers: str = "", uri: str = "") -> tuple[str, str]:
+        import re
+
+        self.cseq += 1
+        self.sock.sendall(f"{method} {uri or self.url} RTSP/1.0\r\nCSeq: {self.cseq}\r\n"
+                          f"{headers}\r\n".encode())
+        while b"\r\n\r\n" not in self.buf:
+            self._fill(len(self.buf) + 1)
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        text = head.decode()
+        assert " 200 " in text.splitlines()[0], text
+        length = re.search(r"Content-Length: (\d+)", text, re.I)
+        n = int(length.group(1)) if length else 0
+        self._fill(n)
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return text, body.decode()
+
+    def play(self) -> None:
+        import re
+
+        head, _ = self.request("PLAY", f"Session: {self.session}\r\nRange: npt=0-\r\n")
+        info = re.search(r"RTP-Info: (.*)", head).group(1)
+        self.rtp_info = [{k: int(v) for k, v in re.findall(r"(seq|rtptime)=(\d+)", s)}
+                         for s in info.split(",")]
+
+    def read(self) -> tuple[int, int, int, bool, bytes]:
+        """The next RTP packet (RTCP left out)."""
+        while True:
+            self._fill(4)
+            assert self.buf[0] == 0x24, self.buf[:16]
+            channel, n = self.buf[1], int.from_bytes(self.buf[2:4], "big")
+            self._fill(4 + n)
+            packet, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+            if channel % 2 == 0:
+                return (channel // 2, int.from_bytes(packet[2:4], "big"),
+                        int.from_bytes(packet[4:8], "big"), bool(packet[1] & 0x80), packet[12:])
+
+    def close(self) -> None:
+        self.sock.close()

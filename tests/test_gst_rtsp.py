@@ -15,11 +15,13 @@ import av
 import pytest
 from gst_helpers import (
     GUARD_S,
+    TICKS,
     Decoded,
     Events,
     GstReceiver,
     LiveEncoder,
     RawReceiver,
+    ScriptedRtspClient,
     each_frame_at_once,
     encoder_cadence,
     free_port,
@@ -241,6 +243,29 @@ def test_an_rtsp_join_costs_one_idr_and_starts_at_it(frames, tmp_path, tune, aud
                     break
         assert len([i for i in live.idrs if i >= joined_at]) == 1, live.idrs
     assert keys[0] and not any(keys[1:]), keys
+
+
+def test_a_client_that_plays_long_after_setup_gets_its_first_picture_at_its_start(frames):
+    """A VMS that probes (DESCRIBE, SETUP), then plays two seconds later: the first picture's
+    RTP time is the start RTP-Info gives (its media was prepared on parameter sets stamped at
+    DESCRIBE), not two seconds after it, which a player buffering to the RTP clock holds as a
+    frozen start (the media's running time went on between SETUP and PLAY)."""
+    require("rtsp")
+    port = free_port()
+    server = open_output(f"rtsp://@:{port}/cam")
+    with LiveEncoder(frames, Outputs([server])) as live:
+        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
+        try:
+            live.wait_frames(60)  # two seconds of the camera between SETUP and PLAY
+            client.play()
+            while True:
+                _, _, rtptime, _, payload = client.read()
+                if payload[0] & 0x1F in (5, 28):  # the IDR (whole or in fragments)
+                    break
+        finally:
+            client.close()
+    late = (rtptime - client.rtp_info[0]["rtptime"]) % (1 << 32)
+    assert late < 15 * TICKS, late  # the frames from PLAY to the IDR, not the 60 before
 
 
 def adts_audio(tmp_path):

@@ -31,6 +31,10 @@ class RtspServer:
                                       for i, t in enumerate(config.get("tracks", [])))))
         factory.set_shared(False)
         factory.set_latency(0)
+        # PAUSED from DESCRIBE to PLAY, where its running time stands still: the first
+        # picture's time then follows the parameter sets prepared at 0 (not the seconds a
+        # client that probes before it plays waited; the stamps follow the running time)
+        factory.set_suspend_mode(GstRtspServer.RTSPSuspendMode.PAUSE)
         factory.connect("media-configure", self.on_media_configure)
         if config.get("user_env"):
             self.require_credentials(GstRtspServer, factory, config)
