@@ -268,6 +268,44 @@ def test_a_client_that_plays_long_after_setup_gets_its_first_picture_at_its_star
     assert late < 15 * TICKS, late  # the frames from PLAY to the IDR, not the 60 before
 
 
+def test_the_frames_an_encoder_held_reach_a_staying_client_at_their_own_times(frames):
+    """The input ends or is lost (`serve`'s camera: a run ends, the output kept open): the
+    encoder hands out at once the frames its lookahead and B-frames held, a second of them.
+    A client that stays gets them one frame apart, as they were encoded (they went out within
+    a millisecond of each other, some at the same time: each re-anchored the stamps at the
+    moment it came, sooner than any before)."""
+    require("rtsp")
+    port = free_port()
+    server = open_output(f"rtsp://@:{port}/cam")
+    live = LiveEncoder(frames, Outputs([server]), tune=None).__enter__()
+    try:
+        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
+        client.play()
+        stamps, idr = [], None
+        while len(stamps) < 30:  # the stream from the IDR asked for at PLAY, 30 frames
+            _, _, rtptime, marker, payload = client.read()
+            idr = idr or payload[0] & 0x1F in (5, 28) or None
+            if idr and marker:
+                stamps.append(rtptime)
+        live._stop.set()  # the input ends: what the encoder held comes out at once
+        live._thread.join(GUARD_S)
+        start = live.idrs[-1]
+        held = live.encoder.flush()
+        live.outputs.write(held)
+        assert len(held) >= 10
+        while len(stamps) < live.count - start:
+            _, _, rtptime, marker, _ = client.read()
+            if marker:
+                stamps.append(rtptime)
+        client.close()
+    finally:
+        live.paced = False
+        live.__exit__(None, None, None)
+    times = sorted((t - stamps[0]) % (1 << 32) for t in stamps)  # presentation order
+    steps = [b - a for a, b in zip(times, times[1:])]
+    assert min(steps) >= TICKS // 4, steps  # not bunched (they were 4 ticks apart)
+
+
 def adts_audio(tmp_path):
     """The car park's AAC as an MPEG-TS input gives it (ADTS, no configuration): its Track and
     packets."""

@@ -21,8 +21,10 @@ ever written: the RTSP credentials are read from the environment variables the c
 Latency and timestamps: each packet goes out as soon as it arrives. Its timestamps are the
 encoder's, moved onto the pipeline's running time (`Target.running_times`) so that RTP
 timestamps keep the camera's cadence whatever the jitter between the encoder and this
-process, yet are never ahead of the clock, which the RTSP server's sinks sync to (MPEG-TS
-carries the encoder's own). Nothing holds a packet for the next one either: h264parse takes
+process, yet are not ahead of the clock, which the RTSP server's sinks sync to, but in a
+burst (the frames an encoder held, handed out at once as its input ends or is lost): those
+keep the encoder's spacing, and the sinks send them at their times (MPEG-TS carries the
+encoder's own). Nothing holds a packet for the next one either: h264parse takes
 whole access units, and each packet's MPEG-TS reaches srtsink as one buffer. At most
 `MAX_QUEUED` bytes wait in a stream's queues: more means the network does not keep up, so
 packets are dropped and that stream resumes at the next key frame (one is asked for, once per
@@ -38,6 +40,7 @@ KEYFRAME = 1
 STREAM_SHIFT = 1  # flags >> this: the packet's stream (0 the video, 1... the carried tracks)
 MAX_QUEUED = 1 << 20  # bytes waiting in a stream's queues before packets are dropped
 MAX_LAG_NS = 1_000_000_000  # a packet stamped this far behind the clock re-anchors the stamps
+MAX_AHEAD_NS = 4_000_000_000  # a burst's packets are stamped ahead of the clock up to this
 STATS_INTERVAL_MS = 1000
 
 CAPS = {"h264": "video/x-h264,stream-format=byte-stream,alignment=au",
@@ -134,19 +137,30 @@ class Target:
         self.start_ns = None  # the encoder's time of the key frame it (re)started at
         self.offset = None  # running time - the encoder's time (ns)
         self.last_dts = -1  # the last running time given
+        self.last_dts_ns = self.last_now = None  # the encoder's time and the arrival of the
+        # last packet
 
     def running_times(self, now, pts_ns, dts_ns):
         """(pts, dts) on the running time: the encoder's timestamps plus the smallest delay
         seen so far from a packet's time to its arrival here, so the camera's cadence survives
-        the jitter on the way, and no time is ever ahead of the clock (the RTSP server's sinks
-        would hold a packet until its time). Re-anchored at `now` when a packet comes sooner
-        than any before, or more than MAX_LAG_NS late (a stall, a camera clock slower than
-        this one); never going back."""
+        the jitter on the way. Re-anchored at `now` when a packet comes sooner than any before
+        (no time is ahead of the clock: the RTSP server's sinks would hold the packet until
+        it) or more than MAX_LAG_NS late (a stall, a camera clock slower than this one); never
+        going back. But a burst, a packet that came within half its step from the one before,
+        keeps the encoder's spacing, ahead of the clock (up to MAX_AHEAD_NS), and the sinks
+        send it at its time: the frames an encoder held, handed out at once as its input ends
+        or is lost, went out at one time, re-anchored at each, some with the same presentation
+        time. Before the clock runs (`now` 0) everything stays at the start."""
         dts = None if self.offset is None else dts_ns + self.offset
-        if dts is None or dts > now or dts < now - MAX_LAG_NS:
+        if dts is None or dts < now - MAX_LAG_NS:
             dts = now
+        elif dts > now:
+            step = dts_ns - self.last_dts_ns
+            burst = now and 0 < step <= MAX_LAG_NS and now - self.last_now < step // 2
+            dts = dts if burst and dts - now <= MAX_AHEAD_NS else now
         dts = max(dts, self.last_dts + 1)
         self.offset, self.last_dts = dts - dts_ns, dts
+        self.last_dts_ns, self.last_now = dts_ns, now
         return pts_ns + self.offset, dts
 
     def track_time(self, track, pts_ns):
