@@ -202,6 +202,29 @@ class StoragePolicy:
         }
 
 
+def merge_stats(before: dict | None, run: dict | None, offset: int = 0) -> dict | None:
+    """Two runs' `StoragePolicy.stats` as one, `run` after `before` (a camera lost and back,
+    or restarted by a reload): the counts added, the GOPs of both, the last IDR_LOG IDRs, those
+    of `run` at their frame counted from `offset` (the frames before it)."""
+    if run is not None and offset:
+        run = {**run, "idrs": [{**i, "frame": i["frame"] + offset} for i in run["idrs"]]}
+    if before is None or run is None:
+        return run if before is None else before
+    gops = [g for g in (before["gop_s"], run["gop_s"]) if g]
+    count = sum(g["count"] for g in gops)
+    gop = {"min": min(g["min"] for g in gops),
+           "mean": round(sum(g["mean"] * g["count"] for g in gops) / count, 3),
+           "max": max(g["max"] for g in gops), "count": count} if gops else None
+    return {
+        "frames_encoded": before["frames_encoded"] + run["frames_encoded"],
+        "frames_skipped": before["frames_skipped"] + run["frames_skipped"],
+        "idr_reasons": dict(Counter(before["idr_reasons"]) + Counter(run["idr_reasons"])),
+        "gop_s": gop,
+        "longest_seek_s": gop["max"] if gop else None,
+        "idrs": (before["idrs"] + run["idrs"])[-IDR_LOG:],
+    }
+
+
 def _with_gop(gops: list, seconds: float) -> list:
     """[count, sum, min, max] of GOP lengths with one more."""
     count, total, shortest, longest = gops

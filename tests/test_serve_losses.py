@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_serve_faults import WAIT, Clock, Feed, camera, stopped
+from test_serve_faults import WAIT, Clock, Feed, camera, pipeline_config, stopped
 from test_telemetry import wait_until
 
 
@@ -79,10 +79,10 @@ def test_the_bit_rate_over_a_window_that_spans_runs_counts_every_runs_bytes(tmp_
 
 
 
-def _two_runs(tmp_path, start, window):
+def _two_runs(tmp_path, start, window, cfg=None):
     """A camera lost once and back, to its end; `window(cam)` its stats window, made first."""
     clock = Clock()
-    cam, _ = camera(tmp_path, "rtsp://camera.invalid/stream",
+    cam, _ = camera(tmp_path, "rtsp://camera.invalid/stream", cfg=cfg,
                     open_input=lambda uri: ShortFeed(start=start), clock=clock, sleep=clock.sleep)
     made = window(cam)
     cam.start()
@@ -140,3 +140,42 @@ def test_the_web_figures_of_a_camera_a_reload_restarts_count_on(tmp_path):
     metrics = view.metrics().decode()
     assert (f'edge_semvc_frames_total{{camera="front"}} '
             f'{float(first.frames_total + second.frames_total)}') in metrics
+
+
+def test_the_storage_counters_count_on_over_losses_and_reload_restarts(tmp_path):
+    """The storage profile's decisions (frames left out, IDRs by reason, GOPs) were the current
+    run's: a camera lost and back, or restarted by a reload, started them from 0 while the
+    frames counted on, and Prometheus' `edge_semvc_storage_idrs_total` went back (a reset to
+    it). They count over every run as `frames` does, in the stats, the summary and /metrics."""
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import HttpConfig, RecordConfig, ServeConfig
+    from edge_semvc.serve.stats import StatsWindow
+
+    (tmp_path / "rec").mkdir()
+    storage = pipeline_config()
+    storage.encoder.profile = "storage"
+    storage = storage.validate()
+    first, old = _two_runs(tmp_path, 10_000, lambda cam: StatsWindow(cam, lambda: 0.0), storage)
+    lost = old.snapshot()["storage"]
+    assert lost["idr_reasons"]["start"] == first.runs >= 2  # each run starts with one
+    assert lost["frames_encoded"] + lost["frames_skipped"] == first.frames_total
+    second, whole = _two_runs(tmp_path, 20_000,  # a reload's camera, in the first's place
+                              lambda cam: StatsWindow(cam, lambda: 0.0, old.totals()), storage)
+    runs = first.runs + second.runs
+    summary = whole.snapshot()["storage"]
+    assert summary["idr_reasons"]["start"] == runs
+    assert summary["frames_encoded"] + summary["frames_skipped"] == \
+        first.frames_total + second.frames_total
+    assert summary["gop_s"]["count"] == sum(summary["idr_reasons"].values())
+    # each run's first IDR at its frame counted over every run, as `frames` is
+    idrs = whole.totals().storage["idrs"]  # all of them (a stats message has the last 10)
+    starts = [i["frame"] for i in idrs if i["reason"] == "start"]
+    assert len(starts) == runs and starts[0] == 0, idrs
+    assert starts == sorted(set(starts)) and starts[first.runs] == first.frames_total, starts
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    view = web.WebView(cfg, {"front": second}, {}, lambda: 0.0, {"front": whole})
+    view.refresh()
+    metrics = view.metrics().decode()
+    assert f'edge_semvc_storage_idrs_total{{camera="front",reason="start"}} {float(runs)}' \
+        in metrics, metrics

@@ -41,6 +41,7 @@ from ..sinks.mse import MseOutput
 from ..sinks.segments import SegmentOutput
 from ..sources import LIVE_SCHEMES, open_source
 from ..sources.paced import PacedSource, Pacing
+from ..storage import merge_stats
 from .config import CameraConfig
 from .remote import dotted_keys, one_line
 
@@ -117,6 +118,8 @@ class Camera:
         self.last_seen: tuple[Any, Any] | None = None  # the last (Frame, LabelMap) encoded
         self.runs = 0
         self._bytes_before = 0  # what the runs before this one encoded (encoded_bytes)
+        self._storage_before: dict | None = None  # their storage decisions (storage_stats)
+        self._run_start = 0  # frames_total as this run began
         self.state = "starting"  # starting | running | lost | failed | ended | stopped
         self.error: str | None = None  # why it is lost or failed (None once frames flow)
         self._failing: str | None = None  # the failure event reported since frames last flowed
@@ -180,6 +183,22 @@ class Camera:
         spans runs (a camera lost and back, the whole run's summary)."""
         with self._lock:
             return self._bytes_before + self.stats.bytes
+
+    def storage_stats(self) -> dict | None:
+        """The storage profile's decisions over every run (storage.merge_stats), each IDR's
+        frame counted over them as `frames_total`; None without the storage profile."""
+        with self._lock:
+            for _ in range(2):  # the run goes on meanwhile
+                try:
+                    return self._storage_so_far()
+                except RuntimeError:  # its IDR log or reasons changed size while copied
+                    continue
+            return self._storage_so_far()
+
+    def _storage_so_far(self) -> dict | None:
+        policy = self.stats.storage
+        return merge_stats(self._storage_before, policy.stats() if policy else None,
+                           self._run_start)
 
     def dropped(self) -> int:
         with self._lock:  # the run's drops counted once, as the run ends too
@@ -257,8 +276,10 @@ class Camera:
     def _record(self, paced: PacedSource) -> tuple[str, str] | None:
         """One run of the pipeline on `paced`; (what failed, why), or None at its end."""
         self.runs += 1
-        with self._lock:  # each run's bytes counted once, whenever they are read
+        with self._lock:  # each run's counts counted once, whenever they are read
             self._bytes_before += self.stats.bytes
+            self._storage_before = self._storage_so_far()
+            self._run_start = self.frames_total
             stats = self.stats = RunStats()
         try:  # a port another camera holds: a sink error, retried like any other
             self._keep_streams()

@@ -1,12 +1,11 @@
 """`/metrics`: every camera's figures in Prometheus' text format, through prometheus_client.
 
 Made at each scrape from the latest `web.Figures` values (no metric object lives in a frame
-loop). Counters are the service's own totals: frames, drops and reconnects since the service
-started (over a reload that restarted the camera too: `stats.Carried`); the storage profile's
-decisions since the camera's run began (they start again at 0 when the camera is lost and
-back, which Prometheus' rate() reads as a reset); the latency histograms are gauge histograms
-over the last frames (the window `/api/stats` reports p50/p95 of: serve/camera.py
-TIMING_WINDOW), not cumulative counts.
+loop). Counters are the service's own totals since it started: frames, drops, reconnects and
+the storage profile's decisions, over a camera lost and back and over a reload that restarted
+it (`stats.Carried`): they never go back; the latency histograms are gauge histograms over
+the last frames (the window `/api/stats` reports p50/p95 of: serve/camera.py TIMING_WINDOW),
+not cumulative counts.
 """
 from __future__ import annotations
 

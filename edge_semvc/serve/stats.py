@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..storage import merge_stats
 from .camera import Camera
 
 THERMAL = Path("/sys/class/thermal")
@@ -25,6 +26,7 @@ class Carried:
     encoded_bytes: int = 0
     dropped: int = 0
     reconnects: int = 0
+    storage: dict | None = None  # the storage profile's decisions (storage.merge_stats)
     since: float | None = None  # the whole run's start (None: a window that starts now)
 
 
@@ -46,11 +48,16 @@ class StatsWindow:
     def _bytes(self) -> int:
         return self.carried.encoded_bytes + self.camera.encoded_bytes()
 
+    def _storage(self) -> dict | None:  # its IDRs' frames counted as `frames`
+        return merge_stats(self.carried.storage, self.camera.storage_stats(),
+                           self.carried.frames)
+
     def totals(self) -> Carried:
         """The counts so far, for the window of the camera that a reload starts in its place."""
         cam = self.camera
         return Carried(self._frames(), self._bytes(), self.carried.dropped + cam.dropped(),
-                       self.carried.reconnects + max(cam.runs - 1, 0), self._since)
+                       self.carried.reconnects + max(cam.runs - 1, 0), self._storage(),
+                       self._since)
 
     def snapshot(self, cpu_percent: float | None = None) -> dict:
         cam = self.camera
@@ -85,7 +92,7 @@ class StatsWindow:
                                     default=None),
             "frames_with_map": stats.frames_mapped,  # in this run (qp.enabled false: none)
             "label_budget": stats.label_budget,
-            "storage": _storage(stats.storage),
+            "storage": _storage(self._storage()),
             "follow_link": stats.follow_link,
             "reconnects": self.carried.reconnects + max(cam.runs - 1, 0),
             "outputs": cam.output_stats(),
@@ -115,8 +122,8 @@ def _cpu_seconds() -> float:
 
 
 def _storage(decisions: dict | None) -> dict | None:
-    """The storage profile's decisions in this run (storage.py): frames left out, GOP lengths,
-    IDRs by reason and the last few with their frame and time."""
+    """The storage profile's decisions over the camera's runs (storage.py): frames left out, GOP
+    lengths, IDRs by reason and the last few with their frame and time."""
     if decisions is None:
         return None
     return {**decisions, "idrs": decisions["idrs"][-STORAGE_IDRS:]}
