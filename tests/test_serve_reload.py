@@ -266,6 +266,53 @@ def test_a_camera_a_reload_removes_is_let_go(tmp_path):
     assert service.summary["cameras"]["c"]["frames"] > 10
 
 
+def test_a_camera_a_reload_removes_and_a_later_one_adds_back_counts_from_0(tmp_path):
+    """A camera removed is gone: added back by a later reload (same name) it is a new camera,
+    its counts from 0 in its stats, the web page, /metrics and the summary (they went on from
+    its counts before the removal)."""
+    import threading
+
+    from edge_semvc import preflight
+    from edge_semvc.config import load_config
+    from edge_semvc.serve.config import ServeConfig
+    from edge_semvc.serve.service import Service
+    from edge_semvc.serve.stats import Carried
+
+    needs_clip()
+    path = tmp_path / "serve.yml"
+
+    def write(names):
+        path.write_text(yaml.safe_dump({
+            "cameras": {n: {"input": f"file://{CLIP}", "loop": True} for n in names},
+            "record": {"dir": str(tmp_path)}, "labeler": {"cpu_budget": 0.05}}))
+
+    def load():
+        cfg = load_config(path, cls=ServeConfig)
+        preflight.resolve(cfg)
+        return cfg
+
+    write(["a", "c"])
+    service = Service(load(), load=load)
+    run = threading.Thread(target=service.run, daemon=True)
+    run.start()
+    try:
+        wait_until(lambda: service.cameras["c"].frames_total > 10, what="frames from c")
+        write(["a"])
+        service.reload_event.set()
+        wait_until(lambda: "c" not in service.cameras, what="c removed")
+        write(["a", "c"])
+        service.reload_event.set()
+        wait_until(lambda: "c" in service.cameras, what="c added back")
+        assert service.windows["c"].carried == Carried()  # its MQTT stats
+        assert service.whole_run["c"].carried == Carried()  # the web page, /metrics, summary
+    finally:
+        service.stop_event.set()
+        run.join(60)
+    back = service.cameras["c"]
+    assert service.summary["cameras"]["c"]["frames"] == back.frames_total
+    assert service.summary["cameras"]["c"]["reconnects"] == back.runs - 1
+
+
 def test_a_reloaded_key_that_a_stored_remote_change_overrides_is_said(tmp_path, caplog):
     """A remote change kept in .state/<camera>.yml applies on top of the file (said at the
     start); a reload that changes the same key in the file changes nothing for that camera,

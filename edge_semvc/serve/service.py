@@ -217,7 +217,9 @@ class Service:
         self.telemetry.publish_config_state(name, cam.cfg.to_dict())
         cam.start()
 
-    def _stop(self, name: str) -> None:
+    def _stop(self, name: str, carry: bool = True) -> None:
+        """Stop camera `name`; `carry`: a camera started in its place counts on from its counts
+        (a reload restarts it), else its figures stay for the summary alone."""
         cam = self.cameras.pop(name)
         self.windows.pop(name, None)
         cam.stop()
@@ -228,7 +230,8 @@ class Service:
             self._feed_watchdog()
         self.changes.settle(name, cam)
         whole = self.whole_run.pop(name)
-        self._carried[name] = whole.totals()
+        if carry:
+            self._carried[name] = whole.totals()
         self._ended[name] = whole.snapshot()  # not the camera itself
         del cam
         release_freed_memory()
@@ -274,7 +277,7 @@ class Service:
             self.web.cfg = new
         for name in [n for n in self.cameras if n not in new.cameras]:
             self._event(name, "camera_removed", {})
-            self._stop(name)
+            self._stop(name, carry=False)  # gone: one added back later is a new camera
             self._presence.pop(name, None)
             self.views.pop(name, None)
             self.telemetry.remove_camera(name)
