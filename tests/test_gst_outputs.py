@@ -147,6 +147,36 @@ def test_srt_listener_serves_callers(frames):
     good_start(second.decoded)
 
 
+def test_a_second_caller_joining_leaves_the_first_ones_packets_counted(frames):
+    """The link report at a viewer's join counted nothing: the sender matched its callers'
+    counts by their place in srtsink's list, where the newest comes first, and left the whole
+    report out when the callers changed, blinding the rate follower for a report at each
+    join. Callers are told apart by their address: the first one's packets count on."""
+    require("srt")
+    port = free_port(socket.SOCK_DGRAM)
+    out = open_output(f"srt://@:{port}?mode=listener&latency=50", Events())
+    receivers = []
+    with LiveEncoder(frames, Outputs([out])):
+        try:
+            receivers.append(GstReceiver(f"srt://127.0.0.1:{port}?mode=caller", fmt="mpegts"))
+            alone = _link_report(out, peers=1)
+            receivers.append(GstReceiver(f"srt://127.0.0.1:{port}?mode=caller", fmt="mpegts"))
+            seen = {alone.seq: alone}
+            deadline = time.monotonic() + GUARD_S  # a hang guard only
+            while not any(r.peers == 2 for r in seen.values()) and time.monotonic() < deadline:
+                report = out.link_report()
+                if report is not None:
+                    seen[report.seq] = report
+                time.sleep(0.02)
+        finally:
+            for receiver in receivers:
+                receiver.stop()
+    joined = min(r.seq for r in seen.values() if r.peers == 2)
+    before = seen.get(joined - 1)
+    assert before is not None and before.peers == 1, sorted(seen.items())  # read each report
+    assert seen[joined].sent > before.sent, (before, seen[joined])
+
+
 def test_srt_with_a_passphrase_serves_only_callers_that_have_it(frames, monkeypatch):
     """`passphrase_env=NAME`: the stream is encrypted with the passphrase that variable holds
     (given to the child through its environment); a caller without it, or with another, is

@@ -32,7 +32,7 @@ class SrtSender:
         self.attempt = 0
         self.callers = 0
         self.started = None  # a caller's start, until it connected or said it could not
-        self.peer_counts = []  # each peer's LINK_COUNTS at the last link report
+        self.peer_counts = {}  # each peer's LINK_COUNTS at the last link report (peer_stats)
         self.link_totals = [0, 0, 0]  # what the link reports say: sent, resent, dropped
 
     def uri(self):
@@ -116,17 +116,20 @@ class SrtSender:
         (running totals: a listener's caller that goes takes its counts out of srtsink's, these
         stay), and the worst round trip, of the peers heard since the last report; `silent`:
         the peers sent to that acknowledged nothing (one viewer of several frozen or cut off:
-        left out, its packets given up say nothing of the others' link)."""
+        left out, its packets given up say nothing of the others' link). A listener's callers
+        are told apart by their address: one that joins or goes leaves the others counted (a
+        new one from 0); where srtsink gives no address, a report in which the peers changed
+        is left out."""
         if pipeline is not self.pipeline:
             return False
-        text = stats_text(pipeline)
-        rtts = [float(v) for v in stat(text, "rtt-ms", "double")]
-        now = list(zip(*(map(int, stat(text, name, kind)) for name, kind in LINK_COUNTS)))
-        before, self.peer_counts = self.peer_counts, now
-        silent, heard = 0, rtts
-        if len(before) == len(now) == len(rtts):  # the same peers; else a report left out
-            heard = []
-            for b, n, rtt in zip(before, now, rtts):
+        now = {(peer if peer is not None else i): (n, rtt)
+               for i, (peer, n, rtt) in enumerate(peer_stats(pipeline))}
+        before, self.peer_counts = self.peer_counts, {k: n for k, (n, _) in now.items()}
+        silent, heard = 0, [rtt for _, rtt in now.values()]
+        if all(isinstance(k, str) for k in (*before, *now)) or len(before) == len(now):
+            heard = []  # the same peers, or peers told apart; else a report left out
+            for key, (n, rtt) in now.items():
+                b = before.get(key, (0, 0, 0, 0))  # a caller that just joined: from 0
                 if n[0] < b[0]:  # another peer in its place (or a new pipeline's)
                     continue
                 if n[0] > b[0] and n[3] == b[3]:
@@ -134,7 +137,7 @@ class SrtSender:
                     continue
                 self.link_totals = [t + x - y for t, x, y in zip(self.link_totals, n[:3], b)]
                 heard.append(rtt)
-        emit("link", peers=len(rtts), rtt_ms=max(heard, default=0.0), silent=silent,
+        emit("link", peers=len(now), rtt_ms=max(heard, default=0.0), silent=silent,
              **dict(zip(("sent", "resent", "dropped"), self.link_totals)))
         return True
 
@@ -202,6 +205,25 @@ def stats_text(pipeline):
     """srtsink's statistics as text, a listener's per-caller ones (nested, escaped) unescaped."""
     stats = pipeline.get_by_name("sink").get_property("stats")
     return stats.to_string().replace("\\", "") if stats is not None else ""
+
+
+def peer_stats(pipeline):
+    """Each peer's (identity, LINK_COUNTS, round trip in ms): a listener's callers by their
+    address 'HOST:PORT' (srtsink lists the newest first), a caller's one peer as None (and a
+    caller whose address srtsink does not give)."""
+    stats = pipeline.get_by_name("sink").get_property("stats")
+    if stats is None:
+        return []
+    callers = stats.get_value("callers") if stats.has_field("callers") else [stats]
+    peers = []
+    for s in callers or []:
+        if not s.has_field("packets-sent"):  # a caller not connected yet
+            continue
+        address = s.get_value("caller-address") if s.has_field("caller-address") else None
+        peers.append((address_of(address) if address is not None else None,
+                      tuple(int(s.get_value(name)) for name, _ in LINK_COUNTS),
+                      float(s.get_value("rtt-ms"))))
+    return peers
 
 
 def stat(text, name, kind):
