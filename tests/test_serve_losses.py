@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from test_serve import CLIP, needs_clip
 from test_serve_faults import WAIT, Clock, Feed, camera, pipeline_config, stopped
 from test_telemetry import wait_until
 
@@ -77,6 +78,38 @@ def test_the_bit_rate_over_a_window_that_spans_runs_counts_every_runs_bytes(tmp_
     assert snapshot["bitrate_kbps"] == round(sum(run_bytes) * 8 / 1e3, 1), run_bytes
     assert snapshot["frames"] == cam.frames_total and snapshot["reconnects"] == cam.runs - 1
 
+
+
+def test_the_frames_encoded_with_a_map_count_over_every_run(tmp_path):
+    """`frames_with_map` in the stats was the current run's while `frames` beside it counted
+    every run: a camera lost and back said 5400 frames, 30 of them with a map. It counts
+    over every run (and over a reload's restart, `Carried`), as `frames` does."""
+    from edge_semvc.serve.stats import StatsWindow
+    from edge_semvc.sources import open_source
+
+    needs_clip()
+    (tmp_path / "rec").mkdir()
+    mapped: list[int] = []
+
+    def open_input(uri):  # between two runs: the last run's statistics are complete
+        if cam.runs:
+            mapped.append(cam.stats.frames_mapped)
+        return open_source(f"file://{CLIP}")  # a face talking; its end: the camera is lost
+
+    clock = Clock()
+    cam, _ = camera(tmp_path, "rtsp://camera.invalid/stream", open_input=open_input,
+                    clock=clock, sleep=clock.sleep)
+    window = StatsWindow(cam, lambda: 0.0)
+    cam.start()
+    try:
+        wait_until(lambda: len(mapped) >= 2, timeout=WAIT, what="two runs")
+    finally:
+        stopped(cam)
+    if cam.runs > len(mapped):  # else: stopped as the next run's input was opened
+        mapped.append(cam.stats.frames_mapped)  # the last run's
+    assert cam.runs == len(mapped) >= 2 and all(mapped[:2]), mapped
+    assert window.snapshot()["frames_with_map"] == sum(mapped), mapped
+    assert window.totals().frames_mapped == sum(mapped)
 
 
 def _two_runs(tmp_path, start, window, cfg=None):

@@ -118,6 +118,7 @@ class Camera:
         self.last_seen: tuple[Any, Any] | None = None  # the last (Frame, LabelMap) encoded
         self.runs = 0
         self._bytes_before = 0  # what the runs before this one encoded (encoded_bytes)
+        self._mapped_before = 0  # their frames encoded with a map (frames_mapped)
         self._storage_before: dict | None = None  # their storage decisions (storage_stats)
         self._run_start = 0  # frames_total as this run began
         self.state = "starting"  # starting | running | lost | failed | ended | stopped
@@ -183,6 +184,11 @@ class Camera:
         spans runs (a camera lost and back, the whole run's summary)."""
         with self._lock:
             return self._bytes_before + self.stats.bytes
+
+    def frames_mapped(self) -> int:
+        """The frames encoded with a map over every run."""
+        with self._lock:
+            return self._mapped_before + self.stats.frames_mapped
 
     def storage_stats(self) -> dict | None:
         """The storage profile's decisions over every run (storage.merge_stats), each IDR's
@@ -278,6 +284,7 @@ class Camera:
         self.runs += 1
         with self._lock:  # each run's counts counted once, whenever they are read
             self._bytes_before += self.stats.bytes
+            self._mapped_before += self.stats.frames_mapped
             self._storage_before = self._storage_so_far()
             self._run_start = self.frames_total
             stats = self.stats = RunStats()

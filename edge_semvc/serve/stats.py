@@ -26,6 +26,7 @@ class Carried:
     encoded_bytes: int = 0
     dropped: int = 0
     reconnects: int = 0
+    frames_mapped: int = 0  # encoded with a map
     storage: dict | None = None  # the storage profile's decisions (storage.merge_stats)
     since: float | None = None  # the whole run's start (None: a window that starts now)
 
@@ -56,7 +57,8 @@ class StatsWindow:
         """The counts so far, for the window of the camera that a reload starts in its place."""
         cam = self.camera
         return Carried(self._frames(), self._bytes(), self.carried.dropped + cam.dropped(),
-                       self.carried.reconnects + max(cam.runs - 1, 0), self._storage(),
+                       self.carried.reconnects + max(cam.runs - 1, 0),
+                       self.carried.frames_mapped + cam.frames_mapped(), self._storage(),
                        self._since)
 
     def snapshot(self, cpu_percent: float | None = None) -> dict:
@@ -90,7 +92,8 @@ class StatsWindow:
             # the stalest model's (a Home Assistant sensor)
             "label_age_frames": max((v for v in staleness.values() if v is not None),
                                     default=None),
-            "frames_with_map": stats.frames_mapped,  # in this run (qp.enabled false: none)
+            # as `frames`, over every run (qp.enabled false: none)
+            "frames_with_map": self.carried.frames_mapped + cam.frames_mapped(),
             "label_budget": stats.label_budget,
             "storage": _storage(self._storage()),
             "follow_link": stats.follow_link,
