@@ -365,3 +365,49 @@ def test_an_input_that_froze_ends_the_frames_after_stall_s_on_the_clock(before, 
             break
         wait.wait(0.1)
     assert src.closed
+
+
+def test_not_realtime_close_waits_for_the_consumers_read_before_closing_the_input():
+    """Not realtime, the consumer's own thread reads: close() from another (a service
+    stopping a camera) closed the input inside that read; it now waits for the read to end,
+    and the consumer's frames end there."""
+    src = FreezingSource(3)
+    paced = PacedSource(src, Pacing(realtime=False))
+    got = []
+    consumer = threading.Thread(target=lambda: got.extend(paced.frames()), daemon=True)
+    consumer.start()
+    assert src.frozen.wait(30)
+    closing = threading.Thread(target=paced.close, daemon=True)
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive() and not src.closed  # waiting for the read, the input open
+    src.thaw.set()
+    closing.join(30)
+    consumer.join(30)
+    assert src.closed and not consumer.is_alive()
+    assert len(got) == 3  # the read that hung returned the input's end: nothing after it
+
+
+def test_not_realtime_real_input_closed_from_another_thread_mid_run(clip):
+    """The crash itself: FFmpeg's demuxer closed while the consumer's thread demuxed (a
+    `serve` camera with `realtime: false` stopped) took the process down with a segfault."""
+    from edge_semvc.sources import open_source
+
+    path = str(clip("bikes_street_scene_cuts_640x272.mp4"))
+    for _ in range(5):
+        paced = PacedSource(open_source(path), Pacing(realtime=False),
+                            reopen=lambda: open_source(path))
+        counted, enough = [], threading.Event()
+
+        def consume(paced=paced, counted=counted, enough=enough):
+            for f in paced.frames():
+                counted.append(f.index)
+                if len(counted) == 30:
+                    enough.set()
+
+        consumer = threading.Thread(target=consume, daemon=True)
+        consumer.start()
+        assert enough.wait(60)
+        paced.close()
+        consumer.join(30)
+        assert not consumer.is_alive() and paced.ended_by == "stopped"

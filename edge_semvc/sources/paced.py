@@ -130,6 +130,9 @@ class PacedSource:
         self._reading_since: float | None = None  # clock time the camera's current read began
         self._stalled = False
         self._orphaned = False  # closed while a read hung: the camera thread closes the input
+        # not realtime: the consumer's thread reads; close() closes between two of its reads
+        self._read_lock = threading.Lock()
+        self._closed = False
 
     def _pass_packets(self, src, offset: int) -> None:
         """Move what `src` demuxed to take_packets(), `offset` (time_base ticks) later."""
@@ -213,7 +216,13 @@ class PacedSource:
         it = self._raw()
         index = 0
         while True:
-            read = self._read(it)
+            with self._read_lock:  # close() from another thread waits for the read
+                if self._stop.is_set():
+                    self.ended_by = self.ended_by or "stopped"
+                    if self._orphaned:  # close() gave up waiting: the input is ours to close
+                        self._close_input()
+                    return
+                read = self._read(it)
             if read is None:
                 return
             item, now, first = read
@@ -329,7 +338,10 @@ class PacedSource:
 
     def close(self) -> None:
         """Stop the camera thread (after its current read) and close the input; an input whose
-        read hangs is closed by the camera thread once the read returns."""
+        read hangs is closed by the camera thread once the read returns. Not realtime, the
+        consumer's thread reads: the input is closed between two of its reads (closing
+        FFmpeg's demuxer inside one crashed the process), or by that thread once a read that
+        hangs returns."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=0 if self._stalled else 10)
@@ -339,4 +351,19 @@ class PacedSource:
                     log.warning("paced source: the input is still being read; it is closed "
                                 "when the read returns")
                     return
-        self._src.close()
+        elif not self._read_lock.acquire(timeout=10):
+            self._orphaned = True  # the reader closes it at its next turn, if not here below
+            log.warning("paced source: the input is still being read; it is closed when the "
+                        "read returns")
+            if not self._read_lock.acquire(blocking=False):
+                return
+        try:
+            self._close_input()
+        finally:
+            if self._thread is None:
+                self._read_lock.release()
+
+    def _close_input(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._src.close()
