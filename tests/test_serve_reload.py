@@ -313,6 +313,60 @@ def test_a_camera_a_reload_removes_and_a_later_one_adds_back_counts_from_0(tmp_p
     assert service.summary["cameras"]["c"]["reconnects"] == back.runs - 1
 
 
+def test_a_scene_cut_after_a_reload_restart_is_numbered_as_the_storage_idr_it_made(tmp_path):
+    """A camera a reload restarts counts its frames on (stats, storage IDRs): its scene cuts'
+    `frame` too (it counted from 0 again, so an event named another frame than the IDR)."""
+    import threading
+
+    from edge_semvc import preflight
+    from edge_semvc.config import load_config
+    from edge_semvc.serve.config import ServeConfig
+    from edge_semvc.serve.service import Service
+
+    clip = CLIP.parent / "bikes_street_scene_cuts_640x272.mp4"
+    if not clip.exists():
+        pytest.skip(f"shared clip missing: {clip}")
+    path = tmp_path / "serve.yml"
+
+    def write(queue_frames):
+        path.write_text(yaml.safe_dump({
+            "cameras": {"b": {"input": f"file://{clip}", "loop": True, "realtime": False,
+                              "queue_frames": queue_frames, "record": False,
+                              "outputs": [f"udp://127.0.0.1:{free_port()}"]}},
+            "encoder": {"profile": "storage"}, "labeler": {"cpu_budget": 0.05},
+            "state_dir": str(tmp_path / "state")}))
+
+    def load():
+        cfg = load_config(path, cls=ServeConfig)
+        preflight.resolve(cfg)
+        return cfg
+
+    write(1)
+    service = Service(load(), load=load)
+    cuts = []
+    service._event = lambda camera, event, fields: cuts.append(fields["frame"]) \
+        if event == "scene_cut" else None
+    run = threading.Thread(target=service.run, daemon=True)
+    run.start()
+    try:
+        first = service.cameras["b"]
+        wait_until(lambda: first.frames_total > 20, what="frames before the reload")
+        write(2)  # queue_frames: the camera restarts
+        service.reload_event.set()
+        wait_until(lambda: service.cameras.get("b") not in (None, first), what="b restarted")
+        before = service.whole_run["b"].carried.frames
+        assert before >= 20
+        wait_until(lambda: any(c >= before for c in cuts), timeout=120,
+                   what="a scene cut after the restart")
+        idrs = service.whole_run["b"].totals().storage["idrs"]
+    finally:
+        service.stop_event.set()
+        run.join(60)
+    cut = next(c for c in cuts if c >= before)
+    assert {"frame": cut, "reason": "scene_cut"} in [
+        {"frame": i["frame"], "reason": i["reason"]} for i in idrs], (cut, idrs)
+
+
 def test_a_reloaded_key_that_a_stored_remote_change_overrides_is_said(tmp_path, caplog):
     """A remote change kept in .state/<camera>.yml applies on top of the file (said at the
     start); a reload that changes the same key in the file changes nothing for that camera,

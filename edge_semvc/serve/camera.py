@@ -113,6 +113,9 @@ class Camera:
         self.stats = RunStats()
         self.latency_ms: deque[float] = deque(maxlen=TIMING_WINDOW)  # capture to encoded
         self.frames_total = 0  # over every run: the count a watchdog and READY look at
+        # the frames of the camera a reload restarted this one in place of: a scene cut's
+        # `frame` counts on from them, as the stats' frames and storage IDRs do
+        self.frames_before = 0
         self.settled = False  # a first frame came, or a first attempt failed (READY waits)
         self.dropped_total = 0
         self.last_seen: tuple[Any, Any] | None = None  # the last (Frame, LabelMap) encoded
@@ -316,8 +319,9 @@ class Camera:
                     self._trial_frames += 1
             if stats.scene_cuts > seen_cuts[0]:  # the run's one decision (analysis/scene.py)
                 seen_cuts[0] = stats.scene_cuts
-                # the frame's index over the camera's run, from 0 (as the storage stats)
-                self.emit("scene_cut", frame=self.frames_total - 1, pts=frame.pts)
+                # its index over the camera's runs, from 0 (as the storage stats count it)
+                self.emit("scene_cut", frame=self.frames_before + self.frames_total - 1,
+                          pts=frame.pts)
             if self.view is not None:
                 self.view.frame(frame, labels, qp)
             captured = paced.capture_times.pop(frame.index, None)

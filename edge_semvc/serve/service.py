@@ -212,6 +212,7 @@ class Service:
     def _start(self, name: str) -> None:
         cam = self.cameras[name]
         carried = self._carried.pop(name, Carried())  # a reload restarted it: counts go on
+        cam.frames_before = carried.frames
         self.windows[name] = StatsWindow(cam, self.clock, dataclasses.replace(carried, since=None))
         self.whole_run[name] = StatsWindow(cam, self.clock, carried)
         self.telemetry.publish_config_state(name, cam.cfg.to_dict())
