@@ -71,7 +71,7 @@ def link_follower(cfg: Config, outputs: Outputs) -> LinkFollower | None:
     if not e.follow_link.enabled:
         return None
     if not any(o.reports_link for o in outputs.outputs):
-        log.warning("encoder.follow_link: no output reports on its link (SRT does): the "
-                    "bit rate stays at encoder.bitrate")
+        log.warning("encoder.follow_link: no output reports on its link (SRT and the RTSP "
+                    "server do): the bit rate stays at encoder.bitrate")
         return None
     return LinkFollower(e.follow_link, e.bitrate)

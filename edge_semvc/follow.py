@@ -1,6 +1,7 @@
 """The bit rate follows the link by itself (`encoder.follow_link`): from what an output learns
-of its link (SRT's acknowledgements: `values.LinkReport`, about once a second), the rate
-the encoder is given, never above `encoder.bitrate`.
+of its link (`values.LinkReport`: SRT's acknowledgements, about once a second; the RTSP
+server's clients' RTCP receiver reports, each 1.5-5 s, where a packet lost stands for one SRT
+sends again), the rate the encoder is given, never above `encoder.bitrate`.
 
 A link narrower than the stream shows at the sender as packets sent again while the round trip
 is long: the link's buffer filled (the round trip grew) and dropped what it could not hold
@@ -56,6 +57,7 @@ class LinkFollower:
         self.cfg, self.target, self.bitrate = cfg, target, target
         self.lowest = target
         self.decreases = self.increases = 0
+        self.reports = 0  # reports judged: new ones with packets sent to a peer heard
         self._last: dict[int, LinkReport] = {}  # per output (its place in the run)
         self._window: deque[_Delta] = deque(maxlen=WINDOW)
         self._rtts: deque[float] = deque(maxlen=BASE_REPORTS)
@@ -69,6 +71,7 @@ class LinkFollower:
         delta = self._delta(reports)
         if delta is None:
             return None
+        self.reports += 1
         self._rtts.append(delta.rtt_ms)
         if self._settle:
             self._settle -= 1
@@ -142,4 +145,5 @@ class LinkFollower:
 
     def stats(self) -> dict:
         return {"bitrate": self.bitrate, "target": self.target, "lowest": self.lowest,
-                "decreases": self.decreases, "increases": self.increases}
+                "decreases": self.decreases, "increases": self.increases,
+                "reports": self.reports}

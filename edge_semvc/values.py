@@ -121,14 +121,16 @@ class Modulation:
 
 @dataclass(frozen=True)
 class LinkReport:
-    """What an output knows of its link (SRT's acknowledgements), for the rate follower
-    (`follow.py`): counts since the output's sender started (a restarted one starts
-    them again), `seq` numbering the reports, so that a report is read once."""
+    """What an output knows of its link (SRT's acknowledgements, the RTSP server's clients'
+    RTCP receiver reports), for the rate follower (`follow.py`): counts since the output's
+    sender started (a restarted one starts them again), `seq` numbering the reports, so that
+    a report is read once."""
 
     seq: int
     peers: int  # receivers it reports on (0: nobody connected, nothing to follow)
-    rtt_ms: float  # the worst peer's smoothed round trip
-    sent: int  # data packets sent, resends included
-    resent: int  # packets sent again (the receiver missed them)
-    dropped: int  # packets given up as too late to arrive within the latency
-    silent: int = 0  # peers sent to since the last report that acknowledged nothing
+    rtt_ms: float  # the worst peer's smoothed round trip (RTSP: its last report's)
+    sent: int  # data packets sent, resends included (RTSP: those its clients reported on)
+    resent: int  # packets sent again (the receiver missed them; RTSP: the clients lost them)
+    dropped: int  # packets given up as too late to arrive within the latency (RTSP: 0)
+    silent: int = 0  # peers sent to since the last report that acknowledged nothing (RTSP:
+    # whose report is overdue)

@@ -50,7 +50,7 @@ def test_a_link_that_carries_the_stream_leaves_its_rate_alone():
     f, r = _follower()
     assert [f.update(r.next()) for _ in range(20)] == [None] * 20
     assert f.stats() == {"bitrate": TARGET, "target": TARGET, "lowest": TARGET,
-                         "decreases": 0, "increases": 0}
+                         "decreases": 0, "increases": 0, "reports": 20}
 
 
 def test_a_radios_own_loss_sent_again_without_a_queue_leaves_the_rate_alone():

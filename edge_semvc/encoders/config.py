@@ -32,10 +32,10 @@ class StorageConfig:
 
 @dataclass
 class FollowLinkConfig:
-    """`encoder.follow_link`: the bit rate follows what an SRT output learns of its link
-    (`follow.py`; README, "The rate follows an SRT link by itself")."""
+    """`encoder.follow_link`: the bit rate follows what an SRT output or the RTSP server learns
+    of its link (`follow.py`; README, "The rate follows an SRT or RTSP link by itself")."""
 
-    enabled: bool = False  # lower the CBR target while an SRT output's link cannot carry it
+    enabled: bool = False  # lower the CBR target while an SRT/RTSP output's link cannot carry it
     min_bitrate: int = 100_000  # bits/s: it never goes below this
 
     def validate(self, e: "EncoderConfig") -> None:

@@ -161,6 +161,7 @@ class RtspServerOutput(GstChildOutput):
     kind = "rtsp"
     role = "RTSP server"
     loses_packets = True  # clients may take RTP over UDP (FFmpeg's and VLC's default)
+    reports_link = True  # loss and round trip, from its clients' RTCP receiver reports
     credentials_hint = ": name the variables that hold them, ?user_env=NAME&password_env=NAME"
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):

@@ -3,10 +3,15 @@ when it runs one): a GstRtspServer whose clients' media take the child's packets
 `Feed`. Like the child, it runs under the system Python and imports nothing of edge_semvc
 (`gst_child` is found beside it: the child runs by path, its folder first on sys.path)."""
 import os
+import time
 
 from gst_child import RTSP_AUDIO, address_of, appsrc_desc, emit
 
 PAY = {"h264": "rtph264pay", "hevc": "rtph265pay"}
+LINK_POLL_MS = 250  # how often the clients' sessions are read for a new receiver report
+FIRST_INTERVAL_S = 5.0  # a client's report interval until two are seen (RFC 3550's least)
+SENDER_REPORT_NS = 1_000_000_000  # our RTCP sender reports' least interval
+OVERDUE = 3  # a client whose report is this many of its intervals late is silent
 
 
 class RtspServer:
@@ -19,7 +24,9 @@ class RtspServer:
         from gi.repository import GstRtsp, GstRtspServer
 
         self.Gst, self.GstRtsp, self.feed = Gst, GstRtsp, feed
-        self.clients = {}  # RTSPClient -> {"address", "transport", "playing"}
+        self.clients = {}  # RTSPClient -> {"address", "transport", "playing", "link"}
+        self.link_totals = [0, 0]  # what the link reports say: packets sent, lost
+        self.link_state = (0, 0)  # the peers and silent ones of the last `link` event
         self.server = GstRtspServer.RTSPServer()
         self.server.set_address(config["host"])
         self.server.set_service(str(config["port"]))
@@ -55,10 +62,45 @@ class RtspServer:
             "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"))
 
     def start(self):
+        from gi.repository import GLib
+
         if self.server.attach(None) == 0:
             return "cannot listen on %s:%s (address in use or not this machine's)" % (
                 self.server.get_address(), self.server.get_service())
+        GLib.timeout_add(LINK_POLL_MS, self.report_link)
         return None
+
+    def report_link(self):
+        """The clients' RTCP receiver reports on the video stream, for the parent's rate
+        follower, as the SRT sender's `link` events: one when a client's report is new (every
+        1.5-5 s: FFmpeg's RTSP client sends one each 280 kB received, GStreamer's every 2.5-7.5
+        s) or when a client falls silent or is heard again. `sent`: the packets the clients
+        should have had (each report's highest sequence number over its last), `resent`: those
+        lost (RTP sends nothing again: what SRT would have sent again), `dropped` 0, added up
+        over the clients since the server started; `rtt_ms` the worst round trip of those
+        heard (the report's LSR/DLSR). `peers`: the clients that ever reported (FFmpeg over
+        TCP sends none: nothing is known of its link); `silent`: those whose report is OVERDUE
+        intervals late while packets go to them (frozen or cut off; gone ones leave)."""
+        now, new, peers, silent, rtts = time.monotonic(), False, 0, 0, []
+        for info in self.clients.values():
+            link = info.get("link")
+            if link is None:
+                continue
+            new |= link.read(now, self.link_totals)
+            if link.report is None:
+                continue
+            peers += 1
+            if link.silent:
+                silent += 1
+            elif link.rtt_ms is not None:
+                rtts.append(link.rtt_ms)
+        # nothing is said before a round trip is known (a client answers our sender reports,
+        # which a narrow link loses too): what it counted meanwhile waits in the totals
+        if (new or (peers, silent) != self.link_state) and (rtts or silent == peers):
+            self.link_state = (peers, silent)
+            emit("link", peers=peers, rtt_ms=max(rtts, default=0.0), silent=silent,
+                 sent=self.link_totals[0], resent=self.link_totals[1], dropped=0)
+        return True
 
     def on_media_configure(self, factory, media):
         bin_ = media.get_element()
@@ -92,6 +134,15 @@ class RtspServer:
 
     def on_play(self, client, ctx):
         info = self.clients[client]
+        stream = ctx.media.get_stream(0) if ctx.media is not None else None
+        session = stream.get_rtpsession() if stream is not None else None
+        if session is not None and (info.get("link") is None or
+                                    info["link"].session is not session):
+            # our sender reports every 0.5-1.5 s, not 2.5-7.5 (RFC 3550's reduced minimum,
+            # 360 s over the rate in kbit/s, allows 1 s from 360 kbit/s): a client's report
+            # then tells the round trip of a recent one
+            session.set_property("rtcp-min-interval", SENDER_REPORT_NS)
+            info["link"] = ClientLink(session)
         if not info["playing"]:
             info["playing"] = True
             emit("client_joined", address=info["address"], transport=info["transport"])
@@ -100,6 +151,71 @@ class RtspServer:
         info = self.clients.pop(client, None)
         if info and info["playing"]:
             emit("client_left", address=info["address"], transport=info["transport"])
+
+
+class ClientLink:
+    """What one client's receiver reports say of its link, from its media's RTP session (the
+    video stream's): `report` its last (None: none yet), `rtt_ms` its round trip (None until a
+    report answers a sender report of ours), `silent`: its report is overdue, OVERDUE times
+    the gap between its last two (at least FIRST_INTERVAL_S: FFmpeg's gap grows as the rate
+    falls) while packets go to it."""
+
+    def __init__(self, session):
+        self.session = session
+        self.report = self.rtt_ms = self.at = None
+        self.interval = FIRST_INTERVAL_S
+        self.silent = False
+        self.sent_at_report = 0  # our packets sent when its last report came
+        self.start = None  # the sequence number of our first packet, as its reports count
+        self.resume = 0  # after it was silent: the first packet sent after it was heard again
+
+    def read(self, now, totals):
+        """Reads the session; a new report adds its packets to `totals` (sent, lost) and
+        says True. Counted from the report before (a client's first: from our first packet),
+        but those after it was silent until one covers a packet sent after it was heard
+        again: what it lost while frozen (its socket's buffer overflowed) says nothing of its
+        link."""
+        report, sent, base = receiver_report(self.session)
+        if report is None or report == self.report:
+            self.silent = self.report is not None and sent > self.sent_at_report and \
+                now - self.at > OVERDUE * self.interval
+            return False
+        before, was_silent = self.report, self.silent
+        if self.at is not None and not was_silent:  # not a frozen one's gap
+            self.interval = max(FIRST_INTERVAL_S, now - self.at)
+        self.report, self.at, self.sent_at_report, self.silent = report, now, sent, False
+        ext, lost, lsr, _, rtt = report
+        if lsr:
+            self.rtt_ms = rtt * 1000.0 / 65536  # RTCP's unit: 1/65536 s
+        if self.start is None and 0 <= base < 0x10000:  # its media is its own: it got
+            start = (ext & ~0xFFFF) | base                 # our first packet
+            self.start = start - 0x10000 if start > ext else start
+            before = before or (self.start, 0)
+        if was_silent:
+            self.resume = (self.start or 0) + sent
+        if self.resume:  # the reports up to the first past it: from there on
+            self.resume = self.resume if ext <= self.resume else 0
+            return False
+        if before is None or ext < before[0]:
+            return False
+        totals[0] += ext - before[0]
+        totals[1] += max(0, lost - before[1])
+        return True
+
+
+def receiver_report(session):
+    """The last receiver report on our stream in an RTP session: (its extended highest
+    sequence number, cumulative packets lost, LSR, DLSR, round trip), or None; and the packets
+    we sent."""
+    report, sent, base = None, 0, -1
+    stats = session.get_property("stats")  # held: the sources' structures are its
+    for source in stats.get_value("source-stats"):
+        if source.get_value("internal"):
+            sent, base = source.get_value("packets-sent"), source.get_value("seqnum-base")
+        elif source.get_value("have-rb"):
+            report = tuple(source.get_value("rb-" + k) for k in (
+                "exthighestseq", "packetslost", "lsr", "dlsr", "round-trip"))
+    return report, sent, base
 
 
 def track_desc(n, track):
