@@ -107,7 +107,9 @@ class LinkFollower:
         and what the sender gives up meanwhile says nothing of how wide the link is. The sender
         leaves such a peer out of its counts (`silent`), the others are judged; when no peer of
         an output is heard, the window before is not judged with the reports after it, like
-        one before a peer that left."""
+        one before a peer that left. An output's first report that is not its first
+        (`seq` > 1: serve keeps a camera's outputs open across its runs, each run with a
+        follower of its own) is a baseline: its counts are the output's past."""
         news = [(i, r) for i, r in enumerate(reports)
                 if i not in self._last or self._last[i].seq != r.seq]
         if not news:
@@ -117,6 +119,8 @@ class LinkFollower:
         for i, r in news:
             last = self._last.get(i)
             self._last[i] = r
+            if last is None and r.seq > 1:  # reported before this follower ran (serve keeps
+                continue  # a camera's outputs open across its runs): its counts from here on
             if last is None or r.sent < last.sent:  # its first, or a new sender's: from 0
                 last = LinkReport(0, 0, 0.0, 0, 0, 0)
             if r.peers and r.silent >= r.peers:

@@ -130,6 +130,18 @@ def test_nobody_connected_a_report_seen_twice_or_a_new_sender_change_nothing():
     assert f.update(restarted) is None and f.bitrate == TARGET
 
 
+def test_an_outputs_reports_from_before_the_follower_are_not_judged():
+    """serve keeps a camera's outputs open across its runs, and each run has a follower of
+    its own: the first report it sees is the output's whole history (a congested minute long
+    gone), which it judged as one window with the next report."""
+    f, r = _follower()
+    for _ in range(60):  # the runs before: a link that lost a third for a minute
+        history = r.next(resent=50, rtt_ms=300.0)
+    assert f.update(history) is None
+    assert [f.update(r.next()) for _ in range(10)] == [None] * 10
+    assert f.stats()["decreases"] == 0 and f.stats()["reports"] == 10
+
+
 def test_a_window_cut_by_the_peer_going_is_not_judged_with_the_next_peers_reports():
     """A link cut: packets given up, then nobody connected for a while; the peer that comes
     back is judged on its own reports (a 2000 -> 1700 cut, then 1700 -> 1445 on the first
