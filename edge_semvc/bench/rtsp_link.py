@@ -1,15 +1,29 @@
 """A narrow, lossy link between the built-in RTSP server and its clients on loopback: an RTSP
 proxy that puts a relay in the path of RTP over UDP (the server sends to the address and the
 `client_port` of a client's SETUP, which the proxy points at relay ports of its own).
+
+    python -m edge_semvc.bench.rtsp_link CLIP [--receiver ffmpeg|gst|gst-tcp] [--bitrate 1.5M]
+        [--capacity 700k] [--narrow-at 10] [--seconds 40]
+
+measures how `encoder.follow_link` follows one viewer's link from its RTCP receiver reports:
+the clip paced as a camera into the built-in RTSP server (plain x264, CBR, zerolatency), one
+real viewer through the link, which narrows to `capacity` at `narrow-at` seconds; each rate
+change is printed with its time after the narrowing, then the follower's statistics.
 """
 from __future__ import annotations
 
+import argparse
 import heapq
+import json
 import re
 import select
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from .lossy_link import BurstLoss, bind_udp, port_pair
 
@@ -140,3 +154,95 @@ class RtspLink(threading.Thread):
     def stop(self) -> None:
         self._done.set()
         self.join(5)
+
+
+RECEIVERS = {  # a viewer of URL, its RTP over UDP (FFmpeg, GStreamer) or TCP (GStreamer)
+    "ffmpeg": ["ffmpeg", "-nostdin", "-v", "quiet", "-rtsp_transport", "udp", "-i", "URL",
+               "-f", "null", "-"],
+    "gst": ["gst-launch-1.0", "-q", "rtspsrc", "location=URL", "protocols=udp", "!",
+            "fakesink"],
+    "gst-tcp": ["gst-launch-1.0", "-q", "rtspsrc", "location=URL", "protocols=tcp", "!",
+                "fakesink"],
+}
+CHANGE = re.compile(r"bit rate ([\d.]+) -> ([\d.]+) kbit/s")
+
+
+def react(clip: str, receiver: str, bitrate: str, capacity: float, narrow_at: float,
+          seconds: float) -> dict:
+    """One run (module docstring): the rate changes [(s after the narrowing, kbit/s)], the
+    follower's statistics and the link's counts."""
+    import av
+
+    from ..options import parse_bitrate
+
+    with av.open(clip) as c:
+        fps = float(c.streams.video[0].average_rate or 25)
+    server_port = _free_tcp_port()
+    link = RtspLink(server_port)
+    link.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = Path(tmp) / "stats.json"
+        encoder = subprocess.Popen(
+            [sys.executable, "-m", "edge_semvc", "encode", clip,
+             f"rtsp://127.0.0.1:{server_port}/live", "--realtime", "--no-map", "--rc", "cbr",
+             "--bitrate", str(parse_bitrate(bitrate)), "--tune", "zerolatency",
+             "--frames", str(round(seconds * fps)), "--progress", "off", "--stats-json",
+             str(stats), "--set", "encoder.follow_link.enabled=true"],
+            stderr=subprocess.PIPE, text=True)
+        while encoder.poll() is None:  # the server listens
+            try:
+                socket.create_connection(("127.0.0.1", server_port), 0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        url = f"rtsp://127.0.0.1:{link.port}/live"
+        viewer = subprocess.Popen([a.replace("URL", url) for a in RECEIVERS[receiver]])
+        start = time.monotonic()
+
+        def narrow() -> None:
+            time.sleep(narrow_at)
+            link.capacity = capacity
+
+        threading.Thread(target=narrow, daemon=True).start()
+        changes = []
+        for line in encoder.stderr:
+            m = CHANGE.search(line)
+            if m:
+                changes.append((round(time.monotonic() - start - narrow_at, 1),
+                                float(m.group(2))))
+                print(f"{changes[-1][0]:+.1f} s: {m.group(1)} -> {m.group(2)} kbit/s",
+                      flush=True)
+        encoder.wait()
+        viewer.kill()
+        viewer.wait()
+        link.stop()
+        follow = json.loads(stats.read_text())["follow_link"] if stats.exists() else None
+    return {"receiver": receiver, "changes": changes, "follow_link": follow,
+            "relayed": link.packets, "overflowed": link.overflowed, "lost": link.lost}
+
+
+def _free_tcp_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..options import parse_bitrate
+
+    p = argparse.ArgumentParser(prog="python -m edge_semvc.bench.rtsp_link", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("clip")
+    p.add_argument("--receiver", choices=list(RECEIVERS), default="ffmpeg")
+    p.add_argument("--bitrate", default="1.5M", help="the CBR target and ceiling")
+    p.add_argument("--capacity", type=parse_bitrate, default=700_000,
+                   help="the link's rate after the narrowing")
+    p.add_argument("--narrow-at", type=float, default=10.0, help="seconds after the viewer")
+    p.add_argument("--seconds", type=float, default=40.0, help="seconds of video sent")
+    a = p.parse_args(argv)
+    result = react(a.clip, a.receiver, a.bitrate, float(a.capacity), a.narrow_at, a.seconds)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
