@@ -112,7 +112,7 @@ def cmd_encode(args) -> int:
     from .errors import SourceError
     from .pipeline import EXIT_INCOMPLETE, Extras, Live, partial_result, run_encode
     from .sinks import scheme_of
-    from .sources import LIVE_SCHEMES, RawVideoOptions, open_source
+    from .sources import RawVideoOptions, is_live, open_source
     from .sources.paced import PacedSource, Pacing
 
     cfg = load_config(args.config, config_overrides(args))
@@ -125,7 +125,7 @@ def cmd_encode(args) -> int:
         prepare_config(cfg, cfg.cache_dir(), log=_log_stderr)
     preflight.resolve(cfg)  # which runtime and encoder this machine runs (`auto`)
     raw = RawVideoOptions(args.input_width, args.input_height, args.input_rate, args.input_pix_fmt)
-    live_input = scheme_of(args.input) in LIVE_SCHEMES
+    live_input = is_live(args.input)
     if args.realtime and live_input:
         raise SourceError(f"--realtime paces a file or demo://; {args.input} paces itself")
     source = open_source(args.input, raw)

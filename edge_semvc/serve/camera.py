@@ -39,7 +39,7 @@ from ..sinks.config import RecordConfig
 from ..sinks.kept import KeptOutput
 from ..sinks.mse import MseOutput
 from ..sinks.segments import SegmentOutput
-from ..sources import LIVE_SCHEMES, open_source
+from ..sources import is_live, open_source
 from ..sources.paced import PacedSource, Pacing
 from ..storage import merge_stats
 from .config import CameraConfig
@@ -103,7 +103,7 @@ class Camera:
         self.view = view  # the web page's: live feed and overlay (http.enabled)
         self.outputs: Outputs | None = None  # the current run's
         self.emit = lambda event, **fields: emit(name, event, fields)
-        self.live = self.uri.partition("://")[0] in LIVE_SCHEMES
+        self.live = is_live(self.uri)
         self.loop, self.queue_frames = entry.loop, entry.queue_frames
         self.cameras = cameras  # the service's: they share the cores (labeler.live_share)
         self.realtime = entry.realtime or self.live  # a live input is watched for freezing

@@ -181,7 +181,9 @@ class HttpConfig:
 
 @dataclass
 class CameraConfig:
-    input: str = ""  # URI: file://PATH, rtsp://..., v4l2:///dev/videoN, csi://N, demo://NAME
+    # URI: file://PATH, rtsp://..., v4l2:///dev/videoN, csi://N, demo://NAME, or a stream sent
+    # to this machine: udp://@:PORT (MPEG-TS), rtp://@:PORT?codec=h264 (RTP, no SDP), FILE.sdp
+    input: str = ""
     loop: bool = False  # file inputs: start again at the end (a camera never ends)
     realtime: bool = True  # file inputs are played at their own frame rate, like a camera
     queue_frames: int = 1  # frames queued between the pipeline's threads (latency)
@@ -196,8 +198,8 @@ class CameraConfig:
         check(bool(self.input.strip()) and self.input.isprintable() and (
             not sep or scheme in SCHEMES) and self.input != "-", f"{key}.input",
             hide_passwords(self.input),  # before a long URI is cut short, '@' and all
-            "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N, demo://NAME "
-            "(a service has no standard input)")
+            "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N, demo://NAME, "
+            "udp://@:PORT, rtp://@:PORT, FILE.sdp (a service has no standard input)")
         check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
         check(self.profile in ("", *PROFILES), f"{key}.profile", self.profile,
               f"'' (encoder.profile) or {' or '.join(PROFILES)}")

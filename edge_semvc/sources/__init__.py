@@ -1,11 +1,13 @@
 """Frame sources behind one small interface, chosen by URI (jetson-utils' videoSource style):
 `file://clip.mp4` or a plain path (anything PyAV opens, raw .yuv with explicit geometry),
-`demo://astronaut` (the built-in default input), `rtsp://` and `rtsps://` streams and
+`demo://astronaut` (the built-in default input), `rtsp://` and `rtsps://` streams, streams sent
+to this machine (`udp://@:PORT` MPEG-TS, `rtp://@:PORT` RTP without an SDP, an `.sdp` file) and
 `v4l2:///dev/videoN` capture devices (through PyAV), `csi://N` (jetson-utils, on a Jetson)."""
 from __future__ import annotations
 
 from ..errors import DecodeError, SourceError  # noqa: F401  (re-exported)
 from ..registry import Registry
+from ..uris import file_path
 from .base import LIVE_SCHEMES, NETWORK_SCHEMES, RawVideoOptions, Source  # noqa: F401
 
 # scheme -> its opener, `open(uri, raw) -> Source` (a plain path is a file)
@@ -14,6 +16,8 @@ SOURCES = Registry("input URI scheme", {
     "demo": "edge_semvc.sources.demo:open_demo",
     "rtsp": "edge_semvc.sources.pyav:open_network",
     "rtsps": "edge_semvc.sources.pyav:open_network",
+    "udp": "edge_semvc.sources.udp:open_udp",  # MPEG-TS sent to this machine: udp://@:5600
+    "rtp": "edge_semvc.sources.udp:open_rtp",  # RTP H.264/H.265 without an SDP: rtp://@:5600
     "v4l2": "edge_semvc.sources.pyav:open_v4l2",  # v4l2:///dev/video0
     "csi": "edge_semvc.sources.jetson:open_csi",  # a MIPI CSI camera (Jetson only)
 }, SourceError)
@@ -25,6 +29,22 @@ def open_source(uri: str, raw: RawVideoOptions | None = None) -> Source:
     scheme = scheme if sep else "file"
     if scheme not in SOURCES:
         raise SourceError(f"unsupported input URI scheme {scheme + '://'!r} in {uri!r} "
-                          "(supported: file://, demo://, rtsp://, rtsps://, v4l2://, csi://, or a "
-                          "plain path)")
+                          "(supported: file://, demo://, rtsp://, rtsps://, udp://, rtp://, "
+                          "v4l2://, csi://, or a plain path)")
+    if _is_sdp(uri):  # an RTP stream the file describes, sent to this machine
+        from .udp import open_sdp
+
+        return open_sdp(uri, raw or RawVideoOptions())
     return SOURCES.get(scheme)(uri, raw or RawVideoOptions())
+
+
+def is_live(uri: str) -> bool:
+    """Whether the input never ends on its own: a camera, a network stream, or the stream an
+    `.sdp` file describes."""
+    scheme, sep, _ = uri.partition("://")
+    return (scheme if sep else "file") in LIVE_SCHEMES or _is_sdp(uri)
+
+
+def _is_sdp(uri: str) -> bool:
+    scheme, sep, _ = uri.partition("://")
+    return (not sep or scheme == "file") and file_path(uri).lower().endswith(".sdp")

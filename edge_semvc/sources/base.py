@@ -32,8 +32,27 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Receiver:
+    """An input that listens for a stream sent to it (`udp://`, `rtp://`, an `.sdp` file, in
+    `udp.py`): the input as the user named it (`uri`, for messages: FFmpeg may open another
+    name, a written SDP) and where it listens ("udp port 5600"), which a silence is told by."""
+
+    uri: str
+    where: str
+
+    def nothing_within(self, seconds: float) -> str:
+        return (f"no stream came on {self.where} within {seconds:g} s (is the sender on, and "
+                "sending to this machine?)")
+
+    def no_packet_for(self, seconds: float) -> str:
+        return (f"no packet on {self.where} for {seconds:.0f} s (the sender stopped, or its "
+                "link dropped)")
+
+
 # FFmpeg options per network scheme: RTSP over TCP (no lost UDP packets smearing the picture).
 # Reads time out (pyav.LIVE_TIMEOUT_S) so that a camera that disappears ends the read instead
 # of hanging it: the service then reconnects.
 NETWORK_SCHEMES = {"rtsp": {"rtsp_transport": "tcp"}, "rtsps": {"rtsp_transport": "tcp"}}
-LIVE_SCHEMES = (*NETWORK_SCHEMES, "v4l2", "csi")  # inputs that never end on their own
+# inputs that never end on their own (and an .sdp file's stream: sources.is_live)
+LIVE_SCHEMES = (*NETWORK_SCHEMES, "udp", "rtp", "v4l2", "csi")

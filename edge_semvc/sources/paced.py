@@ -267,8 +267,9 @@ class PacedSource:
         limit = stall_s if self.offered else max(stall_s, FIRST_FRAME_STALL_S)
         if stall_s and since is not None and self._clock() - since >= limit:
             self._stalled = True
-            raise DecodeError(f"{self._src.description}: no frame for {limit:g} s (the input "
-                              "froze)")
+            said = getattr(self._src, "quiet_reason", lambda: None)()  # a sender that stopped
+            raise DecodeError(said or f"{self._src.description}: no frame for {limit:g} s (the "
+                              "input froze)")
 
     def _camera(self) -> None:
         """The camera: read ahead, wait for each frame's due time, publish (overwriting)."""

@@ -7,6 +7,7 @@ them with the encoded video.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ from ..errors import DecodeError, SourceError
 from ..frame import Frame
 from ..tracks import PacketQueue
 from ..uris import file_path
-from .base import NETWORK_SCHEMES, RawVideoOptions
+from .base import NETWORK_SCHEMES, RawVideoOptions, Receiver
 from .opening import check_host, check_raw, colour_of, frame_rate, say_what_is_lost
 from .orientation import Orientation
 from .tracks import FollowOn, HiddenLead, passthrough_tracks, track_packet
@@ -58,10 +59,11 @@ def open_v4l2(uri: str, raw: RawVideoOptions) -> PyAVSource:
 class PyAVSource:
     """`path`: a file, `-` (the standard input), a network URL (`rtsp://...`: `live` options
     such as the transport and a read timeout) or a capture device (`device` names FFmpeg's
-    input format, e.g. video4linux2 for /dev/videoN)."""
+    input format, e.g. video4linux2 for /dev/videoN). `receiver`: a stream sent to this
+    machine (`udp.py`), named and told silent in its own words."""
 
     def __init__(self, path: str, raw: RawVideoOptions, *, live: dict | None = None,
-                 device: str | None = None):
+                 device: str | None = None, receiver: Receiver | None = None):
         if not path:
             raise SourceError("the input is an empty name: give a file path or URI")
         p = Path(path)
@@ -92,7 +94,7 @@ class PyAVSource:
         self.raw = fmt == "rawvideo"
         timed = stream_like and not stdin  # a silent network stream or device times out
         self._read_timeout = LIVE_TIMEOUT_S[1] if timed else None
-        if live is not None:
+        if live is not None and receiver is None:
             check_host(path)
         started = time.monotonic()
         try:
@@ -104,9 +106,15 @@ class PyAVSource:
                                      timeout=LIVE_TIMEOUT_S if timed else None)
         except (av.error.FFmpegError, ValueError) as e:
             silent = timed and time.monotonic() - started >= LIVE_TIMEOUT_S[0] - 0.5
-            raise SourceError(f"cannot open {path}: " + (
+            raise SourceError(f"cannot open {receiver.uri if receiver else path}: " + (
+                receiver.nothing_within(LIVE_TIMEOUT_S[0]) if silent and receiver else
                 f"no answer within {LIVE_TIMEOUT_S[0]:g} s (off, or not at this address?)"
-                if silent else _reason(e))) from None
+                if silent else
+                f"{receiver.where} is in use: another program receives on it"
+                if receiver and getattr(e, "errno", None) == errno.EADDRINUSE else
+                _reason(e))) from None
+        path = receiver.uri if receiver else path  # the input as the user named it
+        self._receiver = receiver
         video = self.container.streams.video
         if video and not video[0].codec_context.width and not stream_like:
             # FFmpeg probes the first 5 s: a video that starts later (its audio first) has no
@@ -155,6 +163,7 @@ class PyAVSource:
         self.take_packets = self._packets.take  # (any thread) those read since the last call
         self._coded = (self.width, self.height)
         # The first picture is decoded now: its display matrix decides the frames' size.
+        self._last_packet = time.monotonic()  # when the input last gave a packet (receivers)
         self._av_frames = self._demux()
         self._first = self._first_error = None
         self._video_end: Fraction | None = None  # the latest frame's time plus one frame (s)
@@ -218,8 +227,9 @@ class PyAVSource:
         passed = [self.container.streams[t.index] for t in self.tracks]
         asked = time.monotonic()
         for packet in self.container.demux([self.stream, *passed]):
+            self._last_packet = time.monotonic()
             timed_out = self._read_timeout is not None and \
-                time.monotonic() - asked >= self._read_timeout
+                self._last_packet - asked >= self._read_timeout
             if packet.size:
                 self._follow_on(packet)
             if packet.stream.index == self.stream.index:
@@ -244,6 +254,14 @@ class PyAVSource:
             if timed_out:
                 raise _ReadTimedOut
             asked = time.monotonic()  # after the pictures were taken: the read starts now
+
+    def quiet_reason(self) -> str | None:
+        """What a stream sent to this machine says of a stall (PacedSource asks when no frame
+        came): no packet for a second or more, in its own words; else None."""
+        quiet = time.monotonic() - self._last_packet
+        if self._receiver is None or quiet < 1:
+            return None
+        return f"{self.path}: " + self._receiver.no_packet_for(quiet)
 
     def read_tracks_on(self) -> None:
         """After a run cut short by a frame count: the file read on, without decoding, until
@@ -305,8 +323,9 @@ class PyAVSource:
                 for av_frame in self._held_pictures():
                     yield self._to_frame(av_frame, index)
                     index += 1
-                raise DecodeError(f"{self.path}: no frame for {self._read_timeout:g} s (the "
-                                  "input froze)") from None
+                raise DecodeError(f"{self.path}: " + (
+                    self._receiver.no_packet_for(self._read_timeout) if self._receiver else
+                    f"no frame for {self._read_timeout:g} s (the input froze)")) from None
             # A raw/y4m file cut mid-frame: that says more than FFmpeg's error about it.
             raise self._partial_frame(index) or DecodeError(
                 f"decoding {self.path} failed after {index} frames: {_reason(e)}") from None
@@ -454,12 +473,6 @@ class _CountedInput:
         return data
 
 
-
-
-
-
-
-
 def _seconds(hms: str) -> float:
     """`HH:MM:SS.fraction` (Matroska's DURATION tag) in seconds; 0.0 when it is not one."""
     parts = hms.split(":")
@@ -468,15 +481,6 @@ def _seconds(hms: str) -> float:
             if len(parts) == 3 else 0.0
     except ValueError:
         return 0.0
-
-
-
-
-
-
-
-
-
 
 
 def _reason(e: Exception) -> str:

@@ -1,0 +1,264 @@
+"""Streams sent to this machine without a server (sources/udp.py), from real senders: MPEG-TS
+over UDP from FFmpeg, RTP H.264/H.265 without an SDP from GStreamer (QGroundControl's
+convention), and our own `rtp://` output's `.sdp` file; the sender stopping ends `encode`
+(exit 3) and loses `serve`'s camera, which comes back when the sender starts again."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import VIDEO
+from test_serve_faults import Clock, camera, pipeline_config, stopped
+from test_telemetry import wait_until
+
+from edge_semvc.cli import main
+from edge_semvc.errors import DecodeError, SourceError
+from edge_semvc.sources import open_source, pyav, udp
+from edge_semvc.sources.paced import PacedSource, Pacing
+
+CLIP = VIDEO / "overhead_parking_cars_768x432.mp4"  # 12.5 fps, with AAC
+QUIET_S = 1.5  # the read timeout in these tests (5 s in use): a sender gone is told sooner
+
+
+@pytest.fixture
+def clip3(tmp_path):
+    """The first 3 s of CLIP (38 frames at 12.5 fps, and its sound)."""
+    if not CLIP.exists() or not shutil.which("ffmpeg"):
+        pytest.skip("the clip or ffmpeg is missing")
+    path = tmp_path / "clip3.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(CLIP), "-t", "3", "-c", "copy",
+                    str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    monkeypatch.setattr(pyav, "LIVE_TIMEOUT_S", (10.0, QUIET_S))
+
+
+def free_udp_port(pair: bool = False) -> int:
+    """A free UDP port (`pair`: an even one with the next free too: RTP and its RTCP)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        if not pair or (port % 2 == 0 and port < 65535 and bound_by_another(port + 1) is False):
+            return port
+
+
+def bound_by_another(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
+def send_when_bound(port: int, command: list[str]) -> threading.Thread:
+    """Runs `command` (a sender) once something listens on UDP `port`: nothing is lost before
+    the receiver is there."""
+    def run():
+        wait_until(lambda: bound_by_another(port), timeout=120, what=f"a receiver on {port}")
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def ffmpeg_ts(clip, port: int) -> list[str]:
+    return ["ffmpeg", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "mpegts",
+            f"udp://127.0.0.1:{port}?pkt_size=1316"]
+
+
+def gst_rtp(port: int, frames: int, codec: str = "h264") -> list[str]:
+    enc = {"h264": ["x264enc", "tune=zerolatency", "speed-preset=ultrafast", "key-int-max=25",
+                    "!", "rtph264pay", "config-interval=1", "pt=96"],
+           "hevc": ["x265enc", "tune=zerolatency", "speed-preset=ultrafast", "key-int-max=25",
+                    "!", "rtph265pay", "config-interval=1", "pt=96"]}[codec]
+    return ["gst-launch-1.0", "-q", "videotestsrc", "is-live=true", f"num-buffers={frames}", "!",
+            "video/x-raw,format=I420,width=320,height=240,framerate=25/1", "!", *enc, "!",
+            "udpsink", "host=127.0.0.1", f"port={port}"]
+
+
+def probe(path, entries: str, stream: str = "v") -> list[list[str]]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries",
+                          entries, "-of", "csv=p=0", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return [line.split(",") for line in out.split()]
+
+
+def read_all(source) -> tuple[list, Exception | None]:
+    frames, error = [], None
+    try:
+        for f in source.frames():
+            frames.append(f)
+    except SourceError as e:
+        error = e
+    finally:
+        source.close()
+    return frames, error
+
+
+def test_mpegts_over_udp_is_encoded_with_its_sound_until_the_sender_stops(tmp_path, clip3,
+                                                                         quick):
+    """`encode udp://@:PORT`: FFmpeg's MPEG-TS at its own rate; every frame but the last (the
+    demuxer holds a packet until the next one starts, and none comes) is encoded with its
+    timestamps and the sound; the sender stopping ends the run as a camera gone: exit 3,
+    saying so."""
+    port = free_udp_port()
+    sent = len(probe(clip3, "packet=pts"))
+    sender = send_when_bound(port, ffmpeg_ts(clip3, port))
+    out, stats = tmp_path / "out.mkv", tmp_path / "stats.json"
+    status = main(["encode", f"udp://@:{port}", str(out), "--no-map", "--stats-json",
+                   str(stats)])
+    sender.join(60)
+    result = json.loads(stats.read_text())
+    assert status == 3 and not result["complete"], result
+    assert f"no packet on udp port {port} for 2 s (the sender stopped" in result["error"]
+    assert sent - 1 <= result["frames"] <= sent, (sent, result["frames"])
+    assert result["corrupt_packets"] == result["concealed_frames"] == 0
+    times = sorted(float(t) for (t,) in probe(out, "packet=pts_time"))
+    assert len(times) == result["frames"]
+    assert all(abs(b - a - 0.08) < 0.002 for a, b in zip(times, times[1:])), times  # 12.5 fps
+    assert probe(out, "stream=codec_name", "a") == [["aac"]]
+    assert len(probe(out, "packet=pts", "a")) > 100  # 3 s of 48 kHz AAC: 140 packets
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_rtp_without_sdp_from_gstreamer(codec, quick):
+    """QGroundControl's convention, `rtph26Xpay config-interval=1 pt=96 ! udpsink`: every
+    frame, timestamps one frame apart, and the sender stopping said as such."""
+    if not shutil.which("gst-launch-1.0"):
+        pytest.skip("GStreamer is missing")
+    port = free_udp_port(pair=True)
+    sender = send_when_bound(port, gst_rtp(port, 30, codec))
+    source = open_source(f"rtp://@:{port}?codec={codec}&pt=96")
+    assert (source.width, source.height, source.fps) == (320, 240, 25)
+    frames, error = read_all(source)
+    sender.join(60)
+    assert len(frames) == 30
+    assert [b.pts - a.pts for a, b in zip(frames, frames[1:])] == [3600] * 29  # 90 kHz, 25 fps
+    assert isinstance(error, DecodeError)
+    assert str(error) == (f"rtp://@:{port}?codec={codec}&pt=96: no packet on udp port {port} "
+                          "for 2 s (the sender stopped, or its link dropped)")
+
+
+def test_our_rtp_outputs_sdp_file_is_an_input_with_its_sound(tmp_path, clip3, quick):
+    """The `.sdp` our `rtp://` output writes beside itself, given as the input: the video and
+    the AAC on the next port pair, every frame."""
+    port = free_udp_port(pair=True)
+    sdp, out, stats = tmp_path / "cam.sdp", tmp_path / "out.mkv", tmp_path / "stats.json"
+    send = [sys.executable, "-m", "edge_semvc", "encode", str(clip3),
+            f"rtp://127.0.0.1:{port}?sdp={sdp}", "--no-map"]
+    subprocess.run(send, check=True, capture_output=True)  # the SDP, before any receiver
+    sender = send_when_bound(port, [*send, "--realtime"])
+    status = main(["encode", str(sdp), str(out), "--no-map", "--stats-json", str(stats)])
+    sender.join(60)
+    result = json.loads(stats.read_text())
+    assert status == 3 and result["frames"] == len(probe(clip3, "packet=pts")), result
+    assert f"no packet on udp ports {port}, {port + 2} for 2 s" in result["error"]
+    assert probe(out, "stream=codec_name", "a") == [["aac"]]
+
+
+def test_a_reader_slower_than_the_stream_loses_packets_not_the_input(clip3, monkeypatch, quick):
+    """FFmpeg's UDP FIFO overflowing (a reader that fell behind: the models loading, a slow
+    machine) drops what does not fit; the input goes on until the sender stops (FFmpeg's
+    default ends it: "Input/output error")."""
+    monkeypatch.setattr(udp, "UDP_OPTIONS", {**udp.UDP_OPTIONS, "fifo_size": "100"})
+    port = free_udp_port()
+    sender = send_when_bound(port, ffmpeg_ts(clip3, port))
+    source = open_source(f"udp://@:{port}")
+    frames, error = [], None
+    try:
+        for f in source.frames():
+            frames.append(f)
+            time.sleep(0.12)  # slower than 12.5 fps
+    except SourceError as e:
+        error = e
+    source.close()
+    sender.join(60)
+    assert "no packet on udp port" in str(error), error
+
+
+def test_a_stall_seen_by_the_pacing_says_no_packet_came(clip3):
+    """`serve` watches a camera's frames (PacedSource's stall_s on its clock): a stream sent to
+    this machine whose sender stopped is said as that, not as a frozen input."""
+    port = free_udp_port()
+    sender = send_when_bound(port, ffmpeg_ts(clip3, port))
+    source = open_source(f"udp://@:{port}")
+    clock = Clock()
+    paced = PacedSource(source, Pacing(realtime=True, stall_s=5), clock=clock, sleep=clock.sleep)
+    frames = paced.frames()
+    next(frames)
+    sender.join(60)
+    wait_until(source.quiet_reason, timeout=30, what="a second without a packet")
+    clock.advance(5)  # before the source's own 5 s read timeout
+    with pytest.raises(DecodeError, match=f"^udp://@:{port}: no packet on udp port {port} for "):
+        for _ in frames:
+            pass
+    paced.close()
+
+
+def test_a_serve_camera_on_udp_is_lost_when_the_sender_stops_and_back_when_it_starts(
+        tmp_path, clip3, quick):
+    (tmp_path / "rec").mkdir()
+    port = free_udp_port()
+    sender = send_when_bound(port, ffmpeg_ts(clip3, port))
+    cam, events = camera(tmp_path, f"udp://@:{port}", cfg=pipeline_config())
+    cam.start()
+    try:
+        wait_until(lambda: cam.frames_total > 0, timeout=120, what="frames")
+        sender.join(60)
+        wait_until(lambda: events.named("source_lost"), timeout=60, what="the camera lost")
+        lost = events.named("source_lost")[0]
+        assert f"no packet on udp port {port}" in lost["reason"], lost
+        assert cam.state in ("lost", "starting")
+        frames_before = cam.frames_total
+        sender = send_when_bound(port, ffmpeg_ts(clip3, port))  # it listens again meanwhile
+        wait_until(lambda: events.named("source_back"), timeout=60, what="the camera back")
+        wait_until(lambda: cam.frames_total > frames_before, timeout=60, what="new frames")
+        sender.join(60)
+    finally:
+        stopped(cam)
+    names = [n for n in events.names() if n in ("source_lost", "source_back")]
+    assert names[:2] == ["source_lost", "source_back"], events
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("udp://@:70000", "its port '70000' is not one of 1-65535"),
+    ("udp://@", "needs a port to listen on, e.g. udp://@:5600"),
+    ("udp://@:5600?fifo=3", "unknown option 'fifo' in input 'udp://@:5600?fifo=3' (known: none)"),
+    ("udp://10.255.255.1:5600", "10.255.255.1 is no address of this machine"),
+    ("udp://camera.invalid:5600", "'camera.invalid' has no IPv4 address"),
+    ("rtp://@:65535", "its port '65535' is not one of 1-65534"),
+    ("rtp://@:5600?codec=vp8", "codec 'vp8' is not one of h264, hevc"),
+    ("rtp://@:5600?pt=33", "payload type pt='33' is not one of the dynamic types 96-127"),
+    ("rtp://@:5600?ssrc=1", "unknown option 'ssrc'"),
+    ("rtp://192.168.1.20:5600", "an RTP input listens on every address of this machine: give "
+                                "rtp://@:5600"),
+])
+def test_bad_receiver_uris_are_refused_saying_why(uri, message):
+    with pytest.raises(SourceError) as e:
+        open_source(uri)
+    assert message in str(e.value)
+
+
+def test_a_port_in_use_is_refused_at_once(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("", 0))
+        port = taken.getsockname()[1]
+        for uri in (f"udp://@:{port}", f"rtp://@:{port - 1}"):
+            with pytest.raises(SourceError, match=f"cannot open {uri}: udp port {port} cannot "
+                               "be bound: another program receives on it"):
+                open_source(uri)
+        assert main(["encode", f"udp://@:{port}", str(tmp_path / "o.mp4"), "--no-map"]) == 2
+    (tmp_path / "empty.sdp").write_text("v=0\n")
+    with pytest.raises(SourceError, match="describes no stream"):
+        open_source(str(tmp_path / "empty.sdp"))
