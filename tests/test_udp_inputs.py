@@ -187,6 +187,35 @@ def test_a_reader_slower_than_the_stream_loses_packets_not_the_input(clip3, monk
     assert "no packet on udp port" in str(error), error
 
 
+def test_a_stream_joined_between_key_frames_starts_at_the_next_one(tmp_path, monkeypatch):
+    """A receiver started after its sender, with key frames 7 s apart: FFmpeg's probe gives up
+    (its open timeout, here 3 s) before parameter sets come; the input opens at the next key
+    frame, the packets before it not counted as damage (before: "cannot read the picture size
+    of udp://@:PORT (corrupt or not a video)")."""
+    monkeypatch.setattr(pyav, "LIVE_TIMEOUT_S", (3.0, QUIET_S))
+    if not CLIP.exists():
+        pytest.skip("the clip is missing")
+    ts = tmp_path / "gop7.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(CLIP), "-t", "9", "-an", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-g", "88", "-keyint_min", "88", "-sc_threshold",
+                    "0", str(ts)], check=True)
+    packets = probe(ts, "packet=pts,flags")
+    key = [int(p[0]) for p in packets if "K" in p[1]][1]  # at 7.04 s
+    after = sum(int(p[0]) >= key for p in packets)
+    port = free_udp_port()
+    sender = subprocess.Popen(ffmpeg_ts(ts, port))
+    try:
+        time.sleep(1)  # the first key frame, at 0 s, is gone when the receiver starts
+        source = open_source(f"udp://@:{port}")
+        assert (source.width, source.height) == (768, 432)
+        frames, error = read_all(source)
+    finally:
+        sender.wait(60)
+    assert "no packet on udp port" in str(error), error
+    assert frames[0].pts == key and after - 1 <= len(frames) <= after
+    assert source.damaged_packets == source.concealed_frames == 0
+
+
 def test_a_stall_seen_by_the_pacing_says_no_packet_came(clip3):
     """`serve` watches a camera's frames (PacedSource's stall_s on its clock): a stream sent to
     this machine whose sender stopped is said as that, not as a frozen input."""

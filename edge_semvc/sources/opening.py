@@ -40,6 +40,17 @@ def check_host(url: str) -> None:
         raise SourceError(f"cannot open {url}: its host {host!r} has no address ({problem})")
 
 
+def check_size(container, width: int, height: int, path: str) -> None:
+    """A picture size the encoder takes (else the container is closed and SourceError)."""
+    if not width or not height:
+        container.close()
+        raise SourceError(f"cannot read the picture size of {path} (corrupt or not a video)")
+    if width % 2 or height % 2:
+        container.close()
+        raise SourceError(f"{path} is {width}x{height}: H.264 4:2:0 needs an even width and "
+                          "height")
+
+
 def colour_of(first: av.VideoFrame | None) -> tuple[int, int, int]:
     """The input's colour description as the encoder should write it (H.273 codes: primaries,
     transfer, matrix; 2 unspecified). RGB is turned into YUV by FFmpeg's default matrix, BT.601

@@ -24,7 +24,7 @@ from ..frame import Frame
 from ..tracks import PacketQueue
 from ..uris import file_path
 from .base import NETWORK_SCHEMES, RawVideoOptions, Receiver
-from .opening import check_host, check_raw, colour_of, frame_rate, say_what_is_lost
+from .opening import check_host, check_raw, check_size, colour_of, frame_rate, say_what_is_lost
 from .orientation import Orientation
 from .tracks import FollowOn, HiddenLead, passthrough_tracks, track_packet
 
@@ -135,13 +135,11 @@ class PyAVSource:
         stream.codec_context.options = {"flags": "unaligned"}
         cc = stream.codec_context
         self.width, self.height = cc.width, cc.height
-        if not self.width or not self.height:
-            self.container.close()
-            raise SourceError(f"cannot read the picture size of {path} (corrupt or not a video)")
-        if self.width % 2 or self.height % 2:
-            self.container.close()
-            raise SourceError(f"{path} is {self.width}x{self.height}: H.264 4:2:0 needs an even "
-                              "width and height")
+        # a stream joined between two key frames (the parameter sets come with the next one,
+        # after FFmpeg's probe): its size is its first picture's, decoded below
+        joined = receiver is not None and not (self.width and self.height)
+        if not joined:
+            check_size(self.container, self.width, self.height, path)
         self.fps = frame_rate(stream, raw, path)
         # Raw Annex-B and raw video carry no timestamps: number frames in 1/fps.
         self._synth_pts = fmt == "rawvideo" or self.container.format.name in ("h264", "hevc") \
@@ -161,7 +159,6 @@ class PyAVSource:
         self._follow_on = FollowOn(path)  # files joined: their clocks continue
         self._hidden_lead = HiddenLead()  # what an edit list hides before the sound starts
         self.take_packets = self._packets.take  # (any thread) those read since the last call
-        self._coded = (self.width, self.height)
         # The first picture is decoded now: its display matrix decides the frames' size.
         self._last_packet = time.monotonic()  # when the input last gave a packet (receivers)
         self._av_frames = self._demux()
@@ -181,6 +178,11 @@ class PyAVSource:
             self._first = next(self._av_frames, None)
         except (av.error.FFmpegError, _ReadTimedOut) as e:  # frames() says it, at frame 0
             self._first_error = e
+        if joined and self._first is not None:
+            self.width, self.height = self._first.width, self._first.height
+        if joined:
+            check_size(self.container, self.width, self.height, path)
+        self._coded = (self.width, self.height)
         self.orientation = Orientation.of(self._first)
         self.width, self.height = self.orientation.size(self.width, self.height)
         self.colour = colour_of(self._first)
@@ -226,6 +228,9 @@ class PyAVSource:
         its picture is the last (`_ReadTimedOut`), not one after a pause."""
         passed = [self.container.streams[t.index] for t in self.tracks]
         asked = time.monotonic()
+        # a stream sent to this machine is joined anywhere: what comes before its first key
+        # frame does not decode, and is not damage
+        joining = self._receiver is not None
         for packet in self.container.demux([self.stream, *passed]):
             self._last_packet = time.monotonic()
             timed_out = self._read_timeout is not None and \
@@ -240,12 +245,16 @@ class PyAVSource:
                 try:
                     pictures = packet.decode()
                 except av.error.InvalidDataError as e:  # one damaged packet: go on past it
+                    if joining:  # before the first key frame: waited for, not damage
+                        asked = time.monotonic()
+                        continue
                     if not self.damaged_packets:
                         self._damaged = _reason(e)
                         log.warning("%s: a damaged video packet is skipped (%s); decoding goes "
                                     "on (counted: damaged_packets)", self.path, self._damaged)
                     self.damaged_packets += 1
                     continue
+                joining = joining and not pictures
                 yield from pictures
             else:
                 value = track_packet(packet)
