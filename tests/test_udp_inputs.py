@@ -53,12 +53,10 @@ def free_udp_port(pair: bool = False) -> int:
 
 
 def bound_by_another(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("", port))
-        except OSError:
-            return True
-    return False
+    """Whether a UDP socket is bound to `port` (read from /proc: binding it to see would race
+    with the receiver's own bind)."""
+    with open("/proc/net/udp") as f:
+        return any(line.split()[1].endswith(f":{port:04X}") for line in list(f)[1:])
 
 
 def send_when_bound(port: int, command: list[str]) -> threading.Thread:
@@ -258,6 +256,41 @@ def test_a_serve_camera_on_udp_is_lost_when_the_sender_stops_and_back_when_it_st
         stopped(cam)
     names = [n for n in events.names() if n in ("source_lost", "source_back")]
     assert names[:2] == ["source_lost", "source_back"], events
+
+
+@pytest.mark.parametrize("sent, given, message", [
+    ("rtp97", "udp://@:{port}", "cannot open udp://@:{port}: RTP with payload type 97 comes on "
+                                "udp port {port}, not MPEG-TS: give rtp://@:{port}?pt=97"),
+    ("rtp97", "rtp://@:{port}", "cannot open rtp://@:{port}: RTP with payload type 97 comes on "
+                                "udp port {port}, not 96: give rtp://@:{port}?pt=97"),
+    ("hevc", "rtp://@:{port}", "RTP of payload type 96 comes on udp port {port} but no picture "
+                               "decoded as H264: is it codec=hevc?"),
+    ("ts", "rtp://@:{port}", "cannot open rtp://@:{port}: MPEG-TS comes on udp port {port}, not "
+                             "RTP: give udp://@:{port}"),
+])
+def test_a_stream_the_input_does_not_take_is_named_with_the_input_to_give(
+        sent, given, message, clip3, monkeypatch):
+    """FFmpeg drops RTP of another payload type unsaid, and says no more than "Invalid data" or
+    nothing of MPEG-TS given to an RTP input and the reverse: what comes on the port is said."""
+    if not shutil.which("gst-launch-1.0"):
+        pytest.skip("GStreamer is missing")
+    monkeypatch.setattr(pyav, "LIVE_TIMEOUT_S", (3.0, QUIET_S))
+    monkeypatch.setattr(pyav, "JOIN_S", 3.0)
+    port = free_udp_port(pair=True)
+    if sent == "ts":
+        command = ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", *ffmpeg_ts(clip3, port)[4:]]
+    else:
+        command = [a for a in gst_rtp(port, 0, "hevc" if sent == "hevc" else "h264")
+                   if a != "num-buffers=0"]
+        command = [a.replace("pt=96", "pt=97") if sent == "rtp97" else a for a in command]
+    sender = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        with pytest.raises(SourceError) as e:
+            open_source(given.format(port=port))
+    finally:
+        sender.terminate()
+        sender.wait(30)
+    assert message.format(port=port) in str(e.value)
 
 
 @pytest.mark.parametrize("uri, message", [

@@ -35,6 +35,7 @@ DEEP_PROBE = {"analyzeduration": str(60_000_000), "probesize": str(200_000_000)}
 RAW_EXTENSIONS = {".yuv": "yuv420p", ".raw": "yuv420p", ".nv12": "nv12", ".rgb": "rgb24"}
 # Network streams and devices: (open, read) seconds before a silent input counts as lost.
 LIVE_TIMEOUT_S = (10.0, 5.0)
+JOIN_S = 20.0  # a stream sent to this machine: the longest wait for its first key frame
 READ_ON_S = 10  # read_tracks_on: how far past the video's end a track may lag in the file
 TS_PACKET_BYTES = (188, 192, 204)  # MPEG-TS, M2TS (a timestamp before each), with RS parity
 
@@ -227,12 +228,14 @@ class PyAVSource:
         out the frame it held for the next one to start (RTSP): the input froze then, and
         its picture is the last (`_ReadTimedOut`), not one after a pause."""
         passed = [self.container.streams[t.index] for t in self.tracks]
-        asked = time.monotonic()
+        asked = began = time.monotonic()
         # a stream sent to this machine is joined anywhere: what comes before its first key
         # frame does not decode, and is not damage
         joining = self._receiver is not None
         for packet in self.container.demux([self.stream, *passed]):
             self._last_packet = time.monotonic()
+            if joining and self._last_packet - began >= JOIN_S:
+                raise _ReadTimedOut  # packets, yet no picture: not this codec?
             timed_out = self._read_timeout is not None and \
                 self._last_packet - asked >= self._read_timeout
             if packet.size:

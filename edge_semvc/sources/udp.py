@@ -34,6 +34,7 @@ UDP_OPTIONS = {"overrun_nonfatal": "1", "fifo_size": str(7 * 4096), "buffer_size
 SDP_OPTIONS = {"protocol_whitelist": "file,udp,rtp", "buffer_size": str(1 << 21)}
 RTP_CODECS = {"h264": "H264", "hevc": "H265", "h265": "H265"}  # codec= -> the SDP's rtpmap name
 ANY_ADDRESS = ("", "@", "0.0.0.0")
+SNIFF_S = 1.0  # how long an input that did not open listens for what comes on its port
 
 
 def open_udp(uri: str, raw: RawVideoOptions) -> PyAVSource:
@@ -47,7 +48,10 @@ def open_udp(uri: str, raw: RawVideoOptions) -> PyAVSource:
     if not multicast:
         _check_free(uri, host, (port,))
     url = f"udp://{host}:{port}" if multicast else f"udp://@:{port}"
-    return PyAVSource(url, raw, live=options, receiver=Receiver(uri, f"udp port {port}"))
+    try:
+        return PyAVSource(url, raw, live=options, receiver=Receiver(uri, f"udp port {port}"))
+    except SourceError as e:
+        raise e if multicast else _explained(e, uri, host, port, None) from None
 
 
 def open_rtp(uri: str, raw: RawVideoOptions) -> PyAVSource:
@@ -76,6 +80,8 @@ def open_rtp(uri: str, raw: RawVideoOptions) -> PyAVSource:
             f.write(sdp)
         return PyAVSource(path, raw, live=SDP_OPTIONS, device="sdp",
                           receiver=Receiver(uri, f"udp port {port}"))
+    except SourceError as e:
+        raise e if host else _explained(e, uri, host, port, (pt, codec)) from None
     finally:  # FFmpeg read it as it opened
         os.unlink(path)
 
@@ -138,6 +144,36 @@ def _is_address(host: str) -> bool:
 
 def _multicast(host: str) -> bool:
     return _is_address(host) and ipaddress.ip_address(host).is_multicast
+
+
+def _explained(error: SourceError, uri: str, host: str, port: int,
+               rtp_as: tuple[int, str] | None) -> SourceError:
+    """`error` (FFmpeg could not open the input), or what comes on the port when that is not
+    what the input takes (`rtp_as`: the payload type and codec of an `rtp://` input): MPEG-TS
+    to an `rtp://` input, RTP to a `udp://` one, RTP of another payload type (FFmpeg drops it
+    unsaid) or that did not decode as the codec given, with the input to give."""
+    pt, codec = rtp_as or (None, "")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(SNIFF_S)
+        try:
+            s.bind((host, port))
+            data = s.recv(2048)
+        except OSError:  # in use again, or nothing came
+            return error
+    rtp = len(data) > 12 and data[0] >> 6 == 2  # RTP version 2
+    came = data[1] & 0x7F if rtp else None
+    if data[:1] == b"\x47" and pt is not None:
+        return SourceError(f"cannot open {uri}: MPEG-TS comes on udp port {port}, not RTP: give "
+                           f"udp://@:{port}")
+    if rtp and came != pt:
+        return SourceError(f"cannot open {uri}: RTP with payload type {came} comes on udp port "
+                           f"{port}" + (", not MPEG-TS" if pt is None else f", not {pt}") +
+                           f": give rtp://@:{port}?pt={came} (and codec=hevc for H.265)")
+    if rtp:
+        other = "hevc" if codec == "H264" else "h264"
+        return SourceError(f"{error}: RTP of payload type {pt} comes on udp port {port} but "
+                           f"no picture decoded as {codec}: is it codec={other}?")
+    return error
 
 
 def _check_free(uri: str, host: str, ports: tuple[int, ...]) -> None:
