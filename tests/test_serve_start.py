@@ -22,6 +22,9 @@ BAD_SERVICE_FILES = [  # (YAML, what the one line names): none may start and loo
     ('cameras: {".hidden": {input: demo://astronaut}}', "cameras: '.hidden'"),
     ("cameras: {cam: {input: 'gopher://host/x'}}", "cameras.cam.input: 'gopher://host/x'"),
     ("cameras: {cam: {input: '-'}}", "a service has no standard input"),
+    ("cameras: {cam: {input: 'udp://@:70000'}}",
+     "cameras.cam.input: input 'udp://@:70000': its port '70000' is not one of 1-65535"),
+    ("cameras: {cam: {input: 'rtp://@:5600?codec=vp8'}}", "codec 'vp8' is not one of h264, hevc"),
     # a long password: the URI's password hidden before it is cut short (the '@' cut away)
     (f"cameras: {{cam: {{input: 'rstp://admin:{'k8Jd92nF' * 8}@cam.lan/h264'}}}}",
      "cameras.cam.input: 'rstp://admin:***@cam.lan/h264'"),

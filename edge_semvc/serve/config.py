@@ -20,9 +20,9 @@ from typing import Any, Mapping
 from ..config import Config
 from ..config_model import check, merge, reference_rows, schema_of
 from ..encoders.config import PROFILES
-from ..errors import ConfigError
+from ..errors import ConfigError, SourceError
 from ..sinks.config import RecordConfig
-from ..sources import SCHEMES
+from ..sources import SCHEMES, check_input
 from ..uris import hide_passwords
 
 REDACTED = "***"
@@ -200,6 +200,10 @@ class CameraConfig:
             hide_passwords(self.input),  # before a long URI is cut short, '@' and all
             "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N, demo://NAME, "
             "udp://@:PORT, rtp://@:PORT, FILE.sdp (a service has no standard input)")
+        try:
+            check_input(self.input)
+        except SourceError as e:  # a udp:// or rtp:// port, address, option or codec
+            raise ConfigError(f"invalid value for {key}.input: {e}", f"{key}.input") from None
         check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
         check(self.profile in ("", *PROFILES), f"{key}.profile", self.profile,
               f"'' (encoder.profile) or {' or '.join(PROFILES)}")

@@ -38,6 +38,15 @@ def open_source(uri: str, raw: RawVideoOptions | None = None) -> Source:
     return SOURCES.get(scheme)(uri, raw or RawVideoOptions())
 
 
+def check_input(uri: str) -> None:
+    """What can be told of an input from its URI alone, before it is opened (SourceError):
+    a `udp://` or `rtp://` input's port, address, options and codec."""
+    if uri.partition("://")[0] in ("udp", "rtp"):
+        from .udp import check_uri
+
+        check_uri(uri)
+
+
 def is_live(uri: str) -> bool:
     """Whether the input never ends on its own: a camera, a network stream, or the stream an
     `.sdp` file describes."""

@@ -37,10 +37,15 @@ ANY_ADDRESS = ("", "@", "0.0.0.0")
 SNIFF_S = 1.0  # how long an input that did not open listens for what comes on its port
 
 
+def check_uri(uri: str) -> None:
+    """What a `udp://` or `rtp://` input's URI says is possible (SourceError else), checked
+    before it is opened: `serve` refuses a camera's at the start."""
+    (_udp_address if uri.startswith("udp:") else _rtp_address)(uri)
+
+
 def open_udp(uri: str, raw: RawVideoOptions) -> PyAVSource:
     """`udp://@:PORT` or `udp://HOST:PORT`: MPEG-TS sent to this machine."""
-    parts, host, port = _address(uri, last_port=65535)
-    _options(uri, parts, {})
+    host, port = _udp_address(uri)
     multicast = _multicast(host)
     options = dict(UDP_OPTIONS)
     if host and not multicast:
@@ -56,21 +61,9 @@ def open_udp(uri: str, raw: RawVideoOptions) -> PyAVSource:
 
 def open_rtp(uri: str, raw: RawVideoOptions) -> PyAVSource:
     """`rtp://@:PORT[?codec=h264|hevc&pt=96]`: RTP sent to this machine, with no SDP."""
-    parts, host, port = _address(uri, last_port=65534)  # its RTCP takes PORT + 1
-    options = _options(uri, parts, {"codec": "h264", "pt": "96"})
-    codec = RTP_CODECS.get(options["codec"].lower())
-    if codec is None:
-        raise SourceError(f"input {uri!r}: codec {options['codec']!r} is not one of h264, hevc")
-    if not (options["pt"].isdigit() and 96 <= int(options["pt"]) <= 127):
-        raise SourceError(f"input {uri!r}: payload type pt={options['pt']!r} is not one of the "
-                          "dynamic types 96-127")
-    if host and not _multicast(host):
-        raise SourceError(f"input {uri!r}: an RTP input listens on every address of this "
-                          f"machine: give rtp://@:{port} (a multicast group as the host is "
-                          "joined)")
+    host, port, pt, codec = _rtp_address(uri)
     if not host:
         _check_free(uri, "", (port, port + 1))
-    pt = int(options["pt"])
     sdp = (f"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=edge-semvc RTP input\r\n"
            f"c=IN IP4 {host or '0.0.0.0'}\r\nt=0 0\r\nm=video {port} RTP/AVP {pt}\r\n"
            f"a=rtpmap:{pt} {codec}/90000\r\n")
@@ -98,6 +91,29 @@ def open_sdp(uri: str, raw: RawVideoOptions) -> PyAVSource:
         raise SourceError(f"{path} describes no stream (no m= line): not an SDP file?")
     where = f"udp port{'s' if len(ports) > 1 else ''} {', '.join(ports)}"
     return PyAVSource(path, raw, live=SDP_OPTIONS, device="sdp", receiver=Receiver(path, where))
+
+
+def _udp_address(uri: str) -> tuple[str, int]:
+    parts, host, port = _address(uri, last_port=65535)
+    _options(uri, parts, {})
+    return host, port
+
+
+def _rtp_address(uri: str) -> tuple[str, int, int, str]:
+    """HOST, PORT, payload type and the SDP's codec name of an `rtp://` input."""
+    parts, host, port = _address(uri, last_port=65534)  # its RTCP takes PORT + 1
+    options = _options(uri, parts, {"codec": "h264", "pt": "96"})
+    codec = RTP_CODECS.get(options["codec"].lower())
+    if codec is None:
+        raise SourceError(f"input {uri!r}: codec {options['codec']!r} is not one of h264, hevc")
+    if not (options["pt"].isdigit() and 96 <= int(options["pt"]) <= 127):
+        raise SourceError(f"input {uri!r}: payload type pt={options['pt']!r} is not one of the "
+                          "dynamic types 96-127")
+    if host and not _multicast(host):
+        raise SourceError(f"input {uri!r}: an RTP input listens on every address of this "
+                          f"machine: give rtp://@:{port} (a multicast group as the host is "
+                          "joined)")
+    return host, port, int(options["pt"]), codec
 
 
 def _address(uri: str, last_port: int) -> tuple[object, str, int]:
