@@ -25,6 +25,9 @@ BAD_SERVICE_FILES = [  # (YAML, what the one line names): none may start and loo
     ("cameras: {cam: {input: 'udp://@:70000'}}",
      "cameras.cam.input: input 'udp://@:70000': its port '70000' is not one of 1-65535"),
     ("cameras: {cam: {input: 'rtp://@:5600?codec=vp8'}}", "codec 'vp8' is not one of h264, hevc"),
+    ("cameras: {a: {input: 'rtp://@:5600'}, b: {input: 'udp://@:5601'}}",
+     "cameras.b.input: 'udp://@:5601' (expected a port of its own: cameras.a.input listens on "
+     "udp port 5601)"),
     # a long password: the URI's password hidden before it is cut short (the '@' cut away)
     (f"cameras: {{cam: {{input: 'rstp://admin:{'k8Jd92nF' * 8}@cam.lan/h264'}}}}",
      "cameras.cam.input: 'rstp://admin:***@cam.lan/h264'"),

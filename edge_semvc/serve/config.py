@@ -253,6 +253,13 @@ class ServeConfig(Config):
                 except ConfigError as e:
                     raise ConfigError(f"cameras.{name}.profile {cam.profile}: {e}") from None
         self.cameras = parsed
+        listening: dict[int, str] = {}
+        for name, cam in parsed.items():  # a second camera on a port would never get it
+            for port in check_input(cam.input):  # checked above: its UDP ports
+                check(port not in listening, f"cameras.{name}.input", cam.input,
+                      f"a port of its own: cameras.{listening.get(port)}.input listens on "
+                      f"udp port {port}")
+                listening[port] = name
         if any(cam.record for cam in parsed.values()) or self.record.dir:
             self.record.validate()
         check(bool(self.record.dir or self.state_dir), "state_dir", self.state_dir,

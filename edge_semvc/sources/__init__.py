@@ -38,13 +38,14 @@ def open_source(uri: str, raw: RawVideoOptions | None = None) -> Source:
     return SOURCES.get(scheme)(uri, raw or RawVideoOptions())
 
 
-def check_input(uri: str) -> None:
+def check_input(uri: str) -> tuple[int, ...]:
     """What can be told of an input from its URI alone, before it is opened (SourceError):
-    a `udp://` or `rtp://` input's port, address, options and codec."""
+    a `udp://` or `rtp://` input's port, address, options and codec; the UDP ports it takes."""
     if uri.partition("://")[0] in ("udp", "rtp"):
         from .udp import check_uri
 
-        check_uri(uri)
+        return check_uri(uri)
+    return ()
 
 
 def is_live(uri: str) -> bool:

@@ -37,10 +37,15 @@ ANY_ADDRESS = ("", "@", "0.0.0.0")
 SNIFF_S = 1.0  # how long an input that did not open listens for what comes on its port
 
 
-def check_uri(uri: str) -> None:
+def check_uri(uri: str) -> tuple[int, ...]:
     """What a `udp://` or `rtp://` input's URI says is possible (SourceError else), checked
-    before it is opened: `serve` refuses a camera's at the start."""
-    (_udp_address if uri.startswith("udp:") else _rtp_address)(uri)
+    before it is opened (`serve` refuses a camera's at the start): the UDP ports it takes
+    alone (none for a multicast group, which others may join too)."""
+    if uri.startswith("udp:"):
+        host, port = _udp_address(uri)
+        return () if _multicast(host) else (port,)
+    host, port, _, _ = _rtp_address(uri)
+    return () if host else (port, port + 1)
 
 
 def open_udp(uri: str, raw: RawVideoOptions) -> PyAVSource:
