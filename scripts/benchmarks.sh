@@ -160,6 +160,10 @@ if want link; then
     $PY -m edge_semvc.bench.link latency "$OUT/road_720p30.mp4" --seconds 17 --output $o \
       --out "$OUT/link-$o"
   done
+  for r in ffmpeg gst gst-tcp; do  # follow_link from one RTSP viewer's receiver reports
+    $PY -m edge_semvc.bench.rtsp_link $V/street_pedestrians_vtest_768x576.avi --receiver $r \
+      | tee "$OUT/rtsp-follow-$r.txt"
+  done
   $PY -m edge_semvc.bench.link story $V/street_pedestrians_vtest_768x576.avi \
     $V/road_traffic_signs_1080p.h264 $V/drone_karma_coast_854x480.mp4 --out "$OUT/link-story"
 fi
