@@ -92,3 +92,21 @@ def test_a_viewer_behind_a_link_narrower_than_the_stream_brings_the_rate_down(cl
     assert link.overflowed > 0
     assert follow["decreases"] >= 1 and follow["lowest"] < RATE * DECREASE, follow
     assert follow["target"] == RATE
+
+
+def test_the_benchmark_loops_a_clip_shorter_than_its_seconds(clip, tmp_path):
+    """bench/rtsp_link.py's run sends `seconds` of video: the 15 s street clip (150 frames) is
+    looped to the 400 frames of 40 s (before: the run ended with the clip, 5 s after the
+    default narrowing at 10 s); one long enough is sent as it is; a raw stream FFmpeg cannot
+    loop is refused, not sent short."""
+    import av
+
+    from edge_semvc.bench.rtsp_link import _looped
+
+    street = str(clip("street_pedestrians_vtest_768x576.avi"))
+    looped = _looped(street, 400, tmp_path / "looped.mkv")
+    with av.open(looped) as c:
+        assert sum(1 for p in c.demux(video=0) if p.size) == 400
+    assert _looped(street, 150, tmp_path / "unused.mkv") == street
+    with pytest.raises(ValueError, match="cannot loop"):
+        _looped(str(clip("foreman_cif.h264")), 1000, tmp_path / "raw.mkv")

@@ -8,7 +8,8 @@ proxy that puts a relay in the path of RTP over UDP (the server sends to the add
 measures how `encoder.follow_link` follows one viewer's link from its RTCP receiver reports:
 the clip paced as a camera into the built-in RTSP server (plain x264, CBR, zerolatency), one
 real viewer through the link, which narrows to `capacity` at `narrow-at` seconds; each rate
-change is printed with its time after the narrowing, then the follower's statistics.
+change is printed with its time after the narrowing, then the follower's statistics. A clip
+shorter than `seconds` is looped (FFmpeg's -stream_loop, into a Matroska copy).
 """
 from __future__ import annotations
 
@@ -177,16 +178,18 @@ def react(clip: str, receiver: str, bitrate: str, capacity: float, narrow_at: fl
 
     with av.open(clip) as c:
         fps = float(c.streams.video[0].average_rate or 25)
-    server_port = _free_tcp_port()
-    link = RtspLink(server_port)
-    link.start()
+    frames = round(seconds * fps)
     with tempfile.TemporaryDirectory() as tmp:
+        clip = _looped(clip, frames, Path(tmp) / "looped.mkv")
+        server_port = _free_tcp_port()
+        link = RtspLink(server_port)
+        link.start()
         stats = Path(tmp) / "stats.json"
         encoder = subprocess.Popen(
             [sys.executable, "-m", "edge_semvc", "encode", clip,
              f"rtsp://127.0.0.1:{server_port}/live", "--realtime", "--no-map", "--rc", "cbr",
              "--bitrate", str(parse_bitrate(bitrate)), "--tune", "zerolatency",
-             "--frames", str(round(seconds * fps)), "--progress", "off", "--stats-json",
+             "--frames", str(frames), "--progress", "off", "--stats-json",
              str(stats), "--set", "encoder.follow_link.enabled=true"],
             stderr=subprocess.PIPE, text=True)
         while encoder.poll() is None:  # the server listens
@@ -221,6 +224,29 @@ def react(clip: str, receiver: str, bitrate: str, capacity: float, narrow_at: fl
             "relayed": link.packets, "overflowed": link.overflowed, "lost": link.lost}
 
 
+def _looped(clip: str, frames: int, out: Path) -> str:
+    """`clip`, or where it has fewer than `frames` video frames, a copy of it looped to that
+    many (else the run ended with the clip: the 15 s street clip, narrowed at 10 s, left the
+    follower 5 s and often showed no change at all). ValueError when it cannot be looped (a
+    raw stream FFmpeg cannot seek)."""
+    import av
+
+    def count(path: str) -> int:
+        with av.open(path) as c:
+            return sum(1 for p in c.demux(video=0) if p.size)
+
+    have = count(clip)
+    if have >= frames:
+        return clip
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", "-1", "-i", clip,
+                    "-map", "0:v:0", "-c", "copy", "-frames:v", str(frames), str(out)],
+                   check=True)
+    if count(str(out)) < frames:
+        raise ValueError(f"{clip} has {have} frames, fewer than --seconds asks for ({frames}), "
+                         "and FFmpeg cannot loop it: give fewer --seconds or a longer clip")
+    return str(out)
+
+
 def _free_tcp_port() -> int:
     with socket.create_server(("127.0.0.1", 0)) as s:
         return s.getsockname()[1]
@@ -239,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--narrow-at", type=float, default=10.0, help="seconds after the viewer")
     p.add_argument("--seconds", type=float, default=40.0, help="seconds of video sent")
     a = p.parse_args(argv)
-    result = react(a.clip, a.receiver, a.bitrate, float(a.capacity), a.narrow_at, a.seconds)
+    try:
+        result = react(a.clip, a.receiver, a.bitrate, float(a.capacity), a.narrow_at, a.seconds)
+    except ValueError as e:
+        print(f"rtsp_link: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(result))
     return 0
 
