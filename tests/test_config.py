@@ -121,7 +121,12 @@ def test_the_serve_schema_describes_every_key_and_each_camera():
     assert not missing
     cameras = schema["properties"]["cameras"]
     entry = cameras["additionalProperties"]["anyOf"]
-    assert entry[0] == {"type": "string"}
+    assert entry[0] == {"type": "string", "minLength": 1}
+    # what serve refuses, the schema does: a camera without its input (before: any mapping of
+    # the camera's keys passed), a profile or queue length out of range
+    assert entry[1]["required"] == ["input"]
+    assert entry[1]["properties"]["profile"]["enum"] == ["", "live", "storage"]
+    assert entry[1]["properties"]["queue_frames"]["maximum"] == 16
     assert {"input", "outputs", "profile", "record"} <= set(entry[1]["properties"])
     assert entry[1]["properties"]["outputs"]["description"].startswith("stream outputs")
     assert re.fullmatch(cameras["propertyNames"]["pattern"], "front_door")

@@ -221,7 +221,7 @@ class ServeConfig(Config):
     """`edge-semvc serve`'s file: the pipeline's sections, shared by every camera, plus
     `cameras`, `record`, `mqtt` and `state_dir` (where remote changes are kept)."""
 
-    # name -> {input: URI, loop, realtime, queue_frames} (cameras.<name>.* below)
+    # name -> a URI or {input: URI, loop, realtime, ...} (cameras.<name>.* below)
     cameras: dict[str, Any] = field(default_factory=dict)
     record: RecordConfig = field(default_factory=RecordConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -296,7 +296,12 @@ def json_schema() -> dict[str, Any]:
 
     out = schema(ServeConfig)
     cameras = out["properties"]["cameras"]
-    cameras["additionalProperties"] = {"anyOf": [{"type": "string"}, schema_of(CameraConfig)]}
+    camera = schema_of(CameraConfig)  # what validate() asks of it, an editor too
+    camera["required"] = ["input"]
+    camera["properties"]["input"]["minLength"] = 1
+    camera["properties"]["queue_frames"].update(minimum=1, maximum=16)
+    camera["properties"]["profile"]["enum"] = ["", *PROFILES]
+    cameras["additionalProperties"] = {"anyOf": [{"type": "string", "minLength": 1}, camera]}
     cameras["propertyNames"] = {"pattern": f"^{CAMERA_NAME.pattern}$"}
     cameras["minProperties"] = 1
     return out
