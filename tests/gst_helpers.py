@@ -332,6 +332,12 @@ class ScriptedRtspClient:
         self.cseq += 1
         self.sock.sendall(f"{method} {uri or self.url} RTSP/1.0\r\nCSeq: {self.cseq}\r\n"
                           f"{headers}\r\n".encode())
+        while True:  # the interleaved packets before the reply (after PLAY) are left out
+            self._fill(4)
+            if self.buf[0] != 0x24:
+                break
+            self._fill(4 + int.from_bytes(self.buf[2:4], "big"))
+            self.buf = self.buf[4 + int.from_bytes(self.buf[2:4], "big"):]
         while b"\r\n\r\n" not in self.buf:
             self._fill(len(self.buf) + 1)
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)

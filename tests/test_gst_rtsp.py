@@ -318,3 +318,25 @@ def adts_audio(tmp_path):
     assert track.codec == "aac" and not track.extradata
     with av.open(str(src)) as c:
         return track, [p for p in map(track_packet, c.demux(audio=0)) if p is not None]
+
+
+def test_a_client_that_tears_down_and_keeps_its_connection_has_left(frames):
+    """A VMS ends its session (TEARDOWN) and keeps its RTSP connection to play again later: it
+    left then (before: it stayed a client until the connection closed, counted and its link
+    judged)."""
+    require("rtsp")
+    port = free_port()
+    events = Events()
+    server = open_output(f"rtsp://@:{port}/cam", on_event=events)
+    with LiveEncoder(frames, Outputs([server])):
+        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
+        try:
+            client.play()
+            client.read()
+            events.wait("client_joined")
+            client.request("TEARDOWN", f"Session: {client.session}\r\n")
+            events.wait("client_left")
+            assert server.stats()["clients"] == 0, server.stats()
+        finally:
+            client.close()
+    assert events.names().count("client_left") == 1, events.seen

@@ -117,6 +117,7 @@ class RtspServer:
         client.connect("setup-request", self.on_setup)
         client.connect("pre-play-request", self.on_pre_play)
         client.connect("play-request", self.on_play)
+        client.connect("teardown-request", self.on_teardown)
         client.connect("closed", self.on_closed)
 
     def on_setup(self, client, ctx):
@@ -147,9 +148,22 @@ class RtspServer:
             info["playing"] = True
             emit("client_joined", address=info["address"], transport=info["transport"])
 
+    def on_teardown(self, client, ctx):
+        """A client that ends its session and keeps its connection (a VMS that plays again on
+        it later) left: it was counted, and its link judged, until the connection closed."""
+        info = self.clients.get(client)
+        if info is not None:
+            info["link"] = None
+            self.left(info)
+
     def on_closed(self, client):
         info = self.clients.pop(client, None)
-        if info and info["playing"]:
+        if info:
+            self.left(info)
+
+    def left(self, info):
+        if info["playing"]:
+            info["playing"] = False
             emit("client_left", address=info["address"], transport=info["transport"])
 
 
