@@ -369,5 +369,18 @@ class ScriptedRtspClient:
                 return (channel // 2, int.from_bytes(packet[2:4], "big"),
                         int.from_bytes(packet[4:8], "big"), bool(packet[1] & 0x80), packet[12:])
 
+    def read_any(self) -> tuple[int, bytes]:
+        """The next interleaved packet, RTP or RTCP: (its channel, the packet)."""
+        self._fill(4)
+        assert self.buf[0] == 0x24, self.buf[:16]
+        channel, n = self.buf[1], int.from_bytes(self.buf[2:4], "big")
+        self._fill(4 + n)
+        packet, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+        return channel, packet
+
+    def send(self, channel: int, packet: bytes) -> None:
+        """An interleaved packet to the server (an RTCP report on an odd channel)."""
+        self.sock.sendall(bytes([0x24, channel]) + len(packet).to_bytes(2, "big") + packet)
+
     def close(self) -> None:
         self.sock.close()

@@ -340,3 +340,41 @@ def test_a_client_that_tears_down_and_keeps_its_connection_has_left(frames):
         finally:
             client.close()
     assert events.names().count("client_left") == 1, events.seen
+
+
+def _receiver_report(media_ssrc: int, ext: int, lost: int, sender_report: bytes) -> bytes:
+    """An RTCP receiver report on `media_ssrc` (RFC 3550 6.4.2): highest sequence number
+    `ext`, `lost` packets lost in all, answering `sender_report` (its LSR, no delay)."""
+    import struct
+
+    lsr = int.from_bytes(sender_report[10:14], "big")  # the middle of its NTP time
+    block = struct.pack("!IIIIII", media_ssrc, lost & 0xFFFFFF, ext, 0, lsr, 0)
+    return struct.pack("!BBHI", 0x81, 201, 7, 0x5EED) + block
+
+
+def test_a_client_reporting_more_loss_than_packets_is_believed_no_further_than_them(frames):
+    """A client (RTP over TCP) whose receiver reports say far more packets lost than it should
+    have had (a forged report, each 100000 more): the server's link report counts at most the
+    packets it should have had as lost (it counted them all: 'sent again 9524%' in the
+    follower's log, a report ten thousand times the stream)."""
+    require("rtsp")
+    port = free_port()
+    server = open_output(f"rtsp://@:{port}/cam")
+    with LiveEncoder(frames, Outputs([server])) as live:
+        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
+        try:
+            client.play()
+            ext = ssrc = lost = 0
+            while server.link_report() is None or server.link_report().seq < 3:
+                assert live.count < 30 * GUARD_S, server.link_report()  # hang guard
+                channel, packet = client.read_any()
+                if channel == 0:
+                    ssrc, seq = int.from_bytes(packet[8:12], "big"), packet[2] << 8 | packet[3]
+                    ext = (ext & ~0xFFFF | seq) + (0x10000 if seq < (ext & 0xFFFF) else 0)
+                elif packet[1] == 200 and ssrc:  # our sender report: answered at once
+                    lost += 100_000
+                    client.send(1, _receiver_report(ssrc, ext, lost, packet))
+            report = server.link_report()
+        finally:
+            client.close()
+    assert 0 < report.resent <= report.sent, report

@@ -212,8 +212,9 @@ class ClientLink:
             return False
         if before is None or ext < before[0]:
             return False
+        # no more lost than it should have had: a report that says more is not believed
         totals[0] += ext - before[0]
-        totals[1] += max(0, lost - before[1])
+        totals[1] += min(ext - before[0], max(0, lost - before[1]))
         return True
 
 
