@@ -342,12 +342,14 @@ def test_a_client_that_tears_down_and_keeps_its_connection_has_left(frames):
     assert events.names().count("client_left") == 1, events.seen
 
 
-def _receiver_report(media_ssrc: int, ext: int, lost: int, sender_report: bytes) -> bytes:
+def _receiver_report(media_ssrc: int, ext: int, lost: int, sender_report: bytes,
+                     lsr_back_s: int = 0) -> bytes:
     """An RTCP receiver report on `media_ssrc` (RFC 3550 6.4.2): highest sequence number
-    `ext`, `lost` packets lost in all, answering `sender_report` (its LSR, no delay)."""
+    `ext`, `lost` packets lost in all, answering `sender_report` (its LSR, no delay; a forged
+    one `lsr_back_s` seconds earlier)."""
     import struct
 
-    lsr = int.from_bytes(sender_report[10:14], "big")  # the middle of its NTP time
+    lsr = (int.from_bytes(sender_report[10:14], "big") - (lsr_back_s << 16)) & 0xFFFFFFFF
     block = struct.pack("!IIIIII", media_ssrc, lost & 0xFFFFFF, ext, 0, lsr, 0)
     return struct.pack("!BBHI", 0x81, 201, 7, 0x5EED) + block
 
@@ -378,3 +380,32 @@ def test_a_client_reporting_more_loss_than_packets_is_believed_no_further_than_t
         finally:
             client.close()
     assert 0 < report.resent <= report.sent, report
+
+
+def test_a_receiver_report_with_an_absurd_round_trip_is_not_believed(frames):
+    """A report whose LSR no sender report of ours had (an hour back: forged or broken) gives
+    a round trip of an hour, which reached the follower as 0 ms (out of range): its least
+    round trip, against which every real one after read as a queue. Not believed: the client's
+    round trip stays unknown, and no report is made of it alone."""
+    require("rtsp")
+    port = free_port()
+    server = open_output(f"rtsp://@:{port}/cam")
+    with LiveEncoder(frames, Outputs([server])) as live:
+        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
+        try:
+            client.play()
+            ext = ssrc = answered = 0
+            while answered < 4:
+                assert live.count < 30 * GUARD_S, answered  # hang guard
+                channel, packet = client.read_any()
+                if channel == 0:
+                    ssrc, seq = int.from_bytes(packet[8:12], "big"), packet[2] << 8 | packet[3]
+                    ext = (ext & ~0xFFFF | seq) + (0x10000 if seq < (ext & 0xFFFF) else 0)
+                elif packet[1] == 200 and ssrc:
+                    client.send(1, _receiver_report(ssrc, ext, 0, packet, lsr_back_s=3600))
+                    answered += 1
+            live.wait_frames(30)  # a second more: the child's next polls (4 a second)
+            report = server.link_report()
+        finally:
+            client.close()
+    assert report is None or report.rtt_ms > 0, report

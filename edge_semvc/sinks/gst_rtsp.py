@@ -12,6 +12,9 @@ LINK_POLL_MS = 250  # how often the clients' sessions are read for a new receive
 FIRST_INTERVAL_S = 5.0  # a client's report interval until two are seen (RFC 3550's least)
 SENDER_REPORT_NS = 1_000_000_000  # our RTCP sender reports' least interval
 OVERDUE = 3  # a client whose report is this many of its intervals late is silent
+# a longer round trip is a report that answers no sender report of ours (forged or broken):
+# not believed (one such would make every real round trip after it read as a queue)
+MAX_RTT_MS = 30_000.0
 
 
 class RtspServer:
@@ -199,7 +202,7 @@ class ClientLink:
             self.interval = max(FIRST_INTERVAL_S, now - self.at)
         self.report, self.at, self.sent_at_report, self.silent = report, now, sent, False
         ext, lost, lsr, _, rtt = report
-        if lsr:
+        if lsr and rtt * 1000.0 / 65536 <= MAX_RTT_MS:
             self.rtt_ms = rtt * 1000.0 / 65536  # RTCP's unit: 1/65536 s
         if self.start is None and 0 <= base < 0x10000:  # its media is its own: it got
             start = (ext & ~0xFFFF) | base                 # our first packet
