@@ -24,18 +24,19 @@ DAMAGE = [0.1, 0.5, 0.9]
 # whole encodes of every clip, close to a case the default run keeps (cut 0.99, damage 0.5):
 # run with -m slow (CI's 20 minutes)
 SLOW = {("cut", 0.9), ("damage", 0.1), ("damage", 0.9)}
+# and every case of the largest clips (the containers and codecs are the smaller ones' too)
+SLOW_CLIPS = {"road_traffic_signs_1080p.h264", "overhead_parking_cars_768x432.mp4",
+              "drone_karma_coast_854x480.mp4"}
 
 
 def _cases():
     for name in CLIPS:
-        for f in CUTS:
-            yield pytest.param(name, "cut", f, id=f"{name}-cut{f}",
-                               marks=[pytest.mark.slow] if ("cut", f) in SLOW else [])
-        for f in DAMAGE:
-            yield pytest.param(name, "damage", f, id=f"{name}-damage{f}",
-                               marks=[pytest.mark.slow] if ("damage", f) in SLOW else [])
-        yield pytest.param(name, "renamed", ".mkv" if not name.endswith(".mkv") else ".mp4",
-                           id=f"{name}-renamed")
+        cases = [("cut", f) for f in CUTS] + [("damage", f) for f in DAMAGE] + \
+            [("renamed", ".mkv" if not name.endswith(".mkv") else ".mp4")]
+        for kind, arg in cases:
+            slow = name in SLOW_CLIPS or (kind, arg) in SLOW
+            yield pytest.param(name, kind, arg, id=f"{name}-{kind}{arg if kind != 'renamed' else ''}",
+                               marks=[pytest.mark.slow] if slow else [])
 
 
 def _clip(name):

@@ -354,39 +354,10 @@ def _receiver_report(media_ssrc: int, ext: int, lost: int, sender_report: bytes,
     return struct.pack("!BBHI", 0x81, 201, 7, 0x5EED) + block
 
 
-def test_a_client_reporting_more_loss_than_packets_is_believed_no_further_than_them(frames):
-    """A client (RTP over TCP) whose receiver reports say far more packets lost than it should
-    have had (a forged report, each 100000 more): the server's link report counts at most the
-    packets it should have had as lost (it counted them all: 'sent again 9524%' in the
-    follower's log, a report ten thousand times the stream)."""
-    require("rtsp")
-    port = free_port()
-    server = open_output(f"rtsp://@:{port}/cam")
-    with LiveEncoder(frames, Outputs([server])) as live:
-        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
-        try:
-            client.play()
-            ext = ssrc = lost = 0
-            while server.link_report() is None or server.link_report().seq < 3:
-                assert live.count < 30 * GUARD_S, server.link_report()  # hang guard
-                channel, packet = client.read_any()
-                if channel == 0:
-                    ssrc, seq = int.from_bytes(packet[8:12], "big"), packet[2] << 8 | packet[3]
-                    ext = (ext & ~0xFFFF | seq) + (0x10000 if seq < (ext & 0xFFFF) else 0)
-                elif packet[1] == 200 and ssrc:  # our sender report: answered at once
-                    lost += 100_000
-                    client.send(1, _receiver_report(ssrc, ext, lost, packet))
-            report = server.link_report()
-        finally:
-            client.close()
-    assert 0 < report.resent <= report.sent, report
-
-
-def test_a_receiver_report_with_an_absurd_round_trip_is_not_believed(frames):
-    """A report whose LSR no sender report of ours had (an hour back: forged or broken) gives
-    a round trip of an hour, which reached the follower as 0 ms (out of range): its least
-    round trip, against which every real one after read as a queue. Not believed: the client's
-    round trip stays unknown, and no report is made of it alone."""
+def _forging_client(frames, forge, enough):
+    """A client over TCP answering each of our sender reports at once with `forge(ssrc, ext,
+    n, sender_report)` (its n-th receiver report) until `enough(server, n)`; the server's link
+    report then."""
     require("rtsp")
     port = free_port()
     server = open_output(f"rtsp://@:{port}/cam")
@@ -395,17 +366,38 @@ def test_a_receiver_report_with_an_absurd_round_trip_is_not_believed(frames):
         try:
             client.play()
             ext = ssrc = answered = 0
-            while answered < 4:
-                assert live.count < 30 * GUARD_S, answered  # hang guard
+            while not enough(server, answered):
+                assert live.count < 30 * GUARD_S, server.link_report()  # hang guard
                 channel, packet = client.read_any()
                 if channel == 0:
                     ssrc, seq = int.from_bytes(packet[8:12], "big"), packet[2] << 8 | packet[3]
                     ext = (ext & ~0xFFFF | seq) + (0x10000 if seq < (ext & 0xFFFF) else 0)
-                elif packet[1] == 200 and ssrc:
-                    client.send(1, _receiver_report(ssrc, ext, 0, packet, lsr_back_s=3600))
+                elif packet[1] == 200 and ssrc:  # our sender report: answered at once
                     answered += 1
+                    client.send(1, forge(ssrc, ext, answered, packet))
             live.wait_frames(30)  # a second more: the child's next polls (4 a second)
-            report = server.link_report()
+            return server.link_report()
         finally:
             client.close()
+
+
+def test_a_client_reporting_more_loss_than_packets_is_believed_no_further_than_them(frames):
+    """A client (RTP over TCP) whose receiver reports say far more packets lost than it should
+    have had (a forged report, each 100000 more): the server's link report counts at most the
+    packets it should have had as lost (it counted them all: 'sent again 9524%' in the
+    follower's log, a report ten thousand times the stream)."""
+    report = _forging_client(
+        frames, lambda ssrc, ext, n, sr: _receiver_report(ssrc, ext, n * 100_000, sr),
+        lambda server, n: server.link_report() is not None and server.link_report().seq >= 3)
+    assert 0 < report.resent <= report.sent, report
+
+
+def test_a_receiver_report_with_an_absurd_round_trip_is_not_believed(frames):
+    """A report whose LSR no sender report of ours had (an hour back: forged or broken) gives
+    a round trip of an hour, which reached the follower as 0 ms (out of range): its least
+    round trip, against which every real one after read as a queue. Not believed: the client's
+    round trip stays unknown, and no report is made of it alone."""
+    report = _forging_client(
+        frames, lambda ssrc, ext, n, sr: _receiver_report(ssrc, ext, 0, sr, lsr_back_s=3600),
+        lambda server, n: n >= 4)
     assert report is None or report.rtt_ms > 0, report

@@ -5,11 +5,37 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
+from contextlib import contextmanager
 
 import pytest
 import yaml
 from test_serve import CLIP, needs_clip, service_log, start_service, stop
 from test_telemetry import MOSQUITTO, Broker, Watcher, free_port, wait_until
+
+
+@contextmanager
+def reloading_service(path):
+    """A Service on the file at `path` (written before), run in a thread until the block
+    ends; its reloads read the file again."""
+    from edge_semvc import preflight
+    from edge_semvc.config import load_config
+    from edge_semvc.serve.config import ServeConfig
+    from edge_semvc.serve.service import Service
+
+    def load():
+        cfg = load_config(path, cls=ServeConfig)
+        preflight.resolve(cfg)
+        return cfg
+
+    service = Service(load(), load=load)
+    run = threading.Thread(target=service.run, daemon=True)
+    run.start()
+    try:
+        yield service
+    finally:
+        service.stop_event.set()
+        run.join(60)
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
 
@@ -227,13 +253,8 @@ def test_a_camera_a_reload_removes_is_let_go(tmp_path):
     """Nothing keeps a removed camera (with its last frame, models, encoder): a service reloaded
     again and again must not grow by a camera each time. Its figures stay for the summary."""
     import gc
-    import threading
     import weakref
 
-    from edge_semvc import preflight
-    from edge_semvc.config import load_config
-    from edge_semvc.serve.config import ServeConfig
-    from edge_semvc.serve.service import Service
 
     needs_clip()
     path = tmp_path / "serve.yml"
@@ -243,24 +264,13 @@ def test_a_camera_a_reload_removes_is_let_go(tmp_path):
             "cameras": {n: {"input": f"file://{CLIP}", "loop": True} for n in names},
             "record": {"dir": str(tmp_path)}, "labeler": {"cpu_budget": 0.05}}))
 
-    def load():
-        cfg = load_config(path, cls=ServeConfig)
-        preflight.resolve(cfg)
-        return cfg
-
     write(["a", "c"])
-    service = Service(load(), load=load)
-    run = threading.Thread(target=service.run, daemon=True)
-    run.start()
-    try:
+    with reloading_service(path) as service:
         wait_until(lambda: service.cameras["c"].frames_total > 10, what="frames from c")
         removed = weakref.ref(service.cameras["c"])
         write(["a"])
         service.reload_event.set()
         wait_until(lambda: "c" not in service.cameras, what="c removed")
-    finally:
-        service.stop_event.set()
-        run.join(60)
     gc.collect()
     assert removed() is None
     assert service.summary["cameras"]["c"]["frames"] > 10
@@ -270,12 +280,7 @@ def test_a_camera_a_reload_removes_and_a_later_one_adds_back_counts_from_0(tmp_p
     """A camera removed is gone: added back by a later reload (same name) it is a new camera,
     its counts from 0 in its stats, the web page, /metrics and the summary (they went on from
     its counts before the removal)."""
-    import threading
 
-    from edge_semvc import preflight
-    from edge_semvc.config import load_config
-    from edge_semvc.serve.config import ServeConfig
-    from edge_semvc.serve.service import Service
     from edge_semvc.serve.stats import Carried
 
     needs_clip()
@@ -286,16 +291,8 @@ def test_a_camera_a_reload_removes_and_a_later_one_adds_back_counts_from_0(tmp_p
             "cameras": {n: {"input": f"file://{CLIP}", "loop": True} for n in names},
             "record": {"dir": str(tmp_path)}, "labeler": {"cpu_budget": 0.05}}))
 
-    def load():
-        cfg = load_config(path, cls=ServeConfig)
-        preflight.resolve(cfg)
-        return cfg
-
     write(["a", "c"])
-    service = Service(load(), load=load)
-    run = threading.Thread(target=service.run, daemon=True)
-    run.start()
-    try:
+    with reloading_service(path) as service:
         wait_until(lambda: service.cameras["c"].frames_total > 10, what="frames from c")
         write(["a"])
         service.reload_event.set()
@@ -305,9 +302,6 @@ def test_a_camera_a_reload_removes_and_a_later_one_adds_back_counts_from_0(tmp_p
         wait_until(lambda: "c" in service.cameras, what="c added back")
         assert service.windows["c"].carried == Carried()  # its MQTT stats
         assert service.whole_run["c"].carried == Carried()  # the web page, /metrics, summary
-    finally:
-        service.stop_event.set()
-        run.join(60)
     back = service.cameras["c"]
     assert service.summary["cameras"]["c"]["frames"] == back.frames_total
     assert service.summary["cameras"]["c"]["reconnects"] == back.runs - 1
@@ -316,12 +310,7 @@ def test_a_camera_a_reload_removes_and_a_later_one_adds_back_counts_from_0(tmp_p
 def test_a_scene_cut_after_a_reload_restart_is_numbered_as_the_storage_idr_it_made(tmp_path):
     """A camera a reload restarts counts its frames on (stats, storage IDRs): its scene cuts'
     `frame` too (it counted from 0 again, so an event named another frame than the IDR)."""
-    import threading
 
-    from edge_semvc import preflight
-    from edge_semvc.config import load_config
-    from edge_semvc.serve.config import ServeConfig
-    from edge_semvc.serve.service import Service
 
     clip = CLIP.parent / "bikes_street_scene_cuts_640x272.mp4"
     if not clip.exists():
@@ -336,19 +325,11 @@ def test_a_scene_cut_after_a_reload_restart_is_numbered_as_the_storage_idr_it_ma
             "encoder": {"profile": "storage"}, "labeler": {"cpu_budget": 0.05},
             "state_dir": str(tmp_path / "state")}))
 
-    def load():
-        cfg = load_config(path, cls=ServeConfig)
-        preflight.resolve(cfg)
-        return cfg
-
     write(1)
-    service = Service(load(), load=load)
     cuts = []
-    service._event = lambda camera, event, fields: cuts.append(fields["frame"]) \
-        if event == "scene_cut" else None
-    run = threading.Thread(target=service.run, daemon=True)
-    run.start()
-    try:
+    with reloading_service(path) as service:
+        service._event = lambda camera, event, fields: cuts.append(fields["frame"]) \
+            if event == "scene_cut" else None
         first = service.cameras["b"]
         wait_until(lambda: first.frames_total > 20, what="frames before the reload")
         write(2)  # queue_frames: the camera restarts
@@ -359,9 +340,6 @@ def test_a_scene_cut_after_a_reload_restart_is_numbered_as_the_storage_idr_it_ma
         wait_until(lambda: any(c >= before for c in cuts), timeout=120,
                    what="a scene cut after the restart")
         idrs = service.whole_run["b"].totals().storage["idrs"]
-    finally:
-        service.stop_event.set()
-        run.join(60)
     cut = next(c for c in cuts if c >= before)
     assert {"frame": cut, "reason": "scene_cut"} in [
         {"frame": i["frame"], "reason": i["reason"]} for i in idrs], (cut, idrs)
@@ -372,12 +350,7 @@ def test_a_reloaded_key_that_a_stored_remote_change_overrides_is_said(tmp_path, 
     start); a reload that changes the same key in the file changes nothing for that camera,
     and the log says so, naming the key and the file that overrides it."""
     import logging
-    import threading
 
-    from edge_semvc import preflight
-    from edge_semvc.config import load_config
-    from edge_semvc.serve.config import ServeConfig
-    from edge_semvc.serve.service import Service
 
     needs_clip()
     path = tmp_path / "serve.yml"
@@ -390,24 +363,13 @@ def test_a_reloaded_key_that_a_stored_remote_change_overrides_is_said(tmp_path, 
             "record": {"dir": str(tmp_path)}, "labeler": {"cpu_budget": 0.05},
             "qp": {"importance_gain": gain, "offset_max": offset_max}}))
 
-    def load():
-        cfg = load_config(path, cls=ServeConfig)
-        preflight.resolve(cfg)
-        return cfg
-
     caplog.set_level(logging.INFO, logger="edge_semvc")
     write(8.0, 10)
-    service = Service(load(), load=load)
-    run = threading.Thread(target=service.run, daemon=True)
-    run.start()
-    try:
+    with reloading_service(path) as service:
         wait_until(lambda: service.cameras["a"].frames_total > 10, what="frames from a")
         write(7.0, 11)  # the second is not overridden: not named
         service.reload_event.set()
         wait_until(lambda: "configuration reloaded" in caplog.text, what="the reload")
-    finally:
-        service.stop_event.set()
-        run.join(60)
     assert service.cameras["a"].cfg.qp.importance_gain == 9.0
     assert "a: the remote changes kept in " in caplog.text and "(qp.importance_gain)" in caplog.text
     said = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]

@@ -259,12 +259,13 @@ def test_a_serve_camera_on_udp_is_lost_when_the_sender_stops_and_back_when_it_st
 
 
 @pytest.mark.parametrize("sent, given, message", [
-    ("rtp97", "udp://@:{port}", "cannot open udp://@:{port}: RTP with payload type 97 comes on "
-                                "udp port {port}, not MPEG-TS: give rtp://@:{port}?pt=97"),
+    pytest.param("rtp97", "udp://@:{port}", "cannot open udp://@:{port}: RTP with payload type "
+                 "97 comes on udp port {port}, not MPEG-TS: give rtp://@:{port}?pt=97",
+                 marks=pytest.mark.slow),  # CI time: the rtp:// cases below run by default
     ("rtp97", "rtp://@:{port}", "cannot open rtp://@:{port}: RTP with payload type 97 comes on "
                                 "udp port {port}, not 96: give rtp://@:{port}?pt=97"),
-    ("hevc", "rtp://@:{port}", "RTP of payload type 96 comes on udp port {port} but no picture "
-                               "decoded as H264: is it codec=hevc?"),
+    pytest.param("hevc", "rtp://@:{port}", "RTP of payload type 96 comes on udp port {port} but "
+                 "no picture decoded as H264: is it codec=hevc?", marks=pytest.mark.slow),
     ("ts", "rtp://@:{port}", "cannot open rtp://@:{port}: MPEG-TS comes on udp port {port}, not "
                              "RTP: give udp://@:{port}"),
 ])
