@@ -240,7 +240,8 @@ def _print_summary(s: dict, args, out=sys.stdout) -> None:
         f"{s['bytes']} bytes, {s['bitrate_kbps']:.1f} kbit/s, {s['fps']:.1f} fps"
         + (f", {s['input_dropped']} input frames dropped (--realtime: not taken in time)"
            if s.get("input_dropped") else ""))
-    say("   " + rate_control_line(s["config"]["encoder"], s["encoder"].get("vbv_maxrate_kbps")))
+    say("   " + rate_control_line(s["config"]["encoder"], s["encoder"].get("vbv_maxrate_kbps"),
+                                  s.get("follow_link")))
     say("   stage ms (mean/p95): " + ", ".join(
         f"{k} {v['mean_ms']:.2f}/{v['p95_ms']:.2f}" for k, v in st.items()))
     roi, bg = s["mean_offset_roi"], s["mean_offset_background"]
@@ -256,9 +257,12 @@ def _print_summary(s: dict, args, out=sys.stdout) -> None:
             say(f"   {what.replace('_', ' ')}: {getattr(args, what)}")
 
 
-def rate_control_line(encoder: dict, ran_kbps: int | None = None) -> str:
+def rate_control_line(encoder: dict, ran_kbps: int | None = None,
+                      follow: dict | None = None) -> str:
     """What rate control ran, and why (encoder.rc auto follows what was given); `ran_kbps`: the
-    VBV rate the encoder read back (x264 and x265 take whole kbit/s), said where it differs."""
+    VBV rate the encoder read back (x264 and x265 take whole kbit/s), said where it differs;
+    `follow`: the link follower's statistics, where it changed the rate (the encoder then ends
+    at the follower's rate, not at a rounded one)."""
     from .encoders.config import EncoderConfig
 
     e = EncoderConfig(**{k: v for k, v in encoder.items() if k != "storage"})
@@ -271,6 +275,10 @@ def rate_control_line(encoder: dict, ran_kbps: int | None = None) -> str:
         return f"rate control: crf {e.crf:g}{cap}{why}"
     ran = (f" (the encoder runs {ran_kbps} kbit/s: whole kbit/s)"
            if ran_kbps and rc == "cbr" and ran_kbps != kbps else "")
+    if follow and (follow.get("decreases") or follow.get("increases")):
+        ran = (f" (follow_link: {follow['decreases']} decreases, {follow['increases']} increases;"
+               f" {follow['bitrate'] / 1e3:g} kbit/s at the end, {follow['lowest'] / 1e3:g} at "
+               "the lowest)")
     return f"rate control: {rc}, target {kbps:g} kbit/s{ran}{why}"
 
 

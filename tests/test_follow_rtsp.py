@@ -54,7 +54,8 @@ def _serve(clip, tmp_path, frames: int, capacity: float, viewers: int = 1,
         f"rtsp://127.0.0.1:{port}/live", "--realtime", "--frames", str(frames), "--no-map",
         "--bitrate", str(RATE), "--tune", "zerolatency", "--progress", "off",
         "--set", "encoder.follow_link.enabled=true",
-        "--set", "encoder.follow_link.min_bitrate=200000", "--stats-json", str(stats)])
+        "--set", "encoder.follow_link.min_bitrate=200000", "--stats-json", str(stats)],
+        stdout=subprocess.PIPE, text=True)
     clients = []
     try:
         _listening(port)
@@ -65,13 +66,14 @@ def _serve(clip, tmp_path, frames: int, capacity: float, viewers: int = 1,
             time.sleep(0.05)
         if kill_after_packets:
             clients[0].send_signal(signal.SIGKILL)
-        assert encoder.wait(GUARD_S + frames / 10) == 0
+        summary, _ = encoder.communicate(timeout=GUARD_S + frames / 10)
+        assert encoder.returncode == 0
     finally:
         for p in (encoder, *clients):
             p.kill()
             p.wait()
         link.stop()
-    return json.loads(stats.read_text())["follow_link"], link
+    return {**json.loads(stats.read_text())["follow_link"], "summary": summary}, link
 
 
 def test_a_viewer_on_a_clean_link_is_heard_and_keeps_the_rate_one_killed_changes_nothing(
@@ -92,6 +94,11 @@ def test_a_viewer_behind_a_link_narrower_than_the_stream_brings_the_rate_down(cl
     assert link.overflowed > 0
     assert follow["decreases"] >= 1 and follow["lowest"] < RATE * DECREASE, follow
     assert follow["target"] == RATE
+    # the summary says what the follower did (it said "the encoder runs N kbit/s: whole
+    # kbit/s" of the follower's last rate)
+    assert (f"target 1500 kbit/s (follow_link: {follow['decreases']} decreases, "
+            f"{follow['increases']} increases; {follow['bitrate'] / 1e3:g} kbit/s at the end"
+            ) in follow["summary"], follow["summary"]
 
 
 def test_the_benchmark_loops_a_clip_shorter_than_its_seconds(clip, tmp_path):
