@@ -40,6 +40,13 @@ def reloading_service(path):
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
 
 
+def write_cameras(path, names):
+    """A serve file at `path` with a looped camera of each name, recording beside it."""
+    path.write_text(yaml.safe_dump({
+        "cameras": {n: {"input": f"file://{CLIP}", "loop": True} for n in names},
+        "record": {"dir": str(path.parent)}, "labeler": {"cpu_budget": 0.05}}))
+
+
 def test_sighup_applies_live_keys_restarts_changed_cameras_alone_and_refuses_a_bad_file(
         tmp_path):
     needs_clip()
@@ -255,20 +262,14 @@ def test_a_camera_a_reload_removes_is_let_go(tmp_path):
     import gc
     import weakref
 
-
     needs_clip()
     path = tmp_path / "serve.yml"
 
-    def write(names):
-        path.write_text(yaml.safe_dump({
-            "cameras": {n: {"input": f"file://{CLIP}", "loop": True} for n in names},
-            "record": {"dir": str(tmp_path)}, "labeler": {"cpu_budget": 0.05}}))
-
-    write(["a", "c"])
+    write_cameras(path, ["a", "c"])
     with reloading_service(path) as service:
         wait_until(lambda: service.cameras["c"].frames_total > 10, what="frames from c")
         removed = weakref.ref(service.cameras["c"])
-        write(["a"])
+        write_cameras(path, ["a"])
         service.reload_event.set()
         wait_until(lambda: "c" not in service.cameras, what="c removed")
     gc.collect()
@@ -280,24 +281,18 @@ def test_a_camera_a_reload_removes_and_a_later_one_adds_back_counts_from_0(tmp_p
     """A camera removed is gone: added back by a later reload (same name) it is a new camera,
     its counts from 0 in its stats, the web page, /metrics and the summary (they went on from
     its counts before the removal)."""
-
     from edge_semvc.serve.stats import Carried
 
     needs_clip()
     path = tmp_path / "serve.yml"
 
-    def write(names):
-        path.write_text(yaml.safe_dump({
-            "cameras": {n: {"input": f"file://{CLIP}", "loop": True} for n in names},
-            "record": {"dir": str(tmp_path)}, "labeler": {"cpu_budget": 0.05}}))
-
-    write(["a", "c"])
+    write_cameras(path, ["a", "c"])
     with reloading_service(path) as service:
         wait_until(lambda: service.cameras["c"].frames_total > 10, what="frames from c")
-        write(["a"])
+        write_cameras(path, ["a"])
         service.reload_event.set()
         wait_until(lambda: "c" not in service.cameras, what="c removed")
-        write(["a", "c"])
+        write_cameras(path, ["a", "c"])
         service.reload_event.set()
         wait_until(lambda: "c" in service.cameras, what="c added back")
         assert service.windows["c"].carried == Carried()  # its MQTT stats

@@ -49,9 +49,7 @@ def get(url: str, auth: str | None = AUTH, timeout: float = 10.0) -> tuple[int, 
 
 def slots_free(server) -> int:
     """How many of the web server's connection slots are free now."""
-    taken = 0
-    while server._slots.acquire(blocking=False):
-        taken += 1
+    taken = sum(1 for _ in iter(lambda: server._slots.acquire(blocking=False), False))
     for _ in range(taken):
         server._slots.release()
     return taken
