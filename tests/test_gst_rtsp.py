@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+from contextlib import contextmanager
 
 import av
 import pytest
@@ -245,25 +246,33 @@ def test_an_rtsp_join_costs_one_idr_and_starts_at_it(frames, tmp_path, tune, aud
     assert keys[0] and not any(keys[1:]), keys
 
 
+@contextmanager
+def scripted_client(frames, events=None):
+    """The RTSP server fed by the live encoder and one scripted client that has set up (OPTIONS,
+    DESCRIBE, SETUP over TCP) and plays when the test says: (server, live, client)."""
+    require("rtsp")
+    port = free_port()
+    server = open_output(f"rtsp://@:{port}/cam", on_event=events)
+    with LiveEncoder(frames, Outputs([server])) as live:
+        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
+        try:
+            yield server, live, client
+        finally:
+            client.close()
+
+
 def test_a_client_that_plays_long_after_setup_gets_its_first_picture_at_its_start(frames):
     """A VMS that probes (DESCRIBE, SETUP), then plays two seconds later: the first picture's
     RTP time is the start RTP-Info gives (its media was prepared on parameter sets stamped at
     DESCRIBE), not two seconds after it, which a player buffering to the RTP clock holds as a
     frozen start (the media's running time went on between SETUP and PLAY)."""
-    require("rtsp")
-    port = free_port()
-    server = open_output(f"rtsp://@:{port}/cam")
-    with LiveEncoder(frames, Outputs([server])) as live:
-        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
-        try:
-            live.wait_frames(60)  # two seconds of the camera between SETUP and PLAY
-            client.play()
-            while True:
-                _, _, rtptime, _, payload = client.read()
-                if payload[0] & 0x1F in (5, 28):  # the IDR (whole or in fragments)
-                    break
-        finally:
-            client.close()
+    with scripted_client(frames) as (_, live, client):
+        live.wait_frames(60)  # two seconds of the camera between SETUP and PLAY
+        client.play()
+        while True:
+            _, _, rtptime, _, payload = client.read()
+            if payload[0] & 0x1F in (5, 28):  # the IDR (whole or in fragments)
+                break
     late = (rtptime - client.rtp_info[0]["rtptime"]) % (1 << 32)
     assert late < 15 * TICKS, late  # the frames from PLAY to the IDR, not the 60 before
 
@@ -324,21 +333,14 @@ def test_a_client_that_tears_down_and_keeps_its_connection_has_left(frames):
     """A VMS ends its session (TEARDOWN) and keeps its RTSP connection to play again later: it
     left then (before: it stayed a client until the connection closed, counted and its link
     judged)."""
-    require("rtsp")
-    port = free_port()
     events = Events()
-    server = open_output(f"rtsp://@:{port}/cam", on_event=events)
-    with LiveEncoder(frames, Outputs([server])):
-        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
-        try:
-            client.play()
-            client.read()
-            events.wait("client_joined")
-            client.request("TEARDOWN", f"Session: {client.session}\r\n")
-            events.wait("client_left")
-            assert server.stats()["clients"] == 0, server.stats()
-        finally:
-            client.close()
+    with scripted_client(frames, events) as (server, _, client):
+        client.play()
+        client.read()
+        events.wait("client_joined")
+        client.request("TEARDOWN", f"Session: {client.session}\r\n")
+        events.wait("client_left")
+        assert server.stats()["clients"] == 0, server.stats()
     assert events.names().count("client_left") == 1, events.seen
 
 
@@ -358,27 +360,20 @@ def _forging_client(frames, forge, enough):
     """A client over TCP answering each of our sender reports at once with `forge(ssrc, ext,
     n, sender_report)` (its n-th receiver report) until `enough(server, n)`; the server's link
     report then."""
-    require("rtsp")
-    port = free_port()
-    server = open_output(f"rtsp://@:{port}/cam")
-    with LiveEncoder(frames, Outputs([server])) as live:
-        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
-        try:
-            client.play()
-            ext = ssrc = answered = 0
-            while not enough(server, answered):
-                assert live.count < 30 * GUARD_S, server.link_report()  # hang guard
-                channel, packet = client.read_any()
-                if channel == 0:
-                    ssrc, seq = int.from_bytes(packet[8:12], "big"), packet[2] << 8 | packet[3]
-                    ext = (ext & ~0xFFFF | seq) + (0x10000 if seq < (ext & 0xFFFF) else 0)
-                elif packet[1] == 200 and ssrc:  # our sender report: answered at once
-                    answered += 1
-                    client.send(1, forge(ssrc, ext, answered, packet))
-            live.wait_frames(30)  # a second more: the child's next polls (4 a second)
-            return server.link_report()
-        finally:
-            client.close()
+    with scripted_client(frames) as (server, live, client):
+        client.play()
+        ext = ssrc = answered = 0
+        while not enough(server, answered):
+            assert live.count < 30 * GUARD_S, server.link_report()  # hang guard
+            channel, packet = client.read_any()
+            if channel == 0:
+                ssrc, seq = int.from_bytes(packet[8:12], "big"), packet[2] << 8 | packet[3]
+                ext = (ext & ~0xFFFF | seq) + (0x10000 if seq < (ext & 0xFFFF) else 0)
+            elif packet[1] == 200 and ssrc:  # our sender report: answered at once
+                answered += 1
+                client.send(1, forge(ssrc, ext, answered, packet))
+        live.wait_frames(30)  # a second more: the child's next polls (4 a second)
+        return server.link_report()
 
 
 def test_a_client_reporting_more_loss_than_packets_is_believed_no_further_than_them(frames):
