@@ -120,6 +120,7 @@ class StoragePolicy:
         self._last_encoded: float | None = None
         self._last_idr: float | None = None
         self._last_seen: float | None = None
+        self.first_seen: float | None = None  # the time of the run's first frame
         self.skipped = 0
         self.encoded = 0
         self.reasons: Counter[str] = Counter()
@@ -138,6 +139,8 @@ class StoragePolicy:
         segment starts; "receiver": a viewer or client joined), or None."""
         cfg, t = self.cfg, self._seconds(frame)
         self._last_seen = t
+        if self.first_seen is None:
+            self.first_seen = t
         idr = self._idr_reason(t, obs, asked)
         encode = idr is not None or not cfg.dynamic_fps or self._something_new(t, obs)
         if not encode:
@@ -202,12 +205,16 @@ class StoragePolicy:
         }
 
 
-def merge_stats(before: dict | None, run: dict | None, offset: int = 0) -> dict | None:
+def merge_stats(before: dict | None, run: dict | None, offset: int = 0,
+                seconds: float = 0.0) -> dict | None:
     """Two runs' `StoragePolicy.stats` as one, `run` after `before` (a camera lost and back,
     or restarted by a reload): the counts added, the GOPs of both, the last IDR_LOG IDRs, those
-    of `run` at their frame counted from `offset` (the frames before it)."""
-    if run is not None and offset:
-        run = {**run, "idrs": [{**i, "frame": i["frame"] + offset} for i in run["idrs"]]}
+    of `run` at their frame counted from `offset` (the frames before it) and their `time_s`
+    `seconds` later (the time before it)."""
+    if run is not None and (offset or seconds):
+        run = {**run, "idrs": [{**i, "frame": i["frame"] + offset,
+                                "time_s": round(i["time_s"] + seconds, 3)}
+                               for i in run["idrs"]]}
     if before is None or run is None:
         return run if before is None else before
     gops = [g for g in (before["gop_s"], run["gop_s"]) if g]

@@ -205,6 +205,12 @@ def test_the_storage_counters_count_on_over_losses_and_reload_restarts(tmp_path)
     starts = [i["frame"] for i in idrs if i["reason"] == "start"]
     assert len(starts) == runs and starts[0] == 0, idrs
     assert starts == sorted(set(starts)) and starts[first.runs] == first.frames_total, starts
+    # and at their time over every run, from the camera's first frame: each run (30 frames at
+    # 10 fps, 3 s less a frame the pipeline may have dropped at its start) goes on one frame
+    # after the last (each run's started at the input's pts again)
+    times = [i["time_s"] for i in idrs if i["reason"] == "start"]
+    assert times[0] == 0.0 and all(abs(t - 3.0 * run) < 0.5 for run, t in enumerate(times)), idrs
+    assert [i["time_s"] for i in idrs] == sorted(i["time_s"] for i in idrs)
     cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
                       http=HttpConfig(enabled=True, port=0)).validate()
     view = web.WebView(cfg, {"front": second}, {}, lambda: 0.0, {"front": whole})

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import Config
@@ -123,6 +124,8 @@ class Camera:
         self._bytes_before = 0  # what the runs before this one encoded (encoded_bytes)
         self._mapped_before = 0  # their frames encoded with a map (frames_mapped)
         self._storage_before: dict | None = None  # their storage decisions (storage_stats)
+        self._video_before = 0.0  # the seconds of video they encoded (video_seconds)
+        self._run_video: tuple[float, float, float] | None = None  # this run's first, last, frame
         self._run_start = 0  # frames_total as this run began
         self.state = "starting"  # starting | running | lost | failed | ended | stopped
         self.error: str | None = None  # why it is lost or failed (None once frames flow)
@@ -206,8 +209,23 @@ class Camera:
 
     def _storage_so_far(self) -> dict | None:
         policy = self.stats.storage
-        return merge_stats(self._storage_before, policy.stats() if policy else None,
-                           self._run_start)
+        if policy is None:
+            return self._storage_before
+        # the run's times go on from the video of the runs before, as its frames do
+        first = policy.first_seen
+        return merge_stats(self._storage_before, policy.stats(), self._run_start,
+                           self._video_before - first if first is not None else 0.0)
+
+    def video_seconds(self) -> float:
+        """The seconds of video encoded over every run, each run's from its first frame to one
+        frame after its last (the pauses between runs not counted, as `frames_total` counts
+        none): the storage IDRs' `time_s` go on from it."""
+        with self._lock:
+            return self._video_before + self._run_seconds()
+
+    def _run_seconds(self) -> float:
+        span = self._run_video
+        return span[1] - span[0] + span[2] if span else 0.0
 
     def dropped(self) -> int:
         with self._lock:  # the run's drops counted once, as the run ends too
@@ -289,6 +307,8 @@ class Camera:
             self._bytes_before += self.stats.bytes
             self._mapped_before += self.stats.frames_mapped
             self._storage_before = self._storage_so_far()
+            self._video_before += self._run_seconds()
+            self._run_video = None
             self._run_start = self.frames_total
             stats = self.stats = RunStats()
         try:  # a port another camera holds: a sink error, retried like any other
@@ -308,9 +328,14 @@ class Camera:
             cfg = self.cfg
         start = self.frames_total
         seen_cuts = [0]
+        period = 1 / float(paced.fps)
 
         def on_frame(frame, labels, qp) -> None:
             self.frames_total = start + stats.frames
+            t = float(frame.pts * Fraction(frame.time_base or paced.time_base)) \
+                if frame.pts is not None else frame.index * period
+            span = self._run_video
+            self._run_video = (span[0] if span else t, t, period)
             self.last_seen = frame, labels  # read by the supervisor: snapshot, presence
             if self.state != "running":
                 self._flowing()

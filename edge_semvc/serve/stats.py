@@ -28,6 +28,7 @@ class Carried:
     reconnects: int = 0
     frames_mapped: int = 0  # encoded with a map
     storage: dict | None = None  # the storage profile's decisions (storage.merge_stats)
+    video_s: float = 0.0  # the seconds of video encoded (Camera.video_seconds)
     since: float | None = None  # the whole run's start (None: a window that starts now)
 
 
@@ -51,7 +52,7 @@ class StatsWindow:
 
     def _storage(self) -> dict | None:  # its IDRs' frames counted as `frames`
         return merge_stats(self.carried.storage, self.camera.storage_stats(),
-                           self.carried.frames)
+                           self.carried.frames, self.carried.video_s)
 
     def totals(self) -> Carried:
         """The counts so far, for the window of the camera that a reload starts in its place."""
@@ -59,7 +60,7 @@ class StatsWindow:
         return Carried(self._frames(), self._bytes(), self.carried.dropped + cam.dropped(),
                        self.carried.reconnects + max(cam.runs - 1, 0),
                        self.carried.frames_mapped + cam.frames_mapped(), self._storage(),
-                       self._since)
+                       self.carried.video_s + cam.video_seconds(), self._since)
 
     def snapshot(self, cpu_percent: float | None = None) -> dict:
         cam = self.camera
