@@ -218,3 +218,31 @@ def test_the_storage_counters_count_on_over_losses_and_reload_restarts(tmp_path)
     metrics = view.metrics().decode()
     assert f'edge_semvc_storage_idrs_total{{camera="front",reason="start"}} {float(runs)}' \
         in metrics, metrics
+
+
+def test_a_camera_a_reload_makes_live_shows_no_storage_figures_but_keeps_them(tmp_path):
+    """A reload that switched a camera from `profile: storage` to `live` left its last storage
+    block in every stats message, /metrics and the summary, frozen, as if it still recorded so.
+    A live camera has none (`storage: null`); the decisions are carried for a later reload that
+    makes it storage again, whose counts go on from them."""
+    from edge_semvc.serve import web
+    from edge_semvc.serve.config import HttpConfig, RecordConfig, ServeConfig
+    from edge_semvc.serve.stats import StatsWindow
+
+    (tmp_path / "rec").mkdir()
+    storage = pipeline_config()
+    storage.encoder.profile = "storage"
+    storage = storage.validate()
+    _, old = _two_runs(tmp_path, 10_000, lambda cam: StatsWindow(cam, lambda: 0.0), storage)
+    before = old.totals()
+    assert before.storage["idr_reasons"]["start"] >= 2
+    live, whole = _two_runs(tmp_path, 20_000,  # the reload's camera, live
+                            lambda cam: StatsWindow(cam, lambda: 0.0, before))
+    assert whole.snapshot()["storage"] is None  # the stats, the summary
+    assert whole.totals().storage == before.storage  # carried on
+    cfg = ServeConfig(cameras={"front": "demo://astronaut"}, record=RecordConfig(str(tmp_path)),
+                      http=HttpConfig(enabled=True, port=0)).validate()
+    view = web.WebView(cfg, {"front": live}, {}, lambda: 0.0, {"front": whole})
+    view.refresh()
+    assert view.figures["front"].stats["storage"] is None
+    assert "edge_semvc_storage" not in view.metrics().decode()

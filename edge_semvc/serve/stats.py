@@ -96,7 +96,10 @@ class StatsWindow:
             # as `frames`, over every run (qp.enabled false: none)
             "frames_with_map": self.carried.frames_mapped + cam.frames_mapped(),
             "label_budget": stats.label_budget,
-            "storage": _storage(self._storage()),
+            # while it runs the storage profile: a reload that made it live leaves none (its
+            # decisions are carried, not shown: they go on if a reload makes it storage again)
+            "storage": (_storage(self._storage()) if cam.cfg.encoder.profile == "storage"
+                        else None),
             "follow_link": stats.follow_link,
             "reconnects": self.carried.reconnects + max(cam.runs - 1, 0),
             "outputs": cam.output_stats(),
