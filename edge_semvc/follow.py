@@ -151,3 +151,13 @@ class LinkFollower:
         return {"bitrate": self.bitrate, "target": self.target, "lowest": self.lowest,
                 "decreases": self.decreases, "increases": self.increases,
                 "reports": self.reports}
+
+
+def merge_stats(before: dict | None, run: dict | None) -> dict | None:
+    """Two followers' `stats` as one, `run`'s after `before`'s (serve: a camera's runs, each
+    with a follower of its own): its rate and ceiling now, the lowest of both, the changes
+    and reports of both added up."""
+    if before is None or run is None:
+        return run if before is None else before
+    return {**run, "lowest": min(before["lowest"], run["lowest"]),
+            **{k: before[k] + run[k] for k in ("decreases", "increases", "reports")}}

@@ -246,3 +246,54 @@ def test_a_camera_a_reload_makes_live_shows_no_storage_figures_but_keeps_them(tm
     view.refresh()
     assert view.figures["front"].stats["storage"] is None
     assert "edge_semvc_storage" not in view.metrics().decode()
+
+
+def test_the_rate_followers_counts_go_on_over_losses_and_reload_restarts(tmp_path):
+    """Each run of a camera has a rate follower of its own (encoder.follow_link), which starts
+    at the ceiling and from 0: a camera lost and back, or restarted by a reload, said 0
+    decreases and no lower rate than now after an hour on a narrow link. Its stats say the rate
+    the run gives now, the lowest, changes and reports over every run."""
+    from dataclasses import replace
+
+    from gst_helpers import free_port, require
+    from test_follow import WINDOW, Reports
+
+    from edge_semvc.config import load_config
+    from edge_semvc.serve.stats import Carried, StatsWindow
+
+    require("srt")
+    (tmp_path / "rec").mkdir()
+    cfg = load_config(None, ["encoder.bitrate=2000000", "encoder.follow_link.enabled=true",
+                             "labeler.cpu_budget=0.05"])
+    runs: list[dict] = []
+
+    def narrowed(cam):  # between two runs: the one that ended had a narrow link
+        follower = cam.stats.follower
+        if cam.runs and len(runs) < cam.runs:
+            reports = Reports()
+            for _ in range(1 + WINDOW):  # a baseline (its output reported before), a decrease
+                follower.update([replace(r, seq=r.seq + 1000)  # after the output's own
+                                 for r in reports.next(resent=30, rtt_ms=400.0)])
+            runs.append(follower.stats())
+
+    def two_runs(start, carried):
+        clock = Clock()
+        cam, _ = camera(tmp_path, "rtsp://camera.invalid/stream", cfg=cfg, clock=clock,
+                        sleep=clock.sleep, outputs=[f"srt://127.0.0.1:{free_port()}"
+                                                    "?mode=listener"],
+                        open_input=lambda uri: narrowed(cam) or ShortFeed(start=start))
+        window = StatsWindow(cam, lambda: 0.0, carried)
+        cam.start()
+        try:
+            wait_until(lambda: len(runs) >= 2 + start // 20_000, timeout=WAIT, what="runs")
+        finally:
+            stopped(cam)
+        return window
+
+    old = two_runs(10_000, Carried())
+    whole = two_runs(20_000, old.totals())  # the camera a reload started in its place
+    said = whole.snapshot()["follow_link"]
+    assert all(r["decreases"] for r in runs) and len(runs) >= 3, runs
+    assert said["decreases"] >= sum(r["decreases"] for r in runs)
+    assert said["reports"] >= sum(r["reports"] for r in runs)
+    assert said["lowest"] <= min(r["lowest"] for r in runs) < said["target"]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import Config
 from ..errors import EdgeSemvcError, SinkError, SourceError, WriteError
+from ..follow import merge_stats as merge_follow
 from ..pipeline import Live, RunStats, run_encode
 from ..sinks import open_output
 from ..sinks.base import Outputs
@@ -124,6 +125,7 @@ class Camera:
         self._bytes_before = 0  # what the runs before this one encoded (encoded_bytes)
         self._mapped_before = 0  # their frames encoded with a map (frames_mapped)
         self._storage_before: dict | None = None  # their storage decisions (storage_stats)
+        self._follow_before: dict | None = None  # their rate followers' (follow_stats)
         self._video_before = 0.0  # the seconds of video they encoded (video_seconds)
         self._run_video: tuple[float, float, float] | None = None  # this run's first, last, frame
         self._run_start = 0  # frames_total as this run began
@@ -216,6 +218,16 @@ class Camera:
         return merge_stats(self._storage_before, policy.stats(), self._run_start,
                            self._video_before - first if first is not None else 0.0)
 
+    def follow_stats(self) -> dict | None:
+        """The rate follower's figures over every run (follow.merge_stats): the current run's
+        rate, the changes and reports of all; None without encoder.follow_link."""
+        with self._lock:
+            return self._follow_so_far()
+
+    def _follow_so_far(self) -> dict | None:
+        follower = self.stats.follower
+        return merge_follow(self._follow_before, follower.stats() if follower else None)
+
     def video_seconds(self) -> float:
         """The seconds of video encoded over every run, each run's from its first frame to one
         frame after its last (the pauses between runs not counted, as `frames_total` counts
@@ -307,6 +319,7 @@ class Camera:
             self._bytes_before += self.stats.bytes
             self._mapped_before += self.stats.frames_mapped
             self._storage_before = self._storage_so_far()
+            self._follow_before = self._follow_so_far()
             self._video_before += self._run_seconds()
             self._run_video = None
             self._run_start = self.frames_total

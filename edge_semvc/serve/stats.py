@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..follow import merge_stats as merge_follow
 from ..storage import merge_stats
 from .camera import Camera
 
@@ -29,6 +30,7 @@ class Carried:
     frames_mapped: int = 0  # encoded with a map
     storage: dict | None = None  # the storage profile's decisions (storage.merge_stats)
     video_s: float = 0.0  # the seconds of video encoded (Camera.video_seconds)
+    follow_link: dict | None = None  # the rate followers' figures (follow.merge_stats)
     since: float | None = None  # the whole run's start (None: a window that starts now)
 
 
@@ -54,13 +56,17 @@ class StatsWindow:
         return merge_stats(self.carried.storage, self.camera.storage_stats(),
                            self.carried.frames, self.carried.video_s)
 
+    def _follow(self) -> dict | None:  # over every run, the rate the current one's
+        return merge_follow(self.carried.follow_link, self.camera.follow_stats())
+
     def totals(self) -> Carried:
         """The counts so far, for the window of the camera that a reload starts in its place."""
         cam = self.camera
         return Carried(self._frames(), self._bytes(), self.carried.dropped + cam.dropped(),
                        self.carried.reconnects + max(cam.runs - 1, 0),
                        self.carried.frames_mapped + cam.frames_mapped(), self._storage(),
-                       self.carried.video_s + cam.video_seconds(), self._since)
+                       self.carried.video_s + cam.video_seconds(), self._follow(),
+                       self._since)
 
     def snapshot(self, cpu_percent: float | None = None) -> dict:
         cam = self.camera
@@ -100,7 +106,8 @@ class StatsWindow:
             # decisions are carried, not shown: they go on if a reload makes it storage again)
             "storage": (_storage(self._storage()) if cam.cfg.encoder.profile == "storage"
                         else None),
-            "follow_link": stats.follow_link,
+            # while the run follows the link: its rate now, the changes over every run
+            "follow_link": self._follow() if stats.follow_link else None,
             "reconnects": self.carried.reconnects + max(cam.runs - 1, 0),
             "outputs": cam.output_stats(),
             "cpu_percent": cpu_percent,
