@@ -297,3 +297,23 @@ def test_the_rate_followers_counts_go_on_over_losses_and_reload_restarts(tmp_pat
     assert said["decreases"] >= sum(r["decreases"] for r in runs)
     assert said["reports"] >= sum(r["reports"] for r in runs)
     assert said["lowest"] <= min(r["lowest"] for r in runs) < said["target"]
+
+
+def test_the_recordings_counts_go_on_over_losses_and_reload_restarts(tmp_path):
+    """Each run records through a recording output of its own: its counts (frames, segments,
+    bytes, write errors, deleted) in the stats said `segments: 0, bytes: 0` after the camera
+    came back, with every segment before on disk. They count over every run, as `frames`."""
+    from test_serve import segments
+
+    from edge_semvc.serve.stats import StatsWindow
+
+    (tmp_path / "rec").mkdir()
+    first, old = _two_runs(tmp_path, 10_000, lambda cam: StatsWindow(cam, lambda: 0.0))
+    second, whole = _two_runs(tmp_path, 20_000,  # a reload's camera, in the first's place
+                              lambda cam: StatsWindow(cam, lambda: 0.0, old.totals()))
+    (recording,) = [o for o in whole.snapshot()["outputs"] if "segments" in o]
+    files = segments(tmp_path / "rec" / "front")
+    assert recording["segments"] == len(files) > first.runs + second.runs, recording
+    assert recording["bytes"] == sum(f.stat().st_size for f in files)
+    assert recording["frames"] == first.frames_total + second.frames_total
+    assert whole.totals().recording == recording

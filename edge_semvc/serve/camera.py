@@ -58,6 +58,9 @@ TRIAL_FRAMES = 25  # a remote change is kept once this many frames were encoded 
 # what failed -> (event, state)
 FAILURES = {"source": ("source_lost", "lost"), "sink": ("sink_error", "failed"),
             "pipeline": ("error", "failed")}
+# the recording's counts (sinks/segments.py), which go on over the camera's runs
+RECORDING_COUNTS = ("frames", "frames_lost", "segments", "bytes", "deleted", "deleted_bytes",
+                    "write_errors", "track_packets_lost")
 
 
 @dataclass
@@ -125,6 +128,7 @@ class Camera:
         self._bytes_before = 0  # what the runs before this one encoded (encoded_bytes)
         self._mapped_before = 0  # their frames encoded with a map (frames_mapped)
         self._storage_before: dict | None = None  # their storage decisions (storage_stats)
+        self._recorded_before: dict | None = None  # their recording's counts (recording_stats)
         self._follow_before: dict | None = None  # their rate followers' (follow_stats)
         self._video_before = 0.0  # the seconds of video they encoded (video_seconds)
         self._run_video: tuple[float, float, float] | None = None  # this run's first, last, frame
@@ -183,9 +187,30 @@ class Camera:
         with self._lock:
             self.cfg = self.good = self._pending = cfg
 
-    def output_stats(self) -> list[dict]:
+    def output_stats(self, before: dict | None = None) -> list[dict]:
+        """Each output's figures, the recording's counts over every run (a new recording each
+        run) and after `before` (those of the camera a reload restarted this one in place of)."""
+        with self._lock:
+            out = self._output_stats()
+            recording = self._recording_so_far(out)
+        if recording is not None:
+            out[0] = add_recordings(before, recording)
+        return out
+
+    def recording_stats(self) -> dict | None:
+        """The recording's figures over every run (None: none recorded)."""
+        with self._lock:
+            return self._recording_so_far(self._output_stats())
+
+    def _output_stats(self) -> list[dict]:
         outputs = self.outputs
         return outputs.stats() if outputs is not None else []
+
+    def _recording_so_far(self, out: list[dict]) -> dict | None:
+        outputs = self.outputs
+        now = out[0] if outputs is not None and outputs.outputs and \
+            isinstance(outputs.outputs[0], SegmentOutput) else None
+        return add_recordings(self._recorded_before, now)
 
     def encoded_bytes(self) -> int:
         """The bytes encoded over every run: the statistics' bit rate over a window that
@@ -320,6 +345,8 @@ class Camera:
             self._mapped_before += self.stats.frames_mapped
             self._storage_before = self._storage_so_far()
             self._follow_before = self._follow_so_far()
+            self._recorded_before = self._recording_so_far(self._output_stats())
+            self.outputs = None  # counted: the next run's are made below
             self._video_before += self._run_seconds()
             self._run_video = None
             self._run_start = self.frames_total
@@ -428,6 +455,14 @@ class Camera:
                   repeated=self._failing == event)
         self._failing = event
         self.stop_event.wait(delay)
+
+
+def add_recordings(before: dict | None, now: dict | None) -> dict | None:
+    """The recording's figures `now` with the counts of `before` (earlier runs') added: the
+    same folder's, else `now`'s alone (None: `before`, as between runs)."""
+    if now is None or before is None or before.get("uri") != now.get("uri"):
+        return before if now is None else now
+    return {**now, **{k: before.get(k, 0) + now.get(k, 0) for k in RECORDING_COUNTS}}
 
 
 def release_freed_memory() -> None:

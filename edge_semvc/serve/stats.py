@@ -12,7 +12,7 @@ import numpy as np
 
 from ..follow import merge_stats as merge_follow
 from ..storage import merge_stats
-from .camera import Camera
+from .camera import Camera, add_recordings
 
 THERMAL = Path("/sys/class/thermal")
 STORAGE_IDRS = 10  # the most recent IDRs a stats message lists with their reasons
@@ -31,6 +31,7 @@ class Carried:
     storage: dict | None = None  # the storage profile's decisions (storage.merge_stats)
     video_s: float = 0.0  # the seconds of video encoded (Camera.video_seconds)
     follow_link: dict | None = None  # the rate followers' figures (follow.merge_stats)
+    recording: dict | None = None  # the recording's (camera.add_recordings)
     since: float | None = None  # the whole run's start (None: a window that starts now)
 
 
@@ -66,6 +67,7 @@ class StatsWindow:
                        self.carried.reconnects + max(cam.runs - 1, 0),
                        self.carried.frames_mapped + cam.frames_mapped(), self._storage(),
                        self.carried.video_s + cam.video_seconds(), self._follow(),
+                       add_recordings(self.carried.recording, cam.recording_stats()),
                        self._since)
 
     def snapshot(self, cpu_percent: float | None = None) -> dict:
@@ -109,7 +111,7 @@ class StatsWindow:
             # while the run follows the link: its rate now, the changes over every run
             "follow_link": self._follow() if stats.follow_link else None,
             "reconnects": self.carried.reconnects + max(cam.runs - 1, 0),
-            "outputs": cam.output_stats(),
+            "outputs": cam.output_stats(self.carried.recording),
             "cpu_percent": cpu_percent,
             "temperatures_c": temperatures(),
         }
