@@ -299,25 +299,36 @@ def encoder_cadence(decoded: Decoded) -> None:
 
 
 class ScriptedRtspClient:
-    """An RTSP client over TCP as a VMS scripts one: OPTIONS, DESCRIBE and SETUP of every
-    stream (interleaved), then PLAY when the test says (`play`); `read` the RTP packets that
+    """An RTSP client as a VMS scripts one: OPTIONS, DESCRIBE and SETUP of every stream
+    (interleaved over TCP, or `transport` "udp": RTP and RTCP on a pair of UDP ports of its
+    own per stream), then PLAY when the test says (`play`); `read` the RTP packets that
     follow as (stream, seq, rtptime, marker, payload), streams numbered as the SDP has them."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, transport: str = "tcp"):
         import re
 
         host, port = re.match(r"rtsp://([^:/]+):(\d+)", url).groups()
         self.url, self.sock = url, socket.create_connection((host, int(port)), timeout=GUARD_S)
         self.buf, self.cseq, self.session = b"", 0, None
+        self.udp: list[tuple[socket.socket, socket.socket, tuple]] = []  # per stream: RTP,
+        # RTCP and the server's RTCP address
         self.request("OPTIONS")
         _, self.sdp = self.request("DESCRIBE", "Accept: application/sdp\r\n")
         controls = [c for c in re.findall(r"a=control:(\S+)", self.sdp) if "stream=" in c]
         for n, control in enumerate(controls):
             session = f"Session: {self.session}\r\n" if self.session else ""
-            head, _ = self.request("SETUP", f"Transport: RTP/AVP/TCP;unicast;interleaved="
-                                   f"{2 * n}-{2 * n + 1}\r\n{session}",
+            if transport == "udp":
+                rtp, rtcp = _udp_pair()
+                spec = (f"RTP/AVP;unicast;client_port={rtp.getsockname()[1]}-"
+                        f"{rtcp.getsockname()[1]}")
+            else:
+                spec = f"RTP/AVP/TCP;unicast;interleaved={2 * n}-{2 * n + 1}"
+            head, _ = self.request("SETUP", f"Transport: {spec}\r\n{session}",
                                    control if "://" in control else f"{url}/{control}")
             self.session = self.session or re.search(r"Session: ([^;\r\n]+)", head).group(1)
+            if transport == "udp":
+                server_rtcp = int(re.search(r"server_port=\d+-(\d+)", head).group(1))
+                self.udp.append((rtp, rtcp, (host, server_rtcp)))
         self.rtp_info: list[dict] = []  # per stream: seq and rtptime, from PLAY's RTP-Info
 
     def _fill(self, n: int) -> None:
@@ -360,17 +371,21 @@ class ScriptedRtspClient:
     def read(self) -> tuple[int, int, int, bool, bytes]:
         """The next RTP packet (RTCP left out)."""
         while True:
-            self._fill(4)
-            assert self.buf[0] == 0x24, self.buf[:16]
-            channel, n = self.buf[1], int.from_bytes(self.buf[2:4], "big")
-            self._fill(4 + n)
-            packet, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+            channel, packet = self.read_any()
             if channel % 2 == 0:
                 return (channel // 2, int.from_bytes(packet[2:4], "big"),
                         int.from_bytes(packet[4:8], "big"), bool(packet[1] & 0x80), packet[12:])
 
     def read_any(self) -> tuple[int, bytes]:
-        """The next interleaved packet, RTP or RTCP: (its channel, the packet)."""
+        """The next packet, RTP or RTCP: (its channel as interleaved: 2n RTP, 2n + 1 RTCP of
+        stream n; the packet)."""
+        if self.udp:
+            import select
+
+            socks = [s for pair in self.udp for s in pair[:2]]
+            ready, _, _ = select.select(socks, [], [], GUARD_S)
+            assert ready, "nothing came from the server"
+            return socks.index(ready[0]), ready[0].recv(1 << 16)
         self._fill(4)
         assert self.buf[0] == 0x24, self.buf[:16]
         channel, n = self.buf[1], int.from_bytes(self.buf[2:4], "big")
@@ -379,8 +394,31 @@ class ScriptedRtspClient:
         return channel, packet
 
     def send(self, channel: int, packet: bytes) -> None:
-        """An interleaved packet to the server (an RTCP report on an odd channel)."""
+        """A packet to the server (an RTCP report on an odd channel)."""
+        if self.udp:
+            _, rtcp, server = self.udp[channel // 2]
+            rtcp.sendto(packet, server)
+            return
         self.sock.sendall(bytes([0x24, channel]) + len(packet).to_bytes(2, "big") + packet)
 
     def close(self) -> None:
         self.sock.close()
+        for rtp, rtcp, _ in self.udp:
+            rtp.close()
+            rtcp.close()
+
+
+def _udp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two UDP sockets on 127.0.0.1, on an even port and the next (RTP, RTCP)."""
+    while True:
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp.bind(("127.0.0.1", 0))
+        port = rtp.getsockname()[1]
+        if port % 2 == 0 and port < 65535:
+            rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                rtcp.bind(("127.0.0.1", port + 1))
+                return rtp, rtcp
+            except OSError:
+                rtcp.close()
+        rtp.close()

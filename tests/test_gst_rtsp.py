@@ -247,14 +247,14 @@ def test_an_rtsp_join_costs_one_idr_and_starts_at_it(frames, tmp_path, tune, aud
 
 
 @contextmanager
-def scripted_client(frames, events=None):
+def scripted_client(frames, events=None, transport="tcp"):
     """The RTSP server fed by the live encoder and one scripted client that has set up (OPTIONS,
-    DESCRIBE, SETUP over TCP) and plays when the test says: (server, live, client)."""
+    DESCRIBE, SETUP over TCP or UDP) and plays when the test says: (server, live, client)."""
     require("rtsp")
     port = free_port()
     server = open_output(f"rtsp://@:{port}/cam", on_event=events)
     with LiveEncoder(frames, Outputs([server])) as live:
-        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
+        client = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam", transport)
         try:
             yield server, live, client
         finally:
@@ -396,3 +396,51 @@ def test_a_receiver_report_with_an_absurd_round_trip_is_not_believed(frames):
         frames, lambda ssrc, ext, n, sr: _receiver_report(ssrc, ext, 0, sr, lsr_back_s=3600),
         lambda server, n: n >= 4)
     assert report is None or report.rtt_ms > 0, report
+
+
+class _Counted:
+    """What an honest receiver reports (RFC 3550 A.3): its highest sequence number, and the
+    packets it expected from its first on that did not come."""
+
+    def __init__(self):
+        self.ssrc = self.first = self.ext = self.received = 0
+
+    def rtp(self, packet: bytes) -> None:
+        self.ssrc, seq = int.from_bytes(packet[8:12], "big"), packet[2] << 8 | packet[3]
+        if not self.received:
+            self.first = self.ext = seq
+        ext = self.ext & ~0xFFFF | seq
+        ext += 0x10000 if self.ext - ext > 0x8000 else 0
+        self.ext, self.received = max(self.ext, ext), self.received + 1
+
+    def answer(self, sender_report: bytes) -> bytes:
+        return _receiver_report(self.ssrc, self.ext, self.ext - self.first + 1 - self.received,
+                                sender_report)
+
+
+def test_a_viewer_that_pauses_and_plays_again_reports_no_loss(frames):
+    """A viewer over UDP pauses for two seconds, then plays again: its media went on making
+    packets that were never sent to it, whose skipped sequence numbers its next reports count
+    as lost (a tenth of the packets, as a link that lost them). Not counted: its reports count
+    again from past the PLAY's first packet."""
+    with scripted_client(frames, transport="udp") as (server, live, client):
+        counted = _Counted()
+
+        def answer(reports):
+            while reports:
+                channel, packet = client.read_any()
+                if channel == 0:
+                    counted.rtp(packet)
+                elif channel == 1 and packet[1] == 200 and counted.received:
+                    client.send(1, counted.answer(packet))
+                    reports -= 1
+
+        client.play()
+        answer(3)
+        client.request("PAUSE", f"Session: {client.session}\r\n")
+        live.wait_frames(60)
+        client.play()
+        answer(4)
+        live.wait_frames(30)  # a second more: the child's next polls (4 a second)
+        report = server.link_report()
+    assert report.sent > 0 and report.resent == 0, report

@@ -120,6 +120,7 @@ class RtspServer:
         client.connect("setup-request", self.on_setup)
         client.connect("pre-play-request", self.on_pre_play)
         client.connect("play-request", self.on_play)
+        client.connect("pause-request", self.on_pause)
         client.connect("teardown-request", self.on_teardown)
         client.connect("closed", self.on_closed)
 
@@ -140,6 +141,7 @@ class RtspServer:
         info = self.clients[client]
         stream = ctx.media.get_stream(0) if ctx.media is not None else None
         session = stream.get_rtpsession() if stream is not None else None
+        paused = info.pop("paused", False)  # a PLAY after a PAUSE
         if session is not None and (info.get("link") is None or
                                     info["link"].session is not session):
             # our sender reports every 0.5-1.5 s, not 2.5-7.5 (RFC 3550's reduced minimum,
@@ -147,9 +149,20 @@ class RtspServer:
             # then tells the round trip of a recent one
             session.set_property("rtcp-min-interval", SENDER_REPORT_NS)
             info["link"] = ClientLink(session)
+        elif session is not None and paused:
+            # the packets made while it was paused never went to it (their sequence numbers
+            # are skipped): its reports count again from one past this PLAY's
+            ok, _, seq, _, _ = stream.get_rtpinfo()
+            if ok:
+                info["link"].replay(seq)
         if not info["playing"]:
             info["playing"] = True
             emit("client_joined", address=info["address"], transport=info["transport"])
+
+    def on_pause(self, client, ctx):
+        info = self.clients.get(client)
+        if info is not None:
+            info["paused"] = True
 
     def on_teardown(self, client, ctx):
         """A client that ends its session and keeps its connection (a VMS that plays again on
@@ -184,7 +197,10 @@ class ClientLink:
         self.silent = False
         self.sent_at_report = 0  # our packets sent when its last report came
         self.start = None  # the sequence number of our first packet, as its reports count
-        self.resume = 0  # after it was silent: the first packet sent after it was heard again
+        # after it was silent: the first packet sent after it was heard again (after a
+        # PAUSE: the one its PLAY started at, `replay`); None: no such wait
+        self.resume = None
+        self.replayed = None  # the 16-bit sequence number a PLAY after a PAUSE started at
 
     def read(self, now, totals):
         """Reads the session; a new report adds its packets to `totals` (sent, lost) and
@@ -210,8 +226,13 @@ class ClientLink:
             before = before or (self.start, 0)
         if was_silent:
             self.resume = (self.start or 0) + sent
-        if self.resume:  # the reports up to the first past it: from there on
-            self.resume = self.resume if ext <= self.resume else 0
+        if self.replayed is not None:  # extended as the report's nearest
+            resume = (ext & ~0xFFFF) | self.replayed
+            resume += 0x10000 if ext - resume > 0x8000 else \
+                -0x10000 if resume - ext > 0x8000 else 0
+            self.resume, self.replayed = max(self.resume or 0, resume), None
+        if self.resume is not None:  # the reports up to the first past it: from there on
+            self.resume = self.resume if ext <= self.resume else None
             return False
         if before is None or ext < before[0]:
             return False
@@ -219,6 +240,13 @@ class ClientLink:
         totals[0] += ext - before[0]
         totals[1] += min(ext - before[0], max(0, lost - before[1]))
         return True
+
+
+    def replay(self, seq):
+        """A PLAY after a PAUSE, its first packet numbered `seq` (16 bits): the reports up to
+        the first past it count nothing, for the sequence numbers the pause skipped (its media
+        went on making packets, which were not sent) would read as lost."""
+        self.replayed = seq
 
 
 def receiver_report(session):
