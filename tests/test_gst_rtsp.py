@@ -444,3 +444,38 @@ def test_a_viewer_that_pauses_and_plays_again_reports_no_loss(frames):
         live.wait_frames(30)  # a second more: the child's next polls (4 a second)
         report = server.link_report()
     assert report.sent > 0 and report.resent == 0, report
+
+
+def _rtcp(kind: int, sender: int, blocks=()) -> bytes:
+    """An RTCP receiver report (201) from `sender` with `blocks` (ssrc, lost, ext, lsr), or a
+    BYE (203)."""
+    import struct
+
+    body = b"".join(struct.pack("!IIIIII", ssrc, lost, ext, 0, lsr, 0)
+                    for ssrc, lost, ext, lsr in blocks)
+    count = len(blocks) if kind == 201 else 1
+    return struct.pack("!BBHI", 0x80 | count, kind, len(body) // 4 + 1, sender) + body
+
+
+def test_only_the_first_source_reporting_on_our_stream_is_followed(frames):
+    """A client's reports (0x5EED) carry a block on another source, saying heavy loss; then a
+    second SSRC in its session (a client's second source, or packets from anyone to the
+    server's RTCP port) reports on our stream, its loss growing; then both say BYE and the
+    client goes on as 0x5EEF (a changed SSRC, RFC 3550 8.2). Only blocks on our stream count,
+    from the first source heard, then from the one after the BYE, counting from its first:
+    no loss (the server followed whichever source its session listed last, and the switch
+    between two sources' counts read as hundreds of packets lost)."""
+    def forge(ssrc, ext, n, sender_report):
+        lsr = int.from_bytes(sender_report[10:14], "big")
+        if n > 5:
+            return _rtcp(201, 0x5EEF, [(ssrc, 0, ext, lsr)])
+        packet = _rtcp(201, 0x5EED, [(ssrc, 0, ext, lsr), (0xD0D0, 50_000, ext + 5000, lsr)])
+        if n >= 3:
+            packet += _rtcp(201, 0x5EEE, [(ssrc, 200 * n, ext, lsr)])
+        if n == 5:
+            packet += _rtcp(203, 0x5EED) + _rtcp(203, 0x5EEE)
+        return packet
+
+    report = _forging_client(frames, forge, lambda server, n: n > 5 and
+                             server.link_report().seq >= 7)
+    assert report.sent > 0 and report.resent == 0, report

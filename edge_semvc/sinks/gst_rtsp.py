@@ -193,6 +193,10 @@ class ClientLink:
     def __init__(self, session):
         self.session = session
         self.report = self.rtt_ms = self.at = None
+        # the remote source (SSRC) whose reports it follows, the first heard: another in the
+        # session (a second SSRC of the client, or packets from elsewhere to the server's RTCP
+        # port) is left out (taking the last, its counts read as a jump of the first's)
+        self.source = None
         self.interval = FIRST_INTERVAL_S
         self.silent = False
         self.sent_at_report = 0  # our packets sent when its last report came
@@ -208,7 +212,11 @@ class ClientLink:
         but those after it was silent until one covers a packet sent after it was heard
         again: what it lost while frozen (its socket's buffer overflowed) says nothing of its
         link."""
-        report, sent, base = receiver_report(self.session)
+        reports, sent, base = receiver_reports(self.session)
+        if self.source not in reports and reports:  # the first heard (or the one followed
+            # left: BYE): a new one's first report is where its counts start
+            self.source, self.report = next(iter(reports)), None
+        report = reports.get(self.source)
         if report is None or report == self.report:
             self.silent = self.report is not None and sent > self.sent_at_report and \
                 now - self.at > OVERDUE * self.interval
@@ -249,19 +257,23 @@ class ClientLink:
         self.replayed = seq
 
 
-def receiver_report(session):
-    """The last receiver report on our stream in an RTP session: (its extended highest
-    sequence number, cumulative packets lost, LSR, DLSR, round trip), or None; and the packets
-    we sent."""
-    report, sent, base = None, 0, -1
+def receiver_reports(session):
+    """The last receiver report on our stream of each remote source of an RTP session, by
+    its SSRC: (its extended highest sequence number, cumulative packets lost, LSR, DLSR, round
+    trip); and the packets we sent, and the sequence number of our first (-1: none yet).
+    Only report blocks about our own sender's SSRC count (the session drops a source soon
+    after its BYE)."""
+    reports, sent, base, ours = {}, 0, -1, None
     stats = session.get_property("stats")  # held: the sources' structures are its
     for source in stats.get_value("source-stats"):
         if source.get_value("internal"):
             sent, base = source.get_value("packets-sent"), source.get_value("seqnum-base")
+            ours = source.get_value("ssrc")
         elif source.get_value("have-rb"):
-            report = tuple(source.get_value("rb-" + k) for k in (
-                "exthighestseq", "packetslost", "lsr", "dlsr", "round-trip"))
-    return report, sent, base
+            reports[source.get_value("ssrc")] = (source.get_value("rb-ssrc"), tuple(
+                source.get_value("rb-" + k) for k in (
+                    "exthighestseq", "packetslost", "lsr", "dlsr", "round-trip")))
+    return {ssrc: r for ssrc, (about, r) in reports.items() if about == ours}, sent, base
 
 
 def track_desc(n, track):
