@@ -1,10 +1,10 @@
-"""What the GStreamer outputs' tests (test_gst_rtsp.py, test_gst_outputs.py, test_gst_child.py)
-share: the skip when the system Python lacks a part, a free port, the outputs' events kept, the
-real encoder fed live into the outputs, and the real receivers: FFmpeg through PyAV, and
-GStreamer's rtspsrc/srtsrc in a system-Python process (tests/gst_receiver.py) whose stream PyAV
-decodes, with the checks on what they got. Nothing waits on the wall clock but hang guards.
-Assertions here are rewritten by pytest (conftest.py registers this module), so a failing check
-reports its values."""
+"""What the GStreamer outputs' tests (test_gst_rtsp.py, test_rtsp_reports.py, test_gst_outputs.py,
+test_gst_child.py) share: the skip when the system Python lacks a part, a free port, the
+outputs' events kept, the real encoder fed live into the outputs, and the real receivers: FFmpeg
+through PyAV, and GStreamer's rtspsrc/srtsrc in a system-Python process (tests/gst_receiver.py)
+whose stream PyAV decodes, with the checks on what they got. Nothing waits on the wall clock but
+hang guards. Assertions here are rewritten by pytest (conftest.py registers this module), so a
+failing check reports its values."""
 from __future__ import annotations
 
 import os
