@@ -342,3 +342,50 @@ def test_a_client_that_tears_down_and_keeps_its_connection_has_left(frames):
         events.wait("client_left")
         assert server.stats()["clients"] == 0, server.stats()
     assert events.names().count("client_left") == 1, events.seen
+
+
+def _rtsp_request(sock, port: int, method: str = "DESCRIBE") -> str:
+    """One request on a raw connection; its answer's status line."""
+    sock.sendall(f"{method} rtsp://127.0.0.1:{port}/cam RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+    return sock.recv(1 << 16).decode(errors="replace").split("\r\n")[0]
+
+
+def test_connections_beyond_max_clients_are_refused_and_idle_ones_closed(frames, monkeypatch,
+                                                                          caplog):
+    """max_clients=2: a viewer plays, a scanner DESCRIBEs and stays; the next connections'
+    requests are answered 503 (OPTIONS: 200) and they are closed, as is one that asks nothing
+    (said once in a warning), the viewer plays on; the scanner, never
+    playing, is closed after idle_s, and a real client then plays (before: every connection
+    was taken and held its prepared media until it closed)."""
+    import socket
+
+    from edge_semvc.sinks import gst_outputs
+
+    require("rtsp")
+    with pytest.raises(SinkError, match="'0' for option 'max_clients'"):
+        open_output(f"rtsp://@:{free_port()}/cam?max_clients=0")
+    monkeypatch.setattr(gst_outputs, "RTSP_IDLE_S", 3.0)
+    port = free_port()
+    server = open_output(f"rtsp://@:{port}/cam?max_clients=2")
+    with LiveEncoder(frames, Outputs([server])):
+        viewer = ScriptedRtspClient(f"rtsp://127.0.0.1:{port}/cam")
+        viewer.play()
+        viewer.read()
+        scanner = socket.create_connection(("127.0.0.1", port), timeout=GUARD_S)
+        assert _rtsp_request(scanner, port) == "RTSP/1.0 200 OK"
+        with socket.create_connection(("127.0.0.1", port), timeout=GUARD_S) as refused:
+            assert _rtsp_request(refused, port, "OPTIONS") == "RTSP/1.0 200 OK"
+            assert _rtsp_request(refused, port) == "RTSP/1.0 503 Service Unavailable"
+            assert refused.recv(1 << 16) == b""  # closed by the server
+        with socket.create_connection(("127.0.0.1", port), timeout=GUARD_S) as silent:
+            assert silent.recv(1 << 16) == b""  # refused, asking nothing: closed too
+        for _ in range(60):  # the viewer plays on
+            viewer.read()
+        assert scanner.recv(1 << 16) == b""  # closed by the server: it never played
+        scanner.close()
+        late = ffmpeg_rtsp(f"rtsp://127.0.0.1:{port}/cam", "tcp")
+        late.wait(10)
+        viewer.read()
+        viewer.close()
+    good_start(late)
+    assert caplog.text.count("refused a client") == 1, caplog.text

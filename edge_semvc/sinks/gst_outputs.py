@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # "SRT under the same loss")
 SRT_LATENCY_MS = 120
 PASSPHRASE_BYTES = (10, 79)  # what SRT takes (SRTO_PASSPHRASE), in UTF-8 bytes
+RTSP_MAX_CLIENTS = 16  # the RTSP server's connections at once, by default (`max_clients`)
+RTSP_IDLE_S = 60.0  # how long an RTSP connection may stay without playing (GstRTSPServer's
+# session timeout)
 
 
 def srt_latency_ms(fps: float) -> int:
@@ -153,10 +156,11 @@ def _address(host: str, port: int) -> str:
 
 class RtspServerOutput(GstChildOutput):
     """`rtsp://@:PORT/PATH` (every address) or `rtsp://HOST:PORT/PATH` (that address): a
-    built-in RTSP server (GStreamer's GstRtspServer) for any number of clients over TCP or UDP,
-    each fed the same packets from an IDR asked for when it starts playing.
+    built-in RTSP server (GStreamer's GstRtspServer) for clients over TCP or UDP, each fed the
+    same packets from an IDR asked for when it starts playing.
     `?user_env=NAME&password_env=NAME`: clients must give that user and password (digest
-    authentication), read from those environment variables (refused when unset)."""
+    authentication), read from those environment variables (refused when unset).
+    `?max_clients=N`: connections at once (RTSP_MAX_CLIENTS by default; more are refused)."""
 
     kind = "rtsp"
     role = "RTSP server"
@@ -166,13 +170,15 @@ class RtspServerOutput(GstChildOutput):
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
-        parts, options = uri_options(uri, {"user_env": str, "password_env": str})
+        parts, options = uri_options(uri, {"user_env": str, "password_env": str,
+                                           "max_clients": int_in(1, 1000)})
         self.host, self.port = host_port(uri, parts, listen=True)
         self.ports = (("on tcp", self.port),)
         self.path = parts.path.rstrip("/") or "/"
         if self.path == "/":
             raise SinkError(f"output {uri!r} needs a path, e.g. rtsp://@:{self.port}/cam")
         self.user_env = options.get("user_env")
+        self.max_clients = options.get("max_clients", RTSP_MAX_CLIENTS)
         self.password_env = options.get("password_env")
         if (self.user_env is None) != (self.password_env is None):
             raise SinkError(f"output {uri!r}: give both user_env and password_env, or neither")
@@ -229,6 +235,7 @@ class RtspServerOutput(GstChildOutput):
     def _config(self) -> dict:
         return {"kind": "rtsp", "host": self.host, "port": self.port, "path": self.path,
                 "user_env": self.user_env, "password_env": self.password_env,
+                "max_clients": self.max_clients, "idle_s": RTSP_IDLE_S,
                 "tracks": [{"codec": t.codec, "rate": t.sample_rate, "channels": t.channels,
                             "extradata": (aac_config(t) if t.codec == "aac" else t.extradata
                                           ).hex()} for t in self.carried]}

@@ -15,6 +15,12 @@ OVERDUE = 3  # a client whose report is this many of its intervals late is silen
 # a longer round trip is a report that answers no sender report of ours (forged or broken):
 # not believed (one such would make every real round trip after it read as a queue)
 MAX_RTT_MS = 30_000.0
+IDLE_CHECK_MS = 1000  # how often connections are checked for playing
+REFUSED_GRACE_MS = 1000  # a refused connection is closed after this
+# the requests of a refused connection answered 503 (Service Unavailable); OPTIONS is answered
+# (GstRtspServer 1.22 crashes on an error from its pre-options-request: a double free)
+REQUESTS = ("describe", "setup", "play", "pause", "teardown", "announce", "record",
+            "get-parameter", "set-parameter")
 
 
 class RtspServer:
@@ -24,10 +30,14 @@ class RtspServer:
     broken."""
 
     def __init__(self, Gst, config, feed):
-        from gi.repository import GstRtsp, GstRtspServer
+        from gi.repository import GLib, GstRtsp, GstRtspServer
 
-        self.Gst, self.GstRtsp, self.feed = Gst, GstRtsp, feed
-        self.clients = {}  # RTSPClient -> {"address", "transport", "playing", "link"}
+        self.Gst, self.GLib, self.GstRtsp, self.feed = Gst, GLib, GstRtsp, feed
+        # RTSPClient -> {"address", "transport", "playing", "since" (not playing since), "link"}
+        self.clients = {}
+        # connections at once (more are refused), and how long one may stay without playing:
+        # each that DESCRIBEs holds a prepared media (2 threads, 4 fds) until it closes
+        self.max_clients, self.idle_s = config["max_clients"], config["idle_s"]
         self.link_totals = [0, 0]  # what the link reports say: packets sent, lost
         self.link_state = (0, 0)  # the peers and silent ones of the last `link` event
         self.server = GstRtspServer.RTSPServer()
@@ -71,7 +81,17 @@ class RtspServer:
             return "cannot listen on %s:%s (address in use or not this machine's)" % (
                 self.server.get_address(), self.server.get_service())
         GLib.timeout_add(LINK_POLL_MS, self.report_link)
+        GLib.timeout_add(IDLE_CHECK_MS, self.close_idle)
         return None
+
+    def close_idle(self):
+        """Closes the connections that have not been playing for idle_s (since they came or
+        their TEARDOWN): a scanner's, a client that never plays."""
+        now = time.monotonic()
+        for client, info in list(self.clients.items()):
+            if not info["playing"] and now - info["since"] > self.idle_s:
+                client.close()
+        return True
 
     def report_link(self):
         """The clients' RTCP receiver reports on the video stream, for the parent's rate
@@ -116,13 +136,35 @@ class RtspServer:
     def on_client_connected(self, server, client):
         conn = client.get_connection()
         address = address_of(conn.get_read_socket().get_remote_address())
-        self.clients[client] = {"address": address, "transport": None, "playing": False}
+        if len(self.clients) >= self.max_clients:
+            self.refuse(client, address)
+            return
+        self.clients[client] = {"address": address, "transport": None, "playing": False,
+                                "since": time.monotonic()}
         client.connect("setup-request", self.on_setup)
         client.connect("pre-play-request", self.on_pre_play)
         client.connect("play-request", self.on_play)
         client.connect("pause-request", self.on_pause)
         client.connect("teardown-request", self.on_teardown)
         client.connect("closed", self.on_closed)
+
+    def refuse(self, client, address):
+        """A connection beyond max_clients: its requests (but OPTIONS) are answered 503
+        (Service Unavailable), and it is closed REFUSED_GRACE_MS after it came (not at its
+        answer: the client's requests are answered on a thread of the server's, and a close
+        from here could go before the answer)."""
+        emit("client_refused", address=address, max_clients=self.max_clients)
+
+        def unavailable(client, ctx):
+            return self.GstRtsp.RTSPStatusCode.SERVICE_UNAVAILABLE
+
+        def close():
+            client.close()
+            return False
+
+        for request in REQUESTS:
+            client.connect("pre-%s-request" % request, unavailable)
+        self.GLib.timeout_add(REFUSED_GRACE_MS, close)
 
     def on_setup(self, client, ctx):
         _, value = ctx.request.get_header(self.GstRtsp.RTSPHeaderField.TRANSPORT, 0)
@@ -178,6 +220,7 @@ class RtspServer:
             self.left(info)
 
     def left(self, info):
+        info["since"] = time.monotonic()
         if info["playing"]:
             info["playing"] = False
             emit("client_left", address=info["address"], transport=info["transport"])

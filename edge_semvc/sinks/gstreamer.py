@@ -110,6 +110,7 @@ class GstChildOutput(Output):
         self._want_idr = False
         self._link: LinkReport | None = None  # the running child's latest
         self._link_reports = 0  # every child's (LinkReport.seq)
+        self._told_refused = False  # a client beyond max_clients was said
         self._resync = True  # drop packets until a key frame
         self._closing = threading.Event()
         self._ready = threading.Event()
@@ -355,6 +356,8 @@ class GstChildOutput(Output):
             self._want_idr = True
         elif name in ("client_joined", "client_left"):
             self._client(name, str(event.get("address")), str(event.get("transport")))
+        elif name == "client_refused":
+            self._refused(str(event.get("address")), _count(event.get("max_clients")))
         elif name == "peer_lost":
             self._set_lost(str(event.get("reason")))
         elif name == "peer_back":
@@ -366,6 +369,15 @@ class GstChildOutput(Output):
         elif self.clients.pop(address, None) is None:
             return
         self._emit(name, address=address, transport=transport)
+
+    def _refused(self, address: str, most: int) -> None:
+        """A client beyond the server's max_clients: said once in a warning."""
+        if self._told_refused:
+            log.debug("%s: refused %s (max_clients=%d)", self.uri, address, most)
+            return
+        self._told_refused = True
+        log.warning("%s: refused a client (%s): the server has max_clients=%d connections "
+                    "(each further one is refused, not said again)", self.uri, address, most)
 
     def _set_up(self, how: str) -> None:
         self.state = "open"
