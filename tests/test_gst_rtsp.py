@@ -389,3 +389,35 @@ def test_connections_beyond_max_clients_are_refused_and_idle_ones_closed(frames,
         viewer.close()
     good_start(late)
     assert caplog.text.count("refused a client") == 1, caplog.text
+
+
+def test_a_udp_viewer_that_falls_silent_has_its_session_ended(frames, monkeypatch):
+    """A viewer over UDP whose network goes (no receiver report, no keep-alive, its RTSP
+    connection left open): its session times out, it has left, and soon nothing more is sent
+    to it (before: it was sent the stream for ever, a client and a slot); an FFmpeg viewer
+    over UDP, which reports, and one over TCP, which keeps its session alive, play on."""
+    from edge_semvc.sinks import gst_outputs
+
+    monkeypatch.setattr(gst_outputs, "RTSP_IDLE_S", 2.0)  # the session timeout: 2 s + 5
+    events = Events()
+    with scripted_client(frames, events, transport="udp") as (server, live, silent):
+        silent.play()
+        silent.read()
+        viewers = [ffmpeg_rtsp(server.uri.replace("@", "127.0.0.1"), t) for t in ("udp", "tcp")]
+        events.wait("client_left", address="%s:%d" % silent.sock.getsockname())
+        rtp, quiet = silent.udp[0][0], 0
+        rtp.setblocking(False)
+        while quiet < 3:  # a second (30 frames) with nothing, three times in a row
+            assert live.count < 30 * GUARD_S, "the stream still goes to the silent viewer"
+            live.wait_frames(30)
+            got = 0
+            while True:
+                try:
+                    got += len(rtp.recv(1 << 16))
+                except BlockingIOError:
+                    break
+            quiet = 0 if got else quiet + 1
+        assert server.stats()["clients"] == 2, server.stats()
+        for viewer in viewers:
+            viewer.wait(viewer.frames + 30)
+        assert events.names().count("client_left") == 1, events.seen

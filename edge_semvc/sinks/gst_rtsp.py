@@ -82,6 +82,12 @@ class RtspServer:
                 self.server.get_address(), self.server.get_service())
         GLib.timeout_add(LINK_POLL_MS, self.report_link)
         GLib.timeout_add(IDLE_CHECK_MS, self.close_idle)
+        pool = self.server.get_session_pool()
+        pool.connect("session-removed", self.on_session_removed)
+        # sessions that timed out end (GstRtspServer leaves that to the application): a
+        # viewer over UDP gone without a TEARDOWN (its network lost, the connection left
+        # half open) was sent the stream for ever
+        GLib.timeout_add(IDLE_CHECK_MS, lambda: pool.cleanup() >= 0)
         return None
 
     def close_idle(self):
@@ -167,6 +173,10 @@ class RtspServer:
         self.GLib.timeout_add(REFUSED_GRACE_MS, close)
 
     def on_setup(self, client, ctx):
+        # without a sign of life (a receiver report, a keep-alive request) for idle_s (and
+        # GstRtspServer's 5 s more), its session ends
+        ctx.session.set_timeout(max(1, round(self.idle_s)))
+        self.clients[client]["session"] = ctx.session
         _, value = ctx.request.get_header(self.GstRtsp.RTSPHeaderField.TRANSPORT, 0)
         value = (value or "").lower()
         self.clients[client]["transport"] = (
@@ -213,6 +223,13 @@ class RtspServer:
         if info is not None:
             info["link"] = None
             self.left(info)
+
+    def on_session_removed(self, pool, session):
+        """A client's session ended (timed out, or its TEARDOWN): it has left."""
+        for info in list(self.clients.values()):
+            if info.get("session") is session:
+                info["link"] = None
+                self.left(info)
 
     def on_closed(self, client):
         info = self.clients.pop(client, None)
