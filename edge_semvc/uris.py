@@ -1,13 +1,16 @@
 """What inputs and outputs share of their URIs, below both: the path a file URI names,
-whether a network host has an address (each side raises its own error with its own words), and
-a URI's password kept out of what is shown."""
+whether a network host has an address, a network URI's options, host and port, an `srt://`
+URI read (each side raises its own error with its own words), and a URI's password kept out of
+what is shown."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 # scheme://user:password@ (RFC 3986 userinfo: no '/', '@' or whitespace in it)
 _USERINFO_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+@")
@@ -56,3 +59,119 @@ def hide_passwords(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [hide_passwords(v) for v in value]
     return value
+
+
+# --- network URIs: options, host and port (each side passes its error and its word) ----------
+
+# a URI each scheme takes, for messages ({host}: scheme and host)
+EXAMPLES = {"rtsp": "{host}:8554/cam", "srt": "{host}:9000"}
+
+
+def query_options(uri: str, known: dict[str, Any], error: type[Exception],
+                  what: str = "output") -> tuple[Any, dict[str, Any]]:
+    """(urlsplit result, {option: value}) of a network URI (`what`: output or input); each
+    query option converted to its type in `known`, an unknown or malformed one refused naming
+    it (`error`)."""
+    parts = urlsplit(uri)
+    options: dict[str, Any] = {}
+    for name, text in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+        if name not in known:
+            raise error(f"unknown option {name!r} in {what} {uri!r} (known: "
+                        f"{', '.join(known) or 'none'})")
+        if name in options:
+            raise error(f"option {name!r} given twice in {what} {uri!r}")
+        try:
+            options[name] = known[name](text)
+        except ValueError:
+            raise error(f"invalid value {text!r} for option {name!r} in {what} "
+                        f"{uri!r}") from None
+    return parts, options
+
+
+def host_port(uri: str, parts, error: type[Exception], what: str = "output", *,
+              listen: bool = False) -> tuple[str, int]:
+    """HOST and PORT of a network URI. `listen`: `@` or no host means every address
+    ("0.0.0.0")."""
+    try:
+        port = parts.port
+    except ValueError:  # beyond 65535, or not a number
+        port = -1
+    if port is None:
+        example = EXAMPLES.get(parts.scheme, "{host}:5600").format(
+            host=f"{parts.scheme}://{'@' if listen else '127.0.0.1'}")
+        raise error(f"{what} {uri!r} needs a port, e.g. {example}")
+    if not 1 <= port <= 65535:
+        raise error(f"{what} {uri!r}: its port {parts.netloc.rpartition(':')[2]!r} is not "
+                    "one of 1-65535")
+    host = parts.hostname or ""
+    if not host and not listen:
+        raise error(f"{what} {uri!r} needs a host, e.g. {parts.scheme}://127.0.0.1:{port}")
+    return host or "0.0.0.0", port
+
+
+def int_in(lo: int, hi: int):
+    """A converter for `query_options`: an integer in [lo, hi] (else ValueError: refused)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise ValueError(text)
+        return value
+    return parse
+
+
+# --- SRT: one reading of an srt:// URI for the output (sinks) and the input (sources) --------
+
+# SRT's own default latency (ms), which assumes a loss is seen at once (the output adds a frame
+# interval: gst_outputs.srt_latency_ms)
+SRT_LATENCY_MS = 120
+PASSPHRASE_BYTES = (10, 79)  # what SRT takes (SRTO_PASSPHRASE), in UTF-8 bytes
+
+
+@dataclass(frozen=True)
+class SrtUri:
+    """`srt://HOST:PORT[?mode=caller|listener&latency=MS&passphrase_env=NAME]`, read."""
+
+    host: str  # a listener's "0.0.0.0": every address
+    port: int
+    mode: str  # caller or listener
+    latency: int | None  # ms; None: the side's default
+    passphrase_env: str | None  # the variable that holds the passphrase (never the URI)
+
+    def address(self) -> str:
+        """The address of HOST that GStreamer binds or calls, resolved here with IPv4 first:
+        srtsink and srtsrc take the first address their resolver gives, `localhost`'s ::1,
+        where a peer on 0.0.0.0 or 127.0.0.1 never answers. HOST itself when it does not
+        resolve (GStreamer then says so)."""
+        try:
+            found = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError):
+            return self.host
+        ipv4 = [f for f in found if f[0] == socket.AF_INET]
+        return str((ipv4 or found)[0][4][0])
+
+
+def srt_uri(uri: str, error: type[Exception], what: str, default_mode: str = "") -> SrtUri:
+    """An `srt://` URI read, or `error` saying what is wrong with it (`what`: output or
+    input). `default_mode`: the mode without `mode=`; "" (the input): a listener without a
+    host (`srt://@:PORT`), a caller with one."""
+    query = urlsplit(uri).query
+    if {name.lower() for name, _ in parse_qsl(query)} & {"passphrase", "pbkeylen"}:
+        raise error(f"{what} {uri.replace('?' + query, '')!r}: the passphrase does not "
+                    "belong in the URI (URIs are logged): name the environment "
+                    "variable that holds it, ?passphrase_env=NAME")
+    parts, options = query_options(uri, {"mode": str, "latency": int_in(0, 60000),
+                                         "passphrase_env": str}, error, what)
+    passphrase_env = options.get("passphrase_env")
+    if passphrase_env is not None:
+        size = len(os.environ.get(passphrase_env, "").encode(errors="surrogateescape"))
+        if not size:
+            raise error(f"{what} {uri!r}: environment variable {passphrase_env} "
+                        "(the SRT passphrase) is not set")
+        if not PASSPHRASE_BYTES[0] <= size <= PASSPHRASE_BYTES[1]:
+            raise error(f"{what} {uri!r}: the SRT passphrase in {passphrase_env} "
+                        f"has {size} bytes; SRT takes %d-%d" % PASSPHRASE_BYTES)
+    mode = options.get("mode", default_mode or ("caller" if parts.hostname else "listener"))
+    if mode not in ("caller", "listener"):
+        raise error(f"{what} {uri!r}: mode must be caller or listener, got {mode!r}")
+    host, port = host_port(uri, parts, error, what, listen=mode == "listener")
+    return SrtUri(host, port, mode, options.get("latency"), passphrase_env)

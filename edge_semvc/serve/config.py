@@ -182,7 +182,8 @@ class HttpConfig:
 @dataclass
 class CameraConfig:
     # URI: file://PATH, rtsp://..., v4l2:///dev/videoN, csi://N, demo://NAME, or a stream sent
-    # to this machine: udp://@:PORT (MPEG-TS), rtp://@:PORT?codec=h264 (RTP, no SDP), FILE.sdp
+    # to this machine: udp://@:PORT (MPEG-TS), rtp://@:PORT?codec=h264 (RTP, no SDP), FILE.sdp,
+    # srt://@:PORT (MPEG-TS over SRT, a caller's) or srt://HOST:PORT (called for)
     input: str = ""
     loop: bool = False  # file inputs: start again at the end (a camera never ends)
     realtime: bool = True  # file inputs are played at their own frame rate, like a camera
@@ -199,10 +200,11 @@ class CameraConfig:
             not sep or scheme in SCHEMES) and self.input != "-", f"{key}.input",
             hide_passwords(self.input),  # before a long URI is cut short, '@' and all
             "a URI: file://PATH, rtsp://HOST/PATH, v4l2:///dev/videoN, csi://N, demo://NAME, "
-            "udp://@:PORT, rtp://@:PORT, FILE.sdp (a service has no standard input)")
+            "udp://@:PORT, rtp://@:PORT, FILE.sdp, srt://@:PORT (a service has no standard "
+            "input)")
         try:
             check_input(self.input)
-        except SourceError as e:  # a udp:// or rtp:// port, address, option or codec
+        except SourceError as e:  # a udp://, rtp:// or srt:// port, address, option or codec
             raise ConfigError(f"invalid value for {key}.input: {e}", f"{key}.input") from None
         check(1 <= self.queue_frames <= 16, f"{key}.queue_frames", self.queue_frames, "1-16")
         check(self.profile in ("", *PROFILES), f"{key}.profile", self.profile,

@@ -8,34 +8,28 @@ import logging
 import math
 import os
 import socket
-from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import SinkError
-from ..uris import is_loopback
+from ..uris import SRT_LATENCY_MS, is_loopback, srt_uri
 from .base import EventCallback
 from .gst_child import RTSP_AUDIO
 from .gstreamer import GstChildOutput, check_gstreamer, check_port_free, ns
 from .stream import TsBytes, starts_key_frame
 from .tracks import RawAac, aac_config, unsupported
-from .uri import host_port, int_in, uri_options
+from .uri import host_port, uri_options
 
 log = logging.getLogger(__name__)
-
-
-# SRT's own default latency, which assumes a loss is seen at once; a camera's packets come in
-# bursts, one frame apart, so a frame's last packet lost is seen only when the next frame's
-# first arrives: its resend gets this much once that frame interval has gone (BENCHMARKS.md,
-# "SRT under the same loss")
-SRT_LATENCY_MS = 120
-PASSPHRASE_BYTES = (10, 79)  # what SRT takes (SRTO_PASSPHRASE), in UTF-8 bytes
 RTSP_MAX_CLIENTS = 16  # the RTSP server's connections at once, by default (`max_clients`)
 RTSP_IDLE_S = 60.0  # how long an RTSP connection may stay without playing (GstRTSPServer's
 # session timeout)
 
 
 def srt_latency_ms(fps: float) -> int:
-    """SRT's latency for a stream of `fps` frames a second: SRT_LATENCY_MS after a frame
-    interval."""
+    """SRT's latency for a stream of `fps` frames a second: SRT's own default (SRT_LATENCY_MS),
+    which assumes a loss is seen at once, after a frame interval: a camera's packets come in
+    bursts, one frame apart, so a frame's last packet lost is seen only when the next frame's
+    first arrives, and its resend gets SRT_LATENCY_MS once that interval has gone (BENCHMARKS.md,
+    "SRT under the same loss")."""
     return SRT_LATENCY_MS + (math.ceil(1000 / fps) if fps > 0 else 0)
 
 
@@ -55,28 +49,11 @@ class SrtOutput(GstChildOutput):
 
     def __init__(self, uri: str, on_event: EventCallback | None = None):
         super().__init__(uri, on_event)
-        query = urlsplit(uri).query
-        if {name.lower() for name, _ in parse_qsl(query)} & {"passphrase", "pbkeylen"}:
-            raise SinkError(f"output {uri.replace('?' + query, '')!r}: the passphrase does not "
-                            "belong in the URI (URIs are logged): name the environment "
-                            "variable that holds it, ?passphrase_env=NAME")
-        parts, options = uri_options(uri, {"mode": str, "latency": int_in(0, 60000),
-                                           "passphrase_env": str})
-        self.passphrase_env = options.get("passphrase_env")
-        if self.passphrase_env is not None:
-            size = len(os.environ.get(self.passphrase_env, "").encode(errors="surrogateescape"))
-            if not size:
-                raise SinkError(f"output {uri!r}: environment variable {self.passphrase_env} "
-                                "(the SRT passphrase) is not set")
-            if not PASSPHRASE_BYTES[0] <= size <= PASSPHRASE_BYTES[1]:
-                raise SinkError(f"output {uri!r}: the SRT passphrase in {self.passphrase_env} "
-                                f"has {size} bytes; SRT takes %d-%d" % PASSPHRASE_BYTES)
-        self.mode = options.get("mode", "caller")
-        if self.mode not in ("caller", "listener"):
-            raise SinkError(f"output {uri!r}: mode must be caller or listener, "
-                            f"got {self.mode!r}")
-        self.latency: int | None = options.get("latency")  # None: srt_latency_ms at open
-        self.host, self.port = host_port(uri, parts, listen=self.mode == "listener")
+        srt = srt_uri(uri, SinkError, "output", default_mode="caller")  # shared with the input
+        self.passphrase_env, self.mode = srt.passphrase_env, srt.mode
+        self.latency: int | None = srt.latency  # None: srt_latency_ms at open
+        self.host, self.port = srt.host, srt.port
+        self._address = srt.address
         self.sends_to = self.host if self.mode == "caller" else ""
         self.ports = (("to", self.host, self.port) if self.sends_to else ("on udp", self.port),)
         check_gstreamer(self.kind, uri)
@@ -120,7 +97,7 @@ class SrtOutput(GstChildOutput):
         if self.latency is None:
             self.latency = srt_latency_ms(float(self.info.fps))
         return {"kind": "srt", "host": self.host, "port": self.port, "mode": self.mode,
-                "latency": self.latency, "address": _address(self.host, self.port),
+                "latency": self.latency, "address": self._address(),
                 "passphrase_env": self.passphrase_env}
 
     def stats(self) -> dict:
@@ -139,19 +116,6 @@ class SrtOutput(GstChildOutput):
         if self.mode == "caller":  # its one peer
             return int(self.state == "open")
         return len(self.clients)
-
-
-def _address(host: str, port: int) -> str:
-    """The address of HOST that the child binds or calls, resolved here with IPv4 first:
-    GStreamer's srtsink takes the first address its resolver gives, `localhost`'s ::1, where
-    a listener on 0.0.0.0 or 127.0.0.1 never answers. HOST itself when it does not resolve
-    (the child then says so)."""
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except (socket.gaierror, UnicodeError):
-        return host
-    ipv4 = [f for f in found if f[0] == socket.AF_INET]
-    return str((ipv4 or found)[0][4][0])
 
 
 class RtspServerOutput(GstChildOutput):

@@ -1,8 +1,9 @@
 """Frame sources behind one small interface, chosen by URI (jetson-utils' videoSource style):
 `file://clip.mp4` or a plain path (anything PyAV opens, raw .yuv with explicit geometry),
 `demo://astronaut` (the built-in default input), `rtsp://` and `rtsps://` streams, streams sent
-to this machine (`udp://@:PORT` MPEG-TS, `rtp://@:PORT` RTP without an SDP, an `.sdp` file) and
-`v4l2:///dev/videoN` capture devices (through PyAV), `csi://N` (jetson-utils, on a Jetson)."""
+to this machine (`udp://@:PORT` MPEG-TS, `rtp://@:PORT` RTP without an SDP, an `.sdp` file,
+`srt://@:PORT` MPEG-TS over SRT, or called for: `srt://HOST:PORT`) and `v4l2:///dev/videoN`
+capture devices (through PyAV), `csi://N` (jetson-utils, on a Jetson)."""
 from __future__ import annotations
 
 from ..errors import DecodeError, SourceError  # noqa: F401  (re-exported)
@@ -18,6 +19,7 @@ SOURCES = Registry("input URI scheme", {
     "rtsps": "edge_semvc.sources.pyav:open_network",
     "udp": "edge_semvc.sources.udp:open_udp",  # MPEG-TS sent to this machine: udp://@:5600
     "rtp": "edge_semvc.sources.udp:open_rtp",  # RTP H.264/H.265 without an SDP: rtp://@:5600
+    "srt": "edge_semvc.sources.srt:open_srt",  # MPEG-TS over SRT: srt://@:9000, srt://HOST:9000
     "v4l2": "edge_semvc.sources.pyav:open_v4l2",  # v4l2:///dev/video0
     "csi": "edge_semvc.sources.jetson:open_csi",  # a MIPI CSI camera (Jetson only)
 }, SourceError)
@@ -30,7 +32,7 @@ def open_source(uri: str, raw: RawVideoOptions | None = None) -> Source:
     if scheme not in SOURCES:
         raise SourceError(f"unsupported input URI scheme {scheme + '://'!r} in {uri!r} "
                           "(supported: file://, demo://, rtsp://, rtsps://, udp://, rtp://, "
-                          "v4l2://, csi://, or a plain path)")
+                          "srt://, v4l2://, csi://, or a plain path)")
     if _is_sdp(uri):  # an RTP stream the file describes, sent to this machine
         from .udp import open_sdp
 
@@ -40,11 +42,13 @@ def open_source(uri: str, raw: RawVideoOptions | None = None) -> Source:
 
 def check_input(uri: str) -> tuple[int, ...]:
     """What can be told of an input from its URI alone, before it is opened (SourceError):
-    a `udp://` or `rtp://` input's port, address, options and codec; the UDP ports it takes."""
-    if uri.partition("://")[0] in ("udp", "rtp"):
-        from .udp import check_uri
+    a `udp://`, `rtp://` or `srt://` input's port, address, options and codec; the UDP ports
+    it takes."""
+    scheme = uri.partition("://")[0]
+    if scheme in ("udp", "rtp", "srt"):
+        from . import srt, udp
 
-        return check_uri(uri)
+        return (srt if scheme == "srt" else udp).check_uri(uri)
     return ()
 
 

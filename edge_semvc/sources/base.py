@@ -35,8 +35,9 @@ class Source(Protocol):
 @dataclass(frozen=True)
 class Receiver:
     """An input that listens for a stream sent to it (`udp://`, `rtp://`, an `.sdp` file, in
-    `udp.py`): the input as the user named it (`uri`, for messages: FFmpeg may open another
-    name, a written SDP) and where it listens ("udp port 5600"), which a silence is told by."""
+    `udp.py`; `srt://`, in `srt.py`): the input as the user named it (`uri`, for messages:
+    FFmpeg may open another name, a written SDP, a pipe) and where it listens ("udp port
+    5600"), which a silence is told by."""
 
     uri: str
     where: str
@@ -55,4 +56,4 @@ class Receiver:
 # of hanging it: the service then reconnects.
 NETWORK_SCHEMES = {"rtsp": {"rtsp_transport": "tcp"}, "rtsps": {"rtsp_transport": "tcp"}}
 # inputs that never end on their own (and an .sdp file's stream: sources.is_live)
-LIVE_SCHEMES = (*NETWORK_SCHEMES, "udp", "rtp", "v4l2", "csi")
+LIVE_SCHEMES = (*NETWORK_SCHEMES, "udp", "rtp", "srt", "v4l2", "csi")

@@ -1,0 +1,220 @@
+"""`srt://` as an input (sources/srt.py, GStreamer's srtsrc in a system-Python child writing the
+MPEG-TS into a pipe PyAV reads), from real senders: our own `srt://` output in another process
+(`encode --realtime`), as a caller into `srt://@:PORT` and as a listener that `srt://HOST:PORT`
+calls, with and without a passphrase. The sender stopping ends `encode` (exit 3) and loses a
+`serve` camera, which takes the next sender; the child never outlives its input."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gst_helpers import require
+from test_serve_faults import camera, pipeline_config, stopped
+from test_telemetry import wait_until
+from test_udp_inputs import CLIP, QUIET_S, bound_by_another, probe, read_all, send_when_bound
+
+from edge_semvc.cli import main
+from edge_semvc.errors import ConfigError, DecodeError, SourceError
+from edge_semvc.serve.config import ServeConfig
+from edge_semvc.sources import check_input, is_live, open_source, pyav
+
+
+@pytest.fixture(autouse=True)
+def srt(monkeypatch):
+    require("srt")  # srtsink and srtsrc come in one package
+    monkeypatch.setattr(pyav, "LIVE_TIMEOUT_S", (6.0, QUIET_S))  # a sender gone, told sooner
+    monkeypatch.setenv("EDGE_SEMVC_TEST_SRT_PW", "drone-downlink-1")
+    monkeypatch.setenv("EDGE_SEMVC_TEST_SRT_OTHER", "someone-else-22")
+
+
+@pytest.fixture
+def clip3(tmp_path):
+    """The first 3 s of CLIP (38 frames at 12.5 fps, and its sound)."""
+    if not CLIP.exists() or not shutil.which("ffmpeg"):
+        pytest.skip("the clip or ffmpeg is missing")
+    path = tmp_path / "clip3.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(CLIP), "-t", "3", "-c", "copy",
+                    str(path)], check=True)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sender(clip, uri: str) -> list[str]:
+    """Our own SRT output in another process, the clip at its own rate."""
+    return [sys.executable, "-m", "edge_semvc", "encode", str(clip), uri, "--no-map",
+            "--realtime"]
+
+
+def listening_sender(clip, port: int, passphrase_env: str) -> subprocess.Popen:
+    """Our SRT output listening on `port` with a passphrase, in another process."""
+    uri = f"srt://127.0.0.1:{port}?mode=listener&passphrase_env={passphrase_env}"
+    return subprocess.Popen(sender(clip, uri), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def children(port: int) -> list[int]:
+    """The srtsrc children on `port` still running (read from /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "srt_child.py" in command and f":{port}?" in command:
+            found.append(int(pid))
+    return found
+
+
+def test_a_caller_into_a_listener_input_is_encoded_with_its_sound_until_it_stops(tmp_path,
+                                                                               clip3):
+    """`encode srt://@:PORT`: our SRT output calls it; every frame and the sound are written,
+    and the sender stopping ends the run as a camera gone (exit 3, in the input's own words),
+    with no child left."""
+    port = free_port()
+    sent = len(probe(clip3, "packet=pts"))
+    thread = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}?mode=caller"))
+    out, stats = tmp_path / "out.mkv", tmp_path / "stats.json"
+    status = main(["encode", f"srt://@:{port}", str(out), "--no-map", "--stats-json",
+                   str(stats)])
+    thread.join(60)
+    result = json.loads(stats.read_text())
+    assert status == 3 and not result["complete"], result
+    assert result["error"] == (f"srt://@:{port}: no packet on srt port {port} for 2 s (the "
+                               "sender stopped, or its link dropped)")
+    assert sent - 1 <= result["frames"] <= sent, (sent, result["frames"])
+    assert len(probe(out, "packet=pts")) == result["frames"]
+    assert probe(out, "stream=codec_name", "a") == [["aac"]]
+    assert len(probe(out, "packet=pts", "a")) > 100  # 3 s of 48 kHz AAC: 140 packets
+    assert children(port) == []
+
+
+def test_a_caller_input_with_a_passphrase_reads_an_encrypted_listener(clip3):
+    """`srt://HOST:PORT?passphrase_env=NAME` calls our SRT output listening with the same
+    passphrase: the frames decode, and its end is told as the listener's."""
+    port = free_port()
+    proc = listening_sender(clip3, port, "EDGE_SEMVC_TEST_SRT_PW")
+    try:
+        wait_until(lambda: bound_by_another(port), timeout=60, what="the sender listening")
+        uri = f"srt://127.0.0.1:{port}?passphrase_env=EDGE_SEMVC_TEST_SRT_PW"
+        source = open_source(uri)
+        assert (source.width, source.height) == (768, 432)
+        frames, error = read_all(source)
+    finally:
+        proc.wait(60)
+    assert len(frames) > 10
+    assert isinstance(error, DecodeError)
+    assert str(error) == (f"{uri}: no packet from the SRT listener at 127.0.0.1:{port} for 2 s "
+                          "(the sender stopped, or its link dropped)")
+    assert children(port) == []
+
+
+def test_a_call_nobody_takes_is_said_with_srts_reason():
+    """A caller whose listener is down, and one whose listener wants another passphrase: the
+    open fails (exit 2 in `encode`) saying so, in SRT's words, with no child left."""
+    port = free_port()
+    with pytest.raises(SourceError, match=f"^cannot open srt://127.0.0.1:{port}: the SRT "
+                       f"listener at 127.0.0.1:{port} did not take the call within 6 s: .*"
+                       "Connection timeout$"):
+        open_source(f"srt://127.0.0.1:{port}")
+    assert children(port) == []
+
+
+@pytest.mark.slow  # a second sender's start and a 6 s open (the open's mechanism: above)
+def test_a_caller_with_another_passphrase_is_told_it(clip3):
+    port = free_port()
+    proc = listening_sender(clip3, port, "EDGE_SEMVC_TEST_SRT_PW")
+    try:
+        wait_until(lambda: bound_by_another(port), timeout=60, what="the sender listening")
+        with pytest.raises(SourceError, match="did not take the call within 6 s: Failed to "
+                                              "authenticate"):
+            open_source(f"srt://127.0.0.1:{port}?passphrase_env=EDGE_SEMVC_TEST_SRT_OTHER")
+    finally:
+        proc.wait(60)
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("srt://@:9000?passphrase=MySrtSecret1", r"^input 'srt://@:9000': the passphrase does not "
+     r"belong in the URI \(URIs are logged\): name .*\?passphrase_env=NAME$"),
+    ("srt://@:9000?passphrase_env=EDGE_SEMVC_UNSET_PW", "EDGE_SEMVC_UNSET_PW .* not set"),
+    ("srt://@:9000?latency=fast", "invalid value 'fast' for option 'latency' in input"),
+    ("srt://@:9000?streamid=x", r"unknown option 'streamid' in input 'srt://@:9000\?streamid=x' "
+                                r"\(known: mode, latency, passphrase_env\)"),
+    ("srt://@:9000?mode=rendezvous", "mode must be caller or listener, got 'rendezvous'"),
+    ("srt://@:9000?mode=caller", r"input 'srt://@:9000\?mode=caller' needs a host, e.g. "
+                                 r"srt://127.0.0.1:9000"),
+    ("srt://@", "needs a port, e.g. srt://@:9000"),
+    ("srt://@:70000", "its port '70000' is not one of 1-65535"),
+])
+def test_bad_srt_input_uris_are_refused_before_anything_is_read(uri, message):
+    with pytest.raises(SourceError, match=message):
+        open_source(uri)
+    with pytest.raises(SourceError, match=message):
+        check_input(uri)  # serve refuses the camera at the start
+
+
+def test_a_port_in_use_is_refused_at_once_and_serve_takes_a_port_once(tmp_path):
+    assert is_live("srt://@:9000") and check_input("srt://@:9000") == (9000,)
+    assert check_input("srt://10.0.0.5:9000") == ()  # a caller binds no port of its own
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(SourceError, match=f"^cannot open srt://@:{port}: udp port {port} "
+                           "cannot be bound: another program receives on it"):
+            open_source(f"srt://@:{port}")
+        assert main(["encode", f"srt://@:{port}", str(tmp_path / "o.mp4"), "--no-map"]) == 2
+    assert children(port) == []
+    cfg = ServeConfig(cameras={"a": "srt://@:9000", "b": "udp://@:9000"},
+                      state_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="listens on udp port 9000"):
+        cfg.validate()
+
+
+def test_a_serve_camera_on_srt_opens_and_leaves_no_child_when_removed(tmp_path, clip3):
+    (tmp_path / "rec").mkdir()
+    port = free_port()
+    thread = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}?mode=caller"))
+    cam, events = camera(tmp_path, f"srt://@:{port}", cfg=pipeline_config())
+    cam.start()
+    try:
+        wait_until(lambda: cam.frames_total > 0, timeout=120, what="frames")
+        assert len(children(port)) == 1
+    finally:
+        stopped(cam)  # what the service does to a camera removed from its file
+    assert children(port) == []
+    thread.join(60)
+
+
+@pytest.mark.slow  # two senders one after the other (the udp:// camera's test runs by default)
+def test_a_serve_camera_on_srt_takes_the_next_sender_after_one_stops(tmp_path, clip3):
+    (tmp_path / "rec").mkdir()
+    port = free_port()
+    command = sender(clip3, f"srt://127.0.0.1:{port}?mode=caller")
+    thread = send_when_bound(port, command)
+    cam, events = camera(tmp_path, f"srt://@:{port}", cfg=pipeline_config())
+    cam.start()
+    try:
+        wait_until(lambda: cam.frames_total > 0, timeout=120, what="frames")
+        thread.join(60)
+        wait_until(lambda: events.named("source_lost"), timeout=60, what="the camera lost")
+        assert f"no packet on srt port {port}" in events.named("source_lost")[0]["reason"]
+        frames_before = cam.frames_total
+        thread = send_when_bound(port, command)  # it listens again meanwhile
+        wait_until(lambda: events.named("source_back"), timeout=60, what="the camera back")
+        wait_until(lambda: cam.frames_total > frames_before, timeout=60, what="new frames")
+        thread.join(60)
+    finally:
+        stopped(cam)
+    assert children(port) == []
+    names = [n for n in events.names() if n in ("source_lost", "source_back")]
+    assert names[:2] == ["source_lost", "source_back"], events
