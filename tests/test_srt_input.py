@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from edge_semvc.cli import main
 from edge_semvc.errors import ConfigError, DecodeError, SourceError
 from edge_semvc.serve.config import ServeConfig
 from edge_semvc.sources import check_input, is_live, open_source, pyav
+from edge_semvc.sources import srt as srt_input
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +121,29 @@ def test_a_caller_input_with_a_passphrase_reads_an_encrypted_listener(clip3):
     assert children(port) == []
 
 
+@pytest.mark.slow  # 10 s of a slow reader
+def test_a_reader_slower_than_the_stream_loses_packets_not_the_input(clip3, monkeypatch):
+    """What PyAV cannot take at once waits in the pipe and the child's queue; past them the
+    oldest is dropped, counted as transport loss, and the input goes on until the sender
+    stops (a blocked child would stall SRT's receiver instead)."""
+    monkeypatch.setattr(srt_input, "PIPE_BYTES", 4096)
+    monkeypatch.setattr(srt_input, "QUEUE_BYTES", 20_000)
+    port = free_port()
+    thread = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}?mode=caller"))
+    source = open_source(f"srt://@:{port}")
+    frames, error = 0, None
+    try:
+        for _ in source.frames():
+            frames += 1
+            time.sleep(0.2)  # 5 frames a second of a 12.5 fps stream
+    except SourceError as e:
+        error = e
+    source.close()
+    thread.join(60)
+    assert f"no packet on srt port {port}" in str(error), error
+    assert source.corrupt_packets > 0 and frames < len(probe(clip3, "packet=pts"))
+
+
 def test_a_call_nobody_takes_is_said_with_srts_reason():
     """A caller whose listener is down, and one whose listener wants another passphrase: the
     open fails (exit 2 in `encode`) saying so, in SRT's words, with no child left."""
@@ -161,6 +186,18 @@ def test_bad_srt_input_uris_are_refused_before_anything_is_read(uri, message):
         open_source(uri)
     with pytest.raises(SourceError, match=message):
         check_input(uri)  # serve refuses the camera at the start
+
+
+@pytest.mark.parametrize("python, missing", [
+    ("/nonexistent/python3", r"needs the system Python /nonexistent/python3 \(No such file"),
+    (sys.executable, "PyGObject .*python3-gi"),  # the project's venv has no gi
+])
+def test_a_missing_system_part_is_named_with_its_debian_package(monkeypatch, python, missing):
+    monkeypatch.setenv(srt_input.PYTHON_ENV, python)
+    port = free_port()
+    with pytest.raises(SourceError, match=f"^cannot open srt://@:{port}: .*{missing}"):
+        open_source(f"srt://@:{port}")
+    assert children(port) == []
 
 
 def test_a_port_in_use_is_refused_at_once_and_serve_takes_a_port_once(tmp_path):

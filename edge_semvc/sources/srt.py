@@ -42,6 +42,10 @@ CHILD = Path(__file__).with_name("srt_child.py")
 READY_TIMEOUT_S = 15.0  # the child's start: importing GStreamer, binding the port
 STOP_S = 2.0  # for the child to end once asked, before it is killed
 PIPE_BYTES = 1 << 20  # the pipe's buffer (Linux's most for a user), beside the child's queue
+# the child's queue: a burst PyAV cannot take at once (the models loading, a slow machine)
+# waits there; past it, the oldest is dropped, as FFmpeg's UDP FIFO drops (the demuxer counts
+# the transport packets lost) rather than the input ending
+QUEUE_BYTES = 8 << 20
 
 
 def check_uri(uri: str) -> tuple[int, ...]:
@@ -162,7 +166,7 @@ class SrtChild:
         host = f"[{host}]" if ":" in host else host  # an IPv6 address
         return {"uri": f"srt://{host}:{s.port}?mode={s.mode}", "fd": fd,
                 "latency": SRT_LATENCY_MS if s.latency is None else s.latency,
-                "passphrase_env": s.passphrase_env}
+                "passphrase_env": s.passphrase_env, "queue_bytes": QUEUE_BYTES}
 
     def _read_events(self) -> None:
         for line in self.proc.stdout:

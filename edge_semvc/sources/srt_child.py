@@ -9,7 +9,8 @@ as the outputs' `sinks/gst_child.py` is, and imports nothing from edge_semvc:
     python3 srt_child.py CONFIG_JSON   receive until standard input ends (the parent gone)
 
 CONFIG_JSON: uri (srtsrc's), latency (ms), passphrase_env (the variable holding the
-passphrase, never the passphrase itself), fd (the pipe's end to write the MPEG-TS to).
+passphrase, never the passphrase itself), fd (the pipe's end to write the MPEG-TS to),
+queue_bytes (what waits for the pipe at most; past it, the oldest is dropped).
 Standard output carries JSON lines, one event each: `ready`, `error` (message; then exit 1),
 `warning` (message: a caller's connection failing, srtsrc retries), `caller_added` and
 `caller_removed` (address: a listener's sender).
@@ -18,9 +19,6 @@ import json
 import os
 import sys
 import threading
-
-QUEUE_BYTES = 8 << 20  # a burst the reader cannot take at once waits here; past it, the
-# oldest is dropped (as FFmpeg's UDP FIFO drops): the demuxer counts the TS packets lost
 
 
 def emit(event, **fields):
@@ -60,7 +58,7 @@ def run(config):
     pipeline = Gst.parse_launch(
         "srtsrc name=src uri=\"%s\" latency=%d keep-listening=true ! queue max-size-buffers=0 "
         "max-size-time=0 max-size-bytes=%d leaky=downstream ! fdsink fd=%d sync=false"
-        % (config["uri"], config["latency"], QUEUE_BYTES, config["fd"]))
+        % (config["uri"], config["latency"], config["queue_bytes"], config["fd"]))
     src = pipeline.get_by_name("src")
     if config.get("passphrase_env"):  # from the environment: never in an argument
         src.set_property("passphrase", os.environ[config["passphrase_env"]])
