@@ -153,7 +153,7 @@ class SrtUri:
 def srt_uri(uri: str, error: type[Exception], what: str, default_mode: str = "") -> SrtUri:
     """An `srt://` URI read, or `error` saying what is wrong with it (`what`: output or
     input). `default_mode`: the mode without `mode=`; "" (the input): a listener without a
-    host (`srt://@:PORT`), a caller with one."""
+    host (`srt://@:PORT`, or every address: 0.0.0.0), a caller with one."""
     query = urlsplit(uri).query
     if {name.lower() for name, _ in parse_qsl(query)} & {"passphrase", "pbkeylen"}:
         raise error(f"{what} {uri.replace('?' + query, '')!r}: the passphrase does not "
@@ -170,7 +170,10 @@ def srt_uri(uri: str, error: type[Exception], what: str, default_mode: str = "")
         if not PASSPHRASE_BYTES[0] <= size <= PASSPHRASE_BYTES[1]:
             raise error(f"{what} {uri!r}: the SRT passphrase in {passphrase_env} "
                         f"has {size} bytes; SRT takes %d-%d" % PASSPHRASE_BYTES)
-    mode = options.get("mode", default_mode or ("caller" if parts.hostname else "listener"))
+    # the input's default: an address to call, or none (`@`, every address: 0.0.0.0, ::) to
+    # listen on
+    called = parts.hostname not in (None, "0.0.0.0", "::")
+    mode = options.get("mode", default_mode or ("caller" if called else "listener"))
     if mode not in ("caller", "listener"):
         raise error(f"{what} {uri!r}: mode must be caller or listener, got {mode!r}")
     host, port = host_port(uri, parts, error, what, listen=mode == "listener")

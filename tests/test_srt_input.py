@@ -203,6 +203,7 @@ def test_a_missing_system_part_is_named_with_its_debian_package(monkeypatch, pyt
 def test_a_port_in_use_is_refused_at_once_and_serve_takes_a_port_once(tmp_path):
     assert is_live("srt://@:9000") and check_input("srt://@:9000") == (9000,)
     assert check_input("srt://10.0.0.5:9000") == ()  # a caller binds no port of its own
+    assert check_input("srt://0.0.0.0:9000") == (9000,)  # every address: nothing to call
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("", 0))
         port = taken.getsockname()[1]

@@ -183,7 +183,7 @@ class HttpConfig:
 class CameraConfig:
     # URI: file://PATH, rtsp://..., v4l2:///dev/videoN, csi://N, demo://NAME, or a stream sent
     # to this machine: udp://@:PORT (MPEG-TS), rtp://@:PORT?codec=h264 (RTP, no SDP), FILE.sdp,
-    # srt://@:PORT (MPEG-TS over SRT, a caller's) or srt://HOST:PORT (called for)
+    # srt://@:PORT (MPEG-TS over SRT from a sender that calls) or srt://HOST:PORT (one that listens)
     input: str = ""
     loop: bool = False  # file inputs: start again at the end (a camera never ends)
     realtime: bool = True  # file inputs are played at their own frame rate, like a camera
