@@ -145,14 +145,18 @@ def test_a_reader_slower_than_the_stream_loses_packets_not_the_input(clip3, monk
 
 
 def test_a_call_nobody_takes_is_said_with_srts_reason():
-    """A caller whose listener is down, and one whose listener wants another passphrase: the
-    open fails (exit 2 in `encode`) saying so, in SRT's words, with no child left."""
+    """A caller whose listener is down: the open fails (exit 2 in `encode`) saying so, in SRT's
+    words, with no child left; a host with no address is said as such (srtsrc: "Could not open
+    resource for reading")."""
     port = free_port()
     with pytest.raises(SourceError, match=f"^cannot open srt://127.0.0.1:{port}: the SRT "
                        f"listener at 127.0.0.1:{port} did not take the call within 6 s: .*"
                        "Connection timeout$"):
         open_source(f"srt://127.0.0.1:{port}")
     assert children(port) == []
+    with pytest.raises(SourceError, match="^cannot open srt://camera.invalid:9000: its host "
+                                          "'camera.invalid' has no address"):
+        open_source("srt://camera.invalid:9000")
 
 
 @pytest.mark.slow  # a second sender's start and a 6 s open (the open's mechanism: above)

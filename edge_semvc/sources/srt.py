@@ -31,6 +31,7 @@ from ..errors import DecodeError, SourceError
 from ..uris import SRT_LATENCY_MS, SrtUri, srt_uri
 from . import pyav
 from .base import RawVideoOptions, Receiver
+from .opening import check_host
 from .pyav import PyAVSource
 from .udp import _check_free
 
@@ -89,6 +90,8 @@ class SrtSource(PyAVSource):
         srt = srt_uri(uri, SourceError, "input")
         if srt.mode == "listener" and ":" not in srt.host:
             _check_free(uri, "" if srt.host == "0.0.0.0" else srt.host, (srt.port,))
+        elif srt.mode == "caller":
+            check_host(uri)  # srtsrc would say "Could not open resource for reading"
         caller = srt.mode == "caller"
         where = f"the SRT listener at {srt.host}:{srt.port}" if caller else f"srt port {srt.port}"
         receiver = SrtReceiver(uri, where, caller, srt.passphrase_env is not None)
