@@ -10,7 +10,7 @@ import os
 import socket
 
 from ..errors import SinkError
-from ..uris import SRT_LATENCY_MS, is_loopback, srt_uri
+from ..uris import SRT_LATENCY_MS, int_in, is_loopback, srt_uri
 from .base import EventCallback
 from .gst_child import RTSP_AUDIO
 from .gstreamer import GstChildOutput, check_gstreamer, check_port_free, ns
