@@ -18,7 +18,9 @@ from .storage import Observer, StoragePolicy
 log = logging.getLogger("edge_semvc")
 
 
-def encoder_settings(cfg: Config, source: Source, outputs: Outputs) -> EncoderSettings:
+def encoder_settings(cfg: Config, source: Source, outputs: Outputs,
+                     follower: LinkFollower | None = None) -> EncoderSettings:
+    """`follower`: the run's rate follower, whose rate the encoder starts at."""
     e = cfg.encoder
     keyint, caller_idr, sparse = e.keyint or None, False, False
     if e.profile == "storage":  # the pipeline places the IDRs, or a fixed gop_s
@@ -28,8 +30,8 @@ def encoder_settings(cfg: Config, source: Source, outputs: Outputs) -> EncoderSe
         keyint = max(1, round(e.lossy_keyint_s * source.fps))
     return EncoderSettings(
         width=source.width, height=source.height, fps=source.fps, time_base=source.time_base,
-        rc=e.rate_control(), bitrate=e.bitrate or None, crf=e.crf, preset=e.preset,
-        tune=e.tune or None,
+        rc=e.rate_control(), bitrate=(follower.bitrate if follower else e.bitrate) or None,
+        crf=e.crf, preset=e.preset, tune=e.tune or None,
         keyint=keyint, threads=e.threads, global_headers=outputs.global_headers,
         caller_idr=caller_idr, sparse_frames=sparse, intra_refresh=e.intra_refresh,
         aq_with_map=e.aq_with_map, colour=getattr(source, "colour", (2, 2, 2)),
@@ -65,8 +67,10 @@ def storage_policy(cfg: Config, source: Source, outputs: Outputs):
             StoragePolicy(e.storage, source.fps, source.time_base))
 
 
-def link_follower(cfg: Config, outputs: Outputs) -> LinkFollower | None:
-    """The rate follower (`encoder.follow_link`), where an output reports on its link."""
+def link_follower(cfg: Config, outputs: Outputs,
+                  start: int | None = None) -> LinkFollower | None:
+    """The rate follower (`encoder.follow_link`), where an output reports on its link; `start`:
+    the rate it starts at (LinkFollower), the encoder's then."""
     e = cfg.encoder
     if not e.follow_link.enabled:
         return None
@@ -74,4 +78,4 @@ def link_follower(cfg: Config, outputs: Outputs) -> LinkFollower | None:
         log.warning("encoder.follow_link: no output reports on its link (SRT and the RTSP "
                     "server do): the bit rate stays at encoder.bitrate")
         return None
-    return LinkFollower(e.follow_link, e.bitrate)
+    return LinkFollower(e.follow_link, e.bitrate, start)

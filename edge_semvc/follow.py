@@ -51,11 +51,14 @@ class _Delta:
 class LinkFollower:
     """`update(reports)` before each frame: the rate to give the encoder when it changes, else
     None. `retarget(bitrate)`: `encoder.bitrate` changed (a ceiling; a lower one holds at
-    once)."""
+    once). `start`: the rate it starts at, between `min_bitrate` and the ceiling (serve: the
+    rate the camera's last run reached on the same link, its outputs kept open); None: the
+    ceiling."""
 
-    def __init__(self, cfg: FollowLinkConfig, target: int):
-        self.cfg, self.target, self.bitrate = cfg, target, target
-        self.lowest = target
+    def __init__(self, cfg: FollowLinkConfig, target: int, start: int | None = None):
+        self.cfg, self.target = cfg, target
+        self.bitrate = min(target, max(cfg.min_bitrate, start)) if start else target
+        self.lowest = self.bitrate
         self.decreases = self.increases = 0
         self.reports = 0  # reports judged: new ones with packets sent to a peer heard
         self._last: dict[int, LinkReport] = {}  # per output (its place in the run)

@@ -74,6 +74,9 @@ class Live:
     # > 0: a live input, one of this many cameras sharing the cores: the labeler's budget is
     # a share of each frame period (labeler.live_share, labeler/schedule.py); 0: a file
     cameras: int = 0
+    # the rate the follower (encoder.follow_link) and the encoder start at, under
+    # encoder.bitrate: the one a camera's last run reached on the same link; None: the ceiling
+    follow_start: int | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,8 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
     understanding = build_understanding(cfg, semantic, getattr(source, "path", None), observer,
                                         stats.timings, extras.map_filter, live.cameras)
     stats.labeler = understanding.labeler
-    settings = encoder_settings(cfg, source, outputs)
+    stats.follower = link_follower(cfg, outputs, live.follow_start)
+    settings = encoder_settings(cfg, source, outputs, stats.follower)
     tracks, skipped, take_packets = passthrough(source, cfg)
     shown = _Shown(extras, source, max_frames)
     t_start = time.perf_counter()
@@ -213,7 +217,6 @@ def run_encode(source: Source, output: str | Sequence[str | Output] | Outputs, c
             enc.headers(), settings.global_headers, tracks)) as sink:
         # a cut asks for an IDR with the scene extension (embodiment 4)
         recorder = _Recorder(enc, sink, stats, cfg.encoder, semantic and cfg.scene.enabled)
-        stats.follower = link_follower(cfg, outputs)
         if cfg.encoder.profile == "live":  # the storage profile places its IDRs itself
             tell_loss(cfg.encoder, outputs, enc, settings)
         understanding.encoder_opened(enc.weighs_reuse)
@@ -330,7 +333,8 @@ class _Recorder:
     def __init__(self, enc, sink: Outputs, stats: RunStats, rate: EncoderConfig,
                  idr_on_cut: bool):
         self.enc, self.sink, self.stats, self.idr_on_cut = enc, sink, stats, idr_on_cut
-        self.rate = (rate.bitrate, rate.crf)  # what the encoder runs with (a copy: values)
+        # what the encoder runs with (a copy: values): the follower's rate, if it follows a link
+        self.rate = (stats.follower.bitrate if stats.follower else rate.bitrate, rate.crf)
         self.left_out = None  # the last frame the storage profile left out, and its map
 
     def retune(self, new: EncoderConfig) -> None:

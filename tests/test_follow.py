@@ -340,3 +340,40 @@ def test_one_of_two_viewers_that_vanishes_does_not_lower_the_rate(tmp_path):
             viewer.wait()
     assert stopped and got[1].stat().st_size > 4 * stopped[0]
     assert stats["follow_link"]["decreases"] == 0, stats["follow_link"]
+
+
+def test_a_follower_starts_at_the_rate_it_is_given_under_its_ceiling_and_goes_back_up():
+    """serve: a camera's next run on the same link starts where the last one's follower was
+    (`start`), between min_bitrate and the ceiling (a reload may have lowered it); a clean link
+    takes it back up as ever."""
+    cfg = FollowLinkConfig(True, 100_000)
+    assert LinkFollower(cfg, TARGET, 700_000).stats() == {
+        "bitrate": 700_000, "target": TARGET, "lowest": 700_000, "decreases": 0,
+        "increases": 0, "reports": 0}
+    assert LinkFollower(cfg, 500_000, 700_000).bitrate == 500_000  # the ceiling, lower
+    assert LinkFollower(cfg, TARGET, 50_000).bitrate == 100_000  # min_bitrate, higher
+    assert LinkFollower(cfg, TARGET, None).bitrate == TARGET
+    f, r = LinkFollower(cfg, TARGET, 700_000), Reports()
+    assert [f.update(r.next()) for _ in range(WINDOW)][-1] == round(700_000 * INCREASE)
+
+
+def test_a_run_given_a_start_rate_opens_its_encoder_at_it(tmp_path):
+    """`Live.follow_start` (serve: the rate the camera's last run reached on the same link):
+    the follower and x264 start at it, no change counted; a real SRT listener output."""
+    import socket
+
+    from gst_helpers import free_port
+
+    from edge_semvc.pipeline import Live, RunStats, run_encode
+    from edge_semvc.sources import open_source
+
+    require("srt")
+    cfg = load_config(None, ["encoder.bitrate=2000000", "encoder.follow_link.enabled=true",
+                             "labeler.cpu_budget=0.05"])
+    out = f"srt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}?mode=listener"
+    stats = RunStats()
+    result = run_encode(open_source("demo://astronaut"), [out], cfg, max_frames=5,
+                        live=Live(stats=stats, follow_start=600_000))
+    assert result["follow_link"]["bitrate"] == 600_000
+    assert result["encoder"]["vbv_maxrate_kbps"] == 600
+    assert stats.rate_changes == 0

@@ -317,3 +317,63 @@ def test_the_recordings_counts_go_on_over_losses_and_reload_restarts(tmp_path):
     assert recording["bytes"] == sum(f.stat().st_size for f in files)
     assert recording["frames"] == first.frames_total + second.frames_total
     assert whole.totals().recording == recording
+
+
+def test_a_cameras_next_run_starts_at_the_rate_its_link_was_found_to_carry(tmp_path):
+    """Each run of a camera has a rate follower of its own (encoder.follow_link), which started
+    at the ceiling: after each loss and return, or a reload restart, a camera whose SRT output
+    is kept (the same viewers, the same narrow link) sent at the full rate into it until the
+    follower cut again. The next run's follower starts where the last one's was; a camera
+    whose output a reload changed starts at the ceiling."""
+    import socket
+    from dataclasses import replace
+
+    from gst_helpers import free_port, require
+    from test_follow import WINDOW, Reports
+
+    from edge_semvc.config import load_config
+
+    require("srt")
+    (tmp_path / "rec").mkdir()
+    cfg = load_config(None, ["encoder.bitrate=2000000", "encoder.follow_link.enabled=true",
+                             "labeler.cpu_budget=0.05"])
+    same = [f"srt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}?mode=listener"]
+
+    def runs_of(outputs, before=None, wanted=2):
+        """A camera on `outputs` (after `before`, which a reload restarted: its outputs handed
+        over) lost and back: each run's (first rate, rate after a narrow link's reports)."""
+        runs: list[tuple[int, int]] = []
+
+        def narrowed(cam):  # between two runs: the one that ended had a narrow link
+            follower = cam.stats.follower
+            if cam.runs and len(runs) < cam.runs:
+                first, reports = follower.bitrate, Reports()  # no SRT caller: no report yet
+                for _ in range(1 + WINDOW):  # a baseline (its output reported before), a cut
+                    follower.update([replace(r, seq=r.seq + 1000)  # after the output's own
+                                     for r in reports.next(resent=30, rtt_ms=400.0)])
+                runs.append((first, follower.bitrate))
+
+        clock = Clock()
+        cam, _ = camera(tmp_path, "rtsp://camera.invalid/stream", cfg=cfg, clock=clock,
+                        sleep=clock.sleep, outputs=outputs,
+                        open_input=lambda uri: narrowed(cam) or ShortFeed(start=1000))
+        if before is not None:
+            cam.take_streams(before)
+        cam.hand_over = True  # its outputs go to the camera a reload starts in its place
+        cam.start()
+        try:
+            wait_until(lambda: len(runs) >= wanted, timeout=WAIT, what="runs")
+        finally:
+            stopped(cam)
+        return cam, runs
+
+    first, runs = runs_of(same)
+    assert runs[0][0] == 2_000_000 > runs[0][1]  # the first run: the ceiling, then a cut
+    assert runs[1][0] == runs[0][1] > runs[1][1]  # lost and back: where it was, on down
+    reloaded, again = runs_of(same, first, wanted=1)  # a reload restart, the output kept
+    assert again[0][0] == runs[-1][1] < 2_000_000
+    last, elsewhere = runs_of([f"srt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+                               "?mode=listener"], reloaded, wanted=1)  # another output
+    for stream in last.streams:  # kept for a camera a reload would start in its place
+        stream.close_for_good()
+    assert elsewhere[0][0] == 2_000_000

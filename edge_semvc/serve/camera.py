@@ -130,6 +130,7 @@ class Camera:
         self._storage_before: dict | None = None  # their storage decisions (storage_stats)
         self._recorded_before: dict | None = None  # their recording's counts (recording_stats)
         self._follow_before: dict | None = None  # their rate followers' (follow_stats)
+        self.follow_start: int | None = None  # the rate the next follower starts at (_link_rate)
         self._video_before = 0.0  # the seconds of video they encoded (video_seconds)
         self._run_video: tuple[float, float, float] | None = None  # this run's first, last, frame
         self._run_start = 0  # frames_total as this run began
@@ -253,6 +254,13 @@ class Camera:
         follower = self.stats.follower
         return merge_follow(self._follow_before, follower.stats() if follower else None)
 
+    def _link_rate(self) -> int | None:
+        """The rate the last run's follower reached on the stream outputs' link (None: none
+        followed it): the next run's starts there, its outputs kept open, not at the ceiling
+        (a link found narrow, hit at the full rate after each hiccup)."""
+        follower = self.stats.follower
+        return follower.bitrate if follower is not None else self.follow_start
+
     def video_seconds(self) -> float:
         """The seconds of video encoded over every run, each run's from its first frame to one
         frame after its last (the pauses between runs not counted, as `frames_total` counts
@@ -296,6 +304,7 @@ class Camera:
         streams, before.streams = before.streams, []
         if before.output_uris == self.output_uris and streams:
             self.streams = streams
+            self.follow_start = before._link_rate()  # the same link: the rate it had found
             return
         for stream in streams:
             stream.close_for_good()
@@ -345,6 +354,7 @@ class Camera:
             self._mapped_before += self.stats.frames_mapped
             self._storage_before = self._storage_so_far()
             self._follow_before = self._follow_so_far()
+            self.follow_start = self._link_rate()
             self._recorded_before = self._recording_so_far(self._output_stats())
             self.outputs = None  # counted: the next run's are made below
             self._video_before += self._run_seconds()
@@ -361,7 +371,7 @@ class Camera:
             return "sink", str(e)
         live = Live(updates=self._take_update, stats=stats,
                     timing_window=TIMING_WINDOW, queue_frames=self.queue_frames,
-                    cameras=self.cameras)
+                    cameras=self.cameras, follow_start=self.follow_start)
         with self._lock:
             self._pending = None  # this run starts from self.cfg, changes on trial included
             self._trial_frames = 0 if self._trial else None
