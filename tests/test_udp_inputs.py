@@ -313,6 +313,25 @@ def test_bad_receiver_uris_are_refused_saying_why(uri, message):
     assert message in str(e.value)
 
 
+def test_ctrl_c_while_the_input_opens_stops_at_once(tmp_path):
+    """Ctrl-C while FFmpeg waits for a sender that is not there: the run stops with 130 before
+    the open would give up (before: the open waited its 10 s, then exit 2)."""
+    import signal
+
+    port = free_udp_port()
+    run = subprocess.Popen([sys.executable, "-m", "edge_semvc", "encode", f"udp://@:{port}",
+                            str(tmp_path / "o.mp4"), "--no-map"], stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        wait_until(lambda: bound_by_another(port), timeout=120, what="the input opening")
+        run.send_signal(signal.SIGINT)
+        status = run.wait(timeout=pyav.LIVE_TIMEOUT_S[0])  # what the open alone would take
+    finally:
+        run.kill()
+    assert status == 130, run.stderr.read()
+    assert "interrupted (SIGINT) before any frame was encoded" in run.stderr.read()
+
+
 def test_a_port_in_use_is_refused_at_once(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("", 0))

@@ -4,6 +4,7 @@ encoder writes, and what the encoding loses of it (bit depth, interlacing)."""
 from __future__ import annotations
 
 import logging
+import threading
 from fractions import Fraction
 from urllib.parse import urlsplit
 
@@ -30,6 +31,54 @@ def frame_rate(stream, raw: RawVideoOptions, path: str) -> Fraction:
                     ", ".join(f"{float(r):g}" for r in rates) or "none given")
         return Fraction(25)
     return fps
+
+
+def open_container(target, *, format: str | None, options: dict, timeout: tuple | None):
+    """av.open(...); a live input's (`timeout`: FFmpeg's open and read timeouts) in a thread of
+    its own, waited for so that a stop signal (Ctrl-C, SIGTERM) ends the wait at once: FFmpeg
+    waits up to its open timeout for a silent sender or camera and looks at no signal meanwhile.
+    The open is then left to finish on its own, and what it opened is closed by that thread."""
+    if timeout is None:
+        return av.open(target, format=format, options=options)
+    opening = _Opening(lambda: av.open(target, format=format, options=options, timeout=timeout))
+    return opening.wait()
+
+
+class _Opening:
+    """An open in a thread of its own that the caller may stop waiting for (`wait`)."""
+
+    def __init__(self, open_):
+        self._lock = threading.Lock()
+        self._result = self._error = None
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, args=(open_,), daemon=True,
+                                        name="opening-input")
+
+    def _run(self, open_) -> None:
+        try:
+            result = open_()
+        except BaseException as e:  # the caller's to raise
+            self._error = e
+            return
+        with self._lock:
+            self._result = result
+            if not self._abandoned:
+                return
+        result.close()  # nobody waits for it any more
+
+    def wait(self):
+        self._thread.start()
+        try:
+            self._thread.join()  # a signal's handler interrupts it (Stopped)
+        except BaseException:
+            with self._lock:
+                self._abandoned, opened = True, self._result
+            if opened is not None:  # it opened just now: closed here, not by the thread
+                opened.close()
+            raise
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def check_host(url: str) -> None:

@@ -23,6 +23,7 @@ from ..errors import DecodeError, SourceError
 from ..frame import Frame
 from ..tracks import PacketQueue
 from ..uris import file_path
+from . import opening
 from .base import NETWORK_SCHEMES, RawVideoOptions, Receiver
 from .opening import check_host, check_raw, check_size, colour_of, frame_rate, say_what_is_lost
 from .orientation import Orientation
@@ -40,11 +41,6 @@ READ_ON_S = 10  # read_tracks_on: how far past the video's end a track may lag i
 TS_PACKET_BYTES = (188, 192, 204)  # MPEG-TS, M2TS (a timestamp before each), with RS parity
 
 
-def _rest(uri: str) -> str:
-    scheme, sep, rest = uri.partition("://")
-    return rest if sep else uri
-
-
 def open_file(uri: str, raw: RawVideoOptions) -> PyAVSource:
     return PyAVSource(file_path(uri), raw)
 
@@ -54,7 +50,7 @@ def open_network(uri: str, raw: RawVideoOptions) -> PyAVSource:
 
 
 def open_v4l2(uri: str, raw: RawVideoOptions) -> PyAVSource:
-    return PyAVSource(_rest(uri), raw, device="video4linux2")
+    return PyAVSource(uri.partition("://")[2], raw, device="video4linux2")
 
 
 class PyAVSource:
@@ -102,9 +98,9 @@ class PyAVSource:
             self._stdin = _CountedInput() if stdin else None
             # a pipe cannot be read again (a file is, below, when the probe found no picture)
             probe = DEEP_PROBE if stdin and fmt is None else {}
-            self.container = av.open(self._stdin if stdin else path if live is not None else str(p),
-                                     format=fmt, options={**options, **probe},
-                                     timeout=LIVE_TIMEOUT_S if timed else None)
+            self.container = opening.open_container(
+                self._stdin if stdin else path if live is not None else str(p), format=fmt,
+                options={**options, **probe}, timeout=LIVE_TIMEOUT_S if timed else None)
         except (av.error.FFmpegError, ValueError) as e:
             silent = timed and time.monotonic() - started >= LIVE_TIMEOUT_S[0] - 0.5
             raise SourceError(f"cannot open {receiver.uri if receiver else path}: " + (
