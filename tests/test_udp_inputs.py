@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import VIDEO
@@ -330,6 +331,46 @@ def test_ctrl_c_while_the_input_opens_stops_at_once(tmp_path):
         run.kill()
     assert status == 130, run.stderr.read()
     assert "interrupted (SIGINT) before any frame was encoded" in run.stderr.read()
+
+
+CLOSE_WHILE_READING = """
+import sys, threading
+from edge_semvc.sources import open_source, pyav
+from test_telemetry import wait_until
+pyav.LIVE_TIMEOUT_S = (10.0, {quiet})
+source = open_source("udp://@:{port}")
+said = []
+def read():
+    try:
+        for _ in source.frames():
+            pass
+    except Exception as e:
+        said.append(str(e))
+reader = threading.Thread(target=read)
+reader.start()
+wait_until(source.quiet_reason, timeout=60, what="the reader waiting for a packet")
+source.close()
+reader.join()
+print("the read ended:", *said, flush=True)
+"""
+
+
+def test_closing_an_input_while_it_is_read_waits_for_the_read(clip3):
+    """`encode` closes its input once the run is over, while the decode thread may still wait in
+    a read for its timeout (a sender that stopped): the close waits for the read to end (before:
+    FFmpeg's demuxer was freed under the read, a segmentation fault)."""
+    port = free_udp_port()
+    sender = send_when_bound(port, ffmpeg_ts(clip3, port))
+    run = subprocess.run([sys.executable, "-c", CLOSE_WHILE_READING.format(quiet=QUIET_S,
+                                                                           port=port)],
+                         capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).parent))
+    sender.join(60)
+    assert run.returncode == 0, run.stderr
+    # by its timeout, or between two reads (the one after a timeout hands out a held picture)
+    before, found, said = run.stdout.strip().partition("the read ended:")
+    timed_out = said.startswith(f" udp://@:{port}: no packet on udp port")
+    assert not before and found and (timed_out or not said), run.stdout
 
 
 def test_a_port_in_use_is_refused_at_once(tmp_path):

@@ -27,6 +27,7 @@ from . import opening
 from .base import NETWORK_SCHEMES, RawVideoOptions, Receiver
 from .opening import check_host, check_raw, check_size, colour_of, frame_rate, say_what_is_lost
 from .orientation import Orientation
+from .reads import GuardedReads
 from .tracks import FollowOn, HiddenLead, passthrough_tracks, track_packet
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class PyAVSource:
                 if receiver and getattr(e, "errno", None) == errno.EADDRINUSE else
                 _reason(e))) from None
         path = receiver.uri if receiver else path  # the input as the user named it
-        self._receiver = receiver
+        self._receiver, self._reads = receiver, GuardedReads(path, LIVE_TIMEOUT_S[1] + 1)
         video = self.container.streams.video
         if video and not video[0].codec_context.width and not stream_like:
             # FFmpeg probes the first 5 s: a video that starts later (its audio first) has no
@@ -314,7 +315,10 @@ class PyAVSource:
         except (av.error.FFmpegError, ValueError):
             return []
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self) -> Iterator[Frame]:  # closing waits for a read (GuardedReads)
+        return self._reads.each(self._frames())
+
+    def _frames(self) -> Iterator[Frame]:
         index, last_corrupt = 0, False
         try:
             for av_frame in self._decoded():
@@ -453,7 +457,7 @@ class PyAVSource:
         return pts
 
     def close(self) -> None:
-        self.container.close()
+        self._reads.close(self.container.close)
 
 
 class _ReadTimedOut(Exception):
