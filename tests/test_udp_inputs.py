@@ -56,8 +56,11 @@ def free_udp_port(pair: bool = False) -> int:
 def bound_by_another(port: int) -> bool:
     """Whether a UDP socket is bound to `port` (read from /proc: binding it to see would race
     with the receiver's own bind)."""
-    with open("/proc/net/udp") as f:
-        return any(line.split()[1].endswith(f":{port:04X}") for line in list(f)[1:])
+    lines = []
+    for table in ("/proc/net/udp", "/proc/net/udp6"):  # IPv6 sockets in the second
+        with open(table) as f:
+            lines += list(f)[1:]
+    return any(line.split()[1].endswith(f":{port:04X}") for line in lines)
 
 
 def send_when_bound(port: int, command: list[str]) -> threading.Thread:
@@ -147,6 +150,33 @@ def test_rtp_without_sdp_from_gstreamer(codec, quick):
     assert isinstance(error, DecodeError)
     assert str(error) == (f"rtp://@:{port}?codec={codec}&pt=96: no packet on udp port {port} "
                           "for 2 s (the sender stopped, or its link dropped)")
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("given", ["udp://[::]:{port}", "rtp://[::]:{port}"])
+def test_ipv6_inputs_receive_an_ipv6_sender(given, clip3, quick):
+    """`udp://[::]:PORT` and `rtp://[::]:PORT` listen on every address, IPv6 too, as FFmpeg
+    does (before: refused, "'::' has no IPv4 address")."""
+    if not ipv6_loopback() or not shutil.which("gst-launch-1.0"):
+        pytest.skip("no IPv6 loopback, or GStreamer is missing")
+    port = free_udp_port(pair=True)
+    if given.startswith("udp"):
+        sent = len(probe(clip3, "packet=pts"))
+        command = [*ffmpeg_ts(clip3, port)[:-1], f"udp://[::1]:{port}?pkt_size=1316"]
+    else:
+        sent, command = 30, [*gst_rtp(port, 30)[:-2], "host=::1", f"port={port}"]
+    sender = send_when_bound(port, command)
+    frames, error = read_all(open_source(given.format(port=port)))
+    sender.join(60)
+    assert sent - 1 <= len(frames) <= sent and "no packet on udp port" in str(error), error
 
 
 def test_our_rtp_outputs_sdp_file_is_an_input_with_its_sound(tmp_path, clip3, quick):
@@ -307,6 +337,7 @@ def test_a_stream_the_input_does_not_take_is_named_with_the_input_to_give(
     ("rtp://@:5600?ssrc=1", "unknown option 'ssrc'"),
     ("rtp://192.168.1.20:5600", "an RTP input listens on every address of this machine: give "
                                 "rtp://@:5600"),
+    ("udp://[fd00::dead:beef]:5600", "fd00::dead:beef is no address of this machine"),
 ])
 def test_bad_receiver_uris_are_refused_saying_why(uri, message):
     with pytest.raises(SourceError) as e:

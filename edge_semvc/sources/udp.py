@@ -1,13 +1,14 @@
 """Streams sent to this machine without a server, as a drone's companion computer or a gimbal
 camera sends them, read through PyAV (FFmpeg):
 
-- `udp://@:PORT` (`udp://HOST:PORT`: bound to that address of this machine; a multicast group
-  `udp://239.1.1.1:PORT` is joined): MPEG-TS over UDP, FFmpeg's udp protocol;
-- `rtp://@:PORT?codec=h264|hevc&pt=96`: RTP H.264/H.265 over UDP with no SDP
-  (QGroundControl's convention: H.264, payload type 96, port 5600). FFmpeg reads RTP only
-  through an SDP, so one is written (a temporary file, read once as the input opens); the
-  parameter sets come in-band (an RTP camera repeats them before each key frame), so it needs
-  no `sprop-parameter-sets`;
+- `udp://@:PORT` (`udp://HOST:PORT`: bound to that address of this machine, IPv6 too:
+  `udp://[::]:PORT` is every address, IPv6 and IPv4; a multicast group `udp://239.1.1.1:PORT` is
+  joined): MPEG-TS over UDP, FFmpeg's udp protocol;
+- `rtp://@:PORT?codec=h264|hevc&pt=96` (`rtp://[::]:PORT`: IPv6 too): RTP H.264/H.265 over
+  UDP with no SDP (QGroundControl's convention: H.264, payload type 96, port 5600). FFmpeg
+  reads RTP only through an SDP, so one is written (a temporary file, read once as the input
+  opens); the parameter sets come in-band (an RTP camera repeats them before each key frame),
+  so it needs no `sprop-parameter-sets`;
 - a `.sdp` file (what our own `rtp://` output writes beside itself) describing the stream.
 
 They never end on their own: a sender that stops is told by the read timeout, in its own words
@@ -45,7 +46,7 @@ def check_uri(uri: str) -> tuple[int, ...]:
         host, port = _udp_address(uri)
         return () if _multicast(host) else (port,)
     host, port, _, _ = _rtp_address(uri)
-    return () if host else (port, port + 1)
+    return () if _multicast(host) else (port, port + 1)
 
 
 def open_udp(uri: str, raw: RawVideoOptions) -> PyAVSource:
@@ -57,7 +58,7 @@ def open_udp(uri: str, raw: RawVideoOptions) -> PyAVSource:
         options["localaddr"] = host  # FFmpeg binds every address unless told this one
     if not multicast:
         _check_free(uri, host, (port,))
-    url = f"udp://{host}:{port}" if multicast else f"udp://@:{port}"
+    url = f"udp://{_bracketed(host)}:{port}" if multicast else f"udp://@:{port}"
     try:
         return PyAVSource(url, raw, live=options, receiver=Receiver(uri, f"udp port {port}"))
     except SourceError as e:
@@ -67,10 +68,12 @@ def open_udp(uri: str, raw: RawVideoOptions) -> PyAVSource:
 def open_rtp(uri: str, raw: RawVideoOptions) -> PyAVSource:
     """`rtp://@:PORT[?codec=h264|hevc&pt=96]`: RTP sent to this machine, with no SDP."""
     host, port, pt, codec = _rtp_address(uri)
-    if not host:
-        _check_free(uri, "", (port, port + 1))
+    multicast = _multicast(host)
+    if not multicast:
+        _check_free(uri, host, (port, port + 1))
     sdp = (f"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=edge-semvc RTP input\r\n"
-           f"c=IN IP4 {host or '0.0.0.0'}\r\nt=0 0\r\nm=video {port} RTP/AVP {pt}\r\n"
+           f"c=IN IP{6 if ':' in host else 4} {host or '0.0.0.0'}\r\nt=0 0\r\n"
+           f"m=video {port} RTP/AVP {pt}\r\n"
            f"a=rtpmap:{pt} {codec}/90000\r\n")
     fd, path = tempfile.mkstemp(prefix="edge-semvc-", suffix=".sdp")
     try:
@@ -79,7 +82,7 @@ def open_rtp(uri: str, raw: RawVideoOptions) -> PyAVSource:
         return PyAVSource(path, raw, live=SDP_OPTIONS, device="sdp",
                           receiver=Receiver(uri, f"udp port {port}"))
     except SourceError as e:
-        raise e if host else _explained(e, uri, host, port, (pt, codec)) from None
+        raise e if multicast else _explained(e, uri, host, port, (pt, codec)) from None
     finally:  # FFmpeg read it as it opened
         os.unlink(path)
 
@@ -114,15 +117,16 @@ def _rtp_address(uri: str) -> tuple[str, int, int, str]:
     if not (options["pt"].isdigit() and 96 <= int(options["pt"]) <= 127):
         raise SourceError(f"input {uri!r}: payload type pt={options['pt']!r} is not one of the "
                           "dynamic types 96-127")
-    if host and not _multicast(host):
+    if host and host != "::" and not _multicast(host):
         raise SourceError(f"input {uri!r}: an RTP input listens on every address of this "
-                          f"machine: give rtp://@:{port} (a multicast group as the host is "
-                          "joined)")
+                          f"machine: give rtp://@:{port} (rtp://[::]:{port}: IPv6 too; a "
+                          "multicast group as the host is joined)")
     return host, port, int(options["pt"]), codec
 
 
 def _address(uri: str, last_port: int) -> tuple[object, str, int]:
-    """(urlsplit result, HOST, PORT) of a udp:// or rtp:// input; HOST "" for every address."""
+    """(urlsplit result, HOST, PORT) of a udp:// or rtp:// input; HOST "" for every IPv4
+    address ("::": every address, IPv6 and IPv4)."""
     parts = urlsplit(uri)
     scheme = parts.scheme
     try:
@@ -158,9 +162,17 @@ def _options(uri: str, parts, known: dict[str, str]) -> dict[str, str]:
 
 def _is_address(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).version == 4
+        return bool(ipaddress.ip_address(host))
     except ValueError:
         return False
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _multicast(host: str) -> bool:
@@ -174,7 +186,7 @@ def _explained(error: SourceError, uri: str, host: str, port: int,
     to an `rtp://` input, RTP to a `udp://` one, RTP of another payload type (FFmpeg drops it
     unsaid) or that did not decode as the codec given, with the input to give."""
     pt, codec = rtp_as or (None, "")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(_family(host), socket.SOCK_DGRAM) as s:
         s.settimeout(SNIFF_S)
         try:
             s.bind((host, port))
@@ -201,7 +213,7 @@ def _check_free(uri: str, host: str, ports: tuple[int, ...]) -> None:
     """Each UDP port can be bound on `host` ("": every address) now: FFmpeg would say no more
     than "Address already in use"."""
     for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(_family(host), socket.SOCK_DGRAM) as s:
             try:
                 s.bind((host, port))
             except OSError as e:
