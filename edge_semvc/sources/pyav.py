@@ -154,7 +154,7 @@ class PyAVSource:
         self.tracks, self.skipped = passthrough_tracks(self.container, stream)
         self._picture_bytes = 0  # the first video packet's size (raw: one picture)
         self._packets = PacketQueue()  # demuxed, not yet taken
-        self._follow_on = FollowOn(path)  # files joined: their clocks continue
+        self._follow_on = FollowOn(path, self.live_decode)  # files joined, a sender restarted
         self._hidden_lead = HiddenLead()  # what an edit list hides before the sound starts
         self.take_packets = self._packets.take  # (any thread) those read since the last call
         # The first picture is decoded now: its display matrix decides the frames' size.

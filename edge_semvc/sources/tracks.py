@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from fractions import Fraction
 
 import av
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 # a stream whose time goes back further than this was joined on (a smaller step back is
 # reordering: the interleaver leaves such a track packet out and counts it)
 JOINED_S = Fraction(1, 2)
+# a live input: a stream whose time runs ahead of its packets' arrival by more than this jumped
+# (a sender restarted with another clock: an RTP sender's starts anywhere in 13 h)
+JUMPED_S = 2.0
 
 # containers tried, in order, to hold a copy of a stream's codec parameters (each refuses some
 # codecs when a stream is added; none is ever written)
@@ -103,10 +107,15 @@ class FollowOn:
     their offsets to one another (its sound stays with its pictures) and a stream that starts
     later in it leaves that gap. Applied to PyAV's packets as they are demuxed, the video's
     before they are decoded (by its decode time: presentation times step back between
-    B-frames). Counts the packets it shifted."""
+    B-frames). Counts the packets it shifted.
 
-    def __init__(self, path: str):
-        self.path = path
+    `live` (a stream sent to this machine, a camera): a step back is a sender that restarted,
+    or a clock reset, and so is a step ahead by more than JUMPED_S beyond the time its packets
+    took to come (`clock`: when each came); the part from there follows on alike."""
+
+    def __init__(self, path: str, live: bool = False, clock=time.monotonic):
+        self.path, self.live, self._clock = path, live, clock
+        self._came: dict[int, float] = {}  # live: stream index -> when its last packet came
         self.retimed = 0
         self._shifts = [Fraction(0)]  # seconds added to each joined part's packets
         self._part: dict[int, int] = {}  # stream index -> the part its packets are in
@@ -124,21 +133,34 @@ class FollowOn:
         decoded_at = ticks * base
         shown_at = decoded_at if packet.pts is None else packet.pts * base
         decoded, presented = self._end.get(stream, (None, None))
-        if decoded is not None and decoded_at + self._shifts[part] < decoded - JOINED_S:
+        now, came = (self._clock(), self._came.get(stream)) if self.live else (0.0, None)
+        self._came[stream] = now
+        step = None if decoded is None else decoded_at + self._shifts[part] - decoded
+        ahead = came is not None and step is not None and float(step) > now - came + JUMPED_S
+        if step is not None and (step < -JOINED_S or ahead):
             part = self._part[stream] = part + 1
-            if part == len(self._shifts):  # the first of its streams to step back: after
-                # its last packet in decode order, and its last picture on screen
+            if part == len(self._shifts):  # the first of its streams to step: after its
+                # last packet in decode order, and its last picture on screen
                 self._shifts.append(max(decoded - decoded_at, presented - shown_at))
-                log.warning("%s: stream #%d goes back in time at %.2f s (files joined end to "
-                            "end?): the part from there follows on, every stream shifted "
-                            "alike (counted: retimed_packets)", self.path, stream,
-                            float(decoded))
+                self._say(stream, decoded, step)
         shift = self._shifts[part]
         self._shift(packet, shift, base)
         length = (packet.duration or 0) * base
         end = shown_at + shift + length
         self._end[stream] = (decoded_at + shift + length,
                              end if presented is None else max(presented, end))
+
+    def _say(self, stream: int, at: Fraction, step: Fraction) -> None:
+        if not self.live:
+            log.warning("%s: stream #%d goes back in time at %.2f s (files joined end to end?): "
+                        "the part from there follows on, every stream shifted alike (counted: "
+                        "retimed_packets)", self.path, stream, float(at))
+            return
+        log.warning("%s: stream #%d's clock %s at %.2f s while its packets kept coming (the "
+                    "sender restarted, or its clock was reset?): the stream goes on from there "
+                    "without a break, every stream shifted alike (counted: retimed_packets)",
+                    self.path, stream, "went back" if step < 0 else
+                    f"jumped {float(step):.1f} s ahead", float(at))
 
     def _shift(self, packet, seconds: Fraction, base: Fraction) -> None:
         if seconds:
