@@ -221,6 +221,26 @@ def test_timestamps_that_go_back_are_repaired(tmp_path, capsys, caplog, suffix):
         assert sum(1 for _ in c.decode(video=0)) == 60
 
 
+def test_a_jump_of_hours_an_mp4_cannot_store_is_said_not_a_traceback(tmp_path, capsys):
+    """Recordings of one camera joined end to end, the second 7 h later: the MP4 muxer cannot
+    store the step (less than 2^31 ticks of 1/90000 between frames) and refused the packet
+    with "Not yet implemented in FFmpeg, patches welcome", a traceback (exit 1). It is said as
+    the output failing (exit 3), and the .mkv beside it takes every frame."""
+    part = _first_packets("carphone_qcif_pristine.mp4", 30, tmp_path / "part.ts")
+    later = tmp_path / "later.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(part), "-c", "copy",
+                    "-output_ts_offset", "25000", str(later)], check=True)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(part.read_bytes() + later.read_bytes())
+    mp4, mkv = tmp_path / "out.mp4", tmp_path / "out.mkv"
+    code, err = _run(["encode", joined, mp4, mkv, "--no-map", "--progress", "off"], tmp_path,
+                     capsys)
+    assert code == 3 and f"writing {mp4} failed: the muxer refused a packet" in err, err
+    assert "does the input's time jump by hours? .mkv and .ts keep it" in err
+    with av.open(str(mkv)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 60
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 def test_a_disk_that_fills_is_said_with_what_it_leaves(tmp_path, capsys, caplog, tmpfs,
                                                        suffix):

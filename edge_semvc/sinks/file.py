@@ -334,14 +334,16 @@ class FileOutput(Output):
         except OSError as e:  # the output cannot be written (disk full, device gone)
             self._write_failed = True
             raise WriteError(e.errno, f"writing {self.path} failed: {e.strerror or e}") from e
-        except ValueError as e:  # FFmpeg's muxer refused the packet (av.error.ArgumentError)
-            import av
+        except Exception as e:  # FFmpeg's muxer refused the packet (av.error.ArgumentError,
+            import av  # PatchWelcomeError: a time step an MP4 cannot store)
 
             if not isinstance(e, av.error.FFmpegError):
                 raise
             self._write_failed = True
+            jump = " (an MP4 stores less than 2^31 ticks between two frames: does the input's " \
+                "time jump by hours? .mkv and .ts keep it)" if self.sink.format == "mp4" else ""
             raise WriteError(errno.EINVAL, f"writing {self.path} failed: the muxer refused "
-                             f"a packet ({e.strerror or e})") from e
+                             f"a packet ({e.strerror or e}){jump}") from e
 
     def stats(self) -> dict:
         sink = self.sink
