@@ -4,6 +4,8 @@ encoder writes, and what the encoding loses of it (bit depth, interlacing)."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from fractions import Fraction
 from urllib.parse import urlsplit
@@ -135,3 +137,24 @@ def check_raw(raw: RawVideoOptions, pix_fmt: str) -> None:
     except (ValueError, av.error.FFmpegError):
         raise SourceError(f"--input-pix-fmt {pix_fmt!r} is no pixel format FFmpeg knows "
                           "(e.g. yuv420p, nv12, yuyv422)") from None
+
+
+class CountedInput:
+    """The standard input as FFmpeg reads it, counted: a raw or y4m stream cut inside a
+    picture is then told by its size, as a file's is. Reads return what the pipe holds (a live
+    pipe is not held back to fill FFmpeg's buffer)."""
+
+    def __init__(self):
+        self.fd = sys.stdin.fileno()
+        self.count = 0
+        self.first_line = 0  # bytes up to the first newline (a y4m header), once found
+        self._header = b""
+
+    def read(self, size: int) -> bytes:
+        data = os.read(self.fd, size)
+        if not self.first_line and len(self._header) < 4096:
+            self._header += data[:4096]
+            if b"\n" in self._header:
+                self.first_line = self._header.index(b"\n") + 1
+        self.count += len(data)
+        return data

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -96,7 +94,7 @@ class PyAVSource:
             check_host(path)
         started = time.monotonic()
         try:
-            self._stdin = _CountedInput() if stdin else None
+            self._stdin = opening.CountedInput() if stdin else None
             # a pipe cannot be read again (a file is, below, when the probe found no picture)
             probe = DEEP_PROBE if stdin and fmt is None else {}
             self.container = opening.open_container(
@@ -229,6 +227,9 @@ class PyAVSource:
         # a stream sent to this machine is joined anywhere: what comes before its first key
         # frame does not decode, and is not damage
         joining = self._receiver is not None
+        # an MPEG-TS read that timed out left FFmpeg's input at its end: what its demuxer and
+        # parser still hold (the last picture) comes at once after it, then the end
+        ts, ended = self.container.format.name == "mpegts", False
         for packet in self.container.demux([self.stream, *passed]):
             self._last_packet = time.monotonic()
             if joining and self._last_packet - began >= JOIN_S:
@@ -260,9 +261,12 @@ class PyAVSource:
                 value = track_packet(packet)
                 for shown in self._hidden_lead(packet, value) if value is not None else ():
                     self._packets.put(shown)
-            if timed_out:
+            if timed_out and (ended or not ts):
                 raise _ReadTimedOut
+            ended = ended or timed_out
             asked = time.monotonic()  # after the pictures were taken: the read starts now
+        if ended:
+            raise _ReadTimedOut
 
     def quiet_reason(self) -> str | None:
         """What a stream sent to this machine says of a stall (PacedSource asks when no frame
@@ -462,27 +466,6 @@ class PyAVSource:
 
 class _ReadTimedOut(Exception):
     """A live input's read took the read timeout (`PyAVSource._demux`)."""
-
-
-class _CountedInput:
-    """The standard input as FFmpeg reads it, counted: a raw or y4m stream cut inside a
-    picture is then told by its size, as a file's is. Reads return what the pipe holds (a live
-    pipe is not held back to fill FFmpeg's buffer)."""
-
-    def __init__(self):
-        self.fd = sys.stdin.fileno()
-        self.count = 0
-        self.first_line = 0  # bytes up to the first newline (a y4m header), once found
-        self._header = b""
-
-    def read(self, size: int) -> bytes:
-        data = os.read(self.fd, size)
-        if not self.first_line and len(self._header) < 4096:
-            self._header += data[:4096]
-            if b"\n" in self._header:
-                self.first_line = self._header.index(b"\n") + 1
-        self.count += len(data)
-        return data
 
 
 def _seconds(hms: str) -> float:
