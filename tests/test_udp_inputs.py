@@ -324,6 +324,19 @@ def test_a_serve_camera_on_udp_is_lost_when_the_sender_stops_and_back_when_it_st
     assert names[:2] == ["source_lost", "source_back"], events
 
 
+def test_a_serve_camera_stopped_while_its_input_opens_is_not_said_lost(tmp_path, monkeypatch):
+    """`serve` stopped (or a reload removing the camera) while FFmpeg waits for a sender: the
+    camera stops once the open gives up, without a `source_lost` (before: one, at shutdown)."""
+    monkeypatch.setattr(pyav, "LIVE_TIMEOUT_S", (2.0, QUIET_S))
+    (tmp_path / "rec").mkdir()
+    port = free_udp_port()
+    cam, events = camera(tmp_path, f"udp://@:{port}", cfg=pipeline_config())
+    cam.start()
+    wait_until(lambda: bound_by_another(port), timeout=60, what="the input opening")
+    stopped(cam)
+    assert events.named("source_lost") == [] and cam.state == "stopped", events
+
+
 @pytest.mark.parametrize("sent, given, message", [
     pytest.param("rtp97", "udp://@:{port}", "cannot open udp://@:{port}: RTP with payload type "
                  "97 comes on udp port {port}, not MPEG-TS: give rtp://@:{port}?pt=97",

@@ -314,6 +314,8 @@ class Camera:
             try:
                 source = self.open_input(self.uri)
             except EdgeSemvcError as e:
+                if self.stop_event.is_set():  # stopped while it opened: not an input lost
+                    break
                 self._failed("source", str(e))
                 continue
             reopen = (lambda: self.open_input(self.uri)) if self.loop else None
