@@ -324,6 +324,17 @@ def test_a_serve_camera_on_udp_is_lost_when_the_sender_stops_and_back_when_it_st
     assert names[:2] == ["source_lost", "source_back"], events
 
 
+def test_an_rtp_input_with_no_sender_says_so(monkeypatch):
+    """RTP through an SDP opens at once, whatever comes: a silent port was said as "cannot read
+    the picture size of rtp://@:PORT (corrupt or not a video)", after the open and first read
+    timeouts."""
+    monkeypatch.setattr(pyav, "LIVE_TIMEOUT_S", (1.0, 1.0))
+    port = free_udp_port(pair=True)
+    with pytest.raises(SourceError, match=f"^cannot open rtp://@:{port}: no stream came on udp "
+                       f"port {port} within \\d+ s \\(is the sender on"):
+        open_source(f"rtp://@:{port}")
+
+
 def test_a_serve_camera_stopped_while_its_input_opens_is_not_said_lost(tmp_path, monkeypatch):
     """`serve` stopped (or a reload removing the camera) while FFmpeg waits for a sender: the
     camera stops once the open gives up, without a `source_lost` (before: one, at shutdown)."""

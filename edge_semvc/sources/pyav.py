@@ -176,6 +176,10 @@ class PyAVSource:
             self._first_error = e
         if joined and self._first is not None:
             self.width, self.height = self._first.width, self._first.height
+        if joined and self._first is None and not self._picture_bytes:  # no packet came
+            self.container.close()  # (RTP through an SDP opens at once: its first read waits)
+            raise SourceError(f"cannot open {path}: " + receiver.nothing_within(
+                round(time.monotonic() - started)))
         if joined:
             check_size(self.container, self.width, self.height, path)
         self._coded = (self.width, self.height)
