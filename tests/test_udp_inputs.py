@@ -467,7 +467,10 @@ def test_a_port_in_use_is_refused_at_once(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("", 0))
         port = taken.getsockname()[1]
-        for uri in (f"udp://@:{port}", f"rtp://@:{port - 1}"):
+        sdp = tmp_path / "cam.sdp"  # before: "Invalid data found when processing input"
+        sdp.write_text(f"v=0\r\nc=IN IP4 127.0.0.1\r\nm=video {port} RTP/AVP 96\r\n"
+                       "a=rtpmap:96 H264/90000\r\n")
+        for uri in (f"udp://@:{port}", f"rtp://@:{port - 1}", str(sdp)):
             with pytest.raises(SourceError, match=f"cannot open {uri}: udp port {port} cannot "
                                "be bound: another program receives on it"):
                 open_source(uri)

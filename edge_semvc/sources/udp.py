@@ -92,11 +92,17 @@ def open_sdp(uri: str, raw: RawVideoOptions) -> PyAVSource:
     path = file_path(uri)
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            ports = re.findall(r"^m=\w+ (\d+)", f.read(), flags=re.M)
+            text = f.read()
     except OSError as e:
         raise SourceError(f"cannot read {path}: {e.strerror or e}") from None
+    ports = re.findall(r"^m=\w+ (\d+)", text, flags=re.M)
     if not ports:
         raise SourceError(f"{path} describes no stream (no m= line): not an SDP file?")
+    hosts = re.findall(r"^c=IN IP[46] ([^\s/]+)", text, flags=re.M)
+    if not any(_multicast(h) for h in hosts):  # FFmpeg binds each port and its RTCP's
+        _check_free(path, "::" if any(":" in h for h in hosts) else "",
+                    tuple(p for port in map(int, ports) if 0 < port < 65535
+                          for p in (port, port + 1)))
     where = f"udp port{'s' if len(ports) > 1 else ''} {', '.join(ports)}"
     return PyAVSource(path, raw, live=SDP_OPTIONS, device="sdp", receiver=Receiver(path, where))
 
