@@ -74,7 +74,9 @@ def query_options(uri: str, known: dict[str, Any], error: type[Exception],
     it (`error`)."""
     parts = urlsplit(uri)
     options: dict[str, Any] = {}
-    for name, text in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+    # a '+' is itself (RFC 3986), not a form's space: an SRT stream id or a name keeps it
+    for name, text in parse_qsl(parts.query.replace("+", "%2B"), keep_blank_values=True,
+                                strict_parsing=False):
         if name not in known:
             raise error(f"unknown option {name!r} in {what} {uri!r} (known: "
                         f"{', '.join(known) or 'none'})")
@@ -125,17 +127,20 @@ def int_in(lo: int, hi: int):
 # interval: gst_outputs.srt_latency_ms)
 SRT_LATENCY_MS = 120
 PASSPHRASE_BYTES = (10, 79)  # what SRT takes (SRTO_PASSPHRASE), in UTF-8 bytes
+STREAMID_BYTES = 512  # what SRT takes (SRTO_STREAMID), in UTF-8 bytes
 
 
 @dataclass(frozen=True)
 class SrtUri:
-    """`srt://HOST:PORT[?mode=caller|listener&latency=MS&passphrase_env=NAME]`, read."""
+    """`srt://HOST:PORT[?mode=caller|listener&latency=MS&passphrase_env=NAME&streamid=ID]`,
+    read."""
 
     host: str  # a listener's "0.0.0.0": every address
     port: int
     mode: str  # caller or listener
     latency: int | None  # ms; None: the side's default
     passphrase_env: str | None  # the variable that holds the passphrase (never the URI)
+    streamid: str | None = None  # what a caller tells the listener it calls (SRTO_STREAMID)
 
     def address(self) -> str:
         """The address of HOST that GStreamer binds or calls, resolved here with IPv4 first:
@@ -159,8 +164,11 @@ def srt_uri(uri: str, error: type[Exception], what: str, default_mode: str = "")
         raise error(f"{what} {uri.replace('?' + query, '')!r}: the passphrase does not "
                     "belong in the URI (URIs are logged): name the environment "
                     "variable that holds it, ?passphrase_env=NAME")
+    if urlsplit(uri).fragment:  # a stream id's '#' (`#!::r=cam1,m=publish`) ends the query
+        raise error(f"{what} {uri!r}: a '#' ends the URI there and what follows it is lost; "
+                    "in a streamid, write it %23 (streamid=%23!::r=cam1,m=publish)")
     parts, options = query_options(uri, {"mode": str, "latency": int_in(0, 60000),
-                                         "passphrase_env": str}, error, what)
+                                         "passphrase_env": str, "streamid": str}, error, what)
     passphrase_env = options.get("passphrase_env")
     if passphrase_env is not None:
         size = len(os.environ.get(passphrase_env, "").encode(errors="surrogateescape"))
@@ -176,5 +184,24 @@ def srt_uri(uri: str, error: type[Exception], what: str, default_mode: str = "")
     mode = options.get("mode", default_mode or ("caller" if called else "listener"))
     if mode not in ("caller", "listener"):
         raise error(f"{what} {uri!r}: mode must be caller or listener, got {mode!r}")
+    streamid = options.get("streamid")
+    if streamid is not None:
+        _check_streamid(uri, streamid, mode, error, what)
     host, port = host_port(uri, parts, error, what, listen=mode == "listener")
-    return SrtUri(host, port, mode, options.get("latency"), passphrase_env)
+    return SrtUri(host, port, mode, options.get("latency"), passphrase_env, streamid)
+
+
+def _check_streamid(uri: str, streamid: str, mode: str, error: type[Exception],
+                    what: str) -> None:
+    """A caller's stream id (`publish:cam1`, `#!::r=cam1,m=publish`) as SRT takes it, else
+    `error` naming it."""
+    if mode == "listener":
+        raise error(f"{what} {uri!r}: streamid={streamid!r} is what a caller tells the "
+                    "listener it calls (a server such as MediaMTX); a listener sends none "
+                    "(it is told each caller's, which is logged as the caller joins)")
+    size = len(streamid.encode(errors="surrogateescape"))
+    if not 0 < size <= STREAMID_BYTES or not streamid.isprintable():
+        raise error(f"{what} {uri!r}: streamid={streamid!r} is not a stream id SRT takes: "
+                    f"1-{STREAMID_BYTES} printable characters (UTF-8 bytes), it has "
+                    f"{size} bytes" + ("" if streamid.isprintable() else
+                                       ", with a control character"))

@@ -339,6 +339,14 @@ def test_ports_in_use_are_refused_before_any_frame():
      "EDGE_SEMVC_TEST_SHORT_PW has 5 bytes; SRT takes 10-79"),
     ("srt://127.0.0.1:9?passphrase_env=EDGE_SEMVC_TEST_WIDE_PW",  # 40 characters, 80 bytes
      "EDGE_SEMVC_TEST_WIDE_PW has 80 bytes; SRT takes 10-79"),
+    ("srt://@:9?mode=listener&streamid=cam1", r"streamid='cam1' is what a caller tells the "
+     "listener it calls"),
+    ("srt://127.0.0.1:9?streamid=" + "a" * 513, "1-512 printable characters .* it has 513 "
+     "bytes"),
+    ("srt://127.0.0.1:9?streamid=cam%0A1", r"streamid='cam\\n1' is not a stream id SRT takes: "
+     ".* with a control character"),
+    ("srt://127.0.0.1:9?streamid=#!::r=cam1,m=publish", "a '#' ends the URI there .* write it "
+     "%23"),
     ("rtsp://@:8554", "needs a path"),
     ("rtsp://@/cam", "needs a port"),
 ])

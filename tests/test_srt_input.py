@@ -6,7 +6,9 @@ calls, with and without a passphrase. The sender stopping ends `encode` (exit 3)
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -170,6 +172,36 @@ def test_a_reader_that_stalls_loses_packets_not_the_input(clip3, monkeypatch):
     assert count < len(probe(clip3, "packet=pts"))  # what did not fit is lost, not waited for
 
 
+def test_a_callers_stream_id_reaches_our_listener_input(clip3, caplog):
+    """Our SRT output calling with `streamid=` (as it would publish to MediaMTX): srtsink sends
+    it (a '+' and a %2F kept as themselves), and our listener input, told it by srtsrc, logs it
+    with the sender."""
+    port = free_port()
+    thread = send_when_bound(port, sender(
+        clip3, f"srt://127.0.0.1:{port}?streamid=publish:cam+1%2Fa"))
+    caplog.set_level(logging.INFO, logger="edge_semvc.sources.srt")
+    frames, _ = read_all(open_source(f"srt://@:{port}"))
+    thread.join(60)
+    assert len(frames) > 10
+    assert "called (stream id 'publish:cam+1/a')" in caplog.text, caplog.text
+
+
+def test_our_caller_inputs_stream_id_reaches_our_listener_output(clip3):
+    """`srt://HOST:PORT?streamid=read:cam1` (as it would read from MediaMTX): srtsrc sends it,
+    and our SRT output listening in another process, told it by srtsink, says it with the
+    caller that joined."""
+    port = free_port()
+    proc = subprocess.Popen(sender(clip3, f"srt://127.0.0.1:{port}?mode=listener"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: bound_by_another(port), timeout=60, what="the sender listening")
+        frames, _ = read_all(open_source(f"srt://127.0.0.1:{port}?streamid=read:cam1"))
+    finally:
+        _, said = proc.communicate(timeout=60)
+    assert len(frames) > 10
+    assert re.search(r"client_joined .* transport=srt stream_id=read:cam1\n", said), said
+
+
 def test_a_call_nobody_takes_is_said_with_srts_reason():
     """A caller whose listener is down: the open fails (exit 2 in `encode`) saying so, in SRT's
     words, with no child left; a host with no address is said as such (srtsrc: "Could not open
@@ -203,8 +235,12 @@ def test_a_caller_with_another_passphrase_is_told_it(clip3):
      r"belong in the URI \(URIs are logged\): name .*\?passphrase_env=NAME$"),
     ("srt://@:9000?passphrase_env=EDGE_SEMVC_UNSET_PW", "EDGE_SEMVC_UNSET_PW .* not set"),
     ("srt://@:9000?latency=fast", "invalid value 'fast' for option 'latency' in input"),
-    ("srt://@:9000?streamid=x", r"unknown option 'streamid' in input 'srt://@:9000\?streamid=x' "
-                                r"\(known: mode, latency, passphrase_env\)"),
+    ("srt://@:9000?streamid=x", r"^input 'srt://@:9000\?streamid=x': streamid='x' is what a "
+     r"caller tells the listener it calls \(a server such as MediaMTX\); a listener sends none"),
+    ("srt://@:9000?id=x", r"unknown option 'id' in input 'srt://@:9000\?id=x' "
+                          r"\(known: mode, latency, passphrase_env, streamid\)"),
+    ("srt://10.0.0.5:9000?streamid=", "streamid='' is not a stream id SRT takes: 1-512 "),
+    ("srt://10.0.0.5:9000?streamid=#!::r=cam1", "a '#' ends the URI there"),
     ("srt://@:9000?mode=rendezvous", "mode must be caller or listener, got 'rendezvous'"),
     ("srt://@:9000?mode=caller", r"input 'srt://@:9000\?mode=caller' needs a host, e.g. "
                                  r"srt://127.0.0.1:9000"),

@@ -40,7 +40,9 @@ class SrtOutput(GstChildOutput):
     callers, any number at once. `latency` is SRT's receive latency (the larger of both ends'
     wins); by default SRT's own 120 ms plus one frame interval (`srt_latency_ms`).
     `passphrase_env=NAME`: the stream is encrypted (AES) with the passphrase that variable
-    holds, and a peer without it gets nothing; never in the URI, which is logged."""
+    holds, and a peer without it gets nothing; never in the URI, which is logged. A caller's
+    `streamid=ID`: what the server it calls (MediaMTX: `publish:cam1`) takes it for; a
+    listener's callers' stream ids come with their `client_joined`."""
 
     kind = "srt"
     role = "SRT output"
@@ -51,6 +53,7 @@ class SrtOutput(GstChildOutput):
         super().__init__(uri, on_event)
         srt = srt_uri(uri, SinkError, "output", default_mode="caller")  # shared with the input
         self.passphrase_env, self.mode = srt.passphrase_env, srt.mode
+        self.streamid = srt.streamid  # a caller's, for the server it calls
         self.latency: int | None = srt.latency  # None: srt_latency_ms at open
         self.host, self.port = srt.host, srt.port
         self._address = srt.address
@@ -98,7 +101,7 @@ class SrtOutput(GstChildOutput):
             self.latency = srt_latency_ms(float(self.info.fps))
         return {"kind": "srt", "host": self.host, "port": self.port, "mode": self.mode,
                 "latency": self.latency, "address": self._address(),
-                "passphrase_env": self.passphrase_env}
+                "passphrase_env": self.passphrase_env, "streamid": self.streamid}
 
     def stats(self) -> dict:
         return {**super().stats(), "latency_ms": self.latency}

@@ -33,6 +33,7 @@ class SrtSender:
         self.callers = 0
         self.started = None  # a caller's start, until it connected or said it could not
         self.peer_counts = {}  # each peer's LINK_COUNTS at the last link report (peer_stats)
+        self.stream_ids = {}  # a listener's callers' stream ids, by address (caller-connecting)
         self.link_totals = [0, 0, 0]  # what the link reports say: sent, resent, dropped
 
     def uri(self):
@@ -53,7 +54,12 @@ class SrtSender:
         sink = self.pipeline.get_by_name("sink")
         if self.config.get("passphrase_env"):  # from the environment: never in an argument
             sink.set_property("passphrase", os.environ[self.config["passphrase_env"]])
+        if self.config.get("streamid"):  # after the URI, which would reset it
+            sink.set_property("streamid", self.config["streamid"])
         if self.listener:
+            if sink.find_property("authentication") is not None:  # GStreamer 1.22
+                sink.set_property("authentication", True)  # else caller-connecting is not sent
+                sink.connect("caller-connecting", self.on_connecting)
             sink.connect("caller-added", self.on_caller, "client_joined")
             sink.connect("caller-removed", self.on_caller, "client_left")
         bus = self.pipeline.get_bus()
@@ -141,10 +147,18 @@ class SrtSender:
              **dict(zip(("sent", "resent", "dropped"), self.link_totals)))
         return True
 
+    def on_connecting(self, sink, address, stream_id):
+        """A caller's stream id, told with its joining."""
+        self.stream_ids[address_of(address)] = stream_id or None
+        return True  # taken (as without the signal)
+
     def on_caller(self, sink, socket_id, address, event):
         self.callers = max(0, self.callers + (1 if event == "client_joined" else -1))
         self.feed.set_receivers(self.src, self.callers)
-        emit(event, address=address_of(address), transport="srt")
+        address = address_of(address)
+        stream_id = self.stream_ids.pop(address, None)
+        emit(event, address=address, transport="srt",
+             **({"stream_id": stream_id} if stream_id and event == "client_joined" else {}))
         if event == "client_joined":  # it decodes from the next IDR (the parameter sets
             emit("idr")                # come with it), without a gap for the others
 

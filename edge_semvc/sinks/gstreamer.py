@@ -355,7 +355,8 @@ class GstChildOutput(Output):
         elif name == "idr":
             self._want_idr = True
         elif name in ("client_joined", "client_left"):
-            self._client(name, str(event.get("address")), str(event.get("transport")))
+            self._client(name, str(event.get("address")), str(event.get("transport")),
+                         event.get("stream_id"))
         elif name == "client_refused":
             self._refused(str(event.get("address")), _count(event.get("max_clients")))
         elif name == "peer_lost":
@@ -363,12 +364,15 @@ class GstChildOutput(Output):
         elif name == "peer_back":
             self._set_up("reconnected")
 
-    def _client(self, name: str, address: str, transport: str) -> None:
+    def _client(self, name: str, address: str, transport: str,
+                stream_id: str | None = None) -> None:
         if name == "client_joined":
             self.clients[address] = transport
         elif self.clients.pop(address, None) is None:
             return
-        self._emit(name, address=address, transport=transport)
+        # an SRT caller's stream id (what it asked for), where it sent one
+        extra = {"stream_id": str(stream_id)} if stream_id else {}
+        self._emit(name, address=address, transport=transport, **extra)
 
     def _refused(self, address: str, most: int) -> None:
         """A client beyond the server's max_clients: said once in a warning."""

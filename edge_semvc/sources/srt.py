@@ -5,9 +5,10 @@ computer's GStreamer sends it.
   waits for a sender to call, and for the next one after it goes (a drone calling the ground
   station);
 - `srt://HOST:PORT` (`?mode=caller`): calls a sender that listens, again after it went;
-- `latency=MS` (default SRT's 120 ms; the larger of both ends' wins) and `passphrase_env=NAME`
-  (the variable holding the passphrase; never the URI, which is logged), read as the `srt://`
-  output reads them (`uris.srt_uri`).
+- `latency=MS` (default SRT's 120 ms; the larger of both ends' wins), `passphrase_env=NAME`
+  (the variable holding the passphrase; never the URI, which is logged) and a caller's
+  `streamid=ID` (what a server such as MediaMTX serves it: `read:cam1`; a listener logs each
+  caller's), read as the `srt://` output reads them (`uris.srt_uri`).
 
 PyAV's FFmpeg has no libsrt: a child process of the system Python (`srt_child.py`, GStreamer's
 srtsrc) receives the stream and writes its MPEG-TS into a pipe that PyAV reads (`pipe:FD`), so
@@ -169,7 +170,8 @@ class SrtChild:
         host = f"[{host}]" if ":" in host else host  # an IPv6 address
         return {"uri": f"srt://{host}:{s.port}?mode={s.mode}", "fd": fd,
                 "latency": SRT_LATENCY_MS if s.latency is None else s.latency,
-                "passphrase_env": s.passphrase_env, "queue_bytes": QUEUE_BYTES}
+                "passphrase_env": s.passphrase_env, "streamid": s.streamid,
+                "queue_bytes": QUEUE_BYTES}
 
     def _read_events(self) -> None:
         for line in self.proc.stdout:
@@ -189,8 +191,10 @@ class SrtChild:
                 self.warning = str(event.get("message"))
                 log.debug("%s: %s", self.uri, self.warning)
             elif name in ("caller_added", "caller_removed"):
-                log.info("%s: the SRT sender %s %s", self.uri, event.get("address"),
-                         "called" if name == "caller_added" else "left")
+                stream_id = event.get("stream_id")
+                log.info("%s: the SRT sender %s %s%s", self.uri, event.get("address"),
+                         "called" if name == "caller_added" else "left",
+                         f" (stream id {stream_id!r})" if stream_id else "")
         self._ready.set()  # it ended
 
     def explained(self, error: SourceError) -> SourceError:

@@ -9,11 +9,13 @@ as the outputs' `sinks/gst_child.py` is, and imports nothing from edge_semvc:
     python3 srt_child.py CONFIG_JSON   receive until standard input ends (the parent gone)
 
 CONFIG_JSON: uri (srtsrc's), latency (ms), passphrase_env (the variable holding the
-passphrase, never the passphrase itself), fd (the pipe's end to write the MPEG-TS to),
-queue_bytes (what waits for the pipe at most; past it, the oldest is dropped).
+passphrase, never the passphrase itself), streamid (a caller's stream id, or null), fd (the
+pipe's end to write the MPEG-TS to), queue_bytes (what waits for the pipe at most; past it,
+the oldest is dropped).
 Standard output carries JSON lines, one event each: `ready`, `error` (message; then exit 1),
 `warning` (message: a caller's connection failing, srtsrc retries), `caller_added` and
-`caller_removed` (address: a listener's sender).
+`caller_removed` (address: a listener's sender; `caller_added`'s stream_id: the one it sent,
+where it sent one).
 """
 import json
 import os
@@ -62,7 +64,23 @@ def run(config):
     src = pipeline.get_by_name("src")
     if config.get("passphrase_env"):  # from the environment: never in an argument
         src.set_property("passphrase", os.environ[config["passphrase_env"]])
-    src.connect("caller-added", lambda _s, _id, a: emit("caller_added", address=address_of(a)))
+    if config.get("streamid"):  # after the URI, which would reset it
+        src.set_property("streamid", config["streamid"])
+    stream_ids = {}  # a listener's callers' stream ids, by address (caller-connecting)
+    if src.find_property("authentication") is not None:  # GStreamer 1.22: callers' stream ids
+        src.set_property("authentication", True)  # else caller-connecting is not emitted
+
+        def connecting(_s, address, stream_id):
+            stream_ids[address_of(address)] = stream_id or None
+            return True  # taken (as without the signal)
+
+        src.connect("caller-connecting", connecting)
+
+    def added(_s, _id, address):
+        address = address_of(address)
+        emit("caller_added", address=address, stream_id=stream_ids.pop(address, None))
+
+    src.connect("caller-added", added)
     src.connect("caller-removed",
                 lambda _s, _id, a: emit("caller_removed", address=address_of(a)))
     loop = GLib.MainLoop()
