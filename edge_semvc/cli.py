@@ -184,12 +184,14 @@ def cmd_encode(args) -> int:
 
 def _checked_outputs(args) -> list:
     """`encode`'s outputs made from their URIs, and what fails before any work: unsupported
-    outputs and extensions, two arguments naming one file or one port, a host with no address,
+    outputs and extensions, two arguments naming one file or one port (an output and the
+    input too), a host with no address,
     unwritable paths."""
     from .errors import SinkError
     from .sinks import open_output, scheme_of
     from .sinks.file import check_distinct_files, check_writable
-    from .sinks.uri import check_ports, check_resolves
+    from .sinks.uri import check_input_ports, check_ports, check_resolves
+    from .sources import input_ports
     from .visualize import check_map_video
 
     if args.stdout_format != "ts":
@@ -201,6 +203,7 @@ def _checked_outputs(args) -> list:
                "--qp-map-png": args.qp_map_png, "--qp-map-video": args.qp_map_video}
     check_distinct_files({"INPUT": args.input, **outputs})
     check_ports(streams)
+    check_input_ports([(args.input, input_ports(args.input))], streams)
     for out in streams:
         if out.sends_to:
             check_resolves(out.uri, out.sends_to)

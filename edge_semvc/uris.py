@@ -1,7 +1,7 @@
 """What inputs and outputs share of their URIs, below both: the path a file URI names,
-whether a network host has an address, a network URI's options, host and port, an `srt://`
-URI read (each side raises its own error with its own words), and a URI's password kept out of
-what is shown."""
+whether a network host has an address or is this machine, a network URI's options, host and
+port, an `srt://` URI read (each side raises its own error with its own words), and a URI's
+password kept out of what is shown."""
 from __future__ import annotations
 
 import ipaddress
@@ -44,6 +44,28 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host.lower().rstrip(".") == "localhost"
+
+
+def is_this_machine(host: str) -> bool:
+    """Whether `host` (an address, or a name) reaches this machine: loopback, every address
+    (0.0.0.0), or an address one of its interfaces has (a socket binds it); not a multicast
+    group, which a socket binds too."""
+    if is_loopback(host):
+        return True
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    for family, kind, _, _, address in found:
+        if ipaddress.ip_address(address[0].partition("%")[0]).is_multicast:
+            continue
+        try:
+            with socket.socket(family, kind) as s:
+                s.bind((address[0], 0, *address[2:]))
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def hide_passwords(value: Any) -> Any:

@@ -192,6 +192,17 @@ def test_a_damaged_packet_mid_file_is_skipped_and_said(tmp_path, clip):
     (["encode", "demo://astronaut", "udp://127.0.0.1:5601", "rtp://127.0.0.1:5600"],
      "both use 127.0.0.1:5601"),  # the RTP output's RTCP port
     (["encode", "demo://astronaut", "udp://127.0.0.1:70000"], "its port '70000' is not one"),
+    # an output on the input's port: bound by both, sent into it, or the input reading it
+    (["encode", "srt://@:19120", "srt://@:19120?mode=listener"], "input 'srt://@:19120' and "
+     "output 'srt://@:19120?mode=listener' both use UDP port 19120: give each its own"),
+    (["encode", "udp://@:19121", "o.mp4", "udp://127.0.0.1:19121"],
+     "both use UDP port 19121 of this machine (127.0.0.1)"),
+    (["encode", "rtp://@:19122", "udp://localhost:19123"],  # the RTP input's RTCP port
+     "both use UDP port 19123 of this machine (localhost)"),
+    (["encode", "rtsp://localhost:19124/cam", "rtsp://@:19124/cam"],
+     "both use TCP port 19124 of this machine (localhost)"),
+    (["encode", "srt://127.0.0.1:19125", "srt://@:19125?mode=listener"],
+     "both use UDP port 19125 of this machine (127.0.0.1)"),
     (["encode", "demo://astronaut", "rtp://127.0.0.1:5600?sdp="], "invalid value '' for option"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, message):
@@ -200,6 +211,19 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr
     assert message in lines[0]
+
+
+def test_an_output_beside_the_input_but_not_on_its_port_is_not_refused():
+    """What looks like the input's port and is not: a multicast group on it (the input joins
+    none), and one SRT server read from and published to (MediaMTX's one port)."""
+    from edge_semvc.sinks import open_output
+    from edge_semvc.sinks.uri import check_input_ports
+    from edge_semvc.sources import input_ports
+
+    for uri, out in [("udp://@:19126", "udp://239.1.1.1:19126"),
+                     ("srt://10.0.0.5:8890?streamid=read:a",
+                      "srt://10.0.0.5:8890?streamid=publish:b")]:
+        check_input_ports([(uri, input_ports(uri))], [open_output(out)])
 
 
 def test_realtime_runs_a_file_as_a_camera(tmp_path):

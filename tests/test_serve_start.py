@@ -28,6 +28,12 @@ BAD_SERVICE_FILES = [  # (YAML, what the one line names): none may start and loo
     ("cameras: {a: {input: 'rtp://@:5600'}, b: {input: 'udp://@:5601'}}",
      "cameras.b.input: 'udp://@:5601' (expected a port of its own: cameras.a.input listens on "
      "udp port 5601)"),
+    # an output into a camera's input (another camera's), a server on a camera's input port
+    ("cameras: {a: {input: 'udp://@:19130'}, b: {input: demo://astronaut, outputs: "
+     "['udp://127.0.0.1:19130']}}", "input 'udp://@:19130' and output 'udp://127.0.0.1:19130' "
+     "both use UDP port 19130 of this machine (127.0.0.1): give each its own"),
+    ("cameras: {a: {input: 'srt://@:19131', outputs: ['srt://@:19131?mode=listener']}}",
+     "input 'srt://@:19131' and output 'srt://@:19131?mode=listener' both use UDP port 19131"),
     # a long password: the URI's password hidden before it is cut short (the '@' cut away)
     (f"cameras: {{cam: {{input: 'rstp://admin:{'k8Jd92nF' * 8}@cam.lan/h264'}}}}",
      "cameras.cam.input: 'rstp://admin:***@cam.lan/h264'"),

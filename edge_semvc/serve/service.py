@@ -30,7 +30,8 @@ from ..config import Config
 from ..errors import ConfigError, EdgeSemvcError, SinkError
 from ..sinks import open_output
 from ..sinks.config import RecordConfig
-from ..sinks.uri import check_ports
+from ..sinks.uri import check_input_ports, check_ports
+from ..sources import input_ports
 from ..stop import finalising
 from . import homeassistant
 from .camera import Camera, release_freed_memory
@@ -356,6 +357,10 @@ def _check_service_config(cfg: ServeConfig, running: ServeConfig | None = None) 
                 if (name, uri) not in open_now:  # else: the camera holds that port itself
                     raise
     check_ports(outputs)  # two outputs sending into one receiver, two servers on one port
+    # an output on a port a camera's input takes or calls here (any camera's: its own output,
+    # another's sent into it)
+    check_input_ports([(cam.input, input_ports(cam.input)) for cam in cfg.cameras.values()],
+                      outputs)
 
 
 def _restart_reason(name: str, old: ServeConfig, new: ServeConfig, good: Config,

@@ -1,6 +1,6 @@
 """Reading a network output's URI: its query options (each typed, an unknown one refused by
 name) and its host and port; and what `encode` checks of its network outputs before the run (a
-host that resolves, no port taken twice)."""
+host that resolves, no port taken twice, by two outputs or an output and the input)."""
 from __future__ import annotations
 
 from .. import uris
@@ -38,6 +38,34 @@ def check_ports(outputs) -> None:
                 raise SinkError(f"outputs {taken[port]!r} and {out.uri!r} both use {where}: "
                                 "give each its own")
             taken[port] = out.uri
+
+
+def check_input_ports(inputs, outputs) -> None:
+    """Refuse an output on a port an input takes or calls on this machine (`inputs`: (URI,
+    `sources.input_ports`) pairs): an output sending into the input's port, a server on it, or
+    an input calling this machine's port that an output serves (its own output: a loop that
+    never gets a frame)."""
+    for uri, ports in inputs:
+        for out in outputs:
+            for theirs in out.ports:
+                for ours in ports:
+                    where = _shared(ours, theirs)
+                    if where:
+                        raise SinkError(f"input {uri!r} and output {out.uri!r} both use "
+                                        f"{where}: give each its own (an input fed by its own "
+                                        "output never gets a frame)")
+
+
+def _shared(ours: tuple, theirs: tuple) -> str | None:
+    """The port an input's (`ours`) and an output's (`theirs`) share, said; None if none."""
+    if ours[0] == "on udp":  # the input receives on it
+        if theirs == ours:
+            return f"UDP port {ours[1]}"
+        if theirs[0] == "to" and theirs[2] == ours[1] and uris.is_this_machine(theirs[1]):
+            return f"UDP port {ours[1]} of this machine ({theirs[1]})"
+    elif theirs == ("on " + ours[0][3:], ours[2]) and uris.is_this_machine(ours[1]):
+        return f"{ours[0][3:].upper()} port {ours[2]} of this machine ({ours[1]})"
+    return None
 
 
 def check_resolves(uri: str, host: str) -> None:
