@@ -171,7 +171,8 @@ CHANGE = re.compile(r"bit rate ([\d.]+) -> ([\d.]+) kbit/s")
 def react(clip: str, receiver: str, bitrate: str, capacity: float, narrow_at: float,
           seconds: float) -> dict:
     """One run (module docstring): the rate changes [(s after the narrowing, kbit/s)], the
-    follower's statistics and the link's counts."""
+    follower's statistics and the link's counts (`overflowed_after_first_cut`: those lost in
+    its buffer after the follower's first change, not those before it reacted)."""
     import av
 
     from ..options import parse_bitrate
@@ -207,10 +208,11 @@ def react(clip: str, receiver: str, bitrate: str, capacity: float, narrow_at: fl
             link.capacity = capacity
 
         threading.Thread(target=narrow, daemon=True).start()
-        changes = []
+        changes, first_cut = [], None  # the link's overflowed packets at the first change
         for line in encoder.stderr:
             m = CHANGE.search(line)
             if m:
+                first_cut = link.overflowed if first_cut is None else first_cut
                 changes.append((round(time.monotonic() - start - narrow_at, 1),
                                 float(m.group(2))))
                 print(f"{changes[-1][0]:+.1f} s: {m.group(1)} -> {m.group(2)} kbit/s",
@@ -221,7 +223,9 @@ def react(clip: str, receiver: str, bitrate: str, capacity: float, narrow_at: fl
         link.stop()
         follow = json.loads(stats.read_text())["follow_link"] if stats.exists() else None
     return {"receiver": receiver, "changes": changes, "follow_link": follow,
-            "relayed": link.packets, "overflowed": link.overflowed, "lost": link.lost}
+            "relayed": link.packets, "overflowed": link.overflowed, "lost": link.lost,
+            "overflowed_after_first_cut": None if first_cut is None else
+            link.overflowed - first_cut}
 
 
 def _looped(clip: str, frames: int, out: Path) -> str:
