@@ -34,7 +34,7 @@ from . import pyav
 from .base import RawVideoOptions, Receiver
 from .opening import check_host
 from .pyav import PyAVSource
-from .udp import _check_free
+from .udp import check_free
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class SrtSource(PyAVSource):
     def __init__(self, uri: str, raw: RawVideoOptions):
         srt = srt_uri(uri, SourceError, "input")
         if srt.mode == "listener" and ":" not in srt.host:
-            _check_free(uri, "" if srt.host == "0.0.0.0" else srt.host, (srt.port,))
+            check_free(uri, "" if srt.host == "0.0.0.0" else srt.host, (srt.port,))
         elif srt.mode == "caller":
             check_host(uri)  # srtsrc would say "Could not open resource for reading"
         caller = srt.mode == "caller"

@@ -57,7 +57,7 @@ def open_udp(uri: str, raw: RawVideoOptions) -> PyAVSource:
     if host and not multicast:
         options["localaddr"] = host  # FFmpeg binds every address unless told this one
     if not multicast:
-        _check_free(uri, host, (port,))
+        check_free(uri, host, (port,))
     url = f"udp://{_bracketed(host)}:{port}" if multicast else f"udp://@:{port}"
     try:
         return PyAVSource(url, raw, live=options, receiver=Receiver(uri, f"udp port {port}"))
@@ -70,7 +70,7 @@ def open_rtp(uri: str, raw: RawVideoOptions) -> PyAVSource:
     host, port, pt, codec = _rtp_address(uri)
     multicast = _multicast(host)
     if not multicast:
-        _check_free(uri, host, (port, port + 1))
+        check_free(uri, host, (port, port + 1))
     sdp = (f"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=edge-semvc RTP input\r\n"
            f"c=IN IP{6 if ':' in host else 4} {host or '0.0.0.0'}\r\nt=0 0\r\n"
            f"m=video {port} RTP/AVP {pt}\r\n"
@@ -100,7 +100,7 @@ def open_sdp(uri: str, raw: RawVideoOptions) -> PyAVSource:
         raise SourceError(f"{path} describes no stream (no m= line): not an SDP file?")
     hosts = re.findall(r"^c=IN IP[46] ([^\s/]+)", text, flags=re.M)
     if not any(_multicast(h) for h in hosts):  # FFmpeg binds each port and its RTCP's
-        _check_free(path, "::" if any(":" in h for h in hosts) else "",
+        check_free(path, "::" if any(":" in h for h in hosts) else "",
                     tuple(p for port in map(int, ports) if 0 < port < 65535
                           for p in (port, port + 1)))
     where = f"udp port{'s' if len(ports) > 1 else ''} {', '.join(ports)}"
@@ -215,7 +215,7 @@ def _explained(error: SourceError, uri: str, host: str, port: int,
     return error
 
 
-def _check_free(uri: str, host: str, ports: tuple[int, ...]) -> None:
+def check_free(uri: str, host: str, ports: tuple[int, ...]) -> None:
     """Each UDP port can be bound on `host` ("": every address) now: FFmpeg would say no more
     than "Address already in use"."""
     for port in ports:
