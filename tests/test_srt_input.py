@@ -266,6 +266,20 @@ def test_a_missing_system_part_is_named_with_its_debian_package(monkeypatch, pyt
     assert children(port) == []
 
 
+def test_an_ipv6_listeners_port_in_use_is_refused_in_its_own_words():
+    """`srt://[::1]:PORT?mode=listener` on a port another program holds: said as an IPv4
+    listener's is (srtsrc said 'Could not open resource for reading'), no child left."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as taken:
+        taken.bind(("::1", 0))
+        port = taken.getsockname()[1]
+        uri = f"srt://[::1]:{port}?mode=listener"
+        with pytest.raises(SourceError, match=re.escape(
+                f"cannot open {uri}: udp port {port} on ::1 cannot be bound: another program "
+                "receives on it")):
+            open_source(uri)
+    assert children(port) == []
+
+
 def test_a_port_in_use_is_refused_at_once_and_serve_takes_a_port_once(tmp_path):
     assert is_live("srt://@:9000") and check_input("srt://@:9000") == (9000,)
     assert check_input("srt://10.0.0.5:9000") == ()  # a caller binds no port of its own

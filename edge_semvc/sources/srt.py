@@ -89,7 +89,7 @@ class SrtSource(PyAVSource):
 
     def __init__(self, uri: str, raw: RawVideoOptions):
         srt = srt_uri(uri, SourceError, "input")
-        if srt.mode == "listener" and ":" not in srt.host:
+        if srt.mode == "listener":
             check_free(uri, "" if srt.host == "0.0.0.0" else srt.host, (srt.port,))
         elif srt.mode == "caller":
             check_host(uri)  # srtsrc would say "Could not open resource for reading"
