@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,38 @@ def test_a_callers_stream_id_reaches_our_listener_input(clip3, caplog):
     thread.join(60)
     assert len(frames) > 10
     assert "called (stream id 'publish:cam+1/a')" in caplog.text, caplog.text
+
+
+@pytest.mark.slow  # CI time: two senders one after the other, some 10 s
+def test_a_second_caller_is_refused_while_one_sends_and_taken_once_it_left(clip3, tmp_path,
+                                                                           caplog):
+    """srtsrc takes a second caller's call while the first sends, drops what it sends, and
+    takes no caller once the first left (the input then ended with the second still sending):
+    a caller is refused while another sends, said once, and taken when it calls again after
+    the first left (our output calls again with back-off)."""
+    longer = tmp_path / "clip6.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(CLIP), "-t", "6", "-c", "copy",
+                    str(longer)], check=True)
+    port = free_port()
+    caplog.set_level(logging.INFO, logger="edge_semvc.sources.srt")
+    first = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}"))
+
+    def second_once_the_first_sends():
+        wait_until(lambda: " called" in caplog.text, timeout=120, what="the first sender")
+        subprocess.run(sender(longer, f"srt://127.0.0.1:{port}"), stdout=subprocess.DEVNULL)
+
+    second = threading.Thread(target=second_once_the_first_sends, daemon=True)
+    second.start()
+    frames, error = read_all(open_source(f"srt://@:{port}"))
+    first.join(60)
+    second.join(60)
+    assert isinstance(error, SourceError), error
+    refusals = [r for r in caplog.records if "called while another sends: refused" in
+                r.getMessage()]
+    assert [r.levelno for r in refusals] == [logging.WARNING], caplog.text
+    calls = [m for m in caplog.messages if m.endswith((" called", " left"))]
+    assert [m.rsplit(" ", 1)[1] for m in calls] == ["called", "left"] * 2, caplog.text
+    assert len(frames) > len(probe(clip3, "packet=pts")) + 10  # the second's frames too
 
 
 def test_our_caller_inputs_stream_id_reaches_our_listener_output(clip3):

@@ -129,6 +129,7 @@ class SrtChild:
         self.uri, self.srt = uri, srt
         self.error: str | None = None  # what it said as it ended
         self.warning: str | None = None  # srtsrc's latest (a caller's connection failing)
+        self.refusal_said = False  # a refused call warned of (a caller retries at once)
         self._ready = threading.Event()
         self._stop_lock = threading.Lock()
         self._pipe_closed = False  # by stop(), while the child still wrote into it
@@ -190,7 +191,14 @@ class SrtChild:
             elif name == "warning":
                 self.warning = str(event.get("message"))
                 log.debug("%s: %s", self.uri, self.warning)
+            elif name == "caller_refused":  # said once while the same sender sends
+                (log.debug if self.refusal_said else log.warning)(
+                    "%s: the SRT sender %s called while another sends: refused (one sender at "
+                    "a time; it may call again once that one left)", self.uri,
+                    event.get("address"))
+                self.refusal_said = True
             elif name in ("caller_added", "caller_removed"):
+                self.refusal_said = False
                 stream_id = event.get("stream_id")
                 log.info("%s: the SRT sender %s %s%s", self.uri, event.get("address"),
                          "called" if name == "caller_added" else "left",

@@ -15,7 +15,8 @@ the oldest is dropped).
 Standard output carries JSON lines, one event each: `ready`, `error` (message; then exit 1),
 `warning` (message: a caller's connection failing, srtsrc retries), `caller_added` and
 `caller_removed` (address: a listener's sender; `caller_added`'s stream_id: the one it sent,
-where it sent one).
+where it sent one), `caller_refused` (address: a sender that called while another sent: srtsrc
+would take its call and drop what it sends, and take no other once the first left).
 """
 import json
 import os
@@ -67,22 +68,30 @@ def run(config):
     if config.get("streamid"):  # after the URI, which would reset it
         src.set_property("streamid", config["streamid"])
     stream_ids = {}  # a listener's callers' stream ids, by address (caller-connecting)
+    sending = set()  # the address of the listener's caller now sending (one at a time)
     if src.find_property("authentication") is not None:  # GStreamer 1.22: callers' stream ids
         src.set_property("authentication", True)  # else caller-connecting is not emitted
 
         def connecting(_s, address, stream_id):
+            if sending:  # refused: it may call again once the one sending left
+                emit("caller_refused", address=address_of(address))
+                return False
             stream_ids[address_of(address)] = stream_id or None
-            return True  # taken (as without the signal)
+            return True
 
         src.connect("caller-connecting", connecting)
 
     def added(_s, _id, address):
         address = address_of(address)
+        sending.add(address)
         emit("caller_added", address=address, stream_id=stream_ids.pop(address, None))
 
     src.connect("caller-added", added)
-    src.connect("caller-removed",
-                lambda _s, _id, a: emit("caller_removed", address=address_of(a)))
+    def removed(_s, _id, address):
+        sending.discard(address_of(address))
+        emit("caller_removed", address=address_of(address))
+
+    src.connect("caller-removed", removed)
     loop = GLib.MainLoop()
     status = [0]
 
