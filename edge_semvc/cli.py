@@ -191,7 +191,7 @@ def _checked_outputs(args) -> list:
     from .sinks import open_output, scheme_of
     from .sinks.file import check_distinct_files, check_writable
     from .sinks.uri import check_input_ports, check_ports, check_resolves
-    from .sources import input_ports
+    from .sources.ports import input_ports
     from .visualize import check_map_video
 
     if args.stdout_format != "ts":

@@ -31,7 +31,7 @@ from ..errors import ConfigError, EdgeSemvcError, SinkError
 from ..sinks import open_output
 from ..sinks.config import RecordConfig
 from ..sinks.uri import check_input_ports, check_ports
-from ..sources import input_ports
+from ..sources.ports import input_ports
 from ..stop import finalising
 from . import homeassistant
 from .camera import Camera, release_freed_memory

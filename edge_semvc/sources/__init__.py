@@ -52,29 +52,6 @@ def check_input(uri: str) -> tuple[int, ...]:
     return ()
 
 
-def input_ports(uri: str) -> tuple[tuple, ...]:
-    """The network ports an input takes or calls, in the outputs' terms (`Output.ports`), for
-    `encode` and `serve` to refuse an output on one of them before anything opens:
-    ("on udp", PORT) a port it receives on, ("to udp" | "to tcp", HOST, PORT) one it calls (an
-    SRT caller, an RTSP camera). None for a URI it cannot read: its own open says why."""
-    from urllib.parse import urlsplit
-
-    scheme = uri.partition("://")[0].lower()
-    try:
-        taken = tuple(("on udp", port) for port in check_input(uri))
-        if scheme == "srt" and not taken:
-            from ..uris import srt_uri
-
-            srt = srt_uri(uri, SourceError, "input")
-            return (("to udp", srt.host, srt.port),)
-        if scheme == "rtsp":
-            parts = urlsplit(uri)
-            return (("to tcp", parts.hostname or "", parts.port or 554),)
-    except (SourceError, ValueError):
-        return ()
-    return taken
-
-
 def is_live(uri: str) -> bool:
     """Whether the input never ends on its own: a camera, a network stream, or the stream an
     `.sdp` file describes."""
