@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +20,15 @@ import pytest
 from gst_helpers import require
 from test_serve_faults import camera, pipeline_config, stopped
 from test_telemetry import wait_until
-from test_udp_inputs import CLIP, QUIET_S, bound_by_another, probe, read_all, send_when_bound
+from test_udp_inputs import (
+    QUIET_S,
+    bound_by_another,
+    first_seconds,
+    free_udp_port,
+    probe,
+    read_all,
+    send_when_bound,
+)
 
 from edge_semvc.cli import main
 from edge_semvc.errors import ConfigError, DecodeError, SourceError
@@ -40,19 +47,8 @@ def srt(monkeypatch):
 
 @pytest.fixture
 def clip3(tmp_path):
-    """The first 3 s of CLIP (38 frames at 12.5 fps, and its sound)."""
-    if not CLIP.exists() or not shutil.which("ffmpeg"):
-        pytest.skip("the clip or ffmpeg is missing")
-    path = tmp_path / "clip3.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(CLIP), "-t", "3", "-c", "copy",
-                    str(path)], check=True)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """The first 3 s of the udp inputs' clip (38 frames at 12.5 fps, and its sound)."""
+    return first_seconds(tmp_path, 3)
 
 
 def sender(clip, uri: str) -> list[str]:
@@ -86,7 +82,7 @@ def test_a_caller_into_a_listener_input_is_encoded_with_its_sound_until_it_stops
     """`encode srt://@:PORT`: our SRT output calls it; every frame and the sound are written,
     and the sender stopping ends the run as a camera gone (exit 3, in the input's own words),
     with no child left."""
-    port = free_port()
+    port = free_udp_port()
     sent = len(probe(clip3, "packet=pts"))
     thread = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}?mode=caller"))
     out, stats = tmp_path / "out.mkv", tmp_path / "stats.json"
@@ -108,7 +104,7 @@ def test_ctrl_c_leaves_no_child(clip3, tmp_path):
     """Ctrl-C (SIGINT) on `encode srt://@:PORT` while a sender streams: the run stops (exit
     130) and its GStreamer child with it (the child has its own session: a terminal's Ctrl-C
     reaches the parent alone, which ends it)."""
-    port = free_port()
+    port = free_udp_port()
     thread = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}?mode=caller"))
     encode = subprocess.Popen([sys.executable, "-m", "edge_semvc", "encode", f"srt://@:{port}",
                                str(tmp_path / "out.mkv"), "--no-map"],
@@ -130,7 +126,7 @@ def test_ctrl_c_leaves_no_child(clip3, tmp_path):
 def test_a_caller_input_with_a_passphrase_reads_an_encrypted_listener(clip3):
     """`srt://HOST:PORT?passphrase_env=NAME` calls our SRT output listening with the same
     passphrase: the frames decode, and its end is told as the listener's."""
-    port = free_port()
+    port = free_udp_port()
     proc = listening_sender(clip3, port, "EDGE_SEMVC_TEST_SRT_PW")
     try:
         wait_until(lambda: bound_by_another(port), timeout=60, what="the sender listening")
@@ -156,7 +152,7 @@ def test_a_reader_that_stalls_loses_packets_not_the_input(clip3, monkeypatch):
     receiver, and the sender's frames would come late)."""
     monkeypatch.setattr(srt_input, "PIPE_BYTES", 4096)
     monkeypatch.setattr(srt_input, "QUEUE_BYTES", 16_000)
-    port = free_port()
+    port = free_udp_port()
     thread = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}?mode=caller"))
     source = open_source(f"srt://@:{port}")
     frames, error = source.frames(), None
@@ -177,7 +173,7 @@ def test_a_callers_stream_id_reaches_our_listener_input(clip3, caplog):
     """Our SRT output calling with `streamid=` (as it would publish to MediaMTX): srtsink sends
     it (a '+' and a %2F kept as themselves), and our listener input, told it by srtsrc, logs it
     with the sender."""
-    port = free_port()
+    port = free_udp_port()
     thread = send_when_bound(port, sender(
         clip3, f"srt://127.0.0.1:{port}?streamid=publish:cam+1%2Fa"))
     caplog.set_level(logging.INFO, logger="edge_semvc.sources.srt")
@@ -194,10 +190,8 @@ def test_a_second_caller_is_refused_while_one_sends_and_taken_once_it_left(clip3
     takes no caller once the first left (the input then ended with the second still sending):
     a caller is refused while another sends, said once, and taken when it calls again after
     the first left (our output calls again with back-off)."""
-    longer = tmp_path / "clip6.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(CLIP), "-t", "6", "-c", "copy",
-                    str(longer)], check=True)
-    port = free_port()
+    longer = first_seconds(tmp_path, 6)
+    port = free_udp_port()
     caplog.set_level(logging.INFO, logger="edge_semvc.sources.srt")
     first = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}"))
 
@@ -219,11 +213,12 @@ def test_a_second_caller_is_refused_while_one_sends_and_taken_once_it_left(clip3
     assert len(frames) > len(probe(clip3, "packet=pts")) + 10  # the second's frames too
 
 
+@pytest.mark.slow  # CI time: the other direction runs by default
 def test_our_caller_inputs_stream_id_reaches_our_listener_output(clip3):
     """`srt://HOST:PORT?streamid=read:cam1` (as it would read from MediaMTX): srtsrc sends it,
     and our SRT output listening in another process, told it by srtsink, says it with the
     caller that joined."""
-    port = free_port()
+    port = free_udp_port()
     proc = subprocess.Popen(sender(clip3, f"srt://127.0.0.1:{port}?mode=listener"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -239,7 +234,7 @@ def test_a_call_nobody_takes_is_said_with_srts_reason():
     """A caller whose listener is down: the open fails (exit 2 in `encode`) saying so, in SRT's
     words, with no child left; a host with no address is said as such (srtsrc: "Could not open
     resource for reading")."""
-    port = free_port()
+    port = free_udp_port()
     with pytest.raises(SourceError, match=f"^cannot open srt://127.0.0.1:{port}: the SRT "
                        f"listener at 127.0.0.1:{port} did not take the call within 6 s: .*"
                        "Connection timeout$"):
@@ -252,7 +247,7 @@ def test_a_call_nobody_takes_is_said_with_srts_reason():
 
 @pytest.mark.slow  # a second sender's start and a 6 s open (the open's mechanism: above)
 def test_a_caller_with_another_passphrase_is_told_it(clip3):
-    port = free_port()
+    port = free_udp_port()
     proc = listening_sender(clip3, port, "EDGE_SEMVC_TEST_SRT_PW")
     try:
         wait_until(lambda: bound_by_another(port), timeout=60, what="the sender listening")
@@ -293,7 +288,7 @@ def test_bad_srt_input_uris_are_refused_before_anything_is_read(uri, message):
 ])
 def test_a_missing_system_part_is_named_with_its_debian_package(monkeypatch, python, missing):
     monkeypatch.setenv(srt_input.PYTHON_ENV, python)
-    port = free_port()
+    port = free_udp_port()
     with pytest.raises(SourceError, match=f"^cannot open srt://@:{port}: .*{missing}"):
         open_source(f"srt://@:{port}")
     assert children(port) == []
@@ -333,7 +328,7 @@ def test_a_port_in_use_is_refused_at_once_and_serve_takes_a_port_once(tmp_path):
 
 def test_a_serve_camera_on_srt_opens_and_leaves_no_child_when_removed(tmp_path, clip3):
     (tmp_path / "rec").mkdir()
-    port = free_port()
+    port = free_udp_port()
     thread = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}?mode=caller"))
     cam, events = camera(tmp_path, f"srt://@:{port}", cfg=pipeline_config())
     cam.start()
@@ -349,7 +344,7 @@ def test_a_serve_camera_on_srt_opens_and_leaves_no_child_when_removed(tmp_path, 
 @pytest.mark.slow  # two senders one after the other (the udp:// camera's test runs by default)
 def test_a_serve_camera_on_srt_takes_the_next_sender_after_one_stops(tmp_path, clip3):
     (tmp_path / "rec").mkdir()
-    port = free_port()
+    port = free_udp_port()
     command = sender(clip3, f"srt://127.0.0.1:{port}?mode=caller")
     thread = send_when_bound(port, command)
     cam, events = camera(tmp_path, f"srt://@:{port}", cfg=pipeline_config())

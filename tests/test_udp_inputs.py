@@ -29,15 +29,20 @@ CLIP = VIDEO / "overhead_parking_cars_768x432.mp4"  # 12.5 fps, with AAC
 QUIET_S = 1.5  # the read timeout in these tests (5 s in use): a sender gone is told sooner
 
 
-@pytest.fixture
-def clip3(tmp_path):
-    """The first 3 s of CLIP (38 frames at 12.5 fps, and its sound)."""
+def first_seconds(tmp_path, seconds: int) -> Path:
+    """The first `seconds` of CLIP (12.5 frames a second, and its sound)."""
     if not CLIP.exists() or not shutil.which("ffmpeg"):
         pytest.skip("the clip or ffmpeg is missing")
-    path = tmp_path / "clip3.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(CLIP), "-t", "3", "-c", "copy",
-                    str(path)], check=True)
+    path = tmp_path / f"clip{seconds}.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(CLIP), "-t", str(seconds), "-c",
+                    "copy", str(path)], check=True)
     return path
+
+
+@pytest.fixture
+def clip3(tmp_path):
+    """The first 3 s of CLIP (38 frames)."""
+    return first_seconds(tmp_path, 3)
 
 
 @pytest.fixture
@@ -163,7 +168,8 @@ def ipv6_loopback() -> bool:
         return False
 
 
-@pytest.mark.parametrize("given", ["udp://[::]:{port}", "rtp://[::]:{port}"])
+@pytest.mark.parametrize("given", ["udp://[::]:{port}", pytest.param(
+    "rtp://[::]:{port}", marks=pytest.mark.slow)])  # CI time: one IPv6 input by default
 def test_ipv6_inputs_receive_an_ipv6_sender(given, clip3, quick):
     """`udp://[::]:PORT` and `rtp://[::]:PORT` listen on every address, IPv6 too, as FFmpeg
     does (before: refused, "'::' has no IPv4 address")."""
@@ -181,7 +187,7 @@ def test_ipv6_inputs_receive_an_ipv6_sender(given, clip3, quick):
     assert sent - 1 <= len(frames) <= sent and "no packet on udp port" in str(error), error
 
 
-@pytest.mark.parametrize("sent", ["ts", "rtp"])
+@pytest.mark.parametrize("sent", [pytest.param("ts", marks=pytest.mark.slow), "rtp"])  # CI time
 def test_a_sender_that_restarts_is_followed_on_without_a_break(sent, tmp_path, caplog, quick):
     """A sender that restarts within the read timeout: FFmpeg's MPEG-TS clock starts again
     (back), an RTP sender's timestamps start anywhere (here 100 s back, which FFmpeg unwraps as
