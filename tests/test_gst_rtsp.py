@@ -398,7 +398,7 @@ def test_a_udp_viewer_that_falls_silent_has_its_session_ended(frames, monkeypatc
     over UDP, which reports, and one over TCP, which keeps its session alive, play on."""
     from edge_semvc.sinks import gst_outputs
 
-    monkeypatch.setattr(gst_outputs, "RTSP_IDLE_S", 2.0)  # the session timeout: 2 s + 5
+    monkeypatch.setattr(gst_outputs, "RTSP_IDLE_S", 1.0)  # the session timeout: 1 s + 5
     events = Events()
     with scripted_client(frames, events, transport="udp") as (server, live, silent):
         silent.play()
