@@ -218,7 +218,7 @@ def test_an_output_beside_the_input_but_not_on_its_port_is_not_refused():
     none), and one SRT server read from and published to (MediaMTX's one port)."""
     from edge_semvc.sinks import open_output
     from edge_semvc.sinks.uri import check_input_ports
-    from edge_semvc.sources import input_ports
+    from edge_semvc.sources.ports import input_ports
 
     for uri, out in [("udp://@:19126", "udp://239.1.1.1:19126"),
                      ("srt://10.0.0.5:8890?streamid=read:a",
