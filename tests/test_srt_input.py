@@ -5,7 +5,6 @@ calls, with and without a passphrase. The sender stopping ends `encode` (exit 3)
 `serve` camera, which takes the next sender; the child never outlives its input."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -23,8 +22,10 @@ from test_telemetry import wait_until
 from test_udp_inputs import (
     QUIET_S,
     bound_by_another,
+    encode_until_the_sender_stops,
     first_seconds,
     free_udp_port,
+    lost_and_back,
     probe,
     read_all,
     send_when_bound,
@@ -85,11 +86,7 @@ def test_a_caller_into_a_listener_input_is_encoded_with_its_sound_until_it_stops
     port = free_udp_port()
     sent = len(probe(clip3, "packet=pts"))
     thread = send_when_bound(port, sender(clip3, f"srt://127.0.0.1:{port}?mode=caller"))
-    out, stats = tmp_path / "out.mkv", tmp_path / "stats.json"
-    status = main(["encode", f"srt://@:{port}", str(out), "--no-map", "--stats-json",
-                   str(stats)])
-    thread.join(60)
-    result = json.loads(stats.read_text())
+    status, result, out = encode_until_the_sender_stops(f"srt://@:{port}", thread, tmp_path)
     assert status == 3 and not result["complete"], result
     assert result["error"] == (f"srt://@:{port}: no packet on srt port {port} for 2 s (the "
                                "sender stopped, or its link dropped)")
@@ -343,24 +340,8 @@ def test_a_serve_camera_on_srt_opens_and_leaves_no_child_when_removed(tmp_path, 
 
 @pytest.mark.slow  # two senders one after the other (the udp:// camera's test runs by default)
 def test_a_serve_camera_on_srt_takes_the_next_sender_after_one_stops(tmp_path, clip3):
-    (tmp_path / "rec").mkdir()
     port = free_udp_port()
     command = sender(clip3, f"srt://127.0.0.1:{port}?mode=caller")
-    thread = send_when_bound(port, command)
-    cam, events = camera(tmp_path, f"srt://@:{port}", cfg=pipeline_config())
-    cam.start()
-    try:
-        wait_until(lambda: cam.frames_total > 0, timeout=120, what="frames")
-        thread.join(60)
-        wait_until(lambda: events.named("source_lost"), timeout=60, what="the camera lost")
-        assert f"no packet on srt port {port}" in events.named("source_lost")[0]["reason"]
-        frames_before = cam.frames_total
-        thread = send_when_bound(port, command)  # it listens again meanwhile
-        wait_until(lambda: events.named("source_back"), timeout=60, what="the camera back")
-        wait_until(lambda: cam.frames_total > frames_before, timeout=60, what="new frames")
-        thread.join(60)
-    finally:
-        stopped(cam)
+    lost_and_back(tmp_path, f"srt://@:{port}", lambda: send_when_bound(port, command),
+                  f"no packet on srt port {port}")
     assert children(port) == []
-    names = [n for n in events.names() if n in ("source_lost", "source_back")]
-    assert names[:2] == ["source_lost", "source_back"], events

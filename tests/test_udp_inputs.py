@@ -103,6 +103,15 @@ def probe(path, entries: str, stream: str = "v") -> list[list[str]]:
     return [line.split(",") for line in out.split()]
 
 
+def encode_until_the_sender_stops(uri: str, sender: threading.Thread, tmp_path):
+    """`encode URI out.mkv --no-map` of a live input until `sender` stopped sending: the exit
+    status, the run's statistics, the file written."""
+    out, stats = tmp_path / "out.mkv", tmp_path / "stats.json"
+    status = main(["encode", uri, str(out), "--no-map", "--stats-json", str(stats)])
+    sender.join(60)
+    return status, json.loads(stats.read_text()), out
+
+
 def read_all(source) -> tuple[list, Exception | None]:
     frames, error = [], None
     try:
@@ -124,11 +133,7 @@ def test_mpegts_over_udp_is_encoded_with_its_sound_until_the_sender_stops(tmp_pa
     port = free_udp_port()
     sent = len(probe(clip3, "packet=pts"))
     sender = send_when_bound(port, ffmpeg_ts(clip3, port))
-    out, stats = tmp_path / "out.mkv", tmp_path / "stats.json"
-    status = main(["encode", f"udp://@:{port}", str(out), "--no-map", "--stats-json",
-                   str(stats)])
-    sender.join(60)
-    result = json.loads(stats.read_text())
+    status, result, out = encode_until_the_sender_stops(f"udp://@:{port}", sender, tmp_path)
     assert status == 3 and not result["complete"], result
     assert f"no packet on udp port {port} for 2 s (the sender stopped" in result["error"]
     assert result["frames"] == sent, (sent, result["frames"])
@@ -224,14 +229,12 @@ def test_our_rtp_outputs_sdp_file_is_an_input_with_its_sound(tmp_path, clip3, qu
     """The `.sdp` our `rtp://` output writes beside itself, given as the input: the video and
     the AAC on the next port pair, every frame."""
     port = free_udp_port(pair=True)
-    sdp, out, stats = tmp_path / "cam.sdp", tmp_path / "out.mkv", tmp_path / "stats.json"
+    sdp = tmp_path / "cam.sdp"
     send = [sys.executable, "-m", "edge_semvc", "encode", str(clip3),
             f"rtp://127.0.0.1:{port}?sdp={sdp}", "--no-map"]
     subprocess.run(send, check=True, capture_output=True)  # the SDP, before any receiver
     sender = send_when_bound(port, [*send, "--realtime"])
-    status = main(["encode", str(sdp), str(out), "--no-map", "--stats-json", str(stats)])
-    sender.join(60)
-    result = json.loads(stats.read_text())
+    status, result, out = encode_until_the_sender_stops(str(sdp), sender, tmp_path)
     assert status == 3 and result["frames"] == len(probe(clip3, "packet=pts")), result
     assert f"no packet on udp ports {port}, {port + 2} for 2 s" in result["error"]
     assert probe(out, "stream=codec_name", "a") == [["aac"]]
@@ -305,22 +308,22 @@ def test_a_stall_seen_by_the_pacing_says_no_packet_came(clip3):
     paced.close()
 
 
-def test_a_serve_camera_on_udp_is_lost_when_the_sender_stops_and_back_when_it_starts(
-        tmp_path, clip3, quick):
+def lost_and_back(tmp_path, uri: str, start_sender, said: str) -> None:
+    """A serve camera on live input `uri`: lost when the sender `start_sender()` starts stops
+    (in the words `said`), and back, with new frames, when it starts sending again."""
     (tmp_path / "rec").mkdir()
-    port = free_udp_port()
-    sender = send_when_bound(port, ffmpeg_ts(clip3, port))
-    cam, events = camera(tmp_path, f"udp://@:{port}", cfg=pipeline_config())
+    sender = start_sender()
+    cam, events = camera(tmp_path, uri, cfg=pipeline_config())
     cam.start()
     try:
         wait_until(lambda: cam.frames_total > 0, timeout=120, what="frames")
         sender.join(60)
         wait_until(lambda: events.named("source_lost"), timeout=60, what="the camera lost")
         lost = events.named("source_lost")[0]
-        assert f"no packet on udp port {port}" in lost["reason"], lost
+        assert said in lost["reason"], lost
         assert cam.state in ("lost", "starting")
         frames_before = cam.frames_total
-        sender = send_when_bound(port, ffmpeg_ts(clip3, port))  # it listens again meanwhile
+        sender = start_sender()  # it listens again meanwhile
         wait_until(lambda: events.named("source_back"), timeout=60, what="the camera back")
         wait_until(lambda: cam.frames_total > frames_before, timeout=60, what="new frames")
         sender.join(60)
@@ -328,6 +331,14 @@ def test_a_serve_camera_on_udp_is_lost_when_the_sender_stops_and_back_when_it_st
         stopped(cam)
     names = [n for n in events.names() if n in ("source_lost", "source_back")]
     assert names[:2] == ["source_lost", "source_back"], events
+
+
+def test_a_serve_camera_on_udp_is_lost_when_the_sender_stops_and_back_when_it_starts(
+        tmp_path, clip3, quick):
+    port = free_udp_port()
+    lost_and_back(tmp_path, f"udp://@:{port}",
+                  lambda: send_when_bound(port, ffmpeg_ts(clip3, port)),
+                  f"no packet on udp port {port}")
 
 
 def test_an_rtp_input_with_no_sender_says_so(monkeypatch):
