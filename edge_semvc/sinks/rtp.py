@@ -23,10 +23,11 @@ import tempfile
 from pathlib import Path
 
 from ..errors import SinkError
+from ..uris import int_in
 from .base import EventCallback, StreamInfo
 from .stream import _MuxerOutput, _url_host, close_quietly, nal_units, open_muxer
 from .tracks import TrackMuxer, aac_config, unsupported
-from .uri import host_port, int_in, non_empty, uri_options
+from .uri import host_port, non_empty, uri_options
 
 log = logging.getLogger(__name__)
 

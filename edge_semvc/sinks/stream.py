@@ -24,10 +24,11 @@ import os
 import sys
 
 from ..errors import SinkError, WriteError
+from ..uris import int_in
 from .base import EventCallback, Output, StreamInfo, emit_event
 from .nal import has_parameter_sets, is_idr
 from .tracks import TrackMuxer, unsupported
-from .uri import host_port, int_in, uri_options
+from .uri import host_port, uri_options
 
 log = logging.getLogger(__name__)
 

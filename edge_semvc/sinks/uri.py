@@ -3,9 +3,11 @@ name) and its host and port; and what `encode` checks of its network outputs bef
 host that resolves, no port taken twice, by two outputs or an output and the input)."""
 from __future__ import annotations
 
+from itertools import product
+
 from .. import uris
 from ..errors import SinkError
-from ..uris import address_problem, int_in  # noqa: F401  (int_in: the outputs' converter)
+from ..uris import address_problem
 
 
 def uri_options(uri: str, known: dict[str, type]) -> tuple[object, dict[str, object]]:
@@ -45,15 +47,13 @@ def check_input_ports(inputs, outputs) -> None:
     `sources.input_ports`) pairs): an output sending into the input's port, a server on it, or
     an input calling this machine's port that an output serves (its own output: a loop that
     never gets a frame)."""
-    for uri, ports in inputs:
-        for out in outputs:
-            for theirs in out.ports:
-                for ours in ports:
-                    where = _shared(ours, theirs)
-                    if where:
-                        raise SinkError(f"input {uri!r} and output {out.uri!r} both use "
-                                        f"{where}: give each its own (an input fed by its own "
-                                        "output never gets a frame)")
+    for (uri, ports), out in product(inputs, outputs):
+        for ours, theirs in product(ports, out.ports):
+            where = _shared(ours, theirs)
+            if where:
+                raise SinkError(f"input {uri!r} and output {out.uri!r} both use {where}: give "
+                                "each its own (an input fed by its own output never gets a "
+                                "frame)")
 
 
 def _shared(ours: tuple, theirs: tuple) -> str | None:
