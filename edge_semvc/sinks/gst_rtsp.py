@@ -81,18 +81,17 @@ class RtspServer:
             return "cannot listen on %s:%s (address in use or not this machine's)" % (
                 self.server.get_address(), self.server.get_service())
         GLib.timeout_add(LINK_POLL_MS, self.report_link)
+        self.server.get_session_pool().connect("session-removed", self.on_session_removed)
         GLib.timeout_add(IDLE_CHECK_MS, self.close_idle)
-        pool = self.server.get_session_pool()
-        pool.connect("session-removed", self.on_session_removed)
-        # sessions that timed out end (GstRtspServer leaves that to the application): a
-        # viewer over UDP gone without a TEARDOWN (its network lost, the connection left
-        # half open) was sent the stream for ever
-        GLib.timeout_add(IDLE_CHECK_MS, lambda: pool.cleanup() >= 0)
         return None
 
     def close_idle(self):
         """Closes the connections that have not been playing for idle_s (since they came or
-        their TEARDOWN): a scanner's, a client that never plays."""
+        their TEARDOWN): a scanner's, a client that never plays; and ends the sessions that
+        timed out (GstRtspServer leaves that to the application): a viewer over UDP gone
+        without a TEARDOWN (its network lost, the connection left half open) was sent the
+        stream for ever."""
+        self.server.get_session_pool().cleanup()
         now = time.monotonic()
         for client, info in list(self.clients.items()):
             if not info["playing"] and now - info["since"] > self.idle_s:
