@@ -444,9 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-semvc: interrupted{f' ({e})' if str(e) else ''} before any frame was "
               f"encoded", file=sys.stderr)
         opening = sys.modules.get("edge_semvc.sources.opening")
-        if argv is None and opening is not None and opening.open_left_running():
-            sys.stdout.flush()  # an input's open still in FFmpeg: not through finalization,
-            sys.stderr.flush()  # which its return into PyAV crashes (exit -11)
+        if argv is None and opening is not None and opening.open_abandoned():
+            logging.shutdown()  # an input's open abandoned: not through finalization, where
+            sys.stdout.flush()  # PyAV crashes (exit -11)
+            sys.stderr.flush()
             os._exit(exit_status(e))
         return exit_status(e)
 

@@ -46,13 +46,14 @@ def open_container(target, *, format: str | None, options: dict, timeout: tuple 
     return opening.wait()
 
 
-_LEFT_RUNNING: list[threading.Thread] = []  # opens a stop signal left to finish on their own
+_ABANDONED: list[threading.Thread] = []  # opens a stop signal left to finish on their own
 
 
-def open_left_running() -> bool:
-    """Whether an open a stop signal abandoned still runs: the process must then end without
-    Python's finalization, into which that open's return through PyAV would crash it."""
-    return any(thread.is_alive() for thread in _LEFT_RUNNING)
+def open_abandoned() -> bool:
+    """Whether a stop signal abandoned an open: the process must then end without Python's
+    finalization, which crashes in PyAV (exit -11, about 1 run in 30) whether the open still
+    runs or the signal ended it too (FFmpeg's poll interrupted)."""
+    return bool(_ABANDONED)
 
 
 class _Opening:
@@ -84,7 +85,7 @@ class _Opening:
         except BaseException:
             with self._lock:
                 self._abandoned, opened = True, self._result
-            _LEFT_RUNNING.append(self._thread)
+            _ABANDONED.append(self._thread)
             if opened is not None:  # it opened just now: closed here, not by the thread
                 opened.close()
             raise
