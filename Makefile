@@ -66,8 +66,11 @@ apt-test:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# Two processes, a file's tests in one (its fixtures once): most tests wait on a network peer,
+# and one process alone kept 2 cores under half busy. TEST_WORKERS=0 runs them in this one.
+TEST_WORKERS ?= 2
 test: deps apt-test lint wheels
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The layers (import-linter contracts in pyproject.toml), the lint rules and the oldest Python
 # supported (3.10; vermin reads `str.decode` where the code decodes bytes): CI fails on any.
