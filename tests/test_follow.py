@@ -251,7 +251,6 @@ def test_over_a_narrow_srt_link_the_rate_comes_down(tmp_path):
     assert follow["lowest"] < 1_500_000 * DECREASE and follow["target"] == 1_500_000
 
 
-@pytest.mark.slow  # CI time: one of two viewers vanishing (below) runs by default
 def test_a_receiver_that_vanishes_does_not_lower_the_rate(tmp_path):
     """The SRT receiver frozen mid-stream (SIGSTOP: no word, no acknowledgement; SRT gives the
     peer up after 5 s): the packets the sender gives up meanwhile lowered the rate before."""

@@ -135,8 +135,7 @@ def test_a_frame_that_never_came_leaves_the_one_before_it_on_screen(tmp_path):
     assert means == [20, 60, 100, 100, 180, 220, 220, 220]
 
 
-@pytest.mark.parametrize("setting", [pytest.param("idr1s", marks=pytest.mark.slow),  # CI time
-                                     "refresh1s", "gop"])
+@pytest.mark.parametrize("setting", ["idr1s", "refresh1s", "gop"])
 def test_a_lost_packet_shows_until_the_picture_is_put_right_and_no_longer(tmp_path, setting):
     """x264 (threads 1, no map: the same packets every run) over the relay into two real
     FFmpeg receivers, 3 % of packets lost after the first second (150 frames sent, 90 of them
@@ -183,8 +182,7 @@ def test_mpegts_over_udp_loses_what_the_model_drops_until_the_next_idr(tmp_path)
     assert 0 < r["damaged_pct"] < 100 and r["psnr_lossy"] < r["psnr_clean"]
 
 
-@pytest.mark.parametrize("latency_ms, rtt_ms", [pytest.param(500, 0, marks=pytest.mark.slow),
-                                             (40, 80)])
+@pytest.mark.parametrize("latency_ms, rtt_ms", [(500, 0), (40, 80)])
 def test_srt_resends_what_is_lost_while_its_latency_allows(tmp_path, latency_ms, rtt_ms):
     """x264 over SRT (GStreamer's srtsink and srtsrc, real time) through a proxy that loses 3 %
     of the data packets going forward: on loopback with half a second of latency (room for a

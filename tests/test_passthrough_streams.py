@@ -94,7 +94,7 @@ def test_srt_carries_the_audio(tmp_path):
     assert_runs_of(rx.audio_data, sent, runs=1)
 
 
-@pytest.mark.parametrize("container", ["mp4", pytest.param("ts", marks=pytest.mark.slow)])  # AAC with its configuration; ADTS
+@pytest.mark.parametrize("container", ["mp4", "ts"])  # AAC with its configuration; ADTS
 def test_the_rtsp_server_sends_the_audio(tmp_path, container):
     """A client of the built-in RTSP server (FFmpeg's) gets the car park's AAC packets byte
     for byte (RFC 3640) beside the video, from the IDR it started at."""
@@ -117,7 +117,7 @@ def assert_runs_of(got: list[bytes], sent: list[bytes], runs: int) -> None:
     assert sum(b.size for b in blocks) == len(got) and len(blocks) <= runs, blocks
 
 
-@pytest.mark.parametrize("codec", ["pcm_mulaw", pytest.param("pcm_alaw", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("codec", ["pcm_mulaw", "pcm_alaw"])
 def test_the_rtsp_server_sends_an_ip_camera_s_g711_audio(tmp_path, codec):
     """G.711 as IP cameras send it (8 kHz mono) reaches the RTSP client as PCMU / PCMA, its
     samples as they were (RTP packs them into packets of its own size). Noise, not the car

@@ -79,7 +79,7 @@ def upright(tmp_path_factory) -> tuple[Path, dict]:
     return path, encode(path)[1]
 
 
-@pytest.mark.parametrize("degrees", [-90, pytest.param(90, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("degrees", [-90, 90])
 def test_a_sideways_phone_clip_is_labelled_upright_and_plays_upright(tmp_path, upright,
                                                                      degrees):
     """The street clip recorded sideways with a display matrix of `degrees` (the issue's phone

@@ -37,7 +37,7 @@ from edge_semvc.sources.paced import PacedSource, Pacing
 from edge_semvc.tracks import Track, TrackPacket
 
 
-@pytest.mark.parametrize("container", ["mp4", pytest.param("ts_crc", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("container", ["mp4", "ts_crc"])
 def test_udp_and_rtp_carry_the_audio(tmp_path, container):
     """MPEG-TS over UDP carries the car park's AAC beside the video; RTP sends it to the next
     port pair, described in the same SDP: FFmpeg opening that SDP gets both, the AAC packets
@@ -80,8 +80,7 @@ def test_udp_and_rtp_carry_the_audio(tmp_path, container):
     assert container == "mp4" or not aac.extradata  # ADTS: the configuration made here
 
 
-@pytest.mark.parametrize("container", ["mp4", pytest.param("ts", marks=pytest.mark.slow),
-                                       "ts_crc"])
+@pytest.mark.parametrize("container", ["mp4", "ts", "ts_crc"])
 def test_gstreamer_plays_the_rtp_outputs_audio_from_its_sdp(tmp_path, container):
     """GStreamer's sdpdemux reads the SDP the RTP output writes and depayloads its AAC: the
     car park's packets, byte for byte (the ADTS headers aacparse adds taken off); from MPEG-TS

@@ -401,7 +401,6 @@ def test_a_change_that_makes_the_pipeline_fail_is_rolled_back_and_not_kept(tmp_p
 
 # --- a remote change with no frames to try it on -----------------------------------------------
 
-@pytest.mark.slow  # CI time: a change tried on frames runs by default
 def test_a_change_with_no_frames_to_try_it_on_still_ends_in_one_event(tmp_path):
     """A change for a camera whose input is away or ended waited, unsaid, for frames that
     might never come (no event, no log line, the config/state unchanged): it is refused at

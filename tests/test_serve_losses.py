@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from test_serve import CLIP, needs_clip
 from test_serve_faults import WAIT, Clock, Feed, camera, pipeline_config, stopped
 from test_telemetry import wait_until
@@ -145,7 +144,6 @@ def test_a_camera_a_reload_restarts_counts_on_from_the_one_before(tmp_path):
         (first.encoded_bytes() + second.encoded_bytes()) * 8 / 4.0 / 1e3, 1)
 
 
-@pytest.mark.slow  # CI time: the MQTT view of the same counts runs by default
 def test_the_web_figures_of_a_camera_a_reload_restarts_count_on(tmp_path):
     """The web page's figures, `/api/stats` and `/metrics` had a window of their own that
     started from 0 with each new `Camera`: after a reload restarted one, the Prometheus
@@ -222,7 +220,6 @@ def test_the_storage_counters_count_on_over_losses_and_reload_restarts(tmp_path)
         in metrics, metrics
 
 
-@pytest.mark.slow  # CI time: the storage counters over restarts run by default
 def test_a_camera_a_reload_makes_live_shows_no_storage_figures_but_keeps_them(tmp_path):
     """A reload that switched a camera from `profile: storage` to `live` left its last storage
     block in every stats message, /metrics and the summary, frozen, as if it still recorded so.

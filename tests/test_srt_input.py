@@ -140,7 +140,6 @@ def test_a_caller_input_with_a_passphrase_reads_an_encrypted_listener(clip3):
     assert children(port) == []
 
 
-@pytest.mark.slow  # CI time: the udp:// input's slow reader runs by default
 def test_a_reader_that_stalls_loses_packets_not_the_input(clip3, monkeypatch):
     """What PyAV cannot take at once (the models loading, a slow machine) waits in the pipe and
     the child's queue; past them the oldest is dropped, as FFmpeg's UDP FIFO drops, and the
@@ -180,7 +179,6 @@ def test_a_callers_stream_id_reaches_our_listener_input(clip3, caplog):
     assert "called (stream id 'publish:cam+1/a')" in caplog.text, caplog.text
 
 
-@pytest.mark.slow  # CI time: two senders one after the other, some 10 s
 def test_a_second_caller_is_refused_while_one_sends_and_taken_once_it_left(clip3, tmp_path,
                                                                            caplog):
     """srtsrc takes a second caller's call while the first sends, drops what it sends, and
@@ -210,7 +208,6 @@ def test_a_second_caller_is_refused_while_one_sends_and_taken_once_it_left(clip3
     assert len(frames) > len(probe(clip3, "packet=pts")) + 10  # the second's frames too
 
 
-@pytest.mark.slow  # CI time: the other direction runs by default
 def test_our_caller_inputs_stream_id_reaches_our_listener_output(clip3):
     """`srt://HOST:PORT?streamid=read:cam1` (as it would read from MediaMTX): srtsrc sends it,
     and our SRT output listening in another process, told it by srtsink, says it with the
@@ -242,7 +239,6 @@ def test_a_call_nobody_takes_is_said_with_srts_reason():
         open_source("srt://camera.invalid:9000")
 
 
-@pytest.mark.slow  # a second sender's start and a 6 s open (the open's mechanism: above)
 def test_a_caller_with_another_passphrase_is_told_it(clip3):
     port = free_udp_port()
     proc = listening_sender(clip3, port, "EDGE_SEMVC_TEST_SRT_PW")
@@ -338,7 +334,6 @@ def test_a_serve_camera_on_srt_opens_and_leaves_no_child_when_removed(tmp_path, 
     thread.join(60)
 
 
-@pytest.mark.slow  # two senders one after the other (the udp:// camera's test runs by default)
 def test_a_serve_camera_on_srt_takes_the_next_sender_after_one_stops(tmp_path, clip3):
     port = free_udp_port()
     command = sender(clip3, f"srt://127.0.0.1:{port}?mode=caller")

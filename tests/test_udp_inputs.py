@@ -173,8 +173,7 @@ def ipv6_loopback() -> bool:
         return False
 
 
-@pytest.mark.parametrize("given", ["udp://[::]:{port}", pytest.param(
-    "rtp://[::]:{port}", marks=pytest.mark.slow)])  # CI time: one IPv6 input by default
+@pytest.mark.parametrize("given", ["udp://[::]:{port}", "rtp://[::]:{port}"])
 def test_ipv6_inputs_receive_an_ipv6_sender(given, clip3, quick):
     """`udp://[::]:PORT` and `rtp://[::]:PORT` listen on every address, IPv6 too, as FFmpeg
     does (before: refused, "'::' has no IPv4 address")."""
@@ -192,7 +191,7 @@ def test_ipv6_inputs_receive_an_ipv6_sender(given, clip3, quick):
     assert sent - 1 <= len(frames) <= sent and "no packet on udp port" in str(error), error
 
 
-@pytest.mark.parametrize("sent", [pytest.param("ts", marks=pytest.mark.slow), "rtp"])  # CI time
+@pytest.mark.parametrize("sent", ["ts", "rtp"])
 def test_a_sender_that_restarts_is_followed_on_without_a_break(sent, tmp_path, caplog, quick):
     """A sender that restarts within the read timeout: FFmpeg's MPEG-TS clock starts again
     (back), an RTP sender's timestamps start anywhere (here 100 s back, which FFmpeg unwraps as
@@ -366,13 +365,12 @@ def test_a_serve_camera_stopped_while_its_input_opens_is_not_said_lost(tmp_path,
 
 
 @pytest.mark.parametrize("sent, given, message", [
-    pytest.param("rtp97", "udp://@:{port}", "cannot open udp://@:{port}: RTP with payload type "
-                 "97 comes on udp port {port}, not MPEG-TS: give rtp://@:{port}?pt=97",
-                 marks=pytest.mark.slow),  # CI time: the rtp:// cases below run by default
+    ("rtp97", "udp://@:{port}", "cannot open udp://@:{port}: RTP with payload type 97 comes on "
+                                "udp port {port}, not MPEG-TS: give rtp://@:{port}?pt=97"),
     ("rtp97", "rtp://@:{port}", "cannot open rtp://@:{port}: RTP with payload type 97 comes on "
                                 "udp port {port}, not 96: give rtp://@:{port}?pt=97"),
-    pytest.param("hevc", "rtp://@:{port}", "RTP of payload type 96 comes on udp port {port} but "
-                 "no picture decoded as H264: is it codec=hevc?", marks=pytest.mark.slow),
+    ("hevc", "rtp://@:{port}", "RTP of payload type 96 comes on udp port {port} but no picture "
+                               "decoded as H264: is it codec=hevc?"),
     ("ts", "rtp://@:{port}", "cannot open rtp://@:{port}: MPEG-TS comes on udp port {port}, not "
                              "RTP: give udp://@:{port}"),
 ])
