@@ -165,6 +165,43 @@ def test_a_reader_that_stalls_loses_packets_not_the_input(clip3, monkeypatch):
     assert count < len(probe(clip3, "packet=pts"))  # what did not fit is lost, not waited for
 
 
+def test_the_pipe_is_waited_on_not_read_every_millisecond(monkeypatch):
+    """FFmpeg read the child's pipe itself, and every millisecond while it was empty (130 ms of
+    CPU in 5 s waiting for a sender, against 10 ms for udp://); a read now waits on it once
+    until bytes come or the live timeout (the open's before the first bytes, the read's
+    after), which ends it as FFmpeg's own timeout does; the pipe's end ends the input."""
+    import av
+
+    monkeypatch.setattr(pyav, "LIVE_TIMEOUT_S", (0.4, 0.2))
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    reader, waits = srt_input.PipeReader(read_end), []
+
+    class Counted:
+        def __init__(self, poll):
+            self.wrapped = poll
+
+        def poll(self, ms):
+            waits.append(ms)
+            return self.wrapped.poll(ms)
+
+    reader._poll = Counted(reader._poll)
+    try:
+        with pytest.raises(av.error.ExitError):
+            reader.read(65536)
+        assert 1 <= len(waits) <= 2 and 350 <= waits[0] <= 400, waits  # not one a millisecond
+        os.write(write_end, b"G" * 188)
+        assert reader.read(65536) == b"G" * 188
+        waits.clear()
+        with pytest.raises(av.error.ExitError):
+            reader.read(65536)
+        assert 1 <= len(waits) <= 2 and waits[0] <= 200, waits
+        os.close(write_end)
+        assert reader.read(65536) == b""
+    finally:
+        os.close(read_end)
+
+
 def test_a_callers_stream_id_reaches_our_listener_input(clip3, caplog):
     """Our SRT output calling with `streamid=` (as it would publish to MediaMTX): srtsink sends
     it (a '+' and a %2F kept as themselves), and our listener input, told it by srtsrc, logs it

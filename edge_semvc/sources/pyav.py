@@ -56,10 +56,11 @@ class PyAVSource:
     """`path`: a file, `-` (the standard input), a network URL (`rtsp://...`: `live` options
     such as the transport and a read timeout) or a capture device (`device` names FFmpeg's
     input format, e.g. video4linux2 for /dev/videoN). `receiver`: a stream sent to this
-    machine (`udp.py`), named and told silent in its own words."""
+    machine (`udp.py`), named and told silent in its own words. `reader`: a file-like object
+    FFmpeg reads instead of opening `path` (an `srt://` input's pipe), its timeouts its own."""
 
     def __init__(self, path: str, raw: RawVideoOptions, *, live: dict | None = None,
-                 device: str | None = None, receiver: Receiver | None = None):
+                 device: str | None = None, receiver: Receiver | None = None, reader=None):
         if not path:
             raise SourceError("the input is an empty name: give a file path or URI")
         p = Path(path)
@@ -98,7 +99,8 @@ class PyAVSource:
             # a pipe cannot be read again (a file is, below, when the probe found no picture)
             probe = DEEP_PROBE if stdin and fmt is None else {}
             self.container = opening.open_container(
-                self._stdin if stdin else path if live is not None else str(p), format=fmt,
+                self._stdin if stdin else reader or (path if live is not None else str(p)),
+                format=fmt,
                 options={**options, **probe}, timeout=LIVE_TIMEOUT_S if timed else None)
         except (av.error.FFmpegError, ValueError) as e:
             silent = timed and time.monotonic() - started >= LIVE_TIMEOUT_S[0] - 0.5
