@@ -101,9 +101,9 @@ class SrtSource(PyAVSource):
         where = f"the SRT listener at {srt.host}:{srt.port}" if caller else f"srt port {srt.port}"
         receiver = SrtReceiver(uri, where, caller, srt.passphrase_env is not None)
         self._child = SrtChild(uri, srt)
+        self._reader = PipeReader(self._child.fd)
         try:
-            super().__init__(uri, raw, live={}, receiver=receiver,
-                             reader=PipeReader(self._child.fd))
+            super().__init__(uri, raw, live={}, receiver=receiver, reader=self._reader)
         except SourceError as e:
             raise self._child.explained(e) from None
         except BaseException:
@@ -112,6 +112,9 @@ class SrtSource(PyAVSource):
 
     def frames(self):
         yield from super().frames()
+        if self._reader.timed_out:  # the sender stopped, or the stream froze
+            raise DecodeError(f"{self.path}: " +
+                              self._receiver.no_packet_for(pyav.LIVE_TIMEOUT_S[1]))
         # the pipe ended: the child did (a live input never ends on its own)
         self._child.stop()
         code = self._child.proc.returncode
@@ -128,23 +131,27 @@ class SrtSource(PyAVSource):
 
 class PipeReader:
     """The child's pipe as PyAV reads it: each read waits on the pipe (poll) up to the live
-    input's timeout, the open's before the first bytes, the read's after, then ends as
-    FFmpeg's own timeout does (ExitError). FFmpeg reading the pipe itself polls it every
-    millisecond while it is empty, a pipe that blocks having no timeout (2.6 % of a core
-    waiting for a sender)."""
+    input's timeout. Before the first bytes that ends the open as FFmpeg's own timeout does
+    (ExitError); after, the read ends the input (`timed_out`), so that what FFmpeg's demuxer
+    still holds, the last picture, comes out first (an error would be raised before it).
+    FFmpeg reading the pipe itself polled it every millisecond while it was empty (130 ms of
+    CPU in 5 s waiting for a sender)."""
 
     def __init__(self, fd: int):
-        self.fd, self._opened = fd, False
+        self.fd, self.timed_out, self._opened = fd, False, False
         self._poll = select.poll()  # not select(): no limit on the descriptor's number
         self._poll.register(fd, select.POLLIN)
 
     def read(self, size: int) -> bytes:
         timeout = pyav.LIVE_TIMEOUT_S[1 if self._opened else 0]
         deadline = time.monotonic() + timeout
-        while True:
+        while not self.timed_out:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 and not self._opened:
                 raise av.error.ExitError(TIMED_OUT, f"no bytes for {timeout:g} s")
+            if left <= 0:
+                self.timed_out = True
+                break
             try:
                 if not self._poll.poll(left * 1000):
                     continue
@@ -152,9 +159,10 @@ class PipeReader:
             except BlockingIOError:
                 continue
             except (OSError, ValueError):  # the pipe closed by SrtChild.stop: the end
-                return b""
+                break
             self._opened = True
             return data
+        return b""
 
 
 class SrtChild:
