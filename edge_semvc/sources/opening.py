@@ -51,8 +51,8 @@ _ABANDONED: list[threading.Thread] = []  # opens a stop signal left to finish on
 
 def open_abandoned() -> bool:
     """Whether a stop signal abandoned an open: the process must then end without Python's
-    finalization, which crashes in PyAV (exit -11, about 1 run in 30) whether the open still
-    runs or the signal ended it too (FFmpeg's poll interrupted)."""
+    finalization, which now and then crashes in PyAV (exit -11), whether the open still runs
+    or the signal ended it too (FFmpeg's poll interrupted)."""
     return bool(_ABANDONED)
 
 

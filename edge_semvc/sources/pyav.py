@@ -100,8 +100,8 @@ class PyAVSource:
             probe = DEEP_PROBE if stdin and fmt is None else {}
             self.container = opening.open_container(
                 self._stdin if stdin else reader or (path if live is not None else str(p)),
-                format=fmt,
-                options={**options, **probe}, timeout=LIVE_TIMEOUT_S if timed else None)
+                format=fmt, options={**options, **probe},
+                timeout=LIVE_TIMEOUT_S if timed else None)
         except (av.error.FFmpegError, ValueError) as e:
             silent = timed and time.monotonic() - started >= LIVE_TIMEOUT_S[0] - 0.5
             raise SourceError(f"cannot open {receiver.uri if receiver else path}: " + (

@@ -113,8 +113,7 @@ class SrtSource(PyAVSource):
     def frames(self):
         yield from super().frames()
         if self._reader.timed_out:  # the sender stopped, or the stream froze
-            raise DecodeError(f"{self.path}: " +
-                              self._receiver.no_packet_for(pyav.LIVE_TIMEOUT_S[1]))
+            raise DecodeError(f"{self.path}: " + self._receiver.no_packet_for(self._read_timeout))
         # the pipe ended: the child did (a live input never ends on its own)
         self._child.stop()
         code = self._child.proc.returncode
@@ -131,8 +130,8 @@ class SrtSource(PyAVSource):
 
 class PipeReader:
     """The child's pipe as PyAV reads it: each read waits on the pipe (poll) up to the live
-    input's timeout. Before the first bytes that ends the open as FFmpeg's own timeout does
-    (ExitError); after, the read ends the input (`timed_out`), so that what FFmpeg's demuxer
+    input's timeout. A timeout before the first bytes ends the open as FFmpeg's own timeout
+    does (ExitError); one after ends the input (`timed_out`), so that what FFmpeg's demuxer
     still holds, the last picture, comes out first (an error would be raised before it).
     FFmpeg reading the pipe itself polled it every millisecond while it was empty (130 ms of
     CPU in 5 s waiting for a sender)."""
@@ -158,7 +157,7 @@ class PipeReader:
                 data = os.read(self.fd, size)
             except BlockingIOError:
                 continue
-            except (OSError, ValueError):  # the pipe closed by SrtChild.stop: the end
+            except OSError:  # the pipe closed by SrtChild.stop: the end
                 break
             self._opened = True
             return data
