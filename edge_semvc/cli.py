@@ -185,8 +185,7 @@ def cmd_encode(args) -> int:
 def _checked_outputs(args) -> list:
     """`encode`'s outputs made from their URIs, and what fails before any work: unsupported
     outputs and extensions, two arguments naming one file or one port (an output and the
-    input too), a host with no address,
-    unwritable paths."""
+    input too), a host with no address, unwritable paths."""
     from .errors import SinkError
     from .sinks import open_output, scheme_of
     from .sinks.file import check_distinct_files, check_writable

@@ -87,9 +87,11 @@ def run(config):
         emit("caller_added", address=address, stream_id=stream_ids.pop(address, None))
 
     src.connect("caller-added", added)
+
     def removed(_s, _id, address):
-        sending.discard(address_of(address))
-        emit("caller_removed", address=address_of(address))
+        address = address_of(address)
+        sending.discard(address)
+        emit("caller_removed", address=address)
 
     src.connect("caller-removed", removed)
     loop = GLib.MainLoop()
