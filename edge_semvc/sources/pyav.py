@@ -57,7 +57,8 @@ class PyAVSource:
     such as the transport and a read timeout) or a capture device (`device` names FFmpeg's
     input format, e.g. video4linux2 for /dev/videoN). `receiver`: a stream sent to this
     machine (`udp.py`), named and told silent in its own words. `reader`: a file-like object
-    FFmpeg reads instead of opening `path` (an `srt://` input's pipe), its timeouts its own."""
+    FFmpeg reads instead of opening `path` (an `srt://` input's pipe), its timeouts its own
+    (`timed_out`: the input's end was its read timeout)."""
 
     def __init__(self, path: str, raw: RawVideoOptions, *, live: dict | None = None,
                  device: str | None = None, receiver: Receiver | None = None, reader=None):
@@ -113,6 +114,7 @@ class PyAVSource:
                 _reason(e))) from None
         path = receiver.uri if receiver else path  # the input as the user named it
         self._receiver, self._reads = receiver, GuardedReads(path, LIVE_TIMEOUT_S[1] + 1)
+        self._reader = reader
         video = self.container.streams.video
         if video and not video[0].codec_context.width and not stream_like:
             # FFmpeg probes the first 5 s: a video that starts later (its audio first) has no
@@ -271,7 +273,7 @@ class PyAVSource:
                 raise _ReadTimedOut
             ended = ended or timed_out
             asked = time.monotonic()  # after the pictures were taken: the read starts now
-        if ended:
+        if ended or getattr(self._reader, "timed_out", False):  # a reader times out by an end
             raise _ReadTimedOut
 
     def quiet_reason(self) -> str | None:

@@ -101,9 +101,9 @@ class SrtSource(PyAVSource):
         where = f"the SRT listener at {srt.host}:{srt.port}" if caller else f"srt port {srt.port}"
         receiver = SrtReceiver(uri, where, caller, srt.passphrase_env is not None)
         self._child = SrtChild(uri, srt)
-        self._reader = PipeReader(self._child.fd)
         try:
-            super().__init__(uri, raw, live={}, receiver=receiver, reader=self._reader)
+            super().__init__(uri, raw, live={}, receiver=receiver,
+                             reader=PipeReader(self._child.fd))
         except SourceError as e:
             raise self._child.explained(e) from None
         except BaseException:
@@ -112,8 +112,6 @@ class SrtSource(PyAVSource):
 
     def frames(self):
         yield from super().frames()
-        if self._reader.timed_out:  # the sender stopped, or the stream froze
-            raise DecodeError(f"{self.path}: " + self._receiver.no_packet_for(self._read_timeout))
         # the pipe ended: the child did (a live input never ends on its own)
         self._child.stop()
         code = self._child.proc.returncode
